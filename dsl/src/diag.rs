@@ -1,0 +1,51 @@
+//! Diagnostics shared by every front end.
+//!
+//! A front end produces [`Diagnostic`]s that point into its source text (a byte span), name the
+//! field at fault, say why, and give a hint. IR-level checks (`check`) produce [`Issue`]s that name
+//! a field path instead of a span; each front end maps the path back to where the user wrote it.
+
+use std::ops::Range;
+
+/// A problem located in a source file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// The file as the user named it.
+    pub file: String,
+    /// Byte range in the source (empty range for a position; `0..0` when unknown).
+    pub span: Range<usize>,
+    /// The field at fault, as the user would write it (e.g. `attention.kv_heads`, `num_key_value_heads`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+    /// What would fix it.
+    pub hint: Option<String>,
+}
+
+/// A problem found in the IR, located by field path rather than by span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Issue {
+    /// Dotted field path in the IR's serde form, without the layer prefix
+    /// (e.g. `attention.kv_heads`, `ffn.top_k`, `vocab`).
+    pub field: String,
+    /// The layers concerned (empty: a global field).
+    pub layers: Vec<u64>,
+    /// What is wrong.
+    pub message: String,
+    /// What would fix it.
+    pub hint: Option<String>,
+}
+
+/// 1-based line and column (in chars) of byte offset `offset` in `src`.
+pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(src.len());
+    let mut line = 1;
+    let mut line_start = 0;
+    for (i, b) in src.bytes().enumerate().take(offset) {
+        if b == b'\n' {
+            line += 1;
+            line_start = i + 1;
+        }
+    }
+    let col = src.get(line_start..offset).map(|s| s.chars().count()).unwrap_or(0) + 1;
+    (line, col)
+}

@@ -1,0 +1,485 @@
+//! The IR: one resolved model description that every consumer reads.
+//!
+//! Every front end (the `.mspec` DSL, YAML, HF `config.json`) lowers into [`ModelSpec`]: global sizes
+//! plus one fully resolved [`Layer`] row per transformer block. Nothing here is optional "to be
+//! filled in later": every default is explicit, and every derived size (head_dim, kv groups, rotary
+//! dims) is resolved once here, so the cost model, the tensor program, the executors and the code
+//! generator never re-derive one on their own.
+//!
+//! The serde form of this module is the YAML/JSON interchange format (`modelspec expand`).
+//!
+//! Data flow:
+//! ```text
+//! .mspec ─► pest pairs ─► ast::Model (spans) ─► lower ─► ModelSpec ─► check (diagnostics)
+//! YAML   ───────────────────────────────────────────────► ModelSpec ─► check
+//! config.json ─► hf::import (field spans) ──────────────► ModelSpec ─► check
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+/// A fully resolved model: global sizes and one row per layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The model's identifier (a Rust-friendly snake_case name, e.g. `llama_3_1_8b`).
+    pub name: String,
+    /// Vocabulary size as the tokenizer sees it.
+    pub vocab: u64,
+    /// Rows of the embedding / lm_head matrices: `vocab` rounded up to `vocab_pad_multiple`.
+    pub vocab_padded: u64,
+    /// The multiple the embedding rows are padded to (1 = no padding).
+    pub vocab_pad_multiple: u64,
+    /// Width of the residual stream.
+    pub d_model: u64,
+    /// Number of transformer blocks; equals `layers.len()`.
+    pub n_layers: u64,
+    /// Maximum sequence length (positions).
+    pub context: u64,
+    /// Dropout rates (0 = off).
+    pub dropout: Dropout,
+    /// Token (and optional learned position) embedding.
+    pub embedding: Embedding,
+    /// The norm applied to the last hidden state before the classifier (`None`: no final norm).
+    pub final_norm: Option<Norm>,
+    /// The classifier head.
+    pub logits: Logits,
+    /// How checkpoints name and lay out tensors.
+    pub weights: WeightLayout,
+    /// Global checkpoint options (per-layer policies live in each [`Layer`]).
+    pub checkpoint: CheckpointGlobal,
+    /// One resolved row per layer, `layers[i].index == i`.
+    pub layers: Vec<Layer>,
+}
+
+/// Dropout probabilities, each in `[0, 1)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Dropout {
+    /// After the embedding (token + position).
+    pub embedding: f64,
+    /// On the attention probabilities.
+    pub attention: f64,
+    /// On each sub-block's output before it is added to the residual stream.
+    pub residual: f64,
+}
+
+/// Token embedding options.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Embedding {
+    /// The lm_head shares the token embedding matrix.
+    pub tied: bool,
+    /// Multiplier applied to the token embedding output (Gemma: sqrt(d_model)); 1.0 = none.
+    pub scale: f64,
+    /// How `scale` was written, for round-tripping (`sqrt(d_model)` or a number).
+    pub scale_expr: ScaleExpr,
+    /// Learned absolute position embeddings (GPT-2's `wpe`) with `context` rows.
+    pub learned_positions: bool,
+}
+
+/// How a scale factor was specified.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScaleExpr {
+    /// A literal number.
+    Literal,
+    /// `sqrt(d_model)`.
+    SqrtDModel,
+}
+
+/// Normalisation kind and parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Norm {
+    /// RMSNorm or LayerNorm.
+    pub kind: NormKind,
+    /// Epsilon added to the variance.
+    pub eps: f64,
+    /// Added to the learned weight: Gemma's `x * (1 + w)` is offset 1.
+    pub offset: f64,
+    /// Has a learned per-channel weight.
+    pub weight: bool,
+    /// Has a learned per-channel bias (LayerNorm only).
+    pub bias: bool,
+}
+
+/// Which normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormKind {
+    /// `x / sqrt(mean(x²) + eps) * (offset + w)`.
+    Rms,
+    /// `(x - mean) / sqrt(var + eps) * (offset + w) + b`.
+    Layer,
+}
+
+/// Where norms sit around each sub-block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NormPlacement {
+    /// `x + f(norm(x))` (GPT-2, Llama).
+    Pre,
+    /// `x + norm(f(x))` (OLMo-2).
+    Post,
+    /// `x + norm_post(f(norm_pre(x)))` (Gemma-2/3).
+    Sandwich,
+}
+
+/// The classifier head.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logits {
+    /// `softcap * tanh(logits / softcap)` when set.
+    pub softcap: Option<f64>,
+    /// lm_head has a bias (phi-2).
+    pub bias: bool,
+}
+
+/// The checkpoint naming convention and fused layouts: how a spec maps onto HF weight files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightLayout {
+    /// The naming scheme of tensors in the checkpoint.
+    pub naming: Naming,
+    /// How q, k and v projections are stored.
+    pub qkv: QkvLayout,
+    /// SwiGLU/GeGLU gate and up projections stored as one `gate_up_proj` (phi3).
+    pub fused_gate_up: bool,
+}
+
+/// Tensor naming families of HF checkpoints. A naming family is a file-format choice, not an
+/// architecture switch: the math is decided only by the other fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Naming {
+    /// `model.layers.N.self_attn.q_proj`, `mlp.gate_proj`, `input_layernorm`... (Llama, Mistral,
+    /// Qwen, Gemma, Phi-3, OLMo-2, Mixtral's `block_sparse_moe`, Qwen-MoE's `mlp.experts`).
+    Llama,
+    /// `transformer.h.N.attn.c_attn` with Conv1D `[in, out]` weights (GPT-2).
+    Gpt2,
+    /// `gpt_neox.layers.N.attention.query_key_value` (Pythia).
+    GptNeox,
+    /// `transformer.h.N.self_attention.query_key_value` (Falcon).
+    Falcon,
+    /// `model.layers.N.self_attn.dense`, `mlp.fc1`, `model.final_layernorm` (Phi-1/2).
+    Phi,
+}
+
+/// How the q/k/v projections are laid out in a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QkvLayout {
+    /// Three separate tensors.
+    Separate,
+    /// One tensor, rows `[q; k; v]` (GPT-2's c_attn, Phi-3's qkv_proj).
+    Fused,
+    /// One tensor, grouped per kv head: `[q_g0.., k_g, v_g]` for each kv group (GPT-NeoX, Falcon).
+    FusedPerHead,
+}
+
+/// Global activation-checkpoint options.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointGlobal {
+    /// A memory budget the planner resolves into per-layer save sets.
+    pub budget: Option<Budget>,
+}
+
+/// A memory budget for saved activations.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Budget {
+    /// A fraction in `[0, 1]` of the no-checkpoint activation memory.
+    Fraction(f64),
+    /// An absolute number of bytes.
+    Bytes(u64),
+}
+
+/// One resolved transformer block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Layer {
+    /// Position in the stack, from 0.
+    pub index: u64,
+    /// Self-attention.
+    pub attention: Attention,
+    /// Positional encoding applied in this layer's attention.
+    pub position: Position,
+    /// Norms and residual wiring.
+    pub block: Block,
+    /// The feed-forward part: a dense MLP or a mixture of experts.
+    pub ffn: Ffn,
+    /// This layer's activation-checkpoint policy.
+    pub checkpoint: LayerCheckpoint,
+}
+
+/// Norms and residual structure of one block.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Block {
+    /// The norm used around attention and MLP.
+    pub norm: Norm,
+    /// Where the norms sit.
+    pub placement: NormPlacement,
+    /// `x + attn(norm(x)) + mlp(norm(x))` (GPT-NeoX, Phi-2, Falcon) instead of sequential.
+    pub parallel_residual: bool,
+    /// With `parallel_residual`: one norm feeds both attention and MLP (Phi-2, Falcon-7B).
+    pub shared_norm: bool,
+}
+
+/// Self-attention of one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attention {
+    /// Query heads.
+    pub heads: u64,
+    /// Key/value heads (= heads: MHA; 1: MQA; between: GQA). Divides `heads`.
+    pub kv_heads: u64,
+    /// Width of one head (explicit, or d_model / heads).
+    pub head_dim: u64,
+    /// Bias on q, k, v projections.
+    pub qkv_bias: bool,
+    /// Bias on the output projection.
+    pub out_bias: bool,
+    /// Normalisation of queries and keys before RoPE.
+    pub qk_norm: Option<QkNorm>,
+    /// `softcap * tanh(scores / softcap)` on attention scores.
+    pub softcap: Option<f64>,
+    /// Multiplier on q·k (resolved: default head_dim^-0.5).
+    pub scale: f64,
+    /// Sliding window: a query attends to the last `window` positions including itself.
+    pub window: Option<u64>,
+}
+
+/// Query/key normalisation.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QkNorm {
+    /// The norm applied.
+    pub norm: Norm,
+    /// Per head (weights of size head_dim) or over the whole projection (heads*head_dim).
+    pub scope: QkNormScope,
+}
+
+/// What a qk-norm normalises over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QkNormScope {
+    /// Each head separately (Qwen3, Gemma-3).
+    Head,
+    /// The whole q (or k) projection (OLMo-2).
+    Full,
+}
+
+/// Positional encoding of one layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Position {
+    /// No positional information in this layer.
+    None,
+    /// Learned absolute positions, added once at the embedding (see [`Embedding::learned_positions`]).
+    Learned,
+    /// ALiBi linear biases with the standard geometric slopes per head.
+    Alibi,
+    /// Rotary position embedding.
+    Rope(Rope),
+}
+
+/// Rotary embedding, resolved.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rope {
+    /// Base frequency.
+    pub theta: f64,
+    /// Fraction of head_dim rotated, in (0, 1].
+    pub fraction: f64,
+    /// Rotated dimensions per head = head_dim * fraction (even).
+    pub rotary_dims: u64,
+    /// Pairing of dimensions.
+    pub style: RopeStyle,
+    /// Context-extension scaling.
+    pub scaling: RopeScaling,
+}
+
+/// How rotary dimensions are paired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeStyle {
+    /// (i, i + d/2) pairs: HF's `rotate_half`.
+    HalfSplit,
+    /// (2i, 2i+1) pairs: GPT-J / original RoFormer.
+    Interleaved,
+}
+
+/// RoPE scaling variants, as HF's `rope_type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum RopeScaling {
+    /// Plain RoPE.
+    None,
+    /// Positions divided by `factor`.
+    Linear {
+        /// Scale factor.
+        factor: f64,
+    },
+    /// Dynamic NTK: theta grows with the sequence beyond `original_context`.
+    DynamicNtk {
+        /// Scale factor.
+        factor: f64,
+        /// Pretraining context.
+        original_context: u64,
+    },
+    /// YaRN.
+    Yarn {
+        /// Scale factor.
+        factor: f64,
+        /// Pretraining context.
+        original_context: u64,
+        /// Extrapolation boundary (fast).
+        beta_fast: f64,
+        /// Interpolation boundary (slow).
+        beta_slow: f64,
+        /// Attention temperature multiplier applied to cos/sin (resolved: 0.1 ln(factor) + 1).
+        attention_factor: f64,
+    },
+    /// Llama 3.1's piecewise frequency scaling.
+    Llama3 {
+        /// Scale factor.
+        factor: f64,
+        /// Low-frequency factor.
+        low_freq_factor: f64,
+        /// High-frequency factor.
+        high_freq_factor: f64,
+        /// Pretraining context.
+        original_context: u64,
+    },
+    /// LongRoPE (Phi-3): per-dimension factors, short below `original_context`, long above.
+    Longrope {
+        /// rotary_dims/2 factors used up to `original_context`.
+        short_factor: Vec<f64>,
+        /// rotary_dims/2 factors used beyond it.
+        long_factor: Vec<f64>,
+        /// Pretraining context.
+        original_context: u64,
+        /// Multiplier on cos/sin (resolved from the context ratio when not given).
+        attention_factor: f64,
+    },
+}
+
+/// The feed-forward part of a block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Ffn {
+    /// A dense MLP.
+    Mlp(Mlp),
+    /// A mixture of experts.
+    Moe(Moe),
+}
+
+/// A dense MLP.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mlp {
+    /// The activation structure.
+    pub activation: MlpKind,
+    /// Hidden width.
+    pub hidden: u64,
+    /// Biases on the projections.
+    pub bias: bool,
+}
+
+/// MLP activation structures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MlpKind {
+    /// `down(gelu(up(x)))`, exact erf GELU.
+    Gelu,
+    /// `down(gelu_tanh(up(x)))`.
+    GeluTanh,
+    /// `down(relu(up(x))²)`.
+    ReluSquared,
+    /// `down(silu(gate(x)) * up(x))`.
+    Swiglu,
+    /// `down(gelu(gate(x)) * up(x))`, exact erf GELU.
+    Geglu,
+    /// `down(gelu_tanh(gate(x)) * up(x))` (Gemma).
+    GegluTanh,
+}
+
+impl MlpKind {
+    /// Gated variants have separate gate and up projections.
+    pub fn is_gated(self) -> bool {
+        matches!(self, MlpKind::Swiglu | MlpKind::Geglu | MlpKind::GegluTanh)
+    }
+}
+
+/// A mixture of experts.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Moe {
+    /// Routed experts.
+    pub experts: u64,
+    /// Experts per token.
+    pub top_k: u64,
+    /// Each expert's MLP (activation, hidden, bias).
+    pub expert: Mlp,
+    /// Order of softmax and top-k in the router.
+    pub router: RouterOrder,
+    /// Renormalise the top-k weights to sum to 1.
+    pub renormalize: bool,
+    /// Always-on shared experts.
+    pub shared: Option<SharedExperts>,
+    /// Load-balancing auxiliary loss coefficient (0 = none).
+    pub aux_loss: f64,
+}
+
+/// Router order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouterOrder {
+    /// softmax over all experts, then take top-k (Qwen-MoE, Mixtral with renormalisation).
+    SoftmaxTopk,
+    /// top-k over logits, then softmax over those k.
+    TopkSoftmax,
+}
+
+/// Shared experts that every token passes through.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SharedExperts {
+    /// Number of shared experts (they are stored as one MLP of width count*hidden).
+    pub count: u64,
+    /// Hidden width of each.
+    pub hidden: u64,
+    /// A learned sigmoid gate `sigmoid(x·w)` scales the shared output (Qwen2-MoE).
+    pub gate: bool,
+}
+
+/// Activation-checkpoint policy of one layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "policy", content = "tensors")]
+pub enum LayerCheckpoint {
+    /// Save every activation.
+    None,
+    /// Keep only the layer input; recompute the rest in backward.
+    Full,
+    /// Save only these named tensors.
+    Save(Vec<String>),
+    /// Recompute these named tensors, save the rest.
+    Recompute(Vec<String>),
+    /// Recompute cheap fusible pointwise ops, never a matmul.
+    Auto,
+}
+
+impl ModelSpec {
+    /// Query width: heads × head_dim of layer `i`.
+    pub fn q_dim(&self, i: usize) -> u64 {
+        let a = &self.layers[i].attention;
+        a.heads * a.head_dim
+    }
+    /// Key/value width: kv_heads × head_dim of layer `i`.
+    pub fn kv_dim(&self, i: usize) -> u64 {
+        let a = &self.layers[i].attention;
+        a.kv_heads * a.head_dim
+    }
+}

@@ -1,0 +1,10 @@
+//! modelspec-dsl: the front ends, the IR and everything computed statically from it.
+//!
+//! See `ir` for the data that flows through the whole compiler.
+
+pub mod diag;
+pub mod ir;
+pub mod params;
+pub mod tensors;
+
+pub use ir::ModelSpec;

@@ -1,0 +1,1 @@
+//! The `model!` and `model_file!` proc-macros: a thin shell over `modelspec-dsl`.

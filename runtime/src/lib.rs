@@ -1,0 +1,1 @@
+//! modelspec-runtime: devices, tensors, the CPU and CUDA backends and the executor.

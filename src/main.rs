@@ -1,0 +1,2 @@
+//! The `modelspec` command-line tool.
+fn main() {}
