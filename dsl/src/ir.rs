@@ -483,3 +483,29 @@ impl ModelSpec {
         a.kv_heads * a.head_dim
     }
 }
+
+impl ModelSpec {
+    /// The name of the Rust struct `model!` generates for this spec: the snake_case name in
+    /// UpperCamelCase, keeping an underscore before a segment that starts with a digit
+    /// (`llama_3_1_8b` → `Llama_3_1_8b`, `gpt2_124m` → `Gpt2_124m`, `qwen3_30b_a3b` → `Qwen3_30bA3b`).
+    pub fn rust_type(&self) -> String {
+        let mut out = String::new();
+        for segment in self.name.split(|c: char| !c.is_ascii_alphanumeric()).filter(|s| !s.is_empty()) {
+            let mut chars = segment.chars();
+            let Some(first) = chars.next() else { continue };
+            if first.is_ascii_digit() {
+                if !out.is_empty() {
+                    out.push('_');
+                }
+                out.push(first);
+            } else {
+                out.push(first.to_ascii_uppercase());
+            }
+            out.extend(chars);
+        }
+        if out.chars().next().is_none_or(|c| c.is_ascii_digit()) {
+            out.insert(0, 'M');
+        }
+        out
+    }
+}
