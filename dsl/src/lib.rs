@@ -5,6 +5,7 @@
 pub mod diag;
 pub mod ir;
 pub mod params;
+pub mod plan;
 pub mod tensors;
 
 pub use ir::ModelSpec;

@@ -1,0 +1,146 @@
+//! Per-tensor cost model of a layer's named activations.
+//!
+//! For every named activation of a layer (see [`crate::tensors::layer_tensors`]) at batch `B` and
+//! sequence `T` (`N = B·T` tokens), this gives:
+//! - `bytes`: the memory it occupies when saved for backward, at the activation dtype (softmax
+//!   statistics and router outputs are f32 whatever the dtype);
+//! - `flops`: the forward FLOPs of the op that produces it, which is what recomputing it costs;
+//! - `fusible`: whether the op is a cheap pointwise op that fuses into a kernel which runs anyway
+//!   (norms, RoPE, activations, residual adds): what the `auto` policy recomputes.
+//!
+//! Recomputation cost is additive: backward needs every named tensor of the layer (each is the input
+//! of a matmul, a norm, an activation or attention backward), so an unsaved tensor is recomputed
+//! exactly once from the nearest saved tensors, at the cost of its own producing op. That makes the
+//! budget problem a 0/1 knapsack over (layer, tensor) items.
+
+use crate::ir::{Ffn, Layer, ModelSpec, Position};
+use crate::tensors::layer_tensors;
+use serde::Serialize;
+
+/// Element type of activations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Dtype {
+    /// 4 bytes.
+    F32,
+    /// 2 bytes.
+    Bf16,
+}
+
+impl Dtype {
+    /// Bytes per element.
+    pub fn size(self) -> u64 {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 => 2,
+        }
+    }
+}
+
+/// The cost of one named activation of one layer.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TensorCost {
+    /// The tensor's name (as in checkpoint clauses).
+    pub name: &'static str,
+    /// Bytes when saved.
+    pub bytes: u64,
+    /// FLOPs to recompute it from its inputs.
+    pub flops: u64,
+    /// A cheap pointwise op that fuses into a kernel that runs anyway.
+    pub fusible: bool,
+}
+
+/// Average number of keys a query attends to under a causal mask (and sliding window).
+pub fn mean_keys(seq: u64, window: Option<u64>) -> f64 {
+    let t = seq as f64;
+    match window {
+        Some(w) if w < seq => {
+            // Queries 0..w see i+1 keys, the rest see w.
+            let w = w as f64;
+            (w * (w + 1.0) / 2.0 + (t - w) * w) / t
+        }
+        _ => (t + 1.0) / 2.0,
+    }
+}
+
+/// Costs of every named activation of `layer` at `batch` × `seq`, in forward order.
+pub fn layer_costs(
+    spec: &ModelSpec,
+    layer: &Layer,
+    batch: u64,
+    seq: u64,
+    dtype: Dtype,
+) -> Vec<TensorCost> {
+    let n = batch * seq;
+    let d = spec.d_model;
+    let a = &layer.attention;
+    let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
+    let e = dtype.size();
+    let keys = mean_keys(seq, a.window);
+    let rope_dims = match &layer.position {
+        Position::Rope(r) => r.rotary_dims,
+        _ => 0,
+    };
+    let norm_flops = |width: u64| 5 * n * width;
+    let (hidden, experts_per_token, experts) = match &layer.ffn {
+        Ffn::Mlp(m) => (m.hidden, 1, 1),
+        Ffn::Moe(m) => (m.expert.hidden, m.top_k, m.experts),
+    };
+    let gated_act_flops = 8 * n * experts_per_token * hidden;
+    let mut out = Vec::new();
+    for name in layer_tensors(layer) {
+        let pointwise = |bytes: u64, flops: u64| (bytes, flops, true);
+        let matmul = |width: u64, flops: u64| (n * width * e, flops, false);
+        let (bytes, flops, fusible) = match name {
+            "attn_norm" | "mlp_norm" | "attn_post_norm" | "mlp_post_norm" => {
+                pointwise(n * d * e, norm_flops(d))
+            }
+            "q" => matmul(qd, 2 * n * d * qd),
+            "k" | "v" => matmul(kvd, 2 * n * d * kvd),
+            "q_normed" => pointwise(n * qd * e, norm_flops(qd)),
+            "k_normed" => pointwise(n * kvd * e, norm_flops(kvd)),
+            "q_rope" => pointwise(n * qd * e, 3 * n * a.heads * rope_dims),
+            "k_rope" => pointwise(n * kvd * e, 3 * n * a.kv_heads * rope_dims),
+            // The attention output plus its f32 log-sum-exp per (token, head).
+            "attn" => (
+                n * qd * e + n * a.heads * 4,
+                (4.0 * n as f64 * keys * (a.heads * a.head_dim) as f64) as u64,
+                false,
+            ),
+            "attn_out" => matmul(d, 2 * n * qd * d),
+            "resid_mid" => pointwise(n * d * e, n * d),
+            "gate" | "up" => matmul(
+                experts_per_token * hidden,
+                2 * n * experts_per_token * d * hidden,
+            ),
+            "act" => pointwise(n * experts_per_token * hidden * e, gated_act_flops),
+            "router_logits" => (n * experts * 4, 2 * n * d * experts, false),
+            // Top-k weights (f32) and indices (u32).
+            "router_weights" => pointwise(n * experts_per_token * 8, 5 * n * experts),
+            "expert_in" => pointwise(n * experts_per_token * d * e, n * experts_per_token * d),
+            "expert_out" => matmul(
+                experts_per_token * d,
+                2 * n * experts_per_token * hidden * d,
+            ),
+            "shared_out" => {
+                let shared = match &layer.ffn {
+                    Ffn::Moe(m) => m.shared.map(|s| s.count * s.hidden).unwrap_or(0),
+                    Ffn::Mlp(_) => 0,
+                };
+                matmul(d, 6 * n * d * shared + 8 * n * shared)
+            }
+            "mlp_out" => match &layer.ffn {
+                Ffn::Mlp(_) => matmul(d, 2 * n * hidden * d),
+                Ffn::Moe(_) => pointwise(n * d * e, 2 * n * experts_per_token * d),
+            },
+            other => unreachable!("tensor {other} has no cost rule"),
+        };
+        out.push(TensorCost {
+            name,
+            bytes,
+            flops,
+            fusible,
+        });
+    }
+    out
+}
