@@ -46,6 +46,10 @@ pub fn line_col(src: &str, offset: usize) -> (usize, usize) {
             line_start = i + 1;
         }
     }
-    let col = src.get(line_start..offset).map(|s| s.chars().count()).unwrap_or(0) + 1;
+    let col = src
+        .get(line_start..offset)
+        .map(|s| s.chars().count())
+        .unwrap_or(0)
+        + 1;
     (line, col)
 }

@@ -490,7 +490,11 @@ impl ModelSpec {
     /// (`llama_3_1_8b` → `Llama_3_1_8b`, `gpt2_124m` → `Gpt2_124m`, `qwen3_30b_a3b` → `Qwen3_30bA3b`).
     pub fn rust_type(&self) -> String {
         let mut out = String::new();
-        for segment in self.name.split(|c: char| !c.is_ascii_alphanumeric()).filter(|s| !s.is_empty()) {
+        for segment in self
+            .name
+            .split(|c: char| !c.is_ascii_alphanumeric())
+            .filter(|s| !s.is_empty())
+        {
             let mut chars = segment.chars();
             let Some(first) = chars.next() else { continue };
             if first.is_ascii_digit() {

@@ -54,7 +54,12 @@ struct Table {
 
 impl Table {
     fn push(&mut self, name: String, shape: Vec<u64>) {
-        self.out.push(Param { name, shape, layer: self.layer, expert: self.expert });
+        self.out.push(Param {
+            name,
+            shape,
+            layer: self.layer,
+            expert: self.expert,
+        });
     }
     fn norm(&mut self, prefix: &str, norm: &Norm, width: u64) {
         if norm.weight {
@@ -82,7 +87,11 @@ impl Table {
 /// Every parameter of `spec`, in a fixed order (embedding, layers in order, final norm, head).
 pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
     let d = spec.d_model;
-    let mut t = Table { out: Vec::new(), layer: None, expert: None };
+    let mut t = Table {
+        out: Vec::new(),
+        layer: None,
+        expert: None,
+    };
     t.push("embed.weight".into(), vec![spec.vocab_padded, d]);
     if spec.embedding.learned_positions {
         t.push("pos_embed.weight".into(), vec![spec.context, d]);
@@ -92,8 +101,14 @@ pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
         t.layer = Some(i);
         let p = |s: &str| format!("layers.{i}.{s}");
         let block = &layer.block;
-        let pre = matches!(block.placement, NormPlacement::Pre | NormPlacement::Sandwich);
-        let post = matches!(block.placement, NormPlacement::Post | NormPlacement::Sandwich);
+        let pre = matches!(
+            block.placement,
+            NormPlacement::Pre | NormPlacement::Sandwich
+        );
+        let post = matches!(
+            block.placement,
+            NormPlacement::Post | NormPlacement::Sandwich
+        );
         if pre {
             t.norm(&p("attn_norm"), &block.norm, d);
         }
@@ -127,7 +142,10 @@ pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
                 }
                 t.expert = None;
                 if let Some(shared) = &moe.shared {
-                    let width = Mlp { hidden: shared.count * shared.hidden, ..moe.expert };
+                    let width = Mlp {
+                        hidden: shared.count * shared.hidden,
+                        ..moe.expert
+                    };
                     t.mlp(&p("moe.shared"), &width, d);
                     if shared.gate {
                         t.linear(&p("moe.shared_gate"), 1, d, false);

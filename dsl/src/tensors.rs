@@ -10,8 +10,14 @@ use crate::ir::{Ffn, Layer, NormPlacement};
 pub fn layer_tensors(layer: &Layer) -> Vec<&'static str> {
     let mut names = Vec::new();
     let block = &layer.block;
-    let pre = matches!(block.placement, NormPlacement::Pre | NormPlacement::Sandwich);
-    let post = matches!(block.placement, NormPlacement::Post | NormPlacement::Sandwich);
+    let pre = matches!(
+        block.placement,
+        NormPlacement::Pre | NormPlacement::Sandwich
+    );
+    let post = matches!(
+        block.placement,
+        NormPlacement::Post | NormPlacement::Sandwich
+    );
     if pre {
         names.push("attn_norm");
     }
