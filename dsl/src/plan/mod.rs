@@ -23,9 +23,11 @@
 
 mod costs;
 mod policy;
+mod report;
 
 pub use costs::{Dtype, TensorCost, layer_costs, mean_keys};
 pub use policy::{PolicyOverride, parse_budget, parse_policy};
+pub use report::{CurvePoint, curve, human_bytes, human_flops, render_table};
 
 use crate::ir::{Budget, LayerCheckpoint, ModelSpec};
 use serde::Serialize;
