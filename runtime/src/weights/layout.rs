@@ -1,0 +1,145 @@
+//! How one checkpoint tensor is assembled from canonical tensors, and back.
+//!
+//! Every checkpoint tensor is described the same way: take row blocks of canonical tensors (each
+//! canonical tensor viewed as `[rows, cols]`, a vector as `[n, 1]`), stack them in order into a
+//! `[total_rows, cols]` matrix, optionally transpose it (GPT-2's Conv1D `[in, out]`), and read the
+//! result with the checkpoint's shape. This one description covers plain tensors, fused
+//! `[q; k; v]`, GPT-NeoX/Falcon per-head interleaving, fused `gate_up_proj` and stacked experts, and
+//! it is inverted exactly by [`split`], so fuse-then-split is the identity by construction.
+
+use std::collections::BTreeMap;
+
+use super::HostTensor;
+
+/// A contiguous block of rows of one canonical tensor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Piece {
+    /// Canonical parameter name.
+    pub canonical: String,
+    /// First row taken.
+    pub row_start: usize,
+    /// Number of rows taken.
+    pub rows: usize,
+}
+
+/// One tensor as the checkpoint stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointTensor {
+    /// The name in the checkpoint (HF name).
+    pub name: String,
+    /// The shape in the checkpoint.
+    pub shape: Vec<usize>,
+    /// Row blocks of canonical tensors, concatenated in order.
+    pub pieces: Vec<Piece>,
+    /// The concatenated `[rows, cols]` matrix is stored transposed (`[cols, rows]`).
+    pub transpose: bool,
+}
+
+impl CheckpointTensor {
+    /// Canonical names this tensor holds (each once, in first-use order).
+    pub fn canonicals(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        for p in &self.pieces {
+            if !out.contains(&p.canonical.as_str()) {
+                out.push(&p.canonical);
+            }
+        }
+        out
+    }
+}
+
+/// `[rows, cols]` view of a shape: the first axis against the product of the rest.
+pub(crate) fn rows_cols(shape: &[usize]) -> (usize, usize) {
+    match shape.split_first() {
+        None => (1, 1),
+        Some((&rows, rest)) => (rows, rest.iter().product()),
+    }
+}
+
+/// Columns shared by every piece of `ct`, given the canonical shapes.
+pub(crate) fn piece_cols(ct: &CheckpointTensor, shapes: &BTreeMap<String, Vec<usize>>) -> usize {
+    ct.pieces
+        .first()
+        .and_then(|p| shapes.get(&p.canonical))
+        .map(|s| rows_cols(s).1)
+        .unwrap_or(1)
+}
+
+/// Assembles the checkpoint tensor `ct` from canonical tensors.
+///
+/// Returns `None` if a canonical tensor is absent or too small (callers validate shapes first).
+pub fn fuse(ct: &CheckpointTensor, params: &BTreeMap<String, HostTensor>) -> Option<HostTensor> {
+    let first = params.get(&ct.pieces.first()?.canonical)?;
+    let cols = rows_cols(&first.shape).1;
+    let total_rows: usize = ct.pieces.iter().map(|p| p.rows).sum();
+    let mut stacked = Vec::with_capacity(total_rows * cols);
+    for piece in &ct.pieces {
+        let src = params.get(&piece.canonical)?;
+        if rows_cols(&src.shape).1 != cols {
+            return None;
+        }
+        let start = piece.row_start * cols;
+        let end = start + piece.rows * cols;
+        stacked.extend_from_slice(src.data.get(start..end)?);
+    }
+    let data = if ct.transpose {
+        transpose(&stacked, total_rows, cols)
+    } else {
+        stacked
+    };
+    if data.len() != ct.shape.iter().product::<usize>() {
+        return None;
+    }
+    Some(HostTensor {
+        shape: ct.shape.clone(),
+        data,
+    })
+}
+
+/// Splits the checkpoint tensor `ct` (data `stored`, already shape-checked) into its canonical
+/// pieces, writing rows into `out` (canonical tensors are created zeroed with `shapes` on first use).
+pub fn split(
+    ct: &CheckpointTensor,
+    stored: &[f32],
+    shapes: &BTreeMap<String, Vec<usize>>,
+    out: &mut BTreeMap<String, HostTensor>,
+) {
+    let cols = piece_cols(ct, shapes);
+    let total_rows: usize = ct.pieces.iter().map(|p| p.rows).sum();
+    let untransposed;
+    let rows_major: &[f32] = if ct.transpose {
+        // Stored as [cols, rows]; transposing it back gives [rows, cols].
+        untransposed = transpose(stored, cols, total_rows);
+        &untransposed
+    } else {
+        stored
+    };
+    let mut at = 0;
+    for piece in &ct.pieces {
+        let n = piece.rows * cols;
+        let shape = shapes
+            .get(&piece.canonical)
+            .cloned()
+            .unwrap_or_else(|| vec![piece.rows, cols]);
+        let dst = out
+            .entry(piece.canonical.clone())
+            .or_insert_with(|| HostTensor {
+                data: vec![0.0; shape.iter().product()],
+                shape,
+            });
+        let start = piece.row_start * cols;
+        dst.data[start..start + n].copy_from_slice(&rows_major[at..at + n]);
+        at += n;
+    }
+}
+
+/// Transposes a row-major `[rows, cols]` matrix.
+pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = data[r * cols + c];
+        }
+    }
+    out
+}
