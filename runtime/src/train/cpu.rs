@@ -1,0 +1,109 @@
+//! The CPU executor as a training [`Objective`], with the `--checkpoint POLICY` of the command line.
+
+use modelspec_dsl::ir::{LayerCheckpoint, ModelSpec};
+use modelspec_dsl::plan::{self, Dtype, PolicyOverride};
+
+use super::{Objective, TrainError};
+use crate::Params;
+use crate::exec::{Executor, Policy};
+
+/// Runs loss and gradients through [`Executor`], dropout keyed by each micro-batch's seed.
+#[derive(Debug, Clone)]
+pub struct CpuObjective {
+    executor: Executor,
+    policy: Option<PolicyOverride>,
+    /// The resolved policy and the `(batch, seq)` it was planned for (budgets depend on both).
+    resolved: Option<((usize, usize), Policy)>,
+}
+
+fn model_error(e: crate::Error) -> TrainError {
+    TrainError::Model(Box::new(e))
+}
+
+impl CpuObjective {
+    /// An objective for `spec`; `policy` overrides the spec's activation-checkpoint policies
+    /// (`none`, `full`, `auto`, `save(...)`, `recompute(...)`, `budget(0.5)`, `budget(1GiB)`).
+    pub fn new(spec: &ModelSpec, policy: Option<&str>) -> Result<Self, TrainError> {
+        let executor = Executor::new(spec).map_err(model_error)?;
+        let policy = policy
+            .map(|text| {
+                plan::parse_policy(text)
+                    .map_err(|e| TrainError::Config(format!("--checkpoint: {e}")))
+            })
+            .transpose()?;
+        Ok(Self {
+            executor,
+            policy,
+            resolved: None,
+        })
+    }
+
+    /// The executor.
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    fn policy_for(&mut self, batch: usize, seq: usize) -> Result<Policy, TrainError> {
+        if let Some((shape, policy)) = &self.resolved
+            && *shape == (batch, seq)
+        {
+            return Ok(policy.clone());
+        }
+        let policy = match &self.policy {
+            None => Policy::FromSpec,
+            Some(PolicyOverride::Layer(p)) => Policy::Uniform(p.clone()),
+            Some(budget @ PolicyOverride::Budget(_)) => {
+                let spec = self.executor.spec();
+                let planned = plan::plan(spec, batch as u64, seq as u64, Dtype::F32, Some(budget))
+                    .map_err(|e| TrainError::Config(format!("--checkpoint: {e}")))?;
+                Policy::PerLayer(
+                    planned
+                        .layers
+                        .iter()
+                        .map(|l| {
+                            LayerCheckpoint::Save(l.saved.iter().map(|s| s.to_string()).collect())
+                        })
+                        .collect(),
+                )
+            }
+        };
+        self.resolved = Some(((batch, seq), policy.clone()));
+        Ok(policy)
+    }
+
+    /// Logits of the last position of `window` (one sequence), `vocab_padded` of them.
+    pub fn last_logits(&mut self, params: &Params, window: &[u32]) -> Result<Vec<f32>, TrainError> {
+        let logits = self
+            .executor
+            .forward(params, window, 1)
+            .map_err(model_error)?;
+        let width = self.executor.spec().vocab_padded as usize;
+        let data = logits.data();
+        Ok(data[data.len() - width..].to_vec())
+    }
+}
+
+impl Objective for CpuObjective {
+    fn loss_and_grads(
+        &mut self,
+        params: &Params,
+        tokens: &[u32],
+        batch: usize,
+        seed: u64,
+    ) -> Result<(f32, Params), TrainError> {
+        let policy = self.policy_for(batch, tokens.len() / batch.max(1))?;
+        self.executor.set_dropout_seed(Some(seed));
+        let out = self
+            .executor
+            .loss_and_grads(params, tokens, batch, &policy)
+            .map_err(model_error)?;
+        Ok((out.loss as f32, out.grads))
+    }
+
+    fn loss(&mut self, params: &Params, tokens: &[u32], batch: usize) -> Result<f32, TrainError> {
+        self.executor
+            .loss(params, tokens, batch)
+            .map(|l| l as f32)
+            .map_err(model_error)
+    }
+}

@@ -1,0 +1,342 @@
+//! AdamW with decoupled weight decay and bias correction (Loshchilov & Hutter), as
+//! `torch.optim.AdamW` computes it.
+//!
+//! One step of parameter `p` with gradient `g` at step `t` (counted from 1), learning rate `lr`:
+//! ```text
+//! p ← p · (1 − lr·λ)                       decoupled decay, only where `decays(name, shape)`
+//! m ← β₁ m + (1 − β₁) g
+//! v ← β₂ v + (1 − β₂) g²
+//! p ← p − lr / (1 − β₁ᵗ) · m / (√v / √(1 − β₂ᵗ) + ε)
+//! ```
+//! The scalars are formed in f64 and applied in f32, element by element in index order, so a step is
+//! a pure function of its inputs: resuming from saved moments continues bit for bit.
+//!
+//! **Which parameters decay.** Weight decay is for the matrices that map activations, so the rule
+//! is: a parameter decays when it has two or more dimensions and is not an embedding table. Norm
+//! weights and biases (one dimension) and the token and position embeddings (`embed.weight`,
+//! `pos_embed.weight`, also when the head is tied to the embedding) never decay; `lm_head.weight`
+//! of an untied head, the attention, MLP, expert and router matrices do. See [`decays`].
+
+use std::collections::BTreeMap;
+
+use super::TrainError;
+
+/// AdamW hyper-parameters (the learning rate comes from the schedule, step by step).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct AdamWConfig {
+    /// Decay rate of the first moment.
+    pub beta1: f64,
+    /// Decay rate of the second moment.
+    pub beta2: f64,
+    /// Added to the denominator.
+    pub eps: f64,
+    /// Decoupled weight decay λ, applied as `p ← p·(1 − lr·λ)` to parameters that [`decays`] picks.
+    pub weight_decay: f64,
+}
+
+impl Default for AdamWConfig {
+    /// β₁ 0.9, β₂ 0.95, ε 1e-8, λ 0.1: the usual settings for small transformers.
+    fn default() -> Self {
+        Self {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        }
+    }
+}
+
+/// Whether weight decay applies to the parameter `name` of shape `shape` (the rule in the module
+/// docs: matrices decay, embeddings, norms and biases don't).
+///
+/// ```
+/// use modelspec_runtime::train::optim::decays;
+/// assert!(decays("layers.0.attn.q.weight", &[64, 64]));
+/// assert!(!decays("layers.0.attn_norm.weight", &[64]));
+/// assert!(!decays("layers.0.mlp.up.bias", &[256]));
+/// assert!(!decays("embed.weight", &[256, 64]));
+/// ```
+pub fn decays(name: &str, shape: &[usize]) -> bool {
+    shape.len() >= 2 && !matches!(name, "embed.weight" | "pos_embed.weight")
+}
+
+/// The two moment buffers of one parameter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Moments {
+    /// First moment (running mean of gradients).
+    pub m: Vec<f32>,
+    /// Second moment (running mean of squared gradients).
+    pub v: Vec<f32>,
+}
+
+/// One parameter and its gradient, as the optimizer updates it.
+pub struct ParamGrad<'a> {
+    /// Canonical name (decides weight decay and keys the moments).
+    pub name: &'a str,
+    /// Shape (decides weight decay).
+    pub shape: &'a [usize],
+    /// The values, updated in place.
+    pub value: &'a mut [f32],
+    /// The gradient, same length as `value`.
+    pub grad: &'a [f32],
+}
+
+/// The AdamW optimizer: hyper-parameters, the step count and the per-parameter moments.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamW {
+    /// Hyper-parameters.
+    pub config: AdamWConfig,
+    /// Steps taken so far (the `t` of the bias correction is `step + 1` during the next step).
+    pub step: u64,
+    /// Moments by canonical name, created (zeroed) on a parameter's first update.
+    pub moments: BTreeMap<String, Moments>,
+}
+
+impl AdamW {
+    /// A fresh optimizer: step 0, no moments.
+    pub fn new(config: AdamWConfig) -> Self {
+        Self {
+            config,
+            step: 0,
+            moments: BTreeMap::new(),
+        }
+    }
+
+    /// Takes one step with learning rate `lr` over every given parameter, then counts the step.
+    pub fn step<'a>(
+        &mut self,
+        lr: f64,
+        params: impl IntoIterator<Item = ParamGrad<'a>>,
+    ) -> Result<(), TrainError> {
+        let t = (self.step + 1) as i32;
+        let c = self.config;
+        let bias1 = 1.0 - c.beta1.powi(t);
+        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let step_size = (lr / bias1) as f32;
+        let inv_bias2_sqrt = (1.0 / bias2_sqrt) as f32;
+        let (beta1, beta2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
+        let (one_minus_beta1, one_minus_beta2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
+        for p in params {
+            if p.value.len() != p.grad.len() {
+                return Err(TrainError::GradShape {
+                    name: p.name.to_string(),
+                    params: p.value.len(),
+                    grads: p.grad.len(),
+                });
+            }
+            let n = p.value.len();
+            let moments = self
+                .moments
+                .entry(p.name.to_string())
+                .or_insert_with(|| Moments {
+                    m: vec![0.0; n],
+                    v: vec![0.0; n],
+                });
+            if moments.m.len() != n {
+                return Err(TrainError::GradShape {
+                    name: p.name.to_string(),
+                    params: n,
+                    grads: moments.m.len(),
+                });
+            }
+            let decay = if decays(p.name, p.shape) {
+                (1.0 - lr * c.weight_decay) as f32
+            } else {
+                1.0
+            };
+            let Moments { m, v } = moments;
+            for i in 0..n {
+                let g = p.grad[i];
+                let mi = beta1 * m[i] + one_minus_beta1 * g;
+                let vi = beta2 * v[i] + one_minus_beta2 * g * g;
+                m[i] = mi;
+                v[i] = vi;
+                let denom = vi.sqrt() * inv_bias2_sqrt + eps;
+                p.value[i] = p.value[i] * decay - step_size * mi / denom;
+            }
+        }
+        self.step += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The update of the module docs, computed in f64 from scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        p: &mut [f64],
+        m: &mut [f64],
+        v: &mut [f64],
+        g: &[f64],
+        t: i32,
+        lr: f64,
+        c: AdamWConfig,
+        decay: bool,
+    ) {
+        for i in 0..p.len() {
+            if decay {
+                p[i] -= lr * c.weight_decay * p[i];
+            }
+            m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g[i];
+            v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g[i] * g[i];
+            let m_hat = m[i] / (1.0 - c.beta1.powi(t));
+            let v_hat = v[i] / (1.0 - c.beta2.powi(t));
+            p[i] -= lr * m_hat / (v_hat.sqrt() + c.eps);
+        }
+    }
+
+    #[test]
+    fn matches_an_f64_reference_over_several_steps() {
+        let c = AdamWConfig {
+            beta1: 0.8,
+            beta2: 0.9,
+            eps: 1e-6,
+            weight_decay: 0.3,
+        };
+        let mut opt = AdamW::new(c);
+        let shapes: [(&str, Vec<usize>); 2] = [
+            ("layers.0.mlp.up.weight", vec![2, 3]),
+            ("layers.0.mlp.up.bias", vec![2]),
+        ];
+        let mut values: Vec<Vec<f32>> =
+            vec![vec![0.5, -1.0, 2.0, 0.25, -0.125, 1.5], vec![0.3, -0.7]];
+        let mut refs: Vec<Vec<f64>> = values
+            .iter()
+            .map(|v| v.iter().map(|&x| x as f64).collect())
+            .collect();
+        let mut ref_m: Vec<Vec<f64>> = values.iter().map(|v| vec![0.0; v.len()]).collect();
+        let mut ref_v = ref_m.clone();
+        for step in 0..5 {
+            let lr = 0.01 * (step + 1) as f64;
+            let grads: Vec<Vec<f32>> = values
+                .iter()
+                .map(|v| {
+                    v.iter()
+                        .enumerate()
+                        .map(|(i, &x)| x * 0.5 - 0.1 * i as f32 + 0.05)
+                        .collect()
+                })
+                .collect();
+            for k in 0..2 {
+                let g: Vec<f64> = grads[k].iter().map(|&x| x as f64).collect();
+                let decay = decays(shapes[k].0, &shapes[k].1);
+                reference(
+                    &mut refs[k],
+                    &mut ref_m[k],
+                    &mut ref_v[k],
+                    &g,
+                    step + 1,
+                    lr,
+                    c,
+                    decay,
+                );
+            }
+            let items =
+                values
+                    .iter_mut()
+                    .zip(&grads)
+                    .zip(&shapes)
+                    .map(|((value, grad), (name, shape))| ParamGrad {
+                        name,
+                        shape,
+                        value,
+                        grad,
+                    });
+            opt.step(lr, items).unwrap();
+            // Keep the reference on the f32 trajectory so errors don't compound across steps.
+            for k in 0..2 {
+                for (i, &x) in values[k].iter().enumerate() {
+                    assert!(
+                        (x as f64 - refs[k][i]).abs() < 1e-6,
+                        "step {step} {k}[{i}]: {x} vs {}",
+                        refs[k][i]
+                    );
+                }
+                refs[k] = values[k].iter().map(|&x| x as f64).collect();
+            }
+        }
+        assert_eq!(opt.step, 5);
+    }
+
+    #[test]
+    fn first_step_moves_each_weight_by_about_lr() {
+        // With bias correction, step 1 is lr · g/|g| (up to ε) whatever the gradient's scale.
+        let mut opt = AdamW::new(AdamWConfig {
+            weight_decay: 0.0,
+            ..AdamWConfig::default()
+        });
+        let mut value = vec![1.0f32, 1.0, 1.0];
+        let grad = vec![1e-3f32, -5.0, 300.0];
+        opt.step(
+            0.1,
+            [ParamGrad {
+                name: "final_norm.weight",
+                shape: &[3],
+                value: &mut value,
+                grad: &grad,
+            }],
+        )
+        .unwrap();
+        for (x, expected) in value.iter().zip([0.9f32, 1.1, 0.9]) {
+            assert!((x - expected).abs() < 1e-4, "{x} vs {expected}");
+        }
+    }
+
+    #[test]
+    fn decay_only_touches_matrices() {
+        let mut opt = AdamW::new(AdamWConfig {
+            weight_decay: 0.5,
+            ..AdamWConfig::default()
+        });
+        let zero = vec![0.0f32; 4];
+        let (mut w, mut e, mut b) = (vec![2.0f32; 4], vec![2.0f32; 4], vec![2.0f32; 4]);
+        opt.step(
+            0.1,
+            [
+                ParamGrad {
+                    name: "layers.0.attn.o.weight",
+                    shape: &[2, 2],
+                    value: &mut w,
+                    grad: &zero,
+                },
+                ParamGrad {
+                    name: "embed.weight",
+                    shape: &[2, 2],
+                    value: &mut e,
+                    grad: &zero,
+                },
+                ParamGrad {
+                    name: "layers.0.attn.o.bias",
+                    shape: &[4],
+                    value: &mut b,
+                    grad: &zero,
+                },
+            ],
+        )
+        .unwrap();
+        assert_eq!(w, vec![2.0 * (1.0 - 0.05); 4]);
+        assert_eq!(e, vec![2.0; 4]);
+        assert_eq!(b, vec![2.0; 4]);
+    }
+
+    #[test]
+    fn mismatched_gradient_is_an_error() {
+        let mut opt = AdamW::new(AdamWConfig::default());
+        let mut value = vec![0.0f32; 3];
+        let err = opt
+            .step(
+                0.1,
+                [ParamGrad {
+                    name: "x",
+                    shape: &[3],
+                    value: &mut value,
+                    grad: &[1.0],
+                }],
+            )
+            .unwrap_err();
+        assert!(matches!(err, TrainError::GradShape { .. }), "{err}");
+    }
+}
