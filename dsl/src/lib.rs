@@ -2,11 +2,14 @@
 //!
 //! See `ir` for the data that flows through the whole compiler.
 
+pub mod check;
 pub mod codegen;
 pub mod diag;
 pub mod ir;
+pub mod mspec;
 pub mod params;
 pub mod plan;
+pub mod render;
 pub mod tensors;
 
 pub use ir::ModelSpec;

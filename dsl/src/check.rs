@@ -1,0 +1,477 @@
+//! Checks of a [`ModelSpec`] that every front end shares (the `.mspec` DSL, YAML, HF config.json).
+//!
+//! [`check`] returns [`Issue`]s located by field path (the IR's serde path without the layer
+//! prefix, e.g. `attention.kv_heads`) and the layers concerned; each front end maps a path back to
+//! where the user wrote it. A spec without issues is safe for every consumer: no size is zero, no
+//! product of sizes the parameter table forms overflows `u64`, and every per-layer derived size is
+//! consistent.
+//!
+//! ```
+//! use modelspec_dsl::check::check;
+//! let spec = modelspec_dsl::mspec::parse(
+//!     "model m { vocab 256 d_model 64 layers 2 context 128 attention { heads 4 kv_heads 3 } }",
+//!     "m.mspec",
+//! );
+//! assert!(spec.is_err());
+//! ```
+
+use crate::diag::Issue;
+use crate::ir::*;
+use crate::tensors::layer_tensors;
+
+/// Most routed experts a layer may have (bounds the parameter table on hostile input).
+pub const MAX_EXPERTS: u64 = 1 << 16;
+/// Most layers a model may have.
+pub const MAX_LAYERS: u64 = 10_000;
+
+/// Every problem found in `spec`, in a deterministic order (global fields, then per-layer fields
+/// by first layer). Issues that are identical across layers are merged into one with all layers.
+pub fn check(spec: &ModelSpec) -> Vec<Issue> {
+    let mut c = Checker { issues: Vec::new() };
+    c.global(spec);
+    for layer in &spec.layers {
+        c.layer(spec, layer);
+    }
+    c.overflow(spec);
+    c.issues
+}
+
+struct Checker {
+    issues: Vec<Issue>,
+}
+
+impl Checker {
+    fn push(&mut self, field: &str, layer: Option<u64>, message: String, hint: Option<String>) {
+        if let Some(l) = layer
+            && let Some(existing) = self
+                .issues
+                .iter_mut()
+                .find(|i| i.field == field && i.message == message && !i.layers.is_empty())
+        {
+            if !existing.layers.contains(&l) {
+                existing.layers.push(l);
+            }
+            return;
+        }
+        self.issues.push(Issue {
+            field: field.to_string(),
+            layers: layer.into_iter().collect(),
+            message,
+            hint,
+        });
+    }
+
+    fn positive(&mut self, field: &str, layer: Option<u64>, v: u64) {
+        if v == 0 {
+            self.push(field, layer, format!("`{field}` must be positive, found 0"), None);
+        }
+    }
+
+    fn positive_real(&mut self, field: &str, layer: Option<u64>, v: f64) {
+        if !(v > 0.0 && v.is_finite()) {
+            self.push(field, layer, format!("`{field}` must be a positive number, found {v}"), None);
+        }
+    }
+
+    fn global(&mut self, s: &ModelSpec) {
+        self.positive("vocab", None, s.vocab);
+        self.positive("d_model", None, s.d_model);
+        self.positive("n_layers", None, s.n_layers);
+        self.positive("context", None, s.context);
+        self.positive("vocab_pad_multiple", None, s.vocab_pad_multiple);
+        if s.n_layers > MAX_LAYERS {
+            self.push(
+                "n_layers",
+                None,
+                format!("{} layers is more than the supported {MAX_LAYERS}", s.n_layers),
+                None,
+            );
+        }
+        if s.n_layers != s.layers.len() as u64 {
+            self.push(
+                "n_layers",
+                None,
+                format!("n_layers is {} but {} layer rows are given", s.n_layers, s.layers.len()),
+                Some("give exactly one row per layer".into()),
+            );
+        }
+        for (i, l) in s.layers.iter().enumerate() {
+            if l.index != i as u64 {
+                self.push(
+                    "index",
+                    Some(i as u64),
+                    format!("layer row {i} has index {}", l.index),
+                    Some("rows must be in order, numbered from 0".into()),
+                );
+            }
+        }
+        if s.vocab_pad_multiple > 0 {
+            let expected = s.vocab.div_ceil(s.vocab_pad_multiple).checked_mul(s.vocab_pad_multiple);
+            match expected {
+                None => self.push(
+                    "vocab_padded",
+                    None,
+                    "vocab rounded up to vocab_pad_multiple overflows u64".into(),
+                    None,
+                ),
+                Some(e) if e != s.vocab_padded => self.push(
+                    "vocab_padded",
+                    None,
+                    format!(
+                        "vocab_padded is {} but vocab {} rounded up to a multiple of {} is {e}",
+                        s.vocab_padded, s.vocab, s.vocab_pad_multiple
+                    ),
+                    Some(format!("set vocab_padded to {e}")),
+                ),
+                Some(_) => {}
+            }
+        }
+        for (field, p) in [
+            ("dropout.embedding", s.dropout.embedding),
+            ("dropout.attention", s.dropout.attention),
+            ("dropout.residual", s.dropout.residual),
+        ] {
+            if !(0.0..1.0).contains(&p) {
+                self.push(
+                    field,
+                    None,
+                    format!("dropout must be in [0, 1), found {p}"),
+                    Some("0 turns dropout off".into()),
+                );
+            }
+        }
+        self.positive_real("embedding.scale", None, s.embedding.scale);
+        if let Some(n) = &s.final_norm {
+            self.norm("final_norm", None, n);
+        }
+        if let Some(cap) = s.logits.softcap {
+            self.positive_real("logits.softcap", None, cap);
+        }
+        match s.checkpoint.budget {
+            Some(Budget::Fraction(f)) if !(0.0..=1.0).contains(&f) => self.push(
+                "checkpoint.budget",
+                None,
+                format!("a budget fraction must be in [0, 1], found {f}"),
+                Some("write a byte size with a unit (e.g. `24GiB`) for an absolute budget".into()),
+            ),
+            Some(Budget::Bytes(0)) => self.push(
+                "checkpoint.budget",
+                None,
+                "a budget of 0 bytes cannot hold the layer inputs".into(),
+                None,
+            ),
+            _ => {}
+        }
+        let any_learned = s.layers.iter().any(|l| matches!(l.position, Position::Learned));
+        if any_learned && !s.embedding.learned_positions {
+            let layers = s
+                .layers
+                .iter()
+                .filter(|l| matches!(l.position, Position::Learned))
+                .map(|l| l.index)
+                .collect();
+            self.issues.push(Issue {
+                field: "position".into(),
+                layers,
+                message: "learned positions are used but the embedding has no position table".into(),
+                hint: Some("set `embedding.learned_positions`".into()),
+            });
+        }
+    }
+
+    fn norm(&mut self, prefix: &str, layer: Option<u64>, n: &Norm) {
+        self.positive_real(&format!("{prefix}.eps"), layer, n.eps);
+        if !n.offset.is_finite() {
+            self.push(&format!("{prefix}.offset"), layer, "norm offset must be finite".into(), None);
+        }
+        if n.kind == NormKind::Rms && n.bias {
+            self.push(
+                &format!("{prefix}.bias"),
+                layer,
+                "an RMS norm has no bias".into(),
+                Some("use `layer(...)` for a norm with a bias".into()),
+            );
+        }
+    }
+
+    fn layer(&mut self, s: &ModelSpec, l: &Layer) {
+        let i = Some(l.index);
+        let a = &l.attention;
+        self.positive("attention.heads", i, a.heads);
+        self.positive("attention.kv_heads", i, a.kv_heads);
+        self.positive("attention.head_dim", i, a.head_dim);
+        if a.heads > 0 && a.kv_heads > 0 && a.heads % a.kv_heads != 0 {
+            self.push(
+                "attention.kv_heads",
+                i,
+                format!(
+                    "attention.heads ({}) is not divisible by attention.kv_heads ({})",
+                    a.heads, a.kv_heads
+                ),
+                Some(format!("kv_heads must divide heads; divisors of {}: {}", a.heads, divisors(a.heads))),
+            );
+        }
+        self.positive_real("attention.scale", i, a.scale);
+        if let Some(cap) = a.softcap {
+            self.positive_real("attention.softcap", i, cap);
+        }
+        if a.window == Some(0) {
+            self.push(
+                "attention.window",
+                i,
+                "a sliding window must be positive, found 0".into(),
+                Some("write `window none` for full attention".into()),
+            );
+        }
+        if let Some(q) = &a.qk_norm {
+            self.norm("attention.qk_norm.norm", i, &q.norm);
+        }
+        self.norm("block.norm", i, &l.block.norm);
+        if l.block.shared_norm && !l.block.parallel_residual {
+            self.push(
+                "block.shared_norm",
+                i,
+                "shared_norm needs parallel_residual".into(),
+                Some("a sequential block normalises attention and MLP inputs separately".into()),
+            );
+        }
+        if let Position::Rope(r) = &l.position {
+            self.positive_real("position.theta", i, r.theta);
+            if !(r.fraction > 0.0 && r.fraction <= 1.0) {
+                self.push(
+                    "position.fraction",
+                    i,
+                    format!("the rotary fraction must be in (0, 1], found {}", r.fraction),
+                    None,
+                );
+            }
+            if r.rotary_dims == 0 || r.rotary_dims % 2 != 0 {
+                self.push(
+                    "position.rotary_dims",
+                    i,
+                    format!("rotary_dims must be even and positive, found {}", r.rotary_dims),
+                    Some("rotary dimensions are rotated in pairs".into()),
+                );
+            }
+            if r.rotary_dims > a.head_dim {
+                self.push(
+                    "position.rotary_dims",
+                    i,
+                    format!("rotary_dims ({}) exceeds head_dim ({})", r.rotary_dims, a.head_dim),
+                    None,
+                );
+            }
+            self.scaling(i, r);
+        }
+        match &l.ffn {
+            Ffn::Mlp(m) => self.positive("ffn.hidden", i, m.hidden),
+            Ffn::Moe(m) => {
+                self.positive("ffn.experts", i, m.experts);
+                self.positive("ffn.expert.hidden", i, m.expert.hidden);
+                if m.experts > MAX_EXPERTS {
+                    self.push(
+                        "ffn.experts",
+                        i,
+                        format!("{} experts is more than the supported {MAX_EXPERTS}", m.experts),
+                        None,
+                    );
+                }
+                if m.top_k == 0 || m.top_k > m.experts {
+                    self.push(
+                        "ffn.top_k",
+                        i,
+                        format!("top_k ({}) must be between 1 and experts ({})", m.top_k, m.experts),
+                        None,
+                    );
+                }
+                if let Some(sh) = &m.shared {
+                    self.positive("ffn.shared.count", i, sh.count);
+                    self.positive("ffn.shared.hidden", i, sh.hidden);
+                }
+                if !(m.aux_loss >= 0.0 && m.aux_loss.is_finite()) {
+                    self.push(
+                        "ffn.aux_loss",
+                        i,
+                        format!("aux_loss must be a non-negative number, found {}", m.aux_loss),
+                        None,
+                    );
+                }
+            }
+        }
+        let names = match &l.checkpoint {
+            LayerCheckpoint::Save(n) | LayerCheckpoint::Recompute(n) => n,
+            _ => return,
+        };
+        let known = layer_tensors(l);
+        for name in names {
+            if !known.contains(&name.as_str()) {
+                let hint = match did_you_mean(name, &known) {
+                    Some(s) => format!("did you mean `{s}`?"),
+                    None => format!("this layer's tensors: {}", known.join(", ")),
+                };
+                self.push(
+                    "checkpoint",
+                    i,
+                    format!("layer {} has no tensor named `{name}`", l.index),
+                    Some(hint),
+                );
+            }
+        }
+        let _ = s;
+    }
+
+    fn scaling(&mut self, i: Option<u64>, r: &Rope) {
+        let factor = match &r.scaling {
+            RopeScaling::None => return,
+            RopeScaling::Linear { factor } => *factor,
+            RopeScaling::DynamicNtk { factor, original_context } => {
+                self.positive("position.scaling.original_context", i, *original_context);
+                *factor
+            }
+            RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow, attention_factor } => {
+                self.positive("position.scaling.original_context", i, *original_context);
+                self.positive_real("position.scaling.attention_factor", i, *attention_factor);
+                if !(beta_fast.is_finite() && beta_slow.is_finite() && beta_fast > beta_slow) {
+                    self.push(
+                        "position.scaling.beta_fast",
+                        i,
+                        format!("yarn needs beta_fast > beta_slow, found {beta_fast} and {beta_slow}"),
+                        None,
+                    );
+                }
+                *factor
+            }
+            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => {
+                self.positive("position.scaling.original_context", i, *original_context);
+                self.positive_real("position.scaling.low_freq_factor", i, *low_freq_factor);
+                if !(high_freq_factor > low_freq_factor && high_freq_factor.is_finite()) {
+                    self.push(
+                        "position.scaling.high_freq_factor",
+                        i,
+                        format!(
+                            "llama3 scaling needs high_freq_factor > low_freq_factor, found {high_freq_factor} and {low_freq_factor}"
+                        ),
+                        None,
+                    );
+                }
+                *factor
+            }
+            RopeScaling::Longrope { short_factor, long_factor, original_context, attention_factor } => {
+                self.positive("position.scaling.original_context", i, *original_context);
+                self.positive_real("position.scaling.attention_factor", i, *attention_factor);
+                let want = r.rotary_dims / 2;
+                for (field, list) in
+                    [("position.scaling.short_factor", short_factor), ("position.scaling.long_factor", long_factor)]
+                {
+                    if list.len() as u64 != want {
+                        self.push(
+                            field,
+                            i,
+                            format!(
+                                "longrope needs rotary_dims / 2 = {want} factors, found {}",
+                                list.len()
+                            ),
+                            None,
+                        );
+                    }
+                    if list.iter().any(|f| !(*f > 0.0 && f.is_finite())) {
+                        self.push(field, i, "longrope factors must be positive".into(), None);
+                    }
+                }
+                return;
+            }
+        };
+        self.positive_real("position.scaling.factor", i, factor);
+    }
+
+    /// Every product the parameter table and the cost model form must fit in `u64`.
+    fn overflow(&mut self, s: &ModelSpec) {
+        let d = s.d_model;
+        let mut total: Option<u64> = Some(0);
+        let add = |total: &mut Option<u64>, v: Option<u64>| {
+            *total = total.and_then(|t| v.and_then(|v| t.checked_add(v)))
+        };
+        add(&mut total, s.vocab_padded.checked_mul(d));
+        add(&mut total, s.context.checked_mul(d));
+        add(&mut total, s.vocab_padded.checked_mul(2));
+        for l in &s.layers {
+            let i = Some(l.index);
+            let a = &l.attention;
+            let q = a.heads.checked_mul(a.head_dim);
+            let kv = a.kv_heads.checked_mul(a.head_dim);
+            if q.is_none() || kv.is_none() {
+                self.push(
+                    "attention.head_dim",
+                    i,
+                    "heads × head_dim overflows u64".into(),
+                    Some("check the attention sizes".into()),
+                );
+                total = None;
+                continue;
+            }
+            let (q, kv) = (q.unwrap_or(0), kv.unwrap_or(0));
+            add(&mut total, q.checked_mul(d).and_then(|x| x.checked_mul(2)));
+            add(&mut total, kv.checked_mul(d).and_then(|x| x.checked_mul(2)));
+            add(&mut total, q.checked_add(kv.checked_mul(2).unwrap_or(u64::MAX)));
+            add(&mut total, Some(q.saturating_add(kv).saturating_add(d.saturating_mul(8))));
+            let mlp = |m: &Mlp| m.hidden.checked_mul(d).and_then(|x| x.checked_mul(3));
+            match &l.ffn {
+                Ffn::Mlp(m) => add(&mut total, mlp(m)),
+                Ffn::Moe(m) => {
+                    add(&mut total, m.experts.checked_mul(d));
+                    add(&mut total, mlp(&m.expert).and_then(|x| x.checked_mul(m.experts)));
+                    if let Some(sh) = &m.shared {
+                        add(&mut total, sh.count.checked_mul(sh.hidden).and_then(|h| {
+                            h.checked_mul(d).and_then(|x| x.checked_mul(3))
+                        }));
+                    }
+                }
+            }
+        }
+        if total.is_none() {
+            self.push(
+                "d_model",
+                None,
+                "the parameter count overflows u64".into(),
+                Some("some size is far too large".into()),
+            );
+        }
+    }
+}
+
+fn divisors(n: u64) -> String {
+    let mut out: Vec<String> = (1..=n.min(1 << 20)).filter(|k| n % k == 0).map(|k| k.to_string()).collect();
+    if out.len() > 12 {
+        out.truncate(12);
+        out.push("...".into());
+    }
+    out.join(", ")
+}
+
+/// The candidate closest to `word` by edit distance, if it is close enough to be a likely typo.
+pub fn did_you_mean<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    let limit = (word.chars().count() / 3).max(1).min(3);
+    candidates
+        .iter()
+        .map(|c| (edit_distance(word, c), *c))
+        .filter(|(d, _)| *d <= limit)
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+/// Levenshtein distance over chars (bounded inputs: keys and tensor names).
+pub fn edit_distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.chars().take(64).collect();
+    let b: Vec<char> = b.chars().take(64).collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    let mut cur = vec![0; b.len() + 1];
+    for (i, ca) in a.iter().enumerate() {
+        cur[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let sub = prev[j] + usize::from(ca != cb);
+            cur[j + 1] = sub.min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        std::mem::swap(&mut prev, &mut cur);
+    }
+    prev[b.len()]
+}

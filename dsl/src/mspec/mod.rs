@@ -1,0 +1,92 @@
+//! The `.mspec` front end: a small declarative language for transformer architectures.
+//!
+//! ```text
+//! model llama_3_2_1b {
+//!     vocab 128256   d_model 2048   layers 16   context 131072
+//!     embedding { tied }
+//!     norm rms(eps = 1e-5)
+//!     attention { heads 32  kv_heads 8 }
+//!     position rope(theta = 500000, scaling = llama3(factor = 32, original_context = 8192))
+//!     mlp swiglu(hidden = 8192)
+//!     layers[0..4] { attention.window 4096 }   # half-open: layers 0, 1, 2, 3
+//!     checkpoint { default auto  budget 0.5 }
+//! }
+//! ```
+//! Pipeline: `grammar.pest` (pest) → [`ast`] (atoms with spans) → [`lower`] (schema, defaults,
+//! per-layer rules, derived sizes) → [`crate::check::check`] → diagnostics mapped back to spans.
+//! The default of every setting is listed in [`lower`]. [`print`] writes any IR back as `.mspec`.
+//!
+//! ```
+//! let spec = modelspec_dsl::mspec::parse(
+//!     "model tiny { vocab 256 d_model 64 layers 2 context 128 attention { heads 4 } }",
+//!     "tiny.mspec",
+//! )
+//! .expect("valid");
+//! assert_eq!(spec.layers[1].attention.head_dim, 16);
+//! let text = modelspec_dsl::mspec::print(&spec);
+//! assert_eq!(modelspec_dsl::mspec::parse(&text, "x.mspec"), Ok(spec));
+//! ```
+
+pub mod ast;
+pub mod lower;
+pub mod parse;
+mod print;
+
+pub use print::{format_selector, print};
+
+use crate::diag::{Diagnostic, Issue};
+use crate::ir::{Ffn, ModelSpec};
+use lower::{LowerError, Provenance};
+
+/// Parses, lowers and checks `.mspec` source text. `file` names the source in diagnostics.
+///
+/// Returns the resolved IR, or every diagnostic found (syntax errors stop at the first one;
+/// schema, lowering and check errors are all collected). Never panics.
+pub fn parse(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
+    let ast = parse::parse_file(src, file)?;
+    let (spec, prov) = match lower::lower(&ast, src, file) {
+        Ok(ok) => ok,
+        Err(LowerError::Diagnostics(d)) => return Err(d),
+        Err(LowerError::Issues(issues, prov)) => {
+            return Err(issues.iter().map(|i| to_diagnostic(i, None, &prov, file)).collect());
+        }
+    };
+    let issues = crate::check::check(&spec);
+    if issues.is_empty() {
+        Ok(spec)
+    } else {
+        Err(issues.iter().map(|i| to_diagnostic(i, Some(&spec), &prov, file)).collect())
+    }
+}
+
+/// Places an IR issue at the text where the user wrote the field.
+fn to_diagnostic(issue: &Issue, spec: Option<&ModelSpec>, prov: &Provenance, file: &str) -> Diagnostic {
+    let layer = issue.layers.first().copied();
+    let span = prov.span_of(&issue.field, layer);
+    let mut field = user_field(&issue.field, spec, layer);
+    let n_layers = spec.map(|s| s.n_layers).unwrap_or(0);
+    if !issue.layers.is_empty() && issue.layers.len() as u64 != n_layers {
+        let mut ls = issue.layers.clone();
+        ls.sort_unstable();
+        field = format!("layers[{}].{field}", format_selector(&ls, n_layers.max(1 + ls[ls.len() - 1])));
+    }
+    Diagnostic { file: file.to_string(), span, field, message: issue.message.clone(), hint: issue.hint.clone() }
+}
+
+/// The IR path as written in `.mspec` (`block.norm.eps` → `norm.eps`, `ffn.top_k` → `moe.top_k`).
+fn user_field(path: &str, spec: Option<&ModelSpec>, layer: Option<u64>) -> String {
+    if path == "n_layers" {
+        return "layers".into();
+    }
+    if let Some(rest) = path.strip_prefix("block.") {
+        return rest.to_string();
+    }
+    if let Some(rest) = path.strip_prefix("ffn.") {
+        let moe = spec
+            .zip(layer)
+            .and_then(|(s, l)| s.layers.get(l as usize))
+            .is_some_and(|l| matches!(l.ffn, Ffn::Moe(_)));
+        return format!("{}.{rest}", if moe || spec.is_none() { "moe" } else { "mlp" });
+    }
+    path.to_string()
+}

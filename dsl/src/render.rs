@@ -1,0 +1,61 @@
+//! Plain-text rendering of diagnostics, for the CLI and for snapshots.
+//!
+//! The output is deterministic (no colour, no terminal-width dependence):
+//! ```text
+//! error: attention.heads (32) is not divisible by attention.kv_heads (5)
+//!  --> specs/x.mspec:4:26
+//!   = field: attention.kv_heads
+//!    |
+//!  4 |     attention { heads 32 kv_heads 5 }
+//!    |                          ^^^^^^^^^^
+//!   = help: kv_heads must divide heads; divisors of 32: 1, 2, 4, 8, 16, 32
+//! ```
+
+use crate::diag::{Diagnostic, line_col};
+
+/// Renders `diags` against `src` (the text they point into), one block per diagnostic,
+/// separated by blank lines.
+pub fn render(diags: &[Diagnostic], src: &str) -> String {
+    let mut out = String::new();
+    for (k, d) in diags.iter().enumerate() {
+        if k > 0 {
+            out.push('\n');
+        }
+        render_one(&mut out, d, src);
+    }
+    out
+}
+
+fn render_one(out: &mut String, d: &Diagnostic, src: &str) {
+    let start = floor_boundary(src, d.span.start.min(src.len()));
+    let end = floor_boundary(src, d.span.end.clamp(start, src.len()));
+    let (line, col) = line_col(src, start);
+    out.push_str(&format!("error: {}\n", d.message));
+    out.push_str(&format!(" --> {}:{line}:{col}\n", d.file));
+    if !d.field.is_empty() {
+        out.push_str(&format!("  = field: {}\n", d.field));
+    }
+    let line_start = src[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = src[start..].find('\n').map(|i| start + i).unwrap_or(src.len());
+    let text = src[line_start..line_end].trim_end_matches('\r');
+    if !src.is_empty() {
+        let number = line.to_string();
+        let pad = " ".repeat(number.len());
+        let caret_col = src[line_start..start].chars().count();
+        let caret_len = src[start..end.min(line_end).max(start)].chars().count().max(1);
+        let shown: String = text.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
+        out.push_str(&format!(" {pad} |\n"));
+        out.push_str(&format!(" {number} | {shown}\n"));
+        out.push_str(&format!(" {pad} | {}{}\n", " ".repeat(caret_col), "^".repeat(caret_len)));
+    }
+    if let Some(h) = &d.hint {
+        out.push_str(&format!("  = help: {h}\n"));
+    }
+}
+
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
