@@ -4,3 +4,13 @@
 
 pub use modelspec_dsl as dsl;
 pub use modelspec_runtime as runtime;
+
+pub use modelspec_macros::{model, model_file};
+pub use modelspec_runtime::{Device, Tensor};
+pub use model::{Error, KernelLaunch, Model, Result};
+
+mod model;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;

@@ -22,6 +22,7 @@
 //! ```
 
 mod cuda;
+pub mod expand;
 mod forward;
 pub(crate) mod model_impl;
 mod structs;
