@@ -4,12 +4,16 @@
 
 pub mod check;
 pub mod codegen;
+pub mod cost;
 pub mod diag;
+pub mod hf;
 pub mod ir;
+pub mod load;
 pub mod mspec;
 pub mod params;
 pub mod plan;
 pub mod render;
 pub mod tensors;
+pub mod yaml;
 
 pub use ir::ModelSpec;

@@ -1,0 +1,147 @@
+//! The IR's serde forms as files: YAML (read and written with `serde_norway`) and JSON.
+//!
+//! A YAML or JSON file is the fully resolved IR exactly as `modelspec expand` prints it: every
+//! default explicit, one row per layer. Reading one reports syntax and type errors at their
+//! line:col, then runs the IR checks and points each issue at the key that holds the value.
+//!
+//! ```
+//! # use modelspec_dsl::{hf, yaml};
+//! let src = r#"{"model_type": "llama", "num_hidden_layers": 2, "hidden_size": 64,
+//!               "num_attention_heads": 4, "intermediate_size": 128, "vocab_size": 100}"#;
+//! let spec = hf::import(src, "config.json").expect("valid");
+//! let text = yaml::to_string(&spec);
+//! assert_eq!(yaml::from_str(&text, "x.yaml").expect("round trip"), spec);
+//! ```
+
+use crate::diag::{Diagnostic, Issue};
+use crate::ir::ModelSpec;
+
+/// Reads a YAML IR file. `file` is the path as the user named it.
+pub fn from_str(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
+    let spec: ModelSpec = serde_norway::from_str(src).map_err(|e| {
+        let offset = e.location().map_or(0, |l| l.index().min(src.len()));
+        vec![serde_diagnostic(file, offset, &e.to_string(), src)]
+    })?;
+    checked(spec, src, file)
+}
+
+/// Reads an IR JSON file (the form `modelspec expand --format json` prints).
+pub fn from_json_str(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
+    let spec: ModelSpec = serde_json::from_str(src).map_err(|e| {
+        let offset = offset_of(src, e.line(), e.column());
+        vec![serde_diagnostic(file, offset, &e.to_string(), src)]
+    })?;
+    checked(spec, src, file)
+}
+
+/// The IR as YAML.
+pub fn to_string(spec: &ModelSpec) -> String {
+    serde_norway::to_string(spec).unwrap_or_else(|e| format!("# cannot write YAML: {e}\n"))
+}
+
+/// The IR as pretty-printed JSON.
+pub fn to_json_string(spec: &ModelSpec) -> String {
+    serde_json::to_string_pretty(spec).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+}
+
+/// Runs the checks the IR must pass, pointing issues into `src`.
+fn checked(spec: ModelSpec, src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
+    let mut issues = crate::cost::limit_issues(&spec);
+    if issues.is_empty() {
+        issues = structural_issues(&spec);
+    }
+    if issues.is_empty() {
+        issues = crate::check::check(&spec);
+    }
+    if issues.is_empty() {
+        return Ok(spec);
+    }
+    Err(issues.iter().map(|issue| locate_issue(issue, src, file)).collect())
+}
+
+/// Consistency the serde form cannot enforce by itself.
+fn structural_issues(spec: &ModelSpec) -> Vec<Issue> {
+    let mut issues = Vec::new();
+    if spec.n_layers != spec.layers.len() as u64 {
+        issues.push(Issue {
+            field: "n_layers".into(),
+            layers: vec![],
+            message: format!("n_layers is {} but there are {} layer rows", spec.n_layers, spec.layers.len()),
+            hint: Some("give one row per layer".into()),
+        });
+    }
+    if let Some(layer) = spec.layers.iter().enumerate().find(|(i, l)| l.index != *i as u64) {
+        issues.push(Issue {
+            field: "index".into(),
+            layers: vec![layer.1.index],
+            message: format!("layer row {} has index {}", layer.0, layer.1.index),
+            hint: Some("rows are listed in order, indices from 0".into()),
+        });
+    }
+    issues
+}
+
+/// Byte offset of 1-based `line`, `column` (in chars).
+fn offset_of(src: &str, line: usize, column: usize) -> usize {
+    let mut offset = 0;
+    for (i, l) in src.split_inclusive('\n').enumerate() {
+        if i + 1 == line {
+            let col = l.char_indices().nth(column.saturating_sub(1)).map_or(l.len(), |(b, _)| b);
+            return offset + col;
+        }
+        offset += l.len();
+    }
+    src.len()
+}
+
+/// A diagnostic from a serde error message such as `layers[0].attention: unknown field ...`.
+fn serde_diagnostic(file: &str, offset: usize, message: &str, src: &str) -> Diagnostic {
+    // serde_norway puts the path first ("a.b[0].c: msg at line L column C"); drop the location,
+    // which the span carries.
+    let message = match message.rfind(" at line ") {
+        Some(i) => &message[..i],
+        None => message,
+    };
+    let (field, why) = match message.split_once(": ") {
+        Some((path, rest)) if !path.contains(' ') => (path.to_string(), rest.to_string()),
+        _ => ("(document)".to_string(), message.to_string()),
+    };
+    let field = match why.split_once("unknown field `") {
+        Some((_, rest)) => rest.split('`').next().unwrap_or(&field).to_string(),
+        None => field,
+    };
+    let hint = if why.contains("unknown field") {
+        Some("remove the key or fix its spelling; the expected keys are listed above".into())
+    } else if why.contains("missing field") {
+        Some("every field of the IR is explicit: `modelspec expand` prints a complete file".into())
+    } else {
+        None
+    };
+    let end = src[offset.min(src.len())..].find('\n').map_or(src.len(), |n| offset + n);
+    Diagnostic { file: file.to_string(), span: offset.min(src.len())..end.max(offset.min(src.len())), field, message: why, hint }
+}
+
+/// Points an IR issue at the key that holds the value: inside the layer row for a per-layer field.
+pub(crate) fn locate_issue(issue: &Issue, src: &str, file: &str) -> Diagnostic {
+    let last = issue.field.rsplit('.').next().unwrap_or(&issue.field);
+    let mut from = 0;
+    if let Some(layer) = issue.layers.first() {
+        for marker in [format!("index: {layer}\n"), format!("\"index\": {layer},")] {
+            if let Some(p) = src.find(&marker) {
+                from = p;
+                break;
+            }
+        }
+    }
+    let span = [format!("{last}:"), format!("\"{last}\":")]
+        .iter()
+        .filter_map(|needle| src[from..].find(needle.as_str()).map(|p| from + p))
+        .min()
+        .map_or(0..0, |p| p..p + last.len());
+    let mut message = issue.message.clone();
+    if !issue.layers.is_empty() && issue.layers.len() < 8 {
+        let list: Vec<String> = issue.layers.iter().map(u64::to_string).collect();
+        message = format!("{message} (layer {})", list.join(", "));
+    }
+    Diagnostic { file: file.to_string(), span, field: issue.field.clone(), message, hint: issue.hint.clone() }
+}

@@ -1,0 +1,25 @@
+//! `modelspec export-hf FILE [-o config.json]`: the HF config.json of a spec.
+
+use std::path::PathBuf;
+
+use modelspec_dsl::hf;
+
+use super::{load_or_report, write_output};
+
+/// Arguments of `modelspec export-hf`.
+#[derive(Debug, clap::Args)]
+pub struct ExportHfArgs {
+    /// A spec file: .mspec, .yaml/.yml, or HF config.json.
+    pub file: PathBuf,
+    /// Where to write the config.json (stdout when absent).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+/// Writes the config.json, or says why no supported model_type expresses the spec.
+pub fn run(args: ExportHfArgs) -> anyhow::Result<()> {
+    let (spec, _) = load_or_report(&args.file)?;
+    let config = hf::export(&spec).map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
+    let text = serde_json::to_string_pretty(&config)? + "\n";
+    write_output(args.output.as_deref(), &text)
+}

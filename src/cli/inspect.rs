@@ -1,0 +1,112 @@
+//! `modelspec inspect FILE [--json]`: parameter counts, FLOPs and a per-layer table.
+
+use std::path::PathBuf;
+
+use modelspec_dsl::cost::{self, LayerCost};
+use serde_json::json;
+
+use super::{load_or_report, print_stdout};
+
+/// Arguments of `modelspec inspect`.
+#[derive(Debug, clap::Args)]
+pub struct InspectArgs {
+    /// A spec file: .mspec, .yaml/.yml, or HF config.json.
+    pub file: PathBuf,
+    /// Print JSON (keys: name, rust_type, params_total, params_active, flops_per_token, layers...).
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints the summary.
+pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let (spec, _) = load_or_report(&args.file)?;
+    let summary = cost::summarize(&spec);
+    if args.json {
+        let value = json!({
+            "name": spec.name,
+            "rust_type": spec.rust_type(),
+            "params_total": summary.params_total,
+            "params_active": summary.params_active,
+            "flops_per_token": summary.flops_per_token,
+            "context": spec.context,
+            "vocab": spec.vocab,
+            "d_model": spec.d_model,
+            "n_layers": spec.n_layers,
+            "params_outside_layers": summary.params_outside_layers,
+            "weight_bytes_f32": summary.params_total.saturating_mul(4),
+            "weight_bytes_bf16": summary.params_total.saturating_mul(2),
+            "layers": summary.layers,
+        });
+        return print_stdout(&(serde_json::to_string_pretty(&value)? + "\n"));
+    }
+    let mut out = String::new();
+    out.push_str(&format!("{} (struct {})\n", spec.name, spec.rust_type()));
+    out.push_str(&format!(
+        "  vocab {}  d_model {}  layers {}  context {}\n",
+        spec.vocab, spec.d_model, spec.n_layers, spec.context
+    ));
+    out.push_str(&format!("  params total    {:>20}\n", group(summary.params_total)));
+    out.push_str(&format!("  params active   {:>20}\n", group(summary.params_active)));
+    out.push_str(&format!("  FLOPs/token     {:>20}  (forward, at context {})\n", group(summary.flops_per_token), spec.context));
+    out.push_str(&format!("  weights         {:>20}  bf16, {} f32\n", bytes(summary.params_total.saturating_mul(2)), bytes(summary.params_total.saturating_mul(4))));
+    out.push_str(&format!("  outside layers  {:>20}  (embeddings, final norm, head)\n\n", group(summary.params_outside_layers)));
+    out.push_str(&table(&summary.layers));
+    print_stdout(&out)
+}
+
+/// The per-layer table; runs of identical rows are collapsed into one `a-b` row.
+fn table(rows: &[LayerCost]) -> String {
+    let mut out = format!(
+        "{:<9} {:<52} {:<36} {:>15} {:>15} {:>11}\n",
+        "layers", "attention", "ffn", "params", "active", "bf16"
+    );
+    let mut i = 0;
+    while i < rows.len() {
+        let r = &rows[i];
+        let mut j = i + 1;
+        while j < rows.len() && same(&rows[j], r) {
+            j += 1;
+        }
+        let label = if j - i == 1 { format!("{}", r.index) } else { format!("{}-{}", r.index, rows[j - 1].index) };
+        out.push_str(&format!(
+            "{:<9} {:<52} {:<36} {:>15} {:>15} {:>11}\n",
+            label,
+            r.attention,
+            r.ffn,
+            group(r.params),
+            group(r.params_active),
+            bytes(r.weight_bytes_bf16)
+        ));
+        i = j;
+    }
+    out
+}
+
+fn same(a: &LayerCost, b: &LayerCost) -> bool {
+    a.attention == b.attention && a.ffn == b.ffn && a.params == b.params && a.params_active == b.params_active
+}
+
+/// 1234567 → "1,234,567".
+fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (k, c) in digits.chars().enumerate() {
+        if k > 0 && (digits.len() - k) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Bytes in binary units.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[unit]) }
+}
