@@ -22,7 +22,7 @@ pub fn print(spec: &ModelSpec) -> String {
 /// Formats a number so that it reads well and parses back to the same `f64`.
 pub fn num(v: f64) -> String {
     let a = v.abs();
-    if v == 0.0 || (a >= 1e-3 && a < 1e7) || (v.fract() == 0.0 && a < 1e7) {
+    if v == 0.0 || (a >= 1e-3 && a < 1e6) {
         format!("{v}")
     } else {
         format!("{v:e}")
@@ -128,10 +128,11 @@ impl Printer {
         if s.vocab_pad_multiple != 1 || self.explicit {
             let _ = write!(sizes, " pad {}", s.vocab_pad_multiple);
         }
-        let _ = writeln!(o, "{sizes}");
-        let _ = writeln!(o, "    d_model {}", s.d_model);
-        let _ = writeln!(o, "    layers {}", s.n_layers);
-        let _ = writeln!(o, "    context {}", s.context);
+        let _ = writeln!(
+            o,
+            "{sizes}   d_model {}   layers {}   context {}",
+            s.d_model, s.n_layers, s.context
+        );
         self.dropout(&mut o, &s.dropout);
 
         let Some(base) = self.base(s) else {
