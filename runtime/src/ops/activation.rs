@@ -1,0 +1,124 @@
+//! MLP activations, plain (`act = f(up)`) or gated (`act = f(gate) · up`).
+//!
+//! `gelu` is the exact erf form `x/2 · (1 + erf(x/√2))`, `gelu_tanh` the tanh approximation
+//! `x/2 · (1 + tanh(√(2/π) (x + 0.044715 x³)))`, `silu` is `x · σ(x)`, `relu²` is `max(x, 0)²`.
+
+use modelspec_dsl::ir::MlpKind;
+
+use crate::tensor::Float;
+
+/// A pointwise activation function.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    /// Exact (erf) GELU.
+    Gelu,
+    /// Tanh-approximated GELU.
+    GeluTanh,
+    /// SiLU / swish.
+    Silu,
+    /// Squared ReLU.
+    ReluSquared,
+}
+
+impl Activation {
+    /// The activation an MLP kind applies (to `gate` when gated, else to `up`).
+    pub fn of(kind: MlpKind) -> Activation {
+        match kind {
+            MlpKind::Gelu | MlpKind::Geglu => Activation::Gelu,
+            MlpKind::GeluTanh | MlpKind::GegluTanh => Activation::GeluTanh,
+            MlpKind::Swiglu => Activation::Silu,
+            MlpKind::ReluSquared => Activation::ReluSquared,
+        }
+    }
+
+    /// `f(x)`.
+    #[inline]
+    pub fn apply<T: Float>(self, x: T) -> T {
+        let half = T::from_f64(0.5);
+        match self {
+            Activation::Gelu => {
+                half * x * (T::ONE + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf())
+            }
+            Activation::GeluTanh => {
+                let inner = T::from_f64((2.0 / std::f64::consts::PI).sqrt())
+                    * (x + T::from_f64(0.044715) * x * x * x);
+                half * x * (T::ONE + inner.tanh())
+            }
+            Activation::Silu => x / (T::ONE + (-x).exp()),
+            Activation::ReluSquared => {
+                let r = if x > T::ZERO { x } else { T::ZERO };
+                r * r
+            }
+        }
+    }
+
+    /// `f'(x)`.
+    #[inline]
+    pub fn derivative<T: Float>(self, x: T) -> T {
+        let half = T::from_f64(0.5);
+        match self {
+            Activation::Gelu => {
+                let cdf =
+                    half * (T::ONE + (x * T::from_f64(std::f64::consts::FRAC_1_SQRT_2)).erf());
+                let pdf =
+                    T::from_f64(1.0 / (2.0 * std::f64::consts::PI).sqrt()) * (-half * x * x).exp();
+                cdf + x * pdf
+            }
+            Activation::GeluTanh => {
+                let k = T::from_f64((2.0 / std::f64::consts::PI).sqrt());
+                let c = T::from_f64(0.044715);
+                let t = (k * (x + c * x * x * x)).tanh();
+                half * (T::ONE + t)
+                    + half * x * (T::ONE - t * t) * k * (T::ONE + T::from_f64(3.0) * c * x * x)
+            }
+            Activation::Silu => {
+                let s = T::ONE / (T::ONE + (-x).exp());
+                s * (T::ONE + x * (T::ONE - s))
+            }
+            Activation::ReluSquared => {
+                if x > T::ZERO {
+                    T::from_f64(2.0) * x
+                } else {
+                    T::ZERO
+                }
+            }
+        }
+    }
+}
+
+/// `out = f(x)`.
+pub fn forward<T: Float>(act: Activation, x: &[T], out: &mut [T]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = act.apply(v);
+    }
+}
+
+/// `dx += dout · f'(x)`.
+pub fn backward<T: Float>(act: Activation, x: &[T], dout: &[T], dx: &mut [T]) {
+    for ((g, &v), &d) in dx.iter_mut().zip(x).zip(dout) {
+        *g += d * act.derivative(v);
+    }
+}
+
+/// `out = f(gate) · up`.
+pub fn forward_gated<T: Float>(act: Activation, gate: &[T], up: &[T], out: &mut [T]) {
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        *o = act.apply(g) * u;
+    }
+}
+
+/// `dgate += dout · up · f'(gate)`, `dup += dout · f(gate)`.
+pub fn backward_gated<T: Float>(
+    act: Activation,
+    gate: &[T],
+    up: &[T],
+    dout: &[T],
+    dgate: &mut [T],
+    dup: &mut [T],
+) {
+    for i in 0..dout.len() {
+        let g = gate[i];
+        dgate[i] += dout[i] * up[i] * act.derivative(g);
+        dup[i] += dout[i] * act.apply(g);
+    }
+}

@@ -1,0 +1,399 @@
+//! Causal scaled-dot-product attention with grouped kv heads, sliding window, score softcap,
+//! ALiBi and dropout on the probabilities.
+//!
+//! For a query at position `i` and a key at `j` (same sequence), head `h` of kv group
+//! `g = h / (heads / kv_heads)`:
+//! ```text
+//! s_ij = scale · (q_i · k_j + alibi_h(j))            alibi: Falcon's order, bias before the scale
+//! s_ij = softcap · tanh(s_ij / softcap)              when softcap is set (Gemma-2)
+//! visible iff j ≤ i and (no window or i − window < j)   (HF's sliding window)
+//! p_i  = softmax_j(s_ij)   over visible keys;   p̃ = dropout(p)
+//! o_i  = Σ_j p̃_ij v_j
+//! ```
+//! `q, o: [batch·seq, heads·head_dim]`, `k, v: [batch·seq, kv_heads·head_dim]` (heads side by side
+//! in a row, as the projections produce them). Scores and probabilities are formed per (sequence,
+//! head) with gemm, in parallel over (sequence, head) with rayon; backward recomputes them from
+//! q and k (as flash attention does), so nothing of size seq² is kept between passes.
+
+use rayon::prelude::*;
+
+use super::dropout::Dropout;
+use super::matmul::matmul_raw;
+use crate::tensor::Float;
+
+/// Shape and options of one attention call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionCfg {
+    /// Sequences.
+    pub batch: usize,
+    /// Positions per sequence.
+    pub seq: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Width of one head.
+    pub head_dim: usize,
+    /// Multiplier on q·k.
+    pub scale: f64,
+    /// Score softcap.
+    pub softcap: Option<f64>,
+    /// Sliding window (keys `i − window < j ≤ i`).
+    pub window: Option<usize>,
+    /// Per-head ALiBi slopes (see [`alibi_slopes`]), bias `slope · j` added before the scale.
+    pub alibi: Option<Vec<f64>>,
+    /// Dropout on the probabilities (training only).
+    pub dropout: Option<Dropout>,
+}
+
+/// ALiBi slopes as HF's `build_alibi_tensor`: the geometric sequence for the closest power of two,
+/// then every other slope of the next power of two for the remaining heads. HF rounds the slopes
+/// to bfloat16; so does this.
+pub fn alibi_slopes(heads: usize) -> Vec<f64> {
+    let closest = 1usize << (usize::BITS - 1 - heads.leading_zeros());
+    let base = 2f64.powf(-(2f64.powf(-((closest as f64).log2() - 3.0))));
+    let mut slopes: Vec<f64> = (1..=closest).map(|p| base.powi(p as i32)).collect();
+    if closest != heads {
+        let extra_base = 2f64.powf(-(2f64.powf(-((2.0 * closest as f64).log2() - 3.0))));
+        let remaining = (heads - closest).min(closest);
+        slopes.extend((0..remaining).map(|i| extra_base.powi((1 + 2 * i) as i32)));
+    }
+    slopes
+        .into_iter()
+        .map(|s| round_bf16(s as f32) as f64)
+        .collect()
+}
+
+/// Rounds to the nearest bfloat16 (ties to even), as `tensor.bfloat16()` does.
+pub fn round_bf16(x: f32) -> f32 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7FFF + ((bits >> 16) & 1)) & 0xFFFF_0000;
+    f32::from_bits(rounded)
+}
+
+/// The ALiBi bias of head slope `slope` at key position `j`: HF computes `slope_bf16 · j` in
+/// bfloat16.
+#[inline]
+fn alibi_bias(slope: f64, j: usize) -> f64 {
+    round_bf16(slope as f32 * j as f32) as f64
+}
+
+/// A raw pointer that may cross threads: tasks write disjoint blocks through it.
+#[derive(Clone, Copy)]
+struct SyncPtr<T>(*mut T);
+unsafe impl<T> Send for SyncPtr<T> {}
+unsafe impl<T> Sync for SyncPtr<T> {}
+impl<T> SyncPtr<T> {
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+impl AttentionCfg {
+    fn q_dim(&self) -> usize {
+        self.heads * self.head_dim
+    }
+    fn kv_dim(&self) -> usize {
+        self.kv_heads * self.head_dim
+    }
+    fn group(&self) -> usize {
+        self.heads / self.kv_heads
+    }
+    #[inline]
+    fn first_visible(&self, i: usize) -> usize {
+        match self.window {
+            Some(w) => (i + 1).saturating_sub(w),
+            None => 0,
+        }
+    }
+
+    /// Fills `probs` (`[seq, seq]`, row i: probabilities of query i) and `capped` (the scores
+    /// after scale and softcap) for sequence `b`, head `h`. Entries outside the visible range are 0.
+    #[allow(clippy::needless_range_loop)]
+    fn probabilities<T: Float>(
+        &self,
+        q: &[T],
+        k: &[T],
+        b: usize,
+        h: usize,
+        capped: &mut [T],
+        probs: &mut [T],
+    ) {
+        let (t, hd, qd, kvd) = (self.seq, self.head_dim, self.q_dim(), self.kv_dim());
+        let g = h / self.group();
+        // SAFETY: q and k are read-only and sized [batch·seq, q_dim] / [batch·seq, kv_dim]; the
+        // views stay inside sequence b and head h; `capped` is this task's own buffer.
+        unsafe {
+            matmul_raw(
+                t,
+                t,
+                hd,
+                capped.as_mut_ptr(),
+                t,
+                q.as_ptr().add(b * t * qd + h * hd),
+                qd,
+                1,
+                k.as_ptr().add(b * t * kvd + g * hd),
+                1,
+                kvd,
+                false,
+                T::ONE,
+            );
+        }
+        let scale = T::from_f64(self.scale);
+        let cap = self.softcap.map(T::from_f64);
+        let slope = self.alibi.as_ref().map(|s| s[h]);
+        for i in 0..t {
+            let lo = self.first_visible(i);
+            let srow = &mut capped[i * t..(i + 1) * t];
+            let prow = &mut probs[i * t..(i + 1) * t];
+            let mut max = T::NEG_INF;
+            for j in lo..=i {
+                let mut s = srow[j];
+                if let Some(slope) = slope {
+                    s += T::from_f64(alibi_bias(slope, j));
+                }
+                s *= scale;
+                if let Some(c) = cap {
+                    s = c * (s / c).tanh();
+                }
+                srow[j] = s;
+                max = max.max(s);
+            }
+            let mut sum = T::ZERO;
+            for j in lo..=i {
+                let e = (srow[j] - max).exp();
+                prow[j] = e;
+                sum += e;
+            }
+            let inv = T::ONE / sum;
+            prow[..lo].fill(T::ZERO);
+            for p in &mut prow[lo..=i] {
+                *p *= inv;
+            }
+            prow[i + 1..].fill(T::ZERO);
+        }
+    }
+
+    /// Applies dropout to `probs` of sequence `b`, head `h` in place.
+    fn drop_probs<T: Float>(&self, probs: &mut [T], b: usize, h: usize) {
+        if let Some(d) = &self.dropout {
+            let t = self.seq;
+            let base = ((b * self.heads + h) * t * t) as u64;
+            d.apply_inplace(probs, base);
+        }
+    }
+}
+
+/// `out = attention(q, k, v)`, overwriting `out: [batch·seq, heads·head_dim]`.
+pub fn forward<T: Float>(cfg: &AttentionCfg, q: &[T], k: &[T], v: &[T], out: &mut [T]) {
+    let (t, hd, qd, kvd) = (cfg.seq, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    assert_eq!(q.len(), cfg.batch * t * qd);
+    assert_eq!(k.len(), cfg.batch * t * kvd);
+    assert_eq!(v.len(), cfg.batch * t * kvd);
+    assert_eq!(out.len(), cfg.batch * t * qd);
+    let out_ptr = SyncPtr(out.as_mut_ptr());
+    (0..cfg.batch * cfg.heads).into_par_iter().for_each_init(
+        || (vec![T::ZERO; t * t], vec![T::ZERO; t * t]),
+        |(capped, probs), bh| {
+            let (b, h) = (bh / cfg.heads, bh % cfg.heads);
+            let g = h / cfg.group();
+            cfg.probabilities(q, k, b, h, capped, probs);
+            cfg.drop_probs(probs, b, h);
+            // SAFETY: task (b, h) alone writes rows of sequence b, columns of head h.
+            unsafe {
+                matmul_raw(
+                    t,
+                    hd,
+                    t,
+                    out_ptr.get().add(b * t * qd + h * hd),
+                    qd,
+                    probs.as_ptr(),
+                    t,
+                    1,
+                    v.as_ptr().add(b * t * kvd + g * hd),
+                    kvd,
+                    1,
+                    false,
+                    T::ONE,
+                );
+            }
+        },
+    );
+}
+
+/// Accumulates `dq`, `dk`, `dv` from `dout`. Recomputes the probabilities from `q` and `k`.
+#[allow(clippy::too_many_arguments)]
+pub fn backward<T: Float>(
+    cfg: &AttentionCfg,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dout: &[T],
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+) {
+    let (t, hd, qd, kvd) = (cfg.seq, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    assert_eq!(dq.len(), q.len());
+    assert_eq!(dk.len(), k.len());
+    assert_eq!(dv.len(), v.len());
+    // Per-head key/value gradients, summed over each kv group afterwards in head order, so the
+    // result does not depend on scheduling.
+    let per_head = t * hd;
+    let mut dk_heads = vec![T::ZERO; cfg.batch * cfg.heads * per_head];
+    let mut dv_heads = vec![T::ZERO; cfg.batch * cfg.heads * per_head];
+    let dq_ptr = SyncPtr(dq.as_mut_ptr());
+    let scale = T::from_f64(cfg.scale);
+    dk_heads
+        .par_chunks_exact_mut(per_head)
+        .zip(dv_heads.par_chunks_exact_mut(per_head))
+        .enumerate()
+        .for_each_init(
+            || {
+                (
+                    vec![T::ZERO; t * t],
+                    vec![T::ZERO; t * t],
+                    vec![T::ZERO; t * t],
+                )
+            },
+            |(capped, probs, dprobs), (bh, (dk_h, dv_h))| {
+                let (b, h) = (bh / cfg.heads, bh % cfg.heads);
+                let g = h / cfg.group();
+                cfg.probabilities(q, k, b, h, capped, probs);
+                let dropped: Option<Vec<T>> = cfg.dropout.as_ref().map(|_| {
+                    let mut p = probs.clone();
+                    cfg.drop_probs(&mut p, b, h);
+                    p
+                });
+                let p_used: &[T] = dropped.as_deref().unwrap_or(probs);
+                // SAFETY: reads of q/k/v/dout stay inside sequence b; dprobs, dk_h, dv_h are owned
+                // by this task; dq rows of sequence b, columns of head h are written only here.
+                unsafe {
+                    // dP̃ = dO · Vᵀ
+                    matmul_raw(
+                        t,
+                        t,
+                        hd,
+                        dprobs.as_mut_ptr(),
+                        t,
+                        dout.as_ptr().add(b * t * qd + h * hd),
+                        qd,
+                        1,
+                        v.as_ptr().add(b * t * kvd + g * hd),
+                        1,
+                        kvd,
+                        false,
+                        T::ONE,
+                    );
+                    // dV_h = P̃ᵀ · dO
+                    matmul_raw(
+                        t,
+                        hd,
+                        t,
+                        dv_h.as_mut_ptr(),
+                        hd,
+                        p_used.as_ptr(),
+                        1,
+                        t,
+                        dout.as_ptr().add(b * t * qd + h * hd),
+                        qd,
+                        1,
+                        false,
+                        T::ONE,
+                    );
+                }
+                if let Some(d) = &cfg.dropout {
+                    let base = ((b * cfg.heads + h) * t * t) as u64;
+                    d.apply_inplace(dprobs, base);
+                }
+                // dS = P ⊙ (dP − Σ_j P dP), then through the softcap; masked entries are 0.
+                let cap = cfg.softcap.map(T::from_f64);
+                for i in 0..t {
+                    let lo = cfg.first_visible(i);
+                    let prow = &probs[i * t..(i + 1) * t];
+                    let drow = &mut dprobs[i * t..(i + 1) * t];
+                    let dot: T = (lo..=i).map(|j| prow[j] * drow[j]).sum();
+                    drow[..lo].fill(T::ZERO);
+                    for j in lo..=i {
+                        let mut ds = prow[j] * (drow[j] - dot);
+                        if let Some(c) = cap {
+                            let th = capped[i * t + j] / c;
+                            ds *= T::ONE - th * th;
+                        }
+                        drow[j] = ds;
+                    }
+                    drow[i + 1..].fill(T::ZERO);
+                }
+                unsafe {
+                    // dQ_h += scale · dS · K_g
+                    matmul_raw(
+                        t,
+                        hd,
+                        t,
+                        dq_ptr.get().add(b * t * qd + h * hd),
+                        qd,
+                        dprobs.as_ptr(),
+                        t,
+                        1,
+                        k.as_ptr().add(b * t * kvd + g * hd),
+                        kvd,
+                        1,
+                        true,
+                        scale,
+                    );
+                    // dK_h = scale · dSᵀ · Q_h
+                    matmul_raw(
+                        t,
+                        hd,
+                        t,
+                        dk_h.as_mut_ptr(),
+                        hd,
+                        dprobs.as_ptr(),
+                        1,
+                        t,
+                        q.as_ptr().add(b * t * qd + h * hd),
+                        qd,
+                        1,
+                        false,
+                        scale,
+                    );
+                }
+            },
+        );
+    for b in 0..cfg.batch {
+        for h in 0..cfg.heads {
+            let g = h / cfg.group();
+            let src = (b * cfg.heads + h) * per_head;
+            for i in 0..t {
+                let dst = (b * t + i) * kvd + g * hd;
+                for c in 0..hd {
+                    dk[dst + c] += dk_heads[src + i * hd + c];
+                    dv[dst + c] += dv_heads[src + i * hd + c];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alibi_slopes_match_hf_for_powers_of_two_and_others() {
+        let s8 = alibi_slopes(8);
+        assert_eq!(s8[0], 0.5);
+        assert_eq!(s8[7], 1.0 / 256.0);
+        let s6 = alibi_slopes(6);
+        // closest power 4: 2^-2, 2^-4, 2^-6, 2^-8; extra from 8: 2^-1, 2^-3
+        assert_eq!(s6, vec![0.25, 0.0625, 0.015625, 0.00390625, 0.5, 0.125]);
+    }
+
+    #[test]
+    fn bf16_rounding() {
+        assert_eq!(round_bf16(1.0), 1.0);
+        assert_eq!(round_bf16(1.0 + 1.0 / 512.0), 1.0);
+        assert_eq!(round_bf16(1.0 + 3.0 / 512.0), 1.0 + 1.0 / 64.0 * 0.5);
+    }
+}

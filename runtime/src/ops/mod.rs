@@ -1,0 +1,20 @@
+//! The ops of the CPU backend, one file per op, each with `forward` and `backward`.
+//!
+//! Conventions: tensors are row-major slices, activations `[rows, width]` with
+//! `rows = batch · seq`; `forward` overwrites its output; `backward` *accumulates* (`+=`) into every
+//! gradient buffer it is given (inputs and parameters alike). Every op is generic over
+//! [`Float`](crate::Float), so the `f64` gradient checks run exactly the code that `f32` runs.
+//! All matrix products go through [`matmul`] (the `gemm` crate).
+
+pub mod activation;
+pub mod attention;
+pub mod cross_entropy;
+pub mod dropout;
+pub mod embedding;
+pub mod linear;
+pub mod matmul;
+pub mod mlp;
+pub mod moe;
+pub mod norm;
+pub mod rope;
+pub mod softcap;

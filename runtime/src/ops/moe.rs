@@ -1,0 +1,315 @@
+//! Mixture of experts: routing, dispatch (gather), combine, and Mixtral's load-balancing loss.
+//!
+//! Router, per token with logits `l: [experts]`:
+//! - softmax→top-k: `p = softmax(l)`, take the `k` largest `p`; renormalise them to sum 1 when the
+//!   spec says so (Mixtral, Qwen-MoE `norm_topk_prob`).
+//! - top-k→softmax: take the `k` largest `l`, softmax over those `k`.
+//!
+//! Ties go to the lower expert index. Tokens are then dispatched in expert order: the rows routed
+//! to expert 0 first (by token), then expert 1, ... (`expert_in: [tokens·k, d]`); each expert runs
+//! its MLP on its contiguous block; the output of a token is `Σ_s w_s · expert_out[slot s]`
+//! (slots in top-k order), plus the shared experts (optionally scaled by `sigmoid(x · w_gate)`).
+//!
+//! Load-balancing loss (HF's `load_balancing_loss_func`, over the router logits of all MoE layers
+//! concatenated, `M` rows): `aux = E · Σ_e (count_e / M) · (Σ_rows softmax(l)_e / M)` where
+//! `count_e` is how often expert `e` is among a row's top k. Its gradient flows through the
+//! softmax only.
+
+use modelspec_dsl::ir::{Moe, RouterOrder};
+
+use crate::tensor::Float;
+
+/// The routing decision of one layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    /// Experts.
+    pub experts: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// `[tokens·k]`: the expert of each (token, slot), slots in descending order.
+    pub expert: Vec<usize>,
+    /// `[tokens·k]`: the row of each (token, slot) in the dispatched (expert-sorted) order.
+    pub row: Vec<usize>,
+    /// `[experts + 1]`: expert `e` owns dispatched rows `offsets[e]..offsets[e + 1]`.
+    pub offsets: Vec<usize>,
+    /// `[tokens·k]`: the (token, slot) index `n·k + s` of each dispatched row.
+    pub slot_of_row: Vec<usize>,
+}
+
+fn softmax_into<T: Float>(x: &[T], out: &mut [T]) {
+    let max = x.iter().copied().fold(T::NEG_INF, T::max);
+    let mut sum = T::ZERO;
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = (v - max).exp();
+        sum += *o;
+    }
+    let inv = T::ONE / sum;
+    for o in out.iter_mut() {
+        *o *= inv;
+    }
+}
+
+/// Indices of the `k` largest values, descending, ties to the lower index.
+fn top_k<T: Float>(x: &[T], k: usize) -> Vec<usize> {
+    let mut idx: Vec<usize> = (0..x.len()).collect();
+    idx.sort_by(|&a, &b| {
+        x[b].partial_cmp(&x[a])
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.cmp(&b))
+    });
+    idx.truncate(k);
+    idx
+}
+
+/// Routes `logits: [tokens, experts]`; returns the routing and the weights `[tokens, k]`.
+pub fn route<T: Float>(moe: &Moe, logits: &[T]) -> (Routing, Vec<T>) {
+    let e = moe.experts as usize;
+    let k = moe.top_k as usize;
+    let tokens = logits.len() / e;
+    let mut expert = Vec::with_capacity(tokens * k);
+    let mut weights = Vec::with_capacity(tokens * k);
+    let mut probs = vec![T::ZERO; e];
+    for l in logits.chunks_exact(e) {
+        match moe.router {
+            RouterOrder::SoftmaxTopk => {
+                softmax_into(l, &mut probs);
+                let idx = top_k(&probs, k);
+                let sum: T = idx.iter().map(|&i| probs[i]).sum();
+                for &i in &idx {
+                    weights.push(if moe.renormalize {
+                        probs[i] / sum
+                    } else {
+                        probs[i]
+                    });
+                }
+                expert.extend(idx);
+            }
+            RouterOrder::TopkSoftmax => {
+                let idx = top_k(l, k);
+                let picked: Vec<T> = idx.iter().map(|&i| l[i]).collect();
+                let mut w = vec![T::ZERO; k];
+                softmax_into(&picked, &mut w);
+                weights.extend(w);
+                expert.extend(idx);
+            }
+        }
+    }
+    let mut counts = vec![0usize; e];
+    for &x in &expert {
+        counts[x] += 1;
+    }
+    let mut offsets = vec![0usize; e + 1];
+    for i in 0..e {
+        offsets[i + 1] = offsets[i] + counts[i];
+    }
+    let mut next = offsets.clone();
+    let mut row = vec![0usize; expert.len()];
+    let mut slot_of_row = vec![0usize; expert.len()];
+    for (slot, &x) in expert.iter().enumerate() {
+        row[slot] = next[x];
+        slot_of_row[next[x]] = slot;
+        next[x] += 1;
+    }
+    (
+        Routing {
+            experts: e,
+            top_k: k,
+            expert,
+            row,
+            offsets,
+            slot_of_row,
+        },
+        weights,
+    )
+}
+
+/// Accumulates `dlogits` from the gradient of the weights (`dweights: [tokens, k]`) and, when
+/// given, the aux-loss gradient on the full softmax probabilities (`aux_dprobs: [experts]`, the
+/// same for every row).
+pub fn route_backward<T: Float>(
+    moe: &Moe,
+    logits: &[T],
+    routing: &Routing,
+    dweights: &[T],
+    aux_dprobs: Option<&[T]>,
+    dlogits: &mut [T],
+) {
+    let e = routing.experts;
+    let k = routing.top_k;
+    let mut probs = vec![T::ZERO; e];
+    let mut dprobs = vec![T::ZERO; e];
+    for (n, (l, dl)) in logits
+        .chunks_exact(e)
+        .zip(dlogits.chunks_exact_mut(e))
+        .enumerate()
+    {
+        let idx = &routing.expert[n * k..(n + 1) * k];
+        let dw = &dweights[n * k..(n + 1) * k];
+        softmax_into(l, &mut probs);
+        dprobs.fill(T::ZERO);
+        match moe.router {
+            RouterOrder::SoftmaxTopk => {
+                if moe.renormalize {
+                    let sum: T = idx.iter().map(|&i| probs[i]).sum();
+                    // w_s = p_s / Σp  ⇒  dp_s = (dw_s − Σ_t dw_t w_t) / Σp
+                    let dot: T = idx.iter().zip(dw).map(|(&i, &d)| d * probs[i] / sum).sum();
+                    for (&i, &d) in idx.iter().zip(dw) {
+                        dprobs[i] += (d - dot) / sum;
+                    }
+                } else {
+                    for (&i, &d) in idx.iter().zip(dw) {
+                        dprobs[i] += d;
+                    }
+                }
+            }
+            RouterOrder::TopkSoftmax => {
+                let picked: Vec<T> = idx.iter().map(|&i| l[i]).collect();
+                let mut w = vec![T::ZERO; k];
+                softmax_into(&picked, &mut w);
+                let dot: T = w.iter().zip(dw).map(|(&a, &b)| a * b).sum();
+                for s in 0..k {
+                    dl[idx[s]] += w[s] * (dw[s] - dot);
+                }
+            }
+        }
+        if let Some(aux) = aux_dprobs {
+            for (d, &a) in dprobs.iter_mut().zip(aux) {
+                *d += a;
+            }
+        }
+        let dot: T = probs.iter().zip(&dprobs).map(|(&p, &d)| p * d).sum();
+        for j in 0..e {
+            dl[j] += probs[j] * (dprobs[j] - dot);
+        }
+    }
+}
+
+/// `expert_in[row(n, s)] = x[n]`: dispatch the tokens in expert order.
+pub fn gather<T: Float>(routing: &Routing, x: &[T], d: usize, expert_in: &mut [T]) {
+    for (r, &slot) in routing.slot_of_row.iter().enumerate() {
+        let n = slot / routing.top_k;
+        expert_in[r * d..(r + 1) * d].copy_from_slice(&x[n * d..(n + 1) * d]);
+    }
+}
+
+/// `dx[n] += Σ_s dexpert_in[row(n, s)]` (slots in order).
+pub fn gather_backward<T: Float>(routing: &Routing, dexpert_in: &[T], d: usize, dx: &mut [T]) {
+    for (slot, &r) in routing.row.iter().enumerate() {
+        let n = slot / routing.top_k;
+        for (g, &v) in dx[n * d..(n + 1) * d]
+            .iter_mut()
+            .zip(&dexpert_in[r * d..(r + 1) * d])
+        {
+            *g += v;
+        }
+    }
+}
+
+/// `out[n] = Σ_s w[n, s] · expert_out[row(n, s)]` (overwrites `out: [tokens, d]`).
+pub fn combine<T: Float>(
+    routing: &Routing,
+    weights: &[T],
+    expert_out: &[T],
+    d: usize,
+    out: &mut [T],
+) {
+    let k = routing.top_k;
+    for (n, o) in out.chunks_exact_mut(d).enumerate() {
+        o.fill(T::ZERO);
+        for s in 0..k {
+            let w = weights[n * k + s];
+            let r = routing.row[n * k + s];
+            for (v, &e) in o.iter_mut().zip(&expert_out[r * d..(r + 1) * d]) {
+                *v += w * e;
+            }
+        }
+    }
+}
+
+/// Backward of [`combine`]: accumulates `dexpert_out` and `dweights`.
+pub fn combine_backward<T: Float>(
+    routing: &Routing,
+    weights: &[T],
+    expert_out: &[T],
+    dout: &[T],
+    d: usize,
+    dexpert_out: &mut [T],
+    dweights: &mut [T],
+) {
+    let k = routing.top_k;
+    for (n, g) in dout.chunks_exact(d).enumerate() {
+        for s in 0..k {
+            let w = weights[n * k + s];
+            let r = routing.row[n * k + s];
+            let eo = &expert_out[r * d..(r + 1) * d];
+            dweights[n * k + s] += g.iter().zip(eo).map(|(&a, &b)| a * b).sum::<T>();
+            for (de, &a) in dexpert_out[r * d..(r + 1) * d].iter_mut().zip(g) {
+                *de += w * a;
+            }
+        }
+    }
+}
+
+/// Statistics of the load-balancing loss gathered over layers: per-expert selection counts and
+/// per-expert probability sums, and the number of rows.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuxStats {
+    /// Σ over rows of the top-k one-hot, per expert.
+    pub counts: Vec<f64>,
+    /// Σ over rows of softmax(logits), per expert.
+    pub prob_sums: Vec<f64>,
+    /// Rows seen.
+    pub rows: usize,
+}
+
+impl AuxStats {
+    /// Empty statistics for `experts`.
+    pub fn new(experts: usize) -> Self {
+        AuxStats {
+            counts: vec![0.0; experts],
+            prob_sums: vec![0.0; experts],
+            rows: 0,
+        }
+    }
+
+    /// Adds one layer's router logits and routing.
+    pub fn add<T: Float>(&mut self, logits: &[T], routing: &Routing) {
+        let e = routing.experts;
+        let mut probs = vec![T::ZERO; e];
+        for l in logits.chunks_exact(e) {
+            softmax_into(l, &mut probs);
+            for (s, &p) in self.prob_sums.iter_mut().zip(&probs) {
+                *s += p.to_f64();
+            }
+            self.rows += 1;
+        }
+        for &x in &routing.expert {
+            self.counts[x] += 1.0;
+        }
+    }
+
+    /// `E · Σ_e (count_e / M) · (prob_sum_e / M)`.
+    pub fn loss(&self) -> f64 {
+        if self.rows == 0 {
+            return 0.0;
+        }
+        let m = self.rows as f64;
+        let e = self.counts.len() as f64;
+        e * self
+            .counts
+            .iter()
+            .zip(&self.prob_sums)
+            .map(|(c, p)| (c / m) * (p / m))
+            .sum::<f64>()
+    }
+
+    /// `coef · ∂aux/∂p_e = coef · E · count_e / M²`, the same for every row.
+    pub fn dprobs<T: Float>(&self, coef: f64) -> Vec<T> {
+        let m = self.rows.max(1) as f64;
+        let e = self.counts.len() as f64;
+        self.counts
+            .iter()
+            .map(|c| T::from_f64(coef * e * c / (m * m)))
+            .collect()
+    }
+}

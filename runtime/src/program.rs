@@ -1,0 +1,439 @@
+//! The tensor program: a [`ModelSpec`] lowered to the per-layer sequence of ops over named
+//! tensors, and the save sets that each checkpoint policy implies.
+//!
+//! Each layer is a list of [`Node`]s in forward order; a node computes one activation ([`Act`])
+//! from earlier ones. Public activations carry the names of `modelspec_dsl::tensors::layer_tensors`
+//! (the vocabulary of `save(...)` / `recompute(...)`); a few private ones (the shared experts'
+//! hidden activations) belong to a public owner and follow its save decision. The executor runs
+//! these nodes in forward order, keeps the saved ones, and in backward recomputes a missing
+//! activation from the nearest saved ones by the same node, so recomputation is bit-exact.
+//! Things that are not activations are always recomputed: norm statistics, attention probabilities
+//! (recomputed from q and k, as flash attention does), dropout masks (counter-based), routing
+//! indices (from `router_logits`).
+
+use modelspec_dsl::ir::{Ffn, Layer, LayerCheckpoint, ModelSpec, NormPlacement, Position};
+use modelspec_dsl::tensors::layer_tensors;
+
+use crate::error::{Error, Result};
+
+/// An activation of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Act {
+    /// The layer input (the residual stream); always saved.
+    Input,
+    /// `attn_norm`.
+    AttnNorm,
+    /// `q`.
+    Q,
+    /// `k`.
+    K,
+    /// `v`.
+    V,
+    /// `q_normed`.
+    QNormed,
+    /// `k_normed`.
+    KNormed,
+    /// `q_rope`.
+    QRope,
+    /// `k_rope`.
+    KRope,
+    /// `attn`: attention output before the output projection, `[rows, heads·head_dim]`.
+    Attn,
+    /// `attn_out`: after the output projection.
+    AttnOut,
+    /// `attn_post_norm`.
+    AttnPostNorm,
+    /// `resid_mid`: the residual stream between attention and MLP (sequential blocks).
+    ResidMid,
+    /// `mlp_norm`.
+    MlpNorm,
+    /// `gate`: the gate projection (dense MLP, or the routed experts' rows).
+    Gate,
+    /// `up`.
+    Up,
+    /// `act`: the activation output.
+    ActOut,
+    /// `mlp_out`: the FFN output (dense MLP, or the combined MoE output with shared experts).
+    MlpOut,
+    /// `router_logits`.
+    RouterLogits,
+    /// `router_weights`: `[rows, top_k]`.
+    RouterWeights,
+    /// `expert_in`: the dispatched token rows in expert order, `[rows·top_k, d_model]`.
+    ExpertIn,
+    /// `expert_out`: each dispatched row's expert output, `[rows·top_k, d_model]`.
+    ExpertOut,
+    /// Shared experts' gate projection (private, owned by `shared_out`).
+    SharedGate,
+    /// Shared experts' up projection (private, owned by `shared_out`).
+    SharedUp,
+    /// Shared experts' activation (private, owned by `shared_out`).
+    SharedAct,
+    /// `shared_out`: the shared experts' output before the optional sigmoid gate.
+    SharedOut,
+    /// `mlp_post_norm`.
+    MlpPostNorm,
+}
+
+/// Number of [`Act`] variants.
+pub const N_ACTS: usize = Act::MlpPostNorm as usize + 1;
+
+impl Act {
+    /// Every activation, in declaration order.
+    pub const ALL: [Act; N_ACTS] = [
+        Act::Input,
+        Act::AttnNorm,
+        Act::Q,
+        Act::K,
+        Act::V,
+        Act::QNormed,
+        Act::KNormed,
+        Act::QRope,
+        Act::KRope,
+        Act::Attn,
+        Act::AttnOut,
+        Act::AttnPostNorm,
+        Act::ResidMid,
+        Act::MlpNorm,
+        Act::Gate,
+        Act::Up,
+        Act::ActOut,
+        Act::MlpOut,
+        Act::RouterLogits,
+        Act::RouterWeights,
+        Act::ExpertIn,
+        Act::ExpertOut,
+        Act::SharedGate,
+        Act::SharedUp,
+        Act::SharedAct,
+        Act::SharedOut,
+        Act::MlpPostNorm,
+    ];
+
+    /// The checkpoint-clause name (private activations: `shared_out.gate` etc.).
+    pub fn name(self) -> &'static str {
+        match self {
+            Act::Input => "input",
+            Act::AttnNorm => "attn_norm",
+            Act::Q => "q",
+            Act::K => "k",
+            Act::V => "v",
+            Act::QNormed => "q_normed",
+            Act::KNormed => "k_normed",
+            Act::QRope => "q_rope",
+            Act::KRope => "k_rope",
+            Act::Attn => "attn",
+            Act::AttnOut => "attn_out",
+            Act::AttnPostNorm => "attn_post_norm",
+            Act::ResidMid => "resid_mid",
+            Act::MlpNorm => "mlp_norm",
+            Act::Gate => "gate",
+            Act::Up => "up",
+            Act::ActOut => "act",
+            Act::MlpOut => "mlp_out",
+            Act::RouterLogits => "router_logits",
+            Act::RouterWeights => "router_weights",
+            Act::ExpertIn => "expert_in",
+            Act::ExpertOut => "expert_out",
+            Act::SharedGate => "shared_out.gate",
+            Act::SharedUp => "shared_out.up",
+            Act::SharedAct => "shared_out.act",
+            Act::SharedOut => "shared_out",
+            Act::MlpPostNorm => "mlp_post_norm",
+        }
+    }
+
+    /// The public activation whose save decision a private one follows (itself when public).
+    pub fn owner(self) -> Act {
+        match self {
+            Act::SharedGate | Act::SharedUp | Act::SharedAct => Act::SharedOut,
+            a => a,
+        }
+    }
+}
+
+/// What kind of work a node does (for `auto` and the planner's cost model).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum OpKind {
+    /// A norm (row statistics and a pointwise map).
+    Norm,
+    /// A matrix product (projection).
+    Matmul,
+    /// Rotary embedding (pointwise).
+    Rope,
+    /// Attention (two matmuls per head and a softmax).
+    Attention,
+    /// A residual add, with dropout on the branch when training.
+    Residual,
+    /// A pointwise activation.
+    Activation,
+    /// Router softmax / top-k.
+    Route,
+    /// Token dispatch to experts (a gather).
+    Dispatch,
+    /// Routed + shared expert combination (weighted sum).
+    Combine,
+}
+
+impl OpKind {
+    /// Cheap and fusible: what `auto` recomputes (never a matmul or attention).
+    pub fn is_cheap(self) -> bool {
+        !matches!(self, OpKind::Matmul | OpKind::Attention)
+    }
+}
+
+/// One op of a layer: computes `output` from `inputs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Node {
+    /// The activation computed.
+    pub output: Act,
+    /// What kind of op it is.
+    pub op: OpKind,
+    /// The activations it reads.
+    pub inputs: Vec<Act>,
+}
+
+/// The lowered program of one layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerProgram {
+    /// Layer index.
+    pub index: usize,
+    /// Nodes in forward order.
+    pub nodes: Vec<Node>,
+    /// The attention input (`attn_norm`, or `input` without pre-norms).
+    pub attn_in: Act,
+    /// The queries attention reads (`q_rope`, `q_normed` or `q`).
+    pub q_final: Act,
+    /// The keys attention reads.
+    pub k_final: Act,
+    /// The attention branch added to the residual (`attn_post_norm` or `attn_out`).
+    pub attn_branch: Act,
+    /// The FFN input.
+    pub mlp_in: Act,
+    /// The FFN branch added to the residual (`mlp_post_norm` or `mlp_out`).
+    pub mlp_branch: Act,
+    /// Whether the block is parallel-residual.
+    pub parallel: bool,
+}
+
+impl LayerProgram {
+    /// Lowers one layer.
+    pub fn lower(layer: &Layer) -> LayerProgram {
+        let block = &layer.block;
+        let pre = matches!(
+            block.placement,
+            NormPlacement::Pre | NormPlacement::Sandwich
+        );
+        let post = matches!(
+            block.placement,
+            NormPlacement::Post | NormPlacement::Sandwich
+        );
+        let mut nodes = Vec::new();
+        let mut node = |output: Act, op: OpKind, inputs: &[Act]| {
+            nodes.push(Node {
+                output,
+                op,
+                inputs: inputs.to_vec(),
+            })
+        };
+        let attn_in = if pre { Act::AttnNorm } else { Act::Input };
+        if pre {
+            node(Act::AttnNorm, OpKind::Norm, &[Act::Input]);
+        }
+        node(Act::Q, OpKind::Matmul, &[attn_in]);
+        node(Act::K, OpKind::Matmul, &[attn_in]);
+        node(Act::V, OpKind::Matmul, &[attn_in]);
+        let (mut q, mut k) = (Act::Q, Act::K);
+        if layer.attention.qk_norm.is_some() {
+            node(Act::QNormed, OpKind::Norm, &[Act::Q]);
+            node(Act::KNormed, OpKind::Norm, &[Act::K]);
+            (q, k) = (Act::QNormed, Act::KNormed);
+        }
+        if matches!(layer.position, Position::Rope(_)) {
+            node(Act::QRope, OpKind::Rope, &[q]);
+            node(Act::KRope, OpKind::Rope, &[k]);
+            (q, k) = (Act::QRope, Act::KRope);
+        }
+        node(Act::Attn, OpKind::Attention, &[q, k, Act::V]);
+        node(Act::AttnOut, OpKind::Matmul, &[Act::Attn]);
+        let attn_branch = if post {
+            node(Act::AttnPostNorm, OpKind::Norm, &[Act::AttnOut]);
+            Act::AttnPostNorm
+        } else {
+            Act::AttnOut
+        };
+        let parallel = block.parallel_residual;
+        let stream = if parallel {
+            Act::Input
+        } else {
+            node(Act::ResidMid, OpKind::Residual, &[Act::Input, attn_branch]);
+            Act::ResidMid
+        };
+        let mlp_in = if pre && parallel && block.shared_norm {
+            Act::AttnNorm
+        } else if pre {
+            node(Act::MlpNorm, OpKind::Norm, &[stream]);
+            Act::MlpNorm
+        } else {
+            stream
+        };
+        match &layer.ffn {
+            Ffn::Mlp(mlp) => {
+                if mlp.activation.is_gated() {
+                    node(Act::Gate, OpKind::Matmul, &[mlp_in]);
+                    node(Act::Up, OpKind::Matmul, &[mlp_in]);
+                    node(Act::ActOut, OpKind::Activation, &[Act::Gate, Act::Up]);
+                } else {
+                    node(Act::Up, OpKind::Matmul, &[mlp_in]);
+                    node(Act::ActOut, OpKind::Activation, &[Act::Up]);
+                }
+                node(Act::MlpOut, OpKind::Matmul, &[Act::ActOut]);
+            }
+            Ffn::Moe(moe) => {
+                node(Act::RouterLogits, OpKind::Matmul, &[mlp_in]);
+                node(Act::RouterWeights, OpKind::Route, &[Act::RouterLogits]);
+                node(
+                    Act::ExpertIn,
+                    OpKind::Dispatch,
+                    &[mlp_in, Act::RouterLogits],
+                );
+                if moe.expert.activation.is_gated() {
+                    node(
+                        Act::Gate,
+                        OpKind::Matmul,
+                        &[Act::ExpertIn, Act::RouterLogits],
+                    );
+                    node(Act::Up, OpKind::Matmul, &[Act::ExpertIn, Act::RouterLogits]);
+                    node(Act::ActOut, OpKind::Activation, &[Act::Gate, Act::Up]);
+                } else {
+                    node(Act::Up, OpKind::Matmul, &[Act::ExpertIn, Act::RouterLogits]);
+                    node(Act::ActOut, OpKind::Activation, &[Act::Up]);
+                }
+                node(
+                    Act::ExpertOut,
+                    OpKind::Matmul,
+                    &[Act::ActOut, Act::RouterLogits],
+                );
+                let mut combine_in = vec![Act::ExpertOut, Act::RouterWeights, Act::RouterLogits];
+                if let Some(shared) = &moe.shared {
+                    if moe.expert.activation.is_gated() {
+                        node(Act::SharedGate, OpKind::Matmul, &[mlp_in]);
+                        node(Act::SharedUp, OpKind::Matmul, &[mlp_in]);
+                        node(
+                            Act::SharedAct,
+                            OpKind::Activation,
+                            &[Act::SharedGate, Act::SharedUp],
+                        );
+                    } else {
+                        node(Act::SharedUp, OpKind::Matmul, &[mlp_in]);
+                        node(Act::SharedAct, OpKind::Activation, &[Act::SharedUp]);
+                    }
+                    node(Act::SharedOut, OpKind::Matmul, &[Act::SharedAct]);
+                    combine_in.push(Act::SharedOut);
+                    if shared.gate {
+                        combine_in.push(mlp_in);
+                    }
+                }
+                node(Act::MlpOut, OpKind::Combine, &combine_in);
+            }
+        }
+        let mlp_branch = if post {
+            node(Act::MlpPostNorm, OpKind::Norm, &[Act::MlpOut]);
+            Act::MlpPostNorm
+        } else {
+            Act::MlpOut
+        };
+        LayerProgram {
+            index: layer.index as usize,
+            nodes,
+            attn_in,
+            q_final: q,
+            k_final: k,
+            attn_branch,
+            mlp_in,
+            mlp_branch,
+            parallel,
+        }
+    }
+
+    /// The node computing `act`, if this layer has it.
+    pub fn node(&self, act: Act) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.output == act)
+    }
+
+    /// The public activation names of this layer, in forward order (equal to
+    /// `modelspec_dsl::tensors::layer_tensors`).
+    pub fn tensor_names(&self) -> Vec<&'static str> {
+        self.nodes
+            .iter()
+            .filter(|n| n.output.owner() == n.output)
+            .map(|n| n.output.name())
+            .collect()
+    }
+
+    /// Which activations are kept after forward under `policy` (indexed by `Act as usize`).
+    /// `input` is always kept. Errors when a clause names a tensor this layer lacks.
+    pub fn save_set(&self, policy: &LayerCheckpoint) -> Result<[bool; N_ACTS]> {
+        let mut keep = [false; N_ACTS];
+        keep[Act::Input as usize] = true;
+        let names = self.tensor_names();
+        let check = |list: &[String]| -> Result<()> {
+            for n in list {
+                if !names.contains(&n.as_str()) {
+                    return Err(Error::UnknownTensor {
+                        layer: self.index,
+                        name: n.clone(),
+                        known: names.join(", "),
+                    });
+                }
+            }
+            Ok(())
+        };
+        for node in &self.nodes {
+            let a = node.output;
+            let owner_name = a.owner().name();
+            keep[a as usize] = match policy {
+                LayerCheckpoint::None => true,
+                LayerCheckpoint::Full => false,
+                LayerCheckpoint::Save(list) => {
+                    check(list)?;
+                    list.iter().any(|n| n == owner_name)
+                }
+                LayerCheckpoint::Recompute(list) => {
+                    check(list)?;
+                    !list.iter().any(|n| n == owner_name)
+                }
+                LayerCheckpoint::Auto => !node.op.is_cheap(),
+            };
+        }
+        Ok(keep)
+    }
+}
+
+/// The whole model's program: one [`LayerProgram`] per layer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Program {
+    /// Per layer, in order.
+    pub layers: Vec<LayerProgram>,
+}
+
+impl Program {
+    /// Lowers `spec`, checking that each layer's names agree with `layer_tensors`.
+    pub fn lower(spec: &ModelSpec) -> Result<Program> {
+        let mut layers = Vec::with_capacity(spec.layers.len());
+        for layer in &spec.layers {
+            let lp = LayerProgram::lower(layer);
+            let want = layer_tensors(layer);
+            if lp.tensor_names() != want {
+                return Err(Error::BadSpec(format!(
+                    "layer {}: the program's tensors {:?} differ from the IR's {:?}",
+                    layer.index,
+                    lp.tensor_names(),
+                    want
+                )));
+            }
+            layers.push(lp);
+        }
+        Ok(Program { layers })
+    }
+}
