@@ -25,6 +25,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod cuda;
 pub mod device;
 pub mod error;
 pub mod exec;

@@ -1,0 +1,359 @@
+//! GEMMs through cuBLASLt: bf16 (or f32 for parity) operands, f32 accumulation.
+//!
+//! Callers think in row-major matrices; cuBLASLt is column-major. The mapping between the two is
+//! written once, in [`to_column_major`].
+
+use super::error::{CudaError, Result};
+use super::gpu::{DevPtr, Dtype, Gpu, GpuBuf};
+use cudarc::cublaslt::{result as lt, sys};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// A row-major GEMM: `C[m, n] = alpha * op(A) op(B) + beta * C`, where op(A) is `[m, k]` (A is
+/// stored `[m, k]`, or `[k, m]` when `trans_a`) and op(B) is `[k, n]` (B stored `[k, n]`, or
+/// `[n, k]` when `trans_b`). Leading dimensions are row strides in elements. With `batch`,
+/// matrices repeat at the given element strides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowMajorGemm {
+    /// Rows of C.
+    pub m: usize,
+    /// Columns of C.
+    pub n: usize,
+    /// The reduced dimension.
+    pub k: usize,
+    /// A is stored `[k, m]`.
+    pub trans_a: bool,
+    /// B is stored `[n, k]` (e.g. a `torch.nn.Linear` weight `[out, in]`).
+    pub trans_b: bool,
+    /// Row stride of A.
+    pub lda: usize,
+    /// Row stride of B.
+    pub ldb: usize,
+    /// Row stride of C.
+    pub ldc: usize,
+    /// `(count, stride_a, stride_b, stride_c)` for strided batches.
+    pub batch: Option<(usize, usize, usize, usize)>,
+}
+
+/// One column-major operand as cuBLASLt sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ColOperand {
+    rows: u64,
+    cols: u64,
+    ld: i64,
+    trans: bool,
+    stride: i64,
+}
+
+/// The column-major problem `C^T = op(B)^T-as-stored x op(A)^T-as-stored`: a row-major `[r, c]`
+/// matrix with row stride `ld` is exactly a column-major `[c, r]` matrix with leading dimension
+/// `ld`, so row-major `C = A B` is column-major `C^T = B^T A^T` with the operands swapped and
+/// nothing moved in memory. Returns (first operand = B, second = A, output, m', n').
+fn to_column_major(g: &RowMajorGemm) -> (ColOperand, ColOperand, ColOperand) {
+    let (count, sa, sb, sc) = g.batch.unwrap_or((1, 0, 0, 0));
+    let _ = count;
+    // cuBLAS's m' = n, n' = m, k' = k. Its A' is our B: stored column-major as [n, k] when
+    // trans_b is false ([k, n] row-major), else [k, n] and transposed.
+    let a_prime = if g.trans_b {
+        ColOperand {
+            rows: g.k as u64,
+            cols: g.n as u64,
+            ld: g.ldb as i64,
+            trans: true,
+            stride: sb as i64,
+        }
+    } else {
+        ColOperand {
+            rows: g.n as u64,
+            cols: g.k as u64,
+            ld: g.ldb as i64,
+            trans: false,
+            stride: sb as i64,
+        }
+    };
+    let b_prime = if g.trans_a {
+        ColOperand {
+            rows: g.m as u64,
+            cols: g.k as u64,
+            ld: g.lda as i64,
+            trans: true,
+            stride: sa as i64,
+        }
+    } else {
+        ColOperand {
+            rows: g.k as u64,
+            cols: g.m as u64,
+            ld: g.lda as i64,
+            trans: false,
+            stride: sa as i64,
+        }
+    };
+    let c_prime = ColOperand {
+        rows: g.n as u64,
+        cols: g.m as u64,
+        ld: g.ldc as i64,
+        trans: false,
+        stride: sc as i64,
+    };
+    (a_prime, b_prime, c_prime)
+}
+
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    layouts: [sys::cublasLtMatrixLayout_t; 3],
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+// SAFETY: the handles are only used under the owning Gemm's lock / on its stream.
+unsafe impl Send for Plan {}
+unsafe impl Sync for Plan {}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: created by this module and dropped once.
+        unsafe {
+            let _ = lt::destroy_matmul_desc(self.desc);
+            for l in self.layouts {
+                let _ = lt::destroy_matrix_layout(l);
+            }
+        }
+    }
+}
+
+/// A cuBLASLt handle, a workspace and a cache of planned GEMM shapes.
+pub struct Gemm {
+    gpu: Arc<Gpu>,
+    handle: sys::cublasLtHandle_t,
+    workspace: GpuBuf<u8>,
+    plans: Mutex<BTreeMap<(Dtype, RowMajorGemm), Plan>>,
+}
+
+// SAFETY: the handle is used only on the Gpu's single stream.
+unsafe impl Send for Gemm {}
+unsafe impl Sync for Gemm {}
+
+const WORKSPACE: usize = 32 << 20;
+
+impl Gemm {
+    /// Creates the handle and a 32 MiB workspace (NVIDIA's recommendation for Hopper).
+    pub fn new(gpu: Arc<Gpu>) -> Result<Gemm> {
+        let handle =
+            lt::create_handle().map_err(|e| blas_err("create handle", Dtype::F32, 0, 0, 0, e))?;
+        let workspace = gpu.zeros::<u8>(WORKSPACE)?;
+        Ok(Gemm {
+            gpu,
+            handle,
+            workspace,
+            plans: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// Runs `g` on device pointers `a`, `b`, `c` of element type `dtype` (f32 runs with full f32
+    /// compute, no TF32; bf16 accumulates in f32).
+    ///
+    /// # Safety
+    /// The pointers must address matrices of the sizes and strides `g` describes.
+    pub unsafe fn run(
+        &self,
+        dtype: Dtype,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        if g.m == 0 || g.n == 0 {
+            return Ok(());
+        }
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        if !plans.contains_key(&(dtype, *g)) {
+            let plan = self.plan(dtype, g)?;
+            plans.insert((dtype, *g), plan);
+        }
+        let plan = &plans[&(dtype, *g)];
+        // SAFETY: plan handles are live; pointers are the caller's promise.
+        unsafe {
+            lt::matmul(
+                self.handle,
+                plan.desc,
+                (&alpha) as *const f32 as *const _,
+                (&beta) as *const f32 as *const _,
+                b as *const _,
+                plan.layouts[0],
+                a as *const _,
+                plan.layouts[1],
+                c as *const _,
+                plan.layouts[2],
+                c as *mut _,
+                plan.layouts[2],
+                &plan.algo,
+                self.workspace.ptr() as *mut _,
+                WORKSPACE,
+                self.gpu.stream().cu_stream() as *mut _,
+            )
+        }
+        .map_err(|e| blas_err("matmul", dtype, g.m, g.n, g.k, e))
+    }
+
+    fn plan(&self, dtype: Dtype, g: &RowMajorGemm) -> Result<Plan> {
+        let err = |during, e| blas_err(during, dtype, g.m, g.n, g.k, e);
+        let (ty, compute) = match dtype {
+            Dtype::F32 => (
+                sys::cudaDataType::CUDA_R_32F,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
+            ),
+            Dtype::Bf16 => (
+                sys::cudaDataType::CUDA_R_16BF,
+                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            ),
+        };
+        let (ap, bp, cp) = to_column_major(g);
+        let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F)
+            .map_err(|e| err("create desc", e))?;
+        let mut layouts = [std::ptr::null_mut(); 3];
+        for (i, op) in [ap, bp, cp].iter().enumerate() {
+            layouts[i] = lt::create_matrix_layout(ty, op.rows, op.cols, op.ld)
+                .map_err(|e| err("create layout", e))?;
+            if let Some((count, ..)) = g.batch {
+                let count = count as i32;
+                // SAFETY: attribute values have the documented types (int32, int64).
+                unsafe {
+                    lt::set_matrix_layout_attribute(
+                        layouts[i],
+                        sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
+                        (&count) as *const i32 as *const _,
+                        4,
+                    )
+                    .map_err(|e| err("set batch", e))?;
+                    lt::set_matrix_layout_attribute(
+                        layouts[i],
+                        sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                        (&op.stride) as *const i64 as *const _,
+                        8,
+                    )
+                    .map_err(|e| err("set batch stride", e))?;
+                }
+            }
+        }
+        let ta = ap.trans as i32;
+        let tb = bp.trans as i32;
+        // SAFETY: as above.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                (&ta) as *const i32 as *const _,
+                4,
+            )
+            .map_err(|e| err("set transa", e))?;
+            lt::set_matmul_desc_attribute(
+                desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
+                (&tb) as *const i32 as *const _,
+                4,
+            )
+            .map_err(|e| err("set transb", e))?;
+        }
+        let pref = lt::create_matmul_pref().map_err(|e| err("create preference", e))?;
+        let ws = WORKSPACE;
+        // SAFETY: as above; every handle is live.
+        let heuristic = unsafe {
+            lt::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                (&ws) as *const usize as *const _,
+                std::mem::size_of::<usize>(),
+            )
+            .map_err(|e| err("set workspace", e))?;
+            let h = lt::get_matmul_algo_heuristic(
+                self.handle,
+                desc,
+                layouts[0],
+                layouts[1],
+                layouts[2],
+                layouts[2],
+                pref,
+            );
+            let _ = lt::destroy_matmul_pref(pref);
+            h.map_err(|e| err("heuristic", e))?
+        };
+        Ok(Plan {
+            desc,
+            layouts,
+            algo: heuristic.algo,
+        })
+    }
+}
+
+impl Drop for Gemm {
+    fn drop(&mut self) {
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        // SAFETY: created in `new`, destroyed once.
+        unsafe {
+            let _ = lt::destroy_handle(self.handle);
+        }
+    }
+}
+
+fn blas_err(
+    during: &'static str,
+    dtype: Dtype,
+    m: usize,
+    n: usize,
+    k: usize,
+    e: lt::CublasError,
+) -> CudaError {
+    CudaError::Blas {
+        during,
+        dtype: dtype.suffix(),
+        m,
+        n,
+        k,
+        status: format!("{e:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_row_major_maps_to_swapped_column_major() {
+        // C[2,3] = A[2,4] B[4,3]
+        let g = RowMajorGemm {
+            m: 2,
+            n: 3,
+            k: 4,
+            trans_a: false,
+            trans_b: false,
+            lda: 4,
+            ldb: 3,
+            ldc: 3,
+            batch: None,
+        };
+        let (a, b, c) = to_column_major(&g);
+        assert_eq!((a.rows, a.cols, a.ld, a.trans), (3, 4, 3, false));
+        assert_eq!((b.rows, b.cols, b.ld, b.trans), (4, 2, 4, false));
+        assert_eq!((c.rows, c.cols, c.ld), (3, 2, 3));
+    }
+
+    #[test]
+    fn linear_weight_is_transposed_first_operand() {
+        // y[N, out] = x[N, in] W[out, in]^T
+        let g = RowMajorGemm {
+            m: 5,
+            n: 7,
+            k: 3,
+            trans_a: false,
+            trans_b: true,
+            lda: 3,
+            ldb: 3,
+            ldc: 7,
+            batch: None,
+        };
+        let (a, b, _) = to_column_major(&g);
+        assert_eq!((a.rows, a.cols, a.ld, a.trans), (3, 7, 3, true));
+        assert_eq!((b.rows, b.cols, b.trans), (3, 5, false));
+    }
+}

@@ -1,0 +1,386 @@
+//! One CUDA device: context, stream, loaded kernel modules, cuBLASLt, buffers.
+
+use super::compile::{self, KernelSource};
+use super::error::{CudaError, DriverContext, Result};
+use super::gemm::Gemm;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr,
+    LaunchConfig, ValidAsZeroBits,
+};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// Checks that the CUDA libraries this backend loads dynamically are present, without touching
+/// any of them: cudarc panics on a missing library, so every entry point calls this first.
+pub fn libraries_present() -> Result<()> {
+    // SAFETY: these only try to dlopen candidate library names.
+    unsafe {
+        if !cudarc::driver::sys::is_culib_present() {
+            return Err(CudaError::MissingLibrary { library: "cuda" });
+        }
+        if !cudarc::nvrtc::sys::is_culib_present() {
+            return Err(CudaError::MissingLibrary { library: "nvrtc" });
+        }
+        if !cudarc::cublaslt::sys::is_culib_present() {
+            return Err(CudaError::MissingLibrary {
+                library: "cublasLt",
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Number of CUDA devices, or the reason there are none usable.
+pub fn device_count() -> Result<usize> {
+    libraries_present()?;
+    let n = CudaContext::device_count().during(|| "counting devices".into())?;
+    Ok(n.max(0) as usize)
+}
+
+/// Checks that device `ordinal` exists and can be used.
+pub fn probe(ordinal: usize) -> Result<()> {
+    let count = device_count()?;
+    if ordinal >= count {
+        return Err(CudaError::NoDevice { ordinal, count });
+    }
+    Ok(())
+}
+
+/// Element types the kernels are instantiated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dtype {
+    /// IEEE f32 (parity runs).
+    F32,
+    /// bfloat16 storage, f32 compute.
+    Bf16,
+}
+
+impl Dtype {
+    /// The `{dtype}` suffix of kernel names.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::Bf16 => "bf16",
+        }
+    }
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            Dtype::F32 => 4,
+            Dtype::Bf16 => 2,
+        }
+    }
+}
+
+/// A device pointer as kernels take it (0 is the null pointer for optional arguments).
+pub type DevPtr = u64;
+
+/// A typed device allocation.
+#[derive(Debug)]
+pub struct GpuBuf<T> {
+    slice: CudaSlice<T>,
+    ptr: DevPtr,
+}
+
+impl<T> GpuBuf<T> {
+    /// The raw device address.
+    pub fn ptr(&self) -> DevPtr {
+        self.ptr
+    }
+    /// Elements.
+    pub fn len(&self) -> usize {
+        self.slice.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.slice.len() == 0
+    }
+    /// The address of element `i`.
+    pub fn at(&self, i: usize) -> DevPtr {
+        self.ptr + (i * std::mem::size_of::<T>()) as u64
+    }
+}
+
+/// A compiled kernel module with a cache of its functions.
+pub struct Module {
+    module: Arc<CudaModule>,
+    functions: Mutex<BTreeMap<String, CudaFunction>>,
+    /// The module's name (for errors).
+    pub name: String,
+    /// Whether the PTX came from the disk cache.
+    pub from_cache: bool,
+}
+
+impl Module {
+    /// The kernel `name`, loaded once.
+    pub fn function(&self, name: &str) -> Result<CudaFunction> {
+        let mut map = self.functions.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(f) = map.get(name) {
+            return Ok(f.clone());
+        }
+        let f = self
+            .module
+            .load_function(name)
+            .map_err(|e| CudaError::BadLaunch {
+                kernel: name.into(),
+                why: format!(
+                    "not found in module `{}` ({e}); was its head dim instantiated?",
+                    self.name
+                ),
+            })?;
+        map.insert(name.to_string(), f.clone());
+        Ok(f)
+    }
+}
+
+/// One GPU: its context and stream (all work is issued on this one stream, in order).
+pub struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    arch: &'static str,
+    modules: Mutex<BTreeMap<String, Arc<Module>>>,
+    gemm: Mutex<Option<Arc<Gemm>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu(cuda:{}, {})", self.ctx.ordinal(), self.arch)
+    }
+}
+
+impl Gpu {
+    /// Opens device `ordinal`; a clean error when there is no driver or no such device.
+    pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
+        probe(ordinal)?;
+        let ctx = CudaContext::new(ordinal)
+            .during(|| format!("creating a context on device {ordinal}"))?;
+        // One stream, in-order: cudarc's per-buffer event tracking only costs time here.
+        // SAFETY: no buffer is shared across streams in this backend.
+        unsafe { ctx.disable_event_tracking() };
+        let (major, minor) = ctx
+            .compute_capability()
+            .during(|| "reading the compute capability".into())?;
+        let arch = compile::arch_name(major, minor)?;
+        let stream = ctx.default_stream();
+        Ok(Arc::new(Gpu {
+            ctx,
+            stream,
+            arch,
+            modules: Mutex::new(BTreeMap::new()),
+            gemm: Mutex::new(None),
+        }))
+    }
+
+    /// The NVRTC architecture kernels are compiled for (e.g. `compute_90`).
+    pub fn arch(&self) -> &'static str {
+        self.arch
+    }
+
+    /// The device's name.
+    pub fn name(&self) -> String {
+        self.ctx.name().unwrap_or_else(|_| "unknown".into())
+    }
+
+    /// The stream all work goes to.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        self.ctx
+            .mem_get_info()
+            .during(|| "reading free memory".into())
+    }
+
+    /// Checks that `bytes` more fit on the device.
+    pub fn check_fits(&self, bytes: usize) -> Result<()> {
+        let (free, _) = self.mem_info()?;
+        if bytes > free {
+            let gib = |b: usize| b as f64 / (1u64 << 30) as f64;
+            return Err(CudaError::OutOfMemory {
+                needed_gib: gib(bytes),
+                free_gib: gib(free),
+            });
+        }
+        Ok(())
+    }
+
+    /// Compiles (or loads from the disk cache) and loads `src`; loaded once per Gpu.
+    pub fn load(&self, src: &KernelSource) -> Result<Arc<Module>> {
+        let key = compile::cache_key(&src.text(), self.arch);
+        let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = mods.get(&key) {
+            return Ok(m.clone());
+        }
+        let (ptx, from_cache) = compile::compile(src, self.arch)?;
+        let module = self
+            .ctx
+            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+            .during(|| format!("loading module `{}`", src.name))?;
+        let m = Arc::new(Module {
+            module,
+            functions: Mutex::new(BTreeMap::new()),
+            name: src.name.clone(),
+            from_cache,
+        });
+        mods.insert(key, m.clone());
+        Ok(m)
+    }
+
+    /// The cuBLASLt handle (created at first use).
+    pub fn gemm(self: &Arc<Self>) -> Result<Arc<Gemm>> {
+        let mut g = self.gemm.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(h) = g.as_ref() {
+            return Ok(h.clone());
+        }
+        let h = Arc::new(Gemm::new(self.clone())?);
+        *g = Some(h.clone());
+        Ok(h)
+    }
+
+    /// Allocates `n` zeroed elements.
+    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, n: usize) -> Result<GpuBuf<T>> {
+        let slice = self
+            .stream
+            .alloc_zeros::<T>(n.max(1))
+            .during(|| format!("allocating {n} elements"))?;
+        Ok(self.wrap(slice))
+    }
+
+    /// Copies `data` to a new device buffer.
+    pub fn upload<T: DeviceRepr>(&self, data: &[T]) -> Result<GpuBuf<T>> {
+        let slice = self
+            .stream
+            .clone_htod(data)
+            .during(|| format!("uploading {} elements", data.len()))?;
+        Ok(self.wrap(slice))
+    }
+
+    /// Copies a device buffer back (synchronises the stream).
+    pub fn download<T: DeviceRepr>(&self, buf: &GpuBuf<T>) -> Result<Vec<T>> {
+        self.stream
+            .clone_dtoh(&buf.slice)
+            .during(|| format!("downloading {} elements", buf.len()))
+    }
+
+    /// Overwrites a buffer from the host.
+    pub fn write<T: DeviceRepr>(&self, buf: &mut GpuBuf<T>, data: &[T]) -> Result<()> {
+        if data.len() > buf.len() {
+            return Err(CudaError::BadLaunch {
+                kernel: "memcpy".into(),
+                why: format!("{} elements into a buffer of {}", data.len(), buf.len()),
+            });
+        }
+        self.stream
+            .memcpy_htod(data, &mut buf.slice)
+            .during(|| "writing a buffer".into())
+    }
+
+    /// Zeroes a buffer.
+    pub fn memset_zero<T: DeviceRepr + ValidAsZeroBits>(&self, buf: &mut GpuBuf<T>) -> Result<()> {
+        self.stream
+            .memset_zeros(&mut buf.slice)
+            .during(|| "zeroing a buffer".into())
+    }
+
+    /// Zeroes `bytes` bytes at a raw device address, in stream order.
+    ///
+    /// # Safety
+    /// `ptr..ptr+bytes` must be device memory owned by the caller.
+    pub unsafe fn memset_raw(&self, ptr: DevPtr, bytes: usize) -> Result<()> {
+        self.ctx
+            .bind_to_thread()
+            .during(|| "binding the context".into())?;
+        // SAFETY: forwarded from the caller.
+        unsafe { cudarc::driver::result::memset_d8_async(ptr, 0, bytes, self.stream.cu_stream()) }
+            .during(|| format!("zeroing {bytes} bytes"))
+    }
+
+    /// Waits for all issued work; surfaces asynchronous kernel faults.
+    pub fn sync(&self) -> Result<()> {
+        self.stream
+            .synchronize()
+            .during(|| "synchronising the stream".into())
+    }
+
+    fn wrap<T>(&self, slice: CudaSlice<T>) -> GpuBuf<T> {
+        let ptr = {
+            let (ptr, _guard) = slice.device_ptr(&self.stream);
+            ptr
+        };
+        GpuBuf { slice, ptr }
+    }
+
+    /// Launches `f` with `args` (each a pointer to a kernel argument bound to a local first).
+    ///
+    /// # Safety
+    /// The argument list must match the kernel's signature, and every pointer must be valid for
+    /// the accesses the kernel makes with the given sizes.
+    pub unsafe fn launch(
+        &self,
+        name: &str,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
+        if smem > 48 * 1024 {
+            f.set_attribute(
+                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )
+            .during(|| format!("raising the shared-memory limit of `{name}` to {smem} bytes"))?;
+        }
+        self.ctx
+            .bind_to_thread()
+            .during(|| "binding the context".into())?;
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: block,
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                cfg.grid_dim,
+                cfg.block_dim,
+                cfg.shared_mem_bytes,
+                self.stream.cu_stream(),
+                args,
+            )
+        }
+        .during(|| format!("launching `{name}` grid {grid:?} block {block:?} smem {smem}"))
+    }
+
+    /// Event-timed execution of `f`, in milliseconds.
+    pub fn time_ms(&self, mut f: impl FnMut() -> Result<()>) -> Result<f32> {
+        let start = self
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .during(|| "creating an event".into())?;
+        let end = self
+            .ctx
+            .new_event(Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT))
+            .during(|| "creating an event".into())?;
+        start
+            .record(&self.stream)
+            .during(|| "recording an event".into())?;
+        f()?;
+        end.record(&self.stream)
+            .during(|| "recording an event".into())?;
+        end.synchronize().during(|| "waiting for an event".into())?;
+        start.elapsed_ms(&end).during(|| "reading an event".into())
+    }
+}
+
+/// Builds the argument array for [`Gpu::launch`] from locals: `args![a, b, c]`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! cuda_args {
+    ($($x:expr),* $(,)?) => {
+        [$( (&$x) as *const _ as *mut ::std::ffi::c_void ),*]
+    };
+}

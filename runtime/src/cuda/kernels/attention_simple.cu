@@ -1,0 +1,233 @@
+// ---- attention, reference-grade path (f32 parity runs, and bf16 shapes the tensor-core path
+// does not cover): one warp per query (forward, dQ) or per key (dK/dV), online softmax, nothing
+// of size T x T in memory. Layout: q [B*T, ldq] with head h at column h*D, k/v [B*T, ldk/ldv]
+// with kv head h / (H/KV); o like q; lse [B, H, T] natural-log logsumexp of the scores.
+// Scores: s = scale * q.k, then softcap * tanh(s / softcap) when softcap > 0. Key j is visible to
+// query i when j < T, (!causal || j <= i) and (window <= 0 || i - j < window). D <= 256.
+
+#define ATTN_MAXD_LANE 8  // 256 / 32
+
+__device__ __forceinline__ bool attn_visible(int i, int j, int T, int causal, int window) {
+    return j < T && (!causal || j <= i) && (window <= 0 || i - j < window);
+}
+
+// attn_simple_fwd_{dtype}: launch grid (ceil(T/4), H, B), block 128 (4 warps, one query each).
+// Traffic: each query reads every visible key and value row once (from L2): O(T^2 D) bytes.
+template <typename T>
+__device__ void attn_simple_fwd(T* o, float* lse, const T* q, const T* k, const T* v, int T_, int H, int KV, int D,
+                                int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window, int causal) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int i = blockIdx.x * 4 + warp, h = blockIdx.y, b = blockIdx.z;
+    if (i >= T_) return;
+    int kvh = h / (H / KV);
+    const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
+    float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE];
+#pragma unroll
+    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+        int d = lane + 32 * e;
+        qv[e] = d < D ? lf(qr + d) : 0.f;
+        acc[e] = 0.f;
+    }
+    float m = NEG_INF, l = 0.f;
+    int j0 = window > 0 ? max(0, i - window + 1) : 0;
+    int j1 = causal ? i + 1 : T_;
+    for (int j = j0; j < j1; j++) {
+        const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)kvh * D;
+        const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)kvh * D;
+        float dot = 0.f;
+#pragma unroll
+        for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+            int d = lane + 32 * e;
+            if (d < D) dot += qv[e] * lf(kr + d);
+        }
+        float s = warp_sum(dot) * scale;
+        if (softcap > 0.f) s = softcap * tanhf(s / softcap);
+        float mn = fmaxf(m, s);
+        float corr = __expf(m - mn);
+        float p = __expf(s - mn);
+        l = l * corr + p;
+#pragma unroll
+        for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+            int d = lane + 32 * e;
+            if (d < D) acc[e] = acc[e] * corr + p * lf(vr + d);
+        }
+        m = mn;
+    }
+    float inv = l > 0.f ? 1.f / l : 0.f;
+    T* orow = o + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
+#pragma unroll
+    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+        int d = lane + 32 * e;
+        if (d < D) sf(orow + d, acc[e] * inv);
+    }
+    if (lane == 0) lse[((size_t)b * H + h) * T_ + i] = l > 0.f ? m + __logf(l) : 0.f;
+}
+
+// attn_delta_{dtype}: delta[b,h,i] = sum_d dO[i,d] * O[i,d] (f32), the softmax-backward row term.
+// Launch grid (ceil(T/4), H, B), block 128. Traffic: reads O and dO once.
+template <typename T>
+__device__ void attn_delta(float* delta, const T* o, const T* dout, int T_, int H, int D, int ldo) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int i = blockIdx.x * 4 + warp, h = blockIdx.y, b = blockIdx.z;
+    if (i >= T_) return;
+    size_t off = ((size_t)b * T_ + i) * ldo + (size_t)h * D;
+    float a = 0.f;
+    for (int d = lane; d < D; d += 32) a += lf(o + off + d) * lf(dout + off + d);
+    a = warp_sum(a);
+    if (lane == 0) delta[((size_t)b * H + h) * T_ + i] = a;
+}
+
+// Recompute p and dS for (query i, key j) given s_raw = q.k: returns dS with respect to q.k.
+__device__ __forceinline__ float attn_ds(float dot, float dp, float lse_i, float delta_i, float scale,
+                                         float softcap, float* p_out) {
+    float s = dot * scale, dcap = 1.f;
+    if (softcap > 0.f) {
+        float t = tanhf(s / softcap);
+        s = softcap * t;
+        dcap = 1.f - t * t;
+    }
+    float p = __expf(s - lse_i);
+    *p_out = p;
+    return p * (dp - delta_i) * dcap * scale;
+}
+
+// attn_simple_dq_{dtype}: dq[i] = sum_j dS[i,j] k[j]. Launch grid (ceil(T/4), H, B), block 128.
+template <typename T>
+__device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                               const float* delta, int T_, int H, int KV, int D, int ldq, int ldk, int ldv,
+                               int ldo, float scale, float softcap, int window, int causal) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int i = blockIdx.x * 4 + warp, h = blockIdx.y, b = blockIdx.z;
+    if (i >= T_) return;
+    int kvh = h / (H / KV);
+    const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
+    const T* dor = dout + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
+    float qv[ATTN_MAXD_LANE], dov[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE];
+#pragma unroll
+    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+        int d = lane + 32 * e;
+        qv[e] = d < D ? lf(qr + d) : 0.f;
+        dov[e] = d < D ? lf(dor + d) : 0.f;
+        acc[e] = 0.f;
+    }
+    float lse_i = lse[((size_t)b * H + h) * T_ + i], delta_i = delta[((size_t)b * H + h) * T_ + i];
+    int j0 = window > 0 ? max(0, i - window + 1) : 0;
+    int j1 = causal ? i + 1 : T_;
+    for (int j = j0; j < j1; j++) {
+        const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)kvh * D;
+        const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)kvh * D;
+        float dot = 0.f, dp = 0.f;
+#pragma unroll
+        for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+            int d = lane + 32 * e;
+            if (d < D) {
+                dot += qv[e] * lf(kr + d);
+                dp += dov[e] * lf(vr + d);
+            }
+        }
+        dot = warp_sum(dot);
+        dp = warp_sum(dp);
+        float p;
+        float ds = attn_ds(dot, dp, lse_i, delta_i, scale, softcap, &p);
+#pragma unroll
+        for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+            int d = lane + 32 * e;
+            if (d < D) acc[e] += ds * lf(kr + d);
+        }
+    }
+    T* out = dq + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
+#pragma unroll
+    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+        int d = lane + 32 * e;
+        if (d < D) sf(out + d, acc[e]);
+    }
+}
+
+// attn_simple_dkv_{dtype}: for key j of kv head g: dv[j] = sum_{h in group, i} p[i,j] dO[i];
+// dk[j] = sum dS[i,j] q[i]. Launch grid (ceil(T/4), KV, B), block 128 (one warp per key).
+template <typename T>
+__device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,
+                                const float* delta, int T_, int H, int KV, int D, int ldq, int ldk, int ldv,
+                                int ldo, float scale, float softcap, int window, int causal) {
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int j = blockIdx.x * 4 + warp, g = blockIdx.y, b = blockIdx.z;
+    if (j >= T_) return;
+    int group = H / KV;
+    const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)g * D;
+    const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)g * D;
+    float kv_[ATTN_MAXD_LANE], vv[ATTN_MAXD_LANE], dka[ATTN_MAXD_LANE], dva[ATTN_MAXD_LANE];
+#pragma unroll
+    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+        int d = lane + 32 * e;
+        kv_[e] = d < D ? lf(kr + d) : 0.f;
+        vv[e] = d < D ? lf(vr + d) : 0.f;
+        dka[e] = 0.f;
+        dva[e] = 0.f;
+    }
+    int i0 = causal ? j : 0;
+    int i1 = window > 0 ? min(T_, j + window) : T_;
+    for (int hh = 0; hh < group; hh++) {
+        int h = g * group + hh;
+        for (int i = i0; i < i1; i++) {
+            const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
+            const T* dor = dout + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
+            float dot = 0.f, dp = 0.f;
+#pragma unroll
+            for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+                int d = lane + 32 * e;
+                if (d < D) {
+                    dot += kv_[e] * lf(qr + d);
+                    dp += vv[e] * lf(dor + d);
+                }
+            }
+            dot = warp_sum(dot);
+            dp = warp_sum(dp);
+            float p;
+            size_t r = ((size_t)b * H + h) * T_ + i;
+            float ds = attn_ds(dot, dp, lse[r], delta[r], scale, softcap, &p);
+#pragma unroll
+            for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+                int d = lane + 32 * e;
+                if (d < D) {
+                    dva[e] += p * lf(dor + d);
+                    dka[e] += ds * lf(qr + d);
+                }
+            }
+        }
+    }
+    T* dkr = dk + ((size_t)b * T_ + j) * ldk + (size_t)g * D;
+    T* dvr = dv + ((size_t)b * T_ + j) * ldv + (size_t)g * D;
+#pragma unroll
+    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+        int d = lane + 32 * e;
+        if (d < D) {
+            sf(dkr + d, dka[e]);
+            sf(dvr + d, dva[e]);
+        }
+    }
+}
+
+#define ATTN_SIMPLE_ARGS int T_, int H, int KV, int D, int ldq, int ldk, int ldv, int ldo, float scale, \
+                         float softcap, int window, int causal
+#define ATTN_SIMPLE_PASS T_, H, KV, D, ldq, ldk, ldv, ldo, scale, softcap, window, causal
+#define ATTN_SIMPLE_INSTANTIATE(SUF, T)                                                              \
+    extern "C" __global__ void attn_simple_fwd_##SUF(T* o, float* lse, const T* q, const T* k,        \
+                                                     const T* v, ATTN_SIMPLE_ARGS) {                  \
+        attn_simple_fwd<T>(o, lse, q, k, v, ATTN_SIMPLE_PASS);                                       \
+    }                                                                                                \
+    extern "C" __global__ void attn_delta_##SUF(float* delta, const T* o, const T* dout, int T_, int H, \
+                                                int D, int ldo) {                                    \
+        attn_delta<T>(delta, o, dout, T_, H, D, ldo);                                                \
+    }                                                                                                \
+    extern "C" __global__ void attn_simple_dq_##SUF(T* dq, const T* q, const T* k, const T* v,        \
+                                                    const T* dout, const float* lse,                 \
+                                                    const float* delta, ATTN_SIMPLE_ARGS) {          \
+        attn_simple_dq<T>(dq, q, k, v, dout, lse, delta, ATTN_SIMPLE_PASS);                          \
+    }                                                                                                \
+    extern "C" __global__ void attn_simple_dkv_##SUF(T* dk, T* dv, const T* q, const T* k,            \
+                                                     const T* v, const T* dout, const float* lse,    \
+                                                     const float* delta, ATTN_SIMPLE_ARGS) {         \
+        attn_simple_dkv<T>(dk, dv, q, k, v, dout, lse, delta, ATTN_SIMPLE_PASS);                     \
+    }
+ATTN_SIMPLE_INSTANTIATE(f32, float)
+ATTN_SIMPLE_INSTANTIATE(bf16, bf16)

@@ -1,0 +1,153 @@
+// ---- norm: RMSNorm / LayerNorm fused with the residual add, forward and backward ----
+
+// norm_fwd_{dtype}: r = x (+ res); y = norm(r) * (offset + w) (+ b).
+//   RMS:   y = r * rstd * wf,            rstd = 1/sqrt(mean(r^2) + eps)
+//   Layer: y = (r - mu) * rstd * wf + b, rstd = 1/sqrt(var(r) + eps)
+// Writes y [N, C], r_out [N, C] (when res and r_out are given: the new residual stream), and the
+// f32 statistics rstd [N] and mean [N] (mean only for LayerNorm) that the backward reads.
+// Launch: grid N (one block per row), block 256 (multiple of 32). Traffic: reads x (+res) twice
+// (second pass from L1/L2), reads w/b, writes y (+r_out): about 3-4 x N*C elements.
+template <typename T>
+__device__ void norm_fwd(T* y, T* r_out, float* rstd_out, float* mean_out, const T* x, const T* res,
+                         const T* w, const T* b, int C, float eps, float offset, int is_layer) {
+    __shared__ float scratch[32];
+    size_t row = blockIdx.x;
+    const T* xr = x + row * C;
+    const T* rr = res ? res + row * C : 0;
+    float sum = 0.f, sumsq = 0.f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float v = lf(xr + c) + (rr ? lf(rr + c) : 0.f);
+        if (r_out) sf(r_out + row * C + c, v);
+        sum += v;
+        sumsq += v * v;
+    }
+    float mu = 0.f;
+    if (is_layer) {
+        mu = block_sum(sum, scratch) / C;
+    }
+    // Second moment about the mean, computed from a second read for LayerNorm (stable), or from
+    // the first pass for RMSNorm.
+    float var;
+    if (is_layer) {
+        float acc = 0.f;
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float v = lf(xr + c) + (rr ? lf(rr + c) : 0.f);
+            acc += (v - mu) * (v - mu);
+        }
+        var = block_sum(acc, scratch) / C;
+    } else {
+        var = block_sum(sumsq, scratch) / C;
+    }
+    float rstd = rsqrtf(var + eps);
+    if (threadIdx.x == 0) {
+        rstd_out[row] = rstd;
+        if (mean_out) mean_out[row] = mu;
+    }
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float v = lf(xr + c) + (rr ? lf(rr + c) : 0.f);
+        float wf = w ? offset + lf(w + c) : 1.f;
+        float o = (v - mu) * rstd * wf + (b ? lf(b + c) : 0.f);
+        sf(y + row * C + c, o);
+    }
+}
+
+// norm_bwd_{dtype}: dx = d(norm)/dr . dy (+ dres): with xhat = (r - mu) * rstd, g = dy * wf:
+//   RMS:   dx = rstd * (g - xhat * mean(g * xhat))
+//   Layer: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
+// `dres` (nullable) is the gradient already flowing along the residual stream; it is added, so
+// dx is the full gradient of the residual input. Weight/bias grads are a separate column
+// reduction (norm_dw_{dtype}). Launch: grid N, block 256. Traffic: reads r, dy twice, writes dx.
+template <typename T>
+__device__ void norm_bwd(T* dx, const T* dy, const T* r, const T* w, const float* rstd,
+                         const float* mean, const T* dres, int C, float offset, int is_layer) {
+    __shared__ float scratch[32];
+    size_t row = blockIdx.x;
+    float rs = rstd[row];
+    float mu = is_layer ? mean[row] : 0.f;
+    float sg = 0.f, sgx = 0.f;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float xhat = (lf(r + row * C + c) - mu) * rs;
+        float g = lf(dy + row * C + c) * (w ? offset + lf(w + c) : 1.f);
+        sg += g;
+        sgx += g * xhat;
+    }
+    float mean_g = is_layer ? block_sum(sg, scratch) / C : 0.f;
+    float mean_gx = block_sum(sgx, scratch) / C;
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float xhat = (lf(r + row * C + c) - mu) * rs;
+        float g = lf(dy + row * C + c) * (w ? offset + lf(w + c) : 1.f);
+        float d = rs * (g - mean_g - xhat * mean_gx);
+        if (dres) d += lf(dres + row * C + c);
+        sf(dx + row * C + c, d);
+    }
+}
+
+// norm_dw_{dtype}: dw[c] += sum_n dy[n,c] * xhat[n,c]; db[c] += sum_n dy[n,c] (db nullable).
+// Launch: grid (ceil(C/32), splits), block (32, 8): coalesced reads along c, a shared-memory
+// reduction over the 8 row lanes, then one f32 atomicAdd per column per block.
+// Traffic: reads r and dy once.
+template <typename T>
+__device__ void norm_dw(float* dw, float* db, const T* dy, const T* r, const float* rstd,
+                        const float* mean, int N, int C, int is_layer) {
+    __shared__ float sw[8][33];
+    __shared__ float sb[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    float aw = 0.f, ab = 0.f;
+    if (c < C) {
+        for (int n = blockIdx.y * 8 + threadIdx.y; n < N; n += gridDim.y * 8) {
+            float g = lf(dy + (size_t)n * C + c);
+            float xhat = (lf(r + (size_t)n * C + c) - (is_layer ? mean[n] : 0.f)) * rstd[n];
+            aw += g * xhat;
+            ab += g;
+        }
+    }
+    sw[threadIdx.y][threadIdx.x] = aw;
+    sb[threadIdx.y][threadIdx.x] = ab;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int i = 1; i < 8; i++) {
+            aw += sw[i][threadIdx.x];
+            ab += sb[i][threadIdx.x];
+        }
+        if (dw) atomicAdd(dw + c, aw);
+        if (db) atomicAdd(db + c, ab);
+    }
+}
+
+// colsum_{dtype}: out[c] += sum_n x[n,c] (f32): bias gradients. Launch as norm_dw.
+template <typename T>
+__device__ void colsum(float* out, const T* x, int N, int C) {
+    __shared__ float s[8][33];
+    int c = blockIdx.x * 32 + threadIdx.x;
+    float a = 0.f;
+    if (c < C)
+        for (int n = blockIdx.y * 8 + threadIdx.y; n < N; n += gridDim.y * 8) a += lf(x + (size_t)n * C + c);
+    s[threadIdx.y][threadIdx.x] = a;
+    __syncthreads();
+    if (threadIdx.y == 0 && c < C) {
+        for (int i = 1; i < 8; i++) a += s[i][threadIdx.x];
+        atomicAdd(out + c, a);
+    }
+}
+
+#define NORM_INSTANTIATE(SUF, T)                                                                     \
+    extern "C" __global__ void norm_fwd_##SUF(T* y, T* r_out, float* rstd, float* mean, const T* x,  \
+                                              const T* res, const T* w, const T* b, int C, float eps, \
+                                              float offset, int is_layer) {                           \
+        norm_fwd<T>(y, r_out, rstd, mean, x, res, w, b, C, eps, offset, is_layer);                  \
+    }                                                                                                \
+    extern "C" __global__ void norm_bwd_##SUF(T* dx, const T* dy, const T* r, const T* w,            \
+                                              const float* rstd, const float* mean, const T* dres,   \
+                                              int C, float offset, int is_layer) {                   \
+        norm_bwd<T>(dx, dy, r, w, rstd, mean, dres, C, offset, is_layer);                           \
+    }                                                                                                \
+    extern "C" __global__ void norm_dw_##SUF(float* dw, float* db, const T* dy, const T* r,          \
+                                             const float* rstd, const float* mean, int N, int C,     \
+                                             int is_layer) {                                         \
+        norm_dw<T>(dw, db, dy, r, rstd, mean, N, C, is_layer);                                      \
+    }                                                                                                \
+    extern "C" __global__ void colsum_##SUF(float* out, const T* x, int N, int C) {                  \
+        colsum<T>(out, x, N, C);                                                                     \
+    }
+NORM_INSTANTIATE(f32, float)
+NORM_INSTANTIATE(bf16, bf16)

@@ -1,0 +1,166 @@
+// ---- pointwise and small kernels: RoPE, MLP activations, embedding, AdamW, casts ----
+
+// rope_{dtype}: rotate the first `rot` dims of every head of x [N, ld] in place (head h at
+// column offset h*D), position t = n % T, tables cos/sin [T, rot/2] f32 built on the host.
+// HalfSplit pairs (i, i + rot/2) as HF's rotate_half; interleaved pairs (2i, 2i+1).
+// sign = +1 forward, -1 backward (the transpose of a rotation is the rotation by -theta).
+// Launch: one thread per (token, head, pair): grid ceil(N*heads*rot/2 / 256), block 256.
+// Traffic: reads and writes the rotated part of x once, reads the tables (cached).
+template <typename T>
+__device__ void rope(T* x, const float* cosv, const float* sinv, int N, int T_, int heads, int D,
+                     int ld, int rot, int interleaved, float sign) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int half = rot / 2;
+    size_t total = (size_t)N * heads * half;
+    if (idx >= total) return;
+    int i = idx % half;
+    int h = (idx / half) % heads;
+    size_t n = idx / ((size_t)half * heads);
+    int t = n % T_;
+    float c = cosv[t * half + i], s = sign * sinv[t * half + i];
+    T* p = x + n * ld + (size_t)h * D;
+    int a = interleaved ? 2 * i : i;
+    int b = interleaved ? 2 * i + 1 : i + half;
+    float x1 = lf(p + a), x2 = lf(p + b);
+    sf(p + a, x1 * c - x2 * s);
+    sf(p + b, x2 * c + x1 * s);
+}
+
+// act_fwd_{dtype}: the MLP activation. kind: 0 gelu(erf), 1 gelu_tanh, 2 relu^2, 3 swiglu,
+// 4 geglu(erf), 5 geglu_tanh. Gated kinds compute act(gate) * up. gate/up rows have stride ld
+// (they may be the two halves of one fused projection). out [N, hidden].
+// Launch: one thread per output element, block 256. Traffic: 2-3 x N*hidden elements.
+__device__ __forceinline__ float act_apply(float x, int kind) {
+    switch (kind) {
+        case 0: case 4: return gelu_erf(x);
+        case 1: case 5: return gelu_tanh(x);
+        case 2: { float r = fmaxf(x, 0.f); return r * r; }
+        default: return silu(x);
+    }
+}
+__device__ __forceinline__ float act_grad(float x, int kind) {
+    switch (kind) {
+        case 0: case 4: return gelu_erf_grad(x);
+        case 1: case 5: return gelu_tanh_grad(x);
+        case 2: return x > 0.f ? 2.f * x : 0.f;
+        default: return silu_grad(x);
+    }
+}
+template <typename T>
+__device__ void act_fwd(T* out, const T* gate, const T* up, int N, int hidden, int ld, int kind) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * hidden) return;
+    size_t n = idx / hidden, j = idx % hidden;
+    float a = act_apply(lf(gate + n * ld + j), kind);
+    if (kind >= 3) a *= lf(up + n * ld + j);
+    sf(out + idx, a);
+}
+// act_bwd_{dtype}: dgate = dout * act'(gate) (* up); dup = dout * act(gate) (gated kinds).
+// dgate/dup share the input's row stride ld. Launch and traffic as act_fwd.
+template <typename T>
+__device__ void act_bwd(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int N, int hidden,
+                        int ld, int kind) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * hidden) return;
+    size_t n = idx / hidden, j = idx % hidden;
+    float g = lf(gate + n * ld + j), d = lf(dout + idx);
+    if (kind >= 3) {
+        float u = lf(up + n * ld + j);
+        sf(dgate + n * ld + j, d * u * act_grad(g, kind));
+        sf(dup + n * ld + j, d * act_apply(g, kind));
+    } else {
+        sf(dgate + n * ld + j, d * act_grad(g, kind));
+    }
+}
+
+// embed_fwd_{dtype}: out[n] = wte[tok[n]] * scale (+ wpe[n % T]). Launch: grid N, block 256.
+// Traffic: reads one row of wte (and wpe) per token, writes N*C.
+template <typename T>
+__device__ void embed_fwd(T* out, const int* tok, const T* wte, const T* wpe, int T_, int C, float scale) {
+    size_t n = blockIdx.x;
+    size_t id = tok[n];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float v = lf(wte + id * C + c) * scale;
+        if (wpe) v += lf(wpe + (size_t)(n % T_) * C + c);
+        sf(out + n * C + c, v);
+    }
+}
+// embed_bwd_{dtype}: dwte[tok[n]] += dout[n] * scale; dwpe[n % T] += dout[n] (f32 atomics:
+// tokens repeat). Launch: grid N, block 256. Traffic: reads dout once, N*C atomics.
+template <typename T>
+__device__ void embed_bwd(float* dwte, float* dwpe, const int* tok, const T* dout, int T_, int C, float scale) {
+    size_t n = blockIdx.x;
+    size_t id = tok[n];
+    for (int c = threadIdx.x; c < C; c += blockDim.x) {
+        float d = lf(dout + n * C + c);
+        atomicAdd(dwte + id * C + c, d * scale);
+        if (dwpe) atomicAdd(dwpe + (size_t)(n % T_) * C + c, d);
+    }
+}
+
+// adamw_{dtype}: decoupled weight decay Adam on f32 master weights; writes the low-precision
+// working copy `param` (nullable). g = grad * grad_scale.
+//   m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w -= lr (m/bc1 / (sqrt(v/bc2) + eps) + wd w)
+// Launch: one thread per element, block 256. Traffic: reads w,g,m,v, writes w,m,v,param: 32 B/elt.
+template <typename T>
+__device__ void adamw(float* master, T* param, const float* grad, float* m, float* v, size_t n, float lr,
+                      float b1, float b2, float eps, float wd, float bc1, float bc2, float grad_scale) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    float g = grad[i] * grad_scale;
+    float mi = b1 * m[i] + (1.f - b1) * g;
+    float vi = b2 * v[i] + (1.f - b2) * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    float w = master[i];
+    w -= lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * w);
+    master[i] = w;
+    if (param) sf(param + i, w);
+}
+
+// cast_{a}_to_{b}, add_{dtype} (out = a + b), scale_{dtype} (x *= s): one thread per element.
+#define POINTWISE_INSTANTIATE(SUF, T)                                                                \
+    extern "C" __global__ void rope_##SUF(T* x, const float* c, const float* s, int N, int T_, int heads, \
+                                          int D, int ld, int rot, int interleaved, float sign) {        \
+        rope<T>(x, c, s, N, T_, heads, D, ld, rot, interleaved, sign);                                \
+    }                                                                                                 \
+    extern "C" __global__ void act_fwd_##SUF(T* out, const T* gate, const T* up, int N, int hidden,    \
+                                             int ld, int kind) {                                      \
+        act_fwd<T>(out, gate, up, N, hidden, ld, kind);                                               \
+    }                                                                                                 \
+    extern "C" __global__ void act_bwd_##SUF(T* dgate, T* dup, const T* dout, const T* gate,           \
+                                             const T* up, int N, int hidden, int ld, int kind) {      \
+        act_bwd<T>(dgate, dup, dout, gate, up, N, hidden, ld, kind);                                  \
+    }                                                                                                 \
+    extern "C" __global__ void embed_fwd_##SUF(T* out, const int* tok, const T* wte, const T* wpe,     \
+                                               int T_, int C, float scale) {                          \
+        embed_fwd<T>(out, tok, wte, wpe, T_, C, scale);                                               \
+    }                                                                                                 \
+    extern "C" __global__ void embed_bwd_##SUF(float* dwte, float* dwpe, const int* tok, const T* dout, \
+                                               int T_, int C, float scale) {                          \
+        embed_bwd<T>(dwte, dwpe, tok, dout, T_, C, scale);                                            \
+    }                                                                                                 \
+    extern "C" __global__ void adamw_##SUF(float* master, T* param, const float* grad, float* m,       \
+                                           float* v, size_t n, float lr, float b1, float b2, float eps, \
+                                           float wd, float bc1, float bc2, float grad_scale) {        \
+        adamw<T>(master, param, grad, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);            \
+    }                                                                                                 \
+    extern "C" __global__ void add_##SUF(T* out, const T* a, const T* b, size_t n) {                   \
+        size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;                                     \
+        if (i < n) sf(out + i, lf(a + i) + lf(b + i));                                                \
+    }                                                                                                 \
+    extern "C" __global__ void scale_##SUF(T* x, float s, size_t n) {                                  \
+        size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;                                     \
+        if (i < n) sf(x + i, lf(x + i) * s);                                                          \
+    }
+POINTWISE_INSTANTIATE(f32, float)
+POINTWISE_INSTANTIATE(bf16, bf16)
+
+extern "C" __global__ void cast_f32_to_bf16(bf16* out, const float* in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = f32_to_bf16(in[i]);
+}
+extern "C" __global__ void cast_bf16_to_f32(float* out, const bf16* in, size_t n) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) out[i] = bf16_to_f32(in[i]);
+}

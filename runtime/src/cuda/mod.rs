@@ -1,0 +1,35 @@
+//! The CUDA backend: generated CUDA C kernels compiled by NVRTC at first use (cached on disk),
+//! GEMMs through cuBLASLt, and launch wrappers for every op of the tensor program.
+//!
+//! Everything here loads the CUDA libraries dynamically (cudarc with `dynamic-loading`): building
+//! needs no toolkit, and on a machine without a driver every entry point returns
+//! [`CudaError::MissingLibrary`] instead of panicking (see [`libraries_present`]).
+//!
+//! ```no_run
+//! use modelspec_runtime::cuda::{Gpu, Kernels};
+//! let gpu = Gpu::new(0)?; // a clean error without a driver or device
+//! let kernels = Kernels::load(&gpu, "demo", &[64, 128], Default::default())?;
+//! # Ok::<(), modelspec_runtime::cuda::CudaError>(())
+//! ```
+//!
+//! Layout of this module:
+//! - `kernels/*.cu`: the CUDA C sources, one file per op family, each kernel documented with what
+//!   it computes, its launch shape and its memory traffic;
+//! - [`compile`]: source assembly per spec, NVRTC, the disk cache;
+//! - [`gpu`]: device, stream, buffers, launches;
+//! - [`gemm`]: cuBLASLt and the one row-major to column-major mapping;
+//! - [`ops`]: typed launch wrappers (`{op}_{dtype}` kernels);
+//! - [`rope`]: cos/sin tables on the host.
+
+pub mod compile;
+pub mod error;
+pub mod gemm;
+pub mod gpu;
+pub mod ops;
+pub mod rope;
+
+pub use compile::KernelSource;
+pub use error::CudaError;
+pub use gemm::{Gemm, RowMajorGemm};
+pub use gpu::{DevPtr, Dtype, Gpu, GpuBuf, device_count, libraries_present, probe};
+pub use ops::{Act, AttnShape, Kernels, NormKind};

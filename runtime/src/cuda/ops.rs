@@ -1,0 +1,680 @@
+//! Launch wrappers: one method per kernel family, named as the kernels (`{op}_{dtype}`).
+//!
+//! Arguments are raw device pointers ([`DevPtr`], 0 for "none") so that views into fused
+//! buffers (q/k/v inside one qkv projection, gate/up halves) need no copies. Each method states
+//! the layout it expects; sizes are checked before launching where a wrong one would fault.
+
+use super::compile::{KernelSource, MMA_BWD_MAX_HEAD_DIM, mma_head_dim_ok};
+use super::error::{CudaError, Result};
+use super::gpu::{DevPtr, Dtype, Gpu, GpuBuf, Module};
+use crate::cuda_args;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// The normalisation kind of [`Kernels::norm_fwd`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NormKind {
+    /// RMSNorm.
+    Rms,
+    /// LayerNorm.
+    Layer,
+}
+
+/// MLP activations of [`Kernels::act_fwd`] (values as the kernels' `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// Exact (erf) GELU.
+    Gelu = 0,
+    /// tanh-approximated GELU.
+    GeluTanh = 1,
+    /// relu(x)^2.
+    ReluSquared = 2,
+    /// silu(gate) * up.
+    Swiglu = 3,
+    /// gelu(gate) * up.
+    Geglu = 4,
+    /// gelu_tanh(gate) * up.
+    GegluTanh = 5,
+}
+
+impl Act {
+    /// Gated kinds read a second (up) input.
+    pub fn is_gated(self) -> bool {
+        matches!(self, Act::Swiglu | Act::Geglu | Act::GegluTanh)
+    }
+}
+
+/// Shapes and options of one attention call. Layout: q `[B*T, ldq]` with head h at column
+/// `h*head_dim`; k, v `[B*T, ldk/ldv]` with kv head `h / (heads/kv_heads)`; o like q.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnShape {
+    /// Batch.
+    pub batch: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Head width.
+    pub head_dim: usize,
+    /// Row strides (elements) of q, k, v and o (and of their gradients).
+    pub ldq: usize,
+    /// Row stride of k.
+    pub ldk: usize,
+    /// Row stride of v.
+    pub ldv: usize,
+    /// Row stride of o.
+    pub ldo: usize,
+    /// Multiplier on q.k.
+    pub scale: f32,
+    /// `cap * tanh(s / cap)` on scores when > 0.
+    pub softcap: f32,
+    /// Sliding window (0 = none).
+    pub window: usize,
+    /// Causal mask.
+    pub causal: bool,
+}
+
+impl AttnShape {
+    /// Dense layout (q `[B*T, H*D]`, k/v `[B*T, KV*D]`), causal, scale `D^-0.5`.
+    pub fn dense(
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> AttnShape {
+        AttnShape {
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+            ldq: heads * head_dim,
+            ldk: kv_heads * head_dim,
+            ldv: kv_heads * head_dim,
+            ldo: heads * head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap: 0.0,
+            window: 0,
+            causal: true,
+        }
+    }
+
+    fn check(&self, kernel: &str) -> Result<()> {
+        let bad = |why: String| {
+            Err(CudaError::BadLaunch {
+                kernel: kernel.into(),
+                why,
+            })
+        };
+        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+            return bad(format!(
+                "heads {} not a multiple of kv_heads {}",
+                self.heads, self.kv_heads
+            ));
+        }
+        if self.head_dim > 256 || self.head_dim == 0 {
+            return bad(format!("head_dim {} outside 1..=256", self.head_dim));
+        }
+        Ok(())
+    }
+}
+
+/// The compiled kernel library on one GPU.
+pub struct Kernels {
+    gpu: Arc<Gpu>,
+    module: Arc<Module>,
+    head_dims: Vec<usize>,
+}
+
+const BLOCK: u32 = 256;
+
+fn blocks(n: usize, per: u32) -> u32 {
+    n.div_ceil(per as usize).max(1) as u32
+}
+
+impl Kernels {
+    /// Compiles (or loads from the disk cache) the library with attention instantiated for
+    /// `head_dims`; `defines` become `#define` lines (the spec's sizes).
+    pub fn load(
+        gpu: &Arc<Gpu>,
+        name: &str,
+        head_dims: &[usize],
+        defines: BTreeMap<String, String>,
+    ) -> Result<Kernels> {
+        let src = KernelSource::library(name, head_dims, defines);
+        let module = gpu.load(&src)?;
+        Ok(Kernels {
+            gpu: gpu.clone(),
+            module,
+            head_dims: head_dims.to_vec(),
+        })
+    }
+
+    /// The GPU these kernels run on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Whether the module came from the disk cache.
+    pub fn from_cache(&self) -> bool {
+        self.module.from_cache
+    }
+
+    fn go(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
+        let f = self.module.function(name)?;
+        // SAFETY: every wrapper below passes locals matching the kernel's C signature, and
+        // documents the buffer sizes it needs.
+        unsafe { self.gpu.launch(name, &f, grid, block, smem, args) }
+    }
+
+    /// `norm_fwd_{dtype}`: y = norm(x + res) (see the kernel). `r_out`, `res`, `w`, `b`, `mean`
+    /// may be 0; rows N of width C.
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_fwd(
+        &self,
+        dt: Dtype,
+        kind: NormKind,
+        y: DevPtr,
+        r_out: DevPtr,
+        rstd: DevPtr,
+        mean: DevPtr,
+        x: DevPtr,
+        res: DevPtr,
+        w: DevPtr,
+        b: DevPtr,
+        rows: usize,
+        c: usize,
+        eps: f32,
+        offset: f32,
+    ) -> Result<()> {
+        let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
+        let name = format!("norm_fwd_{}", dt.suffix());
+        self.go(
+            &name,
+            (rows as u32, 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![
+                y, r_out, rstd, mean, x, res, w, b, c_, eps, offset, is_layer
+            ],
+        )
+    }
+
+    /// `norm_bwd_{dtype}`: dx from dy and the saved (r, rstd, mean); adds `dres` when not 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_bwd(
+        &self,
+        dt: Dtype,
+        kind: NormKind,
+        dx: DevPtr,
+        dy: DevPtr,
+        r: DevPtr,
+        w: DevPtr,
+        rstd: DevPtr,
+        mean: DevPtr,
+        dres: DevPtr,
+        rows: usize,
+        c: usize,
+        offset: f32,
+    ) -> Result<()> {
+        let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
+        let name = format!("norm_bwd_{}", dt.suffix());
+        self.go(
+            &name,
+            (rows as u32, 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![dx, dy, r, w, rstd, mean, dres, c_, offset, is_layer],
+        )
+    }
+
+    /// `norm_dw_{dtype}`: accumulates (+=) the f32 weight and bias gradients (either may be 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_dw(
+        &self,
+        dt: Dtype,
+        kind: NormKind,
+        dw: DevPtr,
+        db: DevPtr,
+        dy: DevPtr,
+        r: DevPtr,
+        rstd: DevPtr,
+        mean: DevPtr,
+        rows: usize,
+        c: usize,
+    ) -> Result<()> {
+        let (n_, c_, is_layer) = (rows as i32, c as i32, (kind == NormKind::Layer) as i32);
+        let name = format!("norm_dw_{}", dt.suffix());
+        let splits = (rows.div_ceil(8 * 64)).clamp(1, 256) as u32;
+        self.go(
+            &name,
+            (blocks(c, 32), splits, 1),
+            (32, 8, 1),
+            0,
+            &mut cuda_args![dw, db, dy, r, rstd, mean, n_, c_, is_layer],
+        )
+    }
+
+    /// `colsum_{dtype}`: out[c] += sum over rows of x (bias gradients), out f32.
+    pub fn colsum(&self, dt: Dtype, out: DevPtr, x: DevPtr, rows: usize, c: usize) -> Result<()> {
+        let (n_, c_) = (rows as i32, c as i32);
+        let name = format!("colsum_{}", dt.suffix());
+        let splits = (rows.div_ceil(8 * 64)).clamp(1, 256) as u32;
+        self.go(
+            &name,
+            (blocks(c, 32), splits, 1),
+            (32, 8, 1),
+            0,
+            &mut cuda_args![out, x, n_, c_],
+        )
+    }
+
+    /// `rope_{dtype}`: rotates x `[N, ld]` in place (`heads` heads of `head_dim`, the first `rot`
+    /// dims each); tables `[seq, rot/2]` f32; `backward` applies the transpose.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        dt: Dtype,
+        x: DevPtr,
+        cos: DevPtr,
+        sin: DevPtr,
+        rows: usize,
+        seq: usize,
+        heads: usize,
+        head_dim: usize,
+        ld: usize,
+        rot: usize,
+        interleaved: bool,
+        backward: bool,
+    ) -> Result<()> {
+        let (n_, t_, h_, d_, ld_, rot_, il) = (
+            rows as i32,
+            seq as i32,
+            heads as i32,
+            head_dim as i32,
+            ld as i32,
+            rot as i32,
+            interleaved as i32,
+        );
+        let sign: f32 = if backward { -1.0 } else { 1.0 };
+        let name = format!("rope_{}", dt.suffix());
+        self.go(
+            &name,
+            (blocks(rows * heads * rot / 2, BLOCK), 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![x, cos, sin, n_, t_, h_, d_, ld_, rot_, il, sign],
+        )
+    }
+
+    /// `act_fwd_{dtype}`: out `[N, hidden]` = act(gate) (* up); gate/up rows have stride `ld`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn act_fwd(
+        &self,
+        dt: Dtype,
+        act: Act,
+        out: DevPtr,
+        gate: DevPtr,
+        up: DevPtr,
+        rows: usize,
+        hidden: usize,
+        ld: usize,
+    ) -> Result<()> {
+        let (n_, h_, ld_, kind) = (rows as i32, hidden as i32, ld as i32, act as i32);
+        let name = format!("act_fwd_{}", dt.suffix());
+        self.go(
+            &name,
+            (blocks(rows * hidden, BLOCK), 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![out, gate, up, n_, h_, ld_, kind],
+        )
+    }
+
+    /// `act_bwd_{dtype}`: dgate (and dup for gated kinds), rows of stride `ld`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn act_bwd(
+        &self,
+        dt: Dtype,
+        act: Act,
+        dgate: DevPtr,
+        dup: DevPtr,
+        dout: DevPtr,
+        gate: DevPtr,
+        up: DevPtr,
+        rows: usize,
+        hidden: usize,
+        ld: usize,
+    ) -> Result<()> {
+        let (n_, h_, ld_, kind) = (rows as i32, hidden as i32, ld as i32, act as i32);
+        let name = format!("act_bwd_{}", dt.suffix());
+        self.go(
+            &name,
+            (blocks(rows * hidden, BLOCK), 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![dgate, dup, dout, gate, up, n_, h_, ld_, kind],
+        )
+    }
+
+    /// `embed_fwd_{dtype}`: out `[N, C]` = wte[tok] * scale (+ wpe[n % seq]); tok i32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_fwd(
+        &self,
+        dt: Dtype,
+        out: DevPtr,
+        tok: DevPtr,
+        wte: DevPtr,
+        wpe: DevPtr,
+        rows: usize,
+        seq: usize,
+        c: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let (t_, c_) = (seq as i32, c as i32);
+        let name = format!("embed_fwd_{}", dt.suffix());
+        self.go(
+            &name,
+            (rows as u32, 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![out, tok, wte, wpe, t_, c_, scale],
+        )
+    }
+
+    /// `embed_bwd_{dtype}`: dwte (and dwpe) f32 += the scattered output gradient.
+    #[allow(clippy::too_many_arguments)]
+    pub fn embed_bwd(
+        &self,
+        dt: Dtype,
+        dwte: DevPtr,
+        dwpe: DevPtr,
+        tok: DevPtr,
+        dout: DevPtr,
+        rows: usize,
+        seq: usize,
+        c: usize,
+        scale: f32,
+    ) -> Result<()> {
+        let (t_, c_) = (seq as i32, c as i32);
+        let name = format!("embed_bwd_{}", dt.suffix());
+        self.go(
+            &name,
+            (rows as u32, 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![dwte, dwpe, tok, dout, t_, c_, scale],
+        )
+    }
+
+    /// `xent_{dtype}`: per-row loss of logits `[rows, ld]` (V valid columns) against i32
+    /// targets (-1 = ignore); with `dscale` the logits become d(dscale * loss)/d(logits).
+    #[allow(clippy::too_many_arguments)]
+    pub fn xent(
+        &self,
+        dt: Dtype,
+        logits: DevPtr,
+        loss: DevPtr,
+        targets: DevPtr,
+        rows: usize,
+        vocab: usize,
+        ld: usize,
+        softcap: f32,
+        dscale: Option<f32>,
+    ) -> Result<()> {
+        let (v_, ld_) = (vocab as i32, ld as i32);
+        let write_grad = dscale.is_some() as i32;
+        let ds = dscale.unwrap_or(0.0);
+        let name = format!("xent_{}", dt.suffix());
+        self.go(
+            &name,
+            (rows as u32, 1, 1),
+            (512, 1, 1),
+            0,
+            &mut cuda_args![logits, loss, targets, v_, ld_, softcap, ds, write_grad],
+        )
+    }
+
+    /// `adamw_{dtype}`: one AdamW step on f32 master weights; `param` (may be 0) receives the
+    /// working copy. `step` counts from 1.
+    #[allow(clippy::too_many_arguments)]
+    pub fn adamw(
+        &self,
+        dt: Dtype,
+        master: DevPtr,
+        param: DevPtr,
+        grad: DevPtr,
+        m: DevPtr,
+        v: DevPtr,
+        n: usize,
+        lr: f32,
+        beta1: f32,
+        beta2: f32,
+        eps: f32,
+        weight_decay: f32,
+        step: u32,
+        grad_scale: f32,
+    ) -> Result<()> {
+        let bc1 = 1.0 - beta1.powi(step as i32);
+        let bc2 = 1.0 - beta2.powi(step as i32);
+        let n_ = n;
+        let name = format!("adamw_{}", dt.suffix());
+        self.go(
+            &name,
+            (blocks(n, BLOCK), 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![
+                master,
+                param,
+                grad,
+                m,
+                v,
+                n_,
+                lr,
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+                bc1,
+                bc2,
+                grad_scale
+            ],
+        )
+    }
+
+    /// `add_{dtype}`: out = a + b over n elements.
+    pub fn add(&self, dt: Dtype, out: DevPtr, a: DevPtr, b: DevPtr, n: usize) -> Result<()> {
+        let name = format!("add_{}", dt.suffix());
+        self.go(
+            &name,
+            (blocks(n, BLOCK), 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![out, a, b, n],
+        )
+    }
+
+    /// `cast_f32_to_bf16` / `cast_bf16_to_f32`.
+    pub fn cast(&self, from: Dtype, to: Dtype, out: DevPtr, inp: DevPtr, n: usize) -> Result<()> {
+        let name = format!("cast_{}_to_{}", from.suffix(), to.suffix());
+        self.go(
+            &name,
+            (blocks(n, BLOCK), 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![out, inp, n],
+        )
+    }
+
+    /// Whether the tensor-core forward exists for this call (bf16, an instantiated head dim).
+    pub fn attn_uses_mma(&self, dt: Dtype, s: &AttnShape) -> bool {
+        dt == Dtype::Bf16
+            && mma_head_dim_ok(s.head_dim)
+            && self.head_dims.contains(&s.head_dim)
+            && [s.ldq, s.ldk, s.ldv, s.ldo].iter().all(|l| l % 8 == 0)
+    }
+
+    /// Attention forward: o and lse `[B, H, T]` (f32, natural log). Tensor cores for bf16 at an
+    /// instantiated head dim, else the reference-grade kernel.
+    pub fn attn_fwd(
+        &self,
+        dt: Dtype,
+        s: &AttnShape,
+        o: DevPtr,
+        lse: DevPtr,
+        q: DevPtr,
+        k: DevPtr,
+        v: DevPtr,
+    ) -> Result<()> {
+        s.check("attn_fwd")?;
+        let (t_, h_, kv_, d_) = (
+            s.seq as i32,
+            s.heads as i32,
+            s.kv_heads as i32,
+            s.head_dim as i32,
+        );
+        let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
+        let (scale, softcap, window, causal) =
+            (s.scale, s.softcap, s.window as i32, s.causal as i32);
+        if self.attn_uses_mma(dt, s) {
+            let d = s.head_dim;
+            let bn = if d <= 128 { 64 } else { 32 };
+            let smem = (2 * bn * (d + 8) * 2) as u32;
+            let name = format!("attn_fwd_bf16_d{d}");
+            return self.go(
+                &name,
+                (s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32),
+                (128, 1, 1),
+                smem,
+                &mut cuda_args![
+                    o, lse, q, k, v, t_, h_, kv_, ldq, ldk, ldv, ldo, scale, softcap, window,
+                    causal
+                ],
+            );
+        }
+        let name = format!("attn_simple_fwd_{}", dt.suffix());
+        self.go(
+            &name,
+            (s.seq.div_ceil(4) as u32, s.heads as u32, s.batch as u32),
+            (128, 1, 1),
+            0,
+            &mut cuda_args![
+                o, lse, q, k, v, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap, window,
+                causal
+            ],
+        )
+    }
+
+    /// Attention backward: dq, dk, dv (laid out like q, k, v) from dout, o and the forward's lse.
+    /// `delta` is scratch `[B, H, T]` f32; `dq_acc` is scratch `[B*T, H*D]` f32 (tensor-core
+    /// path only; may be 0 otherwise).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_bwd(
+        &self,
+        dt: Dtype,
+        s: &AttnShape,
+        dq: DevPtr,
+        dk: DevPtr,
+        dv: DevPtr,
+        dq_acc: DevPtr,
+        delta: DevPtr,
+        dout: DevPtr,
+        o: DevPtr,
+        lse: DevPtr,
+        q: DevPtr,
+        k: DevPtr,
+        v: DevPtr,
+    ) -> Result<()> {
+        s.check("attn_bwd")?;
+        let (t_, h_, kv_, d_) = (
+            s.seq as i32,
+            s.heads as i32,
+            s.kv_heads as i32,
+            s.head_dim as i32,
+        );
+        let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
+        let (scale, softcap, window, causal) =
+            (s.scale, s.softcap, s.window as i32, s.causal as i32);
+        let grid_q = (s.seq.div_ceil(4) as u32, s.heads as u32, s.batch as u32);
+        let name = format!("attn_delta_{}", dt.suffix());
+        self.go(
+            &name,
+            grid_q,
+            (128, 1, 1),
+            0,
+            &mut cuda_args![delta, o, dout, t_, h_, d_, ldo],
+        )?;
+        if self.attn_uses_mma(dt, s) && s.head_dim <= MMA_BWD_MAX_HEAD_DIM {
+            if dq_acc == 0 {
+                return Err(CudaError::BadLaunch {
+                    kernel: "attn_bwd".into(),
+                    why: "the tensor-core path needs dq_acc scratch".into(),
+                });
+            }
+            let d = s.head_dim;
+            let width = s.heads * d;
+            let rows = s.batch * s.seq;
+            // SAFETY: the caller provides dq_acc with rows * width f32 (documented above).
+            unsafe { self.gpu.memset_raw(dq_acc, rows * width * 4) }?;
+            let smem = ((4 * 64 * (d + 8) + 64 * 72) * 2 + 512) as u32;
+            let name = format!("attn_bwd_bf16_d{d}");
+            self.go(
+                &name,
+                (s.seq.div_ceil(64) as u32, s.kv_heads as u32, s.batch as u32),
+                (128, 1, 1),
+                smem,
+                &mut cuda_args![
+                    dk, dv, dq_acc, q, k, v, dout, lse, delta, t_, h_, kv_, ldq, ldk, ldv, ldo,
+                    scale, softcap, window, causal
+                ],
+            )?;
+            let (rows_, width_, ldq_) = (rows as i32, width as i32, ldq);
+            return self.go(
+                "attn_dq_convert_bf16",
+                (blocks(rows * width, BLOCK), 1, 1),
+                (BLOCK, 1, 1),
+                0,
+                &mut cuda_args![dq, dq_acc, rows_, width_, ldq_],
+            );
+        }
+        let name = format!("attn_simple_dq_{}", dt.suffix());
+        self.go(
+            &name,
+            grid_q,
+            (128, 1, 1),
+            0,
+            &mut cuda_args![
+                dq, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap,
+                window, causal
+            ],
+        )?;
+        let name = format!("attn_simple_dkv_{}", dt.suffix());
+        let grid_k = (s.seq.div_ceil(4) as u32, s.kv_heads as u32, s.batch as u32);
+        self.go(
+            &name,
+            grid_k,
+            (128, 1, 1),
+            0,
+            &mut cuda_args![
+                dk, dv, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale,
+                softcap, window, causal
+            ],
+        )
+    }
+}
+
+/// Convenience: a zeroed f32 scratch buffer of `n` elements.
+pub fn scratch_f32(gpu: &Gpu, n: usize) -> Result<GpuBuf<f32>> {
+    gpu.zeros::<f32>(n)
+}

@@ -1,0 +1,77 @@
+//! The CUDA backend without a GPU: kernels compile under NVRTC wherever NVRTC is installed (no
+//! device needed), and every entry point fails cleanly, never panics, without a driver.
+
+use modelspec_runtime::cuda::{CudaError, Gpu, KernelSource, compile};
+
+#[test]
+fn kernel_library_compiles_with_nvrtc() {
+    if !compile::nvrtc_present() {
+        println!("skipping: no NVRTC library on this machine");
+        return;
+    }
+    // A private cache folder so this test really compiles.
+    let dir = std::env::temp_dir().join(format!(
+        "modelspec-kernel-cache-test-{}",
+        std::process::id()
+    ));
+    // SAFETY: set before any other thread of this test binary reads it; tests in this file do not
+    // read the variable concurrently.
+    unsafe { std::env::set_var("MODELSPEC_KERNEL_CACHE", &dir) };
+    let src = KernelSource::library("compile_test", &[64, 128, 256], Default::default());
+    let (ptx, cached) = compile::compile(&src, "compute_90").expect("library compiles");
+    assert!(!cached);
+    for name in [
+        "norm_fwd_bf16",
+        "norm_bwd_f32",
+        "rope_bf16",
+        "act_fwd_f32",
+        "xent_bf16",
+        "adamw_f32",
+        "attn_fwd_bf16_d128",
+        "attn_bwd_bf16_d64",
+        "attn_simple_dkv_f32",
+    ] {
+        assert!(
+            ptx.contains(&format!(".entry {name}(")),
+            "kernel {name} missing from the PTX"
+        );
+    }
+    assert!(!ptx.contains(".entry attn_bwd_bf16_d256("));
+    let (again, cached) = compile::compile(&src, "compute_90").expect("cache hit");
+    assert!(cached);
+    assert_eq!(again, ptx);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn nvrtc_errors_carry_the_log() {
+    if !compile::nvrtc_present() {
+        println!("skipping: no NVRTC library on this machine");
+        return;
+    }
+    let src = KernelSource {
+        name: "broken".into(),
+        defines: Default::default(),
+        body: "extern \"C\" __global__ void f() { undefined_thing(); }".into(),
+    };
+    match compile::compile(&src, "compute_90") {
+        Err(CudaError::Compile { module, log, .. }) => {
+            assert_eq!(module, "broken");
+            assert!(log.contains("undefined_thing"), "{log}");
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+}
+
+#[test]
+fn opening_a_device_never_panics() {
+    match Gpu::new(0) {
+        Ok(gpu) => println!("CUDA device present: {}", gpu.name()),
+        Err(e @ (CudaError::MissingLibrary { .. } | CudaError::NoDevice { .. })) => {
+            println!("skipping: no CUDA device ({e})");
+        }
+        Err(e) => panic!("unexpected error kind: {e}"),
+    }
+    // A device ordinal far past any machine's count is a typed error either way.
+    assert!(Gpu::new(10_000).is_err());
+}
