@@ -28,8 +28,8 @@ impl Device {
 
     /// The CUDA device `ordinal`, or an error when no usable CUDA backend or driver is present.
     pub fn cuda(ordinal: usize) -> Result<Device> {
-        let _ = ordinal;
-        Err(Error::Device("CUDA backend not available".into()))
+        crate::cuda::probe(ordinal).map_err(|e| Error::Device(e.to_string()))?;
+        Ok(Device::Cuda(ordinal))
     }
 
     /// The first CUDA device when one is usable, else the CPU.
