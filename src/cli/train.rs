@@ -84,6 +84,9 @@ pub struct TrainArgs {
     /// Save a checkpoint every N steps (and always at the end).
     #[arg(long, default_value_t = 100)]
     pub save_every: u64,
+    /// Stop after this step (the run stays resumable with --resume; the schedule still spans --steps).
+    #[arg(long)]
+    pub stop_after: Option<u64>,
     /// Measure forward+backward tokens/s of the spec at --batch/--seq and print JSON; no training.
     #[arg(long)]
     pub bench: bool,
@@ -92,49 +95,18 @@ pub struct TrainArgs {
     pub bench_iters: usize,
 }
 
-fn render_load_error(e: modelspec_dsl::load::LoadError) -> anyhow::Error {
-    if let modelspec_dsl::load::LoadError::Invalid {
-        diagnostics,
-        source,
-    } = &e
-    {
-        let mut out = String::new();
-        for d in diagnostics {
-            let (line, col) = modelspec_dsl::diag::line_col(&source.text, d.span.start);
-            out.push_str(&format!(
-                "{}:{line}:{col}: `{}`: {}",
-                d.file, d.field, d.message
-            ));
-            if let Some(h) = &d.hint {
-                out.push_str(&format!(" (hint: {h})"));
-            }
-            out.push('\n');
-        }
-        return anyhow::anyhow!("{e}\n{}", out.trim_end());
-    }
-    e.into()
-}
-
-/// The spec of FILE, or the bundled tiny spec.
+/// The spec of FILE, or the bundled tiny spec; diagnostics are printed on stderr.
 pub fn load_spec(file: Option<&Path>) -> Result<ModelSpec> {
     match file {
-        Some(path) => Ok(modelspec_dsl::load::load_file(path)
-            .map_err(render_load_error)?
-            .0),
+        Some(path) => Ok(super::load_or_report(path)?.0),
         None => modelspec_dsl::load::load_str(
             TINY_SPEC,
             "specs/tiny.mspec",
             modelspec_dsl::load::Format::Mspec,
         )
         .map_err(|diagnostics| {
-            anyhow::anyhow!(
-                "the bundled specs/tiny.mspec is invalid: {}",
-                diagnostics
-                    .iter()
-                    .map(|d| d.message.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            )
+            eprint!("{}", modelspec_dsl::render::render(&diagnostics, TINY_SPEC));
+            super::Reported.into()
         }),
     }
 }
@@ -198,7 +170,8 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let started = Instant::now();
     let mut tokens_done = 0usize;
     let mut failure = None;
-    while !trainer.done() {
+    let stop_after = args.stop_after.unwrap_or(u64::MAX);
+    while !trainer.done() && trainer.state.step < stop_after {
         match trainer.step() {
             Ok(report) => {
                 tokens_done += report.tokens;
@@ -440,8 +413,20 @@ fn bench(args: &TrainArgs) -> Result<()> {
     }
     times.sort_by(f64::total_cmp);
     let median = times[times.len() / 2];
+    // The first layer's shape, for a benchmark script that rebuilds the model elsewhere.
+    let layer = spec.layers.first().context("the spec has no layers")?;
     let json = serde_json::json!({
         "spec": spec.name,
+        "config": {
+            "vocab": spec.vocab,
+            "vocab_padded": spec.vocab_padded,
+            "d_model": spec.d_model,
+            "layers": spec.n_layers,
+            "context": spec.context,
+            "tied": spec.embedding.tied,
+            "final_norm": spec.final_norm,
+            "layer": layer,
+        },
         "params": params.numel(),
         "batch": args.batch,
         "seq": args.seq,

@@ -233,6 +233,29 @@ mod tests {
         assert_eq!(t.vocab_size(), 256);
     }
 
+    #[cfg(feature = "hf-tokenizers")]
+    #[test]
+    fn tokenizer_json_through_the_tokenizers_crate() {
+        let json = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],
+            "normalizer":null,"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+            "model":{"type":"WordLevel","vocab":{"[UNK]":0,"the":1,"cat":2,"sat":3},"unk_token":"[UNK]"}}"#;
+        let dir = std::env::temp_dir().join(format!("modelspec-tok-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("tokenizer.json");
+        std::fs::write(&path, json).unwrap();
+        let t = Tokenizer::from_file(&path).unwrap();
+        assert_eq!(t.kind(), "tokenizer.json");
+        assert_eq!(t.vocab_size(), 4);
+        assert_eq!(t.encode("the cat sat on").unwrap(), vec![1, 2, 3, 0]);
+        assert_eq!(t.decode(&[1, 2]).unwrap(), "the cat");
+        std::fs::write(&path, "{ not json").unwrap();
+        assert!(matches!(
+            Tokenizer::from_file(&path),
+            Err(TrainError::Tokenizer(_))
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn entropy_of_known_distributions() {
         assert_eq!(unigram_entropy(&[5, 5, 5]), 0.0);
