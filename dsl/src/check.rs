@@ -312,7 +312,7 @@ impl Checker {
                 self.push(
                     "checkpoint",
                     i,
-                    format!("layer {} has no tensor named `{name}`", l.index),
+                    format!("no tensor named `{name}` in this layer"),
                     Some(hint),
                 );
             }

@@ -310,6 +310,7 @@ struct ProvEntry {
 #[derive(Debug, Clone, Default)]
 pub struct Provenance {
     header: Span,
+    n_layers: u64,
     entries: Vec<ProvEntry>,
     rule_layers: Vec<Vec<u64>>,
 }
@@ -344,6 +345,16 @@ impl Provenance {
             }
         }
         self.header.clone()
+    }
+
+    /// Number of layers of the model.
+    pub fn n_layers(&self) -> u64 {
+        self.n_layers
+    }
+
+    /// Whether the user wrote `field` (at model level or in a rule).
+    pub fn wrote(&self, field: &str) -> bool {
+        self.entries.iter().any(|e| e.field == field)
     }
 
     fn find(&self, field: &str, layer: Option<u64>) -> Option<Span> {
@@ -518,6 +529,34 @@ const CKPT_KEYS: &[&str] = &["default", "layers", "budget"];
 const CALL_KEYS: &[&str] = &["qk_norm", "budget", "shared"];
 const MLP_KINDS: &[&str] = &["gelu", "gelu_tanh", "relu_squared", "swiglu", "geglu", "geglu_tanh"];
 
+/// Whether `word` is a key in any scope (so a value reader must not swallow it).
+fn is_any_key(word: &str) -> bool {
+    let head = word.split('.').next().unwrap_or(word);
+    [MODEL_KEYS, ATTN_KEYS, MOE_KEYS, EMBED_KEYS, LOGITS_KEYS, WEIGHTS_KEYS, DROPOUT_KEYS, CKPT_KEYS]
+        .iter()
+        .any(|keys| keys.contains(&head))
+}
+
+/// The IR field path as the user writes it in `.mspec` (`block.placement` → `placement`,
+/// `ffn.top_k` → `moe.top_k`, `ffn.hidden` → `mlp.hidden`).
+pub(crate) fn user_path(path: &str) -> String {
+    if let Some(rest) = path.strip_prefix("block.") {
+        return rest.to_string();
+    }
+    if path == "n_layers" {
+        return "layers".into();
+    }
+    if path == "ffn" {
+        return "mlp".into();
+    }
+    if let Some(rest) = path.strip_prefix("ffn.") {
+        let head = rest.split('.').next().unwrap_or(rest);
+        let moe = MOE_KEYS.contains(&head) || head == "shared";
+        return format!("{}.{rest}", if moe { "moe" } else { "mlp" });
+    }
+    path.to_string()
+}
+
 fn mlp_kind(name: &str) -> Option<MlpKind> {
     Some(match name {
         "gelu" => MlpKind::Gelu,
@@ -532,13 +571,13 @@ fn mlp_kind(name: &str) -> Option<MlpKind> {
 
 impl<'a> Reader<'a> {
     fn error(&mut self, span: Span, field: &str, message: String, hint: Option<String>) {
-        self.diags.push(Diagnostic {
-            file: self.file.to_string(),
-            span,
-            field: field.to_string(),
-            message,
-            hint,
-        });
+        let user = user_path(field);
+        let message = if user != field {
+            message.replace(&format!("`{field}`"), &format!("`{user}`"))
+        } else {
+            message
+        };
+        self.diags.push(Diagnostic { file: self.file.to_string(), span, field: user, message, hint });
     }
 
     fn record(&mut self, field: &str, span: Span) {
@@ -607,8 +646,15 @@ impl<'a> Reader<'a> {
             }
             _ => {
                 self.missing(cur, key_span, field, "a number");
-                if matches!(cur.peek().map(|n| &n.kind), Some(NodeKind::Range(_) | NodeKind::Eq)) {
-                    cur.next();
+                // Consume a stray value so it is not read again as a key; keep real keys.
+                match cur.peek().map(|n| &n.kind) {
+                    Some(NodeKind::Range(_) | NodeKind::Eq | NodeKind::List(_)) => {
+                        cur.next();
+                    }
+                    Some(NodeKind::Ident(w)) if !is_any_key(w) => {
+                        cur.next();
+                    }
+                    _ => {}
                 }
                 None
             }
@@ -2120,7 +2166,7 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
     let end = src.len().saturating_sub(1)..src.len();
     let m = r.model_body(&file.body, end);
     let mut prov =
-        Provenance { header: file.header_span.clone(), entries: r.prov.clone(), rule_layers: Vec::new() };
+        Provenance { header: file.header_span.clone(), n_layers: 0, entries: r.prov.clone(), rule_layers: Vec::new() };
 
     let missing = |what: &str, field: &str, v: Option<u64>, r: &mut Reader<'_>| {
         if v.is_none() && !r.prov.iter().any(|e| e.field == field) {
@@ -2188,6 +2234,7 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
         return Err(LowerError::Diagnostics(r.diags));
     };
     prov.rule_layers = rule_layers.clone();
+    prov.n_layers = n_layers;
 
     let mut issues = Issues::default();
     let pad = m.pad.unwrap_or(1);

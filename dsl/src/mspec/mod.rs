@@ -48,29 +48,59 @@ pub fn parse(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
         Ok(ok) => ok,
         Err(LowerError::Diagnostics(d)) => return Err(d),
         Err(LowerError::Issues(issues, prov)) => {
-            return Err(issues.iter().map(|i| to_diagnostic(i, None, &prov, file)).collect());
+            return Err(diagnostics(&issues, None, &prov, file));
         }
     };
     let issues = crate::check::check(&spec);
     if issues.is_empty() {
         Ok(spec)
     } else {
-        Err(issues.iter().map(|i| to_diagnostic(i, Some(&spec), &prov, file)).collect())
+        Err(diagnostics(&issues, Some(&spec), &prov, file))
     }
+}
+
+/// Maps issues to diagnostics, dropping echoes: a defaulted final norm repeats the block norm's
+/// problem, and one statement (`dropout 1`) can set several IR fields.
+fn diagnostics(
+    issues: &[Issue],
+    spec: Option<&ModelSpec>,
+    prov: &Provenance,
+    file: &str,
+) -> Vec<Diagnostic> {
+    let mut out: Vec<Diagnostic> = Vec::new();
+    for issue in issues {
+        if let Some(rest) = issue.field.strip_prefix("final_norm")
+            && !prov.wrote("final_norm")
+            && issues.iter().any(|j| j.field == format!("block.norm{rest}"))
+        {
+            continue;
+        }
+        let d = to_diagnostic(issue, spec, prov, file);
+        if out.iter().any(|o| o.span == d.span && o.message == d.message) {
+            continue;
+        }
+        out.push(d);
+    }
+    out
 }
 
 /// Places an IR issue at the text where the user wrote the field.
 fn to_diagnostic(issue: &Issue, spec: Option<&ModelSpec>, prov: &Provenance, file: &str) -> Diagnostic {
     let layer = issue.layers.first().copied();
     let span = prov.span_of(&issue.field, layer);
-    let mut field = user_field(&issue.field, spec, layer);
-    let n_layers = spec.map(|s| s.n_layers).unwrap_or(0);
-    if !issue.layers.is_empty() && issue.layers.len() as u64 != n_layers {
-        let mut ls = issue.layers.clone();
-        ls.sort_unstable();
-        field = format!("layers[{}].{field}", format_selector(&ls, n_layers.max(1 + ls[ls.len() - 1])));
+    let user = user_field(&issue.field, spec, layer);
+    let message = issue.message.replace(&format!("`{}`", issue.field), &format!("`{user}`"));
+    let mut field = user;
+    let n_layers = prov.n_layers();
+    let mut ls = issue.layers.clone();
+    ls.sort_unstable();
+    ls.dedup();
+    if let Some(&last) = ls.last()
+        && ls.len() as u64 != n_layers
+    {
+        field = format!("layers[{}].{field}", format_selector(&ls, n_layers.max(last + 1)));
     }
-    Diagnostic { file: file.to_string(), span, field, message: issue.message.clone(), hint: issue.hint.clone() }
+    Diagnostic { file: file.to_string(), span, field, message, hint: issue.hint.clone() }
 }
 
 /// The IR path as written in `.mspec` (`block.norm.eps` → `norm.eps`, `ffn.top_k` → `moe.top_k`).

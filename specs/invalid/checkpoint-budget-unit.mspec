@@ -1,0 +1,7 @@
+# an unknown byte unit
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8  kv_heads 2 }
+    mlp swiglu(hidden = 1024)
+    checkpoint { budget 24Gib }
+}

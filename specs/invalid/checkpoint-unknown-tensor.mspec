@@ -1,0 +1,7 @@
+# a checkpoint clause naming a tensor the layer does not have
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8  kv_heads 2 }
+    mlp swiglu(hidden = 1024)
+    checkpoint { layers[0..4] save(q, atn_out) }
+}

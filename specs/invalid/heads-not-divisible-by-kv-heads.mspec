@@ -1,0 +1,6 @@
+# heads must be a multiple of kv_heads
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8  kv_heads 3 }
+    mlp swiglu(hidden = 1024)
+}

@@ -1,0 +1,7 @@
+# linear rope scaling without its factor
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8  kv_heads 2 }
+    mlp swiglu(hidden = 1024)
+    position rope(scaling = linear())
+}

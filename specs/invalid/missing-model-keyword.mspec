@@ -1,0 +1,4 @@
+# `model` misspelt
+modle broken {
+    vocab 32000
+}

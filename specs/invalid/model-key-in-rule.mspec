@@ -1,0 +1,7 @@
+# a model-wide setting inside a layer rule
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8  kv_heads 2 }
+    mlp swiglu(hidden = 1024)
+    layers[0..2] { vocab 1000 }
+}

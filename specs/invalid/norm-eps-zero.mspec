@@ -1,0 +1,7 @@
+# norm epsilon must be positive
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    norm rms(eps = 0)
+    attention { heads 8  kv_heads 2 }
+    mlp swiglu(hidden = 1024)
+}

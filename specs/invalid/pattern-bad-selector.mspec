@@ -1,0 +1,7 @@
+# a misspelt selector word
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8  kv_heads 2 }
+    mlp swiglu(hidden = 1024)
+    layers[evn] { attention.window 256 }
+}

@@ -1,0 +1,7 @@
+# an RMS norm cannot have a bias
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    norm rms(bias = true)
+    attention { heads 8  kv_heads 2 }
+    mlp swiglu(hidden = 1024)
+}

@@ -1,0 +1,7 @@
+# rotary dimensions must be even
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8  kv_heads 2 }
+    position rope(rotary_dims = 15)
+    mlp swiglu(hidden = 1024)
+}

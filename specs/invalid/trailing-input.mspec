@@ -1,0 +1,6 @@
+# text after the model block
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8 }
+}
+model another {}

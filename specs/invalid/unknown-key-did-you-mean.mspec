@@ -1,0 +1,6 @@
+# unknown key inside a block, with a suggestion
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8  kv_head 2 }
+    mlp swiglu(hidden = 1024)
+}

@@ -1,0 +1,6 @@
+# an unknown MLP kind, with a suggestion
+model broken {
+    vocab 32000   d_model 512   layers 8   context 2048
+    attention { heads 8  kv_heads 2 }
+    mlp swiglo(hidden = 1024)
+}
