@@ -11,6 +11,9 @@ pub mod expand;
 pub mod export_hf;
 pub mod import_hf;
 pub mod inspect;
+pub mod plan;
+pub mod sample;
+pub mod train;
 
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::load::{self, LoadError, SourceFile};
@@ -28,6 +31,12 @@ pub enum Command {
     ImportHf(import_hf::ImportHfArgs),
     /// Write the HF config.json of a spec.
     ExportHf(export_hf::ExportHfArgs),
+    /// Plan activation checkpointing: what each layer saves and recomputes, memory and FLOPs.
+    Plan(plan::PlanArgs),
+    /// Train a spec on the CPU (default: the bundled tiny spec on the bundled corpus).
+    Train(train::TrainArgs),
+    /// Generate text from a checkpoint written by `train`.
+    Sample(sample::SampleArgs),
 }
 
 impl Command {
@@ -39,6 +48,9 @@ impl Command {
             Command::Expand(args) => expand::run(args),
             Command::ImportHf(args) => import_hf::run(args),
             Command::ExportHf(args) => export_hf::run(args),
+            Command::Plan(args) => plan::run(args),
+            Command::Train(args) => train::run(args),
+            Command::Sample(args) => sample::run(args),
         }
     }
 }

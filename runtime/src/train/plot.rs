@@ -13,9 +13,11 @@ use super::TrainError;
 
 /// The embedded font; its licence is `data/fonts/LICENSE.txt`.
 static FONT: &[u8] = include_bytes!("../../../data/fonts/Inconsolata.otf");
-const FAMILY: &str = "modelspec-plot";
+/// The font family name registered by [`register_font`].
+pub const FAMILY: &str = "modelspec-plot";
 
-fn register_font() -> Result<(), TrainError> {
+/// Registers the embedded font under the family name plots use (idempotent).
+pub fn register_font() -> Result<(), TrainError> {
     static REGISTER: Once = Once::new();
     let mut result = Ok(());
     REGISTER.call_once(|| {
