@@ -247,3 +247,28 @@ fn spec_policies_are_used() {
         })
     ));
 }
+
+#[test]
+fn long_sequences_with_attention_dropout_are_bit_identical() {
+    // Longer than one attention block (64 rows), with a window that crosses blocks.
+    let mut spec = dense();
+    spec.context = 80;
+    spec.layers[0].attention.window = Some(50);
+    let mut exec = Executor::new(&spec).unwrap();
+    exec.set_dropout_seed(Some(9));
+    let params: Params<f32> = random_params(&spec, 3, 0.3);
+    let toks = tokens(2 * 70, spec.vocab, 5);
+    let reference = exec
+        .loss_and_grads(&params, &toks, 2, &Policy::Uniform(LayerCheckpoint::None))
+        .unwrap();
+    for policy in [
+        LayerCheckpoint::Full,
+        LayerCheckpoint::Auto,
+        LayerCheckpoint::Save(vec!["q_rope".into(), "v".into()]),
+    ] {
+        let out = exec
+            .loss_and_grads(&params, &toks, 2, &Policy::Uniform(policy.clone()))
+            .unwrap();
+        assert_identical(&format!("long {policy:?}"), &reference, &out);
+    }
+}

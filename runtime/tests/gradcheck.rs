@@ -508,11 +508,101 @@ fn attention_op_every_variant() {
             attention::forward(&cfg, q, k, v, &mut o);
             dot(&o, &r)
         };
+        if cfg.dropout.is_none() {
+            let mut o = vec![0.0; rows * qd];
+            attention::forward(&cfg, &q, &k, &v, &mut o);
+            let want = naive_attention(&cfg, &q, &k, &v);
+            assert!(
+                o.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-12),
+                "{name}: forward differs from the formula"
+            );
+        }
         let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
         attention::backward(&cfg, &q, &k, &v, &r, &mut dq, &mut dk, &mut dv);
         check(&format!("attention[{name}].dq"), &q, &dq, |x| f(x, &k, &v));
         check(&format!("attention[{name}].dk"), &k, &dk, |x| f(&q, x, &v));
         check(&format!("attention[{name}].dv"), &v, &dv, |x| f(&q, &k, x));
+    }
+}
+
+/// Direct evaluation of the attention formula, for comparison.
+fn naive_attention(cfg: &AttentionCfg, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
+    let (t, hd) = (cfg.seq, cfg.head_dim);
+    let (qd, kvd) = (cfg.heads * hd, cfg.kv_heads * hd);
+    let mut out = vec![0.0; cfg.batch * t * qd];
+    for b in 0..cfg.batch {
+        for h in 0..cfg.heads {
+            let g = h / (cfg.heads / cfg.kv_heads);
+            for i in 0..t {
+                let visible: Vec<usize> = (0..=i)
+                    .filter(|&j| cfg.window.is_none_or(|w| i < j + w))
+                    .collect();
+                let scores: Vec<f64> = visible
+                    .iter()
+                    .map(|&j| {
+                        let qk: f64 = (0..hd)
+                            .map(|c| {
+                                q[(b * t + i) * qd + h * hd + c] * k[(b * t + j) * kvd + g * hd + c]
+                            })
+                            .sum();
+                        let alibi = cfg.alibi.as_ref().map_or(0.0, |s| {
+                            attention::round_bf16(s[h] as f32 * j as f32) as f64
+                        });
+                        let s = cfg.scale * (qk + alibi);
+                        cfg.softcap.map_or(s, |c| c * (s / c).tanh())
+                    })
+                    .collect();
+                let max = scores.iter().cloned().fold(f64::MIN, f64::max);
+                let z: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                for (&j, s) in visible.iter().zip(&scores) {
+                    let p = (s - max).exp() / z;
+                    for c in 0..hd {
+                        out[(b * t + i) * qd + h * hd + c] += p * v[(b * t + j) * kvd + g * hd + c];
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_long_sequences_span_several_blocks() {
+    for window in [None, Some(40)] {
+        let cfg = AttentionCfg {
+            batch: 1,
+            seq: 150,
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 2,
+            scale: 0.8,
+            softcap: Some(3.0),
+            window,
+            alibi: Some(attention::alibi_slopes(2)),
+            dropout: None,
+        };
+        let rows = cfg.seq;
+        let q = randn(rows * 4, 1, 1.0);
+        let k = randn(rows * 2, 2, 1.0);
+        let v = randn(rows * 2, 3, 1.0);
+        let r = randn(rows * 4, 4, 1.0);
+        let mut o = vec![0.0; rows * 4];
+        attention::forward(&cfg, &q, &k, &v, &mut o);
+        let want = naive_attention(&cfg, &q, &k, &v);
+        for (a, b) in o.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-12, "{a} vs {b}");
+        }
+        let f = |q: &[f64], k: &[f64], v: &[f64]| {
+            let mut o = vec![0.0; rows * 4];
+            attention::forward(&cfg, q, k, v, &mut o);
+            dot(&o, &r)
+        };
+        let (mut dq, mut dk, mut dv) = (vec![0.0; q.len()], vec![0.0; k.len()], vec![0.0; v.len()]);
+        attention::backward(&cfg, &q, &k, &v, &r, &mut dq, &mut dk, &mut dv);
+        let what = format!("attention[seq 150, window {window:?}]");
+        check(&format!("{what}.dq"), &q, &dq, |x| f(x, &k, &v));
+        check(&format!("{what}.dk"), &k, &dk, |x| f(&q, x, &v));
+        check(&format!("{what}.dv"), &v, &dv, |x| f(&q, &k, x));
     }
 }
 

@@ -107,8 +107,20 @@ impl AttentionCfg {
         }
     }
 
+    /// Row blocks `[r0, r1)` of the score matrix with the first column `c0` any of their rows can
+    /// see; only the `[r0, r1) × [c0, r1)` part is ever formed (causal and window masks skip the
+    /// rest, about half the work at long sequences).
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.seq.div_ceil(BLOCK)).map(move |blk| {
+            let r0 = blk * BLOCK;
+            let r1 = (r0 + BLOCK).min(self.seq);
+            (r0, r1, self.first_visible(r0))
+        })
+    }
+
     /// Fills `probs` (`[seq, seq]`, row i: probabilities of query i) and `capped` (the scores
-    /// after scale and softcap) for sequence `b`, head `h`. Entries outside the visible range are 0.
+    /// after scale and softcap) for sequence `b`, head `h`. Entries outside the visible range of
+    /// `probs` are 0; those of `capped` are unspecified.
     #[allow(clippy::needless_range_loop)]
     fn probabilities<T: Float>(
         &self,
@@ -121,24 +133,26 @@ impl AttentionCfg {
     ) {
         let (t, hd, qd, kvd) = (self.seq, self.head_dim, self.q_dim(), self.kv_dim());
         let g = h / self.group();
-        // SAFETY: q and k are read-only and sized [batch·seq, q_dim] / [batch·seq, kv_dim]; the
-        // views stay inside sequence b and head h; `capped` is this task's own buffer.
-        unsafe {
-            matmul_raw(
-                t,
-                t,
-                hd,
-                capped.as_mut_ptr(),
-                t,
-                q.as_ptr().add(b * t * qd + h * hd),
-                qd,
-                1,
-                k.as_ptr().add(b * t * kvd + g * hd),
-                1,
-                kvd,
-                false,
-                T::ONE,
-            );
+        for (r0, r1, c0) in self.blocks() {
+            // SAFETY: q and k are read-only and sized [batch·seq, q_dim] / [batch·seq, kv_dim];
+            // the views stay inside sequence b, head h; `capped` is this task's own buffer.
+            unsafe {
+                matmul_raw(
+                    r1 - r0,
+                    r1 - c0,
+                    hd,
+                    capped.as_mut_ptr().add(r0 * t + c0),
+                    t,
+                    q.as_ptr().add((b * t + r0) * qd + h * hd),
+                    qd,
+                    1,
+                    k.as_ptr().add((b * t + c0) * kvd + g * hd),
+                    1,
+                    kvd,
+                    false,
+                    T::ONE,
+                );
+            }
         }
         let scale = T::from_f64(self.scale);
         let cap = self.softcap.map(T::from_f64);
@@ -175,15 +189,29 @@ impl AttentionCfg {
         }
     }
 
-    /// Applies dropout to `probs` of sequence `b`, head `h` in place.
+    /// Applies dropout to the visible entries of `probs` of sequence `b`, head `h` in place
+    /// (element `(i, j)` keyed by its index in `[batch, heads, seq, seq]`).
     fn drop_probs<T: Float>(&self, probs: &mut [T], b: usize, h: usize) {
         if let Some(d) = &self.dropout {
             let t = self.seq;
             let base = ((b * self.heads + h) * t * t) as u64;
-            d.apply_inplace(probs, base);
+            let s = T::from_f64(1.0 / (1.0 - d.p));
+            for i in 0..t {
+                for j in self.first_visible(i)..=i {
+                    let v = &mut probs[i * t + j];
+                    *v = if d.keep(base + (i * t + j) as u64) {
+                        *v * s
+                    } else {
+                        T::ZERO
+                    };
+                }
+            }
         }
     }
 }
+
+/// Rows per block of the score matrix.
+const BLOCK: usize = 64;
 
 /// `out = attention(q, k, v)`, overwriting `out: [batch·seq, heads·head_dim]`.
 pub fn forward<T: Float>(cfg: &AttentionCfg, q: &[T], k: &[T], v: &[T], out: &mut [T]) {
@@ -200,23 +228,25 @@ pub fn forward<T: Float>(cfg: &AttentionCfg, q: &[T], k: &[T], v: &[T], out: &mu
             let g = h / cfg.group();
             cfg.probabilities(q, k, b, h, capped, probs);
             cfg.drop_probs(probs, b, h);
-            // SAFETY: task (b, h) alone writes rows of sequence b, columns of head h.
-            unsafe {
-                matmul_raw(
-                    t,
-                    hd,
-                    t,
-                    out_ptr.get().add(b * t * qd + h * hd),
-                    qd,
-                    probs.as_ptr(),
-                    t,
-                    1,
-                    v.as_ptr().add(b * t * kvd + g * hd),
-                    kvd,
-                    1,
-                    false,
-                    T::ONE,
-                );
+            for (r0, r1, c0) in cfg.blocks() {
+                // SAFETY: task (b, h) alone writes rows of sequence b, columns of head h.
+                unsafe {
+                    matmul_raw(
+                        r1 - r0,
+                        hd,
+                        r1 - c0,
+                        out_ptr.get().add((b * t + r0) * qd + h * hd),
+                        qd,
+                        probs.as_ptr().add(r0 * t + c0),
+                        t,
+                        1,
+                        v.as_ptr().add((b * t + c0) * kvd + g * hd),
+                        kvd,
+                        1,
+                        false,
+                        T::ONE,
+                    );
+                }
             }
         },
     );
@@ -238,6 +268,7 @@ pub fn backward<T: Float>(
     assert_eq!(dq.len(), q.len());
     assert_eq!(dk.len(), k.len());
     assert_eq!(dv.len(), v.len());
+    assert_eq!(dout.len(), q.len());
     // Per-head key/value gradients, summed over each kv group afterwards in head order, so the
     // result does not depend on scheduling.
     let per_head = t * hd;
@@ -255,64 +286,77 @@ pub fn backward<T: Float>(
                     vec![T::ZERO; t * t],
                     vec![T::ZERO; t * t],
                     vec![T::ZERO; t * t],
+                    vec![T::ZERO; t * t],
                 )
             },
-            |(capped, probs, dprobs), (bh, (dk_h, dv_h))| {
+            |(capped, probs, dropped, dprobs), (bh, (dk_h, dv_h))| {
                 let (b, h) = (bh / cfg.heads, bh % cfg.heads);
                 let g = h / cfg.group();
                 cfg.probabilities(q, k, b, h, capped, probs);
-                let dropped: Option<Vec<T>> = cfg.dropout.as_ref().map(|_| {
-                    let mut p = probs.clone();
-                    cfg.drop_probs(&mut p, b, h);
-                    p
-                });
-                let p_used: &[T] = dropped.as_deref().unwrap_or(probs);
-                // SAFETY: reads of q/k/v/dout stay inside sequence b; dprobs, dk_h, dv_h are owned
-                // by this task; dq rows of sequence b, columns of head h are written only here.
-                unsafe {
-                    // dP̃ = dO · Vᵀ
-                    matmul_raw(
-                        t,
-                        t,
-                        hd,
-                        dprobs.as_mut_ptr(),
-                        t,
-                        dout.as_ptr().add(b * t * qd + h * hd),
-                        qd,
-                        1,
-                        v.as_ptr().add(b * t * kvd + g * hd),
-                        1,
-                        kvd,
-                        false,
-                        T::ONE,
-                    );
-                    // dV_h = P̃ᵀ · dO
-                    matmul_raw(
-                        t,
-                        hd,
-                        t,
-                        dv_h.as_mut_ptr(),
-                        hd,
-                        p_used.as_ptr(),
-                        1,
-                        t,
-                        dout.as_ptr().add(b * t * qd + h * hd),
-                        qd,
-                        1,
-                        false,
-                        T::ONE,
-                    );
+                let p_used: &[T] = if cfg.dropout.is_some() {
+                    dropped.copy_from_slice(probs);
+                    cfg.drop_probs(dropped, b, h);
+                    dropped
+                } else {
+                    probs
+                };
+                let o_off = |r: usize| (b * t + r) * qd + h * hd;
+                let kv_off = |r: usize| (b * t + r) * kvd + g * hd;
+                for (r0, r1, c0) in cfg.blocks() {
+                    // SAFETY: reads of q/k/v/dout stay inside sequence b; dprobs, dv_h are this
+                    // task's own buffers.
+                    unsafe {
+                        // dP̃ = dO · Vᵀ
+                        matmul_raw(
+                            r1 - r0,
+                            r1 - c0,
+                            hd,
+                            dprobs.as_mut_ptr().add(r0 * t + c0),
+                            t,
+                            dout.as_ptr().add(o_off(r0)),
+                            qd,
+                            1,
+                            v.as_ptr().add(kv_off(c0)),
+                            1,
+                            kvd,
+                            false,
+                            T::ONE,
+                        );
+                        // dV_h[c0..r1] += P̃ᵀ · dO
+                        matmul_raw(
+                            r1 - c0,
+                            hd,
+                            r1 - r0,
+                            dv_h.as_mut_ptr().add(c0 * hd),
+                            hd,
+                            p_used.as_ptr().add(r0 * t + c0),
+                            1,
+                            t,
+                            dout.as_ptr().add(o_off(r0)),
+                            qd,
+                            1,
+                            true,
+                            T::ONE,
+                        );
+                    }
                 }
-                if let Some(d) = &cfg.dropout {
-                    let base = ((b * cfg.heads + h) * t * t) as u64;
-                    d.apply_inplace(dprobs, base);
-                }
-                // dS = P ⊙ (dP − Σ_j P dP), then through the softcap; masked entries are 0.
+                // dS = P ⊙ (dP − Σ_j P dP) through dropout and the softcap; 0 outside the mask.
                 let cap = cfg.softcap.map(T::from_f64);
+                let keep_scale = cfg.dropout.map(|d| (d, T::from_f64(1.0 / (1.0 - d.p))));
+                let base = ((b * cfg.heads + h) * t * t) as u64;
                 for i in 0..t {
                     let lo = cfg.first_visible(i);
                     let prow = &probs[i * t..(i + 1) * t];
                     let drow = &mut dprobs[i * t..(i + 1) * t];
+                    if let Some((d, s)) = keep_scale {
+                        for (j, v) in drow.iter_mut().enumerate().take(i + 1).skip(lo) {
+                            *v = if d.keep(base + (i * t + j) as u64) {
+                                *v * s
+                            } else {
+                                T::ZERO
+                            };
+                        }
+                    }
                     let dot: T = (lo..=i).map(|j| prow[j] * drow[j]).sum();
                     drow[..lo].fill(T::ZERO);
                     for j in lo..=i {
@@ -325,39 +369,43 @@ pub fn backward<T: Float>(
                     }
                     drow[i + 1..].fill(T::ZERO);
                 }
-                unsafe {
-                    // dQ_h += scale · dS · K_g
-                    matmul_raw(
-                        t,
-                        hd,
-                        t,
-                        dq_ptr.get().add(b * t * qd + h * hd),
-                        qd,
-                        dprobs.as_ptr(),
-                        t,
-                        1,
-                        k.as_ptr().add(b * t * kvd + g * hd),
-                        kvd,
-                        1,
-                        true,
-                        scale,
-                    );
-                    // dK_h = scale · dSᵀ · Q_h
-                    matmul_raw(
-                        t,
-                        hd,
-                        t,
-                        dk_h.as_mut_ptr(),
-                        hd,
-                        dprobs.as_ptr(),
-                        1,
-                        t,
-                        q.as_ptr().add(b * t * qd + h * hd),
-                        qd,
-                        1,
-                        false,
-                        scale,
-                    );
+                for (r0, r1, c0) in cfg.blocks() {
+                    // SAFETY: dq rows of sequence b, columns of head h are written only by this
+                    // task; dk_h is its own buffer.
+                    unsafe {
+                        // dQ_h[r0..r1] += scale · dS · K_g
+                        matmul_raw(
+                            r1 - r0,
+                            hd,
+                            r1 - c0,
+                            dq_ptr.get().add(o_off(r0)),
+                            qd,
+                            dprobs.as_ptr().add(r0 * t + c0),
+                            t,
+                            1,
+                            k.as_ptr().add(kv_off(c0)),
+                            kvd,
+                            1,
+                            true,
+                            scale,
+                        );
+                        // dK_h[c0..r1] += scale · dSᵀ · Q_h
+                        matmul_raw(
+                            r1 - c0,
+                            hd,
+                            r1 - r0,
+                            dk_h.as_mut_ptr().add(c0 * hd),
+                            hd,
+                            dprobs.as_ptr().add(r0 * t + c0),
+                            1,
+                            t,
+                            q.as_ptr().add(o_off(r0)),
+                            qd,
+                            1,
+                            true,
+                            scale,
+                        );
+                    }
                 }
             },
         );
