@@ -96,7 +96,11 @@ fn inactive_expert_params(spec: &ModelSpec, table: &[Param]) -> u64 {
 
 /// Elements of expert 0 of layer `index` (all experts have the same shape).
 fn expert_numel(table: &[Param], index: u64) -> u64 {
-    table.iter().filter(|p| p.layer == Some(index) && p.expert == Some(0)).map(Param::numel).sum()
+    table
+        .iter()
+        .filter(|p| p.layer == Some(index) && p.expert == Some(0))
+        .map(Param::numel)
+        .sum()
 }
 
 /// Average number of keys a query attends to over positions 1..=t with an optional window.
@@ -144,15 +148,22 @@ pub fn summarize(spec: &ModelSpec) -> Summary {
         };
         let inactive = match &layer.ffn {
             Ffn::Moe(moe) => {
-                let per_expert: u64 = row.iter().filter(|p| p.expert == Some(0)).map(|p| p.numel()).sum();
+                let per_expert: u64 = row
+                    .iter()
+                    .filter(|p| p.expert == Some(0))
+                    .map(|p| p.numel())
+                    .sum();
                 moe.experts.saturating_sub(moe.top_k) * per_expert
             }
             Ffn::Mlp(_) => 0,
         };
         let a = &layer.attention;
         let keys = attended_keys_total(t, a.window);
-        let attn_flops =
-            4u128.saturating_mul(a.heads as u128).saturating_mul(a.head_dim as u128).saturating_mul(keys) / (t as u128);
+        let attn_flops = 4u128
+            .saturating_mul(a.heads as u128)
+            .saturating_mul(a.head_dim as u128)
+            .saturating_mul(keys)
+            / (t as u128);
         let flops = (2 * active_matmul(row, top_k) as u128).saturating_add(attn_flops);
         total_flops = total_flops.saturating_add(flops);
         layers.push(LayerCost {
@@ -237,7 +248,11 @@ fn mlp_summary(mlp: &Mlp) -> String {
         MlpKind::Geglu => "geglu",
         MlpKind::GegluTanh => "geglu_tanh",
     };
-    format!("{act} {}{}", mlp.hidden, if mlp.bias { " +bias" } else { "" })
+    format!(
+        "{act} {}{}",
+        mlp.hidden,
+        if mlp.bias { " +bias" } else { "" }
+    )
 }
 
 /// "swiglu 14336" or "moe 8×swiglu 14336 top2 (+1 shared 5632)".
@@ -245,7 +260,12 @@ pub fn ffn_summary(ffn: &Ffn) -> String {
     match ffn {
         Ffn::Mlp(mlp) => mlp_summary(mlp),
         Ffn::Moe(moe) => {
-            let mut s = format!("moe {}×{} top{}", moe.experts, mlp_summary(&moe.expert), moe.top_k);
+            let mut s = format!(
+                "moe {}×{} top{}",
+                moe.experts,
+                mlp_summary(&moe.expert),
+                moe.top_k
+            );
             if let Some(shared) = &moe.shared {
                 s.push_str(&format!(" +{} shared {}", shared.count, shared.hidden));
             }
@@ -259,10 +279,22 @@ pub fn ffn_summary(ffn: &Ffn) -> String {
 pub fn limit_issues(spec: &ModelSpec) -> Vec<Issue> {
     let mut issues = Vec::new();
     let mut push = |field: &str, layers: Vec<u64>, message: String| {
-        issues.push(Issue { field: field.into(), layers, message, hint: Some("use realistic sizes".into()) });
+        issues.push(Issue {
+            field: field.into(),
+            layers,
+            message,
+            hint: Some("use realistic sizes".into()),
+        });
     };
     if spec.layers.len() as u64 > MAX_LAYERS {
-        push("n_layers", vec![], format!("{} layers is more than the {MAX_LAYERS} supported", spec.layers.len()));
+        push(
+            "n_layers",
+            vec![],
+            format!(
+                "{} layers is more than the {MAX_LAYERS} supported",
+                spec.layers.len()
+            ),
+        );
         return issues;
     }
     let mut tensors: u64 = 0;
@@ -276,7 +308,9 @@ pub fn limit_issues(spec: &ModelSpec) -> Vec<Issue> {
         let q = mul(a.heads as u128, a.head_dim as u128);
         let kv = mul(a.kv_heads as u128, a.head_dim as u128);
         let width = q.saturating_add(kv).saturating_add(1);
-        total = total.saturating_add(mul(mul(2, width), d)).saturating_add(mul(8, d));
+        total = total
+            .saturating_add(mul(mul(2, width), d))
+            .saturating_add(mul(8, d));
         let mlp_elems = |hidden: u128| mul(3, mul(hidden.saturating_add(1), d));
         match &layer.ffn {
             Ffn::Mlp(m) => {
@@ -288,11 +322,17 @@ pub fn limit_issues(spec: &ModelSpec) -> Vec<Issue> {
                     push(
                         "ffn.experts",
                         vec![layer.index],
-                        format!("{} experts is more than the {MAX_EXPERTS} supported", moe.experts),
+                        format!(
+                            "{} experts is more than the {MAX_EXPERTS} supported",
+                            moe.experts
+                        ),
                     );
                     return issues;
                 }
-                total = total.saturating_add(mul(moe.experts as u128 + 1, mlp_elems(moe.expert.hidden as u128)));
+                total = total.saturating_add(mul(
+                    moe.experts as u128 + 1,
+                    mlp_elems(moe.expert.hidden as u128),
+                ));
                 if let Some(shared) = &moe.shared {
                     let width = mul(shared.count as u128, shared.hidden as u128);
                     total = total.saturating_add(mlp_elems(width));
@@ -302,19 +342,40 @@ pub fn limit_issues(spec: &ModelSpec) -> Vec<Issue> {
         }
         tensors += 24;
         if total > u64::MAX as u128 / 8 {
-            push("d_model", vec![], "the sizes give more parameters than can be counted".into());
+            push(
+                "d_model",
+                vec![],
+                "the sizes give more parameters than can be counted".into(),
+            );
             return issues;
         }
     }
     if total > u64::MAX as u128 / 8 {
-        push("d_model", vec![], "the sizes give more parameters than can be counted".into());
+        push(
+            "d_model",
+            vec![],
+            "the sizes give more parameters than can be counted".into(),
+        );
         return issues;
     }
     if spec.context > MAX_CONTEXT {
-        push("context", vec![], format!("context {} is more than the {MAX_CONTEXT} supported", spec.context));
+        push(
+            "context",
+            vec![],
+            format!(
+                "context {} is more than the {MAX_CONTEXT} supported",
+                spec.context
+            ),
+        );
     }
     if tensors > MAX_TENSORS {
-        push("n_layers", vec![], format!("the spec has {tensors} parameter tensors, more than the {MAX_TENSORS} supported"));
+        push(
+            "n_layers",
+            vec![],
+            format!(
+                "the spec has {tensors} parameter tensors, more than the {MAX_TENSORS} supported"
+            ),
+        );
     }
     issues
 }

@@ -106,7 +106,10 @@ pub fn format_of(path: &Path) -> Option<Format> {
 pub fn load_file(path: impl AsRef<Path>) -> Result<(ModelSpec, SourceFile), LoadError> {
     let path = path.as_ref();
     let shown = path.display().to_string();
-    let meta = std::fs::metadata(path).map_err(|source| LoadError::Io { path: shown.clone(), source })?;
+    let meta = std::fs::metadata(path).map_err(|source| LoadError::Io {
+        path: shown.clone(),
+        source,
+    })?;
     if meta.is_dir() {
         return Err(LoadError::Directory { path: shown });
     }
@@ -114,17 +117,38 @@ pub fn load_file(path: impl AsRef<Path>) -> Result<(ModelSpec, SourceFile), Load
         return Err(LoadError::NotAFile { path: shown });
     }
     if meta.len() > MAX_FILE_BYTES {
-        return Err(LoadError::TooLarge { path: shown, size: meta.len() });
+        return Err(LoadError::TooLarge {
+            path: shown,
+            size: meta.len(),
+        });
     }
-    let format = format_of(path).ok_or_else(|| LoadError::UnknownExtension { path: shown.clone() })?;
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Io { path: shown.clone(), source })?;
-    let text = String::from_utf8(bytes)
-        .map_err(|e| LoadError::NotUtf8 { path: shown.clone(), offset: e.utf8_error().valid_up_to() })?;
-    let format = if format == Format::HfConfig && looks_like_ir_json(&text) { Format::IrJson } else { format };
-    let source = SourceFile { path: shown, text, format };
+    let format = format_of(path).ok_or_else(|| LoadError::UnknownExtension {
+        path: shown.clone(),
+    })?;
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Io {
+        path: shown.clone(),
+        source,
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| LoadError::NotUtf8 {
+        path: shown.clone(),
+        offset: e.utf8_error().valid_up_to(),
+    })?;
+    let format = if format == Format::HfConfig && looks_like_ir_json(&text) {
+        Format::IrJson
+    } else {
+        format
+    };
+    let source = SourceFile {
+        path: shown,
+        text,
+        format,
+    };
     match load_str(&source.text, &source.path, format) {
         Ok(spec) => Ok((spec, source)),
-        Err(diagnostics) => Err(LoadError::Invalid { diagnostics, file: Box::new(source) }),
+        Err(diagnostics) => Err(LoadError::Invalid {
+            diagnostics,
+            file: Box::new(source),
+        }),
     }
 }
 
@@ -141,7 +165,11 @@ pub fn load_str(text: &str, file: &str, format: Format) -> Result<ModelSpec, Vec
 /// An IR JSON document has `n_layers` and `layers` at the top and no `model_type`.
 fn looks_like_ir_json(text: &str) -> bool {
     match crate::hf::json_spans::parse(text) {
-        Ok(root) => root.get("model_type").is_none() && root.get("n_layers").is_some() && root.get("layers").is_some(),
+        Ok(root) => {
+            root.get("model_type").is_none()
+                && root.get("n_layers").is_some()
+                && root.get("layers").is_some()
+        }
         Err(_) => false,
     }
 }

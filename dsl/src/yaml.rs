@@ -27,11 +27,48 @@ pub fn from_str(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
 
 /// Reads an IR JSON file (the form `modelspec expand --format json` prints).
 pub fn from_json_str(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
-    let spec: ModelSpec = serde_json::from_str(src).map_err(|e| {
+    // serde_json locates errors; its default float parsing is not exact, so a valid document is
+    // read again through the exact reader to keep every f64 bit for bit.
+    if let Err(e) = serde_json::from_str::<ModelSpec>(src) {
         let offset = offset_of(src, e.line(), e.column());
-        vec![serde_diagnostic(file, offset, &e.to_string(), src)]
-    })?;
+        return Err(vec![serde_diagnostic(file, offset, &e.to_string(), src)]);
+    }
+    let exact = crate::hf::json_spans::parse(src)
+        .map(|root| to_value(&root))
+        .map_err(|e| vec![serde_diagnostic(file, e.span.start, &e.message, src)])?;
+    let spec: ModelSpec = serde_json::from_value(exact)
+        .map_err(|e| vec![serde_diagnostic(file, 0, &e.to_string(), src)])?;
     checked(spec, src, file)
+}
+
+/// A span-recorded JSON value as a `serde_json::Value`, numbers parsed exactly.
+fn to_value(v: &crate::hf::json_spans::JsonValue) -> serde_json::Value {
+    use crate::hf::json_spans::JsonKind;
+    use serde_json::Value;
+    match &v.kind {
+        JsonKind::Null => Value::Null,
+        JsonKind::Bool(b) => Value::Bool(*b),
+        JsonKind::Number(text) => {
+            if let Ok(u) = text.parse::<u64>() {
+                Value::from(u)
+            } else if let Ok(i) = text.parse::<i64>() {
+                Value::from(i)
+            } else {
+                text.parse::<f64>()
+                    .ok()
+                    .and_then(serde_json::Number::from_f64)
+                    .map_or(Value::Null, Value::Number)
+            }
+        }
+        JsonKind::String(s) => Value::String(s.clone()),
+        JsonKind::Array(items) => Value::Array(items.iter().map(to_value).collect()),
+        JsonKind::Object(members) => Value::Object(
+            members
+                .iter()
+                .map(|m| (m.key.clone(), to_value(&m.value)))
+                .collect(),
+        ),
+    }
 }
 
 /// The IR as YAML.
@@ -56,7 +93,10 @@ fn checked(spec: ModelSpec, src: &str, file: &str) -> Result<ModelSpec, Vec<Diag
     if issues.is_empty() {
         return Ok(spec);
     }
-    Err(issues.iter().map(|issue| locate_issue(issue, src, file)).collect())
+    Err(issues
+        .iter()
+        .map(|issue| locate_issue(issue, src, file))
+        .collect())
 }
 
 /// Consistency the serde form cannot enforce by itself.
@@ -66,11 +106,20 @@ fn structural_issues(spec: &ModelSpec) -> Vec<Issue> {
         issues.push(Issue {
             field: "n_layers".into(),
             layers: vec![],
-            message: format!("n_layers is {} but there are {} layer rows", spec.n_layers, spec.layers.len()),
+            message: format!(
+                "n_layers is {} but there are {} layer rows",
+                spec.n_layers,
+                spec.layers.len()
+            ),
             hint: Some("give one row per layer".into()),
         });
     }
-    if let Some(layer) = spec.layers.iter().enumerate().find(|(i, l)| l.index != *i as u64) {
+    if let Some(layer) = spec
+        .layers
+        .iter()
+        .enumerate()
+        .find(|(i, l)| l.index != *i as u64)
+    {
         issues.push(Issue {
             field: "index".into(),
             layers: vec![layer.1.index],
@@ -86,7 +135,10 @@ fn offset_of(src: &str, line: usize, column: usize) -> usize {
     let mut offset = 0;
     for (i, l) in src.split_inclusive('\n').enumerate() {
         if i + 1 == line {
-            let col = l.char_indices().nth(column.saturating_sub(1)).map_or(l.len(), |(b, _)| b);
+            let col = l
+                .char_indices()
+                .nth(column.saturating_sub(1))
+                .map_or(l.len(), |(b, _)| b);
             return offset + col;
         }
         offset += l.len();
@@ -117,8 +169,16 @@ fn serde_diagnostic(file: &str, offset: usize, message: &str, src: &str) -> Diag
     } else {
         None
     };
-    let end = src[offset.min(src.len())..].find('\n').map_or(src.len(), |n| offset + n);
-    Diagnostic { file: file.to_string(), span: offset.min(src.len())..end.max(offset.min(src.len())), field, message: why, hint }
+    let end = src[offset.min(src.len())..]
+        .find('\n')
+        .map_or(src.len(), |n| offset + n);
+    Diagnostic {
+        file: file.to_string(),
+        span: offset.min(src.len())..end.max(offset.min(src.len())),
+        field,
+        message: why,
+        hint,
+    }
 }
 
 /// Points an IR issue at the key that holds the value: inside the layer row for a per-layer field.
@@ -143,5 +203,11 @@ pub(crate) fn locate_issue(issue: &Issue, src: &str, file: &str) -> Diagnostic {
         let list: Vec<String> = issue.layers.iter().map(u64::to_string).collect();
         message = format!("{message} (layer {})", list.join(", "));
     }
-    Diagnostic { file: file.to_string(), span, field: issue.field.clone(), message, hint: issue.hint.clone() }
+    Diagnostic {
+        file: file.to_string(),
+        span,
+        field: issue.field.clone(),
+        message,
+        hint: issue.hint.clone(),
+    }
 }

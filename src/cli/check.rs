@@ -19,7 +19,11 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
         match load_or_report(path) {
             Ok((spec, _)) => {
                 let layers = spec.layers.len();
-                print_stdout(&format!("{}: ok ({}, {layers} layers)\n", path.display(), spec.name))?;
+                print_stdout(&format!(
+                    "{}: ok ({}, {layers} layers)\n",
+                    path.display(),
+                    spec.name
+                ))?;
             }
             Err(_) => failed += 1,
         }

@@ -25,12 +25,21 @@ pub fn run(args: ImportHfArgs) -> anyhow::Result<()> {
     let spec = match hf::import(&text, &shown) {
         Ok(spec) => spec,
         Err(diagnostics) => {
-            let file = Box::new(SourceFile { path: shown, text, format: Format::HfConfig });
+            let file = Box::new(SourceFile {
+                path: shown,
+                text,
+                format: Format::HfConfig,
+            });
             report_load_error(&LoadError::Invalid { diagnostics, file });
             return Err(Reported.into());
         }
     };
-    let ext = args.output.as_ref().and_then(|p| p.extension()).and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
+    let ext = args
+        .output
+        .as_ref()
+        .and_then(|p| p.extension())
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
     let out = match ext.as_deref() {
         Some("yaml" | "yml") => yaml::to_string(&spec),
         Some("json") => yaml::to_json_string(&spec) + "\n",
@@ -46,7 +55,12 @@ fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
         report_load_error(&e);
         Reported.into()
     };
-    let meta = std::fs::metadata(path).map_err(|source| fail(LoadError::Io { path: shown.clone(), source }))?;
+    let meta = std::fs::metadata(path).map_err(|source| {
+        fail(LoadError::Io {
+            path: shown.clone(),
+            source,
+        })
+    })?;
     if meta.is_dir() {
         return Err(fail(LoadError::Directory { path: shown }));
     }
@@ -54,9 +68,21 @@ fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
         return Err(fail(LoadError::NotAFile { path: shown }));
     }
     if meta.len() > modelspec_dsl::load::MAX_FILE_BYTES {
-        return Err(fail(LoadError::TooLarge { path: shown, size: meta.len() }));
+        return Err(fail(LoadError::TooLarge {
+            path: shown,
+            size: meta.len(),
+        }));
     }
-    let bytes = std::fs::read(path).map_err(|source| fail(LoadError::Io { path: shown.clone(), source }))?;
-    String::from_utf8(bytes)
-        .map_err(|e| fail(LoadError::NotUtf8 { path: shown, offset: e.utf8_error().valid_up_to() }))
+    let bytes = std::fs::read(path).map_err(|source| {
+        fail(LoadError::Io {
+            path: shown.clone(),
+            source,
+        })
+    })?;
+    String::from_utf8(bytes).map_err(|e| {
+        fail(LoadError::NotUtf8 {
+            path: shown,
+            offset: e.utf8_error().valid_up_to(),
+        })
+    })
 }

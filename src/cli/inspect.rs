@@ -45,11 +45,28 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         "  vocab {}  d_model {}  layers {}  context {}\n",
         spec.vocab, spec.d_model, spec.n_layers, spec.context
     ));
-    out.push_str(&format!("  params total    {:>20}\n", group(summary.params_total)));
-    out.push_str(&format!("  params active   {:>20}\n", group(summary.params_active)));
-    out.push_str(&format!("  FLOPs/token     {:>20}  (forward, at context {})\n", group(summary.flops_per_token), spec.context));
-    out.push_str(&format!("  weights         {:>20}  bf16, {} f32\n", bytes(summary.params_total.saturating_mul(2)), bytes(summary.params_total.saturating_mul(4))));
-    out.push_str(&format!("  outside layers  {:>20}  (embeddings, final norm, head)\n\n", group(summary.params_outside_layers)));
+    out.push_str(&format!(
+        "  params total    {:>20}\n",
+        group(summary.params_total)
+    ));
+    out.push_str(&format!(
+        "  params active   {:>20}\n",
+        group(summary.params_active)
+    ));
+    out.push_str(&format!(
+        "  FLOPs/token     {:>20}  (forward, at context {})\n",
+        group(summary.flops_per_token),
+        spec.context
+    ));
+    out.push_str(&format!(
+        "  weights         {:>20}  bf16, {} f32\n",
+        bytes(summary.params_total.saturating_mul(2)),
+        bytes(summary.params_total.saturating_mul(4))
+    ));
+    out.push_str(&format!(
+        "  outside layers  {:>20}  (embeddings, final norm, head)\n\n",
+        group(summary.params_outside_layers)
+    ));
     out.push_str(&table(&summary.layers));
     print_stdout(&out)
 }
@@ -67,7 +84,11 @@ fn table(rows: &[LayerCost]) -> String {
         while j < rows.len() && same(&rows[j], r) {
             j += 1;
         }
-        let label = if j - i == 1 { format!("{}", r.index) } else { format!("{}-{}", r.index, rows[j - 1].index) };
+        let label = if j - i == 1 {
+            format!("{}", r.index)
+        } else {
+            format!("{}-{}", r.index, rows[j - 1].index)
+        };
         out.push_str(&format!(
             "{:<9} {:<52} {:<36} {:>15} {:>15} {:>11}\n",
             label,
@@ -83,7 +104,10 @@ fn table(rows: &[LayerCost]) -> String {
 }
 
 fn same(a: &LayerCost, b: &LayerCost) -> bool {
-    a.attention == b.attention && a.ffn == b.ffn && a.params == b.params && a.params_active == b.params_active
+    a.attention == b.attention
+        && a.ffn == b.ffn
+        && a.params == b.params
+        && a.params_active == b.params_active
 }
 
 /// 1234567 → "1,234,567".
@@ -108,5 +132,9 @@ fn bytes(n: u64) -> String {
         v /= 1024.0;
         unit += 1;
     }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.2} {}", UNITS[unit]) }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[unit])
+    }
 }

@@ -41,13 +41,19 @@ pub fn export(spec: &ModelSpec) -> Result<Value, ExportError> {
                 }
             }
             Err(diags) => {
-                let why = diags.first().map(|d| format!("{}: {}", d.field, d.message)).unwrap_or_default();
+                let why = diags
+                    .first()
+                    .map(|d| format!("{}: {}", d.field, d.message))
+                    .unwrap_or_default();
                 tried.push(format!("  {}: {why}", family.model_type()));
             }
         }
     }
     if tried.is_empty() {
-        tried.push(format!("  no family uses the {:?} checkpoint naming with these features", spec.weights.naming));
+        tried.push(format!(
+            "  no family uses the {:?} checkpoint naming with these features",
+            spec.weights.naming
+        ));
     }
     Err(ExportError::NotExpressible(tried.join("\n")))
 }
@@ -77,16 +83,22 @@ fn first_difference(a: &ModelSpec, b: &ModelSpec) -> Option<String> {
             (Value::Object(ma), Value::Object(mb)) => {
                 for (k, x) in ma {
                     let y = mb.get(k).unwrap_or(&Value::Null);
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     if let Some(d) = walk(&p, x, y) {
                         return Some(d);
                     }
                 }
                 None
             }
-            (Value::Array(xa), Value::Array(xb)) if xa.len() == xb.len() => {
-                xa.iter().zip(xb).enumerate().find_map(|(i, (x, y))| walk(&format!("{path}[{i}]"), x, y))
-            }
+            (Value::Array(xa), Value::Array(xb)) if xa.len() == xb.len() => xa
+                .iter()
+                .zip(xb)
+                .enumerate()
+                .find_map(|(i, (x, y))| walk(&format!("{path}[{i}]"), x, y)),
             _ if a == b => None,
             _ => Some(format!("{path} is {a} but the family gives {b}")),
         }
@@ -98,7 +110,10 @@ fn first_difference(a: &ModelSpec, b: &ModelSpec) -> Option<String> {
 fn candidates(spec: &ModelSpec) -> Vec<Family> {
     let l0 = &spec.layers[0];
     let moe = spec.layers.iter().any(|l| matches!(l.ffn, Ffn::Moe(_)));
-    let shared = spec.layers.iter().any(|l| matches!(&l.ffn, Ffn::Moe(m) if m.shared.is_some()));
+    let shared = spec
+        .layers
+        .iter()
+        .any(|l| matches!(&l.ffn, Ffn::Moe(m) if m.shared.is_some()));
     match spec.weights.naming {
         Naming::Gpt2 => vec![Family::Gpt2],
         Naming::GptNeox => vec![Family::GptNeox],
@@ -180,10 +195,19 @@ fn rope_scaling_value(scaling: &RopeScaling) -> Value {
     match scaling {
         RopeScaling::None => Value::Null,
         RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": num(*factor)}),
-        RopeScaling::DynamicNtk { factor, original_context } => json!({
+        RopeScaling::DynamicNtk {
+            factor,
+            original_context,
+        } => json!({
             "rope_type": "dynamic", "factor": num(*factor), "original_max_position_embeddings": original_context
         }),
-        RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow, attention_factor } => json!({
+        RopeScaling::Yarn {
+            factor,
+            original_context,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+        } => json!({
             "rope_type": "yarn",
             "factor": num(*factor),
             "original_max_position_embeddings": original_context,
@@ -191,14 +215,24 @@ fn rope_scaling_value(scaling: &RopeScaling) -> Value {
             "beta_slow": num(*beta_slow),
             "attention_factor": attention_factor,
         }),
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => json!({
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_context,
+        } => json!({
             "rope_type": "llama3",
             "factor": num(*factor),
             "low_freq_factor": num(*low_freq_factor),
             "high_freq_factor": num(*high_freq_factor),
             "original_max_position_embeddings": original_context,
         }),
-        RopeScaling::Longrope { short_factor, long_factor, original_context, attention_factor } => json!({
+        RopeScaling::Longrope {
+            short_factor,
+            long_factor,
+            original_context,
+            attention_factor,
+        } => json!({
             "rope_type": "longrope",
             "short_factor": short_factor,
             "long_factor": long_factor,
@@ -236,7 +270,9 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
         bias: false,
     });
     let rope = spec.layers.iter().find_map(|l| match &l.position {
-        Position::Rope(r) if l.attention.window.is_none() || family != Family::Gemma3Text => Some(r.clone()),
+        Position::Rope(r) if l.attention.window.is_none() || family != Family::Gemma3Text => {
+            Some(r.clone())
+        }
         _ => None,
     });
     let any_rope = spec.layers.iter().find_map(|l| match &l.position {
@@ -246,7 +282,9 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
     let rope = rope.or(any_rope);
     let theta = rope.as_ref().map_or(10000.0, |r| r.theta);
     let fraction = rope.as_ref().map_or(1.0, |r| r.fraction);
-    let scaling = rope.as_ref().map_or(Value::Null, |r| rope_scaling_value(&r.scaling));
+    let scaling = rope
+        .as_ref()
+        .map_or(Value::Null, |r| rope_scaling_value(&r.scaling));
     let window = spec.layers.iter().find_map(|l| l.attention.window);
 
     match family {
@@ -288,8 +326,10 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
             set("hidden_size", json!(spec.d_model));
             set("num_hidden_layers", json!(spec.n_layers));
             set("num_attention_heads", json!(a.heads));
-            let old_mq = a.kv_heads == 1 && block.shared_norm && spec.weights.qkv == QkvLayout::Fused;
-            let old_mha = a.kv_heads == a.heads && (!block.parallel_residual || block.shared_norm) && !old_mq;
+            let old_mq =
+                a.kv_heads == 1 && block.shared_norm && spec.weights.qkv == QkvLayout::Fused;
+            let old_mha =
+                a.kv_heads == a.heads && (!block.parallel_residual || block.shared_norm) && !old_mq;
             if old_mq || old_mha {
                 set("new_decoder_architecture", json!(false));
                 set("multi_query", json!(old_mq));
@@ -299,7 +339,10 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
                 set("multi_query", json!(a.kv_heads == 1));
                 set("num_kv_heads", json!(a.kv_heads));
                 set("parallel_attn", json!(true));
-                set("num_ln_in_parallel_attn", json!(if block.shared_norm { 1 } else { 2 }));
+                set(
+                    "num_ln_in_parallel_attn",
+                    json!(if block.shared_norm { 1 } else { 2 }),
+                );
             }
             set("bias", json!(a.qkv_bias));
             set("alibi", json!(matches!(l0.position, Position::Alibi)));
@@ -348,12 +391,17 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
             if family == Family::Phi3 {
                 set("resid_pdrop", json!(spec.dropout.residual));
                 set("embd_pdrop", json!(spec.dropout.embedding));
-                if let Some(RopeScaling::Longrope { original_context, .. }) = rope.as_ref().map(|r| &r.scaling) {
+                if let Some(RopeScaling::Longrope {
+                    original_context, ..
+                }) = rope.as_ref().map(|r| &r.scaling)
+                {
                     set("original_max_position_embeddings", json!(original_context));
                 }
             }
-            if matches!(family, Family::Llama | Family::Qwen3 | Family::Qwen3Moe | Family::Gemma | Family::Gemma2)
-                || matches!(family, Family::Gemma3Text | Family::Olmo2)
+            if matches!(
+                family,
+                Family::Llama | Family::Qwen3 | Family::Qwen3Moe | Family::Gemma | Family::Gemma2
+            ) || matches!(family, Family::Gemma3Text | Family::Olmo2)
             {
                 set("attention_bias", json!(a.qkv_bias));
             }
@@ -363,13 +411,19 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
             if matches!(family, Family::Gemma2 | Family::Gemma3Text) {
                 set("query_pre_attn_scalar", query_pre_attn_scalar(a.scale));
                 set("attn_logit_softcapping", a.softcap.map_or(Value::Null, num));
-                set("final_logit_softcapping", spec.logits.softcap.map_or(Value::Null, num));
+                set(
+                    "final_logit_softcapping",
+                    spec.logits.softcap.map_or(Value::Null, num),
+                );
             }
             if family == Family::Gemma3Text {
-                let local = spec.layers.iter().find_map(|l| match (&l.position, l.attention.window) {
-                    (Position::Rope(r), Some(_)) => Some(r.theta),
-                    _ => None,
-                });
+                let local =
+                    spec.layers
+                        .iter()
+                        .find_map(|l| match (&l.position, l.attention.window) {
+                            (Position::Rope(r), Some(_)) => Some(r.theta),
+                            _ => None,
+                        });
                 set("rope_local_base_freq", num(local.unwrap_or(10000.0)));
             }
             write_windows(family, spec, window, &mut set);
@@ -382,13 +436,26 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
 }
 
 /// Sliding-window keys of the families that have them.
-fn write_windows(family: Family, spec: &ModelSpec, window: Option<u64>, set: &mut impl FnMut(&str, Value)) {
-    let sliding: Vec<bool> = spec.layers.iter().map(|l| l.attention.window.is_some()).collect();
+fn write_windows(
+    family: Family,
+    spec: &ModelSpec,
+    window: Option<u64>,
+    set: &mut impl FnMut(&str, Value),
+) {
+    let sliding: Vec<bool> = spec
+        .layers
+        .iter()
+        .map(|l| l.attention.window.is_some())
+        .collect();
     let layer_types = || -> Value {
         json!(
             sliding
                 .iter()
-                .map(|s| if *s { "sliding_attention" } else { "full_attention" })
+                .map(|s| if *s {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                })
                 .collect::<Vec<_>>()
         )
     };
@@ -404,7 +471,10 @@ fn write_windows(family: Family, spec: &ModelSpec, window: Option<u64>, set: &mu
             let first = sliding.iter().position(|s| *s);
             set("use_sliding_window", json!(first.is_some()));
             set("sliding_window", window.map_or(Value::Null, |w| json!(w)));
-            set("max_window_layers", json!(first.unwrap_or(spec.layers.len())));
+            set(
+                "max_window_layers",
+                json!(first.unwrap_or(spec.layers.len())),
+            );
         }
         _ => {}
     }
@@ -423,10 +493,18 @@ fn write_moe(family: Family, spec: &ModelSpec, moe: &Moe, set: &mut impl FnMut(&
     set("moe_intermediate_size", json!(moe.expert.hidden));
     set("norm_topk_prob", json!(moe.renormalize));
     set("decoder_sparse_step", json!(1));
-    let dense: Vec<u64> = spec.layers.iter().filter(|l| matches!(l.ffn, Ffn::Mlp(_))).map(|l| l.index).collect();
+    let dense: Vec<u64> = spec
+        .layers
+        .iter()
+        .filter(|l| matches!(l.ffn, Ffn::Mlp(_)))
+        .map(|l| l.index)
+        .collect();
     set("mlp_only_layers", json!(dense));
     if let Some(shared) = &moe.shared {
-        set("shared_expert_intermediate_size", json!(shared.count * shared.hidden));
+        set(
+            "shared_expert_intermediate_size",
+            json!(shared.count * shared.hidden),
+        );
         if dense.is_empty() {
             set("intermediate_size", json!(shared.count * shared.hidden));
         }
@@ -437,5 +515,9 @@ fn write_moe(family: Family, spec: &ModelSpec, moe: &Moe, set: &mut impl FnMut(&
 fn query_pre_attn_scalar(scale: f64) -> Value {
     let q = 1.0 / (scale * scale);
     let r = q.round();
-    if (q - r).abs() < 1e-6 * r.max(1.0) && (1.0 / r.sqrt() == scale) { json!(r as u64) } else { json!(q) }
+    if (q - r).abs() < 1e-6 * r.max(1.0) && (1.0 / r.sqrt() == scale) {
+        json!(r as u64)
+    } else {
+        json!(q)
+    }
 }

@@ -120,12 +120,18 @@ impl Family {
 
     /// The supported model_types, comma-separated, for error messages.
     pub fn supported_list() -> String {
-        ALL.iter().map(|f| f.model_type()).collect::<Vec<_>>().join(", ")
+        ALL.iter()
+            .map(|f| f.model_type())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Whether the family is one of the Llama-style decoders sharing Llama's config keys.
     pub fn llama_like(self) -> bool {
-        !matches!(self, Family::Gpt2 | Family::GptNeox | Family::Falcon | Family::Phi)
+        !matches!(
+            self,
+            Family::Gpt2 | Family::GptNeox | Family::Falcon | Family::Phi
+        )
     }
 
     /// Whether the family has a mixture of experts.
@@ -135,7 +141,10 @@ impl Family {
 
     /// Whether the family has Qwen's `use_sliding_window` / `max_window_layers` switches.
     pub fn qwen_windows(self) -> bool {
-        matches!(self, Family::Qwen2 | Family::Qwen2Moe | Family::Qwen3 | Family::Qwen3Moe)
+        matches!(
+            self,
+            Family::Qwen2 | Family::Qwen2Moe | Family::Qwen3 | Family::Qwen3Moe
+        )
     }
 
     /// Whether the family is a Gemma (`1 + w` norms, `sqrt(d_model)` embedding scale).
@@ -161,7 +170,12 @@ impl Family {
         };
         match self {
             Family::Llama => llama,
-            Family::Mistral => Defaults { intermediate: Some(14336), kv_heads: Some(8), context: 131072, ..llama },
+            Family::Mistral => Defaults {
+                intermediate: Some(14336),
+                kv_heads: Some(8),
+                context: 131072,
+                ..llama
+            },
             Family::Mixtral => Defaults {
                 intermediate: Some(14336),
                 kv_heads: Some(8),
@@ -170,9 +184,13 @@ impl Family {
                 rope_theta: 1e6,
                 ..llama
             },
-            Family::Qwen2 => {
-                Defaults { vocab: 151936, intermediate: Some(22016), kv_heads: Some(32), context: 32768, ..llama }
-            }
+            Family::Qwen2 => Defaults {
+                vocab: 151936,
+                intermediate: Some(22016),
+                kv_heads: Some(32),
+                context: 32768,
+                ..llama
+            },
             Family::Qwen2Moe => Defaults {
                 vocab: 151936,
                 hidden: 2048,
@@ -294,7 +312,12 @@ impl Family {
                 act: "gelu",
                 ..llama
             },
-            Family::Olmo2 => Defaults { vocab: 50304, context: 2048, eps: 1e-5, ..llama },
+            Family::Olmo2 => Defaults {
+                vocab: 50304,
+                context: 2048,
+                eps: 1e-5,
+                ..llama
+            },
         }
     }
 }

@@ -34,7 +34,10 @@ pub fn import(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
         return Ok(imported.spec);
     }
     let root = json_spans::parse(src).ok();
-    Err(issues.iter().map(|issue| issue_to_diagnostic(issue, &imported.origins, root.as_ref(), file)).collect())
+    Err(issues
+        .iter()
+        .map(|issue| issue_to_diagnostic(issue, &imported.origins, root.as_ref(), file))
+        .collect())
 }
 
 /// Checks the import relies on beyond the shared ones (kept as a second line of defence).
@@ -46,7 +49,10 @@ fn validate(spec: &ModelSpec) -> Vec<Issue> {
             issues.push(Issue {
                 field: "attention.kv_heads".into(),
                 layers: vec![layer.index],
-                message: format!("{} query heads cannot be split into {} key/value groups", a.heads, a.kv_heads),
+                message: format!(
+                    "{} query heads cannot be split into {} key/value groups",
+                    a.heads, a.kv_heads
+                ),
                 hint: Some("kv heads must divide the number of attention heads".into()),
             });
             break;
@@ -68,7 +74,10 @@ fn validate(spec: &ModelSpec) -> Vec<Issue> {
             issues.push(Issue {
                 field: "ffn.top_k".into(),
                 layers: vec![layer.index],
-                message: format!("top_k {} is more than the {} experts", moe.top_k, moe.experts),
+                message: format!(
+                    "top_k {} is more than the {} experts",
+                    moe.top_k, moe.experts
+                ),
                 hint: Some("top_k must be at most the number of experts".into()),
             });
             break;
@@ -96,13 +105,22 @@ pub(crate) fn issue_to_diagnostic(
         }
     };
     let key = key.unwrap_or_else(|| "model_type".to_string());
-    let span = root.and_then(|r| r.get(&key)).map(|m| m.value.span.clone()).unwrap_or(0..0);
+    let span = root
+        .and_then(|r| r.get(&key))
+        .map(|m| m.value.span.clone())
+        .unwrap_or(0..0);
     let mut message = issue.message.clone();
     if !issue.layers.is_empty() && issue.layers.len() < 8 {
         let list: Vec<String> = issue.layers.iter().map(u64::to_string).collect();
         message = format!("{message} (layer {})", list.join(", "));
     }
-    Diagnostic { file: file.to_string(), span, field: key, message, hint: issue.hint.clone() }
+    Diagnostic {
+        file: file.to_string(),
+        span,
+        field: key,
+        message,
+        hint: issue.hint.clone(),
+    }
 }
 
 /// Reads the config into the IR without the IR checks.
@@ -122,10 +140,18 @@ pub(crate) fn import_unchecked(src: &str, file: &str) -> Result<Imported, Vec<Di
             span: root.span.clone(),
             field: "(json)".into(),
             message: format!("expected a JSON object, found {}", root.kind.describe()),
-            hint: Some("config.json is an object of fields such as \"model_type\" and \"hidden_size\"".into()),
+            hint: Some(
+                "config.json is an object of fields such as \"model_type\" and \"hidden_size\""
+                    .into(),
+            ),
         }]);
     }
-    let mut cfg = Cfg { root: &root, file, diags: Vec::new(), origins: BTreeMap::new() };
+    let mut cfg = Cfg {
+        root: &root,
+        file,
+        diags: Vec::new(),
+        origins: BTreeMap::new(),
+    };
     let family = match root.get("model_type") {
         None => {
             return Err(vec![Diagnostic {
@@ -133,12 +159,20 @@ pub(crate) fn import_unchecked(src: &str, file: &str) -> Result<Imported, Vec<Di
                 span: 0..0,
                 field: "model_type".into(),
                 message: "config.json has no \"model_type\"".into(),
-                hint: Some(format!("add \"model_type\", one of: {}", Family::supported_list())),
+                hint: Some(format!(
+                    "add \"model_type\", one of: {}",
+                    Family::supported_list()
+                )),
             }]);
         }
         Some(m) => match m.value.as_str() {
             Err(e) => {
-                return Err(vec![cfg.diag_at("model_type", m.value.span.clone(), e.message, None)]);
+                return Err(vec![cfg.diag_at(
+                    "model_type",
+                    m.value.span.clone(),
+                    e.message,
+                    None,
+                )]);
             }
             Ok(t) => match Family::from_model_type(t) {
                 Some(f) => f,
@@ -147,7 +181,10 @@ pub(crate) fn import_unchecked(src: &str, file: &str) -> Result<Imported, Vec<Di
                         "model_type",
                         m.value.span.clone(),
                         format!("unsupported model_type \"{t}\""),
-                        Some(format!("supported model_types: {}", Family::supported_list())),
+                        Some(format!(
+                            "supported model_types: {}",
+                            Family::supported_list()
+                        )),
                     )]);
                 }
             },
@@ -158,7 +195,10 @@ pub(crate) fn import_unchecked(src: &str, file: &str) -> Result<Imported, Vec<Di
         return Err(cfg.diags);
     }
     match spec {
-        Some(spec) => Ok(Imported { spec, origins: cfg.origins }),
+        Some(spec) => Ok(Imported {
+            spec,
+            origins: cfg.origins,
+        }),
         None => Err(vec![Diagnostic {
             file: file.to_string(),
             span: 0..0,
@@ -178,8 +218,20 @@ pub(crate) struct Cfg<'a> {
 }
 
 impl<'a> Cfg<'a> {
-    fn diag_at(&self, field: &str, span: Range<usize>, message: String, hint: Option<String>) -> Diagnostic {
-        Diagnostic { file: self.file.to_string(), span, field: field.to_string(), message, hint }
+    fn diag_at(
+        &self,
+        field: &str,
+        span: Range<usize>,
+        message: String,
+        hint: Option<String>,
+    ) -> Diagnostic {
+        Diagnostic {
+            file: self.file.to_string(),
+            span,
+            field: field.to_string(),
+            message,
+            hint,
+        }
     }
 
     fn error(&mut self, field: &str, message: String, hint: Option<String>) {
@@ -195,7 +247,12 @@ impl<'a> Cfg<'a> {
         for part in &path {
             match node.get(part) {
                 Some(m) => node = &m.value,
-                None => return self.root.get("model_type").map_or(0..0, |m| m.value.span.clone()),
+                None => {
+                    return self
+                        .root
+                        .get("model_type")
+                        .map_or(0..0, |m| m.value.span.clone());
+                }
             }
         }
         node.span.clone()
@@ -216,18 +273,26 @@ impl<'a> Cfg<'a> {
 
     /// Records that IR field `ir` came from config key `key`.
     fn origin(&mut self, ir: &str, key: &str) {
-        self.origins.entry(ir.to_string()).or_insert_with(|| key.to_string());
+        self.origins
+            .entry(ir.to_string())
+            .or_insert_with(|| key.to_string());
     }
 
     /// A positive integer: the first present key, else `default`.
     fn size(&mut self, ir: &str, keys: &[&str], default: u64) -> u64 {
         self.origin(ir, keys[0]);
-        let Some((key, v)) = self.find(keys) else { return default };
+        let Some((key, v)) = self.find(keys) else {
+            return default;
+        };
         self.origins.insert(ir.to_string(), key.to_string());
         match v.as_u64() {
             Ok(0) => {
                 let key = key.to_string();
-                self.error(&key, "must be positive, found 0".into(), Some("sizes are at least 1".into()));
+                self.error(
+                    &key,
+                    "must be positive, found 0".into(),
+                    Some("sizes are at least 1".into()),
+                );
                 default
             }
             Ok(n) => n,
@@ -255,7 +320,9 @@ impl<'a> Cfg<'a> {
 
     fn float(&mut self, ir: &str, keys: &[&str], default: f64) -> f64 {
         self.origin(ir, keys[0]);
-        let Some((key, v)) = self.find(keys) else { return default };
+        let Some((key, v)) = self.find(keys) else {
+            return default;
+        };
         self.origins.insert(ir.to_string(), key.to_string());
         self.float_value(key, v).unwrap_or(default)
     }
@@ -280,7 +347,9 @@ impl<'a> Cfg<'a> {
         if !ir.is_empty() {
             self.origin(ir, key);
         }
-        let Some((key, v)) = self.find(&[key]) else { return default };
+        let Some((key, v)) = self.find(&[key]) else {
+            return default;
+        };
         match v.as_bool() {
             Ok(b) => b,
             Err(e) => {
@@ -293,7 +362,9 @@ impl<'a> Cfg<'a> {
 
     fn string(&mut self, ir: &str, keys: &[&str], default: &str) -> String {
         self.origin(ir, keys[0]);
-        let Some((key, v)) = self.find(keys) else { return default.to_string() };
+        let Some((key, v)) = self.find(keys) else {
+            return default.to_string();
+        };
         self.origins.insert(ir.to_string(), key.to_string());
         match v.as_str() {
             Ok(s) => s.to_string(),
@@ -330,8 +401,16 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
     let vocab = cfg.size("vocab", &["vocab_size"], d.vocab);
     let hidden = cfg.size("d_model", &["hidden_size", "n_embd", "d_model"], d.hidden);
     let n_layers = cfg.size("n_layers", &["num_hidden_layers", "n_layer"], d.layers);
-    let heads = cfg.size("attention.heads", &["num_attention_heads", "n_head"], d.heads);
-    let context = cfg.size("context", &["max_position_embeddings", "n_positions"], d.context);
+    let heads = cfg.size(
+        "attention.heads",
+        &["num_attention_heads", "n_head"],
+        d.heads,
+    );
+    let context = cfg.size(
+        "context",
+        &["max_position_embeddings", "n_positions"],
+        d.context,
+    );
 
     // Key/value heads.
     let kv_heads = match family {
@@ -348,7 +427,11 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
                 heads
             }
         }
-        _ => cfg.size("attention.kv_heads", &["num_key_value_heads"], d.kv_heads.unwrap_or(heads)),
+        _ => cfg.size(
+            "attention.kv_heads",
+            &["num_key_value_heads"],
+            d.kv_heads.unwrap_or(heads),
+        ),
     };
     if !cfg.origins.contains_key("attention.kv_heads") {
         cfg.origin("attention.kv_heads", "num_attention_heads");
@@ -361,8 +444,12 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
             Some(hd) => hd,
             None => {
                 cfg.origin("attention.head_dim", "num_attention_heads");
-                if hidden % heads != 0 {
-                    let key = cfg.origins.get("attention.heads").cloned().unwrap_or_default();
+                if !hidden.is_multiple_of(heads) {
+                    let key = cfg
+                        .origins
+                        .get("attention.heads")
+                        .cloned()
+                        .unwrap_or_default();
                     cfg.error(
                         &key,
                         format!("hidden size {hidden} is not divisible by {heads} attention heads"),
@@ -374,10 +461,22 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
         },
     };
 
-    let eps = cfg.float("block.norm.eps", &["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"], d.eps);
+    let eps = cfg.float(
+        "block.norm.eps",
+        &["rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon"],
+        d.eps,
+    );
     if eps <= 0.0 {
-        let key = cfg.origins.get("block.norm.eps").cloned().unwrap_or_default();
-        cfg.error(&key, format!("norm epsilon must be positive, found {eps}"), None);
+        let key = cfg
+            .origins
+            .get("block.norm.eps")
+            .cloned()
+            .unwrap_or_default();
+        cfg.error(
+            &key,
+            format!("norm epsilon must be positive, found {eps}"),
+            None,
+        );
     }
     let tied = cfg.flag("embedding.tied", "tie_word_embeddings", d.tied);
 
@@ -398,12 +497,28 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
             attention: cfg.rate("dropout.attention", "attention_dropout"),
             residual: cfg.rate("dropout.residual", "hidden_dropout"),
         },
-        _ => Dropout { embedding: 0.0, attention: cfg.rate("dropout.attention", "attention_dropout"), residual: 0.0 },
+        _ => Dropout {
+            embedding: 0.0,
+            attention: cfg.rate("dropout.attention", "attention_dropout"),
+            residual: 0.0,
+        },
     };
 
     // Norms.
-    let rms = Norm { kind: NormKind::Rms, eps, offset: 0.0, weight: true, bias: false };
-    let layer_norm = Norm { kind: NormKind::Layer, eps, offset: 0.0, weight: true, bias: true };
+    let rms = Norm {
+        kind: NormKind::Rms,
+        eps,
+        offset: 0.0,
+        weight: true,
+        bias: false,
+    };
+    let layer_norm = Norm {
+        kind: NormKind::Layer,
+        eps,
+        offset: 0.0,
+        weight: true,
+        bias: true,
+    };
     let norm = match family {
         Family::Gpt2 | Family::GptNeox | Family::Falcon | Family::Phi => layer_norm,
         f if f.is_gemma() => Norm { offset: 1.0, ..rms },
@@ -421,20 +536,36 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
     let activation = match activation_kind(&act_name, gated) {
         Some(a) => a,
         None => {
-            let key = cfg.origins.get("ffn.activation").cloned().unwrap_or_default();
+            let key = cfg
+                .origins
+                .get("ffn.activation")
+                .cloned()
+                .unwrap_or_default();
             let known = if gated {
                 "silu, gelu, gelu_pytorch_tanh, gelu_new"
             } else {
                 "gelu, gelu_new, gelu_pytorch_tanh, relu2"
             };
-            cfg.error(&key, format!("unsupported activation \"{act_name}\""), Some(format!("supported: {known}")));
-            if gated { MlpKind::Swiglu } else { MlpKind::Gelu }
+            cfg.error(
+                &key,
+                format!("unsupported activation \"{act_name}\""),
+                Some(format!("supported: {known}")),
+            );
+            if gated {
+                MlpKind::Swiglu
+            } else {
+                MlpKind::Gelu
+            }
         }
     };
     let intermediate = match family {
         Family::Gpt2 => cfg.size("ffn.hidden", &["n_inner"], hidden.saturating_mul(4)),
         Family::Falcon => cfg.size("ffn.hidden", &["ffn_hidden_size"], hidden.saturating_mul(4)),
-        _ => cfg.size("ffn.hidden", &["intermediate_size"], d.intermediate.unwrap_or(hidden.saturating_mul(4))),
+        _ => cfg.size(
+            "ffn.hidden",
+            &["intermediate_size"],
+            d.intermediate.unwrap_or(hidden.saturating_mul(4)),
+        ),
     };
 
     // Biases.
@@ -452,7 +583,11 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
         Family::Mistral | Family::Mixtral | Family::Phi3 => (false, false, false),
         _ => {
             let b = cfg.flag("attention.qkv_bias", "attention_bias", false);
-            let m = if matches!(family, Family::Llama) { cfg.flag("ffn.bias", "mlp_bias", false) } else { false };
+            let m = if matches!(family, Family::Llama) {
+                cfg.flag("ffn.bias", "mlp_bias", false)
+            } else {
+                false
+            };
             (b, b, m)
         }
     };
@@ -460,9 +595,17 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
     // Attention scale.
     let base_scale = match family {
         Family::Gemma2 | Family::Gemma3Text => {
-            let q = cfg.float("attention.scale", &["query_pre_attn_scalar"], head_dim as f64);
+            let q = cfg.float(
+                "attention.scale",
+                &["query_pre_attn_scalar"],
+                head_dim as f64,
+            );
             if q <= 0.0 {
-                cfg.error("query_pre_attn_scalar", format!("must be positive, found {q}"), None);
+                cfg.error(
+                    "query_pre_attn_scalar",
+                    format!("must be positive, found {q}"),
+                    None,
+                );
                 1.0
             } else {
                 1.0 / q.sqrt()
@@ -471,16 +614,34 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
         Family::Gpt2 if !cfg.flag("attention.scale", "scale_attn_weights", true) => 1.0,
         _ => 1.0 / (head_dim as f64).sqrt(),
     };
-    let scale_by_layer = gpt2 && cfg.flag("attention.scale", "scale_attn_by_inverse_layer_idx", false);
+    let scale_by_layer =
+        gpt2 && cfg.flag("attention.scale", "scale_attn_by_inverse_layer_idx", false);
 
     // Softcaps.
     let (attn_softcap, logit_softcap) = match family {
         Family::Gemma2 | Family::Gemma3Text => {
-            let attn_default = if family == Family::Gemma2 { Some(50.0) } else { None };
-            let final_default = if family == Family::Gemma2 { Some(30.0) } else { None };
-            let attn = optional_float_with_default(cfg, "attention.softcap", "attn_logit_softcapping", attn_default);
-            let logits =
-                optional_float_with_default(cfg, "logits.softcap", "final_logit_softcapping", final_default);
+            let attn_default = if family == Family::Gemma2 {
+                Some(50.0)
+            } else {
+                None
+            };
+            let final_default = if family == Family::Gemma2 {
+                Some(30.0)
+            } else {
+                None
+            };
+            let attn = optional_float_with_default(
+                cfg,
+                "attention.softcap",
+                "attn_logit_softcapping",
+                attn_default,
+            );
+            let logits = optional_float_with_default(
+                cfg,
+                "logits.softcap",
+                "final_logit_softcapping",
+                final_default,
+            );
             (attn, logits)
         }
         _ => (None, None),
@@ -488,12 +649,22 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
 
     // qk-norm.
     let qk_norm = match family {
-        Family::Qwen3 | Family::Qwen3Moe => Some(QkNorm { norm: rms, scope: QkNormScope::Head }),
-        Family::Gemma3Text => Some(QkNorm { norm, scope: QkNormScope::Head }),
-        Family::Olmo2 => Some(QkNorm { norm: rms, scope: QkNormScope::Full }),
-        Family::Phi if cfg.flag("attention.qk_norm", "qk_layernorm", false) => {
-            Some(QkNorm { norm: layer_norm, scope: QkNormScope::Head })
-        }
+        Family::Qwen3 | Family::Qwen3Moe => Some(QkNorm {
+            norm: rms,
+            scope: QkNormScope::Head,
+        }),
+        Family::Gemma3Text => Some(QkNorm {
+            norm,
+            scope: QkNormScope::Head,
+        }),
+        Family::Olmo2 => Some(QkNorm {
+            norm: rms,
+            scope: QkNormScope::Full,
+        }),
+        Family::Phi if cfg.flag("attention.qk_norm", "qk_layernorm", false) => Some(QkNorm {
+            norm: layer_norm,
+            scope: QkNormScope::Head,
+        }),
         _ => None,
     };
 
@@ -509,9 +680,15 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
         Family::Falcon => {
             let new_arch = cfg.flag("", "new_decoder_architecture", false);
             if new_arch {
-                let lns = cfg.opt_u64("block.shared_norm", "num_ln_in_parallel_attn").unwrap_or(2);
+                let lns = cfg
+                    .opt_u64("block.shared_norm", "num_ln_in_parallel_attn")
+                    .unwrap_or(2);
                 if lns != 1 && lns != 2 {
-                    cfg.error("num_ln_in_parallel_attn", format!("must be 1 or 2, found {lns}"), None);
+                    cfg.error(
+                        "num_ln_in_parallel_attn",
+                        format!("must be 1 or 2, found {lns}"),
+                        None,
+                    );
                 }
                 (NormPlacement::Pre, true, lns == 1)
             } else {
@@ -521,7 +698,12 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
         }
         _ => (NormPlacement::Pre, false, false),
     };
-    let block = Block { norm, placement, parallel_residual: parallel, shared_norm };
+    let block = Block {
+        norm,
+        placement,
+        parallel_residual: parallel,
+        shared_norm,
+    };
 
     if family == Family::Falcon && cfg.flag("", "apply_residual_connection_post_layernorm", false) {
         cfg.error(
@@ -545,10 +727,19 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
             scaling: r.scaling.clone(),
         })
     };
-    if let RopeScaling::Longrope { short_factor, long_factor, .. } = &rope_full.scaling
-        && (short_factor.len() as u64 != rotary_dims / 2 || long_factor.len() as u64 != rotary_dims / 2)
+    if let RopeScaling::Longrope {
+        short_factor,
+        long_factor,
+        ..
+    } = &rope_full.scaling
+        && (short_factor.len() as u64 != rotary_dims / 2
+            || long_factor.len() as u64 != rotary_dims / 2)
     {
-        let key = cfg.origins.get("position.scaling").cloned().unwrap_or_else(|| "rope_scaling".into());
+        let key = cfg
+            .origins
+            .get("position.scaling")
+            .cloned()
+            .unwrap_or_else(|| "rope_scaling".into());
         cfg.error(
             &key,
             format!(
@@ -575,13 +766,20 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
     if n_layers > crate::check::MAX_LAYERS {
         cfg.error(
             "num_hidden_layers",
-            format!("{n_layers} layers is more than the {} supported", crate::check::MAX_LAYERS),
+            format!(
+                "{n_layers} layers is more than the {} supported",
+                crate::check::MAX_LAYERS
+            ),
             None,
         );
         return None;
     }
 
-    let mlp = Mlp { activation, hidden: intermediate, bias: mlp_bias };
+    let mlp = Mlp {
+        activation,
+        hidden: intermediate,
+        bias: mlp_bias,
+    };
     let mut layers = Vec::with_capacity(n_layers as usize);
     for i in 0..n_layers {
         let window = sliding.window(i);
@@ -594,7 +792,11 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
         } else {
             make_rope(&rope_full)
         };
-        let scale = if scale_by_layer { base_scale / (i + 1) as f64 } else { base_scale };
+        let scale = if scale_by_layer {
+            base_scale / (i + 1) as f64
+        } else {
+            base_scale
+        };
         let ffn = match &moe_plan {
             Some(plan) if plan.is_moe_layer(i) => Ffn::Moe(plan.moe),
             _ => Ffn::Mlp(mlp),
@@ -656,12 +858,23 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
         dropout,
         embedding: Embedding {
             tied,
-            scale: if scale_sqrt { (hidden as f64).sqrt() } else { 1.0 },
-            scale_expr: if scale_sqrt { ScaleExpr::SqrtDModel } else { ScaleExpr::Literal },
+            scale: if scale_sqrt {
+                (hidden as f64).sqrt()
+            } else {
+                1.0
+            },
+            scale_expr: if scale_sqrt {
+                ScaleExpr::SqrtDModel
+            } else {
+                ScaleExpr::Literal
+            },
             learned_positions: gpt2,
         },
         final_norm: Some(norm),
-        logits: Logits { softcap: logit_softcap, bias: lm_bias },
+        logits: Logits {
+            softcap: logit_softcap,
+            bias: lm_bias,
+        },
         weights,
         checkpoint: CheckpointGlobal::default(),
         layers,
@@ -669,7 +882,12 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
 }
 
 /// A float that may be present, null (off), or absent (the class default).
-fn optional_float_with_default(cfg: &mut Cfg<'_>, ir: &str, key: &str, default: Option<f64>) -> Option<f64> {
+fn optional_float_with_default(
+    cfg: &mut Cfg<'_>,
+    ir: &str,
+    key: &str,
+    default: Option<f64>,
+) -> Option<f64> {
     cfg.origin(ir, key);
     match cfg.root.get(key) {
         None => default,
@@ -677,7 +895,11 @@ fn optional_float_with_default(cfg: &mut Cfg<'_>, ir: &str, key: &str, default: 
         Some(_) => {
             let v = cfg.opt_float(ir, key)?;
             if v <= 0.0 {
-                cfg.error(key, format!("softcap must be positive, found {v}"), Some("use null to turn it off".into()));
+                cfg.error(
+                    key,
+                    format!("softcap must be positive, found {v}"),
+                    Some("use null to turn it off".into()),
+                );
                 return None;
             }
             Some(v)
@@ -720,15 +942,28 @@ fn rotary_fraction(cfg: &mut Cfg<'_>, family: Family) -> f64 {
     }
     cfg.origin("position.fraction", &key_used);
     if !(fraction > 0.0 && fraction <= 1.0) {
-        cfg.error(&key_used, format!("rotary fraction must be in (0, 1], found {fraction}"), None);
+        cfg.error(
+            &key_used,
+            format!("rotary fraction must be in (0, 1], found {fraction}"),
+            None,
+        );
         return default;
     }
     fraction
 }
 
 /// Reads RoPE theta and scaling: (full-attention layers, sliding-window layers).
-fn rope_settings(cfg: &mut Cfg<'_>, family: Family, default_theta: f64, context: u64) -> (RopeCfg, RopeCfg) {
-    let theta_keys: &[&str] = if family == Family::GptNeox { &["rope_theta", "rotary_emb_base"] } else { &["rope_theta"] };
+fn rope_settings(
+    cfg: &mut Cfg<'_>,
+    family: Family,
+    default_theta: f64,
+    context: u64,
+) -> (RopeCfg, RopeCfg) {
+    let theta_keys: &[&str] = if family == Family::GptNeox {
+        &["rope_theta", "rotary_emb_base"]
+    } else {
+        &["rope_theta"]
+    };
     let local_default = 10000.0;
     if let Some(m) = cfg.root.get("rope_parameters")
         && !m.value.is_null()
@@ -737,18 +972,36 @@ fn rope_settings(cfg: &mut Cfg<'_>, family: Family, default_theta: f64, context:
         let params = m.value.clone();
         if params.get("full_attention").is_some() || params.get("sliding_attention").is_some() {
             let full = match params.get("full_attention") {
-                Some(f) => rope_dict(cfg, "rope_parameters.full_attention", &f.value, default_theta, context),
-                None => RopeCfg { theta: default_theta, scaling: RopeScaling::None },
+                Some(f) => rope_dict(
+                    cfg,
+                    "rope_parameters.full_attention",
+                    &f.value,
+                    default_theta,
+                    context,
+                ),
+                None => RopeCfg {
+                    theta: default_theta,
+                    scaling: RopeScaling::None,
+                },
             };
             let sliding = match params.get("sliding_attention") {
-                Some(s) => rope_dict(cfg, "rope_parameters.sliding_attention", &s.value, local_default, context),
+                Some(s) => rope_dict(
+                    cfg,
+                    "rope_parameters.sliding_attention",
+                    &s.value,
+                    local_default,
+                    context,
+                ),
                 None => full.clone(),
             };
             return (full, sliding);
         }
         let full = rope_dict(cfg, "rope_parameters", &params, default_theta, context);
         let sliding = if family == Family::Gemma3Text {
-            RopeCfg { theta: cfg.float("position.theta", &["rope_local_base_freq"], local_default), scaling: RopeScaling::None }
+            RopeCfg {
+                theta: cfg.float("position.theta", &["rope_local_base_freq"], local_default),
+                scaling: RopeScaling::None,
+            }
         } else {
             full.clone()
         };
@@ -756,8 +1009,16 @@ fn rope_settings(cfg: &mut Cfg<'_>, family: Family, default_theta: f64, context:
     }
     let theta = cfg.float("position.theta", theta_keys, default_theta);
     if theta <= 0.0 {
-        let key = cfg.origins.get("position.theta").cloned().unwrap_or_default();
-        cfg.error(&key, format!("rope theta must be positive, found {theta}"), None);
+        let key = cfg
+            .origins
+            .get("position.theta")
+            .cloned()
+            .unwrap_or_default();
+        cfg.error(
+            &key,
+            format!("rope theta must be positive, found {theta}"),
+            None,
+        );
     }
     let scaling = match cfg.root.get("rope_scaling") {
         Some(m) if !m.value.is_null() => {
@@ -769,7 +1030,10 @@ fn rope_settings(cfg: &mut Cfg<'_>, family: Family, default_theta: f64, context:
     };
     let full = RopeCfg { theta, scaling };
     let sliding = if family == Family::Gemma3Text {
-        RopeCfg { theta: cfg.float("position.theta", &["rope_local_base_freq"], local_default), scaling: RopeScaling::None }
+        RopeCfg {
+            theta: cfg.float("position.theta", &["rope_local_base_freq"], local_default),
+            scaling: RopeScaling::None,
+        }
     } else {
         full.clone()
     };
@@ -777,10 +1041,19 @@ fn rope_settings(cfg: &mut Cfg<'_>, family: Family, default_theta: f64, context:
 }
 
 /// One transformers-5 `rope_parameters` dict: theta plus scaling.
-fn rope_dict(cfg: &mut Cfg<'_>, path: &str, v: &JsonValue, default_theta: f64, context: u64) -> RopeCfg {
+fn rope_dict(
+    cfg: &mut Cfg<'_>,
+    path: &str,
+    v: &JsonValue,
+    default_theta: f64,
+    context: u64,
+) -> RopeCfg {
     if let Err(e) = v.as_object() {
         cfg.error(path, e.message, None);
-        return RopeCfg { theta: default_theta, scaling: RopeScaling::None };
+        return RopeCfg {
+            theta: default_theta,
+            scaling: RopeScaling::None,
+        };
     }
     let theta = match v.get("rope_theta") {
         Some(m) => {
@@ -791,9 +1064,16 @@ fn rope_dict(cfg: &mut Cfg<'_>, path: &str, v: &JsonValue, default_theta: f64, c
         None => default_theta,
     };
     if theta <= 0.0 {
-        cfg.error(&format!("{path}.rope_theta"), format!("rope theta must be positive, found {theta}"), None);
+        cfg.error(
+            &format!("{path}.rope_theta"),
+            format!("rope theta must be positive, found {theta}"),
+            None,
+        );
     }
-    RopeCfg { theta, scaling: rope_scaling(cfg, path, v, context) }
+    RopeCfg {
+        theta,
+        scaling: rope_scaling(cfg, path, v, context),
+    }
 }
 
 /// A `rope_scaling` (or `rope_parameters`) dict's scaling variant.
@@ -822,7 +1102,11 @@ fn rope_scaling(cfg: &mut Cfg<'_>, path: &str, v: &JsonValue, context: u64) -> R
             _ => match default {
                 Some(d) => d,
                 None => {
-                    cfg.error(path, format!("rope scaling \"{kind}\" needs \"{key}\""), None);
+                    cfg.error(
+                        path,
+                        format!("rope scaling \"{kind}\" needs \"{key}\""),
+                        None,
+                    );
                     1.0
                 }
             },
@@ -833,25 +1117,44 @@ fn rope_scaling(cfg: &mut Cfg<'_>, path: &str, v: &JsonValue, context: u64) -> R
             Some(m) if !m.value.is_null() => match m.value.as_u64() {
                 Ok(n) if n > 0 => n,
                 Ok(_) => {
-                    cfg.error(&format!("{path}.original_max_position_embeddings"), "must be positive".into(), None);
+                    cfg.error(
+                        &format!("{path}.original_max_position_embeddings"),
+                        "must be positive".into(),
+                        None,
+                    );
                     1
                 }
                 Err(e) => {
-                    cfg.error(&format!("{path}.original_max_position_embeddings"), e.message, None);
+                    cfg.error(
+                        &format!("{path}.original_max_position_embeddings"),
+                        e.message,
+                        None,
+                    );
                     1
                 }
             },
             _ => top_default,
         }
     };
-    let top_original = cfg.opt_u64("position.scaling", "original_max_position_embeddings").unwrap_or(context);
+    let top_original = cfg
+        .opt_u64("position.scaling", "original_max_position_embeddings")
+        .unwrap_or(context);
     match kind.as_str() {
         "default" | "none" => RopeScaling::None,
-        "linear" => RopeScaling::Linear { factor: num(cfg, "factor", None) },
-        "dynamic" => RopeScaling::DynamicNtk { factor: num(cfg, "factor", None), original_context: original(cfg, top_original) },
+        "linear" => RopeScaling::Linear {
+            factor: num(cfg, "factor", None),
+        },
+        "dynamic" => RopeScaling::DynamicNtk {
+            factor: num(cfg, "factor", None),
+            original_context: original(cfg, top_original),
+        },
         "yarn" => {
             let factor = num(cfg, "factor", None);
-            let default_attention = if factor > 1.0 { 0.1 * factor.ln() + 1.0 } else { 1.0 };
+            let default_attention = if factor > 1.0 {
+                0.1 * factor.ln() + 1.0
+            } else {
+                1.0
+            };
             RopeScaling::Yarn {
                 factor,
                 original_context: original(cfg, top_original),
@@ -875,7 +1178,10 @@ fn rope_scaling(cfg: &mut Cfg<'_>, path: &str, v: &JsonValue, context: u64) -> R
                         Vec::new()
                     }
                     Some(m) => match m.value.as_array() {
-                        Ok(items) => items.iter().map(|it| cfg.float_value(&field, it).unwrap_or(1.0)).collect(),
+                        Ok(items) => items
+                            .iter()
+                            .map(|it| cfg.float_value(&field, it).unwrap_or(1.0))
+                            .collect(),
                         Err(e) => {
                             cfg.error(&field, e.message, None);
                             Vec::new()
@@ -887,8 +1193,11 @@ fn rope_scaling(cfg: &mut Cfg<'_>, path: &str, v: &JsonValue, context: u64) -> R
             let long_factor = list(cfg, "long_factor");
             let original_context = original(cfg, top_original);
             let ratio = context as f64 / original_context as f64;
-            let default_attention =
-                if ratio <= 1.0 { 1.0 } else { (1.0 + ratio.ln() / (original_context as f64).ln()).sqrt() };
+            let default_attention = if ratio <= 1.0 {
+                1.0
+            } else {
+                (1.0 + ratio.ln() / (original_context as f64).ln()).sqrt()
+            };
             RopeScaling::Longrope {
                 short_factor,
                 long_factor,
@@ -897,7 +1206,11 @@ fn rope_scaling(cfg: &mut Cfg<'_>, path: &str, v: &JsonValue, context: u64) -> R
             }
         }
         other => {
-            let key = v.get("rope_type").or_else(|| v.get("type")).map(|m| m.key.clone()).unwrap_or_default();
+            let key = v
+                .get("rope_type")
+                .or_else(|| v.get("type"))
+                .map(|m| m.key.clone())
+                .unwrap_or_default();
             cfg.error(
                 &format!("{path}.{key}"),
                 format!("unsupported rope scaling \"{other}\""),
@@ -919,20 +1232,30 @@ struct Sliding {
 
 impl Sliding {
     fn window(&self, i: u64) -> Option<u64> {
-        if self.per_layer.get(i as usize).copied().unwrap_or(false) { self.window } else { None }
+        if self.per_layer.get(i as usize).copied().unwrap_or(false) {
+            self.window
+        } else {
+            None
+        }
     }
 }
 
 fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
     let count = n_layers.min(crate::check::MAX_LAYERS) as usize;
-    let none = Sliding { window: None, per_layer: Vec::new(), separate_rope: false };
+    let none = Sliding {
+        window: None,
+        per_layer: Vec::new(),
+        separate_rope: false,
+    };
     let window_default = match family {
         Family::Gemma2 | Family::Gemma3Text => Some(4096),
         f if f.qwen_windows() => Some(4096),
         _ => None,
     };
-    let supports = matches!(family, Family::Mistral | Family::Mixtral | Family::Phi3 | Family::Gemma2 | Family::Gemma3Text)
-        || family.qwen_windows();
+    let supports = matches!(
+        family,
+        Family::Mistral | Family::Mixtral | Family::Phi3 | Family::Gemma2 | Family::Gemma3Text
+    ) || family.qwen_windows();
     if !supports {
         return none;
     }
@@ -943,15 +1266,24 @@ fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
     };
     cfg.origin("attention.window", "sliding_window");
     if window == Some(0) {
-        cfg.error("sliding_window", "a sliding window must be positive".into(), Some("use null for no window".into()));
+        cfg.error(
+            "sliding_window",
+            "a sliding window must be positive".into(),
+            Some("use null for no window".into()),
+        );
         return none;
     }
-    let use_window = if family.qwen_windows() { cfg.flag("attention.window", "use_sliding_window", false) } else { true };
+    let use_window = if family.qwen_windows() {
+        cfg.flag("attention.window", "use_sliding_window", false)
+    } else {
+        true
+    };
     // Explicit layer_types (transformers ≥ 4.53 writes them).
     if let Some(m) = cfg.root.get("layer_types")
         && !m.value.is_null()
     {
-        cfg.origins.insert("attention.window".into(), "layer_types".into());
+        cfg.origins
+            .insert("attention.window".into(), "layer_types".into());
         let items = match m.value.as_array() {
             Ok(items) => items,
             Err(e) => {
@@ -994,29 +1326,45 @@ fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
                 }
             }
         }
-        let window = if family.qwen_windows() && !use_window { None } else { window };
-        return Sliding { window, per_layer, separate_rope: family == Family::Gemma3Text };
+        let window = if family.qwen_windows() && !use_window {
+            None
+        } else {
+            window
+        };
+        return Sliding {
+            window,
+            per_layer,
+            separate_rope: family == Family::Gemma3Text,
+        };
     }
     let per_layer: Vec<bool> = match family {
         Family::Gemma2 => (0..count).map(|i| (i + 1) % 2 != 0).collect(),
         Family::Gemma3Text => {
-            let pattern = cfg.opt_u64("attention.window", "sliding_window_pattern").unwrap_or(6);
+            let pattern = cfg
+                .opt_u64("attention.window", "sliding_window_pattern")
+                .unwrap_or(6);
             if pattern == 0 {
                 cfg.error("sliding_window_pattern", "must be positive".into(), None);
                 return none;
             }
-            (0..count).map(|i| (i as u64 + 1) % pattern != 0).collect()
+            (0..count).map(|i| !(i as u64 + 1).is_multiple_of(pattern)).collect()
         }
         f if f.qwen_windows() => {
             if !use_window {
                 return none;
             }
-            let from = cfg.opt_u64("attention.window", "max_window_layers").unwrap_or(28);
+            let from = cfg
+                .opt_u64("attention.window", "max_window_layers")
+                .unwrap_or(28);
             (0..count).map(|i| i as u64 >= from).collect()
         }
         _ => vec![true; count],
     };
-    Sliding { window, per_layer, separate_rope: family == Family::Gemma3Text }
+    Sliding {
+        window,
+        per_layer,
+        separate_rope: family == Family::Gemma3Text,
+    }
 }
 
 /// MoE settings and which layers are sparse.
@@ -1032,7 +1380,13 @@ impl MoePlan {
     }
 }
 
-fn moe_settings(cfg: &mut Cfg<'_>, family: Family, activation: MlpKind, intermediate: u64, _n: u64) -> Option<MoePlan> {
+fn moe_settings(
+    cfg: &mut Cfg<'_>,
+    family: Family,
+    activation: MlpKind,
+    intermediate: u64,
+    _n: u64,
+) -> Option<MoePlan> {
     match family {
         Family::Mixtral => {
             let experts = cfg.size("ffn.experts", &["num_local_experts"], 8);
@@ -1042,7 +1396,11 @@ fn moe_settings(cfg: &mut Cfg<'_>, family: Family, activation: MlpKind, intermed
                 moe: Moe {
                     experts,
                     top_k,
-                    expert: Mlp { activation, hidden: intermediate, bias: false },
+                    expert: Mlp {
+                        activation,
+                        hidden: intermediate,
+                        bias: false,
+                    },
                     router: RouterOrder::SoftmaxTopk,
                     renormalize: true,
                     shared: None,
@@ -1054,15 +1412,35 @@ fn moe_settings(cfg: &mut Cfg<'_>, family: Family, activation: MlpKind, intermed
         }
         Family::Qwen2Moe | Family::Qwen3Moe => {
             let qwen2 = family == Family::Qwen2Moe;
-            let experts = cfg.size("ffn.experts", &["num_experts"], if qwen2 { 60 } else { 128 });
-            let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], if qwen2 { 4 } else { 8 });
-            let hidden = cfg.size("ffn.expert.hidden", &["moe_intermediate_size"], if qwen2 { 1408 } else { 768 });
+            let experts = cfg.size(
+                "ffn.experts",
+                &["num_experts"],
+                if qwen2 { 60 } else { 128 },
+            );
+            let top_k = cfg.size(
+                "ffn.top_k",
+                &["num_experts_per_tok"],
+                if qwen2 { 4 } else { 8 },
+            );
+            let hidden = cfg.size(
+                "ffn.expert.hidden",
+                &["moe_intermediate_size"],
+                if qwen2 { 1408 } else { 768 },
+            );
             let renormalize = cfg.flag("ffn.renormalize", "norm_topk_prob", false);
             let aux_loss = cfg.float("ffn.aux_loss", &["router_aux_loss_coef"], 0.001);
             let sparse_step = cfg.size("ffn", &["decoder_sparse_step"], 1);
             let shared = if qwen2 {
-                let h = cfg.size("ffn.shared.hidden", &["shared_expert_intermediate_size"], 5632);
-                Some(SharedExperts { count: 1, hidden: h, gate: true })
+                let h = cfg.size(
+                    "ffn.shared.hidden",
+                    &["shared_expert_intermediate_size"],
+                    5632,
+                );
+                Some(SharedExperts {
+                    count: 1,
+                    hidden: h,
+                    gate: true,
+                })
             } else {
                 None
             };
@@ -1092,7 +1470,11 @@ fn moe_settings(cfg: &mut Cfg<'_>, family: Family, activation: MlpKind, intermed
                 moe: Moe {
                     experts,
                     top_k,
-                    expert: Mlp { activation, hidden, bias: false },
+                    expert: Mlp {
+                        activation,
+                        hidden,
+                        bias: false,
+                    },
                     router: RouterOrder::SoftmaxTopk,
                     renormalize,
                     shared,
@@ -1109,10 +1491,19 @@ fn moe_settings(cfg: &mut Cfg<'_>, family: Family, activation: MlpKind, intermed
 /// The spec's name: `_name_or_path`'s last component, else the folder holding config.json, else
 /// the file stem, else the model_type; in snake_case.
 fn spec_name(cfg: &Cfg<'_>, file: &str, family: Family) -> String {
-    let from_config = cfg.root.get("_name_or_path").and_then(|m| m.value.as_str().ok()).map(|s| s.to_string());
+    let from_config = cfg
+        .root
+        .get("_name_or_path")
+        .and_then(|m| m.value.as_str().ok())
+        .map(|s| s.to_string());
     let candidate = from_config
         .as_deref()
-        .and_then(|s| s.trim_end_matches('/').rsplit('/').next().map(str::to_string))
+        .and_then(|s| {
+            s.trim_end_matches('/')
+                .rsplit('/')
+                .next()
+                .map(str::to_string)
+        })
         .or_else(|| {
             let path = std::path::Path::new(file);
             let stem = path.file_stem()?.to_str()?.to_string();
@@ -1125,7 +1516,11 @@ fn spec_name(cfg: &Cfg<'_>, file: &str, family: Family) -> String {
         })
         .unwrap_or_default();
     let name = snake_name(&candidate);
-    if name.is_empty() { family.model_type().to_string() } else { name }
+    if name.is_empty() {
+        family.model_type().to_string()
+    } else {
+        name
+    }
 }
 
 /// Lowercase ASCII alphanumerics separated by single underscores.

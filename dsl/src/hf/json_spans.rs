@@ -97,34 +97,54 @@ impl JsonValue {
     /// A non-negative integer that fits in `u64` (`8.0` is accepted as 8, as Python writes it).
     pub fn as_u64(&self) -> Result<u64, TypeError> {
         let JsonKind::Number(text) = &self.kind else {
-            return Err(TypeError { message: format!("expected a non-negative integer, found {}", self.kind.describe()) });
+            return Err(TypeError {
+                message: format!(
+                    "expected a non-negative integer, found {}",
+                    self.kind.describe()
+                ),
+            });
         };
         if text.starts_with('-') {
-            return Err(TypeError { message: format!("expected a non-negative integer, found {text}") });
+            return Err(TypeError {
+                message: format!("expected a non-negative integer, found {text}"),
+            });
         }
         if let Ok(v) = text.parse::<u64>() {
             return Ok(v);
         }
         if text.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(TypeError { message: format!("{text} is too large (the largest integer accepted is {})", u64::MAX) });
+            return Err(TypeError {
+                message: format!(
+                    "{text} is too large (the largest integer accepted is {})",
+                    u64::MAX
+                ),
+            });
         }
         match text.parse::<f64>() {
-            Ok(f) if f.is_finite() && f.fract() == 0.0 && f < 9.007_199_254_740_992e15 => Ok(f as u64),
-            Ok(f) if f.is_finite() && f.fract() == 0.0 => {
-                Err(TypeError { message: format!("{text} is too large to be an exact integer") })
+            Ok(f) if f.is_finite() && f.fract() == 0.0 && f < 9.007_199_254_740_992e15 => {
+                Ok(f as u64)
             }
-            _ => Err(TypeError { message: format!("expected a non-negative integer, found {text}") }),
+            Ok(f) if f.is_finite() && f.fract() == 0.0 => Err(TypeError {
+                message: format!("{text} is too large to be an exact integer"),
+            }),
+            _ => Err(TypeError {
+                message: format!("expected a non-negative integer, found {text}"),
+            }),
         }
     }
 
     /// A finite number.
     pub fn as_f64(&self) -> Result<f64, TypeError> {
         let JsonKind::Number(text) = &self.kind else {
-            return Err(TypeError { message: format!("expected a number, found {}", self.kind.describe()) });
+            return Err(TypeError {
+                message: format!("expected a number, found {}", self.kind.describe()),
+            });
         };
         match text.parse::<f64>() {
             Ok(f) if f.is_finite() => Ok(f),
-            _ => Err(TypeError { message: format!("{text} is not a finite number") }),
+            _ => Err(TypeError {
+                message: format!("{text} is not a finite number"),
+            }),
         }
     }
 
@@ -132,7 +152,9 @@ impl JsonValue {
     pub fn as_bool(&self) -> Result<bool, TypeError> {
         match &self.kind {
             JsonKind::Bool(b) => Ok(*b),
-            other => Err(TypeError { message: format!("expected true or false, found {}", other.describe()) }),
+            other => Err(TypeError {
+                message: format!("expected true or false, found {}", other.describe()),
+            }),
         }
     }
 
@@ -140,7 +162,9 @@ impl JsonValue {
     pub fn as_str(&self) -> Result<&str, TypeError> {
         match &self.kind {
             JsonKind::String(s) => Ok(s),
-            other => Err(TypeError { message: format!("expected a string, found {}", other.describe()) }),
+            other => Err(TypeError {
+                message: format!("expected a string, found {}", other.describe()),
+            }),
         }
     }
 
@@ -148,7 +172,9 @@ impl JsonValue {
     pub fn as_array(&self) -> Result<&[JsonValue], TypeError> {
         match &self.kind {
             JsonKind::Array(items) => Ok(items),
-            other => Err(TypeError { message: format!("expected an array, found {}", other.describe()) }),
+            other => Err(TypeError {
+                message: format!("expected an array, found {}", other.describe()),
+            }),
         }
     }
 
@@ -156,17 +182,26 @@ impl JsonValue {
     pub fn as_object(&self) -> Result<&[Member], TypeError> {
         match &self.kind {
             JsonKind::Object(members) => Ok(members),
-            other => Err(TypeError { message: format!("expected an object, found {}", other.describe()) }),
+            other => Err(TypeError {
+                message: format!("expected an object, found {}", other.describe()),
+            }),
         }
     }
 }
 
 /// Parses a complete JSON document (one value, surrounded only by whitespace).
 pub fn parse(src: &str) -> Result<JsonValue, SyntaxError> {
-    let mut p = Parser { src: src.as_bytes(), text: src, pos: 0 };
+    let mut p = Parser {
+        src: src.as_bytes(),
+        text: src,
+        pos: 0,
+    };
     p.skip_ws();
     if p.pos >= p.src.len() {
-        return Err(SyntaxError { span: p.pos..p.pos, message: "the file is empty: expected a JSON object".into() });
+        return Err(SyntaxError {
+            span: p.pos..p.pos,
+            message: "the file is empty: expected a JSON object".into(),
+        });
     }
     let value = p.value(0)?;
     p.skip_ws();
@@ -196,8 +231,14 @@ impl Parser<'_> {
                 message: format!("unexpected end of file: {message} (is the file truncated?)"),
             };
         }
-        let end = self.text[self.pos..].chars().next().map_or(self.pos + 1, |c| self.pos + c.len_utf8());
-        SyntaxError { span: self.pos..end, message: message.to_string() }
+        let end = self.text[self.pos..]
+            .chars()
+            .next()
+            .map_or(self.pos + 1, |c| self.pos + c.len_utf8());
+        SyntaxError {
+            span: self.pos..end,
+            message: message.to_string(),
+        }
     }
 
     fn value(&mut self, depth: usize) -> Result<JsonValue, SyntaxError> {
@@ -216,9 +257,16 @@ impl Parser<'_> {
             Some(b'N') => self.literal("NaN", JsonKind::Number("NaN".into()))?,
             Some(b'I') => self.literal("Infinity", JsonKind::Number("Infinity".into()))?,
             Some(b'-' | b'0'..=b'9') => self.number()?,
-            Some(_) => return Err(self.err_here("expected a value (object, array, string, number, true, false or null)")),
+            Some(_) => {
+                return Err(self.err_here(
+                    "expected a value (object, array, string, number, true, false or null)",
+                ));
+            }
         };
-        Ok(JsonValue { span: start..self.pos, kind })
+        Ok(JsonValue {
+            span: start..self.pos,
+            kind,
+        })
     }
 
     fn literal(&mut self, word: &str, kind: JsonKind) -> Result<JsonKind, SyntaxError> {
@@ -298,10 +346,16 @@ impl Parser<'_> {
                         b't' => out.push('\t'),
                         b'u' => {
                             let hi = self.hex4()?;
-                            let c = if (0xD800..0xDC00).contains(&hi) && self.src[self.pos..].starts_with(b"\\u") {
+                            let c = if (0xD800..0xDC00).contains(&hi)
+                                && self.src[self.pos..].starts_with(b"\\u")
+                            {
                                 self.pos += 2;
                                 let lo = self.hex4()?;
-                                char::from_u32(0x10000 + ((hi - 0xD800) << 10) + (lo.wrapping_sub(0xDC00) & 0x3FF))
+                                char::from_u32(
+                                    0x10000
+                                        + ((hi - 0xD800) << 10)
+                                        + (lo.wrapping_sub(0xDC00) & 0x3FF),
+                                )
                             } else {
                                 char::from_u32(hi)
                             };
@@ -313,7 +367,9 @@ impl Parser<'_> {
                         }
                     }
                 }
-                0..=0x1f => return Err(self.err_here("control character in string (is a quote missing?)")),
+                0..=0x1f => {
+                    return Err(self.err_here("control character in string (is a quote missing?)"));
+                }
                 _ => {
                     // Copy one UTF-8 char; `text` is valid UTF-8 and pos is on a char boundary.
                     let c = self.text[self.pos..].chars().next().unwrap_or('\u{FFFD}');
@@ -328,7 +384,8 @@ impl Parser<'_> {
         let Some(h) = self.text.get(self.pos..self.pos + 4) else {
             return Err(self.err_here("expected four hex digits after \\u"));
         };
-        let v = u32::from_str_radix(h, 16).map_err(|_| self.err_here("expected four hex digits after \\u"))?;
+        let v = u32::from_str_radix(h, 16)
+            .map_err(|_| self.err_here("expected four hex digits after \\u"))?;
         self.pos += 4;
         Ok(v)
     }
@@ -373,7 +430,10 @@ impl Parser<'_> {
             let key = self.string()?;
             let key_span = key_start..self.pos;
             if members.iter().any(|m| m.key == key) {
-                return Err(SyntaxError { span: key_span, message: format!("duplicate key \"{key}\"") });
+                return Err(SyntaxError {
+                    span: key_span,
+                    message: format!("duplicate key \"{key}\""),
+                });
             }
             self.skip_ws();
             if self.src.get(self.pos) != Some(&b':') {
@@ -382,7 +442,11 @@ impl Parser<'_> {
             self.pos += 1;
             self.skip_ws();
             let value = self.value(depth + 1)?;
-            members.push(Member { key, key_span, value });
+            members.push(Member {
+                key,
+                key_span,
+                value,
+            });
             self.skip_ws();
             match self.src.get(self.pos) {
                 Some(b',') => self.pos += 1,
@@ -414,7 +478,19 @@ mod tests {
 
     #[test]
     fn rejects_bad_input_without_panicking() {
-        for src in ["", "{", "{\"a\"", "{\"a\":", "{\"a\": 1,", "[1,]", "\"\\u12", "{\"a\":1}x", "-", "1e", "\"\\x\""] {
+        for src in [
+            "",
+            "{",
+            "{\"a\"",
+            "{\"a\":",
+            "{\"a\": 1,",
+            "[1,]",
+            "\"\\u12",
+            "{\"a\":1}x",
+            "-",
+            "1e",
+            "\"\\x\"",
+        ] {
             assert!(parse(src).is_err(), "{src:?} should fail");
         }
         let deep = "[".repeat(10_000);

@@ -1,0 +1,312 @@
+//! HF config.json import/export against real configs (tests/hf_configs/<model>/config.json, each
+//! with its published parameter count in `params_total`), in both config generations.
+
+use std::path::{Path, PathBuf};
+
+use modelspec::dsl::hf::{self, Family};
+use modelspec::dsl::ir::{Ffn, ModelSpec, Position, RopeScaling};
+use modelspec::dsl::{cost, yaml};
+
+/// Every real-model directory (skips `invalid/`).
+fn model_dirs() -> Vec<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_configs");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&root)
+        .expect("tests/hf_configs exists")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("config.json").is_file())
+        .collect();
+    dirs.sort();
+    assert!(
+        dirs.len() >= 16,
+        "expected a config for every supported model_type"
+    );
+    dirs
+}
+
+fn read(dir: &Path) -> (String, String) {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).expect("readable config");
+    (text, path.display().to_string())
+}
+
+fn import(dir: &Path) -> ModelSpec {
+    let (text, file) = read(dir);
+    match hf::import(&text, &file) {
+        Ok(spec) => spec,
+        Err(diags) => panic!(
+            "{file} failed to import: {}",
+            modelspec::dsl::render::render(&diags, &text)
+        ),
+    }
+}
+
+fn published(dir: &Path) -> u64 {
+    let text = std::fs::read_to_string(dir.join("params_total")).expect("params_total sidecar");
+    text.trim().parse().expect("a number")
+}
+
+fn model_type(dir: &Path) -> String {
+    let (text, _) = read(dir);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("valid json");
+    v["model_type"].as_str().expect("model_type").to_string()
+}
+
+#[test]
+fn every_supported_model_type_has_a_real_config() {
+    let types: std::collections::BTreeSet<String> =
+        model_dirs().iter().map(|d| model_type(d)).collect();
+    for family in hf::families::ALL {
+        assert!(
+            types.contains(family.model_type()),
+            "no config for {}",
+            family.model_type()
+        );
+    }
+}
+
+#[test]
+fn params_total_equals_published_counts() {
+    let mut failures = Vec::new();
+    for dir in model_dirs() {
+        let spec = import(&dir);
+        let (got, want) = (cost::params_total(&spec), published(&dir));
+        if got != want {
+            failures.push(format!("{}: {got} != published {want}", dir.display()));
+        }
+        assert_eq!(
+            cost::summarize(&spec).params_total,
+            got,
+            "summary agrees with the table"
+        );
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
+
+#[test]
+fn both_generations_give_the_same_ir() {
+    let mut pairs = 0;
+    for dir in model_dirs() {
+        let name = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_string();
+        let Some(classic) = name.strip_suffix("-tf5") else {
+            continue;
+        };
+        let mut a = import(&dir.with_file_name(classic));
+        let b = import(&dir);
+        a.name.clone_from(&b.name);
+        assert!(
+            a == b,
+            "{name}: transformers-5 rope_parameters must resolve like rope_theta/rope_scaling"
+        );
+        pairs += 1;
+    }
+    assert!(
+        pairs >= 8,
+        "expected several transformers-5 variants, found {pairs}"
+    );
+}
+
+#[test]
+fn config_ir_config_ir_round_trips() {
+    for dir in model_dirs() {
+        let spec = import(&dir);
+        let config = hf::export(&spec).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        assert_eq!(
+            config["model_type"],
+            model_type(&dir),
+            "{}: exported as another family",
+            dir.display()
+        );
+        let text = serde_json::to_string_pretty(&config).expect("serialisable");
+        let back = hf::import(&text, "exported/config.json").expect("exported config imports");
+        assert!(
+            back == spec,
+            "{}: config.json → IR → config.json → IR changed the IR",
+            dir.display()
+        );
+        // And once more: the exported config is a fixed point.
+        assert_eq!(hf::export(&back).expect("exports again"), config);
+    }
+}
+
+#[test]
+fn yaml_and_json_round_trip() {
+    for dir in model_dirs() {
+        let spec = import(&dir);
+        let text = yaml::to_string(&spec);
+        let back = yaml::from_str(&text, "x.yaml").expect("yaml reads back");
+        assert!(back == spec, "{}: YAML changed the IR", dir.display());
+        let json = yaml::to_json_string(&spec);
+        let back = yaml::from_json_str(&json, "x.json").expect("json reads back");
+        assert!(back == spec, "{}: JSON changed the IR", dir.display());
+    }
+}
+
+#[test]
+fn family_behaviours_are_explicit_in_the_ir() {
+    let dir = |n: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/hf_configs")
+            .join(n)
+    };
+    // Gemma-3: 5 local layers then 1 global, local layers on their own RoPE base.
+    let g3 = import(&dir("gemma-3-1b-it"));
+    let windows: Vec<Option<u64>> = g3.layers.iter().map(|l| l.attention.window).collect();
+    assert_eq!(
+        windows[..6],
+        [Some(512), Some(512), Some(512), Some(512), Some(512), None]
+    );
+    let theta = |l: usize| match &g3.layers[l].position {
+        Position::Rope(r) => r.theta,
+        other => panic!("rope expected, got {other:?}"),
+    };
+    assert_eq!((theta(0), theta(5)), (10000.0, 1_000_000.0));
+    assert_eq!(g3.layers[0].attention.scale, 1.0 / 16.0);
+    // Gemma-2: even layers slide, softcaps.
+    let g2 = import(&dir("gemma-2-2b"));
+    assert_eq!(g2.layers[0].attention.window, Some(4096));
+    assert_eq!(g2.layers[1].attention.window, None);
+    assert_eq!(g2.logits.softcap, Some(30.0));
+    assert_eq!(g2.layers[3].attention.softcap, Some(50.0));
+    // Llama 3.1 scaling.
+    let llama = import(&dir("llama-3.1-8b"));
+    match &llama.layers[0].position {
+        Position::Rope(r) => assert!(matches!(
+            r.scaling,
+            RopeScaling::Llama3 {
+                original_context: 8192,
+                ..
+            }
+        )),
+        other => panic!("{other:?}"),
+    }
+    // Mixtral: softmax → top-2 → renormalise.
+    let mixtral = import(&dir("mixtral-8x7b-v0.1"));
+    match &mixtral.layers[0].ffn {
+        Ffn::Moe(m) => assert!(m.renormalize && m.top_k == 2 && m.experts == 8),
+        other => panic!("{other:?}"),
+    }
+    // Phi-2: partial rotary, parallel residual with one shared norm, lm_head bias.
+    let phi = import(&dir("phi-2"));
+    let l = &phi.layers[0];
+    assert!(l.block.parallel_residual && l.block.shared_norm && phi.logits.bias);
+    match &l.position {
+        Position::Rope(r) => assert_eq!(r.rotary_dims, 32),
+        other => panic!("{other:?}"),
+    }
+    // GPT-2: learned positions, tied.
+    let gpt2 = import(&dir("gpt2"));
+    assert!(gpt2.embedding.learned_positions && gpt2.embedding.tied);
+    // Falcon-7B: multi-query.
+    let falcon = import(&dir("falcon-7b"));
+    assert_eq!(falcon.layers[0].attention.kv_heads, 1);
+}
+
+#[test]
+fn active_parameters_of_moe_models() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_configs");
+    // Published: Mixtral-8x7B "12.9B active", Qwen3-30B-A3B "3.3B activated", Qwen1.5-MoE-A2.7B
+    // "2.7B activated"; the publishers round differently, so allow 0.1B either way.
+    for (name, published) in [
+        ("mixtral-8x7b-v0.1", 12.9e9),
+        ("qwen3-30b-a3b", 3.3e9),
+        ("qwen1.5-moe-a2.7b", 2.7e9),
+    ] {
+        let spec = import(&root.join(name));
+        let active = cost::params_active(&spec);
+        assert!(
+            (active as f64 - published).abs() < 0.1e9,
+            "{name}: {active} active, published {published}"
+        );
+        assert!(active < cost::params_total(&spec));
+    }
+    let dense = import(&root.join("llama-3.1-8b"));
+    assert_eq!(cost::params_active(&dense), cost::params_total(&dense));
+}
+
+#[test]
+fn flops_per_token_follow_the_formula() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_configs");
+    // GPT-2 at 1024 positions: 2 × (12 blocks of qkv, proj, fc, proj + the tied head) plus
+    // 4 · d_model · mean keys per query (1025 / 2) per block.
+    let gpt2 = import(&root.join("gpt2"));
+    let (d, v, l, t) = (768u64, 50257u64, 12u64, 1024u64);
+    let matmul = l * (d * 3 * d + d * d + 2 * d * 4 * d) + v * d;
+    let attention = l * 4 * d * (t * (t + 1) / 2) / t;
+    assert_eq!(cost::flops_per_token(&gpt2), 2 * matmul + attention);
+    // Sliding windows reduce attention FLOPs: Mistral's 4096 window at 32768 positions.
+    let mistral = import(&root.join("mistral-7b-v0.1"));
+    let mut unwindowed = mistral.clone();
+    for layer in &mut unwindowed.layers {
+        layer.attention.window = None;
+    }
+    assert!(cost::flops_per_token(&mistral) < cost::flops_per_token(&unwindowed));
+}
+
+#[test]
+fn export_refuses_what_no_family_expresses() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_configs");
+    let mut spec = import(&root.join("llama-3.1-8b"));
+    spec.layers[3].attention.softcap = Some(20.0);
+    let err = hf::export(&spec).expect_err("a softcap on one llama layer has no config.json form");
+    assert!(
+        err.to_string().contains("layers[3].attention.softcap"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_import_never_panics_on_damaged_configs() {
+    for dir in model_dirs() {
+        let (text, _) = read(&dir);
+        // Every truncation (by lines and by a stride of bytes).
+        let bytes = text.as_bytes();
+        let end = text.rfind('}').unwrap_or(0);
+        for cut in (0..end).step_by(7) {
+            if let Ok(prefix) = std::str::from_utf8(&bytes[..cut]) {
+                assert!(
+                    hf::import(prefix, "t.json").is_err(),
+                    "a truncated config must be an error"
+                );
+            }
+        }
+        // Values swapped for other types and extremes.
+        for replacement in [
+            "null",
+            "\"x\"",
+            "-1",
+            "0",
+            "1e999",
+            "99999999999999999999999",
+            "[]",
+            "{}",
+            "true",
+        ] {
+            for (k, _) in text.match_indices(": ") {
+                let rest = &text[k + 2..];
+                let end = rest.find([',', '\n']).unwrap_or(rest.len());
+                let mutated = format!("{}: {replacement}{}", &text[..k], &rest[end..]);
+                let _ = hf::import(&mutated, "m.json");
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_model_type_lists_the_supported_ones() {
+    let err = hf::import(r#"{"model_type": "mamba"}"#, "c.json").expect_err("unsupported");
+    assert_eq!(err[0].field, "model_type");
+    for family in hf::families::ALL {
+        assert!(
+            err[0]
+                .hint
+                .as_deref()
+                .unwrap_or_default()
+                .contains(family.model_type())
+        );
+    }
+    assert!(Family::from_model_type("mamba").is_none());
+}
