@@ -34,6 +34,7 @@ pub mod program;
 pub mod rng;
 pub mod tensor;
 pub mod weights;
+pub mod train;
 
 pub use device::Device;
 pub use error::{Error, Result};
