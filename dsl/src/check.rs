@@ -63,13 +63,23 @@ impl Checker {
 
     fn positive(&mut self, field: &str, layer: Option<u64>, v: u64) {
         if v == 0 {
-            self.push(field, layer, format!("`{field}` must be positive, found 0"), None);
+            self.push(
+                field,
+                layer,
+                format!("`{field}` must be positive, found 0"),
+                None,
+            );
         }
     }
 
     fn positive_real(&mut self, field: &str, layer: Option<u64>, v: f64) {
         if !(v > 0.0 && v.is_finite()) {
-            self.push(field, layer, format!("`{field}` must be a positive number, found {v}"), None);
+            self.push(
+                field,
+                layer,
+                format!("`{field}` must be a positive number, found {v}"),
+                None,
+            );
         }
     }
 
@@ -83,7 +93,10 @@ impl Checker {
             self.push(
                 "n_layers",
                 None,
-                format!("{} layers is more than the supported {MAX_LAYERS}", s.n_layers),
+                format!(
+                    "{} layers is more than the supported {MAX_LAYERS}",
+                    s.n_layers
+                ),
                 None,
             );
         }
@@ -91,7 +104,11 @@ impl Checker {
             self.push(
                 "n_layers",
                 None,
-                format!("n_layers is {} but {} layer rows are given", s.n_layers, s.layers.len()),
+                format!(
+                    "n_layers is {} but {} layer rows are given",
+                    s.n_layers,
+                    s.layers.len()
+                ),
                 Some("give exactly one row per layer".into()),
             );
         }
@@ -106,7 +123,10 @@ impl Checker {
             }
         }
         if s.vocab_pad_multiple > 0 {
-            let expected = s.vocab.div_ceil(s.vocab_pad_multiple).checked_mul(s.vocab_pad_multiple);
+            let expected = s
+                .vocab
+                .div_ceil(s.vocab_pad_multiple)
+                .checked_mul(s.vocab_pad_multiple);
             match expected {
                 None => self.push(
                     "vocab_padded",
@@ -162,7 +182,10 @@ impl Checker {
             ),
             _ => {}
         }
-        let any_learned = s.layers.iter().any(|l| matches!(l.position, Position::Learned));
+        let any_learned = s
+            .layers
+            .iter()
+            .any(|l| matches!(l.position, Position::Learned));
         if any_learned && !s.embedding.learned_positions {
             let layers = s
                 .layers
@@ -173,7 +196,8 @@ impl Checker {
             self.issues.push(Issue {
                 field: "position".into(),
                 layers,
-                message: "learned positions are used but the embedding has no position table".into(),
+                message: "learned positions are used but the embedding has no position table"
+                    .into(),
                 hint: Some("set `embedding.learned_positions`".into()),
             });
         }
@@ -182,7 +206,12 @@ impl Checker {
     fn norm(&mut self, prefix: &str, layer: Option<u64>, n: &Norm) {
         self.positive_real(&format!("{prefix}.eps"), layer, n.eps);
         if !n.offset.is_finite() {
-            self.push(&format!("{prefix}.offset"), layer, "norm offset must be finite".into(), None);
+            self.push(
+                &format!("{prefix}.offset"),
+                layer,
+                "norm offset must be finite".into(),
+                None,
+            );
         }
         if n.kind == NormKind::Rms && n.bias {
             self.push(
@@ -200,7 +229,7 @@ impl Checker {
         self.positive("attention.heads", i, a.heads);
         self.positive("attention.kv_heads", i, a.kv_heads);
         self.positive("attention.head_dim", i, a.head_dim);
-        if a.heads > 0 && a.kv_heads > 0 && a.heads % a.kv_heads != 0 {
+        if a.heads > 0 && a.kv_heads > 0 && !a.heads.is_multiple_of(a.kv_heads) {
             self.push(
                 "attention.kv_heads",
                 i,
@@ -208,7 +237,11 @@ impl Checker {
                     "attention.heads ({}) is not divisible by attention.kv_heads ({})",
                     a.heads, a.kv_heads
                 ),
-                Some(format!("kv_heads must divide heads; divisors of {}: {}", a.heads, divisors(a.heads))),
+                Some(format!(
+                    "kv_heads must divide heads; divisors of {}: {}",
+                    a.heads,
+                    divisors(a.heads)
+                )),
             );
         }
         self.positive_real("attention.scale", i, a.scale);
@@ -241,7 +274,10 @@ impl Checker {
                 self.push(
                     "position.fraction",
                     i,
-                    format!("the rotary fraction must be in (0, 1], found {}", r.fraction),
+                    format!(
+                        "the rotary fraction must be in (0, 1], found {}",
+                        r.fraction
+                    ),
                     None,
                 );
             }
@@ -249,7 +285,10 @@ impl Checker {
                 self.push(
                     "position.rotary_dims",
                     i,
-                    format!("rotary_dims must be even and positive, found {}", r.rotary_dims),
+                    format!(
+                        "rotary_dims must be even and positive, found {}",
+                        r.rotary_dims
+                    ),
                     Some("rotary dimensions are rotated in pairs".into()),
                 );
             }
@@ -257,7 +296,10 @@ impl Checker {
                 self.push(
                     "position.rotary_dims",
                     i,
-                    format!("rotary_dims ({}) exceeds head_dim ({})", r.rotary_dims, a.head_dim),
+                    format!(
+                        "rotary_dims ({}) exceeds head_dim ({})",
+                        r.rotary_dims, a.head_dim
+                    ),
                     None,
                 );
             }
@@ -272,7 +314,10 @@ impl Checker {
                     self.push(
                         "ffn.experts",
                         i,
-                        format!("{} experts is more than the supported {MAX_EXPERTS}", m.experts),
+                        format!(
+                            "{} experts is more than the supported {MAX_EXPERTS}",
+                            m.experts
+                        ),
                         None,
                     );
                 }
@@ -280,7 +325,10 @@ impl Checker {
                     self.push(
                         "ffn.top_k",
                         i,
-                        format!("top_k ({}) must be between 1 and experts ({})", m.top_k, m.experts),
+                        format!(
+                            "top_k ({}) must be between 1 and experts ({})",
+                            m.top_k, m.experts
+                        ),
                         None,
                     );
                 }
@@ -292,7 +340,10 @@ impl Checker {
                     self.push(
                         "ffn.aux_loss",
                         i,
-                        format!("aux_loss must be a non-negative number, found {}", m.aux_loss),
+                        format!(
+                            "aux_loss must be a non-negative number, found {}",
+                            m.aux_loss
+                        ),
                         None,
                     );
                 }
@@ -324,24 +375,40 @@ impl Checker {
         let factor = match &r.scaling {
             RopeScaling::None => return,
             RopeScaling::Linear { factor } => *factor,
-            RopeScaling::DynamicNtk { factor, original_context } => {
+            RopeScaling::DynamicNtk {
+                factor,
+                original_context,
+            } => {
                 self.positive("position.scaling.original_context", i, *original_context);
                 *factor
             }
-            RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow, attention_factor } => {
+            RopeScaling::Yarn {
+                factor,
+                original_context,
+                beta_fast,
+                beta_slow,
+                attention_factor,
+            } => {
                 self.positive("position.scaling.original_context", i, *original_context);
                 self.positive_real("position.scaling.attention_factor", i, *attention_factor);
                 if !(beta_fast.is_finite() && beta_slow.is_finite() && beta_fast > beta_slow) {
                     self.push(
                         "position.scaling.beta_fast",
                         i,
-                        format!("yarn needs beta_fast > beta_slow, found {beta_fast} and {beta_slow}"),
+                        format!(
+                            "yarn needs beta_fast > beta_slow, found {beta_fast} and {beta_slow}"
+                        ),
                         None,
                     );
                 }
                 *factor
             }
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            } => {
                 self.positive("position.scaling.original_context", i, *original_context);
                 self.positive_real("position.scaling.low_freq_factor", i, *low_freq_factor);
                 if !(high_freq_factor > low_freq_factor && high_freq_factor.is_finite()) {
@@ -356,13 +423,19 @@ impl Checker {
                 }
                 *factor
             }
-            RopeScaling::Longrope { short_factor, long_factor, original_context, attention_factor } => {
+            RopeScaling::Longrope {
+                short_factor,
+                long_factor,
+                original_context,
+                attention_factor,
+            } => {
                 self.positive("position.scaling.original_context", i, *original_context);
                 self.positive_real("position.scaling.attention_factor", i, *attention_factor);
                 let want = r.rotary_dims / 2;
-                for (field, list) in
-                    [("position.scaling.short_factor", short_factor), ("position.scaling.long_factor", long_factor)]
-                {
+                for (field, list) in [
+                    ("position.scaling.short_factor", short_factor),
+                    ("position.scaling.long_factor", long_factor),
+                ] {
                     if list.len() as u64 != want {
                         self.push(
                             field,
@@ -412,18 +485,27 @@ impl Checker {
             let (q, kv) = (q.unwrap_or(0), kv.unwrap_or(0));
             add(&mut total, q.checked_mul(d).and_then(|x| x.checked_mul(2)));
             add(&mut total, kv.checked_mul(d).and_then(|x| x.checked_mul(2)));
-            add(&mut total, q.checked_add(kv.checked_mul(2).unwrap_or(u64::MAX)));
-            add(&mut total, Some(q.saturating_add(kv).saturating_add(d.saturating_mul(8))));
+            add(&mut total, q.checked_add(kv.saturating_mul(2)));
+            add(
+                &mut total,
+                Some(q.saturating_add(kv).saturating_add(d.saturating_mul(8))),
+            );
             let mlp = |m: &Mlp| m.hidden.checked_mul(d).and_then(|x| x.checked_mul(3));
             match &l.ffn {
                 Ffn::Mlp(m) => add(&mut total, mlp(m)),
                 Ffn::Moe(m) => {
                     add(&mut total, m.experts.checked_mul(d));
-                    add(&mut total, mlp(&m.expert).and_then(|x| x.checked_mul(m.experts)));
+                    add(
+                        &mut total,
+                        mlp(&m.expert).and_then(|x| x.checked_mul(m.experts)),
+                    );
                     if let Some(sh) = &m.shared {
-                        add(&mut total, sh.count.checked_mul(sh.hidden).and_then(|h| {
-                            h.checked_mul(d).and_then(|x| x.checked_mul(3))
-                        }));
+                        add(
+                            &mut total,
+                            sh.count
+                                .checked_mul(sh.hidden)
+                                .and_then(|h| h.checked_mul(d).and_then(|x| x.checked_mul(3))),
+                        );
                     }
                 }
             }
@@ -440,7 +522,10 @@ impl Checker {
 }
 
 fn divisors(n: u64) -> String {
-    let mut out: Vec<String> = (1..=n.min(1 << 20)).filter(|k| n % k == 0).map(|k| k.to_string()).collect();
+    let mut out: Vec<String> = (1..=n.min(1 << 20))
+        .filter(|k| n.is_multiple_of(*k))
+        .map(|k| k.to_string())
+        .collect();
     if out.len() > 12 {
         out.truncate(12);
         out.push("...".into());
@@ -450,7 +535,7 @@ fn divisors(n: u64) -> String {
 
 /// The candidate closest to `word` by edit distance, if it is close enough to be a likely typo.
 pub fn did_you_mean<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
-    let limit = (word.chars().count() / 3).max(1).min(3);
+    let limit = (word.chars().count() / 3).clamp(1, 3);
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))

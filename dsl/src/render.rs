@@ -36,17 +36,30 @@ fn render_one(out: &mut String, d: &Diagnostic, src: &str) {
         out.push_str(&format!("  = field: {}\n", d.field));
     }
     let line_start = src[..start].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = src[start..].find('\n').map(|i| start + i).unwrap_or(src.len());
+    let line_end = src[start..]
+        .find('\n')
+        .map(|i| start + i)
+        .unwrap_or(src.len());
     let text = src[line_start..line_end].trim_end_matches('\r');
     if !src.is_empty() {
         let number = line.to_string();
         let pad = " ".repeat(number.len());
         let caret_col = src[line_start..start].chars().count();
-        let caret_len = src[start..end.min(line_end).max(start)].chars().count().max(1);
-        let shown: String = text.chars().map(|c| if c == '\t' { ' ' } else { c }).collect();
+        let caret_len = src[start..end.min(line_end).max(start)]
+            .chars()
+            .count()
+            .max(1);
+        let shown: String = text
+            .chars()
+            .map(|c| if c == '\t' { ' ' } else { c })
+            .collect();
         out.push_str(&format!(" {pad} |\n"));
         out.push_str(&format!(" {number} | {shown}\n"));
-        out.push_str(&format!(" {pad} | {}{}\n", " ".repeat(caret_col), "^".repeat(caret_len)));
+        out.push_str(&format!(
+            " {pad} | {}{}\n",
+            " ".repeat(caret_col),
+            "^".repeat(caret_len)
+        ));
     }
     if let Some(h) = &d.hint {
         out.push_str(&format!("  = help: {h}\n"));

@@ -9,10 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
+use modelspec_dsl::ModelSpec;
 use modelspec_dsl::mspec::{parse, print};
 use modelspec_dsl::params::parameters;
 use modelspec_dsl::render::render;
-use modelspec_dsl::ModelSpec;
 
 fn spec_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs")
@@ -29,15 +29,26 @@ fn files(dir: &Path) -> Vec<PathBuf> {
 }
 
 fn stem(p: &Path) -> String {
-    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The shown path of a spec, relative to the repository (stable across machines).
 fn shown(p: &Path) -> String {
-    let dir = p.parent().and_then(|d| d.file_name()).map(|d| d.to_string_lossy().into_owned());
+    let dir = p
+        .parent()
+        .and_then(|d| d.file_name())
+        .map(|d| d.to_string_lossy().into_owned());
     match dir.as_deref() {
-        Some("invalid") => format!("specs/invalid/{}", p.file_name().unwrap_or_default().to_string_lossy()),
-        _ => format!("specs/{}", p.file_name().unwrap_or_default().to_string_lossy()),
+        Some("invalid") => format!(
+            "specs/invalid/{}",
+            p.file_name().unwrap_or_default().to_string_lossy()
+        ),
+        _ => format!(
+            "specs/{}",
+            p.file_name().unwrap_or_default().to_string_lossy()
+        ),
     }
 }
 
@@ -60,7 +71,11 @@ fn load(p: &Path) -> (String, ModelSpec) {
 #[test]
 fn specs_expand_to_their_snapshots() {
     let all = files(&spec_dir());
-    assert!(all.len() >= 19, "expected the real specs in specs/, found {}", all.len());
+    assert!(
+        all.len() >= 19,
+        "expected the real specs in specs/, found {}",
+        all.len()
+    );
     for p in all {
         let (_, spec) = load(&p);
         let yaml = serde_norway::to_string(&spec).expect("the IR serialises");
@@ -74,12 +89,18 @@ fn specs_have_their_published_parameter_counts() {
     for p in files(&spec_dir()) {
         let (src, spec) = load(&p);
         let Some(expected) = header_params(&src) else {
-            wrong.push(format!("{}: no `# params: N` line in the header", p.display()));
+            wrong.push(format!(
+                "{}: no `# params: N` line in the header",
+                p.display()
+            ));
             continue;
         };
         let total: u64 = parameters(&spec).iter().map(|t| t.numel()).sum();
         if total != expected {
-            wrong.push(format!("{}: params_total {total}, header says {expected}", stem(&p)));
+            wrong.push(format!(
+                "{}: params_total {total}, header says {expected}",
+                stem(&p)
+            ));
         }
     }
     assert!(wrong.is_empty(), "{}", wrong.join("\n"));
@@ -91,8 +112,17 @@ fn specs_round_trip_through_print_and_yaml() {
         let (_, spec) = load(&p);
         let text = print(&spec);
         match parse(&text, "printed.mspec") {
-            Ok(back) => assert_eq!(back, spec, "{}: print → parse differs; printed:\n{text}", stem(&p)),
-            Err(d) => panic!("{}: printed text does not parse:\n{}\n{text}", stem(&p), render(&d, &text)),
+            Ok(back) => assert_eq!(
+                back,
+                spec,
+                "{}: print → parse differs; printed:\n{text}",
+                stem(&p)
+            ),
+            Err(d) => panic!(
+                "{}: printed text does not parse:\n{}\n{text}",
+                stem(&p),
+                render(&d, &text)
+            ),
         }
         let yaml = serde_norway::to_string(&spec).expect("the IR serialises");
         let back: ModelSpec = serde_norway::from_str(&yaml).expect("the YAML reads back");
@@ -103,7 +133,11 @@ fn specs_round_trip_through_print_and_yaml() {
 #[test]
 fn invalid_specs_fail_with_their_snapshots() {
     let all = files(&spec_dir().join("invalid"));
-    assert!(all.len() >= 35, "expected at least 35 invalid specs, found {}", all.len());
+    assert!(
+        all.len() >= 35,
+        "expected at least 35 invalid specs, found {}",
+        all.len()
+    );
     let mut accepted = Vec::new();
     for p in all {
         let src = std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
@@ -112,5 +146,139 @@ fn invalid_specs_fail_with_their_snapshots() {
             Err(d) => insta::assert_snapshot!(format!("invalid__{}", stem(&p)), render(&d, &src)),
         }
     }
-    assert!(accepted.is_empty(), "these invalid specs parse without error: {accepted:?}");
+    assert!(
+        accepted.is_empty(),
+        "these invalid specs parse without error: {accepted:?}"
+    );
+}
+
+/// Small specs that exercise every construct of the language; each must parse and round-trip.
+const FEATURES: &[(&str, &str)] = &[
+    (
+        "moe_patterns",
+        "model moe_mix {
+            vocab 1000   d_model 64   layers 8   context 128
+            attention { heads 4 }
+            moe {
+                experts 8  top_k 2  expert swiglu(hidden = 32)
+                shared(count = 2, hidden = 16, gate = true)
+                router topk_softmax
+            }
+            layers[0] { mlp swiglu(hidden = 128) }      # dense first layer
+            layers[every 2 offset 1] { moe.top_k 1 }
+            checkpoint {
+                default full
+                layers[0..2] save(q, k, attn_out)
+                layers[5] recompute(act)
+                budget 24GiB
+            }
+        }",
+    ),
+    (
+        "positions",
+        "model pos_mix {
+            vocab 1000 pad 64   d_model 64   layers 6   context 4096
+            dropout { embedding 0.1  attention 0.05  residual 0 }
+            attention { heads 4  kv_heads 2  scale 0.125  softcap 20 }
+            position rope(theta = 1e4, fraction = 0.5, style = interleaved,
+                          scaling = yarn(factor = 4, original_context = 1024))
+            layers[1] { position alibi }
+            layers[2] { position rope(scaling = longrope(short = [1, 1, 1, 1], long = [2, 2, 2, 2.5],
+                                                         original_context = 1024)) }
+            layers[3] { position none }
+            layers[4] { position rope(scaling = dynamic_ntk(factor = 2, original_context = 1024)) }
+            layers[5] {
+                position rope(scaling = linear(factor = 2))
+                attention { heads 8  kv_heads 8 }
+            }
+            final_norm layer(eps = 1e-6)
+            logits { softcap 30  bias }
+            weights { naming llama  qkv fused  fused_gate_up }
+        }",
+    ),
+    (
+        "norms",
+        "// C++-style comments work too
+        model norm_mix {
+            vocab 1_000   d_model 96   layers 5   context 64
+            norm rms(eps = 1e-6, offset = 1, weight = true)   placement post
+            attention { heads 6  head_dim 32  qk_norm(rms(eps = 1e-6), scope = full)  qkv_bias }
+            mlp relu_squared(hidden = 256)
+            layers[odd] { norm layer(eps = 1e-5)  placement sandwich }
+            layers[1, 4] { mlp geglu(hidden = 200, bias = true) }
+            layers[2..5] { attention.window 16  attention.qk_norm none }
+            final_norm none
+            checkpoint { budget(0.25) }
+        }",
+    ),
+    (
+        "parallel",
+        "model par {
+            vocab 512   d_model 128   layers 3   context 32
+            embedding { scale = 2.5, learned_positions }
+            norm layer  parallel_residual  shared_norm
+            attention { heads 2  kv_heads 1  out_bias }
+            mlp gelu
+            layers[last_is_not_a_selector_so_use_2] { mlp gelu_tanh }
+            checkpoint none
+        }",
+    ),
+];
+
+#[test]
+fn every_construct_parses_and_round_trips() {
+    for (name, src) in FEATURES {
+        let src = src.replace("last_is_not_a_selector_so_use_2", "2");
+        let spec = match parse(&src, name) {
+            Ok(s) => s,
+            Err(d) => panic!("{name}:\n{}", render(&d, &src)),
+        };
+        let text = print(&spec);
+        match parse(&text, "printed.mspec") {
+            Ok(back) => assert_eq!(back, spec, "{name}: printed:\n{text}"),
+            Err(d) => panic!(
+                "{name}: printed text does not parse:\n{}\n{text}",
+                render(&d, &text)
+            ),
+        }
+        insta::assert_snapshot!(format!("print__{name}"), text);
+    }
+}
+
+#[test]
+fn rules_resolve_per_layer() {
+    let (_, gemma3) = load(&spec_dir().join("gemma-3-1b.mspec"));
+    let global: Vec<u64> = gemma3
+        .layers
+        .iter()
+        .filter(|l| l.attention.window.is_none())
+        .map(|l| l.index)
+        .collect();
+    assert_eq!(global, [5, 11, 17, 23]);
+    for l in &gemma3.layers {
+        let modelspec_dsl::ir::Position::Rope(r) = &l.position else {
+            panic!("rope expected")
+        };
+        let want = if global.contains(&l.index) { 1e6 } else { 1e4 };
+        assert_eq!(r.theta, want, "layer {}", l.index);
+        assert_eq!(r.rotary_dims, 256);
+    }
+    let (_, gemma2) = load(&spec_dir().join("gemma-2-2b.mspec"));
+    for l in &gemma2.layers {
+        let want = (l.index % 2 == 0).then_some(4096);
+        assert_eq!(l.attention.window, want, "layer {}", l.index);
+    }
+}
+
+#[test]
+fn truncated_specs_never_panic() {
+    for p in files(&spec_dir()) {
+        let src = std::fs::read_to_string(&p).unwrap_or_default();
+        for end in (0..src.len()).filter(|i| src.is_char_boundary(*i)) {
+            if let Err(d) = parse(&src[..end], "cut.mspec") {
+                assert!(!d.is_empty());
+                let _ = render(&d, &src[..end]);
+            }
+        }
+    }
 }

@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use modelspec_dsl::mspec::{parse, print};
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(src) = std::str::from_utf8(data) else { return };
+    let Ok(src) = std::str::from_utf8(data) else {
+        return;
+    };
     match parse(src, "fuzz.mspec") {
         Ok(spec) => {
             let text = print(&spec);

@@ -58,7 +58,6 @@ use crate::check::{MAX_LAYERS, did_you_mean};
 use crate::diag::{Diagnostic, Issue};
 use crate::ir::*;
 
-
 // ---------------------------------------------------------------------------------------------
 // Written settings: what the user wrote, before defaults.
 
@@ -364,9 +363,11 @@ impl Provenance {
             }
             match (e.rule, layer) {
                 (None, _) => Some(e.span.clone()),
-                (Some(r), Some(l)) => {
-                    self.rule_layers.get(r).filter(|ls| ls.contains(&l)).map(|_| e.span.clone())
-                }
+                (Some(r), Some(l)) => self
+                    .rule_layers
+                    .get(r)
+                    .filter(|ls| ls.contains(&l))
+                    .map(|_| e.span.clone()),
                 (Some(_), None) => None,
             }
         })
@@ -387,7 +388,9 @@ struct Num {
 }
 
 fn parse_number(text: &str) -> Option<Num> {
-    let split = text.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len();
+    let split = text
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .len();
     let (digits, unit) = text.split_at(split);
     let clean: String = digits.chars().filter(|c| *c != '_').collect();
     let negative = clean.starts_with('-');
@@ -401,7 +404,13 @@ fn parse_number(text: &str) -> Option<Num> {
     } else {
         (None, false)
     };
-    Some(Num { value, int, negative, unit: unit.to_string(), too_large })
+    Some(Num {
+        value,
+        int,
+        negative,
+        unit: unit.to_string(),
+        too_large,
+    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -429,6 +438,9 @@ struct ModelW {
     base: LayerW,
     rules: Vec<Rule>,
 }
+
+/// Named call arguments: name → (span of `name = value`, the value atoms).
+type Args<'n> = BTreeMap<String, (Span, Vec<&'n Node>)>;
 
 struct Reader<'a> {
     file: &'a str,
@@ -518,8 +530,15 @@ const ATTN_KEYS: &[&str] = &[
     "heads", "kv_heads", "head_dim", "qkv_bias", "out_bias", "bias", "qk_norm", "softcap", "scale",
     "window",
 ];
-const MOE_KEYS: &[&str] =
-    &["experts", "top_k", "expert", "router", "renormalize", "shared", "aux_loss"];
+const MOE_KEYS: &[&str] = &[
+    "experts",
+    "top_k",
+    "expert",
+    "router",
+    "renormalize",
+    "shared",
+    "aux_loss",
+];
 const EMBED_KEYS: &[&str] = &["tied", "scale", "learned_positions"];
 const LOGITS_KEYS: &[&str] = &["softcap", "bias"];
 const WEIGHTS_KEYS: &[&str] = &["naming", "qkv", "fused_gate_up"];
@@ -527,14 +546,30 @@ const DROPOUT_KEYS: &[&str] = &["embedding", "attention", "residual"];
 const CKPT_KEYS: &[&str] = &["default", "layers", "budget"];
 /// Keys that may be written as a call: `qk_norm(rms(), scope = full)`, `budget(0.5)`, `shared(...)`.
 const CALL_KEYS: &[&str] = &["qk_norm", "budget", "shared"];
-const MLP_KINDS: &[&str] = &["gelu", "gelu_tanh", "relu_squared", "swiglu", "geglu", "geglu_tanh"];
+const MLP_KINDS: &[&str] = &[
+    "gelu",
+    "gelu_tanh",
+    "relu_squared",
+    "swiglu",
+    "geglu",
+    "geglu_tanh",
+];
 
 /// Whether `word` is a key in any scope (so a value reader must not swallow it).
 fn is_any_key(word: &str) -> bool {
     let head = word.split('.').next().unwrap_or(word);
-    [MODEL_KEYS, ATTN_KEYS, MOE_KEYS, EMBED_KEYS, LOGITS_KEYS, WEIGHTS_KEYS, DROPOUT_KEYS, CKPT_KEYS]
-        .iter()
-        .any(|keys| keys.contains(&head))
+    [
+        MODEL_KEYS,
+        ATTN_KEYS,
+        MOE_KEYS,
+        EMBED_KEYS,
+        LOGITS_KEYS,
+        WEIGHTS_KEYS,
+        DROPOUT_KEYS,
+        CKPT_KEYS,
+    ]
+    .iter()
+    .any(|keys| keys.contains(&head))
 }
 
 /// The IR field path as the user writes it in `.mspec` (`block.placement` → `placement`,
@@ -577,11 +612,21 @@ impl<'a> Reader<'a> {
         } else {
             message
         };
-        self.diags.push(Diagnostic { file: self.file.to_string(), span, field: user, message, hint });
+        self.diags.push(Diagnostic {
+            file: self.file.to_string(),
+            span,
+            field: user,
+            message,
+            hint,
+        });
     }
 
     fn record(&mut self, field: &str, span: Span) {
-        self.prov.push(ProvEntry { field: field.to_string(), rule: self.rule, span });
+        self.prov.push(ProvEntry {
+            field: field.to_string(),
+            rule: self.rule,
+            span,
+        });
     }
 
     /// Marks `path` as written in the current scope; reports a duplicate.
@@ -592,7 +637,9 @@ impl<'a> Reader<'a> {
                 span.clone(),
                 path,
                 format!("duplicate key `{path}`"),
-                Some(format!("`{path}` is first set at line {line}, column {col}; keep one of them")),
+                Some(format!(
+                    "`{path}` is first set at line {line}, column {col}; keep one of them"
+                )),
             );
         } else {
             self.seen.insert(path.to_string(), span.clone());
@@ -604,7 +651,12 @@ impl<'a> Reader<'a> {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!("known keys here: {}", keys.join(", ")),
         };
-        self.error(span, key, format!("unknown key `{key}` in {scope}"), Some(hint));
+        self.error(
+            span,
+            key,
+            format!("unknown key `{key}` in {scope}"),
+            Some(hint),
+        );
     }
 
     /// Skips the value atoms of an unknown key (anything up to the next identifier).
@@ -615,7 +667,10 @@ impl<'a> Reader<'a> {
                 break;
             }
             cur.next();
-            if matches!(n.kind, NodeKind::Block(_) | NodeKind::Call { .. } | NodeKind::Comma) {
+            if matches!(
+                n.kind,
+                NodeKind::Block(_) | NodeKind::Call { .. } | NodeKind::Comma
+            ) {
                 break;
             }
         }
@@ -626,20 +681,42 @@ impl<'a> Reader<'a> {
             Some(n) => (n.span.clone(), n.describe()),
             None => (cur.end.clone(), "the end of the block".to_string()),
         };
-        let span = if span == cur.end { key_span.clone() } else { span };
-        self.error(span, field, format!("`{field}` expects {what}, found {found}"), None);
+        let span = if span == cur.end {
+            key_span.clone()
+        } else {
+            span
+        };
+        self.error(
+            span,
+            field,
+            format!("`{field}` expects {what}, found {found}"),
+            None,
+        );
     }
 
     /// Reads a number value (after an optional `=`).
-    fn number(&mut self, cur: &mut Cursor<'_>, key_span: &Span, field: &str) -> Option<(Num, Span)> {
+    fn number(
+        &mut self,
+        cur: &mut Cursor<'_>,
+        key_span: &Span,
+        field: &str,
+    ) -> Option<(Num, Span)> {
         cur.eat_eq();
         match cur.peek() {
-            Some(Node { kind: NodeKind::Number(text), span }) => {
+            Some(Node {
+                kind: NodeKind::Number(text),
+                span,
+            }) => {
                 cur.next();
                 match parse_number(text) {
                     Some(n) => Some((n, span.clone())),
                     None => {
-                        self.error(span.clone(), field, format!("`{text}` is not a number"), None);
+                        self.error(
+                            span.clone(),
+                            field,
+                            format!("`{text}` is not a number"),
+                            None,
+                        );
                         None
                     }
                 }
@@ -679,10 +756,10 @@ impl<'a> Reader<'a> {
     fn uint(&mut self, cur: &mut Cursor<'_>, key_span: &Span, field: &str) -> Option<u64> {
         let (n, span) = self.number(cur, key_span, field)?;
         self.record(field, key_span.start..span.end);
-        self.to_uint(&n, &span, field)
+        self.as_uint(&n, &span, field)
     }
 
-    fn to_uint(&mut self, n: &Num, span: &Span, field: &str) -> Option<u64> {
+    fn as_uint(&mut self, n: &Num, span: &Span, field: &str) -> Option<u64> {
         if !self.no_unit(n, span, field) {
             return None;
         }
@@ -699,7 +776,12 @@ impl<'a> Reader<'a> {
             return Some(v);
         }
         if n.negative {
-            self.error(span.clone(), field, format!("`{field}` must not be negative"), None);
+            self.error(
+                span.clone(),
+                field,
+                format!("`{field}` must not be negative"),
+                None,
+            );
             return None;
         }
         if n.value.fract() == 0.0 && n.value < 9.007_199_254_740_992e15 {
@@ -728,7 +810,10 @@ impl<'a> Reader<'a> {
     fn flag(&mut self, cur: &mut Cursor<'_>, key_span: &Span, field: &str) -> Option<bool> {
         let had_eq = cur.eat_eq();
         let value = match cur.peek() {
-            Some(Node { kind: NodeKind::Ident(w), span }) if w == "true" || w == "false" => {
+            Some(Node {
+                kind: NodeKind::Ident(w),
+                span,
+            }) if w == "true" || w == "false" => {
                 cur.next();
                 self.record(field, key_span.start..span.end);
                 return Some(w == "true");
@@ -755,13 +840,21 @@ impl<'a> Reader<'a> {
         cur.eat_eq();
         let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
         match cur.peek() {
-            Some(Node { kind: NodeKind::Ident(w), span }) => {
+            Some(Node {
+                kind: NodeKind::Ident(w),
+                span,
+            }) => {
                 cur.next();
                 self.record(field, key_span.start..span.end);
                 self.choose(w, span, field, choices, &names)
             }
             _ => {
-                self.missing(cur, key_span, field, &format!("one of {}", names.join(", ")));
+                self.missing(
+                    cur,
+                    key_span,
+                    field,
+                    &format!("one of {}", names.join(", ")),
+                );
                 None
             }
         }
@@ -782,7 +875,12 @@ impl<'a> Reader<'a> {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!("expected one of {}", names.join(", ")),
         };
-        self.error(span.clone(), field, format!("unknown value `{w}` for `{field}`"), Some(hint));
+        self.error(
+            span.clone(),
+            field,
+            format!("unknown value `{w}` for `{field}`"),
+            Some(hint),
+        );
         None
     }
 
@@ -794,8 +892,8 @@ impl<'a> Reader<'a> {
         end: &Span,
         allowed: &[&str],
         positional: bool,
-    ) -> (BTreeMap<String, (Span, Vec<&'n Node>)>, Vec<&'n Node>) {
-        let mut out: BTreeMap<String, (Span, Vec<&'n Node>)> = BTreeMap::new();
+    ) -> (Args<'n>, Vec<&'n Node>) {
+        let mut out: Args<'n> = BTreeMap::new();
         let mut pos = Vec::new();
         let mut cur = Cursor::new(args, end.clone());
         while cur.peek().is_some() {
@@ -819,7 +917,10 @@ impl<'a> Reader<'a> {
                     self.error(
                         n.span.clone(),
                         name,
-                        format!("expected `key = value` in `{name}(...)`, found {}", n.describe()),
+                        format!(
+                            "expected `key = value` in `{name}(...)`, found {}",
+                            n.describe()
+                        ),
                         Some(format!("arguments of `{name}`: {}", allowed.join(", "))),
                     );
                     continue;
@@ -832,7 +933,10 @@ impl<'a> Reader<'a> {
                     break;
                 }
                 if matches!(v.kind, NodeKind::Ident(_))
-                    && matches!(cur.nodes.get(cur.pos + 1).map(|n| &n.kind), Some(NodeKind::Eq))
+                    && matches!(
+                        cur.nodes.get(cur.pos + 1).map(|n| &n.kind),
+                        Some(NodeKind::Eq)
+                    )
                 {
                     break;
                 }
@@ -871,7 +975,9 @@ impl<'a> Reader<'a> {
             span.clone(),
             key,
             format!("duplicate argument `{key}` of `{name}`"),
-            Some(format!("`{key}` is first given at line {line}, column {col}; keep one of them")),
+            Some(format!(
+                "`{key}` is first given at line {line}, column {col}; keep one of them"
+            )),
         );
     }
 
@@ -887,7 +993,10 @@ impl<'a> Reader<'a> {
                 self.error(
                     second.span.clone(),
                     key,
-                    format!("unexpected {} after the value of `{key}`", second.describe()),
+                    format!(
+                        "unexpected {} after the value of `{key}`",
+                        second.describe()
+                    ),
                     Some("separate arguments with `,`".into()),
                 );
                 None
@@ -920,7 +1029,7 @@ impl<'a> Reader<'a> {
         let n = self.arg_single(field, span, vals)?;
         match &n.kind {
             NodeKind::Number(t) => match parse_number(t) {
-                Some(num) => self.to_uint(&num, &n.span, field),
+                Some(num) => self.as_uint(&num, &n.span, field),
                 None => None,
             },
             _ => {
@@ -948,7 +1057,10 @@ impl<'a> Reader<'a> {
                 self.error(
                     n.span.clone(),
                     field,
-                    format!("`{field}` expects `true` or `false`, found {}", n.describe()),
+                    format!(
+                        "`{field}` expects `true` or `false`, found {}",
+                        n.describe()
+                    ),
                     None,
                 );
                 None
@@ -972,7 +1084,11 @@ impl<'a> Reader<'a> {
                 self.error(
                     n.span.clone(),
                     field,
-                    format!("`{field}` expects one of {}, found {}", names.join(", "), n.describe()),
+                    format!(
+                        "`{field}` expects one of {}, found {}",
+                        names.join(", "),
+                        n.describe()
+                    ),
                     None,
                 );
                 None
@@ -987,7 +1103,10 @@ impl<'a> Reader<'a> {
             self.error(
                 n.span.clone(),
                 field,
-                format!("`{field}` expects a list `[a, b, ...]`, found {}", n.describe()),
+                format!(
+                    "`{field}` expects a list `[a, b, ...]`, found {}",
+                    n.describe()
+                ),
                 None,
             );
             return None;
@@ -1000,7 +1119,12 @@ impl<'a> Reader<'a> {
                 NodeKind::Number(t) => match parse_number(t) {
                     Some(num) if num.unit.is_empty() => out.push(num.value),
                     _ => {
-                        self.error(item.span.clone(), field, format!("`{t}` is not a number"), None);
+                        self.error(
+                            item.span.clone(),
+                            field,
+                            format!("`{t}` is not a number"),
+                            None,
+                        );
                         ok = false;
                     }
                 },
@@ -1024,12 +1148,19 @@ impl<'a> Reader<'a> {
     fn norm_value(&mut self, n: &Node, field: &str) -> Option<NormW> {
         let (name, name_span, args): (&str, &Span, &[Node]) = match &n.kind {
             NodeKind::Ident(w) => (w, &n.span, &[]),
-            NodeKind::Call { name, name_span, args } => (name, name_span, args),
+            NodeKind::Call {
+                name,
+                name_span,
+                args,
+            } => (name, name_span, args),
             _ => {
                 self.error(
                     n.span.clone(),
                     field,
-                    format!("`{field}` expects `rms(...)` or `layer(...)`, found {}", n.describe()),
+                    format!(
+                        "`{field}` expects `rms(...)` or `layer(...)`, found {}",
+                        n.describe()
+                    ),
                     None,
                 );
                 return None;
@@ -1038,9 +1169,17 @@ impl<'a> Reader<'a> {
         self.record(field, n.span.clone());
         let kinds = [("rms", NormKind::Rms), ("layer", NormKind::Layer)];
         let kind = self.choose(name, name_span, field, &kinds, &["rms", "layer"])?;
-        let (args, _) =
-            self.call_args(name, args, &n.span, &["eps", "offset", "weight", "bias"], false);
-        let mut w = NormW { kind: Some(kind), ..Default::default() };
+        let (args, _) = self.call_args(
+            name,
+            args,
+            &n.span,
+            &["eps", "offset", "weight", "bias"],
+            false,
+        );
+        let mut w = NormW {
+            kind: Some(kind),
+            ..Default::default()
+        };
         for (k, (span, vals)) in &args {
             let f = format!("{field}.{k}");
             match k.as_str() {
@@ -1139,7 +1278,9 @@ impl<'a> Reader<'a> {
             let n = cur.next()?;
             match &n.kind {
                 NodeKind::Ident(k) => return Some((k.clone(), n.span.clone())),
-                NodeKind::Call { name, name_span, .. } if CALL_KEYS.contains(&name.as_str()) => {
+                NodeKind::Call {
+                    name, name_span, ..
+                } if CALL_KEYS.contains(&name.as_str()) => {
                     self.call_key = Some(n.clone());
                     return Some((name.clone(), name_span.clone()));
                 }
@@ -1173,7 +1314,10 @@ impl<'a> Reader<'a> {
             return;
         }
         match cur.peek() {
-            Some(Node { kind: NodeKind::Block(inner), span: bspan }) => {
+            Some(Node {
+                kind: NodeKind::Block(inner),
+                span: bspan,
+            }) => {
                 cur.next();
                 let mut inner_cur = Cursor::new(inner, bspan.end - 1..bspan.end);
                 while let Some((k, kspan)) = self.next_key(&mut inner_cur) {
@@ -1241,9 +1385,10 @@ impl<'a> Reader<'a> {
             ("embedding", _) => {
                 cur.eat_eq();
                 match cur.peek() {
-                    Some(Node { kind: NodeKind::Call { name, args, .. }, span: cspan })
-                        if name == "sqrt" =>
-                    {
+                    Some(Node {
+                        kind: NodeKind::Call { name, args, .. },
+                        span: cspan,
+                    }) if name == "sqrt" => {
                         cur.next();
                         self.record(&field, span.start..cspan.end);
                         if let [a] = args.as_slice()
@@ -1308,7 +1453,10 @@ impl<'a> Reader<'a> {
             "attention" => match rest {
                 Some(sub) => self.attn_entry(sub, span, cur, &mut w.attn),
                 None => match cur.peek() {
-                    Some(Node { kind: NodeKind::Block(inner), span: bspan }) => {
+                    Some(Node {
+                        kind: NodeKind::Block(inner),
+                        span: bspan,
+                    }) => {
                         cur.next();
                         self.record("attention", span.clone());
                         let mut ic = Cursor::new(inner, bspan.end - 1..bspan.end);
@@ -1327,7 +1475,10 @@ impl<'a> Reader<'a> {
                 match rest {
                     Some(sub) => self.moe_entry(sub, span, cur, &mut moe),
                     None => match cur.peek() {
-                        Some(Node { kind: NodeKind::Block(inner), span: bspan }) => {
+                        Some(Node {
+                            kind: NodeKind::Block(inner),
+                            span: bspan,
+                        }) => {
                             cur.next();
                             self.mark("ffn", span);
                             self.record("ffn", span.clone());
@@ -1380,7 +1531,9 @@ impl<'a> Reader<'a> {
                             w.pos = Some(p);
                         }
                     }
-                    None => self.missing(cur, span, "position", "rope(...), learned, alibi or none"),
+                    None => {
+                        self.missing(cur, span, "position", "rope(...), learned, alibi or none")
+                    }
                 }
             }
             "mlp" => {
@@ -1492,15 +1645,17 @@ impl<'a> Reader<'a> {
                     }
                     if let Some((sspan, vals)) = named.get("scope") {
                         let choices = [("head", QkNormScope::Head), ("full", QkNormScope::Full)];
-                        qk.scope =
-                            self.arg_word("attention.qk_norm.scope", sspan, vals, &choices);
+                        qk.scope = self.arg_word("attention.qk_norm.scope", sspan, vals, &choices);
                     }
                     a.qk_norm = Some(Some(qk));
                     return;
                 }
                 if let Some(nw) = self.norm_value(n, "attention.qk_norm.norm") {
                     self.record(&field, span.start..n.span.end);
-                    a.qk_norm = Some(Some(QkW { norm: nw, scope: None }));
+                    a.qk_norm = Some(Some(QkW {
+                        norm: nw,
+                        scope: None,
+                    }));
                 }
             }
         }
@@ -1511,22 +1666,40 @@ impl<'a> Reader<'a> {
         self.record("position", n.span.clone());
         let (name, name_span, args): (&str, &Span, &[Node]) = match &n.kind {
             NodeKind::Ident(w) => (w, &n.span, &[]),
-            NodeKind::Call { name, name_span, args } => (name, name_span, args),
+            NodeKind::Call {
+                name,
+                name_span,
+                args,
+            } => (name, name_span, args),
             _ => {
                 self.error(
                     n.span.clone(),
                     "position",
-                    format!("`position` expects rope(...), learned, alibi or none, found {}", n.describe()),
+                    format!(
+                        "`position` expects rope(...), learned, alibi or none, found {}",
+                        n.describe()
+                    ),
                     None,
                 );
                 return None;
             }
         };
         let kinds = [("rope", 0), ("learned", 1), ("alibi", 2), ("none", 3)];
-        let kind = self.choose(name, name_span, "position", &kinds, &["rope", "learned", "alibi", "none"])?;
+        let kind = self.choose(
+            name,
+            name_span,
+            "position",
+            &kinds,
+            &["rope", "learned", "alibi", "none"],
+        )?;
         if kind != 0 {
             if !args.is_empty() {
-                self.error(n.span.clone(), "position", format!("`{name}` takes no arguments"), None);
+                self.error(
+                    n.span.clone(),
+                    "position",
+                    format!("`{name}` takes no arguments"),
+                    None,
+                );
             }
             return Some(match kind {
                 1 => PosW::Learned,
@@ -1544,8 +1717,10 @@ impl<'a> Reader<'a> {
                 "fraction" => r.fraction = self.arg_real(&f, span, vals),
                 "rotary_dims" => r.rotary_dims = self.arg_uint(&f, span, vals),
                 "style" => {
-                    let choices =
-                        [("half_split", RopeStyle::HalfSplit), ("interleaved", RopeStyle::Interleaved)];
+                    let choices = [
+                        ("half_split", RopeStyle::HalfSplit),
+                        ("interleaved", RopeStyle::Interleaved),
+                    ];
                     r.style = self.arg_word(&f, span, vals, &choices);
                 }
                 _ => {
@@ -1563,25 +1738,50 @@ impl<'a> Reader<'a> {
         let field = "position.scaling";
         let (name, name_span, args): (&str, &Span, &[Node]) = match &n.kind {
             NodeKind::Ident(w) => (w, &n.span, &[]),
-            NodeKind::Call { name, name_span, args } => (name, name_span, args),
+            NodeKind::Call {
+                name,
+                name_span,
+                args,
+            } => (name, name_span, args),
             _ => {
                 self.error(
                     n.span.clone(),
                     field,
-                    format!("`scaling` expects e.g. `linear(factor = 2)`, found {}", n.describe()),
+                    format!(
+                        "`scaling` expects e.g. `linear(factor = 2)`, found {}",
+                        n.describe()
+                    ),
                     None,
                 );
                 return None;
             }
         };
-        let kinds = ["none", "linear", "dynamic_ntk", "yarn", "llama3", "longrope"];
+        let kinds = [
+            "none",
+            "linear",
+            "dynamic_ntk",
+            "yarn",
+            "llama3",
+            "longrope",
+        ];
         let kind = self.choose(name, name_span, field, &kinds.map(|k| (k, k)), &kinds)?;
         let allowed: &[&str] = match kind {
             "none" => &[],
             "linear" => &["factor"],
             "dynamic_ntk" => &["factor", "original_context"],
-            "yarn" => &["factor", "original_context", "beta_fast", "beta_slow", "attention_factor"],
-            "llama3" => &["factor", "low_freq_factor", "high_freq_factor", "original_context"],
+            "yarn" => &[
+                "factor",
+                "original_context",
+                "beta_fast",
+                "beta_slow",
+                "attention_factor",
+            ],
+            "llama3" => &[
+                "factor",
+                "low_freq_factor",
+                "high_freq_factor",
+                "original_context",
+            ],
             _ => &["short", "long", "original_context", "attention_factor"],
         };
         let (named, _) = self.call_args(kind, args, &n.span, allowed, false);
@@ -1606,7 +1806,11 @@ impl<'a> Reader<'a> {
                     }
                 }
                 other => {
-                    let key = allowed.iter().find(|a| **a == other).copied().unwrap_or("factor");
+                    let key = allowed
+                        .iter()
+                        .find(|a| **a == other)
+                        .copied()
+                        .unwrap_or("factor");
                     match self.arg_real(&f, span, vals) {
                         Some(v) => {
                             reals.insert(key, v);
@@ -1637,7 +1841,9 @@ impl<'a> Reader<'a> {
                 if !required("factor", factor.is_some()) {
                     return None;
                 }
-                RopeScaling::Linear { factor: factor.unwrap_or(1.0) }
+                RopeScaling::Linear {
+                    factor: factor.unwrap_or(1.0),
+                }
             }
             "dynamic_ntk" | "yarn" | "llama3" => {
                 let has_f = required("factor", factor.is_some());
@@ -1647,7 +1853,10 @@ impl<'a> Reader<'a> {
                 }
                 let (factor, original_context) = (factor.unwrap_or(1.0), original.unwrap_or(1));
                 match kind {
-                    "dynamic_ntk" => RopeScaling::DynamicNtk { factor, original_context },
+                    "dynamic_ntk" => RopeScaling::DynamicNtk {
+                        factor,
+                        original_context,
+                    },
                     "yarn" => RopeScaling::Yarn {
                         factor,
                         original_context,
@@ -1685,7 +1894,10 @@ impl<'a> Reader<'a> {
                 });
             }
         };
-        Some(ScalingW { scaling, longrope_default_attention: false })
+        Some(ScalingW {
+            scaling,
+            longrope_default_attention: false,
+        })
     }
 
     /// `swiglu(hidden = 11008, bias = false)` or a bare kind.
@@ -1693,22 +1905,35 @@ impl<'a> Reader<'a> {
         self.record(field, n.span.clone());
         let (name, name_span, args): (&str, &Span, &[Node]) = match &n.kind {
             NodeKind::Ident(w) => (w, &n.span, &[]),
-            NodeKind::Call { name, name_span, args } => (name, name_span, args),
+            NodeKind::Call {
+                name,
+                name_span,
+                args,
+            } => (name, name_span, args),
             _ => {
                 self.error(
                     n.span.clone(),
                     field,
-                    format!("expected an MLP kind such as `swiglu(hidden = 11008)`, found {}", n.describe()),
+                    format!(
+                        "expected an MLP kind such as `swiglu(hidden = 11008)`, found {}",
+                        n.describe()
+                    ),
                     None,
                 );
                 return None;
             }
         };
-        let kinds: Vec<(&str, MlpKind)> =
-            MLP_KINDS.iter().filter_map(|k| mlp_kind(k).map(|v| (*k, v))).collect();
+        let kinds: Vec<(&str, MlpKind)> = MLP_KINDS
+            .iter()
+            .filter_map(|k| mlp_kind(k).map(|v| (*k, v)))
+            .collect();
         let kind = self.choose(name, name_span, field, &kinds, MLP_KINDS)?;
         let (named, _) = self.call_args(name, args, &n.span, &["hidden", "bias"], false);
-        let mut m = MlpW { kind, hidden: None, bias: None };
+        let mut m = MlpW {
+            kind,
+            hidden: None,
+            bias: None,
+        };
         for (k, (span, vals)) in &named {
             let f = format!("{field}.{k}");
             if k == "hidden" {
@@ -1803,7 +2028,11 @@ impl<'a> Reader<'a> {
         self.record("checkpoint", n.span.clone());
         let (name, name_span, args): (&str, &Span, Option<&[Node]>) = match &n.kind {
             NodeKind::Ident(w) => (w, &n.span, None),
-            NodeKind::Call { name, name_span, args } => (name, name_span, Some(args)),
+            NodeKind::Call {
+                name,
+                name_span,
+                args,
+            } => (name, name_span, Some(args)),
             _ => {
                 self.error(
                     n.span.clone(),
@@ -1815,7 +2044,13 @@ impl<'a> Reader<'a> {
             }
         };
         let names = ["none", "full", "auto", "save", "recompute"];
-        let kind = self.choose(name, name_span, "checkpoint", &names.map(|k| (k, k)), &names)?;
+        let kind = self.choose(
+            name,
+            name_span,
+            "checkpoint",
+            &names.map(|k| (k, k)),
+            &names,
+        )?;
         match (kind, args) {
             ("none", None) => Some(LayerCheckpoint::None),
             ("full", None) => Some(LayerCheckpoint::Full),
@@ -1850,7 +2085,12 @@ impl<'a> Reader<'a> {
                 None
             }
             _ => {
-                self.error(n.span.clone(), "checkpoint", format!("`{kind}` takes no arguments"), None);
+                self.error(
+                    n.span.clone(),
+                    "checkpoint",
+                    format!("`{kind}` takes no arguments"),
+                    None,
+                );
                 None
             }
         }
@@ -1881,7 +2121,11 @@ impl<'a> Reader<'a> {
                     }
                 }
                 "layers" => {
-                    let Some(Node { kind: NodeKind::List(items), span: lspan }) = ic.peek() else {
+                    let Some(Node {
+                        kind: NodeKind::List(items),
+                        span: lspan,
+                    }) = ic.peek()
+                    else {
                         self.missing(&ic, &kspan, "checkpoint.layers", "a selector `[...]`");
                         continue;
                     };
@@ -1905,7 +2149,10 @@ impl<'a> Reader<'a> {
                     self.mark("checkpoint.budget", &kspan);
                     // `budget(0.5)`, as the CLI's --checkpoint takes it, or `budget 0.5`.
                     match self.call_key.take() {
-                        Some(Node { kind: NodeKind::Call { args, .. }, span: cspan }) => {
+                        Some(Node {
+                            kind: NodeKind::Call { args, .. },
+                            span: cspan,
+                        }) => {
                             let mut inner_cur = Cursor::new(&args, cspan.clone());
                             m.budget = self.budget(&mut inner_cur, &cspan);
                             if let Some(extra) = inner_cur.peek() {
@@ -1984,7 +2231,11 @@ impl<'a> Reader<'a> {
 
     /// `layers[SEL] { ... }` at model level.
     fn rule(&mut self, cur: &mut Cursor<'_>, key_span: &Span, m: &mut ModelW) {
-        let Some(Node { kind: NodeKind::List(items), span: lspan }) = cur.next() else {
+        let Some(Node {
+            kind: NodeKind::List(items),
+            span: lspan,
+        }) = cur.next()
+        else {
             return;
         };
         let sel = self.selector(items, lspan);
@@ -1993,7 +2244,10 @@ impl<'a> Reader<'a> {
         let saved_seen = std::mem::take(&mut self.seen);
         let mut delta = LayerW::default();
         match cur.peek() {
-            Some(Node { kind: NodeKind::Block(inner), span: bspan }) => {
+            Some(Node {
+                kind: NodeKind::Block(inner),
+                span: bspan,
+            }) => {
                 cur.next();
                 let mut ic = Cursor::new(inner, bspan.end - 1..bspan.end);
                 while let Some((k, kspan)) = self.next_key(&mut ic) {
@@ -2013,11 +2267,20 @@ impl<'a> Reader<'a> {
                     }
                 }
             }
-            _ => self.missing(cur, key_span, "layers", "a `{ ... }` block after the selector"),
+            _ => self.missing(
+                cur,
+                key_span,
+                "layers",
+                "a `{ ... }` block after the selector",
+            ),
         }
         self.seen = saved_seen;
         self.rule = saved_rule;
-        m.rules.push(Rule { items: sel.unwrap_or_default(), span: key_span.start..lspan.end, delta });
+        m.rules.push(Rule {
+            items: sel.unwrap_or_default(),
+            span: key_span.start..lspan.end,
+            delta,
+        });
     }
 
     fn selector(&mut self, items: &[Node], span: &Span) -> Option<Vec<SelItem>> {
@@ -2030,7 +2293,7 @@ impl<'a> Reader<'a> {
             let Some(n) = cur.next() else { break };
             match &n.kind {
                 NodeKind::Number(t) => match parse_number(t) {
-                    Some(num) => match self.to_uint(&num, &n.span, field) {
+                    Some(num) => match self.as_uint(&num, &n.span, field) {
                         Some(i) => out.push(SelItem::Index(i)),
                         None => ok = false,
                     },
@@ -2064,7 +2327,12 @@ impl<'a> Reader<'a> {
                     }
                     match (step, offset) {
                         (Some(0), _) => {
-                            self.error(n.span.clone(), field, "`every 0` selects nothing".into(), Some("the step must be at least 1".into()));
+                            self.error(
+                                n.span.clone(),
+                                field,
+                                "`every 0` selects nothing".into(),
+                                Some("the step must be at least 1".into()),
+                            );
                             ok = false;
                         }
                         (Some(step), Some(offset)) => out.push(SelItem::Every { step, offset }),
@@ -2087,7 +2355,12 @@ impl<'a> Reader<'a> {
             }
         }
         if out.is_empty() && ok {
-            self.error(span.clone(), field, "empty layer selector".into(), Some("e.g. `layers[0..4]`".into()));
+            self.error(
+                span.clone(),
+                field,
+                "empty layer selector".into(),
+                Some("e.g. `layers[0..4]`".into()),
+            );
             ok = false;
         }
         ok.then_some(out)
@@ -2140,15 +2413,22 @@ struct Issues(Vec<Issue>);
 
 impl Issues {
     fn push(&mut self, field: &str, layer: Option<u64>, message: String, hint: Option<String>) {
-        if let Some(existing) =
-            self.0.iter_mut().find(|i| i.field == field && i.message == message)
+        if let Some(existing) = self
+            .0
+            .iter_mut()
+            .find(|i| i.field == field && i.message == message)
         {
             if let Some(l) = layer {
                 existing.layers.push(l);
             }
             return;
         }
-        self.0.push(Issue { field: field.to_string(), layers: layer.into_iter().collect(), message, hint });
+        self.0.push(Issue {
+            field: field.to_string(),
+            layers: layer.into_iter().collect(),
+            message,
+            hint,
+        });
     }
 }
 
@@ -2165,8 +2445,12 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
     };
     let end = src.len().saturating_sub(1)..src.len();
     let m = r.model_body(&file.body, end);
-    let mut prov =
-        Provenance { header: file.header_span.clone(), n_layers: 0, entries: r.prov.clone(), rule_layers: Vec::new() };
+    let mut prov = Provenance {
+        header: file.header_span.clone(),
+        n_layers: 0,
+        entries: r.prov.clone(),
+        rule_layers: Vec::new(),
+    };
 
     let missing = |what: &str, field: &str, v: Option<u64>, r: &mut Reader<'_>| {
         if v.is_none() && !r.prov.iter().any(|e| e.field == field) {
@@ -2210,7 +2494,12 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
                     } else {
                         format!("the model has layers 0..{n}")
                     };
-                    r.error(rule.span.clone(), "layers", "this rule matches no layer".into(), Some(hint));
+                    r.error(
+                        rule.span.clone(),
+                        "layers",
+                        "this rule matches no layer".into(),
+                        Some(hint),
+                    );
                     rule_layers.push(ls);
                 }
                 Ok(ls) => rule_layers.push(ls),
@@ -2229,7 +2518,8 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
     if !r.diags.is_empty() {
         return Err(LowerError::Diagnostics(r.diags));
     }
-    let (Some(vocab), Some(d_model), Some(n_layers), Some(context)) = (vocab, d_model, n_layers, context)
+    let (Some(vocab), Some(d_model), Some(n_layers), Some(context)) =
+        (vocab, d_model, n_layers, context)
     else {
         return Err(LowerError::Diagnostics(r.diags));
     };
@@ -2244,7 +2534,12 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
         match vocab.div_ceil(pad).checked_mul(pad) {
             Some(v) => v,
             None => {
-                issues.push("vocab_padded", None, "vocab rounded up to the pad multiple overflows u64".into(), None);
+                issues.push(
+                    "vocab_padded",
+                    None,
+                    "vocab rounded up to the pad multiple overflows u64".into(),
+                    None,
+                );
                 vocab
             }
         }
@@ -2266,7 +2561,9 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
     if !issues.0.is_empty() {
         return Err(LowerError::Issues(issues.0, prov));
     }
-    let any_learned = layers.iter().any(|l| matches!(l.position, Position::Learned));
+    let any_learned = layers
+        .iter()
+        .any(|l| matches!(l.position, Position::Learned));
     let (scale, scale_expr) = match m.scale {
         Some((_, ScaleExpr::SqrtDModel)) => ((d_model as f64).sqrt(), ScaleExpr::SqrtDModel),
         Some((v, e)) => (v, e),
@@ -2296,20 +2593,29 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
             Some(Some(w)) => Some(w.resolve()),
             None => Some(base_norm),
         },
-        logits: Logits { softcap: m.logits_softcap.flatten(), bias: m.logits_bias.unwrap_or(false) },
+        logits: Logits {
+            softcap: m.logits_softcap.flatten(),
+            bias: m.logits_bias.unwrap_or(false),
+        },
         weights: WeightLayout {
             naming: m.naming.unwrap_or(Naming::Llama),
             qkv: m.qkv.unwrap_or(QkvLayout::Separate),
             fused_gate_up: m.fused_gate_up.unwrap_or(false),
         },
-        checkpoint: CheckpointGlobal { budget: m.budget.flatten() },
+        checkpoint: CheckpointGlobal {
+            budget: m.budget.flatten(),
+        },
         layers,
     };
     Ok((spec, prov))
 }
 
 fn prov_span(entries: &[ProvEntry], field: &str) -> Option<Span> {
-    entries.iter().rev().find(|e| e.field == field).map(|e| e.span.clone())
+    entries
+        .iter()
+        .rev()
+        .find(|e| e.field == field)
+        .map(|e| e.span.clone())
 }
 
 /// Why lowering failed.
@@ -2339,12 +2645,15 @@ fn resolve_layer(i: u64, w: &LayerW, d_model: u64, context: u64, issues: &mut Is
     let head_dim = match a.head_dim {
         Some(hd) => hd,
         None if heads == 0 => 0,
-        None if d_model % heads != 0 => {
+        None if !d_model.is_multiple_of(heads) => {
             issues.push(
                 "attention.heads",
                 Some(i),
                 format!("d_model ({d_model}) is not divisible by attention.heads ({heads})"),
-                Some("set `attention.head_dim` explicitly, or choose heads that divide d_model".into()),
+                Some(
+                    "set `attention.head_dim` explicitly, or choose heads that divide d_model"
+                        .into(),
+                ),
             );
             1
         }
@@ -2382,7 +2691,11 @@ fn resolve_layer(i: u64, w: &LayerW, d_model: u64, context: u64, issues: &mut Is
                             Some("choose a fraction that gives an even integer, or set `rotary_dims`".into()),
                         );
                     }
-                    if fraction > 0.0 && fraction <= 1.0 { x as u64 } else { head_dim }
+                    if fraction > 0.0 && fraction <= 1.0 {
+                        x as u64
+                    } else {
+                        head_dim
+                    }
                 }
             };
             let scaling = match r.scaling {
@@ -2390,8 +2703,11 @@ fn resolve_layer(i: u64, w: &LayerW, d_model: u64, context: u64, issues: &mut Is
                 Some(s) => {
                     let mut scaling = s.scaling;
                     if s.longrope_default_attention
-                        && let RopeScaling::Longrope { original_context, attention_factor, .. } =
-                            &mut scaling
+                        && let RopeScaling::Longrope {
+                            original_context,
+                            attention_factor,
+                            ..
+                        } = &mut scaling
                     {
                         let ratio = context as f64 / *original_context as f64;
                         *attention_factor = if ratio <= 1.0 || *original_context <= 1 {
@@ -2418,14 +2734,18 @@ fn resolve_layer(i: u64, w: &LayerW, d_model: u64, context: u64, issues: &mut Is
         parallel_residual: w.parallel_residual.unwrap_or(false),
         shared_norm: w.shared_norm.unwrap_or(false),
     };
-    let default_hidden = d_model.checked_mul(4).unwrap_or(u64::MAX);
+    let default_hidden = d_model.saturating_mul(4);
     let mlp = |m: &MlpW| Mlp {
         activation: m.kind,
         hidden: m.hidden.unwrap_or(default_hidden),
         bias: m.bias.unwrap_or(false),
     };
     let ffn = match &w.ffn {
-        None => Ffn::Mlp(Mlp { activation: MlpKind::Gelu, hidden: default_hidden, bias: false }),
+        None => Ffn::Mlp(Mlp {
+            activation: MlpKind::Gelu,
+            hidden: default_hidden,
+            bias: false,
+        }),
         Some(FfnW::Mlp(m)) => Ffn::Mlp(mlp(m)),
         Some(FfnW::Moe(m)) => {
             let mut need = |what: &str, present: bool| {
@@ -2441,11 +2761,11 @@ fn resolve_layer(i: u64, w: &LayerW, d_model: u64, context: u64, issues: &mut Is
             need("experts", m.experts.is_some());
             need("top_k", m.top_k.is_some());
             need("expert", m.expert.is_some());
-            let expert = m
-                .expert
-                .as_ref()
-                .map(mlp)
-                .unwrap_or(Mlp { activation: MlpKind::Swiglu, hidden: 1, bias: false });
+            let expert = m.expert.as_ref().map(mlp).unwrap_or(Mlp {
+                activation: MlpKind::Swiglu,
+                hidden: 1,
+                bias: false,
+            });
             Ffn::Moe(Moe {
                 experts: m.experts.unwrap_or(1),
                 top_k: m.top_k.unwrap_or(1),

@@ -71,12 +71,17 @@ fn diagnostics(
     for issue in issues {
         if let Some(rest) = issue.field.strip_prefix("final_norm")
             && !prov.wrote("final_norm")
-            && issues.iter().any(|j| j.field == format!("block.norm{rest}"))
+            && issues
+                .iter()
+                .any(|j| j.field == format!("block.norm{rest}"))
         {
             continue;
         }
         let d = to_diagnostic(issue, spec, prov, file);
-        if out.iter().any(|o| o.span == d.span && o.message == d.message) {
+        if out
+            .iter()
+            .any(|o| o.span == d.span && o.message == d.message)
+        {
             continue;
         }
         out.push(d);
@@ -85,11 +90,18 @@ fn diagnostics(
 }
 
 /// Places an IR issue at the text where the user wrote the field.
-fn to_diagnostic(issue: &Issue, spec: Option<&ModelSpec>, prov: &Provenance, file: &str) -> Diagnostic {
+fn to_diagnostic(
+    issue: &Issue,
+    spec: Option<&ModelSpec>,
+    prov: &Provenance,
+    file: &str,
+) -> Diagnostic {
     let layer = issue.layers.first().copied();
     let span = prov.span_of(&issue.field, layer);
     let user = user_field(&issue.field, spec, layer);
-    let message = issue.message.replace(&format!("`{}`", issue.field), &format!("`{user}`"));
+    let message = issue
+        .message
+        .replace(&format!("`{}`", issue.field), &format!("`{user}`"));
     let mut field = user;
     let n_layers = prov.n_layers();
     let mut ls = issue.layers.clone();
@@ -98,9 +110,18 @@ fn to_diagnostic(issue: &Issue, spec: Option<&ModelSpec>, prov: &Provenance, fil
     if let Some(&last) = ls.last()
         && ls.len() as u64 != n_layers
     {
-        field = format!("layers[{}].{field}", format_selector(&ls, n_layers.max(last + 1)));
+        field = format!(
+            "layers[{}].{field}",
+            format_selector(&ls, n_layers.max(last + 1))
+        );
     }
-    Diagnostic { file: file.to_string(), span, field, message, hint: issue.hint.clone() }
+    Diagnostic {
+        file: file.to_string(),
+        span,
+        field,
+        message,
+        hint: issue.hint.clone(),
+    }
 }
 
 /// The IR path as written in `.mspec` (`block.norm.eps` → `norm.eps`, `ffn.top_k` → `moe.top_k`).
@@ -116,7 +137,10 @@ fn user_field(path: &str, spec: Option<&ModelSpec>, layer: Option<u64>) -> Strin
             .zip(layer)
             .and_then(|(s, l)| s.layers.get(l as usize))
             .is_some_and(|l| matches!(l.ffn, Ffn::Moe(_)));
-        return format!("{}.{rest}", if moe || spec.is_none() { "moe" } else { "mlp" });
+        return format!(
+            "{}.{rest}",
+            if moe || spec.is_none() { "moe" } else { "mlp" }
+        );
     }
     path.to_string()
 }

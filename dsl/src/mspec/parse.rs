@@ -36,7 +36,10 @@ pub fn parse_file(src: &str, file: &str) -> Result<File, Vec<Diagnostic>> {
     let mut name_span = 0..0;
     let mut header_span = 0..0;
     let mut body = Vec::new();
-    for model in file_pair.into_inner().filter(|p| p.as_rule() == Rule::model) {
+    for model in file_pair
+        .into_inner()
+        .filter(|p| p.as_rule() == Rule::model)
+    {
         for part in model.into_inner() {
             match part.as_rule() {
                 Rule::kw_model => header_span = span(&part),
@@ -50,7 +53,12 @@ pub fn parse_file(src: &str, file: &str) -> Result<File, Vec<Diagnostic>> {
             }
         }
     }
-    Ok(File { name, name_span, header_span, body })
+    Ok(File {
+        name,
+        name_span,
+        header_span,
+        body,
+    })
 }
 
 fn span(pair: &Pair<'_, Rule>) -> std::ops::Range<usize> {
@@ -79,7 +87,11 @@ fn node(pair: Pair<'_, Rule>) -> Option<Node> {
             let name = head.as_str().to_string();
             let name_span = self::span(&head);
             let args = inner.filter_map(node).collect();
-            NodeKind::Call { name, name_span, args }
+            NodeKind::Call {
+                name,
+                name_span,
+                args,
+            }
         }
         _ => return None,
     };
@@ -227,8 +239,18 @@ fn syntax_error(src: &str, file: &str, err: &pest::error::Error<Rule>) -> Diagno
     } else {
         None
     };
-    let end = src[pos..].chars().next().map(|c| pos + c.len_utf8()).unwrap_or(pos);
-    Diagnostic { file: file.to_string(), span: pos..end, field: String::new(), message, hint }
+    let end = src[pos..]
+        .chars()
+        .next()
+        .map(|c| pos + c.len_utf8())
+        .unwrap_or(pos);
+    Diagnostic {
+        file: file.to_string(),
+        span: pos..end,
+        field: String::new(),
+        message,
+        hint,
+    }
 }
 
 fn found_at(src: &str, pos: usize) -> String {
@@ -236,8 +258,11 @@ fn found_at(src: &str, pos: usize) -> String {
     match rest.chars().next() {
         None => "end of input".to_string(),
         Some(c) if c.is_ascii_alphanumeric() || c == '_' => {
-            let word: String =
-                rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').take(40).collect();
+            let word: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .take(40)
+                .collect();
             format!("`{word}`")
         }
         Some(c) if c.is_control() => format!("{:?}", c),

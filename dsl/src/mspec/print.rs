@@ -22,7 +22,7 @@ pub fn print(spec: &ModelSpec) -> String {
 /// Formats a number so that it reads well and parses back to the same `f64`.
 pub fn num(v: f64) -> String {
     let a = v.abs();
-    if v == 0.0 || (a >= 1e-3 && a < 1e6) {
+    if v == 0.0 || (1e-3..1e6).contains(&a) {
         format!("{v}")
     } else {
         format!("{v:e}")
@@ -37,7 +37,11 @@ pub fn format_selector(set: &[u64], n: u64) -> String {
     }
     if let (Some(&first), Some(&last)) = (set.first(), set.last()) {
         if last - first + 1 == len {
-            return if len == 1 { first.to_string() } else { format!("{first}..{}", last + 1) };
+            return if len == 1 {
+                first.to_string()
+            } else {
+                format!("{first}..{}", last + 1)
+            };
         }
         if len >= 2 {
             let step = set[1] - set[0];
@@ -91,7 +95,7 @@ fn default_scale(head_dim: u64) -> f64 {
 fn derived_head_dim(d_model: u64, heads: u64) -> Option<u64> {
     if heads == 0 {
         Some(0)
-    } else if d_model % heads == 0 {
+    } else if d_model.is_multiple_of(heads) {
         Some(d_model / heads)
     } else {
         None
@@ -151,8 +155,16 @@ impl Printer {
                 }
             }
         }
-        let _ = writeln!(o, "    attention {{ {} }}", self.attention_base(s, &base.attention));
-        let _ = writeln!(o, "    position {}", self.position(&base.position, base.attention.head_dim, None));
+        let _ = writeln!(
+            o,
+            "    attention {{ {} }}",
+            self.attention_base(s, &base.attention)
+        );
+        let _ = writeln!(
+            o,
+            "    position {}",
+            self.position(&base.position, base.attention.head_dim, None)
+        );
         let _ = writeln!(o, "    {}", self.ffn(&base.ffn, self.explicit));
         self.globals_tail(&mut o, s, Some(&base));
         self.rules(&mut o, s, &base);
@@ -192,7 +204,11 @@ impl Printer {
         let e = &s.embedding;
         let mut parts = Vec::new();
         if e.tied || self.explicit {
-            parts.push(if e.tied { "tied".to_string() } else { "tied = false".to_string() });
+            parts.push(if e.tied {
+                "tied".to_string()
+            } else {
+                "tied = false".to_string()
+            });
         }
         match e.scale_expr {
             ScaleExpr::SqrtDModel => parts.push("scale = sqrt(d_model)".into()),
@@ -201,7 +217,10 @@ impl Printer {
             }
             ScaleExpr::Literal => {}
         }
-        let any_learned = s.layers.iter().any(|l| matches!(l.position, Position::Learned));
+        let any_learned = s
+            .layers
+            .iter()
+            .any(|l| matches!(l.position, Position::Learned));
         if e.learned_positions != any_learned || self.explicit {
             parts.push(format!("learned_positions = {}", e.learned_positions));
         }
@@ -211,7 +230,13 @@ impl Printer {
     }
 
     fn block_base(&self, o: &mut String, b: &Block) {
-        let default_norm = Norm { kind: NormKind::Rms, eps: 1e-5, offset: 0.0, weight: true, bias: false };
+        let default_norm = Norm {
+            kind: NormKind::Rms,
+            eps: 1e-5,
+            offset: 0.0,
+            weight: true,
+            bias: false,
+        };
         let mut line = Vec::new();
         if b.norm != default_norm || self.explicit {
             line.push(format!("norm {}", self.norm(&b.norm, self.explicit)));
@@ -248,7 +273,11 @@ impl Printer {
         if n.bias != (n.kind == NormKind::Layer) || full {
             args.push(format!("bias = {}", n.bias));
         }
-        if args.is_empty() { kind.to_string() } else { format!("{kind}({})", args.join(", ")) }
+        if args.is_empty() {
+            kind.to_string()
+        } else {
+            format!("{kind}({})", args.join(", "))
+        }
     }
 
     fn qk_norm(&self, q: &Option<QkNorm>, full: bool) -> String {
@@ -319,7 +348,11 @@ impl Printer {
             p.push(format!("kv_heads {}", a.kv_heads));
         }
         let base_wrote_hd = x || derived_head_dim(s.d_model, b.heads) != Some(b.head_dim);
-        let hd = if base_wrote_hd { Some(b.head_dim) } else { derived_head_dim(s.d_model, a.heads) };
+        let hd = if base_wrote_hd {
+            Some(b.head_dim)
+        } else {
+            derived_head_dim(s.d_model, a.heads)
+        };
         if Some(a.head_dim) != hd {
             p.push(format!("head_dim {}", a.head_dim));
         }
@@ -339,7 +372,11 @@ impl Printer {
             });
         }
         let base_wrote_scale = x || b.scale.to_bits() != default_scale(b.head_dim).to_bits();
-        let scale = if base_wrote_scale { b.scale } else { default_scale(a.head_dim) };
+        let scale = if base_wrote_scale {
+            b.scale
+        } else {
+            default_scale(a.head_dim)
+        };
         if a.scale.to_bits() != scale.to_bits() {
             p.push(format!("scale {}", num(a.scale)));
         }
@@ -376,7 +413,11 @@ impl Printer {
             None => x || derived_rotary(head_dim, r.fraction) != Some(r.rotary_dims),
             Some((b, b_hd)) => {
                 let base_wrote = x || derived_rotary(b_hd, b.fraction) != Some(b.rotary_dims);
-                let would = if base_wrote { Some(b.rotary_dims) } else { derived_rotary(head_dim, r.fraction) };
+                let would = if base_wrote {
+                    Some(b.rotary_dims)
+                } else {
+                    derived_rotary(head_dim, r.fraction)
+                };
                 would != Some(r.rotary_dims)
             }
         };
@@ -395,7 +436,11 @@ impl Printer {
         if r.scaling != scaling0 || (x && base.is_none()) {
             args.push(format!("scaling = {}", scaling(&r.scaling)));
         }
-        if args.is_empty() { "rope".into() } else { format!("rope({})", args.join(", ")) }
+        if args.is_empty() {
+            "rope".into()
+        } else {
+            format!("rope({})", args.join(", "))
+        }
     }
 
     fn ffn(&self, f: &Ffn, full: bool) -> String {
@@ -487,7 +532,11 @@ impl Printer {
             }
             let pos = match (&b.position, &l.position) {
                 (Position::Rope(br), Position::Rope(_)) => {
-                    let t = self.position(&l.position, l.attention.head_dim, Some((br, b.attention.head_dim)));
+                    let t = self.position(
+                        &l.position,
+                        l.attention.head_dim,
+                        Some((br, b.attention.head_dim)),
+                    );
                     (t != "rope").then_some(t)
                 }
                 (bp, lp) if bp == lp => None,
@@ -547,7 +596,11 @@ impl Printer {
             parts.push(format!("default {}", policy(&b.checkpoint)));
         }
         for (p, ls) in &groups {
-            parts.push(format!("layers[{}] {}", format_selector(ls, s.n_layers), policy(p)));
+            parts.push(format!(
+                "layers[{}] {}",
+                format_selector(ls, s.n_layers),
+                policy(p)
+            ));
         }
         match s.checkpoint.budget {
             Some(Budget::Fraction(f)) => parts.push(format!("budget {}", num(f))),
@@ -571,7 +624,11 @@ impl Printer {
 }
 
 fn flag(name: &str, v: bool) -> String {
-    if v { name.to_string() } else { format!("{name} = false") }
+    if v {
+        name.to_string()
+    } else {
+        format!("{name} = false")
+    }
 }
 
 fn placement(p: NormPlacement) -> &'static str {
@@ -603,10 +660,22 @@ fn scaling(s: &RopeScaling) -> String {
     match s {
         RopeScaling::None => "none".into(),
         RopeScaling::Linear { factor } => format!("linear(factor = {})", num(*factor)),
-        RopeScaling::DynamicNtk { factor, original_context } => {
-            format!("dynamic_ntk(factor = {}, original_context = {original_context})", num(*factor))
+        RopeScaling::DynamicNtk {
+            factor,
+            original_context,
+        } => {
+            format!(
+                "dynamic_ntk(factor = {}, original_context = {original_context})",
+                num(*factor)
+            )
         }
-        RopeScaling::Yarn { factor, original_context, beta_fast, beta_slow, attention_factor } => {
+        RopeScaling::Yarn {
+            factor,
+            original_context,
+            beta_fast,
+            beta_slow,
+            attention_factor,
+        } => {
             format!(
                 "yarn(factor = {}, original_context = {original_context}, beta_fast = {}, beta_slow = {}, attention_factor = {})",
                 num(*factor),
@@ -615,13 +684,23 @@ fn scaling(s: &RopeScaling) -> String {
                 num(*attention_factor)
             )
         }
-        RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_context } => format!(
+        RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_context,
+        } => format!(
             "llama3(factor = {}, low_freq_factor = {}, high_freq_factor = {}, original_context = {original_context})",
             num(*factor),
             num(*low_freq_factor),
             num(*high_freq_factor)
         ),
-        RopeScaling::Longrope { short_factor, long_factor, original_context, attention_factor } => {
+        RopeScaling::Longrope {
+            short_factor,
+            long_factor,
+            original_context,
+            attention_factor,
+        } => {
             format!(
                 "longrope(short = [{}], long = [{}], original_context = {original_context}, attention_factor = {})",
                 list(short_factor),
@@ -643,8 +722,13 @@ fn policy(p: &LayerCheckpoint) -> String {
 }
 
 fn byte_size(b: u64) -> String {
-    for (unit, m) in [("TiB", 1u64 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if b >= m && b % m == 0 {
+    for (unit, m) in [
+        ("TiB", 1u64 << 40),
+        ("GiB", 1 << 30),
+        ("MiB", 1 << 20),
+        ("KiB", 1 << 10),
+    ] {
+        if b >= m && b.is_multiple_of(m) {
             return format!("{}{unit}", b / m);
         }
     }
