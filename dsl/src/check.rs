@@ -48,7 +48,8 @@ impl Checker {
                 .iter_mut()
                 .find(|i| i.field == field && i.message == message && !i.layers.is_empty())
         {
-            if !existing.layers.contains(&l) {
+            // Layers are checked in order, so a repeat can only be the last one pushed.
+            if existing.layers.last() != Some(&l) {
                 existing.layers.push(l);
             }
             return;
@@ -522,7 +523,11 @@ impl Checker {
 }
 
 fn divisors(n: u64) -> String {
-    let mut out: Vec<String> = (1..=n.min(1 << 20))
+    // Bounded: the hint is built per layer and `heads` can be anything on hostile input.
+    if n > 4096 {
+        return "(too many to list)".into();
+    }
+    let mut out: Vec<String> = (1..=n)
         .filter(|k| n.is_multiple_of(*k))
         .map(|k| k.to_string())
         .collect();

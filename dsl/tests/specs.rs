@@ -219,7 +219,7 @@ const FEATURES: &[(&str, &str)] = &[
             norm layer  parallel_residual  shared_norm
             attention { heads 2  kv_heads 1  out_bias }
             mlp gelu
-            layers[last_is_not_a_selector_so_use_2] { mlp gelu_tanh }
+            layers[last_is_not_a_selector_so_use_2] { mlp geglu(hidden = 64, act = gelu_tanh) }
             checkpoint none
         }",
     ),

@@ -1928,7 +1928,13 @@ impl<'a> Reader<'a> {
             .filter_map(|k| mlp_kind(k).map(|v| (*k, v)))
             .collect();
         let kind = self.choose(name, name_span, field, &kinds, MLP_KINDS)?;
-        let (named, _) = self.call_args(name, args, &n.span, &["hidden", "bias"], false);
+        let gated_gelu = matches!(kind, MlpKind::Geglu | MlpKind::GegluTanh);
+        let allowed: &[&str] = if gated_gelu {
+            &["hidden", "bias", "act"]
+        } else {
+            &["hidden", "bias"]
+        };
+        let (named, _) = self.call_args(name, args, &n.span, allowed, false);
         let mut m = MlpW {
             kind,
             hidden: None,
@@ -1936,10 +1942,16 @@ impl<'a> Reader<'a> {
         };
         for (k, (span, vals)) in &named {
             let f = format!("{field}.{k}");
-            if k == "hidden" {
-                m.hidden = self.arg_uint(&f, span, vals);
-            } else {
-                m.bias = self.arg_bool(&f, span, vals);
+            match k.as_str() {
+                "hidden" => m.hidden = self.arg_uint(&f, span, vals),
+                "bias" => m.bias = self.arg_bool(&f, span, vals),
+                // The sketch's `geglu(act = gelu_tanh)`: the GELU flavour of a gated GELU.
+                _ => {
+                    let choices = [("gelu", MlpKind::Geglu), ("gelu_tanh", MlpKind::GegluTanh)];
+                    if let Some(kind) = self.arg_word(&f, span, vals, &choices) {
+                        m.kind = kind;
+                    }
+                }
             }
         }
         Some(m)
