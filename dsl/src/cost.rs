@@ -302,7 +302,23 @@ pub fn limit_issues(spec: &ModelSpec) -> Vec<Issue> {
     let mul = |a: u128, b: u128| a.saturating_mul(b);
     let d = spec.d_model as u128 + 1;
     let rows = spec.vocab_padded.max(spec.vocab) as u128;
-    let mut total: u128 = mul(2, mul(rows, d)).saturating_add(mul(spec.context as u128, d));
+    if spec.context > MAX_CONTEXT {
+        push(
+            "context",
+            vec![],
+            format!(
+                "context {} is more than the {MAX_CONTEXT} supported",
+                spec.context
+            ),
+        );
+        return issues;
+    }
+    let positions = if spec.embedding.learned_positions {
+        spec.context as u128
+    } else {
+        0
+    };
+    let mut total: u128 = mul(2, mul(rows, d)).saturating_add(mul(positions, d));
     for layer in &spec.layers {
         let a = &layer.attention;
         let q = mul(a.heads as u128, a.head_dim as u128);
@@ -357,16 +373,6 @@ pub fn limit_issues(spec: &ModelSpec) -> Vec<Issue> {
             "the sizes give more parameters than can be counted".into(),
         );
         return issues;
-    }
-    if spec.context > MAX_CONTEXT {
-        push(
-            "context",
-            vec![],
-            format!(
-                "context {} is more than the {MAX_CONTEXT} supported",
-                spec.context
-            ),
-        );
     }
     if tensors > MAX_TENSORS {
         push(

@@ -73,10 +73,7 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
 
 /// The per-layer table; runs of identical rows are collapsed into one `a-b` row.
 fn table(rows: &[LayerCost]) -> String {
-    let mut out = format!(
-        "{:<9} {:<52} {:<36} {:>15} {:>15} {:>11}\n",
-        "layers", "attention", "ffn", "params", "active", "bf16"
-    );
+    let mut groups: Vec<[String; 6]> = Vec::new();
     let mut i = 0;
     while i < rows.len() {
         let r = &rows[i];
@@ -89,16 +86,38 @@ fn table(rows: &[LayerCost]) -> String {
         } else {
             format!("{}-{}", r.index, rows[j - 1].index)
         };
-        out.push_str(&format!(
-            "{:<9} {:<52} {:<36} {:>15} {:>15} {:>11}\n",
+        groups.push([
             label,
-            r.attention,
-            r.ffn,
+            r.attention.clone(),
+            r.ffn.clone(),
             group(r.params),
             group(r.params_active),
-            bytes(r.weight_bytes_bf16)
-        ));
+            bytes(r.weight_bytes_bf16),
+        ]);
         i = j;
+    }
+    let header = ["layers", "attention", "ffn", "params", "active", "bf16"].map(String::from);
+    let mut widths = [0usize; 6];
+    for row in std::iter::once(&header).chain(&groups) {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in std::iter::once(&header).chain(&groups) {
+        let mut line = String::new();
+        for (k, (cell, w)) in row.iter().zip(widths).enumerate() {
+            let pad = w - cell.chars().count();
+            if k >= 3 {
+                line.push_str(&" ".repeat(pad + 2));
+                line.push_str(cell);
+            } else {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad + 2));
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
     }
     out
 }

@@ -1347,7 +1347,9 @@ fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
                 cfg.error("sliding_window_pattern", "must be positive".into(), None);
                 return none;
             }
-            (0..count).map(|i| !(i as u64 + 1).is_multiple_of(pattern)).collect()
+            (0..count)
+                .map(|i| !(i as u64 + 1).is_multiple_of(pattern))
+                .collect()
         }
         f if f.qwen_windows() => {
             if !use_window {
@@ -1371,7 +1373,7 @@ fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
 struct MoePlan {
     moe: Moe,
     sparse_step: u64,
-    mlp_only: Vec<u64>,
+    mlp_only: std::collections::BTreeSet<u64>,
 }
 
 impl MoePlan {
@@ -1407,7 +1409,7 @@ fn moe_settings(
                     aux_loss,
                 },
                 sparse_step: 1,
-                mlp_only: Vec::new(),
+                mlp_only: Default::default(),
             })
         }
         Family::Qwen2Moe | Family::Qwen3Moe => {
@@ -1444,7 +1446,7 @@ fn moe_settings(
             } else {
                 None
             };
-            let mut mlp_only = Vec::new();
+            let mut mlp_only = std::collections::BTreeSet::new();
             if let Some(m) = cfg.root.get("mlp_only_layers")
                 && !m.value.is_null()
             {
@@ -1452,7 +1454,9 @@ fn moe_settings(
                     Ok(items) => {
                         for item in items {
                             match item.as_u64() {
-                                Ok(n) => mlp_only.push(n),
+                                Ok(n) => {
+                                    mlp_only.insert(n);
+                                }
                                 Err(e) => cfg.diags.push(Diagnostic {
                                     file: cfg.file.to_string(),
                                     span: item.span.clone(),
