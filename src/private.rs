@@ -88,12 +88,7 @@ pub mod v1 {
     /// Load an HF checkpoint directory into canonical parameters (the runtime's loader).
     pub fn load_hf(device: &Device, spec: &ModelSpec, dir: &Path) -> Result<Params> {
         check_device(device)?;
-        let weights = crate::runtime::weights::load_hf_dir(spec, dir)?;
-        let mut params = Params::new();
-        for (name, host) in weights {
-            params.insert(name, Tensor::from_vec(&host.shape, host.data)?);
-        }
-        Ok(params)
+        Ok(crate::runtime::weights::load_hf_dir(spec, dir)?)
     }
 
     #[derive(Debug, Clone, Copy, PartialEq, Eq)]

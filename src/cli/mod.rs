@@ -9,6 +9,7 @@ use std::io::Write;
 pub mod check;
 pub mod expand;
 pub mod export_hf;
+pub mod generate;
 pub mod import_hf;
 pub mod inspect;
 pub mod plan;
@@ -31,6 +32,8 @@ pub enum Command {
     ImportHf(import_hf::ImportHfArgs),
     /// Write the HF config.json of a spec.
     ExportHf(export_hf::ExportHfArgs),
+    /// Write the Rust module and CUDA source that `model!` would expand to (model.rs, kernels.cu).
+    Generate(generate::GenerateArgs),
     /// Plan activation checkpointing: what each layer saves and recomputes, memory and FLOPs.
     Plan(plan::PlanArgs),
     /// Train a spec on the CPU (default: the bundled tiny spec on the bundled corpus).
@@ -48,6 +51,7 @@ impl Command {
             Command::Expand(args) => expand::run(args),
             Command::ImportHf(args) => import_hf::run(args),
             Command::ExportHf(args) => export_hf::run(args),
+            Command::Generate(args) => generate::run(args),
             Command::Plan(args) => plan::run(args),
             Command::Train(args) => train::run(args),
             Command::Sample(args) => sample::run(args),

@@ -49,10 +49,10 @@ impl LaunchShape {
     pub fn args(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
         for d in &self.grid {
-            if let GridDim::Arg(a) | GridDim::CeilDiv(a, _) = d {
-                if !out.contains(a) {
-                    out.push(*a);
-                }
+            if let GridDim::Arg(a) | GridDim::CeilDiv(a, _) = d
+                && !out.contains(a)
+            {
+                out.push(*a);
             }
         }
         out
@@ -553,7 +553,10 @@ pub fn source(spec: &ModelSpec) -> String {
 
 fn grid_expr(d: &GridDim) -> TokenStream {
     match d {
-        GridDim::Const(n) => quote!(#n),
+        GridDim::Const(n) => {
+            let n = proc_macro2::Literal::u32_unsuffixed(*n);
+            quote!(#n)
+        }
         GridDim::Arg(a) => {
             let a = format_ident!("{}", a);
             quote!(#a as u32)
@@ -582,8 +585,8 @@ pub(crate) fn emit(layout: &Layout<'_>, src: &str, how: &CudaSource) -> TokenStr
         let name = &k.name;
         let args: Vec<_> = k.launch.args().into_iter().map(|a| format_ident!("{}", a)).collect();
         let [gx, gy, gz] = [&k.launch.grid[0], &k.launch.grid[1], &k.launch.grid[2]].map(grid_expr);
-        let [bx, by, bz] = k.launch.block;
-        let shared = k.launch.shared_mem_bytes;
+        let [bx, by, bz] = k.launch.block.map(proc_macro2::Literal::u32_unsuffixed);
+        let shared = proc_macro2::Literal::u32_unsuffixed(k.launch.shared_mem_bytes);
         let docs = k.doc.lines().map(|l| {
             let l = format!(" {l}");
             quote!(#[doc = #l])
@@ -601,14 +604,16 @@ pub(crate) fn emit(layout: &Layout<'_>, src: &str, how: &CudaSource) -> TokenStr
         }
     });
     let doc = format!(" The CUDA kernels of [`{ty}`], specialised to its sizes, and their launch shapes.");
+    let allow = super::structs::allow_names(&k_ty.to_string());
     quote! {
         #[doc = #doc]
+        #allow
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
         pub struct #k_ty;
 
         impl #k_ty {
             /// CUDA C source of every kernel below (compiled by NVRTC at first use).
-            pub const CUDA_SOURCE: &'static str = #source;
+            pub const CUDA_SOURCE: &str = #source;
 
             #(#fns)*
         }

@@ -246,3 +246,74 @@ pub fn expand_file(input: TokenStream, manifest_dir: &Path) -> TokenStream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(src: &str) -> TokenStream {
+        src.parse().expect("tokenizes")
+    }
+
+    #[test]
+    fn rebuilt_text_keeps_lines_columns_and_atomic_tokens() {
+        let src = "model tiny {\n    vocab 64 d_model 16 layers 2 context 8\n    layers[0..1] { attention.window 4 }\n}";
+        let map = source_of(tokens(src));
+        assert_eq!(map.text, src);
+    }
+
+    #[test]
+    fn joined_text_without_positions_glues_dots_and_minus() {
+        let mut b = Builder {
+            map: SourceMap { text: String::new(), tokens: Vec::new() },
+            positional: false,
+            line: 1,
+            col: 0,
+        };
+        b.walk(tokens("layers[0..8] { attention.window 4 x -0.5 }"));
+        assert_eq!(b.map.text, "layers [ 0..8 ] { attention.window 4 x -0.5 }");
+    }
+
+    #[test]
+    fn inline_error_points_at_the_offending_token() {
+        let src = "model tiny {\n    vocab 64 d_model 16 layers 1 context 8\n    attention { heads 2 kv_head 1 }\n}";
+        let out = expand_inline(tokens(src));
+        let text = out.to_string();
+        assert!(text.contains("compile_error"), "{text}");
+        assert!(text.contains("kv_head"), "{text}");
+        assert!(text.contains("pub struct Tiny"), "the stub is emitted: {text}");
+        let map = source_of(tokens(src));
+        let at = src.find("kv_head").unwrap();
+        let span = map.span_at(at);
+        assert_eq!((span.start().line, span.start().column), (3, 24));
+    }
+
+    #[test]
+    fn valid_inline_spec_expands() {
+        let out = expand_inline(tokens("model tiny { vocab 64 d_model 16 layers 1 context 8 attention { heads 2 } }"));
+        let text = out.to_string();
+        assert!(!text.contains("compile_error"), "{text}");
+        assert!(text.contains("impl :: modelspec :: Model for Tiny"), "{text}");
+    }
+
+    #[test]
+    fn file_errors_name_file_line_col_and_include_the_file() {
+        let dir = std::env::temp_dir().join(format!("modelspec-expand-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("bad.mspec"), "model bad {\n  vocab 64 d_model 16 layers 1 context 8\n  attention { heads 2 kv_heads 3 }\n}\n").unwrap();
+        let out = expand_file(tokens("\"bad.mspec\""), &dir).to_string();
+        assert!(out.contains("bad.mspec:3:"), "{out}");
+        assert!(out.contains("include_str"), "{out}");
+        assert!(out.contains("pub struct Bad"), "{out}");
+        let missing = expand_file(tokens("\"nope.mspec\""), &dir).to_string();
+        assert!(missing.contains("cannot read `nope.mspec`"), "{missing}");
+        let not_lit = expand_file(tokens("nope"), &dir).to_string();
+        assert!(not_lit.contains("one string literal"), "{not_lit}");
+    }
+
+    #[test]
+    fn model_name_skips_comments() {
+        assert_eq!(model_name("# model old\n// model older\nmodel new_one {"), Some("new_one".into()));
+        assert_eq!(model_name("{ }"), None);
+    }
+}

@@ -37,7 +37,8 @@ use quote::{format_ident, quote};
 use crate::ir::{Ffn, Layer, ModelSpec};
 use crate::params::parameters;
 
-pub use cuda::{Kernel, LaunchShape, kernels};
+pub use cuda::{GridDim, Kernel, LaunchShape, kernels};
+pub use model_impl::{LayerRow, spec_parts};
 
 /// The version of the `::modelspec::__private` module generated code is written against.
 pub const PRIVATE_API: &str = "v1";
@@ -210,6 +211,9 @@ pub(crate) struct Layout<'a> {
     pub params_total: u64,
 }
 
+/// A parameter's name relative to its owner, and its shape.
+type Row = (String, Vec<u64>);
+
 /// The structural key two layers must share to share a struct.
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct KindKey {
@@ -257,8 +261,8 @@ impl<'a> Layout<'a> {
         let params_total = params.iter().map(|p| p.numel()).sum();
         let n = spec.layers.len();
         let mut globals = Vec::new();
-        let mut per_layer: Vec<Vec<(String, Vec<u64>)>> = vec![Vec::new(); n];
-        let mut per_expert: Vec<BTreeMap<u64, Vec<(String, Vec<u64>)>>> = vec![BTreeMap::new(); n];
+        let mut per_layer: Vec<Vec<Row>> = vec![Vec::new(); n];
+        let mut per_expert: Vec<BTreeMap<u64, Vec<Row>>> = vec![BTreeMap::new(); n];
         let mut layer_numel = vec![0u64; n];
         for p in &params {
             match (p.layer, p.expert) {

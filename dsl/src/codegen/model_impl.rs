@@ -32,9 +32,12 @@ pub(crate) fn raw_str(s: &str) -> Literal {
     text.parse().unwrap_or_else(|_| Literal::string(s))
 }
 
+/// A distinct layer row: the layers that use it and its YAML.
+pub type LayerRow = (Vec<u64>, String);
+
 /// The spec split into its global part (no layers) and its distinct layer rows (index 0), each
 /// with the layers that use it: what the generated `spec()` reassembles.
-pub fn spec_parts(spec: &ModelSpec) -> Result<(String, Vec<(Vec<u64>, String)>), CodegenError> {
+pub fn spec_parts(spec: &ModelSpec) -> Result<(String, Vec<LayerRow>), CodegenError> {
     let globals = ModelSpec { layers: Vec::new(), ..spec.clone() };
     let globals = serde_norway::to_string(&globals).map_err(|e| CodegenError::Serialise(e.to_string()))?;
     let mut rows: Vec<(Layer, Vec<u64>)> = Vec::new();
@@ -268,7 +271,7 @@ fn kind_methods(layout: &Layout<'_>, kind: &LayerKind) -> TokenStream {
 fn model_trait(layout: &Layout<'_>) -> TokenStream {
     let rt = layout.rt();
     let ty = &layout.ty;
-    let total = layout.params_total;
+    let total = Literal::u64_unsuffixed(layout.params_total);
     quote! {
         impl ::modelspec::Model for #ty {
             const PARAMS_TOTAL: u64 = #total;

@@ -1,0 +1,4 @@
+// model_file! takes a string literal.
+modelspec::model_file!(specs::tiny);
+
+fn main() {}

@@ -1,0 +1,6 @@
+// The input must start with `model NAME { ... }`.
+modelspec::model! {
+    tiny { vocab 64 }
+}
+
+fn main() {}
