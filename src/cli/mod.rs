@@ -20,6 +20,8 @@ use modelspec_dsl::ModelSpec;
 use modelspec_dsl::load::{self, LoadError, SourceFile};
 
 /// The subcommands.
+// Parsed once per process: the size of the largest variant's arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
     /// Check spec files (.mspec, .yaml/.yml, HF config.json); exit 1 if any is invalid.
