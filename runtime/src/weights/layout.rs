@@ -10,6 +10,7 @@
 use std::collections::BTreeMap;
 
 use super::HostTensor;
+use crate::Params;
 
 /// A contiguous block of rows of one canonical tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,22 +66,42 @@ pub(crate) fn piece_cols(ct: &CheckpointTensor, shapes: &BTreeMap<String, Vec<us
         .unwrap_or(1)
 }
 
+/// Read access to named f32 tensors: a canonical map ([`HostTensor`]s or the runtime's
+/// [`Params`]) that checkpoint tensors are fused from.
+pub trait TensorSource {
+    /// Shape and row-major data of tensor `name`.
+    fn lookup(&self, name: &str) -> Option<(&[usize], &[f32])>;
+}
+
+impl TensorSource for BTreeMap<String, HostTensor> {
+    fn lookup(&self, name: &str) -> Option<(&[usize], &[f32])> {
+        self.get(name)
+            .map(|t| (t.shape.as_slice(), t.data.as_slice()))
+    }
+}
+
+impl TensorSource for Params {
+    fn lookup(&self, name: &str) -> Option<(&[usize], &[f32])> {
+        self.get(name).map(|t| (t.shape(), t.data()))
+    }
+}
+
 /// Assembles the checkpoint tensor `ct` from canonical tensors.
 ///
 /// Returns `None` if a canonical tensor is absent or too small (callers validate shapes first).
-pub fn fuse(ct: &CheckpointTensor, params: &BTreeMap<String, HostTensor>) -> Option<HostTensor> {
-    let first = params.get(&ct.pieces.first()?.canonical)?;
-    let cols = rows_cols(&first.shape).1;
+pub fn fuse(ct: &CheckpointTensor, params: &impl TensorSource) -> Option<HostTensor> {
+    let (first_shape, _) = params.lookup(&ct.pieces.first()?.canonical)?;
+    let cols = rows_cols(first_shape).1;
     let total_rows: usize = ct.pieces.iter().map(|p| p.rows).sum();
     let mut stacked = Vec::with_capacity(total_rows * cols);
     for piece in &ct.pieces {
-        let src = params.get(&piece.canonical)?;
-        if rows_cols(&src.shape).1 != cols {
+        let (shape, data) = params.lookup(&piece.canonical)?;
+        if rows_cols(shape).1 != cols {
             return None;
         }
         let start = piece.row_start * cols;
         let end = start + piece.rows * cols;
-        stacked.extend_from_slice(src.data.get(start..end)?);
+        stacked.extend_from_slice(data.get(start..end)?);
     }
     let data = if ct.transpose {
         transpose(&stacked, total_rows, cols)

@@ -1,6 +1,6 @@
 //! Weights I/O: safetensors checkpoints with HF names ↔ the canonical parameter map.
 //!
-//! The executor and the optimizer see parameters by canonical name (`modelspec_dsl::params`:
+//! The executor and the optimizer see parameters ([`Params`]) by canonical name (`modelspec_dsl::params`:
 //! `layers.3.attn.q.weight`, `[out, in]` for linear maps). Checkpoints use HF names and layouts,
 //! which differ per [`Naming`](modelspec_dsl::ir::Naming) family: GPT-2 stores Conv1D weights
 //! `[in, out]` and fuses q/k/v into `c_attn`; GPT-NeoX and Falcon interleave q/k/v per (kv) head;
@@ -24,7 +24,7 @@
 //! ```no_run
 //! # fn demo(spec: &modelspec_dsl::ModelSpec) -> Result<(), modelspec_runtime::weights::WeightsError> {
 //! use modelspec_runtime::weights;
-//! let params = weights::load_hf_dir(spec, "tests/fixtures/llama")?;
+//! let params = weights::load_hf_dir(spec, "tests/fixtures/llama")?; // canonical names
 //! weights::save_file(spec, &params, "/tmp/llama.safetensors".as_ref())?;
 //! assert_eq!(weights::hf_name(spec, "layers.0.attn.q.weight").as_deref(), Some("model.layers.0.self_attn.q_proj.weight"));
 //! # Ok(()) }
@@ -43,11 +43,13 @@ use std::path::{Path, PathBuf};
 use modelspec_dsl::ModelSpec;
 use thiserror::Error;
 
+use crate::{Params, Tensor};
+
 pub use file::{
     FileTensor, Shard, StoreDtype, bf16_to_f32, f16_to_f32, f32_to_bf16, hf_dir_files,
     read_float_tensors, read_tensors, write_atomic, write_tensors,
 };
-pub use layout::{CheckpointTensor, Piece, fuse, split};
+pub use layout::{CheckpointTensor, Piece, TensorSource, fuse, split};
 pub use naming::{
     Dialect, MoeNaming, base_prefix, canonical_shapes, checkpoint_layout, is_ignorable,
     lm_head_name,
@@ -62,8 +64,37 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
-/// Parameters by canonical name.
+/// Tensors by name, as read from or written to a file.
 pub type Weights = BTreeMap<String, HostTensor>;
+
+/// Moves a canonical map of [`HostTensor`]s into the runtime's [`Params`].
+pub fn to_params(weights: Weights) -> Result<Params, WeightsError> {
+    let mut params = Params::new();
+    for (name, t) in weights {
+        let tensor = Tensor::from_vec(&t.shape, t.data).map_err(|e| WeightsError::BadTensor {
+            name: name.clone(),
+            reason: e.to_string(),
+        })?;
+        params.insert(name, tensor);
+    }
+    Ok(params)
+}
+
+/// Copies the runtime's [`Params`] into a map of [`HostTensor`]s.
+pub fn from_params(params: &Params) -> Weights {
+    params
+        .iter()
+        .map(|(name, t)| {
+            (
+                name.clone(),
+                HostTensor {
+                    shape: t.shape().to_vec(),
+                    data: t.data().to_vec(),
+                },
+            )
+        })
+        .collect()
+}
 
 /// A tensor whose shape differs from the one expected.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -190,6 +221,14 @@ pub enum WeightsError {
         /// The embedding's checkpoint name.
         embed: String,
     },
+    /// A tensor's data does not fill its shape.
+    #[error("tensor `{name}`: {reason}")]
+    BadTensor {
+        /// The tensor.
+        name: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The spec has parameters the naming family has no checkpoint name for.
     #[error("the {naming} naming family has no checkpoint name for: {}", params.join(", "))]
     Unsupported {
@@ -204,13 +243,13 @@ pub enum WeightsError {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     /// Parameters by canonical name.
-    pub params: Weights,
+    pub params: Params,
     /// The detected dialect; pass it to [`to_checkpoint`] to name gradients as this file does.
     pub dialect: Dialect,
 }
 
 /// Loads the checkpoint of an HF model directory (single file or sharded).
-pub fn load_hf_dir(spec: &ModelSpec, dir: impl AsRef<Path>) -> Result<Weights, WeightsError> {
+pub fn load_hf_dir(spec: &ModelSpec, dir: impl AsRef<Path>) -> Result<Params, WeightsError> {
     load_hf_dir_detailed(spec, dir).map(|l| l.params)
 }
 
@@ -246,7 +285,7 @@ pub fn load_hf_dir_detailed(
 }
 
 /// Loads one safetensors file.
-pub fn load_file(spec: &ModelSpec, path: impl AsRef<Path>) -> Result<Weights, WeightsError> {
+pub fn load_file(spec: &ModelSpec, path: impl AsRef<Path>) -> Result<Params, WeightsError> {
     load_files(spec, &[path.as_ref()]).map(|l| l.params)
 }
 
@@ -316,7 +355,10 @@ pub fn from_checkpoint(
             split(ct, &t.data, &shapes, &mut params);
         }
     }
-    Ok(Loaded { params, dialect })
+    Ok(Loaded {
+        params: to_params(params)?,
+        dialect,
+    })
 }
 
 /// With tied embeddings the head is not a parameter: accept it in the file only when it equals
@@ -347,24 +389,28 @@ fn drop_tied_head(
 }
 
 /// Checks a canonical map against the spec's parameter table.
-pub fn check_params(spec: &ModelSpec, params: &Weights) -> Result<(), WeightsError> {
+pub fn check_params(spec: &ModelSpec, params: &Params) -> Result<(), WeightsError> {
     let shapes = canonical_shapes(spec);
     let mut mismatch = Mismatch::default();
     for (name, shape) in &shapes {
         match params.get(name) {
             None => mismatch.missing.push(name.clone()),
-            Some(t) if &t.shape != shape || t.data.len() != shape.iter().product::<usize>() => {
+            Some(t)
+                if t.shape() != shape.as_slice()
+                    || t.numel() != shape.iter().product::<usize>() =>
+            {
                 mismatch.wrong_shape.push(WrongShape {
                     name: name.clone(),
                     expected: shape.clone(),
-                    found: t.shape.clone(),
+                    found: t.shape().to_vec(),
                 })
             }
             Some(_) => {}
         }
     }
     mismatch.unexpected = params
-        .keys()
+        .iter()
+        .map(|(name, _)| name)
         .filter(|n| !shapes.contains_key(*n))
         .cloned()
         .collect();
@@ -380,7 +426,7 @@ pub fn check_params(spec: &ModelSpec, params: &Weights) -> Result<(), WeightsErr
 /// checkpoint tensors of `dialect`.
 pub fn to_checkpoint(
     spec: &ModelSpec,
-    params: &Weights,
+    params: &Params,
     dialect: Dialect,
 ) -> Result<BTreeMap<String, HostTensor>, WeightsError> {
     check_params(spec, params)?;
@@ -405,14 +451,14 @@ pub struct SaveOptions {
 }
 
 /// Saves parameters as an HF checkpoint file (f32, default dialect), atomically.
-pub fn save_file(spec: &ModelSpec, params: &Weights, path: &Path) -> Result<(), WeightsError> {
+pub fn save_file(spec: &ModelSpec, params: &Params, path: &Path) -> Result<(), WeightsError> {
     save_file_with(spec, params, path, SaveOptions::default())
 }
 
 /// Saves parameters as an HF checkpoint file with explicit options, atomically.
 pub fn save_file_with(
     spec: &ModelSpec,
-    params: &Weights,
+    params: &Params,
     path: &Path,
     options: SaveOptions,
 ) -> Result<(), WeightsError> {
@@ -434,7 +480,7 @@ pub fn hf_name(spec: &ModelSpec, canonical: &str) -> Option<String> {
 /// `modelspec eval --grads` writes).
 pub fn grad_tensors(
     spec: &ModelSpec,
-    grads: &Weights,
+    grads: &Params,
     dialect: Dialect,
 ) -> Result<BTreeMap<String, HostTensor>, WeightsError> {
     Ok(to_checkpoint(spec, grads, dialect)?

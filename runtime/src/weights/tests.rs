@@ -196,7 +196,7 @@ fn phi3() -> ModelSpec {
 }
 
 /// Deterministic distinct values for every parameter.
-fn params_for(spec: &ModelSpec) -> Weights {
+fn host_params(spec: &ModelSpec) -> Weights {
     let mut state = 0x9e37_79b9_u32;
     canonical_shapes(spec)
         .into_iter()
@@ -210,6 +210,11 @@ fn params_for(spec: &ModelSpec) -> Weights {
             (name, HostTensor { shape, data })
         })
         .collect()
+}
+
+/// [`host_params`] as the runtime's [`Params`].
+fn params_for(spec: &ModelSpec) -> Params {
+    to_params(host_params(spec)).expect("consistent shapes")
 }
 
 fn tmp(name: &str) -> PathBuf {
@@ -355,12 +360,13 @@ fn spec_llama() -> ModelSpec {
 fn gpt2_conv1d_weights_are_stored_in_out_and_fused() {
     let spec = gpt2();
     let params = params_for(&spec);
+    let host = from_params(&params);
     let ckpt = to_checkpoint(&spec, &params, Dialect::default()).expect("ckpt");
     let c_attn = &ckpt["transformer.h.0.attn.c_attn.weight"];
     assert_eq!(c_attn.shape, vec![16, 72]);
     // c_attn[i, j] = [q; k; v][j, i]
-    let q = &params["layers.0.attn.q.weight"];
-    let k = &params["layers.0.attn.k.weight"];
+    let q = &host["layers.0.attn.q.weight"];
+    let k = &host["layers.0.attn.k.weight"];
     assert_eq!(c_attn.data[3 * 72 + 5], q.data[5 * 16 + 3]);
     assert_eq!(c_attn.data[2 * 72 + 24 + 7], k.data[7 * 16 + 2]);
     assert_eq!(ckpt["transformer.h.0.attn.c_attn.bias"].shape, vec![72]);
@@ -407,13 +413,14 @@ fn gpt2_files_without_the_transformer_prefix_load_and_mask_buffers_are_skipped()
 fn gpt_neox_interleaves_q_k_v_per_head() {
     let spec = neox();
     let params = params_for(&spec);
+    let host = from_params(&params);
     let ckpt = to_checkpoint(&spec, &params, Dialect::default()).expect("ckpt");
     let qkv = &ckpt["gpt_neox.layers.0.attention.query_key_value.weight"];
     assert_eq!(qkv.shape, vec![72, 16]);
     let (q, k, v) = (
-        &params["layers.0.attn.q.weight"],
-        &params["layers.0.attn.k.weight"],
-        &params["layers.0.attn.v.weight"],
+        &host["layers.0.attn.q.weight"],
+        &host["layers.0.attn.k.weight"],
+        &host["layers.0.attn.v.weight"],
     );
     let hd = 4;
     for head in 0..6 {
@@ -438,14 +445,15 @@ fn gpt_neox_interleaves_q_k_v_per_head() {
 fn falcon_groups_queries_with_their_kv_head() {
     let spec = falcon(true);
     let params = params_for(&spec);
+    let host = from_params(&params);
     let ckpt = to_checkpoint(&spec, &params, Dialect::default()).expect("ckpt");
     let qkv = &ckpt["transformer.h.1.self_attention.query_key_value.weight"];
     // 2 groups of (3 query heads, k, v), head_dim 4.
     assert_eq!(qkv.shape, vec![(6 + 2 + 2) * 4, 16]);
     let (q, k, v) = (
-        &params["layers.1.attn.q.weight"],
-        &params["layers.1.attn.k.weight"],
-        &params["layers.1.attn.v.weight"],
+        &host["layers.1.attn.q.weight"],
+        &host["layers.1.attn.k.weight"],
+        &host["layers.1.attn.v.weight"],
     );
     let row = |t: &HostTensor, r: usize| t.data[r * 16..(r + 1) * 16].to_vec();
     let fused_row = |r: usize| qkv.data[r * 16..(r + 1) * 16].to_vec();
@@ -490,6 +498,7 @@ fn phi_and_phi3_names() {
     );
     let p3 = phi3();
     let params = params_for(&p3);
+    let host = from_params(&params);
     let ckpt = to_checkpoint(&p3, &params, Dialect::default()).expect("ckpt");
     assert_eq!(
         ckpt["model.layers.0.self_attn.qkv_proj.weight"].shape,
@@ -503,11 +512,11 @@ fn phi_and_phi3_names() {
     assert_eq!(gate_up.shape, vec![24, 16]);
     assert_eq!(
         gate_up.data[..12 * 16],
-        params["layers.0.mlp.gate.weight"].data[..]
+        host["layers.0.mlp.gate.weight"].data[..]
     );
     assert_eq!(
         gate_up.data[12 * 16..],
-        params["layers.0.mlp.up.weight"].data[..]
+        host["layers.0.mlp.up.weight"].data[..]
     );
 }
 
@@ -526,6 +535,7 @@ fn moe_dialects_are_detected_and_round_trip() {
     }
     let plain = moe(false);
     let params = params_for(&plain);
+    let host = from_params(&params);
     let mixtral = Dialect {
         base_prefix: true,
         moe: MoeNaming::Mixtral,
@@ -533,15 +543,15 @@ fn moe_dialects_are_detected_and_round_trip() {
     let ckpt = to_checkpoint(&plain, &params, mixtral).expect("mixtral");
     assert_eq!(
         ckpt["model.layers.0.block_sparse_moe.experts.1.w1.weight"],
-        params["layers.0.moe.experts.1.gate.weight"]
+        host["layers.0.moe.experts.1.gate.weight"]
     );
     assert_eq!(
         ckpt["model.layers.0.block_sparse_moe.experts.1.w3.weight"],
-        params["layers.0.moe.experts.1.up.weight"]
+        host["layers.0.moe.experts.1.up.weight"]
     );
     assert_eq!(
         ckpt["model.layers.0.block_sparse_moe.experts.1.w2.weight"],
-        params["layers.0.moe.experts.1.down.weight"]
+        host["layers.0.moe.experts.1.down.weight"]
     );
     let loaded = from_checkpoint(&plain, ckpt).expect("load");
     assert_eq!(loaded.dialect.moe, MoeNaming::Mixtral);
@@ -711,7 +721,8 @@ fn bf16_files_load_as_f32() {
     };
     save_file_with(&spec, &params, &path, options).expect("save");
     let loaded = load_file(&spec, &path).expect("load");
-    for (name, t) in &params {
+    let loaded = from_params(&loaded);
+    for (name, t) in &from_params(&params) {
         let back = &loaded[name];
         for (a, b) in t.data.iter().zip(&back.data) {
             assert!((a - b).abs() <= a.abs() / 128.0, "{name}: {a} vs {b}");
@@ -797,13 +808,10 @@ fn gradients_are_named_as_in_the_checkpoint() {
 fn saving_checks_the_parameter_map() {
     let spec = spec_llama();
     let mut params = params_for(&spec);
-    params.remove("embed.weight");
+    params.tensors.remove("embed.weight");
     params.insert(
-        "bogus".into(),
-        HostTensor {
-            shape: vec![1],
-            data: vec![0.0],
-        },
+        "bogus",
+        crate::Tensor::from_vec(&[1], vec![0.0]).expect("tensor"),
     );
     let path = tmp("bad-save").join("x.safetensors");
     match save_file(&spec, &params, &path) {
