@@ -7,6 +7,7 @@
 use std::io::Write;
 
 pub mod check;
+pub mod eval;
 pub mod expand;
 pub mod export_hf;
 pub mod generate;
@@ -34,6 +35,8 @@ pub enum Command {
     ImportHf(import_hf::ImportHfArgs),
     /// Write the HF config.json of a spec.
     ExportHf(export_hf::ExportHfArgs),
+    /// Logits, loss and (with --grads) checkpoint-named gradients of a model on given tokens.
+    Eval(eval::EvalArgs),
     /// Write the Rust module and CUDA source that `model!` would expand to (model.rs, kernels.cu).
     Generate(generate::GenerateArgs),
     /// Plan activation checkpointing: what each layer saves and recomputes, memory and FLOPs.
@@ -53,6 +56,7 @@ impl Command {
             Command::Expand(args) => expand::run(args),
             Command::ImportHf(args) => import_hf::run(args),
             Command::ExportHf(args) => export_hf::run(args),
+            Command::Eval(args) => eval::run(args),
             Command::Generate(args) => generate::run(args),
             Command::Plan(args) => plan::run(args),
             Command::Train(args) => train::run(args),

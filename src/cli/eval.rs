@@ -1,0 +1,215 @@
+//! `modelspec eval`: logits, loss and (with `--grads`) gradients of a checkpoint on given tokens.
+//!
+//! ```text
+//! modelspec eval (--hf DIR | --spec FILE --weights W.safetensors) --input IN --out OUT
+//!                [--grads] [--device cpu|cuda] [--dtype f32|bf16] [--checkpoint POLICY]
+//! ```
+//! IN is a safetensors file with `input_ids` (integer `[B, T]`). OUT gets `logits` (f32
+//! `[B, T, vocab]`), `loss` (f32 `[1]`: mean next-token cross-entropy with labels = input_ids,
+//! shifted, as transformers computes it) and, with `--grads`, `grad.<name>` (f32) for every
+//! parameter, named and shaped as in the checkpoint that was loaded (HF names and layouts: fused
+//! q/k/v, GPT-2's `[in, out]` Conv1D, per-expert MoE tensors...). The MoE load-balancing loss is
+//! not part of `loss` nor of the gradients, as in transformers without `output_router_logits`.
+//! `--dtype bf16` rounds the parameters to bfloat16 and computes in f32.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, anyhow, bail};
+use modelspec_dsl::ir::{LayerCheckpoint, ModelSpec};
+use modelspec_dsl::plan::{self, PolicyOverride};
+use modelspec_runtime::exec::{Executor, Policy};
+use modelspec_runtime::ops::cross_entropy;
+use modelspec_runtime::weights::{self, Dialect, FileTensor, HostTensor, StoreDtype};
+use modelspec_runtime::{Device, Params};
+
+/// Arguments of `modelspec eval`.
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("model").required(true).args(["hf", "spec"])))]
+pub struct EvalArgs {
+    /// An HF model directory: config.json and model.safetensors (or a sharded index).
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["spec", "weights"])]
+    pub hf: Option<PathBuf>,
+    /// A spec (.mspec, .yaml/.yml or HF config.json); needs --weights.
+    #[arg(long, value_name = "FILE", requires = "weights")]
+    pub spec: Option<PathBuf>,
+    /// The checkpoint of --spec (HF names and layouts).
+    #[arg(long, value_name = "W.safetensors")]
+    pub weights: Option<PathBuf>,
+    /// safetensors with `input_ids` (integer [B, T]).
+    #[arg(long, value_name = "IN")]
+    pub input: PathBuf,
+    /// Where to write logits, loss and gradients (safetensors, written atomically).
+    #[arg(long, value_name = "OUT")]
+    pub out: PathBuf,
+    /// Also write `grad.<checkpoint name>` for every parameter.
+    #[arg(long)]
+    pub grads: bool,
+    /// Where to run: cpu or cuda.
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// Parameter precision: f32, or bf16 (parameters rounded to bfloat16, f32 arithmetic).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
+    /// Activation-checkpoint policy for --grads (none, full, auto, save(...), budget(0.5), ...);
+    /// default: the spec's. Gradients do not depend on it.
+    #[arg(long = "checkpoint", value_name = "POLICY")]
+    pub policy: Option<String>,
+}
+
+/// The spec and its parameters (canonical names), with the dialect of the checkpoint read.
+fn load_model(args: &EvalArgs) -> Result<(ModelSpec, Params, Dialect)> {
+    let (spec, loaded) = match (&args.hf, &args.spec, &args.weights) {
+        (Some(dir), None, None) => {
+            let (spec, _) = super::load_or_report(&dir.join("config.json"))?;
+            let loaded = weights::load_hf_dir_detailed(&spec, dir)
+                .with_context(|| format!("loading the weights of {}", dir.display()))?;
+            (spec, loaded)
+        }
+        (None, Some(file), Some(w)) => {
+            let (spec, _) = super::load_or_report(file)?;
+            let loaded = weights::load_files(&spec, &[w.as_path()])
+                .with_context(|| format!("loading the weights {}", w.display()))?;
+            (spec, loaded)
+        }
+        _ => bail!("give either --hf DIR, or --spec FILE with --weights W.safetensors"),
+    };
+    let mut params = loaded.params;
+    if args.dtype == "bf16" {
+        for t in params.tensors.values_mut() {
+            for x in t.data_mut() {
+                *x = weights::bf16_to_f32(weights::f32_to_bf16(*x));
+            }
+        }
+    }
+    Ok((spec, params, loaded.dialect))
+}
+
+/// `input_ids` of IN as `(tokens, batch, seq)`, checked against the vocabulary.
+fn load_input(path: &Path, spec: &ModelSpec) -> Result<(Vec<u32>, usize, usize)> {
+    let tensors = weights::read_tensors(path)
+        .with_context(|| format!("reading the input {}", path.display()))?;
+    let Some(FileTensor::Int { shape, data }) = tensors.get("input_ids") else {
+        bail!(
+            "{}: no integer tensor `input_ids` (expected int64 [B, T])",
+            path.display()
+        );
+    };
+    let [batch, seq] = shape[..] else {
+        bail!(
+            "{}: `input_ids` has shape {shape:?}, expected [B, T]",
+            path.display()
+        );
+    };
+    if batch == 0 || seq == 0 {
+        bail!("{}: `input_ids` is empty ({shape:?})", path.display());
+    }
+    let tokens = data
+        .iter()
+        .enumerate()
+        .map(|(i, &t)| match u32::try_from(t) {
+            Ok(id) if u64::from(id) < spec.vocab => Ok(id),
+            _ => Err(anyhow!(
+                "{}: input_ids[{}, {}] = {t} is outside the vocabulary [0, {})",
+                path.display(),
+                i / seq,
+                i % seq,
+                spec.vocab
+            )),
+        })
+        .collect::<Result<Vec<u32>>>()?;
+    Ok((tokens, batch, seq))
+}
+
+/// The executor policy for `--checkpoint`, planned at this batch and sequence length.
+fn resolve_policy(
+    spec: &ModelSpec,
+    text: Option<&str>,
+    batch: usize,
+    seq: usize,
+) -> Result<Policy> {
+    let Some(text) = text else {
+        return Ok(Policy::FromSpec);
+    };
+    let parsed = plan::parse_policy(text).map_err(|e| anyhow!("--checkpoint {text}: {e}"))?;
+    Ok(match parsed {
+        PolicyOverride::Layer(p) => Policy::Uniform(p),
+        budget @ PolicyOverride::Budget(_) => {
+            let planned = plan::plan(
+                spec,
+                batch as u64,
+                seq as u64,
+                plan::Dtype::F32,
+                Some(&budget),
+            )
+            .map_err(|e| anyhow!("--checkpoint {text}: {e}"))?;
+            Policy::PerLayer(
+                planned
+                    .layers
+                    .iter()
+                    .map(|l| LayerCheckpoint::Save(l.saved.iter().map(|s| s.to_string()).collect()))
+                    .collect(),
+            )
+        }
+    })
+}
+
+/// Runs `modelspec eval`.
+pub fn run(args: EvalArgs) -> Result<()> {
+    if args.device == "cuda" {
+        let device = Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
+        bail!(
+            "--device cuda: eval runs on the CPU in this version ({device} was found); use --device cpu"
+        );
+    }
+    let (spec, params, dialect) = load_model(&args)?;
+    let (tokens, batch, seq) = load_input(&args.input, &spec)?;
+    let mut exec = Executor::new(&spec)?;
+    exec.set_aux_loss(false);
+
+    let vocab = spec.vocab as usize;
+    let padded = spec.vocab_padded as usize;
+    let (logits, loss, grads) = if args.grads {
+        let policy = resolve_policy(&spec, args.policy.as_deref(), batch, seq)?;
+        let step = exec.loss_and_grads(&params, &tokens, batch, &policy)?;
+        (step.logits, step.ce_loss, Some(step.grads))
+    } else {
+        let logits = exec.forward(&params, &tokens, batch)?;
+        let loss = cross_entropy::forward(logits.data(), padded, &tokens, seq);
+        (logits, loss, None)
+    };
+
+    let mut out: BTreeMap<String, HostTensor> = BTreeMap::new();
+    // Padding rows of the vocabulary are not tokens: OUT has exactly `vocab` logits per position.
+    let data: Vec<f32> = logits
+        .data()
+        .chunks(padded)
+        .flat_map(|row| row[..vocab].iter().copied())
+        .collect();
+    out.insert(
+        "logits".into(),
+        HostTensor {
+            shape: vec![batch, seq, vocab],
+            data,
+        },
+    );
+    out.insert(
+        "loss".into(),
+        HostTensor {
+            shape: vec![1],
+            data: vec![loss as f32],
+        },
+    );
+    if let Some(grads) = grads {
+        out.extend(weights::grad_tensors(&spec, &grads, dialect)?);
+    }
+    weights::write_tensors(&args.out, &out, &BTreeMap::new(), StoreDtype::F32)
+        .with_context(|| format!("writing {}", args.out.display()))?;
+    eprintln!(
+        "{}: loss {loss:.6} over {batch}×{seq} tokens; wrote {} tensors to {}",
+        spec.name,
+        out.len(),
+        args.out.display()
+    );
+    Ok(())
+}
