@@ -12,6 +12,41 @@
 //!     checkpoint { default auto  budget 0.5 }
 //! }
 //! ```
+//! # Language reference
+//!
+//! A file holds one `model NAME { ... }`. Inside, settings are `key value` pairs separated by
+//! whitespace (commas and `=` are optional: `heads 8`, `heads = 8`, `tied, scale = 2`). Comments
+//! start with `#` or `//`. Numbers: `4096`, `1_000_000`, `1e-6`, `0.25`, `-1`; byte sizes take a
+//! unit (`24GiB`, `512MiB`, `8GB`, `100B`). Flags are written alone (`tied`) or with a value
+//! (`tied = false`). A dotted key sets one field of a block: `attention.window 4096`.
+//!
+//! | key | value |
+//! |---|---|
+//! | `vocab` | `N`, or `N pad M` to pad the embedding rows to a multiple of M |
+//! | `d_model`, `layers`, `context` | integers |
+//! | `dropout` | `p` (all three), or `{ embedding p  attention p  residual p }` |
+//! | `embedding` | `{ tied  scale = sqrt(d_model) \| number  learned_positions }` |
+//! | `norm` | `rms(eps, offset, weight, bias)` or `layer(...)`; `offset = 1` is Gemma's `1 + w` |
+//! | `placement` | `pre`, `post` or `sandwich` |
+//! | `parallel_residual`, `shared_norm` | flags (GPT-NeoX / Phi-2, Falcon) |
+//! | `final_norm` | a norm, or `none` |
+//! | `attention` | `{ heads  kv_heads  head_dim  qkv_bias  out_bias  bias  qk_norm  softcap  scale  window }` |
+//! | `attention.qk_norm` | `none`, a norm (per head), or `qk_norm(rms(...), scope = head \| full)` |
+//! | `position` | `rope(theta, fraction, rotary_dims, style = half_split \| interleaved, scaling)`, `learned`, `alibi`, `none` |
+//! | rope `scaling` | `linear(factor)`, `dynamic_ntk(factor, original_context)`, `yarn(factor, original_context, beta_fast, beta_slow, attention_factor)`, `llama3(factor, low_freq_factor, high_freq_factor, original_context)`, `longrope(short = [..], long = [..], original_context, attention_factor)` |
+//! | `mlp` | `gelu`, `gelu_tanh`, `relu_squared`, `swiglu`, `geglu`, `geglu_tanh` with `(hidden = N, bias)`; `geglu(act = gelu_tanh)` is `geglu_tanh` |
+//! | `moe` | `{ experts  top_k  expert swiglu(hidden = N)  router softmax_topk \| topk_softmax  renormalize  shared(count, hidden, gate)  aux_loss }` |
+//! | `logits` | `{ softcap X  bias }` (or inline: `logits softcap 30`) |
+//! | `weights` | `{ naming llama \| gpt2 \| gpt_neox \| falcon \| phi  qkv separate \| fused \| fused_per_head  fused_gate_up }` |
+//! | `checkpoint` | a policy, or `{ default POLICY  layers[SEL] POLICY  budget 0.5 \| 24GiB \| none }`; policies: `none`, `full`, `auto`, `save(names)`, `recompute(names)` over [`crate::tensors::layer_tensors`] |
+//! | `layers[SEL] { ... }` | per-layer overrides of `attention`, `position`, `norm`, `placement`, `parallel_residual`, `shared_norm`, `mlp`, `moe`, `checkpoint` |
+//!
+//! Selectors `SEL`: `3`, `0..8` (**half-open**: layers 0 to 7), `1, 5, 9`, `0..4, 10`, `even`,
+//! `odd`, `every 4`, `every 4 offset 1`, `all`. Rules apply in file order and the last matching
+//! rule wins; a rule that selects no layer, or a layer index past the end, is an error. A rule
+//! overrides only what it writes: `layers[odd] { position rope(theta = 1e6) }` keeps the model
+//! level fraction, style and scaling. Every default is listed in [`lower`].
+//!
 //! Pipeline: `grammar.pest` (pest) → [`ast`] (atoms with spans) → [`lower`] (schema, defaults,
 //! per-layer rules, derived sizes) → [`crate::check::check`] → diagnostics mapped back to spans.
 //! The default of every setting is listed in [`lower`]. [`print`] writes any IR back as `.mspec`.
