@@ -104,10 +104,32 @@ pub(crate) fn issue_to_diagnostic(
             None => break None,
         }
     };
-    let key = key.unwrap_or_else(|| "model_type".to_string());
+    let mut key = key.unwrap_or_else(|| "model_type".to_string());
+    // Inside a rope dict, name the entry itself (`rope_scaling.factor`).
+    let rest = issue.field[path.len()..].trim_start_matches('.');
+    if !rest.is_empty()
+        && let Some(node) = root.and_then(|r| lookup(r, &key))
+        && let Some(hf_key) = rope_key(rest)
+    {
+        for sub in ["", "full_attention", "sliding_attention"] {
+            let dict = if sub.is_empty() {
+                Some(node)
+            } else {
+                node.get(sub).map(|m| &m.value)
+            };
+            if dict.and_then(|d| d.get(hf_key)).is_some() {
+                key = if sub.is_empty() {
+                    format!("{key}.{hf_key}")
+                } else {
+                    format!("{key}.{sub}.{hf_key}")
+                };
+                break;
+            }
+        }
+    }
     let span = root
-        .and_then(|r| r.get(&key))
-        .map(|m| m.value.span.clone())
+        .and_then(|r| lookup(r, &key))
+        .map(|v| v.span.clone())
         .unwrap_or(0..0);
     let mut message = issue.message.clone();
     if !issue.layers.is_empty() && issue.layers.len() < 8 {
@@ -121,6 +143,33 @@ pub(crate) fn issue_to_diagnostic(
         message,
         hint: issue.hint.clone(),
     }
+}
+
+/// The value at a dotted key path.
+fn lookup<'v>(root: &'v JsonValue, dotted: &str) -> Option<&'v JsonValue> {
+    let mut node = root;
+    for part in dotted.split('.') {
+        node = &node.get(part)?.value;
+    }
+    Some(node)
+}
+
+/// The HF name of a RoPE IR field inside `rope_scaling` / `rope_parameters`.
+fn rope_key(ir: &str) -> Option<&'static str> {
+    Some(match ir.rsplit('.').next()? {
+        "theta" => "rope_theta",
+        "factor" => "factor",
+        "original_context" => "original_max_position_embeddings",
+        "beta_fast" => "beta_fast",
+        "beta_slow" => "beta_slow",
+        "attention_factor" => "attention_factor",
+        "low_freq_factor" => "low_freq_factor",
+        "high_freq_factor" => "high_freq_factor",
+        "short_factor" => "short_factor",
+        "long_factor" => "long_factor",
+        "fraction" | "rotary_dims" => "partial_rotary_factor",
+        _ => return None,
+    })
 }
 
 /// Reads the config into the IR without the IR checks.
@@ -846,6 +895,19 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
         fused_gate_up: family == Family::Phi3,
     };
     cfg.origin("name", "_name_or_path");
+    // Fallbacks for derived IR fields, so that check issues point at the field they derive from.
+    for (ir, from) in [
+        ("embedding.scale", "d_model"),
+        ("attention.scale", "attention.head_dim"),
+        ("block.norm", "block.norm.eps"),
+        ("final_norm", "block.norm.eps"),
+        ("ffn.shared", "ffn.shared.hidden"),
+        ("ffn.expert", "ffn.expert.hidden"),
+    ] {
+        if let Some(key) = cfg.origins.get(from).cloned() {
+            cfg.origin(ir, &key);
+        }
+    }
     let name = spec_name(cfg, file, family);
     Some(ModelSpec {
         name,
@@ -941,6 +1003,7 @@ fn rotary_fraction(cfg: &mut Cfg<'_>, family: Family) -> f64 {
         fraction = cfg.float_value(&key_used, &v).unwrap_or(default);
     }
     cfg.origin("position.fraction", &key_used);
+    cfg.origin("position.rotary_dims", &key_used);
     if !(fraction > 0.0 && fraction <= 1.0) {
         cfg.error(
             &key_used,
