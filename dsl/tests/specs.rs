@@ -282,3 +282,34 @@ fn truncated_specs_never_panic() {
         }
     }
 }
+
+#[test]
+fn selectors_print_compactly() {
+    use modelspec_dsl::mspec::format_selector;
+    assert_eq!(format_selector(&[3], 8), "3");
+    assert_eq!(format_selector(&[0, 1, 2, 3], 8), "0..4");
+    assert_eq!(format_selector(&[0, 2, 4, 6], 8), "even");
+    assert_eq!(format_selector(&[1, 3, 5, 7], 8), "odd");
+    assert_eq!(format_selector(&[5, 11, 17, 23], 26), "every 6 offset 5");
+    assert_eq!(format_selector(&[0, 4], 8), "every 4");
+    assert_eq!(format_selector(&[0, 1, 2, 3, 4, 5, 6, 7], 8), "all");
+    assert_eq!(format_selector(&[1, 5, 9], 32), "1, 5, 9");
+    assert_eq!(
+        format_selector(&[0, 1, 2, 7, 9, 10, 11], 12),
+        "0..3, 7, 9..12"
+    );
+}
+
+#[test]
+fn suggestions_pick_the_closest_key() {
+    use modelspec_dsl::check::did_you_mean;
+    assert_eq!(
+        did_you_mean("kv_head", &["heads", "kv_heads", "head_dim"]),
+        Some("kv_heads")
+    );
+    assert_eq!(
+        did_you_mean("atn_out", &["attn", "attn_out", "q"]),
+        Some("attn_out")
+    );
+    assert_eq!(did_you_mean("zzz", &["heads", "window"]), None);
+}

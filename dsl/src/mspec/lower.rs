@@ -651,9 +651,14 @@ impl<'a> Reader<'a> {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!("known keys here: {}", keys.join(", ")),
         };
+        // `attention` scope: the field is `attention.kv_head`, as the user would write it.
+        let field = match scope.strip_prefix('`').and_then(|s| s.strip_suffix('`')) {
+            Some(block) => format!("{block}.{key}"),
+            None => key.to_string(),
+        };
         self.error(
             span,
-            key,
+            &field,
             format!("unknown key `{key}` in {scope}"),
             Some(hint),
         );
