@@ -1384,9 +1384,11 @@ impl Executor {
             });
             AuxStats::new(e.unwrap_or(0))
         });
+        let ctxs: Vec<LayerCtx<'_, T>> = (0..n_layers)
+            .map(|i| self.layer_ctx(i, params, shape, true))
+            .collect();
         let mut stores = Vec::with_capacity(n_layers);
-        for (i, keep) in keeps.iter().enumerate() {
-            let ctx = self.layer_ctx(i, params, shape, true);
+        for ((i, keep), ctx) in keeps.iter().enumerate().zip(&ctxs) {
             let aux_here = match (&self.spec.layers[i].ffn, aux.as_mut()) {
                 (Ffn::Moe(m), Some(a)) if m.aux_loss > 0.0 => Some(a),
                 _ => None,
@@ -1443,8 +1445,7 @@ impl Executor {
             }
             None => d_normed,
         };
-        for i in (0..n_layers).rev() {
-            let ctx = self.layer_ctx(i, params, shape, true);
+        for (i, ctx) in ctxs.iter().enumerate().rev() {
             let mut store = stores.pop().expect("one store per layer");
             let aux_here = match &self.spec.layers[i].ffn {
                 Ffn::Moe(m) if m.aux_loss > 0.0 => aux_dprobs.as_deref(),

@@ -4,6 +4,7 @@
 //! `x/2 · (1 + tanh(√(2/π) (x + 0.044715 x³)))`, `silu` is `x · σ(x)`, `relu²` is `max(x, 0)²`.
 
 use modelspec_dsl::ir::MlpKind;
+use rayon::prelude::*;
 
 use crate::tensor::Float;
 
@@ -86,25 +87,42 @@ impl Activation {
     }
 }
 
+/// Elements per parallel chunk: pointwise work is split across threads only when large.
+const CHUNK: usize = 1 << 14;
+
 /// `out = f(x)`.
 pub fn forward<T: Float>(act: Activation, x: &[T], out: &mut [T]) {
-    for (o, &v) in out.iter_mut().zip(x) {
-        *o = act.apply(v);
-    }
+    out.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(out, x)| {
+            for (o, &v) in out.iter_mut().zip(x) {
+                *o = act.apply(v);
+            }
+        });
 }
 
 /// `dx += dout · f'(x)`.
 pub fn backward<T: Float>(act: Activation, x: &[T], dout: &[T], dx: &mut [T]) {
-    for ((g, &v), &d) in dx.iter_mut().zip(x).zip(dout) {
-        *g += d * act.derivative(v);
-    }
+    dx.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .zip(dout.par_chunks(CHUNK))
+        .for_each(|((dx, x), dout)| {
+            for ((g, &v), &d) in dx.iter_mut().zip(x).zip(dout) {
+                *g += d * act.derivative(v);
+            }
+        });
 }
 
 /// `out = f(gate) · up`.
 pub fn forward_gated<T: Float>(act: Activation, gate: &[T], up: &[T], out: &mut [T]) {
-    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
-        *o = act.apply(g) * u;
-    }
+    out.par_chunks_mut(CHUNK)
+        .zip(gate.par_chunks(CHUNK))
+        .zip(up.par_chunks(CHUNK))
+        .for_each(|((out, gate), up)| {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                *o = act.apply(g) * u;
+            }
+        });
 }
 
 /// `dgate += dout · up · f'(gate)`, `dup += dout · f(gate)`.
@@ -116,9 +134,19 @@ pub fn backward_gated<T: Float>(
     dgate: &mut [T],
     dup: &mut [T],
 ) {
-    for i in 0..dout.len() {
-        let g = gate[i];
-        dgate[i] += dout[i] * up[i] * act.derivative(g);
-        dup[i] += dout[i] * act.apply(g);
-    }
+    dgate
+        .par_chunks_mut(CHUNK)
+        .zip(dup.par_chunks_mut(CHUNK))
+        .zip(
+            gate.par_chunks(CHUNK)
+                .zip(up.par_chunks(CHUNK))
+                .zip(dout.par_chunks(CHUNK)),
+        )
+        .for_each(|((dgate, dup), ((gate, up), dout))| {
+            for i in 0..dout.len() {
+                let g = gate[i];
+                dgate[i] += dout[i] * up[i] * act.derivative(g);
+                dup[i] += dout[i] * act.apply(g);
+            }
+        });
 }

@@ -121,7 +121,6 @@ impl AttentionCfg {
     /// Fills `probs` (`[seq, seq]`, row i: probabilities of query i) and `capped` (the scores
     /// after scale and softcap) for sequence `b`, head `h`. Entries outside the visible range of
     /// `probs` are 0; those of `capped` are unspecified.
-    #[allow(clippy::needless_range_loop)]
     fn probabilities<T: Float>(
         &self,
         q: &[T],
@@ -159,33 +158,32 @@ impl AttentionCfg {
         let slope = self.alibi.as_ref().map(|s| s[h]);
         for i in 0..t {
             let lo = self.first_visible(i);
-            let srow = &mut capped[i * t..(i + 1) * t];
-            let prow = &mut probs[i * t..(i + 1) * t];
-            let mut max = T::NEG_INF;
-            for j in lo..=i {
-                let mut s = srow[j];
-                if let Some(slope) = slope {
-                    s += T::from_f64(alibi_bias(slope, j));
+            // Separate passes over the visible span so the plain ones vectorise.
+            let srow = &mut capped[i * t + lo..i * t + i + 1];
+            match slope {
+                Some(slope) => {
+                    for (j, s) in (lo..).zip(srow.iter_mut()) {
+                        *s = (*s + T::from_f64(alibi_bias(slope, j))) * scale;
+                    }
                 }
-                s *= scale;
-                if let Some(c) = cap {
-                    s = c * (s / c).tanh();
-                }
-                srow[j] = s;
-                max = max.max(s);
+                None => srow.iter_mut().for_each(|s| *s *= scale),
             }
+            if let Some(c) = cap {
+                srow.iter_mut().for_each(|s| *s = c * (*s / c).tanh());
+            }
+            let max = srow.iter().copied().fold(T::NEG_INF, T::max);
+            let prow = &mut probs[i * t..(i + 1) * t];
+            prow[..lo].fill(T::ZERO);
+            prow[i + 1..].fill(T::ZERO);
+            let visible = &mut prow[lo..=i];
             let mut sum = T::ZERO;
-            for j in lo..=i {
-                let e = (srow[j] - max).exp();
-                prow[j] = e;
+            for (p, &s) in visible.iter_mut().zip(srow.iter()) {
+                let e = (s - max).exp();
+                *p = e;
                 sum += e;
             }
             let inv = T::ONE / sum;
-            prow[..lo].fill(T::ZERO);
-            for p in &mut prow[lo..=i] {
-                *p *= inv;
-            }
-            prow[i + 1..].fill(T::ZERO);
+            visible.iter_mut().for_each(|p| *p *= inv);
         }
     }
 

@@ -12,6 +12,7 @@
 //! f32 before the cosine, and `m` multiplies cos and sin.
 
 use modelspec_dsl::ir::{Rope, RopeScaling, RopeStyle};
+use rayon::prelude::*;
 
 use crate::tensor::Float;
 
@@ -159,6 +160,9 @@ impl<T: Float> RopeTable<T> {
     }
 }
 
+/// Rows per parallel task.
+const ROWS_PER_TASK: usize = 64;
+
 /// Rotates `x: [batch·seq, heads·head_dim]` into `out`.
 pub fn forward<T: Float>(
     table: &RopeTable<T>,
@@ -169,27 +173,33 @@ pub fn forward<T: Float>(
 ) {
     let half = table.rotary_dims / 2;
     let width = heads * head_dim;
-    for (n, (xr, yr)) in x
-        .chunks_exact(width)
-        .zip(out.chunks_exact_mut(width))
+    let chunk = width * ROWS_PER_TASK;
+    x.par_chunks(chunk)
+        .zip(out.par_chunks_mut(chunk))
         .enumerate()
-    {
-        let t = n % table.seq;
-        let (cos, sin) = (
-            &table.cos[t * half..(t + 1) * half],
-            &table.sin[t * half..(t + 1) * half],
-        );
-        for h in 0..heads {
-            let xs = &xr[h * head_dim..(h + 1) * head_dim];
-            let ys = &mut yr[h * head_dim..(h + 1) * head_dim];
-            for i in 0..half {
-                let (a, b) = table.pair(i);
-                ys[a] = xs[a] * cos[i] - xs[b] * sin[i];
-                ys[b] = xs[b] * cos[i] + xs[a] * sin[i];
+        .for_each(|(task, (x, out))| {
+            for (r, (xr, yr)) in x
+                .chunks_exact(width)
+                .zip(out.chunks_exact_mut(width))
+                .enumerate()
+            {
+                let t = (task * ROWS_PER_TASK + r) % table.seq;
+                let (cos, sin) = (
+                    &table.cos[t * half..(t + 1) * half],
+                    &table.sin[t * half..(t + 1) * half],
+                );
+                for h in 0..heads {
+                    let xs = &xr[h * head_dim..(h + 1) * head_dim];
+                    let ys = &mut yr[h * head_dim..(h + 1) * head_dim];
+                    for i in 0..half {
+                        let (a, b) = table.pair(i);
+                        ys[a] = xs[a] * cos[i] - xs[b] * sin[i];
+                        ys[b] = xs[b] * cos[i] + xs[a] * sin[i];
+                    }
+                    ys[table.rotary_dims..].copy_from_slice(&xs[table.rotary_dims..]);
+                }
             }
-            ys[table.rotary_dims..].copy_from_slice(&xs[table.rotary_dims..]);
-        }
-    }
+        });
 }
 
 /// Accumulates `dx` from `dy` (the transpose rotation).
@@ -202,27 +212,33 @@ pub fn backward<T: Float>(
 ) {
     let half = table.rotary_dims / 2;
     let width = heads * head_dim;
-    for (n, (dyr, dxr)) in dy
-        .chunks_exact(width)
-        .zip(dx.chunks_exact_mut(width))
+    let chunk = width * ROWS_PER_TASK;
+    dy.par_chunks(chunk)
+        .zip(dx.par_chunks_mut(chunk))
         .enumerate()
-    {
-        let t = n % table.seq;
-        let (cos, sin) = (
-            &table.cos[t * half..(t + 1) * half],
-            &table.sin[t * half..(t + 1) * half],
-        );
-        for h in 0..heads {
-            let ds = &dyr[h * head_dim..(h + 1) * head_dim];
-            let gs = &mut dxr[h * head_dim..(h + 1) * head_dim];
-            for i in 0..half {
-                let (a, b) = table.pair(i);
-                gs[a] += ds[a] * cos[i] + ds[b] * sin[i];
-                gs[b] += ds[b] * cos[i] - ds[a] * sin[i];
+        .for_each(|(task, (dy, dx))| {
+            for (r, (dyr, dxr)) in dy
+                .chunks_exact(width)
+                .zip(dx.chunks_exact_mut(width))
+                .enumerate()
+            {
+                let t = (task * ROWS_PER_TASK + r) % table.seq;
+                let (cos, sin) = (
+                    &table.cos[t * half..(t + 1) * half],
+                    &table.sin[t * half..(t + 1) * half],
+                );
+                for h in 0..heads {
+                    let ds = &dyr[h * head_dim..(h + 1) * head_dim];
+                    let gs = &mut dxr[h * head_dim..(h + 1) * head_dim];
+                    for i in 0..half {
+                        let (a, b) = table.pair(i);
+                        gs[a] += ds[a] * cos[i] + ds[b] * sin[i];
+                        gs[b] += ds[b] * cos[i] - ds[a] * sin[i];
+                    }
+                    for c in table.rotary_dims..head_dim {
+                        gs[c] += ds[c];
+                    }
+                }
             }
-            for c in table.rotary_dims..head_dim {
-                gs[c] += ds[c];
-            }
-        }
-    }
+        });
 }
