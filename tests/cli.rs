@@ -193,6 +193,27 @@ fn import_hf_then_export_hf_round_trips() {
         let b = modelspec(&["expand", config, "--format", "json"]);
         assert_eq!(stdout(&a), stdout(&b), "{file}");
     }
+    // The transformers-5 generation on request.
+    let out = modelspec(&[
+        "export-hf",
+        "tests/hf_configs/gemma-3-1b-it/config.json",
+        "--generation",
+        "5",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    let v5: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(v5["rope_parameters"]["sliding_attention"]["rope_theta"].is_number());
+    assert_eq!(
+        modelspec(&[
+            "export-hf",
+            "tests/hf_configs/gpt2/config.json",
+            "--generation",
+            "3"
+        ])
+        .status
+        .code(),
+        Some(2)
+    );
     // Without -o, import-hf prints the .mspec.
     let out = modelspec(&["import-hf", "tests/hf_configs/gpt2/config.json"]);
     assert_eq!(out.status.code(), Some(0));

@@ -479,3 +479,20 @@ fn falcon_gpt_neox_gpt2_and_phi_switches() {
     assert!(phi.layers[0].attention.qk_norm.is_some());
     assert_eq!(rope(&phi, 0).rotary_dims, 8);
 }
+
+#[test]
+fn transformers5_export_imports_back() {
+    for dir in model_dirs() {
+        let spec = import(&dir);
+        let v5 = hf::export_generation(&spec, hf::Generation::Transformers5)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        assert!(v5.get("rope_theta").is_none() && v5.get("rope_scaling").is_none());
+        assert!(v5.get("rope_parameters").is_some(), "{}", dir.display());
+        let back = hf::import(&v5.to_string(), "v5/config.json").expect("v5 config imports");
+        assert!(
+            back == spec,
+            "{}: the transformers-5 export changed the IR",
+            dir.display()
+        );
+    }
+}

@@ -21,8 +21,90 @@ pub enum ExportError {
     NoLayers,
 }
 
-/// The config.json (as a JSON object) of the model_type that expresses `spec` exactly.
+/// Which generation of config.json to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Generation {
+    /// Top-level `rope_theta` / `rope_scaling` (the files on the Hub, transformers 4).
+    #[default]
+    Hub,
+    /// transformers 5: everything RoPE in `rope_parameters` (per layer type for Gemma-3).
+    Transformers5,
+}
+
+/// The config.json (as a JSON object) of the model_type that expresses `spec` exactly, in the
+/// Hub generation.
 pub fn export(spec: &ModelSpec) -> Result<Value, ExportError> {
+    export_generation(spec, Generation::Hub)
+}
+
+/// Like [`export`], in the chosen config generation. Either form imports back into `spec`.
+pub fn export_generation(spec: &ModelSpec, generation: Generation) -> Result<Value, ExportError> {
+    let hub = export_hub(spec)?;
+    if generation == Generation::Hub {
+        return Ok(hub);
+    }
+    let v5 = to_transformers5(hub);
+    let text = serde_json::to_string_pretty(&v5).unwrap_or_default();
+    let back = import_unchecked(&text, "config.json").map_err(|d| {
+        ExportError::NotExpressible(format!(
+            "  transformers-5 form: {:?}",
+            d.first().map(|d| &d.message)
+        ))
+    })?;
+    let (mut a, b) = (comparable(spec), comparable(&back.spec));
+    a.name.clone_from(&b.name);
+    match first_difference(&a, &b) {
+        None => Ok(v5),
+        Some(diff) => Err(ExportError::NotExpressible(format!(
+            "  transformers-5 form: {diff}"
+        ))),
+    }
+}
+
+/// Moves the RoPE keys of a Hub-generation config into transformers-5 `rope_parameters`.
+fn to_transformers5(hub: Value) -> Value {
+    let Value::Object(mut c) = hub else {
+        return hub;
+    };
+    let model_type = c
+        .get("model_type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let theta = c
+        .remove("rope_theta")
+        .or_else(|| c.remove("rotary_emb_base"))
+        .unwrap_or(json!(10000));
+    let fraction = c
+        .remove("partial_rotary_factor")
+        .or_else(|| c.remove("rotary_pct"));
+    let mut params = match c.remove("rope_scaling") {
+        Some(Value::Object(m)) => m,
+        _ => {
+            let mut m = Map::new();
+            m.insert("rope_type".into(), json!("default"));
+            m
+        }
+    };
+    params.insert("rope_theta".into(), theta);
+    if let Some(f) = fraction {
+        params.insert("partial_rotary_factor".into(), f);
+    }
+    let rope = if model_type == "gemma3_text" {
+        let local = c.remove("rope_local_base_freq").unwrap_or(json!(10000));
+        json!({
+            "full_attention": Value::Object(params),
+            "sliding_attention": {"rope_type": "default", "rope_theta": local},
+        })
+    } else {
+        Value::Object(params)
+    };
+    c.insert("rope_parameters".into(), rope);
+    c.insert("transformers_version".into(), json!("5.0.0"));
+    Value::Object(c)
+}
+
+fn export_hub(spec: &ModelSpec) -> Result<Value, ExportError> {
     if spec.layers.is_empty() {
         return Err(ExportError::NoLayers);
     }

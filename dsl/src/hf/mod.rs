@@ -21,6 +21,6 @@ pub mod families;
 pub mod import;
 pub mod json_spans;
 
-pub use export::{ExportError, export};
+pub use export::{ExportError, Generation, export, export_generation};
 pub use families::Family;
 pub use import::import;
