@@ -25,6 +25,8 @@ use modelspec_runtime::train::{CpuObjective, TrainError, TrainOptions, Trainer, 
 pub const TINY_SPEC: &str = include_str!("../../specs/tiny.mspec");
 /// The bundled corpus (public domain; see data/README.md).
 pub const CORPUS: &str = include_str!("../../data/pride_and_prejudice.txt");
+/// Optimizer steps of a run when --steps is not given.
+pub const DEFAULT_STEPS: u64 = 600;
 /// How checkpoints record the bundled corpus as their data source.
 pub const CORPUS_NAME: &str = "bundled:pride_and_prejudice.txt";
 
@@ -36,9 +38,9 @@ pub struct TrainArgs {
     /// Where to run: cpu (training on cuda is not available yet).
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Optimizer steps.
-    #[arg(long, default_value_t = 600)]
-    pub steps: u64,
+    /// Optimizer steps [default: 600]; with --resume, a new total that extends the run.
+    #[arg(long)]
+    pub steps: Option<u64>,
     /// Sequences per micro-batch.
     #[arg(long, default_value_t = 16)]
     pub batch: usize,
@@ -84,6 +86,9 @@ pub struct TrainArgs {
     /// Save a checkpoint every N steps (and always at the end).
     #[arg(long, default_value_t = 100)]
     pub save_every: u64,
+    /// Tokens of sample text printed at the end (0: none).
+    #[arg(long, default_value_t = 200)]
+    pub sample_tokens: usize,
     /// Stop after this step (the run stays resumable with --resume; the schedule still spans --steps).
     #[arg(long)]
     pub stop_after: Option<u64>,
@@ -260,17 +265,19 @@ pub fn run(args: TrainArgs) -> Result<()> {
         ckpt_dir.display(),
         plot_path.display()
     );
-    let sample = generate_text(
-        &mut trainer.objective,
-        &trainer.params,
-        &spec,
-        &tokenizer,
-        "Elizabeth",
-        300,
-        SampleOptions::default(),
-        options.seed,
-    )?;
-    println!("sample (temperature 0.8, top-k 40):\n{sample}");
+    if args.sample_tokens > 0 {
+        let sample = generate_text(
+            &mut trainer.objective,
+            &trainer.params,
+            &spec,
+            &tokenizer,
+            "Elizabeth",
+            args.sample_tokens,
+            SampleOptions::default(),
+            options.seed,
+        )?;
+        println!("sample (temperature 0.8, top-k 40):\n{sample}");
+    }
     Ok(())
 }
 
@@ -289,9 +296,10 @@ fn start(args: &TrainArgs) -> Result<(Trainer<CpuObjective>, PathBuf, Tokenizer)
         Some(p) => p.display().to_string(),
         None => CORPUS_NAME.to_string(),
     };
-    let warmup = args.warmup.unwrap_or(args.steps / 20);
+    let steps = args.steps.unwrap_or(DEFAULT_STEPS);
+    let warmup = args.warmup.unwrap_or(steps / 20);
     let options = TrainOptions {
-        steps: args.steps,
+        steps,
         batch: args.batch,
         seq: args.seq,
         accumulate: args.accumulate,
@@ -299,7 +307,7 @@ fn start(args: &TrainArgs) -> Result<(Trainer<CpuObjective>, PathBuf, Tokenizer)
             peak_lr: args.lr,
             min_lr: args.min_lr.unwrap_or(args.lr / 10.0),
             warmup_steps: warmup,
-            total_steps: args.steps,
+            total_steps: steps,
         },
         adamw: AdamWConfig {
             weight_decay: args.weight_decay,
@@ -331,13 +339,14 @@ fn start(args: &TrainArgs) -> Result<(Trainer<CpuObjective>, PathBuf, Tokenizer)
 fn resume(args: &TrainArgs, dir: &Path) -> Result<(Trainer<CpuObjective>, PathBuf, Tokenizer)> {
     let ckpt_dir = checkpoint_dir(dir);
     let mut ckpt = checkpoint::load(&ckpt_dir)?;
-    if args.steps != ckpt.state.options.steps && args.steps > ckpt.state.step {
-        // Extending a run changes the schedule's length from here on; say so.
+    if let Some(steps) = args.steps.filter(|&s| s != ckpt.state.options.steps) {
+        // The schedule keeps its planned length (past it the rate stays at its floor); only the
+        // step the run stops at changes.
         eprintln!(
-            "note: the run was planned for {} steps; continuing to {}",
-            ckpt.state.options.steps, args.steps
+            "note: the run was planned for {} steps; now stopping at {steps}",
+            ckpt.state.options.steps
         );
-        ckpt.state.options.steps = args.steps;
+        ckpt.state.options.steps = steps;
     }
     let tokenizer = match ckpt.state.options.tokenizer.as_str() {
         "bytes" => Tokenizer::Bytes,

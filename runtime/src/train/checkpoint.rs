@@ -195,7 +195,7 @@ pub fn save(
 }
 
 fn f32s(name: &str, bytes: &[u8]) -> Result<Vec<f32>, TrainError> {
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return Err(TrainError::Checkpoint(format!(
             "{name}: {} bytes is not a whole number of f32",
             bytes.len()

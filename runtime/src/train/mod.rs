@@ -137,7 +137,7 @@ impl<O: Objective> Trainer<O> {
         let batcher = Batcher::new(tokens, options.batch, options.seq, options.seed)?;
         let state = TrainState {
             step: 0,
-            rng: SplitMix64::new(options.seed ^ 0x5EED_0F_D20F_0017),
+            rng: SplitMix64::new(options.seed ^ 0x005E_ED0F_D20F_0017),
             cursor: batcher.cursor(),
             options,
             spec,

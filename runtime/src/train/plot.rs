@@ -140,15 +140,17 @@ where
         .label("loss per step")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], raw));
 
-    let mut ema = None::<f64>;
+    // An exponential moving average, bias-corrected (as Adam's moments are) so that it follows
+    // the loss from the first step instead of creeping up from zero or lagging its first value.
+    let (mut ema, mut weight) = (0.0f64, 0.0f64);
     let smooth: Vec<(f64, f64)> = losses
         .iter()
         .enumerate()
         .filter(|(_, l)| l.is_finite())
         .map(|(i, &l)| {
-            let e = ema.map_or(l as f64, |e| 0.95 * e + 0.05 * l as f64);
-            ema = Some(e);
-            (i as f64, e)
+            ema = 0.95 * ema + 0.05 * l as f64;
+            weight = 0.95 * weight + 0.05;
+            (i as f64, ema / weight)
         })
         .collect();
     chart
