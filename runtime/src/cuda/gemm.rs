@@ -125,7 +125,7 @@ pub struct Gemm {
     gpu: Arc<Gpu>,
     handle: sys::cublasLtHandle_t,
     workspace: GpuBuf<u8>,
-    plans: Mutex<BTreeMap<(Dtype, RowMajorGemm), Plan>>,
+    plans: Mutex<BTreeMap<(Dtype, bool, bool, RowMajorGemm), Plan>>,
 }
 
 // SAFETY: the handle is used only on the Gpu's single stream.
@@ -163,15 +163,82 @@ impl Gemm {
         alpha: f32,
         beta: f32,
     ) -> Result<()> {
+        // SAFETY: forwarded.
+        unsafe { self.run_with(dtype, false, 0, g, a, b, c, alpha, beta) }
+    }
+
+    /// As [`Gemm::run`] with beta 0 and a bias row added in the epilogue: `C = A op(B) + bias`,
+    /// `bias` of length n in `dtype` (cuBLASLt's BIAS epilogue: one pass instead of two).
+    ///
+    /// # Safety
+    /// As [`Gemm::run`]; `bias` must address n elements.
+    pub unsafe fn run_bias(
+        &self,
+        dtype: Dtype,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        bias: DevPtr,
+    ) -> Result<()> {
+        // SAFETY: forwarded.
+        unsafe { self.run_with(dtype, false, bias, g, a, b, c, 1.0, 0.0) }
+    }
+
+    /// As [`Gemm::run`], with A and B of `dtype` and C in f32 (weight gradients accumulated in f32).
+    ///
+    /// # Safety
+    /// As [`Gemm::run`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_f32_out(
+        &self,
+        dtype: Dtype,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
+        // SAFETY: forwarded.
+        unsafe { self.run_with(dtype, true, 0, g, a, b, c, alpha, beta) }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_with(
+        &self,
+        dtype: Dtype,
+        out_f32: bool,
+        bias: DevPtr,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        alpha: f32,
+        beta: f32,
+    ) -> Result<()> {
         if g.m == 0 || g.n == 0 {
             return Ok(());
         }
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        if !plans.contains_key(&(dtype, *g)) {
-            let plan = self.plan(dtype, g)?;
-            plans.insert((dtype, *g), plan);
+        let key = (dtype, out_f32, bias != 0, *g);
+        if !plans.contains_key(&key) {
+            let plan = self.plan(dtype, out_f32, bias != 0, g)?;
+            plans.insert(key, plan);
         }
-        let plan = &plans[&(dtype, *g)];
+        let plan = &plans[&key];
+        if bias != 0 {
+            // SAFETY: the attribute is a device pointer, as documented.
+            unsafe {
+                lt::set_matmul_desc_attribute(
+                    plan.desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
+                    (&bias) as *const DevPtr as *const _,
+                    std::mem::size_of::<DevPtr>(),
+                )
+            }
+            .map_err(|e| blas_err("set bias", dtype, g.m, g.n, g.k, e))?;
+        }
         // SAFETY: plan handles are live; pointers are the caller's promise.
         unsafe {
             lt::matmul(
@@ -196,7 +263,7 @@ impl Gemm {
         .map_err(|e| blas_err("matmul", dtype, g.m, g.n, g.k, e))
     }
 
-    fn plan(&self, dtype: Dtype, g: &RowMajorGemm) -> Result<Plan> {
+    fn plan(&self, dtype: Dtype, out_f32: bool, bias: bool, g: &RowMajorGemm) -> Result<Plan> {
         let err = |during, e| blas_err(during, dtype, g.m, g.n, g.k, e);
         let (ty, compute) = match dtype {
             Dtype::F32 => (
@@ -213,7 +280,12 @@ impl Gemm {
             .map_err(|e| err("create desc", e))?;
         let mut layouts = [std::ptr::null_mut(); 3];
         for (i, op) in [ap, bp, cp].iter().enumerate() {
-            layouts[i] = lt::create_matrix_layout(ty, op.rows, op.cols, op.ld)
+            let t = if i == 2 && out_f32 {
+                sys::cudaDataType::CUDA_R_32F
+            } else {
+                ty
+            };
+            layouts[i] = lt::create_matrix_layout(t, op.rows, op.cols, op.ld)
                 .map_err(|e| err("create layout", e))?;
             if let Some((count, ..)) = g.batch {
                 let count = count as i32;
@@ -254,6 +326,16 @@ impl Gemm {
                 4,
             )
             .map_err(|e| err("set transb", e))?;
+            if bias {
+                let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
+                    (&epi) as *const sys::cublasLtEpilogue_t as *const _,
+                    std::mem::size_of::<sys::cublasLtEpilogue_t>(),
+                )
+                .map_err(|e| err("set epilogue", e))?;
+            }
         }
         let pref = lt::create_matmul_pref().map_err(|e| err("create preference", e))?;
         let ws = WORKSPACE;

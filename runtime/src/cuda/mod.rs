@@ -19,7 +19,8 @@
 //! - [`gpu`]: device, stream, buffers, launches;
 //! - [`gemm`]: cuBLASLt and the one row-major to column-major mapping;
 //! - [`ops`]: typed launch wrappers (`{op}_{dtype}` kernels);
-//! - [`rope`]: cos/sin tables on the host.
+//! - [`rope`]: cos/sin tables on the host;
+//! - [`train`]: the GPU training step for dense GPT-2/Llama-style specs.
 
 pub mod compile;
 pub mod error;
@@ -27,9 +28,11 @@ pub mod gemm;
 pub mod gpu;
 pub mod ops;
 pub mod rope;
+pub mod train;
 
 pub use compile::KernelSource;
 pub use error::CudaError;
 pub use gemm::{Gemm, RowMajorGemm};
 pub use gpu::{DevPtr, Dtype, Gpu, GpuBuf, device_count, libraries_present, probe};
 pub use ops::{Act, AttnShape, Kernels, NormKind};
+pub use train::{AdamW, GpuTrainer};

@@ -493,6 +493,27 @@ impl Kernels {
         )
     }
 
+    /// `bias_add_{dtype}`: x[n, j] += bias[j] (rows of stride ld).
+    pub fn bias_add(
+        &self,
+        dt: Dtype,
+        x: DevPtr,
+        bias: DevPtr,
+        rows: usize,
+        width: usize,
+        ld: usize,
+    ) -> Result<()> {
+        let (n_, w_, ld_) = (rows as i32, width as i32, ld as i32);
+        let name = format!("bias_add_{}", dt.suffix());
+        self.go(
+            &name,
+            (blocks(rows * width, BLOCK), 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![x, bias, n_, w_, ld_],
+        )
+    }
+
     /// `add_{dtype}`: out = a + b over n elements.
     pub fn add(&self, dt: Dtype, out: DevPtr, a: DevPtr, b: DevPtr, n: usize) -> Result<()> {
         let name = format!("add_{}", dt.suffix());
@@ -550,7 +571,7 @@ impl Kernels {
         if self.attn_uses_mma(dt, s) {
             let d = s.head_dim;
             let bn = if d <= 128 { 64 } else { 32 };
-            let smem = (2 * bn * (d + 8) * 2) as u32;
+            let smem = (4 * bn * (d + 8) * 2) as u32;
             let name = format!("attn_fwd_bf16_d{d}");
             return self.go(
                 &name,
@@ -627,7 +648,7 @@ impl Kernels {
             let rows = s.batch * s.seq;
             // SAFETY: the caller provides dq_acc with rows * width f32 (documented above).
             unsafe { self.gpu.memset_raw(dq_acc, rows * width * 4) }?;
-            let smem = ((4 * 64 * (d + 8) + 64 * 72) * 2 + 512) as u32;
+            let smem = ((6 * 64 * (d + 8) + 64 * 72) * 2 + 1024) as u32;
             let name = format!("attn_bwd_bf16_d{d}");
             self.go(
                 &name,

@@ -22,22 +22,34 @@ __device__ __forceinline__ void ldsm_x4_t(u32* r, const bf16* p) {
 }
 __device__ __forceinline__ u32 lds32(const bf16* p) { return *(const u32*)p; }
 
-// Copies `rows` rows of D bf16 (row stride ld in global) into shared memory (row stride D+8),
-// 16 bytes per thread per step; rows at or past `limit` are zero-filled.
+// Asynchronous global -> shared copies (cp.async, sm_80+): all of a tile's loads are in flight at
+// once and overlap the math on the previous tile. src-size 0 zero-fills (rows past T).
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async4(void* smem, const void* gmem, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(smem_addr(smem)), "l"(gmem), "r"(valid ? 4 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+// Starts copying `rows` rows of D bf16 (row stride ld in global) into shared memory (row stride
+// D+8, which keeps 32-bit fragment loads and ldmatrix conflict-free); rows at or past `limit`
+// are zero-filled. 16 bytes per thread per step.
 template <int D>
 __device__ __forceinline__ void tile_load(bf16* s, const bf16* g, int ld, int row0, int rows, int limit) {
     constexpr int CH = D / 8;
     for (int idx = threadIdx.x; idx < rows * CH; idx += blockDim.x) {
         int r = idx / CH, c = (idx % CH) * 8;
-        uint4 val = make_uint4(0, 0, 0, 0);
-        if (row0 + r < limit) val = *(const uint4*)(g + (size_t)(row0 + r) * ld + c);
-        *(uint4*)(s + r * (D + 8) + c) = val;
+        bool ok = row0 + r < limit;
+        cp_async16(s + r * (D + 8) + c, g + (size_t)(ok ? row0 + r : 0) * ld + c, ok);
     }
 }
 
 // attn_fwd_bf16_d{D}: O = softmax(mask(cap(scale Q K^T))) V, per (64-query block, head, batch).
 // Launch: grid (ceil(T/64), H, B), block 128 (4 warps x 16 query rows), dynamic shared memory
-// 2 * BN * (D+8) * 2 bytes (K and V tiles). Q fragments stay in registers; S and P never leave
+// 4 * BN * (D+8) * 2 bytes (K and V tiles, double-buffered with cp.async). Q fragments stay in registers; S and P never leave
 // registers (the C fragment of S is re-packed as the A fragment of P V). Traffic: Q, O once;
 // K, V once per query block that sees them (T/64 x from L2 for long T).
 template <int D, int BN>
@@ -46,8 +58,11 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
                              int causal) {
     constexpr int BM = 64, STR = D + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    bf16* Ks = (bf16*)smem_raw;
-    bf16* Vs = Ks + BN * STR;
+    // Buffer b holds K at smem + 2*b*BN*STR and V right after it (pointer arithmetic, not an
+    // indexed array, so nothing lands in local memory).
+    bf16* const sbase = (bf16*)smem_raw;
+#define KBUF(b) (sbase + (b) * 2 * BN * STR)
+#define VBUF(b) (sbase + (b) * 2 * BN * STR + BN * STR)
     const int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int kvh = h / (H / KV);
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
@@ -74,11 +89,23 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
 
     int kmax = causal ? min(T_, q0 + BM) : T_;
     int kmin = window > 0 ? max(0, q0 - window + 1) : 0;
-    for (int kb = kmin / BN; kb * BN < kmax; kb++) {
+    const int kb_first = kmin / BN, kb_end = (kmax + BN - 1) / BN;
+    tile_load<D>(KBUF(0), kbase, ldk, kb_first * BN, BN, T_);
+    tile_load<D>(VBUF(0), vbase, ldv, kb_first * BN, BN, T_);
+    cp_async_commit();
+    for (int kb = kb_first; kb < kb_end; kb++) {
         const int k0 = kb * BN;
-        __syncthreads();
-        tile_load<D>(Ks, kbase, ldk, k0, BN, T_);
-        tile_load<D>(Vs, vbase, ldv, k0, BN, T_);
+        const int buf = (kb - kb_first) & 1;
+        const bf16* Ks = KBUF(buf);
+        const bf16* Vs = VBUF(buf);
+        if (kb + 1 < kb_end) {  // prefetch the next tile into the other buffer
+            tile_load<D>(KBUF(buf ^ 1), kbase, ldk, k0 + BN, BN, T_);
+            tile_load<D>(VBUF(buf ^ 1), vbase, ldv, k0 + BN, BN, T_);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
         __syncthreads();
         float s[BN / 8][4];
 #pragma unroll
@@ -148,7 +175,10 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
                 mma16816(oacc[n + 1], pf[kk], bv[2], bv[3]);
             }
         }
+        __syncthreads();  // this buffer is refilled by the prefetch two tiles on
     }
+#undef KBUF
+#undef VBUF
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
@@ -174,7 +204,7 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
 // dV = P^T dO and dK = dS^T Q in registers (16 keys per warp); dQ += dS K goes to an f32 buffer
 // [B*T, H*D] through atomics (attn_dq_convert turns it into the gradient's dtype). Needs delta
 // from attn_delta_bf16. Launch: grid (ceil(T/64), KV, B), block 128, dynamic shared memory
-// (4 * 64 * (D+8) + 64 * 72) * 2 + 512 bytes. Traffic: K, V, dK, dV once; Q, dO, lse, delta once
+// (6 * 64 * (D+8) + 64 * 72) * 2 + 1024 bytes (Q, dO, lse, delta double-buffered with cp.async). Traffic: K, V, dK, dV once; Q, dO, lse, delta once
 // per key block that they see; dQ: one f32 atomic per element per key block.
 template <int D>
 __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, const bf16* k, const bf16* v,
@@ -185,11 +215,10 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Ks = (bf16*)smem_raw;
     bf16* Vs = Ks + BN * STR;
-    bf16* Qs = Vs + BN * STR;
-    bf16* dOs = Qs + BM * STR;
-    bf16* dSs = dOs + BM * STR;
-    float* lse_s = (float*)(dSs + BM * SSTR);
-    float* delta_s = lse_s + BM;
+    // Buffer b: Q at qd_base + 2*b*BM*STR, dO right after; lse/delta at f_base + 2*b*BM (+BM).
+    bf16* const qd_base = Vs + BN * STR;
+    bf16* dSs = Vs + BN * STR + 4 * BM * STR;
+    float* const f_base = (float*)(dSs + BM * SSTR);
     const int kb = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     const int group = H / KV;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
@@ -206,24 +235,42 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
     const int nqb = (T_ + BM - 1) / BM;
     const int qb0 = causal ? k0 / BM : 0;
     const int qb1 = window > 0 ? min(nqb, (k0 + BN - 1 + window - 1) / BM + 1) : nqb;
+    const int nq = max(qb1 - qb0, 0);
+    const int total = group * nq;
     const float LN2 = 0.6931471805599453f;
-    for (int hh = 0; hh < group; hh++) {
-        const int h = kvh * group + hh;
-        const bf16* qbase = q + (size_t)b * T_ * ldq + (size_t)h * D;
-        const bf16* dobase = dout + (size_t)b * T_ * ldo + (size_t)h * D;
-        const float* lrow = lse + ((size_t)b * H + h) * T_;
-        const float* drow = delta + ((size_t)b * H + h) * T_;
-        for (int qb = qb0; qb < qb1; qb++) {
-            const int q0 = qb * BM;
-            __syncthreads();
-            tile_load<D>(Qs, qbase, ldq, q0, BM, T_);
-            tile_load<D>(dOs, dobase, ldo, q0, BM, T_);
-            if (threadIdx.x < BM) {
-                int qi = q0 + threadIdx.x;
-                lse_s[threadIdx.x] = qi < T_ ? lrow[qi] * LOG2E : 0.f;
-                delta_s[threadIdx.x] = qi < T_ ? drow[qi] : 0.f;
-            }
-            __syncthreads();
+    // Issues the copies of (head, query block) pair `it` into buffer `buf`.
+    auto issue = [&](int it, int buf) {
+        const int h = kvh * group + it / nq;
+        const int q0 = (qb0 + it % nq) * BM;
+        tile_load<D>(qd_base + buf * 2 * BM * STR, q + (size_t)b * T_ * ldq + (size_t)h * D, ldq, q0, BM, T_);
+        tile_load<D>(qd_base + buf * 2 * BM * STR + BM * STR, dout + (size_t)b * T_ * ldo + (size_t)h * D, ldo, q0, BM, T_);
+        if (threadIdx.x < BM) {
+            int qi = q0 + threadIdx.x;
+            bool ok = qi < T_;
+            size_t row = ((size_t)b * H + h) * T_ + (ok ? qi : 0);
+            cp_async4(f_base + buf * 2 * BM + threadIdx.x, lse + row, ok);
+            cp_async4(f_base + buf * 2 * BM + BM + threadIdx.x, delta + row, ok);
+        }
+    };
+    if (total > 0) issue(0, 0);
+    cp_async_commit();
+    for (int it = 0; it < total; it++) {
+        const int buf = it & 1;
+        const int h = kvh * group + it / nq;
+        const int q0 = (qb0 + it % nq) * BM;
+        const bf16* Qs = qd_base + buf * 2 * BM * STR;
+        const bf16* dOs = Qs + BM * STR;
+        const float* lse_s = f_base + buf * 2 * BM;
+        const float* delta_s = lse_s + BM;
+        if (it + 1 < total) {
+            issue(it + 1, buf ^ 1);
+            cp_async_commit();
+            cp_async_wait<1>();
+        } else {
+            cp_async_wait<0>();
+        }
+        __syncthreads();
+        {
             // S^T = K Q^T for this warp's 16 keys x 64 queries.
             float st[BM / 8][4];
 #pragma unroll
@@ -252,7 +299,7 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
                     int qi = q0 + j * 8 + t4 * 2 + (e & 1);
                     float x = st[j][e] * scale;
                     if (softcap > 0.f) x = softcap * tanhf(x / softcap);
-                    float p = exp2f(x * LOG2E - lse_s[qi - q0]);
+                    float p = exp2f((x - lse_s[qi - q0]) * LOG2E);
                     if (edge) {
                         bool ok = qi < T_ && key < T_ && (!causal || key <= qi) && (window <= 0 || qi - key < window);
                         p = ok ? p : 0.f;
@@ -304,7 +351,7 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
                     float ds = p * (dpt[j][e] - delta_s[ql]) * scale;
                     if (softcap > 0.f && p > 0.f) {
                         // cap * tanh = log(p) + lse: recover tanh from p instead of keeping it.
-                        float tt = (__log2f(p) + lse_s[ql]) * LN2 / softcap;
+                        float tt = (__log2f(p) * LN2 + lse_s[ql]) / softcap;
                         ds *= 1.f - tt * tt;
                     }
                     st[j][e] = ds;
@@ -366,6 +413,7 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
             }
         }
     }
+    cp_async_wait<0>();
     bf16* dkbase = dk + (size_t)b * T_ * ldk + (size_t)kvh * D;
     bf16* dvbase = dv + (size_t)b * T_ * ldv + (size_t)kvh * D;
 #pragma unroll

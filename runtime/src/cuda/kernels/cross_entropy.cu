@@ -4,7 +4,7 @@
 // cap * tanh(l / cap) : l:
 //   loss[n] = logsumexp(z) - z[target[n]]   (0 when target < 0: ignored position)
 //   when write_grad: logits[n, j] <- dscale * (softmax(z)_j - [j == target]) * dz/dl
-// so the logits chunk buffer becomes d(loss * dscale)/d(logits) without any extra buffer. The
+// (columns V..ld, the padded vocabulary, become 0) so the logits chunk buffer becomes d(loss * dscale)/d(logits) without any extra buffer. The
 // caller feeds this a chunk of rows at a time, so full [N, V] logits never exist at once.
 // Launch: grid rows, block 512. Traffic: reads the row twice (max/sum pass, grad pass), writes it once.
 template <typename T>
@@ -39,7 +39,11 @@ __device__ void xent(T* logits, float* loss, const int* target, int V, int ld, f
     }
     __syncthreads();  // thread 0 read lr[tgt] before anyone overwrites it
     if (!write_grad) return;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    for (int j = threadIdx.x; j < ld; j += blockDim.x) {
+        if (j >= V) {  // padded vocabulary rows get no gradient
+            sf(lr + j, 0.f);
+            continue;
+        }
         float l = lf(lr + j);
         float z = l, dzdl = 1.f;
         if (softcap > 0.f) {

@@ -118,6 +118,15 @@ __device__ void adamw(float* master, T* param, const float* grad, float* m, floa
     if (param) sf(param + i, w);
 }
 
+// bias_add_{dtype}: x[n, j] += bias[j] for j < width, rows of stride ld. One thread per element.
+template <typename T>
+__device__ void bias_add(T* x, const T* bias, int N, int width, int ld) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * width) return;
+    size_t n = idx / width, j = idx % width;
+    sf(x + n * ld + j, lf(x + n * ld + j) + lf(bias + j));
+}
+
 // cast_{a}_to_{b}, add_{dtype} (out = a + b), scale_{dtype} (x *= s): one thread per element.
 #define POINTWISE_INSTANTIATE(SUF, T)                                                                \
     extern "C" __global__ void rope_##SUF(T* x, const float* c, const float* s, int N, int T_, int heads, \
@@ -144,6 +153,9 @@ __device__ void adamw(float* master, T* param, const float* grad, float* m, floa
                                            float* v, size_t n, float lr, float b1, float b2, float eps, \
                                            float wd, float bc1, float bc2, float grad_scale) {        \
         adamw<T>(master, param, grad, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);            \
+    }                                                                                                 \
+    extern "C" __global__ void bias_add_##SUF(T* x, const T* bias, int N, int width, int ld) {         \
+        bias_add<T>(x, bias, N, width, ld);                                                           \
     }                                                                                                 \
     extern "C" __global__ void add_##SUF(T* out, const T* a, const T* b, size_t n) {                   \
         size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;                                     \

@@ -1,0 +1,1183 @@
+//! A training step on the GPU for dense decoder specs (pre-norm, sequential residual: GPT-2 and
+//! Llama style): forward, fused classifier + cross-entropy, backward and one fused AdamW launch,
+//! all on one stream.
+//!
+//! Parameters live in four arenas with one layout: f32 master weights, the working copy in the
+//! compute dtype (bf16, or f32 for parity), f32 gradients, and AdamW's m and v. Matrices come first
+//! in parameter-table order, so q/k/v (and gate/up) of a layer are adjacent and act as one fused
+//! `[q; k; v]` (`[gate; up]`) matrix in a single GEMM; one AdamW launch covers every parameter.
+//!
+//! Saved activations (per layer, compute dtype): the block input, both norm outputs, the qkv
+//! projection (after RoPE), the attention output, the mid residual, the MLP hidden pre- and
+//! post-activation; plus f32 norm statistics and the attention log-sum-exp. Logits exist one row
+//! chunk at a time: the cross-entropy kernel turns each chunk into its gradient in place, and the
+//! classifier's backward runs right after it.
+
+use super::error::{CudaError, Result};
+use super::gemm::{Gemm, RowMajorGemm};
+use super::gpu::{DevPtr, Dtype, Gpu, GpuBuf};
+use super::ops::{Act, AttnShape, Kernels, NormKind};
+use modelspec_dsl::ModelSpec;
+use modelspec_dsl::ir::{Ffn, MlpKind, NormPlacement, Position, RopeStyle};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// AdamW hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    /// PyTorch's defaults except the learning rate (1e-4, as the reference benchmark).
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+struct Layer {
+    resid: DevPtr,
+    ln1: DevPtr,
+    rstd1: DevPtr,
+    mean1: DevPtr,
+    qkv: DevPtr,
+    atty: DevPtr,
+    lse: DevPtr,
+    resid_mid: DevPtr,
+    ln2: DevPtr,
+    rstd2: DevPtr,
+    mean2: DevPtr,
+    h: DevPtr,
+    act: DevPtr,
+}
+
+/// A dense decoder's parameters, optimizer state and activations on one GPU.
+pub struct GpuTrainer {
+    gpu: Arc<Gpu>,
+    kernels: Kernels,
+    gemm: Arc<Gemm>,
+    spec: ModelSpec,
+    dt: Dtype,
+    batch: usize,
+    seq: usize,
+    offsets: BTreeMap<String, usize>,
+    total: usize,
+    master: GpuBuf<f32>,
+    work: GpuBuf<u8>,
+    grad: GpuBuf<f32>,
+    adam_m: GpuBuf<f32>,
+    adam_v: GpuBuf<f32>,
+    _acts: GpuBuf<u8>,
+    _acts_f32: GpuBuf<f32>,
+    layers: Vec<Layer>,
+    emb: DevPtr,
+    resid_final: DevPtr,
+    lnf: DevPtr,
+    rstdf: DevPtr,
+    meanf: DevPtr,
+    _scratch: GpuBuf<u8>,
+    tmp: DevPtr,
+    dlnf: DevPtr,
+    g_a: DevPtr,
+    g_b: DevPtr,
+    d_ln: DevPtr,
+    d_act: DevPtr,
+    dh: DevPtr,
+    dqkv: DevPtr,
+    d_atty: DevPtr,
+    logits: DevPtr,
+    chunk: usize,
+    _scratch_f32: GpuBuf<f32>,
+    dq_acc: DevPtr,
+    delta: DevPtr,
+    loss_rows: GpuBuf<f32>,
+    rope: Option<(GpuBuf<f32>, GpuBuf<f32>, usize, bool)>,
+    tokens: GpuBuf<i32>,
+    targets: GpuBuf<i32>,
+    valid_targets: usize,
+    step: u32,
+    bytes: usize,
+    /// Optimizer settings used by [`GpuTrainer::step`].
+    pub adamw: AdamW,
+}
+
+fn unsupported(why: String) -> CudaError {
+    CudaError::BadLaunch {
+        kernel: "gpu trainer".into(),
+        why,
+    }
+}
+
+impl GpuTrainer {
+    /// Allocates everything for `batch` sequences of `seq` tokens and initialises the weights
+    /// (normal(0, 0.02) matrices and embeddings, unit norm weights, zero biases; `seed`).
+    pub fn new(
+        gpu: &Arc<Gpu>,
+        spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+    ) -> Result<GpuTrainer> {
+        let l0 = spec
+            .layers
+            .first()
+            .ok_or_else(|| unsupported("the spec has no layers".into()))?;
+        for l in &spec.layers {
+            let ok = l.block.placement == NormPlacement::Pre
+                && !l.block.parallel_residual
+                && l.attention.qk_norm.is_none()
+                && matches!(l.ffn, Ffn::Mlp(_))
+                && matches!(
+                    l.position,
+                    Position::Rope(_) | Position::Learned | Position::None
+                )
+                && l.attention.head_dim == l0.attention.head_dim
+                && l.attention.heads == l0.attention.heads
+                && l.attention.kv_heads == l0.attention.kv_heads
+                && l.ffn == l0.ffn
+                && l.block.norm == l0.block.norm;
+            if !ok {
+                return Err(unsupported(format!(
+                    "layer {} is not a uniform pre-norm dense block (the GPU trainer covers GPT-2/Llama-style specs)",
+                    l.index
+                )));
+            }
+        }
+        if seq as u64 > spec.context {
+            return Err(unsupported(format!(
+                "seq {seq} exceeds the context {}",
+                spec.context
+            )));
+        }
+        let kernels = Kernels::load(
+            gpu,
+            &spec.name,
+            &[l0.attention.head_dim as usize],
+            spec_defines(spec),
+        )?;
+        let gemm = gpu.gemm()?;
+        let params = modelspec_dsl::params::parameters(spec);
+        // Matrices first (table order keeps q/k/v and gate/up adjacent), then vectors.
+        let mut offsets = BTreeMap::new();
+        let mut total = 0usize;
+        let mut init: Vec<(usize, usize, f32)> = Vec::new(); // (offset, numel, std or -1 for ones, 0 zeros)
+        for pass in 0..2 {
+            for p in &params {
+                let is_matrix = p.shape.len() == 2;
+                if (pass == 0) != is_matrix {
+                    continue;
+                }
+                let n = p.numel() as usize;
+                offsets.insert(p.name.clone(), total);
+                let kind = if is_matrix {
+                    0.02
+                } else if p.name.ends_with(".bias") {
+                    0.0
+                } else {
+                    -1.0
+                };
+                init.push((total, n, kind));
+                total += n.div_ceil(8) * 8; // 16-byte aligned bf16 views
+            }
+        }
+        let mut host = vec![0f32; total];
+        let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        for (off, n, kind) in init {
+            for x in &mut host[off..off + n] {
+                *x = if kind > 0.0 {
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let u1 = ((rng >> 11) as f64 / (1u64 << 53) as f64).max(1e-300);
+                    rng ^= rng << 13;
+                    rng ^= rng >> 7;
+                    rng ^= rng << 17;
+                    let u2 = (rng >> 11) as f64 / (1u64 << 53) as f64;
+                    ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+                        * kind
+                } else if kind < 0.0 {
+                    1.0 - l0.block.norm.offset as f32
+                } else {
+                    0.0
+                };
+            }
+        }
+        let mut bytes = 0usize;
+        let master = gpu.upload(&host)?;
+        drop(host);
+        let work = gpu.zeros::<u8>(total * dt.size())?;
+        let grad = gpu.zeros::<f32>(total)?;
+        let adam_m = gpu.zeros::<f32>(total)?;
+        let adam_v = gpu.zeros::<f32>(total)?;
+        bytes += total * (16 + dt.size());
+        match dt {
+            Dtype::Bf16 => {
+                kernels.cast(Dtype::F32, Dtype::Bf16, work.ptr(), master.ptr(), total)?
+            }
+            Dtype::F32 => kernels.add(Dtype::F32, work.ptr(), master.ptr(), grad.ptr(), total)?,
+        }
+
+        let a = &l0.attention;
+        let (c, heads, kvh, hd) = (
+            spec.d_model as usize,
+            a.heads as usize,
+            a.kv_heads as usize,
+            a.head_dim as usize,
+        );
+        let (qd, kvd) = (heads * hd, kvh * hd);
+        let width = qd + 2 * kvd;
+        let Ffn::Mlp(mlp) = &l0.ffn else {
+            unreachable!("checked above")
+        };
+        let hidden = mlp.hidden as usize;
+        let hw = if mlp.activation.is_gated() {
+            2 * hidden
+        } else {
+            hidden
+        };
+        let n = batch * seq;
+        let nl = spec.layers.len();
+        let es = dt.size();
+        let align = |x: usize| x.div_ceil(8) * 8;
+        // Activations in the compute dtype.
+        let per_layer = [c, c, width, qd, c, c, hw, hidden]
+            .iter()
+            .map(|w| align(n * w))
+            .sum::<usize>();
+        let act_elems = align(n * c) + nl * per_layer + 2 * align(n * c);
+        let acts = gpu.zeros::<u8>(act_elems * es)?;
+        let per_layer_f32 = 4 * align(n) + align(batch * heads * seq);
+        let acts_f32 = gpu.zeros::<f32>(nl * per_layer_f32 + 2 * align(n))?;
+        bytes += act_elems * es + (nl * per_layer_f32 + 2 * align(n)) * 4;
+        let mut cur = acts.ptr();
+        let mut take = |elems: usize| {
+            let p = cur;
+            cur += (align(elems) * es) as u64;
+            p
+        };
+        let mut cur32 = acts_f32.ptr();
+        let mut take32 = |elems: usize| {
+            let p = cur32;
+            cur32 += (align(elems) * 4) as u64;
+            p
+        };
+        let emb = take(n * c);
+        let mut layers = Vec::new();
+        for i in 0..nl {
+            let resid = if i == 0 { emb } else { take(n * c) };
+            layers.push(Layer {
+                resid,
+                ln1: take(n * c),
+                qkv: take(n * width),
+                atty: take(n * qd),
+                resid_mid: take(n * c),
+                ln2: take(n * c),
+                h: take(n * hw),
+                act: take(n * hidden),
+                rstd1: take32(n),
+                mean1: take32(n),
+                rstd2: take32(n),
+                mean2: take32(n),
+                lse: take32(batch * heads * seq),
+            });
+        }
+        let resid_final = take(n * c);
+        let lnf = take(n * c);
+        let rstdf = take32(n);
+        let meanf = take32(n);
+        // Scratch.
+        let vp = spec.vocab_padded as usize;
+        let chunk = ((512usize << 20) / (vp * es)).clamp(64, n);
+        let scratch_elems = align(n * c) * 5
+            + align(n * hidden)
+            + align(n * hw)
+            + align(n * width)
+            + align(n * qd)
+            + align(chunk * vp);
+        let scratch = gpu.zeros::<u8>(scratch_elems * es)?;
+        let scratch_f32 = gpu.zeros::<f32>(align(n * qd) + align(batch * heads * seq))?;
+        bytes += scratch_elems * es + (align(n * qd) + align(batch * heads * seq)) * 4;
+        let mut cur = scratch.ptr();
+        let mut take = |elems: usize| {
+            let p = cur;
+            cur += (align(elems) * es) as u64;
+            p
+        };
+        let (tmp, dlnf, g_a, g_b, d_ln) = (
+            take(n * c),
+            take(n * c),
+            take(n * c),
+            take(n * c),
+            take(n * c),
+        );
+        let (d_act, dh, dqkv, d_atty, logits) = (
+            take(n * hidden),
+            take(n * hw),
+            take(n * width),
+            take(n * qd),
+            take(chunk * vp),
+        );
+        let dq_acc = scratch_f32.ptr();
+        let delta = scratch_f32.at(align(n * qd));
+        let rope = match &l0.position {
+            Position::Rope(r) => {
+                let (cs, sn) = super::rope::tables(r, seq);
+                Some((
+                    gpu.upload(&cs)?,
+                    gpu.upload(&sn)?,
+                    r.rotary_dims as usize,
+                    r.style == RopeStyle::Interleaved,
+                ))
+            }
+            _ => None,
+        };
+        let loss_rows = gpu.zeros::<f32>(n)?;
+        let tokens = gpu.zeros::<i32>(n)?;
+        let targets = gpu.zeros::<i32>(n)?;
+        bytes += 12 * n + (32 << 20);
+        Ok(GpuTrainer {
+            gpu: gpu.clone(),
+            kernels,
+            gemm,
+            spec: spec.clone(),
+            dt,
+            batch,
+            seq,
+            offsets,
+            total,
+            master,
+            work,
+            grad,
+            adam_m,
+            adam_v,
+            _acts: acts,
+            _acts_f32: acts_f32,
+            layers,
+            emb,
+            resid_final,
+            lnf,
+            rstdf,
+            meanf,
+            _scratch: scratch,
+            tmp,
+            dlnf,
+            g_a,
+            g_b,
+            d_ln,
+            d_act,
+            dh,
+            dqkv,
+            d_atty,
+            logits,
+            chunk,
+            _scratch_f32: scratch_f32,
+            dq_acc,
+            delta,
+            loss_rows,
+            rope,
+            tokens,
+            targets,
+            valid_targets: n,
+            step: 0,
+            bytes,
+            adamw: AdamW::default(),
+        })
+    }
+
+    /// Bytes this trainer allocated on the device (parameters, optimizer state, activations,
+    /// scratch, the cuBLASLt workspace).
+    pub fn device_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Number of parameter elements.
+    pub fn param_count(&self) -> usize {
+        modelspec_dsl::params::parameters(&self.spec)
+            .iter()
+            .map(|p| p.numel() as usize)
+            .sum()
+    }
+
+    /// Sets the batch: `tokens` `[batch*seq]`, next-token targets (HF shift: the last position
+    /// of each sequence is ignored) unless `targets` is given (-1 = ignore).
+    pub fn set_batch(&mut self, tokens: &[u32], targets: Option<&[i32]>) -> Result<()> {
+        let n = self.batch * self.seq;
+        if tokens.len() != n || targets.is_some_and(|t| t.len() != n) {
+            return Err(unsupported(format!(
+                "expected {n} tokens (batch {} x seq {})",
+                self.batch, self.seq
+            )));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as u64 >= self.spec.vocab_padded) {
+            return Err(unsupported(format!("token {bad} outside the vocabulary")));
+        }
+        let tok: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let tgt: Vec<i32> = match targets {
+            Some(t) => t.to_vec(),
+            None => (0..n)
+                .map(|i| {
+                    if (i + 1) % self.seq == 0 {
+                        -1
+                    } else {
+                        tok[i + 1]
+                    }
+                })
+                .collect(),
+        };
+        self.valid_targets = tgt.iter().filter(|&&t| t >= 0).count().max(1);
+        self.gpu.write(&mut self.tokens, &tok)?;
+        self.gpu.write(&mut self.targets, &tgt)
+    }
+
+    fn w(&self, name: &str) -> Result<DevPtr> {
+        let off = self
+            .offsets
+            .get(name)
+            .ok_or_else(|| unsupported(format!("no parameter `{name}`")))?;
+        Ok(self.work.ptr() + (off * self.dt.size()) as u64)
+    }
+    fn wo(&self, name: &str) -> DevPtr {
+        self.offsets
+            .get(name)
+            .map_or(0, |off| self.work.ptr() + (off * self.dt.size()) as u64)
+    }
+    fn g(&self, name: &str) -> DevPtr {
+        self.offsets.get(name).map_or(0, |off| self.grad.at(*off))
+    }
+
+    // Row-major GEMM C[m,n] = A op(B) with the compute dtype.
+    #[allow(clippy::too_many_arguments)]
+    fn mm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        lda: usize,
+        ta: bool,
+        b: DevPtr,
+        ldb: usize,
+        tb: bool,
+        c: DevPtr,
+        ldc: usize,
+        beta: f32,
+    ) -> Result<()> {
+        let g = RowMajorGemm {
+            m,
+            n,
+            k,
+            trans_a: ta,
+            trans_b: tb,
+            lda,
+            ldb,
+            ldc,
+            batch: None,
+        };
+        // SAFETY: every operand is a view into this trainer's arenas, sized at construction.
+        unsafe { self.gemm.run(self.dt, &g, a, b, c, 1.0, beta) }
+    }
+    // C = A B^T + bias (bias 0: none), the forward projections.
+    fn linear(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        w: DevPtr,
+        bias: DevPtr,
+        c: DevPtr,
+    ) -> Result<()> {
+        let g = RowMajorGemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: true,
+            lda: k,
+            ldb: k,
+            ldc: n,
+            batch: None,
+        };
+        // SAFETY: as in `mm`.
+        unsafe {
+            if bias != 0 {
+                self.gemm.run_bias(self.dt, &g, a, w, c, bias)
+            } else {
+                self.gemm.run(self.dt, &g, a, w, c, 1.0, 0.0)
+            }
+        }
+    }
+
+    // Weight gradient: C (f32) = A^T B.
+    #[allow(clippy::too_many_arguments)]
+    fn mm_grad(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        lda: usize,
+        b: DevPtr,
+        ldb: usize,
+        c: DevPtr,
+        beta: f32,
+    ) -> Result<()> {
+        let g = RowMajorGemm {
+            m,
+            n,
+            k,
+            trans_a: true,
+            trans_b: false,
+            lda,
+            ldb,
+            ldc: n,
+            batch: None,
+        };
+        // SAFETY: as in `mm`.
+        unsafe { self.gemm.run_f32_out(self.dt, &g, a, b, c, 1.0, beta) }
+    }
+
+    /// One training step (forward, loss, backward, AdamW) on the batch set by
+    /// [`GpuTrainer::set_batch`]. Asynchronous: read the loss with [`GpuTrainer::loss`].
+    pub fn step(&mut self) -> Result<()> {
+        let spec = &self.spec;
+        let k = &self.kernels;
+        let dt = self.dt;
+        let es = dt.size() as u64;
+        let l0 = &spec.layers[0];
+        let a = &l0.attention;
+        let (c, heads, kvh, hd) = (
+            spec.d_model as usize,
+            a.heads as usize,
+            a.kv_heads as usize,
+            a.head_dim as usize,
+        );
+        let (qd, kvd) = (heads * hd, kvh * hd);
+        let width = qd + 2 * kvd;
+        let Ffn::Mlp(mlp) = &l0.ffn else {
+            unreachable!("checked in new")
+        };
+        let hidden = mlp.hidden as usize;
+        let gated = mlp.activation.is_gated();
+        let hw = if gated { 2 * hidden } else { hidden };
+        let act = match mlp.activation {
+            MlpKind::Gelu => Act::Gelu,
+            MlpKind::GeluTanh => Act::GeluTanh,
+            MlpKind::ReluSquared => Act::ReluSquared,
+            MlpKind::Swiglu => Act::Swiglu,
+            MlpKind::Geglu => Act::Geglu,
+            MlpKind::GegluTanh => Act::GegluTanh,
+        };
+        let norm = l0.block.norm;
+        let nk = if norm.kind == modelspec_dsl::ir::NormKind::Layer {
+            NormKind::Layer
+        } else {
+            NormKind::Rms
+        };
+        let (eps, off) = (norm.eps as f32, norm.offset as f32);
+        let n = self.batch * self.seq;
+        let (vocab, vp) = (spec.vocab as usize, spec.vocab_padded as usize);
+        let mut shape = AttnShape::dense(self.batch, self.seq, heads, kvh, hd);
+        shape.ldq = width;
+        shape.ldk = width;
+        shape.ldv = width;
+        shape.scale = a.scale as f32;
+        shape.softcap = a.softcap.unwrap_or(0.0) as f32;
+        shape.window = a.window.unwrap_or(0) as usize;
+        let colsum = |out: DevPtr, x: DevPtr, width: usize| {
+            if out != 0 {
+                k.colsum(dt, out, x, n, width)
+            } else {
+                Ok(())
+            }
+        };
+
+        // SAFETY: the grad arena is this trainer's own.
+        unsafe { self.gpu.memset_raw(self.grad.ptr(), self.total * 4) }?;
+        // ---- forward ----
+        let wpe = self.wo("pos_embed.weight");
+        k.embed_fwd(
+            dt,
+            self.emb,
+            self.tokens.ptr(),
+            self.w("embed.weight")?,
+            wpe,
+            n,
+            self.seq,
+            c,
+            spec.embedding.scale as f32,
+        )?;
+        for (i, lay) in self.layers.iter().enumerate() {
+            let p = |s: &str| format!("layers.{i}.{s}");
+            let (x_in, res_in, r_out) = if i == 0 {
+                (self.emb, 0, 0)
+            } else {
+                (self.layers[i - 1].resid_mid, self.tmp, lay.resid)
+            };
+            k.norm_fwd(
+                dt,
+                nk,
+                lay.ln1,
+                r_out,
+                lay.rstd1,
+                lay.mean1,
+                x_in,
+                res_in,
+                self.wo(&p("attn_norm.weight")),
+                self.wo(&p("attn_norm.bias")),
+                n,
+                c,
+                eps,
+                off,
+            )?;
+            self.linear(
+                n,
+                width,
+                c,
+                lay.ln1,
+                self.w(&p("attn.q.weight"))?,
+                self.wo(&p("attn.q.bias")),
+                lay.qkv,
+            )?;
+            if let Some((cs, sn, rot, il)) = &self.rope {
+                k.rope(
+                    dt,
+                    lay.qkv,
+                    cs.ptr(),
+                    sn.ptr(),
+                    n,
+                    self.seq,
+                    heads,
+                    hd,
+                    width,
+                    *rot,
+                    *il,
+                    false,
+                )?;
+                k.rope(
+                    dt,
+                    lay.qkv + qd as u64 * es,
+                    cs.ptr(),
+                    sn.ptr(),
+                    n,
+                    self.seq,
+                    kvh,
+                    hd,
+                    width,
+                    *rot,
+                    *il,
+                    false,
+                )?;
+            }
+            let (q, kk, v) = (
+                lay.qkv,
+                lay.qkv + qd as u64 * es,
+                lay.qkv + (qd + kvd) as u64 * es,
+            );
+            k.attn_fwd(dt, &shape, lay.atty, lay.lse, q, kk, v)?;
+            self.linear(
+                n,
+                c,
+                qd,
+                lay.atty,
+                self.w(&p("attn.o.weight"))?,
+                self.wo(&p("attn.o.bias")),
+                self.tmp,
+            )?;
+            k.norm_fwd(
+                dt,
+                nk,
+                lay.ln2,
+                lay.resid_mid,
+                lay.rstd2,
+                lay.mean2,
+                lay.resid,
+                self.tmp,
+                self.wo(&p("mlp_norm.weight")),
+                self.wo(&p("mlp_norm.bias")),
+                n,
+                c,
+                eps,
+                off,
+            )?;
+            let first = if gated {
+                p("mlp.gate.weight")
+            } else {
+                p("mlp.up.weight")
+            };
+            self.linear(
+                n,
+                hw,
+                c,
+                lay.ln2,
+                self.w(&first)?,
+                self.wo(&if gated {
+                    p("mlp.gate.bias")
+                } else {
+                    p("mlp.up.bias")
+                }),
+                lay.h,
+            )?;
+            k.act_fwd(
+                dt,
+                act,
+                lay.act,
+                lay.h,
+                lay.h + hidden as u64 * es,
+                n,
+                hidden,
+                hw,
+            )?;
+            self.linear(
+                n,
+                c,
+                hidden,
+                lay.act,
+                self.w(&p("mlp.down.weight"))?,
+                self.wo(&p("mlp.down.bias")),
+                self.tmp,
+            )?;
+        }
+        let last = self.layers.last().map_or(self.emb, |l| l.resid_mid);
+        k.norm_fwd(
+            dt,
+            nk,
+            self.lnf,
+            self.resid_final,
+            self.rstdf,
+            self.meanf,
+            last,
+            self.tmp,
+            self.wo("final_norm.weight"),
+            self.wo("final_norm.bias"),
+            n,
+            c,
+            eps,
+            off,
+        )?;
+        // ---- classifier + loss + its backward, one row chunk at a time ----
+        let (head, dhead) = if spec.embedding.tied {
+            (self.w("embed.weight")?, self.g("embed.weight"))
+        } else {
+            (self.w("lm_head.weight")?, self.g("lm_head.weight"))
+        };
+        let head_bias = self.wo("lm_head.bias");
+        let dscale = 1.0 / self.valid_targets as f32;
+        let softcap = spec.logits.softcap.unwrap_or(0.0) as f32;
+        let mut r0 = 0;
+        while r0 < n {
+            let rows = self.chunk.min(n - r0);
+            let x = self.lnf + (r0 * c) as u64 * es;
+            self.linear(rows, vp, c, x, head, head_bias, self.logits)?;
+            k.xent(
+                dt,
+                self.logits,
+                self.loss_rows.at(r0),
+                self.targets.at(r0),
+                rows,
+                vocab,
+                vp,
+                softcap,
+                Some(dscale),
+            )?;
+            self.mm(
+                rows,
+                c,
+                vp,
+                self.logits,
+                vp,
+                false,
+                head,
+                c,
+                false,
+                self.dlnf + (r0 * c) as u64 * es,
+                c,
+                0.0,
+            )?;
+            self.mm_grad(vp, c, rows, self.logits, vp, x, c, dhead, 1.0)?;
+            if head_bias != 0 {
+                k.colsum(dt, self.g("lm_head.bias"), self.logits, rows, vp)?;
+            }
+            r0 += rows;
+        }
+        // ---- backward ----
+        let (g, g2) = (self.g_a, self.g_b);
+        k.norm_bwd(
+            dt,
+            nk,
+            g,
+            self.dlnf,
+            self.resid_final,
+            self.wo("final_norm.weight"),
+            self.rstdf,
+            self.meanf,
+            0,
+            n,
+            c,
+            off,
+        )?;
+        k.norm_dw(
+            dt,
+            nk,
+            self.g("final_norm.weight"),
+            self.g("final_norm.bias"),
+            self.dlnf,
+            self.resid_final,
+            self.rstdf,
+            self.meanf,
+            n,
+            c,
+        )?;
+        for (i, lay) in self.layers.iter().enumerate().rev() {
+            let p = |s: &str| format!("layers.{i}.{s}");
+            // MLP branch: g = d(resid_mid + mlp_out).
+            self.mm(
+                n,
+                hidden,
+                c,
+                g,
+                c,
+                false,
+                self.w(&p("mlp.down.weight"))?,
+                hidden,
+                false,
+                self.d_act,
+                hidden,
+                0.0,
+            )?;
+            self.mm_grad(
+                c,
+                hidden,
+                n,
+                g,
+                c,
+                lay.act,
+                hidden,
+                self.g(&p("mlp.down.weight")),
+                0.0,
+            )?;
+            colsum(self.g(&p("mlp.down.bias")), g, c)?;
+            k.act_bwd(
+                dt,
+                act,
+                self.dh,
+                self.dh + hidden as u64 * es,
+                self.d_act,
+                lay.h,
+                lay.h + hidden as u64 * es,
+                n,
+                hidden,
+                hw,
+            )?;
+            let first = if gated { "mlp.gate" } else { "mlp.up" };
+            self.mm_grad(
+                hw,
+                c,
+                n,
+                self.dh,
+                hw,
+                lay.ln2,
+                c,
+                self.g(&p(&format!("{first}.weight"))),
+                0.0,
+            )?;
+            colsum(self.g(&p(&format!("{first}.bias"))), self.dh, hw)?;
+            self.mm(
+                n,
+                c,
+                hw,
+                self.dh,
+                hw,
+                false,
+                self.w(&p(&format!("{first}.weight")))?,
+                c,
+                false,
+                self.d_ln,
+                c,
+                0.0,
+            )?;
+            k.norm_bwd(
+                dt,
+                nk,
+                g2,
+                self.d_ln,
+                lay.resid_mid,
+                self.wo(&p("mlp_norm.weight")),
+                lay.rstd2,
+                lay.mean2,
+                g,
+                n,
+                c,
+                off,
+            )?;
+            k.norm_dw(
+                dt,
+                nk,
+                self.g(&p("mlp_norm.weight")),
+                self.g(&p("mlp_norm.bias")),
+                self.d_ln,
+                lay.resid_mid,
+                lay.rstd2,
+                lay.mean2,
+                n,
+                c,
+            )?;
+            // Attention branch: g2 = d(resid_mid).
+            self.mm(
+                n,
+                qd,
+                c,
+                g2,
+                c,
+                false,
+                self.w(&p("attn.o.weight"))?,
+                qd,
+                false,
+                self.d_atty,
+                qd,
+                0.0,
+            )?;
+            self.mm_grad(
+                c,
+                qd,
+                n,
+                g2,
+                c,
+                lay.atty,
+                qd,
+                self.g(&p("attn.o.weight")),
+                0.0,
+            )?;
+            colsum(self.g(&p("attn.o.bias")), g2, c)?;
+            let (q, kk, v) = (
+                lay.qkv,
+                lay.qkv + qd as u64 * es,
+                lay.qkv + (qd + kvd) as u64 * es,
+            );
+            let (dq, dk, dv) = (
+                self.dqkv,
+                self.dqkv + qd as u64 * es,
+                self.dqkv + (qd + kvd) as u64 * es,
+            );
+            let mut bshape = shape;
+            bshape.ldo = qd;
+            k.attn_bwd(
+                dt,
+                &bshape,
+                dq,
+                dk,
+                dv,
+                self.dq_acc,
+                self.delta,
+                self.d_atty,
+                lay.atty,
+                lay.lse,
+                q,
+                kk,
+                v,
+            )?;
+            if let Some((cs, sn, rot, il)) = &self.rope {
+                k.rope(
+                    dt,
+                    dq,
+                    cs.ptr(),
+                    sn.ptr(),
+                    n,
+                    self.seq,
+                    heads,
+                    hd,
+                    width,
+                    *rot,
+                    *il,
+                    true,
+                )?;
+                k.rope(
+                    dt,
+                    dk,
+                    cs.ptr(),
+                    sn.ptr(),
+                    n,
+                    self.seq,
+                    kvh,
+                    hd,
+                    width,
+                    *rot,
+                    *il,
+                    true,
+                )?;
+            }
+            self.mm_grad(
+                width,
+                c,
+                n,
+                self.dqkv,
+                width,
+                lay.ln1,
+                c,
+                self.g(&p("attn.q.weight")),
+                0.0,
+            )?;
+            colsum(self.g(&p("attn.q.bias")), self.dqkv, width)?;
+            self.mm(
+                n,
+                c,
+                width,
+                self.dqkv,
+                width,
+                false,
+                self.w(&p("attn.q.weight"))?,
+                c,
+                false,
+                self.d_ln,
+                c,
+                0.0,
+            )?;
+            k.norm_bwd(
+                dt,
+                nk,
+                g,
+                self.d_ln,
+                lay.resid,
+                self.wo(&p("attn_norm.weight")),
+                lay.rstd1,
+                lay.mean1,
+                g2,
+                n,
+                c,
+                off,
+            )?;
+            k.norm_dw(
+                dt,
+                nk,
+                self.g(&p("attn_norm.weight")),
+                self.g(&p("attn_norm.bias")),
+                self.d_ln,
+                lay.resid,
+                lay.rstd1,
+                lay.mean1,
+                n,
+                c,
+            )?;
+            // The attention norm's backward wrote d(resid[i]) into g: the next layer down reads it.
+        }
+        let dwpe = self.g("pos_embed.weight");
+        k.embed_bwd(
+            dt,
+            self.g("embed.weight"),
+            dwpe,
+            self.tokens.ptr(),
+            g,
+            n,
+            self.seq,
+            c,
+            spec.embedding.scale as f32,
+        )?;
+        // ---- optimizer ----
+        self.step += 1;
+        let o = self.adamw;
+        k.adamw(
+            dt,
+            self.master.ptr(),
+            self.work.ptr(),
+            self.grad.ptr(),
+            self.adam_m.ptr(),
+            self.adam_v.ptr(),
+            self.total,
+            o.lr,
+            o.beta1,
+            o.beta2,
+            o.eps,
+            o.weight_decay,
+            self.step,
+            1.0,
+        )
+    }
+
+    /// Replaces the weights (f32 master and working copy) with `params` (canonical names, e.g. from
+    /// `Params::init` or a checkpoint) and resets the optimizer state.
+    pub fn set_params(&mut self, params: &crate::Params<f32>) -> Result<()> {
+        params
+            .check(&self.spec)
+            .map_err(|e| unsupported(e.to_string()))?;
+        let mut host = self.gpu.download(&self.master)?;
+        for (name, t) in params.iter() {
+            let off = *self
+                .offsets
+                .get(name)
+                .ok_or_else(|| unsupported(format!("no parameter `{name}`")))?;
+            host[off..off + t.numel()].copy_from_slice(t.data());
+        }
+        self.gpu.write(&mut self.master, &host)?;
+        self.gpu.memset_zero(&mut self.adam_m)?;
+        self.gpu.memset_zero(&mut self.adam_v)?;
+        self.step = 0;
+        match self.dt {
+            Dtype::Bf16 => self.kernels.cast(
+                Dtype::F32,
+                Dtype::Bf16,
+                self.work.ptr(),
+                self.master.ptr(),
+                self.total,
+            ),
+            Dtype::F32 => {
+                self.gpu.memset_zero(&mut self.grad)?;
+                self.kernels.add(
+                    Dtype::F32,
+                    self.work.ptr(),
+                    self.master.ptr(),
+                    self.grad.ptr(),
+                    self.total,
+                )
+            }
+        }
+    }
+
+    /// Mean loss of the last step (synchronises).
+    pub fn loss(&self) -> Result<f32> {
+        let rows = self.gpu.download(&self.loss_rows)?;
+        Ok((rows.iter().map(|&x| x as f64).sum::<f64>() / self.valid_targets as f64) as f32)
+    }
+
+    /// The f32 gradient of parameter `name` after the last step (synchronises).
+    pub fn grad(&self, name: &str) -> Result<Vec<f32>> {
+        let off = *self
+            .offsets
+            .get(name)
+            .ok_or_else(|| unsupported(format!("no parameter `{name}`")))?;
+        let numel = modelspec_dsl::params::parameters(&self.spec)
+            .iter()
+            .find(|p| p.name == name)
+            .map_or(0, |p| p.numel() as usize);
+        let all = self.gpu.download(&self.grad)?;
+        Ok(all[off..off + numel].to_vec())
+    }
+}
+
+/// The spec's sizes as `#define`s of its kernel module.
+fn spec_defines(spec: &ModelSpec) -> BTreeMap<String, String> {
+    let mut d = BTreeMap::new();
+    d.insert("MS_D_MODEL".into(), spec.d_model.to_string());
+    d.insert("MS_VOCAB_PADDED".into(), spec.vocab_padded.to_string());
+    if let Some(l) = spec.layers.first() {
+        d.insert("MS_HEADS".into(), l.attention.heads.to_string());
+        d.insert("MS_KV_HEADS".into(), l.attention.kv_heads.to_string());
+        d.insert("MS_HEAD_DIM".into(), l.attention.head_dim.to_string());
+    }
+    d
+}
