@@ -5,7 +5,8 @@
 //! `model.safetensors`, `input.safetensors` (`input_ids`) and `expected.safetensors` (`logits`,
 //! `loss`, and `grad.<checkpoint name>` for every checkpoint tensor). The config goes through the HF
 //! importer, the weights through the weights loader, and the executor computes logits, loss and
-//! gradients; gradients are mapped back to checkpoint names and layouts before comparing.
+//! gradients; gradients are mapped back to checkpoint names and layouts before comparing, and the
+//! loaded parameters, saved again, must reproduce `model.safetensors` exactly.
 //!
 //! Tolerances: logits max |diff| ≤ 1e-4 × max(1, max |ref|); loss within 1e-5 relative; every
 //! gradient within 1e-4 relative L2. Adding a case is adding a directory.
@@ -74,6 +75,20 @@ fn run_fixture(dir: &Path) -> Result<Measured, String> {
     })?;
     let loaded = weights::load_hf_dir_detailed(&spec, dir).map_err(|e| format!("weights: {e}"))?;
     let params = &loaded.params;
+    // Writing the parameters back gives the checkpoint's tensors exactly (names, layouts, values).
+    let resaved =
+        weights::to_checkpoint(&spec, params, loaded.dialect).map_err(|e| format!("save: {e}"))?;
+    let original =
+        weights::read_float_tensors(&dir.join("model.safetensors")).map_err(|e| e.to_string())?;
+    if resaved != original {
+        let differ: Vec<&String> = original
+            .keys()
+            .filter(|k| resaved.get(*k) != original.get(*k))
+            .collect();
+        return Err(format!(
+            "re-saving does not reproduce model.safetensors: {differ:?}"
+        ));
+    }
 
     let input = weights::read_tensors(&dir.join("input.safetensors")).map_err(|e| e.to_string())?;
     let Some(FileTensor::Int { shape, data }) = input.get("input_ids") else {

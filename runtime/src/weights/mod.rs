@@ -13,6 +13,9 @@
 //!   `model.safetensors.index.json`); bf16, f16 and f32 files are all read into f32.
 //! - [`load_file`] / [`load_files`]: explicit safetensors files.
 //! - [`save_file`] / [`save_file_with`]: HF names and layouts, written atomically (temp file + rename).
+//!   MoE experts are saved in transformers 5's stacked layout by default ([`MoeNaming::Stacked`]),
+//!   the one transformers 5 loads for every MoE family; [`SaveOptions::dialect`] picks the Hub's
+//!   per-expert spellings instead. Loading accepts all three and reports the one it found.
 //! - [`hf_name`]: the checkpoint name holding a canonical parameter; [`to_checkpoint`] renames and
 //!   re-lays-out any canonical map (e.g. gradients, for `eval --grads`' `grad.<hf name>`).
 //!

@@ -18,13 +18,16 @@ use super::layout::{CheckpointTensor, Piece, rows_cols};
 /// How MoE expert weights are named in a `llama`-family checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum MoeNaming {
-    /// `mlp.gate`, `mlp.experts.{e}.{gate,up,down}_proj` (Qwen2-MoE, Qwen3-MoE; the default).
-    #[default]
+    /// `mlp.gate`, `mlp.experts.{e}.{gate,up,down}_proj` (Qwen2-MoE and Qwen3-MoE Hub files).
     Qwen,
-    /// `block_sparse_moe.gate`, `block_sparse_moe.experts.{e}.{w1,w3,w2}` (Mixtral).
+    /// `block_sparse_moe.gate`, `block_sparse_moe.experts.{e}.{w1,w3,w2}` (Mixtral Hub files).
     Mixtral,
-    /// transformers 5's in-memory layout: `mlp.experts.gate_up_proj` `[E, 2·hidden, d_model]` and
-    /// `mlp.experts.down_proj` `[E, d_model, hidden]`.
+    /// transformers 5's native layout: `mlp.gate`, `mlp.experts.gate_up_proj`
+    /// `[E, 2·hidden, d_model]` (each expert's gate rows, then its up rows) and
+    /// `mlp.experts.down_proj` `[E, d_model, hidden]`. The default for saving: the IR does not say
+    /// whether an MoE is "Mixtral" or "Qwen", transformers 5 loads per-expert names only in its
+    /// own family's spelling, and it loads this layout for Mixtral, Qwen2-MoE and Qwen3-MoE alike.
+    #[default]
     Stacked,
 }
 
@@ -42,7 +45,7 @@ impl Default for Dialect {
     fn default() -> Self {
         Dialect {
             base_prefix: true,
-            moe: MoeNaming::Qwen,
+            moe: MoeNaming::default(),
         }
     }
 }

@@ -524,7 +524,11 @@ fn phi_and_phi3_names() {
 fn moe_dialects_are_detected_and_round_trip() {
     let spec = moe(true);
     let params = params_for(&spec);
-    let qwen = to_checkpoint(&spec, &params, Dialect::default()).expect("qwen");
+    let qwen_names = Dialect {
+        base_prefix: true,
+        moe: MoeNaming::Qwen,
+    };
+    let qwen = to_checkpoint(&spec, &params, qwen_names).expect("qwen");
     for name in [
         "model.layers.0.mlp.gate.weight",
         "model.layers.0.mlp.experts.2.down_proj.weight",
@@ -572,6 +576,23 @@ fn moe_dialects_are_detected_and_round_trip() {
     let loaded = from_checkpoint(&plain, ckpt).expect("load");
     assert_eq!(loaded.dialect.moe, MoeNaming::Stacked);
     assert_eq!(loaded.params, params);
+    // Saving defaults to the stacked layout (what transformers 5 loads for every MoE family), and
+    // gate_up_proj holds each expert's gate rows, then its up rows.
+    let default = to_checkpoint(&plain, &params, Dialect::default()).expect("default");
+    let gate_up = &default["model.layers.1.mlp.experts.gate_up_proj"];
+    let e2 = &gate_up.data[2 * 16 * 16..3 * 16 * 16];
+    assert_eq!(
+        e2[..8 * 16],
+        host["layers.1.moe.experts.2.gate.weight"].data[..]
+    );
+    assert_eq!(
+        e2[8 * 16..],
+        host["layers.1.moe.experts.2.up.weight"].data[..]
+    );
+    assert_eq!(
+        hf_name(&plain, "layers.0.moe.router.weight").as_deref(),
+        Some("model.layers.0.mlp.gate.weight")
+    );
 }
 
 #[test]
