@@ -355,17 +355,20 @@ pub fn backward<T: Float>(
                             };
                         }
                     }
-                    let dot: T = (lo..=i).map(|j| prow[j] * drow[j]).sum();
+                    let p = &prow[lo..=i];
+                    let dot: T = p.iter().zip(&drow[lo..=i]).map(|(&a, &b)| a * b).sum();
                     drow[..lo].fill(T::ZERO);
-                    for j in lo..=i {
-                        let mut ds = prow[j] * (drow[j] - dot);
-                        if let Some(c) = cap {
-                            let th = capped[i * t + j] / c;
-                            ds *= T::ONE - th * th;
-                        }
-                        drow[j] = ds;
-                    }
                     drow[i + 1..].fill(T::ZERO);
+                    let span = &mut drow[lo..=i];
+                    for (v, &pj) in span.iter_mut().zip(p) {
+                        *v = pj * (*v - dot);
+                    }
+                    if let Some(c) = cap {
+                        for (v, &s) in span.iter_mut().zip(&capped[i * t + lo..=i * t + i]) {
+                            let th = s / c;
+                            *v *= T::ONE - th * th;
+                        }
+                    }
                 }
                 for (r0, r1, c0) in cfg.blocks() {
                     // SAFETY: dq rows of sequence b, columns of head h are written only by this
