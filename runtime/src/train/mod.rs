@@ -548,6 +548,25 @@ mod tests {
     }
 
     #[test]
+    fn checkpoint_keeps_every_float_of_the_state() {
+        // Values whose shortest decimal form needs all 17 digits, through a save and a load.
+        let mut t = trainer(3, None);
+        t.state.spec.layers[0].attention.scale = 0.17677669529663687;
+        t.state.options.schedule.min_lr = 0.00030000000000000003;
+        t.state.options.clip = 0.1 + 0.2;
+        let dir = temp_dir("floats");
+        t.step().unwrap();
+        t.save(&dir).unwrap();
+        let loaded = checkpoint::load(&dir).unwrap();
+        assert_eq!(loaded.state, t.state);
+        assert_eq!(
+            loaded.state.spec.layers[0].attention.scale.to_bits(),
+            0.17677669529663687f64.to_bits()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
     fn non_finite_loss_stops_and_names_the_step() {
         // Calls 1-2 are step 0, 3-4 step 1, 5-6 step 2: NaN in the second micro-batch of step 2.
         let mut t = trainer(10, Some(6));
