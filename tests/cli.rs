@@ -12,9 +12,14 @@ fn root() -> &'static Path {
 
 /// Runs the binary in the package root (so paths in diagnostics are relative and stable).
 fn modelspec(args: &[&str]) -> Output {
+    modelspec_in(root(), args)
+}
+
+/// Runs the binary in `dir`.
+fn modelspec_in(dir: &Path, args: &[&str]) -> Output {
     let out = Command::new(env!("CARGO_BIN_EXE_modelspec"))
         .args(args)
-        .current_dir(root())
+        .current_dir(dir)
         .output()
         .expect("the binary runs");
     assert_ne!(
@@ -294,4 +299,48 @@ fn usage_errors_are_not_panics() {
         Some(2)
     );
     assert_eq!(modelspec(&["no-such-command"]).status.code(), Some(2));
+}
+
+#[test]
+fn invalid_yaml_and_ir_json_point_at_the_key() {
+    let dir = scratch("yaml_diagnostics");
+    let yaml = stdout(&modelspec(&["expand", "tests/hf_configs/gpt2/config.json"]));
+    let json = stdout(&modelspec(&[
+        "expand",
+        "tests/hf_configs/gpt2/config.json",
+        "--format",
+        "json",
+    ]));
+    let first = |text: &str, from: &str, to: &str| text.replacen(from, to, 1);
+    let cases = [
+        ("kv_heads.yaml", yaml.replace("kv_heads: 12", "kv_heads: 5")),
+        ("typo.yaml", first(&yaml, "    heads: 12", "    haeds: 12")),
+        (
+            "wrong_type.yaml",
+            first(&yaml, "d_model: 768", "d_model: seven"),
+        ),
+        (
+            "n_layers.yaml",
+            first(&yaml, "n_layers: 12", "n_layers: 13"),
+        ),
+        (
+            "window.json",
+            first(&json, "\"window\": null", "\"window\": 0"),
+        ),
+    ];
+    for (name, text) in cases {
+        assert_ne!(
+            text,
+            if name.ends_with("json") {
+                json.as_str()
+            } else {
+                yaml.as_str()
+            },
+            "{name}: no edit"
+        );
+        std::fs::write(dir.join(name), text).expect("write");
+        let out = modelspec_in(&dir, &["check", name]);
+        assert_eq!(out.status.code(), Some(1), "{name}");
+        insta::assert_snapshot!(format!("ir_{}", name.replace('.', "_")), stderr(&out));
+    }
 }

@@ -163,7 +163,26 @@ fn serde_diagnostic(file: &str, offset: usize, message: &str, src: &str) -> Diag
         None => field,
     };
     let hint = if why.contains("unknown field") {
-        Some("remove the key or fix its spelling; the expected keys are listed above".into())
+        let expected: Vec<&str> = why
+            .split_once("expected")
+            .map(|(_, list)| list.split('`').skip(1).step_by(2).collect())
+            .unwrap_or_default();
+        // Swapped letters count as one slip here (`haeds` → `heads`).
+        let swapped = || {
+            let mut sorted: Vec<char> = field.chars().collect();
+            sorted.sort_unstable();
+            expected.iter().copied().find(|c| {
+                let mut other: Vec<char> = c.chars().collect();
+                other.sort_unstable();
+                other == sorted && crate::check::edit_distance(&field, c) <= 2
+            })
+        };
+        match crate::check::did_you_mean(&field, &expected).or_else(swapped) {
+            Some(near) => Some(format!("did you mean `{near}`?")),
+            None => Some(
+                "remove the key or fix its spelling; the expected keys are listed above".into(),
+            ),
+        }
     } else if why.contains("missing field") {
         Some("every field of the IR is explicit: `modelspec expand` prints a complete file".into())
     } else {
@@ -181,6 +200,25 @@ fn serde_diagnostic(file: &str, offset: usize, message: &str, src: &str) -> Diag
     }
 }
 
+/// Byte offset of the first key `key` at or after `from`: `key:` (YAML) or `"key":` (JSON) with
+/// only indentation, `- ` or `{`/`,` before it on its line.
+fn key_position(src: &str, from: usize, key: &str) -> Option<usize> {
+    let from = from.min(src.len());
+    let mut offset = from;
+    for line in src[from..].split_inclusive('\n') {
+        let trimmed = line.trim_start_matches([' ', '\t', '-', '{', ',']);
+        let start = offset + (line.len() - trimmed.len());
+        if trimmed.starts_with(&format!("{key}:")) {
+            return Some(start);
+        }
+        if trimmed.starts_with(&format!("\"{key}\":")) {
+            return Some(start + 1);
+        }
+        offset += line.len();
+    }
+    None
+}
+
 /// Points an IR issue at the key that holds the value: inside the layer row for a per-layer field.
 pub(crate) fn locate_issue(issue: &Issue, src: &str, file: &str) -> Diagnostic {
     let last = issue.field.rsplit('.').next().unwrap_or(&issue.field);
@@ -193,20 +231,24 @@ pub(crate) fn locate_issue(issue: &Issue, src: &str, file: &str) -> Diagnostic {
             }
         }
     }
-    let span = [format!("{last}:"), format!("\"{last}\":")]
-        .iter()
-        .filter_map(|needle| src[from..].find(needle.as_str()).map(|p| from + p))
-        .min()
-        .map_or(0..0, |p| p..p + last.len());
+    let span = key_position(src, from, last).map_or(0..0, |p| p..p + last.len());
     let mut message = issue.message.clone();
-    if !issue.layers.is_empty() && issue.layers.len() < 8 {
-        let list: Vec<String> = issue.layers.iter().map(u64::to_string).collect();
-        message = format!("{message} (layer {})", list.join(", "));
+    let mut field = issue.field.clone();
+    if let Some(first) = issue.layers.first() {
+        field = format!("layers[{first}].{field}");
+        if issue.layers.len() > 1 {
+            message = if issue.layers.len() < 8 {
+                let list: Vec<String> = issue.layers.iter().map(u64::to_string).collect();
+                format!("{message} (layers {})", list.join(", "))
+            } else {
+                format!("{message} ({} layers)", issue.layers.len())
+            };
+        }
     }
     Diagnostic {
         file: file.to_string(),
         span,
-        field: issue.field.clone(),
+        field,
         message,
         hint: issue.hint.clone(),
     }
