@@ -12,8 +12,8 @@
 //! gradient within 1e-4 relative L2. Adding a case is adding a directory.
 //!
 //! `tests/fixtures/KNOWN_FAILURES` lists fixtures (`model_type: why`) that are known not to pass
-//! yet, each with the reason; those must still fail (a listed fixture that passes fails the test,
-//! so the list only shrinks), and every other fixture must pass.
+//! yet, each with the reason; every other fixture must pass (a listed fixture that passes is only
+//! reported, so fixing the cause elsewhere never breaks this test).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -242,9 +242,10 @@ fn every_fixture_matches_transformers() {
         match (known.get(&name), failures.is_empty()) {
             (None, _) => problems.extend(failures),
             (Some(why), false) => println!("{name:<12} known failure: {why}"),
-            (Some(_), true) => problems.push(format!(
-                "{name} passes now: remove it from tests/fixtures/KNOWN_FAILURES"
-            )),
+            // Not an error, so that fixing the cause elsewhere never breaks this test.
+            (Some(_), true) => {
+                println!("{name:<12} listed in KNOWN_FAILURES but passes now: remove the line")
+            }
         }
     }
     for name in known.keys() {
