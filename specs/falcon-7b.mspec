@@ -11,5 +11,6 @@ model falcon_7b {
     attention { heads 71  kv_heads 1 }
     position rope(theta = 10000)
     mlp gelu(hidden = 18176)
-    weights { naming falcon  qkv fused_per_head }
+    # With one kv head the per-head grouping [q.., k, v] is the plain [q; k; v] layout.
+    weights { naming falcon  qkv fused }
 }

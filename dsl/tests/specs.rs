@@ -313,3 +313,47 @@ fn suggestions_pick_the_closest_key() {
     );
     assert_eq!(did_you_mean("zzz", &["heads", "window"]), None);
 }
+
+/// Each hand-written spec and the HF config.json of the same model (imported by `hf::import`)
+/// resolve to the same IR: two independent front ends agree field by field.
+#[test]
+fn specs_agree_with_their_hf_configs() {
+    let pairs = [
+        ("falcon-7b", "falcon-7b"),
+        ("gemma-2-2b", "gemma-2-2b"),
+        ("gemma-2-9b", "gemma-2-9b"),
+        ("gemma-3-1b", "gemma-3-1b-it"),
+        ("gpt2-124m", "gpt2"),
+        ("gpt2-xl", "gpt2-xl"),
+        ("llama-2-7b", "llama-2-7b"),
+        ("llama-3.1-8b", "llama-3.1-8b"),
+        ("llama-3.2-1b", "llama-3.2-1b"),
+        ("mistral-7b-v0.1", "mistral-7b-v0.1"),
+        ("mixtral-8x7b", "mixtral-8x7b-v0.1"),
+        ("olmo-2-7b", "olmo-2-1124-7b"),
+        ("phi-2", "phi-2"),
+        ("pythia-160m", "pythia-160m"),
+        ("qwen2.5-0.5b", "qwen2.5-0.5b"),
+        ("qwen2.5-7b", "qwen2.5-7b"),
+        ("qwen3-30b-a3b", "qwen3-30b-a3b"),
+        ("qwen3-8b", "qwen3-8b"),
+    ];
+    let hf_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/hf_configs");
+    let mut differ = Vec::new();
+    for (spec, hf) in pairs {
+        let (_, mut ours) = load(&spec_dir().join(format!("{spec}.mspec")));
+        let path = hf_dir.join(hf).join("config.json");
+        let json =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let theirs = modelspec_dsl::hf::import::import(&json, &path.to_string_lossy())
+            .unwrap_or_else(|d| panic!("{hf}: {}", render(&d, &json)));
+        ours.name = theirs.name.clone();
+        if ours != theirs {
+            let a = serde_norway::to_string(&ours).unwrap_or_default();
+            let b = serde_norway::to_string(&theirs).unwrap_or_default();
+            let first = a.lines().zip(b.lines()).find(|(x, y)| x != y);
+            differ.push(format!("{spec} vs {hf}: first difference {first:?}"));
+        }
+    }
+    assert!(differ.is_empty(), "{}", differ.join("\n"));
+}
