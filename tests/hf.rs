@@ -496,3 +496,43 @@ fn transformers5_export_imports_back() {
         );
     }
 }
+
+#[test]
+fn random_mutations_never_panic() {
+    // xorshift64*: deterministic, no dependency.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let alphabet = b"{}[]\":,0123456789.-+eE nulltruefalse\\\n";
+    for dir in model_dirs() {
+        let (text, _) = read(&dir);
+        let spec = import(&dir);
+        let yaml_text = yaml::to_string(&spec);
+        for source in [&text, &yaml_text] {
+            for _ in 0..100 {
+                let mut bytes = source.as_bytes().to_vec();
+                for _ in 0..1 + next() % 4 {
+                    let at = (next() as usize) % bytes.len().max(1);
+                    let c = alphabet[(next() as usize) % alphabet.len()];
+                    match next() % 3 {
+                        0 if at < bytes.len() => bytes[at] = c,
+                        1 if at < bytes.len() => {
+                            bytes.remove(at);
+                        }
+                        _ => bytes.insert(at.min(bytes.len()), c),
+                    }
+                }
+                let Ok(mutated) = String::from_utf8(bytes) else {
+                    continue;
+                };
+                let _ = hf::import(&mutated, "m.json");
+                let _ = yaml::from_str(&mutated, "m.yaml");
+                let _ = yaml::from_json_str(&mutated, "m.json");
+            }
+        }
+    }
+}
