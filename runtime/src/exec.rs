@@ -1074,8 +1074,24 @@ impl Executor {
                 spec.layers.len()
             )));
         }
+        if spec.vocab == 0
+            || spec.vocab_padded < spec.vocab
+            || spec.d_model == 0
+            || spec.context == 0
+        {
+            return Err(Error::BadSpec(format!(
+                "vocab {} (padded {}), d_model {} and context {} must be positive, padded ≥ vocab",
+                spec.vocab, spec.vocab_padded, spec.d_model, spec.context
+            )));
+        }
         for layer in &spec.layers {
             let a = &layer.attention;
+            if a.head_dim == 0 || a.window == Some(0) {
+                return Err(Error::BadSpec(format!(
+                    "layer {}: head_dim {} and window {:?} must be positive",
+                    layer.index, a.head_dim, a.window
+                )));
+            }
             if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
                 return Err(Error::BadSpec(format!(
                     "layer {}: heads {} not divisible by kv_heads {}",

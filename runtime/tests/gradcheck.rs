@@ -1200,6 +1200,18 @@ fn bad_input_is_a_typed_error() {
         exec.forward(&missing, &[1, 2], 1),
         Err(Error::MissingParam(_))
     ));
+    let mut zero_window = tiny();
+    zero_window.layers[1].attention.window = Some(0);
+    assert!(matches!(
+        Executor::new(&zero_window),
+        Err(Error::BadSpec(_))
+    ));
+    let mut odd_rotary = tiny();
+    odd_rotary.layers[0].position = Position::Rope(Rope {
+        rotary_dims: 3,
+        ..rope(4)
+    });
+    assert!(matches!(Executor::new(&odd_rotary), Err(Error::BadSpec(_))));
     let bad_policy = Policy::Uniform(LayerCheckpoint::Save(vec!["nope".into()]));
     assert!(matches!(
         exec.loss_and_grads(&params, &[1, 2], 1, &bad_policy),
