@@ -6,12 +6,15 @@
 //! - `adam.m.{name}`, `adam.v.{name}`: AdamW's moments;
 //! - `train.losses`: the training loss of every step so far (for the plot of a resumed run);
 //!
-//! and in the safetensors metadata:
+//! and in the safetensors metadata, one key `modelspec` (one key, so that the header's bytes do not
+//! depend on a hash map's order: the same run writes the same file, byte for byte) holding JSON:
 //! - `format`: `modelspec-train-1`;
-//! - `state`: JSON of [`TrainState`]: step, the training RNG's state, the data cursor, the options
-//!   and the resolved spec (the IR), so `modelspec sample DIR` needs nothing else;
 //! - `checksum`: FNV-1a (64 bit) over every tensor's name, shape and bytes in sorted order, so a
-//!   corrupt file is an error rather than a silently different model.
+//!   corrupt file is an error rather than a silently different model;
+//! - `optimizer_step`: AdamW's step count;
+//! - `state`: [`TrainState`]: step, the training RNG's state, the data cursor, the options and the
+//!   resolved spec (the IR), so `modelspec sample DIR` needs nothing else. Every f64 survives the
+//!   round trip bit for bit (serde_json's `float_roundtrip`).
 //!
 //! A save writes `checkpoint.safetensors.tmp`, fsyncs it, renames it over the old file and fsyncs
 //! the directory: at every instant the directory holds either the old checkpoint or the new one,
@@ -34,8 +37,19 @@ use crate::{Params, Tensor};
 
 /// The checkpoint file's name inside the checkpoint directory.
 pub const FILE_NAME: &str = "checkpoint.safetensors";
-/// The value of the `format` metadata key.
+/// The checkpoint format this version writes and reads.
 pub const FORMAT: &str = "modelspec-train-1";
+/// The one safetensors metadata key, holding the JSON [`Header`].
+const METADATA_KEY: &str = "modelspec";
+
+/// What the metadata key holds.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Header {
+    format: String,
+    checksum: String,
+    optimizer_step: u64,
+    state: TrainState,
+}
 
 /// The options a run was started with; a resumed run continues with the same ones.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -175,14 +189,16 @@ pub fn save(
     );
     let mut state = state.clone();
     state.options.adamw = optimizer.config;
-    let state_json = serde_json::to_string(&state)
+    let header = Header {
+        format: FORMAT.to_string(),
+        checksum: sum,
+        optimizer_step: optimizer.step,
+        state,
+    };
+    let header_json = serde_json::to_string(&header)
         .map_err(|e| TrainError::Checkpoint(format!("serialising the state: {e}")))?;
-    let metadata: HashMap<String, String> = HashMap::from([
-        ("format".to_string(), FORMAT.to_string()),
-        ("state".to_string(), state_json),
-        ("checksum".to_string(), sum),
-        ("optimizer_step".to_string(), optimizer.step.to_string()),
-    ]);
+    let metadata: HashMap<String, String> =
+        HashMap::from([(METADATA_KEY.to_string(), header_json)]);
     let mut views = Vec::with_capacity(tensors.len());
     for (name, (shape, data)) in &tensors {
         let view = TensorView::new(Dtype::F32, shape.clone(), data)
@@ -218,10 +234,19 @@ pub fn load(ckpt_dir: &Path) -> Result<Checkpoint, TrainError> {
         ))
     })?;
     let meta = metadata.metadata().clone().unwrap_or_default();
-    if meta.get("format").map(String::as_str) != Some(FORMAT) {
+    let header: Header = match meta.get(METADATA_KEY) {
+        Some(text) => serde_json::from_str(text)
+            .map_err(|e| bad(format!("unreadable training state ({e})")))?,
+        None => {
+            return Err(bad(
+                "not a modelspec training checkpoint (no `modelspec` metadata)".into(),
+            ));
+        }
+    };
+    if header.format != FORMAT {
         return Err(bad(format!(
-            "not a modelspec training checkpoint (format {:?})",
-            meta.get("format")
+            "unsupported checkpoint format `{}` (this version reads {FORMAT})",
+            header.format
         )));
     }
     let file =
@@ -237,19 +262,17 @@ pub fn load(ckpt_dir: &Path) -> Result<Checkpoint, TrainError> {
         views.push((*name, view));
     }
     let sum = checksum(views.iter().map(|(n, v)| (*n, v.shape(), v.data())));
-    if meta.get("checksum") != Some(&sum) {
+    if header.checksum != sum {
         return Err(bad(format!(
-            "checksum mismatch (recorded {:?}, computed {sum}): the file is corrupt",
-            meta.get("checksum")
+            "checksum mismatch (recorded {}, computed {sum}): the file is corrupt",
+            header.checksum
         )));
     }
-    let state: TrainState =
-        serde_json::from_str(meta.get("state").map(String::as_str).unwrap_or(""))
-            .map_err(|e| bad(format!("unreadable training state ({e})")))?;
-    let optimizer_step: u64 = meta
-        .get("optimizer_step")
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("missing optimizer_step".into()))?;
+    let Header {
+        optimizer_step,
+        state,
+        ..
+    } = header;
 
     let mut params = Params::new();
     let mut moments: BTreeMap<String, Moments> = BTreeMap::new();

@@ -533,7 +533,14 @@ mod tests {
         );
         assert_eq!(straight.params, resumed.params);
         assert_eq!(straight.optimizer, resumed.optimizer);
+        // And the two runs write the same checkpoint file, byte for byte.
+        let other = temp_dir("cpu-resume-straight");
+        straight.save(&other).unwrap();
+        resumed.save(&dir).unwrap();
+        let file = |d: &std::path::Path| std::fs::read(d.join(checkpoint::FILE_NAME)).unwrap();
+        assert!(file(&dir) == file(&other), "checkpoint bytes differ");
         std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&other).unwrap();
     }
 
     #[test]
