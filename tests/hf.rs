@@ -536,3 +536,66 @@ fn random_mutations_never_panic() {
         }
     }
 }
+
+#[test]
+fn transformers5_spellings() {
+    // Qwen ignores sliding_window unless use_sliding_window (transformers 5 writes 0 there).
+    let qwen = tiny(
+        r#"{"model_type": "qwen2_moe", "hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 6,
+            "num_key_value_heads": 3, "intermediate_size": 28, "vocab_size": 64, "num_experts": 4,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 12, "shared_expert_intermediate_size": 20,
+            "use_sliding_window": false, "sliding_window": 0, "qkv_bias": false,
+            "layer_types": ["full_attention", "full_attention"]}"#,
+    );
+    assert!(
+        qwen.layers
+            .iter()
+            .all(|l| l.attention.window.is_none() && !l.attention.qkv_bias)
+    );
+    // Qwen3-MoE's expert count as num_local_experts.
+    let moe = tiny(
+        r#"{"model_type": "qwen3_moe", "hidden_size": 24, "num_hidden_layers": 2, "num_attention_heads": 6,
+            "num_key_value_heads": 2, "head_dim": 8, "vocab_size": 64, "num_local_experts": 4,
+            "num_experts_per_tok": 2, "moe_intermediate_size": 12}"#,
+    );
+    assert!(matches!(&moe.layers[0].ffn, Ffn::Moe(m) if m.experts == 4));
+    // Gemma-3's pattern under its private name.
+    let g3 = tiny(
+        r#"{"model_type": "gemma3_text", "hidden_size": 24, "num_hidden_layers": 4, "num_attention_heads": 2,
+            "num_key_value_heads": 1, "head_dim": 8, "intermediate_size": 32, "vocab_size": 64,
+            "sliding_window": 4, "_sliding_window_pattern": 2}"#,
+    );
+    let windows: Vec<bool> = g3
+        .layers
+        .iter()
+        .map(|l| l.attention.window.is_some())
+        .collect();
+    assert_eq!(windows, [true, false, true, false]);
+}
+
+#[test]
+fn configs_written_by_transformers_import_and_round_trip() {
+    // tests/fixtures/*/config.json were written by transformers 5.17's save_pretrained.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let path = entry.path().join("config.json");
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let spec = hf::import(&text, &path.display().to_string())
+            .unwrap_or_else(|d| panic!("{}", modelspec::dsl::render::render(&d, &text)));
+        for generation in [hf::Generation::Hub, hf::Generation::Transformers5] {
+            let config = hf::export_generation(&spec, generation)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let back = hf::import(&config.to_string(), "back.json").expect("re-import");
+            assert!(
+                back == spec,
+                "{}: {generation:?} export changed the IR",
+                path.display()
+            );
+        }
+        seen += 1;
+    }
+    println!("{seen} transformers-written configs round-tripped");
+}

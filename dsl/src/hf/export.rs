@@ -490,6 +490,9 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
             if family == Family::Llama {
                 set("mlp_bias", json!(mlp.bias));
             }
+            if family == Family::Qwen2Moe {
+                set("qkv_bias", json!(a.qkv_bias));
+            }
             if matches!(family, Family::Gemma2 | Family::Gemma3Text) {
                 set("query_pre_attn_scalar", query_pre_attn_scalar(a.scale));
                 set("attn_logit_softcapping", a.softcap.map_or(Value::Null, num));

@@ -628,7 +628,13 @@ fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<ModelSpec> {
             let b = cfg.flag("attention.qkv_bias", "bias", false);
             (b, b, b)
         }
-        Family::Qwen2 | Family::Qwen2Moe => (true, false, false),
+        Family::Qwen2 => (true, false, false),
+        // transformers 5 names the switch; earlier versions always use q/k/v biases.
+        Family::Qwen2Moe => (
+            cfg.flag("attention.qkv_bias", "qkv_bias", true),
+            false,
+            false,
+        ),
         Family::Mistral | Family::Mixtral | Family::Phi3 => (false, false, false),
         _ => {
             let b = cfg.flag("attention.qkv_bias", "attention_bias", false);
@@ -1322,6 +1328,16 @@ fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
     if !supports {
         return none;
     }
+    let use_window = if family.qwen_windows() {
+        cfg.flag("attention.window", "use_sliding_window", false)
+    } else {
+        true
+    };
+    if !use_window {
+        // Qwen ignores `sliding_window` (transformers 5 may write 0 there) unless switched on.
+        cfg.origin("attention.window", "use_sliding_window");
+        return none;
+    }
     let window = match cfg.root.get("sliding_window") {
         Some(m) if m.value.is_null() => None,
         Some(_) => cfg.opt_u64("attention.window", "sliding_window"),
@@ -1336,11 +1352,6 @@ fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
         );
         return none;
     }
-    let use_window = if family.qwen_windows() {
-        cfg.flag("attention.window", "use_sliding_window", false)
-    } else {
-        true
-    };
     // Explicit layer_types (transformers ≥ 4.53 writes them).
     if let Some(m) = cfg.root.get("layer_types")
         && !m.value.is_null()
@@ -1389,11 +1400,6 @@ fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
                 }
             }
         }
-        let window = if family.qwen_windows() && !use_window {
-            None
-        } else {
-            window
-        };
         return Sliding {
             window,
             per_layer,
@@ -1405,6 +1411,7 @@ fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
         Family::Gemma3Text => {
             let pattern = cfg
                 .opt_u64("attention.window", "sliding_window_pattern")
+                .or_else(|| cfg.opt_u64("attention.window", "_sliding_window_pattern"))
                 .unwrap_or(6);
             if pattern == 0 {
                 cfg.error("sliding_window_pattern", "must be positive".into(), None);
@@ -1415,9 +1422,6 @@ fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> Sliding {
                 .collect()
         }
         f if f.qwen_windows() => {
-            if !use_window {
-                return none;
-            }
             let from = cfg
                 .opt_u64("attention.window", "max_window_layers")
                 .unwrap_or(28);
@@ -1454,7 +1458,7 @@ fn moe_settings(
 ) -> Option<MoePlan> {
     match family {
         Family::Mixtral => {
-            let experts = cfg.size("ffn.experts", &["num_local_experts"], 8);
+            let experts = cfg.size("ffn.experts", &["num_local_experts", "num_experts"], 8);
             let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], 2);
             let aux_loss = cfg.float("ffn.aux_loss", &["router_aux_loss_coef"], 0.001);
             Some(MoePlan {
@@ -1479,7 +1483,7 @@ fn moe_settings(
             let qwen2 = family == Family::Qwen2Moe;
             let experts = cfg.size(
                 "ffn.experts",
-                &["num_experts"],
+                &["num_experts", "num_local_experts"],
                 if qwen2 { 60 } else { 128 },
             );
             let top_k = cfg.size(
