@@ -339,7 +339,7 @@ impl<'a> Cfg<'a> {
                 let key = key.to_string();
                 self.error(
                     &key,
-                    "must be positive, found 0".into(),
+                    "a size must be positive, found 0".into(),
                     Some("sizes are at least 1".into()),
                 );
                 default
@@ -347,7 +347,13 @@ impl<'a> Cfg<'a> {
             Ok(n) => n,
             Err(e) => {
                 let key = key.to_string();
-                self.error(&key, e.message, Some("sizes are positive integers".into()));
+                let message = match &v.kind {
+                    JsonKind::Number(text) if text.starts_with('-') => {
+                        format!("a size must be a positive integer, found {text}")
+                    }
+                    _ => e.message,
+                };
+                self.error(&key, message, Some("sizes are positive integers".into()));
                 default
             }
         }
