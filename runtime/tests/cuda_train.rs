@@ -91,7 +91,7 @@ fn compare(src: &str, dt: Dtype, tol: f64) {
             / g.numel().max(1) as f64;
         let den = rms(g.data()).max(1e-3 * scale);
         let e = num.sqrt() / den;
-        if !(e <= tol) {
+        if e.is_nan() || e > tol {
             panic!(
                 "{} grad {name}: relative error {e:.3e} above {tol:.0e}",
                 dt.suffix()

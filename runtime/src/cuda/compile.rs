@@ -85,7 +85,7 @@ impl KernelSource {
 
 /// Whether the tensor-core attention forward exists for this head dim.
 pub fn mma_head_dim_ok(head_dim: usize) -> bool {
-    head_dim % 16 == 0 && (16..=256).contains(&head_dim)
+    head_dim.is_multiple_of(16) && (16..=256).contains(&head_dim)
 }
 
 /// The NVRTC virtual architecture for a compute capability (PTX, JIT-compiled by the driver).

@@ -153,6 +153,7 @@ impl Gemm {
     ///
     /// # Safety
     /// The pointers must address matrices of the sizes and strides `g` describes.
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn run(
         &self,
         dtype: Dtype,
@@ -222,11 +223,12 @@ impl Gemm {
         }
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         let key = (dtype, out_f32, bias != 0, *g);
-        if !plans.contains_key(&key) {
-            let plan = self.plan(dtype, out_f32, bias != 0, g)?;
-            plans.insert(key, plan);
-        }
-        let plan = &plans[&key];
+        let plan = match plans.entry(key) {
+            std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::btree_map::Entry::Vacant(e) => {
+                e.insert(self.plan(dtype, out_f32, bias != 0, g)?)
+            }
+        };
         if bias != 0 {
             // SAFETY: the attribute is a device pointer, as documented.
             unsafe {

@@ -109,7 +109,7 @@ impl AttnShape {
                 why,
             })
         };
-        if self.kv_heads == 0 || self.heads % self.kv_heads != 0 {
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
             return bad(format!(
                 "heads {} not a multiple of kv_heads {}",
                 self.heads, self.kv_heads
@@ -548,6 +548,7 @@ impl Kernels {
 
     /// Attention forward: o and lse `[B, H, T]` (f32, natural log). Tensor cores for bf16 at an
     /// instantiated head dim, else the reference-grade kernel.
+    #[allow(clippy::too_many_arguments)]
     pub fn attn_fwd(
         &self,
         dt: Dtype,

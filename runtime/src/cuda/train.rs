@@ -400,6 +400,53 @@ impl GpuTrainer {
         })
     }
 
+    /// Device bytes [`GpuTrainer::new`] will allocate for `spec` at this batch shape: parameters
+    /// and optimizer state (16 B + one working copy per parameter), saved activations, scratch
+    /// (one logits chunk of at most 512 MiB), the cuBLASLt workspace.
+    pub fn predicted_bytes(spec: &ModelSpec, dt: Dtype, batch: usize, seq: usize) -> usize {
+        let align = |x: usize| x.div_ceil(8) * 8;
+        let params: usize = modelspec_dsl::params::parameters(spec)
+            .iter()
+            .map(|p| align(p.numel() as usize))
+            .sum();
+        let Some(l0) = spec.layers.first() else {
+            return params * (16 + dt.size());
+        };
+        let a = &l0.attention;
+        let (c, heads, hd) = (spec.d_model as usize, a.heads as usize, a.head_dim as usize);
+        let qd = heads * hd;
+        let width = qd + 2 * a.kv_heads as usize * hd;
+        let (hidden, hw) = match &l0.ffn {
+            Ffn::Mlp(m) => (
+                m.hidden as usize,
+                if m.activation.is_gated() {
+                    2 * m.hidden as usize
+                } else {
+                    m.hidden as usize
+                },
+            ),
+            Ffn::Moe(_) => (0, 0),
+        };
+        let (n, nl, es) = (batch * seq, spec.layers.len(), dt.size());
+        let per_layer = [c, c, width, qd, c, c, hw, hidden]
+            .iter()
+            .map(|w| align(n * w))
+            .sum::<usize>();
+        let acts = (align(n * c) + nl * per_layer + 2 * align(n * c)) * es;
+        let acts_f32 = (nl * (4 * align(n) + align(batch * heads * seq)) + 2 * align(n)) * 4;
+        let vp = spec.vocab_padded as usize;
+        let chunk = ((512usize << 20) / (vp * es)).clamp(64, n.max(64));
+        let scratch = (align(n * c) * 5
+            + align(n * hidden)
+            + align(n * hw)
+            + align(n * width)
+            + align(n * qd)
+            + align(chunk * vp))
+            * es;
+        let scratch_f32 = (align(n * qd) + align(batch * heads * seq)) * 4;
+        params * (16 + es) + acts + acts_f32 + scratch + scratch_f32 + 12 * n + (32 << 20)
+    }
+
     /// Bytes this trainer allocated on the device (parameters, optimizer state, activations,
     /// scratch, the cuBLASLt workspace).
     pub fn device_bytes(&self) -> usize {
@@ -493,6 +540,7 @@ impl GpuTrainer {
         unsafe { self.gemm.run(self.dt, &g, a, b, c, 1.0, beta) }
     }
     // C = A B^T + bias (bias 0: none), the forward projections.
+    #[allow(clippy::too_many_arguments)]
     fn linear(
         &self,
         m: usize,
