@@ -92,7 +92,9 @@ pub fn load_or_report(path: &std::path::Path) -> anyhow::Result<(ModelSpec, Sour
 /// Prints a load error on stderr.
 pub fn report_load_error(e: &LoadError) {
     let text = match e {
-        LoadError::Invalid { diagnostics, file } => modelspec_dsl::render::render(diagnostics, &file.text),
+        LoadError::Invalid { diagnostics, file } => {
+            modelspec_dsl::render::render(diagnostics, &file.text)
+        }
         other => format!("error: {other}\n"),
     };
     let mut err = std::io::stderr().lock();
@@ -114,7 +116,8 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
 /// Writes `text` to `path`, or to stdout when `path` is `None`.
 pub fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
     match path {
-        Some(p) => std::fs::write(p, text).map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display())),
+        Some(p) => std::fs::write(p, text)
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display())),
         None => print_stdout(text),
     }
 }
