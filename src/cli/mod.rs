@@ -6,6 +6,7 @@
 
 use std::io::Write;
 
+pub mod bench;
 pub mod check;
 pub mod eval;
 pub mod expand;
@@ -41,6 +42,8 @@ pub enum Command {
     Generate(generate::GenerateArgs),
     /// Plan activation checkpointing: what each layer saves and recomputes, memory and FLOPs.
     Plan(plan::PlanArgs),
+    /// Time GPU training steps of a spec (forward, loss, backward, AdamW) on random tokens.
+    Bench(bench::BenchArgs),
     /// Train a spec on the CPU (default: the bundled tiny spec on the bundled corpus).
     Train(train::TrainArgs),
     /// Generate text from a checkpoint written by `train`.
@@ -59,6 +62,7 @@ impl Command {
             Command::Eval(args) => eval::run(args),
             Command::Generate(args) => generate::run(args),
             Command::Plan(args) => plan::run(args),
+            Command::Bench(args) => bench::run(args),
             Command::Train(args) => train::run(args),
             Command::Sample(args) => sample::run(args),
         }

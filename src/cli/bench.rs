@@ -1,0 +1,121 @@
+//! `modelspec bench FILE --device cuda --batch B --seq T [--dtype bf16|f32] [--steps N] [--json]`:
+//! times training steps (forward, loss, backward, AdamW) of a spec on the GPU, on random tokens.
+
+use std::path::PathBuf;
+
+use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer};
+
+use super::{load_or_report, print_stdout};
+
+/// Devices `bench` runs on.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BenchDevice {
+    /// An NVIDIA GPU (device 0).
+    Cuda,
+}
+
+/// Compute dtypes of the GPU trainer.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum BenchDtype {
+    /// bf16 weights and activations, f32 accumulation and master weights.
+    Bf16,
+    /// f32 throughout (parity runs).
+    F32,
+}
+
+/// Arguments of `modelspec bench`.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// A spec file: .mspec, .yaml/.yml, or HF config.json.
+    pub file: PathBuf,
+    /// Where to run (the GPU trainer covers dense pre-norm GPT-2/Llama-style specs).
+    #[arg(long, value_enum, default_value = "cuda")]
+    pub device: BenchDevice,
+    /// Sequences per step.
+    #[arg(long)]
+    pub batch: usize,
+    /// Tokens per sequence.
+    #[arg(long)]
+    pub seq: usize,
+    /// Compute dtype.
+    #[arg(long, value_enum, default_value = "bf16")]
+    pub dtype: BenchDtype,
+    /// Timed steps (after 3 warm-up steps); the median is reported.
+    #[arg(long, default_value_t = 15)]
+    pub steps: usize,
+    /// Checkpoint policy; the GPU trainer currently saves every activation (`none`).
+    #[arg(long)]
+    pub checkpoint: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the benchmark.
+pub fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let (mut spec, _) = load_or_report(&args.file)?;
+    if let Some(p) = args.checkpoint.as_deref().filter(|p| p.trim() != "none") {
+        anyhow::bail!(
+            "--checkpoint {p}: the GPU trainer saves every activation (policy none) for now"
+        );
+    }
+    if args.batch == 0 || args.seq == 0 || args.steps == 0 {
+        anyhow::bail!("--batch, --seq and --steps must be at least 1");
+    }
+    // The GPU trainer has no dropout yet: benchmark the deterministic step.
+    spec.dropout = Default::default();
+    let BenchDevice::Cuda = args.device;
+    let dtype = match args.dtype {
+        BenchDtype::Bf16 => Dtype::Bf16,
+        BenchDtype::F32 => Dtype::F32,
+    };
+    let gpu = Gpu::new(0)?;
+    let mut trainer = GpuTrainer::new(&gpu, &spec, dtype, args.batch, args.seq, 0)?;
+    let n = args.batch * args.seq;
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let tokens: Vec<u32> = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % spec.vocab) as u32
+        })
+        .collect();
+    trainer.set_batch(&tokens, None)?;
+    for _ in 0..3 {
+        trainer.step()?;
+    }
+    gpu.sync()?;
+    let mut times = Vec::with_capacity(args.steps);
+    for _ in 0..args.steps {
+        times.push(gpu.time_ms(|| trainer.step())? as f64);
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    let ms = times[times.len() / 2];
+    let loss = trainer.loss()?;
+    let params = trainer.param_count() as f64;
+    let (layers, d) = (spec.layers.len() as f64, spec.d_model as f64);
+    let flops_per_token = 6.0 * params + 6.0 * layers * d * args.seq as f64;
+    let tokens_s = n as f64 / (ms / 1e3);
+    let tflops = flops_per_token * tokens_s / 1e12;
+    let gib = trainer.device_bytes() as f64 / (1u64 << 30) as f64;
+    let dtype_name = dtype.suffix();
+    let text = if args.json {
+        format!(
+            "{{\"model\": \"{}\", \"device\": \"{}\", \"batch\": {}, \"seq\": {}, \"dtype\": \"{dtype_name}\", \"ms_per_step\": {ms:.3}, \"tokens_per_s\": {tokens_s:.0}, \"tflops\": {tflops:.1}, \"mfu_vs_800\": {:.3}, \"device_gib\": {gib:.2}, \"loss\": {loss:.4}}}\n",
+            spec.name,
+            gpu.name(),
+            args.batch,
+            args.seq,
+            tflops / 800.0
+        )
+    } else {
+        format!(
+            "{}: {ms:.2} ms/step (median of {}), {tokens_s:.0} tokens/s, {tflops:.1} TFLOP/s, {gib:.2} GiB on {}, loss {loss:.4}\n",
+            spec.name,
+            args.steps,
+            gpu.name()
+        )
+    };
+    print_stdout(&text)
+}
