@@ -14,18 +14,24 @@ pub mod v1 {
     pub use crate::model::{ParamRefs, ParamRefsMut};
     pub use crate::runtime::Params;
 
-
     /// Reassemble the IR from its global part and its distinct layer rows (YAML, the IR's serde
     /// form), each with the layers that use it.
     pub fn spec_from_parts(globals: &str, rows: &[(&[usize], &str)]) -> Result<ModelSpec> {
-        let mut spec: ModelSpec = serde_norway::from_str(globals).map_err(|e| Error::Spec(e.to_string()))?;
+        let mut spec: ModelSpec =
+            serde_norway::from_str(globals).map_err(|e| Error::Spec(e.to_string()))?;
         let n = rows.iter().map(|(layers, _)| layers.len()).sum::<usize>();
         let mut table: Vec<Option<Layer>> = vec![None; n];
         for (layers, yaml) in rows {
-            let row: Layer = serde_norway::from_str(yaml).map_err(|e| Error::Spec(e.to_string()))?;
+            let row: Layer =
+                serde_norway::from_str(yaml).map_err(|e| Error::Spec(e.to_string()))?;
             for &i in *layers {
-                let slot = table.get_mut(i).ok_or_else(|| Error::Spec(format!("layer {i} out of range")))?;
-                *slot = Some(Layer { index: i as u64, ..row.clone() });
+                let slot = table
+                    .get_mut(i)
+                    .ok_or_else(|| Error::Spec(format!("layer {i} out of range")))?;
+                *slot = Some(Layer {
+                    index: i as u64,
+                    ..row.clone()
+                });
             }
         }
         spec.layers = table
@@ -34,7 +40,11 @@ pub mod v1 {
             .map(|(i, l)| l.ok_or_else(|| Error::Spec(format!("layer {i} has no row"))))
             .collect::<Result<_>>()?;
         if spec.layers.len() as u64 != spec.n_layers {
-            return Err(Error::Spec(format!("{} layer rows for {} layers", spec.layers.len(), spec.n_layers)));
+            return Err(Error::Spec(format!(
+                "{} layer rows for {} layers",
+                spec.layers.len(),
+                spec.n_layers
+            )));
         }
         Ok(spec)
     }
@@ -146,7 +156,10 @@ pub mod v1 {
         }
 
         fn order(&self, what: &str) -> Error {
-            Error::Spec(format!("generated code called `{what}` out of order (at {:?})", self.stage))
+            Error::Spec(format!(
+                "generated code called `{what}` out of order (at {:?})",
+                self.stage
+            ))
         }
 
         /// The token (and position) embedding.
@@ -192,7 +205,10 @@ pub mod v1 {
 
         /// Logits `[batch, T, vocab_padded]`, row-major.
         pub fn logits(&mut self) -> Result<Vec<f32>> {
-            self.logits.take().map(Tensor::into_vec).ok_or_else(|| self.order("logits"))
+            self.logits
+                .take()
+                .map(Tensor::into_vec)
+                .ok_or_else(|| self.order("logits"))
         }
 
         /// The training loss (after `head` in a training pass).
@@ -232,7 +248,8 @@ pub mod v1 {
             if self.stage != Stage::Done {
                 return Err(self.order("into_grads"));
             }
-            self.grads.ok_or_else(|| Error::Spec("no gradients: not a training pass".into()))
+            self.grads
+                .ok_or_else(|| Error::Spec("no gradients: not a training pass".into()))
         }
     }
 }

@@ -19,10 +19,20 @@ fn specs() -> Vec<PathBuf> {
 
 fn generate(path: &Path) -> codegen::Generated {
     let text = std::fs::read_to_string(path).expect("readable spec");
-    let shown = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-    let spec = modelspec::dsl::mspec::parse(&text, &shown)
-        .unwrap_or_else(|d| panic!("{shown} does not parse:\n{}", modelspec::dsl::render::render(&d, &text)));
-    let options = Options { cuda: CudaSource::IncludeStr("kernels.cu".into()) };
+    let shown = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    let spec = modelspec::dsl::mspec::parse(&text, &shown).unwrap_or_else(|d| {
+        panic!(
+            "{shown} does not parse:\n{}",
+            modelspec::dsl::render::render(&d, &text)
+        )
+    });
+    let options = Options {
+        cuda: CudaSource::IncludeStr("kernels.cu".into()),
+    };
     codegen::generate(&spec, &options).unwrap_or_else(|e| panic!("{shown}: {e}"))
 }
 
@@ -31,7 +41,11 @@ fn generated_rust_and_cuda_of_every_spec() {
     let specs = specs();
     assert!(!specs.is_empty(), "no specs found");
     for path in specs {
-        let stem = path.file_stem().unwrap_or_default().to_string_lossy().replace('.', "_");
+        let stem = path
+            .file_stem()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .replace('.', "_");
         let g = generate(&path);
         insta::assert_snapshot!(format!("{stem}.rs"), g.rust);
         insta::assert_snapshot!(format!("{stem}.cu"), g.cuda);
@@ -51,9 +65,14 @@ fn the_embedded_spec_round_trips() {
         let text = std::fs::read_to_string(&path).unwrap();
         let spec = modelspec::dsl::mspec::parse(&text, "x.mspec").unwrap();
         let (globals, rows) = codegen::spec_parts(&spec).unwrap();
-        let rows: Vec<(Vec<usize>, String)> =
-            rows.into_iter().map(|(l, y)| (l.into_iter().map(|i| i as usize).collect(), y)).collect();
-        let borrowed: Vec<(&[usize], &str)> = rows.iter().map(|(l, y)| (l.as_slice(), y.as_str())).collect();
+        let rows: Vec<(Vec<usize>, String)> = rows
+            .into_iter()
+            .map(|(l, y)| (l.into_iter().map(|i| i as usize).collect(), y))
+            .collect();
+        let borrowed: Vec<(&[usize], &str)> = rows
+            .iter()
+            .map(|(l, y)| (l.as_slice(), y.as_str()))
+            .collect();
         let back = modelspec::__private::v1::spec_from_parts(&globals, &borrowed).unwrap();
         assert_eq!(back, spec, "{}", path.display());
     }
@@ -65,8 +84,15 @@ fn layers_of_one_structure_share_a_struct() {
         let g = generate(&path);
         let text = std::fs::read_to_string(&path).unwrap();
         let spec = modelspec::dsl::mspec::parse(&text, "x.mspec").unwrap();
-        let layer_structs = g.rust.matches(&format!("pub struct {}Layer", spec.rust_type())).count();
-        assert!(layer_structs >= 1 && layer_structs <= 4, "{}: {layer_structs} layer structs", path.display());
+        let layer_structs = g
+            .rust
+            .matches(&format!("pub struct {}Layer", spec.rust_type()))
+            .count();
+        assert!(
+            layer_structs >= 1 && layer_structs <= 4,
+            "{}: {layer_structs} layer structs",
+            path.display()
+        );
         // No per-layer or per-expert unrolling in the struct fields.
         assert!(!g.rust.contains("layers_0_"), "{}", path.display());
     }

@@ -25,7 +25,10 @@ fn constants_follow_the_spec() {
     assert_eq!(TinyGen::N_LAYERS, 3);
     assert_eq!(TinyGenLayer::HEAD_DIM, 6);
     let spec = TinyGen::spec().unwrap();
-    let total: u64 = modelspec::dsl::params::parameters(spec).iter().map(|p| p.numel()).sum();
+    let total: u64 = modelspec::dsl::params::parameters(spec)
+        .iter()
+        .map(|p| p.numel())
+        .sum();
     assert_eq!(<TinyGen as Model>::PARAMS_TOTAL, total);
     assert_eq!(TinyGen::PARAMS_TOTAL, total);
 }
@@ -41,16 +44,30 @@ fn logits_and_grads_match_the_executor_bit_for_bit() {
     let ours = model.logits(&toks, 2).unwrap();
     let reference = exec.forward(&params, &toks, 2).unwrap();
     assert_eq!(ours.len(), 2 * 9 * TinyGen::VOCAB_PADDED);
-    assert!(ours.iter().zip(reference.data()).all(|(a, b)| a.to_bits() == b.to_bits()));
+    assert!(
+        ours.iter()
+            .zip(reference.data())
+            .all(|(a, b)| a.to_bits() == b.to_bits())
+    );
 
     let (loss, grads) = model.loss_and_grads(&toks, 2).unwrap();
-    let step = exec.loss_and_grads(&params, &toks, 2, &Policy::FromSpec).unwrap();
+    let step = exec
+        .loss_and_grads(&params, &toks, 2, &Policy::FromSpec)
+        .unwrap();
     assert_eq!(loss.to_bits(), (step.loss as f32).to_bits());
     assert_eq!(grads.tensors.len(), step.grads.tensors.len());
     for (name, g) in &step.grads.tensors {
-        let mine = grads.get(name).unwrap_or_else(|| panic!("missing gradient {name}"));
+        let mine = grads
+            .get(name)
+            .unwrap_or_else(|| panic!("missing gradient {name}"));
         assert_eq!(mine.shape(), g.shape(), "{name}");
-        assert!(mine.data().iter().zip(g.data()).all(|(a, b)| a.to_bits() == b.to_bits()), "{name}");
+        assert!(
+            mine.data()
+                .iter()
+                .zip(g.data())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{name}"
+        );
     }
 }
 
@@ -60,7 +77,10 @@ fn params_round_trip_through_the_typed_struct() {
     let names: Vec<String> = model.params().keys().cloned().collect();
     let spec = TinyGen::spec().unwrap();
     let expected: Vec<String> = {
-        let mut v: Vec<String> = modelspec::dsl::params::parameters(spec).into_iter().map(|p| p.name).collect();
+        let mut v: Vec<String> = modelspec::dsl::params::parameters(spec)
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
         v.sort();
         v
     };

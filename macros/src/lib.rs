@@ -28,6 +28,8 @@ pub fn model(input: TokenStream) -> TokenStream {
 /// ```
 #[proc_macro]
 pub fn model_file(input: TokenStream) -> TokenStream {
-    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from).unwrap_or_default();
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_default();
     modelspec_dsl::codegen::expand::expand_file(input.into(), &manifest_dir).into()
 }

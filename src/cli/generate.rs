@@ -25,11 +25,17 @@ pub struct GenerateArgs {
 /// Writes `model.rs` and `kernels.cu`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let (spec, _) = load_or_report(&args.file)?;
-    let options = Options { cuda: CudaSource::IncludeStr("kernels.cu".into()) };
+    let options = Options {
+        cuda: CudaSource::IncludeStr("kernels.cu".into()),
+    };
     let generated = codegen::generate(&spec, &options)
         .with_context(|| format!("generating code for {}", args.file.display()))?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    for (name, text) in [("model.rs", &generated.rust), ("kernels.cu", &generated.cuda)] {
+    std::fs::create_dir_all(&args.out)
+        .with_context(|| format!("creating {}", args.out.display()))?;
+    for (name, text) in [
+        ("model.rs", &generated.rust),
+        ("kernels.cu", &generated.cuda),
+    ] {
         let path = args.out.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let specs_dir = manifest.join("../../specs").canonicalize().expect("specs/ exists");
+    let specs_dir = manifest
+        .join("../../specs")
+        .canonicalize()
+        .expect("specs/ exists");
     println!("cargo:rerun-if-changed={}", specs_dir.display());
     let mut files: Vec<PathBuf> = std::fs::read_dir(&specs_dir)
         .expect("readable specs/")
@@ -25,12 +28,22 @@ fn main() {
     for path in &files {
         println!("cargo:rerun-if-changed={}", path.display());
         let text = std::fs::read_to_string(path).expect("readable spec");
-        let shown = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-        let spec = modelspec_dsl::mspec::parse(&text, &shown)
-            .unwrap_or_else(|d| panic!("{shown} is invalid:\n{}", modelspec_dsl::render::render(&d, &text)));
+        let shown = path
+            .file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let spec = modelspec_dsl::mspec::parse(&text, &shown).unwrap_or_else(|d| {
+            panic!(
+                "{shown} is invalid:\n{}",
+                modelspec_dsl::render::render(&d, &text)
+            )
+        });
         let module = module_name(path);
         let ty = spec.rust_type();
-        let params: u64 = modelspec_dsl::params::parameters(&spec).iter().map(|p| p.numel()).sum();
+        let params: u64 = modelspec_dsl::params::parameters(&spec)
+            .iter()
+            .map(|p| p.numel())
+            .sum();
         let _ = writeln!(
             out,
             "/// `{shown}`\npub mod {module} {{\n    modelspec::model_file!({:?});\n}}\n",
@@ -48,8 +61,20 @@ fn main() {
 }
 
 fn module_name(path: &Path) -> String {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let mut m: String = stem.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut m: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
     if m.starts_with(|c: char| c.is_ascii_digit()) {
         m.insert(0, 's');
     }

@@ -11,3 +11,11 @@ fn takes(_: &Tiny) {}
 fn main() {
     takes(&Tiny);
 }
+
+#[allow(dead_code)]
+fn uses_the_model_api() -> modelspec::Result<()> {
+    use modelspec::Model;
+    let model = Tiny::init(&modelspec::Device::cpu(), 0)?;
+    let _ = model.logits(&[1, 2], 1)?;
+    Ok(())
+}

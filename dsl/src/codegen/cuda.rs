@@ -110,16 +110,33 @@ fn norm_kernel(n: &Norm, width: u64) -> Kernel {
     let _ = writeln!(src, "    float* yr = y + (size_t)blockIdx.x * C;");
     if is_layer {
         let _ = writeln!(src, "    float sum = 0.f;");
-        let _ = writeln!(src, "    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += xr[c];");
+        let _ = writeln!(
+            src,
+            "    for (int c = threadIdx.x; c < C; c += blockDim.x) sum += xr[c];"
+        );
         let _ = writeln!(src, "    const float mu = ms_block_sum(sum, scratch) / C;");
     } else {
         let _ = writeln!(src, "    const float mu = 0.f;");
     }
     let _ = writeln!(src, "    float acc = 0.f;");
-    let _ = writeln!(src, "    for (int c = threadIdx.x; c < C; c += blockDim.x) {{ float v = xr[c] - mu; acc += v * v; }}");
-    let _ = writeln!(src, "    const float rstd = rsqrtf(ms_block_sum(acc, scratch) / C + {});", fl(n.eps));
-    let _ = writeln!(src, "    for (int c = threadIdx.x; c < C; c += blockDim.x) {{");
-    let scale = if n.weight { format!("({} + w[c])", fl(n.offset)) } else { "1.f".into() };
+    let _ = writeln!(
+        src,
+        "    for (int c = threadIdx.x; c < C; c += blockDim.x) {{ float v = xr[c] - mu; acc += v * v; }}"
+    );
+    let _ = writeln!(
+        src,
+        "    const float rstd = rsqrtf(ms_block_sum(acc, scratch) / C + {});",
+        fl(n.eps)
+    );
+    let _ = writeln!(
+        src,
+        "    for (int c = threadIdx.x; c < C; c += blockDim.x) {{"
+    );
+    let scale = if n.weight {
+        format!("({} + w[c])", fl(n.offset))
+    } else {
+        "1.f".into()
+    };
     let bias = if n.bias { " + b[c]" } else { "" };
     let _ = writeln!(src, "        yr[c] = (xr[c] - mu) * rstd * {scale}{bias};");
     let _ = writeln!(src, "    }}");
@@ -128,7 +145,11 @@ fn norm_kernel(n: &Norm, width: u64) -> Kernel {
         "{name}: y = {} of each {width}-wide row of x{}.\n\
          Launch: grid rows, block {ROW_BLOCK}. Traffic: reads x {} and w/b once, writes y once.",
         if is_layer { "LayerNorm" } else { "RMSNorm" },
-        if n.weight { format!(" scaled by ({} + w)", n.offset) } else { String::new() },
+        if n.weight {
+            format!(" scaled by ({} + w)", n.offset)
+        } else {
+            String::new()
+        },
         if is_layer { "three times" } else { "twice" },
     );
     Kernel {
@@ -147,7 +168,11 @@ fn embed_kernel(spec: &ModelSpec) -> Kernel {
     let d = spec.d_model;
     let name = format!("embed_fwd_f32_d{d}");
     let scale = fl(spec.embedding.scale);
-    let pos = if spec.embedding.learned_positions { " + pos[(size_t)t * D + c]" } else { "" };
+    let pos = if spec.embedding.learned_positions {
+        " + pos[(size_t)t * D + c]"
+    } else {
+        ""
+    };
     let source = format!(
         "extern \"C\" __global__ void {name}(float* out, const unsigned int* tokens, const float* table, const float* pos, int seq) {{\n\
          \x20   const int D = {d};\n\
@@ -162,7 +187,11 @@ fn embed_kernel(spec: &ModelSpec) -> Kernel {
         "{name}: out[row] = table[tokens[row]] * {}{}.\n\
          Launch: grid rows (batch * seq), block {ROW_BLOCK}. Traffic: one embedding row read and written per token.",
         spec.embedding.scale,
-        if spec.embedding.learned_positions { " + pos[row % seq]" } else { "" }
+        if spec.embedding.learned_positions {
+            " + pos[row % seq]"
+        } else {
+            ""
+        }
     );
     Kernel {
         name,
@@ -212,7 +241,11 @@ fn rope_kernel(heads: u64, head_dim: u64, rotary: u64, style: RopeStyle) -> Kern
         doc,
         source,
         launch: LaunchShape {
-            grid: [GridDim::Arg("rows"), GridDim::Const(heads as u32), GridDim::Const(1)],
+            grid: [
+                GridDim::Arg("rows"),
+                GridDim::Const(heads as u32),
+                GridDim::Const(1),
+            ],
             block: [half.max(1) as u32, 1, 1],
             shared_mem_bytes: 0,
         },
@@ -231,7 +264,10 @@ struct AttnKey {
 }
 
 fn attention_kernel(k: &AttnKey) -> Kernel {
-    let mut name = format!("attention_fwd_f32_h{}_kv{}_d{}", k.heads, k.kv_heads, k.head_dim);
+    let mut name = format!(
+        "attention_fwd_f32_h{}_kv{}_d{}",
+        k.heads, k.kv_heads, k.head_dim
+    );
     if let Some(w) = k.window {
         name.push_str(&format!("_w{w}"));
     }
@@ -251,7 +287,11 @@ fn attention_kernel(k: &AttnKey) -> Kernel {
         Some(c) => format!("        s = {} * tanhf(s / {});\n", fl(c), fl(c)),
         None => String::new(),
     };
-    let alibi = if k.alibi { "        s += alibi[h] * (float)j * SCALE;\n" } else { "" };
+    let alibi = if k.alibi {
+        "        s += alibi[h] * (float)j * SCALE;\n"
+    } else {
+        ""
+    };
     let source = format!(
         "extern \"C\" __global__ void {name}(float* out, const float* q, const float* k, const float* v, const float* alibi, int seq) {{\n\
          \x20   const int H = {h}, KV = {kv}, D = {d}, G = H / KV, PER_LANE = {per_lane};\n\
@@ -289,11 +329,15 @@ fn attention_kernel(k: &AttnKey) -> Kernel {
          keys and values in its window once.",
         k.scale,
         if k.alibi { " + alibi" } else { "" },
-        k.softcap.map(|c| format!(", softcap {c}")).unwrap_or_default(),
+        k.softcap
+            .map(|c| format!(", softcap {c}"))
+            .unwrap_or_default(),
         k.heads,
         k.kv_heads,
         k.head_dim,
-        k.window.map(|w| format!(", window {w}")).unwrap_or_default(),
+        k.window
+            .map(|w| format!(", window {w}"))
+            .unwrap_or_default(),
         k.heads,
     );
     Kernel {
@@ -301,7 +345,11 @@ fn attention_kernel(k: &AttnKey) -> Kernel {
         doc,
         source,
         launch: LaunchShape {
-            grid: [GridDim::Arg("seq"), GridDim::Const(k.heads as u32), GridDim::Arg("batch")],
+            grid: [
+                GridDim::Arg("seq"),
+                GridDim::Const(k.heads as u32),
+                GridDim::Arg("batch"),
+            ],
             block: [32, 1, 1],
             shared_mem_bytes: 0,
         },
@@ -318,7 +366,11 @@ fn act_kernel(kind: MlpKind, hidden: u64) -> Kernel {
         MlpKind::GegluTanh => ("geglu_tanh", "ms_gelu_tanh(g) * u"),
     };
     let name = format!("{tag}_fwd_f32_h{hidden}");
-    let gate = if kind.is_gated() { "const float g = gate[i]; " } else { "(void)gate; " };
+    let gate = if kind.is_gated() {
+        "const float g = gate[i]; "
+    } else {
+        "(void)gate; "
+    };
     let source = format!(
         "extern \"C\" __global__ void {name}(float* out, const float* gate, const float* up, unsigned long long n) {{\n\
          \x20   const size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;\n\
@@ -337,7 +389,11 @@ fn act_kernel(kind: MlpKind, hidden: u64) -> Kernel {
         doc,
         source,
         launch: LaunchShape {
-            grid: [GridDim::CeilDiv("n", ELEMENTWISE_BLOCK), GridDim::Const(1), GridDim::Const(1)],
+            grid: [
+                GridDim::CeilDiv("n", ELEMENTWISE_BLOCK),
+                GridDim::Const(1),
+                GridDim::Const(1),
+            ],
             block: [ELEMENTWISE_BLOCK, 1, 1],
             shared_mem_bytes: 0,
         },
@@ -345,8 +401,15 @@ fn act_kernel(kind: MlpKind, hidden: u64) -> Kernel {
 }
 
 fn router_kernel(experts: u64, top_k: u64, softmax_first: bool, renormalize: bool) -> Kernel {
-    let order = if softmax_first { "softmax_topk" } else { "topk_softmax" };
-    let name = format!("moe_router_f32_e{experts}_k{top_k}_{order}{}", if renormalize { "_norm" } else { "" });
+    let order = if softmax_first {
+        "softmax_topk"
+    } else {
+        "topk_softmax"
+    };
+    let name = format!(
+        "moe_router_f32_e{experts}_k{top_k}_{order}{}",
+        if renormalize { "_norm" } else { "" }
+    );
     let source = format!(
         "extern \"C\" __global__ void {name}(float* weights, int* ids, const float* logits, unsigned long long rows) {{\n\
          \x20   const int E = {experts}, K = {top_k};\n\
@@ -373,7 +436,11 @@ fn router_kernel(experts: u64, top_k: u64, softmax_first: bool, renormalize: boo
          \x20   (void)z; (void)taken_sum; (void)top_z;\n\
          \x20   for (int k = 0; k < K; ++k) weights[r * K + k] /= {norm};\n\
          }}\n",
-        softmax_first_expr = if softmax_first { "__expf(bv - mx) / z" } else { "__expf(bv - mx)" },
+        softmax_first_expr = if softmax_first {
+            "__expf(bv - mx) / z"
+        } else {
+            "__expf(bv - mx)"
+        },
         norm = match (softmax_first, renormalize) {
             (true, true) => "taken_sum",
             (true, false) => "1.f",
@@ -384,15 +451,27 @@ fn router_kernel(experts: u64, top_k: u64, softmax_first: bool, renormalize: boo
         "{name}: per token, {} over {experts} router logits and the top {top_k} experts{}.\n\
          Launch: grid ceil(rows / {ELEMENTWISE_BLOCK}), block {ELEMENTWISE_BLOCK} (one thread per token). \
          Traffic: reads {experts} logits, writes {top_k} ids and weights per token.",
-        if softmax_first { "softmax then top-k" } else { "top-k then softmax" },
-        if renormalize && softmax_first { ", renormalised to sum 1" } else { "" }
+        if softmax_first {
+            "softmax then top-k"
+        } else {
+            "top-k then softmax"
+        },
+        if renormalize && softmax_first {
+            ", renormalised to sum 1"
+        } else {
+            ""
+        }
     );
     Kernel {
         name,
         doc,
         source,
         launch: LaunchShape {
-            grid: [GridDim::CeilDiv("rows", ELEMENTWISE_BLOCK), GridDim::Const(1), GridDim::Const(1)],
+            grid: [
+                GridDim::CeilDiv("rows", ELEMENTWISE_BLOCK),
+                GridDim::Const(1),
+                GridDim::Const(1),
+            ],
             block: [ELEMENTWISE_BLOCK, 1, 1],
             shared_mem_bytes: 0,
         },
@@ -426,7 +505,10 @@ fn cross_entropy_kernel(spec: &ModelSpec) -> Kernel {
     let doc = format!(
         "{name}: per row, -log softmax(logits{})[target] over the {} real vocabulary entries of {v} rows.\n\
          Launch: grid rows, block {ROW_BLOCK}. Traffic: reads each logit row twice, writes one float.",
-        spec.logits.softcap.map(|c| format!(" softcapped at {c}")).unwrap_or_default(),
+        spec.logits
+            .softcap
+            .map(|c| format!(" softcapped at {c}"))
+            .unwrap_or_default(),
         spec.vocab
     );
     Kernel {
@@ -583,7 +665,12 @@ pub(crate) fn emit(layout: &Layout<'_>, src: &str, how: &CudaSource) -> TokenStr
     let fns = kernels(layout.spec).into_iter().map(|k| {
         let f = format_ident!("{}", k.name);
         let name = &k.name;
-        let args: Vec<_> = k.launch.args().into_iter().map(|a| format_ident!("{}", a)).collect();
+        let args: Vec<_> = k
+            .launch
+            .args()
+            .into_iter()
+            .map(|a| format_ident!("{}", a))
+            .collect();
         let [gx, gy, gz] = [&k.launch.grid[0], &k.launch.grid[1], &k.launch.grid[2]].map(grid_expr);
         let [bx, by, bz] = k.launch.block.map(proc_macro2::Literal::u32_unsuffixed);
         let shared = proc_macro2::Literal::u32_unsuffixed(k.launch.shared_mem_bytes);
@@ -603,7 +690,9 @@ pub(crate) fn emit(layout: &Layout<'_>, src: &str, how: &CudaSource) -> TokenStr
             }
         }
     });
-    let doc = format!(" The CUDA kernels of [`{ty}`], specialised to its sizes, and their launch shapes.");
+    let doc = format!(
+        " The CUDA kernels of [`{ty}`], specialised to its sizes, and their launch shapes."
+    );
     let allow = super::structs::allow_names(&k_ty.to_string());
     quote! {
         #[doc = #doc]

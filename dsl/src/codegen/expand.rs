@@ -117,9 +117,14 @@ impl Builder {
 /// become blanks); otherwise tokens are joined with single spaces, without spaces around `.`.
 pub fn source_of(tokens: TokenStream) -> SourceMap {
     let positional = first_span(&tokens).is_some_and(|s| s.start().line > 0);
-    let base = first_span(&tokens).map(|s| s.start()).filter(|_| positional);
+    let base = first_span(&tokens)
+        .map(|s| s.start())
+        .filter(|_| positional);
     let mut b = Builder {
-        map: SourceMap { text: String::new(), tokens: Vec::new() },
+        map: SourceMap {
+            text: String::new(),
+            tokens: Vec::new(),
+        },
         positional,
         line: base.map(|p| p.line).unwrap_or(1),
         col: base.map(|p| p.column).unwrap_or(0),
@@ -139,7 +144,14 @@ fn first_span(tokens: &TokenStream) -> Option<Span> {
 pub fn model_name(text: &str) -> Option<String> {
     let mut words = text
         .lines()
-        .map(|l| l.split("//").next().unwrap_or("").split('#').next().unwrap_or(""))
+        .map(|l| {
+            l.split("//")
+                .next()
+                .unwrap_or("")
+                .split('#')
+                .next()
+                .unwrap_or("")
+        })
         .flat_map(|l| l.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
         .filter(|w| !w.is_empty());
     while let Some(w) = words.next() {
@@ -151,7 +163,11 @@ pub fn model_name(text: &str) -> Option<String> {
 }
 
 fn diagnostic_message(d: &Diagnostic) -> String {
-    let mut m = if d.field.is_empty() { d.message.clone() } else { format!("{}: {}", d.field, d.message) };
+    let mut m = if d.field.is_empty() {
+        d.message.clone()
+    } else {
+        format!("{}: {}", d.field, d.message)
+    };
     if let Some(h) = &d.hint {
         m.push_str(&format!("\n  = hint: {h}"));
     }
@@ -192,7 +208,11 @@ pub fn expand_inline(tokens: TokenStream) -> TokenStream {
 /// Resolve a `model_file!` path: absolute, or relative to the crate's manifest directory.
 pub fn resolve(path: &str, manifest_dir: &Path) -> PathBuf {
     let p = Path::new(path);
-    if p.is_absolute() { p.to_path_buf() } else { manifest_dir.join(p) }
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        manifest_dir.join(p)
+    }
 }
 
 /// `model_file!("path")`: `input` is the macro's tokens (one string literal), `manifest_dir` the
@@ -213,12 +233,22 @@ pub fn expand_file(input: TokenStream, manifest_dir: &Path) -> TokenStream {
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,
         Err(e) => {
-            let msg = format!("modelspec: cannot read `{}` ({}): {e}", shown, path.display());
+            let msg = format!(
+                "modelspec: cannot read `{}` ({}): {e}",
+                shown,
+                path.display()
+            );
             return quote_spanned!(span=> ::core::compile_error! { #msg });
         }
     };
-    let abs = path.to_string_lossy().into_owned();
-    let include = quote!(const _: &str = ::core::include_str!(#abs););
+    // `include_str!` resolves a relative path against the invoking source file, not the manifest.
+    let abs = std::fs::canonicalize(&path)
+        .unwrap_or(path)
+        .to_string_lossy()
+        .into_owned();
+    let include = quote!(
+        const _: &str = ::core::include_str!(#abs);
+    );
     match crate::mspec::parse(&text, &shown) {
         Ok(spec) => match expand(&spec, &Options::default()) {
             Ok(mut out) => {
@@ -226,7 +256,10 @@ pub fn expand_file(input: TokenStream, manifest_dir: &Path) -> TokenStream {
                 out
             }
             Err(e) => {
-                let msg = format!("modelspec: {shown}: cannot generate code for `{}`: {e}", spec.name);
+                let msg = format!(
+                    "modelspec: {shown}: cannot generate code for `{}`: {e}",
+                    spec.name
+                );
                 let mut out = quote_spanned!(span=> ::core::compile_error! { #msg });
                 out.extend(stub(Some(&spec.rust_type())));
                 out.extend(include);
@@ -265,7 +298,10 @@ mod tests {
     #[test]
     fn joined_text_without_positions_glues_dots_and_minus() {
         let mut b = Builder {
-            map: SourceMap { text: String::new(), tokens: Vec::new() },
+            map: SourceMap {
+                text: String::new(),
+                tokens: Vec::new(),
+            },
             positional: false,
             line: 1,
             col: 0,
@@ -281,7 +317,10 @@ mod tests {
         let text = out.to_string();
         assert!(text.contains("compile_error"), "{text}");
         assert!(text.contains("kv_head"), "{text}");
-        assert!(text.contains("pub struct Tiny"), "the stub is emitted: {text}");
+        assert!(
+            text.contains("pub struct Tiny"),
+            "the stub is emitted: {text}"
+        );
         let map = source_of(tokens(src));
         let at = src.find("kv_head").unwrap();
         let span = map.span_at(at);
@@ -290,10 +329,15 @@ mod tests {
 
     #[test]
     fn valid_inline_spec_expands() {
-        let out = expand_inline(tokens("model tiny { vocab 64 d_model 16 layers 1 context 8 attention { heads 2 } }"));
+        let out = expand_inline(tokens(
+            "model tiny { vocab 64 d_model 16 layers 1 context 8 attention { heads 2 } }",
+        ));
         let text = out.to_string();
         assert!(!text.contains("compile_error"), "{text}");
-        assert!(text.contains("impl :: modelspec :: Model for Tiny"), "{text}");
+        assert!(
+            text.contains("impl :: modelspec :: Model for Tiny"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -313,7 +357,10 @@ mod tests {
 
     #[test]
     fn model_name_skips_comments() {
-        assert_eq!(model_name("# model old\n// model older\nmodel new_one {"), Some("new_one".into()));
+        assert_eq!(
+            model_name("# model old\n// model older\nmodel new_one {"),
+            Some("new_one".into())
+        );
         assert_eq!(model_name("{ }"), None);
     }
 }

@@ -134,10 +134,37 @@ pub fn stub(type_name: Option<&str>) -> TokenStream {
         return TokenStream::new();
     };
     let ty = Ident::new(name, Span::call_site());
+    // The `Model` impl keeps code that calls `init`, `logits`... from failing a second time;
+    // the crate does not compile anyway, so the bodies never run.
     quote! {
         /// Placeholder for a model whose spec has errors (see the compile error).
-        #[allow(dead_code)]
+        #[allow(dead_code, non_camel_case_types)]
         pub struct #ty;
+
+        impl ::modelspec::Model for #ty {
+            const PARAMS_TOTAL: u64 = 0;
+            fn spec() -> ::modelspec::Result<&'static ::modelspec::dsl::ModelSpec> {
+                ::core::unreachable!()
+            }
+            fn init(_: &::modelspec::Device, _: u64) -> ::modelspec::Result<Self> {
+                ::core::unreachable!()
+            }
+            fn load_hf(_: &::modelspec::Device, _: impl ::std::convert::AsRef<::std::path::Path>) -> ::modelspec::Result<Self> {
+                ::core::unreachable!()
+            }
+            fn logits(&self, _: &[u32], _: usize) -> ::modelspec::Result<::std::vec::Vec<f32>> {
+                ::core::unreachable!()
+            }
+            fn loss_and_grads(&self, _: &[u32], _: usize) -> ::modelspec::Result<(f32, ::modelspec::__private::v1::Params)> {
+                ::core::unreachable!()
+            }
+            fn params(&self) -> ::modelspec::__private::v1::ParamRefs<'_> {
+                ::core::unreachable!()
+            }
+            fn params_mut(&mut self) -> ::modelspec::__private::v1::ParamRefsMut<'_> {
+                ::core::unreachable!()
+            }
+        }
     }
 }
 
@@ -235,9 +262,17 @@ fn fields_of(rows: &[(String, Vec<u64>)]) -> Result<Vec<Field>, CodegenError> {
     for (rel, shape) in rows {
         let ident = field_ident(rel);
         if let Some(prev) = seen.insert(ident.to_string(), rel) {
-            return Err(CodegenError::FieldClash(prev.to_string(), rel.clone(), ident.to_string()));
+            return Err(CodegenError::FieldClash(
+                prev.to_string(),
+                rel.clone(),
+                ident.to_string(),
+            ));
         }
-        out.push(Field { rel: rel.clone(), ident, shape: shape.clone() });
+        out.push(Field {
+            rel: rel.clone(),
+            ident,
+            shape: shape.clone(),
+        });
     }
     Ok(out)
 }
@@ -254,8 +289,16 @@ impl<'a> Layout<'a> {
                 spec.layers.len()
             )));
         }
-        if let Some((i, l)) = spec.layers.iter().enumerate().find(|(i, l)| l.index != *i as u64) {
-            return Err(CodegenError::LayerTable(format!("row {i} has index {}", l.index)));
+        if let Some((i, l)) = spec
+            .layers
+            .iter()
+            .enumerate()
+            .find(|(i, l)| l.index != *i as u64)
+        {
+            return Err(CodegenError::LayerTable(format!(
+                "row {i} has index {}",
+                l.index
+            )));
         }
         let params = parameters(spec);
         let params_total = params.iter().map(|p| p.numel()).sum();
@@ -269,11 +312,16 @@ impl<'a> Layout<'a> {
                 (None, _) => globals.push((p.name.clone(), p.shape.clone())),
                 (Some(i), expert) => {
                     layer_numel[i as usize] += p.numel();
-                    let rel = p.name.strip_prefix(&format!("layers.{i}.")).unwrap_or(&p.name);
+                    let rel = p
+                        .name
+                        .strip_prefix(&format!("layers.{i}."))
+                        .unwrap_or(&p.name);
                     match expert {
                         None => per_layer[i as usize].push((rel.to_string(), p.shape.clone())),
                         Some(e) => {
-                            let rel = rel.strip_prefix(&format!("moe.experts.{e}.")).unwrap_or(rel);
+                            let rel = rel
+                                .strip_prefix(&format!("moe.experts.{e}."))
+                                .unwrap_or(rel);
                             per_expert[i as usize]
                                 .entry(e)
                                 .or_default()
@@ -339,7 +387,14 @@ impl<'a> Layout<'a> {
                 params_per_layer,
             });
         }
-        Ok(Layout { spec, ty, globals: fields_of(&globals)?, kinds, slots, params_total })
+        Ok(Layout {
+            spec,
+            ty,
+            globals: fields_of(&globals)?,
+            kinds,
+            slots,
+            params_total,
+        })
     }
 
     /// The absolute path of the private module generated code uses.
@@ -398,7 +453,11 @@ pub(crate) fn ranges_doc(layers: &[u64]) -> String {
             i += 1;
             end = layers[i];
         }
-        parts.push(if start == end { start.to_string() } else { format!("{start}..={end}") });
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}..={end}")
+        });
         i += 1;
     }
     parts.join(", ")

@@ -38,11 +38,18 @@ pub type LayerRow = (Vec<u64>, String);
 /// The spec split into its global part (no layers) and its distinct layer rows (index 0), each
 /// with the layers that use it: what the generated `spec()` reassembles.
 pub fn spec_parts(spec: &ModelSpec) -> Result<(String, Vec<LayerRow>), CodegenError> {
-    let globals = ModelSpec { layers: Vec::new(), ..spec.clone() };
-    let globals = serde_norway::to_string(&globals).map_err(|e| CodegenError::Serialise(e.to_string()))?;
+    let globals = ModelSpec {
+        layers: Vec::new(),
+        ..spec.clone()
+    };
+    let globals =
+        serde_norway::to_string(&globals).map_err(|e| CodegenError::Serialise(e.to_string()))?;
     let mut rows: Vec<(Layer, Vec<u64>)> = Vec::new();
     for layer in &spec.layers {
-        let row = Layer { index: 0, ..layer.clone() };
+        let row = Layer {
+            index: 0,
+            ..layer.clone()
+        };
         match rows.iter_mut().find(|(r, _)| *r == row) {
             Some((_, v)) => v.push(layer.index),
             None => rows.push((row, vec![layer.index])),
@@ -65,7 +72,11 @@ fn shape_tokens(shape: &[u64]) -> TokenStream {
 }
 
 /// `field: take(params, name, shape)?,` for each field; `name` is built by `name_of`.
-fn take_fields(fields: &[Field], rt: &TokenStream, name_of: impl Fn(&str) -> TokenStream) -> TokenStream {
+fn take_fields(
+    fields: &[Field],
+    rt: &TokenStream,
+    name_of: impl Fn(&str) -> TokenStream,
+) -> TokenStream {
     fields
         .iter()
         .map(|f| {
@@ -77,7 +88,11 @@ fn take_fields(fields: &[Field], rt: &TokenStream, name_of: impl Fn(&str) -> Tok
         .collect()
 }
 
-fn visit_fields(fields: &[Field], name_of: impl Fn(&str) -> TokenStream, mutable: bool) -> TokenStream {
+fn visit_fields(
+    fields: &[Field],
+    name_of: impl Fn(&str) -> TokenStream,
+    mutable: bool,
+) -> TokenStream {
     fields
         .iter()
         .map(|f| {
@@ -104,8 +119,16 @@ fn model_methods(layout: &Layout<'_>) -> Result<TokenStream, CodegenError> {
     });
     let global_name = |rel: &str| quote!(#rel);
     let take_globals = take_fields(&layout.globals, &rt, global_name);
-    let visit = visit_fields(&layout.globals, |rel| quote!(::std::string::String::from(#rel)), false);
-    let visit_mut = visit_fields(&layout.globals, |rel| quote!(::std::string::String::from(#rel)), true);
+    let visit = visit_fields(
+        &layout.globals,
+        |rel| quote!(::std::string::String::from(#rel)),
+        false,
+    );
+    let visit_mut = visit_fields(
+        &layout.globals,
+        |rel| quote!(::std::string::String::from(#rel)),
+        true,
+    );
     let take_kinds = layout.kinds.iter().map(|k| {
         let field = &k.field;
         let k_ty = &k.ty;

@@ -20,7 +20,10 @@ pub fn empty_spec() -> ModelSpec {
             learned_positions: false,
         },
         final_norm: None,
-        logits: Logits { softcap: None, bias: false },
+        logits: Logits {
+            softcap: None,
+            bias: false,
+        },
         weights: WeightLayout {
             naming: Naming::Llama,
             qkv: QkvLayout::Separate,
@@ -32,7 +35,13 @@ pub fn empty_spec() -> ModelSpec {
 }
 
 fn rms() -> Norm {
-    Norm { kind: NormKind::Rms, eps: 1e-6, offset: 0.0, weight: true, bias: false }
+    Norm {
+        kind: NormKind::Rms,
+        eps: 1e-6,
+        offset: 0.0,
+        weight: true,
+        bias: false,
+    }
 }
 
 /// A llama-style layer with the given sizes.
@@ -57,8 +66,17 @@ pub fn llama_layer(index: u64, heads: u64, kv_heads: u64, head_dim: u64, hidden:
             style: RopeStyle::HalfSplit,
             scaling: RopeScaling::None,
         }),
-        block: Block { norm: rms(), placement: NormPlacement::Pre, parallel_residual: false, shared_norm: false },
-        ffn: Ffn::Mlp(Mlp { activation: MlpKind::Swiglu, hidden, bias: false }),
+        block: Block {
+            norm: rms(),
+            placement: NormPlacement::Pre,
+            parallel_residual: false,
+            shared_norm: false,
+        },
+        ffn: Ffn::Mlp(Mlp {
+            activation: MlpKind::Swiglu,
+            hidden,
+            bias: false,
+        }),
         checkpoint: LayerCheckpoint::Auto,
     }
 }
@@ -73,7 +91,12 @@ pub fn tiny_spec() -> ModelSpec {
         d_model: 32,
         n_layers: 2,
         context: 64,
-        embedding: Embedding { tied: false, scale: 1.0, scale_expr: ScaleExpr::Literal, learned_positions: false },
+        embedding: Embedding {
+            tied: false,
+            scale: 1.0,
+            scale_expr: ScaleExpr::Literal,
+            learned_positions: false,
+        },
         final_norm: Some(rms()),
         layers: (0..2).map(|i| llama_layer(i, 4, 2, 8, 64)).collect(),
         ..empty_spec()
@@ -88,13 +111,24 @@ pub fn tiny_moe_spec() -> ModelSpec {
         layer.ffn = Ffn::Moe(Moe {
             experts: 4,
             top_k: 2,
-            expert: Mlp { activation: MlpKind::Swiglu, hidden: 16, bias: false },
+            expert: Mlp {
+                activation: MlpKind::Swiglu,
+                hidden: 16,
+                bias: false,
+            },
             router: RouterOrder::SoftmaxTopk,
             renormalize: true,
-            shared: Some(SharedExperts { count: 1, hidden: 32, gate: true }),
+            shared: Some(SharedExperts {
+                count: 1,
+                hidden: 32,
+                gate: true,
+            }),
             aux_loss: 0.0,
         });
-        layer.attention.qk_norm = Some(QkNorm { norm: rms(), scope: QkNormScope::Head });
+        layer.attention.qk_norm = Some(QkNorm {
+            norm: rms(),
+            scope: QkNormScope::Head,
+        });
     }
     for layer in layers.iter_mut().step_by(2) {
         layer.attention.window = Some(16);
@@ -108,7 +142,10 @@ pub fn tiny_moe_spec() -> ModelSpec {
         n_layers: 4,
         context: 64,
         final_norm: Some(rms()),
-        logits: Logits { softcap: Some(30.0), bias: false },
+        logits: Logits {
+            softcap: Some(30.0),
+            bias: false,
+        },
         layers,
         ..empty_spec()
     }

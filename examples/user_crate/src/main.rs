@@ -32,7 +32,10 @@ fn fixture_tokens(dir: &Path) -> Result<(Vec<u32>, usize), Error> {
     let input = weights::read_tensors(&dir.join("input.safetensors"))?;
     match input.get("input_ids") {
         Some(FileTensor::Int { shape, data }) if shape.len() == 2 => {
-            let tokens = data.iter().map(|&t| u32::try_from(t)).collect::<Result<Vec<u32>, _>>()?;
+            let tokens = data
+                .iter()
+                .map(|&t| u32::try_from(t))
+                .collect::<Result<Vec<u32>, _>>()?;
             Ok((tokens, shape[0]))
         }
         _ => Err("input.safetensors has no [B, T] integer `input_ids`".into()),
@@ -84,7 +87,11 @@ fn main() -> Result<(), Error> {
 
     let logits = model.logits(&tokens, batch)?;
     let seq = tokens.len() / batch;
-    println!("logits: [{batch}, {seq}, {}] ({} values)", LlamaFixture::VOCAB_PADDED, logits.len());
+    println!(
+        "logits: [{batch}, {seq}, {}] ({} values)",
+        LlamaFixture::VOCAB_PADDED,
+        logits.len()
+    );
     if let Some(dir) = &fixture {
         let (diff, max_ref) = compare_logits(&logits, dir)?;
         let tolerance = 1e-4 * max_ref.max(1.0);
@@ -102,11 +109,21 @@ fn main() -> Result<(), Error> {
         println!("step {step}: loss {loss:.4}");
         losses.push(loss);
         let mut params = model.params_mut();
-        let shapes: Vec<(String, Vec<usize>)> = params.iter().map(|(n, t)| (n.clone(), t.shape().to_vec())).collect();
+        let shapes: Vec<(String, Vec<usize>)> = params
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+            .collect();
         let mut updates = Vec::new();
         for ((name, shape), tensor) in shapes.iter().zip(params.values_mut()) {
-            let grad = grads.get(name).ok_or_else(|| format!("no gradient for {name}"))?;
-            updates.push(ParamGrad { name, shape, value: tensor.data_mut(), grad: grad.data() });
+            let grad = grads
+                .get(name)
+                .ok_or_else(|| format!("no gradient for {name}"))?;
+            updates.push(ParamGrad {
+                name,
+                shape,
+                value: tensor.data_mut(),
+                grad: grad.data(),
+            });
         }
         optimizer.step(1e-2, updates)?;
     }

@@ -48,7 +48,13 @@ fn fixtures() -> PathBuf {
 fn meta_params(dir: &Path) -> u64 {
     let meta = std::fs::read_to_string(dir.join("meta.json")).expect("meta.json");
     let at = meta.find("\"params\":").expect("params in meta.json") + "\"params\":".len();
-    meta[at..].trim_start().split(|c: char| !c.is_ascii_digit()).next().unwrap_or("").parse().expect("a number")
+    meta[at..]
+        .trim_start()
+        .split(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or("")
+        .parse()
+        .expect("a number")
 }
 
 #[test]
@@ -63,11 +69,15 @@ fn load_hf_and_logits_reproduce_transformers() {
     for (name, _, run) in cases() {
         let dir = fixtures().join(name);
         let input = weights::read_tensors(&dir.join("input.safetensors")).unwrap();
-        let Some(FileTensor::Int { shape, data }) = input.get("input_ids") else { panic!("{name}: input_ids") };
+        let Some(FileTensor::Int { shape, data }) = input.get("input_ids") else {
+            panic!("{name}: input_ids")
+        };
         let tokens: Vec<u32> = data.iter().map(|&t| t as u32).collect();
         let ours = run(&dir, &tokens, shape[0]).unwrap_or_else(|e| panic!("{name}: {e}"));
         let expected = weights::read_tensors(&dir.join("expected.safetensors")).unwrap();
-        let Some(FileTensor::Float(want)) = expected.get("logits") else { panic!("{name}: logits") };
+        let Some(FileTensor::Float(want)) = expected.get("logits") else {
+            panic!("{name}: logits")
+        };
         let vocab = *want.shape.last().unwrap();
         let padded = ours.len() / (tokens.len());
         let max_ref = want.data.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -77,7 +87,10 @@ fn load_hf_and_logits_reproduce_transformers() {
                 max_diff = max_diff.max((ours[row * padded + c] - w).abs());
             }
         }
-        assert!(max_diff <= 1e-4 * max_ref.max(1.0), "{name}: max |diff| {max_diff}, max |ref| {max_ref}");
+        assert!(
+            max_diff <= 1e-4 * max_ref.max(1.0),
+            "{name}: max |diff| {max_diff}, max |ref| {max_ref}"
+        );
         eprintln!("{name}: max |diff| {max_diff:.2e}");
     }
 }

@@ -8,7 +8,10 @@ fn params_total_of_every_spec() {
     for (file, counted, generated, spec) in cases {
         assert_eq!(generated, counted, "{file}");
         let spec = spec().unwrap_or_else(|e| panic!("{file}: {e}"));
-        let embedded: u64 = modelspec::dsl::params::parameters(spec).iter().map(|p| p.numel()).sum();
+        let embedded: u64 = modelspec::dsl::params::parameters(spec)
+            .iter()
+            .map(|p| p.numel())
+            .sum();
         assert_eq!(embedded, generated, "{file}");
     }
 }
