@@ -79,6 +79,9 @@ pub enum Error {
         /// Layers in the model.
         expected: usize,
     },
+    /// The checkpoint plan cannot be resolved (an infeasible budget, say).
+    #[error("checkpoint plan: {0}")]
+    Checkpoint(String),
     /// The requested device cannot be used.
     #[error("{0}")]
     Device(String),

@@ -12,6 +12,7 @@
 //! seed per step. `forward` never drops out.
 
 use modelspec_dsl::ir::{Ffn, Layer, LayerCheckpoint, ModelSpec, Moe, Norm, Position, QkNormScope};
+use modelspec_dsl::plan::Dtype;
 
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, AttentionCfg};
@@ -26,7 +27,8 @@ use crate::tensor::{Float, Params, Tensor};
 /// Which activations each layer keeps for backward.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Policy {
-    /// Each layer's own `checkpoint` from the IR.
+    /// Each layer's own `checkpoint` from the IR; with a global `budget` in the spec, the save
+    /// sets that `modelspec_dsl::plan` resolves for the call's batch and sequence (f32).
     FromSpec,
     /// The same policy for every layer.
     Uniform(LayerCheckpoint),
@@ -1302,9 +1304,31 @@ impl Executor {
         (normed, logits)
     }
 
-    fn policies(&self, policy: &Policy) -> Result<Vec<[bool; N_ACTS]>> {
+    /// The per-layer policies `policy` resolves to for a call of `batch` sequences of `seq`
+    /// tokens: with [`Policy::FromSpec`] and a global budget in the spec, the save sets of
+    /// `modelspec_dsl::plan` (f32 activations).
+    pub fn layer_policies(
+        &self,
+        policy: &Policy,
+        batch: usize,
+        seq: usize,
+    ) -> Result<Vec<LayerCheckpoint>> {
         let n = self.program.layers.len();
-        let list: Vec<LayerCheckpoint> = match policy {
+        Ok(match policy {
+            Policy::FromSpec if self.spec.checkpoint.budget.is_some() => {
+                let plan = modelspec_dsl::plan::plan(
+                    &self.spec,
+                    batch as u64,
+                    seq as u64,
+                    Dtype::F32,
+                    None,
+                )
+                .map_err(|e| Error::Checkpoint(e.to_string()))?;
+                plan.layers
+                    .iter()
+                    .map(|l| LayerCheckpoint::Save(l.saved.iter().map(|s| s.to_string()).collect()))
+                    .collect()
+            }
             Policy::FromSpec => self
                 .spec
                 .layers
@@ -1321,7 +1345,11 @@ impl Executor {
                 }
                 v.clone()
             }
-        };
+        })
+    }
+
+    fn policies(&self, policy: &Policy, shape: Shape) -> Result<Vec<[bool; N_ACTS]>> {
+        let list = self.layer_policies(policy, shape.batch, shape.seq)?;
         self.program
             .layers
             .iter()
@@ -1377,7 +1405,7 @@ impl Executor {
     ) -> Result<StepOutput<T>> {
         let shape = self.shape(tokens, batch)?;
         params.check(&self.spec)?;
-        let keeps = self.policies(policy)?;
+        let keeps = self.policies(policy, shape)?;
         let d = shape.d;
         let vp = self.spec.vocab_padded as usize;
         let n_layers = self.program.layers.len();

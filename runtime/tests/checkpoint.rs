@@ -272,3 +272,38 @@ fn long_sequences_with_attention_dropout_are_bit_identical() {
         assert_identical(&format!("long {policy:?}"), &reference, &out);
     }
 }
+
+#[test]
+fn a_spec_budget_is_planned_and_exact() {
+    for spec in [dense(), moe_spec()] {
+        let mut budgeted = spec.clone();
+        each_layer(&mut budgeted, |l| l.checkpoint = LayerCheckpoint::Auto);
+        budgeted.checkpoint.budget = Some(Budget::Fraction(0.3));
+        let mut exec = Executor::new(&budgeted).unwrap();
+        let resolved = exec.layer_policies(&Policy::FromSpec, 2, 6).unwrap();
+        let plan =
+            modelspec_dsl::plan::plan(&budgeted, 2, 6, modelspec_dsl::plan::Dtype::F32, None)
+                .unwrap();
+        for (r, l) in resolved.iter().zip(&plan.layers) {
+            assert_eq!(
+                r,
+                &LayerCheckpoint::Save(l.saved.iter().map(|s| s.to_string()).collect())
+            );
+        }
+        assert_ne!(
+            resolved,
+            vec![LayerCheckpoint::Auto; 2],
+            "the budget changed nothing"
+        );
+        exec.set_dropout_seed(Some(11));
+        let params: Params<f32> = random_params(&budgeted, 4, 0.3);
+        let toks = tokens(12, budgeted.vocab, 6);
+        let planned = exec
+            .loss_and_grads(&params, &toks, 2, &Policy::FromSpec)
+            .unwrap();
+        let none = exec
+            .loss_and_grads(&params, &toks, 2, &Policy::Uniform(LayerCheckpoint::None))
+            .unwrap();
+        assert_identical("budget(0.3)", &none, &planned);
+    }
+}
