@@ -7,7 +7,7 @@ pub use modelspec_runtime as runtime;
 
 pub use modelspec_macros::{model, model_file};
 pub use modelspec_runtime::{Device, Tensor};
-pub use model::{Error, KernelLaunch, Model, Result};
+pub use model::{Error, KernelLaunch, Model, Result, load_kernels};
 
 mod model;
 

@@ -14,6 +14,9 @@ pub enum Error {
     /// HF weights could not be loaded (missing files, mismatched tensors).
     #[error(transparent)]
     Weights(#[from] crate::runtime::weights::WeightsError),
+    /// CUDA failed (no driver, NVRTC compile error, bad launch).
+    #[error(transparent)]
+    Cuda(#[from] crate::runtime::cuda::CudaError),
     /// The spec embedded in the generated code does not load (the generated code and the
     /// `modelspec` crate it compiles against disagree on the IR).
     #[error("the embedded spec does not load: {0}")]
@@ -76,4 +79,50 @@ pub struct KernelLaunch {
     pub block: [u32; 3],
     /// Dynamic shared memory per block, in bytes.
     pub shared_mem_bytes: u32,
+}
+
+impl KernelLaunch {
+    /// Launch this kernel from `module` (see [`load_kernels`]) on `gpu`'s stream, through the
+    /// runtime's launcher.
+    ///
+    /// # Safety
+    /// `args` must point at values matching the kernel's parameters, in order (device pointers
+    /// as `u64`, scalars as their C types), and the buffers must be large enough for the grid.
+    pub unsafe fn launch(
+        &self,
+        gpu: &crate::runtime::cuda::Gpu,
+        module: &crate::runtime::cuda::gpu::Module,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
+        let f = module.function(self.kernel)?;
+        let [gx, gy, gz] = self.grid;
+        let [bx, by, bz] = self.block;
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            gpu.launch(
+                self.kernel,
+                &f,
+                (gx, gy, gz),
+                (bx, by, bz),
+                self.shared_mem_bytes,
+                args,
+            )?
+        };
+        Ok(())
+    }
+}
+
+/// Compile a generated model's `CUDA_SOURCE` for `gpu` with NVRTC (cached on disk by the
+/// runtime, keyed by source and architecture) and load it.
+pub fn load_kernels(
+    gpu: &crate::runtime::cuda::Gpu,
+    name: &str,
+    source: &str,
+) -> Result<std::sync::Arc<crate::runtime::cuda::gpu::Module>> {
+    let src = crate::runtime::cuda::KernelSource {
+        name: name.to_string(),
+        defines: std::collections::BTreeMap::new(),
+        body: source.to_string(),
+    };
+    Ok(gpu.load(&src)?)
 }

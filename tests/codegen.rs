@@ -89,7 +89,7 @@ fn layers_of_one_structure_share_a_struct() {
             .matches(&format!("pub struct {}Layer", spec.rust_type()))
             .count();
         assert!(
-            layer_structs >= 1 && layer_structs <= 4,
+            (1..=4).contains(&layer_structs),
             "{}: {layer_structs} layer structs",
             path.display()
         );

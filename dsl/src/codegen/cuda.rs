@@ -693,6 +693,7 @@ pub(crate) fn emit(layout: &Layout<'_>, src: &str, how: &CudaSource) -> TokenStr
     let doc = format!(
         " The CUDA kernels of [`{ty}`], specialised to its sizes, and their launch shapes."
     );
+    let name = layout.spec.name.as_str();
     let allow = super::structs::allow_names(&k_ty.to_string());
     quote! {
         #[doc = #doc]
@@ -703,6 +704,14 @@ pub(crate) fn emit(layout: &Layout<'_>, src: &str, how: &CudaSource) -> TokenStr
         impl #k_ty {
             /// CUDA C source of every kernel below (compiled by NVRTC at first use).
             pub const CUDA_SOURCE: &str = #source;
+
+            /// Compile [`Self::CUDA_SOURCE`] for `gpu` (NVRTC, cached on disk) and load it; launch
+            /// a kernel with its launch function's [`::modelspec::KernelLaunch::launch`].
+            pub fn load(
+                gpu: &::modelspec::runtime::cuda::Gpu,
+            ) -> ::modelspec::Result<::std::sync::Arc<::modelspec::runtime::cuda::gpu::Module>> {
+                ::modelspec::load_kernels(gpu, #name, Self::CUDA_SOURCE)
+            }
 
             #(#fns)*
         }

@@ -1,9 +1,10 @@
 //! Forward and backward as straight-line calls into the runtime, one per layer, in order.
 //!
-//! Each call runs one block of the tensor program through the runtime's own per-layer functions:
-//! the same functions the CLI's executor runs, in the same order, which is why the generated model
-//! and `modelspec eval` agree bit for bit. The layer's sizes and its checkpoint policy come from
-//! its row of the embedded IR; the comment above each call restates them.
+//! The calls name each layer in order; `__private::v1::Pass` checks the order against the spec and
+//! evaluates the pass with the runtime's executor, the same code and order of ops as
+//! `modelspec eval`, which is why the two agree bit for bit. The layer's sizes and checkpoint
+//! policy come from its row of the embedded IR; the doc comment of `forward` restates them.
+//! (Executing layer by layer at each call needs a per-layer stepping API in the executor.)
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -35,9 +36,13 @@ pub(crate) fn emit(layout: &Layout<'_>) -> TokenStream {
         bwd.extend(quote!(pass.block_backward(#idx)?;));
     }
     let mut doc = vec![
-        " The forward pass: the embedding, every layer in order with its own row of the IR, then the".to_string(),
-        " final norm and the head. Each call is one block of the runtime's tensor program, the same".to_string(),
-        " function the CLI's executor calls, so both give bit-identical results. Layers:".to_string(),
+        " The forward pass: the embedding, every layer in order with its own row of the IR, then the"
+            .to_string(),
+        " final norm and the head. The pass checks these calls against the spec's layer order and"
+            .to_string(),
+        " evaluates them with the runtime's executor, the code `modelspec eval` runs, so logits and"
+            .to_string(),
+        " gradients are bit-identical to the CLI's. Layers:".to_string(),
     ];
     for (d, layers) in &rows {
         doc.push(format!(" - `{}` {}", ranges_doc(layers), d));
