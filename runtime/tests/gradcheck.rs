@@ -1218,3 +1218,53 @@ fn bad_input_is_a_typed_error() {
         Err(Error::UnknownTensor { .. })
     ));
 }
+
+#[test]
+fn init_is_deterministic_and_follows_the_conventions() {
+    let mut spec = tiny();
+    spec.layers[1].block.norm.offset = 1.0;
+    spec.layers[0].attention.qkv_bias = true;
+    let a = Params::<f32>::init(&spec, 7);
+    let b = Params::<f32>::init(&spec, 7);
+    let c = Params::<f32>::init(&spec, 8);
+    assert_eq!(a, b);
+    assert_ne!(a.get("embed.weight"), c.get("embed.weight"));
+    a.check(&spec).unwrap();
+    assert!(
+        a.get("layers.0.attn_norm.weight")
+            .unwrap()
+            .data()
+            .iter()
+            .all(|&v| v == 1.0)
+    );
+    assert!(
+        a.get("layers.1.attn_norm.weight")
+            .unwrap()
+            .data()
+            .iter()
+            .all(|&v| v == 0.0)
+    );
+    assert!(
+        a.get("layers.0.attn.q.bias")
+            .unwrap()
+            .data()
+            .iter()
+            .all(|&v| v == 0.0)
+    );
+    let w = a.get("layers.0.mlp.up.weight").unwrap().data();
+    let mean = w.iter().map(|&v| v as f64).sum::<f64>() / w.len() as f64;
+    let std = (w.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / w.len() as f64).sqrt();
+    assert!(
+        mean.abs() < 0.01 && (std - 0.02).abs() < 0.006,
+        "mean {mean} std {std}"
+    );
+    let mut wrong = a.clone();
+    wrong.insert("final_norm.weight", modelspec_runtime::Tensor::zeros(&[3]));
+    assert!(matches!(wrong.check(&spec), Err(Error::ParamShape { .. })));
+    // f32 and f64 run the same code: the f64 loss of f32-representable parameters is close.
+    let exec = Executor::new(&spec).unwrap();
+    let toks = tokens(8, spec.vocab, 1);
+    let l32 = exec.loss(&a, &toks, 2).unwrap();
+    let l64 = exec.loss(&a.cast::<f64>(), &toks, 2).unwrap();
+    assert!((l32 - l64).abs() < 1e-5, "{l32} vs {l64}");
+}
