@@ -97,3 +97,30 @@ fn layers_of_one_structure_share_a_struct() {
         assert!(!g.rust.contains("layers_0_"), "{}", path.display());
     }
 }
+
+#[test]
+fn the_generate_command_writes_the_same_expansion() {
+    let path = specs()
+        .into_iter()
+        .find(|p| p.ends_with("tiny.mspec"))
+        .unwrap_or_else(|| specs()[0].clone());
+    let out = std::env::temp_dir().join(format!("modelspec-generate-{}", std::process::id()));
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_modelspec"))
+        .arg("generate")
+        .arg(&path)
+        .arg("-o")
+        .arg(&out)
+        .status()
+        .expect("runs");
+    assert!(status.success());
+    let g = generate(&path);
+    assert_eq!(
+        std::fs::read_to_string(out.join("model.rs")).unwrap(),
+        g.rust
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("kernels.cu")).unwrap(),
+        g.cuda
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
