@@ -20,7 +20,8 @@ pub fn model(input: TokenStream) -> TokenStream {
     modelspec_dsl::codegen::expand::expand_inline(input.into()).into()
 }
 
-/// Expands a `.mspec` file (relative to `CARGO_MANIFEST_DIR`, or absolute) like [`model!`];
+/// Expands a spec file (relative to `CARGO_MANIFEST_DIR`, or absolute) like [`model!`]: a `.mspec`,
+/// a `.yaml`/`.yml` IR, or an HF `config.json`, chosen by extension;
 /// editing the file rebuilds the crate, and errors name `file.mspec:line:col`.
 ///
 /// ```ignore

@@ -243,13 +243,15 @@ pub fn expand_file(input: TokenStream, manifest_dir: &Path) -> TokenStream {
     };
     // `include_str!` resolves a relative path against the invoking source file, not the manifest.
     let abs = std::fs::canonicalize(&path)
-        .unwrap_or(path)
+        .unwrap_or_else(|_| path.clone())
         .to_string_lossy()
         .into_owned();
     let include = quote!(
         const _: &str = ::core::include_str!(#abs);
     );
-    match crate::mspec::parse(&text, &shown) {
+    // The front end by extension, as everywhere else: .mspec, .yaml/.yml, or an HF config.json.
+    let format = crate::load::format_of(&path).unwrap_or(crate::load::Format::Mspec);
+    match crate::load::load_str(&text, &shown, format) {
         Ok(spec) => match expand(&spec, &Options::default()) {
             Ok(mut out) => {
                 out.extend(include);
@@ -362,5 +364,27 @@ mod tests {
             Some("new_one".into())
         );
         assert_eq!(model_name("{ }"), None);
+    }
+}
+
+#[cfg(test)]
+mod file_format_tests {
+    use super::*;
+
+    #[test]
+    fn model_file_reads_an_hf_config_json() {
+        let dir =
+            std::env::temp_dir().join(format!("modelspec-expand-json-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = r#"{
+  "model_type": "llama", "vocab_size": 64, "hidden_size": 16, "num_hidden_layers": 1,
+  "num_attention_heads": 2, "num_key_value_heads": 1, "intermediate_size": 32,
+  "max_position_embeddings": 32, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+  "tie_word_embeddings": false
+}"#;
+        std::fs::write(dir.join("config.json"), config).unwrap();
+        let out = expand_file("\"config.json\"".parse().unwrap(), &dir).to_string();
+        assert!(!out.contains("compile_error"), "{out}");
+        assert!(out.contains("impl :: modelspec :: Model for"), "{out}");
     }
 }
