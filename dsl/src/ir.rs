@@ -513,3 +513,22 @@ impl ModelSpec {
         out
     }
 }
+
+impl ModelSpec {
+    /// The longest sequence this model accepts: `context`, except for models whose positions are
+    /// all rotary with dynamic-NTK scaling (which exists to run past the pretraining context and
+    /// changes nothing below it), which have no limit (`None`).
+    pub fn max_sequence(&self) -> Option<u64> {
+        let extends = !self.embedding.learned_positions
+            && self
+                .layers
+                .iter()
+                .any(|l| matches!(l.position, Position::Rope(_)))
+            && self.layers.iter().all(|l| match &l.position {
+                Position::Rope(r) => matches!(r.scaling, RopeScaling::DynamicNtk { .. }),
+                Position::None => true,
+                Position::Learned | Position::Alibi => false,
+            });
+        if extends { None } else { Some(self.context) }
+    }
+}

@@ -1171,7 +1171,7 @@ impl Executor {
             });
         }
         let seq = tokens.len() / batch;
-        if seq as u64 > self.spec.context {
+        if self.spec.max_sequence().is_some_and(|max| seq as u64 > max) {
             return Err(Error::SequenceTooLong {
                 seq,
                 context: self.spec.context,
