@@ -34,10 +34,10 @@ fi
 python3 "$ANCH/attn_bench.py" > "$OUT/sdpa.jsonl" 2> "$OUT/sdpa.err"; echo "attn_bench exit $?"; cat "$OUT/sdpa.jsonl"
 
 # 3. training steps (modelspec's GPU executor when built; torch.compile reference)
-for m in gpt2 llama1b; do
+for m in ${MODELS:-gpt2 llama1b}; do
     if [ -x .gpu/cuda_train_bench ]; then
         timeout 240 .gpu/cuda_train_bench "$m" specs > "$OUT/ms_train_$m.jsonl" 2> "$OUT/ms_train_$m.err"; echo "ms train $m exit $?"; tail -3 "$OUT/ms_train_$m.err"; cat "$OUT/ms_train_$m.jsonl"
-        timeout 300 python3 "$ANCH/torch_train_bench.py" "$m" compile > "$OUT/torch_train_$m.jsonl" 2> "$OUT/torch_train_$m.err"; echo "torch $m exit $?"; cat "$OUT/torch_train_$m.jsonl"
+        [ -n "${SKIP_TORCH_TRAIN:-}" ] || timeout 300 python3 "$ANCH/torch_train_bench.py" "$m" compile > "$OUT/torch_train_$m.jsonl" 2> "$OUT/torch_train_$m.err"; echo "torch $m exit $?"; cat "$OUT/torch_train_$m.jsonl"
     fi
 done
 

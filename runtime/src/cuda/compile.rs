@@ -61,7 +61,7 @@ impl KernelSource {
         for d in dims {
             let key_block = if d <= 128 { 64 } else { 32 };
             body.push_str(&format!("ATTN_FWD_INSTANTIATE({d}, {key_block})\n"));
-            if d <= MMA_BWD_MAX_HEAD_DIM {
+            if d <= MMA_BWD_MAX_HEAD_DIM && d.is_multiple_of(32) {
                 body.push_str(&format!("ATTN_BWD_INSTANTIATE({d})\n"));
             }
         }

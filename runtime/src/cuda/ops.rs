@@ -637,7 +637,10 @@ impl Kernels {
             0,
             &mut cuda_args![delta, o, dout, t_, h_, d_, ldo],
         )?;
-        if self.attn_uses_mma(dt, s) && s.head_dim <= MMA_BWD_MAX_HEAD_DIM {
+        if self.attn_uses_mma(dt, s)
+            && s.head_dim <= MMA_BWD_MAX_HEAD_DIM
+            && s.head_dim.is_multiple_of(32)
+        {
             if dq_acc == 0 {
                 return Err(CudaError::BadLaunch {
                     kernel: "attn_bwd".into(),
@@ -649,12 +652,16 @@ impl Kernels {
             let rows = s.batch * s.seq;
             // SAFETY: the caller provides dq_acc with rows * width f32 (documented above).
             unsafe { self.gpu.memset_raw(dq_acc, rows * width * 4) }?;
-            let smem = ((6 * 64 * (d + 8) + 64 * 72) * 2 + 1024) as u32;
+            let smem = ((2 * 128 * (d + 8) + 4 * 64 * (d + 8) + 64 * 136) * 2 + 1024) as u32;
             let name = format!("attn_bwd_bf16_d{d}");
             self.go(
                 &name,
-                (s.seq.div_ceil(64) as u32, s.kv_heads as u32, s.batch as u32),
-                (128, 1, 1),
+                (
+                    s.seq.div_ceil(128) as u32,
+                    s.kv_heads as u32,
+                    s.batch as u32,
+                ),
+                (256, 1, 1),
                 smem,
                 &mut cuda_args![
                     dk, dv, dq_acc, q, k, v, dout, lse, delta, t_, h_, kv_, ldq, ldk, ldv, ldo,

@@ -199,19 +199,21 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
     }
 }
 
-// attn_bwd_bf16_d{D}: per (64-key block, kv head, batch): loops over the heads of the kv group
+// attn_bwd_bf16_d{D}: per (128-key block, kv head, batch): loops over the heads of the kv group
 // and the query blocks that see these keys, recomputes P^T = exp(S^T - lse), and accumulates
 // dV = P^T dO and dK = dS^T Q in registers (16 keys per warp); dQ += dS K goes to an f32 buffer
 // [B*T, H*D] through atomics (attn_dq_convert turns it into the gradient's dtype). Needs delta
-// from attn_delta_bf16. Launch: grid (ceil(T/64), KV, B), block 128, dynamic shared memory
-// (6 * 64 * (D+8) + 64 * 72) * 2 + 1024 bytes (Q, dO, lse, delta double-buffered with cp.async). Traffic: K, V, dK, dV once; Q, dO, lse, delta once
-// per key block that they see; dQ: one f32 atomic per element per key block.
+// from attn_delta_bf16. Launch: grid (ceil(T/128), KV, B), block 256 (8 warps x 16 keys), dynamic
+// shared memory (2 * 128 * (D+8) + 4 * 64 * (D+8) + 64 * 136) * 2 + 1024 bytes (Q, dO, lse, delta
+// double-buffered with cp.async). Traffic: K, V, dK, dV once; Q, dO, lse, delta once per key block
+// that sees them; dQ: one f32 atomic per element per 128-key block (128 keys rather than 64
+// halve both the atomics and the Q/dO re-reads). D must be a multiple of 32.
 template <int D>
 __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, const bf16* k, const bf16* v,
                              const bf16* dout, const float* lse, const float* delta, int T_, int H, int KV,
                              int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window,
                              int causal) {
-    constexpr int BM = 64, BN = 64, STR = D + 8, SSTR = BN + 8;
+    constexpr int BM = 64, BN = 128, STR = D + 8, SSTR = BN + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Ks = (bf16*)smem_raw;
     bf16* Vs = Ks + BN * STR;
@@ -376,20 +378,22 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
                 }
             }
             __syncthreads();
-            // dQ[q] += dS[q][:] K: warp w takes queries w*16..w*16+15 against all 64 keys.
+            // dQ[q] += dS[q][:] K: warp w takes queries (w%4)*16.. (16 of them) and half the head
+            // dims (w/4), against all 128 keys.
+            const int qw = warp & 3, dhalf = warp >> 2;
             u32 sa[BN / 16][4];
 #pragma unroll
             for (int kk = 0; kk < BN / 16; kk++) {
-                const bf16* sp = dSs + (warp * 16 + g) * SSTR + kk * 16 + t4 * 2;
+                const bf16* sp = dSs + (qw * 16 + g) * SSTR + kk * 16 + t4 * 2;
                 sa[kk][0] = lds32(sp);
                 sa[kk][1] = lds32(sp + 8 * SSTR);
                 sa[kk][2] = lds32(sp + 8);
                 sa[kk][3] = lds32(sp + 8 * SSTR + 8);
             }
-            const int qa = q0 + warp * 16 + g, qc = qa + 8;
+            const int qa = q0 + qw * 16 + g, qc = qa + 8;
             float* dqbase = dq_acc + (size_t)b * T_ * H * D + (size_t)h * D;
 #pragma unroll
-            for (int n = 0; n < D / 8; n += 2) {
+            for (int n = dhalf * (D / 16); n < (dhalf + 1) * (D / 16); n += 2) {
                 float acc[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
 #pragma unroll
                 for (int kk = 0; kk < BN / 16; kk++) {
@@ -450,7 +454,7 @@ extern "C" __global__ void attn_dq_convert_bf16(bf16* dq, const float* dq_acc, i
         attn_fwd_mma<DIM, BNF>(o, lse, q, k, v, ATTN_MMA_PASS);                                      \
     }
 #define ATTN_BWD_INSTANTIATE(DIM)                                                                     \
-    extern "C" __global__ void __launch_bounds__(128) attn_bwd_bf16_d##DIM(                           \
+    extern "C" __global__ void __launch_bounds__(256) attn_bwd_bf16_d##DIM(                           \
         bf16* dk, bf16* dv, float* dq_acc, const bf16* q, const bf16* k, const bf16* v,               \
         const bf16* dout, const float* lse, const float* delta, ATTN_MMA_ARGS) {                      \
         attn_bwd_mma<DIM>(dk, dv, dq_acc, q, k, v, dout, lse, delta, ATTN_MMA_PASS);                 \
