@@ -39,6 +39,8 @@ imported! {
     phi3: Phi3 = "specs/phi3.mspec",
     qwen2: Qwen2 = "specs/qwen2.mspec",
     qwen3: Qwen3 = "specs/qwen3.mspec",
+    qwen2_moe: Qwen2Moe = "specs/qwen2_moe.mspec",
+    qwen3_moe: Qwen3Moe = "specs/qwen3_moe.mspec",
 }
 
 fn fixtures() -> PathBuf {
