@@ -149,3 +149,47 @@ fn bad_input_is_a_clear_error() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn divergence_stops_names_the_step_and_keeps_the_last_good_checkpoint() {
+    // A learning rate of 1e20 blows the weights up after one step; the next loss is not finite.
+    let dir = temp_dir("nan");
+    let d = dir.to_str().unwrap();
+    let args = [
+        "train",
+        "--steps",
+        "6",
+        "--lr",
+        "1e20",
+        "--warmup",
+        "0",
+        "--save-every",
+        "1",
+        "--save",
+        d,
+    ];
+    let out = modelspec(&[&args[..], &SMALL[..4]].concat());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    let step: u64 = err
+        .split("diverged at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step named: {err}"));
+    assert!(err.contains("last good checkpoint"), "{err}");
+    assert!(
+        dir.join("loss.png").exists(),
+        "the plot of the steps so far is written"
+    );
+    // The checkpoint on disk is the one saved after the last finite step.
+    let bytes = checkpoint_bytes(&dir);
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&bytes[8..8 + header_len]);
+    assert!(
+        header.contains(&format!("\\\"step\\\":{step},")),
+        "checkpoint at step {step}: {header:.300}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
