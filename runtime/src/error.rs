@@ -85,6 +85,10 @@ pub enum Error {
     /// The requested device cannot be used.
     #[error("{0}")]
     Device(String),
+    /// A step of an [`crate::exec::Run`] got the wrong input (a hidden state of another shape,
+    /// another layer's saved state, backward without a training forward).
+    #[error("run: {0}")]
+    Run(String),
 }
 
 /// The runtime's result type.
