@@ -4,6 +4,7 @@
 # bench/results/h200.json. Expects binaries in .gpu/ (built on the dev machine):
 #   .gpu/cuda_kernels .gpu/cuda_compile .gpu/cuda_train  (cargo test --release --no-run, from target/release/deps)
 #   .gpu/cuda_bench .gpu/cuda_train_bench (cargo build --release --example ...)
+#   .gpu/cuda_checkpoint .gpu/cuda_eval .gpu/modelspec (checkpoint and eval parity; see run_ckpt_h200.sh)
 #   .gpu/anchors/*.py                     (copies of shared/anchors, in case shared/ is elsewhere)
 # Usage on the device: OUT=<dir> bash bench/run_h200.sh
 set -u
@@ -41,8 +42,15 @@ for m in ${MODELS:-gpt2 llama1b}; do
     fi
 done
 
+# 3b. eval parity on the fixtures, checkpoint policies (memory vs the planner, step times) and
+# torch.compile with activation_memory_budget=0.5: bench/run_ckpt_h200.sh, rows merged below.
+if [ -x .gpu/cuda_checkpoint ] && [ -z "${SKIP_CKPT:-}" ]; then
+    OUT="$OUT/ckpt" bash bench/run_ckpt_h200.sh
+fi
+
 # 4. results table
 python3 bench/collect.py "$OUT" > "$OUT/h200.json" && mkdir -p bench/results && cp "$OUT/h200.json" bench/results/h200.json
+[ -f "$OUT/ckpt/ckpt_logs.tgz" ] && mkdir -p "$OUT/ckptw" && tar xzf "$OUT/ckpt/ckpt_logs.tgz" -C "$OUT/ckptw" && python3 bench/collect_ckpt.py "$OUT/ckptw" --merge "$OUT/h200.json" > /dev/null
 cp "$OUT/h200.json" "$FINAL/h200.json"
 cp "$OUT/parity.log" "$FINAL/parity.log" 2>/dev/null
 tar czf "$FINAL/logs.tgz" -C "$OUT" .

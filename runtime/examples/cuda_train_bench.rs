@@ -3,16 +3,27 @@
 //! `{"model", "B", "T", "ms", "peak_gib", "loss", "tokens_s", "TFLOPs", "MFU"}`.
 //!
 //! ```text
-//! cargo run --release -p modelspec-runtime --example cuda_train_bench -- gpt2|llama1b [SPEC_DIR]
+//! cargo run --release -p modelspec-runtime --example cuda_train_bench -- gpt2|llama1b [SPEC_DIR] [POLICY]
 //! ```
+//! With POLICY (none, full, auto, budget(0.5), ...), the trainer keeps for backward what
+//! `modelspec plan --checkpoint POLICY --dtype bf16` saves and recomputes the rest; the line then
+//! also has `policy`, `predicted_activation_gib` (the plan's activation_bytes),
+//! `saved_activation_gib` (what the trainer's allocator kept: layer inputs and saved buffers),
+//! `recompute_buffer_gib`, `act_ratio` (saved / predicted), and `mem_delta_gib`: device memory in
+//! use after the timed steps minus before the trainer was built (cudaMemGetInfo).
+//! `mapped_prediction_gib` / `mapped_ratio`: the plan's per-tensor byte costs summed over the
+//! buffers the trainer keeps (see `LayerSaves`: it folds `attn_out` into `resid_mid`, `mlp_out`
+//! into the next layer's input, q/k before and after RoPE into one buffer) plus its f32 norm
+//! statistics.
 //! gpt2: specs/gpt2-124m.mspec with the anchor's padded vocabulary 50304 and no dropout, B16 T1024.
 //! llama1b: specs/llama-3.2-1b.mspec, B8 T2048. bf16, random tokens and targets as the anchor.
 
-use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer};
+use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer, LayerSaves};
 
 fn main() {
     let model = std::env::args().nth(1).unwrap_or_else(|| "gpt2".into());
     let dir = std::env::args().nth(2).unwrap_or_else(|| "specs".into());
+    let policy = std::env::args().nth(3);
     let (file, b, t) = match model.as_str() {
         "gpt2" => ("gpt2-124m.mspec", 16, 1024),
         "llama1b" => ("llama-3.2-1b.mspec", 8, 2048),
@@ -33,7 +44,7 @@ fn main() {
         spec.vocab_padded = 50304;
     }
     spec.dropout = Default::default();
-    if let Err(e) = run(&model, &spec, b, t) {
+    if let Err(e) = run(&model, &spec, b, t, policy.as_deref()) {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
@@ -44,10 +55,27 @@ fn run(
     spec: &modelspec_dsl::ModelSpec,
     b: usize,
     t: usize,
-) -> Result<(), modelspec_runtime::cuda::CudaError> {
+    policy: Option<&str>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use modelspec_dsl::plan;
+    let planned = match policy {
+        Some(text) => Some(plan::plan(
+            spec,
+            b as u64,
+            t as u64,
+            plan::Dtype::Bf16,
+            Some(&plan::parse_policy(text)?),
+        )?),
+        None => None,
+    };
+    let saves = planned
+        .as_ref()
+        .map(LayerSaves::from_plan)
+        .unwrap_or_default();
     let gpu = Gpu::new(0)?;
+    let (free0, total) = gpu.mem_info()?;
     let t0 = std::time::Instant::now();
-    let mut tr = GpuTrainer::new(&gpu, spec, Dtype::Bf16, b, t, 0)?;
+    let mut tr = GpuTrainer::with_checkpoint(&gpu, spec, Dtype::Bf16, b, t, 0, &saves)?;
     eprintln!(
         "setup {:.1} s, {:.2} GiB allocated",
         t0.elapsed().as_secs_f64(),
@@ -81,8 +109,24 @@ fn run(
     times.sort_by(|a, b| a.total_cmp(b));
     let ms = times[times.len() / 2] as f64;
     let loss = tr.loss()?;
-    let (_, total) = gpu.mem_info()?;
-    let _ = total;
+    let (free1, _) = gpu.mem_info()?;
+    let mapped = mapped_bytes(spec, b, t, &saves);
+    let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
+    let extra = match (&planned, policy) {
+        (Some(p), Some(text)) => format!(
+            ", \"policy\": \"{text}\", \"mapped_prediction_gib\": {:.4}, \"mapped_ratio\": {:.4}, \"predicted_activation_gib\": {:.4}, \"saved_activation_gib\": {:.4}, \"recompute_buffer_gib\": {:.4}, \"act_ratio\": {:.4}, \"predicted_recompute_peak_gib\": {:.4}, \"mem_delta_gib\": {:.4}, \"total_gib\": {:.2}",
+            mapped as f64 / (1u64 << 30) as f64,
+            tr.saved_activation_bytes() as f64 / mapped.max(1) as f64,
+            p.activation_bytes as f64 / (1u64 << 30) as f64,
+            gib(tr.saved_activation_bytes()),
+            gib(tr.recompute_buffer_bytes()),
+            tr.saved_activation_bytes() as f64 / p.activation_bytes.max(1) as f64,
+            p.recompute_peak_bytes as f64 / (1u64 << 30) as f64,
+            gib(free0.saturating_sub(free1)),
+            gib(total)
+        ),
+        _ => String::new(),
+    };
     let nparams = tr.param_count() as f64;
     let l0 = &spec.layers[0];
     let (nl, d) = (spec.layers.len() as f64, spec.d_model as f64);
@@ -91,11 +135,47 @@ fn run(
     let tps = (b * t) as f64 / (ms / 1e3);
     let tflops = flops_tok * tps / 1e12;
     println!(
-        "{{\"model\": \"{model}\", \"B\": {b}, \"T\": {t}, \"ms\": {ms:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"peak_gib\": {:.2}, \"loss\": {loss:.3}, \"tokens_s\": {tps:.0}, \"TFLOPs\": {tflops:.1}, \"MFU_vs_800\": {:.3}}}",
+        "{{\"model\": \"{model}\", \"B\": {b}, \"T\": {t}, \"ms\": {ms:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"peak_gib\": {:.2}, \"loss\": {loss:.3}, \"tokens_s\": {tps:.0}, \"TFLOPs\": {tflops:.1}, \"MFU_vs_800\": {:.3}{extra}}}",
         times[0],
         times[times.len() - 1],
         tr.device_bytes() as f64 / (1u64 << 30) as f64,
         tflops / 800.0
     );
     Ok(())
+}
+
+/// The plan's byte costs of the buffers the trainer keeps (layer inputs, saved buffers, f32 norm
+/// statistics), bf16.
+fn mapped_bytes(spec: &modelspec_dsl::ModelSpec, b: usize, t: usize, saves: &[LayerSaves]) -> u64 {
+    use modelspec_dsl::plan;
+    let n = (b * t) as u64;
+    let mut total = 0;
+    for (i, l) in spec.layers.iter().enumerate() {
+        let s = saves.get(i).copied().unwrap_or(LayerSaves::ALL);
+        let costs = plan::layer_costs(spec, l, b as u64, t as u64, plan::Dtype::Bf16);
+        let c = |name: &str| costs.iter().find(|x| x.name == name).map_or(0, |x| x.bytes);
+        total += n * spec.d_model * 2;
+        if s.attn_norm {
+            total += c("attn_norm") + 8 * n;
+        }
+        if s.qkv {
+            total += c("q") + c("k") + c("v");
+        }
+        if s.attn {
+            total += c("attn");
+        }
+        if s.resid_mid {
+            total += c("resid_mid");
+        }
+        if s.mlp_norm {
+            total += c("mlp_norm") + 8 * n;
+        }
+        if s.mlp_in {
+            total += c("gate") + c("up");
+        }
+        if s.act {
+            total += c("act");
+        }
+    }
+    total
 }

@@ -10,7 +10,9 @@
 //! parameter, named and shaped as in the checkpoint that was loaded (HF names and layouts: fused
 //! q/k/v, GPT-2's `[in, out]` Conv1D, per-expert MoE tensors...). The MoE load-balancing loss is
 //! not part of `loss` nor of the gradients, as in transformers without `output_router_logits`.
-//! `--dtype bf16` rounds the parameters to bfloat16 and computes in f32.
+//! `--dtype bf16` rounds the parameters to bfloat16 and computes in f32. `--device cuda` runs the
+//! GPU trainer's forward and backward instead (dense GPT-2/Llama-style specs; see `eval_cuda`),
+//! where bf16 also means bf16 activations with f32 accumulation.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -157,35 +159,46 @@ fn resolve_policy(
 /// Runs `modelspec eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
     if args.device == "cuda" {
-        let device = Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
-        bail!(
-            "--device cuda: eval runs on the CPU in this version ({device} was found); use --device cpu"
-        );
+        Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
     }
     let (spec, params, dialect) = load_model(&args)?;
     let (tokens, batch, seq) = load_input(&args.input, &spec)?;
-    let mut exec = Executor::new(&spec)?;
-    exec.set_aux_loss(false);
-
     let vocab = spec.vocab as usize;
     let padded = spec.vocab_padded as usize;
-    let (logits, loss, grads) = if args.grads {
-        let policy = resolve_policy(&spec, args.policy.as_deref(), batch, seq)?;
-        let step = exec.loss_and_grads(&params, &tokens, batch, &policy)?;
-        (step.logits, step.ce_loss, Some(step.grads))
+    let (data, loss, grads) = if args.device == "cuda" {
+        let r = super::eval_cuda::run(
+            &spec,
+            &params,
+            &tokens,
+            (batch, seq),
+            &args.dtype,
+            args.policy.as_deref(),
+            args.grads,
+        )?;
+        (r.logits, r.loss, r.grads)
     } else {
-        let logits = exec.forward(&params, &tokens, batch)?;
-        let loss = cross_entropy::forward(logits.data(), padded, &tokens, seq);
-        (logits, loss, None)
+        let mut exec = Executor::new(&spec)?;
+        exec.set_aux_loss(false);
+        let (logits, loss, grads) = if args.grads {
+            let policy = resolve_policy(&spec, args.policy.as_deref(), batch, seq)?;
+            let step = exec.loss_and_grads(&params, &tokens, batch, &policy)?;
+            (step.logits, step.ce_loss, Some(step.grads))
+        } else {
+            let logits = exec.forward(&params, &tokens, batch)?;
+            let loss = cross_entropy::forward(logits.data(), padded, &tokens, seq);
+            (logits, loss, None)
+        };
+        // Padding rows of the vocabulary are not tokens: OUT has exactly `vocab` logits per
+        // position.
+        let data: Vec<f32> = logits
+            .data()
+            .chunks(padded)
+            .flat_map(|row| row[..vocab].iter().copied())
+            .collect();
+        (data, loss, grads)
     };
 
     let mut out: BTreeMap<String, HostTensor> = BTreeMap::new();
-    // Padding rows of the vocabulary are not tokens: OUT has exactly `vocab` logits per position.
-    let data: Vec<f32> = logits
-        .data()
-        .chunks(padded)
-        .flat_map(|row| row[..vocab].iter().copied())
-        .collect();
     out.insert(
         "logits".into(),
         HostTensor {

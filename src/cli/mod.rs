@@ -9,6 +9,7 @@ use std::io::Write;
 pub mod bench;
 pub mod check;
 pub mod eval;
+pub mod eval_cuda;
 pub mod expand;
 pub mod export_hf;
 pub mod generate;

@@ -264,6 +264,24 @@ impl Gpu {
             .during(|| format!("downloading {} elements", buf.len()))
     }
 
+    /// Copies `bytes` bytes at a raw device address back to the host (synchronises the stream).
+    ///
+    /// # Safety
+    /// `ptr..ptr+bytes` must be device memory owned by the caller.
+    pub unsafe fn download_raw(&self, ptr: DevPtr, bytes: usize) -> Result<Vec<u8>> {
+        self.ctx
+            .bind_to_thread()
+            .during(|| "binding the context".into())?;
+        let mut host = vec![0u8; bytes];
+        // SAFETY: forwarded from the caller; `host` outlives the copy (synchronised below).
+        unsafe {
+            cudarc::driver::result::memcpy_dtoh_async(&mut host, ptr, self.stream.cu_stream())
+        }
+        .during(|| format!("downloading {bytes} bytes"))?;
+        self.sync()?;
+        Ok(host)
+    }
+
     /// Overwrites a buffer from the host.
     pub fn write<T: DeviceRepr>(&self, buf: &mut GpuBuf<T>, data: &[T]) -> Result<()> {
         if data.len() > buf.len() {

@@ -50,7 +50,84 @@ impl Default for AdamW {
     }
 }
 
+/// Which of a layer's activations the trainer keeps from forward to backward; the others are
+/// recomputed at the start of that layer's backward into one set of buffers shared by all layers.
+/// The layer input (the residual stream entering the layer) is always kept.
+///
+/// Mapping from the planner's named tensors ([`modelspec_dsl::tensors::layer_tensors`]): the
+/// trainer materialises a few of them as one buffer, so a buffer is kept when the plan saves any of
+/// its tensors:
+/// `attn_norm` -> `attn_norm` (+ its f32 statistics); `qkv` -> `q`, `k`, `v`, `q_rope`, `k_rope`
+/// (one `[q; k; v]` buffer, RoPE applied in place); `attn` -> `attn` (+ the f32 log-sum-exp);
+/// `resid_mid` -> `resid_mid` or `attn_out` (the trainer folds the output projection into the
+/// residual add and keeps the sum, of the same size); `mlp_norm` -> `mlp_norm`; `mlp_in` ->
+/// `gate`, `up` (one buffer); `act` -> `act`. `mlp_out` is never kept: it is folded into the next
+/// layer's input, which is kept anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerSaves {
+    /// The attention norm's output and statistics.
+    pub attn_norm: bool,
+    /// The q/k/v projection after RoPE.
+    pub qkv: bool,
+    /// The attention output and its log-sum-exp.
+    pub attn: bool,
+    /// The residual stream after the attention branch.
+    pub resid_mid: bool,
+    /// The MLP norm's output and statistics.
+    pub mlp_norm: bool,
+    /// The MLP's input projection(s), before the activation.
+    pub mlp_in: bool,
+    /// The activation's output.
+    pub act: bool,
+}
+
+impl LayerSaves {
+    /// Keep everything (policy `none`).
+    pub const ALL: LayerSaves = LayerSaves {
+        attn_norm: true,
+        qkv: true,
+        attn: true,
+        resid_mid: true,
+        mlp_norm: true,
+        mlp_in: true,
+        act: true,
+    };
+    /// Keep only the layer input (policy `full`).
+    pub const INPUT_ONLY: LayerSaves = LayerSaves {
+        attn_norm: false,
+        qkv: false,
+        attn: false,
+        resid_mid: false,
+        mlp_norm: false,
+        mlp_in: false,
+        act: false,
+    };
+
+    /// The buffers that keep the planner's `saved` named tensors (see the type's docs).
+    pub fn from_saved(saved: &[&str]) -> LayerSaves {
+        let any = |names: &[&str]| names.iter().any(|n| saved.contains(n));
+        LayerSaves {
+            attn_norm: any(&["attn_norm"]),
+            qkv: any(&["q", "k", "v", "q_rope", "k_rope"]),
+            attn: any(&["attn"]),
+            resid_mid: any(&["resid_mid", "attn_out"]),
+            mlp_norm: any(&["mlp_norm"]),
+            mlp_in: any(&["gate", "up"]),
+            act: any(&["act"]),
+        }
+    }
+
+    /// One entry per layer of a resolved plan.
+    pub fn from_plan(plan: &modelspec_dsl::plan::Plan) -> Vec<LayerSaves> {
+        plan.layers
+            .iter()
+            .map(|l| LayerSaves::from_saved(&l.saved))
+            .collect()
+    }
+}
+
 struct Layer {
+    saves: LayerSaves,
     resid: DevPtr,
     ln1: DevPtr,
     rstd1: DevPtr,
@@ -64,6 +141,249 @@ struct Layer {
     mean2: DevPtr,
     h: DevPtr,
     act: DevPtr,
+}
+
+/// The sizes the trainer's buffers derive from.
+#[derive(Debug, Clone, Copy)]
+struct Dims {
+    batch: usize,
+    seq: usize,
+    n: usize,
+    c: usize,
+    heads: usize,
+    width: usize,
+    qd: usize,
+    hidden: usize,
+    hw: usize,
+    nl: usize,
+    es: usize,
+    vp: usize,
+    chunk: usize,
+}
+
+impl Dims {
+    fn new(spec: &ModelSpec, dt: Dtype, batch: usize, seq: usize) -> Dims {
+        let (c, heads, kvh, hd) = spec.layers.first().map_or((0, 0, 0, 0), |l| {
+            let a = &l.attention;
+            (
+                spec.d_model as usize,
+                a.heads as usize,
+                a.kv_heads as usize,
+                a.head_dim as usize,
+            )
+        });
+        let (hidden, hw) = match spec.layers.first().map(|l| &l.ffn) {
+            Some(Ffn::Mlp(m)) => (
+                m.hidden as usize,
+                if m.activation.is_gated() {
+                    2 * m.hidden as usize
+                } else {
+                    m.hidden as usize
+                },
+            ),
+            _ => (0, 0),
+        };
+        let n = batch * seq;
+        let es = dt.size();
+        let vp = spec.vocab_padded as usize;
+        Dims {
+            batch,
+            seq,
+            n,
+            c,
+            heads,
+            width: (heads + 2 * kvh) * hd,
+            qd: heads * hd,
+            hidden,
+            hw,
+            nl: spec.layers.len(),
+            es,
+            vp,
+            chunk: ((512usize << 20) / (vp.max(1) * es)).clamp(64, n.max(64)),
+        }
+    }
+}
+
+/// Where every activation and scratch buffer lives in the one activation arena.
+struct Layout {
+    layers: Vec<Layer>,
+    emb: DevPtr,
+    resid_final: DevPtr,
+    lnf: DevPtr,
+    rstdf: DevPtr,
+    meanf: DevPtr,
+    tmp: DevPtr,
+    dlnf: DevPtr,
+    g_a: DevPtr,
+    g_b: DevPtr,
+    d_ln: DevPtr,
+    d_act: DevPtr,
+    dh: DevPtr,
+    dqkv: DevPtr,
+    d_atty: DevPtr,
+    logits: DevPtr,
+    dq_acc: DevPtr,
+    delta: DevPtr,
+    /// Bytes kept from forward to backward by the layers (their inputs and saved buffers).
+    saved_bytes: usize,
+    /// Bytes of the shared buffers that recomputed tensors go to.
+    recompute_bytes: usize,
+    /// The whole arena.
+    total_bytes: usize,
+}
+
+/// Carves the arena at `base` (0 to size it).
+fn layout(d: &Dims, saves: &[LayerSaves], base: DevPtr) -> Layout {
+    let mut b = Bump { base, cur: base };
+    let (n, c, es) = (d.n, d.c, d.es);
+    let lse_elems = d.batch * d.heads * d.seq;
+    // The layer inputs and the buffers each layer keeps.
+    let emb = b.take(n * c * es);
+    let mut slots: Vec<(DevPtr, [DevPtr; 12])> = Vec::new();
+    let group = |b: &mut Bump, keep: [bool; 7]| {
+        let mut take = |bytes: usize| b.take(bytes);
+        let mut ptr = [0 as DevPtr; 12];
+        if keep[0] {
+            ptr[0] = take(n * c * es);
+            ptr[1] = take(n * 4);
+            ptr[2] = take(n * 4);
+        }
+        if keep[1] {
+            ptr[3] = take(n * d.width * es);
+        }
+        if keep[2] {
+            ptr[4] = take(n * d.qd * es);
+            ptr[5] = take(lse_elems * 4);
+        }
+        if keep[3] {
+            ptr[6] = take(n * c * es);
+        }
+        if keep[4] {
+            ptr[7] = take(n * c * es);
+            ptr[8] = take(n * 4);
+            ptr[9] = take(n * 4);
+        }
+        if keep[5] {
+            ptr[10] = take(n * d.hw * es);
+        }
+        if keep[6] {
+            ptr[11] = take(n * d.hidden * es);
+        }
+        ptr
+    };
+    let keep = |s: &LayerSaves| {
+        [
+            s.attn_norm,
+            s.qkv,
+            s.attn,
+            s.resid_mid,
+            s.mlp_norm,
+            s.mlp_in,
+            s.act,
+        ]
+    };
+    for i in 0..d.nl {
+        let resid = if i == 0 { emb } else { b.take(n * c * es) };
+        let s = saves.get(i).copied().unwrap_or(LayerSaves::ALL);
+        slots.push((resid, group(&mut b, keep(&s))));
+    }
+    let saved_bytes = b.used();
+    // One shared set for whatever some layer recomputes.
+    let mut missing = [false; 7];
+    for i in 0..d.nl {
+        let s = saves.get(i).copied().unwrap_or(LayerSaves::ALL);
+        for (m, k) in missing.iter_mut().zip(keep(&s)) {
+            *m |= !k;
+        }
+    }
+    let shared = group(&mut b, missing);
+    let recompute_bytes = b.used() - saved_bytes;
+    let mut take = |bytes: usize| b.take(bytes);
+    let layers = slots
+        .iter()
+        .enumerate()
+        .map(|(i, (resid, own))| {
+            let s = saves.get(i).copied().unwrap_or(LayerSaves::ALL);
+            let k = keep(&s);
+            let pick = |j: usize, g: usize| if k[g] { own[j] } else { shared[j] };
+            Layer {
+                saves: s,
+                resid: *resid,
+                ln1: pick(0, 0),
+                rstd1: pick(1, 0),
+                mean1: pick(2, 0),
+                qkv: pick(3, 1),
+                atty: pick(4, 2),
+                lse: pick(5, 2),
+                resid_mid: pick(6, 3),
+                ln2: pick(7, 4),
+                rstd2: pick(8, 4),
+                mean2: pick(9, 4),
+                h: pick(10, 5),
+                act: pick(11, 6),
+            }
+        })
+        .collect();
+    let resid_final = take(n * c * es);
+    let lnf = take(n * c * es);
+    let rstdf = take(n * 4);
+    let meanf = take(n * 4);
+    let (tmp, dlnf, g_a, g_b, d_ln) = (
+        take(n * c * es),
+        take(n * c * es),
+        take(n * c * es),
+        take(n * c * es),
+        take(n * c * es),
+    );
+    let (d_act, dh, dqkv, d_atty, logits) = (
+        take(n * d.hidden * es),
+        take(n * d.hw * es),
+        take(n * d.width * es),
+        take(n * d.qd * es),
+        take(d.chunk * d.vp * es),
+    );
+    let dq_acc = take(n * d.qd * 4);
+    let delta = take(lse_elems * 4);
+    Layout {
+        layers,
+        emb,
+        resid_final,
+        lnf,
+        rstdf,
+        meanf,
+        tmp,
+        dlnf,
+        g_a,
+        g_b,
+        d_ln,
+        d_act,
+        dh,
+        dqkv,
+        d_atty,
+        logits,
+        dq_acc,
+        delta,
+        saved_bytes,
+        recompute_bytes,
+        total_bytes: b.used(),
+    }
+}
+
+/// A bump allocator over device addresses (256-byte aligned).
+struct Bump {
+    base: DevPtr,
+    cur: DevPtr,
+}
+
+impl Bump {
+    fn take(&mut self, bytes: usize) -> DevPtr {
+        let p = self.cur;
+        self.cur += bytes.div_ceil(256) as u64 * 256;
+        p
+    }
+    fn used(&self) -> usize {
+        (self.cur - self.base) as usize
+    }
 }
 
 /// A dense decoder's parameters, optimizer state and activations on one GPU.
@@ -83,14 +403,12 @@ pub struct GpuTrainer {
     adam_m: GpuBuf<f32>,
     adam_v: GpuBuf<f32>,
     _acts: GpuBuf<u8>,
-    _acts_f32: GpuBuf<f32>,
     layers: Vec<Layer>,
     emb: DevPtr,
     resid_final: DevPtr,
     lnf: DevPtr,
     rstdf: DevPtr,
     meanf: DevPtr,
-    _scratch: GpuBuf<u8>,
     tmp: DevPtr,
     dlnf: DevPtr,
     g_a: DevPtr,
@@ -102,7 +420,6 @@ pub struct GpuTrainer {
     d_atty: DevPtr,
     logits: DevPtr,
     chunk: usize,
-    _scratch_f32: GpuBuf<f32>,
     dq_acc: DevPtr,
     delta: DevPtr,
     loss_rows: GpuBuf<f32>,
@@ -112,6 +429,8 @@ pub struct GpuTrainer {
     valid_targets: usize,
     step: u32,
     bytes: usize,
+    saved_bytes: usize,
+    recompute_bytes: usize,
     /// Optimizer settings used by [`GpuTrainer::step`].
     pub adamw: AdamW,
 }
@@ -125,7 +444,8 @@ fn unsupported(why: String) -> CudaError {
 
 impl GpuTrainer {
     /// Allocates everything for `batch` sequences of `seq` tokens and initialises the weights
-    /// (normal(0, 0.02) matrices and embeddings, unit norm weights, zero biases; `seed`).
+    /// (normal(0, 0.02) matrices and embeddings, unit norm weights, zero biases; `seed`). Every
+    /// activation is kept for backward (checkpoint policy `none`).
     pub fn new(
         gpu: &Arc<Gpu>,
         spec: &ModelSpec,
@@ -134,31 +454,85 @@ impl GpuTrainer {
         seq: usize,
         seed: u64,
     ) -> Result<GpuTrainer> {
+        Self::with_checkpoint(gpu, spec, dt, batch, seq, seed, &[])
+    }
+
+    /// Why the GPU trainer cannot run `spec` (the first unsupported feature, named), or `None`.
+    pub fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
+        let Some(l0) = spec.layers.first() else {
+            return Some("a spec without layers".into());
+        };
+        for l in &spec.layers {
+            let i = l.index;
+            let a = &l.attention;
+            let why = if l.block.placement != NormPlacement::Pre {
+                format!(
+                    "norm placement {:?} (layer {i}; only pre-norm)",
+                    l.block.placement
+                )
+            } else if l.block.parallel_residual {
+                format!("parallel residual (layer {i})")
+            } else if a.qk_norm.is_some() {
+                format!("qk-norm (layer {i})")
+            } else if matches!(l.ffn, Ffn::Moe(_)) {
+                format!("mixture-of-experts MLP (layer {i})")
+            } else if !matches!(
+                l.position,
+                Position::Rope(_) | Position::Learned | Position::None
+            ) {
+                format!("position encoding {:?} (layer {i})", l.position)
+            } else if a.head_dim != l0.attention.head_dim
+                || a.heads != l0.attention.heads
+                || a.kv_heads != l0.attention.kv_heads
+            {
+                format!("per-layer attention sizes (layer {i} differs from layer 0)")
+            } else if a.window != l0.attention.window
+                || a.softcap != l0.attention.softcap
+                || a.scale != l0.attention.scale
+            {
+                format!("per-layer attention window/softcap/scale (layer {i} differs from layer 0)")
+            } else if l.position != l0.position {
+                format!("per-layer position encoding (layer {i} differs from layer 0)")
+            } else if l.ffn != l0.ffn {
+                format!("per-layer MLP (layer {i} differs from layer 0)")
+            } else if l.block.norm != l0.block.norm {
+                format!("per-layer norm (layer {i} differs from layer 0)")
+            } else {
+                continue;
+            };
+            return Some(why);
+        }
+        None
+    }
+
+    /// As [`GpuTrainer::new`], keeping for backward only what `saves` says per layer (one entry
+    /// per layer, e.g. [`LayerSaves::from_plan`]; an empty slice keeps everything) and
+    /// recomputing the rest at the start of each layer's backward. Gradients do not depend on it.
+    pub fn with_checkpoint(
+        gpu: &Arc<Gpu>,
+        spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+        saves: &[LayerSaves],
+    ) -> Result<GpuTrainer> {
+        if let Some(why) = Self::unsupported_feature(spec) {
+            return Err(unsupported(format!(
+                "unsupported: {why}; the GPU trainer covers uniform pre-norm dense GPT-2/Llama-style specs"
+            )));
+        }
+        if !saves.is_empty() && saves.len() != spec.layers.len() {
+            return Err(unsupported(format!(
+                "{} checkpoint entries for {} layers",
+                saves.len(),
+                spec.layers.len()
+            )));
+        }
         let l0 = spec
             .layers
             .first()
             .ok_or_else(|| unsupported("the spec has no layers".into()))?;
-        for l in &spec.layers {
-            let ok = l.block.placement == NormPlacement::Pre
-                && !l.block.parallel_residual
-                && l.attention.qk_norm.is_none()
-                && matches!(l.ffn, Ffn::Mlp(_))
-                && matches!(
-                    l.position,
-                    Position::Rope(_) | Position::Learned | Position::None
-                )
-                && l.attention.head_dim == l0.attention.head_dim
-                && l.attention.heads == l0.attention.heads
-                && l.attention.kv_heads == l0.attention.kv_heads
-                && l.ffn == l0.ffn
-                && l.block.norm == l0.block.norm;
-            if !ok {
-                return Err(unsupported(format!(
-                    "layer {} is not a uniform pre-norm dense block (the GPU trainer covers GPT-2/Llama-style specs)",
-                    l.index
-                )));
-            }
-        }
         if seq as u64 > spec.context {
             return Err(unsupported(format!(
                 "seq {seq} exceeds the context {}",
@@ -233,108 +607,12 @@ impl GpuTrainer {
             Dtype::F32 => kernels.add(Dtype::F32, work.ptr(), master.ptr(), grad.ptr(), total)?,
         }
 
-        let a = &l0.attention;
-        let (c, heads, kvh, hd) = (
-            spec.d_model as usize,
-            a.heads as usize,
-            a.kv_heads as usize,
-            a.head_dim as usize,
-        );
-        let (qd, kvd) = (heads * hd, kvh * hd);
-        let width = qd + 2 * kvd;
-        let Ffn::Mlp(mlp) = &l0.ffn else {
-            unreachable!("checked above")
-        };
-        let hidden = mlp.hidden as usize;
-        let hw = if mlp.activation.is_gated() {
-            2 * hidden
-        } else {
-            hidden
-        };
-        let n = batch * seq;
-        let nl = spec.layers.len();
-        let es = dt.size();
-        let align = |x: usize| x.div_ceil(8) * 8;
-        // Activations in the compute dtype.
-        let per_layer = [c, c, width, qd, c, c, hw, hidden]
-            .iter()
-            .map(|w| align(n * w))
-            .sum::<usize>();
-        let act_elems = align(n * c) + nl * per_layer + 2 * align(n * c);
-        let acts = gpu.zeros::<u8>(act_elems * es)?;
-        let per_layer_f32 = 4 * align(n) + align(batch * heads * seq);
-        let acts_f32 = gpu.zeros::<f32>(nl * per_layer_f32 + 2 * align(n))?;
-        bytes += act_elems * es + (nl * per_layer_f32 + 2 * align(n)) * 4;
-        let mut cur = acts.ptr();
-        let mut take = |elems: usize| {
-            let p = cur;
-            cur += (align(elems) * es) as u64;
-            p
-        };
-        let mut cur32 = acts_f32.ptr();
-        let mut take32 = |elems: usize| {
-            let p = cur32;
-            cur32 += (align(elems) * 4) as u64;
-            p
-        };
-        let emb = take(n * c);
-        let mut layers = Vec::new();
-        for i in 0..nl {
-            let resid = if i == 0 { emb } else { take(n * c) };
-            layers.push(Layer {
-                resid,
-                ln1: take(n * c),
-                qkv: take(n * width),
-                atty: take(n * qd),
-                resid_mid: take(n * c),
-                ln2: take(n * c),
-                h: take(n * hw),
-                act: take(n * hidden),
-                rstd1: take32(n),
-                mean1: take32(n),
-                rstd2: take32(n),
-                mean2: take32(n),
-                lse: take32(batch * heads * seq),
-            });
-        }
-        let resid_final = take(n * c);
-        let lnf = take(n * c);
-        let rstdf = take32(n);
-        let meanf = take32(n);
-        // Scratch.
-        let vp = spec.vocab_padded as usize;
-        let chunk = ((512usize << 20) / (vp * es)).clamp(64, n);
-        let scratch_elems = align(n * c) * 5
-            + align(n * hidden)
-            + align(n * hw)
-            + align(n * width)
-            + align(n * qd)
-            + align(chunk * vp);
-        let scratch = gpu.zeros::<u8>(scratch_elems * es)?;
-        let scratch_f32 = gpu.zeros::<f32>(align(n * qd) + align(batch * heads * seq))?;
-        bytes += scratch_elems * es + (align(n * qd) + align(batch * heads * seq)) * 4;
-        let mut cur = scratch.ptr();
-        let mut take = |elems: usize| {
-            let p = cur;
-            cur += (align(elems) * es) as u64;
-            p
-        };
-        let (tmp, dlnf, g_a, g_b, d_ln) = (
-            take(n * c),
-            take(n * c),
-            take(n * c),
-            take(n * c),
-            take(n * c),
-        );
-        let (d_act, dh, dqkv, d_atty, logits) = (
-            take(n * hidden),
-            take(n * hw),
-            take(n * width),
-            take(n * qd),
-            take(chunk * vp),
-        );
-        let dq_acc = scratch_f32.ptr();
-        let delta = scratch_f32.at(align(n * qd));
+        let dims = Dims::new(spec, dt, batch, seq);
+        let n = dims.n;
+        let sizing = layout(&dims, saves, 0);
+        let acts = gpu.zeros::<u8>(sizing.total_bytes)?;
+        bytes += sizing.total_bytes;
+        let lay = layout(&dims, saves, acts.ptr());
         let rope = match &l0.position {
             Position::Rope(r) => {
                 let (cs, sn) = super::rope::tables(r, seq);
@@ -367,28 +645,25 @@ impl GpuTrainer {
             adam_m,
             adam_v,
             _acts: acts,
-            _acts_f32: acts_f32,
-            layers,
-            emb,
-            resid_final,
-            lnf,
-            rstdf,
-            meanf,
-            _scratch: scratch,
-            tmp,
-            dlnf,
-            g_a,
-            g_b,
-            d_ln,
-            d_act,
-            dh,
-            dqkv,
-            d_atty,
-            logits,
-            chunk,
-            _scratch_f32: scratch_f32,
-            dq_acc,
-            delta,
+            layers: lay.layers,
+            emb: lay.emb,
+            resid_final: lay.resid_final,
+            lnf: lay.lnf,
+            rstdf: lay.rstdf,
+            meanf: lay.meanf,
+            tmp: lay.tmp,
+            dlnf: lay.dlnf,
+            g_a: lay.g_a,
+            g_b: lay.g_b,
+            d_ln: lay.d_ln,
+            d_act: lay.d_act,
+            dh: lay.dh,
+            dqkv: lay.dqkv,
+            d_atty: lay.d_atty,
+            logits: lay.logits,
+            chunk: dims.chunk,
+            dq_acc: lay.dq_acc,
+            delta: lay.delta,
             loss_rows,
             rope,
             tokens,
@@ -396,6 +671,8 @@ impl GpuTrainer {
             valid_targets: n,
             step: 0,
             bytes,
+            saved_bytes: lay.saved_bytes,
+            recompute_bytes: lay.recompute_bytes,
             adamw: AdamW::default(),
         })
     }
@@ -404,47 +681,35 @@ impl GpuTrainer {
     /// and optimizer state (16 B + one working copy per parameter), saved activations, scratch
     /// (one logits chunk of at most 512 MiB), the cuBLASLt workspace.
     pub fn predicted_bytes(spec: &ModelSpec, dt: Dtype, batch: usize, seq: usize) -> usize {
-        let align = |x: usize| x.div_ceil(8) * 8;
+        Self::predicted_bytes_with(spec, dt, batch, seq, &[])
+    }
+
+    /// As [`GpuTrainer::predicted_bytes`] for [`GpuTrainer::with_checkpoint`] with `saves`.
+    pub fn predicted_bytes_with(
+        spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        saves: &[LayerSaves],
+    ) -> usize {
         let params: usize = modelspec_dsl::params::parameters(spec)
             .iter()
-            .map(|p| align(p.numel() as usize))
+            .map(|p| (p.numel() as usize).div_ceil(8) * 8)
             .sum();
-        let Some(l0) = spec.layers.first() else {
-            return params * (16 + dt.size());
-        };
-        let a = &l0.attention;
-        let (c, heads, hd) = (spec.d_model as usize, a.heads as usize, a.head_dim as usize);
-        let qd = heads * hd;
-        let width = qd + 2 * a.kv_heads as usize * hd;
-        let (hidden, hw) = match &l0.ffn {
-            Ffn::Mlp(m) => (
-                m.hidden as usize,
-                if m.activation.is_gated() {
-                    2 * m.hidden as usize
-                } else {
-                    m.hidden as usize
-                },
-            ),
-            Ffn::Moe(_) => (0, 0),
-        };
-        let (n, nl, es) = (batch * seq, spec.layers.len(), dt.size());
-        let per_layer = [c, c, width, qd, c, c, hw, hidden]
-            .iter()
-            .map(|w| align(n * w))
-            .sum::<usize>();
-        let acts = (align(n * c) + nl * per_layer + 2 * align(n * c)) * es;
-        let acts_f32 = (nl * (4 * align(n) + align(batch * heads * seq)) + 2 * align(n)) * 4;
-        let vp = spec.vocab_padded as usize;
-        let chunk = ((512usize << 20) / (vp * es)).clamp(64, n.max(64));
-        let scratch = (align(n * c) * 5
-            + align(n * hidden)
-            + align(n * hw)
-            + align(n * width)
-            + align(n * qd)
-            + align(chunk * vp))
-            * es;
-        let scratch_f32 = (align(n * qd) + align(batch * heads * seq)) * 4;
-        params * (16 + es) + acts + acts_f32 + scratch + scratch_f32 + 12 * n + (32 << 20)
+        let dims = Dims::new(spec, dt, batch, seq);
+        let n = dims.n;
+        params * (16 + dt.size()) + layout(&dims, saves, 0).total_bytes + 12 * n + (32 << 20)
+    }
+
+    /// Bytes of activations kept from forward to backward by the layers: every layer's input
+    /// plus its saved buffers (what the planner's `activation_bytes` predicts).
+    pub fn saved_activation_bytes(&self) -> usize {
+        self.saved_bytes
+    }
+
+    /// Bytes of the buffers shared by the layers for recomputed activations (0 under `none`).
+    pub fn recompute_buffer_bytes(&self) -> usize {
+        self.recompute_bytes
     }
 
     /// Bytes this trainer allocated on the device (parameters, optimizer state, activations,
@@ -604,6 +869,20 @@ impl GpuTrainer {
     /// One training step (forward, loss, backward, AdamW) on the batch set by
     /// [`GpuTrainer::set_batch`]. Asynchronous: read the loss with [`GpuTrainer::loss`].
     pub fn step(&mut self) -> Result<()> {
+        self.run_step(None, true)
+    }
+
+    /// Forward, loss and backward without the optimizer step: afterwards [`GpuTrainer::loss`],
+    /// [`GpuTrainer::grad`] and [`GpuTrainer::grads`] read this batch's loss and gradients.
+    /// With `logits`, also returns the logits `[batch*seq, vocab]` (f32, rounded to the compute
+    /// dtype as the kernels saw them; synchronises once per logits chunk).
+    pub fn forward_backward(&mut self, logits: bool) -> Result<Option<Vec<f32>>> {
+        let mut out = Vec::new();
+        self.run_step(logits.then_some(&mut out), false)?;
+        Ok(logits.then_some(out))
+    }
+
+    fn run_step(&mut self, mut capture: Option<&mut Vec<f32>>, optimizer: bool) -> Result<()> {
         let spec = &self.spec;
         let k = &self.kernels;
         let dt = self.dt;
@@ -671,127 +950,164 @@ impl GpuTrainer {
             c,
             spec.embedding.scale as f32,
         )?;
-        for (i, lay) in self.layers.iter().enumerate() {
+        // One layer's forward; with `recompute`, only what the layer did not keep, from its input.
+        let layer_fwd = |i: usize, recompute: bool| -> Result<()> {
+            let lay = &self.layers[i];
+            let sv = lay.saves;
             let p = |s: &str| format!("layers.{i}.{s}");
-            let (x_in, res_in, r_out) = if i == 0 {
-                (self.emb, 0, 0)
+            // In recomputation every input comes from the kept layer input (bit-identical: the
+            // norm kernel normalises the residual as stored).
+            let (x_in, res_in, r_out) = if recompute || i == 0 {
+                (lay.resid, 0, 0)
             } else {
                 (self.layers[i - 1].resid_mid, self.tmp, lay.resid)
             };
-            k.norm_fwd(
-                dt,
-                nk,
-                lay.ln1,
-                r_out,
-                lay.rstd1,
-                lay.mean1,
-                x_in,
-                res_in,
-                self.wo(&p("attn_norm.weight")),
-                self.wo(&p("attn_norm.bias")),
-                n,
-                c,
-                eps,
-                off,
-            )?;
-            self.linear(
-                n,
-                width,
-                c,
-                lay.ln1,
-                self.w(&p("attn.q.weight"))?,
-                self.wo(&p("attn.q.bias")),
-                lay.qkv,
-            )?;
-            if let Some((cs, sn, rot, il)) = &self.rope {
-                k.rope(
+            if !recompute || !sv.attn_norm {
+                k.norm_fwd(
                     dt,
+                    nk,
+                    lay.ln1,
+                    r_out,
+                    lay.rstd1,
+                    lay.mean1,
+                    x_in,
+                    res_in,
+                    self.wo(&p("attn_norm.weight")),
+                    self.wo(&p("attn_norm.bias")),
+                    n,
+                    c,
+                    eps,
+                    off,
+                )?;
+            }
+            if !recompute || !sv.qkv {
+                self.linear(
+                    n,
+                    width,
+                    c,
+                    lay.ln1,
+                    self.w(&p("attn.q.weight"))?,
+                    self.wo(&p("attn.q.bias")),
                     lay.qkv,
-                    cs.ptr(),
-                    sn.ptr(),
-                    n,
-                    self.seq,
-                    heads,
-                    hd,
-                    width,
-                    *rot,
-                    *il,
-                    false,
                 )?;
-                k.rope(
-                    dt,
-                    lay.qkv + qd as u64 * es,
-                    cs.ptr(),
-                    sn.ptr(),
-                    n,
-                    self.seq,
-                    kvh,
-                    hd,
-                    width,
-                    *rot,
-                    *il,
-                    false,
-                )?;
+                if let Some((cs, sn, rot, il)) = &self.rope {
+                    k.rope(
+                        dt,
+                        lay.qkv,
+                        cs.ptr(),
+                        sn.ptr(),
+                        n,
+                        self.seq,
+                        heads,
+                        hd,
+                        width,
+                        *rot,
+                        *il,
+                        false,
+                    )?;
+                    k.rope(
+                        dt,
+                        lay.qkv + qd as u64 * es,
+                        cs.ptr(),
+                        sn.ptr(),
+                        n,
+                        self.seq,
+                        kvh,
+                        hd,
+                        width,
+                        *rot,
+                        *il,
+                        false,
+                    )?;
+                }
             }
             let (q, kk, v) = (
                 lay.qkv,
                 lay.qkv + qd as u64 * es,
                 lay.qkv + (qd + kvd) as u64 * es,
             );
-            k.attn_fwd(dt, &shape, lay.atty, lay.lse, q, kk, v)?;
-            self.linear(
-                n,
-                c,
-                qd,
-                lay.atty,
-                self.w(&p("attn.o.weight"))?,
-                self.wo(&p("attn.o.bias")),
-                self.tmp,
-            )?;
-            k.norm_fwd(
-                dt,
-                nk,
-                lay.ln2,
-                lay.resid_mid,
-                lay.rstd2,
-                lay.mean2,
-                lay.resid,
-                self.tmp,
-                self.wo(&p("mlp_norm.weight")),
-                self.wo(&p("mlp_norm.bias")),
-                n,
-                c,
-                eps,
-                off,
-            )?;
+            if !recompute || !sv.attn {
+                k.attn_fwd(dt, &shape, lay.atty, lay.lse, q, kk, v)?;
+            }
+            if !recompute || !sv.resid_mid {
+                self.linear(
+                    n,
+                    c,
+                    qd,
+                    lay.atty,
+                    self.w(&p("attn.o.weight"))?,
+                    self.wo(&p("attn.o.bias")),
+                    self.tmp,
+                )?;
+                k.norm_fwd(
+                    dt,
+                    nk,
+                    lay.ln2,
+                    lay.resid_mid,
+                    lay.rstd2,
+                    lay.mean2,
+                    lay.resid,
+                    self.tmp,
+                    self.wo(&p("mlp_norm.weight")),
+                    self.wo(&p("mlp_norm.bias")),
+                    n,
+                    c,
+                    eps,
+                    off,
+                )?;
+            } else if !sv.mlp_norm {
+                k.norm_fwd(
+                    dt,
+                    nk,
+                    lay.ln2,
+                    0,
+                    lay.rstd2,
+                    lay.mean2,
+                    lay.resid_mid,
+                    0,
+                    self.wo(&p("mlp_norm.weight")),
+                    self.wo(&p("mlp_norm.bias")),
+                    n,
+                    c,
+                    eps,
+                    off,
+                )?;
+            }
             let first = if gated {
                 p("mlp.gate.weight")
             } else {
                 p("mlp.up.weight")
             };
-            self.linear(
-                n,
-                hw,
-                c,
-                lay.ln2,
-                self.w(&first)?,
-                self.wo(&if gated {
-                    p("mlp.gate.bias")
-                } else {
-                    p("mlp.up.bias")
-                }),
-                lay.h,
-            )?;
-            k.act_fwd(
-                dt,
-                act,
-                lay.act,
-                lay.h,
-                lay.h + hidden as u64 * es,
-                n,
-                hidden,
-                hw,
-            )?;
+            if !recompute || !sv.mlp_in {
+                self.linear(
+                    n,
+                    hw,
+                    c,
+                    lay.ln2,
+                    self.w(&first)?,
+                    self.wo(&if gated {
+                        p("mlp.gate.bias")
+                    } else {
+                        p("mlp.up.bias")
+                    }),
+                    lay.h,
+                )?;
+            }
+            if !recompute || !sv.act {
+                k.act_fwd(
+                    dt,
+                    act,
+                    lay.act,
+                    lay.h,
+                    lay.h + hidden as u64 * es,
+                    n,
+                    hidden,
+                    hw,
+                )?;
+            }
+            if recompute {
+                return Ok(());
+            }
             self.linear(
                 n,
                 c,
@@ -801,6 +1117,11 @@ impl GpuTrainer {
                 self.wo(&p("mlp.down.bias")),
                 self.tmp,
             )?;
+            Ok(())
+        };
+
+        for i in 0..self.layers.len() {
+            layer_fwd(i, false)?;
         }
         let last = self.layers.last().map_or(self.emb, |l| l.resid_mid);
         k.norm_fwd(
@@ -833,6 +1154,22 @@ impl GpuTrainer {
             let rows = self.chunk.min(n - r0);
             let x = self.lnf + (r0 * c) as u64 * es;
             self.linear(rows, vp, c, x, head, head_bias, self.logits)?;
+            if let Some(out) = capture.as_deref_mut() {
+                // SAFETY: the logits chunk is `rows * vp` elements of this trainer's arena.
+                let raw = unsafe { self.gpu.download_raw(self.logits, rows * vp * dt.size()) }?;
+                for row in raw.chunks(vp * dt.size()) {
+                    out.extend(
+                        row[..vocab * dt.size()]
+                            .chunks(dt.size())
+                            .map(|b| match dt {
+                                Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                                Dtype::Bf16 => f32::from_bits(
+                                    u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
+                                ),
+                            }),
+                    );
+                }
+            }
             k.xent(
                 dt,
                 self.logits,
@@ -893,6 +1230,9 @@ impl GpuTrainer {
             c,
         )?;
         for (i, lay) in self.layers.iter().enumerate().rev() {
+            if lay.saves != LayerSaves::ALL {
+                layer_fwd(i, true)?;
+            }
             let p = |s: &str| format!("layers.{i}.{s}");
             // MLP branch: g = d(resid_mid + mlp_out).
             self.mm(
@@ -1136,6 +1476,9 @@ impl GpuTrainer {
             c,
             spec.embedding.scale as f32,
         )?;
+        if !optimizer {
+            return Ok(());
+        }
         // ---- optimizer ----
         self.step += 1;
         let o = self.adamw;
@@ -1200,6 +1543,20 @@ impl GpuTrainer {
     pub fn loss(&self) -> Result<f32> {
         let rows = self.gpu.download(&self.loss_rows)?;
         Ok((rows.iter().map(|&x| x as f64).sum::<f64>() / self.valid_targets as f64) as f32)
+    }
+
+    /// Every parameter's f32 gradient after the last step, by canonical name (synchronises).
+    pub fn grads(&self) -> Result<crate::Params<f32>> {
+        let all = self.gpu.download(&self.grad)?;
+        let mut out = crate::Params::new();
+        for p in modelspec_dsl::params::parameters(&self.spec) {
+            let off = self.offsets[&p.name];
+            let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+            let t = crate::Tensor::from_vec(&shape, all[off..off + p.numel() as usize].to_vec())
+                .map_err(|e| unsupported(e.to_string()))?;
+            out.insert(p.name, t);
+        }
+        Ok(out)
     }
 
     /// The f32 gradient of parameter `name` after the last step (synchronises).

@@ -1,6 +1,6 @@
 // ---- norm: RMSNorm / LayerNorm fused with the residual add, forward and backward ----
 
-// norm_fwd_{dtype}: r = x (+ res); y = norm(r) * (offset + w) (+ b).
+// norm_fwd_{dtype}: r = x (+ res); y = norm(r) * (offset + w) (+ b), r as stored in r_out.
 //   RMS:   y = r * rstd * wf,            rstd = 1/sqrt(mean(r^2) + eps)
 //   Layer: y = (r - mu) * rstd * wf + b, rstd = 1/sqrt(var(r) + eps)
 // Writes y [N, C], r_out [N, C] (when res and r_out are given: the new residual stream), and the
@@ -17,7 +17,12 @@ __device__ void norm_fwd(T* y, T* r_out, float* rstd_out, float* mean_out, const
     float sum = 0.f, sumsq = 0.f;
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
         float v = lf(xr + c) + (rr ? lf(rr + c) : 0.f);
-        if (r_out) sf(r_out + row * C + c, v);
+        if (r_out) {
+            // Normalise the residual as stored (rounded to T): the backward and any
+            // recomputation from the kept residual then see exactly these values.
+            sf(r_out + row * C + c, v);
+            v = lf(r_out + row * C + c);
+        }
         sum += v;
         sumsq += v * v;
     }
@@ -31,7 +36,7 @@ __device__ void norm_fwd(T* y, T* r_out, float* rstd_out, float* mean_out, const
     if (is_layer) {
         float acc = 0.f;
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
-            float v = lf(xr + c) + (rr ? lf(rr + c) : 0.f);
+            float v = r_out ? lf(r_out + row * C + c) : lf(xr + c) + (rr ? lf(rr + c) : 0.f);
             acc += (v - mu) * (v - mu);
         }
         var = block_sum(acc, scratch) / C;
@@ -44,7 +49,7 @@ __device__ void norm_fwd(T* y, T* r_out, float* rstd_out, float* mean_out, const
         if (mean_out) mean_out[row] = mu;
     }
     for (int c = threadIdx.x; c < C; c += blockDim.x) {
-        float v = lf(xr + c) + (rr ? lf(rr + c) : 0.f);
+        float v = r_out ? lf(r_out + row * C + c) : lf(xr + c) + (rr ? lf(rr + c) : 0.f);
         float wf = w ? offset + lf(w + c) : 1.f;
         float o = (v - mu) * rstd * wf + (b ? lf(b + c) : 0.f);
         sf(y + row * C + c, o);

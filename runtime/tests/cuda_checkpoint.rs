@@ -1,0 +1,218 @@
+//! Activation checkpointing in the GPU trainer: under every policy (none, full, auto, budget(0.5)
+//! and budget(0.1)) the trainer keeps what the plan saves, recomputes the rest in backward, and
+//! gives the same loss and gradients as `none`: bit-identical when `none` itself is (run twice
+//! to find out; the bf16 attention backward accumulates dQ with atomics, whose order varies),
+//! else within the run-to-run spread. The memory tests need no GPU.
+//! Without a CUDA device the GPU tests print "skipping: no CUDA device" and pass.
+
+use modelspec_dsl::load::{Format, load_str};
+use modelspec_dsl::plan;
+use modelspec_runtime::Params;
+use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer, LayerSaves};
+
+const LLAMA_LIKE: &str = "model t_llama {
+    vocab 200   d_model 128   layers 3   context 64
+    embedding { tied }
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 64 }
+    position rope(theta = 10000)
+    mlp swiglu(hidden = 256)
+}";
+
+const GPT2_LIKE: &str = "model t_gpt2 {
+    vocab 211   d_model 128   layers 3   context 64
+    embedding { tied }
+    norm layer(eps = 1e-5)
+    attention { heads 2  bias }
+    position learned
+    mlp gelu_tanh(hidden = 512, bias = true)
+}";
+
+const POLICIES: [&str; 5] = ["full", "auto", "budget(0.5)", "budget(0.1)", "none"];
+
+fn saves_for(spec: &modelspec_dsl::ModelSpec, b: usize, t: usize, policy: &str) -> Vec<LayerSaves> {
+    let p = plan::parse_policy(policy).expect("policy parses");
+    let planned = plan::plan(spec, b as u64, t as u64, plan::Dtype::Bf16, Some(&p)).expect("plan");
+    LayerSaves::from_plan(&planned)
+}
+
+/// (loss bits, every gradient's bits) of one forward + backward.
+fn run(
+    gpu: &std::sync::Arc<Gpu>,
+    spec: &modelspec_dsl::ModelSpec,
+    dt: Dtype,
+    saves: &[LayerSaves],
+    params: &Params,
+    tokens: &[u32],
+) -> (u32, Vec<(String, Vec<f32>)>) {
+    let (b, t) = (2, 48);
+    let mut tr = GpuTrainer::with_checkpoint(gpu, spec, dt, b, t, 0, saves).unwrap();
+    tr.set_params(params).unwrap();
+    tr.set_batch(tokens, None).unwrap();
+    tr.forward_backward(false).unwrap();
+    let loss = tr.loss().unwrap();
+    let grads = tr.grads().unwrap();
+    (
+        loss.to_bits(),
+        grads
+            .iter()
+            .map(|(n, g)| (n.clone(), g.data().to_vec()))
+            .collect(),
+    )
+}
+
+fn max_diff(a: &[(String, Vec<f32>)], b: &[(String, Vec<f32>)]) -> (f64, usize) {
+    let mut worst = 0.0f64;
+    let mut differing = 0;
+    for ((na, ga), (nb, gb)) in a.iter().zip(b) {
+        assert_eq!(na, nb);
+        let scale = gb
+            .iter()
+            .map(|x| x.abs() as f64)
+            .fold(0.0, f64::max)
+            .max(1e-30);
+        for (x, y) in ga.iter().zip(gb) {
+            if x.to_bits() != y.to_bits() {
+                differing += 1;
+                worst = worst.max((*x as f64 - *y as f64).abs() / scale);
+            }
+        }
+    }
+    (worst, differing)
+}
+
+fn check(src: &str, dt: Dtype) {
+    let gpu = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("skipping: no CUDA device ({e})");
+            return;
+        }
+    };
+    let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(7);
+    println!("{}: seed {seed}", spec.name);
+    let params = Params::<f32>::init(&spec, seed);
+    let mut s = seed | 1;
+    let tokens: Vec<u32> = (0..2 * 48)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s % spec.vocab) as u32
+        })
+        .collect();
+    let reference = run(&gpu, &spec, dt, &[], &params, &tokens);
+    let again = run(&gpu, &spec, dt, &[], &params, &tokens);
+    let (spread, n_spread) = max_diff(&again.1, &reference.1);
+    let deterministic = n_spread == 0 && again.0 == reference.0;
+    println!(
+        "CKPT {} {}: none vs none: {} ({n_spread} elements differ, worst {spread:.2e})",
+        spec.name,
+        dt.suffix(),
+        if deterministic {
+            "bit-identical"
+        } else {
+            "NOT bit-identical"
+        }
+    );
+    for policy in POLICIES {
+        let saves = saves_for(&spec, 2, 48, policy);
+        let got = run(&gpu, &spec, dt, &saves, &params, &tokens);
+        let (worst, differing) = max_diff(&got.1, &reference.1);
+        println!(
+            "CKPT {} {} {policy}: loss {} ; {differing} gradient elements differ from none (worst {worst:.2e} of the tensor's max)",
+            spec.name,
+            dt.suffix(),
+            if got.0 == reference.0 {
+                "bit-identical"
+            } else {
+                "differs"
+            }
+        );
+        assert_eq!(
+            got.0, reference.0,
+            "{policy}: the loss must not depend on the policy"
+        );
+        if deterministic {
+            assert_eq!(differing, 0, "{policy}: gradients differ from none");
+        } else {
+            // The forward is bit-identical (the loss checks it); the spread is the backward's.
+            assert!(
+                worst <= (4.0 * spread).max(1e-6),
+                "{policy}: worst {worst:.3e} beyond the run-to-run spread {spread:.3e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn policies_match_none_llama_like_f32() {
+    check(LLAMA_LIKE, Dtype::F32);
+}
+
+#[test]
+fn policies_match_none_gpt2_like_f32() {
+    check(GPT2_LIKE, Dtype::F32);
+}
+
+#[test]
+fn policies_match_none_llama_like_bf16() {
+    check(LLAMA_LIKE, Dtype::Bf16);
+}
+
+#[test]
+fn policies_match_none_gpt2_like_bf16() {
+    check(GPT2_LIKE, Dtype::Bf16);
+}
+
+/// The trainer's memory plan follows the checkpoint plan (no GPU needed): less kept under full
+/// than auto than none, and `budget(f)` monotone in f.
+#[test]
+fn memory_follows_the_plan() {
+    for src in [LLAMA_LIKE, GPT2_LIKE] {
+        let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
+        let bytes = |policy: &str| {
+            GpuTrainer::predicted_bytes_with(
+                &spec,
+                Dtype::Bf16,
+                2,
+                48,
+                &saves_for(&spec, 2, 48, policy),
+            )
+        };
+        let none = GpuTrainer::predicted_bytes(&spec, Dtype::Bf16, 2, 48);
+        assert_eq!(bytes("none"), none);
+        assert!(bytes("full") < bytes("auto"), "{}", spec.name);
+        assert!(bytes("auto") < none, "{}", spec.name);
+        let mut last = 0;
+        for f in [0.1, 0.25, 0.5, 0.75, 1.0] {
+            let b = bytes(&format!("budget({f})"));
+            assert!(b >= last, "{} budget({f})", spec.name);
+            last = b;
+        }
+    }
+}
+
+#[test]
+fn saved_buffers_map_the_planners_names() {
+    let all = LayerSaves::from_saved(&[
+        "attn_norm",
+        "q",
+        "k",
+        "v",
+        "attn",
+        "attn_out",
+        "mlp_norm",
+        "gate",
+        "up",
+        "act",
+    ]);
+    assert_eq!(all, LayerSaves::ALL);
+    assert_eq!(LayerSaves::from_saved(&[]), LayerSaves::INPUT_ONLY);
+    let s = LayerSaves::from_saved(&["q_rope", "attn_out"]);
+    assert!(s.qkv && s.resid_mid && !s.attn && !s.attn_norm && !s.act);
+}
