@@ -27,6 +27,7 @@
 
 pub mod cuda;
 pub mod device;
+pub mod dist;
 pub mod error;
 pub mod exec;
 pub mod ops;
