@@ -140,17 +140,22 @@ where
         .label("loss per step")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], raw));
 
-    // An exponential moving average, bias-corrected (as Adam's moments are) so that it follows
-    // the loss from the first step instead of creeping up from zero or lagging its first value.
-    let (mut ema, mut weight) = (0.0f64, 0.0f64);
-    let smooth: Vec<(f64, f64)> = losses
+    // A centred moving average (a window of about 1/30 of the run): unlike an exponential
+    // average it does not lag behind a loss that falls fast.
+    let points: Vec<(usize, f64)> = losses
         .iter()
         .enumerate()
         .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| {
-            ema = 0.95 * ema + 0.05 * l as f64;
-            weight = 0.95 * weight + 0.05;
-            (i as f64, ema / weight)
+        .map(|(i, &l)| (i, l as f64))
+        .collect();
+    let half = (points.len() / 60).max(1);
+    let smooth: Vec<(f64, f64)> = (0..points.len())
+        .map(|k| {
+            let window = &points[k.saturating_sub(half)..(k + half + 1).min(points.len())];
+            (
+                points[k].0 as f64,
+                window.iter().map(|p| p.1).sum::<f64>() / window.len() as f64,
+            )
         })
         .collect();
     chart
