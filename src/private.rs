@@ -101,155 +101,61 @@ pub mod v1 {
         Ok(crate::runtime::weights::load_hf_dir(spec, dir)?)
     }
 
-    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-    enum Stage {
-        Start,
-        Layers(usize),
-        Head,
-        Backward(usize),
-        Done,
+    pub use crate::dsl::ir::LayerCheckpoint;
+    pub use crate::runtime::exec::{Head, Hidden, Policy, Saved};
+
+    /// One pass of a generated model over a batch, on the CPU in f32: the runtime's step API
+    /// ([`crate::runtime::exec::Run`]) that the executor itself loops over. Generated `forward`
+    /// and `backward` call its steps in straight-line order, layer by layer, each layer with its
+    /// checkpoint policy; that the executor makes the same calls is why the generated model and
+    /// `modelspec eval` agree bit for bit.
+    pub type Run<'a> = crate::runtime::exec::Run<'a, f32>;
+
+    /// The tensor names of a `save(...)` or `recompute(...)` policy.
+    pub fn names(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
     }
 
-    /// One forward (and backward) pass of a generated model over a batch.
-    ///
-    /// Generated `forward`/`backward` call `embed`, `block(i)` for each layer and `head` (and the
-    /// reverse) in straight-line order; the pass checks that order against the spec. The numbers
-    /// come from the runtime's executor, the same code and the same order of ops that
-    /// `modelspec eval` runs, so logits and gradients are bit-identical to the CLI's.
-    pub struct Pass<'a> {
-        spec: &'a ModelSpec,
-        params: Params,
-        tokens: &'a [u32],
+    // The runtime reads parameters from its own map; generated structs lend theirs by name.
+    fn owned_params(params: &ParamRefs<'_>) -> Params {
+        let mut owned = Params::new();
+        for (name, tensor) in params {
+            owned.insert(name.clone(), (*tensor).clone());
+        }
+        owned
+    }
+
+    /// Logits `[batch, T, vocab_padded]` of `tokens`: `forward` runs the model's steps on an
+    /// evaluation run (no dropout, nothing saved).
+    pub fn logits(
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        tokens: &[u32],
         batch: usize,
-        train: bool,
-        stage: Stage,
-        logits: Option<Tensor>,
-        loss: Option<f32>,
-        grads: Option<Params>,
+        forward: impl FnOnce(&mut Run<'_>) -> Result<Head>,
+    ) -> Result<Vec<f32>> {
+        let exec = crate::runtime::exec::Executor::new(spec)?;
+        let params = owned_params(params);
+        let mut run = exec.run(&params, tokens, batch, crate::runtime::exec::Mode::Eval)?;
+        Ok(forward(&mut run)?.into_logits())
     }
 
-    impl<'a> Pass<'a> {
-        /// A pass of `spec` with `params` over `tokens` (`batch` equal sequences); `train` also
-        /// computes the loss and, after `backward`, the gradients.
-        pub fn new(
-            spec: &'a ModelSpec,
-            params: &ParamRefs<'_>,
-            tokens: &'a [u32],
-            batch: usize,
-            train: bool,
-        ) -> Result<Self> {
-            let mut owned = Params::new();
-            for (name, tensor) in params {
-                owned.insert(name.clone(), (*tensor).clone());
-            }
-            Ok(Pass {
-                spec,
-                params: owned,
-                tokens,
-                batch,
-                train,
-                stage: Stage::Start,
-                logits: None,
-                loss: None,
-                grads: None,
-            })
-        }
-
-        fn order(&self, what: &str) -> Error {
-            Error::Spec(format!(
-                "generated code called `{what}` out of order (at {:?})",
-                self.stage
-            ))
-        }
-
-        /// The token (and position) embedding.
-        pub fn embed(&mut self) -> Result<()> {
-            if self.stage != Stage::Start {
-                return Err(self.order("embed"));
-            }
-            self.stage = Stage::Layers(0);
-            Ok(())
-        }
-
-        /// Layer `layer`, with its row of the IR and its checkpoint policy.
-        pub fn block(&mut self, layer: usize) -> Result<()> {
-            if self.stage != Stage::Layers(layer) || layer >= self.spec.layers.len() {
-                return Err(self.order("block"));
-            }
-            self.stage = Stage::Layers(layer + 1);
-            Ok(())
-        }
-
-        /// The final norm and the classifier (and, when training, the loss).
-        pub fn head(&mut self) -> Result<()> {
-            if self.stage != Stage::Layers(self.spec.layers.len()) {
-                return Err(self.order("head"));
-            }
-            let exec = crate::runtime::exec::Executor::new(self.spec)?;
-            if self.train {
-                let out = exec.loss_and_grads(
-                    &self.params,
-                    self.tokens,
-                    self.batch,
-                    &crate::runtime::exec::Policy::FromSpec,
-                )?;
-                self.loss = Some(out.loss as f32);
-                self.logits = Some(out.logits);
-                self.grads = Some(out.grads);
-            } else {
-                self.logits = Some(exec.forward(&self.params, self.tokens, self.batch)?);
-            }
-            self.stage = Stage::Head;
-            Ok(())
-        }
-
-        /// Logits `[batch, T, vocab_padded]`, row-major.
-        pub fn logits(&mut self) -> Result<Vec<f32>> {
-            self.logits
-                .take()
-                .map(Tensor::into_vec)
-                .ok_or_else(|| self.order("logits"))
-        }
-
-        /// The training loss (after `head` in a training pass).
-        pub fn loss(&self) -> Result<f32> {
-            self.loss.ok_or_else(|| self.order("loss"))
-        }
-
-        /// Backward through the head and the loss.
-        pub fn head_backward(&mut self) -> Result<()> {
-            if self.stage != Stage::Head || !self.train {
-                return Err(self.order("head_backward"));
-            }
-            self.stage = Stage::Backward(self.spec.layers.len());
-            Ok(())
-        }
-
-        /// Backward through layer `layer`, recomputing what its policy did not save.
-        pub fn block_backward(&mut self, layer: usize) -> Result<()> {
-            if self.stage != Stage::Backward(layer + 1) {
-                return Err(self.order("block_backward"));
-            }
-            self.stage = Stage::Backward(layer);
-            Ok(())
-        }
-
-        /// Backward through the embedding.
-        pub fn embed_backward(&mut self) -> Result<()> {
-            if self.stage != Stage::Backward(0) {
-                return Err(self.order("embed_backward"));
-            }
-            self.stage = Stage::Done;
-            Ok(())
-        }
-
-        /// The gradient of every parameter by canonical name (after `backward`).
-        pub fn into_grads(self) -> Result<Params> {
-            if self.stage != Stage::Done {
-                return Err(self.order("into_grads"));
-            }
-            self.grads
-                .ok_or_else(|| Error::Spec("no gradients: not a training pass".into()))
-        }
+    /// The training loss and every parameter's gradient: `forward` runs the model's steps on a
+    /// training run and returns what its layers saved; `backward` consumes it in reverse.
+    pub fn loss_and_grads<S>(
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        tokens: &[u32],
+        batch: usize,
+        forward: impl FnOnce(&mut Run<'_>) -> Result<(Head, S)>,
+        backward: impl FnOnce(&mut Run<'_>, &Head, S) -> Result<()>,
+    ) -> Result<(f32, Params)> {
+        let exec = crate::runtime::exec::Executor::new(spec)?;
+        let params = owned_params(params);
+        let mut run = exec.run(&params, tokens, batch, crate::runtime::exec::Mode::Train)?;
+        let (head, saved) = forward(&mut run)?;
+        backward(&mut run, &head, saved)?;
+        let out = run.finish(head)?;
+        Ok((out.loss as f32, out.grads))
     }
 }

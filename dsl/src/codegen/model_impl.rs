@@ -312,18 +312,18 @@ fn model_trait(layout: &Layout<'_>) -> TokenStream {
             }
 
             fn logits(&self, tokens: &[u32], batch: usize) -> ::modelspec::Result<::std::vec::Vec<f32>> {
-                let mut pass = #rt::Pass::new(#ty::spec()?, &self.params(), tokens, batch, false)?;
-                self.forward(&mut pass)?;
-                pass.logits()
+                #rt::logits(#ty::spec()?, &self.params(), tokens, batch, |run| Ok(self.forward(run)?.0))
             }
 
             fn loss_and_grads(&self, tokens: &[u32], batch: usize) -> ::modelspec::Result<(f32, #rt::Params)> {
-                let params = self.params();
-                let mut pass = #rt::Pass::new(#ty::spec()?, &params, tokens, batch, true)?;
-                self.forward(&mut pass)?;
-                let loss = pass.loss()?;
-                self.backward(&mut pass)?;
-                Ok((loss, pass.into_grads()?))
+                #rt::loss_and_grads(
+                    #ty::spec()?,
+                    &self.params(),
+                    tokens,
+                    batch,
+                    |run| self.forward(run),
+                    |run, head, saved| self.backward(run, head, saved),
+                )
             }
 
             fn params(&self) -> #rt::ParamRefs<'_> {
