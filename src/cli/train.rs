@@ -360,6 +360,14 @@ fn resume(args: &TrainArgs, dir: &Path) -> Result<(Trainer<CpuObjective>, PathBu
     let (train_tokens, _) = data::split_validation(&tokens, 0.05, 0);
     let objective = CpuObjective::new(&ckpt.state.spec, ckpt.state.options.policy.as_deref())?;
     let out_dir = args.save.clone().unwrap_or_else(|| dir.to_path_buf());
+    let tokenizer_json = ckpt_dir.join("tokenizer.json");
+    let new_tokenizer_json = out_dir.join("ckpt").join("tokenizer.json");
+    if tokenizer.kind() != "bytes" && new_tokenizer_json != tokenizer_json {
+        // The new directory must be usable on its own (`modelspec sample`, a later --resume).
+        let bytes = std::fs::read(&tokenizer_json)
+            .with_context(|| format!("reading {}", tokenizer_json.display()))?;
+        checkpoint::write_atomic(&new_tokenizer_json, &bytes)?;
+    }
     let trainer = Trainer::resume(objective, ckpt, train_tokens.to_vec())?;
     Ok((trainer, out_dir, tokenizer))
 }
