@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use modelspec_dsl::ir::ModelSpec;
 use modelspec_runtime::Params;
+use modelspec_runtime::dist::{DEFAULT_BUCKET_BYTES, DataParallel};
 use modelspec_runtime::train::data::{self, Tokenizer};
 use modelspec_runtime::train::optim::AdamWConfig;
 use modelspec_runtime::train::plot::{self, LossPlot, Reference};
@@ -20,6 +21,8 @@ use modelspec_runtime::train::rng::SplitMix64;
 use modelspec_runtime::train::sample::{self as sampling, SampleOptions};
 use modelspec_runtime::train::schedule::CosineSchedule;
 use modelspec_runtime::train::{CpuObjective, TrainError, TrainOptions, Trainer, checkpoint};
+
+mod dist;
 
 /// The bundled tiny spec, trained when no FILE is given.
 pub const TINY_SPEC: &str = include_str!("../../specs/tiny.mspec");
@@ -98,6 +101,9 @@ pub struct TrainArgs {
     /// Timed iterations of --bench.
     #[arg(long, default_value_t = 20)]
     pub bench_iters: usize,
+    /// Data parallelism: --ranks (CPU), --gpus and the multi-host flags (GPU).
+    #[command(flatten)]
+    pub dist: dist::DistArgs,
 }
 
 /// The spec of FILE, or the bundled tiny spec; diagnostics are printed on stderr.
@@ -132,6 +138,7 @@ fn read_text(data: &str) -> Result<String> {
 
 /// Runs `modelspec train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    args.dist.cpu_ranks(&args.device, args.batch)?;
     if args.device != "cpu" {
         bail!(
             "--device {}: training runs on the CPU in this version; use --device cpu",
@@ -267,7 +274,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     );
     if args.sample_tokens > 0 {
         let sample = generate_text(
-            &mut trainer.objective,
+            trainer.objective.first_mut(),
             &trainer.params,
             &spec,
             &tokenizer,
@@ -281,7 +288,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
-fn start(args: &TrainArgs) -> Result<(Trainer<CpuObjective>, PathBuf, Tokenizer)> {
+fn start(args: &TrainArgs) -> Result<(Trainer<DataParallel<CpuObjective>>, PathBuf, Tokenizer)> {
     let spec = load_spec(args.file.as_deref())?;
     let tokenizer = load_tokenizer(args.tokenizer.as_deref())?;
     if tokenizer.vocab_size() as u64 > spec.vocab {
@@ -331,12 +338,16 @@ fn start(args: &TrainArgs) -> Result<(Trainer<CpuObjective>, PathBuf, Tokenizer)
     let tokens = tokenizer.encode(&text)?;
     let (train_tokens, _) = data::split_validation(&tokens, 0.05, 0);
     let objective = CpuObjective::new(&spec, options.policy.as_deref())?;
+    let objective = DataParallel::new(objective, &spec, args.dist.ranks, DEFAULT_BUCKET_BYTES)?;
     let params = Params::init(&spec, args.seed);
     let trainer = Trainer::new(objective, spec, params, options, train_tokens.to_vec())?;
     Ok((trainer, out_dir, tokenizer))
 }
 
-fn resume(args: &TrainArgs, dir: &Path) -> Result<(Trainer<CpuObjective>, PathBuf, Tokenizer)> {
+fn resume(
+    args: &TrainArgs,
+    dir: &Path,
+) -> Result<(Trainer<DataParallel<CpuObjective>>, PathBuf, Tokenizer)> {
     let ckpt_dir = checkpoint_dir(dir);
     let mut ckpt = checkpoint::load(&ckpt_dir)?;
     if let Some(steps) = args.steps.filter(|&s| s != ckpt.state.options.steps) {
@@ -359,6 +370,12 @@ fn resume(args: &TrainArgs, dir: &Path) -> Result<(Trainer<CpuObjective>, PathBu
     let tokens = tokenizer.encode(&text)?;
     let (train_tokens, _) = data::split_validation(&tokens, 0.05, 0);
     let objective = CpuObjective::new(&ckpt.state.spec, ckpt.state.options.policy.as_deref())?;
+    let objective = DataParallel::new(
+        objective,
+        &ckpt.state.spec,
+        args.dist.ranks,
+        DEFAULT_BUCKET_BYTES,
+    )?;
     let out_dir = args.save.clone().unwrap_or_else(|| dir.to_path_buf());
     let tokenizer_json = ckpt_dir.join("tokenizer.json");
     let new_tokenizer_json = out_dir.join("ckpt").join("tokenizer.json");

@@ -321,6 +321,11 @@ impl<O: Objective + Clone + Send> DataParallel<O> {
     pub fn buckets(&self) -> &BucketPlan {
         &self.buckets
     }
+
+    /// Rank 0's objective (for evaluation and sampling, which need no data parallelism).
+    pub fn first_mut(&mut self) -> &mut O {
+        &mut self.objectives[0]
+    }
 }
 
 impl<O: Objective + Clone + Send> Objective for DataParallel<O> {
@@ -332,6 +337,10 @@ impl<O: Objective + Clone + Send> Objective for DataParallel<O> {
         seed: u64,
     ) -> Result<(f32, Params), TrainError> {
         let n = self.comms.len();
+        if n == 1 {
+            // One rank: the weight is 1 and every collective a no-op; skip the thread and copies.
+            return self.objectives[0].loss_and_grads(params, tokens, batch, seed);
+        }
         if batch < n {
             return Err(TrainError::Config(format!(
                 "a batch of {batch} sequences cannot be split over {n} ranks: use --batch of at least {n}"
