@@ -116,15 +116,6 @@ pub mod v1 {
         names.iter().map(|n| n.to_string()).collect()
     }
 
-    // The runtime reads parameters from its own map; generated structs lend theirs by name.
-    fn owned_params(params: &ParamRefs<'_>) -> Params {
-        let mut owned = Params::new();
-        for (name, tensor) in params {
-            owned.insert(name.clone(), (*tensor).clone());
-        }
-        owned
-    }
-
     /// Logits `[batch, T, vocab_padded]` of `tokens`: `forward` runs the model's steps on an
     /// evaluation run (no dropout, nothing saved).
     pub fn logits(
@@ -135,8 +126,8 @@ pub mod v1 {
         forward: impl FnOnce(&mut Run<'_>) -> Result<Head>,
     ) -> Result<Vec<f32>> {
         let exec = crate::runtime::exec::Executor::new(spec)?;
-        let params = owned_params(params);
-        let mut run = exec.run(&params, tokens, batch, crate::runtime::exec::Mode::Eval)?;
+        // The runtime reads the generated struct's tensors in place, by name.
+        let mut run = exec.run::<f32>(params, tokens, batch, crate::runtime::exec::Mode::Eval)?;
         Ok(forward(&mut run)?.into_logits())
     }
 
@@ -151,8 +142,7 @@ pub mod v1 {
         backward: impl FnOnce(&mut Run<'_>, &Head, S) -> Result<()>,
     ) -> Result<(f32, Params)> {
         let exec = crate::runtime::exec::Executor::new(spec)?;
-        let params = owned_params(params);
-        let mut run = exec.run(&params, tokens, batch, crate::runtime::exec::Mode::Train)?;
+        let mut run = exec.run::<f32>(params, tokens, batch, crate::runtime::exec::Mode::Train)?;
         let (head, saved) = forward(&mut run)?;
         backward(&mut run, &head, saved)?;
         let out = run.finish(head)?;

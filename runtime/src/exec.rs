@@ -22,7 +22,7 @@ use crate::ops::moe::{self, AuxStats, Routing};
 use crate::ops::rope::{self, RopeTable};
 use crate::ops::{activation, cross_entropy, embedding, linear, norm, softcap};
 use crate::program::{Act, LayerProgram, N_ACTS, Program};
-use crate::tensor::{Float, Params, Tensor};
+use crate::tensor::{Float, ParamSource, Params, Tensor};
 
 /// Which activations each layer keeps for backward.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -95,7 +95,7 @@ impl<T: Float> Store<T> {
 struct LayerCtx<'a, T: Float> {
     layer: &'a Layer,
     lp: &'a LayerProgram,
-    params: &'a Params<T>,
+    params: &'a dyn ParamSource<T>,
     shape: Shape,
     rope: Option<RopeTable<T>>,
     attn: AttentionCfg,
@@ -103,15 +103,15 @@ struct LayerCtx<'a, T: Float> {
     drop_mlp_branch: Option<Dropout>,
 }
 
-fn p<'a, T: Float>(params: &'a Params<T>, name: &str) -> &'a [T] {
+fn p<'a, T: Float>(params: &'a dyn ParamSource<T>, name: &str) -> &'a [T] {
     params
-        .get(name)
+        .param(name)
         .map(|t| t.data())
         .unwrap_or_else(|| panic!("parameter `{name}` missing after validation"))
 }
 
 fn norm_params<'a, T: Float>(
-    params: &'a Params<T>,
+    params: &'a dyn ParamSource<T>,
     prefix: &str,
     n: &Norm,
 ) -> (Option<&'a [T]>, Option<&'a [T]>) {
@@ -121,7 +121,7 @@ fn norm_params<'a, T: Float>(
 }
 
 fn proj<'a, T: Float>(
-    params: &'a Params<T>,
+    params: &'a dyn ParamSource<T>,
     prefix: &str,
     bias: bool,
 ) -> (&'a [T], Option<&'a [T]>) {
@@ -132,7 +132,7 @@ fn proj<'a, T: Float>(
 }
 
 fn mlp_ref<'a, T: Float>(
-    params: &'a Params<T>,
+    params: &'a dyn ParamSource<T>,
     prefix: &str,
     m: &modelspec_dsl::ir::Mlp,
     d: usize,
@@ -185,7 +185,7 @@ impl<T: Float> Grads<T> {
     #[allow(clippy::too_many_arguments)]
     fn linear(
         &mut self,
-        params: &Params<T>,
+        params: &dyn ParamSource<T>,
         prefix: &str,
         bias: bool,
         x: &[T],
@@ -218,7 +218,7 @@ impl<T: Float> Grads<T> {
     #[allow(clippy::too_many_arguments)]
     fn norm(
         &mut self,
-        params: &Params<T>,
+        params: &dyn ParamSource<T>,
         prefix: &str,
         n: &Norm,
         width: usize,
@@ -1199,7 +1199,7 @@ impl Executor {
     fn layer_ctx<'a, T: Float>(
         &'a self,
         i: usize,
-        params: &'a Params<T>,
+        params: &'a dyn ParamSource<T>,
         shape: Shape,
         training: bool,
     ) -> LayerCtx<'a, T> {
@@ -1238,7 +1238,7 @@ impl Executor {
 
     fn embed<T: Float>(
         &self,
-        params: &Params<T>,
+        params: &dyn ParamSource<T>,
         tokens: &[u32],
         shape: Shape,
         training: bool,
@@ -1278,7 +1278,12 @@ impl Executor {
     }
 
     /// `(normed final hidden, logits)` from the last hidden state.
-    fn head<T: Float>(&self, params: &Params<T>, h: &[T], shape: Shape) -> (Vec<T>, Vec<T>) {
+    fn head<T: Float>(
+        &self,
+        params: &dyn ParamSource<T>,
+        h: &[T],
+        shape: Shape,
+    ) -> (Vec<T>, Vec<T>) {
         let d = shape.d;
         let vp = self.spec.vocab_padded as usize;
         let normed = match &self.spec.final_norm {
@@ -1353,13 +1358,13 @@ impl Executor {
     /// over the run's steps; generated code calls the same steps unrolled.
     pub fn run<'a, T: Float>(
         &'a self,
-        params: &'a Params<T>,
+        params: &'a dyn ParamSource<T>,
         tokens: &'a [u32],
         batch: usize,
         mode: Mode,
     ) -> Result<Run<'a, T>> {
         let shape = self.shape(tokens, batch)?;
-        params.check(&self.spec)?;
+        params.check_params(&self.spec)?;
         let aux_coef = match mode {
             Mode::Train if self.aux_loss => self.spec.layers.iter().find_map(|l| match &l.ffn {
                 Ffn::Moe(m) if m.aux_loss > 0.0 => Some(m.aux_loss),
@@ -1584,7 +1589,7 @@ impl<T: Float> Head<T> {
 /// ```
 pub struct Run<'a, T: Float = f32> {
     exec: &'a Executor,
-    params: &'a Params<T>,
+    params: &'a dyn ParamSource<T>,
     tokens: &'a [u32],
     shape: Shape,
     mode: Mode,

@@ -13,6 +13,9 @@
 //! - [`exec::Executor`]: `forward(&params, tokens, batch) -> logits [B, T, vocab_padded]` and
 //!   `loss_and_grads(&params, tokens, batch, &policy) -> StepOutput { loss, logits, grads }`
 //!   with activation checkpointing ([`exec::Policy`]); gradients are bit-identical for every policy.
+//! - [`exec::Run`]: the executor's per-layer steps (embed, layer with its checkpoint policy, head,
+//!   and their backward steps); `forward` and `loss_and_grads` loop over them, generated models
+//!   call them unrolled.
 //! - [`rng`]: the counter-based RNG (init and dropout).
 //!
 //! ```
@@ -39,4 +42,4 @@ pub mod train;
 
 pub use device::Device;
 pub use error::{Error, Result};
-pub use tensor::{Float, Params, Tensor};
+pub use tensor::{Float, ParamSource, Params, Tensor};

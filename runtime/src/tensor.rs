@@ -341,9 +341,24 @@ impl<T: Float> Params<T> {
 
     /// Checks that every parameter of `spec` is present with the right shape.
     pub fn check(&self, spec: &ModelSpec) -> Result<()> {
+        self.check_params(spec)
+    }
+}
+
+/// Parameters by canonical name, wherever they are stored: an owned [`Params`], or tensors
+/// borrowed from elsewhere (a generated model lends its typed fields as a
+/// `BTreeMap<String, &Tensor>`), so the executor reads them without copying.
+pub trait ParamSource<T: Float> {
+    /// The tensor `name`, if present.
+    fn param(&self, name: &str) -> Option<&Tensor<T>>;
+
+    /// Checks that every parameter of `spec` is present with the right shape.
+    fn check_params(&self, spec: &ModelSpec) -> Result<()> {
         for p in parameters(spec) {
             let expected: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
-            let t = self.require(&p.name)?;
+            let t = self
+                .param(&p.name)
+                .ok_or_else(|| Error::MissingParam(p.name.clone()))?;
             if t.shape() != expected.as_slice() {
                 return Err(Error::ParamShape {
                     name: p.name,
@@ -353,6 +368,18 @@ impl<T: Float> Params<T> {
             }
         }
         Ok(())
+    }
+}
+
+impl<T: Float> ParamSource<T> for Params<T> {
+    fn param(&self, name: &str) -> Option<&Tensor<T>> {
+        self.tensors.get(name)
+    }
+}
+
+impl<T: Float> ParamSource<T> for BTreeMap<String, &Tensor<T>> {
+    fn param(&self, name: &str) -> Option<&Tensor<T>> {
+        self.get(name).copied()
     }
 }
 
