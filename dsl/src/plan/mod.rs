@@ -205,11 +205,9 @@ pub fn plan(
                 *s = Some(vec![false; costs[l].len()]);
             }
         }
-        for (k, &(l, t)) in items.iter().enumerate() {
-            if chosen[k] {
-                if let Some(s) = saved[l].as_mut() {
-                    s[t] = true;
-                }
+        for (&(l, t), _) in items.iter().zip(&chosen).filter(|(_, keep)| **keep) {
+            if let Some(s) = saved[l].as_mut() {
+                s[t] = true;
             }
         }
     }
