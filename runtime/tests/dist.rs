@@ -461,3 +461,35 @@ fn nccl_one_rank_runs_the_same_step() {
     assert_eq!(nccl_params, thread_params);
     println!("NCCL world-1 DP steps equal the thread communicator's bit for bit: {nccl:?}");
 }
+
+/// `--device cuda --gpus 1`: the GPU data-parallel run (forward and backward on the GPU, NCCL
+/// world of one, AdamW on the host) follows the CPU trainer's curve on the same batches, up to the
+/// GPU kernels' f32 rounding. Skips without a GPU and libnccl.
+#[test]
+fn gpu_data_parallel_follows_the_cpu_curve() {
+    use modelspec_runtime::cuda::Dtype;
+    use modelspec_runtime::dist::gpu::GpuDataParallel;
+    use modelspec_runtime::dist::nccl::nccl_available;
+    if let Err(e) = nccl_available().and_then(|_| Ok(modelspec_runtime::cuda::probe(0)?)) {
+        println!("skipping the GPU data-parallel test: {e}");
+        return;
+    }
+    let spec = tiny();
+    let (reference, _) = train(&spec, None, DEFAULT_BUCKET_BYTES);
+    let opts = options(1.0);
+    let run = GpuDataParallel {
+        spec: &spec,
+        options: &opts,
+        dtype: Dtype::F32,
+        bucket_bytes: DEFAULT_BUCKET_BYTES,
+        sharding: Sharding::None,
+    };
+    let result = run
+        .run_local(1, Params::init(&spec, 0), &corpus(), &|_| {})
+        .unwrap();
+    println!("CPU: {reference:?}\nGPU: {:?}", result.losses);
+    for (step, (g, c)) in result.losses.iter().zip(&reference).enumerate() {
+        assert!((g - c).abs() <= 1e-3, "step {step}: GPU {g} vs CPU {c}");
+    }
+    assert_eq!(result.state.step, STEPS);
+}

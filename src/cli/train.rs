@@ -138,6 +138,9 @@ fn read_text(data: &str) -> Result<String> {
 
 /// Runs `modelspec train`.
 pub fn run(args: TrainArgs) -> Result<()> {
+    if args.dist.gpu_run(&args.device) {
+        return dist::run_gpus(&args);
+    }
     args.dist.cpu_ranks(&args.device, args.batch)?;
     if args.device != "cpu" {
         bail!(

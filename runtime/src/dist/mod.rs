@@ -37,6 +37,7 @@
 
 pub mod bucket;
 mod error;
+pub mod gpu;
 pub mod local;
 pub mod nccl;
 pub mod rendezvous;

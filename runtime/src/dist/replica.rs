@@ -130,6 +130,15 @@ impl<C: Communicator> Replica<C> {
         }
     }
 
+    /// The optimizer when it is not sharded (its moments cover every parameter, so it can be
+    /// checkpointed as the single-process trainer's).
+    pub fn adamw(&self) -> Option<&AdamW> {
+        match &self.optimizer {
+            Optimizer::Full(a) => Some(a),
+            Optimizer::Zero1 { .. } => None,
+        }
+    }
+
     /// Optimizer steps taken.
     pub fn steps_taken(&self) -> u64 {
         match &self.optimizer {
