@@ -5,9 +5,9 @@
 pub use modelspec_dsl as dsl;
 pub use modelspec_runtime as runtime;
 
+pub use model::{Error, KernelLaunch, Model, Result, load_kernels};
 pub use modelspec_macros::{model, model_file};
 pub use modelspec_runtime::{Device, Tensor};
-pub use model::{Error, KernelLaunch, Model, Result, load_kernels};
 
 mod model;
 

@@ -37,8 +37,8 @@ pub mod ops;
 pub mod program;
 pub mod rng;
 pub mod tensor;
-pub mod weights;
 pub mod train;
+pub mod weights;
 
 pub use device::Device;
 pub use error::{Error, Result};
