@@ -10,8 +10,9 @@
 //!   with f32 accumulation: about 8 rounded intermediates per layer, adding roughly in quadrature
 //!   over the layers and then again through the backward, give 1e-2-scale errors on logits and
 //!   up to a few 1e-2 on gradients; 5e-2 is the bound the GPU trainer's own parity tests use.
-//! - `--checkpoint full` on the GPU gives the same loss and gradients as the default policy
-//!   (bit-identical in f32: the f32 kernels are deterministic).
+//! - `--checkpoint full` on the GPU gives bit-identical logits and loss and the same gradients
+//!   as the default policy (bit-identical, or within 1e-6 where the backward's f32 atomics add in
+//!   another order).
 //!
 //! Fixtures whose spec uses a feature the GPU trainer lacks are listed with the feature (and must
 //! fail cleanly, naming it). Without a CUDA device the test prints "skipping" and passes.
@@ -173,12 +174,13 @@ fn gpu_eval_matches_cpu_on_every_supported_fixture() {
                 .zip(&t.data)
                 .all(|(a, b)| a.to_bits() == b.to_bits())
         });
+        let (fl, fs, fg, _) = errors(&full, &gpu32);
         println!(
             "PARITY eval-cuda {name} f32: logits {l32:.2e} loss {s32:.2e} grads worst {g32:.2e} ({w32}); bf16: logits {l16:.2e} loss {s16:.2e} grads worst {g16:.2e} ({w16}); checkpoint full vs default: {}",
             if identical {
-                "bit-identical"
+                "bit-identical".to_string()
             } else {
-                "DIFFERENT"
+                format!("logits {fl:.1e} loss {fs:.1e} grads {fg:.1e} (atomics' order)")
             }
         );
         if l32 > 1e-4 || s32 > 1e-4 || g32 > 1e-4 || g32.is_nan() {
@@ -187,7 +189,7 @@ fn gpu_eval_matches_cpu_on_every_supported_fixture() {
         if l16 > 5e-2 || s16 > 5e-2 || g16 > 5e-2 || g16.is_nan() {
             failures.push(format!("{name} bf16"));
         }
-        if !identical {
+        if fl != 0.0 || fs != 0.0 || fg > 1e-6 {
             failures.push(format!("{name} checkpoint full"));
         }
         supported.push(name);

@@ -533,11 +533,10 @@ impl GpuTrainer {
             .layers
             .first()
             .ok_or_else(|| unsupported("the spec has no layers".into()))?;
-        if seq as u64 > spec.context {
-            return Err(unsupported(format!(
-                "seq {seq} exceeds the context {}",
-                spec.context
-            )));
+        if let Some(max) = spec.max_sequence()
+            && seq as u64 > max
+        {
+            return Err(unsupported(format!("seq {seq} exceeds the context {max}")));
         }
         let kernels = Kernels::load(
             gpu,
