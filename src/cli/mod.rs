@@ -45,7 +45,7 @@ pub enum Command {
     Plan(plan::PlanArgs),
     /// Time GPU training steps of a spec (forward, loss, backward, AdamW) on random tokens.
     Bench(bench::BenchArgs),
-    /// Train a spec on the CPU (default: the bundled tiny spec on the bundled corpus).
+    /// Train a spec on the CPU or a GPU (default: the bundled tiny spec on the bundled corpus).
     Train(train::TrainArgs),
     /// Generate text from a checkpoint written by `train`.
     Sample(sample::SampleArgs),

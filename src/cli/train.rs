@@ -1,4 +1,5 @@
-//! `modelspec train`: train a spec on the CPU, with checkpoints, resume, a progress bar, a loss plot.
+//! `modelspec train`: train a spec on the CPU or on a GPU (`--device cuda`), with checkpoints,
+//! resume, a progress bar, a loss plot.
 //!
 //! With no FILE it trains the bundled tiny spec (`specs/tiny.mspec`) on the bundled corpus
 //! (`data/pride_and_prejudice.txt`, byte-level tokens), so `cargo run --release -- train` works from
@@ -20,8 +21,11 @@ use modelspec_runtime::train::plot::{self, LossPlot, Reference};
 use modelspec_runtime::train::rng::SplitMix64;
 use modelspec_runtime::train::sample::{self as sampling, SampleOptions};
 use modelspec_runtime::train::schedule::CosineSchedule;
-use modelspec_runtime::train::{CpuObjective, TrainError, TrainOptions, Trainer, checkpoint};
+use modelspec_runtime::train::{
+    CpuObjective, Objective, TrainError, TrainOptions, Trainer, checkpoint,
+};
 
+mod cuda;
 mod dist;
 
 /// The bundled tiny spec, trained when no FILE is given.
@@ -38,9 +42,12 @@ pub const CORPUS_NAME: &str = "bundled:pride_and_prejudice.txt";
 pub struct TrainArgs {
     /// The spec (.mspec, .yaml/.yml or HF config.json); default: the bundled specs/tiny.mspec.
     pub file: Option<PathBuf>,
-    /// Where to run: cpu (training on cuda is not available yet).
+    /// Where to run: cpu, or cuda (GPU 0; dense pre-norm GPT-2/Llama-style specs).
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Compute dtype on --device cuda: bf16 (default) or f32; the CPU trains in f32.
+    #[arg(long, value_parser = ["bf16", "f32"])]
+    pub dtype: Option<String>,
     /// Optimizer steps [default: 600]; with --resume, a new total that extends the run.
     #[arg(long)]
     pub steps: Option<u64>,
@@ -142,19 +149,67 @@ pub fn run(args: TrainArgs) -> Result<()> {
         return dist::run_gpus(&args);
     }
     args.dist.cpu_ranks(&args.device, args.batch)?;
-    if args.device != "cpu" {
-        bail!(
-            "--device {}: training runs on the CPU in this version; use --device cpu",
-            args.device
-        );
+    match args.device.as_str() {
+        "cpu" => {
+            if args.dtype.as_deref() == Some("bf16") {
+                bail!("--dtype bf16 is for --device cuda; the CPU trains in f32");
+            }
+            if args.bench {
+                return bench(&args);
+            }
+            let (trainer, out_dir, tokenizer) = match &args.resume {
+                Some(dir) => resume(&args, dir)?,
+                None => start(&args)?,
+            };
+            train(&args, trainer, out_dir, tokenizer, "")
+        }
+        "cuda" => {
+            if args.bench {
+                bail!(
+                    "--bench measures the CPU executor; on a GPU use `modelspec bench FILE --device cuda --batch B --seq T`"
+                );
+            }
+            let dtype = args.dtype.as_deref();
+            let make = |spec: &ModelSpec, options: &TrainOptions| {
+                cuda::CudaObjective::new(spec, options, dtype)
+            };
+            let (trainer, out_dir, tokenizer) = match &args.resume {
+                Some(dir) => resume_with(&args, dir, make)?,
+                None => start_with(&args, make)?,
+            };
+            let label = format!(" [{}]", trainer.objective.label);
+            train(&args, trainer, out_dir, tokenizer, &label)
+        }
+        other => bail!("--device {other}: use --device cpu or --device cuda"),
     }
-    if args.bench {
-        return bench(&args);
+}
+
+/// Objectives that can lend the end-of-run sample a CPU executor (else one is made for it).
+trait CpuSampler {
+    fn cpu_objective(&mut self) -> Option<&mut CpuObjective>;
+}
+
+impl CpuSampler for DataParallel<CpuObjective> {
+    fn cpu_objective(&mut self) -> Option<&mut CpuObjective> {
+        Some(self.first_mut())
     }
-    let (mut trainer, out_dir, tokenizer) = match &args.resume {
-        Some(dir) => resume(&args, dir)?,
-        None => start(&args)?,
-    };
+}
+
+impl CpuSampler for cuda::CudaObjective {
+    fn cpu_objective(&mut self) -> Option<&mut CpuObjective> {
+        None
+    }
+}
+
+/// The training loop shared by the devices: progress bar, periodic checkpoints, validation, the
+/// loss plot, the summary and a sample. `device` is appended to the header line.
+fn train<O: Objective + CpuSampler>(
+    args: &TrainArgs,
+    mut trainer: Trainer<O>,
+    out_dir: PathBuf,
+    tokenizer: Tokenizer,
+    device: &str,
+) -> Result<()> {
     let ckpt_dir = out_dir.join("ckpt");
     let text = read_text(&trainer.state.options.data)?;
     let all_tokens = tokenizer.encode(&text)?;
@@ -164,7 +219,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     let spec = trainer.state.spec.clone();
     let options = trainer.state.options.clone();
     eprintln!(
-        "training {} ({} parameters) on {} ({} tokens, {} held out), batch {}×{} ×{} accumulated, {} steps from step {}",
+        "training {} ({} parameters){device} on {} ({} tokens, {} held out), batch {}×{} ×{} accumulated, {} steps from step {}",
         spec.name,
         trainer.params.numel(),
         options.data,
@@ -276,8 +331,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
         plot_path.display()
     );
     if args.sample_tokens > 0 {
+        let mut own = None;
+        let objective = match trainer.objective.cpu_objective() {
+            Some(o) => o,
+            None => own.insert(CpuObjective::new(&spec, None)?),
+        };
         let sample = generate_text(
-            trainer.objective.first_mut(),
+            objective,
             &trainer.params,
             &spec,
             &tokenizer,
@@ -291,7 +351,32 @@ pub fn run(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The CPU objective of a run: `ranks` thread ranks of the executor with the run's policy.
+fn cpu_objective(
+    spec: &ModelSpec,
+    options: &TrainOptions,
+    ranks: usize,
+) -> Result<DataParallel<CpuObjective>> {
+    let objective = CpuObjective::new(spec, options.policy.as_deref())?;
+    Ok(DataParallel::new(
+        objective,
+        spec,
+        ranks,
+        DEFAULT_BUCKET_BYTES,
+    )?)
+}
+
 fn start(args: &TrainArgs) -> Result<(Trainer<DataParallel<CpuObjective>>, PathBuf, Tokenizer)> {
+    start_with(args, |spec, options| {
+        cpu_objective(spec, options, args.dist.ranks)
+    })
+}
+
+/// A fresh run whose objective `make` builds for the spec and the run's options.
+fn start_with<O: Objective>(
+    args: &TrainArgs,
+    make: impl FnOnce(&ModelSpec, &TrainOptions) -> Result<O>,
+) -> Result<(Trainer<O>, PathBuf, Tokenizer)> {
     let spec = load_spec(args.file.as_deref())?;
     let tokenizer = load_tokenizer(args.tokenizer.as_deref())?;
     if tokenizer.vocab_size() as u64 > spec.vocab {
@@ -340,8 +425,7 @@ fn start(args: &TrainArgs) -> Result<(Trainer<DataParallel<CpuObjective>>, PathB
     let text = read_text(&options.data)?;
     let tokens = tokenizer.encode(&text)?;
     let (train_tokens, _) = data::split_validation(&tokens, 0.05, 0);
-    let objective = CpuObjective::new(&spec, options.policy.as_deref())?;
-    let objective = DataParallel::new(objective, &spec, args.dist.ranks, DEFAULT_BUCKET_BYTES)?;
+    let objective = make(&spec, &options)?;
     let params = Params::init(&spec, args.seed);
     let trainer = Trainer::new(objective, spec, params, options, train_tokens.to_vec())?;
     Ok((trainer, out_dir, tokenizer))
@@ -351,6 +435,17 @@ fn resume(
     args: &TrainArgs,
     dir: &Path,
 ) -> Result<(Trainer<DataParallel<CpuObjective>>, PathBuf, Tokenizer)> {
+    resume_with(args, dir, |spec, options| {
+        cpu_objective(spec, options, args.dist.ranks)
+    })
+}
+
+/// Continues the run saved in `dir` with the objective `make` builds for its recorded options.
+fn resume_with<O: Objective>(
+    args: &TrainArgs,
+    dir: &Path,
+    make: impl FnOnce(&ModelSpec, &TrainOptions) -> Result<O>,
+) -> Result<(Trainer<O>, PathBuf, Tokenizer)> {
     let ckpt_dir = checkpoint_dir(dir);
     let mut ckpt = checkpoint::load(&ckpt_dir)?;
     if let Some(steps) = args.steps.filter(|&s| s != ckpt.state.options.steps) {
@@ -372,13 +467,7 @@ fn resume(
     let text = read_text(&ckpt.state.options.data)?;
     let tokens = tokenizer.encode(&text)?;
     let (train_tokens, _) = data::split_validation(&tokens, 0.05, 0);
-    let objective = CpuObjective::new(&ckpt.state.spec, ckpt.state.options.policy.as_deref())?;
-    let objective = DataParallel::new(
-        objective,
-        &ckpt.state.spec,
-        args.dist.ranks,
-        DEFAULT_BUCKET_BYTES,
-    )?;
+    let objective = make(&ckpt.state.spec, &ckpt.state.options)?;
     let out_dir = args.save.clone().unwrap_or_else(|| dir.to_path_buf());
     let tokenizer_json = ckpt_dir.join("tokenizer.json");
     let new_tokenizer_json = out_dir.join("ckpt").join("tokenizer.json");
@@ -438,7 +527,6 @@ fn bench(args: &TrainArgs) -> Result<()> {
     let tokens: Vec<u32> = (0..args.batch * args.seq)
         .map(|_| rng.below(vocab) as u32)
         .collect();
-    use modelspec_runtime::train::Objective;
     for _ in 0..3 {
         objective.loss_and_grads(&params, &tokens, args.batch, 0)?;
     }
