@@ -486,11 +486,8 @@ impl GpuTrainer {
                 || a.kv_heads != l0.attention.kv_heads
             {
                 format!("per-layer attention sizes (layer {i} differs from layer 0)")
-            } else if a.window != l0.attention.window
-                || a.softcap != l0.attention.softcap
-                || a.scale != l0.attention.scale
-            {
-                format!("per-layer attention window/softcap/scale (layer {i} differs from layer 0)")
+            } else if a.softcap != l0.attention.softcap || a.scale != l0.attention.scale {
+                format!("per-layer attention softcap/scale (layer {i} differs from layer 0)")
             } else if l.position != l0.position {
                 format!("per-layer position encoding (layer {i} differs from layer 0)")
             } else if l.ffn != l0.ffn {
@@ -1026,7 +1023,9 @@ impl GpuTrainer {
                 lay.qkv + (qd + kvd) as u64 * es,
             );
             if !recompute || !sv.attn {
-                k.attn_fwd(dt, &shape, lay.atty, lay.lse, q, kk, v)?;
+                let mut lshape = shape;
+                lshape.window = spec.layers[i].attention.window.unwrap_or(0) as usize;
+                k.attn_fwd(dt, &lshape, lay.atty, lay.lse, q, kk, v)?;
             }
             if !recompute || !sv.resid_mid {
                 self.linear(
@@ -1363,6 +1362,7 @@ impl GpuTrainer {
                 self.dqkv + (qd + kvd) as u64 * es,
             );
             let mut bshape = shape;
+            bshape.window = spec.layers[i].attention.window.unwrap_or(0) as usize;
             bshape.ldo = qd;
             k.attn_bwd(
                 dt,
