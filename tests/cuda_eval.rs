@@ -124,12 +124,24 @@ fn errors(
 
 #[test]
 fn gpu_eval_matches_cpu_on_every_supported_fixture() {
+    let tmp = std::env::temp_dir().join(format!("modelspec-cuda-eval-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
     if let Err(e) = modelspec::runtime::cuda::probe(0) {
+        // Without a GPU, `--device cuda` is a clean error, never a panic.
+        let o = eval(
+            &fixtures().join("gpt2"),
+            &tmp.join("nogpu.safetensors"),
+            &["--device", "cuda"],
+        );
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains("--device cuda"),
+            "{err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
         println!("skipping: no CUDA device ({e})");
         return;
     }
-    let tmp = std::env::temp_dir().join(format!("modelspec-cuda-eval-{}", std::process::id()));
-    std::fs::create_dir_all(&tmp).expect("temp dir");
     let mut dirs: Vec<PathBuf> = std::fs::read_dir(fixtures())
         .expect("fixtures")
         .filter_map(|e| e.ok().map(|e| e.path()))
