@@ -8,12 +8,17 @@
 //! - `fusible`: whether the op is a cheap pointwise op that fuses into a kernel which runs anyway
 //!   (norms, RoPE, activations, residual adds): what the `auto` policy recomputes.
 //!
-//! Recomputation cost is additive: backward needs every named tensor of the layer (each is the input
-//! of a matmul, a norm, an activation or attention backward), so an unsaved tensor is recomputed
-//! exactly once from the nearest saved tensors, at the cost of its own producing op. That makes the
-//! budget problem a 0/1 knapsack over (layer, tensor) items.
+//! - `needed`: whether any backward op reads it. A tensor consumed only by ops whose backward
+//!   needs no input (a residual add, RoPE, which is a rotation) is never saved under any policy:
+//!   `attn_out` and `mlp_out` under pre-norm (their only consumer is the residual add), the outputs
+//!   of post-norms, and `q`/`k` before RoPE when no qk-norm reads them.
+//!
+//! Recomputation cost is additive: every needed tensor is the input of a matmul, a norm, an
+//! activation or attention backward, so an unsaved needed tensor is recomputed exactly once from
+//! the nearest saved tensors, at the cost of its own producing op. That makes the budget problem a
+//! 0/1 knapsack over the needed (layer, tensor) items.
 
-use crate::ir::{Ffn, Layer, ModelSpec, Position};
+use crate::ir::{Ffn, Layer, ModelSpec, NormPlacement, Position};
 use crate::tensors::layer_tensors;
 use serde::Serialize;
 
@@ -48,6 +53,8 @@ pub struct TensorCost {
     pub flops: u64,
     /// A cheap pointwise op that fuses into a kernel that runs anyway.
     pub fusible: bool,
+    /// Some backward op reads it (else it is never saved nor recomputed).
+    pub needed: bool,
 }
 
 /// Average number of keys a query attends to under a causal mask (and sliding window).
@@ -87,6 +94,23 @@ pub fn layer_costs(
         Ffn::Moe(m) => (m.expert.hidden, m.top_k, m.experts),
     };
     let gated_act_flops = 8 * n * experts_per_token * hidden;
+    let post = matches!(
+        layer.block.placement,
+        NormPlacement::Post | NormPlacement::Sandwich
+    );
+    let rope = rope_dims > 0;
+    let qk_norm = a.qk_norm.is_some();
+    let needed = |name: &str| match name {
+        // Read by the post-norm's backward; under pre-norm only the residual add consumes them.
+        "attn_out" | "mlp_out" => post,
+        // Post-norm outputs feed the residual add alone.
+        "attn_post_norm" | "mlp_post_norm" => false,
+        // Projections are read by qk-norm backward, or by attention when nothing comes between.
+        "q" | "k" => qk_norm || !rope,
+        // Read by attention when no RoPE follows; RoPE's backward reads no input.
+        "q_normed" | "k_normed" => !rope,
+        _ => true,
+    };
     let mut out = Vec::new();
     for name in layer_tensors(layer) {
         let pointwise = |bytes: u64, flops: u64| (bytes, flops, true);
@@ -140,7 +164,29 @@ pub fn layer_costs(
             bytes,
             flops,
             fusible,
+            needed: needed(name),
         });
+    }
+    // An unneeded tensor is still recomputed when the tensor that consumes it is: fold its FLOPs
+    // into that consumer (a consumer that is the next layer's input, always saved, takes none).
+    let fold = |from: &str| -> Option<&'static str> {
+        match from {
+            "attn_out" | "attn_post_norm" if !layer.block.parallel_residual => Some("resid_mid"),
+            "q" | "q_normed" => Some("q_rope"),
+            "k" | "k_normed" => Some("k_rope"),
+            _ => None,
+        }
+    };
+    for i in 0..out.len() {
+        if out[i].needed {
+            continue;
+        }
+        if let Some(to) = fold(out[i].name) {
+            let flops = out[i].flops;
+            if let Some(target) = out.iter_mut().find(|t| t.name == to && t.needed) {
+                target.flops += flops;
+            }
+        }
     }
     out
 }

@@ -44,6 +44,8 @@ pub struct LayerPlan {
     pub saved: Vec<&'static str>,
     /// Recomputed named tensors, in forward order.
     pub recomputed: Vec<&'static str>,
+    /// Named tensors no backward op reads: neither saved nor recomputed.
+    pub unneeded: Vec<&'static str>,
     /// Bytes saved by this layer, its input included.
     pub saved_bytes: u64,
     /// Bytes of the tensors recomputed in backward (transient).
@@ -129,9 +131,12 @@ pub fn plan(
         .collect();
     let none_activation_bytes: u64 = costs
         .iter()
-        .map(|c| input_bytes + c.iter().map(|t| t.bytes).sum::<u64>())
+        .map(|c| input_bytes + c.iter().filter(|t| t.needed).map(|t| t.bytes).sum::<u64>())
         .sum();
-    let full_recompute_flops: u64 = costs.iter().flat_map(|c| c.iter().map(|t| t.flops)).sum();
+    let full_recompute_flops: u64 = costs
+        .iter()
+        .flat_map(|c| c.iter().filter(|t| t.needed).map(|t| t.flops))
+        .sum();
 
     // The per-layer policy each layer starts from, and the budget if any.
     let (budget, policy_name) = match policy {
@@ -196,6 +201,7 @@ pub fn plan(
             .enumerate()
             .filter(|(_, s)| s.is_none())
             .flat_map(|(l, _)| (0..costs[l].len()).map(move |t| (l, t)))
+            .filter(|&(l, t)| costs[l][t].needed)
             .collect();
         let weights: Vec<u64> = items.iter().map(|&(l, t)| costs[l][t].bytes).collect();
         let values: Vec<u64> = items.iter().map(|&(l, t)| costs[l][t].flops).collect();
@@ -227,12 +233,15 @@ pub fn plan(
             },
             saved: Vec::new(),
             recomputed: Vec::new(),
+            unneeded: Vec::new(),
             saved_bytes: input_bytes,
             recomputed_bytes: 0,
             recompute_flops: 0,
         };
         for (t, keep) in layer_cost.iter().zip(flags) {
-            if keep {
+            if !t.needed {
+                row.unneeded.push(t.name);
+            } else if keep {
                 row.saved.push(t.name);
                 row.saved_bytes += t.bytes;
             } else {

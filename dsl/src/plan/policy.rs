@@ -106,16 +106,19 @@ pub fn budget_name(b: &Budget) -> String {
     }
 }
 
-/// Which tensors a fixed per-layer policy saves.
+/// Which tensors a fixed per-layer policy saves (never one that no backward op reads).
 pub fn fixed_saves(p: &LayerCheckpoint, costs: &[TensorCost]) -> Vec<bool> {
     costs
         .iter()
-        .map(|t| match p {
-            LayerCheckpoint::None => true,
-            LayerCheckpoint::Full => false,
-            LayerCheckpoint::Auto => !t.fusible,
-            LayerCheckpoint::Save(names) => names.iter().any(|n| n == t.name),
-            LayerCheckpoint::Recompute(names) => !names.iter().any(|n| n == t.name),
+        .map(|t| {
+            t.needed
+                && match p {
+                    LayerCheckpoint::None => true,
+                    LayerCheckpoint::Full => false,
+                    LayerCheckpoint::Auto => !t.fusible,
+                    LayerCheckpoint::Save(names) => names.iter().any(|n| n == t.name),
+                    LayerCheckpoint::Recompute(names) => !names.iter().any(|n| n == t.name),
+                }
         })
         .collect()
 }

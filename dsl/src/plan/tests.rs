@@ -216,3 +216,50 @@ fn knapsack_matches_brute_force() {
         assert_eq!(value, best);
     }
 }
+
+#[test]
+fn tensors_no_backward_reads_are_never_saved() {
+    let none = plan_with("none").unwrap();
+    for layer in &none.layers {
+        // Pre-norm: attn_out and mlp_out only feed residual adds; learned positions: q is attention's input.
+        assert_eq!(layer.unneeded, vec!["attn_out", "mlp_out"]);
+        assert!(layer.saved.contains(&"q") && layer.saved.contains(&"resid_mid"));
+    }
+    let mut spec = gpt2();
+    for layer in &mut spec.layers {
+        layer.position = Position::Rope(Rope {
+            theta: 10000.0,
+            fraction: 1.0,
+            rotary_dims: 64,
+            style: RopeStyle::HalfSplit,
+            scaling: RopeScaling::None,
+        });
+    }
+    let p = |policy: &str| {
+        plan(
+            &spec,
+            16,
+            1024,
+            Dtype::Bf16,
+            Some(&parse_policy(policy).unwrap()),
+        )
+        .unwrap()
+    };
+    let none = p("none");
+    assert_eq!(
+        none.layers[0].unneeded,
+        vec!["q", "k", "attn_out", "mlp_out"]
+    );
+    // Recomputing q_rope and resid_mid costs the projections folded into them: full recomputes
+    // every matmul that produced a needed tensor, the unneeded q, k and o projections included.
+    let full = p("full");
+    let costs = layer_costs(&spec, &spec.layers[0], 16, 1024, Dtype::Bf16);
+    let flops = |name: &str| costs.iter().find(|t| t.name == name).map_or(0, |t| t.flops);
+    // Each op's own FLOPs once (the folded ones counted in q_rope/k_rope/resid_mid), but not the
+    // down projection, whose output (mlp_out) only feeds the next layer's saved input.
+    let own: u64 =
+        costs.iter().map(|t| t.flops).sum::<u64>() - flops("q") - flops("k") - flops("attn_out");
+    let forward = own - flops("mlp_out");
+    assert_eq!(flops("resid_mid"), 16 * 1024 * 768 + flops("attn_out"));
+    assert_eq!(full.layers[0].recompute_flops, forward);
+}
