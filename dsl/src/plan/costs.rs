@@ -168,7 +168,9 @@ pub fn layer_costs(
         });
     }
     // An unneeded tensor is still recomputed when the tensor that consumes it is: fold its FLOPs
-    // into that consumer (a consumer that is the next layer's input, always saved, takes none).
+    // (and its being a matmul) into that consumer (a consumer that is the next layer's input,
+    // always saved, takes none). So `auto` keeps q/k after RoPE and the residual after attention,
+    // whose recomputation would re-run the q/k and output projections.
     let fold = |from: &str| -> Option<&'static str> {
         match from {
             "attn_out" | "attn_post_norm" if !layer.block.parallel_residual => Some("resid_mid"),
@@ -182,9 +184,11 @@ pub fn layer_costs(
             continue;
         }
         if let Some(to) = fold(out[i].name) {
-            let flops = out[i].flops;
+            let (flops, fusible) = (out[i].flops, out[i].fusible);
             if let Some(target) = out.iter_mut().find(|t| t.name == to && t.needed) {
                 target.flops += flops;
+                // Recomputing it now re-runs a matmul too: no longer a cheap fusible op.
+                target.fusible &= fusible;
             }
         }
     }

@@ -103,6 +103,8 @@ fn auto_never_recomputes_a_matmul_or_attention() {
             );
         }
         assert!(layer.recomputed.contains(&"act"));
+        // resid_mid = input + attn_out, and attn_out is not kept: recomputing it needs the o-proj.
+        assert!(layer.saved.contains(&"resid_mid"));
     }
     let none = plan_with("none").unwrap();
     assert!(auto.activation_bytes < none.activation_bytes);
