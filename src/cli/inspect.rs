@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use modelspec_dsl::cost::{self, LayerCost};
+use modelspec_dsl::plan::human_bytes as bytes;
 use serde_json::json;
 
 use super::{load_or_report, print_stdout};
@@ -140,20 +141,4 @@ fn group(n: u64) -> String {
         out.push(c);
     }
     out
-}
-
-/// Bytes in binary units.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[unit])
-    }
 }
