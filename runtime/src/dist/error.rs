@@ -85,3 +85,26 @@ pub enum DistError {
         source: TrainError,
     },
 }
+
+impl DistError {
+    /// Checks that the `role` buffer (`input` of a reduce-scatter, `output` of an all-gather)
+    /// holds `world` chunks of `chunk` values.
+    pub(crate) fn check_chunks(
+        op: &'static str,
+        role: &str,
+        whole: usize,
+        chunk: usize,
+        world: usize,
+    ) -> Result<(), DistError> {
+        if whole == chunk * world {
+            return Ok(());
+        }
+        Err(DistError::BadBuffer {
+            op,
+            why: format!(
+                "{role} has {whole} values, {world} chunks of {chunk} need {}",
+                chunk * world
+            ),
+        })
+    }
+}

@@ -208,16 +208,7 @@ impl Communicator for LocalComm {
     fn reduce_scatter_sum(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), DistError> {
         let n = self.shared.world_size;
         let chunk = output.len();
-        if input.len() != chunk * n {
-            return Err(DistError::BadBuffer {
-                op: "reduce_scatter",
-                why: format!(
-                    "input has {} values, {n} chunks of {chunk} need {}",
-                    input.len(),
-                    chunk * n
-                ),
-            });
-        }
+        DistError::check_chunks("reduce_scatter", "input", input.len(), chunk, n)?;
         let range = self.rank * chunk..(self.rank + 1) * chunk;
         if n == 1 {
             output.copy_from_slice(input);
@@ -235,17 +226,7 @@ impl Communicator for LocalComm {
 
     fn all_gather(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), DistError> {
         let n = self.shared.world_size;
-        if output.len() != input.len() * n {
-            return Err(DistError::BadBuffer {
-                op: "all_gather",
-                why: format!(
-                    "output has {} values, {n} chunks of {} need {}",
-                    output.len(),
-                    input.len(),
-                    input.len() * n
-                ),
-            });
-        }
+        DistError::check_chunks("all_gather", "output", output.len(), input.len(), n)?;
         if n == 1 {
             output.copy_from_slice(input);
             return Ok(());

@@ -143,18 +143,8 @@ impl NcclComm {
         input: &S,
         output: &mut R,
     ) -> Result<(), DistError> {
-        if input.len() != output.len() * self.comm.world_size() {
-            return Err(DistError::BadBuffer {
-                op: "reduce_scatter",
-                why: format!(
-                    "input has {} values, {} chunks of {} need {}",
-                    input.len(),
-                    self.comm.world_size(),
-                    output.len(),
-                    output.len() * self.comm.world_size()
-                ),
-            });
-        }
+        let world = self.comm.world_size();
+        DistError::check_chunks("reduce_scatter", "input", input.len(), output.len(), world)?;
         self.comm
             .reduce_scatter(input, output, &ReduceOp::Sum)
             .map(|_| ())
@@ -167,18 +157,8 @@ impl NcclComm {
         input: &S,
         output: &mut R,
     ) -> Result<(), DistError> {
-        if output.len() != input.len() * self.comm.world_size() {
-            return Err(DistError::BadBuffer {
-                op: "all_gather",
-                why: format!(
-                    "output has {} values, {} chunks of {} need {}",
-                    output.len(),
-                    self.comm.world_size(),
-                    input.len(),
-                    input.len() * self.comm.world_size()
-                ),
-            });
-        }
+        let world = self.comm.world_size();
+        DistError::check_chunks("all_gather", "output", output.len(), input.len(), world)?;
         self.comm
             .all_gather(input, output)
             .map(|_| ())
@@ -233,17 +213,7 @@ impl Communicator for NcclComm {
 
     fn reduce_scatter_sum(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), DistError> {
         let n = self.comm.world_size();
-        if input.len() != output.len() * n {
-            return Err(DistError::BadBuffer {
-                op: "reduce_scatter",
-                why: format!(
-                    "input has {} values, {n} chunks of {} need {}",
-                    input.len(),
-                    output.len(),
-                    output.len() * n
-                ),
-            });
-        }
+        DistError::check_chunks("reduce_scatter", "input", input.len(), output.len(), n)?;
         if output.is_empty() {
             return Ok(());
         }
@@ -271,17 +241,7 @@ impl Communicator for NcclComm {
 
     fn all_gather(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), DistError> {
         let n = self.comm.world_size();
-        if output.len() != input.len() * n {
-            return Err(DistError::BadBuffer {
-                op: "all_gather",
-                why: format!(
-                    "output has {} values, {n} chunks of {} need {}",
-                    output.len(),
-                    input.len(),
-                    input.len() * n
-                ),
-            });
-        }
+        DistError::check_chunks("all_gather", "output", output.len(), input.len(), n)?;
         if input.is_empty() {
             return Ok(());
         }
