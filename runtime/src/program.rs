@@ -10,8 +10,14 @@
 //! Things that are not activations are always recomputed: norm statistics, attention probabilities
 //! (recomputed from q and k, as flash attention does), dropout masks (counter-based), routing
 //! indices (from `router_logits`).
+//!
+//! Which activations a policy keeps is decided by the checkpoint planner (`modelspec_dsl::plan`),
+//! never here: [`LayerProgram::save_set`] asks `plan::fixed_saves` over the layer's tensor costs,
+//! so `auto` and every other policy keep on the CPU exactly the tensors `modelspec plan` lists as
+//! saved.
 
 use modelspec_dsl::ir::{Ffn, Layer, LayerCheckpoint, ModelSpec, NormPlacement, Position};
+use modelspec_dsl::plan::{self, Dtype, TensorCost};
 use modelspec_dsl::tensors::layer_tensors;
 
 use crate::error::{Error, Result};
@@ -152,7 +158,7 @@ impl Act {
     }
 }
 
-/// What kind of work a node does (for `auto` and the planner's cost model).
+/// What kind of work a node does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum OpKind {
     /// A norm (row statistics and a pointwise map).
@@ -173,13 +179,6 @@ pub enum OpKind {
     Dispatch,
     /// Routed + shared expert combination (weighted sum).
     Combine,
-}
-
-impl OpKind {
-    /// Cheap and fusible: what `auto` recomputes (never a matmul or attention).
-    pub fn is_cheap(self) -> bool {
-        !matches!(self, OpKind::Matmul | OpKind::Attention)
-    }
 }
 
 /// One op of a layer: computes `output` from `inputs`.
@@ -214,11 +213,14 @@ pub struct LayerProgram {
     pub mlp_branch: Act,
     /// Whether the block is parallel-residual.
     pub parallel: bool,
+    /// The planner's view of the layer's public tensors, in forward order (sizes at one token;
+    /// only the names and the `needed` / `fusible` flags matter to [`LayerProgram::save_set`]).
+    pub costs: Vec<TensorCost>,
 }
 
 impl LayerProgram {
-    /// Lowers one layer.
-    pub fn lower(layer: &Layer) -> LayerProgram {
+    /// Lowers one layer of `spec`.
+    pub fn lower(spec: &ModelSpec, layer: &Layer) -> LayerProgram {
         let block = &layer.block;
         let pre = matches!(
             block.placement,
@@ -353,6 +355,7 @@ impl LayerProgram {
             mlp_in,
             mlp_branch,
             parallel,
+            costs: plan::layer_costs(spec, layer, 1, 1, Dtype::F32),
         }
     }
 
@@ -371,40 +374,30 @@ impl LayerProgram {
             .collect()
     }
 
-    /// Which activations are kept after forward under `policy` (indexed by `Act as usize`).
-    /// `input` is always kept. Errors when a clause names a tensor this layer lacks.
+    /// Which activations are kept after forward under `policy` (indexed by `Act as usize`):
+    /// `input`, and what the planner saves under `policy` (`plan::fixed_saves`; a private
+    /// activation follows its owner). Errors when a clause names a tensor this layer lacks.
     pub fn save_set(&self, policy: &LayerCheckpoint) -> Result<[bool; N_ACTS]> {
+        let names = self.tensor_names();
+        if let LayerCheckpoint::Save(list) | LayerCheckpoint::Recompute(list) = policy
+            && let Some(bad) = list.iter().find(|n| !names.contains(&n.as_str()))
+        {
+            return Err(Error::UnknownTensor {
+                layer: self.index,
+                name: bad.clone(),
+                known: names.join(", "),
+            });
+        }
+        let saves = plan::fixed_saves(policy, &self.costs);
         let mut keep = [false; N_ACTS];
         keep[Act::Input as usize] = true;
-        let names = self.tensor_names();
-        let check = |list: &[String]| -> Result<()> {
-            for n in list {
-                if !names.contains(&n.as_str()) {
-                    return Err(Error::UnknownTensor {
-                        layer: self.index,
-                        name: n.clone(),
-                        known: names.join(", "),
-                    });
-                }
-            }
-            Ok(())
-        };
         for node in &self.nodes {
-            let a = node.output;
-            let owner_name = a.owner().name();
-            keep[a as usize] = match policy {
-                LayerCheckpoint::None => true,
-                LayerCheckpoint::Full => false,
-                LayerCheckpoint::Save(list) => {
-                    check(list)?;
-                    list.iter().any(|n| n == owner_name)
-                }
-                LayerCheckpoint::Recompute(list) => {
-                    check(list)?;
-                    !list.iter().any(|n| n == owner_name)
-                }
-                LayerCheckpoint::Auto => !node.op.is_cheap(),
-            };
+            let owner = node.output.owner().name();
+            keep[node.output as usize] = self
+                .costs
+                .iter()
+                .zip(&saves)
+                .any(|(t, &saved)| saved && t.name == owner);
         }
         Ok(keep)
     }
@@ -422,7 +415,7 @@ impl Program {
     pub fn lower(spec: &ModelSpec) -> Result<Program> {
         let mut layers = Vec::with_capacity(spec.layers.len());
         for layer in &spec.layers {
-            let lp = LayerProgram::lower(layer);
+            let lp = LayerProgram::lower(spec, layer);
             let want = layer_tensors(layer);
             if lp.tensor_names() != want {
                 return Err(Error::BadSpec(format!(

@@ -190,26 +190,68 @@ fn sandwich_every_policy_is_bit_identical() {
     check_spec("sandwich", &sandwich());
 }
 
+/// The names a save set keeps, in forward order (the layer input aside).
+fn kept_names(lp: &modelspec_runtime::program::LayerProgram, keep: &[bool]) -> Vec<&'static str> {
+    lp.nodes
+        .iter()
+        .filter(|n| n.output.owner() == n.output && keep[n.output as usize])
+        .map(|n| n.output.name())
+        .collect()
+}
+
 #[test]
-fn program_names_match_the_ir_and_policies_save_what_they_say() {
-    for spec in [dense(), moe_spec(), parallel(), sandwich()] {
-        let program = Program::lower(&spec).unwrap();
-        for (lp, layer) in program.layers.iter().zip(&spec.layers) {
-            assert_eq!(lp.tensor_names(), layer_tensors(layer));
-            let none = lp.save_set(&LayerCheckpoint::None).unwrap();
-            let full = lp.save_set(&LayerCheckpoint::Full).unwrap();
-            let auto = lp.save_set(&LayerCheckpoint::Auto).unwrap();
-            assert!(full[Act::Input as usize] && none[Act::Input as usize]);
-            for node in &lp.nodes {
-                let i = node.output as usize;
-                assert!(none[i]);
-                assert!(!full[i]);
-                assert_eq!(auto[i], !node.op.is_cheap(), "{}", node.output.name());
+fn program_names_match_the_ir_and_policies_save_what_the_planner_says() {
+    let policies = [
+        LayerCheckpoint::None,
+        LayerCheckpoint::Full,
+        LayerCheckpoint::Auto,
+        LayerCheckpoint::Save(vec!["q".into(), "attn".into()]),
+        LayerCheckpoint::Recompute(vec!["attn".into(), "act".into()]),
+    ];
+    let mut specs = vec![dense(), moe_spec(), parallel(), sandwich()];
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../specs");
+    for entry in std::fs::read_dir(&dir).expect("specs/") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "mspec") {
+            let text = std::fs::read_to_string(&path).expect("read spec");
+            let file = path.display().to_string();
+            specs.push(modelspec_dsl::mspec::parse(&text, &file).expect("spec is valid"));
+        }
+    }
+    assert!(specs.len() > 10, "the specs directory was read");
+    for spec in &specs {
+        let program = Program::lower(spec).unwrap();
+        for policy in &policies {
+            let planned = modelspec_dsl::plan::plan(
+                spec,
+                1,
+                8,
+                modelspec_dsl::plan::Dtype::F32,
+                Some(&modelspec_dsl::plan::PolicyOverride::Layer(policy.clone())),
+            );
+            for (i, (lp, layer)) in program.layers.iter().zip(&spec.layers).enumerate() {
+                assert_eq!(lp.tensor_names(), layer_tensors(layer));
+                let keep = lp
+                    .save_set(policy)
+                    .unwrap_or_else(|e| panic!("{}: {e}", spec.name));
+                assert!(keep[Act::Input as usize]);
+                let planned = planned.as_ref().expect("plan");
+                assert_eq!(
+                    kept_names(lp, &keep),
+                    planned.layers[i].saved,
+                    "{} layer {i} under {policy:?}",
+                    spec.name
+                );
+                if *policy == LayerCheckpoint::Full {
+                    assert!(kept_names(lp, &keep).is_empty());
+                }
             }
+        }
+        for lp in &program.layers {
             let save = lp
-                .save_set(&LayerCheckpoint::Save(vec!["q".into()]))
+                .save_set(&LayerCheckpoint::Save(vec!["attn".into()]))
                 .unwrap();
-            assert!(save[Act::Q as usize] && !save[Act::K as usize]);
+            assert!(save[Act::Attn as usize] && !save[Act::V as usize]);
             assert!(matches!(
                 lp.save_set(&LayerCheckpoint::Recompute(vec!["zz".into()])),
                 Err(Error::UnknownTensor { .. })

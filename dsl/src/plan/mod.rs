@@ -26,7 +26,7 @@ mod policy;
 mod report;
 
 pub use costs::{Dtype, TensorCost, layer_costs, mean_keys};
-pub use policy::{PolicyOverride, parse_budget, parse_policy};
+pub use policy::{PolicyOverride, fixed_saves, parse_budget, parse_policy};
 pub use report::{CurvePoint, curve, human_bytes, human_flops, render_table};
 
 use crate::ir::{Budget, LayerCheckpoint, ModelSpec};
