@@ -22,6 +22,8 @@ fn kernel_library_compiles_with_nvrtc() {
     assert!(!cached);
     for name in [
         "norm_fwd_bf16",
+        "copy2d_bf16",
+        "copy2d_f32",
         "norm_bwd_f32",
         "rope_bf16",
         "act_fwd_f32",

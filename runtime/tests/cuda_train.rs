@@ -6,7 +6,7 @@
 
 use modelspec_dsl::load::{Format, load_str};
 use modelspec_runtime::Params;
-use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer};
+use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer, LayerSaves};
 use modelspec_runtime::exec::{Executor, Policy};
 
 const LLAMA_LIKE: &str = "model t_llama {
@@ -27,7 +27,69 @@ const GPT2_LIKE: &str = "model t_gpt2 {
     mlp gelu_tanh(hidden = 512, bias = true)
 }";
 
+/// Parallel residual, two norms (GPT-NeoX / Pythia), partial RoPE.
+const NEOX_LIKE: &str = "model t_neox {
+    vocab 150   d_model 96   layers 2   context 64
+    norm layer(eps = 1e-5)
+    parallel_residual
+    attention { heads 3  head_dim 32  bias }
+    position rope(theta = 10000, fraction = 0.25)
+    mlp gelu(hidden = 192, bias = true)
+}";
+
+/// Parallel residual with one shared norm (Phi-2 / Falcon), lm_head bias; q and k widths (60,
+/// 20) and the MLP width (90) not multiples of 8, so the fused q/k/v and gate/up biases must be
+/// adjacent without padding.
+const PHI_LIKE: &str = "model t_phi {
+    vocab 150   d_model 96   layers 2   context 64
+    norm layer(eps = 1e-5)
+    parallel_residual  shared_norm
+    attention { heads 3  kv_heads 1  head_dim 20  bias }
+    position rope(theta = 10000, fraction = 0.5)
+    mlp geglu_tanh(hidden = 90, bias = true)
+    logits { bias }
+}";
+
+/// Post-norm (OLMo-2) with qk-norm over the whole projections.
+const OLMO_LIKE: &str = "model t_olmo {
+    vocab 150   d_model 96   layers 2   context 64
+    norm rms(eps = 1e-6)   placement post
+    attention {
+        heads 3  head_dim 32
+        qk_norm(rms(eps = 1e-6), scope = full)
+    }
+    position rope(theta = 500000)
+    mlp swiglu(hidden = 160)
+}";
+
+/// Sandwich norms with offset, per-head qk-norm, local/global layers with their own RoPE and
+/// window (Gemma-3).
+const GEMMA3_LIKE: &str = "model t_gemma3 {
+    vocab 150   d_model 96   layers 3   context 64
+    embedding { tied, scale = sqrt(d_model) }
+    norm rms(eps = 1e-6, offset = 1)   placement sandwich
+    attention {
+        heads 4  kv_heads 2  head_dim 32
+        qk_norm rms(eps = 1e-6, offset = 1)
+        window 7
+    }
+    position rope(theta = 100)
+    mlp geglu_tanh(hidden = 160)
+    layers[1] {
+        attention.window none
+        position rope(theta = 10000)
+    }
+}";
+
 fn compare(src: &str, dt: Dtype, tol: f64) {
+    compare_with(src, dt, tol, false)
+}
+
+/// As `compare`; with `full`, the GPU keeps only each layer's input and recomputes the rest.
+fn compare_with(src: &str, dt: Dtype, tol: f64, full: bool) {
+    // Checked everywhere, GPU or not: the spec is valid and the GPU trainer takes it.
+    let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
+    assert_eq!(GpuTrainer::unsupported_feature(&spec), None, "{}", spec.name);
     let gpu = match Gpu::new(0) {
         Ok(g) => g,
         Err(e) => {
@@ -35,7 +97,6 @@ fn compare(src: &str, dt: Dtype, tol: f64) {
             return;
         }
     };
-    let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
     let (batch, seq) = (2, 48);
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -56,7 +117,12 @@ fn compare(src: &str, dt: Dtype, tol: f64) {
         .unwrap()
         .loss_and_grads(&params, &tokens, batch, &Policy::FromSpec)
         .unwrap();
-    let mut tr = GpuTrainer::new(&gpu, &spec, dt, batch, seq, 0).unwrap();
+    let saves = if full {
+        vec![LayerSaves::INPUT_ONLY; spec.layers.len()]
+    } else {
+        Vec::new()
+    };
+    let mut tr = GpuTrainer::with_checkpoint(&gpu, &spec, dt, batch, seq, 0, &saves).unwrap();
     tr.set_params(&params).unwrap();
     tr.set_batch(&tokens, None).unwrap();
     tr.step().unwrap();
@@ -128,4 +194,32 @@ fn gpu_step_matches_cpu_llama_like_bf16() {
 #[test]
 fn gpu_step_matches_cpu_gpt2_like_bf16() {
     compare(GPT2_LIKE, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+fn gpu_step_matches_cpu_parallel_residual_f32() {
+    compare(NEOX_LIKE, Dtype::F32, 1e-4);
+    compare_with(NEOX_LIKE, Dtype::F32, 1e-4, true);
+    compare(NEOX_LIKE, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+fn gpu_step_matches_cpu_parallel_shared_norm_f32() {
+    compare(PHI_LIKE, Dtype::F32, 1e-4);
+    compare_with(PHI_LIKE, Dtype::F32, 1e-4, true);
+    compare(PHI_LIKE, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+fn gpu_step_matches_cpu_post_norm_qk_norm_full_f32() {
+    compare(OLMO_LIKE, Dtype::F32, 1e-4);
+    compare_with(OLMO_LIKE, Dtype::F32, 1e-4, true);
+    compare(OLMO_LIKE, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+fn gpu_step_matches_cpu_sandwich_qk_norm_per_layer_rope_f32() {
+    compare(GEMMA3_LIKE, Dtype::F32, 1e-4);
+    compare_with(GEMMA3_LIKE, Dtype::F32, 1e-4, true);
+    compare(GEMMA3_LIKE, Dtype::Bf16, 5e-2);
 }

@@ -35,7 +35,7 @@ pub fn run(
 ) -> Result<CudaEval> {
     if let Some(feature) = GpuTrainer::unsupported_feature(spec) {
         bail!(
-            "--device cuda: `{}` uses {feature}, which the GPU path does not support yet (it covers uniform pre-norm dense GPT-2/Llama-style specs); use --device cpu",
+            "--device cuda: `{}` uses {feature}, which the GPU path does not support yet (it covers dense specs whose layers share one block structure: pre, post or sandwich norms, parallel residual, qk-norm, RoPE or learned positions); use --device cpu",
             spec.name
         );
     }

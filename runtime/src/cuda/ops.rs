@@ -514,6 +514,30 @@ impl Kernels {
         )
     }
 
+    /// `copy2d_{dtype}`: dst[n, j] = src[n, j] for `rows` rows of `width` elements, row strides
+    /// `ldd` and `lds` (elements).
+    #[allow(clippy::too_many_arguments)]
+    pub fn copy2d(
+        &self,
+        dt: Dtype,
+        dst: DevPtr,
+        ldd: usize,
+        src: DevPtr,
+        lds: usize,
+        rows: usize,
+        width: usize,
+    ) -> Result<()> {
+        let (ldd_, lds_, n_, w_) = (ldd as i32, lds as i32, rows as i32, width as i32);
+        let name = format!("copy2d_{}", dt.suffix());
+        self.go(
+            &name,
+            (blocks(rows * width, BLOCK), 1, 1),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![dst, ldd_, src, lds_, n_, w_],
+        )
+    }
+
     /// `add_{dtype}`: out = a + b over n elements.
     pub fn add(&self, dt: Dtype, out: DevPtr, a: DevPtr, b: DevPtr, n: usize) -> Result<()> {
         let name = format!("add_{}", dt.suffix());

@@ -1,6 +1,8 @@
-//! A training step on the GPU for dense decoder specs (pre-norm, sequential residual: GPT-2 and
-//! Llama style): forward, fused classifier + cross-entropy, backward and one fused AdamW launch,
-//! all on one stream.
+//! A training step on the GPU for dense decoder specs whose layers share one block structure:
+//! pre-, post- or sandwich norms, sequential or parallel residual (one shared norm or two),
+//! qk-norm per head or over the whole projection, RoPE (per-layer tables) or learned positions,
+//! per-layer sliding windows. Forward, fused classifier + cross-entropy, backward and one fused
+//! AdamW launch, all on one stream.
 //!
 //! Parameters live in four arenas with one layout: f32 master weights, the working copy in the
 //! compute dtype (bf16, or f32 for parity), f32 gradients, and AdamW's m and v. Matrices come first
@@ -18,7 +20,7 @@ use super::gemm::{Gemm, RowMajorGemm};
 use super::gpu::{DevPtr, Dtype, Gpu, GpuBuf};
 use super::ops::{Act, AttnShape, Kernels, NormKind};
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Ffn, MlpKind, NormPlacement, Position, RopeStyle};
+use modelspec_dsl::ir::{Ffn, MlpKind, NormPlacement, Position, QkNormScope, RopeStyle};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -57,8 +59,9 @@ impl Default for AdamW {
 /// Mapping from the planner's named tensors ([`modelspec_dsl::tensors::layer_tensors`]): the
 /// trainer materialises a few of them as one buffer, so a buffer is kept when the plan saves any of
 /// its tensors:
-/// `attn_norm` -> `attn_norm` (+ its f32 statistics); `qkv` -> `q`, `k`, `v`, `q_rope`, `k_rope`
-/// (one `[q; k; v]` buffer, RoPE applied in place); `attn` -> `attn` (+ the f32 log-sum-exp);
+/// `attn_norm` -> `attn_norm` (+ its f32 statistics); `qkv` -> `q`, `k`, `v`, `q_normed`,
+/// `k_normed`, `q_rope`, `k_rope` (one `[q; k; v]` buffer, qk-norm and RoPE applied in place; the
+/// qk-norms' inputs are kept besides, as are the post-norms' inputs); `attn` -> `attn` (+ the f32 log-sum-exp);
 /// `resid_mid` -> `resid_mid` or `attn_out` (the trainer folds the output projection into the
 /// residual add and keeps the sum, of the same size); `mlp_norm` -> `mlp_norm`; `mlp_in` ->
 /// `gate`, `up` (one buffer); `act` -> `act`. `mlp_out` is never kept: it is folded into the next
@@ -108,7 +111,7 @@ impl LayerSaves {
         let any = |names: &[&str]| names.iter().any(|n| saved.contains(n));
         LayerSaves {
             attn_norm: any(&["attn_norm"]),
-            qkv: any(&["q", "k", "v", "q_rope", "k_rope"]),
+            qkv: any(&["q", "k", "v", "q_normed", "k_normed", "q_rope", "k_rope"]),
             attn: any(&["attn"]),
             resid_mid: any(&["resid_mid", "attn_out"]),
             mlp_norm: any(&["mlp_norm"]),
@@ -141,6 +144,62 @@ struct Layer {
     mean2: DevPtr,
     h: DevPtr,
     act: DevPtr,
+    /// qk-norm (else 0): q and k as projected (contiguous `[n, qd]`, `[n, kvd]`), the norms'
+    /// inputs, and their f32 statistics.
+    qraw: DevPtr,
+    kraw: DevPtr,
+    qrstd: DevPtr,
+    qmean: DevPtr,
+    krstd: DevPtr,
+    kmean: DevPtr,
+    /// Post/sandwich norms (else 0): the branch outputs before their post-norm, and statistics.
+    pa_in: DevPtr,
+    pa_rstd: DevPtr,
+    pa_mean: DevPtr,
+    pm_in: DevPtr,
+    pm_rstd: DevPtr,
+    pm_mean: DevPtr,
+}
+
+/// The block structure every layer shares (checked uniform by `unsupported_feature`).
+#[derive(Debug, Clone, Copy)]
+struct Feat {
+    /// Norms before attention and MLP (pre-norm, sandwich).
+    pre: bool,
+    /// Norms on the branch outputs before the residual add (post-norm, sandwich).
+    post: bool,
+    /// Attention and MLP both read the layer input; the output adds both branches.
+    parallel: bool,
+    /// With `parallel`: one norm feeds both branches.
+    shared_norm: bool,
+    /// qk-norm: `Some(per_head)`.
+    qk_norm: Option<bool>,
+}
+
+impl Feat {
+    fn new(spec: &ModelSpec) -> Feat {
+        let Some(l) = spec.layers.first() else {
+            return Feat {
+                pre: true,
+                post: false,
+                parallel: false,
+                shared_norm: false,
+                qk_norm: None,
+            };
+        };
+        let b = &l.block;
+        Feat {
+            pre: matches!(b.placement, NormPlacement::Pre | NormPlacement::Sandwich),
+            post: matches!(b.placement, NormPlacement::Post | NormPlacement::Sandwich),
+            parallel: b.parallel_residual,
+            shared_norm: b.parallel_residual && b.shared_norm,
+            qk_norm: l
+                .attention
+                .qk_norm
+                .as_ref()
+                .map(|q| q.scope == QkNormScope::Head),
+        }
+    }
 }
 
 /// The sizes the trainer's buffers derive from.
@@ -151,11 +210,14 @@ struct Dims {
     n: usize,
     c: usize,
     heads: usize,
+    kvh: usize,
     width: usize,
     qd: usize,
+    kvd: usize,
     hidden: usize,
     hw: usize,
     nl: usize,
+    feat: Feat,
     es: usize,
     vp: usize,
     chunk: usize,
@@ -192,11 +254,14 @@ impl Dims {
             n,
             c,
             heads,
+            kvh,
             width: (heads + 2 * kvh) * hd,
             qd: heads * hd,
+            kvd: kvh * hd,
             hidden,
             hw,
             nl: spec.layers.len(),
+            feat: Feat::new(spec),
             es,
             vp,
             chunk: ((512usize << 20) / (vp.max(1) * es)).clamp(64, n.max(64)),
@@ -224,6 +289,11 @@ struct Layout {
     logits: DevPtr,
     dq_acc: DevPtr,
     delta: DevPtr,
+    /// Post-norm backward scratch: the gradient of a branch output before its post-norm.
+    d_post: DevPtr,
+    /// qk-norm scratch, `[n, qd]` each (0 without qk-norm).
+    qk_a: DevPtr,
+    qk_b: DevPtr,
     /// Bytes kept from forward to backward by the layers (their inputs and saved buffers).
     saved_bytes: usize,
     /// Bytes of the shared buffers that recomputed tensors go to.
@@ -282,10 +352,36 @@ fn layout(d: &Dims, saves: &[LayerSaves], base: DevPtr) -> Layout {
             s.act,
         ]
     };
+    // Per layer besides: qk-norm's inputs and the post-norms' inputs (always kept: small next to
+    // the rest, and their recomputation would re-run a projection).
+    let f = d.feat;
+    let (q_rows, k_rows) = match f.qk_norm {
+        Some(true) => (n * d.heads, n * d.kvh),
+        _ => (n, n),
+    };
+    let mut extras: Vec<[DevPtr; 12]> = Vec::new();
     for i in 0..d.nl {
         let resid = if i == 0 { emb } else { b.take(n * c * es) };
         let s = saves.get(i).copied().unwrap_or(LayerSaves::ALL);
         slots.push((resid, group(&mut b, keep(&s))));
+        let mut e = [0 as DevPtr; 12];
+        if f.qk_norm.is_some() {
+            e[0] = b.take(n * d.qd * es);
+            e[1] = b.take(n * d.kvd * es);
+            e[2] = b.take(q_rows * 4);
+            e[3] = b.take(q_rows * 4);
+            e[4] = b.take(k_rows * 4);
+            e[5] = b.take(k_rows * 4);
+        }
+        if f.post {
+            e[6] = b.take(n * c * es);
+            e[7] = b.take(n * 4);
+            e[8] = b.take(n * 4);
+            e[9] = b.take(n * c * es);
+            e[10] = b.take(n * 4);
+            e[11] = b.take(n * 4);
+        }
+        extras.push(e);
     }
     let saved_bytes = b.used();
     // One shared set for whatever some layer recomputes.
@@ -306,8 +402,21 @@ fn layout(d: &Dims, saves: &[LayerSaves], base: DevPtr) -> Layout {
             let s = saves.get(i).copied().unwrap_or(LayerSaves::ALL);
             let k = keep(&s);
             let pick = |j: usize, g: usize| if k[g] { own[j] } else { shared[j] };
+            let e = extras[i];
             Layer {
                 saves: s,
+                qraw: e[0],
+                kraw: e[1],
+                qrstd: e[2],
+                qmean: e[3],
+                krstd: e[4],
+                kmean: e[5],
+                pa_in: e[6],
+                pa_rstd: e[7],
+                pa_mean: e[8],
+                pm_in: e[9],
+                pm_rstd: e[10],
+                pm_mean: e[11],
                 resid: *resid,
                 ln1: pick(0, 0),
                 rstd1: pick(1, 0),
@@ -344,6 +453,12 @@ fn layout(d: &Dims, saves: &[LayerSaves], base: DevPtr) -> Layout {
     );
     let dq_acc = take(n * d.qd * 4);
     let delta = take(lse_elems * 4);
+    let d_post = if f.post { take(n * c * es) } else { 0 };
+    let (qk_a, qk_b) = if f.qk_norm.is_some() {
+        (take(n * d.qd * es), take(n * d.qd * es))
+    } else {
+        (0, 0)
+    };
     Layout {
         layers,
         emb,
@@ -363,6 +478,9 @@ fn layout(d: &Dims, saves: &[LayerSaves], base: DevPtr) -> Layout {
         logits,
         dq_acc,
         delta,
+        d_post,
+        qk_a,
+        qk_b,
         saved_bytes,
         recompute_bytes,
         total_bytes: b.used(),
@@ -403,27 +521,14 @@ pub struct GpuTrainer {
     adam_m: GpuBuf<f32>,
     adam_v: GpuBuf<f32>,
     _acts: GpuBuf<u8>,
-    layers: Vec<Layer>,
-    emb: DevPtr,
-    resid_final: DevPtr,
-    lnf: DevPtr,
-    rstdf: DevPtr,
-    meanf: DevPtr,
-    tmp: DevPtr,
-    dlnf: DevPtr,
-    g_a: DevPtr,
-    g_b: DevPtr,
-    d_ln: DevPtr,
-    d_act: DevPtr,
-    dh: DevPtr,
-    dqkv: DevPtr,
-    d_atty: DevPtr,
-    logits: DevPtr,
+    /// Where every activation and scratch buffer lives in `_acts`.
+    buf: Layout,
     chunk: usize,
-    dq_acc: DevPtr,
-    delta: DevPtr,
     loss_rows: GpuBuf<f32>,
-    rope: Option<(GpuBuf<f32>, GpuBuf<f32>, usize, bool)>,
+    /// The distinct RoPE tables (cos, sin `[seq, rot/2]`, rot, interleaved) ...
+    ropes: Vec<(GpuBuf<f32>, GpuBuf<f32>, usize, bool)>,
+    /// ... and which one each layer uses (`None`: no RoPE).
+    rope_of: Vec<Option<usize>>,
     tokens: GpuBuf<i32>,
     targets: GpuBuf<i32>,
     valid_targets: usize,
@@ -462,19 +567,13 @@ impl GpuTrainer {
         let Some(l0) = spec.layers.first() else {
             return Some("a spec without layers".into());
         };
+        if spec.final_norm.is_none() {
+            return Some("a spec without a final norm".into());
+        }
         for l in &spec.layers {
             let i = l.index;
             let a = &l.attention;
-            let why = if l.block.placement != NormPlacement::Pre {
-                format!(
-                    "norm placement {:?} (layer {i}; only pre-norm)",
-                    l.block.placement
-                )
-            } else if l.block.parallel_residual {
-                format!("parallel residual (layer {i})")
-            } else if a.qk_norm.is_some() {
-                format!("qk-norm (layer {i})")
-            } else if matches!(l.ffn, Ffn::Moe(_)) {
+            let why = if matches!(l.ffn, Ffn::Moe(_)) {
                 format!("mixture-of-experts MLP (layer {i})")
             } else if !matches!(
                 l.position,
@@ -488,12 +587,12 @@ impl GpuTrainer {
                 format!("per-layer attention sizes (layer {i} differs from layer 0)")
             } else if a.softcap != l0.attention.softcap || a.scale != l0.attention.scale {
                 format!("per-layer attention softcap/scale (layer {i} differs from layer 0)")
-            } else if l.position != l0.position {
-                format!("per-layer position encoding (layer {i} differs from layer 0)")
+            } else if a.qk_norm != l0.attention.qk_norm {
+                format!("per-layer qk-norm (layer {i} differs from layer 0)")
             } else if l.ffn != l0.ffn {
                 format!("per-layer MLP (layer {i} differs from layer 0)")
-            } else if l.block.norm != l0.block.norm {
-                format!("per-layer norm (layer {i} differs from layer 0)")
+            } else if l.block != l0.block {
+                format!("per-layer block structure or norm (layer {i} differs from layer 0)")
             } else {
                 continue;
             };
@@ -516,7 +615,7 @@ impl GpuTrainer {
     ) -> Result<GpuTrainer> {
         if let Some(why) = Self::unsupported_feature(spec) {
             return Err(unsupported(format!(
-                "unsupported: {why}; the GPU trainer covers uniform pre-norm dense GPT-2/Llama-style specs"
+                "unsupported: {why}; the GPU trainer covers dense specs whose layers share one block structure"
             )));
         }
         if !saves.is_empty() && saves.len() != spec.layers.len() {
@@ -563,7 +662,12 @@ impl GpuTrainer {
                     -1.0
                 };
                 init.push((total, n, kind));
-                total += n.div_ceil(8) * 8; // 16-byte aligned bf16 views
+                // 16-byte aligned bf16 views, except inside a fused group: q/k/v (and gate/up)
+                // weights and biases must be exactly adjacent to act as one matrix and one bias.
+                let fused_with_next = ["attn.q.", "attn.k.", "mlp.gate."]
+                    .iter()
+                    .any(|m| p.name.contains(m));
+                total += if fused_with_next { n } else { n.div_ceil(8) * 8 };
             }
         }
         let mut host = vec![0f32; total];
@@ -609,18 +713,30 @@ impl GpuTrainer {
         let acts = gpu.zeros::<u8>(sizing.total_bytes)?;
         bytes += sizing.total_bytes;
         let lay = layout(&dims, saves, acts.ptr());
-        let rope = match &l0.position {
-            Position::Rope(r) => {
-                let (cs, sn) = super::rope::tables(r, seq);
-                Some((
-                    gpu.upload(&cs)?,
-                    gpu.upload(&sn)?,
-                    r.rotary_dims as usize,
-                    r.style == RopeStyle::Interleaved,
-                ))
-            }
-            _ => None,
-        };
+        // One table pair per distinct RoPE (Gemma-3's local and global layers differ).
+        let mut ropes = Vec::new();
+        let mut rope_of = Vec::with_capacity(spec.layers.len());
+        let mut seen: Vec<&modelspec_dsl::ir::Rope> = Vec::new();
+        for l in &spec.layers {
+            rope_of.push(match &l.position {
+                Position::Rope(r) => Some(match seen.iter().position(|s| *s == r) {
+                    Some(j) => j,
+                    None => {
+                        let (cs, sn) = super::rope::tables(r, seq);
+                        ropes.push((
+                            gpu.upload(&cs)?,
+                            gpu.upload(&sn)?,
+                            r.rotary_dims as usize,
+                            r.style == RopeStyle::Interleaved,
+                        ));
+                        seen.push(r);
+                        ropes.len() - 1
+                    }
+                }),
+                _ => None,
+            });
+        }
+        let (saved_bytes, recompute_bytes) = (lay.saved_bytes, lay.recompute_bytes);
         let loss_rows = gpu.zeros::<f32>(n)?;
         let tokens = gpu.zeros::<i32>(n)?;
         let targets = gpu.zeros::<i32>(n)?;
@@ -641,34 +757,18 @@ impl GpuTrainer {
             adam_m,
             adam_v,
             _acts: acts,
-            layers: lay.layers,
-            emb: lay.emb,
-            resid_final: lay.resid_final,
-            lnf: lay.lnf,
-            rstdf: lay.rstdf,
-            meanf: lay.meanf,
-            tmp: lay.tmp,
-            dlnf: lay.dlnf,
-            g_a: lay.g_a,
-            g_b: lay.g_b,
-            d_ln: lay.d_ln,
-            d_act: lay.d_act,
-            dh: lay.dh,
-            dqkv: lay.dqkv,
-            d_atty: lay.d_atty,
-            logits: lay.logits,
+            buf: lay,
             chunk: dims.chunk,
-            dq_acc: lay.dq_acc,
-            delta: lay.delta,
             loss_rows,
-            rope,
+            ropes,
+            rope_of,
             tokens,
             targets,
             valid_targets: n,
             step: 0,
             bytes,
-            saved_bytes: lay.saved_bytes,
-            recompute_bytes: lay.recompute_bytes,
+            saved_bytes,
+            recompute_bytes,
             adamw: AdamW::default(),
         })
     }
@@ -914,6 +1014,13 @@ impl GpuTrainer {
             NormKind::Rms
         };
         let (eps, off) = (norm.eps as f32, norm.offset as f32);
+        let fnorm = spec.final_norm.unwrap_or(norm);
+        let nkf = if fnorm.kind == modelspec_dsl::ir::NormKind::Layer {
+            NormKind::Layer
+        } else {
+            NormKind::Rms
+        };
+        let (epsf, offf) = (fnorm.eps as f32, fnorm.offset as f32);
         let n = self.batch * self.seq;
         let (vocab, vp) = (spec.vocab as usize, spec.vocab_padded as usize);
         let mut shape = AttnShape::dense(self.batch, self.seq, heads, kvh, hd);
@@ -937,7 +1044,7 @@ impl GpuTrainer {
         let wpe = self.wo("pos_embed.weight");
         k.embed_fwd(
             dt,
-            self.emb,
+            self.buf.emb,
             self.tokens.ptr(),
             self.w("embed.weight")?,
             wpe,
@@ -947,8 +1054,44 @@ impl GpuTrainer {
             spec.embedding.scale as f32,
         )?;
         // One layer's forward; with `recompute`, only what the layer did not keep, from its input.
+        //
+        // Data flow (`tmp` carries a branch's output to the add that consumes it):
+        //   x = stream + tmp (previous layer's last branch; fused into the attention norm when
+        //   pre-norm) -> attn_in = norm(x) or x -> qkv (-> qk-norm -> RoPE) -> attention -> o-proj
+        //   (-> post-norm) = tmp -> resid_mid = x + tmp (fused into the MLP norm when sequential
+        //   pre-norm) -> mlp_in = norm(resid_mid) | resid_mid | (parallel) norm(x) | ln1 | x ->
+        //   gate/up -> act -> down (-> post-norm) = tmp; the next layer (or the final norm) adds
+        //   tmp to resid_mid.
+        let f = Feat::new(spec);
+        let (qn_rows, qn_w, kn_rows, kn_w) = match f.qk_norm {
+            Some(true) => (n * heads, hd, n * kvh, hd),
+            _ => (n, qd, n, kvd),
+        };
+        let (qk_kind, qk_eps, qk_off) = match &a.qk_norm {
+            Some(q) if q.norm.kind == modelspec_dsl::ir::NormKind::Layer => {
+                (NormKind::Layer, q.norm.eps as f32, q.norm.offset as f32)
+            }
+            Some(q) => (NormKind::Rms, q.norm.eps as f32, q.norm.offset as f32),
+            None => (NormKind::Rms, 0.0, 0.0),
+        };
+        // The two qk-norms: (column of the fused buffer, saved input, rows, width, rstd, mean,
+        // parameter prefix, columns).
+        let qk_parts = |lay: &Layer| {
+            [
+                (0, lay.qraw, qn_rows, qn_w, lay.qrstd, lay.qmean, "attn.q_norm", qd),
+                (qd, lay.kraw, kn_rows, kn_w, lay.krstd, lay.kmean, "attn.k_norm", kvd),
+            ]
+        };
+        let rope_at = |i: usize| self.rope_of[i].map(|j| &self.ropes[j]);
+        let attn_input = |lay: &Layer| if f.pre { lay.ln1 } else { lay.resid };
+        let mlp_input = |lay: &Layer| match (f.parallel, f.pre) {
+            (true, _) if f.shared_norm => lay.ln1,
+            (_, true) => lay.ln2,
+            (true, false) => lay.resid,
+            (false, false) => lay.resid_mid,
+        };
         let layer_fwd = |i: usize, recompute: bool| -> Result<()> {
-            let lay = &self.layers[i];
+            let lay = &self.buf.layers[i];
             let sv = lay.saves;
             let p = |s: &str| format!("layers.{i}.{s}");
             // In recomputation every input comes from the kept layer input (bit-identical: the
@@ -956,37 +1099,65 @@ impl GpuTrainer {
             let (x_in, res_in, r_out) = if recompute || i == 0 {
                 (lay.resid, 0, 0)
             } else {
-                (self.layers[i - 1].resid_mid, self.tmp, lay.resid)
+                (self.buf.layers[i - 1].resid_mid, self.buf.tmp, lay.resid)
             };
-            if !recompute || !sv.attn_norm {
-                k.norm_fwd(
-                    dt,
-                    nk,
-                    lay.ln1,
-                    r_out,
-                    lay.rstd1,
-                    lay.mean1,
-                    x_in,
-                    res_in,
-                    self.wo(&p("attn_norm.weight")),
-                    self.wo(&p("attn_norm.bias")),
-                    n,
-                    c,
-                    eps,
-                    off,
-                )?;
+            if f.pre {
+                if !recompute || !sv.attn_norm {
+                    k.norm_fwd(
+                        dt,
+                        nk,
+                        lay.ln1,
+                        r_out,
+                        lay.rstd1,
+                        lay.mean1,
+                        x_in,
+                        res_in,
+                        self.wo(&p("attn_norm.weight")),
+                        self.wo(&p("attn_norm.bias")),
+                        n,
+                        c,
+                        eps,
+                        off,
+                    )?;
+                }
+            } else if r_out != 0 {
+                k.add(dt, r_out, x_in, res_in, n * c)?;
             }
             if !recompute || !sv.qkv {
                 self.linear(
                     n,
                     width,
                     c,
-                    lay.ln1,
+                    attn_input(lay),
                     self.w(&p("attn.q.weight"))?,
                     self.wo(&p("attn.q.bias")),
                     lay.qkv,
                 )?;
-                if let Some((cs, sn, rot, il)) = &self.rope {
+                if f.qk_norm.is_some() {
+                    // Through contiguous copies, where per-head rows are plain rows of head_dim.
+                    for (col, raw, rows, w_, rstd, mean, name, cols) in qk_parts(lay) {
+                        let at = lay.qkv + col as u64 * es;
+                        k.copy2d(dt, raw, cols, at, width, n, cols)?;
+                        k.norm_fwd(
+                            dt,
+                            qk_kind,
+                            self.buf.qk_a,
+                            0,
+                            rstd,
+                            mean,
+                            raw,
+                            0,
+                            self.wo(&p(&format!("{name}.weight"))),
+                            self.wo(&p(&format!("{name}.bias"))),
+                            rows,
+                            w_,
+                            qk_eps,
+                            qk_off,
+                        )?;
+                        k.copy2d(dt, at, width, self.buf.qk_a, cols, n, cols)?;
+                    }
+                }
+                if let Some((cs, sn, rot, il)) = rope_at(i) {
                     k.rope(
                         dt,
                         lay.qkv,
@@ -1028,6 +1199,8 @@ impl GpuTrainer {
                 k.attn_fwd(dt, &lshape, lay.atty, lay.lse, q, kk, v)?;
             }
             if !recompute || !sv.resid_mid {
+                // The attention branch (post-normed) into tmp, then resid_mid = x + tmp.
+                let o_out = if f.post { lay.pa_in } else { self.buf.tmp };
                 self.linear(
                     n,
                     c,
@@ -1035,25 +1208,47 @@ impl GpuTrainer {
                     lay.atty,
                     self.w(&p("attn.o.weight"))?,
                     self.wo(&p("attn.o.bias")),
-                    self.tmp,
+                    o_out,
                 )?;
-                k.norm_fwd(
-                    dt,
-                    nk,
-                    lay.ln2,
-                    lay.resid_mid,
-                    lay.rstd2,
-                    lay.mean2,
-                    lay.resid,
-                    self.tmp,
-                    self.wo(&p("mlp_norm.weight")),
-                    self.wo(&p("mlp_norm.bias")),
-                    n,
-                    c,
-                    eps,
-                    off,
-                )?;
-            } else if !sv.mlp_norm {
+                if f.post {
+                    k.norm_fwd(
+                        dt,
+                        nk,
+                        self.buf.tmp,
+                        0,
+                        lay.pa_rstd,
+                        lay.pa_mean,
+                        lay.pa_in,
+                        0,
+                        self.wo(&p("attn_post_norm.weight")),
+                        self.wo(&p("attn_post_norm.bias")),
+                        n,
+                        c,
+                        eps,
+                        off,
+                    )?;
+                }
+                if f.pre && !f.parallel {
+                    k.norm_fwd(
+                        dt,
+                        nk,
+                        lay.ln2,
+                        lay.resid_mid,
+                        lay.rstd2,
+                        lay.mean2,
+                        lay.resid,
+                        self.buf.tmp,
+                        self.wo(&p("mlp_norm.weight")),
+                        self.wo(&p("mlp_norm.bias")),
+                        n,
+                        c,
+                        eps,
+                        off,
+                    )?;
+                } else {
+                    k.add(dt, lay.resid_mid, lay.resid, self.buf.tmp, n * c)?;
+                }
+            } else if f.pre && !f.parallel && !sv.mlp_norm {
                 k.norm_fwd(
                     dt,
                     nk,
@@ -1062,6 +1257,25 @@ impl GpuTrainer {
                     lay.rstd2,
                     lay.mean2,
                     lay.resid_mid,
+                    0,
+                    self.wo(&p("mlp_norm.weight")),
+                    self.wo(&p("mlp_norm.bias")),
+                    n,
+                    c,
+                    eps,
+                    off,
+                )?;
+            }
+            // A parallel block's own MLP norm reads the layer input.
+            if f.parallel && f.pre && !f.shared_norm && (!recompute || !sv.mlp_norm) {
+                k.norm_fwd(
+                    dt,
+                    nk,
+                    lay.ln2,
+                    0,
+                    lay.rstd2,
+                    lay.mean2,
+                    lay.resid,
                     0,
                     self.wo(&p("mlp_norm.weight")),
                     self.wo(&p("mlp_norm.bias")),
@@ -1081,7 +1295,7 @@ impl GpuTrainer {
                     n,
                     hw,
                     c,
-                    lay.ln2,
+                    mlp_input(lay),
                     self.w(&first)?,
                     self.wo(&if gated {
                         p("mlp.gate.bias")
@@ -1106,6 +1320,7 @@ impl GpuTrainer {
             if recompute {
                 return Ok(());
             }
+            let down_out = if f.post { lay.pm_in } else { self.buf.tmp };
             self.linear(
                 n,
                 c,
@@ -1113,30 +1328,48 @@ impl GpuTrainer {
                 lay.act,
                 self.w(&p("mlp.down.weight"))?,
                 self.wo(&p("mlp.down.bias")),
-                self.tmp,
+                down_out,
             )?;
+            if f.post {
+                k.norm_fwd(
+                    dt,
+                    nk,
+                    self.buf.tmp,
+                    0,
+                    lay.pm_rstd,
+                    lay.pm_mean,
+                    lay.pm_in,
+                    0,
+                    self.wo(&p("mlp_post_norm.weight")),
+                    self.wo(&p("mlp_post_norm.bias")),
+                    n,
+                    c,
+                    eps,
+                    off,
+                )?;
+            }
             Ok(())
         };
 
-        for i in 0..self.layers.len() {
+        for i in 0..self.buf.layers.len() {
             layer_fwd(i, false)?;
         }
-        let last = self.layers.last().map_or(self.emb, |l| l.resid_mid);
+        let last = self.buf.layers.last().map_or(self.buf.emb, |l| l.resid_mid);
         k.norm_fwd(
             dt,
-            nk,
-            self.lnf,
-            self.resid_final,
-            self.rstdf,
-            self.meanf,
+            nkf,
+            self.buf.lnf,
+            self.buf.resid_final,
+            self.buf.rstdf,
+            self.buf.meanf,
             last,
-            self.tmp,
+            self.buf.tmp,
             self.wo("final_norm.weight"),
             self.wo("final_norm.bias"),
             n,
             c,
-            eps,
-            off,
+            epsf,
+            offf,
         )?;
         // ---- classifier + loss + its backward, one row chunk at a time ----
         let (head, dhead) = if spec.embedding.tied {
@@ -1150,11 +1383,20 @@ impl GpuTrainer {
         let mut r0 = 0;
         while r0 < n {
             let rows = self.chunk.min(n - r0);
-            let x = self.lnf + (r0 * c) as u64 * es;
-            self.linear(rows, vp, c, x, head, head_bias, self.logits)?;
+            let x = self.buf.lnf + (r0 * c) as u64 * es;
+            self.linear(rows, vp, c, x, head, head_bias, self.buf.logits)?;
             if let Some(out) = capture.as_deref_mut() {
                 // SAFETY: the logits chunk is `rows * vp` elements of this trainer's arena.
-                let raw = unsafe { self.gpu.download_raw(self.logits, rows * vp * dt.size()) }?;
+                let raw = unsafe { self.gpu.download_raw(self.buf.logits, rows * vp * dt.size()) }?;
+                // The kernels keep the logits before the final softcap (the loss kernel applies
+                // it); the captured logits are the model's output, after it.
+                let cap = |x: f32| {
+                    if softcap > 0.0 {
+                        softcap * (x / softcap).tanh()
+                    } else {
+                        x
+                    }
+                };
                 for row in raw.chunks(vp * dt.size()) {
                     out.extend(
                         row[..vocab * dt.size()]
@@ -1164,13 +1406,14 @@ impl GpuTrainer {
                                 Dtype::Bf16 => f32::from_bits(
                                     u32::from(u16::from_le_bytes([b[0], b[1]])) << 16,
                                 ),
-                            }),
+                            })
+                            .map(cap),
                     );
                 }
             }
             k.xent(
                 dt,
-                self.logits,
+                self.buf.logits,
                 self.loss_rows.at(r0),
                 self.targets.at(r0),
                 rows,
@@ -1183,67 +1426,98 @@ impl GpuTrainer {
                 rows,
                 c,
                 vp,
-                self.logits,
+                self.buf.logits,
                 vp,
                 false,
                 head,
                 c,
                 false,
-                self.dlnf + (r0 * c) as u64 * es,
+                self.buf.dlnf + (r0 * c) as u64 * es,
                 c,
                 0.0,
             )?;
-            self.mm_grad(vp, c, rows, self.logits, vp, x, c, dhead, 1.0)?;
+            self.mm_grad(vp, c, rows, self.buf.logits, vp, x, c, dhead, 1.0)?;
             if head_bias != 0 {
-                k.colsum(dt, self.g("lm_head.bias"), self.logits, rows, vp)?;
+                k.colsum(dt, self.g("lm_head.bias"), self.buf.logits, rows, vp)?;
             }
             r0 += rows;
         }
         // ---- backward ----
-        let (g, g2) = (self.g_a, self.g_b);
+        let (mut g, mut g2) = (self.buf.g_a, self.buf.g_b);
         k.norm_bwd(
             dt,
-            nk,
+            nkf,
             g,
-            self.dlnf,
-            self.resid_final,
+            self.buf.dlnf,
+            self.buf.resid_final,
             self.wo("final_norm.weight"),
-            self.rstdf,
-            self.meanf,
+            self.buf.rstdf,
+            self.buf.meanf,
             0,
             n,
             c,
-            off,
+            offf,
         )?;
         k.norm_dw(
             dt,
-            nk,
+            nkf,
             self.g("final_norm.weight"),
             self.g("final_norm.bias"),
-            self.dlnf,
-            self.resid_final,
-            self.rstdf,
-            self.meanf,
+            self.buf.dlnf,
+            self.buf.resid_final,
+            self.buf.rstdf,
+            self.buf.meanf,
             n,
             c,
         )?;
-        for (i, lay) in self.layers.iter().enumerate().rev() {
+        for (i, lay) in self.buf.layers.iter().enumerate().rev() {
             if lay.saves != LayerSaves::ALL {
                 layer_fwd(i, true)?;
             }
             let p = |s: &str| format!("layers.{i}.{s}");
-            // MLP branch: g = d(resid_mid + mlp_out).
+            // g = d(layer output). The MLP branch first, through its post-norm.
+            let d_mlp = if f.post {
+                k.norm_bwd(
+                    dt,
+                    nk,
+                    self.buf.d_post,
+                    g,
+                    lay.pm_in,
+                    self.wo(&p("mlp_post_norm.weight")),
+                    lay.pm_rstd,
+                    lay.pm_mean,
+                    0,
+                    n,
+                    c,
+                    off,
+                )?;
+                k.norm_dw(
+                    dt,
+                    nk,
+                    self.g(&p("mlp_post_norm.weight")),
+                    self.g(&p("mlp_post_norm.bias")),
+                    g,
+                    lay.pm_in,
+                    lay.pm_rstd,
+                    lay.pm_mean,
+                    n,
+                    c,
+                )?;
+                self.buf.d_post
+            } else {
+                g
+            };
             self.mm(
                 n,
                 hidden,
                 c,
-                g,
+                d_mlp,
                 c,
                 false,
                 self.w(&p("mlp.down.weight"))?,
                 hidden,
                 false,
-                self.d_act,
+                self.buf.d_act,
                 hidden,
                 0.0,
             )?;
@@ -1251,20 +1525,20 @@ impl GpuTrainer {
                 c,
                 hidden,
                 n,
-                g,
+                d_mlp,
                 c,
                 lay.act,
                 hidden,
                 self.g(&p("mlp.down.weight")),
                 0.0,
             )?;
-            colsum(self.g(&p("mlp.down.bias")), g, c)?;
+            colsum(self.g(&p("mlp.down.bias")), d_mlp, c)?;
             k.act_bwd(
                 dt,
                 act,
-                self.dh,
-                self.dh + hidden as u64 * es,
-                self.d_act,
+                self.buf.dh,
+                self.buf.dh + hidden as u64 * es,
+                self.buf.d_act,
                 lay.h,
                 lay.h + hidden as u64 * es,
                 n,
@@ -1276,66 +1550,112 @@ impl GpuTrainer {
                 hw,
                 c,
                 n,
-                self.dh,
+                self.buf.dh,
                 hw,
-                lay.ln2,
+                mlp_input(lay),
                 c,
                 self.g(&p(&format!("{first}.weight"))),
                 0.0,
             )?;
-            colsum(self.g(&p(&format!("{first}.bias"))), self.dh, hw)?;
+            colsum(self.g(&p(&format!("{first}.bias"))), self.buf.dh, hw)?;
             self.mm(
                 n,
                 c,
                 hw,
-                self.dh,
+                self.buf.dh,
                 hw,
                 false,
                 self.w(&p(&format!("{first}.weight")))?,
                 c,
                 false,
-                self.d_ln,
+                self.buf.d_ln,
                 c,
                 0.0,
             )?;
-            k.norm_bwd(
-                dt,
-                nk,
-                g2,
-                self.d_ln,
-                lay.resid_mid,
-                self.wo(&p("mlp_norm.weight")),
-                lay.rstd2,
-                lay.mean2,
-                g,
-                n,
-                c,
-                off,
-            )?;
-            k.norm_dw(
-                dt,
-                nk,
-                self.g(&p("mlp_norm.weight")),
-                self.g(&p("mlp_norm.bias")),
-                self.d_ln,
-                lay.resid_mid,
-                lay.rstd2,
-                lay.mean2,
-                n,
-                c,
-            )?;
-            // Attention branch: g2 = d(resid_mid).
+            // d_ln = d(MLP input). `acc` collects the gradient of the stream the MLP input came
+            // from: d(resid_mid) = g + norm'(d_ln) when sequential, g + norm'(d_ln) towards the
+            // layer input when parallel; a shared norm waits for the attention's part of d_ln.
+            let acc = if f.shared_norm {
+                g
+            } else {
+                let x_mlp = if f.parallel { lay.resid } else { lay.resid_mid };
+                if f.pre {
+                    k.norm_bwd(
+                        dt,
+                        nk,
+                        g2,
+                        self.buf.d_ln,
+                        x_mlp,
+                        self.wo(&p("mlp_norm.weight")),
+                        lay.rstd2,
+                        lay.mean2,
+                        g,
+                        n,
+                        c,
+                        off,
+                    )?;
+                    k.norm_dw(
+                        dt,
+                        nk,
+                        self.g(&p("mlp_norm.weight")),
+                        self.g(&p("mlp_norm.bias")),
+                        self.buf.d_ln,
+                        x_mlp,
+                        lay.rstd2,
+                        lay.mean2,
+                        n,
+                        c,
+                    )?;
+                } else {
+                    k.add(dt, g2, g, self.buf.d_ln, n * c)?;
+                }
+                g2
+            };
+            // The attention branch's gradient: d(resid_mid) when sequential, d(output) when
+            // parallel; through its post-norm.
+            let d_branch = if f.parallel { g } else { g2 };
+            let d_attn = if f.post {
+                k.norm_bwd(
+                    dt,
+                    nk,
+                    self.buf.d_post,
+                    d_branch,
+                    lay.pa_in,
+                    self.wo(&p("attn_post_norm.weight")),
+                    lay.pa_rstd,
+                    lay.pa_mean,
+                    0,
+                    n,
+                    c,
+                    off,
+                )?;
+                k.norm_dw(
+                    dt,
+                    nk,
+                    self.g(&p("attn_post_norm.weight")),
+                    self.g(&p("attn_post_norm.bias")),
+                    d_branch,
+                    lay.pa_in,
+                    lay.pa_rstd,
+                    lay.pa_mean,
+                    n,
+                    c,
+                )?;
+                self.buf.d_post
+            } else {
+                d_branch
+            };
             self.mm(
                 n,
                 qd,
                 c,
-                g2,
+                d_attn,
                 c,
                 false,
                 self.w(&p("attn.o.weight"))?,
                 qd,
                 false,
-                self.d_atty,
+                self.buf.d_atty,
                 qd,
                 0.0,
             )?;
@@ -1343,23 +1663,23 @@ impl GpuTrainer {
                 c,
                 qd,
                 n,
-                g2,
+                d_attn,
                 c,
                 lay.atty,
                 qd,
                 self.g(&p("attn.o.weight")),
                 0.0,
             )?;
-            colsum(self.g(&p("attn.o.bias")), g2, c)?;
+            colsum(self.g(&p("attn.o.bias")), d_attn, c)?;
             let (q, kk, v) = (
                 lay.qkv,
                 lay.qkv + qd as u64 * es,
                 lay.qkv + (qd + kvd) as u64 * es,
             );
             let (dq, dk, dv) = (
-                self.dqkv,
-                self.dqkv + qd as u64 * es,
-                self.dqkv + (qd + kvd) as u64 * es,
+                self.buf.dqkv,
+                self.buf.dqkv + qd as u64 * es,
+                self.buf.dqkv + (qd + kvd) as u64 * es,
             );
             let mut bshape = shape;
             bshape.window = spec.layers[i].attention.window.unwrap_or(0) as usize;
@@ -1370,16 +1690,16 @@ impl GpuTrainer {
                 dq,
                 dk,
                 dv,
-                self.dq_acc,
-                self.delta,
-                self.d_atty,
+                self.buf.dq_acc,
+                self.buf.delta,
+                self.buf.d_atty,
                 lay.atty,
                 lay.lse,
                 q,
                 kk,
                 v,
             )?;
-            if let Some((cs, sn, rot, il)) = &self.rope {
+            if let Some((cs, sn, rot, il)) = rope_at(i) {
                 k.rope(
                     dt,
                     dq,
@@ -1409,59 +1729,102 @@ impl GpuTrainer {
                     true,
                 )?;
             }
+            if f.qk_norm.is_some() {
+                for (col, raw, rows, w_, rstd, mean, name, cols) in qk_parts(lay) {
+                    let at = self.buf.dqkv + col as u64 * es;
+                    k.copy2d(dt, self.buf.qk_a, cols, at, width, n, cols)?;
+                    k.norm_bwd(
+                        dt,
+                        qk_kind,
+                        self.buf.qk_b,
+                        self.buf.qk_a,
+                        raw,
+                        self.wo(&p(&format!("{name}.weight"))),
+                        rstd,
+                        mean,
+                        0,
+                        rows,
+                        w_,
+                        qk_off,
+                    )?;
+                    k.norm_dw(
+                        dt,
+                        qk_kind,
+                        self.g(&p(&format!("{name}.weight"))),
+                        self.g(&p(&format!("{name}.bias"))),
+                        self.buf.qk_a,
+                        raw,
+                        rstd,
+                        mean,
+                        rows,
+                        w_,
+                    )?;
+                    k.copy2d(dt, at, width, self.buf.qk_b, cols, n, cols)?;
+                }
+            }
             self.mm_grad(
                 width,
                 c,
                 n,
-                self.dqkv,
+                self.buf.dqkv,
                 width,
-                lay.ln1,
+                attn_input(lay),
                 c,
                 self.g(&p("attn.q.weight")),
                 0.0,
             )?;
-            colsum(self.g(&p("attn.q.bias")), self.dqkv, width)?;
+            colsum(self.g(&p("attn.q.bias")), self.buf.dqkv, width)?;
+            // A shared norm's input gradient adds the attention's part to the MLP's.
             self.mm(
                 n,
                 c,
                 width,
-                self.dqkv,
+                self.buf.dqkv,
                 width,
                 false,
                 self.w(&p("attn.q.weight"))?,
                 c,
                 false,
-                self.d_ln,
+                self.buf.d_ln,
                 c,
-                0.0,
+                if f.shared_norm { 1.0 } else { 0.0 },
             )?;
-            k.norm_bwd(
-                dt,
-                nk,
-                g,
-                self.d_ln,
-                lay.resid,
-                self.wo(&p("attn_norm.weight")),
-                lay.rstd1,
-                lay.mean1,
-                g2,
-                n,
-                c,
-                off,
-            )?;
-            k.norm_dw(
-                dt,
-                nk,
-                self.g(&p("attn_norm.weight")),
-                self.g(&p("attn_norm.bias")),
-                self.d_ln,
-                lay.resid,
-                lay.rstd1,
-                lay.mean1,
-                n,
-                c,
-            )?;
-            // The attention norm's backward wrote d(resid[i]) into g: the next layer down reads it.
+            // d(layer input) = acc + norm'(d_ln) (acc + d_ln without pre-norm), into whichever of
+            // g, g2 `acc` is not; it becomes g for the layer below.
+            let out = if acc == g { g2 } else { g };
+            if f.pre {
+                k.norm_bwd(
+                    dt,
+                    nk,
+                    out,
+                    self.buf.d_ln,
+                    lay.resid,
+                    self.wo(&p("attn_norm.weight")),
+                    lay.rstd1,
+                    lay.mean1,
+                    acc,
+                    n,
+                    c,
+                    off,
+                )?;
+                k.norm_dw(
+                    dt,
+                    nk,
+                    self.g(&p("attn_norm.weight")),
+                    self.g(&p("attn_norm.bias")),
+                    self.buf.d_ln,
+                    lay.resid,
+                    lay.rstd1,
+                    lay.mean1,
+                    n,
+                    c,
+                )?;
+            } else {
+                k.add(dt, out, acc, self.buf.d_ln, n * c)?;
+            }
+            if out != g {
+                std::mem::swap(&mut g, &mut g2);
+            }
         }
         let dwpe = self.g("pos_embed.weight");
         k.embed_bwd(

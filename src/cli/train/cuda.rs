@@ -46,7 +46,7 @@ impl CudaObjective {
     pub fn new(spec: &ModelSpec, options: &TrainOptions, dtype: Option<&str>) -> Result<Self> {
         if let Some(feature) = GpuTrainer::unsupported_feature(spec) {
             bail!(
-                "--device cuda: `{}` uses {feature}, which the GPU trainer does not support yet (it covers uniform pre-norm dense GPT-2/Llama-style specs); use --device cpu",
+                "--device cuda: `{}` uses {feature}, which the GPU trainer does not support yet (it covers dense specs whose layers share one block structure: pre, post or sandwich norms, parallel residual, qk-norm, RoPE or learned positions); use --device cpu",
                 spec.name
             );
         }

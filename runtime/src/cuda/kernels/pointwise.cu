@@ -127,6 +127,16 @@ __device__ void bias_add(T* x, const T* bias, int N, int width, int ld) {
     sf(x + n * ld + j, lf(x + n * ld + j) + lf(bias + j));
 }
 
+// copy2d_{dtype}: dst[n, j] = src[n, j] for j < width, rows of strides ldd and lds (a column block
+// of a fused [q; k; v] buffer to a contiguous one and back). One thread per element.
+template <typename T>
+__device__ void copy2d(T* dst, int ldd, const T* src, int lds, int N, int width) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * width) return;
+    size_t n = idx / width, j = idx % width;
+    dst[n * ldd + j] = src[n * lds + j];
+}
+
 // cast_{a}_to_{b}, add_{dtype} (out = a + b), scale_{dtype} (x *= s): one thread per element.
 #define POINTWISE_INSTANTIATE(SUF, T)                                                                \
     extern "C" __global__ void rope_##SUF(T* x, const float* c, const float* s, int N, int T_, int heads, \
@@ -156,6 +166,9 @@ __device__ void bias_add(T* x, const T* bias, int N, int width, int ld) {
     }                                                                                                 \
     extern "C" __global__ void bias_add_##SUF(T* x, const T* bias, int N, int width, int ld) {         \
         bias_add<T>(x, bias, N, width, ld);                                                           \
+    }                                                                                                 \
+    extern "C" __global__ void copy2d_##SUF(T* dst, int ldd, const T* src, int lds, int N, int width) { \
+        copy2d<T>(dst, ldd, src, lds, N, width);                                                      \
     }                                                                                                 \
     extern "C" __global__ void add_##SUF(T* out, const T* a, const T* b, size_t n) {                   \
         size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;                                     \
