@@ -89,7 +89,12 @@ fn compare(src: &str, dt: Dtype, tol: f64) {
 fn compare_with(src: &str, dt: Dtype, tol: f64, full: bool) {
     // Checked everywhere, GPU or not: the spec is valid and the GPU trainer takes it.
     let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
-    assert_eq!(GpuTrainer::unsupported_feature(&spec), None, "{}", spec.name);
+    assert_eq!(
+        GpuTrainer::unsupported_feature(&spec),
+        None,
+        "{}",
+        spec.name
+    );
     let gpu = match Gpu::new(0) {
         Ok(g) => g,
         Err(e) => {

@@ -667,7 +667,11 @@ impl GpuTrainer {
                 let fused_with_next = ["attn.q.", "attn.k.", "mlp.gate."]
                     .iter()
                     .any(|m| p.name.contains(m));
-                total += if fused_with_next { n } else { n.div_ceil(8) * 8 };
+                total += if fused_with_next {
+                    n
+                } else {
+                    n.div_ceil(8) * 8
+                };
             }
         }
         let mut host = vec![0f32; total];
@@ -1038,6 +1042,69 @@ impl GpuTrainer {
             }
         };
 
+        // A block norm (the spec's block norm over rows of d_model) named `name`: forward, and
+        // backward with its weight/bias gradients.
+        let norm_fwd = |y: DevPtr,
+                        r_out: DevPtr,
+                        rstd: DevPtr,
+                        mean: DevPtr,
+                        x: DevPtr,
+                        res: DevPtr,
+                        name: &str| {
+            k.norm_fwd(
+                dt,
+                nk,
+                y,
+                r_out,
+                rstd,
+                mean,
+                x,
+                res,
+                self.wo(&format!("{name}.weight")),
+                self.wo(&format!("{name}.bias")),
+                n,
+                c,
+                eps,
+                off,
+            )
+        };
+        let norm_bwd = |dx: DevPtr,
+                        dy: DevPtr,
+                        x: DevPtr,
+                        rstd: DevPtr,
+                        mean: DevPtr,
+                        dres: DevPtr,
+                        name: &str|
+         -> Result<()> {
+            let weight = format!("{name}.weight");
+            k.norm_bwd(
+                dt,
+                nk,
+                dx,
+                dy,
+                x,
+                self.wo(&weight),
+                rstd,
+                mean,
+                dres,
+                n,
+                c,
+                off,
+            )?;
+            k.norm_dw(
+                dt,
+                nk,
+                self.g(&weight),
+                self.g(&format!("{name}.bias")),
+                dy,
+                x,
+                rstd,
+                mean,
+                n,
+                c,
+            )
+        };
+
         // SAFETY: the grad arena is this trainer's own.
         unsafe { self.gpu.memset_raw(self.grad.ptr(), self.total * 4) }?;
         // ---- forward ----
@@ -1078,8 +1145,26 @@ impl GpuTrainer {
         // parameter prefix, columns).
         let qk_parts = |lay: &Layer| {
             [
-                (0, lay.qraw, qn_rows, qn_w, lay.qrstd, lay.qmean, "attn.q_norm", qd),
-                (qd, lay.kraw, kn_rows, kn_w, lay.krstd, lay.kmean, "attn.k_norm", kvd),
+                (
+                    0,
+                    lay.qraw,
+                    qn_rows,
+                    qn_w,
+                    lay.qrstd,
+                    lay.qmean,
+                    "attn.q_norm",
+                    qd,
+                ),
+                (
+                    qd,
+                    lay.kraw,
+                    kn_rows,
+                    kn_w,
+                    lay.krstd,
+                    lay.kmean,
+                    "attn.k_norm",
+                    kvd,
+                ),
             ]
         };
         let rope_at = |i: usize| self.rope_of[i].map(|j| &self.ropes[j]);
@@ -1103,21 +1188,14 @@ impl GpuTrainer {
             };
             if f.pre {
                 if !recompute || !sv.attn_norm {
-                    k.norm_fwd(
-                        dt,
-                        nk,
+                    norm_fwd(
                         lay.ln1,
                         r_out,
                         lay.rstd1,
                         lay.mean1,
                         x_in,
                         res_in,
-                        self.wo(&p("attn_norm.weight")),
-                        self.wo(&p("attn_norm.bias")),
-                        n,
-                        c,
-                        eps,
-                        off,
+                        &p("attn_norm"),
                     )?;
                 }
             } else if r_out != 0 {
@@ -1211,78 +1289,50 @@ impl GpuTrainer {
                     o_out,
                 )?;
                 if f.post {
-                    k.norm_fwd(
-                        dt,
-                        nk,
+                    norm_fwd(
                         self.buf.tmp,
                         0,
                         lay.pa_rstd,
                         lay.pa_mean,
                         lay.pa_in,
                         0,
-                        self.wo(&p("attn_post_norm.weight")),
-                        self.wo(&p("attn_post_norm.bias")),
-                        n,
-                        c,
-                        eps,
-                        off,
+                        &p("attn_post_norm"),
                     )?;
                 }
                 if f.pre && !f.parallel {
-                    k.norm_fwd(
-                        dt,
-                        nk,
+                    norm_fwd(
                         lay.ln2,
                         lay.resid_mid,
                         lay.rstd2,
                         lay.mean2,
                         lay.resid,
                         self.buf.tmp,
-                        self.wo(&p("mlp_norm.weight")),
-                        self.wo(&p("mlp_norm.bias")),
-                        n,
-                        c,
-                        eps,
-                        off,
+                        &p("mlp_norm"),
                     )?;
                 } else {
                     k.add(dt, lay.resid_mid, lay.resid, self.buf.tmp, n * c)?;
                 }
             } else if f.pre && !f.parallel && !sv.mlp_norm {
-                k.norm_fwd(
-                    dt,
-                    nk,
+                norm_fwd(
                     lay.ln2,
                     0,
                     lay.rstd2,
                     lay.mean2,
                     lay.resid_mid,
                     0,
-                    self.wo(&p("mlp_norm.weight")),
-                    self.wo(&p("mlp_norm.bias")),
-                    n,
-                    c,
-                    eps,
-                    off,
+                    &p("mlp_norm"),
                 )?;
             }
             // A parallel block's own MLP norm reads the layer input.
             if f.parallel && f.pre && !f.shared_norm && (!recompute || !sv.mlp_norm) {
-                k.norm_fwd(
-                    dt,
-                    nk,
+                norm_fwd(
                     lay.ln2,
                     0,
                     lay.rstd2,
                     lay.mean2,
                     lay.resid,
                     0,
-                    self.wo(&p("mlp_norm.weight")),
-                    self.wo(&p("mlp_norm.bias")),
-                    n,
-                    c,
-                    eps,
-                    off,
+                    &p("mlp_norm"),
                 )?;
             }
             let first = if gated {
@@ -1331,21 +1381,14 @@ impl GpuTrainer {
                 down_out,
             )?;
             if f.post {
-                k.norm_fwd(
-                    dt,
-                    nk,
+                norm_fwd(
                     self.buf.tmp,
                     0,
                     lay.pm_rstd,
                     lay.pm_mean,
                     lay.pm_in,
                     0,
-                    self.wo(&p("mlp_post_norm.weight")),
-                    self.wo(&p("mlp_post_norm.bias")),
-                    n,
-                    c,
-                    eps,
-                    off,
+                    &p("mlp_post_norm"),
                 )?;
             }
             Ok(())
@@ -1387,7 +1430,10 @@ impl GpuTrainer {
             self.linear(rows, vp, c, x, head, head_bias, self.buf.logits)?;
             if let Some(out) = capture.as_deref_mut() {
                 // SAFETY: the logits chunk is `rows * vp` elements of this trainer's arena.
-                let raw = unsafe { self.gpu.download_raw(self.buf.logits, rows * vp * dt.size()) }?;
+                let raw = unsafe {
+                    self.gpu
+                        .download_raw(self.buf.logits, rows * vp * dt.size())
+                }?;
                 // The kernels keep the logits before the final softcap (the loss kernel applies
                 // it); the captured logits are the model's output, after it.
                 let cap = |x: f32| {
@@ -1477,31 +1523,14 @@ impl GpuTrainer {
             let p = |s: &str| format!("layers.{i}.{s}");
             // g = d(layer output). The MLP branch first, through its post-norm.
             let d_mlp = if f.post {
-                k.norm_bwd(
-                    dt,
-                    nk,
+                norm_bwd(
                     self.buf.d_post,
                     g,
                     lay.pm_in,
-                    self.wo(&p("mlp_post_norm.weight")),
                     lay.pm_rstd,
                     lay.pm_mean,
                     0,
-                    n,
-                    c,
-                    off,
-                )?;
-                k.norm_dw(
-                    dt,
-                    nk,
-                    self.g(&p("mlp_post_norm.weight")),
-                    self.g(&p("mlp_post_norm.bias")),
-                    g,
-                    lay.pm_in,
-                    lay.pm_rstd,
-                    lay.pm_mean,
-                    n,
-                    c,
+                    &p("mlp_post_norm"),
                 )?;
                 self.buf.d_post
             } else {
@@ -1580,31 +1609,14 @@ impl GpuTrainer {
             } else {
                 let x_mlp = if f.parallel { lay.resid } else { lay.resid_mid };
                 if f.pre {
-                    k.norm_bwd(
-                        dt,
-                        nk,
+                    norm_bwd(
                         g2,
                         self.buf.d_ln,
                         x_mlp,
-                        self.wo(&p("mlp_norm.weight")),
                         lay.rstd2,
                         lay.mean2,
                         g,
-                        n,
-                        c,
-                        off,
-                    )?;
-                    k.norm_dw(
-                        dt,
-                        nk,
-                        self.g(&p("mlp_norm.weight")),
-                        self.g(&p("mlp_norm.bias")),
-                        self.buf.d_ln,
-                        x_mlp,
-                        lay.rstd2,
-                        lay.mean2,
-                        n,
-                        c,
+                        &p("mlp_norm"),
                     )?;
                 } else {
                     k.add(dt, g2, g, self.buf.d_ln, n * c)?;
@@ -1615,31 +1627,14 @@ impl GpuTrainer {
             // parallel; through its post-norm.
             let d_branch = if f.parallel { g } else { g2 };
             let d_attn = if f.post {
-                k.norm_bwd(
-                    dt,
-                    nk,
+                norm_bwd(
                     self.buf.d_post,
                     d_branch,
                     lay.pa_in,
-                    self.wo(&p("attn_post_norm.weight")),
                     lay.pa_rstd,
                     lay.pa_mean,
                     0,
-                    n,
-                    c,
-                    off,
-                )?;
-                k.norm_dw(
-                    dt,
-                    nk,
-                    self.g(&p("attn_post_norm.weight")),
-                    self.g(&p("attn_post_norm.bias")),
-                    d_branch,
-                    lay.pa_in,
-                    lay.pa_rstd,
-                    lay.pa_mean,
-                    n,
-                    c,
+                    &p("attn_post_norm"),
                 )?;
                 self.buf.d_post
             } else {
@@ -1793,31 +1788,14 @@ impl GpuTrainer {
             // g, g2 `acc` is not; it becomes g for the layer below.
             let out = if acc == g { g2 } else { g };
             if f.pre {
-                k.norm_bwd(
-                    dt,
-                    nk,
+                norm_bwd(
                     out,
                     self.buf.d_ln,
                     lay.resid,
-                    self.wo(&p("attn_norm.weight")),
                     lay.rstd1,
                     lay.mean1,
                     acc,
-                    n,
-                    c,
-                    off,
-                )?;
-                k.norm_dw(
-                    dt,
-                    nk,
-                    self.g(&p("attn_norm.weight")),
-                    self.g(&p("attn_norm.bias")),
-                    self.buf.d_ln,
-                    lay.resid,
-                    lay.rstd1,
-                    lay.mean1,
-                    n,
-                    c,
+                    &p("attn_norm"),
                 )?;
             } else {
                 k.add(dt, out, acc, self.buf.d_ln, n * c)?;
