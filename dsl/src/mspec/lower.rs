@@ -1009,19 +1009,24 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn arg_real(&mut self, field: &str, span: &Span, vals: &[&Node]) -> Option<f64> {
+    /// The single numeric argument of `field`, parsed; anything else is an error saying it
+    /// expects `what`.
+    fn arg_num(
+        &mut self,
+        field: &str,
+        span: &Span,
+        vals: &[&Node],
+        what: &str,
+    ) -> Option<(Num, Span)> {
         self.record(field, span.clone());
         let n = self.arg_single(field, span, vals)?;
         match &n.kind {
-            NodeKind::Number(t) => match parse_number(t) {
-                Some(num) if self.no_unit(&num, &n.span, field) => Some(num.value),
-                _ => None,
-            },
+            NodeKind::Number(t) => parse_number(t).map(|num| (num, n.span.clone())),
             _ => {
                 self.error(
                     n.span.clone(),
                     field,
-                    format!("`{field}` expects a number, found {}", n.describe()),
+                    format!("`{field}` expects {what}, found {}", n.describe()),
                     None,
                 );
                 None
@@ -1029,24 +1034,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    fn arg_real(&mut self, field: &str, span: &Span, vals: &[&Node]) -> Option<f64> {
+        let (num, at) = self.arg_num(field, span, vals, "a number")?;
+        self.no_unit(&num, &at, field).then_some(num.value)
+    }
+
     fn arg_uint(&mut self, field: &str, span: &Span, vals: &[&Node]) -> Option<u64> {
-        self.record(field, span.clone());
-        let n = self.arg_single(field, span, vals)?;
-        match &n.kind {
-            NodeKind::Number(t) => match parse_number(t) {
-                Some(num) => self.as_uint(&num, &n.span, field),
-                None => None,
-            },
-            _ => {
-                self.error(
-                    n.span.clone(),
-                    field,
-                    format!("`{field}` expects an integer, found {}", n.describe()),
-                    None,
-                );
-                None
-            }
-        }
+        let (num, at) = self.arg_num(field, span, vals, "an integer")?;
+        self.as_uint(&num, &at, field)
     }
 
     fn arg_bool(&mut self, field: &str, span: &Span, vals: &[&Node]) -> Option<bool> {
@@ -1147,30 +1142,42 @@ impl<'a> Reader<'a> {
         ok.then_some(out)
     }
 
-    // -- norms ----------------------------------------------------------------------------------
-
-    /// `rms`, `rms(eps = 1e-6, offset = 1, weight = true, bias = false)`, `layer(...)`.
-    fn norm_value(&mut self, n: &Node, field: &str) -> Option<NormW> {
-        let (name, name_span, args): (&str, &Span, &[Node]) = match &n.kind {
-            NodeKind::Ident(w) => (w, &n.span, &[]),
+    /// A value that is a bare word or a call: its name, the name's span and the arguments
+    /// (none for a bare word). Anything else is an error: `{expects}, found ...`.
+    fn call_parts<'n>(
+        &mut self,
+        n: &'n Node,
+        field: &str,
+        expects: String,
+    ) -> Option<(&'n str, &'n Span, &'n [Node])> {
+        match &n.kind {
+            NodeKind::Ident(w) => Some((w, &n.span, &[])),
             NodeKind::Call {
                 name,
                 name_span,
                 args,
-            } => (name, name_span, args),
+            } => Some((name, name_span, args)),
             _ => {
                 self.error(
                     n.span.clone(),
                     field,
-                    format!(
-                        "`{field}` expects `rms(...)` or `layer(...)`, found {}",
-                        n.describe()
-                    ),
+                    format!("{expects}, found {}", n.describe()),
                     None,
                 );
-                return None;
+                None
             }
-        };
+        }
+    }
+
+    // -- norms ----------------------------------------------------------------------------------
+
+    /// `rms`, `rms(eps = 1e-6, offset = 1, weight = true, bias = false)`, `layer(...)`.
+    fn norm_value(&mut self, n: &Node, field: &str) -> Option<NormW> {
+        let (name, name_span, args) = self.call_parts(
+            n,
+            field,
+            format!("`{field}` expects `rms(...)` or `layer(...)`"),
+        )?;
         self.record(field, n.span.clone());
         let kinds = [("rms", NormKind::Rms), ("layer", NormKind::Layer)];
         let kind = self.choose(name, name_span, field, &kinds, &["rms", "layer"])?;
@@ -1669,26 +1676,11 @@ impl<'a> Reader<'a> {
     /// `rope(...)`, `rope`, `learned`, `alibi`, `none`.
     fn position_value(&mut self, n: &Node) -> Option<PosW> {
         self.record("position", n.span.clone());
-        let (name, name_span, args): (&str, &Span, &[Node]) = match &n.kind {
-            NodeKind::Ident(w) => (w, &n.span, &[]),
-            NodeKind::Call {
-                name,
-                name_span,
-                args,
-            } => (name, name_span, args),
-            _ => {
-                self.error(
-                    n.span.clone(),
-                    "position",
-                    format!(
-                        "`position` expects rope(...), learned, alibi or none, found {}",
-                        n.describe()
-                    ),
-                    None,
-                );
-                return None;
-            }
-        };
+        let (name, name_span, args) = self.call_parts(
+            n,
+            "position",
+            "`position` expects rope(...), learned, alibi or none".into(),
+        )?;
         let kinds = [("rope", 0), ("learned", 1), ("alibi", 2), ("none", 3)];
         let kind = self.choose(
             name,
@@ -1741,26 +1733,11 @@ impl<'a> Reader<'a> {
 
     fn scaling_value(&mut self, n: &Node) -> Option<ScalingW> {
         let field = "position.scaling";
-        let (name, name_span, args): (&str, &Span, &[Node]) = match &n.kind {
-            NodeKind::Ident(w) => (w, &n.span, &[]),
-            NodeKind::Call {
-                name,
-                name_span,
-                args,
-            } => (name, name_span, args),
-            _ => {
-                self.error(
-                    n.span.clone(),
-                    field,
-                    format!(
-                        "`scaling` expects e.g. `linear(factor = 2)`, found {}",
-                        n.describe()
-                    ),
-                    None,
-                );
-                return None;
-            }
-        };
+        let (name, name_span, args) = self.call_parts(
+            n,
+            field,
+            "`scaling` expects e.g. `linear(factor = 2)`".into(),
+        )?;
         let kinds = [
             "none",
             "linear",
@@ -1908,26 +1885,11 @@ impl<'a> Reader<'a> {
     /// `swiglu(hidden = 11008, bias = false)` or a bare kind.
     fn mlp_value(&mut self, n: &Node, field: &str) -> Option<MlpW> {
         self.record(field, n.span.clone());
-        let (name, name_span, args): (&str, &Span, &[Node]) = match &n.kind {
-            NodeKind::Ident(w) => (w, &n.span, &[]),
-            NodeKind::Call {
-                name,
-                name_span,
-                args,
-            } => (name, name_span, args),
-            _ => {
-                self.error(
-                    n.span.clone(),
-                    field,
-                    format!(
-                        "expected an MLP kind such as `swiglu(hidden = 11008)`, found {}",
-                        n.describe()
-                    ),
-                    None,
-                );
-                return None;
-            }
-        };
+        let (name, name_span, args) = self.call_parts(
+            n,
+            field,
+            "expected an MLP kind such as `swiglu(hidden = 11008)`".into(),
+        )?;
         let kinds: Vec<(&str, MlpKind)> = MLP_KINDS
             .iter()
             .filter_map(|k| mlp_kind(k).map(|v| (*k, v)))
