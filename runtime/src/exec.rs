@@ -20,9 +20,12 @@ use crate::ops::dropout::{DropSite, Dropout};
 use crate::ops::mlp::{self, MlpGrad, MlpRef};
 use crate::ops::moe::{self, AuxStats, Routing};
 use crate::ops::rope::{self, RopeTable};
+
+mod decode;
 use crate::ops::{activation, cross_entropy, embedding, linear, norm, softcap};
 use crate::program::{Act, LayerProgram, N_ACTS, Program};
 use crate::tensor::{Float, ParamSource, Params, Tensor};
+pub use decode::KvCache;
 
 /// Which activations each layer keeps for backward.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +104,9 @@ struct LayerCtx<'a, T: Float> {
     attn: AttentionCfg,
     drop_attn_branch: Option<Dropout>,
     drop_mlp_branch: Option<Dropout>,
+    /// Decoding: the cached keys (after qk-norm and RoPE) and values of the positions before
+    /// this call's rows, `[p0, kv_dim]` each; attention then reads them ahead of the new rows.
+    past: Option<decode::Past<'a, T>>,
 }
 
 fn p<'a, T: Float>(params: &'a dyn ParamSource<T>, name: &str) -> &'a [T] {
@@ -434,13 +440,21 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             }
             Act::Attn => {
                 let mut y = vec![T::ZERO; rows * qd];
-                attention::forward(
-                    &self.attn,
+                let (q, k, v) = (
                     store.get(self.lp.q_final),
                     store.get(self.lp.k_final),
                     store.get(Act::V),
-                    &mut y,
                 );
+                match &self.past {
+                    None => attention::forward(&self.attn, q, k, v, &mut y),
+                    Some(past) => attention::forward_cached(
+                        &self.attn,
+                        q,
+                        (past.keys, k),
+                        (past.values, v),
+                        &mut y,
+                    ),
+                }
                 y
             }
             Act::AttnOut => lin(store.get(Act::Attn), "attn.o", att.out_bias, qd, d),
@@ -1233,6 +1247,7 @@ impl Executor {
             attn,
             drop_attn_branch: drop(self.spec.dropout.residual, DropSite::AttentionResidual),
             drop_mlp_branch: drop(self.spec.dropout.residual, DropSite::MlpResidual),
+            past: None,
         }
     }
 

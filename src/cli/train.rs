@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use modelspec_dsl::ir::ModelSpec;
 use modelspec_runtime::Params;
 use modelspec_runtime::dist::{DEFAULT_BUCKET_BYTES, DataParallel};
+use modelspec_runtime::exec::KvCache;
 use modelspec_runtime::train::data::{self, Tokenizer};
 use modelspec_runtime::train::optim::AdamWConfig;
 use modelspec_runtime::train::plot::{self, LossPlot, Reference};
@@ -506,6 +507,9 @@ pub fn generate_text(
     let prompt_ids = tokenizer.encode(prompt)?;
     let mut rng = SplitMix64::new(seed);
     let vocab = (spec.vocab as usize).min(tokenizer.vocab_size());
+    // One cache for this call: each step extends the window by one id, so only the new id runs
+    // (until the window slides past the context, where every step starts over).
+    let mut cache = KvCache::new();
     let ids = sampling::generate(
         &prompt_ids,
         tokens,
@@ -513,7 +517,7 @@ pub fn generate_text(
         vocab,
         options,
         &mut rng,
-        |window| objective.last_logits(params, window),
+        |window| objective.last_logits(params, &mut cache, window),
     )?;
     Ok(tokenizer.decode(&ids)?)
 }

@@ -250,6 +250,78 @@ pub fn forward<T: Float>(cfg: &AttentionCfg, q: &[T], k: &[T], v: &[T], out: &mu
     );
 }
 
+/// Attention of `m` new queries of one sequence, at positions `p0..p0 + m`, over the keys and
+/// values of positions `0..p0 + m`: a decoder's cache (`k_past`, `v_past`: `[p0, kv_dim]`) then
+/// the new rows (`k_new`, `v_new`: `[m, kv_dim]`); `q`, `out`: `[m, heads·head_dim]`. The masks, ALiBi bias (at the
+/// keys' absolute positions), scale and softcap are those of [`forward`] for the whole sequence,
+/// so row `r` equals row `p0 + r` of [`forward`] over all `p0 + m` positions (up to the order of
+/// floating-point sums). `cfg.batch` must be 1; dropout is not applied (decoding is inference).
+pub fn forward_cached<'a, T: Float>(
+    cfg: &AttentionCfg,
+    q: &[T],
+    (k_past, k_new): (&'a [T], &'a [T]),
+    (v_past, v_new): (&'a [T], &'a [T]),
+    out: &mut [T],
+) {
+    let (hd, qd, kvd) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let m = q.len() / qd;
+    let p0 = k_past.len() / kvd;
+    assert_eq!(cfg.batch, 1);
+    assert_eq!(q.len(), m * qd);
+    assert_eq!(k_past.len(), p0 * kvd);
+    assert_eq!(v_past.len(), p0 * kvd);
+    assert_eq!(k_new.len(), m * kvd);
+    assert_eq!(v_new.len(), m * kvd);
+    assert_eq!(out.len(), m * qd);
+    // Key (value) row j of the whole sequence, kv head g: in the cache or among the new rows.
+    let at = |past: &'a [T], new: &'a [T], j: usize, g: usize| -> &'a [T] {
+        let (rows, r) = if j < p0 { (past, j) } else { (new, j - p0) };
+        &rows[r * kvd + g * hd..r * kvd + (g + 1) * hd]
+    };
+    let scale = T::from_f64(cfg.scale);
+    let cap = cfg.softcap.map(T::from_f64);
+    out.par_chunks_mut(qd)
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (r, orow)| {
+            let i = p0 + r;
+            let lo = cfg.first_visible(i);
+            for h in 0..cfg.heads {
+                let g = h / cfg.group();
+                let qh = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
+                let slope = cfg.alibi.as_ref().map(|s| s[h]);
+                scores.clear();
+                for j in lo..=i {
+                    let kh = at(k_past, k_new, j, g);
+                    let mut s = qh.iter().zip(kh).fold(T::ZERO, |acc, (&a, &b)| acc + a * b);
+                    s = match slope {
+                        Some(slope) => (s + T::from_f64(alibi_bias(slope, j))) * scale,
+                        None => s * scale,
+                    };
+                    if let Some(c) = cap {
+                        s = c * (s / c).tanh();
+                    }
+                    scores.push(s);
+                }
+                let max = scores.iter().copied().fold(T::NEG_INF, T::max);
+                let mut sum = T::ZERO;
+                for s in scores.iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = T::ONE / sum;
+                let oh = &mut orow[h * hd..(h + 1) * hd];
+                oh.fill(T::ZERO);
+                for (j, &e) in (lo..=i).zip(scores.iter()) {
+                    let p = e * inv;
+                    let vh = at(v_past, v_new, j, g);
+                    for (o, &x) in oh.iter_mut().zip(vh) {
+                        *o += p * x;
+                    }
+                }
+            }
+        });
+}
+
 /// Accumulates `dq`, `dk`, `dv` from `dout`. Recomputes the probabilities from `q` and `k`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Float>(

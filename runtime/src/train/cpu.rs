@@ -5,7 +5,7 @@ use modelspec_dsl::plan::{self, Dtype, PolicyOverride};
 
 use super::{Objective, TrainError};
 use crate::Params;
-use crate::exec::{Executor, Policy};
+use crate::exec::{Executor, KvCache, Policy};
 
 /// Runs loss and gradients through [`Executor`], dropout keyed by each micro-batch's seed.
 #[derive(Debug, Clone)]
@@ -71,15 +71,18 @@ impl CpuObjective {
         Ok(policy)
     }
 
-    /// Logits of the last position of `window` (one sequence), `vocab_padded` of them.
-    pub fn last_logits(&mut self, params: &Params, window: &[u32]) -> Result<Vec<f32>, TrainError> {
-        let logits = self
-            .executor
-            .forward(params, window, 1)
-            .map_err(model_error)?;
-        let width = self.executor.spec().vocab_padded as usize;
-        let data = logits.data();
-        Ok(data[data.len() - width..].to_vec())
+    /// Logits of the last position of `window` (one sequence), `vocab_padded` of them, through
+    /// `cache` (keys and values of a prefix of `window` computed by earlier calls with the same
+    /// `params`; see `Executor::decode`).
+    pub fn last_logits(
+        &self,
+        params: &Params,
+        cache: &mut KvCache<f32>,
+        window: &[u32],
+    ) -> Result<Vec<f32>, TrainError> {
+        self.executor
+            .decode(params, cache, window)
+            .map_err(model_error)
     }
 }
 
