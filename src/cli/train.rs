@@ -505,21 +505,50 @@ pub fn generate_text(
     seed: u64,
 ) -> Result<String> {
     let prompt_ids = tokenizer.encode(prompt)?;
-    let mut rng = SplitMix64::new(seed);
     let vocab = (spec.vocab as usize).min(tokenizer.vocab_size());
-    // One cache for this call: each step extends the window by one id, so only the new id runs
-    // (until the window slides past the context, where every step starts over).
-    let mut cache = KvCache::new();
-    let ids = sampling::generate(
+    let ids = generate_ids(
+        objective,
+        params,
+        spec,
         &prompt_ids,
         tokens,
-        spec.context as usize,
         vocab,
         options,
-        &mut rng,
-        |window| objective.last_logits(params, &mut cache, window),
+        &[],
+        seed,
     )?;
     Ok(tokenizer.decode(&ids)?)
+}
+
+/// Extends `prompt_ids` by up to `tokens` ids sampled among the first `vocab` (stopping after an
+/// id of `stop`), through one key/value cache: each step extends the window by one id, so only
+/// the new id runs (until the window slides past the context, where every step starts over).
+#[allow(clippy::too_many_arguments)]
+pub fn generate_ids(
+    objective: &CpuObjective,
+    params: &Params,
+    spec: &ModelSpec,
+    prompt_ids: &[u32],
+    tokens: usize,
+    vocab: usize,
+    options: SampleOptions,
+    stop: &[u32],
+    seed: u64,
+) -> Result<Vec<u32>> {
+    let mut rng = SplitMix64::new(seed);
+    let mut cache = KvCache::new();
+    // The window: the spec's context (dynamic-NTK models have none).
+    let window = spec.max_sequence().map_or(usize::MAX, |m| m as usize);
+    Ok(sampling::generate(
+        prompt_ids,
+        tokens,
+        window,
+        vocab,
+        options,
+        stop,
+        &mut rng,
+        |window| objective.last_logits(params, &mut cache, window),
+    )?)
 }
 
 fn bench(args: &TrainArgs) -> Result<()> {

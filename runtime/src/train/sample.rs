@@ -59,14 +59,17 @@ pub fn pick(logits: &[f32], vocab: usize, options: SampleOptions, rng: &mut Spli
     top[keep - 1] as u32
 }
 
-/// Extends `prompt` by `tokens` ids. `next_logits(window)` returns the logits of the window's last
-/// position; the window is the last `context` ids at most.
+/// Extends `prompt` by `tokens` ids, or fewer: generation ends after an id of `stop` (an
+/// end-of-sequence token, kept in the output). `next_logits(window)` returns the logits of the
+/// window's last position; the window is the last `context` ids at most.
+#[allow(clippy::too_many_arguments)]
 pub fn generate(
     prompt: &[u32],
     tokens: usize,
     context: usize,
     vocab: usize,
     options: SampleOptions,
+    stop: &[u32],
     rng: &mut SplitMix64,
     mut next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>, TrainError>,
 ) -> Result<Vec<u32>, TrainError> {
@@ -79,7 +82,11 @@ pub fn generate(
     for _ in 0..tokens {
         let start = ids.len().saturating_sub(context.max(1));
         let logits = next_logits(&ids[start..])?;
-        ids.push(pick(&logits, vocab, options, rng));
+        let next = pick(&logits, vocab, options, rng);
+        ids.push(next);
+        if stop.contains(&next) {
+            break;
+        }
     }
     Ok(ids)
 }
@@ -135,7 +142,7 @@ mod tests {
         };
         let mut windows = Vec::new();
         // A "model" that predicts last + 1.
-        let out = generate(&[5], 4, 3, 16, greedy, &mut rng, |w| {
+        let out = generate(&[5], 4, 3, 16, greedy, &[], &mut rng, |w| {
             windows.push(w.len());
             let mut logits = vec![0.0; 16];
             logits[(*w.last().unwrap() as usize + 1) % 16] = 1.0;
@@ -144,6 +151,14 @@ mod tests {
         .unwrap();
         assert_eq!(out, vec![5, 6, 7, 8, 9]);
         assert_eq!(windows, vec![1, 2, 3, 3]);
-        assert!(generate(&[], 1, 3, 16, greedy, &mut rng, |_| Ok(vec![0.0; 16])).is_err());
+        assert!(generate(&[], 1, 3, 16, greedy, &[], &mut rng, |_| Ok(vec![0.0; 16])).is_err());
+        // A stop id ends generation after it is emitted.
+        let out = generate(&[5], 10, 8, 16, greedy, &[7], &mut rng, |w| {
+            let mut logits = vec![0.0; 16];
+            logits[(*w.last().unwrap() as usize + 1) % 16] = 1.0;
+            Ok(logits)
+        })
+        .unwrap();
+        assert_eq!(out, vec![5, 6, 7]);
     }
 }
