@@ -280,43 +280,42 @@ pub fn forward_cached<'a, T: Float>(
     };
     let scale = T::from_f64(cfg.scale);
     let cap = cfg.softcap.map(T::from_f64);
-    out.par_chunks_mut(qd)
+    // One task per (new row, head): a single decoded token still spreads over the heads.
+    out.par_chunks_mut(hd)
         .enumerate()
-        .for_each_init(Vec::new, |scores, (r, orow)| {
+        .for_each_init(Vec::new, |scores, (task, oh)| {
+            let (r, h) = (task / cfg.heads, task % cfg.heads);
             let i = p0 + r;
             let lo = cfg.first_visible(i);
-            for h in 0..cfg.heads {
-                let g = h / cfg.group();
-                let qh = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
-                let slope = cfg.alibi.as_ref().map(|s| s[h]);
-                scores.clear();
-                for j in lo..=i {
-                    let kh = at(k_past, k_new, j, g);
-                    let mut s = qh.iter().zip(kh).fold(T::ZERO, |acc, (&a, &b)| acc + a * b);
-                    s = match slope {
-                        Some(slope) => (s + T::from_f64(alibi_bias(slope, j))) * scale,
-                        None => s * scale,
-                    };
-                    if let Some(c) = cap {
-                        s = c * (s / c).tanh();
-                    }
-                    scores.push(s);
+            let g = h / cfg.group();
+            let qh = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
+            let slope = cfg.alibi.as_ref().map(|s| s[h]);
+            scores.clear();
+            for j in lo..=i {
+                let kh = at(k_past, k_new, j, g);
+                let mut s = qh.iter().zip(kh).fold(T::ZERO, |acc, (&a, &b)| acc + a * b);
+                s = match slope {
+                    Some(slope) => (s + T::from_f64(alibi_bias(slope, j))) * scale,
+                    None => s * scale,
+                };
+                if let Some(c) = cap {
+                    s = c * (s / c).tanh();
                 }
-                let max = scores.iter().copied().fold(T::NEG_INF, T::max);
-                let mut sum = T::ZERO;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = T::ONE / sum;
-                let oh = &mut orow[h * hd..(h + 1) * hd];
-                oh.fill(T::ZERO);
-                for (j, &e) in (lo..=i).zip(scores.iter()) {
-                    let p = e * inv;
-                    let vh = at(v_past, v_new, j, g);
-                    for (o, &x) in oh.iter_mut().zip(vh) {
-                        *o += p * x;
-                    }
+                scores.push(s);
+            }
+            let max = scores.iter().copied().fold(T::NEG_INF, T::max);
+            let mut sum = T::ZERO;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let inv = T::ONE / sum;
+            oh.fill(T::ZERO);
+            for (j, &e) in (lo..=i).zip(scores.iter()) {
+                let p = e * inv;
+                let vh = at(v_past, v_new, j, g);
+                for (o, &x) in oh.iter_mut().zip(vh) {
+                    *o += p * x;
                 }
             }
         });
