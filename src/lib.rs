@@ -7,6 +7,8 @@ pub use modelspec_runtime as runtime;
 
 pub use model::{Error, KernelLaunch, Model, Result, load_kernels};
 pub use modelspec_macros::{model, model_file};
+pub use modelspec_runtime::exec::KvCache;
+pub use modelspec_runtime::train::sample::SampleOptions;
 pub use modelspec_runtime::{Device, Tensor};
 
 mod model;

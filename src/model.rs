@@ -3,6 +3,10 @@
 use std::path::Path;
 
 use crate::dsl::ModelSpec;
+use crate::runtime::exec::{Executor, KvCache};
+use crate::runtime::train::TrainError;
+use crate::runtime::train::rng::SplitMix64;
+use crate::runtime::train::sample::{self as sampling, SampleOptions};
 use crate::runtime::{Device, Params, Tensor};
 
 /// Errors of a generated model's API.
@@ -17,6 +21,9 @@ pub enum Error {
     /// CUDA failed (no driver, NVRTC compile error, bad launch).
     #[error(transparent)]
     Cuda(#[from] crate::runtime::cuda::CudaError),
+    /// Generation failed (an empty prompt, a token outside the vocabulary).
+    #[error(transparent)]
+    Generate(#[from] TrainError),
     /// The spec embedded in the generated code does not load (the generated code and the
     /// `modelspec` crate it compiles against disagree on the IR).
     #[error("the embedded spec does not load: {0}")]
@@ -65,6 +72,45 @@ pub trait Model: Sized {
 
     /// Every parameter by canonical name, mutably.
     fn params_mut(&mut self) -> ParamRefsMut<'_>;
+
+    /// Logits `[VOCAB_PADDED]` of the last position of `window` (one sequence), through `cache`
+    /// (`Executor::decode`): while the window grows by new ids, pass the same cache and only the
+    /// new ids run. Equal to the last row of [`Model::logits`] up to the order of float sums.
+    /// A cache belongs to one set of weights: [`KvCache::clear`] it after changing them.
+    fn decode(&self, cache: &mut KvCache<f32>, window: &[u32]) -> Result<Vec<f32>> {
+        let exec = Executor::new(Self::spec()?)?;
+        Ok(exec.decode(&self.params(), cache, window)?)
+    }
+
+    /// `prompt` followed by `tokens` sampled ids (temperature 0: greedy), decoded through one
+    /// key/value cache; the window is the spec's context.
+    fn generate(
+        &self,
+        prompt: &[u32],
+        tokens: usize,
+        options: SampleOptions,
+        seed: u64,
+    ) -> Result<Vec<u32>> {
+        let spec = Self::spec()?;
+        let exec = Executor::new(spec)?;
+        let params = self.params();
+        let mut cache = KvCache::new();
+        let mut rng = SplitMix64::new(seed);
+        let window = spec.max_sequence().map_or(usize::MAX, |m| m as usize);
+        Ok(sampling::generate(
+            prompt,
+            tokens,
+            window,
+            spec.vocab as usize,
+            options,
+            &[],
+            &mut rng,
+            |w| {
+                exec.decode(&params, &mut cache, w)
+                    .map_err(|e| TrainError::Model(Box::new(e)))
+            },
+        )?)
+    }
 }
 
 /// The launch shape of one generated CUDA kernel: what its launch function computes from the
