@@ -47,7 +47,7 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Train a spec on the CPU or a GPU (default: the bundled tiny spec on the bundled corpus).
     Train(train::TrainArgs),
-    /// Generate text from a checkpoint written by `train`.
+    /// Generate text from a checkpoint written by `train`, or from an HF model directory (CPU, KV cache).
     Sample(sample::SampleArgs),
 }
 
