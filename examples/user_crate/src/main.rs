@@ -1,7 +1,7 @@
 //! A user crate that embeds a model with `modelspec::model!`.
 //!
 //! ```sh
-//! cargo run                                   # init from a seed, logits, train 5 steps
+//! cargo run                                   # init from a seed, logits, train 5 steps, generate
 //! cargo run -- ../../tests/fixtures/llama     # load HF weights; compare with transformers' logits
 //! ```
 #![deny(warnings)]
@@ -130,5 +130,16 @@ fn main() -> Result<(), Error> {
     if losses.last() >= losses.first() {
         return Err(format!("training did not reduce the loss: {losses:?}").into());
     }
+
+    // Greedy decoding through the key/value cache: the prompt, then 16 new ids.
+    let greedy = modelspec::SampleOptions {
+        temperature: 0.0,
+        top_k: 0,
+    };
+    let ids = model.generate(&tokens[..4], 16, greedy, 0)?;
+    if ids[..4] != tokens[..4] || ids.len() != 20 {
+        return Err(format!("generate returned {ids:?}").into());
+    }
+    println!("greedy continuation of {:?}: {:?}", &ids[..4], &ids[4..]);
     Ok(())
 }
