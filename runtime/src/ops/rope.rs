@@ -171,16 +171,39 @@ pub fn forward<T: Float>(
     head_dim: usize,
     out: &mut [T],
 ) {
+    rotate::<T, false>(table, x, heads, head_dim, out);
+}
+
+/// Accumulates `dx` from `dy` (the transpose rotation).
+pub fn backward<T: Float>(
+    table: &RopeTable<T>,
+    dy: &[T],
+    heads: usize,
+    head_dim: usize,
+    dx: &mut [T],
+) {
+    rotate::<T, true>(table, dy, heads, head_dim, dx);
+}
+
+/// `dst = R src` or, with `TRANSPOSE`, `dst += Rᵀ src`, row by row. Rᵀ is R with the sines
+/// negated (negation is exact, so the transpose's sums are bit-identical to spelling it out).
+fn rotate<T: Float, const TRANSPOSE: bool>(
+    table: &RopeTable<T>,
+    src: &[T],
+    heads: usize,
+    head_dim: usize,
+    dst: &mut [T],
+) {
     let half = table.rotary_dims / 2;
     let width = heads * head_dim;
     let chunk = width * ROWS_PER_TASK;
-    x.par_chunks(chunk)
-        .zip(out.par_chunks_mut(chunk))
+    src.par_chunks(chunk)
+        .zip(dst.par_chunks_mut(chunk))
         .enumerate()
-        .for_each(|(task, (x, out))| {
-            for (r, (xr, yr)) in x
+        .for_each(|(task, (src, dst))| {
+            for (r, (xr, yr)) in src
                 .chunks_exact(width)
-                .zip(out.chunks_exact_mut(width))
+                .zip(dst.chunks_exact_mut(width))
                 .enumerate()
             {
                 let t = (task * ROWS_PER_TASK + r) % table.seq;
@@ -193,50 +216,22 @@ pub fn forward<T: Float>(
                     let ys = &mut yr[h * head_dim..(h + 1) * head_dim];
                     for i in 0..half {
                         let (a, b) = table.pair(i);
-                        ys[a] = xs[a] * cos[i] - xs[b] * sin[i];
-                        ys[b] = xs[b] * cos[i] + xs[a] * sin[i];
+                        let sn = if TRANSPOSE { -sin[i] } else { sin[i] };
+                        let ya = xs[a] * cos[i] - xs[b] * sn;
+                        let yb = xs[b] * cos[i] + xs[a] * sn;
+                        if TRANSPOSE {
+                            ys[a] += ya;
+                            ys[b] += yb;
+                        } else {
+                            ys[a] = ya;
+                            ys[b] = yb;
+                        }
                     }
-                    ys[table.rotary_dims..].copy_from_slice(&xs[table.rotary_dims..]);
-                }
-            }
-        });
-}
-
-/// Accumulates `dx` from `dy` (the transpose rotation).
-pub fn backward<T: Float>(
-    table: &RopeTable<T>,
-    dy: &[T],
-    heads: usize,
-    head_dim: usize,
-    dx: &mut [T],
-) {
-    let half = table.rotary_dims / 2;
-    let width = heads * head_dim;
-    let chunk = width * ROWS_PER_TASK;
-    dy.par_chunks(chunk)
-        .zip(dx.par_chunks_mut(chunk))
-        .enumerate()
-        .for_each(|(task, (dy, dx))| {
-            for (r, (dyr, dxr)) in dy
-                .chunks_exact(width)
-                .zip(dx.chunks_exact_mut(width))
-                .enumerate()
-            {
-                let t = (task * ROWS_PER_TASK + r) % table.seq;
-                let (cos, sin) = (
-                    &table.cos[t * half..(t + 1) * half],
-                    &table.sin[t * half..(t + 1) * half],
-                );
-                for h in 0..heads {
-                    let ds = &dyr[h * head_dim..(h + 1) * head_dim];
-                    let gs = &mut dxr[h * head_dim..(h + 1) * head_dim];
-                    for i in 0..half {
-                        let (a, b) = table.pair(i);
-                        gs[a] += ds[a] * cos[i] + ds[b] * sin[i];
-                        gs[b] += ds[b] * cos[i] - ds[a] * sin[i];
-                    }
-                    for c in table.rotary_dims..head_dim {
-                        gs[c] += ds[c];
+                    let (xt, yt) = (&xs[table.rotary_dims..], &mut ys[table.rotary_dims..]);
+                    if TRANSPOSE {
+                        yt.iter_mut().zip(xt).for_each(|(y, &x)| *y += x);
+                    } else {
+                        yt.copy_from_slice(xt);
                     }
                 }
             }
