@@ -4,6 +4,7 @@
 //! Decoding runs on the CPU executor through a key/value cache (`Executor::decode`): the prompt
 //! runs once, then each new token alone, as long as the window fits the spec's context.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
@@ -163,26 +164,59 @@ pub fn run(args: SampleArgs) -> Result<()> {
         temperature: args.temperature,
         top_k: args.top_k,
     };
+    // Output streams as ids are generated: ids one by one, or the text's new part each time
+    // the decoded text extends what is already printed (a byte-level piece that ends mid
+    // character decodes to U+FFFD until the character completes, so it waits).
+    let tokenizer = source.tokenizer.as_ref().filter(|_| !args.ids);
+    let mut out = std::io::stdout().lock();
+    let mut printed = String::new();
+    let mut failure: Option<anyhow::Error> = None;
+    let mut show = |ids: &[u32], out: &mut std::io::StdoutLock<'_>| -> Result<()> {
+        match tokenizer {
+            None => {
+                let sep = if ids.len() > 1 { " " } else { "" };
+                write!(out, "{sep}{}", ids[ids.len() - 1])?;
+            }
+            Some(t) => {
+                let text = t.decode(ids)?;
+                if text.starts_with(&printed) && !text.ends_with('\u{FFFD}') {
+                    out.write_all(&text.as_bytes()[printed.len()..])?;
+                    printed = text;
+                }
+            }
+        }
+        Ok(out.flush()?)
+    };
+    for i in 1..=prompt_ids.len() {
+        show(&prompt_ids[..i], &mut out)?;
+    }
     let ids = generate_ids(
         &objective,
         &source.params,
         spec,
         &prompt_ids,
-        args.tokens,
-        vocab,
+        (args.tokens, vocab),
         options,
         &source.eos,
         args.seed,
+        &mut |ids| {
+            if failure.is_none()
+                && let Err(e) = show(ids, &mut out)
+            {
+                failure = Some(e);
+            }
+        },
     )?;
-    match (&source.tokenizer, args.ids) {
-        (Some(tokenizer), false) => println!("{}", tokenizer.decode(&ids)?),
-        _ => println!(
-            "{}",
-            ids.iter()
-                .map(|t| t.to_string())
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
+    if let Some(e) = failure {
+        return Err(e);
     }
+    // Whatever a trailing partial character held back.
+    if let Some(t) = tokenizer {
+        let text = t.decode(&ids)?;
+        if let Some(rest) = text.strip_prefix(printed.as_str()) {
+            out.write_all(rest.as_bytes())?;
+        }
+    }
+    writeln!(out)?;
     Ok(())
 }

@@ -511,11 +511,11 @@ pub fn generate_text(
         params,
         spec,
         &prompt_ids,
-        tokens,
-        vocab,
+        (tokens, vocab),
         options,
         &[],
         seed,
+        &mut |_| {},
     )?;
     Ok(tokenizer.decode(&ids)?)
 }
@@ -523,23 +523,24 @@ pub fn generate_text(
 /// Extends `prompt_ids` by up to `tokens` ids sampled among the first `vocab` (stopping after an
 /// id of `stop`), through one key/value cache: each step extends the window by one id, so only
 /// the new id runs (until the window slides past the context, where every step starts over).
+/// `on_id` sees the ids so far after each new one.
 #[allow(clippy::too_many_arguments)]
 pub fn generate_ids(
     objective: &CpuObjective,
     params: &Params,
     spec: &ModelSpec,
     prompt_ids: &[u32],
-    tokens: usize,
-    vocab: usize,
+    (tokens, vocab): (usize, usize),
     options: SampleOptions,
     stop: &[u32],
     seed: u64,
+    on_id: &mut dyn FnMut(&[u32]),
 ) -> Result<Vec<u32>> {
     let mut rng = SplitMix64::new(seed);
     let mut cache = KvCache::new();
     // The window: the spec's context (dynamic-NTK models have none).
     let window = spec.max_sequence().map_or(usize::MAX, |m| m as usize);
-    Ok(sampling::generate(
+    Ok(sampling::generate_streaming(
         prompt_ids,
         tokens,
         window,
@@ -547,7 +548,8 @@ pub fn generate_ids(
         options,
         stop,
         &mut rng,
-        |window| objective.last_logits(params, &mut cache, window),
+        |w| objective.last_logits(params, &mut cache, w),
+        on_id,
     )?)
 }
 

@@ -71,7 +71,34 @@ pub fn generate(
     options: SampleOptions,
     stop: &[u32],
     rng: &mut SplitMix64,
+    next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>, TrainError>,
+) -> Result<Vec<u32>, TrainError> {
+    generate_streaming(
+        prompt,
+        tokens,
+        context,
+        vocab,
+        options,
+        stop,
+        rng,
+        next_logits,
+        |_| {},
+    )
+}
+
+/// As [`generate`], calling `on_id(ids)` with the ids so far (prompt included) after each new id,
+/// for output that appears as it is generated.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_streaming(
+    prompt: &[u32],
+    tokens: usize,
+    context: usize,
+    vocab: usize,
+    options: SampleOptions,
+    stop: &[u32],
+    rng: &mut SplitMix64,
     mut next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>, TrainError>,
+    mut on_id: impl FnMut(&[u32]),
 ) -> Result<Vec<u32>, TrainError> {
     if prompt.is_empty() {
         return Err(TrainError::Config(
@@ -84,6 +111,7 @@ pub fn generate(
         let logits = next_logits(&ids[start..])?;
         let next = pick(&logits, vocab, options, rng);
         ids.push(next);
+        on_id(&ids);
         if stop.contains(&next) {
             break;
         }
