@@ -50,16 +50,50 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> WeightsError + '_ {
     }
 }
 
+/// A file's bytes: memory-mapped (large files), or read (small ones, and where mapping fails).
+enum FileBytes {
+    Mapped(memmap2::Mmap),
+    Read(Vec<u8>),
+}
+
+impl FileBytes {
+    /// Files below this size are simply read.
+    const MAP_FROM: u64 = 1 << 20;
+
+    fn open(path: &Path) -> Result<FileBytes, WeightsError> {
+        let file = fs::File::open(path).map_err(io_err(path))?;
+        let len = file.metadata().map_err(io_err(path))?.len();
+        if len >= Self::MAP_FROM {
+            // SAFETY: the map is read-only and lives only while this call decodes it (every value
+            // is copied out). Another process changing or truncating the file meanwhile is the
+            // one hazard, as for every reader of mapped checkpoints: values read then are
+            // whatever the file held, and a truncation can fault (SIGBUS).
+            if let Ok(map) = unsafe { memmap2::Mmap::map(&file) } {
+                return Ok(FileBytes::Mapped(map));
+            }
+        }
+        fs::read(path).map(FileBytes::Read).map_err(io_err(path))
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            FileBytes::Mapped(m) => m,
+            FileBytes::Read(v) => v,
+        }
+    }
+}
+
 /// Reads every tensor of a safetensors file.
 ///
 /// A truncated or otherwise malformed file is a [`WeightsError::Corrupt`], never a panic.
 pub fn read_tensors(path: &Path) -> Result<BTreeMap<String, FileTensor>, WeightsError> {
-    let bytes = fs::read(path).map_err(io_err(path))?;
+    let bytes = FileBytes::open(path)?;
+    let bytes = bytes.as_slice();
     let corrupt = |reason: String| WeightsError::Corrupt {
         path: path.to_path_buf(),
         reason,
     };
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| corrupt(e.to_string()))?;
     let mut out = BTreeMap::new();
     for (name, view) in st.iter() {
         let shape = view.shape().to_vec();

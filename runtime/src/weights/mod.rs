@@ -353,8 +353,10 @@ pub fn from_checkpoint(
     }
     let shapes = canonical_shapes(spec);
     let mut params = BTreeMap::new();
+    // Each checkpoint tensor is dropped as soon as it is split into canonical parameters, so the
+    // weights exist about once in memory (not once as read and once as converted).
     for ct in &layout {
-        if let Some(t) = tensors.get(&ct.name) {
+        if let Some(t) = tensors.remove(&ct.name) {
             split(ct, &t.data, &shapes, &mut params);
         }
     }

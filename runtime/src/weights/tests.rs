@@ -844,3 +844,37 @@ fn saving_checks_the_parameter_map() {
     }
     assert!(!path.exists());
 }
+
+#[test]
+fn large_files_are_mapped_and_read_like_small_ones() {
+    // Above FileBytes::MAP_FROM (1 MiB) the file is memory-mapped: the same values come back,
+    // and a truncated large file is still a clean error.
+    let dir = tmp("mapped");
+    let path = dir.join("big.safetensors");
+    let n = 400_000; // 1.6 MB of f32
+    let data: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+    let mut floats = BTreeMap::new();
+    floats.insert(
+        "w".to_string(),
+        HostTensor {
+            shape: vec![n / 4, 4],
+            data: data.clone(),
+        },
+    );
+    write_tensors(&path, &floats, &BTreeMap::new(), StoreDtype::F32).expect("write");
+    assert!(std::fs::metadata(&path).unwrap().len() > 1 << 20);
+    let back = read_tensors(&path).expect("read");
+    match &back["w"] {
+        FileTensor::Float(t) => {
+            assert_eq!(t.shape, vec![n / 4, 4]);
+            assert_eq!(t.data, data);
+        }
+        other => panic!("not a float tensor: {other:?}"),
+    }
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 4096]).unwrap();
+    assert!(matches!(
+        read_tensors(&path),
+        Err(WeightsError::Corrupt { .. })
+    ));
+}
