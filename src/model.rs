@@ -109,6 +109,7 @@ pub trait Model: Sized {
                 exec.decode(&params, &mut cache, w)
                     .map_err(|e| TrainError::Model(Box::new(e)))
             },
+            |_| {},
         )?)
     }
 }

@@ -540,7 +540,7 @@ pub fn generate_ids(
     let mut cache = KvCache::new();
     // The window: the spec's context (dynamic-NTK models have none).
     let window = spec.max_sequence().map_or(usize::MAX, |m| m as usize);
-    Ok(sampling::generate_streaming(
+    Ok(sampling::generate(
         prompt_ids,
         tokens,
         window,

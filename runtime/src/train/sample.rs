@@ -61,35 +61,10 @@ pub fn pick(logits: &[f32], vocab: usize, options: SampleOptions, rng: &mut Spli
 
 /// Extends `prompt` by `tokens` ids, or fewer: generation ends after an id of `stop` (an
 /// end-of-sequence token, kept in the output). `next_logits(window)` returns the logits of the
-/// window's last position; the window is the last `context` ids at most.
+/// window's last position; the window is the last `context` ids at most. `on_id(ids)` sees the
+/// ids so far (prompt included) after each new id, for output that appears as it is generated.
 #[allow(clippy::too_many_arguments)]
 pub fn generate(
-    prompt: &[u32],
-    tokens: usize,
-    context: usize,
-    vocab: usize,
-    options: SampleOptions,
-    stop: &[u32],
-    rng: &mut SplitMix64,
-    next_logits: impl FnMut(&[u32]) -> Result<Vec<f32>, TrainError>,
-) -> Result<Vec<u32>, TrainError> {
-    generate_streaming(
-        prompt,
-        tokens,
-        context,
-        vocab,
-        options,
-        stop,
-        rng,
-        next_logits,
-        |_| {},
-    )
-}
-
-/// As [`generate`], calling `on_id(ids)` with the ids so far (prompt included) after each new id,
-/// for output that appears as it is generated.
-#[allow(clippy::too_many_arguments)]
-pub fn generate_streaming(
     prompt: &[u32],
     tokens: usize,
     context: usize,
@@ -170,22 +145,57 @@ mod tests {
         };
         let mut windows = Vec::new();
         // A "model" that predicts last + 1.
-        let out = generate(&[5], 4, 3, 16, greedy, &[], &mut rng, |w| {
-            windows.push(w.len());
-            let mut logits = vec![0.0; 16];
-            logits[(*w.last().unwrap() as usize + 1) % 16] = 1.0;
-            Ok(logits)
-        })
+        let mut seen = Vec::new();
+        let out = generate(
+            &[5],
+            4,
+            3,
+            16,
+            greedy,
+            &[],
+            &mut rng,
+            |w| {
+                windows.push(w.len());
+                let mut logits = vec![0.0; 16];
+                logits[(*w.last().unwrap() as usize + 1) % 16] = 1.0;
+                Ok(logits)
+            },
+            |ids| seen.push(ids.len()),
+        )
         .unwrap();
+        assert_eq!(seen, vec![2, 3, 4, 5]);
         assert_eq!(out, vec![5, 6, 7, 8, 9]);
         assert_eq!(windows, vec![1, 2, 3, 3]);
-        assert!(generate(&[], 1, 3, 16, greedy, &[], &mut rng, |_| Ok(vec![0.0; 16])).is_err());
+        assert!(
+            generate(
+                &[],
+                1,
+                3,
+                16,
+                greedy,
+                &[],
+                &mut rng,
+                |_| Ok(vec![0.0; 16]),
+                |_| {}
+            )
+            .is_err()
+        );
         // A stop id ends generation after it is emitted.
-        let out = generate(&[5], 10, 8, 16, greedy, &[7], &mut rng, |w| {
-            let mut logits = vec![0.0; 16];
-            logits[(*w.last().unwrap() as usize + 1) % 16] = 1.0;
-            Ok(logits)
-        })
+        let out = generate(
+            &[5],
+            10,
+            8,
+            16,
+            greedy,
+            &[7],
+            &mut rng,
+            |w| {
+                let mut logits = vec![0.0; 16];
+                logits[(*w.last().unwrap() as usize + 1) % 16] = 1.0;
+                Ok(logits)
+            },
+            |_| {},
+        )
         .unwrap();
         assert_eq!(out, vec![5, 6, 7]);
     }
