@@ -1344,10 +1344,7 @@ impl Executor {
                     None,
                 )
                 .map_err(|e| Error::Checkpoint(e.to_string()))?;
-                plan.layers
-                    .iter()
-                    .map(|l| LayerCheckpoint::Save(l.saved.iter().map(|s| s.to_string()).collect()))
-                    .collect()
+                plan.layer_checkpoints()
             }
             Policy::FromSpec => self
                 .spec

@@ -18,7 +18,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
-use modelspec_dsl::ir::{LayerCheckpoint, ModelSpec};
+use modelspec_dsl::ir::ModelSpec;
 use modelspec_dsl::plan::{self, PolicyOverride};
 use modelspec_runtime::exec::{Executor, Policy};
 use modelspec_runtime::ops::cross_entropy;
@@ -145,13 +145,7 @@ fn resolve_policy(
                 Some(&budget),
             )
             .map_err(|e| anyhow!("--checkpoint {text}: {e}"))?;
-            Policy::PerLayer(
-                planned
-                    .layers
-                    .iter()
-                    .map(|l| LayerCheckpoint::Save(l.saved.iter().map(|s| s.to_string()).collect()))
-                    .collect(),
-            )
+            Policy::PerLayer(planned.layer_checkpoints())
         }
     })
 }

@@ -83,6 +83,16 @@ pub struct Plan {
     pub layers: Vec<LayerPlan>,
 }
 
+impl Plan {
+    /// Each layer's resolved save set as the per-layer policy `save(...)` that an executor runs.
+    pub fn layer_checkpoints(&self) -> Vec<LayerCheckpoint> {
+        self.layers
+            .iter()
+            .map(|l| LayerCheckpoint::Save(l.saved.iter().map(|s| s.to_string()).collect()))
+            .collect()
+    }
+}
+
 /// Why no plan exists.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum PlanError {

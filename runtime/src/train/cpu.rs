@@ -1,6 +1,6 @@
 //! The CPU executor as a training [`Objective`], with the `--checkpoint POLICY` of the command line.
 
-use modelspec_dsl::ir::{LayerCheckpoint, ModelSpec};
+use modelspec_dsl::ir::ModelSpec;
 use modelspec_dsl::plan::{self, Dtype, PolicyOverride};
 
 use super::{Objective, TrainError};
@@ -56,15 +56,7 @@ impl CpuObjective {
                 let spec = self.executor.spec();
                 let planned = plan::plan(spec, batch as u64, seq as u64, Dtype::F32, Some(budget))
                     .map_err(|e| TrainError::Config(format!("--checkpoint: {e}")))?;
-                Policy::PerLayer(
-                    planned
-                        .layers
-                        .iter()
-                        .map(|l| {
-                            LayerCheckpoint::Save(l.saved.iter().map(|s| s.to_string()).collect())
-                        })
-                        .collect(),
-                )
+                Policy::PerLayer(planned.layer_checkpoints())
             }
         };
         self.resolved = Some(((batch, seq), policy.clone()));
