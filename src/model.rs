@@ -5,7 +5,6 @@ use std::path::Path;
 use crate::dsl::ModelSpec;
 use crate::runtime::exec::{Executor, KvCache};
 use crate::runtime::train::TrainError;
-use crate::runtime::train::rng::SplitMix64;
 use crate::runtime::train::sample::{self as sampling, SampleOptions};
 use crate::runtime::{Device, Params, Tensor};
 
@@ -93,22 +92,14 @@ pub trait Model: Sized {
     ) -> Result<Vec<u32>> {
         let spec = Self::spec()?;
         let exec = Executor::new(spec)?;
-        let params = self.params();
-        let mut cache = KvCache::new();
-        let mut rng = SplitMix64::new(seed);
-        let window = spec.max_sequence().map_or(usize::MAX, |m| m as usize);
-        Ok(sampling::generate(
+        Ok(sampling::generate_cached(
+            &exec,
+            &self.params(),
             prompt,
-            tokens,
-            window,
-            spec.vocab as usize,
+            (tokens, spec.vocab as usize),
             options,
             &[],
-            &mut rng,
-            |w| {
-                exec.decode(&params, &mut cache, w)
-                    .map_err(|e| TrainError::Model(Box::new(e)))
-            },
+            seed,
             |_| {},
         )?)
     }

@@ -13,10 +13,10 @@ use modelspec_runtime::Params;
 use modelspec_runtime::train::CpuObjective;
 use modelspec_runtime::train::checkpoint;
 use modelspec_runtime::train::data::Tokenizer;
-use modelspec_runtime::train::sample::SampleOptions;
+use modelspec_runtime::train::sample::{self as sampling, SampleOptions};
 use modelspec_runtime::weights;
 
-use super::train::{checkpoint_dir, generate_ids};
+use super::train::checkpoint_dir;
 
 /// Arguments of `modelspec sample`.
 #[derive(Debug, Clone, clap::Args)]
@@ -190,16 +190,15 @@ pub fn run(args: SampleArgs) -> Result<()> {
     for i in 1..=prompt_ids.len() {
         show(&prompt_ids[..i], &mut out)?;
     }
-    let ids = generate_ids(
-        &objective,
+    let ids = sampling::generate_cached(
+        objective.executor(),
         &source.params,
-        spec,
         &prompt_ids,
         (args.tokens, vocab),
         options,
         &source.eos,
         args.seed,
-        &mut |ids| {
+        |ids| {
             if failure.is_none()
                 && let Err(e) = show(ids, &mut out)
             {

@@ -15,7 +15,6 @@ use indicatif::{ProgressBar, ProgressStyle};
 use modelspec_dsl::ir::ModelSpec;
 use modelspec_runtime::Params;
 use modelspec_runtime::dist::{DEFAULT_BUCKET_BYTES, DataParallel};
-use modelspec_runtime::exec::KvCache;
 use modelspec_runtime::train::data::{self, Tokenizer};
 use modelspec_runtime::train::optim::AdamWConfig;
 use modelspec_runtime::train::plot::{self, LossPlot, Reference};
@@ -506,51 +505,17 @@ pub fn generate_text(
 ) -> Result<String> {
     let prompt_ids = tokenizer.encode(prompt)?;
     let vocab = (spec.vocab as usize).min(tokenizer.vocab_size());
-    let ids = generate_ids(
-        objective,
+    let ids = sampling::generate_cached(
+        objective.executor(),
         params,
-        spec,
         &prompt_ids,
         (tokens, vocab),
         options,
         &[],
         seed,
-        &mut |_| {},
+        |_| {},
     )?;
     Ok(tokenizer.decode(&ids)?)
-}
-
-/// Extends `prompt_ids` by up to `tokens` ids sampled among the first `vocab` (stopping after an
-/// id of `stop`), through one key/value cache: each step extends the window by one id, so only
-/// the new id runs (until the window slides past the context, where every step starts over).
-/// `on_id` sees the ids so far after each new one.
-#[allow(clippy::too_many_arguments)]
-pub fn generate_ids(
-    objective: &CpuObjective,
-    params: &Params,
-    spec: &ModelSpec,
-    prompt_ids: &[u32],
-    (tokens, vocab): (usize, usize),
-    options: SampleOptions,
-    stop: &[u32],
-    seed: u64,
-    on_id: &mut dyn FnMut(&[u32]),
-) -> Result<Vec<u32>> {
-    let mut rng = SplitMix64::new(seed);
-    let mut cache = KvCache::new();
-    // The window: the spec's context (dynamic-NTK models have none).
-    let window = spec.max_sequence().map_or(usize::MAX, |m| m as usize);
-    Ok(sampling::generate(
-        prompt_ids,
-        tokens,
-        window,
-        vocab,
-        options,
-        stop,
-        &mut rng,
-        |w| objective.last_logits(params, &mut cache, w),
-        on_id,
-    )?)
 }
 
 fn bench(args: &TrainArgs) -> Result<()> {

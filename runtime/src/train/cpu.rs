@@ -5,7 +5,7 @@ use modelspec_dsl::plan::{self, Dtype, PolicyOverride};
 
 use super::{Objective, TrainError};
 use crate::Params;
-use crate::exec::{Executor, KvCache, Policy};
+use crate::exec::{Executor, Policy};
 
 /// Runs loss and gradients through [`Executor`], dropout keyed by each micro-batch's seed.
 #[derive(Debug, Clone)]
@@ -61,20 +61,6 @@ impl CpuObjective {
         };
         self.resolved = Some(((batch, seq), policy.clone()));
         Ok(policy)
-    }
-
-    /// Logits of the last position of `window` (one sequence), `vocab_padded` of them, through
-    /// `cache` (keys and values of a prefix of `window` computed by earlier calls with the same
-    /// `params`; see `Executor::decode`).
-    pub fn last_logits(
-        &self,
-        params: &Params,
-        cache: &mut KvCache<f32>,
-        window: &[u32],
-    ) -> Result<Vec<f32>, TrainError> {
-        self.executor
-            .decode(params, cache, window)
-            .map_err(model_error)
     }
 }
 

@@ -2,6 +2,8 @@
 
 use super::TrainError;
 use super::rng::SplitMix64;
+use crate::exec::{Executor, KvCache};
+use crate::tensor::ParamSource;
 
 /// How the next token is picked.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -92,6 +94,43 @@ pub fn generate(
         }
     }
     Ok(ids)
+}
+
+/// Sampling from `exec` with `params` through one key/value cache (`Executor::decode`): `prompt`
+/// extended by up to `tokens` ids among the first `vocab`, stopping after an id of `stop`, with
+/// `on_id` as in [`generate`]. The window is the spec's context (none for dynamic-NTK RoPE): while
+/// it fits, each step runs only the new id; past it the window slides and every step starts over.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_cached(
+    exec: &Executor,
+    params: &dyn ParamSource<f32>,
+    prompt: &[u32],
+    (tokens, vocab): (usize, usize),
+    options: SampleOptions,
+    stop: &[u32],
+    seed: u64,
+    on_id: impl FnMut(&[u32]),
+) -> Result<Vec<u32>, TrainError> {
+    let mut rng = SplitMix64::new(seed);
+    let mut cache = KvCache::new();
+    let window = exec
+        .spec()
+        .max_sequence()
+        .map_or(usize::MAX, |m| m as usize);
+    generate(
+        prompt,
+        tokens,
+        window,
+        vocab,
+        options,
+        stop,
+        &mut rng,
+        |w| {
+            exec.decode(params, &mut cache, w)
+                .map_err(|e| TrainError::Model(Box::new(e)))
+        },
+        on_id,
+    )
 }
 
 #[cfg(test)]
