@@ -32,8 +32,8 @@ pub struct KvCache<T: Float> {
     keys: Vec<Vec<T>>,
     /// Per layer, `[tokens.len(), kv_dim]`.
     values: Vec<Vec<T>>,
-    /// Per layer with RoPE, the (cos, sin) rows the cached keys were rotated with.
-    rope: Vec<Option<(Vec<T>, Vec<T>)>>,
+    /// Per distinct RoPE of the spec, the (cos, sin) rows the cached keys were rotated with.
+    rope: Vec<(Vec<T>, Vec<T>)>,
 }
 
 impl<T: Float> Default for KvCache<T> {
@@ -98,26 +98,29 @@ impl Executor {
         params.check_params(&self.spec)?;
         let layers = &self.spec.layers;
         let len = window.len();
-        let tables: Vec<Option<RopeTable<T>>> = layers
-            .iter()
-            .map(|l| match &l.position {
-                Position::Rope(r) => Some(RopeTable::new(r, len)),
+        // One table for the whole window per distinct RoPE of the spec (most have one; Gemma-3's
+        // local and global layers two), and which one each layer uses.
+        let mut ropes: Vec<(&modelspec_dsl::ir::Rope, RopeTable<T>)> = Vec::new();
+        let mut rope_of = Vec::with_capacity(layers.len());
+        for l in layers {
+            rope_of.push(match &l.position {
+                Position::Rope(r) => Some(match ropes.iter().position(|(seen, _)| *seen == r) {
+                    Some(j) => j,
+                    None => {
+                        ropes.push((r, RopeTable::new(r, len)));
+                        ropes.len() - 1
+                    }
+                }),
                 _ => None,
-            })
-            .collect();
-        let same_rope =
-            |cached: &Option<(Vec<T>, Vec<T>)>, table: &Option<RopeTable<T>>| match (cached, table)
-            {
-                (Some((cos, sin)), Some(t)) => {
-                    t.cos[..cos.len()] == cos[..] && t.sin[..sin.len()] == sin[..]
-                }
-                (None, None) => true,
-                _ => false,
-            };
+            });
+        }
         let reusable = cache.keys.len() == layers.len()
             && cache.tokens.len() < len
             && window.starts_with(&cache.tokens)
-            && cache.rope.iter().zip(&tables).all(|(c, t)| same_rope(c, t));
+            && cache.rope.len() == ropes.len()
+            && cache.rope.iter().zip(&ropes).all(|((cos, sin), (_, t))| {
+                t.cos[..cos.len()] == cos[..] && t.sin[..sin.len()] == sin[..]
+            });
         if !reusable {
             cache.clear();
             cache.keys = vec![Vec::new(); layers.len()];
@@ -147,9 +150,9 @@ impl Executor {
             m,
             &mut x,
         );
-        for (i, table) in tables.iter().enumerate() {
+        for (i, rope) in rope_of.iter().enumerate() {
             let mut ctx = self.layer_ctx(i, params, shape, false);
-            ctx.rope = table.as_ref().map(|t| table_rows(t, p0, len));
+            ctx.rope = rope.map(|j| table_rows(&ropes[j].1, p0, len));
             ctx.past = Some(Past {
                 keys: &cache.keys[i],
                 values: &cache.values[i],
@@ -165,10 +168,7 @@ impl Executor {
             x = out;
         }
         cache.tokens = window.to_vec();
-        cache.rope = tables
-            .into_iter()
-            .map(|t| t.map(|t| (t.cos, t.sin)))
-            .collect();
+        cache.rope = ropes.into_iter().map(|(_, t)| (t.cos, t.sin)).collect();
         let last = Shape {
             batch: 1,
             seq: 1,
