@@ -36,6 +36,61 @@ pub fn check(spec: &ModelSpec) -> Vec<Issue> {
     c.issues
 }
 
+/// Longest model name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Checks that a model name is an identifier: non-empty, at most [`MAX_NAME_LEN`] characters, ASCII
+/// letters, digits, `_`, `-` and `.`, not starting with `-` or `.` (the `.mspec` grammar's rule).
+/// Names are written into generated Rust and CUDA source and into file names, so nothing else is
+/// allowed. On failure, says why.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(format!(
+            "has {} bytes, more than {MAX_NAME_LEN}",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|&c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(format!("contains {c:?}, which is not allowed in a name"));
+    }
+    if name.starts_with(['-', '.']) {
+        return Err("starts with `-` or `.`".into());
+    }
+    Ok(())
+}
+
+/// A valid name close to `name`: every run of other characters becomes one `_`.
+fn suggest_name(name: &str) -> String {
+    let mut out = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+            out.push(c);
+        } else if !out.ends_with('_') {
+            out.push('_');
+        }
+    }
+    let out = out
+        .trim_start_matches(['-', '.', '_'])
+        .trim_end_matches('_');
+    let out: String = out.chars().take(MAX_NAME_LEN).collect();
+    if out.is_empty() { "model".into() } else { out }
+}
+
+/// At most `max` characters of `s`, with `…` when cut.
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        s.chars().take(max).chain(std::iter::once('…')).collect()
+    }
+}
+
 struct Checker {
     issues: Vec<Issue>,
 }
@@ -85,6 +140,17 @@ impl Checker {
     }
 
     fn global(&mut self, s: &ModelSpec) {
+        if let Err(why) = check_name(&s.name) {
+            let suggestion = suggest_name(&s.name);
+            self.push(
+                "name",
+                None,
+                format!("the model name {:?} {why}", truncate(&s.name, 60)),
+                Some(format!(
+                    "a name is an identifier: ASCII letters, digits, `_`, `-` and `.`, starting with a letter, digit or `_` (at most {MAX_NAME_LEN} characters); e.g. `{suggestion}`"
+                )),
+            );
+        }
         self.positive("vocab", None, s.vocab);
         self.positive("d_model", None, s.d_model);
         self.positive("n_layers", None, s.n_layers);
@@ -564,4 +630,36 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
         std::mem::swap(&mut prev, &mut cur);
     }
     prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_identifiers() {
+        for ok in ["tiny", "llama_3_1_8b", "qwen2.5-7b", "_x", "7b"] {
+            assert_eq!(check_name(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "x\npub fn injected() {}\n//",
+            "../../escaped_run",
+            "/abs/path",
+            "a b",
+            "a/b",
+            "-x",
+            "é",
+            "x*/",
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(check_name(&"a".repeat(MAX_NAME_LEN + 1)).is_err());
+        assert_eq!(
+            suggest_name("x\npub fn injected() {}\n//"),
+            "x_pub_fn_injected"
+        );
+        assert_eq!(suggest_name("../../escaped_run"), "escaped_run");
+        assert_eq!(suggest_name("\n"), "model");
+    }
 }
