@@ -17,12 +17,84 @@ use crate::diag::{Diagnostic, Issue};
 use crate::ir::ModelSpec;
 
 /// Reads a YAML IR file. `file` is the path as the user named it.
+///
+/// Besides the IR's own serde form, a policy or a budget may be written as the spec writes it,
+/// read by the one parser of [`crate::plan`]: `checkpoint: save(q, attn)` in a layer row,
+/// `budget: 24GiB` or `budget: 0.5` under the model's `checkpoint`.
 pub fn from_str(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
-    let spec: ModelSpec = serde_norway::from_str(src).map_err(|e| {
-        let offset = e.location().map_or(0, |l| l.index().min(src.len()));
-        vec![serde_diagnostic(file, offset, &e.to_string(), src)]
-    })?;
+    let spec: ModelSpec = match serde_norway::from_str(src) {
+        Ok(spec) => spec,
+        Err(e) => {
+            let offset = e.location().map_or(0, |l| l.index().min(src.len()));
+            let original = || vec![serde_diagnostic(file, offset, &e.to_string(), src)];
+            // Policies written as text: parse them, then read the document again.
+            let Ok(mut value) = serde_norway::from_str::<serde_norway::Value>(src) else {
+                return Err(original());
+            };
+            match policies_from_text(&mut value) {
+                Ok(0) => return Err(original()),
+                Ok(_) => serde_norway::from_value(value).map_err(|_| original())?,
+                Err((layer, field, e)) => {
+                    let issue = Issue {
+                        field: field.into(),
+                        layers: layer.into_iter().collect(),
+                        message: e.message(),
+                        hint: e.hint(),
+                    };
+                    return Err(vec![locate_issue(&issue, src, file)]);
+                }
+            }
+        }
+    };
     checked(spec, src, file)
+}
+
+/// A policy error and where it stands: the layer row, if any, and the field.
+type PolicyTextError = (Option<u64>, &'static str, crate::plan::PolicyError);
+
+/// Replaces text policies (`checkpoint: full` in a layer row, `budget: 1GiB` under the model's
+/// `checkpoint`) by their serde form, through [`crate::plan`]'s parser; counts the replacements.
+fn policies_from_text(doc: &mut serde_norway::Value) -> Result<usize, PolicyTextError> {
+    use crate::plan::{PolicyOverride, parse_budget, parse_policy};
+    use serde_norway::Value;
+    let mut replaced = 0;
+    if let Some(slot) = doc.get_mut("checkpoint").and_then(|c| c.get_mut("budget")) {
+        let text = match &*slot {
+            Value::String(text) => Some(text.clone()),
+            Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        if let Some(text) = text {
+            let budget = parse_budget(&text).map_err(|e| (None, "checkpoint.budget", e))?;
+            *slot = serde_norway::to_value(budget).unwrap_or(Value::Null);
+            replaced += 1;
+        }
+    }
+    let Some(Value::Sequence(layers)) = doc.get_mut("layers") else {
+        return Ok(replaced);
+    };
+    for (row, layer) in layers.iter_mut().enumerate() {
+        let Some(slot) = layer.get_mut("checkpoint") else {
+            continue;
+        };
+        let Value::String(text) = &*slot else {
+            continue;
+        };
+        let policy = match parse_policy(text) {
+            Ok(PolicyOverride::Layer(p)) => p,
+            Ok(PolicyOverride::Budget(_)) => {
+                let e = crate::plan::PolicyError::UnknownPolicy {
+                    name: "budget".into(),
+                    budget_allowed: false,
+                };
+                return Err((Some(row as u64), "checkpoint", e));
+            }
+            Err(e) => return Err((Some(row as u64), "checkpoint", e)),
+        };
+        *slot = serde_norway::to_value(policy).unwrap_or(Value::Null);
+        replaced += 1;
+    }
+    Ok(replaced)
 }
 
 /// Reads an IR JSON file (the form `modelspec expand --format json` prints).

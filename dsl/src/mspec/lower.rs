@@ -2022,54 +2022,32 @@ impl<'a> Reader<'a> {
                 return None;
             }
         };
-        let names = ["none", "full", "auto", "save", "recompute"];
-        let kind = self.choose(
-            name,
-            name_span,
-            "checkpoint",
-            &names.map(|k| (k, k)),
-            &names,
-        )?;
-        match (kind, args) {
-            ("none", None) => Some(LayerCheckpoint::None),
-            ("full", None) => Some(LayerCheckpoint::Full),
-            ("auto", None) => Some(LayerCheckpoint::Auto),
-            ("save" | "recompute", Some(args)) => {
-                let mut tensors = Vec::new();
-                for a in args {
-                    match &a.kind {
-                        NodeKind::Comma => {}
-                        NodeKind::Ident(t) => tensors.push(t.clone()),
-                        _ => self.error(
-                            a.span.clone(),
-                            "checkpoint",
-                            format!("expected a tensor name, found {}", a.describe()),
-                            None,
-                        ),
-                    }
+        // Tensor names are read only where the policy takes them (one error for `fulll(...)`).
+        let takes_tensors = matches!(name, "save" | "recompute");
+        let tensors = args.map(|args| {
+            let mut tensors = Vec::new();
+            for a in args.iter().filter(|_| takes_tensors) {
+                match &a.kind {
+                    NodeKind::Comma => {}
+                    NodeKind::Ident(t) => tensors.push(t.clone()),
+                    _ => self.error(
+                        a.span.clone(),
+                        "checkpoint",
+                        format!("expected a tensor name, found {}", a.describe()),
+                        None,
+                    ),
                 }
-                Some(if kind == "save" {
-                    LayerCheckpoint::Save(tensors)
-                } else {
-                    LayerCheckpoint::Recompute(tensors)
-                })
             }
-            ("save" | "recompute", None) => {
-                self.error(
-                    n.span.clone(),
-                    "checkpoint",
-                    format!("`{kind}` needs a list of tensors, e.g. `{kind}(q, k)`"),
-                    None,
-                );
-                None
-            }
-            _ => {
-                self.error(
-                    n.span.clone(),
-                    "checkpoint",
-                    format!("`{kind}` takes no arguments"),
-                    None,
-                );
+            tensors
+        });
+        match crate::plan::layer_policy(name, tensors) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                let at = match e {
+                    crate::plan::PolicyError::UnknownPolicy { .. } => name_span.clone(),
+                    _ => n.span.clone(),
+                };
+                self.error(at, "checkpoint", e.message(), e.hint());
                 None
             }
         }
@@ -2161,48 +2139,25 @@ impl<'a> Reader<'a> {
             self.record(field, span.clone());
             return Some(None);
         }
-        let (n, nspan) = self.number(cur, span, field)?;
+        cur.eat_eq();
+        let text = match cur.peek() {
+            Some(Node {
+                kind: NodeKind::Number(text),
+                ..
+            }) => text.clone(),
+            _ => String::new(),
+        };
+        let (_, nspan) = self.number(cur, span, field)?;
         self.record(field, span.start..nspan.end);
-        if n.unit.is_empty() {
-            return Some(Some(Budget::Fraction(n.value)));
-        }
-        let mult: u64 = match n.unit.as_str() {
-            "B" => 1,
-            "KiB" => 1 << 10,
-            "MiB" => 1 << 20,
-            "GiB" => 1 << 30,
-            "TiB" => 1 << 40,
-            "KB" | "kB" => 1_000,
-            "MB" => 1_000_000,
-            "GB" => 1_000_000_000,
-            "TB" => 1_000_000_000_000,
-            other => {
-                let units = ["B", "KiB", "MiB", "GiB", "TiB", "KB", "MB", "GB", "TB"];
-                let hint = match did_you_mean(other, &units) {
-                    Some(s) => format!("did you mean `{s}`?"),
-                    None => format!("units: {}", units.join(", ")),
+        match crate::plan::parse_budget(&text) {
+            Ok(b) => Some(Some(b)),
+            Err(e) => {
+                // A fraction's range concerns the whole `budget VALUE`; a unit, the number.
+                let at = match e {
+                    crate::plan::PolicyError::FractionOutOfRange { .. } => span.start..nspan.end,
+                    _ => nspan,
                 };
-                self.error(nspan, field, format!("unknown unit `{other}`"), Some(hint));
-                return None;
-            }
-        };
-        let bytes = match n.int {
-            Some(v) => v.checked_mul(mult),
-            None if !n.negative && !n.too_large => {
-                let b = n.value * mult as f64;
-                (b.fract() == 0.0 && b < 1.8e19).then_some(b as u64)
-            }
-            None => None,
-        };
-        match bytes {
-            Some(b) => Some(Some(Budget::Bytes(b))),
-            None => {
-                self.error(
-                    nspan,
-                    field,
-                    "the budget is not a whole number of bytes that fits in 64 bits".into(),
-                    None,
-                );
+                self.error(at, field, e.message(), e.hint());
                 None
             }
         }

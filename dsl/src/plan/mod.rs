@@ -26,7 +26,10 @@ mod policy;
 mod report;
 
 pub use costs::{Dtype, TensorCost, layer_costs, mean_keys};
-pub use policy::{PolicyOverride, fixed_saves, parse_budget, parse_policy};
+pub use policy::{
+    BYTE_UNITS, LAYER_POLICIES, PolicyError, PolicyOverride, fixed_saves, layer_policy,
+    parse_budget, parse_policy,
+};
 pub use report::{CurvePoint, curve, human_bytes, human_flops, render_table};
 
 use crate::ir::{Budget, LayerCheckpoint, ModelSpec};

@@ -181,6 +181,160 @@ fn byte_budgets_parse_with_units() {
 }
 
 #[test]
+fn every_unit_has_its_size_and_fractions_round_to_the_nearest_byte() {
+    let cases: [(&str, u64); 16] = [
+        ("7B", 7),
+        ("2kB", 2_000),
+        ("2KB", 2_000),
+        ("2KiB", 2_048),
+        ("3MB", 3_000_000),
+        ("3MiB", 3 << 20),
+        ("1GB", 1_000_000_000),
+        ("1.5GiB", 3 << 29),
+        ("2TB", 2_000_000_000_000),
+        ("1TiB", 1 << 40),
+        ("1000.5B", 1001),
+        ("1000.49B", 1000),
+        ("0.3GiB", 322_122_547),
+        ("2e9B", 2_000_000_000),
+        ("1_000MB", 1_000_000_000),
+        (" 24 GiB ", 24 << 30),
+    ];
+    for (text, bytes) in cases {
+        assert_eq!(parse_budget(text), Ok(Budget::Bytes(bytes)), "{text}");
+    }
+    assert_eq!(parse_budget("5e-1"), Ok(Budget::Fraction(0.5)));
+    let unknown = parse_budget("16EiB").unwrap_err().to_string();
+    assert!(unknown.contains("`EiB`"), "{unknown}");
+}
+
+#[test]
+fn bad_budgets_name_the_value() {
+    let message = |text: &str| parse_budget(text).unwrap_err().to_string();
+    for bad in ["NaN", "inf", "-inf", "lots", ""] {
+        let m = message(bad);
+        assert!(m.contains(&format!("`{bad}`")), "{bad}: {m}");
+    }
+    assert!(message("1000.5").contains("found 1000.5"));
+    assert!(message("-0.5").contains("found -0.5"));
+    assert!(message("-1GiB").contains("`-1GiB`"));
+    assert!(message("16EiB").contains("`16EiB`"));
+    let gib = message("24Gib");
+    assert!(
+        gib.contains("`24Gib`") && gib.contains("did you mean `GiB`?"),
+        "{gib}"
+    );
+    assert!(message("20000000000GB").contains("64 bits"));
+    assert_eq!(
+        parse_budget("x").unwrap_err(),
+        PolicyError::NotANumber { text: "x".into() }
+    );
+    let p = parse_policy("budget(NaN)").unwrap_err().to_string();
+    assert!(p.contains("`NaN`"), "{p}");
+    let typo = parse_policy("bugdet(0.5)").unwrap_err().to_string();
+    assert!(typo.contains("did you mean `budget`?"), "{typo}");
+    assert!(matches!(
+        parse_policy("save"),
+        Err(PolicyError::NeedsTensors { .. })
+    ));
+    assert!(matches!(
+        parse_policy("full(q)"),
+        Err(PolicyError::TakesNoArguments { .. })
+    ));
+}
+
+/// A small spec whose checkpoint settings are `layer` (a policy) and `budget`, in the spec's
+/// syntax.
+fn spec_text(layer: &str, budget: &str) -> String {
+    format!(
+        "model p {{ vocab 64  d_model 32  layers 2  context 16  attention {{ heads 2 }}  mlp gelu
+           checkpoint {{ default {layer}  budget {budget} }} }}"
+    )
+}
+
+/// The same strings give the same policy and budget through the spec, its YAML form and the
+/// command line.
+#[test]
+fn spec_yaml_and_command_line_agree() {
+    let policies = ["none", "full", "auto", "save(q, attn)", "recompute(act)"];
+    let budgets = [
+        "0.5", "1", "24GiB", "1.5GiB", "2kB", "2KB", "1000.5B", "3MB",
+    ];
+    for (policy, budget) in policies
+        .iter()
+        .zip(budgets.iter().cycle())
+        .chain(budgets.iter().map(|b| (&"auto", b)).collect::<Vec<_>>())
+    {
+        let from_spec = crate::mspec::parse(&spec_text(policy, budget), "p.mspec")
+            .unwrap_or_else(|d| panic!("{policy} {budget}: {d:?}"));
+        let Ok(PolicyOverride::Layer(cli_policy)) = parse_policy(policy) else {
+            panic!("{policy}")
+        };
+        let Ok(PolicyOverride::Budget(cli_budget)) = parse_policy(&format!("budget({budget})"))
+        else {
+            panic!("{budget}")
+        };
+        assert_eq!(from_spec.checkpoint.budget, Some(cli_budget), "{budget}");
+        assert!(from_spec.layers.iter().all(|l| l.checkpoint == cli_policy));
+        // The YAML form with the policy and the budget written as text.
+        let mut yaml = crate::yaml::to_string(&ModelSpec {
+            checkpoint: CheckpointGlobal { budget: None },
+            ..from_spec.clone()
+        });
+        yaml = yaml.replace("budget: null", &format!("budget: {budget}"));
+        let structured = serde_norway::to_string(&from_spec.layers[0].checkpoint).unwrap();
+        let mut text_form = String::new();
+        let mut lines = yaml.lines().peekable();
+        while let Some(line) = lines.next() {
+            if line.trim_start() == "checkpoint:" && line.starts_with("  ") {
+                // A layer row's structured policy: replace it by the text.
+                let indent = line.len() - line.trim_start().len();
+                text_form += &format!("{}checkpoint: {policy}\n", &line[..indent]);
+                while lines
+                    .peek()
+                    .is_some_and(|l| l.len() - l.trim_start().len() > indent)
+                {
+                    lines.next();
+                }
+            } else {
+                text_form += line;
+                text_form += "\n";
+            }
+        }
+        assert!(
+            text_form.contains(&format!("checkpoint: {policy}")),
+            "{structured}"
+        );
+        let from_yaml = crate::yaml::from_str(&text_form, "p.yaml")
+            .unwrap_or_else(|d| panic!("{policy} {budget}: {d:?}\n{text_form}"));
+        assert_eq!(from_yaml, from_spec, "{policy} {budget}");
+    }
+}
+
+#[test]
+fn bad_text_policies_are_diagnostics_in_every_front_end() {
+    let spec = crate::mspec::parse(&spec_text("auto", "24Gib"), "p.mspec").unwrap_err();
+    assert_eq!(spec[0].message, "unknown unit `Gib`");
+    assert_eq!(spec[0].hint.as_deref(), Some("did you mean `GiB`?"));
+    let spec = crate::mspec::parse(&spec_text("auto", "1000.5"), "p.mspec").unwrap_err();
+    assert!(spec[0].message.contains("found 1000.5"));
+
+    let good = crate::mspec::parse(&spec_text("auto", "0.5"), "p.mspec").unwrap();
+    let yaml = crate::yaml::to_string(&ModelSpec {
+        checkpoint: CheckpointGlobal { budget: None },
+        ..good
+    });
+    let bad_unit = yaml.replace("budget: null", "budget: 24Gib");
+    let d = crate::yaml::from_str(&bad_unit, "p.yaml").unwrap_err();
+    assert_eq!(d[0].message, "unknown unit `Gib`");
+    assert_eq!(d[0].field, "checkpoint.budget");
+    assert_eq!(&bad_unit[d[0].span.clone()], "budget");
+    let nan = yaml.replace("budget: null", "budget: NaN");
+    let d = crate::yaml::from_str(&nan, "p.yaml").unwrap_err();
+    assert!(d[0].message.contains("`NaN`"), "{}", d[0].message);
+}
+
+#[test]
 fn knapsack_matches_brute_force() {
     // Small random instances against exhaustive search.
     let mut state = 0x9e3779b97f4a7c15u64;
