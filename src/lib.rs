@@ -5,7 +5,7 @@
 pub use modelspec_dsl as dsl;
 pub use modelspec_runtime as runtime;
 
-pub use model::{Error, KernelLaunch, Model, Result, load_kernels};
+pub use model::{Error, Model, Result};
 pub use modelspec_macros::{model, model_file};
 pub use modelspec_runtime::exec::KvCache;
 pub use modelspec_runtime::train::sample::SampleOptions;

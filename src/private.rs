@@ -148,4 +148,28 @@ pub mod v1 {
         let out = run.finish(head)?;
         Ok((out.loss as f32, out.grads))
     }
+    /// The CUDA C text of the kernel library instantiated by `instance` (what NVRTC compiles
+    /// for `--device cuda` and for generated models alike).
+    pub fn kernel_source(instance: &crate::dsl::codegen::KernelInstance) -> String {
+        crate::runtime::cuda::KernelSource::library(
+            &instance.name,
+            &instance.head_dims,
+            instance.defines.clone(),
+        )
+        .text()
+    }
+
+    /// Compile (or load from the disk cache) the kernel library instantiated by `instance` on
+    /// `gpu`.
+    pub fn load_kernels(
+        gpu: &std::sync::Arc<crate::runtime::cuda::Gpu>,
+        instance: &crate::dsl::codegen::KernelInstance,
+    ) -> Result<crate::runtime::cuda::Kernels> {
+        Ok(crate::runtime::cuda::Kernels::load(
+            gpu,
+            &instance.name,
+            &instance.head_dims,
+            instance.defines.clone(),
+        )?)
+    }
 }

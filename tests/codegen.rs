@@ -1,10 +1,10 @@
 //! Snapshots of the code generated for every spec in `specs/`: the Rust module that `model!` /
-//! `modelspec generate` produce and the CUDA source of the spec's kernels. Adding a spec file adds
-//! a case. Review a changed snapshot with `cargo insta review`.
+//! `modelspec generate` produce and the kernel library's instance for the spec (its `#define`s and
+//! attention head dims). Adding a spec file adds a case. Review a changed snapshot with `cargo insta review`.
 
 use std::path::{Path, PathBuf};
 
-use modelspec::dsl::codegen::{self, CudaSource, Options};
+use modelspec::dsl::codegen::{self, Options};
 
 fn specs() -> Vec<PathBuf> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("specs");
@@ -30,10 +30,7 @@ fn generate(path: &Path) -> codegen::Generated {
             modelspec::dsl::render::render(&d, &text)
         )
     });
-    let options = Options {
-        cuda: CudaSource::IncludeStr("kernels.cu".into()),
-    };
-    codegen::generate(&spec, &options).unwrap_or_else(|e| panic!("{shown}: {e}"))
+    codegen::generate(&spec, &Options::default()).unwrap_or_else(|e| panic!("{shown}: {e}"))
 }
 
 #[test]
@@ -48,7 +45,7 @@ fn generated_rust_and_cuda_of_every_spec() {
             .replace('.', "_");
         let g = generate(&path);
         insta::assert_snapshot!(format!("{stem}.rs"), g.rust);
-        insta::assert_snapshot!(format!("{stem}.cu"), g.cuda);
+        insta::assert_snapshot!(format!("{stem}.kernels"), g.kernels.header());
     }
 }
 
@@ -118,9 +115,13 @@ fn the_generate_command_writes_the_same_expansion() {
         std::fs::read_to_string(out.join("model.rs")).unwrap(),
         g.rust
     );
-    assert_eq!(
-        std::fs::read_to_string(out.join("kernels.cu")).unwrap(),
-        g.cuda
-    );
+    // kernels.cu is the one library with this spec's instance: the text `--device cuda` and
+    // the generated `{Type}Kernels::source()` compile.
+    let cuda = std::fs::read_to_string(out.join("kernels.cu")).unwrap();
+    assert_eq!(cuda, modelspec::__private::v1::kernel_source(&g.kernels));
+    for (k, v) in &g.kernels.defines {
+        assert!(cuda.contains(&format!("#define {k} {v}\n")), "{k}");
+    }
+    assert!(cuda.contains("norm_fwd") && cuda.contains("xent"));
     let _ = std::fs::remove_dir_all(&out);
 }

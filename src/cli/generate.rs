@@ -1,14 +1,15 @@
 //! `modelspec generate FILE -o DIR`: the Rust module and the CUDA source that `model!` /
 //! `model_file!` expand to, as readable files (`DIR/model.rs`, `DIR/kernels.cu`).
 //!
-//! `model.rs` is the same expansion the macros emit, prettyplease-formatted, except that it reads
-//! the CUDA source with `include_str!("kernels.cu")` instead of carrying it as a string literal.
-//! Include it in a crate that depends on `modelspec` with `mod model;` (or `include!`).
+//! `model.rs` is the same expansion the macros emit, prettyplease-formatted. Include it in a crate
+//! that depends on `modelspec` with `mod model;` (or `include!`). `kernels.cu` is the one kernel
+//! library instantiated for the spec: the text NVRTC compiles for this model, whether it runs
+//! through `--device cuda` or through the generated code (its `{Type}Kernels::source()`).
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use modelspec_dsl::codegen::{self, CudaSource, Options};
+use modelspec_dsl::codegen::{self, Options};
 
 use super::load_or_report;
 
@@ -25,17 +26,12 @@ pub struct GenerateArgs {
 /// Writes `model.rs` and `kernels.cu`.
 pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let (spec, _) = load_or_report(&args.file)?;
-    let options = Options {
-        cuda: CudaSource::IncludeStr("kernels.cu".into()),
-    };
-    let generated = codegen::generate(&spec, &options)
+    let generated = codegen::generate(&spec, &Options::default())
         .with_context(|| format!("generating code for {}", args.file.display()))?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    for (name, text) in [
-        ("model.rs", &generated.rust),
-        ("kernels.cu", &generated.cuda),
-    ] {
+    let kernels = modelspec::__private::v1::kernel_source(&generated.kernels);
+    for (name, text) in [("model.rs", &generated.rust), ("kernels.cu", &kernels)] {
         let path = args.out.join(name);
         std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
@@ -44,7 +40,7 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
         args.out.join("model.rs").display(),
         generated.rust.lines().count(),
         args.out.join("kernels.cu").display(),
-        generated.cuda.lines().count(),
+        kernels.lines().count(),
         generated.type_name
     );
     Ok(())

@@ -6,7 +6,7 @@
 //! ModelSpec ─► Layout (layer kinds, typed fields, from params.rs) ─┬─► structs.rs    struct + constants
 //!                                                                  ├─► model_impl.rs spec, params, impl Model
 //!                                                                  ├─► forward.rs    forward / backward
-//!                                                                  └─► cuda.rs       kernels + launch shapes
+//!                                                                  └─► kernels.rs    the kernel library's instance
 //! ```
 //! Generated code names everything by absolute path and reaches modelspec's internals only through
 //! the hidden, versioned `::modelspec::__private::v1` module, so a user crate depends on one
@@ -18,12 +18,12 @@
 //! let spec = tiny_spec();
 //! let out = codegen::generate(&spec, &Options::default()).unwrap();
 //! assert!(out.rust.contains("pub struct Tiny"));
-//! assert!(out.cuda.contains("__global__"));
+//! assert!(out.kernels.defines.contains_key("MS_D_MODEL"));
 //! ```
 
-mod cuda;
 pub mod expand;
 mod forward;
+mod kernels;
 pub(crate) mod model_impl;
 mod structs;
 #[doc(hidden)]
@@ -37,38 +37,28 @@ use quote::{format_ident, quote};
 use crate::ir::{Ffn, Layer, ModelSpec};
 use crate::params::parameters;
 
-pub use cuda::{GridDim, Kernel, LaunchShape, kernels};
+pub use kernels::{KernelInstance, instance as kernel_instance};
 pub use model_impl::{LayerRow, spec_parts};
 
 /// The version of the `::modelspec::__private` module generated code is written against.
 pub const PRIVATE_API: &str = "v1";
 
-/// Where the generated Rust finds the CUDA source.
+/// Options of a generation (none yet: the struct keeps the generator's signature stable as
+/// options are added).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum CudaSource {
-    /// As a string literal in the Rust code (what the macros emit).
-    #[default]
-    Inline,
-    /// As `include_str!("<path>")`, for `modelspec generate` writing `kernels.cu` beside `model.rs`.
-    IncludeStr(String),
-}
+#[non_exhaustive]
+pub struct Options {}
 
-/// Options of a generation.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Options {
-    /// How the CUDA source is embedded.
-    pub cuda: CudaSource,
-}
-
-/// The generated Rust module (prettyplease-formatted) and CUDA source of one spec.
+/// The generated Rust module (prettyplease-formatted) and the kernel library's instance of one
+/// spec (the runtime turns the instance into CUDA source: `modelspec generate` writes it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Generated {
     /// The name of the generated model struct.
     pub type_name: String,
     /// Formatted Rust items.
     pub rust: String,
-    /// CUDA C source of the spec's specialised kernels.
-    pub cuda: String,
+    /// The kernel library instantiated for the spec.
+    pub kernels: KernelInstance,
 }
 
 /// Why code could not be generated.
@@ -114,17 +104,17 @@ pub fn comment_text(text: &str) -> String {
 
 /// Generate the Rust items of `spec` as a token stream (what the macros emit).
 pub fn expand(spec: &ModelSpec, options: &Options) -> Result<TokenStream, CodegenError> {
+    let Options {} = options;
     let layout = Layout::new(spec)?;
-    let cuda_src = cuda::source(spec);
     let mut out = TokenStream::new();
     out.extend(structs::emit(&layout));
     out.extend(model_impl::emit(&layout)?);
     out.extend(forward::emit(&layout));
-    out.extend(cuda::emit(&layout, &cuda_src, &options.cuda));
+    out.extend(kernels::emit(&layout));
     Ok(out)
 }
 
-/// Generate the formatted Rust module and the CUDA source of `spec`.
+/// Generate the formatted Rust module and the kernel instance of `spec`.
 pub fn generate(spec: &ModelSpec, options: &Options) -> Result<Generated, CodegenError> {
     let tokens = expand(spec, options)?;
     let header = format!(
@@ -135,7 +125,7 @@ pub fn generate(spec: &ModelSpec, options: &Options) -> Result<Generated, Codege
     Ok(Generated {
         type_name: spec.rust_type(),
         rust: header + &format(tokens)?,
-        cuda: cuda::source(spec),
+        kernels: kernels::instance(spec),
     })
 }
 
@@ -509,13 +499,12 @@ mod name_tests {
         )
         .expect("valid spec");
         spec.name = "x\npub fn injected() {}\n//".into();
-        let options = Options {
-            cuda: CudaSource::IncludeStr("kernels.cu".into()),
-        };
-        let err = generate(&spec, &options).unwrap_err().to_string();
+        let err = generate(&spec, &Options::default())
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("model name"), "{err}");
-        // Even unchecked, the CUDA header keeps the name inside its comment.
-        let cuda = cuda::source(&spec);
-        assert!(!cuda.lines().any(|l| l.starts_with("pub fn")), "{cuda}");
+        // Even unchecked, the kernel header keeps the name inside its comment.
+        let header = kernels::instance(&spec).header();
+        assert!(!header.lines().any(|l| l.starts_with("pub fn")), "{header}");
     }
 }

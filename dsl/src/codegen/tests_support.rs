@@ -162,7 +162,7 @@ mod tests {
             let g = generate(&spec, &Options::default()).unwrap();
             if let Ok(dir) = std::env::var("MODELSPEC_DUMP") {
                 std::fs::write(format!("{dir}/{}.rs", spec.name), &g.rust).unwrap();
-                std::fs::write(format!("{dir}/{}.cu", spec.name), &g.cuda).unwrap();
+                std::fs::write(format!("{dir}/{}.cu", spec.name), g.kernels.header()).unwrap();
             }
             let (_, rows) = spec_parts(&spec).unwrap();
             assert!(!rows.is_empty());

@@ -7,9 +7,16 @@
 // (columns V..ld, the padded vocabulary, become 0) so the logits chunk buffer becomes d(loss * dscale)/d(logits) without any extra buffer. The
 // caller feeds this a chunk of rows at a time, so full [N, V] logits never exist at once.
 // Launch: grid rows, block 512. Traffic: reads the row twice (max/sum pass, grad pass), writes it once.
-template <typename T>
-__device__ void xent(T* logits, float* loss, const int* target, int V, int ld, float softcap, float dscale,
+// The spec's padded vocabulary (`#define MS_VOCAB_PADDED`, set by the library's instance): chunks
+// whose row stride is exactly that (the classifier's) run an instantiation with the stride as a
+// compile-time constant; other strides (tests) pass it at run time (LD = 0).
+#ifndef MS_VOCAB_PADDED
+#define MS_VOCAB_PADDED 0
+#endif
+template <typename T, int LD>
+__device__ void xent(T* logits, float* loss, const int* target, int V, int ld_, float softcap, float dscale,
                      int write_grad) {
+    const int ld = LD ? LD : ld_;
     __shared__ float scratch[32];
     size_t row = blockIdx.x;
     T* lr = logits + row * ld;
@@ -58,7 +65,10 @@ __device__ void xent(T* logits, float* loss, const int* target, int V, int ld, f
 #define XENT_INSTANTIATE(SUF, T)                                                                     \
     extern "C" __global__ void xent_##SUF(T* logits, float* loss, const int* target, int V, int ld,   \
                                           float softcap, float dscale, int write_grad) {             \
-        xent<T>(logits, loss, target, V, ld, softcap, dscale, write_grad);                           \
+        if (MS_VOCAB_PADDED && ld == MS_VOCAB_PADDED)                                                \
+            xent<T, MS_VOCAB_PADDED>(logits, loss, target, V, ld, softcap, dscale, write_grad);       \
+        else                                                                                         \
+            xent<T, 0>(logits, loss, target, V, ld, softcap, dscale, write_grad);                    \
     }
 XENT_INSTANTIATE(f32, float)
 XENT_INSTANTIATE(bf16, bf16)

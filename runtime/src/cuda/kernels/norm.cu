@@ -1,5 +1,12 @@
 // ---- norm: RMSNorm / LayerNorm fused with the residual add, forward and backward ----
 
+// The spec's model width, set by the library's instance for the spec (`#define MS_D_MODEL`):
+// rows of exactly that width (every block norm) run an instantiation whose row length and 1/C
+// are compile-time constants; other widths (qk-norms, tests) pass C at run time (CT = 0).
+#ifndef MS_D_MODEL
+#define MS_D_MODEL 0
+#endif
+
 // norm_fwd_{dtype}: r = x (+ res); y = norm(r) * (offset + w) (+ b), r as stored in r_out.
 //   RMS:   y = r * rstd * wf,            rstd = 1/sqrt(mean(r^2) + eps)
 //   Layer: y = (r - mu) * rstd * wf + b, rstd = 1/sqrt(var(r) + eps)
@@ -7,9 +14,10 @@
 // f32 statistics rstd [N] and mean [N] (mean only for LayerNorm) that the backward reads.
 // Launch: grid N (one block per row), block 256 (multiple of 32). Traffic: reads x (+res) twice
 // (second pass from L1/L2), reads w/b, writes y (+r_out): about 3-4 x N*C elements.
-template <typename T>
+template <typename T, int CT>
 __device__ void norm_fwd(T* y, T* r_out, float* rstd_out, float* mean_out, const T* x, const T* res,
-                         const T* w, const T* b, int C, float eps, float offset, int is_layer) {
+                         const T* w, const T* b, int C_, float eps, float offset, int is_layer) {
+    const int C = CT ? CT : C_;
     __shared__ float scratch[32];
     size_t row = blockIdx.x;
     const T* xr = x + row * C;
@@ -62,9 +70,10 @@ __device__ void norm_fwd(T* y, T* r_out, float* rstd_out, float* mean_out, const
 // `dres` (nullable) is the gradient already flowing along the residual stream; it is added, so
 // dx is the full gradient of the residual input. Weight/bias grads are a separate column
 // reduction (norm_dw_{dtype}). Launch: grid N, block 256. Traffic: reads r, dy twice, writes dx.
-template <typename T>
+template <typename T, int CT>
 __device__ void norm_bwd(T* dx, const T* dy, const T* r, const T* w, const float* rstd,
-                         const float* mean, const T* dres, int C, float offset, int is_layer) {
+                         const float* mean, const T* dres, int C_, float offset, int is_layer) {
+    const int C = CT ? CT : C_;
     __shared__ float scratch[32];
     size_t row = blockIdx.x;
     float rs = rstd[row];
@@ -139,12 +148,18 @@ __device__ void colsum(float* out, const T* x, int N, int C) {
     extern "C" __global__ void norm_fwd_##SUF(T* y, T* r_out, float* rstd, float* mean, const T* x,  \
                                               const T* res, const T* w, const T* b, int C, float eps, \
                                               float offset, int is_layer) {                           \
-        norm_fwd<T>(y, r_out, rstd, mean, x, res, w, b, C, eps, offset, is_layer);                  \
+        if (MS_D_MODEL && C == MS_D_MODEL)                                                           \
+            norm_fwd<T, MS_D_MODEL>(y, r_out, rstd, mean, x, res, w, b, C, eps, offset, is_layer);   \
+        else                                                                                         \
+            norm_fwd<T, 0>(y, r_out, rstd, mean, x, res, w, b, C, eps, offset, is_layer);            \
     }                                                                                                \
     extern "C" __global__ void norm_bwd_##SUF(T* dx, const T* dy, const T* r, const T* w,            \
                                               const float* rstd, const float* mean, const T* dres,   \
                                               int C, float offset, int is_layer) {                   \
-        norm_bwd<T>(dx, dy, r, w, rstd, mean, dres, C, offset, is_layer);                           \
+        if (MS_D_MODEL && C == MS_D_MODEL)                                                           \
+            norm_bwd<T, MS_D_MODEL>(dx, dy, r, w, rstd, mean, dres, C, offset, is_layer);            \
+        else                                                                                         \
+            norm_bwd<T, 0>(dx, dy, r, w, rstd, mean, dres, C, offset, is_layer);                     \
     }                                                                                                \
     extern "C" __global__ void norm_dw_##SUF(float* dw, float* db, const T* dy, const T* r,          \
                                              const float* rstd, const float* mean, int N, int C,     \
