@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One device call that checks the GPU side against the CPU: every GPU test binary (kernels, the
+# per-layer trainer, MoE, cuDNN attention, checkpointing, generated-model kernels) and
+# `modelspec eval --device cuda` against `--device cpu` on every HF fixture (dense, MoE, ALiBi).
+# Expects .gpu/bins.tgz (made by bench/gpu_pack.sh on the dev machine: release test executables
+# and the modelspec binary). Usage on the device: OUT=<dir> bash bench/gpu_verify.sh [FILTER...]
+# Prints a short table last; full logs go to $OUT.
+set -u
+FINAL=${OUT:-/tmp/out}; mkdir -p "$FINAL"
+B=/tmp/msbin; mkdir -p "$B"; tar xzf .gpu/bins.tgz -C "$B"
+export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
+CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))" 2>/dev/null)
+[ -n "$CUDNN_DIR" ] && export CUDNN_PATH="$CUDNN_DIR" LD_LIBRARY_PATH="$CUDNN_DIR/lib:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader
+t0=$(date +%s)
+summary=()
+run() {  # run NAME TIMEOUT CMD...: log to $FINAL/NAME.log, keep the exit code for the table
+    local name=$1 limit=$2; shift 2
+    timeout "$limit" "$@" > "$FINAL/$name.log" 2>&1
+    local rc=$?
+    summary+=("$(printf '%-18s exit %3d  %4ds  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E '^test result' "$FINAL/$name.log" | tail -1)")")
+}
+for t in cuda_compile cuda_kernels cuda_train cuda_moe cuda_cudnn cuda_checkpoint generated_cuda; do
+    [ -x "$B/$t" ] && run "$t" 240 "$B/$t" --test-threads=1 --nocapture
+done
+[ -x "$B/cuda_eval" ] && MODELSPEC_BIN=$B/modelspec run cuda_eval 300 "$B/cuda_eval" --nocapture
+[ -x "$B/cli_train_cuda" ] && MODELSPEC_BIN=$B/modelspec run cli_train_cuda 240 "$B/cli_train_cuda" --test-threads=1 --nocapture
+echo "== failures and parity lines"
+grep -hE "panicked|FAILED|^PARITY|^UNSUPPORTED|out of tolerance" "$FINAL"/*.log | sort | uniq -c | sort -rn | head -60
+echo "== summary"
+printf '%s\n' "${summary[@]}"
