@@ -1,0 +1,111 @@
+//! The `attention { ... }` block.
+
+use super::*;
+
+impl Reader<'_> {
+    pub(super) fn attn_entry(
+        &mut self,
+        key: &str,
+        span: &Span,
+        cur: &mut Cursor<'_>,
+        a: &mut AttnW,
+    ) {
+        let field = format!("attention.{key}");
+        if !ATTN_KEYS.contains(&key) {
+            self.unknown_key(key, span.clone(), "`attention`", ATTN_KEYS);
+            self.skip_value(cur);
+            return;
+        }
+        self.mark(&field, span);
+        match key {
+            "heads" => a.heads = self.uint(cur, span, &field),
+            "kv_heads" => a.kv_heads = self.uint(cur, span, &field),
+            "head_dim" => a.head_dim = self.uint(cur, span, &field),
+            "qkv_bias" => a.qkv_bias = self.flag(cur, span, &field),
+            "out_bias" => a.out_bias = self.flag(cur, span, &field),
+            "bias" => {
+                let b = self.flag(cur, span, &field);
+                self.record("attention.qkv_bias", span.clone());
+                self.record("attention.out_bias", span.clone());
+                a.qkv_bias = b;
+                a.out_bias = b;
+            }
+            "scale" => a.scale = self.real(cur, span, &field),
+            "softcap" | "window" if cur.peek_ident() == Some("none") => {
+                cur.next();
+                self.record(&field, span.clone());
+                if key == "softcap" {
+                    a.softcap = Some(None);
+                } else {
+                    a.window = Some(None);
+                }
+            }
+            "softcap" => {
+                if let Some(v) = self.real(cur, span, &field) {
+                    a.softcap = Some(Some(v));
+                }
+            }
+            "window" => {
+                if let Some(v) = self.uint(cur, span, &field) {
+                    a.window = Some(Some(v));
+                }
+            }
+            _ => {
+                // qk_norm none | qk_norm rms(...) | qk_norm(rms(...), scope = head|full)
+                let owned;
+                let n: &Node = match self.call_key.take() {
+                    Some(c) => {
+                        owned = c;
+                        &owned
+                    }
+                    None => match cur.next() {
+                        Some(n) => n,
+                        None => {
+                            self.missing(cur, span, &field, "a norm or `none`");
+                            return;
+                        }
+                    },
+                };
+                if n.ident() == Some("none") {
+                    self.record(&field, span.start..n.span.end);
+                    a.qk_norm = Some(None);
+                    return;
+                }
+                if let NodeKind::Call { name, args, .. } = &n.kind
+                    && name == "qk_norm"
+                {
+                    self.record(&field, n.span.clone());
+                    let (named, pos) = self.call_args("qk_norm", args, &n.span, &["scope"], true);
+                    let mut qk = QkW::default();
+                    match pos.as_slice() {
+                        [norm] => {
+                            if let Some(nw) = self.norm_value(norm, "attention.qk_norm.norm") {
+                                qk.norm = nw;
+                            }
+                        }
+                        _ => self.error(
+                            n.span.clone(),
+                            &field,
+                            "`qk_norm(...)` takes one norm, e.g. `qk_norm(rms(eps = 1e-6), scope = full)`"
+                                .into(),
+                            None,
+                        ),
+                    }
+                    if let Some((sspan, vals)) = named.get("scope") {
+                        let choices = [("head", QkNormScope::Head), ("full", QkNormScope::Full)];
+                        qk.scope = self.arg_word("attention.qk_norm.scope", sspan, vals, &choices);
+                    }
+                    a.qk_norm = Some(Some(qk));
+                    return;
+                }
+                if let Some(nw) = self.norm_value(n, "attention.qk_norm.norm") {
+                    self.record(&field, span.start..n.span.end);
+                    a.qk_norm = Some(Some(QkW {
+                        norm: nw,
+                        scope: None,
+                    }));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! The feed-forward part: `mlp KIND(...)` and the `moe { ... }` block.
+
+use super::*;
+
+impl Reader<'_> {
+    /// `swiglu(hidden = 11008, bias = false)` or a bare kind.
+    pub(super) fn mlp_value(&mut self, n: &Node, field: &str) -> Option<MlpW> {
+        self.record(field, n.span.clone());
+        let (name, name_span, args) = self.call_parts(
+            n,
+            field,
+            "expected an MLP kind such as `swiglu(hidden = 11008)`".into(),
+        )?;
+        let kinds: Vec<(&str, MlpKind)> = MLP_KINDS
+            .iter()
+            .filter_map(|k| mlp_kind(k).map(|v| (*k, v)))
+            .collect();
+        let kind = self.choose(name, name_span, field, &kinds, MLP_KINDS)?;
+        let gated_gelu = matches!(kind, MlpKind::Geglu | MlpKind::GegluTanh);
+        let allowed: &[&str] = if gated_gelu {
+            &["hidden", "bias", "act"]
+        } else {
+            &["hidden", "bias"]
+        };
+        let (named, _) = self.call_args(name, args, &n.span, allowed, false);
+        let mut m = MlpW {
+            kind,
+            hidden: None,
+            bias: None,
+        };
+        for (k, (span, vals)) in &named {
+            let f = format!("{field}.{k}");
+            match k.as_str() {
+                "hidden" => m.hidden = self.arg_uint(&f, span, vals),
+                "bias" => m.bias = self.arg_bool(&f, span, vals),
+                // The sketch's `geglu(act = gelu_tanh)`: the GELU flavour of a gated GELU.
+                _ => {
+                    let choices = [("gelu", MlpKind::Geglu), ("gelu_tanh", MlpKind::GegluTanh)];
+                    if let Some(kind) = self.arg_word(&f, span, vals, &choices) {
+                        m.kind = kind;
+                    }
+                }
+            }
+        }
+        Some(m)
+    }
+
+    pub(super) fn moe_entry(&mut self, key: &str, span: &Span, cur: &mut Cursor<'_>, m: &mut MoeW) {
+        if !MOE_KEYS.contains(&key) {
+            self.unknown_key(key, span.clone(), "`moe`", MOE_KEYS);
+            self.skip_value(cur);
+            return;
+        }
+        let field = format!("ffn.{key}");
+        self.mark(&field, span);
+        match key {
+            "experts" => m.experts = self.uint(cur, span, &field),
+            "top_k" => m.top_k = self.uint(cur, span, &field),
+            "aux_loss" => m.aux_loss = self.real(cur, span, &field),
+            "renormalize" => m.renormalize = self.flag(cur, span, &field),
+            "router" => {
+                let choices = [
+                    ("softmax_topk", RouterOrder::SoftmaxTopk),
+                    ("topk_softmax", RouterOrder::TopkSoftmax),
+                ];
+                m.router = self.word(cur, span, &field, &choices);
+            }
+            "expert" => {
+                cur.eat_eq();
+                match cur.next() {
+                    Some(n) => {
+                        if let Some(e) = self.mlp_value(n, "ffn.expert") {
+                            m.expert = Some(e);
+                        }
+                    }
+                    None => self.missing(cur, span, &field, "e.g. `swiglu(hidden = 14336)`"),
+                }
+            }
+            _ => {
+                cur.eat_eq();
+                let owned;
+                let next = match self.call_key.take() {
+                    Some(c) => {
+                        owned = c;
+                        Some(&owned)
+                    }
+                    None => cur.next(),
+                };
+                match next {
+                    Some(n) if n.ident() == Some("none") => {
+                        self.record(&field, span.start..n.span.end);
+                        m.shared = Some(None);
+                    }
+                    Some(Node { kind: NodeKind::Call { name, args, .. }, span: cspan })
+                        if name == "shared" =>
+                    {
+                        self.record(&field, span.start..cspan.end);
+                        let (named, _) =
+                            self.call_args("shared", args, cspan, &["count", "hidden", "gate"], false);
+                        let mut s = SharedW::default();
+                        for (k, (aspan, vals)) in &named {
+                            let f = format!("ffn.shared.{k}");
+                            match k.as_str() {
+                                "count" => s.count = self.arg_uint(&f, aspan, vals),
+                                "hidden" => s.hidden = self.arg_uint(&f, aspan, vals),
+                                _ => s.gate = self.arg_bool(&f, aspan, vals),
+                            }
+                        }
+                        m.shared = Some(Some(s));
+                    }
+                    Some(n) => self.error(
+                        n.span.clone(),
+                        &field,
+                        format!(
+                            "`shared` expects `shared(count = 1, hidden = 5632, gate = true)` or `none`, found {}",
+                            n.describe()
+                        ),
+                        None,
+                    ),
+                    None => self.missing(cur, span, &field, "`shared(...)` or `none`"),
+                }
+            }
+        }
+    }
+}
