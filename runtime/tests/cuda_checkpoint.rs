@@ -9,7 +9,7 @@
 use modelspec_dsl::load::{Format, load_str};
 use modelspec_dsl::plan;
 use modelspec_runtime::Params;
-use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer, LayerSaves};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer, LayerSaves};
 
 const LLAMA_LIKE: &str = "model t_llama {
     vocab 200   d_model 128   layers 3   context 64
@@ -219,5 +219,8 @@ fn saved_buffers_map_the_planners_names() {
     assert_eq!(all, LayerSaves::ALL);
     assert_eq!(LayerSaves::from_saved(&[]), LayerSaves::INPUT_ONLY);
     let s = LayerSaves::from_saved(&["q_rope", "attn_out"]);
-    assert!(s.qkv && s.resid_mid && !s.attn && !s.attn_norm && !s.act);
+    assert!(s.qkv && s.resid_mid && !s.attn && !s.attn_norm && !s.act && !s.moe);
+    // A MoE block is one unit: any of its tensors keeps its saved region.
+    let m = LayerSaves::from_saved(&["router_weights"]);
+    assert!(m.moe && !m.mlp_in && !m.act && !m.qkv);
 }

@@ -39,6 +39,16 @@ fn kernel_library_compiles_with_nvrtc() {
         );
     }
     assert!(!ptx.contains(".entry attn_bwd_bf16_d256("));
+    // Every attention kernel takes the ALiBi slopes as its last parameter.
+    for last in [
+        "attn_simple_fwd_f32_param_17",
+        "attn_simple_dq_bf16_param_19",
+        "attn_simple_dkv_f32_param_20",
+        "attn_fwd_bf16_d128_param_16",
+        "attn_bwd_bf16_d64_param_20",
+    ] {
+        assert!(ptx.contains(last), "{last} missing from the PTX");
+    }
     let (again, cached) = compile::compile(&src, "compute_90").expect("cache hit");
     assert!(cached);
     assert_eq!(again, ptx);

@@ -11,8 +11,9 @@
 //! Without a CUDA driver or device every test prints "skipping: no CUDA device" and passes.
 
 use modelspec_runtime::cuda::{
-    Act, AttnShape, Dtype, Gpu, GpuBuf, Kernels, NormKind, RowMajorGemm,
+    Act, AttnShape, Dtype, DtypeExt, Gpu, GpuBuf, Kernels, NormKind, RowMajorGemm,
 };
+use modelspec_runtime::ops::attention::alibi_slopes;
 use std::sync::Arc;
 
 // ---------- harness ----------
@@ -467,7 +468,7 @@ fn activations_forward_backward_match_f64() {
             let out = T::poison(&gpu, dt, n * hidden);
             let dgu = T::poison(&gpu, dt, n * ld);
             let gate = gu.ptr();
-            let elt = dt.size() as u64;
+            let elt = dt.size();
             let up = gu.ptr() + (hidden as u64) * elt;
             k.act_fwd(dt, kind, out.ptr(), gate, up, n, hidden, ld)
                 .unwrap();
@@ -782,8 +783,17 @@ struct AttnRef {
     dv: Vec<f64>,
 }
 
+/// The f64 reference of attention; `alibi`: per-head slopes, bias `bf16(slope * j)` added to q.k
+/// before the scale (as the CPU executor, runtime/src/ops/attention.rs).
 #[allow(clippy::too_many_arguments)]
-fn attn_ref(s: &AttnShape, q: &[f64], k: &[f64], v: &[f64], dout: &[f64]) -> AttnRef {
+fn attn_ref(
+    s: &AttnShape,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dout: &[f64],
+    alibi: Option<&[f64]>,
+) -> AttnRef {
     let (b_, t_, h_, kv_, d_) = (s.batch, s.seq, s.heads, s.kv_heads, s.head_dim);
     let group = h_ / kv_;
     let mut o = vec![0.0; b_ * t_ * s.ldo];
@@ -803,8 +813,10 @@ fn attn_ref(s: &AttnShape, q: &[f64], k: &[f64], v: &[f64], dout: &[f64]) -> Att
                 let mut sc = Vec::new();
                 for &j in &vis {
                     let kj = &k[(b * t_ + j) * s.ldk + g * d_..][..d_];
-                    let dot: f64 =
-                        qi.iter().zip(kj).map(|(a, c)| a * c).sum::<f64>() * s.scale as f64;
+                    let bias =
+                        alibi.map_or(0.0, |sl| from_bf16(to_bf16(sl[h] as f32 * j as f32)) as f64);
+                    let dot: f64 = (qi.iter().zip(kj).map(|(a, c)| a * c).sum::<f64>() + bias)
+                        * s.scale as f64;
                     raw.push(dot);
                     sc.push(if cap > 0.0 {
                         cap * (dot / cap).tanh()
@@ -863,6 +875,22 @@ fn run_attention_case(
     s: AttnShape,
     tag: &str,
 ) {
+    run_attention_case_alibi(gpu, k, rng, dt, s, tag, None)
+}
+
+/// As `run_attention_case`; with `alibi`, the per-head slopes go to the kernels (`s.alibi`) and to
+/// the reference.
+fn run_attention_case_alibi(
+    gpu: &Arc<Gpu>,
+    k: &Kernels,
+    rng: &mut Rng,
+    dt: Dtype,
+    mut s: AttnShape,
+    tag: &str,
+    alibi: Option<&[f64]>,
+) {
+    let slopes = alibi.map(|a| f32buf(gpu, a));
+    s.alibi = slopes.as_ref().map_or(0, |b| b.ptr());
     let rows = s.batch * s.seq;
     let q = T::new(gpu, dt, &rng.vec(rows * s.ldq, 1.0));
     let kk = T::new(gpu, dt, &rng.vec(rows * s.ldk, 1.0));
@@ -895,7 +923,7 @@ fn run_attention_case(
     )
     .unwrap();
     gpu.sync().unwrap();
-    let r = attn_ref(&s, &q.host, &kk.host, &v.host, &dout.host);
+    let r = attn_ref(&s, &q.host, &kk.host, &v.host, &dout.host, alibi);
     let path = if k.attn_uses_mma(dt, &s) {
         "mma"
     } else {
@@ -980,7 +1008,7 @@ fn attention_forward_backward_match_f64() {
         let lse = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();
         let delta = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();
         let dq_acc = gpu.zeros::<f32>(rows * h * d).unwrap();
-        let e = dt.size() as u64;
+        let e = dt.size();
         let (qp, kp, vp) = (
             qkv.ptr(),
             qkv.ptr() + (h * d) as u64 * e,
@@ -1015,6 +1043,7 @@ fn attention_forward_backward_match_f64() {
             &split(&qkv.host, h * d),
             &split(&qkv.host, (h + kv) * d),
             &dout.host,
+            None,
         );
         let got = dqkv.get(&gpu);
         let qw = h * d;
@@ -1038,6 +1067,34 @@ fn attention_forward_backward_match_f64() {
             &heads_only(&split(&got, (h + kv) * d), rows, w, kw),
             &heads_only(&split(&r.dv, 0), rows, w, kw),
         );
+    }
+}
+
+/// ALiBi (Falcon's slopes, `bf16(slope * j)` added to q.k before the scale) through both kernel
+/// paths: head counts that are and are not powers of two (the second slope series), MHA and GQA,
+/// with a window and a softcap, and d96 (the reference-grade kernel in bf16 too).
+#[test]
+fn attention_alibi_forward_backward_match_f64() {
+    let Some((gpu, k)) = setup() else { return };
+    let mut rng = Rng::fresh("attention_alibi");
+    let cases: Vec<(&str, AttnShape)> = vec![
+        ("alibi mha h4 d64", AttnShape::dense(2, 150, 4, 4, 64)),
+        ("alibi gqa h6 d128", AttnShape::dense(1, 130, 6, 2, 128)),
+        (
+            "alibi mqa h5 d64 window 37 softcap 20",
+            AttnShape {
+                window: 37,
+                softcap: 20.0,
+                ..AttnShape::dense(2, 100, 5, 1, 64)
+            },
+        ),
+        ("alibi h3 d96", AttnShape::dense(1, 70, 3, 3, 96)),
+    ];
+    for dt in DTYPES {
+        for (tag, s) in &cases {
+            let slopes = alibi_slopes(s.heads);
+            run_attention_case_alibi(&gpu, &k, &mut rng, dt, *s, tag, Some(&slopes));
+        }
     }
 }
 

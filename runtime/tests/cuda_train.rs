@@ -6,7 +6,7 @@
 
 use modelspec_dsl::load::{Format, load_str};
 use modelspec_runtime::Params;
-use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer, LayerSaves};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer, LayerSaves};
 use modelspec_runtime::exec::{Executor, Policy};
 
 const LLAMA_LIKE: &str = "model t_llama {
@@ -79,6 +79,88 @@ const GEMMA3_LIKE: &str = "model t_gemma3 {
         attention.window none
         position rope(theta = 10000)
     }
+}";
+
+/// Layers that differ in everything the executor sizes by layer: head count, kv heads and head
+/// dim (layer 1: 6 heads of 16, MHA), MLP width and activation (gelu with biases, relu²), norm
+/// kind and placement (layer 2: LayerNorm, sandwich, per-head qk-norm), parallel residual with its
+/// own norms (layer 3) and an attention softcap; the widest layer is not the first.
+const MIXED_LAYERS: &str = "model t_mixed {
+    vocab 150   d_model 96   layers 4   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 32 }
+    position rope(theta = 10000)
+    mlp swiglu(hidden = 160)
+    layers[1] {
+        attention { heads 6  kv_heads 6  head_dim 16 }
+        mlp gelu(hidden = 200, bias = true)
+    }
+    layers[2] {
+        norm layer(eps = 1e-5)   placement sandwich
+        attention { heads 2  kv_heads 1  head_dim 64  qk_norm rms(eps = 1e-6) }
+        mlp relu_squared(hidden = 288)
+    }
+    layers[3] {
+        parallel_residual
+        attention { softcap 20 }
+        mlp geglu_tanh(hidden = 120)
+    }
+}";
+
+/// NoPE layers between RoPE layers (SmolLM3 / Llama-4 style: every third layer has no position
+/// encoding), one with a sliding window.
+const NOPE_LAYERS: &str = "model t_nope {
+    vocab 150   d_model 96   layers 4   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 24 }
+    position rope(theta = 10000)
+    mlp swiglu(hidden = 160)
+    layers[every 3 offset 2] { position none }
+    layers[0] { attention.window 9 }
+}";
+
+/// ALiBi (Falcon-7B style: parallel residual, one shared LayerNorm, MQA), with a head count that
+/// is not a power of two (the second slope series).
+const ALIBI_LIKE: &str = "model t_alibi {
+    vocab 150   d_model 96   layers 2   context 64
+    norm layer(eps = 1e-5)
+    parallel_residual  shared_norm
+    attention { heads 6  kv_heads 1  head_dim 16 }
+    position alibi
+    mlp gelu(hidden = 192)
+}";
+
+/// ALiBi on some layers and RoPE on others, sequential pre-norm, GQA with head_dim 32 (the
+/// tensor-core attention path in bf16).
+const ALIBI_MIXED: &str = "model t_alibi_mixed {
+    vocab 150   d_model 128   layers 3   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 32 }
+    position alibi
+    mlp swiglu(hidden = 192)
+    layers[1] { position rope(theta = 10000) }
+}";
+
+/// Gemma-3's pattern with two local layers of different windows and one global layer with its
+/// own RoPE table.
+const GEMMA3_WINDOWS: &str = "model t_gemma3_windows {
+    vocab 150   d_model 96   layers 4   context 64
+    embedding { tied, scale = sqrt(d_model) }
+    norm rms(eps = 1e-6, offset = 1)   placement sandwich
+    attention {
+        heads 4  kv_heads 2  head_dim 32
+        qk_norm rms(eps = 1e-6, offset = 1)
+        window 7
+        softcap 30
+    }
+    position rope(theta = 100)
+    mlp geglu_tanh(hidden = 160)
+    layers[1] { attention.window 13 }
+    layers[3] {
+        attention.window none
+        position rope(theta = 10000, scaling = linear(factor = 2))
+    }
+    logits { softcap 15 }
 }";
 
 fn compare(src: &str, dt: Dtype, tol: f64) {
@@ -227,4 +309,67 @@ fn gpu_step_matches_cpu_sandwich_qk_norm_per_layer_rope_f32() {
     compare(GEMMA3_LIKE, Dtype::F32, 1e-4);
     compare_with(GEMMA3_LIKE, Dtype::F32, 1e-4, true);
     compare(GEMMA3_LIKE, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+fn gpu_step_matches_cpu_mixed_layer_sizes_f32() {
+    compare(MIXED_LAYERS, Dtype::F32, 1e-4);
+    compare_with(MIXED_LAYERS, Dtype::F32, 1e-4, true);
+    compare(MIXED_LAYERS, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+fn gpu_step_matches_cpu_nope_layers_f32() {
+    compare(NOPE_LAYERS, Dtype::F32, 1e-4);
+    compare_with(NOPE_LAYERS, Dtype::F32, 1e-4, true);
+    compare(NOPE_LAYERS, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+fn gpu_step_matches_cpu_alibi_f32() {
+    compare(ALIBI_LIKE, Dtype::F32, 1e-4);
+    compare_with(ALIBI_LIKE, Dtype::F32, 1e-4, true);
+    compare(ALIBI_LIKE, Dtype::Bf16, 5e-2);
+    compare(ALIBI_MIXED, Dtype::F32, 1e-4);
+    compare_with(ALIBI_MIXED, Dtype::F32, 1e-4, true);
+    compare(ALIBI_MIXED, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+fn gpu_step_matches_cpu_gemma3_two_windows_two_ropes_f32() {
+    compare(GEMMA3_WINDOWS, Dtype::F32, 1e-4);
+    compare_with(GEMMA3_WINDOWS, Dtype::F32, 1e-4, true);
+    compare(GEMMA3_WINDOWS, Dtype::Bf16, 5e-2);
+}
+
+/// Without a device: the arena follows each layer's own widths. Keeping only layer inputs
+/// needs less than keeping everything, and widening one later layer's MLP grows the prediction by
+/// at least that layer's extra parameters and optimizer state plus its extra saved activations.
+#[test]
+fn arena_is_sized_per_layer() {
+    use modelspec_dsl::ir::Ffn;
+    let mixed = load_str(MIXED_LAYERS, "test.mspec", Format::Mspec).expect("spec is valid");
+    let (b, t) = (2, 48);
+    let all = GpuTrainer::predicted_bytes(&mixed, Dtype::F32, b, t);
+    let input_only = GpuTrainer::predicted_bytes_with(
+        &mixed,
+        Dtype::F32,
+        b,
+        t,
+        &vec![LayerSaves::INPUT_ONLY; mixed.layers.len()],
+    );
+    assert!(input_only < all, "{input_only} vs {all}");
+    let mut wide = mixed.clone();
+    let Ffn::Mlp(m) = &mut wide.layers[2].ffn else {
+        panic!("layer 2 is a dense MLP")
+    };
+    let extra = m.hidden as usize; // relu²: up and down each grow by d_model x extra
+    m.hidden *= 2;
+    let grown = GpuTrainer::predicted_bytes(&wide, Dtype::F32, b, t);
+    let params = 2 * mixed.d_model as usize * extra * (16 + 4);
+    let saved = 2 * b * t * extra * 4; // the pre-activation and the activation
+    assert!(
+        grown >= all + params + saved,
+        "{grown} vs {all} + {params} + {saved}"
+    );
 }

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer};
 
 use super::{load_or_report, print_stdout};
 

@@ -1,5 +1,5 @@
 //! `modelspec eval --device cuda`: the GPU trainer's forward and backward (no optimizer step) on
-//! the checkpoint's parameters, for the dense GPT-2/Llama-style specs it supports.
+//! the checkpoint's parameters; every layer runs with its own configuration.
 //!
 //! `--dtype f32` computes in f32 throughout (parity with the CPU executor); `--dtype bf16` keeps
 //! parameters and activations in bfloat16 with f32 accumulation, as in training. `--checkpoint`
@@ -35,7 +35,7 @@ pub fn run(
 ) -> Result<CudaEval> {
     if let Some(feature) = GpuTrainer::unsupported_feature(spec) {
         bail!(
-            "--device cuda: `{}` uses {feature}, which the GPU path does not support yet (it covers dense specs whose layers share one block structure: pre, post or sandwich norms, parallel residual, qk-norm, RoPE or learned positions); use --device cpu",
+            "--device cuda: `{}` uses {feature}, which the GPU path does not support yet; use --device cpu",
             spec.name
         );
     }
@@ -53,6 +53,8 @@ pub fn run(
     let gpu = Gpu::new(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
     let mut trainer = GpuTrainer::with_checkpoint(&gpu, spec, dt, batch, seq, 0, &saves)
         .map_err(|e| anyhow!("--device cuda: {e}"))?;
+    // As the CPU's eval: the MoE load-balancing loss is not part of `loss`.
+    trainer.set_aux_loss(false);
     trainer.set_params(params)?;
     trainer.set_batch(tokens, None)?;
     let logits = trainer

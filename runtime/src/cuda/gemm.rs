@@ -4,7 +4,7 @@
 //! written once, in [`to_column_major`].
 
 use super::error::{CudaError, Result};
-use super::gpu::{DevPtr, Dtype, Gpu, GpuBuf};
+use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
 use cudarc::cublaslt::{result as lt, sys};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -125,7 +125,8 @@ pub struct Gemm {
     gpu: Arc<Gpu>,
     handle: sys::cublasLtHandle_t,
     workspace: GpuBuf<u8>,
-    plans: Mutex<BTreeMap<(Dtype, bool, bool, RowMajorGemm), Plan>>,
+    /// Keyed by (bf16, f32 output, bias, shape).
+    plans: Mutex<BTreeMap<(bool, bool, bool, RowMajorGemm), Plan>>,
 }
 
 // SAFETY: the handle is used only on the Gpu's single stream.
@@ -222,7 +223,7 @@ impl Gemm {
             return Ok(());
         }
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (dtype, out_f32, bias != 0, *g);
+        let key = (dtype == Dtype::Bf16, out_f32, bias != 0, *g);
         let plan = match plans.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {

@@ -46,25 +46,26 @@ pub fn probe(ordinal: usize) -> Result<()> {
     Ok(())
 }
 
-/// Element types the kernels are instantiated for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Dtype {
-    /// IEEE f32 (parity runs).
-    F32,
-    /// bfloat16 storage, f32 compute.
-    Bf16,
+/// Element types the kernels are instantiated for: the planner's activation dtype, one type for
+/// the cost model and the GPU back end.
+pub use modelspec_dsl::plan::Dtype;
+
+/// What the CUDA back end needs of a [`Dtype`] beyond the planner's byte count.
+pub trait DtypeExt: Copy {
+    /// The `{dtype}` suffix of kernel names (`f32`, `bf16`).
+    fn suffix(self) -> &'static str;
+    /// Bytes per element, as a host size.
+    fn bytes(self) -> usize;
 }
 
-impl Dtype {
-    /// The `{dtype}` suffix of kernel names.
-    pub fn suffix(self) -> &'static str {
+impl DtypeExt for Dtype {
+    fn suffix(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
             Dtype::Bf16 => "bf16",
         }
     }
-    /// Bytes per element.
-    pub fn size(self) -> usize {
+    fn bytes(self) -> usize {
         match self {
             Dtype::F32 => 4,
             Dtype::Bf16 => 2,

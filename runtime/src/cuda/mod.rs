@@ -23,9 +23,11 @@
 //! - [`train`]: the GPU training step for dense GPT-2/Llama-style specs.
 
 pub mod compile;
+pub mod cudnn;
 pub mod error;
 pub mod gemm;
 pub mod gpu;
+pub mod moe;
 pub mod ops;
 pub mod rope;
 pub mod train;
@@ -33,6 +35,6 @@ pub mod train;
 pub use compile::KernelSource;
 pub use error::CudaError;
 pub use gemm::{Gemm, RowMajorGemm};
-pub use gpu::{DevPtr, Dtype, Gpu, GpuBuf, device_count, libraries_present, probe};
+pub use gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf, device_count, libraries_present, probe};
 pub use ops::{Act, AttnShape, Kernels, NormKind};
 pub use train::{AdamW, GpuTrainer, LayerSaves};

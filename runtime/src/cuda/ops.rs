@@ -6,19 +6,13 @@
 
 use super::compile::{KernelSource, MMA_BWD_MAX_HEAD_DIM, mma_head_dim_ok};
 use super::error::{CudaError, Result};
-use super::gpu::{DevPtr, Dtype, Gpu, GpuBuf, Module};
+use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf, Module};
 use crate::cuda_args;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// The normalisation kind of [`Kernels::norm_fwd`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NormKind {
-    /// RMSNorm.
-    Rms,
-    /// LayerNorm.
-    Layer,
-}
+/// The normalisation kind of [`Kernels::norm_fwd`]: the IR's own.
+pub use modelspec_dsl::ir::NormKind;
 
 /// MLP activations of [`Kernels::act_fwd`] (values as the kernels' `kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +68,9 @@ pub struct AttnShape {
     pub window: usize,
     /// Causal mask.
     pub causal: bool,
+    /// ALiBi: device pointer to `heads` f32 slopes (bias `bf16(slope * j)` on q.k before the
+    /// scale, key position j within its sequence); 0 = none.
+    pub alibi: DevPtr,
 }
 
 impl AttnShape {
@@ -99,6 +96,7 @@ impl AttnShape {
             softcap: 0.0,
             window: 0,
             causal: true,
+            alibi: 0,
         }
     }
 
@@ -591,8 +589,13 @@ impl Kernels {
             s.head_dim as i32,
         );
         let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
-        let (scale, softcap, window, causal) =
-            (s.scale, s.softcap, s.window as i32, s.causal as i32);
+        let (scale, softcap, window, causal, alibi) = (
+            s.scale,
+            s.softcap,
+            s.window as i32,
+            s.causal as i32,
+            s.alibi,
+        );
         if self.attn_uses_mma(dt, s) {
             let d = s.head_dim;
             let bn = if d <= 128 { 64 } else { 32 };
@@ -605,7 +608,7 @@ impl Kernels {
                 smem,
                 &mut cuda_args![
                     o, lse, q, k, v, t_, h_, kv_, ldq, ldk, ldv, ldo, scale, softcap, window,
-                    causal
+                    causal, alibi
                 ],
             );
         }
@@ -617,7 +620,7 @@ impl Kernels {
             0,
             &mut cuda_args![
                 o, lse, q, k, v, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap, window,
-                causal
+                causal, alibi
             ],
         )
     }
@@ -650,8 +653,13 @@ impl Kernels {
             s.head_dim as i32,
         );
         let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
-        let (scale, softcap, window, causal) =
-            (s.scale, s.softcap, s.window as i32, s.causal as i32);
+        let (scale, softcap, window, causal, alibi) = (
+            s.scale,
+            s.softcap,
+            s.window as i32,
+            s.causal as i32,
+            s.alibi,
+        );
         let grid_q = (s.seq.div_ceil(4) as u32, s.heads as u32, s.batch as u32);
         let name = format!("attn_delta_{}", dt.suffix());
         self.go(
@@ -689,7 +697,7 @@ impl Kernels {
                 smem,
                 &mut cuda_args![
                     dk, dv, dq_acc, q, k, v, dout, lse, delta, t_, h_, kv_, ldq, ldk, ldv, ldo,
-                    scale, softcap, window, causal
+                    scale, softcap, window, causal, alibi
                 ],
             )?;
             let (rows_, width_, ldq_) = (rows as i32, width as i32, ldq);
@@ -709,7 +717,7 @@ impl Kernels {
             0,
             &mut cuda_args![
                 dq, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap,
-                window, causal
+                window, causal, alibi
             ],
         )?;
         let name = format!("attn_simple_dkv_{}", dt.suffix());
@@ -721,7 +729,7 @@ impl Kernels {
             0,
             &mut cuda_args![
                 dk, dv, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale,
-                softcap, window, causal
+                softcap, window, causal, alibi
             ],
         )
     }

@@ -12,7 +12,7 @@ use anyhow::{Result, anyhow, bail};
 use modelspec_dsl::ir::ModelSpec;
 use modelspec_dsl::plan;
 use modelspec_runtime::Params;
-use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer, LayerSaves};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer, LayerSaves};
 use modelspec_runtime::train::{Objective, TrainError, TrainOptions};
 
 /// The GPU trainer's loss and gradients as a training [`Objective`] for micro-batches of a fixed
@@ -46,7 +46,7 @@ impl CudaObjective {
     pub fn new(spec: &ModelSpec, options: &TrainOptions, dtype: Option<&str>) -> Result<Self> {
         if let Some(feature) = GpuTrainer::unsupported_feature(spec) {
             bail!(
-                "--device cuda: `{}` uses {feature}, which the GPU trainer does not support yet (it covers dense specs whose layers share one block structure: pre, post or sandwich norms, parallel residual, qk-norm, RoPE or learned positions); use --device cpu",
+                "--device cuda: `{}` uses {feature}, which the GPU trainer does not support yet; use --device cpu",
                 spec.name
             );
         }

@@ -1,6 +1,6 @@
 // ---- attention, tensor-core path (bf16 in, f32 accumulate): flash-style forward and backward
-// with mma.sync m16n8k16 (sm_80+; on sm_90 these are HMMA, not wgmma). Same layout, masking and
-// lse conventions as attention_simple.cu. Head dims are template constants (instantiated per spec).
+// with mma.sync m16n8k16 (sm_80+; on sm_90 these are HMMA, not wgmma). Same layout, masking, ALiBi
+// (`alibi`: f32 [H] slopes or null) and lse conventions as attention_simple.cu. Head dims are template constants (instantiated per spec).
 
 __device__ __forceinline__ void mma16816(float* d, const u32* a, u32 b0, u32 b1) {
     asm volatile(
@@ -47,7 +47,7 @@ __device__ __forceinline__ void tile_load(bf16* s, const bf16* g, int ld, int ro
     }
 }
 
-// attn_fwd_bf16_d{D}: O = softmax(mask(cap(scale Q K^T))) V, per (64-query block, head, batch).
+// attn_fwd_bf16_d{D}: O = softmax(mask(cap(scale (Q K^T + alibi)))) V, per (64-query block, head, batch).
 // Launch: grid (ceil(T/64), H, B), block 128 (4 warps x 16 query rows), dynamic shared memory
 // 4 * BN * (D+8) * 2 bytes (K and V tiles, double-buffered with cp.async). Q fragments stay in registers; S and P never leave
 // registers (the C fragment of S is re-packed as the A fragment of P V). Traffic: Q, O once;
@@ -55,7 +55,7 @@ __device__ __forceinline__ void tile_load(bf16* s, const bf16* g, int ld, int ro
 template <int D, int BN>
 __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, const bf16* v, int T_, int H,
                              int KV, int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window,
-                             int causal) {
+                             int causal, const float* alibi) {
     constexpr int BM = 64, STR = D + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // Buffer b holds K at smem + 2*b*BN*STR and V right after it (pointer arithmetic, not an
@@ -65,6 +65,7 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
 #define VBUF(b) (sbase + (b) * 2 * BN * STR + BN * STR)
     const int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int kvh = h / (H / KV);
+    const float slope = alibi ? alibi[h] : 0.f;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t4 = lane & 3;
     const int q0 = qb * BM;
     const int r0 = q0 + warp * 16 + g, r1 = r0 + 8;
@@ -125,7 +126,9 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
         for (int j = 0; j < BN / 8; j++) {
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float x = s[j][e] * qk_scale;
+                float x = s[j][e];
+                if (alibi) x += alibi_bias(slope, k0 + j * 8 + t4 * 2 + (e & 1));
+                x *= qk_scale;
                 if (softcap > 0.f) x = softcap * tanhf(x / softcap) * LOG2E;
                 if (edge) {
                     int row = e < 2 ? r0 : r1;
@@ -200,7 +203,7 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
 }
 
 // attn_bwd_bf16_d{D}: per (128-key block, kv head, batch): loops over the heads of the kv group
-// and the query blocks that see these keys, recomputes P^T = exp(S^T - lse), and accumulates
+// and the query blocks that see these keys, recomputes P^T = exp(S^T - lse) (S with the ALiBi bias), and accumulates
 // dV = P^T dO and dK = dS^T Q in registers (16 keys per warp); dQ += dS K goes to an f32 buffer
 // [B*T, H*D] through atomics (attn_dq_convert turns it into the gradient's dtype). Needs delta
 // from attn_delta_bf16. Launch: grid (ceil(T/128), KV, B), block 256 (8 warps x 16 keys), dynamic
@@ -212,7 +215,7 @@ template <int D>
 __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, const bf16* k, const bf16* v,
                              const bf16* dout, const float* lse, const float* delta, int T_, int H, int KV,
                              int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window,
-                             int causal) {
+                             int causal, const float* alibi) {
     constexpr int BM = 64, BN = 128, STR = D + 8, SSTR = BN + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Ks = (bf16*)smem_raw;
@@ -264,6 +267,7 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
         const bf16* dOs = Qs + BM * STR;
         const float* lse_s = f_base + buf * 2 * BM;
         const float* delta_s = lse_s + BM;
+        const float slope = alibi ? alibi[h] : 0.f;
         if (it + 1 < total) {
             issue(it + 1, buf ^ 1);
             cp_async_commit();
@@ -299,7 +303,9 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
                 for (int e = 0; e < 4; e++) {
                     int key = e < 2 ? kr0 : kr1;
                     int qi = q0 + j * 8 + t4 * 2 + (e & 1);
-                    float x = st[j][e] * scale;
+                    float x = st[j][e];
+                    if (alibi) x += alibi_bias(slope, key);
+                    x *= scale;
                     if (softcap > 0.f) x = softcap * tanhf(x / softcap);
                     float p = exp2f((x - lse_s[qi - q0]) * LOG2E);
                     if (edge) {
@@ -444,8 +450,8 @@ extern "C" __global__ void attn_dq_convert_bf16(bf16* dq, const float* dq_acc, i
 }
 
 #define ATTN_MMA_ARGS int T_, int H, int KV, int ldq, int ldk, int ldv, int ldo, float scale, float softcap, \
-                      int window, int causal
-#define ATTN_MMA_PASS T_, H, KV, ldq, ldk, ldv, ldo, scale, softcap, window, causal
+                      int window, int causal, const float* alibi
+#define ATTN_MMA_PASS T_, H, KV, ldq, ldk, ldv, ldo, scale, softcap, window, causal, alibi
 // Instantiated per spec (one line per head dim, emitted by the Rust side): the backward keeps
 // 16 x D of dK and dV per warp in registers, so it exists for D <= 128 only.
 #define ATTN_FWD_INSTANTIATE(DIM, BNF)                                                                \

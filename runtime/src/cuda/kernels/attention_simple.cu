@@ -2,7 +2,8 @@
 // does not cover): one warp per query (forward, dQ) or per key (dK/dV), online softmax, nothing
 // of size T x T in memory. Layout: q [B*T, ldq] with head h at column h*D, k/v [B*T, ldk/ldv]
 // with kv head h / (H/KV); o like q; lse [B, H, T] natural-log logsumexp of the scores.
-// Scores: s = scale * q.k, then softcap * tanh(s / softcap) when softcap > 0. Key j is visible to
+// Scores: s = scale * (q.k + alibi), then softcap * tanh(s / softcap) when softcap > 0; alibi is
+// alibi_bias(slopes[h], j) when `alibi` (f32 [H] slopes) is not null, else 0. Key j is visible to
 // query i when j < T, (!causal || j <= i) and (window <= 0 || i - j < window). D <= 256.
 
 #define ATTN_MAXD_LANE 8  // 256 / 32
@@ -15,11 +16,13 @@ __device__ __forceinline__ bool attn_visible(int i, int j, int T, int causal, in
 // Traffic: each query reads every visible key and value row once (from L2): O(T^2 D) bytes.
 template <typename T>
 __device__ void attn_simple_fwd(T* o, float* lse, const T* q, const T* k, const T* v, int T_, int H, int KV, int D,
-                                int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window, int causal) {
+                                int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window, int causal,
+                                const float* alibi) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int i = blockIdx.x * 4 + warp, h = blockIdx.y, b = blockIdx.z;
     if (i >= T_) return;
     int kvh = h / (H / KV);
+    const float slope = alibi ? alibi[h] : 0.f;
     const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
     float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE];
 #pragma unroll
@@ -40,7 +43,9 @@ __device__ void attn_simple_fwd(T* o, float* lse, const T* q, const T* k, const 
             int d = lane + 32 * e;
             if (d < D) dot += qv[e] * lf(kr + d);
         }
-        float s = warp_sum(dot) * scale;
+        dot = warp_sum(dot);
+        if (alibi) dot += alibi_bias(slope, j);
+        float s = dot * scale;
         if (softcap > 0.f) s = softcap * tanhf(s / softcap);
         float mn = fmaxf(m, s);
         float corr = __expf(m - mn);
@@ -77,7 +82,8 @@ __device__ void attn_delta(float* delta, const T* o, const T* dout, int T_, int 
     if (lane == 0) delta[((size_t)b * H + h) * T_ + i] = a;
 }
 
-// Recompute p and dS for (query i, key j) given s_raw = q.k: returns dS with respect to q.k.
+// Recompute p and dS for (query i, key j) given s_raw = q.k (+ the ALiBi bias): returns dS with
+// respect to q.k (the bias is constant, so it is also the gradient of the biased score).
 __device__ __forceinline__ float attn_ds(float dot, float dp, float lse_i, float delta_i, float scale,
                                          float softcap, float* p_out) {
     float s = dot * scale, dcap = 1.f;
@@ -95,11 +101,12 @@ __device__ __forceinline__ float attn_ds(float dot, float dp, float lse_i, float
 template <typename T>
 __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                const float* delta, int T_, int H, int KV, int D, int ldq, int ldk, int ldv,
-                               int ldo, float scale, float softcap, int window, int causal) {
+                               int ldo, float scale, float softcap, int window, int causal, const float* alibi) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int i = blockIdx.x * 4 + warp, h = blockIdx.y, b = blockIdx.z;
     if (i >= T_) return;
     int kvh = h / (H / KV);
+    const float slope = alibi ? alibi[h] : 0.f;
     const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
     const T* dor = dout + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
     float qv[ATTN_MAXD_LANE], dov[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE];
@@ -127,6 +134,7 @@ __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const 
         }
         dot = warp_sum(dot);
         dp = warp_sum(dp);
+        if (alibi) dot += alibi_bias(slope, j);
         float p;
         float ds = attn_ds(dot, dp, lse_i, delta_i, scale, softcap, &p);
 #pragma unroll
@@ -148,7 +156,7 @@ __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const 
 template <typename T>
 __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                 const float* delta, int T_, int H, int KV, int D, int ldq, int ldk, int ldv,
-                                int ldo, float scale, float softcap, int window, int causal) {
+                                int ldo, float scale, float softcap, int window, int causal, const float* alibi) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j = blockIdx.x * 4 + warp, g = blockIdx.y, b = blockIdx.z;
     if (j >= T_) return;
@@ -168,6 +176,7 @@ __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v
     int i1 = window > 0 ? min(T_, j + window) : T_;
     for (int hh = 0; hh < group; hh++) {
         int h = g * group + hh;
+        const float bias = alibi ? alibi_bias(alibi[h], j) : 0.f;
         for (int i = i0; i < i1; i++) {
             const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
             const T* dor = dout + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
@@ -180,7 +189,7 @@ __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v
                     dp += vv[e] * lf(dor + d);
                 }
             }
-            dot = warp_sum(dot);
+            dot = warp_sum(dot) + bias;
             dp = warp_sum(dp);
             float p;
             size_t r = ((size_t)b * H + h) * T_ + i;
@@ -208,8 +217,8 @@ __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v
 }
 
 #define ATTN_SIMPLE_ARGS int T_, int H, int KV, int D, int ldq, int ldk, int ldv, int ldo, float scale, \
-                         float softcap, int window, int causal
-#define ATTN_SIMPLE_PASS T_, H, KV, D, ldq, ldk, ldv, ldo, scale, softcap, window, causal
+                         float softcap, int window, int causal, const float* alibi
+#define ATTN_SIMPLE_PASS T_, H, KV, D, ldq, ldk, ldv, ldo, scale, softcap, window, causal, alibi
 #define ATTN_SIMPLE_INSTANTIATE(SUF, T)                                                              \
     extern "C" __global__ void attn_simple_fwd_##SUF(T* o, float* lse, const T* q, const T* k,        \
                                                      const T* v, ATTN_SIMPLE_ARGS) {                  \

@@ -18,6 +18,10 @@ __device__ __forceinline__ bf16 f32_to_bf16(float f) {
     return (bf16)(u >> 16);
 }
 
+// ALiBi bias of key position j (within its sequence) for a head of slope `slope`, as Falcon/HF
+// build it: slope * j in f32, rounded to bf16. The bias is added to q.k before the scale.
+__device__ __forceinline__ float alibi_bias(float slope, int j) { return bf16_to_f32(f32_to_bf16(slope * (float)j)); }
+
 // Two floats to a packed pair of bf16 (lo in the low half), as mma operands want.
 __device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
     u32 r;

@@ -1,0 +1,197 @@
+//! Each layer's own configuration, read once from its IR row: sizes, attention options, position
+//! encoding, block structure, norms and FFN. Nothing here assumes that layers agree.
+
+use super::super::ops::{Act, NormKind};
+use modelspec_dsl::ModelSpec;
+use modelspec_dsl::ir::{Ffn, MlpKind, Norm, NormPlacement, Position, QkNormScope};
+
+/// A norm's kind and constants.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct NormCfg {
+    pub kind: NormKind,
+    pub eps: f32,
+    pub offset: f32,
+}
+
+impl NormCfg {
+    pub fn new(n: &Norm) -> NormCfg {
+        NormCfg {
+            kind: n.kind,
+            eps: n.eps as f32,
+            offset: n.offset as f32,
+        }
+    }
+}
+
+/// qk-norm of one layer.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct QkCfg {
+    /// Per head (rows of head_dim) rather than over the whole projection.
+    pub per_head: bool,
+    pub norm: NormCfg,
+}
+
+/// The feed-forward block of one layer.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum FfnCfg {
+    /// A dense MLP: `hidden` wide, `[gate; up]` (`hw = 2 hidden`) when gated.
+    Dense {
+        act: Act,
+        hidden: usize,
+        hw: usize,
+        gated: bool,
+    },
+    /// A mixture-of-experts block (run by `cuda::moe`).
+    Moe,
+}
+
+/// Everything the executor needs to run layer `i`, from `spec.layers[i]` alone.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LayerCfg {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// `heads * head_dim`.
+    pub qd: usize,
+    /// `kv_heads * head_dim`.
+    pub kvd: usize,
+    /// `qd + 2 kvd`: the fused `[q; k; v]` row.
+    pub width: usize,
+    pub scale: f32,
+    /// 0 = none.
+    pub softcap: f32,
+    /// 0 = none.
+    pub window: usize,
+    pub qk: Option<QkCfg>,
+    /// Index into the trainer's distinct RoPE tables (`None`: learned, NoPE or ALiBi).
+    pub rope: Option<usize>,
+    /// ALiBi slopes of this layer's head count (index into the trainer's slope buffers).
+    pub alibi: Option<usize>,
+    /// Norms before attention and MLP (pre-norm, sandwich).
+    pub pre: bool,
+    /// Norms on the branch outputs before the residual add (post-norm, sandwich).
+    pub post: bool,
+    /// Attention and MLP both read the layer input; the output adds both branches.
+    pub parallel: bool,
+    /// With `parallel`: one norm feeds both branches.
+    pub shared_norm: bool,
+    pub norm: NormCfg,
+    pub ffn: FfnCfg,
+}
+
+impl LayerCfg {
+    /// Layer `i`'s configuration; `rope` and `alibi` index the trainer's tables.
+    pub fn new(spec: &ModelSpec, i: usize, rope: Option<usize>, alibi: Option<usize>) -> LayerCfg {
+        let l = &spec.layers[i];
+        let a = &l.attention;
+        let b = &l.block;
+        let (heads, kv_heads, head_dim) =
+            (a.heads as usize, a.kv_heads as usize, a.head_dim as usize);
+        let ffn = match &l.ffn {
+            Ffn::Mlp(m) => {
+                let hidden = m.hidden as usize;
+                let gated = m.activation.is_gated();
+                FfnCfg::Dense {
+                    act: act_of(m.activation),
+                    hidden,
+                    hw: if gated { 2 * hidden } else { hidden },
+                    gated,
+                }
+            }
+            Ffn::Moe(_) => FfnCfg::Moe,
+        };
+        LayerCfg {
+            heads,
+            kv_heads,
+            head_dim,
+            qd: heads * head_dim,
+            kvd: kv_heads * head_dim,
+            width: (heads + 2 * kv_heads) * head_dim,
+            scale: a.scale as f32,
+            softcap: a.softcap.unwrap_or(0.0) as f32,
+            window: a.window.unwrap_or(0) as usize,
+            qk: a.qk_norm.as_ref().map(|q| QkCfg {
+                per_head: q.scope == QkNormScope::Head,
+                norm: NormCfg::new(&q.norm),
+            }),
+            rope,
+            alibi,
+            pre: matches!(b.placement, NormPlacement::Pre | NormPlacement::Sandwich),
+            post: matches!(b.placement, NormPlacement::Post | NormPlacement::Sandwich),
+            parallel: b.parallel_residual,
+            shared_norm: b.parallel_residual && b.shared_norm,
+            norm: NormCfg::new(&b.norm),
+            ffn,
+        }
+    }
+
+    /// `(rows, width)` of the q and k norms over `n` token rows: per head, rows of head_dim.
+    pub fn qk_rows(&self, n: usize) -> ((usize, usize), (usize, usize)) {
+        match self.qk {
+            Some(QkCfg { per_head: true, .. }) => (
+                (n * self.heads, self.head_dim),
+                (n * self.kv_heads, self.head_dim),
+            ),
+            _ => ((n, self.qd), (n, self.kvd)),
+        }
+    }
+
+    /// The dense MLP's `(hidden, hw)` (0 for a MoE layer).
+    pub fn mlp_widths(&self) -> (usize, usize) {
+        match self.ffn {
+            FfnCfg::Dense { hidden, hw, .. } => (hidden, hw),
+            FfnCfg::Moe => (0, 0),
+        }
+    }
+}
+
+/// The kernels' activation for an IR MLP kind.
+pub(super) fn act_of(k: MlpKind) -> Act {
+    match k {
+        MlpKind::Gelu => Act::Gelu,
+        MlpKind::GeluTanh => Act::GeluTanh,
+        MlpKind::ReluSquared => Act::ReluSquared,
+        MlpKind::Swiglu => Act::Swiglu,
+        MlpKind::Geglu => Act::Geglu,
+        MlpKind::GegluTanh => Act::GegluTanh,
+    }
+}
+
+/// Why the GPU executor cannot run `spec`, or `None`. Layers may differ in every respect; what
+/// remains unsupported is a spec without layers or without a final norm, and mixture-of-experts
+/// layers while the MoE kernels are not built in.
+pub(super) fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
+    if spec.layers.is_empty() {
+        return Some("a spec without layers".into());
+    }
+    if spec.final_norm.is_none() {
+        return Some("a spec without a final norm".into());
+    }
+    for l in &spec.layers {
+        let a = &l.attention;
+        if a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
+            return Some(format!(
+                "heads {} not a multiple of kv_heads {} (layer {})",
+                a.heads, a.kv_heads, l.index
+            ));
+        }
+        if a.head_dim == 0 || a.head_dim > 256 {
+            return Some(format!(
+                "head_dim {} outside 1..=256 (layer {})",
+                a.head_dim, l.index
+            ));
+        }
+        if matches!(l.ffn, Ffn::Moe(_)) && !super::moe_glue::MOE_BUILT {
+            return Some(format!(
+                "mixture-of-experts (layer {}): not built into this GPU executor",
+                l.index
+            ));
+        }
+        if let Position::Rope(r) = &l.position
+            && r.rotary_dims > a.head_dim
+        {
+            return Some(format!("rotary dims above head_dim (layer {})", l.index));
+        }
+    }
+    None
+}

@@ -1,0 +1,144 @@
+//! The head: final norm, classifier and cross-entropy (one row chunk of logits at a time, the
+//! loss kernel turning each chunk into its gradient in place, the classifier's backward right
+//! after it), the final norm's backward, and the embedding's backward.
+
+use super::super::error::Result;
+use super::super::gpu::{DevPtr, Dtype};
+use super::Step;
+use super::config::NormCfg;
+
+impl Step<'_> {
+    /// Final norm, loss and the head's backward; returns the buffer holding d(last layer output).
+    /// With `capture`, appends the logits `[n, vocab]` (after the final softcap) to it.
+    pub(super) fn head(&self, mut capture: Option<&mut Vec<f32>>) -> Result<DevPtr> {
+        let (k, dt, es, n, c) = (self.k, self.dt, self.es, self.s.n, self.s.c);
+        let bf = self.buf;
+        let spec = self.spec;
+        let fnorm = NormCfg::new(
+            &spec
+                .final_norm
+                .unwrap_or(spec.layers[spec.layers.len() - 1].block.norm),
+        );
+        let last = bf.layers[bf.layers.len() - 1].resid_mid;
+        self.norm_fwd(
+            &fnorm,
+            bf.lnf,
+            bf.resid_final,
+            bf.rstdf,
+            bf.meanf,
+            last,
+            bf.tmp,
+            "final_norm",
+        )?;
+        let (head, dhead) = if spec.embedding.tied {
+            (self.p.w("embed.weight")?, self.p.g("embed.weight"))
+        } else {
+            (self.p.w("lm_head.weight")?, self.p.g("lm_head.weight"))
+        };
+        let head_bias = self.p.wo("lm_head.bias");
+        let (vocab, vp) = (spec.vocab as usize, self.s.vp);
+        let dscale = 1.0 / self.valid_targets as f32;
+        let softcap = spec.logits.softcap.unwrap_or(0.0) as f32;
+        let mut r0 = 0;
+        while r0 < n {
+            let rows = self.s.chunk.min(n - r0);
+            let x = bf.lnf + (r0 * c) as u64 * es;
+            self.linear(rows, vp, c, x, head, head_bias, bf.logits)?;
+            if let Some(out) = capture.as_deref_mut() {
+                self.capture_logits(out, rows, vocab, softcap)?;
+            }
+            k.xent(
+                dt,
+                bf.logits,
+                self.loss_rows.at(r0),
+                self.targets + (r0 * 4) as u64,
+                rows,
+                vocab,
+                vp,
+                softcap,
+                Some(dscale),
+            )?;
+            self.mm(
+                rows,
+                c,
+                vp,
+                bf.logits,
+                vp,
+                head,
+                c,
+                bf.dlnf + (r0 * c) as u64 * es,
+                c,
+                0.0,
+            )?;
+            self.mm_grad(vp, c, rows, bf.logits, vp, x, c, dhead, 1.0)?;
+            if head_bias != 0 {
+                k.colsum(dt, self.p.g("lm_head.bias"), bf.logits, rows, vp)?;
+            }
+            r0 += rows;
+        }
+        let g = bf.g_a;
+        self.norm_bwd(
+            &fnorm,
+            g,
+            bf.dlnf,
+            bf.resid_final,
+            bf.rstdf,
+            bf.meanf,
+            0,
+            "final_norm",
+        )?;
+        Ok(g)
+    }
+
+    /// Downloads the logits chunk (`rows` rows) and appends its `vocab` valid columns as f32.
+    /// The kernels keep the logits before the final softcap (the loss kernel applies it); the
+    /// captured logits are the model's output, after it.
+    fn capture_logits(
+        &self,
+        out: &mut Vec<f32>,
+        rows: usize,
+        vocab: usize,
+        softcap: f32,
+    ) -> Result<()> {
+        let es = self.es as usize;
+        let vp = self.s.vp;
+        // SAFETY: the logits chunk is `rows * vp` elements of this trainer's arena.
+        let raw = unsafe { self.gpu.download_raw(self.buf.logits, rows * vp * es) }?;
+        let cap = |x: f32| {
+            if softcap > 0.0 {
+                softcap * (x / softcap).tanh()
+            } else {
+                x
+            }
+        };
+        for row in raw.chunks(vp * es) {
+            out.extend(
+                row[..vocab * es]
+                    .chunks(es)
+                    .map(|b| match self.dt {
+                        Dtype::F32 => f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                        Dtype::Bf16 => {
+                            f32::from_bits(u32::from(u16::from_le_bytes([b[0], b[1]])) << 16)
+                        }
+                    })
+                    .map(cap),
+            );
+        }
+        Ok(())
+    }
+
+    /// The embedding's backward from `g` = d(layer 0 input).
+    pub(super) fn embed_bwd(&self, g: DevPtr) -> Result<()> {
+        self.k.embed_bwd(
+            self.dt,
+            self.p.g("embed.weight"),
+            self.p.g("pos_embed.weight"),
+            self.tokens,
+            g,
+            self.s.n,
+            self.s.seq,
+            self.s.c,
+            self.spec.embedding.scale as f32,
+        )
+    }
+}

@@ -1,0 +1,349 @@
+//! The activation arena: every layer's kept buffers sized by that layer's own widths, one set of
+//! shared buffers for what layers recompute (each the largest over the layers that need it), and
+//! the scratch the backward and the head use (the largest over all layers).
+
+use super::super::gpu::DevPtr;
+use super::config::{FfnCfg, LayerCfg};
+use super::saves::LayerSaves;
+
+/// The sizes the arena derives from, besides the layers' own configurations.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Shape {
+    pub batch: usize,
+    pub seq: usize,
+    /// `batch * seq` token rows.
+    pub n: usize,
+    /// d_model.
+    pub c: usize,
+    /// Bytes per element of the compute dtype.
+    pub es: usize,
+    /// Padded vocabulary (the classifier's width).
+    pub vp: usize,
+    /// Rows of logits materialised at once (at most 512 MiB of them).
+    pub chunk: usize,
+}
+
+impl Shape {
+    pub fn new(batch: usize, seq: usize, c: usize, es: usize, vp: usize) -> Shape {
+        let n = batch * seq;
+        Shape {
+            batch,
+            seq,
+            n,
+            c,
+            es,
+            vp,
+            chunk: ((512usize << 20) / (vp.max(1) * es)).clamp(64, n.max(64)),
+        }
+    }
+}
+
+/// One layer's buffers (0 where the layer has no such tensor). Buffers the layer does not keep
+/// point into the shared recompute set.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct LayerBufs {
+    /// The layer input (the residual stream entering the layer), always kept.
+    pub resid: DevPtr,
+    /// Attention norm output and f32 statistics (pre-norm layers).
+    pub ln1: DevPtr,
+    pub rstd1: DevPtr,
+    pub mean1: DevPtr,
+    /// `[q; k; v]` after qk-norm and RoPE, `[n, width]`.
+    pub qkv: DevPtr,
+    /// Attention output `[n, qd]` and its f32 log-sum-exp `[batch, heads, seq]`.
+    pub atty: DevPtr,
+    pub lse: DevPtr,
+    /// The stream after the attention branch.
+    pub resid_mid: DevPtr,
+    /// The MLP's own norm output and statistics (pre-norm layers without a shared norm).
+    pub ln2: DevPtr,
+    pub rstd2: DevPtr,
+    pub mean2: DevPtr,
+    /// Dense MLP: `[gate; up]` (or up) before the activation `[n, hw]`, the activation `[n, hidden]`.
+    pub h: DevPtr,
+    pub act: DevPtr,
+    /// qk-norm: q and k as projected (contiguous `[n, qd]`, `[n, kvd]`), and f32 statistics.
+    pub qraw: DevPtr,
+    pub kraw: DevPtr,
+    pub qrstd: DevPtr,
+    pub qmean: DevPtr,
+    pub krstd: DevPtr,
+    pub kmean: DevPtr,
+    /// Post/sandwich norms: the branch outputs before their post-norm, and statistics.
+    pub pa_in: DevPtr,
+    pub pa_rstd: DevPtr,
+    pub pa_mean: DevPtr,
+    pub pm_in: DevPtr,
+    pub pm_rstd: DevPtr,
+    pub pm_mean: DevPtr,
+    /// A MoE layer's saved region (`MoeLayer::saved_bytes`).
+    pub moe_saved: DevPtr,
+}
+
+/// Where every activation and scratch buffer lives in the one activation arena.
+pub(super) struct Layout {
+    pub layers: Vec<LayerBufs>,
+    /// What each layer keeps.
+    pub saves: Vec<LayerSaves>,
+    /// Whether layer i recomputes something at the start of its backward.
+    pub recompute: Vec<bool>,
+    pub resid_final: DevPtr,
+    pub lnf: DevPtr,
+    pub rstdf: DevPtr,
+    pub meanf: DevPtr,
+    /// Carries a branch's output to the residual add that consumes it.
+    pub tmp: DevPtr,
+    pub dlnf: DevPtr,
+    /// The stream gradient, two buffers that alternate.
+    pub g_a: DevPtr,
+    pub g_b: DevPtr,
+    /// d(norm output) of the layer being differentiated.
+    pub d_ln: DevPtr,
+    pub d_act: DevPtr,
+    pub dh: DevPtr,
+    pub dqkv: DevPtr,
+    pub d_atty: DevPtr,
+    pub logits: DevPtr,
+    pub dq_acc: DevPtr,
+    pub delta: DevPtr,
+    /// Post-norm backward scratch: the gradient of a branch output before its post-norm.
+    pub d_post: DevPtr,
+    /// qk-norm scratch, `[n, max qd]` each (0 without qk-norm).
+    pub qk_a: DevPtr,
+    pub qk_b: DevPtr,
+    /// MoE scratch (the largest `MoeLayer::scratch_bytes`).
+    pub moe_scratch: DevPtr,
+    /// f32 scalars: the MoE aux loss of the step, and a sink for recomputation.
+    pub aux: DevPtr,
+    pub aux_sink: DevPtr,
+    /// Bytes kept from forward to backward by the layers (their inputs and saved buffers).
+    pub saved_bytes: usize,
+    /// Bytes of the shared buffers that recomputed tensors go to.
+    pub recompute_bytes: usize,
+    /// The whole arena.
+    pub total_bytes: usize,
+}
+
+/// A bump allocator over device addresses (256-byte aligned).
+struct Bump {
+    base: DevPtr,
+    cur: DevPtr,
+}
+
+impl Bump {
+    fn take(&mut self, bytes: usize) -> DevPtr {
+        if bytes == 0 {
+            return 0;
+        }
+        let p = self.cur;
+        self.cur += bytes.div_ceil(256) as u64 * 256;
+        p
+    }
+    fn used(&self) -> usize {
+        (self.cur - self.base) as usize
+    }
+}
+
+/// The byte sizes of a layer's seven dense groups (attn_norm, qkv, attn, resid_mid, mlp_norm,
+/// mlp_in, act), each as its buffers, in `LayerBufs` order; 0 where the layer has no such tensor.
+fn group_sizes(l: &LayerCfg, s: &Shape) -> [[usize; 3]; 7] {
+    let (n, c, es) = (s.n, s.c, s.es);
+    let stats = [n * c * es, n * 4, n * 4];
+    let lse = s.batch * l.heads * s.seq * 4;
+    let (hidden, hw) = l.mlp_widths();
+    let own_mlp_norm = l.pre && !l.shared_norm;
+    [
+        if l.pre { stats } else { [0; 3] },
+        [n * l.width * es, 0, 0],
+        [n * l.qd * es, lse, 0],
+        [n * c * es, 0, 0],
+        if own_mlp_norm { stats } else { [0; 3] },
+        [n * hw * es, 0, 0],
+        [n * hidden * es, 0, 0],
+    ]
+}
+
+/// Carves the arena at `base` (0 to size it). `moe[i]` is layer i's MoE `(saved, scratch)` bytes.
+pub(super) fn layout(
+    cfg: &[LayerCfg],
+    s: &Shape,
+    saves: &[LayerSaves],
+    moe: &[Option<(usize, usize)>],
+    base: DevPtr,
+) -> Layout {
+    let mut b = Bump { base, cur: base };
+    let (n, c, es) = (s.n, s.c, s.es);
+    let save = |i: usize| saves.get(i).copied().unwrap_or(LayerSaves::ALL);
+    let moe_of = |i: usize| moe.get(i).copied().flatten().unwrap_or((0, 0));
+    // The layer inputs, the buffers each layer keeps, and the per-layer extras (qk-norm inputs,
+    // post-norm inputs: small next to the rest, and recomputing them would re-run a projection).
+    let mut layers = Vec::with_capacity(cfg.len());
+    let mut own: Vec<[[DevPtr; 3]; 7]> = Vec::with_capacity(cfg.len());
+    for (i, l) in cfg.iter().enumerate() {
+        let keep = save(i).groups();
+        let sizes = group_sizes(l, s);
+        let mut lb = LayerBufs {
+            resid: b.take(n * c * es),
+            ..LayerBufs::default()
+        };
+        let mut g = [[0 as DevPtr; 3]; 7];
+        for j in 0..7 {
+            if keep[j] {
+                for (p, bytes) in g[j].iter_mut().zip(sizes[j]) {
+                    *p = b.take(bytes);
+                }
+            }
+        }
+        own.push(g);
+        let ((q_rows, _), (k_rows, _)) = l.qk_rows(n);
+        if l.qk.is_some() {
+            lb.qraw = b.take(n * l.qd * es);
+            lb.kraw = b.take(n * l.kvd * es);
+            lb.qrstd = b.take(q_rows * 4);
+            lb.qmean = b.take(q_rows * 4);
+            lb.krstd = b.take(k_rows * 4);
+            lb.kmean = b.take(k_rows * 4);
+        }
+        if l.post {
+            lb.pa_in = b.take(n * c * es);
+            lb.pa_rstd = b.take(n * 4);
+            lb.pa_mean = b.take(n * 4);
+            lb.pm_in = b.take(n * c * es);
+            lb.pm_rstd = b.take(n * 4);
+            lb.pm_mean = b.take(n * 4);
+        }
+        if matches!(l.ffn, FfnCfg::Moe) && save(i).moe {
+            lb.moe_saved = b.take(moe_of(i).0);
+        }
+        layers.push(lb);
+    }
+    let saved_bytes = b.used();
+    // One shared set for whatever some layer recomputes, each buffer the largest such layer's.
+    let mut shared_sizes = [[0usize; 3]; 7];
+    let mut moe_shared = 0usize;
+    for (i, l) in cfg.iter().enumerate() {
+        let keep = save(i).groups();
+        let sizes = group_sizes(l, s);
+        for j in 0..7 {
+            if !keep[j] {
+                for (m, x) in shared_sizes[j].iter_mut().zip(sizes[j]) {
+                    *m = (*m).max(x);
+                }
+            }
+        }
+        if matches!(l.ffn, FfnCfg::Moe) && !save(i).moe {
+            moe_shared = moe_shared.max(moe_of(i).0);
+        }
+    }
+    let mut shared = [[0 as DevPtr; 3]; 7];
+    for j in 0..7 {
+        for (p, bytes) in shared[j].iter_mut().zip(shared_sizes[j]) {
+            *p = b.take(bytes);
+        }
+    }
+    let moe_shared_ptr = b.take(moe_shared);
+    let recompute_bytes = b.used() - saved_bytes;
+    for (i, lb) in layers.iter_mut().enumerate() {
+        let keep = save(i).groups();
+        let sizes = group_sizes(&cfg[i], s);
+        let pick = |j: usize, k: usize| {
+            if sizes[j][k] == 0 {
+                0
+            } else if keep[j] {
+                own[i][j][k]
+            } else {
+                shared[j][k]
+            }
+        };
+        lb.ln1 = pick(0, 0);
+        lb.rstd1 = pick(0, 1);
+        lb.mean1 = pick(0, 2);
+        lb.qkv = pick(1, 0);
+        lb.atty = pick(2, 0);
+        lb.lse = pick(2, 1);
+        lb.resid_mid = pick(3, 0);
+        lb.ln2 = pick(4, 0);
+        lb.rstd2 = pick(4, 1);
+        lb.mean2 = pick(4, 2);
+        lb.h = pick(5, 0);
+        lb.act = pick(6, 0);
+        if matches!(cfg[i].ffn, FfnCfg::Moe) && !save(i).moe {
+            lb.moe_saved = moe_shared_ptr;
+        }
+    }
+    // Scratch: the largest over the layers.
+    let max = |f: &dyn Fn(&LayerCfg) -> usize| cfg.iter().map(f).max().unwrap_or(0);
+    let (qd, width) = (max(&|l| l.qd), max(&|l| l.width));
+    let (hidden, hw) = (max(&|l| l.mlp_widths().0), max(&|l| l.mlp_widths().1));
+    let heads = max(&|l| l.heads);
+    let any_post = cfg.iter().any(|l| l.post);
+    let any_qk = cfg.iter().any(|l| l.qk.is_some());
+    let moe_scratch_bytes = (0..cfg.len()).map(|i| moe_of(i).1).max().unwrap_or(0);
+    let mut take = |bytes: usize| b.take(bytes);
+    let resid_final = take(n * c * es);
+    let lnf = take(n * c * es);
+    let rstdf = take(n * 4);
+    let meanf = take(n * 4);
+    let tmp = take(n * c * es);
+    let dlnf = take(n * c * es);
+    let g_a = take(n * c * es);
+    let g_b = take(n * c * es);
+    let d_ln = take(n * c * es);
+    let d_act = take(n * hidden * es);
+    let dh = take(n * hw * es);
+    let dqkv = take(n * width * es);
+    let d_atty = take(n * qd * es);
+    let logits = take(s.chunk * s.vp * es);
+    let dq_acc = take(n * qd * 4);
+    let delta = take(s.batch * heads * s.seq * 4);
+    let d_post = if any_post { take(n * c * es) } else { 0 };
+    let (qk_a, qk_b) = if any_qk {
+        (take(n * qd * es), take(n * qd * es))
+    } else {
+        (0, 0)
+    };
+    let moe_scratch = take(moe_scratch_bytes);
+    let aux = take(4);
+    let aux_sink = take(4);
+    let saves: Vec<LayerSaves> = (0..cfg.len()).map(save).collect();
+    let recompute = cfg
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let keep = saves[i].groups();
+            let sizes = group_sizes(l, s);
+            (0..7).any(|j| !keep[j] && sizes[j][0] > 0)
+                || (matches!(l.ffn, FfnCfg::Moe) && !saves[i].moe)
+        })
+        .collect();
+    Layout {
+        layers,
+        saves,
+        recompute,
+        resid_final,
+        lnf,
+        rstdf,
+        meanf,
+        tmp,
+        dlnf,
+        g_a,
+        g_b,
+        d_ln,
+        d_act,
+        dh,
+        dqkv,
+        d_atty,
+        logits,
+        dq_acc,
+        delta,
+        d_post,
+        qk_a,
+        qk_b,
+        moe_scratch,
+        aux,
+        aux_sink,
+        saved_bytes,
+        recompute_bytes,
+        total_bytes: b.used(),
+    }
+}

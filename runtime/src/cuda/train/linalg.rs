@@ -1,0 +1,109 @@
+//! The three GEMM shapes of a step, row-major, in the compute dtype (f32 accumulation).
+
+use super::super::error::Result;
+use super::super::gemm::RowMajorGemm;
+use super::super::gpu::DevPtr;
+use super::Step;
+
+impl Step<'_> {
+    /// `C[m, n] = A op(B)` (+ beta C), with leading dimensions as given.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mm(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        lda: usize,
+        b: DevPtr,
+        ldb: usize,
+        c: DevPtr,
+        ldc: usize,
+        beta: f32,
+    ) -> Result<()> {
+        let g = RowMajorGemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            lda,
+            ldb,
+            ldc,
+            batch: None,
+        };
+        // SAFETY: every operand is a view into this trainer's arenas, sized at construction.
+        unsafe { self.gemm.run(self.dt, &g, a, b, c, 1.0, beta) }
+    }
+
+    /// The forward projections: `C[m, n] = A[m, k] W[n, k]^T + bias` (bias 0: none).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        w: DevPtr,
+        bias: DevPtr,
+        c: DevPtr,
+    ) -> Result<()> {
+        let g = RowMajorGemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: true,
+            lda: k,
+            ldb: k,
+            ldc: n,
+            batch: None,
+        };
+        // SAFETY: as in `mm`.
+        unsafe {
+            if bias != 0 {
+                self.gemm.run_bias(self.dt, &g, a, w, c, bias)
+            } else {
+                self.gemm.run(self.dt, &g, a, w, c, 1.0, 0.0)
+            }
+        }
+    }
+
+    /// A weight gradient: `C[m, n]` (f32) `= A^T B (+ beta C)`, A `[k, m]`, B `[k, n]`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mm_grad(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        lda: usize,
+        b: DevPtr,
+        ldb: usize,
+        c: DevPtr,
+        beta: f32,
+    ) -> Result<()> {
+        let g = RowMajorGemm {
+            m,
+            n,
+            k,
+            trans_a: true,
+            trans_b: false,
+            lda,
+            ldb,
+            ldc: n,
+            batch: None,
+        };
+        // SAFETY: as in `mm`.
+        unsafe { self.gemm.run_f32_out(self.dt, &g, a, b, c, 1.0, beta) }
+    }
+
+    /// `out[c] += column sums of x [rows = n, c]` when `out` is not 0 (bias gradients).
+    pub(super) fn colsum(&self, out: DevPtr, x: DevPtr, width: usize) -> Result<()> {
+        if out != 0 {
+            self.k.colsum(self.dt, out, x, self.s.n, width)
+        } else {
+            Ok(())
+        }
+    }
+}

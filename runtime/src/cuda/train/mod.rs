@@ -1,0 +1,548 @@
+//! A training step on the GPU that walks the spec layer by layer, each layer with its own
+//! configuration (`spec.layers[i]`): heads, kv heads, head dim, scale, softcap, sliding window,
+//! qk-norm (per head or over the projection), position (its own RoPE table, learned, none/NoPE,
+//! ALiBi), pre/post/sandwich norms, sequential or parallel residual (one shared norm or two), and
+//! the FFN (a dense MLP of its own width and activation, or mixture-of-experts). Forward, fused
+//! classifier + cross-entropy, backward (recomputing what the plan does not keep) and one fused
+//! AdamW launch, all on one stream.
+//!
+//! Layout of this module, by concept:
+//! - [`saves`]: [`LayerSaves`], the planner's named tensors mapped onto the buffers kept;
+//! - `config`: each layer's configuration, read once from its IR row;
+//! - `layout`: the activation arena (per-layer buffers sized by the layer's own widths, shared
+//!   recompute buffers and scratch sized by the largest layer that needs them);
+//! - `params`: parameters, gradients and optimizer state (one layout, fused q/k/v and gate/up);
+//! - `forward`, `backward`: one layer's forward (also its recomputation) and backward;
+//! - `head`: final norm, classifier and cross-entropy, one row chunk of logits at a time;
+//! - `moe_glue`: mixture-of-experts layers through `cuda::moe`.
+//!
+//! Saved activations (per layer, compute dtype): the block input, both norm outputs, the qkv
+//! projection (after qk-norm and RoPE, applied in place), the attention output, the mid residual,
+//! the MLP hidden pre- and post-activation (or a MoE block's saved region); plus f32 norm
+//! statistics and the attention log-sum-exp. Logits exist one row chunk at a time: the
+//! cross-entropy kernel turns each chunk into its gradient in place, and the classifier's
+//! backward runs right after it.
+
+mod backward;
+mod config;
+mod forward;
+mod head;
+mod layout;
+mod linalg;
+mod moe_glue;
+mod params;
+pub mod saves;
+
+pub use saves::LayerSaves;
+
+use super::error::{CudaError, Result};
+use super::gemm::Gemm;
+use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
+use super::ops::Kernels;
+use config::LayerCfg;
+use layout::{Layout, Shape, layout};
+use modelspec_dsl::ModelSpec;
+use modelspec_dsl::ir::{Position, RopeStyle};
+use moe_glue::MoeSlot;
+use params::ParamArena;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// AdamW hyper-parameters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamW {
+    /// Learning rate.
+    pub lr: f32,
+    /// First-moment decay.
+    pub beta1: f32,
+    /// Second-moment decay.
+    pub beta2: f32,
+    /// Denominator epsilon.
+    pub eps: f32,
+    /// Decoupled weight decay.
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    /// PyTorch's defaults except the learning rate (1e-4, as the reference benchmark).
+    fn default() -> Self {
+        AdamW {
+            lr: 1e-4,
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// One distinct RoPE of the spec: cos and sin `[seq, rot/2]`, rotary dims, interleaved.
+struct RopeTable {
+    cos: GpuBuf<f32>,
+    sin: GpuBuf<f32>,
+    rot: usize,
+    interleaved: bool,
+}
+
+/// A decoder's parameters, optimizer state and activations on one GPU.
+pub struct GpuTrainer {
+    gpu: Arc<Gpu>,
+    kernels: Kernels,
+    gemm: Arc<Gemm>,
+    spec: ModelSpec,
+    dt: Dtype,
+    shape: Shape,
+    params: ParamArena,
+    cfg: Vec<LayerCfg>,
+    moe: Vec<Option<MoeSlot>>,
+    _acts: GpuBuf<u8>,
+    /// Where every activation and scratch buffer lives in `_acts`.
+    buf: Layout,
+    loss_rows: GpuBuf<f32>,
+    ropes: Vec<RopeTable>,
+    /// ALiBi slopes, one buffer per distinct head count.
+    alibi: Vec<GpuBuf<f32>>,
+    tokens: GpuBuf<i32>,
+    targets: GpuBuf<i32>,
+    valid_targets: usize,
+    aux_loss: bool,
+    step: u32,
+    bytes: usize,
+    /// Optimizer settings used by [`GpuTrainer::step`].
+    pub adamw: AdamW,
+}
+
+fn unsupported(why: String) -> CudaError {
+    CudaError::BadLaunch {
+        kernel: "gpu trainer".into(),
+        why,
+    }
+}
+
+/// Every distinct head dim of the spec (the attention kernels are instantiated per head dim).
+fn head_dims(spec: &ModelSpec) -> Vec<usize> {
+    let mut d: Vec<usize> = spec
+        .layers
+        .iter()
+        .map(|l| l.attention.head_dim as usize)
+        .collect();
+    d.sort_unstable();
+    d.dedup();
+    d
+}
+
+/// Bytes besides parameters and the arena: loss rows, tokens, targets, the cuBLASLt workspace.
+fn fixed_bytes(n: usize) -> usize {
+    12 * n + (32 << 20)
+}
+
+impl GpuTrainer {
+    /// Allocates everything for `batch` sequences of `seq` tokens and initialises the weights
+    /// (normal(0, 0.02) matrices and embeddings, unit norm weights, zero biases; `seed`). Every
+    /// activation is kept for backward (checkpoint policy `none`).
+    pub fn new(
+        gpu: &Arc<Gpu>,
+        spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+    ) -> Result<GpuTrainer> {
+        Self::with_checkpoint(gpu, spec, dt, batch, seq, seed, &[])
+    }
+
+    /// Why the GPU trainer cannot run `spec` (the first unsupported feature, named), or `None`.
+    /// Layers may differ in sizes, attention options, position encoding, block structure and
+    /// FFN.
+    pub fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
+        config::unsupported_feature(spec)
+    }
+
+    /// As [`GpuTrainer::new`], keeping for backward only what `saves` says per layer (one entry
+    /// per layer, e.g. [`LayerSaves::from_plan`]; an empty slice keeps everything) and
+    /// recomputing the rest at the start of each layer's backward. Gradients do not depend on it.
+    pub fn with_checkpoint(
+        gpu: &Arc<Gpu>,
+        spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+        saves: &[LayerSaves],
+    ) -> Result<GpuTrainer> {
+        if let Some(why) = Self::unsupported_feature(spec) {
+            return Err(unsupported(format!("unsupported: {why}")));
+        }
+        if !saves.is_empty() && saves.len() != spec.layers.len() {
+            return Err(unsupported(format!(
+                "{} checkpoint entries for {} layers",
+                saves.len(),
+                spec.layers.len()
+            )));
+        }
+        if let Some(max) = spec.max_sequence()
+            && seq as u64 > max
+        {
+            return Err(unsupported(format!("seq {seq} exceeds the context {max}")));
+        }
+        let kernels = Kernels::load(gpu, &spec.name, &head_dims(spec), spec_defines(spec))?;
+        let gemm = gpu.gemm()?;
+        let params = ParamArena::new(gpu, &kernels, spec, dt, seed)?;
+        let shape = Shape::new(
+            batch,
+            seq,
+            spec.d_model as usize,
+            dt.bytes(),
+            spec.vocab_padded as usize,
+        );
+        // One table pair per distinct RoPE (Gemma-3's local and global layers differ), one slope
+        // buffer per distinct ALiBi head count.
+        let mut ropes: Vec<RopeTable> = Vec::new();
+        let mut seen: Vec<&modelspec_dsl::ir::Rope> = Vec::new();
+        let mut alibi: Vec<GpuBuf<f32>> = Vec::new();
+        let mut alibi_heads: Vec<usize> = Vec::new();
+        let mut cfg = Vec::with_capacity(spec.layers.len());
+        for (i, l) in spec.layers.iter().enumerate() {
+            let (rope, slopes) = match &l.position {
+                Position::Rope(r) => {
+                    let j = match seen.iter().position(|s| *s == r) {
+                        Some(j) => j,
+                        None => {
+                            let (cs, sn) = super::rope::tables(r, seq);
+                            ropes.push(RopeTable {
+                                cos: gpu.upload(&cs)?,
+                                sin: gpu.upload(&sn)?,
+                                rot: r.rotary_dims as usize,
+                                interleaved: r.style == RopeStyle::Interleaved,
+                            });
+                            seen.push(r);
+                            ropes.len() - 1
+                        }
+                    };
+                    (Some(j), None)
+                }
+                Position::Alibi => {
+                    let heads = l.attention.heads as usize;
+                    let j = match alibi_heads.iter().position(|&h| h == heads) {
+                        Some(j) => j,
+                        None => {
+                            let s: Vec<f32> = crate::ops::attention::alibi_slopes(heads)
+                                .into_iter()
+                                .map(|x| x as f32)
+                                .collect();
+                            alibi.push(gpu.upload(&s)?);
+                            alibi_heads.push(heads);
+                            alibi.len() - 1
+                        }
+                    };
+                    (None, Some(j))
+                }
+                Position::Learned | Position::None => (None, None),
+            };
+            cfg.push(LayerCfg::new(spec, i, rope, slopes));
+        }
+        let moe = moe_glue::build(gpu, spec, batch * seq, dt)?;
+        let moe_sizes = moe_glue::sizes(&moe);
+        let sizing = layout(&cfg, &shape, saves, &moe_sizes, 0);
+        let acts = gpu.zeros::<u8>(sizing.total_bytes)?;
+        let buf = layout(&cfg, &shape, saves, &moe_sizes, acts.ptr());
+        let n = shape.n;
+        let bytes = params.bytes() + buf.total_bytes + fixed_bytes(n);
+        Ok(GpuTrainer {
+            gpu: gpu.clone(),
+            kernels,
+            gemm,
+            spec: spec.clone(),
+            dt,
+            shape,
+            params,
+            cfg,
+            moe,
+            _acts: acts,
+            buf,
+            loss_rows: gpu.zeros::<f32>(n)?,
+            ropes,
+            alibi,
+            tokens: gpu.zeros::<i32>(n)?,
+            targets: gpu.zeros::<i32>(n)?,
+            valid_targets: n,
+            aux_loss: true,
+            step: 0,
+            bytes,
+            adamw: AdamW::default(),
+        })
+    }
+
+    /// Device bytes [`GpuTrainer::new`] will allocate for `spec` at this batch shape: parameters
+    /// and optimizer state (16 B + one working copy per parameter), saved activations, scratch
+    /// (one logits chunk of at most 512 MiB), the cuBLASLt workspace.
+    pub fn predicted_bytes(spec: &ModelSpec, dt: Dtype, batch: usize, seq: usize) -> usize {
+        Self::predicted_bytes_with(spec, dt, batch, seq, &[])
+    }
+
+    /// As [`GpuTrainer::predicted_bytes`] for [`GpuTrainer::with_checkpoint`] with `saves`.
+    /// Mixture-of-experts layers count their saved regions and scratch as `cuda::moe` sizes them
+    /// (without a device: from the planner's tensor costs).
+    pub fn predicted_bytes_with(
+        spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        saves: &[LayerSaves],
+    ) -> usize {
+        let (_, total) = params::param_offsets(spec);
+        let shape = Shape::new(
+            batch,
+            seq,
+            spec.d_model as usize,
+            dt.bytes(),
+            spec.vocab_padded as usize,
+        );
+        let cfg: Vec<LayerCfg> = (0..spec.layers.len())
+            .map(|i| LayerCfg::new(spec, i, None, None))
+            .collect();
+        let moe_sizes = moe_glue::predicted_sizes(spec, batch, seq, dt);
+        total * (16 + dt.bytes())
+            + layout(&cfg, &shape, saves, &moe_sizes, 0).total_bytes
+            + fixed_bytes(shape.n)
+    }
+
+    /// Bytes of activations kept from forward to backward by the layers: every layer's input
+    /// plus its saved buffers (what the planner's `activation_bytes` predicts).
+    pub fn saved_activation_bytes(&self) -> usize {
+        self.buf.saved_bytes
+    }
+
+    /// Bytes of the buffers shared by the layers for recomputed activations (0 under `none`).
+    pub fn recompute_buffer_bytes(&self) -> usize {
+        self.buf.recompute_bytes
+    }
+
+    /// Bytes this trainer allocated on the device (parameters, optimizer state, activations,
+    /// scratch, the cuBLASLt workspace).
+    pub fn device_bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Number of parameter elements.
+    pub fn param_count(&self) -> usize {
+        modelspec_dsl::params::parameters(&self.spec)
+            .iter()
+            .map(|p| p.numel() as usize)
+            .sum()
+    }
+
+    /// Whether [`GpuTrainer::loss`] includes the mixture-of-experts load-balancing loss (on by
+    /// default, as in training; `eval` turns it off, as transformers without router logits).
+    pub fn set_aux_loss(&mut self, on: bool) {
+        self.aux_loss = on;
+    }
+
+    /// Sets the batch: `tokens` `[batch*seq]`, next-token targets (HF shift: the last position
+    /// of each sequence is ignored) unless `targets` is given (-1 = ignore).
+    pub fn set_batch(&mut self, tokens: &[u32], targets: Option<&[i32]>) -> Result<()> {
+        let (n, seq) = (self.shape.n, self.shape.seq);
+        if tokens.len() != n || targets.is_some_and(|t| t.len() != n) {
+            return Err(unsupported(format!(
+                "expected {n} tokens (batch {} x seq {seq})",
+                self.shape.batch
+            )));
+        }
+        if let Some(bad) = tokens.iter().find(|&&t| t as u64 >= self.spec.vocab_padded) {
+            return Err(unsupported(format!("token {bad} outside the vocabulary")));
+        }
+        let tok: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
+        let tgt: Vec<i32> = match targets {
+            Some(t) => t.to_vec(),
+            None => (0..n)
+                .map(|i| if (i + 1) % seq == 0 { -1 } else { tok[i + 1] })
+                .collect(),
+        };
+        self.valid_targets = tgt.iter().filter(|&&t| t >= 0).count().max(1);
+        self.gpu.write(&mut self.tokens, &tok)?;
+        self.gpu.write(&mut self.targets, &tgt)
+    }
+
+    /// One training step (forward, loss, backward, AdamW) on the batch set by
+    /// [`GpuTrainer::set_batch`]. Asynchronous: read the loss with [`GpuTrainer::loss`].
+    pub fn step(&mut self) -> Result<()> {
+        self.run_step(None, true)
+    }
+
+    /// Forward, loss and backward without the optimizer step: afterwards [`GpuTrainer::loss`],
+    /// [`GpuTrainer::grad`] and [`GpuTrainer::grads`] read this batch's loss and gradients.
+    /// With `logits`, also returns the logits `[batch*seq, vocab]` (f32, rounded to the compute
+    /// dtype as the kernels saw them; synchronises once per logits chunk).
+    pub fn forward_backward(&mut self, logits: bool) -> Result<Option<Vec<f32>>> {
+        let mut out = Vec::new();
+        self.run_step(logits.then_some(&mut out), false)?;
+        Ok(logits.then_some(out))
+    }
+
+    /// The borrowed view one step runs on.
+    fn ctx(&self) -> Step<'_> {
+        Step {
+            k: &self.kernels,
+            gemm: &self.gemm,
+            gpu: &self.gpu,
+            spec: &self.spec,
+            p: &self.params,
+            buf: &self.buf,
+            cfg: &self.cfg,
+            moe: &self.moe,
+            ropes: &self.ropes,
+            alibi: &self.alibi,
+            dt: self.dt,
+            es: self.dt.bytes() as u64,
+            s: self.shape,
+            tokens: self.tokens.ptr(),
+            targets: self.targets.ptr(),
+            loss_rows: &self.loss_rows,
+            valid_targets: self.valid_targets,
+        }
+    }
+
+    fn run_step(&mut self, capture: Option<&mut Vec<f32>>, optimizer: bool) -> Result<()> {
+        {
+            let st = self.ctx();
+            // SAFETY: the grad arena and the aux scalar are this trainer's own.
+            unsafe {
+                self.gpu
+                    .memset_raw(self.params.grad.ptr(), self.params.total * 4)?;
+                self.gpu.memset_raw(self.buf.aux, 4)?;
+            }
+            st.embed_fwd()?;
+            for i in 0..self.cfg.len() {
+                st.layer_fwd(i, false)?;
+            }
+            let mut g = st.head(capture)?;
+            for i in (0..self.cfg.len()).rev() {
+                if self.buf.recompute[i] {
+                    st.layer_fwd(i, true)?;
+                }
+                g = st.layer_bwd(i, g)?;
+            }
+            st.embed_bwd(g)?;
+        }
+        if !optimizer {
+            return Ok(());
+        }
+        self.step += 1;
+        let o = self.adamw;
+        let p = &self.params;
+        self.kernels.adamw(
+            self.dt,
+            p.master.ptr(),
+            p.work.ptr(),
+            p.grad.ptr(),
+            p.adam_m.ptr(),
+            p.adam_v.ptr(),
+            p.total,
+            o.lr,
+            o.beta1,
+            o.beta2,
+            o.eps,
+            o.weight_decay,
+            self.step,
+            1.0,
+        )
+    }
+
+    /// Replaces the weights (f32 master and working copy) with `params` (canonical names, e.g. from
+    /// `Params::init` or a checkpoint) and resets the optimizer state.
+    pub fn set_params(&mut self, params: &crate::Params<f32>) -> Result<()> {
+        params
+            .check(&self.spec)
+            .map_err(|e| unsupported(e.to_string()))?;
+        let arena = &mut self.params;
+        let mut host = self.gpu.download(&arena.master)?;
+        for (name, t) in params.iter() {
+            let off = *arena
+                .offsets
+                .get(name)
+                .ok_or_else(|| unsupported(format!("no parameter `{name}`")))?;
+            host[off..off + t.numel()].copy_from_slice(t.data());
+        }
+        self.gpu.write(&mut arena.master, &host)?;
+        self.gpu.memset_zero(&mut arena.adam_m)?;
+        self.gpu.memset_zero(&mut arena.adam_v)?;
+        self.step = 0;
+        arena.refresh_work(&self.kernels)
+    }
+
+    /// Mean loss of the last step (synchronises): cross-entropy, plus the mixture-of-experts
+    /// load-balancing loss (with its coefficient) when the spec has one and it is on.
+    pub fn loss(&self) -> Result<f32> {
+        let rows = self.gpu.download(&self.loss_rows)?;
+        let ce = rows.iter().map(|&x| x as f64).sum::<f64>() / self.valid_targets as f64;
+        let aux = if self.aux_loss && self.moe.iter().any(Option::is_some) {
+            // SAFETY: `aux` is one f32 of this trainer's arena.
+            let b = unsafe { self.gpu.download_raw(self.buf.aux, 4) }?;
+            f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        } else {
+            0.0
+        };
+        Ok((ce + aux) as f32)
+    }
+
+    /// Every parameter's f32 gradient after the last step, by canonical name (synchronises).
+    pub fn grads(&self) -> Result<crate::Params<f32>> {
+        let all = self.gpu.download(&self.params.grad)?;
+        let mut out = crate::Params::new();
+        for p in modelspec_dsl::params::parameters(&self.spec) {
+            let off = self.params.offsets[&p.name];
+            let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+            let t = crate::Tensor::from_vec(&shape, all[off..off + p.numel() as usize].to_vec())
+                .map_err(|e| unsupported(e.to_string()))?;
+            out.insert(p.name, t);
+        }
+        Ok(out)
+    }
+
+    /// The f32 gradient of parameter `name` after the last step (synchronises).
+    pub fn grad(&self, name: &str) -> Result<Vec<f32>> {
+        let off = *self
+            .params
+            .offsets
+            .get(name)
+            .ok_or_else(|| unsupported(format!("no parameter `{name}`")))?;
+        let numel = modelspec_dsl::params::parameters(&self.spec)
+            .iter()
+            .find(|p| p.name == name)
+            .map_or(0, |p| p.numel() as usize);
+        let all = self.gpu.download(&self.params.grad)?;
+        Ok(all[off..off + numel].to_vec())
+    }
+}
+
+/// What one step reads: the trainer's kernels, parameters, arena and per-layer configuration.
+/// `forward`, `backward` and `head` add their methods to it.
+struct Step<'a> {
+    k: &'a Kernels,
+    gemm: &'a Gemm,
+    gpu: &'a Gpu,
+    spec: &'a ModelSpec,
+    p: &'a ParamArena,
+    buf: &'a Layout,
+    cfg: &'a [LayerCfg],
+    moe: &'a [Option<MoeSlot>],
+    ropes: &'a [RopeTable],
+    alibi: &'a [GpuBuf<f32>],
+    dt: Dtype,
+    /// Bytes per element of `dt`.
+    es: u64,
+    s: Shape,
+    tokens: DevPtr,
+    targets: DevPtr,
+    loss_rows: &'a GpuBuf<f32>,
+    valid_targets: usize,
+}
+
+/// The spec's model-wide sizes as `#define`s of its kernel module (per-layer sizes are launch
+/// arguments: layers may differ).
+fn spec_defines(spec: &ModelSpec) -> BTreeMap<String, String> {
+    let mut d = BTreeMap::new();
+    d.insert("MS_D_MODEL".into(), spec.d_model.to_string());
+    d.insert("MS_VOCAB_PADDED".into(), spec.vocab_padded.to_string());
+    d
+}
