@@ -3,11 +3,24 @@
 //! ```text
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- attention   # attn_bench.py's shapes
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- gemm        # bf16 8192^3 ceiling
+//! cargo run --release -p modelspec-runtime --example cuda_bench -- cudnn       # mma vs cuDNN, same shapes
 //! ```
+//! `cudnn` prints, per shape, a row for the own mma kernels and one for cuDNN's fused attention
+//! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
+//! (`"layout": "fused"`), so one run compares the paths beside PyTorch's anchors.
 //! Times are medians of CUDA-event-timed repetitions after a warm-up, on random (never zero) data.
 
+use modelspec_runtime::cuda::cudnn::CudnnAttention;
 use modelspec_runtime::cuda::{AttnShape, CudaError, Dtype, Gpu, Kernels, RowMajorGemm};
 use std::sync::Arc;
+
+/// The four shapes of anchors/attn_bench.py: (B, H, KV, T, D).
+const ATTN_SHAPES: [(usize, usize, usize, usize, usize); 4] = [
+    (16, 12, 12, 1024, 64),
+    (8, 32, 8, 2048, 64),
+    (4, 32, 8, 4096, 128),
+    (8, 16, 16, 2048, 128),
+];
 
 fn rand_bf16(n: usize, seed: u64) -> Vec<u16> {
     let mut s = seed | 1;
@@ -29,12 +42,7 @@ fn median(mut v: Vec<f32>) -> f32 {
 }
 
 fn bench_attention(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
-    let shapes = [
-        (16, 12, 12, 1024, 64),
-        (8, 32, 8, 2048, 64),
-        (4, 32, 8, 4096, 128),
-        (8, 16, 16, 2048, 128),
-    ];
+    let shapes = ATTN_SHAPES;
     let kernels = Kernels::load(gpu, "bench_attention", &[64, 128], Default::default())?;
     for (b, h, kv, t, d) in shapes {
         let s = AttnShape::dense(b, t, h, kv, d);
@@ -107,6 +115,181 @@ fn bench_attention(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     Ok(())
 }
 
+/// Times `fwd` alone and `fwd` then `bwd` (medians of 25 CUDA-event-timed runs after 3 warm-ups).
+fn time_pair(
+    gpu: &Gpu,
+    mut fwd: impl FnMut() -> Result<(), String>,
+    mut bwd: impl FnMut() -> Result<(), String>,
+) -> Result<(f32, f32), String> {
+    for _ in 0..3 {
+        fwd()?;
+        bwd()?;
+    }
+    gpu.sync().map_err(|e| e.to_string())?;
+    let (mut tf, mut tfb) = (Vec::new(), Vec::new());
+    let mut err = None;
+    for _ in 0..25 {
+        let t = gpu.time_ms(|| {
+            if let Err(e) = fwd() {
+                err = Some(e);
+            }
+            Ok(())
+        });
+        tf.push(t.map_err(|e| e.to_string())?);
+        let t = gpu.time_ms(|| {
+            if let Err(e) = fwd().and_then(|_| bwd()) {
+                err = Some(e);
+            }
+            Ok(())
+        });
+        tfb.push(t.map_err(|e| e.to_string())?);
+    }
+    if let Some(e) = err {
+        return Err(e);
+    }
+    Ok((median(tf), median(tfb)))
+}
+
+/// The own mma kernels and cuDNN's fused attention on attn_bench.py's shapes, one JSON row per
+/// path and layout; a path that cannot run a shape prints its error in the row.
+fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
+    let kernels = Kernels::load(gpu, "bench_attention", &[64, 128], Default::default())?;
+    let attn = match CudnnAttention::new(gpu) {
+        Ok(a) => {
+            println!(
+                "{{\"cudnn_library\": \"{}\", \"cudnn_version\": \"{}\"}}",
+                a.library().path,
+                a.library().version_string()
+            );
+            Some(a)
+        }
+        Err(e) => {
+            println!("{{\"cudnn_error\": {:?}}}", e.to_string());
+            None
+        }
+    };
+    for (b, h, kv, t, d) in ATTN_SHAPES {
+        let rows = b * t;
+        let w = (h + 2 * kv) * d;
+        // One fused projection and its gradient serve both layouts: the dense rows use its
+        // first H*D (q), next KV*D (k) and last KV*D (v) elements as separate dense buffers.
+        let qkv = gpu.upload(&rand_bf16(rows * w, 1))?;
+        let dqkv = gpu.zeros::<u16>(rows * w)?;
+        let dout = gpu.upload(&rand_bf16(rows * h * d, 4))?;
+        let o = gpu.zeros::<u16>(rows * h * d)?;
+        let lse = gpu.zeros::<f32>(b * h * t)?;
+        let delta = gpu.zeros::<f32>(b * h * t)?;
+        let dq_acc = gpu.zeros::<f32>(rows * h * d)?;
+        let flops = 4.0 * (b * h * t * t * d) as f64 / 2.0;
+        let dense = AttnShape::dense(b, t, h, kv, d);
+        let fused = AttnShape {
+            ldq: w,
+            ldk: w,
+            ldv: w,
+            ..dense
+        };
+        let (q0, k0, v0) = (qkv.ptr(), qkv.at(rows * h * d), qkv.at(rows * (h + kv) * d));
+        let (dq0, dk0, dv0) = (
+            dqkv.ptr(),
+            dqkv.at(rows * h * d),
+            dqkv.at(rows * (h + kv) * d),
+        );
+        let (qf, kf, vf) = (qkv.ptr(), qkv.at(h * d), qkv.at((h + kv) * d));
+        let (dqf, dkf, dvf) = (dqkv.ptr(), dqkv.at(h * d), dqkv.at((h + kv) * d));
+        let row = |path: &str, layout: &str, r: Result<(f32, f32), String>, extra: String| {
+            let head = format!(
+                "{{\"path\": \"{path}\", \"layout\": \"{layout}\", \"B\": {b}, \"H\": {h}, \"KV\": {kv}, \"T\": {t}, \"D\": {d}"
+            );
+            match r {
+                Ok((fw, fb)) => println!(
+                    "{head}, \"fwd_ms\": {fw:.3}, \"fwd_TFLOPs\": {:.1}, \"fwdbwd_ms\": {fb:.3}, \"fwdbwd_TFLOPs\": {:.1}{extra}}}",
+                    flops / fw as f64 / 1e9,
+                    3.5 * flops / fb as f64 / 1e9
+                ),
+                Err(e) => println!("{head}, \"error\": {e:?}}}"),
+            }
+        };
+        // own mma kernels, dense layout
+        let r = time_pair(
+            gpu,
+            || {
+                kernels
+                    .attn_fwd(Dtype::Bf16, &dense, o.ptr(), lse.ptr(), q0, k0, v0)
+                    .map_err(|e| e.to_string())
+            },
+            || {
+                kernels
+                    .attn_bwd(
+                        Dtype::Bf16,
+                        &dense,
+                        dq0,
+                        dk0,
+                        dv0,
+                        dq_acc.ptr(),
+                        delta.ptr(),
+                        dout.ptr(),
+                        o.ptr(),
+                        lse.ptr(),
+                        q0,
+                        k0,
+                        v0,
+                    )
+                    .map_err(|e| e.to_string())
+            },
+        );
+        row("mma", "dense", r, String::new());
+        let Some(attn) = attn.as_ref() else { continue };
+        for (layout, s, (q, k, v), (dq, dk, dv)) in [
+            ("dense", dense, (q0, k0, v0), (dq0, dk0, dv0)),
+            ("fused", fused, (qf, kf, vf), (dqf, dkf, dvf)),
+        ] {
+            let t0 = std::time::Instant::now();
+            let info = match attn.prepare(&s) {
+                Ok(i) => i,
+                Err(e) => {
+                    row("cudnn", layout, Err(e.to_string()), String::new());
+                    continue;
+                }
+            };
+            let build_s = t0.elapsed().as_secs_f64();
+            let ws_bytes = info.fwd_workspace.max(info.bwd_workspace).max(1);
+            let ws = gpu.zeros::<u8>(ws_bytes)?;
+            let r = time_pair(
+                gpu,
+                || {
+                    attn.fwd(&s, o.ptr(), lse.ptr(), q, k, v, ws.ptr(), ws_bytes)
+                        .map_err(|e| e.to_string())
+                },
+                || {
+                    attn.bwd(
+                        &s,
+                        dq,
+                        dk,
+                        dv,
+                        dout.ptr(),
+                        o.ptr(),
+                        lse.ptr(),
+                        q,
+                        k,
+                        v,
+                        ws.ptr(),
+                        ws_bytes,
+                    )
+                    .map_err(|e| e.to_string())
+                },
+            );
+            let extra = format!(
+                ", \"plan_build_s\": {build_s:.2}, \"engines\": [{}, {}], \"workspace_mib\": {:.1}",
+                info.fwd_engine,
+                info.bwd_engine,
+                ws_bytes as f64 / (1u64 << 20) as f64
+            );
+            row("cudnn", layout, r, extra);
+        }
+    }
+    Ok(())
+}
+
 fn bench_gemm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     let n = 8192;
     let a = gpu.upload(&rand_bf16(n * n, 5))?;
@@ -156,8 +339,9 @@ fn main() {
     let r = match what.as_str() {
         "attention" => bench_attention(&gpu),
         "gemm" => bench_gemm(&gpu),
+        "cudnn" => bench_cudnn(&gpu),
         other => {
-            eprintln!("unknown benchmark `{other}` (attention | gemm)");
+            eprintln!("unknown benchmark `{other}` (attention | gemm | cudnn)");
             std::process::exit(2);
         }
     };

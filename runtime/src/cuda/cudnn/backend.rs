@@ -1,0 +1,497 @@
+//! A thin, owned layer over cuDNN's backend descriptor API (cudarc's `cudnn::sys`): descriptors
+//! that destroy themselves, typed attribute setters, and the builders the attention graphs use
+//! (tensors, pointwise, matmul, reduction, reshape operations; operation graph; heuristics and
+//! execution plan; variant pack).
+//!
+//! Every function here assumes [`super::probe::probe`] succeeded: cudarc resolves each symbol at
+//! its first call and would panic on a missing library.
+
+use super::error::{CudnnError, Result};
+use cudarc::cudnn::sys::{
+    self, cudnnBackendAttributeName_t as Attr, cudnnBackendAttributeType_t as Ty,
+    cudnnBackendDescriptorType_t as DescType, cudnnDataType_t, cudnnPointwiseMode_t,
+    cudnnReduceTensorOp_t, cudnnStatus_t,
+};
+use std::ffi::c_void;
+
+/// Turns a status into a `Result`, with cuDNN's last error message when it has one.
+pub(crate) fn check(status: cudnnStatus_t, during: impl FnOnce() -> String) -> Result<()> {
+    if status == cudnnStatus_t::CUDNN_STATUS_SUCCESS {
+        return Ok(());
+    }
+    let mut buf = vec![0 as std::ffi::c_char; 1024];
+    // SAFETY: cudnnGetLastErrorString writes at most `len` bytes, NUL-terminated.
+    let detail = unsafe {
+        sys::cudnnGetLastErrorString(buf.as_mut_ptr(), buf.len());
+        std::ffi::CStr::from_ptr(buf.as_ptr())
+            .to_string_lossy()
+            .trim()
+            .to_string()
+    };
+    Err(CudnnError::Status {
+        during: during(),
+        status: format!("{status:?}"),
+        detail: if detail.is_empty() {
+            String::new()
+        } else {
+            format!(": {detail}")
+        },
+    })
+}
+
+/// An owned backend descriptor.
+pub(crate) struct Desc {
+    pub(crate) raw: sys::cudnnBackendDescriptor_t,
+    kind: DescType,
+}
+
+impl Drop for Desc {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from cudnnBackendCreateDescriptor and is destroyed once.
+        unsafe {
+            sys::cudnnBackendDestroyDescriptor(self.raw);
+        }
+    }
+}
+
+impl Desc {
+    /// A new, unfinalized descriptor of `kind`.
+    pub(crate) fn new(kind: DescType) -> Result<Desc> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: writes one descriptor handle.
+        check(
+            unsafe { sys::cudnnBackendCreateDescriptor(kind, &mut raw) },
+            || format!("creating a {kind:?}"),
+        )?;
+        Ok(Desc { raw, kind })
+    }
+
+    fn set_raw(&self, name: Attr, ty: Ty, count: usize, data: *const c_void) -> Result<()> {
+        // SAFETY: callers pass `count` elements of the C type that `ty` names.
+        check(
+            unsafe { sys::cudnnBackendSetAttribute(self.raw, name, ty, count as i64, data) },
+            || format!("setting {name:?} on a {:?}", self.kind),
+        )
+    }
+
+    pub(crate) fn set_i64s(&self, name: Attr, v: &[i64]) -> Result<()> {
+        self.set_raw(name, Ty::CUDNN_TYPE_INT64, v.len(), v.as_ptr().cast())
+    }
+    pub(crate) fn set_i64(&self, name: Attr, v: i64) -> Result<()> {
+        self.set_i64s(name, &[v])
+    }
+    pub(crate) fn set_f32(&self, name: Attr, v: f32) -> Result<()> {
+        self.set_raw(name, Ty::CUDNN_TYPE_FLOAT, 1, (&v as *const f32).cast())
+    }
+    pub(crate) fn set_bool(&self, name: Attr, v: bool) -> Result<()> {
+        self.set_raw(name, Ty::CUDNN_TYPE_BOOLEAN, 1, (&v as *const bool).cast())
+    }
+    pub(crate) fn set_dtype(&self, name: Attr, v: cudnnDataType_t) -> Result<()> {
+        self.set_raw(
+            name,
+            Ty::CUDNN_TYPE_DATA_TYPE,
+            1,
+            (&v as *const cudnnDataType_t).cast(),
+        )
+    }
+    pub(crate) fn set_descs(&self, name: Attr, v: &[&Desc]) -> Result<()> {
+        let raws: Vec<sys::cudnnBackendDescriptor_t> = v.iter().map(|d| d.raw).collect();
+        self.set_raw(
+            name,
+            Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+            raws.len(),
+            raws.as_ptr().cast(),
+        )
+    }
+    pub(crate) fn set_desc(&self, name: Attr, v: &Desc) -> Result<()> {
+        self.set_descs(name, &[v])
+    }
+    pub(crate) fn set_handle(&self, name: Attr, h: sys::cudnnHandle_t) -> Result<()> {
+        self.set_raw(
+            name,
+            Ty::CUDNN_TYPE_HANDLE,
+            1,
+            (&h as *const sys::cudnnHandle_t).cast(),
+        )
+    }
+    pub(crate) fn set_enum<T: Copy>(&self, name: Attr, ty: Ty, v: T) -> Result<()> {
+        self.set_raw(name, ty, 1, (&v as *const T).cast())
+    }
+    pub(crate) fn set_ptrs(&self, name: Attr, v: &[*mut c_void]) -> Result<()> {
+        self.set_raw(name, Ty::CUDNN_TYPE_VOID_PTR, v.len(), v.as_ptr().cast())
+    }
+
+    /// Finalizes the descriptor.
+    pub(crate) fn finalize(&self) -> Result<()> {
+        // SAFETY: a live descriptor.
+        check(unsafe { sys::cudnnBackendFinalize(self.raw) }, || {
+            format!("finalizing a {:?}", self.kind)
+        })
+    }
+
+    /// Reads one INT64 attribute.
+    pub(crate) fn get_i64(&self, name: Attr) -> Result<i64> {
+        let (mut n, mut v) = (0i64, 0i64);
+        // SAFETY: room for exactly one i64.
+        check(
+            unsafe {
+                sys::cudnnBackendGetAttribute(
+                    self.raw,
+                    name,
+                    Ty::CUDNN_TYPE_INT64,
+                    1,
+                    &mut n,
+                    (&mut v as *mut i64).cast(),
+                )
+            },
+            || format!("reading {name:?} of a {:?}", self.kind),
+        )?;
+        Ok(v)
+    }
+}
+
+/// Element types of graph tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Elem {
+    F32,
+    Bf16,
+    I32,
+    Bool,
+}
+
+impl Elem {
+    fn cudnn(self) -> cudnnDataType_t {
+        match self {
+            Elem::F32 => cudnnDataType_t::CUDNN_DATA_FLOAT,
+            Elem::Bf16 => cudnnDataType_t::CUDNN_DATA_BFLOAT16,
+            Elem::I32 => cudnnDataType_t::CUDNN_DATA_INT32,
+            Elem::Bool => cudnnDataType_t::CUDNN_DATA_BOOLEAN,
+        }
+    }
+}
+
+/// Index of a tensor inside a [`GraphBuilder`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct T(usize);
+
+/// Collects tensor and operation descriptors of one operation graph; keeps them alive as long
+/// as the plan built from them.
+pub(crate) struct GraphBuilder {
+    tensors: Vec<Desc>,
+    dims: Vec<[i64; 4]>,
+    ops: Vec<Desc>,
+    /// Descriptors operations point to (pointwise, matmul, reduction descriptors).
+    aux: Vec<Desc>,
+    next_virtual_uid: i64,
+}
+
+/// How a tensor is bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bind {
+    /// A device buffer in the variant pack under this UID.
+    Device(i64),
+    /// A host scalar passed by value under this UID (dims and strides all 1).
+    Scalar(i64),
+    /// An intermediate that never leaves the fused kernel.
+    Virtual,
+}
+
+impl GraphBuilder {
+    pub(crate) fn new() -> GraphBuilder {
+        GraphBuilder {
+            tensors: Vec::new(),
+            dims: Vec::new(),
+            ops: Vec::new(),
+            aux: Vec::new(),
+            next_virtual_uid: 1000,
+        }
+    }
+
+    /// A tensor of `dims` and `strides` (4-d, elements).
+    pub(crate) fn tensor(
+        &mut self,
+        bind: Bind,
+        elem: Elem,
+        dims: [i64; 4],
+        strides: [i64; 4],
+    ) -> Result<T> {
+        use Attr::*;
+        let d = Desc::new(DescType::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
+        let uid = match bind {
+            Bind::Device(u) | Bind::Scalar(u) => u,
+            Bind::Virtual => {
+                self.next_virtual_uid += 1;
+                self.next_virtual_uid
+            }
+        };
+        d.set_dtype(CUDNN_ATTR_TENSOR_DATA_TYPE, elem.cudnn())?;
+        d.set_i64s(CUDNN_ATTR_TENSOR_DIMENSIONS, &dims)?;
+        d.set_i64s(CUDNN_ATTR_TENSOR_STRIDES, &strides)?;
+        d.set_i64(CUDNN_ATTR_TENSOR_UNIQUE_ID, uid)?;
+        d.set_i64(CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, 16)?;
+        d.set_bool(CUDNN_ATTR_TENSOR_IS_VIRTUAL, bind == Bind::Virtual)?;
+        if matches!(bind, Bind::Scalar(_)) {
+            d.set_bool(CUDNN_ATTR_TENSOR_IS_BY_VALUE, true)?;
+        }
+        d.finalize()?;
+        self.tensors.push(d);
+        self.dims.push(dims);
+        Ok(T(self.tensors.len() - 1))
+    }
+
+    /// A host scalar (f32 or i32) passed by value.
+    pub(crate) fn scalar(&mut self, uid: i64, elem: Elem) -> Result<T> {
+        self.tensor(Bind::Scalar(uid), elem, [1; 4], [1; 4])
+    }
+
+    /// A virtual tensor shaped like `like`, with its strides.
+    pub(crate) fn virtual_like(&mut self, like: T, elem: Elem, strides: [i64; 4]) -> Result<T> {
+        let dims = self.dims[like.0];
+        self.tensor(Bind::Virtual, elem, dims, strides)
+    }
+
+    pub(crate) fn dims(&self, t: T) -> [i64; 4] {
+        self.dims[t.0]
+    }
+
+    /// A pointwise operation `y = mode(x, b, t)` (b, t optional), computed in `compute`.
+    pub(crate) fn pointwise(
+        &mut self,
+        mode: cudnnPointwiseMode_t,
+        compute: Elem,
+        x: T,
+        b: Option<T>,
+        t: Option<T>,
+        y: T,
+        axis: Option<i64>,
+    ) -> Result<()> {
+        use Attr::*;
+        let pw = Desc::new(DescType::CUDNN_BACKEND_POINTWISE_DESCRIPTOR)?;
+        pw.set_enum(
+            CUDNN_ATTR_POINTWISE_MODE,
+            Ty::CUDNN_TYPE_POINTWISE_MODE,
+            mode,
+        )?;
+        pw.set_dtype(CUDNN_ATTR_POINTWISE_MATH_PREC, compute.cudnn())?;
+        if let Some(a) = axis {
+            pw.set_i64(CUDNN_ATTR_POINTWISE_AXIS, a)?;
+        }
+        pw.finalize()?;
+        let op = Desc::new(DescType::CUDNN_BACKEND_OPERATION_POINTWISE_DESCRIPTOR)?;
+        op.set_desc(CUDNN_ATTR_OPERATION_POINTWISE_PW_DESCRIPTOR, &pw)?;
+        op.set_desc(CUDNN_ATTR_OPERATION_POINTWISE_XDESC, &self.tensors[x.0])?;
+        if let Some(b) = b {
+            op.set_desc(CUDNN_ATTR_OPERATION_POINTWISE_BDESC, &self.tensors[b.0])?;
+        }
+        if let Some(t) = t {
+            op.set_desc(CUDNN_ATTR_OPERATION_POINTWISE_TDESC, &self.tensors[t.0])?;
+        }
+        op.set_desc(CUDNN_ATTR_OPERATION_POINTWISE_YDESC, &self.tensors[y.0])?;
+        op.set_f32(CUDNN_ATTR_OPERATION_POINTWISE_ALPHA1, 1.0)?;
+        op.set_f32(CUDNN_ATTR_OPERATION_POINTWISE_ALPHA2, 1.0)?;
+        op.finalize()?;
+        self.aux.push(pw);
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// `c = a @ b` (batched over the first two dims, broadcasting b's heads), f32 accumulation.
+    pub(crate) fn matmul(&mut self, a: T, b: T, c: T) -> Result<()> {
+        use Attr::*;
+        let mm = Desc::new(DescType::CUDNN_BACKEND_MATMUL_DESCRIPTOR)?;
+        mm.set_dtype(CUDNN_ATTR_MATMUL_COMP_TYPE, Elem::F32.cudnn())?;
+        mm.finalize()?;
+        let op = Desc::new(DescType::CUDNN_BACKEND_OPERATION_MATMUL_DESCRIPTOR)?;
+        op.set_desc(CUDNN_ATTR_OPERATION_MATMUL_ADESC, &self.tensors[a.0])?;
+        op.set_desc(CUDNN_ATTR_OPERATION_MATMUL_BDESC, &self.tensors[b.0])?;
+        op.set_desc(CUDNN_ATTR_OPERATION_MATMUL_CDESC, &self.tensors[c.0])?;
+        op.set_desc(CUDNN_ATTR_OPERATION_MATMUL_DESC, &mm)?;
+        op.finalize()?;
+        self.aux.push(mm);
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// `y = reduce(x)` over the dims where y has extent 1, f32 accumulation.
+    pub(crate) fn reduction(&mut self, op_kind: cudnnReduceTensorOp_t, x: T, y: T) -> Result<()> {
+        use Attr::*;
+        let red = Desc::new(DescType::CUDNN_BACKEND_REDUCTION_DESCRIPTOR)?;
+        red.set_enum(
+            CUDNN_ATTR_REDUCTION_OPERATOR,
+            Ty::CUDNN_TYPE_REDUCTION_OPERATOR_TYPE,
+            op_kind,
+        )?;
+        red.set_dtype(CUDNN_ATTR_REDUCTION_COMP_TYPE, Elem::F32.cudnn())?;
+        red.finalize()?;
+        let op = Desc::new(DescType::CUDNN_BACKEND_OPERATION_REDUCTION_DESCRIPTOR)?;
+        op.set_desc(CUDNN_ATTR_OPERATION_REDUCTION_XDESC, &self.tensors[x.0])?;
+        op.set_desc(CUDNN_ATTR_OPERATION_REDUCTION_YDESC, &self.tensors[y.0])?;
+        op.set_desc(CUDNN_ATTR_OPERATION_REDUCTION_DESC, &red)?;
+        op.finalize()?;
+        self.aux.push(red);
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// `y = x` seen through other dims/strides (a transpose of the last two dims here).
+    pub(crate) fn reshape(&mut self, x: T, y: T) -> Result<()> {
+        use Attr::*;
+        let op = Desc::new(DescType::CUDNN_BACKEND_OPERATION_RESHAPE_DESCRIPTOR)?;
+        op.set_desc(CUDNN_ATTR_OPERATION_RESHAPE_XDESC, &self.tensors[x.0])?;
+        op.set_desc(CUDNN_ATTR_OPERATION_RESHAPE_YDESC, &self.tensors[y.0])?;
+        op.finalize()?;
+        self.ops.push(op);
+        Ok(())
+    }
+
+    /// Builds the operation graph, asks the heuristics (mode A) for engine configs and finalizes
+    /// the first that works. Returns the plan, its workspace bytes and the engine's global index.
+    pub(crate) fn finalize_plan(
+        self,
+        handle: sys::cudnnHandle_t,
+        graph: &'static str,
+        shape: String,
+    ) -> Result<BuiltPlan> {
+        use Attr::*;
+        let og = Desc::new(DescType::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
+        let op_refs: Vec<&Desc> = self.ops.iter().collect();
+        og.set_descs(CUDNN_ATTR_OPERATIONGRAPH_OPS, &op_refs)?;
+        og.set_handle(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, handle)?;
+        og.finalize()?;
+
+        let heur = Desc::new(DescType::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
+        heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &og)?;
+        heur.set_enum(
+            CUDNN_ATTR_ENGINEHEUR_MODE,
+            Ty::CUDNN_TYPE_HEUR_MODE,
+            sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
+        )?;
+        heur.finalize()?;
+        let mut count = 0i64;
+        // SAFETY: a count query (no elements written).
+        check(
+            unsafe {
+                sys::cudnnBackendGetAttribute(
+                    heur.raw,
+                    CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                    0,
+                    &mut count,
+                    std::ptr::null_mut(),
+                )
+            },
+            || "counting heuristic results".into(),
+        )?;
+        if count <= 0 {
+            return Err(CudnnError::NoEngine {
+                graph,
+                shape,
+                why: "the heuristics returned no engine config".into(),
+            });
+        }
+        let cfgs: Vec<Desc> = (0..count)
+            .map(|_| Desc::new(DescType::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
+            .collect::<Result<_>>()?;
+        let mut raws: Vec<sys::cudnnBackendDescriptor_t> = cfgs.iter().map(|d| d.raw).collect();
+        let mut got = 0i64;
+        // SAFETY: `raws` holds `count` created engine-config descriptors for cuDNN to fill.
+        check(
+            unsafe {
+                sys::cudnnBackendGetAttribute(
+                    heur.raw,
+                    CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                    count,
+                    &mut got,
+                    raws.as_mut_ptr().cast(),
+                )
+            },
+            || "reading heuristic results".into(),
+        )?;
+        let mut last_err = String::from("no config tried");
+        for cfg in cfgs.iter().take(got.max(0) as usize) {
+            let plan = Desc::new(DescType::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
+            plan.set_handle(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)?;
+            plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg)?;
+            match plan.finalize() {
+                Ok(()) => {
+                    let workspace = plan.get_i64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?;
+                    let engine = engine_index(cfg).unwrap_or(-1);
+                    return Ok(BuiltPlan {
+                        plan,
+                        workspace: workspace.max(0) as usize,
+                        engine,
+                        _graph: og,
+                        _keep: (self.tensors, self.ops, self.aux),
+                    });
+                }
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        Err(CudnnError::NoEngine {
+            graph,
+            shape,
+            why: format!("{got} config(s) tried, last: {last_err}"),
+        })
+    }
+}
+
+/// The global index of the engine behind an engine config (for reports).
+fn engine_index(cfg: &Desc) -> Result<i64> {
+    let engine = Desc::new(DescType::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
+    let mut raw = engine.raw;
+    let mut n = 0i64;
+    // SAFETY: one engine descriptor to fill.
+    check(
+        unsafe {
+            sys::cudnnBackendGetAttribute(
+                cfg.raw,
+                Attr::CUDNN_ATTR_ENGINECFG_ENGINE,
+                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                1,
+                &mut n,
+                (&mut raw as *mut sys::cudnnBackendDescriptor_t).cast(),
+            )
+        },
+        || "reading the engine of a config".into(),
+    )?;
+    engine.get_i64(Attr::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)
+}
+
+/// A finalized execution plan and everything it was built from.
+pub(crate) struct BuiltPlan {
+    pub(crate) plan: Desc,
+    /// Bytes of workspace the plan itself needs.
+    pub(crate) workspace: usize,
+    /// cuDNN's global engine index (-1 if it could not be read).
+    pub(crate) engine: i64,
+    _graph: Desc,
+    _keep: (Vec<Desc>, Vec<Desc>, Vec<Desc>),
+}
+
+impl BuiltPlan {
+    /// Runs the plan on `handle`'s stream with the given (uid, pointer) bindings.
+    ///
+    /// # Safety
+    /// Every device pointer must address a buffer of the size and layout its tensor was built
+    /// with, host scalar pointers must be live, and `workspace` must hold `self.workspace` bytes.
+    pub(crate) unsafe fn execute(
+        &self,
+        handle: sys::cudnnHandle_t,
+        uids: &[i64],
+        ptrs: &[*mut c_void],
+        workspace: *mut c_void,
+    ) -> Result<()> {
+        use Attr::*;
+        let vp = Desc::new(DescType::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
+        vp.set_i64s(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, uids)?;
+        vp.set_ptrs(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, ptrs)?;
+        vp.set_ptrs(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, &[workspace])?;
+        vp.finalize()?;
+        // SAFETY: the caller's contract above.
+        check(
+            unsafe { sys::cudnnBackendExecute(handle, self.plan.raw, vp.raw) },
+            || "executing a plan".into(),
+        )
+    }
+}

@@ -1,0 +1,517 @@
+//! cuDNN's fused flash attention (forward and backward) as a selectable attention path, beside
+//! the own mma.sync kernels of [`Kernels::attn_fwd`](crate::cuda::Kernels::attn_fwd) /
+//! [`attn_bwd`](crate::cuda::Kernels::attn_bwd).
+//!
+//! libcudnn is loaded at run time, never needed to build: [`probe`] finds it (see its search
+//! order), reads its version and keeps it loaded before cudarc's bindings touch it, so a missing
+//! or old cuDNN is an `Err`, never a panic. Graphs are built through the backend descriptor API
+//! (see [`sdpa`] for the node sequence), and a finalized plan is cached per shape: building one
+//! takes from milliseconds to seconds (runtime compilation of the fused kernel).
+//!
+//! Same layouts as the own kernels, so the two paths are interchangeable per call: q `[B·T, ldq]`
+//! with head h at column `h·D`, k/v `[B·T, ldk/ldv]` with kv head `h / (H/KV)`, o/dO `[B·T, ldo]`;
+//! q/k/v may be column views of one fused projection `[B, T, (H + 2·KV)·D]` (ld = (H+2KV)·D) and
+//! dq/dk/dv the same views of the fused gradient. **lse** (the softmax stats) is f32 `[B, H, T]`,
+//! the natural log of Σ_j exp(scale·q·k_j) over the visible keys: the same tensor the own
+//! kernels write, so a forward of one path can feed a backward of the other.
+//!
+//! ```no_run
+//! use modelspec_runtime::cuda::{AttnShape, Dtype, Gpu, cudnn::CudnnAttention};
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let gpu = Gpu::new(0)?;
+//! let attn = CudnnAttention::new(&gpu)?; // Err (no panic) without libcudnn 9
+//! let s = AttnShape::dense(4, 2048, 32, 8, 128);
+//! assert!(CudnnAttention::supports(&s, Dtype::Bf16));
+//! let ws = gpu.zeros::<u8>(attn.workspace_bytes(&s)?)?;
+//! # let (o, lse, q, k, v) = (0, 0, 0, 0, 0);
+//! attn.fwd(&s, o, lse, q, k, v, ws.ptr(), ws.len())?;
+//! # Ok(()) }
+//! ```
+
+mod backend;
+pub mod error;
+pub mod probe;
+pub mod sdpa;
+
+pub use error::{CudnnError, Result};
+pub use probe::{CudnnLibrary, probe};
+
+use super::error::DriverContext;
+use super::{AttnShape, DevPtr, Dtype, Gpu};
+use backend::{BuiltPlan, check};
+use cudarc::cudnn::sys;
+use sdpa::uid;
+use std::collections::BTreeMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+/// Alignment of the regions inside a caller's workspace.
+const WS_ALIGN: usize = 256;
+
+fn align(n: usize) -> usize {
+    n.div_ceil(WS_ALIGN) * WS_ALIGN
+}
+
+/// Which graph a plan runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Pass {
+    Forward,
+    Backward,
+}
+
+/// What a plan depends on (the scale is passed by value at each call, so it is not here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct PlanKey {
+    pass: Pass,
+    dims: [usize; 5],
+    lds: [usize; 4],
+    window: usize,
+    causal: bool,
+}
+
+impl PlanKey {
+    fn of(pass: Pass, s: &AttnShape) -> PlanKey {
+        PlanKey {
+            pass,
+            dims: [s.batch, s.seq, s.heads, s.kv_heads, s.head_dim],
+            lds: [s.ldq, s.ldk, s.ldv, s.ldo],
+            window: s.window,
+            causal: s.causal,
+        }
+    }
+}
+
+/// A cached plan and how much workspace a call with it takes.
+struct Plan {
+    built: BuiltPlan,
+    /// Bytes of the caller's workspace this pass uses (plan workspace plus, for the backward,
+    /// Δ and the dQ accumulator).
+    total_workspace: usize,
+}
+
+/// What [`CudnnAttention::prepare`] reports about a shape's plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanInfo {
+    /// Workspace bytes the forward takes.
+    pub fwd_workspace: usize,
+    /// Workspace bytes the backward takes.
+    pub bwd_workspace: usize,
+    /// cuDNN's global index of the forward's engine (-1 when unreadable).
+    pub fwd_engine: i64,
+    /// cuDNN's global index of the backward's engine.
+    pub bwd_engine: i64,
+}
+
+/// An owned cuDNN handle bound to the GPU's stream.
+struct Handle(sys::cudnnHandle_t);
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        // SAFETY: created by cudnnCreate, destroyed once.
+        unsafe {
+            sys::cudnnDestroy(self.0);
+        }
+    }
+}
+
+/// cuDNN fused attention on one GPU, with its plan cache. Calls go to the GPU's one stream, in
+/// order with the own kernels.
+pub struct CudnnAttention {
+    gpu: Arc<Gpu>,
+    library: CudnnLibrary,
+    /// The handle; the lock also serialises cuDNN calls on it.
+    handle: Mutex<Handle>,
+    plans: Mutex<BTreeMap<PlanKey, Arc<Plan>>>,
+}
+
+// SAFETY: the raw handle is only used under `handle`'s lock, and cuDNN handles may move between
+// threads; plans are immutable after finalization.
+unsafe impl Send for CudnnAttention {}
+// SAFETY: as above.
+unsafe impl Sync for CudnnAttention {}
+
+impl std::fmt::Debug for CudnnAttention {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CudnnAttention(cuDNN {} at {})",
+            self.library.version_string(),
+            self.library.path
+        )
+    }
+}
+
+impl CudnnAttention {
+    /// Probes libcudnn (a clean `Err` when missing or older than 9.0) and creates a handle on
+    /// `gpu`'s stream.
+    pub fn new(gpu: &Arc<Gpu>) -> Result<CudnnAttention> {
+        let library = probe()?;
+        gpu.stream()
+            .context()
+            .bind_to_thread()
+            .during(|| "binding the context for cuDNN".into())?;
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: the library is loaded (probe) and a context is current.
+        check(unsafe { sys::cudnnCreate(&mut raw) }, || {
+            "creating a handle".into()
+        })?;
+        let handle = Handle(raw);
+        let stream = gpu.stream().cu_stream() as sys::cudaStream_t;
+        // SAFETY: the stream belongs to this GPU's context and outlives the handle (both are
+        // owned through `gpu`).
+        check(unsafe { sys::cudnnSetStream(handle.0, stream) }, || {
+            "binding the handle to the stream".into()
+        })?;
+        Ok(CudnnAttention {
+            gpu: gpu.clone(),
+            library,
+            handle: Mutex::new(handle),
+            plans: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// The library in use (path and version).
+    pub fn library(&self) -> &CudnnLibrary {
+        &self.library
+    }
+
+    /// Why cuDNN attention cannot run `s` in `dt`, or `None` when it can (as far as a static
+    /// check tells: cuDNN may still reject a shape when the plan is built, which [`prepare`]
+    /// reports). Taken: bf16; causal or not; sliding window; GQA/MQA; head dims that are
+    /// multiples of 8 up to 256; row strides and head dims aligned to 16 bytes. Not taken:
+    /// logit softcapping, ALiBi, f32.
+    ///
+    /// [`prepare`]: CudnnAttention::prepare
+    pub fn unsupported_reason(s: &AttnShape, dt: Dtype) -> Option<String> {
+        if dt != Dtype::Bf16 {
+            return Some(format!("{dt:?} (bf16 only)"));
+        }
+        if s.softcap > 0.0 {
+            return Some("logit softcapping".into());
+        }
+        if s.alibi != 0 {
+            return Some("ALiBi".into());
+        }
+        if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
+            return Some(format!(
+                "heads {} not a multiple of kv_heads {}",
+                s.heads, s.kv_heads
+            ));
+        }
+        if s.head_dim == 0 || !s.head_dim.is_multiple_of(8) || s.head_dim > 256 {
+            return Some(format!(
+                "head_dim {} (multiples of 8 up to 256)",
+                s.head_dim
+            ));
+        }
+        if [s.ldq, s.ldk, s.ldv, s.ldo]
+            .iter()
+            .any(|l| !l.is_multiple_of(8))
+        {
+            return Some(format!(
+                "row strides ({}, {}, {}, {}) not multiples of 8 elements",
+                s.ldq, s.ldk, s.ldv, s.ldo
+            ));
+        }
+        if s.batch == 0 || s.seq == 0 {
+            return Some("an empty batch or sequence".into());
+        }
+        None
+    }
+
+    /// Whether [`unsupported_reason`](CudnnAttention::unsupported_reason) finds nothing.
+    pub fn supports(s: &AttnShape, dt: Dtype) -> bool {
+        Self::unsupported_reason(s, dt).is_none()
+    }
+
+    fn plan(&self, pass: Pass, s: &AttnShape) -> Result<Arc<Plan>> {
+        if let Some(why) = Self::unsupported_reason(s, Dtype::Bf16) {
+            return Err(CudnnError::Unsupported(why));
+        }
+        let key = PlanKey::of(pass, s);
+        if let Some(p) = self
+            .plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(p.clone());
+        }
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        self.gpu
+            .stream()
+            .context()
+            .bind_to_thread()
+            .during(|| "binding the context for cuDNN".into())?;
+        let built = match pass {
+            Pass::Forward => sdpa::build_forward(handle.0, s)?,
+            Pass::Backward => sdpa::build_backward(handle.0, s)?,
+        };
+        drop(handle);
+        let total_workspace = match pass {
+            Pass::Forward => built.workspace,
+            Pass::Backward => {
+                let rows = s.batch * s.heads * s.seq;
+                align(built.workspace) + align(rows * 4) + rows * s.head_dim * 4
+            }
+        };
+        let plan = Arc::new(Plan {
+            built,
+            total_workspace,
+        });
+        self.plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, plan.clone());
+        Ok(plan)
+    }
+
+    /// Builds (or finds) the forward and backward plans of `s` and reports their workspace and
+    /// engines. An `Err` here means cuDNN rejects the shape: use the own kernels for it.
+    pub fn prepare(&self, s: &AttnShape) -> Result<PlanInfo> {
+        let f = self.plan(Pass::Forward, s)?;
+        let b = self.plan(Pass::Backward, s)?;
+        Ok(PlanInfo {
+            fwd_workspace: f.total_workspace,
+            bwd_workspace: b.total_workspace,
+            fwd_engine: f.built.engine,
+            bwd_engine: b.built.engine,
+        })
+    }
+
+    /// Workspace bytes that serve both [`fwd`](CudnnAttention::fwd) and
+    /// [`bwd`](CudnnAttention::bwd) of `s` (builds both plans).
+    pub fn workspace_bytes(&self, s: &AttnShape) -> Result<usize> {
+        let info = self.prepare(s)?;
+        Ok(info.fwd_workspace.max(info.bwd_workspace).max(1))
+    }
+
+    /// Workspace bytes of the forward alone (builds only the forward plan: inference).
+    pub fn fwd_workspace_bytes(&self, s: &AttnShape) -> Result<usize> {
+        Ok(self.plan(Pass::Forward, s)?.total_workspace.max(1))
+    }
+
+    /// -inf for masked scores: cuDNN before 9.10 wants the lowest finite f32 instead.
+    fn neg_inf(&self) -> f32 {
+        if self.library.version < 91000 {
+            f32::MIN
+        } else {
+            f32::NEG_INFINITY
+        }
+    }
+
+    fn check_ptrs(ptrs: &[(&str, DevPtr)]) -> Result<()> {
+        for (name, p) in ptrs {
+            if *p == 0 || p % 16 != 0 {
+                return Err(CudnnError::Unsupported(format!(
+                    "{name} at {p:#x} (needs a non-null, 16-byte aligned pointer)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Forward: o (bf16, like q) and lse (f32 `[B, H, T]`) from q, k, v (bf16). `workspace` is a
+    /// device buffer of `workspace_bytes` bytes, at least [`workspace_bytes`] of `s` (or
+    /// [`fwd_workspace_bytes`]). Builds the plan at the first call of a shape.
+    ///
+    /// [`workspace_bytes`]: CudnnAttention::workspace_bytes
+    /// [`fwd_workspace_bytes`]: CudnnAttention::fwd_workspace_bytes
+    #[allow(clippy::too_many_arguments)]
+    pub fn fwd(
+        &self,
+        s: &AttnShape,
+        o: DevPtr,
+        lse: DevPtr,
+        q: DevPtr,
+        k: DevPtr,
+        v: DevPtr,
+        workspace: DevPtr,
+        workspace_bytes: usize,
+    ) -> Result<()> {
+        let plan = self.plan(Pass::Forward, s)?;
+        Self::check_ptrs(&[("o", o), ("lse", lse), ("q", q), ("k", k), ("v", v)])?;
+        if workspace_bytes < plan.total_workspace {
+            return Err(CudnnError::Workspace {
+                graph: "sdpa forward",
+                needed: plan.total_workspace,
+                given: workspace_bytes,
+            });
+        }
+        let (scale, neg_inf, window) = (s.scale, self.neg_inf(), s.window as f32);
+        let mut uids = vec![
+            uid::Q,
+            uid::K,
+            uid::V,
+            uid::O,
+            uid::STATS,
+            uid::SCALE,
+            uid::NEG_INF,
+        ];
+        let host = |x: &f32| x as *const f32 as *mut c_void;
+        let mut ptrs: Vec<*mut c_void> = vec![
+            q as *mut c_void,
+            k as *mut c_void,
+            v as *mut c_void,
+            o as *mut c_void,
+            lse as *mut c_void,
+            host(&scale),
+            host(&neg_inf),
+        ];
+        if s.window > 0 {
+            uids.push(uid::WINDOW);
+            ptrs.push(host(&window));
+        }
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: the pointers address buffers laid out as `s` says (the caller's contract, as
+        // for the own kernels), the scalars live on this frame until execute returns, and the
+        // workspace size was checked above.
+        unsafe {
+            plan.built
+                .execute(handle.0, &uids, &ptrs, workspace as *mut c_void)
+        }
+    }
+
+    /// Backward: dq, dk, dv (bf16, laid out like q, k, v; each written, not accumulated) from
+    /// dout (like o), o, lse (from either forward path), q, k, v. `workspace` as for
+    /// [`fwd`](CudnnAttention::fwd), at least [`workspace_bytes`](CudnnAttention::workspace_bytes).
+    #[allow(clippy::too_many_arguments)]
+    pub fn bwd(
+        &self,
+        s: &AttnShape,
+        dq: DevPtr,
+        dk: DevPtr,
+        dv: DevPtr,
+        dout: DevPtr,
+        o: DevPtr,
+        lse: DevPtr,
+        q: DevPtr,
+        k: DevPtr,
+        v: DevPtr,
+        workspace: DevPtr,
+        workspace_bytes: usize,
+    ) -> Result<()> {
+        let plan = self.plan(Pass::Backward, s)?;
+        Self::check_ptrs(&[
+            ("dq", dq),
+            ("dk", dk),
+            ("dv", dv),
+            ("dout", dout),
+            ("o", o),
+            ("lse", lse),
+            ("q", q),
+            ("k", k),
+            ("v", v),
+            ("workspace", workspace),
+        ])?;
+        if workspace_bytes < plan.total_workspace {
+            return Err(CudnnError::Workspace {
+                graph: "sdpa backward",
+                needed: plan.total_workspace,
+                given: workspace_bytes,
+            });
+        }
+        let rows = s.batch * s.heads * s.seq;
+        let delta = workspace + align(plan.built.workspace) as u64;
+        let acc = delta + align(rows * 4) as u64;
+        if self.library.version < 90600 {
+            // Before 9.6 the dQ accumulator must start at zero (later versions clear it).
+            let bytes = rows * s.head_dim * 4;
+            // SAFETY: `acc .. acc + bytes` lies inside the checked workspace.
+            unsafe {
+                cudarc::driver::result::memset_d8_async(
+                    acc,
+                    0,
+                    bytes,
+                    self.gpu.stream().cu_stream(),
+                )
+            }
+            .during(|| format!("clearing the {bytes}-byte dQ accumulator"))?;
+        }
+        let (scale, neg_inf, one, window) = (s.scale, self.neg_inf(), 1.0f32, s.window as f32);
+        let host = |x: &f32| x as *const f32 as *mut c_void;
+        let mut uids = vec![
+            uid::Q,
+            uid::K,
+            uid::V,
+            uid::O,
+            uid::DO,
+            uid::STATS,
+            uid::DQ,
+            uid::DK,
+            uid::DV,
+            uid::DELTA,
+            uid::DQ_ACCUM,
+            uid::SCALE,
+            uid::NEG_INF,
+            uid::ONE,
+        ];
+        let mut ptrs: Vec<*mut c_void> = vec![
+            q as *mut c_void,
+            k as *mut c_void,
+            v as *mut c_void,
+            o as *mut c_void,
+            dout as *mut c_void,
+            lse as *mut c_void,
+            dq as *mut c_void,
+            dk as *mut c_void,
+            dv as *mut c_void,
+            delta as *mut c_void,
+            acc as *mut c_void,
+            host(&scale),
+            host(&neg_inf),
+            host(&one),
+        ];
+        if s.window > 0 {
+            uids.push(uid::WINDOW);
+            ptrs.push(host(&window));
+        }
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: as in `fwd`; Δ and the accumulator are carved from the checked workspace.
+        unsafe {
+            plan.built
+                .execute(handle.0, &uids, &ptrs, workspace as *mut c_void)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_support_check() {
+        let s = AttnShape::dense(2, 100, 8, 2, 64);
+        assert!(CudnnAttention::supports(&s, Dtype::Bf16));
+        assert!(!CudnnAttention::supports(&s, Dtype::F32));
+        let capped = AttnShape { softcap: 30.0, ..s };
+        assert!(
+            CudnnAttention::unsupported_reason(&capped, Dtype::Bf16)
+                .unwrap()
+                .contains("softcap")
+        );
+        let odd = AttnShape::dense(2, 100, 8, 2, 60);
+        assert!(!CudnnAttention::supports(&odd, Dtype::Bf16));
+        let gqa_bad = AttnShape::dense(2, 100, 8, 3, 64);
+        assert!(!CudnnAttention::supports(&gqa_bad, Dtype::Bf16));
+    }
+
+    #[test]
+    fn plan_keys_ignore_the_scale_but_not_the_strides() {
+        let a = AttnShape::dense(2, 100, 8, 2, 64);
+        let b = AttnShape { scale: 0.5, ..a };
+        let c = AttnShape { ldq: 1024, ..a };
+        assert_eq!(
+            PlanKey::of(Pass::Forward, &a),
+            PlanKey::of(Pass::Forward, &b)
+        );
+        assert_ne!(
+            PlanKey::of(Pass::Forward, &a),
+            PlanKey::of(Pass::Forward, &c)
+        );
+        assert_ne!(
+            PlanKey::of(Pass::Forward, &a),
+            PlanKey::of(Pass::Backward, &a)
+        );
+    }
+}

@@ -1,0 +1,305 @@
+//! Finding libcudnn and its version before cudarc touches it.
+//!
+//! cudarc's cuDNN bindings `dlopen` the library by name at the first call (trying `libcudnn.so`,
+//! ..., `libcudnn.so.9`) and panic when it is missing or lacks a symbol. So this module first looks
+//! for the library itself, reads `cudnnGetVersion` through libloading, and keeps it loaded: once a
+//! file with soname `libcudnn.so.9` is in the process, the dynamic linker hands that same object
+//! to cudarc's `dlopen("libcudnn.so.9")` even when its folder is on no search path.
+//!
+//! Search order (the first file that loads and is 9.0 or newer wins):
+//! 1. what cudarc itself would load by name (the linker's paths, `LD_LIBRARY_PATH` as the
+//!    process started), so both agree on the file;
+//! 2. `MODELSPEC_CUDNN_LIB` (the file, or its folder), `CUDNN_PATH` (an install root or folder);
+//! 3. every `LD_LIBRARY_PATH` folder, `CUDA_HOME`/`CUDA_PATH`, `/usr/local/cuda`, the system
+//!    library folders;
+//! 4. Python's `nvidia/cudnn/lib` (the `nvidia-cudnn-cu*` wheels PyTorch installs) under the
+//!    usual site-packages folders, then as `python3` itself reports it.
+
+use super::error::{CudnnError, Result};
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+/// Oldest cuDNN the graphs here are written for (9.0.0).
+pub const MIN_VERSION: usize = 90000;
+
+/// The cuDNN library this process uses.
+#[derive(Debug, Clone)]
+pub struct CudnnLibrary {
+    /// The file that was loaded (or the name the linker resolved).
+    pub path: String,
+    /// `cudnnGetVersion()`: major*10000 + minor*100 + patch for cuDNN 9.
+    pub version: usize,
+}
+
+impl CudnnLibrary {
+    /// The version as `9.10.2`.
+    pub fn version_string(&self) -> String {
+        let v = self.version;
+        format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
+    }
+}
+
+/// Sub-libraries of cuDNN 9, in load order (the graph library first: the others link to it).
+const SUBLIBS: [&str; 7] = [
+    "libcudnn_graph.so.9",
+    "libcudnn_engines_runtime_compiled.so.9",
+    "libcudnn_engines_precompiled.so.9",
+    "libcudnn_heuristic.so.9",
+    "libcudnn_ops.so.9",
+    "libcudnn_cnn.so.9",
+    "libcudnn_adv.so.9",
+];
+
+static PROBED: OnceLock<std::result::Result<CudnnLibrary, (bool, String)>> = OnceLock::new();
+
+/// Finds, version-checks and loads libcudnn once per process. Never panics; the error names
+/// every place searched.
+pub fn probe() -> Result<CudnnLibrary> {
+    let r = PROBED.get_or_init(search);
+    match r {
+        Ok(lib) => Ok(lib.clone()),
+        Err((true, searched)) => Err(CudnnError::NotFound {
+            searched: searched.clone(),
+        }),
+        Err((false, text)) => {
+            // "too old": path and version packed as `path\tversion`.
+            let (path, version) = text.split_once('\t').unwrap_or((text.as_str(), "0"));
+            Err(CudnnError::TooOld {
+                path: path.to_string(),
+                version: version.parse().unwrap_or(0),
+            })
+        }
+    }
+}
+
+/// Outcome of trying one candidate.
+enum Tried {
+    Ok(libloading::Library, usize),
+    Old(usize),
+    Bad(String),
+}
+
+fn try_load(name: &std::ffi::OsStr) -> Tried {
+    // SAFETY: loading cuDNN runs its initialisers, which only register its own state.
+    let lib = match unsafe { libloading::Library::new(name) } {
+        Ok(l) => l,
+        Err(e) => return Tried::Bad(first_line(&e.to_string())),
+    };
+    // SAFETY: cudnnGetVersion has this signature in every cuDNN release.
+    let version = unsafe {
+        match lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0") {
+            Ok(f) => f(),
+            Err(_) => return Tried::Bad("no cudnnGetVersion symbol".into()),
+        }
+    };
+    if version < MIN_VERSION {
+        return Tried::Old(version);
+    }
+    Tried::Ok(lib, version)
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(160).collect()
+}
+
+fn search() -> std::result::Result<CudnnLibrary, (bool, String)> {
+    let mut notes: Vec<String> = Vec::new();
+    let mut too_old: Option<(String, usize)> = None;
+    // 1. What cudarc would load by name: if anything resolves, cudarc takes that file, so it is
+    // the only one worth checking.
+    for name in cudarc::get_lib_name_candidates("cudnn") {
+        match try_load(std::ffi::OsStr::new(&name)) {
+            Tried::Ok(lib, version) => {
+                std::mem::forget(lib);
+                return Ok(CudnnLibrary {
+                    path: name,
+                    version,
+                });
+            }
+            Tried::Old(v) => {
+                // cudarc would load this old one first: refuse rather than mix versions.
+                return Err((false, format!("{name}\t{v}")));
+            }
+            Tried::Bad(_) => {}
+        }
+    }
+    notes.push("the dynamic linker's paths (libcudnn.so, libcudnn.so.9, ...)".into());
+    // 2-4. Explicit files and folders.
+    for file in candidate_files(&mut notes) {
+        if !file.is_file() {
+            continue;
+        }
+        match try_load(file.as_os_str()) {
+            Tried::Ok(lib, version) => {
+                preload_sublibs(file.parent().unwrap_or(Path::new(".")));
+                // Keep it loaded for the process: cudarc's later dlopen by soname finds it.
+                std::mem::forget(lib);
+                return Ok(CudnnLibrary {
+                    path: file.display().to_string(),
+                    version,
+                });
+            }
+            Tried::Old(v) => {
+                notes.push(format!("{} (version {v}, too old)", file.display()));
+                too_old.get_or_insert((file.display().to_string(), v));
+            }
+            Tried::Bad(why) => notes.push(format!("{} ({why})", file.display())),
+        }
+    }
+    if let Some((path, v)) = too_old {
+        return Err((false, format!("{path}\t{v}")));
+    }
+    Err((true, notes.join("; ")))
+}
+
+/// Loads cuDNN's sub-libraries from `dir` by full path, so the shim finds them by soname even
+/// when `dir` is on no search path. Missing ones are left to the shim (it reports them).
+fn preload_sublibs(dir: &Path) {
+    for name in SUBLIBS {
+        let p = dir.join(name);
+        if p.is_file() {
+            // SAFETY: as in `try_load`; these are cuDNN's own libraries from the same folder.
+            if let Ok(lib) = unsafe { libloading::Library::new(&p) } {
+                std::mem::forget(lib);
+            }
+        }
+    }
+}
+
+/// Every file worth trying, in order; folders looked at are noted in `notes`.
+fn candidate_files(notes: &mut Vec<String>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    let mut files: Vec<PathBuf> = Vec::new();
+    if let Some(v) = std::env::var_os("MODELSPEC_CUDNN_LIB") {
+        let p = PathBuf::from(v);
+        if p.is_dir() {
+            dirs.push(p);
+        } else {
+            files.push(p);
+        }
+    }
+    if let Some(v) = std::env::var_os("CUDNN_PATH") {
+        let root = PathBuf::from(v);
+        dirs.extend([root.join("lib"), root.join("lib64"), root.clone()]);
+    }
+    if let Some(v) = std::env::var_os("LD_LIBRARY_PATH") {
+        dirs.extend(std::env::split_paths(&v).filter(|p| !p.as_os_str().is_empty()));
+    }
+    for var in ["CUDA_HOME", "CUDA_PATH"] {
+        if let Some(v) = std::env::var_os(var) {
+            let root = PathBuf::from(v);
+            dirs.extend([root.join("lib64"), root.join("lib")]);
+        }
+    }
+    for d in [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/lib",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+        "/usr/lib/x86_64-linux-gnu",
+        "/usr/lib64",
+        "/usr/lib",
+        "/usr/local/lib",
+    ] {
+        dirs.push(PathBuf::from(d));
+    }
+    dirs.extend(python_cudnn_dirs());
+    let mut seen = std::collections::BTreeSet::new();
+    for d in dirs {
+        if !seen.insert(d.clone()) {
+            continue;
+        }
+        notes.push(d.display().to_string());
+        files.push(d.join("libcudnn.so.9"));
+        files.push(d.join("libcudnn.so"));
+    }
+    files
+}
+
+/// `site-packages/nvidia/cudnn/lib` folders: the usual Python roots first, then whatever
+/// `python3` reports (a virtualenv or conda the process was not started from).
+fn python_cudnn_dirs() -> Vec<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    for var in ["VIRTUAL_ENV", "CONDA_PREFIX"] {
+        if let Some(v) = std::env::var_os(var) {
+            roots.push(PathBuf::from(v).join("lib"));
+        }
+    }
+    if let Some(home) = std::env::var_os("HOME") {
+        roots.push(PathBuf::from(home).join(".local/lib"));
+    }
+    for r in ["/usr/local/lib", "/usr/lib", "/opt/conda/lib"] {
+        roots.push(PathBuf::from(r));
+    }
+    let mut out = Vec::new();
+    for root in roots {
+        let Ok(entries) = std::fs::read_dir(&root) else {
+            continue;
+        };
+        let mut pythons: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("python3"))
+            })
+            .collect();
+        pythons.sort();
+        for py in pythons {
+            for sp in ["site-packages", "dist-packages"] {
+                let d = py.join(sp).join("nvidia/cudnn/lib");
+                if d.is_dir() {
+                    out.push(d);
+                }
+            }
+        }
+    }
+    if let Some(d) = python_reported_dir() {
+        out.push(d);
+    }
+    out
+}
+
+/// Asks `python3` where the `nvidia.cudnn` package lives (its `lib/` folder), if python3 and the
+/// package exist. Bounded: the interpreter only imports one namespace package.
+fn python_reported_dir() -> Option<PathBuf> {
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            "import nvidia.cudnn as m, os; print(os.path.join(list(m.__path__)[0], 'lib'))",
+        ])
+        .stderr(std::process::Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    let s = String::from_utf8(out.stdout).ok()?;
+    let p = PathBuf::from(s.trim());
+    p.is_dir().then_some(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_string_splits_major_minor_patch() {
+        let lib = CudnnLibrary {
+            path: "x".into(),
+            version: 91002,
+        };
+        assert_eq!(lib.version_string(), "9.10.2");
+    }
+
+    #[test]
+    fn probe_never_panics_and_names_what_it_searched() {
+        match probe() {
+            Ok(lib) => assert!(lib.version >= MIN_VERSION),
+            Err(CudnnError::NotFound { searched }) => {
+                assert!(searched.contains("/usr/local/cuda/lib64"), "{searched}")
+            }
+            Err(CudnnError::TooOld { version, .. }) => assert!(version < MIN_VERSION),
+            Err(e) => panic!("unexpected probe error: {e}"),
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! The fused flash-attention graphs, as the node sequences cuDNN's runtime fusion engine
+//! recognises (the composite form cuDNN 9.0–9.20 expects; later versions still accept it).
+//!
+//! Forward, per (batch, head):
+//! ```text
+//! S = Q·Kᵀ · scale → mask (causal: row ≥ col; window: col + W > row) → softmax
+//!     softmax: M = max S, E = exp(S − M), Z = Σ E, Stats = M + log Z, P = E / Z (bf16)
+//! O = P·V
+//! ```
+//! Backward:
+//! ```text
+//! Δ = Σ_d dO∘O                           (f32 [B,H,T,1] in the workspace)
+//! P = exp(mask(Q·Kᵀ·scale − Stats))
+//! dV = Pᵀ·dO                             (summed over the heads of a kv group for GQA)
+//! dS = P ∘ (dO·Vᵀ − Δ) · scale
+//! dK = dSᵀ·Q                             (summed over the group)
+//! dQ = dS·K                              (through an f32 accumulator in the workspace)
+//! ```
+//! Layouts: Q `[B,H,T,D]` with strides `(T·ldq, D, ldq, 1)`, i.e. rows of a `[B·T, ldq]` matrix
+//! with head h at column h·D; K and V likewise with their kv heads and ldk/ldv; O, dO with ldo;
+//! dQ/dK/dV like Q/K/V. Stats: f32 `[B,H,T]` (natural log of the softmax normaliser of the
+//! scaled scores, the own kernels' `lse`).
+
+use super::backend::{Bind, BuiltPlan, Elem, GraphBuilder, T};
+use super::error::Result;
+use crate::cuda::AttnShape;
+use cudarc::cudnn::sys::{cudnnHandle_t, cudnnPointwiseMode_t as Pw, cudnnReduceTensorOp_t};
+
+/// Variant-pack UIDs of the graphs' bound tensors.
+pub(crate) mod uid {
+    pub const Q: i64 = 1;
+    pub const K: i64 = 2;
+    pub const V: i64 = 3;
+    pub const O: i64 = 4;
+    pub const STATS: i64 = 5;
+    pub const SCALE: i64 = 6;
+    pub const NEG_INF: i64 = 7;
+    pub const WINDOW: i64 = 8;
+    pub const DO: i64 = 9;
+    pub const DQ: i64 = 10;
+    pub const DK: i64 = 11;
+    pub const DV: i64 = 12;
+    pub const ONE: i64 = 13;
+    pub const DELTA: i64 = 14;
+    pub const DQ_ACCUM: i64 = 15;
+}
+
+/// Sizes of one graph as i64 (cuDNN's dims type).
+struct Dims {
+    b: i64,
+    h: i64,
+    kv: i64,
+    t: i64,
+    d: i64,
+}
+
+impl Dims {
+    fn of(s: &AttnShape) -> Dims {
+        Dims {
+            b: s.batch as i64,
+            h: s.heads as i64,
+            kv: s.kv_heads as i64,
+            t: s.seq as i64,
+            d: s.head_dim as i64,
+        }
+    }
+    /// `[B, heads, T, D]` rows of a `[B·T, ld]` matrix.
+    fn rows(&self, heads: i64, ld: usize) -> ([i64; 4], [i64; 4]) {
+        let ld = ld as i64;
+        (
+            [self.b, heads, self.t, self.d],
+            [self.t * ld, self.d, ld, 1],
+        )
+    }
+    /// The same buffer seen as `[B, heads, D, T]` (transposed).
+    fn rows_t(&self, heads: i64, ld: usize) -> ([i64; 4], [i64; 4]) {
+        let ld = ld as i64;
+        (
+            [self.b, heads, self.d, self.t],
+            [self.t * ld, self.d, 1, ld],
+        )
+    }
+    fn scores(&self) -> [i64; 4] {
+        [self.b, self.h, self.t, self.t]
+    }
+    fn scores_strides(&self) -> [i64; 4] {
+        [self.h * self.t * self.t, self.t * self.t, self.t, 1]
+    }
+    /// Scores transposed in their last two dims (Sᵀ of the same virtual buffer).
+    fn scores_t_strides(&self) -> [i64; 4] {
+        [self.h * self.t * self.t, self.t * self.t, 1, self.t]
+    }
+    fn stats(&self) -> ([i64; 4], [i64; 4]) {
+        ([self.b, self.h, self.t, 1], [self.h * self.t, self.t, 1, 1])
+    }
+}
+
+/// Applies the causal and window masks to `s` (virtual f32 scores); returns the masked scores.
+/// Each mask generates its own row/column indices, as cuDNN's pattern matcher expects.
+fn mask(g: &mut GraphBuilder, shape: &AttnShape, dm: &Dims, s: T, neg_inf: T) -> Result<T> {
+    let strides = dm.scores_strides();
+    let mut cur = s;
+    if shape.causal {
+        let row = g.virtual_like(cur, Elem::I32, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_GEN_INDEX,
+            Elem::F32,
+            cur,
+            None,
+            None,
+            row,
+            Some(2),
+        )?;
+        let col = g.virtual_like(cur, Elem::I32, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_GEN_INDEX,
+            Elem::F32,
+            cur,
+            None,
+            None,
+            col,
+            Some(3),
+        )?;
+        let keep = g.virtual_like(cur, Elem::Bool, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_CMP_GE,
+            Elem::Bool,
+            row,
+            Some(col),
+            None,
+            keep,
+            None,
+        )?;
+        let out = g.virtual_like(cur, Elem::F32, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_BINARY_SELECT,
+            Elem::F32,
+            cur,
+            Some(neg_inf),
+            Some(keep),
+            out,
+            None,
+        )?;
+        cur = out;
+    }
+    if shape.window > 0 {
+        // keep key j for query i when j + window > i (i − j < window)
+        let window = g.scalar(uid::WINDOW, Elem::F32)?;
+        let row = g.virtual_like(cur, Elem::I32, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_GEN_INDEX,
+            Elem::F32,
+            cur,
+            None,
+            None,
+            row,
+            Some(2),
+        )?;
+        let col = g.virtual_like(cur, Elem::I32, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_GEN_INDEX,
+            Elem::F32,
+            cur,
+            None,
+            None,
+            col,
+            Some(3),
+        )?;
+        let col_w = g.virtual_like(cur, Elem::F32, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_ADD,
+            Elem::F32,
+            col,
+            Some(window),
+            None,
+            col_w,
+            Some(3),
+        )?;
+        let keep = g.virtual_like(cur, Elem::Bool, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_CMP_GT,
+            Elem::Bool,
+            col_w,
+            Some(row),
+            None,
+            keep,
+            None,
+        )?;
+        let out = g.virtual_like(cur, Elem::F32, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_BINARY_SELECT,
+            Elem::F32,
+            cur,
+            Some(neg_inf),
+            Some(keep),
+            out,
+            None,
+        )?;
+        cur = out;
+    }
+    Ok(cur)
+}
+
+/// Builds and finalizes the forward plan for `s` (bf16 Q/K/V/O, f32 stats).
+pub(crate) fn build_forward(handle: cudnnHandle_t, s: &AttnShape) -> Result<BuiltPlan> {
+    let dm = Dims::of(s);
+    let mut g = GraphBuilder::new();
+    let (qd, qs) = dm.rows(dm.h, s.ldq);
+    let q = g.tensor(Bind::Device(uid::Q), Elem::Bf16, qd, qs)?;
+    let (kd, ks) = dm.rows_t(dm.kv, s.ldk);
+    let kt = g.tensor(Bind::Device(uid::K), Elem::Bf16, kd, ks)?;
+    let (vd, vs) = dm.rows(dm.kv, s.ldv);
+    let v = g.tensor(Bind::Device(uid::V), Elem::Bf16, vd, vs)?;
+    let (od, os) = dm.rows(dm.h, s.ldo);
+    let o = g.tensor(Bind::Device(uid::O), Elem::Bf16, od, os)?;
+    let (sd, ss) = dm.stats();
+    let stats = g.tensor(Bind::Device(uid::STATS), Elem::F32, sd, ss)?;
+    let scale = g.scalar(uid::SCALE, Elem::F32)?;
+    let neg_inf = g.scalar(uid::NEG_INF, Elem::F32)?;
+
+    let st = dm.scores_strides();
+    let s0 = g.tensor(Bind::Virtual, Elem::F32, dm.scores(), st)?;
+    g.matmul(q, kt, s0)?;
+    let s1 = g.virtual_like(s0, Elem::F32, st)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_MUL,
+        Elem::F32,
+        s0,
+        Some(scale),
+        None,
+        s1,
+        None,
+    )?;
+    let s2 = mask(&mut g, s, &dm, s1, neg_inf)?;
+
+    // softmax with stats
+    let max = g.tensor(Bind::Virtual, Elem::F32, sd, ss)?;
+    g.reduction(cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_MAX, s2, max)?;
+    let sub = g.virtual_like(s2, Elem::F32, st)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_SUB,
+        Elem::F32,
+        s2,
+        Some(max),
+        None,
+        sub,
+        None,
+    )?;
+    let e = g.virtual_like(s2, Elem::F32, st)?;
+    g.pointwise(Pw::CUDNN_POINTWISE_EXP, Elem::F32, sub, None, None, e, None)?;
+    let z = g.tensor(Bind::Virtual, Elem::F32, sd, ss)?;
+    g.reduction(cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_ADD, e, z)?;
+    let logz = g.tensor(Bind::Virtual, Elem::F32, sd, ss)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_LOG,
+        Elem::F32,
+        z,
+        None,
+        None,
+        logz,
+        None,
+    )?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_ADD,
+        Elem::F32,
+        max,
+        Some(logz),
+        None,
+        stats,
+        None,
+    )?;
+    // P goes into the second matmul in the I/O type.
+    let p = g.virtual_like(s2, Elem::Bf16, st)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_DIV,
+        Elem::F32,
+        e,
+        Some(z),
+        None,
+        p,
+        None,
+    )?;
+    g.matmul(p, v, o)?;
+    g.finalize_plan(handle, "sdpa forward", describe(s))
+}
+
+/// Builds and finalizes the backward plan for `s`. Besides the plan's own workspace it needs Δ
+/// (f32 `[B,H,T]`, uid DELTA) and the dQ accumulator (f32 `[B,H,T,D]`, uid DQ_ACCUM).
+pub(crate) fn build_backward(handle: cudnnHandle_t, s: &AttnShape) -> Result<BuiltPlan> {
+    let dm = Dims::of(s);
+    let mut g = GraphBuilder::new();
+    let (qd, qs) = dm.rows(dm.h, s.ldq);
+    let q = g.tensor(Bind::Device(uid::Q), Elem::Bf16, qd, qs)?;
+    let (kd, ks) = dm.rows_t(dm.kv, s.ldk);
+    let kt = g.tensor(Bind::Device(uid::K), Elem::Bf16, kd, ks)?;
+    let (vd, vs) = dm.rows_t(dm.kv, s.ldv);
+    let vt = g.tensor(Bind::Device(uid::V), Elem::Bf16, vd, vs)?;
+    let (od, os) = dm.rows(dm.h, s.ldo);
+    let o = g.tensor(Bind::Device(uid::O), Elem::Bf16, od, os)?;
+    let d_o = g.tensor(Bind::Device(uid::DO), Elem::Bf16, od, os)?;
+    let (sd, ss) = dm.stats();
+    let stats = g.tensor(Bind::Device(uid::STATS), Elem::F32, sd, ss)?;
+    let dq = g.tensor(Bind::Device(uid::DQ), Elem::Bf16, qd, qs)?;
+    let (dkd, dks) = dm.rows(dm.kv, s.ldk);
+    let dk = g.tensor(Bind::Device(uid::DK), Elem::Bf16, dkd, dks)?;
+    let (dvd, dvs) = dm.rows(dm.kv, s.ldv);
+    let dv = g.tensor(Bind::Device(uid::DV), Elem::Bf16, dvd, dvs)?;
+    let scale = g.scalar(uid::SCALE, Elem::F32)?;
+    let neg_inf = g.scalar(uid::NEG_INF, Elem::F32)?;
+    let one = g.scalar(uid::ONE, Elem::F32)?;
+    let full = dm.h * dm.t * dm.d;
+
+    // Δ = rowsum(dO ∘ O) · 1
+    let prod = g.tensor(
+        Bind::Virtual,
+        Elem::F32,
+        [dm.b, dm.h, dm.t, dm.d],
+        [full, dm.t * dm.d, dm.h * dm.d, 1],
+    )?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_MUL,
+        Elem::F32,
+        d_o,
+        Some(o),
+        None,
+        prod,
+        None,
+    )?;
+    let rowsum = g.tensor(Bind::Virtual, Elem::F32, sd, ss)?;
+    g.reduction(cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_ADD, prod, rowsum)?;
+    let delta = g.tensor(Bind::Device(uid::DELTA), Elem::F32, sd, ss)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_MUL,
+        Elem::F32,
+        rowsum,
+        Some(one),
+        None,
+        delta,
+        None,
+    )?;
+
+    // P = exp(mask(Q·Kᵀ·scale − Stats))
+    let st = dm.scores_strides();
+    let s0 = g.tensor(Bind::Virtual, Elem::F32, dm.scores(), st)?;
+    g.matmul(q, kt, s0)?;
+    let s1 = g.virtual_like(s0, Elem::F32, st)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_MUL,
+        Elem::F32,
+        s0,
+        Some(scale),
+        None,
+        s1,
+        None,
+    )?;
+    let s2 = g.virtual_like(s0, Elem::F32, st)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_SUB,
+        Elem::F32,
+        s1,
+        Some(stats),
+        None,
+        s2,
+        None,
+    )?;
+    let s3 = mask(&mut g, s, &dm, s2, neg_inf)?;
+    let p = g.virtual_like(s0, Elem::F32, st)?;
+    g.pointwise(Pw::CUDNN_POINTWISE_EXP, Elem::F32, s3, None, None, p, None)?;
+
+    // dV = Pᵀ·dO (per query head, then summed over the kv group)
+    let pt = g.tensor(
+        Bind::Virtual,
+        Elem::Bf16,
+        dm.scores(),
+        dm.scores_t_strides(),
+    )?;
+    g.reshape(p, pt)?;
+    group_matmul(&mut g, &dm, pt, d_o, dv)?;
+
+    // dS = P ∘ (dO·Vᵀ − Δ) · scale
+    let dp = g.tensor(Bind::Virtual, Elem::F32, dm.scores(), st)?;
+    g.matmul(d_o, vt, dp)?;
+    let dp1 = g.virtual_like(dp, Elem::F32, st)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_SUB,
+        Elem::F32,
+        dp,
+        Some(delta),
+        None,
+        dp1,
+        None,
+    )?;
+    let ds0 = g.virtual_like(dp, Elem::F32, st)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_MUL,
+        Elem::F32,
+        dp1,
+        Some(p),
+        None,
+        ds0,
+        None,
+    )?;
+    let ds = g.virtual_like(dp, Elem::F32, st)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_MUL,
+        Elem::F32,
+        ds0,
+        Some(scale),
+        None,
+        ds,
+        None,
+    )?;
+
+    // dK = dSᵀ·Q
+    let dst = g.tensor(
+        Bind::Virtual,
+        Elem::Bf16,
+        dm.scores(),
+        dm.scores_t_strides(),
+    )?;
+    g.reshape(ds, dst)?;
+    group_matmul(&mut g, &dm, dst, q, dk)?;
+
+    // dQ = dS·K through the f32 accumulator
+    let (kd2, ks2) = dm.rows(dm.kv, s.ldk);
+    let k = g.tensor(Bind::Virtual, Elem::F32, kd2, ks2)?;
+    g.reshape(kt, k)?;
+    let acc = g.tensor(
+        Bind::Device(uid::DQ_ACCUM),
+        Elem::F32,
+        [dm.b, dm.h, dm.t, dm.d],
+        [full, dm.t * dm.d, dm.d, 1],
+    )?;
+    g.matmul(ds, k, acc)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_IDENTITY,
+        Elem::F32,
+        acc,
+        None,
+        None,
+        dq,
+        None,
+    )?;
+    g.finalize_plan(handle, "sdpa backward", describe(s))
+}
+
+/// `out = aᵀ-side matmul` for dK/dV: with one query head per kv head it writes `out` directly;
+/// with GQA it goes through a per-query-head virtual result summed over each kv group.
+fn group_matmul(g: &mut GraphBuilder, dm: &Dims, a: T, b: T, out: T) -> Result<()> {
+    if dm.h == dm.kv {
+        return g.matmul(a, b, out);
+    }
+    let full = g.tensor(
+        Bind::Virtual,
+        Elem::Bf16,
+        [dm.b, dm.h, dm.t, dm.d],
+        [dm.h * dm.t * dm.d, dm.t * dm.d, dm.d, 1],
+    )?;
+    g.matmul(a, b, full)?;
+    debug_assert_eq!(g.dims(out)[1], dm.kv);
+    g.reduction(cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_ADD, full, out)
+}
+
+/// The shape as text, for errors.
+pub(crate) fn describe(s: &AttnShape) -> String {
+    format!(
+        "B={} T={} H={} KV={} D={} ld=({},{},{},{}) causal={} window={}",
+        s.batch,
+        s.seq,
+        s.heads,
+        s.kv_heads,
+        s.head_dim,
+        s.ldq,
+        s.ldk,
+        s.ldv,
+        s.ldo,
+        s.causal,
+        s.window
+    )
+}

@@ -1,0 +1,482 @@
+//! cuDNN fused attention (forward: o, lse; backward: dq, dk, dv) against an f64 CPU reference and
+//! against the own attention kernels, on fresh random bf16 inputs each run (the seed is printed).
+//!
+//! Tolerances (||got - ref|| / ||ref|| over the whole output): 1e-2 for bf16 outputs, as the own
+//! kernels' bf16 bound in cuda_kernels.rs (inputs are exact in bf16; the error comes from storing
+//! outputs in bf16, ~2^-9 each, and from the bf16 P and dS inside the fused kernel). lse is f32
+//! from f32 accumulation of exact products: 1e-4 relative, and within 1e-3 of the own kernels'.
+//!
+//! Without a CUDA device, or without libcudnn 9, every test prints "skipping: ..." and passes,
+//! unless MODELSPEC_REQUIRE_CUDNN=1 is set (the GPU machine's runs), which turns a missing cuDNN
+//! into a failure.
+
+use modelspec_runtime::cuda::cudnn::{CudnnAttention, CudnnError, probe};
+use modelspec_runtime::cuda::{AttnShape, Dtype, Gpu, GpuBuf, Kernels};
+use std::sync::Arc;
+
+// ---------- harness ----------
+
+fn setup() -> Option<(Arc<Gpu>, CudnnAttention)> {
+    let gpu = match Gpu::new(0) {
+        Ok(g) => g,
+        Err(e) => {
+            println!("skipping: no CUDA device ({e})");
+            return None;
+        }
+    };
+    match CudnnAttention::new(&gpu) {
+        Ok(a) => {
+            println!(
+                "cuDNN {} at {}",
+                a.library().version_string(),
+                a.library().path
+            );
+            Some((gpu, a))
+        }
+        Err(e) => {
+            assert!(
+                std::env::var("MODELSPEC_REQUIRE_CUDNN").as_deref() != Ok("1"),
+                "MODELSPEC_REQUIRE_CUDNN=1 but cuDNN is unavailable: {e}"
+            );
+            println!("skipping: {e}");
+            None
+        }
+    }
+}
+
+struct Rng(u64);
+impl Rng {
+    fn fresh(name: &str) -> Rng {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1;
+        println!("{name}: seed {seed}");
+        Rng(seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn normal(&mut self) -> f64 {
+        let u = ((self.next() >> 11) as f64 / (1u64 << 53) as f64).max(1e-300);
+        let v = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
+        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
+    }
+}
+
+fn to_bf16(x: f32) -> u16 {
+    let u = x.to_bits();
+    if (u & 0x7fff_ffff) > 0x7f80_0000 {
+        return ((u >> 16) | 0x40) as u16;
+    }
+    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
+}
+fn from_bf16(x: u16) -> f64 {
+    f32::from_bits((x as u32) << 16) as f64
+}
+
+/// A bf16 device buffer and the exact values it holds.
+struct B {
+    buf: GpuBuf<u16>,
+    host: Vec<f64>,
+}
+impl B {
+    fn random(gpu: &Gpu, rng: &mut Rng, n: usize) -> B {
+        let v: Vec<u16> = (0..n).map(|_| to_bf16(rng.normal() as f32)).collect();
+        B {
+            host: v.iter().map(|&x| from_bf16(x)).collect(),
+            buf: gpu.upload(&v).unwrap(),
+        }
+    }
+    /// NaN everywhere, so unwritten outputs fail the checks.
+    fn poison(gpu: &Gpu, n: usize) -> B {
+        B {
+            buf: gpu.upload(&vec![0x7fc0u16; n]).unwrap(),
+            host: vec![f64::NAN; n],
+        }
+    }
+    fn at(&self, elem: usize) -> u64 {
+        self.buf.ptr() + 2 * elem as u64
+    }
+    fn get(&self, gpu: &Gpu) -> Vec<f64> {
+        gpu.download(&self.buf)
+            .unwrap()
+            .iter()
+            .map(|&x| from_bf16(x))
+            .collect()
+    }
+}
+
+fn rel_err(got: &[f64], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len());
+    let (mut num, mut den) = (0.0, 0.0);
+    for (g, w) in got.iter().zip(want) {
+        if !g.is_finite() {
+            return f64::INFINITY;
+        }
+        num += (g - w) * (g - w);
+        den += w * w;
+    }
+    (num / den.max(1e-300)).sqrt()
+}
+
+fn check(what: &str, tol: f64, got: &[f64], want: &[f64]) {
+    let e = rel_err(got, want);
+    println!("PARITY {what}: rel err {e:.3e}");
+    assert!(e <= tol, "{what}: relative error {e:.3e} above {tol:.0e}");
+}
+
+/// Columns `[off, off + width)` of each of `rows` rows of a row-strided buffer.
+fn cols(x: &[f64], rows: usize, ld: usize, off: usize, width: usize) -> Vec<f64> {
+    (0..rows)
+        .flat_map(|r| x[r * ld + off..r * ld + off + width].to_vec())
+        .collect()
+}
+
+// ---------- reference ----------
+
+struct Ref {
+    o: Vec<f64>,
+    lse: Vec<f64>,
+    dq: Vec<f64>,
+    dk: Vec<f64>,
+    dv: Vec<f64>,
+}
+
+/// f64 attention over row-strided q/k/v/dO buffers whose heads start at column offsets
+/// `offs = (q, k, v)`; gradients come back in buffers shaped like their inputs.
+fn reference(
+    s: &AttnShape,
+    q: &[f64],
+    k: &[f64],
+    v: &[f64],
+    dout: &[f64],
+    offs: [usize; 3],
+) -> Ref {
+    let (bn, tn, hn, d) = (s.batch, s.seq, s.heads, s.head_dim);
+    let group = hn / s.kv_heads;
+    let [oq, ok, ov] = offs;
+    let mut r = Ref {
+        o: vec![0.0; bn * tn * s.ldo],
+        lse: vec![0.0; bn * hn * tn],
+        dq: vec![0.0; q.len()],
+        dk: vec![0.0; k.len()],
+        dv: vec![0.0; v.len()],
+    };
+    for b in 0..bn {
+        for h in 0..hn {
+            let g = h / group;
+            for i in 0..tn {
+                let qi = &q[(b * tn + i) * s.ldq + oq + h * d..][..d];
+                let vis: Vec<usize> = (0..tn)
+                    .filter(|&j| (!s.causal || j <= i) && (s.window == 0 || i < j + s.window))
+                    .collect();
+                let krow = |j: usize| &k[(b * tn + j) * s.ldk + ok + g * d..][..d];
+                let vrow = |j: usize| &v[(b * tn + j) * s.ldv + ov + g * d..][..d];
+                let sc: Vec<f64> = vis
+                    .iter()
+                    .map(|&j| {
+                        qi.iter().zip(krow(j)).map(|(a, c)| a * c).sum::<f64>() * s.scale as f64
+                    })
+                    .collect();
+                let mx = sc.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
+                r.lse[(b * hn + h) * tn + i] = mx + z.ln();
+                let p: Vec<f64> = sc.iter().map(|x| (x - mx).exp() / z).collect();
+                let doi = &dout[(b * tn + i) * s.ldo + h * d..][..d];
+                let mut oi = vec![0.0; d];
+                for (pi, &j) in p.iter().zip(&vis) {
+                    for (o, x) in oi.iter_mut().zip(vrow(j)) {
+                        *o += pi * x;
+                    }
+                }
+                let delta: f64 = oi.iter().zip(doi).map(|(a, c)| a * c).sum();
+                r.o[(b * tn + i) * s.ldo + h * d..][..d].copy_from_slice(&oi);
+                for (pi, &j) in p.iter().zip(&vis) {
+                    let dp: f64 = doi.iter().zip(vrow(j)).map(|(a, c)| a * c).sum();
+                    let ds = pi * (dp - delta) * s.scale as f64;
+                    for e in 0..d {
+                        r.dq[(b * tn + i) * s.ldq + oq + h * d + e] += ds * krow(j)[e];
+                        r.dk[(b * tn + j) * s.ldk + ok + g * d + e] += ds * qi[e];
+                        r.dv[(b * tn + j) * s.ldv + ov + g * d + e] += pi * doi[e];
+                    }
+                }
+            }
+        }
+    }
+    r
+}
+
+// ---------- cases ----------
+
+/// One case: q/k/v either separate buffers or column views of one fused `[B·T, (H+2KV)·D]`
+/// buffer (then dq/dk/dv are views of one fused gradient too). Checks cuDNN against the f64
+/// reference, and cuDNN's lse against the own kernels'.
+fn run_case(
+    gpu: &Arc<Gpu>,
+    attn: &CudnnAttention,
+    own: &Kernels,
+    rng: &mut Rng,
+    tag: &str,
+    s: AttnShape,
+    fused: bool,
+) {
+    let rows = s.batch * s.seq;
+    let (hd, kd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    let info = match attn.prepare(&s) {
+        Ok(i) => i,
+        Err(e) => panic!("{tag}: cuDNN rejects the shape: {e}"),
+    };
+    println!(
+        "{tag}: engines fwd {} bwd {}, workspace {} / {} bytes",
+        info.fwd_engine, info.bwd_engine, info.fwd_workspace, info.bwd_workspace
+    );
+    let ws = gpu
+        .zeros::<u8>(info.fwd_workspace.max(info.bwd_workspace).max(1))
+        .unwrap();
+    // inputs and gradient buffers, with the element offsets of q, k, v inside them
+    let (qb, kb, vb, gq, gk, gv, offs);
+    if fused {
+        let w = s.ldq;
+        assert!(s.ldk == w && s.ldv == w && w == hd + 2 * kd);
+        let qkv = B::random(gpu, rng, rows * w);
+        let g = B::poison(gpu, rows * w);
+        offs = [0, hd, hd + kd];
+        qb = qkv;
+        kb = None;
+        vb = None;
+        gq = g;
+        gk = None;
+        gv = None;
+    } else {
+        offs = [0, 0, 0];
+        qb = B::random(gpu, rng, rows * s.ldq);
+        kb = Some(B::random(gpu, rng, rows * s.ldk));
+        vb = Some(B::random(gpu, rng, rows * s.ldv));
+        gq = B::poison(gpu, rows * s.ldq);
+        gk = Some(B::poison(gpu, rows * s.ldk));
+        gv = Some(B::poison(gpu, rows * s.ldv));
+    }
+    let kbuf = kb.as_ref().unwrap_or(&qb);
+    let vbuf = vb.as_ref().unwrap_or(&qb);
+    let gkbuf = gk.as_ref().unwrap_or(&gq);
+    let gvbuf = gv.as_ref().unwrap_or(&gq);
+    let (qp, kp, vp) = (qb.at(offs[0]), kbuf.at(offs[1]), vbuf.at(offs[2]));
+    let (dqp, dkp, dvp) = (gq.at(offs[0]), gkbuf.at(offs[1]), gvbuf.at(offs[2]));
+    let dout = B::random(gpu, rng, rows * s.ldo);
+    let o = B::poison(gpu, rows * s.ldo);
+    let lse = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();
+
+    attn.fwd(&s, o.buf.ptr(), lse.ptr(), qp, kp, vp, ws.ptr(), ws.len())
+        .unwrap();
+    attn.bwd(
+        &s,
+        dqp,
+        dkp,
+        dvp,
+        dout.buf.ptr(),
+        o.buf.ptr(),
+        lse.ptr(),
+        qp,
+        kp,
+        vp,
+        ws.ptr(),
+        ws.len(),
+    )
+    .unwrap();
+    gpu.sync().unwrap();
+
+    let r = reference(&s, &qb.host, &kbuf.host, &vbuf.host, &dout.host, offs);
+    let got_o = o.get(gpu);
+    check(
+        &format!("cudnn {tag} o"),
+        1e-2,
+        &cols(&got_o, rows, s.ldo, 0, hd),
+        &cols(&r.o, rows, s.ldo, 0, hd),
+    );
+    let got_lse: Vec<f64> = gpu
+        .download(&lse)
+        .unwrap()
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    check(&format!("cudnn {tag} lse"), 1e-4, &got_lse, &r.lse);
+    let (g_q, g_k, g_v) = (gq.get(gpu), gkbuf.get(gpu), gvbuf.get(gpu));
+    check(
+        &format!("cudnn {tag} dq"),
+        1e-2,
+        &cols(&g_q, rows, s.ldq, offs[0], hd),
+        &cols(&r.dq, rows, s.ldq, offs[0], hd),
+    );
+    check(
+        &format!("cudnn {tag} dk"),
+        1e-2,
+        &cols(&g_k, rows, s.ldk, offs[1], kd),
+        &cols(&r.dk, rows, s.ldk, offs[1], kd),
+    );
+    check(
+        &format!("cudnn {tag} dv"),
+        1e-2,
+        &cols(&g_v, rows, s.ldv, offs[2], kd),
+        &cols(&r.dv, rows, s.ldv, offs[2], kd),
+    );
+
+    // The own kernels on the same inputs: same lse convention, outputs agree.
+    let o2 = B::poison(gpu, rows * s.ldo);
+    let lse2 = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();
+    own.attn_fwd(Dtype::Bf16, &s, o2.buf.ptr(), lse2.ptr(), qp, kp, vp)
+        .unwrap();
+    gpu.sync().unwrap();
+    let own_lse: Vec<f64> = gpu
+        .download(&lse2)
+        .unwrap()
+        .iter()
+        .map(|&x| x as f64)
+        .collect();
+    check(&format!("cudnn-vs-own {tag} lse"), 1e-3, &got_lse, &own_lse);
+    check(
+        &format!("cudnn-vs-own {tag} o"),
+        1e-2,
+        &cols(&got_o, rows, s.ldo, 0, hd),
+        &cols(&o2.get(gpu), rows, s.ldo, 0, hd),
+    );
+}
+
+#[test]
+fn cudnn_attention_matches_f64_and_own_kernels() {
+    let Some((gpu, attn)) = setup() else { return };
+    let own = Kernels::load(&gpu, "cudnn_test", &[64, 128], Default::default())
+        .expect("kernel library compiles");
+    let mut rng = Rng::fresh("cudnn attention");
+    let cases: Vec<(&str, AttnShape, bool)> = vec![
+        (
+            "mha d64 causal T150",
+            AttnShape::dense(2, 150, 4, 4, 64),
+            false,
+        ),
+        (
+            "gqa d128 causal T200",
+            AttnShape::dense(1, 200, 4, 2, 128),
+            false,
+        ),
+        (
+            "mqa d64 causal T77",
+            AttnShape::dense(2, 77, 4, 1, 64),
+            false,
+        ),
+        ("gqa d64 causal T1", AttnShape::dense(3, 1, 4, 2, 64), false),
+        (
+            "gqa d128 non-causal T100",
+            AttnShape {
+                causal: false,
+                ..AttnShape::dense(1, 100, 4, 2, 128)
+            },
+            false,
+        ),
+        (
+            "mqa d64 window 37 T130",
+            AttnShape {
+                window: 37,
+                ..AttnShape::dense(2, 130, 4, 1, 64)
+            },
+            false,
+        ),
+        (
+            "gqa d128 causal T256 (tile multiple)",
+            AttnShape::dense(1, 256, 8, 2, 128),
+            false,
+        ),
+    ];
+    for (tag, s, fused) in cases {
+        run_case(&gpu, &attn, &own, &mut rng, tag, s, fused);
+    }
+    // q, k, v as views into one fused projection [B·T, (H + 2·KV)·D], gradients likewise.
+    for (h, kv, d, t) in [(4, 2, 64, 80), (8, 2, 128, 129)] {
+        let w = (h + 2 * kv) * d;
+        let s = AttnShape {
+            ldq: w,
+            ldk: w,
+            ldv: w,
+            ..AttnShape::dense(2, t, h, kv, d)
+        };
+        run_case(
+            &gpu,
+            &attn,
+            &own,
+            &mut rng,
+            &format!("fused-qkv h{h} kv{kv} d{d} T{t}"),
+            s,
+            true,
+        );
+    }
+}
+
+#[test]
+fn cudnn_plans_are_cached_and_workspace_is_checked() {
+    let Some((gpu, attn)) = setup() else { return };
+    let s = AttnShape::dense(1, 64, 2, 2, 64);
+    let t0 = std::time::Instant::now();
+    let a = attn.prepare(&s).unwrap();
+    let first = t0.elapsed();
+    let t1 = std::time::Instant::now();
+    let b = attn.prepare(&s).unwrap();
+    let again = t1.elapsed();
+    println!("plan build {first:?}, cached lookup {again:?}");
+    assert_eq!(a, b);
+    assert!(again < first, "a cached plan should not be rebuilt");
+    // A workspace one byte short is refused before anything runs.
+    let rows = s.batch * s.seq;
+    let q = gpu.zeros::<u16>(rows * s.ldq).unwrap();
+    let lse = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();
+    let need = a.fwd_workspace.max(a.bwd_workspace);
+    let ws = gpu.zeros::<u8>(need.max(1)).unwrap();
+    let e = attn
+        .bwd(
+            &s,
+            q.ptr(),
+            q.ptr(),
+            q.ptr(),
+            q.ptr(),
+            q.ptr(),
+            lse.ptr(),
+            q.ptr(),
+            q.ptr(),
+            q.ptr(),
+            ws.ptr(),
+            a.bwd_workspace - 1,
+        )
+        .unwrap_err();
+    assert!(matches!(e, CudnnError::Workspace { .. }), "{e}");
+    // Unsupported options are refused with a reason, not run.
+    let capped = AttnShape { softcap: 50.0, ..s };
+    let e = attn
+        .fwd(
+            &capped,
+            q.ptr(),
+            lse.ptr(),
+            q.ptr(),
+            q.ptr(),
+            q.ptr(),
+            ws.ptr(),
+            ws.len(),
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("softcap"), "{e}");
+}
+
+#[test]
+fn probe_is_clean_without_panicking() {
+    // Runs everywhere: either a usable library or an error that says where it looked.
+    match probe() {
+        Ok(lib) => println!("cuDNN {} at {}", lib.version_string(), lib.path),
+        Err(e) => {
+            let text = e.to_string();
+            println!("no cuDNN: {text}");
+            assert!(text.contains("cuDNN"), "{text}");
+        }
+    }
+}
