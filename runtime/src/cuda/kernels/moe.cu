@@ -1,0 +1,455 @@
+// ---- mixture of experts: routing, token permutation, combine, and their backward ----
+//
+// Shapes: N tokens (rows), D = d_model, E experts (<= MOE_MAX_EXPERTS), K = top_k (<= MOE_MAX_TOPK),
+// S = N*K slots; slot n*K + s is token n's s-th pick (slots in top-k order). The dispatched
+// (expert-sorted) layout puts expert e's rows at start[e] .. start[e] + count[e], tokens in slot
+// order, and each expert's block begins at a multiple of MOE_ROW_ALIGN rows (aligned GEMM operands;
+// the rows in between are never read). Router logits, weights and statistics are f32 whatever the
+// storage type T of activations; compute is f32 everywhere.
+//
+// The CPU reference is runtime/src/ops/moe.rs: same top-k order (descending, ties to the lower
+// expert index), same softmax, same renormalisation, same load-balancing loss.
+
+#define MOE_MAX_EXPERTS 256
+#define MOE_MAX_TOPK 8
+#define MOE_ROW_ALIGN 8
+#define MOE_CHUNK 256
+#define MOE_PER_LANE (MOE_MAX_EXPERTS / 32)
+
+// Warp argmax with the CPU's order: larger value first, equal values to the lower index.
+__device__ __forceinline__ void moe_warp_argmax(float& v, int& i) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (ov > v || (ov == v && oi < i)) {
+            v = ov;
+            i = oi;
+        }
+    }
+}
+
+// One row's values x[j] (j = lane + 32 t) held in registers; picks the k largest, descending,
+// ties to the lower index; returns the picks in idx[0..k) (the same in every lane).
+__device__ __forceinline__ void moe_topk(const float* x, int E, int K, int* idx) {
+    int lane = threadIdx.x & 31;
+    unsigned taken = 0;  // bit t: x[lane + 32 t] already picked
+    for (int s = 0; s < K; s++) {
+        float bv = NEG_INF;
+        int bi = 0x7fffffff;
+#pragma unroll
+        for (int t = 0; t < MOE_PER_LANE; t++) {
+            int j = lane + 32 * t;
+            if (j < E && !(taken & (1u << t)) && (x[t] > bv || (x[t] == bv && j < bi))) {
+                bv = x[t];
+                bi = j;
+            }
+        }
+        moe_warp_argmax(bv, bi);
+        if (bi >= E) bi = 0;  // only when every remaining value is NaN
+        idx[s] = bi;
+        if ((bi & 31) == lane) taken |= 1u << (bi >> 5);
+    }
+}
+
+// The value of x[j] (held by lane j % 32 in register j / 32), broadcast to the whole warp. Every
+// lane must call it with the same j.
+__device__ __forceinline__ float moe_lane_value(const float* x, int j) {
+    float v = 0.f;
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++)
+        if ((j >> 5) == t) v = x[t];
+    return __shfl_sync(0xffffffffu, v, j & 31);
+}
+
+// Softmax of one row held in registers (j = lane + 32 t < E), as the CPU: exp(x - max) * (1/sum).
+__device__ __forceinline__ void moe_softmax(const float* x, float* p, int E) {
+    int lane = threadIdx.x & 31;
+    float mx = NEG_INF;
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++)
+        if (lane + 32 * t < E) mx = fmaxf(mx, x[t]);
+    mx = warp_max(mx);
+    float sum = 0.f;
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++) {
+        p[t] = lane + 32 * t < E ? __expf(x[t] - mx) : 0.f;
+        sum += p[t];
+    }
+    float inv = 1.f / warp_sum(sum);
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++) p[t] *= inv;
+}
+
+// moe_route: the router for one row per warp. order 0 = softmax then top-k (optionally
+// renormalised to sum 1), 1 = top-k of the logits then softmax over the k picked.
+// Writes expert[N*K] (int) and weight[N*K] (f32) in top-k order and, when `probs` is given, the
+// full softmax probs[N, E] (the aux loss's statistics read them).
+// Launch: grid ceil(N / 4), block 128 (4 warps, one row each). Traffic: reads logits [N, E] f32
+// once, writes 2 x N*K words (+ N*E f32 with probs).
+extern "C" __global__ void moe_route(const float* logits, int N, int E, int K, int order, int renorm,
+                                     int* expert, float* weight, float* probs) {
+    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    float x[MOE_PER_LANE], p[MOE_PER_LANE];
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++) {
+        int j = lane + 32 * t;
+        x[t] = j < E ? logits[(size_t)n * E + j] : NEG_INF;
+    }
+    int idx[MOE_MAX_TOPK];
+    float w[MOE_MAX_TOPK];
+    if (order == 0 || probs) moe_softmax(x, p, E);
+    if (order == 0) {
+        moe_topk(p, E, K, idx);
+        float sum = 0.f;
+        for (int s = 0; s < K; s++) {
+            w[s] = moe_lane_value(p, idx[s]);
+            sum += w[s];
+        }
+        if (renorm)
+            for (int s = 0; s < K; s++) w[s] = w[s] / sum;
+    } else {
+        moe_topk(x, E, K, idx);
+        float mx = NEG_INF;
+        for (int s = 0; s < K; s++) {
+            w[s] = moe_lane_value(x, idx[s]);
+            mx = fmaxf(mx, w[s]);
+        }
+        float sum = 0.f;
+        for (int s = 0; s < K; s++) {
+            w[s] = __expf(w[s] - mx);
+            sum += w[s];
+        }
+        float inv = 1.f / sum;
+        for (int s = 0; s < K; s++) w[s] *= inv;
+    }
+    if (lane < K) {
+        float v = 0.f;
+        int e = 0;
+        for (int s = 0; s < K; s++)
+            if (s == lane) {
+                v = w[s];
+                e = idx[s];
+            }
+        expert[(size_t)n * K + lane] = e;
+        weight[(size_t)n * K + lane] = v;
+    }
+    if (probs) {
+#pragma unroll
+        for (int t = 0; t < MOE_PER_LANE; t++) {
+            int j = lane + 32 * t;
+            if (j < E) probs[(size_t)n * E + j] = p[t];
+        }
+    }
+}
+
+// moe_rank: the first pass of a stable counting sort of the S slots by expert. For chunk c of
+// MOE_CHUNK slots: rank[slot] = how many earlier slots of the chunk chose the same expert, and
+// hist[c * E + e] = how many slots of the chunk chose e (integer shared-memory atomics: the
+// counts do not depend on their order).
+// Launch: grid ceil(S / MOE_CHUNK), block MOE_CHUNK. Traffic: reads expert [S] once, writes rank
+// [S] and hist [chunks, E] ints; the rank scan is MOE_CHUNK shared-memory reads per slot.
+extern "C" __global__ void moe_rank(const int* expert, int S, int E, int* rank, int* hist) {
+    __shared__ int ids[MOE_CHUNK];
+    __shared__ int h[MOE_MAX_EXPERTS];
+    int t = threadIdx.x;
+    int slot = blockIdx.x * MOE_CHUNK + t;
+    int id = slot < S ? expert[slot] : -1;
+    ids[t] = id;
+    for (int e = t; e < E; e += blockDim.x) h[e] = 0;
+    __syncthreads();
+    if (id >= 0) {
+        int r = 0;
+        for (int j = 0; j < t; j++) r += ids[j] == id;
+        rank[slot] = r;
+        atomicAdd(&h[id], 1);
+    }
+    __syncthreads();
+    for (int e = t; e < E; e += blockDim.x) hist[(size_t)blockIdx.x * E + e] = h[e];
+}
+
+// moe_offsets: per expert, turns the chunk histogram into each chunk's first dispatched row for
+// that expert (in place), and writes offsets[e] = start[e] (rows before expert e, each expert's
+// block rounded up to MOE_ROW_ALIGN rows) and offsets[E + e] = count[e].
+// Launch: grid 1, block MOE_MAX_EXPERTS (thread e owns expert e). Traffic: reads and writes hist
+// [chunks, E] twice (serial over chunks per thread).
+extern "C" __global__ void moe_offsets(int* hist, int chunks, int E, int* offsets) {
+    __shared__ int start[MOE_MAX_EXPERTS];
+    __shared__ int count[MOE_MAX_EXPERTS];
+    int e = threadIdx.x;
+    if (e < E) {
+        int run = 0;
+        for (int c = 0; c < chunks; c++) {
+            int v = hist[(size_t)c * E + e];
+            hist[(size_t)c * E + e] = run;
+            run += v;
+        }
+        count[e] = run;
+    }
+    __syncthreads();
+    if (e == 0) {
+        int acc = 0;
+        for (int i = 0; i < E; i++) {
+            start[i] = acc;
+            acc += (count[i] + MOE_ROW_ALIGN - 1) / MOE_ROW_ALIGN * MOE_ROW_ALIGN;
+        }
+    }
+    __syncthreads();
+    if (e < E) {
+        for (int c = 0; c < chunks; c++) hist[(size_t)c * E + e] += start[e];
+        offsets[e] = start[e];
+        offsets[E + e] = count[e];
+    }
+}
+
+// moe_place: row[slot] = the dispatched row of each slot: its chunk's first row for the expert
+// plus its rank within the chunk. Launch: grid ceil(S / 256), block 256. Traffic: 3 ints per slot.
+extern "C" __global__ void moe_place(const int* expert, const int* rank, const int* hist, int S, int E,
+                                     int* row) {
+    int slot = blockIdx.x * blockDim.x + threadIdx.x;
+    if (slot >= S) return;
+    row[slot] = hist[(size_t)(slot / MOE_CHUNK) * E + expert[slot]] + rank[slot];
+}
+
+// moe_aux_stats: this layer's load-balancing statistics folded into the run's totals:
+// stats[e] (+)= count[e], stats[E + e] (+)= sum_n probs[n, e] (overwritten when `reset`, i.e. by
+// the first MoE layer of a step). Deterministic: a fixed-order block reduction per expert.
+// Launch: grid E, block 256. Traffic: reads probs [N, E] f32 once (strided by E).
+extern "C" __global__ void moe_aux_stats(const float* probs, const int* offsets, int N, int E, int reset,
+                                         float* stats) {
+    __shared__ float scratch[32];
+    int e = blockIdx.x;
+    float acc = 0.f;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) acc += probs[(size_t)n * E + e];
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) {
+        float c = (float)offsets[E + e];
+        if (reset) {
+            stats[e] = c;
+            stats[E + e] = acc;
+        } else {
+            stats[e] += c;
+            stats[E + e] += acc;
+        }
+    }
+}
+
+// moe_aux_loss: *loss += scale * sum_e stats[e] * stats[E + e], scale = coef * E / M^2 with M the
+// rows over all MoE layers (HF's load_balancing_loss_func times its coefficient).
+// Launch: grid 1, block 256. Traffic: 2E floats.
+extern "C" __global__ void moe_aux_loss(const float* stats, int E, float scale, float* loss) {
+    __shared__ float scratch[32];
+    float acc = 0.f;
+    for (int e = threadIdx.x; e < E; e += blockDim.x) acc += stats[e] * stats[E + e];
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) *loss += scale * acc;
+}
+
+// moe_gather_{dtype}: xin[row[slot], :] = x[slot / K, :] (each token copied to its K dispatched
+// rows). Launch: grid S, block 128. Traffic: reads N*K*D and writes N*K*D elements.
+template <typename T>
+__device__ void moe_gather(T* xin, const T* x, const int* row, int K, int D) {
+    size_t slot = blockIdx.x;
+    const T* src = x + (slot / K) * D;
+    T* dst = xin + (size_t)row[slot] * D;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) dst[c] = src[c];
+}
+
+// moe_rowdot_{dtype}: out[n] = x[n, :] . w (f32): the shared experts' gate logit.
+// Launch: grid N, block 256. Traffic: reads x [N, D] once, w from cache.
+template <typename T>
+__device__ void moe_rowdot(float* out, const T* x, const T* w, int D) {
+    __shared__ float scratch[32];
+    size_t n = blockIdx.x;
+    float acc = 0.f;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) acc += lf(x + n * D + c) * lf(w + c);
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) out[n] = acc;
+}
+
+// moe_combine_{dtype}: out[n, :] = sum_s weight[n, s] * eo[row[n, s], :] (s in top-k order, no
+// atomics), then + g * so[n, :] with g = sigmoid(glogit[n]) (or 1 without a gate) when the
+// shared experts' output `so` is given.
+// Launch: grid N, block 256. Traffic: reads K + 1 rows of D per token, writes one.
+template <typename T>
+__device__ void moe_combine(T* out, const T* eo, const float* weight, const int* row, int K, int D,
+                            const T* so, const float* glogit) {
+    size_t n = blockIdx.x;
+    float g = glogit ? 1.f / (1.f + __expf(-glogit[n])) : 1.f;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        float acc = 0.f;
+        for (int s = 0; s < K; s++)
+            acc += weight[n * K + s] * lf(eo + (size_t)row[n * K + s] * D + c);
+        if (so) acc += g * lf(so + n * D + c);
+        sf(out + n * D + c, acc);
+    }
+}
+
+// moe_combine_bwd_{dtype}: backward of moe_combine for token n:
+//   dweight[n, s] = dout[n, :] . eo[row[n, s], :]      (f32, fixed-order block reduction)
+//   deo[row[n, s], :] = weight[n, s] * dout[n, :]      (each dispatched row written once)
+// and with the shared gate: dglogit[n] = (dout[n, :] . so[n, :]) * g (1 - g), dso[n, :] =
+// g * dout[n, :]. Launch: grid N, block 256. Traffic: reads dout and K (+1) rows of eo (so),
+// writes K (+1) rows of D.
+template <typename T>
+__device__ void moe_combine_bwd(float* dweight, T* deo, const T* dout, const T* eo, const float* weight,
+                                const int* row, int K, int D, T* dso, T* dglogit, const T* so,
+                                const float* glogit) {
+    __shared__ float scratch[32];
+    size_t n = blockIdx.x;
+    const T* dy = dout + n * D;
+    for (int s = 0; s < K; s++) {
+        size_t r = row[n * K + s];
+        float w = weight[n * K + s];
+        float acc = 0.f;
+        for (int c = threadIdx.x; c < D; c += blockDim.x) {
+            float d = lf(dy + c);
+            acc += d * lf(eo + r * D + c);
+            sf(deo + r * D + c, w * d);
+        }
+        acc = block_sum(acc, scratch);
+        if (threadIdx.x == 0) dweight[n * K + s] = acc;
+    }
+    if (dso) {
+        float g = 1.f / (1.f + __expf(-glogit[n]));
+        float acc = 0.f;
+        for (int c = threadIdx.x; c < D; c += blockDim.x) {
+            float d = lf(dy + c);
+            acc += d * lf(so + n * D + c);
+            sf(dso + n * D + c, g * d);
+        }
+        acc = block_sum(acc, scratch);
+        if (threadIdx.x == 0) sf(dglogit + n, acc * g * (1.f - g));
+    }
+}
+
+// moe_route_bwd_{dtype}: d logits of one row per warp (the CPU's route_backward), from the
+// gradient of the routing weights dweight[n, :] and, when `stats` is given, the aux loss's
+// gradient on every softmax probability, aux_scale * stats[e] (= coef * E * count_e / M^2):
+//   softmax->top-k: dp[i_s] = dw_s (renormalised: (dw_s - sum_t dw_t w_t) / sum_t p[i_t]),
+//   top-k->softmax: dl[i_s] = w_s (dw_s - sum_t w_t dw_t) directly;
+//   then dl[j] += p_j (dp_j - sum_i p_i dp_i). Written (not accumulated) to dlogits [N, E].
+// Launch: grid ceil(N / 4), block 128 (4 warps). Traffic: reads logits [N, E] f32, writes dlogits.
+template <typename T>
+__device__ void moe_route_bwd(T* dlogits, const float* logits, const int* expert, const float* weight,
+                              const float* dweight, const float* stats, float aux_scale, int N, int E,
+                              int K, int order, int renorm) {
+    int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    int lane = threadIdx.x & 31;
+    if (n >= N) return;
+    const float* l = logits + (size_t)n * E;
+    float x[MOE_PER_LANE], p[MOE_PER_LANE], dp[MOE_PER_LANE], dl[MOE_PER_LANE];
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++) {
+        int j = lane + 32 * t;
+        x[t] = j < E ? l[j] : NEG_INF;
+        dp[t] = stats && j < E ? aux_scale * stats[j] : 0.f;
+        dl[t] = 0.f;
+    }
+    moe_softmax(x, p, E);
+    const int* idx = expert + (size_t)n * K;
+    const float* dw = dweight + (size_t)n * K;
+    const float* w = weight + (size_t)n * K;
+    if (order == 0) {
+        // The picked probabilities, exactly as moe_route computed them.
+        float psel[MOE_MAX_TOPK];
+        float psum = 0.f;
+        for (int s = 0; s < K; s++) {
+            psel[s] = moe_lane_value(p, idx[s]);
+            psum += psel[s];
+        }
+        float dot = 0.f;
+        if (renorm)
+            for (int s = 0; s < K; s++) dot += dw[s] * psel[s] / psum;
+        for (int s = 0; s < K; s++) {
+            float g = renorm ? (dw[s] - dot) / psum : dw[s];
+#pragma unroll
+            for (int t = 0; t < MOE_PER_LANE; t++)
+                if (idx[s] == lane + 32 * t) dp[t] += g;
+        }
+    } else {
+        float dot = 0.f;
+        for (int s = 0; s < K; s++) dot += w[s] * dw[s];
+        for (int s = 0; s < K; s++) {
+#pragma unroll
+            for (int t = 0; t < MOE_PER_LANE; t++)
+                if (idx[s] == lane + 32 * t) dl[t] += w[s] * (dw[s] - dot);
+        }
+    }
+    float dot = 0.f;
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++) dot += p[t] * dp[t];
+    dot = warp_sum(dot);
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++) {
+        int j = lane + 32 * t;
+        if (j < E) sf(dlogits + (size_t)n * E + j, dl[t] + p[t] * (dp[t] - dot));
+    }
+}
+
+// moe_dx_{dtype}: dx[n, :] = dxf[n, :] (f32, the router's and shared experts' part) +
+// sum_s dxin[row[n, s], :] (the routed experts' part, s in order) + dglogit[n] * wg (the shared
+// gate's part, when given). Overwrites dx; no atomics.
+// Launch: grid N, block 256. Traffic: reads 1 f32 + K rows of D per token, writes one row.
+template <typename T>
+__device__ void moe_dx(T* dx, const float* dxf, const T* dxin, const int* row, int K, int D,
+                       const T* dglogit, const T* wg) {
+    size_t n = blockIdx.x;
+    float gl = dglogit ? lf(dglogit + n) : 0.f;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) {
+        float acc = dxf ? dxf[n * D + c] : 0.f;
+        for (int s = 0; s < K; s++) acc += lf(dxin + (size_t)row[n * K + s] * D + c);
+        if (dglogit) acc += gl * lf(wg + c);
+        sf(dx + n * D + c, acc);
+    }
+}
+
+// moe_colsum_{dtype}: out[c] += sum_{r < rows} x[r * ld + c] (f32), serial over rows per column:
+// deterministic bias gradients of one expert's block. Launch: grid ceil(C / 256), block 256.
+// Traffic: reads rows x C elements once (coalesced across threads).
+template <typename T>
+__device__ void moe_colsum(float* out, const T* x, int rows, int C, int ld) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = 0.f;
+    for (int r = 0; r < rows; r++) acc += lf(x + (size_t)r * ld + c);
+    out[c] += acc;
+}
+
+#define MOE_INSTANTIATE(SUF, T)                                                                      \
+    extern "C" __global__ void moe_gather_##SUF(T* xin, const T* x, const int* row, int K, int D) {   \
+        moe_gather<T>(xin, x, row, K, D);                                                            \
+    }                                                                                                \
+    extern "C" __global__ void moe_rowdot_##SUF(float* out, const T* x, const T* w, int D) {          \
+        moe_rowdot<T>(out, x, w, D);                                                                 \
+    }                                                                                                \
+    extern "C" __global__ void moe_combine_##SUF(T* out, const T* eo, const float* weight,           \
+                                                 const int* row, int K, int D, const T* so,          \
+                                                 const float* glogit) {                              \
+        moe_combine<T>(out, eo, weight, row, K, D, so, glogit);                                      \
+    }                                                                                                \
+    extern "C" __global__ void moe_combine_bwd_##SUF(float* dweight, T* deo, const T* dout,          \
+                                                     const T* eo, const float* weight,               \
+                                                     const int* row, int K, int D, T* dso,           \
+                                                     T* dglogit, const T* so,                        \
+                                                     const float* glogit) {                          \
+        moe_combine_bwd<T>(dweight, deo, dout, eo, weight, row, K, D, dso, dglogit, so, glogit);     \
+    }                                                                                                \
+    extern "C" __global__ void moe_route_bwd_##SUF(T* dlogits, const float* logits,                  \
+                                                   const int* expert, const float* weight,           \
+                                                   const float* dweight, const float* stats,         \
+                                                   float aux_scale, int N, int E, int K, int order,  \
+                                                   int renorm) {                                     \
+        moe_route_bwd<T>(dlogits, logits, expert, weight, dweight, stats, aux_scale, N, E, K, order, \
+                         renorm);                                                                    \
+    }                                                                                                \
+    extern "C" __global__ void moe_dx_##SUF(T* dx, const float* dxf, const T* dxin, const int* row,  \
+                                            int K, int D, const T* dglogit, const T* wg) {           \
+        moe_dx<T>(dx, dxf, dxin, row, K, D, dglogit, wg);                                            \
+    }                                                                                                \
+    extern "C" __global__ void moe_colsum_##SUF(float* out, const T* x, int rows, int C, int ld) {   \
+        moe_colsum<T>(out, x, rows, C, ld);                                                          \
+    }
+MOE_INSTANTIATE(f32, float)
+MOE_INSTANTIATE(bf16, bf16)

@@ -1,0 +1,446 @@
+//! The MoE kernel module (`kernels/moe.cu` with `common.cuh` and the pointwise kernels, whose
+//! MLP activations the experts use) and one launch wrapper per kernel.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::layout::{CHUNK, MAX_EXPERTS, suffix};
+use crate::cuda::Dtype;
+use crate::cuda::compile::KernelSource;
+use crate::cuda::error::Result;
+use crate::cuda::gpu::{DevPtr, Gpu, Module};
+use crate::cuda_args;
+
+const COMMON: &str = include_str!("../kernels/common.cuh");
+const POINTWISE: &str = include_str!("../kernels/pointwise.cu");
+const MOE: &str = include_str!("../kernels/moe.cu");
+
+/// Every entry point of the MoE module that [`super::MoeLayer`] launches (the `{dtype}` ones in
+/// both f32 and bf16).
+pub const KERNEL_NAMES: &[&str] = &[
+    "moe_route",
+    "moe_rank",
+    "moe_offsets",
+    "moe_place",
+    "moe_aux_stats",
+    "moe_aux_loss",
+    "moe_gather_f32",
+    "moe_gather_bf16",
+    "moe_rowdot_f32",
+    "moe_rowdot_bf16",
+    "moe_combine_f32",
+    "moe_combine_bf16",
+    "moe_combine_bwd_f32",
+    "moe_combine_bwd_bf16",
+    "moe_route_bwd_f32",
+    "moe_route_bwd_bf16",
+    "moe_dx_f32",
+    "moe_dx_bf16",
+    "moe_colsum_f32",
+    "moe_colsum_bf16",
+    "act_fwd_f32",
+    "act_fwd_bf16",
+    "act_bwd_f32",
+    "act_bwd_bf16",
+];
+
+/// The CUDA C of the MoE module: `common.cuh`, `pointwise.cu` (the MLP activations) and `moe.cu`.
+pub fn kernel_source() -> KernelSource {
+    let mut body = String::new();
+    for part in [COMMON, POINTWISE, MOE] {
+        body.push_str(part);
+        body.push('\n');
+    }
+    KernelSource {
+        name: "moe".into(),
+        defines: BTreeMap::new(),
+        body,
+    }
+}
+
+/// The MLP activation as the pointwise kernels number it (`act_fwd`'s `kind`).
+pub(crate) fn act_kind(kind: modelspec_dsl::ir::MlpKind) -> i32 {
+    use modelspec_dsl::ir::MlpKind;
+    match kind {
+        MlpKind::Gelu => 0,
+        MlpKind::GeluTanh => 1,
+        MlpKind::ReluSquared => 2,
+        MlpKind::Swiglu => 3,
+        MlpKind::Geglu => 4,
+        MlpKind::GegluTanh => 5,
+    }
+}
+
+const BLOCK: u32 = 256;
+/// Rows per block of the warp-per-row routing kernels.
+const WARPS: u32 = 4;
+
+fn grid(n: usize, per: u32) -> (u32, u32, u32) {
+    (n.div_ceil(per as usize).max(1) as u32, 1, 1)
+}
+
+fn i(n: usize) -> i32 {
+    n as i32
+}
+
+/// The loaded MoE module on one GPU, with typed launches.
+pub(crate) struct MoeKernels {
+    gpu: Arc<Gpu>,
+    module: Arc<Module>,
+}
+
+impl MoeKernels {
+    pub(crate) fn load(gpu: &Arc<Gpu>) -> Result<MoeKernels> {
+        Ok(MoeKernels {
+            gpu: gpu.clone(),
+            module: gpu.load(&kernel_source())?,
+        })
+    }
+
+    pub(crate) fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    fn go(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
+        let f = self.module.function(name)?;
+        // SAFETY: every wrapper below binds locals that match the kernel's C signature; the
+        // buffers come from `MoeLayer`'s layouts, sized for the shapes passed.
+        unsafe { self.gpu.launch(name, &f, grid, (block, 1, 1), 0, args) }
+    }
+
+    /// `moe_route`: expert/weight `[n * k]`, probs `[n, e]` (0: not written).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn route(
+        &self,
+        logits: DevPtr,
+        n: usize,
+        e: usize,
+        k: usize,
+        order: i32,
+        renorm: i32,
+        expert: DevPtr,
+        weight: DevPtr,
+        probs: DevPtr,
+    ) -> Result<()> {
+        let (n_, e_, k_) = (i(n), i(e), i(k));
+        self.go(
+            "moe_route",
+            grid(n, WARPS),
+            32 * WARPS,
+            &mut cuda_args![logits, n_, e_, k_, order, renorm, expert, weight, probs],
+        )
+    }
+
+    /// The counting sort of the slots by expert: rank, offsets (start, count) and row.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn permute(
+        &self,
+        expert: DevPtr,
+        slots: usize,
+        e: usize,
+        rank: DevPtr,
+        hist: DevPtr,
+        offsets: DevPtr,
+        row: DevPtr,
+    ) -> Result<()> {
+        let (s_, e_) = (i(slots), i(e));
+        let chunks = slots.div_ceil(CHUNK);
+        let c_ = i(chunks);
+        self.go(
+            "moe_rank",
+            grid(slots, CHUNK as u32),
+            CHUNK as u32,
+            &mut cuda_args![expert, s_, e_, rank, hist],
+        )?;
+        self.go(
+            "moe_offsets",
+            (1, 1, 1),
+            MAX_EXPERTS as u32,
+            &mut cuda_args![hist, c_, e_, offsets],
+        )?;
+        self.go(
+            "moe_place",
+            grid(slots, BLOCK),
+            BLOCK,
+            &mut cuda_args![expert, rank, hist, s_, e_, row],
+        )
+    }
+
+    /// `moe_aux_stats` then, when `loss` is given, `moe_aux_loss`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn aux(
+        &self,
+        probs: DevPtr,
+        offsets: DevPtr,
+        n: usize,
+        e: usize,
+        reset: bool,
+        stats: DevPtr,
+        scale: f32,
+        loss: DevPtr,
+    ) -> Result<()> {
+        let (n_, e_, reset_) = (i(n), i(e), reset as i32);
+        self.go(
+            "moe_aux_stats",
+            (e as u32, 1, 1),
+            BLOCK,
+            &mut cuda_args![probs, offsets, n_, e_, reset_, stats],
+        )?;
+        if loss != 0 {
+            self.go(
+                "moe_aux_loss",
+                (1, 1, 1),
+                BLOCK,
+                &mut cuda_args![stats, e_, scale, loss],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// `moe_gather_{dtype}`: expert_in rows from x.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn gather(
+        &self,
+        dt: Dtype,
+        expert_in: DevPtr,
+        x: DevPtr,
+        row: DevPtr,
+        slots: usize,
+        k: usize,
+        d: usize,
+    ) -> Result<()> {
+        let (k_, d_) = (i(k), i(d));
+        self.go(
+            &format!("moe_gather_{}", suffix(dt)),
+            (slots as u32, 1, 1),
+            128,
+            &mut cuda_args![expert_in, x, row, k_, d_],
+        )
+    }
+
+    /// `moe_rowdot_{dtype}`: out[n] = x[n] . w (f32).
+    pub(crate) fn rowdot(
+        &self,
+        dt: Dtype,
+        out: DevPtr,
+        x: DevPtr,
+        w: DevPtr,
+        n: usize,
+        d: usize,
+    ) -> Result<()> {
+        let d_ = i(d);
+        self.go(
+            &format!("moe_rowdot_{}", suffix(dt)),
+            (n as u32, 1, 1),
+            BLOCK,
+            &mut cuda_args![out, x, w, d_],
+        )
+    }
+
+    /// `moe_combine_{dtype}`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn combine(
+        &self,
+        dt: Dtype,
+        out: DevPtr,
+        expert_out: DevPtr,
+        weight: DevPtr,
+        row: DevPtr,
+        n: usize,
+        k: usize,
+        d: usize,
+        shared_out: DevPtr,
+        gate_logit: DevPtr,
+    ) -> Result<()> {
+        let (k_, d_) = (i(k), i(d));
+        self.go(
+            &format!("moe_combine_{}", suffix(dt)),
+            (n as u32, 1, 1),
+            BLOCK,
+            &mut cuda_args![out, expert_out, weight, row, k_, d_, shared_out, gate_logit],
+        )
+    }
+
+    /// `moe_combine_bwd_{dtype}`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn combine_bwd(
+        &self,
+        dt: Dtype,
+        d_weight: DevPtr,
+        d_expert_out: DevPtr,
+        dout: DevPtr,
+        expert_out: DevPtr,
+        weight: DevPtr,
+        row: DevPtr,
+        n: usize,
+        k: usize,
+        d: usize,
+        shared: [DevPtr; 4],
+    ) -> Result<()> {
+        let (k_, d_) = (i(k), i(d));
+        let [d_shared_out, d_gate_logit, shared_out, gate_logit] = shared;
+        self.go(
+            &format!("moe_combine_bwd_{}", suffix(dt)),
+            (n as u32, 1, 1),
+            BLOCK,
+            &mut cuda_args![
+                d_weight,
+                d_expert_out,
+                dout,
+                expert_out,
+                weight,
+                row,
+                k_,
+                d_,
+                d_shared_out,
+                d_gate_logit,
+                shared_out,
+                gate_logit
+            ],
+        )
+    }
+
+    /// `moe_route_bwd_{dtype}`: d logits `[n, e]` (stats 0: no aux loss).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn route_bwd(
+        &self,
+        dt: Dtype,
+        d_logits: DevPtr,
+        logits: DevPtr,
+        expert: DevPtr,
+        weight: DevPtr,
+        d_weight: DevPtr,
+        stats: DevPtr,
+        aux_scale: f32,
+        n: usize,
+        e: usize,
+        k: usize,
+        order: i32,
+        renorm: i32,
+    ) -> Result<()> {
+        let (n_, e_, k_) = (i(n), i(e), i(k));
+        self.go(
+            &format!("moe_route_bwd_{}", suffix(dt)),
+            grid(n, WARPS),
+            32 * WARPS,
+            &mut cuda_args![
+                d_logits, logits, expert, weight, d_weight, stats, aux_scale, n_, e_, k_, order,
+                renorm
+            ],
+        )
+    }
+
+    /// `moe_dx_{dtype}`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dx(
+        &self,
+        dt: Dtype,
+        dx: DevPtr,
+        dx_f32: DevPtr,
+        d_expert_in: DevPtr,
+        row: DevPtr,
+        n: usize,
+        k: usize,
+        d: usize,
+        d_gate_logit: DevPtr,
+        gate_weight: DevPtr,
+    ) -> Result<()> {
+        let (k_, d_) = (i(k), i(d));
+        self.go(
+            &format!("moe_dx_{}", suffix(dt)),
+            (n as u32, 1, 1),
+            BLOCK,
+            &mut cuda_args![
+                dx,
+                dx_f32,
+                d_expert_in,
+                row,
+                k_,
+                d_,
+                d_gate_logit,
+                gate_weight
+            ],
+        )
+    }
+
+    /// `moe_colsum_{dtype}`: `out[c] += Σ_r x[r * ld + c]` (skipped when `out` is 0).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn colsum(
+        &self,
+        dt: Dtype,
+        out: DevPtr,
+        x: DevPtr,
+        rows: usize,
+        c: usize,
+        ld: usize,
+    ) -> Result<()> {
+        if out == 0 || rows == 0 {
+            return Ok(());
+        }
+        let (r_, c_, ld_) = (i(rows), i(c), i(ld));
+        self.go(
+            &format!("moe_colsum_{}", suffix(dt)),
+            grid(c, BLOCK),
+            BLOCK,
+            &mut cuda_args![out, x, r_, c_, ld_],
+        )
+    }
+
+    /// `act_fwd_{dtype}` (pointwise.cu): `out = f(gate) * up` or `f(up)` over `rows`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn act_fwd(
+        &self,
+        dt: Dtype,
+        kind: i32,
+        out: DevPtr,
+        gate: DevPtr,
+        up: DevPtr,
+        rows: usize,
+        hidden: usize,
+        ld: usize,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let (n_, h_, ld_) = (i(rows), i(hidden), i(ld));
+        self.go(
+            &format!("act_fwd_{}", suffix(dt)),
+            grid(rows * hidden, BLOCK),
+            BLOCK,
+            &mut cuda_args![out, gate, up, n_, h_, ld_, kind],
+        )
+    }
+
+    /// `act_bwd_{dtype}` (pointwise.cu): d gate (and d up) of rows of stride `ld`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn act_bwd(
+        &self,
+        dt: Dtype,
+        kind: i32,
+        d_gate: DevPtr,
+        d_up: DevPtr,
+        dout: DevPtr,
+        gate: DevPtr,
+        up: DevPtr,
+        rows: usize,
+        hidden: usize,
+        ld: usize,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let (n_, h_, ld_) = (i(rows), i(hidden), i(ld));
+        self.go(
+            &format!("act_bwd_{}", suffix(dt)),
+            grid(rows * hidden, BLOCK),
+            BLOCK,
+            &mut cuda_args![d_gate, d_up, dout, gate, up, n_, h_, ld_, kind],
+        )
+    }
+}
