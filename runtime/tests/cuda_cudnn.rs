@@ -391,8 +391,18 @@ fn cudnn_attention_matches_f64_and_own_kernels() {
             false,
         ),
     ];
+    // Every case runs even when one fails, so one GPU run reports them all.
+    let mut failed = Vec::new();
+    let mut run = |tag: &str, s: AttnShape, fused: bool, rng: &mut Rng| {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_case(&gpu, &attn, &own, rng, tag, s, fused)
+        }));
+        if r.is_err() {
+            failed.push(tag.to_string());
+        }
+    };
     for (tag, s, fused) in cases {
-        run_case(&gpu, &attn, &own, &mut rng, tag, s, fused);
+        run(tag, s, fused, &mut rng);
     }
     // q, k, v as views into one fused projection [B·T, (H + 2·KV)·D], gradients likewise.
     for (h, kv, d, t) in [(4, 2, 64, 80), (8, 2, 128, 129)] {
@@ -403,16 +413,14 @@ fn cudnn_attention_matches_f64_and_own_kernels() {
             ldv: w,
             ..AttnShape::dense(2, t, h, kv, d)
         };
-        run_case(
-            &gpu,
-            &attn,
-            &own,
-            &mut rng,
+        run(
             &format!("fused-qkv h{h} kv{kv} d{d} T{t}"),
             s,
             true,
+            &mut rng,
         );
     }
+    assert!(failed.is_empty(), "failed cases: {failed:?}");
 }
 
 #[test]

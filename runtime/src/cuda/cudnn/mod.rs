@@ -237,12 +237,7 @@ impl CudnnAttention {
         {
             return Ok(p.clone());
         }
-        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
-        self.gpu
-            .stream()
-            .context()
-            .bind_to_thread()
-            .during(|| "binding the context for cuDNN".into())?;
+        let handle = self.lock_bound()?;
         let built = match pass {
             Pass::Forward => sdpa::build_forward(handle.0, s)?,
             Pass::Backward => sdpa::build_backward(handle.0, s)?,
@@ -289,6 +284,18 @@ impl CudnnAttention {
     /// Workspace bytes of the forward alone (builds only the forward plan: inference).
     pub fn fwd_workspace_bytes(&self, s: &AttnShape) -> Result<usize> {
         Ok(self.plan(Pass::Forward, s)?.total_workspace.max(1))
+    }
+
+    /// The handle, locked, with the GPU's context current on this thread (cuDNN calls may come
+    /// from any thread).
+    fn lock_bound(&self) -> Result<std::sync::MutexGuard<'_, Handle>> {
+        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        self.gpu
+            .stream()
+            .context()
+            .bind_to_thread()
+            .during(|| "binding the context for cuDNN".into())?;
+        Ok(handle)
     }
 
     /// -inf for masked scores: cuDNN before 9.10 wants the lowest finite f32 instead.
@@ -362,7 +369,7 @@ impl CudnnAttention {
             uids.push(uid::WINDOW);
             ptrs.push(host(&window));
         }
-        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        let handle = self.lock_bound()?;
         // SAFETY: the pointers address buffers laid out as `s` says (the caller's contract, as
         // for the own kernels), the scalars live on this frame until execute returns, and the
         // workspace size was checked above.
@@ -466,7 +473,7 @@ impl CudnnAttention {
             uids.push(uid::WINDOW);
             ptrs.push(host(&window));
         }
-        let handle = self.handle.lock().unwrap_or_else(|e| e.into_inner());
+        let handle = self.lock_bound()?;
         // SAFETY: as in `fwd`; Δ and the accumulator are carved from the checked workspace.
         unsafe {
             plan.built
