@@ -190,20 +190,37 @@ fn no_driver_is_a_clean_error() {
 #[test]
 fn unsupported_specs_and_flags_are_clean_errors() {
     // The spec is checked before any device is touched: the same error with or without a GPU.
+    // (Mixture-of-experts and mixed-layer specs run on the GPU; a spec without a final norm
+    // does not.)
+    let dir = temp_dir("nofinal");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("no_final_norm.mspec");
+    std::fs::write(
+        &file,
+        "model no_final_norm {
+            vocab 64   d_model 32   layers 1   context 16
+            attention { heads 2 }
+            position rope(theta = 10000)
+            mlp swiglu(hidden = 64)
+            final_norm none
+        }",
+    )
+    .expect("write spec");
     let err = failed(&modelspec(&[
         "train",
-        &spec("mixtral-8x7b.mspec"),
+        file.to_str().unwrap(),
         "--device",
         "cuda",
         "--steps",
         "1",
         "--save",
-        temp_dir("moe").to_str().unwrap(),
+        dir.join("run").to_str().unwrap(),
     ]));
     assert!(
-        err.contains("mixture-of-experts") && err.contains("--device cpu"),
+        err.contains("without a final norm") && err.contains("--device cpu"),
         "{err}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
     let err = failed(&modelspec(&["train", "--dtype", "bf16", "--steps", "1"]));
     assert!(err.contains("--device cuda"), "{err}");
     let err = failed(&modelspec(&["train", "--device", "cuda", "--bench"]));

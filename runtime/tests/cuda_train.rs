@@ -163,6 +163,32 @@ const GEMMA3_WINDOWS: &str = "model t_gemma3_windows {
     logits { softcap 15 }
 }";
 
+/// Dense and mixture-of-experts layers mixed (a dense first layer, as DeepSeek's), softmax→top-k
+/// with renormalisation (Mixtral) in one MoE layer and top-k→softmax with a gated shared expert
+/// (Qwen2-MoE) in the other, and the load-balancing loss on (it joins the loss and its gradient).
+const MOE_MIXED: &str = "model t_moe_mixed {
+    vocab 150   d_model 96   layers 3   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 24 }
+    position rope(theta = 10000)
+    moe {
+        experts 4  top_k 2
+        expert swiglu(hidden = 64)
+        router softmax_topk  renormalize
+        aux_loss 0.01
+    }
+    layers[0] { mlp swiglu(hidden = 160) }
+    layers[2] {
+        moe {
+            experts 4  top_k 2
+            expert swiglu(hidden = 48)
+            router topk_softmax
+            shared(count = 1, hidden = 80, gate = true)
+            aux_loss 0.01
+        }
+    }
+}";
+
 fn compare(src: &str, dt: Dtype, tol: f64) {
     compare_with(src, dt, tol, false)
 }
@@ -340,6 +366,13 @@ fn gpu_step_matches_cpu_gemma3_two_windows_two_ropes_f32() {
     compare(GEMMA3_WINDOWS, Dtype::F32, 1e-4);
     compare_with(GEMMA3_WINDOWS, Dtype::F32, 1e-4, true);
     compare(GEMMA3_WINDOWS, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+fn gpu_step_matches_cpu_dense_and_moe_layers_f32() {
+    compare(MOE_MIXED, Dtype::F32, 1e-4);
+    compare_with(MOE_MIXED, Dtype::F32, 1e-4, true);
+    compare(MOE_MIXED, Dtype::Bf16, 5e-2);
 }
 
 /// Without a device: the arena follows each layer's own widths. Keeping only layer inputs

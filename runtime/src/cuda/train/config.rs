@@ -157,9 +157,10 @@ pub(super) fn act_of(k: MlpKind) -> Act {
     }
 }
 
-/// Why the GPU executor cannot run `spec`, or `None`. Layers may differ in every respect; what
-/// remains unsupported is a spec without layers or without a final norm, and mixture-of-experts
-/// layers while the MoE kernels are not built in.
+/// Why the GPU executor cannot run `spec`, or `None`. Layers may differ in every respect (dense
+/// and mixture-of-experts layers mixed); what remains unsupported is a spec without layers or
+/// without a final norm, and attention shapes the kernels do not take. (MoE sizes past the MoE
+/// kernels' limits are refused when the trainer is built.)
 pub(super) fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
     if spec.layers.is_empty() {
         return Some("a spec without layers".into());
@@ -179,12 +180,6 @@ pub(super) fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
             return Some(format!(
                 "head_dim {} outside 1..=256 (layer {})",
                 a.head_dim, l.index
-            ));
-        }
-        if matches!(l.ffn, Ffn::Moe(_)) && !super::moe_glue::MOE_BUILT {
-            return Some(format!(
-                "mixture-of-experts (layer {}): not built into this GPU executor",
-                l.index
             ));
         }
         if let Position::Rope(r) = &l.position

@@ -313,13 +313,14 @@ impl Step<'_> {
             FfnCfg::Moe => {
                 if recompute {
                     // The block is one unit: re-run it from its input when its saved region
-                    // was not kept (output to scratch, aux loss to a sink).
+                    // was not kept (output to scratch; the aux loss was counted in the forward).
                     if !sv.moe {
-                        self.moe_fwd(i, Self::mlp_input(l, b), self.buf.tmp, self.buf.aux_sink)?;
+                        self.moe_fwd(i, Self::mlp_input(l, b), self.buf.tmp, 0)?;
                     }
                     return Ok(());
                 }
-                self.moe_fwd(i, Self::mlp_input(l, b), ffn_out, self.buf.aux)?;
+                let aux = if self.aux_loss { self.buf.aux } else { 0 };
+                self.moe_fwd(i, Self::mlp_input(l, b), ffn_out, aux)?;
             }
         }
         if l.post {

@@ -113,9 +113,8 @@ pub(super) struct Layout {
     pub qk_b: DevPtr,
     /// MoE scratch (the largest `MoeLayer::scratch_bytes`).
     pub moe_scratch: DevPtr,
-    /// f32 scalars: the MoE aux loss of the step, and a sink for recomputation.
+    /// f32 scalar: the MoE aux loss of the step (with its coefficient).
     pub aux: DevPtr,
-    pub aux_sink: DevPtr,
     /// Bytes kept from forward to backward by the layers (their inputs and saved buffers).
     pub saved_bytes: usize,
     /// Bytes of the shared buffers that recomputed tensors go to.
@@ -304,7 +303,6 @@ pub(super) fn layout(
     };
     let moe_scratch = take(moe_scratch_bytes);
     let aux = take(4);
-    let aux_sink = take(4);
     let saves: Vec<LayerSaves> = (0..cfg.len()).map(save).collect();
     let recompute = cfg
         .iter()
@@ -341,7 +339,6 @@ pub(super) fn layout(
         qk_b,
         moe_scratch,
         aux,
-        aux_sink,
         saved_bytes,
         recompute_bytes,
         total_bytes: b.used(),

@@ -333,7 +333,8 @@ impl GpuTrainer {
     }
 
     /// Whether [`GpuTrainer::loss`] includes the mixture-of-experts load-balancing loss (on by
-    /// default, as in training; `eval` turns it off, as transformers without router logits).
+    /// default, as in training; `eval` turns it off, as transformers without router logits). Off
+    /// from the first step on, the aux statistics stay zero and so does the aux gradient.
     pub fn set_aux_loss(&mut self, on: bool) {
         self.aux_loss = on;
     }
@@ -399,6 +400,7 @@ impl GpuTrainer {
             targets: self.targets.ptr(),
             loss_rows: &self.loss_rows,
             valid_targets: self.valid_targets,
+            aux_loss: self.aux_loss,
         }
     }
 
@@ -536,6 +538,8 @@ struct Step<'a> {
     targets: DevPtr,
     loss_rows: &'a GpuBuf<f32>,
     valid_targets: usize,
+    /// Whether MoE forwards accumulate the aux loss.
+    aux_loss: bool,
 }
 
 /// The spec's model-wide sizes as `#define`s of its kernel module (per-layer sizes are launch

@@ -1,81 +1,41 @@
-//! Mixture-of-experts layers: the executor's side of `cuda::moe` (router, dispatch, expert GEMMs,
-//! combine, shared experts, aux loss; forward and backward). A MoE layer gets its saved region
-//! (kept, or one shared region when the plan recomputes it), the shared MoE scratch, and runs
-//! where a dense MLP would; the whole block is one checkpointing unit.
+//! Mixture-of-experts layers: the executor's side of [`crate::cuda::moe`] (router, dispatch,
+//! expert GEMMs, combine, shared experts, aux loss; forward and backward). A MoE layer gets its
+//! saved region (kept, or one shared region when the plan recomputes it), the shared MoE scratch,
+//! and runs where a dense MLP would; the whole block is one checkpointing unit.
 //!
-//! The block is reached through [`MoeBlock`], the API of `cuda::moe::MoeLayer`; [`build`] is the
-//! one place that constructs it. While `cuda::moe` is not built in, [`MOE_BUILT`] is false, specs
-//! with MoE layers are refused by `unsupported_feature`, and [`build`] answers
-//! "mixture-of-experts: not built".
+//! The aux loss: the first forward of a step adds `coef · aux` to the trainer's aux scalar (the
+//! layers share their routing statistics, [`MoeLayer::new_all`]); a recomputation passes no
+//! scalar, so the statistics stay as the step's forward wrote them. Backward always includes the
+//! aux loss's gradient from those statistics (zero while no forward has accumulated any).
 
 use super::super::error::Result;
-use super::super::gemm::Gemm;
 use super::super::gpu::{DevPtr, Dtype, Gpu};
+use super::super::moe::MoeLayer;
 use super::{Step, unsupported};
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::ir::Ffn;
 use std::sync::Arc;
 
-/// Whether `cuda::moe` is wired in (see [`build`]).
-pub(super) const MOE_BUILT: bool = false;
-
-/// What the executor needs of one MoE layer (the API of `cuda::moe::MoeLayer`).
-pub(super) trait MoeBlock: Send + Sync {
-    /// Device bytes kept from forward to backward.
-    fn saved_bytes(&self) -> usize;
-    /// Scratch for forward and backward, reusable across layers.
-    fn scratch_bytes(&self) -> usize;
-    /// `out [rows, d_model]` from the normed input `x`; the aux loss accumulates into `aux_loss`
-    /// (an f32 device scalar). `w(name)`: parameter `layers.{i}.{name}` in the compute dtype.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &self,
-        gemm: &Gemm,
-        w: &dyn Fn(&str) -> DevPtr,
-        x: DevPtr,
-        out: DevPtr,
-        saved: DevPtr,
-        scratch: DevPtr,
-        aux_loss: DevPtr,
-    ) -> Result<()>;
-    /// `dx` (overwritten) from `dout`; f32 gradients accumulate through `g(name)`.
-    #[allow(clippy::too_many_arguments)]
-    fn backward(
-        &self,
-        gemm: &Gemm,
-        w: &dyn Fn(&str) -> DevPtr,
-        g: &dyn Fn(&str) -> DevPtr,
-        x: DevPtr,
-        dout: DevPtr,
-        saved: DevPtr,
-        scratch: DevPtr,
-        dx: DevPtr,
-    ) -> Result<()>;
-}
-
 /// One MoE layer of the trainer.
-pub(super) type MoeSlot = Box<dyn MoeBlock>;
+pub(super) type MoeSlot = MoeLayer;
 
-/// The MoE block of every MoE layer of `spec` (`None` for dense layers), for `rows` token rows.
-/// To wire `cuda::moe` in: implement [`MoeBlock`] for `MoeLayer` (forwarding its methods), build
-/// `Box::new(MoeLayer::new(gpu, spec, i, rows, dt)?)` here, and set [`MOE_BUILT`].
+/// The MoE block of every MoE layer of `spec` (`None` for dense layers), for `rows` token rows,
+/// sharing one set of aux-loss statistics.
 pub(super) fn build(
     gpu: &Arc<Gpu>,
     spec: &ModelSpec,
     rows: usize,
     dt: Dtype,
 ) -> Result<Vec<Option<MoeSlot>>> {
-    let _ = (gpu, rows, dt);
-    spec.layers
-        .iter()
-        .map(|l| match l.ffn {
-            Ffn::Moe(_) => Err(unsupported(format!(
-                "mixture-of-experts (layer {}): not built",
-                l.index
-            ))),
-            Ffn::Mlp(_) => Ok(None),
-        })
-        .collect()
+    let mut out: Vec<Option<MoeSlot>> = spec.layers.iter().map(|_| None).collect();
+    if !spec.layers.iter().any(|l| matches!(l.ffn, Ffn::Moe(_))) {
+        return Ok(out);
+    }
+    for m in MoeLayer::new_all(gpu, spec, rows, dt)? {
+        let i = m.layer();
+        out[i] = Some(m);
+    }
+    Ok(out)
 }
 
 /// `(saved, scratch)` bytes of each layer's MoE block.
@@ -121,14 +81,15 @@ pub(super) fn predicted_sizes(
 }
 
 impl Step<'_> {
-    fn moe_of(&self, i: usize) -> Result<&dyn MoeBlock> {
+    fn moe_of(&self, i: usize) -> Result<&MoeLayer> {
         self.moe
             .get(i)
-            .and_then(|m| m.as_deref())
-            .ok_or_else(|| unsupported(format!("mixture-of-experts (layer {i}): not built")))
+            .and_then(|m| m.as_ref())
+            .ok_or_else(|| unsupported(format!("layer {i} has no mixture-of-experts block")))
     }
 
-    /// Layer i's MoE block forward: `out` from `x`, aux loss into `aux`.
+    /// Layer i's MoE block forward: `out` from `x`, aux loss into `aux` (0: none, as in a
+    /// recomputation).
     pub(super) fn moe_fwd(&self, i: usize, x: DevPtr, out: DevPtr, aux: DevPtr) -> Result<()> {
         let m = self.moe_of(i)?;
         let w = |name: &str| self.p.wo(&Self::pname(i, name));
