@@ -1,0 +1,529 @@
+//! A layer's backward: each op's gradient, in reverse program order, reading (or recomputing)
+//! the activations it needs; parameter gradients accumulate in [`Grads`].
+
+use super::*;
+
+impl<T: Float> Grads<T> {
+    pub(super) fn take(&mut self, name: &str) -> Vec<T> {
+        std::mem::take(
+            self.params
+                .get_mut(name)
+                .unwrap_or_else(|| panic!("gradient `{name}` missing"))
+                .vec_mut(),
+        )
+    }
+    pub(super) fn take_opt(&mut self, name: &str, present: bool) -> Option<Vec<T>> {
+        present.then(|| self.take(name))
+    }
+    pub(super) fn put(&mut self, name: &str, v: Vec<T>) {
+        *self
+            .params
+            .get_mut(name)
+            .unwrap_or_else(|| panic!("gradient `{name}` missing"))
+            .vec_mut() = v;
+    }
+    pub(super) fn put_opt(&mut self, name: &str, v: Option<Vec<T>>) {
+        if let Some(v) = v {
+            self.put(name, v);
+        }
+    }
+
+    /// Linear backward for parameter prefix `prefix`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear(
+        &mut self,
+        params: &dyn ParamSource<T>,
+        prefix: &str,
+        bias: bool,
+        x: &[T],
+        dy: &[T],
+        rows: usize,
+        in_dim: usize,
+        out_dim: usize,
+        dx: Option<&mut [T]>,
+    ) {
+        let wn = format!("{prefix}.weight");
+        let bn = format!("{prefix}.bias");
+        let mut dw = self.take(&wn);
+        let mut db = self.take_opt(&bn, bias);
+        linear::backward(
+            x,
+            dy,
+            rows,
+            in_dim,
+            out_dim,
+            p(params, &wn),
+            dx,
+            &mut dw,
+            db.as_deref_mut(),
+        );
+        self.put(&wn, dw);
+        self.put_opt(&bn, db);
+    }
+
+    /// Norm backward for parameter prefix `prefix`, applied to `width`-rows.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn norm(
+        &mut self,
+        params: &dyn ParamSource<T>,
+        prefix: &str,
+        n: &Norm,
+        width: usize,
+        x: &[T],
+        dy: &[T],
+        dx: &mut [T],
+    ) {
+        let wn = format!("{prefix}.weight");
+        let bn = format!("{prefix}.bias");
+        let (w, _) = norm_params(params, prefix, n);
+        let mut dw = self.take_opt(&wn, n.weight);
+        let mut db = self.take_opt(&bn, n.bias);
+        norm::backward(x, dy, width, n, w, dx, dw.as_deref_mut(), db.as_deref_mut());
+        self.put_opt(&wn, dw);
+        self.put_opt(&bn, db);
+    }
+
+    /// MLP backward for parameter prefix `prefix`.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mlp(
+        &mut self,
+        m: &MlpRef<'_, T>,
+        prefix: &str,
+        bias: bool,
+        x: &[T],
+        gate: Option<&[T]>,
+        up: &[T],
+        act: &[T],
+        dout: &[T],
+        rows: usize,
+        dx: &mut [T],
+    ) {
+        let names = |s: &str| (format!("{prefix}.{s}.weight"), format!("{prefix}.{s}.bias"));
+        let (gw, gb) = names("gate");
+        let (uw, ub) = names("up");
+        let (dwn, dbn) = names("down");
+        let gated = m.kind.is_gated();
+        let mut g_w = self.take_opt(&gw, gated);
+        let mut g_b = self.take_opt(&gb, gated && bias);
+        let mut u_w = self.take(&uw);
+        let mut u_b = self.take_opt(&ub, bias);
+        let mut d_w = self.take(&dwn);
+        let mut d_b = self.take_opt(&dbn, bias);
+        let grads = MlpGrad {
+            gate: g_w.as_deref_mut().map(|w| (w, g_b.as_deref_mut())),
+            up: (&mut u_w, u_b.as_deref_mut()),
+            down: (&mut d_w, d_b.as_deref_mut()),
+        };
+        mlp::backward(m, x, gate, up, act, dout, rows, grads, dx);
+        self.put_opt(&gw, g_w);
+        self.put_opt(&gb, g_b);
+        self.put(&uw, u_w);
+        self.put_opt(&ub, u_b);
+        self.put(&dwn, d_w);
+        self.put_opt(&dbn, d_b);
+    }
+}
+
+impl<'a, T: Float> LayerCtx<'a, T> {
+    /// Backward through the layer: returns d loss / d input, accumulating parameter gradients.
+    pub(super) fn backward(
+        &self,
+        store: &mut Store<T>,
+        dy: &[T],
+        grads: &mut Grads<T>,
+        aux_dprobs: Option<&[T]>,
+    ) -> Vec<T> {
+        let Shape { rows, d, .. } = self.shape;
+        let lp = self.lp;
+        let layer = self.layer;
+        let att = &layer.attention;
+        let (heads, kv_heads, hd) = (
+            att.heads as usize,
+            att.kv_heads as usize,
+            att.head_dim as usize,
+        );
+        let (qd, kvd) = (heads * hd, kv_heads * hd);
+        let block_norm = layer.block.norm;
+        let params = self.params;
+        let zeros = |n: usize| vec![T::ZERO; n];
+
+        let mut d_input = zeros(rows * d);
+        // Output = stream + drop(mlp_branch) [+ drop(attn_branch) when parallel].
+        let mut d_mlp_branch = zeros(rows * d);
+        match &self.drop_mlp_branch {
+            Some(drop) => drop.backward_acc(dy, &mut d_mlp_branch),
+            None => d_mlp_branch.copy_from_slice(dy),
+        }
+        let mut d_attn_branch = zeros(rows * d);
+        let mut d_resid_mid = zeros(rows * d);
+        if lp.parallel {
+            add_into(&mut d_input, dy);
+            match &self.drop_attn_branch {
+                Some(drop) => drop.backward_acc(dy, &mut d_attn_branch),
+                None => d_attn_branch.copy_from_slice(dy),
+            }
+        } else {
+            d_resid_mid.copy_from_slice(dy);
+        }
+
+        // FFN branch.
+        let d_mlp_out = if lp.mlp_branch == Act::MlpPostNorm {
+            self.ensure(store, Act::MlpOut);
+            let mut g = zeros(rows * d);
+            grads.norm(
+                params,
+                &self.prefix("mlp_post_norm"),
+                &block_norm,
+                d,
+                store.get(Act::MlpOut),
+                &d_mlp_branch,
+                &mut g,
+            );
+            g
+        } else {
+            d_mlp_branch
+        };
+        let mut d_mlp_in = zeros(rows * d);
+        match &layer.ffn {
+            Ffn::Mlp(m) => {
+                let gated = m.activation.is_gated();
+                let mut need = vec![lp.mlp_in, Act::Up, Act::ActOut];
+                if gated {
+                    need.push(Act::Gate);
+                }
+                self.ensure_all(store, &need);
+                let r = self.dense_ref();
+                grads.mlp(
+                    &r,
+                    &self.prefix("mlp"),
+                    m.bias,
+                    store.get(lp.mlp_in),
+                    gated.then(|| store.get(Act::Gate)),
+                    store.get(Act::Up),
+                    store.get(Act::ActOut),
+                    &d_mlp_out,
+                    rows,
+                    &mut d_mlp_in,
+                );
+            }
+            Ffn::Moe(moe) => {
+                self.moe_backward(store, moe, &d_mlp_out, grads, aux_dprobs, &mut d_mlp_in)
+            }
+        }
+        match lp.mlp_in {
+            Act::MlpNorm => {
+                let src = if lp.parallel {
+                    Act::Input
+                } else {
+                    Act::ResidMid
+                };
+                self.ensure(store, src);
+                let dst = if lp.parallel {
+                    &mut d_input
+                } else {
+                    &mut d_resid_mid
+                };
+                grads.norm(
+                    params,
+                    &self.prefix("mlp_norm"),
+                    &block_norm,
+                    d,
+                    store.get(src),
+                    &d_mlp_in,
+                    dst,
+                );
+            }
+            Act::ResidMid => add_into(&mut d_resid_mid, &d_mlp_in),
+            Act::Input => add_into(&mut d_input, &d_mlp_in),
+            // Shared norm: folded into the attention input's gradient below.
+            _ => {}
+        }
+        if !lp.parallel {
+            add_into(&mut d_input, &d_resid_mid);
+            match &self.drop_attn_branch {
+                Some(drop) => drop.backward_acc(&d_resid_mid, &mut d_attn_branch),
+                None => add_into(&mut d_attn_branch, &d_resid_mid),
+            }
+        }
+
+        // Attention branch.
+        let d_attn_out = if lp.attn_branch == Act::AttnPostNorm {
+            self.ensure(store, Act::AttnOut);
+            let mut g = zeros(rows * d);
+            grads.norm(
+                params,
+                &self.prefix("attn_post_norm"),
+                &block_norm,
+                d,
+                store.get(Act::AttnOut),
+                &d_attn_branch,
+                &mut g,
+            );
+            g
+        } else {
+            d_attn_branch
+        };
+        self.ensure(store, Act::Attn);
+        let mut d_attn = zeros(rows * qd);
+        grads.linear(
+            params,
+            &self.prefix("attn.o"),
+            att.out_bias,
+            store.get(Act::Attn),
+            &d_attn_out,
+            rows,
+            qd,
+            d,
+            Some(&mut d_attn),
+        );
+        self.ensure_all(store, &[lp.q_final, lp.k_final, Act::V]);
+        let mut dq_f = zeros(rows * qd);
+        let mut dk_f = zeros(rows * kvd);
+        let mut dv = zeros(rows * kvd);
+        attention::backward(
+            &self.attn,
+            store.get(lp.q_final),
+            store.get(lp.k_final),
+            store.get(Act::V),
+            &d_attn,
+            &mut dq_f,
+            &mut dk_f,
+            &mut dv,
+        );
+        let (mut dq, mut dk) = (dq_f, dk_f);
+        if let Some(table) = &self.rope {
+            let mut g = zeros(rows * qd);
+            rope::backward(table, &dq, heads, hd, &mut g);
+            dq = g;
+            let mut g = zeros(rows * kvd);
+            rope::backward(table, &dk, kv_heads, hd, &mut g);
+            dk = g;
+        }
+        if let Some(qk) = &att.qk_norm {
+            self.ensure_all(store, &[Act::Q, Act::K]);
+            let (qw, kw) = match qk.scope {
+                QkNormScope::Head => (hd, hd),
+                QkNormScope::Full => (qd, kvd),
+            };
+            let mut g = zeros(rows * qd);
+            grads.norm(
+                params,
+                &self.prefix("attn.q_norm"),
+                &qk.norm,
+                qw,
+                store.get(Act::Q),
+                &dq,
+                &mut g,
+            );
+            dq = g;
+            let mut g = zeros(rows * kvd);
+            grads.norm(
+                params,
+                &self.prefix("attn.k_norm"),
+                &qk.norm,
+                kw,
+                store.get(Act::K),
+                &dk,
+                &mut g,
+            );
+            dk = g;
+        }
+        self.ensure(store, lp.attn_in);
+        let x = store.get(lp.attn_in);
+        let mut d_attn_in = zeros(rows * d);
+        grads.linear(
+            params,
+            &self.prefix("attn.q"),
+            att.qkv_bias,
+            x,
+            &dq,
+            rows,
+            d,
+            qd,
+            Some(&mut d_attn_in),
+        );
+        grads.linear(
+            params,
+            &self.prefix("attn.k"),
+            att.qkv_bias,
+            x,
+            &dk,
+            rows,
+            d,
+            kvd,
+            Some(&mut d_attn_in),
+        );
+        grads.linear(
+            params,
+            &self.prefix("attn.v"),
+            att.qkv_bias,
+            x,
+            &dv,
+            rows,
+            d,
+            kvd,
+            Some(&mut d_attn_in),
+        );
+        if lp.mlp_in == Act::AttnNorm {
+            add_into(&mut d_attn_in, &d_mlp_in);
+        }
+        if lp.attn_in == Act::AttnNorm {
+            grads.norm(
+                params,
+                &self.prefix("attn_norm"),
+                &block_norm,
+                d,
+                store.get(Act::Input),
+                &d_attn_in,
+                &mut d_input,
+            );
+        } else {
+            add_into(&mut d_input, &d_attn_in);
+        }
+        d_input
+    }
+
+    pub(super) fn moe_backward(
+        &self,
+        store: &mut Store<T>,
+        moe: &Moe,
+        d_mlp_out: &[T],
+        grads: &mut Grads<T>,
+        aux_dprobs: Option<&[T]>,
+        d_mlp_in: &mut [T],
+    ) {
+        let Shape { rows, d, .. } = self.shape;
+        let lp = self.lp;
+        let params = self.params;
+        let gated = moe.expert.activation.is_gated();
+        // Shared experts.
+        if let Some(shared) = &moe.shared {
+            let mut need = vec![lp.mlp_in, Act::SharedUp, Act::SharedAct, Act::SharedOut];
+            if gated {
+                need.push(Act::SharedGate);
+            }
+            self.ensure_all(store, &need);
+            let x = store.get(lp.mlp_in);
+            let so = store.get(Act::SharedOut);
+            let mut d_shared_out = vec![T::ZERO; rows * d];
+            if shared.gate {
+                let (w, _) = proj(params, &self.prefix("moe.shared_gate"), false);
+                let mut g = vec![T::ZERO; rows];
+                linear::forward(x, rows, d, w, None, 1, &mut g);
+                let mut d_logit = vec![T::ZERO; rows];
+                for n in 0..rows {
+                    let s = sigmoid(g[n]);
+                    let dyr = &d_mlp_out[n * d..(n + 1) * d];
+                    let sor = &so[n * d..(n + 1) * d];
+                    let dot: T = dyr.iter().zip(sor).map(|(&a, &b)| a * b).sum();
+                    d_logit[n] = dot * s * (T::ONE - s);
+                    for (o, &v) in d_shared_out[n * d..(n + 1) * d].iter_mut().zip(dyr) {
+                        *o = v * s;
+                    }
+                }
+                grads.linear(
+                    params,
+                    &self.prefix("moe.shared_gate"),
+                    false,
+                    x,
+                    &d_logit,
+                    rows,
+                    d,
+                    1,
+                    Some(&mut *d_mlp_in),
+                );
+            } else {
+                d_shared_out.copy_from_slice(d_mlp_out);
+            }
+            let r = self.shared_ref();
+            grads.mlp(
+                &r,
+                &self.prefix("moe.shared"),
+                moe.expert.bias,
+                x,
+                gated.then(|| store.get(Act::SharedGate)),
+                store.get(Act::SharedUp),
+                store.get(Act::SharedAct),
+                &d_shared_out,
+                rows,
+                d_mlp_in,
+            );
+        }
+        // Routed experts.
+        let mut need = vec![
+            Act::RouterLogits,
+            Act::RouterWeights,
+            Act::ExpertIn,
+            Act::Up,
+            Act::ActOut,
+            Act::ExpertOut,
+        ];
+        if gated {
+            need.push(Act::Gate);
+        }
+        self.ensure_all(store, &need);
+        let routing = store.routing.as_ref().expect("routing");
+        let k = routing.top_k;
+        let slots = rows * k;
+        let mut d_expert_out = vec![T::ZERO; slots * d];
+        let mut d_weights = vec![T::ZERO; slots];
+        moe::combine_backward(
+            routing,
+            store.get(Act::RouterWeights),
+            store.get(Act::ExpertOut),
+            d_mlp_out,
+            d,
+            &mut d_expert_out,
+            &mut d_weights,
+        );
+        let hidden = moe.expert.hidden as usize;
+        let mut d_expert_in = vec![T::ZERO; slots * d];
+        let (xin, up, act) = (
+            store.get(Act::ExpertIn),
+            store.get(Act::Up),
+            store.get(Act::ActOut),
+        );
+        let gate = gated.then(|| store.get(Act::Gate));
+        for e in 0..routing.experts {
+            let (r0, r1) = (routing.offsets[e], routing.offsets[e + 1]);
+            if r0 == r1 {
+                continue;
+            }
+            let r = self.expert_ref(e);
+            let (h0, h1) = (r0 * hidden, r1 * hidden);
+            grads.mlp(
+                &r,
+                &self.prefix(&format!("moe.experts.{e}")),
+                moe.expert.bias,
+                &xin[r0 * d..r1 * d],
+                gate.map(|g| &g[h0..h1]),
+                &up[h0..h1],
+                &act[h0..h1],
+                &d_expert_out[r0 * d..r1 * d],
+                r1 - r0,
+                &mut d_expert_in[r0 * d..r1 * d],
+            );
+        }
+        moe::gather_backward(routing, &d_expert_in, d, d_mlp_in);
+        let mut d_logits = vec![T::ZERO; rows * moe.experts as usize];
+        moe::route_backward(
+            moe,
+            store.get(Act::RouterLogits),
+            routing,
+            &d_weights,
+            aux_dprobs,
+            &mut d_logits,
+        );
+        grads.linear(
+            params,
+            &self.prefix("moe.router"),
+            false,
+            store.get(lp.mlp_in),
+            &d_logits,
+            rows,
+            d,
+            moe.experts as usize,
+            Some(d_mlp_in),
+        );
+    }
+}
