@@ -21,13 +21,26 @@ use std::collections::BTreeMap;
 
 use super::TrainError;
 
-/// AdamW hyper-parameters (the learning rate comes from the schedule, step by step).
+/// AdamW hyper-parameters, with `torch.optim.AdamW`'s names and defaults: `betas` (0.9, 0.999),
+/// `eps` 1e-8, `weight_decay` 0.01. The learning rate is not among them: it is an argument of
+/// every step ([`AdamW::step`]), as a schedule sets it step by step.
+///
+/// This is the one AdamW configuration of the crate: the host optimizer, ZeRO-1 shards and the
+/// training options (and so checkpoints) all hold it.
+///
+/// Serialised as `{"betas": [b1, b2], "eps": .., "weight_decay": ..}`; the older form with
+/// `beta1` and `beta2` is still read.
+///
+/// ```
+/// use modelspec_runtime::train::optim::AdamWConfig;
+/// let c = AdamWConfig::default();
+/// assert_eq!((c.betas, c.eps, c.weight_decay), ((0.9, 0.999), 1e-8, 0.01));
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "AdamWConfigRepr")]
 pub struct AdamWConfig {
-    /// Decay rate of the first moment.
-    pub beta1: f64,
-    /// Decay rate of the second moment.
-    pub beta2: f64,
+    /// Decay rates (β₁, β₂) of the first and second moments.
+    pub betas: (f64, f64),
     /// Added to the denominator.
     pub eps: f64,
     /// Decoupled weight decay λ, applied as `p ← p·(1 − lr·λ)` to parameters that [`decays`] picks.
@@ -35,13 +48,40 @@ pub struct AdamWConfig {
 }
 
 impl Default for AdamWConfig {
-    /// β₁ 0.9, β₂ 0.95, ε 1e-8, λ 0.1: the usual settings for small transformers.
+    /// PyTorch's defaults: β (0.9, 0.999), ε 1e-8, λ 0.01.
     fn default() -> Self {
         Self {
-            beta1: 0.9,
-            beta2: 0.95,
+            betas: (0.9, 0.999),
             eps: 1e-8,
-            weight_decay: 0.1,
+            weight_decay: 0.01,
+        }
+    }
+}
+
+/// What a saved [`AdamWConfig`] may look like: `betas`, or the older `beta1` and `beta2`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdamWConfigRepr {
+    #[serde(default)]
+    betas: Option<(f64, f64)>,
+    #[serde(default)]
+    beta1: Option<f64>,
+    #[serde(default)]
+    beta2: Option<f64>,
+    eps: f64,
+    weight_decay: f64,
+}
+
+impl From<AdamWConfigRepr> for AdamWConfig {
+    fn from(r: AdamWConfigRepr) -> Self {
+        let default = AdamWConfig::default().betas;
+        let betas = r
+            .betas
+            .unwrap_or((r.beta1.unwrap_or(default.0), r.beta2.unwrap_or(default.1)));
+        AdamWConfig {
+            betas,
+            eps: r.eps,
+            weight_decay: r.weight_decay,
         }
     }
 }
@@ -110,12 +150,14 @@ impl AdamW {
     ) -> Result<(), TrainError> {
         let t = (self.step + 1) as i32;
         let c = self.config;
-        let bias1 = 1.0 - c.beta1.powi(t);
-        let bias2_sqrt = (1.0 - c.beta2.powi(t)).sqrt();
+        let (beta1_f64, beta2_f64) = c.betas;
+        let bias1 = 1.0 - beta1_f64.powi(t);
+        let bias2_sqrt = (1.0 - beta2_f64.powi(t)).sqrt();
         let step_size = (lr / bias1) as f32;
         let inv_bias2_sqrt = (1.0 / bias2_sqrt) as f32;
-        let (beta1, beta2, eps) = (c.beta1 as f32, c.beta2 as f32, c.eps as f32);
-        let (one_minus_beta1, one_minus_beta2) = ((1.0 - c.beta1) as f32, (1.0 - c.beta2) as f32);
+        let (beta1, beta2, eps) = (beta1_f64 as f32, beta2_f64 as f32, c.eps as f32);
+        let (one_minus_beta1, one_minus_beta2) =
+            ((1.0 - beta1_f64) as f32, (1.0 - beta2_f64) as f32);
         for p in params {
             if p.value.len() != p.grad.len() {
                 return Err(TrainError::GradShape {
@@ -180,10 +222,11 @@ mod tests {
             if decay {
                 p[i] -= lr * c.weight_decay * p[i];
             }
-            m[i] = c.beta1 * m[i] + (1.0 - c.beta1) * g[i];
-            v[i] = c.beta2 * v[i] + (1.0 - c.beta2) * g[i] * g[i];
-            let m_hat = m[i] / (1.0 - c.beta1.powi(t));
-            let v_hat = v[i] / (1.0 - c.beta2.powi(t));
+            let (beta1, beta2) = c.betas;
+            m[i] = beta1 * m[i] + (1.0 - beta1) * g[i];
+            v[i] = beta2 * v[i] + (1.0 - beta2) * g[i] * g[i];
+            let m_hat = m[i] / (1.0 - beta1.powi(t));
+            let v_hat = v[i] / (1.0 - beta2.powi(t));
             p[i] -= lr * m_hat / (v_hat.sqrt() + c.eps);
         }
     }
@@ -191,8 +234,7 @@ mod tests {
     #[test]
     fn matches_an_f64_reference_over_several_steps() {
         let c = AdamWConfig {
-            beta1: 0.8,
-            beta2: 0.9,
+            betas: (0.8, 0.9),
             eps: 1e-6,
             weight_decay: 0.3,
         };
@@ -320,6 +362,21 @@ mod tests {
         assert_eq!(w, vec![2.0 * (1.0 - 0.05); 4]);
         assert_eq!(e, vec![2.0; 4]);
         assert_eq!(b, vec![2.0; 4]);
+    }
+
+    #[test]
+    fn config_reads_both_saved_forms() {
+        let c = AdamWConfig {
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let text = serde_json::to_string(&c).unwrap();
+        assert!(text.contains("\"betas\":[0.9,0.95]"), "{text}");
+        assert_eq!(serde_json::from_str::<AdamWConfig>(&text).unwrap(), c);
+        let old = r#"{"beta1":0.9,"beta2":0.95,"eps":1e-8,"weight_decay":0.1}"#;
+        assert_eq!(serde_json::from_str::<AdamWConfig>(old).unwrap(), c);
+        assert!(serde_json::from_str::<AdamWConfig>(r#"{"betas":[0.9,0.95],"eps":1e-8}"#).is_err());
     }
 
     #[test]
