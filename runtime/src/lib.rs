@@ -33,6 +33,7 @@ pub mod device;
 pub mod dist;
 pub mod error;
 pub mod exec;
+pub mod io;
 pub mod ops;
 pub mod program;
 pub mod rng;

@@ -56,6 +56,8 @@ fn options(clip: f64) -> TrainOptions {
         policy: None,
         tokenizer: "bytes".into(),
         data: "test".into(),
+        data_hash: None,
+        save_every: 100,
     }
 }
 

@@ -150,8 +150,28 @@ fn resolve_policy(
     })
 }
 
+/// Refuses an OUT that is a special file (`/dev/null`, a FIFO, a symlink, a directory) or one of
+/// the inputs (IN, the weights, the spec, any file of the HF directory), before any work.
+fn check_out(args: &EvalArgs) -> Result<()> {
+    let mut inputs: Vec<PathBuf> = [&args.input]
+        .into_iter()
+        .chain(args.weights.as_ref())
+        .chain(args.spec.as_ref())
+        .cloned()
+        .collect();
+    if let Some(dir) = &args.hf
+        && let Ok(entries) = std::fs::read_dir(dir)
+    {
+        inputs.extend(entries.filter_map(|e| Some(e.ok()?.path())));
+    }
+    let inputs: Vec<&Path> = inputs.iter().map(PathBuf::as_path).collect();
+    modelspec_runtime::io::check_output(&args.out, &inputs)?;
+    Ok(())
+}
+
 /// Runs `modelspec eval`.
 pub fn run(args: EvalArgs) -> Result<()> {
+    check_out(&args)?;
     if args.device == "cuda" {
         Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
     }

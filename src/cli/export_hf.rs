@@ -31,5 +31,5 @@ pub fn run(args: ExportHfArgs) -> anyhow::Result<()> {
     let config = hf::export_generation(&spec, generation)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.file.display()))?;
     let text = serde_json::to_string_pretty(&config)? + "\n";
-    write_output(args.output.as_deref(), &text)
+    write_output(args.output.as_deref(), &text, &[&args.file])
 }

@@ -28,12 +28,16 @@ pub fn run(args: GenerateArgs) -> anyhow::Result<()> {
     let (spec, _) = load_or_report(&args.file)?;
     let generated = codegen::generate(&spec, &Options::default())
         .with_context(|| format!("generating code for {}", args.file.display()))?;
+    let kernels = modelspec::__private::v1::kernel_source(&generated.kernels);
+    let files = [("model.rs", &generated.rust), ("kernels.cu", &kernels)];
+    // Both outputs are checked before either is written: no special file, not the spec itself.
+    for (name, _) in files {
+        modelspec_runtime::io::check_output(&args.out.join(name), &[&args.file])?;
+    }
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let kernels = modelspec::__private::v1::kernel_source(&generated.kernels);
-    for (name, text) in [("model.rs", &generated.rust), ("kernels.cu", &kernels)] {
-        let path = args.out.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    for (name, text) in files {
+        modelspec_runtime::io::write_atomic(&args.out.join(name), text.as_bytes())?;
     }
     eprintln!(
         "wrote {} ({} lines) and {} ({} lines): struct `{}`",

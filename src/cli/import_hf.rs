@@ -45,7 +45,7 @@ pub fn run(args: ImportHfArgs) -> anyhow::Result<()> {
         Some("json") => yaml::to_json_string(&spec) + "\n",
         _ => mspec::print(&spec),
     };
-    write_output(args.output.as_deref(), &out)
+    write_output(args.output.as_deref(), &out, &[&args.config])
 }
 
 /// Reads a file as UTF-8 with the same checks (and messages) as the spec loader.

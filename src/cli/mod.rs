@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod plan;
 pub mod sample;
 pub mod train;
+pub mod values;
 
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::load::{self, LoadError, SourceFile};
@@ -118,11 +119,18 @@ pub fn print_stdout(text: &str) -> anyhow::Result<()> {
     }
 }
 
-/// Writes `text` to `path`, or to stdout when `path` is `None`.
-pub fn write_output(path: Option<&std::path::Path>, text: &str) -> anyhow::Result<()> {
+/// Writes `text` to `path` (atomically, never over a special file or one of `inputs`: see
+/// [`modelspec_runtime::io`]), or to stdout when `path` is `None`.
+pub fn write_output(
+    path: Option<&std::path::Path>,
+    text: &str,
+    inputs: &[&std::path::Path],
+) -> anyhow::Result<()> {
     match path {
-        Some(p) => std::fs::write(p, text)
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", p.display())),
+        Some(p) => {
+            modelspec_runtime::io::check_output(p, inputs)?;
+            Ok(modelspec_runtime::io::write_atomic(p, text.as_bytes())?)
+        }
         None => print_stdout(text),
     }
 }

@@ -44,6 +44,16 @@ pub struct PlanArgs {
 
 /// Prints the plan.
 pub fn run(args: PlanArgs) -> anyhow::Result<()> {
+    if let Some(path) = &args.plot {
+        // Before any work: a path the PNG cannot go to is a usage mistake.
+        if modelspec_runtime::train::plot::check_png_path(path).is_err() {
+            anyhow::bail!(
+                "--plot {}: the plot is a PNG image; give a path ending in `.png`",
+                path.display()
+            );
+        }
+        modelspec_runtime::io::check_output(path, &[&args.file])?;
+    }
     let (spec, _) = load_or_report(&args.file)?;
     let policy = args
         .checkpoint
@@ -109,8 +119,8 @@ fn write_curve(
         .collect();
     let max_mem = gib(chosen.none_activation_bytes).max(1e-9) * 1.05;
     let max_flops = tflop(chosen.full_recompute_flops).max(1e-9) * 1.05;
-    let draw = || -> Result<(), Box<dyn std::error::Error>> {
-        let root = BitMapBackend::new(path, (960, 640)).into_drawing_area();
+    let draw = |tmp: &std::path::Path| -> Result<(), Box<dyn std::error::Error>> {
+        let root = BitMapBackend::new(tmp, (960, 640)).into_drawing_area();
         root.fill(&WHITE)?;
         let caption = format!(
             "{model}: checkpoint budgets, batch {} x seq {}",
@@ -151,5 +161,9 @@ fn write_curve(
         root.present()?;
         Ok(())
     };
-    draw().map_err(|e| anyhow::anyhow!("{e}"))
+    // Drawn into a temporary file beside `path` and renamed over it: a failure leaves no fragment.
+    modelspec_runtime::io::write_atomic_with(path, |tmp| {
+        draw(tmp).map_err(|e| std::io::Error::other(e.to_string()))
+    })?;
+    Ok(())
 }

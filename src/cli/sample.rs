@@ -40,8 +40,8 @@ pub struct SampleArgs {
     /// Tokens to generate.
     #[arg(long, default_value_t = 400)]
     pub tokens: usize,
-    /// Sampling temperature (0: greedy).
-    #[arg(long, default_value_t = 0.8)]
+    /// Sampling temperature (0: greedy; a finite number, 0 or more).
+    #[arg(long, default_value_t = 0.8, allow_negative_numbers = true, value_parser = super::values::non_negative_f32)]
     pub temperature: f32,
     /// Sample among the k most likely tokens (0: all).
     #[arg(long, default_value_t = 40)]

@@ -6,6 +6,12 @@
 //! a fresh clone. It writes `DIR/ckpt/checkpoint.safetensors` (atomically, every `--save-every`
 //! steps and at the end) and `DIR/loss.png`, then prints the final loss beside the corpus' unigram
 //! entropy and a sample of generated text.
+//!
+//! DIR (`--save`, default `runs/<spec file stem>`) is claimed first ([`run_dir`]): locked for this
+//! process, checked writable, and refused when it already holds a run unless `--resume` or
+//! `--overwrite`. Every option that shapes the run is recorded in the checkpoint (the data as an
+//! absolute path and a content hash); `--resume` continues with them and says which flags it
+//! ignores.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -22,11 +28,15 @@ use modelspec_runtime::train::rng::SplitMix64;
 use modelspec_runtime::train::sample::{self as sampling, SampleOptions};
 use modelspec_runtime::train::schedule::CosineSchedule;
 use modelspec_runtime::train::{
-    CpuObjective, Objective, TrainError, TrainOptions, Trainer, checkpoint,
+    CpuObjective, Objective, TrainError, TrainOptions, TrainState, Trainer, checkpoint,
 };
+
+use super::values;
+use run_dir::RunDir;
 
 mod cuda;
 mod dist;
+pub mod run_dir;
 
 /// The bundled tiny spec, trained when no FILE is given.
 pub const TINY_SPEC: &str = include_str!("../../specs/tiny.mspec");
@@ -51,16 +61,16 @@ pub struct TrainArgs {
     /// Optimizer steps [default: 600]; with --resume, a new total that extends the run.
     #[arg(long)]
     pub steps: Option<u64>,
-    /// Sequences per micro-batch.
-    #[arg(long, default_value_t = 16)]
-    pub batch: usize,
-    /// Tokens per sequence.
-    #[arg(long, default_value_t = 64)]
-    pub seq: usize,
-    /// Micro-batches accumulated into one step.
-    #[arg(long, default_value_t = 1)]
-    pub accumulate: usize,
-    /// Training text (UTF-8); default: the bundled Pride and Prejudice.
+    /// Sequences per micro-batch [default: 16].
+    #[arg(long, value_parser = values::at_least_one)]
+    pub batch: Option<u64>,
+    /// Tokens per sequence [default: 64].
+    #[arg(long, value_parser = values::at_least_one)]
+    pub seq: Option<u64>,
+    /// Micro-batches accumulated into one step [default: 1].
+    #[arg(long, value_parser = values::at_least_one)]
+    pub accumulate: Option<u64>,
+    /// Training text (UTF-8, a regular file); default: the bundled Pride and Prejudice.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// A HF tokenizer.json (default: byte-level tokens, vocabulary 256).
@@ -69,33 +79,40 @@ pub struct TrainArgs {
     /// Activation-checkpoint policy (none, full, auto, budget(0.5), ...); default: the spec's.
     #[arg(long = "checkpoint")]
     pub policy: Option<String>,
-    /// Output directory: DIR/ckpt/ and DIR/loss.png (default: runs/<spec name>).
+    /// Output directory: DIR/ckpt/ and DIR/loss.png (default: runs/<spec file name without its
+    /// extension>, runs/tiny for the bundled spec).
     #[arg(long)]
     pub save: Option<PathBuf>,
-    /// Continue the run saved in DIR (its recorded options are used; --steps may extend it).
+    /// Continue the run saved in DIR (its recorded options are used; --steps may extend it,
+    /// --save-every and --data may change; other differing flags are named and ignored).
     #[arg(long)]
     pub resume: Option<PathBuf>,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-3)]
-    pub lr: f64,
-    /// Final learning rate of the cosine decay (default: lr / 10).
+    /// Start a fresh run even if the output directory already holds one (its checkpoint and plot
+    /// are replaced).
     #[arg(long)]
+    pub overwrite: bool,
+    /// Peak learning rate (above 0) [default: 0.003].
+    #[arg(long, allow_negative_numbers = true, value_parser = values::positive_f64)]
+    pub lr: Option<f64>,
+    /// Final learning rate of the cosine decay (default: lr / 10).
+    #[arg(long, allow_negative_numbers = true, value_parser = values::non_negative_f64)]
     pub min_lr: Option<f64>,
     /// Linear warmup steps (default: 5% of the steps).
     #[arg(long)]
     pub warmup: Option<u64>,
-    /// AdamW's decoupled weight decay (matrices only; embeddings, norms and biases never decay).
-    #[arg(long, default_value_t = 0.1)]
-    pub weight_decay: f64,
-    /// Global gradient-norm clip (0: off).
-    #[arg(long, default_value_t = 1.0)]
-    pub clip: f64,
-    /// Seeds initialisation, data order and dropout.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Save a checkpoint every N steps (and always at the end).
-    #[arg(long, default_value_t = 100)]
-    pub save_every: u64,
+    /// AdamW's decoupled weight decay (matrices only; embeddings, norms and biases never decay)
+    /// [default: 0.1].
+    #[arg(long, allow_negative_numbers = true, value_parser = values::non_negative_f64)]
+    pub weight_decay: Option<f64>,
+    /// Global gradient-norm clip (0: off) [default: 1].
+    #[arg(long, allow_negative_numbers = true, value_parser = values::non_negative_f64)]
+    pub clip: Option<f64>,
+    /// Seeds initialisation, data order and dropout [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Save a checkpoint every N steps (and always at the end) [default: 100].
+    #[arg(long, value_parser = values::at_least_one)]
+    pub save_every: Option<u64>,
     /// Tokens of sample text printed at the end (0: none).
     #[arg(long, default_value_t = 200)]
     pub sample_tokens: usize,
@@ -111,6 +128,28 @@ pub struct TrainArgs {
     /// Data parallelism: --ranks (CPU), --gpus and the multi-host flags (GPU).
     #[command(flatten)]
     pub dist: dist::DistArgs,
+}
+
+/// Defaults of the flags that a resumed run takes from its checkpoint instead.
+const DEFAULT_BATCH: u64 = 16;
+const DEFAULT_SEQ: u64 = 64;
+const DEFAULT_LR: f64 = 3e-3;
+const DEFAULT_WEIGHT_DECAY: f64 = 0.1;
+const DEFAULT_CLIP: f64 = 1.0;
+
+impl TrainArgs {
+    /// `--batch` or its default.
+    pub fn batch(&self) -> usize {
+        self.batch.unwrap_or(DEFAULT_BATCH) as usize
+    }
+    /// `--seq` or its default.
+    pub fn seq(&self) -> usize {
+        self.seq.unwrap_or(DEFAULT_SEQ) as usize
+    }
+    /// `--seed` or its default.
+    pub fn seed(&self) -> u64 {
+        self.seed.unwrap_or(0)
+    }
 }
 
 /// The spec of FILE, or the bundled tiny spec; diagnostics are printed on stderr.
@@ -140,7 +179,29 @@ fn read_text(data: &str) -> Result<String> {
     if data == CORPUS_NAME {
         return Ok(CORPUS.to_string());
     }
+    regular_file(data)?;
     std::fs::read_to_string(data).with_context(|| format!("reading the training text {data}"))
+}
+
+/// The `--data` path as recorded: absolute, after checking it is a regular file.
+fn data_source(path: &Path) -> Result<String> {
+    let absolute = std::fs::canonicalize(path)
+        .with_context(|| format!("reading the training text {}", path.display()))?;
+    let shown = absolute.display().to_string();
+    regular_file(&shown)?;
+    Ok(shown)
+}
+
+/// Refuses training text that is not a regular file: a FIFO or `/dev/zero` would be read without
+/// end.
+fn regular_file(data: &str) -> Result<()> {
+    let meta =
+        std::fs::metadata(data).with_context(|| format!("reading the training text {data}"))?;
+    if !meta.is_file() {
+        let kind = modelspec_runtime::io::special_kind(&meta.file_type()).unwrap_or("special file");
+        bail!("the training text {data} is a {kind}, not a regular file");
+    }
+    Ok(())
 }
 
 /// Runs `modelspec train`.
@@ -148,7 +209,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
     if args.dist.gpu_run(&args.device) {
         return dist::run_gpus(&args);
     }
-    args.dist.cpu_ranks(&args.device, args.batch)?;
+    args.dist.cpu_ranks(&args.device, args.batch())?;
     match args.device.as_str() {
         "cpu" => {
             if args.dtype.as_deref() == Some("bf16") {
@@ -206,7 +267,7 @@ impl CpuSampler for cuda::CudaObjective {
 fn train<O: Objective + CpuSampler>(
     args: &TrainArgs,
     mut trainer: Trainer<O>,
-    out_dir: PathBuf,
+    out_dir: RunDir,
     tokenizer: Tokenizer,
     device: &str,
 ) -> Result<()> {
@@ -238,6 +299,7 @@ fn train<O: Objective + CpuSampler>(
     );
     bar.set_position(trainer.state.step);
     let started = Instant::now();
+    let first_step = trainer.state.step;
     let mut tokens_done = 0usize;
     let mut failure = None;
     let stop_after = args.stop_after.unwrap_or(u64::MAX);
@@ -251,7 +313,7 @@ fn train<O: Objective + CpuSampler>(
                     "loss {:.4} | {:.0} tok/s | lr {:.2e} | |g| {:.2}",
                     report.loss, rate, report.lr, report.grad_norm
                 ));
-                if (report.step + 1) % args.save_every.max(1) == 0 {
+                if (report.step + 1) % options.save_every.max(1) == 0 {
                     trainer.save(&ckpt_dir)?;
                 }
             }
@@ -283,7 +345,7 @@ fn train<O: Objective + CpuSampler>(
         options.data
     );
     let plot_path = out_dir.join("loss.png");
-    plot::write_png(
+    let plotted = plot::write_png(
         &plot_path,
         &LossPlot {
             title: &title,
@@ -292,21 +354,28 @@ fn train<O: Objective + CpuSampler>(
             references: &references,
         },
         (900, 560),
-    )?;
+    );
     if let Some(e) = failure {
-        bail!(
-            "{e} (in {}; the loss plot is {})",
-            ckpt_dir.display(),
-            plot_path.display()
-        );
+        // The divergence is the news; a plot that could not be drawn is a footnote to it.
+        let plot_note = match plotted {
+            Ok(()) => format!("the loss plot is {}", plot_path.display()),
+            Err(p) => format!("no loss plot: {p}"),
+        };
+        bail!("{e} (in {}; {plot_note})", ckpt_dir.display());
     }
+    plotted?;
 
     let tail = &trainer.losses[trainer.losses.len().saturating_sub(20)..];
     let final_loss = tail.iter().map(|&l| l as f64).sum::<f64>() / tail.len().max(1) as f64;
     let ln2 = std::f64::consts::LN_2;
+    let steps_now = trainer.state.step - first_step;
+    let total = if first_step > 0 {
+        format!(" ({} in total)", trainer.state.step)
+    } else {
+        String::new()
+    };
     println!(
-        "trained {} steps in {:.1} s ({:.0} tokens/s)",
-        trainer.losses.len(),
+        "trained {steps_now} steps{total} in {:.1} s ({:.0} tokens/s)",
         elapsed,
         tokens_done as f64 / elapsed.max(1e-9)
     );
@@ -366,17 +435,34 @@ fn cpu_objective(
     )?)
 }
 
-fn start(args: &TrainArgs) -> Result<(Trainer<DataParallel<CpuObjective>>, PathBuf, Tokenizer)> {
+fn start(args: &TrainArgs) -> Result<(Trainer<DataParallel<CpuObjective>>, RunDir, Tokenizer)> {
     start_with(args, |spec, options| {
         cpu_objective(spec, options, args.dist.ranks)
     })
+}
+
+/// Whether this process is a rank other than 0 of a multi-process run: it writes nothing into the
+/// run folder, so it neither claims nor locks it.
+fn secondary_rank(args: &TrainArgs) -> bool {
+    args.dist
+        .rank
+        .or_else(|| std::env::var("RANK").ok()?.parse().ok())
+        .is_some_and(|r| r != 0)
+}
+
+/// Claims the run folder `dir` (see [`run_dir::claim`]), except on secondary ranks.
+fn claim_dir(args: &TrainArgs, dir: &Path, fresh: bool, inputs: &[&Path]) -> Result<RunDir> {
+    if secondary_rank(args) {
+        return Ok(RunDir::unclaimed(dir.to_path_buf()));
+    }
+    run_dir::claim(dir, fresh, args.overwrite, inputs)
 }
 
 /// A fresh run whose objective `make` builds for the spec and the run's options.
 fn start_with<O: Objective>(
     args: &TrainArgs,
     make: impl FnOnce(&ModelSpec, &TrainOptions) -> Result<O>,
-) -> Result<(Trainer<O>, PathBuf, Tokenizer)> {
+) -> Result<(Trainer<O>, RunDir, Tokenizer)> {
     let spec = load_spec(args.file.as_deref())?;
     let tokenizer = load_tokenizer(args.tokenizer.as_deref())?;
     if tokenizer.vocab_size() as u64 > spec.vocab {
@@ -388,45 +474,59 @@ fn start_with<O: Objective>(
         );
     }
     let data = match &args.data {
-        Some(p) => p.display().to_string(),
+        Some(p) => data_source(p)?,
         None => CORPUS_NAME.to_string(),
     };
+    let text = read_text(&data)?;
     let steps = args.steps.unwrap_or(DEFAULT_STEPS);
     let warmup = args.warmup.unwrap_or(steps / 20);
+    let lr = args.lr.unwrap_or(DEFAULT_LR);
     let options = TrainOptions {
         steps,
-        batch: args.batch,
-        seq: args.seq,
-        accumulate: args.accumulate,
+        batch: args.batch(),
+        seq: args.seq(),
+        accumulate: args.accumulate.unwrap_or(1) as usize,
         schedule: CosineSchedule {
-            peak_lr: args.lr,
-            min_lr: args.min_lr.unwrap_or(args.lr / 10.0),
+            peak_lr: lr,
+            min_lr: args.min_lr.unwrap_or(lr / 10.0),
             warmup_steps: warmup,
             total_steps: steps,
         },
         adamw: AdamWConfig {
-            weight_decay: args.weight_decay,
+            weight_decay: args.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
             ..AdamWConfig::default()
         },
-        clip: args.clip,
-        seed: args.seed,
+        clip: args.clip.unwrap_or(DEFAULT_CLIP),
+        seed: args.seed(),
         policy: args.policy.clone(),
         tokenizer: tokenizer.kind().to_string(),
         data,
+        data_hash: Some(checkpoint::content_hash(text.as_bytes())),
+        save_every: args.save_every.unwrap_or(checkpoint::DEFAULT_SAVE_EVERY),
     };
-    let out_dir = args
+    let out_path = args
         .save
         .clone()
-        .unwrap_or_else(|| PathBuf::from("runs").join(&spec.name));
-    if let Some(path) = &args.tokenizer {
+        .unwrap_or_else(|| run_dir::default_dir(args.file.as_deref()));
+    let inputs: Vec<&Path> = [
+        args.file.as_deref(),
+        args.data.as_deref(),
+        args.tokenizer.as_deref(),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    let out_dir = claim_dir(args, &out_path, true, &inputs)?;
+    if let Some(path) = &args.tokenizer
+        && !secondary_rank(args)
+    {
         let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         checkpoint::write_atomic(&out_dir.join("ckpt").join("tokenizer.json"), &bytes)?;
     }
-    let text = read_text(&options.data)?;
     let tokens = tokenizer.encode(&text)?;
     let (train_tokens, _) = data::split_validation(&tokens, 0.05, 0);
     let objective = make(&spec, &options)?;
-    let params = Params::init(&spec, args.seed);
+    let params = Params::init(&spec, options.seed);
     let trainer = Trainer::new(objective, spec, params, options, train_tokens.to_vec())?;
     Ok((trainer, out_dir, tokenizer))
 }
@@ -434,10 +534,78 @@ fn start_with<O: Objective>(
 fn resume(
     args: &TrainArgs,
     dir: &Path,
-) -> Result<(Trainer<DataParallel<CpuObjective>>, PathBuf, Tokenizer)> {
+) -> Result<(Trainer<DataParallel<CpuObjective>>, RunDir, Tokenizer)> {
     resume_with(args, dir, |spec, options| {
         cpu_objective(spec, options, args.dist.ranks)
     })
+}
+
+/// The flags given with `--resume` that differ from what the run recorded, as
+/// `--flag VALUE (the run has RECORDED)`: the run keeps its recorded options.
+fn ignored_on_resume(args: &TrainArgs, state: &TrainState) -> Vec<String> {
+    let o = &state.options;
+    let mut out = Vec::new();
+    let mut differs = |flag: &str, given: Option<String>, recorded: String| {
+        if let Some(given) = given.filter(|g| *g != recorded) {
+            out.push(format!("--{flag} {given} (the run has {recorded})"));
+        }
+    };
+    differs(
+        "batch",
+        args.batch.map(|v| v.to_string()),
+        o.batch.to_string(),
+    );
+    differs("seq", args.seq.map(|v| v.to_string()), o.seq.to_string());
+    differs(
+        "accumulate",
+        args.accumulate.map(|v| v.to_string()),
+        o.accumulate.to_string(),
+    );
+    differs(
+        "lr",
+        args.lr.map(|v| v.to_string()),
+        o.schedule.peak_lr.to_string(),
+    );
+    differs(
+        "min-lr",
+        args.min_lr.map(|v| v.to_string()),
+        o.schedule.min_lr.to_string(),
+    );
+    differs(
+        "warmup",
+        args.warmup.map(|v| v.to_string()),
+        o.schedule.warmup_steps.to_string(),
+    );
+    differs(
+        "weight-decay",
+        args.weight_decay.map(|v| v.to_string()),
+        o.adamw.weight_decay.to_string(),
+    );
+    differs("clip", args.clip.map(|v| v.to_string()), o.clip.to_string());
+    differs("seed", args.seed.map(|v| v.to_string()), o.seed.to_string());
+    differs(
+        "checkpoint",
+        args.policy.clone(),
+        o.policy.clone().unwrap_or_else(|| "the spec's own".into()),
+    );
+    if let Some(t) = &args.tokenizer {
+        out.push(format!(
+            "--tokenizer {} (the run keeps its {} tokenizer)",
+            t.display(),
+            o.tokenizer
+        ));
+    }
+    if let Some(file) = &args.file {
+        let same = modelspec_dsl::load::load_file(file).is_ok_and(|(spec, _)| spec == state.spec);
+        if !same {
+            out.push(format!(
+                "{} (not the run's spec; the run continues with its recorded `{}`)",
+                file.display(),
+                state.spec.name
+            ));
+        }
+    }
+    out
 }
 
 /// Continues the run saved in `dir` with the objective `make` builds for its recorded options.
@@ -445,33 +613,68 @@ fn resume_with<O: Objective>(
     args: &TrainArgs,
     dir: &Path,
     make: impl FnOnce(&ModelSpec, &TrainOptions) -> Result<O>,
-) -> Result<(Trainer<O>, PathBuf, Tokenizer)> {
+) -> Result<(Trainer<O>, RunDir, Tokenizer)> {
     let ckpt_dir = checkpoint_dir(dir);
     let mut ckpt = checkpoint::load(&ckpt_dir)?;
-    if let Some(steps) = args.steps.filter(|&s| s != ckpt.state.options.steps) {
+    let ignored = ignored_on_resume(args, &ckpt.state);
+    if !ignored.is_empty() {
+        eprintln!(
+            "note: --resume continues {} with its recorded options; ignoring {}",
+            dir.display(),
+            ignored.join(", ")
+        );
+    }
+    let options = &mut ckpt.state.options;
+    if let Some(steps) = args.steps.filter(|&s| s != options.steps) {
         // The schedule keeps its planned length (past it the rate stays at its floor); only the
         // step the run stops at changes.
         eprintln!(
             "note: the run was planned for {} steps; now stopping at {steps}",
-            ckpt.state.options.steps
+            options.steps
         );
-        ckpt.state.options.steps = steps;
+        options.steps = steps;
     }
-    let tokenizer = match ckpt.state.options.tokenizer.as_str() {
+    if let Some(every) = args.save_every.filter(|&n| n != options.save_every) {
+        eprintln!(
+            "note: the run saved every {} steps; now every {every}",
+            options.save_every
+        );
+        options.save_every = every;
+    }
+    let tokenizer = match options.tokenizer.as_str() {
         "bytes" => Tokenizer::Bytes,
         _ => Tokenizer::from_file(&ckpt_dir.join("tokenizer.json"))?,
     };
     if let Some(data) = &args.data {
-        ckpt.state.options.data = data.display().to_string();
+        options.data = data_source(data)?;
     }
-    let text = read_text(&ckpt.state.options.data)?;
+    let text = read_text(&options.data)?;
+    if let Some(recorded) = &options.data_hash {
+        let now = checkpoint::content_hash(text.as_bytes());
+        if now != *recorded {
+            bail!(
+                "the training text {} is not the text this run was trained on (content hash {now}, recorded {recorded}): give --data with the original text",
+                options.data
+            );
+        }
+    }
+    let out_path = args.save.clone().unwrap_or_else(|| dir.to_path_buf());
+    // Continuing in place is not a fresh run; saving the continuation elsewhere is.
+    let fresh = !modelspec_runtime::io::same_file(&out_path, dir);
+    let data_path = PathBuf::from(&options.data);
+    let tokenizer_json = ckpt_dir.join("tokenizer.json");
+    let checkpoint_file = ckpt_dir.join(checkpoint::FILE_NAME);
+    let mut inputs: Vec<&Path> = vec![&data_path];
+    if fresh {
+        inputs.push(&tokenizer_json);
+        inputs.push(&checkpoint_file);
+    }
+    let out_dir = claim_dir(args, &out_path, fresh, &inputs)?;
     let tokens = tokenizer.encode(&text)?;
     let (train_tokens, _) = data::split_validation(&tokens, 0.05, 0);
     let objective = make(&ckpt.state.spec, &ckpt.state.options)?;
-    let out_dir = args.save.clone().unwrap_or_else(|| dir.to_path_buf());
-    let tokenizer_json = ckpt_dir.join("tokenizer.json");
     let new_tokenizer_json = out_dir.join("ckpt").join("tokenizer.json");
-    if tokenizer.kind() != "bytes" && new_tokenizer_json != tokenizer_json {
+    if tokenizer.kind() != "bytes" && fresh {
         // The new directory must be usable on its own (`modelspec sample`, a later --resume).
         let bytes = std::fs::read(&tokenizer_json)
             .with_context(|| format!("reading {}", tokenizer_json.display()))?;
@@ -521,19 +724,18 @@ pub fn generate_text(
 fn bench(args: &TrainArgs) -> Result<()> {
     let spec = load_spec(args.file.as_deref())?;
     let mut objective = CpuObjective::new(&spec, args.policy.as_deref())?;
-    let params = Params::init(&spec, args.seed);
-    let mut rng = SplitMix64::new(args.seed);
+    let params = Params::init(&spec, args.seed());
+    let mut rng = SplitMix64::new(args.seed());
     let vocab = spec.vocab.min(256);
-    let tokens: Vec<u32> = (0..args.batch * args.seq)
-        .map(|_| rng.below(vocab) as u32)
-        .collect();
+    let (batch, seq) = (args.batch(), args.seq());
+    let tokens: Vec<u32> = (0..batch * seq).map(|_| rng.below(vocab) as u32).collect();
     for _ in 0..3 {
-        objective.loss_and_grads(&params, &tokens, args.batch, 0)?;
+        objective.loss_and_grads(&params, &tokens, batch, 0)?;
     }
     let mut times = Vec::with_capacity(args.bench_iters);
     for _ in 0..args.bench_iters.max(1) {
         let t = Instant::now();
-        objective.loss_and_grads(&params, &tokens, args.batch, 0)?;
+        objective.loss_and_grads(&params, &tokens, batch, 0)?;
         times.push(t.elapsed().as_secs_f64());
     }
     times.sort_by(f64::total_cmp);
@@ -553,12 +755,12 @@ fn bench(args: &TrainArgs) -> Result<()> {
             "layer": layer,
         },
         "params": params.numel(),
-        "batch": args.batch,
-        "seq": args.seq,
+        "batch": batch,
+        "seq": seq,
         "threads": threads(),
         "iters": times.len(),
         "median_s": median,
-        "tokens_per_s": (args.batch * args.seq) as f64 / median,
+        "tokens_per_s": (batch * seq) as f64 / median,
     });
     println!("{json}");
     Ok(())

@@ -8,22 +8,24 @@
 //!
 //! and in the safetensors metadata, one key `modelspec` (one key, so that the header's bytes do not
 //! depend on a hash map's order: the same run writes the same file, byte for byte) holding JSON:
-//! - `format`: `modelspec-train-1`;
-//! - `checksum`: FNV-1a (64 bit) over every tensor's name, shape and bytes in sorted order, so a
-//!   corrupt file is an error rather than a silently different model;
+//! - `format`: `modelspec-train-2`;
+//! - `checksum`: FNV-1a (64 bit) over every tensor's name, shape and bytes in sorted order, then
+//!   over the format, the optimizer step and the `state` JSON exactly as stored: everything that
+//!   is read back, so a corrupt or edited file (a changed `peak_lr` or `seed`) is an error rather
+//!   than a silently different run;
 //! - `optimizer_step`: AdamW's step count;
 //! - `state`: [`TrainState`]: step, the training RNG's state, the data cursor, the options and the
 //!   resolved spec (the IR), so `modelspec sample DIR` needs nothing else. Every f64 survives the
 //!   round trip bit for bit (serde_json's `float_roundtrip`).
 //!
-//! A save writes `checkpoint.safetensors.tmp`, fsyncs it, renames it over the old file and fsyncs
-//! the directory: at every instant the directory holds either the old checkpoint or the new one,
-//! whole. A HF tokenizer is copied beside it as `tokenizer.json` the same way.
+//! A save goes through [`crate::io::write_atomic`]: a uniquely named temporary file, fsync, rename
+//! over the old file, fsync of the directory; at every instant the directory holds either the old
+//! checkpoint or the new one, whole, and a failed save leaves no temporary file. A HF tokenizer is
+//! copied beside it as `tokenizer.json` the same way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use modelspec_dsl::ir::ModelSpec;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -38,17 +40,25 @@ use crate::{Params, Tensor};
 /// The checkpoint file's name inside the checkpoint directory.
 pub const FILE_NAME: &str = "checkpoint.safetensors";
 /// The checkpoint format this version writes and reads.
-pub const FORMAT: &str = "modelspec-train-1";
+pub const FORMAT: &str = "modelspec-train-2";
 /// The one safetensors metadata key, holding the JSON [`Header`].
 const METADATA_KEY: &str = "modelspec";
 
-/// What the metadata key holds.
+/// What the metadata key holds. `state` stays a JSON value until the checksum over its text is
+/// verified.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Header {
     format: String,
     checksum: String,
     optimizer_step: u64,
-    state: TrainState,
+    state: serde_json::Value,
+}
+
+/// How often a run saves when the options do not say (checkpoints of older runs).
+pub const DEFAULT_SAVE_EVERY: u64 = 100;
+
+fn default_save_every() -> u64 {
+    DEFAULT_SAVE_EVERY
 }
 
 /// The options a run was started with; a resumed run continues with the same ones.
@@ -74,8 +84,22 @@ pub struct TrainOptions {
     pub policy: Option<String>,
     /// `bytes` or `tokenizer.json`.
     pub tokenizer: String,
-    /// Where the training text came from (a path, or `bundled:<name>`).
+    /// Where the training text came from (an absolute path, or `bundled:<name>`).
     pub data: String,
+    /// A content hash of the training text ([`content_hash`]), checked when the run resumes; `None`
+    /// when not recorded.
+    #[serde(default)]
+    pub data_hash: Option<String>,
+    /// Save a checkpoint every this many steps (and at the end).
+    #[serde(default = "default_save_every")]
+    pub save_every: u64,
+}
+
+/// A content hash of training text: `fnv1a64:` and 16 hex digits of FNV-1a over its bytes.
+pub fn content_hash(bytes: &[u8]) -> String {
+    let mut hash = FNV_OFFSET;
+    fnv1a(&mut hash, bytes);
+    format!("fnv1a64:{hash:016x}")
 }
 
 /// Everything but the tensors: where the run is and how it was set up.
@@ -113,8 +137,17 @@ fn fnv1a(hash: &mut u64, bytes: &[u8]) {
     }
 }
 
-fn checksum<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8])>) -> String {
-    let mut hash = 0xCBF2_9CE4_8422_2325u64;
+const FNV_OFFSET: u64 = 0xCBF2_9CE4_8422_2325;
+
+/// The checksum of a checkpoint: its tensors (name, shape, bytes; sorted by name), then its
+/// format, optimizer step and the state's JSON text.
+fn checksum<'a>(
+    tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8])>,
+    format: &str,
+    optimizer_step: u64,
+    state_json: &str,
+) -> String {
+    let mut hash = FNV_OFFSET;
     for (name, shape, data) in tensors {
         fnv1a(&mut hash, name.as_bytes());
         for &d in shape {
@@ -122,32 +155,33 @@ fn checksum<'a>(tensors: impl IntoIterator<Item = (&'a str, &'a [usize], &'a [u8
         }
         fnv1a(&mut hash, data);
     }
+    fnv1a(&mut hash, format.as_bytes());
+    fnv1a(&mut hash, &optimizer_step.to_le_bytes());
+    fnv1a(&mut hash, state_json.as_bytes());
     format!("{hash:016x}")
+}
+
+/// The state as the JSON value stored in the header and the exact text the checksum covers.
+fn state_json(state: &TrainState) -> Result<(serde_json::Value, String), TrainError> {
+    let value = serde_json::to_value(state)
+        .map_err(|e| TrainError::Checkpoint(format!("serialising the state: {e}")))?;
+    let text = value.to_string();
+    Ok((value, text))
 }
 
 fn le_bytes(values: &[f32]) -> Vec<u8> {
     values.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename, fsync of the
-/// directory.
+/// Writes `bytes` to `path` atomically ([`crate::io::write_atomic`]), creating its folder when
+/// missing.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
     fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut file = fs::File::create(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
-        file.write_all(bytes).map_err(|e| TrainError::io(&tmp, e))?;
-        file.sync_all().map_err(|e| TrainError::io(&tmp, e))?;
-    }
-    fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))?;
-    // The rename is durable only once the directory entry is.
-    if let Ok(d) = fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    Ok(crate::io::write_atomic(path, bytes)?)
 }
 
 /// Saves a checkpoint into `ckpt_dir` (created when missing), replacing the previous one atomically.
@@ -182,13 +216,17 @@ pub fn save(
         (vec![losses.len()], le_bytes(losses)),
     );
 
+    let mut state = state.clone();
+    state.options.adamw = optimizer.config;
+    let (state, state_text) = state_json(&state)?;
     let sum = checksum(
         tensors
             .iter()
             .map(|(n, (s, d))| (n.as_str(), s.as_slice(), d.as_slice())),
+        FORMAT,
+        optimizer.step,
+        &state_text,
     );
-    let mut state = state.clone();
-    state.options.adamw = optimizer.config;
     let header = Header {
         format: FORMAT.to_string(),
         checksum: sum,
@@ -245,7 +283,7 @@ pub fn load(ckpt_dir: &Path) -> Result<Checkpoint, TrainError> {
     };
     if header.format != FORMAT {
         return Err(bad(format!(
-            "unsupported checkpoint format `{}` (this version reads {FORMAT})",
+            "unsupported checkpoint format `{}` (this version reads {FORMAT}; older checkpoints did not checksum their training state: start a new run)",
             header.format
         )));
     }
@@ -261,10 +299,15 @@ pub fn load(ckpt_dir: &Path) -> Result<Checkpoint, TrainError> {
         }
         views.push((*name, view));
     }
-    let sum = checksum(views.iter().map(|(n, v)| (*n, v.shape(), v.data())));
+    let sum = checksum(
+        views.iter().map(|(n, v)| (*n, v.shape(), v.data())),
+        &header.format,
+        header.optimizer_step,
+        &header.state.to_string(),
+    );
     if header.checksum != sum {
         return Err(bad(format!(
-            "checksum mismatch (recorded {}, computed {sum}): the file is corrupt",
+            "checksum mismatch (recorded {}, computed {sum}): the file is corrupt or was edited",
             header.checksum
         )));
     }
@@ -273,6 +316,8 @@ pub fn load(ckpt_dir: &Path) -> Result<Checkpoint, TrainError> {
         state,
         ..
     } = header;
+    let state: TrainState = serde_json::from_value(state)
+        .map_err(|e| bad(format!("unreadable training state ({e})")))?;
 
     let mut params = Params::new();
     let mut moments: BTreeMap<String, Moments> = BTreeMap::new();

@@ -52,6 +52,9 @@ pub enum TrainError {
     /// Drawing the loss plot failed.
     #[error("plot: {0}")]
     Plot(String),
+    /// An output file was refused (not a regular file, or an input) or could not be written.
+    #[error(transparent)]
+    Output(#[from] crate::io::OutputError),
     /// Reading or writing a file failed.
     #[error("{}: {source}", path.display())]
     Io {

@@ -414,6 +414,8 @@ mod tests {
             policy: None,
             tokenizer: "bytes".into(),
             data: "test".into(),
+            data_hash: None,
+            save_every: 100,
         }
     }
 
@@ -625,6 +627,34 @@ mod tests {
             checkpoint::load(&dir).unwrap_err(),
             TrainError::Io { .. }
         ));
+    }
+
+    #[test]
+    fn edited_training_state_is_a_checksum_error() {
+        // Same-length edits of the JSON state (so the safetensors header still parses): the
+        // checksum covers the state, not only the tensors.
+        let dir = temp_dir("edited");
+        let mut t = trainer(4, None);
+        t.step().unwrap();
+        t.save(&dir).unwrap();
+        let path = dir.join(checkpoint::FILE_NAME);
+        let bytes = std::fs::read(&path).unwrap();
+        let find = |needle: &[u8]| bytes.windows(needle.len()).position(|w| w == needle);
+        for (from, to) in [
+            ("\\\"peak_lr\\\":0.05", "\\\"peak_lr\\\":0.09"),
+            ("\\\"seed\\\":11", "\\\"seed\\\":12"),
+        ] {
+            assert_eq!(from.len(), to.len());
+            let start = find(from.as_bytes()).unwrap_or_else(|| panic!("{from} not in the header"));
+            let mut out = bytes.clone();
+            out[start..start + to.len()].copy_from_slice(to.as_bytes());
+            std::fs::write(&path, &out).unwrap();
+            let err = checkpoint::load(&dir).unwrap_err().to_string();
+            assert!(err.contains("checksum mismatch"), "{from}: {err}");
+        }
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(checkpoint::load(&dir).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -52,15 +52,45 @@ pub struct LossPlot<'a> {
     pub references: &'a [Reference],
 }
 
-/// Draws `plot` into the PNG file `path`, `width × height` pixels.
+/// Checks that `path` names a PNG file (`.png`, any case): the only format plots are written in.
+pub fn check_png_path(path: &Path) -> Result<(), TrainError> {
+    let is_png = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if is_png {
+        Ok(())
+    } else {
+        Err(TrainError::Plot(format!(
+            "{}: plots are written as PNG images; give a path ending in `.png`",
+            path.display()
+        )))
+    }
+}
+
+/// Draws `plot` into the PNG file `path`, `width × height` pixels, atomically
+/// ([`crate::io::write_atomic_with`]): a failed drawing or a full disk leaves the previous file.
 pub fn write_png(
     path: &Path,
     plot: &LossPlot<'_>,
     (width, height): (u32, u32),
 ) -> Result<(), TrainError> {
+    check_png_path(path)?;
     register_font()?;
-    let root = BitMapBackend::new(path, (width, height)).into_drawing_area();
-    draw(root, plot).map_err(|e| TrainError::Plot(format!("{}: {e}", path.display())))
+    let mut failure = None;
+    let written = crate::io::write_atomic_with(path, |tmp| {
+        let root = BitMapBackend::new(tmp, (width, height)).into_drawing_area();
+        draw(root, plot).map_err(|e| {
+            let text = e.to_string();
+            failure = Some(text.clone());
+            std::io::Error::other(text)
+        })
+    });
+    match (written, failure) {
+        (Ok(()), _) => Ok(()),
+        (Err(_), Some(why)) => Err(TrainError::Plot(format!("{}: {why}", path.display()))),
+        (Err(e), None) => Err(e.into()),
+    }
 }
 
 /// Draws `plot` into an RGB buffer of `width × height` pixels (3 bytes each, row-major).
@@ -277,5 +307,35 @@ mod tests {
             )
             .unwrap();
         }
+    }
+
+    #[test]
+    fn a_path_without_png_is_a_clear_error_and_writes_nothing() {
+        let dir = std::env::temp_dir().join(format!("modelspec-plot-ext-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let losses = losses();
+        let err = write_png(
+            &dir.join("out"),
+            &sample_plot(&losses, &[], "x"),
+            (320, 200),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("ending in `.png`"), "{err}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0);
+        // A run that blew up: huge but finite losses still plot.
+        let wild = [2.0, 1e30, 3e37, f32::INFINITY];
+        write_png(
+            &dir.join("wild.png"),
+            &sample_plot(&wild, &[], "x"),
+            (320, 200),
+        )
+        .unwrap();
+        let names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["wild.png"]);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -2,7 +2,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors, View};
@@ -343,30 +342,9 @@ pub fn write_tensors(
     write_atomic(path, &buffer)
 }
 
-/// Writes `bytes` to `path` through a temporary sibling file and a rename, so readers never see a
-/// partial file and an existing file is replaced only by a complete one.
+/// Writes `bytes` to `path` through a uniquely named temporary sibling file, fsync and a rename
+/// ([`crate::io::write_atomic`]): readers never see a partial file, an existing file is replaced
+/// only by a complete one, and a target that is not a regular file is refused.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WeightsError> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if let Err(source) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(WeightsError::Io {
-            path: path.to_path_buf(),
-            source,
-        });
-    }
-    Ok(())
+    Ok(crate::io::write_atomic(path, bytes)?)
 }

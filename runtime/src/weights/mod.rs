@@ -224,6 +224,9 @@ pub enum WeightsError {
         /// The embedding's checkpoint name.
         embed: String,
     },
+    /// The output file was refused (not a regular file, or an input) or could not be written.
+    #[error(transparent)]
+    Output(#[from] crate::io::OutputError),
     /// A tensor's data does not fill its shape.
     #[error("tensor `{name}`: {reason}")]
     BadTensor {
