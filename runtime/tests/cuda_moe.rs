@@ -1024,3 +1024,107 @@ fn moe_layer_is_send_and_sync() {
     fn check<T: Send + Sync>() {}
     check::<MoeLayer>();
 }
+
+/// `Σ_layers Σ out · dout + coef · aux` over all MoE layers: the scalar whose gradient the
+/// reference backward computes.
+fn objective(
+    spec: &ModelSpec,
+    layers: &[usize],
+    params: &[BTreeMap<String, Vec<f64>>],
+    xs: &[Vec<f64>],
+    douts: &[Vec<f64>],
+    rows: usize,
+) -> f64 {
+    let d = spec.d_model as usize;
+    let mut total = 0.0;
+    let mut aux: Option<(cpu::AuxStats, f64)> = None;
+    for (li, &i) in layers.iter().enumerate() {
+        let moe = moe_of(spec, i);
+        let f = ref_forward(&moe, i, d, &params[li], &xs[li], rows);
+        total += f
+            .out
+            .iter()
+            .zip(&douts[li])
+            .map(|(a, b)| a * b)
+            .sum::<f64>();
+        if moe.aux_loss > 0.0 {
+            aux.get_or_insert_with(|| (cpu::AuxStats::new(moe.experts as usize), moe.aux_loss))
+                .0
+                .add(&f.logits, &f.routing);
+        }
+    }
+    total + aux.map_or(0.0, |(a, c)| c * a.loss())
+}
+
+/// The test's reference (the CPU ops composed as the executor composes them) against central
+/// differences, so that a GPU mismatch points at the GPU. Runs without a device.
+#[test]
+fn reference_matches_finite_differences() {
+    for case in [&QWEN2_CASE, &AWKWARD_CASE, &TWO_LAYER_CASE, &TOPK_CASE] {
+        let spec = load_str(case.src, "test.mspec", Format::Mspec).expect("spec is valid");
+        let layers: Vec<usize> = (0..spec.layers.len())
+            .filter(|&i| matches!(spec.layers[i].ffn, Ffn::Moe(_)))
+            .collect();
+        let d = spec.d_model as usize;
+        let rows = case.rows;
+        let inp = draw(&spec, case, Dtype::F32, &layers);
+        let mut aux = None;
+        let mut fwd = Vec::new();
+        for (li, &i) in layers.iter().enumerate() {
+            let moe = moe_of(&spec, i);
+            let f = ref_forward(&moe, i, d, &inp.params[li], &inp.x[li], rows);
+            if moe.aux_loss > 0.0 {
+                aux.get_or_insert_with(|| (cpu::AuxStats::new(moe.experts as usize), moe.aux_loss))
+                    .0
+                    .add(&f.logits, &f.routing);
+            }
+            fwd.push(f);
+        }
+        let dprobs: Option<Vec<f64>> = aux.as_ref().map(|(a, c)| a.dprobs(*c));
+        let mut rng = Rng(inp.seed ^ 0x5555);
+        let h = 1e-7;
+        let mut checked = 0;
+        for (li, &i) in layers.iter().enumerate() {
+            let moe = moe_of(&spec, i);
+            let (dx, grads) = ref_backward(
+                &moe,
+                i,
+                d,
+                &inp.params[li],
+                &fwd[li],
+                &inp.x[li],
+                &inp.dout[li],
+                rows,
+                dprobs.as_deref().filter(|_| moe.aux_loss > 0.0),
+            );
+            let mut probe = |name: &str, idx: usize, analytic: f64| {
+                let eval = |delta: f64| {
+                    let mut params = inp.params.clone();
+                    let mut xs = inp.x.clone();
+                    if name == "x" {
+                        xs[li][idx] += delta;
+                    } else {
+                        params[li].get_mut(name).unwrap()[idx] += delta;
+                    }
+                    objective(&spec, &layers, &params, &xs, &inp.dout, rows)
+                };
+                let fd = (eval(h) - eval(-h)) / (2.0 * h);
+                assert!(
+                    (fd - analytic).abs() <= 1e-6 + 1e-4 * analytic.abs(),
+                    "{} layer {i}: d/d {name}[{idx}] analytic {analytic:.9e} finite difference {fd:.9e}",
+                    spec.name
+                );
+                checked += 1;
+            };
+            for _ in 0..4 {
+                let idx = (rng.next() * dx.len() as f64) as usize;
+                probe("x", idx, dx[idx]);
+            }
+            for (name, g) in &grads {
+                let idx = (rng.next() * g.len() as f64) as usize;
+                probe(name, idx, g[idx]);
+            }
+        }
+        println!("{}: {checked} derivatives checked", spec.name);
+    }
+}
