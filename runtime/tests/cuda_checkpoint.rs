@@ -29,6 +29,39 @@ const GPT2_LIKE: &str = "model t_gpt2 {
     mlp gelu_tanh(hidden = 512, bias = true)
 }";
 
+/// Layers that differ: sliding/global windows with two RoPE tables, a NoPE layer, an ALiBi
+/// layer, other head counts and MLP widths, a parallel-residual layer.
+const MIXED_LIKE: &str = "model t_mixed {
+    vocab 150   d_model 96   layers 4   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 32  window 9 }
+    position rope(theta = 100)
+    mlp swiglu(hidden = 160)
+    layers[1] {
+        attention { heads 6  kv_heads 3  head_dim 16  window none }
+        position rope(theta = 10000)
+        mlp gelu(hidden = 200, bias = true)
+    }
+    layers[2] { position none  parallel_residual }
+    layers[3] { position alibi  mlp relu_squared(hidden = 240) }
+}";
+
+/// Dense and mixture-of-experts layers (one unit for checkpointing), aux loss on.
+const MOE_LIKE: &str = "model t_moe {
+    vocab 150   d_model 96   layers 3   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 24 }
+    position rope(theta = 10000)
+    moe {
+        experts 4  top_k 2
+        expert swiglu(hidden = 64)
+        router softmax_topk  renormalize
+        shared(count = 1, hidden = 80, gate = true)
+        aux_loss 0.01
+    }
+    layers[0] { mlp swiglu(hidden = 160) }
+}";
+
 const POLICIES: [&str; 5] = ["full", "auto", "budget(0.5)", "budget(0.1)", "none"];
 
 fn saves_for(spec: &modelspec_dsl::ModelSpec, b: usize, t: usize, policy: &str) -> Vec<LayerSaves> {
@@ -174,11 +207,23 @@ fn policies_match_none_gpt2_like_bf16() {
     check(GPT2_LIKE, Dtype::Bf16);
 }
 
+#[test]
+fn policies_match_none_mixed_layers() {
+    check(MIXED_LIKE, Dtype::F32);
+    check(MIXED_LIKE, Dtype::Bf16);
+}
+
+#[test]
+fn policies_match_none_moe_layers() {
+    check(MOE_LIKE, Dtype::F32);
+    check(MOE_LIKE, Dtype::Bf16);
+}
+
 /// The trainer's memory plan follows the checkpoint plan (no GPU needed): less kept under full
 /// than auto than none, and `budget(f)` monotone in f.
 #[test]
 fn memory_follows_the_plan() {
-    for src in [LLAMA_LIKE, GPT2_LIKE] {
+    for src in [LLAMA_LIKE, GPT2_LIKE, MIXED_LIKE, MOE_LIKE] {
         let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
         let bytes = |policy: &str| {
             GpuTrainer::predicted_bytes_with(

@@ -20,7 +20,7 @@
 //! - [`gemm`]: cuBLASLt and the one row-major to column-major mapping;
 //! - [`ops`]: typed launch wrappers (`{op}_{dtype}` kernels);
 //! - [`rope`]: cos/sin tables on the host;
-//! - [`train`]: the GPU training step for dense GPT-2/Llama-style specs.
+//! - [`train`]: the GPU training step, walking every layer with its own configuration.
 
 pub mod compile;
 pub mod cudnn;

@@ -25,8 +25,8 @@ pub(super) struct ParamArena {
 }
 
 /// Offsets of every parameter (elements) and the arena size. 16-byte aligned bf16 views,
-/// except inside a fused group: q/k/v (and gate/up) weights and biases must be exactly adjacent
-/// to act as one matrix and one bias.
+/// except inside a fused group: q/k/v (and gate/up, also of every expert) weights and biases must
+/// be exactly adjacent to act as one matrix and one bias.
 pub(super) fn param_offsets(spec: &ModelSpec) -> (BTreeMap<String, usize>, usize) {
     let params = modelspec_dsl::params::parameters(spec);
     let mut offsets = BTreeMap::new();
@@ -38,7 +38,8 @@ pub(super) fn param_offsets(spec: &ModelSpec) -> (BTreeMap<String, usize>, usize
             }
             let n = p.numel() as usize;
             offsets.insert(p.name.clone(), total);
-            let fused_with_next = ["attn.q.", "attn.k.", "mlp.gate."]
+            // `.gate.`: a dense MLP's, each expert's and the shared experts' gate, before up.
+            let fused_with_next = ["attn.q.", "attn.k.", ".gate."]
                 .iter()
                 .any(|m| p.name.contains(m));
             total += if fused_with_next {
