@@ -16,7 +16,7 @@
 //! `decode` the key/value-cached decoding.
 
 use modelspec_dsl::ir::{Ffn, Layer, LayerCheckpoint, ModelSpec, Moe, Norm, Position, QkNormScope};
-use modelspec_dsl::plan::Dtype;
+use modelspec_dsl::plan::{self, Dtype, PolicyOverride};
 
 use crate::error::{Error, Result};
 use crate::ops::attention::{self, AttentionCfg};
@@ -46,6 +46,29 @@ pub enum Policy {
     Uniform(LayerCheckpoint),
     /// One policy per layer (what the budget planner produces).
     PerLayer(Vec<LayerCheckpoint>),
+}
+
+impl Policy {
+    /// The policy for an override of the spec's (`--checkpoint POLICY`, parsed by
+    /// [`modelspec_dsl::plan::parse_policy`]) in calls of `batch` sequences of `seq` tokens: no
+    /// override is [`Policy::FromSpec`], a per-layer policy applies to every layer, and a budget
+    /// becomes the per-layer save sets the planner resolves for that shape (f32 activations), or
+    /// the planner's error (an infeasible budget).
+    pub fn from_override(
+        spec: &ModelSpec,
+        policy: Option<&PolicyOverride>,
+        batch: usize,
+        seq: usize,
+    ) -> std::result::Result<Policy, plan::PlanError> {
+        Ok(match policy {
+            None => Policy::FromSpec,
+            Some(PolicyOverride::Layer(p)) => Policy::Uniform(p.clone()),
+            Some(budget @ PolicyOverride::Budget(_)) => {
+                let planned = plan::plan(spec, batch as u64, seq as u64, Dtype::F32, Some(budget))?;
+                Policy::PerLayer(planned.layer_checkpoints())
+            }
+        })
+    }
 }
 
 /// What [`Executor::loss_and_grads`] returns.

@@ -1,7 +1,7 @@
 //! The CPU executor as a training [`Objective`], with the `--checkpoint POLICY` of the command line.
 
 use modelspec_dsl::ir::ModelSpec;
-use modelspec_dsl::plan::{self, Dtype, PolicyOverride};
+use modelspec_dsl::plan::{self, PolicyOverride};
 
 use super::{Objective, TrainError};
 use crate::Params;
@@ -49,16 +49,8 @@ impl CpuObjective {
         {
             return Ok(policy.clone());
         }
-        let policy = match &self.policy {
-            None => Policy::FromSpec,
-            Some(PolicyOverride::Layer(p)) => Policy::Uniform(p.clone()),
-            Some(budget @ PolicyOverride::Budget(_)) => {
-                let spec = self.executor.spec();
-                let planned = plan::plan(spec, batch as u64, seq as u64, Dtype::F32, Some(budget))
-                    .map_err(|e| TrainError::Config(format!("--checkpoint: {e}")))?;
-                Policy::PerLayer(planned.layer_checkpoints())
-            }
-        };
+        let policy = Policy::from_override(self.executor.spec(), self.policy.as_ref(), batch, seq)
+            .map_err(|e| TrainError::Config(format!("--checkpoint: {e}")))?;
         self.resolved = Some(((batch, seq), policy.clone()));
         Ok(policy)
     }
