@@ -368,11 +368,14 @@ fn gpu_step_matches_cpu_gemma3_two_windows_two_ropes_f32() {
     compare(GEMMA3_WINDOWS, Dtype::Bf16, 5e-2);
 }
 
+/// f32 only: in bf16 a token whose k-th and (k+1)-th router scores differ by less than bf16's
+/// rounding may pick another expert than the f32 CPU, which no tolerance on the gradients
+/// covers (runtime/tests/cuda_moe.rs checks the bf16 MoE block on its own; the checkpoint test
+/// checks bf16 recomputation against the GPU itself).
 #[test]
 fn gpu_step_matches_cpu_dense_and_moe_layers_f32() {
     compare(MOE_MIXED, Dtype::F32, 1e-4);
     compare_with(MOE_MIXED, Dtype::F32, 1e-4, true);
-    compare(MOE_MIXED, Dtype::Bf16, 5e-2);
 }
 
 /// Without a device: the arena follows each layer's own widths. Keeping only layer inputs
