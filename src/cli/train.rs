@@ -28,7 +28,7 @@ use modelspec_runtime::train::rng::SplitMix64;
 use modelspec_runtime::train::sample::{self as sampling, SampleOptions};
 use modelspec_runtime::train::schedule::CosineSchedule;
 use modelspec_runtime::train::{
-    CpuObjective, Objective, TrainError, TrainOptions, TrainState, Trainer, checkpoint,
+    CpuObjective, Objective, TrainError, TrainOptions, Trainer, checkpoint,
 };
 
 use super::values;
@@ -36,6 +36,7 @@ use run_dir::RunDir;
 
 mod cuda;
 mod dist;
+mod resume_flags;
 pub mod run_dir;
 
 /// The bundled tiny spec, trained when no FILE is given.
@@ -458,6 +459,41 @@ fn claim_dir(args: &TrainArgs, dir: &Path, fresh: bool, inputs: &[&Path]) -> Res
     run_dir::claim(dir, fresh, args.overwrite, inputs)
 }
 
+/// The options of a fresh run: the flags, or their defaults.
+fn run_options(
+    args: &TrainArgs,
+    tokenizer: &str,
+    data: String,
+    data_hash: Option<String>,
+) -> TrainOptions {
+    let steps = args.steps.unwrap_or(DEFAULT_STEPS);
+    let warmup = args.warmup.unwrap_or(steps / 20);
+    let lr = args.lr.unwrap_or(DEFAULT_LR);
+    TrainOptions {
+        steps,
+        batch: args.batch(),
+        seq: args.seq(),
+        accumulate: args.accumulate.unwrap_or(1) as usize,
+        schedule: CosineSchedule {
+            peak_lr: lr,
+            min_lr: args.min_lr.unwrap_or(lr / 10.0),
+            warmup_steps: warmup,
+            total_steps: steps,
+        },
+        adamw: AdamWConfig {
+            weight_decay: args.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
+            ..AdamWConfig::default()
+        },
+        clip: args.clip.unwrap_or(DEFAULT_CLIP),
+        seed: args.seed(),
+        policy: args.policy.clone(),
+        tokenizer: tokenizer.to_string(),
+        data,
+        data_hash,
+        save_every: args.save_every.unwrap_or(checkpoint::DEFAULT_SAVE_EVERY),
+    }
+}
+
 /// A fresh run whose objective `make` builds for the spec and the run's options.
 fn start_with<O: Objective>(
     args: &TrainArgs,
@@ -478,32 +514,8 @@ fn start_with<O: Objective>(
         None => CORPUS_NAME.to_string(),
     };
     let text = read_text(&data)?;
-    let steps = args.steps.unwrap_or(DEFAULT_STEPS);
-    let warmup = args.warmup.unwrap_or(steps / 20);
-    let lr = args.lr.unwrap_or(DEFAULT_LR);
-    let options = TrainOptions {
-        steps,
-        batch: args.batch(),
-        seq: args.seq(),
-        accumulate: args.accumulate.unwrap_or(1) as usize,
-        schedule: CosineSchedule {
-            peak_lr: lr,
-            min_lr: args.min_lr.unwrap_or(lr / 10.0),
-            warmup_steps: warmup,
-            total_steps: steps,
-        },
-        adamw: AdamWConfig {
-            weight_decay: args.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
-            ..AdamWConfig::default()
-        },
-        clip: args.clip.unwrap_or(DEFAULT_CLIP),
-        seed: args.seed(),
-        policy: args.policy.clone(),
-        tokenizer: tokenizer.kind().to_string(),
-        data,
-        data_hash: Some(checkpoint::content_hash(text.as_bytes())),
-        save_every: args.save_every.unwrap_or(checkpoint::DEFAULT_SAVE_EVERY),
-    };
+    let data_hash = Some(checkpoint::content_hash(text.as_bytes()));
+    let options = run_options(args, tokenizer.kind(), data, data_hash);
     let out_path = args
         .save
         .clone()
@@ -540,74 +552,6 @@ fn resume(
     })
 }
 
-/// The flags given with `--resume` that differ from what the run recorded, as
-/// `--flag VALUE (the run has RECORDED)`: the run keeps its recorded options.
-fn ignored_on_resume(args: &TrainArgs, state: &TrainState) -> Vec<String> {
-    let o = &state.options;
-    let mut out = Vec::new();
-    let mut differs = |flag: &str, given: Option<String>, recorded: String| {
-        if let Some(given) = given.filter(|g| *g != recorded) {
-            out.push(format!("--{flag} {given} (the run has {recorded})"));
-        }
-    };
-    differs(
-        "batch",
-        args.batch.map(|v| v.to_string()),
-        o.batch.to_string(),
-    );
-    differs("seq", args.seq.map(|v| v.to_string()), o.seq.to_string());
-    differs(
-        "accumulate",
-        args.accumulate.map(|v| v.to_string()),
-        o.accumulate.to_string(),
-    );
-    differs(
-        "lr",
-        args.lr.map(|v| v.to_string()),
-        o.schedule.peak_lr.to_string(),
-    );
-    differs(
-        "min-lr",
-        args.min_lr.map(|v| v.to_string()),
-        o.schedule.min_lr.to_string(),
-    );
-    differs(
-        "warmup",
-        args.warmup.map(|v| v.to_string()),
-        o.schedule.warmup_steps.to_string(),
-    );
-    differs(
-        "weight-decay",
-        args.weight_decay.map(|v| v.to_string()),
-        o.adamw.weight_decay.to_string(),
-    );
-    differs("clip", args.clip.map(|v| v.to_string()), o.clip.to_string());
-    differs("seed", args.seed.map(|v| v.to_string()), o.seed.to_string());
-    differs(
-        "checkpoint",
-        args.policy.clone(),
-        o.policy.clone().unwrap_or_else(|| "the spec's own".into()),
-    );
-    if let Some(t) = &args.tokenizer {
-        out.push(format!(
-            "--tokenizer {} (the run keeps its {} tokenizer)",
-            t.display(),
-            o.tokenizer
-        ));
-    }
-    if let Some(file) = &args.file {
-        let same = modelspec_dsl::load::load_file(file).is_ok_and(|(spec, _)| spec == state.spec);
-        if !same {
-            out.push(format!(
-                "{} (not the run's spec; the run continues with its recorded `{}`)",
-                file.display(),
-                state.spec.name
-            ));
-        }
-    }
-    out
-}
-
 /// Continues the run saved in `dir` with the objective `make` builds for its recorded options.
 fn resume_with<O: Objective>(
     args: &TrainArgs,
@@ -616,7 +560,7 @@ fn resume_with<O: Objective>(
 ) -> Result<(Trainer<O>, RunDir, Tokenizer)> {
     let ckpt_dir = checkpoint_dir(dir);
     let mut ckpt = checkpoint::load(&ckpt_dir)?;
-    let ignored = ignored_on_resume(args, &ckpt.state);
+    let ignored = resume_flags::ignored(args, &ckpt.state);
     if !ignored.is_empty() {
         eprintln!(
             "note: --resume continues {} with its recorded options; ignoring {}",
