@@ -7,9 +7,9 @@ use modelspec_dsl::ir::ModelSpec;
 use super::bucket::{BucketPlan, FlatLayout};
 use super::zero::{Partition, ShardedAdamW};
 use super::{Communicator, DistError, LocalComm, split_rows};
-use crate::train::optim::{AdamW, AdamWConfig, ParamGrad};
+use crate::Params;
+use crate::train::optim::{AdamW, AdamWConfig};
 use crate::train::{Objective, TrainError, clip};
-use crate::{Params, Tensor};
 
 /// How the optimizer state is laid out over the ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -169,39 +169,10 @@ impl<C: Communicator> Replica<C> {
                 let mut grads = self.layout.unflatten(&flat)?;
                 // The single-process trainer's clipping and update, on the same tensors in the
                 // same (name) order, so one rank reproduces it bit for bit.
-                let grad_norm = if self.clip > 0.0 {
-                    clip::clip_global_norm(
-                        grads.tensors.values_mut().map(|t| t.data_mut()),
-                        self.clip,
-                    )
-                } else {
-                    clip::global_norm(grads.tensors.values().map(|t| t.data()))
-                };
+                let grad_norm = clip::clip_params(&mut grads, self.clip);
                 finite(step, loss, grad_norm).map_err(train_err)?;
-                let mut pairs = Vec::with_capacity(self.params.tensors.len());
-                for (name, value) in self.params.tensors.iter_mut() {
-                    let grad: &Tensor = grads.tensors.get(name).ok_or_else(|| {
-                        train_err(TrainError::GradShape {
-                            name: name.clone(),
-                            params: value.numel(),
-                            grads: 0,
-                        })
-                    })?;
-                    let shape = value.shape().to_vec();
-                    pairs.push((name.as_str(), shape, value.data_mut(), grad.data()));
-                }
                 adamw
-                    .step(
-                        lr,
-                        pairs
-                            .iter_mut()
-                            .map(|(name, shape, value, grad)| ParamGrad {
-                                name,
-                                shape,
-                                value,
-                                grad,
-                            }),
-                    )
+                    .step_params(lr, &mut self.params, &grads)
                     .map_err(train_err)?;
                 Ok(ReplicaReport { loss, grad_norm })
             }

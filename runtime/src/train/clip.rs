@@ -36,6 +36,16 @@ pub fn clip_global_norm<'a>(grads: impl IntoIterator<Item = &'a mut [f32]>, max_
     norm
 }
 
+/// The trainers' clipping: with `max_norm > 0`, [`clip_global_norm`] over every tensor of `grads`
+/// in name order; otherwise only their [`global_norm`]. Returns the norm before clipping.
+pub fn clip_params(grads: &mut crate::Params, max_norm: f64) -> f64 {
+    if max_norm > 0.0 {
+        clip_global_norm(grads.tensors.values_mut().map(|t| t.data_mut()), max_norm)
+    } else {
+        global_norm(grads.tensors.values().map(|t| t.data()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -20,6 +20,7 @@
 use std::collections::BTreeMap;
 
 use super::TrainError;
+use crate::Params;
 
 /// AdamW hyper-parameters, with `torch.optim.AdamW`'s names and defaults: `betas` (0.9, 0.999),
 /// `eps` 1e-8, `weight_decay` 0.01. The learning rate is not among them: it is an argument of
@@ -199,6 +200,42 @@ impl AdamW {
         }
         self.step += 1;
         Ok(())
+    }
+}
+
+impl AdamW {
+    /// One step over every tensor of `params` with the gradient of the same name in `grads`, in
+    /// name order (what the trainers call). A parameter without a gradient is an error.
+    pub fn step_params(
+        &mut self,
+        lr: f64,
+        params: &mut Params,
+        grads: &Params,
+    ) -> Result<(), TrainError> {
+        let mut pairs = Vec::with_capacity(params.tensors.len());
+        for (name, value) in params.tensors.iter_mut() {
+            let grad = grads
+                .tensors
+                .get(name)
+                .ok_or_else(|| TrainError::GradShape {
+                    name: name.clone(),
+                    params: value.numel(),
+                    grads: 0,
+                })?;
+            let shape = value.shape().to_vec();
+            pairs.push((name.as_str(), shape, value.data_mut(), grad.data()));
+        }
+        self.step(
+            lr,
+            pairs
+                .iter_mut()
+                .map(|(name, shape, value, grad)| ParamGrad {
+                    name,
+                    shape,
+                    value,
+                    grad,
+                }),
+        )
     }
 }
 
