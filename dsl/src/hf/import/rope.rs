@@ -44,6 +44,9 @@ pub(super) fn rotary_fraction(cfg: &mut Cfg<'_>, family: Family) -> f64 {
     fraction
 }
 
+/// θ of sliding-window layers that do not set their own.
+const LOCAL_THETA: f64 = 10000.0;
+
 /// Reads RoPE theta and scaling: (full-attention layers, sliding-window layers).
 pub(super) fn rope_settings(
     cfg: &mut Cfg<'_>,
@@ -56,7 +59,6 @@ pub(super) fn rope_settings(
     } else {
         &["rope_theta"]
     };
-    let local_default = 10000.0;
     if let Some(m) = cfg.root.get("rope_parameters")
         && !m.value.is_null()
     {
@@ -81,7 +83,7 @@ pub(super) fn rope_settings(
                     cfg,
                     "rope_parameters.sliding_attention",
                     &s.value,
-                    local_default,
+                    LOCAL_THETA,
                     context,
                 ),
                 None => full.clone(),
@@ -89,14 +91,7 @@ pub(super) fn rope_settings(
             return (full, sliding);
         }
         let full = rope_dict(cfg, "rope_parameters", &params, default_theta, context);
-        let sliding = if family == Family::Gemma3Text {
-            RopeCfg {
-                theta: cfg.float("position.theta", &["rope_local_base_freq"], local_default),
-                scaling: RopeScaling::None,
-            }
-        } else {
-            full.clone()
-        };
+        let sliding = sliding_rope(cfg, family, &full);
         return (full, sliding);
     }
     let theta = cfg.float("position.theta", theta_keys, default_theta);
@@ -121,15 +116,21 @@ pub(super) fn rope_settings(
         _ => RopeScaling::None,
     };
     let full = RopeCfg { theta, scaling };
-    let sliding = if family == Family::Gemma3Text {
+    let sliding = sliding_rope(cfg, family, &full);
+    (full, sliding)
+}
+
+/// θ of the sliding-window layers: Gemma-3's own unscaled `rope_local_base_freq`, elsewhere the
+/// full layers' settings.
+fn sliding_rope(cfg: &mut Cfg<'_>, family: Family, full: &RopeCfg) -> RopeCfg {
+    if family == Family::Gemma3Text {
         RopeCfg {
-            theta: cfg.float("position.theta", &["rope_local_base_freq"], local_default),
+            theta: cfg.float("position.theta", &["rope_local_base_freq"], LOCAL_THETA),
             scaling: RopeScaling::None,
         }
     } else {
         full.clone()
-    };
-    (full, sliding)
+    }
 }
 
 /// One transformers-5 `rope_parameters` dict: theta plus scaling.

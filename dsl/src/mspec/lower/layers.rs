@@ -19,14 +19,9 @@ impl Reader<'_> {
         match head {
             "attention" => match rest {
                 Some(sub) => self.attn_entry(sub, span, cur, &mut w.attn),
-                None => match cur.peek() {
-                    Some(Node {
-                        kind: NodeKind::Block(inner),
-                        span: bspan,
-                    }) => {
-                        cur.next();
+                None => match cur.open_block() {
+                    Some(mut ic) => {
                         self.record("attention", span.clone());
-                        let mut ic = Cursor::new(inner, bspan.end - 1..bspan.end);
                         while let Some((k, kspan)) = self.next_key(&mut ic) {
                             self.attn_entry(&k, &kspan, &mut ic, &mut w.attn);
                         }
@@ -41,15 +36,10 @@ impl Reader<'_> {
                 };
                 match rest {
                     Some(sub) => self.moe_entry(sub, span, cur, &mut moe),
-                    None => match cur.peek() {
-                        Some(Node {
-                            kind: NodeKind::Block(inner),
-                            span: bspan,
-                        }) => {
-                            cur.next();
+                    None => match cur.open_block() {
+                        Some(mut ic) => {
                             self.mark("ffn", span);
                             self.record("ffn", span.clone());
-                            let mut ic = Cursor::new(inner, bspan.end - 1..bspan.end);
                             while let Some((k, kspan)) = self.next_key(&mut ic) {
                                 self.moe_entry(&k, &kspan, &mut ic, &mut moe);
                             }
@@ -142,13 +132,8 @@ impl Reader<'_> {
         let saved_rule = self.rule.replace(rule_index);
         let saved_seen = std::mem::take(&mut self.seen);
         let mut delta = LayerW::default();
-        match cur.peek() {
-            Some(Node {
-                kind: NodeKind::Block(inner),
-                span: bspan,
-            }) => {
-                cur.next();
-                let mut ic = Cursor::new(inner, bspan.end - 1..bspan.end);
+        match cur.open_block() {
+            Some(mut ic) => {
                 while let Some((k, kspan)) = self.next_key(&mut ic) {
                     if !self.layer_entry(&k, &kspan, &mut ic, &mut delta) {
                         let hint_keys: Vec<&str> = RULE_KEYS.to_vec();

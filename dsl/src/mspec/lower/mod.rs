@@ -201,6 +201,18 @@ impl<'n> Cursor<'n> {
     fn peek_ident(&self) -> Option<&'n str> {
         self.peek().and_then(|n| n.ident())
     }
+    /// Consumes a `{ ... }` block if one comes next and returns a cursor over its contents.
+    fn open_block(&mut self) -> Option<Cursor<'n>> {
+        let Some(Node {
+            kind: NodeKind::Block(inner),
+            span,
+        }) = self.peek()
+        else {
+            return None;
+        };
+        self.next();
+        Some(Cursor::new(inner, span.end - 1..span.end))
+    }
 }
 
 const MODEL_KEYS: &[&str] = &[

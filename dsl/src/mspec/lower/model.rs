@@ -122,18 +122,14 @@ impl Reader<'_> {
             self.global_entry(head, sub, span, cur, m);
             return;
         }
-        match cur.peek() {
-            Some(Node {
-                kind: NodeKind::Block(inner),
-                span: bspan,
-            }) => {
-                cur.next();
-                let mut inner_cur = Cursor::new(inner, bspan.end - 1..bspan.end);
-                while let Some((k, kspan)) = self.next_key(&mut inner_cur) {
-                    self.global_entry(head, &k, &kspan, &mut inner_cur, m);
-                }
+        if let Some(mut inner_cur) = cur.open_block() {
+            while let Some((k, kspan)) = self.next_key(&mut inner_cur) {
+                self.global_entry(head, &k, &kspan, &mut inner_cur, m);
             }
-            _ if head == "dropout" => {
+            return;
+        }
+        match head {
+            "dropout" => {
                 self.mark("dropout", span);
                 if let Some(p) = self.real(cur, span, "dropout") {
                     m.dropout = [Some(p); 3];
@@ -142,7 +138,7 @@ impl Reader<'_> {
                     }
                 }
             }
-            _ if head == "logits" => {
+            "logits" => {
                 // `logits softcap 30 bias`: inline entries.
                 let mut any = false;
                 while let Some(w) = cur.peek_ident() {
