@@ -357,12 +357,7 @@ fn train<O: Objective + CpuSampler>(
         (900, 560),
     );
     if let Some(e) = failure {
-        // The divergence is the news; a plot that could not be drawn is a footnote to it.
-        let plot_note = match plotted {
-            Ok(()) => format!("the loss plot is {}", plot_path.display()),
-            Err(p) => format!("no loss plot: {p}"),
-        };
-        bail!("{e} (in {}; {plot_note})", ckpt_dir.display());
+        return Err(diverged(&e, &ckpt_dir, &plot_path, plotted));
     }
     plotted?;
 
@@ -419,6 +414,21 @@ fn train<O: Objective + CpuSampler>(
         println!("sample (temperature 0.8, top-k 40):\n{sample}");
     }
     Ok(())
+}
+
+/// The error of a run that stopped at `failure`: the divergence is the news; a plot that could not
+/// be written is a footnote to it, not the error reported.
+fn diverged(
+    failure: &TrainError,
+    ckpt_dir: &Path,
+    plot_path: &Path,
+    plotted: std::result::Result<(), TrainError>,
+) -> anyhow::Error {
+    let plot_note = match plotted {
+        Ok(()) => format!("the loss plot is {}", plot_path.display()),
+        Err(p) => format!("no loss plot: {p}"),
+    };
+    anyhow::anyhow!("{failure} (in {}; {plot_note})", ckpt_dir.display())
 }
 
 /// The CPU objective of a run: `ranks` thread ranks of the executor with the run's policy.
@@ -720,4 +730,22 @@ fn threads() -> usize {
     std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_divergence_is_reported_before_a_plot_failure() {
+        use modelspec_runtime::train::TrainError;
+        let failure = TrainError::NonFinite {
+            step: 3,
+            loss: f32::NAN,
+            grad_norm: f64::INFINITY,
+        };
+        let plot = Err(TrainError::Plot("disk full".into()));
+        let path = std::path::Path::new("run");
+        let err = super::diverged(&failure, path, path, plot).to_string();
+        assert!(err.starts_with("training diverged at step 3"), "{err}");
+        assert!(err.contains("no loss plot: plot: disk full"), "{err}");
+    }
 }
