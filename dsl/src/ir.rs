@@ -125,6 +125,17 @@ pub enum NormPlacement {
     Sandwich,
 }
 
+impl NormPlacement {
+    /// A norm before each sub-block (`pre` and `sandwich`).
+    pub fn pre(self) -> bool {
+        matches!(self, NormPlacement::Pre | NormPlacement::Sandwich)
+    }
+    /// A norm after each sub-block (`post` and `sandwich`).
+    pub fn post(self) -> bool {
+        matches!(self, NormPlacement::Post | NormPlacement::Sandwich)
+    }
+}
+
 /// The classifier head.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

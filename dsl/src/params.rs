@@ -24,7 +24,7 @@
 //! lm_head.weight                     [vocab_padded, d_model]       untied ; lm_head.bias [vocab_padded]
 //! ```
 
-use crate::ir::{Ffn, Mlp, ModelSpec, Norm, NormPlacement, QkNormScope};
+use crate::ir::{Ffn, Mlp, ModelSpec, Norm, QkNormScope};
 
 /// One learned tensor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,14 +101,8 @@ pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
         t.layer = Some(i);
         let p = |s: &str| format!("layers.{i}.{s}");
         let block = &layer.block;
-        let pre = matches!(
-            block.placement,
-            NormPlacement::Pre | NormPlacement::Sandwich
-        );
-        let post = matches!(
-            block.placement,
-            NormPlacement::Post | NormPlacement::Sandwich
-        );
+        let pre = block.placement.pre();
+        let post = block.placement.post();
         if pre {
             t.norm(&p("attn_norm"), &block.norm, d);
         }

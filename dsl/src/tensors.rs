@@ -4,20 +4,14 @@
 //! names, and `check` rejects a checkpoint clause naming a tensor the layer does not have.
 //! The layer input (`input`) is always saved and is not listed.
 
-use crate::ir::{Ffn, Layer, NormPlacement};
+use crate::ir::{Ffn, Layer};
 
 /// The named intermediate activations of `layer`, in forward order.
 pub fn layer_tensors(layer: &Layer) -> Vec<&'static str> {
     let mut names = Vec::new();
     let block = &layer.block;
-    let pre = matches!(
-        block.placement,
-        NormPlacement::Pre | NormPlacement::Sandwich
-    );
-    let post = matches!(
-        block.placement,
-        NormPlacement::Post | NormPlacement::Sandwich
-    );
+    let pre = block.placement.pre();
+    let post = block.placement.post();
     if pre {
         names.push("attn_norm");
     }

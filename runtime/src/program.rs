@@ -16,7 +16,7 @@
 //! so `auto` and every other policy keep on the CPU exactly the tensors `modelspec plan` lists as
 //! saved.
 
-use modelspec_dsl::ir::{Ffn, Layer, LayerCheckpoint, ModelSpec, NormPlacement, Position};
+use modelspec_dsl::ir::{Ffn, Layer, LayerCheckpoint, ModelSpec, Position};
 use modelspec_dsl::plan::{self, Dtype, TensorCost};
 use modelspec_dsl::tensors::layer_tensors;
 
@@ -222,14 +222,8 @@ impl LayerProgram {
     /// Lowers one layer of `spec`.
     pub fn lower(spec: &ModelSpec, layer: &Layer) -> LayerProgram {
         let block = &layer.block;
-        let pre = matches!(
-            block.placement,
-            NormPlacement::Pre | NormPlacement::Sandwich
-        );
-        let post = matches!(
-            block.placement,
-            NormPlacement::Post | NormPlacement::Sandwich
-        );
+        let pre = block.placement.pre();
+        let post = block.placement.post();
         let mut nodes = Vec::new();
         let mut node = |output: Act, op: OpKind, inputs: &[Act]| {
             nodes.push(Node {

@@ -18,7 +18,7 @@
 //! the nearest saved tensors, at the cost of its own producing op. That makes the budget problem a
 //! 0/1 knapsack over the needed (layer, tensor) items.
 
-use crate::ir::{Ffn, Layer, ModelSpec, NormPlacement, Position};
+use crate::ir::{Ffn, Layer, ModelSpec, Position};
 use crate::tensors::layer_tensors;
 use serde::Serialize;
 
@@ -94,10 +94,7 @@ pub fn layer_costs(
         Ffn::Moe(m) => (m.expert.hidden, m.top_k, m.experts),
     };
     let gated_act_flops = 8 * n * experts_per_token * hidden;
-    let post = matches!(
-        layer.block.placement,
-        NormPlacement::Post | NormPlacement::Sandwich
-    );
+    let post = layer.block.placement.post();
     let rope = rope_dims > 0;
     let qk_norm = a.qk_norm.is_some();
     let needed = |name: &str| match name {
