@@ -396,23 +396,7 @@ impl Builder<'_> {
                     &format!("{p}post_attention_layernorm"),
                     &format!("{c}.mlp_norm"),
                 );
-                match self.qkv {
-                    QkvLayout::Fused => {
-                        self.fused_linear(&format!("{p}attention.query_key_value"), &qkv, false)
-                    }
-                    _ => self.per_head_qkv(&format!("{p}attention.query_key_value"), &attn, layer),
-                }
-                self.linear(&format!("{p}attention.dense"), &format!("{attn}.o"), false);
-                self.linear(
-                    &format!("{p}mlp.dense_h_to_4h"),
-                    &format!("{c}.mlp.up"),
-                    false,
-                );
-                self.linear(
-                    &format!("{p}mlp.dense_4h_to_h"),
-                    &format!("{c}.mlp.down"),
-                    false,
-                );
+                self.neox_attention_mlp(&format!("{p}attention"), p, &c, &qkv, layer);
             }
             Naming::Falcon => {
                 if block.parallel_residual && !block.shared_norm {
@@ -425,35 +409,31 @@ impl Builder<'_> {
                         &format!("{c}.mlp_norm"),
                     );
                 }
-                match self.qkv {
-                    QkvLayout::Fused => self.fused_linear(
-                        &format!("{p}self_attention.query_key_value"),
-                        &qkv,
-                        false,
-                    ),
-                    _ => self.per_head_qkv(
-                        &format!("{p}self_attention.query_key_value"),
-                        &attn,
-                        layer,
-                    ),
-                }
-                self.linear(
-                    &format!("{p}self_attention.dense"),
-                    &format!("{attn}.o"),
-                    false,
-                );
-                self.linear(
-                    &format!("{p}mlp.dense_h_to_4h"),
-                    &format!("{c}.mlp.up"),
-                    false,
-                );
-                self.linear(
-                    &format!("{p}mlp.dense_4h_to_h"),
-                    &format!("{c}.mlp.down"),
-                    false,
-                );
+                self.neox_attention_mlp(&format!("{p}self_attention"), p, &c, &qkv, layer);
             }
         }
+    }
+
+    /// The attention and MLP of a GPT-NeoX-style layer (GPT-NeoX under `attention`, Falcon under
+    /// `self_attention`): `{sa}.query_key_value` (fused, or interleaved per head), `{sa}.dense`,
+    /// `mlp.dense_h_to_4h`, `mlp.dense_4h_to_h`. `p` is the HF layer prefix, `c` the canonical one.
+    fn neox_attention_mlp(&mut self, sa: &str, p: &str, c: &str, qkv: &[String], layer: &Layer) {
+        let attn = format!("{c}.attn");
+        match self.qkv {
+            QkvLayout::Fused => self.fused_linear(&format!("{sa}.query_key_value"), qkv, false),
+            _ => self.per_head_qkv(&format!("{sa}.query_key_value"), &attn, layer),
+        }
+        self.linear(&format!("{sa}.dense"), &format!("{attn}.o"), false);
+        self.linear(
+            &format!("{p}mlp.dense_h_to_4h"),
+            &format!("{c}.mlp.up"),
+            false,
+        );
+        self.linear(
+            &format!("{p}mlp.dense_4h_to_h"),
+            &format!("{c}.mlp.down"),
+            false,
+        );
     }
 
     /// The feed-forward part of a llama-family layer: dense (`mlp.{gate,up,down}_proj` or Phi-3's
