@@ -136,7 +136,7 @@ impl GpuDataParallel<'_> {
             )));
         }
         let id = NcclComm::unique_id()?;
-        let results: Vec<Result<GpuRunResult, DistError>> = std::thread::scope(|s| {
+        std::thread::scope(|s| {
             let handles: Vec<_> = (0..gpus)
                 .map(|rank| {
                     let params = params.clone();
@@ -151,31 +151,8 @@ impl GpuDataParallel<'_> {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(DistError::Config("a rank's thread panicked".into()))
-                    })
-                })
-                .collect()
-        });
-        let mut first = None;
-        let mut failure = None;
-        for r in results {
-            match r {
-                Ok(v) if first.is_none() => first = Some(v),
-                Ok(_) | Err(DistError::PeerFailed { .. }) => {}
-                Err(e) => {
-                    failure.get_or_insert(e);
-                }
-            }
-        }
-        match (failure, first) {
-            (Some(e), _) => Err(e),
-            (None, Some(v)) => Ok(v),
-            (None, None) => Err(DistError::Config("no rank returned".into())),
-        }
+            super::join_ranks(handles)
+        })
     }
 
     /// Runs one rank (this thread or process) to the end of the run; `on_step` is called on rank

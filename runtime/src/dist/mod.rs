@@ -86,6 +86,33 @@ pub fn split_rows(rows: usize, world_size: usize, rank: usize) -> std::ops::Rang
     start..start + len
 }
 
+/// Joins the threads of the ranks of one collective run and returns its result: the first real
+/// failure in rank order (a rank's `PeerFailed` only echoes another rank's failure, a panic is a
+/// failure), else the first rank's value (every rank holds the same).
+pub(crate) fn join_ranks<R>(
+    handles: Vec<std::thread::ScopedJoinHandle<'_, Result<R, DistError>>>,
+) -> Result<R, DistError> {
+    let mut first = None;
+    let mut failure = None;
+    for h in handles {
+        let result = h
+            .join()
+            .unwrap_or_else(|_| Err(DistError::Config("a rank's thread panicked".into())));
+        match result {
+            Ok(v) if first.is_none() => first = Some(v),
+            Ok(_) | Err(DistError::PeerFailed { .. }) => {}
+            Err(e) => {
+                failure.get_or_insert(e);
+            }
+        }
+    }
+    match (failure, first) {
+        (Some(e), _) => Err(e),
+        (None, Some(v)) => Ok(v),
+        (None, None) => Err(DistError::Config("no rank returned".into())),
+    }
+}
+
 impl<C: Communicator + ?Sized> Communicator for Box<C> {
     fn rank(&self) -> usize {
         (**self).rank()

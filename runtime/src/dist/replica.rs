@@ -328,7 +328,7 @@ impl<O: Objective + Clone + Send> Objective for DataParallel<O> {
         }
         let seq = tokens.len() / batch;
         let (layout, buckets) = (&self.layout, &self.buckets);
-        let results: Vec<Result<(f32, Vec<f32>), DistError>> = std::thread::scope(|s| {
+        let joined = std::thread::scope(|s| {
             let handles: Vec<_> = self
                 .objectives
                 .iter_mut()
@@ -343,30 +343,13 @@ impl<O: Objective + Clone + Send> Objective for DataParallel<O> {
                     })
                 })
                 .collect();
-            handles
-                .into_iter()
-                .map(|h| {
-                    h.join().unwrap_or_else(|_| {
-                        Err(DistError::Config("a rank's thread panicked".into()))
-                    })
-                })
-                .collect()
+            super::join_ranks(handles)
         });
         // Every rank holds the same result; report the first real failure if any.
-        let mut first = None;
-        for r in results {
-            match r {
-                Ok(v) => {
-                    if first.is_none() {
-                        first = Some(v);
-                    }
-                }
-                Err(DistError::Train { source, .. }) => return Err(source),
-                Err(DistError::PeerFailed { .. }) => {}
-                Err(e) => return Err(TrainError::Model(Box::new(e))),
-            }
-        }
-        let (loss, flat) = first.ok_or_else(|| TrainError::Config("no rank returned".into()))?;
+        let (loss, flat) = joined.map_err(|e| match e {
+            DistError::Train { source, .. } => source,
+            e => TrainError::Model(Box::new(e)),
+        })?;
         let grads = self
             .layout
             .unflatten(&flat)
