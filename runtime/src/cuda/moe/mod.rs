@@ -81,6 +81,21 @@ pub struct MoeRouting {
 /// One MoE layer of a spec on the GPU: its sizes, kernels and buffer layouts. It owns no
 /// activation memory: forward and backward work in the caller's `saved` and `scratch` regions
 /// ([`MoeLayer::saved_bytes`], [`MoeLayer::scratch_bytes`], both 256-byte aligned).
+///
+/// ```no_run
+/// use modelspec_runtime::cuda::moe::MoeLayer;
+/// use modelspec_runtime::cuda::{DevPtr, Dtype, Gpu};
+/// # fn demo(spec: &modelspec_dsl::ModelSpec, x: DevPtr, out: DevPtr, aux: DevPtr,
+/// #         w: &dyn Fn(&str) -> DevPtr) -> Result<(), modelspec_runtime::cuda::CudaError> {
+/// let gpu = Gpu::new(0)?;
+/// // Every MoE layer of the spec for 4 x 512 tokens, sharing the aux-loss statistics.
+/// let layers = MoeLayer::new_all(&gpu, spec, 4 * 512, Dtype::Bf16)?;
+/// let saved = gpu.zeros::<u8>(layers[0].saved_bytes())?;
+/// let scratch = gpu.zeros::<u8>(layers[0].scratch_bytes())?;
+/// let gemm = gpu.gemm()?;
+/// layers[0].forward(&gemm, w, x, out, saved.ptr(), scratch.ptr(), aux)?;
+/// # Ok(()) }
+/// ```
 pub struct MoeLayer {
     kernels: MoeKernels,
     layer: usize,
