@@ -212,38 +212,43 @@ extern "C" __global__ void moe_place(const int* expert, const int* rank, const i
     row[slot] = hist[(size_t)(slot / MOE_CHUNK) * E + expert[slot]] + rank[slot];
 }
 
-// moe_aux_stats: this layer's load-balancing statistics folded into the run's totals:
-// stats[e] (+)= count[e], stats[E + e] (+)= sum_n probs[n, e] (overwritten when `reset`, i.e. by
-// the first MoE layer of a step). Deterministic: a fixed-order block reduction per expert.
+// moe_aux_stats: this layer's load-balancing statistics, written to its own slot of the run's
+// statistics: stats[e] = count[e], stats[E + e] = sum_n probs[n, e] (`stats` points at the slot).
+// Overwriting, not accumulating, makes a recomputed forward harmless. Deterministic: a
+// fixed-order block reduction per expert.
 // Launch: grid E, block 256. Traffic: reads probs [N, E] f32 once (strided by E).
-extern "C" __global__ void moe_aux_stats(const float* probs, const int* offsets, int N, int E, int reset,
-                                         float* stats) {
+extern "C" __global__ void moe_aux_stats(const float* probs, const int* offsets, int N, int E, float* stats) {
     __shared__ float scratch[32];
     int e = blockIdx.x;
     float acc = 0.f;
     for (int n = threadIdx.x; n < N; n += blockDim.x) acc += probs[(size_t)n * E + e];
     acc = block_sum(acc, scratch);
     if (threadIdx.x == 0) {
-        float c = (float)offsets[E + e];
-        if (reset) {
-            stats[e] = c;
-            stats[E + e] = acc;
-        } else {
-            stats[e] += c;
-            stats[E + e] += acc;
-        }
+        stats[e] = (float)offsets[E + e];
+        stats[E + e] = acc;
     }
 }
 
-// moe_aux_loss: *loss += scale * sum_e stats[e] * stats[E + e], scale = coef * E / M^2 with M the
-// rows over all MoE layers (HF's load_balancing_loss_func times its coefficient).
-// Launch: grid 1, block 256. Traffic: 2E floats.
-extern "C" __global__ void moe_aux_loss(const float* stats, int E, float scale, float* loss) {
+// moe_aux_loss: *loss += scale * sum_e C_e P_e with C_e, P_e the counts and probability sums over
+// all `layers` slots of stats [layers, 2E] (layer order), scale = coef * E / M^2 with M the rows
+// over all those layers (HF's load_balancing_loss_func times its coefficient). When `counts` is
+// given, also writes counts[e] = C_e (what the router backward needs) and adds nothing.
+// Launch: grid 1, block 256. Traffic: 2E x layers floats.
+extern "C" __global__ void moe_aux_loss(const float* stats, int layers, int E, float scale, float* loss,
+                                        float* counts) {
     __shared__ float scratch[32];
     float acc = 0.f;
-    for (int e = threadIdx.x; e < E; e += blockDim.x) acc += stats[e] * stats[E + e];
+    for (int e = threadIdx.x; e < E; e += blockDim.x) {
+        float c = 0.f, p = 0.f;
+        for (int l = 0; l < layers; l++) {
+            c += stats[(size_t)l * 2 * E + e];
+            p += stats[(size_t)l * 2 * E + E + e];
+        }
+        if (counts) counts[e] = c;
+        acc += c * p;
+    }
     acc = block_sum(acc, scratch);
-    if (threadIdx.x == 0) *loss += scale * acc;
+    if (threadIdx.x == 0 && loss) *loss += scale * acc;
 }
 
 // moe_gather_{dtype}: xin[row[slot], :] = x[slot / K, :] (each token copied to its K dispatched
@@ -326,7 +331,8 @@ __device__ void moe_combine_bwd(float* dweight, T* deo, const T* dout, const T* 
 
 // moe_route_bwd_{dtype}: d logits of one row per warp (the CPU's route_backward), from the
 // gradient of the routing weights dweight[n, :] and, when `stats` is given, the aux loss's
-// gradient on every softmax probability, aux_scale * stats[e] (= coef * E * count_e / M^2):
+// gradient on every softmax probability, aux_scale * stats[e] (= coef * E * count_e / M^2, stats
+// holding the run's per-expert counts):
 //   softmax->top-k: dp[i_s] = dw_s (renormalised: (dw_s - sum_t dw_t w_t) / sum_t p[i_t]),
 //   top-k->softmax: dl[i_s] = w_s (dw_s - sum_t w_t dw_t) directly;
 //   then dl[j] += p_j (dp_j - sum_i p_i dp_i). Written (not accumulated) to dlogits [N, E].

@@ -172,35 +172,42 @@ impl MoeKernels {
         )
     }
 
-    /// `moe_aux_stats` then, when `loss` is given, `moe_aux_loss`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn aux(
+    /// `moe_aux_stats`: this layer's counts and probability sums into its slot `[2e]`.
+    pub(crate) fn aux_stats(
         &self,
         probs: DevPtr,
         offsets: DevPtr,
         n: usize,
         e: usize,
-        reset: bool,
-        stats: DevPtr,
-        scale: f32,
-        loss: DevPtr,
+        slot: DevPtr,
     ) -> Result<()> {
-        let (n_, e_, reset_) = (i(n), i(e), reset as i32);
+        let (n_, e_) = (i(n), i(e));
         self.go(
             "moe_aux_stats",
             (e as u32, 1, 1),
             BLOCK,
-            &mut cuda_args![probs, offsets, n_, e_, reset_, stats],
-        )?;
-        if loss != 0 {
-            self.go(
-                "moe_aux_loss",
-                (1, 1, 1),
-                BLOCK,
-                &mut cuda_args![stats, e_, scale, loss],
-            )?;
-        }
-        Ok(())
+            &mut cuda_args![probs, offsets, n_, e_, slot],
+        )
+    }
+
+    /// `moe_aux_loss` over `layers` slots: adds `scale · Σ_e C_e P_e` to `loss` (when given) and
+    /// writes the total counts `C` (when `counts` is given).
+    pub(crate) fn aux_loss(
+        &self,
+        stats: DevPtr,
+        layers: usize,
+        e: usize,
+        scale: f32,
+        loss: DevPtr,
+        counts: DevPtr,
+    ) -> Result<()> {
+        let (l_, e_) = (i(layers), i(e));
+        self.go(
+            "moe_aux_loss",
+            (1, 1, 1),
+            BLOCK,
+            &mut cuda_args![stats, l_, e_, scale, loss, counts],
+        )
     }
 
     /// `moe_gather_{dtype}`: expert_in rows from x.

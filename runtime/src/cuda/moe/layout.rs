@@ -250,6 +250,8 @@ pub(crate) struct BwdLayout {
     pub d_shared_out: usize,
     /// d shared gate logits `[rows]`.
     pub d_gate_logit: usize,
+    /// The run's per-expert counts `[experts]` f32 (aux loss only).
+    pub aux_counts: usize,
     /// Total bytes.
     pub bytes: usize,
 }
@@ -310,7 +312,7 @@ impl FwdLayout {
 }
 
 impl BwdLayout {
-    pub(crate) fn new(d: &Dims) -> BwdLayout {
+    pub(crate) fn new(d: &Dims, aux: bool) -> BwdLayout {
         let mut a = Arena::default();
         let e = d.elem;
         let shared = d.has_shared();
@@ -330,6 +332,7 @@ impl BwdLayout {
             d_shared_proj: a.take(sh(d.rows * d.shared_proj * e)),
             d_shared_out: a.take(gate(d.rows * d.d * e)),
             d_gate_logit: a.take(gate(d.rows * e)),
+            aux_counts: a.take(if aux { d.experts * 4 } else { 0 }),
             bytes: 0,
         };
         s.bytes = a.size;
@@ -403,7 +406,8 @@ mod tests {
         assert_eq!(f.probs, usize::MAX);
         assert_eq!(f.shared_out, usize::MAX);
         assert_eq!(at(1024, f.probs), 0);
-        let b = BwdLayout::new(&d);
-        assert!(b.d_gate_logit < b.bytes);
+        let b = BwdLayout::new(&d, true);
+        assert!(b.d_gate_logit < b.bytes && b.aux_counts < b.bytes);
+        assert_eq!(BwdLayout::new(&d, false).aux_counts, usize::MAX);
     }
 }

@@ -31,8 +31,9 @@
 //! spec's MoE layers with an aux loss, concatenated (as `ops/moe.rs` computes it): it is not a sum
 //! of per-layer terms. Its statistics (per-expert counts and probability sums) therefore live in
 //! one small device buffer shared by those layers ([`MoeLayer::new_all`] or
-//! [`MoeLayer::share_aux_stats`]): the first such layer of a step resets them, each adds its own,
-//! and the last adds `coef · aux` to the `aux_loss` scalar. Backward reads the run's totals.
+//! [`MoeLayer::share_aux_stats`]), one slot per layer that its forward overwrites (so a forward
+//! recomputed during backward changes nothing); the last such layer adds `coef · aux` to the
+//! `aux_loss` scalar, and backward sums the slots' counts for the loss's gradient.
 
 mod kernels;
 mod layout;
@@ -51,8 +52,8 @@ use kernels::{MoeKernels, act_kind};
 use layout::{BwdLayout, Dims, FwdLayout, MAX_EXPERTS, MAX_TOP_K, SavedLayout, at};
 use mlp::{MlpParams, MlpRows, MlpShape, Mm, need};
 
-/// The load-balancing statistics shared by the MoE layers of one run: `[counts; prob sums]`,
-/// `2 · experts` f32, and the layers that write them.
+/// The load-balancing statistics shared by the MoE layers of one run: per layer with an aux
+/// loss, `[counts; prob sums]` (`2 · experts` f32), and the layers that write them.
 struct AuxStats {
     stats: GpuBuf<f32>,
     members: Mutex<BTreeSet<usize>>,
@@ -63,6 +64,8 @@ struct Aux {
     shared: Arc<AuxStats>,
     /// Every layer of the spec with an aux loss, in order.
     layers: Vec<usize>,
+    /// This layer's position in `layers` (its statistics slot).
+    slot: usize,
     /// `coef · experts / M²` with `M = rows · layers.len()`.
     scale: f32,
 }
@@ -171,7 +174,7 @@ impl MoeLayer {
             dims,
             saved: SavedLayout::new(&dims),
             fwd: FwdLayout::new(&dims, aux.is_some()),
-            bwd: BwdLayout::new(&dims),
+            bwd: BwdLayout::new(&dims, aux.is_some()),
             aux,
         })
     }
@@ -224,12 +227,14 @@ impl MoeLayer {
         let e = experts.unwrap_or(0) as f64;
         let m = (rows * layers.len()) as f64;
         let scale = (coef.unwrap_or(0.0) * e / (m * m)) as f32;
+        let slot = layers.iter().position(|&l| l == layer).unwrap_or(0);
         Ok(Aux {
             shared: Arc::new(AuxStats {
-                stats: gpu.zeros::<f32>(2 * e as usize)?,
+                stats: gpu.zeros::<f32>(layers.len() * 2 * e as usize)?,
                 members: Mutex::new(BTreeSet::from([layer])),
             }),
             layers,
+            slot,
             scale,
         })
     }
@@ -374,9 +379,11 @@ impl MoeLayer {
     /// x: `[rows, d_model]` normed input (compute dtype); out: `[rows, d_model]` (written).
     /// `w(name)` gives the device pointer of parameter `layers.{i}.{name}` in the compute dtype
     /// (0 if absent). The aux loss (if the spec has one), already multiplied by its coefficient, is
-    /// added to `aux_loss` (an f32 device scalar) by the spec's last MoE layer with an aux loss;
-    /// pass `aux_loss = 0` to skip the aux statistics (evaluation, or recomputing a layer in
-    /// backward: the step's statistics are then left as the first forward wrote them).
+    /// added to `aux_loss` (an f32 device scalar) by the spec's last MoE layer with an aux loss,
+    /// from the statistics that every such layer's forward of this step wrote (so run them in
+    /// layer order). Pass `aux_loss = 0` to skip the aux statistics (evaluation, or recomputing a
+    /// layer in backward: recomputing with the pointer rewrites the same statistics, but the last
+    /// layer would add the loss a second time).
     #[allow(clippy::too_many_arguments)]
     pub fn forward(
         &self,
@@ -444,18 +451,11 @@ impl MoeLayer {
                     ),
                 ));
             }
-            let first = a.layers.first() == Some(&i);
-            let last = a.layers.last() == Some(&i);
-            k.aux(
-                probs,
-                offsets,
-                n,
-                e,
-                first,
-                a.shared.stats.ptr(),
-                a.scale,
-                if last { aux_loss } else { 0 },
-            )?;
+            let stats = a.shared.stats.ptr();
+            k.aux_stats(probs, offsets, n, e, stats + (a.slot * 2 * e * 4) as u64)?;
+            if a.layers.last() == Some(&i) {
+                k.aux_loss(stats, a.layers.len(), e, a.scale, aux_loss, 0)?;
+            }
         }
         // The per-expert row counts size the expert GEMMs (see the module docs).
         let (start, count) = self.read_offsets(saved)?;
@@ -605,10 +605,15 @@ impl MoeLayer {
         )?;
         // Router: d logits (with the aux loss's gradient), its weight gradient, dx's first part.
         let (order, renorm) = self.order();
-        let (stats, scale) = self
-            .aux
-            .as_ref()
-            .map_or((0, 0.0), |a| (a.shared.stats.ptr(), a.scale));
+        let (counts, scale) = match &self.aux {
+            Some(a) => {
+                let counts = bw(self.bwd.aux_counts);
+                let stats = a.shared.stats.ptr();
+                k.aux_loss(stats, a.layers.len(), e, a.scale, 0, counts)?;
+                (counts, a.scale)
+            }
+            None => (0, 0.0),
+        };
         let d_logits = bw(self.bwd.d_logits);
         k.route_bwd(
             dt,
@@ -617,7 +622,7 @@ impl MoeLayer {
             sv(self.saved.expert),
             weight,
             bw(self.bwd.d_weight),
-            stats,
+            counts,
             scale,
             n,
             e,
