@@ -115,6 +115,8 @@ struct Case {
     /// Pack each layer's parameters (and gradients) contiguously in table order, so gate and up
     /// are adjacent (the fused GEMM path); otherwise every tensor has its own allocation.
     packed: bool,
+    /// Zero router weights: every router score ties, so the top k must be experts 0..k.
+    ties: bool,
 }
 
 #[test]
@@ -165,6 +167,10 @@ fn moe_awkward_rows_dead_expert_bf16() {
     run(&AWKWARD_CASE, Dtype::Bf16, 3e-2);
 }
 #[test]
+fn moe_exact_ties_go_to_the_lower_expert_f32() {
+    run(&TIES_CASE, Dtype::F32, 1e-4);
+}
+#[test]
 fn moe_two_layers_share_aux_loss_f32() {
     run(&TWO_LAYER_CASE, Dtype::F32, 1e-4);
 }
@@ -174,30 +180,42 @@ const MIXTRAL_CASE: Case = Case {
     rows: 40,
     dead_expert: None,
     packed: true,
+    ties: false,
 };
 const TOPK_CASE: Case = Case {
     src: TOPK_SOFTMAX,
     rows: 40,
     dead_expert: None,
     packed: false,
+    ties: false,
 };
 const QWEN2_CASE: Case = Case {
     src: QWEN2_MOE_LIKE,
     rows: 40,
     dead_expert: None,
     packed: false,
+    ties: false,
 };
 const AWKWARD_CASE: Case = Case {
     src: AWKWARD,
     rows: 37,
     dead_expert: Some(5),
     packed: true,
+    ties: false,
+};
+const TIES_CASE: Case = Case {
+    src: MIXTRAL_LIKE,
+    rows: 19,
+    dead_expert: None,
+    packed: true,
+    ties: true,
 };
 const TWO_LAYER_CASE: Case = Case {
     src: TWO_LAYERS,
     rows: 24,
     dead_expert: None,
     packed: true,
+    ties: false,
 };
 
 // ---------------------------------------------------------------- inputs
@@ -290,7 +308,7 @@ fn init_params(
     spec: &ModelSpec,
     i: usize,
     rng: &mut Rng,
-    dead: Option<usize>,
+    case: &Case,
     dt: Dtype,
 ) -> BTreeMap<String, Vec<f64>> {
     let d = spec.d_model as usize;
@@ -308,8 +326,11 @@ fn init_params(
             1.0 / fan_in.sqrt()
         };
         let mut v = rng.vec(n as usize, std);
+        if name.ends_with("router.weight") && case.ties {
+            v.fill(0.0);
+        }
         if name.ends_with("router.weight")
-            && let Some(e) = dead
+            && let Some(e) = case.dead_expert
         {
             // x[:, 0] is pushed to about +3 below, so this expert's logit sits near -15.
             for (j, w) in v[e * d..(e + 1) * d].iter_mut().enumerate() {
@@ -751,7 +772,7 @@ fn draw(spec: &ModelSpec, case: &Case, dt: Dtype, layers: &[usize]) -> Inputs {
             seed,
         };
         for &i in layers {
-            let p = init_params(spec, i, &mut rng, case.dead_expert, dt);
+            let p = init_params(spec, i, &mut rng, case, dt);
             let mut x = rng.vec(case.rows * d, 1.0);
             if case.dead_expert.is_some() {
                 for n in 0..case.rows {
@@ -773,7 +794,7 @@ fn draw(spec: &ModelSpec, case: &Case, dt: Dtype, layers: &[usize]) -> Inputs {
                 moe.experts as usize,
                 &mut logits,
             );
-            ok &= min_gap(&moe, &logits) > 1e-5;
+            ok &= case.ties || min_gap(&moe, &logits) > 1e-5;
             inp.params.push(p);
             inp.x.push(x);
             inp.dout.push(dout);
@@ -812,6 +833,14 @@ fn run(case: &Case, dt: Dtype, tol: f64) {
     let aux_dprobs: Option<Vec<f64>> = aux.as_ref().map(|(a, c)| a.dprobs(*c));
     if let Some(e) = case.dead_expert {
         assert_eq!(fwd[0].routing.offsets[e], fwd[0].routing.offsets[e + 1]);
+    }
+    if case.ties {
+        let k = moe_of(&spec, layers[0]).top_k as usize;
+        let lowest: Vec<usize> = (0..rows * k).map(|s| s % k).collect();
+        assert_eq!(
+            fwd[0].routing.expert, lowest,
+            "CPU ties go to the lower expert"
+        );
     }
     let backs: Vec<_> = layers
         .iter()
