@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, anyhow, bail};
 use modelspec_dsl::ir::ModelSpec;
-use modelspec_dsl::plan::{self, PolicyOverride};
+use modelspec_dsl::plan;
 use modelspec_runtime::exec::{Executor, Policy};
 use modelspec_runtime::ops::cross_entropy;
 use modelspec_runtime::weights::{self, Dialect, FileTensor, HostTensor, StoreDtype};
@@ -134,20 +134,8 @@ fn resolve_policy(
         return Ok(Policy::FromSpec);
     };
     let parsed = plan::parse_policy(text).map_err(|e| anyhow!("--checkpoint {text}: {e}"))?;
-    Ok(match parsed {
-        PolicyOverride::Layer(p) => Policy::Uniform(p),
-        budget @ PolicyOverride::Budget(_) => {
-            let planned = plan::plan(
-                spec,
-                batch as u64,
-                seq as u64,
-                plan::Dtype::F32,
-                Some(&budget),
-            )
-            .map_err(|e| anyhow!("--checkpoint {text}: {e}"))?;
-            Policy::PerLayer(planned.layer_checkpoints())
-        }
-    })
+    Policy::from_override(spec, Some(&parsed), batch, seq)
+        .map_err(|e| anyhow!("--checkpoint {text}: {e}"))
 }
 
 /// Refuses an OUT that is a special file (`/dev/null`, a FIFO, a symlink, a directory) or one of

@@ -136,6 +136,9 @@ const DEFAULT_BATCH: u64 = 16;
 const DEFAULT_SEQ: u64 = 64;
 const DEFAULT_LR: f64 = 3e-3;
 const DEFAULT_WEIGHT_DECAY: f64 = 0.1;
+/// AdamW's (β₁, β₂) for training runs: β₂ 0.95 (PyTorch's default is 0.999), as is usual for
+/// transformers.
+const ADAMW_BETAS: (f64, f64) = (0.9, 0.95);
 const DEFAULT_CLIP: f64 = 1.0;
 
 impl TrainArgs {
@@ -491,6 +494,7 @@ fn run_options(
             total_steps: steps,
         },
         adamw: AdamWConfig {
+            betas: ADAMW_BETAS,
             weight_decay: args.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
             ..AdamWConfig::default()
         },

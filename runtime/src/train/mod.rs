@@ -30,9 +30,9 @@ pub use self::checkpoint::{Checkpoint, TrainOptions, TrainState};
 pub use self::cpu::CpuObjective;
 use self::data::Batcher;
 pub use self::error::TrainError;
-use self::optim::{AdamW, ParamGrad};
+use self::optim::AdamW;
 use self::rng::SplitMix64;
-use crate::{Params, Tensor};
+use crate::Params;
 
 /// What the training loop needs from a model: the mean next-token loss of a batch and its
 /// gradient with respect to every parameter. The CPU executor implements it; tests use small
@@ -219,14 +219,7 @@ impl<O: Objective> Trainer<O> {
                 t.data_mut().iter_mut().for_each(|x| *x *= inv);
             }
         }
-        let grad_norm = if options.clip > 0.0 {
-            clip::clip_global_norm(
-                grads.tensors.values_mut().map(|t| t.data_mut()),
-                options.clip,
-            )
-        } else {
-            clip::global_norm(grads.tensors.values().map(|t| t.data()))
-        };
+        let grad_norm = clip::clip_params(&mut grads, options.clip);
         if !loss.is_finite() || !grad_norm.is_finite() {
             return Err(TrainError::NonFinite {
                 step,
@@ -234,31 +227,7 @@ impl<O: Objective> Trainer<O> {
                 grad_norm,
             });
         }
-
-        let mut pairs = Vec::with_capacity(self.params.tensors.len());
-        for (name, value) in self.params.tensors.iter_mut() {
-            let grad: &Tensor = grads
-                .tensors
-                .get(name)
-                .ok_or_else(|| TrainError::GradShape {
-                    name: name.clone(),
-                    params: value.numel(),
-                    grads: 0,
-                })?;
-            let shape = value.shape().to_vec();
-            pairs.push((name.as_str(), shape, value.data_mut(), grad.data()));
-        }
-        self.optimizer.step(
-            lr,
-            pairs
-                .iter_mut()
-                .map(|(name, shape, value, grad)| ParamGrad {
-                    name,
-                    shape,
-                    value,
-                    grad,
-                }),
-        )?;
+        self.optimizer.step_params(lr, &mut self.params, &grads)?;
 
         self.state.rng = rng;
         self.state.step += 1;
@@ -337,6 +306,7 @@ mod tests {
     use super::optim::AdamWConfig;
     use super::schedule::CosineSchedule;
     use super::*;
+    use crate::Tensor;
 
     /// A one-layer spec small enough to hand-write.
     pub(crate) fn toy_spec() -> ModelSpec {
