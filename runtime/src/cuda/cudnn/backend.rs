@@ -255,6 +255,7 @@ impl GraphBuilder {
     }
 
     /// A pointwise operation `y = mode(x, b, t)` (b, t optional), computed in `compute`.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn pointwise(
         &mut self,
         mode: cudnnPointwiseMode_t,

@@ -89,6 +89,11 @@ struct Plan {
     total_workspace: usize,
 }
 
+// SAFETY: a finalized plan is immutable; it is only executed under the handle's lock.
+unsafe impl Send for Plan {}
+// SAFETY: as above.
+unsafe impl Sync for Plan {}
+
 /// What [`CudnnAttention::prepare`] reports about a shape's plans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PlanInfo {
