@@ -202,7 +202,9 @@ impl Step<'_> {
             let (q, kk, v) = self.qkv_views(l, b.qkv);
             k.attn_fwd(dt, &self.attn_shape(l), b.atty, b.lse, q, kk, v)?;
         }
-        if !recompute || !sv.resid_mid {
+        // A parallel layer's backward reads no resid_mid (it only carries the stream to the next
+        // layer): nothing of the attention branch's output is recomputed there.
+        if !recompute || (!sv.resid_mid && !l.parallel) {
             // The attention branch (post-normed) into tmp, then resid_mid = x + tmp.
             let o_out = if l.post { b.pa_in } else { self.buf.tmp };
             self.linear(

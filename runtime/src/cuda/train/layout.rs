@@ -310,7 +310,8 @@ pub(super) fn layout(
         .map(|(i, l)| {
             let keep = saves[i].groups();
             let sizes = group_sizes(l, s);
-            (0..7).any(|j| !keep[j] && sizes[j][0] > 0)
+            // A parallel layer's resid_mid only carries the stream forward (see `forward`).
+            (0..7).any(|j| !keep[j] && sizes[j][0] > 0 && !(j == 3 && l.parallel))
                 || (matches!(l.ffn, FfnCfg::Moe) && !saves[i].moe)
         })
         .collect();

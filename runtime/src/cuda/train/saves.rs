@@ -14,7 +14,8 @@
 ///   are the post-norms' inputs;
 /// - `attn` -> `attn` (+ the f32 log-sum-exp);
 /// - `resid_mid` -> `resid_mid` or `attn_out` (the trainer folds the output projection into the
-///   residual add and keeps the sum, of the same size);
+///   residual add and keeps the sum, of the same size); a parallel layer's backward reads none of
+///   it, so there the buffer only carries the stream to the next layer and is never recomputed;
 /// - `mlp_norm` -> `mlp_norm`;
 /// - `mlp_in` -> `gate`, `up` (one buffer) of a dense MLP;
 /// - `act` -> `act` of a dense MLP;
