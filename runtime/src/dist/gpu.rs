@@ -1,20 +1,18 @@
 //! Data parallelism over GPUs: one rank per GPU, gradients over NCCL.
 //!
-//! Each rank runs forward and backward of its rows on its GPU through [`GpuTrainer`]
-//! (`forward_backward`, then the f32 gradients by name), and a [`Replica`] over an [`NcclComm`]
-//! all-reduces them bucket by bucket (host-staged), clips and steps AdamW on the host (or ZeRO-1:
-//! reduce-scatter, AdamW on the rank's slice, all-gather). The weights are uploaded before each
-//! step. This is the correct, simple path: every rank follows the single-rank curve. It is not the
-//! fast one: that keeps the weights and AdamW on the GPU and all-reduces the trainer's gradient
-//! arena in place, bucket by bucket on a second stream during backward (see the
-//! [module docs](super)), and needs from `GpuTrainer` mutable access to its flat gradient arena
-//! (with each parameter's offset), an optimizer-only step, and per-layer events.
+//! Each rank runs forward and backward of its rows on its GPU through [`GpuTrainer`], as a
+//! [`GpuObjective`] (`forward_backward`, then the f32 gradients by name), and a [`Replica`] over an
+//! [`NcclComm`] all-reduces them bucket by bucket (host-staged), clips and steps AdamW on the host
+//! (or ZeRO-1: reduce-scatter, AdamW on the rank's slice, all-gather). The weights are uploaded
+//! before each step. This is the correct, simple path: every rank follows the single-rank curve. It
+//! is not the fast one: that keeps the weights and AdamW on the GPU and all-reduces the trainer's
+//! gradient arena in place, bucket by bucket on a second stream during backward (see the [module
+//! docs](super)), and needs from `GpuTrainer` mutable access to its flat gradient arena (with each
+//! parameter's offset), an optimizer-only step, and per-layer events.
 //!
 //! Ranks of one host are threads ([`GpuDataParallel::run_local`], `modelspec train --device cuda
 //! --gpus N`); ranks on several hosts are processes, one per GPU, that find each other through
 //! [`super::rendezvous`] ([`GpuDataParallel::run_rank`]).
-
-use std::sync::Arc;
 
 use modelspec_dsl::ir::ModelSpec;
 
@@ -25,60 +23,7 @@ use crate::cuda::{Dtype, Gpu, GpuTrainer};
 use crate::train::data::Batcher;
 use crate::train::optim::AdamW;
 use crate::train::rng::SplitMix64;
-use crate::train::{Objective, StepReport, TrainError, TrainOptions, TrainState};
-
-fn model_err(e: crate::cuda::CudaError) -> TrainError {
-    TrainError::Model(Box::new(e))
-}
-
-/// The GPU trainer's forward and backward as a training [`Objective`] (no optimizer on the GPU).
-pub struct GpuObjective {
-    trainer: GpuTrainer,
-    rows: usize,
-    seq: usize,
-}
-
-impl GpuObjective {
-    /// A trainer on `gpu` for `rows` sequences of `seq` tokens in `dtype`.
-    pub fn new(
-        gpu: &Arc<Gpu>,
-        spec: &ModelSpec,
-        dtype: Dtype,
-        rows: usize,
-        seq: usize,
-        seed: u64,
-    ) -> Result<Self, DistError> {
-        let trainer = GpuTrainer::new(gpu, spec, dtype, rows, seq, seed)?;
-        Ok(GpuObjective { trainer, rows, seq })
-    }
-}
-
-impl Objective for GpuObjective {
-    /// Uploads `params`, runs forward and backward on `tokens` and downloads loss and gradients.
-    /// The GPU trainer has no dropout: `seed` is unused.
-    fn loss_and_grads(
-        &mut self,
-        params: &Params,
-        tokens: &[u32],
-        batch: usize,
-        _seed: u64,
-    ) -> Result<(f32, Params), TrainError> {
-        if batch != self.rows || tokens.len() != self.rows * self.seq {
-            return Err(TrainError::Config(format!(
-                "the GPU trainer was built for {} x {} tokens, got {batch} rows of {} tokens",
-                self.rows,
-                self.seq,
-                tokens.len()
-            )));
-        }
-        self.trainer.set_params(params).map_err(model_err)?;
-        self.trainer.set_batch(tokens, None).map_err(model_err)?;
-        self.trainer.forward_backward(false).map_err(model_err)?;
-        let loss = self.trainer.loss().map_err(model_err)?;
-        let grads = self.trainer.grads().map_err(model_err)?;
-        Ok((loss, grads))
-    }
-}
+use crate::train::{GpuObjective, StepReport, TrainOptions, TrainState};
 
 /// Where one rank runs.
 #[derive(Debug, Clone, Copy)]
@@ -179,8 +124,8 @@ impl GpuDataParallel<'_> {
         }
         let rows = split_rows(o.batch, at.world_size, at.rank);
         let gpu = Gpu::new(at.ordinal)?;
-        let mut objective =
-            GpuObjective::new(&gpu, self.spec, self.dtype, rows.len(), o.seq, o.seed)?;
+        let trainer = GpuTrainer::new(&gpu, self.spec, self.dtype, rows.len(), o.seq, o.seed)?;
+        let mut objective = GpuObjective::new(trainer, rows.len(), o.seq);
         let comm = NcclComm::new(&gpu, at.rank, at.world_size, at.id)?;
         let mut replica = Replica::new(
             comm,

@@ -13,20 +13,14 @@ use modelspec_dsl::ir::ModelSpec;
 use modelspec_dsl::plan;
 use modelspec_runtime::Params;
 use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer, LayerSaves};
-use modelspec_runtime::train::{Objective, TrainError, TrainOptions};
+use modelspec_runtime::train::{GpuObjective, Objective, TrainError, TrainOptions};
 
-/// The GPU trainer's loss and gradients as a training [`Objective`] for micro-batches of a fixed
-/// shape; smaller evaluation batches are padded with ignored rows.
+/// The runtime's [`GpuObjective`] on GPU 0, built from the run's options, with the name of the
+/// device for the run's header line.
 pub struct CudaObjective {
-    trainer: GpuTrainer,
-    rows: usize,
-    seq: usize,
+    objective: GpuObjective,
     /// `cuda:0 (device name), dtype`, for the run's header line.
     pub label: String,
-}
-
-fn model_err(e: modelspec_runtime::cuda::CudaError) -> TrainError {
-    TrainError::Model(Box::new(e))
 }
 
 /// Parses `--dtype` for `--device cuda` (default bf16).
@@ -76,72 +70,24 @@ impl CudaObjective {
             .map_err(|e| anyhow!("--device cuda: {e}"))?;
         let label = format!("cuda:0 ({}), {}", gpu.name(), dt.suffix());
         Ok(Self {
-            trainer,
-            rows,
-            seq,
+            objective: GpuObjective::new(trainer, rows, seq),
             label,
         })
-    }
-
-    fn run(&mut self, params: &Params, tokens: &[u32], batch: usize) -> Result<(), TrainError> {
-        if batch == 0 || batch > self.rows || tokens.len() != batch * self.seq {
-            return Err(TrainError::Config(format!(
-                "the GPU trainer was built for {} x {} tokens, got {batch} rows of {} tokens",
-                self.rows,
-                self.seq,
-                tokens.len()
-            )));
-        }
-        self.trainer.set_params(params).map_err(model_err)?;
-        if batch == self.rows {
-            self.trainer.set_batch(tokens, None).map_err(model_err)?;
-        } else {
-            // Pad with rows whose targets are all ignored: the mean loss is over the real rows.
-            let n = self.rows * self.seq;
-            let mut padded = tokens.to_vec();
-            padded.resize(n, 0);
-            let targets: Vec<i32> = (0..n)
-                .map(|i| {
-                    if i + 1 >= tokens.len() || (i + 1) % self.seq == 0 {
-                        -1
-                    } else {
-                        tokens[i + 1] as i32
-                    }
-                })
-                .collect();
-            self.trainer
-                .set_batch(&padded, Some(&targets))
-                .map_err(model_err)?;
-        }
-        self.trainer.forward_backward(false).map_err(model_err)?;
-        Ok(())
     }
 }
 
 impl Objective for CudaObjective {
-    /// Uploads `params`, runs forward and backward on `tokens` and downloads loss and gradients.
-    /// The GPU trainer has no dropout: `seed` is unused.
     fn loss_and_grads(
         &mut self,
         params: &Params,
         tokens: &[u32],
         batch: usize,
-        _seed: u64,
+        seed: u64,
     ) -> Result<(f32, Params), TrainError> {
-        if batch != self.rows {
-            return Err(TrainError::Config(format!(
-                "the GPU trainer was built for batches of {} rows, got {batch}",
-                self.rows
-            )));
-        }
-        self.run(params, tokens, batch)?;
-        let loss = self.trainer.loss().map_err(model_err)?;
-        let grads = self.trainer.grads().map_err(model_err)?;
-        Ok((loss, grads))
+        self.objective.loss_and_grads(params, tokens, batch, seed)
     }
 
     fn loss(&mut self, params: &Params, tokens: &[u32], batch: usize) -> Result<f32, TrainError> {
-        self.run(params, tokens, batch)?;
-        self.trainer.loss().map_err(model_err)
+        self.objective.loss(params, tokens, batch)
     }
 }
