@@ -191,7 +191,8 @@ pub fn write_atomic_with(
         .write(true)
         .create_new(true)
         .open(&tmp)
-        .map_err(|e| OutputError::io(&tmp, e))?;
+        // Named by the target: a missing or read-only folder is the target's problem.
+        .map_err(|e| OutputError::io(path, e))?;
     let result = (|| {
         write(&tmp).map_err(|e| OutputError::io(&tmp, e))?;
         let file = File::open(&tmp).map_err(|e| OutputError::io(&tmp, e))?;
@@ -238,6 +239,12 @@ mod tests {
         write_atomic(&path, b"new contents").unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"new contents");
         write_atomic(&dir.join("fresh.txt"), b"x").unwrap();
+        let missing = dir.join("no-such-folder").join("out.txt");
+        let err = write_atomic(&missing, b"x").unwrap_err().to_string();
+        assert!(
+            err.starts_with(&format!("writing {}", missing.display())),
+            "{err}"
+        );
         assert!(leftovers(&dir).is_empty());
         fs::remove_dir_all(&dir).unwrap();
     }
