@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut};
 use cudarc::nccl::{Comm, Id, ReduceOp};
 
 use super::rendezvous::ID_BYTES;
@@ -165,6 +165,39 @@ impl NcclComm {
             .map_err(nccl_err("ncclAllGather"))
     }
 
+    /// Runs `collective` from host `input` into host `output` through the two staging buffers:
+    /// upload `input`, the collective between the device copies, download into `output`, wait.
+    /// `steps` name the upload, the download and the wait in errors.
+    fn staged_collective(
+        &mut self,
+        input: &[f32],
+        output: &mut [f32],
+        steps: [&'static str; 3],
+        collective: impl FnOnce(
+            &Comm,
+            &CudaViewMut<'_, f32>,
+            &mut CudaViewMut<'_, f32>,
+        ) -> Result<(), DistError>,
+    ) -> Result<(), DistError> {
+        let [upload, download, wait] = steps;
+        Self::staged(&mut self.staging, &self.stream, input.len())?;
+        Self::staged(&mut self.staging_out, &self.stream, output.len())?;
+        let (stage_in, stage_out) = (
+            self.staging.as_mut().expect("staged"),
+            self.staging_out.as_mut().expect("staged"),
+        );
+        let mut src = stage_in.slice_mut(..input.len());
+        self.stream
+            .memcpy_htod(input, &mut src)
+            .map_err(driver_err(upload))?;
+        let mut dst = stage_out.slice_mut(..output.len());
+        collective(&self.comm, &src, &mut dst)?;
+        self.stream
+            .memcpy_dtoh(&dst, output)
+            .map_err(driver_err(download))?;
+        self.stream.synchronize().map_err(driver_err(wait))
+    }
+
     fn staged(
         slot: &mut Option<CudaSlice<f32>>,
         stream: &Arc<CudaStream>,
@@ -217,26 +250,16 @@ impl Communicator for NcclComm {
         if output.is_empty() {
             return Ok(());
         }
-        Self::staged(&mut self.staging, &self.stream, input.len())?;
-        Self::staged(&mut self.staging_out, &self.stream, output.len())?;
-        let (stage_in, stage_out) = (
-            self.staging.as_mut().expect("staged"),
-            self.staging_out.as_mut().expect("staged"),
-        );
-        let mut src = stage_in.slice_mut(..input.len());
-        self.stream
-            .memcpy_htod(input, &mut src)
-            .map_err(driver_err("copying gradients to the GPU"))?;
-        let mut dst = stage_out.slice_mut(..output.len());
-        self.comm
-            .reduce_scatter(&src, &mut dst, &ReduceOp::Sum)
-            .map_err(nccl_err("ncclReduceScatter"))?;
-        self.stream
-            .memcpy_dtoh(&dst, output)
-            .map_err(driver_err("copying a shard back"))?;
-        self.stream
-            .synchronize()
-            .map_err(driver_err("waiting for a reduce-scatter"))
+        let steps = [
+            "copying gradients to the GPU",
+            "copying a shard back",
+            "waiting for a reduce-scatter",
+        ];
+        self.staged_collective(input, output, steps, |comm, src, dst| {
+            comm.reduce_scatter(src, dst, &ReduceOp::Sum)
+                .map(|_| ())
+                .map_err(nccl_err("ncclReduceScatter"))
+        })
     }
 
     fn all_gather(&mut self, input: &[f32], output: &mut [f32]) -> Result<(), DistError> {
@@ -245,26 +268,16 @@ impl Communicator for NcclComm {
         if input.is_empty() {
             return Ok(());
         }
-        Self::staged(&mut self.staging, &self.stream, input.len())?;
-        Self::staged(&mut self.staging_out, &self.stream, output.len())?;
-        let (stage_in, stage_out) = (
-            self.staging.as_mut().expect("staged"),
-            self.staging_out.as_mut().expect("staged"),
-        );
-        let mut src = stage_in.slice_mut(..input.len());
-        self.stream
-            .memcpy_htod(input, &mut src)
-            .map_err(driver_err("copying a shard to the GPU"))?;
-        let mut dst = stage_out.slice_mut(..output.len());
-        self.comm
-            .all_gather(&src, &mut dst)
-            .map_err(nccl_err("ncclAllGather"))?;
-        self.stream
-            .memcpy_dtoh(&dst, output)
-            .map_err(driver_err("copying parameters back"))?;
-        self.stream
-            .synchronize()
-            .map_err(driver_err("waiting for an all-gather"))
+        let steps = [
+            "copying a shard to the GPU",
+            "copying parameters back",
+            "waiting for an all-gather",
+        ];
+        self.staged_collective(input, output, steps, |comm, src, dst| {
+            comm.all_gather(src, dst)
+                .map(|_| ())
+                .map_err(nccl_err("ncclAllGather"))
+        })
     }
 
     fn barrier(&mut self) -> Result<(), DistError> {
