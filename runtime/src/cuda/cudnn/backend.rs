@@ -360,81 +360,97 @@ impl GraphBuilder {
         og.set_handle(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, handle)?;
         og.finalize()?;
 
-        let heur = Desc::new(DescType::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
-        heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, &og)?;
-        heur.set_enum(
-            CUDNN_ATTR_ENGINEHEUR_MODE,
-            Ty::CUDNN_TYPE_HEUR_MODE,
+        // Mode A first (what the frontend asks for), the fallback list if A offers nothing
+        // that finalizes.
+        let mut tried = 0usize;
+        let mut last_err = String::from("no config offered");
+        for mode in [
             sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
-        )?;
-        heur.finalize()?;
-        let mut count = 0i64;
-        // SAFETY: a count query (no elements written).
-        check(
-            unsafe {
-                sys::cudnnBackendGetAttribute(
-                    heur.raw,
-                    CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                    0,
-                    &mut count,
-                    std::ptr::null_mut(),
-                )
-            },
-            || "counting heuristic results".into(),
-        )?;
-        if count <= 0 {
-            return Err(CudnnError::NoEngine {
-                graph,
-                shape,
-                why: "the heuristics returned no engine config".into(),
-            });
-        }
-        let cfgs: Vec<Desc> = (0..count)
-            .map(|_| Desc::new(DescType::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
-            .collect::<Result<_>>()?;
-        let mut raws: Vec<sys::cudnnBackendDescriptor_t> = cfgs.iter().map(|d| d.raw).collect();
-        let mut got = 0i64;
-        // SAFETY: `raws` holds `count` created engine-config descriptors for cuDNN to fill.
-        check(
-            unsafe {
-                sys::cudnnBackendGetAttribute(
-                    heur.raw,
-                    CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                    count,
-                    &mut got,
-                    raws.as_mut_ptr().cast(),
-                )
-            },
-            || "reading heuristic results".into(),
-        )?;
-        let mut last_err = String::from("no config tried");
-        for cfg in cfgs.iter().take(got.max(0) as usize) {
-            let plan = Desc::new(DescType::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
-            plan.set_handle(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)?;
-            plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg)?;
-            match plan.finalize() {
-                Ok(()) => {
-                    let workspace = plan.get_i64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?;
-                    let engine = engine_index(cfg).unwrap_or(-1);
-                    return Ok(BuiltPlan {
-                        plan,
-                        workspace: workspace.max(0) as usize,
-                        engine,
-                        _graph: og,
-                        _keep: (self.tensors, self.ops, self.aux),
-                    });
+            sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
+        ] {
+            let cfgs = match engine_configs(&og, mode) {
+                Ok(c) => c,
+                Err(e) => {
+                    last_err = e.to_string();
+                    continue;
                 }
-                Err(e) => last_err = e.to_string(),
+            };
+            for cfg in &cfgs {
+                tried += 1;
+                let plan = Desc::new(DescType::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
+                plan.set_handle(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)?;
+                plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg)?;
+                match plan.finalize() {
+                    Ok(()) => {
+                        let workspace = plan.get_i64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?;
+                        let engine = engine_index(cfg).unwrap_or(-1);
+                        return Ok(BuiltPlan {
+                            plan,
+                            workspace: workspace.max(0) as usize,
+                            engine,
+                            _graph: og,
+                            _keep: (self.tensors, self.ops, self.aux),
+                        });
+                    }
+                    Err(e) => last_err = e.to_string(),
+                }
             }
         }
         Err(CudnnError::NoEngine {
             graph,
             shape,
-            why: format!("{got} config(s) tried, last: {last_err}"),
+            why: format!("{tried} config(s) tried, last: {last_err}"),
         })
     }
+}
+
+/// The engine configs the heuristics of `mode` offer for a finalized operation graph, best first.
+fn engine_configs(og: &Desc, mode: sys::cudnnBackendHeurMode_t) -> Result<Vec<Desc>> {
+    use Attr::*;
+    let heur = Desc::new(DescType::CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR)?;
+    heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, og)?;
+    heur.set_enum(CUDNN_ATTR_ENGINEHEUR_MODE, Ty::CUDNN_TYPE_HEUR_MODE, mode)?;
+    heur.finalize()?;
+    let mut count = 0i64;
+    // SAFETY: a count query (no elements written).
+    check(
+        unsafe {
+            sys::cudnnBackendGetAttribute(
+                heur.raw,
+                CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                0,
+                &mut count,
+                std::ptr::null_mut(),
+            )
+        },
+        || format!("counting {mode:?} heuristic results"),
+    )?;
+    let cfgs: Vec<Desc> = (0..count.max(0))
+        .map(|_| Desc::new(DescType::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
+        .collect::<Result<_>>()?;
+    if cfgs.is_empty() {
+        return Ok(cfgs);
+    }
+    let mut raws: Vec<sys::cudnnBackendDescriptor_t> = cfgs.iter().map(|d| d.raw).collect();
+    let mut got = 0i64;
+    // SAFETY: `raws` holds `count` created engine-config descriptors for cuDNN to fill.
+    check(
+        unsafe {
+            sys::cudnnBackendGetAttribute(
+                heur.raw,
+                CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                count,
+                &mut got,
+                raws.as_mut_ptr().cast(),
+            )
+        },
+        || format!("reading {mode:?} heuristic results"),
+    )?;
+    let mut cfgs = cfgs;
+    cfgs.truncate(got.clamp(0, count) as usize);
+    Ok(cfgs)
 }
 
 /// The global index of the engine behind an engine config (for reports).
