@@ -260,6 +260,10 @@ fn nonsense_numbers_are_refused_naming_the_flag() {
         assert!(err.contains(flag), "{flag} {value}: {err}");
         assert!(!err.contains("training"), "{flag} {value} trained: {err}");
     }
+    // The `=` form reaches the value parser too.
+    let o = modelspec(&["train", "--lr=-1", "--steps", "1"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("above 0"), "{}", stderr(&o));
     let o = modelspec(&["sample", "runs/none", "--temperature", "NaN"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("--temperature"), "{}", stderr(&o));
