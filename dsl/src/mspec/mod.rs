@@ -38,7 +38,7 @@
 //! | `moe` | `{ experts  top_k  expert swiglu(hidden = N)  router softmax_topk \| topk_softmax  renormalize  shared(count, hidden, gate)  aux_loss }` |
 //! | `logits` | `{ softcap X  bias }` (or inline: `logits softcap 30`) |
 //! | `weights` | `{ naming llama \| gpt2 \| gpt_neox \| falcon \| phi  qkv separate \| fused \| fused_per_head  fused_gate_up }` |
-//! | `checkpoint` | a policy, or `{ default POLICY  layers[SEL] POLICY  budget 0.5 \| 24GiB \| none }`; policies: `none`, `full`, `auto`, `save(names)`, `recompute(names)` over [`crate::tensors::layer_tensors`] |
+//! | `checkpoint` | a policy, or `{ default POLICY  layers[SEL] POLICY  budget 0.5 \| 24GiB \| none }`; policies: `none`, `full`, `auto`, `save(names)`, `recompute(names)` over [`crate::tensors::layer_tensors`]; read by the one parser of `--checkpoint` too (units: [`crate::plan::BYTE_UNITS`]) |
 //! | `layers[SEL] { ... }` | per-layer overrides of `attention`, `position`, `norm`, `placement`, `parallel_residual`, `shared_norm`, `mlp`, `moe`, `checkpoint` |
 //!
 //! Selectors `SEL`: `3`, `0..8` (**half-open**: layers 0 to 7), `1, 5, 9`, `0..4, 10`, `even`,

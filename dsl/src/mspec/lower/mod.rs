@@ -1,7 +1,7 @@
 //! Lowering: the syntax tree, read against the schema of keys, resolved into the IR.
 //!
 //! Reading happens in two stages. First every key is read into a *written* description
-//! ([`LayerW`] and friends: only what the user wrote, as `Option`s), the model-level settings form
+//! (`LayerW` and friends: only what the user wrote, as `Option`s), the model-level settings form
 //! the base row and each `layers[...] { ... }` rule a delta. Then the base is copied to every layer,
 //! the rules are applied in source order (the last matching rule wins), and each layer is resolved:
 //! every default filled in, every derived size computed from that layer's final settings.

@@ -1,4 +1,4 @@
-//! Written settings: what the user wrote, before defaults ([`LayerW`] and its parts, as `Option`s),
+//! Written settings: what the user wrote, before defaults (`LayerW` and its parts, as `Option`s),
 //! and how a rule's delta merges into a layer's row.
 
 use super::*;
