@@ -49,7 +49,7 @@
 //!
 //! Pipeline: `grammar.pest` (pest) → [`ast`] (atoms with spans) → [`lower`] (schema, defaults,
 //! per-layer rules, derived sizes) → [`crate::check::check`] → diagnostics mapped back to spans.
-//! The default of every setting is listed in [`lower`]. [`print`] writes any IR back as `.mspec`.
+//! The default of every setting is listed in [`lower`]. [`print()`] writes any IR back as `.mspec`.
 //!
 //! ```
 //! let spec = modelspec_dsl::mspec::parse(
