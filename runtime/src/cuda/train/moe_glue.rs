@@ -3,9 +3,10 @@
 //! saved region (kept, or one shared region when the plan recomputes it), the shared MoE scratch,
 //! and runs where a dense MLP would; the whole block is one checkpointing unit.
 //!
-//! The aux loss: the first forward of a step adds `coef · aux` to the trainer's aux scalar (the
-//! layers share their routing statistics, [`MoeLayer::new_all`]); a recomputation passes no
-//! scalar, so the statistics stay as the step's forward wrote them. Backward always includes the
+//! The aux loss: a step's forward adds `coef · aux` to the trainer's aux scalar once (the layers
+//! share their routing statistics, [`MoeLayer::new_all`]; the trainer zeroes the scalar at the
+//! start of each step); a recomputation passes no scalar, so the statistics stay as the step's
+//! forward wrote them. Backward always includes the
 //! aux loss's gradient from those statistics (zero while no forward has accumulated any).
 
 use super::super::error::Result;
