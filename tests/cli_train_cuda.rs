@@ -198,7 +198,7 @@ fn unsupported_specs_and_flags_are_clean_errors() {
     std::fs::write(
         &file,
         "model no_final_norm {
-            vocab 64   d_model 32   layers 1   context 16
+            vocab 256   d_model 32   layers 1   context 16
             attention { heads 2 }
             position rope(theta = 10000)
             mlp swiglu(hidden = 64)
