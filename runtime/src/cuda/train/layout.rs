@@ -345,3 +345,127 @@ pub(super) fn layout(
         total_bytes: b.used(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelspec_dsl::load::{Format, load_str};
+
+    /// Layers of different widths, one parallel, one post-norm with qk-norm.
+    const MIXED: &str = "model t_layout {
+        vocab 150   d_model 96   layers 4   context 64
+        norm rms(eps = 1e-5)
+        attention { heads 4  kv_heads 2  head_dim 32 }
+        position rope(theta = 10000)
+        mlp swiglu(hidden = 160)
+        layers[1] { attention { heads 6  kv_heads 6  head_dim 16 }  mlp gelu(hidden = 400) }
+        layers[2] { placement sandwich  attention { qk_norm rms(eps = 1e-6) } }
+        layers[3] { parallel_residual  mlp relu_squared(hidden = 96) }
+    }";
+
+    fn setup(saves: &[LayerSaves]) -> (Vec<LayerCfg>, Shape, Layout) {
+        let spec = load_str(MIXED, "t.mspec", Format::Mspec).expect("valid");
+        let cfg: Vec<LayerCfg> = (0..spec.layers.len())
+            .map(|i| LayerCfg::new(&spec, i, None, None))
+            .collect();
+        let s = Shape::new(2, 24, 96, 4, spec.vocab_padded as usize);
+        let lay = layout(&cfg, &s, saves, &[], 1 << 20);
+        (cfg, s, lay)
+    }
+
+    /// (pointer, bytes) of a layer's buffers that exist, by name.
+    fn buffers(l: &LayerCfg, s: &Shape, b: &LayerBufs) -> Vec<(&'static str, DevPtr, usize)> {
+        let g = group_sizes(l, s);
+        let (n, es) = (s.n, s.es);
+        let mut v = vec![
+            ("resid", b.resid, n * s.c * es),
+            ("ln1", b.ln1, g[0][0]),
+            ("qkv", b.qkv, g[1][0]),
+            ("atty", b.atty, g[2][0]),
+            ("lse", b.lse, g[2][1]),
+            ("resid_mid", b.resid_mid, g[3][0]),
+            ("ln2", b.ln2, g[4][0]),
+            ("h", b.h, g[5][0]),
+            ("act", b.act, g[6][0]),
+        ];
+        if l.qk.is_some() {
+            v.push(("qraw", b.qraw, n * l.qd * es));
+            v.push(("kraw", b.kraw, n * l.kvd * es));
+        }
+        if l.post {
+            v.push(("pa_in", b.pa_in, n * s.c * es));
+            v.push(("pm_in", b.pm_in, n * s.c * es));
+        }
+        v.into_iter().filter(|x| x.2 > 0).collect()
+    }
+
+    #[test]
+    fn kept_buffers_are_disjoint_and_sized_by_their_layer() {
+        let (cfg, s, lay) = setup(&[]);
+        let mut spans: Vec<(DevPtr, DevPtr, String)> = Vec::new();
+        for (i, (l, b)) in cfg.iter().zip(&lay.layers).enumerate() {
+            for (name, p, bytes) in buffers(l, &s, b) {
+                assert_ne!(p, 0, "layer {i} {name}");
+                spans.push((p, p + bytes as u64, format!("layer {i} {name}")));
+            }
+        }
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(w[0].1 <= w[1].0, "{} overlaps {}", w[0].2, w[1].2);
+        }
+        let end = (1u64 << 20) + lay.saved_bytes as u64;
+        assert!(spans.last().is_some_and(|x| x.1 <= end));
+        assert_eq!(lay.recompute_bytes, 0);
+        // Layers own buffers of their own widths: layer 1's MLP (gelu 400) is the widest.
+        assert_eq!(cfg[1].mlp_widths(), (400, 400));
+        assert!(lay.layers[2].ln2 != 0 && lay.layers[3].ln2 != 0);
+    }
+
+    #[test]
+    fn recomputed_buffers_share_one_set_sized_by_the_largest_layer() {
+        let saves = vec![LayerSaves::INPUT_ONLY; 4];
+        let (cfg, s, lay) = setup(&saves);
+        let shared_start = (1u64 << 20) + lay.saved_bytes as u64;
+        let shared_end = shared_start + lay.recompute_bytes as u64;
+        for (i, (l, b)) in cfg.iter().zip(&lay.layers).enumerate() {
+            for (name, p, bytes) in buffers(l, &s, b) {
+                let own = matches!(name, "resid" | "qraw" | "kraw" | "pa_in" | "pm_in");
+                if own {
+                    assert!(p + bytes as u64 <= shared_start, "layer {i} {name} kept");
+                } else {
+                    assert!(
+                        p >= shared_start && p + bytes as u64 <= shared_end,
+                        "layer {i} {name} in the shared set"
+                    );
+                }
+            }
+        }
+        // Each shared buffer is one pointer for every layer, and the largest use of each does not
+        // run into the next shared buffer.
+        let mut largest: std::collections::BTreeMap<DevPtr, (usize, String)> = Default::default();
+        for (i, (l, b)) in cfg.iter().zip(&lay.layers).enumerate() {
+            for (name, p, bytes) in buffers(l, &s, b) {
+                if p >= shared_start {
+                    let e = largest.entry(p).or_insert((0, String::new()));
+                    if bytes > e.0 {
+                        *e = (bytes, format!("layer {i} {name}"));
+                    }
+                }
+            }
+        }
+        let spans: Vec<(DevPtr, usize, String)> =
+            largest.into_iter().map(|(p, (b, n))| (p, b, n)).collect();
+        for w in spans.windows(2) {
+            assert!(
+                w[0].0 + w[0].1 as u64 <= w[1].0,
+                "{} overlaps {}",
+                w[0].2,
+                w[1].2
+            );
+        }
+        let act: Vec<DevPtr> = lay.layers.iter().map(|b| b.act).collect();
+        assert!(act.windows(2).all(|w| w[0] == w[1]));
+        // Layer 3 is parallel: its resid_mid needs no recomputation; the others recompute.
+        assert!(lay.recompute.iter().all(|&r| r));
+    }
+}
