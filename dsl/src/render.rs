@@ -16,21 +16,30 @@ use crate::diag::{Diagnostic, line_col};
 /// Renders `diags` against `src` (the text they point into), one block per diagnostic,
 /// separated by blank lines.
 pub fn render(diags: &[Diagnostic], src: &str) -> String {
+    render_as(diags, src, "error")
+}
+
+/// Renders non-fatal `diags` as [`render`] does, each headed `warning:`.
+pub fn render_warnings(diags: &[Diagnostic], src: &str) -> String {
+    render_as(diags, src, "warning")
+}
+
+fn render_as(diags: &[Diagnostic], src: &str, severity: &str) -> String {
     let mut out = String::new();
     for (k, d) in diags.iter().enumerate() {
         if k > 0 {
             out.push('\n');
         }
-        render_one(&mut out, d, src);
+        render_one(&mut out, d, src, severity);
     }
     out
 }
 
-fn render_one(out: &mut String, d: &Diagnostic, src: &str) {
+fn render_one(out: &mut String, d: &Diagnostic, src: &str, severity: &str) {
     let start = floor_boundary(src, d.span.start.min(src.len()));
     let end = floor_boundary(src, d.span.end.clamp(start, src.len()));
     let (line, col) = line_col(src, start);
-    out.push_str(&format!("error: {}\n", d.message));
+    out.push_str(&format!("{severity}: {}\n", d.message));
     out.push_str(&format!(" --> {}:{line}:{col}\n", d.file));
     if !d.field.is_empty() {
         out.push_str(&format!("  = field: {}\n", d.field));

@@ -94,6 +94,28 @@ pub fn parse(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
     }
 }
 
+/// Non-fatal findings in `.mspec` source text that parses: today, a `layers[...]` setting that
+/// later rules override on every layer it selects (the last matching rule wins, so it never takes
+/// effect). Empty for text that does not parse (its errors come from [`parse`]).
+///
+/// ```
+/// let src = "model m { vocab 8 d_model 8 layers 2 context 8 attention { heads 2 }
+///     layers[1] { attention.window 64 }
+///     layers[1] { attention.window 32 } }";
+/// let warnings = modelspec_dsl::mspec::warnings(src, "m.mspec");
+/// assert_eq!(warnings.len(), 1);
+/// assert_eq!(warnings[0].field, "attention.window");
+/// ```
+pub fn warnings(src: &str, file: &str) -> Vec<Diagnostic> {
+    let Ok(ast) = parse::parse_file(src, file) else {
+        return Vec::new();
+    };
+    match lower::lower(&ast, src, file) {
+        Ok((_, prov)) => prov.warnings().to_vec(),
+        Err(_) => Vec::new(),
+    }
+}
+
 /// Maps issues to diagnostics, dropping echoes: a defaulted final norm repeats the block norm's
 /// problem, and one statement (`dropout 1`) can set several IR fields.
 fn diagnostics(

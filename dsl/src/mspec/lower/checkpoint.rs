@@ -102,6 +102,7 @@ impl Reader<'_> {
                         items: sel.unwrap_or_default(),
                         span: kspan.start..lspan.end,
                         delta,
+                        keys: BTreeMap::from([("checkpoint".to_string(), kspan.clone())]),
                     });
                 }
                 "budget" => {

@@ -158,12 +158,13 @@ impl Reader<'_> {
                 "a `{ ... }` block after the selector",
             ),
         }
-        self.seen = saved_seen;
+        let keys = std::mem::replace(&mut self.seen, saved_seen);
         self.rule = saved_rule;
         m.rules.push(Rule {
             items: sel.unwrap_or_default(),
             span: key_span.start..lspan.end,
             delta,
+            keys,
         });
     }
 
@@ -286,4 +287,94 @@ pub(super) fn select(items: &[SelItem], n: u64) -> Result<Vec<u64>, u64> {
         }
     }
     Ok((0..n).filter(|i| hit[*i as usize]).collect())
+}
+
+/// The IR fields a rule key sets outright, so that a later rule writing the same field replaces
+/// it whole. Call-valued keys (`position`, `norm`, `mlp`, `moe`, `qk_norm`) merge argument by
+/// argument and are left out: a later `position rope(theta = ...)` keeps an earlier `fraction`.
+fn plain_fields(key: &str) -> &'static [&'static str] {
+    match key {
+        "attention.heads" => &["attention.heads"],
+        "attention.kv_heads" => &["attention.kv_heads"],
+        "attention.head_dim" => &["attention.head_dim"],
+        "attention.qkv_bias" => &["attention.qkv_bias"],
+        "attention.out_bias" => &["attention.out_bias"],
+        "attention.bias" => &["attention.qkv_bias", "attention.out_bias"],
+        "attention.softcap" => &["attention.softcap"],
+        "attention.scale" => &["attention.scale"],
+        "attention.window" => &["attention.window"],
+        "block.placement" => &["block.placement"],
+        "block.parallel_residual" => &["block.parallel_residual"],
+        "block.shared_norm" => &["block.shared_norm"],
+        "checkpoint" => &["checkpoint"],
+        _ => &[],
+    }
+}
+
+/// Warnings for the settings of a `layers[...]` rule that never take effect: on every layer the
+/// rule selects, a later rule sets the same field again (the last matching rule wins, so the
+/// earlier value is dead). Each warning points at the earlier setting and names the later one.
+pub(super) fn overridden_settings(
+    rules: &[Rule],
+    rule_layers: &[Vec<u64>],
+    src: &str,
+    file: &str,
+) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    for (i, (rule, layers)) in rules.iter().zip(rule_layers).enumerate() {
+        if layers.is_empty() {
+            continue;
+        }
+        for (key, span) in &rule.keys {
+            let fields = plain_fields(key);
+            if fields.is_empty() {
+                continue;
+            }
+            // For each layer, the last later rule that sets each field; dead when every layer
+            // has one for every field.
+            let mut last_override: Option<&Span> = None;
+            let dead = layers.iter().all(|l| {
+                fields.iter().all(|field| {
+                    let later = rules
+                        .iter()
+                        .zip(rule_layers)
+                        .skip(i + 1)
+                        .filter(|(_, ls)| ls.binary_search(l).is_ok())
+                        .filter_map(|(r, _)| {
+                            r.keys
+                                .iter()
+                                .find(|(k, _)| plain_fields(k).contains(field))
+                                .map(|(_, s)| s)
+                        })
+                        .next_back();
+                    if let Some(s) = later {
+                        last_override = Some(s);
+                    }
+                    later.is_some()
+                })
+            });
+            let Some(later) = last_override.filter(|_| dead) else {
+                continue;
+            };
+            let (line, col) = crate::diag::line_col(src, later.start);
+            let which = match layers.as_slice() {
+                [one] => format!("layer {one}"),
+                _ => format!("all {} layers it selects", layers.len()),
+            };
+            let user = user_path(key);
+            out.push(Diagnostic {
+                file: file.to_string(),
+                span: span.clone(),
+                field: user.clone(),
+                message: format!(
+                    "`{user}` here never takes effect: a later rule sets it again on {which} \
+                     (last at line {line}, column {col}); the last matching rule wins"
+                ),
+                hint: Some(
+                    "remove one of the two settings, or narrow the earlier rule's selector".into(),
+                ),
+            });
+        }
+    }
+    out
 }

@@ -371,6 +371,7 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
         n_layers: 0,
         entries: r.prov.clone(),
         rule_layers: Vec::new(),
+        warnings: Vec::new(),
     };
 
     let missing = |what: &str, field: &str, v: Option<u64>, r: &mut Reader<'_>| {
@@ -444,6 +445,7 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
     else {
         return Err(LowerError::Diagnostics(r.diags));
     };
+    prov.warnings = layers::overridden_settings(&m.rules, &rule_layers, src, path);
     prov.rule_layers = rule_layers.clone();
     prov.n_layers = n_layers;
 

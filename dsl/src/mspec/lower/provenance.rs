@@ -16,6 +16,8 @@ pub struct Provenance {
     pub(super) n_layers: u64,
     pub(super) entries: Vec<ProvEntry>,
     pub(super) rule_layers: Vec<Vec<u64>>,
+    /// Non-fatal findings (a rule's setting that a later rule overrides on every layer).
+    pub(super) warnings: Vec<Diagnostic>,
 }
 
 impl Provenance {
@@ -48,6 +50,12 @@ impl Provenance {
             }
         }
         self.header.clone()
+    }
+
+    /// Non-fatal findings of lowering: today, a `layers[...]` setting that later rules override
+    /// on every layer it selects, so it never takes effect (the last matching rule wins).
+    pub fn warnings(&self) -> &[Diagnostic] {
+        &self.warnings
     }
 
     /// Number of layers of the model.

@@ -235,4 +235,6 @@ pub(super) struct Rule {
     pub(super) items: Vec<SelItem>,
     pub(super) span: Span,
     pub(super) delta: LayerW,
+    /// The keys the rule writes (IR paths, as `mark` names them) and where.
+    pub(super) keys: BTreeMap<String, Span>,
 }
