@@ -17,7 +17,14 @@ pub fn run(args: CheckArgs) -> anyhow::Result<()> {
     let mut failed = 0usize;
     for path in &args.files {
         match load_or_report(path) {
-            Ok((spec, _)) => {
+            Ok((spec, source)) => {
+                if source.format == modelspec_dsl::load::Format::Mspec {
+                    let warnings = modelspec_dsl::mspec::warnings(&source.text, &source.path);
+                    if !warnings.is_empty() {
+                        let text = modelspec_dsl::render::render_warnings(&warnings, &source.text);
+                        eprintln!("{}", text.trim_end());
+                    }
+                }
                 let layers = spec.layers.len();
                 print_stdout(&format!(
                     "{}: ok ({}, {layers} layers)\n",

@@ -11,6 +11,7 @@ pub mod check;
 pub mod eval;
 pub mod eval_cuda;
 pub mod expand;
+pub mod export;
 pub mod export_hf;
 pub mod generate;
 pub mod import_hf;
@@ -38,6 +39,8 @@ pub enum Command {
     ImportHf(import_hf::ImportHfArgs),
     /// Write the HF config.json of a spec.
     ExportHf(export_hf::ExportHfArgs),
+    /// Write a training run as an HF model directory (config.json, model.safetensors, tokenizer).
+    Export(export::ExportArgs),
     /// Logits, loss and (with --grads) checkpoint-named gradients of a model on given tokens.
     Eval(eval::EvalArgs),
     /// Write the Rust module and CUDA source that `model!` would expand to (model.rs, kernels.cu).
@@ -61,6 +64,7 @@ impl Command {
             Command::Expand(args) => expand::run(args),
             Command::ImportHf(args) => import_hf::run(args),
             Command::ExportHf(args) => export_hf::run(args),
+            Command::Export(args) => export::run(args),
             Command::Eval(args) => eval::run(args),
             Command::Generate(args) => generate::run(args),
             Command::Plan(args) => plan::run(args),

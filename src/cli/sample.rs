@@ -2,7 +2,11 @@
 //! model directory (config.json, *.safetensors, and tokenizer.json for text).
 //!
 //! Decoding runs on the CPU executor through a key/value cache (`Executor::decode`): the prompt
-//! runs once, then each new token alone, as long as the window fits the spec's context.
+//! runs once, then each new token alone, as long as the window fits the spec's context. Past the
+//! context the window slides by one token per step, and since every cached key was rotated for
+//! its old position, each further token re-runs the whole window (hundreds of times slower on the
+//! tiny run). So `--tokens` defaults to what fits: the context minus the prompt, at most
+//! [`DEFAULT_TOKENS`]; an explicit `--tokens` that crosses the context is honoured, with a note.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -37,9 +41,11 @@ pub struct SampleArgs {
     /// Print the token ids (prompt and continuation, space-separated) instead of text.
     #[arg(long)]
     pub ids: bool,
-    /// Tokens to generate.
-    #[arg(long, default_value_t = 400)]
-    pub tokens: usize,
+    /// Tokens to generate [default: what fits in the context after the prompt, at most 200].
+    /// Past the context the window slides: each further token re-runs the whole window instead
+    /// of one step of the key/value cache (hundreds of times slower per token).
+    #[arg(long)]
+    pub tokens: Option<usize>,
     /// Sampling temperature (0: greedy; a finite number, 0 or more).
     #[arg(long, default_value_t = 0.8, allow_negative_numbers = true, value_parser = super::values::non_negative_f32)]
     pub temperature: f32,
@@ -53,6 +59,38 @@ pub struct SampleArgs {
     /// generation stops after it).
     #[arg(long)]
     pub ignore_eos: bool,
+}
+
+/// The most tokens `sample` generates when `--tokens` is not given.
+pub const DEFAULT_TOKENS: usize = 200;
+
+/// How many tokens to generate after a prompt of `prompt_len` tokens: `--tokens`, else what fits
+/// in `max_sequence` (None: no limit) after the prompt, at most [`DEFAULT_TOKENS`]; and, when the
+/// count crosses the context, the note to print.
+fn token_count(
+    requested: Option<usize>,
+    prompt_len: usize,
+    max_sequence: Option<u64>,
+) -> Result<(usize, Option<String>)> {
+    let context = max_sequence.map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+    let fits = context.saturating_sub(prompt_len);
+    let Some(tokens) = requested else {
+        if fits == 0 {
+            bail!(
+                "the prompt ({prompt_len} tokens) fills the context ({context}): give --tokens N \
+                 to generate past it (the window then slides and every token re-runs it whole)"
+            );
+        }
+        return Ok((fits.min(DEFAULT_TOKENS), None));
+    };
+    let note = (tokens > fits).then(|| {
+        format!(
+            "note: the prompt ({prompt_len}) and --tokens {tokens} exceed the context ({context}): \
+             the first {fits} new tokens decode through the key/value cache, each one after that \
+             re-runs the whole {context}-token window (much slower)"
+        )
+    });
+    Ok((tokens, note))
 }
 
 /// A model to sample from: its spec, parameters, tokenizer if any, and end-of-sequence ids.
@@ -155,6 +193,10 @@ pub fn run(args: SampleArgs) -> Result<()> {
     if prompt_ids.is_empty() {
         bail!("the prompt is empty: sampling needs at least one token");
     }
+    let (tokens, note) = token_count(args.tokens, prompt_ids.len(), spec.max_sequence())?;
+    if let Some(note) = note {
+        eprintln!("{note}");
+    }
     let vocab = match &source.tokenizer {
         Some(t) => (spec.vocab as usize).min(t.vocab_size()),
         None => spec.vocab as usize,
@@ -194,7 +236,7 @@ pub fn run(args: SampleArgs) -> Result<()> {
         objective.executor(),
         &source.params,
         &prompt_ids,
-        (args.tokens, vocab),
+        (tokens, vocab),
         options,
         &source.eos,
         args.seed,
@@ -218,4 +260,28 @@ pub fn run(args: SampleArgs) -> Result<()> {
     }
     writeln!(out)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_stays_within_the_context() {
+        // The tiny run: context 256, a 9-token prompt.
+        assert_eq!(token_count(None, 9, Some(256)).unwrap(), (200, None));
+        assert_eq!(token_count(None, 100, Some(256)).unwrap(), (156, None));
+        assert_eq!(token_count(None, 9, None).unwrap(), (DEFAULT_TOKENS, None));
+        let err = token_count(None, 256, Some(256)).unwrap_err().to_string();
+        assert!(err.contains("fills the context"), "{err}");
+    }
+
+    #[test]
+    fn an_explicit_count_past_the_context_is_kept_with_a_note() {
+        let (tokens, note) = token_count(Some(400), 9, Some(256)).unwrap();
+        assert_eq!(tokens, 400);
+        let note = note.expect("a note");
+        assert!(note.contains("the first 247 new tokens"), "{note}");
+        assert_eq!(token_count(Some(247), 9, Some(256)).unwrap(), (247, None));
+    }
 }
