@@ -165,11 +165,6 @@ pub mod v1 {
         gpu: &std::sync::Arc<crate::runtime::cuda::Gpu>,
         instance: &crate::dsl::codegen::KernelInstance,
     ) -> Result<crate::runtime::cuda::Kernels> {
-        Ok(crate::runtime::cuda::Kernels::load(
-            gpu,
-            &instance.name,
-            &instance.head_dims,
-            instance.defines.clone(),
-        )?)
+        Ok(crate::runtime::cuda::Kernels::load_instance(gpu, instance)?)
     }
 }

@@ -151,6 +151,26 @@ impl Kernels {
         })
     }
 
+    /// The library instantiated for `spec` ([`modelspec_dsl::codegen::kernel_instance`]: the
+    /// `#define`s the kernels read and every head dim of its layers): the module `--device cuda`
+    /// runs and the one a generated model's `{Type}Kernels::load` gets.
+    pub fn for_spec(gpu: &Arc<Gpu>, spec: &modelspec_dsl::ModelSpec) -> Result<Kernels> {
+        Self::load_instance(gpu, &modelspec_dsl::codegen::kernel_instance(spec))
+    }
+
+    /// The library instantiated by `instance`.
+    pub fn load_instance(
+        gpu: &Arc<Gpu>,
+        instance: &modelspec_dsl::codegen::KernelInstance,
+    ) -> Result<Kernels> {
+        Self::load(
+            gpu,
+            &instance.name,
+            &instance.head_dims,
+            instance.defines.clone(),
+        )
+    }
+
     /// The GPU these kernels run on.
     pub fn gpu(&self) -> &Arc<Gpu> {
         &self.gpu

@@ -45,7 +45,6 @@ use modelspec_dsl::ModelSpec;
 use modelspec_dsl::ir::{Position, RopeStyle};
 use moe_glue::MoeSlot;
 use params::ParamArena;
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// AdamW hyper-parameters.
@@ -120,17 +119,6 @@ fn unsupported(why: String) -> CudaError {
 }
 
 /// Every distinct head dim of the spec (the attention kernels are instantiated per head dim).
-fn head_dims(spec: &ModelSpec) -> Vec<usize> {
-    let mut d: Vec<usize> = spec
-        .layers
-        .iter()
-        .map(|l| l.attention.head_dim as usize)
-        .collect();
-    d.sort_unstable();
-    d.dedup();
-    d
-}
-
 /// Bytes besides parameters and the arena: loss rows, tokens, targets, the cuBLASLt workspace.
 fn fixed_bytes(n: usize) -> usize {
     12 * n + (32 << 20)
@@ -185,7 +173,7 @@ impl GpuTrainer {
         {
             return Err(unsupported(format!("seq {seq} exceeds the context {max}")));
         }
-        let kernels = Kernels::load(gpu, &spec.name, &head_dims(spec), spec_defines(spec))?;
+        let kernels = Kernels::for_spec(gpu, spec)?;
         let gemm = gpu.gemm()?;
         let params = ParamArena::new(gpu, &kernels, spec, dt, seed)?;
         let shape = Shape::new(
@@ -540,13 +528,4 @@ struct Step<'a> {
     valid_targets: usize,
     /// Whether MoE forwards accumulate the aux loss.
     aux_loss: bool,
-}
-
-/// The spec's model-wide sizes as `#define`s of its kernel module (per-layer sizes are launch
-/// arguments: layers may differ).
-fn spec_defines(spec: &ModelSpec) -> BTreeMap<String, String> {
-    let mut d = BTreeMap::new();
-    d.insert("MS_D_MODEL".into(), spec.d_model.to_string());
-    d.insert("MS_VOCAB_PADDED".into(), spec.vocab_padded.to_string());
-    d
 }
