@@ -286,6 +286,12 @@ pub fn plan(
 /// still too large for a table, weights are rounded *up* to a coarser unit, which keeps every
 /// returned choice feasible (and is exact whenever the sizes share a large common factor, as
 /// activation sizes of B·T·width do).
+///
+/// Items of equal (weight, value) are solved as one bounded item: identical layers repeat the
+/// same tensors, so a model of L layers has a few dozen distinct items, each split into
+/// `O(log L)` bundles of 1, 2, 4, ... copies (every count 0..=k is a sum of bundles), which keeps
+/// the table `O(distinct · log L · units)` instead of `O(L · units)`. Of a kind, the first items
+/// (in input order) are the ones taken.
 fn knapsack(weights: &[u64], values: &[u64], cap: u64) -> Vec<bool> {
     const MAX_UNITS: u64 = 1 << 18;
     let n = weights.len();
@@ -293,36 +299,64 @@ fn knapsack(weights: &[u64], values: &[u64], cap: u64) -> Vec<bool> {
         return Vec::new();
     }
     let mut unit = weights.iter().fold(0, |g, &w| gcd(g, w)).max(1);
-    let total: u64 = weights.iter().sum();
+    let total: u64 = weights.iter().fold(0u64, |a, &w| a.saturating_add(w));
     let span = cap.min(total);
     if span / unit > MAX_UNITS {
         unit = span.div_ceil(MAX_UNITS);
     }
-    let w: Vec<usize> = weights.iter().map(|&x| x.div_ceil(unit) as usize).collect();
     let c = (span / unit) as usize;
-    // dp[x] = best (value, -weight) using capacity x; keep[i][x] = item i taken at capacity x.
-    let mut dp: Vec<(u64, i64)> = vec![(0, 0); c + 1];
-    let row = (c + 1).div_ceil(64);
-    let mut keep = vec![0u64; n * row];
+    // Kinds of item: (weight in units, value) → the items of that kind, in input order.
+    let mut kinds: std::collections::BTreeMap<(u64, u64), Vec<usize>> = Default::default();
     for i in 0..n {
-        let wi = w[i];
-        if wi > c {
-            continue;
-        }
-        for x in (wi..=c).rev() {
-            let cand = (dp[x - wi].0 + values[i], dp[x - wi].1 - wi as i64);
-            if cand > dp[x] {
-                dp[x] = cand;
-                keep[i * row + x / 64] |= 1 << (x % 64);
+        kinds
+            .entry((weights[i].div_ceil(unit), values[i]))
+            .or_default()
+            .push(i);
+    }
+    // Bundles: (kind, copies, weight in units, value); a bundle heavier than the table is useless.
+    let kind_list: Vec<(u64, u64, usize)> = kinds
+        .iter()
+        .map(|(&(w, v), items)| (w, v, items.len()))
+        .collect();
+    let mut bundles: Vec<(usize, usize, usize, u64)> = Vec::new();
+    for (k, &(w, v, count)) in kind_list.iter().enumerate() {
+        let mut left = count;
+        let mut size = 1;
+        while left > 0 {
+            let copies = size.min(left);
+            left -= copies;
+            size *= 2;
+            let weight = w.saturating_mul(copies as u64);
+            if weight <= c as u64 {
+                bundles.push((k, copies, weight as usize, v.saturating_mul(copies as u64)));
             }
         }
     }
-    let mut chosen = vec![false; n];
+    // dp[x] = best (value, -weight) using capacity x; keep[b][x] = bundle b taken at capacity x.
+    let mut dp: Vec<(u64, i64)> = vec![(0, 0); c + 1];
+    let row = (c + 1).div_ceil(64);
+    let mut keep = vec![0u64; bundles.len() * row];
+    for (b, &(_, _, wb, vb)) in bundles.iter().enumerate() {
+        for x in (wb..=c).rev() {
+            let cand = (dp[x - wb].0 + vb, dp[x - wb].1 - wb as i64);
+            if cand > dp[x] {
+                dp[x] = cand;
+                keep[b * row + x / 64] |= 1 << (x % 64);
+            }
+        }
+    }
+    let mut taken = vec![0usize; kind_list.len()];
     let mut x = c;
-    for i in (0..n).rev() {
-        if keep[i * row + x / 64] & (1 << (x % 64)) != 0 {
+    for (b, &(k, copies, wb, _)) in bundles.iter().enumerate().rev() {
+        if keep[b * row + x / 64] & (1 << (x % 64)) != 0 {
+            taken[k] += copies;
+            x -= wb;
+        }
+    }
+    let mut chosen = vec![false; n];
+    for (items, &m) in kinds.values().zip(&taken) {
+        for &i in &items[..m] {
             chosen[i] = true;
-            x -= w[i];
         }
     }
     chosen
