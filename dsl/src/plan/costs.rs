@@ -78,20 +78,30 @@ pub fn layer_costs(
     seq: u64,
     dtype: Dtype,
 ) -> Vec<TensorCost> {
-    let n = batch * seq;
-    let d = spec.d_model;
+    // In u128 (no product of the sizes the spec limits allow overflows it); each figure is then
+    // saturated to u64::MAX, which `plan` reports as too large to count.
+    let n = u128::from(batch) * u128::from(seq);
+    let d = u128::from(spec.d_model);
     let a = &layer.attention;
-    let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
-    let e = dtype.size();
+    let (heads, kv_heads) = (u128::from(a.heads), u128::from(a.kv_heads));
+    let (qd, kvd) = (
+        heads * u128::from(a.head_dim),
+        kv_heads * u128::from(a.head_dim),
+    );
+    let e = u128::from(dtype.size());
     let keys = mean_keys(seq, a.window);
     let rope_dims = match &layer.position {
-        Position::Rope(r) => r.rotary_dims,
+        Position::Rope(r) => u128::from(r.rotary_dims),
         _ => 0,
     };
-    let norm_flops = |width: u64| 5 * n * width;
+    let norm_flops = |width: u128| 5 * n * width;
     let (hidden, experts_per_token, experts) = match &layer.ffn {
-        Ffn::Mlp(m) => (m.hidden, 1, 1),
-        Ffn::Moe(m) => (m.expert.hidden, m.top_k, m.experts),
+        Ffn::Mlp(m) => (u128::from(m.hidden), 1, 1),
+        Ffn::Moe(m) => (
+            u128::from(m.expert.hidden),
+            u128::from(m.top_k),
+            u128::from(m.experts),
+        ),
     };
     let gated_act_flops = 8 * n * experts_per_token * hidden;
     let post = layer.block.placement.post();
@@ -110,8 +120,8 @@ pub fn layer_costs(
     };
     let mut out = Vec::new();
     for name in layer_tensors(layer) {
-        let pointwise = |bytes: u64, flops: u64| (bytes, flops, true);
-        let matmul = |width: u64, flops: u64| (n * width * e, flops, false);
+        let pointwise = |bytes: u128, flops: u128| (bytes, flops, true);
+        let matmul = |width: u128, flops: u128| (n * width * e, flops, false);
         let (bytes, flops, fusible) = match name {
             "attn_norm" | "mlp_norm" | "attn_post_norm" | "mlp_post_norm" => {
                 pointwise(n * d * e, norm_flops(d))
@@ -120,12 +130,12 @@ pub fn layer_costs(
             "k" | "v" => matmul(kvd, 2 * n * d * kvd),
             "q_normed" => pointwise(n * qd * e, norm_flops(qd)),
             "k_normed" => pointwise(n * kvd * e, norm_flops(kvd)),
-            "q_rope" => pointwise(n * qd * e, 3 * n * a.heads * rope_dims),
-            "k_rope" => pointwise(n * kvd * e, 3 * n * a.kv_heads * rope_dims),
+            "q_rope" => pointwise(n * qd * e, 3 * n * heads * rope_dims),
+            "k_rope" => pointwise(n * kvd * e, 3 * n * kv_heads * rope_dims),
             // The attention output plus its f32 log-sum-exp per (token, head).
             "attn" => (
-                n * qd * e + n * a.heads * 4,
-                (4.0 * n as f64 * keys * (a.heads * a.head_dim) as f64) as u64,
+                n * qd * e + n * heads * 4,
+                (4.0 * n as f64 * keys * qd as f64) as u128,
                 false,
             ),
             "attn_out" => matmul(d, 2 * n * qd * d),
@@ -145,7 +155,10 @@ pub fn layer_costs(
             ),
             "shared_out" => {
                 let shared = match &layer.ffn {
-                    Ffn::Moe(m) => m.shared.map(|s| s.count * s.hidden).unwrap_or(0),
+                    Ffn::Moe(m) => m
+                        .shared
+                        .map(|s| u128::from(s.count) * u128::from(s.hidden))
+                        .unwrap_or(0),
                     Ffn::Mlp(_) => 0,
                 };
                 matmul(d, 6 * n * d * shared + 8 * n * shared)
@@ -158,8 +171,8 @@ pub fn layer_costs(
         };
         out.push(TensorCost {
             name,
-            bytes,
-            flops,
+            bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+            flops: u64::try_from(flops).unwrap_or(u64::MAX),
             fusible,
             needed: needed(name),
         });
@@ -183,7 +196,7 @@ pub fn layer_costs(
         if let Some(to) = fold(out[i].name) {
             let (flops, fusible) = (out[i].flops, out[i].fusible);
             if let Some(target) = out.iter_mut().find(|t| t.name == to && t.needed) {
-                target.flops += flops;
+                target.flops = target.flops.saturating_add(flops);
                 // Recomputing it now re-runs a matmul too: no longer a cheap fusible op.
                 target.fusible &= fusible;
             }

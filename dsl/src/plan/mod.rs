@@ -142,6 +142,7 @@ pub fn plan(
         .iter()
         .map(|l| layer_costs(spec, l, batch, seq, dtype))
         .collect();
+    check_totals(&costs, input_bytes, batch, seq)?;
     let none_activation_bytes: u64 = costs
         .iter()
         .map(|c| input_bytes + c.iter().filter(|t| t.needed).map(|t| t.bytes).sum::<u64>())
@@ -279,6 +280,32 @@ pub fn plan(
         full_recompute_flops,
         layers,
     })
+}
+
+/// Refuses a shape whose byte or FLOP totals (over every tensor of every layer, so every sum the
+/// plan takes) do not fit in u64, instead of reporting wrapped figures.
+fn check_totals(
+    costs: &[Vec<TensorCost>],
+    input_bytes: u64,
+    batch: u64,
+    seq: u64,
+) -> Result<(), PlanError> {
+    let (mut bytes, mut flops) = (0u128, 0u128);
+    for layer in costs {
+        bytes += u128::from(input_bytes);
+        for t in layer {
+            bytes += u128::from(t.bytes);
+            flops += u128::from(t.flops);
+        }
+    }
+    let max = u128::from(u64::MAX);
+    if bytes >= max || flops >= max {
+        return Err(PlanError::Shape(format!(
+            "batch {batch} × seq {seq} gives more than 2^64 activation bytes or FLOPs ({:.3e} bytes, {:.3e} FLOPs): too large to count",
+            bytes as f64, flops as f64
+        )));
+    }
+    Ok(())
 }
 
 /// Exact 0/1 knapsack: choose items with total weight ≤ `cap` maximising total value, ties broken

@@ -478,3 +478,31 @@ fn budget_plan_of_ten_thousand_layers_is_quick() {
     let secs = start.elapsed().as_secs_f64();
     assert!(secs < 30.0, "budget(0.5) at 10,000 layers took {secs:.1} s");
 }
+
+#[test]
+fn totals_at_the_limits_are_exact_or_refused() {
+    // Llama 3.1 8B: 4M tokens still count (4.65e18 FLOPs); 8M give more than 2^64 FLOPs, which
+    // used to wrap (85.62 PFLOP reported where half the length reported 4654).
+    let src = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../specs/llama-3.1-8b.mspec"
+    ))
+    .unwrap();
+    let spec = crate::mspec::parse(&src, "llama.mspec").unwrap();
+    let full = PolicyOverride::Layer(LayerCheckpoint::Full);
+    let at = |seq: u64| plan(&spec, 1, seq, Dtype::Bf16, Some(&full));
+    let small = at(1 << 21).unwrap();
+    let large = at(1 << 22).unwrap();
+    assert!(large.full_recompute_flops > 3 * small.full_recompute_flops);
+    assert!(large.full_recompute_flops > 4_000_000_000_000_000_000);
+    assert_eq!(large.recompute_flops, large.full_recompute_flops);
+    match at(1 << 23) {
+        Err(PlanError::Shape(m)) => assert!(m.contains("2^64"), "{m}"),
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+    // The largest batch the up-front byte check lets through is refused the same way.
+    match plan(&spec, 1 << 40, 1, Dtype::F32, Some(&full)) {
+        Err(PlanError::Shape(_)) => {}
+        other => panic!("expected a shape error, got {other:?}"),
+    }
+}
