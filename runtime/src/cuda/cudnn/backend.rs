@@ -250,6 +250,12 @@ impl GraphBuilder {
         self.tensor(Bind::Virtual, elem, dims, strides)
     }
 
+    /// Operations added so far.
+    #[cfg(test)]
+    pub(crate) fn op_count(&self) -> usize {
+        self.ops.len()
+    }
+
     pub(crate) fn dims(&self, t: T) -> [i64; 4] {
         self.dims[t.0]
     }
@@ -360,46 +366,40 @@ impl GraphBuilder {
         og.set_handle(CUDNN_ATTR_OPERATIONGRAPH_HANDLE, handle)?;
         og.finalize()?;
 
-        // Mode A first (what the frontend asks for), the fallback list if A offers nothing
-        // that finalizes.
-        let mut tried = 0usize;
-        let mut last_err = String::from("no config offered");
-        for mode in [
-            sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A,
-            sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_FALLBACK,
-        ] {
-            let cfgs = match engine_configs(&og, mode) {
-                Ok(c) => c,
-                Err(e) => {
-                    last_err = e.to_string();
-                    continue;
+        // Heuristics mode A, as the frontend asks for SDPA graphs (the fallback list holds only
+        // engines that need explicit knobs for these graphs). cuDNN drops configs that fail its
+        // support checks; the first error of those that remain is the one reported.
+        let cfgs = engine_configs(&og, sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A)?;
+        let tried = cfgs.len();
+        let mut first_err: Option<String> = None;
+        for cfg in &cfgs {
+            let plan = Desc::new(DescType::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
+            plan.set_handle(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)?;
+            plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg)?;
+            match plan.finalize() {
+                Ok(()) => {
+                    let workspace = plan.get_i64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?;
+                    let engine = engine_index(cfg).unwrap_or(-1);
+                    return Ok(BuiltPlan {
+                        plan,
+                        workspace: workspace.max(0) as usize,
+                        engine,
+                        _graph: og,
+                        _keep: (self.tensors, self.ops, self.aux),
+                    });
                 }
-            };
-            for cfg in &cfgs {
-                tried += 1;
-                let plan = Desc::new(DescType::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
-                plan.set_handle(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)?;
-                plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg)?;
-                match plan.finalize() {
-                    Ok(()) => {
-                        let workspace = plan.get_i64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?;
-                        let engine = engine_index(cfg).unwrap_or(-1);
-                        return Ok(BuiltPlan {
-                            plan,
-                            workspace: workspace.max(0) as usize,
-                            engine,
-                            _graph: og,
-                            _keep: (self.tensors, self.ops, self.aux),
-                        });
-                    }
-                    Err(e) => last_err = e.to_string(),
+                Err(e) => {
+                    first_err.get_or_insert(e.to_string());
                 }
             }
         }
+        let last_err = first_err.unwrap_or_else(|| {
+            "no viable engine config (cuDNN's log explains: CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=stderr)".into()
+        });
         Err(CudnnError::NoEngine {
             graph,
             shape,
-            why: format!("{tried} config(s) tried, last: {last_err}"),
+            why: format!("{tried} config(s) tried, first error: {last_err}"),
         })
     }
 }

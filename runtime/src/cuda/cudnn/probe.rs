@@ -40,14 +40,18 @@ impl CudnnLibrary {
 }
 
 /// Sub-libraries of cuDNN 9, in load order (the graph library first: the others link to it).
-const SUBLIBS: [&str; 7] = [
+/// The wheels' files find each other through `$ORIGIN` already; loading them by full path also
+/// covers copies or symlinks without it. Names a release lacks are skipped.
+const SUBLIBS: [&str; 9] = [
     "libcudnn_graph.so.9",
     "libcudnn_engines_runtime_compiled.so.9",
     "libcudnn_engines_precompiled.so.9",
+    "libcudnn_engines_tensor_ir.so.9",
     "libcudnn_heuristic.so.9",
     "libcudnn_ops.so.9",
     "libcudnn_cnn.so.9",
     "libcudnn_adv.so.9",
+    "libcudnn_ext.so.9",
 ];
 
 static PROBED: OnceLock<std::result::Result<CudnnLibrary, (bool, String)>> = OnceLock::new();

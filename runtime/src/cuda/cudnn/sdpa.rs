@@ -203,6 +203,11 @@ fn mask(g: &mut GraphBuilder, shape: &AttnShape, dm: &Dims, s: T, neg_inf: T) ->
 
 /// Builds and finalizes the forward plan for `s` (bf16 Q/K/V/O, f32 stats).
 pub(crate) fn build_forward(handle: cudnnHandle_t, s: &AttnShape) -> Result<BuiltPlan> {
+    forward_ops(s)?.finalize_plan(handle, "sdpa forward", describe(s))
+}
+
+/// The forward's tensors and operations, each finalized (no handle or GPU needed yet).
+pub(crate) fn forward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     let dm = Dims::of(s);
     let mut g = GraphBuilder::new();
     let (qd, qs) = dm.rows(dm.h, s.ldq);
@@ -281,12 +286,17 @@ pub(crate) fn build_forward(handle: cudnnHandle_t, s: &AttnShape) -> Result<Buil
         None,
     )?;
     g.matmul(p, v, o)?;
-    g.finalize_plan(handle, "sdpa forward", describe(s))
+    Ok(g)
 }
 
 /// Builds and finalizes the backward plan for `s`. Besides the plan's own workspace it needs Δ
 /// (f32 `[B,H,T]`, uid DELTA) and the dQ accumulator (f32 `[B,H,T,D]`, uid DQ_ACCUM).
 pub(crate) fn build_backward(handle: cudnnHandle_t, s: &AttnShape) -> Result<BuiltPlan> {
+    backward_ops(s)?.finalize_plan(handle, "sdpa backward", describe(s))
+}
+
+/// The backward's tensors and operations, each finalized (no handle or GPU needed yet).
+pub(crate) fn backward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     let dm = Dims::of(s);
     let mut g = GraphBuilder::new();
     let (qd, qs) = dm.rows(dm.h, s.ldq);
@@ -441,7 +451,7 @@ pub(crate) fn build_backward(handle: cudnnHandle_t, s: &AttnShape) -> Result<Bui
         dq,
         None,
     )?;
-    g.finalize_plan(handle, "sdpa backward", describe(s))
+    Ok(g)
 }
 
 /// `out = aᵀ-side matmul` for dK/dV: with one query head per kv head it writes `out` directly;
@@ -477,4 +487,45 @@ pub(crate) fn describe(s: &AttnShape) -> String {
         s.causal,
         s.window
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every tensor and operation descriptor of both graphs finalizes: catches attribute types,
+    /// dims/strides and broadcast mistakes without a GPU (libcudnn alone, found by the probe;
+    /// skipped without it). The operation graph itself needs a handle, so a GPU.
+    #[test]
+    fn graph_descriptors_finalize_without_a_gpu() {
+        if let Err(e) = super::super::probe() {
+            println!("skipping: {e}");
+            return;
+        }
+        let shapes = [
+            AttnShape::dense(2, 150, 4, 4, 64),
+            AttnShape::dense(1, 200, 8, 2, 128),
+            AttnShape {
+                window: 37,
+                ..AttnShape::dense(2, 130, 4, 1, 64)
+            },
+            AttnShape {
+                causal: false,
+                ldq: 512,
+                ldk: 512,
+                ldv: 512,
+                ..AttnShape::dense(1, 100, 4, 2, 64)
+            },
+        ];
+        for s in shapes {
+            let f = forward_ops(&s).unwrap_or_else(|e| panic!("forward {}: {e}", describe(&s)));
+            let b = backward_ops(&s).unwrap_or_else(|e| panic!("backward {}: {e}", describe(&s)));
+            println!(
+                "{}: forward {} ops, backward {} ops",
+                describe(&s),
+                f.op_count(),
+                b.op_count()
+            );
+        }
+    }
 }
