@@ -196,6 +196,62 @@ fn an_exported_run_evaluates_to_the_logits_of_its_checkpoint() {
 }
 
 #[test]
+fn the_tokenizer_of_a_run_goes_with_the_export() {
+    let root = temp_dir("tokenizer");
+    std::fs::create_dir_all(&root).unwrap();
+    // A word-level tokenizer: seven words, everything else `[UNK]`.
+    let tokenizer = root.join("tokenizer.json");
+    std::fs::write(
+        &tokenizer,
+        r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+"pre_tokenizer":{"type":"Whitespace"},"post_processor":null,"decoder":null,
+"model":{"type":"WordLevel","vocab":{"[UNK]":0,"the":1,"and":2,"of":3,"to":4,"a":5,"Elizabeth":6},
+"unk_token":"[UNK]"}}"#,
+    )
+    .unwrap();
+    let run = root.join("run");
+    let hf = root.join("hf");
+    ok(&modelspec(&[
+        "train",
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+        "--seq",
+        "16",
+        "--sample-tokens",
+        "2",
+        "--tokenizer",
+        tokenizer.to_str().unwrap(),
+        "--save",
+        run.to_str().unwrap(),
+    ]));
+    let (_, stderr) = ok(&modelspec(&[
+        "export",
+        run.to_str().unwrap(),
+        "-o",
+        hf.to_str().unwrap(),
+    ]));
+    assert!(stderr.contains("tokenizer.json to"), "{stderr}");
+    assert_eq!(
+        std::fs::read(hf.join("tokenizer.json")).unwrap(),
+        std::fs::read(run.join("ckpt/tokenizer.json")).unwrap()
+    );
+    // `sample --hf` reads text through it.
+    let (text, _) = ok(&modelspec(&[
+        "sample",
+        "--hf",
+        hf.to_str().unwrap(),
+        "--prompt",
+        "the and",
+        "--tokens",
+        "3",
+    ]));
+    assert!(text.starts_with("the and"), "{text}");
+    let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
 fn a_run_that_is_not_one_is_refused() {
     let root = temp_dir("missing");
     std::fs::create_dir_all(&root).unwrap();
