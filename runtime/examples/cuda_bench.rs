@@ -266,6 +266,8 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                         dq,
                         dk,
                         dv,
+                        dq_acc.ptr(),
+                        delta.ptr(),
                         dout.ptr(),
                         o.ptr(),
                         lse.ptr(),

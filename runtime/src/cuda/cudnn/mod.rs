@@ -45,13 +45,6 @@ use std::collections::BTreeMap;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
-/// Alignment of the regions inside a caller's workspace.
-const WS_ALIGN: usize = 256;
-
-fn align(n: usize) -> usize {
-    n.div_ceil(WS_ALIGN) * WS_ALIGN
-}
-
 /// Which graph a plan runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Pass {
@@ -81,12 +74,9 @@ impl PlanKey {
     }
 }
 
-/// A cached plan and how much workspace a call with it takes.
+/// A cached plan.
 struct Plan {
     built: BuiltPlan,
-    /// Bytes of the caller's workspace this pass uses (plan workspace plus, for the backward,
-    /// Δ and the dQ accumulator).
-    total_workspace: usize,
 }
 
 // SAFETY: a finalized plan is immutable; it is only executed under the handle's lock.
@@ -248,17 +238,7 @@ impl CudnnAttention {
             Pass::Backward => sdpa::build_backward(handle.0, s)?,
         };
         drop(handle);
-        let total_workspace = match pass {
-            Pass::Forward => built.workspace,
-            Pass::Backward => {
-                let rows = s.batch * s.heads * s.seq;
-                align(built.workspace) + align(rows * 4) + rows * s.head_dim * 4
-            }
-        };
-        let plan = Arc::new(Plan {
-            built,
-            total_workspace,
-        });
+        let plan = Arc::new(Plan { built });
         self.plans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -272,8 +252,8 @@ impl CudnnAttention {
         let f = self.plan(Pass::Forward, s)?;
         let b = self.plan(Pass::Backward, s)?;
         Ok(PlanInfo {
-            fwd_workspace: f.total_workspace,
-            bwd_workspace: b.total_workspace,
+            fwd_workspace: f.built.workspace,
+            bwd_workspace: b.built.workspace,
             fwd_engine: f.built.engine,
             bwd_engine: b.built.engine,
         })
@@ -288,7 +268,7 @@ impl CudnnAttention {
 
     /// Workspace bytes of the forward alone (builds only the forward plan: inference).
     pub fn fwd_workspace_bytes(&self, s: &AttnShape) -> Result<usize> {
-        Ok(self.plan(Pass::Forward, s)?.total_workspace.max(1))
+        Ok(self.plan(Pass::Forward, s)?.built.workspace.max(1))
     }
 
     /// The handle, locked, with the GPU's context current on this thread (cuDNN calls may come
@@ -343,10 +323,10 @@ impl CudnnAttention {
     ) -> Result<()> {
         let plan = self.plan(Pass::Forward, s)?;
         Self::check_ptrs(&[("o", o), ("lse", lse), ("q", q), ("k", k), ("v", v)])?;
-        if workspace_bytes < plan.total_workspace {
+        if workspace_bytes < plan.built.workspace {
             return Err(CudnnError::Workspace {
                 graph: "sdpa forward",
-                needed: plan.total_workspace,
+                needed: plan.built.workspace,
                 given: workspace_bytes,
             });
         }
@@ -385,8 +365,12 @@ impl CudnnAttention {
     }
 
     /// Backward: dq, dk, dv (bf16, laid out like q, k, v; each written, not accumulated) from
-    /// dout (like o), o, lse (from either forward path), q, k, v. `workspace` as for
-    /// [`fwd`](CudnnAttention::fwd), at least [`workspace_bytes`](CudnnAttention::workspace_bytes).
+    /// dout (like o), o, lse (from either forward path), q, k, v. The arguments are those of
+    /// [`Kernels::attn_bwd`](crate::cuda::Kernels::attn_bwd) (without the dtype), so the same
+    /// scratch serves both paths: `dq_acc` f32, at least B·T·H·D elements (cuDNN's dQ
+    /// accumulator; its contents on entry do not matter), `delta` f32 `[B, H, T]` (Σ dO∘O, written
+    /// here). `workspace` as for [`fwd`](CudnnAttention::fwd), at least
+    /// [`workspace_bytes`](CudnnAttention::workspace_bytes).
     #[allow(clippy::too_many_arguments)]
     pub fn bwd(
         &self,
@@ -394,6 +378,8 @@ impl CudnnAttention {
         dq: DevPtr,
         dk: DevPtr,
         dv: DevPtr,
+        dq_acc: DevPtr,
+        delta: DevPtr,
         dout: DevPtr,
         o: DevPtr,
         lse: DevPtr,
@@ -408,31 +394,29 @@ impl CudnnAttention {
             ("dq", dq),
             ("dk", dk),
             ("dv", dv),
+            ("dq_acc", dq_acc),
+            ("delta", delta),
             ("dout", dout),
             ("o", o),
             ("lse", lse),
             ("q", q),
             ("k", k),
             ("v", v),
-            ("workspace", workspace),
         ])?;
-        if workspace_bytes < plan.total_workspace {
+        if workspace_bytes < plan.built.workspace {
             return Err(CudnnError::Workspace {
                 graph: "sdpa backward",
-                needed: plan.total_workspace,
+                needed: plan.built.workspace,
                 given: workspace_bytes,
             });
         }
-        let rows = s.batch * s.heads * s.seq;
-        let delta = workspace + align(plan.built.workspace) as u64;
-        let acc = delta + align(rows * 4) as u64;
         if self.library.version < 90600 {
             // Before 9.6 the dQ accumulator must start at zero (later versions clear it).
-            let bytes = rows * s.head_dim * 4;
-            // SAFETY: `acc .. acc + bytes` lies inside the checked workspace.
+            let bytes = s.batch * s.heads * s.seq * s.head_dim * 4;
+            // SAFETY: the caller provides B·T·H·D f32 at `dq_acc`.
             unsafe {
                 cudarc::driver::result::memset_d8_async(
-                    acc,
+                    dq_acc,
                     0,
                     bytes,
                     self.gpu.stream().cu_stream(),
@@ -469,7 +453,7 @@ impl CudnnAttention {
             dk as *mut c_void,
             dv as *mut c_void,
             delta as *mut c_void,
-            acc as *mut c_void,
+            dq_acc as *mut c_void,
             host(&scale),
             host(&neg_inf),
             host(&one),
@@ -479,7 +463,8 @@ impl CudnnAttention {
             ptrs.push(host(&window));
         }
         let handle = self.lock_bound()?;
-        // SAFETY: as in `fwd`; Δ and the accumulator are carved from the checked workspace.
+        // SAFETY: as in `fwd`; Δ and the accumulator are the caller's buffers of the documented
+        // sizes.
         unsafe {
             plan.built
                 .execute(handle.0, &uids, &ptrs, workspace as *mut c_void)

@@ -9,12 +9,12 @@
 //! ```
 //! Backward:
 //! ```text
-//! Δ = Σ_d dO∘O                           (f32 [B,H,T,1] in the workspace)
+//! Δ = Σ_d dO∘O                           (f32 [B,H,T,1], the caller's `delta`)
 //! P = exp(mask(Q·Kᵀ·scale − Stats))
 //! dV = Pᵀ·dO                             (summed over the heads of a kv group for GQA)
 //! dS = P ∘ (dO·Vᵀ − Δ) · scale
 //! dK = dSᵀ·Q                             (summed over the group)
-//! dQ = dS·K                              (through an f32 accumulator in the workspace)
+//! dQ = dS·K                              (through the caller's f32 accumulator `dq_acc`)
 //! ```
 //! Layouts: Q `[B,H,T,D]` with strides `(T·ldq, D, ldq, 1)`, i.e. rows of a `[B·T, ldq]` matrix
 //! with head h at column h·D; K and V likewise with their kv heads and ldk/ldv; O, dO with ldo;
@@ -289,7 +289,7 @@ pub(crate) fn forward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     Ok(g)
 }
 
-/// Builds and finalizes the backward plan for `s`. Besides the plan's own workspace it needs Δ
+/// Builds and finalizes the backward plan for `s`. Besides the plan's own workspace it binds Δ
 /// (f32 `[B,H,T]`, uid DELTA) and the dQ accumulator (f32 `[B,H,T,D]`, uid DQ_ACCUM).
 pub(crate) fn build_backward(handle: cudnnHandle_t, s: &AttnShape) -> Result<BuiltPlan> {
     backward_ops(s)?.finalize_plan(handle, "sdpa backward", describe(s))
