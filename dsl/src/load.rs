@@ -133,6 +133,7 @@ pub fn load_file(path: impl AsRef<Path>) -> Result<(ModelSpec, SourceFile), Load
         path: shown.clone(),
         offset: e.utf8_error().valid_up_to(),
     })?;
+    let text = normalize_text(text);
     let format = if format == Format::HfConfig && looks_like_ir_json(&text) {
         Format::IrJson
     } else {
@@ -150,6 +151,32 @@ pub fn load_file(path: impl AsRef<Path>) -> Result<(ModelSpec, SourceFile), Load
             file: Box::new(source),
         }),
     }
+}
+
+/// The text every front end reads: without a leading UTF-8 byte-order mark (which editors on
+/// Windows write and the YAML reader took for part of the first key), and with old Mac line
+/// endings (a lone `\r`) made `\n`, so comments end at the line's end and diagnostics count lines.
+/// `\r\n` stays as it is.
+pub fn normalize_text(text: String) -> String {
+    let text = match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    };
+    if !text.contains('\r') {
+        return text;
+    }
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut last = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        if b == b'\r' && bytes.get(i + 1) != Some(&b'\n') {
+            out.push_str(&text[last..i]);
+            out.push('\n');
+            last = i + 1;
+        }
+    }
+    out.push_str(&text[last..]);
+    out
 }
 
 /// Parses and checks `text` with the front end for `format`.

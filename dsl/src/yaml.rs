@@ -22,6 +22,9 @@ use crate::ir::ModelSpec;
 /// read by the one parser of [`crate::plan`]: `checkpoint: save(q, attn)` in a layer row,
 /// `budget: 24GiB` or `budget: 0.5` under the model's `checkpoint`.
 pub fn from_str(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
+    if let Some(d) = too_deep(src, file) {
+        return Err(vec![d]);
+    }
     let spec: ModelSpec = match serde_norway::from_str(src) {
         Ok(spec) => spec,
         Err(e) => {
@@ -47,6 +50,63 @@ pub fn from_str(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
         }
     };
     checked(spec, src, file)
+}
+
+/// Flow collections (`[`, `{`) nested deeper than this are refused before the YAML reader sees
+/// them: its scanner does work proportional to the nesting at every token, so 200 KB of `[[[...`
+/// took 55 s. The IR nests five levels; JSON files have the same limit.
+pub const MAX_FLOW_DEPTH: usize = 128;
+
+/// A diagnostic at the bracket that opens level [`MAX_FLOW_DEPTH`] + 1, if any. Brackets inside
+/// quoted scalars and comments do not count; one in a plain scalar (`a[b`) counts, which only
+/// makes the limit a little stricter for such text.
+fn too_deep(src: &str, file: &str) -> Option<Diagnostic> {
+    let bytes = src.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_FLOW_DEPTH {
+                    return Some(Diagnostic {
+                        file: file.to_string(),
+                        span: i..i + 1,
+                        field: "(document)".into(),
+                        message: format!(
+                            "YAML nested more than {MAX_FLOW_DEPTH} levels deep (`[` and `{{`)"
+                        ),
+                        hint: Some(
+                            "a spec nests a few levels: `modelspec expand` prints a complete file"
+                                .into(),
+                        ),
+                    });
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            b'#' if i == 0 || bytes[i - 1].is_ascii_whitespace() => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+            }
+            b'"' => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'"' {
+                    i += if bytes[i] == b'\\' { 2 } else { 1 };
+                }
+            }
+            // A quote inside a plain scalar (`it's`) is no quote: only one that starts a scalar.
+            b'\'' if i == 0 || b" \t\n[{,:-".contains(&bytes[i - 1]) => {
+                i += 1;
+                while i < bytes.len() && bytes[i] != b'\'' {
+                    i += 1;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
 }
 
 /// A policy error and where it stands: the layer row, if any, and the field.

@@ -1,0 +1,90 @@
+//! Bounded on any input, and clear about odd encodings: deep YAML nesting is refused quickly,
+//! a byte-order mark and old Mac line endings read as the text they are.
+
+use std::time::Instant;
+
+use modelspec_dsl::load;
+
+const TINY: &str = include_str!("../../specs/tiny.mspec");
+
+fn temp(name: &str, bytes: &[u8]) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("modelspec-bounded-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+fn tiny_yaml() -> String {
+    let spec = modelspec_dsl::mspec::parse(TINY, "tiny.mspec").unwrap();
+    modelspec_dsl::yaml::to_string(&spec)
+}
+
+#[test]
+fn deep_yaml_nesting_is_refused_quickly() {
+    // 200 KB of nested flow sequences under a key: the YAML scanner is quadratic in the depth
+    // (55 s before the limit).
+    let depth = 100_000;
+    let src = format!("name: {}{}\n", "[".repeat(depth), "]".repeat(depth));
+    let start = Instant::now();
+    let d = modelspec_dsl::yaml::from_str(&src, "deep.yaml").unwrap_err();
+    let secs = start.elapsed().as_secs_f64();
+    assert!(secs < 2.0, "{secs:.1} s");
+    assert!(
+        d[0].message.contains("nested more than 128 levels"),
+        "{}",
+        d[0].message
+    );
+    assert_eq!(d[0].span.start, "name: ".len() + 128);
+    // Maps too; and brackets in quotes or comments do not count.
+    let maps = format!("{}1{}", "{a: ".repeat(depth), "}".repeat(depth));
+    assert!(
+        modelspec_dsl::yaml::from_str(&maps, "deep.yaml").unwrap_err()[0]
+            .message
+            .contains("nested")
+    );
+    let quoted = tiny_yaml().replace(
+        "name: tiny",
+        &format!("name: tiny # {}\nx: '{}'", "[".repeat(300), "{".repeat(300)),
+    );
+    let d = modelspec_dsl::yaml::from_str(&quoted, "q.yaml").unwrap_err();
+    assert!(
+        d[0].message.contains("unknown field `x`"),
+        "{}",
+        d[0].message
+    );
+    // A real spec is far from the limit.
+    assert!(modelspec_dsl::yaml::from_str(&tiny_yaml(), "t.yaml").is_ok());
+}
+
+#[test]
+fn a_byte_order_mark_is_not_part_of_the_first_key() {
+    // It gave "missing field `vocab`".
+    let mut bytes = b"\xef\xbb\xbf".to_vec();
+    bytes.extend_from_slice(tiny_yaml().as_bytes());
+    let (spec, _) = load::load_file(temp("bom.yaml", &bytes)).unwrap();
+    assert_eq!(spec.name, "tiny");
+    let mut bytes = b"\xef\xbb\xbf".to_vec();
+    bytes.extend_from_slice(TINY.as_bytes());
+    assert!(load::load_file(temp("bom.mspec", &bytes)).is_ok());
+}
+
+#[test]
+fn old_mac_line_endings_are_line_breaks() {
+    // A `#` comment ran to the end of the file: "expected `model`, found end of input".
+    let cr = TINY.replace('\n', "\r");
+    let (spec, _) = load::load_file(temp("cr.mspec", cr.as_bytes())).unwrap();
+    assert_eq!(spec.layers.len(), 6);
+    // Diagnostics count those lines: a bad value on line 6 is reported there.
+    let bad = TINY.replace("vocab 256", "vocab 0").replace('\n', "\r");
+    match load::load_file(temp("bad_cr.mspec", bad.as_bytes())) {
+        Err(load::LoadError::Invalid { diagnostics, file }) => {
+            let (line, _) = modelspec_dsl::diag::line_col(&file.text, diagnostics[0].span.start);
+            assert_eq!(line, 6, "{diagnostics:?}");
+        }
+        other => panic!("expected diagnostics, got {other:?}"),
+    }
+    // Windows line endings are left alone.
+    let crlf = TINY.replace('\n', "\r\n");
+    assert_eq!(load::normalize_text(crlf.clone()), crlf);
+}
