@@ -112,11 +112,13 @@ impl Drop for Handle {
 /// cuDNN fused attention on one GPU, with its plan cache. Calls go to the GPU's one stream, in
 /// order with the own kernels.
 pub struct CudnnAttention {
-    gpu: Arc<Gpu>,
-    library: CudnnLibrary,
+    // Field order is drop order: plans, then the handle they were built on, then the GPU (its
+    // context) last.
+    plans: Mutex<BTreeMap<PlanKey, Arc<Plan>>>,
     /// The handle; the lock also serialises cuDNN calls on it.
     handle: Mutex<Handle>,
-    plans: Mutex<BTreeMap<PlanKey, Arc<Plan>>>,
+    library: CudnnLibrary,
+    gpu: Arc<Gpu>,
 }
 
 // SAFETY: the raw handle is only used under `handle`'s lock, and cuDNN handles may move between
