@@ -280,6 +280,19 @@ fn the_reference_covers_the_language() {
             "`{word}` is not documented"
         );
     }
+    // The layer limit, written with thousands separators.
+    let digits = modelspec_dsl::check::MAX_LAYERS.to_string();
+    let mut limit = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            limit.push(',');
+        }
+        limit.push(c);
+    }
+    assert!(
+        doc.contains(&format!("at most {limit}")),
+        "layer limit {limit}"
+    );
     for policy in modelspec_dsl::plan::LAYER_POLICIES {
         assert!(doc.contains(&format!("`{policy}")), "policy {policy}");
     }
