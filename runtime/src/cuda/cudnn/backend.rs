@@ -183,6 +183,8 @@ pub(crate) struct GraphBuilder {
     /// Descriptors operations point to (pointwise, matmul, reduction descriptors).
     aux: Vec<Desc>,
     next_virtual_uid: i64,
+    /// UIDs of the non-virtual tensors: exactly what a variant pack must bind.
+    bound: Vec<i64>,
 }
 
 /// How a tensor is bound.
@@ -204,6 +206,7 @@ impl GraphBuilder {
             ops: Vec::new(),
             aux: Vec::new(),
             next_virtual_uid: 1000,
+            bound: Vec::new(),
         }
     }
 
@@ -218,7 +221,10 @@ impl GraphBuilder {
         use Attr::*;
         let d = Desc::new(DescType::CUDNN_BACKEND_TENSOR_DESCRIPTOR)?;
         let uid = match bind {
-            Bind::Device(u) | Bind::Scalar(u) => u,
+            Bind::Device(u) | Bind::Scalar(u) => {
+                self.bound.push(u);
+                u
+            }
             Bind::Virtual => {
                 self.next_virtual_uid += 1;
                 self.next_virtual_uid
@@ -384,6 +390,7 @@ impl GraphBuilder {
                         plan,
                         workspace: workspace.max(0) as usize,
                         engine,
+                        bound: self.bound,
                         _graph: og,
                         _keep: (self.tensors, self.ops, self.aux),
                     });
@@ -482,12 +489,15 @@ pub(crate) struct BuiltPlan {
     pub(crate) workspace: usize,
     /// cuDNN's global engine index (-1 if it could not be read).
     pub(crate) engine: i64,
+    /// UIDs of the tensors a variant pack binds.
+    pub(crate) bound: Vec<i64>,
     _graph: Desc,
     _keep: (Vec<Desc>, Vec<Desc>, Vec<Desc>),
 }
 
 impl BuiltPlan {
-    /// Runs the plan on `handle`'s stream with the given (uid, pointer) bindings.
+    /// Runs the plan on `handle`'s stream. `bindings` maps UIDs to device pointers or host
+    /// scalars; those the plan does not use are left out of the variant pack.
     ///
     /// # Safety
     /// Every device pointer must address a buffer of the size and layout its tensor was built
@@ -495,14 +505,25 @@ impl BuiltPlan {
     pub(crate) unsafe fn execute(
         &self,
         handle: sys::cudnnHandle_t,
-        uids: &[i64],
-        ptrs: &[*mut c_void],
+        bindings: &[(i64, *mut c_void)],
         workspace: *mut c_void,
     ) -> Result<()> {
         use Attr::*;
+        // Exactly the plan's non-virtual tensors, each once.
+        let mut uids = Vec::with_capacity(self.bound.len());
+        let mut ptrs = Vec::with_capacity(self.bound.len());
+        for &uid in &self.bound {
+            let Some(&(_, p)) = bindings.iter().find(|(u, _)| *u == uid) else {
+                return Err(CudnnError::Unsupported(format!(
+                    "a call that binds no pointer for tensor uid {uid}"
+                )));
+            };
+            uids.push(uid);
+            ptrs.push(p);
+        }
         let vp = Desc::new(DescType::CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR)?;
-        vp.set_i64s(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, uids)?;
-        vp.set_ptrs(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, ptrs)?;
+        vp.set_i64s(CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, &uids)?;
+        vp.set_ptrs(CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, &ptrs)?;
         vp.set_ptrs(CUDNN_ATTR_VARIANT_PACK_WORKSPACE, &[workspace])?;
         vp.finalize()?;
         // SAFETY: the caller's contract above.

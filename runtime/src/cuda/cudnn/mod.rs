@@ -333,36 +333,25 @@ impl CudnnAttention {
             });
         }
         let (scale, neg_inf, window) = (s.scale, self.neg_inf(), s.window as f32);
-        let mut uids = vec![
-            uid::Q,
-            uid::K,
-            uid::V,
-            uid::O,
-            uid::STATS,
-            uid::SCALE,
-            uid::NEG_INF,
-        ];
         let host = |x: &f32| x as *const f32 as *mut c_void;
-        let mut ptrs: Vec<*mut c_void> = vec![
-            q as *mut c_void,
-            k as *mut c_void,
-            v as *mut c_void,
-            o as *mut c_void,
-            lse as *mut c_void,
-            host(&scale),
-            host(&neg_inf),
+        let dev = |p: DevPtr| p as *mut c_void;
+        let bindings = [
+            (uid::Q, dev(q)),
+            (uid::K, dev(k)),
+            (uid::V, dev(v)),
+            (uid::O, dev(o)),
+            (uid::STATS, dev(lse)),
+            (uid::SCALE, host(&scale)),
+            (uid::NEG_INF, host(&neg_inf)),
+            (uid::WINDOW, host(&window)),
         ];
-        if s.window > 0 {
-            uids.push(uid::WINDOW);
-            ptrs.push(host(&window));
-        }
         let handle = self.lock_bound()?;
         // SAFETY: the pointers address buffers laid out as `s` says (the caller's contract, as
         // for the own kernels), the scalars live on this frame until execute returns, and the
         // workspace size was checked above.
         unsafe {
             plan.built
-                .execute(handle.0, &uids, &ptrs, workspace as *mut c_void)
+                .execute(handle.0, &bindings, workspace as *mut c_void)
         }
     }
 
@@ -428,48 +417,30 @@ impl CudnnAttention {
         }
         let (scale, neg_inf, one, window) = (s.scale, self.neg_inf(), 1.0f32, s.window as f32);
         let host = |x: &f32| x as *const f32 as *mut c_void;
-        let mut uids = vec![
-            uid::Q,
-            uid::K,
-            uid::V,
-            uid::O,
-            uid::DO,
-            uid::STATS,
-            uid::DQ,
-            uid::DK,
-            uid::DV,
-            uid::DELTA,
-            uid::DQ_ACCUM,
-            uid::SCALE,
-            uid::NEG_INF,
-            uid::ONE,
+        let dev = |p: DevPtr| p as *mut c_void;
+        let bindings = [
+            (uid::Q, dev(q)),
+            (uid::K, dev(k)),
+            (uid::V, dev(v)),
+            (uid::O, dev(o)),
+            (uid::DO, dev(dout)),
+            (uid::STATS, dev(lse)),
+            (uid::DQ, dev(dq)),
+            (uid::DK, dev(dk)),
+            (uid::DV, dev(dv)),
+            (uid::DELTA, dev(delta)),
+            (uid::DQ_ACCUM, dev(dq_acc)),
+            (uid::SCALE, host(&scale)),
+            (uid::NEG_INF, host(&neg_inf)),
+            (uid::ONE, host(&one)),
+            (uid::WINDOW, host(&window)),
         ];
-        let mut ptrs: Vec<*mut c_void> = vec![
-            q as *mut c_void,
-            k as *mut c_void,
-            v as *mut c_void,
-            o as *mut c_void,
-            dout as *mut c_void,
-            lse as *mut c_void,
-            dq as *mut c_void,
-            dk as *mut c_void,
-            dv as *mut c_void,
-            delta as *mut c_void,
-            dq_acc as *mut c_void,
-            host(&scale),
-            host(&neg_inf),
-            host(&one),
-        ];
-        if s.window > 0 {
-            uids.push(uid::WINDOW);
-            ptrs.push(host(&window));
-        }
         let handle = self.lock_bound()?;
         // SAFETY: as in `fwd`; Δ and the accumulator are the caller's buffers of the documented
         // sizes.
         unsafe {
             plan.built
-                .execute(handle.0, &uids, &ptrs, workspace as *mut c_void)
+                .execute(handle.0, &bindings, workspace as *mut c_void)
         }
     }
 }

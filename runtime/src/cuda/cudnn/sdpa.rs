@@ -97,9 +97,13 @@ impl Dims {
 
 /// Applies the causal and window masks to `s` (virtual f32 scores); returns the masked scores.
 /// Each mask generates its own row/column indices, as cuDNN's pattern matcher expects.
-fn mask(g: &mut GraphBuilder, shape: &AttnShape, dm: &Dims, s: T, neg_inf: T) -> Result<T> {
+fn mask(g: &mut GraphBuilder, shape: &AttnShape, dm: &Dims, s: T) -> Result<T> {
     let strides = dm.scores_strides();
     let mut cur = s;
+    if !shape.causal && shape.window == 0 {
+        return Ok(cur);
+    }
+    let neg_inf = g.scalar(uid::NEG_INF, Elem::F32)?;
     if shape.causal {
         let row = g.virtual_like(cur, Elem::I32, strides)?;
         g.pointwise(
@@ -221,7 +225,6 @@ pub(crate) fn forward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     let (sd, ss) = dm.stats();
     let stats = g.tensor(Bind::Device(uid::STATS), Elem::F32, sd, ss)?;
     let scale = g.scalar(uid::SCALE, Elem::F32)?;
-    let neg_inf = g.scalar(uid::NEG_INF, Elem::F32)?;
 
     let st = dm.scores_strides();
     let s0 = g.tensor(Bind::Virtual, Elem::F32, dm.scores(), st)?;
@@ -236,7 +239,7 @@ pub(crate) fn forward_ops(s: &AttnShape) -> Result<GraphBuilder> {
         s1,
         None,
     )?;
-    let s2 = mask(&mut g, s, &dm, s1, neg_inf)?;
+    let s2 = mask(&mut g, s, &dm, s1)?;
 
     // softmax with stats
     let max = g.tensor(Bind::Virtual, Elem::F32, sd, ss)?;
@@ -316,7 +319,6 @@ pub(crate) fn backward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     let (dvd, dvs) = dm.rows(dm.kv, s.ldv);
     let dv = g.tensor(Bind::Device(uid::DV), Elem::Bf16, dvd, dvs)?;
     let scale = g.scalar(uid::SCALE, Elem::F32)?;
-    let neg_inf = g.scalar(uid::NEG_INF, Elem::F32)?;
     let one = g.scalar(uid::ONE, Elem::F32)?;
     let full = dm.h * dm.t * dm.d;
 
@@ -373,7 +375,7 @@ pub(crate) fn backward_ops(s: &AttnShape) -> Result<GraphBuilder> {
         s2,
         None,
     )?;
-    let s3 = mask(&mut g, s, &dm, s2, neg_inf)?;
+    let s3 = mask(&mut g, s, &dm, s2)?;
     let p = g.virtual_like(s0, Elem::F32, st)?;
     g.pointwise(Pw::CUDNN_POINTWISE_EXP, Elem::F32, s3, None, None, p, None)?;
 
