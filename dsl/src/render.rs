@@ -24,11 +24,17 @@ pub fn render_warnings(diags: &[Diagnostic], src: &str) -> String {
     render_as(diags, src, "warning")
 }
 
+/// At most [`crate::diag::MAX_DIAGNOSTICS`] distinct diagnostics are rendered, then one line
+/// counts the rest.
 fn render_as(diags: &[Diagnostic], src: &str, severity: &str) -> String {
     let mut out = String::new();
-    for (k, d) in diags.iter().enumerate() {
+    for (k, d) in crate::diag::cap(diags.to_vec()).iter().enumerate() {
         if k > 0 {
             out.push('\n');
+        }
+        if crate::diag::more_count(d).is_some() {
+            out.push_str(&format!("{severity}: {}\n", d.message));
+            continue;
         }
         render_one(&mut out, d, src, severity);
     }

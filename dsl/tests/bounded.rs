@@ -88,3 +88,51 @@ fn old_mac_line_endings_are_line_breaks() {
     let crlf = TINY.replace('\n', "\r\n");
     assert_eq!(load::normalize_text(crlf.clone()), crlf);
 }
+
+fn repeated_vocab(bytes: usize) -> String {
+    let head = "model t {\n    d_model 64 layers 2 context 64\n    attention { heads 4 }\n";
+    let line = "    vocab 1\n";
+    format!("{head}{}}}\n", line.repeat(bytes / line.len()))
+}
+
+#[test]
+fn diagnostics_are_capped_and_counted() {
+    // 80 KB repeating one key: 6,600 duplicate-key errors (1.2 GB of output before the cap).
+    let src = repeated_vocab(80_000);
+    let d = modelspec_dsl::mspec::parse(&src, "v.mspec").unwrap_err();
+    assert_eq!(d.len(), modelspec_dsl::diag::MAX_DIAGNOSTICS + 1);
+    let more = modelspec_dsl::diag::more_count(d.last().unwrap()).unwrap();
+    assert_eq!(more, 80_000 / 12 - 1 - modelspec_dsl::diag::MAX_DIAGNOSTICS);
+    let text = modelspec_dsl::render::render(&d, &src);
+    assert!(text.len() < 16_000, "{} bytes", text.len());
+    assert!(text.ends_with(&format!(
+        "error: and {more} more (the first 50 are shown)\n"
+    )));
+    // 800 KB: bounded time and no abort (it allocated 10 GB).
+    let src = repeated_vocab(800_000);
+    let start = Instant::now();
+    let d = modelspec_dsl::mspec::parse(&src, "v.mspec").unwrap_err();
+    assert!(start.elapsed().as_secs_f64() < 20.0);
+    assert_eq!(d.len(), modelspec_dsl::diag::MAX_DIAGNOSTICS + 1);
+}
+
+#[test]
+fn rendering_drops_exact_repeats_and_counts_the_rest() {
+    let one = |start: usize, message: &str| modelspec_dsl::diag::Diagnostic {
+        file: "x.mspec".into(),
+        span: start..start + 1,
+        field: "vocab".into(),
+        message: message.into(),
+        hint: None,
+    };
+    let src = "a\n".repeat(200);
+    let mut diags = vec![one(0, "same"), one(0, "same"), one(0, "other")];
+    diags.extend((1..100).map(|i| one(2 * i, "later")));
+    let text = modelspec_dsl::render::render(&diags, &src);
+    assert_eq!(text.matches("error: same").count(), 1);
+    assert_eq!(text.matches("error: later").count(), 48);
+    assert!(
+        text.ends_with("error: and 51 more (the first 50 are shown)\n"),
+        "{text}"
+    );
+}

@@ -125,7 +125,12 @@ fn diagnostics(
     file: &str,
 ) -> Vec<Diagnostic> {
     let mut out: Vec<Diagnostic> = Vec::new();
+    let mut more = 0;
     for issue in issues {
+        if out.len() >= crate::diag::MAX_DIAGNOSTICS {
+            more += 1;
+            continue;
+        }
         if let Some(rest) = issue.field.strip_prefix("final_norm")
             && !prov.wrote("final_norm")
             && issues
@@ -142,6 +147,9 @@ fn diagnostics(
             continue;
         }
         out.push(d);
+    }
+    if more > 0 {
+        out.push(crate::diag::more(file, more));
     }
     out
 }

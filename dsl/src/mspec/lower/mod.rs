@@ -154,6 +154,8 @@ type Args<'n> = BTreeMap<String, (Span, Vec<&'n Node>)>;
 struct Reader<'a> {
     file: &'a str,
     diags: Vec<Diagnostic>,
+    /// Diagnostics past [`crate::diag::MAX_DIAGNOSTICS`], counted instead of kept.
+    more: usize,
     prov: Vec<ProvEntry>,
     /// The rule being read (None: model level).
     rule: Option<usize>,
@@ -358,6 +360,7 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
     let mut r = Reader {
         file: path,
         diags: Vec::new(),
+        more: 0,
         prov: Vec::new(),
         rule: None,
         seen: BTreeMap::new(),
@@ -436,6 +439,9 @@ pub fn lower(file: &File, src: &str, path: &str) -> Result<(ModelSpec, Provenanc
                 }
             }
         }
+    }
+    if r.more > 0 {
+        r.diags.push(crate::diag::more(path, r.more));
     }
     if !r.diags.is_empty() {
         return Err(LowerError::Diagnostics(r.diags));

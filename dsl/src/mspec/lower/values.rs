@@ -5,6 +5,10 @@ use super::*;
 
 impl Reader<'_> {
     pub(super) fn error(&mut self, span: Span, field: &str, message: String, hint: Option<String>) {
+        if self.diags.len() >= crate::diag::MAX_DIAGNOSTICS {
+            self.more += 1;
+            return;
+        }
         let user = user_path(field);
         let message = if user != field {
             message.replace(&format!("`{field}`"), &format!("`{user}`"))
@@ -31,6 +35,10 @@ impl Reader<'_> {
     /// Marks `path` as written in the current scope; reports a duplicate.
     pub(super) fn mark(&mut self, path: &str, span: &Span) {
         if let Some(first) = self.seen.get(path).cloned() {
+            if self.diags.len() >= crate::diag::MAX_DIAGNOSTICS {
+                self.more += 1;
+                return;
+            }
             let (line, col) = crate::diag::line_col(self.src, first.start);
             self.error(
                 span.clone(),
