@@ -351,6 +351,32 @@ fn run_case(
         &cols(&got_o, rows, s.ldo, 0, hd),
         &cols(&o2.get(gpu), rows, s.ldo, 0, hd),
     );
+    // The paths interchange: cuDNN's backward from the own forward's o and lse.
+    attn.bwd(
+        &s,
+        dqp,
+        dkp,
+        dvp,
+        dq_acc.ptr(),
+        delta.ptr(),
+        dout.buf.ptr(),
+        o2.buf.ptr(),
+        lse2.ptr(),
+        qp,
+        kp,
+        vp,
+        ws.ptr(),
+        ws.len(),
+    )
+    .unwrap();
+    gpu.sync().unwrap();
+    let g_q = gq.get(gpu);
+    check(
+        &format!("cudnn-bwd-from-own-fwd {tag} dq"),
+        1e-2,
+        &cols(&g_q, rows, s.ldq, offs[0], hd),
+        &cols(&r.dq, rows, s.ldq, offs[0], hd),
+    );
 }
 
 #[test]
