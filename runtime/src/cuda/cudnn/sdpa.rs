@@ -456,8 +456,9 @@ pub(crate) fn backward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     Ok(g)
 }
 
-/// `out = aᵀ-side matmul` for dK/dV: with one query head per kv head it writes `out` directly;
-/// with GQA it goes through a per-query-head virtual result summed over each kv group.
+/// `out = a·b` for dK (a = dSᵀ, b = Q) and dV (a = Pᵀ, b = dO), where `a` and `b` have one slice
+/// per query head and `out` one per kv head: written directly when those coincide, otherwise
+/// through a per-query-head bf16 result summed over each kv group (as cuDNN's GQA pattern wants).
 fn group_matmul(g: &mut GraphBuilder, dm: &Dims, a: T, b: T, out: T) -> Result<()> {
     if dm.h == dm.kv {
         return g.matmul(a, b, out);
