@@ -23,6 +23,8 @@ use crate::tensors::layer_tensors;
 pub const MAX_EXPERTS: u64 = 1 << 16;
 /// Most layers a model may have.
 pub const MAX_LAYERS: u64 = 10_000;
+/// The softcaps accepted (attention and logits), inclusive.
+pub const SOFTCAP_RANGE: (f64, f64) = (1e-3, 1e6);
 
 /// Every problem found in `spec`, in a deterministic order (global fields, then per-layer fields
 /// by first layer). Issues that are identical across layers are merged into one with all layers.
@@ -139,6 +141,25 @@ impl Checker {
         }
     }
 
+    /// A softcap `c` maps a logit `x` to `c·tanh(x/c)`, computed in f32: outside
+    /// [`SOFTCAP_RANGE`] it is no longer a number there (1e300 is infinite in f32, so `eval`
+    /// returned NaN) and far from any use (Gemma 2 caps at 30 and 50).
+    fn softcap(&mut self, field: &str, layer: Option<u64>, v: f64) {
+        let (lo, hi) = SOFTCAP_RANGE;
+        if !(v > 0.0 && v.is_finite()) {
+            self.positive_real(field, layer, v);
+        } else if !(lo..=hi).contains(&v) {
+            self.push(
+                field,
+                layer,
+                format!("`{field}` must be between {lo:e} and {hi:e}, found {v:e}"),
+                Some(
+                    "a softcap bounds scores to ±cap (Gemma 2: 50 for attention, 30 for the logits); leave it out for no cap".into(),
+                ),
+            );
+        }
+    }
+
     fn global(&mut self, s: &ModelSpec) {
         if let Err(why) = check_name(&s.name) {
             let suggestion = suggest_name(&s.name);
@@ -232,7 +253,7 @@ impl Checker {
             self.norm("final_norm", None, n);
         }
         if let Some(cap) = s.logits.softcap {
-            self.positive_real("logits.softcap", None, cap);
+            self.softcap("logits.softcap", None, cap);
         }
         match s.checkpoint.budget {
             Some(Budget::Fraction(f)) if !(0.0..=1.0).contains(&f) => self.push(
@@ -313,7 +334,7 @@ impl Checker {
         }
         self.positive_real("attention.scale", i, a.scale);
         if let Some(cap) = a.softcap {
-            self.positive_real("attention.softcap", i, cap);
+            self.softcap("attention.softcap", i, cap);
         }
         if a.window == Some(0) {
             self.push(
