@@ -4,7 +4,11 @@
 //! modelspec eval (--hf DIR | --spec FILE --weights W.safetensors) --input IN --out OUT
 //!                [--grads] [--device cpu|cuda] [--dtype f32|bf16] [--checkpoint POLICY]
 //! ```
-//! IN is a safetensors file with `input_ids` (integer `[B, T]`). OUT gets `logits` (f32
+//! IN is a safetensors file with `input_ids` (integer `[B, T]`, T ≥ 2: a row of one token has no
+//! next-token target, an error where transformers returns NaN); it may also hold `attention_mask`
+//! (all ones) and `labels` (equal to `input_ids`), any other tensor or value is refused by name.
+//! On the CPU the run's memory is estimated first (see `memory`) and refused when it exceeds what
+//! the machine has available; a loss that is not finite is an error and nothing is written. OUT gets `logits` (f32
 //! `[B, T, vocab]`), `loss` (f32 `[1]`: mean next-token cross-entropy with labels = input_ids,
 //! shifted, as transformers computes it) and, with `--grads`, `grad.<name>` (f32) for every
 //! parameter, named and shaped as in the checkpoint that was loaded (HF names and layouts: fused
@@ -59,21 +63,22 @@ pub struct EvalArgs {
     pub policy: Option<String>,
 }
 
-/// The spec and its parameters (canonical names), with the dialect of the checkpoint read.
-fn load_model(args: &EvalArgs) -> Result<(ModelSpec, Params, Dialect)> {
-    let (spec, loaded) = match (&args.hf, &args.spec, &args.weights) {
-        (Some(dir), None, None) => {
-            let (spec, _) = super::load_or_report(&dir.join("config.json"))?;
-            let loaded = weights::load_hf_dir_detailed(&spec, dir)
-                .with_context(|| format!("loading the weights of {}", dir.display()))?;
-            (spec, loaded)
-        }
-        (None, Some(file), Some(w)) => {
-            let (spec, _) = super::load_or_report(file)?;
-            let loaded = weights::load_files(&spec, &[w.as_path()])
-                .with_context(|| format!("loading the weights {}", w.display()))?;
-            (spec, loaded)
-        }
+/// The spec of `--hf DIR` (its config.json) or of `--spec FILE`.
+fn load_spec(args: &EvalArgs) -> Result<ModelSpec> {
+    match (&args.hf, &args.spec, &args.weights) {
+        (Some(dir), None, None) => Ok(super::load_or_report(&dir.join("config.json"))?.0),
+        (None, Some(file), Some(_)) => Ok(super::load_or_report(file)?.0),
+        _ => bail!("give either --hf DIR, or --spec FILE with --weights W.safetensors"),
+    }
+}
+
+/// The parameters of `spec` (canonical names), with the dialect of the checkpoint read.
+fn load_weights(args: &EvalArgs, spec: &ModelSpec) -> Result<(Params, Dialect)> {
+    let loaded = match (&args.hf, &args.weights) {
+        (Some(dir), None) => weights::load_hf_dir_detailed(spec, dir)
+            .with_context(|| format!("loading the weights of {}", dir.display()))?,
+        (None, Some(w)) => weights::load_files(spec, &[w.as_path()])
+            .with_context(|| format!("loading the weights {}", w.display()))?,
         _ => bail!("give either --hf DIR, or --spec FILE with --weights W.safetensors"),
     };
     let mut params = loaded.params;
@@ -84,10 +89,16 @@ fn load_model(args: &EvalArgs) -> Result<(ModelSpec, Params, Dialect)> {
             }
         }
     }
-    Ok((spec, params, loaded.dialect))
+    Ok((params, loaded.dialect))
 }
 
 /// `input_ids` of IN as `(tokens, batch, seq)`, checked against the vocabulary.
+///
+/// Every row needs two tokens or more: the loss is the next-token cross-entropy, and a row of one
+/// token has no target (transformers returns NaN there; this is an error instead). IN may hold
+/// `attention_mask` and `labels` only in the form this command computes anyway (a mask of ones;
+/// labels equal to `input_ids`, shifted inside as transformers does): anything else would change
+/// the loss, so it is refused by name rather than ignored.
 fn load_input(path: &Path, spec: &ModelSpec) -> Result<(Vec<u32>, usize, usize)> {
     let tensors = weights::read_tensors(path)
         .with_context(|| format!("reading the input {}", path.display()))?;
@@ -97,6 +108,26 @@ fn load_input(path: &Path, spec: &ModelSpec) -> Result<(Vec<u32>, usize, usize)>
             path.display()
         );
     };
+    for (name, tensor) in &tensors {
+        let same_as = |want: &dyn Fn(i64, i64) -> bool| match tensor {
+            FileTensor::Int { shape: s, data: d } => {
+                s == shape && d.iter().zip(data.iter()).all(|(&x, &id)| want(x, id))
+            }
+            _ => false,
+        };
+        let accepted = match name.as_str() {
+            "input_ids" => true,
+            "attention_mask" => same_as(&|m, _| m == 1),
+            "labels" => same_as(&|l, id| l == id),
+            _ => false,
+        };
+        if !accepted {
+            bail!(
+                "{}: tensor `{name}` is not supported: IN holds `input_ids` [B, T], and optionally `attention_mask` of all ones and `labels` equal to `input_ids` (the loss always predicts each next token of input_ids; padding and masked labels are not supported)",
+                path.display()
+            );
+        }
+    }
     let [batch, seq] = shape[..] else {
         bail!(
             "{}: `input_ids` has shape {shape:?}, expected [B, T]",
@@ -105,6 +136,12 @@ fn load_input(path: &Path, spec: &ModelSpec) -> Result<(Vec<u32>, usize, usize)>
     };
     if batch == 0 || seq == 0 {
         bail!("{}: `input_ids` is empty ({shape:?})", path.display());
+    }
+    if seq < 2 {
+        bail!(
+            "{}: `input_ids` has {seq} token per row ({shape:?}): the loss predicts each next token, so a row needs at least 2",
+            path.display()
+        );
     }
     let tokens = data
         .iter()
@@ -163,8 +200,31 @@ pub fn run(args: EvalArgs) -> Result<()> {
     if args.device == "cuda" {
         Device::cuda(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
     }
-    let (spec, params, dialect) = load_model(&args)?;
+    let spec = load_spec(&args)?;
     let (tokens, batch, seq) = load_input(&args.input, &spec)?;
+    if args.device == "cpu" {
+        let policy = match args.policy.as_deref() {
+            Some(text) if args.grads => {
+                Some(plan::parse_policy(text).map_err(|e| anyhow!("--checkpoint {text}: {e}"))?)
+            }
+            _ => None,
+        };
+        let work = super::memory::Work {
+            batch: batch as u64,
+            seq: seq as u64,
+            grads: args.grads,
+            optimizer: false,
+            output_copies: true,
+        };
+        super::memory::check_fits(
+            &spec,
+            work,
+            policy.as_ref(),
+            "eval",
+            "fewer rows or tokens per row in IN, --checkpoint budget(0.5) with --grads, or --device cuda",
+        )?;
+    }
+    let (params, dialect) = load_weights(&args, &spec)?;
     let vocab = spec.vocab as usize;
     let padded = spec.vocab_padded as usize;
     let (data, loss, grads) = if args.device == "cuda" {
@@ -217,6 +277,13 @@ pub fn run(args: EvalArgs) -> Result<()> {
     );
     if let Some(grads) = grads {
         out.extend(weights::grad_tensors(&spec, &grads, dialect)?);
+    }
+    if !loss.is_finite() {
+        bail!(
+            "{}: the loss is {loss} over {batch}×{seq} tokens (the weights or the spec's values overflow f32); nothing written to {}",
+            spec.name,
+            args.out.display()
+        );
     }
     weights::write_tensors(&args.out, &out, &BTreeMap::new(), StoreDtype::F32)
         .with_context(|| format!("writing {}", args.out.display()))?;

@@ -16,6 +16,7 @@ pub mod export_hf;
 pub mod generate;
 pub mod import_hf;
 pub mod inspect;
+pub mod memory;
 pub mod plan;
 pub mod sample;
 pub mod train;
