@@ -219,6 +219,9 @@ pub fn run(args: TrainArgs) -> Result<()> {
             if args.dtype.as_deref() == Some("bf16") {
                 bail!("--dtype bf16 is for --device cuda; the CPU trains in f32");
             }
+            if args.resume.is_none() {
+                check_cpu_memory(&args)?;
+            }
             if args.bench {
                 return bench(&args);
             }
@@ -247,6 +250,31 @@ pub fn run(args: TrainArgs) -> Result<()> {
         }
         other => bail!("--device {other}: use --device cpu or --device cuda"),
     }
+}
+
+/// Refuses a fresh CPU run (or `--bench`) whose estimated peak memory exceeds what the machine
+/// has available, before the run folder is claimed or anything allocated (see `cli::memory`).
+fn check_cpu_memory(args: &TrainArgs) -> Result<()> {
+    let spec = load_spec(args.file.as_deref())?;
+    // A policy that does not parse is reported, with its reasons, where the run reads it.
+    let policy = args
+        .policy
+        .as_deref()
+        .and_then(|text| modelspec_dsl::plan::parse_policy(text).ok());
+    let work = super::memory::Work {
+        batch: args.batch() as u64,
+        seq: args.seq() as u64,
+        grads: true,
+        optimizer: true,
+        output_copies: false,
+    };
+    super::memory::check_fits(
+        &spec,
+        work,
+        policy.as_ref(),
+        "training",
+        "a smaller --batch or --seq, --checkpoint budget(0.5), or --device cuda",
+    )
 }
 
 /// Objectives that can lend the end-of-run sample a CPU executor (else one is made for it).
