@@ -2,7 +2,9 @@
 //!
 //! A config.json omits every field that equals its class default, so the import needs these to
 //! resolve a file the way transformers does. Values follow the `__init__` defaults of each
-//! `*Config` class (transformers 4.4x–5).
+//! `*Config` class; `tests/hf_defaults.rs` checks them (and the defaults the import keeps in
+//! `import/`: windows, rotary fractions, Gemma's attention scale) against every class's
+//! `to_dict()` in transformers 5.17 (`tests/fixtures/config_defaults.json`).
 
 /// A supported HF model family (one `model_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -210,11 +210,8 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
     // Attention scale.
     let base_scale = match family {
         Family::Gemma2 | Family::Gemma3Text => {
-            let q = cfg.float(
-                "attention.scale",
-                &["query_pre_attn_scalar"],
-                head_dim as f64,
-            );
+            // The class default is 256 whatever head_dim is (Gemma2Config, Gemma3TextConfig).
+            let q = cfg.float("attention.scale", &["query_pre_attn_scalar"], 256.0);
             if q <= 0.0 {
                 cfg.error(
                     "query_pre_attn_scalar",

@@ -13,7 +13,12 @@ pub(super) struct RopeCfg {
 
 /// The fraction of head_dim that is rotated.
 pub(super) fn rotary_fraction(cfg: &mut Cfg<'_>, family: Family) -> f64 {
-    let default = if family == Family::Phi { 0.5 } else { 1.0 };
+    // Class defaults: PhiConfig 0.5, GPTNeoXConfig 0.25 (`rotary_pct`), the others 1.
+    let default = match family {
+        Family::Phi => 0.5,
+        Family::GptNeox => 0.25,
+        _ => 1.0,
+    };
     let mut keys: Vec<&str> = vec!["partial_rotary_factor"];
     if family == Family::GptNeox {
         keys.push("rotary_pct");

@@ -29,8 +29,10 @@ pub(super) fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -
         per_layer: Vec::new(),
         separate_rope: false,
     };
+    // transformers' class defaults (MistralConfig, Gemma2Config, Gemma3TextConfig: 4096; Mixtral
+    // and Phi-3: none), checked against tests/fixtures/config_defaults.json.
     let window_default = match family {
-        Family::Gemma2 | Family::Gemma3Text => Some(4096),
+        Family::Mistral | Family::Gemma2 | Family::Gemma3Text => Some(4096),
         f if f.qwen_windows() => Some(4096),
         _ => None,
     };
