@@ -168,3 +168,50 @@ fn a_model_larger_than_memory_is_refused_before_loading() {
     assert!(stderr.contains("try "), "{stderr}");
     assert!(!stderr.contains("absent.safetensors"), "{stderr}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_checkpoint_that_is_no_regular_file_is_named_as_such() {
+    // A FIFO or a symbolic-link loop as model.safetensors read "holds neither model.safetensors
+    // nor model.safetensors.index.json".
+    let ids = fixture().join("input.safetensors");
+    for (name, make) in [
+        (
+            "fifo",
+            &(|p: &Path| {
+                let ok = Command::new("mkfifo").arg(p).status().map(|s| s.success());
+                assert_eq!(ok.ok(), Some(true), "mkfifo");
+            }) as &dyn Fn(&Path),
+        ),
+        ("loop", &|p: &Path| {
+            std::os::unix::fs::symlink(p, p).unwrap()
+        }),
+        ("dangling", &|p: &Path| {
+            std::os::unix::fs::symlink(p.with_file_name("absent"), p).unwrap()
+        }),
+    ] {
+        let dir = temp(&format!("ckpt_{name}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::copy(fixture().join("config.json"), dir.join("config.json")).unwrap();
+        make(&dir.join("model.safetensors"));
+        let out = temp(&format!("ckpt_{name}_out.safetensors"));
+        let output = eval(&[
+            "--hf",
+            dir.to_str().unwrap(),
+            "--input",
+            ids.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{name}: {stderr}");
+        assert!(!stderr.contains("holds neither"), "{name}: {stderr}");
+        assert!(stderr.contains("model.safetensors:"), "{name}: {stderr}");
+        let why = match name {
+            "fifo" => "is a FIFO, not a regular file",
+            "loop" => "symbolic links",
+            _ => "a symbolic link to a missing file",
+        };
+        assert!(stderr.contains(why), "{name}: {stderr}");
+    }
+}

@@ -224,15 +224,43 @@ pub fn read_float_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, W
 /// One file of a checkpoint, with the tensor names its index places there (`None`: unindexed).
 pub type Shard = (PathBuf, Option<Vec<String>>);
 
+/// Whether `path` is a regular file (through symbolic links); false when nothing is there. A FIFO,
+/// a directory, a symbolic-link loop or a dangling link is an error that says so (they read as
+/// "holds neither model.safetensors nor ..." before).
+fn present(path: &Path) -> Result<bool, WeightsError> {
+    let refuse = |why: String| WeightsError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(why),
+    };
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_file() => Ok(true),
+        Ok(meta) => {
+            let kind = crate::io::special_kind(&meta.file_type()).unwrap_or("special file");
+            Err(refuse(format!("is a {kind}, not a regular file")))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            if fs::symlink_metadata(path).is_ok() {
+                Err(refuse("is a symbolic link to a missing file".into()))
+            } else {
+                Ok(false)
+            }
+        }
+        Err(e) => Err(WeightsError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
 /// The safetensors files of an HF model directory: `model.safetensors`, or the shards listed by
 /// `model.safetensors.index.json` (with the tensor names each shard must hold).
 pub fn hf_dir_files(dir: &Path) -> Result<Vec<Shard>, WeightsError> {
     let single = dir.join("model.safetensors");
-    if single.is_file() {
+    if present(&single)? {
         return Ok(vec![(single, None)]);
     }
     let index = dir.join("model.safetensors.index.json");
-    if !index.is_file() {
+    if !present(&index)? {
         return Err(WeightsError::NoCheckpoint {
             dir: dir.to_path_buf(),
         });
