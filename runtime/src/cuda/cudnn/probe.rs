@@ -54,25 +54,29 @@ const SUBLIBS: [&str; 9] = [
     "libcudnn_ext.so.9",
 ];
 
-static PROBED: OnceLock<std::result::Result<CudnnLibrary, (bool, String)>> = OnceLock::new();
+/// Why the search failed, kept for every later call of [`probe`].
+#[derive(Debug, Clone)]
+enum Failure {
+    /// Nothing loadable; the places searched.
+    NotFound(String),
+    /// The file that would be used, and its version.
+    TooOld(String, usize),
+}
+
+static PROBED: OnceLock<std::result::Result<CudnnLibrary, Failure>> = OnceLock::new();
 
 /// Finds, version-checks and loads libcudnn once per process. Never panics; the error names
 /// every place searched.
 pub fn probe() -> Result<CudnnLibrary> {
-    let r = PROBED.get_or_init(search);
-    match r {
+    match PROBED.get_or_init(search) {
         Ok(lib) => Ok(lib.clone()),
-        Err((true, searched)) => Err(CudnnError::NotFound {
+        Err(Failure::NotFound(searched)) => Err(CudnnError::NotFound {
             searched: searched.clone(),
         }),
-        Err((false, text)) => {
-            // "too old": path and version packed as `path\tversion`.
-            let (path, version) = text.split_once('\t').unwrap_or((text.as_str(), "0"));
-            Err(CudnnError::TooOld {
-                path: path.to_string(),
-                version: version.parse().unwrap_or(0),
-            })
-        }
+        Err(Failure::TooOld(path, version)) => Err(CudnnError::TooOld {
+            path: path.clone(),
+            version: *version,
+        }),
     }
 }
 
@@ -106,7 +110,7 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(160).collect()
 }
 
-fn search() -> std::result::Result<CudnnLibrary, (bool, String)> {
+fn search() -> std::result::Result<CudnnLibrary, Failure> {
     let mut notes: Vec<String> = Vec::new();
     let mut too_old: Option<(String, usize)> = None;
     // 1. What cudarc would load by name: if anything resolves, cudarc takes that file, so it is
@@ -122,7 +126,7 @@ fn search() -> std::result::Result<CudnnLibrary, (bool, String)> {
             }
             Tried::Old(v) => {
                 // cudarc would load this old one first: refuse rather than mix versions.
-                return Err((false, format!("{name}\t{v}")));
+                return Err(Failure::TooOld(name, v));
             }
             Tried::Bad(_) => {}
         }
@@ -151,9 +155,9 @@ fn search() -> std::result::Result<CudnnLibrary, (bool, String)> {
         }
     }
     if let Some((path, v)) = too_old {
-        return Err((false, format!("{path}\t{v}")));
+        return Err(Failure::TooOld(path, v));
     }
-    Err((true, notes.join("; ")))
+    Err(Failure::NotFound(notes.join("; ")))
 }
 
 /// Loads cuDNN's sub-libraries from `dir` by full path, so the shim finds them by soname even
@@ -298,7 +302,14 @@ mod tests {
     #[test]
     fn probe_never_panics_and_names_what_it_searched() {
         match probe() {
-            Ok(lib) => assert!(lib.version >= MIN_VERSION),
+            Ok(lib) => {
+                assert!(lib.version >= MIN_VERSION);
+                // cudarc's own loader (by name) must now reach the same library, also when the
+                // probe found it in a folder on no search path.
+                // SAFETY: the library is loaded; cudnnGetVersion takes no arguments.
+                let through_cudarc = unsafe { cudarc::cudnn::sys::cudnnGetVersion() };
+                assert_eq!(through_cudarc, lib.version, "{}", lib.path);
+            }
             Err(CudnnError::NotFound { searched }) => {
                 assert!(searched.contains("/usr/local/cuda/lib64"), "{searched}")
             }
