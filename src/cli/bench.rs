@@ -1,9 +1,13 @@
 //! `modelspec bench FILE --device cuda --batch B --seq T [--dtype bf16|f32] [--steps N] [--json]`:
 //! times training steps (forward, loss, backward, AdamW) of a spec on the GPU, on random tokens.
+//! The GPU trainer runs every layer kind of the IR (mixed layers, sliding windows, ALiBi, MoE, ...)
+//! and keeps for backward what the checkpoint plan of `--checkpoint` saves (default `none`: every
+//! activation), recomputing the rest.
 
 use std::path::PathBuf;
 
-use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer};
+use modelspec_dsl::plan;
+use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer, LayerSaves};
 
 use super::{load_or_report, print_stdout};
 
@@ -28,7 +32,7 @@ pub enum BenchDtype {
 pub struct BenchArgs {
     /// A spec file: .mspec, .yaml/.yml, or HF config.json.
     pub file: PathBuf,
-    /// Where to run (the GPU trainer covers dense pre-norm GPT-2/Llama-style specs).
+    /// Where to run (the GPU trainer runs every layer kind: mixed layers, ALiBi, MoE, ...).
     #[arg(long, value_enum, default_value = "cuda")]
     pub device: BenchDevice,
     /// Sequences per step.
@@ -43,7 +47,9 @@ pub struct BenchArgs {
     /// Timed steps (after 3 warm-up steps); the median is reported.
     #[arg(long, default_value_t = 15)]
     pub steps: usize,
-    /// Checkpoint policy; the GPU trainer currently saves every activation (`none`).
+    /// Activation-checkpoint policy (none, full, auto, save(...), budget(0.5), ...): what the GPU
+    /// trainer keeps for backward, recomputing the rest. Default: none (every activation kept,
+    /// the fastest step, as earlier benchmarks measured), whatever the spec says.
     #[arg(long)]
     pub checkpoint: Option<String>,
     /// Print one JSON object.
@@ -54,13 +60,14 @@ pub struct BenchArgs {
 /// Runs the benchmark.
 pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let (mut spec, _) = load_or_report(&args.file)?;
-    if let Some(p) = args.checkpoint.as_deref().filter(|p| p.trim() != "none") {
-        anyhow::bail!(
-            "--checkpoint {p}: the GPU trainer saves every activation (policy none) for now"
-        );
-    }
     if args.batch == 0 || args.seq == 0 || args.steps == 0 {
         anyhow::bail!("--batch, --seq and --steps must be at least 1");
+    }
+    if let Some(feature) = GpuTrainer::unsupported_feature(&spec) {
+        anyhow::bail!(
+            "`{}` uses {feature}, which the GPU trainer does not support yet",
+            spec.name
+        );
     }
     // The GPU trainer has no dropout yet: benchmark the deterministic step.
     spec.dropout = Default::default();
@@ -69,8 +76,28 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchDtype::Bf16 => Dtype::Bf16,
         BenchDtype::F32 => Dtype::F32,
     };
+    let plan_dtype = match args.dtype {
+        BenchDtype::Bf16 => plan::Dtype::Bf16,
+        BenchDtype::F32 => plan::Dtype::F32,
+    };
+    let text = args.checkpoint.as_deref().unwrap_or("none");
+    let policy =
+        plan::parse_policy(text).map_err(|e| anyhow::anyhow!("--checkpoint {text}: {e}"))?;
+    let planned = plan::plan(
+        &spec,
+        args.batch as u64,
+        args.seq as u64,
+        plan_dtype,
+        Some(&policy),
+    )
+    .map_err(|e| anyhow::anyhow!("--checkpoint {text}: {e}"))?;
+    let saves = LayerSaves::from_plan(&planned);
     let gpu = Gpu::new(0)?;
-    let mut trainer = GpuTrainer::new(&gpu, &spec, dtype, args.batch, args.seq, 0)?;
+    gpu.check_fits(GpuTrainer::predicted_bytes_with(
+        &spec, dtype, args.batch, args.seq, &saves,
+    ))?;
+    let mut trainer =
+        GpuTrainer::with_checkpoint(&gpu, &spec, dtype, args.batch, args.seq, 0, &saves)?;
     let n = args.batch * args.seq;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let tokens: Vec<u32> = (0..n)

@@ -15,7 +15,7 @@
 //! q/k/v, GPT-2's `[in, out]` Conv1D, per-expert MoE tensors...). The MoE load-balancing loss is
 //! not part of `loss` nor of the gradients, as in transformers without `output_router_logits`.
 //! `--dtype bf16` rounds the parameters to bfloat16 and computes in f32. `--device cuda` runs the
-//! GPU trainer's forward and backward instead (dense GPT-2/Llama-style specs; see `eval_cuda`),
+//! GPU trainer's forward and backward instead (every layer kind of the IR; see `eval_cuda`),
 //! where bf16 also means bf16 activations with f32 accumulation.
 
 use std::collections::BTreeMap;

@@ -53,7 +53,8 @@ pub const CORPUS_NAME: &str = "bundled:pride_and_prejudice.txt";
 pub struct TrainArgs {
     /// The spec (.mspec, .yaml/.yml or HF config.json); default: the bundled specs/tiny.mspec.
     pub file: Option<PathBuf>,
-    /// Where to run: cpu, or cuda (GPU 0; dense pre-norm GPT-2/Llama-style specs).
+    /// Where to run: cpu, or cuda (GPU 0; every layer kind: mixed layers, sliding windows, ALiBi,
+    /// MoE; checkpoint plans; bf16 or f32).
     #[arg(long, default_value = "cpu")]
     pub device: String,
     /// Compute dtype on --device cuda: bf16 (default) or f32; the CPU trains in f32.
