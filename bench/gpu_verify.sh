@@ -7,6 +7,7 @@
 # Prints a short table last; full logs go to $OUT.
 set -u
 FINAL=${OUT:-/tmp/out}; mkdir -p "$FINAL"
+LOGS=$(mktemp -d /tmp/msverify.XXXX)   # every log; they go back as one archive (a call returns 8 files)
 B=/tmp/msbin; mkdir -p "$B"; tar xzf .gpu/bins.tgz -C "$B"
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
 CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))" 2>/dev/null)
@@ -16,16 +17,21 @@ t0=$(date +%s)
 summary=()
 run() {  # run NAME TIMEOUT CMD...: log to $FINAL/NAME.log, keep the exit code for the table
     local name=$1 limit=$2; shift 2
-    timeout "$limit" "$@" > "$FINAL/$name.log" 2>&1
+    timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
     local rc=$?
-    summary+=("$(printf '%-18s exit %3d  %4ds  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E '^test result' "$FINAL/$name.log" | tail -1)")")
+    summary+=("$(printf '%-18s exit %3d  %4ds  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E '^test result' "$LOGS/$name.log" | tail -1)")")
 }
-for t in cuda_compile cuda_kernels cuda_train cuda_moe cuda_cudnn cuda_checkpoint generated_cuda; do
-    [ -x "$B/$t" ] && run "$t" 240 "$B/$t" --test-threads=1 --nocapture
+TESTS=${TESTS:-cuda_compile cuda_kernels cuda_train cuda_moe cuda_cudnn cuda_checkpoint generated_cuda cuda_eval cli_train_cuda}
+for t in $TESTS; do
+    [ -x "$B/$t" ] || continue
+    case $t in
+        cuda_eval|cli_train_cuda) MODELSPEC_BIN=$B/modelspec run "$t" 300 "$B/$t" --test-threads=1 --nocapture --include-ignored ;;
+        *) run "$t" 240 "$B/$t" --test-threads=1 --nocapture --include-ignored ;;
+    esac
 done
-[ -x "$B/cuda_eval" ] && MODELSPEC_BIN=$B/modelspec run cuda_eval 300 "$B/cuda_eval" --nocapture
-[ -x "$B/cli_train_cuda" ] && MODELSPEC_BIN=$B/modelspec run cli_train_cuda 240 "$B/cli_train_cuda" --test-threads=1 --nocapture
 echo "== failures and parity lines"
-grep -hE "panicked|FAILED|^PARITY|^UNSUPPORTED|out of tolerance" "$FINAL"/*.log | sort | uniq -c | sort -rn | head -60
+grep -hE "panicked|FAILED|^PARITY|^UNSUPPORTED|out of tolerance" "$LOGS"/*.log | sort | uniq -c | sort -rn | head -60
+tar czf "$FINAL/verify_logs.tgz" -C "$LOGS" .
+printf '%s\n' "${summary[@]}" > "$FINAL/summary.txt"
 echo "== summary"
 printf '%s\n' "${summary[@]}"

@@ -8,8 +8,15 @@ use std::process::{Command, Output};
 
 use modelspec::runtime::train::checkpoint;
 
+/// The binary under test: `MODELSPEC_BIN` on the GPU machine (which has no cargo), else cargo's.
+fn bin() -> PathBuf {
+    std::env::var_os("MODELSPEC_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_modelspec")))
+}
+
 fn modelspec(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_modelspec"))
+    Command::new(bin())
         .args(args)
         .output()
         .expect("run modelspec")
