@@ -64,10 +64,11 @@ fn render_one(out: &mut String, d: &Diagnostic, src: &str, severity: &str) {
             .chars()
             .count()
             .max(1);
-        let shown: String = text
+        let chars: Vec<char> = text
             .chars()
             .map(|c| if c == '\t' { ' ' } else { c })
             .collect();
+        let (shown, caret_col, caret_len) = window(&chars, caret_col, caret_len);
         out.push_str(&format!(" {pad} |\n"));
         out.push_str(&format!(" {number} | {shown}\n"));
         out.push_str(&format!(
@@ -80,6 +81,32 @@ fn render_one(out: &mut String, d: &Diagnostic, src: &str, severity: &str) {
         out.push_str(&format!("  = help: {h}\n"));
     }
 }
+
+/// A line longer than [`LINE_WIDTH`] characters is shown as the part around the caret, cut ends
+/// marked `…` (a one-line file of 100 KB printed whole for each diagnostic). Returns the text and
+/// the caret's column and length in it.
+fn window(chars: &[char], caret_col: usize, caret_len: usize) -> (String, usize, usize) {
+    if chars.len() <= LINE_WIDTH {
+        return (chars.iter().collect(), caret_col, caret_len);
+    }
+    let from = caret_col.min(chars.len()).saturating_sub(LINE_WIDTH / 3);
+    let to = (from + LINE_WIDTH).min(chars.len());
+    let mut shown = String::new();
+    let mut col = caret_col - from;
+    if from > 0 {
+        shown.push('…');
+        col += 1;
+    }
+    shown.extend(&chars[from..to]);
+    if to < chars.len() {
+        shown.push('…');
+    }
+    let len = caret_len.min(to.saturating_sub(caret_col)).max(1);
+    (shown, col, len)
+}
+
+/// Longest source line shown whole.
+const LINE_WIDTH: usize = 160;
 
 fn floor_boundary(s: &str, mut i: usize) -> usize {
     while i > 0 && !s.is_char_boundary(i) {

@@ -136,3 +136,26 @@ fn rendering_drops_exact_repeats_and_counts_the_rest() {
         "{text}"
     );
 }
+
+#[test]
+fn a_long_line_is_shown_around_the_caret() {
+    // A one-line file: each diagnostic printed the whole 100 KB line.
+    let src = format!("{}BAD{}", "a".repeat(50_000), "b".repeat(50_000));
+    let d = modelspec_dsl::diag::Diagnostic {
+        file: "x.json".into(),
+        span: 50_000..50_003,
+        field: String::new(),
+        message: "here".into(),
+        hint: None,
+    };
+    let text = modelspec_dsl::render::render(&[d], &src);
+    assert!(text.len() < 1_000, "{} bytes", text.len());
+    let lines: Vec<&str> = text.lines().collect();
+    let shown = lines[3].split_once("| ").unwrap().1;
+    let carets = lines[4].split_once("| ").unwrap().1;
+    assert!(shown.starts_with('…') && shown.ends_with('…'), "{shown}");
+    let at = carets.find('^').unwrap();
+    let under: String = shown.chars().skip(at).take(3).collect();
+    assert_eq!(under, "BAD");
+    assert_eq!(carets.trim(), "^^^");
+}
