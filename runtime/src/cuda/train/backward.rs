@@ -275,8 +275,15 @@ impl Step<'_> {
         let (dq, dk, dv) = self.qkv_views(l, bf.dqkv);
         let mut shape = self.attn_shape(l);
         shape.ldo = l.qd;
-        k.attn_bwd(
-            dt, &shape, dq, dk, dv, bf.dq_acc, bf.delta, bf.d_atty, b.atty, b.lse, q, kk, v,
+        self.attention_bwd(
+            i,
+            &shape,
+            (dq, dk, dv),
+            (bf.dq_acc, bf.delta),
+            bf.d_atty,
+            b.atty,
+            b.lse,
+            (q, kk, v),
         )?;
         self.rope(l, bf.dqkv, true)?;
         let Some(qk) = &l.qk else {

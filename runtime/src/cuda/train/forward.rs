@@ -60,15 +60,7 @@ impl Step<'_> {
 
     /// The attention call of layer `l` over the fused `[q; k; v]` rows.
     pub(super) fn attn_shape(&self, l: &LayerCfg) -> AttnShape {
-        let mut a = AttnShape::dense(self.s.batch, self.s.seq, l.heads, l.kv_heads, l.head_dim);
-        a.ldq = l.width;
-        a.ldk = l.width;
-        a.ldv = l.width;
-        a.scale = l.scale;
-        a.softcap = l.softcap;
-        a.window = l.window;
-        a.alibi = l.alibi.map_or(0, |j| self.alibi[j].ptr());
-        a
+        super::attention::layer_shape(l, &self.s, l.alibi.map_or(0, |j| self.alibi[j].ptr()))
     }
 
     /// The attention branch's input: the attention norm's output, or the layer input.
@@ -200,7 +192,7 @@ impl Step<'_> {
         }
         if !recompute || !sv.attn {
             let (q, kk, v) = self.qkv_views(l, b.qkv);
-            k.attn_fwd(dt, &self.attn_shape(l), b.atty, b.lse, q, kk, v)?;
+            self.attention_fwd(i, &self.attn_shape(l), b.atty, b.lse, q, kk, v)?;
         }
         // A parallel layer's backward reads no resid_mid (it only carries the stream to the next
         // layer): nothing of the attention branch's output is recomputed there.

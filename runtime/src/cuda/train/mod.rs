@@ -23,6 +23,7 @@
 //! cross-entropy kernel turns each chunk into its gradient in place, and the classifier's
 //! backward runs right after it.
 
+mod attention;
 mod backward;
 mod config;
 mod forward;
@@ -94,6 +95,8 @@ pub struct GpuTrainer {
     params: ParamArena,
     cfg: Vec<LayerCfg>,
     moe: Vec<Option<MoeSlot>>,
+    /// Each layer's attention path (cuDNN or the own kernels).
+    attn: attention::AttnPaths,
     _acts: GpuBuf<u8>,
     /// Where every activation and scratch buffer lives in `_acts`.
     buf: Layout,
@@ -118,7 +121,6 @@ fn unsupported(why: String) -> CudaError {
     }
 }
 
-/// Every distinct head dim of the spec (the attention kernels are instantiated per head dim).
 /// Bytes besides parameters and the arena: loss rows, tokens, targets, the cuBLASLt workspace.
 fn fixed_bytes(n: usize) -> usize {
     12 * n + (32 << 20)
@@ -137,6 +139,13 @@ impl GpuTrainer {
         seed: u64,
     ) -> Result<GpuTrainer> {
         Self::with_checkpoint(gpu, spec, dt, batch, seq, seed, &[])
+    }
+
+    /// Which attention kernels the layers run (cuDNN's fused attention where it takes a layer's
+    /// shape, else the own kernels), e.g. `cudnn 9.14.0 (16 of 16 layers), own kernels for the
+    /// rest`. Chosen when the trainer is built; `MODELSPEC_ATTENTION=own|cudnn|auto` overrides.
+    pub fn attention_paths(&self) -> String {
+        self.attn.describe()
     }
 
     /// Why the GPU trainer cannot run `spec` (the first unsupported feature, named), or `None`.
@@ -234,8 +243,11 @@ impl GpuTrainer {
         let sizing = layout(&cfg, &shape, saves, &moe_sizes, 0);
         let acts = gpu.zeros::<u8>(sizing.total_bytes)?;
         let buf = layout(&cfg, &shape, saves, &moe_sizes, acts.ptr());
+        let attn = attention::AttnPaths::choose(gpu, &cfg, &shape, dt, |l| {
+            l.alibi.map_or(0, |j| alibi[j].ptr())
+        })?;
         let n = shape.n;
-        let bytes = params.bytes() + buf.total_bytes + fixed_bytes(n);
+        let bytes = params.bytes() + buf.total_bytes + fixed_bytes(n) + attn.bytes();
         Ok(GpuTrainer {
             gpu: gpu.clone(),
             kernels,
@@ -246,6 +258,7 @@ impl GpuTrainer {
             params,
             cfg,
             moe,
+            attn,
             _acts: acts,
             buf,
             loss_rows: gpu.zeros::<f32>(n)?,
@@ -379,6 +392,7 @@ impl GpuTrainer {
             buf: &self.buf,
             cfg: &self.cfg,
             moe: &self.moe,
+            attn: &self.attn,
             ropes: &self.ropes,
             alibi: &self.alibi,
             dt: self.dt,
@@ -516,6 +530,7 @@ struct Step<'a> {
     buf: &'a Layout,
     cfg: &'a [LayerCfg],
     moe: &'a [Option<MoeSlot>],
+    attn: &'a attention::AttnPaths,
     ropes: &'a [RopeTable],
     alibi: &'a [GpuBuf<f32>],
     dt: Dtype,
