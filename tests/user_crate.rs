@@ -14,6 +14,11 @@
 //! themselves are dependencies there (opt-level 2), and keep their own artifacts. Cargo's lock on
 //! the directory serialises the nested build with any other; `cargo test` holds none while its
 //! test binaries run (trybuild's UI tests build in the same directory the same way).
+//!
+//! Measured on the shared 2-core machine (busy): the three cargo commands in a fresh target
+//! directory of their own took 617 s; in the workspace's target directory, 178 s the first time
+//! (the modelspec crates at opt-level 2, the dependencies reused) and 49 s after a change to the
+//! modelspec crates.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
