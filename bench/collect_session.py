@@ -1,0 +1,76 @@
+"""Joins one bench/gpu_bench.sh run (its working folder) into rows, each modelspec beside its
+baseline measured in the same call:
+- attention-fwdbwd-*: modelspec's best path (cuDNN through modelspec on the fused layout the
+  trainer uses, or the own mma kernels) against the best SDPA backend (default, FA2, cuDNN,
+  efficient) in fwd+bwd TFLOP/s; forward alone reported too;
+- train-*: cuda_train_bench against torch_train_bench.py (torch.compile; for mixtral_small also
+  HF eager): step time ratio, peak memory, MFU over active parameters against the GEMM ceiling
+  measured in the same call (cuda_bench gemm), and which attention path the trainer ran."""
+import json, os, sys
+
+w = sys.argv[1]
+
+def lines(name):
+    p = os.path.join(w, name)
+    rows = []
+    if os.path.exists(p):
+        for l in open(p):
+            l = l.strip()
+            if l.startswith("{"):
+                try:
+                    rows.append(json.loads(l))
+                except ValueError:
+                    pass
+    return rows
+
+gpu = open(os.path.join(w, "gpu.txt")).read().split(",")[0].strip() if os.path.exists(os.path.join(w, "gpu.txt")) else None
+gemm = lines("ms_gemm.jsonl")
+ceiling = gemm[-1].get("TFLOPs") if gemm else None
+rows = []
+names = {(16, 12, 12, 1024, 64): "attention-fwdbwd-d64-t1024", (8, 32, 8, 2048, 64): "attention-fwdbwd-d64-t2048-gqa",
+         (4, 32, 8, 4096, 128): "attention-fwdbwd-d128-t4096-gqa", (8, 16, 16, 2048, 128): "attention-fwdbwd-d128-t2048"}
+ms = lines("ms_cudnn.jsonl")
+sd = lines("sdpa_backends.jsonl")
+key = lambda r: (r.get("B"), r.get("H"), r.get("KV"), r.get("T"), r.get("D"))
+for shape, work in names.items():
+    ours = [r for r in ms if key(r) == shape and "fwdbwd_TFLOPs" in r]
+    theirs = [r for r in sd if key(r) == shape and "fwdbwd_TFLOPs" in r]
+    if not ours and not theirs:
+        continue
+    fused = [r for r in ours if r.get("path") == "cudnn" and r.get("layout") == "fused"]
+    own = [r for r in ours if r.get("path") != "cudnn"]
+    best_ours = max(ours, key=lambda r: r["fwdbwd_TFLOPs"]) if ours else None
+    best = max(theirs, key=lambda r: r["fwdbwd_TFLOPs"]) if theirs else None
+    best_fwd = max(theirs, key=lambda r: r["fwd_TFLOPs"]) if theirs else None
+    row = {"work": work, "device": gpu,
+           "modelspec_path": best_ours and f"{best_ours.get('path')} ({best_ours.get('layout')})",
+           "modelspec_fwdbwd_TFLOPs": best_ours and best_ours["fwdbwd_TFLOPs"],
+           "modelspec_fwd_TFLOPs": best_ours and best_ours["fwd_TFLOPs"],
+           "modelspec_cudnn_fused_fwdbwd_TFLOPs": fused[0]["fwdbwd_TFLOPs"] if fused else None,
+           "modelspec_own_fwdbwd_TFLOPs": max((r["fwdbwd_TFLOPs"] for r in own), default=None),
+           "baseline": best and f"torch SDPA best backend ({best['backend']})",
+           "baseline_fwdbwd_TFLOPs": best and best["fwdbwd_TFLOPs"],
+           "baseline_fwd_TFLOPs": best_fwd and best_fwd["fwd_TFLOPs"],
+           "sdpa_backends_fwdbwd_TFLOPs": {r["backend"]: r["fwdbwd_TFLOPs"] for r in theirs}}
+    if best_ours and best:
+        row["throughput_ratio"] = round(best_ours["fwdbwd_TFLOPs"] / best["fwdbwd_TFLOPs"], 3)
+        row["fwd_throughput_ratio"] = round(best_ours["fwd_TFLOPs"] / best_fwd["fwd_TFLOPs"], 3)
+    rows.append(row)
+for model, work in [("gpt2", "train-gpt2-124m"), ("llama1b", "train-llama-3.2-1b"), ("mixtral_small", "train-mixtral-small")]:
+    m = lines(f"ms_train_{model}.jsonl")
+    m = m[-1] if m else {}
+    for mode in ("compile", "eager"):
+        t = lines(f"torch_train_{model}_{mode}.jsonl")
+        if not m and not t:
+            continue
+        t = t[-1] if t else {}
+        a, b = m.get("ms"), t.get("ms_step")
+        rows.append({"work": work, "device": gpu, "modelspec_ms": a,
+                     "baseline": f"torch_train_bench.py {model} {mode}", "baseline_ms": b,
+                     "time_ratio": (a and b) and round(a / b, 3),
+                     "modelspec_peak_gib": m.get("peak_gib"), "baseline_peak_gib": t.get("peak_GiB"),
+                     "modelspec_TFLOPs_active": m.get("TFLOPs_active"),
+                     "modelspec_MFU_vs_gemm_ceiling": (m.get("TFLOPs_active") and ceiling) and round(m["TFLOPs_active"] / ceiling, 3),
+                     "gemm_ceiling_TFLOPs_same_call": ceiling, "modelspec_attention": m.get("attention"),
+                     "modelspec_loss": m.get("loss"), "baseline_loss": t.get("loss")})
+print(json.dumps(rows, indent=1))

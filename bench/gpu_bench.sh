@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# One device call of speed measurements, each beside its PyTorch baseline in the same call:
+#   ATTN=1: attention fwd and fwd+bwd on attn_bench.py's four shapes: the own mma kernels and
+#           cuDNN through modelspec (cuda_bench cudnn), and every SDPA backend (attn_backends.py);
+#   TRAIN="gpt2 llama1b mixtral_small": a training step of modelspec's GPU trainer
+#           (cuda_train_bench) and torch_train_bench.py in TORCH_MODES (default: compile; plus
+#           eager for mixtral_small);
+# then bench/collect_session.py joins them into rows (session.json). Expects .gpu/bins.tgz
+# (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device: OUT=<dir> ATTN=1 TRAIN=... bash bench/gpu_bench.sh
+set -u
+FINAL=${OUT:-/tmp/out}; mkdir -p "$FINAL"
+W=$(mktemp -d /tmp/msbench.XXXX)
+B=/tmp/msbin; mkdir -p "$B"; tar xzf .gpu/bins.tgz -C "$B"
+export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels PYTHONUNBUFFERED=1
+CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))" 2>/dev/null)
+[ -n "$CUDNN_DIR" ] && export CUDNN_PATH="$CUDNN_DIR" LD_LIBRARY_PATH="$CUDNN_DIR/lib:${LD_LIBRARY_PATH:-}"
+ANCH=.gpu/anchors
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader | tee "$W/gpu.txt"
+t0=$(date +%s)
+el() { echo "($(( $(date +%s) - t0 )) s)"; }
+if [ -n "${ATTN:-}" ]; then
+    timeout 120 "$B/cuda_bench" gemm > "$W/ms_gemm.jsonl" 2>> "$W/err.log"; echo "gemm exit $? $(el)"
+    timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn exit $? $(el)"
+    timeout 180 python3 "$ANCH/attn_backends.py" > "$W/sdpa_backends.jsonl" 2>> "$W/err.log"; echo "attn_backends exit $? $(el)"
+fi
+for m in ${TRAIN:-}; do
+    timeout 150 "$B/cuda_train_bench" "$m" specs > "$W/ms_train_$m.jsonl" 2>> "$W/err.log"; echo "ms $m exit $? $(el)"
+    modes=${TORCH_MODES:-compile}
+    [ "$m" = mixtral_small ] && modes="eager $modes"
+    for mode in $modes; do
+        timeout 240 python3 "$ANCH/torch_train_bench.py" "$m" "$mode" > "$W/torch_train_${m}_$mode.jsonl" 2>> "$W/err.log"; echo "torch $m $mode exit $? $(el)"
+    done
+done
+python3 bench/collect_session.py "$W" > "$FINAL/session.json"
+tar czf "$FINAL/bench_logs.tgz" -C "$W" .
+tail -20 "$W/err.log"
+cat "$FINAL/session.json"
