@@ -257,6 +257,10 @@ pub fn run(args: TrainArgs) -> Result<()> {
 /// has available, before the run folder is claimed or anything allocated (see `cli::memory`).
 fn check_cpu_memory(args: &TrainArgs) -> Result<()> {
     let spec = load_spec(args.file.as_deref())?;
+    if args.seq() as u64 > spec.context || args.batch() == 0 || args.seq() == 0 {
+        // A shape the run refuses anyway: its own error says why.
+        return Ok(());
+    }
     // A policy that does not parse is reported, with its reasons, where the run reads it.
     let policy = args
         .policy
