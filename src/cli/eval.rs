@@ -42,7 +42,8 @@ pub struct EvalArgs {
     /// The checkpoint of --spec (HF names and layouts).
     #[arg(long, value_name = "W.safetensors")]
     pub weights: Option<PathBuf>,
-    /// safetensors with `input_ids` (integer [B, T]).
+    /// safetensors with `input_ids` (integer [B, T], T ≥ 2); `attention_mask` (all ones) and
+    /// `labels` (equal to input_ids) may come with it, any other tensor is refused.
     #[arg(long, value_name = "IN")]
     pub input: PathBuf,
     /// Where to write logits, loss and gradients (safetensors, written atomically).
