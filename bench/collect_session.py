@@ -61,7 +61,7 @@ for model, work in [("gpt2", "train-gpt2-124m"), ("llama1b", "train-llama-3.2-1b
     m = m[-1] if m else {}
     for mode in ("compile", "eager"):
         t = lines(f"torch_train_{model}_{mode}.jsonl")
-        if not m and not t:
+        if not t:
             continue
         t = t[-1] if t else {}
         a, b = m.get("ms"), t.get("ms_step")
