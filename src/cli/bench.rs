@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 
 use modelspec_dsl::plan;
-use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer, LayerSaves};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer};
 
 use super::{load_or_report, print_stdout};
 
@@ -76,28 +76,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         BenchDtype::Bf16 => Dtype::Bf16,
         BenchDtype::F32 => Dtype::F32,
     };
-    let plan_dtype = match args.dtype {
-        BenchDtype::Bf16 => plan::Dtype::Bf16,
-        BenchDtype::F32 => plan::Dtype::F32,
-    };
     let text = args.checkpoint.as_deref().unwrap_or("none");
     let policy =
         plan::parse_policy(text).map_err(|e| anyhow::anyhow!("--checkpoint {text}: {e}"))?;
-    let planned = plan::plan(
-        &spec,
-        args.batch as u64,
-        args.seq as u64,
-        plan_dtype,
-        Some(&policy),
-    )
-    .map_err(|e| anyhow::anyhow!("--checkpoint {text}: {e}"))?;
-    let saves = LayerSaves::from_plan(&planned);
     let gpu = Gpu::new(0)?;
-    gpu.check_fits(GpuTrainer::predicted_bytes_with(
-        &spec, dtype, args.batch, args.seq, &saves,
-    ))?;
     let mut trainer =
-        GpuTrainer::with_checkpoint(&gpu, &spec, dtype, args.batch, args.seq, 0, &saves)?;
+        GpuTrainer::from_policy(&gpu, &spec, dtype, args.batch, args.seq, 0, Some(&policy))?;
     let n = args.batch * args.seq;
     let mut state = 0x9e37_79b9_7f4a_7c15u64;
     let tokens: Vec<u32> = (0..n)

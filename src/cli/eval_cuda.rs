@@ -10,7 +10,7 @@ use anyhow::{Result, anyhow, bail};
 use modelspec_dsl::ir::ModelSpec;
 use modelspec_dsl::plan;
 use modelspec_runtime::Params;
-use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer, LayerSaves};
+use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer};
 
 /// What the GPU computed: logits `[batch*seq, vocab]` (padding columns dropped), the mean
 /// next-token loss, and the gradients by canonical name when asked for.
@@ -39,19 +39,16 @@ pub fn run(
             spec.name
         );
     }
-    let (dt, plan_dt) = if dtype == "bf16" {
-        (Dtype::Bf16, plan::Dtype::Bf16)
+    let dt = if dtype == "bf16" {
+        Dtype::Bf16
     } else {
-        (Dtype::F32, plan::Dtype::F32)
+        Dtype::F32
     };
     let parsed = policy
         .map(|text| plan::parse_policy(text).map_err(|e| anyhow!("--checkpoint {text}: {e}")))
         .transpose()?;
-    let planned = plan::plan(spec, batch as u64, seq as u64, plan_dt, parsed.as_ref())
-        .map_err(|e| anyhow!("--checkpoint: {e}"))?;
-    let saves = LayerSaves::from_plan(&planned);
     let gpu = Gpu::new(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
-    let mut trainer = GpuTrainer::with_checkpoint(&gpu, spec, dt, batch, seq, 0, &saves)
+    let mut trainer = GpuTrainer::from_policy(&gpu, spec, dt, batch, seq, 0, parsed.as_ref())
         .map_err(|e| anyhow!("--device cuda: {e}"))?;
     // As the CPU's eval: the MoE load-balancing loss is not part of `loss`.
     trainer.set_aux_loss(false);

@@ -32,6 +32,19 @@ pub enum Dtype {
     Bf16,
 }
 
+impl std::str::FromStr for Dtype {
+    type Err = String;
+
+    /// `f32` or `bf16`, the spelling of every `--dtype` flag.
+    fn from_str(s: &str) -> Result<Dtype, String> {
+        match s {
+            "f32" => Ok(Dtype::F32),
+            "bf16" => Ok(Dtype::Bf16),
+            other => Err(format!("unknown dtype `{other}`: use f32 or bf16")),
+        }
+    }
+}
+
 impl Dtype {
     /// Bytes per element.
     pub fn size(self) -> u64 {

@@ -64,6 +64,9 @@ pub enum CudaError {
         /// Why it cannot run, with the shapes involved.
         why: String,
     },
+    /// The checkpoint planner could not resolve a policy for the run's shape.
+    #[error("checkpoint plan: {0}")]
+    Plan(#[from] modelspec_dsl::plan::PlanError),
     /// The device lacks memory for a planned run.
     #[error(
         "needs {needed_gib:.2} GiB, device has {free_gib:.2} GiB free; try a checkpoint budget (e.g. budget(0.5)) or a smaller batch"

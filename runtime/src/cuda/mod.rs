@@ -37,4 +37,4 @@ pub use error::CudaError;
 pub use gemm::{Gemm, RowMajorGemm};
 pub use gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf, device_count, libraries_present, probe};
 pub use ops::{Act, AttnShape, Kernels, NormKind};
-pub use train::{AdamW, GpuTrainer, LayerSaves};
+pub use train::{GpuTrainer, LayerSaves};

@@ -12,7 +12,7 @@ use anyhow::{Result, anyhow, bail};
 use modelspec_dsl::ir::ModelSpec;
 use modelspec_dsl::plan;
 use modelspec_runtime::Params;
-use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer, LayerSaves};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer};
 use modelspec_runtime::train::{GpuObjective, Objective, TrainError, TrainOptions};
 
 /// The runtime's [`GpuObjective`] on GPU 0, built from the run's options, with the name of the
@@ -24,12 +24,9 @@ pub struct CudaObjective {
 }
 
 /// Parses `--dtype` for `--device cuda` (default bf16).
-pub fn dtype(arg: Option<&str>) -> Result<(Dtype, plan::Dtype)> {
-    match arg.unwrap_or("bf16") {
-        "bf16" => Ok((Dtype::Bf16, plan::Dtype::Bf16)),
-        "f32" => Ok((Dtype::F32, plan::Dtype::F32)),
-        other => bail!("--dtype {other}: use bf16 or f32"),
-    }
+pub fn dtype(arg: Option<&str>) -> Result<Dtype> {
+    let text = arg.unwrap_or("bf16");
+    text.parse().map_err(|e| anyhow!("--dtype {text}: {e}"))
 }
 
 impl CudaObjective {
@@ -51,23 +48,17 @@ impl CudaObjective {
                 spec.name
             );
         }
-        let (dt, plan_dt) = self::dtype(dtype)?;
+        let dt = self::dtype(dtype)?;
         let (rows, seq) = (options.batch, options.seq);
         let parsed = options
             .policy
             .as_deref()
             .map(|text| plan::parse_policy(text).map_err(|e| anyhow!("--checkpoint {text}: {e}")))
             .transpose()?;
-        let planned = plan::plan(spec, rows as u64, seq as u64, plan_dt, parsed.as_ref())
-            .map_err(|e| anyhow!("--checkpoint: {e}"))?;
-        let saves = LayerSaves::from_plan(&planned);
         let gpu = Gpu::new(0).map_err(|e| anyhow!("--device cuda: {e}"))?;
-        gpu.check_fits(GpuTrainer::predicted_bytes_with(
-            spec, dt, rows, seq, &saves,
-        ))
-        .map_err(|e| anyhow!("--device cuda: batch {rows}x{seq}: {e}"))?;
-        let trainer = GpuTrainer::with_checkpoint(&gpu, spec, dt, rows, seq, options.seed, &saves)
-            .map_err(|e| anyhow!("--device cuda: {e}"))?;
+        let trainer =
+            GpuTrainer::from_policy(&gpu, spec, dt, rows, seq, options.seed, parsed.as_ref())
+                .map_err(|e| anyhow!("--device cuda: batch {rows}x{seq}: {e}"))?;
         let label = format!("cuda:0 ({}), {}", gpu.name(), dt.suffix());
         Ok(Self {
             objective: GpuObjective::new(trainer, rows, seq),

@@ -48,34 +48,6 @@ use moe_glue::MoeSlot;
 use params::ParamArena;
 use std::sync::Arc;
 
-/// AdamW hyper-parameters.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdamW {
-    /// Learning rate.
-    pub lr: f32,
-    /// First-moment decay.
-    pub beta1: f32,
-    /// Second-moment decay.
-    pub beta2: f32,
-    /// Denominator epsilon.
-    pub eps: f32,
-    /// Decoupled weight decay.
-    pub weight_decay: f32,
-}
-
-impl Default for AdamW {
-    /// PyTorch's defaults except the learning rate (1e-4, as the reference benchmark).
-    fn default() -> Self {
-        AdamW {
-            lr: 1e-4,
-            beta1: 0.9,
-            beta2: 0.999,
-            eps: 1e-8,
-            weight_decay: 0.01,
-        }
-    }
-}
-
 /// One distinct RoPE of the spec: cos and sin `[seq, rot/2]`, rotary dims, interleaved.
 struct RopeTable {
     cos: GpuBuf<f32>,
@@ -110,8 +82,14 @@ pub struct GpuTrainer {
     aux_loss: bool,
     step: u32,
     bytes: usize,
-    /// Optimizer settings used by [`GpuTrainer::step`].
-    pub adamw: AdamW,
+    /// AdamW's settings for [`GpuTrainer::step`]'s fused update: the host optimizer's one
+    /// configuration type (PyTorch's names and defaults). The fused step decays every parameter,
+    /// as `torch.optim.AdamW(model.parameters())` in the reference benchmark does; `train
+    /// --device cuda` updates on the host, where [`crate::train::optim::decays`] exempts norms,
+    /// biases and embeddings.
+    pub adamw: crate::train::optim::AdamWConfig,
+    /// The learning rate of [`GpuTrainer::step`] (1e-4 by default, as the reference benchmark).
+    pub lr: f64,
 }
 
 fn unsupported(why: String) -> CudaError {
@@ -146,6 +124,29 @@ impl GpuTrainer {
     /// rest`. Chosen when the trainer is built; `MODELSPEC_ATTENTION=own|cudnn|auto` overrides.
     pub fn attention_paths(&self) -> String {
         self.attn.describe()
+    }
+
+    /// The one way to build a trainer for a checkpoint policy (`eval`, `train` and `bench
+    /// --device cuda` all use it): the planner resolves `policy` (the spec's own checkpoint
+    /// settings when `None`) for `batch` x `seq` in `dt`, the trainer keeps what that plan saves
+    /// and recomputes the rest, and the device's free memory is checked against the predicted
+    /// footprint before anything is allocated.
+    pub fn from_policy(
+        gpu: &Arc<Gpu>,
+        spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+        policy: Option<&modelspec_dsl::plan::PolicyOverride>,
+    ) -> Result<GpuTrainer> {
+        if let Some(why) = Self::unsupported_feature(spec) {
+            return Err(unsupported(format!("unsupported: {why}")));
+        }
+        let planned = modelspec_dsl::plan::plan(spec, batch as u64, seq as u64, dt, policy)?;
+        let saves = LayerSaves::from_plan(&planned);
+        gpu.check_fits(Self::predicted_bytes_with(spec, dt, batch, seq, &saves))?;
+        Self::with_checkpoint(gpu, spec, dt, batch, seq, seed, &saves)
     }
 
     /// Why the GPU trainer cannot run `spec` (the first unsupported feature, named), or `None`.
@@ -270,7 +271,8 @@ impl GpuTrainer {
             aux_loss: true,
             step: 0,
             bytes,
-            adamw: AdamW::default(),
+            adamw: Default::default(),
+            lr: 1e-4,
         })
     }
 
@@ -433,6 +435,7 @@ impl GpuTrainer {
         }
         self.step += 1;
         let o = self.adamw;
+        let (lr, beta1, beta2) = (self.lr as f32, o.betas.0 as f32, o.betas.1 as f32);
         let p = &self.params;
         self.kernels.adamw(
             self.dt,
@@ -442,11 +445,11 @@ impl GpuTrainer {
             p.adam_m.ptr(),
             p.adam_v.ptr(),
             p.total,
-            o.lr,
-            o.beta1,
-            o.beta2,
-            o.eps,
-            o.weight_decay,
+            lr,
+            beta1,
+            beta2,
+            o.eps as f32,
+            o.weight_decay as f32,
             self.step,
             1.0,
         )
