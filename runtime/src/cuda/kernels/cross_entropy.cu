@@ -1,36 +1,80 @@
 // ---- fused classifier tail: softcap + log-softmax + NLL + its gradient, in place ----
 
-// xent_{dtype}: for each row n of logits [N, ld] (V valid columns), with z = softcap ?
-// cap * tanh(l / cap) : l:
-//   loss[n] = logsumexp(z) - z[target[n]]   (0 when target < 0: ignored position)
-//   when write_grad: logits[n, j] <- dscale * (softmax(z)_j - [j == target]) * dz/dl
-// (columns V..ld, the padded vocabulary, become 0) so the logits chunk buffer becomes d(loss * dscale)/d(logits) without any extra buffer. The
-// caller feeds this a chunk of rows at a time, so full [N, V] logits never exist at once.
-// Launch: grid rows, block 512. Traffic: reads the row twice (max/sum pass, grad pass), writes it once.
+// 16-byte vector access for the row loops: 8 bf16 or 4 f32 per load/store (rows must start
+// 16-byte aligned and the row stride be a multiple of the vector: `xent` checks both).
+__device__ __forceinline__ void ld16(const float* p, float* out) {
+    float4 v = *(const float4*)p;
+    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+__device__ __forceinline__ void ld16(const bf16* p, float* out) {
+    uint4 v = *(const uint4*)p;
+    u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        out[2 * k] = __uint_as_float(w[k] << 16);
+        out[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void st16(float* p, const float* in) { *(float4*)p = make_float4(in[0], in[1], in[2], in[3]); }
+__device__ __forceinline__ void st16(bf16* p, const float* in) {
+    u32 w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) w[k] = (u32)f32_to_bf16(in[2 * k]) | ((u32)f32_to_bf16(in[2 * k + 1]) << 16);
+    *(uint4*)p = make_uint4(w[0], w[1], w[2], w[3]);
+}
+
 // The spec's padded vocabulary (`#define MS_VOCAB_PADDED`, set by the library's instance): chunks
 // whose row stride is exactly that (the classifier's) run an instantiation with the stride as a
 // compile-time constant; other strides (tests) pass it at run time (LD = 0).
 #ifndef MS_VOCAB_PADDED
 #define MS_VOCAB_PADDED 0
 #endif
+
+// One logit of the online log-sum-exp: running max `mx` and sum `s` of exp(z - mx).
+__device__ __forceinline__ void lse_push(float z, float& mx, float& s) {
+    if (z > mx) {
+        s = s * __expf(mx - z) + 1.f;
+        mx = z;
+    } else {
+        s += __expf(z - mx);
+    }
+}
+
+// xent_{dtype}: for each row n of logits [N, ld] (V valid columns), with z = softcap ?
+// cap * tanh(l / cap) : l:
+//   loss[n] = logsumexp(z) - z[target[n]]   (0 when target < 0: ignored position)
+//   when write_grad: logits[n, j] <- dscale * (softmax(z)_j - [j == target]) * dz/dl
+// (columns V..ld, the padded vocabulary, become 0) so the logits chunk buffer becomes
+// d(loss * dscale)/d(logits) without any extra buffer. The caller feeds this a chunk of rows at a
+// time, so full [N, V] logits never exist at once.
+// Launch: grid rows, block 512. Traffic: reads the row twice (max/sum pass, grad pass; the second
+// mostly from L2), writes it once; 16-byte vector accesses when the rows are 16-byte aligned and
+// the stride a multiple of the vector (8 bf16 / 4 f32), else element by element.
 template <typename T, int LD>
 __device__ void xent(T* logits, float* loss, const int* target, int V, int ld_, float softcap, float dscale,
                      int write_grad) {
     const int ld = LD ? LD : ld_;
+    const int VN = 16 / (int)sizeof(T);
     __shared__ float scratch[32];
     size_t row = blockIdx.x;
     T* lr = logits + row * ld;
     int tgt = target[row];
+    const bool vec = (ld % VN == 0) && (((size_t)logits & 15) == 0);
+    const int vv = vec ? (V / VN) * VN : 0;  // columns [0, vv) in vectors, [vv, V) one by one
     float mx = NEG_INF, s = 0.f;
-    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+    for (int j0 = threadIdx.x * VN; j0 < vv; j0 += blockDim.x * VN) {
+        float z[16 / sizeof(T)];
+        ld16(lr + j0, z);
+#pragma unroll
+        for (int e = 0; e < VN; e++) {
+            float ze = softcap > 0.f ? softcap * tanhf(z[e] / softcap) : z[e];
+            lse_push(ze, mx, s);
+        }
+    }
+    for (int j = vv + threadIdx.x; j < V; j += blockDim.x) {
         float z = lf(lr + j);
         if (softcap > 0.f) z = softcap * tanhf(z / softcap);
-        if (z > mx) {
-            s = s * __expf(mx - z) + 1.f;
-            mx = z;
-        } else {
-            s += __expf(z - mx);
-        }
+        lse_push(z, mx, s);
     }
     float gmx = block_max(mx, scratch);
     s = (mx == NEG_INF) ? 0.f : s * __expf(mx - gmx);
@@ -46,20 +90,27 @@ __device__ void xent(T* logits, float* loss, const int* target, int V, int ld_, 
     }
     __syncthreads();  // thread 0 read lr[tgt] before anyone overwrites it
     if (!write_grad) return;
-    for (int j = threadIdx.x; j < ld; j += blockDim.x) {
-        if (j >= V) {  // padded vocabulary rows get no gradient
-            sf(lr + j, 0.f);
-            continue;
-        }
-        float l = lf(lr + j);
+    // d(loss)/d(logit j): padded columns (j >= V) and ignored rows get 0.
+    auto grad = [&](int j, float l) -> float {
+        if (j >= V || tgt < 0) return 0.f;
         float z = l, dzdl = 1.f;
         if (softcap > 0.f) {
             float t = tanhf(l / softcap);
             z = softcap * t;
             dzdl = 1.f - t * t;
         }
-        float g = tgt >= 0 ? (__expf(z - lse) - (j == tgt ? 1.f : 0.f)) * dscale * dzdl : 0.f;
-        sf(lr + j, g);
+        return (__expf(z - lse) - (j == tgt ? 1.f : 0.f)) * dscale * dzdl;
+    };
+    if (vec) {
+        for (int j0 = threadIdx.x * VN; j0 < ld; j0 += blockDim.x * VN) {
+            float l[16 / sizeof(T)];
+            ld16(lr + j0, l);
+#pragma unroll
+            for (int e = 0; e < VN; e++) l[e] = grad(j0 + e, l[e]);
+            st16(lr + j0, l);
+        }
+    } else {
+        for (int j = threadIdx.x; j < ld; j += blockDim.x) sf(lr + j, grad(j, lf(lr + j)));
     }
 }
 #define XENT_INSTANTIATE(SUF, T)                                                                     \
