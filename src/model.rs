@@ -1,5 +1,9 @@
 //! The [`Model`] trait every generated model implements, and the types its API uses.
 
+mod backend;
+
+pub use backend::Backend;
+
 use std::path::Path;
 
 use crate::dsl::ModelSpec;
@@ -45,6 +49,22 @@ pub type ParamRefsMut<'a> = std::collections::BTreeMap<String, &'a mut Tensor>;
 /// let model = Tiny::init(&Device::cpu(), 0)?;
 /// let logits = model.logits(&[1, 2, 3, 4], 1)?; // [1, 4, VOCAB_PADDED]
 /// ```
+///
+/// # Devices
+///
+/// The model's parameters are host tensors on every device: the fields of the generated struct,
+/// what [`Model::params`] and [`Model::params_mut`] return. A model made by [`Model::init`] or
+/// [`Model::load_hf`] with `Device::Cuda(n)` (e.g. `Device::cuda(0)?` or `Device::best()`) runs
+/// [`Model::logits`] and [`Model::loss_and_grads`] on that GPU through the GPU trainer, in f32:
+/// the results equal the CPU's up to the order of float sums (`tests/generated_model_cuda.rs`
+/// holds logits, loss and every gradient to 1e-4 relative). The GPU keeps a copy of the parameters per `(batch, seq)`
+/// shape, refreshed after each [`Model::params_mut`] call; after writing the struct's public
+/// fields directly, call `params_mut()` once so that the GPU sees the change.
+///
+/// On a GPU, two things differ from the CPU: logits of padded vocabulary columns (a spec with
+/// `pad`) are `-inf`, as the GPU's softmax leaves them out; and [`Model::decode`] and
+/// [`Model::generate`] still run on the CPU with the host parameters (bit-identical to a CPU
+/// model), because the GPU has no key/value cache yet.
 pub trait Model: Sized {
     /// Every learned parameter, counted from the spec.
     const PARAMS_TOTAL: u64;
@@ -69,20 +89,28 @@ pub trait Model: Sized {
     /// Every parameter by canonical name.
     fn params(&self) -> ParamRefs<'_>;
 
-    /// Every parameter by canonical name, mutably.
+    /// Every parameter by canonical name, mutably. Also tells the model's device that the
+    /// parameters may change: a GPU model uploads them again before its next call.
     fn params_mut(&mut self) -> ParamRefsMut<'_>;
+
+    /// The device [`Model::logits`] and [`Model::loss_and_grads`] run on (the one given to
+    /// [`Model::init`] or [`Model::load_hf`]; the CPU for `from_params`).
+    fn device(&self) -> &Device;
 
     /// Logits `[VOCAB_PADDED]` of the last position of `window` (one sequence), through `cache`
     /// (`Executor::decode`): while the window grows by new ids, pass the same cache and only the
     /// new ids run. Equal to the last row of [`Model::logits`] up to the order of float sums.
     /// A cache belongs to one set of weights: [`KvCache::clear`] it after changing them.
+    /// Runs on the CPU on every device (the GPU has no key/value cache kernels yet).
     fn decode(&self, cache: &mut KvCache<f32>, window: &[u32]) -> Result<Vec<f32>> {
         let exec = Executor::new(Self::spec()?)?;
         Ok(exec.decode(&self.params(), cache, window)?)
     }
 
     /// `prompt` followed by `tokens` sampled ids (temperature 0: greedy), decoded through one
-    /// key/value cache; the window is the spec's context.
+    /// key/value cache; the window is the spec's context. Runs on the CPU on every device (the
+    /// GPU has no key/value cache kernels yet), so a GPU model generates exactly what the same
+    /// weights generate on the CPU.
     fn generate(
         &self,
         prompt: &[u32],

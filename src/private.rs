@@ -101,6 +101,56 @@ pub mod v1 {
         Ok(crate::runtime::weights::load_hf_dir(spec, dir)?)
     }
 
+    pub use crate::model::Backend;
+
+    /// As [`init_params`] for a model placed on `device`: the host parameters (the same on every
+    /// device) and the model's [`Backend`] there.
+    pub fn init_on(device: &Device, spec: &ModelSpec, seed: u64) -> Result<(Backend, Params)> {
+        let backend = Backend::new(device, spec)?;
+        Ok((backend, Params::init(spec, seed)))
+    }
+
+    /// As [`load_hf`] for a model placed on `device`: the checkpoint is read into host
+    /// parameters, and the model's [`Backend`] there uploads them when it first runs.
+    pub fn load_hf_on(device: &Device, spec: &ModelSpec, dir: &Path) -> Result<(Backend, Params)> {
+        let backend = Backend::new(device, spec)?;
+        Ok((backend, crate::runtime::weights::load_hf_dir(spec, dir)?))
+    }
+
+    /// [`logits`] on the model's device: on the CPU, `forward` (the generated steps); on a GPU,
+    /// the GPU trainer's forward (f32) on the host parameters, uploaded when they changed.
+    pub fn logits_on(
+        backend: &Backend,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        tokens: &[u32],
+        batch: usize,
+        forward: impl FnOnce(&mut Run<'_>) -> Result<Head>,
+    ) -> Result<Vec<f32>> {
+        if backend.device().is_cpu() {
+            return logits(spec, params, tokens, batch, forward);
+        }
+        backend.gpu_logits(spec, params, tokens, batch)
+    }
+
+    /// [`loss_and_grads`] on the model's device: on the CPU, the generated `forward` and
+    /// `backward`; on a GPU, the GPU trainer's forward and backward (f32, no optimizer step,
+    /// the load-balancing loss included as in the CPU's training run).
+    pub fn loss_and_grads_on<S>(
+        backend: &Backend,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        tokens: &[u32],
+        batch: usize,
+        forward: impl FnOnce(&mut Run<'_>) -> Result<(Head, S)>,
+        backward: impl FnOnce(&mut Run<'_>, &Head, S) -> Result<()>,
+    ) -> Result<(f32, Params)> {
+        if backend.device().is_cpu() {
+            return loss_and_grads(spec, params, tokens, batch, forward, backward);
+        }
+        backend.gpu_loss_and_grads(spec, params, tokens, batch)
+    }
+
     pub use crate::dsl::ir::LayerCheckpoint;
     pub use crate::runtime::exec::{Head, Hidden, Policy, Saved};
 

@@ -245,6 +245,9 @@ pub fn stub(type_name: Option<&str>) -> TokenStream {
             fn params_mut(&mut self) -> ::modelspec::__private::v1::ParamRefsMut<'_> {
                 ::core::unreachable!()
             }
+            fn device(&self) -> &::modelspec::Device {
+                ::core::unreachable!()
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `params.rs`): `from_params` moves tensors into fields, `params`/`params_mut`/`into_params` give
 //! them back by name. `init` and `load_hf` therefore reuse the runtime's initialiser and HF loader
 //! unchanged, which is what makes the generated model and the CLI start from identical weights.
+//! A hidden field, `__backend`, holds the device the model runs on (`__private::v1::Backend`).
 
 use proc_macro2::{Literal, TokenStream};
 use quote::quote;
@@ -176,6 +177,7 @@ fn model_methods(layout: &Layout<'_>) -> Result<TokenStream, CodegenError> {
                 let model = Self {
                     #take_globals
                     #(#take_kinds)*
+                    __backend: #rt::Backend::cpu(),
                 };
                 #rt::finish_params(params)?;
                 Ok(model)
@@ -189,8 +191,10 @@ fn model_methods(layout: &Layout<'_>) -> Result<TokenStream, CodegenError> {
                 out
             }
 
-            /// Every parameter by canonical name, mutably (for an optimizer).
+            /// Every parameter by canonical name, mutably (for an optimizer); a GPU model uploads
+            /// the parameters again before its next call.
             pub fn params_mut(&mut self) -> #rt::ParamRefsMut<'_> {
+                self.__backend.params_changed();
                 let mut out = #rt::ParamRefsMut::new();
                 #visit_mut
                 #(#visit_kinds_mut)*
@@ -304,19 +308,22 @@ fn model_trait(layout: &Layout<'_>) -> TokenStream {
             }
 
             fn init(device: &::modelspec::Device, seed: u64) -> ::modelspec::Result<Self> {
-                Self::from_params(#rt::init_params(device, #ty::spec()?, seed)?)
+                let (backend, params) = #rt::init_on(device, #ty::spec()?, seed)?;
+                Ok(Self { __backend: backend, ..Self::from_params(params)? })
             }
 
             fn load_hf(device: &::modelspec::Device, dir: impl ::std::convert::AsRef<::std::path::Path>) -> ::modelspec::Result<Self> {
-                Self::from_params(#rt::load_hf(device, #ty::spec()?, dir.as_ref())?)
+                let (backend, params) = #rt::load_hf_on(device, #ty::spec()?, dir.as_ref())?;
+                Ok(Self { __backend: backend, ..Self::from_params(params)? })
             }
 
             fn logits(&self, tokens: &[u32], batch: usize) -> ::modelspec::Result<::std::vec::Vec<f32>> {
-                #rt::logits(#ty::spec()?, &self.params(), tokens, batch, |run| Ok(self.forward(run)?.0))
+                #rt::logits_on(&self.__backend, #ty::spec()?, &self.params(), tokens, batch, |run| Ok(self.forward(run)?.0))
             }
 
             fn loss_and_grads(&self, tokens: &[u32], batch: usize) -> ::modelspec::Result<(f32, #rt::Params)> {
-                #rt::loss_and_grads(
+                #rt::loss_and_grads_on(
+                    &self.__backend,
                     #ty::spec()?,
                     &self.params(),
                     tokens,
@@ -332,6 +339,10 @@ fn model_trait(layout: &Layout<'_>) -> TokenStream {
 
             fn params_mut(&mut self) -> #rt::ParamRefsMut<'_> {
                 #ty::params_mut(self)
+            }
+
+            fn device(&self) -> &::modelspec::Device {
+                self.__backend.device()
             }
         }
     }

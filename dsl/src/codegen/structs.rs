@@ -77,6 +77,8 @@ fn model_struct(layout: &Layout<'_>) -> TokenStream {
         pub struct #ty {
             #globals
             #(#kinds)*
+            /// Where `logits` and `loss_and_grads` run (see `Model::device`).
+            __backend: ::modelspec::__private::v1::Backend,
         }
     }
 }

@@ -1,0 +1,245 @@
+//! Where a generated model runs: [`Backend`], the device it was placed on plus, on a GPU, the
+//! GPU trainers that compute its logits, loss and gradients.
+//!
+//! The host tensors of the generated struct stay the model's parameters on every device (what
+//! `params`, `params_mut`, `decode` and `generate` read). On `Device::Cuda(n)`, `logits` and
+//! `loss_and_grads` run [`GpuTrainer::forward_backward`] (f32 compute, no optimizer step), one
+//! trainer per `(batch, seq)` shape, built on first use. A trainer holds a copy of the parameters
+//! on the GPU; it is refreshed from the host tensors when `params_mut` was called since the
+//! trainer's last upload (a generation counter), so an optimizer that updates the model through
+//! `params_mut` is always seen, while repeated calls on unchanged weights upload nothing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use crate::dsl::ModelSpec;
+use crate::model::{Error, ParamRefs, Result};
+use crate::runtime::cuda::{Dtype, Gpu, GpuTrainer};
+use crate::runtime::exec::{Executor, Mode};
+use crate::runtime::{Device, Params, Tensor};
+
+/// At most this many shapes keep a GPU trainer (each holds parameters, gradients, optimizer
+/// moments and activations on the GPU); the least recently used one is dropped past it.
+const MAX_TRAINERS: usize = 2;
+
+/// The device of a generated model and, on a GPU, its trainers (one per `(batch, seq)`).
+///
+/// Part of the generated struct (a hidden field); users see it only through
+/// [`crate::Model::device`]. Cloning a model keeps its device and starts with no trainers.
+pub struct Backend {
+    device: Device,
+    /// Bumped by every `params_mut`: the host parameters may have changed since then.
+    generation: u64,
+    gpu: Option<Mutex<GpuState>>,
+}
+
+/// The GPU context and the trainers built on it.
+struct GpuState {
+    gpu: Arc<Gpu>,
+    /// By `(batch, seq)`: the trainer, the parameter generation it holds, and when it was last
+    /// used (a counter).
+    trainers: BTreeMap<(usize, usize), Slot>,
+    clock: u64,
+}
+
+struct Slot {
+    trainer: GpuTrainer,
+    uploaded: u64,
+    used: u64,
+}
+
+impl Backend {
+    /// The CPU backend (what `from_params` gives a model).
+    pub fn cpu() -> Backend {
+        Backend {
+            device: Device::Cpu,
+            generation: 0,
+            gpu: None,
+        }
+    }
+
+    /// A backend on `device` for `spec`: on a GPU, opens the device and checks that the GPU
+    /// trainer runs every layer of `spec`, so that an unsupported model fails here rather than
+    /// on its first call.
+    pub fn new(device: &Device, spec: &ModelSpec) -> Result<Backend> {
+        let Device::Cuda(ordinal) = *device else {
+            return Ok(Backend::cpu());
+        };
+        if let Some(feature) = GpuTrainer::unsupported_feature(spec) {
+            return Err(crate::runtime::Error::Device(format!(
+                "`{}` uses {feature}, which the GPU trainer does not run yet; use Device::cpu()",
+                spec.name
+            ))
+            .into());
+        }
+        let gpu = Gpu::new(ordinal)?;
+        Ok(Backend {
+            device: device.clone(),
+            generation: 0,
+            gpu: Some(Mutex::new(GpuState {
+                gpu,
+                trainers: BTreeMap::new(),
+                clock: 0,
+            })),
+        })
+    }
+
+    /// The device the model runs `logits` and `loss_and_grads` on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The host parameters may change (called by `params_mut`): every GPU trainer uploads them
+    /// again before its next call.
+    pub fn params_changed(&mut self) {
+        self.generation += 1;
+    }
+
+    /// Logits `[batch, seq, vocab_padded]` on the GPU. The trainer returns the `vocab` valid
+    /// columns; padded columns (a spec with `pad`) are `-inf`, since the GPU's softmax excludes
+    /// them.
+    pub(crate) fn gpu_logits(
+        &self,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        tokens: &[u32],
+        batch: usize,
+    ) -> Result<Vec<f32>> {
+        let logits = self.with_trainer(spec, params, tokens, batch, |trainer| {
+            trainer.set_aux_loss(false);
+            trainer
+                .forward_backward(true)?
+                .ok_or_else(|| gpu_error("the GPU trainer returned no logits"))
+        })?;
+        let (vocab, padded) = (spec.vocab as usize, spec.vocab_padded as usize);
+        if vocab == padded {
+            return Ok(logits);
+        }
+        let mut out = Vec::with_capacity(tokens.len() * padded);
+        for row in logits.chunks_exact(vocab) {
+            out.extend_from_slice(row);
+            out.resize(out.len() + padded - vocab, f32::NEG_INFINITY);
+        }
+        Ok(out)
+    }
+
+    /// The training loss (with the MoE load-balancing loss, as the CPU's training run) and every
+    /// parameter's gradient, on the GPU.
+    pub(crate) fn gpu_loss_and_grads(
+        &self,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        tokens: &[u32],
+        batch: usize,
+    ) -> Result<(f32, Params)> {
+        self.with_trainer(spec, params, tokens, batch, |trainer| {
+            trainer.set_aux_loss(true);
+            trainer.forward_backward(false)?;
+            Ok((trainer.loss()?, trainer.grads()?))
+        })
+    }
+
+    /// Runs `f` on the trainer of this call's shape, after checking the call as the CPU does
+    /// (same errors) and uploading the parameters when they changed.
+    fn with_trainer<T>(
+        &self,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        tokens: &[u32],
+        batch: usize,
+        f: impl FnOnce(&mut GpuTrainer) -> Result<T>,
+    ) -> Result<T> {
+        // The CPU executor's checks: batch, sequence length, token range, parameter shapes.
+        Executor::new(spec)?.run::<f32>(params, tokens, batch, Mode::Eval)?;
+        let seq = tokens.len() / batch;
+        let state = self
+            .gpu
+            .as_ref()
+            .ok_or_else(|| gpu_error("the model is not on a GPU"))?;
+        let mut state = state
+            .lock()
+            .map_err(|_| gpu_error("a previous GPU call panicked"))?;
+        let state = &mut *state;
+        state.clock += 1;
+        let key = (batch, seq);
+        if !state.trainers.contains_key(&key) {
+            if state.trainers.len() >= MAX_TRAINERS
+                && let Some(oldest) = state
+                    .trainers
+                    .iter()
+                    .min_by_key(|(_, slot)| slot.used)
+                    .map(|(k, _)| *k)
+            {
+                state.trainers.remove(&oldest);
+            }
+            let trainer = GpuTrainer::new(&state.gpu, spec, Dtype::F32, batch, seq, 0)?;
+            state.trainers.insert(
+                key,
+                Slot {
+                    trainer,
+                    // Never uploaded: forces the first upload below.
+                    uploaded: u64::MAX,
+                    used: 0,
+                },
+            );
+        }
+        let slot = state
+            .trainers
+            .get_mut(&key)
+            .ok_or_else(|| gpu_error("no trainer for this shape"))?;
+        slot.used = state.clock;
+        if slot.uploaded != self.generation {
+            slot.trainer.set_params(&owned(params))?;
+            slot.uploaded = self.generation;
+        }
+        slot.trainer.set_batch(tokens, None)?;
+        f(&mut slot.trainer)
+    }
+}
+
+/// A copy of borrowed parameters (what [`GpuTrainer::set_params`] takes).
+fn owned(params: &ParamRefs<'_>) -> Params {
+    let mut out = Params::new();
+    for (name, tensor) in params {
+        out.insert(name.clone(), Tensor::clone(tensor));
+    }
+    out
+}
+
+fn gpu_error(why: &str) -> Error {
+    crate::runtime::Error::Device(why.to_string()).into()
+}
+
+impl Clone for Backend {
+    /// The same device, no trainers yet (they are rebuilt on first use). Opening the device
+    /// again cannot fail once it succeeded, so the GPU context is shared.
+    fn clone(&self) -> Backend {
+        Backend {
+            device: self.device.clone(),
+            generation: 0,
+            gpu: self.gpu.as_ref().and_then(|state| {
+                let gpu = state.lock().ok()?.gpu.clone();
+                Some(Mutex::new(GpuState {
+                    gpu,
+                    trainers: BTreeMap::new(),
+                    clock: 0,
+                }))
+            }),
+        }
+    }
+}
+
+impl std::fmt::Debug for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backend")
+            .field("device", &self.device)
+            .field("generation", &self.generation)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Backend {
+    fn default() -> Backend {
+        Backend::cpu()
+    }
+}
