@@ -4,6 +4,9 @@
 //! cargo run                                   # init from a seed, logits, train 5 steps, generate
 //! cargo run -- ../../tests/fixtures/llama     # load HF weights; compare with transformers' logits
 //! ```
+//!
+//! Both then run the llama fixture through `model_file!` on `Device::cuda(0)` when a GPU is
+//! present (see `gpu.rs`), and print "skipping the GPU part: <why>" otherwise.
 #![deny(warnings)]
 #![deny(clippy::all)]
 
@@ -12,6 +15,8 @@ use std::path::{Path, PathBuf};
 use modelspec::runtime::train::optim::{AdamW, AdamWConfig, ParamGrad};
 use modelspec::runtime::weights::{self, FileTensor};
 use modelspec::{Device, Model};
+
+mod gpu;
 
 modelspec::model! {
     // The architecture of tests/fixtures/llama/config.json, as `modelspec import-hf` writes it:
@@ -28,7 +33,7 @@ modelspec::model! {
 type Error = Box<dyn std::error::Error>;
 
 /// `input_ids` of a fixture's `input.safetensors` as (tokens, batch).
-fn fixture_tokens(dir: &Path) -> Result<(Vec<u32>, usize), Error> {
+pub(crate) fn fixture_tokens(dir: &Path) -> Result<(Vec<u32>, usize), Error> {
     let input = weights::read_tensors(&dir.join("input.safetensors"))?;
     match input.get("input_ids") {
         Some(FileTensor::Int { shape, data }) if shape.len() == 2 => {
@@ -105,27 +110,9 @@ fn main() -> Result<(), Error> {
     let mut optimizer = AdamW::new(AdamWConfig::default());
     let mut losses = Vec::new();
     for step in 0..5 {
-        let (loss, grads) = model.loss_and_grads(&tokens, batch)?;
+        let loss = train_step(&mut model, &mut optimizer, &tokens, batch)?;
         println!("step {step}: loss {loss:.4}");
         losses.push(loss);
-        let mut params = model.params_mut();
-        let shapes: Vec<(String, Vec<usize>)> = params
-            .iter()
-            .map(|(n, t)| (n.clone(), t.shape().to_vec()))
-            .collect();
-        let mut updates = Vec::new();
-        for ((name, shape), tensor) in shapes.iter().zip(params.values_mut()) {
-            let grad = grads
-                .get(name)
-                .ok_or_else(|| format!("no gradient for {name}"))?;
-            updates.push(ParamGrad {
-                name,
-                shape,
-                value: tensor.data_mut(),
-                grad: grad.data(),
-            });
-        }
-        optimizer.step(1e-2, updates)?;
     }
     if losses.last() >= losses.first() {
         return Err(format!("training did not reduce the loss: {losses:?}").into());
@@ -141,5 +128,41 @@ fn main() -> Result<(), Error> {
         return Err(format!("generate returned {ids:?}").into());
     }
     println!("greedy continuation of {:?}: {:?}", &ids[..4], &ids[4..]);
-    Ok(())
+
+    // The same architecture through `model_file!`, on the GPU when there is one.
+    let llama = fixture.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/llama")
+    });
+    gpu::run(&llama)
+}
+
+/// One AdamW step (learning rate 1e-2) on `model` with the gradients of `loss_and_grads` on
+/// `tokens`, wherever the model runs; returns the loss before the step.
+fn train_step<M: Model>(
+    model: &mut M,
+    optimizer: &mut AdamW,
+    tokens: &[u32],
+    batch: usize,
+) -> Result<f32, Error> {
+    let (loss, grads) = model.loss_and_grads(tokens, batch)?;
+    // `params_mut` also tells a GPU model to upload the updated weights before its next call.
+    let mut params = model.params_mut();
+    let shapes: Vec<(String, Vec<usize>)> = params
+        .iter()
+        .map(|(n, t)| (n.clone(), t.shape().to_vec()))
+        .collect();
+    let mut updates = Vec::new();
+    for ((name, shape), tensor) in shapes.iter().zip(params.values_mut()) {
+        let grad = grads
+            .get(name)
+            .ok_or_else(|| format!("no gradient for {name}"))?;
+        updates.push(ParamGrad {
+            name,
+            shape,
+            value: tensor.data_mut(),
+            grad: grad.data(),
+        });
+    }
+    optimizer.step(1e-2, updates)?;
+    Ok(loss)
 }
