@@ -74,7 +74,7 @@ impl Backend {
         }
         let gpu = Gpu::new(ordinal)?;
         Ok(Backend {
-            device: device.clone(),
+            device: *device,
             generation: 0,
             gpu: Some(Mutex::new(GpuState {
                 gpu,
@@ -215,7 +215,7 @@ impl Clone for Backend {
     /// again cannot fail once it succeeded, so the GPU context is shared.
     fn clone(&self) -> Backend {
         Backend {
-            device: self.device.clone(),
+            device: self.device,
             generation: 0,
             gpu: self.gpu.as_ref().and_then(|state| {
                 let gpu = state.lock().ok()?.gpu.clone();
