@@ -78,6 +78,7 @@ const RUN: [&str; 12] = [
 ];
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn tiny_trains_on_the_gpu() {
     if let Err(e) = modelspec::runtime::cuda::probe(0) {
         println!("skipping: no CUDA device ({e})");

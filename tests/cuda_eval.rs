@@ -124,7 +124,32 @@ fn errors(
     (logits, loss, worst.0, worst.1)
 }
 
+/// The CPU part of the comparison below (which needs a GPU and is `#[ignore]`d): without a GPU,
+/// `--device cuda` is a clean error, never a panic.
 #[test]
+fn without_a_gpu_device_cuda_is_a_clean_error() {
+    let Err(e) = modelspec::runtime::cuda::probe(0) else {
+        println!("skipping: this machine has a CUDA device");
+        return;
+    };
+    let tmp = std::env::temp_dir().join(format!("modelspec-cuda-eval-cpu-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("temp dir");
+    let o = eval(
+        &fixtures().join("gpt2"),
+        &tmp.join("nogpu.safetensors"),
+        &["--device", "cuda"],
+    );
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("--device cuda"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    println!("no CUDA device ({e}): a clean error");
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_eval_matches_cpu_on_every_supported_fixture() {
     let tmp = std::env::temp_dir().join(format!("modelspec-cuda-eval-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).expect("temp dir");

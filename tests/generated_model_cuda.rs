@@ -127,12 +127,14 @@ fn check_parity<M: Model + Clone>(what: &str, device: &Device, vocab: usize) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn dense_model_on_the_gpu_equals_the_cpu() {
     let Some(device) = gpu() else { return };
     check_parity::<GpuDense>("dense", &device, GpuDense::VOCAB);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_model_on_the_gpu_equals_the_cpu() {
     let Some(device) = gpu() else { return };
     check_parity::<GpuMoe>("moe", &device, GpuMoe::VOCAB);
@@ -140,6 +142,7 @@ fn moe_model_on_the_gpu_equals_the_cpu() {
 
 /// Weights changed through `params_mut` reach the GPU before the next call.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn params_mut_is_uploaded_before_the_next_call() {
     let Some(device) = gpu() else { return };
     let mut gpu = GpuDense::init(&device, 3).unwrap();
@@ -165,6 +168,7 @@ fn params_mut_is_uploaded_before_the_next_call() {
 
 /// `decode` and `generate` run on the CPU with the host parameters: bit-identical to the CPU.
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn decode_and_generate_of_a_gpu_model_equal_the_cpu() {
     let Some(device) = gpu() else { return };
     let gpu = GpuDense::init(&device, 5).unwrap();

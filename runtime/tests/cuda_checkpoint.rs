@@ -188,32 +188,38 @@ fn check(src: &str, dt: Dtype) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn policies_match_none_llama_like_f32() {
     check(LLAMA_LIKE, Dtype::F32);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn policies_match_none_gpt2_like_f32() {
     check(GPT2_LIKE, Dtype::F32);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn policies_match_none_llama_like_bf16() {
     check(LLAMA_LIKE, Dtype::Bf16);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn policies_match_none_gpt2_like_bf16() {
     check(GPT2_LIKE, Dtype::Bf16);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn policies_match_none_mixed_layers() {
     check(MIXED_LIKE, Dtype::F32);
     check(MIXED_LIKE, Dtype::Bf16);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn policies_match_none_moe_layers() {
     check(MOE_LIKE, Dtype::F32);
     check(MOE_LIKE, Dtype::Bf16);

@@ -4,6 +4,7 @@
 use modelspec_runtime::cuda::{CudaError, Gpu, KernelSource, compile};
 
 #[test]
+#[ignore = "needs NVRTC (the CUDA toolkit)"]
 fn kernel_library_compiles_with_nvrtc() {
     if !compile::nvrtc_present() {
         println!("skipping: no NVRTC library on this machine");
@@ -56,6 +57,7 @@ fn kernel_library_compiles_with_nvrtc() {
 }
 
 #[test]
+#[ignore = "needs NVRTC (the CUDA toolkit)"]
 fn nvrtc_errors_carry_the_log() {
     if !compile::nvrtc_present() {
         println!("skipping: no NVRTC library on this machine");

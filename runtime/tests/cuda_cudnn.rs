@@ -386,6 +386,7 @@ fn run_case(
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU and cuDNN 9"]
 fn cudnn_attention_matches_f64_and_own_kernels() {
     let Some((gpu, attn)) = setup() else { return };
     let own = Kernels::load(&gpu, "cudnn_test", &[64, 128], Default::default())
@@ -463,6 +464,7 @@ fn cudnn_attention_matches_f64_and_own_kernels() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU and cuDNN 9"]
 fn cudnn_plans_are_cached_and_workspace_is_checked() {
     let Some((gpu, attn)) = setup() else { return };
     let s = AttnShape::dense(1, 64, 2, 2, 64);

@@ -177,6 +177,7 @@ const DTYPES: [Dtype; 2] = [Dtype::F32, Dtype::Bf16];
 // ---------- norms ----------
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn norm_forward_backward_matches_f64() {
     let Some((gpu, k)) = setup() else { return };
     let mut rng = Rng::fresh("norm");
@@ -315,6 +316,7 @@ fn norm_forward_backward_matches_f64() {
 // ---------- rope ----------
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn rope_forward_backward_matches_f64() {
     let Some((gpu, k)) = setup() else { return };
     let mut rng = Rng::fresh("rope");
@@ -449,6 +451,7 @@ fn erf(x: f64) -> f64 {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn activations_forward_backward_match_f64() {
     let Some((gpu, k)) = setup() else { return };
     let mut rng = Rng::fresh("act");
@@ -525,6 +528,7 @@ fn activations_forward_backward_match_f64() {
 // ---------- embedding ----------
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn embedding_forward_backward_match_f64() {
     let Some((gpu, k)) = setup() else { return };
     let mut rng = Rng::fresh("embed");
@@ -583,6 +587,7 @@ fn embedding_forward_backward_match_f64() {
 // ---------- cross-entropy ----------
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn cross_entropy_loss_and_grad_match_f64() {
     let Some((gpu, k)) = setup() else { return };
     let mut rng = Rng::fresh("xent");
@@ -656,6 +661,7 @@ fn cross_entropy_loss_and_grad_match_f64() {
 // ---------- AdamW ----------
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn adamw_matches_f64() {
     let Some((gpu, k)) = setup() else { return };
     let mut rng = Rng::fresh("adamw");
@@ -724,6 +730,7 @@ fn adamw_matches_f64() {
 // ---------- GEMM ----------
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gemm_row_major_all_transposes_match_f64() {
     let Some((gpu, _k)) = setup() else { return };
     let gemm = gpu.gemm().unwrap();
@@ -958,6 +965,7 @@ fn run_attention_case_alibi(
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_forward_backward_match_f64() {
     let Some((gpu, k)) = setup() else { return };
     let mut rng = Rng::fresh("attention");
@@ -1074,6 +1082,7 @@ fn attention_forward_backward_match_f64() {
 /// paths: head counts that are and are not powers of two (the second slope series), MHA and GQA,
 /// with a window and a softcap, and d96 (the reference-grade kernel in bf16 too).
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn attention_alibi_forward_backward_match_f64() {
     let Some((gpu, k)) = setup() else { return };
     let mut rng = Rng::fresh("attention_alibi");
@@ -1099,6 +1108,7 @@ fn attention_alibi_forward_backward_match_f64() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gemm_bias_epilogue_and_f32_output_match_f64() {
     let Some((gpu, _k)) = setup() else { return };
     let gemm = gpu.gemm().unwrap();

@@ -120,6 +120,7 @@ struct Case {
 }
 
 #[test]
+#[ignore = "needs NVRTC (the CUDA toolkit)"]
 fn moe_kernels_compile_with_nvrtc() {
     if !compile::nvrtc_present() {
         println!("skipping: no NVRTC library on this machine");
@@ -135,42 +136,52 @@ fn moe_kernels_compile_with_nvrtc() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_mixtral_like_f32() {
     run(&MIXTRAL_CASE, Dtype::F32, 1e-4);
 }
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_mixtral_like_bf16() {
     run(&MIXTRAL_CASE, Dtype::Bf16, 3e-2);
 }
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_topk_softmax_f32() {
     run(&TOPK_CASE, Dtype::F32, 1e-4);
 }
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_topk_softmax_bf16() {
     run(&TOPK_CASE, Dtype::Bf16, 3e-2);
 }
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_qwen2_shared_gate_f32() {
     run(&QWEN2_CASE, Dtype::F32, 1e-4);
 }
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_qwen2_shared_gate_bf16() {
     run(&QWEN2_CASE, Dtype::Bf16, 3e-2);
 }
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_awkward_rows_dead_expert_f32() {
     run(&AWKWARD_CASE, Dtype::F32, 1e-4);
 }
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_awkward_rows_dead_expert_bf16() {
     run(&AWKWARD_CASE, Dtype::Bf16, 3e-2);
 }
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_exact_ties_go_to_the_lower_expert_f32() {
     run(&TIES_CASE, Dtype::F32, 1e-4);
 }
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn moe_two_layers_share_aux_loss_f32() {
     run(&TWO_LAYER_CASE, Dtype::F32, 1e-4);
 }

@@ -290,26 +290,31 @@ fn compare_with(src: &str, dt: Dtype, tol: f64, full: bool) {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_llama_like_f32() {
     compare(LLAMA_LIKE, Dtype::F32, 1e-4);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_gpt2_like_f32() {
     compare(GPT2_LIKE, Dtype::F32, 1e-4);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_llama_like_bf16() {
     compare(LLAMA_LIKE, Dtype::Bf16, 5e-2);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_gpt2_like_bf16() {
     compare(GPT2_LIKE, Dtype::Bf16, 5e-2);
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_parallel_residual_f32() {
     compare(NEOX_LIKE, Dtype::F32, 1e-4);
     compare_with(NEOX_LIKE, Dtype::F32, 1e-4, true);
@@ -317,6 +322,7 @@ fn gpu_step_matches_cpu_parallel_residual_f32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_parallel_shared_norm_f32() {
     compare(PHI_LIKE, Dtype::F32, 1e-4);
     compare_with(PHI_LIKE, Dtype::F32, 1e-4, true);
@@ -324,6 +330,7 @@ fn gpu_step_matches_cpu_parallel_shared_norm_f32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_post_norm_qk_norm_full_f32() {
     compare(OLMO_LIKE, Dtype::F32, 1e-4);
     compare_with(OLMO_LIKE, Dtype::F32, 1e-4, true);
@@ -331,6 +338,7 @@ fn gpu_step_matches_cpu_post_norm_qk_norm_full_f32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_sandwich_qk_norm_per_layer_rope_f32() {
     compare(GEMMA3_LIKE, Dtype::F32, 1e-4);
     compare_with(GEMMA3_LIKE, Dtype::F32, 1e-4, true);
@@ -338,6 +346,7 @@ fn gpu_step_matches_cpu_sandwich_qk_norm_per_layer_rope_f32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_mixed_layer_sizes_f32() {
     compare(MIXED_LAYERS, Dtype::F32, 1e-4);
     compare_with(MIXED_LAYERS, Dtype::F32, 1e-4, true);
@@ -345,6 +354,7 @@ fn gpu_step_matches_cpu_mixed_layer_sizes_f32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_nope_layers_f32() {
     compare(NOPE_LAYERS, Dtype::F32, 1e-4);
     compare_with(NOPE_LAYERS, Dtype::F32, 1e-4, true);
@@ -352,6 +362,7 @@ fn gpu_step_matches_cpu_nope_layers_f32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_alibi_f32() {
     compare(ALIBI_LIKE, Dtype::F32, 1e-4);
     compare_with(ALIBI_LIKE, Dtype::F32, 1e-4, true);
@@ -362,6 +373,7 @@ fn gpu_step_matches_cpu_alibi_f32() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_gemma3_two_windows_two_ropes_f32() {
     compare(GEMMA3_WINDOWS, Dtype::F32, 1e-4);
     compare_with(GEMMA3_WINDOWS, Dtype::F32, 1e-4, true);
@@ -373,9 +385,38 @@ fn gpu_step_matches_cpu_gemma3_two_windows_two_ropes_f32() {
 /// covers (runtime/tests/cuda_moe.rs checks the bf16 MoE block on its own; the checkpoint test
 /// checks bf16 recomputation against the GPU itself).
 #[test]
+#[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_dense_and_moe_layers_f32() {
     compare(MOE_MIXED, Dtype::F32, 1e-4);
     compare_with(MOE_MIXED, Dtype::F32, 1e-4, true);
+}
+
+/// The CPU part of the GPU comparisons (those need a GPU and are `#[ignore]`d): every case is a
+/// valid spec the GPU trainer takes.
+#[test]
+fn every_case_is_a_spec_the_gpu_trainer_takes() {
+    for src in [
+        LLAMA_LIKE,
+        GPT2_LIKE,
+        NEOX_LIKE,
+        PHI_LIKE,
+        OLMO_LIKE,
+        GEMMA3_LIKE,
+        MIXED_LAYERS,
+        NOPE_LAYERS,
+        ALIBI_LIKE,
+        ALIBI_MIXED,
+        GEMMA3_WINDOWS,
+        MOE_MIXED,
+    ] {
+        let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
+        assert_eq!(
+            GpuTrainer::unsupported_feature(&spec),
+            None,
+            "{}",
+            spec.name
+        );
+    }
 }
 
 /// Without a device: the arena follows each layer's own widths. Keeping only layer inputs
