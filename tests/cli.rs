@@ -330,7 +330,11 @@ fn invalid_yaml_and_ir_json_point_at_the_key() {
         // A name is an identifier: this one would have become code in `generate`'s output.
         (
             "injected_name.yaml",
-            first(&yaml, "name: gpt2", "name: \"x\\npub fn injected() {}\\n//\""),
+            first(
+                &yaml,
+                "name: gpt2",
+                "name: \"x\\npub fn injected() {}\\n//\"",
+            ),
         ),
     ];
     for (name, text) in cases {
