@@ -198,17 +198,18 @@ pub fn compile(src: &KernelSource, arch: &'static str) -> Result<(String, bool)>
     Ok((ptx, false))
 }
 
+/// The cache file through the one output writer (unique temp name, fsync, rename; the temp file
+/// removed on failure), so two processes compiling the same module never leave a torn file.
 fn write_atomic(path: &std::path::Path, text: &str) -> Result<()> {
-    let io = |source| CudaError::Cache {
+    let cache_error = |source| CudaError::Cache {
         path: path.display().to_string(),
         source,
     };
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(io)?;
+        std::fs::create_dir_all(dir).map_err(cache_error)?;
     }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    std::fs::write(&tmp, text).map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::io::write_atomic(path, text.as_bytes())
+        .map_err(|e| cache_error(std::io::Error::other(e.to_string())))
 }
 
 #[cfg(test)]
