@@ -154,38 +154,63 @@ fn comparable(spec: &ModelSpec) -> ModelSpec {
     s
 }
 
-/// The first IR field where `a` and `b` differ, as `path: a vs b`.
+/// The first IR field where `a` and `b` differ, as `path: a vs b`: the model-wide fields first,
+/// then the first layer row that differs. Only what differs is turned into JSON, so a table of
+/// thousands of layers costs comparisons, not serialisations (each failed candidate family of
+/// [`export`] used to serialise both whole specs).
 fn first_difference(a: &ModelSpec, b: &ModelSpec) -> Option<String> {
     if a == b {
         return None;
     }
-    let (va, vb) = (serde_json::to_value(a).ok()?, serde_json::to_value(b).ok()?);
-    fn walk(path: &str, a: &Value, b: &Value) -> Option<String> {
-        match (a, b) {
-            (Value::Object(ma), Value::Object(mb)) => {
-                for (k, x) in ma {
-                    let y = mb.get(k).unwrap_or(&Value::Null);
-                    let p = if path.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{path}.{k}")
-                    };
-                    if let Some(d) = walk(&p, x, y) {
-                        return Some(d);
-                    }
-                }
-                None
-            }
-            (Value::Array(xa), Value::Array(xb)) if xa.len() == xb.len() => xa
-                .iter()
-                .zip(xb)
-                .enumerate()
-                .find_map(|(i, (x, y))| walk(&format!("{path}[{i}]"), x, y)),
-            _ if a == b => None,
-            _ => Some(format!("{path} is {a} but the family gives {b}")),
-        }
+    // A clone costs far less than the JSON of thousands of layer rows.
+    let globals = |s: &ModelSpec| {
+        let mut g = s.clone();
+        g.layers.clear();
+        serde_json::to_value(&g).ok()
+    };
+    if let Some(d) = walk("", &globals(a)?, &globals(b)?) {
+        return Some(d);
     }
-    walk("", &va, &vb).or_else(|| Some("the specs differ".into()))
+    if a.layers.len() != b.layers.len() {
+        return Some(format!(
+            "layers: {} layers but the family gives {}",
+            a.layers.len(),
+            b.layers.len()
+        ));
+    }
+    let i = a.layers.iter().zip(&b.layers).position(|(x, y)| x != y)?;
+    let (va, vb) = (
+        serde_json::to_value(&a.layers[i]).ok()?,
+        serde_json::to_value(&b.layers[i]).ok()?,
+    );
+    walk(&format!("layers[{i}]"), &va, &vb).or_else(|| Some("the specs differ".into()))
+}
+
+/// The first place where two JSON values differ, as `path is a but the family gives b`.
+fn walk(path: &str, a: &Value, b: &Value) -> Option<String> {
+    match (a, b) {
+        (Value::Object(ma), Value::Object(mb)) => {
+            for (k, x) in ma {
+                let y = mb.get(k).unwrap_or(&Value::Null);
+                let p = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if let Some(d) = walk(&p, x, y) {
+                    return Some(d);
+                }
+            }
+            None
+        }
+        (Value::Array(xa), Value::Array(xb)) if xa.len() == xb.len() => xa
+            .iter()
+            .zip(xb)
+            .enumerate()
+            .find_map(|(i, (x, y))| walk(&format!("{path}[{i}]"), x, y)),
+        _ if a == b => None,
+        _ => Some(format!("{path} is {a} but the family gives {b}")),
+    }
 }
 
 /// Families worth trying for `spec`, most natural first.
