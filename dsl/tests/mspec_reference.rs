@@ -284,7 +284,7 @@ fn the_reference_covers_the_language() {
     let digits = modelspec_dsl::check::MAX_LAYERS.to_string();
     let mut limit = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             limit.push(',');
         }
         limit.push(c);
