@@ -67,8 +67,10 @@ pub fn check_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A valid name close to `name`: every run of other characters becomes one `_`.
-fn suggest_name(name: &str) -> String {
+/// `name` in the characters a model name may hold (ASCII letters, digits, `_`, `-`, `.`): every
+/// run of other characters becomes one `_`. Leading and trailing characters are left as they are
+/// (the callers trim to their own rules: model names here, run folders in the CLI).
+pub fn name_chars(name: &str) -> String {
     let mut out = String::new();
     for c in name.chars() {
         if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
@@ -77,6 +79,12 @@ fn suggest_name(name: &str) -> String {
             out.push('_');
         }
     }
+    out
+}
+
+/// A valid name close to `name`: every run of other characters becomes one `_`.
+fn suggest_name(name: &str) -> String {
+    let out = name_chars(name);
     let out = out
         .trim_start_matches(['-', '.', '_'])
         .trim_end_matches('_');

@@ -64,14 +64,7 @@ fn default_name(file: Option<&Path>) -> String {
     } else {
         stem
     };
-    let mut name = String::new();
-    for c in raw.chars() {
-        if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
-            name.push(c);
-        } else if !name.ends_with('_') {
-            name.push('_');
-        }
-    }
+    let name = modelspec_dsl::check::name_chars(&raw);
     let name = name.trim_start_matches(['.', '-', '_']);
     if name.is_empty() {
         "run".into()
