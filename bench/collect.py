@@ -2,21 +2,12 @@
 {"work", "modelspec_ms", "baseline", "baseline_ms", "modelspec_peak_gib", "baseline_peak_gib", ...}."""
 import json, sys, os
 
+import jsonl
+
 out = sys.argv[1]
 
 def lines(name):
-    p = os.path.join(out, name)
-    if not os.path.exists(p):
-        return []
-    rows = []
-    for l in open(p):
-        l = l.strip()
-        if l.startswith("{"):
-            try:
-                rows.append(json.loads(l))
-            except ValueError:
-                pass
-    return rows
+    return jsonl.rows(out, name)
 
 rows = []
 ms = {(r["B"], r["H"], r["KV"], r["T"], r["D"]): r for r in lines("ms_attn.jsonl")}

@@ -4,21 +4,13 @@ checkpoint policy, {"work", "modelspec_ms", "baseline", "baseline_ms", "modelspe
 With --merge FILE, replaces the rows of the same "work" in FILE (a JSON list) and writes it."""
 import json, os, sys
 
+import jsonl
+
 src = sys.argv[1]
 
 
 def lines(name):
-    p = os.path.join(src, name)
-    out = []
-    if os.path.exists(p):
-        for l in open(p):
-            l = l.strip()
-            if l.startswith("{"):
-                try:
-                    out.append(json.loads(l))
-                except ValueError:
-                    pass
-    return out
+    return jsonl.rows(src, name)
 
 
 torch = {m: (lines(f"torch_gpt2_{m}.jsonl") or [{}])[-1] for m in ("compile_budget50", "compile")}

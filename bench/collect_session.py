@@ -8,20 +8,12 @@ baseline measured in the same call:
   measured in the same call (cuda_bench gemm), and which attention path the trainer ran."""
 import json, os, sys
 
+import jsonl
+
 w = sys.argv[1]
 
 def lines(name):
-    p = os.path.join(w, name)
-    rows = []
-    if os.path.exists(p):
-        for l in open(p):
-            l = l.strip()
-            if l.startswith("{"):
-                try:
-                    rows.append(json.loads(l))
-                except ValueError:
-                    pass
-    return rows
+    return jsonl.rows(w, name)
 
 gpu = open(os.path.join(w, "gpu.txt")).read().split(",")[0].strip() if os.path.exists(os.path.join(w, "gpu.txt")) else None
 gemm = lines("ms_gemm.jsonl")
