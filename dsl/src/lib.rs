@@ -12,6 +12,7 @@ pub mod load;
 pub mod mspec;
 pub mod params;
 pub mod plan;
+pub mod program;
 pub mod render;
 pub mod tensors;
 pub mod yaml;

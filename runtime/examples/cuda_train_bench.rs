@@ -74,7 +74,7 @@ fn run(
     };
     let saves = planned
         .as_ref()
-        .map(LayerSaves::from_plan)
+        .map(|p| LayerSaves::from_plan(spec, p))
         .unwrap_or_default();
     let gpu = Gpu::new(0)?;
     let (free0, total) = gpu.mem_info()?;

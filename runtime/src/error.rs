@@ -57,17 +57,8 @@ pub enum Error {
         got: usize,
     },
     /// A checkpoint clause names a tensor this layer does not have.
-    #[error(
-        "layer {layer}: checkpoint clause names `{name}`, which is not a tensor of this layer (it has: {known})"
-    )]
-    UnknownTensor {
-        /// The layer.
-        layer: usize,
-        /// The unknown name.
-        name: String,
-        /// The layer's tensor names, comma-separated.
-        known: String,
-    },
+    #[error(transparent)]
+    Program(#[from] modelspec_dsl::program::ProgramError),
     /// The spec cannot be run (inconsistent sizes, unsupported combination).
     #[error("the spec cannot be run: {0}")]
     BadSpec(String),

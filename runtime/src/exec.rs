@@ -214,7 +214,7 @@ impl Executor {
         }
         Ok(Executor {
             spec: spec.clone(),
-            program: Program::lower(spec)?,
+            program: Program::lower(spec),
             dropout_seed: None,
             aux_loss: true,
         })

@@ -7,7 +7,7 @@ use common::*;
 use modelspec_dsl::ir::*;
 use modelspec_dsl::tensors::layer_tensors;
 use modelspec_runtime::exec::{Executor, Policy, StepOutput};
-use modelspec_runtime::program::{Act, Program};
+use modelspec_runtime::program::{Act, Program, ProgramError};
 use modelspec_runtime::{Error, Params};
 
 fn dropout_on(s: &mut ModelSpec) {
@@ -25,6 +25,7 @@ fn dense() -> ModelSpec {
         l.attention.qk_norm = Some(QkNorm {
             norm: rms(),
             scope: QkNormScope::Head,
+            after_rope: false,
         })
     });
     s.layers[1].attention.window = Some(3);
@@ -220,7 +221,7 @@ fn program_names_match_the_ir_and_policies_save_what_the_planner_says() {
     }
     assert!(specs.len() > 10, "the specs directory was read");
     for spec in &specs {
-        let program = Program::lower(spec).unwrap();
+        let program = Program::lower(spec);
         for policy in &policies {
             let planned = modelspec_dsl::plan::plan(
                 spec,
@@ -254,7 +255,7 @@ fn program_names_match_the_ir_and_policies_save_what_the_planner_says() {
             assert!(save[Act::Attn as usize] && !save[Act::V as usize]);
             assert!(matches!(
                 lp.save_set(&LayerCheckpoint::Recompute(vec!["zz".into()])),
-                Err(Error::UnknownTensor { .. })
+                Err(ProgramError::UnknownTensor { .. })
             ));
         }
     }

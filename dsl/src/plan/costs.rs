@@ -8,6 +8,16 @@
 //! - `fusible`: whether the op is a cheap pointwise op that fuses into a kernel which runs anyway
 //!   (norms, RoPE, activations, residual adds): what the `auto` policy recomputes.
 //!
+//! - `unit`: the unit it is kept in (`LayerProgram::unit_of`): tensors that share one buffer in
+//!   the executors (the fused `[q; k; v]` after qk-norm and RoPE, a dense `[gate; up]`, a
+//!   mixture-of-experts block's routed state) are saved or recomputed together, so the policies
+//!   and the budget decide per unit.
+//!
+//! A norm's f32 statistics (mean and reciprocal standard deviation per row, 8 bytes a row) are
+//! kept, and counted, with one tensor: the norm's output for `attn_norm` and `mlp_norm`, the
+//! norm's input for the qk-norms (`q`, `k`) and the post-norms (`attn_out`, `mlp_out`), whose
+//! outputs are needed only in some layers or never.
+//!
 //! - `needed`: whether any backward op reads it. A tensor consumed only by ops whose backward
 //!   needs no input (a residual add, RoPE, which is a rotation) is never saved under any policy:
 //!   `attn_out` and `mlp_out` under pre-norm (their only consumer is the residual add), the outputs
@@ -18,8 +28,8 @@
 //! the nearest saved tensors, at the cost of its own producing op. That makes the budget problem a
 //! 0/1 knapsack over the needed (layer, tensor) items.
 
-use crate::ir::{Ffn, Layer, ModelSpec, Position};
-use crate::tensors::layer_tensors;
+use crate::ir::{Ffn, Layer, ModelSpec, Position, QkNormScope};
+use crate::program::LayerProgram;
 use serde::Serialize;
 
 /// Element type of activations.
@@ -68,6 +78,9 @@ pub struct TensorCost {
     pub fusible: bool,
     /// Some backward op reads it (else it is never saved nor recomputed).
     pub needed: bool,
+    /// The unit it is saved or recomputed with (the name of the unit's first tensor; itself
+    /// when alone).
+    pub unit: &'static str,
 }
 
 /// Average number of keys a query attends to under a causal mask (and sliding window).
@@ -131,8 +144,24 @@ pub fn layer_costs(
         "q_normed" | "k_normed" => !rope,
         _ => true,
     };
+    // Norm statistics (f32 mean and rstd per row) and who keeps them (see the module docs).
+    let stats = |rows: u128| rows * 8;
+    let qk_rows = |heads: u128| match a.qk_norm.map(|q| q.scope) {
+        Some(QkNormScope::Head) => n * heads,
+        _ => n,
+    };
+    let stats_of = |name: &str| -> u128 {
+        match name {
+            "attn_norm" | "mlp_norm" => stats(n),
+            "attn_out" | "mlp_out" if post => stats(n),
+            "q" if qk_norm => stats(qk_rows(heads)),
+            "k" if qk_norm => stats(qk_rows(kv_heads)),
+            _ => 0,
+        }
+    };
+    let program = LayerProgram::structure(layer);
     let mut out = Vec::new();
-    for name in layer_tensors(layer) {
+    for name in program.tensor_names() {
         let pointwise = |bytes: u128, flops: u128| (bytes, flops, true);
         let matmul = |width: u128, flops: u128| (n * width * e, flops, false);
         let (bytes, flops, fusible) = match name {
@@ -182,12 +211,16 @@ pub fn layer_costs(
             },
             other => unreachable!("tensor {other} has no cost rule"),
         };
+        let act = program
+            .act_named(name)
+            .expect("tensor_names lists the program's own activations");
         out.push(TensorCost {
             name,
-            bytes: u64::try_from(bytes).unwrap_or(u64::MAX),
+            bytes: u64::try_from(bytes + stats_of(name)).unwrap_or(u64::MAX),
             flops: u64::try_from(flops).unwrap_or(u64::MAX),
             fusible,
             needed: needed(name),
+            unit: program.unit_of(act).name(),
         });
     }
     // An unneeded tensor is still recomputed when the tensor that consumes it is: fold its FLOPs

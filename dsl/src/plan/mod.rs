@@ -210,24 +210,44 @@ pub fn plan(
                 min_fraction: fixed as f64 / none_activation_bytes as f64,
             });
         }
-        let items: Vec<(usize, usize)> = saved
+        // The knapsack's items are the free layers' units (tensors kept in one buffer go
+        // together): weight their bytes, value the FLOPs their recomputation would cost.
+        let mut items: Vec<(usize, &'static str)> = Vec::new();
+        for (l, s) in saved.iter().enumerate() {
+            if s.is_none() {
+                let first = items.len();
+                for t in costs[l].iter().filter(|t| t.needed) {
+                    if !items[first..].contains(&(l, t.unit)) {
+                        items.push((l, t.unit));
+                    }
+                }
+            }
+        }
+        let members = |l: usize, unit: &'static str| {
+            costs[l]
+                .iter()
+                .enumerate()
+                .filter(move |(_, t)| t.needed && t.unit == unit)
+        };
+        let weights: Vec<u64> = items
             .iter()
-            .enumerate()
-            .filter(|(_, s)| s.is_none())
-            .flat_map(|(l, _)| (0..costs[l].len()).map(move |t| (l, t)))
-            .filter(|&(l, t)| costs[l][t].needed)
+            .map(|&(l, u)| members(l, u).map(|(_, t)| t.bytes).sum())
             .collect();
-        let weights: Vec<u64> = items.iter().map(|&(l, t)| costs[l][t].bytes).collect();
-        let values: Vec<u64> = items.iter().map(|&(l, t)| costs[l][t].flops).collect();
+        let values: Vec<u64> = items
+            .iter()
+            .map(|&(l, u)| members(l, u).map(|(_, t)| t.flops).sum())
+            .collect();
         let chosen = knapsack(&weights, &values, cap - fixed);
         for (l, s) in saved.iter_mut().enumerate() {
             if s.is_none() {
                 *s = Some(vec![false; costs[l].len()]);
             }
         }
-        for (&(l, t), _) in items.iter().zip(&chosen).filter(|(_, keep)| **keep) {
+        for (&(l, u), _) in items.iter().zip(&chosen).filter(|(_, keep)| **keep) {
             if let Some(s) = saved[l].as_mut() {
-                s[t] = true;
+                for (t, _) in members(l, u) {
+                    s[t] = true;
+                }
             }
         }
     }

@@ -378,7 +378,7 @@ pub fn budget_name(b: &Budget) -> String {
 
 /// Which tensors a fixed per-layer policy saves (never one that no backward op reads).
 pub fn fixed_saves(p: &LayerCheckpoint, costs: &[TensorCost]) -> Vec<bool> {
-    costs
+    let own: Vec<bool> = costs
         .iter()
         .map(|t| {
             t.needed
@@ -390,5 +390,22 @@ pub fn fixed_saves(p: &LayerCheckpoint, costs: &[TensorCost]) -> Vec<bool> {
                     LayerCheckpoint::Recompute(names) => !names.iter().any(|n| n == t.name),
                 }
         })
+        .collect();
+    // One decision per unit over its needed members: saved when any is (a `save` clause or `auto`
+    // keeping one keeps its buffer), except that a `recompute` clause naming one recomputes the unit.
+    let unit_saved = |unit: &str| {
+        let mut members = costs
+            .iter()
+            .zip(&own)
+            .filter(|(t, _)| t.needed && t.unit == unit)
+            .map(|(_, &k)| k);
+        match p {
+            LayerCheckpoint::Recompute(_) => members.all(|k| k),
+            _ => members.any(|k| k),
+        }
+    };
+    costs
+        .iter()
+        .map(|t| t.needed && unit_saved(t.unit))
         .collect()
 }

@@ -187,7 +187,10 @@ impl Step<'_> {
         } else if r_out != 0 {
             k.add(dt, r_out, x_in, res_in, n * c)?;
         }
-        if !recompute || !sv.qkv {
+        // One fused kernel writes q and k as projected (under qk-norm) and the [q; k; v] buffer
+        // attention reads: re-run whole when any of its kept units is missing (the kept ones are
+        // rewritten with the same bits).
+        if !recompute || !sv.qkv || (l.qk.is_some() && !(sv.q_raw && sv.k_raw)) {
             self.qkv_fwd(i, l, b)?;
         }
         if !recompute || !sv.attn {
@@ -195,8 +198,9 @@ impl Step<'_> {
             self.attention_fwd(i, &self.attn_shape(l), b.atty, b.lse, q, kk, v)?;
         }
         // A parallel layer's backward reads no resid_mid (it only carries the stream to the next
-        // layer): nothing of the attention branch's output is recomputed there.
-        if !recompute || (!sv.resid_mid && !l.parallel) {
+        // layer): there the attention branch is recomputed only for a post-norm's input.
+        let redo_branch = (!sv.resid_mid && !l.parallel) || (l.post && !sv.attn_out);
+        if !recompute || redo_branch {
             // The attention branch (post-normed) into tmp, then resid_mid = x + tmp.
             let o_out = if l.post { b.pa_in } else { self.buf.tmp };
             self.linear(
@@ -291,7 +295,7 @@ impl Step<'_> {
                         hw,
                     )?;
                 }
-                if recompute {
+                if recompute && !(l.post && !sv.mlp_out) {
                     return Ok(());
                 }
                 self.linear(
@@ -307,14 +311,19 @@ impl Step<'_> {
             FfnCfg::Moe => {
                 if recompute {
                     // The block is one unit: re-run it from its input when its saved region
-                    // was not kept (output to scratch; the aux loss was counted in the forward).
-                    if !sv.moe {
-                        self.moe_fwd(i, Self::mlp_input(l, b), self.buf.tmp, 0)?;
+                    // was not kept, or for a post-norm's input (the aux loss was counted in the
+                    // forward).
+                    let need_out = l.post && !sv.mlp_out;
+                    if !sv.moe || need_out {
+                        self.moe_fwd(i, Self::mlp_input(l, b), ffn_out, 0)?;
                     }
-                    return Ok(());
+                    if !need_out {
+                        return Ok(());
+                    }
+                } else {
+                    let aux = if self.aux_loss { self.buf.aux } else { 0 };
+                    self.moe_fwd(i, Self::mlp_input(l, b), ffn_out, aux)?;
                 }
-                let aux = if self.aux_loss { self.buf.aux } else { 0 };
-                self.moe_fwd(i, Self::mlp_input(l, b), ffn_out, aux)?;
             }
         }
         if l.post {

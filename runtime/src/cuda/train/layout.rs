@@ -4,7 +4,7 @@
 
 use super::super::gpu::DevPtr;
 use super::config::{FfnCfg, LayerCfg};
-use super::saves::LayerSaves;
+use super::saves::{GROUPS, LayerSaves};
 
 /// The sizes the arena derives from, besides the layers' own configurations.
 #[derive(Debug, Clone, Copy)]
@@ -143,22 +143,36 @@ impl Bump {
     }
 }
 
-/// The byte sizes of a layer's seven dense groups (attn_norm, qkv, attn, resid_mid, mlp_norm,
-/// mlp_in, act), each as its buffers, in `LayerBufs` order; 0 where the layer has no such tensor.
-fn group_sizes(l: &LayerCfg, s: &Shape) -> [[usize; 3]; 7] {
+/// The byte sizes of a layer's dense groups ([`LayerSaves::groups`] order: attn_norm, q_raw,
+/// k_raw, qkv, attn, attn_out, resid_mid, mlp_norm, mlp_in, act, mlp_out), each as its buffers
+/// (a value and its f32 statistics), in `LayerBufs` order; 0 where the layer has no such tensor.
+fn group_sizes(l: &LayerCfg, s: &Shape) -> [[usize; 3]; GROUPS] {
     let (n, c, es) = (s.n, s.c, s.es);
     let stats = [n * c * es, n * 4, n * 4];
     let lse = s.batch * l.heads * s.seq * 4;
     let (hidden, hw) = l.mlp_widths();
     let own_mlp_norm = l.pre && !l.shared_norm;
+    let ((q_rows, _), (k_rows, _)) = l.qk_rows(n);
+    let qk = |cols: usize, rows: usize| {
+        if l.qk.is_some() {
+            [n * cols * es, rows * 4, rows * 4]
+        } else {
+            [0; 3]
+        }
+    };
+    let post = if l.post { stats } else { [0; 3] };
     [
         if l.pre { stats } else { [0; 3] },
+        qk(l.qd, q_rows),
+        qk(l.kvd, k_rows),
         [n * l.width * es, 0, 0],
         [n * l.qd * es, lse, 0],
+        post,
         [n * c * es, 0, 0],
         if own_mlp_norm { stats } else { [0; 3] },
         [n * hw * es, 0, 0],
         [n * hidden * es, 0, 0],
+        post,
     ]
 }
 
@@ -174,10 +188,9 @@ pub(super) fn layout(
     let (n, c, es) = (s.n, s.c, s.es);
     let save = |i: usize| saves.get(i).copied().unwrap_or(LayerSaves::ALL);
     let moe_of = |i: usize| moe.get(i).copied().flatten().unwrap_or((0, 0));
-    // The layer inputs, the buffers each layer keeps, and the per-layer extras (qk-norm inputs,
-    // post-norm inputs: small next to the rest, and recomputing them would re-run a projection).
+    // The layer inputs and the buffers each layer keeps.
     let mut layers = Vec::with_capacity(cfg.len());
-    let mut own: Vec<[[DevPtr; 3]; 7]> = Vec::with_capacity(cfg.len());
+    let mut own: Vec<[[DevPtr; 3]; GROUPS]> = Vec::with_capacity(cfg.len());
     for (i, l) in cfg.iter().enumerate() {
         let keep = save(i).groups();
         let sizes = group_sizes(l, s);
@@ -185,8 +198,8 @@ pub(super) fn layout(
             resid: b.take(n * c * es),
             ..LayerBufs::default()
         };
-        let mut g = [[0 as DevPtr; 3]; 7];
-        for j in 0..7 {
+        let mut g = [[0 as DevPtr; 3]; GROUPS];
+        for j in 0..GROUPS {
             if keep[j] {
                 for (p, bytes) in g[j].iter_mut().zip(sizes[j]) {
                     *p = b.take(bytes);
@@ -194,23 +207,6 @@ pub(super) fn layout(
             }
         }
         own.push(g);
-        let ((q_rows, _), (k_rows, _)) = l.qk_rows(n);
-        if l.qk.is_some() {
-            lb.qraw = b.take(n * l.qd * es);
-            lb.kraw = b.take(n * l.kvd * es);
-            lb.qrstd = b.take(q_rows * 4);
-            lb.qmean = b.take(q_rows * 4);
-            lb.krstd = b.take(k_rows * 4);
-            lb.kmean = b.take(k_rows * 4);
-        }
-        if l.post {
-            lb.pa_in = b.take(n * c * es);
-            lb.pa_rstd = b.take(n * 4);
-            lb.pa_mean = b.take(n * 4);
-            lb.pm_in = b.take(n * c * es);
-            lb.pm_rstd = b.take(n * 4);
-            lb.pm_mean = b.take(n * 4);
-        }
         if matches!(l.ffn, FfnCfg::Moe) && save(i).moe {
             lb.moe_saved = b.take(moe_of(i).0);
         }
@@ -218,12 +214,12 @@ pub(super) fn layout(
     }
     let saved_bytes = b.used();
     // One shared set for whatever some layer recomputes, each buffer the largest such layer's.
-    let mut shared_sizes = [[0usize; 3]; 7];
+    let mut shared_sizes = [[0usize; 3]; GROUPS];
     let mut moe_shared = 0usize;
     for (i, l) in cfg.iter().enumerate() {
         let keep = save(i).groups();
         let sizes = group_sizes(l, s);
-        for j in 0..7 {
+        for j in 0..GROUPS {
             if !keep[j] {
                 for (m, x) in shared_sizes[j].iter_mut().zip(sizes[j]) {
                     *m = (*m).max(x);
@@ -234,8 +230,8 @@ pub(super) fn layout(
             moe_shared = moe_shared.max(moe_of(i).0);
         }
     }
-    let mut shared = [[0 as DevPtr; 3]; 7];
-    for j in 0..7 {
+    let mut shared = [[0 as DevPtr; 3]; GROUPS];
+    for j in 0..GROUPS {
         for (p, bytes) in shared[j].iter_mut().zip(shared_sizes[j]) {
             *p = b.take(bytes);
         }
@@ -254,18 +250,17 @@ pub(super) fn layout(
                 shared[j][k]
             }
         };
-        lb.ln1 = pick(0, 0);
-        lb.rstd1 = pick(0, 1);
-        lb.mean1 = pick(0, 2);
-        lb.qkv = pick(1, 0);
-        lb.atty = pick(2, 0);
-        lb.lse = pick(2, 1);
-        lb.resid_mid = pick(3, 0);
-        lb.ln2 = pick(4, 0);
-        lb.rstd2 = pick(4, 1);
-        lb.mean2 = pick(4, 2);
-        lb.h = pick(5, 0);
-        lb.act = pick(6, 0);
+        [lb.ln1, lb.rstd1, lb.mean1] = [pick(0, 0), pick(0, 1), pick(0, 2)];
+        [lb.qraw, lb.qrstd, lb.qmean] = [pick(1, 0), pick(1, 1), pick(1, 2)];
+        [lb.kraw, lb.krstd, lb.kmean] = [pick(2, 0), pick(2, 1), pick(2, 2)];
+        lb.qkv = pick(3, 0);
+        [lb.atty, lb.lse] = [pick(4, 0), pick(4, 1)];
+        [lb.pa_in, lb.pa_rstd, lb.pa_mean] = [pick(5, 0), pick(5, 1), pick(5, 2)];
+        lb.resid_mid = pick(6, 0);
+        [lb.ln2, lb.rstd2, lb.mean2] = [pick(7, 0), pick(7, 1), pick(7, 2)];
+        lb.h = pick(8, 0);
+        lb.act = pick(9, 0);
+        [lb.pm_in, lb.pm_rstd, lb.pm_mean] = [pick(10, 0), pick(10, 1), pick(10, 2)];
         if matches!(cfg[i].ffn, FfnCfg::Moe) && !save(i).moe {
             lb.moe_saved = moe_shared_ptr;
         }
@@ -311,7 +306,7 @@ pub(super) fn layout(
             let keep = saves[i].groups();
             let sizes = group_sizes(l, s);
             // A parallel layer's resid_mid only carries the stream forward (see `forward`).
-            (0..7).any(|j| !keep[j] && sizes[j][0] > 0 && !(j == 3 && l.parallel))
+            (0..GROUPS).any(|j| !keep[j] && sizes[j][0] > 0 && !(j == 6 && l.parallel))
                 || (matches!(l.ffn, FfnCfg::Moe) && !saves[i].moe)
         })
         .collect();
@@ -377,25 +372,22 @@ mod tests {
     fn buffers(l: &LayerCfg, s: &Shape, b: &LayerBufs) -> Vec<(&'static str, DevPtr, usize)> {
         let g = group_sizes(l, s);
         let (n, es) = (s.n, s.es);
-        let mut v = vec![
+        let v = vec![
             ("resid", b.resid, n * s.c * es),
             ("ln1", b.ln1, g[0][0]),
-            ("qkv", b.qkv, g[1][0]),
-            ("atty", b.atty, g[2][0]),
-            ("lse", b.lse, g[2][1]),
-            ("resid_mid", b.resid_mid, g[3][0]),
-            ("ln2", b.ln2, g[4][0]),
-            ("h", b.h, g[5][0]),
-            ("act", b.act, g[6][0]),
+            ("qraw", b.qraw, g[1][0]),
+            ("qrstd", b.qrstd, g[1][1]),
+            ("kraw", b.kraw, g[2][0]),
+            ("qkv", b.qkv, g[3][0]),
+            ("atty", b.atty, g[4][0]),
+            ("lse", b.lse, g[4][1]),
+            ("pa_in", b.pa_in, g[5][0]),
+            ("resid_mid", b.resid_mid, g[6][0]),
+            ("ln2", b.ln2, g[7][0]),
+            ("h", b.h, g[8][0]),
+            ("act", b.act, g[9][0]),
+            ("pm_in", b.pm_in, g[10][0]),
         ];
-        if l.qk.is_some() {
-            v.push(("qraw", b.qraw, n * l.qd * es));
-            v.push(("kraw", b.kraw, n * l.kvd * es));
-        }
-        if l.post {
-            v.push(("pa_in", b.pa_in, n * s.c * es));
-            v.push(("pm_in", b.pm_in, n * s.c * es));
-        }
         v.into_iter().filter(|x| x.2 > 0).collect()
     }
 
@@ -429,7 +421,7 @@ mod tests {
         let shared_end = shared_start + lay.recompute_bytes as u64;
         for (i, (l, b)) in cfg.iter().zip(&lay.layers).enumerate() {
             for (name, p, bytes) in buffers(l, &s, b) {
-                let own = matches!(name, "resid" | "qraw" | "kraw" | "pa_in" | "pm_in");
+                let own = name == "resid";
                 if own {
                     assert!(p + bytes as u64 <= shared_start, "layer {i} {name} kept");
                 } else {

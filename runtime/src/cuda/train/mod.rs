@@ -144,7 +144,7 @@ impl GpuTrainer {
             return Err(unsupported(format!("unsupported: {why}")));
         }
         let planned = modelspec_dsl::plan::plan(spec, batch as u64, seq as u64, dt, policy)?;
-        let saves = LayerSaves::from_plan(&planned);
+        let saves = LayerSaves::from_plan(spec, &planned);
         gpu.check_fits(Self::predicted_bytes_with(spec, dt, batch, seq, &saves))?;
         Self::with_checkpoint(gpu, spec, dt, batch, seq, seed, &saves)
     }
@@ -308,6 +308,30 @@ impl GpuTrainer {
         total * (16 + dt.bytes())
             + layout(&cfg, &shape, saves, &moe_sizes, 0).total_bytes
             + fixed_bytes(shape.n)
+    }
+
+    /// Bytes the layers of a trainer built with `saves` keep from forward to backward, without a
+    /// device: every layer's input plus its kept buffers (what the planner's `activation_bytes`
+    /// counts for the plan `saves` came from).
+    pub fn predicted_saved_bytes(
+        spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        saves: &[LayerSaves],
+    ) -> usize {
+        let shape = Shape::new(
+            batch,
+            seq,
+            spec.d_model as usize,
+            dt.bytes(),
+            spec.vocab_padded as usize,
+        );
+        let cfg: Vec<LayerCfg> = (0..spec.layers.len())
+            .map(|i| LayerCfg::new(spec, i, None, None))
+            .collect();
+        let moe_sizes = moe_glue::predicted_sizes(spec, batch, seq, dt);
+        layout(&cfg, &shape, saves, &moe_sizes, 0).saved_bytes
     }
 
     /// Bytes of activations kept from forward to backward by the layers: every layer's input

@@ -1,38 +1,46 @@
-//! What a layer keeps from forward to backward, in the planner's vocabulary.
+//! What a layer keeps from forward to backward: the planner's saved units, one buffer each.
 
-/// Which of a layer's activations the trainer keeps from forward to backward; the others are
+use modelspec_dsl::ModelSpec;
+use modelspec_dsl::plan::Plan;
+use modelspec_dsl::program::{Act, LayerProgram, N_ACTS};
+
+/// Which of a layer's buffers the trainer keeps from forward to backward; the others are
 /// recomputed at the start of that layer's backward into one set of buffers shared by all layers.
 /// The layer input (the residual stream entering the layer) is always kept.
 ///
-/// Mapping from the planner's named tensors ([`modelspec_dsl::tensors::layer_tensors`]): the
-/// trainer materialises a few of them as one buffer, so a buffer is kept when the plan saves any of
-/// its tensors:
-/// - `attn_norm` -> `attn_norm` (+ its f32 statistics);
-/// - `qkv` -> `q`, `k`, `v`, `q_normed`, `k_normed`, `q_rope`, `k_rope`: one `[q; k; v]` buffer
-///   with qk-norm and RoPE applied in place (an alias: the planner counts `q`, `q_normed` and
-///   `q_rope` as three tensors, the trainer keeps one); the qk-norms' inputs are kept besides, as
-///   are the post-norms' inputs;
-/// - `attn` -> `attn` (+ the f32 log-sum-exp);
-/// - `resid_mid` -> `resid_mid` or `attn_out` (the trainer folds the output projection into the
-///   residual add and keeps the sum, of the same size); a parallel layer's backward reads none of
-///   it, so there the buffer only carries the stream to the next layer and is never recomputed;
-/// - `mlp_norm` -> `mlp_norm`;
-/// - `mlp_in` -> `gate`, `up` (one buffer) of a dense MLP;
+/// Each field is one unit of the layer's program (`LayerProgram::unit_of`), which the planner
+/// saves or recomputes whole, so the trainer keeps exactly the bytes the plan lists (the planner
+/// counts a norm's f32 statistics with the tensor they are kept beside):
+/// - `attn_norm` -> `attn_norm` (+ its statistics);
+/// - `q_raw`, `k_raw` -> `q`, `k` as projected, under qk-norm (+ the qk-norm's statistics);
+/// - `qkv` -> the unit of `v`: one `[q; k; v]` buffer as attention reads it (qk-norm and RoPE
+///   applied in place): `q_rope`, `k_rope`, `v` (or `q_normed`, `k_normed`, `v`; or `q`, `k`, `v`);
+/// - `attn` -> `attn` (+ its f32 log-sum-exp);
+/// - `attn_out` -> `attn_out` under post-norm (the post-norm's input and statistics);
+/// - `resid_mid` -> `resid_mid`;
+/// - `mlp_norm` -> `mlp_norm` (+ its statistics);
+/// - `mlp_in` -> `gate` and `up` (one buffer) of a dense MLP;
 /// - `act` -> `act` of a dense MLP;
-/// - `moe` -> any of `router_logits`, `router_weights`, `expert_in`, `gate`, `up`, `act`,
-///   `expert_out`, `shared_out` of a mixture-of-experts layer: the MoE block's own saved region
-///   (`MoeLayer::saved_bytes`) is one unit, kept or recomputed whole.
+/// - `mlp_out` -> `mlp_out` under post-norm (the post-norm's input and statistics);
+/// - `moe` -> the unit of `router_logits`: a mixture-of-experts block's routed state
+///   (`MoeLayer::saved_bytes`).
 ///
-/// `mlp_out` is never kept: it is folded into the next layer's input, which is kept anyway (an
-/// alias the planner's cost model counts separately).
+/// Tensors that no backward op reads are never kept (`attn_out` and `mlp_out` under pre-norm:
+/// they are folded into the next residual add; the post-norms' outputs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerSaves {
     /// The attention norm's output and statistics.
     pub attn_norm: bool,
-    /// The q/k/v projection after RoPE.
+    /// The query projection before qk-norm, and the q-norm's statistics.
+    pub q_raw: bool,
+    /// The key projection before qk-norm, and the k-norm's statistics.
+    pub k_raw: bool,
+    /// The `[q; k; v]` buffer attention reads.
     pub qkv: bool,
     /// The attention output and its log-sum-exp.
     pub attn: bool,
+    /// The output projection under post-norm, and the post-norm's statistics.
+    pub attn_out: bool,
     /// The residual stream after the attention branch.
     pub resid_mid: bool,
     /// The MLP norm's output and statistics.
@@ -41,6 +49,8 @@ pub struct LayerSaves {
     pub mlp_in: bool,
     /// The dense MLP activation's output.
     pub act: bool,
+    /// The FFN output under post-norm, and the post-norm's statistics.
+    pub mlp_out: bool,
     /// A mixture-of-experts block's saved state (routing, expert activations).
     pub moe: bool,
 }
@@ -49,68 +59,92 @@ impl LayerSaves {
     /// Keep everything (policy `none`).
     pub const ALL: LayerSaves = LayerSaves {
         attn_norm: true,
+        q_raw: true,
+        k_raw: true,
         qkv: true,
         attn: true,
+        attn_out: true,
         resid_mid: true,
         mlp_norm: true,
         mlp_in: true,
         act: true,
+        mlp_out: true,
         moe: true,
     };
     /// Keep only the layer input (policy `full`).
     pub const INPUT_ONLY: LayerSaves = LayerSaves {
         attn_norm: false,
+        q_raw: false,
+        k_raw: false,
         qkv: false,
         attn: false,
+        attn_out: false,
         resid_mid: false,
         mlp_norm: false,
         mlp_in: false,
         act: false,
+        mlp_out: false,
         moe: false,
     };
 
-    /// The buffers that keep the planner's `saved` named tensors (see the type's docs).
-    pub fn from_saved(saved: &[&str]) -> LayerSaves {
-        let any = |names: &[&str]| names.iter().any(|n| saved.contains(n));
+    /// The buffers of layer program `lp` that keep the activations `keep` marks (indexed by
+    /// `Act as usize`, as `LayerProgram::save_set` returns them).
+    pub fn from_keep(lp: &LayerProgram, keep: &[bool; N_ACTS]) -> LayerSaves {
+        let k = |a: Act| lp.node(a).is_some() && keep[a as usize];
+        let dense = lp.node(Act::RouterLogits).is_none();
         LayerSaves {
-            attn_norm: any(&["attn_norm"]),
-            qkv: any(&["q", "k", "v", "q_normed", "k_normed", "q_rope", "k_rope"]),
-            attn: any(&["attn"]),
-            resid_mid: any(&["resid_mid", "attn_out"]),
-            mlp_norm: any(&["mlp_norm"]),
-            mlp_in: any(&["gate", "up"]),
-            act: any(&["act"]),
-            moe: any(&[
-                "router_logits",
-                "router_weights",
-                "expert_in",
-                "gate",
-                "up",
-                "act",
-                "expert_out",
-                "shared_out",
-            ]),
+            attn_norm: k(Act::AttnNorm),
+            // Kept only where a backward reads them: the qk-norms' and post-norms' inputs.
+            q_raw: k(Act::Q) && lp.node(Act::QNormed).is_some(),
+            k_raw: k(Act::K) && lp.node(Act::KNormed).is_some(),
+            qkv: k(lp.q_final),
+            attn: k(Act::Attn),
+            attn_out: k(Act::AttnOut) && lp.node(Act::AttnPostNorm).is_some(),
+            resid_mid: k(Act::ResidMid),
+            mlp_norm: k(Act::MlpNorm),
+            mlp_in: dense && (k(Act::Gate) || k(Act::Up)),
+            act: dense && k(Act::ActOut),
+            mlp_out: k(Act::MlpOut) && lp.node(Act::MlpPostNorm).is_some(),
+            moe: !dense && k(Act::RouterLogits),
         }
     }
 
-    /// One entry per layer of a resolved plan.
-    pub fn from_plan(plan: &modelspec_dsl::plan::Plan) -> Vec<LayerSaves> {
-        plan.layers
+    /// The buffers that keep the tensors named in `saved` (a plan's saved list) of `layer`.
+    pub fn from_saved(layer: &modelspec_dsl::ir::Layer, saved: &[&str]) -> LayerSaves {
+        let lp = LayerProgram::structure(layer);
+        let mut keep = [false; N_ACTS];
+        for node in &lp.nodes {
+            keep[node.output as usize] = saved.contains(&node.output.owner().name());
+        }
+        LayerSaves::from_keep(&lp, &keep)
+    }
+
+    /// One entry per layer of a resolved plan of `spec`.
+    pub fn from_plan(spec: &ModelSpec, plan: &Plan) -> Vec<LayerSaves> {
+        spec.layers
             .iter()
-            .map(|l| LayerSaves::from_saved(&l.saved))
+            .zip(&plan.layers)
+            .map(|(layer, l)| LayerSaves::from_saved(layer, &l.saved))
             .collect()
     }
 
-    /// The seven dense groups in layout order (see `layout`).
-    pub(super) fn groups(&self) -> [bool; 7] {
+    /// The dense groups in layout order (see `layout`).
+    pub(super) fn groups(&self) -> [bool; GROUPS] {
         [
             self.attn_norm,
+            self.q_raw,
+            self.k_raw,
             self.qkv,
             self.attn,
+            self.attn_out,
             self.resid_mid,
             self.mlp_norm,
             self.mlp_in,
             self.act,
+            self.mlp_out,
         ]
     }
 }
+
+/// Number of dense groups (every field of [`LayerSaves`] but `moe`).
+pub(super) const GROUPS: usize = 11;
