@@ -19,6 +19,8 @@ use crate::diag::Issue;
 use crate::ir::*;
 use crate::tensors::layer_tensors;
 
+mod attention;
+
 /// Most routed experts a layer may have (bounds the parameter table on hostile input).
 pub const MAX_EXPERTS: u64 = 1 << 16;
 /// Most layers a model may have.
@@ -355,6 +357,7 @@ impl Checker {
         if let Some(q) = &a.qk_norm {
             self.norm("attention.qk_norm.norm", i, &q.norm);
         }
+        self.attention_options(s, l);
         self.norm("block.norm", i, &l.block.norm);
         if l.block.shared_norm && !l.block.parallel_residual {
             self.push(
@@ -484,6 +487,7 @@ impl Checker {
                 beta_fast,
                 beta_slow,
                 attention_factor,
+                ..
             } => {
                 self.positive("position.scaling.original_context", i, *original_context);
                 self.positive_real("position.scaling.attention_factor", i, *attention_factor);

@@ -252,7 +252,7 @@ pub struct Attention {
     pub qkv_bias: bool,
     /// Bias on the output projection.
     pub out_bias: bool,
-    /// Normalisation of queries and keys before RoPE.
+    /// Normalisation of queries and keys (before RoPE unless [`QkNorm::after_rope`]).
     pub qk_norm: Option<QkNorm>,
     /// `softcap * tanh(scores / softcap)` on attention scores.
     pub softcap: Option<f64>,
@@ -260,6 +260,51 @@ pub struct Attention {
     pub scale: f64,
     /// Sliding window: a query attends to the last `window` positions including itself.
     pub window: Option<u64>,
+    /// Chunked local attention (Llama 4): positions are cut into chunks of `chunk`, and a query
+    /// attends causally to the keys of its own chunk only. Absent: no chunking.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunk: Option<u64>,
+    /// Attention sinks (GPT-OSS): a learned logit per query head (`attn.sinks`, `[heads]`) joins
+    /// each softmax's denominator and takes part of the probability mass, without a value.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub sinks: bool,
+    /// A position-dependent multiplier on the queries (Llama 4's temperature tuning of its NoPE
+    /// layers). Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<QueryTemperature>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Llama 4's attention temperature tuning: the query at absolute position `t` is multiplied by
+/// `1 + scale · ln(1 + floor((t + 1) / floor))` before the scores are formed, which sharpens
+/// attention at long range. The multiplier is 1 for `t + 1 < floor`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueryTemperature {
+    /// Positions per step of the logarithm (HF's `floor_scale`), at least 1.
+    pub floor: u64,
+    /// Strength (HF's `attn_scale`), positive.
+    pub scale: f64,
+}
+
+impl QueryTemperature {
+    /// The multiplier on the query at absolute position `t`.
+    pub fn factor(&self, t: u64) -> f64 {
+        // HF computes it in f32: log1p(floor((t + 1) / floor_scale)) * attn_scale + 1.
+        let steps = ((t as f32 + 1.0) / self.floor as f32).floor();
+        (steps.ln_1p() * self.scale as f32 + 1.0) as f64
+    }
 }
 
 /// Query/key normalisation.
@@ -270,6 +315,9 @@ pub struct QkNorm {
     pub norm: Norm,
     /// Per head (weights of size head_dim) or over the whole projection (heads*head_dim).
     pub scope: QkNormScope,
+    /// Applied to the rotated queries and keys instead of before RoPE (Llama 4's L2 norm).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub after_rope: bool,
 }
 
 /// What a qk-norm normalises over.
@@ -352,6 +400,10 @@ pub enum RopeScaling {
         beta_slow: f64,
         /// Attention temperature multiplier applied to cos/sin (resolved: 0.1 ln(factor) + 1).
         attention_factor: f64,
+        /// Round the correction range outwards to whole dimensions (HF's `truncate`, default
+        /// true; GPT-OSS sets it false).
+        #[serde(default = "default_true", skip_serializing_if = "is_true")]
+        truncate: bool,
     },
     /// Llama 3.1's piecewise frequency scaling.
     Llama3 {

@@ -12,6 +12,7 @@
 //! layers.{i}.attn.{q,k,v}.weight     [heads*hd | kv_heads*hd, d_model]   (+ .bias)
 //! layers.{i}.attn.{q,k}_norm.weight  [hd] per-head, [heads*hd | kv_heads*hd] full (+ .bias)
 //! layers.{i}.attn.o.weight           [d_model, heads*hd]          (+ .bias)
+//! layers.{i}.attn.sinks              [heads]                       attention sinks
 //! layers.{i}.attn_post_norm.*        [d_model]                     post/sandwich
 //! layers.{i}.mlp_norm.*              [d_model]                     pre/sandwich, not shared
 //! layers.{i}.mlp.{gate,up}.weight    [hidden, d_model]  mlp.down.weight [d_model, hidden] (+ .bias)
@@ -137,6 +138,9 @@ pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
                 t.expert = None;
                 if let Some(shared) = &moe.shared {
                     let width = Mlp {
+        if a.sinks {
+            t.push(p("attn.sinks"), vec![a.heads]);
+        }
                         hidden: shared.count * shared.hidden,
                         ..moe.expert
                     };

@@ -58,6 +58,9 @@ pub fn llama_layer(index: u64, heads: u64, kv_heads: u64, head_dim: u64, hidden:
             softcap: None,
             scale: 1.0 / (head_dim as f64).sqrt(),
             window: None,
+            chunk: None,
+            sinks: false,
+            temperature: None,
         },
         position: Position::Rope(Rope {
             theta: 10000.0,
@@ -129,6 +132,7 @@ pub fn tiny_moe_spec() -> ModelSpec {
             norm: rms(),
             scope: QkNormScope::Head,
         });
+            after_rope: false,
     }
     for layer in layers.iter_mut().step_by(2) {
         layer.attention.window = Some(16);

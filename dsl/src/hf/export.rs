@@ -10,6 +10,8 @@ use super::families::Family;
 use super::import::import_unchecked;
 use crate::ir::*;
 
+mod attn_options;
+
 /// Why a spec has no config.json form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExportError {
@@ -230,6 +232,16 @@ fn candidates(spec: &ModelSpec) -> Vec<Family> {
             if spec.weights.fused_gate_up || spec.weights.qkv != QkvLayout::Separate {
                 return vec![Family::Phi3];
             }
+            if let Some(family) = attn_options::candidate(spec) {
+                return vec![family];
+            }
+            let sigmoid = spec
+                .layers
+                .iter()
+                .any(|l| matches!(&l.ffn, Ffn::Moe(m) if m.router == RouterOrder::SigmoidTopk));
+            if sigmoid {
+                return vec![Family::Glm4Moe];
+            }
             if moe {
                 return if shared {
                     vec![Family::Qwen2Moe]
@@ -275,6 +287,9 @@ fn architecture(family: Family) -> &'static str {
         Family::GptNeox => "GPTNeoXForCausalLM",
         Family::Falcon => "FalconForCausalLM",
         Family::Olmo2 => "Olmo2ForCausalLM",
+        Family::GptOss => "GptOssForCausalLM",
+        Family::Llama4Text => "Llama4ForCausalLM",
+        Family::SmolLm3 => "SmolLM3ForCausalLM",
     }
 }
 
@@ -314,14 +329,21 @@ fn rope_scaling_value(scaling: &RopeScaling) -> Value {
             beta_fast,
             beta_slow,
             attention_factor,
-        } => json!({
-            "rope_type": "yarn",
-            "factor": num(*factor),
-            "original_max_position_embeddings": original_context,
-            "beta_fast": num(*beta_fast),
-            "beta_slow": num(*beta_slow),
-            "attention_factor": attention_factor,
-        }),
+            truncate,
+        } => {
+            let mut dict = json!({
+                "rope_type": "yarn",
+                "factor": num(*factor),
+                "original_max_position_embeddings": original_context,
+                "beta_fast": num(*beta_fast),
+                "beta_slow": num(*beta_slow),
+                "attention_factor": attention_factor,
+            });
+            if !truncate {
+                dict["truncate"] = Value::Bool(false);
+            }
+            dict
+        }
         RopeScaling::Llama3 {
             factor,
             low_freq_factor,
@@ -544,6 +566,7 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
     }
     Value::Object(c)
 }
+            attn_options::write(family, spec, &mut set);
 
 /// Sliding-window keys of the families that have them.
 fn write_windows(

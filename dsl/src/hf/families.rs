@@ -41,10 +41,17 @@ pub enum Family {
     Falcon,
     /// `olmo2` (Olmo2Config).
     Olmo2,
+    /// `gpt_oss` (GptOssConfig): attention sinks, alternating sliding/full layers, YaRN.
+    GptOss,
+    /// `llama4_text` (Llama4TextConfig): NoPE layers, chunked attention, an L2 qk-norm after
+    /// RoPE, the NoPE layers' query temperature, interleaved (complex-pair) RoPE.
+    Llama4Text,
+    /// `smollm3` (SmolLM3Config): Llama with every `no_rope_layer_interval`-th layer NoPE.
+    SmolLm3,
 }
 
 /// Every supported family, in the order error messages list them.
-pub const ALL: [Family; 16] = [
+pub const ALL: [Family; 19] = [
     Family::Llama,
     Family::Mistral,
     Family::Mixtral,
@@ -61,6 +68,9 @@ pub const ALL: [Family; 16] = [
     Family::GptNeox,
     Family::Falcon,
     Family::Olmo2,
+    Family::GptOss,
+    Family::Llama4Text,
+    Family::SmolLm3,
 ];
 
 /// Class defaults of one config class; `None` means "derived" (see each field).
@@ -112,6 +122,9 @@ impl Family {
             Family::GptNeox => "gpt_neox",
             Family::Falcon => "falcon",
             Family::Olmo2 => "olmo2",
+            Family::GptOss => "gpt_oss",
+            Family::Llama4Text => "llama4_text",
+            Family::SmolLm3 => "smollm3",
         }
     }
 
@@ -318,6 +331,45 @@ impl Family {
                 vocab: 50304,
                 context: 2048,
                 eps: 1e-5,
+                ..llama
+            },
+            Family::GptOss => Defaults {
+                vocab: 201088,
+                hidden: 2880,
+                intermediate: Some(2880),
+                layers: 36,
+                heads: 64,
+                kv_heads: Some(8),
+                head_dim: Some(64),
+                context: 131072,
+                eps: 1e-5,
+                rope_theta: 150000.0,
+                ..llama
+            },
+            Family::Llama4Text => Defaults {
+                vocab: 202048,
+                hidden: 5120,
+                // The routed experts' width; dense layers read `intermediate_size_mlp` (16384).
+                intermediate: Some(8192),
+                layers: 48,
+                heads: 40,
+                kv_heads: Some(8),
+                head_dim: Some(128),
+                context: 131072,
+                eps: 1e-5,
+                rope_theta: 500000.0,
+                ..llama
+            },
+            Family::SmolLm3 => Defaults {
+                vocab: 128256,
+                hidden: 2048,
+                intermediate: Some(11008),
+                layers: 36,
+                heads: 16,
+                kv_heads: Some(4),
+                context: 32768,
+                tied: true,
+                rope_theta: 2000000.0,
                 ..llama
             },
         }

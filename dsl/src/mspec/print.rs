@@ -280,10 +280,12 @@ impl Printer {
         }
     }
 
-    fn qk_norm(&self, q: &Option<QkNorm>, full: bool) -> String {
+    /// `qk_norm ...`; `order` forces the `order = ...` argument (a rule overriding an
+    /// after-RoPE norm).
+    fn qk_norm(&self, q: &Option<QkNorm>, full: bool, order: bool) -> String {
         match q {
             None => "qk_norm none".into(),
-            Some(q) if q.scope == QkNormScope::Head && !full => {
+            Some(q) if q.scope == QkNormScope::Head && !full && !q.after_rope && !order => {
                 format!("qk_norm {}", self.norm(&q.norm, false))
             }
             Some(q) => {
@@ -291,8 +293,23 @@ impl Printer {
                     QkNormScope::Head => "head",
                     QkNormScope::Full => "full",
                 };
-                format!("qk_norm({}, scope = {scope})", self.norm(&q.norm, full))
+                let mut text = format!("qk_norm({}, scope = {scope}", self.norm(&q.norm, full));
+                if q.after_rope {
+                    text.push_str(", order = after_rope");
+                } else if order {
+                    text.push_str(", order = before_rope");
+                }
+                text.push(')');
+                text
             }
+        }
+    }
+
+    /// `temperature ...`.
+    fn temperature(t: &Option<QueryTemperature>) -> String {
+        match t {
+            None => "temperature none".into(),
+            Some(t) => format!("temperature(floor = {}, scale = {})", t.floor, num(t.scale)),
         }
     }
 
@@ -316,7 +333,7 @@ impl Printer {
             }
         }
         if a.qk_norm.is_some() || x {
-            p.push(self.qk_norm(&a.qk_norm, x));
+            p.push(self.qk_norm(&a.qk_norm, x, false));
         }
         match a.softcap {
             Some(c) => p.push(format!("softcap {}", num(c))),
@@ -330,6 +347,15 @@ impl Printer {
             Some(w) => p.push(format!("window {w}")),
             None if x => p.push("window none".into()),
             None => {}
+        }
+        if let Some(c) = a.chunk {
+            p.push(format!("chunk {c}"));
+        }
+        if a.sinks {
+            p.push("sinks".into());
+        }
+        if a.temperature.is_some() {
+            p.push(Self::temperature(&a.temperature));
         }
         p.join("  ")
     }
@@ -363,7 +389,8 @@ impl Printer {
             p.push(flag("out_bias", a.out_bias));
         }
         if a.qk_norm != b.qk_norm {
-            p.push(self.qk_norm(&a.qk_norm, true));
+            let base_after = b.qk_norm.is_some_and(|q| q.after_rope);
+            p.push(self.qk_norm(&a.qk_norm, true, base_after));
         }
         if a.softcap != b.softcap {
             p.push(match a.softcap {
@@ -385,6 +412,18 @@ impl Printer {
                 Some(w) => format!("window {w}"),
                 None => "window none".into(),
             });
+        }
+        if a.chunk != b.chunk {
+            p.push(match a.chunk {
+                Some(c) => format!("chunk {c}"),
+                None => "chunk none".into(),
+            });
+        }
+        if a.sinks != b.sinks {
+            p.push(flag("sinks", a.sinks));
+        }
+        if a.temperature != b.temperature {
+            p.push(Self::temperature(&a.temperature));
         }
         p
     }
@@ -677,7 +716,7 @@ fn scaling(s: &RopeScaling) -> String {
             attention_factor,
         } => {
             format!(
-                "yarn(factor = {}, original_context = {original_context}, beta_fast = {}, beta_slow = {}, attention_factor = {})",
+                "yarn(factor = {}, original_context = {original_context}, beta_fast = {}, beta_slow = {}, attention_factor = {}{})",
                 num(*factor),
                 num(*beta_fast),
                 num(*beta_slow),
@@ -702,10 +741,12 @@ fn scaling(s: &RopeScaling) -> String {
             attention_factor,
         } => {
             format!(
+            truncate,
                 "longrope(short = [{}], long = [{}], original_context = {original_context}, attention_factor = {})",
                 list(short_factor),
                 list(long_factor),
-                num(*attention_factor)
+                num(*attention_factor),
+                if *truncate { "" } else { ", truncate = false" }
             )
         }
     }

@@ -22,6 +22,9 @@ fn gpt2() -> ModelSpec {
             softcap: None,
             scale: 0.125,
             window: None,
+            chunk: None,
+            sinks: false,
+            temperature: None,
         },
         position: Position::Learned,
         block: Block {

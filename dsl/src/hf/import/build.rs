@@ -196,6 +196,10 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
             false,
         ),
         Family::Mistral | Family::Mixtral | Family::Phi3 => (false, false, false),
+        Family::GptOss => {
+            let b = cfg.flag("attention.qkv_bias", "attention_bias", true);
+            (b, b, false)
+        }
         _ => {
             let b = cfg.flag("attention.qkv_bias", "attention_bias", false);
             let m = if matches!(family, Family::Llama) {
@@ -264,18 +268,22 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
         Family::Qwen3 | Family::Qwen3Moe => Some(QkNorm {
             norm: rms,
             scope: QkNormScope::Head,
+            after_rope: false,
         }),
         Family::Gemma3Text => Some(QkNorm {
             norm,
             scope: QkNormScope::Head,
+            after_rope: false,
         }),
         Family::Olmo2 => Some(QkNorm {
             norm: rms,
             scope: QkNormScope::Full,
+            after_rope: false,
         }),
         Family::Phi if cfg.flag("attention.qk_norm", "qk_layernorm", false) => Some(QkNorm {
             norm: layer_norm,
             scope: QkNormScope::Head,
+            after_rope: false,
         }),
         _ => None,
     };
@@ -330,12 +338,18 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
     let fraction = rotary_fraction(cfg, family);
     let (rope_full, rope_sliding) = rope_settings(cfg, family, d.rope_theta, context);
     let rotary_dims = (head_dim as f64 * fraction) as u64;
+    // Llama 4 rotates (2i, 2i+1) pairs as complex numbers.
+    let style = if family == Family::Llama4Text {
+        RopeStyle::Interleaved
+    } else {
+        RopeStyle::HalfSplit
+    };
     let make_rope = |r: &RopeCfg| {
         Position::Rope(Rope {
             theta: r.theta,
             fraction,
             rotary_dims,
-            style: RopeStyle::HalfSplit,
+            style,
             scaling: r.scaling.clone(),
         })
     };
@@ -367,8 +381,27 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
     // Sliding windows: which layers slide, and how far.
     let sliding = sliding_layers(cfg, family, n_layers);
 
+    // NoPE layers, chunks, Llama 4's L2 qk-norm and query temperature, GPT-OSS's sinks.
+    let opts = attn_options(cfg, family, n_layers, eps);
+    // Llama 4's dense layers have their own width.
+    let dense_hidden = if family == Family::Llama4Text {
+        cfg.size("ffn.hidden", &["intermediate_size_mlp"], 16384)
+    } else {
+        intermediate
+    };
+
     // MoE.
     let moe_plan = moe_settings(cfg, family, activation, intermediate, n_layers);
+    if moe_plan.is_none() && has_moe_layers(cfg, family, n_layers) {
+        cfg.error(
+            "model_type",
+            format!(
+                "the mixture of experts of `{}` is not supported yet",
+                family.model_type()
+            ),
+            Some("only its dense layers can be read for now (Llama 4: \"moe_layers\": [])".into()),
+        );
+    }
 
     if !cfg.diags.is_empty() {
         return None;
@@ -389,7 +422,7 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
 
     let mlp = Mlp {
         activation,
-        hidden: intermediate,
+        hidden: dense_hidden,
         bias: mlp_bias,
     };
     let mut layers = Vec::with_capacity(n_layers as usize);
@@ -399,11 +432,14 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
             Position::Alibi
         } else if gpt2 {
             Position::Learned
+        } else if !opts.uses_rope(i) {
+            Position::None
         } else if window.is_some() && sliding.separate_rope {
             make_rope(&rope_sliding)
         } else {
             make_rope(&rope_full)
         };
+        let rope_layer = matches!(position, Position::Rope(_));
         let scale = if scale_by_layer {
             base_scale / (i + 1) as f64
         } else {
@@ -421,10 +457,16 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
                 head_dim,
                 qkv_bias,
                 out_bias,
-                qk_norm,
+                qk_norm: match opts.l2_qk_norm {
+                    Some(l2) => rope_layer.then_some(l2),
+                    None => qk_norm,
+                },
                 softcap: attn_softcap,
                 scale,
                 window,
+                chunk: opts.chunk(i),
+                sinks: opts.sinks,
+                temperature: opts.temperature.filter(|_| !rope_layer),
             },
             position,
             block,
@@ -543,4 +585,20 @@ pub(crate) fn activation_kind(name: &str, gated: bool) -> Option<MlpKind> {
         ("relu2", false) => MlpKind::ReluSquared,
         _ => return None,
     })
+}
+
+/// Whether a GPT-OSS or Llama 4 config has MoE layers (every GPT-OSS layer; Llama 4's
+/// `moe_layers`, else every `interleave_moe_layer_step`-th layer).
+fn has_moe_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -> bool {
+    match family {
+        Family::GptOss => true,
+        Family::Llama4Text => match cfg.root.get("moe_layers") {
+            Some(m) if !m.value.is_null() => m.value.as_array().is_ok_and(|a| !a.is_empty()),
+            _ => {
+                let step = cfg.opt_u64("ffn", "interleave_moe_layer_step").unwrap_or(1);
+                step >= 1 && step <= n_layers
+            }
+        },
+        _ => false,
+    }
 }

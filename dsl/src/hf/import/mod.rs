@@ -16,12 +16,14 @@ use super::json_spans::{self, JsonKind, JsonValue};
 use crate::diag::{Diagnostic, Issue};
 use crate::ir::*;
 
+mod attn_options;
 mod build;
 mod cfg;
 mod moe;
 mod rope;
 mod sliding;
 
+use attn_options::attn_options;
 use build::build;
 use moe::moe_settings;
 use rope::{RopeCfg, rope_settings, rotary_fraction};

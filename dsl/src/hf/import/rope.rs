@@ -118,7 +118,7 @@ pub(super) fn rope_settings(
             let v = m.value.clone();
             rope_scaling(cfg, "rope_scaling", &v, context)
         }
-        _ => RopeScaling::None,
+        _ => default_scaling(family),
     };
     let full = RopeCfg { theta, scaling };
     let sliding = sliding_rope(cfg, family, &full);
@@ -127,6 +127,23 @@ pub(super) fn rope_settings(
 
 /// θ of the sliding-window layers: Gemma-3's own unscaled `rope_local_base_freq`, elsewhere the
 /// full layers' settings.
+/// The scaling of a config without `rope_scaling` / `rope_parameters`: GptOssConfig's YaRN
+/// (factor 32 over 4096 positions, not truncated), none elsewhere.
+fn default_scaling(family: Family) -> RopeScaling {
+    if family == Family::GptOss {
+        RopeScaling::Yarn {
+            factor: 32.0,
+            original_context: 4096,
+            beta_fast: 32.0,
+            beta_slow: 1.0,
+            attention_factor: 0.1 * 32f64.ln() + 1.0,
+            truncate: false,
+        }
+    } else {
+        RopeScaling::None
+    }
+}
+
 fn sliding_rope(cfg: &mut Cfg<'_>, family: Family, full: &RopeCfg) -> RopeCfg {
     if family == Family::Gemma3Text {
         RopeCfg {
@@ -266,6 +283,16 @@ pub(super) fn rope_scaling(
                 attention_factor: num(cfg, "attention_factor", Some(default_attention)),
             }
         }
+                truncate: match v.get("truncate") {
+                    Some(m) if !m.value.is_null() => match m.value.as_bool() {
+                        Ok(b) => b,
+                        Err(e) => {
+                            cfg.error(&format!("{path}.truncate"), e.message, None);
+                            true
+                        }
+                    },
+                    _ => true,
+                },
         "llama3" => RopeScaling::Llama3 {
             factor: num(cfg, "factor", None),
             low_freq_factor: num(cfg, "low_freq_factor", None),

@@ -34,16 +34,23 @@ pub(super) fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -
     let window_default = match family {
         Family::Mistral | Family::Gemma2 | Family::Gemma3Text => Some(4096),
         f if f.qwen_windows() => Some(4096),
+        Family::GptOss => Some(128),
         _ => None,
     };
     let supports = matches!(
         family,
-        Family::Mistral | Family::Mixtral | Family::Phi3 | Family::Gemma2 | Family::Gemma3Text
+        Family::Mistral
+            | Family::Mixtral
+            | Family::Phi3
+            | Family::Gemma2
+            | Family::Gemma3Text
+            | Family::GptOss
+            | Family::SmolLm3
     ) || family.qwen_windows();
     if !supports {
         return none;
     }
-    let use_window = if family.qwen_windows() {
+    let use_window = if family.qwen_windows() || family == Family::SmolLm3 {
         cfg.flag("attention.window", "use_sliding_window", false)
     } else {
         true
@@ -122,7 +129,18 @@ pub(super) fn sliding_layers(cfg: &mut Cfg<'_>, family: Family, n_layers: u64) -
         };
     }
     let per_layer: Vec<bool> = match family {
-        Family::Gemma2 => (0..count).map(|i| (i + 1) % 2 != 0).collect(),
+        // GPT-OSS: sliding, full, sliding, ...
+        Family::Gemma2 | Family::GptOss => (0..count).map(|i| (i + 1) % 2 != 0).collect(),
+        // SmolLM3 without `layer_types`: its NoPE layers slide.
+        Family::SmolLm3 => {
+            let interval = cfg
+                .opt_u64("attention.window", "no_rope_layer_interval")
+                .unwrap_or(4)
+                .max(1);
+            (0..count)
+                .map(|i| (i as u64 + 1).is_multiple_of(interval))
+                .collect()
+        }
         Family::Gemma3Text => {
             let pattern = cfg
                 .opt_u64("attention.window", "sliding_window_pattern")

@@ -31,15 +31,22 @@ impl Reader<'_> {
                 a.out_bias = b;
             }
             "scale" => a.scale = self.real(cur, span, &field),
-            "softcap" | "window" if cur.peek_ident() == Some("none") => {
+            "softcap" | "window" | "chunk" if cur.peek_ident() == Some("none") => {
                 cur.next();
                 self.record(&field, span.clone());
-                if key == "softcap" {
-                    a.softcap = Some(None);
-                } else {
-                    a.window = Some(None);
+                match key {
+                    "softcap" => a.softcap = Some(None),
+                    "window" => a.window = Some(None),
+                    _ => a.chunk = Some(None),
                 }
             }
+            "chunk" => {
+                if let Some(v) = self.uint(cur, span, &field) {
+                    a.chunk = Some(Some(v));
+                }
+            }
+            "sinks" => a.sinks = self.flag(cur, span, &field),
+            "temperature" => self.temperature(cur, span, a),
             "softcap" => {
                 if let Some(v) = self.real(cur, span, &field) {
                     a.softcap = Some(Some(v));
@@ -75,7 +82,8 @@ impl Reader<'_> {
                     && name == "qk_norm"
                 {
                     self.record(&field, n.span.clone());
-                    let (named, pos) = self.call_args("qk_norm", args, &n.span, &["scope"], true);
+                    let (named, pos) =
+                        self.call_args("qk_norm", args, &n.span, &["scope", "order"], true);
                     let mut qk = QkW::default();
                     match pos.as_slice() {
                         [norm] => {
@@ -95,6 +103,11 @@ impl Reader<'_> {
                         let choices = [("head", QkNormScope::Head), ("full", QkNormScope::Full)];
                         qk.scope = self.arg_word("attention.qk_norm.scope", sspan, vals, &choices);
                     }
+                    if let Some((ospan, vals)) = named.get("order") {
+                        let choices = [("before_rope", false), ("after_rope", true)];
+                        qk.after_rope =
+                            self.arg_word("attention.qk_norm.order", ospan, vals, &choices);
+                    }
                     a.qk_norm = Some(Some(qk));
                     return;
                 }
@@ -103,9 +116,58 @@ impl Reader<'_> {
                     a.qk_norm = Some(Some(QkW {
                         norm: nw,
                         scope: None,
+                        after_rope: None,
                     }));
                 }
             }
+        }
+    }
+
+    /// `temperature none` or `temperature(floor = N, scale = x)`.
+    fn temperature(&mut self, cur: &mut Cursor<'_>, span: &Span, a: &mut AttnW) {
+        let field = "attention.temperature";
+        let Some(n) = self.call_key.take() else {
+            if cur.peek_ident() == Some("none") {
+                cur.next();
+                self.record(field, span.clone());
+                a.temperature = Some(None);
+            } else {
+                self.missing(
+                    cur,
+                    span,
+                    field,
+                    "`none` or `temperature(floor = 8192, scale = 0.1)`",
+                );
+                self.skip_value(cur);
+            }
+            return;
+        };
+        let NodeKind::Call { args, .. } = &n.kind else {
+            return;
+        };
+        self.record(field, n.span.clone());
+        let (named, _) = self.call_args("temperature", args, &n.span, &["floor", "scale"], false);
+        let floor = named
+            .get("floor")
+            .and_then(|(s, v)| self.arg_uint("attention.temperature.floor", s, v));
+        let scale = named
+            .get("scale")
+            .and_then(|(s, v)| self.arg_real("attention.temperature.scale", s, v));
+        for (what, present) in [
+            ("floor", named.contains_key("floor")),
+            ("scale", named.contains_key("scale")),
+        ] {
+            if !present {
+                self.error(
+                    n.span.clone(),
+                    field,
+                    format!("`temperature(...)` needs `{what}`"),
+                    Some("write `temperature(floor = 8192, scale = 0.1)`".into()),
+                );
+            }
+        }
+        if let (Some(floor), Some(scale)) = (floor, scale) {
+            a.temperature = Some(Some(TempW { floor, scale }));
         }
     }
 }

@@ -250,8 +250,19 @@ const RULE_KEYS: &[&str] = &[
     "checkpoint",
 ];
 const ATTN_KEYS: &[&str] = &[
-    "heads", "kv_heads", "head_dim", "qkv_bias", "out_bias", "bias", "qk_norm", "softcap", "scale",
+    "heads",
+    "kv_heads",
+    "head_dim",
+    "qkv_bias",
+    "out_bias",
+    "bias",
+    "qk_norm",
+    "softcap",
+    "scale",
     "window",
+    "chunk",
+    "sinks",
+    "temperature",
 ];
 const MOE_KEYS: &[&str] = &[
     "experts",
@@ -267,8 +278,9 @@ const LOGITS_KEYS: &[&str] = &["softcap", "bias"];
 const WEIGHTS_KEYS: &[&str] = &["naming", "qkv", "fused_gate_up"];
 const DROPOUT_KEYS: &[&str] = &["embedding", "attention", "residual"];
 const CKPT_KEYS: &[&str] = &["default", "layers", "budget"];
-/// Keys that may be written as a call: `qk_norm(rms(), scope = full)`, `budget(0.5)`, `shared(...)`.
-const CALL_KEYS: &[&str] = &["qk_norm", "budget", "shared"];
+/// Keys that may be written as a call: `qk_norm(rms(), scope = full)`, `budget(0.5)`, `shared(...)`,
+/// `temperature(floor = 8192, scale = 0.1)`.
+const CALL_KEYS: &[&str] = &["qk_norm", "budget", "shared", "temperature"];
 const MLP_KINDS: &[&str] = &[
     "gelu",
     "gelu_tanh",

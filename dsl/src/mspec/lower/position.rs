@@ -87,6 +87,7 @@ impl Reader<'_> {
                 "beta_fast",
                 "beta_slow",
                 "attention_factor",
+                "truncate",
             ],
             "llama3" => &[
                 "factor",
@@ -100,10 +101,15 @@ impl Reader<'_> {
         let mut reals: BTreeMap<&str, f64> = BTreeMap::new();
         let mut original = None;
         let mut lists: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+        let mut truncate = true;
         let mut ok = true;
         for (k, (span, vals)) in &named {
             let f = format!("{field}.{k}");
             match k.as_str() {
+                "truncate" => match self.arg_bool(&f, span, vals) {
+                    Some(b) => truncate = b,
+                    None => ok = false,
+                },
                 "original_context" => {
                     original = self.arg_uint(&f, span, vals);
                     ok &= original.is_some();
@@ -178,6 +184,7 @@ impl Reader<'_> {
                             .get("attention_factor")
                             .copied()
                             .unwrap_or_else(|| 0.1 * factor.ln() + 1.0),
+                        truncate,
                     },
                     _ => RopeScaling::Llama3 {
                         factor,

@@ -49,10 +49,17 @@ pub(super) fn resolve_layer(
         qk_norm: a.qk_norm.clone().flatten().map(|q| QkNorm {
             norm: q.norm.resolve(),
             scope: q.scope.unwrap_or(QkNormScope::Head),
+            after_rope: q.after_rope.unwrap_or(false),
         }),
         softcap: a.softcap.flatten(),
         scale: a.scale.unwrap_or_else(|| (head_dim as f64).sqrt().recip()),
         window: a.window.flatten(),
+        chunk: a.chunk.flatten(),
+        sinks: a.sinks.unwrap_or(false),
+        temperature: a.temperature.flatten().map(|t| QueryTemperature {
+            floor: t.floor,
+            scale: t.scale,
+        }),
     };
     let position = match w.pos.clone().unwrap_or(PosW::Rope(RopeW::default())) {
         PosW::None => Position::None,

@@ -39,6 +39,8 @@ impl NormW {
 pub(crate) struct QkW {
     pub norm: NormW,
     pub scope: Option<QkNormScope>,
+    /// `order = after_rope` (true) or `order = before_rope` (false).
+    pub after_rope: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -52,6 +54,16 @@ pub(crate) struct AttnW {
     pub softcap: Option<Option<f64>>,
     pub scale: Option<f64>,
     pub window: Option<Option<u64>>,
+    pub chunk: Option<Option<u64>>,
+    pub sinks: Option<bool>,
+    pub temperature: Option<Option<TempW>>,
+}
+
+/// `temperature(floor = N, scale = x)` as written (both required).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct TempW {
+    pub floor: u64,
+    pub scale: f64,
 }
 
 impl AttnW {
@@ -65,6 +77,7 @@ impl AttnW {
             (Some(Some(cur)), Some(Some(new))) => {
                 cur.norm.merge(&new.norm);
                 merge_opt(&mut cur.scope, new.scope);
+                merge_opt(&mut cur.after_rope, new.after_rope);
             }
             (cur, Some(new)) => *cur = Some(new.clone()),
             (_, None) => {}
@@ -72,6 +85,9 @@ impl AttnW {
         merge_opt(&mut self.softcap, d.softcap);
         merge_opt(&mut self.scale, d.scale);
         merge_opt(&mut self.window, d.window);
+        merge_opt(&mut self.chunk, d.chunk);
+        merge_opt(&mut self.sinks, d.sinks);
+        merge_opt(&mut self.temperature, d.temperature);
     }
 }
 
