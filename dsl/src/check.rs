@@ -20,6 +20,7 @@ use crate::ir::*;
 use crate::tensors::layer_tensors;
 
 mod attention;
+mod moe;
 
 /// Most routed experts a layer may have (bounds the parameter table on hostile input).
 pub const MAX_EXPERTS: u64 = 1 << 16;
@@ -435,6 +436,7 @@ impl Checker {
                     self.positive("ffn.shared.count", i, sh.count);
                     self.positive("ffn.shared.hidden", i, sh.hidden);
                 }
+                self.moe_routing(i, m);
                 if !(m.aux_loss >= 0.0 && m.aux_loss.is_finite()) {
                     self.push(
                         "ffn.aux_loss",

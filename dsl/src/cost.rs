@@ -64,15 +64,16 @@ pub struct Summary {
     pub layers: Vec<LayerCost>,
 }
 
-/// Exactly the sum of [`params::parameters`]' element counts.
+/// Exactly the sum of [`params::parameters`]' counted elements (buffers excluded, as HF's
+/// `num_parameters()` excludes them).
 pub fn params_total(spec: &ModelSpec) -> u64 {
-    params::parameters(spec).iter().map(Param::numel).sum()
+    params::parameters(spec).iter().map(Param::counted).sum()
 }
 
 /// Parameters a token passes through: everything except the experts it is not routed to.
 pub fn params_active(spec: &ModelSpec) -> u64 {
     let table = params::parameters(spec);
-    table.iter().map(Param::numel).sum::<u64>() - inactive_expert_params(spec, &table)
+    table.iter().map(Param::counted).sum::<u64>() - inactive_expert_params(spec, &table)
 }
 
 /// Forward FLOPs per token when the sequence is `spec.context` long.
@@ -141,7 +142,7 @@ pub fn summarize(spec: &ModelSpec) -> Summary {
     }
     let mut total_flops: u128 = 0;
     for (layer, row) in spec.layers.iter().zip(&rows) {
-        let params: u64 = row.iter().map(|p| p.numel()).sum();
+        let params: u64 = row.iter().map(|p| p.counted()).sum();
         let top_k = match &layer.ffn {
             Ffn::Moe(moe) => Some(moe.top_k),
             Ffn::Mlp(_) => None,

@@ -494,6 +494,61 @@ pub struct Moe {
     pub shared: Option<SharedExperts>,
     /// Load-balancing auxiliary loss coefficient (0 = none).
     pub aux_loss: f64,
+    /// The router projection has a bias (`moe.router.bias`, GPT-OSS).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub router_bias: bool,
+    /// A learned per-expert bias (`moe.router.correction_bias`, DeepSeek-V3's
+    /// `e_score_correction_bias`) added to the sigmoid scores for *choosing* the experts only: the
+    /// weights stay the uncorrected scores, and the bias gets no gradient (HF keeps it as a
+    /// buffer, outside `parameters()`). Needs the `sigmoid_topk` router.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub correction_bias: bool,
+    /// Group-limited routing (DeepSeek-V3's `n_group` / `topk_group`). Absent: one group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<ExpertGroups>,
+    /// Multiplier on the routed weights after any renormalisation (`routed_scaling_factor`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub routed_scale: f64,
+    /// Where the router weights apply: the experts' outputs (the usual), or their inputs.
+    #[serde(default, skip_serializing_if = "Weighting::is_output")]
+    pub weighting: Weighting,
+    /// GPT-OSS's clamped SwiGLU in the routed experts (with `expert: swiglu`). Absent: plain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clamp: Option<SwigluClamp>,
+}
+
+impl Default for Moe {
+    /// One SwiGLU expert of width 1, top-1, softmax router: placeholder sizes, and every optional
+    /// routing feature off (no biases, one group, scale 1, weights on the outputs, no clamp).
+    fn default() -> Self {
+        Moe {
+            experts: 1,
+            top_k: 1,
+            expert: Mlp {
+                activation: MlpKind::Swiglu,
+                hidden: 1,
+                bias: false,
+            },
+            router: RouterOrder::SoftmaxTopk,
+            renormalize: false,
+            shared: None,
+            aux_loss: 0.0,
+            router_bias: false,
+            correction_bias: false,
+            groups: None,
+            routed_scale: 1.0,
+            weighting: Weighting::Output,
+            clamp: None,
+        }
+    }
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
 }
 
 /// Router order.

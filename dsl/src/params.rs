@@ -16,7 +16,8 @@
 //! layers.{i}.attn_post_norm.*        [d_model]                     post/sandwich
 //! layers.{i}.mlp_norm.*              [d_model]                     pre/sandwich, not shared
 //! layers.{i}.mlp.{gate,up}.weight    [hidden, d_model]  mlp.down.weight [d_model, hidden] (+ .bias)
-//! layers.{i}.moe.router.weight       [experts, d_model]
+//! layers.{i}.moe.router.weight       [experts, d_model]            (+ .bias [experts])
+//! layers.{i}.moe.router.correction_bias [experts]                   a buffer: not trained or counted
 //! layers.{i}.moe.experts.{e}.{gate,up,down}.weight
 //! layers.{i}.moe.shared.{gate,up,down}.weight   count*hidden wide
 //! layers.{i}.moe.shared_gate.weight  [1, d_model]
@@ -38,12 +39,21 @@ pub struct Param {
     pub layer: Option<u64>,
     /// For MoE expert weights: which expert (used for active-parameter counts).
     pub expert: Option<u64>,
+    /// Learned by gradient descent and counted in the parameter totals. `false` for a buffer
+    /// that checkpoints store but training leaves alone (DeepSeek-V3's expert-selection bias,
+    /// which HF keeps outside `parameters()`): its gradient is zero and no count includes it.
+    pub trained: bool,
 }
 
 impl Param {
     /// Number of elements.
     pub fn numel(&self) -> u64 {
         self.shape.iter().product()
+    }
+
+    /// Elements counted in parameter totals: [`Param::numel`], or 0 for a buffer.
+    pub fn counted(&self) -> u64 {
+        if self.trained { self.numel() } else { 0 }
     }
 }
 
@@ -60,7 +70,14 @@ impl Table {
             shape,
             layer: self.layer,
             expert: self.expert,
+            trained: true,
         });
+    }
+    fn buffer(&mut self, name: String, shape: Vec<u64>) {
+        self.push(name, shape);
+        if let Some(last) = self.out.last_mut() {
+            last.trained = false;
+        }
     }
     fn norm(&mut self, prefix: &str, norm: &Norm, width: u64) {
         if norm.weight {
@@ -130,7 +147,10 @@ pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
         match &layer.ffn {
             Ffn::Mlp(mlp) => t.mlp(&p("mlp"), mlp, d),
             Ffn::Moe(moe) => {
-                t.linear(&p("moe.router"), moe.experts, d, false);
+                t.linear(&p("moe.router"), moe.experts, d, moe.router_bias);
+                if moe.correction_bias {
+                    t.buffer(p("moe.router.correction_bias"), vec![moe.experts]);
+                }
                 for e in 0..moe.experts {
                     t.expert = Some(e);
                     t.mlp(&p(&format!("moe.experts.{e}")), &moe.expert, d);

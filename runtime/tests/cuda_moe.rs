@@ -384,6 +384,7 @@ fn mlp_ref<'a>(
         gate: moe.expert.activation.is_gated().then(|| proj("gate")),
         up: proj("up"),
         down: proj("down"),
+        clamp: None,
     }
 }
 

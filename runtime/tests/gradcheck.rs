@@ -204,6 +204,7 @@ fn mlp_op_gated_and_plain() {
                 gate: kind.is_gated().then_some((wg, Some(&bg[..]))),
                 up: (wu, Some(&bu[..])),
                 down: (wd, Some(&bd[..])),
+                clamp: None,
             };
             let mut gate = vec![0.0; rows * hidden];
             let mut up = vec![0.0; rows * hidden];
@@ -223,6 +224,7 @@ fn mlp_op_gated_and_plain() {
             gate: kind.is_gated().then_some((&wg[..], Some(&bg[..]))),
             up: (&wu[..], Some(&bu[..])),
             down: (&wd[..], Some(&bd[..])),
+            clamp: None,
         };
         let (mut dwg, mut dbg, mut dwu, mut dbu, mut dwd, mut dbd) = (
             vec![0.0; wg.len()],
@@ -661,6 +663,7 @@ fn moe_router_both_orders_with_aux() {
             renormalize: renorm,
             shared: None,
             aux_loss: 0.0,
+            ..Default::default()
         };
         let rw = randn(rows * 2, 2, 1.0);
         let (routing, _) = moe::route(&m, &logits);
@@ -710,6 +713,7 @@ fn moe_dispatch_and_combine() {
         renormalize: true,
         shared: None,
         aux_loss: 0.0,
+        ..Default::default()
     };
     let (routing, weights) = moe::route(&m, &randn(rows * e, 1, 1.0));
     let x = randn(rows * d, 2, 1.0);

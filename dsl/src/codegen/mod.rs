@@ -388,7 +388,7 @@ impl<'a> Layout<'a> {
             )));
         }
         let params = parameters(spec);
-        let params_total = params.iter().map(|p| p.numel()).sum();
+        let params_total = params.iter().map(|p| p.counted()).sum();
         let n = spec.layers.len();
         let mut globals = Vec::new();
         let mut per_layer: Vec<Vec<Row>> = vec![Vec::new(); n];

@@ -127,6 +127,7 @@ pub fn tiny_moe_spec() -> ModelSpec {
                 gate: true,
             }),
             aux_loss: 0.0,
+            ..Default::default()
         });
         layer.attention.qk_norm = Some(QkNorm {
             norm: rms(),

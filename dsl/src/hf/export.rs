@@ -287,6 +287,7 @@ fn architecture(family: Family) -> &'static str {
         Family::GptNeox => "GPTNeoXForCausalLM",
         Family::Falcon => "FalconForCausalLM",
         Family::Olmo2 => "Olmo2ForCausalLM",
+        Family::Glm4Moe => "Glm4MoeForCausalLM",
         Family::GptOss => "GptOssForCausalLM",
         Family::Llama4Text => "Llama4ForCausalLM",
         Family::SmolLm3 => "SmolLM3ForCausalLM",
@@ -499,7 +500,7 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
             set("tie_word_embeddings", json!(spec.embedding.tied));
             set("rope_theta", num(theta));
             set("rope_scaling", scaling);
-            if fraction != 1.0 || family == Family::Phi {
+            if fraction != 1.0 || matches!(family, Family::Phi | Family::Glm4Moe) {
                 set("partial_rotary_factor", json!(fraction));
             }
             set("attention_dropout", json!(spec.dropout.attention));
@@ -530,9 +531,12 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
             if matches!(
                 family,
                 Family::Llama | Family::Qwen3 | Family::Qwen3Moe | Family::Gemma | Family::Gemma2
-            ) || matches!(family, Family::Gemma3Text | Family::Olmo2)
+            ) || matches!(family, Family::Gemma3Text | Family::Olmo2 | Family::Glm4Moe)
             {
                 set("attention_bias", json!(a.qkv_bias));
+            }
+            if family == Family::Glm4Moe {
+                set("use_qk_norm", json!(a.qk_norm.is_some()));
             }
             if family == Family::Llama {
                 set("mlp_bias", json!(mlp.bias));
@@ -616,6 +620,26 @@ fn write_windows(
 /// MoE keys.
 fn write_moe(family: Family, spec: &ModelSpec, moe: &Moe, set: &mut impl FnMut(&str, Value)) {
     set("num_experts_per_tok", json!(moe.top_k));
+    if family == Family::Glm4Moe {
+        set("n_routed_experts", json!(moe.experts));
+        set("moe_intermediate_size", json!(moe.expert.hidden));
+        set("norm_topk_prob", json!(moe.renormalize));
+        set("routed_scaling_factor", num(moe.routed_scale));
+        let (groups, top) = moe.groups.map_or((1, 1), |g| (g.count, g.top));
+        set("n_group", json!(groups));
+        set("topk_group", json!(top));
+        set(
+            "n_shared_experts",
+            json!(moe.shared.map_or(0, |s| s.count)),
+        );
+        let first_dense = spec
+            .layers
+            .iter()
+            .take_while(|l| matches!(l.ffn, Ffn::Mlp(_)))
+            .count();
+        set("first_k_dense_replace", json!(first_dense));
+        return;
+    }
     set("router_aux_loss_coef", json!(moe.aux_loss));
     if family == Family::Mixtral {
         set("num_local_experts", json!(moe.experts));

@@ -41,6 +41,8 @@ pub enum Family {
     Falcon,
     /// `olmo2` (Olmo2Config).
     Olmo2,
+    /// `glm4_moe` (Glm4MoeConfig, GLM-4.5): DeepSeek-V3's sigmoid router with GQA attention.
+    Glm4Moe,
     /// `gpt_oss` (GptOssConfig): attention sinks, alternating sliding/full layers, YaRN.
     GptOss,
     /// `llama4_text` (Llama4TextConfig): NoPE layers, chunked attention, an L2 qk-norm after
@@ -51,7 +53,7 @@ pub enum Family {
 }
 
 /// Every supported family, in the order error messages list them.
-pub const ALL: [Family; 19] = [
+pub const ALL: [Family; 20] = [
     Family::Llama,
     Family::Mistral,
     Family::Mixtral,
@@ -68,6 +70,7 @@ pub const ALL: [Family; 19] = [
     Family::GptNeox,
     Family::Falcon,
     Family::Olmo2,
+    Family::Glm4Moe,
     Family::GptOss,
     Family::Llama4Text,
     Family::SmolLm3,
@@ -122,6 +125,7 @@ impl Family {
             Family::GptNeox => "gpt_neox",
             Family::Falcon => "falcon",
             Family::Olmo2 => "olmo2",
+            Family::Glm4Moe => "glm4_moe",
             Family::GptOss => "gpt_oss",
             Family::Llama4Text => "llama4_text",
             Family::SmolLm3 => "smollm3",
@@ -151,7 +155,10 @@ impl Family {
 
     /// Whether the family has a mixture of experts.
     pub fn is_moe(self) -> bool {
-        matches!(self, Family::Mixtral | Family::Qwen2Moe | Family::Qwen3Moe)
+        matches!(
+            self,
+            Family::Mixtral | Family::Qwen2Moe | Family::Qwen3Moe | Family::Glm4Moe
+        )
     }
 
     /// Whether the family has Qwen's `use_sliding_window` / `max_window_layers` switches.
@@ -330,6 +337,16 @@ impl Family {
             Family::Olmo2 => Defaults {
                 vocab: 50304,
                 context: 2048,
+                eps: 1e-5,
+                ..llama
+            },
+            Family::Glm4Moe => Defaults {
+                vocab: 151552,
+                intermediate: Some(10944),
+                layers: 46,
+                heads: 96,
+                kv_heads: Some(8),
+                context: 131072,
                 eps: 1e-5,
                 ..llama
             },

@@ -486,10 +486,19 @@ impl Printer {
         match f {
             Ffn::Mlp(m) => format!("mlp {}", mlp(m, full)),
             Ffn::Moe(m) => {
+                let mut expert = mlp(&m.expert, full);
+                if let Some(c) = &m.clamp {
+                    expert.pop();
+                    expert.push_str(&format!(
+                        ", limit = {}, alpha = {})",
+                        num(c.limit),
+                        num(c.alpha)
+                    ));
+                }
                 let mut p = vec![
                     format!("experts {}", m.experts),
                     format!("top_k {}", m.top_k),
-                    format!("expert {}", mlp(&m.expert, full)),
+                    format!("expert {expert}"),
                 ];
                 if m.router != RouterOrder::SoftmaxTopk || full {
                     p.push(format!(
@@ -497,8 +506,26 @@ impl Printer {
                         match m.router {
                             RouterOrder::SoftmaxTopk => "softmax_topk",
                             RouterOrder::TopkSoftmax => "topk_softmax",
+                            RouterOrder::SigmoidTopk => "sigmoid_topk",
                         }
                     ));
+                }
+                // The routing options of newer models are printed only when used, so that the
+                // text of older specs stays as it was.
+                if m.router_bias {
+                    p.push("router_bias".into());
+                }
+                if m.correction_bias {
+                    p.push("correction_bias".into());
+                }
+                if let Some(g) = &m.groups {
+                    p.push(format!("groups {}  top_groups {}", g.count, g.top));
+                }
+                if m.routed_scale != 1.0 {
+                    p.push(format!("routed_scale {}", num(m.routed_scale)));
+                }
+                if m.weighting == Weighting::Input {
+                    p.push("weighting input".into());
                 }
                 if m.renormalize || full {
                     p.push(flag("renormalize", m.renormalize));

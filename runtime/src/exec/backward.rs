@@ -2,6 +2,7 @@
 //! the activations it needs; parameter gradients accumulate in [`Grads`].
 
 use super::*;
+use modelspec_dsl::ir::Weighting;
 
 impl<T: Float> Grads<T> {
     pub(super) fn take(&mut self, name: &str) -> Vec<T> {
@@ -450,7 +451,9 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             );
         }
         // Routed experts.
+        // The router's weight gradient (and input-side weighting) reads the FFN input.
         let mut need = vec![
+            lp.mlp_in,
             Act::RouterLogits,
             Act::RouterWeights,
             Act::ExpertIn,
@@ -467,14 +470,31 @@ impl<'a, T: Float> LayerCtx<'a, T> {
         let slots = rows * k;
         let mut d_expert_out = vec![T::ZERO; slots * d];
         let mut d_weights = vec![T::ZERO; slots];
+        let input_weighted = moe.weighting == Weighting::Input;
+        // With the weights on the inputs, the outputs are summed with weight 1 and the weights'
+        // gradient comes from the dispatch instead (below).
+        let ones = if input_weighted {
+            vec![T::ONE; slots]
+        } else {
+            Vec::new()
+        };
+        let mut d_ones = vec![T::ZERO; if input_weighted { slots } else { 0 }];
         moe::combine_backward(
             routing,
-            store.get(Act::RouterWeights),
+            if input_weighted {
+                &ones
+            } else {
+                store.get(Act::RouterWeights)
+            },
             store.get(Act::ExpertOut),
             d_mlp_out,
             d,
             &mut d_expert_out,
-            &mut d_weights,
+            if input_weighted {
+                &mut d_ones
+            } else {
+                &mut d_weights
+            },
         );
         let hidden = moe.expert.hidden as usize;
         let mut d_expert_in = vec![T::ZERO; slots * d];
@@ -504,7 +524,19 @@ impl<'a, T: Float> LayerCtx<'a, T> {
                 &mut d_expert_in[r0 * d..r1 * d],
             );
         }
-        moe::gather_backward(routing, &d_expert_in, d, d_mlp_in);
+        if input_weighted {
+            moe::gather_weighted_backward(
+                routing,
+                store.get(Act::RouterWeights),
+                store.get(lp.mlp_in),
+                &d_expert_in,
+                d,
+                d_mlp_in,
+                &mut d_weights,
+            );
+        } else {
+            moe::gather_backward(routing, &d_expert_in, d, d_mlp_in);
+        }
         let mut d_logits = vec![T::ZERO; rows * moe.experts as usize];
         moe::route_backward(
             moe,
@@ -517,7 +549,7 @@ impl<'a, T: Float> LayerCtx<'a, T> {
         grads.linear(
             params,
             &self.prefix("moe.router"),
-            false,
+            moe.router_bias,
             store.get(lp.mlp_in),
             &d_logits,
             rows,

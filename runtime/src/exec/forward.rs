@@ -2,6 +2,7 @@
 //! recomputation of a dropped activation (from the nearest saved ones) that backward asks for.
 
 use super::*;
+use modelspec_dsl::ir::Weighting;
 
 pub(super) fn p<'a, T: Float>(params: &'a dyn ParamSource<T>, name: &str) -> &'a [T] {
     params
@@ -48,6 +49,7 @@ pub(super) fn mlp_ref<'a, T: Float>(
             .then(|| proj(params, &format!("{prefix}.gate"), m.bias)),
         up: proj(params, &format!("{prefix}.up"), m.bias),
         down: proj(params, &format!("{prefix}.down"), m.bias),
+        clamp: None,
     }
 }
 
@@ -78,13 +80,25 @@ impl<'a, T: Float> LayerCtx<'a, T> {
 
     pub(super) fn expert_ref(&self, e: usize) -> MlpRef<'a, T> {
         let moe = self.moe();
-        mlp_ref(
-            self.params,
-            &self.prefix(&format!("moe.experts.{e}")),
-            &moe.expert,
-            self.shape.d,
-            moe.expert.hidden as usize,
-        )
+        MlpRef {
+            clamp: moe.clamp,
+            ..mlp_ref(
+                self.params,
+                &self.prefix(&format!("moe.experts.{e}")),
+                &moe.expert,
+                self.shape.d,
+                moe.expert.hidden as usize,
+            )
+        }
+    }
+
+    /// Routes this layer's router logits (with the correction bias when the spec has one).
+    pub(super) fn route(&self, logits: &[T]) -> (Routing, Vec<T>) {
+        let moe = self.moe();
+        let bias = moe
+            .correction_bias
+            .then(|| p(self.params, &self.prefix("moe.router.correction_bias")));
+        moe::route_with(moe, logits, bias)
     }
 
     pub(super) fn shared_ref(&self) -> MlpRef<'a, T> {
@@ -115,7 +129,7 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             self.ensure(store, input);
         }
         if node.inputs.contains(&Act::RouterLogits) && store.routing.is_none() {
-            let (routing, _) = moe::route(self.moe(), store.get(Act::RouterLogits));
+            let (routing, _) = self.route(store.get(Act::RouterLogits));
             store.routing = Some(routing);
         }
         let value = self.compute(store, a);
@@ -290,7 +304,13 @@ impl<'a, T: Float> LayerCtx<'a, T> {
                 let up = store.get(u);
                 let mut y = vec![T::ZERO; up.len()];
                 let f = activation::Activation::of(kind);
-                if kind.is_gated() {
+                let clamp = match &self.layer.ffn {
+                    Ffn::Moe(m) if a == Act::ActOut => m.clamp,
+                    _ => None,
+                };
+                if let Some(c) = &clamp {
+                    activation::forward_clamped(c, store.get(g), up, &mut y);
+                } else if kind.is_gated() {
                     activation::forward_gated(f, store.get(g), up, &mut y);
                 } else {
                     activation::forward(f, up, &mut y);
@@ -307,13 +327,15 @@ impl<'a, T: Float> LayerCtx<'a, T> {
                 let moe = self.moe();
                 let routing = store.routing.as_ref().expect("routing");
                 let mut y = vec![T::ZERO; rows * d];
-                moe::combine(
-                    routing,
-                    store.get(Act::RouterWeights),
-                    store.get(Act::ExpertOut),
-                    d,
-                    &mut y,
-                );
+                let ones;
+                let weights = match moe.weighting {
+                    Weighting::Output => store.get(Act::RouterWeights),
+                    Weighting::Input => {
+                        ones = vec![T::ONE; routing.expert.len()];
+                        &ones[..]
+                    }
+                };
+                moe::combine(routing, weights, store.get(Act::ExpertOut), d, &mut y);
                 if let Some(shared) = &moe.shared {
                     let so = store.get(Act::SharedOut);
                     if shared.gate {
@@ -333,15 +355,24 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             Act::RouterLogits => lin(
                 store.get(self.lp.mlp_in),
                 "moe.router",
-                false,
+                self.moe().router_bias,
                 d,
                 self.moe().experts as usize,
             ),
-            Act::RouterWeights => moe::route(self.moe(), store.get(Act::RouterLogits)).1,
+            Act::RouterWeights => self.route(store.get(Act::RouterLogits)).1,
             Act::ExpertIn => {
                 let routing = store.routing.as_ref().expect("routing");
                 let mut y = vec![T::ZERO; routing.expert.len() * d];
-                moe::gather(routing, store.get(self.lp.mlp_in), d, &mut y);
+                let x = store.get(self.lp.mlp_in);
+                match self.moe().weighting {
+                    Weighting::Output => moe::gather(routing, x, d, &mut y),
+                    Weighting::Input => {
+                        // The weights are a function of the logits: recomputed, so that
+                        // `expert_in` never depends on whether `router_weights` was kept.
+                        let (_, w) = self.route(store.get(Act::RouterLogits));
+                        moe::gather_weighted(routing, &w, x, d, &mut y);
+                    }
+                }
                 y
             }
             Act::ExpertOut => {

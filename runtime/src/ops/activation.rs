@@ -3,7 +3,7 @@
 //! `gelu` is the exact erf form `x/2 · (1 + erf(x/√2))`, `gelu_tanh` the tanh approximation
 //! `x/2 · (1 + tanh(√(2/π) (x + 0.044715 x³)))`, `silu` is `x · σ(x)`, `relu²` is `max(x, 0)²`.
 
-use modelspec_dsl::ir::MlpKind;
+use modelspec_dsl::ir::{MlpKind, SwigluClamp};
 use rayon::prelude::*;
 
 use crate::tensor::Float;
@@ -147,6 +147,80 @@ pub fn backward_gated<T: Float>(
                 let g = gate[i];
                 dgate[i] += dout[i] * up[i] * act.derivative(g);
                 dup[i] += dout[i] * act.apply(g);
+            }
+        });
+}
+
+/// `1 / (1 + e^(-x))`.
+#[inline]
+pub fn sigmoid<T: Float>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+/// GPT-OSS's clamped SwiGLU, `out = (u + 1) · (g · σ(α g))` with `g = min(gate, limit)` and
+/// `u = clamp(up, -limit, limit)` (the product in transformers' order).
+pub fn forward_clamped<T: Float>(clamp: &SwigluClamp, gate: &[T], up: &[T], out: &mut [T]) {
+    let (alpha, limit) = (T::from_f64(clamp.alpha), T::from_f64(clamp.limit));
+    out.par_chunks_mut(CHUNK)
+        .zip(gate.par_chunks(CHUNK))
+        .zip(up.par_chunks(CHUNK))
+        .for_each(|((out, gate), up)| {
+            for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+                let g = if g > limit { limit } else { g };
+                let u = if u > limit {
+                    limit
+                } else if u < -limit {
+                    -limit
+                } else {
+                    u
+                };
+                let glu = g * sigmoid(g * alpha);
+                *o = (u + T::ONE) * glu;
+            }
+        });
+}
+
+/// Backward of [`forward_clamped`]: `dgate += dout · (u + 1) · d(g σ(α g))/dg` where the gate is
+/// below the limit, `dup += dout · g σ(α g)` where the up value is within ±limit (a clamped value
+/// passes no gradient, as torch's `clamp`; at the bound itself it passes).
+pub fn backward_clamped<T: Float>(
+    clamp: &SwigluClamp,
+    gate: &[T],
+    up: &[T],
+    dout: &[T],
+    dgate: &mut [T],
+    dup: &mut [T],
+) {
+    let (alpha, limit) = (T::from_f64(clamp.alpha), T::from_f64(clamp.limit));
+    dgate
+        .par_chunks_mut(CHUNK)
+        .zip(dup.par_chunks_mut(CHUNK))
+        .zip(
+            gate.par_chunks(CHUNK)
+                .zip(up.par_chunks(CHUNK))
+                .zip(dout.par_chunks(CHUNK)),
+        )
+        .for_each(|((dgate, dup), ((gate, up), dout))| {
+            for i in 0..dout.len() {
+                let (g_in, u_in) = (gate[i], up[i]);
+                let g = if g_in > limit { limit } else { g_in };
+                let u_inside = u_in <= limit && u_in >= -limit;
+                let u = if u_inside {
+                    u_in
+                } else if u_in > limit {
+                    limit
+                } else {
+                    -limit
+                };
+                let s = sigmoid(g * alpha);
+                let glu = g * s;
+                if g_in <= limit {
+                    let dglu = s + g * alpha * s * (T::ONE - s);
+                    dgate[i] += dout[i] * (u + T::ONE) * dglu;
+                }
+                if u_inside {
+                    dup[i] += dout[i] * glu;
+                }
             }
         });
 }

@@ -4,7 +4,7 @@
 //! `mlp_out`), so the executor can save or recompute each; MoE experts and shared experts use the
 //! same stages.
 
-use modelspec_dsl::ir::MlpKind;
+use modelspec_dsl::ir::{MlpKind, SwigluClamp};
 
 use super::activation::{self, Activation};
 use super::linear;
@@ -30,6 +30,8 @@ pub struct MlpRef<'a, T> {
     pub up: Proj<'a, T>,
     /// `down: [d, hidden]`.
     pub down: Proj<'a, T>,
+    /// GPT-OSS's clamped SwiGLU instead of the plain one (`kind` is then `Swiglu`).
+    pub clamp: Option<SwigluClamp>,
 }
 
 /// Gradient buffers of one MLP, accumulated into.
@@ -61,7 +63,10 @@ pub fn project<T: Float>(
 pub fn activate<T: Float>(m: &MlpRef<'_, T>, gate: Option<&[T]>, up: &[T], act: &mut [T]) {
     let f = Activation::of(m.kind);
     match gate {
-        Some(g) if m.kind.is_gated() => activation::forward_gated(f, g, up, act),
+        Some(g) if m.kind.is_gated() => match &m.clamp {
+            Some(c) => activation::forward_clamped(c, g, up, act),
+            None => activation::forward_gated(f, g, up, act),
+        },
         _ => activation::forward(f, up, act),
     }
 }
@@ -103,7 +108,10 @@ pub fn backward<T: Float>(
     if m.kind.is_gated() {
         let gate = gate.expect("gated MLP without gate activations");
         let mut dgate = vec![T::ZERO; n];
-        activation::backward_gated(f, gate, up, &dact, &mut dgate, &mut dup);
+        match &m.clamp {
+            Some(c) => activation::backward_clamped(c, gate, up, &dact, &mut dgate, &mut dup),
+            None => activation::backward_gated(f, gate, up, &dact, &mut dgate, &mut dup),
+        }
         if let (Some((wg, _)), Some((dwg, dbg))) = (m.gate, g.gate) {
             linear::backward(x, &dgate, rows, m.d, m.hidden, wg, Some(&mut *dx), dwg, dbg);
         }

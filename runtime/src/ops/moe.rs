@@ -4,6 +4,14 @@
 //! - softmax→top-k: `p = softmax(l)`, take the `k` largest `p`; renormalise them to sum 1 when the
 //!   spec says so (Mixtral, Qwen-MoE `norm_topk_prob`).
 //! - top-k→softmax: take the `k` largest `l`, softmax over those `k`.
+//! - sigmoid→top-k (DeepSeek-V3, GLM-4.5, Llama 4): `s = sigmoid(l)`; choose on `s + b` with the
+//!   correction bias `b` when the spec has one (else on `l`, which orders like `s`), within the
+//!   best groups when routing is group-limited (a group scores the sum of its two best choice
+//!   values; ties go to the lower group); the weights are the chosen `s`, renormalised as
+//!   `s / (Σ s + 1e-20)` when the spec says so.
+//!
+//! Every router then multiplies its weights by `routed_scale`. The weights multiply either each
+//! expert's output (the usual) or its input row (`Weighting::Input`, Llama 4), see [`gather_weighted`].
 //!
 //! Ties go to the lower expert index. Tokens are then dispatched in expert order: the rows routed
 //! to expert 0 first (by token), then expert 1, ... (`expert_in: [tokens·k, d]`); each expert runs
@@ -16,6 +24,8 @@
 //! softmax only.
 
 use modelspec_dsl::ir::{Moe, RouterOrder};
+
+use super::activation::sigmoid;
 
 use crate::tensor::Float;
 
@@ -61,15 +71,52 @@ fn top_k<T: Float>(x: &[T], k: usize) -> Vec<usize> {
     idx
 }
 
-/// Routes `logits: [tokens, experts]`; returns the routing and the weights `[tokens, k]`.
+/// Routes `logits: [tokens, experts]` without a correction bias; see [`route_with`].
 pub fn route<T: Float>(moe: &Moe, logits: &[T]) -> (Routing, Vec<T>) {
+    route_with(moe, logits, None)
+}
+
+/// The experts a `sigmoid_topk` router picks from one row: `choice` values (bias-corrected
+/// scores, or logits), limited to the best groups when the spec has groups. Descending, ties to
+/// the lower index.
+fn sigmoid_choice<T: Float>(moe: &Moe, choice: &mut [T]) -> Vec<usize> {
+    let k = moe.top_k as usize;
+    if let Some(groups) = &moe.groups {
+        let count = groups.count as usize;
+        let size = choice.len() / count.max(1);
+        let group_scores: Vec<T> = choice
+            .chunks_exact(size)
+            .map(|g| {
+                let best = top_k(g, 2);
+                best.iter().map(|&i| g[i]).sum()
+            })
+            .collect();
+        let keep = top_k(&group_scores, groups.top as usize);
+        for (gi, g) in choice.chunks_exact_mut(size).enumerate() {
+            if !keep.contains(&gi) {
+                g.fill(T::NEG_INF);
+            }
+        }
+    }
+    top_k(choice, k)
+}
+
+/// Routes `logits: [tokens, experts]`; returns the routing and the weights `[tokens, k]`.
+/// `correction` is the `sigmoid_topk` router's per-expert selection bias, when the spec has one.
+pub fn route_with<T: Float>(
+    moe: &Moe,
+    logits: &[T],
+    correction: Option<&[T]>,
+) -> (Routing, Vec<T>) {
     let e = moe.experts as usize;
     let k = moe.top_k as usize;
     let tokens = logits.len() / e;
     let mut expert = Vec::with_capacity(tokens * k);
     let mut weights = Vec::with_capacity(tokens * k);
     let mut probs = vec![T::ZERO; e];
+    let scale = T::from_f64(moe.routed_scale);
     for l in logits.chunks_exact(e) {
+        let first = weights.len();
         match moe.router {
             RouterOrder::SoftmaxTopk => {
                 softmax_into(l, &mut probs);
@@ -91,6 +138,30 @@ pub fn route<T: Float>(moe: &Moe, logits: &[T]) -> (Routing, Vec<T>) {
                 softmax_into(&picked, &mut w);
                 weights.extend(w);
                 expert.extend(idx);
+            }
+            RouterOrder::SigmoidTopk => {
+                for (p, &v) in probs.iter_mut().zip(l) {
+                    *p = sigmoid(v);
+                }
+                let mut choice: Vec<T> = match correction {
+                    Some(b) => probs.iter().zip(b).map(|(&p, &b)| p + b).collect(),
+                    None => l.to_vec(),
+                };
+                let idx = sigmoid_choice(moe, &mut choice);
+                let sum = idx.iter().map(|&i| probs[i]).sum::<T>() + T::from_f64(1e-20);
+                for &i in &idx {
+                    weights.push(if moe.renormalize {
+                        probs[i] / sum
+                    } else {
+                        probs[i]
+                    });
+                }
+                expert.extend(idx);
+            }
+        }
+        if moe.routed_scale != 1.0 {
+            for w in &mut weights[first..] {
+                *w *= scale;
             }
         }
     }
@@ -144,7 +215,33 @@ pub fn route_backward<T: Float>(
         .enumerate()
     {
         let idx = &routing.expert[n * k..(n + 1) * k];
-        let dw = &dweights[n * k..(n + 1) * k];
+        let scaled: Vec<T>;
+        let dw = if moe.routed_scale != 1.0 {
+            let scale = T::from_f64(moe.routed_scale);
+            scaled = dweights[n * k..(n + 1) * k]
+                .iter()
+                .map(|&d| d * scale)
+                .collect();
+            &scaled[..]
+        } else {
+            &dweights[n * k..(n + 1) * k]
+        };
+        if moe.router == RouterOrder::SigmoidTopk {
+            // w_s = s_s (/ (Σs + ε) when renormalised), s = sigmoid(l); the choice (with its bias
+            // and groups) is piecewise constant, so no gradient flows through it.
+            let s: Vec<T> = idx.iter().map(|&i| sigmoid(l[i])).collect();
+            let ds: Vec<T> = if moe.renormalize {
+                let sum = s.iter().copied().sum::<T>() + T::from_f64(1e-20);
+                let dot: T = s.iter().zip(dw).map(|(&si, &d)| d * si / sum).sum();
+                dw.iter().map(|&d| (d - dot) / sum).collect()
+            } else {
+                dw.to_vec()
+            };
+            for ((&i, &si), &dsi) in idx.iter().zip(&s).zip(&ds) {
+                dl[i] += dsi * si * (T::ONE - si);
+            }
+            continue;
+        }
         softmax_into(l, &mut probs);
         dprobs.fill(T::ZERO);
         match moe.router {
@@ -171,6 +268,7 @@ pub fn route_backward<T: Float>(
                     dl[idx[s]] += w[s] * (dw[s] - dot);
                 }
             }
+            RouterOrder::SigmoidTopk => unreachable!("handled above"),
         }
         if let Some(aux) = aux_dprobs {
             for (d, &a) in dprobs.iter_mut().zip(aux) {
@@ -189,6 +287,50 @@ pub fn gather<T: Float>(routing: &Routing, x: &[T], d: usize, expert_in: &mut [T
     for (r, &slot) in routing.slot_of_row.iter().enumerate() {
         let n = slot / routing.top_k;
         expert_in[r * d..(r + 1) * d].copy_from_slice(&x[n * d..(n + 1) * d]);
+    }
+}
+
+/// `expert_in[row(n, s)] = w[n, s] · x[n]`: dispatch with the router weights on the inputs
+/// (`Weighting::Input`, Llama 4); the experts' outputs are then summed with weight 1.
+pub fn gather_weighted<T: Float>(
+    routing: &Routing,
+    weights: &[T],
+    x: &[T],
+    d: usize,
+    expert_in: &mut [T],
+) {
+    for (r, &slot) in routing.slot_of_row.iter().enumerate() {
+        let n = slot / routing.top_k;
+        let w = weights[slot];
+        for (o, &v) in expert_in[r * d..(r + 1) * d]
+            .iter_mut()
+            .zip(&x[n * d..(n + 1) * d])
+        {
+            *o = v * w;
+        }
+    }
+}
+
+/// Backward of [`gather_weighted`]: `dx[n] += Σ_s w[n, s] · dexpert_in[row(n, s)]` and
+/// `dweights[n, s] += dexpert_in[row(n, s)] · x[n]`.
+pub fn gather_weighted_backward<T: Float>(
+    routing: &Routing,
+    weights: &[T],
+    x: &[T],
+    dexpert_in: &[T],
+    d: usize,
+    dx: &mut [T],
+    dweights: &mut [T],
+) {
+    for (slot, &r) in routing.row.iter().enumerate() {
+        let n = slot / routing.top_k;
+        let w = weights[slot];
+        let g = &dexpert_in[r * d..(r + 1) * d];
+        let xr = &x[n * d..(n + 1) * d];
+        dweights[slot] += g.iter().zip(xr).map(|(&a, &b)| a * b).sum::<T>();
+        for (o, &v) in dx[n * d..(n + 1) * d].iter_mut().zip(g) {
+            *o += w * v;
+        }
     }
 }
 

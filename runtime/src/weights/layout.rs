@@ -32,8 +32,16 @@ pub struct CheckpointTensor {
     pub shape: Vec<usize>,
     /// Row blocks of canonical tensors, concatenated in order.
     pub pieces: Vec<Piece>,
-    /// The concatenated `[rows, cols]` matrix is stored transposed (`[cols, rows]`).
+    /// The concatenated `[rows, cols]` matrix is stored transposed (`[cols, rows]`), block by
+    /// block when `blocks > 1`.
     pub transpose: bool,
+    /// The pieces form this many equal blocks, one after the other (one per expert of a stacked
+    /// expert tensor): `transpose` and `interleave` apply within each block. 1 for a plain tensor.
+    pub blocks: usize,
+    /// Within each block the pieces' rows alternate (row 0 of each piece, then row 1 of each...),
+    /// as GPT-OSS's gate/up columns do, instead of following one another. The pieces of a block
+    /// then have equal rows.
+    pub interleave: bool,
 }
 
 impl CheckpointTensor {
@@ -103,11 +111,7 @@ pub fn fuse(ct: &CheckpointTensor, params: &impl TensorSource) -> Option<HostTen
         let end = start + piece.rows * cols;
         stacked.extend_from_slice(data.get(start..end)?);
     }
-    let data = if ct.transpose {
-        transpose(&stacked, total_rows, cols)
-    } else {
-        stacked
-    };
+    let data = arrange(ct, &stacked, total_rows, cols);
     if data.len() != ct.shape.iter().product::<usize>() {
         return None;
     }
@@ -128,9 +132,8 @@ pub fn split(
     let cols = piece_cols(ct, shapes);
     let total_rows: usize = ct.pieces.iter().map(|p| p.rows).sum();
     let untransposed;
-    let rows_major: &[f32] = if ct.transpose {
-        // Stored as [cols, rows]; transposing it back gives [rows, cols].
-        untransposed = transpose(stored, cols, total_rows);
+    let rows_major: &[f32] = if ct.transpose || ct.interleave {
+        untransposed = unarrange(ct, stored, total_rows, cols);
         &untransposed
     } else {
         stored
@@ -152,6 +155,66 @@ pub fn split(
         dst.data[start..start + n].copy_from_slice(&rows_major[at..at + n]);
         at += n;
     }
+}
+
+/// The order of the stacked rows within one block of `ct` after interleaving: position `i` of
+/// the stored block holds stacked row `order[i]` (the identity without `interleave`).
+fn block_order(ct: &CheckpointTensor, block_rows: usize) -> Vec<usize> {
+    let blocks = ct.blocks.max(1);
+    let per_block = ct.pieces.len() / blocks;
+    if !ct.interleave || per_block == 0 {
+        return (0..block_rows).collect();
+    }
+    let rows = block_rows / per_block;
+    (0..block_rows)
+        .map(|i| (i % per_block) * rows + i / per_block)
+        .collect()
+}
+
+/// The stored layout of the stacked `[total_rows, cols]` rows: per block, interleaved and/or
+/// transposed.
+fn arrange(ct: &CheckpointTensor, stacked: &[f32], total_rows: usize, cols: usize) -> Vec<f32> {
+    if !ct.transpose && !ct.interleave {
+        return stacked.to_vec();
+    }
+    let blocks = ct.blocks.max(1);
+    let block_rows = total_rows / blocks;
+    let order = block_order(ct, block_rows);
+    let mut out = Vec::with_capacity(stacked.len());
+    for b in stacked.chunks_exact((block_rows * cols).max(1)) {
+        let mut block = Vec::with_capacity(b.len());
+        for &r in &order {
+            block.extend_from_slice(&b[r * cols..(r + 1) * cols]);
+        }
+        if ct.transpose {
+            block = transpose(&block, block_rows, cols);
+        }
+        out.extend(block);
+    }
+    out
+}
+
+/// The inverse of [`arrange`]: the stacked rows from the stored tensor.
+fn unarrange(ct: &CheckpointTensor, stored: &[f32], total_rows: usize, cols: usize) -> Vec<f32> {
+    let blocks = ct.blocks.max(1);
+    let block_rows = total_rows / blocks;
+    let order = block_order(ct, block_rows);
+    let mut out = vec![0.0; stored.len()];
+    for (b, dst) in stored
+        .chunks_exact((block_rows * cols).max(1))
+        .zip(out.chunks_exact_mut((block_rows * cols).max(1)))
+    {
+        // Stored as [cols, rows] when transposed; transposing back gives [rows, cols].
+        let block = if ct.transpose {
+            transpose(b, cols, block_rows)
+        } else {
+            b.to_vec()
+        };
+        for (i, &r) in order.iter().enumerate() {
+            dst[r * cols..(r + 1) * cols].copy_from_slice(&block[i * cols..(i + 1) * cols]);
+        }
+    }
+    out
 }
 
 /// Transposes a row-major `[rows, cols]` matrix.

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Ffn, Layer, Naming, NormPlacement, QkvLayout};
+use modelspec_dsl::ir::{Ffn, Layer, Naming, NormPlacement, QkvLayout, RouterOrder, Weighting};
 use modelspec_dsl::params::parameters;
 
 use super::WeightsError;
@@ -29,6 +29,41 @@ pub enum MoeNaming {
     /// own family's spelling, and it loads this layout for Mixtral, Qwen2-MoE and Qwen3-MoE alike.
     #[default]
     Stacked,
+    /// GPT-OSS's layout: `mlp.router` (with a bias), `mlp.experts.gate_up_proj`
+    /// `[E, d_model, 2·hidden]` with each expert's gate and up columns alternating, its
+    /// `gate_up_proj_bias` `[E, 2·hidden]` likewise, `mlp.experts.down_proj` `[E, hidden, d_model]`
+    /// and `down_proj_bias` `[E, d_model]`. What [`MoeNaming::Stacked`] means for a spec whose
+    /// experts or router have biases (transformers 5 keeps GPT-OSS in its own layout).
+    GptOss,
+    /// Llama 4's layout: every FFN under `feed_forward` (dense layers'
+    /// `feed_forward.{gate,up,down}_proj` too), `feed_forward.router`,
+    /// `feed_forward.experts.gate_up_proj` `[E, d_model, 2·hidden]` (gate columns, then up),
+    /// `feed_forward.experts.down_proj` `[E, hidden, d_model]`, `feed_forward.shared_expert`.
+    /// What [`MoeNaming::Stacked`] means for a spec whose router weights its experts' inputs.
+    Llama4,
+}
+
+impl MoeNaming {
+    /// The naming a checkpoint of `spec` uses under this choice: `Stacked` (transformers 5's
+    /// native layout) becomes the native layout of the model kinds that have their own.
+    pub fn resolve(self, spec: &ModelSpec) -> MoeNaming {
+        if self != MoeNaming::Stacked {
+            return self;
+        }
+        let moes = || {
+            spec.layers.iter().filter_map(|l| match &l.ffn {
+                Ffn::Moe(m) => Some(m),
+                Ffn::Mlp(_) => None,
+            })
+        };
+        if moes().any(|m| m.weighting == Weighting::Input) {
+            MoeNaming::Llama4
+        } else if moes().any(|m| m.router_bias || m.expert.bias || m.clamp.is_some()) {
+            MoeNaming::GptOss
+        } else {
+            MoeNaming::Stacked
+        }
+    }
 }
 
 /// Choices a checkpoint makes that the IR does not fix: detected when loading, chosen when saving.
@@ -58,12 +93,13 @@ impl Dialect {
     ) -> Dialect {
         let prefix = base_prefix(spec.weights.naming);
         let has_prefixed = names.clone().into_iter().any(|n| n.starts_with(prefix));
-        let moe = if names
-            .clone()
-            .into_iter()
-            .any(|n| n.contains(".block_sparse_moe."))
-        {
+        let any = |pat: &str| names.clone().into_iter().any(|n| n.contains(pat));
+        let moe = if any(".block_sparse_moe.") {
             MoeNaming::Mixtral
+        } else if any(".feed_forward.") {
+            MoeNaming::Llama4
+        } else if any(".mlp.router.") {
+            MoeNaming::GptOss
         } else if names
             .into_iter()
             .any(|n| n.ends_with(".mlp.experts.gate_up_proj"))
@@ -133,6 +169,10 @@ pub fn checkpoint_layout(
         qkv: spec.weights.qkv,
         fused_gate_up: spec.weights.fused_gate_up,
         out: Vec::new(),
+    };
+    let dialect = Dialect {
+        moe: dialect.moe.resolve(spec),
+        ..dialect
     };
     let (embed, pos, fin) = match naming {
         Naming::Llama | Naming::Phi => ("embed_tokens", "embed_positions", ""),
@@ -230,6 +270,8 @@ impl Builder<'_> {
             shape,
             pieces,
             transpose,
+            blocks: 1,
+            interleave: false,
         });
     }
 
@@ -359,6 +401,8 @@ impl Builder<'_> {
                 self.affine(&format!("{sa}.q_norm"), &format!("{attn}.q_norm"));
                 self.affine(&format!("{sa}.k_norm"), &format!("{attn}.k_norm"));
                 self.linear(&format!("{sa}.o_proj"), &format!("{attn}.o"), false);
+                // GPT-OSS's per-head sink logits.
+                self.plain(&format!("{sa}.sinks"), &format!("{attn}.sinks"));
                 self.llama_ffn(dialect, layer, p, &c);
             }
             Naming::Phi => {
@@ -442,25 +486,48 @@ impl Builder<'_> {
         match &layer.ffn {
             Ffn::Mlp(mlp) => {
                 let m = format!("{c}.mlp");
+                let f = if dialect.moe == MoeNaming::Llama4 {
+                    format!("{p}feed_forward")
+                } else {
+                    format!("{p}mlp")
+                };
                 if mlp.activation.is_gated() && self.fused_gate_up {
                     self.fused_linear(
-                        &format!("{p}mlp.gate_up_proj"),
+                        &format!("{f}.gate_up_proj"),
                         &[format!("{m}.gate"), format!("{m}.up")],
                         false,
                     );
                 } else {
-                    self.linear(&format!("{p}mlp.gate_proj"), &format!("{m}.gate"), false);
-                    self.linear(&format!("{p}mlp.up_proj"), &format!("{m}.up"), false);
+                    self.linear(&format!("{f}.gate_proj"), &format!("{m}.gate"), false);
+                    self.linear(&format!("{f}.up_proj"), &format!("{m}.up"), false);
                 }
-                self.linear(&format!("{p}mlp.down_proj"), &format!("{m}.down"), false);
+                self.linear(&format!("{f}.down_proj"), &format!("{m}.down"), false);
+            }
+            Ffn::Moe(moe) if matches!(dialect.moe, MoeNaming::GptOss | MoeNaming::Llama4) => {
+                let m = format!("{c}.moe");
+                let llama4 = dialect.moe == MoeNaming::Llama4;
+                let f = format!("{p}{}", if llama4 { "feed_forward" } else { "mlp" });
+                self.linear(&format!("{f}.router"), &format!("{m}.router"), false);
+                self.transposed_experts(&format!("{f}.experts"), &m, moe.experts as usize, !llama4);
+                for (hf, canon) in [("gate", "gate"), ("up", "up"), ("down", "down")] {
+                    self.linear(
+                        &format!("{f}.shared_expert.{hf}_proj"),
+                        &format!("{m}.shared.{canon}"),
+                        false,
+                    );
+                }
             }
             Ffn::Moe(moe) => {
                 let m = format!("{c}.moe");
                 let block = match dialect.moe {
                     MoeNaming::Mixtral => "block_sparse_moe",
-                    MoeNaming::Qwen | MoeNaming::Stacked => "mlp",
+                    _ => "mlp",
                 };
                 self.linear(&format!("{p}{block}.gate"), &format!("{m}.router"), false);
+                self.plain(
+                    &format!("{p}{block}.gate.e_score_correction_bias"),
+                    &format!("{m}.router.correction_bias"),
+                );
                 match dialect.moe {
                     MoeNaming::Qwen | MoeNaming::Mixtral => {
                         let names = if dialect.moe == MoeNaming::Mixtral {
@@ -480,11 +547,17 @@ impl Builder<'_> {
                             }
                         }
                     }
-                    MoeNaming::Stacked => {
+                    MoeNaming::Stacked | MoeNaming::GptOss | MoeNaming::Llama4 => {
                         self.stacked_experts(&format!("{p}mlp.experts"), &m, moe.experts as usize)
                     }
                 }
-                let shared = format!("{p}mlp.shared_expert");
+                // DeepSeek-style checkpoints (the sigmoid router) say `shared_experts`, Qwen's
+                // `shared_expert`.
+                let shared = if moe.router == RouterOrder::SigmoidTopk {
+                    format!("{p}mlp.shared_experts")
+                } else {
+                    format!("{p}mlp.shared_expert")
+                };
                 self.linear(
                     &format!("{shared}.gate_proj"),
                     &format!("{m}.shared.gate"),
@@ -505,6 +578,52 @@ impl Builder<'_> {
                     &format!("{m}.shared_gate"),
                     false,
                 );
+            }
+        }
+    }
+
+    /// Expert tensors stored `[E, in, out]` (GPT-OSS, Llama 4): per expert, `gate_up_proj` is
+    /// `[gate; up]` transposed to `[d_model, 2·hidden]` (the two interleaved column by column when
+    /// `interleave`, GPT-OSS), `down_proj` the down weight transposed to `[hidden, d_model]`; the
+    /// biases, when present, `gate_up_proj_bias` `[E, 2·hidden]` (interleaved alike) and
+    /// `down_proj_bias` `[E, d_model]`.
+    fn transposed_experts(&mut self, name: &str, m: &str, experts: usize, interleave: bool) {
+        for (suffix, part, transpose) in [("", "weight", true), ("_bias", "bias", false)] {
+            let whole = |b: &Self, canonical: String| {
+                b.rows(&canonical).map(|rows| Piece {
+                    canonical,
+                    row_start: 0,
+                    rows,
+                })
+            };
+            let mut gate_up = Vec::new();
+            let mut down = Vec::new();
+            for e in 0..experts {
+                let canon = format!("{m}.experts.{e}");
+                gate_up.extend(whole(self, format!("{canon}.gate.{part}")));
+                gate_up.extend(whole(self, format!("{canon}.up.{part}")));
+                down.extend(whole(self, format!("{canon}.down.{part}")));
+            }
+            for (tensor, pieces) in [("gate_up_proj", gate_up), ("down_proj", down)] {
+                let Some(first) = pieces.first() else {
+                    continue;
+                };
+                let (rows, cols) = rows_cols(&self.shapes[&first.canonical]);
+                let per_expert = pieces.len() / experts.max(1);
+                let block_rows = rows * per_expert;
+                let shape = if transpose {
+                    vec![experts, cols, block_rows]
+                } else {
+                    vec![experts, block_rows]
+                };
+                self.out.push(CheckpointTensor {
+                    name: format!("{name}.{tensor}{suffix}"),
+                    shape,
+                    pieces,
+                    transpose,
+                    blocks: experts,
+                    interleave: interleave && tensor == "gate_up_proj",
+                });
             }
         }
     }

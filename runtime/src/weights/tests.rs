@@ -170,6 +170,7 @@ fn moe(shared: bool) -> ModelSpec {
                 gate: true,
             }),
             aux_loss: 0.0,
+            ..Default::default()
         });
     }
     s

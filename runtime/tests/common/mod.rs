@@ -121,6 +121,7 @@ pub fn moe(router: RouterOrder, renormalize: bool, shared: Option<SharedExperts>
         renormalize,
         shared,
         aux_loss: 0.01,
+        ..Default::default()
     })
 }
 

@@ -200,6 +200,12 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
             let b = cfg.flag("attention.qkv_bias", "attention_bias", true);
             (b, b, false)
         }
+        // GLM-4.5: `attention_bias` is on q/k/v only, never on o_proj.
+        Family::Glm4Moe => (
+            cfg.flag("attention.qkv_bias", "attention_bias", false),
+            false,
+            false,
+        ),
         _ => {
             let b = cfg.flag("attention.qkv_bias", "attention_bias", false);
             let m = if matches!(family, Family::Llama) {
@@ -272,6 +278,11 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
         }),
         Family::Gemma3Text => Some(QkNorm {
             norm,
+            scope: QkNormScope::Head,
+            after_rope: false,
+        }),
+        Family::Glm4Moe if cfg.flag("attention.qk_norm", "use_qk_norm", false) => Some(QkNorm {
+            norm: rms,
             scope: QkNormScope::Head,
             after_rope: false,
         }),

@@ -7,11 +7,184 @@ pub(super) struct MoePlan {
     pub(super) moe: Moe,
     pub(super) sparse_step: u64,
     pub(super) mlp_only: std::collections::BTreeSet<u64>,
+    /// Layers below this index are dense (DeepSeek-V3 / GLM-4.5's `first_k_dense_replace`).
+    pub(super) first_dense: u64,
+    /// An explicit list of the MoE layers (Llama 4's `moe_layers`), overriding the rest.
+    pub(super) only: Option<std::collections::BTreeSet<u64>>,
 }
 
 impl MoePlan {
+    fn new(moe: Moe) -> MoePlan {
+        MoePlan {
+            moe,
+            sparse_step: 1,
+            mlp_only: Default::default(),
+            first_dense: 0,
+            only: None,
+        }
+    }
+
     pub(super) fn is_moe_layer(&self, i: u64) -> bool {
-        !self.mlp_only.contains(&i) && (i + 1).is_multiple_of(self.sparse_step)
+        if let Some(only) = &self.only {
+            return only.contains(&i);
+        }
+        i >= self.first_dense
+            && !self.mlp_only.contains(&i)
+            && (i + 1).is_multiple_of(self.sparse_step)
+    }
+}
+
+/// A list of layer indices (`mlp_only_layers`, `moe_layers`); `None` when absent or null.
+fn layer_list(cfg: &mut Cfg<'_>, key: &str) -> Option<std::collections::BTreeSet<u64>> {
+    let m = cfg.root.get(key)?;
+    if m.value.is_null() {
+        return None;
+    }
+    let mut out = std::collections::BTreeSet::new();
+    match m.value.as_array() {
+        Ok(items) => {
+            for item in items {
+                match item.as_u64() {
+                    Ok(n) => {
+                        out.insert(n);
+                    }
+                    Err(e) => cfg.diags.push(Diagnostic {
+                        file: cfg.file.to_string(),
+                        span: item.span.clone(),
+                        field: key.into(),
+                        message: e.message,
+                        hint: Some("list layer indices".into()),
+                    }),
+                }
+            }
+        }
+        Err(e) => cfg.error(key, e.message, None),
+    }
+    Some(out)
+}
+
+/// GPT-OSS (`gpt_oss`): a router with a bias, top-k of the logits then a softmax over those k,
+/// experts with biases and the clamped SwiGLU (transformers hard-codes `alpha` 1.702 and `limit`
+/// 7.0, whatever the config's `swiglu_limit` says), every layer sparse. The auxiliary loss joins
+/// the training loss only with `output_router_logits`.
+fn gpt_oss(cfg: &mut Cfg<'_>, activation: MlpKind, intermediate: u64) -> MoePlan {
+    let experts = cfg.size("ffn.experts", &["num_local_experts", "num_experts"], 128);
+    let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], 4);
+    cfg.origin("ffn.expert.hidden", "intermediate_size");
+    let aux = cfg.flag("ffn.aux_loss", "output_router_logits", false);
+    let aux_loss = if aux {
+        cfg.float("ffn.aux_loss", &["router_aux_loss_coef"], 0.001)
+    } else {
+        0.0
+    };
+    MoePlan::new(Moe {
+        experts,
+        top_k,
+        expert: Mlp {
+            activation,
+            hidden: intermediate,
+            bias: true,
+        },
+        router: RouterOrder::TopkSoftmax,
+        aux_loss,
+        router_bias: true,
+        clamp: Some(SwigluClamp {
+            alpha: 1.702,
+            limit: 7.0,
+        }),
+        ..Default::default()
+    })
+}
+
+/// Llama 4 (`llama4_text`): top-k of the logits with the sigmoid of each chosen logit as its
+/// weight, applied to the expert's *input*; one shared expert of the routed width always added;
+/// MoE layers from `moe_layers`, else every `interleave_moe_layer_step`-th layer (the others are
+/// dense with `intermediate_size_mlp`). transformers adds no auxiliary loss.
+fn llama4_text(cfg: &mut Cfg<'_>, activation: MlpKind, intermediate: u64) -> MoePlan {
+    let experts = cfg.size("ffn.experts", &["num_local_experts"], 16);
+    let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], 1);
+    cfg.origin("ffn.expert.hidden", "intermediate_size");
+    let step = cfg.size("ffn", &["interleave_moe_layer_step"], 1);
+    let only = layer_list(cfg, "moe_layers");
+    if only.is_none() && step == 0 {
+        cfg.error(
+            "interleave_moe_layer_step",
+            "must be at least 1".into(),
+            Some("1 makes every layer a mixture of experts".into()),
+        );
+    }
+    MoePlan {
+        sparse_step: step.max(1),
+        only,
+        ..MoePlan::new(Moe {
+            experts,
+            top_k,
+            expert: Mlp {
+                activation,
+                hidden: intermediate,
+                bias: false,
+            },
+            router: RouterOrder::SigmoidTopk,
+            shared: Some(SharedExperts {
+                count: 1,
+                hidden: intermediate,
+                gate: false,
+            }),
+            weighting: Weighting::Input,
+            ..Default::default()
+        })
+    }
+}
+
+/// GLM-4.5 (`glm4_moe`): DeepSeek-V3's router. Sigmoid scores with the selection-only correction
+/// bias, group-limited top-k, renormalised (`norm_topk_prob`) and scaled
+/// (`routed_scaling_factor`) weights, `n_shared_experts` always-on experts of the routed width,
+/// and the first `first_k_dense_replace` layers dense. transformers adds no auxiliary loss.
+fn glm4_moe(cfg: &mut Cfg<'_>, activation: MlpKind) -> MoePlan {
+    let experts = cfg.size(
+        "ffn.experts",
+        &["n_routed_experts", "num_local_experts"],
+        128,
+    );
+    let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], 8);
+    let hidden = cfg.size("ffn.expert.hidden", &["moe_intermediate_size"], 1408);
+    let renormalize = cfg.flag("ffn.renormalize", "norm_topk_prob", true);
+    let routed_scale = cfg.float("ffn.routed_scale", &["routed_scaling_factor"], 1.0);
+    let groups = cfg.size("ffn.groups.count", &["n_group"], 1);
+    let top_groups = cfg.size("ffn.groups.top", &["topk_group"], 1);
+    let shared = cfg.size("ffn.shared.count", &["n_shared_experts"], 1);
+    let first_dense = cfg.size("ffn", &["first_k_dense_replace"], 1);
+    MoePlan {
+        moe: Moe {
+            experts,
+            top_k,
+            expert: Mlp {
+                activation,
+                hidden,
+                bias: false,
+            },
+            router: RouterOrder::SigmoidTopk,
+            renormalize,
+            // HF builds the shared MLP even for 0 shared experts, as a zero-width MLP.
+            shared: (shared > 0).then_some(SharedExperts {
+                count: shared,
+                hidden,
+                gate: false,
+            }),
+            aux_loss: 0.0,
+            correction_bias: true,
+            // One group keeps every expert: the same routing as no groups.
+            groups: (groups != 1 || top_groups != 1).then_some(ExpertGroups {
+                count: groups,
+                top: top_groups,
+            }),
+            routed_scale,
+            ..Default::default()
+        },
+        sparse_step: 1,
+        mlp_only: Default::default(),
+        first_dense,
+        only: None,
     }
 }
 
@@ -40,9 +213,12 @@ pub(super) fn moe_settings(
                     renormalize: true,
                     shared: None,
                     aux_loss,
+                    ..Default::default()
                 },
                 sparse_step: 1,
                 mlp_only: Default::default(),
+                first_dense: 0,
+                only: None,
             })
         }
         Family::Qwen2Moe | Family::Qwen3Moe => {
@@ -79,30 +255,7 @@ pub(super) fn moe_settings(
             } else {
                 None
             };
-            let mut mlp_only = std::collections::BTreeSet::new();
-            if let Some(m) = cfg.root.get("mlp_only_layers")
-                && !m.value.is_null()
-            {
-                match m.value.as_array() {
-                    Ok(items) => {
-                        for item in items {
-                            match item.as_u64() {
-                                Ok(n) => {
-                                    mlp_only.insert(n);
-                                }
-                                Err(e) => cfg.diags.push(Diagnostic {
-                                    file: cfg.file.to_string(),
-                                    span: item.span.clone(),
-                                    field: "mlp_only_layers".into(),
-                                    message: e.message,
-                                    hint: Some("list layer indices".into()),
-                                }),
-                            }
-                        }
-                    }
-                    Err(e) => cfg.error("mlp_only_layers", e.message, None),
-                }
-            }
+            let mlp_only = layer_list(cfg, "mlp_only_layers").unwrap_or_default();
             Some(MoePlan {
                 moe: Moe {
                     experts,
@@ -116,11 +269,17 @@ pub(super) fn moe_settings(
                     renormalize,
                     shared,
                     aux_loss,
+                    ..Default::default()
                 },
                 sparse_step,
                 mlp_only,
+                first_dense: 0,
+                only: None,
             })
         }
+        Family::Glm4Moe => Some(glm4_moe(cfg, activation)),
+        Family::GptOss => Some(gpt_oss(cfg, activation, intermediate)),
+        Family::Llama4Text => Some(llama4_text(cfg, activation, intermediate)),
         _ => None,
     }
 }

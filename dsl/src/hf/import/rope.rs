@@ -17,6 +17,8 @@ pub(super) fn rotary_fraction(cfg: &mut Cfg<'_>, family: Family) -> f64 {
     let default = match family {
         Family::Phi => 0.5,
         Family::GptNeox => 0.25,
+        // Glm4MoeConfig sets 0.5 when neither the config nor its rope parameters say.
+        Family::Glm4Moe => 0.5,
         _ => 1.0,
     };
     let mut keys: Vec<&str> = vec!["partial_rotary_factor"];

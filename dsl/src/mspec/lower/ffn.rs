@@ -19,6 +19,8 @@ impl Reader<'_> {
         let gated_gelu = matches!(kind, MlpKind::Geglu | MlpKind::GegluTanh);
         let allowed: &[&str] = if gated_gelu {
             &["hidden", "bias", "act"]
+        } else if kind == MlpKind::Swiglu {
+            &["hidden", "bias", "limit", "alpha"]
         } else {
             &["hidden", "bias"]
         };
@@ -27,12 +29,25 @@ impl Reader<'_> {
             kind,
             hidden: None,
             bias: None,
+            limit: None,
+            alpha: None,
         };
         for (k, (span, vals)) in &named {
             let f = format!("{field}.{k}");
             match k.as_str() {
                 "hidden" => m.hidden = self.arg_uint(&f, span, vals),
                 "bias" => m.bias = self.arg_bool(&f, span, vals),
+                // GPT-OSS's clamped SwiGLU: `ffn.clamp.limit` / `ffn.clamp.alpha` in the IR.
+                "limit" | "alpha" => {
+                    let f = format!("ffn.clamp.{k}");
+                    self.record(&f, span.clone());
+                    let v = self.arg_real(&f, span, vals);
+                    if k == "limit" {
+                        m.limit = v;
+                    } else {
+                        m.alpha = v;
+                    }
+                }
                 // The sketch's `geglu(act = gelu_tanh)`: the GELU flavour of a gated GELU.
                 _ => {
                     let choices = [("gelu", MlpKind::Geglu), ("gelu_tanh", MlpKind::GegluTanh)];
@@ -58,10 +73,20 @@ impl Reader<'_> {
             "top_k" => m.top_k = self.uint(cur, span, &field),
             "aux_loss" => m.aux_loss = self.real(cur, span, &field),
             "renormalize" => m.renormalize = self.flag(cur, span, &field),
+            "router_bias" => m.router_bias = self.flag(cur, span, &field),
+            "correction_bias" => m.correction_bias = self.flag(cur, span, &field),
+            "groups" => m.groups = self.uint(cur, span, "ffn.groups.count"),
+            "top_groups" => m.top_groups = self.uint(cur, span, "ffn.groups.top"),
+            "routed_scale" => m.routed_scale = self.real(cur, span, &field),
+            "weighting" => {
+                let choices = [("output", Weighting::Output), ("input", Weighting::Input)];
+                m.weighting = self.word(cur, span, &field, &choices);
+            }
             "router" => {
                 let choices = [
                     ("softmax_topk", RouterOrder::SoftmaxTopk),
                     ("topk_softmax", RouterOrder::TopkSoftmax),
+                    ("sigmoid_topk", RouterOrder::SigmoidTopk),
                 ];
                 m.router = self.word(cur, span, &field, &choices);
             }

@@ -272,6 +272,12 @@ const MOE_KEYS: &[&str] = &[
     "renormalize",
     "shared",
     "aux_loss",
+    "router_bias",
+    "correction_bias",
+    "groups",
+    "top_groups",
+    "routed_scale",
+    "weighting",
 ];
 const EMBED_KEYS: &[&str] = &["tied", "scale", "learned_positions"];
 const LOGITS_KEYS: &[&str] = &["softcap", "bias"];
@@ -318,6 +324,16 @@ pub(crate) fn user_path(path: &str) -> String {
     }
     if path == "ffn" {
         return "mlp".into();
+    }
+    if let Some(rest) = path.strip_prefix("ffn.clamp.") {
+        return format!("moe.expert.{rest}");
+    }
+    if let Some(rest) = path.strip_prefix("ffn.groups.") {
+        return if rest == "top" {
+            "moe.top_groups".into()
+        } else {
+            "moe.groups".into()
+        };
     }
     if let Some(rest) = path.strip_prefix("ffn.") {
         let head = rest.split('.').next().unwrap_or(rest);

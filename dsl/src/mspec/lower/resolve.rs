@@ -134,7 +134,17 @@ pub(super) fn resolve_layer(
             hidden: default_hidden,
             bias: false,
         }),
-        Some(FfnW::Mlp(m)) => Ffn::Mlp(mlp(m)),
+        Some(FfnW::Mlp(m)) => {
+            if m.limit.is_some() || m.alpha.is_some() {
+                issues.push(
+                    "ffn.clamp",
+                    Some(i),
+                    "the clamped SwiGLU (`limit`, `alpha`) is supported in MoE experts only".into(),
+                    Some("write it as `moe { expert swiglu(hidden = .., limit = 7, alpha = 1.702) }`".into()),
+                );
+            }
+            Ffn::Mlp(mlp(m))
+        }
         Some(FfnW::Moe(m)) => {
             let mut need = |what: &str, present: bool| {
                 if !present {
@@ -149,6 +159,33 @@ pub(super) fn resolve_layer(
             need("experts", m.experts.is_some());
             need("top_k", m.top_k.is_some());
             need("expert", m.expert.is_some());
+            if m.groups.is_some() != m.top_groups.is_some() {
+                let (have, missing) = if m.groups.is_some() {
+                    ("groups", "top_groups")
+                } else {
+                    ("top_groups", "groups")
+                };
+                issues.push(
+                    "ffn.groups",
+                    Some(i),
+                    format!("`moe.{have}` without `moe.{missing}`"),
+                    Some("group-limited routing needs both `groups N` and `top_groups K`".into()),
+                );
+            }
+            let clamp = match m.expert.as_ref().map(|e| (e.limit, e.alpha)) {
+                Some((Some(limit), Some(alpha))) => Some(SwigluClamp { alpha, limit }),
+                Some((None, None)) | None => None,
+                Some((limit, _)) => {
+                    let missing = if limit.is_some() { "alpha" } else { "limit" };
+                    issues.push(
+                        &format!("ffn.clamp.{missing}"),
+                        Some(i),
+                        format!("the clamped SwiGLU needs both `limit` and `alpha`: `{missing}` is missing"),
+                        Some("GPT-OSS uses `swiglu(hidden = .., limit = 7, alpha = 1.702)`".into()),
+                    );
+                    None
+                }
+            };
             let expert = m.expert.as_ref().map(mlp).unwrap_or(Mlp {
                 activation: MlpKind::Swiglu,
                 hidden: 1,
@@ -166,6 +203,15 @@ pub(super) fn resolve_layer(
                     gate: s.gate.unwrap_or(false),
                 }),
                 aux_loss: m.aux_loss.unwrap_or(0.0),
+                router_bias: m.router_bias.unwrap_or(false),
+                correction_bias: m.correction_bias.unwrap_or(false),
+                groups: match (m.groups, m.top_groups) {
+                    (Some(count), Some(top)) => Some(ExpertGroups { count, top }),
+                    _ => None,
+                },
+                routed_scale: m.routed_scale.unwrap_or(1.0),
+                weighting: m.weighting.unwrap_or_default(),
+                clamp,
             })
         }
     };

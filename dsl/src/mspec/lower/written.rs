@@ -137,6 +137,9 @@ pub(crate) struct MlpW {
     pub kind: MlpKind,
     pub hidden: Option<u64>,
     pub bias: Option<bool>,
+    /// GPT-OSS's clamp bound and sigmoid slope (`swiglu(limit = 7, alpha = 1.702)`).
+    pub limit: Option<f64>,
+    pub alpha: Option<f64>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -155,6 +158,12 @@ pub(crate) struct MoeW {
     pub renormalize: Option<bool>,
     pub shared: Option<Option<SharedW>>,
     pub aux_loss: Option<f64>,
+    pub router_bias: Option<bool>,
+    pub correction_bias: Option<bool>,
+    pub groups: Option<u64>,
+    pub top_groups: Option<u64>,
+    pub routed_scale: Option<f64>,
+    pub weighting: Option<Weighting>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -170,6 +179,8 @@ impl FfnW {
                 cur.kind = new.kind;
                 merge_opt(&mut cur.hidden, new.hidden);
                 merge_opt(&mut cur.bias, new.bias);
+                merge_opt(&mut cur.limit, new.limit);
+                merge_opt(&mut cur.alpha, new.alpha);
             }
             (FfnW::Moe(cur), FfnW::Moe(new)) => {
                 merge_opt(&mut cur.experts, new.experts);
@@ -183,6 +194,12 @@ impl FfnW {
                     cur.shared = new.shared.clone();
                 }
                 merge_opt(&mut cur.aux_loss, new.aux_loss);
+                merge_opt(&mut cur.router_bias, new.router_bias);
+                merge_opt(&mut cur.correction_bias, new.correction_bias);
+                merge_opt(&mut cur.groups, new.groups);
+                merge_opt(&mut cur.top_groups, new.top_groups);
+                merge_opt(&mut cur.routed_scale, new.routed_scale);
+                merge_opt(&mut cur.weighting, new.weighting);
             }
             (cur, new) => *cur = new.clone(),
         }

@@ -358,6 +358,7 @@ mod tests {
             renormalize: true,
             shared,
             aux_loss: 0.0,
+            ..Default::default()
         }
     }
 

@@ -300,6 +300,9 @@ impl MoeLayer {
             match self.moe.router {
                 RouterOrder::SoftmaxTopk => 0,
                 RouterOrder::TopkSoftmax => 1,
+                RouterOrder::SigmoidTopk => {
+                    unreachable!("the sigmoid router is refused by GpuTrainer::unsupported_feature")
+                }
             },
             self.moe.renormalize as i32,
         )

@@ -153,7 +153,7 @@ impl GpuTrainer {
     /// Layers may differ in sizes, attention options, position encoding, block structure and
     /// FFN.
     pub fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
-        config::unsupported_feature(spec)
+        newer_moe_unsupported(spec).or_else(|| config::unsupported_feature(spec))
     }
 
     /// As [`GpuTrainer::new`], keeping for backward only what `saves` says per layer (one entry
@@ -570,4 +570,37 @@ struct Step<'a> {
     valid_targets: usize,
     /// Whether MoE forwards accumulate the aux loss.
     aux_loss: bool,
+}
+
+/// The mixture-of-experts options of issue 12 that the GPU's MoE does not implement yet, named
+/// with the first layer that uses each and what to do instead.
+fn newer_moe_unsupported(spec: &ModelSpec) -> Option<String> {
+    use modelspec_dsl::ir::{Ffn, RouterOrder, Weighting};
+    for l in &spec.layers {
+        let Ffn::Moe(m) = &l.ffn else { continue };
+        let what = if m.router == RouterOrder::SigmoidTopk {
+            "the sigmoid router (DeepSeek-V3, GLM-4.5, Llama 4)"
+        } else if m.correction_bias {
+            "an expert-selection correction bias (DeepSeek-V3)"
+        } else if m.groups.is_some() {
+            "group-limited routing (DeepSeek-V3)"
+        } else if m.routed_scale != 1.0 {
+            "a routed scaling factor (DeepSeek-V3)"
+        } else if m.router_bias {
+            "a router bias (GPT-OSS)"
+        } else if m.expert.bias {
+            "expert biases (GPT-OSS)"
+        } else if m.clamp.is_some() {
+            "the clamped SwiGLU (GPT-OSS)"
+        } else if m.weighting == Weighting::Input {
+            "router weights on the experts' inputs (Llama 4)"
+        } else {
+            continue;
+        };
+        return Some(format!(
+            "{what} in layer {} runs on the CPU only for now: use `--device cpu`",
+            l.index
+        ));
+    }
+    None
 }
