@@ -147,6 +147,9 @@ fn generated_kernels_match_the_cpu_ops() {
             window: a.window.map(|w| w as usize),
             alibi: None,
             dropout: None,
+            chunk: None,
+            sinks: None,
+            temperature: None,
         };
         let (qd, kvd) = (CudaTinyLayer::Q_DIM, CudaTinyLayer::KV_DIM);
         let (q, kk, v) = (

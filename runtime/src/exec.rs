@@ -168,10 +168,10 @@ impl Executor {
         }
         for layer in &spec.layers {
             let a = &layer.attention;
-            if a.head_dim == 0 || a.window == Some(0) {
+            if a.head_dim == 0 || a.window == Some(0) || a.chunk == Some(0) {
                 return Err(Error::BadSpec(format!(
-                    "layer {}: head_dim {} and window {:?} must be positive",
-                    layer.index, a.head_dim, a.window
+                    "layer {}: head_dim {}, window {:?} and chunk {:?} must be positive",
+                    layer.index, a.head_dim, a.window, a.chunk
                 )));
             }
             if a.heads == 0 || a.kv_heads == 0 || a.heads % a.kv_heads != 0 {
@@ -299,6 +299,15 @@ impl Executor {
             alibi: matches!(layer.position, Position::Alibi)
                 .then(|| attention::alibi_slopes(a.heads as usize)),
             dropout: drop(self.spec.dropout.attention, DropSite::AttentionProbs),
+            chunk: a.chunk.map(|c| c as usize),
+            sinks: a.sinks.then(|| {
+                let name = format!("layers.{i}.attn.sinks");
+                forward::p(params, &name)
+                    .iter()
+                    .map(|s| s.to_f64())
+                    .collect()
+            }),
+            temperature: a.temperature,
         };
         let rope = match &layer.position {
             Position::Rope(r) => Some(RopeTable::new(r, shape.seq)),

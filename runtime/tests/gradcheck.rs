@@ -310,6 +310,18 @@ fn rope_variants() -> Vec<(&'static str, Rope)> {
                 beta_fast: 32.0,
                 beta_slow: 1.0,
                 attention_factor: 1.1386,
+                truncate: true,
+            }),
+        ),
+        (
+            "yarn-untruncated",
+            base(RopeScaling::Yarn {
+                factor: 4.0,
+                original_context: 2,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: 1.1386,
+                truncate: false,
             }),
         ),
         (
@@ -417,6 +429,7 @@ fn rope_frequencies_follow_hf_init_functions() {
             beta_fast: 32.0,
             beta_slow: 1.0,
             attention_factor: 1.2,
+            truncate: true,
         },
         ..plain
     };
@@ -438,6 +451,9 @@ fn attention_cfgs() -> Vec<(&'static str, AttentionCfg)> {
         window: None,
         alibi: None,
         dropout: None,
+        chunk: None,
+        sinks: None,
+        temperature: None,
     };
     vec![
         ("gqa", base.clone()),
@@ -582,6 +598,9 @@ fn attention_long_sequences_span_several_blocks() {
             window,
             alibi: Some(attention::alibi_slopes(2)),
             dropout: None,
+            chunk: None,
+            sinks: None,
+            temperature: None,
         };
         let rows = cfg.seq;
         let q = randn(rows * 4, 1, 1.0);
@@ -623,6 +642,9 @@ fn attention_masks_follow_hf_sliding_window() {
         window: Some(3),
         alibi: None,
         dropout: None,
+        chunk: None,
+        sinks: None,
+        temperature: None,
     };
     let q = randn(seq * seq, 1, 1.0);
     let k = randn(seq * seq, 2, 1.0);
@@ -914,6 +936,7 @@ fn model_qk_norm_both_scopes() {
                 l.attention.qk_norm = Some(QkNorm {
                     norm: rms(),
                     scope: QkNormScope::Head,
+                    after_rope: false,
                 })
             })
         }),
@@ -926,6 +949,7 @@ fn model_qk_norm_both_scopes() {
                 l.attention.qk_norm = Some(QkNorm {
                     norm: layer_norm(),
                     scope: QkNormScope::Full,
+                    after_rope: false,
                 })
             })
         }),

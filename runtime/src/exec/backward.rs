@@ -281,7 +281,9 @@ impl<'a, T: Float> LayerCtx<'a, T> {
         let mut dq_f = zeros(rows * qd);
         let mut dk_f = zeros(rows * kvd);
         let mut dv = zeros(rows * kvd);
-        attention::backward(
+        let sinks = self.prefix("attn.sinks");
+        let mut dsinks = grads.take_opt(&sinks, att.sinks);
+        attention::backward_with_sinks(
             &self.attn,
             store.get(lp.q_final),
             store.get(lp.k_final),
@@ -290,44 +292,55 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             &mut dq_f,
             &mut dk_f,
             &mut dv,
+            dsinks.as_deref_mut(),
         );
+        grads.put_opt(&sinks, dsinks);
         let (mut dq, mut dk) = (dq_f, dk_f);
-        if let Some(table) = &self.rope {
-            let mut g = zeros(rows * qd);
-            rope::backward(table, &dq, heads, hd, &mut g);
-            dq = g;
-            let mut g = zeros(rows * kvd);
-            rope::backward(table, &dk, kv_heads, hd, &mut g);
-            dk = g;
-        }
-        if let Some(qk) = &att.qk_norm {
-            self.ensure_all(store, &[Act::Q, Act::K]);
-            let (qw, kw) = match qk.scope {
-                QkNormScope::Head => (hd, hd),
-                QkNormScope::Full => (qd, kvd),
-            };
-            let mut g = zeros(rows * qd);
-            grads.norm(
-                params,
-                &self.prefix("attn.q_norm"),
-                &qk.norm,
-                qw,
-                store.get(Act::Q),
-                &dq,
-                &mut g,
-            );
-            dq = g;
-            let mut g = zeros(rows * kvd);
-            grads.norm(
-                params,
-                &self.prefix("attn.k_norm"),
-                &qk.norm,
-                kw,
-                store.get(Act::K),
-                &dk,
-                &mut g,
-            );
-            dk = g;
+        // Back through the query and key chains (RoPE and qk-norm, in the program's order).
+        let (mut aq, mut ak) = (lp.q_final, lp.k_final);
+        while aq != Act::Q {
+            let (sq, sk) = (self.source(aq), self.source(ak));
+            match (aq, &self.rope, &att.qk_norm) {
+                (Act::QRope, Some(table), _) => {
+                    let mut g = zeros(rows * qd);
+                    rope::backward(table, &dq, heads, hd, &mut g);
+                    dq = g;
+                    let mut g = zeros(rows * kvd);
+                    rope::backward(table, &dk, kv_heads, hd, &mut g);
+                    dk = g;
+                }
+                (Act::QNormed, _, Some(qk)) => {
+                    self.ensure_all(store, &[sq, sk]);
+                    let (qw, kw) = match qk.scope {
+                        QkNormScope::Head => (hd, hd),
+                        QkNormScope::Full => (qd, kvd),
+                    };
+                    let mut g = zeros(rows * qd);
+                    grads.norm(
+                        params,
+                        &self.prefix("attn.q_norm"),
+                        &qk.norm,
+                        qw,
+                        store.get(sq),
+                        &dq,
+                        &mut g,
+                    );
+                    dq = g;
+                    let mut g = zeros(rows * kvd);
+                    grads.norm(
+                        params,
+                        &self.prefix("attn.k_norm"),
+                        &qk.norm,
+                        kw,
+                        store.get(sk),
+                        &dk,
+                        &mut g,
+                    );
+                    dk = g;
+                }
+                _ => unreachable!("layer {}: `{}` in the query chain", lp.index, aq.name()),
+            }
+            (aq, ak) = (sq, sk);
         }
         self.ensure(store, lp.attn_in);
         let x = store.get(lp.attn_in);

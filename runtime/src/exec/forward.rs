@@ -116,6 +116,15 @@ impl<'a, T: Float> LayerCtx<'a, T> {
         )
     }
 
+    /// The one activation the node computing `a` reads (q/k norm and RoPE nodes, whose order
+    /// the program decides).
+    pub(super) fn source(&self, a: Act) -> Act {
+        self.lp
+            .node(a)
+            .and_then(|n| n.inputs.first().copied())
+            .unwrap_or_else(|| panic!("layer {} has no activation `{}`", self.lp.index, a.name()))
+    }
+
     /// Makes `a` (and whatever it needs) present in `store`.
     pub(super) fn ensure(&self, store: &mut Store<T>, a: Act) {
         if store.acts[a as usize].is_some() {
@@ -176,36 +185,19 @@ impl<'a, T: Float> LayerCtx<'a, T> {
                     .qk_norm
                     .as_ref()
                     .expect("qk-norm activation without qk-norm");
-                let (src, prefix, width) = match (a, qk.scope) {
-                    (Act::QNormed, QkNormScope::Head) => (Act::Q, "attn.q_norm", hd),
-                    (Act::QNormed, QkNormScope::Full) => (Act::Q, "attn.q_norm", qd),
-                    (_, QkNormScope::Head) => (Act::K, "attn.k_norm", hd),
-                    (_, QkNormScope::Full) => (Act::K, "attn.k_norm", kvd),
+                let (prefix, width) = match (a, qk.scope) {
+                    (Act::QNormed, QkNormScope::Head) => ("attn.q_norm", hd),
+                    (Act::QNormed, QkNormScope::Full) => ("attn.q_norm", qd),
+                    (_, QkNormScope::Head) => ("attn.k_norm", hd),
+                    (_, QkNormScope::Full) => ("attn.k_norm", kvd),
                 };
-                norm_into(store.get(src), prefix, &qk.norm, width)
+                // The projection, or its rotation when the norm follows RoPE (Llama 4).
+                norm_into(store.get(self.source(a)), prefix, &qk.norm, width)
             }
             Act::QRope | Act::KRope => {
                 let table = self.rope.as_ref().expect("rope activation without rope");
-                let (src, h) = if a == Act::QRope {
-                    (
-                        if att.qk_norm.is_some() {
-                            Act::QNormed
-                        } else {
-                            Act::Q
-                        },
-                        heads,
-                    )
-                } else {
-                    (
-                        if att.qk_norm.is_some() {
-                            Act::KNormed
-                        } else {
-                            Act::K
-                        },
-                        kv_heads,
-                    )
-                };
-                let x = store.get(src);
+                let h = if a == Act::QRope { heads } else { kv_heads };
+                let x = store.get(self.source(a));
                 let mut y = vec![T::ZERO; x.len()];
                 rope::forward(table, x, h, hd, &mut y);
                 y

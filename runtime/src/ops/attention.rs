@@ -1,21 +1,29 @@
-//! Causal scaled-dot-product attention with grouped kv heads, sliding window, score softcap,
-//! ALiBi and dropout on the probabilities.
+//! Causal scaled-dot-product attention with grouped kv heads, sliding window or chunks, score
+//! softcap, ALiBi, attention sinks, a per-position query temperature and dropout on the
+//! probabilities.
 //!
 //! For a query at position `i` and a key at `j` (same sequence), head `h` of kv group
 //! `g = h / (heads / kv_heads)`:
 //! ```text
-//! s_ij = scale · (q_i · k_j + alibi_h(j))            alibi: Falcon's order, bias before the scale
+//! s_ij = scale · (τ_i q_i · k_j + alibi_h(j))        alibi: Falcon's order, bias before the scale
 //! s_ij = softcap · tanh(s_ij / softcap)              when softcap is set (Gemma-2)
 //! visible iff j ≤ i and (no window or i − window < j)   (HF's sliding window)
-//! p_i  = softmax_j(s_ij)   over visible keys;   p̃ = dropout(p)
-//! o_i  = Σ_j p̃_ij v_j
+//!             and (no chunk or ⌊j / chunk⌋ = ⌊i / chunk⌋)  (Llama 4's chunked attention)
+//! p_i  = softmax_j(s_ij)   over visible keys, plus the sink logit σ_h in the denominator:
+//!        p_ij = e^{s_ij} / (e^{σ_h} + Σ_j' e^{s_ij'})   (GPT-OSS; the sink has no value)
+//! p̃ = dropout(p);   o_i  = Σ_j p̃_ij v_j
 //! ```
+//! `τ_i` is the query temperature of Llama 4's NoPE layers (1 without it). The gradient of a
+//! sink is `dσ_h = −Σ_i p_i,sink · Σ_j p_ij dp_ij`: the sink takes part in the softmax with an
+//! upstream gradient of 0.
 //! `q, o: [batch·seq, heads·head_dim]`, `k, v: [batch·seq, kv_heads·head_dim]` (heads side by side
 //! in a row, as the projections produce them). Scores and probabilities are formed per (sequence,
 //! head) with gemm, in parallel over (sequence, head) with rayon; backward recomputes them from
 //! q and k (as flash attention does), so nothing of size seq² is kept between passes.
 
 use rayon::prelude::*;
+
+use modelspec_dsl::ir::QueryTemperature;
 
 use super::dropout::Dropout;
 use super::matmul::matmul_raw;
@@ -44,6 +52,12 @@ pub struct AttentionCfg {
     pub alibi: Option<Vec<f64>>,
     /// Dropout on the probabilities (training only).
     pub dropout: Option<Dropout>,
+    /// Chunked attention: keys of the query's own chunk of `chunk` positions only.
+    pub chunk: Option<usize>,
+    /// Per-head sink logits (`[heads]`) that join each softmax's denominator.
+    pub sinks: Option<Vec<f64>>,
+    /// The query temperature `τ_i`, by absolute position.
+    pub temperature: Option<QueryTemperature>,
 }
 
 /// ALiBi slopes as HF's `build_alibi_tensor`: the geometric sequence for the closest power of two,
@@ -101,10 +115,20 @@ impl AttentionCfg {
     }
     #[inline]
     fn first_visible(&self, i: usize) -> usize {
-        match self.window {
+        let window = match self.window {
             Some(w) => (i + 1).saturating_sub(w),
             None => 0,
+        };
+        match self.chunk {
+            Some(c) => window.max(i / c * c),
+            None => window,
         }
+    }
+
+    /// The query multiplier `τ` at absolute position `i` (1 without a temperature).
+    #[inline]
+    fn tau<T: Float>(&self, i: usize) -> Option<T> {
+        self.temperature.map(|t| T::from_f64(t.factor(i as u64)))
     }
 
     /// Row blocks `[r0, r1)` of the score matrix with the first column `c0` any of their rows can
@@ -118,9 +142,11 @@ impl AttentionCfg {
         })
     }
 
-    /// Fills `probs` (`[seq, seq]`, row i: probabilities of query i) and `capped` (the scores
-    /// after scale and softcap) for sequence `b`, head `h`. Entries outside the visible range of
-    /// `probs` are 0; those of `capped` are unspecified.
+    /// Fills `probs` (`[seq, seq]`, row i: probabilities of query i), `capped` (the scores
+    /// after scale and softcap) and, with sinks, `sink_p` (`[seq]`: each row's sink
+    /// probability) for sequence `b`, head `h`. Entries outside the visible range of `probs` are
+    /// 0; those of `capped` are unspecified.
+    #[allow(clippy::too_many_arguments)]
     fn probabilities<T: Float>(
         &self,
         q: &[T],
@@ -129,6 +155,7 @@ impl AttentionCfg {
         h: usize,
         capped: &mut [T],
         probs: &mut [T],
+        sink_p: &mut [T],
     ) {
         let (t, hd, qd, kvd) = (self.seq, self.head_dim, self.q_dim(), self.kv_dim());
         let g = h / self.group();
@@ -156,10 +183,14 @@ impl AttentionCfg {
         let scale = T::from_f64(self.scale);
         let cap = self.softcap.map(T::from_f64);
         let slope = self.alibi.as_ref().map(|s| s[h]);
+        let sink = self.sinks.as_ref().map(|s| T::from_f64(s[h]));
         for i in 0..t {
             let lo = self.first_visible(i);
             // Separate passes over the visible span so the plain ones vectorise.
             let srow = &mut capped[i * t + lo..i * t + i + 1];
+            if let Some(tau) = self.tau::<T>(i) {
+                srow.iter_mut().for_each(|s| *s *= tau);
+            }
             match slope {
                 Some(slope) => {
                     for (j, s) in (lo..).zip(srow.iter_mut()) {
@@ -171,7 +202,10 @@ impl AttentionCfg {
             if let Some(c) = cap {
                 srow.iter_mut().for_each(|s| *s = c * (*s / c).tanh());
             }
-            let max = srow.iter().copied().fold(T::NEG_INF, T::max);
+            let mut max = srow.iter().copied().fold(T::NEG_INF, T::max);
+            if let Some(s) = sink {
+                max = max.max(s);
+            }
             let prow = &mut probs[i * t..(i + 1) * t];
             prow[..lo].fill(T::ZERO);
             prow[i + 1..].fill(T::ZERO);
@@ -182,8 +216,15 @@ impl AttentionCfg {
                 *p = e;
                 sum += e;
             }
+            let sink_e = sink.map(|s| (s - max).exp());
+            if let Some(e) = sink_e {
+                sum += e;
+            }
             let inv = T::ONE / sum;
             visible.iter_mut().for_each(|p| *p *= inv);
+            if let Some(e) = sink_e {
+                sink_p[i] = e * inv;
+            }
         }
     }
 
@@ -220,11 +261,11 @@ pub fn forward<T: Float>(cfg: &AttentionCfg, q: &[T], k: &[T], v: &[T], out: &mu
     assert_eq!(out.len(), cfg.batch * t * qd);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     (0..cfg.batch * cfg.heads).into_par_iter().for_each_init(
-        || (vec![T::ZERO; t * t], vec![T::ZERO; t * t]),
-        |(capped, probs), bh| {
+        || (vec![T::ZERO; t * t], vec![T::ZERO; t * t], vec![T::ZERO; t]),
+        |(capped, probs, sink_p), bh| {
             let (b, h) = (bh / cfg.heads, bh % cfg.heads);
             let g = h / cfg.group();
-            cfg.probabilities(q, k, b, h, capped, probs);
+            cfg.probabilities(q, k, b, h, capped, probs, sink_p);
             cfg.drop_probs(probs, b, h);
             for (r0, r1, c0) in cfg.blocks() {
                 // SAFETY: task (b, h) alone writes rows of sequence b, columns of head h.
@@ -290,10 +331,14 @@ pub fn forward_cached<'a, T: Float>(
             let g = h / cfg.group();
             let qh = &q[r * qd + h * hd..r * qd + (h + 1) * hd];
             let slope = cfg.alibi.as_ref().map(|s| s[h]);
+            let tau = cfg.tau::<T>(i);
             scores.clear();
             for j in lo..=i {
                 let kh = at(k_past, k_new, j, g);
                 let mut s = qh.iter().zip(kh).fold(T::ZERO, |acc, (&a, &b)| acc + a * b);
+                if let Some(tau) = tau {
+                    s *= tau;
+                }
                 s = match slope {
                     Some(slope) => (s + T::from_f64(alibi_bias(slope, j))) * scale,
                     None => s * scale,
@@ -303,11 +348,18 @@ pub fn forward_cached<'a, T: Float>(
                 }
                 scores.push(s);
             }
-            let max = scores.iter().copied().fold(T::NEG_INF, T::max);
+            let sink = cfg.sinks.as_ref().map(|s| T::from_f64(s[h]));
+            let mut max = scores.iter().copied().fold(T::NEG_INF, T::max);
+            if let Some(s) = sink {
+                max = max.max(s);
+            }
             let mut sum = T::ZERO;
             for s in scores.iter_mut() {
                 *s = (*s - max).exp();
                 sum += *s;
+            }
+            if let Some(s) = sink {
+                sum += (s - max).exp();
             }
             let inv = T::ONE / sum;
             oh.fill(T::ZERO);
@@ -322,6 +374,7 @@ pub fn forward_cached<'a, T: Float>(
 }
 
 /// Accumulates `dq`, `dk`, `dv` from `dout`. Recomputes the probabilities from `q` and `k`.
+/// With sinks, use [`backward_with_sinks`] to get their gradient too.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Float>(
     cfg: &AttentionCfg,
@@ -333,6 +386,22 @@ pub fn backward<T: Float>(
     dk: &mut [T],
     dv: &mut [T],
 ) {
+    backward_with_sinks(cfg, q, k, v, dout, dq, dk, dv, None);
+}
+
+/// [`backward`], also accumulating the sinks' gradient into `dsinks` (`[heads]`) when given.
+#[allow(clippy::too_many_arguments)]
+pub fn backward_with_sinks<T: Float>(
+    cfg: &AttentionCfg,
+    q: &[T],
+    k: &[T],
+    v: &[T],
+    dout: &[T],
+    dq: &mut [T],
+    dk: &mut [T],
+    dv: &mut [T],
+    dsinks: Option<&mut [T]>,
+) {
     let (t, hd, qd, kvd) = (cfg.seq, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
     assert_eq!(dq.len(), q.len());
     assert_eq!(dk.len(), k.len());
@@ -343,11 +412,14 @@ pub fn backward<T: Float>(
     let per_head = t * hd;
     let mut dk_heads = vec![T::ZERO; cfg.batch * cfg.heads * per_head];
     let mut dv_heads = vec![T::ZERO; cfg.batch * cfg.heads * per_head];
+    // Each (sequence, head)'s share of its sink's gradient, summed in order afterwards.
+    let mut dsink_parts = vec![T::ZERO; cfg.batch * cfg.heads];
     let dq_ptr = SyncPtr(dq.as_mut_ptr());
     let scale = T::from_f64(cfg.scale);
     dk_heads
         .par_chunks_exact_mut(per_head)
         .zip(dv_heads.par_chunks_exact_mut(per_head))
+        .zip(dsink_parts.par_iter_mut())
         .enumerate()
         .for_each_init(
             || {
@@ -356,12 +428,13 @@ pub fn backward<T: Float>(
                     vec![T::ZERO; t * t],
                     vec![T::ZERO; t * t],
                     vec![T::ZERO; t * t],
+                    vec![T::ZERO; t],
                 )
             },
-            |(capped, probs, dropped, dprobs), (bh, (dk_h, dv_h))| {
+            |(capped, probs, dropped, dprobs, sink_p), (bh, ((dk_h, dv_h), dsink))| {
                 let (b, h) = (bh / cfg.heads, bh % cfg.heads);
                 let g = h / cfg.group();
-                cfg.probabilities(q, k, b, h, capped, probs);
+                cfg.probabilities(q, k, b, h, capped, probs, sink_p);
                 let p_used: &[T] = if cfg.dropout.is_some() {
                     dropped.copy_from_slice(probs);
                     cfg.drop_probs(dropped, b, h);
@@ -428,6 +501,9 @@ pub fn backward<T: Float>(
                     }
                     let p = &prow[lo..=i];
                     let dot: T = p.iter().zip(&drow[lo..=i]).map(|(&a, &b)| a * b).sum();
+                    if cfg.sinks.is_some() {
+                        *dsink -= sink_p[i] * dot;
+                    }
                     drow[..lo].fill(T::ZERO);
                     drow[i + 1..].fill(T::ZERO);
                     let span = &mut drow[lo..=i];
@@ -439,6 +515,10 @@ pub fn backward<T: Float>(
                             let th = s / c;
                             *v *= T::ONE - th * th;
                         }
+                    }
+                    // Through the query temperature: d(q·k) = τ_i dS.
+                    if let Some(tau) = cfg.tau::<T>(i) {
+                        span.iter_mut().for_each(|v| *v *= tau);
                     }
                 }
                 for (r0, r1, c0) in cfg.blocks() {
@@ -481,6 +561,11 @@ pub fn backward<T: Float>(
                 }
             },
         );
+    if let Some(ds) = dsinks {
+        for (bh, &part) in dsink_parts.iter().enumerate() {
+            ds[bh % cfg.heads] += part;
+        }
+    }
     for b in 0..cfg.batch {
         for h in 0..cfg.heads {
             let g = h / cfg.group();

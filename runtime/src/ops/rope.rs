@@ -46,14 +46,20 @@ pub fn inv_freq(rope: &Rope, seq: usize) -> (Vec<f64>, f64) {
             beta_fast,
             beta_slow,
             attention_factor,
+            truncate,
         } => {
             let d = dim as f64;
             let orig = *original_context as f64;
             let correction_dim = |rotations: f64| {
                 (d * (orig / (rotations * 2.0 * std::f64::consts::PI)).ln()) / (2.0 * base.ln())
             };
-            let low = correction_dim(*beta_fast).floor().max(0.0);
-            let high = correction_dim(*beta_slow).ceil().min(d - 1.0);
+            let (low, high) = (correction_dim(*beta_fast), correction_dim(*beta_slow));
+            let (low, high) = if *truncate {
+                (low.floor(), high.ceil())
+            } else {
+                (low, high)
+            };
+            let (low, high) = (low.max(0.0), high.min(d - 1.0));
             let high = if low == high { high + 0.001 } else { high };
             let freqs: Vec<f64> = (0..half)
                 .map(|i| {

@@ -32,6 +32,9 @@ fn spec(naming: Naming) -> ModelSpec {
             softcap: None,
             scale: 0.5,
             window: None,
+            chunk: None,
+            sinks: false,
+            temperature: None,
         },
         position: Position::None,
         block: Block {
@@ -184,6 +187,7 @@ fn sandwich(placement: NormPlacement) -> ModelSpec {
         l.attention.qk_norm = Some(QkNorm {
             norm: norm(NormKind::Rms, false),
             scope: QkNormScope::Head,
+            after_rope: false,
         });
     }
     s
@@ -681,6 +685,7 @@ fn an_unnameable_parameter_is_an_error() {
         l.attention.qk_norm = Some(QkNorm {
             norm: norm(NormKind::Rms, false),
             scope: QkNormScope::Head,
+            after_rope: false,
         });
     }
     match checkpoint_layout(&spec, Dialect::default()) {

@@ -51,6 +51,9 @@ pub fn layer(index: u64) -> Layer {
             softcap: None,
             scale: 0.5,
             window: None,
+            chunk: None,
+            sinks: false,
+            temperature: None,
         },
         position: Position::Rope(rope(4)),
         block: Block {
