@@ -95,7 +95,7 @@ fn specs_have_their_published_parameter_counts() {
             ));
             continue;
         };
-        let total: u64 = parameters(&spec).iter().map(|t| t.numel()).sum();
+        let total: u64 = parameters(&spec).iter().map(|t| t.counted()).sum();
         if total != expected {
             wrong.push(format!(
                 "{}: params_total {total}, header says {expected}",

@@ -197,6 +197,17 @@ fn user_field(path: &str, spec: Option<&ModelSpec>, layer: Option<u64>) -> Strin
     if let Some(rest) = path.strip_prefix("block.") {
         return rest.to_string();
     }
+    // The MoE options written under other names: the clamp inside `expert swiglu(...)`, the
+    // groups as `groups` / `top_groups`.
+    if let Some(rest) = path.strip_prefix("ffn.clamp.") {
+        return format!("moe.expert.{rest}");
+    }
+    match path {
+        "ffn.clamp" => return "moe.expert".into(),
+        "ffn.groups" | "ffn.groups.count" => return "moe.groups".into(),
+        "ffn.groups.top" => return "moe.top_groups".into(),
+        _ => {}
+    }
     if let Some(rest) = path.strip_prefix("ffn.") {
         let moe = spec
             .zip(layer)

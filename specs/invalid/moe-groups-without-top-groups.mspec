@@ -1,0 +1,9 @@
+# expert groups without saying how many a token may use
+model broken {
+    vocab 32000   d_model 512   layers 4   context 2048
+    attention { heads 8  kv_heads 2 }
+    moe {
+        experts 16  top_k 2  expert swiglu(hidden = 256)
+        router sigmoid_topk  groups 4
+    }
+}
