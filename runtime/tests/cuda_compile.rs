@@ -30,6 +30,10 @@ fn kernel_library_compiles_with_nvrtc() {
         "act_fwd_f32",
         "xent_bf16",
         "adamw_f32",
+        "adamw_bf16",
+        "grad_sum_f32",
+        "sumsq_partials_f32",
+        "sum_partials_f64",
         "attn_fwd_bf16_d128",
         "attn_bwd_bf16_d64",
         "attn_simple_dkv_f32",
@@ -47,6 +51,8 @@ fn kernel_library_compiles_with_nvrtc() {
         "attn_simple_dkv_f32_param_20",
         "attn_fwd_bf16_d128_param_16",
         "attn_bwd_bf16_d64_param_20",
+        // AdamW: the decay boundary, the host's eight scalars and two gradient scales.
+        "adamw_f32_param_16",
     ] {
         assert!(ptx.contains(last), "{last} missing from the PTX");
     }

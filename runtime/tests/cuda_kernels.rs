@@ -665,8 +665,15 @@ fn cross_entropy_loss_and_grad_match_f64() {
 fn adamw_matches_f64() {
     let Some((gpu, k)) = setup() else { return };
     let mut rng = Rng::fresh("adamw");
+    let config = modelspec_runtime::train::optim::AdamWConfig {
+        betas: (0.9, 0.95),
+        eps: 1e-8,
+        weight_decay: 0.1,
+    };
+    let (lr, step, gs) = (1e-3f64, 7u64, [0.5f32, 0.75f32]);
+    let s = config.scalars(step, lr);
     for dt in DTYPES {
-        let n = 10_001;
+        let (n, decay_end) = (10_001, 6_000);
         let w0 = rng.vec(n, 1.0);
         let g0 = rng.vec(n, 0.1);
         let m0: Vec<f64> = rng.vec(n, 0.01);
@@ -678,8 +685,6 @@ fn adamw_matches_f64() {
             f32buf(&gpu, &v0),
         );
         let param = T::poison(&gpu, dt, n);
-        let (lr, b1, b2, eps, wd, step, gs) =
-            (1e-3f32, 0.9f32, 0.95f32, 1e-8f32, 0.1f32, 7u32, 0.5f32);
         k.adamw(
             dt,
             master.ptr(),
@@ -688,26 +693,28 @@ fn adamw_matches_f64() {
             m.ptr(),
             v.ptr(),
             n,
-            lr,
-            b1,
-            b2,
-            eps,
-            wd,
-            step,
+            decay_end,
+            &s,
             gs,
         )
         .unwrap();
-        let f = |x: f32| x as f64;
-        let (bc1, bc2) = (1.0 - f(b1).powi(step as i32), 1.0 - f(b2).powi(step as i32));
+        // The update of train::optim in f64: decoupled decay below decay_end only.
+        let (b1, b2) = config.betas;
+        let (bc1, bc2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
         let mut rw = vec![0.0; n];
         let mut rm = vec![0.0; n];
         for i in 0..n {
             let w32 = w0[i] as f32 as f64;
-            let g = (g0[i] as f32 as f64) * f(gs);
-            let mi = f(b1) * (m0[i] as f32 as f64) + (1.0 - f(b1)) * g;
-            let vi = f(b2) * (v0[i] as f32 as f64) + (1.0 - f(b2)) * g * g;
+            let g = (g0[i] as f32 as f64) * gs[0] as f64 * gs[1] as f64;
+            let mi = b1 * (m0[i] as f32 as f64) + (1.0 - b1) * g;
+            let vi = b2 * (v0[i] as f32 as f64) + (1.0 - b2) * g * g;
             rm[i] = mi;
-            rw[i] = w32 - f(lr) * ((mi / bc1) / ((vi / bc2).sqrt() + f(eps)) + f(wd) * w32);
+            let decay = if i < decay_end {
+                1.0 - lr * config.weight_decay
+            } else {
+                1.0
+            };
+            rw[i] = w32 * decay - lr * (mi / bc1) / ((vi / bc2).sqrt() + config.eps);
         }
         // Compare the update (w - w0), not w, so the tolerance applies to what the kernel computes.
         let got = getf(&gpu, &master);

@@ -86,7 +86,7 @@ fn train(spec: &ModelSpec, ranks: Option<usize>, bucket_bytes: usize) -> (Vec<f3
             while !t.done() {
                 t.step().unwrap();
             }
-            (t.losses, t.params)
+            (t.losses, t.backend.params)
         }
         Some(n) => {
             let dp = DataParallel::new(objective, spec, n, bucket_bytes).unwrap();
@@ -94,7 +94,7 @@ fn train(spec: &ModelSpec, ranks: Option<usize>, bucket_bytes: usize) -> (Vec<f3
             while !t.done() {
                 t.step().unwrap();
             }
-            (t.losses, t.params)
+            (t.losses, t.backend.params)
         }
     }
 }

@@ -13,6 +13,7 @@
 //! absolute path and a content hash); `--resume` continues with them and says which flags it
 //! ignores.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -24,16 +25,16 @@ use modelspec_runtime::dist::{DEFAULT_BUCKET_BYTES, DataParallel};
 use modelspec_runtime::train::data::{self, Tokenizer};
 use modelspec_runtime::train::optim::AdamWConfig;
 use modelspec_runtime::train::plot::{self, LossPlot, Reference};
-use modelspec_runtime::train::rng::SplitMix64;
 use modelspec_runtime::train::sample::{self as sampling, SampleOptions};
 use modelspec_runtime::train::schedule::CosineSchedule;
 use modelspec_runtime::train::{
-    CpuObjective, Objective, TrainError, TrainOptions, Trainer, checkpoint,
+    Backend, CpuObjective, HostBackend, TrainError, TrainOptions, Trainer, checkpoint,
 };
 
 use super::values;
 use run_dir::RunDir;
 
+mod bench;
 mod cuda;
 mod dist;
 mod resume_flags;
@@ -224,7 +225,7 @@ pub fn run(args: TrainArgs) -> Result<()> {
                 check_cpu_memory(&args)?;
             }
             if args.bench {
-                return bench(&args);
+                return bench::run(&args);
             }
             let (trainer, out_dir, tokenizer) = match &args.resume {
                 Some(dir) => resume(&args, dir)?,
@@ -240,13 +241,13 @@ pub fn run(args: TrainArgs) -> Result<()> {
             }
             let dtype = args.dtype.as_deref();
             let make = |spec: &ModelSpec, options: &TrainOptions| {
-                cuda::CudaObjective::new(spec, options, dtype)
+                cuda::CudaBackend::new(spec, options, dtype)
             };
             let (trainer, out_dir, tokenizer) = match &args.resume {
                 Some(dir) => resume_with(&args, dir, make)?,
                 None => start_with(&args, make)?,
             };
-            let label = format!(" [{}]", trainer.objective.label);
+            let label = format!(" [{}]", trainer.backend.label);
             train(&args, trainer, out_dir, tokenizer, &label)
         }
         other => bail!("--device {other}: use --device cpu or --device cuda"),
@@ -282,28 +283,32 @@ fn check_cpu_memory(args: &TrainArgs) -> Result<()> {
     )
 }
 
-/// Objectives that can lend the end-of-run sample a CPU executor (else one is made for it).
+/// What the end-of-run sample reads from a backend: a CPU executor to lend (else one is made for
+/// it) and the trained parameters (downloaded from a device).
 trait CpuSampler {
-    fn cpu_objective(&mut self) -> Option<&mut CpuObjective>;
+    fn sample_parts(&mut self) -> Result<(Option<&mut CpuObjective>, Cow<'_, Params>)>;
 }
 
-impl CpuSampler for DataParallel<CpuObjective> {
-    fn cpu_objective(&mut self) -> Option<&mut CpuObjective> {
-        Some(self.first_mut())
+impl CpuSampler for HostBackend<DataParallel<CpuObjective>> {
+    fn sample_parts(&mut self) -> Result<(Option<&mut CpuObjective>, Cow<'_, Params>)> {
+        Ok((
+            Some(self.objective.first_mut()),
+            Cow::Borrowed(&self.params),
+        ))
     }
 }
 
-impl CpuSampler for cuda::CudaObjective {
-    fn cpu_objective(&mut self) -> Option<&mut CpuObjective> {
-        None
+impl CpuSampler for cuda::CudaBackend {
+    fn sample_parts(&mut self) -> Result<(Option<&mut CpuObjective>, Cow<'_, Params>)> {
+        Ok((None, self.snapshot()?.0))
     }
 }
 
 /// The training loop shared by the devices: progress bar, periodic checkpoints, validation, the
 /// loss plot, the summary and a sample. `device` is appended to the header line.
-fn train<O: Objective + CpuSampler>(
+fn train<B: Backend + CpuSampler>(
     args: &TrainArgs,
-    mut trainer: Trainer<O>,
+    mut trainer: Trainer<B>,
     out_dir: RunDir,
     tokenizer: Tokenizer,
     device: &str,
@@ -319,7 +324,10 @@ fn train<O: Objective + CpuSampler>(
     eprintln!(
         "training {} ({} parameters){device} on {} ({} tokens, {} held out), batch {}×{} ×{} accumulated, {} steps from step {}",
         spec.name,
-        trainer.params.numel(),
+        modelspec_dsl::params::parameters(&spec)
+            .iter()
+            .map(|p| p.numel())
+            .sum::<u64>(),
         options.data,
         train_tokens.len(),
         val_tokens.len(),
@@ -433,13 +441,14 @@ fn train<O: Objective + CpuSampler>(
     );
     if args.sample_tokens > 0 {
         let mut own = None;
-        let objective = match trainer.objective.cpu_objective() {
+        let (lent, params) = trainer.backend.sample_parts()?;
+        let objective = match lent {
             Some(o) => o,
             None => own.insert(CpuObjective::new(&spec, None)?),
         };
         let sample = generate_text(
             objective,
-            &trainer.params,
+            &params,
             &spec,
             &tokenizer,
             "Elizabeth",
@@ -482,9 +491,16 @@ fn cpu_objective(
     )?)
 }
 
-fn start(args: &TrainArgs) -> Result<(Trainer<DataParallel<CpuObjective>>, RunDir, Tokenizer)> {
+/// The host backend of a CPU run.
+type CpuBackend = HostBackend<DataParallel<CpuObjective>>;
+
+fn start(args: &TrainArgs) -> Result<(Trainer<CpuBackend>, RunDir, Tokenizer)> {
     start_with(args, |spec, options| {
-        cpu_objective(spec, options, args.dist.ranks)
+        Ok(HostBackend::new(cpu_objective(
+            spec,
+            options,
+            args.dist.ranks,
+        )?))
     })
 }
 
@@ -541,11 +557,11 @@ fn run_options(
     }
 }
 
-/// A fresh run whose objective `make` builds for the spec and the run's options.
-fn start_with<O: Objective>(
+/// A fresh run on the backend `make` builds for the spec and the run's options.
+fn start_with<B: Backend>(
     args: &TrainArgs,
-    make: impl FnOnce(&ModelSpec, &TrainOptions) -> Result<O>,
-) -> Result<(Trainer<O>, RunDir, Tokenizer)> {
+    make: impl FnOnce(&ModelSpec, &TrainOptions) -> Result<B>,
+) -> Result<(Trainer<B>, RunDir, Tokenizer)> {
     let spec = load_spec(args.file.as_deref())?;
     let tokenizer = load_tokenizer(args.tokenizer.as_deref())?;
     if tokenizer.vocab_size() as u64 > spec.vocab {
@@ -584,27 +600,29 @@ fn start_with<O: Objective>(
     }
     let tokens = tokenizer.encode(&text)?;
     let (train_tokens, _) = data::split_validation(&tokens, 0.05, 0);
-    let objective = make(&spec, &options)?;
+    let backend = make(&spec, &options)?;
     let params = Params::init(&spec, options.seed);
-    let trainer = Trainer::new(objective, spec, params, options, train_tokens.to_vec())?;
+    let trainer = Trainer::with_backend(backend, spec, params, options, train_tokens.to_vec())?;
     Ok((trainer, out_dir, tokenizer))
 }
 
-fn resume(
-    args: &TrainArgs,
-    dir: &Path,
-) -> Result<(Trainer<DataParallel<CpuObjective>>, RunDir, Tokenizer)> {
+fn resume(args: &TrainArgs, dir: &Path) -> Result<(Trainer<CpuBackend>, RunDir, Tokenizer)> {
     resume_with(args, dir, |spec, options| {
-        cpu_objective(spec, options, args.dist.ranks)
+        Ok(HostBackend::new(cpu_objective(
+            spec,
+            options,
+            args.dist.ranks,
+        )?))
     })
 }
 
-/// Continues the run saved in `dir` with the objective `make` builds for its recorded options.
-fn resume_with<O: Objective>(
+/// Continues the run saved in `dir` on the backend `make` builds for its recorded options (a
+/// checkpoint of either device).
+fn resume_with<B: Backend>(
     args: &TrainArgs,
     dir: &Path,
-    make: impl FnOnce(&ModelSpec, &TrainOptions) -> Result<O>,
-) -> Result<(Trainer<O>, RunDir, Tokenizer)> {
+    make: impl FnOnce(&ModelSpec, &TrainOptions) -> Result<B>,
+) -> Result<(Trainer<B>, RunDir, Tokenizer)> {
     let ckpt_dir = checkpoint_dir(dir);
     let mut ckpt = checkpoint::load(&ckpt_dir)?;
     let ignored = resume_flags::ignored(args, &ckpt.state);
@@ -663,7 +681,7 @@ fn resume_with<O: Objective>(
     let out_dir = claim_dir(args, &out_path, fresh, &inputs)?;
     let tokens = tokenizer.encode(&text)?;
     let (train_tokens, _) = data::split_validation(&tokens, 0.05, 0);
-    let objective = make(&ckpt.state.spec, &ckpt.state.options)?;
+    let backend = make(&ckpt.state.spec, &ckpt.state.options)?;
     let new_tokenizer_json = out_dir.join("ckpt").join("tokenizer.json");
     if tokenizer.kind() != "bytes" && fresh {
         // The new directory must be usable on its own (`modelspec sample`, a later --resume).
@@ -671,7 +689,7 @@ fn resume_with<O: Objective>(
             .with_context(|| format!("reading {}", tokenizer_json.display()))?;
         checkpoint::write_atomic(&new_tokenizer_json, &bytes)?;
     }
-    let trainer = Trainer::resume(objective, ckpt, train_tokens.to_vec())?;
+    let trainer = Trainer::resume_with_backend(backend, ckpt, train_tokens.to_vec())?;
     Ok((trainer, out_dir, tokenizer))
 }
 
@@ -710,63 +728,6 @@ pub fn generate_text(
         |_| {},
     )?;
     Ok(tokenizer.decode(&ids)?)
-}
-
-fn bench(args: &TrainArgs) -> Result<()> {
-    let spec = load_spec(args.file.as_deref())?;
-    let mut objective = CpuObjective::new(&spec, args.policy.as_deref())?;
-    let params = Params::init(&spec, args.seed());
-    let mut rng = SplitMix64::new(args.seed());
-    let vocab = spec.vocab.min(256);
-    let (batch, seq) = (args.batch(), args.seq());
-    let tokens: Vec<u32> = (0..batch * seq).map(|_| rng.below(vocab) as u32).collect();
-    for _ in 0..3 {
-        objective.loss_and_grads(&params, &tokens, batch, 0)?;
-    }
-    let mut times = Vec::with_capacity(args.bench_iters);
-    for _ in 0..args.bench_iters.max(1) {
-        let t = Instant::now();
-        objective.loss_and_grads(&params, &tokens, batch, 0)?;
-        times.push(t.elapsed().as_secs_f64());
-    }
-    times.sort_by(f64::total_cmp);
-    let median = times[times.len() / 2];
-    // The first layer's shape, for a benchmark script that rebuilds the model elsewhere.
-    let layer = spec.layers.first().context("the spec has no layers")?;
-    let json = serde_json::json!({
-        "spec": spec.name,
-        "config": {
-            "vocab": spec.vocab,
-            "vocab_padded": spec.vocab_padded,
-            "d_model": spec.d_model,
-            "layers": spec.n_layers,
-            "context": spec.context,
-            "tied": spec.embedding.tied,
-            "final_norm": spec.final_norm,
-            "layer": layer,
-        },
-        "params": params.numel(),
-        "batch": batch,
-        "seq": seq,
-        "threads": threads(),
-        "iters": times.len(),
-        "median_s": median,
-        "tokens_per_s": (batch * seq) as f64 / median,
-    });
-    println!("{json}");
-    Ok(())
-}
-
-fn threads() -> usize {
-    if let Some(n) = std::env::var("RAYON_NUM_THREADS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-    {
-        return n;
-    }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
 }
 
 #[cfg(test)]

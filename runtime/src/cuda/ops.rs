@@ -11,6 +11,8 @@ use crate::cuda_args;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod optim;
+
 /// The normalisation kind of [`Kernels::norm_fwd`]: the IR's own.
 pub use modelspec_dsl::ir::NormKind;
 
@@ -131,6 +133,12 @@ const BLOCK: u32 = 256;
 
 fn blocks(n: usize, per: u32) -> u32 {
     n.div_ceil(per as usize).max(1) as u32
+}
+
+/// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
+/// (each thread then loops), so any arena size fits the grid.
+fn stride_blocks(n: usize) -> u32 {
+    n.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32
 }
 
 impl Kernels {
@@ -460,54 +468,6 @@ impl Kernels {
             (512, 1, 1),
             0,
             &mut cuda_args![logits, loss, targets, v_, ld_, softcap, ds, write_grad],
-        )
-    }
-
-    /// `adamw_{dtype}`: one AdamW step on f32 master weights; `param` (may be 0) receives the
-    /// working copy. `step` counts from 1.
-    #[allow(clippy::too_many_arguments)]
-    pub fn adamw(
-        &self,
-        dt: Dtype,
-        master: DevPtr,
-        param: DevPtr,
-        grad: DevPtr,
-        m: DevPtr,
-        v: DevPtr,
-        n: usize,
-        lr: f32,
-        beta1: f32,
-        beta2: f32,
-        eps: f32,
-        weight_decay: f32,
-        step: u32,
-        grad_scale: f32,
-    ) -> Result<()> {
-        let bc1 = 1.0 - beta1.powi(step as i32);
-        let bc2 = 1.0 - beta2.powi(step as i32);
-        let n_ = n;
-        let name = format!("adamw_{}", dt.suffix());
-        self.go(
-            &name,
-            (blocks(n, BLOCK), 1, 1),
-            (BLOCK, 1, 1),
-            0,
-            &mut cuda_args![
-                master,
-                param,
-                grad,
-                m,
-                v,
-                n_,
-                lr,
-                beta1,
-                beta2,
-                eps,
-                weight_decay,
-                bc1,
-                bc2,
-                grad_scale
-            ],
         )
     }
 

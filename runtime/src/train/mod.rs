@@ -7,16 +7,22 @@
 //! for each of `accumulate` micro-batches (the next `batch × seq` tokens of the Batcher):
 //!     loss, grads ← objective(params, tokens, dropout seed)          summed in a fixed order
 //! loss, grads ← sum / accumulate
+//! clip grads to a global norm
 //! stop with NonFinite if the loss or the gradient norm is not finite   (nothing applied)
-//! clip grads to a global norm; AdamW step; step += 1
+//! AdamW step; step += 1
 //! ```
+//! The loop is the same on every device; where the parameters, gradients and moments live is its
+//! [`Backend`]: the host ([`HostBackend`] around an [`Objective`]) or a device
+//! ([`DeviceBackend`] around a [`DeviceModel`], e.g. the GPU trainer).
 //! Everything a step reads is either in the [`checkpoint`] (params, moments, step, RNG state, data
 //! cursor) or a pure function of it, so a run resumed from a checkpoint continues bit for bit.
 
+mod backend;
 pub mod checkpoint;
 pub mod clip;
 mod cpu;
 pub mod data;
+mod device;
 mod error;
 mod gpu;
 pub mod optim;
@@ -27,11 +33,13 @@ pub mod schedule;
 
 use modelspec_dsl::ir::ModelSpec;
 
+pub use self::backend::{Backend, HostBackend};
 pub use self::checkpoint::{Checkpoint, TrainOptions, TrainState};
 pub use self::cpu::CpuObjective;
 use self::data::Batcher;
+pub use self::device::{DeviceBackend, DeviceModel};
 pub use self::error::TrainError;
-pub use self::gpu::GpuObjective;
+pub use self::gpu::{GpuModel, GpuObjective};
 use self::optim::AdamW;
 use self::rng::SplitMix64;
 use crate::Params;
@@ -72,14 +80,11 @@ pub struct StepReport {
     pub tokens: usize,
 }
 
-/// A training run in progress: parameters, optimizer, data position and the loss history.
-pub struct Trainer<O> {
-    /// The model's loss and gradient.
-    pub objective: O,
-    /// The parameters being trained.
-    pub params: Params,
-    /// AdamW with its moments.
-    pub optimizer: AdamW,
+/// A training run in progress: the backend (parameters, gradients, optimizer), the data position
+/// and the loss history.
+pub struct Trainer<B> {
+    /// Where the parameters, gradients and AdamW moments live, and how a step updates them.
+    pub backend: B,
     /// Step, RNG, cursor, options, spec.
     pub state: TrainState,
     /// The loss of every completed step.
@@ -122,10 +127,42 @@ fn check_options(options: &TrainOptions, spec: &ModelSpec) -> Result<(), TrainEr
     Ok(())
 }
 
-impl<O: Objective> Trainer<O> {
-    /// A fresh run from `params` on the token stream `tokens`.
+impl<O: Objective> Trainer<HostBackend<O>> {
+    /// A fresh run on the host from `params` on the token stream `tokens`.
     pub fn new(
         objective: O,
+        spec: ModelSpec,
+        params: Params,
+        options: TrainOptions,
+        tokens: Vec<u32>,
+    ) -> Result<Self, TrainError> {
+        Trainer::with_backend(HostBackend::new(objective), spec, params, options, tokens)
+    }
+
+    /// Continues the run saved in `checkpoint` on the host, on the same token stream.
+    pub fn resume(
+        objective: O,
+        checkpoint: Checkpoint,
+        tokens: Vec<u32>,
+    ) -> Result<Self, TrainError> {
+        Trainer::resume_with_backend(HostBackend::new(objective), checkpoint, tokens)
+    }
+
+    /// The parameters being trained.
+    pub fn params(&self) -> &Params {
+        &self.backend.params
+    }
+
+    /// AdamW with its moments.
+    pub fn optimizer(&self) -> &AdamW {
+        &self.backend.optimizer
+    }
+}
+
+impl<B: Backend> Trainer<B> {
+    /// A fresh run on `backend` from `params` on the token stream `tokens`.
+    pub fn with_backend(
+        mut backend: B,
         spec: ModelSpec,
         params: Params,
         options: TrainOptions,
@@ -137,6 +174,7 @@ impl<O: Objective> Trainer<O> {
             .check(&spec)
             .map_err(|e| TrainError::Model(Box::new(e)))?;
         let batcher = Batcher::new(tokens, options.batch, options.seq, options.seed)?;
+        backend.load(params, AdamW::new(options.adamw))?;
         let state = TrainState {
             step: 0,
             rng: SplitMix64::new(options.seed ^ 0x005E_ED0F_D20F_0017),
@@ -145,18 +183,16 @@ impl<O: Objective> Trainer<O> {
             spec,
         };
         Ok(Self {
-            objective,
-            params,
-            optimizer: AdamW::new(state.options.adamw),
+            backend,
             state,
             losses: Vec::new(),
             batcher,
         })
     }
 
-    /// Continues the run saved in `checkpoint` on the same token stream.
-    pub fn resume(
-        objective: O,
+    /// Continues the run saved in `checkpoint` on `backend`, on the same token stream.
+    pub fn resume_with_backend(
+        mut backend: B,
         checkpoint: Checkpoint,
         tokens: Vec<u32>,
     ) -> Result<Self, TrainError> {
@@ -175,10 +211,9 @@ impl<O: Objective> Trainer<O> {
             state.options.seed,
             state.cursor,
         )?;
+        backend.load(params, optimizer)?;
         Ok(Self {
-            objective,
-            params,
-            optimizer,
+            backend,
             state,
             losses,
             batcher,
@@ -200,28 +235,13 @@ impl<O: Objective> Trainer<O> {
 
         let mut rng = self.state.rng;
         let mut loss_sum = 0.0f32;
-        let mut grads: Option<Params> = None;
-        for _ in 0..accumulate {
+        for i in 0..accumulate {
             let tokens = self.batcher.next_batch();
             let seed = rng.next_u64();
-            let (loss, g) = self
-                .objective
-                .loss_and_grads(&self.params, &tokens, batch, seed)?;
-            loss_sum += loss;
-            match &mut grads {
-                None => grads = Some(g),
-                Some(total) => add_into(total, &g)?,
-            }
+            loss_sum += self.backend.micro_batch(&tokens, batch, seed, i == 0)?;
         }
-        let mut grads = grads.unwrap_or_default();
         let loss = loss_sum / accumulate as f32;
-        if accumulate > 1 {
-            let inv = 1.0 / accumulate as f32;
-            for t in grads.tensors.values_mut() {
-                t.data_mut().iter_mut().for_each(|x| *x *= inv);
-            }
-        }
-        let grad_norm = clip::clip_params(&mut grads, options.clip);
+        let grad_norm = self.backend.finish_gradient(accumulate, options.clip)?;
         if !loss.is_finite() || !grad_norm.is_finite() {
             return Err(TrainError::NonFinite {
                 step,
@@ -229,7 +249,7 @@ impl<O: Objective> Trainer<O> {
                 grad_norm,
             });
         }
-        self.optimizer.step_params(lr, &mut self.params, &grads)?;
+        self.backend.apply(lr)?;
 
         self.state.rng = rng;
         self.state.step += 1;
@@ -244,15 +264,10 @@ impl<O: Objective> Trainer<O> {
         })
     }
 
-    /// Saves the run into `ckpt_dir` atomically.
-    pub fn save(&self, ckpt_dir: &std::path::Path) -> Result<(), TrainError> {
-        checkpoint::save(
-            ckpt_dir,
-            &self.params,
-            &self.optimizer,
-            &self.state,
-            &self.losses,
-        )
+    /// Saves the run into `ckpt_dir` atomically (a device backend downloads its state first).
+    pub fn save(&mut self, ckpt_dir: &std::path::Path) -> Result<(), TrainError> {
+        let (params, optimizer) = self.backend.snapshot()?;
+        checkpoint::save(ckpt_dir, &params, &optimizer, &self.state, &self.losses)
     }
 
     /// Mean loss over up to `max_windows` consecutive windows of `tokens` (`batch` at a time),
@@ -270,36 +285,11 @@ impl<O: Objective> Trainer<O> {
         let (mut total, mut count) = (0.0f64, 0usize);
         for group in windows.chunks(batch) {
             let flat: Vec<u32> = group.concat();
-            total +=
-                self.objective.loss(&self.params, &flat, group.len())? as f64 * group.len() as f64;
+            total += self.backend.loss(&flat, group.len())? as f64 * group.len() as f64;
             count += group.len();
         }
         Ok(Some((total / count as f64) as f32))
     }
-}
-
-fn add_into(total: &mut Params, more: &Params) -> Result<(), TrainError> {
-    for (name, t) in total.tensors.iter_mut() {
-        let m = more
-            .tensors
-            .get(name)
-            .ok_or_else(|| TrainError::GradShape {
-                name: name.clone(),
-                params: t.numel(),
-                grads: 0,
-            })?;
-        if m.numel() != t.numel() {
-            return Err(TrainError::GradShape {
-                name: name.clone(),
-                params: t.numel(),
-                grads: m.numel(),
-            });
-        }
-        for (a, b) in t.data_mut().iter_mut().zip(m.data()) {
-            *a += *b;
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -368,7 +358,7 @@ mod tests {
         }
     }
 
-    fn options(steps: u64) -> TrainOptions {
+    pub(crate) fn options(steps: u64) -> TrainOptions {
         TrainOptions {
             steps,
             batch: 2,
@@ -391,11 +381,11 @@ mod tests {
         }
     }
 
-    fn tokens() -> Vec<u32> {
+    pub(crate) fn tokens() -> Vec<u32> {
         (0..400u32).map(|i| (i * i + 3 * i) % 16).collect()
     }
 
-    fn trainer(steps: u64, nan_at_call: Option<usize>) -> Trainer<Quadratic> {
+    fn trainer(steps: u64, nan_at_call: Option<usize>) -> Trainer<HostBackend<Quadratic>> {
         let spec = toy_spec();
         let params = Params::init(&spec, 1);
         Trainer::new(
@@ -425,7 +415,7 @@ mod tests {
             t.step().unwrap();
         }
         assert!(t.losses[39] < 0.5 * t.losses[0], "{:?}", t.losses);
-        assert_eq!(t.optimizer.step, 40);
+        assert_eq!(t.optimizer().step, 40);
     }
 
     #[test]
@@ -459,11 +449,11 @@ mod tests {
         }
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&straight.losses), bits(&resumed.losses));
-        for (name, a) in straight.params.iter() {
-            let b = resumed.params.get(name).unwrap();
+        for (name, a) in straight.params().iter() {
+            let b = resumed.params().get(name).unwrap();
             assert_eq!(bits(a.data()), bits(b.data()), "{name}");
         }
-        assert_eq!(straight.optimizer, resumed.optimizer);
+        assert_eq!(straight.optimizer(), resumed.optimizer());
         assert_eq!(straight.state, resumed.state);
         std::fs::remove_dir_all(&dir).unwrap();
     }
@@ -505,8 +495,8 @@ mod tests {
             "{:?}",
             straight.losses
         );
-        assert_eq!(straight.params, resumed.params);
-        assert_eq!(straight.optimizer, resumed.optimizer);
+        assert_eq!(straight.params(), resumed.params());
+        assert_eq!(straight.optimizer(), resumed.optimizer());
         // And the two runs write the same checkpoint file, byte for byte.
         let other = temp_dir("cpu-resume-straight");
         straight.save(&other).unwrap();
@@ -555,14 +545,14 @@ mod tests {
         t.step().unwrap();
         t.step().unwrap();
         t.save(&dir).unwrap();
-        let before = t.params.clone();
+        let before = t.params().clone();
         let err = t.step().unwrap_err();
         assert!(
             matches!(err, TrainError::NonFinite { step: 2, .. }),
             "{err}"
         );
         assert!(err.to_string().contains("step 2"), "{err}");
-        assert_eq!(t.params, before, "nothing applied");
+        assert_eq!(t.params(), &before, "nothing applied");
         assert_eq!(t.state.step, 2);
         assert_eq!(
             checkpoint::load(&dir).unwrap().state.step,

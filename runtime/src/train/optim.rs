@@ -87,6 +87,60 @@ impl From<AdamWConfigRepr> for AdamWConfig {
     }
 }
 
+/// The f32 scalars of one AdamW step, formed in f64 from the configuration, the step number and
+/// the learning rate: what the host loop ([`AdamW::step`]) and the GPU's fused kernel both apply,
+/// element by element, as
+/// ```text
+/// m ← β₁·m + (1−β₁)·g        v ← β₂·v + (1−β₂)·g·g
+/// p ← p·decay − step_size·m / (√v · inv_bias2_sqrt + ε)       (decay = 1 where `decays` is false)
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct StepScalars {
+    /// β₁.
+    pub beta1: f32,
+    /// β₂.
+    pub beta2: f32,
+    /// 1 − β₁, rounded from f64 (not `1.0 - beta1` in f32).
+    pub one_minus_beta1: f32,
+    /// 1 − β₂, rounded from f64.
+    pub one_minus_beta2: f32,
+    /// `lr / (1 − β₁ᵗ)`.
+    pub step_size: f32,
+    /// `1 / √(1 − β₂ᵗ)`.
+    pub inv_bias2_sqrt: f32,
+    /// ε.
+    pub eps: f32,
+    /// `1 − lr·λ`, the factor of decaying parameters.
+    pub decay: f32,
+}
+
+impl AdamWConfig {
+    /// The scalars of step `t` (counted from 1) at learning rate `lr`.
+    ///
+    /// ```
+    /// use modelspec_runtime::train::optim::AdamWConfig;
+    /// let s = AdamWConfig::default().scalars(1, 0.1);
+    /// assert!((s.step_size - 1.0).abs() < 1e-6); // 0.1 / (1 - 0.9)
+    /// assert_eq!(s.decay, (1.0 - 0.1 * 0.01f64) as f32);
+    /// ```
+    pub fn scalars(&self, t: u64, lr: f64) -> StepScalars {
+        let t = i32::try_from(t).unwrap_or(i32::MAX);
+        let (beta1, beta2) = self.betas;
+        let bias1 = 1.0 - beta1.powi(t);
+        let bias2_sqrt = (1.0 - beta2.powi(t)).sqrt();
+        StepScalars {
+            beta1: beta1 as f32,
+            beta2: beta2 as f32,
+            one_minus_beta1: (1.0 - beta1) as f32,
+            one_minus_beta2: (1.0 - beta2) as f32,
+            step_size: (lr / bias1) as f32,
+            inv_bias2_sqrt: (1.0 / bias2_sqrt) as f32,
+            eps: self.eps as f32,
+            decay: (1.0 - lr * self.weight_decay) as f32,
+        }
+    }
+}
+
 /// Whether weight decay applies to the parameter `name` of shape `shape` (the rule in the module
 /// docs: matrices decay, embeddings, norms and biases don't).
 ///
@@ -149,16 +203,7 @@ impl AdamW {
         lr: f64,
         params: impl IntoIterator<Item = ParamGrad<'a>>,
     ) -> Result<(), TrainError> {
-        let t = (self.step + 1) as i32;
-        let c = self.config;
-        let (beta1_f64, beta2_f64) = c.betas;
-        let bias1 = 1.0 - beta1_f64.powi(t);
-        let bias2_sqrt = (1.0 - beta2_f64.powi(t)).sqrt();
-        let step_size = (lr / bias1) as f32;
-        let inv_bias2_sqrt = (1.0 / bias2_sqrt) as f32;
-        let (beta1, beta2, eps) = (beta1_f64 as f32, beta2_f64 as f32, c.eps as f32);
-        let (one_minus_beta1, one_minus_beta2) =
-            ((1.0 - beta1_f64) as f32, (1.0 - beta2_f64) as f32);
+        let s = self.config.scalars(self.step + 1, lr);
         for p in params {
             if p.value.len() != p.grad.len() {
                 return Err(TrainError::GradShape {
@@ -183,19 +228,19 @@ impl AdamW {
                 });
             }
             let decay = if decays(p.name, p.shape) {
-                (1.0 - lr * c.weight_decay) as f32
+                s.decay
             } else {
                 1.0
             };
             let Moments { m, v } = moments;
             for i in 0..n {
                 let g = p.grad[i];
-                let mi = beta1 * m[i] + one_minus_beta1 * g;
-                let vi = beta2 * v[i] + one_minus_beta2 * g * g;
+                let mi = s.beta1 * m[i] + s.one_minus_beta1 * g;
+                let vi = s.beta2 * v[i] + s.one_minus_beta2 * g * g;
                 m[i] = mi;
                 v[i] = vi;
-                let denom = vi.sqrt() * inv_bias2_sqrt + eps;
-                p.value[i] = p.value[i] * decay - step_size * mi / denom;
+                let denom = vi.sqrt() * s.inv_bias2_sqrt + s.eps;
+                p.value[i] = p.value[i] * decay - s.step_size * mi / denom;
             }
         }
         self.step += 1;

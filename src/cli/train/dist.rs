@@ -102,7 +102,7 @@ pub fn run_gpus(args: &TrainArgs) -> Result<()> {
     let (trainer, out_dir, tokenizer) = super::start(args)?;
     let options = trainer.state.options.clone();
     let spec = trainer.state.spec.clone();
-    let params = trainer.params;
+    let params = trainer.backend.params;
     let text = super::read_text(&options.data)?;
     let all_tokens = tokenizer.encode(&text)?;
     let (tokens, _) = data::split_validation(&all_tokens, 0.05, 0);

@@ -98,24 +98,77 @@ __device__ void embed_bwd(float* dwte, float* dwpe, const int* tok, const T* dou
     }
 }
 
-// adamw_{dtype}: decoupled weight decay Adam on f32 master weights; writes the low-precision
-// working copy `param` (nullable). g = grad * grad_scale.
-//   m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; w -= lr (m/bc1 / (sqrt(v/bc2) + eps) + wd w)
-// Launch: one thread per element, block 256. Traffic: reads w,g,m,v, writes w,m,v,param: 32 B/elt.
+// adamw_{dtype}: one AdamW step over the whole parameter arena (every tensor in one launch), on
+// f32 master weights; writes the working copy `param` (nullable). The host's rule and arithmetic
+// (train::optim): the f32 scalars formed on the host in f64, and the operations in the host
+// loop's order, each rounded as there (the _rn intrinsics: no FMA contraction; under fast math
+// only subnormals differ, flushed to zero):
+//   g = grad * gs1 * gs2                      (the mean over micro-batches, then the clip factor)
+//   m = b1 m + omb1 g;  v = b2 v + (omb2 g) g
+//   w = w * (i < decay_end ? decay : 1) - (step_size m) / (sqrt(v) inv_bc2_sqrt + eps)
+// Decaying parameters are laid out first, so one offset splits decay from no decay.
+// Launch: grid-stride, block 256. Traffic: reads w,g,m,v, writes w,m,v,param: 28 + |T| B/elt.
 template <typename T>
-__device__ void adamw(float* master, T* param, const float* grad, float* m, float* v, size_t n, float lr,
-                      float b1, float b2, float eps, float wd, float bc1, float bc2, float grad_scale) {
-    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i >= n) return;
-    float g = grad[i] * grad_scale;
-    float mi = b1 * m[i] + (1.f - b1) * g;
-    float vi = b2 * v[i] + (1.f - b2) * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    float w = master[i];
-    w -= lr * ((mi / bc1) / (sqrtf(vi / bc2) + eps) + wd * w);
-    master[i] = w;
-    if (param) sf(param + i, w);
+__device__ void adamw(float* master, T* param, const float* grad, float* m, float* v, size_t n,
+                      size_t decay_end, float b1, float b2, float omb1, float omb2, float step_size,
+                      float inv_bc2_sqrt, float eps, float decay, float gs1, float gs2) {
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        float g = __fmul_rn(__fmul_rn(grad[i], gs1), gs2);
+        float mi = __fadd_rn(__fmul_rn(b1, m[i]), __fmul_rn(omb1, g));
+        float vi = __fadd_rn(__fmul_rn(b2, v[i]), __fmul_rn(__fmul_rn(omb2, g), g));
+        m[i] = mi;
+        v[i] = vi;
+        float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(vi), inv_bc2_sqrt), eps);
+        float w = master[i];
+        float d = i < decay_end ? decay : 1.f;
+        w = __fsub_rn(__fmul_rn(w, d), __fdiv_rn(__fmul_rn(step_size, mi), denom));
+        master[i] = w;
+        if (param) sf(param + i, w);
+    }
+}
+
+// grad_sum_f32: sum = g (first) or sum + g, over n elements (gradient accumulation; the host adds
+// micro-batch gradients in the same order). Grid-stride, block 256.
+extern "C" __global__ void grad_sum_f32(float* sum, const float* g, size_t n, int first) {
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        sum[i] = first ? g[i] : __fadd_rn(sum[i], g[i]);
+}
+
+// sumsq_partials_f32: partial[b] = sum of x[i]^2 in f64 over the elements block b visits
+// (grid-stride, then a fixed shared-memory tree): the same grid always adds in the same order, so
+// the norm is deterministic. Launch: grid = the partials' count, block 256.
+extern "C" __global__ void sumsq_partials_f32(const float* x, size_t n, double* partial) {
+    __shared__ double acc[256];
+    double s = 0.0;
+    size_t stride = (size_t)gridDim.x * blockDim.x;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
+        double v = (double)x[i];
+        s += v * v;
+    }
+    acc[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) acc[threadIdx.x] += acc[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[blockIdx.x] = acc[0];
+}
+
+// sum_partials_f64: partial[count] = the sum of partial[0..count), one block of 256 in a fixed
+// order.
+extern "C" __global__ void sum_partials_f64(double* partial, int count) {
+    __shared__ double acc[256];
+    double s = 0.0;
+    for (int i = threadIdx.x; i < count; i += blockDim.x) s += partial[i];
+    acc[threadIdx.x] = s;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (threadIdx.x < w) acc[threadIdx.x] += acc[threadIdx.x + w];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) partial[count] = acc[0];
 }
 
 // bias_add_{dtype}: x[n, j] += bias[j] for j < width, rows of stride ld. One thread per element.
@@ -160,9 +213,12 @@ __device__ void copy2d(T* dst, int ldd, const T* src, int lds, int N, int width)
         embed_bwd<T>(dwte, dwpe, tok, dout, T_, C, scale);                                            \
     }                                                                                                 \
     extern "C" __global__ void adamw_##SUF(float* master, T* param, const float* grad, float* m,       \
-                                           float* v, size_t n, float lr, float b1, float b2, float eps, \
-                                           float wd, float bc1, float bc2, float grad_scale) {        \
-        adamw<T>(master, param, grad, m, v, n, lr, b1, b2, eps, wd, bc1, bc2, grad_scale);            \
+                                           float* v, size_t n, size_t decay_end, float b1, float b2,  \
+                                           float omb1, float omb2, float step_size,                   \
+                                           float inv_bc2_sqrt, float eps, float decay, float gs1,     \
+                                           float gs2) {                                               \
+        adamw<T>(master, param, grad, m, v, n, decay_end, b1, b2, omb1, omb2, step_size,              \
+                 inv_bc2_sqrt, eps, decay, gs1, gs2);                                                 \
     }                                                                                                 \
     extern "C" __global__ void bias_add_##SUF(T* x, const T* bias, int N, int width, int ld) {         \
         bias_add<T>(x, bias, N, width, ld);                                                           \

@@ -33,6 +33,7 @@ mod linalg;
 mod moe_glue;
 mod params;
 pub mod saves;
+mod state;
 
 pub use saves::LayerSaves;
 
@@ -80,13 +81,12 @@ pub struct GpuTrainer {
     targets: GpuBuf<i32>,
     valid_targets: usize,
     aux_loss: bool,
-    step: u32,
+    /// AdamW steps taken by [`GpuTrainer::step`] since the parameters were set.
+    step: u64,
     bytes: usize,
     /// AdamW's settings for [`GpuTrainer::step`]'s fused update: the host optimizer's one
-    /// configuration type (PyTorch's names and defaults). The fused step decays every parameter,
-    /// as `torch.optim.AdamW(model.parameters())` in the reference benchmark does; `train
-    /// --device cuda` updates on the host, where [`crate::train::optim::decays`] exempts norms,
-    /// biases and embeddings.
+    /// configuration type (PyTorch's names and defaults), applied with the host's rule and
+    /// arithmetic ([`crate::train::optim`]: norms, biases and embeddings never decay).
     pub adamw: crate::train::optim::AdamWConfig,
     /// The learning rate of [`GpuTrainer::step`] (1e-4 by default, as the reference benchmark).
     pub lr: f64,
@@ -296,7 +296,7 @@ impl GpuTrainer {
         seq: usize,
         saves: &[LayerSaves],
     ) -> usize {
-        let (_, total) = params::param_offsets(spec);
+        let total = params::param_offsets(spec).total;
         let shape = Shape::new(
             batch,
             seq,
@@ -309,6 +309,7 @@ impl GpuTrainer {
             .collect();
         let moe_sizes = moe_glue::predicted_sizes(spec, batch, seq, dt);
         total * (16 + dt.bytes())
+            + (params::NORM_BLOCKS + 1) * 8
             + layout(&cfg, &shape, saves, &moe_sizes, 0).total_bytes
             + fixed_bytes(shape.n)
     }
@@ -461,47 +462,14 @@ impl GpuTrainer {
             return Ok(());
         }
         self.step += 1;
-        let o = self.adamw;
-        let (lr, beta1, beta2) = (self.lr as f32, o.betas.0 as f32, o.betas.1 as f32);
-        let p = &self.params;
-        self.kernels.adamw(
-            self.dt,
-            p.master.ptr(),
-            p.work.ptr(),
-            p.grad.ptr(),
-            p.adam_m.ptr(),
-            p.adam_v.ptr(),
-            p.total,
-            lr,
-            beta1,
-            beta2,
-            o.eps as f32,
-            o.weight_decay as f32,
-            self.step,
-            1.0,
-        )
+        let scalars = self.adamw.scalars(self.step, self.lr);
+        self.apply_adamw(&scalars, [1.0, 1.0], false)
     }
 
     /// Replaces the weights (f32 master and working copy) with `params` (canonical names, e.g. from
     /// `Params::init` or a checkpoint) and resets the optimizer state.
     pub fn set_params(&mut self, params: &crate::Params<f32>) -> Result<()> {
-        params
-            .check(&self.spec)
-            .map_err(|e| unsupported(e.to_string()))?;
-        let arena = &mut self.params;
-        let mut host = self.gpu.download(&arena.master)?;
-        for (name, t) in params.iter() {
-            let off = *arena
-                .offsets
-                .get(name)
-                .ok_or_else(|| unsupported(format!("no parameter `{name}`")))?;
-            host[off..off + t.numel()].copy_from_slice(t.data());
-        }
-        self.gpu.write(&mut arena.master, &host)?;
-        self.gpu.memset_zero(&mut arena.adam_m)?;
-        self.gpu.memset_zero(&mut arena.adam_v)?;
-        self.step = 0;
-        arena.refresh_work(&self.kernels)
+        self.set_state(params, &Default::default())
     }
 
     /// Mean loss of the last step (synchronises): cross-entropy, plus the mixture-of-experts

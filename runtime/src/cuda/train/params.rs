@@ -1,41 +1,72 @@
 //! The parameter arenas: f32 master weights, the working copy in the compute dtype, f32
-//! gradients, and AdamW's m and v, all with one layout. Matrices come first in parameter-table
-//! order, so q/k/v (and gate/up) of a layer are adjacent and act as one fused `[q; k; v]`
-//! (`[gate; up]`) matrix in a single GEMM; one AdamW launch covers every parameter.
+//! gradients, and AdamW's m and v, all with one layout. Parameters are grouped, each group in
+//! parameter-table order: first the matrices that decay ([`decays`]), then the embeddings, then
+//! the vectors (norm weights, biases). So q/k/v (and gate/up) of a layer are adjacent and act as
+//! one fused `[q; k; v]` (`[gate; up]`) matrix in a single GEMM, and one AdamW launch covers
+//! every parameter with weight decay on exactly the elements below [`ArenaLayout::decay_end`].
+//!
+//! A gradient-sum arena (for gradient accumulation) is allocated on first use, and a few f64
+//! partial sums serve the on-device gradient norm.
 
 use super::super::error::Result;
 use super::super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
 use super::super::ops::Kernels;
 use super::unsupported;
+use crate::train::optim::decays;
 use modelspec_dsl::ModelSpec;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-/// Where each parameter lives, and the five arenas.
+/// Blocks of the gradient-norm reduction: its f64 partial sums, one per block.
+pub(super) const NORM_BLOCKS: usize = 1024;
+
+/// Where each parameter lives, and the arenas.
 pub(super) struct ParamArena {
     pub offsets: BTreeMap<String, usize>,
     /// Elements per arena.
     pub total: usize,
+    /// Elements below this offset decay; none at or above it does.
+    pub decay_end: usize,
     pub master: GpuBuf<f32>,
     pub work: GpuBuf<u8>,
     pub grad: GpuBuf<f32>,
     pub adam_m: GpuBuf<f32>,
     pub adam_v: GpuBuf<f32>,
+    /// The gradient sum of an accumulated step (allocated by the first accumulation).
+    pub grad_sum: Option<GpuBuf<f32>>,
+    /// The gradient norm's partial sums, then the total at index [`NORM_BLOCKS`].
+    pub norm_partials: GpuBuf<f64>,
     pub dt: Dtype,
 }
 
-/// Offsets of every parameter (elements) and the arena size. 16-byte aligned bf16 views,
-/// except inside a fused group: q/k/v (and gate/up, also of every expert) weights and biases must
-/// be exactly adjacent to act as one matrix and one bias.
-pub(super) fn param_offsets(spec: &ModelSpec) -> (BTreeMap<String, usize>, usize) {
+/// Every parameter's offset (elements), the arena size and the end of the decaying region.
+pub(super) struct ArenaLayout {
+    pub offsets: BTreeMap<String, usize>,
+    pub total: usize,
+    pub decay_end: usize,
+}
+
+/// The arena layout of `spec`. 16-byte aligned bf16 views, except inside a fused group: q/k/v
+/// (and gate/up, also of every expert) weights and biases must be exactly adjacent to act as one
+/// matrix and one bias. Decaying matrices first, then the other matrices (embeddings), then the
+/// rest; fused partners share a group (they have the same rank and names alike).
+pub(super) fn param_offsets(spec: &ModelSpec) -> ArenaLayout {
     let params = modelspec_dsl::params::parameters(spec);
+    let group = |p: &modelspec_dsl::params::Param| {
+        let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+        if decays(&p.name, &shape) {
+            0
+        } else if shape.len() == 2 {
+            1
+        } else {
+            2
+        }
+    };
     let mut offsets = BTreeMap::new();
     let mut total = 0usize;
-    for pass in 0..2 {
-        for p in &params {
-            if (pass == 0) != (p.shape.len() == 2) {
-                continue;
-            }
+    let mut decay_end = 0usize;
+    for pass in 0..3 {
+        for p in params.iter().filter(|p| group(p) == pass) {
             let n = p.numel() as usize;
             offsets.insert(p.name.clone(), total);
             // `.gate.`: a dense MLP's, each expert's and the shared experts' gate, before up.
@@ -48,8 +79,17 @@ pub(super) fn param_offsets(spec: &ModelSpec) -> (BTreeMap<String, usize>, usize
                 n.div_ceil(8) * 8
             };
         }
+        if pass == 0 {
+            // Aligned, so that the boundary never splits a 16-byte view.
+            total = total.div_ceil(8) * 8;
+            decay_end = total;
+        }
     }
-    (offsets, total)
+    ArenaLayout {
+        offsets,
+        total,
+        decay_end,
+    }
 }
 
 /// The offset a norm weight of parameter `name` is initialised to (`1 - offset`, so that the
@@ -79,7 +119,11 @@ impl ParamArena {
         dt: Dtype,
         seed: u64,
     ) -> Result<Self> {
-        let (offsets, total) = param_offsets(spec);
+        let ArenaLayout {
+            offsets,
+            total,
+            decay_end,
+        } = param_offsets(spec);
         let mut host = vec![0f32; total];
         let mut rng = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         let mut next = || {
@@ -108,20 +152,24 @@ impl ParamArena {
         let arena = ParamArena {
             offsets,
             total,
+            decay_end,
             master,
             work: gpu.zeros::<u8>(total * dt.bytes())?,
             grad: gpu.zeros::<f32>(total)?,
             adam_m: gpu.zeros::<f32>(total)?,
             adam_v: gpu.zeros::<f32>(total)?,
+            grad_sum: None,
+            norm_partials: gpu.zeros::<f64>(NORM_BLOCKS + 1)?,
             dt,
         };
         arena.refresh_work(k)?;
         Ok(arena)
     }
 
-    /// Device bytes of the five arenas.
+    /// Device bytes of the arenas (the gradient sum once allocated) and the norm's partial sums.
     pub fn bytes(&self) -> usize {
-        self.total * (16 + self.dt.bytes())
+        let sum = self.grad_sum.as_ref().map_or(0, |b| b.len() * 4);
+        self.total * (16 + self.dt.bytes()) + sum + (NORM_BLOCKS + 1) * 8
     }
 
     /// The working copy from the master weights (a cast for bf16, a copy for f32). For f32 it
@@ -166,5 +214,79 @@ impl ParamArena {
     /// The f32 gradient of `name`, 0 if absent.
     pub fn g(&self, name: &str) -> DevPtr {
         self.offsets.get(name).map_or(0, |off| self.grad.at(*off))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelspec_dsl::load::{Format, load_str};
+
+    fn spec(text: &str, name: &str) -> ModelSpec {
+        load_str(text, name, Format::Mspec).expect("spec loads")
+    }
+
+    /// Decay is exactly the region below `decay_end`, fused partners stay adjacent, nothing
+    /// overlaps.
+    fn check(spec: &ModelSpec) {
+        let layout = param_offsets(spec);
+        let params = modelspec_dsl::params::parameters(spec);
+        let mut spans: Vec<(usize, usize, &str)> = Vec::new();
+        for p in &params {
+            let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
+            let off = layout.offsets[&p.name];
+            let n = p.numel() as usize;
+            assert_eq!(
+                decays(&p.name, &shape),
+                off < layout.decay_end,
+                "{}: {} at {off}, decay_end {}",
+                spec.name,
+                p.name,
+                layout.decay_end
+            );
+            assert!(off + n <= layout.total);
+            spans.push((off, n, &p.name));
+        }
+        spans.sort();
+        for w in spans.windows(2) {
+            assert!(w[0].0 + w[0].1 <= w[1].0, "{} overlaps {}", w[0].2, w[1].2);
+        }
+        for (a, b) in [
+            ("attn.q.", "attn.k."),
+            ("attn.k.", "attn.v."),
+            (".gate.", ".up."),
+        ] {
+            for p in params.iter().filter(|p| p.name.contains(a)) {
+                let partner = p.name.replace(a, b);
+                if let Some(&next) = layout.offsets.get(&partner) {
+                    assert_eq!(
+                        layout.offsets[&p.name] + p.numel() as usize,
+                        next,
+                        "{} not adjacent to {partner}",
+                        p.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn decaying_parameters_come_first_and_fused_groups_stay_adjacent() {
+        check(&spec(
+            include_str!("../../../../specs/tiny.mspec"),
+            "tiny.mspec",
+        ));
+        check(&spec(
+            include_str!("../../../../specs/gpt2-124m.mspec"),
+            "gpt2-124m.mspec",
+        ));
+        check(&spec(
+            include_str!("../../../../specs/mixtral-small.mspec"),
+            "mixtral-small.mspec",
+        ));
+        check(&spec(
+            include_str!("../../../../specs/phi-2.mspec"),
+            "phi-2.mspec",
+        ));
     }
 }
