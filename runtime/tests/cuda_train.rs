@@ -189,6 +189,28 @@ const MOE_MIXED: &str = "model t_moe_mixed {
     }
 }";
 
+/// A padded vocabulary (200 tokens, 256 logits) with a tied head: the softmax spans all 256
+/// columns on both devices (the exported HF model's `vocab_size` is 256), so the pad rows of the
+/// embedding get gradients too.
+const PADDED_VOCAB: &str = "model t_padded {
+    vocab 200 pad 64   d_model 96   layers 2   context 64
+    embedding { tied }
+    norm rms(eps = 1e-5)
+    attention { heads 3  head_dim 32 }
+    position rope(theta = 10000)
+    mlp swiglu(hidden = 160)
+}";
+
+/// As [`PADDED_VOCAB`] with an untied, biased head and a final softcap.
+const PADDED_VOCAB_UNTIED: &str = "model t_padded_untied {
+    vocab 150 pad 64   d_model 96   layers 2   context 64
+    norm layer(eps = 1e-5)
+    attention { heads 3  head_dim 32  bias }
+    position rope(theta = 10000)
+    mlp gelu(hidden = 192, bias = true)
+    logits { bias  softcap 30 }
+}";
+
 fn compare(src: &str, dt: Dtype, tol: f64) {
     compare_with(src, dt, tol, false)
 }
@@ -391,6 +413,18 @@ fn gpu_step_matches_cpu_dense_and_moe_layers_f32() {
     compare_with(MOE_MIXED, Dtype::F32, 1e-4, true);
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_step_matches_cpu_padded_vocabulary_f32() {
+    for src in [PADDED_VOCAB, PADDED_VOCAB_UNTIED] {
+        let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
+        assert!(spec.vocab_padded > spec.vocab, "{}", spec.name);
+    }
+    compare(PADDED_VOCAB, Dtype::F32, 1e-4);
+    compare(PADDED_VOCAB_UNTIED, Dtype::F32, 1e-4);
+    compare(PADDED_VOCAB, Dtype::Bf16, 5e-2);
+}
+
 /// The CPU part of the GPU comparisons (those need a GPU and are `#[ignore]`d): every case is a
 /// valid spec the GPU trainer takes.
 #[test]
@@ -408,6 +442,8 @@ fn every_case_is_a_spec_the_gpu_trainer_takes() {
         ALIBI_MIXED,
         GEMMA3_WINDOWS,
         MOE_MIXED,
+        PADDED_VOCAB,
+        PADDED_VOCAB_UNTIED,
     ] {
         let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
         assert_eq!(

@@ -47,13 +47,16 @@ impl Step<'_> {
             if let Some(out) = capture.as_deref_mut() {
                 self.capture_logits(out, rows, vocab, softcap)?;
             }
+            // The softmax spans the padded vocabulary, as the CPU executor's and the exported
+            // HF model's (whose `vocab_size` is the padded one) do: pad columns are logits like
+            // any other, and their rows of the head learn to stay below the real ones.
             k.xent(
                 dt,
                 bf.logits,
                 self.loss_rows.at(r0),
                 self.targets + (r0 * 4) as u64,
                 rows,
-                vocab,
+                vp,
                 vp,
                 softcap,
                 Some(dscale),
