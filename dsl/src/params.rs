@@ -138,6 +138,9 @@ pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
             t.norm(&p("attn.k_norm"), &qk.norm, kw);
         }
         t.linear(&p("attn.o"), d, qd, a.out_bias);
+        if a.sinks {
+            t.push(p("attn.sinks"), vec![a.heads]);
+        }
         if post {
             t.norm(&p("attn_post_norm"), &block.norm, d);
         }
@@ -158,9 +161,6 @@ pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
                 t.expert = None;
                 if let Some(shared) = &moe.shared {
                     let width = Mlp {
-        if a.sinks {
-            t.push(p("attn.sinks"), vec![a.heads]);
-        }
                         hidden: shared.count * shared.hidden,
                         ..moe.expert
                     };

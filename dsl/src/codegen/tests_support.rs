@@ -132,8 +132,8 @@ pub fn tiny_moe_spec() -> ModelSpec {
         layer.attention.qk_norm = Some(QkNorm {
             norm: rms(),
             scope: QkNormScope::Head,
-        });
             after_rope: false,
+        });
     }
     for layer in layers.iter_mut().step_by(2) {
         layer.attention.window = Some(16);

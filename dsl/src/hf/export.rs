@@ -563,6 +563,7 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
                 set("rope_local_base_freq", num(local.unwrap_or(10000.0)));
             }
             write_windows(family, spec, window, &mut set);
+            attn_options::write(family, spec, &mut set);
             if let Some(moe) = first_moe {
                 write_moe(family, spec, &moe, &mut set);
             }
@@ -570,7 +571,6 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
     }
     Value::Object(c)
 }
-            attn_options::write(family, spec, &mut set);
 
 /// Sliding-window keys of the families that have them.
 fn write_windows(

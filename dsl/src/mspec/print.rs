@@ -741,13 +741,15 @@ fn scaling(s: &RopeScaling) -> String {
             beta_fast,
             beta_slow,
             attention_factor,
+            truncate,
         } => {
             format!(
                 "yarn(factor = {}, original_context = {original_context}, beta_fast = {}, beta_slow = {}, attention_factor = {}{})",
                 num(*factor),
                 num(*beta_fast),
                 num(*beta_slow),
-                num(*attention_factor)
+                num(*attention_factor),
+                if *truncate { "" } else { ", truncate = false" }
             )
         }
         RopeScaling::Llama3 {
@@ -768,12 +770,10 @@ fn scaling(s: &RopeScaling) -> String {
             attention_factor,
         } => {
             format!(
-            truncate,
                 "longrope(short = [{}], long = [{}], original_context = {original_context}, attention_factor = {})",
                 list(short_factor),
                 list(long_factor),
-                num(*attention_factor),
-                if *truncate { "" } else { ", truncate = false" }
+                num(*attention_factor)
             )
         }
     }

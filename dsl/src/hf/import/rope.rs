@@ -127,8 +127,6 @@ pub(super) fn rope_settings(
     (full, sliding)
 }
 
-/// θ of the sliding-window layers: Gemma-3's own unscaled `rope_local_base_freq`, elsewhere the
-/// full layers' settings.
 /// The scaling of a config without `rope_scaling` / `rope_parameters`: GptOssConfig's YaRN
 /// (factor 32 over 4096 positions, not truncated), none elsewhere.
 fn default_scaling(family: Family) -> RopeScaling {
@@ -146,6 +144,8 @@ fn default_scaling(family: Family) -> RopeScaling {
     }
 }
 
+/// θ of the sliding-window layers: Gemma-3's own unscaled `rope_local_base_freq`, elsewhere the
+/// full layers' settings.
 fn sliding_rope(cfg: &mut Cfg<'_>, family: Family, full: &RopeCfg) -> RopeCfg {
     if family == Family::Gemma3Text {
         RopeCfg {
@@ -283,8 +283,6 @@ pub(super) fn rope_scaling(
                 beta_fast: num(cfg, "beta_fast", Some(32.0)),
                 beta_slow: num(cfg, "beta_slow", Some(1.0)),
                 attention_factor: num(cfg, "attention_factor", Some(default_attention)),
-            }
-        }
                 truncate: match v.get("truncate") {
                     Some(m) if !m.value.is_null() => match m.value.as_bool() {
                         Ok(b) => b,
@@ -295,6 +293,8 @@ pub(super) fn rope_scaling(
                     },
                     _ => true,
                 },
+            }
+        }
         "llama3" => RopeScaling::Llama3 {
             factor: num(cfg, "factor", None),
             low_freq_factor: num(cfg, "low_freq_factor", None),

@@ -511,30 +511,6 @@ impl GpuTrainer {
         let numel = modelspec_dsl::params::parameters(&self.spec)
             .iter()
             .find(|p| p.name == name)
-/// The attention options of issue 12 that the GPU kernels do not implement yet, named with the
-/// first layer that uses each and what to do instead.
-fn newer_attention_unsupported(spec: &ModelSpec) -> Option<String> {
-    for l in &spec.layers {
-        let a = &l.attention;
-        let what = if a.sinks {
-            "attention sinks (GPT-OSS)"
-        } else if a.chunk.is_some() {
-            "chunked attention (Llama 4)"
-        } else if a.temperature.is_some() {
-            "a query temperature (Llama 4's NoPE layers)"
-        } else if a.qk_norm.is_some_and(|q| q.after_rope) {
-            "a qk-norm after RoPE (Llama 4)"
-        } else {
-            continue;
-        };
-        return Some(format!(
-            "{what} in layer {} runs on the CPU only for now: use `--device cpu`",
-            l.index
-        ));
-    }
-    None
-}
-
             .map_or(0, |p| p.numel() as usize);
         let all = self.gpu.download(&self.params.grad)?;
         Ok(all[off..off + numel].to_vec())
@@ -565,6 +541,30 @@ struct Step<'a> {
     valid_targets: usize,
     /// Whether MoE forwards accumulate the aux loss.
     aux_loss: bool,
+}
+
+/// The attention options of issue 12 that the GPU kernels do not implement yet, named with the
+/// first layer that uses each and what to do instead.
+fn newer_attention_unsupported(spec: &ModelSpec) -> Option<String> {
+    for l in &spec.layers {
+        let a = &l.attention;
+        let what = if a.sinks {
+            "attention sinks (GPT-OSS)"
+        } else if a.chunk.is_some() {
+            "chunked attention (Llama 4)"
+        } else if a.temperature.is_some() {
+            "a query temperature (Llama 4's NoPE layers)"
+        } else if a.qk_norm.is_some_and(|q| q.after_rope) {
+            "a qk-norm after RoPE (Llama 4)"
+        } else {
+            continue;
+        };
+        return Some(format!(
+            "{what} in layer {} runs on the CPU only for now: use `--device cpu`",
+            l.index
+        ));
+    }
+    None
 }
 
 /// The mixture-of-experts options of issue 12 that the GPU's MoE does not implement yet, named
