@@ -118,7 +118,7 @@ fn tiny_trains_on_the_gpu() {
     ]));
     assert!(text.starts_with("Mr. Darcy"), "{text}");
 
-    // f32 on the GPU follows the CPU's first steps (same init, data and host optimizer).
+    // f32 on the GPU follows the CPU's first steps (same init, data and AdamW rule).
     let gpu = temp_dir("f32");
     let cpu = temp_dir("cpu");
     for (dir, device) in [(&gpu, "cuda"), (&cpu, "cpu")] {
@@ -165,7 +165,54 @@ fn tiny_trains_on_the_gpu() {
     let resumed = losses(&gpu);
     assert_eq!(resumed.len(), 20);
     assert_eq!(&resumed[..3], &g[..]);
-    for dir in [dir, gpu, cpu] {
+
+    // Checkpoints move between the devices: the CPU run's 3 steps continue on the GPU to step 6,
+    // then on the CPU to step 9, each step near the CPU-only run's.
+    let straight = temp_dir("straight");
+    ok(&modelspec(
+        &[
+            &[
+                "train",
+                &tiny,
+                "--device",
+                "cpu",
+                "--stop-after",
+                "9",
+                "--save",
+                straight.to_str().unwrap(),
+            ][..],
+            &RUN[..],
+        ]
+        .concat(),
+    ));
+    let cpu_only = losses(&straight);
+    for (device, stop) in [("cuda", "6"), ("cpu", "9")] {
+        let mut args = vec![
+            "train",
+            "--resume",
+            cpu.to_str().unwrap(),
+            "--device",
+            device,
+            "--stop-after",
+            stop,
+            "--sample-tokens",
+            "0",
+        ];
+        if device == "cuda" {
+            args.extend(["--dtype", "f32"]);
+        }
+        ok(&modelspec(&args));
+    }
+    let moved = losses(&cpu);
+    assert_eq!(moved.len(), 9);
+    assert_eq!(&moved[..3], &c[..]);
+    for (step, (a, b)) in moved.iter().zip(&cpu_only).enumerate() {
+        assert!(
+            (a - b).abs() <= 5e-3 * b.abs(),
+            "step {step}: moved between devices {a} vs cpu {b}"
+        );
+    }
+    for dir in [dir, gpu, cpu, straight] {
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -171,7 +171,7 @@ fn options(steps: u64) -> TrainOptions {
             weight_decay: 0.1,
             ..AdamWConfig::default()
         },
-        clip: 0.5,
+        clip: 0.1,
         seed: 5,
         policy: None,
         tokenizer: "bytes".into(),
