@@ -147,6 +147,13 @@ impl GpuTrainer {
             place(&mut host, name, t.data())?;
         }
         self.gpu.write(&mut self.params.master, &host)?;
+        if moments.is_empty() {
+            // A fresh optimizer (every `set_params`): zero the moments on the device.
+            self.gpu.memset_zero(&mut self.params.adam_m)?;
+            self.gpu.memset_zero(&mut self.params.adam_v)?;
+            self.step = 0;
+            return self.params.refresh_work(&self.kernels);
+        }
         for second in [false, true] {
             host.fill(0.0);
             for (name, t) in params.iter() {
