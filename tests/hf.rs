@@ -360,6 +360,18 @@ fn rope_scaling_variants_in_both_generations() {
                 beta_fast: 32.0,
                 beta_slow: 1.0,
                 attention_factor: 0.1 * 4f64.ln() + 1.0,
+                truncate: true,
+            },
+        ),
+        (
+            r#""rope_scaling": {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 1024, "truncate": false}"#,
+            RopeScaling::Yarn {
+                factor: 4.0,
+                original_context: 1024,
+                beta_fast: 32.0,
+                beta_slow: 1.0,
+                attention_factor: 0.1 * 4f64.ln() + 1.0,
+                truncate: false,
             },
         ),
         (

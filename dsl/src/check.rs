@@ -513,12 +513,13 @@ impl Checker {
             } => {
                 self.positive("position.scaling.original_context", i, *original_context);
                 self.positive_real("position.scaling.low_freq_factor", i, *low_freq_factor);
-                if !(high_freq_factor > low_freq_factor && high_freq_factor.is_finite()) {
+                // Equal factors (Llama 4 Scout's 1 and 1) leave no smoothed band.
+                if !(high_freq_factor >= low_freq_factor && high_freq_factor.is_finite()) {
                     self.push(
                         "position.scaling.high_freq_factor",
                         i,
                         format!(
-                            "llama3 scaling needs high_freq_factor > low_freq_factor, found {high_freq_factor} and {low_freq_factor}"
+                            "llama3 scaling needs high_freq_factor >= low_freq_factor, found {high_freq_factor} and {low_freq_factor}"
                         ),
                         None,
                     );

@@ -88,7 +88,10 @@ pub fn inv_freq(rope: &Rope, seq: usize) -> (Vec<f64>, f64) {
                 .map(|f| {
                     let wavelen = 2.0 * std::f64::consts::PI / f;
                     let scaled = if wavelen > low_wavelen { f / factor } else { f };
-                    let medium = wavelen >= high_wavelen && wavelen <= low_wavelen;
+                    // Equal factors (Llama 4 Scout) leave no band to smooth.
+                    let medium = wavelen >= high_wavelen
+                        && wavelen <= low_wavelen
+                        && high_freq_factor > low_freq_factor;
                     if medium {
                         let smooth = (old / wavelen - low_freq_factor)
                             / (high_freq_factor - low_freq_factor);

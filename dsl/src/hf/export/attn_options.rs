@@ -33,6 +33,21 @@ pub(super) fn candidate(spec: &ModelSpec) -> Option<Family> {
 pub(super) fn write(family: Family, spec: &ModelSpec, set: &mut impl FnMut(&str, Value)) {
     let layers = &spec.layers;
     let a = &layers[0].attention;
+    let first_moe = layers.iter().find_map(|l| match &l.ffn {
+        Ffn::Moe(m) => Some(*m),
+        Ffn::Mlp(_) => None,
+    });
+    // The expert keys these two families read under their own names (the generic MoE writer,
+    // which runs after this, adds keys they ignore).
+    if let Some(m) = first_moe
+        && matches!(family, Family::GptOss | Family::Llama4Text)
+    {
+        set("num_local_experts", json!(m.experts));
+        set("intermediate_size", json!(m.expert.hidden));
+        if family == Family::GptOss {
+            set("output_router_logits", json!(m.aux_loss > 0.0));
+        }
+    }
     let no_rope_layers = || -> Value {
         json!(
             layers
