@@ -235,6 +235,30 @@ fn active_parameters_of_moe_models() {
 }
 
 #[test]
+fn active_parameters_of_gpt_oss_and_llama4_scout() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_configs");
+    // OpenAI's "3.6B / 5.1B active" leave out the input embedding (a lookup, 201088 × 2880);
+    // Meta's "17B active" counts everything a token passes through.
+    for (name, published, embedding_left_out) in [
+        ("gpt-oss-20b", 3.6e9, true),
+        ("gpt-oss-120b", 5.1e9, true),
+        ("llama-4-scout-17b-16e", 17.0e9, false),
+    ] {
+        let spec = import(&root.join(name));
+        let mut active = cost::params_active(&spec);
+        if embedding_left_out {
+            active -= spec.vocab_padded * spec.d_model;
+        }
+        assert!(
+            (active as f64 - published).abs() < 0.2e9,
+            "{name}: {active} active, published {published}"
+        );
+    }
+    let smol = import(&root.join("smollm3-3b"));
+    assert_eq!(cost::params_active(&smol), cost::params_total(&smol));
+}
+
+#[test]
 fn flops_per_token_follow_the_formula() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_configs");
     // GPT-2 at 1024 positions: 2 × (12 blocks of qkv, proj, fc, proj + the tied head) plus
