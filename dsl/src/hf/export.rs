@@ -624,7 +624,8 @@ fn write_moe(family: Family, spec: &ModelSpec, moe: &Moe, set: &mut impl FnMut(&
         set("n_routed_experts", json!(moe.experts));
         set("moe_intermediate_size", json!(moe.expert.hidden));
         set("norm_topk_prob", json!(moe.renormalize));
-        set("routed_scaling_factor", num(moe.routed_scale));
+        // A float even when whole: transformers' strict config refuses an int here.
+        set("routed_scaling_factor", json!(moe.routed_scale));
         let (groups, top) = moe.groups.map_or((1, 1), |g| (g.count, g.top));
         set("n_group", json!(groups));
         set("topk_group", json!(top));
