@@ -147,11 +147,7 @@ fn naive(cfg: &AttentionCfg, q: &[f64], k: &[f64], v: &[f64]) -> Vec<f64> {
                     })
                     .collect();
                 let sink = cfg.sinks.as_ref().map(|s| s[h]);
-                let max = scores
-                    .iter()
-                    .cloned()
-                    .chain(sink)
-                    .fold(f64::MIN, f64::max);
+                let max = scores.iter().cloned().chain(sink).fold(f64::MIN, f64::max);
                 let z: f64 = scores
                     .iter()
                     .chain(sink.as_ref())
@@ -182,7 +178,10 @@ fn forward_follows_the_formula_and_backward_the_finite_differences() {
         attention::forward(&cfg, &q, &k, &v, &mut o);
         let want = naive(&cfg, &q, &k, &v);
         for (a, b) in o.iter().zip(&want) {
-            assert!((a - b).abs() < 1e-12, "{name}: forward {a} vs the formula {b}");
+            assert!(
+                (a - b).abs() < 1e-12,
+                "{name}: forward {a} vs the formula {b}"
+            );
         }
         let loss = |cfg: &AttentionCfg, q: &[f64], k: &[f64], v: &[f64]| {
             let mut o = vec![0.0; rows * qd];
@@ -213,7 +212,10 @@ fn forward_follows_the_formula_and_backward_the_finite_differences() {
                 };
                 loss(&with, &q, &k, &v)
             }),
-            None => assert!(dsinks.iter().all(|&g| g == 0.0), "{name}: no sinks, no gradient"),
+            None => assert!(
+                dsinks.iter().all(|&g| g == 0.0),
+                "{name}: no sinks, no gradient"
+            ),
         }
     }
 }
@@ -248,7 +250,11 @@ fn a_sink_takes_probability_mass_and_a_chunk_cuts_the_prefix() {
             assert_eq!(p > 0.0, visible, "query {i} key {j}: {p}");
         }
         let mass: f64 = row.iter().sum();
-        assert!(mass > 0.0 && mass < 1.0, "query {i}: the sink keeps {}", 1.0 - mass);
+        assert!(
+            mass > 0.0 && mass < 1.0,
+            "query {i}: the sink keeps {}",
+            1.0 - mass
+        );
     }
 }
 
@@ -256,7 +262,11 @@ fn a_sink_takes_probability_mass_and_a_chunk_cuts_the_prefix() {
 fn cached_attention_equals_the_full_forward() {
     for (name, cfg) in variants() {
         let cfg = AttentionCfg { batch: 1, ..cfg };
-        let (t, qd, kvd) = (cfg.seq, cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim);
+        let (t, qd, kvd) = (
+            cfg.seq,
+            cfg.heads * cfg.head_dim,
+            cfg.kv_heads * cfg.head_dim,
+        );
         let q = randn(t * qd, 7, 1.0);
         let k = randn(t * kvd, 8, 1.0);
         let v = randn(t * kvd, 9, 1.0);
