@@ -224,3 +224,43 @@ pub fn backward_clamped<T: Float>(
             }
         });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The clamped SwiGLU's backward against central differences in f64, at points inside and
+    /// outside both clamps.
+    #[test]
+    fn clamped_swiglu_backward_matches_finite_differences() {
+        let c = SwigluClamp {
+            alpha: 1.702,
+            limit: 2.0,
+        };
+        let gate = [-3.0, -0.7, 0.4, 1.9, 2.6, 5.0];
+        let up = [0.3, -2.5, 1.1, 2.4, -1.2, -0.4];
+        let dout = [0.9, -1.3, 0.5, 1.7, -0.6, 1.1];
+        let mut dgate = [0.0f64; 6];
+        let mut dup = [0.0f64; 6];
+        backward_clamped(&c, &gate, &up, &dout, &mut dgate, &mut dup);
+        let f = |g: f64, u: f64| {
+            let mut o = [0.0];
+            forward_clamped(&c, &[g], &[u], &mut o);
+            o[0]
+        };
+        let h = 1e-6;
+        for i in 0..6 {
+            let dg = (f(gate[i] + h, up[i]) - f(gate[i] - h, up[i])) / (2.0 * h) * dout[i];
+            let du = (f(gate[i], up[i] + h) - f(gate[i], up[i] - h)) / (2.0 * h) * dout[i];
+            assert!(
+                (dg - dgate[i]).abs() < 1e-6,
+                "dgate[{i}] {} vs {dg}",
+                dgate[i]
+            );
+            assert!((du - dup[i]).abs() < 1e-6, "dup[{i}] {} vs {du}", dup[i]);
+        }
+        // Above the limit the gate passes no gradient; outside ±limit neither does up.
+        assert_eq!(dgate[4], 0.0);
+        assert_eq!(dup[1], 0.0);
+    }
+}

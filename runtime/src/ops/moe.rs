@@ -455,3 +455,112 @@ impl AuxStats {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use modelspec_dsl::ir::{ExpertGroups, Weighting};
+
+    use super::*;
+
+    fn sigmoid_moe() -> Moe {
+        Moe {
+            experts: 8,
+            top_k: 2,
+            router: RouterOrder::SigmoidTopk,
+            renormalize: true,
+            correction_bias: true,
+            groups: Some(ExpertGroups { count: 4, top: 2 }),
+            routed_scale: 2.5,
+            ..Default::default()
+        }
+    }
+
+    /// Groups {0,1} {2,3} {4,5} {6,7}; the bias moves the choice, never the weights.
+    #[test]
+    fn sigmoid_router_picks_within_the_best_groups_on_corrected_scores() {
+        let m = sigmoid_moe();
+        let logits = [2.0f64, -3.0, 0.5, 0.4, 1.0, 1.5, -1.0, 0.0];
+        // Without the bias the group sums pick groups 2 and 1, so expert 0, the best single
+        // score, is out: experts 5 and 4.
+        let (r, w) = route_with(&m, &logits, Some(&[0.0; 8]));
+        assert_eq!(r.expert, vec![5, 4]);
+        let s = |x: f64| 1.0 / (1.0 + (-x).exp());
+        let sum = s(1.5) + s(1.0);
+        assert!((w[0] - 2.5 * s(1.5) / sum).abs() < 1e-12);
+        // A bias on expert 3 makes group 1 the best and picks expert 3 itself.
+        let bias = [0.0, 0.0, 0.0, 0.9, 0.0, 0.0, 0.0, 0.0];
+        let (r, w) = route_with(&m, &logits, Some(&bias));
+        assert_eq!(r.expert, vec![3, 5]);
+        let sum = s(0.4) + s(1.5);
+        assert!((w[0] - 2.5 * s(0.4) / sum).abs() < 1e-12);
+    }
+
+    /// route_backward of the sigmoid router against central differences of the weights.
+    #[test]
+    fn sigmoid_router_backward_matches_finite_differences() {
+        for renormalize in [true, false] {
+            let m = Moe {
+                renormalize,
+                ..sigmoid_moe()
+            };
+            let logits = [0.3f64, -0.2, 1.1, 0.7, -0.5, 0.9, 0.1, -1.0];
+            let bias = [0.1, 0.0, -0.2, 0.0, 0.3, 0.0, 0.0, 0.05];
+            let dw = [0.7, -1.3];
+            let (r, _) = route_with(&m, &logits, Some(&bias));
+            let mut dl = [0.0; 8];
+            route_backward(&m, &logits, &r, &dw, None, &mut dl);
+            let h = 1e-6;
+            for j in 0..8 {
+                let mut lp = logits;
+                let mut lm = logits;
+                lp[j] += h;
+                lm[j] -= h;
+                let (rp, wp) = route_with(&m, &lp, Some(&bias));
+                let (_, wm) = route_with(&m, &lm, Some(&bias));
+                assert_eq!(rp.expert, r.expert, "the choice is fixed near these logits");
+                let fd: f64 = (0..2).map(|s| (wp[s] - wm[s]) / (2.0 * h) * dw[s]).sum();
+                assert!(
+                    (fd - dl[j]).abs() < 1e-6,
+                    "renorm {renormalize} j {j}: {} vs {fd}",
+                    dl[j]
+                );
+            }
+        }
+    }
+
+    /// Input-side weighting: its backward against central differences of `Σ dy · w·x`.
+    #[test]
+    fn gather_weighted_backward_matches_finite_differences() {
+        let m = Moe {
+            experts: 3,
+            top_k: 2,
+            weighting: Weighting::Input,
+            ..Default::default()
+        };
+        let (r, w) = route(&m, &[0.2f64, 1.0, -0.4, 0.5, -1.0, 0.8]);
+        let d = 2;
+        let x = [0.3, -0.7, 1.2, 0.4];
+        let dy: Vec<f64> = (0..8).map(|i| 0.1 * i as f64 - 0.3).collect();
+        let mut dx = [0.0; 4];
+        let mut dwt = [0.0; 4];
+        gather_weighted_backward(&r, &w, &x, &dy, d, &mut dx, &mut dwt);
+        let loss = |w: &[f64], x: &[f64]| {
+            let mut y = vec![0.0; 8];
+            gather_weighted(&r, w, x, d, &mut y);
+            y.iter().zip(&dy).map(|(a, b)| a * b).sum::<f64>()
+        };
+        let h = 1e-6;
+        for i in 0..4 {
+            let (mut xp, mut xm) = (x, x);
+            xp[i] += h;
+            xm[i] -= h;
+            let fd = (loss(&w, &xp) - loss(&w, &xm)) / (2.0 * h);
+            assert!((fd - dx[i]).abs() < 1e-8, "dx[{i}]");
+            let (mut wp, mut wm) = (w.clone(), w.clone());
+            wp[i] += h;
+            wm[i] -= h;
+            let fd = (loss(&wp, &x) - loss(&wm, &x)) / (2.0 * h);
+            assert!((fd - dwt[i]).abs() < 1e-8, "dw[{i}]");
+        }
+    }
+}

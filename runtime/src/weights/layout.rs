@@ -227,3 +227,94 @@ pub(crate) fn transpose(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host(shape: &[usize], offset: f32) -> HostTensor {
+        let n = shape.iter().product();
+        HostTensor {
+            shape: shape.to_vec(),
+            data: (0..n).map(|i| offset + i as f32).collect(),
+        }
+    }
+
+    /// GPT-OSS's `gate_up_proj`: two experts, each `[gate (3 rows); up (3 rows)]` of width 2,
+    /// interleaved row by row and transposed per expert to `[2, 6]`.
+    #[test]
+    fn interleaved_transposed_blocks_fuse_as_gpt_oss_stores_them_and_split_back() {
+        let mut canon = BTreeMap::new();
+        let mut pieces = Vec::new();
+        for e in 0..2 {
+            for (k, part) in ["gate", "up"].iter().enumerate() {
+                let name = format!("e{e}.{part}");
+                canon.insert(name.clone(), host(&[3, 2], (100 * e + 10 * k) as f32));
+                pieces.push(Piece {
+                    canonical: name,
+                    row_start: 0,
+                    rows: 3,
+                });
+            }
+        }
+        let ct = CheckpointTensor {
+            name: "gate_up_proj".into(),
+            shape: vec![2, 2, 6],
+            pieces,
+            transpose: true,
+            blocks: 2,
+            interleave: true,
+        };
+        let fused = fuse(&ct, &canon).expect("fuses");
+        // Expert e, input column c, output j: gate row j/2 when j is even, up row j/2 when odd.
+        for e in 0..2 {
+            for c in 0..2 {
+                for j in 0..6 {
+                    let part = if j % 2 == 0 { "gate" } else { "up" };
+                    let want = canon[&format!("e{e}.{part}")].data[(j / 2) * 2 + c];
+                    assert_eq!(fused.data[e * 12 + c * 6 + j], want, "e {e} c {c} j {j}");
+                }
+            }
+        }
+        let shapes: BTreeMap<String, Vec<usize>> = canon
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape.clone()))
+            .collect();
+        let mut back = BTreeMap::new();
+        split(&ct, &fused.data, &shapes, &mut back);
+        assert_eq!(back, canon);
+    }
+
+    /// Llama 4's `down_proj`: each expert's `[d, hidden]` transposed on its own.
+    #[test]
+    fn transposed_blocks_round_trip() {
+        let mut canon = BTreeMap::new();
+        let mut pieces = Vec::new();
+        for e in 0..3 {
+            let name = format!("e{e}.down");
+            canon.insert(name.clone(), host(&[2, 5], 50.0 * e as f32));
+            pieces.push(Piece {
+                canonical: name,
+                row_start: 0,
+                rows: 2,
+            });
+        }
+        let ct = CheckpointTensor {
+            name: "down_proj".into(),
+            shape: vec![3, 5, 2],
+            pieces,
+            transpose: true,
+            blocks: 3,
+            interleave: false,
+        };
+        let fused = fuse(&ct, &canon).expect("fuses");
+        assert_eq!(fused.data[10 + 3 * 2 + 1], canon["e1.down"].data[5 + 3]);
+        let shapes: BTreeMap<String, Vec<usize>> = canon
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape.clone()))
+            .collect();
+        let mut back = BTreeMap::new();
+        split(&ct, &fused.data, &shapes, &mut back);
+        assert_eq!(back, canon);
+    }
+}
