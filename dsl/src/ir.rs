@@ -559,6 +559,51 @@ pub enum RouterOrder {
     SoftmaxTopk,
     /// top-k over logits, then softmax over those k.
     TopkSoftmax,
+    /// `sigmoid` of each logit, then the top-k scores (plus the correction bias when the spec has
+    /// one, within the chosen groups when it has groups); the weights are the chosen sigmoid
+    /// scores, renormalised when `renormalize` (DeepSeek-V3, GLM-4.5). Without a correction bias
+    /// the choice is made on the logits, which sigmoid orders the same way (Llama 4).
+    SigmoidTopk,
+}
+
+/// Group-limited routing: the experts are cut into `count` equal groups of consecutive indices;
+/// each group scores the sum of its two best (bias-corrected) scores, and a token picks its
+/// experts only from its `top` best groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExpertGroups {
+    /// Number of groups (`n_group`); divides the number of experts.
+    pub count: u64,
+    /// Groups a token may route into (`topk_group`), in `1..=count`.
+    pub top: u64,
+}
+
+/// Where the router weights multiply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Weighting {
+    /// `Σ_s w_s · expert_s(x)`.
+    #[default]
+    Output,
+    /// `Σ_s expert_s(w_s · x)` (Llama 4).
+    Input,
+}
+
+impl Weighting {
+    fn is_output(&self) -> bool {
+        *self == Weighting::Output
+    }
+}
+
+/// GPT-OSS's clamped SwiGLU: with `g = min(gate, limit)` and `u = clamp(up, -limit, limit)`,
+/// `act = (u + 1) · g · sigmoid(alpha · g)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwigluClamp {
+    /// The sigmoid's slope (GPT-OSS: 1.702), positive.
+    pub alpha: f64,
+    /// The clamp bound (GPT-OSS: 7.0), positive.
+    pub limit: f64,
 }
 
 /// Shared experts that every token passes through.
