@@ -646,7 +646,9 @@ fn min_gap(moe: &Moe, logits: &[f64]) -> f64 {
     let mut worst = f64::INFINITY;
     for l in logits.chunks_exact(e) {
         let mut v: Vec<f64> = match moe.router {
-            modelspec_dsl::ir::RouterOrder::TopkSoftmax => l.to_vec(),
+            // Sigmoid is monotone: it ranks as the logits do.
+            modelspec_dsl::ir::RouterOrder::TopkSoftmax
+            | modelspec_dsl::ir::RouterOrder::SigmoidTopk => l.to_vec(),
             modelspec_dsl::ir::RouterOrder::SoftmaxTopk => {
                 let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
                 let s: f64 = l.iter().map(|x| (x - mx).exp()).sum();

@@ -237,6 +237,12 @@ fn device_resident_steps_follow_the_host_optimizer() {
     let (params, optimizer) = on_gpu.backend.snapshot().unwrap();
     assert_eq!(optimizer.step, n);
     for (name, want) in host.params().iter() {
+        // A key bias adds the same q·b to every score of a row, which the softmax cancels: its
+        // gradient is zero up to rounding, and AdamW turns that rounding noise (which differs
+        // with the order micro-batches are summed in) into full-size steps of either sign.
+        if name.ends_with("attn.k.bias") {
+            continue;
+        }
         let e = normwise(params.get(name).unwrap().data(), want.data());
         assert!(e <= 1e-4, "{name}: {e:.3e}");
     }
