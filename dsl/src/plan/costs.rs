@@ -131,35 +131,41 @@ pub fn layer_costs(
     };
     let gated_act_flops = 8 * n * experts_per_token * hidden;
     let post = layer.block.placement.post();
-    let rope = rope_dims > 0;
-    let qk_norm = a.qk_norm.is_some();
-    let needed = |name: &str| match name {
-        // Read by the post-norm's backward; under pre-norm only the residual add consumes them.
-        "attn_out" | "mlp_out" => post,
-        // Post-norm outputs feed the residual add alone.
-        "attn_post_norm" | "mlp_post_norm" => false,
-        // Projections are read by qk-norm backward, or by attention when nothing comes between.
-        "q" | "k" => qk_norm || !rope,
-        // Read by attention when no RoPE follows; RoPE's backward reads no input.
-        "q_normed" | "k_normed" => !rope,
-        _ => true,
-    };
     // Norm statistics (f32 mean and rstd per row) and who keeps them (see the module docs).
     let stats = |rows: u128| rows * 8;
     let qk_rows = |heads: u128| match a.qk_norm.map(|q| q.scope) {
         Some(QkNormScope::Head) => n * heads,
         _ => n,
     };
+    let program = LayerProgram::structure(layer);
+    // The qk-norms' inputs (q and k, or q_rope and k_rope when the norm follows RoPE).
+    let norm_input = |act: crate::program::Act| program.node(act).map(|n| n.inputs[0].name());
+    let (q_norm_in, k_norm_in) = (
+        norm_input(crate::program::Act::QNormed),
+        norm_input(crate::program::Act::KNormed),
+    );
     let stats_of = |name: &str| -> u128 {
         match name {
             "attn_norm" | "mlp_norm" => stats(n),
             "attn_out" | "mlp_out" if post => stats(n),
-            "q" if qk_norm => stats(qk_rows(heads)),
-            "k" if qk_norm => stats(qk_rows(kv_heads)),
+            _ if q_norm_in == Some(name) => stats(qk_rows(heads)),
+            _ if k_norm_in == Some(name) => stats(qk_rows(kv_heads)),
             _ => 0,
         }
     };
-    let program = LayerProgram::structure(layer);
+    // Needed: some node's backward reads it (every op but RoPE, a rotation, and the residual add
+    // reads its inputs). So attn_out/mlp_out only under post-norm, never a post-norm's output,
+    // q/k only under qk-norm or when attention reads them, and whichever of q_rope/q_normed
+    // attention reads.
+    let needed = |act: crate::program::Act| {
+        program.nodes.iter().any(|n| {
+            n.inputs.contains(&act)
+                && !matches!(
+                    n.op,
+                    crate::program::OpKind::Rope | crate::program::OpKind::Residual
+                )
+        })
+    };
     let mut out = Vec::new();
     for name in program.tensor_names() {
         let pointwise = |bytes: u128, flops: u128| (bytes, flops, true);
@@ -219,7 +225,7 @@ pub fn layer_costs(
             bytes: u64::try_from(bytes + stats_of(name)).unwrap_or(u64::MAX),
             flops: u64::try_from(flops).unwrap_or(u64::MAX),
             fusible,
-            needed: needed(name),
+            needed: needed(act),
             unit: program.unit_of(act).name(),
         });
     }
