@@ -23,6 +23,9 @@ use crate::ir::{Ffn, Layer, LayerCheckpoint, ModelSpec, Position};
 use crate::plan::{self, Dtype, TensorCost};
 use thiserror::Error;
 
+mod fuse;
+pub use fuse::{Fusion, Kernel};
+
 /// Why a program cannot be built or a policy applied to it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ProgramError {
