@@ -150,6 +150,7 @@ fn generated_kernels_match_the_cpu_ops() {
             chunk: None,
             sinks: None,
             temperature: None,
+            v_head_dim: None,
         };
         let (qd, kvd) = (CudaTinyLayer::Q_DIM, CudaTinyLayer::KV_DIM);
         let (q, kk, v) = (

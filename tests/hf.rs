@@ -385,6 +385,7 @@ fn rope_scaling_variants_in_both_generations() {
                 beta_slow: 1.0,
                 attention_factor: 0.1 * 4f64.ln() + 1.0,
                 truncate: true,
+                mscale: None,
             },
         ),
         (
@@ -396,6 +397,7 @@ fn rope_scaling_variants_in_both_generations() {
                 beta_slow: 1.0,
                 attention_factor: 0.1 * 4f64.ln() + 1.0,
                 truncate: false,
+                mscale: None,
             },
         ),
         (

@@ -20,6 +20,7 @@ use crate::ir::*;
 use crate::tensors::layer_tensors;
 
 mod attention;
+mod mla;
 mod moe;
 
 /// Most routed experts a layer may have (bounds the parameter table on hostile input).
@@ -359,6 +360,7 @@ impl Checker {
             self.norm("attention.qk_norm.norm", i, &q.norm);
         }
         self.attention_options(s, l);
+        self.mla(l);
         self.norm("block.norm", i, &l.block.norm);
         if l.block.shared_norm && !l.block.parallel_residual {
             self.push(

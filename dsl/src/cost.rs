@@ -160,9 +160,10 @@ pub fn summarize(spec: &ModelSpec) -> Summary {
         };
         let a = &layer.attention;
         let keys = attended_keys_total(t, a.window);
-        let attn_flops = 4u128
+        // Scores over the query/key width, the weighted sum over the value width.
+        let attn_flops = 2u128
             .saturating_mul(a.heads as u128)
-            .saturating_mul(a.head_dim as u128)
+            .saturating_mul((a.head_dim as u128).saturating_add(a.v_head_dim() as u128))
             .saturating_mul(keys)
             / (t as u128);
         let flops = (2 * active_matmul(row, top_k) as u128).saturating_add(attn_flops);
@@ -207,7 +208,18 @@ pub fn attention_summary(layer: &Layer) -> String {
     } else {
         "gqa"
     };
-    let mut s = format!("{kind} {}q/{}kv hd{}", a.heads, a.kv_heads, a.head_dim);
+    let mut s = match &a.mla {
+        Some(m) => format!(
+            "mla {}h {}kv-rank{} qk{}+{} v{}",
+            a.heads,
+            m.kv_rank,
+            m.q_rank.map_or(String::new(), |r| format!(" q-rank{r}")),
+            m.nope_dim,
+            m.rope_dim,
+            m.v_dim
+        ),
+        None => format!("{kind} {}q/{}kv hd{}", a.heads, a.kv_heads, a.head_dim),
+    };
     if let Some(w) = a.window {
         s.push_str(&format!(" window {w}"));
     }
@@ -328,6 +340,20 @@ pub fn limit_issues(spec: &ModelSpec) -> Vec<Issue> {
         total = total
             .saturating_add(mul(mul(2, width), d))
             .saturating_add(mul(8, d));
+        if let Some(m) = &a.mla {
+            // The latents: q_a and q_b, kv_a, kv_b, and the output from heads · v_dim.
+            let q_rank = m.q_rank.unwrap_or(0) as u128;
+            let kv_a = (m.kv_rank as u128).saturating_add(m.rope_dim as u128);
+            let kv_b = mul(
+                a.heads as u128,
+                (m.nope_dim as u128).saturating_add(m.v_dim as u128),
+            );
+            total = total
+                .saturating_add(mul(q_rank, d.saturating_add(q)))
+                .saturating_add(mul(kv_a, d))
+                .saturating_add(mul(kv_b, m.kv_rank as u128))
+                .saturating_add(mul(mul(a.heads as u128, m.v_dim as u128), d));
+        }
         let mlp_elems = |hidden: u128| mul(3, mul(hidden.saturating_add(1), d));
         match &layer.ffn {
             Ffn::Mlp(m) => {

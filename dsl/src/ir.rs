@@ -272,6 +272,62 @@ pub struct Attention {
     /// layers). Absent: none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub temperature: Option<QueryTemperature>,
+    /// Multi-head latent attention (DeepSeek-V2/V3, Kimi-K2): queries and keys/values through
+    /// low-rank latents instead of q/k/v projections. Absent: q/k/v projections. With it,
+    /// `head_dim` is the query/key width `nope_dim + rope_dim`, `kv_heads` equals `heads`, and
+    /// `qkv_bias` puts biases on the down projections (`q_a`, `kv_a`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mla: Option<Mla>,
+}
+
+/// Multi-head latent attention. Per token, with `x` the attention input:
+/// ```text
+/// q      = q_b(norm_q(q_a(x)))  (q_rank set)   or   q(x)      [heads, nope_dim + rope_dim]
+/// [c; r] = kv_a(x)              c: [kv_rank], r: [rope_dim] (one rotary key shared by all heads)
+/// [k_nope_h; v_h] = kv_b(norm_kv(c))_h           [nope_dim], [v_dim] per head
+/// k_h    = [k_nope_h; rope(r)],  q_h = [q_nope_h; rope(q_rope_h)]
+/// ```
+/// then causal attention per head (query/key width `nope_dim + rope_dim`, value width `v_dim`)
+/// and `o` from `heads · v_dim`. RoPE rotates the last `rope_dim` dims of each query head and the
+/// shared key; decoding caches `norm_kv(c)` and `rope(r)` per position, not per-head keys.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mla {
+    /// Rank of the query latent (`q_lora_rank`); `None`: a direct query projection (V2-Lite).
+    pub q_rank: Option<u64>,
+    /// Rank of the joint key/value latent (`kv_lora_rank`).
+    pub kv_rank: u64,
+    /// Query/key dims per head without RoPE (`qk_nope_head_dim`).
+    pub nope_dim: u64,
+    /// Query/key dims per head with RoPE (`qk_rope_head_dim`), also the shared key's width.
+    pub rope_dim: u64,
+    /// Value dims per head (`v_head_dim`).
+    pub v_dim: u64,
+    /// The norm of both latents (DeepSeek: RMSNorm, eps 1e-6, whatever `rms_norm_eps` says).
+    pub norm: Norm,
+}
+
+impl Mla {
+    /// Elements a decoder caches per token and layer: the normalised latent and the rotated key.
+    pub fn cache_width(&self) -> u64 {
+        self.kv_rank + self.rope_dim
+    }
+}
+
+impl Attention {
+    /// Width of one value head: `head_dim`, or MLA's `v_dim`.
+    pub fn v_head_dim(&self) -> u64 {
+        self.mla.map_or(self.head_dim, |m| m.v_dim)
+    }
+
+    /// Elements a decoder caches per token for this layer: keys and values of every kv head, or
+    /// MLA's latent and rotary key.
+    pub fn cache_width(&self) -> u64 {
+        match &self.mla {
+            Some(m) => m.cache_width(),
+            None => self.kv_heads * (self.head_dim + self.v_head_dim()),
+        }
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -404,6 +460,12 @@ pub enum RopeScaling {
         /// true; GPT-OSS sets it false).
         #[serde(default = "default_true", skip_serializing_if = "is_true")]
         truncate: bool,
+        /// DeepSeek's `mscale` and `mscale_all_dim` as written (`[mscale, mscale_all_dim]`),
+        /// kept for export: `attention_factor` is resolved from them (`m(mscale) /
+        /// m(mscale_all_dim)` with `m(s) = 0.1 s ln(factor) + 1`), and an MLA layer's softmax
+        /// scale carries `m(mscale_all_dim)²`. Absent: not written.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mscale: Option<[f64; 2]>,
     },
     /// Llama 3.1's piecewise frequency scaling.
     Llama3 {
@@ -427,6 +489,27 @@ pub enum RopeScaling {
         /// Multiplier on cos/sin (resolved from the context ratio when not given).
         attention_factor: f64,
     },
+}
+
+/// YaRN's magnitude correction `m(s) = 0.1 · s · ln(factor) + 1` (1 when `factor ≤ 1`), as
+/// transformers' `get_mscale`.
+pub fn yarn_mscale(factor: f64, s: f64) -> f64 {
+    if factor <= 1.0 {
+        1.0
+    } else {
+        0.1 * s * factor.ln() + 1.0
+    }
+}
+
+/// YaRN's default attention factor (the multiplier on cos/sin): `m(mscale) / m(mscale_all_dim)`
+/// when DeepSeek's pair is given and both are non-zero, else `m(1)`.
+pub fn yarn_attention_factor(factor: f64, mscale: Option<[f64; 2]>) -> f64 {
+    match mscale {
+        Some([m, all]) if m != 0.0 && all != 0.0 => {
+            yarn_mscale(factor, m) / yarn_mscale(factor, all)
+        }
+        _ => yarn_mscale(factor, 1.0),
+    }
 }
 
 /// The feed-forward part of a block.
@@ -644,6 +727,12 @@ impl ModelSpec {
     pub fn kv_dim(&self, i: usize) -> u64 {
         let a = &self.layers[i].attention;
         a.kv_heads * a.head_dim
+    }
+    /// Width of the attention output (the output projection's input) of layer `i`:
+    /// heads × head_dim, or heads × v_dim with latent attention.
+    pub fn attn_out_dim(&self, i: usize) -> u64 {
+        let a = &self.layers[i].attention;
+        a.heads * a.v_head_dim()
     }
 }
 

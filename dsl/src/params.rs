@@ -11,7 +11,13 @@
 //! layers.{i}.attn_norm.{weight,bias} [d_model]                     pre/sandwich, or shared norm
 //! layers.{i}.attn.{q,k,v}.weight     [heads*hd | kv_heads*hd, d_model]   (+ .bias)
 //! layers.{i}.attn.{q,k}_norm.weight  [hd] per-head, [heads*hd | kv_heads*hd] full (+ .bias)
-//! layers.{i}.attn.o.weight           [d_model, heads*hd]          (+ .bias)
+//! layers.{i}.attn.q_a.weight         [q_rank, d_model]  (+ .bias)  latent attention with a q latent
+//! layers.{i}.attn.q_a_norm.weight    [q_rank]
+//! layers.{i}.attn.q_b.weight         [heads*(nope+rope), q_rank]   (without a q latent: attn.q)
+//! layers.{i}.attn.kv_a.weight        [kv_rank+rope, d_model] (+ .bias)   latent, then rotary key
+//! layers.{i}.attn.kv_a_norm.weight   [kv_rank]
+//! layers.{i}.attn.kv_b.weight        [heads*(nope+v), kv_rank]     per head: key rows, value rows
+//! layers.{i}.attn.o.weight           [d_model, heads*hd | heads*v] (+ .bias)
 //! layers.{i}.attn.sinks              [heads]                       attention sinks
 //! layers.{i}.attn_post_norm.*        [d_model]                     post/sandwich
 //! layers.{i}.mlp_norm.*              [d_model]                     pre/sandwich, not shared
@@ -126,9 +132,30 @@ pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
         }
         let a = &layer.attention;
         let (qd, kvd) = (a.heads * a.head_dim, a.kv_heads * a.head_dim);
-        t.linear(&p("attn.q"), qd, d, a.qkv_bias);
-        t.linear(&p("attn.k"), kvd, d, a.qkv_bias);
-        t.linear(&p("attn.v"), kvd, d, a.qkv_bias);
+        if let Some(m) = &a.mla {
+            // Latent attention: the down projections carry the biases, the direct query
+            // projection (no query latent) never has one.
+            match m.q_rank {
+                Some(r) => {
+                    t.linear(&p("attn.q_a"), r, d, a.qkv_bias);
+                    t.norm(&p("attn.q_a_norm"), &m.norm, r);
+                    t.linear(&p("attn.q_b"), qd, r, false);
+                }
+                None => t.linear(&p("attn.q"), qd, d, false),
+            }
+            t.linear(&p("attn.kv_a"), m.kv_rank + m.rope_dim, d, a.qkv_bias);
+            t.norm(&p("attn.kv_a_norm"), &m.norm, m.kv_rank);
+            t.linear(
+                &p("attn.kv_b"),
+                a.heads * (m.nope_dim + m.v_dim),
+                m.kv_rank,
+                false,
+            );
+        } else {
+            t.linear(&p("attn.q"), qd, d, a.qkv_bias);
+            t.linear(&p("attn.k"), kvd, d, a.qkv_bias);
+            t.linear(&p("attn.v"), kvd, d, a.qkv_bias);
+        }
         if let Some(qk) = &a.qk_norm {
             let (qw, kw) = match qk.scope {
                 QkNormScope::Head => (a.head_dim, a.head_dim),
@@ -137,7 +164,7 @@ pub fn parameters(spec: &ModelSpec) -> Vec<Param> {
             t.norm(&p("attn.q_norm"), &qk.norm, qw);
             t.norm(&p("attn.k_norm"), &qk.norm, kw);
         }
-        t.linear(&p("attn.o"), d, qd, a.out_bias);
+        t.linear(&p("attn.o"), d, a.heads * a.v_head_dim(), a.out_bias);
         if a.sinks {
             t.push(p("attn.sinks"), vec![a.heads]);
         }

@@ -190,6 +190,23 @@ impl Executor {
                     layer.index, r.rotary_dims, a.head_dim
                 )));
             }
+            if let Some(m) = &a.mla {
+                let rope_ok =
+                    matches!(&layer.position, Position::Rope(r) if r.rotary_dims == m.rope_dim);
+                if !rope_ok
+                    || a.kv_heads != a.heads
+                    || a.head_dim != m.nope_dim + m.rope_dim
+                    || m.kv_rank == 0
+                    || m.v_dim == 0
+                    || m.q_rank == Some(0)
+                    || a.qk_norm.is_some()
+                {
+                    return Err(Error::BadSpec(format!(
+                        "layer {}: latent attention needs RoPE over its rope_dim, kv_heads = heads, head_dim = nope_dim + rope_dim, positive ranks and v_dim, and no qk-norm",
+                        layer.index
+                    )));
+                }
+            }
             if let Ffn::Moe(m) = &layer.ffn
                 && (m.top_k == 0 || m.top_k > m.experts)
             {
@@ -308,6 +325,7 @@ impl Executor {
                     .collect()
             }),
             temperature: a.temperature,
+            v_head_dim: a.mla.map(|m| m.v_dim as usize),
         };
         let rope = match &layer.position {
             Position::Rope(r) => Some(RopeTable::new(r, shape.seq)),

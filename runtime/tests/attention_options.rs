@@ -63,6 +63,7 @@ fn base() -> AttentionCfg {
         chunk: None,
         sinks: None,
         temperature: None,
+        v_head_dim: None,
     }
 }
 

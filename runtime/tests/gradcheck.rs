@@ -311,6 +311,7 @@ fn rope_variants() -> Vec<(&'static str, Rope)> {
                 beta_slow: 1.0,
                 attention_factor: 1.1386,
                 truncate: true,
+                mscale: None,
             }),
         ),
         (
@@ -322,6 +323,7 @@ fn rope_variants() -> Vec<(&'static str, Rope)> {
                 beta_slow: 1.0,
                 attention_factor: 1.1386,
                 truncate: false,
+                mscale: None,
             }),
         ),
         (
@@ -430,6 +432,7 @@ fn rope_frequencies_follow_hf_init_functions() {
             beta_slow: 1.0,
             attention_factor: 1.2,
             truncate: true,
+            mscale: None,
         },
         ..plain
     };
@@ -454,6 +457,7 @@ fn attention_cfgs() -> Vec<(&'static str, AttentionCfg)> {
         chunk: None,
         sinks: None,
         temperature: None,
+        v_head_dim: None,
     };
     vec![
         ("gqa", base.clone()),
@@ -601,6 +605,7 @@ fn attention_long_sequences_span_several_blocks() {
             chunk: None,
             sinks: None,
             temperature: None,
+            v_head_dim: None,
         };
         let rows = cfg.seq;
         let q = randn(rows * 4, 1, 1.0);
@@ -645,6 +650,7 @@ fn attention_masks_follow_hf_sliding_window() {
         chunk: None,
         sinks: None,
         temperature: None,
+        v_head_dim: None,
     };
     let q = randn(seq * seq, 1, 1.0);
     let k = randn(seq * seq, 2, 1.0);

@@ -61,6 +61,7 @@ pub fn llama_layer(index: u64, heads: u64, kv_heads: u64, head_dim: u64, hidden:
             chunk: None,
             sinks: false,
             temperature: None,
+            mla: None,
         },
         position: Position::Rope(Rope {
             theta: 10000.0,

@@ -11,6 +11,7 @@ use super::import::import_unchecked;
 use crate::ir::*;
 
 mod attn_options;
+mod mla;
 
 /// Why a spec has no config.json form.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -232,6 +233,9 @@ fn candidates(spec: &ModelSpec) -> Vec<Family> {
             if spec.weights.fused_gate_up || spec.weights.qkv != QkvLayout::Separate {
                 return vec![Family::Phi3];
             }
+            if let Some(families) = mla::candidates(spec) {
+                return families;
+            }
             if let Some(family) = attn_options::candidate(spec) {
                 return vec![family];
             }
@@ -291,6 +295,8 @@ fn architecture(family: Family) -> &'static str {
         Family::GptOss => "GptOssForCausalLM",
         Family::Llama4Text => "Llama4ForCausalLM",
         Family::SmolLm3 => "SmolLM3ForCausalLM",
+        Family::DeepseekV3 => "DeepseekV3ForCausalLM",
+        Family::DeepseekV2 => "DeepseekV2ForCausalLM",
     }
 }
 
@@ -331,6 +337,7 @@ fn rope_scaling_value(scaling: &RopeScaling) -> Value {
             beta_slow,
             attention_factor,
             truncate,
+            mscale,
         } => {
             let mut dict = json!({
                 "rope_type": "yarn",
@@ -342,6 +349,10 @@ fn rope_scaling_value(scaling: &RopeScaling) -> Value {
             });
             if !truncate {
                 dict["truncate"] = Value::Bool(false);
+            }
+            if let Some([m, all]) = mscale {
+                dict["mscale"] = num(*m);
+                dict["mscale_all_dim"] = num(*all);
             }
             dict
         }
@@ -492,7 +503,7 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
             set("num_hidden_layers", json!(spec.n_layers));
             set("num_attention_heads", json!(a.heads));
             set("num_key_value_heads", json!(a.kv_heads));
-            if family != Family::Phi {
+            if family != Family::Phi && !family.is_mla() {
                 set("head_dim", json!(a.head_dim));
             }
             set("intermediate_size", json!(mlp.hidden));
@@ -564,6 +575,7 @@ fn write(family: Family, spec: &ModelSpec) -> Value {
             }
             write_windows(family, spec, window, &mut set);
             attn_options::write(family, spec, &mut set);
+            mla::write(family, spec, &mut set);
             if let Some(moe) = first_moe {
                 write_moe(family, spec, &moe, &mut set);
             }
@@ -620,7 +632,11 @@ fn write_windows(
 /// MoE keys.
 fn write_moe(family: Family, spec: &ModelSpec, moe: &Moe, set: &mut impl FnMut(&str, Value)) {
     set("num_experts_per_tok", json!(moe.top_k));
-    if family == Family::Glm4Moe {
+    if family == Family::DeepseekV2 {
+        mla::write_v2_moe(spec, moe, set);
+        return;
+    }
+    if matches!(family, Family::Glm4Moe | Family::DeepseekV3) {
         set("n_routed_experts", json!(moe.experts));
         set("moe_intermediate_size", json!(moe.expert.hidden));
         set("norm_topk_prob", json!(moe.renormalize));
@@ -629,10 +645,7 @@ fn write_moe(family: Family, spec: &ModelSpec, moe: &Moe, set: &mut impl FnMut(&
         let (groups, top) = moe.groups.map_or((1, 1), |g| (g.count, g.top));
         set("n_group", json!(groups));
         set("topk_group", json!(top));
-        set(
-            "n_shared_experts",
-            json!(moe.shared.map_or(0, |s| s.count)),
-        );
+        set("n_shared_experts", json!(moe.shared.map_or(0, |s| s.count)));
         let first_dense = spec
             .layers
             .iter()

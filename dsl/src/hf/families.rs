@@ -50,10 +50,16 @@ pub enum Family {
     Llama4Text,
     /// `smollm3` (SmolLM3Config): Llama with every `no_rope_layer_interval`-th layer NoPE.
     SmolLm3,
+    /// `deepseek_v3` (DeepseekV3Config, DeepSeek-V3, Kimi-K2): multi-head latent attention and
+    /// the sigmoid router with a correction bias and group-limited top-k.
+    DeepseekV3,
+    /// `deepseek_v2` (DeepseekV2Config, DeepSeek-V2-Lite): multi-head latent attention and a
+    /// softmax router with shared experts.
+    DeepseekV2,
 }
 
 /// Every supported family, in the order error messages list them.
-pub const ALL: [Family; 20] = [
+pub const ALL: [Family; 22] = [
     Family::Llama,
     Family::Mistral,
     Family::Mixtral,
@@ -74,6 +80,8 @@ pub const ALL: [Family; 20] = [
     Family::GptOss,
     Family::Llama4Text,
     Family::SmolLm3,
+    Family::DeepseekV3,
+    Family::DeepseekV2,
 ];
 
 /// Class defaults of one config class; `None` means "derived" (see each field).
@@ -129,6 +137,8 @@ impl Family {
             Family::GptOss => "gpt_oss",
             Family::Llama4Text => "llama4_text",
             Family::SmolLm3 => "smollm3",
+            Family::DeepseekV3 => "deepseek_v3",
+            Family::DeepseekV2 => "deepseek_v2",
         }
     }
 
@@ -157,7 +167,12 @@ impl Family {
     pub fn is_moe(self) -> bool {
         matches!(
             self,
-            Family::Mixtral | Family::Qwen2Moe | Family::Qwen3Moe | Family::Glm4Moe
+            Family::Mixtral
+                | Family::Qwen2Moe
+                | Family::Qwen3Moe
+                | Family::Glm4Moe
+                | Family::DeepseekV3
+                | Family::DeepseekV2
         )
     }
 
@@ -167,6 +182,11 @@ impl Family {
             self,
             Family::Qwen2 | Family::Qwen2Moe | Family::Qwen3 | Family::Qwen3Moe
         )
+    }
+
+    /// Whether the family has DeepSeek's multi-head latent attention.
+    pub fn is_mla(self) -> bool {
+        matches!(self, Family::DeepseekV3 | Family::DeepseekV2)
     }
 
     /// Whether the family is a Gemma (`1 + w` norms, `sqrt(d_model)` embedding scale).
@@ -387,6 +407,20 @@ impl Family {
                 context: 32768,
                 tied: true,
                 rope_theta: 2000000.0,
+                ..llama
+            },
+            Family::DeepseekV3 => Defaults {
+                vocab: 129280,
+                hidden: 7168,
+                intermediate: Some(18432),
+                layers: 61,
+                heads: 128,
+                kv_heads: Some(128),
+                context: 4096,
+                ..llama
+            },
+            Family::DeepseekV2 => Defaults {
+                vocab: 102400,
                 ..llama
             },
         }

@@ -742,9 +742,14 @@ fn scaling(s: &RopeScaling) -> String {
             beta_slow,
             attention_factor,
             truncate,
+            mscale,
         } => {
+            let mscale = match mscale {
+                Some([m, all]) => format!(", mscale = {}, mscale_all_dim = {}", num(*m), num(*all)),
+                None => String::new(),
+            };
             format!(
-                "yarn(factor = {}, original_context = {original_context}, beta_fast = {}, beta_slow = {}, attention_factor = {}{})",
+                "yarn(factor = {}, original_context = {original_context}, beta_fast = {}, beta_slow = {}, attention_factor = {}{}{mscale})",
                 num(*factor),
                 num(*beta_fast),
                 num(*beta_slow),

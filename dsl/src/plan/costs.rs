@@ -146,7 +146,7 @@ pub fn layer_costs(
     );
     let stats_of = |name: &str| -> u128 {
         match name {
-            "attn_norm" | "mlp_norm" => stats(n),
+            "attn_norm" | "mlp_norm" | "q_latent_norm" | "kv_latent_norm" => stats(n),
             "attn_out" | "mlp_out" if post => stats(n),
             _ if q_norm_in == Some(name) => stats(qk_rows(heads)),
             _ if k_norm_in == Some(name) => stats(qk_rows(kv_heads)),
@@ -162,7 +162,9 @@ pub fn layer_costs(
             n.inputs.contains(&act)
                 && !matches!(
                     n.op,
-                    crate::program::OpKind::Rope | crate::program::OpKind::Residual
+                    crate::program::OpKind::Rope
+                        | crate::program::OpKind::Residual
+                        | crate::program::OpKind::Split
                 )
         })
     };
@@ -170,6 +172,52 @@ pub fn layer_costs(
     for name in program.tensor_names() {
         let pointwise = |bytes: u128, flops: u128| (bytes, flops, true);
         let matmul = |width: u128, flops: u128| (n * width * e, flops, false);
+        if let Some(m) = &a.mla {
+            // Latent attention's tensors (the q/k/v names mean its own shapes here).
+            let (h, qk, v) = (heads, u128::from(a.head_dim), u128::from(m.v_dim));
+            let (q_rank, kv_rank, rope) = (
+                u128::from(m.q_rank.unwrap_or(0)),
+                u128::from(m.kv_rank),
+                u128::from(m.rope_dim),
+            );
+            let q_in = if m.q_rank.is_some() { q_rank } else { d };
+            let mla_cost = match name {
+                "q_latent" => Some(matmul(q_rank, 2 * n * d * q_rank)),
+                "q_latent_norm" => Some(pointwise(n * q_rank * e, norm_flops(q_rank))),
+                "q" => Some(matmul(h * qk, 2 * n * q_in * h * qk)),
+                "kv_latent" => Some(matmul(kv_rank + rope, 2 * n * d * (kv_rank + rope))),
+                "kv_latent_norm" => Some(pointwise(n * kv_rank * e, norm_flops(kv_rank))),
+                "kv" => Some(matmul(
+                    h * (qk - rope + v),
+                    2 * n * kv_rank * h * (qk - rope + v),
+                )),
+                "k_rope" => Some(pointwise(n * rope * e, 3 * n * rope)),
+                // Copies into the per-head layout attention reads.
+                "k" => Some(pointwise(n * h * qk * e, n * h * qk)),
+                "v" => Some(pointwise(n * h * v * e, n * h * v)),
+                "attn" => Some((
+                    n * h * v * e + n * h * 4,
+                    (2.0 * n as f64 * keys * (h * (qk + v)) as f64) as u128,
+                    false,
+                )),
+                "attn_out" => Some(matmul(d, 2 * n * h * v * d)),
+                _ => None,
+            };
+            if let Some(cost) = mla_cost {
+                let act = program
+                    .act_named(name)
+                    .expect("tensor_names lists the program's own activations");
+                out.push(TensorCost {
+                    name,
+                    bytes: u64::try_from(cost.0 + stats_of(name)).unwrap_or(u64::MAX),
+                    flops: u64::try_from(cost.1).unwrap_or(u64::MAX),
+                    fusible: cost.2,
+                    needed: needed(act),
+                    unit: program.unit_of(act).name(),
+                });
+                continue;
+            }
+        }
         let (bytes, flops, fusible) = match name {
             "attn_norm" | "mlp_norm" | "attn_post_norm" | "mlp_post_norm" => {
                 pointwise(n * d * e, norm_flops(d))
@@ -237,6 +285,8 @@ pub fn layer_costs(
         match from {
             "attn_out" | "attn_post_norm" if !layer.block.parallel_residual => Some("resid_mid"),
             "q" | "q_normed" => Some("q_rope"),
+            // Latent attention: the per-head keys are assembled from both.
+            "kv" | "k_rope" if a.mla.is_some() => Some("k"),
             "k" | "k_normed" => Some("k_rope"),
             _ => None,
         }

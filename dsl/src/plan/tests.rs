@@ -25,6 +25,7 @@ fn gpt2() -> ModelSpec {
             chunk: None,
             sinks: false,
             temperature: None,
+            mla: None,
         },
         position: Position::Learned,
         block: Block {

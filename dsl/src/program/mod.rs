@@ -50,6 +50,18 @@ pub enum Act {
     Input,
     /// `attn_norm`.
     AttnNorm,
+    /// `q_latent`: latent attention's query down-projection `[rows, q_rank]`.
+    QLatent,
+    /// `q_latent_norm`: its norm, the query up-projection's input.
+    QLatentNorm,
+    /// `kv_latent`: latent attention's joint down-projection `[rows, kv_rank + rope_dim]` (the
+    /// key/value latent, then the shared rotary key before RoPE).
+    KvLatent,
+    /// `kv_latent_norm`: the normalised key/value latent `[rows, kv_rank]` (what a decoder caches).
+    KvLatentNorm,
+    /// `kv`: the latent's up-projection `[rows, heads·(nope_dim + v_dim)]`, per head its key part
+    /// then its value.
+    Kv,
     /// `q`.
     Q,
     /// `k`.
@@ -110,6 +122,11 @@ impl Act {
     pub const ALL: [Act; N_ACTS] = [
         Act::Input,
         Act::AttnNorm,
+        Act::QLatent,
+        Act::QLatentNorm,
+        Act::KvLatent,
+        Act::KvLatentNorm,
+        Act::Kv,
         Act::Q,
         Act::K,
         Act::V,
@@ -142,6 +159,11 @@ impl Act {
         match self {
             Act::Input => "input",
             Act::AttnNorm => "attn_norm",
+            Act::QLatent => "q_latent",
+            Act::QLatentNorm => "q_latent_norm",
+            Act::KvLatent => "kv_latent",
+            Act::KvLatentNorm => "kv_latent_norm",
+            Act::Kv => "kv",
             Act::Q => "q",
             Act::K => "k",
             Act::V => "v",
@@ -200,6 +222,10 @@ pub enum OpKind {
     Dispatch,
     /// Routed + shared expert combination (weighted sum).
     Combine,
+    /// A copy of parts of its inputs into another layout (latent attention's per-head keys and
+    /// values from `kv` and the shared rotary key): no arithmetic, and its backward reads no
+    /// input.
+    Split,
 }
 
 /// One op of a layer: computes `output` from `inputs`.
@@ -265,24 +291,38 @@ impl LayerProgram {
         if pre {
             node(Act::AttnNorm, OpKind::Norm, &[Act::Input]);
         }
-        node(Act::Q, OpKind::Matmul, &[attn_in]);
-        node(Act::K, OpKind::Matmul, &[attn_in]);
-        node(Act::V, OpKind::Matmul, &[attn_in]);
-        let (mut q, mut k) = (Act::Q, Act::K);
         let rope = matches!(layer.position, Position::Rope(_));
-        // Llama 4 normalises the rotated queries and keys: its norm nodes follow the RoPE ones.
-        let after_rope = rope && layer.attention.qk_norm.is_some_and(|n| n.after_rope);
-        for is_norm in [!after_rope, after_rope] {
-            if is_norm && layer.attention.qk_norm.is_some() {
-                node(Act::QNormed, OpKind::Norm, &[q]);
-                node(Act::KNormed, OpKind::Norm, &[k]);
-                (q, k) = (Act::QNormed, Act::KNormed);
-            } else if !is_norm && rope {
-                node(Act::QRope, OpKind::Rope, &[q]);
-                node(Act::KRope, OpKind::Rope, &[k]);
-                (q, k) = (Act::QRope, Act::KRope);
+        let (q, k) = match &layer.attention.mla {
+            Some(m) => {
+                let q_in = if m.q_rank.is_some() {
+                    node(Act::QLatent, OpKind::Matmul, &[attn_in]);
+                    node(Act::QLatentNorm, OpKind::Norm, &[Act::QLatent]);
+                    Act::QLatentNorm
+                } else {
+                    attn_in
+                };
+                node(Act::Q, OpKind::Matmul, &[q_in]);
+                node(Act::KvLatent, OpKind::Matmul, &[attn_in]);
+                node(Act::KvLatentNorm, OpKind::Norm, &[Act::KvLatent]);
+                node(Act::Kv, OpKind::Matmul, &[Act::KvLatentNorm]);
+                let (q, k_pe) = if rope {
+                    node(Act::QRope, OpKind::Rope, &[Act::Q]);
+                    node(Act::KRope, OpKind::Rope, &[Act::KvLatent]);
+                    (Act::QRope, Act::KRope)
+                } else {
+                    (Act::Q, Act::KvLatent)
+                };
+                node(Act::K, OpKind::Split, &[Act::Kv, k_pe]);
+                node(Act::V, OpKind::Split, &[Act::Kv]);
+                (q, Act::K)
             }
-        }
+            None => {
+                node(Act::Q, OpKind::Matmul, &[attn_in]);
+                node(Act::K, OpKind::Matmul, &[attn_in]);
+                node(Act::V, OpKind::Matmul, &[attn_in]);
+                Self::qk_chain(layer, &mut node)
+            }
+        };
         node(Act::Attn, OpKind::Attention, &[q, k, Act::V]);
         node(Act::AttnOut, OpKind::Matmul, &[Act::Attn]);
         let attn_branch = if post {
@@ -384,6 +424,27 @@ impl LayerProgram {
             parallel,
             costs: Vec::new(),
         }
+    }
+
+    /// The qk-norm and RoPE nodes of q/k attention, in their order; returns the queries and keys
+    /// attention reads.
+    fn qk_chain(layer: &Layer, node: &mut impl FnMut(Act, OpKind, &[Act])) -> (Act, Act) {
+        let rope = matches!(layer.position, Position::Rope(_));
+        let (mut q, mut k) = (Act::Q, Act::K);
+        // Llama 4 normalises the rotated queries and keys: its norm nodes follow the RoPE ones.
+        let after_rope = rope && layer.attention.qk_norm.is_some_and(|n| n.after_rope);
+        for is_norm in [!after_rope, after_rope] {
+            if is_norm && layer.attention.qk_norm.is_some() {
+                node(Act::QNormed, OpKind::Norm, &[q]);
+                node(Act::KNormed, OpKind::Norm, &[k]);
+                (q, k) = (Act::QNormed, Act::KNormed);
+            } else if !is_norm && rope {
+                node(Act::QRope, OpKind::Rope, &[q]);
+                node(Act::KRope, OpKind::Rope, &[k]);
+                (q, k) = (Act::QRope, Act::KRope);
+            }
+        }
+        (q, k)
     }
 
     /// The node computing `act`, if this layer has it.

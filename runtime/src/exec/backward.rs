@@ -144,6 +144,10 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             att.head_dim as usize,
         );
         let (qd, kvd) = (heads * hd, kv_heads * hd);
+        let (od, kvvd) = (
+            heads * att.v_head_dim() as usize,
+            kv_heads * att.v_head_dim() as usize,
+        );
         let block_norm = layer.block.norm;
         let params = self.params;
         let zeros = |n: usize| vec![T::ZERO; n];
@@ -265,7 +269,7 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             d_attn_branch
         };
         self.ensure(store, Act::Attn);
-        let mut d_attn = zeros(rows * qd);
+        let mut d_attn = zeros(rows * od);
         grads.linear(
             params,
             &self.prefix("attn.o"),
@@ -273,14 +277,14 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             store.get(Act::Attn),
             &d_attn_out,
             rows,
-            qd,
+            od,
             d,
             Some(&mut d_attn),
         );
         self.ensure_all(store, &[lp.q_final, lp.k_final, Act::V]);
         let mut dq_f = zeros(rows * qd);
         let mut dk_f = zeros(rows * kvd);
-        let mut dv = zeros(rows * kvd);
+        let mut dv = zeros(rows * kvvd);
         let sinks = self.prefix("attn.sinks");
         let mut dsinks = grads.take_opt(&sinks, att.sinks);
         attention::backward_with_sinks(
@@ -295,7 +299,53 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             dsinks.as_deref_mut(),
         );
         grads.put_opt(&sinks, dsinks);
-        let (mut dq, mut dk) = (dq_f, dk_f);
+        let mut d_attn_in = if att.mla.is_some() {
+            self.mla_backward(store, grads, dq_f, &dk_f, &dv)
+        } else {
+            self.qkv_backward(store, grads, dq_f, dk_f, &dv)
+        };
+        if lp.mlp_in == Act::AttnNorm {
+            add_into(&mut d_attn_in, &d_mlp_in);
+        }
+        if lp.attn_in == Act::AttnNorm {
+            grads.norm(
+                params,
+                &self.prefix("attn_norm"),
+                &block_norm,
+                d,
+                store.get(Act::Input),
+                &d_attn_in,
+                &mut d_input,
+            );
+        } else {
+            add_into(&mut d_input, &d_attn_in);
+        }
+        d_input
+    }
+
+    /// Back from the gradients of the queries and keys attention read (`dq`, `dk`) and of the
+    /// values (`dv`) through RoPE, the qk-norms and the q/k/v projections: d loss / d attention
+    /// input.
+    fn qkv_backward(
+        &self,
+        store: &mut Store<T>,
+        grads: &mut Grads<T>,
+        dq: Vec<T>,
+        dk: Vec<T>,
+        dv: &[T],
+    ) -> Vec<T> {
+        let Shape { rows, d, .. } = self.shape;
+        let lp = self.lp;
+        let att = &self.layer.attention;
+        let (heads, kv_heads, hd) = (
+            att.heads as usize,
+            att.kv_heads as usize,
+            att.head_dim as usize,
+        );
+        let (qd, kvd) = (heads * hd, kv_heads * hd);
+        let params = self.params;
+        let zeros = |n: usize| vec![T::ZERO; n];
+        let (mut dq, mut dk) = (dq, dk);
         // Back through the query and key chains (RoPE and qk-norm, in the program's order).
         let (mut aq, mut ak) = (lp.q_final, lp.k_final);
         while aq != Act::Q {
@@ -372,29 +422,138 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             &self.prefix("attn.v"),
             att.qkv_bias,
             x,
-            &dv,
+            dv,
             rows,
             d,
             kvd,
             Some(&mut d_attn_in),
         );
-        if lp.mlp_in == Act::AttnNorm {
-            add_into(&mut d_attn_in, &d_mlp_in);
-        }
-        if lp.attn_in == Act::AttnNorm {
-            grads.norm(
+        d_attn_in
+    }
+
+    /// Latent attention's [`Self::qkv_backward`]: back through the per-head key/value layout,
+    /// RoPE on the queries' and the shared key's rotary parts, the latents' up-projections and
+    /// norms, and the down-projections.
+    fn mla_backward(
+        &self,
+        store: &mut Store<T>,
+        grads: &mut Grads<T>,
+        dq_rope: Vec<T>,
+        dk: &[T],
+        dv: &[T],
+    ) -> Vec<T> {
+        let Shape { rows, d, .. } = self.shape;
+        let lp = self.lp;
+        let att = &self.layer.attention;
+        let (m, dims) = self.mla_dims();
+        let hd = att.head_dim as usize;
+        let qd = dims.heads * hd;
+        let (kv_rank, rope) = (m.kv_rank as usize, dims.rope);
+        let latent_w = kv_rank + rope;
+        let kv_w = dims.heads * (dims.nope + dims.v);
+        let params = self.params;
+        let table = self.rope.as_ref().expect("latent attention without RoPE");
+        // Keys and values back into `kv` and the rotated shared key.
+        let mut d_kv = vec![T::ZERO; rows * kv_w];
+        let mut d_k_rope = vec![T::ZERO; rows * rope];
+        crate::ops::mla::backward(dims, dk, dv, &mut d_kv, &mut d_k_rope);
+        let mut d_kv_latent = vec![T::ZERO; rows * latent_w];
+        // The shared key's rotation, into the tail of the joint down-projection.
+        let mut d_pe = vec![T::ZERO; rows * rope];
+        rope::backward(table, &d_k_rope, 1, rope, &mut d_pe);
+        crate::ops::mla::add_columns(&mut d_kv_latent, latent_w, kv_rank, &d_pe);
+        // kv_b, then the latent's norm, into its head.
+        self.ensure_all(store, &[Act::KvLatentNorm, Act::KvLatent, lp.attn_in]);
+        let mut d_latent_norm = vec![T::ZERO; rows * kv_rank];
+        grads.linear(
+            params,
+            &self.prefix("attn.kv_b"),
+            false,
+            store.get(Act::KvLatentNorm),
+            &d_kv,
+            rows,
+            kv_rank,
+            kv_w,
+            Some(&mut d_latent_norm),
+        );
+        let latent = crate::ops::mla::columns(store.get(Act::KvLatent), latent_w, 0, kv_rank);
+        let mut d_latent = vec![T::ZERO; rows * kv_rank];
+        grads.norm(
+            params,
+            &self.prefix("attn.kv_a_norm"),
+            &m.norm,
+            kv_rank,
+            &latent,
+            &d_latent_norm,
+            &mut d_latent,
+        );
+        crate::ops::mla::add_columns(&mut d_kv_latent, latent_w, 0, &d_latent);
+        let mut d_attn_in = vec![T::ZERO; rows * d];
+        grads.linear(
+            params,
+            &self.prefix("attn.kv_a"),
+            att.qkv_bias,
+            store.get(lp.attn_in),
+            &d_kv_latent,
+            rows,
+            d,
+            latent_w,
+            Some(&mut d_attn_in),
+        );
+        // The queries: back through RoPE on each head's rotary part, then their projections.
+        let mut dq = vec![T::ZERO; rows * qd];
+        rope::backward_at(table, &dq_rope, dims.heads, hd, dims.nope, &mut dq);
+        match m.q_rank {
+            Some(r) => {
+                let r = r as usize;
+                self.ensure_all(store, &[Act::QLatent, Act::QLatentNorm]);
+                let mut d_q_norm = vec![T::ZERO; rows * r];
+                grads.linear(
+                    params,
+                    &self.prefix("attn.q_b"),
+                    false,
+                    store.get(Act::QLatentNorm),
+                    &dq,
+                    rows,
+                    r,
+                    qd,
+                    Some(&mut d_q_norm),
+                );
+                let mut d_q_latent = vec![T::ZERO; rows * r];
+                grads.norm(
+                    params,
+                    &self.prefix("attn.q_a_norm"),
+                    &m.norm,
+                    r,
+                    store.get(Act::QLatent),
+                    &d_q_norm,
+                    &mut d_q_latent,
+                );
+                grads.linear(
+                    params,
+                    &self.prefix("attn.q_a"),
+                    att.qkv_bias,
+                    store.get(lp.attn_in),
+                    &d_q_latent,
+                    rows,
+                    d,
+                    r,
+                    Some(&mut d_attn_in),
+                );
+            }
+            None => grads.linear(
                 params,
-                &self.prefix("attn_norm"),
-                &block_norm,
+                &self.prefix("attn.q"),
+                false,
+                store.get(lp.attn_in),
+                &dq,
+                rows,
                 d,
-                store.get(Act::Input),
-                &d_attn_in,
-                &mut d_input,
-            );
-        } else {
-            add_into(&mut d_input, &d_attn_in);
+                qd,
+                Some(&mut d_attn_in),
+            ),
         }
-        d_input
+        d_attn_in
     }
 
     pub(super) fn moe_backward(

@@ -7,6 +7,11 @@
 //! attention reads the cached keys (after qk-norm and RoPE) and values ahead of the new ones;
 //! the new keys and values are then appended. The final norm and classifier run on the last row.
 //!
+//! A layer with latent attention caches what DeepSeek's decoders cache: the normalised key/value
+//! latent (`kv_rank` wide) and the rotated shared key (`rope_dim` wide) per position, instead of
+//! per-head keys and values (`heads · (nope_dim + rope_dim + v_dim)`); each call expands the
+//! cached latent into keys and values through `kv_b` (as transformers does) before attending.
+//!
 //! The result equals the last row of [`Executor::forward`] over the whole window, up to the order
 //! of floating-point sums. The cache starts over (the window runs from its start) when the window
 //! does not extend what the cache holds (a new prompt, or a window that slid past the context),
@@ -28,9 +33,11 @@ pub(super) struct Past<'a, T> {
 pub struct KvCache<T: Float> {
     /// The ids whose keys and values are cached.
     tokens: Vec<u32>,
-    /// Per layer, `[tokens.len(), kv_dim]`.
+    /// Per layer, `[tokens.len(), kv_dim]`; with latent attention, the normalised latent
+    /// `[tokens.len(), kv_rank]`.
     keys: Vec<Vec<T>>,
-    /// Per layer, `[tokens.len(), kv_dim]`.
+    /// Per layer, `[tokens.len(), kv_dim]`; with latent attention, the rotated shared key
+    /// `[tokens.len(), rope_dim]`.
     values: Vec<Vec<T>>,
     /// Per distinct RoPE of the spec, the (cos, sin) rows the cached keys were rotated with.
     rope: Vec<(Vec<T>, Vec<T>)>,
@@ -61,6 +68,19 @@ impl<T: Float> KvCache<T> {
     /// Whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.tokens.is_empty()
+    }
+
+    /// Elements cached per position, summed over the layers (0 when empty).
+    pub fn width(&self) -> usize {
+        if self.tokens.is_empty() {
+            return 0;
+        }
+        let n = self.tokens.len();
+        self.keys
+            .iter()
+            .zip(&self.values)
+            .map(|(k, v)| (k.len() + v.len()) / n)
+            .sum()
     }
 
     /// Forgets everything (call it when the parameters change).
@@ -153,15 +173,48 @@ impl Executor {
         for (i, rope) in rope_of.iter().enumerate() {
             let mut ctx = self.layer_ctx(i, params, shape, false);
             ctx.rope = rope.map(|j| table_rows(&ropes[j].1, p0, len));
-            ctx.past = Some(Past {
-                keys: &cache.keys[i],
-                values: &cache.values[i],
+            let latent = layers[i].attention.mla.is_some();
+            // Latent attention: the cached latents expanded into per-head keys and values.
+            let expanded = latent.then(|| {
+                let (m, dims) = ctx.mla_dims();
+                let kv_w = dims.heads * (dims.nope + dims.v);
+                let mut kv = vec![T::ZERO; p0 * kv_w];
+                if p0 > 0 {
+                    let w = p(params, &format!("layers.{i}.attn.kv_b.weight"));
+                    linear::forward(
+                        &cache.keys[i],
+                        p0,
+                        m.kv_rank as usize,
+                        w,
+                        None,
+                        kv_w,
+                        &mut kv,
+                    );
+                }
+                (
+                    crate::ops::mla::keys(dims, &kv, &cache.values[i]),
+                    crate::ops::mla::values(dims, &kv),
+                )
+            });
+            ctx.past = Some(match &expanded {
+                Some((keys, values)) => Past { keys, values },
+                None => Past {
+                    keys: &cache.keys[i],
+                    values: &cache.values[i],
+                },
             });
             let (out, store) = ctx.forward(x, None, None);
-            let (k_new, v_new) = (
-                store.get(ctx.lp.k_final).to_vec(),
-                store.get(Act::V).to_vec(),
-            );
+            let (k_new, v_new) = if latent {
+                (
+                    store.get(Act::KvLatentNorm).to_vec(),
+                    store.get(Act::KRope).to_vec(),
+                )
+            } else {
+                (
+                    store.get(ctx.lp.k_final).to_vec(),
+                    store.get(Act::V).to_vec(),
+                )
+            };
             drop(ctx);
             cache.keys[i].extend_from_slice(&k_new);
             cache.values[i].extend_from_slice(&v_new);

@@ -2,6 +2,7 @@
 //! recomputation of a dropped activation (from the nearest saved ones) that backward asks for.
 
 use super::*;
+use crate::ops::mla;
 use modelspec_dsl::ir::Weighting;
 
 pub(super) fn p<'a, T: Float>(params: &'a dyn ParamSource<T>, name: &str) -> &'a [T] {
@@ -116,6 +117,23 @@ impl<'a, T: Float> LayerCtx<'a, T> {
         )
     }
 
+    /// This layer's latent attention sizes (the layer has latent attention).
+    pub(super) fn mla_dims(&self) -> (&'a modelspec_dsl::ir::Mla, crate::ops::mla::MlaDims) {
+        let m = self
+            .layer
+            .attention
+            .mla
+            .as_ref()
+            .expect("latent attention activation without latent attention");
+        let dims = crate::ops::mla::MlaDims {
+            heads: self.layer.attention.heads as usize,
+            nope: m.nope_dim as usize,
+            rope: m.rope_dim as usize,
+            v: m.v_dim as usize,
+        };
+        (m, dims)
+    }
+
     /// The one activation the node computing `a` reads (q/k norm and RoPE nodes, whose order
     /// the program decides).
     pub(super) fn source(&self, a: Act) -> Act {
@@ -123,6 +141,14 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             .node(a)
             .and_then(|n| n.inputs.first().copied())
             .unwrap_or_else(|| panic!("layer {} has no activation `{}`", self.lp.index, a.name()))
+    }
+
+    /// Input `n` of the node computing `a`.
+    pub(super) fn source_at(&self, a: Act, n: usize) -> Act {
+        self.lp
+            .node(a)
+            .and_then(|node| node.inputs.get(n).copied())
+            .unwrap_or_else(|| panic!("layer {} has no input {n} of `{}`", self.lp.index, a.name()))
     }
 
     /// Makes `a` (and whatever it needs) present in `store`.
@@ -161,6 +187,7 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             att.head_dim as usize,
         );
         let (qd, kvd) = (heads * hd, kv_heads * hd);
+        let od = heads * att.v_head_dim() as usize;
         let block_norm = &self.layer.block.norm;
         let norm_into = |x: &[T], prefix: &str, n: &Norm, width: usize| {
             let (w, b) = norm_params(self.params, &self.prefix(prefix), n);
@@ -177,6 +204,80 @@ impl<'a, T: Float> LayerCtx<'a, T> {
         match a {
             Act::Input => unreachable!("the layer input is never computed"),
             Act::AttnNorm => norm_into(store.get(Act::Input), "attn_norm", block_norm, d),
+            Act::QLatent => {
+                let (m, _) = self.mla_dims();
+                let r = m.q_rank.unwrap_or(0) as usize;
+                lin(store.get(self.lp.attn_in), "attn.q_a", att.qkv_bias, d, r)
+            }
+            Act::QLatentNorm => {
+                let (m, _) = self.mla_dims();
+                let r = m.q_rank.unwrap_or(0) as usize;
+                norm_into(store.get(Act::QLatent), "attn.q_a_norm", &m.norm, r)
+            }
+            Act::KvLatent => {
+                let (m, _) = self.mla_dims();
+                let w = (m.kv_rank + m.rope_dim) as usize;
+                lin(store.get(self.lp.attn_in), "attn.kv_a", att.qkv_bias, d, w)
+            }
+            Act::KvLatentNorm => {
+                let (m, _) = self.mla_dims();
+                let (r, w) = (m.kv_rank as usize, (m.kv_rank + m.rope_dim) as usize);
+                let latent = mla::columns(store.get(Act::KvLatent), w, 0, r);
+                norm_into(&latent, "attn.kv_a_norm", &m.norm, r)
+            }
+            Act::Kv => {
+                let (m, dims) = self.mla_dims();
+                let w = dims.heads * (dims.nope + dims.v);
+                lin(
+                    store.get(Act::KvLatentNorm),
+                    "attn.kv_b",
+                    false,
+                    m.kv_rank as usize,
+                    w,
+                )
+            }
+            Act::Q if att.mla.is_some() => {
+                let (m, _) = self.mla_dims();
+                match m.q_rank {
+                    Some(r) => lin(
+                        store.get(Act::QLatentNorm),
+                        "attn.q_b",
+                        false,
+                        r as usize,
+                        qd,
+                    ),
+                    None => lin(store.get(self.lp.attn_in), "attn.q", false, d, qd),
+                }
+            }
+            Act::K if att.mla.is_some() => {
+                let (_, dims) = self.mla_dims();
+                mla::keys(
+                    dims,
+                    store.get(Act::Kv),
+                    store.get(self.source_at(Act::K, 1)),
+                )
+            }
+            Act::V if att.mla.is_some() => {
+                let (_, dims) = self.mla_dims();
+                mla::values(dims, store.get(Act::Kv))
+            }
+            Act::QRope | Act::KRope if att.mla.is_some() => {
+                let table = self.rope.as_ref().expect("rope activation without rope");
+                let (m, dims) = self.mla_dims();
+                let x = store.get(self.source(a));
+                if a == Act::QRope {
+                    let mut y = vec![T::ZERO; x.len()];
+                    rope::forward_at(table, x, heads, hd, dims.nope, &mut y);
+                    y
+                } else {
+                    // The shared key: the tail of the joint down-projection, one head wide.
+                    let w = (m.kv_rank + m.rope_dim) as usize;
+                    let pe = mla::columns(x, w, m.kv_rank as usize, dims.rope);
+                    let mut y = vec![T::ZERO; pe.len()];
+                    rope::forward(table, &pe, 1, dims.rope, &mut y);
+                    y
+                }
+            }
             Act::Q => lin(store.get(self.lp.attn_in), "attn.q", att.qkv_bias, d, qd),
             Act::K => lin(store.get(self.lp.attn_in), "attn.k", att.qkv_bias, d, kvd),
             Act::V => lin(store.get(self.lp.attn_in), "attn.v", att.qkv_bias, d, kvd),
@@ -203,7 +304,7 @@ impl<'a, T: Float> LayerCtx<'a, T> {
                 y
             }
             Act::Attn => {
-                let mut y = vec![T::ZERO; rows * qd];
+                let mut y = vec![T::ZERO; rows * od];
                 let (q, k, v) = (
                     store.get(self.lp.q_final),
                     store.get(self.lp.k_final),
@@ -221,7 +322,7 @@ impl<'a, T: Float> LayerCtx<'a, T> {
                 }
                 y
             }
-            Act::AttnOut => lin(store.get(Act::Attn), "attn.o", att.out_bias, qd, d),
+            Act::AttnOut => lin(store.get(Act::Attn), "attn.o", att.out_bias, od, d),
             Act::AttnPostNorm => {
                 norm_into(store.get(Act::AttnOut), "attn_post_norm", block_norm, d)
             }

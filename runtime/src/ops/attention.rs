@@ -16,8 +16,9 @@
 //! `τ_i` is the query temperature of Llama 4's NoPE layers (1 without it). The gradient of a
 //! sink is `dσ_h = −Σ_i p_i,sink · Σ_j p_ij dp_ij`: the sink takes part in the softmax with an
 //! upstream gradient of 0.
-//! `q, o: [batch·seq, heads·head_dim]`, `k, v: [batch·seq, kv_heads·head_dim]` (heads side by side
-//! in a row, as the projections produce them). Scores and probabilities are formed per (sequence,
+//! `q: [batch·seq, heads·head_dim]`, `k: [batch·seq, kv_heads·head_dim]`, `v: [batch·seq,
+//! kv_heads·v_head_dim]`, `o: [batch·seq, heads·v_head_dim]` (heads side by side in a row, as the
+//! projections produce them; the value width is the head width except in latent attention). Scores and probabilities are formed per (sequence,
 //! head) with gemm, in parallel over (sequence, head) with rayon; backward recomputes them from
 //! q and k (as flash attention does), so nothing of size seq² is kept between passes.
 
@@ -58,6 +59,10 @@ pub struct AttentionCfg {
     pub sinks: Option<Vec<f64>>,
     /// The query temperature `τ_i`, by absolute position.
     pub temperature: Option<QueryTemperature>,
+    /// Width of one value head when it differs from `head_dim` (latent attention's `v_dim`);
+    /// `None`: `head_dim`. `v` is then `[batch·seq, kv_heads·v_head_dim]` and the output
+    /// `[batch·seq, heads·v_head_dim]`.
+    pub v_head_dim: Option<usize>,
 }
 
 /// ALiBi slopes as HF's `build_alibi_tensor`: the geometric sequence for the closest power of two,
@@ -112,6 +117,18 @@ impl AttentionCfg {
     }
     fn group(&self) -> usize {
         self.heads / self.kv_heads
+    }
+    /// Width of one value head.
+    fn vd(&self) -> usize {
+        self.v_head_dim.unwrap_or(self.head_dim)
+    }
+    /// Width of the output: heads × value width.
+    fn out_dim(&self) -> usize {
+        self.heads * self.vd()
+    }
+    /// Width of `v`: kv heads × value width.
+    fn kv_v_dim(&self) -> usize {
+        self.kv_heads * self.vd()
     }
     #[inline]
     fn first_visible(&self, i: usize) -> usize {
@@ -252,13 +269,14 @@ impl AttentionCfg {
 /// Rows per block of the score matrix.
 const BLOCK: usize = 64;
 
-/// `out = attention(q, k, v)`, overwriting `out: [batch·seq, heads·head_dim]`.
+/// `out = attention(q, k, v)`, overwriting `out: [batch·seq, heads·v_head_dim]`.
 pub fn forward<T: Float>(cfg: &AttentionCfg, q: &[T], k: &[T], v: &[T], out: &mut [T]) {
-    let (t, hd, qd, kvd) = (cfg.seq, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let (t, qd, kvd) = (cfg.seq, cfg.q_dim(), cfg.kv_dim());
+    let (vd, od, kvvd) = (cfg.vd(), cfg.out_dim(), cfg.kv_v_dim());
     assert_eq!(q.len(), cfg.batch * t * qd);
     assert_eq!(k.len(), cfg.batch * t * kvd);
-    assert_eq!(v.len(), cfg.batch * t * kvd);
-    assert_eq!(out.len(), cfg.batch * t * qd);
+    assert_eq!(v.len(), cfg.batch * t * kvvd);
+    assert_eq!(out.len(), cfg.batch * t * od);
     let out_ptr = SyncPtr(out.as_mut_ptr());
     (0..cfg.batch * cfg.heads).into_par_iter().for_each_init(
         || (vec![T::ZERO; t * t], vec![T::ZERO; t * t], vec![T::ZERO; t]),
@@ -272,15 +290,15 @@ pub fn forward<T: Float>(cfg: &AttentionCfg, q: &[T], k: &[T], v: &[T], out: &mu
                 unsafe {
                     matmul_raw(
                         r1 - r0,
-                        hd,
+                        vd,
                         r1 - c0,
-                        out_ptr.get().add((b * t + r0) * qd + h * hd),
-                        qd,
+                        out_ptr.get().add((b * t + r0) * od + h * vd),
+                        od,
                         probs.as_ptr().add(r0 * t + c0),
                         t,
                         1,
-                        v.as_ptr().add((b * t + c0) * kvd + g * hd),
-                        kvd,
+                        v.as_ptr().add((b * t + c0) * kvvd + g * vd),
+                        kvvd,
                         1,
                         false,
                         T::ONE,
@@ -305,24 +323,27 @@ pub fn forward_cached<'a, T: Float>(
     out: &mut [T],
 ) {
     let (hd, qd, kvd) = (cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let (vd, od, kvvd) = (cfg.vd(), cfg.out_dim(), cfg.kv_v_dim());
     let m = q.len() / qd;
     let p0 = k_past.len() / kvd;
     assert_eq!(cfg.batch, 1);
     assert_eq!(q.len(), m * qd);
     assert_eq!(k_past.len(), p0 * kvd);
-    assert_eq!(v_past.len(), p0 * kvd);
+    assert_eq!(v_past.len(), p0 * kvvd);
     assert_eq!(k_new.len(), m * kvd);
-    assert_eq!(v_new.len(), m * kvd);
-    assert_eq!(out.len(), m * qd);
-    // Key (value) row j of the whole sequence, kv head g: in the cache or among the new rows.
-    let at = |past: &'a [T], new: &'a [T], j: usize, g: usize| -> &'a [T] {
+    assert_eq!(v_new.len(), m * kvvd);
+    assert_eq!(out.len(), m * od);
+    // Row j of the whole sequence, kv head g, of heads `width` wide: in the cache or among the
+    // new rows.
+    let at = |past: &'a [T], new: &'a [T], j: usize, g: usize, width: usize| -> &'a [T] {
         let (rows, r) = if j < p0 { (past, j) } else { (new, j - p0) };
-        &rows[r * kvd + g * hd..r * kvd + (g + 1) * hd]
+        let row = width * cfg.kv_heads;
+        &rows[r * row + g * width..r * row + (g + 1) * width]
     };
     let scale = T::from_f64(cfg.scale);
     let cap = cfg.softcap.map(T::from_f64);
     // One task per (new row, head): a single decoded token still spreads over the heads.
-    out.par_chunks_mut(hd)
+    out.par_chunks_mut(vd)
         .enumerate()
         .for_each_init(Vec::new, |scores, (task, oh)| {
             let (r, h) = (task / cfg.heads, task % cfg.heads);
@@ -334,7 +355,7 @@ pub fn forward_cached<'a, T: Float>(
             let tau = cfg.tau::<T>(i);
             scores.clear();
             for j in lo..=i {
-                let kh = at(k_past, k_new, j, g);
+                let kh = at(k_past, k_new, j, g, hd);
                 let mut s = qh.iter().zip(kh).fold(T::ZERO, |acc, (&a, &b)| acc + a * b);
                 if let Some(tau) = tau {
                     s *= tau;
@@ -365,7 +386,7 @@ pub fn forward_cached<'a, T: Float>(
             oh.fill(T::ZERO);
             for (j, &e) in (lo..=i).zip(scores.iter()) {
                 let p = e * inv;
-                let vh = at(v_past, v_new, j, g);
+                let vh = at(v_past, v_new, j, g, vd);
                 for (o, &x) in oh.iter_mut().zip(vh) {
                     *o += p * x;
                 }
@@ -403,22 +424,23 @@ pub fn backward_with_sinks<T: Float>(
     dsinks: Option<&mut [T]>,
 ) {
     let (t, hd, qd, kvd) = (cfg.seq, cfg.head_dim, cfg.q_dim(), cfg.kv_dim());
+    let (vd, od, kvvd) = (cfg.vd(), cfg.out_dim(), cfg.kv_v_dim());
     assert_eq!(dq.len(), q.len());
     assert_eq!(dk.len(), k.len());
     assert_eq!(dv.len(), v.len());
-    assert_eq!(dout.len(), q.len());
+    assert_eq!(dout.len(), cfg.batch * t * od);
     // Per-head key/value gradients, summed over each kv group afterwards in head order, so the
     // result does not depend on scheduling.
-    let per_head = t * hd;
+    let (per_head, per_head_v) = (t * hd, t * vd);
     let mut dk_heads = vec![T::ZERO; cfg.batch * cfg.heads * per_head];
-    let mut dv_heads = vec![T::ZERO; cfg.batch * cfg.heads * per_head];
+    let mut dv_heads = vec![T::ZERO; cfg.batch * cfg.heads * per_head_v];
     // Each (sequence, head)'s share of its sink's gradient, summed in order afterwards.
     let mut dsink_parts = vec![T::ZERO; cfg.batch * cfg.heads];
     let dq_ptr = SyncPtr(dq.as_mut_ptr());
     let scale = T::from_f64(cfg.scale);
     dk_heads
         .par_chunks_exact_mut(per_head)
-        .zip(dv_heads.par_chunks_exact_mut(per_head))
+        .zip(dv_heads.par_chunks_exact_mut(per_head_v))
         .zip(dsink_parts.par_iter_mut())
         .enumerate()
         .for_each_init(
@@ -444,6 +466,8 @@ pub fn backward_with_sinks<T: Float>(
                 };
                 let o_off = |r: usize| (b * t + r) * qd + h * hd;
                 let kv_off = |r: usize| (b * t + r) * kvd + g * hd;
+                let out_off = |r: usize| (b * t + r) * od + h * vd;
+                let v_off = |r: usize| (b * t + r) * kvvd + g * vd;
                 for (r0, r1, c0) in cfg.blocks() {
                     // SAFETY: reads of q/k/v/dout stay inside sequence b; dprobs, dv_h are this
                     // task's own buffers.
@@ -452,30 +476,30 @@ pub fn backward_with_sinks<T: Float>(
                         matmul_raw(
                             r1 - r0,
                             r1 - c0,
-                            hd,
+                            vd,
                             dprobs.as_mut_ptr().add(r0 * t + c0),
                             t,
-                            dout.as_ptr().add(o_off(r0)),
-                            qd,
+                            dout.as_ptr().add(out_off(r0)),
+                            od,
                             1,
-                            v.as_ptr().add(kv_off(c0)),
+                            v.as_ptr().add(v_off(c0)),
                             1,
-                            kvd,
+                            kvvd,
                             false,
                             T::ONE,
                         );
                         // dV_h[c0..r1] += P̃ᵀ · dO
                         matmul_raw(
                             r1 - c0,
-                            hd,
+                            vd,
                             r1 - r0,
-                            dv_h.as_mut_ptr().add(c0 * hd),
-                            hd,
+                            dv_h.as_mut_ptr().add(c0 * vd),
+                            vd,
                             p_used.as_ptr().add(r0 * t + c0),
                             1,
                             t,
-                            dout.as_ptr().add(o_off(r0)),
-                            qd,
+                            dout.as_ptr().add(out_off(r0)),
+                            od,
                             1,
                             true,
                             T::ONE,
@@ -569,12 +593,18 @@ pub fn backward_with_sinks<T: Float>(
     for b in 0..cfg.batch {
         for h in 0..cfg.heads {
             let g = h / cfg.group();
-            let src = (b * cfg.heads + h) * per_head;
+            let (src, src_v) = (
+                (b * cfg.heads + h) * per_head,
+                (b * cfg.heads + h) * per_head_v,
+            );
             for i in 0..t {
                 let dst = (b * t + i) * kvd + g * hd;
                 for c in 0..hd {
                     dk[dst + c] += dk_heads[src + i * hd + c];
-                    dv[dst + c] += dv_heads[src + i * hd + c];
+                }
+                let dst = (b * t + i) * kvvd + g * vd;
+                for c in 0..vd {
+                    dv[dst + c] += dv_heads[src_v + i * vd + c];
                 }
             }
         }

@@ -13,6 +13,7 @@ pub mod dropout;
 pub mod embedding;
 pub mod linear;
 pub mod matmul;
+pub mod mla;
 pub mod mlp;
 pub mod moe;
 pub mod norm;

@@ -47,6 +47,7 @@ pub fn inv_freq(rope: &Rope, seq: usize) -> (Vec<f64>, f64) {
             beta_slow,
             attention_factor,
             truncate,
+            ..
         } => {
             let d = dim as f64;
             let orig = *original_context as f64;
@@ -180,7 +181,32 @@ pub fn forward<T: Float>(
     head_dim: usize,
     out: &mut [T],
 ) {
-    rotate::<T, false>(table, x, heads, head_dim, out);
+    rotate::<T, false>(table, x, heads, head_dim, 0, out);
+}
+
+/// Rotates dims `offset..offset + rotary_dims` of each head of `x: [batch·seq, heads·head_dim]`
+/// into `out`, copying the others (latent attention rotates the last part of each query head).
+pub fn forward_at<T: Float>(
+    table: &RopeTable<T>,
+    x: &[T],
+    heads: usize,
+    head_dim: usize,
+    offset: usize,
+    out: &mut [T],
+) {
+    rotate::<T, false>(table, x, heads, head_dim, offset, out);
+}
+
+/// Accumulates `dx` from `dy` through [`forward_at`].
+pub fn backward_at<T: Float>(
+    table: &RopeTable<T>,
+    dy: &[T],
+    heads: usize,
+    head_dim: usize,
+    offset: usize,
+    dx: &mut [T],
+) {
+    rotate::<T, true>(table, dy, heads, head_dim, offset, dx);
 }
 
 /// Accumulates `dx` from `dy` (the transpose rotation).
@@ -191,7 +217,7 @@ pub fn backward<T: Float>(
     head_dim: usize,
     dx: &mut [T],
 ) {
-    rotate::<T, true>(table, dy, heads, head_dim, dx);
+    rotate::<T, true>(table, dy, heads, head_dim, 0, dx);
 }
 
 /// `dst = R src` or, with `TRANSPOSE`, `dst += Rᵀ src`, row by row. Rᵀ is R with the sines
@@ -201,8 +227,10 @@ fn rotate<T: Float, const TRANSPOSE: bool>(
     src: &[T],
     heads: usize,
     head_dim: usize,
+    offset: usize,
     dst: &mut [T],
 ) {
+    assert!(offset + table.rotary_dims <= head_dim);
     let half = table.rotary_dims / 2;
     let width = heads * head_dim;
     let chunk = width * ROWS_PER_TASK;
@@ -221,8 +249,20 @@ fn rotate<T: Float, const TRANSPOSE: bool>(
                     &table.sin[t * half..(t + 1) * half],
                 );
                 for h in 0..heads {
-                    let xs = &xr[h * head_dim..(h + 1) * head_dim];
-                    let ys = &mut yr[h * head_dim..(h + 1) * head_dim];
+                    let (xh, yh) = (
+                        &xr[h * head_dim..(h + 1) * head_dim],
+                        &mut yr[h * head_dim..(h + 1) * head_dim],
+                    );
+                    // Dims before the rotated part pass through.
+                    if TRANSPOSE {
+                        yh[..offset]
+                            .iter_mut()
+                            .zip(&xh[..offset])
+                            .for_each(|(y, &x)| *y += x);
+                    } else {
+                        yh[..offset].copy_from_slice(&xh[..offset]);
+                    }
+                    let (xs, ys) = (&xh[offset..], &mut yh[offset..]);
                     for i in 0..half {
                         let (a, b) = table.pair(i);
                         let sn = if TRANSPOSE { -sin[i] } else { sin[i] };

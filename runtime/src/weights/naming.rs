@@ -400,6 +400,20 @@ impl Builder<'_> {
                 }
                 self.affine(&format!("{sa}.q_norm"), &format!("{attn}.q_norm"));
                 self.affine(&format!("{sa}.k_norm"), &format!("{attn}.k_norm"));
+                // DeepSeek's latent attention (present only in specs that have it).
+                for (hf, canon) in [
+                    ("q_a_proj", "q_a"),
+                    ("q_b_proj", "q_b"),
+                    ("kv_a_proj_with_mqa", "kv_a"),
+                    ("kv_b_proj", "kv_b"),
+                ] {
+                    self.linear(&format!("{sa}.{hf}"), &format!("{attn}.{canon}"), false);
+                }
+                self.affine(&format!("{sa}.q_a_layernorm"), &format!("{attn}.q_a_norm"));
+                self.affine(
+                    &format!("{sa}.kv_a_layernorm"),
+                    &format!("{attn}.kv_a_norm"),
+                );
                 self.linear(&format!("{sa}.o_proj"), &format!("{attn}.o"), false);
                 // GPT-OSS's per-head sink logits.
                 self.plain(&format!("{sa}.sinks"), &format!("{attn}.sinks"));
@@ -551,9 +565,11 @@ impl Builder<'_> {
                         self.stacked_experts(&format!("{p}mlp.experts"), &m, moe.experts as usize)
                     }
                 }
-                // DeepSeek-style checkpoints (the sigmoid router) say `shared_experts`, Qwen's
-                // `shared_expert`.
-                let shared = if moe.router == RouterOrder::SigmoidTopk {
+                // DeepSeek-style checkpoints (the sigmoid router, or ungated shared experts as
+                // DeepSeek-V2's) say `shared_experts`, Qwen's (gated) `shared_expert`.
+                let deepseek =
+                    moe.router == RouterOrder::SigmoidTopk || moe.shared.is_some_and(|s| !s.gate);
+                let shared = if deepseek {
                     format!("{p}mlp.shared_experts")
                 } else {
                     format!("{p}mlp.shared_expert")

@@ -35,6 +35,7 @@ fn spec(naming: Naming) -> ModelSpec {
             chunk: None,
             sinks: false,
             temperature: None,
+            mla: None,
         },
         position: Position::None,
         block: Block {

@@ -54,6 +54,7 @@ pub fn layer(index: u64) -> Layer {
             chunk: None,
             sinks: false,
             temperature: None,
+            mla: None,
         },
         position: Position::Rope(rope(4)),
         block: Block {

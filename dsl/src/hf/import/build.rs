@@ -46,8 +46,16 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
         cfg.origin("attention.kv_heads", "num_attention_heads");
     }
 
+    // Latent attention (DeepSeek): its own head sizes; transformers' `head_dim` there is the
+    // rotary width, not the attention's.
+    let mla = mla_settings(cfg, family, heads);
     // head_dim: explicit, the class default, or hidden / heads.
     let head_dim = match cfg.find(&["head_dim"]) {
+        _ if mla.is_some() => {
+            cfg.origin("attention.head_dim", "qk_nope_head_dim");
+            mla.as_ref()
+                .map_or(1, |p| p.mla.nope_dim.saturating_add(p.mla.rope_dim))
+        }
         Some(_) if family.llama_like() => cfg.size("attention.head_dim", &["head_dim"], 1),
         _ => match d.head_dim {
             Some(hd) => hd,
@@ -348,12 +356,19 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
     let alibi = family == Family::Falcon && cfg.flag("position", "alibi", false);
     let fraction = rotary_fraction(cfg, family);
     let (rope_full, rope_sliding) = rope_settings(cfg, family, d.rope_theta, context);
-    let rotary_dims = (head_dim as f64 * fraction) as u64;
-    // Llama 4 rotates (2i, 2i+1) pairs as complex numbers.
-    let style = if family == Family::Llama4Text {
-        RopeStyle::Interleaved
-    } else {
-        RopeStyle::HalfSplit
+    let rotary_dims = (mla.as_ref().map_or(head_dim, |p| p.mla.rope_dim) as f64 * fraction) as u64;
+    // Llama 4 rotates (2i, 2i+1) pairs as complex numbers; DeepSeek says per family.
+    let style = match &mla {
+        Some(plan) => plan.style,
+        None if family == Family::Llama4Text => RopeStyle::Interleaved,
+        None => RopeStyle::HalfSplit,
+    };
+    let base_scale = match &mla {
+        Some(plan) => {
+            cfg.origin("attention.scale", "qk_nope_head_dim");
+            mla_scale(&plan.mla, &rope_full.scaling)
+        }
+        None => base_scale,
     };
     let make_rope = |r: &RopeCfg| {
         Position::Rope(Rope {
@@ -478,6 +493,7 @@ pub(super) fn build(cfg: &mut Cfg<'_>, family: Family, file: &str) -> Option<Mod
                 chunk: opts.chunk(i),
                 sinks: opts.sinks,
                 temperature: opts.temperature.filter(|_| !rope_layer),
+                mla: mla.as_ref().map(|p| p.mla),
             },
             position,
             block,

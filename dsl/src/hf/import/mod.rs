@@ -19,12 +19,14 @@ use crate::ir::*;
 mod attn_options;
 mod build;
 mod cfg;
+mod mla;
 mod moe;
 mod rope;
 mod sliding;
 
 use attn_options::attn_options;
 use build::build;
+use mla::{mla_scale, mla_settings};
 use moe::moe_settings;
 use rope::{RopeCfg, rope_settings, rotary_fraction};
 use sliding::sliding_layers;

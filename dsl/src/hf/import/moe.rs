@@ -136,24 +136,35 @@ fn llama4_text(cfg: &mut Cfg<'_>, activation: MlpKind, intermediate: u64) -> Moe
     }
 }
 
-/// GLM-4.5 (`glm4_moe`): DeepSeek-V3's router. Sigmoid scores with the selection-only correction
-/// bias, group-limited top-k, renormalised (`norm_topk_prob`) and scaled
-/// (`routed_scaling_factor`) weights, `n_shared_experts` always-on experts of the routed width,
-/// and the first `first_k_dense_replace` layers dense. transformers adds no auxiliary loss.
-fn glm4_moe(cfg: &mut Cfg<'_>, activation: MlpKind) -> MoePlan {
+/// The class defaults of DeepSeek-V3's router settings in one family's config class.
+struct SigmoidDefaults {
+    experts: u64,
+    hidden: u64,
+    scale: f64,
+    groups: u64,
+    top_groups: u64,
+    first_dense: u64,
+}
+
+/// GLM-4.5 (`glm4_moe`) and DeepSeek-V3 (`deepseek_v3`): DeepSeek-V3's router. Sigmoid scores
+/// with the selection-only correction bias, group-limited top-k, renormalised (`norm_topk_prob`)
+/// and scaled (`routed_scaling_factor`) weights, `n_shared_experts` always-on experts of the
+/// routed width, and the first `first_k_dense_replace` layers dense. transformers adds no
+/// auxiliary loss.
+fn sigmoid_router(cfg: &mut Cfg<'_>, activation: MlpKind, d: SigmoidDefaults) -> MoePlan {
     let experts = cfg.size(
         "ffn.experts",
         &["n_routed_experts", "num_local_experts"],
-        128,
+        d.experts,
     );
     let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], 8);
-    let hidden = cfg.size("ffn.expert.hidden", &["moe_intermediate_size"], 1408);
+    let hidden = cfg.size("ffn.expert.hidden", &["moe_intermediate_size"], d.hidden);
     let renormalize = cfg.flag("ffn.renormalize", "norm_topk_prob", true);
-    let routed_scale = cfg.float("ffn.routed_scale", &["routed_scaling_factor"], 1.0);
-    let groups = cfg.size("ffn.groups.count", &["n_group"], 1);
-    let top_groups = cfg.size("ffn.groups.top", &["topk_group"], 1);
+    let routed_scale = cfg.float("ffn.routed_scale", &["routed_scaling_factor"], d.scale);
+    let groups = cfg.size("ffn.groups.count", &["n_group"], d.groups);
+    let top_groups = cfg.size("ffn.groups.top", &["topk_group"], d.top_groups);
     let shared = cfg.size("ffn.shared.count", &["n_shared_experts"], 1);
-    let first_dense = cfg.size("ffn", &["first_k_dense_replace"], 1);
+    let first_dense = cfg.size("ffn", &["first_k_dense_replace"], d.first_dense);
     MoePlan {
         moe: Moe {
             experts,
@@ -185,6 +196,60 @@ fn glm4_moe(cfg: &mut Cfg<'_>, activation: MlpKind) -> MoePlan {
         mlp_only: Default::default(),
         first_dense,
         only: None,
+    }
+}
+
+/// DeepSeek-V2 (`deepseek_v2`): softmax scores over all experts, the top `num_experts_per_tok`
+/// taken unrenormalised (transformers' V2 router ignores `norm_topk_prob`) and scaled by
+/// `routed_scaling_factor`; `n_shared_experts` always-on experts of the routed width; the first
+/// `first_k_dense_replace` layers dense. Only `topk_method` "greedy" (DeepSeek-V2-Lite) is read:
+/// "group_limited_greedy" groups by the best score, not DeepSeek-V3's best two.
+fn deepseek_v2(cfg: &mut Cfg<'_>, activation: MlpKind) -> MoePlan {
+    let experts = cfg.size("ffn.experts", &["n_routed_experts", "num_experts"], 64);
+    if cfg.find(&["num_experts_per_tok"]).is_none() {
+        cfg.error(
+            "model_type",
+            "a deepseek_v2 config needs \"num_experts_per_tok\" (DeepseekV2Config has no default)"
+                .into(),
+            Some("DeepSeek-V2-Lite routes each token to 6 experts".into()),
+        );
+    }
+    let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], 1);
+    let hidden = cfg.size("ffn.expert.hidden", &["moe_intermediate_size"], 1407);
+    let routed_scale = cfg.float("ffn.routed_scale", &["routed_scaling_factor"], 1.0);
+    let shared = cfg.size("ffn.shared.count", &["n_shared_experts"], 2);
+    let first_dense = cfg.size("ffn", &["first_k_dense_replace"], 0);
+    let method = cfg.string("ffn.router", &["topk_method"], "greedy");
+    if method != "greedy" {
+        cfg.error(
+            "topk_method",
+            format!("DeepSeek-V2's router \"{method}\" is not supported"),
+            Some(
+                "only \"greedy\" (DeepSeek-V2-Lite) is: a softmax over all experts, then the top k"
+                    .into(),
+            ),
+        );
+    }
+    MoePlan {
+        first_dense,
+        ..MoePlan::new(Moe {
+            experts,
+            top_k,
+            expert: Mlp {
+                activation,
+                hidden,
+                bias: false,
+            },
+            router: RouterOrder::SoftmaxTopk,
+            renormalize: false,
+            shared: (shared > 0).then_some(SharedExperts {
+                count: shared,
+                hidden,
+                gate: false,
+            }),
+            routed_scale,
+            ..Default::default()
+        })
     }
 }
 
@@ -277,7 +342,31 @@ pub(super) fn moe_settings(
                 only: None,
             })
         }
-        Family::Glm4Moe => Some(glm4_moe(cfg, activation)),
+        Family::Glm4Moe => Some(sigmoid_router(
+            cfg,
+            activation,
+            SigmoidDefaults {
+                experts: 128,
+                hidden: 1408,
+                scale: 1.0,
+                groups: 1,
+                top_groups: 1,
+                first_dense: 1,
+            },
+        )),
+        Family::DeepseekV3 => Some(sigmoid_router(
+            cfg,
+            activation,
+            SigmoidDefaults {
+                experts: 256,
+                hidden: 2048,
+                scale: 2.5,
+                groups: 8,
+                top_groups: 4,
+                first_dense: 3,
+            },
+        )),
+        Family::DeepseekV2 => Some(deepseek_v2(cfg, activation)),
         Family::GptOss => Some(gpt_oss(cfg, activation, intermediate)),
         Family::Llama4Text => Some(llama4_text(cfg, activation, intermediate)),
         _ => None,

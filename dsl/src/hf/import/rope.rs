@@ -138,6 +138,7 @@ fn default_scaling(family: Family) -> RopeScaling {
             beta_slow: 1.0,
             attention_factor: 0.1 * 32f64.ln() + 1.0,
             truncate: false,
+            mscale: None,
         }
     } else {
         RopeScaling::None
@@ -272,11 +273,17 @@ pub(super) fn rope_scaling(
         },
         "yarn" => {
             let factor = num(cfg, "factor", None);
-            let default_attention = if factor > 1.0 {
-                0.1 * factor.ln() + 1.0
-            } else {
-                1.0
+            // DeepSeek's `mscale` / `mscale_all_dim` (transformers reads them only together).
+            let opt = |cfg: &mut Cfg<'_>, key: &str| match v.get(key) {
+                Some(m) if !m.value.is_null() => Some(num(cfg, key, Some(0.0))),
+                _ => None,
             };
+            let (m, m_all) = (opt(cfg, "mscale"), opt(cfg, "mscale_all_dim"));
+            let mscale = match (m, m_all) {
+                (None, None) => None,
+                (m, all) => Some([m.unwrap_or(0.0), all.unwrap_or(0.0)]),
+            };
+            let default_attention = yarn_attention_factor(factor, mscale);
             RopeScaling::Yarn {
                 factor,
                 original_context: original(cfg, top_original),
@@ -293,6 +300,7 @@ pub(super) fn rope_scaling(
                     },
                     _ => true,
                 },
+                mscale,
             }
         }
         "llama3" => RopeScaling::Llama3 {

@@ -47,6 +47,7 @@ impl Reader<'_> {
             }
             "sinks" => a.sinks = self.flag(cur, span, &field),
             "temperature" => self.temperature(cur, span, a),
+            "mla" => self.mla(cur, span, a),
             "softcap" => {
                 if let Some(v) = self.real(cur, span, &field) {
                     a.softcap = Some(Some(v));
@@ -168,6 +169,80 @@ impl Reader<'_> {
         }
         if let (Some(floor), Some(scale)) = (floor, scale) {
             a.temperature = Some(Some(TempW { floor, scale }));
+        }
+    }
+
+    /// `mla none` or `mla(q_rank = N, kv_rank = N, nope_dim = N, rope_dim = N, v_dim = N,
+    /// norm = rms(...))` (`q_rank` and `norm` optional).
+    fn mla(&mut self, cur: &mut Cursor<'_>, span: &Span, a: &mut AttnW) {
+        let field = "attention.mla";
+        let example =
+            "`mla(q_rank = 1536, kv_rank = 512, nope_dim = 128, rope_dim = 64, v_dim = 128)`";
+        let Some(n) = self.call_key.take() else {
+            if cur.peek_ident() == Some("none") {
+                cur.next();
+                self.record(field, span.clone());
+                a.mla = Some(None);
+            } else {
+                self.missing(cur, span, field, &format!("`none` or {example}"));
+                self.skip_value(cur);
+            }
+            return;
+        };
+        let NodeKind::Call { args, .. } = &n.kind else {
+            return;
+        };
+        self.record(field, n.span.clone());
+        let keys = ["q_rank", "kv_rank", "nope_dim", "rope_dim", "v_dim", "norm"];
+        let (named, _) = self.call_args("mla", args, &n.span, &keys, false);
+        let mut size = |key: &str| {
+            named
+                .get(key)
+                .and_then(|(s, v)| self.arg_uint(&format!("{field}.{key}"), s, v))
+        };
+        let q_rank = size("q_rank");
+        let (kv_rank, nope_dim, rope_dim, v_dim) = (
+            size("kv_rank"),
+            size("nope_dim"),
+            size("rope_dim"),
+            size("v_dim"),
+        );
+        let norm = match named.get("norm") {
+            Some((nspan, vals)) => match vals.as_slice() {
+                [v] => self.norm_value(v, "attention.mla.norm"),
+                _ => {
+                    self.error(
+                        nspan.clone(),
+                        "attention.mla.norm",
+                        "`norm` takes one norm, e.g. `norm = rms(eps = 1e-6)`".into(),
+                        None,
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        for key in ["kv_rank", "nope_dim", "rope_dim", "v_dim"] {
+            if !named.contains_key(key) {
+                self.error(
+                    n.span.clone(),
+                    field,
+                    format!("`mla(...)` needs `{key}`"),
+                    Some(format!("write {example}")),
+                );
+            }
+        }
+        if let (Some(kv_rank), Some(nope_dim), Some(rope_dim), Some(v_dim)) =
+            (kv_rank, nope_dim, rope_dim, v_dim)
+        {
+            a.mla = Some(Some(MlaW {
+                q_rank,
+                kv_rank,
+                nope_dim,
+                rope_dim,
+                v_dim,
+                norm,
+            }));
         }
     }
 }

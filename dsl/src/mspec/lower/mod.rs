@@ -263,6 +263,7 @@ const ATTN_KEYS: &[&str] = &[
     "chunk",
     "sinks",
     "temperature",
+    "mla",
 ];
 const MOE_KEYS: &[&str] = &[
     "experts",
@@ -286,7 +287,7 @@ const DROPOUT_KEYS: &[&str] = &["embedding", "attention", "residual"];
 const CKPT_KEYS: &[&str] = &["default", "layers", "budget"];
 /// Keys that may be written as a call: `qk_norm(rms(), scope = full)`, `budget(0.5)`, `shared(...)`,
 /// `temperature(floor = 8192, scale = 0.1)`.
-const CALL_KEYS: &[&str] = &["qk_norm", "budget", "shared", "temperature"];
+const CALL_KEYS: &[&str] = &["qk_norm", "budget", "shared", "temperature", "mla"];
 const MLP_KINDS: &[&str] = &[
     "gelu",
     "gelu_tanh",

@@ -88,6 +88,8 @@ impl Reader<'_> {
                 "beta_slow",
                 "attention_factor",
                 "truncate",
+                "mscale",
+                "mscale_all_dim",
             ],
             "llama3" => &[
                 "factor",
@@ -175,17 +177,35 @@ impl Reader<'_> {
                         factor,
                         original_context,
                     },
-                    "yarn" => RopeScaling::Yarn {
-                        factor,
-                        original_context,
-                        beta_fast: reals.get("beta_fast").copied().unwrap_or(32.0),
-                        beta_slow: reals.get("beta_slow").copied().unwrap_or(1.0),
-                        attention_factor: reals
-                            .get("attention_factor")
-                            .copied()
-                            .unwrap_or_else(|| 0.1 * factor.ln() + 1.0),
-                        truncate,
-                    },
+                    "yarn" => {
+                        // DeepSeek's pair: both written, or neither.
+                        let (m, m_all) = (
+                            reals.get("mscale").copied(),
+                            reals.get("mscale_all_dim").copied(),
+                        );
+                        if m.is_some() != m_all.is_some() {
+                            self.error(
+                                n.span.clone(),
+                                field,
+                                "`yarn` takes `mscale` and `mscale_all_dim` together".into(),
+                                Some("write both (DeepSeek-V3: `mscale = 1.0, mscale_all_dim = 1.0`), or neither".into()),
+                            );
+                            return None;
+                        }
+                        let mscale = m.zip(m_all).map(|(a, b)| [a, b]);
+                        RopeScaling::Yarn {
+                            factor,
+                            original_context,
+                            beta_fast: reals.get("beta_fast").copied().unwrap_or(32.0),
+                            beta_slow: reals.get("beta_slow").copied().unwrap_or(1.0),
+                            attention_factor: reals
+                                .get("attention_factor")
+                                .copied()
+                                .unwrap_or_else(|| yarn_attention_factor(factor, mscale)),
+                            truncate,
+                            mscale,
+                        }
+                    }
                     _ => RopeScaling::Llama3 {
                         factor,
                         low_freq_factor: reals.get("low_freq_factor").copied().unwrap_or(1.0),

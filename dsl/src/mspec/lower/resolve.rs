@@ -23,7 +23,27 @@ pub(super) fn resolve_layer(
         }
     };
     let kv_heads = a.kv_heads.unwrap_or(heads);
+    let mla = a.mla.clone().flatten().map(|m| Mla {
+        q_rank: m.q_rank,
+        kv_rank: m.kv_rank,
+        nope_dim: m.nope_dim,
+        rope_dim: m.rope_dim,
+        v_dim: m.v_dim,
+        norm: m.norm.map_or(
+            Norm {
+                kind: NormKind::Rms,
+                eps: 1e-6,
+                offset: 0.0,
+                weight: true,
+                bias: false,
+            },
+            |n| n.resolve(),
+        ),
+    });
     let head_dim = match a.head_dim {
+        // Latent attention's query/key width (check reports a written head_dim that differs).
+        Some(hd) if mla.is_none() => hd,
+        _ if mla.is_some() => mla.map_or(0, |m| m.nope_dim.saturating_add(m.rope_dim)),
         Some(hd) => hd,
         None if heads == 0 => 0,
         None if !d_model.is_multiple_of(heads) => {
@@ -40,7 +60,20 @@ pub(super) fn resolve_layer(
         }
         None => d_model / heads,
     };
-    let attention = Attention {
+    if let (Some(hd), Some(m)) = (a.head_dim, &mla)
+        && hd != m.nope_dim.saturating_add(m.rope_dim)
+    {
+        issues.push(
+            "attention.head_dim",
+            Some(i),
+            format!(
+                "head_dim {hd} differs from latent attention's query/key width nope_dim + rope_dim = {}",
+                m.nope_dim.saturating_add(m.rope_dim)
+            ),
+            Some("leave `head_dim` out with `mla(...)`: it is nope_dim + rope_dim".into()),
+        );
+    }
+    let mut attention = Attention {
         heads,
         kv_heads,
         head_dim,
@@ -60,6 +93,7 @@ pub(super) fn resolve_layer(
             floor: t.floor,
             scale: t.scale,
         }),
+        mla,
     };
     let position = match w.pos.clone().unwrap_or(PosW::Rope(RopeW::default())) {
         PosW::None => Position::None,
@@ -67,6 +101,8 @@ pub(super) fn resolve_layer(
         PosW::Alibi => Position::Alibi,
         PosW::Rope(r) => {
             let fraction = r.fraction.unwrap_or(1.0);
+            // Latent attention rotates its own `rope_dim` part of each head.
+            let head_dim = mla.map_or(head_dim, |m| m.rope_dim);
             let rotary_dims = match r.rotary_dims {
                 Some(d) => d,
                 None => {
@@ -116,6 +152,24 @@ pub(super) fn resolve_layer(
             })
         }
     };
+    // DeepSeek's YaRN sharpens latent attention's softmax by m(mscale_all_dim)² (transformers'
+    // `yarn_apply_mscale`), unless the scale is written.
+    if a.scale.is_none()
+        && attention.mla.is_some()
+        && let Position::Rope(Rope {
+            scaling:
+                RopeScaling::Yarn {
+                    factor,
+                    mscale: Some([_, all]),
+                    ..
+                },
+            ..
+        }) = &position
+        && *all != 0.0
+    {
+        let m = yarn_mscale(*factor, *all);
+        attention.scale *= m * m;
+    }
     let block = Block {
         norm: w.norm.clone().unwrap_or_default().resolve(),
         placement: w.placement.unwrap_or(NormPlacement::Pre),

@@ -57,6 +57,20 @@ pub(crate) struct AttnW {
     pub chunk: Option<Option<u64>>,
     pub sinks: Option<bool>,
     pub temperature: Option<Option<TempW>>,
+    /// `mla(...)` (Some(Some)), `mla none` (Some(None)).
+    pub mla: Option<Option<MlaW>>,
+}
+
+/// `mla(q_rank = .., kv_rank = .., nope_dim = .., rope_dim = .., v_dim = .., norm = ..)` as
+/// written: the four sizes but `q_rank` are required; the norm defaults to `rms(eps = 1e-6)`.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MlaW {
+    pub q_rank: Option<u64>,
+    pub kv_rank: u64,
+    pub nope_dim: u64,
+    pub rope_dim: u64,
+    pub v_dim: u64,
+    pub norm: Option<NormW>,
 }
 
 /// `temperature(floor = N, scale = x)` as written (both required).
@@ -88,6 +102,9 @@ impl AttnW {
         merge_opt(&mut self.chunk, d.chunk);
         merge_opt(&mut self.sinks, d.sinks);
         merge_opt(&mut self.temperature, d.temperature);
+        if d.mla.is_some() {
+            self.mla = d.mla.clone();
+        }
     }
 }
 

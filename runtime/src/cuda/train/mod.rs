@@ -548,7 +548,9 @@ struct Step<'a> {
 fn newer_attention_unsupported(spec: &ModelSpec) -> Option<String> {
     for l in &spec.layers {
         let a = &l.attention;
-        let what = if a.sinks {
+        let what = if a.mla.is_some() {
+            "multi-head latent attention (DeepSeek-V2/V3)"
+        } else if a.sinks {
             "attention sinks (GPT-OSS)"
         } else if a.chunk.is_some() {
             "chunked attention (Llama 4)"
