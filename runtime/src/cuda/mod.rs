@@ -20,10 +20,13 @@
 //! - [`gemm`]: cuBLASLt and the one row-major to column-major mapping;
 //! - [`ops`]: typed launch wrappers (`{op}_{dtype}` kernels);
 //! - [`rope`]: cos/sin tables on the host;
-//! - [`train`]: the GPU training step, walking every layer with its own configuration.
+//! - [`train`]: the GPU training step, walking every layer with its own configuration;
+//! - [`decode`]: inference with a key/value cache on the device (prefill, then one token per
+//!   sequence per step), walking each layer's fusions.
 
 pub mod compile;
 pub mod cudnn;
+pub mod decode;
 pub mod error;
 pub mod gemm;
 pub mod gpu;

@@ -1,0 +1,267 @@
+//! The decoder's device memory besides the weights: the activation arena for up to `rows` new
+//! rows per call (shared by every layer: decoding keeps nothing for a backward), the key/value
+//! cache, and the RoPE tables at the positions the cache spans.
+
+use modelspec_dsl::ir::{Rope, RopeStyle};
+
+use super::layer::LayerPlan;
+use crate::cuda::error::Result;
+use crate::cuda::gpu::{DevPtr, Gpu, GpuBuf};
+use crate::ops::rope::{RopeTable, inv_freq};
+
+/// Byte alignment of every buffer in the arenas.
+const ALIGN: usize = 256;
+
+fn align(n: usize) -> usize {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// The widest of each activation over the layers (elements per row).
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Widths {
+    pub d: usize,
+    /// The fused `[q; k; v]` row.
+    pub qkv: usize,
+    /// The q (or k) columns, for the qk-norm's contiguous copies.
+    pub qd: usize,
+    /// A dense MLP's `[gate; up]` row.
+    pub hw: usize,
+    pub hidden: usize,
+    /// Norm rows per token (per-head qk-norms: one per head).
+    pub heads: usize,
+}
+
+impl Widths {
+    pub fn of(layers: &[LayerPlan], d: usize) -> Widths {
+        let mut w = Widths {
+            d,
+            heads: 1,
+            ..Default::default()
+        };
+        for l in layers {
+            w.qkv = w.qkv.max(l.width);
+            w.qd = w.qd.max(l.qd);
+            w.heads = w.heads.max(l.heads);
+            if let Some(m) = l.mlp {
+                w.hw = w.hw.max(m.hw);
+                w.hidden = w.hidden.max(m.hidden);
+            }
+        }
+        w
+    }
+}
+
+/// Activation buffers for up to `rows` new rows (views into one allocation).
+pub(super) struct Acts {
+    /// Rows they hold.
+    pub rows: usize,
+    _buf: GpuBuf<u8>,
+    /// The residual stream: each layer's input, overwritten by its output.
+    pub x: DevPtr,
+    pub attn_norm: DevPtr,
+    pub qkv: DevPtr,
+    pub qk_raw: DevPtr,
+    pub qk_out: DevPtr,
+    pub attn: DevPtr,
+    pub attn_out: DevPtr,
+    pub attn_post: DevPtr,
+    pub resid_mid: DevPtr,
+    pub mlp_norm: DevPtr,
+    pub h: DevPtr,
+    pub act: DevPtr,
+    pub mlp_out: DevPtr,
+    pub mlp_post: DevPtr,
+    /// f32 norm statistics (written by the norm kernels, read by nobody here).
+    pub rstd: DevPtr,
+    pub mean: DevPtr,
+    /// The mixture-of-experts block's regions (0 bytes without MoE layers).
+    pub moe_saved: DevPtr,
+    pub moe_scratch: DevPtr,
+    /// Bytes of the MoE regions.
+    pub moe_saved_bytes: usize,
+    pub moe_scratch_bytes: usize,
+    /// Bytes of the allocation.
+    pub bytes: usize,
+}
+
+impl Acts {
+    /// Buffers for `rows` rows of the widths `w` in elements of `es` bytes, plus the MoE
+    /// regions' bytes.
+    pub fn new(gpu: &Gpu, rows: usize, w: &Widths, es: usize, moe: (usize, usize)) -> Result<Acts> {
+        let row = |width: usize| align(rows * width * es);
+        let sizes = [
+            row(w.d),      // x
+            row(w.d),      // attn_norm
+            row(w.qkv),    // qkv
+            row(w.qd),     // qk_raw
+            row(w.qd),     // qk_out
+            row(w.qd),     // attn
+            row(w.d),      // attn_out
+            row(w.d),      // attn_post
+            row(w.d),      // resid_mid
+            row(w.d),      // mlp_norm
+            row(w.hw),     // h
+            row(w.hidden), // act
+            row(w.d),      // mlp_out
+            row(w.d),      // mlp_post
+            align(rows * w.heads * 4),
+            align(rows * w.heads * 4),
+            align(moe.0),
+            align(moe.1),
+        ];
+        let bytes: usize = sizes.iter().sum();
+        let buf = gpu.zeros::<u8>(bytes)?;
+        let mut at = buf.ptr();
+        let mut p = [0u64; 18];
+        for (slot, size) in p.iter_mut().zip(sizes) {
+            *slot = at;
+            at += size as u64;
+        }
+        Ok(Acts {
+            rows,
+            _buf: buf,
+            x: p[0],
+            attn_norm: p[1],
+            qkv: p[2],
+            qk_raw: p[3],
+            qk_out: p[4],
+            attn: p[5],
+            attn_out: p[6],
+            attn_post: p[7],
+            resid_mid: p[8],
+            mlp_norm: p[9],
+            h: p[10],
+            act: p[11],
+            mlp_out: p[12],
+            mlp_post: p[13],
+            rstd: p[14],
+            mean: p[15],
+            moe_saved: p[16],
+            moe_scratch: p[17],
+            moe_saved_bytes: moe.0,
+            moe_scratch_bytes: moe.1,
+            bytes,
+        })
+    }
+}
+
+/// The key/value cache: per layer `[batch, kv_heads, capacity, head_dim]` keys and values in the
+/// compute dtype, and how many positions of each sequence it holds.
+pub(super) struct Cache {
+    pub batch: usize,
+    pub capacity: usize,
+    _buf: GpuBuf<u8>,
+    /// Per layer, the keys' and values' addresses.
+    layers: Vec<(DevPtr, DevPtr)>,
+    /// Positions cached per sequence.
+    pub lens: Vec<usize>,
+    /// The ids whose keys and values are cached, per sequence.
+    pub tokens: Vec<Vec<u32>>,
+    pub bytes: usize,
+}
+
+impl Cache {
+    /// An empty cache of `capacity` positions for `batch` sequences.
+    pub fn new(
+        gpu: &Gpu,
+        layers: &[LayerPlan],
+        batch: usize,
+        capacity: usize,
+        es: usize,
+    ) -> Result<Cache> {
+        let sizes: Vec<usize> = layers
+            .iter()
+            .map(|l| align(batch * l.kv_heads * capacity * l.head_dim * es))
+            .collect();
+        let bytes = 2 * sizes.iter().sum::<usize>();
+        let buf = gpu.zeros::<u8>(bytes)?;
+        let mut at = buf.ptr();
+        let mut ptrs = Vec::with_capacity(layers.len());
+        for s in sizes {
+            ptrs.push((at, at + s as u64));
+            at += 2 * s as u64;
+        }
+        Ok(Cache {
+            batch,
+            capacity,
+            _buf: buf,
+            layers: ptrs,
+            lens: vec![0; batch],
+            tokens: vec![Vec::new(); batch],
+            bytes,
+        })
+    }
+
+    /// Layer i's keys and values.
+    pub fn layer(&self, i: usize) -> (DevPtr, DevPtr) {
+        self.layers[i]
+    }
+
+    /// Forgets every sequence (the memory stays).
+    pub fn clear(&mut self) {
+        self.lens.iter_mut().for_each(|l| *l = 0);
+        self.tokens.iter_mut().for_each(Vec::clear);
+    }
+}
+
+/// One distinct RoPE of the spec: its cos/sin table on the device, for positions `0..rows`, with
+/// the frequencies (and attention factor) it was computed from.
+pub(super) struct RopeSlot {
+    pub rope: Rope,
+    pub rot: usize,
+    pub interleaved: bool,
+    /// `inv_freq(rope, len)` of the table: the CPU derives it from the window's length (dynamic
+    /// NTK and LongRoPE change it past the pretraining context).
+    pub freqs: (Vec<f64>, f64),
+    pub rows: usize,
+    pub cos: GpuBuf<f32>,
+    pub sin: GpuBuf<f32>,
+}
+
+impl RopeSlot {
+    /// The table for windows of `len` positions, with room for `capacity` rows.
+    pub fn new(gpu: &Gpu, rope: &Rope, len: usize, capacity: usize) -> Result<RopeSlot> {
+        let freqs = inv_freq(rope, len);
+        // A table of `capacity` rows has the same frequencies when they do not depend on the
+        // length (every scaling but dynamic NTK and LongRoPE past their context).
+        let rows = if inv_freq(rope, capacity) == freqs {
+            capacity
+        } else {
+            len
+        };
+        let table = RopeTable::<f32>::new(rope, rows);
+        Ok(RopeSlot {
+            rope: rope.clone(),
+            rot: rope.rotary_dims as usize,
+            interleaved: rope.style == RopeStyle::Interleaved,
+            freqs,
+            rows,
+            cos: gpu.upload(&table.cos)?,
+            sin: gpu.upload(&table.sin)?,
+        })
+    }
+
+    /// Whether this table serves windows of `len` positions.
+    pub fn serves(&self, len: usize) -> bool {
+        len <= self.rows && inv_freq(&self.rope, len) == self.freqs
+    }
+}
+
+/// The distinct RoPEs of `layers` (by value), and each layer's index into them.
+pub(super) fn distinct_ropes(spec: &modelspec_dsl::ModelSpec) -> (Vec<Rope>, Vec<Option<usize>>) {
+    let mut ropes: Vec<Rope> = Vec::new();
+    let mut of = Vec::with_capacity(spec.layers.len());
+    for l in &spec.layers {
+        of.push(match &l.position {
+            modelspec_dsl::ir::Position::Rope(r) => Some(match ropes.iter().position(|s| s == r) {
+                Some(j) => j,
+                None => {
+                    ropes.push(r.clone());
+                    ropes.len() - 1
+                }
+            }),
+            _ => None,
+        });
+    }
+    (ropes, of)
+}

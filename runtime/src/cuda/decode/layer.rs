@@ -1,0 +1,430 @@
+//! One layer of a decode call: its configuration, read once from its IR row, and the launch
+//! sequence of each named fusion of its program ([`LayerProgram::kernels`]) on the call's new
+//! rows. This is the one place that says what a decode step launches for a fusion; the layer's
+//! structure (which kernels, in which order, reading what) comes from the program.
+
+use modelspec_dsl::ModelSpec;
+use modelspec_dsl::ir::{Ffn, MlpKind, Norm, QkNorm, QkNormScope};
+
+use super::Pass;
+use super::kernels::CachedAttn;
+use crate::cuda::error::{CudaError, Result};
+use crate::cuda::gpu::DevPtr;
+use crate::cuda::ops::Act as Activation;
+use crate::program::{Act, Fusion, Kernel, LayerProgram};
+
+/// A dense MLP's widths and activation.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct DenseMlp {
+    pub act: Activation,
+    pub hidden: usize,
+    /// `2 hidden` when gated (`[gate; up]`), else `hidden`.
+    pub hw: usize,
+    pub gated: bool,
+}
+
+/// Everything a decode call needs to run layer `index`.
+#[derive(Debug, Clone)]
+pub(super) struct LayerPlan {
+    pub index: usize,
+    pub lp: LayerProgram,
+    pub kernels: Vec<Kernel>,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// `heads * head_dim`.
+    pub qd: usize,
+    /// `kv_heads * head_dim`.
+    pub kvd: usize,
+    /// `qd + 2 kvd`: the fused `[q; k; v]` row.
+    pub width: usize,
+    pub scale: f32,
+    /// 0: none.
+    pub softcap: f32,
+    /// 0: none.
+    pub window: usize,
+    pub qk: Option<QkNorm>,
+    /// Index into the decoder's distinct RoPE tables.
+    pub rope: Option<usize>,
+    /// Index into the decoder's ALiBi slope buffers.
+    pub alibi: Option<usize>,
+    /// The block's norm (attention, MLP and post norms).
+    pub norm: Norm,
+    /// `None` for a mixture-of-experts layer.
+    pub mlp: Option<DenseMlp>,
+}
+
+impl LayerPlan {
+    /// Layer `i` of `spec`; `rope` and `alibi` index the decoder's tables.
+    pub fn new(spec: &ModelSpec, i: usize, rope: Option<usize>, alibi: Option<usize>) -> Self {
+        let l = &spec.layers[i];
+        let a = &l.attention;
+        let (heads, kv_heads, head_dim) =
+            (a.heads as usize, a.kv_heads as usize, a.head_dim as usize);
+        let lp = LayerProgram::structure(l);
+        let kernels = lp.kernels();
+        let mlp = match &l.ffn {
+            Ffn::Mlp(m) => {
+                let hidden = m.hidden as usize;
+                let gated = m.activation.is_gated();
+                Some(DenseMlp {
+                    act: activation(m.activation),
+                    hidden,
+                    hw: if gated { 2 * hidden } else { hidden },
+                    gated,
+                })
+            }
+            Ffn::Moe(_) => None,
+        };
+        LayerPlan {
+            index: i,
+            lp,
+            kernels,
+            heads,
+            kv_heads,
+            head_dim,
+            qd: heads * head_dim,
+            kvd: kv_heads * head_dim,
+            width: (heads + 2 * kv_heads) * head_dim,
+            scale: a.scale as f32,
+            softcap: a.softcap.unwrap_or(0.0) as f32,
+            window: a.window.unwrap_or(0) as usize,
+            qk: a.qk_norm,
+            rope,
+            alibi,
+            norm: l.block.norm,
+            mlp,
+        }
+    }
+
+    /// `layers.{i}.{name}`.
+    pub fn pname(&self, name: &str) -> String {
+        format!("layers.{}.{name}", self.index)
+    }
+}
+
+/// The kernels' activation for an IR MLP kind.
+fn activation(k: MlpKind) -> Activation {
+    match k {
+        MlpKind::Gelu => Activation::Gelu,
+        MlpKind::GeluTanh => Activation::GeluTanh,
+        MlpKind::ReluSquared => Activation::ReluSquared,
+        MlpKind::Swiglu => Activation::Swiglu,
+        MlpKind::Geglu => Activation::Geglu,
+        MlpKind::GegluTanh => Activation::GegluTanh,
+    }
+}
+
+fn bad(layer: usize, why: String) -> CudaError {
+    CudaError::BadLaunch {
+        kernel: format!("gpu decoder (layer {layer})"),
+        why,
+    }
+}
+
+impl Pass<'_> {
+    /// Where activation `a` of layer `l` lives for this call's rows, and its row stride.
+    pub(super) fn at(&self, l: &LayerPlan, a: Act) -> Result<(DevPtr, usize)> {
+        let b = &self.acts;
+        let es = self.es;
+        let d = self.d;
+        let col = |p: DevPtr, c: usize| p + c as u64 * es;
+        let hidden = l.mlp.map_or(0, |m| m.hidden);
+        let hw = l.mlp.map_or(0, |m| m.hw);
+        Ok(match a {
+            Act::Input => (b.x, d),
+            Act::AttnNorm => (b.attn_norm, d),
+            Act::Q | Act::QNormed | Act::QRope => (b.qkv, l.width),
+            Act::K | Act::KNormed | Act::KRope => (col(b.qkv, l.qd), l.width),
+            Act::V => (col(b.qkv, l.qd + l.kvd), l.width),
+            Act::Attn => (b.attn, l.qd),
+            Act::AttnOut => (b.attn_out, d),
+            Act::AttnPostNorm => (b.attn_post, d),
+            Act::ResidMid => (b.resid_mid, d),
+            Act::MlpNorm => (b.mlp_norm, d),
+            Act::Gate => (b.h, hw),
+            Act::Up if l.mlp.is_some_and(|m| m.gated) => (col(b.h, hidden), hw),
+            Act::Up => (b.h, hw),
+            Act::ActOut => (b.act, hidden),
+            Act::MlpOut => (b.mlp_out, d),
+            Act::MlpPostNorm => (b.mlp_post, d),
+            other => {
+                return Err(bad(
+                    l.index,
+                    format!(
+                        "`{}` is internal to a mixture-of-experts block",
+                        other.name()
+                    ),
+                ));
+            }
+        })
+    }
+
+    fn ptr(&self, l: &LayerPlan, a: Act) -> Result<DevPtr> {
+        Ok(self.at(l, a)?.0)
+    }
+
+    /// A block norm over rows of d_model: `y = norm(x (+ res))`, the sum into `r_out` when not 0.
+    #[allow(clippy::too_many_arguments)]
+    fn block_norm(
+        &self,
+        l: &LayerPlan,
+        prefix: &str,
+        y: DevPtr,
+        r_out: DevPtr,
+        x: DevPtr,
+        res: DevPtr,
+    ) -> Result<()> {
+        let n = &l.norm;
+        self.k.norm_fwd(
+            self.dt,
+            n.kind,
+            y,
+            r_out,
+            self.acts.rstd,
+            self.acts.mean,
+            x,
+            res,
+            self.w.wo(&l.pname(&format!("{prefix}.weight"))),
+            self.w.wo(&l.pname(&format!("{prefix}.bias"))),
+            self.rows.n,
+            self.d,
+            n.eps as f32,
+            n.offset as f32,
+        )
+    }
+
+    /// `C[n, out] = A[n, in] W[out, in]^T (+ bias)` on this call's rows.
+    fn linear(
+        &self,
+        out: usize,
+        inp: usize,
+        a: DevPtr,
+        w: DevPtr,
+        bias: DevPtr,
+        c: DevPtr,
+    ) -> Result<()> {
+        super::linear(self.gemm, self.dt, self.rows.n, out, inp, a, w, bias, c)
+    }
+
+    /// Runs one fusion of layer `l` on the call's rows: the launch sequence of each [`Fusion`].
+    pub(super) fn run(&self, l: &LayerPlan, k: &Kernel) -> Result<()> {
+        let (kn, dt, n, d) = (self.k, self.dt, self.rows.n, self.d);
+        let first = k.outputs[0];
+        match k.fusion {
+            // y = norm(x): the attention norm, a parallel block's own MLP norm, the post-norms.
+            Fusion::Norm => {
+                let x = self.ptr(l, k.inputs[0])?;
+                self.block_norm(l, first.name(), self.ptr(l, first)?, 0, x, 0)
+            }
+            // resid_mid = input + attn_branch, and the MLP norm of the sum when it follows.
+            Fusion::ResidualNorm => {
+                let sum = self.ptr(l, first)?;
+                let x = self.ptr(l, Act::Input)?;
+                let branch = self.ptr(l, l.lp.attn_branch)?;
+                match k.outputs.get(1) {
+                    Some(&normed) => {
+                        self.block_norm(l, normed.name(), self.ptr(l, normed)?, sum, x, branch)
+                    }
+                    None => kn.add(dt, sum, x, branch, n * d),
+                }
+            }
+            // One GEMM into [q; k; v], then the qk-norms and RoPE in the program's order.
+            Fusion::QkvRope => {
+                let x = self.ptr(l, k.inputs[0])?;
+                self.linear(
+                    l.width,
+                    d,
+                    x,
+                    self.w.w(&l.pname("attn.q.weight"))?,
+                    self.w.wo(&l.pname("attn.q.bias")),
+                    self.acts.qkv,
+                )?;
+                for &a in &k.outputs[3..] {
+                    match a {
+                        Act::QNormed | Act::KNormed => self.qk_norm(l, a)?,
+                        Act::QRope | Act::KRope => self.rope(l, a)?,
+                        other => {
+                            return Err(bad(l.index, format!("`{}` in q/k/v", other.name())));
+                        }
+                    }
+                }
+                Ok(())
+            }
+            // Append the new keys and values to the cache, then each row attends over it.
+            Fusion::Attention => {
+                let (kc, vc) = self.cache.layer(l.index);
+                let q = self.ptr(l, l.lp.q_final)?;
+                let kk = self.ptr(l, l.lp.k_final)?;
+                let v = self.ptr(l, Act::V)?;
+                self.dk.kv_store(
+                    dt,
+                    (kc, vc),
+                    (kk, v),
+                    &self.rows,
+                    l.kv_heads,
+                    l.head_dim,
+                    l.width,
+                    self.cache.capacity,
+                )?;
+                let a = CachedAttn {
+                    heads: l.heads,
+                    kv_heads: l.kv_heads,
+                    head_dim: l.head_dim,
+                    ldq: l.width,
+                    ldo: l.qd,
+                    capacity: self.cache.capacity,
+                    scale: l.scale,
+                    softcap: l.softcap,
+                    window: l.window,
+                    alibi: l.alibi.map_or(0, |j| self.alibi[j].ptr()),
+                };
+                self.dk
+                    .attn(dt, &a, self.ptr(l, first)?, q, (kc, vc), &self.rows)
+            }
+            // One projection: the attention output, or a dense MLP's down projection.
+            Fusion::Linear => {
+                let (prefix, inp) = match first {
+                    Act::AttnOut => ("attn.o", l.qd),
+                    Act::MlpOut => ("mlp.down", l.mlp.map_or(0, |m| m.hidden)),
+                    other => {
+                        return Err(bad(
+                            l.index,
+                            format!("a projection into `{}`", other.name()),
+                        ));
+                    }
+                };
+                self.linear(
+                    d,
+                    inp,
+                    self.ptr(l, k.inputs[0])?,
+                    self.w.w(&l.pname(&format!("{prefix}.weight")))?,
+                    self.w.wo(&l.pname(&format!("{prefix}.bias"))),
+                    self.ptr(l, first)?,
+                )
+            }
+            // The dense MLP's input projections as one GEMM into [gate; up] (or up).
+            Fusion::GateUp => {
+                let m = l
+                    .mlp
+                    .ok_or_else(|| bad(l.index, "gate/up without a dense MLP".into()))?;
+                let name = if m.gated { "mlp.gate" } else { "mlp.up" };
+                self.linear(
+                    m.hw,
+                    d,
+                    self.ptr(l, k.inputs[0])?,
+                    self.w.w(&l.pname(&format!("{name}.weight")))?,
+                    self.w.wo(&l.pname(&format!("{name}.bias"))),
+                    self.acts.h,
+                )
+            }
+            // act(gate) (* up) in one pass.
+            Fusion::Activation => {
+                let m = l
+                    .mlp
+                    .ok_or_else(|| bad(l.index, "an activation without a dense MLP".into()))?;
+                let up = if m.gated {
+                    self.acts.h + m.hidden as u64 * self.es
+                } else {
+                    0
+                };
+                kn.act_fwd(dt, m.act, self.acts.act, self.acts.h, up, n, m.hidden, m.hw)
+            }
+            // The mixture-of-experts block, through `cuda::moe` (no aux loss at inference).
+            Fusion::Moe => {
+                let moe = self
+                    .moe
+                    .get(l.index)
+                    .and_then(Option::as_ref)
+                    .ok_or_else(|| bad(l.index, "no mixture-of-experts block was built".into()))?;
+                let w = |name: &str| self.w.wo(&l.pname(name));
+                moe.forward(
+                    self.gemm,
+                    &w,
+                    self.ptr(l, l.lp.mlp_in)?,
+                    self.ptr(l, Act::MlpOut)?,
+                    self.acts.moe_saved,
+                    self.acts.moe_scratch,
+                    0,
+                )
+            }
+        }
+    }
+
+    /// A qk-norm on the q or k columns of `[q; k; v]`: copied out to contiguous rows (per head:
+    /// rows of head_dim), normalised, copied back.
+    fn qk_norm(&self, l: &LayerPlan, a: Act) -> Result<()> {
+        let qk =
+            l.qk.ok_or_else(|| bad(l.index, "a qk-norm node without qk_norm".into()))?;
+        let n = self.rows.n;
+        let (heads, cols, prefix, at) = if a == Act::QNormed {
+            (l.heads, l.qd, "attn.q_norm", self.ptr(l, Act::Q)?)
+        } else {
+            (l.kv_heads, l.kvd, "attn.k_norm", self.ptr(l, Act::K)?)
+        };
+        let (rows, width) = match qk.scope {
+            QkNormScope::Head => (n * heads, l.head_dim),
+            QkNormScope::Full => (n, cols),
+        };
+        let (kn, dt, raw, out) = (self.k, self.dt, self.acts.qk_raw, self.acts.qk_out);
+        kn.copy2d(dt, raw, cols, at, l.width, n, cols)?;
+        kn.norm_fwd(
+            dt,
+            qk.norm.kind,
+            out,
+            0,
+            self.acts.rstd,
+            self.acts.mean,
+            raw,
+            0,
+            self.w.wo(&l.pname(&format!("{prefix}.weight"))),
+            self.w.wo(&l.pname(&format!("{prefix}.bias"))),
+            rows,
+            width,
+            qk.norm.eps as f32,
+            qk.norm.offset as f32,
+        )?;
+        kn.copy2d(dt, at, l.width, out, cols, n, cols)
+    }
+
+    /// RoPE on the q or k columns of `[q; k; v]`, in place, at each row's position.
+    fn rope(&self, l: &LayerPlan, a: Act) -> Result<()> {
+        let t = l
+            .rope
+            .and_then(|j| self.ropes.get(j))
+            .ok_or_else(|| bad(l.index, "a RoPE node without a RoPE table".into()))?;
+        let (x, heads) = if a == Act::QRope {
+            (self.ptr(l, Act::Q)?, l.heads)
+        } else {
+            (self.ptr(l, Act::K)?, l.kv_heads)
+        };
+        self.dk.rope(
+            self.dt,
+            x,
+            (t.cos.ptr(), t.sin.ptr()),
+            &self.rows,
+            heads,
+            l.head_dim,
+            l.width,
+            t.rot,
+            t.interleaved,
+        )
+    }
+
+    /// The layer's output into its input buffer (the next layer's input): `resid_mid +
+    /// mlp_branch`, or in a parallel block `(input + attn_branch) + mlp_branch`, summed in the CPU
+    /// executor's order.
+    pub(super) fn output(&self, l: &LayerPlan) -> Result<()> {
+        let (kn, dt, n, d) = (self.k, self.dt, self.rows.n, self.d);
+        let x = self.ptr(l, Act::Input)?;
+        let mlp = self.ptr(l, l.lp.mlp_branch)?;
+        if l.lp.parallel {
+            // resid_mid is no node of a parallel block: its buffer holds the partial sum.
+            let tmp = self.acts.resid_mid;
+            kn.add(dt, tmp, x, self.ptr(l, l.lp.attn_branch)?, n * d)?;
+            kn.add(dt, x, tmp, mlp, n * d)
+        } else {
+            kn.add(dt, x, self.ptr(l, Act::ResidMid)?, mlp, n * d)
+        }
+    }
+}
