@@ -10,6 +10,9 @@ use std::fmt::Write;
 
 use crate::ir::*;
 
+mod text;
+use text::{mla, scaling};
+
 /// A readable `.mspec` for `spec`; `parse(&print(spec), _) == Ok(spec)` for every valid spec.
 pub fn print(spec: &ModelSpec) -> String {
     let compact = Printer { explicit: false }.model(spec);
@@ -88,6 +91,11 @@ fn mode<T: PartialEq + Clone>(values: impl Iterator<Item = T>) -> Option<T> {
     counts.into_iter().find(|(_, n)| *n == best).map(|(v, _)| v)
 }
 
+/// The width a rotary fraction applies to: the head, or latent attention's rotary part.
+fn rope_width(a: &Attention) -> u64 {
+    a.mla.map_or(a.head_dim, |m| m.rope_dim)
+}
+
 fn default_scale(head_dim: u64) -> f64 {
     (head_dim as f64).sqrt().recip()
 }
@@ -163,7 +171,7 @@ impl Printer {
         let _ = writeln!(
             o,
             "    position {}",
-            self.position(&base.position, base.attention.head_dim, None)
+            self.position(&base.position, rope_width(&base.attention), None)
         );
         let _ = writeln!(o, "    {}", self.ffn(&base.ffn, self.explicit));
         self.globals_tail(&mut o, s, Some(&base));
@@ -319,7 +327,8 @@ impl Printer {
         if a.kv_heads != a.heads || x {
             p.push(format!("kv_heads {}", a.kv_heads));
         }
-        if derived_head_dim(s.d_model, a.heads) != Some(a.head_dim) || x {
+        // Latent attention's head_dim is its nope_dim + rope_dim.
+        if (derived_head_dim(s.d_model, a.heads) != Some(a.head_dim) && a.mla.is_none()) || x {
             p.push(format!("head_dim {}", a.head_dim));
         }
         if a.qkv_bias && a.out_bias && !x {
@@ -356,6 +365,9 @@ impl Printer {
         }
         if a.temperature.is_some() {
             p.push(Self::temperature(&a.temperature));
+        }
+        if a.mla.is_some() || x {
+            p.push(mla(&a.mla, |n| self.norm(n, x)));
         }
         p.join("  ")
     }
@@ -424,6 +436,9 @@ impl Printer {
         }
         if a.temperature != b.temperature {
             p.push(Self::temperature(&a.temperature));
+        }
+        if a.mla != b.mla {
+            p.push(mla(&a.mla, |n| self.norm(n, x)));
         }
         p
     }
@@ -600,13 +615,13 @@ impl Printer {
                 (Position::Rope(br), Position::Rope(_)) => {
                     let t = self.position(
                         &l.position,
-                        l.attention.head_dim,
-                        Some((br, b.attention.head_dim)),
+                        rope_width(&l.attention),
+                        Some((br, rope_width(&b.attention))),
                     );
                     (t != "rope").then_some(t)
                 }
                 (bp, lp) if bp == lp => None,
-                (_, lp) => Some(self.position(lp, l.attention.head_dim, None)),
+                (_, lp) => Some(self.position(lp, rope_width(&l.attention), None)),
             };
             if let Some(p) = pos {
                 st.push(format!("position {p}"));
@@ -718,69 +733,6 @@ fn mlp(m: &Mlp, full: bool) -> String {
         format!("{kind}(hidden = {}, bias = {})", m.hidden, m.bias)
     } else {
         format!("{kind}(hidden = {})", m.hidden)
-    }
-}
-
-fn scaling(s: &RopeScaling) -> String {
-    let list = |v: &[f64]| v.iter().map(|f| num(*f)).collect::<Vec<_>>().join(", ");
-    match s {
-        RopeScaling::None => "none".into(),
-        RopeScaling::Linear { factor } => format!("linear(factor = {})", num(*factor)),
-        RopeScaling::DynamicNtk {
-            factor,
-            original_context,
-        } => {
-            format!(
-                "dynamic_ntk(factor = {}, original_context = {original_context})",
-                num(*factor)
-            )
-        }
-        RopeScaling::Yarn {
-            factor,
-            original_context,
-            beta_fast,
-            beta_slow,
-            attention_factor,
-            truncate,
-            mscale,
-        } => {
-            let mscale = match mscale {
-                Some([m, all]) => format!(", mscale = {}, mscale_all_dim = {}", num(*m), num(*all)),
-                None => String::new(),
-            };
-            format!(
-                "yarn(factor = {}, original_context = {original_context}, beta_fast = {}, beta_slow = {}, attention_factor = {}{}{mscale})",
-                num(*factor),
-                num(*beta_fast),
-                num(*beta_slow),
-                num(*attention_factor),
-                if *truncate { "" } else { ", truncate = false" }
-            )
-        }
-        RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_context,
-        } => format!(
-            "llama3(factor = {}, low_freq_factor = {}, high_freq_factor = {}, original_context = {original_context})",
-            num(*factor),
-            num(*low_freq_factor),
-            num(*high_freq_factor)
-        ),
-        RopeScaling::Longrope {
-            short_factor,
-            long_factor,
-            original_context,
-            attention_factor,
-        } => {
-            format!(
-                "longrope(short = [{}], long = [{}], original_context = {original_context}, attention_factor = {})",
-                list(short_factor),
-                list(long_factor),
-                num(*attention_factor)
-            )
-        }
     }
 }
 
