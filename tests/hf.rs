@@ -259,6 +259,22 @@ fn active_parameters_of_gpt_oss_and_llama4_scout() {
 }
 
 #[test]
+fn active_parameters_of_deepseek_v3_and_v2_lite() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_configs");
+    // DeepSeek's "37B / 2.4B activated" leave out the input embedding (a lookup); V3's count is
+    // transformers' model, without the checkpoint's multi-token-prediction layer.
+    for (name, published) in [("deepseek-v3", 37.0e9), ("deepseek-v2-lite", 2.4e9)] {
+        let spec = import(&root.join(name));
+        let active = cost::params_active(&spec) - spec.vocab_padded * spec.d_model;
+        assert!(
+            (active as f64 - published).abs() < 0.7e9 * (published / 37.0e9).max(0.1),
+            "{name}: {active} active, published {published}"
+        );
+        assert!(spec.layers.iter().all(|l| l.attention.mla.is_some()));
+    }
+}
+
+#[test]
 fn flops_per_token_follow_the_formula() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/hf_configs");
     // GPT-2 at 1024 positions: 2 × (12 blocks of qkv, proj, fc, proj + the tied head) plus

@@ -337,6 +337,8 @@ fn specs_agree_with_their_hf_configs() {
         ("qwen2.5-7b", "qwen2.5-7b"),
         ("qwen3-30b-a3b", "qwen3-30b-a3b"),
         ("qwen3-8b", "qwen3-8b"),
+        ("deepseek-v3", "deepseek-v3"),
+        ("deepseek-v2-lite", "deepseek-v2-lite"),
     ];
     let hf_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/hf_configs");
     let mut differ = Vec::new();

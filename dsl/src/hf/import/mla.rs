@@ -70,7 +70,8 @@ pub(super) fn mla_settings(cfg: &mut Cfg<'_>, family: Family, heads: u64) -> Opt
 /// The softmax scale of latent attention: `(nope_dim + rope_dim)^-0.5`, times `m(mscale_all_dim)²`
 /// under YaRN with a non-zero `mscale_all_dim` (transformers' `yarn_apply_mscale`).
 pub(super) fn mla_scale(mla: &Mla, scaling: &RopeScaling) -> f64 {
-    let base = ((mla.nope_dim + mla.rope_dim) as f64).sqrt().recip();
+    // `qk_head_dim ** -0.5` as Python computes it (pow, not 1 / sqrt: they differ in the last bit).
+    let base = ((mla.nope_dim + mla.rope_dim) as f64).powf(-0.5);
     match scaling {
         RopeScaling::Yarn {
             factor,

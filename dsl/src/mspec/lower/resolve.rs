@@ -152,23 +152,22 @@ pub(super) fn resolve_layer(
             })
         }
     };
-    // DeepSeek's YaRN sharpens latent attention's softmax by m(mscale_all_dim)² (transformers'
-    // `yarn_apply_mscale`), unless the scale is written.
-    if a.scale.is_none()
-        && attention.mla.is_some()
-        && let Position::Rope(Rope {
-            scaling:
-                RopeScaling::Yarn {
-                    factor,
-                    mscale: Some([_, all]),
-                    ..
-                },
-            ..
-        }) = &position
-        && *all != 0.0
-    {
-        let m = yarn_mscale(*factor, *all);
-        attention.scale *= m * m;
+    // Latent attention's default scale is transformers': `qk_head_dim ** -0.5` (pow, as Python
+    // computes it), times m(mscale_all_dim)² under DeepSeek's YaRN (`yarn_apply_mscale`).
+    if a.scale.is_none() && attention.mla.is_some() {
+        let m = match &position {
+            Position::Rope(Rope {
+                scaling:
+                    RopeScaling::Yarn {
+                        factor,
+                        mscale: Some([_, all]),
+                        ..
+                    },
+                ..
+            }) if *all != 0.0 => yarn_mscale(*factor, *all),
+            _ => 1.0,
+        };
+        attention.scale = (attention.head_dim as f64).powf(-0.5) * m * m;
     }
     let block = Block {
         norm: w.norm.clone().unwrap_or_default().resolve(),
