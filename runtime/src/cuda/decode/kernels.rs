@@ -46,6 +46,8 @@ pub fn kernel_source() -> KernelSource {
 }
 
 const BLOCK: u32 = 256;
+/// Threads of `dec_attn`: `DEC_WARPS` (4) warps.
+const ATTN_BLOCK: u32 = 128;
 
 fn blocks(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize).max(1) as u32
@@ -109,10 +111,20 @@ impl DecodeKernels {
         grid: (u32, u32, u32),
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
+        self.go_with(name, grid, BLOCK, args)
+    }
+
+    fn go_with(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
         let f = self.module.function(name)?;
         // SAFETY: every wrapper below binds locals that match the kernel's C signature; the
         // buffers come from the decoder's arena and cache, sized for the shapes passed.
-        unsafe { self.gpu.launch(name, &f, grid, (BLOCK, 1, 1), 0, args) }
+        unsafe { self.gpu.launch(name, &f, grid, (block, 1, 1), 0, args) }
     }
 
     /// `dec_embed_{dtype}`: out `[n, c]` = wte[tok] * scale (+ wpe[pos]).
@@ -218,9 +230,11 @@ impl DecodeKernels {
             i(a.capacity),
         );
         let (scale, softcap, window, alibi) = (a.scale, a.softcap, i(a.window), a.alibi);
-        self.go(
+        // Four warps per (row, head): the kernel's DEC_WARPS.
+        self.go_with(
             &format!("dec_attn_{}", dt.suffix()),
             (rows.n as u32, a.heads as u32, 1),
+            ATTN_BLOCK,
             &mut cuda_args![
                 o, q, kc, vc, seq, pos, h_, kv_, d_, ldq, ldo, l_, scale, softcap, window, alibi
             ],

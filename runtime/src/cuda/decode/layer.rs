@@ -115,6 +115,58 @@ fn activation(k: MlpKind) -> Activation {
     }
 }
 
+/// Whether a decode call has a buffer for activation `a` (every activation of a dense block;
+/// a mixture-of-experts block keeps its internals to itself).
+fn placed(a: Act) -> bool {
+    matches!(
+        a,
+        Act::Input
+            | Act::AttnNorm
+            | Act::Q
+            | Act::K
+            | Act::V
+            | Act::QNormed
+            | Act::KNormed
+            | Act::QRope
+            | Act::KRope
+            | Act::Attn
+            | Act::AttnOut
+            | Act::AttnPostNorm
+            | Act::ResidMid
+            | Act::MlpNorm
+            | Act::Gate
+            | Act::Up
+            | Act::ActOut
+            | Act::MlpOut
+            | Act::MlpPostNorm
+    )
+}
+
+/// Why a decode call cannot run layer program `lp`: an activation outside what [`Pass::run`]
+/// launches (named, with its layer), or `None`.
+pub(super) fn unsupported_layer(lp: &LayerProgram) -> Option<String> {
+    for k in lp.kernels() {
+        if k.fusion == Fusion::Moe {
+            continue;
+        }
+        if k.fusion == Fusion::QkvRope && k.outputs.get(..3) != Some(&[Act::Q, Act::K, Act::V][..])
+        {
+            return Some(format!(
+                "attention without q/k/v projections in layer {}",
+                lp.index
+            ));
+        }
+        if let Some(a) = k.outputs.iter().chain(&k.inputs).find(|a| !placed(**a)) {
+            return Some(format!(
+                "the activation `{}` in layer {}",
+                a.name(),
+                lp.index
+            ));
+        }
+    }
+    None
+}
+
 fn bad(layer: usize, why: String) -> CudaError {
     CudaError::BadLaunch {
         kernel: format!("gpu decoder (layer {layer})"),

@@ -39,6 +39,7 @@
 mod arena;
 mod kernels;
 mod layer;
+mod sample;
 mod weights;
 
 use std::collections::BTreeMap;
@@ -55,6 +56,7 @@ use super::moe::MoeLayer;
 use super::ops::Kernels;
 use super::train::GpuTrainer;
 use crate::ops::rope::inv_freq;
+use crate::program::LayerProgram;
 use crate::tensor::ParamSource;
 use arena::{Acts, Cache, RopeSlot, Widths, distinct_ropes};
 use kernels::{DecodeKernels, Rows};
@@ -177,10 +179,14 @@ fn unsupported(why: impl Into<String>) -> DecodeError {
 }
 
 impl GpuDecoder {
-    /// Why the GPU decoder cannot run `spec` (what the GPU trainer refuses, with its reason), or
-    /// `None`.
+    /// Why the GPU decoder cannot run `spec` (what the GPU trainer refuses, with its reason, and
+    /// any activation of a layer's program that no decode launch sequence computes), or `None`.
     pub fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
-        GpuTrainer::unsupported_feature(spec)
+        GpuTrainer::unsupported_feature(spec).or_else(|| {
+            spec.layers
+                .iter()
+                .find_map(|l| layer::unsupported_layer(&LayerProgram::structure(l)))
+        })
     }
 
     /// A decoder for `batch` sequences of up to `capacity` positions each (at most the spec's
