@@ -1,7 +1,9 @@
 //! `modelspec sample`: generate text from a checkpoint written by `modelspec train`, or from an HF
 //! model directory (config.json, *.safetensors, and tokenizer.json for text).
 //!
-//! Decoding runs on the CPU executor through a key/value cache (`Executor::decode`): the prompt
+//! Decoding runs through a key/value cache, on the CPU executor (`Executor::decode`) or, with
+//! `--device cuda`, on the GPU decoder (`cuda::decode::GpuDecoder`, the same sampler on its
+//! logits; `--dtype f32` by default, `bf16` as in training): the prompt
 //! runs once, then each new token alone, as long as the window fits the spec's context. Past the
 //! context the window slides by one token per step, and since every cached key was rotated for
 //! its old position, each further token re-runs the whole window (on the tiny run, 400 tokens
@@ -11,9 +13,11 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use modelspec_dsl::ModelSpec;
 use modelspec_runtime::Params;
+use modelspec_runtime::cuda::decode::GpuDecoder;
+use modelspec_runtime::cuda::{Dtype, Gpu};
 use modelspec_runtime::train::CpuObjective;
 use modelspec_runtime::train::checkpoint;
 use modelspec_runtime::train::data::Tokenizer;
@@ -59,6 +63,12 @@ pub struct SampleArgs {
     /// generation stops after it).
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Where to decode: cpu, or cuda (GPU 0, the key/value cache on the device).
+    #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+    pub device: String,
+    /// Compute precision with --device cuda: f32, or bf16 (weights and activations in bfloat16).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    pub dtype: String,
 }
 
 /// The most tokens `sample` generates when `--tokens` is not given.
@@ -172,8 +182,29 @@ fn load(args: &SampleArgs) -> Result<Source> {
 
 /// Runs `modelspec sample`: prints the prompt and its continuation.
 pub fn run(args: SampleArgs) -> Result<()> {
+    if args.dtype != "f32" && args.device != "cuda" {
+        bail!(
+            "--dtype {} needs --device cuda (the CPU decodes in f32)",
+            args.dtype
+        );
+    }
+    let gpu = if args.device == "cuda" {
+        Some(Gpu::new(0).map_err(|e| {
+            anyhow!("--device cuda: no CUDA device can be used ({e}); use --device cpu")
+        })?)
+    } else {
+        None
+    };
     let source = load(&args)?;
     let spec = &source.spec;
+    if gpu.is_some()
+        && let Some(feature) = GpuDecoder::unsupported_feature(spec)
+    {
+        bail!(
+            "--device cuda: `{}` uses {feature}, which the GPU path does not support yet; use --device cpu",
+            spec.name
+        );
+    }
     let prompt_ids = match (&args.prompt_ids, &source.tokenizer) {
         (Some(ids), _) => {
             if let Some(bad) = ids.iter().find(|&&t| u64::from(t) >= spec.vocab) {
@@ -201,7 +232,6 @@ pub fn run(args: SampleArgs) -> Result<()> {
         Some(t) => (spec.vocab as usize).min(t.vocab_size()),
         None => spec.vocab as usize,
     };
-    let objective = CpuObjective::new(spec, None)?;
     let options = SampleOptions {
         temperature: args.temperature,
         top_k: args.top_k,
@@ -232,22 +262,47 @@ pub fn run(args: SampleArgs) -> Result<()> {
     for i in 1..=prompt_ids.len() {
         show(&prompt_ids[..i], &mut out)?;
     }
-    let ids = sampling::generate_cached(
-        objective.executor(),
-        &source.params,
-        &prompt_ids,
-        (tokens, vocab),
-        options,
-        &source.eos,
-        args.seed,
-        |ids| {
-            if failure.is_none()
-                && let Err(e) = show(ids, &mut out)
-            {
-                failure = Some(e);
-            }
-        },
-    )?;
+    let on_id = |ids: &[u32]| {
+        if failure.is_none()
+            && let Err(e) = show(ids, &mut out)
+        {
+            failure = Some(e);
+        }
+    };
+    let ids = match &gpu {
+        Some(gpu) => {
+            let dt = if args.dtype == "bf16" {
+                Dtype::Bf16
+            } else {
+                Dtype::F32
+            };
+            // Room for the prompt and the continuation (the decoder grows past it if needed).
+            let capacity = (prompt_ids.len() + tokens).max(1);
+            let mut decoder = GpuDecoder::new(gpu, spec, dt, &source.params, 1, capacity)
+                .map_err(|e| anyhow!("--device cuda: {e}"))?;
+            decoder.generate(
+                &prompt_ids,
+                (tokens, vocab),
+                options,
+                &source.eos,
+                args.seed,
+                on_id,
+            )?
+        }
+        None => {
+            let objective = CpuObjective::new(spec, None)?;
+            sampling::generate_cached(
+                objective.executor(),
+                &source.params,
+                &prompt_ids,
+                (tokens, vocab),
+                options,
+                &source.eos,
+                args.seed,
+                on_id,
+            )?
+        }
+    };
     if let Some(e) = failure {
         return Err(e);
     }
