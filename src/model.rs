@@ -61,10 +61,12 @@ pub type ParamRefsMut<'a> = std::collections::BTreeMap<String, &'a mut Tensor>;
 /// shape, refreshed after each [`Model::params_mut`] call; after writing the struct's public
 /// fields directly, call `params_mut()` once so that the GPU sees the change.
 ///
-/// On a GPU, two things differ from the CPU: logits of padded vocabulary columns (a spec with
-/// `pad`) are `-inf`, as the GPU's softmax leaves them out; and [`Model::decode`] and
-/// [`Model::generate`] still run on the CPU with the host parameters (bit-identical to a CPU
-/// model), because the GPU has no key/value cache yet.
+/// On a GPU, logits of padded vocabulary columns (a spec with `pad`) are `-inf`, as the GPU's
+/// softmax leaves them out. [`Model::decode`] and [`Model::generate`] run on the GPU decoder
+/// (f32, `cuda::decode::GpuDecoder`) with its key/value cache on the device, one per model: a
+/// decoding loop whose windows keep extending runs one new id per call, any other window starts
+/// over; the host [`KvCache`] argument is not used there. Their logits equal the CPU's within
+/// 1e-4 relative (`tests/generated_model_cuda.rs`).
 pub trait Model: Sized {
     /// Every learned parameter, counted from the spec.
     const PARAMS_TOTAL: u64;
@@ -101,16 +103,16 @@ pub trait Model: Sized {
     /// (`Executor::decode`): while the window grows by new ids, pass the same cache and only the
     /// new ids run. Equal to the last row of [`Model::logits`] up to the order of float sums.
     /// A cache belongs to one set of weights: [`KvCache::clear`] it after changing them.
-    /// Runs on the CPU on every device (the GPU has no key/value cache kernels yet).
+    /// Generated models on a GPU decode there instead, with the cache on the device (see the
+    /// trait docs); this default runs on the CPU.
     fn decode(&self, cache: &mut KvCache<f32>, window: &[u32]) -> Result<Vec<f32>> {
         let exec = Executor::new(Self::spec()?)?;
         Ok(exec.decode(&self.params(), cache, window)?)
     }
 
     /// `prompt` followed by `tokens` sampled ids (temperature 0: greedy), decoded through one
-    /// key/value cache; the window is the spec's context. Runs on the CPU on every device (the
-    /// GPU has no key/value cache kernels yet), so a GPU model generates exactly what the same
-    /// weights generate on the CPU.
+    /// key/value cache; the window is the spec's context. Generated models on a GPU run it on
+    /// the GPU decoder (the same sampler on its logits); this default runs on the CPU.
     fn generate(
         &self,
         prompt: &[u32],

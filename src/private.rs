@@ -151,6 +151,50 @@ pub mod v1 {
         backend.gpu_loss_and_grads(spec, params, tokens, batch)
     }
 
+    /// [`crate::Model::decode`] on the model's device: on the CPU, `Executor::decode` through
+    /// `cache`; on a GPU, the model's GPU decoder (f32), whose key/value cache lives on the device
+    /// (`cache` is not used there).
+    pub fn decode_on(
+        backend: &Backend,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        cache: &mut crate::runtime::exec::KvCache<f32>,
+        window: &[u32],
+    ) -> Result<Vec<f32>> {
+        if backend.device().is_cpu() {
+            let exec = crate::runtime::exec::Executor::new(spec)?;
+            return Ok(exec.decode(params, cache, window)?);
+        }
+        backend.gpu_decode(spec, params, window)
+    }
+
+    /// [`crate::Model::generate`] on the model's device: the CPU's sampler, with logits from the
+    /// CPU decoder or, on a GPU, from the model's GPU decoder (f32).
+    pub fn generate_on(
+        backend: &Backend,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        prompt: &[u32],
+        tokens: usize,
+        options: crate::runtime::train::sample::SampleOptions,
+        seed: u64,
+    ) -> Result<Vec<u32>> {
+        if backend.device().is_cpu() {
+            let exec = crate::runtime::exec::Executor::new(spec)?;
+            return Ok(crate::runtime::train::sample::generate_cached(
+                &exec,
+                params,
+                prompt,
+                (tokens, spec.vocab as usize),
+                options,
+                &[],
+                seed,
+                |_| {},
+            )?);
+        }
+        backend.gpu_generate(spec, params, prompt, tokens, options, seed)
+    }
+
     pub use crate::dsl::ir::LayerCheckpoint;
     pub use crate::runtime::exec::{Head, Hidden, Policy, Saved};
 

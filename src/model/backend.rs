@@ -8,14 +8,23 @@
 //! on the GPU; it is refreshed from the host tensors when `params_mut` was called since the
 //! trainer's last upload (a generation counter), so an optimizer that updates the model through
 //! `params_mut` is always seen, while repeated calls on unchanged weights upload nothing.
+//!
+//! `decode` and `generate` run on the GPU decoder ([`GpuDecoder`], f32), whose key/value cache
+//! lives on the device: one decoder per model, holding one sequence. It is reused while each
+//! window extends the ids it holds (so a decoding loop runs one new id per call) and starts over
+//! otherwise; the same generation counter rebuilds it after `params_mut`. The host `KvCache`
+//! argument of `decode` is not used on a GPU: the device cache depends only on the weights and
+//! the ids, so any window may be passed at any time.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::dsl::ModelSpec;
 use crate::model::{Error, ParamRefs, Result};
+use crate::runtime::cuda::decode::{DecodeError, GpuDecoder};
 use crate::runtime::cuda::{Dtype, Gpu, GpuTrainer};
 use crate::runtime::exec::{Executor, Mode};
+use crate::runtime::train::sample::SampleOptions;
 use crate::runtime::{Device, Params, Tensor};
 
 /// At most this many shapes keep a GPU trainer (each holds parameters, gradients, optimizer
@@ -40,6 +49,8 @@ struct GpuState {
     /// used (a counter).
     trainers: BTreeMap<(usize, usize), Slot>,
     clock: u64,
+    /// The decoder of `decode` and `generate`, with the parameter generation it holds.
+    decoder: Option<(GpuDecoder, u64)>,
 }
 
 struct Slot {
@@ -80,6 +91,7 @@ impl Backend {
                 gpu,
                 trainers: BTreeMap::new(),
                 clock: 0,
+                decoder: None,
             })),
         })
     }
@@ -137,6 +149,77 @@ impl Backend {
             trainer.forward_backward(false)?;
             Ok((trainer.loss()?, trainer.grads()?))
         })
+    }
+
+    /// The logits `[vocab_padded]` of the last position of `window`, on the GPU decoder (f32):
+    /// only the new ids run while `window` extends what its cache holds.
+    pub(crate) fn gpu_decode(
+        &self,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        window: &[u32],
+    ) -> Result<Vec<f32>> {
+        self.with_decoder(spec, params, window.len(), |dec| {
+            dec.decode(window).map_err(decode_error)
+        })
+    }
+
+    /// `prompt` followed by `tokens` sampled ids (the CPU's sampler and window), with logits
+    /// from the GPU decoder.
+    pub(crate) fn gpu_generate(
+        &self,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        prompt: &[u32],
+        tokens: usize,
+        options: SampleOptions,
+        seed: u64,
+    ) -> Result<Vec<u32>> {
+        self.with_decoder(spec, params, prompt.len() + tokens, |dec| {
+            Ok(dec.generate(
+                prompt,
+                (tokens, spec.vocab as usize),
+                options,
+                &[],
+                seed,
+                |_| {},
+            )?)
+        })
+    }
+
+    /// Runs `f` on the model's GPU decoder (built with room for `positions`, or rebuilt when the
+    /// parameters changed since it was built).
+    fn with_decoder<T>(
+        &self,
+        spec: &ModelSpec,
+        params: &ParamRefs<'_>,
+        positions: usize,
+        f: impl FnOnce(&mut GpuDecoder) -> Result<T>,
+    ) -> Result<T> {
+        let state = self
+            .gpu
+            .as_ref()
+            .ok_or_else(|| gpu_error("the model is not on a GPU"))?;
+        let mut state = state
+            .lock()
+            .map_err(|_| gpu_error("a previous GPU call panicked"))?;
+        let state = &mut *state;
+        let stale = state
+            .decoder
+            .as_ref()
+            .is_none_or(|(_, uploaded)| *uploaded != self.generation);
+        if stale {
+            // Dropped first: its device memory is free for the new one.
+            state.decoder = None;
+            let dec = GpuDecoder::new(&state.gpu, spec, Dtype::F32, params, 1, positions.max(1))
+                .map_err(decode_error)?;
+            state.decoder = Some((dec, self.generation));
+        }
+        let (dec, _) = state
+            .decoder
+            .as_mut()
+            .ok_or_else(|| gpu_error("no GPU decoder"))?;
+        f(dec)
     }
 
     /// Runs `f` on the trainer of this call's shape, after checking the call as the CPU does
@@ -206,6 +289,18 @@ fn owned(params: &ParamRefs<'_>) -> Params {
     out
 }
 
+/// A GPU decoding error as the model API reports it: CUDA errors as CUDA errors, invalid input
+/// with the CPU's own error, and what the GPU does not run as a device error.
+fn decode_error(e: DecodeError) -> Error {
+    match e {
+        DecodeError::Cuda(c) => Error::Cuda(c),
+        DecodeError::Input(r) => Error::Runtime(r),
+        DecodeError::Unsupported(why) => {
+            crate::runtime::Error::Device(format!("GPU decoding: {why}")).into()
+        }
+    }
+}
+
 fn gpu_error(why: &str) -> Error {
     crate::runtime::Error::Device(why.to_string()).into()
 }
@@ -223,6 +318,7 @@ impl Clone for Backend {
                     gpu,
                     trainers: BTreeMap::new(),
                     clock: 0,
+                    decoder: None,
                 }))
             }),
         }

@@ -344,6 +344,14 @@ fn model_trait(layout: &Layout<'_>) -> TokenStream {
             fn device(&self) -> &::modelspec::Device {
                 self.__backend.device()
             }
+
+            fn decode(&self, cache: &mut ::modelspec::KvCache<f32>, window: &[u32]) -> ::modelspec::Result<::std::vec::Vec<f32>> {
+                #rt::decode_on(&self.__backend, #ty::spec()?, &self.params(), cache, window)
+            }
+
+            fn generate(&self, prompt: &[u32], tokens: usize, options: ::modelspec::SampleOptions, seed: u64) -> ::modelspec::Result<::std::vec::Vec<u32>> {
+                #rt::generate_on(&self.__backend, #ty::spec()?, &self.params(), prompt, tokens, options, seed)
+            }
         }
     }
 }
