@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One device call that checks the GPU side against the CPU: every GPU test binary (kernels, the
-# per-layer trainer, MoE, cuDNN attention, checkpointing, generated-model kernels) and
+# per-layer trainer, MoE, cuDNN attention, checkpointing, KV-cached decoding, generated-model
+# kernels), `sample --device cuda` against transformers' greedy ids, and
 # `modelspec eval --device cuda` against `--device cpu` on every HF fixture (dense, MoE, ALiBi).
 # Expects .gpu/bins.tgz (made by bench/gpu_pack.sh on the dev machine: release test executables
 # and the modelspec binary). Usage on the device: OUT=<dir> bash bench/gpu_verify.sh [FILTER...]
@@ -21,11 +22,11 @@ run() {  # run NAME TIMEOUT CMD...: log to $FINAL/NAME.log, keep the exit code f
     local rc=$?
     summary+=("$(printf '%-18s exit %3d  %4ds  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E '^test result' "$LOGS/$name.log" | tail -1)")")
 }
-TESTS=${TESTS:-cuda_compile cuda_kernels cuda_train cuda_train_state cuda_moe cuda_cudnn cuda_checkpoint generated_cuda generated_model_cuda cuda_eval cli_train_cuda}
+TESTS=${TESTS:-cuda_compile cuda_kernels cuda_train cuda_train_state cuda_moe cuda_cudnn cuda_checkpoint cuda_decode generated_cuda generated_model_cuda cuda_eval cli_train_cuda cli_sample_cuda}
 for t in $TESTS; do
     [ -x "$B/$t" ] || continue
     case $t in
-        cuda_eval|cli_train_cuda) MODELSPEC_BIN=$B/modelspec run "$t" 300 "$B/$t" --test-threads=1 --nocapture --include-ignored ;;
+        cuda_eval|cli_train_cuda|cli_sample_cuda) MODELSPEC_BIN=$B/modelspec run "$t" 300 "$B/$t" --test-threads=1 --nocapture --include-ignored ;;
         *) run "$t" 240 "$B/$t" --test-threads=1 --nocapture --include-ignored ;;
     esac
 done
