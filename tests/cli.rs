@@ -353,3 +353,36 @@ fn invalid_yaml_and_ir_json_point_at_the_key() {
         insta::assert_snapshot!(format!("ir_{}", name.replace('.', "_")), stderr(&out));
     }
 }
+
+#[test]
+fn inspect_reports_the_kv_cache_against_per_head_keys_and_values() {
+    // DeepSeek-V3 caches its 512-wide latent and 64-wide rotary key per layer; keys and values of
+    // every one of its 128 heads would take 128 × (192 + 128). Llama 3.1 8B's GQA caches 8 of its
+    // 32 heads' keys and values.
+    for (file, cached, per_head) in [
+        (
+            "tests/hf_configs/deepseek-v3/config.json",
+            61 * (512 + 64),
+            61 * 128 * (192 + 128),
+        ),
+        (
+            "tests/hf_configs/llama-3.1-8b/config.json",
+            32 * 8 * 256,
+            32 * 32 * 256,
+        ),
+    ] {
+        let v = inspect_json(file);
+        assert_eq!(
+            v["kv_cache_bytes_per_token_bf16"].as_u64(),
+            Some(2 * cached),
+            "{file}"
+        );
+        assert_eq!(
+            v["kv_cache_bytes_per_token_per_head_bf16"].as_u64(),
+            Some(2 * per_head),
+            "{file}"
+        );
+    }
+    let out = modelspec(&["inspect", "tests/hf_configs/deepseek-v3/config.json"]);
+    assert!(stdout(&out).contains("KV cache"), "{}", stdout(&out));
+}

@@ -198,6 +198,23 @@ pub fn summarize(spec: &ModelSpec) -> Summary {
     }
 }
 
+/// Elements a decoder caches per token, summed over the layers: `(cached, per_head)`. `cached`
+/// is what the cache holds (each kv head's key and value, or latent attention's normalised latent
+/// and rotary key); `per_head` is what keys and values of every query head would take (multi-head
+/// attention without grouping or a latent), the comparison GQA and MLA are made against.
+pub fn kv_cache_per_token(spec: &ModelSpec) -> (u64, u64) {
+    spec.layers.iter().fold((0u64, 0u64), |(cached, full), l| {
+        let a = &l.attention;
+        let per_head = a
+            .heads
+            .saturating_mul(a.head_dim.saturating_add(a.v_head_dim()));
+        (
+            cached.saturating_add(a.cache_width()),
+            full.saturating_add(per_head),
+        )
+    })
+}
+
 /// "gqa 32q/8kv hd128 · window 4096 · rope θ=500000 llama3".
 pub fn attention_summary(layer: &Layer) -> String {
     let a: &Attention = &layer.attention;

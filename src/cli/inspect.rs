@@ -13,7 +13,8 @@ use super::{load_or_report, print_stdout};
 pub struct InspectArgs {
     /// A spec file: .mspec, .yaml/.yml, or HF config.json.
     pub file: PathBuf,
-    /// Print JSON (keys: name, rust_type, params_total, params_active, flops_per_token, layers...).
+    /// Print JSON (keys: name, rust_type, params_total, params_active, flops_per_token,
+    /// kv_cache_bytes_per_token_bf16, layers...).
     #[arg(long)]
     pub json: bool,
 }
@@ -22,6 +23,9 @@ pub struct InspectArgs {
 pub fn run(args: InspectArgs) -> anyhow::Result<()> {
     let (spec, _) = load_or_report(&args.file)?;
     let summary = cost::summarize(&spec);
+    // bf16 keys and values (or latents) per token, and what every query head's would take.
+    let (cached, per_head) = cost::kv_cache_per_token(&spec);
+    let (kv_bytes, kv_bytes_per_head) = (cached.saturating_mul(2), per_head.saturating_mul(2));
     if args.json {
         let value = json!({
             "name": spec.name,
@@ -36,6 +40,8 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
             "params_outside_layers": summary.params_outside_layers,
             "weight_bytes_f32": summary.params_total.saturating_mul(4),
             "weight_bytes_bf16": summary.params_total.saturating_mul(2),
+            "kv_cache_bytes_per_token_bf16": kv_bytes,
+            "kv_cache_bytes_per_token_per_head_bf16": kv_bytes_per_head,
             "layers": summary.layers,
         });
         return print_stdout(&(serde_json::to_string_pretty(&value)? + "\n"));
@@ -63,6 +69,11 @@ pub fn run(args: InspectArgs) -> anyhow::Result<()> {
         "  weights         {:>20}  bf16, {} f32\n",
         bytes(summary.params_total.saturating_mul(2)),
         bytes(summary.params_total.saturating_mul(4))
+    ));
+    out.push_str(&format!(
+        "  KV cache        {:>20}  bf16 a token ({} for every query head's keys and values)\n",
+        bytes(kv_bytes),
+        bytes(kv_bytes_per_head)
     ));
     out.push_str(&format!(
         "  outside layers  {:>20}  (embeddings, final norm, head)\n\n",
