@@ -383,7 +383,8 @@ impl Checker {
                     None,
                 );
             }
-            if r.rotary_dims == 0 || r.rotary_dims % 2 != 0 {
+            // Latent attention reports its own rotary width (`mla.rope_dim`).
+            if (r.rotary_dims == 0 || r.rotary_dims % 2 != 0) && a.mla.is_none() {
                 self.push(
                     "position.rotary_dims",
                     i,
