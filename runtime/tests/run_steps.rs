@@ -132,7 +132,7 @@ fn wrong_inputs_are_errors() {
     let bad = LayerCheckpoint::Save(vec!["nope".into()]);
     assert!(matches!(
         run.layer(0, x, &bad).unwrap_err(),
-        Error::UnknownTensor { layer: 0, .. }
+        Error::Program(modelspec_runtime::program::ProgramError::UnknownTensor { layer: 0, .. })
     ));
     // Evaluation runs have no backward.
     let mut run = exec.run(&params, &toks, 1, Mode::Eval).unwrap();
