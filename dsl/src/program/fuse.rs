@@ -80,6 +80,17 @@ impl Kernel {
     }
 }
 
+impl Kernel {
+    /// What re-running this kernel reads, given what the layer kept: its inputs, except that a
+    /// residual add whose sum was kept re-runs only the norm that reads the sum.
+    pub fn recompute_inputs(&self, keep: &[bool]) -> Vec<Act> {
+        match (self.fusion, self.outputs.first()) {
+            (Fusion::ResidualNorm, Some(&sum)) if keep[sum as usize] => vec![sum],
+            _ => self.inputs.clone(),
+        }
+    }
+}
+
 impl LayerProgram {
     /// The layer's kernels in forward order: every node in exactly one kernel.
     pub fn kernels(&self) -> Vec<Kernel> {
@@ -110,7 +121,9 @@ impl LayerProgram {
                 }
                 (OpKind::Residual, _) => {
                     let norm_reads_sum = nodes.get(i + 1).is_some_and(|n| {
-                        n.op == OpKind::Norm && n.inputs == [node.output] && n.output == Act::MlpNorm
+                        n.op == OpKind::Norm
+                            && n.inputs == [node.output]
+                            && n.output == Act::MlpNorm
                     });
                     (Fusion::ResidualNorm, 1 + usize::from(norm_reads_sum))
                 }
@@ -164,7 +177,7 @@ impl LayerProgram {
             let stats_lost = k.stats_with(self).iter().any(|a| !keep[*a as usize]);
             redo[j] = k.outputs.iter().any(missing) || stats_lost;
             if redo[j] {
-                for &a in &k.inputs {
+                for a in k.recompute_inputs(keep) {
                     want[a as usize] = true;
                 }
             }

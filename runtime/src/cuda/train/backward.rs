@@ -1,14 +1,16 @@
-//! One layer's backward, with that layer's own configuration. Runs after the layer's
-//! recomputation (`layer_fwd(i, true)`) when it did not keep everything.
-//!
-//! `g` is d(layer output) (one of the two stream-gradient buffers); the result, d(layer input),
-//! goes to whichever buffer the layer below should read. Weight gradients are written (beta 0:
-//! every parameter belongs to one layer); norm and bias gradients accumulate.
+//! One layer's backward: its program's kernels in reverse (after the kernels it re-runs, when it
+//! did not keep everything), each turning its outputs' gradients into its inputs' and its
+//! weights'. Gradients are routed by [`Grads`], from the program alone: a residual add passes its
+//! gradient on as an alias (no copy), a norm folds what its input already received into its own
+//! backward (`dres`), a projection accumulates with beta 1, and the residual stream's gradients
+//! rotate through two buffers. Weight gradients are written (beta 0: every parameter belongs to
+//! one kernel); norm and bias gradients accumulate.
 
 use super::super::error::Result;
 use super::super::gpu::DevPtr;
-use super::Step;
 use super::config::{FfnCfg, NormCfg};
+use super::{Step, unsupported};
+use modelspec_dsl::program::{Act, Fusion, Kernel, N_ACTS};
 
 impl Step<'_> {
     /// Backward of a norm named `name` over rows of d_model: `dx = norm'(dy) (+ dres)`, and its
@@ -55,236 +57,280 @@ impl Step<'_> {
         )
     }
 
-    /// Layer i's backward from `g` = d(layer output); returns the buffer holding d(layer input).
+    /// Layer i's backward from `g` = d(layer output): its program's kernels in reverse, each
+    /// turning its outputs' gradients into its inputs' (see [`Grads`]). Returns the buffer
+    /// holding d(layer input), one of the two stream-gradient buffers.
     pub(super) fn layer_bwd(&self, i: usize, g: DevPtr) -> Result<DevPtr> {
+        let lp = &self.run[i].lp;
+        let mut d = Grads::new([self.buf.g_a, self.buf.g_b]);
+        // The layer output is `stream + mlp_branch` (+ `attn_branch` when parallel): each gets g.
+        d.set(lp.mlp_branch, Grad::Alias(g));
+        if lp.parallel {
+            d.set(lp.attn_branch, Grad::Alias(g));
+            d.set(Act::Input, Grad::Alias(g));
+        } else {
+            d.set(Act::ResidMid, Grad::Alias(g));
+        }
+        for kn in self.run[i].kernels.iter().rev() {
+            self.kernel_bwd(i, kn, &mut d)?;
+            for &o in &kn.outputs {
+                d.set(o, Grad::None);
+            }
+        }
+        match d.get(Act::Input) {
+            Grad::Alias(p) | Grad::Own(p) => Ok(p),
+            Grad::None => Err(unsupported(format!(
+                "layer {i}: nothing reads the layer input"
+            ))),
+        }
+    }
+
+    /// A gradient buffer for `act` that holds none of `d`'s live gradients: one of the two
+    /// stream buffers for the residual stream, else the act's own scratch buffer.
+    fn fresh(&self, d: &Grads, act: Act) -> Result<DevPtr> {
+        let bf = self.buf;
+        let p = match act {
+            Act::Input | Act::ResidMid => d.free_stream(),
+            Act::AttnNorm | Act::MlpNorm => Some(bf.d_ln),
+            Act::AttnOut | Act::MlpOut => Some(bf.d_post),
+            Act::Attn => Some(bf.d_atty),
+            Act::ActOut => Some(bf.d_act),
+            Act::Gate | Act::Up => Some(bf.dh),
+            _ => None,
+        };
+        p.filter(|&p| !d.in_use(p))
+            .ok_or_else(|| unsupported(format!("no free gradient buffer for `{}`", act.name())))
+    }
+
+    /// Where an op that writes (beta 0) or accumulates (beta 1) d(`act`) puts it: `(buffer,
+    /// beta, addend)`; a non-zero addend (a gradient passed on by a residual add) is added after
+    /// the op by [`Step::finish`].
+    fn target(&self, d: &mut Grads, act: Act) -> Result<(DevPtr, f32, DevPtr)> {
+        Ok(match d.get(act) {
+            Grad::Own(p) => (p, 1.0, 0),
+            Grad::None => {
+                let p = self.fresh(d, act)?;
+                d.set(act, Grad::Own(p));
+                (p, 0.0, 0)
+            }
+            Grad::Alias(x) => {
+                let p = self.fresh(d, act)?;
+                d.set(act, Grad::Own(p));
+                (p, 0.0, x)
+            }
+        })
+    }
+
+    /// Adds a pending addend into a target after its op (`width` columns).
+    fn finish(&self, (p, _, add): (DevPtr, f32, DevPtr), width: usize) -> Result<()> {
+        if add != 0 {
+            self.k.add(self.dt, p, p, add, self.s.n * width)?;
+        }
+        Ok(())
+    }
+
+    /// Where a norm's backward writes d(`act`), its input: `(dx, dres)`, the norm kernel adding
+    /// what `act` already received (`dres`) into a buffer of its own.
+    fn norm_target(&self, d: &mut Grads, act: Act) -> Result<(DevPtr, DevPtr)> {
+        let dres = match d.get(act) {
+            Grad::None => 0,
+            Grad::Alias(p) | Grad::Own(p) => p,
+        };
+        let dx = self.fresh(d, act)?;
+        d.set(act, Grad::Own(dx));
+        Ok((dx, dres))
+    }
+
+    /// One kernel's backward: from the gradients of its outputs to its inputs' and its weights'.
+    fn kernel_bwd(&self, i: usize, kn: &Kernel, d: &mut Grads) -> Result<()> {
         let (k, dt, es, n, c) = (self.k, self.dt, self.es, self.s.n, self.s.c);
         let l = &self.cfg[i];
         let b = &self.buf.layers[i];
         let bf = self.buf;
-        let g2 = if g == bf.g_a { bf.g_b } else { bf.g_a };
         let p = |s: &str| Self::pname(i, s);
-        // The FFN branch first, through its post-norm.
-        let d_ffn = if l.post {
-            self.norm_bwd(
-                &l.norm,
-                bf.d_post,
-                g,
-                b.pm_in,
-                b.pm_rstd,
-                b.pm_mean,
-                0,
-                &p("mlp_post_norm"),
-            )?;
-            bf.d_post
-        } else {
-            g
-        };
-        let x_ffn = Self::mlp_input(l, b);
-        match l.ffn {
-            FfnCfg::Dense {
-                act,
-                hidden,
-                hw,
-                gated,
-            } => {
-                self.mm(
-                    n,
-                    hidden,
-                    c,
-                    d_ffn,
-                    c,
-                    self.p.w(&p("mlp.down.weight"))?,
-                    hidden,
-                    bf.d_act,
-                    hidden,
-                    0.0,
-                )?;
+        let out = kn.outputs[0];
+        match kn.fusion {
+            Fusion::Norm => {
+                let dy = d.ptr(out);
+                let (_, rstd, mean, name) = self.norm_bufs(i, out);
+                let input = kn.inputs[0];
+                let (dx, dres) = self.norm_target(d, input)?;
+                self.norm_bwd(
+                    &l.norm,
+                    dx,
+                    dy,
+                    self.act_buf(i, input),
+                    rstd,
+                    mean,
+                    dres,
+                    &name,
+                )
+            }
+            Fusion::ResidualNorm => {
+                if let Some(&nm) = kn.outputs.get(1) {
+                    let dy = d.ptr(nm);
+                    let (_, rstd, mean, name) = self.norm_bufs(i, nm);
+                    let (dx, dres) = self.norm_target(d, out)?;
+                    self.norm_bwd(&l.norm, dx, dy, b.resid_mid, rstd, mean, dres, &name)?;
+                }
+                // The sum's gradient passes unchanged to both addends.
+                let ds = d.ptr(out);
+                for &a in &kn.inputs {
+                    self.pass(d, a, ds)?;
+                }
+                Ok(())
+            }
+            Fusion::Linear => {
+                let dy = d.ptr(out);
+                let (width, weight) = match out {
+                    Act::AttnOut => (l.qd, "attn.o"),
+                    _ => (l.mlp_widths().0, "mlp.down"),
+                };
+                let input = kn.inputs[0];
+                let w = |s: &str| format!("{weight}.{s}");
                 self.mm_grad(
                     c,
-                    hidden,
+                    width,
                     n,
-                    d_ffn,
+                    dy,
                     c,
-                    b.act,
-                    hidden,
-                    self.p.g(&p("mlp.down.weight")),
+                    self.act_buf(i, input),
+                    width,
+                    self.p.g(&p(&w("weight"))),
                     0.0,
                 )?;
-                self.colsum(self.p.g(&p("mlp.down.bias")), d_ffn, c)?;
+                self.colsum(self.p.g(&p(&w("bias"))), dy, c)?;
+                let t = self.target(d, input)?;
+                let wt = self.p.w(&p(&w("weight")))?;
+                self.mm(n, width, c, dy, c, wt, width, t.0, width, t.1)?;
+                self.finish(t, width)
+            }
+            Fusion::Activation => {
+                let FfnCfg::Dense {
+                    act, hidden, hw, ..
+                } = l.ffn
+                else {
+                    return Err(unsupported(format!(
+                        "layer {i}: an activation without a dense MLP"
+                    )));
+                };
                 let up = hidden as u64 * es;
-                k.act_bwd(
-                    dt,
-                    act,
-                    bf.dh,
-                    bf.dh + up,
-                    bf.d_act,
-                    b.h,
-                    b.h + up,
-                    n,
-                    hidden,
-                    hw,
-                )?;
-                let first = if gated { "mlp.gate" } else { "mlp.up" };
+                let dy = d.ptr(out);
+                let t = self.target(d, kn.inputs[0])?;
+                if t.1 != 0.0 || t.2 != 0 {
+                    return Err(unsupported(format!(
+                        "layer {i}: the MLP projections have other readers"
+                    )));
+                }
+                for &a in &kn.inputs {
+                    d.set(a, Grad::Own(t.0));
+                }
+                k.act_bwd(dt, act, t.0, t.0 + up, dy, b.h, b.h + up, n, hidden, hw)
+            }
+            Fusion::GateUp => {
+                let (_, hw) = l.mlp_widths();
+                let dy = d.ptr(out);
+                let first = if out == Act::Gate {
+                    "mlp.gate"
+                } else {
+                    "mlp.up"
+                };
+                let x = kn.inputs[0];
                 self.mm_grad(
                     hw,
                     c,
                     n,
-                    bf.dh,
+                    dy,
                     hw,
-                    x_ffn,
+                    self.act_buf(i, x),
                     c,
                     self.p.g(&p(&format!("{first}.weight"))),
                     0.0,
                 )?;
-                self.colsum(self.p.g(&p(&format!("{first}.bias"))), bf.dh, hw)?;
-                self.mm(
+                self.colsum(self.p.g(&p(&format!("{first}.bias"))), dy, hw)?;
+                let t = self.target(d, x)?;
+                let wt = self.p.w(&p(&format!("{first}.weight")))?;
+                self.mm(n, c, hw, dy, hw, wt, c, t.0, c, t.1)?;
+                self.finish(t, c)
+            }
+            Fusion::Attention => {
+                let (q, kk, v) = self.qkv_views(l, b.qkv);
+                let (dq, dk, dv) = self.qkv_views(l, bf.dqkv);
+                let mut shape = self.attn_shape(l);
+                shape.ldo = l.qd;
+                self.attention_bwd(
+                    i,
+                    &shape,
+                    (dq, dk, dv),
+                    (bf.dq_acc, bf.delta),
+                    d.ptr(out),
+                    b.atty,
+                    b.lse,
+                    (q, kk, v),
+                )?;
+                for &a in &kn.inputs {
+                    d.set(a, Grad::Own(bf.dqkv));
+                }
+                Ok(())
+            }
+            Fusion::QkvRope => {
+                self.qkv_rope_bwd(i)?;
+                let x = kn.inputs[0];
+                self.mm_grad(
+                    l.width,
+                    c,
                     n,
+                    bf.dqkv,
+                    l.width,
+                    self.act_buf(i, x),
                     c,
-                    hw,
-                    bf.dh,
-                    hw,
-                    self.p.w(&p(&format!("{first}.weight")))?,
-                    c,
-                    bf.d_ln,
-                    c,
+                    self.p.g(&p("attn.q.weight")),
                     0.0,
                 )?;
+                self.colsum(self.p.g(&p("attn.q.bias")), bf.dqkv, l.width)?;
+                let t = self.target(d, x)?;
+                let wt = self.p.w(&p("attn.q.weight"))?;
+                self.mm(n, c, l.width, bf.dqkv, l.width, wt, c, t.0, c, t.1)?;
+                self.finish(t, c)
             }
-            FfnCfg::Moe => self.moe_bwd(i, x_ffn, d_ffn, bf.d_ln)?,
-        }
-        // d_ln = d(FFN input). `acc` collects the gradient of the stream the FFN input came from:
-        // d(resid_mid) = g + norm'(d_ln) when sequential, g + norm'(d_ln) towards the layer input
-        // when parallel; a shared norm waits for the attention's part of d_ln.
-        let acc = if l.shared_norm {
-            g
-        } else {
-            let x_mlp = if l.parallel { b.resid } else { b.resid_mid };
-            if l.pre {
-                self.norm_bwd(
-                    &l.norm,
-                    g2,
-                    bf.d_ln,
-                    x_mlp,
-                    b.rstd2,
-                    b.mean2,
-                    g,
-                    &p("mlp_norm"),
-                )?;
-            } else {
-                k.add(dt, g2, g, bf.d_ln, n * c)?;
+            Fusion::Moe => {
+                let dy = d.ptr(Act::MlpOut);
+                let x = kn.inputs[0];
+                let t = self.target(d, x)?;
+                if t.1 != 0.0 {
+                    return Err(unsupported(format!(
+                        "layer {i}: the MoE block's input has another reader after it"
+                    )));
+                }
+                self.moe_bwd(i, self.act_buf(i, x), dy, t.0)?;
+                self.finish(t, c)
             }
-            g2
-        };
-        // The attention branch's gradient: d(resid_mid) when sequential, d(output) when
-        // parallel; through its post-norm.
-        let d_branch = if l.parallel { g } else { g2 };
-        let d_attn = if l.post {
-            self.norm_bwd(
-                &l.norm,
-                bf.d_post,
-                d_branch,
-                b.pa_in,
-                b.pa_rstd,
-                b.pa_mean,
-                0,
-                &p("attn_post_norm"),
-            )?;
-            bf.d_post
-        } else {
-            d_branch
-        };
-        self.mm(
-            n,
-            l.qd,
-            c,
-            d_attn,
-            c,
-            self.p.w(&p("attn.o.weight"))?,
-            l.qd,
-            bf.d_atty,
-            l.qd,
-            0.0,
-        )?;
-        self.mm_grad(
-            c,
-            l.qd,
-            n,
-            d_attn,
-            c,
-            b.atty,
-            l.qd,
-            self.p.g(&p("attn.o.weight")),
-            0.0,
-        )?;
-        self.colsum(self.p.g(&p("attn.o.bias")), d_attn, c)?;
-        self.attn_bwd(i)?;
-        self.mm_grad(
-            l.width,
-            c,
-            n,
-            bf.dqkv,
-            l.width,
-            Self::attn_input(l, b),
-            c,
-            self.p.g(&p("attn.q.weight")),
-            0.0,
-        )?;
-        self.colsum(self.p.g(&p("attn.q.bias")), bf.dqkv, l.width)?;
-        // A shared norm's input gradient adds the attention's part to the FFN's.
-        self.mm(
-            n,
-            c,
-            l.width,
-            bf.dqkv,
-            l.width,
-            self.p.w(&p("attn.q.weight"))?,
-            c,
-            bf.d_ln,
-            c,
-            if l.shared_norm { 1.0 } else { 0.0 },
-        )?;
-        // d(layer input) = acc + norm'(d_ln) (acc + d_ln without pre-norm), into whichever of
-        // g, g2 `acc` is not; the layer below reads it.
-        let out = if acc == g { g2 } else { g };
-        if l.pre {
-            self.norm_bwd(
-                &l.norm,
-                out,
-                bf.d_ln,
-                b.resid,
-                b.rstd1,
-                b.mean1,
-                acc,
-                &p("attn_norm"),
-            )?;
-        } else {
-            k.add(dt, out, acc, bf.d_ln, n * c)?;
         }
-        Ok(out)
     }
 
-    /// From `d_atty` to `dqkv`: attention backward (ALiBi, softcap, window as in the forward),
-    /// RoPE's transpose, the qk-norms' backward.
-    fn attn_bwd(&self, i: usize) -> Result<()> {
+    /// d(`act`) receives `src` unchanged (a residual add's gradient): an alias when it had
+    /// nothing, else added in.
+    fn pass(&self, d: &mut Grads, act: Act, src: DevPtr) -> Result<()> {
+        match d.get(act) {
+            Grad::None => d.set(act, Grad::Alias(src)),
+            Grad::Own(p) => self.k.add(self.dt, p, p, src, self.s.n * self.s.c)?,
+            Grad::Alias(x) => {
+                let p = self.fresh(d, act)?;
+                self.k.add(self.dt, p, x, src, self.s.n * self.s.c)?;
+                d.set(act, Grad::Own(p));
+            }
+        }
+        Ok(())
+    }
+
+    /// In `dqkv`: RoPE's transpose and the qk-norms' backward (the q/k/v projection's input
+    /// side of attention's backward).
+    fn qkv_rope_bwd(&self, i: usize) -> Result<()> {
         let (k, dt, es, n) = (self.k, self.dt, self.es, self.s.n);
         let l = &self.cfg[i];
         let b = &self.buf.layers[i];
         let bf = self.buf;
         let p = |s: &str| Self::pname(i, s);
-        let (q, kk, v) = self.qkv_views(l, b.qkv);
-        let (dq, dk, dv) = self.qkv_views(l, bf.dqkv);
-        let mut shape = self.attn_shape(l);
-        shape.ldo = l.qd;
-        self.attention_bwd(
-            i,
-            &shape,
-            (dq, dk, dv),
-            (bf.dq_acc, bf.delta),
-            bf.d_atty,
-            b.atty,
-            b.lse,
-            (q, kk, v),
-        )?;
         self.rope(l, bf.dqkv, true)?;
         let Some(qk) = &l.qk else {
             return Ok(());
@@ -321,5 +367,53 @@ impl Step<'_> {
             k.copy2d(dt, at, l.width, bf.qk_b, part.cols, n, part.cols)?;
         }
         Ok(())
+    }
+}
+
+/// Where one activation's gradient is while a layer runs backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Grad {
+    /// Nothing received yet.
+    None,
+    /// Equal to a buffer another gradient owns (a residual add passes its gradient on).
+    Alias(DevPtr),
+    /// Accumulated in this buffer.
+    Own(DevPtr),
+}
+
+/// Every activation's gradient during one layer's backward, and the two stream-gradient buffers
+/// the residual stream's gradients rotate through (d(layer output) arrives in one of them).
+pub(super) struct Grads {
+    d: [Grad; N_ACTS],
+    stream: [DevPtr; 2],
+}
+
+impl Grads {
+    fn new(stream: [DevPtr; 2]) -> Grads {
+        Grads {
+            d: [Grad::None; N_ACTS],
+            stream,
+        }
+    }
+    fn get(&self, a: Act) -> Grad {
+        self.d[a as usize]
+    }
+    fn set(&mut self, a: Act, g: Grad) {
+        self.d[a as usize] = g;
+    }
+    /// The buffer holding d(`a`) (0 when none).
+    fn ptr(&self, a: Act) -> DevPtr {
+        match self.get(a) {
+            Grad::None => 0,
+            Grad::Alias(p) | Grad::Own(p) => p,
+        }
+    }
+    fn in_use(&self, p: DevPtr) -> bool {
+        self.d
+            .iter()
+            .any(|g| matches!(g, Grad::Alias(x) | Grad::Own(x) if *x == p))
+    }
+    fn free_stream(&self) -> Option<DevPtr> {
+        self.stream.iter().copied().find(|&p| !self.in_use(p))
     }
 }

@@ -35,12 +35,7 @@ pub(super) struct QkCfg {
 #[derive(Debug, Clone, Copy)]
 pub(super) enum FfnCfg {
     /// A dense MLP: `hidden` wide, `[gate; up]` (`hw = 2 hidden`) when gated.
-    Dense {
-        act: Act,
-        hidden: usize,
-        hw: usize,
-        gated: bool,
-    },
+    Dense { act: Act, hidden: usize, hw: usize },
     /// A mixture-of-experts block (run by `cuda::moe`).
     Moe,
 }
@@ -67,13 +62,12 @@ pub(super) struct LayerCfg {
     pub rope: Option<usize>,
     /// ALiBi slopes of this layer's head count (index into the trainer's slope buffers).
     pub alibi: Option<usize>,
-    /// Norms before attention and MLP (pre-norm, sandwich).
+    /// Norms before attention and MLP (pre-norm, sandwich): sizes the arena's norm buffers (the
+    /// wiring comes from the layer's program).
     pub pre: bool,
     /// Norms on the branch outputs before the residual add (post-norm, sandwich).
     pub post: bool,
-    /// Attention and MLP both read the layer input; the output adds both branches.
-    pub parallel: bool,
-    /// With `parallel`: one norm feeds both branches.
+    /// With a parallel block: one norm feeds both branches (no MLP norm buffer).
     pub shared_norm: bool,
     pub norm: NormCfg,
     pub ffn: FfnCfg,
@@ -95,7 +89,6 @@ impl LayerCfg {
                     act: act_of(m.activation),
                     hidden,
                     hw: if gated { 2 * hidden } else { hidden },
-                    gated,
                 }
             }
             Ffn::Moe(_) => FfnCfg::Moe,
@@ -118,7 +111,6 @@ impl LayerCfg {
             alibi,
             pre: matches!(b.placement, NormPlacement::Pre | NormPlacement::Sandwich),
             post: matches!(b.placement, NormPlacement::Post | NormPlacement::Sandwich),
-            parallel: b.parallel_residual,
             shared_norm: b.parallel_residual && b.shared_norm,
             norm: NormCfg::new(&b.norm),
             ffn,

@@ -1,24 +1,23 @@
-//! One layer's forward, with that layer's own configuration; with `recompute`, only what the
-//! layer did not keep, from its kept input (bit-identical to the forward: the same kernels on
-//! the same inputs).
+//! One layer's forward: the kernels of its program (`LayerProgram::kernels`, the named fusions of
+//! `modelspec_dsl::program`) in order, each launched with that layer's own configuration (sizes,
+//! windows, softcaps, RoPE table, norms); with `recompute`, only the kernels the layer re-runs
+//! before its backward (`LayerRun::redo`), bit-identical to the forward: the same kernels on the
+//! same inputs.
 //!
-//! Data flow of layer i (`tmp` carries a branch's output to the add that consumes it):
-//! ```text
-//! x = stream + tmp (the previous layer's last branch; fused into the attention norm when pre-norm)
-//!   -> attn_in = norm(x) | x -> [q; k; v] (-> qk-norm -> RoPE, in place) -> attention (ALiBi,
-//!   softcap, window) -> o-proj (-> post-norm) = tmp -> resid_mid = x + tmp (fused into the MLP
-//!   norm when sequential pre-norm)
-//! mlp_in = norm(resid_mid) | resid_mid | (parallel) norm(x) | ln1 | x
-//!   -> dense: [gate; up] -> act -> down   |   MoE block (cuda::moe)
-//!   (-> post-norm) = tmp; the next layer (or the final norm) adds tmp to resid_mid.
-//! ```
+//! Where the activations live ([`Step::act_buf`]): each in its kept buffer or the shared buffer it
+//! is recomputed into; q/k/v in one `[q; k; v]` buffer with qk-norm and RoPE applied in place; a
+//! branch output that only a residual add reads in `tmp`, until the add consumes it. The layer's
+//! output (`stream + mlp_branch`) is never formed on its own: the next layer's first norm (or the
+//! final norm) adds `tmp` to the stream (`resid_mid`, which in a parallel block holds the input
+//! plus the attention branch) as it normalises.
 
 use super::super::error::Result;
 use super::super::gpu::DevPtr;
 use super::super::ops::AttnShape;
-use super::Step;
 use super::config::{FfnCfg, LayerCfg, NormCfg};
 use super::layout::LayerBufs;
+use super::{Step, unsupported};
+use modelspec_dsl::program::{Act, Fusion, Kernel};
 
 impl Step<'_> {
     /// `layers.{i}.{name}`.
@@ -63,19 +62,37 @@ impl Step<'_> {
         super::attention::layer_shape(l, &self.s, l.alibi.map_or(0, |j| self.alibi[j].ptr()))
     }
 
-    /// The attention branch's input: the attention norm's output, or the layer input.
-    pub(super) fn attn_input(l: &LayerCfg, b: &LayerBufs) -> DevPtr {
-        if l.pre { b.ln1 } else { b.resid }
+    /// Where activation `act` of layer `i` lives: its kept buffer, or the shared one it is
+    /// recomputed into; a branch output that only a residual add reads lives in `tmp` until the
+    /// add consumes it.
+    pub(super) fn act_buf(&self, i: usize, act: Act) -> DevPtr {
+        let b = &self.buf.layers[i];
+        let lp = &self.run[i].lp;
+        let post_reads = |a: Act| lp.node(a).is_some();
+        match act {
+            Act::Input => b.resid,
+            Act::AttnNorm => b.ln1,
+            Act::MlpNorm => b.ln2,
+            Act::Attn => b.atty,
+            Act::AttnOut if post_reads(Act::AttnPostNorm) => b.pa_in,
+            Act::MlpOut if post_reads(Act::MlpPostNorm) => b.pm_in,
+            Act::ResidMid => b.resid_mid,
+            Act::Gate | Act::Up => b.h,
+            Act::ActOut => b.act,
+            _ => self.buf.tmp,
+        }
     }
 
-    /// The FFN's input.
-    pub(super) fn mlp_input(l: &LayerCfg, b: &LayerBufs) -> DevPtr {
-        match (l.parallel, l.pre) {
-            (true, true) if l.shared_norm => b.ln1,
-            (_, true) => b.ln2,
-            (true, false) => b.resid,
-            (false, false) => b.resid_mid,
-        }
+    /// A norm kernel's output, statistics and parameter name: `(y, rstd, mean, name)`.
+    pub(super) fn norm_bufs(&self, i: usize, out: Act) -> (DevPtr, DevPtr, DevPtr, String) {
+        let b = &self.buf.layers[i];
+        let (y, rstd, mean) = match out {
+            Act::AttnNorm => (b.ln1, b.rstd1, b.mean1),
+            Act::MlpNorm => (b.ln2, b.rstd2, b.mean2),
+            Act::AttnPostNorm => (self.buf.tmp, b.pa_rstd, b.pa_mean),
+            _ => (self.buf.tmp, b.pm_rstd, b.pm_mean),
+        };
+        (y, rstd, mean, Self::pname(i, out.name()))
     }
 
     /// The token (and learned position) embedding into layer 0's input.
@@ -95,14 +112,14 @@ impl Step<'_> {
 
     /// `[q; k; v]` of layer i: projection, qk-norm (through contiguous copies, where per-head
     /// rows are plain rows of head_dim), RoPE in place.
-    fn qkv_fwd(&self, i: usize, l: &LayerCfg, b: &LayerBufs) -> Result<()> {
+    fn qkv_fwd(&self, i: usize, l: &LayerCfg, b: &LayerBufs, x: DevPtr) -> Result<()> {
         let (k, dt, es, n) = (self.k, self.dt, self.es, self.s.n);
         let p = |s: &str| Self::pname(i, s);
         self.linear(
             n,
             l.width,
             self.s.c,
-            Self::attn_input(l, b),
+            x,
             self.p.w(&p("attn.q.weight"))?,
             self.p.wo(&p("attn.q.bias")),
             b.qkv,
@@ -157,188 +174,151 @@ impl Step<'_> {
         Ok(())
     }
 
-    /// Layer i's forward (see the module docs); with `recompute`, only what it did not keep.
+    /// Layer i's forward: its program's kernels in order (see the module docs); with
+    /// `recompute`, only the kernels the layer re-runs at the start of its backward.
     pub(super) fn layer_fwd(&self, i: usize, recompute: bool) -> Result<()> {
+        let (k, dt, n, c) = (self.k, self.dt, self.s.n, self.s.c);
+        let run = &self.run[i];
+        let b = &self.buf.layers[i];
+        // The residual add of the layer below: fused into this layer's first norm when that
+        // reads the layer input, else a plain add (never in recomputation: the input is kept).
+        let entry = (!recompute && i > 0).then(|| (self.buf.layers[i - 1].resid_mid, self.buf.tmp));
+        let fused_entry = run
+            .kernels
+            .first()
+            .is_some_and(|kn| kn.fusion == Fusion::Norm && kn.inputs == [Act::Input]);
+        if let (Some((stream, branch)), false) = (entry, fused_entry) {
+            k.add(dt, b.resid, stream, branch, n * c)?;
+        }
+        for (j, kn) in run.kernels.iter().enumerate() {
+            if recompute && !run.redo[j] {
+                continue;
+            }
+            self.kernel_fwd(i, kn, entry.filter(|_| j == 0 && fused_entry), recompute)?;
+            // A parallel block's stream: the input plus the attention branch, before the FFN
+            // branch reuses `tmp` (its backward reads neither: never recomputed).
+            if run.lp.parallel && !recompute && kn.outputs.last() == Some(&run.lp.attn_branch) {
+                k.add(
+                    dt,
+                    b.resid_mid,
+                    b.resid,
+                    self.act_buf(i, run.lp.attn_branch),
+                    n * c,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One kernel of layer i's program. `entry` is the pending residual `(stream, branch)` of the
+    /// layer below that a first norm adds into the layer input.
+    fn kernel_fwd(
+        &self,
+        i: usize,
+        kn: &Kernel,
+        entry: Option<(DevPtr, DevPtr)>,
+        recompute: bool,
+    ) -> Result<()> {
         let (k, dt, n, c) = (self.k, self.dt, self.s.n, self.s.c);
         let l = &self.cfg[i];
         let b = &self.buf.layers[i];
-        let sv = self.buf.saves[i];
+        let run = &self.run[i];
         let p = |s: &str| Self::pname(i, s);
-        // In recomputation every input comes from the kept layer input (bit-identical: the
-        // norm kernel normalises the residual as stored).
-        let (x_in, res_in, r_out) = if recompute || i == 0 {
-            (b.resid, 0, 0)
-        } else {
-            (self.buf.layers[i - 1].resid_mid, self.buf.tmp, b.resid)
-        };
-        if l.pre {
-            if !recompute || !sv.attn_norm {
-                self.norm_fwd(
-                    &l.norm,
-                    b.ln1,
-                    r_out,
-                    b.rstd1,
-                    b.mean1,
-                    x_in,
-                    res_in,
-                    &p("attn_norm"),
-                )?;
-            }
-        } else if r_out != 0 {
-            k.add(dt, r_out, x_in, res_in, n * c)?;
-        }
-        // One fused kernel writes q and k as projected (under qk-norm) and the [q; k; v] buffer
-        // attention reads: re-run whole when any of its kept units is missing (the kept ones are
-        // rewritten with the same bits).
-        if !recompute || !sv.qkv || (l.qk.is_some() && !(sv.q_raw && sv.k_raw)) {
-            self.qkv_fwd(i, l, b)?;
-        }
-        if !recompute || !sv.attn {
-            let (q, kk, v) = self.qkv_views(l, b.qkv);
-            self.attention_fwd(i, &self.attn_shape(l), b.atty, b.lse, q, kk, v)?;
-        }
-        // A parallel layer's backward reads no resid_mid (it only carries the stream to the next
-        // layer): there the attention branch is recomputed only for a post-norm's input.
-        let redo_branch = (!sv.resid_mid && !l.parallel) || (l.post && !sv.attn_out);
-        if !recompute || redo_branch {
-            // The attention branch (post-normed) into tmp, then resid_mid = x + tmp.
-            let o_out = if l.post { b.pa_in } else { self.buf.tmp };
-            self.linear(
-                n,
-                c,
-                l.qd,
-                b.atty,
-                self.p.w(&p("attn.o.weight"))?,
-                self.p.wo(&p("attn.o.bias")),
-                o_out,
-            )?;
-            if l.post {
-                self.norm_fwd(
-                    &l.norm,
-                    self.buf.tmp,
-                    0,
-                    b.pa_rstd,
-                    b.pa_mean,
-                    b.pa_in,
-                    0,
-                    &p("attn_post_norm"),
-                )?;
-            }
-            if l.pre && !l.parallel {
-                self.norm_fwd(
-                    &l.norm,
-                    b.ln2,
-                    b.resid_mid,
-                    b.rstd2,
-                    b.mean2,
-                    b.resid,
-                    self.buf.tmp,
-                    &p("mlp_norm"),
-                )?;
-            } else {
-                k.add(dt, b.resid_mid, b.resid, self.buf.tmp, n * c)?;
-            }
-        } else if l.pre && !l.parallel && !sv.mlp_norm {
-            self.norm_fwd(
-                &l.norm,
-                b.ln2,
-                0,
-                b.rstd2,
-                b.mean2,
-                b.resid_mid,
-                0,
-                &p("mlp_norm"),
-            )?;
-        }
-        // A parallel block's own MLP norm reads the layer input.
-        if l.parallel && l.pre && !l.shared_norm && (!recompute || !sv.mlp_norm) {
-            self.norm_fwd(
-                &l.norm,
-                b.ln2,
-                0,
-                b.rstd2,
-                b.mean2,
-                b.resid,
-                0,
-                &p("mlp_norm"),
-            )?;
-        }
-        let ffn_out = if l.post { b.pm_in } else { self.buf.tmp };
-        match l.ffn {
-            FfnCfg::Dense {
-                act,
-                hidden,
-                hw,
-                gated,
-            } => {
-                let first = if gated { "mlp.gate" } else { "mlp.up" };
-                if !recompute || !sv.mlp_in {
-                    self.linear(
-                        n,
-                        hw,
-                        c,
-                        Self::mlp_input(l, b),
-                        self.p.w(&p(&format!("{first}.weight")))?,
-                        self.p.wo(&p(&format!("{first}.bias"))),
-                        b.h,
-                    )?;
+        let out = kn.outputs[0];
+        match kn.fusion {
+            Fusion::Norm => {
+                let (y, rstd, mean, name) = self.norm_bufs(i, out);
+                let x = self.act_buf(i, kn.inputs[0]);
+                match entry {
+                    Some((stream, branch)) => {
+                        self.norm_fwd(&l.norm, y, b.resid, rstd, mean, stream, branch, &name)
+                    }
+                    None => self.norm_fwd(&l.norm, y, 0, rstd, mean, x, 0, &name),
                 }
-                if !recompute || !sv.act {
-                    k.act_fwd(
-                        dt,
-                        act,
-                        b.act,
-                        b.h,
-                        b.h + hidden as u64 * self.es,
-                        n,
-                        hidden,
-                        hw,
-                    )?;
+            }
+            Fusion::ResidualNorm => {
+                let branch = self.act_buf(i, kn.inputs[1]);
+                let norm = kn.outputs.get(1).copied();
+                match norm {
+                    // Recomputing only the norm of a kept sum.
+                    Some(nm) if recompute && run.keep[out as usize] => {
+                        let (y, rstd, mean, name) = self.norm_bufs(i, nm);
+                        self.norm_fwd(&l.norm, y, 0, rstd, mean, b.resid_mid, 0, &name)
+                    }
+                    Some(nm) => {
+                        let (y, rstd, mean, name) = self.norm_bufs(i, nm);
+                        self.norm_fwd(&l.norm, y, b.resid_mid, rstd, mean, b.resid, branch, &name)
+                    }
+                    None => k.add(dt, b.resid_mid, b.resid, branch, n * c),
                 }
-                if recompute && !(l.post && !sv.mlp_out) {
-                    return Ok(());
-                }
+            }
+            Fusion::QkvRope => self.qkv_fwd(i, l, b, self.act_buf(i, kn.inputs[0])),
+            Fusion::Attention => {
+                let (q, kk, v) = self.qkv_views(l, b.qkv);
+                self.attention_fwd(i, &self.attn_shape(l), b.atty, b.lse, q, kk, v)
+            }
+            Fusion::Linear => {
+                let (width, weight) = match out {
+                    Act::AttnOut => (l.qd, "attn.o"),
+                    _ => (l.mlp_widths().0, "mlp.down"),
+                };
                 self.linear(
                     n,
                     c,
-                    hidden,
-                    b.act,
-                    self.p.w(&p("mlp.down.weight"))?,
-                    self.p.wo(&p("mlp.down.bias")),
-                    ffn_out,
-                )?;
+                    width,
+                    self.act_buf(i, kn.inputs[0]),
+                    self.p.w(&p(&format!("{weight}.weight")))?,
+                    self.p.wo(&p(&format!("{weight}.bias"))),
+                    self.act_buf(i, out),
+                )
             }
-            FfnCfg::Moe => {
-                if recompute {
-                    // The block is one unit: re-run it from its input when its saved region
-                    // was not kept, or for a post-norm's input (the aux loss was counted in the
-                    // forward).
-                    let need_out = l.post && !sv.mlp_out;
-                    if !sv.moe || need_out {
-                        self.moe_fwd(i, Self::mlp_input(l, b), ffn_out, 0)?;
-                    }
-                    if !need_out {
-                        return Ok(());
-                    }
+            Fusion::GateUp => {
+                let first = if out == Act::Gate {
+                    "mlp.gate"
                 } else {
-                    let aux = if self.aux_loss { self.buf.aux } else { 0 };
-                    self.moe_fwd(i, Self::mlp_input(l, b), ffn_out, aux)?;
-                }
+                    "mlp.up"
+                };
+                self.linear(
+                    n,
+                    l.mlp_widths().1,
+                    c,
+                    self.act_buf(i, kn.inputs[0]),
+                    self.p.w(&p(&format!("{first}.weight")))?,
+                    self.p.wo(&p(&format!("{first}.bias"))),
+                    b.h,
+                )
+            }
+            Fusion::Activation => {
+                let FfnCfg::Dense {
+                    act, hidden, hw, ..
+                } = l.ffn
+                else {
+                    return Err(unsupported(format!(
+                        "layer {i}: an activation without a dense MLP"
+                    )));
+                };
+                k.act_fwd(
+                    dt,
+                    act,
+                    b.act,
+                    b.h,
+                    b.h + hidden as u64 * self.es,
+                    n,
+                    hidden,
+                    hw,
+                )
+            }
+            Fusion::Moe => {
+                // The aux loss is counted once, in the forward.
+                let aux = if self.aux_loss && !recompute {
+                    self.buf.aux
+                } else {
+                    0
+                };
+                let x = self.act_buf(i, kn.inputs[0]);
+                self.moe_fwd(i, x, self.act_buf(i, Act::MlpOut), aux)
             }
         }
-        if l.post {
-            self.norm_fwd(
-                &l.norm,
-                self.buf.tmp,
-                0,
-                b.pm_rstd,
-                b.pm_mean,
-                b.pm_in,
-                0,
-                &p("mlp_post_norm"),
-            )?;
-        }
-        Ok(())
     }
 
     /// q, k and v inside a `[q; k; v]`-shaped buffer.

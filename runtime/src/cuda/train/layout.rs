@@ -83,10 +83,6 @@ pub(super) struct LayerBufs {
 /// Where every activation and scratch buffer lives in the one activation arena.
 pub(super) struct Layout {
     pub layers: Vec<LayerBufs>,
-    /// What each layer keeps.
-    pub saves: Vec<LayerSaves>,
-    /// Whether layer i recomputes something at the start of its backward.
-    pub recompute: Vec<bool>,
     pub resid_final: DevPtr,
     pub lnf: DevPtr,
     pub rstdf: DevPtr,
@@ -298,22 +294,8 @@ pub(super) fn layout(
     };
     let moe_scratch = take(moe_scratch_bytes);
     let aux = take(4);
-    let saves: Vec<LayerSaves> = (0..cfg.len()).map(save).collect();
-    let recompute = cfg
-        .iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let keep = saves[i].groups();
-            let sizes = group_sizes(l, s);
-            // A parallel layer's resid_mid only carries the stream forward (see `forward`).
-            (0..GROUPS).any(|j| !keep[j] && sizes[j][0] > 0 && !(j == 6 && l.parallel))
-                || (matches!(l.ffn, FfnCfg::Moe) && !saves[i].moe)
-        })
-        .collect();
     Layout {
         layers,
-        saves,
-        recompute,
         resid_final,
         lnf,
         rstdf,
@@ -457,7 +439,5 @@ mod tests {
         }
         let act: Vec<DevPtr> = lay.layers.iter().map(|b| b.act).collect();
         assert!(act.windows(2).all(|w| w[0] == w[1]));
-        // Layer 3 is parallel: its resid_mid needs no recomputation; the others recompute.
-        assert!(lay.recompute.iter().all(|&r| r));
     }
 }

@@ -67,6 +67,8 @@ pub struct GpuTrainer {
     shape: Shape,
     params: ParamArena,
     cfg: Vec<LayerCfg>,
+    /// Each layer's program, kernels, kept activations and recomputation.
+    run: Vec<saves::LayerRun>,
     moe: Vec<Option<MoeSlot>>,
     /// Each layer's attention path (cuDNN or the own kernels).
     attn: attention::AttnPaths,
@@ -252,6 +254,9 @@ impl GpuTrainer {
         })?;
         let n = shape.n;
         let bytes = params.bytes() + buf.total_bytes + fixed_bytes(n) + attn.bytes();
+        let run = (0..spec.layers.len())
+            .map(|i| saves::LayerRun::new(spec, i, saves.get(i).unwrap_or(&LayerSaves::ALL)))
+            .collect();
         Ok(GpuTrainer {
             gpu: gpu.clone(),
             kernels,
@@ -261,6 +266,7 @@ impl GpuTrainer {
             shape,
             params,
             cfg,
+            run,
             moe,
             attn,
             _acts: acts,
@@ -421,6 +427,7 @@ impl GpuTrainer {
             p: &self.params,
             buf: &self.buf,
             cfg: &self.cfg,
+            run: &self.run,
             moe: &self.moe,
             attn: &self.attn,
             ropes: &self.ropes,
@@ -451,7 +458,7 @@ impl GpuTrainer {
             }
             let mut g = st.head(capture)?;
             for i in (0..self.cfg.len()).rev() {
-                if self.buf.recompute[i] {
+                if self.run[i].recomputes() {
                     st.layer_fwd(i, true)?;
                 }
                 g = st.layer_bwd(i, g)?;
@@ -527,6 +534,7 @@ struct Step<'a> {
     p: &'a ParamArena,
     buf: &'a Layout,
     cfg: &'a [LayerCfg],
+    run: &'a [saves::LayerRun],
     moe: &'a [Option<MoeSlot>],
     attn: &'a attention::AttnPaths,
     ropes: &'a [RopeTable],

@@ -2,7 +2,7 @@
 
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::plan::Plan;
-use modelspec_dsl::program::{Act, LayerProgram, N_ACTS};
+use modelspec_dsl::program::{Act, Kernel, LayerProgram, N_ACTS};
 
 /// Which of a layer's buffers the trainer keeps from forward to backward; the others are
 /// recomputed at the start of that layer's backward into one set of buffers shared by all layers.
@@ -128,6 +128,34 @@ impl LayerSaves {
             .collect()
     }
 
+    /// Which activations of layer program `lp` these buffers keep (indexed by `Act as usize`; the
+    /// layer input always): each unit's members when its buffer is kept.
+    pub fn keep(&self, lp: &LayerProgram) -> [bool; N_ACTS] {
+        let dense = lp.node(Act::RouterLogits).is_none();
+        let qk_norm = lp.node(Act::QNormed).is_some();
+        let mut keep = [false; N_ACTS];
+        keep[Act::Input as usize] = true;
+        for node in &lp.nodes {
+            let a = node.output;
+            keep[a as usize] = match lp.unit_of(a) {
+                u if u == lp.q_final => self.qkv,
+                Act::AttnNorm => self.attn_norm,
+                Act::Q => self.q_raw && qk_norm,
+                Act::K => self.k_raw && qk_norm,
+                Act::Attn => self.attn,
+                Act::AttnOut => self.attn_out,
+                Act::ResidMid => self.resid_mid,
+                Act::MlpNorm => self.mlp_norm,
+                Act::Gate | Act::Up if dense => self.mlp_in,
+                Act::ActOut if dense => self.act,
+                Act::MlpOut => self.mlp_out,
+                Act::RouterLogits => self.moe,
+                _ => false,
+            };
+        }
+        keep
+    }
+
     /// The dense groups in layout order (see `layout`).
     pub(super) fn groups(&self) -> [bool; GROUPS] {
         [
@@ -148,3 +176,41 @@ impl LayerSaves {
 
 /// Number of dense groups (every field of [`LayerSaves`] but `moe`).
 pub(super) const GROUPS: usize = 11;
+
+/// One layer as the trainer runs it: its program, grouped into kernels (the named fusions), what
+/// it keeps and which kernels it re-runs at the start of its backward.
+pub(super) struct LayerRun {
+    pub lp: LayerProgram,
+    pub kernels: Vec<Kernel>,
+    /// Kept activations, by `Act as usize`.
+    pub keep: [bool; N_ACTS],
+    /// Per kernel: re-run before the layer's backward.
+    pub redo: Vec<bool>,
+}
+
+impl LayerRun {
+    /// Layer `i` of `spec` keeping `saves`.
+    pub fn new(spec: &ModelSpec, i: usize, saves: &LayerSaves) -> LayerRun {
+        let lp = LayerProgram::lower(spec, &spec.layers[i]);
+        let kernels = lp.kernels();
+        let keep = saves.keep(&lp);
+        let mut needed = [false; N_ACTS];
+        for t in lp.costs.iter().filter(|t| t.needed) {
+            if let Some(a) = lp.act_named(t.name) {
+                needed[a as usize] = true;
+            }
+        }
+        let redo = lp.recompute(&kernels, &keep, &needed);
+        LayerRun {
+            lp,
+            kernels,
+            keep,
+            redo,
+        }
+    }
+
+    /// Whether the layer re-runs anything before its backward.
+    pub fn recomputes(&self) -> bool {
+        self.redo.iter().any(|&r| r)
+    }
+}
