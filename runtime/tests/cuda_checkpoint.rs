@@ -320,7 +320,10 @@ fn saved_buffers_map_the_planners_names() {
 fn kept_bytes_equal_the_plans() {
     for src in [LLAMA_LIKE, GPT2_LIKE, MIXED_LIKE, QK_POST_LIKE] {
         let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
-        for policy in POLICIES.iter().chain(&["save(q_rope)", "recompute(attn)", "auto"]) {
+        for policy in POLICIES
+            .iter()
+            .chain(&["save(q_rope)", "recompute(attn)", "auto"])
+        {
             for dt in [Dtype::Bf16, Dtype::F32] {
                 let p = plan::parse_policy(policy).expect("policy parses");
                 let planned = plan::plan(&spec, 2, 48, dt, Some(&p)).expect("plan");
