@@ -303,21 +303,8 @@ impl GpuTrainer {
         saves: &[LayerSaves],
     ) -> usize {
         let total = params::param_offsets(spec).total;
-        let shape = Shape::new(
-            batch,
-            seq,
-            spec.d_model as usize,
-            dt.bytes(),
-            spec.vocab_padded as usize,
-        );
-        let cfg: Vec<LayerCfg> = (0..spec.layers.len())
-            .map(|i| LayerCfg::new(spec, i, None, None))
-            .collect();
-        let moe_sizes = moe_glue::predicted_sizes(spec, batch, seq, dt);
-        total * (16 + dt.bytes())
-            + (params::NORM_BLOCKS + 1) * 8
-            + layout(&cfg, &shape, saves, &moe_sizes, 0).total_bytes
-            + fixed_bytes(shape.n)
+        let (lay, n) = Self::predicted_layout(spec, dt, batch, seq, saves);
+        total * (16 + dt.bytes()) + (params::NORM_BLOCKS + 1) * 8 + lay.total_bytes + fixed_bytes(n)
     }
 
     /// Bytes the layers of a trainer built with `saves` keep from forward to backward, without a
@@ -330,6 +317,20 @@ impl GpuTrainer {
         seq: usize,
         saves: &[LayerSaves],
     ) -> usize {
+        Self::predicted_layout(spec, dt, batch, seq, saves)
+            .0
+            .saved_bytes
+    }
+
+    /// The activation arena a trainer built with `saves` would carve (sized at address 0), and
+    /// its token rows.
+    fn predicted_layout(
+        spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        saves: &[LayerSaves],
+    ) -> (Layout, usize) {
         let shape = Shape::new(
             batch,
             seq,
@@ -341,7 +342,7 @@ impl GpuTrainer {
             .map(|i| LayerCfg::new(spec, i, None, None))
             .collect();
         let moe_sizes = moe_glue::predicted_sizes(spec, batch, seq, dt);
-        layout(&cfg, &shape, saves, &moe_sizes, 0).saved_bytes
+        (layout(&cfg, &shape, saves, &moe_sizes, 0), shape.n)
     }
 
     /// Bytes of activations kept from forward to backward by the layers: every layer's input
