@@ -17,6 +17,7 @@
 //!   it computes, its launch shape and its memory traffic;
 //! - [`compile`]: source assembly per spec, NVRTC, the disk cache;
 //! - [`gpu`]: device, stream, buffers, launches;
+//! - `launch`: the launch layer under every module's typed wrappers (lookup, sizing, source);
 //! - [`gemm`]: cuBLASLt and the one row-major to column-major mapping;
 //! - [`ops`]: typed launch wrappers (`{op}_{dtype}` kernels);
 //! - [`rope`]: cos/sin tables on the host;
@@ -30,6 +31,7 @@ pub mod decode;
 pub mod error;
 pub mod gemm;
 pub mod gpu;
+pub(crate) mod launch;
 pub mod moe;
 pub mod ops;
 pub mod rope;

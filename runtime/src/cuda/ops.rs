@@ -6,12 +6,16 @@
 
 use super::compile::{KernelSource, MMA_BWD_MAX_HEAD_DIM, mma_head_dim_ok};
 use super::error::{CudaError, Result};
-use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf, Module};
+use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
+use super::launch::{BLOCK, Launcher, blocks};
 use crate::cuda_args;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+mod act;
 mod optim;
+
+pub(crate) use act::{act_bwd, act_fwd};
 
 /// The normalisation kind of [`Kernels::norm_fwd`]: the IR's own.
 pub use modelspec_dsl::ir::NormKind;
@@ -37,6 +41,21 @@ impl Act {
     /// Gated kinds read a second (up) input.
     pub fn is_gated(self) -> bool {
         matches!(self, Act::Swiglu | Act::Geglu | Act::GegluTanh)
+    }
+}
+
+impl From<modelspec_dsl::ir::MlpKind> for Act {
+    /// The kernels' activation for an IR MLP kind.
+    fn from(k: modelspec_dsl::ir::MlpKind) -> Act {
+        use modelspec_dsl::ir::MlpKind;
+        match k {
+            MlpKind::Gelu => Act::Gelu,
+            MlpKind::GeluTanh => Act::GeluTanh,
+            MlpKind::ReluSquared => Act::ReluSquared,
+            MlpKind::Swiglu => Act::Swiglu,
+            MlpKind::Geglu => Act::Geglu,
+            MlpKind::GegluTanh => Act::GegluTanh,
+        }
     }
 }
 
@@ -124,15 +143,8 @@ impl AttnShape {
 
 /// The compiled kernel library on one GPU.
 pub struct Kernels {
-    gpu: Arc<Gpu>,
-    module: Arc<Module>,
+    launcher: Launcher,
     head_dims: Vec<usize>,
-}
-
-const BLOCK: u32 = 256;
-
-fn blocks(n: usize, per: u32) -> u32 {
-    n.div_ceil(per as usize).max(1) as u32
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -151,10 +163,8 @@ impl Kernels {
         defines: BTreeMap<String, String>,
     ) -> Result<Kernels> {
         let src = KernelSource::library(name, head_dims, defines);
-        let module = gpu.load(&src)?;
         Ok(Kernels {
-            gpu: gpu.clone(),
-            module,
+            launcher: Launcher::load(gpu, &src)?,
             head_dims: head_dims.to_vec(),
         })
     }
@@ -181,12 +191,12 @@ impl Kernels {
 
     /// The GPU these kernels run on.
     pub fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
+        self.launcher.gpu()
     }
 
     /// Whether the module came from the disk cache.
     pub fn from_cache(&self) -> bool {
-        self.module.from_cache
+        self.launcher.module().from_cache
     }
 
     fn go(
@@ -197,10 +207,9 @@ impl Kernels {
         smem: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
-        let f = self.module.function(name)?;
         // SAFETY: every wrapper below passes locals matching the kernel's C signature, and
         // documents the buffer sizes it needs.
-        unsafe { self.gpu.launch(name, &f, grid, block, smem, args) }
+        unsafe { self.launcher.launch(name, grid, block, smem, args) }
     }
 
     /// `norm_fwd_{dtype}`: y = norm(x + res) (see the kernel). `r_out`, `res`, `w`, `b`, `mean`
@@ -356,15 +365,7 @@ impl Kernels {
         hidden: usize,
         ld: usize,
     ) -> Result<()> {
-        let (n_, h_, ld_, kind) = (rows as i32, hidden as i32, ld as i32, act as i32);
-        let name = format!("act_fwd_{}", dt.suffix());
-        self.go(
-            &name,
-            (blocks(rows * hidden, BLOCK), 1, 1),
-            (BLOCK, 1, 1),
-            0,
-            &mut cuda_args![out, gate, up, n_, h_, ld_, kind],
-        )
+        act_fwd(&self.launcher, dt, act, out, gate, up, rows, hidden, ld)
     }
 
     /// `act_bwd_{dtype}`: dgate (and dup for gated kinds), rows of stride `ld`.
@@ -382,14 +383,18 @@ impl Kernels {
         hidden: usize,
         ld: usize,
     ) -> Result<()> {
-        let (n_, h_, ld_, kind) = (rows as i32, hidden as i32, ld as i32, act as i32);
-        let name = format!("act_bwd_{}", dt.suffix());
-        self.go(
-            &name,
-            (blocks(rows * hidden, BLOCK), 1, 1),
-            (BLOCK, 1, 1),
-            0,
-            &mut cuda_args![dgate, dup, dout, gate, up, n_, h_, ld_, kind],
+        act_bwd(
+            &self.launcher,
+            dt,
+            act,
+            dgate,
+            dup,
+            dout,
+            gate,
+            up,
+            rows,
+            hidden,
+            ld,
         )
     }
 
@@ -663,7 +668,7 @@ impl Kernels {
             let width = s.heads * d;
             let rows = s.batch * s.seq;
             // SAFETY: the caller provides dq_acc with rows * width f32 (documented above).
-            unsafe { self.gpu.memset_raw(dq_acc, rows * width * 4) }?;
+            unsafe { self.gpu().memset_raw(dq_acc, rows * width * 4) }?;
             let smem = ((2 * 128 * (d + 8) + 4 * 64 * (d + 8) + 64 * 136) * 2 + 1024) as u32;
             let name = format!("attn_bwd_bf16_d{d}");
             self.go(

@@ -3,12 +3,12 @@
 //! row's own position, appending keys and values to the cache, attention of single rows over the
 //! cache, the last rows, logits in f32 and the greedy argmax).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::cuda::compile::KernelSource;
 use crate::cuda::error::{CudaError, Result};
-use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu, Module};
+use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu};
+use crate::cuda::launch::{BLOCK, Launcher, int as i, module_source};
 use crate::cuda_args;
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
@@ -33,28 +33,14 @@ pub const KERNEL_NAMES: &[&str] = &[
 
 /// The CUDA C of the decode module: `common.cuh` and `decode.cu`.
 pub fn kernel_source() -> KernelSource {
-    let mut body = String::new();
-    for part in [COMMON, DECODE] {
-        body.push_str(part);
-        body.push('\n');
-    }
-    KernelSource {
-        name: "decode".into(),
-        defines: BTreeMap::new(),
-        body,
-    }
+    module_source("decode", &[COMMON, DECODE])
 }
 
-const BLOCK: u32 = 256;
 /// Threads of `dec_attn`: `DEC_WARPS` (4) warps.
 const ATTN_BLOCK: u32 = 128;
 
 fn blocks(n: usize) -> u32 {
-    n.div_ceil(BLOCK as usize).max(1) as u32
-}
-
-fn i(n: usize) -> i32 {
-    n as i32
+    crate::cuda::launch::blocks(n, BLOCK)
 }
 
 /// Where a call's new rows belong: device i32 arrays of `n` entries each.
@@ -93,15 +79,13 @@ pub(super) struct CachedAttn {
 
 /// The loaded decode module on one GPU, with typed launches.
 pub(super) struct DecodeKernels {
-    gpu: Arc<Gpu>,
-    module: Arc<Module>,
+    launcher: Launcher,
 }
 
 impl DecodeKernels {
     pub fn load(gpu: &Arc<Gpu>) -> Result<DecodeKernels> {
         Ok(DecodeKernels {
-            gpu: gpu.clone(),
-            module: gpu.load(&kernel_source())?,
+            launcher: Launcher::load(gpu, &kernel_source())?,
         })
     }
 
@@ -121,10 +105,9 @@ impl DecodeKernels {
         block: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
-        let f = self.module.function(name)?;
         // SAFETY: every wrapper below binds locals that match the kernel's C signature; the
         // buffers come from the decoder's arena and cache, sized for the shapes passed.
-        unsafe { self.gpu.launch(name, &f, grid, (block, 1, 1), 0, args) }
+        unsafe { self.launcher.launch(name, grid, (block, 1, 1), 0, args) }
     }
 
     /// `dec_embed_{dtype}`: out `[n, c]` = wte[tok] * scale (+ wpe[pos]).

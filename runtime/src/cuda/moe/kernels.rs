@@ -1,14 +1,14 @@
 //! The MoE kernel module (`kernels/moe.cu` with `common.cuh` and the pointwise kernels, whose
 //! MLP activations the experts use) and one launch wrapper per kernel.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::layout::{CHUNK, MAX_EXPERTS, suffix};
-use crate::cuda::Dtype;
+use super::layout::{CHUNK, MAX_EXPERTS};
 use crate::cuda::compile::KernelSource;
 use crate::cuda::error::Result;
-use crate::cuda::gpu::{DevPtr, Gpu, Module};
+use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu};
+use crate::cuda::launch::{BLOCK, Launcher, grid, int as i, module_source};
+use crate::cuda::ops::{Act, act_bwd, act_fwd};
 use crate::cuda_args;
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
@@ -46,59 +46,26 @@ pub const KERNEL_NAMES: &[&str] = &[
 
 /// The CUDA C of the MoE module: `common.cuh`, `pointwise.cu` (the MLP activations) and `moe.cu`.
 pub fn kernel_source() -> KernelSource {
-    let mut body = String::new();
-    for part in [COMMON, POINTWISE, MOE] {
-        body.push_str(part);
-        body.push('\n');
-    }
-    KernelSource {
-        name: "moe".into(),
-        defines: BTreeMap::new(),
-        body,
-    }
+    module_source("moe", &[COMMON, POINTWISE, MOE])
 }
 
-/// The MLP activation as the pointwise kernels number it (`act_fwd`'s `kind`).
-pub(crate) fn act_kind(kind: modelspec_dsl::ir::MlpKind) -> i32 {
-    use modelspec_dsl::ir::MlpKind;
-    match kind {
-        MlpKind::Gelu => 0,
-        MlpKind::GeluTanh => 1,
-        MlpKind::ReluSquared => 2,
-        MlpKind::Swiglu => 3,
-        MlpKind::Geglu => 4,
-        MlpKind::GegluTanh => 5,
-    }
-}
-
-const BLOCK: u32 = 256;
 /// Rows per block of the warp-per-row routing kernels.
 const WARPS: u32 = 4;
 
-fn grid(n: usize, per: u32) -> (u32, u32, u32) {
-    (n.div_ceil(per as usize).max(1) as u32, 1, 1)
-}
-
-fn i(n: usize) -> i32 {
-    n as i32
-}
-
 /// The loaded MoE module on one GPU, with typed launches.
 pub(crate) struct MoeKernels {
-    gpu: Arc<Gpu>,
-    module: Arc<Module>,
+    launcher: Launcher,
 }
 
 impl MoeKernels {
     pub(crate) fn load(gpu: &Arc<Gpu>) -> Result<MoeKernels> {
         Ok(MoeKernels {
-            gpu: gpu.clone(),
-            module: gpu.load(&kernel_source())?,
+            launcher: Launcher::load(gpu, &kernel_source())?,
         })
     }
 
     pub(crate) fn gpu(&self) -> &Arc<Gpu> {
-        &self.gpu
+        self.launcher.gpu()
     }
 
     fn go(
@@ -108,10 +75,9 @@ impl MoeKernels {
         block: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
-        let f = self.module.function(name)?;
         // SAFETY: every wrapper below binds locals that match the kernel's C signature; the
         // buffers come from `MoeLayer`'s layouts, sized for the shapes passed.
-        unsafe { self.gpu.launch(name, &f, grid, (block, 1, 1), 0, args) }
+        unsafe { self.launcher.launch(name, grid, (block, 1, 1), 0, args) }
     }
 
     /// `moe_route`: expert/weight `[n * k]`, probs `[n, e]` (0: not written).
@@ -224,7 +190,7 @@ impl MoeKernels {
     ) -> Result<()> {
         let (k_, d_) = (i(k), i(d));
         self.go(
-            &format!("moe_gather_{}", suffix(dt)),
+            &format!("moe_gather_{}", dt.suffix()),
             (slots as u32, 1, 1),
             128,
             &mut cuda_args![expert_in, x, row, k_, d_],
@@ -243,7 +209,7 @@ impl MoeKernels {
     ) -> Result<()> {
         let d_ = i(d);
         self.go(
-            &format!("moe_rowdot_{}", suffix(dt)),
+            &format!("moe_rowdot_{}", dt.suffix()),
             (n as u32, 1, 1),
             BLOCK,
             &mut cuda_args![out, x, w, d_],
@@ -267,7 +233,7 @@ impl MoeKernels {
     ) -> Result<()> {
         let (k_, d_) = (i(k), i(d));
         self.go(
-            &format!("moe_combine_{}", suffix(dt)),
+            &format!("moe_combine_{}", dt.suffix()),
             (n as u32, 1, 1),
             BLOCK,
             &mut cuda_args![out, expert_out, weight, row, k_, d_, shared_out, gate_logit],
@@ -293,7 +259,7 @@ impl MoeKernels {
         let (k_, d_) = (i(k), i(d));
         let [d_shared_out, d_gate_logit, shared_out, gate_logit] = shared;
         self.go(
-            &format!("moe_combine_bwd_{}", suffix(dt)),
+            &format!("moe_combine_bwd_{}", dt.suffix()),
             (n as u32, 1, 1),
             BLOCK,
             &mut cuda_args![
@@ -333,7 +299,7 @@ impl MoeKernels {
     ) -> Result<()> {
         let (n_, e_, k_) = (i(n), i(e), i(k));
         self.go(
-            &format!("moe_route_bwd_{}", suffix(dt)),
+            &format!("moe_route_bwd_{}", dt.suffix()),
             grid(n, WARPS),
             32 * WARPS,
             &mut cuda_args![
@@ -360,7 +326,7 @@ impl MoeKernels {
     ) -> Result<()> {
         let (k_, d_) = (i(k), i(d));
         self.go(
-            &format!("moe_dx_{}", suffix(dt)),
+            &format!("moe_dx_{}", dt.suffix()),
             (n as u32, 1, 1),
             BLOCK,
             &mut cuda_args![
@@ -392,19 +358,20 @@ impl MoeKernels {
         }
         let (r_, c_, ld_) = (i(rows), i(c), i(ld));
         self.go(
-            &format!("moe_colsum_{}", suffix(dt)),
+            &format!("moe_colsum_{}", dt.suffix()),
             grid(c, BLOCK),
             BLOCK,
             &mut cuda_args![out, x, r_, c_, ld_],
         )
     }
 
-    /// `act_fwd_{dtype}` (pointwise.cu): `out = f(gate) * up` or `f(up)` over `rows`.
+    /// `act_fwd_{dtype}` (pointwise.cu): `out = f(gate) * up` or `f(up)` over `rows` (see
+    /// [`act_fwd`]).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn act_fwd(
         &self,
         dt: Dtype,
-        kind: i32,
+        act: Act,
         out: DevPtr,
         gate: DevPtr,
         up: DevPtr,
@@ -412,16 +379,7 @@ impl MoeKernels {
         hidden: usize,
         ld: usize,
     ) -> Result<()> {
-        if rows == 0 {
-            return Ok(());
-        }
-        let (n_, h_, ld_) = (i(rows), i(hidden), i(ld));
-        self.go(
-            &format!("act_fwd_{}", suffix(dt)),
-            grid(rows * hidden, BLOCK),
-            BLOCK,
-            &mut cuda_args![out, gate, up, n_, h_, ld_, kind],
-        )
+        act_fwd(&self.launcher, dt, act, out, gate, up, rows, hidden, ld)
     }
 
     /// `act_bwd_{dtype}` (pointwise.cu): d gate (and d up) of rows of stride `ld`.
@@ -429,7 +387,7 @@ impl MoeKernels {
     pub(crate) fn act_bwd(
         &self,
         dt: Dtype,
-        kind: i32,
+        act: Act,
         d_gate: DevPtr,
         d_up: DevPtr,
         dout: DevPtr,
@@ -439,15 +397,18 @@ impl MoeKernels {
         hidden: usize,
         ld: usize,
     ) -> Result<()> {
-        if rows == 0 {
-            return Ok(());
-        }
-        let (n_, h_, ld_) = (i(rows), i(hidden), i(ld));
-        self.go(
-            &format!("act_bwd_{}", suffix(dt)),
-            grid(rows * hidden, BLOCK),
-            BLOCK,
-            &mut cuda_args![d_gate, d_up, dout, gate, up, n_, h_, ld_, kind],
+        act_bwd(
+            &self.launcher,
+            dt,
+            act,
+            d_gate,
+            d_up,
+            dout,
+            gate,
+            up,
+            rows,
+            hidden,
+            ld,
         )
     }
 }

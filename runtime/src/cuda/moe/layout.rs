@@ -3,7 +3,7 @@
 
 use modelspec_dsl::ir::Moe;
 
-use crate::cuda::Dtype;
+use crate::cuda::{Dtype, DtypeExt};
 
 /// Each expert's block of dispatched rows starts at a multiple of this many rows (the kernels'
 /// `MOE_ROW_ALIGN`), so every per-expert GEMM operand is at least 16-byte aligned.
@@ -15,22 +15,6 @@ pub(crate) const MAX_EXPERTS: usize = 256;
 /// Most experts per token (the kernels' `MOE_MAX_TOPK`).
 pub(crate) const MAX_TOP_K: usize = 8;
 const REGION_ALIGN: usize = 256;
-
-/// Bytes per element of the compute dtype.
-pub(crate) fn elem_bytes(dt: Dtype) -> usize {
-    match dt {
-        Dtype::F32 => 4,
-        Dtype::Bf16 => 2,
-    }
-}
-
-/// The `{dtype}` suffix of kernel names.
-pub(crate) fn suffix(dt: Dtype) -> &'static str {
-    match dt {
-        Dtype::F32 => "f32",
-        Dtype::Bf16 => "bf16",
-    }
-}
 
 /// Where the gate and up halves of a `[rows, gate | up]` activation live: gate(r, j) at element
 /// `r * ld + j`, up(r, j) at `up + r * ld + j`. Interleaved rows (`ld = 2 * hidden`) when the up
@@ -109,7 +93,7 @@ pub(crate) struct Dims {
 
 impl Dims {
     pub(crate) fn new(moe: &Moe, d: usize, rows: usize, dt: Dtype) -> Dims {
-        let elem = elem_bytes(dt);
+        let elem = dt.bytes();
         let experts = moe.experts as usize;
         let top_k = moe.top_k as usize;
         let hidden = moe.expert.hidden as usize;

@@ -334,5 +334,5 @@ impl MlpShape {
 }
 
 fn elem(dt: Dtype) -> usize {
-    super::layout::elem_bytes(dt)
+    crate::cuda::DtypeExt::bytes(dt)
 }

@@ -46,9 +46,9 @@ use modelspec_dsl::ir::{Ffn, ModelSpec, Moe, RouterOrder};
 
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gemm::Gemm;
-use crate::cuda::{DevPtr, Dtype, Gpu, GpuBuf};
+use crate::cuda::{Act, DevPtr, Dtype, Gpu, GpuBuf};
+use kernels::MoeKernels;
 pub use kernels::{KERNEL_NAMES, kernel_source};
-use kernels::{MoeKernels, act_kind};
 use layout::{BwdLayout, Dims, FwdLayout, MAX_EXPERTS, MAX_TOP_K, SavedLayout, at};
 use mlp::{MlpParams, MlpRows, MlpShape, Mm, need};
 
@@ -490,7 +490,7 @@ impl MoeLayer {
                 shape.project(&mm, p, &block(ex))?;
             }
         }
-        let kind = act_kind(self.moe.expert.activation);
+        let kind = Act::from(self.moe.expert.activation);
         let (gin, uin) = shape.act_inputs(proj, dt);
         k.act_fwd(dt, kind, act, gin, uin, used, dims.hidden, dims.halves.ld)?;
         for (ex, p) in weights.iter().enumerate() {
@@ -576,7 +576,7 @@ impl MoeLayer {
         let expert_in = bw(self.bwd.expert_in);
         k.gather(dt, expert_in, x, row, dims.slots, topk, d)?;
         let shape = self.expert_shape();
-        let kind = act_kind(self.moe.expert.activation);
+        let kind = Act::from(self.moe.expert.activation);
         let (proj, act) = (sv(self.saved.proj), bw(self.bwd.act));
         let (gin, uin) = shape.act_inputs(proj, dt);
         k.act_fwd(dt, kind, act, gin, uin, used, dims.hidden, dims.halves.ld)?;

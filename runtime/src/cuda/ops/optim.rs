@@ -1,9 +1,10 @@
 //! Launch wrappers of the training state's kernels: the fused AdamW step over a parameter arena,
 //! gradient accumulation and the gradient norm's deterministic reduction.
 
-use super::{BLOCK, Kernels, stride_blocks};
+use super::{Kernels, stride_blocks};
 use crate::cuda::error::Result;
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
+use crate::cuda::launch::BLOCK;
 use crate::cuda_args;
 use crate::train::optim::StepScalars;
 

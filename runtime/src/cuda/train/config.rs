@@ -3,7 +3,8 @@
 
 use super::super::ops::{Act, NormKind};
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Ffn, MlpKind, Norm, NormPlacement, Position, QkNormScope};
+use modelspec_dsl::ir::{Ffn, Norm, Position, QkNormScope};
+use modelspec_dsl::program::{Act as PAct, LayerProgram};
 
 /// A norm's kind and constants.
 #[derive(Debug, Clone, Copy)]
@@ -62,13 +63,12 @@ pub(super) struct LayerCfg {
     pub rope: Option<usize>,
     /// ALiBi slopes of this layer's head count (index into the trainer's slope buffers).
     pub alibi: Option<usize>,
-    /// Norms before attention and MLP (pre-norm, sandwich): sizes the arena's norm buffers (the
-    /// wiring comes from the layer's program).
-    pub pre: bool,
-    /// Norms on the branch outputs before the residual add (post-norm, sandwich).
+    /// Which of the block's norms exist, read from the layer's program (they size the arena's
+    /// norm buffers; the wiring itself is the program's): the attention norm, the MLP's own norm
+    /// (absent without pre-norms and in a parallel block sharing one norm), the post-norms.
+    pub attn_norm: bool,
+    pub mlp_norm: bool,
     pub post: bool,
-    /// With a parallel block: one norm feeds both branches (no MLP norm buffer).
-    pub shared_norm: bool,
     pub norm: NormCfg,
     pub ffn: FfnCfg,
 }
@@ -78,7 +78,7 @@ impl LayerCfg {
     pub fn new(spec: &ModelSpec, i: usize, rope: Option<usize>, alibi: Option<usize>) -> LayerCfg {
         let l = &spec.layers[i];
         let a = &l.attention;
-        let b = &l.block;
+        let lp = LayerProgram::structure(l);
         let (heads, kv_heads, head_dim) =
             (a.heads as usize, a.kv_heads as usize, a.head_dim as usize);
         let ffn = match &l.ffn {
@@ -86,7 +86,7 @@ impl LayerCfg {
                 let hidden = m.hidden as usize;
                 let gated = m.activation.is_gated();
                 FfnCfg::Dense {
-                    act: act_of(m.activation),
+                    act: Act::from(m.activation),
                     hidden,
                     hw: if gated { 2 * hidden } else { hidden },
                 }
@@ -109,10 +109,10 @@ impl LayerCfg {
             }),
             rope,
             alibi,
-            pre: matches!(b.placement, NormPlacement::Pre | NormPlacement::Sandwich),
-            post: matches!(b.placement, NormPlacement::Post | NormPlacement::Sandwich),
-            shared_norm: b.parallel_residual && b.shared_norm,
-            norm: NormCfg::new(&b.norm),
+            attn_norm: lp.node(PAct::AttnNorm).is_some(),
+            mlp_norm: lp.node(PAct::MlpNorm).is_some(),
+            post: lp.node(PAct::AttnPostNorm).is_some() || lp.node(PAct::MlpPostNorm).is_some(),
+            norm: NormCfg::new(&l.block.norm),
             ffn,
         }
     }
@@ -134,18 +134,6 @@ impl LayerCfg {
             FfnCfg::Dense { hidden, hw, .. } => (hidden, hw),
             FfnCfg::Moe => (0, 0),
         }
-    }
-}
-
-/// The kernels' activation for an IR MLP kind.
-pub(super) fn act_of(k: MlpKind) -> Act {
-    match k {
-        MlpKind::Gelu => Act::Gelu,
-        MlpKind::GeluTanh => Act::GeluTanh,
-        MlpKind::ReluSquared => Act::ReluSquared,
-        MlpKind::Swiglu => Act::Swiglu,
-        MlpKind::Geglu => Act::Geglu,
-        MlpKind::GegluTanh => Act::GegluTanh,
     }
 }
 
