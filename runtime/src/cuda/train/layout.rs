@@ -147,7 +147,6 @@ fn group_sizes(l: &LayerCfg, s: &Shape) -> [[usize; 3]; GROUPS] {
     let stats = [n * c * es, n * 4, n * 4];
     let lse = s.batch * l.heads * s.seq * 4;
     let (hidden, hw) = l.mlp_widths();
-    let own_mlp_norm = l.pre && !l.shared_norm;
     let ((q_rows, _), (k_rows, _)) = l.qk_rows(n);
     let qk = |cols: usize, rows: usize| {
         if l.qk.is_some() {
@@ -158,14 +157,14 @@ fn group_sizes(l: &LayerCfg, s: &Shape) -> [[usize; 3]; GROUPS] {
     };
     let post = if l.post { stats } else { [0; 3] };
     [
-        if l.pre { stats } else { [0; 3] },
+        if l.attn_norm { stats } else { [0; 3] },
         qk(l.qd, q_rows),
         qk(l.kvd, k_rows),
         [n * l.width * es, 0, 0],
         [n * l.qd * es, lse, 0],
         post,
         [n * c * es, 0, 0],
-        if own_mlp_norm { stats } else { [0; 3] },
+        if l.mlp_norm { stats } else { [0; 3] },
         [n * hw * es, 0, 0],
         [n * hidden * es, 0, 0],
         post,
