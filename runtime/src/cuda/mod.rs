@@ -17,6 +17,7 @@
 //!   it computes, its launch shape and its memory traffic;
 //! - [`compile`]: source assembly per spec, NVRTC, the disk cache;
 //! - [`gpu`]: device, stream, buffers, launches;
+//! - `layer`: each layer's configuration from its IR row (trainer and decoder);
 //! - `launch`: the launch layer under every module's typed wrappers (lookup, sizing, source);
 //! - [`gemm`]: cuBLASLt and the one row-major to column-major mapping;
 //! - [`ops`]: typed launch wrappers (`{op}_{dtype}` kernels);
@@ -32,6 +33,7 @@ pub mod error;
 pub mod gemm;
 pub mod gpu;
 pub(crate) mod launch;
+pub(crate) mod layer;
 pub mod moe;
 pub mod ops;
 pub mod rope;

@@ -38,14 +38,13 @@ impl Widths {
             heads: 1,
             ..Default::default()
         };
-        for l in layers {
+        for l in layers.iter().map(|l| &l.cfg) {
+            let (hidden, hw) = l.mlp_widths();
             w.qkv = w.qkv.max(l.width);
             w.qd = w.qd.max(l.qd);
             w.heads = w.heads.max(l.heads);
-            if let Some(m) = l.mlp {
-                w.hw = w.hw.max(m.hw);
-                w.hidden = w.hidden.max(m.hidden);
-            }
+            w.hw = w.hw.max(hw);
+            w.hidden = w.hidden.max(hidden);
         }
         w
     }
@@ -171,7 +170,7 @@ impl Cache {
     ) -> Result<Cache> {
         let sizes: Vec<usize> = layers
             .iter()
-            .map(|l| align(batch * l.kv_heads * capacity * l.head_dim * es))
+            .map(|l| align(batch * l.cfg.kv_heads * capacity * l.cfg.head_dim * es))
             .collect();
         let bytes = 2 * sizes.iter().sum::<usize>();
         let buf = gpu.zeros::<u8>(bytes)?;

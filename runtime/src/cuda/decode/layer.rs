@@ -4,96 +4,35 @@
 //! structure (which kernels, in which order, reading what) comes from the program.
 
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Ffn, MlpKind, Norm, QkNorm, QkNormScope};
 
 use super::Pass;
 use super::kernels::CachedAttn;
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gpu::DevPtr;
+use crate::cuda::layer::{FfnCfg, LayerCfg};
 use crate::cuda::ops::Act as Activation;
 use crate::program::{Act, Fusion, Kernel, LayerProgram};
 
-/// A dense MLP's widths and activation.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct DenseMlp {
-    pub act: Activation,
-    pub hidden: usize,
-    /// `2 hidden` when gated (`[gate; up]`), else `hidden`.
-    pub hw: usize,
-    pub gated: bool,
-}
-
-/// Everything a decode call needs to run layer `index`.
+/// Everything a decode call needs to run layer `index`: its configuration (the trainer's
+/// [`LayerCfg`]) and its program.
 #[derive(Debug, Clone)]
 pub(super) struct LayerPlan {
     pub index: usize,
     pub lp: LayerProgram,
     pub kernels: Vec<Kernel>,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    /// `heads * head_dim`.
-    pub qd: usize,
-    /// `kv_heads * head_dim`.
-    pub kvd: usize,
-    /// `qd + 2 kvd`: the fused `[q; k; v]` row.
-    pub width: usize,
-    pub scale: f32,
-    /// 0: none.
-    pub softcap: f32,
-    /// 0: none.
-    pub window: usize,
-    pub qk: Option<QkNorm>,
-    /// Index into the decoder's distinct RoPE tables.
-    pub rope: Option<usize>,
-    /// Index into the decoder's ALiBi slope buffers.
-    pub alibi: Option<usize>,
-    /// The block's norm (attention, MLP and post norms).
-    pub norm: Norm,
-    /// `None` for a mixture-of-experts layer.
-    pub mlp: Option<DenseMlp>,
+    /// Sizes, attention options, norms and FFN; `rope` and `alibi` index the decoder's tables.
+    pub cfg: LayerCfg,
 }
 
 impl LayerPlan {
     /// Layer `i` of `spec`; `rope` and `alibi` index the decoder's tables.
     pub fn new(spec: &ModelSpec, i: usize, rope: Option<usize>, alibi: Option<usize>) -> Self {
-        let l = &spec.layers[i];
-        let a = &l.attention;
-        let (heads, kv_heads, head_dim) =
-            (a.heads as usize, a.kv_heads as usize, a.head_dim as usize);
-        let lp = LayerProgram::structure(l);
-        let kernels = lp.kernels();
-        let mlp = match &l.ffn {
-            Ffn::Mlp(m) => {
-                let hidden = m.hidden as usize;
-                let gated = m.activation.is_gated();
-                Some(DenseMlp {
-                    act: activation(m.activation),
-                    hidden,
-                    hw: if gated { 2 * hidden } else { hidden },
-                    gated,
-                })
-            }
-            Ffn::Moe(_) => None,
-        };
+        let lp = LayerProgram::structure(&spec.layers[i]);
         LayerPlan {
             index: i,
+            kernels: lp.kernels(),
             lp,
-            kernels,
-            heads,
-            kv_heads,
-            head_dim,
-            qd: heads * head_dim,
-            kvd: kv_heads * head_dim,
-            width: (heads + 2 * kv_heads) * head_dim,
-            scale: a.scale as f32,
-            softcap: a.softcap.unwrap_or(0.0) as f32,
-            window: a.window.unwrap_or(0) as usize,
-            qk: a.qk_norm,
-            rope,
-            alibi,
-            norm: l.block.norm,
-            mlp,
+            cfg: LayerCfg::new(spec, i, rope, alibi),
         }
     }
 
@@ -101,17 +40,19 @@ impl LayerPlan {
     pub fn pname(&self, name: &str) -> String {
         format!("layers.{}.{name}", self.index)
     }
-}
 
-/// The kernels' activation for an IR MLP kind.
-fn activation(k: MlpKind) -> Activation {
-    match k {
-        MlpKind::Gelu => Activation::Gelu,
-        MlpKind::GeluTanh => Activation::GeluTanh,
-        MlpKind::ReluSquared => Activation::ReluSquared,
-        MlpKind::Swiglu => Activation::Swiglu,
-        MlpKind::Geglu => Activation::Geglu,
-        MlpKind::GegluTanh => Activation::GegluTanh,
+    /// The dense MLP's activation and widths `(act, hidden, hw)`, or an error naming the layer
+    /// and `what` needed one.
+    fn dense(&self, what: &str) -> Result<(Activation, usize, usize)> {
+        match self.cfg.ffn {
+            FfnCfg::Dense { act, hidden, hw } => Ok((act, hidden, hw)),
+            FfnCfg::Moe => Err(bad(self.index, format!("{what} without a dense MLP"))),
+        }
+    }
+
+    /// Whether the dense MLP is gated (`[gate; up]`).
+    fn gated(&self) -> bool {
+        matches!(self.cfg.ffn, FfnCfg::Dense { act, .. } if act.is_gated())
     }
 }
 
@@ -181,21 +122,21 @@ impl Pass<'_> {
         let es = self.es;
         let d = self.d;
         let col = |p: DevPtr, c: usize| p + c as u64 * es;
-        let hidden = l.mlp.map_or(0, |m| m.hidden);
-        let hw = l.mlp.map_or(0, |m| m.hw);
+        let (hidden, hw) = l.cfg.mlp_widths();
+        let c = &l.cfg;
         Ok(match a {
             Act::Input => (b.x, d),
             Act::AttnNorm => (b.attn_norm, d),
-            Act::Q | Act::QNormed | Act::QRope => (b.qkv, l.width),
-            Act::K | Act::KNormed | Act::KRope => (col(b.qkv, l.qd), l.width),
-            Act::V => (col(b.qkv, l.qd + l.kvd), l.width),
-            Act::Attn => (b.attn, l.qd),
+            Act::Q | Act::QNormed | Act::QRope => (b.qkv, c.width),
+            Act::K | Act::KNormed | Act::KRope => (col(b.qkv, c.qd), c.width),
+            Act::V => (col(b.qkv, c.qd + c.kvd), c.width),
+            Act::Attn => (b.attn, c.qd),
             Act::AttnOut => (b.attn_out, d),
             Act::AttnPostNorm => (b.attn_post, d),
             Act::ResidMid => (b.resid_mid, d),
             Act::MlpNorm => (b.mlp_norm, d),
             Act::Gate => (b.h, hw),
-            Act::Up if l.mlp.is_some_and(|m| m.gated) => (col(b.h, hidden), hw),
+            Act::Up if l.gated() => (col(b.h, hidden), hw),
             Act::Up => (b.h, hw),
             Act::ActOut => (b.act, hidden),
             Act::MlpOut => (b.mlp_out, d),
@@ -227,7 +168,7 @@ impl Pass<'_> {
         x: DevPtr,
         res: DevPtr,
     ) -> Result<()> {
-        let n = &l.norm;
+        let n = &l.cfg.norm;
         self.k.norm_fwd(
             self.dt,
             n.kind,
@@ -241,8 +182,8 @@ impl Pass<'_> {
             self.w.wo(&l.pname(&format!("{prefix}.bias"))),
             self.rows.n,
             self.d,
-            n.eps as f32,
-            n.offset as f32,
+            n.eps,
+            n.offset,
         )
     }
 
@@ -285,7 +226,7 @@ impl Pass<'_> {
             Fusion::QkvRope => {
                 let x = self.ptr(l, k.inputs[0])?;
                 self.linear(
-                    l.width,
+                    l.cfg.width,
                     d,
                     x,
                     self.w.w(&l.pname("attn.q.weight"))?,
@@ -306,6 +247,7 @@ impl Pass<'_> {
             // Append the new keys and values to the cache, then each row attends over it.
             Fusion::Attention => {
                 let (kc, vc) = self.cache.layer(l.index);
+                let c = &l.cfg;
                 let q = self.ptr(l, l.lp.q_final)?;
                 let kk = self.ptr(l, l.lp.k_final)?;
                 let v = self.ptr(l, Act::V)?;
@@ -314,22 +256,22 @@ impl Pass<'_> {
                     (kc, vc),
                     (kk, v),
                     &self.rows,
-                    l.kv_heads,
-                    l.head_dim,
-                    l.width,
+                    c.kv_heads,
+                    c.head_dim,
+                    c.width,
                     self.cache.capacity,
                 )?;
                 let a = CachedAttn {
-                    heads: l.heads,
-                    kv_heads: l.kv_heads,
-                    head_dim: l.head_dim,
-                    ldq: l.width,
-                    ldo: l.qd,
+                    heads: c.heads,
+                    kv_heads: c.kv_heads,
+                    head_dim: c.head_dim,
+                    ldq: c.width,
+                    ldo: c.qd,
                     capacity: self.cache.capacity,
-                    scale: l.scale,
-                    softcap: l.softcap,
-                    window: l.window,
-                    alibi: l.alibi.map_or(0, |j| self.alibi[j].ptr()),
+                    scale: c.scale,
+                    softcap: c.softcap,
+                    window: c.window,
+                    alibi: c.alibi.map_or(0, |j| self.alibi[j].ptr()),
                 };
                 self.dk
                     .attn(dt, &a, self.ptr(l, first)?, q, (kc, vc), &self.rows)
@@ -337,8 +279,8 @@ impl Pass<'_> {
             // One projection: the attention output, or a dense MLP's down projection.
             Fusion::Linear => {
                 let (prefix, inp) = match first {
-                    Act::AttnOut => ("attn.o", l.qd),
-                    Act::MlpOut => ("mlp.down", l.mlp.map_or(0, |m| m.hidden)),
+                    Act::AttnOut => ("attn.o", l.cfg.qd),
+                    Act::MlpOut => ("mlp.down", l.cfg.mlp_widths().0),
                     other => {
                         return Err(bad(
                             l.index,
@@ -357,12 +299,10 @@ impl Pass<'_> {
             }
             // The dense MLP's input projections as one GEMM into [gate; up] (or up).
             Fusion::GateUp => {
-                let m = l
-                    .mlp
-                    .ok_or_else(|| bad(l.index, "gate/up without a dense MLP".into()))?;
-                let name = if m.gated { "mlp.gate" } else { "mlp.up" };
+                let (_, _, hw) = l.dense("gate/up")?;
+                let name = if l.gated() { "mlp.gate" } else { "mlp.up" };
                 self.linear(
-                    m.hw,
+                    hw,
                     d,
                     self.ptr(l, k.inputs[0])?,
                     self.w.w(&l.pname(&format!("{name}.weight")))?,
@@ -372,15 +312,13 @@ impl Pass<'_> {
             }
             // act(gate) (* up) in one pass.
             Fusion::Activation => {
-                let m = l
-                    .mlp
-                    .ok_or_else(|| bad(l.index, "an activation without a dense MLP".into()))?;
-                let up = if m.gated {
-                    self.acts.h + m.hidden as u64 * self.es
+                let (act, hidden, hw) = l.dense("an activation")?;
+                let up = if act.is_gated() {
+                    self.acts.h + hidden as u64 * self.es
                 } else {
                     0
                 };
-                kn.act_fwd(dt, m.act, self.acts.act, self.acts.h, up, n, m.hidden, m.hw)
+                kn.act_fwd(dt, act, self.acts.act, self.acts.h, up, n, hidden, hw)
             }
             // The mixture-of-experts block, through `cuda::moe` (no aux loss at inference).
             Fusion::Moe => {
@@ -406,20 +344,18 @@ impl Pass<'_> {
     /// A qk-norm on the q or k columns of `[q; k; v]`: copied out to contiguous rows (per head:
     /// rows of head_dim), normalised, copied back.
     fn qk_norm(&self, l: &LayerPlan, a: Act) -> Result<()> {
+        let c = &l.cfg;
         let qk =
-            l.qk.ok_or_else(|| bad(l.index, "a qk-norm node without qk_norm".into()))?;
+            c.qk.ok_or_else(|| bad(l.index, "a qk-norm node without qk_norm".into()))?;
         let n = self.rows.n;
-        let (heads, cols, prefix, at) = if a == Act::QNormed {
-            (l.heads, l.qd, "attn.q_norm", self.ptr(l, Act::Q)?)
+        let ((q_rows, q_width), (k_rows, k_width)) = c.qk_rows(n);
+        let (rows, width, cols, prefix, at) = if a == Act::QNormed {
+            (q_rows, q_width, c.qd, "attn.q_norm", self.ptr(l, Act::Q)?)
         } else {
-            (l.kv_heads, l.kvd, "attn.k_norm", self.ptr(l, Act::K)?)
-        };
-        let (rows, width) = match qk.scope {
-            QkNormScope::Head => (n * heads, l.head_dim),
-            QkNormScope::Full => (n, cols),
+            (k_rows, k_width, c.kvd, "attn.k_norm", self.ptr(l, Act::K)?)
         };
         let (kn, dt, raw, out) = (self.k, self.dt, self.acts.qk_raw, self.acts.qk_out);
-        kn.copy2d(dt, raw, cols, at, l.width, n, cols)?;
+        kn.copy2d(dt, raw, cols, at, c.width, n, cols)?;
         kn.norm_fwd(
             dt,
             qk.norm.kind,
@@ -433,22 +369,23 @@ impl Pass<'_> {
             self.w.wo(&l.pname(&format!("{prefix}.bias"))),
             rows,
             width,
-            qk.norm.eps as f32,
-            qk.norm.offset as f32,
+            qk.norm.eps,
+            qk.norm.offset,
         )?;
-        kn.copy2d(dt, at, l.width, out, cols, n, cols)
+        kn.copy2d(dt, at, c.width, out, cols, n, cols)
     }
 
     /// RoPE on the q or k columns of `[q; k; v]`, in place, at each row's position.
     fn rope(&self, l: &LayerPlan, a: Act) -> Result<()> {
-        let t = l
+        let c = &l.cfg;
+        let t = c
             .rope
             .and_then(|j| self.ropes.get(j))
             .ok_or_else(|| bad(l.index, "a RoPE node without a RoPE table".into()))?;
         let (x, heads) = if a == Act::QRope {
-            (self.ptr(l, Act::Q)?, l.heads)
+            (self.ptr(l, Act::Q)?, c.heads)
         } else {
-            (self.ptr(l, Act::K)?, l.kv_heads)
+            (self.ptr(l, Act::K)?, c.kv_heads)
         };
         self.dk.rope(
             self.dt,
@@ -456,8 +393,8 @@ impl Pass<'_> {
             (t.cos.ptr(), t.sin.ptr()),
             &self.rows,
             heads,
-            l.head_dim,
-            l.width,
+            c.head_dim,
+            c.width,
             t.rot,
             t.interleaved,
         )

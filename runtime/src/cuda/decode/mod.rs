@@ -253,7 +253,7 @@ impl GpuDecoder {
         let w = Weights::upload(gpu, spec, dt, params)?;
         let cache_bytes: usize = layers
             .iter()
-            .map(|l| 2 * batch * l.kv_heads * capacity * l.head_dim * es)
+            .map(|l| 2 * batch * l.cfg.kv_heads * capacity * l.cfg.head_dim * es)
             .sum();
         gpu.check_fits(cache_bytes)?;
         let cache = Cache::new(gpu, &layers, batch, capacity, es)?;

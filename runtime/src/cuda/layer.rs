@@ -1,0 +1,141 @@
+//! Each layer's own configuration for the GPU, read once from its IR row: sizes, attention
+//! options, position encoding, which block norms exist, norms and FFN. The one place that reads a
+//! layer's IR row for the GPU trainer ([`super::train`]) and decoder ([`super::decode`]); nothing
+//! here assumes that layers agree.
+
+use super::ops::{Act, NormKind};
+use modelspec_dsl::ModelSpec;
+use modelspec_dsl::ir::{Ffn, Norm, QkNormScope};
+use modelspec_dsl::program::{Act as PAct, LayerProgram};
+
+/// A norm's kind and constants.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NormCfg {
+    pub kind: NormKind,
+    pub eps: f32,
+    pub offset: f32,
+}
+
+impl NormCfg {
+    pub fn new(n: &Norm) -> NormCfg {
+        NormCfg {
+            kind: n.kind,
+            eps: n.eps as f32,
+            offset: n.offset as f32,
+        }
+    }
+}
+
+/// qk-norm of one layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct QkCfg {
+    /// Per head (rows of head_dim) rather than over the whole projection.
+    pub per_head: bool,
+    pub norm: NormCfg,
+}
+
+/// The feed-forward block of one layer.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum FfnCfg {
+    /// A dense MLP: `hidden` wide, `[gate; up]` (`hw = 2 hidden`) when gated.
+    Dense { act: Act, hidden: usize, hw: usize },
+    /// A mixture-of-experts block (run by `cuda::moe`).
+    Moe,
+}
+
+/// Everything the GPU trainer and decoder need to size and run layer `i`, from `spec.layers[i]`
+/// alone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerCfg {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    /// `heads * head_dim`.
+    pub qd: usize,
+    /// `kv_heads * head_dim`.
+    pub kvd: usize,
+    /// `qd + 2 kvd`: the fused `[q; k; v]` row.
+    pub width: usize,
+    pub scale: f32,
+    /// 0 = none.
+    pub softcap: f32,
+    /// 0 = none.
+    pub window: usize,
+    pub qk: Option<QkCfg>,
+    /// Index into the caller's distinct RoPE tables (`None`: learned, NoPE or ALiBi).
+    pub rope: Option<usize>,
+    /// ALiBi slopes of this layer's head count (index into the caller's slope buffers).
+    pub alibi: Option<usize>,
+    /// Which of the block's norms exist, read from the layer's program (they size the arena's
+    /// norm buffers; the wiring itself is the program's): the attention norm, the MLP's own norm
+    /// (absent without pre-norms and in a parallel block sharing one norm), the post-norms.
+    pub attn_norm: bool,
+    pub mlp_norm: bool,
+    pub post: bool,
+    pub norm: NormCfg,
+    pub ffn: FfnCfg,
+}
+
+impl LayerCfg {
+    /// Layer `i`'s configuration; `rope` and `alibi` index the caller's tables.
+    pub fn new(spec: &ModelSpec, i: usize, rope: Option<usize>, alibi: Option<usize>) -> LayerCfg {
+        let l = &spec.layers[i];
+        let a = &l.attention;
+        let lp = LayerProgram::structure(l);
+        let (heads, kv_heads, head_dim) =
+            (a.heads as usize, a.kv_heads as usize, a.head_dim as usize);
+        let ffn = match &l.ffn {
+            Ffn::Mlp(m) => {
+                let hidden = m.hidden as usize;
+                let gated = m.activation.is_gated();
+                FfnCfg::Dense {
+                    act: Act::from(m.activation),
+                    hidden,
+                    hw: if gated { 2 * hidden } else { hidden },
+                }
+            }
+            Ffn::Moe(_) => FfnCfg::Moe,
+        };
+        LayerCfg {
+            heads,
+            kv_heads,
+            head_dim,
+            qd: heads * head_dim,
+            kvd: kv_heads * head_dim,
+            width: (heads + 2 * kv_heads) * head_dim,
+            scale: a.scale as f32,
+            softcap: a.softcap.unwrap_or(0.0) as f32,
+            window: a.window.unwrap_or(0) as usize,
+            qk: a.qk_norm.as_ref().map(|q| QkCfg {
+                per_head: q.scope == QkNormScope::Head,
+                norm: NormCfg::new(&q.norm),
+            }),
+            rope,
+            alibi,
+            attn_norm: lp.node(PAct::AttnNorm).is_some(),
+            mlp_norm: lp.node(PAct::MlpNorm).is_some(),
+            post: lp.node(PAct::AttnPostNorm).is_some() || lp.node(PAct::MlpPostNorm).is_some(),
+            norm: NormCfg::new(&l.block.norm),
+            ffn,
+        }
+    }
+
+    /// `(rows, width)` of the q and k norms over `n` token rows: per head, rows of head_dim.
+    pub fn qk_rows(&self, n: usize) -> ((usize, usize), (usize, usize)) {
+        match self.qk {
+            Some(QkCfg { per_head: true, .. }) => (
+                (n * self.heads, self.head_dim),
+                (n * self.kv_heads, self.head_dim),
+            ),
+            _ => ((n, self.qd), (n, self.kvd)),
+        }
+    }
+
+    /// The dense MLP's `(hidden, hw)` (0 for a MoE layer).
+    pub fn mlp_widths(&self) -> (usize, usize) {
+        match self.ffn {
+            FfnCfg::Dense { hidden, hw, .. } => (hidden, hw),
+            FfnCfg::Moe => (0, 0),
+        }
+    }
+}
