@@ -35,6 +35,24 @@ pub struct RowMajorGemm {
     pub batch: Option<(usize, usize, usize, usize)>,
 }
 
+impl RowMajorGemm {
+    /// A projection through a `torch.nn.Linear` weight: `C[m, n] = A[m, k] W[n, k]^T`, every
+    /// operand dense (row strides k, k and n).
+    pub fn linear(m: usize, n: usize, k: usize) -> RowMajorGemm {
+        RowMajorGemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: true,
+            lda: k,
+            ldb: k,
+            ldc: n,
+            batch: None,
+        }
+    }
+}
+
 /// One column-major operand as cuBLASLt sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ColOperand {
@@ -185,6 +203,35 @@ impl Gemm {
     ) -> Result<()> {
         // SAFETY: forwarded.
         unsafe { self.run_with(dtype, false, bias, g, a, b, c, 1.0, 0.0) }
+    }
+
+    /// A projection [`RowMajorGemm::linear`]: `C[m, n] = A[m, k] W[n, k]^T (+ bias)` in `dtype`,
+    /// the bias (n elements, 0: none) in the epilogue.
+    ///
+    /// # Safety
+    /// a, w and c must address dense `[m, k]`, `[n, k]` and `[m, n]` matrices of `dtype`, and
+    /// bias (when not 0) n elements.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn linear(
+        &self,
+        dtype: Dtype,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        w: DevPtr,
+        bias: DevPtr,
+        c: DevPtr,
+    ) -> Result<()> {
+        let g = RowMajorGemm::linear(m, n, k);
+        // SAFETY: forwarded.
+        unsafe {
+            if bias != 0 {
+                self.run_bias(dtype, &g, a, w, c, bias)
+            } else {
+                self.run(dtype, &g, a, w, c, 1.0, 0.0)
+            }
+        }
     }
 
     /// As [`Gemm::run`], with A and B of `dtype` and C in f32 (weight gradients accumulated in f32).
@@ -426,17 +473,11 @@ mod tests {
     #[test]
     fn linear_weight_is_transposed_first_operand() {
         // y[N, out] = x[N, in] W[out, in]^T
-        let g = RowMajorGemm {
-            m: 5,
-            n: 7,
-            k: 3,
-            trans_a: false,
-            trans_b: true,
-            lda: 3,
-            ldb: 3,
-            ldc: 7,
-            batch: None,
-        };
+        let g = RowMajorGemm::linear(5, 7, 3);
+        assert_eq!(
+            (g.lda, g.ldb, g.ldc, g.trans_a, g.trans_b),
+            (3, 3, 7, false, true)
+        );
         let (a, b, _) = to_column_major(&g);
         assert_eq!((a.rows, a.cols, a.ld, a.trans), (3, 7, 3, true));
         assert_eq!((b.rows, b.cols, b.trans), (3, 5, false));

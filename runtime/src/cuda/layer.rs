@@ -3,9 +3,11 @@
 //! layer's IR row for the GPU trainer ([`super::train`]) and decoder ([`super::decode`]); nothing
 //! here assumes that layers agree.
 
+use super::error::Result;
+use super::gpu::{Gpu, GpuBuf};
 use super::ops::{Act, NormKind};
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Ffn, Norm, QkNormScope};
+use modelspec_dsl::ir::{Ffn, Norm, Position, QkNormScope, Rope};
 use modelspec_dsl::program::{Act as PAct, LayerProgram};
 
 /// A norm's kind and constants.
@@ -137,5 +139,83 @@ impl LayerCfg {
             FfnCfg::Dense { hidden, hw, .. } => (hidden, hw),
             FfnCfg::Moe => (0, 0),
         }
+    }
+}
+
+/// The position tables a spec's layers share: its distinct RoPEs (by value, in order of first
+/// use: Gemma-3's local and global layers differ) and one ALiBi slope buffer per distinct head
+/// count, with each layer's index into them (the `rope` and `alibi` of [`LayerCfg::new`]).
+pub(crate) struct PositionTables {
+    /// The distinct RoPEs; the caller builds one cos/sin table for each.
+    pub ropes: Vec<Rope>,
+    /// Each layer's index into `ropes` (`None`: learned, NoPE or ALiBi).
+    pub rope_of: Vec<Option<usize>>,
+    /// f32 ALiBi slopes `[heads]` on the device, one buffer per distinct head count.
+    pub alibi: Vec<GpuBuf<f32>>,
+    /// Each layer's index into `alibi` (`None`: not ALiBi).
+    pub alibi_of: Vec<Option<usize>>,
+}
+
+impl PositionTables {
+    /// The tables of `spec`'s layers, the slopes uploaded to `gpu`.
+    pub(crate) fn new(gpu: &Gpu, spec: &ModelSpec) -> Result<PositionTables> {
+        let mut t = PositionTables {
+            ropes: Vec::new(),
+            rope_of: Vec::with_capacity(spec.layers.len()),
+            alibi: Vec::new(),
+            alibi_of: Vec::with_capacity(spec.layers.len()),
+        };
+        let mut alibi_heads: Vec<usize> = Vec::new();
+        for l in &spec.layers {
+            let rope = match &l.position {
+                Position::Rope(r) => Some(first_index(&mut t.ropes, r)),
+                _ => None,
+            };
+            let alibi = match l.position {
+                Position::Alibi => {
+                    let heads = l.attention.heads as usize;
+                    let j = first_index(&mut alibi_heads, &heads);
+                    if j == t.alibi.len() {
+                        let s: Vec<f32> = crate::ops::attention::alibi_slopes(heads)
+                            .into_iter()
+                            .map(|x| x as f32)
+                            .collect();
+                        t.alibi.push(gpu.upload(&s)?);
+                    }
+                    Some(j)
+                }
+                _ => None,
+            };
+            t.rope_of.push(rope);
+            t.alibi_of.push(alibi);
+        }
+        Ok(t)
+    }
+}
+
+/// The index of `x` in `seen`, appended first when absent.
+fn first_index<T: PartialEq + Clone>(seen: &mut Vec<T>, x: &T) -> usize {
+    match seen.iter().position(|s| s == x) {
+        Some(j) => j,
+        None => {
+            seen.push(x.clone());
+            seen.len() - 1
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_index;
+
+    #[test]
+    fn first_index_numbers_distinct_values_in_order_of_first_use() {
+        let mut seen = Vec::new();
+        let got: Vec<usize> = [4, 8, 4, 2, 8]
+            .iter()
+            .map(|x| first_index(&mut seen, x))
+            .collect();
+        assert_eq!(got, [0, 1, 0, 2, 1]);
+        assert_eq!(seen, [4, 8, 2]);
     }
 }

@@ -245,22 +245,3 @@ impl RopeSlot {
         len <= self.rows && inv_freq(&self.rope, len) == self.freqs
     }
 }
-
-/// The distinct RoPEs of `layers` (by value), and each layer's index into them.
-pub(super) fn distinct_ropes(spec: &modelspec_dsl::ModelSpec) -> (Vec<Rope>, Vec<Option<usize>>) {
-    let mut ropes: Vec<Rope> = Vec::new();
-    let mut of = Vec::with_capacity(spec.layers.len());
-    for l in &spec.layers {
-        of.push(match &l.position {
-            modelspec_dsl::ir::Position::Rope(r) => Some(match ropes.iter().position(|s| s == r) {
-                Some(j) => j,
-                None => {
-                    ropes.push(r.clone());
-                    ropes.len() - 1
-                }
-            }),
-            _ => None,
-        });
-    }
-    (ropes, of)
-}

@@ -46,19 +46,20 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Ffn, Position};
+use modelspec_dsl::ir::Ffn;
 use thiserror::Error;
 
 use super::error::CudaError;
-use super::gemm::{Gemm, RowMajorGemm};
+use super::gemm::Gemm;
 use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
+use super::layer::PositionTables;
 use super::moe::MoeLayer;
 use super::ops::Kernels;
 use super::train::GpuTrainer;
 use crate::ops::rope::inv_freq;
 use crate::program::LayerProgram;
 use crate::tensor::ParamSource;
-use arena::{Acts, Cache, RopeSlot, Widths, distinct_ropes};
+use arena::{Acts, Cache, RopeSlot, Widths};
 use kernels::{DecodeKernels, Rows};
 pub use kernels::{KERNEL_NAMES, kernel_source};
 use layer::LayerPlan;
@@ -153,25 +154,8 @@ fn linear(
     bias: DevPtr,
     c: DevPtr,
 ) -> std::result::Result<(), CudaError> {
-    let g = RowMajorGemm {
-        m,
-        n,
-        k,
-        trans_a: false,
-        trans_b: true,
-        lda: k,
-        ldb: k,
-        ldc: n,
-        batch: None,
-    };
     // SAFETY: every operand is a view into the decoder's weights or arena, sized for m rows.
-    unsafe {
-        if bias != 0 {
-            gemm.run_bias(dt, &g, a, w, c, bias)
-        } else {
-            gemm.run(dt, &g, a, w, c, 1.0, 0.0)
-        }
-    }
+    unsafe { gemm.linear(dt, m, n, k, a, w, bias, c) }
 }
 
 fn unsupported(why: impl Into<String>) -> DecodeError {
@@ -219,34 +203,15 @@ impl GpuDecoder {
         let k = Kernels::for_spec(gpu, spec)?;
         let dk = DecodeKernels::load(gpu)?;
         let gemm = gpu.gemm()?;
-        let (rope_specs, rope_of) = distinct_ropes(spec);
-        let mut ropes = Vec::with_capacity(rope_specs.len());
-        for r in &rope_specs {
+        let tables = PositionTables::new(gpu, spec)?;
+        let mut ropes = Vec::with_capacity(tables.ropes.len());
+        for r in &tables.ropes {
             ropes.push(RopeSlot::new(gpu, r, 1, capacity)?);
         }
-        let mut alibi: Vec<GpuBuf<f32>> = Vec::new();
-        let mut alibi_heads: Vec<usize> = Vec::new();
-        let mut layers = Vec::with_capacity(spec.layers.len());
-        for (i, l) in spec.layers.iter().enumerate() {
-            let slopes = if matches!(l.position, Position::Alibi) {
-                let heads = l.attention.heads as usize;
-                Some(match alibi_heads.iter().position(|&h| h == heads) {
-                    Some(j) => j,
-                    None => {
-                        let s: Vec<f32> = crate::ops::attention::alibi_slopes(heads)
-                            .into_iter()
-                            .map(|x| x as f32)
-                            .collect();
-                        alibi.push(gpu.upload(&s)?);
-                        alibi_heads.push(heads);
-                        alibi.len() - 1
-                    }
-                })
-            } else {
-                None
-            };
-            layers.push(LayerPlan::new(spec, i, rope_of[i], slopes));
-        }
+        let layers: Vec<LayerPlan> = (0..spec.layers.len())
+            .map(|i| LayerPlan::new(spec, i, tables.rope_of[i], tables.alibi_of[i]))
+            .collect();
+        let alibi = tables.alibi;
         let es = dt.bytes();
         let d = spec.d_model as usize;
         let widths = Widths::of(&layers, d);

@@ -48,25 +48,8 @@ impl Step<'_> {
         bias: DevPtr,
         c: DevPtr,
     ) -> Result<()> {
-        let g = RowMajorGemm {
-            m,
-            n,
-            k,
-            trans_a: false,
-            trans_b: true,
-            lda: k,
-            ldb: k,
-            ldc: n,
-            batch: None,
-        };
         // SAFETY: as in `mm`.
-        unsafe {
-            if bias != 0 {
-                self.gemm.run_bias(self.dt, &g, a, w, c, bias)
-            } else {
-                self.gemm.run(self.dt, &g, a, w, c, 1.0, 0.0)
-            }
-        }
+        unsafe { self.gemm.linear(self.dt, m, n, k, a, w, bias, c) }
     }
 
     /// A weight gradient: `C[m, n]` (f32) `= A^T B (+ beta C)`, A `[k, m]`, B `[k, n]`.

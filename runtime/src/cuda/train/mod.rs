@@ -40,11 +40,12 @@ pub use saves::LayerSaves;
 use super::error::{CudaError, Result};
 use super::gemm::Gemm;
 use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
+use super::layer::PositionTables;
 use super::ops::Kernels;
 use config::LayerCfg;
 use layout::{Layout, Shape, layout};
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Position, RopeStyle};
+use modelspec_dsl::ir::RopeStyle;
 use moe_glue::MoeSlot;
 use params::ParamArena;
 use std::sync::Arc;
@@ -198,52 +199,22 @@ impl GpuTrainer {
             dt.bytes(),
             spec.vocab_padded as usize,
         );
-        // One table pair per distinct RoPE (Gemma-3's local and global layers differ), one slope
-        // buffer per distinct ALiBi head count.
-        let mut ropes: Vec<RopeTable> = Vec::new();
-        let mut seen: Vec<&modelspec_dsl::ir::Rope> = Vec::new();
-        let mut alibi: Vec<GpuBuf<f32>> = Vec::new();
-        let mut alibi_heads: Vec<usize> = Vec::new();
-        let mut cfg = Vec::with_capacity(spec.layers.len());
-        for (i, l) in spec.layers.iter().enumerate() {
-            let (rope, slopes) = match &l.position {
-                Position::Rope(r) => {
-                    let j = match seen.iter().position(|s| *s == r) {
-                        Some(j) => j,
-                        None => {
-                            let (cs, sn) = super::rope::tables(r, seq);
-                            ropes.push(RopeTable {
-                                cos: gpu.upload(&cs)?,
-                                sin: gpu.upload(&sn)?,
-                                rot: r.rotary_dims as usize,
-                                interleaved: r.style == RopeStyle::Interleaved,
-                            });
-                            seen.push(r);
-                            ropes.len() - 1
-                        }
-                    };
-                    (Some(j), None)
-                }
-                Position::Alibi => {
-                    let heads = l.attention.heads as usize;
-                    let j = match alibi_heads.iter().position(|&h| h == heads) {
-                        Some(j) => j,
-                        None => {
-                            let s: Vec<f32> = crate::ops::attention::alibi_slopes(heads)
-                                .into_iter()
-                                .map(|x| x as f32)
-                                .collect();
-                            alibi.push(gpu.upload(&s)?);
-                            alibi_heads.push(heads);
-                            alibi.len() - 1
-                        }
-                    };
-                    (None, Some(j))
-                }
-                Position::Learned | Position::None => (None, None),
-            };
-            cfg.push(LayerCfg::new(spec, i, rope, slopes));
+        // One table pair per distinct RoPE, one slope buffer per distinct ALiBi head count.
+        let tables = PositionTables::new(gpu, spec)?;
+        let mut ropes: Vec<RopeTable> = Vec::with_capacity(tables.ropes.len());
+        for r in &tables.ropes {
+            let (cs, sn) = super::rope::tables(r, seq);
+            ropes.push(RopeTable {
+                cos: gpu.upload(&cs)?,
+                sin: gpu.upload(&sn)?,
+                rot: r.rotary_dims as usize,
+                interleaved: r.style == RopeStyle::Interleaved,
+            });
         }
+        let cfg: Vec<LayerCfg> = (0..spec.layers.len())
+            .map(|i| LayerCfg::new(spec, i, tables.rope_of[i], tables.alibi_of[i]))
+            .collect();
+        let alibi = tables.alibi;
         let moe = moe_glue::build(gpu, spec, batch * seq, dt)?;
         let moe_sizes = moe_glue::sizes(&moe);
         let sizing = layout(&cfg, &shape, saves, &moe_sizes, 0);
