@@ -4,6 +4,8 @@ use super::TrainError;
 use super::rng::SplitMix64;
 use crate::exec::{Executor, KvCache};
 use crate::tensor::ParamSource;
+#[cfg(doc)]
+use modelspec_dsl::ModelSpec;
 
 /// How the next token is picked.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -111,12 +113,40 @@ pub fn generate_cached(
     seed: u64,
     on_id: impl FnMut(&[u32]),
 ) -> Result<Vec<u32>, TrainError> {
-    let mut rng = SplitMix64::new(seed);
     let mut cache = KvCache::new();
-    let window = exec
-        .spec()
-        .max_sequence()
-        .map_or(usize::MAX, |m| m as usize);
+    generate_in_context(
+        exec.spec().max_sequence(),
+        prompt,
+        (tokens, vocab),
+        options,
+        stop,
+        seed,
+        |w| exec.decode(params, &mut cache, w),
+        on_id,
+    )
+}
+
+/// [`generate`] for a decoder that keeps a key/value cache (the CPU's [`generate_cached`], the
+/// GPU decoder's `generate`): the window is `context`, the spec's
+/// [`ModelSpec::max_sequence`] (`None`: no window, as for dynamic-NTK RoPE), the generator is
+/// seeded with `seed`, and an error of `decode(window)` (the logits of the window's last
+/// position) becomes [`TrainError::Model`].
+#[allow(clippy::too_many_arguments)]
+pub fn generate_in_context<E>(
+    context: Option<u64>,
+    prompt: &[u32],
+    (tokens, vocab): (usize, usize),
+    options: SampleOptions,
+    stop: &[u32],
+    seed: u64,
+    mut decode: impl FnMut(&[u32]) -> Result<Vec<f32>, E>,
+    on_id: impl FnMut(&[u32]),
+) -> Result<Vec<u32>, TrainError>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut rng = SplitMix64::new(seed);
+    let window = context.map_or(usize::MAX, |m| m as usize);
     generate(
         prompt,
         tokens,
@@ -125,10 +155,7 @@ pub fn generate_cached(
         options,
         stop,
         &mut rng,
-        |w| {
-            exec.decode(params, &mut cache, w)
-                .map_err(|e| TrainError::Model(Box::new(e)))
-        },
+        |w| decode(w).map_err(|e| TrainError::Model(Box::new(e))),
         on_id,
     )
 }

@@ -5,8 +5,7 @@
 
 use super::GpuDecoder;
 use crate::train::TrainError;
-use crate::train::rng::SplitMix64;
-use crate::train::sample::{SampleOptions, generate};
+use crate::train::sample::{SampleOptions, generate_in_context};
 
 impl GpuDecoder {
     /// `prompt` extended by up to `tokens` ids among the first `vocab`, stopping after an id of
@@ -24,17 +23,14 @@ impl GpuDecoder {
         seed: u64,
         on_id: impl FnMut(&[u32]),
     ) -> Result<Vec<u32>, TrainError> {
-        let mut rng = SplitMix64::new(seed);
-        let window = self.spec.max_sequence().map_or(usize::MAX, |m| m as usize);
-        generate(
+        generate_in_context(
+            self.spec.max_sequence(),
             prompt,
-            tokens,
-            window,
-            vocab,
+            (tokens, vocab),
             options,
             stop,
-            &mut rng,
-            |w| self.decode(w).map_err(|e| TrainError::Model(Box::new(e))),
+            seed,
+            |w| self.decode(w),
             on_id,
         )
     }
