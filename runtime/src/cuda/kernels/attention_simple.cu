@@ -6,8 +6,6 @@
 // alibi_bias(slopes[h], j) when `alibi` (f32 [H] slopes) is not null, else 0. Key j is visible to
 // query i when j < T, (!causal || j <= i) and (window <= 0 || i - j < window). D <= 256.
 
-#define ATTN_MAXD_LANE 8  // 256 / 32
-
 __device__ __forceinline__ bool attn_visible(int i, int j, int T, int causal, int window) {
     return j < T && (!causal || j <= i) && (window <= 0 || i - j < window);
 }
@@ -24,39 +22,15 @@ __device__ void attn_simple_fwd(T* o, float* lse, const T* q, const T* k, const 
     int kvh = h / (H / KV);
     const float slope = alibi ? alibi[h] : 0.f;
     const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
-    float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE];
-#pragma unroll
-    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
-        int d = lane + 32 * e;
-        qv[e] = d < D ? lf(qr + d) : 0.f;
-        acc[e] = 0.f;
-    }
+    float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE] = {};
+    attn_lane_load(qr, D, lane, qv);
     float m = NEG_INF, l = 0.f;
     int j0 = window > 0 ? max(0, i - window + 1) : 0;
     int j1 = causal ? i + 1 : T_;
     for (int j = j0; j < j1; j++) {
         const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)kvh * D;
         const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)kvh * D;
-        float dot = 0.f;
-#pragma unroll
-        for (int e = 0; e < ATTN_MAXD_LANE; e++) {
-            int d = lane + 32 * e;
-            if (d < D) dot += qv[e] * lf(kr + d);
-        }
-        dot = warp_sum(dot);
-        if (alibi) dot += alibi_bias(slope, j);
-        float s = dot * scale;
-        if (softcap > 0.f) s = softcap * tanhf(s / softcap);
-        float mn = fmaxf(m, s);
-        float corr = __expf(m - mn);
-        float p = __expf(s - mn);
-        l = l * corr + p;
-#pragma unroll
-        for (int e = 0; e < ATTN_MAXD_LANE; e++) {
-            int d = lane + 32 * e;
-            if (d < D) acc[e] = acc[e] * corr + p * lf(vr + d);
-        }
-        m = mn;
+        attn_online_key(qv, acc, kr, vr, D, lane, alibi != nullptr, slope, j, scale, softcap, m, l);
     }
     float inv = l > 0.f ? 1.f / l : 0.f;
     T* orow = o + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
@@ -109,14 +83,9 @@ __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const 
     const float slope = alibi ? alibi[h] : 0.f;
     const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
     const T* dor = dout + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
-    float qv[ATTN_MAXD_LANE], dov[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE];
-#pragma unroll
-    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
-        int d = lane + 32 * e;
-        qv[e] = d < D ? lf(qr + d) : 0.f;
-        dov[e] = d < D ? lf(dor + d) : 0.f;
-        acc[e] = 0.f;
-    }
+    float qv[ATTN_MAXD_LANE], dov[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE] = {};
+    attn_lane_load(qr, D, lane, qv);
+    attn_lane_load(dor, D, lane, dov);
     float lse_i = lse[((size_t)b * H + h) * T_ + i], delta_i = delta[((size_t)b * H + h) * T_ + i];
     int j0 = window > 0 ? max(0, i - window + 1) : 0;
     int j1 = causal ? i + 1 : T_;
@@ -163,15 +132,9 @@ __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v
     int group = H / KV;
     const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)g * D;
     const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)g * D;
-    float kv_[ATTN_MAXD_LANE], vv[ATTN_MAXD_LANE], dka[ATTN_MAXD_LANE], dva[ATTN_MAXD_LANE];
-#pragma unroll
-    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
-        int d = lane + 32 * e;
-        kv_[e] = d < D ? lf(kr + d) : 0.f;
-        vv[e] = d < D ? lf(vr + d) : 0.f;
-        dka[e] = 0.f;
-        dva[e] = 0.f;
-    }
+    float kv_[ATTN_MAXD_LANE], vv[ATTN_MAXD_LANE], dka[ATTN_MAXD_LANE] = {}, dva[ATTN_MAXD_LANE] = {};
+    attn_lane_load(kr, D, lane, kv_);
+    attn_lane_load(vr, D, lane, vv);
     int i0 = causal ? j : 0;
     int i1 = window > 0 ? min(T_, j + window) : T_;
     for (int hh = 0; hh < group; hh++) {

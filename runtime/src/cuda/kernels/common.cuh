@@ -64,6 +64,72 @@ __device__ __forceinline__ float block_max(float v, float* scratch) {
     return warp_max(v);
 }
 
+// ---- warp-per-row attention (attention_simple.cu, decode.cu): a head row of D <= 256 elements
+// spread over a warp, element d in slot d / 32 of lane d % 32.
+#define ATTN_MAXD_LANE 8  // 256 / 32
+
+// This lane's slots of the head row r (D elements; 0 past D).
+template <typename T>
+__device__ __forceinline__ void attn_lane_load(const T* r, int D, int lane, float* v) {
+#pragma unroll
+    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+        int d = lane + 32 * e;
+        v[e] = d < D ? lf(r + d) : 0.f;
+    }
+}
+
+// One key j (row kr, value row vr) of a warp's online softmax for the query in qv: the score
+// s = scale * (q.k + alibi_bias(slope, j) when `alibi`), softcap * tanh(s / softcap) when
+// softcap > 0; the running max m and sum l are updated and acc = acc * corr + p * v.
+template <typename T>
+__device__ __forceinline__ void attn_online_key(const float* qv, float* acc, const T* kr, const T* vr, int D,
+                                                int lane, bool alibi, float slope, int j, float scale,
+                                                float softcap, float& m, float& l) {
+    float dot = 0.f;
+#pragma unroll
+    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+        int d = lane + 32 * e;
+        if (d < D) dot += qv[e] * lf(kr + d);
+    }
+    dot = warp_sum(dot);
+    if (alibi) dot += alibi_bias(slope, j);
+    float s = dot * scale;
+    if (softcap > 0.f) s = softcap * tanhf(s / softcap);
+    float mn = fmaxf(m, s);
+    float corr = __expf(m - mn);
+    float p = __expf(s - mn);
+    l = l * corr + p;
+#pragma unroll
+    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
+        int d = lane + 32 * e;
+        if (d < D) acc[e] = acc[e] * corr + p * lf(vr + d);
+    }
+    m = mn;
+}
+
+// ---- RoPE (pointwise.cu's `rope`, decode.cu's `dec_rope`): one thread per (row, head, pair).
+
+// The row n, head h and pair i of thread `idx` over N rows of `heads` heads of `half` pairs;
+// false past the end.
+__device__ __forceinline__ bool rope_thread(size_t idx, int N, int heads, int half, size_t* n, int* h, int* i) {
+    if (idx >= (size_t)N * heads * half) return false;
+    *i = idx % half;
+    *h = (idx / half) % heads;
+    *n = idx / ((size_t)half * heads);
+    return true;
+}
+
+// Rotates pair i of the head at p by the angle of (c, s): HalfSplit pairs (i, i + half),
+// interleaved pairs (2i, 2i + 1).
+template <typename T>
+__device__ __forceinline__ void rope_rotate(T* p, int i, int half, int interleaved, float c, float s) {
+    int a = interleaved ? 2 * i : i;
+    int b = interleaved ? 2 * i + 1 : i + half;
+    float x1 = lf(p + a), x2 = lf(p + b);
+    sf(p + a, x1 * c - x2 * s);
+    sf(p + b, x2 * c + x1 * s);
+}
+
 __device__ __forceinline__ float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.70710678118654752f)); }
 __device__ __forceinline__ float gelu_erf_grad(float x) {
     float cdf = 0.5f * (1.f + erff(x * 0.70710678118654752f));

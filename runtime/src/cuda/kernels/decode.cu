@@ -4,10 +4,6 @@
 // cache holds keys and values as [B, KV, L, D] in the compute dtype (B sequences, KV kv heads,
 // L positions of capacity, head width D): keys after qk-norm and RoPE, as attention reads them.
 
-#ifndef ATTN_MAXD_LANE
-#define ATTN_MAXD_LANE 8  // 256 / 32: head dims per lane
-#endif
-
 // dec_embed_{dtype}: out[r] = wte[tok[r]] * scale (+ wpe[pos[r]]). Launch: grid N, block 256.
 // Traffic: one row of wte (and wpe) read, one row written per new token.
 template <typename T>
@@ -29,21 +25,11 @@ __device__ void dec_embed(T* out, const int* tok, const int* pos, const T* wte, 
 template <typename T>
 __device__ void dec_rope(T* x, const float* cosv, const float* sinv, const int* pos, int N, int heads, int D,
                          int ld, int rot, int interleaved) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int half = rot / 2;
-    size_t total = (size_t)N * heads * half;
-    if (idx >= total) return;
-    int i = idx % half;
-    int h = (idx / half) % heads;
-    size_t n = idx / ((size_t)half * heads);
+    int half = rot / 2, h, i;
+    size_t n;
+    if (!rope_thread((size_t)blockIdx.x * blockDim.x + threadIdx.x, N, heads, half, &n, &h, &i)) return;
     size_t t = pos[n];
-    float c = cosv[t * half + i], s = sinv[t * half + i];
-    T* p = x + n * ld + (size_t)h * D;
-    int a = interleaved ? 2 * i : i;
-    int b = interleaved ? 2 * i + 1 : i + half;
-    float x1 = lf(p + a), x2 = lf(p + b);
-    sf(p + a, x1 * c - x2 * s);
-    sf(p + b, x2 * c + x1 * s);
+    rope_rotate(x + n * ld + (size_t)h * D, i, half, interleaved, cosv[t * half + i], sinv[t * half + i]);
 }
 
 // dec_kv_store_{dtype}: appends the new rows' keys and values to the cache:
@@ -88,38 +74,14 @@ __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* 
     const T* qr = q + r * ldq + (size_t)h * D;
     const T* kb = kc + ((size_t)b * KV + g) * L * D;
     const T* vb = vc + ((size_t)b * KV + g) * L * D;
-    float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE];
-#pragma unroll
-    for (int e = 0; e < ATTN_MAXD_LANE; e++) {
-        int d = lane + 32 * e;
-        qv[e] = d < D ? lf(qr + d) : 0.f;
-        acc[e] = 0.f;
-    }
+    float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE] = {};
+    attn_lane_load(qr, D, lane, qv);
     float m = NEG_INF, l = 0.f;
     int j0 = window > 0 ? max(0, i - window + 1) : 0;
     for (int j = j0 + warp; j <= i; j += DEC_WARPS) {
         const T* kr = kb + (size_t)j * D;
         const T* vr = vb + (size_t)j * D;
-        float dot = 0.f;
-#pragma unroll
-        for (int e = 0; e < ATTN_MAXD_LANE; e++) {
-            int d = lane + 32 * e;
-            if (d < D) dot += qv[e] * lf(kr + d);
-        }
-        dot = warp_sum(dot);
-        if (alibi) dot += alibi_bias(slope, j);
-        float s = dot * scale;
-        if (softcap > 0.f) s = softcap * tanhf(s / softcap);
-        float mn = fmaxf(m, s);
-        float corr = __expf(m - mn);
-        float p = __expf(s - mn);
-        l = l * corr + p;
-#pragma unroll
-        for (int e = 0; e < ATTN_MAXD_LANE; e++) {
-            int d = lane + 32 * e;
-            if (d < D) acc[e] = acc[e] * corr + p * lf(vr + d);
-        }
-        m = mn;
+        attn_online_key(qv, acc, kr, vr, D, lane, alibi != nullptr, slope, j, scale, softcap, m, l);
     }
     if (lane == 0) {
         s_m[warp] = m;

@@ -9,21 +9,12 @@
 template <typename T>
 __device__ void rope(T* x, const float* cosv, const float* sinv, int N, int T_, int heads, int D,
                      int ld, int rot, int interleaved, float sign) {
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    int half = rot / 2;
-    size_t total = (size_t)N * heads * half;
-    if (idx >= total) return;
-    int i = idx % half;
-    int h = (idx / half) % heads;
-    size_t n = idx / ((size_t)half * heads);
+    int half = rot / 2, h, i;
+    size_t n;
+    if (!rope_thread((size_t)blockIdx.x * blockDim.x + threadIdx.x, N, heads, half, &n, &h, &i)) return;
     int t = n % T_;
     float c = cosv[t * half + i], s = sign * sinv[t * half + i];
-    T* p = x + n * ld + (size_t)h * D;
-    int a = interleaved ? 2 * i : i;
-    int b = interleaved ? 2 * i + 1 : i + half;
-    float x1 = lf(p + a), x2 = lf(p + b);
-    sf(p + a, x1 * c - x2 * s);
-    sf(p + b, x2 * c + x1 * s);
+    rope_rotate(x + n * ld + (size_t)h * D, i, half, interleaved, c, s);
 }
 
 // act_fwd_{dtype}: the MLP activation. kind: 0 gelu(erf), 1 gelu_tanh, 2 relu^2, 3 swiglu,
