@@ -596,25 +596,16 @@ fn write_windows(
         .iter()
         .map(|l| l.attention.window.is_some())
         .collect();
-    let layer_types = || -> Value {
-        json!(
-            sliding
-                .iter()
-                .map(|s| if *s {
-                    "sliding_attention"
-                } else {
-                    "full_attention"
-                })
-                .collect::<Vec<_>>()
-        )
-    };
     match family {
         Family::Mistral | Family::Mixtral | Family::Phi3 => {
             set("sliding_window", window.map_or(Value::Null, |w| json!(w)));
         }
         Family::Gemma2 | Family::Gemma3Text => {
             set("sliding_window", json!(window.unwrap_or(4096)));
-            set("layer_types", layer_types());
+            set(
+                "layer_types",
+                attn_options::sliding_layer_types(&spec.layers),
+            );
         }
         f if f.qwen_windows() => {
             let first = sliding.iter().position(|s| *s);
@@ -646,12 +637,7 @@ fn write_moe(family: Family, spec: &ModelSpec, moe: &Moe, set: &mut impl FnMut(&
         set("n_group", json!(groups));
         set("topk_group", json!(top));
         set("n_shared_experts", json!(moe.shared.map_or(0, |s| s.count)));
-        let first_dense = spec
-            .layers
-            .iter()
-            .take_while(|l| matches!(l.ffn, Ffn::Mlp(_)))
-            .count();
-        set("first_k_dense_replace", json!(first_dense));
+        mla::write_first_dense(spec, set);
         return;
     }
     set("router_aux_loss_coef", json!(moe.aux_loss));

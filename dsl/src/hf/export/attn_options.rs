@@ -61,19 +61,7 @@ pub(super) fn write(family: Family, spec: &ModelSpec, set: &mut impl FnMut(&str,
             set("attention_bias", json!(a.qkv_bias));
             let window = layers.iter().find_map(|l| l.attention.window);
             set("sliding_window", window.map_or(Value::Null, |w| json!(w)));
-            set(
-                "layer_types",
-                json!(
-                    layers
-                        .iter()
-                        .map(|l| if l.attention.window.is_some() {
-                            "sliding_attention"
-                        } else {
-                            "full_attention"
-                        })
-                        .collect::<Vec<_>>()
-                ),
-            );
+            set("layer_types", sliding_layer_types(layers));
         }
         Family::Llama4Text => {
             set("attention_bias", json!(a.qkv_bias));
@@ -85,16 +73,7 @@ pub(super) fn write(family: Family, spec: &ModelSpec, set: &mut impl FnMut(&str,
             );
             set(
                 "layer_types",
-                json!(
-                    layers
-                        .iter()
-                        .map(|l| if l.attention.chunk.is_some() {
-                            "chunked_attention"
-                        } else {
-                            "full_attention"
-                        })
-                        .collect::<Vec<_>>()
-                ),
+                layer_types(layers, "chunked_attention", |l| l.attention.chunk.is_some()),
             );
             let qk = layers.iter().any(|l| l.attention.qk_norm.is_some());
             set("use_qk_norm", json!(qk));
@@ -125,19 +104,7 @@ pub(super) fn write(family: Family, spec: &ModelSpec, set: &mut impl FnMut(&str,
             set("use_sliding_window", json!(window.is_some()));
             set("sliding_window", window.map_or(Value::Null, |w| json!(w)));
             if window.is_some() {
-                set(
-                    "layer_types",
-                    json!(
-                        layers
-                            .iter()
-                            .map(|l| if l.attention.window.is_some() {
-                                "sliding_attention"
-                            } else {
-                                "full_attention"
-                            })
-                            .collect::<Vec<_>>()
-                    ),
-                );
+                set("layer_types", sliding_layer_types(layers));
             }
             let mlp_bias = layers
                 .iter()
@@ -146,4 +113,21 @@ pub(super) fn write(family: Family, spec: &ModelSpec, set: &mut impl FnMut(&str,
         }
         _ => {}
     }
+}
+
+/// HF's `layer_types`: `kind` for the layers `is_kind` picks, `"full_attention"` for the others.
+fn layer_types(layers: &[Layer], kind: &str, is_kind: impl Fn(&Layer) -> bool) -> Value {
+    json!(
+        layers
+            .iter()
+            .map(|l| if is_kind(l) { kind } else { "full_attention" })
+            .collect::<Vec<_>>()
+    )
+}
+
+/// `layer_types` of sliding-window layers among full ones.
+pub(super) fn sliding_layer_types(layers: &[Layer]) -> Value {
+    layer_types(layers, "sliding_attention", |l| {
+        l.attention.window.is_some()
+    })
 }

@@ -61,6 +61,12 @@ pub(super) fn write_v2_moe(spec: &ModelSpec, moe: &Moe, set: &mut impl FnMut(&st
     set("routed_scaling_factor", json!(moe.routed_scale));
     set("topk_method", json!("greedy"));
     set("n_shared_experts", json!(moe.shared.map_or(0, |s| s.count)));
+    write_first_dense(spec, set);
+}
+
+/// `first_k_dense_replace`: how many layers lead with a dense MLP before the first MoE layer
+/// (the DeepSeek and GLM-4-MoE families).
+pub(super) fn write_first_dense(spec: &ModelSpec, set: &mut impl FnMut(&str, Value)) {
     let first_dense = spec
         .layers
         .iter()
