@@ -605,21 +605,7 @@ impl Builder<'_> {
     /// `down_proj_bias` `[E, d_model]`.
     fn transposed_experts(&mut self, name: &str, m: &str, experts: usize, interleave: bool) {
         for (suffix, part, transpose) in [("", "weight", true), ("_bias", "bias", false)] {
-            let whole = |b: &Self, canonical: String| {
-                b.rows(&canonical).map(|rows| Piece {
-                    canonical,
-                    row_start: 0,
-                    rows,
-                })
-            };
-            let mut gate_up = Vec::new();
-            let mut down = Vec::new();
-            for e in 0..experts {
-                let canon = format!("{m}.experts.{e}");
-                gate_up.extend(whole(self, format!("{canon}.gate.{part}")));
-                gate_up.extend(whole(self, format!("{canon}.up.{part}")));
-                down.extend(whole(self, format!("{canon}.down.{part}")));
-            }
+            let (gate_up, down) = self.expert_pieces(m, experts, part);
             for (tensor, pieces) in [("gate_up_proj", gate_up), ("down_proj", down)] {
                 let Some(first) = pieces.first() else {
                     continue;
@@ -644,10 +630,11 @@ impl Builder<'_> {
         }
     }
 
-    /// transformers 5's stacked expert tensors (no `.weight` suffix).
-    fn stacked_experts(&mut self, name: &str, m: &str, experts: usize) {
-        let whole = |b: &Self, canonical: String| {
-            b.rows(&canonical).map(|rows| Piece {
+    /// Every expert's whole `part` (`weight` or `bias`) tensors of MoE block `m` that the spec
+    /// has: `(gate and up in turn, down)`, expert by expert.
+    fn expert_pieces(&self, m: &str, experts: usize, part: &str) -> (Vec<Piece>, Vec<Piece>) {
+        let whole = |canonical: String| {
+            self.rows(&canonical).map(|rows| Piece {
                 canonical,
                 row_start: 0,
                 rows,
@@ -657,10 +644,16 @@ impl Builder<'_> {
         let mut down = Vec::new();
         for e in 0..experts {
             let canon = format!("{m}.experts.{e}");
-            gate_up.extend(whole(self, format!("{canon}.gate.weight")));
-            gate_up.extend(whole(self, format!("{canon}.up.weight")));
-            down.extend(whole(self, format!("{canon}.down.weight")));
+            gate_up.extend(whole(format!("{canon}.gate.{part}")));
+            gate_up.extend(whole(format!("{canon}.up.{part}")));
+            down.extend(whole(format!("{canon}.down.{part}")));
         }
+        (gate_up, down)
+    }
+
+    /// transformers 5's stacked expert tensors (no `.weight` suffix).
+    fn stacked_experts(&mut self, name: &str, m: &str, experts: usize) {
+        let (gate_up, down) = self.expert_pieces(m, experts, "weight");
         if let Some(first) = gate_up.first() {
             let cols = rows_cols(&self.shapes[&first.canonical]).1;
             let rows: usize = gate_up.iter().map(|p| p.rows).sum::<usize>() / experts.max(1);
