@@ -34,6 +34,24 @@ impl MoePlan {
     }
 }
 
+/// Experts (or shared experts) without biases: every family but GPT-OSS.
+fn bias_free(activation: MlpKind, hidden: u64) -> Mlp {
+    Mlp {
+        activation,
+        hidden,
+        bias: false,
+    }
+}
+
+/// `count` always-on shared experts of width `hidden` without a sigmoid gate.
+fn ungated_shared(count: u64, hidden: u64) -> SharedExperts {
+    SharedExperts {
+        count,
+        hidden,
+        gate: false,
+    }
+}
+
 /// A list of layer indices (`mlp_only_layers`, `moe_layers`); `None` when absent or null.
 fn layer_list(cfg: &mut Cfg<'_>, key: &str) -> Option<std::collections::BTreeSet<u64>> {
     let m = cfg.root.get(key)?;
@@ -119,17 +137,9 @@ fn llama4_text(cfg: &mut Cfg<'_>, activation: MlpKind, intermediate: u64) -> Moe
         ..MoePlan::new(Moe {
             experts,
             top_k,
-            expert: Mlp {
-                activation,
-                hidden: intermediate,
-                bias: false,
-            },
+            expert: bias_free(activation, intermediate),
             router: RouterOrder::SigmoidTopk,
-            shared: Some(SharedExperts {
-                count: 1,
-                hidden: intermediate,
-                gate: false,
-            }),
+            shared: Some(ungated_shared(1, intermediate)),
             weighting: Weighting::Input,
             ..Default::default()
         })
@@ -166,22 +176,15 @@ fn sigmoid_router(cfg: &mut Cfg<'_>, activation: MlpKind, d: SigmoidDefaults) ->
     let shared = cfg.size("ffn.shared.count", &["n_shared_experts"], 1);
     let first_dense = cfg.size("ffn", &["first_k_dense_replace"], d.first_dense);
     MoePlan {
-        moe: Moe {
+        first_dense,
+        ..MoePlan::new(Moe {
             experts,
             top_k,
-            expert: Mlp {
-                activation,
-                hidden,
-                bias: false,
-            },
+            expert: bias_free(activation, hidden),
             router: RouterOrder::SigmoidTopk,
             renormalize,
             // HF builds the shared MLP even for 0 shared experts, as a zero-width MLP.
-            shared: (shared > 0).then_some(SharedExperts {
-                count: shared,
-                hidden,
-                gate: false,
-            }),
+            shared: (shared > 0).then_some(ungated_shared(shared, hidden)),
             aux_loss: 0.0,
             correction_bias: true,
             // One group keeps every expert: the same routing as no groups.
@@ -191,11 +194,7 @@ fn sigmoid_router(cfg: &mut Cfg<'_>, activation: MlpKind, d: SigmoidDefaults) ->
             }),
             routed_scale,
             ..Default::default()
-        },
-        sparse_step: 1,
-        mlp_only: Default::default(),
-        first_dense,
-        only: None,
+        })
     }
 }
 
@@ -235,18 +234,10 @@ fn deepseek_v2(cfg: &mut Cfg<'_>, activation: MlpKind) -> MoePlan {
         ..MoePlan::new(Moe {
             experts,
             top_k,
-            expert: Mlp {
-                activation,
-                hidden,
-                bias: false,
-            },
+            expert: bias_free(activation, hidden),
             router: RouterOrder::SoftmaxTopk,
             renormalize: false,
-            shared: (shared > 0).then_some(SharedExperts {
-                count: shared,
-                hidden,
-                gate: false,
-            }),
+            shared: (shared > 0).then_some(ungated_shared(shared, hidden)),
             routed_scale,
             ..Default::default()
         })
@@ -265,26 +256,16 @@ pub(super) fn moe_settings(
             let experts = cfg.size("ffn.experts", &["num_local_experts", "num_experts"], 8);
             let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], 2);
             let aux_loss = cfg.float("ffn.aux_loss", &["router_aux_loss_coef"], 0.001);
-            Some(MoePlan {
-                moe: Moe {
-                    experts,
-                    top_k,
-                    expert: Mlp {
-                        activation,
-                        hidden: intermediate,
-                        bias: false,
-                    },
-                    router: RouterOrder::SoftmaxTopk,
-                    renormalize: true,
-                    shared: None,
-                    aux_loss,
-                    ..Default::default()
-                },
-                sparse_step: 1,
-                mlp_only: Default::default(),
-                first_dense: 0,
-                only: None,
-            })
+            Some(MoePlan::new(Moe {
+                experts,
+                top_k,
+                expert: bias_free(activation, intermediate),
+                router: RouterOrder::SoftmaxTopk,
+                renormalize: true,
+                shared: None,
+                aux_loss,
+                ..Default::default()
+            }))
         }
         Family::Qwen2Moe | Family::Qwen3Moe => {
             let qwen2 = family == Family::Qwen2Moe;
@@ -322,24 +303,18 @@ pub(super) fn moe_settings(
             };
             let mlp_only = layer_list(cfg, "mlp_only_layers").unwrap_or_default();
             Some(MoePlan {
-                moe: Moe {
+                sparse_step,
+                mlp_only,
+                ..MoePlan::new(Moe {
                     experts,
                     top_k,
-                    expert: Mlp {
-                        activation,
-                        hidden,
-                        bias: false,
-                    },
+                    expert: bias_free(activation, hidden),
                     router: RouterOrder::SoftmaxTopk,
                     renormalize,
                     shared,
                     aux_loss,
                     ..Default::default()
-                },
-                sparse_step,
-                mlp_only,
-                first_dense: 0,
-                only: None,
+                })
             })
         }
         Family::Glm4Moe => Some(sigmoid_router(
