@@ -134,6 +134,22 @@ pub fn backward_gated<T: Float>(
     dgate: &mut [T],
     dup: &mut [T],
 ) {
+    gated_backward(gate, up, dout, dgate, dup, |g, u, d, dgate, dup| {
+        *dgate += d * u * act.derivative(g);
+        *dup += d * act.apply(g);
+    });
+}
+
+/// The elementwise backward of a gated activation, in parallel chunks: `grad(gate, up, dout,
+/// &mut dgate, &mut dup)` at every position.
+fn gated_backward<T: Float>(
+    gate: &[T],
+    up: &[T],
+    dout: &[T],
+    dgate: &mut [T],
+    dup: &mut [T],
+    grad: impl Fn(T, T, T, &mut T, &mut T) + Sync,
+) {
     dgate
         .par_chunks_mut(CHUNK)
         .zip(dup.par_chunks_mut(CHUNK))
@@ -144,9 +160,7 @@ pub fn backward_gated<T: Float>(
         )
         .for_each(|((dgate, dup), ((gate, up), dout))| {
             for i in 0..dout.len() {
-                let g = gate[i];
-                dgate[i] += dout[i] * up[i] * act.derivative(g);
-                dup[i] += dout[i] * act.apply(g);
+                grad(gate[i], up[i], dout[i], &mut dgate[i], &mut dup[i]);
             }
         });
 }
@@ -192,37 +206,26 @@ pub fn backward_clamped<T: Float>(
     dup: &mut [T],
 ) {
     let (alpha, limit) = (T::from_f64(clamp.alpha), T::from_f64(clamp.limit));
-    dgate
-        .par_chunks_mut(CHUNK)
-        .zip(dup.par_chunks_mut(CHUNK))
-        .zip(
-            gate.par_chunks(CHUNK)
-                .zip(up.par_chunks(CHUNK))
-                .zip(dout.par_chunks(CHUNK)),
-        )
-        .for_each(|((dgate, dup), ((gate, up), dout))| {
-            for i in 0..dout.len() {
-                let (g_in, u_in) = (gate[i], up[i]);
-                let g = if g_in > limit { limit } else { g_in };
-                let u_inside = u_in <= limit && u_in >= -limit;
-                let u = if u_inside {
-                    u_in
-                } else if u_in > limit {
-                    limit
-                } else {
-                    -limit
-                };
-                let s = sigmoid(g * alpha);
-                let glu = g * s;
-                if g_in <= limit {
-                    let dglu = s + g * alpha * s * (T::ONE - s);
-                    dgate[i] += dout[i] * (u + T::ONE) * dglu;
-                }
-                if u_inside {
-                    dup[i] += dout[i] * glu;
-                }
-            }
-        });
+    gated_backward(gate, up, dout, dgate, dup, |g_in, u_in, d, dgate, dup| {
+        let g = if g_in > limit { limit } else { g_in };
+        let u_inside = u_in <= limit && u_in >= -limit;
+        let u = if u_inside {
+            u_in
+        } else if u_in > limit {
+            limit
+        } else {
+            -limit
+        };
+        let s = sigmoid(g * alpha);
+        let glu = g * s;
+        if g_in <= limit {
+            let dglu = s + g * alpha * s * (T::ONE - s);
+            *dgate += d * (u + T::ONE) * dglu;
+        }
+        if u_inside {
+            *dup += d * glu;
+        }
+    });
 }
 
 #[cfg(test)]
