@@ -120,17 +120,29 @@ pub trait Model: Sized {
         options: SampleOptions,
         seed: u64,
     ) -> Result<Vec<u32>> {
-        let spec = Self::spec()?;
-        let exec = Executor::new(spec)?;
-        Ok(sampling::generate_cached(
-            &exec,
-            &self.params(),
-            prompt,
-            (tokens, spec.vocab as usize),
-            options,
-            &[],
-            seed,
-            |_| {},
-        )?)
+        generate_cpu(Self::spec()?, &self.params(), prompt, tokens, options, seed)
     }
+}
+
+/// [`Model::generate`] on the CPU: the sampler over the CPU decoder's logits (every id of the
+/// vocabulary a candidate, no stop ids).
+pub(crate) fn generate_cpu(
+    spec: &ModelSpec,
+    params: &ParamRefs<'_>,
+    prompt: &[u32],
+    tokens: usize,
+    options: SampleOptions,
+    seed: u64,
+) -> Result<Vec<u32>> {
+    let exec = Executor::new(spec)?;
+    Ok(sampling::generate_cached(
+        &exec,
+        params,
+        prompt,
+        (tokens, spec.vocab as usize),
+        options,
+        &[],
+        seed,
+        |_| {},
+    )?)
 }

@@ -180,17 +180,7 @@ pub mod v1 {
         seed: u64,
     ) -> Result<Vec<u32>> {
         if backend.device().is_cpu() {
-            let exec = crate::runtime::exec::Executor::new(spec)?;
-            return Ok(crate::runtime::train::sample::generate_cached(
-                &exec,
-                params,
-                prompt,
-                (tokens, spec.vocab as usize),
-                options,
-                &[],
-                seed,
-                |_| {},
-            )?);
+            return crate::model::generate_cpu(spec, params, prompt, tokens, options, seed);
         }
         backend.gpu_generate(spec, params, prompt, tokens, options, seed)
     }

@@ -187,6 +187,15 @@ impl Backend {
         })
     }
 
+    /// The model's GPU state, locked (an error on the CPU or after a panicked GPU call).
+    fn gpu_state(&self) -> Result<std::sync::MutexGuard<'_, GpuState>> {
+        self.gpu
+            .as_ref()
+            .ok_or_else(|| gpu_error("the model is not on a GPU"))?
+            .lock()
+            .map_err(|_| gpu_error("a previous GPU call panicked"))
+    }
+
     /// Runs `f` on the model's GPU decoder (built with room for `positions`, or rebuilt when the
     /// parameters changed since it was built).
     fn with_decoder<T>(
@@ -196,13 +205,7 @@ impl Backend {
         positions: usize,
         f: impl FnOnce(&mut GpuDecoder) -> Result<T>,
     ) -> Result<T> {
-        let state = self
-            .gpu
-            .as_ref()
-            .ok_or_else(|| gpu_error("the model is not on a GPU"))?;
-        let mut state = state
-            .lock()
-            .map_err(|_| gpu_error("a previous GPU call panicked"))?;
+        let mut state = self.gpu_state()?;
         let state = &mut *state;
         let stale = state
             .decoder
@@ -235,13 +238,7 @@ impl Backend {
         // The CPU executor's checks: batch, sequence length, token range, parameter shapes.
         Executor::new(spec)?.run::<f32>(params, tokens, batch, Mode::Eval)?;
         let seq = tokens.len() / batch;
-        let state = self
-            .gpu
-            .as_ref()
-            .ok_or_else(|| gpu_error("the model is not on a GPU"))?;
-        let mut state = state
-            .lock()
-            .map_err(|_| gpu_error("a previous GPU call panicked"))?;
+        let mut state = self.gpu_state()?;
         let state = &mut *state;
         state.clock += 1;
         let key = (batch, seq);
