@@ -212,6 +212,16 @@ impl Kernels {
         unsafe { self.launcher.launch(name, grid, block, smem, args) }
     }
 
+    /// [`Kernels::go`] with blocks of [`BLOCK`] threads and no dynamic shared memory.
+    fn go_block(
+        &self,
+        name: &str,
+        grid: (u32, u32, u32),
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
+        self.go(name, grid, (BLOCK, 1, 1), 0, args)
+    }
+
     /// `norm_fwd_{dtype}`: y = norm(x + res) (see the kernel). `r_out`, `res`, `w`, `b`, `mean`
     /// may be 0; rows N of width C.
     #[allow(clippy::too_many_arguments)]
@@ -234,11 +244,9 @@ impl Kernels {
     ) -> Result<()> {
         let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
         let name = format!("norm_fwd_{}", dt.suffix());
-        self.go(
+        self.go_block(
             &name,
             (rows as u32, 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![
                 y, r_out, rstd, mean, x, res, w, b, c_, eps, offset, is_layer
             ],
@@ -264,11 +272,9 @@ impl Kernels {
     ) -> Result<()> {
         let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
         let name = format!("norm_bwd_{}", dt.suffix());
-        self.go(
+        self.go_block(
             &name,
             (rows as u32, 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![dx, dy, r, w, rstd, mean, dres, c_, offset, is_layer],
         )
     }
@@ -343,11 +349,9 @@ impl Kernels {
         );
         let sign: f32 = if backward { -1.0 } else { 1.0 };
         let name = format!("rope_{}", dt.suffix());
-        self.go(
+        self.go_block(
             &name,
             (blocks(rows * heads * rot / 2, BLOCK), 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![x, cos, sin, n_, t_, h_, d_, ld_, rot_, il, sign],
         )
     }
@@ -414,11 +418,9 @@ impl Kernels {
     ) -> Result<()> {
         let (t_, c_) = (seq as i32, c as i32);
         let name = format!("embed_fwd_{}", dt.suffix());
-        self.go(
+        self.go_block(
             &name,
             (rows as u32, 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![out, tok, wte, wpe, t_, c_, scale],
         )
     }
@@ -439,11 +441,9 @@ impl Kernels {
     ) -> Result<()> {
         let (t_, c_) = (seq as i32, c as i32);
         let name = format!("embed_bwd_{}", dt.suffix());
-        self.go(
+        self.go_block(
             &name,
             (rows as u32, 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![dwte, dwpe, tok, dout, t_, c_, scale],
         )
     }
@@ -488,11 +488,9 @@ impl Kernels {
     ) -> Result<()> {
         let (n_, w_, ld_) = (rows as i32, width as i32, ld as i32);
         let name = format!("bias_add_{}", dt.suffix());
-        self.go(
+        self.go_block(
             &name,
             (blocks(rows * width, BLOCK), 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![x, bias, n_, w_, ld_],
         )
     }
@@ -512,11 +510,9 @@ impl Kernels {
     ) -> Result<()> {
         let (ldd_, lds_, n_, w_) = (ldd as i32, lds as i32, rows as i32, width as i32);
         let name = format!("copy2d_{}", dt.suffix());
-        self.go(
+        self.go_block(
             &name,
             (blocks(rows * width, BLOCK), 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![dst, ldd_, src, lds_, n_, w_],
         )
     }
@@ -524,11 +520,9 @@ impl Kernels {
     /// `add_{dtype}`: out = a + b over n elements.
     pub fn add(&self, dt: Dtype, out: DevPtr, a: DevPtr, b: DevPtr, n: usize) -> Result<()> {
         let name = format!("add_{}", dt.suffix());
-        self.go(
+        self.go_block(
             &name,
             (blocks(n, BLOCK), 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![out, a, b, n],
         )
     }
@@ -536,11 +530,9 @@ impl Kernels {
     /// `cast_f32_to_bf16` / `cast_bf16_to_f32`.
     pub fn cast(&self, from: Dtype, to: Dtype, out: DevPtr, inp: DevPtr, n: usize) -> Result<()> {
         let name = format!("cast_{}_to_{}", from.suffix(), to.suffix());
-        self.go(
+        self.go_block(
             &name,
             (blocks(n, BLOCK), 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![out, inp, n],
         )
     }
@@ -686,11 +678,9 @@ impl Kernels {
                 ],
             )?;
             let (rows_, width_, ldq_) = (rows as i32, width as i32, ldq);
-            return self.go(
+            return self.go_block(
                 "attn_dq_convert_bf16",
                 (blocks(rows * width, BLOCK), 1, 1),
-                (BLOCK, 1, 1),
-                0,
                 &mut cuda_args![dq, dq_acc, rows_, width_, ldq_],
             );
         }

@@ -4,7 +4,6 @@
 use super::{Kernels, stride_blocks};
 use crate::cuda::error::Result;
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
-use crate::cuda::launch::BLOCK;
 use crate::cuda_args;
 use crate::train::optim::StepScalars;
 
@@ -39,11 +38,9 @@ impl Kernels {
         } = *s;
         let [gs1, gs2] = grad_scales;
         let name = format!("adamw_{}", dt.suffix());
-        self.go(
+        self.go_block(
             &name,
             (stride_blocks(n), 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![
                 master,
                 param,
@@ -69,11 +66,9 @@ impl Kernels {
     /// `grad_sum_f32`: `sum = g` when `first`, else `sum += g` (`n` f32).
     pub fn grad_sum(&self, sum: DevPtr, g: DevPtr, n: usize, first: bool) -> Result<()> {
         let first = i32::from(first);
-        self.go(
+        self.go_block(
             "grad_sum_f32",
             (stride_blocks(n), 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![sum, g, n, first],
         )
     }
@@ -83,18 +78,14 @@ impl Kernels {
     /// fixed order (deterministic). Asynchronous: read the result after a synchronising copy.
     pub fn sum_squares(&self, x: DevPtr, n: usize, partials: DevPtr, blocks: usize) -> Result<()> {
         let count = blocks as i32;
-        self.go(
+        self.go_block(
             "sumsq_partials_f32",
             (blocks as u32, 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![x, n, partials],
         )?;
-        self.go(
+        self.go_block(
             "sum_partials_f64",
             (1, 1, 1),
-            (BLOCK, 1, 1),
-            0,
             &mut cuda_args![partials, count],
         )
     }
