@@ -197,7 +197,12 @@ impl Pass<'_> {
         bias: DevPtr,
         c: DevPtr,
     ) -> Result<()> {
-        super::linear(self.gemm, self.dt, self.rows.n, out, inp, a, w, bias, c)
+        // SAFETY: every operand is a view into the decoder's weights or arena, sized for this
+        // call's rows.
+        unsafe {
+            self.gemm
+                .linear(self.dt, self.rows.n, out, inp, a, w, bias, c)
+        }
     }
 
     /// Runs one fusion of layer `l` on the call's rows: the launch sequence of each [`Fusion`].

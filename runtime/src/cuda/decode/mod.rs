@@ -141,23 +141,6 @@ struct Pass<'a> {
     d: usize,
 }
 
-/// `C[m, n] = A[m, k] W[n, k]^T (+ bias)`, row-major, in `dt` (bias 0: none).
-#[allow(clippy::too_many_arguments)]
-fn linear(
-    gemm: &Gemm,
-    dt: Dtype,
-    m: usize,
-    n: usize,
-    k: usize,
-    a: DevPtr,
-    w: DevPtr,
-    bias: DevPtr,
-    c: DevPtr,
-) -> std::result::Result<(), CudaError> {
-    // SAFETY: every operand is a view into the decoder's weights or arena, sized for m rows.
-    unsafe { gemm.linear(dt, m, n, k, a, w, bias, c) }
-}
-
 fn unsupported(why: impl Into<String>) -> DecodeError {
     DecodeError::Unsupported(why.into())
 }
@@ -616,17 +599,19 @@ impl GpuDecoder {
         } else {
             self.w.w("lm_head.weight")?
         };
-        linear(
-            &self.gemm,
-            dt,
-            batch,
-            vp,
-            d,
-            self.head.normed.ptr(),
-            classifier,
-            self.w.wo("lm_head.bias"),
-            self.head.logits.ptr(),
-        )?;
+        // SAFETY: the head's buffers hold `batch` rows of d and of vp; the classifier is [vp, d].
+        unsafe {
+            self.gemm.linear(
+                dt,
+                batch,
+                vp,
+                d,
+                self.head.normed.ptr(),
+                classifier,
+                self.w.wo("lm_head.bias"),
+                self.head.logits.ptr(),
+            )
+        }?;
         let softcap = spec.logits.softcap.unwrap_or(0.0) as f32;
         self.dk.logits(
             dt,

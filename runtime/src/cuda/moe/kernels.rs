@@ -8,7 +8,6 @@ use crate::cuda::compile::KernelSource;
 use crate::cuda::error::Result;
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu};
 use crate::cuda::launch::{BLOCK, Launcher, grid, int as i, module_source};
-use crate::cuda::ops::{Act, act_bwd, act_fwd};
 use crate::cuda_args;
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
@@ -66,6 +65,12 @@ impl MoeKernels {
 
     pub(crate) fn gpu(&self) -> &Arc<Gpu> {
         self.launcher.gpu()
+    }
+
+    /// The loaded module, for the launches it shares with the kernel library (the MLP
+    /// activations: [`crate::cuda::ops::act_fwd`]).
+    pub(crate) fn launcher(&self) -> &Launcher {
+        &self.launcher
     }
 
     fn go(
@@ -362,53 +367,6 @@ impl MoeKernels {
             grid(c, BLOCK),
             BLOCK,
             &mut cuda_args![out, x, r_, c_, ld_],
-        )
-    }
-
-    /// `act_fwd_{dtype}` (pointwise.cu): `out = f(gate) * up` or `f(up)` over `rows` (see
-    /// [`act_fwd`]).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn act_fwd(
-        &self,
-        dt: Dtype,
-        act: Act,
-        out: DevPtr,
-        gate: DevPtr,
-        up: DevPtr,
-        rows: usize,
-        hidden: usize,
-        ld: usize,
-    ) -> Result<()> {
-        act_fwd(&self.launcher, dt, act, out, gate, up, rows, hidden, ld)
-    }
-
-    /// `act_bwd_{dtype}` (pointwise.cu): d gate (and d up) of rows of stride `ld`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn act_bwd(
-        &self,
-        dt: Dtype,
-        act: Act,
-        d_gate: DevPtr,
-        d_up: DevPtr,
-        dout: DevPtr,
-        gate: DevPtr,
-        up: DevPtr,
-        rows: usize,
-        hidden: usize,
-        ld: usize,
-    ) -> Result<()> {
-        act_bwd(
-            &self.launcher,
-            dt,
-            act,
-            d_gate,
-            d_up,
-            dout,
-            gate,
-            up,
-            rows,
-            hidden,
-            ld,
         )
     }
 }

@@ -46,6 +46,7 @@ use modelspec_dsl::ir::{Ffn, ModelSpec, Moe, RouterOrder};
 
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gemm::Gemm;
+use crate::cuda::ops::{act_bwd, act_fwd};
 use crate::cuda::{Act, DevPtr, Dtype, Gpu, GpuBuf};
 use kernels::MoeKernels;
 pub use kernels::{KERNEL_NAMES, kernel_source};
@@ -492,7 +493,17 @@ impl MoeLayer {
         }
         let kind = Act::from(self.moe.expert.activation);
         let (gin, uin) = shape.act_inputs(proj, dt);
-        k.act_fwd(dt, kind, act, gin, uin, used, dims.hidden, dims.halves.ld)?;
+        act_fwd(
+            k.launcher(),
+            dt,
+            kind,
+            act,
+            gin,
+            uin,
+            used,
+            dims.hidden,
+            dims.halves.ld,
+        )?;
         for (ex, p) in weights.iter().enumerate() {
             if count[ex] > 0 {
                 shape.down(&mm, p, &block(ex))?;
@@ -518,7 +529,8 @@ impl MoeLayer {
             };
             sh.project(&mm, &p, &rows)?;
             let (gin, uin) = sh.act_inputs(rows.proj, dt);
-            k.act_fwd(
+            act_fwd(
+                k.launcher(),
                 dt,
                 kind,
                 rows.act,
@@ -579,7 +591,17 @@ impl MoeLayer {
         let kind = Act::from(self.moe.expert.activation);
         let (proj, act) = (sv(self.saved.proj), bw(self.bwd.act));
         let (gin, uin) = shape.act_inputs(proj, dt);
-        k.act_fwd(dt, kind, act, gin, uin, used, dims.hidden, dims.halves.ld)?;
+        act_fwd(
+            k.launcher(),
+            dt,
+            kind,
+            act,
+            gin,
+            uin,
+            used,
+            dims.hidden,
+            dims.halves.ld,
+        )?;
         // Combine: d weights, d expert outputs, and the shared gate's part.
         let gate = dims.shared_gate;
         let d_eo = bw(self.bwd.d_expert_out);
@@ -653,12 +675,24 @@ impl MoeLayer {
             };
             let (sgin, suin) = sh.act_inputs(rows.proj, dt);
             let (sw, sld) = (dims.shared_hidden, dims.shared_halves.ld);
-            k.act_fwd(dt, kind, rows.act, sgin, suin, n, sw, sld)?;
+            act_fwd(k.launcher(), dt, kind, rows.act, sgin, suin, n, sw, sld)?;
             let d_sact = bw(self.bwd.d_shared_act);
             sh.down_backward(&mm, &colsum, &p, &gp, &rows, d_sact)?;
             let d_sproj = bw(self.bwd.d_shared_proj);
             let (dg, du) = sh.act_inputs(d_sproj, dt);
-            k.act_bwd(dt, kind, dg, du, d_sact, sgin, suin, n, sw, sld)?;
+            act_bwd(
+                k.launcher(),
+                dt,
+                kind,
+                dg,
+                du,
+                d_sact,
+                sgin,
+                suin,
+                n,
+                sw,
+                sld,
+            )?;
             let back = MlpRows {
                 proj: d_sproj,
                 ..rows
@@ -694,7 +728,8 @@ impl MoeLayer {
             }
         }
         let (dg, du) = shape.act_inputs(bw(self.bwd.d_proj), dt);
-        k.act_bwd(
+        act_bwd(
+            k.launcher(),
             dt,
             kind,
             dg,
