@@ -11,6 +11,7 @@ use modelspec_dsl::ModelSpec;
 
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
+use crate::cuda::train::arena_len;
 use crate::tensor::ParamSource;
 
 /// Parameters by canonical name, at offsets of one device arena.
@@ -28,15 +29,7 @@ fn offsets(spec: &ModelSpec) -> (BTreeMap<String, usize>, usize) {
     for matrices in [true, false] {
         for p in params.iter().filter(|p| (p.shape.len() == 2) == matrices) {
             offsets.insert(p.name.clone(), total);
-            let n = p.numel() as usize;
-            let fused_with_next = ["attn.q.", "attn.k.", ".gate."]
-                .iter()
-                .any(|m| p.name.contains(m));
-            total += if fused_with_next {
-                n
-            } else {
-                n.div_ceil(8) * 8
-            };
+            total += arena_len(&p.name, p.numel() as usize);
         }
     }
     (offsets, total)

@@ -48,6 +48,7 @@ use modelspec_dsl::ModelSpec;
 use modelspec_dsl::ir::RopeStyle;
 use moe_glue::MoeSlot;
 use params::ParamArena;
+pub(crate) use params::arena_len;
 use std::sync::Arc;
 
 /// One distinct RoPE of the spec: cos and sin `[seq, rot/2]`, rotary dims, interleaved.
@@ -526,9 +527,9 @@ struct Step<'a> {
 /// The attention options of issue 12 that the GPU kernels do not implement yet, named with the
 /// first layer that uses each and what to do instead.
 fn newer_attention_unsupported(spec: &ModelSpec) -> Option<String> {
-    for l in &spec.layers {
+    first_cpu_only(spec, |l| {
         let a = &l.attention;
-        let what = if a.mla.is_some() {
+        Some(if a.mla.is_some() {
             "multi-head latent attention (DeepSeek-V2/V3)"
         } else if a.sinks {
             "attention sinks (GPT-OSS)"
@@ -539,23 +540,18 @@ fn newer_attention_unsupported(spec: &ModelSpec) -> Option<String> {
         } else if a.qk_norm.is_some_and(|q| q.after_rope) {
             "a qk-norm after RoPE (Llama 4)"
         } else {
-            continue;
-        };
-        return Some(format!(
-            "{what} in layer {} runs on the CPU only for now: use `--device cpu`",
-            l.index
-        ));
-    }
-    None
+            return None;
+        })
+    })
 }
 
 /// The mixture-of-experts options of issue 12 that the GPU's MoE does not implement yet, named
 /// with the first layer that uses each and what to do instead.
 fn newer_moe_unsupported(spec: &ModelSpec) -> Option<String> {
     use modelspec_dsl::ir::{Ffn, RouterOrder, Weighting};
-    for l in &spec.layers {
-        let Ffn::Moe(m) = &l.ffn else { continue };
-        let what = if m.router == RouterOrder::SigmoidTopk {
+    first_cpu_only(spec, |l| {
+        let Ffn::Moe(m) = &l.ffn else { return None };
+        Some(if m.router == RouterOrder::SigmoidTopk {
             "the sigmoid router (DeepSeek-V3, GLM-4.5, Llama 4)"
         } else if m.correction_bias {
             "an expert-selection correction bias (DeepSeek-V3)"
@@ -572,12 +568,23 @@ fn newer_moe_unsupported(spec: &ModelSpec) -> Option<String> {
         } else if m.weighting == Weighting::Input {
             "router weights on the experts' inputs (Llama 4)"
         } else {
-            continue;
-        };
-        return Some(format!(
-            "{what} in layer {} runs on the CPU only for now: use `--device cpu`",
-            l.index
-        ));
-    }
-    None
+            return None;
+        })
+    })
+}
+
+/// The first layer with a feature `cpu_only` names (the feature, or `None`), as the reason the
+/// GPU refuses `spec`.
+fn first_cpu_only(
+    spec: &ModelSpec,
+    cpu_only: impl Fn(&modelspec_dsl::ir::Layer) -> Option<&'static str>,
+) -> Option<String> {
+    spec.layers.iter().find_map(|l| {
+        cpu_only(l).map(|what| {
+            format!(
+                "{what} in layer {} runs on the CPU only for now: use `--device cpu`",
+                l.index
+            )
+        })
+    })
 }

@@ -46,6 +46,21 @@ pub(super) struct ArenaLayout {
     pub decay_end: usize,
 }
 
+/// Elements parameter `name` of `n` elements takes in a parameter arena (the trainer's and the
+/// decoder's): exactly `n` for the first parts of a fused projection (q and k before v; `.gate.`
+/// of a dense MLP, each expert and the shared experts before up), so the parts stay adjacent as
+/// one matrix and one bias; else `n` rounded up to 8 (16-byte aligned views in bf16).
+pub(crate) fn arena_len(name: &str, n: usize) -> usize {
+    let fused_with_next = ["attn.q.", "attn.k.", ".gate."]
+        .iter()
+        .any(|m| name.contains(m));
+    if fused_with_next {
+        n
+    } else {
+        n.div_ceil(8) * 8
+    }
+}
+
 /// The arena layout of `spec`. 16-byte aligned bf16 views, except inside a fused group: q/k/v
 /// (and gate/up, also of every expert) weights and biases must be exactly adjacent to act as one
 /// matrix and one bias. Decaying matrices first, then the other matrices (embeddings), then the
@@ -69,15 +84,7 @@ pub(super) fn param_offsets(spec: &ModelSpec) -> ArenaLayout {
         for p in params.iter().filter(|p| group(p) == pass) {
             let n = p.numel() as usize;
             offsets.insert(p.name.clone(), total);
-            // `.gate.`: a dense MLP's, each expert's and the shared experts' gate, before up.
-            let fused_with_next = ["attn.q.", "attn.k.", ".gate."]
-                .iter()
-                .any(|m| p.name.contains(m));
-            total += if fused_with_next {
-                n
-            } else {
-                n.div_ceil(8) * 8
-            };
+            total += arena_len(&p.name, n);
         }
         if pass == 0 {
             // Aligned, so that the boundary never splits a 16-byte view.
