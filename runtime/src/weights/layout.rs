@@ -240,6 +240,21 @@ mod tests {
         }
     }
 
+    /// `whole` built by `ct` from `canon` splits back into exactly `canon`.
+    fn assert_splits_back(
+        ct: &CheckpointTensor,
+        whole: &HostTensor,
+        canon: &BTreeMap<String, HostTensor>,
+    ) {
+        let shapes: BTreeMap<String, Vec<usize>> = canon
+            .iter()
+            .map(|(k, v)| (k.clone(), v.shape.clone()))
+            .collect();
+        let mut back = BTreeMap::new();
+        split(ct, &whole.data, &shapes, &mut back);
+        assert_eq!(&back, canon);
+    }
+
     /// GPT-OSS's `gate_up_proj`: two experts, each `[gate (3 rows); up (3 rows)]` of width 2,
     /// interleaved row by row and transposed per expert to `[2, 6]`.
     #[test]
@@ -276,13 +291,7 @@ mod tests {
                 }
             }
         }
-        let shapes: BTreeMap<String, Vec<usize>> = canon
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shape.clone()))
-            .collect();
-        let mut back = BTreeMap::new();
-        split(&ct, &fused.data, &shapes, &mut back);
-        assert_eq!(back, canon);
+        assert_splits_back(&ct, &fused, &canon);
     }
 
     /// Llama 4's `down_proj`: each expert's `[d, hidden]` transposed on its own.
@@ -309,12 +318,6 @@ mod tests {
         };
         let fused = fuse(&ct, &canon).expect("fuses");
         assert_eq!(fused.data[10 + 3 * 2 + 1], canon["e1.down"].data[5 + 3]);
-        let shapes: BTreeMap<String, Vec<usize>> = canon
-            .iter()
-            .map(|(k, v)| (k.clone(), v.shape.clone()))
-            .collect();
-        let mut back = BTreeMap::new();
-        split(&ct, &fused.data, &shapes, &mut back);
-        assert_eq!(back, canon);
+        assert_splits_back(&ct, &fused, &canon);
     }
 }
