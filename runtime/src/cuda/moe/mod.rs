@@ -319,6 +319,25 @@ impl MoeLayer {
         }
     }
 
+    /// The routed experts' activation `act` of the first `used` dispatched rows from their
+    /// gate/up projection `proj` (the forward, and the backward's recomputation).
+    fn expert_act(&self, proj: DevPtr, act: DevPtr, used: usize) -> Result<()> {
+        let (dt, hidden, ld) = (self.dt, self.dims.hidden, self.dims.halves.ld);
+        let (gin, uin) = self.expert_shape().act_inputs(proj, dt);
+        let kind = Act::from(self.moe.expert.activation);
+        act_fwd(
+            self.kernels.launcher(),
+            dt,
+            kind,
+            act,
+            gin,
+            uin,
+            used,
+            hidden,
+            ld,
+        )
+    }
+
     fn shared_shape(&self) -> MlpShape {
         MlpShape {
             hidden: self.dims.shared_hidden,
@@ -491,19 +510,7 @@ impl MoeLayer {
                 shape.project(&mm, p, &block(ex))?;
             }
         }
-        let kind = Act::from(self.moe.expert.activation);
-        let (gin, uin) = shape.act_inputs(proj, dt);
-        act_fwd(
-            k.launcher(),
-            dt,
-            kind,
-            act,
-            gin,
-            uin,
-            used,
-            dims.hidden,
-            dims.halves.ld,
-        )?;
+        self.expert_act(proj, act, used)?;
         for (ex, p) in weights.iter().enumerate() {
             if count[ex] > 0 {
                 shape.down(&mm, p, &block(ex))?;
@@ -532,7 +539,7 @@ impl MoeLayer {
             act_fwd(
                 k.launcher(),
                 dt,
-                kind,
+                Act::from(self.moe.expert.activation),
                 rows.act,
                 gin,
                 uin,
@@ -588,20 +595,10 @@ impl MoeLayer {
         let expert_in = bw(self.bwd.expert_in);
         k.gather(dt, expert_in, x, row, dims.slots, topk, d)?;
         let shape = self.expert_shape();
-        let kind = Act::from(self.moe.expert.activation);
         let (proj, act) = (sv(self.saved.proj), bw(self.bwd.act));
+        self.expert_act(proj, act, used)?;
+        let kind = Act::from(self.moe.expert.activation);
         let (gin, uin) = shape.act_inputs(proj, dt);
-        act_fwd(
-            k.launcher(),
-            dt,
-            kind,
-            act,
-            gin,
-            uin,
-            used,
-            dims.hidden,
-            dims.halves.ld,
-        )?;
         // Combine: d weights, d expert outputs, and the shared gate's part.
         let gate = dims.shared_gate;
         let d_eo = bw(self.bwd.d_expert_out);
