@@ -21,6 +21,17 @@ fn kernel_library_compiles_with_nvrtc() {
     let src = KernelSource::library("compile_test", &[64, 128, 256], Default::default());
     let (ptx, cached) = compile::compile(&src, "compute_90").expect("library compiles");
     assert!(!cached);
+    // Instantiated for specs: the norms' compile-time widths (the register-held vector path) and
+    // the classifier's padded vocabulary.
+    for (d_model, vocab) in [("768", "50304"), ("2048", "128256"), ("96", "160")] {
+        let defines = [("MS_D_MODEL", d_model), ("MS_VOCAB_PADDED", vocab)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let spec_src = KernelSource::library("compile_test_spec", &[64], defines);
+        compile::compile(&spec_src, "compute_90")
+            .unwrap_or_else(|e| panic!("d_model {d_model}: {e}"));
+    }
     for name in [
         "norm_fwd_bf16",
         "copy2d_bf16",

@@ -151,3 +151,26 @@ __device__ __forceinline__ float silu_grad(float x) {
     float s = 1.f / (1.f + __expf(-x));
     return s * (1.f + x * (1.f - s));
 }
+
+// 16-byte vector access: 8 bf16 or 4 f32 per load/store, converted to/from f32 (the address must
+// be 16-byte aligned: callers check their rows' alignment and strides).
+__device__ __forceinline__ void ld16(const float* p, float* out) {
+    float4 v = *(const float4*)p;
+    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+}
+__device__ __forceinline__ void ld16(const bf16* p, float* out) {
+    uint4 v = *(const uint4*)p;
+    u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        out[2 * k] = __uint_as_float(w[k] << 16);
+        out[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+    }
+}
+__device__ __forceinline__ void st16(float* p, const float* in) { *(float4*)p = make_float4(in[0], in[1], in[2], in[3]); }
+__device__ __forceinline__ void st16(bf16* p, const float* in) {
+    u32 w[4];
+#pragma unroll
+    for (int k = 0; k < 4; k++) w[k] = (u32)f32_to_bf16(in[2 * k]) | ((u32)f32_to_bf16(in[2 * k + 1]) << 16);
+    *(uint4*)p = make_uint4(w[0], w[1], w[2], w[3]);
+}
