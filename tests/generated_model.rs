@@ -174,7 +174,27 @@ fn generated_steps_save_per_layer_policy() {
         spec.layers[0].checkpoint,
         LayerCheckpoint::Save(vec!["q".into(), "k".into(), "router_logits".into()])
     );
-    assert_eq!(saved[0].names(), ["input", "q", "k", "router_logits"]);
+    // `router_logits` keeps its unit, the MoE block's routed state (the planner decides per
+    // unit: what one buffer holds on the GPU), shared experts' private activations included.
+    assert_eq!(
+        saved[0].names(),
+        [
+            "input",
+            "q",
+            "k",
+            "gate",
+            "up",
+            "act",
+            "router_logits",
+            "router_weights",
+            "expert_in",
+            "expert_out",
+            "shared_out.gate",
+            "shared_out.up",
+            "shared_out.act",
+            "shared_out"
+        ]
+    );
     model.backward(&mut run, &head, saved).unwrap();
     let step = run.finish(head).unwrap();
     let reference = exec
