@@ -1,10 +1,10 @@
 //! The llama fixture through `model_file!` on `Device::cuda(0)`: `load_hf`, logits against the
-//! same weights on the CPU, five AdamW steps with the GPU's `loss_and_grads` (beside the same
-//! steps on the CPU), and `generate`. Without a usable GPU it prints why and returns.
+//! same weights on the CPU, greedy `generate` against the CPU's, and five AdamW steps with the GPU's
+//! `loss_and_grads` (beside the same steps on the CPU). Without a usable GPU it prints why and
+//! returns.
 //!
-//! On the GPU, `logits` and `loss_and_grads` run in f32 on the GPU trainer; `generate` (and
-//! `decode`) run on the CPU with the model's host parameters, since the GPU has no key/value cache
-//! yet.
+//! On the GPU, `logits` and `loss_and_grads` run in f32 on the GPU trainer, and `generate` (and
+//! `decode`) on the GPU decoder with the key/value cache on the device.
 
 use std::path::Path;
 
@@ -50,6 +50,22 @@ pub fn run(fixture: &Path) -> Result<(), Error> {
         return Err(format!("GPU logits differ from the CPU's by {diff:.3e}").into());
     }
 
+    // Greedy decoding with the key/value cache on the GPU: the same ids as the CPU's.
+    let greedy = modelspec::SampleOptions {
+        temperature: 0.0,
+        top_k: 0,
+    };
+    let ids = gpu.generate(&tokens[..4], 16, greedy, 0)?;
+    let cpu_ids = cpu.generate(&tokens[..4], 16, greedy, 0)?;
+    if ids != cpu_ids || ids.len() != 20 {
+        return Err(format!("generate on the GPU gave {ids:?}, the CPU {cpu_ids:?}").into());
+    }
+    println!(
+        "GPU model, greedy continuation of {:?} (KV cache on the GPU, equal to the CPU's): {:?}",
+        &ids[..4],
+        &ids[4..]
+    );
+
     // The same five AdamW steps on both devices: the losses must agree and fall.
     let (mut gpu_optimizer, mut cpu_optimizer) = (
         AdamW::new(AdamWConfig::default()),
@@ -77,18 +93,5 @@ pub fn run(fixture: &Path) -> Result<(), Error> {
         return Err(format!("GPU training did not reduce the loss: {losses:?}").into());
     }
 
-    let greedy = modelspec::SampleOptions {
-        temperature: 0.0,
-        top_k: 0,
-    };
-    let ids = gpu.generate(&tokens[..4], 16, greedy, 0)?;
-    if ids[..4] != tokens[..4] || ids.len() != 20 {
-        return Err(format!("generate on the GPU model returned {ids:?}").into());
-    }
-    println!(
-        "GPU model, greedy continuation of {:?} (decoded on the CPU): {:?}",
-        &ids[..4],
-        &ids[4..]
-    );
     Ok(())
 }
