@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 const COMMON: &str = include_str!("kernels/common.cuh");
-const NORM: &str = include_str!("kernels/norm.cu");
+const NORM: &str = crate::ops::norm::cuda::SOURCE;
 const POINTWISE: &str = include_str!("kernels/pointwise.cu");
 const CROSS_ENTROPY: &str = include_str!("kernels/cross_entropy.cu");
 const ATTENTION_SIMPLE: &str = include_str!("kernels/attention_simple.cu");

@@ -5,6 +5,11 @@
 //! Layer: `y = (x - μ) · r · g + b`,     `r = 1 / sqrt(mean((x - μ)²) + eps)`
 //! with `g = offset + w` when the norm has a weight, else 1. Statistics are recomputed in backward
 //! (cheap, and bit-identical to forward). Per-head qk-norm is this op with `width = head_dim`.
+//!
+//! The op's CUDA side sits beside this CPU code: `cuda.rs` (the launchers, methods of
+//! [`Kernels`](crate::cuda::Kernels)) and `norm.cu` (the kernels).
+
+pub(crate) mod cuda;
 
 use rayon::prelude::*;
 

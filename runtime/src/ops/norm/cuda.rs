@@ -1,0 +1,113 @@
+//! The norm's CUDA side: the launchers of `norm.cu` (RMSNorm / LayerNorm fused with the residual
+//! add, forward, backward, the weight gradients, and the column sum the bias gradients use), as
+//! methods of [`Kernels`], and the kernel source that [`crate::cuda::compile`] puts in the library.
+
+use crate::cuda::Kernels;
+use crate::cuda::error::Result;
+use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
+use crate::cuda::launch::blocks;
+use crate::cuda_args;
+use modelspec_dsl::ir::NormKind;
+
+/// The CUDA C of `norm.cu`, assembled into the kernel library after `common.cuh`.
+pub(crate) const SOURCE: &str = include_str!("norm.cu");
+
+impl Kernels {
+    /// `norm_fwd_{dtype}`: y = norm(x + res) (see the kernel). `r_out`, `res`, `w`, `b`, `mean`
+    /// may be 0; rows N of width C.
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_fwd(
+        &self,
+        dt: Dtype,
+        kind: NormKind,
+        y: DevPtr,
+        r_out: DevPtr,
+        rstd: DevPtr,
+        mean: DevPtr,
+        x: DevPtr,
+        res: DevPtr,
+        w: DevPtr,
+        b: DevPtr,
+        rows: usize,
+        c: usize,
+        eps: f32,
+        offset: f32,
+    ) -> Result<()> {
+        let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
+        let name = format!("norm_fwd_{}", dt.suffix());
+        self.go_block(
+            &name,
+            (rows as u32, 1, 1),
+            &mut cuda_args![
+                y, r_out, rstd, mean, x, res, w, b, c_, eps, offset, is_layer
+            ],
+        )
+    }
+
+    /// `norm_bwd_{dtype}`: dx from dy and the saved (r, rstd, mean); adds `dres` when not 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_bwd(
+        &self,
+        dt: Dtype,
+        kind: NormKind,
+        dx: DevPtr,
+        dy: DevPtr,
+        r: DevPtr,
+        w: DevPtr,
+        rstd: DevPtr,
+        mean: DevPtr,
+        dres: DevPtr,
+        rows: usize,
+        c: usize,
+        offset: f32,
+    ) -> Result<()> {
+        let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
+        let name = format!("norm_bwd_{}", dt.suffix());
+        self.go_block(
+            &name,
+            (rows as u32, 1, 1),
+            &mut cuda_args![dx, dy, r, w, rstd, mean, dres, c_, offset, is_layer],
+        )
+    }
+
+    /// `norm_dw_{dtype}`: accumulates (+=) the f32 weight and bias gradients (either may be 0).
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_dw(
+        &self,
+        dt: Dtype,
+        kind: NormKind,
+        dw: DevPtr,
+        db: DevPtr,
+        dy: DevPtr,
+        r: DevPtr,
+        rstd: DevPtr,
+        mean: DevPtr,
+        rows: usize,
+        c: usize,
+    ) -> Result<()> {
+        let (n_, c_, is_layer) = (rows as i32, c as i32, (kind == NormKind::Layer) as i32);
+        let name = format!("norm_dw_{}", dt.suffix());
+        let splits = (rows.div_ceil(8 * 64)).clamp(1, 256) as u32;
+        self.go(
+            &name,
+            (blocks(c, 32), splits, 1),
+            (32, 8, 1),
+            0,
+            &mut cuda_args![dw, db, dy, r, rstd, mean, n_, c_, is_layer],
+        )
+    }
+
+    /// `colsum_{dtype}`: out[c] += sum over rows of x (bias gradients), out f32.
+    pub fn colsum(&self, dt: Dtype, out: DevPtr, x: DevPtr, rows: usize, c: usize) -> Result<()> {
+        let (n_, c_) = (rows as i32, c as i32);
+        let name = format!("colsum_{}", dt.suffix());
+        let splits = (rows.div_ceil(8 * 64)).clamp(1, 256) as u32;
+        self.go(
+            &name,
+            (blocks(c, 32), splits, 1),
+            (32, 8, 1),
+            0,
+            &mut cuda_args![out, x, n_, c_],
+        )
+    }
+}
