@@ -11,7 +11,7 @@ use std::path::PathBuf;
 const COMMON: &str = include_str!("kernels/common.cuh");
 const NORM: &str = crate::ops::norm::cuda::SOURCE;
 const POINTWISE: &str = include_str!("kernels/pointwise.cu");
-const CROSS_ENTROPY: &str = include_str!("kernels/cross_entropy.cu");
+const CROSS_ENTROPY: &str = crate::ops::cross_entropy::cuda::SOURCE;
 const ATTENTION_SIMPLE: &str = include_str!("kernels/attention_simple.cu");
 const ATTENTION_MMA: &str = include_str!("kernels/attention_mma.cu");
 

@@ -2,6 +2,11 @@
 //! token at `t + 1` of the same sequence; the last position of each sequence has no label. The
 //! mean is over the `batch · (seq − 1)` labelled positions (0 when there are none). The row
 //! log-sum-exp is formed in the element type, the sum of row losses in `f64`.
+//!
+//! The op's CUDA side sits beside this CPU code: `cuda.rs` (the launcher, a method of
+//! [`Kernels`](crate::cuda::Kernels)) and `cross_entropy.cu` (the kernel).
+
+pub(crate) mod cuda;
 
 use rayon::prelude::*;
 
