@@ -11,6 +11,7 @@ use std::path::PathBuf;
 const COMMON: &str = include_str!("kernels/common.cuh");
 const NORM: &str = crate::ops::norm::cuda::SOURCE;
 const POINTWISE: &str = include_str!("kernels/pointwise.cu");
+const ACTIVATION: &str = crate::ops::activation::cuda::SOURCE;
 const CROSS_ENTROPY: &str = crate::ops::cross_entropy::cuda::SOURCE;
 const ATTENTION_SIMPLE: &str = include_str!("kernels/attention_simple.cu");
 const ATTENTION_MMA: &str = include_str!("kernels/attention_mma.cu");
@@ -44,6 +45,7 @@ impl KernelSource {
             COMMON,
             NORM,
             POINTWISE,
+            ACTIVATION,
             CROSS_ENTROPY,
             ATTENTION_SIMPLE,
             ATTENTION_MMA,

@@ -12,52 +12,13 @@ use crate::cuda_args;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-mod act;
 mod optim;
 
-pub(crate) use act::{act_bwd, act_fwd};
+pub use crate::ops::activation::cuda::Act;
+pub(crate) use crate::ops::activation::cuda::{act_bwd, act_fwd};
 
 /// The normalisation kind of [`Kernels::norm_fwd`]: the IR's own.
 pub use modelspec_dsl::ir::NormKind;
-
-/// MLP activations of [`Kernels::act_fwd`] (values as the kernels' `kind`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Act {
-    /// Exact (erf) GELU.
-    Gelu = 0,
-    /// tanh-approximated GELU.
-    GeluTanh = 1,
-    /// relu(x)^2.
-    ReluSquared = 2,
-    /// silu(gate) * up.
-    Swiglu = 3,
-    /// gelu(gate) * up.
-    Geglu = 4,
-    /// gelu_tanh(gate) * up.
-    GegluTanh = 5,
-}
-
-impl Act {
-    /// Gated kinds read a second (up) input.
-    pub fn is_gated(self) -> bool {
-        matches!(self, Act::Swiglu | Act::Geglu | Act::GegluTanh)
-    }
-}
-
-impl From<modelspec_dsl::ir::MlpKind> for Act {
-    /// The kernels' activation for an IR MLP kind.
-    fn from(k: modelspec_dsl::ir::MlpKind) -> Act {
-        use modelspec_dsl::ir::MlpKind;
-        match k {
-            MlpKind::Gelu => Act::Gelu,
-            MlpKind::GeluTanh => Act::GeluTanh,
-            MlpKind::ReluSquared => Act::ReluSquared,
-            MlpKind::Swiglu => Act::Swiglu,
-            MlpKind::Geglu => Act::Geglu,
-            MlpKind::GegluTanh => Act::GegluTanh,
-        }
-    }
-}
 
 /// Shapes and options of one attention call. Layout: q `[B*T, ldq]` with head h at column
 /// `h*head_dim`; k, v `[B*T, ldk/ldv]` with kv head `h / (heads/kv_heads)`; o like q.
@@ -194,6 +155,11 @@ impl Kernels {
         self.launcher.gpu()
     }
 
+    /// The loaded module, for launchers that take one (shared with other modules).
+    pub(crate) fn launcher(&self) -> &Launcher {
+        &self.launcher
+    }
+
     /// Whether the module came from the disk cache.
     pub fn from_cache(&self) -> bool {
         self.launcher.module().from_cache
@@ -255,52 +221,6 @@ impl Kernels {
             &name,
             (blocks(rows * heads * rot / 2, BLOCK), 1, 1),
             &mut cuda_args![x, cos, sin, n_, t_, h_, d_, ld_, rot_, il, sign],
-        )
-    }
-
-    /// `act_fwd_{dtype}`: out `[N, hidden]` = act(gate) (* up); gate/up rows have stride `ld`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn act_fwd(
-        &self,
-        dt: Dtype,
-        act: Act,
-        out: DevPtr,
-        gate: DevPtr,
-        up: DevPtr,
-        rows: usize,
-        hidden: usize,
-        ld: usize,
-    ) -> Result<()> {
-        act_fwd(&self.launcher, dt, act, out, gate, up, rows, hidden, ld)
-    }
-
-    /// `act_bwd_{dtype}`: dgate (and dup for gated kinds), rows of stride `ld`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn act_bwd(
-        &self,
-        dt: Dtype,
-        act: Act,
-        dgate: DevPtr,
-        dup: DevPtr,
-        dout: DevPtr,
-        gate: DevPtr,
-        up: DevPtr,
-        rows: usize,
-        hidden: usize,
-        ld: usize,
-    ) -> Result<()> {
-        act_bwd(
-            &self.launcher,
-            dt,
-            act,
-            dgate,
-            dup,
-            dout,
-            gate,
-            up,
-            rows,
-            hidden,
-            ld,
         )
     }
 

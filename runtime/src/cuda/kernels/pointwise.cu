@@ -1,4 +1,4 @@
-// ---- pointwise and small kernels: RoPE, MLP activations, embedding, AdamW, casts ----
+// ---- pointwise and small kernels: RoPE, embedding, AdamW, casts ----
 
 // rope_{dtype}: rotate the first `rot` dims of every head of x [N, ld] in place (head h at
 // column offset h*D), position t = n % T, tables cos/sin [T, rot/2] f32 built on the host.
@@ -15,94 +15,6 @@ __device__ void rope(T* x, const float* cosv, const float* sinv, int N, int T_, 
     int t = n % T_;
     float c = cosv[t * half + i], s = sign * sinv[t * half + i];
     rope_rotate(x + n * ld + (size_t)h * D, i, half, interleaved, c, s);
-}
-
-// act_fwd_{dtype}: the MLP activation. kind: 0 gelu(erf), 1 gelu_tanh, 2 relu^2, 3 swiglu,
-// 4 geglu(erf), 5 geglu_tanh. Gated kinds compute act(gate) * up. gate/up rows have stride ld
-// (they may be the two halves of one fused projection). out [N, hidden].
-// Launch: block 256; with `vec` (hidden and ld multiples of 8 bf16 / 4 f32, every pointer 16-byte
-// aligned: the launcher checks) one thread per 16 bytes of output, else one per element.
-// Traffic: 2-3 x N*hidden elements.
-__device__ __forceinline__ float act_apply(float x, int kind) {
-    switch (kind) {
-        case 0: case 4: return gelu_erf(x);
-        case 1: case 5: return gelu_tanh(x);
-        case 2: { float r = fmaxf(x, 0.f); return r * r; }
-        default: return silu(x);
-    }
-}
-__device__ __forceinline__ float act_grad(float x, int kind) {
-    switch (kind) {
-        case 0: case 4: return gelu_erf_grad(x);
-        case 1: case 5: return gelu_tanh_grad(x);
-        case 2: return x > 0.f ? 2.f * x : 0.f;
-        default: return silu_grad(x);
-    }
-}
-template <typename T>
-__device__ void act_fwd(T* out, const T* gate, const T* up, int N, int hidden, int ld, int kind, int vec) {
-    if (vec) {
-        // One thread per 16 bytes of a row (the launcher checks widths, stride and alignment).
-        const int VN = 16 / (int)sizeof(T), hv = hidden / VN;
-        size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-        if (v >= (size_t)N * hv) return;
-        size_t n = v / hv;
-        int j = (int)(v - n * hv) * VN;
-        float g[16 / sizeof(T)], u[16 / sizeof(T)];
-        ld16(gate + n * ld + j, g);
-        if (kind >= 3) ld16(up + n * ld + j, u);
-#pragma unroll
-        for (int e = 0; e < VN; e++) g[e] = act_apply(g[e], kind) * (kind >= 3 ? u[e] : 1.f);
-        st16(out + n * hidden + j, g);
-        return;
-    }
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)N * hidden) return;
-    size_t n = idx / hidden, j = idx % hidden;
-    float a = act_apply(lf(gate + n * ld + j), kind);
-    if (kind >= 3) a *= lf(up + n * ld + j);
-    sf(out + idx, a);
-}
-// act_bwd_{dtype}: dgate = dout * act'(gate) (* up); dup = dout * act(gate) (gated kinds).
-// dgate/dup share the input's row stride ld. Launch and traffic as act_fwd.
-template <typename T>
-__device__ void act_bwd(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int N, int hidden,
-                        int ld, int kind, int vec) {
-    if (vec) {
-        const int VN = 16 / (int)sizeof(T), hv = hidden / VN;
-        size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-        if (v >= (size_t)N * hv) return;
-        size_t n = v / hv;
-        int j = (int)(v - n * hv) * VN;
-        float g[16 / sizeof(T)], u[16 / sizeof(T)], d[16 / sizeof(T)], dg[16 / sizeof(T)];
-        ld16(gate + n * ld + j, g);
-        ld16(dout + n * hidden + j, d);
-        if (kind >= 3) {
-            ld16(up + n * ld + j, u);
-#pragma unroll
-            for (int e = 0; e < VN; e++) {
-                dg[e] = d[e] * u[e] * act_grad(g[e], kind);
-                u[e] = d[e] * act_apply(g[e], kind);
-            }
-            st16(dup + n * ld + j, u);
-        } else {
-#pragma unroll
-            for (int e = 0; e < VN; e++) dg[e] = d[e] * act_grad(g[e], kind);
-        }
-        st16(dgate + n * ld + j, dg);
-        return;
-    }
-    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
-    if (idx >= (size_t)N * hidden) return;
-    size_t n = idx / hidden, j = idx % hidden;
-    float g = lf(gate + n * ld + j), d = lf(dout + idx);
-    if (kind >= 3) {
-        float u = lf(up + n * ld + j);
-        sf(dgate + n * ld + j, d * u * act_grad(g, kind));
-        sf(dup + n * ld + j, d * act_apply(g, kind));
-    } else {
-        sf(dgate + n * ld + j, d * act_grad(g, kind));
-    }
 }
 
 // embed_fwd_{dtype}: out[n] = wte[tok[n]] * scale (+ wpe[n % T]). Launch: grid N, block 256.
@@ -227,15 +139,6 @@ __device__ void copy2d(T* dst, int ldd, const T* src, int lds, int N, int width)
     extern "C" __global__ void rope_##SUF(T* x, const float* c, const float* s, int N, int T_, int heads, \
                                           int D, int ld, int rot, int interleaved, float sign) {        \
         rope<T>(x, c, s, N, T_, heads, D, ld, rot, interleaved, sign);                                \
-    }                                                                                                 \
-    extern "C" __global__ void act_fwd_##SUF(T* out, const T* gate, const T* up, int N, int hidden,    \
-                                             int ld, int kind, int vec) {                             \
-        act_fwd<T>(out, gate, up, N, hidden, ld, kind, vec);                                          \
-    }                                                                                                 \
-    extern "C" __global__ void act_bwd_##SUF(T* dgate, T* dup, const T* dout, const T* gate,           \
-                                             const T* up, int N, int hidden, int ld, int kind,        \
-                                             int vec) {                                               \
-        act_bwd<T>(dgate, dup, dout, gate, up, N, hidden, ld, kind, vec);                             \
     }                                                                                                 \
     extern "C" __global__ void embed_fwd_##SUF(T* out, const int* tok, const T* wte, const T* wpe,     \
                                                int T_, int C, float scale) {                          \

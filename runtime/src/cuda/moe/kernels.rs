@@ -1,5 +1,5 @@
-//! The MoE kernel module (`kernels/moe.cu` with `common.cuh` and the pointwise kernels, whose
-//! MLP activations the experts use) and one launch wrapper per kernel.
+//! The MoE kernel module (`kernels/moe.cu` with `common.cuh` and the MLP activation kernels,
+//! `ops/activation/activation.cu`, which the experts use) and one launch wrapper per kernel.
 
 use std::sync::Arc;
 
@@ -11,7 +11,7 @@ use crate::cuda::launch::{BLOCK, Launcher, grid, int as i, module_source};
 use crate::cuda_args;
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
-const POINTWISE: &str = include_str!("../kernels/pointwise.cu");
+const ACTIVATION: &str = crate::ops::activation::cuda::SOURCE;
 const MOE: &str = include_str!("../kernels/moe.cu");
 
 /// Every entry point of the MoE module that [`super::MoeLayer`] launches (the `{dtype}` ones in
@@ -43,9 +43,9 @@ pub const KERNEL_NAMES: &[&str] = &[
     "act_bwd_bf16",
 ];
 
-/// The CUDA C of the MoE module: `common.cuh`, `pointwise.cu` (the MLP activations) and `moe.cu`.
+/// The CUDA C of the MoE module: `common.cuh`, `activation.cu` (the MLP activations) and `moe.cu`.
 pub fn kernel_source() -> KernelSource {
-    module_source("moe", &[COMMON, POINTWISE, MOE])
+    module_source("moe", &[COMMON, ACTIVATION, MOE])
 }
 
 /// Rows per block of the warp-per-row routing kernels.

@@ -2,6 +2,11 @@
 //!
 //! `gelu` is the exact erf form `x/2 · (1 + erf(x/√2))`, `gelu_tanh` the tanh approximation
 //! `x/2 · (1 + tanh(√(2/π) (x + 0.044715 x³)))`, `silu` is `x · σ(x)`, `relu²` is `max(x, 0)²`.
+//!
+//! The op's CUDA side sits beside this CPU code: `cuda.rs` (the kernels' activation kinds and the
+//! launchers) and `activation.cu` (the kernels).
+
+pub(crate) mod cuda;
 
 use modelspec_dsl::ir::{MlpKind, SwigluClamp};
 use rayon::prelude::*;

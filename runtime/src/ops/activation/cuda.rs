@@ -1,0 +1,179 @@
+//! The MLP activation's CUDA side: the kernels' [`Act`] kinds, the kernel source
+//! (`activation.cu`), and its launches (`act_fwd` / `act_bwd`), as free functions over any module
+//! that links `activation.cu` (the kernel library and the MoE module) and as methods of
+//! [`Kernels`].
+
+use crate::cuda::Kernels;
+use crate::cuda::error::Result;
+use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
+use crate::cuda::launch::{BLOCK, Launcher, grid, int};
+use crate::cuda_args;
+
+/// The CUDA C of `activation.cu`, linked into the kernel library and the MoE module.
+pub(crate) const SOURCE: &str = include_str!("activation.cu");
+
+/// MLP activations of [`Kernels::act_fwd`] (values as the kernels' `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Act {
+    /// Exact (erf) GELU.
+    Gelu = 0,
+    /// tanh-approximated GELU.
+    GeluTanh = 1,
+    /// relu(x)^2.
+    ReluSquared = 2,
+    /// silu(gate) * up.
+    Swiglu = 3,
+    /// gelu(gate) * up.
+    Geglu = 4,
+    /// gelu_tanh(gate) * up.
+    GegluTanh = 5,
+}
+
+impl Act {
+    /// Gated kinds read a second (up) input.
+    pub fn is_gated(self) -> bool {
+        matches!(self, Act::Swiglu | Act::Geglu | Act::GegluTanh)
+    }
+}
+
+impl From<modelspec_dsl::ir::MlpKind> for Act {
+    /// The kernels' activation for an IR MLP kind.
+    fn from(k: modelspec_dsl::ir::MlpKind) -> Act {
+        use modelspec_dsl::ir::MlpKind;
+        match k {
+            MlpKind::Gelu => Act::Gelu,
+            MlpKind::GeluTanh => Act::GeluTanh,
+            MlpKind::ReluSquared => Act::ReluSquared,
+            MlpKind::Swiglu => Act::Swiglu,
+            MlpKind::Geglu => Act::Geglu,
+            MlpKind::GegluTanh => Act::GegluTanh,
+        }
+    }
+}
+
+/// `act_fwd_{dtype}` in `module` (which must link `activation.cu`): out `[rows, hidden]` =
+/// act(gate) (* up for gated kinds); gate/up rows have stride `ld`. No launch for zero rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn act_fwd(
+    module: &Launcher,
+    dt: Dtype,
+    act: Act,
+    out: DevPtr,
+    gate: DevPtr,
+    up: DevPtr,
+    rows: usize,
+    hidden: usize,
+    ld: usize,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let (n_, h_, ld_, kind) = (int(rows), int(hidden), int(ld), act as i32);
+    let per = vector(dt, hidden, ld, &[out, gate, up]);
+    let vec = i32::from(per > 1);
+    // SAFETY: the locals match `act_fwd`'s C signature; the caller sizes out `[rows, hidden]` and
+    // gate/up `[rows, ld]` (the kernel reads `rows * hidden` elements of each).
+    unsafe {
+        module.launch(
+            &format!("act_fwd_{}", dt.suffix()),
+            grid(rows * hidden / per, BLOCK),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![out, gate, up, n_, h_, ld_, kind, vec],
+        )
+    }
+}
+
+/// `act_bwd_{dtype}` in `module`: dgate (and dup for gated kinds) from dout and the forward's
+/// gate/up, rows of stride `ld`. No launch for zero rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn act_bwd(
+    module: &Launcher,
+    dt: Dtype,
+    act: Act,
+    dgate: DevPtr,
+    dup: DevPtr,
+    dout: DevPtr,
+    gate: DevPtr,
+    up: DevPtr,
+    rows: usize,
+    hidden: usize,
+    ld: usize,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let (n_, h_, ld_, kind) = (int(rows), int(hidden), int(ld), act as i32);
+    let per = vector(dt, hidden, ld, &[dgate, dup, dout, gate, up]);
+    let vec = i32::from(per > 1);
+    // SAFETY: as in `act_fwd`; dgate/dup share the inputs' row stride `ld`.
+    unsafe {
+        module.launch(
+            &format!("act_bwd_{}", dt.suffix()),
+            grid(rows * hidden / per, BLOCK),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![dgate, dup, dout, gate, up, n_, h_, ld_, kind, vec],
+        )
+    }
+}
+
+/// Elements per thread of the activation kernels: a 16-byte vector (8 bf16, 4 f32) when the row
+/// width and stride are multiples of it and every pointer (0: unused) is 16-byte aligned, else 1.
+fn vector(dt: Dtype, hidden: usize, ld: usize, ptrs: &[DevPtr]) -> usize {
+    let per = 16 / dt.bytes();
+    let aligned = ptrs.iter().all(|&p| p % 16 == 0);
+    if hidden.is_multiple_of(per) && ld.is_multiple_of(per) && aligned {
+        per
+    } else {
+        1
+    }
+}
+
+impl Kernels {
+    /// `act_fwd_{dtype}`: out `[N, hidden]` = act(gate) (* up); gate/up rows have stride `ld`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn act_fwd(
+        &self,
+        dt: Dtype,
+        act: Act,
+        out: DevPtr,
+        gate: DevPtr,
+        up: DevPtr,
+        rows: usize,
+        hidden: usize,
+        ld: usize,
+    ) -> Result<()> {
+        act_fwd(self.launcher(), dt, act, out, gate, up, rows, hidden, ld)
+    }
+
+    /// `act_bwd_{dtype}`: dgate (and dup for gated kinds), rows of stride `ld`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn act_bwd(
+        &self,
+        dt: Dtype,
+        act: Act,
+        dgate: DevPtr,
+        dup: DevPtr,
+        dout: DevPtr,
+        gate: DevPtr,
+        up: DevPtr,
+        rows: usize,
+        hidden: usize,
+        ld: usize,
+    ) -> Result<()> {
+        act_bwd(
+            self.launcher(),
+            dt,
+            act,
+            dgate,
+            dup,
+            dout,
+            gate,
+            up,
+            rows,
+            hidden,
+            ld,
+        )
+    }
+}
