@@ -12,6 +12,7 @@ const COMMON: &str = include_str!("kernels/common.cuh");
 const NORM: &str = crate::ops::norm::cuda::SOURCE;
 const POINTWISE: &str = include_str!("kernels/pointwise.cu");
 const ACTIVATION: &str = crate::ops::activation::cuda::SOURCE;
+const ROPE: &str = crate::ops::rope::cuda::SOURCE;
 const CROSS_ENTROPY: &str = crate::ops::cross_entropy::cuda::SOURCE;
 const ATTENTION_SIMPLE: &str = include_str!("kernels/attention_simple.cu");
 const ATTENTION_MMA: &str = include_str!("kernels/attention_mma.cu");
@@ -46,6 +47,7 @@ impl KernelSource {
             NORM,
             POINTWISE,
             ACTIVATION,
+            ROPE,
             CROSS_ENTROPY,
             ATTENTION_SIMPLE,
             ATTENTION_MMA,

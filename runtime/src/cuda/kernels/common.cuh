@@ -107,7 +107,7 @@ __device__ __forceinline__ void attn_online_key(const float* qv, float* acc, con
     m = mn;
 }
 
-// ---- RoPE (pointwise.cu's `rope`, decode.cu's `dec_rope`): one thread per (row, head, pair).
+// ---- RoPE (ops/rope/rope.cu's `rope`, decode.cu's `dec_rope`): one thread per (row, head, pair).
 
 // The row n, head h and pair i of thread `idx` over N rows of `heads` heads of `half` pairs;
 // false past the end.

@@ -10,6 +10,11 @@
 //! `r = rotary_dims` of each head; the rest pass through unscaled. `inv_freq` and `m` follow
 //! transformers' `modeling_rope_utils` init functions; as there, `inv_freq` and `θ` are rounded to
 //! f32 before the cosine, and `m` multiplies cos and sin.
+//!
+//! The op's CUDA side sits beside this CPU code: `cuda.rs` (the launcher, a method of
+//! [`Kernels`](crate::cuda::Kernels)) and `rope.cu` (the kernel).
+
+pub(crate) mod cuda;
 
 use modelspec_dsl::ir::{Rope, RopeScaling, RopeStyle};
 use rayon::prelude::*;
