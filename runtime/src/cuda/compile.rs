@@ -13,6 +13,7 @@ const NORM: &str = crate::ops::norm::cuda::SOURCE;
 const POINTWISE: &str = include_str!("kernels/pointwise.cu");
 const ACTIVATION: &str = crate::ops::activation::cuda::SOURCE;
 const ROPE: &str = crate::ops::rope::cuda::SOURCE;
+const EMBEDDING: &str = crate::ops::embedding::cuda::SOURCE;
 const CROSS_ENTROPY: &str = crate::ops::cross_entropy::cuda::SOURCE;
 const ATTENTION_SIMPLE: &str = include_str!("kernels/attention_simple.cu");
 const ATTENTION_MMA: &str = include_str!("kernels/attention_mma.cu");
@@ -48,6 +49,7 @@ impl KernelSource {
             POINTWISE,
             ACTIVATION,
             ROPE,
+            EMBEDDING,
             CROSS_ENTROPY,
             ATTENTION_SIMPLE,
             ATTENTION_MMA,

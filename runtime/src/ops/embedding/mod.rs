@@ -3,6 +3,11 @@
 //! `scale` is the spec's embedding multiplier (Gemma's `sqrt(d_model)`; 1 for most models); `pos`
 //! is the learned absolute position table (GPT-2's `wpe`), indexed by the position within each
 //! sequence. HF multiplies by the scale in the model dtype; here the scale is rounded to `T` once.
+//!
+//! The op's CUDA side sits beside this CPU code: `cuda.rs` (the launchers, methods of
+//! [`Kernels`](crate::cuda::Kernels)) and `embedding.cu` (the kernels).
+
+pub(crate) mod cuda;
 
 use crate::tensor::Float;
 
