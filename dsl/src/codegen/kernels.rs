@@ -1,8 +1,9 @@
 //! The spec's instance of the one kernel library.
 //!
-//! modelspec has one library of CUDA kernels (the runtime's `cuda/kernels/`). A spec does not get
-//! kernels of its own: it gets that library *instantiated* for it, which is two things, both
-//! derived here and nowhere else:
+//! modelspec has one library of CUDA kernels (the runtime's `cuda/kernels/` and the op folders'
+//! `ops/{op}/{op}.cu`, assembled by `cuda::compile`). A spec does not get kernels of its own: it
+//! gets that library *instantiated* for it, which is two things, both derived here and nowhere
+//! else:
 //! - the spec's constants as `#define`s that the kernels read (`MS_D_MODEL`: the norm kernels
 //!   specialise their row loop to the model width; `MS_VOCAB_PADDED`: the cross-entropy kernel
 //!   specialises its row loop to the classifier width), and

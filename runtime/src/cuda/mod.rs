@@ -13,14 +13,18 @@
 //! ```
 //!
 //! Layout of this module:
-//! - `kernels/*.cu`: the CUDA C sources, one file per op family, each kernel documented with what
-//!   it computes, its launch shape and its memory traffic;
+//! - `kernels/*.cu`: the CUDA C sources of the ops without a folder yet (attention, decode, MoE,
+//!   the small pointwise kernels) and `common.cuh`, the helpers every module shares; the other
+//!   ops keep their kernels beside their CPU code (`crate::ops::{norm, activation, cross_entropy,
+//!   rope, embedding}`: `{op}.cu` and the launchers in `cuda.rs`). Each kernel is documented with
+//!   what it computes, its launch shape and its memory traffic;
 //! - [`compile`]: source assembly per spec, NVRTC, the disk cache;
 //! - [`gpu`]: device, stream, buffers, launches;
 //! - `layer`: each layer's configuration from its IR row (trainer and decoder);
 //! - `launch`: the launch layer under every module's typed wrappers (lookup, sizing, source);
 //! - [`gemm`]: cuBLASLt and the one row-major to column-major mapping;
-//! - [`ops`]: typed launch wrappers (`{op}_{dtype}` kernels);
+//! - [`ops`]: [`Kernels`] and the typed launch wrappers (`{op}_{dtype}` kernels) of the ops without
+//!   a folder;
 //! - [`rope`]: cos/sin tables on the host;
 //! - [`train`]: the GPU training step, walking every layer with its own configuration;
 //! - [`decode`]: inference with a key/value cache on the device (prefill, then one token per

@@ -1,4 +1,7 @@
-//! Launch wrappers: one method per kernel family, named as the kernels (`{op}_{dtype}`).
+//! The kernel library ([`Kernels`]) and the launch wrappers of the ops without a folder of their
+//! own (attention, bias add, copies, casts, AdamW): one method per kernel family, named as the
+//! kernels (`{op}_{dtype}`). The folder ops (`crate::ops::{norm, activation, cross_entropy, rope,
+//! embedding}`) add their launchers to [`Kernels`] in their `cuda.rs`.
 //!
 //! Arguments are raw device pointers ([`DevPtr`], 0 for "none") so that views into fused
 //! buffers (q/k/v inside one qkv projection, gate/up halves) need no copies. Each method states
@@ -188,7 +191,7 @@ impl Kernels {
         self.go(name, grid, (BLOCK, 1, 1), 0, args)
     }
 
-    /// `bias_add_{dtype}`: x[n, j] += bias[j] (rows of stride ld).
+    /// `bias_add_{dtype}`: `x[n, j] += bias[j]` (rows of stride ld).
     pub fn bias_add(
         &self,
         dt: Dtype,

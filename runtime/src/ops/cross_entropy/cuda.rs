@@ -7,7 +7,7 @@ use crate::cuda::error::Result;
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
 use crate::cuda_args;
 
-/// The CUDA C of `cross_entropy.cu`, assembled into the kernel library after the pointwise kernels.
+/// The CUDA C of `cross_entropy.cu`, assembled into the kernel library after `common.cuh`.
 pub(crate) const SOURCE: &str = include_str!("cross_entropy.cu");
 
 impl Kernels {

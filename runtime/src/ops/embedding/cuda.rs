@@ -11,7 +11,7 @@ use crate::cuda_args;
 pub(crate) const SOURCE: &str = include_str!("embedding.cu");
 
 impl Kernels {
-    /// `embed_fwd_{dtype}`: out `[N, C]` = wte[tok] * scale (+ wpe[n % seq]); tok i32.
+    /// `embed_fwd_{dtype}`: out `[N, C]` = `wte[tok] * scale (+ wpe[n % seq])`; tok i32.
     #[allow(clippy::too_many_arguments)]
     pub fn embed_fwd(
         &self,

@@ -97,7 +97,7 @@ impl Kernels {
         )
     }
 
-    /// `colsum_{dtype}`: out[c] += sum over rows of x (bias gradients), out f32.
+    /// `colsum_{dtype}`: `out[c] +=` the sum over rows of x (bias gradients), out f32.
     pub fn colsum(&self, dt: Dtype, out: DevPtr, x: DevPtr, rows: usize, c: usize) -> Result<()> {
         let (n_, c_) = (rows as i32, c as i32);
         let name = format!("colsum_{}", dt.suffix());
