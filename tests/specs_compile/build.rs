@@ -42,7 +42,7 @@ fn main() {
         let ty = spec.rust_type();
         let params: u64 = modelspec_dsl::params::parameters(&spec)
             .iter()
-            .map(|p| p.numel())
+            .map(|p| p.counted())
             .sum();
         let _ = writeln!(
             out,
