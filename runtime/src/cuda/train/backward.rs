@@ -8,7 +8,7 @@
 
 use super::super::error::Result;
 use super::super::gpu::DevPtr;
-use super::config::{FfnCfg, NormCfg};
+use super::config::NormCfg;
 use super::{Step, unsupported};
 use modelspec_dsl::program::{Act, Fusion, Kernel, N_ACTS};
 
@@ -182,10 +182,7 @@ impl Step<'_> {
             }
             Fusion::Linear => {
                 let dy = d.ptr(out);
-                let (width, weight) = match out {
-                    Act::AttnOut => (l.qd, "attn.o"),
-                    _ => (l.mlp_widths().0, "mlp.down"),
-                };
+                let (weight, width) = Self::projection(l, kn);
                 let input = kn.inputs[0];
                 let w = |s: &str| format!("{weight}.{s}");
                 self.mm_grad(
@@ -206,14 +203,7 @@ impl Step<'_> {
                 self.finish(t, width)
             }
             Fusion::Activation => {
-                let FfnCfg::Dense {
-                    act, hidden, hw, ..
-                } = l.ffn
-                else {
-                    return Err(unsupported(format!(
-                        "layer {i}: an activation without a dense MLP"
-                    )));
-                };
+                let (act, hidden, hw) = Self::dense_act(i, l)?;
                 let up = hidden as u64 * es;
                 let dy = d.ptr(out);
                 let t = self.target(d, kn.inputs[0])?;
@@ -228,13 +218,8 @@ impl Step<'_> {
                 k.act_bwd(dt, act, t.0, t.0 + up, dy, b.h, b.h + up, n, hidden, hw)
             }
             Fusion::GateUp => {
-                let (_, hw) = l.mlp_widths();
+                let (first, hw) = Self::projection(l, kn);
                 let dy = d.ptr(out);
-                let first = if out == Act::Gate {
-                    "mlp.gate"
-                } else {
-                    "mlp.up"
-                };
                 let x = kn.inputs[0];
                 self.mm_grad(
                     hw,

@@ -13,7 +13,7 @@
 
 use super::super::error::Result;
 use super::super::gpu::DevPtr;
-use super::super::ops::AttnShape;
+use super::super::ops::{Act as KAct, AttnShape};
 use super::config::{FfnCfg, LayerCfg, NormCfg};
 use super::layout::LayerBufs;
 use super::{Step, unsupported};
@@ -80,6 +80,28 @@ impl Step<'_> {
             Act::Gate | Act::Up => b.h,
             Act::ActOut => b.act,
             _ => self.buf.tmp,
+        }
+    }
+
+    /// A projection kernel's parameter prefix and input width: `(prefix, width)`. `Linear` is the
+    /// output projection (`attn_out`) or the dense MLP's down projection; `GateUp` is `[gate; up]`
+    /// (named by its first part) or `up`, `hw` wide.
+    pub(super) fn projection(l: &LayerCfg, kn: &Kernel) -> (&'static str, usize) {
+        match (kn.fusion, kn.outputs[0]) {
+            (Fusion::Linear, Act::AttnOut) => ("attn.o", l.qd),
+            (Fusion::Linear, _) => ("mlp.down", l.mlp_widths().0),
+            (_, Act::Gate) => ("mlp.gate", l.mlp_widths().1),
+            _ => ("mlp.up", l.mlp_widths().1),
+        }
+    }
+
+    /// Layer i's dense MLP activation: `(act, hidden, hw)`; an error for a MoE layer.
+    pub(super) fn dense_act(i: usize, l: &LayerCfg) -> Result<(KAct, usize, usize)> {
+        match l.ffn {
+            FfnCfg::Dense { act, hidden, hw } => Ok((act, hidden, hw)),
+            FfnCfg::Moe => Err(unsupported(format!(
+                "layer {i}: an activation without a dense MLP"
+            ))),
         }
     }
 
@@ -258,10 +280,7 @@ impl Step<'_> {
                 self.attention_fwd(i, &self.attn_shape(l), b.atty, b.lse, q, kk, v)
             }
             Fusion::Linear => {
-                let (width, weight) = match out {
-                    Act::AttnOut => (l.qd, "attn.o"),
-                    _ => (l.mlp_widths().0, "mlp.down"),
-                };
+                let (weight, width) = Self::projection(l, kn);
                 self.linear(
                     n,
                     c,
@@ -273,14 +292,10 @@ impl Step<'_> {
                 )
             }
             Fusion::GateUp => {
-                let first = if out == Act::Gate {
-                    "mlp.gate"
-                } else {
-                    "mlp.up"
-                };
+                let (first, hw) = Self::projection(l, kn);
                 self.linear(
                     n,
-                    l.mlp_widths().1,
+                    hw,
                     c,
                     self.act_buf(i, kn.inputs[0]),
                     self.p.w(&p(&format!("{first}.weight")))?,
@@ -289,14 +304,7 @@ impl Step<'_> {
                 )
             }
             Fusion::Activation => {
-                let FfnCfg::Dense {
-                    act, hidden, hw, ..
-                } = l.ffn
-                else {
-                    return Err(unsupported(format!(
-                        "layer {i}: an activation without a dense MLP"
-                    )));
-                };
+                let (act, hidden, hw) = Self::dense_act(i, l)?;
                 k.act_fwd(
                     dt,
                     act,
