@@ -68,15 +68,14 @@ pub(crate) fn act_fwd(
     if rows == 0 {
         return Ok(());
     }
-    let (n_, h_, ld_, kind) = (int(rows), int(hidden), int(ld), act as i32);
-    let per = vector(dt, hidden, ld, &[out, gate, up]);
-    let vec = i32::from(per > 1);
+    let (grid, [n_, h_, ld_, kind, vec]) =
+        launch_shape(dt, act, rows, hidden, ld, &[out, gate, up]);
     // SAFETY: the locals match `act_fwd`'s C signature; the caller sizes out `[rows, hidden]` and
     // gate/up `[rows, ld]` (the kernel reads `rows * hidden` elements of each).
     unsafe {
         module.launch(
             &format!("act_fwd_{}", dt.suffix()),
-            grid(rows * hidden / per, BLOCK),
+            grid,
             (BLOCK, 1, 1),
             0,
             &mut cuda_args![out, gate, up, n_, h_, ld_, kind, vec],
@@ -103,14 +102,13 @@ pub(crate) fn act_bwd(
     if rows == 0 {
         return Ok(());
     }
-    let (n_, h_, ld_, kind) = (int(rows), int(hidden), int(ld), act as i32);
-    let per = vector(dt, hidden, ld, &[dgate, dup, dout, gate, up]);
-    let vec = i32::from(per > 1);
+    let (grid, [n_, h_, ld_, kind, vec]) =
+        launch_shape(dt, act, rows, hidden, ld, &[dgate, dup, dout, gate, up]);
     // SAFETY: as in `act_fwd`; dgate/dup share the inputs' row stride `ld`.
     unsafe {
         module.launch(
             &format!("act_bwd_{}", dt.suffix()),
-            grid(rows * hidden / per, BLOCK),
+            grid,
             (BLOCK, 1, 1),
             0,
             &mut cuda_args![dgate, dup, dout, gate, up, n_, h_, ld_, kind, vec],
@@ -118,16 +116,32 @@ pub(crate) fn act_bwd(
     }
 }
 
-/// Elements per thread of the activation kernels: a 16-byte vector (8 bf16, 4 f32) when the row
-/// width and stride are multiples of it and every pointer (0: unused) is 16-byte aligned, else 1.
-fn vector(dt: Dtype, hidden: usize, ld: usize, ptrs: &[DevPtr]) -> usize {
+/// The grid of an activation kernel and its scalar arguments `[rows, hidden, ld, kind, vec]`:
+/// one thread per 16-byte vector (8 bf16, 4 f32; `vec` 1) when the row width and stride are
+/// multiples of it and every pointer (0: unused) is 16-byte aligned, else one per element.
+fn launch_shape(
+    dt: Dtype,
+    act: Act,
+    rows: usize,
+    hidden: usize,
+    ld: usize,
+    ptrs: &[DevPtr],
+) -> ((u32, u32, u32), [i32; 5]) {
     let per = 16 / dt.bytes();
     let aligned = ptrs.iter().all(|&p| p % 16 == 0);
-    if hidden.is_multiple_of(per) && ld.is_multiple_of(per) && aligned {
+    let per = if hidden.is_multiple_of(per) && ld.is_multiple_of(per) && aligned {
         per
     } else {
         1
-    }
+    };
+    let args = [
+        int(rows),
+        int(hidden),
+        int(ld),
+        act as i32,
+        i32::from(per > 1),
+    ];
+    (grid(rows * hidden / per, BLOCK), args)
 }
 
 impl Kernels {
