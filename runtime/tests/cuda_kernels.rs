@@ -11,7 +11,7 @@
 //! Without a CUDA driver or device every test prints "skipping: no CUDA device" and passes.
 
 use modelspec_runtime::cuda::{
-    Act, AttnShape, Dtype, DtypeExt, Gpu, GpuBuf, Kernels, NormKind, RowMajorGemm,
+    Act, AttnShape, Dtype, DtypeExt, Gpu, GpuBuf, Kernels, NormKind, ReduceScratch, RowMajorGemm,
 };
 use modelspec_runtime::ops::attention::alibi_slopes;
 use std::sync::Arc;
@@ -203,6 +203,7 @@ fn norm_forward_backward_matches_f64() {
             let mean = gpu.zeros::<f32>(n).unwrap();
             let dw = gpu.zeros::<f32>(c).unwrap();
             let db = gpu.zeros::<f32>(c).unwrap();
+            let scratch = gpu.zeros::<u8>(ReduceScratch::bytes_for(c)).unwrap();
             let is_layer = kind == NormKind::Layer;
             let (wp, bp) = if affine {
                 (w.ptr(), if is_layer { bias.ptr() } else { 0 })
@@ -254,6 +255,7 @@ fn norm_forward_backward_matches_f64() {
                 mean.ptr(),
                 n,
                 c,
+                ReduceScratch::new(scratch.ptr(), ReduceScratch::bytes_for(c)),
             )
             .unwrap();
             let (mut ry, mut rr, mut rdx, mut rdw, mut rdb) = (

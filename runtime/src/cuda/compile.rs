@@ -10,6 +10,7 @@ use std::path::PathBuf;
 
 const COMMON: &str = include_str!("kernels/common.cuh");
 const NORM: &str = crate::ops::norm::cuda::SOURCE;
+const REDUCE: &str = super::reduce::SOURCE;
 const POINTWISE: &str = include_str!("kernels/pointwise.cu");
 const ACTIVATION: &str = crate::ops::activation::cuda::SOURCE;
 const ROPE: &str = crate::ops::rope::cuda::SOURCE;
@@ -46,6 +47,7 @@ impl KernelSource {
         for part in [
             COMMON,
             NORM,
+            REDUCE,
             POINTWISE,
             ACTIVATION,
             ROPE,

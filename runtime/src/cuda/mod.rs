@@ -40,6 +40,7 @@ pub(crate) mod launch;
 pub(crate) mod layer;
 pub mod moe;
 pub mod ops;
+pub mod reduce;
 pub mod rope;
 pub mod train;
 
@@ -48,4 +49,5 @@ pub use error::CudaError;
 pub use gemm::{Gemm, RowMajorGemm};
 pub use gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf, device_count, libraries_present, probe};
 pub use ops::{Act, AttnShape, Kernels, NormKind};
+pub use reduce::ReduceScratch;
 pub use train::{GpuTrainer, LayerSaves};

@@ -54,6 +54,7 @@ impl Step<'_> {
             mean,
             n,
             c,
+            self.buf.reduce,
         )
     }
 
@@ -348,6 +349,7 @@ impl Step<'_> {
                 part.mean,
                 part.rows,
                 part.w,
+                bf.reduce,
             )?;
             k.copy2d(dt, at, l.width, bf.qk_b, part.cols, n, part.cols)?;
         }

@@ -75,7 +75,8 @@ impl Step<'_> {
             )?;
             self.mm_grad(vp, c, rows, bf.logits, vp, x, c, dhead, 1.0)?;
             if head_bias != 0 {
-                k.colsum(dt, self.p.g("lm_head.bias"), bf.logits, rows, vp)?;
+                let db = self.p.g("lm_head.bias");
+                k.colsum(dt, db, bf.logits, rows, vp, vp, bf.reduce)?;
             }
             r0 += rows;
         }

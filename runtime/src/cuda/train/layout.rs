@@ -3,6 +3,7 @@
 //! the scratch the backward and the head use (the largest over all layers).
 
 use super::super::gpu::DevPtr;
+use super::super::reduce::ReduceScratch;
 use super::config::{FfnCfg, LayerCfg};
 use super::saves::{GROUPS, LayerSaves};
 
@@ -111,6 +112,9 @@ pub(super) struct Layout {
     pub moe_scratch: DevPtr,
     /// f32 scalar: the MoE aux loss of the step (with its coefficient).
     pub aux: DevPtr,
+    /// The column reductions' partial sums (bias and norm gradients), sized for the widest
+    /// reduction of the step (the classifier's padded vocabulary, at most).
+    pub reduce: ReduceScratch,
     /// Bytes kept from forward to backward by the layers (their inputs and saved buffers).
     pub saved_bytes: usize,
     /// Bytes of the shared buffers that recomputed tensors go to.
@@ -293,6 +297,8 @@ pub(super) fn layout(
     };
     let moe_scratch = take(moe_scratch_bytes);
     let aux = take(4);
+    let reduce_bytes = ReduceScratch::bytes_for(c.max(width).max(hw).max(qd).max(s.vp));
+    let reduce = ReduceScratch::new(take(reduce_bytes), reduce_bytes);
     Layout {
         layers,
         resid_final,
@@ -316,6 +322,7 @@ pub(super) fn layout(
         qk_b,
         moe_scratch,
         aux,
+        reduce,
         saved_bytes,
         recompute_bytes,
         total_bytes: b.used(),
@@ -392,6 +399,18 @@ mod tests {
         // Layers own buffers of their own widths: layer 1's MLP (gelu 400) is the widest.
         assert_eq!(cfg[1].mlp_widths(), (400, 400));
         assert!(lay.layers[2].ln2 != 0 && lay.layers[3].ln2 != 0);
+    }
+
+    #[test]
+    fn reduction_scratch_serves_the_widest_reduction() {
+        let (cfg, s, lay) = setup(&[]);
+        let widest = cfg
+            .iter()
+            .map(|l| l.width.max(l.mlp_widths().1).max(l.qd))
+            .fold(s.vp.max(s.c), usize::max);
+        assert!(lay.reduce.bytes >= ReduceScratch::bytes_for(widest));
+        assert!(lay.reduce.ptr >= (1 << 20) + lay.saved_bytes as u64);
+        assert!(lay.reduce.ptr + lay.reduce.bytes as u64 <= (1 << 20) + lay.total_bytes as u64);
     }
 
     #[test]

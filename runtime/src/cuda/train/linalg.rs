@@ -84,7 +84,8 @@ impl Step<'_> {
     /// `out[c] += column sums of x [rows = n, c]` when `out` is not 0 (bias gradients).
     pub(super) fn colsum(&self, out: DevPtr, x: DevPtr, width: usize) -> Result<()> {
         if out != 0 {
-            self.k.colsum(self.dt, out, x, self.s.n, width)
+            self.k
+                .colsum(self.dt, out, x, self.s.n, width, width, self.buf.reduce)
         } else {
             Ok(())
         }

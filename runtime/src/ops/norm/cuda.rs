@@ -1,11 +1,12 @@
 //! The norm's CUDA side: the launchers of `norm.cu` (RMSNorm / LayerNorm fused with the residual
-//! add, forward, backward, the weight gradients, and the column sum the bias gradients use), as
-//! methods of [`Kernels`], and the kernel source that [`crate::cuda::compile`] puts in the library.
+//! add, forward and backward), the weight gradients and the column sum the bias gradients use
+//! (both through [`crate::cuda::reduce`]), as methods of [`Kernels`], and the kernel source that
+//! [`crate::cuda::compile`] puts in the library.
 
 use crate::cuda::Kernels;
 use crate::cuda::error::Result;
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
-use crate::cuda::launch::blocks;
+use crate::cuda::reduce::{self, ReduceScratch};
 use crate::cuda_args;
 use modelspec_dsl::ir::NormKind;
 
@@ -70,7 +71,10 @@ impl Kernels {
         )
     }
 
-    /// `norm_dw_{dtype}`: accumulates (+=) the f32 weight and bias gradients (either may be 0).
+    /// The norm's weight and bias gradients: `dw[j] += Σ_n dy * xhat`, `db[j] += Σ_n dy` over
+    /// `rows` rows of `c` (f32; either may be 0), `xhat` from the saved (r, rstd, mean). A
+    /// deterministic two-stage column reduction ([`crate::cuda::reduce`]) whose partial sums go to
+    /// `scratch` ([`ReduceScratch::bytes_for`]`(c)` bytes serve any row count).
     #[allow(clippy::too_many_arguments)]
     pub fn norm_dw(
         &self,
@@ -84,30 +88,38 @@ impl Kernels {
         mean: DevPtr,
         rows: usize,
         c: usize,
+        scratch: ReduceScratch,
     ) -> Result<()> {
-        let (n_, c_, is_layer) = (rows as i32, c as i32, (kind == NormKind::Layer) as i32);
-        let name = format!("norm_dw_{}", dt.suffix());
-        let splits = (rows.div_ceil(8 * 64)).clamp(1, 256) as u32;
-        self.go(
-            &name,
-            (blocks(c, 32), splits, 1),
-            (32, 8, 1),
-            0,
-            &mut cuda_args![dw, db, dy, r, rstd, mean, n_, c_, is_layer],
+        let mean = if kind == NormKind::Layer { mean } else { 0 };
+        reduce::norm_dw(
+            self.launcher(),
+            dt,
+            dw,
+            db,
+            dy,
+            r,
+            rstd,
+            mean,
+            rows,
+            c,
+            scratch,
         )
     }
 
-    /// `colsum_{dtype}`: `out[c] +=` the sum over rows of x (bias gradients), out f32.
-    pub fn colsum(&self, dt: Dtype, out: DevPtr, x: DevPtr, rows: usize, c: usize) -> Result<()> {
-        let (n_, c_) = (rows as i32, c as i32);
-        let name = format!("colsum_{}", dt.suffix());
-        let splits = (rows.div_ceil(8 * 64)).clamp(1, 256) as u32;
-        self.go(
-            &name,
-            (blocks(c, 32), splits, 1),
-            (32, 8, 1),
-            0,
-            &mut cuda_args![out, x, n_, c_],
-        )
+    /// `out[j] +=` the sum over `rows` rows of the first `c` columns of x `[rows, ld]` (bias
+    /// gradients), out f32 (nothing when `out` is 0): the deterministic two-stage column
+    /// reduction of [`Kernels::norm_dw`], partial sums in `scratch`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn colsum(
+        &self,
+        dt: Dtype,
+        out: DevPtr,
+        x: DevPtr,
+        rows: usize,
+        c: usize,
+        ld: usize,
+        scratch: ReduceScratch,
+    ) -> Result<()> {
+        reduce::colsum(self.launcher(), dt, out, x, rows, c, ld, scratch)
     }
 }

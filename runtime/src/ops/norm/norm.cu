@@ -208,7 +208,8 @@ __device__ void norm_fwd(T* y, T* r_out, float* rstd_out, float* mean_out, const
 //   Layer: dx = rstd * (g - mean(g) - xhat * mean(g * xhat))
 // `dres` (nullable) is the gradient already flowing along the residual stream; it is added, so
 // dx is the full gradient of the residual input. Weight/bias grads are a separate column
-// reduction (norm_dw_{dtype}). Launch: grid N, block 256. Traffic: reads r, dy twice, writes dx.
+// reduction (`cuda/kernels/reduce.cu`). Launch: grid N, block 256. Traffic: reads r, dy twice,
+// writes dx.
 template <typename T, int CT>
 __device__ void norm_bwd(T* dx, const T* dy, const T* r, const T* w, const float* rstd,
                          const float* mean, const T* dres, int C_, float offset, int is_layer) {
@@ -235,54 +236,6 @@ __device__ void norm_bwd(T* dx, const T* dy, const T* r, const T* w, const float
     }
 }
 
-// norm_dw_{dtype}: dw[c] += sum_n dy[n,c] * xhat[n,c]; db[c] += sum_n dy[n,c] (db nullable).
-// Launch: grid (ceil(C/32), splits), block (32, 8): coalesced reads along c, a shared-memory
-// reduction over the 8 row lanes, then one f32 atomicAdd per column per block.
-// Traffic: reads r and dy once.
-template <typename T>
-__device__ void norm_dw(float* dw, float* db, const T* dy, const T* r, const float* rstd,
-                        const float* mean, int N, int C, int is_layer) {
-    __shared__ float sw[8][33];
-    __shared__ float sb[8][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
-    float aw = 0.f, ab = 0.f;
-    if (c < C) {
-        for (int n = blockIdx.y * 8 + threadIdx.y; n < N; n += gridDim.y * 8) {
-            float g = lf(dy + (size_t)n * C + c);
-            float xhat = (lf(r + (size_t)n * C + c) - (is_layer ? mean[n] : 0.f)) * rstd[n];
-            aw += g * xhat;
-            ab += g;
-        }
-    }
-    sw[threadIdx.y][threadIdx.x] = aw;
-    sb[threadIdx.y][threadIdx.x] = ab;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        for (int i = 1; i < 8; i++) {
-            aw += sw[i][threadIdx.x];
-            ab += sb[i][threadIdx.x];
-        }
-        if (dw) atomicAdd(dw + c, aw);
-        if (db) atomicAdd(db + c, ab);
-    }
-}
-
-// colsum_{dtype}: out[c] += sum_n x[n,c] (f32): bias gradients. Launch as norm_dw.
-template <typename T>
-__device__ void colsum(float* out, const T* x, int N, int C) {
-    __shared__ float s[8][33];
-    int c = blockIdx.x * 32 + threadIdx.x;
-    float a = 0.f;
-    if (c < C)
-        for (int n = blockIdx.y * 8 + threadIdx.y; n < N; n += gridDim.y * 8) a += lf(x + (size_t)n * C + c);
-    s[threadIdx.y][threadIdx.x] = a;
-    __syncthreads();
-    if (threadIdx.y == 0 && c < C) {
-        for (int i = 1; i < 8; i++) a += s[i][threadIdx.x];
-        atomicAdd(out + c, a);
-    }
-}
-
 #define NORM_INSTANTIATE(SUF, T)                                                                     \
     extern "C" __global__ void norm_fwd_##SUF(T* y, T* r_out, float* rstd, float* mean, const T* x,  \
                                               const T* res, const T* w, const T* b, int C, float eps, \
@@ -303,14 +256,6 @@ __device__ void colsum(float* out, const T* x, int N, int C) {
             norm_bwd<T, MS_D_MODEL>(dx, dy, r, w, rstd, mean, dres, C, offset, is_layer);            \
         else                                                                                         \
             norm_bwd<T, 0>(dx, dy, r, w, rstd, mean, dres, C, offset, is_layer);                     \
-    }                                                                                                \
-    extern "C" __global__ void norm_dw_##SUF(float* dw, float* db, const T* dy, const T* r,          \
-                                             const float* rstd, const float* mean, int N, int C,     \
-                                             int is_layer) {                                         \
-        norm_dw<T>(dw, db, dy, r, rstd, mean, N, C, is_layer);                                      \
-    }                                                                                                \
-    extern "C" __global__ void colsum_##SUF(float* out, const T* x, int N, int C) {                  \
-        colsum<T>(out, x, N, C);                                                                     \
     }
 NORM_INSTANTIATE(f32, float)
 NORM_INSTANTIATE(bf16, bf16)
