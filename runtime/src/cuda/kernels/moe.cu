@@ -8,7 +8,8 @@
 // storage type T of activations; compute is f32 everywhere.
 //
 // The CPU reference is runtime/src/ops/moe.rs: same top-k order (descending, ties to the lower
-// expert index), same softmax, same renormalisation, same load-balancing loss.
+// expert index), same softmax and sigmoid scores, same correction bias and expert groups, same
+// renormalisation and routed scaling, same input-side weighting, same load-balancing loss.
 
 #define MOE_MAX_EXPERTS 256
 #define MOE_MAX_TOPK 8
@@ -29,8 +30,10 @@ __device__ __forceinline__ void moe_warp_argmax(float& v, int& i) {
 }
 
 // One row's values x[j] (j = lane + 32 t) held in registers; picks the k largest, descending,
-// ties to the lower index; returns the picks in idx[0..k) (the same in every lane).
-__device__ __forceinline__ void moe_topk(const float* x, int E, int K, int* idx) {
+// ties to the lower index; writes the picks to idx[0..k) (the same in every lane; idx may be
+// null, and K is then not limited to MOE_MAX_TOPK) and returns this lane's picked bits (bit t:
+// x[lane + 32 t] picked).
+__device__ __forceinline__ unsigned moe_topk(const float* x, int E, int K, int* idx) {
     int lane = threadIdx.x & 31;
     unsigned taken = 0;  // bit t: x[lane + 32 t] already picked
     for (int s = 0; s < K; s++) {
@@ -46,9 +49,60 @@ __device__ __forceinline__ void moe_topk(const float* x, int E, int K, int* idx)
         }
         moe_warp_argmax(bv, bi);
         if (bi >= E) bi = 0;  // only when every remaining value is NaN
-        idx[s] = bi;
+        if (idx) idx[s] = bi;
         if ((bi & 31) == lane) taken |= 1u << (bi >> 5);
     }
+    return taken;
+}
+
+__device__ __forceinline__ float moe_sigmoid(float x) { return 1.f / (1.f + __expf(-x)); }
+
+// Group-limited routing (DeepSeek-V3's n_group / topk_group): the E experts form G groups of E / G
+// consecutive experts; a group scores the sum of its two largest values of c (its one value when
+// groups have one expert) and the TG best groups are kept, ties to the lower group, as the CPU's
+// sigmoid_choice. Returns this lane's bits of the experts in kept groups (bit t: expert
+// lane + 32 t). Costs G warp reductions per row.
+__device__ __forceinline__ unsigned moe_group_keep(const float* c, int E, int G, int TG) {
+    int lane = threadIdx.x & 31;
+    int size = E / G;
+    float gs[MOE_PER_LANE];  // group g's score, held by lane g % 32 in register g / 32
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++) gs[t] = NEG_INF;
+    for (int g = 0; g < G; g++) {
+        float b1 = NEG_INF, b2 = NEG_INF;
+#pragma unroll
+        for (int t = 0; t < MOE_PER_LANE; t++) {
+            int j = lane + 32 * t;
+            if (j < E && j / size == g) {
+                if (c[t] > b1) {
+                    b2 = b1;
+                    b1 = c[t];
+                } else if (c[t] > b2) {
+                    b2 = c[t];
+                }
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            float o1 = __shfl_xor_sync(0xffffffffu, b1, o);
+            float o2 = __shfl_xor_sync(0xffffffffu, b2, o);
+            float hi = fmaxf(b1, o1);
+            b2 = fmaxf(fminf(b1, o1), fmaxf(b2, o2));
+            b1 = hi;
+        }
+        float score = size > 1 ? b1 + b2 : b1;
+#pragma unroll
+        for (int t = 0; t < MOE_PER_LANE; t++)
+            if ((g & 31) == lane && (g >> 5) == t) gs[t] = score;
+    }
+    unsigned kept_groups = moe_topk(gs, G, TG, nullptr);
+    unsigned keep = 0;
+#pragma unroll
+    for (int t = 0; t < MOE_PER_LANE; t++) {
+        int g = min((lane + 32 * t) / size, G - 1);
+        unsigned bits = __shfl_sync(0xffffffffu, kept_groups, g & 31);
+        if ((bits >> (g >> 5)) & 1u) keep |= 1u << t;
+    }
+    return keep;
 }
 
 // The value of x[j] (held by lane j % 32 in register j / 32), broadcast to the whole warp. Every
@@ -80,14 +134,21 @@ __device__ __forceinline__ void moe_softmax(const float* x, float* p, int E) {
     for (int t = 0; t < MOE_PER_LANE; t++) p[t] *= inv;
 }
 
-// moe_route: the router for one row per warp. order 0 = softmax then top-k (optionally
-// renormalised to sum 1), 1 = top-k of the logits then softmax over the k picked.
+// moe_route_{dtype}: the router for one row per warp (the CPU's route_with). order 0 = softmax then
+// top-k (optionally renormalised to sum 1), 1 = top-k of the logits then softmax over the k picked,
+// 2 = sigmoid scores s = sigmoid(l), the k best chosen on s + corr (the correction bias, when
+// given; else on l) within the TG best of G groups (when G > 1), weights the chosen s
+// (renormalised: s / (sum s + 1e-20)). Every order then multiplies the weights by `scale`.
+// With a router bias `rbias` (T, [E]), the logits are x Wr^T + rbias: it is added here and the
+// biased logits written back, so that backward and the aux loss read them.
 // Writes expert[N*K] (int) and weight[N*K] (f32) in top-k order and, when `probs` is given, the
-// full softmax probs[N, E] (the aux loss's statistics read them).
+// full softmax probs[N, E] (the aux loss's statistics read them, whatever the order).
 // Launch: grid ceil(N / 4), block 128 (4 warps, one row each). Traffic: reads logits [N, E] f32
-// once, writes 2 x N*K words (+ N*E f32 with probs).
-extern "C" __global__ void moe_route(const float* logits, int N, int E, int K, int order, int renorm,
-                                     int* expert, float* weight, float* probs) {
+// once (and writes them with a router bias), writes 2 x N*K words (+ N*E f32 with probs).
+template <typename T>
+__device__ void moe_route(float* logits, const T* rbias, const T* corr, int N, int E, int K, int order,
+                          int renorm, float scale, int G, int TG, int* expert, float* weight,
+                          float* probs) {
     int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (n >= N) return;
@@ -96,6 +157,10 @@ extern "C" __global__ void moe_route(const float* logits, int N, int E, int K, i
     for (int t = 0; t < MOE_PER_LANE; t++) {
         int j = lane + 32 * t;
         x[t] = j < E ? logits[(size_t)n * E + j] : NEG_INF;
+        if (rbias && j < E) {
+            x[t] += lf(rbias + j);
+            logits[(size_t)n * E + j] = x[t];
+        }
     }
     int idx[MOE_MAX_TOPK];
     float w[MOE_MAX_TOPK];
@@ -109,7 +174,7 @@ extern "C" __global__ void moe_route(const float* logits, int N, int E, int K, i
         }
         if (renorm)
             for (int s = 0; s < K; s++) w[s] = w[s] / sum;
-    } else {
+    } else if (order == 1) {
         moe_topk(x, E, K, idx);
         float mx = NEG_INF;
         for (int s = 0; s < K; s++) {
@@ -123,7 +188,31 @@ extern "C" __global__ void moe_route(const float* logits, int N, int E, int K, i
         }
         float inv = 1.f / sum;
         for (int s = 0; s < K; s++) w[s] *= inv;
+    } else {
+        float sg[MOE_PER_LANE], c[MOE_PER_LANE];
+#pragma unroll
+        for (int t = 0; t < MOE_PER_LANE; t++) {
+            int j = lane + 32 * t;
+            sg[t] = j < E ? moe_sigmoid(x[t]) : 0.f;
+            c[t] = j < E ? (corr ? sg[t] + lf(corr + j) : x[t]) : NEG_INF;
+        }
+        if (G > 1) {
+            unsigned keep = moe_group_keep(c, E, G, TG);
+#pragma unroll
+            for (int t = 0; t < MOE_PER_LANE; t++)
+                if (!((keep >> t) & 1u)) c[t] = NEG_INF;
+        }
+        moe_topk(c, E, K, idx);
+        float sum = 0.f;
+        for (int s = 0; s < K; s++) {
+            w[s] = moe_lane_value(sg, idx[s]);
+            sum += w[s];
+        }
+        sum += 1e-20f;
+        if (renorm)
+            for (int s = 0; s < K; s++) w[s] = w[s] / sum;
     }
+    for (int s = 0; s < K; s++) w[s] *= scale;
     if (lane < K) {
         float v = 0.f;
         int e = 0;
@@ -252,13 +341,35 @@ extern "C" __global__ void moe_aux_loss(const float* stats, int layers, int E, f
 }
 
 // moe_gather_{dtype}: xin[row[slot], :] = x[slot / K, :] (each token copied to its K dispatched
-// rows). Launch: grid S, block 128. Traffic: reads N*K*D and writes N*K*D elements.
+// rows), or weight[slot] * x[slot / K, :] when `weight` is given (the router weights on the
+// experts' inputs, Llama 4: the CPU's gather_weighted). Launch: grid S, block 128. Traffic: reads
+// N*K*D and writes N*K*D elements.
 template <typename T>
-__device__ void moe_gather(T* xin, const T* x, const int* row, int K, int D) {
+__device__ void moe_gather(T* xin, const T* x, const int* row, const float* weight, int K, int D) {
     size_t slot = blockIdx.x;
     const T* src = x + (slot / K) * D;
     T* dst = xin + (size_t)row[slot] * D;
-    for (int c = threadIdx.x; c < D; c += blockDim.x) dst[c] = src[c];
+    if (weight) {
+        float w = weight[slot];
+        for (int c = threadIdx.x; c < D; c += blockDim.x) sf(dst + c, w * lf(src + c));
+    } else {
+        for (int c = threadIdx.x; c < D; c += blockDim.x) dst[c] = src[c];
+    }
+}
+
+// moe_dweight_in_{dtype}: the router weights' gradient when they scale the experts' inputs:
+// dweight[slot] = dxin[row[slot], :] . x[slot / K, :] (f32, fixed-order block reduction; written),
+// the CPU's gather_weighted_backward. Launch: grid S, block 128. Traffic: reads 2 x N*K*D elements.
+template <typename T>
+__device__ void moe_dweight_in(float* dweight, const T* dxin, const T* x, const int* row, int K, int D) {
+    __shared__ float scratch[32];
+    size_t slot = blockIdx.x;
+    const T* a = dxin + (size_t)row[slot] * D;
+    const T* b = x + (slot / K) * D;
+    float acc = 0.f;
+    for (int c = threadIdx.x; c < D; c += blockDim.x) acc += lf(a + c) * lf(b + c);
+    acc = block_sum(acc, scratch);
+    if (threadIdx.x == 0) dweight[slot] = acc;
 }
 
 // moe_rowdot_{dtype}: out[n] = x[n, :] . w (f32): the shared experts' gate logit.
@@ -274,7 +385,7 @@ __device__ void moe_rowdot(float* out, const T* x, const T* w, int D) {
 }
 
 // moe_combine_{dtype}: out[n, :] = sum_s weight[n, s] * eo[row[n, s], :] (s in top-k order, no
-// atomics), then + g * so[n, :] with g = sigmoid(glogit[n]) (or 1 without a gate) when the
+// atomics; weight 1 when `weight` is null: the weights went on the inputs), then + g * so[n, :] with g = sigmoid(glogit[n]) (or 1 without a gate) when the
 // shared experts' output `so` is given.
 // Launch: grid N, block 256. Traffic: reads K + 1 rows of D per token, writes one.
 template <typename T>
@@ -285,7 +396,7 @@ __device__ void moe_combine(T* out, const T* eo, const float* weight, const int*
     for (int c = threadIdx.x; c < D; c += blockDim.x) {
         float acc = 0.f;
         for (int s = 0; s < K; s++)
-            acc += weight[n * K + s] * lf(eo + (size_t)row[n * K + s] * D + c);
+            acc += (weight ? weight[n * K + s] : 1.f) * lf(eo + (size_t)row[n * K + s] * D + c);
         if (so) acc += g * lf(so + n * D + c);
         sf(out + n * D + c, acc);
     }
@@ -294,7 +405,7 @@ __device__ void moe_combine(T* out, const T* eo, const float* weight, const int*
 // moe_combine_bwd_{dtype}: backward of moe_combine for token n:
 //   dweight[n, s] = dout[n, :] . eo[row[n, s], :]      (f32, fixed-order block reduction)
 //   deo[row[n, s], :] = weight[n, s] * dout[n, :]      (each dispatched row written once)
-// and with the shared gate: dglogit[n] = (dout[n, :] . so[n, :]) * g (1 - g), dso[n, :] =
+// (weight 1 when null; no dweight when it is null) and with the shared gate: dglogit[n] = (dout[n, :] . so[n, :]) * g (1 - g), dso[n, :] =
 // g * dout[n, :]. Launch: grid N, block 256. Traffic: reads dout and K (+1) rows of eo (so),
 // writes K (+1) rows of D.
 template <typename T>
@@ -306,15 +417,17 @@ __device__ void moe_combine_bwd(float* dweight, T* deo, const T* dout, const T* 
     const T* dy = dout + n * D;
     for (int s = 0; s < K; s++) {
         size_t r = row[n * K + s];
-        float w = weight[n * K + s];
+        float w = weight ? weight[n * K + s] : 1.f;
         float acc = 0.f;
         for (int c = threadIdx.x; c < D; c += blockDim.x) {
             float d = lf(dy + c);
-            acc += d * lf(eo + r * D + c);
+            if (dweight) acc += d * lf(eo + r * D + c);
             sf(deo + r * D + c, w * d);
         }
-        acc = block_sum(acc, scratch);
-        if (threadIdx.x == 0) dweight[n * K + s] = acc;
+        if (dweight) {
+            acc = block_sum(acc, scratch);
+            if (threadIdx.x == 0) dweight[n * K + s] = acc;
+        }
     }
     if (dso) {
         float g = 1.f / (1.f + __expf(-glogit[n]));
@@ -330,17 +443,21 @@ __device__ void moe_combine_bwd(float* dweight, T* deo, const T* dout, const T* 
 }
 
 // moe_route_bwd_{dtype}: d logits of one row per warp (the CPU's route_backward), from the
-// gradient of the routing weights dweight[n, :] and, when `stats` is given, the aux loss's
-// gradient on every softmax probability, aux_scale * stats[e] (= coef * E * count_e / M^2, stats
-// holding the run's per-expert counts):
+// gradient of the routing weights dweight[n, :], first multiplied by `scale` (the routed scaling
+// factor), and, when `stats` is given, the aux loss's gradient on every softmax probability,
+// aux_scale * stats[e] (= coef * E * count_e / M^2, stats holding the run's per-expert counts):
 //   softmax->top-k: dp[i_s] = dw_s (renormalised: (dw_s - sum_t dw_t w_t) / sum_t p[i_t]),
-//   top-k->softmax: dl[i_s] = w_s (dw_s - sum_t w_t dw_t) directly;
-//   then dl[j] += p_j (dp_j - sum_i p_i dp_i). Written (not accumulated) to dlogits [N, E].
+//   top-k->softmax: dl[i_s] = w_s (dw_s - sum_t w_t dw_t) directly (w recomputed, unscaled);
+//   then dl[j] += p_j (dp_j - sum_i p_i dp_i);
+//   sigmoid: ds_s = dw_s (renormalised: (dw_s - sum_t dw_t s_t / S) / S, S = sum_t s_t + 1e-20),
+//   dl[i_s] = ds_s s_s (1 - s_s) and nothing else: the choice (correction bias, groups) passes no
+//   gradient, and neither does the aux loss, exactly as the CPU.
+// Written (not accumulated) to dlogits [N, E].
 // Launch: grid ceil(N / 4), block 128 (4 warps). Traffic: reads logits [N, E] f32, writes dlogits.
 template <typename T>
-__device__ void moe_route_bwd(T* dlogits, const float* logits, const int* expert, const float* weight,
-                              const float* dweight, const float* stats, float aux_scale, int N, int E,
-                              int K, int order, int renorm) {
+__device__ void moe_route_bwd(T* dlogits, const float* logits, const int* expert, const float* dweight,
+                              const float* stats, float aux_scale, float scale, int N, int E, int K,
+                              int order, int renorm) {
     int n = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     int lane = threadIdx.x & 31;
     if (n >= N) return;
@@ -350,13 +467,37 @@ __device__ void moe_route_bwd(T* dlogits, const float* logits, const int* expert
     for (int t = 0; t < MOE_PER_LANE; t++) {
         int j = lane + 32 * t;
         x[t] = j < E ? l[j] : NEG_INF;
-        dp[t] = stats && j < E ? aux_scale * stats[j] : 0.f;
+        dp[t] = stats && order != 2 && j < E ? aux_scale * stats[j] : 0.f;
         dl[t] = 0.f;
     }
-    moe_softmax(x, p, E);
     const int* idx = expert + (size_t)n * K;
-    const float* dw = dweight + (size_t)n * K;
-    const float* w = weight + (size_t)n * K;
+    float dw[MOE_MAX_TOPK];
+    for (int s = 0; s < K; s++) dw[s] = dweight[(size_t)n * K + s] * scale;
+    if (order == 2) {
+        float sv[MOE_MAX_TOPK];
+        float sum = 0.f;
+        for (int s = 0; s < K; s++) {
+            sv[s] = moe_sigmoid(moe_lane_value(x, idx[s]));
+            sum += sv[s];
+        }
+        sum += 1e-20f;
+        float dot = 0.f;
+        if (renorm)
+            for (int s = 0; s < K; s++) dot += dw[s] * sv[s] / sum;
+        for (int s = 0; s < K; s++) {
+            float ds = renorm ? (dw[s] - dot) / sum : dw[s];
+#pragma unroll
+            for (int t = 0; t < MOE_PER_LANE; t++)
+                if (idx[s] == lane + 32 * t) dl[t] += ds * sv[s] * (1.f - sv[s]);
+        }
+#pragma unroll
+        for (int t = 0; t < MOE_PER_LANE; t++) {
+            int j = lane + 32 * t;
+            if (j < E) sf(dlogits + (size_t)n * E + j, dl[t]);
+        }
+        return;
+    }
+    moe_softmax(x, p, E);
     if (order == 0) {
         // The picked probabilities, exactly as moe_route computed them.
         float psel[MOE_MAX_TOPK];
@@ -375,8 +516,24 @@ __device__ void moe_route_bwd(T* dlogits, const float* logits, const int* expert
                 if (idx[s] == lane + 32 * t) dp[t] += g;
         }
     } else {
+        // The softmax over the picked logits, exactly as moe_route computed it (before `scale`).
+        float w[MOE_MAX_TOPK];
+        float mx = NEG_INF;
+        for (int s = 0; s < K; s++) {
+            w[s] = moe_lane_value(x, idx[s]);
+            mx = fmaxf(mx, w[s]);
+        }
+        float sum = 0.f;
+        for (int s = 0; s < K; s++) {
+            w[s] = __expf(w[s] - mx);
+            sum += w[s];
+        }
+        float inv = 1.f / sum;
         float dot = 0.f;
-        for (int s = 0; s < K; s++) dot += w[s] * dw[s];
+        for (int s = 0; s < K; s++) {
+            w[s] *= inv;
+            dot += w[s] * dw[s];
+        }
         for (int s = 0; s < K; s++) {
 #pragma unroll
             for (int t = 0; t < MOE_PER_LANE; t++)
@@ -395,17 +552,19 @@ __device__ void moe_route_bwd(T* dlogits, const float* logits, const int* expert
 }
 
 // moe_dx_{dtype}: dx[n, :] = dxf[n, :] (f32, the router's and shared experts' part) +
-// sum_s dxin[row[n, s], :] (the routed experts' part, s in order) + dglogit[n] * wg (the shared
+// sum_s w[n, s] dxin[row[n, s], :] (the routed experts' part, s in order; w = weight when given:
+// the router weights scaled the inputs, else 1) + dglogit[n] * wg (the shared
 // gate's part, when given). Overwrites dx; no atomics.
 // Launch: grid N, block 256. Traffic: reads 1 f32 + K rows of D per token, writes one row.
 template <typename T>
-__device__ void moe_dx(T* dx, const float* dxf, const T* dxin, const int* row, int K, int D,
-                       const T* dglogit, const T* wg) {
+__device__ void moe_dx(T* dx, const float* dxf, const T* dxin, const int* row, const float* weight, int K,
+                       int D, const T* dglogit, const T* wg) {
     size_t n = blockIdx.x;
     float gl = dglogit ? lf(dglogit + n) : 0.f;
     for (int c = threadIdx.x; c < D; c += blockDim.x) {
         float acc = dxf ? dxf[n * D + c] : 0.f;
-        for (int s = 0; s < K; s++) acc += lf(dxin + (size_t)row[n * K + s] * D + c);
+        for (int s = 0; s < K; s++)
+            acc += (weight ? weight[n * K + s] : 1.f) * lf(dxin + (size_t)row[n * K + s] * D + c);
         if (dglogit) acc += gl * lf(wg + c);
         sf(dx + n * D + c, acc);
     }
@@ -424,8 +583,20 @@ __device__ void moe_colsum(float* out, const T* x, int rows, int C, int ld) {
 }
 
 #define MOE_INSTANTIATE(SUF, T)                                                                      \
-    extern "C" __global__ void moe_gather_##SUF(T* xin, const T* x, const int* row, int K, int D) {   \
-        moe_gather<T>(xin, x, row, K, D);                                                            \
+    extern "C" __global__ void moe_route_##SUF(float* logits, const T* rbias, const T* corr, int N,   \
+                                               int E, int K, int order, int renorm, float scale,     \
+                                               int G, int TG, int* expert, float* weight,            \
+                                               float* probs) {                                       \
+        moe_route<T>(logits, rbias, corr, N, E, K, order, renorm, scale, G, TG, expert, weight,      \
+                     probs);                                                                         \
+    }                                                                                                \
+    extern "C" __global__ void moe_gather_##SUF(T* xin, const T* x, const int* row,                  \
+                                                const float* weight, int K, int D) {                 \
+        moe_gather<T>(xin, x, row, weight, K, D);                                                    \
+    }                                                                                                \
+    extern "C" __global__ void moe_dweight_in_##SUF(float* dweight, const T* dxin, const T* x,       \
+                                                    const int* row, int K, int D) {                  \
+        moe_dweight_in<T>(dweight, dxin, x, row, K, D);                                              \
     }                                                                                                \
     extern "C" __global__ void moe_rowdot_##SUF(float* out, const T* x, const T* w, int D) {          \
         moe_rowdot<T>(out, x, w, D);                                                                 \
@@ -443,16 +614,16 @@ __device__ void moe_colsum(float* out, const T* x, int rows, int C, int ld) {
         moe_combine_bwd<T>(dweight, deo, dout, eo, weight, row, K, D, dso, dglogit, so, glogit);     \
     }                                                                                                \
     extern "C" __global__ void moe_route_bwd_##SUF(T* dlogits, const float* logits,                  \
-                                                   const int* expert, const float* weight,           \
-                                                   const float* dweight, const float* stats,         \
-                                                   float aux_scale, int N, int E, int K, int order,  \
-                                                   int renorm) {                                     \
-        moe_route_bwd<T>(dlogits, logits, expert, weight, dweight, stats, aux_scale, N, E, K, order, \
+                                                   const int* expert, const float* dweight,          \
+                                                   const float* stats, float aux_scale, float scale, \
+                                                   int N, int E, int K, int order, int renorm) {     \
+        moe_route_bwd<T>(dlogits, logits, expert, dweight, stats, aux_scale, scale, N, E, K, order,  \
                          renorm);                                                                    \
     }                                                                                                \
     extern "C" __global__ void moe_dx_##SUF(T* dx, const float* dxf, const T* dxin, const int* row,  \
-                                            int K, int D, const T* dglogit, const T* wg) {           \
-        moe_dx<T>(dx, dxf, dxin, row, K, D, dglogit, wg);                                            \
+                                            const float* weight, int K, int D, const T* dglogit,     \
+                                            const T* wg) {                                           \
+        moe_dx<T>(dx, dxf, dxin, row, weight, K, D, dglogit, wg);                                    \
     }                                                                                                \
     extern "C" __global__ void moe_colsum_##SUF(float* out, const T* x, int rows, int C, int ld) {   \
         moe_colsum<T>(out, x, rows, C, ld);                                                          \

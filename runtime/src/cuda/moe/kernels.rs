@@ -17,7 +17,8 @@ const MOE: &str = include_str!("../kernels/moe.cu");
 /// Every entry point of the MoE module that [`super::MoeLayer`] launches (the `{dtype}` ones in
 /// both f32 and bf16).
 pub const KERNEL_NAMES: &[&str] = &[
-    "moe_route",
+    "moe_route_f32",
+    "moe_route_bf16",
     "moe_rank",
     "moe_offsets",
     "moe_place",
@@ -25,6 +26,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_aux_loss",
     "moe_gather_f32",
     "moe_gather_bf16",
+    "moe_dweight_in_f32",
+    "moe_dweight_in_bf16",
     "moe_rowdot_f32",
     "moe_rowdot_bf16",
     "moe_combine_f32",
@@ -41,11 +44,34 @@ pub const KERNEL_NAMES: &[&str] = &[
     "act_fwd_bf16",
     "act_bwd_f32",
     "act_bwd_bf16",
+    "act_clamped_fwd_f32",
+    "act_clamped_fwd_bf16",
+    "act_clamped_bwd_f32",
+    "act_clamped_bwd_bf16",
 ];
 
 /// The CUDA C of the MoE module: `common.cuh`, `activation.cu` (the MLP activations) and `moe.cu`.
 pub fn kernel_source() -> KernelSource {
     module_source("moe", &[COMMON, ACTIVATION, MOE])
+}
+
+/// The router's configuration as the routing kernels take it (see `moe_route` in `moe.cu`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RouteCfg {
+    /// 0 softmax then top-k, 1 top-k then softmax, 2 sigmoid scores.
+    pub order: i32,
+    /// Renormalise the top-k weights (1) or not (0).
+    pub renorm: i32,
+    /// The routed scaling factor.
+    pub scale: f32,
+    /// Expert groups (0 or 1: routing is not group-limited).
+    pub groups: i32,
+    /// Groups a token may route into.
+    pub top_groups: i32,
+    /// The router bias `[experts]` in the compute dtype (0: none).
+    pub router_bias: DevPtr,
+    /// The sigmoid router's correction bias `[experts]` in the compute dtype (0: none).
+    pub correction: DevPtr,
 }
 
 /// Rows per block of the warp-per-row routing kernels.
@@ -85,26 +111,51 @@ impl MoeKernels {
         unsafe { self.launcher.launch(name, grid, (block, 1, 1), 0, args) }
     }
 
-    /// `moe_route`: expert/weight `[n * k]`, probs `[n, e]` (0: not written).
+    /// `moe_route_{dtype}`: expert/weight `[n * k]`, probs `[n, e]` (0: not written); the router
+    /// bias (0: none) is added to `logits` in place.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn route(
         &self,
+        dt: Dtype,
+        cfg: &RouteCfg,
         logits: DevPtr,
         n: usize,
         e: usize,
         k: usize,
-        order: i32,
-        renorm: i32,
         expert: DevPtr,
         weight: DevPtr,
         probs: DevPtr,
     ) -> Result<()> {
         let (n_, e_, k_) = (i(n), i(e), i(k));
+        let RouteCfg {
+            order,
+            renorm,
+            scale,
+            groups,
+            top_groups,
+            router_bias,
+            correction,
+        } = *cfg;
         self.go(
-            "moe_route",
+            &format!("moe_route_{}", dt.suffix()),
             grid(n, WARPS),
             32 * WARPS,
-            &mut cuda_args![logits, n_, e_, k_, order, renorm, expert, weight, probs],
+            &mut cuda_args![
+                logits,
+                router_bias,
+                correction,
+                n_,
+                e_,
+                k_,
+                order,
+                renorm,
+                scale,
+                groups,
+                top_groups,
+                expert,
+                weight,
+                probs
+            ],
         )
     }
 
@@ -181,7 +232,8 @@ impl MoeKernels {
         )
     }
 
-    /// `moe_gather_{dtype}`: expert_in rows from x.
+    /// `moe_gather_{dtype}`: expert_in rows from x, scaled by the routing weights when `weight`
+    /// is given (0: plain copies).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn gather(
         &self,
@@ -189,6 +241,7 @@ impl MoeKernels {
         expert_in: DevPtr,
         x: DevPtr,
         row: DevPtr,
+        weight: DevPtr,
         slots: usize,
         k: usize,
         d: usize,
@@ -198,7 +251,30 @@ impl MoeKernels {
             &format!("moe_gather_{}", dt.suffix()),
             (slots as u32, 1, 1),
             128,
-            &mut cuda_args![expert_in, x, row, k_, d_],
+            &mut cuda_args![expert_in, x, row, weight, k_, d_],
+        )
+    }
+
+    /// `moe_dweight_in_{dtype}`: d weight `[slots]` (written) of input-side weights, from the d
+    /// expert inputs and x.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn dweight_in(
+        &self,
+        dt: Dtype,
+        d_weight: DevPtr,
+        d_expert_in: DevPtr,
+        x: DevPtr,
+        row: DevPtr,
+        slots: usize,
+        k: usize,
+        d: usize,
+    ) -> Result<()> {
+        let (k_, d_) = (i(k), i(d));
+        self.go(
+            &format!("moe_dweight_in_{}", dt.suffix()),
+            (slots as u32, 1, 1),
+            128,
+            &mut cuda_args![d_weight, d_expert_in, x, row, k_, d_],
         )
     }
 
@@ -289,32 +365,31 @@ impl MoeKernels {
     pub(crate) fn route_bwd(
         &self,
         dt: Dtype,
+        cfg: &RouteCfg,
         d_logits: DevPtr,
         logits: DevPtr,
         expert: DevPtr,
-        weight: DevPtr,
         d_weight: DevPtr,
         stats: DevPtr,
         aux_scale: f32,
         n: usize,
         e: usize,
         k: usize,
-        order: i32,
-        renorm: i32,
     ) -> Result<()> {
         let (n_, e_, k_) = (i(n), i(e), i(k));
+        let (order, renorm, scale) = (cfg.order, cfg.renorm, cfg.scale);
         self.go(
             &format!("moe_route_bwd_{}", dt.suffix()),
             grid(n, WARPS),
             32 * WARPS,
             &mut cuda_args![
-                d_logits, logits, expert, weight, d_weight, stats, aux_scale, n_, e_, k_, order,
+                d_logits, logits, expert, d_weight, stats, aux_scale, scale, n_, e_, k_, order,
                 renorm
             ],
         )
     }
 
-    /// `moe_dx_{dtype}`.
+    /// `moe_dx_{dtype}` (`weight`: the routing weights when they scaled the inputs, else 0).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn dx(
         &self,
@@ -323,6 +398,7 @@ impl MoeKernels {
         dx_f32: DevPtr,
         d_expert_in: DevPtr,
         row: DevPtr,
+        weight: DevPtr,
         n: usize,
         k: usize,
         d: usize,
@@ -339,6 +415,7 @@ impl MoeKernels {
                 dx_f32,
                 d_expert_in,
                 row,
+                weight,
                 k_,
                 d_,
                 d_gate_logit,

@@ -3,29 +3,36 @@
 //!
 //! Forward of one layer (`x: [rows, d]`, the normed input):
 //! 1. router logits `x Wr^T` (cuBLASLt, f32 output even in bf16, so routing sees f32 logits);
-//! 2. `moe_route`: softmax→top-k (optionally renormalised) or top-k→softmax, per row, ties to the
-//!    lower expert index exactly as the CPU;
+//! 2. `moe_route`: adds the router bias (GPT-OSS) to the logits, then softmax→top-k (optionally
+//!    renormalised), top-k→softmax, or the sigmoid router (DeepSeek-V3, GLM-4.5, Llama 4: choice
+//!    on the scores plus the selection-only correction bias, within the best expert groups;
+//!    weights the scores, optionally renormalised), each weight times the routed scaling factor;
+//!    per row, ties to the lower expert index exactly as the CPU;
 //! 3. token permutation on the device: a stable counting sort of the `rows·k` slots by expert
 //!    (`moe_rank`, `moe_offsets`, `moe_place`), then `moe_gather` copies each token to its
-//!    dispatched rows. Expert `e` owns rows `start[e] .. start[e] + count[e]`, tokens in slot
+//!    dispatched rows (times its routing weight when the weights go on the inputs, Llama 4). Expert `e` owns rows `start[e] .. start[e] + count[e]`, tokens in slot
 //!    order as on the CPU; each block starts at a multiple of 8 rows so every GEMM operand is
 //!    16-byte aligned;
 //! 4. the experts: **one cuBLASLt GEMM per expert over its contiguous rows** (per projection;
 //!    gate and up as one `[2 hidden, d]` GEMM when the two weights, and biases, are adjacent in
-//!    memory), the activation over all dispatched rows in one launch, then the down projection per
+//!    memory; biases through the GEMM epilogue), the activation over all dispatched rows in one
+//!    launch (GPT-OSS's clamped SwiGLU where the spec has it), then the down projection per
 //!    expert. Sizing the per-expert GEMMs needs the per-expert counts on the host: this first
 //!    version reads them back once per layer (one 2·experts·4-byte copy and a stream
 //!    synchronisation in forward and again in backward). A device-side grouped GEMM would remove
 //!    that read. Each distinct count is a new cuBLASLt plan (cached in [`Gemm`]);
 //! 5. shared experts on all rows, their optional sigmoid gate `sigmoid(x · w_gate)`;
-//! 6. `moe_combine`: `out[n] = Σ_s w[n, s] · expert_out[row(n, s)] (+ gate · shared_out[n])`, each
-//!    output row summed by one block in slot order: no atomics, bit-reproducible.
+//! 6. `moe_combine`: `out[n] = Σ_s w[n, s] · expert_out[row(n, s)] (+ gate · shared_out[n])` (w 1
+//!    when the weights went on the inputs), each output row summed by one block in slot order: no
+//!    atomics, bit-reproducible.
 //!
-//! Backward runs every step's gradient: the combine (d weights and d expert outputs), the experts
-//! (down, activation, gate/up, with weight gradients accumulated in f32 by cuBLASLt with beta 1),
-//! the shared experts and their gate, the router through softmax/top-k (`moe_route_bwd`, the CPU's
-//! `route_backward` formula) and the aux loss's gradient, then `moe_dx` adds the dispatched rows'
-//! gradients back per token in slot order.
+//! Backward (`backward.rs`) runs every step's gradient: the combine (d weights and d expert
+//! outputs), the shared experts and their gate, the experts (down, activation, gate/up, with
+//! weight gradients accumulated in f32 by cuBLASLt with beta 1), the input-side weights'
+//! gradient (`moe_dweight_in`), the router through its softmax/top-k/sigmoid (`moe_route_bwd`, the
+//! CPU's `route_backward` formula) with the aux loss's gradient and the router bias's, then
+//! `moe_dx` adds the dispatched rows' gradients back per token in slot order. The correction bias
+//! is a buffer: it gets no gradient.
 //!
 //! The load-balancing loss is HF's `load_balancing_loss_func` over the router logits of *all* the
 //! spec's MoE layers with an aux loss, concatenated (as `ops/moe.rs` computes it): it is not a sum
@@ -35,6 +42,7 @@
 //! recomputed during backward changes nothing); the last such layer adds `coef · aux` to the
 //! `aux_loss` scalar, and backward sums the slots' counts for the loss's gradient.
 
+mod backward;
 mod kernels;
 mod layout;
 mod mlp;
@@ -42,16 +50,17 @@ mod mlp;
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 
-use modelspec_dsl::ir::{Ffn, ModelSpec, Moe, RouterOrder};
+use modelspec_dsl::ir::{Ffn, ModelSpec, Moe, RouterOrder, Weighting};
 
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gemm::Gemm;
 use crate::cuda::ops::{act_bwd, act_fwd};
 use crate::cuda::{Act, DevPtr, Dtype, Gpu, GpuBuf};
-use kernels::MoeKernels;
+use crate::ops::activation::cuda::{act_clamped_bwd, act_clamped_fwd};
 pub use kernels::{KERNEL_NAMES, kernel_source};
+use kernels::{MoeKernels, RouteCfg};
 use layout::{BwdLayout, Dims, FwdLayout, MAX_EXPERTS, MAX_TOP_K, SavedLayout, at};
-use mlp::{MlpParams, MlpRows, MlpShape, Mm, need};
+use mlp::{MlpRows, MlpShape, Mm, need};
 
 /// The load-balancing statistics shared by the MoE layers of one run: per layer with an aux
 /// loss, `[counts; prob sums]` (`2 · experts` f32), and the layers that write them.
@@ -160,6 +169,20 @@ impl MoeLayer {
         }
         if rows == 0 || rows * k > i32::MAX as usize / 2 {
             return Err(bad(layer, format!("{rows} rows")));
+        }
+        if let Some(g) = moe.groups
+            && (g.count == 0
+                || !moe.experts.is_multiple_of(g.count)
+                || g.top == 0
+                || g.top > g.count)
+        {
+            return Err(bad(
+                layer,
+                format!(
+                    "{} expert groups with {} kept for {e} experts: the groups must divide the experts and keep 1..=groups",
+                    g.count, g.top
+                ),
+            ));
         }
         let dims = Dims::new(&moe, spec.d_model as usize, rows, dt);
         let aux = if moe.aux_loss > 0.0 {
@@ -296,17 +319,28 @@ impl MoeLayer {
         Ok(())
     }
 
-    fn order(&self) -> (i32, i32) {
-        (
-            match self.moe.router {
+    /// The routing kernels' configuration, with the router's bias pointers from `w`.
+    fn route_cfg(&self, w: &dyn Fn(&str) -> DevPtr) -> Result<RouteCfg> {
+        let m = &self.moe;
+        let bias = |on: bool, name: &str| if on { need(w, self.layer, name) } else { Ok(0) };
+        Ok(RouteCfg {
+            order: match m.router {
                 RouterOrder::SoftmaxTopk => 0,
                 RouterOrder::TopkSoftmax => 1,
-                RouterOrder::SigmoidTopk => {
-                    unreachable!("the sigmoid router is refused by GpuTrainer::unsupported_feature")
-                }
+                RouterOrder::SigmoidTopk => 2,
             },
-            self.moe.renormalize as i32,
-        )
+            renorm: m.renormalize as i32,
+            scale: m.routed_scale as f32,
+            groups: m.groups.map_or(0, |g| g.count as i32),
+            top_groups: m.groups.map_or(0, |g| g.top as i32),
+            router_bias: bias(m.router_bias, "moe.router.bias")?,
+            correction: bias(m.correction_bias, "moe.router.correction_bias")?,
+        })
+    }
+
+    /// The router weights scale the experts' inputs (Llama 4), not their outputs.
+    fn input_weighted(&self) -> bool {
+        self.moe.weighting == Weighting::Input
     }
 
     fn expert_shape(&self) -> MlpShape {
@@ -324,6 +358,10 @@ impl MoeLayer {
     fn expert_act(&self, proj: DevPtr, act: DevPtr, used: usize) -> Result<()> {
         let (dt, hidden, ld) = (self.dt, self.dims.hidden, self.dims.halves.ld);
         let (gin, uin) = self.expert_shape().act_inputs(proj, dt);
+        let module = self.kernels.launcher();
+        if let Some(c) = &self.moe.clamp {
+            return act_clamped_fwd(module, dt, c, act, gin, uin, used, hidden, ld);
+        }
         let kind = Act::from(self.moe.expert.activation);
         act_fwd(
             self.kernels.launcher(),
@@ -336,6 +374,27 @@ impl MoeLayer {
             hidden,
             ld,
         )
+    }
+
+    /// Backward of [`MoeLayer::expert_act`]: the d projections `d_proj` (same layout as `proj`)
+    /// from the d activations of the first `used` rows.
+    fn expert_act_bwd(
+        &self,
+        d_proj: DevPtr,
+        d_act: DevPtr,
+        proj: DevPtr,
+        used: usize,
+    ) -> Result<()> {
+        let (dt, hidden, ld) = (self.dt, self.dims.hidden, self.dims.halves.ld);
+        let shape = self.expert_shape();
+        let (gin, uin) = shape.act_inputs(proj, dt);
+        let (dg, du) = shape.act_inputs(d_proj, dt);
+        let module = self.kernels.launcher();
+        if let Some(c) = &self.moe.clamp {
+            return act_clamped_bwd(module, dt, c, dg, du, d_act, gin, uin, used, hidden, ld);
+        }
+        let kind = Act::from(self.moe.expert.activation);
+        act_bwd(module, dt, kind, dg, du, d_act, gin, uin, used, hidden, ld)
     }
 
     fn shared_shape(&self) -> MlpShape {
@@ -432,9 +491,9 @@ impl MoeLayer {
         // 1. Router logits, f32.
         let wr = need(w, i, "moe.router.weight")?;
         mm.linear_f32(n, e, d, x, wr, sv(self.saved.logits))?;
-        // 2. Routing.
+        // 2. Routing (the router bias joins the logits there).
         let aux = self.aux.as_ref().filter(|_| aux_loss != 0);
-        let (order, renorm) = self.order();
+        let cfg = self.route_cfg(w)?;
         let probs = if aux.is_some() { fw(self.fwd.probs) } else { 0 };
         let (expert, weight, row) = (
             sv(self.saved.expert),
@@ -442,12 +501,12 @@ impl MoeLayer {
             sv(self.saved.row),
         );
         k.route(
+            dt,
+            &cfg,
             sv(self.saved.logits),
             n,
             e,
             topk,
-            order,
-            renorm,
             expert,
             weight,
             probs,
@@ -484,7 +543,12 @@ impl MoeLayer {
         let (start, count) = self.read_offsets(saved)?;
         let used = Self::used_rows(&start, &count);
         let expert_in = fw(self.fwd.expert_in);
-        k.gather(dt, expert_in, x, row, dims.slots, topk, d)?;
+        let (in_w, out_w) = if self.input_weighted() {
+            (weight, 0)
+        } else {
+            (0, weight)
+        };
+        k.gather(dt, expert_in, x, row, in_w, dims.slots, topk, d)?;
         // 4. Routed experts.
         let shape = self.expert_shape();
         let (proj, act, eo) = (
@@ -555,195 +619,6 @@ impl MoeLayer {
             }
         }
         // 6. Combine.
-        k.combine(dt, out, eo, weight, row, n, topk, d, so, glogit)
-    }
-
-    /// dout: `[rows, d_model]`; writes dx (`[rows, d_model]`, overwritten) and accumulates (+=)
-    /// the f32 gradients through `g(name)` (f32 pointers, same names; 0 skips that gradient).
-    /// Includes the aux loss's gradient (from the statistics of the step's forward). `x` and
-    /// `saved` are those of this layer's forward.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        &self,
-        gemm: &Gemm,
-        w: &dyn Fn(&str) -> DevPtr,
-        g: &dyn Fn(&str) -> DevPtr,
-        x: DevPtr,
-        dout: DevPtr,
-        saved: DevPtr,
-        scratch: DevPtr,
-        dx: DevPtr,
-    ) -> Result<()> {
-        self.check_regions(&[
-            ("x", x),
-            ("dout", dout),
-            ("saved", saved),
-            ("scratch", scratch),
-            ("dx", dx),
-        ])?;
-        let (dims, dt, k, i) = (&self.dims, self.dt, &self.kernels, self.layer);
-        let (n, d, e, topk) = (dims.rows, dims.d, dims.experts, dims.top_k);
-        let sv = |off| at(saved, off);
-        let bw = |off| at(scratch, off);
-        let mm = Mm { gemm, dt };
-        let colsum = |out: DevPtr, x: DevPtr, rows: usize, c: usize, ld: usize| {
-            k.colsum(dt, out, x, rows, c, ld)
-        };
-        let (start, count) = self.read_offsets(saved)?;
-        let used = Self::used_rows(&start, &count);
-        let (row, weight) = (sv(self.saved.row), sv(self.saved.weight));
-        let expert_in = bw(self.bwd.expert_in);
-        k.gather(dt, expert_in, x, row, dims.slots, topk, d)?;
-        let shape = self.expert_shape();
-        let (proj, act) = (sv(self.saved.proj), bw(self.bwd.act));
-        self.expert_act(proj, act, used)?;
-        let kind = Act::from(self.moe.expert.activation);
-        let (gin, uin) = shape.act_inputs(proj, dt);
-        // Combine: d weights, d expert outputs, and the shared gate's part.
-        let gate = dims.shared_gate;
-        let d_eo = bw(self.bwd.d_expert_out);
-        let (d_so, d_gl) = if gate {
-            (bw(self.bwd.d_shared_out), bw(self.bwd.d_gate_logit))
-        } else {
-            (0, 0)
-        };
-        let (so, gl) = if gate {
-            (sv(self.saved.shared_out), sv(self.saved.gate_logit))
-        } else {
-            (0, 0)
-        };
-        k.combine_bwd(
-            dt,
-            bw(self.bwd.d_weight),
-            d_eo,
-            dout,
-            sv(self.saved.expert_out),
-            weight,
-            row,
-            n,
-            topk,
-            d,
-            [d_so, d_gl, so, gl],
-        )?;
-        // Router: d logits (with the aux loss's gradient), its weight gradient, dx's first part.
-        let (order, renorm) = self.order();
-        let (counts, scale) = match &self.aux {
-            Some(a) => {
-                let counts = bw(self.bwd.aux_counts);
-                let stats = a.shared.stats.ptr();
-                k.aux_loss(stats, a.layers.len(), e, a.scale, 0, counts)?;
-                (counts, a.scale)
-            }
-            None => (0, 0.0),
-        };
-        let d_logits = bw(self.bwd.d_logits);
-        k.route_bwd(
-            dt,
-            d_logits,
-            sv(self.saved.logits),
-            sv(self.saved.expert),
-            weight,
-            bw(self.bwd.d_weight),
-            counts,
-            scale,
-            n,
-            e,
-            topk,
-            order,
-            renorm,
-        )?;
-        let dx_f32 = bw(self.bwd.dx_f32);
-        let wr = need(w, i, "moe.router.weight")?;
-        mm.wgrad(e, d, n, d_logits, e, x, d, g("moe.router.weight"))?;
-        mm.nn(n, d, e, d_logits, e, wr, d, dx_f32, d, 0.0, true)?;
-        // Shared experts.
-        let mut wg = 0;
-        if dims.has_shared() {
-            let sh = self.shared_shape();
-            let p = sh.params(w, i, "moe.shared", dims.elem, true)?;
-            let gp = sh.params(g, i, "moe.shared", 4, false)?;
-            let rows = MlpRows {
-                r0: 0,
-                rows: n,
-                x,
-                proj: sv(self.saved.shared_proj),
-                act: bw(self.bwd.shared_act),
-                out: if gate { d_so } else { dout },
-            };
-            let (sgin, suin) = sh.act_inputs(rows.proj, dt);
-            let (sw, sld) = (dims.shared_hidden, dims.shared_halves.ld);
-            act_fwd(k.launcher(), dt, kind, rows.act, sgin, suin, n, sw, sld)?;
-            let d_sact = bw(self.bwd.d_shared_act);
-            sh.down_backward(&mm, &colsum, &p, &gp, &rows, d_sact)?;
-            let d_sproj = bw(self.bwd.d_shared_proj);
-            let (dg, du) = sh.act_inputs(d_sproj, dt);
-            act_bwd(
-                k.launcher(),
-                dt,
-                kind,
-                dg,
-                du,
-                d_sact,
-                sgin,
-                suin,
-                n,
-                sw,
-                sld,
-            )?;
-            let back = MlpRows {
-                proj: d_sproj,
-                ..rows
-            };
-            sh.project_backward(&mm, &colsum, &p, &gp, &back, dx_f32, true, true)?;
-            if gate {
-                wg = need(w, i, "moe.shared_gate.weight")?;
-                mm.wgrad(1, d, n, d_gl, 1, x, d, g("moe.shared_gate.weight"))?;
-            }
-        }
-        // Routed experts: down projections, activation, gate/up; each expert's d input
-        // overwrites its (consumed) d output rows.
-        let mut weights: Vec<(MlpParams, MlpParams)> = Vec::with_capacity(e);
-        for ex in 0..e {
-            let prefix = format!("moe.experts.{ex}");
-            weights.push((
-                shape.params(w, i, &prefix, dims.elem, true)?,
-                shape.params(g, i, &prefix, 4, false)?,
-            ));
-        }
-        let d_act = bw(self.bwd.d_act);
-        let block = |ex: usize| MlpRows {
-            r0: start[ex],
-            rows: count[ex],
-            x: expert_in,
-            proj: bw(self.bwd.d_proj),
-            act,
-            out: d_eo,
-        };
-        for (ex, (p, gp)) in weights.iter().enumerate() {
-            if count[ex] > 0 {
-                shape.down_backward(&mm, &colsum, p, gp, &block(ex), d_act)?;
-            }
-        }
-        let (dg, du) = shape.act_inputs(bw(self.bwd.d_proj), dt);
-        act_bwd(
-            k.launcher(),
-            dt,
-            kind,
-            dg,
-            du,
-            d_act,
-            gin,
-            uin,
-            used,
-            dims.hidden,
-            dims.halves.ld,
-        )?;
-        for (ex, (p, gp)) in weights.iter().enumerate() {
-            if count[ex] > 0 {
-                shape.project_backward(&mm, &colsum, p, gp, &block(ex), d_eo, false, false)?;
-            }
-        }
-        // dx = router and shared parts + Σ_s d expert input rows + the shared gate's part.
-        k.dx(dt, dx, dx_f32, d_eo, row, n, topk, d, d_gl, wg)
+        k.combine(dt, out, eo, out_w, row, n, topk, d, so, glogit)
     }
 }

@@ -88,6 +88,43 @@ __device__ void act_bwd(T* dgate, T* dup, const T* dout, const T* gate, const T*
     }
 }
 
+// act_clamped_fwd_{dtype}: GPT-OSS's clamped SwiGLU (the CPU's activation::forward_clamped):
+// g = min(gate, limit), u = clamp(up, -limit, limit), out = (u + 1) * (g * sigmoid(alpha * g)).
+// gate/up rows have stride ld; out [N, hidden]. Launch: grid ceil(N * hidden / 256), block 256,
+// one thread per element. Traffic: 3 x N*hidden elements.
+template <typename T>
+__device__ void act_clamped_fwd(T* out, const T* gate, const T* up, int N, int hidden, int ld, float alpha,
+                                float limit) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * hidden) return;
+    size_t n = idx / hidden, j = idx % hidden;
+    float g = lf(gate + n * ld + j), u = lf(up + n * ld + j);
+    g = g > limit ? limit : g;
+    u = u > limit ? limit : (u < -limit ? -limit : u);
+    float glu = g * (1.f / (1.f + __expf(-g * alpha)));
+    sf(out + idx, (u + 1.f) * glu);
+}
+// act_clamped_bwd_{dtype}: its backward (activation::backward_clamped): dgate = dout * (u + 1) *
+// d(g sigmoid(alpha g))/dg where gate <= limit (else 0), dup = dout * g sigmoid(alpha g) where
+// -limit <= up <= limit (else 0): a clamped value passes no gradient, one at the bound does.
+// Written, not accumulated; dgate/dup share the inputs' row stride ld. Launch and traffic as
+// act_clamped_fwd (5 x N*hidden elements).
+template <typename T>
+__device__ void act_clamped_bwd(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int N,
+                                int hidden, int ld, float alpha, float limit) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * hidden) return;
+    size_t n = idx / hidden, j = idx % hidden;
+    float gi = lf(gate + n * ld + j), ui = lf(up + n * ld + j), d = lf(dout + idx);
+    float g = gi > limit ? limit : gi;
+    bool inside = ui <= limit && ui >= -limit;
+    float u = inside ? ui : (ui > limit ? limit : -limit);
+    float s = 1.f / (1.f + __expf(-g * alpha));
+    float dglu = s + g * alpha * s * (1.f - s);
+    sf(dgate + n * ld + j, gi <= limit ? d * (u + 1.f) * dglu : 0.f);
+    sf(dup + n * ld + j, inside ? d * g * s : 0.f);
+}
+
 #define ACT_INSTANTIATE(SUF, T)                                                                       \
     extern "C" __global__ void act_fwd_##SUF(T* out, const T* gate, const T* up, int N, int hidden,    \
                                              int ld, int kind, int vec) {                             \
@@ -97,6 +134,15 @@ __device__ void act_bwd(T* dgate, T* dup, const T* dout, const T* gate, const T*
                                              const T* up, int N, int hidden, int ld, int kind,        \
                                              int vec) {                                               \
         act_bwd<T>(dgate, dup, dout, gate, up, N, hidden, ld, kind, vec);                             \
+    }                                                                                                 \
+    extern "C" __global__ void act_clamped_fwd_##SUF(T* out, const T* gate, const T* up, int N,        \
+                                                     int hidden, int ld, float alpha, float limit) {  \
+        act_clamped_fwd<T>(out, gate, up, N, hidden, ld, alpha, limit);                               \
+    }                                                                                                 \
+    extern "C" __global__ void act_clamped_bwd_##SUF(T* dgate, T* dup, const T* dout, const T* gate,   \
+                                                     const T* up, int N, int hidden, int ld,          \
+                                                     float alpha, float limit) {                      \
+        act_clamped_bwd<T>(dgate, dup, dout, gate, up, N, hidden, ld, alpha, limit);                  \
     }
 ACT_INSTANTIATE(f32, float)
 ACT_INSTANTIATE(bf16, bf16)

@@ -1,7 +1,10 @@
 //! The MLP activation's CUDA side: the kernels' [`Act`] kinds, the kernel source
-//! (`activation.cu`), and its launches (`act_fwd` / `act_bwd`), as free functions over any module
-//! that links `activation.cu` (the kernel library and the MoE module) and as methods of
-//! [`Kernels`].
+//! (`activation.cu`), and its launches (`act_fwd` / `act_bwd`, and GPT-OSS's clamped SwiGLU
+//! `act_clamped_fwd` / `act_clamped_bwd`, which only the MoE experts use), as free functions over
+//! any module that links `activation.cu` (the kernel library and the MoE module) and as methods
+//! of [`Kernels`].
+
+use modelspec_dsl::ir::SwigluClamp;
 
 use crate::cuda::Kernels;
 use crate::cuda::error::Result;
@@ -112,6 +115,73 @@ pub(crate) fn act_bwd(
             (BLOCK, 1, 1),
             0,
             &mut cuda_args![dgate, dup, dout, gate, up, n_, h_, ld_, kind, vec],
+        )
+    }
+}
+
+/// `act_clamped_fwd_{dtype}` in `module` (which must link `activation.cu`): GPT-OSS's clamped
+/// SwiGLU (the CPU's [`forward_clamped`](super::forward_clamped)), out `[rows, hidden]` from
+/// gate/up rows of stride `ld`. No launch for zero rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn act_clamped_fwd(
+    module: &Launcher,
+    dt: Dtype,
+    clamp: &SwigluClamp,
+    out: DevPtr,
+    gate: DevPtr,
+    up: DevPtr,
+    rows: usize,
+    hidden: usize,
+    ld: usize,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let (n_, h_, ld_) = (int(rows), int(hidden), int(ld));
+    let (alpha, limit) = (clamp.alpha as f32, clamp.limit as f32);
+    // SAFETY: the locals match `act_clamped_fwd`'s C signature; the caller sizes out
+    // `[rows, hidden]` and gate/up `[rows, ld]`.
+    unsafe {
+        module.launch(
+            &format!("act_clamped_fwd_{}", dt.suffix()),
+            grid(rows * hidden, BLOCK),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![out, gate, up, n_, h_, ld_, alpha, limit],
+        )
+    }
+}
+
+/// `act_clamped_bwd_{dtype}` in `module`: the backward of [`act_clamped_fwd`] (the CPU's
+/// [`backward_clamped`](super::backward_clamped)), dgate and dup written with the inputs' row
+/// stride `ld`. No launch for zero rows.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn act_clamped_bwd(
+    module: &Launcher,
+    dt: Dtype,
+    clamp: &SwigluClamp,
+    dgate: DevPtr,
+    dup: DevPtr,
+    dout: DevPtr,
+    gate: DevPtr,
+    up: DevPtr,
+    rows: usize,
+    hidden: usize,
+    ld: usize,
+) -> Result<()> {
+    if rows == 0 {
+        return Ok(());
+    }
+    let (n_, h_, ld_) = (int(rows), int(hidden), int(ld));
+    let (alpha, limit) = (clamp.alpha as f32, clamp.limit as f32);
+    // SAFETY: as in `act_clamped_fwd`; dgate/dup `[rows, ld]`, dout `[rows, hidden]`.
+    unsafe {
+        module.launch(
+            &format!("act_clamped_bwd_{}", dt.suffix()),
+            grid(rows * hidden, BLOCK),
+            (BLOCK, 1, 1),
+            0,
+            &mut cuda_args![dgate, dup, dout, gate, up, n_, h_, ld_, alpha, limit],
         )
     }
 }
