@@ -570,18 +570,6 @@ __device__ void moe_dx(T* dx, const float* dxf, const T* dxin, const int* row, c
     }
 }
 
-// moe_colsum_{dtype}: out[c] += sum_{r < rows} x[r * ld + c] (f32), serial over rows per column:
-// deterministic bias gradients of one expert's block. Launch: grid ceil(C / 256), block 256.
-// Traffic: reads rows x C elements once (coalesced across threads).
-template <typename T>
-__device__ void moe_colsum(float* out, const T* x, int rows, int C, int ld) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
-    if (c >= C) return;
-    float acc = 0.f;
-    for (int r = 0; r < rows; r++) acc += lf(x + (size_t)r * ld + c);
-    out[c] += acc;
-}
-
 #define MOE_INSTANTIATE(SUF, T)                                                                      \
     extern "C" __global__ void moe_route_##SUF(float* logits, const T* rbias, const T* corr, int N,   \
                                                int E, int K, int order, int renorm, float scale,     \
@@ -624,9 +612,6 @@ __device__ void moe_colsum(float* out, const T* x, int rows, int C, int ld) {
                                             const float* weight, int K, int D, const T* dglogit,     \
                                             const T* wg) {                                           \
         moe_dx<T>(dx, dxf, dxin, row, weight, K, D, dglogit, wg);                                    \
-    }                                                                                                \
-    extern "C" __global__ void moe_colsum_##SUF(float* out, const T* x, int rows, int C, int ld) {   \
-        moe_colsum<T>(out, x, rows, C, ld);                                                          \
     }
 MOE_INSTANTIATE(f32, float)
 MOE_INSTANTIATE(bf16, bf16)

@@ -11,7 +11,7 @@ use super::mlp::{MlpParams, MlpRows, Mm, need};
 use crate::cuda::error::Result;
 use crate::cuda::gemm::Gemm;
 use crate::cuda::ops::{act_bwd, act_fwd};
-use crate::cuda::{Act, DevPtr};
+use crate::cuda::{Act, DevPtr, ReduceScratch};
 
 impl MoeLayer {
     /// dout: `[rows, d_model]`; writes dx (`[rows, d_model]`, overwritten) and accumulates (+=)
@@ -42,8 +42,9 @@ impl MoeLayer {
         let sv = |off| at(saved, off);
         let bw = |off| at(scratch, off);
         let mm = Mm { gemm, dt };
+        let red = ReduceScratch::new(bw(self.bwd.reduce), self.bwd.reduce_bytes);
         let colsum = |out: DevPtr, x: DevPtr, rows: usize, c: usize, ld: usize| {
-            k.colsum(dt, out, x, rows, c, ld)
+            k.colsum(dt, out, x, rows, c, ld, red)
         };
         let (start, count) = self.read_offsets(saved)?;
         let used = Self::used_rows(&start, &count);

@@ -1,5 +1,6 @@
-//! The MoE kernel module (`kernels/moe.cu` with `common.cuh` and the MLP activation kernels,
-//! `ops/activation/activation.cu`, which the experts use) and one launch wrapper per kernel.
+//! The MoE kernel module (`kernels/moe.cu` with `common.cuh`, the MLP activation kernels,
+//! `ops/activation/activation.cu`, which the experts use, and the column reductions,
+//! `kernels/reduce.cu`, which the bias gradients use) and one launch wrapper per kernel.
 
 use std::sync::Arc;
 
@@ -8,10 +9,12 @@ use crate::cuda::compile::KernelSource;
 use crate::cuda::error::Result;
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu};
 use crate::cuda::launch::{BLOCK, Launcher, grid, int as i, module_source};
+use crate::cuda::reduce::{self, ReduceScratch};
 use crate::cuda_args;
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
 const ACTIVATION: &str = crate::ops::activation::cuda::SOURCE;
+const REDUCE: &str = crate::cuda::reduce::SOURCE;
 const MOE: &str = include_str!("../kernels/moe.cu");
 
 /// Every entry point of the MoE module that [`super::MoeLayer`] launches (the `{dtype}` ones in
@@ -38,8 +41,9 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_route_bwd_bf16",
     "moe_dx_f32",
     "moe_dx_bf16",
-    "moe_colsum_f32",
-    "moe_colsum_bf16",
+    "colred_part_sum_f32",
+    "colred_part_sum_bf16",
+    "colred_finish",
     "act_fwd_f32",
     "act_fwd_bf16",
     "act_bwd_f32",
@@ -52,7 +56,7 @@ pub const KERNEL_NAMES: &[&str] = &[
 
 /// The CUDA C of the MoE module: `common.cuh`, `activation.cu` (the MLP activations) and `moe.cu`.
 pub fn kernel_source() -> KernelSource {
-    module_source("moe", &[COMMON, ACTIVATION, MOE])
+    module_source("moe", &[COMMON, ACTIVATION, REDUCE, MOE])
 }
 
 /// The router's configuration as the routing kernels take it (see `moe_route` in `moe.cu`).
@@ -424,7 +428,9 @@ impl MoeKernels {
         )
     }
 
-    /// `moe_colsum_{dtype}`: `out[c] += Σ_r x[r * ld + c]` (skipped when `out` is 0).
+    /// `out[c] += Σ_r x[r * ld + c]` (f32; skipped when `out` is 0 or there are no rows): the
+    /// library's deterministic two-stage column reduction ([`crate::cuda::reduce`]), linked
+    /// into this module, partial sums in `scratch`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn colsum(
         &self,
@@ -434,16 +440,8 @@ impl MoeKernels {
         rows: usize,
         c: usize,
         ld: usize,
+        scratch: ReduceScratch,
     ) -> Result<()> {
-        if out == 0 || rows == 0 {
-            return Ok(());
-        }
-        let (r_, c_, ld_) = (i(rows), i(c), i(ld));
-        self.go(
-            &format!("moe_colsum_{}", dt.suffix()),
-            grid(c, BLOCK),
-            BLOCK,
-            &mut cuda_args![out, x, r_, c_, ld_],
-        )
+        reduce::colsum(&self.launcher, dt, out, x, rows, c, ld, scratch)
     }
 }

@@ -3,7 +3,7 @@
 
 use modelspec_dsl::ir::Moe;
 
-use crate::cuda::{Dtype, DtypeExt};
+use crate::cuda::{Dtype, DtypeExt, ReduceScratch};
 
 /// Each expert's block of dispatched rows starts at a multiple of this many rows (the kernels'
 /// `MOE_ROW_ALIGN`), so every per-expert GEMM operand is at least 16-byte aligned.
@@ -236,6 +236,11 @@ pub(crate) struct BwdLayout {
     pub d_gate_logit: usize,
     /// The run's per-expert counts `[experts]` f32 (aux loss only).
     pub aux_counts: usize,
+    /// The bias gradients' column-reduction partial sums ([`ReduceScratch::bytes_for`] the
+    /// widest of d, hidden, the shared hidden and the experts; `reduce_bytes` of them).
+    pub reduce: usize,
+    /// Bytes at `reduce`.
+    pub reduce_bytes: usize,
     /// Total bytes.
     pub bytes: usize,
 }
@@ -302,6 +307,8 @@ impl BwdLayout {
         let shared = d.has_shared();
         let sh = |n: usize| if shared { n } else { 0 };
         let gate = |n: usize| if d.shared_gate { n } else { 0 };
+        let widest = d.d.max(d.hidden).max(d.shared_hidden).max(d.experts);
+        let reduce_bytes = ReduceScratch::bytes_for(widest);
         let mut s = BwdLayout {
             expert_in: a.take(d.padded * d.d * e),
             act: a.take(d.padded * d.hidden * e),
@@ -317,6 +324,8 @@ impl BwdLayout {
             d_shared_out: a.take(gate(d.rows * d.d * e)),
             d_gate_logit: a.take(gate(d.rows * e)),
             aux_counts: a.take(if aux { d.experts * 4 } else { 0 }),
+            reduce: a.take(reduce_bytes),
+            reduce_bytes,
             bytes: 0,
         };
         s.bytes = a.size;
@@ -393,6 +402,8 @@ mod tests {
         assert_eq!(at(1024, f.probs), 0);
         let b = BwdLayout::new(&d, true);
         assert!(b.d_gate_logit < b.bytes && b.aux_counts < b.bytes);
+        assert!(b.reduce + b.reduce_bytes <= b.bytes);
+        assert_eq!(b.reduce_bytes, ReduceScratch::bytes_for(d.d.max(d.hidden)));
         assert_eq!(BwdLayout::new(&d, false).aux_counts, usize::MAX);
     }
 }
