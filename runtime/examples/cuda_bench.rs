@@ -4,14 +4,19 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- attention   # attn_bench.py's shapes
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- gemm        # bf16 8192^3 ceiling
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- cudnn       # mma vs cuDNN, same shapes
+//! cargo run --release -p modelspec-runtime --example cuda_bench -- reduce      # bias/norm gradient sums
 //! ```
 //! `cudnn` prints, per shape, a row for the own mma kernels and one for cuDNN's fused attention
 //! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
-//! (`"layout": "fused"`), so one run compares the paths beside PyTorch's anchors.
+//! (`"layout": "fused"`), so one run compares the paths beside PyTorch's anchors. `reduce` times
+//! the column reductions at gpt2-124m's B16 T1024 shapes (one row per bias width and the norms'
+//! weight + bias sums), with the bandwidth they reach, and the total of one training step's calls.
 //! Times are medians of CUDA-event-timed repetitions after a warm-up, on random (never zero) data.
 
 use modelspec_runtime::cuda::cudnn::CudnnAttention;
-use modelspec_runtime::cuda::{AttnShape, CudaError, Dtype, Gpu, Kernels, RowMajorGemm};
+use modelspec_runtime::cuda::{
+    AttnShape, CudaError, Dtype, Gpu, Kernels, NormKind, ReduceScratch, RowMajorGemm,
+};
 use std::sync::Arc;
 
 /// The four shapes of anchors/attn_bench.py: (B, H, KV, T, D).
@@ -326,6 +331,65 @@ fn bench_gemm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     Ok(())
 }
 
+/// The column reductions of one gpt2-124m training step (B16 T1024, bf16): each bias width's
+/// `colsum` and the norms' `norm_dw` (LayerNorm: weight and bias), timed alone; `step_ms` adds
+/// them up as a step calls them (12 layers x 4 biases, 25 norms).
+fn bench_reduce(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
+    let (rows, d) = (16384, 768);
+    let widest = 3072;
+    let x = gpu.upload(&rand_bf16(rows * widest, 7))?;
+    let r = gpu.upload(&rand_bf16(rows * d, 8))?;
+    let stats = gpu.upload(&vec![1.0f32; rows])?;
+    let out = gpu.zeros::<f32>(widest)?;
+    let out2 = gpu.zeros::<f32>(d)?;
+    let bytes = ReduceScratch::bytes_for(widest);
+    let scratch = gpu.zeros::<u8>(bytes)?;
+    let sc = ReduceScratch::new(scratch.ptr(), bytes);
+    let kernels = Kernels::load(gpu, "bench_reduce", &[64], Default::default())?;
+    let timed = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f32, CudaError> {
+        for _ in 0..3 {
+            f()?;
+        }
+        let mut t = Vec::new();
+        for _ in 0..20 {
+            t.push(gpu.time_ms(f)?);
+        }
+        Ok(median(t))
+    };
+    let mut step = 0.0;
+    // Per layer: qkv, attention output, fc, fc_proj biases.
+    for (name, c) in [("qkv", 2304), ("proj", 768), ("fc", 3072), ("fc_proj", 768)] {
+        let ms = timed(&|| kernels.colsum(Dtype::Bf16, out.ptr(), x.ptr(), rows, c, c, sc))?;
+        step += 12.0 * ms;
+        let gbs = (rows * c * 2) as f64 / ms as f64 / 1e6;
+        println!(
+            "{{\"reduce\": \"colsum_{name}\", \"rows\": {rows}, \"cols\": {c}, \"ms\": {ms:.4}, \"GB_s\": {gbs:.0}}}"
+        );
+    }
+    let ms = timed(&|| {
+        kernels.norm_dw(
+            Dtype::Bf16,
+            NormKind::Layer,
+            out.ptr(),
+            out2.ptr(),
+            x.ptr(),
+            r.ptr(),
+            stats.ptr(),
+            stats.ptr(),
+            rows,
+            d,
+            sc,
+        )
+    })?;
+    step += 25.0 * ms;
+    let gbs = (rows * d * 4) as f64 / ms as f64 / 1e6;
+    println!(
+        "{{\"reduce\": \"norm_dw\", \"rows\": {rows}, \"cols\": {d}, \"ms\": {ms:.4}, \"GB_s\": {gbs:.0}}}"
+    );
+    println!("{{\"reduce\": \"gpt2_step_total\", \"step_ms\": {step:.3}}}");
+    Ok(())
+}
+
 fn main() {
     let what = std::env::args()
         .nth(1)
@@ -342,8 +406,9 @@ fn main() {
         "attention" => bench_attention(&gpu),
         "gemm" => bench_gemm(&gpu),
         "cudnn" => bench_cudnn(&gpu),
+        "reduce" => bench_reduce(&gpu),
         other => {
-            eprintln!("unknown benchmark `{other}` (attention | gemm | cudnn)");
+            eprintln!("unknown benchmark `{other}` (attention | gemm | cudnn | reduce)");
             std::process::exit(2);
         }
     };
