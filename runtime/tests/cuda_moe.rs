@@ -22,17 +22,36 @@
 //! equal (deterministic kernels, no atomics on outputs) and the gradients exactly double
 //! (accumulation with +=, to 1e-6).
 //!
+//! The newer routing options (issue 12) each have a case: DeepSeek-V3's sigmoid router with its
+//! selection-only correction bias, expert groups and routed scale; GPT-OSS's router bias, expert
+//! biases and clamped SwiGLU (with a limit low enough that about a sixth of the gate and up
+//! values are clamped; the reference decides the clamp on the projections rounded to what the GPU
+//! stores, since a clamp is a discontinuity); Llama 4's top-1 sigmoid router weighting the
+//! experts' inputs, with a shared expert.
+//!
 //! Without a CUDA device the GPU tests print "skipping: no CUDA device" and pass.
+
+#[path = "cuda_moe/device.rs"]
+mod device;
+#[path = "cuda_moe/inputs.rs"]
+mod inputs;
+#[path = "cuda_moe/reference.rs"]
+mod reference;
 
 use std::collections::BTreeMap;
 
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Ffn, Moe};
+use modelspec_dsl::ir::Ffn;
 use modelspec_dsl::load::{Format, load_str};
 use modelspec_runtime::cuda::moe::{KERNEL_NAMES, MoeLayer, kernel_source};
-use modelspec_runtime::cuda::{DevPtr, Dtype, Gpu, GpuBuf, compile};
-use modelspec_runtime::ops::mlp::{self, MlpGrad, MlpRef};
-use modelspec_runtime::ops::{linear, moe as cpu};
+use modelspec_runtime::cuda::{Dtype, Gpu, GpuBuf, compile};
+use modelspec_runtime::ops::moe as cpu;
+
+use device::{Packed, download_grads, upload_params, zero_grads};
+use inputs::{Rng, decode, draw, elem, encode, layer_params};
+use reference::{
+    clamped_fractions, correction, moe_of, ref_backward, ref_forward, routing_changes,
+};
 
 /// softmax -> top-k, renormalised, SwiGLU experts, aux loss (Mixtral).
 const MIXTRAL_LIKE: &str = "model t_mixtral {
@@ -104,6 +123,51 @@ const TWO_LAYERS: &str = "model t_two_layers {
         router softmax_topk  renormalize
         shared(count = 1, hidden = 16, gate = false)
         aux_loss 0.05
+    }
+}";
+
+/// Sigmoid router with a correction bias, 4 groups of 4 experts (2 kept), top-3, renormalised and
+/// scaled by 2.5, an ungated shared expert (DeepSeek-V3, GLM-4.5).
+const DEEPSEEK_LIKE: &str = "model t_deepseek {
+    vocab 64   d_model 48   layers 1   context 64
+    norm rms(eps = 1e-6)
+    attention { heads 4 }
+    position rope(theta = 10000)
+    moe {
+        experts 16  top_k 3
+        expert swiglu(hidden = 40)
+        router sigmoid_topk  renormalize  correction_bias  groups 4  top_groups 2  routed_scale 2.5
+        shared(count = 1, hidden = 32, gate = false)
+    }
+}";
+
+/// top-k -> softmax over the biased router logits, expert biases, the clamped SwiGLU with limit
+/// 1 (GPT-OSS's is 7, far from this test's O(1) projections), aux loss (GPT-OSS with
+/// output_router_logits).
+const GPT_OSS_LIKE: &str = "model t_gpt_oss {
+    vocab 64   d_model 40   layers 1   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4 }
+    position rope(theta = 10000)
+    moe {
+        experts 8  top_k 2
+        expert swiglu(hidden = 32, bias = true, limit = 1.0, alpha = 1.702)
+        router topk_softmax  router_bias
+        aux_loss 0.02
+    }
+}";
+
+/// Top-1 sigmoid router whose weight scales the expert's input, a shared expert (Llama 4).
+const LLAMA4_LIKE: &str = "model t_llama4 {
+    vocab 64   d_model 48   layers 1   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4 }
+    position rope(theta = 10000)
+    moe {
+        experts 8  top_k 1
+        expert swiglu(hidden = 32)
+        router sigmoid_topk  weighting input
+        shared(count = 1, hidden = 32, gate = false)
     }
 }";
 
@@ -186,6 +250,58 @@ fn moe_two_layers_share_aux_loss_f32() {
     run(&TWO_LAYER_CASE, Dtype::F32, 1e-4);
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn moe_deepseek_sigmoid_groups_f32() {
+    run(&DEEPSEEK_CASE, Dtype::F32, 1e-4);
+}
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn moe_deepseek_sigmoid_groups_bf16() {
+    run(&DEEPSEEK_CASE, Dtype::Bf16, 3e-2);
+}
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn moe_gpt_oss_biases_clamp_f32() {
+    run(&GPT_OSS_CASE, Dtype::F32, 1e-4);
+}
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn moe_gpt_oss_biases_clamp_bf16() {
+    run(&GPT_OSS_CASE, Dtype::Bf16, 3e-2);
+}
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn moe_llama4_input_weighting_f32() {
+    run(&LLAMA4_CASE, Dtype::F32, 1e-4);
+}
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn moe_llama4_input_weighting_bf16() {
+    run(&LLAMA4_CASE, Dtype::Bf16, 3e-2);
+}
+
+const DEEPSEEK_CASE: Case = Case {
+    src: DEEPSEEK_LIKE,
+    rows: 40,
+    dead_expert: None,
+    packed: false,
+    ties: false,
+};
+const GPT_OSS_CASE: Case = Case {
+    src: GPT_OSS_LIKE,
+    rows: 40,
+    dead_expert: None,
+    packed: true,
+    ties: false,
+};
+const LLAMA4_CASE: Case = Case {
+    src: LLAMA4_LIKE,
+    rows: 33,
+    dead_expert: None,
+    packed: true,
+    ties: false,
+};
 const MIXTRAL_CASE: Case = Case {
     src: MIXTRAL_LIKE,
     rows: 40,
@@ -229,526 +345,6 @@ const TWO_LAYER_CASE: Case = Case {
     ties: false,
 };
 
-// ---------------------------------------------------------------- inputs
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.next().max(1e-300);
-        let u2 = self.next();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-    fn vec(&mut self, n: usize, std: f64) -> Vec<f64> {
-        (0..n).map(|_| self.normal() * std).collect()
-    }
-}
-
-fn bf16_bits(x: f32) -> u16 {
-    let u = x.to_bits();
-    if (u & 0x7fff_ffff) > 0x7f80_0000 {
-        return ((u >> 16) | 0x40) as u16;
-    }
-    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-
-fn from_bf16(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
-
-/// Rounds to what the GPU stores in `dt`.
-fn round(v: &mut [f64], dt: Dtype) {
-    for x in v {
-        let f = *x as f32;
-        *x = match dt {
-            Dtype::F32 => f as f64,
-            Dtype::Bf16 => from_bf16(bf16_bits(f)) as f64,
-        };
-    }
-}
-
-fn elem(dt: Dtype) -> usize {
-    match dt {
-        Dtype::F32 => 4,
-        Dtype::Bf16 => 2,
-    }
-}
-
-fn encode(v: &[f64], dt: Dtype) -> Vec<u8> {
-    let mut out = Vec::with_capacity(v.len() * elem(dt));
-    for &x in v {
-        match dt {
-            Dtype::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
-            Dtype::Bf16 => out.extend_from_slice(&bf16_bits(x as f32).to_le_bytes()),
-        }
-    }
-    out
-}
-
-fn decode(b: &[u8], dt: Dtype) -> Vec<f64> {
-    match dt {
-        Dtype::F32 => b
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
-            .collect(),
-        Dtype::Bf16 => b
-            .chunks_exact(2)
-            .map(|c| from_bf16(u16::from_le_bytes([c[0], c[1]])) as f64)
-            .collect(),
-    }
-}
-
-/// One MoE layer's parameters `layers.{i}.moe.*` with their shapes.
-fn layer_params(spec: &ModelSpec, i: usize) -> Vec<(String, Vec<u64>)> {
-    let prefix = format!("layers.{i}.moe.");
-    modelspec_dsl::params::parameters(spec)
-        .into_iter()
-        .filter(|p| p.name.starts_with(&prefix))
-        .map(|p| (p.name, p.shape))
-        .collect()
-}
-
-/// Random weights: router rows spread the logits, projections keep activations O(1).
-fn init_params(
-    spec: &ModelSpec,
-    i: usize,
-    rng: &mut Rng,
-    case: &Case,
-    dt: Dtype,
-) -> BTreeMap<String, Vec<f64>> {
-    let d = spec.d_model as usize;
-    let mut out = BTreeMap::new();
-    for (name, shape) in layer_params(spec, i) {
-        let n: u64 = shape.iter().product();
-        let fan_in = *shape.last().unwrap_or(&1) as f64;
-        let std = if name.ends_with(".bias") {
-            0.1
-        } else if name.contains("router") {
-            0.15
-        } else if name.contains("shared_gate") {
-            0.2
-        } else {
-            1.0 / fan_in.sqrt()
-        };
-        let mut v = rng.vec(n as usize, std);
-        if name.ends_with("router.weight") && case.ties {
-            v.fill(0.0);
-        }
-        if name.ends_with("router.weight")
-            && let Some(e) = case.dead_expert
-        {
-            // x[:, 0] is pushed to about +3 below, so this expert's logit sits near -15.
-            for (j, w) in v[e * d..(e + 1) * d].iter_mut().enumerate() {
-                *w = if j == 0 { -5.0 } else { 0.0 };
-            }
-        }
-        round(&mut v, dt);
-        out.insert(name, v);
-    }
-    out
-}
-
-// ---------------------------------------------------------------- the CPU reference (f64)
-
-fn moe_of(spec: &ModelSpec, i: usize) -> Moe {
-    match spec.layers[i].ffn {
-        Ffn::Moe(m) => m,
-        Ffn::Mlp(_) => panic!("layer {i} is dense"),
-    }
-}
-
-fn mlp_ref<'a>(
-    p: &'a BTreeMap<String, Vec<f64>>,
-    prefix: &str,
-    moe: &Moe,
-    d: usize,
-    hidden: usize,
-) -> MlpRef<'a, f64> {
-    let get = |s: &str| p.get(&format!("{prefix}.{s}")).map(|v| v.as_slice());
-    let proj = |s: &str| {
-        (
-            get(&format!("{s}.weight")).unwrap(),
-            get(&format!("{s}.bias")),
-        )
-    };
-    MlpRef {
-        kind: moe.expert.activation,
-        d,
-        hidden,
-        gate: moe.expert.activation.is_gated().then(|| proj("gate")),
-        up: proj("up"),
-        down: proj("down"),
-        clamp: None,
-    }
-}
-
-struct MlpActs {
-    gate: Vec<f64>,
-    up: Vec<f64>,
-    act: Vec<f64>,
-    out: Vec<f64>,
-}
-
-fn mlp_forward(m: &MlpRef<'_, f64>, x: &[f64], rows: usize) -> MlpActs {
-    let mut gate = vec![0.0; rows * m.hidden];
-    let mut up = vec![0.0; rows * m.hidden];
-    let gated = m.kind.is_gated();
-    mlp::project(m, x, rows, gated.then_some(&mut gate[..]), &mut up);
-    let mut act = vec![0.0; rows * m.hidden];
-    mlp::activate(m, gated.then_some(&gate[..]), &up, &mut act);
-    let mut out = vec![0.0; rows * m.d];
-    mlp::down(m, &act, rows, &mut out);
-    MlpActs { gate, up, act, out }
-}
-
-/// Backward of one MLP, accumulating into `grads` (named `{prefix}.*`) and `dx`.
-#[allow(clippy::too_many_arguments)]
-fn mlp_backward(
-    m: &MlpRef<'_, f64>,
-    prefix: &str,
-    a: &MlpActs,
-    x: &[f64],
-    dout: &[f64],
-    rows: usize,
-    grads: &mut BTreeMap<String, Vec<f64>>,
-    dx: &mut [f64],
-) {
-    let mut take = |s: &str| grads.remove(&format!("{prefix}.{s}"));
-    let (mut gw, mut gb) = (take("gate.weight"), take("gate.bias"));
-    let (mut uw, mut ub) = (take("up.weight").unwrap(), take("up.bias"));
-    let (mut dw, mut db) = (take("down.weight").unwrap(), take("down.bias"));
-    let gated = m.kind.is_gated();
-    mlp::backward(
-        m,
-        x,
-        gated.then_some(&a.gate[..]),
-        &a.up,
-        &a.act,
-        dout,
-        rows,
-        MlpGrad {
-            gate: gw.as_deref_mut().map(|w| (w, gb.as_deref_mut())),
-            up: (&mut uw, ub.as_deref_mut()),
-            down: (&mut dw, db.as_deref_mut()),
-        },
-        dx,
-    );
-    let mut put = |s: &str, v: Option<Vec<f64>>| {
-        if let Some(v) = v {
-            grads.insert(format!("{prefix}.{s}"), v);
-        }
-    };
-    put("gate.weight", gw);
-    put("gate.bias", gb);
-    put("up.weight", Some(uw));
-    put("up.bias", ub);
-    put("down.weight", Some(dw));
-    put("down.bias", db);
-}
-
-struct RefForward {
-    logits: Vec<f64>,
-    routing: cpu::Routing,
-    weights: Vec<f64>,
-    expert_in: Vec<f64>,
-    experts: Vec<Option<MlpActs>>,
-    expert_out: Vec<f64>,
-    shared: Option<MlpActs>,
-    gate_logit: Vec<f64>,
-    out: Vec<f64>,
-}
-
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
-
-fn ref_forward(
-    moe: &Moe,
-    i: usize,
-    d: usize,
-    p: &BTreeMap<String, Vec<f64>>,
-    x: &[f64],
-    rows: usize,
-) -> RefForward {
-    let e = moe.experts as usize;
-    let pre = |s: &str| format!("layers.{i}.moe.{s}");
-    let mut logits = vec![0.0; rows * e];
-    let wr = &p[&pre("router.weight")];
-    linear::forward(x, rows, d, wr, None, e, &mut logits);
-    let (routing, weights) = cpu::route(moe, &logits);
-    let mut expert_in = vec![0.0; routing.expert.len() * d];
-    cpu::gather(&routing, x, d, &mut expert_in);
-    let hidden = moe.expert.hidden as usize;
-    let mut expert_out = vec![0.0; expert_in.len()];
-    let mut experts = Vec::new();
-    for ex in 0..e {
-        let (r0, r1) = (routing.offsets[ex], routing.offsets[ex + 1]);
-        if r0 == r1 {
-            experts.push(None);
-            continue;
-        }
-        let m = mlp_ref(p, &pre(&format!("experts.{ex}")), moe, d, hidden);
-        let a = mlp_forward(&m, &expert_in[r0 * d..r1 * d], r1 - r0);
-        expert_out[r0 * d..r1 * d].copy_from_slice(&a.out);
-        experts.push(Some(a));
-    }
-    let mut out = vec![0.0; rows * d];
-    cpu::combine(&routing, &weights, &expert_out, d, &mut out);
-    let mut shared = None;
-    let mut gate_logit = Vec::new();
-    if let Some(s) = &moe.shared {
-        let m = mlp_ref(p, &pre("shared"), moe, d, (s.count * s.hidden) as usize);
-        let a = mlp_forward(&m, x, rows);
-        if s.gate {
-            gate_logit = vec![0.0; rows];
-            linear::forward(
-                x,
-                rows,
-                d,
-                &p[&pre("shared_gate.weight")],
-                None,
-                1,
-                &mut gate_logit,
-            );
-        }
-        for n in 0..rows {
-            let g = if s.gate { sigmoid(gate_logit[n]) } else { 1.0 };
-            for c in 0..d {
-                out[n * d + c] += g * a.out[n * d + c];
-            }
-        }
-        shared = Some(a);
-    }
-    RefForward {
-        logits,
-        routing,
-        weights,
-        expert_in,
-        experts,
-        expert_out,
-        shared,
-        gate_logit,
-        out,
-    }
-}
-
-/// dx and the parameter gradients of one layer (the executor's `moe_backward`).
-#[allow(clippy::too_many_arguments)]
-fn ref_backward(
-    moe: &Moe,
-    i: usize,
-    d: usize,
-    p: &BTreeMap<String, Vec<f64>>,
-    f: &RefForward,
-    x: &[f64],
-    dout: &[f64],
-    rows: usize,
-    aux_dprobs: Option<&[f64]>,
-) -> (Vec<f64>, BTreeMap<String, Vec<f64>>) {
-    let e = moe.experts as usize;
-    let pre = |s: &str| format!("layers.{i}.moe.{s}");
-    let mut grads: BTreeMap<String, Vec<f64>> = p
-        .iter()
-        .map(|(k, v)| (k.clone(), vec![0.0; v.len()]))
-        .collect();
-    let mut dx = vec![0.0; rows * d];
-    if let (Some(s), Some(a)) = (&moe.shared, &f.shared) {
-        let mut d_so = dout.to_vec();
-        if s.gate {
-            let mut d_logit = vec![0.0; rows];
-            for n in 0..rows {
-                let g = sigmoid(f.gate_logit[n]);
-                let dot: f64 = (0..d).map(|c| dout[n * d + c] * a.out[n * d + c]).sum();
-                d_logit[n] = dot * g * (1.0 - g);
-                for c in 0..d {
-                    d_so[n * d + c] = dout[n * d + c] * g;
-                }
-            }
-            let name = pre("shared_gate.weight");
-            let mut gw = grads.remove(&name).unwrap();
-            linear::backward(
-                x,
-                &d_logit,
-                rows,
-                d,
-                1,
-                &p[&name],
-                Some(&mut dx),
-                &mut gw,
-                None,
-            );
-            grads.insert(name, gw);
-        }
-        let m = mlp_ref(p, &pre("shared"), moe, d, (s.count * s.hidden) as usize);
-        mlp_backward(&m, &pre("shared"), a, x, &d_so, rows, &mut grads, &mut dx);
-    }
-    let k = moe.top_k as usize;
-    let slots = rows * k;
-    let mut d_eo = vec![0.0; slots * d];
-    let mut d_w = vec![0.0; slots];
-    cpu::combine_backward(
-        &f.routing,
-        &f.weights,
-        &f.expert_out,
-        dout,
-        d,
-        &mut d_eo,
-        &mut d_w,
-    );
-    let hidden = moe.expert.hidden as usize;
-    let mut d_in = vec![0.0; slots * d];
-    for ex in 0..e {
-        let (r0, r1) = (f.routing.offsets[ex], f.routing.offsets[ex + 1]);
-        let Some(a) = &f.experts[ex] else { continue };
-        let prefix = pre(&format!("experts.{ex}"));
-        let m = mlp_ref(p, &prefix, moe, d, hidden);
-        mlp_backward(
-            &m,
-            &prefix,
-            a,
-            &f.expert_in[r0 * d..r1 * d],
-            &d_eo[r0 * d..r1 * d],
-            r1 - r0,
-            &mut grads,
-            &mut d_in[r0 * d..r1 * d],
-        );
-    }
-    cpu::gather_backward(&f.routing, &d_in, d, &mut dx);
-    let mut d_logits = vec![0.0; rows * e];
-    cpu::route_backward(moe, &f.logits, &f.routing, &d_w, aux_dprobs, &mut d_logits);
-    let name = pre("router.weight");
-    let mut gw = grads.remove(&name).unwrap();
-    linear::backward(
-        x,
-        &d_logits,
-        rows,
-        d,
-        e,
-        &p[&name],
-        Some(&mut dx),
-        &mut gw,
-        None,
-    );
-    grads.insert(name, gw);
-    (dx, grads)
-}
-
-/// For each row, the gap between the k-th and (k+1)-th router score (probabilities or logits,
-/// whichever the router ranks).
-fn min_gap(moe: &Moe, logits: &[f64]) -> f64 {
-    let (e, k) = (moe.experts as usize, moe.top_k as usize);
-    let mut worst = f64::INFINITY;
-    for l in logits.chunks_exact(e) {
-        let mut v: Vec<f64> = match moe.router {
-            // Sigmoid is monotone: it ranks as the logits do.
-            modelspec_dsl::ir::RouterOrder::TopkSoftmax
-            | modelspec_dsl::ir::RouterOrder::SigmoidTopk => l.to_vec(),
-            modelspec_dsl::ir::RouterOrder::SoftmaxTopk => {
-                let mx = l.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let s: f64 = l.iter().map(|x| (x - mx).exp()).sum();
-                l.iter().map(|x| (x - mx).exp() / s).collect()
-            }
-        };
-        v.sort_by(|a, b| b.partial_cmp(a).unwrap());
-        if k < e {
-            worst = worst.min(v[k - 1] - v[k]);
-        }
-    }
-    worst
-}
-
-// ---------------------------------------------------------------- the GPU side
-
-/// A layer's tensors in one device allocation: `offsets` are byte offsets by full name.
-struct Packed {
-    buf: GpuBuf<u8>,
-    offsets: BTreeMap<String, usize>,
-}
-
-impl Packed {
-    /// Packed: in table order, 256-byte aligned, except that a gate weight's successor (up)
-    /// follows it directly. Otherwise every tensor is separated by a gap (never adjacent).
-    fn layout(
-        names: &[(String, usize)],
-        elem: usize,
-        packed: bool,
-    ) -> (BTreeMap<String, usize>, usize) {
-        let mut offsets = BTreeMap::new();
-        let mut cur = 0usize;
-        for (name, n) in names {
-            offsets.insert(name.clone(), cur);
-            cur += n * elem;
-            if !(packed && name.ends_with("gate.weight")) {
-                cur = cur.div_ceil(256) * 256 + if packed { 0 } else { 256 };
-            }
-        }
-        (offsets, cur.max(1))
-    }
-
-    fn ptr(&self, name: &str) -> DevPtr {
-        self.offsets
-            .get(name)
-            .map_or(0, |o| self.buf.ptr() + *o as u64)
-    }
-}
-
-fn upload_params(
-    gpu: &Gpu,
-    p: &BTreeMap<String, Vec<f64>>,
-    order: &[(String, Vec<u64>)],
-    dt: Dtype,
-    packed: bool,
-) -> Packed {
-    let names: Vec<(String, usize)> = order
-        .iter()
-        .map(|(n, s)| (n.clone(), s.iter().product::<u64>() as usize))
-        .collect();
-    let (offsets, total) = Packed::layout(&names, elem(dt), packed);
-    let mut host = vec![0u8; total];
-    for (name, off) in &offsets {
-        let b = encode(&p[name], dt);
-        host[*off..*off + b.len()].copy_from_slice(&b);
-    }
-    Packed {
-        buf: gpu.upload(&host).unwrap(),
-        offsets,
-    }
-}
-
-fn zero_grads(gpu: &Gpu, order: &[(String, Vec<u64>)], packed: bool) -> Packed {
-    let names: Vec<(String, usize)> = order
-        .iter()
-        .map(|(n, s)| (n.clone(), s.iter().product::<u64>() as usize))
-        .collect();
-    let (offsets, total) = Packed::layout(&names, 4, packed);
-    Packed {
-        buf: gpu.zeros::<u8>(total).unwrap(),
-        offsets,
-    }
-}
-
-fn download_grads(
-    gpu: &Gpu,
-    g: &Packed,
-    order: &[(String, Vec<u64>)],
-) -> BTreeMap<String, Vec<f64>> {
-    let all = gpu.download(&g.buf).unwrap();
-    order
-        .iter()
-        .map(|(name, shape)| {
-            let n = shape.iter().product::<u64>() as usize;
-            let off = g.offsets[name];
-            (name.clone(), decode(&all[off..off + 4 * n], Dtype::F32))
-        })
-        .collect()
-}
-
 fn rms(v: &[f64]) -> f64 {
     (v.iter().map(|x| x * x).sum::<f64>() / v.len().max(1) as f64).sqrt()
 }
@@ -759,65 +355,6 @@ fn rel(got: &[f64], want: &[f64], floor: f64) -> f64 {
     let diff: Vec<f64> = got.iter().zip(want).map(|(a, b)| a - b).collect();
     let e = rms(&diff) / rms(want).max(floor).max(1e-30);
     if e.is_nan() { f64::INFINITY } else { e }
-}
-
-struct Inputs {
-    params: Vec<BTreeMap<String, Vec<f64>>>,
-    x: Vec<Vec<f64>>,
-    dout: Vec<Vec<f64>>,
-    seed: u64,
-}
-
-/// Draws inputs until the routing has no near-ties (see the module docs).
-fn draw(spec: &ModelSpec, case: &Case, dt: Dtype, layers: &[usize]) -> Inputs {
-    let d = spec.d_model as usize;
-    let base = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|t| t.as_nanos() as u64)
-        .unwrap_or(7);
-    for attempt in 0..50u64 {
-        let seed = base.wrapping_add(attempt.wrapping_mul(0x9e37_79b9)) | 1;
-        let mut rng = Rng(seed);
-        let mut ok = true;
-        let mut inp = Inputs {
-            params: Vec::new(),
-            x: Vec::new(),
-            dout: Vec::new(),
-            seed,
-        };
-        for &i in layers {
-            let p = init_params(spec, i, &mut rng, case, dt);
-            let mut x = rng.vec(case.rows * d, 1.0);
-            if case.dead_expert.is_some() {
-                for n in 0..case.rows {
-                    x[n * d] = 3.0 + 0.1 * x[n * d];
-                }
-            }
-            round(&mut x, dt);
-            let mut dout = rng.vec(case.rows * d, 1.0);
-            round(&mut dout, dt);
-            let moe = moe_of(spec, i);
-            let mut logits = vec![0.0; case.rows * moe.experts as usize];
-            let wr = &p[&format!("layers.{i}.moe.router.weight")];
-            linear::forward(
-                &x,
-                case.rows,
-                d,
-                wr,
-                None,
-                moe.experts as usize,
-                &mut logits,
-            );
-            ok &= case.ties || min_gap(&moe, &logits) > 1e-5;
-            inp.params.push(p);
-            inp.x.push(x);
-            inp.dout.push(dout);
-        }
-        if ok {
-            return inp;
-        }
-    }
-    panic!("no draw without near-ties in 50 attempts");
 }
 
 fn run(case: &Case, dt: Dtype, tol: f64) {
@@ -835,13 +372,34 @@ fn run(case: &Case, dt: Dtype, tol: f64) {
     let mut fwd = Vec::new();
     for (li, &i) in layers.iter().enumerate() {
         let moe = moe_of(&spec, i);
-        let f = ref_forward(&moe, i, d, &inp.params[li], &inp.x[li], rows);
+        let f = ref_forward(&moe, i, d, &inp.params[li], &inp.x[li], rows, Some(dt));
         if moe.aux_loss > 0.0 {
             aux.get_or_insert_with(|| (cpu::AuxStats::new(moe.experts as usize), moe.aux_loss))
                 .0
                 .add(&f.logits, &f.routing);
         }
         fwd.push(f);
+    }
+    for (li, &i) in layers.iter().enumerate() {
+        let moe = moe_of(&spec, i);
+        if let Some((gate, up)) = clamped_fractions(&moe, &fwd[li]) {
+            println!(
+                "clamped: {:.1}% of gate values, {:.1}% of up values",
+                100.0 * gate,
+                100.0 * up
+            );
+            assert!(gate > 0.02 && up > 0.02, "the case must hit both clamps");
+        }
+        let (bias, groups) = routing_changes(&moe, &fwd[li], correction(i, &inp.params[li]));
+        if moe.correction_bias {
+            assert!(
+                bias > 0,
+                "the correction bias must change some token's experts"
+            );
+        }
+        if moe.groups.is_some() {
+            assert!(groups > 0, "the groups must change some token's experts");
+        }
     }
     let aux_loss_ref = aux.as_ref().map(|(a, c)| c * a.loss());
     let aux_dprobs: Option<Vec<f64>> = aux.as_ref().map(|(a, c)| a.dprobs(*c));
@@ -1083,7 +641,7 @@ fn objective(
     let mut aux: Option<(cpu::AuxStats, f64)> = None;
     for (li, &i) in layers.iter().enumerate() {
         let moe = moe_of(spec, i);
-        let f = ref_forward(&moe, i, d, &params[li], &xs[li], rows);
+        let f = ref_forward(&moe, i, d, &params[li], &xs[li], rows, None);
         total += f
             .out
             .iter()
@@ -1103,7 +661,15 @@ fn objective(
 /// differences, so that a GPU mismatch points at the GPU. Runs without a device.
 #[test]
 fn reference_matches_finite_differences() {
-    for case in [&QWEN2_CASE, &AWKWARD_CASE, &TWO_LAYER_CASE, &TOPK_CASE] {
+    for case in [
+        &QWEN2_CASE,
+        &AWKWARD_CASE,
+        &TWO_LAYER_CASE,
+        &TOPK_CASE,
+        &DEEPSEEK_CASE,
+        &GPT_OSS_CASE,
+        &LLAMA4_CASE,
+    ] {
         let spec = load_str(case.src, "test.mspec", Format::Mspec).expect("spec is valid");
         let layers: Vec<usize> = (0..spec.layers.len())
             .filter(|&i| matches!(spec.layers[i].ffn, Ffn::Moe(_)))
@@ -1115,7 +681,7 @@ fn reference_matches_finite_differences() {
         let mut fwd = Vec::new();
         for (li, &i) in layers.iter().enumerate() {
             let moe = moe_of(&spec, i);
-            let f = ref_forward(&moe, i, d, &inp.params[li], &inp.x[li], rows);
+            let f = ref_forward(&moe, i, d, &inp.params[li], &inp.x[li], rows, None);
             if moe.aux_loss > 0.0 {
                 aux.get_or_insert_with(|| (cpu::AuxStats::new(moe.experts as usize), moe.aux_loss))
                     .0

@@ -154,13 +154,11 @@ impl GpuTrainer {
     }
 
     /// Why the GPU trainer cannot run `spec` (the first unsupported feature, named), or `None`.
-    /// Layers may differ in sizes, attention options, position encoding, block structure and
-    /// FFN. Not yet on the GPU: attention sinks, chunked attention, the query temperature and a
-    /// qk-norm after RoPE (the CPU executor runs them).
+    /// Layers may differ in sizes, attention options (sinks, chunks, the query temperature, a
+    /// qk-norm before or after RoPE included), position encoding, block structure and FFN. Not
+    /// yet on the GPU: multi-head latent attention (the CPU executor runs it).
     pub fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
-        newer_attention_unsupported(spec)
-            .or_else(|| newer_moe_unsupported(spec))
-            .or_else(|| config::unsupported_feature(spec))
+        newer_attention_unsupported(spec).or_else(|| config::unsupported_feature(spec))
     }
 
     /// As [`GpuTrainer::new`], keeping for backward only what `saves` says per layer (one entry
@@ -529,47 +527,9 @@ struct Step<'a> {
 fn newer_attention_unsupported(spec: &ModelSpec) -> Option<String> {
     first_cpu_only(spec, |l| {
         let a = &l.attention;
-        Some(if a.mla.is_some() {
-            "multi-head latent attention (DeepSeek-V2/V3)"
-        } else if a.sinks {
-            "attention sinks (GPT-OSS)"
-        } else if a.chunk.is_some() {
-            "chunked attention (Llama 4)"
-        } else if a.temperature.is_some() {
-            "a query temperature (Llama 4's NoPE layers)"
-        } else if a.qk_norm.is_some_and(|q| q.after_rope) {
-            "a qk-norm after RoPE (Llama 4)"
-        } else {
-            return None;
-        })
-    })
-}
-
-/// The mixture-of-experts options of issue 12 that the GPU's MoE does not implement yet, named
-/// with the first layer that uses each and what to do instead.
-fn newer_moe_unsupported(spec: &ModelSpec) -> Option<String> {
-    use modelspec_dsl::ir::{Ffn, RouterOrder, Weighting};
-    first_cpu_only(spec, |l| {
-        let Ffn::Moe(m) = &l.ffn else { return None };
-        Some(if m.router == RouterOrder::SigmoidTopk {
-            "the sigmoid router (DeepSeek-V3, GLM-4.5, Llama 4)"
-        } else if m.correction_bias {
-            "an expert-selection correction bias (DeepSeek-V3)"
-        } else if m.groups.is_some() {
-            "group-limited routing (DeepSeek-V3)"
-        } else if m.routed_scale != 1.0 {
-            "a routed scaling factor (DeepSeek-V3)"
-        } else if m.router_bias {
-            "a router bias (GPT-OSS)"
-        } else if m.expert.bias {
-            "expert biases (GPT-OSS)"
-        } else if m.clamp.is_some() {
-            "the clamped SwiGLU (GPT-OSS)"
-        } else if m.weighting == Weighting::Input {
-            "router weights on the experts' inputs (Llama 4)"
-        } else {
-            return None;
-        })
+        a.mla
+            .is_some()
+            .then_some("multi-head latent attention (DeepSeek-V2/V3)")
     })
 }
 
