@@ -193,9 +193,10 @@ fn gpu_eval_matches_cpu_on_every_supported_fixture() {
                 "{name}: the error names the feature: {err}"
             );
             println!("UNSUPPORTED {name}: {feature}");
-            // Only the features of the newest architectures (attention sinks, chunked attention,
-            // the query temperature, the sigmoid router, ...) are CPU-only for now; every other
-            // fixture, dense or mixture-of-experts, must run.
+            // Only the features of the newest architectures (multi-head latent attention,
+            // attention sinks, chunked attention, the query temperature, ...) are CPU-only for
+            // now; every other fixture, dense or mixture-of-experts (GLM-4.5's sigmoid router
+            // included), must run.
             if !feature.contains("runs on the CPU only for now") {
                 failures.push(format!("{name}: refused ({feature})"));
             }
