@@ -15,9 +15,10 @@
 //!   another order).
 //!
 //! Fixtures whose spec uses a feature the GPU trainer lacks are listed with the feature (and must
-//! fail cleanly, naming it). Only mixture-of-experts fixtures may be refused, and only while the
-//! MoE kernels are not built in: every dense fixture (falcon's ALiBi and gemma3's mixed layers
-//! included) must run. Without a CUDA device the test prints "skipping" and passes.
+//! fail cleanly, naming it): only multi-head latent attention (deepseek_v2, deepseek_v3) is
+//! refused today. Every other fixture runs: dense and MoE, falcon's ALiBi, gemma3's mixed layers,
+//! GPT-OSS's sinks and MoE, Llama 4's chunks, temperature and interleaved MoE, SmolLM3's NoPE
+//! layers, GLM-4.5's sigmoid routing. Without a CUDA device the test prints "skipping" and passes.
 //! On the GPU machine, `MODELSPEC_BIN` may point at the `modelspec` binary to run.
 
 use std::collections::BTreeMap;
@@ -193,11 +194,9 @@ fn gpu_eval_matches_cpu_on_every_supported_fixture() {
                 "{name}: the error names the feature: {err}"
             );
             println!("UNSUPPORTED {name}: {feature}");
-            // Only the features of the newest architectures (multi-head latent attention,
-            // attention sinks, chunked attention, the query temperature, ...) are CPU-only for
-            // now; every other fixture, dense or mixture-of-experts (GLM-4.5's sigmoid router
-            // included), must run.
-            if !feature.contains("runs on the CPU only for now") {
+            // Only multi-head latent attention is CPU-only for now; every other fixture, dense
+            // or mixture-of-experts, must run.
+            if !feature.contains("multi-head latent attention") {
                 failures.push(format!("{name}: refused ({feature})"));
             }
             unsupported.push(name);

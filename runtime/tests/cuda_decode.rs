@@ -148,8 +148,32 @@ const DYNAMIC_NTK: &str = "model t_dynamic {
     mlp swiglu(hidden = 40)
 }";
 
+/// GPT-OSS-style attention: a sink logit per head, sliding and full layers, biases.
+const SINKS_LIKE: &str = "model t_sinks {
+    vocab 64   d_model 64   layers 2   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 16  bias  window 5  sinks }
+    position rope(theta = 10000)
+    mlp swiglu(hidden = 48)
+    layers[odd] { attention { window none } }
+}";
+
+/// Llama-4-style attention: chunks of 6 positions with an L2 qk-norm after (interleaved) RoPE;
+/// the last layer is NoPE with the query temperature (steps every 4 positions).
+const LLAMA4_LIKE: &str = "model t_llama4 {
+    vocab 64   d_model 64   layers 2   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 16  qk_norm(rms(weight = false), scope = head, order = after_rope)  chunk 6 }
+    position rope(theta = 10000, style = interleaved)
+    mlp swiglu(hidden = 48)
+    layers[1] {
+        attention { qk_norm none  chunk none  temperature(floor = 4, scale = 0.1) }
+        position none
+    }
+}";
+
 /// Every case: name and spec text.
-const CASES: [(&str, &str); 9] = [
+const CASES: [(&str, &str); 11] = [
     ("llama (GQA, window)", LLAMA_LIKE),
     ("gpt2 (learned positions, biases)", GPT2_LIKE),
     (
@@ -168,6 +192,11 @@ const CASES: [(&str, &str); 9] = [
         GEMMA3_NOPE,
     ),
     ("moe (shared expert)", MOE_LIKE),
+    ("gpt-oss attention (sinks, window)", SINKS_LIKE),
+    (
+        "llama 4 attention (chunks, qk-norm after RoPE, NoPE with temperature)",
+        LLAMA4_LIKE,
+    ),
 ];
 
 const F32_TOL: f64 = 1e-4;
@@ -377,12 +406,13 @@ fn the_cpu_reference_of_every_case_runs() {
 /// Specs the GPU trainer refuses are refused here with its reason, before any device work.
 #[test]
 fn unsupported_specs_are_named() {
-    let sinks = spec(
-        "model t_sinks { vocab 32 d_model 32 layers 1 context 16 norm rms(eps = 1e-5)
-           attention { heads 4 sinks } position rope(theta = 10000) mlp swiglu(hidden = 48) }",
+    let mla = spec(
+        "model t_mla { vocab 32 d_model 32 layers 1 context 16 norm rms(eps = 1e-5)
+           attention { heads 4 mla(kv_rank = 16, nope_dim = 8, rope_dim = 4, v_dim = 8) }
+           position rope(theta = 10000) mlp swiglu(hidden = 48) }",
     );
-    let why = GpuDecoder::unsupported_feature(&sinks).expect("sinks are refused");
-    assert!(why.contains("attention sinks"), "{why}");
+    let why = GpuDecoder::unsupported_feature(&mla).expect("latent attention is refused");
+    assert!(why.contains("latent attention"), "{why}");
     for (name, src) in CASES {
         assert_eq!(
             GpuDecoder::unsupported_feature(&spec(src)),
@@ -414,7 +444,8 @@ fn decode_kernels_compile_with_nvrtc() {
             "kernel {name} missing from the PTX"
         );
     }
-    // The attention kernel takes the ALiBi slopes as its last (16th) parameter.
-    assert!(ptx.contains("dec_attn_bf16_param_15"));
+    // The attention kernel takes 20 parameters: the sinks and the query temperature last.
+    assert!(ptx.contains("dec_attn_bf16_param_19"));
+    assert!(!ptx.contains("dec_attn_bf16_param_20"));
     let _ = std::fs::remove_dir_all(&dir);
 }

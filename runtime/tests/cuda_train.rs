@@ -119,6 +119,32 @@ const NOPE_LAYERS: &str = "model t_nope {
     layers[0] { attention.window 9 }
 }";
 
+/// GPT-OSS-style attention: a learned sink logit per head in every softmax (with q/k/v/o biases),
+/// a sliding window on even layers, full attention on odd ones.
+const SINKS_LIKE: &str = "model t_sinks {
+    vocab 150   d_model 96   layers 2   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 32  bias  window 9  sinks }
+    position rope(theta = 10000)
+    mlp swiglu(hidden = 160)
+    layers[odd] { attention { window none } }
+}";
+
+/// Llama-4-style attention: chunks of 16 positions (three per sequence of 48) with an L2 qk-norm
+/// after RoPE on three of four layers; the fourth is NoPE, attends to the whole prefix and scales
+/// its queries by the temperature (steps every 8 positions).
+const LLAMA4_LIKE: &str = "model t_llama4 {
+    vocab 150   d_model 96   layers 4   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 32  qk_norm(rms(weight = false), scope = head, order = after_rope)  chunk 16 }
+    position rope(theta = 10000, style = interleaved)
+    mlp swiglu(hidden = 160)
+    layers[every 4 offset 3] {
+        attention { qk_norm none  chunk none  temperature(floor = 8, scale = 0.1) }
+        position none
+    }
+}";
+
 /// ALiBi (Falcon-7B style: parallel residual, one shared LayerNorm, MQA), with a head count that
 /// is not a power of two (the second slope series).
 const ALIBI_LIKE: &str = "model t_alibi {
@@ -402,6 +428,22 @@ fn gpu_step_matches_cpu_gemma3_two_windows_two_ropes_f32() {
     compare(GEMMA3_WINDOWS, Dtype::Bf16, 5e-2);
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_step_matches_cpu_attention_sinks() {
+    compare(SINKS_LIKE, Dtype::F32, 1e-4);
+    compare_with(SINKS_LIKE, Dtype::F32, 1e-4, true);
+    compare(SINKS_LIKE, Dtype::Bf16, 5e-2);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_step_matches_cpu_chunks_temperature_qk_norm_after_rope() {
+    compare(LLAMA4_LIKE, Dtype::F32, 1e-4);
+    compare_with(LLAMA4_LIKE, Dtype::F32, 1e-4, true);
+    compare(LLAMA4_LIKE, Dtype::Bf16, 5e-2);
+}
+
 /// f32 only: in bf16 a token whose k-th and (k+1)-th router scores differ by less than bf16's
 /// rounding may pick another expert than the f32 CPU, which no tolerance on the gradients
 /// covers (runtime/tests/cuda_moe.rs checks the bf16 MoE block on its own; the checkpoint test
@@ -444,6 +486,8 @@ fn every_case_is_a_spec_the_gpu_trainer_takes() {
         MOE_MIXED,
         PADDED_VOCAB,
         PADDED_VOCAB_UNTIED,
+        SINKS_LIKE,
+        LLAMA4_LIKE,
     ] {
         let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
         assert_eq!(

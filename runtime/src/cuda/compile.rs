@@ -16,8 +16,8 @@ const ACTIVATION: &str = crate::ops::activation::cuda::SOURCE;
 const ROPE: &str = crate::ops::rope::cuda::SOURCE;
 const EMBEDDING: &str = crate::ops::embedding::cuda::SOURCE;
 const CROSS_ENTROPY: &str = crate::ops::cross_entropy::cuda::SOURCE;
-const ATTENTION_SIMPLE: &str = include_str!("kernels/attention_simple.cu");
-const ATTENTION_MMA: &str = include_str!("kernels/attention_mma.cu");
+const ATTENTION_SIMPLE: &str = crate::ops::attention::cuda::SOURCE_SIMPLE;
+const ATTENTION_MMA: &str = crate::ops::attention::cuda::SOURCE_MMA;
 
 /// Head dims the tensor-core attention backward supports (it keeps 16 x D of dK and dV per warp
 /// in registers).

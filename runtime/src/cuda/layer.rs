@@ -7,7 +7,7 @@ use super::error::Result;
 use super::gpu::{Gpu, GpuBuf};
 use super::ops::{Act, NormKind};
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Ffn, Norm, Position, QkNormScope, Rope};
+use modelspec_dsl::ir::{Ffn, Norm, Position, QkNormScope, QueryTemperature, Rope};
 use modelspec_dsl::program::{Act as PAct, LayerProgram};
 
 /// A norm's kind and constants.
@@ -34,6 +34,8 @@ pub(crate) struct QkCfg {
     /// Per head (rows of head_dim) rather than over the whole projection.
     pub per_head: bool,
     pub norm: NormCfg,
+    /// Applied to the rotated queries and keys (Llama 4) instead of before RoPE.
+    pub after_rope: bool,
 }
 
 /// The feed-forward block of one layer.
@@ -63,6 +65,12 @@ pub(crate) struct LayerCfg {
     pub softcap: f32,
     /// 0 = none.
     pub window: usize,
+    /// Chunked attention's chunk (Llama 4); 0 = none.
+    pub chunk: usize,
+    /// Per-head sink logits (`layers.{i}.attn.sinks`, GPT-OSS).
+    pub sinks: bool,
+    /// The query temperature of Llama 4's NoPE layers.
+    pub temperature: Option<QueryTemperature>,
     pub qk: Option<QkCfg>,
     /// Index into the caller's distinct RoPE tables (`None`: learned, NoPE or ALiBi).
     pub rope: Option<usize>,
@@ -108,9 +116,13 @@ impl LayerCfg {
             scale: a.scale as f32,
             softcap: a.softcap.unwrap_or(0.0) as f32,
             window: a.window.unwrap_or(0) as usize,
+            chunk: a.chunk.unwrap_or(0) as usize,
+            sinks: a.sinks,
+            temperature: a.temperature,
             qk: a.qk_norm.as_ref().map(|q| QkCfg {
                 per_head: q.scope == QkNormScope::Head,
                 norm: NormCfg::new(&q.norm),
+                after_rope: q.after_rope,
             }),
             rope,
             alibi,

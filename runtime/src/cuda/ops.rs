@@ -1,14 +1,14 @@
 //! The kernel library ([`Kernels`]) and the launch wrappers of the ops without a folder of their
-//! own (attention, bias add, copies, casts, AdamW): one method per kernel family, named as the
-//! kernels (`{op}_{dtype}`). The folder ops (`crate::ops::{norm, activation, cross_entropy, rope,
-//! embedding}`) add their launchers to [`Kernels`] in their `cuda.rs`.
+//! own (bias add, copies, casts, AdamW): one method per kernel family, named as the kernels
+//! (`{op}_{dtype}`). The folder ops (`crate::ops::{norm, activation, cross_entropy, rope,
+//! embedding, attention}`) add their launchers to [`Kernels`] in their `cuda.rs`.
 //!
 //! Arguments are raw device pointers ([`DevPtr`], 0 for "none") so that views into fused
 //! buffers (q/k/v inside one qkv projection, gate/up halves) need no copies. Each method states
 //! the layout it expects; sizes are checked before launching where a wrong one would fault.
 
-use super::compile::{KernelSource, MMA_BWD_MAX_HEAD_DIM, mma_head_dim_ok};
-use super::error::{CudaError, Result};
+use super::compile::KernelSource;
+use super::error::Result;
 use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
 use super::launch::{BLOCK, Launcher, blocks};
 use crate::cuda_args;
@@ -18,92 +18,12 @@ use std::sync::Arc;
 mod optim;
 
 pub use crate::ops::activation::cuda::Act;
+pub use crate::ops::attention::cuda::AttnShape;
 pub(crate) use crate::ops::activation::cuda::{act_bwd, act_fwd};
 
 /// The normalisation kind of [`Kernels::norm_fwd`]: the IR's own.
 pub use modelspec_dsl::ir::NormKind;
 
-/// Shapes and options of one attention call. Layout: q `[B*T, ldq]` with head h at column
-/// `h*head_dim`; k, v `[B*T, ldk/ldv]` with kv head `h / (heads/kv_heads)`; o like q.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AttnShape {
-    /// Batch.
-    pub batch: usize,
-    /// Sequence length.
-    pub seq: usize,
-    /// Query heads.
-    pub heads: usize,
-    /// Key/value heads (divides `heads`).
-    pub kv_heads: usize,
-    /// Head width.
-    pub head_dim: usize,
-    /// Row strides (elements) of q, k, v and o (and of their gradients).
-    pub ldq: usize,
-    /// Row stride of k.
-    pub ldk: usize,
-    /// Row stride of v.
-    pub ldv: usize,
-    /// Row stride of o.
-    pub ldo: usize,
-    /// Multiplier on q.k.
-    pub scale: f32,
-    /// `cap * tanh(s / cap)` on scores when > 0.
-    pub softcap: f32,
-    /// Sliding window (0 = none).
-    pub window: usize,
-    /// Causal mask.
-    pub causal: bool,
-    /// ALiBi: device pointer to `heads` f32 slopes (bias `bf16(slope * j)` on q.k before the
-    /// scale, key position j within its sequence); 0 = none.
-    pub alibi: DevPtr,
-}
-
-impl AttnShape {
-    /// Dense layout (q `[B*T, H*D]`, k/v `[B*T, KV*D]`), causal, scale `D^-0.5`.
-    pub fn dense(
-        batch: usize,
-        seq: usize,
-        heads: usize,
-        kv_heads: usize,
-        head_dim: usize,
-    ) -> AttnShape {
-        AttnShape {
-            batch,
-            seq,
-            heads,
-            kv_heads,
-            head_dim,
-            ldq: heads * head_dim,
-            ldk: kv_heads * head_dim,
-            ldv: kv_heads * head_dim,
-            ldo: heads * head_dim,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            softcap: 0.0,
-            window: 0,
-            causal: true,
-            alibi: 0,
-        }
-    }
-
-    fn check(&self, kernel: &str) -> Result<()> {
-        let bad = |why: String| {
-            Err(CudaError::BadLaunch {
-                kernel: kernel.into(),
-                why,
-            })
-        };
-        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
-            return bad(format!(
-                "heads {} not a multiple of kv_heads {}",
-                self.heads, self.kv_heads
-            ));
-        }
-        if self.head_dim > 256 || self.head_dim == 0 {
-            return bad(format!("head_dim {} outside 1..=256", self.head_dim));
-        }
-        Ok(())
-    }
-}
 
 /// The compiled kernel library on one GPU.
 pub struct Kernels {
@@ -151,6 +71,11 @@ impl Kernels {
             &instance.head_dims,
             instance.defines.clone(),
         )
+    }
+
+    /// The head dims the tensor-core attention is instantiated for.
+    pub(crate) fn head_dims(&self) -> &[usize] {
+        &self.head_dims
     }
 
     /// The GPU these kernels run on.
@@ -252,177 +177,6 @@ impl Kernels {
         )
     }
 
-    /// Whether the tensor-core forward exists for this call (bf16, an instantiated head dim).
-    pub fn attn_uses_mma(&self, dt: Dtype, s: &AttnShape) -> bool {
-        dt == Dtype::Bf16
-            && mma_head_dim_ok(s.head_dim)
-            && self.head_dims.contains(&s.head_dim)
-            && [s.ldq, s.ldk, s.ldv, s.ldo].iter().all(|l| l % 8 == 0)
-    }
-
-    /// Attention forward: o and lse `[B, H, T]` (f32, natural log). Tensor cores for bf16 at an
-    /// instantiated head dim, else the reference-grade kernel.
-    #[allow(clippy::too_many_arguments)]
-    pub fn attn_fwd(
-        &self,
-        dt: Dtype,
-        s: &AttnShape,
-        o: DevPtr,
-        lse: DevPtr,
-        q: DevPtr,
-        k: DevPtr,
-        v: DevPtr,
-    ) -> Result<()> {
-        s.check("attn_fwd")?;
-        let (t_, h_, kv_, d_) = (
-            s.seq as i32,
-            s.heads as i32,
-            s.kv_heads as i32,
-            s.head_dim as i32,
-        );
-        let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
-        let (scale, softcap, window, causal, alibi) = (
-            s.scale,
-            s.softcap,
-            s.window as i32,
-            s.causal as i32,
-            s.alibi,
-        );
-        if self.attn_uses_mma(dt, s) {
-            let d = s.head_dim;
-            let bn = if d <= 128 { 64 } else { 32 };
-            let smem = (4 * bn * (d + 8) * 2) as u32;
-            let name = format!("attn_fwd_bf16_d{d}");
-            return self.go(
-                &name,
-                (s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32),
-                (128, 1, 1),
-                smem,
-                &mut cuda_args![
-                    o, lse, q, k, v, t_, h_, kv_, ldq, ldk, ldv, ldo, scale, softcap, window,
-                    causal, alibi
-                ],
-            );
-        }
-        let name = format!("attn_simple_fwd_{}", dt.suffix());
-        self.go(
-            &name,
-            (s.seq.div_ceil(4) as u32, s.heads as u32, s.batch as u32),
-            (128, 1, 1),
-            0,
-            &mut cuda_args![
-                o, lse, q, k, v, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap, window,
-                causal, alibi
-            ],
-        )
-    }
-
-    /// Attention backward: dq, dk, dv (laid out like q, k, v) from dout, o and the forward's lse.
-    /// `delta` is scratch `[B, H, T]` f32; `dq_acc` is scratch `[B*T, H*D]` f32 (tensor-core
-    /// path only; may be 0 otherwise).
-    #[allow(clippy::too_many_arguments)]
-    pub fn attn_bwd(
-        &self,
-        dt: Dtype,
-        s: &AttnShape,
-        dq: DevPtr,
-        dk: DevPtr,
-        dv: DevPtr,
-        dq_acc: DevPtr,
-        delta: DevPtr,
-        dout: DevPtr,
-        o: DevPtr,
-        lse: DevPtr,
-        q: DevPtr,
-        k: DevPtr,
-        v: DevPtr,
-    ) -> Result<()> {
-        s.check("attn_bwd")?;
-        let (t_, h_, kv_, d_) = (
-            s.seq as i32,
-            s.heads as i32,
-            s.kv_heads as i32,
-            s.head_dim as i32,
-        );
-        let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
-        let (scale, softcap, window, causal, alibi) = (
-            s.scale,
-            s.softcap,
-            s.window as i32,
-            s.causal as i32,
-            s.alibi,
-        );
-        let grid_q = (s.seq.div_ceil(4) as u32, s.heads as u32, s.batch as u32);
-        let name = format!("attn_delta_{}", dt.suffix());
-        self.go(
-            &name,
-            grid_q,
-            (128, 1, 1),
-            0,
-            &mut cuda_args![delta, o, dout, t_, h_, d_, ldo],
-        )?;
-        if self.attn_uses_mma(dt, s)
-            && s.head_dim <= MMA_BWD_MAX_HEAD_DIM
-            && s.head_dim.is_multiple_of(32)
-        {
-            if dq_acc == 0 {
-                return Err(CudaError::BadLaunch {
-                    kernel: "attn_bwd".into(),
-                    why: "the tensor-core path needs dq_acc scratch".into(),
-                });
-            }
-            let d = s.head_dim;
-            let width = s.heads * d;
-            let rows = s.batch * s.seq;
-            // SAFETY: the caller provides dq_acc with rows * width f32 (documented above).
-            unsafe { self.gpu().memset_raw(dq_acc, rows * width * 4) }?;
-            let smem = ((2 * 128 * (d + 8) + 4 * 64 * (d + 8) + 64 * 136) * 2 + 1024) as u32;
-            let name = format!("attn_bwd_bf16_d{d}");
-            self.go(
-                &name,
-                (
-                    s.seq.div_ceil(128) as u32,
-                    s.kv_heads as u32,
-                    s.batch as u32,
-                ),
-                (256, 1, 1),
-                smem,
-                &mut cuda_args![
-                    dk, dv, dq_acc, q, k, v, dout, lse, delta, t_, h_, kv_, ldq, ldk, ldv, ldo,
-                    scale, softcap, window, causal, alibi
-                ],
-            )?;
-            let (rows_, width_, ldq_) = (rows as i32, width as i32, ldq);
-            return self.go_block(
-                "attn_dq_convert_bf16",
-                (blocks(rows * width, BLOCK), 1, 1),
-                &mut cuda_args![dq, dq_acc, rows_, width_, ldq_],
-            );
-        }
-        let name = format!("attn_simple_dq_{}", dt.suffix());
-        self.go(
-            &name,
-            grid_q,
-            (128, 1, 1),
-            0,
-            &mut cuda_args![
-                dq, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap,
-                window, causal, alibi
-            ],
-        )?;
-        let name = format!("attn_simple_dkv_{}", dt.suffix());
-        let grid_k = (s.seq.div_ceil(4) as u32, s.kv_heads as u32, s.batch as u32);
-        self.go(
-            &name,
-            grid_k,
-            (128, 1, 1),
-            0,
-            &mut cuda_args![
-                dk, dv, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale,
-                softcap, window, causal, alibi
-            ],
-        )
-    }
 }
 
 /// Convenience: a zeroed f32 scratch buffer of `n` elements.

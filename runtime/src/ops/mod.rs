@@ -2,7 +2,8 @@
 //!
 //! An op with a CUDA side is a folder holding all of it: `mod.rs` (the CPU code), `cuda.rs` (its
 //! launchers, an `impl` block of [`Kernels`](crate::cuda::Kernels), and its kernel text) and
-//! `{op}.cu` (its kernels): `norm`, `activation`, `cross_entropy`, `rope`, `embedding`.
+//! `{op}.cu` (its kernels): `norm`, `activation`, `cross_entropy`, `rope`, `embedding`,
+//! `attention`.
 //!
 //! Conventions: tensors are row-major slices, activations `[rows, width]` with
 //! `rows = batch · seq`; `forward` overwrites its output; `backward` *accumulates* (`+=`) into every

@@ -189,6 +189,9 @@ impl CudnnAttention {
         if s.alibi != 0 {
             return Some("ALiBi".into());
         }
+        if s.chunk > 0 {
+            return Some("chunked attention".into());
+        }
         if s.kv_heads == 0 || !s.heads.is_multiple_of(s.kv_heads) {
             return Some(format!(
                 "heads {} not a multiple of kv_heads {}",

@@ -10,6 +10,7 @@ use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu};
 use crate::cuda::launch::{BLOCK, Launcher, int as i, module_source};
 use crate::cuda_args;
+use modelspec_dsl::ir::QueryTemperature;
 
 const COMMON: &str = include_str!("../kernels/common.cuh");
 const DECODE: &str = include_str!("../kernels/decode.cu");
@@ -73,8 +74,14 @@ pub(super) struct CachedAttn {
     pub softcap: f32,
     /// 0: none.
     pub window: usize,
+    /// Chunked attention's chunk; 0: none.
+    pub chunk: usize,
     /// f32 `[heads]` ALiBi slopes; 0: none.
     pub alibi: DevPtr,
+    /// `[heads]` sink logits in the compute dtype; 0: none.
+    pub sinks: DevPtr,
+    /// The query temperature (Llama 4's NoPE layers).
+    pub temperature: Option<QueryTemperature>,
 }
 
 /// The loaded decode module on one GPU, with typed launches.
@@ -212,14 +219,26 @@ impl DecodeKernels {
             i(a.ldo),
             i(a.capacity),
         );
-        let (scale, softcap, window, alibi) = (a.scale, a.softcap, i(a.window), a.alibi);
+        let (scale, softcap, window, chunk, alibi, sinks) = (
+            a.scale,
+            a.softcap,
+            i(a.window),
+            i(a.chunk),
+            a.alibi,
+            a.sinks,
+        );
+        // tau_scale 0: no temperature.
+        let (tau_floor, tau_scale) = a
+            .temperature
+            .map_or((1.0f32, 0.0f32), |t| (t.floor as f32, t.scale as f32));
         // Four warps per (row, head): the kernel's DEC_WARPS.
         self.go_with(
             &format!("dec_attn_{}", dt.suffix()),
             (rows.n as u32, a.heads as u32, 1),
             ATTN_BLOCK,
             &mut cuda_args![
-                o, q, kc, vc, seq, pos, h_, kv_, d_, ldq, ldo, l_, scale, softcap, window, alibi
+                o, q, kc, vc, seq, pos, h_, kv_, d_, ldq, ldo, l_, scale, softcap, window, chunk,
+                alibi, sinks, tau_floor, tau_scale
             ],
         )
     }

@@ -276,7 +276,14 @@ impl Pass<'_> {
                     scale: c.scale,
                     softcap: c.softcap,
                     window: c.window,
+                    chunk: c.chunk,
                     alibi: c.alibi.map_or(0, |j| self.alibi[j].ptr()),
+                    sinks: if c.sinks {
+                        self.w.w(&l.pname("attn.sinks"))?
+                    } else {
+                        0
+                    },
+                    temperature: c.temperature,
                 };
                 self.dk
                     .attn(dt, &a, self.ptr(l, first)?, q, (kc, vc), &self.rows)

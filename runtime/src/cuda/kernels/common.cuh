@@ -34,6 +34,13 @@ __device__ __forceinline__ float lf(const float* p) { return *p; }
 __device__ __forceinline__ float lf(const bf16* p) { return bf16_to_f32(*p); }
 __device__ __forceinline__ void sf(float* p, float v) { *p = v; }
 __device__ __forceinline__ void sf(bf16* p, float v) { *p = f32_to_bf16(v); }
+// v rounded to the storage type T (identity for float).
+template <typename T>
+__device__ __forceinline__ float round_to(float v) {
+    T t;
+    sf(&t, v);
+    return lf(&t);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

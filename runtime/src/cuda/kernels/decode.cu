@@ -53,7 +53,10 @@ __device__ void dec_kv_store(T* kc, T* vc, const T* k, const T* v, const int* se
 // dec_attn_{dtype}: one query row per (new row r, head h) over its sequence's cached keys
 // 0..=pos[r] (the new rows' own keys are stored first):
 //   s_j = scale * (q.k_j + alibi_bias(slope_h, j)), then softcap * tanh(s_j / softcap) when
-//   softcap > 0; visible iff j <= i and (window <= 0 || i - j < window); o = softmax(s) . v.
+//   softcap > 0; visible iff j <= i, (window <= 0 || i - j < window) and (chunk <= 0 ||
+//   j / chunk == i / chunk); o = softmax(s) . v, with the head's sink logit (sinks: [H] in T, or
+//   null) in the softmax's denominator. tau_scale > 0: the query is first multiplied by Llama 4's
+//   temperature 1 + tau_scale * log1p(floor((i + 1) / tau_floor)).
 // GQA: head h reads kv head h / (H / KV). ALiBi slopes f32 [H] (null: none). D <= 256.
 // Launch: grid (N, H), block 128: four warps take every fourth key each with an online softmax,
 // then merge their (max, sum, acc) through shared memory. Traffic: each visible cached key and
@@ -62,7 +65,7 @@ __device__ void dec_kv_store(T* kc, T* vc, const T* k, const T* v, const int* se
 template <typename T>
 __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* seq, const int* pos, int H, int KV,
                          int D, int ldq, int ldo, int L, float scale, float softcap, int window,
-                         const float* alibi) {
+                         int chunk, const float* alibi, const T* sinks, float tau_floor, float tau_scale) {
     __shared__ float s_m[DEC_WARPS], s_l[DEC_WARPS];
     __shared__ float s_acc[DEC_WARPS][256];
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -76,8 +79,14 @@ __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* 
     const T* vb = vc + ((size_t)b * KV + g) * L * D;
     float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE] = {};
     attn_lane_load(qr, D, lane, qv);
+    if (tau_scale > 0.f) {
+        float tau = log1pf(floorf(((float)i + 1.f) / tau_floor)) * tau_scale + 1.f;
+#pragma unroll
+        for (int e = 0; e < ATTN_MAXD_LANE; e++) qv[e] = round_to<T>(qv[e] * tau);
+    }
     float m = NEG_INF, l = 0.f;
     int j0 = window > 0 ? max(0, i - window + 1) : 0;
+    if (chunk > 0) j0 = max(j0, i / chunk * chunk);
     for (int j = j0 + warp; j <= i; j += DEC_WARPS) {
         const T* kr = kb + (size_t)j * D;
         const T* vr = vb + (size_t)j * D;
@@ -96,7 +105,9 @@ __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* 
     // Key i is always visible, so at least one warp has a finite maximum.
     float mx = NEG_INF;
     for (int w = 0; w < DEC_WARPS; w++) mx = fmaxf(mx, s_m[w]);
-    float total = 0.f, wgt[DEC_WARPS];
+    const float sink = sinks ? lf(sinks + h) : NEG_INF;
+    mx = fmaxf(mx, sink);
+    float total = sinks ? __expf(sink - mx) : 0.f, wgt[DEC_WARPS];
     for (int w = 0; w < DEC_WARPS; w++) {
         wgt[w] = s_l[w] > 0.f ? __expf(s_m[w] - mx) : 0.f;
         total += s_l[w] * wgt[w];
@@ -147,8 +158,10 @@ __device__ void dec_logits(float* out, const T* x, size_t n, float softcap) {
     extern "C" __global__ void dec_attn_##SUF(T* o, const T* q, const T* kc, const T* vc,             \
                                               const int* seq, const int* pos, int H, int KV, int D,   \
                                               int ldq, int ldo, int L, float scale, float softcap,    \
-                                              int window, const float* alibi) {                       \
-        dec_attn<T>(o, q, kc, vc, seq, pos, H, KV, D, ldq, ldo, L, scale, softcap, window, alibi);    \
+                                              int window, int chunk, const float* alibi,              \
+                                              const T* sinks, float tau_floor, float tau_scale) {     \
+        dec_attn<T>(o, q, kc, vc, seq, pos, H, KV, D, ldq, ldo, L, scale, softcap, window, chunk,     \
+                    alibi, sinks, tau_floor, tau_scale);                                              \
     }                                                                                                \
     extern "C" __global__ void dec_gather_##SUF(T* out, const T* x, const int* rows, int C) {         \
         dec_gather<T>(out, x, rows, C);                                                               \

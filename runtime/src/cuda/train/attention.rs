@@ -40,6 +40,7 @@ pub(super) fn layer_shape(l: &LayerCfg, s: &Shape, alibi: DevPtr) -> AttnShape {
     a.scale = l.scale;
     a.softcap = l.softcap;
     a.window = l.window;
+    a.chunk = l.chunk;
     a.alibi = alibi;
     a
 }
@@ -169,7 +170,8 @@ fn cudnn_error(e: crate::cuda::cudnn::CudnnError) -> CudaError {
 }
 
 impl Step<'_> {
-    /// Layer i's attention forward: `o` and the log-sum-exp `lse` from q, k, v.
+    /// Layer i's attention forward: `o` and the log-sum-exp `lse` from q, k, v (then the
+    /// layer's sinks, on either path).
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_fwd(
         &self,
@@ -184,13 +186,18 @@ impl Step<'_> {
         match self.attn.layer(i) {
             Some((c, ws)) => c
                 .fwd(a, o, lse, q, k, v, ws.ptr(), ws.len())
-                .map_err(cudnn_error),
-            None => self.k.attn_fwd(self.dt, a, o, lse, q, k, v),
+                .map_err(cudnn_error)?,
+            None => self.k.attn_fwd(self.dt, a, o, lse, q, k, v)?,
         }
+        if self.cfg[i].sinks {
+            let sinks = self.p.w(&Self::pname(i, "attn.sinks"))?;
+            self.k.attn_sinks_fwd(self.dt, a, o, lse, sinks)?;
+        }
+        Ok(())
     }
 
     /// Layer i's attention backward: dq, dk, dv (written) from dout, o, lse, q, k, v, with the
-    /// shared f32 scratch `dq_acc` and `delta`.
+    /// shared f32 scratch `dq_acc` and `delta`; the sinks' gradient (accumulated) first.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn attention_bwd(
         &self,
@@ -203,6 +210,12 @@ impl Step<'_> {
         lse: DevPtr,
         (q, k, v): (DevPtr, DevPtr, DevPtr),
     ) -> Result<()> {
+        if self.cfg[i].sinks {
+            let name = Self::pname(i, "attn.sinks");
+            let (dsinks, sinks) = (self.p.g(&name), self.p.w(&name)?);
+            self.k
+                .attn_sinks_bwd(self.dt, a, dsinks, dout, o, lse, sinks)?;
+        }
         match self.attn.layer(i) {
             Some((c, ws)) => c
                 .bwd(

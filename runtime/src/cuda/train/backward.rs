@@ -309,15 +309,32 @@ impl Step<'_> {
         Ok(())
     }
 
-    /// In `dqkv`: RoPE's transpose and the qk-norms' backward (the q/k/v projection's input
-    /// side of attention's backward).
+    /// In `dqkv`: the query temperature's, RoPE's and the qk-norms' backward, in the reverse of
+    /// the forward's order (the q/k/v projection's input side of attention's backward).
     fn qkv_rope_bwd(&self, i: usize) -> Result<()> {
+        let l = &self.cfg[i];
+        let bf = self.buf;
+        if let Some(t) = &l.temperature {
+            let (n, seq) = (self.s.n, self.s.seq);
+            self.k
+                .attn_qscale(self.dt, bf.dqkv, n, seq, l.qd, l.width, t)?;
+        }
+        if l.qk.is_some_and(|q| q.after_rope) {
+            self.qk_norms_bwd(i)?;
+            self.rope(l, bf.dqkv, true)
+        } else {
+            self.rope(l, bf.dqkv, true)?;
+            self.qk_norms_bwd(i)
+        }
+    }
+
+    /// In `dqkv`: the qk-norms' backward and their weight gradients.
+    fn qk_norms_bwd(&self, i: usize) -> Result<()> {
         let (k, dt, es, n) = (self.k, self.dt, self.es, self.s.n);
         let l = &self.cfg[i];
         let b = &self.buf.layers[i];
         let bf = self.buf;
         let p = |s: &str| Self::pname(i, s);
-        self.rope(l, bf.dqkv, true)?;
         let Some(qk) = &l.qk else {
             return Ok(());
         };

@@ -133,9 +133,10 @@ impl Step<'_> {
     }
 
     /// `[q; k; v]` of layer i: projection, qk-norm (through contiguous copies, where per-head
-    /// rows are plain rows of head_dim), RoPE in place.
+    /// rows are plain rows of head_dim) and RoPE in place, in the layer's order, then the query
+    /// temperature.
     fn qkv_fwd(&self, i: usize, l: &LayerCfg, b: &LayerBufs, x: DevPtr) -> Result<()> {
-        let (k, dt, es, n) = (self.k, self.dt, self.es, self.s.n);
+        let (k, dt, n) = (self.k, self.dt, self.s.n);
         let p = |s: &str| Self::pname(i, s);
         self.linear(
             n,
@@ -146,6 +147,24 @@ impl Step<'_> {
             self.p.wo(&p("attn.q.bias")),
             b.qkv,
         )?;
+        if l.qk.is_some_and(|q| q.after_rope) {
+            self.rope(l, b.qkv, false)?;
+            self.qk_norms_fwd(i, l, b)?;
+        } else {
+            self.qk_norms_fwd(i, l, b)?;
+            self.rope(l, b.qkv, false)?;
+        }
+        match &l.temperature {
+            Some(t) => k.attn_qscale(dt, b.qkv, n, self.s.seq, l.qd, l.width, t),
+            None => Ok(()),
+        }
+    }
+
+    /// The qk-norms of a layer, in place on the q and k columns of its `[q; k; v]` buffer
+    /// (keeping their inputs and statistics for the backward).
+    fn qk_norms_fwd(&self, i: usize, l: &LayerCfg, b: &LayerBufs) -> Result<()> {
+        let (k, dt, es, n) = (self.k, self.dt, self.es, self.s.n);
+        let p = |s: &str| Self::pname(i, s);
         if let Some(qk) = &l.qk {
             for part in self.qk_parts(l, b) {
                 let at = b.qkv + part.col as u64 * es;
@@ -169,7 +188,7 @@ impl Step<'_> {
                 k.copy2d(dt, at, l.width, self.buf.qk_a, part.cols, n, part.cols)?;
             }
         }
-        self.rope(l, b.qkv, false)
+        Ok(())
     }
 
     /// RoPE (or its transpose) on the q and k columns of a `[q; k; v]`-shaped buffer.

@@ -154,9 +154,9 @@ impl GpuTrainer {
     }
 
     /// Why the GPU trainer cannot run `spec` (the first unsupported feature, named), or `None`.
-    /// Layers may differ in sizes, attention options, position encoding, block structure and
-    /// FFN. Not yet on the GPU: attention sinks, chunked attention, the query temperature and a
-    /// qk-norm after RoPE (the CPU executor runs them).
+    /// Layers may differ in sizes, attention options (sinks, chunks, the query temperature, a
+    /// qk-norm before or after RoPE included), position encoding, block structure and FFN. Not
+    /// yet on the GPU: multi-head latent attention (the CPU executor runs it).
     pub fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
         newer_attention_unsupported(spec).or_else(|| config::unsupported_feature(spec))
     }
@@ -527,19 +527,9 @@ struct Step<'a> {
 fn newer_attention_unsupported(spec: &ModelSpec) -> Option<String> {
     first_cpu_only(spec, |l| {
         let a = &l.attention;
-        Some(if a.mla.is_some() {
-            "multi-head latent attention (DeepSeek-V2/V3)"
-        } else if a.sinks {
-            "attention sinks (GPT-OSS)"
-        } else if a.chunk.is_some() {
-            "chunked attention (Llama 4)"
-        } else if a.temperature.is_some() {
-            "a query temperature (Llama 4's NoPE layers)"
-        } else if a.qk_norm.is_some_and(|q| q.after_rope) {
-            "a qk-norm after RoPE (Llama 4)"
-        } else {
-            return None;
-        })
+        a.mla
+            .is_some()
+            .then_some("multi-head latent attention (DeepSeek-V2/V3)")
     })
 }
 

@@ -47,6 +47,12 @@ __device__ __forceinline__ void tile_load(bf16* s, const bf16* g, int ld, int ro
     }
 }
 
+// Whether a tile of queries [q0, q0 + bm) and keys [k0, k0 + bn) holds pairs from different
+// chunks (then it needs the per-element mask).
+__device__ __forceinline__ bool attn_tile_spans_chunks(int q0, int bm, int k0, int bn, int chunk) {
+    return chunk > 0 && min(q0, k0) / chunk != max(q0 + bm - 1, k0 + bn - 1) / chunk;
+}
+
 // attn_fwd_bf16_d{D}: O = softmax(mask(cap(scale (Q K^T + alibi)))) V, per (64-query block, head, batch).
 // Launch: grid (ceil(T/64), H, B), block 128 (4 warps x 16 query rows), dynamic shared memory
 // 4 * BN * (D+8) * 2 bytes (K and V tiles, double-buffered with cp.async). Q fragments stay in registers; S and P never leave
@@ -55,7 +61,7 @@ __device__ __forceinline__ void tile_load(bf16* s, const bf16* g, int ld, int ro
 template <int D, int BN>
 __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, const bf16* v, int T_, int H,
                              int KV, int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window,
-                             int causal, const float* alibi) {
+                             int chunk, int causal, const float* alibi) {
     constexpr int BM = 64, STR = D + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     // Buffer b holds K at smem + 2*b*BN*STR and V right after it (pointer arithmetic, not an
@@ -89,7 +95,7 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
     const float qk_scale = softcap > 0.f ? scale : scale * LOG2E;
 
     int kmax = causal ? min(T_, q0 + BM) : T_;
-    int kmin = window > 0 ? max(0, q0 - window + 1) : 0;
+    int kmin = attn_first_key(q0, window, chunk);
     const int kb_first = kmin / BN, kb_end = (kmax + BN - 1) / BN;
     tile_load<D>(KBUF(0), kbase, ldk, kb_first * BN, BN, T_);
     tile_load<D>(VBUF(0), vbase, ldv, kb_first * BN, BN, T_);
@@ -120,7 +126,8 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
             }
         }
         // Masking is needed only where the tile crosses T, the diagonal or the window edge.
-        bool edge = (k0 + BN > T_) || (causal && k0 + BN > q0) || (window > 0 && q0 + BM - 1 - k0 >= window);
+        bool edge = (k0 + BN > T_) || (causal && k0 + BN > q0) || (window > 0 && q0 + BM - 1 - k0 >= window) ||
+                    attn_tile_spans_chunks(q0, BM, k0, BN, chunk);
         float mx0 = m0, mx1 = m1;
 #pragma unroll
         for (int j = 0; j < BN / 8; j++) {
@@ -133,7 +140,7 @@ __device__ void attn_fwd_mma(bf16* o, float* lse, const bf16* q, const bf16* k, 
                 if (edge) {
                     int row = e < 2 ? r0 : r1;
                     int col = k0 + j * 8 + t4 * 2 + (e & 1);
-                    bool ok = col < T_ && (!causal || col <= row) && (window <= 0 || row - col < window);
+                    bool ok = attn_visible(row, col, T_, causal, window, chunk);
                     x = ok ? x : NEG_INF;
                 }
                 s[j][e] = x;
@@ -215,7 +222,7 @@ template <int D>
 __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, const bf16* k, const bf16* v,
                              const bf16* dout, const float* lse, const float* delta, int T_, int H, int KV,
                              int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window,
-                             int causal, const float* alibi) {
+                             int chunk, int causal, const float* alibi) {
     constexpr int BM = 64, BN = 128, STR = D + 8, SSTR = BN + 8;
     extern __shared__ __align__(16) unsigned char smem_raw[];
     bf16* Ks = (bf16*)smem_raw;
@@ -239,7 +246,7 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
     }
     const int nqb = (T_ + BM - 1) / BM;
     const int qb0 = causal ? k0 / BM : 0;
-    const int qb1 = window > 0 ? min(nqb, (k0 + BN - 1 + window - 1) / BM + 1) : nqb;
+    const int qb1 = min(nqb, (attn_query_end(k0 + BN - 1, T_, window, chunk) + BM - 1) / BM);
     const int nq = max(qb1 - qb0, 0);
     const int total = group * nq;
     const float LN2 = 0.6931471805599453f;
@@ -296,7 +303,8 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
                 }
             }
             const bool edge = (q0 + BM > T_) || (k0 + BN > T_) || (causal && q0 < k0 + BN) ||
-                              (window > 0 && q0 + BM - 1 - k0 >= window);
+                              (window > 0 && q0 + BM - 1 - k0 >= window) ||
+                              attn_tile_spans_chunks(q0, BM, k0, BN, chunk);
 #pragma unroll
             for (int j = 0; j < BM / 8; j++) {
 #pragma unroll
@@ -309,7 +317,7 @@ __device__ void attn_bwd_mma(bf16* dk, bf16* dv, float* dq_acc, const bf16* q, c
                     if (softcap > 0.f) x = softcap * tanhf(x / softcap);
                     float p = exp2f((x - lse_s[qi - q0]) * LOG2E);
                     if (edge) {
-                        bool ok = qi < T_ && key < T_ && (!causal || key <= qi) && (window <= 0 || qi - key < window);
+                        bool ok = qi < T_ && attn_visible(qi, key, T_, causal, window, chunk);
                         p = ok ? p : 0.f;
                     }
                     st[j][e] = p;
@@ -450,8 +458,8 @@ extern "C" __global__ void attn_dq_convert_bf16(bf16* dq, const float* dq_acc, i
 }
 
 #define ATTN_MMA_ARGS int T_, int H, int KV, int ldq, int ldk, int ldv, int ldo, float scale, float softcap, \
-                      int window, int causal, const float* alibi
-#define ATTN_MMA_PASS T_, H, KV, ldq, ldk, ldv, ldo, scale, softcap, window, causal, alibi
+                      int window, int chunk, int causal, const float* alibi
+#define ATTN_MMA_PASS T_, H, KV, ldq, ldk, ldv, ldo, scale, softcap, window, chunk, causal, alibi
 // Instantiated per spec (one line per head dim, emitted by the Rust side): the backward keeps
 // 16 x D of dK and dV per warp in registers, so it exists for D <= 128 only.
 #define ATTN_FWD_INSTANTIATE(DIM, BNF)                                                                \

@@ -4,18 +4,29 @@
 // with kv head h / (H/KV); o like q; lse [B, H, T] natural-log logsumexp of the scores.
 // Scores: s = scale * (q.k + alibi), then softcap * tanh(s / softcap) when softcap > 0; alibi is
 // alibi_bias(slopes[h], j) when `alibi` (f32 [H] slopes) is not null, else 0. Key j is visible to
-// query i when j < T, (!causal || j <= i) and (window <= 0 || i - j < window). D <= 256.
+// query i when j < T, (!causal || j <= i), (window <= 0 || i - j < window) and (chunk <= 0 ||
+// i / chunk == j / chunk) (Llama 4's chunked attention). D <= 256.
 
-__device__ __forceinline__ bool attn_visible(int i, int j, int T, int causal, int window) {
-    return j < T && (!causal || j <= i) && (window <= 0 || i - j < window);
+__device__ __forceinline__ bool attn_visible(int i, int j, int T, int causal, int window, int chunk) {
+    return j < T && (!causal || j <= i) && (window <= 0 || i - j < window) && (chunk <= 0 || i / chunk == j / chunk);
+}
+// The first key query i may see (window and chunk; causal masks from above).
+__device__ __forceinline__ int attn_first_key(int i, int window, int chunk) {
+    int j0 = window > 0 ? max(0, i - window + 1) : 0;
+    return chunk > 0 ? max(j0, i / chunk * chunk) : j0;
+}
+// One past the last query that may see key j (window and chunk; causal masks from below).
+__device__ __forceinline__ int attn_query_end(int j, int T, int window, int chunk) {
+    int i1 = window > 0 ? min(T, j + window) : T;
+    return chunk > 0 ? min(i1, (j / chunk + 1) * chunk) : i1;
 }
 
 // attn_simple_fwd_{dtype}: launch grid (ceil(T/4), H, B), block 128 (4 warps, one query each).
 // Traffic: each query reads every visible key and value row once (from L2): O(T^2 D) bytes.
 template <typename T>
 __device__ void attn_simple_fwd(T* o, float* lse, const T* q, const T* k, const T* v, int T_, int H, int KV, int D,
-                                int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window, int causal,
-                                const float* alibi) {
+                                int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window, int chunk,
+                                int causal, const float* alibi) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int i = blockIdx.x * 4 + warp, h = blockIdx.y, b = blockIdx.z;
     if (i >= T_) return;
@@ -25,7 +36,7 @@ __device__ void attn_simple_fwd(T* o, float* lse, const T* q, const T* k, const 
     float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE] = {};
     attn_lane_load(qr, D, lane, qv);
     float m = NEG_INF, l = 0.f;
-    int j0 = window > 0 ? max(0, i - window + 1) : 0;
+    int j0 = attn_first_key(i, window, chunk);
     int j1 = causal ? i + 1 : T_;
     for (int j = j0; j < j1; j++) {
         const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)kvh * D;
@@ -75,7 +86,8 @@ __device__ __forceinline__ float attn_ds(float dot, float dp, float lse_i, float
 template <typename T>
 __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                const float* delta, int T_, int H, int KV, int D, int ldq, int ldk, int ldv,
-                               int ldo, float scale, float softcap, int window, int causal, const float* alibi) {
+                               int ldo, float scale, float softcap, int window, int chunk, int causal,
+                               const float* alibi) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int i = blockIdx.x * 4 + warp, h = blockIdx.y, b = blockIdx.z;
     if (i >= T_) return;
@@ -87,7 +99,7 @@ __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const 
     attn_lane_load(qr, D, lane, qv);
     attn_lane_load(dor, D, lane, dov);
     float lse_i = lse[((size_t)b * H + h) * T_ + i], delta_i = delta[((size_t)b * H + h) * T_ + i];
-    int j0 = window > 0 ? max(0, i - window + 1) : 0;
+    int j0 = attn_first_key(i, window, chunk);
     int j1 = causal ? i + 1 : T_;
     for (int j = j0; j < j1; j++) {
         const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)kvh * D;
@@ -125,7 +137,8 @@ __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const 
 template <typename T>
 __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,
                                 const float* delta, int T_, int H, int KV, int D, int ldq, int ldk, int ldv,
-                                int ldo, float scale, float softcap, int window, int causal, const float* alibi) {
+                                int ldo, float scale, float softcap, int window, int chunk, int causal,
+                               const float* alibi) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j = blockIdx.x * 4 + warp, g = blockIdx.y, b = blockIdx.z;
     if (j >= T_) return;
@@ -136,7 +149,7 @@ __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v
     attn_lane_load(kr, D, lane, kv_);
     attn_lane_load(vr, D, lane, vv);
     int i0 = causal ? j : 0;
-    int i1 = window > 0 ? min(T_, j + window) : T_;
+    int i1 = attn_query_end(j, T_, window, chunk);
     for (int hh = 0; hh < group; hh++) {
         int h = g * group + hh;
         const float bias = alibi ? alibi_bias(alibi[h], j) : 0.f;
@@ -179,9 +192,74 @@ __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v
     }
 }
 
+// attn_sinks_fwd_{dtype}: folds each head's sink logit into a finished forward (any path), row
+// by row: lse' = logaddexp(lse, sink_h), o *= exp(lse - lse'), lse = lse'. The backward's
+// probabilities exp(s - lse') and delta = rowsum(dO o) then already include the sink.
+// Launch: grid B*T (one row each), block 128, dynamic shared memory H floats.
+template <typename T>
+__device__ void attn_sinks_fwd(T* o, float* lse, const T* sinks, int T_, int H, int D, int ldo) {
+    extern __shared__ float s_factor[];
+    size_t row = blockIdx.x;
+    size_t b = row / T_, i = row % T_;
+    for (int h = threadIdx.x; h < H; h += blockDim.x) {
+        float* l = lse + (b * H + h) * T_ + i;
+        float old = *l, sink = lf(sinks + h);
+        float hi = fmaxf(old, sink);
+        float lnew = hi + logf(expf(old - hi) + expf(sink - hi));
+        *l = lnew;
+        s_factor[h] = expf(old - lnew);
+    }
+    __syncthreads();
+    T* orow = o + row * ldo;
+    for (int c = threadIdx.x; c < H * D; c += blockDim.x) sf(orow + c, lf(orow + c) * s_factor[c / D]);
+}
+
+// attn_sinks_bwd_{dtype}: dsinks[h] += -sum_{b,i} exp(sink_h - lse'[b,h,i]) * (dO[b,i,h] . o[b,i,h])
+// (the sink's probability times the softmax-backward row term; the sink has no value). Launch:
+// grid H, block 256; each thread takes rows t, t + 256, ... and the block sums them in a fixed
+// order: deterministic.
+template <typename T>
+__device__ void attn_sinks_bwd(float* dsinks, const T* dout, const T* o, const float* lse, const T* sinks, int B,
+                               int T_, int H, int D, int ldo) {
+    __shared__ float part[32];
+    int h = blockIdx.x;
+    float sink = lf(sinks + h), acc = 0.f;
+    for (size_t row = threadIdx.x; row < (size_t)B * T_; row += blockDim.x) {
+        size_t b = row / T_, i = row % T_;
+        const T* orow = o + row * ldo + (size_t)h * D;
+        const T* drow = dout + row * ldo + (size_t)h * D;
+        float dot = 0.f;
+        for (int d = 0; d < D; d++) dot += lf(orow + d) * lf(drow + d);
+        acc -= expf(sink - lse[(b * H + h) * T_ + i]) * dot;
+    }
+    acc = warp_sum(acc);
+    int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    if (lane == 0) part[warp] = acc;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float total = 0.f;
+        for (int w = 0; w < (int)(blockDim.x >> 5); w++) total += part[w];
+        dsinks[h] += total;
+    }
+}
+
+// attn_qscale_{dtype}: q[r, c] *= 1 + scale * log1p(floor((pos + 1) / floor)) for c < W, pos =
+// r % T (Llama 4's query temperature; the factor in f32 as transformers computes it). The same
+// pass scales dq in the backward. Launch: one thread per element, block 256.
+template <typename T>
+__device__ void attn_qscale(T* q, int N, int T_, int W, int ld, float floor_, float scale) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (idx >= (size_t)N * W) return;
+    size_t r = idx / W, c = idx % W;
+    float pos = (float)(r % T_);
+    float f = log1pf(floorf((pos + 1.f) / floor_)) * scale + 1.f;
+    T* p = q + r * ld + c;
+    sf(p, lf(p) * f);
+}
+
 #define ATTN_SIMPLE_ARGS int T_, int H, int KV, int D, int ldq, int ldk, int ldv, int ldo, float scale, \
-                         float softcap, int window, int causal, const float* alibi
-#define ATTN_SIMPLE_PASS T_, H, KV, D, ldq, ldk, ldv, ldo, scale, softcap, window, causal, alibi
+                         float softcap, int window, int chunk, int causal, const float* alibi
+#define ATTN_SIMPLE_PASS T_, H, KV, D, ldq, ldk, ldv, ldo, scale, softcap, window, chunk, causal, alibi
 #define ATTN_SIMPLE_INSTANTIATE(SUF, T)                                                              \
     extern "C" __global__ void attn_simple_fwd_##SUF(T* o, float* lse, const T* q, const T* k,        \
                                                      const T* v, ATTN_SIMPLE_ARGS) {                  \
@@ -201,5 +279,21 @@ __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v
                                                      const float* delta, ATTN_SIMPLE_ARGS) {         \
         attn_simple_dkv<T>(dk, dv, q, k, v, dout, lse, delta, ATTN_SIMPLE_PASS);                     \
     }
+#define ATTN_SHARED_INSTANTIATE(SUF, T)                                                              \
+    extern "C" __global__ void attn_sinks_fwd_##SUF(T* o, float* lse, const T* sinks, int T_, int H,  \
+                                                    int D, int ldo) {                                \
+        attn_sinks_fwd<T>(o, lse, sinks, T_, H, D, ldo);                                             \
+    }                                                                                                \
+    extern "C" __global__ void attn_sinks_bwd_##SUF(float* dsinks, const T* dout, const T* o,         \
+                                                    const float* lse, const T* sinks, int B, int T_, \
+                                                    int H, int D, int ldo) {                         \
+        attn_sinks_bwd<T>(dsinks, dout, o, lse, sinks, B, T_, H, D, ldo);                            \
+    }                                                                                                \
+    extern "C" __global__ void attn_qscale_##SUF(T* q, int N, int T_, int W, int ld, float floor_,    \
+                                                 float scale) {                                      \
+        attn_qscale<T>(q, N, T_, W, ld, floor_, scale);                                              \
+    }
+ATTN_SHARED_INSTANTIATE(f32, float)
+ATTN_SHARED_INSTANTIATE(bf16, bf16)
 ATTN_SIMPLE_INSTANTIATE(f32, float)
 ATTN_SIMPLE_INSTANTIATE(bf16, bf16)

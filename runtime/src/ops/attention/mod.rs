@@ -22,6 +22,8 @@
 //! head) with gemm, in parallel over (sequence, head) with rayon; backward recomputes them from
 //! q and k (as flash attention does), so nothing of size seq² is kept between passes.
 
+pub(crate) mod cuda;
+
 use rayon::prelude::*;
 
 use modelspec_dsl::ir::QueryTemperature;

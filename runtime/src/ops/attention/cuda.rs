@@ -1,0 +1,358 @@
+//! Attention's CUDA side: the launch shape ([`AttnShape`]), the launchers of the own kernels
+//! (`attention_mma.cu`: tensor-core flash attention for bf16; `attention_simple.cu`: the
+//! reference-grade kernels for any dtype and head dim, and the passes every path shares: attention
+//! sinks and the query temperature) as methods of [`Kernels`], and their kernel source for
+//! [`crate::cuda::compile`]. cuDNN's fused attention (`crate::cuda::cudnn`) reads the same
+//! [`AttnShape`] and layouts.
+
+use crate::cuda::Kernels;
+use crate::cuda::compile::{MMA_BWD_MAX_HEAD_DIM, mma_head_dim_ok};
+use crate::cuda::error::{CudaError, Result};
+use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
+use crate::cuda::launch::{BLOCK, blocks};
+use crate::cuda_args;
+use modelspec_dsl::ir::QueryTemperature;
+
+/// The CUDA C of the reference-grade kernels and the shared passes.
+pub(crate) const SOURCE_SIMPLE: &str = include_str!("attention_simple.cu");
+/// The CUDA C of the tensor-core kernels (instantiated per head dim by the library).
+pub(crate) const SOURCE_MMA: &str = include_str!("attention_mma.cu");
+
+/// Shapes and options of one attention call. Layout: q `[B*T, ldq]` with head h at column
+/// `h*head_dim`; k, v `[B*T, ldk/ldv]` with kv head `h / (heads/kv_heads)`; o like q.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttnShape {
+    /// Batch.
+    pub batch: usize,
+    /// Sequence length.
+    pub seq: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (divides `heads`).
+    pub kv_heads: usize,
+    /// Head width.
+    pub head_dim: usize,
+    /// Row strides (elements) of q, k, v and o (and of their gradients).
+    pub ldq: usize,
+    /// Row stride of k.
+    pub ldk: usize,
+    /// Row stride of v.
+    pub ldv: usize,
+    /// Row stride of o.
+    pub ldo: usize,
+    /// Multiplier on q.k.
+    pub scale: f32,
+    /// `cap * tanh(s / cap)` on scores when > 0.
+    pub softcap: f32,
+    /// Sliding window (0 = none).
+    pub window: usize,
+    /// Chunked attention (Llama 4): a query sees only the keys of its own chunk of `chunk`
+    /// positions (0 = none).
+    pub chunk: usize,
+    /// Causal mask.
+    pub causal: bool,
+    /// ALiBi: device pointer to `heads` f32 slopes (bias `bf16(slope * j)` on q.k before the
+    /// scale, key position j within its sequence); 0 = none.
+    pub alibi: DevPtr,
+}
+
+impl AttnShape {
+    /// Dense layout (q `[B*T, H*D]`, k/v `[B*T, KV*D]`), causal, scale `D^-0.5`.
+    pub fn dense(
+        batch: usize,
+        seq: usize,
+        heads: usize,
+        kv_heads: usize,
+        head_dim: usize,
+    ) -> AttnShape {
+        AttnShape {
+            batch,
+            seq,
+            heads,
+            kv_heads,
+            head_dim,
+            ldq: heads * head_dim,
+            ldk: kv_heads * head_dim,
+            ldv: kv_heads * head_dim,
+            ldo: heads * head_dim,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            softcap: 0.0,
+            window: 0,
+            chunk: 0,
+            causal: true,
+            alibi: 0,
+        }
+    }
+
+    fn check(&self, kernel: &str) -> Result<()> {
+        let bad = |why: String| {
+            Err(CudaError::BadLaunch {
+                kernel: kernel.into(),
+                why,
+            })
+        };
+        if self.kv_heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return bad(format!(
+                "heads {} not a multiple of kv_heads {}",
+                self.heads, self.kv_heads
+            ));
+        }
+        if self.head_dim > 256 || self.head_dim == 0 {
+            return bad(format!("head_dim {} outside 1..=256", self.head_dim));
+        }
+        Ok(())
+    }
+}
+
+impl Kernels {
+    /// Whether the tensor-core forward exists for this call (bf16, an instantiated head dim).
+    pub fn attn_uses_mma(&self, dt: Dtype, s: &AttnShape) -> bool {
+        dt == Dtype::Bf16
+            && mma_head_dim_ok(s.head_dim)
+            && self.head_dims().contains(&s.head_dim)
+            && [s.ldq, s.ldk, s.ldv, s.ldo].iter().all(|l| l % 8 == 0)
+    }
+
+    /// Attention forward: o and lse `[B, H, T]` (f32, natural log). Tensor cores for bf16 at an
+    /// instantiated head dim, else the reference-grade kernel.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_fwd(
+        &self,
+        dt: Dtype,
+        s: &AttnShape,
+        o: DevPtr,
+        lse: DevPtr,
+        q: DevPtr,
+        k: DevPtr,
+        v: DevPtr,
+    ) -> Result<()> {
+        s.check("attn_fwd")?;
+        let (t_, h_, kv_, d_) = (
+            s.seq as i32,
+            s.heads as i32,
+            s.kv_heads as i32,
+            s.head_dim as i32,
+        );
+        let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
+        let (scale, softcap, window, chunk, causal, alibi) = (
+            s.scale,
+            s.softcap,
+            s.window as i32,
+            s.chunk as i32,
+            s.causal as i32,
+            s.alibi,
+        );
+        if self.attn_uses_mma(dt, s) {
+            let d = s.head_dim;
+            let bn = if d <= 128 { 64 } else { 32 };
+            let smem = (4 * bn * (d + 8) * 2) as u32;
+            let name = format!("attn_fwd_bf16_d{d}");
+            return self.go(
+                &name,
+                (s.seq.div_ceil(64) as u32, s.heads as u32, s.batch as u32),
+                (128, 1, 1),
+                smem,
+                &mut cuda_args![
+                    o, lse, q, k, v, t_, h_, kv_, ldq, ldk, ldv, ldo, scale, softcap, window,
+                    chunk, causal, alibi
+                ],
+            );
+        }
+        let name = format!("attn_simple_fwd_{}", dt.suffix());
+        self.go(
+            &name,
+            (s.seq.div_ceil(4) as u32, s.heads as u32, s.batch as u32),
+            (128, 1, 1),
+            0,
+            &mut cuda_args![
+                o, lse, q, k, v, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap, window,
+                chunk, causal, alibi
+            ],
+        )
+    }
+
+    /// Attention backward: dq, dk, dv (laid out like q, k, v) from dout, o and the forward's lse.
+    /// `delta` is scratch `[B, H, T]` f32; `dq_acc` is scratch `[B*T, H*D]` f32 (tensor-core
+    /// path only; may be 0 otherwise).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_bwd(
+        &self,
+        dt: Dtype,
+        s: &AttnShape,
+        dq: DevPtr,
+        dk: DevPtr,
+        dv: DevPtr,
+        dq_acc: DevPtr,
+        delta: DevPtr,
+        dout: DevPtr,
+        o: DevPtr,
+        lse: DevPtr,
+        q: DevPtr,
+        k: DevPtr,
+        v: DevPtr,
+    ) -> Result<()> {
+        s.check("attn_bwd")?;
+        let (t_, h_, kv_, d_) = (
+            s.seq as i32,
+            s.heads as i32,
+            s.kv_heads as i32,
+            s.head_dim as i32,
+        );
+        let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
+        let (scale, softcap, window, chunk, causal, alibi) = (
+            s.scale,
+            s.softcap,
+            s.window as i32,
+            s.chunk as i32,
+            s.causal as i32,
+            s.alibi,
+        );
+        let grid_q = (s.seq.div_ceil(4) as u32, s.heads as u32, s.batch as u32);
+        let name = format!("attn_delta_{}", dt.suffix());
+        self.go(
+            &name,
+            grid_q,
+            (128, 1, 1),
+            0,
+            &mut cuda_args![delta, o, dout, t_, h_, d_, ldo],
+        )?;
+        if self.attn_uses_mma(dt, s)
+            && s.head_dim <= MMA_BWD_MAX_HEAD_DIM
+            && s.head_dim.is_multiple_of(32)
+        {
+            if dq_acc == 0 {
+                return Err(CudaError::BadLaunch {
+                    kernel: "attn_bwd".into(),
+                    why: "the tensor-core path needs dq_acc scratch".into(),
+                });
+            }
+            let d = s.head_dim;
+            let width = s.heads * d;
+            let rows = s.batch * s.seq;
+            // SAFETY: the caller provides dq_acc with rows * width f32 (documented above).
+            unsafe { self.gpu().memset_raw(dq_acc, rows * width * 4) }?;
+            let smem = ((2 * 128 * (d + 8) + 4 * 64 * (d + 8) + 64 * 136) * 2 + 1024) as u32;
+            let name = format!("attn_bwd_bf16_d{d}");
+            self.go(
+                &name,
+                (
+                    s.seq.div_ceil(128) as u32,
+                    s.kv_heads as u32,
+                    s.batch as u32,
+                ),
+                (256, 1, 1),
+                smem,
+                &mut cuda_args![
+                    dk, dv, dq_acc, q, k, v, dout, lse, delta, t_, h_, kv_, ldq, ldk, ldv, ldo,
+                    scale, softcap, window, chunk, causal, alibi
+                ],
+            )?;
+            let (rows_, width_, ldq_) = (rows as i32, width as i32, ldq);
+            return self.go_block(
+                "attn_dq_convert_bf16",
+                (blocks(rows * width, BLOCK), 1, 1),
+                &mut cuda_args![dq, dq_acc, rows_, width_, ldq_],
+            );
+        }
+        let name = format!("attn_simple_dq_{}", dt.suffix());
+        self.go(
+            &name,
+            grid_q,
+            (128, 1, 1),
+            0,
+            &mut cuda_args![
+                dq, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap,
+                window, chunk, causal, alibi
+            ],
+        )?;
+        let name = format!("attn_simple_dkv_{}", dt.suffix());
+        let grid_k = (s.seq.div_ceil(4) as u32, s.kv_heads as u32, s.batch as u32);
+        self.go(
+            &name,
+            grid_k,
+            (128, 1, 1),
+            0,
+            &mut cuda_args![
+                dk, dv, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale,
+                softcap, window, chunk, causal, alibi
+            ],
+        )
+    }
+
+    /// Attention sinks after a forward (either path): each row's softmax gains the sink logit
+    /// `sinks[h]` in its denominator, so `o *= exp(lse - lse')` and `lse = lse'` with
+    /// `lse' = logaddexp(lse, sink)`. The backward then needs only [`Kernels::attn_sinks_bwd`]:
+    /// the probabilities it recomputes from `lse'` and the `delta = rowsum(dO o)` it forms from
+    /// the rescaled `o` are already those of the softmax with the sink. `sinks`: `[heads]` in
+    /// `dt`.
+    pub fn attn_sinks_fwd(
+        &self,
+        dt: Dtype,
+        s: &AttnShape,
+        o: DevPtr,
+        lse: DevPtr,
+        sinks: DevPtr,
+    ) -> Result<()> {
+        let (t_, h_, d_, ldo) = (s.seq as i32, s.heads as i32, s.head_dim as i32, s.ldo as i32);
+        let name = format!("attn_sinks_fwd_{}", dt.suffix());
+        self.go(
+            &name,
+            ((s.batch * s.seq) as u32, 1, 1),
+            (128, 1, 1),
+            (s.heads * 4) as u32,
+            &mut cuda_args![o, lse, sinks, t_, h_, d_, ldo],
+        )
+    }
+
+    /// The sinks' gradient: `dsinks[h] += -sum over rows of exp(sink_h - lse') * (dO . o)`
+    /// (f32, `[heads]`), one block per head summing in a fixed order.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_sinks_bwd(
+        &self,
+        dt: Dtype,
+        s: &AttnShape,
+        dsinks: DevPtr,
+        dout: DevPtr,
+        o: DevPtr,
+        lse: DevPtr,
+        sinks: DevPtr,
+    ) -> Result<()> {
+        let (b_, t_, h_, d_, ldo) = (
+            s.batch as i32,
+            s.seq as i32,
+            s.heads as i32,
+            s.head_dim as i32,
+            s.ldo as i32,
+        );
+        let name = format!("attn_sinks_bwd_{}", dt.suffix());
+        self.go_block(
+            &name,
+            (s.heads as u32, 1, 1),
+            &mut cuda_args![dsinks, dout, o, lse, sinks, b_, t_, h_, d_, ldo],
+        )
+    }
+
+    /// The query temperature of Llama 4's NoPE layers: row r of `q` (`rows` rows of `width`
+    /// elements, row stride `ld`; position `r % seq` in its sequence) times `temp.factor(pos)`.
+    /// The same call scales the queries' gradient in the backward (the factor is a constant).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attn_qscale(
+        &self,
+        dt: Dtype,
+        q: DevPtr,
+        rows: usize,
+        seq: usize,
+        width: usize,
+        ld: usize,
+        temp: &QueryTemperature,
+    ) -> Result<()> {
+        let (n_, t_, w_, ld_) = (rows as i32, seq as i32, width as i32, ld as i32);
+        let (floor, scale) = (temp.floor as f32, temp.scale as f32);
+        let name = format!("attn_qscale_{}", dt.suffix());
+        self.go_block(
+            &name,
+            (blocks(rows * width, BLOCK), 1, 1),
+            &mut cuda_args![q, n_, t_, w_, ld_, floor, scale],
+        )
+    }
+}
