@@ -13,7 +13,8 @@
 //! | [`Fusion::QkvRope`] | `q`, `k`, `v` (+ qk-norms, RoPE) | one GEMM into `[q; k; v]`, qk-norm and RoPE in place |
 //! | [`Fusion::Attention`] | `attn` | flash attention (softcap, window, ALiBi, GQA) |
 //! | [`Fusion::Linear`] | `attn_out` or a dense `mlp_out` | one GEMM (+ bias) |
-//! | [`Fusion::GateUp`] | `gate` and `up` (or `up`) | one GEMM into `[gate; up]` |
+//! | [`Fusion::GateUp`] | `gate` and `up` | one GEMM into `[gate; up]` |
+//! | [`Fusion::LinearAct`] | `up` and `act` (an ungated MLP) | one GEMM whose epilogue applies the activation and keeps `up`, where the executor has one (cuBLASLt's GELU-tanh), else a GEMM and one activation pass |
 //! | [`Fusion::Activation`] | `act` | activation and gate in one pass |
 //! | [`Fusion::Moe`] | `router_logits` .. `mlp_out` | a mixture-of-experts block |
 //!
@@ -38,6 +39,9 @@ pub enum Fusion {
     Linear,
     /// The dense MLP's input projections as one GEMM.
     GateUp,
+    /// An ungated MLP's input projection and its activation (`up`, then `act`): one GEMM with
+    /// the activation in its epilogue where the executor has one.
+    LinearAct,
     /// The MLP activation (with its gate).
     Activation,
     /// A mixture-of-experts block.
@@ -140,7 +144,16 @@ impl LayerProgram {
                     let up = nodes.get(i + 1).is_some_and(|n| n.output == Act::Up);
                     (Fusion::GateUp, 1 + usize::from(up))
                 }
-                (OpKind::Matmul, Act::Up) => (Fusion::GateUp, 1),
+                (OpKind::Matmul, Act::Up) => {
+                    let act = nodes
+                        .get(i + 1)
+                        .is_some_and(|n| n.op == OpKind::Activation && n.inputs == [Act::Up]);
+                    if act {
+                        (Fusion::LinearAct, 2)
+                    } else {
+                        (Fusion::GateUp, 1)
+                    }
+                }
                 (OpKind::Activation, _) => (Fusion::Activation, 1),
                 _ => (Fusion::Linear, 1),
             };
@@ -263,6 +276,27 @@ mod tests {
                 (Activation, vec!["act"]),
                 (Linear, vec!["mlp_out"]),
                 (Norm, vec!["mlp_post_norm"]),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_ungated_mlp_fuses_its_projection_and_activation() {
+        use Fusion::*;
+        let gpt2 = kernels(
+            "model t { vocab 64 d_model 32 layers 1 context 16 norm layer(eps = 1e-5)
+               attention { heads 4 bias } position learned mlp gelu_tanh(hidden = 128, bias = true) }",
+        );
+        assert_eq!(
+            gpt2[0],
+            vec![
+                (Norm, vec!["attn_norm"]),
+                (QkvRope, vec!["q", "k", "v"]),
+                (Attention, vec!["attn"]),
+                (Linear, vec!["attn_out"]),
+                (ResidualNorm, vec!["resid_mid", "mlp_norm"]),
+                (LinearAct, vec!["up", "act"]),
+                (Linear, vec!["mlp_out"]),
             ]
         );
     }

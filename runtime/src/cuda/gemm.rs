@@ -53,6 +53,104 @@ impl RowMajorGemm {
     }
 }
 
+/// A fused epilogue of [`Gemm::run_epilogue`], in row-major terms (the output C is `[m, n]`).
+/// GELU is the tanh approximation (`0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))`, GPT-2's
+/// `gelu_new`), as cuBLASLt computes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    /// `C = gelu(A op(B) + bias)` (bias: n elements of the compute dtype, 0: none), with the
+    /// pre-activation `A op(B) + bias` written to `pre` (`[m, n]`, row stride `ld`, the compute
+    /// dtype).
+    GeluAux {
+        /// The pre-activation output.
+        pre: DevPtr,
+        /// Its row stride (elements).
+        ld: usize,
+        /// The bias (0: none).
+        bias: DevPtr,
+    },
+    /// `C = (A op(B)) * gelu'(pre)` elementwise: a GELU's backward folded into the GEMM that
+    /// produces the gradient of its output. `pre` is the forward's pre-activation `[m, n]`, row
+    /// stride `ld`.
+    DGelu {
+        /// The pre-activation the forward saved.
+        pre: DevPtr,
+        /// Its row stride (elements).
+        ld: usize,
+    },
+}
+
+/// A plan's epilogue, part of its key: the kind, and the auxiliary matrix's row stride (0
+/// without one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum EpiKind {
+    Default,
+    Bias,
+    GeluAux,
+    GeluAuxBias,
+    DGelu,
+}
+
+/// One call's epilogue: its kind and the pointers set on the descriptor per call.
+#[derive(Debug, Clone, Copy)]
+struct Epi {
+    kind: EpiKind,
+    bias: DevPtr,
+    aux: DevPtr,
+    aux_ld: usize,
+}
+
+impl Epi {
+    fn plain(bias: DevPtr) -> Epi {
+        Epi {
+            kind: if bias != 0 {
+                EpiKind::Bias
+            } else {
+                EpiKind::Default
+            },
+            bias,
+            aux: 0,
+            aux_ld: 0,
+        }
+    }
+
+    fn of(e: &Epilogue) -> Epi {
+        match *e {
+            Epilogue::GeluAux { pre, ld, bias } => Epi {
+                kind: if bias != 0 {
+                    EpiKind::GeluAuxBias
+                } else {
+                    EpiKind::GeluAux
+                },
+                bias,
+                aux: pre,
+                aux_ld: ld,
+            },
+            Epilogue::DGelu { pre, ld } => Epi {
+                kind: EpiKind::DGelu,
+                bias: 0,
+                aux: pre,
+                aux_ld: ld,
+            },
+        }
+    }
+
+    /// cuBLASLt's epilogue for this kind.
+    fn lt(self) -> sys::cublasLtEpilogue_t {
+        use sys::cublasLtEpilogue_t as E;
+        match self.kind {
+            EpiKind::Default => E::CUBLASLT_EPILOGUE_DEFAULT,
+            EpiKind::Bias => E::CUBLASLT_EPILOGUE_BIAS,
+            EpiKind::GeluAux => E::CUBLASLT_EPILOGUE_GELU_AUX,
+            EpiKind::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
+            EpiKind::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
+        }
+    }
+}
+
+/// A plan's key: (bf16, f32 output, epilogue, auxiliary row stride, shape).
+type PlanKey = (bool, bool, EpiKind, usize, RowMajorGemm);
+
 /// One column-major operand as cuBLASLt sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ColOperand {
@@ -143,8 +241,9 @@ pub struct Gemm {
     gpu: Arc<Gpu>,
     handle: sys::cublasLtHandle_t,
     workspace: GpuBuf<u8>,
-    /// Keyed by (bf16, f32 output, bias, shape).
-    plans: Mutex<BTreeMap<(bool, bool, bool, RowMajorGemm), Plan>>,
+    /// Planned shapes; `None` where cuBLASLt has no algorithm for a fused epilogue (the caller
+    /// then runs its unfused path).
+    plans: Mutex<BTreeMap<PlanKey, Option<Plan>>>,
 }
 
 // SAFETY: the handle is used only on the Gpu's single stream.
@@ -184,7 +283,7 @@ impl Gemm {
         beta: f32,
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.run_with(dtype, false, 0, g, a, b, c, alpha, beta) }
+        unsafe { self.run_with(dtype, false, Epi::plain(0), g, a, b, c, alpha, beta) }.map(|_| ())
     }
 
     /// As [`Gemm::run`] with beta 0 and a bias row added in the epilogue: `C = A op(B) + bias`,
@@ -202,7 +301,37 @@ impl Gemm {
         bias: DevPtr,
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.run_with(dtype, false, bias, g, a, b, c, 1.0, 0.0) }
+        unsafe { self.run_with(dtype, false, Epi::plain(bias), g, a, b, c, 1.0, 0.0) }.map(|_| ())
+    }
+
+    /// As [`Gemm::run`] with beta 0 and a fused GELU epilogue ([`Epilogue`]). Returns `false`,
+    /// having launched nothing, when cuBLASLt has no algorithm for this epilogue, shape and
+    /// dtype (remembered per shape): the caller then runs the GEMM and the activation apart.
+    ///
+    /// # Safety
+    /// As [`Gemm::run`]; the epilogue's `pre` must address an `[m, n]` matrix of `dtype` with
+    /// its row stride, and a bias (when not 0) n elements.
+    pub unsafe fn run_epilogue(
+        &self,
+        dtype: Dtype,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        epilogue: &Epilogue,
+    ) -> Result<bool> {
+        let epi = Epi::of(epilogue);
+        if epi.aux == 0 || epi.aux_ld < g.n || g.batch.is_some() {
+            return Err(CudaError::BadLaunch {
+                kernel: "gemm epilogue".into(),
+                why: format!(
+                    "{epilogue:?} needs an auxiliary matrix of row stride >= {} and no batch",
+                    g.n
+                ),
+            });
+        }
+        // SAFETY: forwarded.
+        unsafe { self.run_with(dtype, false, epi, g, a, b, c, 1.0, 0.0) }
     }
 
     /// A projection [`RowMajorGemm::linear`]: `C[m, n] = A[m, k] W[n, k]^T (+ bias)` in `dtype`,
@@ -250,44 +379,67 @@ impl Gemm {
         beta: f32,
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.run_with(dtype, true, 0, g, a, b, c, alpha, beta) }
+        unsafe { self.run_with(dtype, true, Epi::plain(0), g, a, b, c, alpha, beta) }.map(|_| ())
     }
 
+    /// Runs `g` with epilogue `epi`; `false` (nothing launched) when a fused epilogue has no
+    /// algorithm. Plain and bias GEMMs report a missing algorithm as an error.
     #[allow(clippy::too_many_arguments)]
     unsafe fn run_with(
         &self,
         dtype: Dtype,
         out_f32: bool,
-        bias: DevPtr,
+        epi: Epi,
         g: &RowMajorGemm,
         a: DevPtr,
         b: DevPtr,
         c: DevPtr,
         alpha: f32,
         beta: f32,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         if g.m == 0 || g.n == 0 {
-            return Ok(());
+            return Ok(true);
         }
+        let fused = !matches!(epi.kind, EpiKind::Default | EpiKind::Bias);
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (dtype == Dtype::Bf16, out_f32, bias != 0, *g);
+        let key = (dtype == Dtype::Bf16, out_f32, epi.kind, epi.aux_ld, *g);
         let plan = match plans.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
-                e.insert(self.plan(dtype, out_f32, bias != 0, g)?)
+                let planned = match self.plan(dtype, out_f32, epi, g) {
+                    Ok(p) => Some(p),
+                    // No algorithm for a fused epilogue: remembered, and the caller falls back.
+                    Err(PlanError::NoAlgorithm(_)) if fused => None,
+                    Err(PlanError::NoAlgorithm(e) | PlanError::Other(e)) => return Err(e),
+                };
+                e.insert(planned)
             }
         };
-        if bias != 0 {
+        let Some(plan) = plan.as_ref() else {
+            return Ok(false);
+        };
+        let set_ptr = |attr, p: &DevPtr, during| {
             // SAFETY: the attribute is a device pointer, as documented.
             unsafe {
                 lt::set_matmul_desc_attribute(
                     plan.desc,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_POINTER,
-                    (&bias) as *const DevPtr as *const _,
+                    attr,
+                    p as *const DevPtr as *const _,
                     std::mem::size_of::<DevPtr>(),
                 )
             }
-            .map_err(|e| blas_err("set bias", dtype, g.m, g.n, g.k, e))?;
+            .map_err(|e| blas_err(during, dtype, g.m, g.n, g.k, e))
+        };
+        use sys::cublasLtMatmulDescAttributes_t as A;
+        if epi.bias != 0 {
+            set_ptr(A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &epi.bias, "set bias")?;
+        }
+        if epi.aux != 0 {
+            set_ptr(
+                A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
+                &epi.aux,
+                "set aux",
+            )?;
         }
         // SAFETY: plan handles are live; pointers are the caller's promise.
         unsafe {
@@ -310,11 +462,18 @@ impl Gemm {
                 self.gpu.stream().cu_stream() as *mut _,
             )
         }
-        .map_err(|e| blas_err("matmul", dtype, g.m, g.n, g.k, e))
+        .map_err(|e| blas_err("matmul", dtype, g.m, g.n, g.k, e))?;
+        Ok(true)
     }
 
-    fn plan(&self, dtype: Dtype, out_f32: bool, bias: bool, g: &RowMajorGemm) -> Result<Plan> {
-        let err = |during, e| blas_err(during, dtype, g.m, g.n, g.k, e);
+    fn plan(
+        &self,
+        dtype: Dtype,
+        out_f32: bool,
+        epi: Epi,
+        g: &RowMajorGemm,
+    ) -> std::result::Result<Plan, PlanError> {
+        let err = |during, e| PlanError::Other(blas_err(during, dtype, g.m, g.n, g.k, e));
         let (ty, compute) = match dtype {
             Dtype::F32 => (
                 sys::cudaDataType::CUDA_R_32F,
@@ -376,15 +535,25 @@ impl Gemm {
                 4,
             )
             .map_err(|e| err("set transb", e))?;
-            if bias {
-                let epi = sys::cublasLtEpilogue_t::CUBLASLT_EPILOGUE_BIAS;
+            if epi.kind != EpiKind::Default {
+                let lt_epi = epi.lt();
                 lt::set_matmul_desc_attribute(
                     desc,
                     sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                    (&epi) as *const sys::cublasLtEpilogue_t as *const _,
+                    (&lt_epi) as *const sys::cublasLtEpilogue_t as *const _,
                     std::mem::size_of::<sys::cublasLtEpilogue_t>(),
                 )
                 .map_err(|e| err("set epilogue", e))?;
+            }
+            if epi.aux_ld != 0 {
+                let ld = epi.aux_ld as i64;
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
+                    (&ld) as *const i64 as *const _,
+                    8,
+                )
+                .map_err(|e| err("set aux ld", e))?;
             }
         }
         let pref = lt::create_matmul_pref().map_err(|e| err("create preference", e))?;
@@ -408,7 +577,25 @@ impl Gemm {
                 pref,
             );
             let _ = lt::destroy_matmul_pref(pref);
-            h.map_err(|e| err("heuristic", e))?
+            match h {
+                Ok(h) => h,
+                Err(e) => {
+                    // Nothing is planned: the descriptor and layouts go now (a fused epilogue's
+                    // refusal is remembered, and the caller falls back).
+                    let _ = lt::destroy_matmul_desc(desc);
+                    for l in layouts {
+                        let _ = lt::destroy_matrix_layout(l);
+                    }
+                    return Err(PlanError::NoAlgorithm(blas_err(
+                        "heuristic",
+                        dtype,
+                        g.m,
+                        g.n,
+                        g.k,
+                        e,
+                    )));
+                }
+            }
         };
         Ok(Plan {
             desc,
@@ -426,6 +613,13 @@ impl Drop for Gemm {
             let _ = lt::destroy_handle(self.handle);
         }
     }
+}
+
+/// Why a shape could not be planned: cuBLASLt's heuristic found no algorithm (a fused epilogue
+/// then falls back), or any other failure.
+enum PlanError {
+    NoAlgorithm(CudaError),
+    Other(CudaError),
 }
 
 fn blas_err(

@@ -46,7 +46,7 @@ pub mod train;
 
 pub use compile::KernelSource;
 pub use error::CudaError;
-pub use gemm::{Gemm, RowMajorGemm};
+pub use gemm::{Epilogue, Gemm, RowMajorGemm};
 pub use gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf, device_count, libraries_present, probe};
 pub use ops::{Act, AttnShape, Kernels, NormKind};
 pub use reduce::ReduceScratch;

@@ -322,6 +322,20 @@ impl Pass<'_> {
                     self.acts.h,
                 )
             }
+            // An ungated MLP's projection and its activation (`up`, then `act`): the GEMM and one
+            // activation pass (the trainer folds a GELU-tanh into the GEMM's epilogue).
+            Fusion::LinearAct => {
+                let (act, hidden, hw) = l.dense("up/act")?;
+                self.linear(
+                    hw,
+                    d,
+                    self.ptr(l, k.inputs[0])?,
+                    self.w.w(&l.pname("mlp.up.weight"))?,
+                    self.w.wo(&l.pname("mlp.up.bias")),
+                    self.acts.h,
+                )?;
+                kn.act_fwd(dt, act, self.acts.act, self.acts.h, 0, n, hidden, hw)
+            }
             // act(gate) (* up) in one pass.
             Fusion::Activation => {
                 let (act, hidden, hw) = l.dense("an activation")?;

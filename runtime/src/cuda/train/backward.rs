@@ -8,7 +8,7 @@
 
 use super::super::error::Result;
 use super::super::gpu::DevPtr;
-use super::config::NormCfg;
+use super::config::{LayerCfg, NormCfg};
 use super::{Step, unsupported};
 use modelspec_dsl::program::{Act, Fusion, Kernel, N_ACTS};
 
@@ -56,6 +56,69 @@ impl Step<'_> {
             c,
             self.buf.reduce,
         )
+    }
+
+    /// The MLP input projection's backward (`[gate; up]` or `up`, `hw` wide) from `dy` = d(its
+    /// output): its weight and bias gradients, and d(its input).
+    fn proj_in_bwd(&self, i: usize, kn: &Kernel, d: &mut Grads, dy: DevPtr) -> Result<()> {
+        let (n, c) = (self.s.n, self.s.c);
+        let p = |s: &str| Self::pname(i, s);
+        let (first, hw) = Self::projection(&self.cfg[i], kn);
+        let x = kn.inputs[0];
+        self.mm_grad(
+            hw,
+            c,
+            n,
+            dy,
+            hw,
+            self.act_buf(i, x),
+            c,
+            self.p.g(&p(&format!("{first}.weight"))),
+            0.0,
+        )?;
+        self.colsum(self.p.g(&p(&format!("{first}.bias"))), dy, hw)?;
+        let t = self.target(d, x)?;
+        let wt = self.p.w(&p(&format!("{first}.weight")))?;
+        self.mm(n, c, hw, dy, hw, wt, c, t.0, c, t.1)?;
+        self.finish(t, c)
+    }
+
+    /// The down projection's input gradient through a GELU kept in the GEMMs' epilogues: when
+    /// `input` is the `act` of layer i's fused ungated GELU-tanh MLP ([`Step::gelu_epilogue`])
+    /// and neither `act` nor `up` has a gradient yet, `d(up) = (dy W) * gelu'(up)` goes straight
+    /// into up's gradient buffer (cuBLASLt's DGELU epilogue) and the `LinearAct` backward skips
+    /// its activation pass. `false`, with nothing run, otherwise or where cuBLASLt has no such
+    /// algorithm (the caller then writes d(act)).
+    fn dgelu_into_up(
+        &self,
+        i: usize,
+        input: Act,
+        d: &mut Grads,
+        dy: DevPtr,
+        wt: DevPtr,
+        width: usize,
+    ) -> Result<bool> {
+        let l: &LayerCfg = &self.cfg[i];
+        let fused = self.run[i]
+            .kernels
+            .iter()
+            .any(|k| k.fusion == Fusion::LinearAct);
+        if input != Act::ActOut
+            || !fused
+            || !Self::gelu_epilogue(l)
+            || d.get(Act::ActOut) != Grad::None
+            || d.get(Act::Up) != Grad::None
+        {
+            return Ok(false);
+        }
+        let dh = self.fresh(d, Act::Up)?;
+        let (n, c) = (self.s.n, self.s.c);
+        let pre = self.buf.layers[i].h;
+        if !self.mm_dgelu(n, width, c, dy, c, wt, width, dh, pre)? {
+            return Ok(false);
+        }
+        d.set(Act::Up, Grad::Own(dh));
+        Ok(true)
     }
 
     /// Layer i's backward from `g` = d(layer output): its program's kernels in reverse, each
@@ -198,8 +261,11 @@ impl Step<'_> {
                     0.0,
                 )?;
                 self.colsum(self.p.g(&p(&w("bias"))), dy, c)?;
-                let t = self.target(d, input)?;
                 let wt = self.p.w(&p(&w("weight")))?;
+                if self.dgelu_into_up(i, input, d, dy, wt, width)? {
+                    return Ok(());
+                }
+                let t = self.target(d, input)?;
                 self.mm(n, width, c, dy, c, wt, width, t.0, width, t.1)?;
                 self.finish(t, width)
             }
@@ -219,25 +285,28 @@ impl Step<'_> {
                 k.act_bwd(dt, act, t.0, t.0 + up, dy, b.h, b.h + up, n, hidden, hw)
             }
             Fusion::GateUp => {
-                let (first, hw) = Self::projection(l, kn);
                 let dy = d.ptr(out);
-                let x = kn.inputs[0];
-                self.mm_grad(
-                    hw,
-                    c,
-                    n,
-                    dy,
-                    hw,
-                    self.act_buf(i, x),
-                    c,
-                    self.p.g(&p(&format!("{first}.weight"))),
-                    0.0,
-                )?;
-                self.colsum(self.p.g(&p(&format!("{first}.bias"))), dy, hw)?;
-                let t = self.target(d, x)?;
-                let wt = self.p.w(&p(&format!("{first}.weight")))?;
-                self.mm(n, c, hw, dy, hw, wt, c, t.0, c, t.1)?;
-                self.finish(t, c)
+                self.proj_in_bwd(i, kn, d, dy)
+            }
+            Fusion::LinearAct => {
+                // d(up): already there when the down projection's backward ran the GELU's
+                // gradient in its GEMM's epilogue (`dgelu_into_up`), else from d(act) here.
+                let dh = match (d.get(Act::Up), d.get(Act::ActOut)) {
+                    (Grad::Own(p), Grad::None) => p,
+                    _ => {
+                        let (act, hidden, hw) = Self::dense_act(i, l)?;
+                        let dy = d.ptr(Act::ActOut);
+                        let t = self.target(d, Act::Up)?;
+                        if t.1 != 0.0 || t.2 != 0 {
+                            return Err(unsupported(format!(
+                                "layer {i}: the MLP projection has other readers"
+                            )));
+                        }
+                        k.act_bwd(dt, act, t.0, 0, dy, b.h, 0, n, hidden, hw)?;
+                        t.0
+                    }
+                };
+                self.proj_in_bwd(i, kn, d, dh)
             }
             Fusion::Attention => {
                 let (q, kk, v) = self.qkv_views(l, b.qkv);

@@ -322,6 +322,20 @@ impl Step<'_> {
                     b.h,
                 )
             }
+            Fusion::LinearAct => {
+                // `up` and `act` of an ungated MLP: one GEMM with GELU-tanh in its epilogue
+                // (keeping `up`, the pre-activation), else the GEMM and one activation pass.
+                let (first, hw) = Self::projection(l, kn);
+                let (act, hidden, _) = Self::dense_act(i, l)?;
+                let x = self.act_buf(i, kn.inputs[0]);
+                let w = self.p.w(&p(&format!("{first}.weight")))?;
+                let bias = self.p.wo(&p(&format!("{first}.bias")));
+                if Self::gelu_epilogue(l) && self.linear_gelu(n, hw, c, x, w, bias, b.act, b.h)? {
+                    return Ok(());
+                }
+                self.linear(n, hw, c, x, w, bias, b.h)?;
+                k.act_fwd(dt, act, b.act, b.h, 0, n, hidden, hw)
+            }
             Fusion::Activation => {
                 let (act, hidden, hw) = Self::dense_act(i, l)?;
                 k.act_fwd(

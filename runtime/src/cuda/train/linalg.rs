@@ -1,9 +1,11 @@
 //! The three GEMM shapes of a step, row-major, in the compute dtype (f32 accumulation).
 
 use super::super::error::Result;
-use super::super::gemm::RowMajorGemm;
+use super::super::gemm::{Epilogue, RowMajorGemm};
 use super::super::gpu::DevPtr;
+use super::super::ops::Act as KAct;
 use super::Step;
+use super::config::{FfnCfg, LayerCfg};
 
 impl Step<'_> {
     /// `C[m, n] = A op(B)` (+ beta C), with leading dimensions as given.
@@ -79,6 +81,67 @@ impl Step<'_> {
         };
         // SAFETY: as in `mm`.
         unsafe { self.gemm.run_f32_out(self.dt, &g, a, b, c, 1.0, beta) }
+    }
+
+    /// Whether layer `l`'s MLP runs its activation in the GEMMs' epilogues: an ungated
+    /// `gelu_tanh` MLP (cuBLASLt's GELU is the tanh form) whose width is a multiple of 8 (the
+    /// pre-activation's row stride, read and written by the epilogues).
+    pub(super) fn gelu_epilogue(l: &LayerCfg) -> bool {
+        matches!(l.ffn, FfnCfg::Dense { act: KAct::GeluTanh, hidden, hw }
+            if hidden == hw && hidden.is_multiple_of(8))
+    }
+
+    /// `act[m, n] = gelu(a[m, k] w[n, k]^T + bias)` (bias 0: none) with the pre-activation into
+    /// `pre` `[m, n]`, in one GEMM (cuBLASLt's GELU_AUX epilogue). `false`, with nothing run,
+    /// where cuBLASLt has no such algorithm: the caller runs the GEMM and the activation apart.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn linear_gelu(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        w: DevPtr,
+        bias: DevPtr,
+        act: DevPtr,
+        pre: DevPtr,
+    ) -> Result<bool> {
+        let g = RowMajorGemm::linear(m, n, k);
+        let epi = Epilogue::GeluAux { pre, ld: n, bias };
+        // SAFETY: every operand is a view into this trainer's arenas, sized at construction.
+        unsafe { self.gemm.run_epilogue(self.dt, &g, a, w, act, &epi) }
+    }
+
+    /// `c[m, n] = (a[m, k] b[k, n]) * gelu'(pre)`, `pre` `[m, n]` (a GELU's backward folded into
+    /// the GEMM that produces the gradient of its output: cuBLASLt's DGELU epilogue). `false`,
+    /// with nothing run, where cuBLASLt has no such algorithm.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mm_dgelu(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        lda: usize,
+        b: DevPtr,
+        ldb: usize,
+        c: DevPtr,
+        pre: DevPtr,
+    ) -> Result<bool> {
+        let g = RowMajorGemm {
+            m,
+            n,
+            k,
+            trans_a: false,
+            trans_b: false,
+            lda,
+            ldb,
+            ldc: n,
+            batch: None,
+        };
+        let epi = Epilogue::DGelu { pre, ld: n };
+        // SAFETY: as in `linear_gelu`.
+        unsafe { self.gemm.run_epilogue(self.dt, &g, a, b, c, &epi) }
     }
 
     /// `out[c] += column sums of x [rows = n, c]` when `out` is not 0 (bias gradients).
