@@ -372,6 +372,16 @@ __device__ void moe_dweight_in(float* dweight, const T* dxin, const T* x, const 
     if (threadIdx.x == 0) dweight[slot] = acc;
 }
 
+// moe_add_bias_{dtype}: c[r, j] += bias[j] for r < rows, j < n (rows of stride ldc): a linear
+// layer's bias when its pointer is not 16-byte aligned for the GEMM epilogue (a fused gate/up
+// pair's up bias directly after a gate bias of an odd multiple of 8 bytes). Launch: grid rows,
+// block 256. Traffic: reads and writes rows x n elements.
+template <typename T>
+__device__ void moe_add_bias(T* c, const T* bias, int n, int ldc) {
+    size_t r = blockIdx.x;
+    for (int j = threadIdx.x; j < n; j += blockDim.x) sf(c + r * ldc + j, lf(c + r * ldc + j) + lf(bias + j));
+}
+
 // moe_rowdot_{dtype}: out[n] = x[n, :] . w (f32): the shared experts' gate logit.
 // Launch: grid N, block 256. Traffic: reads x [N, D] once, w from cache.
 template <typename T>
@@ -585,6 +595,9 @@ __device__ void moe_dx(T* dx, const float* dxf, const T* dxin, const int* row, c
     extern "C" __global__ void moe_dweight_in_##SUF(float* dweight, const T* dxin, const T* x,       \
                                                     const int* row, int K, int D) {                  \
         moe_dweight_in<T>(dweight, dxin, x, row, K, D);                                              \
+    }                                                                                                \
+    extern "C" __global__ void moe_add_bias_##SUF(T* c, const T* bias, int n, int ldc) {             \
+        moe_add_bias<T>(c, bias, n, ldc);                                                            \
     }                                                                                                \
     extern "C" __global__ void moe_rowdot_##SUF(float* out, const T* x, const T* w, int D) {          \
         moe_rowdot<T>(out, x, w, D);                                                                 \

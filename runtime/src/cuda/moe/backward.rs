@@ -41,7 +41,7 @@ impl MoeLayer {
         let (n, d, e, topk) = (dims.rows, dims.d, dims.experts, dims.top_k);
         let sv = |off| at(saved, off);
         let bw = |off| at(scratch, off);
-        let mm = Mm { gemm, dt };
+        let mm = Mm { gemm, dt, k };
         let red = ReduceScratch::new(bw(self.bwd.reduce), self.bwd.reduce_bytes);
         let colsum = |out: DevPtr, x: DevPtr, rows: usize, c: usize, ld: usize| {
             k.colsum(dt, out, x, rows, c, ld, red)

@@ -31,6 +31,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_gather_bf16",
     "moe_dweight_in_f32",
     "moe_dweight_in_bf16",
+    "moe_add_bias_f32",
+    "moe_add_bias_bf16",
     "moe_rowdot_f32",
     "moe_rowdot_bf16",
     "moe_combine_f32",
@@ -279,6 +281,28 @@ impl MoeKernels {
             (slots as u32, 1, 1),
             128,
             &mut cuda_args![d_weight, d_expert_in, x, row, k_, d_],
+        )
+    }
+
+    /// `moe_add_bias_{dtype}`: `c[r, j] += bias[j]` over `rows` rows of stride `ldc`.
+    pub(crate) fn add_bias(
+        &self,
+        dt: Dtype,
+        c: DevPtr,
+        bias: DevPtr,
+        rows: usize,
+        n: usize,
+        ldc: usize,
+    ) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        let (n_, ld_) = (i(n), i(ldc));
+        self.go(
+            &format!("moe_add_bias_{}", dt.suffix()),
+            (rows as u32, 1, 1),
+            BLOCK,
+            &mut cuda_args![c, bias, n_, ld_],
         )
     }
 

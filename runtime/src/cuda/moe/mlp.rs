@@ -3,6 +3,7 @@
 //! backward. The routed experts run it once per expert on that expert's contiguous dispatched
 //! rows; the shared experts run it once on all rows.
 
+use super::kernels::MoeKernels;
 use super::layout::Halves;
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gemm::{Gemm, RowMajorGemm};
@@ -89,10 +90,12 @@ impl MlpShape {
     }
 }
 
-/// GEMMs in one compute dtype, row-major (see [`RowMajorGemm`]).
+/// GEMMs in one compute dtype, row-major (see [`RowMajorGemm`]), and the MoE kernels for a bias
+/// the GEMM epilogue cannot take.
 pub(crate) struct Mm<'a> {
     pub gemm: &'a Gemm,
     pub dt: Dtype,
+    pub k: &'a MoeKernels,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -120,7 +123,8 @@ impl Mm<'_> {
         }
     }
 
-    /// `C[m, n] = A[m, k] W[n, k]^T (+ bias)`, C in the compute dtype.
+    /// `C[m, n] = A[m, k] W[n, k]^T (+ bias)`, C in the compute dtype. A bias that is not
+    /// 16-byte aligned (the epilogue's requirement) is added by `moe_add_bias` after the GEMM.
     pub(crate) fn linear(
         &self,
         m: usize,
@@ -137,12 +141,15 @@ impl Mm<'_> {
         // SAFETY: the operands are the caller's parameters and MoeLayer's regions, sized for
         // these shapes by its layouts.
         unsafe {
-            if bias != 0 {
-                self.gemm.run_bias(self.dt, &g, a, w, c, bias)
-            } else {
-                self.gemm.run(self.dt, &g, a, w, c, 1.0, 0.0)
+            if bias != 0 && bias.is_multiple_of(16) {
+                return self.gemm.run_bias(self.dt, &g, a, w, c, bias);
             }
+            self.gemm.run(self.dt, &g, a, w, c, 1.0, 0.0)?;
         }
+        if bias != 0 {
+            self.k.add_bias(self.dt, c, bias, m, n, ldc)?;
+        }
+        Ok(())
     }
 
     /// `C[m, n] = A[m, k] W[n, k]^T` with C in f32 (rows of A and W contiguous).

@@ -487,7 +487,7 @@ impl MoeLayer {
         let (n, d, e, topk) = (dims.rows, dims.d, dims.experts, dims.top_k);
         let sv = |off| at(saved, off);
         let fw = |off| at(scratch, off);
-        let mm = Mm { gemm, dt };
+        let mm = Mm { gemm, dt, k };
         // 1. Router logits, f32.
         let wr = need(w, i, "moe.router.weight")?;
         mm.linear_f32(n, e, d, x, wr, sv(self.saved.logits))?;
