@@ -81,6 +81,18 @@ fn layer_list(cfg: &mut Cfg<'_>, key: &str) -> Option<std::collections::BTreeSet
     Some(out)
 }
 
+/// The load-balancing loss's coefficient as transformers applies it: `router_aux_loss_coef` joins
+/// the training loss only when `output_router_logits` is set (its default is off, so a published
+/// Mixtral or Qwen-MoE config trains without it); 0 otherwise. The exporter writes the flag back
+/// as `aux_loss > 0`.
+fn aux_coefficient(cfg: &mut Cfg<'_>) -> f64 {
+    if cfg.flag("ffn.aux_loss", "output_router_logits", false) {
+        cfg.float("ffn.aux_loss", &["router_aux_loss_coef"], 0.001)
+    } else {
+        0.0
+    }
+}
+
 /// GPT-OSS (`gpt_oss`): a router with a bias, top-k of the logits then a softmax over those k,
 /// experts with biases and the clamped SwiGLU (transformers hard-codes `alpha` 1.702 and `limit`
 /// 7.0, whatever the config's `swiglu_limit` says), every layer sparse. The auxiliary loss joins
@@ -89,12 +101,7 @@ fn gpt_oss(cfg: &mut Cfg<'_>, activation: MlpKind, intermediate: u64) -> MoePlan
     let experts = cfg.size("ffn.experts", &["num_local_experts", "num_experts"], 128);
     let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], 4);
     cfg.origin("ffn.expert.hidden", "intermediate_size");
-    let aux = cfg.flag("ffn.aux_loss", "output_router_logits", false);
-    let aux_loss = if aux {
-        cfg.float("ffn.aux_loss", &["router_aux_loss_coef"], 0.001)
-    } else {
-        0.0
-    };
+    let aux_loss = aux_coefficient(cfg);
     MoePlan::new(Moe {
         experts,
         top_k,
@@ -255,7 +262,7 @@ pub(super) fn moe_settings(
         Family::Mixtral => {
             let experts = cfg.size("ffn.experts", &["num_local_experts", "num_experts"], 8);
             let top_k = cfg.size("ffn.top_k", &["num_experts_per_tok"], 2);
-            let aux_loss = cfg.float("ffn.aux_loss", &["router_aux_loss_coef"], 0.001);
+            let aux_loss = aux_coefficient(cfg);
             Some(MoePlan::new(Moe {
                 experts,
                 top_k,
@@ -285,7 +292,7 @@ pub(super) fn moe_settings(
                 if qwen2 { 1408 } else { 768 },
             );
             let renormalize = cfg.flag("ffn.renormalize", "norm_topk_prob", false);
-            let aux_loss = cfg.float("ffn.aux_loss", &["router_aux_loss_coef"], 0.001);
+            let aux_loss = aux_coefficient(cfg);
             let sparse_step = cfg.size("ffn", &["decoder_sparse_step"], 1);
             let shared = if qwen2 {
                 let h = cfg.size(
