@@ -12,6 +12,7 @@ const COMMON: &str = include_str!("kernels/common.cuh");
 const NORM: &str = crate::ops::norm::cuda::SOURCE;
 const REDUCE: &str = super::reduce::SOURCE;
 const POINTWISE: &str = include_str!("kernels/pointwise.cu");
+const ADAMW: &str = crate::ops::adamw::cuda::SOURCE;
 const ACTIVATION: &str = crate::ops::activation::cuda::SOURCE;
 const ROPE: &str = crate::ops::rope::cuda::SOURCE;
 const EMBEDDING: &str = crate::ops::embedding::cuda::SOURCE;
@@ -49,6 +50,7 @@ impl KernelSource {
             NORM,
             REDUCE,
             POINTWISE,
+            ADAMW,
             ACTIVATION,
             ROPE,
             EMBEDDING,

@@ -1,7 +1,8 @@
-//! The kernel library ([`Kernels`]) and the launch wrappers of the ops without a folder of their
-//! own (bias add, copies, casts, AdamW): one method per kernel family, named as the kernels
-//! (`{op}_{dtype}`). The folder ops (`crate::ops::{norm, activation, cross_entropy, rope,
-//! embedding, attention}`) add their launchers to [`Kernels`] in their `cuda.rs`.
+//! The kernel library ([`Kernels`]) and the launch wrappers of the small shared kernels of
+//! `kernels/pointwise.cu` (bias add, copies, casts, gradient sums, the gradient norm): one method
+//! per kernel family, named as the kernels (`{op}_{dtype}`). The ops add their launchers to
+//! [`Kernels`] in their folder's `cuda.rs` (`crate::ops::{norm, activation, cross_entropy, rope,
+//! embedding, attention, adamw}`).
 //!
 //! Arguments are raw device pointers ([`DevPtr`], 0 for "none") so that views into fused
 //! buffers (q/k/v inside one qkv projection, gate/up halves) need no copies. Each method states
@@ -15,15 +16,12 @@ use crate::cuda_args;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-mod optim;
-
 pub use crate::ops::activation::cuda::Act;
-pub use crate::ops::attention::cuda::AttnShape;
 pub(crate) use crate::ops::activation::cuda::{act_bwd, act_fwd};
+pub use crate::ops::attention::cuda::AttnShape;
 
 /// The normalisation kind of [`Kernels::norm_fwd`]: the IR's own.
 pub use modelspec_dsl::ir::NormKind;
-
 
 /// The compiled kernel library on one GPU.
 pub struct Kernels {
@@ -33,7 +31,7 @@ pub struct Kernels {
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
 /// (each thread then loops), so any arena size fits the grid.
-fn stride_blocks(n: usize) -> u32 {
+pub(crate) fn stride_blocks(n: usize) -> u32 {
     n.div_ceil(BLOCK as usize).clamp(1, 1 << 20) as u32
 }
 
@@ -177,6 +175,32 @@ impl Kernels {
         )
     }
 
+    /// `grad_sum_f32`: `sum = g` when `first`, else `sum += g` (`n` f32).
+    pub fn grad_sum(&self, sum: DevPtr, g: DevPtr, n: usize, first: bool) -> Result<()> {
+        let first = i32::from(first);
+        self.go_block(
+            "grad_sum_f32",
+            (stride_blocks(n), 1, 1),
+            &mut cuda_args![sum, g, n, first],
+        )
+    }
+
+    /// The sum of squares of `n` f32 at `x`, in f64, left at `partials[blocks]` (device memory of
+    /// `blocks + 1` f64; `blocks` at most 2^31): `blocks` partial sums, then their sum, each in a
+    /// fixed order (deterministic). Asynchronous: read the result after a synchronising copy.
+    pub fn sum_squares(&self, x: DevPtr, n: usize, partials: DevPtr, blocks: usize) -> Result<()> {
+        let count = blocks as i32;
+        self.go_block(
+            "sumsq_partials_f32",
+            (blocks as u32, 1, 1),
+            &mut cuda_args![x, n, partials],
+        )?;
+        self.go_block(
+            "sum_partials_f64",
+            (1, 1, 1),
+            &mut cuda_args![partials, count],
+        )
+    }
 }
 
 /// Convenience: a zeroed f32 scratch buffer of `n` elements.

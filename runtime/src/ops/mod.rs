@@ -3,7 +3,7 @@
 //! An op with a CUDA side is a folder holding all of it: `mod.rs` (the CPU code), `cuda.rs` (its
 //! launchers, an `impl` block of [`Kernels`](crate::cuda::Kernels), and its kernel text) and
 //! `{op}.cu` (its kernels): `norm`, `activation`, `cross_entropy`, `rope`, `embedding`,
-//! `attention`.
+//! `attention`, `adamw` (the optimizer: its host step, launcher and fused kernel).
 //!
 //! Conventions: tensors are row-major slices, activations `[rows, width]` with
 //! `rows = batch · seq`; `forward` overwrites its output; `backward` *accumulates* (`+=`) into every
@@ -12,6 +12,7 @@
 //! All matrix products go through [`matmul`] (the `gemm` crate).
 
 pub mod activation;
+pub mod adamw;
 pub mod attention;
 pub mod cross_entropy;
 pub mod dropout;

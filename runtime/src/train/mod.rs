@@ -25,7 +25,8 @@ pub mod data;
 mod device;
 mod error;
 mod gpu;
-pub mod optim;
+/// AdamW ([`crate::ops::adamw`], the op folder with its CUDA kernel), under its older path.
+pub use crate::ops::adamw as optim;
 pub mod plot;
 pub mod rng;
 pub mod sample;

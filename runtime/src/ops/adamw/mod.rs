@@ -16,11 +16,18 @@
 //! weights and biases (one dimension) and the token and position embeddings (`embed.weight`,
 //! `pos_embed.weight`, also when the head is tied to the embedding) never decay; `lm_head.weight`
 //! of an untied head, the attention, MLP, expert and router matrices do. See [`decays`].
+//!
+//! The folder holds the whole op: this file (the configuration, the step scalars and the host
+//! loop), `cuda.rs` (the launcher, [`Kernels::adamw`](crate::cuda::Kernels::adamw)) and
+//! `adamw.cu` (the fused kernel over a parameter arena, the host's arithmetic in the host's
+//! order). The training code reaches it as `crate::train::optim`.
 
 use std::collections::BTreeMap;
 
-use super::TrainError;
 use crate::Params;
+use crate::train::TrainError;
+
+pub mod cuda;
 
 /// AdamW hyper-parameters, with `torch.optim.AdamW`'s names and defaults: `betas` (0.9, 0.999),
 /// `eps` 1e-8, `weight_decay` 0.01. The learning rate is not among them: it is an argument of

@@ -1,11 +1,15 @@
-//! Launch wrappers of the training state's kernels: the fused AdamW step over a parameter arena,
-//! gradient accumulation and the gradient norm's deterministic reduction.
+//! AdamW's CUDA side: the launcher of `adamw.cu` (the fused step over a whole parameter arena,
+//! with the host's scalars and arithmetic), as a method of [`Kernels`], and the kernel source
+//! that [`crate::cuda::compile`] puts in the library.
 
-use super::{Kernels, stride_blocks};
+use super::StepScalars;
+use crate::cuda::Kernels;
 use crate::cuda::error::Result;
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
 use crate::cuda_args;
-use crate::train::optim::StepScalars;
+
+/// The CUDA C of `adamw.cu`, assembled into the kernel library after `common.cuh`.
+pub(crate) const SOURCE: &str = include_str!("adamw.cu");
 
 impl Kernels {
     /// `adamw_{dtype}`: one AdamW step over `n` f32 master weights (a whole parameter arena, one
@@ -40,7 +44,7 @@ impl Kernels {
         let name = format!("adamw_{}", dt.suffix());
         self.go_block(
             &name,
-            (stride_blocks(n), 1, 1),
+            (crate::cuda::ops::stride_blocks(n), 1, 1),
             &mut cuda_args![
                 master,
                 param,
@@ -60,33 +64,6 @@ impl Kernels {
                 gs1,
                 gs2
             ],
-        )
-    }
-
-    /// `grad_sum_f32`: `sum = g` when `first`, else `sum += g` (`n` f32).
-    pub fn grad_sum(&self, sum: DevPtr, g: DevPtr, n: usize, first: bool) -> Result<()> {
-        let first = i32::from(first);
-        self.go_block(
-            "grad_sum_f32",
-            (stride_blocks(n), 1, 1),
-            &mut cuda_args![sum, g, n, first],
-        )
-    }
-
-    /// The sum of squares of `n` f32 at `x`, in f64, left at `partials[blocks]` (device memory of
-    /// `blocks + 1` f64; `blocks` at most 2^31): `blocks` partial sums, then their sum, each in a
-    /// fixed order (deterministic). Asynchronous: read the result after a synchronising copy.
-    pub fn sum_squares(&self, x: DevPtr, n: usize, partials: DevPtr, blocks: usize) -> Result<()> {
-        let count = blocks as i32;
-        self.go_block(
-            "sumsq_partials_f32",
-            (blocks as u32, 1, 1),
-            &mut cuda_args![x, n, partials],
-        )?;
-        self.go_block(
-            "sum_partials_f64",
-            (1, 1, 1),
-            &mut cuda_args![partials, count],
         )
     }
 }
