@@ -8,7 +8,8 @@ use super::error::{CudaError, Result};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-const COMMON: &str = include_str!("kernels/common.cuh");
+/// `kernels/common.cuh`, the helpers every module starts with (the library and the MoE module).
+pub(crate) const COMMON: &str = include_str!("kernels/common.cuh");
 const NORM: &str = crate::ops::norm::cuda::SOURCE;
 const REDUCE: &str = super::reduce::SOURCE;
 const POINTWISE: &str = include_str!("kernels/pointwise.cu");

@@ -38,7 +38,8 @@ pub mod gemm;
 pub mod gpu;
 pub(crate) mod launch;
 pub(crate) mod layer;
-pub mod moe;
+/// Mixture of experts on the GPU: [`crate::ops::moe::cuda`], in the MoE op's folder.
+pub use crate::ops::moe::cuda as moe;
 pub mod ops;
 pub mod reduce;
 pub mod rope;

@@ -7,7 +7,7 @@
 // the rows in between are never read). Router logits, weights and statistics are f32 whatever the
 // storage type T of activations; compute is f32 everywhere.
 //
-// The CPU reference is runtime/src/ops/moe.rs: same top-k order (descending, ties to the lower
+// The CPU reference is runtime/src/ops/moe/mod.rs: same top-k order (descending, ties to the lower
 // expert index), same softmax and sigmoid scores, same correction bias and expert groups, same
 // renormalisation and routed scaling, same input-side weighting, same load-balancing loss.
 

@@ -1,5 +1,5 @@
 //! Mixture of experts on the GPU, forward and backward: the CUDA counterpart of the CPU reference
-//! (`ops/moe.rs` with the executor's MoE step), op for op.
+//! (`ops/moe/mod.rs` with the executor's MoE step), op for op.
 //!
 //! Forward of one layer (`x: [rows, d]`, the normed input):
 //! 1. router logits `x Wr^T` (cuBLASLt, f32 output even in bf16, so routing sees f32 logits);
@@ -35,7 +35,7 @@
 //! is a buffer: it gets no gradient.
 //!
 //! The load-balancing loss is HF's `load_balancing_loss_func` over the router logits of *all* the
-//! spec's MoE layers with an aux loss, concatenated (as `ops/moe.rs` computes it): it is not a sum
+//! spec's MoE layers with an aux loss, concatenated (as `ops/moe/mod.rs` computes it): it is not a sum
 //! of per-layer terms. Its statistics (per-expert counts and probability sums) therefore live in
 //! one small device buffer shared by those layers ([`MoeLayer::new_all`] or
 //! [`MoeLayer::share_aux_stats`]), one slot per layer that its forward overwrites (so a forward

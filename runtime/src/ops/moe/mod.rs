@@ -22,12 +22,18 @@
 //! concatenated, `M` rows): `aux = E · Σ_e (count_e / M) · (Σ_rows softmax(l)_e / M)` where
 //! `count_e` is how often expert `e` is among a row's top k. Its gradient flows through the
 //! softmax only.
+//!
+//! The folder holds the whole op: this file (the CPU reference) and `cuda/` with `moe.cu`: the
+//! GPU's forward and backward ([`cuda::MoeLayer`]), which compile as their own NVRTC module
+//! ([`cuda::kernel_source`]). The executors reach the GPU side as `crate::cuda::moe`.
 
 use modelspec_dsl::ir::{Moe, RouterOrder};
 
-use super::activation::sigmoid;
+use crate::ops::activation::sigmoid;
 
 use crate::tensor::Float;
+
+pub mod cuda;
 
 /// The routing decision of one layer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The MoE kernel module (`kernels/moe.cu` with `common.cuh`, the MLP activation kernels,
+//! The MoE kernel module (`../moe.cu` with `common.cuh`, the MLP activation kernels,
 //! `ops/activation/activation.cu`, which the experts use, and the column reductions,
 //! `kernels/reduce.cu`, which the bias gradients use) and one launch wrapper per kernel.
 
@@ -12,10 +12,10 @@ use crate::cuda::launch::{BLOCK, Launcher, grid, int as i, module_source};
 use crate::cuda::reduce::{self, ReduceScratch};
 use crate::cuda_args;
 
-const COMMON: &str = include_str!("../kernels/common.cuh");
+const COMMON: &str = crate::cuda::compile::COMMON;
 const ACTIVATION: &str = crate::ops::activation::cuda::SOURCE;
 const REDUCE: &str = crate::cuda::reduce::SOURCE;
-const MOE: &str = include_str!("../kernels/moe.cu");
+const MOE: &str = include_str!("../moe.cu");
 
 /// Every entry point of the MoE module that [`super::MoeLayer`] launches (the `{dtype}` ones in
 /// both f32 and bf16).
