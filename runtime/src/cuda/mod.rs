@@ -34,7 +34,8 @@ pub mod compile;
 pub mod cudnn;
 pub mod decode;
 pub mod error;
-pub mod gemm;
+/// GEMMs through cuBLASLt: [`crate::ops::matmul::cuda`], in the matmul op's folder.
+pub use crate::ops::matmul::cuda as gemm;
 pub mod gpu;
 pub(crate) mod launch;
 pub(crate) mod layer;

@@ -4,10 +4,15 @@
 //! other op calls these; none has its own matmul loop. Inside a rayon worker (attention's per-head
 //! tasks) gemm runs single-threaded, elsewhere it uses rayon's pool. gemm splits only the output
 //! across threads, so results do not depend on scheduling.
+//!
+//! The folder holds the op on both back ends: this file (the CPU's strided [`View`] products) and
+//! `cuda.rs` (cuBLASLt's, over the same row-major convention: [`cuda::RowMajorGemm`]).
 
 use gemm::Parallelism;
 
 use crate::tensor::Float;
+
+pub mod cuda;
 
 /// A strided read-only matrix view: element `(r, c)` at `ptr[r * rs + c * cs]`.
 #[derive(Debug, Clone, Copy)]

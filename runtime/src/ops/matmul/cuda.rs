@@ -1,10 +1,12 @@
-//! GEMMs through cuBLASLt: bf16 (or f32 for parity) operands, f32 accumulation.
+//! The matmul's CUDA side: GEMMs through cuBLASLt, bf16 (or f32 for parity) operands, f32
+//! accumulation, with fused epilogues (bias, GELU). No kernels of ours: the library is loaded at
+//! run time. The executors reach it as `crate::cuda::gemm` ([`Gemm`], [`RowMajorGemm`]).
 //!
 //! Callers think in row-major matrices; cuBLASLt is column-major. The mapping between the two is
-//! written once, in [`to_column_major`].
+//! written once, in `to_column_major`.
 
-use super::error::{CudaError, Result};
-use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
+use crate::cuda::error::{CudaError, Result};
+use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
 use cudarc::cublaslt::{result as lt, sys};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
