@@ -13,18 +13,21 @@
 //! ```
 //!
 //! Layout of this module:
-//! - `kernels/*.cu`: the CUDA C sources of the ops without a folder yet (attention, decode, MoE,
-//!   the small pointwise kernels) and `common.cuh`, the helpers every module shares; the other
-//!   ops keep their kernels beside their CPU code (`crate::ops::{norm, activation, cross_entropy,
-//!   rope, embedding}`: `{op}.cu` and the launchers in `cuda.rs`). Each kernel is documented with
-//!   what it computes, its launch shape and its memory traffic;
+//! - `kernels/*.cu`: the CUDA C that belongs to no single op: `common.cuh` (the helpers every
+//!   module shares), `pointwise.cu` (bias add, copies, casts, gradient sums, the gradient norm),
+//!   `reduce.cu` (the column reduction) and `decode.cu` (the decoder's own kernels). Every op keeps
+//!   its kernels beside its CPU code (`crate::ops::{norm, activation, cross_entropy, rope,
+//!   embedding, attention, adamw, moe}`: `{op}.cu` and the launchers in `cuda.rs`, or `cuda/` for
+//!   MoE's own module). Each kernel is documented with what it computes, its launch shape and its
+//!   memory traffic;
 //! - [`compile`]: source assembly per spec, NVRTC, the disk cache;
 //! - [`gpu`]: device, stream, buffers, launches;
 //! - `layer`: each layer's configuration from its IR row (trainer and decoder);
 //! - `launch`: the launch layer under every module's typed wrappers (lookup, sizing, source);
-//! - [`gemm`]: cuBLASLt and the one row-major to column-major mapping;
-//! - [`ops`]: [`Kernels`] and the typed launch wrappers (`{op}_{dtype}` kernels) of the ops without
-//!   a folder;
+//! - [`gemm`]: cuBLASLt and the one row-major to column-major mapping (the matmul's CUDA side,
+//!   `crate::ops::matmul::cuda`, re-exported here);
+//! - [`moe`]: mixture of experts, its own kernel module (`crate::ops::moe::cuda`, re-exported);
+//! - [`ops`]: [`Kernels`] and the typed launch wrappers of the shared `pointwise.cu` kernels;
 //! - [`rope`]: cos/sin tables on the host;
 //! - [`train`]: the GPU training step, walking every layer with its own configuration;
 //! - [`decode`]: inference with a key/value cache on the device (prefill, then one token per

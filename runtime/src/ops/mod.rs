@@ -1,9 +1,14 @@
-//! The ops of the CPU backend, one module per op, each with `forward` and `backward`.
+//! The ops, one module per op: the CPU reference (`forward` and `backward`) and, in an op's
+//! folder, its CUDA side.
 //!
 //! An op with a CUDA side is a folder holding all of it: `mod.rs` (the CPU code), `cuda.rs` (its
 //! launchers, an `impl` block of [`Kernels`](crate::cuda::Kernels), and its kernel text) and
 //! `{op}.cu` (its kernels): `norm`, `activation`, `cross_entropy`, `rope`, `embedding`,
-//! `attention`, `adamw` (the optimizer: its host step, launcher and fused kernel).
+//! `attention`, `adamw` (the optimizer: its host step, launcher and fused kernel). Two differ in
+//! shape: `moe` has `cuda/` (its own NVRTC module and `MoeLayer`, forward and backward) beside
+//! `moe.cu`, and `matmul`'s `cuda.rs` is cuBLASLt (no kernels of ours). Ops with no kernels of
+//! their own stay single files (`linear`, `mlp`, `dropout`, `softcap`, and `mla`, latent
+//! attention's CPU code).
 //!
 //! Conventions: tensors are row-major slices, activations `[rows, width]` with
 //! `rows = batch · seq`; `forward` overwrites its output; `backward` *accumulates* (`+=`) into every
