@@ -51,6 +51,8 @@ fn kernel_library_compiles_with_nvrtc() {
         "attn_fwd_bf16_d128",
         "attn_bwd_bf16_d64",
         "attn_simple_dkv_f32",
+        "mla_split_bf16",
+        "mla_merge_f32",
     ] {
         assert!(
             ptx.contains(&format!(".entry {name}(")),
@@ -60,9 +62,9 @@ fn kernel_library_compiles_with_nvrtc() {
     assert!(!ptx.contains(".entry attn_bwd_bf16_d256("));
     // Every attention kernel takes the ALiBi slopes as its last parameter.
     for last in [
-        "attn_simple_fwd_f32_param_17",
-        "attn_simple_dq_bf16_param_19",
-        "attn_simple_dkv_f32_param_20",
+        "attn_simple_fwd_f32_param_18",
+        "attn_simple_dq_bf16_param_20",
+        "attn_simple_dkv_f32_param_21",
         "attn_fwd_bf16_d128_param_16",
         "attn_bwd_bf16_d64_param_20",
         // AdamW: the decay boundary, the host's eight scalars and two gradient scales.

@@ -20,6 +20,7 @@ const EMBEDDING: &str = crate::ops::embedding::cuda::SOURCE;
 const CROSS_ENTROPY: &str = crate::ops::cross_entropy::cuda::SOURCE;
 const ATTENTION_SIMPLE: &str = crate::ops::attention::cuda::SOURCE_SIMPLE;
 const ATTENTION_MMA: &str = crate::ops::attention::cuda::SOURCE_MMA;
+const ATTENTION_MLA: &str = crate::ops::attention::cuda::SOURCE_MLA;
 
 /// Head dims the tensor-core attention backward supports (it keeps 16 x D of dK and dV per warp
 /// in registers).
@@ -58,6 +59,7 @@ impl KernelSource {
             CROSS_ENTROPY,
             ATTENTION_SIMPLE,
             ATTENTION_MMA,
+            ATTENTION_MLA,
         ] {
             body.push_str(part);
             body.push('\n');

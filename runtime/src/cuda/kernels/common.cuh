@@ -87,10 +87,11 @@ __device__ __forceinline__ void attn_lane_load(const T* r, int D, int lane, floa
 
 // One key j (row kr, value row vr) of a warp's online softmax for the query in qv: the score
 // s = scale * (q.k + alibi_bias(slope, j) when `alibi`), softcap * tanh(s / softcap) when
-// softcap > 0; the running max m and sum l are updated and acc = acc * corr + p * v.
+// softcap > 0; the running max m and sum l are updated and acc = acc * corr + p * v. q and k
+// are D wide, v (and acc) DV wide.
 template <typename T>
 __device__ __forceinline__ void attn_online_key(const float* qv, float* acc, const T* kr, const T* vr, int D,
-                                                int lane, bool alibi, float slope, int j, float scale,
+                                                int DV, int lane, bool alibi, float slope, int j, float scale,
                                                 float softcap, float& m, float& l) {
     float dot = 0.f;
 #pragma unroll
@@ -109,7 +110,7 @@ __device__ __forceinline__ void attn_online_key(const float* qv, float* acc, con
 #pragma unroll
     for (int e = 0; e < ATTN_MAXD_LANE; e++) {
         int d = lane + 32 * e;
-        if (d < D) acc[e] = acc[e] * corr + p * lf(vr + d);
+        if (d < DV) acc[e] = acc[e] * corr + p * lf(vr + d);
     }
     m = mn;
 }

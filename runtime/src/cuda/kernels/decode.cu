@@ -90,7 +90,7 @@ __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* 
     for (int j = j0 + warp; j <= i; j += DEC_WARPS) {
         const T* kr = kb + (size_t)j * D;
         const T* vr = vb + (size_t)j * D;
-        attn_online_key(qv, acc, kr, vr, D, lane, alibi != nullptr, slope, j, scale, softcap, m, l);
+        attn_online_key(qv, acc, kr, vr, D, D, lane, alibi != nullptr, slope, j, scale, softcap, m, l);
     }
     if (lane == 0) {
         s_m[warp] = m;

@@ -1,11 +1,13 @@
 // ---- attention, reference-grade path (f32 parity runs, and bf16 shapes the tensor-core path
 // does not cover): one warp per query (forward, dQ) or per key (dK/dV), online softmax, nothing
-// of size T x T in memory. Layout: q [B*T, ldq] with head h at column h*D, k/v [B*T, ldk/ldv]
-// with kv head h / (H/KV); o like q; lse [B, H, T] natural-log logsumexp of the scores.
+// of size T x T in memory. Layout: q [B*T, ldq] with head h at column h*D, k [B*T, ldk] with kv
+// head h / (H/KV) at column kvh*D, v [B*T, ldv] at column kvh*DV (DV = D, except in latent
+// attention, whose values are narrower or wider than its queries and keys); o [B*T, ldo] with
+// head h at column h*DV; lse [B, H, T] natural-log logsumexp of the scores.
 // Scores: s = scale * (q.k + alibi), then softcap * tanh(s / softcap) when softcap > 0; alibi is
 // alibi_bias(slopes[h], j) when `alibi` (f32 [H] slopes) is not null, else 0. Key j is visible to
 // query i when j < T, (!causal || j <= i), (window <= 0 || i - j < window) and (chunk <= 0 ||
-// i / chunk == j / chunk) (Llama 4's chunked attention). D <= 256.
+// i / chunk == j / chunk) (Llama 4's chunked attention). D, DV <= 256.
 
 __device__ __forceinline__ bool attn_visible(int i, int j, int T, int causal, int window, int chunk) {
     return j < T && (!causal || j <= i) && (window <= 0 || i - j < window) && (chunk <= 0 || i / chunk == j / chunk);
@@ -25,8 +27,8 @@ __device__ __forceinline__ int attn_query_end(int j, int T, int window, int chun
 // Traffic: each query reads every visible key and value row once (from L2): O(T^2 D) bytes.
 template <typename T>
 __device__ void attn_simple_fwd(T* o, float* lse, const T* q, const T* k, const T* v, int T_, int H, int KV, int D,
-                                int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window, int chunk,
-                                int causal, const float* alibi) {
+                                int DV, int ldq, int ldk, int ldv, int ldo, float scale, float softcap, int window,
+                                int chunk, int causal, const float* alibi) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int i = blockIdx.x * 4 + warp, h = blockIdx.y, b = blockIdx.z;
     if (i >= T_) return;
@@ -40,21 +42,22 @@ __device__ void attn_simple_fwd(T* o, float* lse, const T* q, const T* k, const 
     int j1 = causal ? i + 1 : T_;
     for (int j = j0; j < j1; j++) {
         const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)kvh * D;
-        const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)kvh * D;
-        attn_online_key(qv, acc, kr, vr, D, lane, alibi != nullptr, slope, j, scale, softcap, m, l);
+        const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)kvh * DV;
+        attn_online_key(qv, acc, kr, vr, D, DV, lane, alibi != nullptr, slope, j, scale, softcap, m, l);
     }
     float inv = l > 0.f ? 1.f / l : 0.f;
-    T* orow = o + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
+    T* orow = o + ((size_t)b * T_ + i) * ldo + (size_t)h * DV;
 #pragma unroll
     for (int e = 0; e < ATTN_MAXD_LANE; e++) {
         int d = lane + 32 * e;
-        if (d < D) sf(orow + d, acc[e] * inv);
+        if (d < DV) sf(orow + d, acc[e] * inv);
     }
     if (lane == 0) lse[((size_t)b * H + h) * T_ + i] = l > 0.f ? m + __logf(l) : 0.f;
 }
 
-// attn_delta_{dtype}: delta[b,h,i] = sum_d dO[i,d] * O[i,d] (f32), the softmax-backward row term.
-// Launch grid (ceil(T/4), H, B), block 128. Traffic: reads O and dO once.
+// attn_delta_{dtype}: delta[b,h,i] = sum_d dO[i,d] * O[i,d] (f32), the softmax-backward row term;
+// D is the value (output) head width. Launch grid (ceil(T/4), H, B), block 128. Traffic: reads O
+// and dO once.
 template <typename T>
 __device__ void attn_delta(float* delta, const T* o, const T* dout, int T_, int H, int D, int ldo) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -85,8 +88,8 @@ __device__ __forceinline__ float attn_ds(float dot, float dp, float lse_i, float
 // attn_simple_dq_{dtype}: dq[i] = sum_j dS[i,j] k[j]. Launch grid (ceil(T/4), H, B), block 128.
 template <typename T>
 __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                               const float* delta, int T_, int H, int KV, int D, int ldq, int ldk, int ldv,
-                               int ldo, float scale, float softcap, int window, int chunk, int causal,
+                               const float* delta, int T_, int H, int KV, int D, int DV, int ldq, int ldk,
+                               int ldv, int ldo, float scale, float softcap, int window, int chunk, int causal,
                                const float* alibi) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int i = blockIdx.x * 4 + warp, h = blockIdx.y, b = blockIdx.z;
@@ -94,24 +97,22 @@ __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const 
     int kvh = h / (H / KV);
     const float slope = alibi ? alibi[h] : 0.f;
     const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
-    const T* dor = dout + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
+    const T* dor = dout + ((size_t)b * T_ + i) * ldo + (size_t)h * DV;
     float qv[ATTN_MAXD_LANE], dov[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE] = {};
     attn_lane_load(qr, D, lane, qv);
-    attn_lane_load(dor, D, lane, dov);
+    attn_lane_load(dor, DV, lane, dov);
     float lse_i = lse[((size_t)b * H + h) * T_ + i], delta_i = delta[((size_t)b * H + h) * T_ + i];
     int j0 = attn_first_key(i, window, chunk);
     int j1 = causal ? i + 1 : T_;
     for (int j = j0; j < j1; j++) {
         const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)kvh * D;
-        const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)kvh * D;
+        const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)kvh * DV;
         float dot = 0.f, dp = 0.f;
 #pragma unroll
         for (int e = 0; e < ATTN_MAXD_LANE; e++) {
             int d = lane + 32 * e;
-            if (d < D) {
-                dot += qv[e] * lf(kr + d);
-                dp += dov[e] * lf(vr + d);
-            }
+            if (d < D) dot += qv[e] * lf(kr + d);
+            if (d < DV) dp += dov[e] * lf(vr + d);
         }
         dot = warp_sum(dot);
         dp = warp_sum(dp);
@@ -136,18 +137,18 @@ __device__ void attn_simple_dq(T* dq, const T* q, const T* k, const T* v, const 
 // dk[j] = sum dS[i,j] q[i]. Launch grid (ceil(T/4), KV, B), block 128 (one warp per key).
 template <typename T>
 __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v, const T* dout, const float* lse,
-                                const float* delta, int T_, int H, int KV, int D, int ldq, int ldk, int ldv,
-                                int ldo, float scale, float softcap, int window, int chunk, int causal,
-                               const float* alibi) {
+                                const float* delta, int T_, int H, int KV, int D, int DV, int ldq, int ldk,
+                                int ldv, int ldo, float scale, float softcap, int window, int chunk, int causal,
+                                const float* alibi) {
     int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int j = blockIdx.x * 4 + warp, g = blockIdx.y, b = blockIdx.z;
     if (j >= T_) return;
     int group = H / KV;
     const T* kr = k + ((size_t)b * T_ + j) * ldk + (size_t)g * D;
-    const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)g * D;
+    const T* vr = v + ((size_t)b * T_ + j) * ldv + (size_t)g * DV;
     float kv_[ATTN_MAXD_LANE], vv[ATTN_MAXD_LANE], dka[ATTN_MAXD_LANE] = {}, dva[ATTN_MAXD_LANE] = {};
     attn_lane_load(kr, D, lane, kv_);
-    attn_lane_load(vr, D, lane, vv);
+    attn_lane_load(vr, DV, lane, vv);
     int i0 = causal ? j : 0;
     int i1 = attn_query_end(j, T_, window, chunk);
     for (int hh = 0; hh < group; hh++) {
@@ -155,15 +156,13 @@ __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v
         const float bias = alibi ? alibi_bias(alibi[h], j) : 0.f;
         for (int i = i0; i < i1; i++) {
             const T* qr = q + ((size_t)b * T_ + i) * ldq + (size_t)h * D;
-            const T* dor = dout + ((size_t)b * T_ + i) * ldo + (size_t)h * D;
+            const T* dor = dout + ((size_t)b * T_ + i) * ldo + (size_t)h * DV;
             float dot = 0.f, dp = 0.f;
 #pragma unroll
             for (int e = 0; e < ATTN_MAXD_LANE; e++) {
                 int d = lane + 32 * e;
-                if (d < D) {
-                    dot += kv_[e] * lf(qr + d);
-                    dp += vv[e] * lf(dor + d);
-                }
+                if (d < D) dot += kv_[e] * lf(qr + d);
+                if (d < DV) dp += vv[e] * lf(dor + d);
             }
             dot = warp_sum(dot) + bias;
             dp = warp_sum(dp);
@@ -173,22 +172,18 @@ __device__ void attn_simple_dkv(T* dk, T* dv, const T* q, const T* k, const T* v
 #pragma unroll
             for (int e = 0; e < ATTN_MAXD_LANE; e++) {
                 int d = lane + 32 * e;
-                if (d < D) {
-                    dva[e] += p * lf(dor + d);
-                    dka[e] += ds * lf(qr + d);
-                }
+                if (d < DV) dva[e] += p * lf(dor + d);
+                if (d < D) dka[e] += ds * lf(qr + d);
             }
         }
     }
     T* dkr = dk + ((size_t)b * T_ + j) * ldk + (size_t)g * D;
-    T* dvr = dv + ((size_t)b * T_ + j) * ldv + (size_t)g * D;
+    T* dvr = dv + ((size_t)b * T_ + j) * ldv + (size_t)g * DV;
 #pragma unroll
     for (int e = 0; e < ATTN_MAXD_LANE; e++) {
         int d = lane + 32 * e;
-        if (d < D) {
-            sf(dkr + d, dka[e]);
-            sf(dvr + d, dva[e]);
-        }
+        if (d < D) sf(dkr + d, dka[e]);
+        if (d < DV) sf(dvr + d, dva[e]);
     }
 }
 
@@ -257,9 +252,9 @@ __device__ void attn_qscale(T* q, int N, int T_, int W, int ld, float floor_, fl
     sf(p, lf(p) * f);
 }
 
-#define ATTN_SIMPLE_ARGS int T_, int H, int KV, int D, int ldq, int ldk, int ldv, int ldo, float scale, \
+#define ATTN_SIMPLE_ARGS int T_, int H, int KV, int D, int DV, int ldq, int ldk, int ldv, int ldo, float scale, \
                          float softcap, int window, int chunk, int causal, const float* alibi
-#define ATTN_SIMPLE_PASS T_, H, KV, D, ldq, ldk, ldv, ldo, scale, softcap, window, chunk, causal, alibi
+#define ATTN_SIMPLE_PASS T_, H, KV, D, DV, ldq, ldk, ldv, ldo, scale, softcap, window, chunk, causal, alibi
 #define ATTN_SIMPLE_INSTANTIATE(SUF, T)                                                              \
     extern "C" __global__ void attn_simple_fwd_##SUF(T* o, float* lse, const T* q, const T* k,        \
                                                      const T* v, ATTN_SIMPLE_ARGS) {                  \

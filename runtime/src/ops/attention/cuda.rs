@@ -11,15 +11,19 @@ use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
 use crate::cuda::launch::{BLOCK, blocks};
 use crate::cuda_args;
+use crate::ops::mla::MlaDims;
 use modelspec_dsl::ir::QueryTemperature;
 
 /// The CUDA C of the reference-grade kernels and the shared passes.
 pub(crate) const SOURCE_SIMPLE: &str = include_str!("attention_simple.cu");
 /// The CUDA C of the tensor-core kernels (instantiated per head dim by the library).
 pub(crate) const SOURCE_MMA: &str = include_str!("attention_mma.cu");
+/// The CUDA C of latent attention's layout moves (`mla.cu`).
+pub(crate) const SOURCE_MLA: &str = include_str!("mla.cu");
 
-/// Shapes and options of one attention call. Layout: q `[B*T, ldq]` with head h at column
-/// `h*head_dim`; k, v `[B*T, ldk/ldv]` with kv head `h / (heads/kv_heads)`; o like q.
+/// Shapes and options of one attention call. Layout: q, k `[B*T, ldq/ldk]` with head h at column
+/// `h*head_dim`; v `[B*T, ldv]` with head h at column `h*v_head_dim`; kv head `h /
+/// (heads/kv_heads)`; o `[B*T, ldo]` like v.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AttnShape {
     /// Batch.
@@ -30,8 +34,12 @@ pub struct AttnShape {
     pub heads: usize,
     /// Key/value heads (divides `heads`).
     pub kv_heads: usize,
-    /// Head width.
+    /// Head width of q and k.
     pub head_dim: usize,
+    /// Head width of v and o: `head_dim`, except in latent attention (DeepSeek-V3: 192 for q/k,
+    /// 128 for v). Only the reference-grade kernels take a different width; the tensor-core path
+    /// and cuDNN refuse it for now.
+    pub v_head_dim: usize,
     /// Row strides (elements) of q, k, v and o (and of their gradients).
     pub ldq: usize,
     /// Row stride of k.
@@ -71,6 +79,7 @@ impl AttnShape {
             heads,
             kv_heads,
             head_dim,
+            v_head_dim: head_dim,
             ldq: heads * head_dim,
             ldk: kv_heads * head_dim,
             ldv: kv_heads * head_dim,
@@ -100,14 +109,19 @@ impl AttnShape {
         if self.head_dim > 256 || self.head_dim == 0 {
             return bad(format!("head_dim {} outside 1..=256", self.head_dim));
         }
+        if self.v_head_dim > 256 || self.v_head_dim == 0 {
+            return bad(format!("v_head_dim {} outside 1..=256", self.v_head_dim));
+        }
         Ok(())
     }
 }
 
 impl Kernels {
-    /// Whether the tensor-core forward exists for this call (bf16, an instantiated head dim).
+    /// Whether the tensor-core forward exists for this call (bf16, an instantiated head dim, the
+    /// same width for values as for queries and keys).
     pub fn attn_uses_mma(&self, dt: Dtype, s: &AttnShape) -> bool {
         dt == Dtype::Bf16
+            && s.v_head_dim == s.head_dim
             && mma_head_dim_ok(s.head_dim)
             && self.head_dims().contains(&s.head_dim)
             && [s.ldq, s.ldk, s.ldv, s.ldo].iter().all(|l| l % 8 == 0)
@@ -127,11 +141,12 @@ impl Kernels {
         v: DevPtr,
     ) -> Result<()> {
         s.check("attn_fwd")?;
-        let (t_, h_, kv_, d_) = (
+        let (t_, h_, kv_, d_, dv_) = (
             s.seq as i32,
             s.heads as i32,
             s.kv_heads as i32,
             s.head_dim as i32,
+            s.v_head_dim as i32,
         );
         let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
         let (scale, softcap, window, chunk, causal, alibi) = (
@@ -165,7 +180,7 @@ impl Kernels {
             (128, 1, 1),
             0,
             &mut cuda_args![
-                o, lse, q, k, v, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap, window,
+                o, lse, q, k, v, t_, h_, kv_, d_, dv_, ldq, ldk, ldv, ldo, scale, softcap, window,
                 chunk, causal, alibi
             ],
         )
@@ -192,11 +207,12 @@ impl Kernels {
         v: DevPtr,
     ) -> Result<()> {
         s.check("attn_bwd")?;
-        let (t_, h_, kv_, d_) = (
+        let (t_, h_, kv_, d_, dv_) = (
             s.seq as i32,
             s.heads as i32,
             s.kv_heads as i32,
             s.head_dim as i32,
+            s.v_head_dim as i32,
         );
         let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
         let (scale, softcap, window, chunk, causal, alibi) = (
@@ -214,7 +230,7 @@ impl Kernels {
             grid_q,
             (128, 1, 1),
             0,
-            &mut cuda_args![delta, o, dout, t_, h_, d_, ldo],
+            &mut cuda_args![delta, o, dout, t_, h_, dv_, ldo],
         )?;
         if self.attn_uses_mma(dt, s)
             && s.head_dim <= MMA_BWD_MAX_HEAD_DIM
@@ -261,8 +277,8 @@ impl Kernels {
             (128, 1, 1),
             0,
             &mut cuda_args![
-                dq, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale, softcap,
-                window, chunk, causal, alibi
+                dq, q, k, v, dout, lse, delta, t_, h_, kv_, d_, dv_, ldq, ldk, ldv, ldo, scale,
+                softcap, window, chunk, causal, alibi
             ],
         )?;
         let name = format!("attn_simple_dkv_{}", dt.suffix());
@@ -273,7 +289,7 @@ impl Kernels {
             (128, 1, 1),
             0,
             &mut cuda_args![
-                dk, dv, q, k, v, dout, lse, delta, t_, h_, kv_, d_, ldq, ldk, ldv, ldo, scale,
+                dk, dv, q, k, v, dout, lse, delta, t_, h_, kv_, d_, dv_, ldq, ldk, ldv, ldo, scale,
                 softcap, window, chunk, causal, alibi
             ],
         )
@@ -293,7 +309,12 @@ impl Kernels {
         lse: DevPtr,
         sinks: DevPtr,
     ) -> Result<()> {
-        let (t_, h_, d_, ldo) = (s.seq as i32, s.heads as i32, s.head_dim as i32, s.ldo as i32);
+        let (t_, h_, d_, ldo) = (
+            s.seq as i32,
+            s.heads as i32,
+            s.v_head_dim as i32,
+            s.ldo as i32,
+        );
         let name = format!("attn_sinks_fwd_{}", dt.suffix());
         self.go(
             &name,
@@ -321,7 +342,7 @@ impl Kernels {
             s.batch as i32,
             s.seq as i32,
             s.heads as i32,
-            s.head_dim as i32,
+            s.v_head_dim as i32,
             s.ldo as i32,
         );
         let name = format!("attn_sinks_bwd_{}", dt.suffix());
@@ -355,4 +376,67 @@ impl Kernels {
             &mut cuda_args![q, n_, t_, w_, ld_, floor, scale],
         )
     }
+
+    /// Latent attention's per-head keys and values (`mla_split_{dtype}`): from `kv` `[rows,
+    /// heads·(nope + v)]` (per head its key part, then its value) and the shared rotary key `pe`
+    /// `[rows, rope]` (row stride `ldpe`), writes `k` (head h at column `h·(nope + rope)`: its key
+    /// part, then `pe`) and `v` (head h at column `h·v`), both with row stride `ld`. RoPE is
+    /// applied afterwards.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_split(
+        &self,
+        dt: Dtype,
+        m: &MlaDims,
+        (k, v, ld): (DevPtr, DevPtr, usize),
+        kv: DevPtr,
+        (pe, ldpe): (DevPtr, usize),
+        rows: usize,
+    ) -> Result<()> {
+        let width = m.heads * (m.nope + m.rope + m.v);
+        let (ld_, n_, h_, nope_, rope_, v_) = mla_args(ld, rows, m);
+        let ldpe_ = ldpe as i32;
+        let name = format!("mla_split_{}", dt.suffix());
+        self.go_block(
+            &name,
+            (blocks(rows * width, BLOCK), 1, 1),
+            &mut cuda_args![k, v, ld_, kv, pe, ldpe_, n_, h_, nope_, rope_, v_],
+        )
+    }
+
+    /// The transpose of [`Kernels::mla_split`] (`mla_merge_{dtype}`): `dkv` `[rows,
+    /// heads·(nope + v)]` from `dk`'s key parts and `dv` (row stride `ld`), and `dpe` `[rows,
+    /// rope]` (row stride `ldpe`) the sum over the heads, in head order, of `dk`'s rotary parts
+    /// (both written, not accumulated; deterministic).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_merge(
+        &self,
+        dt: Dtype,
+        m: &MlaDims,
+        dkv: DevPtr,
+        (dpe, ldpe): (DevPtr, usize),
+        (dk, dv, ld): (DevPtr, DevPtr, usize),
+        rows: usize,
+    ) -> Result<()> {
+        let width = m.heads * (m.nope + m.v) + m.rope;
+        let (ld_, n_, h_, nope_, rope_, v_) = mla_args(ld, rows, m);
+        let ldpe_ = ldpe as i32;
+        let name = format!("mla_merge_{}", dt.suffix());
+        self.go_block(
+            &name,
+            (blocks(rows * width, BLOCK), 1, 1),
+            &mut cuda_args![dkv, dpe, ldpe_, dk, dv, ld_, n_, h_, nope_, rope_, v_],
+        )
+    }
+}
+
+/// The integer arguments of the latent attention kernels: `(ld, rows, heads, nope, rope, v)`.
+fn mla_args(ld: usize, rows: usize, m: &MlaDims) -> (i32, i32, i32, i32, i32, i32) {
+    (
+        ld as i32,
+        rows as i32,
+        m.heads as i32,
+        m.nope as i32,
+        m.rope as i32,
+        m.v as i32,
+    )
 }
