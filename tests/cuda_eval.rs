@@ -15,10 +15,11 @@
 //!   another order).
 //!
 //! Fixtures whose spec uses a feature the GPU trainer lacks are listed with the feature (and must
-//! fail cleanly, naming it): only multi-head latent attention (deepseek_v2, deepseek_v3) is
-//! refused today. Every other fixture runs: dense and MoE, falcon's ALiBi, gemma3's mixed layers,
-//! GPT-OSS's sinks and MoE, Llama 4's chunks, temperature and interleaved MoE, SmolLM3's NoPE
-//! layers, GLM-4.5's sigmoid routing. Without a CUDA device the test prints "skipping" and passes.
+//! fail cleanly, naming it): none is refused today, so any refusal fails the test. Every fixture
+//! runs: dense and MoE, falcon's ALiBi, gemma3's mixed layers, GPT-OSS's sinks and MoE, Llama 4's
+//! chunks, temperature and interleaved MoE, SmolLM3's NoPE layers, GLM-4.5's sigmoid routing,
+//! DeepSeek-V2/V3's multi-head latent attention. Without a CUDA device the test prints "skipping"
+//! and passes.
 //! On the GPU machine, `MODELSPEC_BIN` may point at the `modelspec` binary to run.
 
 use std::collections::BTreeMap;
@@ -194,11 +195,8 @@ fn gpu_eval_matches_cpu_on_every_supported_fixture() {
                 "{name}: the error names the feature: {err}"
             );
             println!("UNSUPPORTED {name}: {feature}");
-            // Only multi-head latent attention is CPU-only for now; every other fixture, dense
-            // or mixture-of-experts, must run.
-            if !feature.contains("multi-head latent attention") {
-                failures.push(format!("{name}: refused ({feature})"));
-            }
+            // Every fixture, dense or mixture-of-experts, latent attention included, must run.
+            failures.push(format!("{name}: refused ({feature})"));
             unsupported.push(name);
             continue;
         }

@@ -74,6 +74,24 @@ const MOE_LIKE: &str = "model t_moe {
     layers[0] { mlp swiglu(hidden = 160) }
 }";
 
+/// Multi-head latent attention: a query latent and biases (layer 0), a direct query projection
+/// with a value width above the query/key width (layer 1), then a mixture of experts (layer 2).
+const MLA_LIKE: &str = "model t_mla {
+    vocab 150   d_model 96   layers 3   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  bias  mla(q_rank = 40, kv_rank = 24, nope_dim = 12, rope_dim = 8, v_dim = 16) }
+    position rope(theta = 10000)
+    mlp swiglu(hidden = 160)
+    layers[1] { attention { mla(kv_rank = 20, nope_dim = 6, rope_dim = 4, v_dim = 14) } }
+    layers[2] {
+        moe {
+            experts 4  top_k 2
+            expert swiglu(hidden = 64)
+            router softmax_topk  renormalize
+        }
+    }
+}";
+
 const POLICIES: [&str; 5] = ["full", "auto", "budget(0.5)", "budget(0.1)", "none"];
 
 fn saves_for(spec: &modelspec_dsl::ModelSpec, b: usize, t: usize, policy: &str) -> Vec<LayerSaves> {
@@ -239,6 +257,13 @@ fn policies_match_none_qk_and_post_norms() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn policies_match_none_latent_attention() {
+    check(MLA_LIKE, Dtype::F32);
+    check(MLA_LIKE, Dtype::Bf16);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn policies_match_none_moe_layers() {
     check(MOE_LIKE, Dtype::F32);
     check(MOE_LIKE, Dtype::Bf16);
@@ -248,7 +273,7 @@ fn policies_match_none_moe_layers() {
 /// than auto than none, and what the layers keep monotone in `budget(f)`.
 #[test]
 fn memory_follows_the_plan() {
-    for src in [LLAMA_LIKE, GPT2_LIKE, MIXED_LIKE, MOE_LIKE] {
+    for src in [LLAMA_LIKE, GPT2_LIKE, MIXED_LIKE, MOE_LIKE, MLA_LIKE] {
         let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
         let bytes = |policy: &str| {
             GpuTrainer::predicted_bytes_with(
@@ -300,6 +325,10 @@ fn saved_buffers_map_the_planners_names() {
             attn_out: false,
             mlp_out: false,
             moe: false,
+            q_latent: false,
+            q_latent_norm: false,
+            kv_latent: false,
+            kv_latent_norm: false,
             ..LayerSaves::ALL
         }
     );
@@ -310,7 +339,36 @@ fn saved_buffers_map_the_planners_names() {
     let moe = load_str(MOE_LIKE, "t.mspec", Format::Mspec).expect("spec is valid");
     let m = LayerSaves::from_saved(&moe.layers[1], &["router_logits", "router_weights"]);
     assert!(m.moe && !m.mlp_in && !m.act && !m.qkv);
+    // Latent attention: its latents are units of their own; q_rope, k and v are the [q; k; v]
+    // unit; q, kv and k_rope are never kept.
+    let mla = load_str(MLA_LIKE, "t.mspec", Format::Mspec).expect("spec is valid");
+    let l = &mla.layers[0];
+    let all = LayerSaves::from_saved(l, &modelspec_dsl::tensors::layer_tensors(l));
+    assert!(all.q_latent && all.q_latent_norm && all.kv_latent && all.kv_latent_norm && all.qkv);
+    assert!(!all.q_raw && !all.k_raw);
+    let s = LayerSaves::from_saved(l, &["kv_latent_norm", "q_rope", "k", "v", "kv", "k_rope"]);
+    assert!(s.kv_latent_norm && s.qkv && !s.kv_latent && !s.q_latent && !s.q_latent_norm);
+    assert!(
+        !LayerSaves::from_saved(l, &["k", "v"]).qkv,
+        "the unit is named by q_rope"
+    );
+    // Without a query latent (layer 1) there is none to keep.
+    let direct = LayerSaves::from_saved(
+        &mla.layers[1],
+        &modelspec_dsl::tensors::layer_tensors(&mla.layers[1]),
+    );
+    assert!(!direct.q_latent && !direct.q_latent_norm && direct.kv_latent);
 }
+
+/// Latent attention in dense layers only (the kept-bytes test leaves MoE layers out).
+const MLA_DENSE: &str = "model t_mla_dense {
+    vocab 150   d_model 96   layers 2   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  bias  mla(q_rank = 40, kv_rank = 24, nope_dim = 12, rope_dim = 8, v_dim = 16) }
+    position rope(theta = 10000)
+    mlp swiglu(hidden = 160)
+    layers[1] { attention { window 9  mla(kv_rank = 20, nope_dim = 6, rope_dim = 4, v_dim = 14) } }
+}";
 
 /// The trainer keeps exactly what the plan counts (no GPU needed): for every policy, the bytes
 /// its arena keeps from forward to backward equal the plan's `activation_bytes`, up to the
@@ -318,12 +376,15 @@ fn saved_buffers_map_the_planners_names() {
 /// saved region, which the planner sizes per tensor, so they are left out.
 #[test]
 fn kept_bytes_equal_the_plans() {
-    for src in [LLAMA_LIKE, GPT2_LIKE, MIXED_LIKE, QK_POST_LIKE] {
+    for src in [LLAMA_LIKE, GPT2_LIKE, MIXED_LIKE, QK_POST_LIKE, MLA_DENSE] {
         let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
-        for policy in POLICIES
-            .iter()
-            .chain(&["save(q_rope)", "recompute(attn)", "auto"])
-        {
+        for policy in POLICIES.iter().chain(&[
+            "save(q_rope)",
+            "recompute(attn)",
+            "auto",
+            "save(kv_latent_norm, q_latent)",
+            "recompute(q_latent_norm, kv_latent)",
+        ]) {
             for dt in [Dtype::Bf16, Dtype::F32] {
                 let p = plan::parse_policy(policy).expect("policy parses");
                 let planned = plan::plan(&spec, 2, 48, dt, Some(&p)).expect("plan");

@@ -237,6 +237,41 @@ const PADDED_VOCAB_UNTIED: &str = "model t_padded_untied {
     logits { bias  softcap 30 }
 }";
 
+/// Multi-head latent attention (DeepSeek-V2/V3) at awkward sizes: layer 0 with a query latent,
+/// biases on the down projections, YaRN with DeepSeek's mscale pair on interleaved pairs and a
+/// value width (5) below the query/key width (6 + 4); layer 1 without a query latent, a value
+/// width (9) above the query/key width (2 + 2), its own latent norm and a sliding window; layer
+/// 2 with equal widths (16: the bf16 tensor-core and cuDNN paths may take it).
+const MLA_LIKE: &str = "model t_mla {
+    vocab 150   d_model 64   layers 3   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 3  bias  mla(q_rank = 20, kv_rank = 13, nope_dim = 6, rope_dim = 4, v_dim = 5) }
+    position rope(theta = 1000, style = interleaved,
+                  scaling = yarn(factor = 4, original_context = 16, mscale = 0.7, mscale_all_dim = 0.9))
+    mlp swiglu(hidden = 96)
+    layers[1] {
+        attention { window 9  mla(kv_rank = 10, nope_dim = 2, rope_dim = 2, v_dim = 9, norm = rms(eps = 1e-4)) }
+    }
+    layers[2] {
+        attention { heads 4  mla(q_rank = 24, kv_rank = 16, nope_dim = 8, rope_dim = 8, v_dim = 16) }
+    }
+}";
+
+/// DeepSeek-V3-like: latent attention (v narrower than q/k) before a dense layer, then a
+/// mixture of experts with the sigmoid router and a shared expert.
+const MLA_MOE: &str = "model t_mla_moe {
+    vocab 150   d_model 48   layers 2   context 64
+    norm rms(eps = 1e-6)
+    attention { heads 4  mla(q_rank = 24, kv_rank = 16, nope_dim = 8, rope_dim = 4, v_dim = 8) }
+    position rope(theta = 10000)
+    moe {
+        experts 4  top_k 2  expert swiglu(hidden = 32)
+        router sigmoid_topk  renormalize  correction_bias
+        shared(count = 1, hidden = 32)
+    }
+    layers[0] { mlp swiglu(hidden = 96) }
+}";
+
 fn compare(src: &str, dt: Dtype, tol: f64) {
     compare_with(src, dt, tol, false)
 }
@@ -444,6 +479,18 @@ fn gpu_step_matches_cpu_chunks_temperature_qk_norm_after_rope() {
     compare(LLAMA4_LIKE, Dtype::Bf16, 5e-2);
 }
 
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_step_matches_cpu_latent_attention() {
+    compare(MLA_LIKE, Dtype::F32, 1e-4);
+    compare_with(MLA_LIKE, Dtype::F32, 1e-4, true);
+    compare(MLA_LIKE, Dtype::Bf16, 5e-2);
+    compare_with(MLA_LIKE, Dtype::Bf16, 5e-2, true);
+    // f32 only, as the other MoE case (router ties in bf16).
+    compare(MLA_MOE, Dtype::F32, 1e-4);
+    compare_with(MLA_MOE, Dtype::F32, 1e-4, true);
+}
+
 /// f32 only: in bf16 a token whose k-th and (k+1)-th router scores differ by less than bf16's
 /// rounding may pick another expert than the f32 CPU, which no tolerance on the gradients
 /// covers (runtime/tests/cuda_moe.rs checks the bf16 MoE block on its own; the checkpoint test
@@ -488,6 +535,8 @@ fn every_case_is_a_spec_the_gpu_trainer_takes() {
         PADDED_VOCAB_UNTIED,
         SINKS_LIKE,
         LLAMA4_LIKE,
+        MLA_LIKE,
+        MLA_MOE,
     ] {
         let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
         assert_eq!(

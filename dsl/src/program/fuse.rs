@@ -11,6 +11,9 @@
 //! | [`Fusion::Norm`] | a norm | `y = norm(x)`; a layer's first norm also takes the residual add of the layer below (`x = stream + branch`) |
 //! | [`Fusion::ResidualNorm`] | `resid_mid` (+ the `mlp_norm` reading it) | `s = x + branch; y = norm(s)` |
 //! | [`Fusion::QkvRope`] | `q`, `k`, `v` (+ qk-norms, RoPE) | one GEMM into `[q; k; v]`, qk-norm and RoPE in place |
+//! | [`Fusion::MlaQ`] | `q_latent`, `q_latent_norm`, `q` (or `q` alone) | latent attention's queries: the query latent's GEMM and norm, the up-projection into `[q; k; v]`'s query columns |
+//! | [`Fusion::MlaKv`] | `kv_latent`, `kv_latent_norm`, `kv` | the joint latent's GEMM (latent and rotary key), its norm, the up-projection `kv` |
+//! | [`Fusion::MlaSplit`] | `q_rope`, `k_rope`, `k`, `v` (or `k`, `v`) | the per-head keys and values from `kv` and the shared rotary key, RoPE on the rope columns of every query and key head |
 //! | [`Fusion::Attention`] | `attn` | flash attention (softcap, window, ALiBi, GQA) |
 //! | [`Fusion::Linear`] | `attn_out` or a dense `mlp_out` | one GEMM (+ bias) |
 //! | [`Fusion::GateUp`] | `gate` and `up` | one GEMM into `[gate; up]` |
@@ -33,6 +36,14 @@ pub enum Fusion {
     ResidualNorm,
     /// The q/k/v projections as one GEMM, the qk-norms and RoPE.
     QkvRope,
+    /// Latent attention's queries: the query latent (GEMM and norm, when the layer has one) and
+    /// the up-projection `q`.
+    MlaQ,
+    /// Latent attention's joint latent: its GEMM, its norm and the up-projection `kv`.
+    MlaKv,
+    /// Latent attention's per-head keys and values from `kv` and the shared rotary key, and RoPE
+    /// on the queries' and keys' rope columns.
+    MlaSplit,
     /// Attention.
     Attention,
     /// One projection.
@@ -79,6 +90,13 @@ impl Kernel {
                 .iter()
                 .filter_map(|&a| lp.node(a).map(|n| n.inputs[0]))
                 .collect(),
+            Fusion::MlaQ => self
+                .outputs
+                .iter()
+                .copied()
+                .filter(|&a| a == Act::QLatentNorm)
+                .collect(),
+            Fusion::MlaKv => vec![Act::KvLatentNorm],
             _ => Vec::new(),
         }
     }
@@ -100,11 +118,25 @@ impl LayerProgram {
     pub fn kernels(&self) -> Vec<Kernel> {
         let mut out: Vec<Kernel> = Vec::new();
         let nodes = &self.nodes;
+        let mla = self.node(Act::KvLatent).is_some();
         let mut i = 0;
         while i < nodes.len() {
             let node = &nodes[i];
             // How many nodes from i this kernel takes, and which fusion it is.
             let (fusion, take) = match (node.op, node.output) {
+                // Latent attention: the query side, the joint latent, the per-head layout.
+                (OpKind::Matmul, Act::QLatent) => (Fusion::MlaQ, 3),
+                (OpKind::Matmul, Act::Q) if mla => (Fusion::MlaQ, 1),
+                (OpKind::Matmul, Act::KvLatent) => (Fusion::MlaKv, 3),
+                (OpKind::Rope | OpKind::Split, _) if mla => {
+                    let n = nodes[i..]
+                        .iter()
+                        .take_while(|n| {
+                            matches!(n.output, Act::QRope | Act::KRope | Act::K | Act::V)
+                        })
+                        .count();
+                    (Fusion::MlaSplit, n)
+                }
                 (OpKind::Matmul, Act::Q) => {
                     let n = nodes[i..]
                         .iter()
@@ -298,6 +330,80 @@ mod tests {
                 (LinearAct, vec!["up", "act"]),
                 (Linear, vec!["mlp_out"]),
             ]
+        );
+    }
+
+    #[test]
+    fn latent_attention_fuses_into_its_three_kernels() {
+        use Fusion::*;
+        let ks = kernels(
+            "model t { vocab 64 d_model 32 layers 2 context 16 norm rms(eps = 1e-5)
+               attention { heads 4 mla(q_rank = 12, kv_rank = 8, nope_dim = 6, rope_dim = 4, v_dim = 5) }
+               position rope(theta = 10000) mlp swiglu(hidden = 48)
+               layers[1] { attention { mla(kv_rank = 8, nope_dim = 6, rope_dim = 4, v_dim = 5) } } }",
+        );
+        let tail = [
+            (Attention, vec!["attn"]),
+            (Linear, vec!["attn_out"]),
+            (ResidualNorm, vec!["resid_mid", "mlp_norm"]),
+            (GateUp, vec!["gate", "up"]),
+            (Activation, vec!["act"]),
+            (Linear, vec!["mlp_out"]),
+        ];
+        let kv = (MlaKv, vec!["kv_latent", "kv_latent_norm", "kv"]);
+        let split = (MlaSplit, vec!["q_rope", "k_rope", "k", "v"]);
+        let mut want = vec![
+            (Norm, vec!["attn_norm"]),
+            (MlaQ, vec!["q_latent", "q_latent_norm", "q"]),
+            kv.clone(),
+            split.clone(),
+        ];
+        want.extend(tail.iter().cloned());
+        assert_eq!(ks[0], want);
+        let mut want = vec![(Norm, vec!["attn_norm"]), (MlaQ, vec!["q"]), kv, split];
+        want.extend(tail.iter().cloned());
+        assert_eq!(ks[1], want);
+    }
+
+    #[test]
+    fn latent_attention_recomputes_only_what_it_lost() {
+        let spec = load_str(
+            "model t { vocab 64 d_model 32 layers 1 context 16 norm rms(eps = 1e-5)
+               attention { heads 4 mla(q_rank = 12, kv_rank = 8, nope_dim = 6, rope_dim = 4, v_dim = 5) }
+               position rope(theta = 10000) mlp swiglu(hidden = 48) }",
+            "t.mspec",
+            Format::Mspec,
+        )
+        .expect("valid");
+        let lp = LayerProgram::lower(&spec, &spec.layers[0]);
+        let ks = lp.kernels();
+        let mut needed = vec![false; super::super::N_ACTS];
+        for t in lp.costs.iter().filter(|t| t.needed) {
+            needed[lp.act_named(t.name).unwrap() as usize] = true;
+        }
+        // q, kv and k_rope only feed the per-head layout: no backward reads them.
+        for a in [Act::Q, Act::Kv, Act::KRope] {
+            assert!(!needed[a as usize], "{}", a.name());
+        }
+        let redo = |keep: &[bool]| -> Vec<Fusion> {
+            ks.iter()
+                .zip(lp.recompute(&ks, keep, &needed))
+                .filter(|(_, r)| *r)
+                .map(|(k, _)| k.fusion)
+                .collect()
+        };
+        // Everything kept but the joint latent's norm: only its kernel runs again.
+        let mut keep = lp.save_set(&crate::ir::LayerCheckpoint::None).unwrap();
+        keep[Act::KvLatentNorm as usize] = false;
+        assert_eq!(redo(&keep), vec![Fusion::MlaKv]);
+        // Losing the [q; k; v] unit re-runs the layout and both projections that feed it.
+        let mut keep = lp.save_set(&crate::ir::LayerCheckpoint::None).unwrap();
+        for a in [Act::QRope, Act::K, Act::V] {
+            keep[a as usize] = false;
+        }
+        assert_eq!(
+            redo(&keep),
+            vec![Fusion::MlaQ, Fusion::MlaKv, Fusion::MlaSplit]
         );
     }
 

@@ -38,6 +38,24 @@ pub(crate) struct QkCfg {
     pub after_rope: bool,
 }
 
+/// Latent attention's sizes (DeepSeek-V2/V3): the query latent's rank (`None`: a direct query
+/// projection), the joint latent's rank, the per-head widths and the latents' norm.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MlaCfg {
+    pub q_rank: Option<usize>,
+    pub kv_rank: usize,
+    /// Heads and per-head widths: `nope` + `rope` for queries and keys, `v` for values.
+    pub dims: crate::ops::mla::MlaDims,
+    pub norm: NormCfg,
+}
+
+impl MlaCfg {
+    /// `heads·(nope + v)`: the width of the joint latent's up-projection `kv`.
+    pub fn kv_width(&self) -> usize {
+        self.dims.heads * (self.dims.nope + self.dims.v)
+    }
+}
+
 /// The feed-forward block of one layer.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum FfnCfg {
@@ -58,8 +76,13 @@ pub(crate) struct LayerCfg {
     pub qd: usize,
     /// `kv_heads * head_dim`.
     pub kvd: usize,
-    /// `qd + 2 kvd`: the fused `[q; k; v]` row.
+    /// `heads * v_head_dim`: the attention output's width (`qd`, except in latent attention).
+    pub od: usize,
+    /// `qd + kvd + kv_heads * v_head_dim` (`qd + 2 kvd` but in latent attention): the fused
+    /// `[q; k; v]` row.
     pub width: usize,
+    /// Latent attention (its q/k/v come from latents, not from `[q; k; v]`'s own GEMM).
+    pub mla: Option<MlaCfg>,
     pub scale: f32,
     /// 0 = none.
     pub softcap: f32,
@@ -94,6 +117,18 @@ impl LayerCfg {
         let lp = LayerProgram::structure(l);
         let (heads, kv_heads, head_dim) =
             (a.heads as usize, a.kv_heads as usize, a.head_dim as usize);
+        let v_head_dim = a.v_head_dim() as usize;
+        let mla = a.mla.as_ref().map(|m| MlaCfg {
+            q_rank: m.q_rank.map(|r| r as usize),
+            kv_rank: m.kv_rank as usize,
+            dims: crate::ops::mla::MlaDims {
+                heads,
+                nope: m.nope_dim as usize,
+                rope: m.rope_dim as usize,
+                v: m.v_dim as usize,
+            },
+            norm: NormCfg::new(&m.norm),
+        });
         let ffn = match &l.ffn {
             Ffn::Mlp(m) => {
                 let hidden = m.hidden as usize;
@@ -112,7 +147,9 @@ impl LayerCfg {
             head_dim,
             qd: heads * head_dim,
             kvd: kv_heads * head_dim,
-            width: (heads + 2 * kv_heads) * head_dim,
+            od: heads * v_head_dim,
+            width: (heads + kv_heads) * head_dim + kv_heads * v_head_dim,
+            mla,
             scale: a.scale as f32,
             softcap: a.softcap.unwrap_or(0.0) as f32,
             window: a.window.unwrap_or(0) as usize,
@@ -143,6 +180,15 @@ impl LayerCfg {
             ),
             _ => ((n, self.qd), (n, self.kvd)),
         }
+    }
+
+    /// The widest row of this layer's latent attention buffers (the latents, `kv`), 0 without.
+    pub fn mla_widest(&self) -> usize {
+        self.mla.map_or(0, |m| {
+            (m.kv_rank + m.dims.rope)
+                .max(m.q_rank.unwrap_or(0))
+                .max(m.kv_width())
+        })
     }
 
     /// The dense MLP's `(hidden, hw)` (0 for a MoE layer).

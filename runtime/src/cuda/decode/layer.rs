@@ -346,6 +346,11 @@ impl Pass<'_> {
                 };
                 kn.act_fwd(dt, act, self.acts.act, self.acts.h, up, n, hidden, hw)
             }
+            // Latent attention: refused by `GpuDecoder::unsupported_feature` (no latent cache).
+            Fusion::MlaQ | Fusion::MlaKv | Fusion::MlaSplit => Err(bad(
+                l.index,
+                "multi-head latent attention is not decoded on the GPU yet".into(),
+            )),
             // The mixture-of-experts block, through `cuda::moe` (no aux loss at inference).
             Fusion::Moe => {
                 let moe = self

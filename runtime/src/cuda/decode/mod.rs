@@ -146,14 +146,26 @@ fn unsupported(why: impl Into<String>) -> DecodeError {
 }
 
 impl GpuDecoder {
-    /// Why the GPU decoder cannot run `spec` (what the GPU trainer refuses, with its reason, and
-    /// any activation of a layer's program that no decode launch sequence computes), or `None`.
+    /// Why the GPU decoder cannot run `spec` (what the GPU trainer refuses, with its reason,
+    /// multi-head latent attention, whose latent cache the decoder does not have yet, and any
+    /// activation of a layer's program that no decode launch sequence computes), or `None`.
     pub fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
-        GpuTrainer::unsupported_feature(spec).or_else(|| {
-            spec.layers
-                .iter()
-                .find_map(|l| layer::unsupported_layer(&LayerProgram::structure(l)))
-        })
+        GpuTrainer::unsupported_feature(spec)
+            .or_else(|| {
+                spec.layers.iter().find(|l| l.attention.mla.is_some()).map(|l| {
+                    format!(
+                        "multi-head latent attention (DeepSeek-V2/V3) in layer {}, which the GPU \
+                         decoder does not cache yet (the GPU trainer runs it): sample with \
+                         `--device cpu`",
+                        l.index
+                    )
+                })
+            })
+            .or_else(|| {
+                spec.layers
+                    .iter()
+                    .find_map(|l| layer::unsupported_layer(&LayerProgram::structure(l)))
+            })
     }
 
     /// A decoder for `batch` sequences of up to `capacity` positions each (at most the spec's

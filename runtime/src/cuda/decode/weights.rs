@@ -24,12 +24,13 @@ pub(super) struct Weights {
 /// Every parameter's offset (elements) and the arena's size.
 fn offsets(spec: &ModelSpec) -> (BTreeMap<String, usize>, usize) {
     let params = modelspec_dsl::params::parameters(spec);
+    let names: std::collections::BTreeSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
     let mut offsets = BTreeMap::new();
     let mut total = 0usize;
     for matrices in [true, false] {
         for p in params.iter().filter(|p| (p.shape.len() == 2) == matrices) {
             offsets.insert(p.name.clone(), total);
-            total += arena_len(&p.name, p.numel() as usize);
+            total += arena_len(&p.name, p.numel() as usize, |s| names.contains(s));
         }
     }
     (offsets, total)

@@ -34,9 +34,11 @@ pub(super) struct AttnPaths {
 /// (0: none).
 pub(super) fn layer_shape(l: &LayerCfg, s: &Shape, alibi: DevPtr) -> AttnShape {
     let mut a = AttnShape::dense(s.batch, s.seq, l.heads, l.kv_heads, l.head_dim);
+    a.v_head_dim = l.od / l.heads.max(1);
     a.ldq = l.width;
     a.ldk = l.width;
     a.ldv = l.width;
+    a.ldo = l.od;
     a.scale = l.scale;
     a.softcap = l.softcap;
     a.window = l.window;

@@ -169,7 +169,7 @@ impl Step<'_> {
     /// Where an op that writes (beta 0) or accumulates (beta 1) d(`act`) puts it: `(buffer,
     /// beta, addend)`; a non-zero addend (a gradient passed on by a residual add) is added after
     /// the op by [`Step::finish`].
-    fn target(&self, d: &mut Grads, act: Act) -> Result<(DevPtr, f32, DevPtr)> {
+    pub(super) fn target(&self, d: &mut Grads, act: Act) -> Result<(DevPtr, f32, DevPtr)> {
         Ok(match d.get(act) {
             Grad::Own(p) => (p, 1.0, 0),
             Grad::None => {
@@ -186,7 +186,7 @@ impl Step<'_> {
     }
 
     /// Adds a pending addend into a target after its op (`width` columns).
-    fn finish(&self, (p, _, add): (DevPtr, f32, DevPtr), width: usize) -> Result<()> {
+    pub(super) fn finish(&self, (p, _, add): (DevPtr, f32, DevPtr), width: usize) -> Result<()> {
         if add != 0 {
             self.k.add(self.dt, p, p, add, self.s.n * width)?;
         }
@@ -312,7 +312,7 @@ impl Step<'_> {
                 let (q, kk, v) = self.qkv_views(l, b.qkv);
                 let (dq, dk, dv) = self.qkv_views(l, bf.dqkv);
                 let mut shape = self.attn_shape(l);
-                shape.ldo = l.qd;
+                shape.ldo = l.od;
                 self.attention_bwd(
                     i,
                     &shape,
@@ -328,6 +328,7 @@ impl Step<'_> {
                 }
                 Ok(())
             }
+            Fusion::MlaQ | Fusion::MlaKv | Fusion::MlaSplit => self.mla_bwd(i, kn, d),
             Fusion::QkvRope => {
                 self.qkv_rope_bwd(i)?;
                 let x = kn.inputs[0];

@@ -1,7 +1,7 @@
 //! What the GPU trainer can run. Each layer's own configuration lives in [`crate::cuda::layer`]
 //! (shared with the decoder) and is re-exported here for the trainer's modules.
 
-pub(super) use crate::cuda::layer::{FfnCfg, LayerCfg, NormCfg};
+pub(super) use crate::cuda::layer::{FfnCfg, LayerCfg, MlaCfg, NormCfg};
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::ir::Position;
 
@@ -34,6 +34,22 @@ pub(super) fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
             && r.rotary_dims > a.head_dim
         {
             return Some(format!("rotary dims above head_dim (layer {})", l.index));
+        }
+        if let Some(m) = &a.mla {
+            if m.v_dim == 0 || m.v_dim > 256 {
+                return Some(format!(
+                    "latent attention's v_dim {} outside 1..=256 (layer {})",
+                    m.v_dim, l.index
+                ));
+            }
+            if let Position::Rope(r) = &l.position
+                && r.rotary_dims > m.rope_dim
+            {
+                return Some(format!(
+                    "rotary dims {} above latent attention's rope_dim {} (layer {})",
+                    r.rotary_dims, m.rope_dim, l.index
+                ));
+            }
         }
     }
     None

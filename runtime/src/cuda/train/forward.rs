@@ -88,7 +88,7 @@ impl Step<'_> {
     /// (named by its first part) or `up`, `hw` wide.
     pub(super) fn projection(l: &LayerCfg, kn: &Kernel) -> (&'static str, usize) {
         match (kn.fusion, kn.outputs[0]) {
-            (Fusion::Linear, Act::AttnOut) => ("attn.o", l.qd),
+            (Fusion::Linear, Act::AttnOut) => ("attn.o", l.od),
             (Fusion::Linear, _) => ("mlp.down", l.mlp_widths().0),
             (_, Act::Gate) => ("mlp.gate", l.mlp_widths().1),
             _ => ("mlp.up", l.mlp_widths().1),
@@ -294,6 +294,7 @@ impl Step<'_> {
                 }
             }
             Fusion::QkvRope => self.qkv_fwd(i, l, b, self.act_buf(i, kn.inputs[0])),
+            Fusion::MlaQ | Fusion::MlaKv | Fusion::MlaSplit => self.mla_fwd(i, kn, recompute),
             Fusion::Attention => {
                 let (q, kk, v) = self.qkv_views(l, b.qkv);
                 self.attention_fwd(i, &self.attn_shape(l), b.atty, b.lse, q, kk, v)

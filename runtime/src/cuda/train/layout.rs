@@ -79,6 +79,18 @@ pub(super) struct LayerBufs {
     pub pm_mean: DevPtr,
     /// A MoE layer's saved region (`MoeLayer::saved_bytes`).
     pub moe_saved: DevPtr,
+    /// Latent attention: the query latent `[n, q_rank]`, its norm output and f32 statistics.
+    pub q_lat: DevPtr,
+    pub q_latn: DevPtr,
+    pub q_lat_rstd: DevPtr,
+    pub q_lat_mean: DevPtr,
+    /// Latent attention: the joint latent as two blocks, `[n, kv_rank]` then the rotary key
+    /// before RoPE `[n, rope]` (`kv_lat + n·kv_rank` elements), its norm output `[n, kv_rank]`
+    /// and f32 statistics.
+    pub kv_lat: DevPtr,
+    pub kv_latn: DevPtr,
+    pub kv_lat_rstd: DevPtr,
+    pub kv_lat_mean: DevPtr,
 }
 
 /// Where every activation and scratch buffer lives in the one activation arena.
@@ -108,6 +120,13 @@ pub(super) struct Layout {
     /// qk-norm scratch, `[n, max qd]` each (0 without qk-norm).
     pub qk_a: DevPtr,
     pub qk_b: DevPtr,
+    /// Latent attention scratch (0 without): `kv` `[n, heads·(nope + v)]` in the forward and
+    /// its gradient in the backward (at least as wide as the widest latent); three more of the
+    /// widest latent (`kv_rank + rope` or `q_rank`) for the latents' copies and gradients.
+    pub mla_kv: DevPtr,
+    pub mla_a: DevPtr,
+    pub mla_b: DevPtr,
+    pub mla_c: DevPtr,
     /// MoE scratch (the largest `MoeLayer::scratch_bytes`).
     pub moe_scratch: DevPtr,
     /// f32 scalar: the MoE aux loss of the step (with its coefficient).
@@ -144,7 +163,8 @@ impl Bump {
 }
 
 /// The byte sizes of a layer's dense groups ([`LayerSaves::groups`] order: attn_norm, q_raw,
-/// k_raw, qkv, attn, attn_out, resid_mid, mlp_norm, mlp_in, act, mlp_out), each as its buffers
+/// k_raw, qkv, attn, attn_out, resid_mid, mlp_norm, mlp_in, act, mlp_out, q_latent,
+/// q_latent_norm, kv_latent, kv_latent_norm), each as its buffers
 /// (a value and its f32 statistics), in `LayerBufs` order; 0 where the layer has no such tensor.
 fn group_sizes(l: &LayerCfg, s: &Shape) -> [[usize; 3]; GROUPS] {
     let (n, c, es) = (s.n, s.c, s.es);
@@ -160,18 +180,33 @@ fn group_sizes(l: &LayerCfg, s: &Shape) -> [[usize; 3]; GROUPS] {
         }
     };
     let post = if l.post { stats } else { [0; 3] };
+    let (q_rank, kv_rank, rope) = l.mla.map_or((0, 0, 0), |m| {
+        (m.q_rank.unwrap_or(0), m.kv_rank, m.dims.rope)
+    });
+    let latent = |width: usize| [n * width * es, 0, 0];
+    let latent_norm = |width: usize| {
+        if width > 0 {
+            [n * width * es, n * 4, n * 4]
+        } else {
+            [0; 3]
+        }
+    };
     [
         if l.attn_norm { stats } else { [0; 3] },
         qk(l.qd, q_rows),
         qk(l.kvd, k_rows),
         [n * l.width * es, 0, 0],
-        [n * l.qd * es, lse, 0],
+        [n * l.od * es, lse, 0],
         post,
         [n * c * es, 0, 0],
         if l.mlp_norm { stats } else { [0; 3] },
         [n * hw * es, 0, 0],
         [n * hidden * es, 0, 0],
         post,
+        latent(q_rank),
+        latent_norm(q_rank),
+        latent(kv_rank + rope),
+        latent_norm(kv_rank),
     ]
 }
 
@@ -260,6 +295,10 @@ pub(super) fn layout(
         lb.h = pick(8, 0);
         lb.act = pick(9, 0);
         [lb.pm_in, lb.pm_rstd, lb.pm_mean] = [pick(10, 0), pick(10, 1), pick(10, 2)];
+        lb.q_lat = pick(11, 0);
+        [lb.q_latn, lb.q_lat_rstd, lb.q_lat_mean] = [pick(12, 0), pick(12, 1), pick(12, 2)];
+        lb.kv_lat = pick(13, 0);
+        [lb.kv_latn, lb.kv_lat_rstd, lb.kv_lat_mean] = [pick(14, 0), pick(14, 1), pick(14, 2)];
         if matches!(cfg[i].ffn, FfnCfg::Moe) && !save(i).moe {
             lb.moe_saved = moe_shared_ptr;
         }
@@ -269,6 +308,12 @@ pub(super) fn layout(
     let (qd, width) = (max(&|l| l.qd), max(&|l| l.width));
     let (hidden, hw) = (max(&|l| l.mlp_widths().0), max(&|l| l.mlp_widths().1));
     let heads = max(&|l| l.heads);
+    let od = max(&|l| l.od);
+    let mla_kv_width = max(&|l| l.mla.map_or(0, |m| m.kv_width()));
+    let mla_latent = max(&|l| {
+        l.mla
+            .map_or(0, |m| (m.kv_rank + m.dims.rope).max(m.q_rank.unwrap_or(0)))
+    });
     let any_post = cfg.iter().any(|l| l.post);
     let any_qk = cfg.iter().any(|l| l.qk.is_some());
     let moe_scratch_bytes = (0..cfg.len()).map(|i| moe_of(i).1).max().unwrap_or(0);
@@ -285,7 +330,7 @@ pub(super) fn layout(
     let d_act = take(n * hidden * es);
     let dh = take(n * hw * es);
     let dqkv = take(n * width * es);
-    let d_atty = take(n * qd * es);
+    let d_atty = take(n * od * es);
     let logits = take(s.chunk * s.vp * es);
     let dq_acc = take(n * qd * 4);
     let delta = take(s.batch * heads * s.seq * 4);
@@ -295,9 +340,14 @@ pub(super) fn layout(
     } else {
         (0, 0)
     };
+    let mla_kv = take(n * mla_kv_width.max(mla_latent) * es);
+    let mla_a = take(n * mla_latent * es);
+    let mla_b = take(n * mla_latent * es);
+    let mla_c = take(n * mla_latent * es);
     let moe_scratch = take(moe_scratch_bytes);
     let aux = take(4);
-    let reduce_bytes = ReduceScratch::bytes_for(c.max(width).max(hw).max(qd).max(s.vp));
+    let widest = max(&|l| l.mla_widest());
+    let reduce_bytes = ReduceScratch::bytes_for(c.max(width).max(hw).max(qd).max(widest).max(s.vp));
     let reduce = ReduceScratch::new(take(reduce_bytes), reduce_bytes);
     Layout {
         layers,
@@ -320,6 +370,10 @@ pub(super) fn layout(
         d_post,
         qk_a,
         qk_b,
+        mla_kv,
+        mla_a,
+        mla_b,
+        mla_c,
         moe_scratch,
         aux,
         reduce,

@@ -30,6 +30,7 @@ mod forward;
 mod head;
 mod layout;
 mod linalg;
+mod mla;
 mod moe_glue;
 mod params;
 pub mod saves;
@@ -155,10 +156,10 @@ impl GpuTrainer {
 
     /// Why the GPU trainer cannot run `spec` (the first unsupported feature, named), or `None`.
     /// Layers may differ in sizes, attention options (sinks, chunks, the query temperature, a
-    /// qk-norm before or after RoPE included), position encoding, block structure and FFN. Not
-    /// yet on the GPU: multi-head latent attention (the CPU executor runs it).
+    /// qk-norm before or after RoPE, multi-head latent attention included), position encoding,
+    /// block structure and FFN.
     pub fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
-        newer_attention_unsupported(spec).or_else(|| config::unsupported_feature(spec))
+        config::unsupported_feature(spec)
     }
 
     /// As [`GpuTrainer::new`], keeping for backward only what `saves` says per layer (one entry
@@ -520,31 +521,4 @@ struct Step<'a> {
     valid_targets: usize,
     /// Whether MoE forwards accumulate the aux loss.
     aux_loss: bool,
-}
-
-/// The attention options of issue 12 that the GPU kernels do not implement yet, named with the
-/// first layer that uses each and what to do instead.
-fn newer_attention_unsupported(spec: &ModelSpec) -> Option<String> {
-    first_cpu_only(spec, |l| {
-        let a = &l.attention;
-        a.mla
-            .is_some()
-            .then_some("multi-head latent attention (DeepSeek-V2/V3)")
-    })
-}
-
-/// The first layer with a feature `cpu_only` names (the feature, or `None`), as the reason the
-/// GPU refuses `spec`.
-fn first_cpu_only(
-    spec: &ModelSpec,
-    cpu_only: impl Fn(&modelspec_dsl::ir::Layer) -> Option<&'static str>,
-) -> Option<String> {
-    spec.layers.iter().find_map(|l| {
-        cpu_only(l).map(|what| {
-            format!(
-                "{what} in layer {} runs on the CPU only for now: use `--device cpu`",
-                l.index
-            )
-        })
-    })
 }

@@ -49,11 +49,17 @@ pub(super) struct ArenaLayout {
 /// Elements parameter `name` of `n` elements takes in a parameter arena (the trainer's and the
 /// decoder's): exactly `n` for the first parts of a fused projection (q and k before v; `.gate.`
 /// of a dense MLP, each expert and the shared experts before up), so the parts stay adjacent as
-/// one matrix and one bias; else `n` rounded up to 8 (16-byte aligned views in bf16).
-pub(crate) fn arena_len(name: &str, n: usize) -> usize {
-    let fused_with_next = ["attn.q.", "attn.k.", ".gate."]
-        .iter()
-        .any(|m| name.contains(m));
+/// one matrix and one bias; else `n` rounded up to 8 (16-byte aligned views in bf16). `exists`
+/// says whether the spec has a parameter of that name: a part is fused only with its partner
+/// (latent attention's direct query projection `attn.q` has no `attn.k` after it).
+pub(crate) fn arena_len(name: &str, n: usize, exists: impl Fn(&str) -> bool) -> usize {
+    let fused_with_next = [
+        ("attn.q.", "attn.k."),
+        ("attn.k.", "attn.v."),
+        (".gate.", ".up."),
+    ]
+    .iter()
+    .any(|(part, next)| name.contains(part) && exists(&name.replacen(part, next, 1)));
     if fused_with_next {
         n
     } else {
@@ -67,6 +73,7 @@ pub(crate) fn arena_len(name: &str, n: usize) -> usize {
 /// rest; fused partners share a group (they have the same rank and names alike).
 pub(super) fn param_offsets(spec: &ModelSpec) -> ArenaLayout {
     let params = modelspec_dsl::params::parameters(spec);
+    let names: std::collections::BTreeSet<&str> = params.iter().map(|p| p.name.as_str()).collect();
     let group = |p: &modelspec_dsl::params::Param| {
         let shape: Vec<usize> = p.shape.iter().map(|&d| d as usize).collect();
         if decays(&p.name, &shape) {
@@ -84,7 +91,7 @@ pub(super) fn param_offsets(spec: &ModelSpec) -> ArenaLayout {
         for p in params.iter().filter(|p| group(p) == pass) {
             let n = p.numel() as usize;
             offsets.insert(p.name.clone(), total);
-            total += arena_len(&p.name, n);
+            total += arena_len(&p.name, n, |s| names.contains(s));
         }
         if pass == 0 {
             // Aligned, so that the boundary never splits a 16-byte view.
@@ -110,6 +117,9 @@ fn norm_offset(spec: &ModelSpec, name: &str) -> f64 {
     match layer {
         Some(l) if name.contains("q_norm") || name.contains("k_norm") => {
             l.attention.qk_norm.map_or(0.0, |q| q.norm.offset)
+        }
+        Some(l) if name.contains("q_a_norm") || name.contains("kv_a_norm") => {
+            l.attention.mla.map_or(0.0, |m| m.norm.offset)
         }
         Some(l) => l.block.norm.offset,
         None => spec.final_norm.map_or(0.0, |n| n.offset),

@@ -23,7 +23,11 @@ use modelspec_dsl::program::{Act, Kernel, LayerProgram, N_ACTS};
 /// - `act` -> `act` of a dense MLP;
 /// - `mlp_out` -> `mlp_out` under post-norm (the post-norm's input and statistics);
 /// - `moe` -> the unit of `router_logits`: a mixture-of-experts block's routed state
-///   (`MoeLayer::saved_bytes`).
+///   (`MoeLayer::saved_bytes`);
+/// - `q_latent`, `q_latent_norm` (+ its statistics), `kv_latent`, `kv_latent_norm` (+ its
+///   statistics) -> latent attention's tensors of those names. Its `q`, `kv` and `k_rope` are
+///   never kept (only a layout move or RoPE reads them: recomputing the `[q; k; v]` unit re-runs
+///   them); `q_rope`, `k` and `v` are the `[q; k; v]` unit.
 ///
 /// Tensors that no backward op reads are never kept (`attn_out` and `mlp_out` under pre-norm:
 /// they are folded into the next residual add; the post-norms' outputs).
@@ -53,6 +57,14 @@ pub struct LayerSaves {
     pub mlp_out: bool,
     /// A mixture-of-experts block's saved state (routing, expert activations).
     pub moe: bool,
+    /// Latent attention's query latent.
+    pub q_latent: bool,
+    /// Latent attention's normalised query latent and its statistics.
+    pub q_latent_norm: bool,
+    /// Latent attention's joint latent (with the rotary key before RoPE).
+    pub kv_latent: bool,
+    /// Latent attention's normalised joint latent and its statistics.
+    pub kv_latent_norm: bool,
 }
 
 impl LayerSaves {
@@ -70,6 +82,10 @@ impl LayerSaves {
         act: true,
         mlp_out: true,
         moe: true,
+        q_latent: true,
+        q_latent_norm: true,
+        kv_latent: true,
+        kv_latent_norm: true,
     };
     /// Keep only the layer input (policy `full`).
     pub const INPUT_ONLY: LayerSaves = LayerSaves {
@@ -85,6 +101,10 @@ impl LayerSaves {
         act: false,
         mlp_out: false,
         moe: false,
+        q_latent: false,
+        q_latent_norm: false,
+        kv_latent: false,
+        kv_latent_norm: false,
     };
 
     /// The buffers of layer program `lp` that keep the activations `keep` marks (indexed by
@@ -106,6 +126,10 @@ impl LayerSaves {
             act: dense && k(Act::ActOut),
             mlp_out: k(Act::MlpOut) && lp.node(Act::MlpPostNorm).is_some(),
             moe: !dense && k(Act::RouterLogits),
+            q_latent: k(Act::QLatent),
+            q_latent_norm: k(Act::QLatentNorm),
+            kv_latent: k(Act::KvLatent),
+            kv_latent_norm: k(Act::KvLatentNorm),
         }
     }
 
@@ -150,6 +174,10 @@ impl LayerSaves {
                 Act::ActOut if dense => self.act,
                 Act::MlpOut => self.mlp_out,
                 Act::RouterLogits => self.moe,
+                Act::QLatent => self.q_latent,
+                Act::QLatentNorm => self.q_latent_norm,
+                Act::KvLatent => self.kv_latent,
+                Act::KvLatentNorm => self.kv_latent_norm,
                 _ => false,
             };
         }
@@ -170,12 +198,16 @@ impl LayerSaves {
             self.mlp_in,
             self.act,
             self.mlp_out,
+            self.q_latent,
+            self.q_latent_norm,
+            self.kv_latent,
+            self.kv_latent_norm,
         ]
     }
 }
 
 /// Number of dense groups (every field of [`LayerSaves`] but `moe`).
-pub(super) const GROUPS: usize = 11;
+pub(super) const GROUPS: usize = 15;
 
 /// One layer as the trainer runs it: its program, grouped into kernels (the named fusions), what
 /// it keeps and which kernels it re-runs at the start of its backward.
