@@ -36,6 +36,13 @@ pub(super) fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
             return Some(format!("rotary dims above head_dim (layer {})", l.index));
         }
         if let Some(m) = &a.mla {
+            // Every head has its own key from the shared latent: the per-head layout assumes it.
+            if a.kv_heads != a.heads {
+                return Some(format!(
+                    "latent attention with kv_heads {} unlike heads {} (layer {})",
+                    a.kv_heads, a.heads, l.index
+                ));
+            }
             if m.v_dim == 0 || m.v_dim > 256 {
                 return Some(format!(
                     "latent attention's v_dim {} outside 1..=256 (layer {})",

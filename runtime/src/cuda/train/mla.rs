@@ -9,7 +9,8 @@
 //!   contiguous copy), `kv = kv_latent_norm W_kvb^T` into the `mla_kv` scratch;
 //! - `MlaSplit`: the per-head keys (`[kv_h[:nope]; k_pe]`) and values (`kv_h[nope:]`), then RoPE
 //!   in place on the rope columns of every query and key head (rotating the shared key once per
-//!   head gives each head the same bits as rotating it once).
+//!   head gives each head the same bits as rotating it once). (The DSL refuses a query
+//!   temperature with latent attention.)
 //!
 //! The backward runs the transposes in reverse: RoPE's transpose on the rope columns, the merge
 //! (`dkv`, and the rotary key's gradient summed over the heads in head order: deterministic),
