@@ -172,8 +172,23 @@ const LLAMA4_LIKE: &str = "model t_llama4 {
     }
 }";
 
+/// DeepSeek-style multi-head latent attention: a query latent with biases on the down
+/// projections and YaRN (mscale) on interleaved pairs, values narrower than queries and keys;
+/// layer 1 without a query latent, values wider than queries and keys, a sliding window.
+const MLA_LIKE: &str = "model t_mla {
+    vocab 64   d_model 48   layers 2   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 3  bias  mla(q_rank = 20, kv_rank = 13, nope_dim = 6, rope_dim = 4, v_dim = 5) }
+    position rope(theta = 1000, style = interleaved,
+                  scaling = yarn(factor = 4, original_context = 16, mscale = 0.7, mscale_all_dim = 0.9))
+    mlp swiglu(hidden = 48)
+    layers[1] {
+        attention { window 5  mla(kv_rank = 10, nope_dim = 2, rope_dim = 2, v_dim = 9) }
+    }
+}";
+
 /// Every case: name and spec text.
-const CASES: [(&str, &str); 11] = [
+const CASES: [(&str, &str); 12] = [
     ("llama (GQA, window)", LLAMA_LIKE),
     ("gpt2 (learned positions, biases)", GPT2_LIKE),
     (
@@ -197,6 +212,7 @@ const CASES: [(&str, &str); 11] = [
         "llama 4 attention (chunks, qk-norm after RoPE, NoPE with temperature)",
         LLAMA4_LIKE,
     ),
+    ("deepseek attention (latent cache, v != qk)", MLA_LIKE),
 ];
 
 const F32_TOL: f64 = 1e-4;
@@ -327,7 +343,7 @@ fn batched_decoding_in_bf16_stays_within_its_bound() {
 fn window_decoding_follows_the_cpu() {
     let Some(gpu) = gpu() else { return };
     let dynamic = ("dynamic NTK", DYNAMIC_NTK);
-    for (name, src) in [CASES[0], CASES[1], CASES[7], dynamic] {
+    for (name, src) in [CASES[0], CASES[1], CASES[7], CASES[11], dynamic] {
         let spec = spec(src);
         let params = weights(&spec, false);
         let exec = Executor::new(&spec).unwrap();
@@ -406,13 +422,12 @@ fn the_cpu_reference_of_every_case_runs() {
 /// Specs the GPU trainer refuses are refused here with its reason, before any device work.
 #[test]
 fn unsupported_specs_are_named() {
-    let mla = spec(
-        "model t_mla { vocab 32 d_model 32 layers 1 context 16 norm rms(eps = 1e-5)
-           attention { heads 4 mla(kv_rank = 16, nope_dim = 8, rope_dim = 4, v_dim = 8) }
-           position rope(theta = 10000) mlp swiglu(hidden = 48) }",
+    let wide = spec(
+        "model t_wide { vocab 32 d_model 32 layers 1 context 16 norm rms(eps = 1e-5)
+           attention { heads 2 head_dim 288 } position rope(theta = 10000) mlp swiglu(hidden = 48) }",
     );
-    let why = GpuDecoder::unsupported_feature(&mla).expect("latent attention is refused");
-    assert!(why.contains("latent attention"), "{why}");
+    let why = GpuDecoder::unsupported_feature(&wide).expect("head_dim 288 is refused");
+    assert!(why.contains("head_dim 288"), "{why}");
     for (name, src) in CASES {
         assert_eq!(
             GpuDecoder::unsupported_feature(&spec(src)),
@@ -444,8 +459,8 @@ fn decode_kernels_compile_with_nvrtc() {
             "kernel {name} missing from the PTX"
         );
     }
-    // The attention kernel takes 20 parameters: the sinks and the query temperature last.
-    assert!(ptx.contains("dec_attn_bf16_param_19"));
-    assert!(!ptx.contains("dec_attn_bf16_param_20"));
+    // The attention kernel takes 21 parameters: the sinks and the query temperature last.
+    assert!(ptx.contains("dec_attn_bf16_param_20"));
+    assert!(!ptx.contains("dec_attn_bf16_param_21"));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -29,6 +29,10 @@ pub(super) struct Widths {
     pub hidden: usize,
     /// Norm rows per token (per-head qk-norms: one per head).
     pub heads: usize,
+    /// The attention output row (`heads · v_head_dim`).
+    pub od: usize,
+    /// Latent attention's widest latent row (`kv_rank + rope` or `q_rank`; 0 without).
+    pub mla: usize,
 }
 
 impl Widths {
@@ -42,6 +46,11 @@ impl Widths {
             let (hidden, hw) = l.mlp_widths();
             w.qkv = w.qkv.max(l.width);
             w.qd = w.qd.max(l.qd);
+            w.od = w.od.max(l.od);
+            w.mla = w.mla.max(
+                l.mla
+                    .map_or(0, |m| (m.kv_rank + m.dims.rope).max(m.q_rank.unwrap_or(0))),
+            );
             w.heads = w.heads.max(l.heads);
             w.hw = w.hw.max(hw);
             w.hidden = w.hidden.max(hidden);
@@ -76,6 +85,11 @@ pub(super) struct Acts {
     /// The mixture-of-experts block's regions (0 bytes without MoE layers).
     pub moe_saved: DevPtr,
     pub moe_scratch: DevPtr,
+    /// Latent attention's rows (0 bytes without): the latents, their norms and a contiguous
+    /// copy, `[rows, Widths::mla]` each.
+    pub mla_a: DevPtr,
+    pub mla_b: DevPtr,
+    pub mla_c: DevPtr,
     /// Bytes of the MoE regions.
     pub moe_saved_bytes: usize,
     pub moe_scratch_bytes: usize,
@@ -94,7 +108,7 @@ impl Acts {
             row(w.qkv),    // qkv
             row(w.qd),     // qk_raw
             row(w.qd),     // qk_out
-            row(w.qd),     // attn
+            row(w.od),     // attn
             row(w.d),      // attn_out
             row(w.d),      // attn_post
             row(w.d),      // resid_mid
@@ -107,11 +121,14 @@ impl Acts {
             align(rows * w.heads * 4),
             align(moe.0),
             align(moe.1),
+            row(w.mla),
+            row(w.mla),
+            row(w.mla),
         ];
         let bytes: usize = sizes.iter().sum();
         let buf = gpu.zeros::<u8>(bytes)?;
         let mut at = buf.ptr();
-        let mut p = [0u64; 18];
+        let mut p = [0u64; 21];
         for (slot, size) in p.iter_mut().zip(sizes) {
             *slot = at;
             at += size as u64;
@@ -137,6 +154,9 @@ impl Acts {
             mean: p[15],
             moe_saved: p[16],
             moe_scratch: p[17],
+            mla_a: p[18],
+            mla_b: p[19],
+            mla_c: p[20],
             moe_saved_bytes: moe.0,
             moe_scratch_bytes: moe.1,
             bytes,
@@ -145,13 +165,23 @@ impl Acts {
 }
 
 /// The key/value cache: per layer `[batch, kv_heads, capacity, head_dim]` keys and values in the
-/// compute dtype, and how many positions of each sequence it holds.
+/// compute dtype (latent attention: what DeepSeek caches, the normalised latents `[batch,
+/// capacity, kv_rank]` and the rotated shared keys `[batch, capacity, rope]`), and how many
+/// positions of each sequence it holds. Latent attention layers also share one expansion of
+/// their cache into per-head keys and values (`mla_k`, `mla_v`, through `mla_kv`), rebuilt by each
+/// call.
 pub(super) struct Cache {
     pub batch: usize,
     pub capacity: usize,
     _buf: GpuBuf<u8>,
-    /// Per layer, the keys' and values' addresses.
+    /// Per layer, the keys' and values' addresses (latent attention: latents and rotated keys).
     layers: Vec<(DevPtr, DevPtr)>,
+    /// Latent attention's expansion: the cached latents' up-projection `[batch, capacity,
+    /// heads·(nope + v)]`, the keys `[batch, heads, capacity, nope + rope]` and the values
+    /// `[batch, heads, capacity, v]` (0 without latent attention).
+    pub mla_kv: DevPtr,
+    pub mla_k: DevPtr,
+    pub mla_v: DevPtr,
     /// Positions cached per sequence.
     pub lens: Vec<usize>,
     /// The ids whose keys and values are cached, per sequence.
@@ -168,27 +198,69 @@ impl Cache {
         capacity: usize,
         es: usize,
     ) -> Result<Cache> {
-        let sizes: Vec<usize> = layers
-            .iter()
-            .map(|l| align(batch * l.cfg.kv_heads * capacity * l.cfg.head_dim * es))
-            .collect();
-        let bytes = 2 * sizes.iter().sum::<usize>();
+        let (sizes, expansion) = Self::sizes(layers, batch, capacity, es);
+        let bytes = Self::bytes_for(layers, batch, capacity, es);
         let buf = gpu.zeros::<u8>(bytes)?;
         let mut at = buf.ptr();
         let mut ptrs = Vec::with_capacity(layers.len());
-        for s in sizes {
-            ptrs.push((at, at + s as u64));
-            at += 2 * s as u64;
+        for (k, v) in sizes {
+            ptrs.push((at, at + k as u64));
+            at += (k + v) as u64;
         }
+        let mut take = |bytes: usize| {
+            let p = if bytes == 0 { 0 } else { at };
+            at += bytes as u64;
+            p
+        };
+        let (mla_kv, mla_k, mla_v) = (take(expansion[0]), take(expansion[1]), take(expansion[2]));
         Ok(Cache {
             batch,
             capacity,
             _buf: buf,
             layers: ptrs,
+            mla_kv,
+            mla_k,
+            mla_v,
             lens: vec![0; batch],
             tokens: vec![Vec::new(); batch],
             bytes,
         })
+    }
+
+    /// Per layer the bytes of its keys and of its values (latent attention: of its latents and
+    /// of its rotated keys), and the bytes of latent attention's expansion buffers.
+    fn sizes(
+        layers: &[LayerPlan],
+        batch: usize,
+        capacity: usize,
+        es: usize,
+    ) -> (Vec<(usize, usize)>, [usize; 3]) {
+        let cells = batch * capacity * es;
+        let mut expansion = [0usize; 3];
+        let sizes = layers
+            .iter()
+            .map(|l| match l.cfg.mla {
+                Some(m) => {
+                    let d = m.dims;
+                    let per = [m.kv_width(), d.heads * (d.nope + d.rope), d.heads * d.v];
+                    for (e, w) in expansion.iter_mut().zip(per) {
+                        *e = (*e).max(align(cells * w));
+                    }
+                    (align(cells * m.kv_rank), align(cells * d.rope))
+                }
+                None => {
+                    let kv = align(cells * l.cfg.kv_heads * l.cfg.head_dim);
+                    (kv, kv)
+                }
+            })
+            .collect();
+        (sizes, expansion)
+    }
+
+    /// Bytes of a cache of `capacity` positions for `batch` sequences of `layers`.
+    pub fn bytes_for(layers: &[LayerPlan], batch: usize, capacity: usize, es: usize) -> usize {
+        let (sizes, expansion) = Self::sizes(layers, batch, capacity, es);
+        sizes.iter().map(|(k, v)| k + v).sum::<usize>() + expansion.iter().sum::<usize>()
     }
 
     /// Layer i's keys and values.

@@ -25,6 +25,10 @@ pub const KERNEL_NAMES: &[&str] = &[
     "dec_kv_store_bf16",
     "dec_attn_f32",
     "dec_attn_bf16",
+    "dec_mla_store_f32",
+    "dec_mla_store_bf16",
+    "dec_mla_expand_f32",
+    "dec_mla_expand_bf16",
     "dec_gather_f32",
     "dec_gather_bf16",
     "dec_logits_f32",
@@ -63,6 +67,8 @@ pub(super) struct CachedAttn {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// Width of a value head (and of an output head): `head_dim` but in latent attention.
+    pub v_head_dim: usize,
     /// Row stride of q (the fused `[q; k; v]` row).
     pub ldq: usize,
     /// Row stride of the output.
@@ -191,6 +197,63 @@ impl DecodeKernels {
         )
     }
 
+    /// `dec_mla_store_{dtype}`: appends latent attention's rows to its cache: the normalised
+    /// latents (`latent`, row stride `ldl`) to `lat` `[batch, capacity, kv_rank]` and the rotated
+    /// shared keys (`k_pe`, row stride `ldp`) to `pe` `[batch, capacity, rope]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_store(
+        &self,
+        dt: Dtype,
+        (lat, pe): (DevPtr, DevPtr),
+        (latent, ldl): (DevPtr, usize),
+        (k_pe, ldp): (DevPtr, usize),
+        rows: &Rows,
+        (kv_rank, rope): (usize, usize),
+        capacity: usize,
+    ) -> Result<()> {
+        let (seq, pos) = (rows.seq, rows.pos);
+        let (ldl_, ldp_, n_, r_, rope_, l_) =
+            (i(ldl), i(ldp), i(rows.n), i(kv_rank), i(rope), i(capacity));
+        self.go(
+            &format!("dec_mla_store_{}", dt.suffix()),
+            (blocks(rows.n * (kv_rank + rope)), 1, 1),
+            &mut cuda_args![
+                lat, pe, latent, ldl_, k_pe, ldp_, seq, pos, n_, r_, rope_, l_
+            ],
+        )
+    }
+
+    /// `dec_mla_expand_{dtype}`: the per-head keys `kc` `[batch, heads, capacity, nope + rope]`
+    /// and values `vc` `[batch, heads, capacity, v]` of the first `used` positions of every
+    /// sequence, from the cached latents' up-projection `kv` `[batch, capacity, heads·(nope +
+    /// v)]` and the cached rotated keys `pe` `[batch, capacity, rope]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mla_expand(
+        &self,
+        dt: Dtype,
+        (kc, vc): (DevPtr, DevPtr),
+        kv: DevPtr,
+        pe: DevPtr,
+        (batch, capacity, used): (usize, usize, usize),
+        m: &crate::ops::mla::MlaDims,
+    ) -> Result<()> {
+        let (b_, l_, u_, h_, nope_, rope_, v_) = (
+            i(batch),
+            i(capacity),
+            i(used),
+            i(m.heads),
+            i(m.nope),
+            i(m.rope),
+            i(m.v),
+        );
+        let width = m.nope + m.rope + m.v;
+        self.go(
+            &format!("dec_mla_expand_{}", dt.suffix()),
+            (blocks(batch * used * m.heads * width), 1, 1),
+            &mut cuda_args![kc, vc, kv, pe, b_, l_, u_, h_, nope_, rope_, v_],
+        )
+    }
+
     /// `dec_attn_{dtype}`: o `[n, ldo]` from q `[n, ldq]` and the cache (see the kernel).
     pub fn attn(
         &self,
@@ -201,20 +264,25 @@ impl DecodeKernels {
         (kc, vc): (DevPtr, DevPtr),
         rows: &Rows,
     ) -> Result<()> {
-        if a.kv_heads == 0 || !a.heads.is_multiple_of(a.kv_heads) || a.head_dim > 256 {
+        if a.kv_heads == 0
+            || !a.heads.is_multiple_of(a.kv_heads)
+            || a.head_dim > 256
+            || a.v_head_dim > 256
+        {
             return Err(CudaError::BadLaunch {
                 kernel: "dec_attn".into(),
                 why: format!(
-                    "heads {} / kv_heads {} / head_dim {} (at most 256)",
-                    a.heads, a.kv_heads, a.head_dim
+                    "heads {} / kv_heads {} / head_dim {} / v_head_dim {} (at most 256)",
+                    a.heads, a.kv_heads, a.head_dim, a.v_head_dim
                 ),
             });
         }
         let (seq, pos) = (rows.seq, rows.pos);
-        let (h_, kv_, d_, ldq, ldo, l_) = (
+        let (h_, kv_, d_, dv_, ldq, ldo, l_) = (
             i(a.heads),
             i(a.kv_heads),
             i(a.head_dim),
+            i(a.v_head_dim),
             i(a.ldq),
             i(a.ldo),
             i(a.capacity),
@@ -237,8 +305,8 @@ impl DecodeKernels {
             (rows.n as u32, a.heads as u32, 1),
             ATTN_BLOCK,
             &mut cuda_args![
-                o, q, kc, vc, seq, pos, h_, kv_, d_, ldq, ldo, l_, scale, softcap, window, chunk,
-                alibi, sinks, tau_floor, tau_scale
+                o, q, kc, vc, seq, pos, h_, kv_, d_, dv_, ldq, ldo, l_, scale, softcap, window,
+                chunk, alibi, sinks, tau_floor, tau_scale
             ],
         )
     }

@@ -87,7 +87,12 @@ fn placed(a: Act) -> bool {
 /// launches (named, with its layer), or `None`.
 pub(super) fn unsupported_layer(lp: &LayerProgram) -> Option<String> {
     for k in lp.kernels() {
-        if k.fusion == Fusion::Moe {
+        // A mixture-of-experts block and latent attention's kernels keep their internals to
+        // themselves (`cuda::moe`, `decode::mla`).
+        if matches!(
+            k.fusion,
+            Fusion::Moe | Fusion::MlaQ | Fusion::MlaKv | Fusion::MlaSplit
+        ) {
             continue;
         }
         if k.fusion == Fusion::QkvRope && k.outputs.get(..3) != Some(&[Act::Q, Act::K, Act::V][..])
@@ -130,7 +135,7 @@ impl Pass<'_> {
             Act::Q | Act::QNormed | Act::QRope => (b.qkv, c.width),
             Act::K | Act::KNormed | Act::KRope => (col(b.qkv, c.qd), c.width),
             Act::V => (col(b.qkv, c.qd + c.kvd), c.width),
-            Act::Attn => (b.attn, c.qd),
+            Act::Attn => (b.attn, c.od),
             Act::AttnOut => (b.attn_out, d),
             Act::AttnPostNorm => (b.attn_post, d),
             Act::ResidMid => (b.resid_mid, d),
@@ -153,7 +158,7 @@ impl Pass<'_> {
         })
     }
 
-    fn ptr(&self, l: &LayerPlan, a: Act) -> Result<DevPtr> {
+    pub(super) fn ptr(&self, l: &LayerPlan, a: Act) -> Result<DevPtr> {
         Ok(self.at(l, a)?.0)
     }
 
@@ -188,7 +193,7 @@ impl Pass<'_> {
     }
 
     /// `C[n, out] = A[n, in] W[out, in]^T (+ bias)` on this call's rows.
-    fn linear(
+    pub(super) fn linear(
         &self,
         out: usize,
         inp: usize,
@@ -249,6 +254,8 @@ impl Pass<'_> {
                 }
                 Ok(())
             }
+            // Latent attention: its cache holds latents, expanded for each call.
+            Fusion::Attention if l.cfg.mla.is_some() => self.mla_attention(l, self.ptr(l, first)?),
             // Append the new keys and values to the cache, then each row attends over it.
             Fusion::Attention => {
                 let (kc, vc) = self.cache.layer(l.index);
@@ -270,6 +277,7 @@ impl Pass<'_> {
                     heads: c.heads,
                     kv_heads: c.kv_heads,
                     head_dim: c.head_dim,
+                    v_head_dim: c.head_dim,
                     ldq: c.width,
                     ldo: c.qd,
                     capacity: self.cache.capacity,
@@ -291,7 +299,7 @@ impl Pass<'_> {
             // One projection: the attention output, or a dense MLP's down projection.
             Fusion::Linear => {
                 let (prefix, inp) = match first {
-                    Act::AttnOut => ("attn.o", l.cfg.qd),
+                    Act::AttnOut => ("attn.o", l.cfg.od),
                     Act::MlpOut => ("mlp.down", l.cfg.mlp_widths().0),
                     other => {
                         return Err(bad(
@@ -346,11 +354,8 @@ impl Pass<'_> {
                 };
                 kn.act_fwd(dt, act, self.acts.act, self.acts.h, up, n, hidden, hw)
             }
-            // Latent attention: refused by `GpuDecoder::unsupported_feature` (no latent cache).
-            Fusion::MlaQ | Fusion::MlaKv | Fusion::MlaSplit => Err(bad(
-                l.index,
-                "multi-head latent attention is not decoded on the GPU yet".into(),
-            )),
+            // Latent attention's queries, latents and cache appends (`decode::mla`).
+            Fusion::MlaQ | Fusion::MlaKv | Fusion::MlaSplit => self.mla(l, k),
             // The mixture-of-experts block, through `cuda::moe` (no aux loss at inference).
             Fusion::Moe => {
                 let moe = self

@@ -14,7 +14,9 @@
 //! and then attends from each row over its sequence's cached positions (`kernels/decode.cu`:
 //! GQA, sliding windows, score softcap, ALiBi, the layer's scale). Norms, GEMMs (cuBLASLt),
 //! activations and the residual adds are the trainer's kernels; mixture-of-experts layers run
-//! `cuda::moe` on the call's rows. The final norm and the classifier run on each sequence's last
+//! `cuda::moe` on the call's rows; latent attention layers (DeepSeek-V2/V3, `mla`) cache the
+//! normalised latent and the rotated shared key per position and expand them into per-head keys
+//! and values for each call, as the CPU decoder does. The final norm and the classifier run on each sequence's last
 //! row only; the final logit softcap is applied as the logits become f32.
 //!
 //! In f32 the logits equal the CPU decoder's up to the order of float sums
@@ -39,6 +41,7 @@
 mod arena;
 mod kernels;
 mod layer;
+mod mla;
 mod sample;
 mod weights;
 
@@ -135,6 +138,9 @@ struct Pass<'a> {
     alibi: &'a [GpuBuf<f32>],
     moe: &'a [Option<MoeLayer>],
     rows: Rows,
+    /// Positions the longest sequence holds after this call (latent attention expands its
+    /// cache up to there).
+    used: usize,
     dt: Dtype,
     /// Bytes per element of `dt`.
     es: u64,
@@ -146,26 +152,14 @@ fn unsupported(why: impl Into<String>) -> DecodeError {
 }
 
 impl GpuDecoder {
-    /// Why the GPU decoder cannot run `spec` (what the GPU trainer refuses, with its reason,
-    /// multi-head latent attention, whose latent cache the decoder does not have yet, and any
-    /// activation of a layer's program that no decode launch sequence computes), or `None`.
+    /// Why the GPU decoder cannot run `spec` (what the GPU trainer refuses, with its reason, and
+    /// any activation of a layer's program that no decode launch sequence computes), or `None`.
     pub fn unsupported_feature(spec: &ModelSpec) -> Option<String> {
-        GpuTrainer::unsupported_feature(spec)
-            .or_else(|| {
-                spec.layers.iter().find(|l| l.attention.mla.is_some()).map(|l| {
-                    format!(
-                        "multi-head latent attention (DeepSeek-V2/V3) in layer {}, which the GPU \
-                         decoder does not cache yet (the GPU trainer runs it): sample with \
-                         `--device cpu`",
-                        l.index
-                    )
-                })
-            })
-            .or_else(|| {
-                spec.layers
-                    .iter()
-                    .find_map(|l| layer::unsupported_layer(&LayerProgram::structure(l)))
-            })
+        GpuTrainer::unsupported_feature(spec).or_else(|| {
+            spec.layers
+                .iter()
+                .find_map(|l| layer::unsupported_layer(&LayerProgram::structure(l)))
+        })
     }
 
     /// A decoder for `batch` sequences of up to `capacity` positions each (at most the spec's
@@ -211,11 +205,7 @@ impl GpuDecoder {
         let d = spec.d_model as usize;
         let widths = Widths::of(&layers, d);
         let w = Weights::upload(gpu, spec, dt, params)?;
-        let cache_bytes: usize = layers
-            .iter()
-            .map(|l| 2 * batch * l.cfg.kv_heads * capacity * l.cfg.head_dim * es)
-            .sum();
-        gpu.check_fits(cache_bytes)?;
+        gpu.check_fits(Cache::bytes_for(&layers, batch, capacity, es))?;
         let cache = Cache::new(gpu, &layers, batch, capacity, es)?;
         let vp = spec.vocab_padded as usize;
         let head = Head {
@@ -322,7 +312,7 @@ impl GpuDecoder {
         }
         self.gpu.write(&mut self.meta, &meta)?;
         self.has_logits = false;
-        self.run(rows)?;
+        self.run(rows, lens.iter().copied().max().unwrap_or(0))?;
         for (b, ids) in new.iter().enumerate() {
             self.cache.lens[b] = lens[b];
             self.cache.tokens[b].extend_from_slice(ids);
@@ -529,7 +519,7 @@ impl GpuDecoder {
     }
 
     /// Embedding, every layer's fusions and the head on `rows` rows (metadata written).
-    fn run(&self, rows: usize) -> Result<()> {
+    fn run(&self, rows: usize, used: usize) -> Result<()> {
         let acts = self
             .acts
             .as_ref()
@@ -551,6 +541,7 @@ impl GpuDecoder {
                 seq: meta + (rows * 4) as u64,
                 pos: meta + (2 * rows * 4) as u64,
             },
+            used,
             dt: self.dt,
             es: self.dt.bytes() as u64,
             d: self.spec.d_model as usize,

@@ -50,6 +50,49 @@ __device__ void dec_kv_store(T* kc, T* vc, const T* k, const T* v, const int* se
     vc[dst] = v[src];
 }
 
+// dec_mla_store_{dtype}: appends latent attention's new rows to its cache, which holds per
+// position the normalised key/value latent and the rotated shared key (what DeepSeek caches):
+// lat[seq[r], pos[r], :] = latent[r, :R] (row stride ldl), pe[seq[r], pos[r], :] = k_pe[r, :ROPE]
+// (row stride ldp); lat [B, L, R], pe [B, L, ROPE]. Launch: one thread per (row, column of both).
+template <typename T>
+__device__ void dec_mla_store(T* lat, T* pe, const T* latent, int ldl, const T* k_pe, int ldp, const int* seq,
+                              const int* pos, int N, int R, int ROPE, int L) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int W = R + ROPE;
+    if (idx >= (size_t)N * W) return;
+    size_t r = idx / W;
+    int c = (int)(idx % W);
+    size_t at = (size_t)seq[r] * L + pos[r];
+    if (c < R)
+        lat[at * R + c] = latent[r * ldl + c];
+    else
+        pe[at * ROPE + (c - R)] = k_pe[r * ldp + (c - R)];
+}
+
+// dec_mla_expand_{dtype}: the per-head keys and values of the first `used` cached positions of
+// every sequence, from kv [B, L, H*(NOPE+DV)] (the cached latents' up-projection: per head its key
+// part, then its value) and the cached rotated keys pe [B, L, ROPE], into the layout dec_attn
+// reads: kc [B, H, L, NOPE+ROPE] = [kv_h[:NOPE]; pe], vc [B, H, L, DV] = kv_h[NOPE:]. Launch: one
+// thread per (sequence, position < used, head, column of the key and the value).
+template <typename T>
+__device__ void dec_mla_expand(T* kc, T* vc, const T* kv, const T* pe, int B, int L, int used, int H, int NOPE,
+                               int ROPE, int DV) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int KD = NOPE + ROPE, KVD = NOPE + DV, W = KD + DV;
+    if (idx >= (size_t)B * used * H * W) return;
+    int c = (int)(idx % W);
+    int h = (int)((idx / W) % H);
+    size_t j = (idx / ((size_t)W * H)) % used;
+    size_t b = idx / ((size_t)W * H * used);
+    size_t row = b * L + j;
+    const T* kvr = kv + row * H * KVD + (size_t)h * KVD;
+    size_t head = (b * H + h) * L + j;
+    if (c < KD)
+        kc[head * KD + c] = c < NOPE ? kvr[c] : pe[row * ROPE + (c - NOPE)];
+    else
+        vc[head * DV + (c - KD)] = kvr[NOPE + (c - KD)];
+}
+
 // dec_attn_{dtype}: one query row per (new row r, head h) over its sequence's cached keys
 // 0..=pos[r] (the new rows' own keys are stored first):
 //   s_j = scale * (q.k_j + alibi_bias(slope_h, j)), then softcap * tanh(s_j / softcap) when
@@ -57,14 +100,15 @@ __device__ void dec_kv_store(T* kc, T* vc, const T* k, const T* v, const int* se
 //   j / chunk == i / chunk); o = softmax(s) . v, with the head's sink logit (sinks: [H] in T, or
 //   null) in the softmax's denominator. tau_scale > 0: the query is first multiplied by Llama 4's
 //   temperature 1 + tau_scale * log1p(floor((i + 1) / tau_floor)).
-// GQA: head h reads kv head h / (H / KV). ALiBi slopes f32 [H] (null: none). D <= 256.
+// GQA: head h reads kv head h / (H / KV). ALiBi slopes f32 [H] (null: none). Keys are D wide,
+// values (and o's heads) DV wide (DV = D but in latent attention); D, DV <= 256.
 // Launch: grid (N, H), block 128: four warps take every fourth key each with an online softmax,
 // then merge their (max, sum, acc) through shared memory. Traffic: each visible cached key and
 // value row read once per query head (from L2 for the heads of one group).
 #define DEC_WARPS 4
 template <typename T>
 __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* seq, const int* pos, int H, int KV,
-                         int D, int ldq, int ldo, int L, float scale, float softcap, int window,
+                         int D, int DV, int ldq, int ldo, int L, float scale, float softcap, int window,
                          int chunk, const float* alibi, const T* sinks, float tau_floor, float tau_scale) {
     __shared__ float s_m[DEC_WARPS], s_l[DEC_WARPS];
     __shared__ float s_acc[DEC_WARPS][256];
@@ -76,7 +120,7 @@ __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* 
     const float slope = alibi ? alibi[h] : 0.f;
     const T* qr = q + r * ldq + (size_t)h * D;
     const T* kb = kc + ((size_t)b * KV + g) * L * D;
-    const T* vb = vc + ((size_t)b * KV + g) * L * D;
+    const T* vb = vc + ((size_t)b * KV + g) * L * DV;
     float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE] = {};
     attn_lane_load(qr, D, lane, qv);
     if (tau_scale > 0.f) {
@@ -89,8 +133,8 @@ __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* 
     if (chunk > 0) j0 = max(j0, i / chunk * chunk);
     for (int j = j0 + warp; j <= i; j += DEC_WARPS) {
         const T* kr = kb + (size_t)j * D;
-        const T* vr = vb + (size_t)j * D;
-        attn_online_key(qv, acc, kr, vr, D, D, lane, alibi != nullptr, slope, j, scale, softcap, m, l);
+        const T* vr = vb + (size_t)j * DV;
+        attn_online_key(qv, acc, kr, vr, D, DV, lane, alibi != nullptr, slope, j, scale, softcap, m, l);
     }
     if (lane == 0) {
         s_m[warp] = m;
@@ -99,7 +143,7 @@ __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* 
 #pragma unroll
     for (int e = 0; e < ATTN_MAXD_LANE; e++) {
         int d = lane + 32 * e;
-        if (d < D) s_acc[warp][d] = acc[e];
+        if (d < DV) s_acc[warp][d] = acc[e];
     }
     __syncthreads();
     // Key i is always visible, so at least one warp has a finite maximum.
@@ -113,8 +157,8 @@ __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* 
         total += s_l[w] * wgt[w];
     }
     float inv = total > 0.f ? 1.f / total : 0.f;
-    T* orow = o + r * ldo + (size_t)h * D;
-    for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    T* orow = o + r * ldo + (size_t)h * DV;
+    for (int d = threadIdx.x; d < DV; d += blockDim.x) {
         float a = 0.f;
         for (int w = 0; w < DEC_WARPS; w++) a += s_acc[w][d] * wgt[w];
         sf(orow + d, a * inv);
@@ -157,11 +201,22 @@ __device__ void dec_logits(float* out, const T* x, size_t n, float softcap) {
     }                                                                                                \
     extern "C" __global__ void dec_attn_##SUF(T* o, const T* q, const T* kc, const T* vc,             \
                                               const int* seq, const int* pos, int H, int KV, int D,   \
-                                              int ldq, int ldo, int L, float scale, float softcap,    \
-                                              int window, int chunk, const float* alibi,              \
-                                              const T* sinks, float tau_floor, float tau_scale) {     \
-        dec_attn<T>(o, q, kc, vc, seq, pos, H, KV, D, ldq, ldo, L, scale, softcap, window, chunk,     \
+                                              int DV, int ldq, int ldo, int L, float scale,           \
+                                              float softcap, int window, int chunk,                   \
+                                              const float* alibi, const T* sinks, float tau_floor,    \
+                                              float tau_scale) {                                      \
+        dec_attn<T>(o, q, kc, vc, seq, pos, H, KV, D, DV, ldq, ldo, L, scale, softcap, window, chunk, \
                     alibi, sinks, tau_floor, tau_scale);                                              \
+    }                                                                                                \
+    extern "C" __global__ void dec_mla_store_##SUF(T* lat, T* pe, const T* latent, int ldl,           \
+                                                   const T* k_pe, int ldp, const int* seq,            \
+                                                   const int* pos, int N, int R, int ROPE, int L) {   \
+        dec_mla_store<T>(lat, pe, latent, ldl, k_pe, ldp, seq, pos, N, R, ROPE, L);                   \
+    }                                                                                                \
+    extern "C" __global__ void dec_mla_expand_##SUF(T* kc, T* vc, const T* kv, const T* pe, int B,    \
+                                                    int L, int used, int H, int NOPE, int ROPE,       \
+                                                    int DV) {                                         \
+        dec_mla_expand<T>(kc, vc, kv, pe, B, L, used, H, NOPE, ROPE, DV);                             \
     }                                                                                                \
     extern "C" __global__ void dec_gather_##SUF(T* out, const T* x, const int* rows, int C) {         \
         dec_gather<T>(out, x, rows, C);                                                               \
