@@ -96,7 +96,9 @@ pub fn mean_keys(seq: u64, window: Option<u64>) -> f64 {
     }
 }
 
-/// Costs of every named activation of `layer` at `batch` × `seq`, in forward order.
+/// Costs of every named activation of `layer` at `batch` × `seq`, in forward order: lowers the
+/// layer's structure ([`LayerProgram::structure`]), then [`program_costs`] over it. A caller
+/// that holds the structure already calls [`program_costs`] and lowers nothing.
 pub fn layer_costs(
     spec: &ModelSpec,
     layer: &Layer,
@@ -104,6 +106,31 @@ pub fn layer_costs(
     seq: u64,
     dtype: Dtype,
 ) -> Vec<TensorCost> {
+    program_costs(
+        spec,
+        layer,
+        &LayerProgram::structure(layer),
+        batch,
+        seq,
+        dtype,
+    )
+}
+
+/// [`layer_costs`] over `program`, the structure of `layer` the caller already lowered
+/// (`LayerProgram::structure(layer)`; its `costs` are not read): what
+/// [`LayerProgram::lower`] calls, so that lowering a layer walks its structure once.
+pub fn program_costs(
+    spec: &ModelSpec,
+    layer: &Layer,
+    program: &LayerProgram,
+    batch: u64,
+    seq: u64,
+    dtype: Dtype,
+) -> Vec<TensorCost> {
+    debug_assert_eq!(
+        program.index as u64, layer.index,
+        "the program is another layer's"
+    );
     // In u128 (no product of the sizes the spec limits allow overflows it); each figure is then
     // saturated to u64::MAX, which `plan` reports as too large to count.
     let n = u128::from(batch) * u128::from(seq);
@@ -137,7 +164,6 @@ pub fn layer_costs(
         Some(QkNormScope::Head) => n * heads,
         _ => n,
     };
-    let program = LayerProgram::structure(layer);
     // The qk-norms' inputs (q and k, or q_rope and k_rope when the norm follows RoPE).
     let norm_input = |act: crate::program::Act| program.node(act).map(|n| n.inputs[0].name());
     let (q_norm_in, k_norm_in) = (

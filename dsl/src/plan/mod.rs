@@ -25,7 +25,7 @@ mod costs;
 mod policy;
 mod report;
 
-pub use costs::{Dtype, TensorCost, layer_costs, mean_keys};
+pub use costs::{Dtype, TensorCost, layer_costs, mean_keys, program_costs};
 pub use policy::{
     BYTE_UNITS, LAYER_POLICIES, PolicyError, PolicyOverride, fixed_saves, layer_policy,
     parse_budget, parse_policy,

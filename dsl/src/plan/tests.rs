@@ -510,3 +510,40 @@ fn totals_at_the_limits_are_exact_or_refused() {
         other => panic!("expected a shape error, got {other:?}"),
     }
 }
+
+#[test]
+fn lowering_once_gives_the_costs_of_the_layer() {
+    // LayerProgram::lower reads the costs off the structure it lowered (program_costs); they must
+    // be the planner's own (layer_costs, which lowers again) for every layer of every spec, at the
+    // executors' unit shape and at a training shape.
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../specs");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("specs folder")
+        .map(|f| f.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "mspec"))
+        .collect();
+    files.sort();
+    assert!(files.len() > 10, "{} specs", files.len());
+    for path in &files {
+        let (spec, _) = crate::load::load_file(path).expect("spec loads");
+        for layer in &spec.layers {
+            let lp = crate::program::LayerProgram::lower(&spec, layer);
+            let structure = crate::program::LayerProgram::structure(layer);
+            assert_eq!(lp.nodes, structure.nodes, "{}", path.display());
+            assert_eq!(
+                lp.costs,
+                layer_costs(&spec, layer, 1, 1, Dtype::F32),
+                "{} layer {}",
+                path.display(),
+                layer.index
+            );
+            assert_eq!(
+                program_costs(&spec, layer, &structure, 8, 512, Dtype::Bf16),
+                layer_costs(&spec, layer, 8, 512, Dtype::Bf16),
+                "{} layer {}",
+                path.display(),
+                layer.index
+            );
+        }
+    }
+}

@@ -266,10 +266,11 @@ pub struct LayerProgram {
 }
 
 impl LayerProgram {
-    /// Lowers one layer of `spec`, with the planner's costs of its tensors.
+    /// Lowers one layer of `spec`, with the planner's costs of its tensors: the structure is
+    /// lowered once, and the costs read it ([`plan::program_costs`]).
     pub fn lower(spec: &ModelSpec, layer: &Layer) -> LayerProgram {
         let mut lp = LayerProgram::structure(layer);
-        lp.costs = plan::layer_costs(spec, layer, 1, 1, Dtype::F32);
+        lp.costs = plan::program_costs(spec, layer, &lp, 1, 1, Dtype::F32);
         lp
     }
 
