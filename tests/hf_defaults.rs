@@ -112,11 +112,11 @@ fn expected(model_type: &str, c: &Value) -> Vec<(&'static str, String)> {
     if experts.is_some() {
         out.push(("top_k", format!("{:?}", int(c, &["num_experts_per_tok"]))));
         // transformers adds the auxiliary loss only with `output_router_logits` (false by
-        // default). The GPT-OSS and Llama 4 importers follow that; the Mixtral and Qwen-MoE ones
-        // keep the coefficient whatever the flag (their fixtures set it to 0).
-        let aux = match model_type {
-            "gpt_oss" | "llama4_text" if c["output_router_logits"] != true => Some(0.0),
-            _ => float(c, &["router_aux_loss_coef"]),
+        // default), and every importer follows that.
+        let aux = if c["output_router_logits"] == true {
+            float(c, &["router_aux_loss_coef"])
+        } else {
+            Some(0.0)
         };
         out.push(("aux loss", format!("{aux:?}")));
         // Llama 4's one shared expert is as wide as a routed expert.
