@@ -64,5 +64,6 @@ for model, work in [("gpt2", "train-gpt2-124m"), ("llama1b", "train-llama-3.2-1b
                      "modelspec_TFLOPs_active": m.get("TFLOPs_active"),
                      "modelspec_MFU_vs_gemm_ceiling": (m.get("TFLOPs_active") and ceiling) and round(m["TFLOPs_active"] / ceiling, 3),
                      "gemm_ceiling_TFLOPs_same_call": ceiling, "modelspec_attention": m.get("attention"),
+                     "modelspec_cuda_graph": m.get("cuda_graph"),
                      "modelspec_loss": m.get("loss"), "baseline_loss": t.get("loss")})
 print(json.dumps(rows, indent=1))

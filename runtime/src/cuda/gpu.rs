@@ -134,7 +134,8 @@ impl Module {
     }
 }
 
-/// One GPU: its context and stream (all work is issued on this one stream, in order).
+/// One GPU: its context and stream (all work is issued on this one stream, in order; a
+/// non-blocking stream of its own, so that work on it can be captured into CUDA graphs).
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
@@ -162,7 +163,9 @@ impl Gpu {
             .compute_capability()
             .during(|| "reading the compute capability".into())?;
         let arch = compile::arch_name(major, minor)?;
-        let stream = ctx.default_stream();
+        // A stream of its own rather than the legacy default stream, which cannot be captured
+        // into a CUDA graph (the GPU trainer replays its steps from one).
+        let stream = ctx.new_stream().during(|| "creating the stream".into())?;
         Ok(Arc::new(Gpu {
             ctx,
             stream,

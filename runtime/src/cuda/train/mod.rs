@@ -27,6 +27,7 @@ mod attention;
 mod backward;
 mod config;
 mod forward;
+mod graph;
 mod head;
 mod layout;
 mod linalg;
@@ -95,6 +96,8 @@ pub struct GpuTrainer {
     pub adamw: crate::train::optim::AdamWConfig,
     /// The learning rate of [`GpuTrainer::step`] (1e-4 by default, as the reference benchmark).
     pub lr: f64,
+    /// The step's forward and backward as a CUDA graph ([`graph`]).
+    graph: graph::StepGraph,
 }
 
 fn unsupported(why: String) -> CudaError {
@@ -225,6 +228,7 @@ impl GpuTrainer {
         })?;
         let n = shape.n;
         let bytes = params.bytes() + buf.total_bytes + fixed_bytes(n) + attn.bytes();
+        let moe_any = moe.iter().any(Option::is_some);
         let run = (0..spec.layers.len())
             .map(|i| saves::LayerRun::new(spec, i, saves.get(i).unwrap_or(&LayerSaves::ALL)))
             .collect();
@@ -253,6 +257,7 @@ impl GpuTrainer {
             bytes,
             adamw: Default::default(),
             lr: 1e-4,
+            graph: graph::StepGraph::new(moe_any),
         })
     }
 
@@ -416,6 +421,22 @@ impl GpuTrainer {
     }
 
     fn run_step(&mut self, capture: Option<&mut Vec<f32>>, optimizer: bool) -> Result<()> {
+        match capture {
+            Some(logits) => self.fwd_bwd(Some(logits))?,
+            None => self.fwd_bwd_graphed()?,
+        }
+        if !optimizer {
+            return Ok(());
+        }
+        self.step += 1;
+        let scalars = self.adamw.scalars(self.step, self.lr);
+        self.apply_adamw(&scalars, [1.0, 1.0], false)
+    }
+
+    /// Zeroes the gradients, then forward, loss and backward of the batch (every launch on the
+    /// trainer's stream, no host synchronisation unless `capture` asks for the logits or a MoE
+    /// layer reads its expert counts).
+    fn fwd_bwd(&self, capture: Option<&mut Vec<f32>>) -> Result<()> {
         {
             let st = self.ctx();
             // SAFETY: the grad arena and the aux scalar are this trainer's own.
@@ -437,12 +458,7 @@ impl GpuTrainer {
             }
             st.embed_bwd(g)?;
         }
-        if !optimizer {
-            return Ok(());
-        }
-        self.step += 1;
-        let scalars = self.adamw.scalars(self.step, self.lr);
-        self.apply_adamw(&scalars, [1.0, 1.0], false)
+        Ok(())
     }
 
     /// Replaces the weights (f32 master and working copy) with `params` (canonical names, e.g. from
