@@ -11,7 +11,10 @@
 //! Same layouts as the own kernels, so the two paths are interchangeable per call: q `[B·T, ldq]`
 //! with head h at column `h·D`, k/v `[B·T, ldk/ldv]` with kv head `h / (H/KV)`, o/dO `[B·T, ldo]`;
 //! q/k/v may be column views of one fused projection `[B, T, (H + 2·KV)·D]` (ld = (H+2KV)·D) and
-//! dq/dk/dv the same views of the fused gradient. **lse** (the softmax stats) is f32 `[B, H, T]`,
+//! dq/dk/dv the same views of the fused gradient. v, o, dO and dV may have their own head width
+//! Dv (`AttnShape::v_head_dim`, latent attention: DeepSeek-V3's D 192, Dv 128), v's heads then at
+//! columns `g·Dv` and o's at `h·Dv`; [`CudnnLibrary::head_dims_reason`] says which cuDNN
+//! versions take which head dims. **lse** (the softmax stats) is f32 `[B, H, T]`,
 //! the natural log of Σ_j exp(scale·q·k_j) over the visible keys: the same tensor the own
 //! kernels write, so a forward of one path can feed a backward of the other.
 //!
@@ -56,7 +59,8 @@ enum Pass {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct PlanKey {
     pass: Pass,
-    dims: [usize; 5],
+    /// B, T, H, KV, D, Dv.
+    dims: [usize; 6],
     lds: [usize; 4],
     window: usize,
     causal: bool,
@@ -66,7 +70,14 @@ impl PlanKey {
     fn of(pass: Pass, s: &AttnShape) -> PlanKey {
         PlanKey {
             pass,
-            dims: [s.batch, s.seq, s.heads, s.kv_heads, s.head_dim],
+            dims: [
+                s.batch,
+                s.seq,
+                s.heads,
+                s.kv_heads,
+                s.head_dim,
+                s.v_head_dim,
+            ],
             lds: [s.ldq, s.ldk, s.ldv, s.ldo],
             window: s.window,
             causal: s.causal,
@@ -118,6 +129,9 @@ pub struct CudnnAttention {
     /// The handle; the lock also serialises cuDNN calls on it.
     handle: Mutex<Handle>,
     library: CudnnLibrary,
+    /// The GPU's compute capability major number (9: Hopper), for the version rules of
+    /// [`CudnnLibrary::head_dims_reason`].
+    sm_major: u32,
     gpu: Arc<Gpu>,
 }
 
@@ -161,6 +175,7 @@ impl CudnnAttention {
         })?;
         Ok(CudnnAttention {
             gpu: gpu.clone(),
+            sm_major: sm_major(gpu.arch()),
             library,
             handle: Mutex::new(handle),
             plans: Mutex::new(BTreeMap::new()),
@@ -174,11 +189,13 @@ impl CudnnAttention {
 
     /// Why cuDNN attention cannot run `s` in `dt`, or `None` when it can (as far as a static
     /// check tells: cuDNN may still reject a shape when the plan is built, which [`prepare`]
-    /// reports). Taken: bf16; causal or not; sliding window; GQA/MQA; head dims that are
-    /// multiples of 8 up to 256; row strides and head dims aligned to 16 bytes. Not taken:
-    /// logit softcapping, ALiBi, f32.
+    /// reports, and the loaded version may refuse it: [`version_reason`]). Taken: bf16; causal or
+    /// not; sliding window; GQA/MQA; query/key and value head dims that are multiples of 8 up to
+    /// 256, equal or not (latent attention); row strides and head dims aligned to 16 bytes. Not
+    /// taken: logit softcapping, ALiBi, chunked attention, f32.
     ///
     /// [`prepare`]: CudnnAttention::prepare
+    /// [`version_reason`]: CudnnAttention::version_reason
     pub fn unsupported_reason(s: &AttnShape, dt: Dtype) -> Option<String> {
         if dt != Dtype::Bf16 {
             return Some(format!("{dt:?} (bf16 only)"));
@@ -198,17 +215,17 @@ impl CudnnAttention {
                 s.heads, s.kv_heads
             ));
         }
-        if s.head_dim == 0 || !s.head_dim.is_multiple_of(8) || s.head_dim > 256 {
+        let dim_ok = |d: usize| d > 0 && d.is_multiple_of(8) && d <= 256;
+        if !dim_ok(s.head_dim) {
             return Some(format!(
                 "head_dim {} (multiples of 8 up to 256)",
                 s.head_dim
             ));
         }
-        if s.v_head_dim != s.head_dim {
-            // cuDNN's graph takes a value width of its own; not wired up yet.
+        if !dim_ok(s.v_head_dim) {
             return Some(format!(
-                "value head dim {} unlike the query/key head dim {} (latent attention)",
-                s.v_head_dim, s.head_dim
+                "value head dim {} (multiples of 8 up to 256)",
+                s.v_head_dim
             ));
         }
         if [s.ldq, s.ldk, s.ldv, s.ldo]
@@ -231,8 +248,18 @@ impl CudnnAttention {
         Self::unsupported_reason(s, dt).is_none()
     }
 
+    /// Why the loaded library refuses the head dims of `s` on this GPU (the forward, and with
+    /// `backward` the backward too), or `None`: [`CudnnLibrary::head_dims_reason`] for this
+    /// library and GPU. Checked before any plan is built.
+    pub fn version_reason(&self, s: &AttnShape, backward: bool) -> Option<String> {
+        self.library
+            .head_dims_reason(self.sm_major, s.head_dim, s.v_head_dim, backward)
+    }
+
     fn plan(&self, pass: Pass, s: &AttnShape) -> Result<Arc<Plan>> {
-        if let Some(why) = Self::unsupported_reason(s, Dtype::Bf16) {
+        if let Some(why) = Self::unsupported_reason(s, Dtype::Bf16)
+            .or_else(|| self.version_reason(s, pass == Pass::Backward))
+        {
             return Err(CudnnError::Unsupported(why));
         }
         let key = PlanKey::of(pass, s);
@@ -368,9 +395,9 @@ impl CudnnAttention {
     /// Backward: dq, dk, dv (bf16, laid out like q, k, v; each written, not accumulated) from
     /// dout (like o), o, lse (from either forward path), q, k, v. The arguments are those of
     /// [`Kernels::attn_bwd`](crate::cuda::Kernels::attn_bwd) (without the dtype), so the same
-    /// scratch serves both paths: `dq_acc` f32, at least B·T·H·D elements (cuDNN's dQ
-    /// accumulator; its contents on entry do not matter), `delta` f32 `[B, H, T]` (Σ dO∘O, written
-    /// here). `workspace` as for [`fwd`](CudnnAttention::fwd), at least
+    /// scratch serves both paths: `dq_acc` f32, at least B·T·H·D elements with D the query/key
+    /// head dim (cuDNN's dQ accumulator; its contents on entry do not matter), `delta` f32
+    /// `[B, H, T]` (Σ dO∘O over the value head dim, written here). `workspace` as for [`fwd`](CudnnAttention::fwd), at least
     /// [`workspace_bytes`](CudnnAttention::workspace_bytes).
     #[allow(clippy::too_many_arguments)]
     pub fn bwd(
@@ -455,6 +482,13 @@ impl CudnnAttention {
     }
 }
 
+/// The compute capability major number of an NVRTC architecture name (`compute_90` → 9); 0 when
+/// the name has no number.
+fn sm_major(arch: &str) -> u32 {
+    let digits: String = arch.chars().filter(char::is_ascii_digit).collect();
+    digits.parse::<u32>().map_or(0, |n| n / 10)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,6 +508,33 @@ mod tests {
         assert!(!CudnnAttention::supports(&odd, Dtype::Bf16));
         let gqa_bad = AttnShape::dense(2, 100, 8, 3, 64);
         assert!(!CudnnAttention::supports(&gqa_bad, Dtype::Bf16));
+        // Latent attention: a value head dim of its own, within the same limits.
+        let mla = AttnShape {
+            v_head_dim: 128,
+            ldv: 2 * 128,
+            ldo: 8 * 128,
+            ..AttnShape::dense(2, 100, 8, 2, 192)
+        };
+        assert!(CudnnAttention::supports(&mla, Dtype::Bf16));
+        let v_odd = AttnShape {
+            v_head_dim: 60,
+            ..mla
+        };
+        let why = CudnnAttention::unsupported_reason(&v_odd, Dtype::Bf16).unwrap();
+        assert!(why.contains("value head dim 60"), "{why}");
+        let v_wide = AttnShape {
+            v_head_dim: 264,
+            ..mla
+        };
+        assert!(!CudnnAttention::supports(&v_wide, Dtype::Bf16));
+    }
+
+    #[test]
+    fn sm_major_reads_the_arch_name() {
+        assert_eq!(sm_major("compute_90"), 9);
+        assert_eq!(sm_major("compute_80"), 8);
+        assert_eq!(sm_major("compute_100"), 10);
+        assert_eq!(sm_major("unknown"), 0);
     }
 
     #[test]
@@ -492,6 +553,15 @@ mod tests {
         assert_ne!(
             PlanKey::of(Pass::Forward, &a),
             PlanKey::of(Pass::Backward, &a)
+        );
+        // The value head dim changes the graph (V, O, dO, dV widths), so it is part of the key.
+        let v = AttnShape {
+            v_head_dim: 32,
+            ..a
+        };
+        assert_ne!(
+            PlanKey::of(Pass::Forward, &a),
+            PlanKey::of(Pass::Forward, &v)
         );
     }
 }

@@ -22,6 +22,22 @@ use std::sync::OnceLock;
 /// Oldest cuDNN the graphs here are written for (9.0.0).
 pub const MIN_VERSION: usize = 90000;
 
+/// Oldest cuDNN whose fused attention takes a value head dim apart from the query/key head dim
+/// (8.9.6; the runtime fusion engine's SDPA pattern with `d_qk != d_v`). Below [`MIN_VERSION`],
+/// so every library the probe accepts has it; the check stays so the requirement is stated once.
+pub const SPLIT_HEAD_DIMS_VERSION: usize = 80906;
+
+/// Oldest cuDNN whose Hopper forward takes head dims above 128 (up to 256): 9.1.0.
+pub const WIDE_HEAD_FWD_VERSION: usize = 90100;
+
+/// Oldest cuDNN whose Hopper backward takes head dims above 128 (up to 256): 9.5.0.
+pub const WIDE_HEAD_BWD_VERSION: usize = 90500;
+
+/// cuDNN releases whose Hopper backward is known to be wrong for some latent-attention head
+/// dims (both at least 128 and unequal, other than DeepSeek's 192/128): 9.11.0 up to 9.13.0;
+/// 9.13.1 has the fix.
+pub const SPLIT_HEAD_DIMS_BWD_BUG: std::ops::Range<usize> = 91100..91301;
+
 /// The cuDNN library this process uses.
 #[derive(Debug, Clone)]
 pub struct CudnnLibrary {
@@ -34,9 +50,72 @@ pub struct CudnnLibrary {
 impl CudnnLibrary {
     /// The version as `9.10.2`.
     pub fn version_string(&self) -> String {
-        let v = self.version;
-        format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
+        version_string(self.version)
     }
+
+    /// Why this library cannot run fused attention with query/key head dim `d_qk` and value
+    /// head dim `d_v` (forward, and with `backward` the backward too) on a GPU whose compute
+    /// capability's major number is `sm_major`, or `None` when its version allows it. Only what
+    /// the version decides is checked here (the shape's static limits are
+    /// [`CudnnAttention::unsupported_reason`](super::CudnnAttention::unsupported_reason)'s, and
+    /// what the architecture itself lacks shows when the plan is built):
+    /// - `d_qk != d_v` needs [`SPLIT_HEAD_DIMS_VERSION`];
+    /// - on Hopper (`sm_major == 9`), head dims above 128 need [`WIDE_HEAD_FWD_VERSION`] for the
+    ///   forward and [`WIDE_HEAD_BWD_VERSION`] for the backward;
+    /// - on Hopper, the backward of unequal head dims both at least 128 (other than 192/128) is
+    ///   refused in [`SPLIT_HEAD_DIMS_BWD_BUG`] (those releases compute it wrongly).
+    pub fn head_dims_reason(
+        &self,
+        sm_major: u32,
+        d_qk: usize,
+        d_v: usize,
+        backward: bool,
+    ) -> Option<String> {
+        let v = self.version;
+        let have = self.version_string();
+        if d_qk != d_v && v < SPLIT_HEAD_DIMS_VERSION {
+            return Some(format!(
+                "a value head dim {d_v} apart from the query/key head dim {d_qk} needs cuDNN {} \
+                 or newer (loaded: {have})",
+                version_string(SPLIT_HEAD_DIMS_VERSION)
+            ));
+        }
+        if sm_major != 9 {
+            return None;
+        }
+        let widest = d_qk.max(d_v);
+        let (need, pass) = if backward {
+            (WIDE_HEAD_BWD_VERSION, "backward")
+        } else {
+            (WIDE_HEAD_FWD_VERSION, "forward")
+        };
+        if widest > 128 && v < need {
+            return Some(format!(
+                "head dim {widest} above 128 in the Hopper {pass} needs cuDNN {} or newer \
+                 (loaded: {have})",
+                version_string(need)
+            ));
+        }
+        if backward
+            && SPLIT_HEAD_DIMS_BWD_BUG.contains(&v)
+            && d_qk != d_v
+            && d_qk >= 128
+            && d_v >= 128
+            && (d_qk, d_v) != (192, 128)
+        {
+            return Some(format!(
+                "the Hopper backward of head dims {d_qk}/{d_v} is known to be wrong in cuDNN \
+                 {have} (fixed in {})",
+                version_string(SPLIT_HEAD_DIMS_BWD_BUG.end)
+            ));
+        }
+        None
+    }
+}
+
+/// `major*10000 + minor*100 + patch` as `9.10.2`.
+fn version_string(v: usize) -> String {
+    format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
 }
 
 /// Sub-libraries of cuDNN 9, in load order (the graph library first: the others link to it).
@@ -297,6 +376,34 @@ mod tests {
             version: 91002,
         };
         assert_eq!(lib.version_string(), "9.10.2");
+    }
+
+    #[test]
+    fn head_dims_reason_follows_the_version_and_the_architecture() {
+        let lib = |version| CudnnLibrary {
+            path: "x".into(),
+            version,
+        };
+        // DeepSeek-V3's 192/128 on Hopper: the forward from 9.1, the backward from 9.5.
+        assert!(lib(90000).head_dims_reason(9, 192, 128, false).is_some());
+        assert!(lib(90100).head_dims_reason(9, 192, 128, false).is_none());
+        let why = lib(90400).head_dims_reason(9, 192, 128, true).unwrap();
+        assert!(why.contains("9.5.0") && why.contains("9.4.0"), "{why}");
+        assert!(lib(90500).head_dims_reason(9, 192, 128, true).is_none());
+        // 192/128 is exempt from the 9.11-9.13.0 backward bug; 256/128 is not.
+        assert!(lib(91200).head_dims_reason(9, 192, 128, true).is_none());
+        let why = lib(91200).head_dims_reason(9, 256, 128, true).unwrap();
+        assert!(why.contains("9.13.1"), "{why}");
+        assert!(lib(91200).head_dims_reason(9, 256, 128, false).is_none());
+        assert!(lib(91301).head_dims_reason(9, 256, 128, true).is_none());
+        // Small head dims and equal ones are untouched; other architectures are left to the
+        // plan build.
+        assert!(lib(90000).head_dims_reason(9, 96, 64, true).is_none());
+        assert!(lib(91200).head_dims_reason(9, 256, 256, true).is_none());
+        assert!(lib(90000).head_dims_reason(8, 192, 128, true).is_none());
+        // Below the split-head-dims floor (not a library the probe accepts, but the rule holds).
+        assert!(lib(80905).head_dims_reason(8, 96, 64, false).is_some());
+        assert!(lib(80905).head_dims_reason(8, 64, 64, false).is_none());
     }
 
     #[test]

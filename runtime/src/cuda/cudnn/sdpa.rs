@@ -17,9 +17,12 @@
 //! dQ = dS·K                              (through the caller's f32 accumulator `dq_acc`)
 //! ```
 //! Layouts: Q `[B,H,T,D]` with strides `(T·ldq, D, ldq, 1)`, i.e. rows of a `[B·T, ldq]` matrix
-//! with head h at column h·D; K and V likewise with their kv heads and ldk/ldv; O, dO with ldo;
-//! dQ/dK/dV like Q/K/V. Stats: f32 `[B,H,T]` (natural log of the softmax normaliser of the
-//! scaled scores, the own kernels' `lse`).
+//! with head h at column h·D; K likewise with its kv heads and ldk; V `[B,KV,T,Dv]` with head g at
+//! column g·Dv of ldv; O, dO `[B,H,T,Dv]` with ldo; dQ/dK/dV like Q/K/V. D is the query/key head
+//! dim, Dv the value head dim (`AttnShape::v_head_dim`: D except in latent attention, e.g.
+//! DeepSeek-V3's 192/128): only V, O, dO, dV, the P·V and Pᵀ·dO products and Δ's reduction take
+//! Dv. Stats: f32 `[B,H,T]` (natural log of the softmax normaliser of the scaled scores, the own
+//! kernels' `lse`).
 
 use super::backend::{Bind, BuiltPlan, Elem, GraphBuilder, T};
 use super::error::Result;
@@ -51,7 +54,10 @@ struct Dims {
     h: i64,
     kv: i64,
     t: i64,
+    /// Query/key head dim.
     d: i64,
+    /// Value (and output) head dim.
+    dv: i64,
 }
 
 impl Dims {
@@ -62,22 +68,24 @@ impl Dims {
             kv: s.kv_heads as i64,
             t: s.seq as i64,
             d: s.head_dim as i64,
+            dv: s.v_head_dim as i64,
         }
     }
-    /// `[B, heads, T, D]` rows of a `[B·T, ld]` matrix.
-    fn rows(&self, heads: i64, ld: usize) -> ([i64; 4], [i64; 4]) {
+    /// `[B, heads, T, width]` rows of a `[B·T, ld]` matrix, head h at column h·width.
+    fn rows(&self, heads: i64, width: i64, ld: usize) -> ([i64; 4], [i64; 4]) {
         let ld = ld as i64;
-        (
-            [self.b, heads, self.t, self.d],
-            [self.t * ld, self.d, ld, 1],
-        )
+        ([self.b, heads, self.t, width], [self.t * ld, width, ld, 1])
     }
-    /// The same buffer seen as `[B, heads, D, T]` (transposed).
-    fn rows_t(&self, heads: i64, ld: usize) -> ([i64; 4], [i64; 4]) {
+    /// The same buffer seen as `[B, heads, width, T]` (transposed).
+    fn rows_t(&self, heads: i64, width: i64, ld: usize) -> ([i64; 4], [i64; 4]) {
         let ld = ld as i64;
+        ([self.b, heads, width, self.t], [self.t * ld, width, 1, ld])
+    }
+    /// A packed virtual `[B, H, T, width]` (per query head).
+    fn packed(&self, width: i64) -> ([i64; 4], [i64; 4]) {
         (
-            [self.b, heads, self.d, self.t],
-            [self.t * ld, self.d, 1, ld],
+            [self.b, self.h, self.t, width],
+            [self.h * self.t * width, self.t * width, width, 1],
         )
     }
     fn scores(&self) -> [i64; 4] {
@@ -214,13 +222,13 @@ pub(crate) fn build_forward(handle: cudnnHandle_t, s: &AttnShape) -> Result<Buil
 pub(crate) fn forward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     let dm = Dims::of(s);
     let mut g = GraphBuilder::new();
-    let (qd, qs) = dm.rows(dm.h, s.ldq);
+    let (qd, qs) = dm.rows(dm.h, dm.d, s.ldq);
     let q = g.tensor(Bind::Device(uid::Q), Elem::Bf16, qd, qs)?;
-    let (kd, ks) = dm.rows_t(dm.kv, s.ldk);
+    let (kd, ks) = dm.rows_t(dm.kv, dm.d, s.ldk);
     let kt = g.tensor(Bind::Device(uid::K), Elem::Bf16, kd, ks)?;
-    let (vd, vs) = dm.rows(dm.kv, s.ldv);
+    let (vd, vs) = dm.rows(dm.kv, dm.dv, s.ldv);
     let v = g.tensor(Bind::Device(uid::V), Elem::Bf16, vd, vs)?;
-    let (od, os) = dm.rows(dm.h, s.ldo);
+    let (od, os) = dm.rows(dm.h, dm.dv, s.ldo);
     let o = g.tensor(Bind::Device(uid::O), Elem::Bf16, od, os)?;
     let (sd, ss) = dm.stats();
     let stats = g.tensor(Bind::Device(uid::STATS), Elem::F32, sd, ss)?;
@@ -293,7 +301,8 @@ pub(crate) fn forward_ops(s: &AttnShape) -> Result<GraphBuilder> {
 }
 
 /// Builds and finalizes the backward plan for `s`. Besides the plan's own workspace it binds Δ
-/// (f32 `[B,H,T]`, uid DELTA) and the dQ accumulator (f32 `[B,H,T,D]`, uid DQ_ACCUM).
+/// (f32 `[B,H,T]`, uid DELTA) and the dQ accumulator (f32 `[B,H,T,D]` with D the query/key head
+/// dim, uid DQ_ACCUM).
 pub(crate) fn build_backward(handle: cudnnHandle_t, s: &AttnShape) -> Result<BuiltPlan> {
     backward_ops(s)?.finalize_plan(handle, "sdpa backward", describe(s))
 }
@@ -302,32 +311,31 @@ pub(crate) fn build_backward(handle: cudnnHandle_t, s: &AttnShape) -> Result<Bui
 pub(crate) fn backward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     let dm = Dims::of(s);
     let mut g = GraphBuilder::new();
-    let (qd, qs) = dm.rows(dm.h, s.ldq);
+    let (qd, qs) = dm.rows(dm.h, dm.d, s.ldq);
     let q = g.tensor(Bind::Device(uid::Q), Elem::Bf16, qd, qs)?;
-    let (kd, ks) = dm.rows_t(dm.kv, s.ldk);
+    let (kd, ks) = dm.rows_t(dm.kv, dm.d, s.ldk);
     let kt = g.tensor(Bind::Device(uid::K), Elem::Bf16, kd, ks)?;
-    let (vd, vs) = dm.rows_t(dm.kv, s.ldv);
+    let (vd, vs) = dm.rows_t(dm.kv, dm.dv, s.ldv);
     let vt = g.tensor(Bind::Device(uid::V), Elem::Bf16, vd, vs)?;
-    let (od, os) = dm.rows(dm.h, s.ldo);
+    let (od, os) = dm.rows(dm.h, dm.dv, s.ldo);
     let o = g.tensor(Bind::Device(uid::O), Elem::Bf16, od, os)?;
     let d_o = g.tensor(Bind::Device(uid::DO), Elem::Bf16, od, os)?;
     let (sd, ss) = dm.stats();
     let stats = g.tensor(Bind::Device(uid::STATS), Elem::F32, sd, ss)?;
     let dq = g.tensor(Bind::Device(uid::DQ), Elem::Bf16, qd, qs)?;
-    let (dkd, dks) = dm.rows(dm.kv, s.ldk);
+    let (dkd, dks) = dm.rows(dm.kv, dm.d, s.ldk);
     let dk = g.tensor(Bind::Device(uid::DK), Elem::Bf16, dkd, dks)?;
-    let (dvd, dvs) = dm.rows(dm.kv, s.ldv);
+    let (dvd, dvs) = dm.rows(dm.kv, dm.dv, s.ldv);
     let dv = g.tensor(Bind::Device(uid::DV), Elem::Bf16, dvd, dvs)?;
     let scale = g.scalar(uid::SCALE, Elem::F32)?;
     let one = g.scalar(uid::ONE, Elem::F32)?;
-    let full = dm.h * dm.t * dm.d;
 
-    // Δ = rowsum(dO ∘ O) · 1
+    // Δ = rowsum(dO ∘ O) · 1 (over the value head dim)
     let prod = g.tensor(
         Bind::Virtual,
         Elem::F32,
-        [dm.b, dm.h, dm.t, dm.d],
-        [full, dm.t * dm.d, dm.h * dm.d, 1],
+        [dm.b, dm.h, dm.t, dm.dv],
+        [dm.h * dm.t * dm.dv, dm.t * dm.dv, dm.h * dm.dv, 1],
     )?;
     g.pointwise(
         Pw::CUDNN_POINTWISE_MUL,
@@ -387,7 +395,7 @@ pub(crate) fn backward_ops(s: &AttnShape) -> Result<GraphBuilder> {
         dm.scores_t_strides(),
     )?;
     g.reshape(p, pt)?;
-    group_matmul(&mut g, &dm, pt, d_o, dv)?;
+    group_matmul(&mut g, &dm, dm.dv, pt, d_o, dv)?;
 
     // dS = P ∘ (dO·Vᵀ − Δ) · scale
     let dp = g.tensor(Bind::Virtual, Elem::F32, dm.scores(), st)?;
@@ -431,18 +439,14 @@ pub(crate) fn backward_ops(s: &AttnShape) -> Result<GraphBuilder> {
         dm.scores_t_strides(),
     )?;
     g.reshape(ds, dst)?;
-    group_matmul(&mut g, &dm, dst, q, dk)?;
+    group_matmul(&mut g, &dm, dm.d, dst, q, dk)?;
 
     // dQ = dS·K through the f32 accumulator
-    let (kd2, ks2) = dm.rows(dm.kv, s.ldk);
+    let (kd2, ks2) = dm.rows(dm.kv, dm.d, s.ldk);
     let k = g.tensor(Bind::Virtual, Elem::F32, kd2, ks2)?;
     g.reshape(kt, k)?;
-    let acc = g.tensor(
-        Bind::Device(uid::DQ_ACCUM),
-        Elem::F32,
-        [dm.b, dm.h, dm.t, dm.d],
-        [full, dm.t * dm.d, dm.d, 1],
-    )?;
+    let (accd, accs) = dm.packed(dm.d);
+    let acc = g.tensor(Bind::Device(uid::DQ_ACCUM), Elem::F32, accd, accs)?;
     g.matmul(ds, k, acc)?;
     g.pointwise(
         Pw::CUDNN_POINTWISE_IDENTITY,
@@ -456,19 +460,16 @@ pub(crate) fn backward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     Ok(g)
 }
 
-/// `out = a·b` for dK (a = dSᵀ, b = Q) and dV (a = Pᵀ, b = dO), where `a` and `b` have one slice
-/// per query head and `out` one per kv head: written directly when those coincide, otherwise
-/// through a per-query-head bf16 result summed over each kv group (as cuDNN's GQA pattern wants).
-fn group_matmul(g: &mut GraphBuilder, dm: &Dims, a: T, b: T, out: T) -> Result<()> {
+/// `out = a·b` for dK (a = dSᵀ, b = Q, `width` the query/key head dim) and dV (a = Pᵀ, b = dO,
+/// `width` the value head dim), where `a` and `b` have one slice per query head and `out` one per
+/// kv head: written directly when those coincide, otherwise through a per-query-head bf16 result
+/// summed over each kv group (as cuDNN's GQA pattern wants).
+fn group_matmul(g: &mut GraphBuilder, dm: &Dims, width: i64, a: T, b: T, out: T) -> Result<()> {
     if dm.h == dm.kv {
         return g.matmul(a, b, out);
     }
-    let full = g.tensor(
-        Bind::Virtual,
-        Elem::Bf16,
-        [dm.b, dm.h, dm.t, dm.d],
-        [dm.h * dm.t * dm.d, dm.t * dm.d, dm.d, 1],
-    )?;
+    let (fd, fs) = dm.packed(width);
+    let full = g.tensor(Bind::Virtual, Elem::Bf16, fd, fs)?;
     g.matmul(a, b, full)?;
     debug_assert_eq!(g.dims(out)[1], dm.kv);
     g.reduction(cudnnReduceTensorOp_t::CUDNN_REDUCE_TENSOR_ADD, full, out)
@@ -477,12 +478,13 @@ fn group_matmul(g: &mut GraphBuilder, dm: &Dims, a: T, b: T, out: T) -> Result<(
 /// The shape as text, for errors.
 pub(crate) fn describe(s: &AttnShape) -> String {
     format!(
-        "B={} T={} H={} KV={} D={} ld=({},{},{},{}) causal={} window={}",
+        "B={} T={} H={} KV={} D={} Dv={} ld=({},{},{},{}) causal={} window={}",
         s.batch,
         s.seq,
         s.heads,
         s.kv_heads,
         s.head_dim,
+        s.v_head_dim,
         s.ldq,
         s.ldk,
         s.ldv,
@@ -518,6 +520,29 @@ mod tests {
                 ldk: 512,
                 ldv: 512,
                 ..AttnShape::dense(1, 100, 4, 2, 64)
+            },
+            // a value head dim apart from the query/key one (latent attention), dense and as
+            // column views of one fused [q; k; v] projection
+            AttnShape {
+                v_head_dim: 64,
+                ldv: 2 * 64,
+                ldo: 4 * 64,
+                ..AttnShape::dense(2, 90, 4, 2, 96)
+            },
+            AttnShape {
+                v_head_dim: 128,
+                ldq: 4 * (192 + 192 + 128),
+                ldk: 4 * (192 + 192 + 128),
+                ldv: 4 * (192 + 192 + 128),
+                ldo: 4 * 128,
+                ..AttnShape::dense(1, 70, 4, 4, 192)
+            },
+            AttnShape {
+                v_head_dim: 128,
+                ldv: 128,
+                ldo: 4 * 128,
+                window: 20,
+                ..AttnShape::dense(1, 64, 4, 1, 64)
             },
         ];
         for s in shapes {
