@@ -1,5 +1,7 @@
 //! cuDNN fused attention (forward: o, lse; backward: dq, dk, dv) against an f64 CPU reference and
-//! against the own attention kernels, on fresh random bf16 inputs each run (the seed is printed).
+//! against the own attention kernels, on fresh random bf16 inputs each run (the seed is printed),
+//! with equal head dims and with a value head dim apart from the query/key one (latent attention:
+//! 96/64, 64/128, DeepSeek-V3's 192/128, dense and on the trainer's fused [q; k; v] layout).
 //!
 //! Tolerances (||got - ref|| / ||ref|| over the whole output): 1e-2 for bf16 outputs, as the own
 //! kernels' bf16 bound in cuda_kernels.rs (inputs are exact in bf16; the error comes from storing
@@ -154,7 +156,8 @@ struct Ref {
 }
 
 /// f64 attention over row-strided q/k/v/dO buffers whose heads start at column offsets
-/// `offs = (q, k, v)`; gradients come back in buffers shaped like their inputs.
+/// `offs = (q, k, v)`; gradients come back in buffers shaped like their inputs. q/k heads are
+/// `head_dim` wide, v/o/dO heads `v_head_dim`.
 fn reference(
     s: &AttnShape,
     q: &[f64],
@@ -163,7 +166,7 @@ fn reference(
     dout: &[f64],
     offs: [usize; 3],
 ) -> Ref {
-    let (bn, tn, hn, d) = (s.batch, s.seq, s.heads, s.head_dim);
+    let (bn, tn, hn, d, dv) = (s.batch, s.seq, s.heads, s.head_dim, s.v_head_dim);
     let group = hn / s.kv_heads;
     let [oq, ok, ov] = offs;
     let mut r = Ref {
@@ -182,7 +185,7 @@ fn reference(
                     .filter(|&j| (!s.causal || j <= i) && (s.window == 0 || i < j + s.window))
                     .collect();
                 let krow = |j: usize| &k[(b * tn + j) * s.ldk + ok + g * d..][..d];
-                let vrow = |j: usize| &v[(b * tn + j) * s.ldv + ov + g * d..][..d];
+                let vrow = |j: usize| &v[(b * tn + j) * s.ldv + ov + g * dv..][..dv];
                 let sc: Vec<f64> = vis
                     .iter()
                     .map(|&j| {
@@ -193,22 +196,24 @@ fn reference(
                 let z: f64 = sc.iter().map(|x| (x - mx).exp()).sum();
                 r.lse[(b * hn + h) * tn + i] = mx + z.ln();
                 let p: Vec<f64> = sc.iter().map(|x| (x - mx).exp() / z).collect();
-                let doi = &dout[(b * tn + i) * s.ldo + h * d..][..d];
-                let mut oi = vec![0.0; d];
+                let doi = &dout[(b * tn + i) * s.ldo + h * dv..][..dv];
+                let mut oi = vec![0.0; dv];
                 for (pi, &j) in p.iter().zip(&vis) {
                     for (o, x) in oi.iter_mut().zip(vrow(j)) {
                         *o += pi * x;
                     }
                 }
                 let delta: f64 = oi.iter().zip(doi).map(|(a, c)| a * c).sum();
-                r.o[(b * tn + i) * s.ldo + h * d..][..d].copy_from_slice(&oi);
+                r.o[(b * tn + i) * s.ldo + h * dv..][..dv].copy_from_slice(&oi);
                 for (pi, &j) in p.iter().zip(&vis) {
                     let dp: f64 = doi.iter().zip(vrow(j)).map(|(a, c)| a * c).sum();
                     let ds = pi * (dp - delta) * s.scale as f64;
                     for e in 0..d {
                         r.dq[(b * tn + i) * s.ldq + oq + h * d + e] += ds * krow(j)[e];
                         r.dk[(b * tn + j) * s.ldk + ok + g * d + e] += ds * qi[e];
-                        r.dv[(b * tn + j) * s.ldv + ov + g * d + e] += pi * doi[e];
+                    }
+                    for e in 0..dv {
+                        r.dv[(b * tn + j) * s.ldv + ov + g * dv + e] += pi * doi[e];
                     }
                 }
             }
@@ -219,7 +224,7 @@ fn reference(
 
 // ---------- cases ----------
 
-/// One case: q/k/v either separate buffers or column views of one fused `[B·T, (H+2KV)·D]`
+/// One case: q/k/v either separate buffers or column views of one fused `[B·T, (H+KV)·D + KV·Dv]`
 /// buffer (then dq/dk/dv are views of one fused gradient too). Checks cuDNN against the f64
 /// reference, and cuDNN's lse against the own kernels'.
 fn run_case(
@@ -233,6 +238,8 @@ fn run_case(
 ) {
     let rows = s.batch * s.seq;
     let (hd, kd) = (s.heads * s.head_dim, s.kv_heads * s.head_dim);
+    // o/dO and v/dv widths: the value head dim's
+    let (od, vd) = (s.heads * s.v_head_dim, s.kv_heads * s.v_head_dim);
     let info = match attn.prepare(&s) {
         Ok(i) => i,
         Err(e) => panic!("{tag}: cuDNN rejects the shape: {e}"),
@@ -248,7 +255,7 @@ fn run_case(
     let (qb, kb, vb, gq, gk, gv, offs);
     if fused {
         let w = s.ldq;
-        assert!(s.ldk == w && s.ldv == w && w == hd + 2 * kd);
+        assert!(s.ldk == w && s.ldv == w && w == hd + kd + vd);
         let qkv = B::random(gpu, rng, rows * w);
         let g = B::poison(gpu, rows * w);
         offs = [0, hd, hd + kd];
@@ -308,8 +315,8 @@ fn run_case(
     check(
         &format!("cudnn {tag} o"),
         1e-2,
-        &cols(&got_o, rows, s.ldo, 0, hd),
-        &cols(&r.o, rows, s.ldo, 0, hd),
+        &cols(&got_o, rows, s.ldo, 0, od),
+        &cols(&r.o, rows, s.ldo, 0, od),
     );
     let got_lse: Vec<f64> = gpu
         .download(&lse)
@@ -334,8 +341,8 @@ fn run_case(
     check(
         &format!("cudnn {tag} dv"),
         1e-2,
-        &cols(&g_v, rows, s.ldv, offs[2], kd),
-        &cols(&r.dv, rows, s.ldv, offs[2], kd),
+        &cols(&g_v, rows, s.ldv, offs[2], vd),
+        &cols(&r.dv, rows, s.ldv, offs[2], vd),
     );
 
     // The own kernels on the same inputs: same lse convention, outputs agree.
@@ -354,8 +361,8 @@ fn run_case(
     check(
         &format!("cudnn-vs-own {tag} o"),
         1e-2,
-        &cols(&got_o, rows, s.ldo, 0, hd),
-        &cols(&o2.get(gpu), rows, s.ldo, 0, hd),
+        &cols(&got_o, rows, s.ldo, 0, od),
+        &cols(&o2.get(gpu), rows, s.ldo, 0, od),
     );
     // The paths interchange: cuDNN's backward from the own forward's o and lse.
     attn.bwd(
@@ -460,6 +467,90 @@ fn cudnn_attention_matches_f64_and_own_kernels() {
             &mut rng,
         );
     }
+    assert!(failed.is_empty(), "failed cases: {failed:?}");
+}
+
+/// A dense shape whose value heads are `dv` wide (q/k heads `d`): v `[B·T, KV·Dv]`, o
+/// `[B·T, H·Dv]`.
+fn split(b: usize, t: usize, h: usize, kv: usize, d: usize, dv: usize) -> AttnShape {
+    AttnShape {
+        v_head_dim: dv,
+        ldv: kv * dv,
+        ldo: h * dv,
+        ..AttnShape::dense(b, t, h, kv, d)
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU and cuDNN 9"]
+fn cudnn_attention_takes_a_value_head_dim_apart() {
+    let Some((gpu, attn)) = setup() else { return };
+    let own = Kernels::load(&gpu, "cudnn_split_test", &[64, 128], Default::default())
+        .expect("kernel library compiles");
+    let mut rng = Rng::fresh("cudnn split head dims");
+    let mut cases: Vec<(String, AttnShape, bool)> = vec![
+        (
+            "v below qk 96/64 gqa causal T90".into(),
+            split(2, 90, 4, 2, 96, 64),
+            false,
+        ),
+        (
+            "v above qk 64/128 mqa window 29 T77".into(),
+            AttnShape {
+                window: 29,
+                ..split(2, 77, 4, 1, 64, 128)
+            },
+            false,
+        ),
+        (
+            "deepseek 192/128 causal T130".into(),
+            split(1, 130, 4, 4, 192, 128),
+            false,
+        ),
+        (
+            "deepseek 192/128 non-causal T64".into(),
+            AttnShape {
+                causal: false,
+                ..split(2, 64, 2, 2, 192, 128)
+            },
+            false,
+        ),
+        (
+            "v below qk 96/64 T1".into(),
+            split(3, 1, 4, 2, 96, 64),
+            false,
+        ),
+    ];
+    // The trainer's latent-attention layout: q, k, v as column views of one [q; k; v]
+    // projection [B·T, H·D + KV·D + KV·Dv], gradients likewise.
+    for (h, kv, d, dv, t) in [(4, 4, 192, 128, 100), (4, 2, 96, 64, 67)] {
+        let w = (h + kv) * d + kv * dv;
+        let s = AttnShape {
+            ldq: w,
+            ldk: w,
+            ldv: w,
+            ..split(2, t, h, kv, d, dv)
+        };
+        cases.push((format!("fused-qkv h{h} kv{kv} d{d}/{dv} T{t}"), s, true));
+    }
+    let mut failed = Vec::new();
+    let mut ran = 0;
+    for (tag, s, fused) in cases {
+        // A library or GPU that cannot take these head dims refuses them with a reason (the
+        // trainer then keeps the own kernels); say so instead of failing.
+        if let Some(why) = attn.version_reason(&s, true) {
+            println!("skipping {tag}: {why}");
+            continue;
+        }
+        ran += 1;
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            run_case(&gpu, &attn, &own, &mut rng, &tag, s, fused)
+        }));
+        if r.is_err() {
+            failed.push(tag);
+        }
+    }
+    println!("{ran} split-head-dim cases ran");
     assert!(failed.is_empty(), "failed cases: {failed:?}");
 }
 
