@@ -6,9 +6,14 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- cudnn       # mma vs cuDNN, same shapes
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- reduce      # bias/norm gradient sums
 //! ```
-//! `cudnn` prints, per shape, a row for the own mma kernels and one for cuDNN's fused attention
+//! `cudnn` prints, per shape, a row for the own kernels and one for cuDNN's fused attention
 //! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
-//! (`"layout": "fused"`), so one run compares the paths beside PyTorch's anchors. `reduce` times
+//! (`"layout": "fused"`), so one run compares the paths beside PyTorch's anchors. After
+//! attn_bench.py's shapes come DeepSeek-V3's latent-attention shapes (128 heads, q/k head dim
+//! 192, value head dim 128 (`"DV"`), causal, T 4096 and 1024 at 8192 tokens): the own kernels
+//! run those on the reference-grade path (`"path": "simple"`, fewer repetitions), cuDNN on its
+//! fused kernel. TFLOP/s count causal attention's halved matmuls: forward 2·B·H·T²·(D + Dv)/2,
+//! forward + backward B·H·T²·(4D + 3Dv). `reduce` times
 //! the column reductions at gpt2-124m's B16 T1024 shapes (one row per bias width and the norms'
 //! weight + bias sums), with the bandwidth they reach, and the total of one training step's calls.
 //! Times are medians of CUDA-event-timed repetitions after a warm-up, on random (never zero) data.
@@ -26,6 +31,12 @@ const ATTN_SHAPES: [(usize, usize, usize, usize, usize); 4] = [
     (4, 32, 8, 4096, 128),
     (8, 16, 16, 2048, 128),
 ];
+
+/// DeepSeek-V3's latent attention as the trainer runs it (per-head keys and values expanded from
+/// the latent): (B, H, KV, T, D, Dv) with 128 heads, q/k head dim 192 (128 nope + 64 rope), value
+/// head dim 128, at 8192 tokens a batch (~3.3 GiB of bf16 inputs, gradients and f32 scratch).
+const MLA_SHAPES: [(usize, usize, usize, usize, usize, usize); 2] =
+    [(2, 128, 128, 4096, 192, 128), (8, 128, 128, 1024, 192, 128)];
 
 fn rand_bf16(n: usize, seed: u64) -> Vec<u16> {
     let mut s = seed | 1;
@@ -120,20 +131,22 @@ fn bench_attention(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     Ok(())
 }
 
-/// Times `fwd` alone and `fwd` then `bwd` (medians of 25 CUDA-event-timed runs after 3 warm-ups).
+/// Times `fwd` alone and `fwd` then `bwd` (medians of `reps` CUDA-event-timed runs after
+/// `min(reps, 3)` warm-ups).
 fn time_pair(
     gpu: &Gpu,
+    reps: usize,
     mut fwd: impl FnMut() -> Result<(), String>,
     mut bwd: impl FnMut() -> Result<(), String>,
 ) -> Result<(f32, f32), String> {
-    for _ in 0..3 {
+    for _ in 0..reps.clamp(1, 3) {
         fwd()?;
         bwd()?;
     }
     gpu.sync().map_err(|e| e.to_string())?;
     let (mut tf, mut tfb) = (Vec::new(), Vec::new());
     let mut err = None;
-    for _ in 0..25 {
+    for _ in 0..reps.max(1) {
         let t = gpu.time_ms(|| {
             if let Err(e) = fwd() {
                 err = Some(e);
@@ -155,8 +168,9 @@ fn time_pair(
     Ok((median(tf), median(tfb)))
 }
 
-/// The own mma kernels and cuDNN's fused attention on attn_bench.py's shapes, one JSON row per
-/// path and layout; a path that cannot run a shape prints its error in the row.
+/// The own kernels and cuDNN's fused attention on attn_bench.py's shapes and DeepSeek-V3's latent
+/// attention shapes, one JSON row per path and layout; a path that cannot run a shape prints its
+/// error in the row.
 fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     let kernels = Kernels::load(gpu, "bench_attention", &[64, 128], Default::default())?;
     let attn = match CudnnAttention::new(gpu) {
@@ -173,20 +187,32 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             None
         }
     };
-    for (b, h, kv, t, d) in ATTN_SHAPES {
+    let shapes = ATTN_SHAPES
+        .iter()
+        .map(|&(b, h, kv, t, d)| (b, h, kv, t, d, d))
+        .chain(MLA_SHAPES);
+    for (b, h, kv, t, d, dv) in shapes {
         let rows = b * t;
-        let w = (h + 2 * kv) * d;
+        let w = (h + kv) * d + kv * dv;
         // One fused projection and its gradient serve both layouts: the dense rows use its
-        // first H*D (q), next KV*D (k) and last KV*D (v) elements as separate dense buffers.
+        // first H*D (q), next KV*D (k) and last KV*Dv (v) elements as separate dense buffers.
         let qkv = gpu.upload(&rand_bf16(rows * w, 1))?;
         let dqkv = gpu.zeros::<u16>(rows * w)?;
-        let dout = gpu.upload(&rand_bf16(rows * h * d, 4))?;
-        let o = gpu.zeros::<u16>(rows * h * d)?;
+        let dout = gpu.upload(&rand_bf16(rows * h * dv, 4))?;
+        let o = gpu.zeros::<u16>(rows * h * dv)?;
         let lse = gpu.zeros::<f32>(b * h * t)?;
         let delta = gpu.zeros::<f32>(b * h * t)?;
         let dq_acc = gpu.zeros::<f32>(rows * h * d)?;
-        let flops = 4.0 * (b * h * t * t * d) as f64 / 2.0;
-        let dense = AttnShape::dense(b, t, h, kv, d);
+        // causal: half of each T x T product
+        let bhtt = (b * h * t * t) as f64;
+        let flops = 2.0 * bhtt * (d + dv) as f64 / 2.0;
+        let flops_fb = bhtt * (4 * d + 3 * dv) as f64;
+        let dense = AttnShape {
+            v_head_dim: dv,
+            ldv: kv * dv,
+            ldo: h * dv,
+            ..AttnShape::dense(b, t, h, kv, d)
+        };
         let fused = AttnShape {
             ldq: w,
             ldk: w,
@@ -203,20 +229,23 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         let (dqf, dkf, dvf) = (dqkv.ptr(), dqkv.at(h * d), dqkv.at((h + kv) * d));
         let row = |path: &str, layout: &str, r: Result<(f32, f32), String>, extra: String| {
             let head = format!(
-                "{{\"path\": \"{path}\", \"layout\": \"{layout}\", \"B\": {b}, \"H\": {h}, \"KV\": {kv}, \"T\": {t}, \"D\": {d}"
+                "{{\"path\": \"{path}\", \"layout\": \"{layout}\", \"B\": {b}, \"H\": {h}, \"KV\": {kv}, \"T\": {t}, \"D\": {d}, \"DV\": {dv}"
             );
             match r {
                 Ok((fw, fb)) => println!(
                     "{head}, \"fwd_ms\": {fw:.3}, \"fwd_TFLOPs\": {:.1}, \"fwdbwd_ms\": {fb:.3}, \"fwdbwd_TFLOPs\": {:.1}{extra}}}",
                     flops / fw as f64 / 1e9,
-                    3.5 * flops / fb as f64 / 1e9
+                    flops_fb / fb as f64 / 1e9
                 ),
                 Err(e) => println!("{head}, \"error\": {e:?}}}"),
             }
         };
-        // own mma kernels, dense layout
+        // own kernels, dense layout: tensor cores where they take the shape, else the
+        // reference-grade kernels (seconds a call at the latent shapes: fewer repetitions)
+        let mma = kernels.attn_uses_mma(Dtype::Bf16, &dense);
         let r = time_pair(
             gpu,
+            if mma { 25 } else { 3 },
             || {
                 kernels
                     .attn_fwd(Dtype::Bf16, &dense, o.ptr(), lse.ptr(), q0, k0, v0)
@@ -242,7 +271,8 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                     .map_err(|e| e.to_string())
             },
         );
-        row("mma", "dense", r, String::new());
+        let own = if mma { "mma" } else { "simple" };
+        row(own, "dense", r, String::new());
         let Some(attn) = attn.as_ref() else { continue };
         for (layout, s, (q, k, v), (dq, dk, dv)) in [
             ("dense", dense, (q0, k0, v0), (dq0, dk0, dv0)),
@@ -261,6 +291,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             let ws = gpu.zeros::<u8>(ws_bytes)?;
             let r = time_pair(
                 gpu,
+                25,
                 || {
                     attn.fwd(&s, o.ptr(), lse.ptr(), q, k, v, ws.ptr(), ws_bytes)
                         .map_err(|e| e.to_string())

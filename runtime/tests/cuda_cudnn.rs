@@ -208,12 +208,17 @@ fn reference(
                 for (pi, &j) in p.iter().zip(&vis) {
                     let dp: f64 = doi.iter().zip(vrow(j)).map(|(a, c)| a * c).sum();
                     let ds = pi * (dp - delta) * s.scale as f64;
-                    for e in 0..d {
-                        r.dq[(b * tn + i) * s.ldq + oq + h * d + e] += ds * krow(j)[e];
-                        r.dk[(b * tn + j) * s.ldk + ok + g * d + e] += ds * qi[e];
+                    let dq = &mut r.dq[(b * tn + i) * s.ldq + oq + h * d..][..d];
+                    for (x, kx) in dq.iter_mut().zip(krow(j)) {
+                        *x += ds * kx;
                     }
-                    for e in 0..dv {
-                        r.dv[(b * tn + j) * s.ldv + ov + g * dv + e] += pi * doi[e];
+                    let dk = &mut r.dk[(b * tn + j) * s.ldk + ok + g * d..][..d];
+                    for (x, qx) in dk.iter_mut().zip(qi) {
+                        *x += ds * qx;
+                    }
+                    let dvj = &mut r.dv[(b * tn + j) * s.ldv + ov + g * dv..][..dv];
+                    for (x, gx) in dvj.iter_mut().zip(doi) {
+                        *x += pi * gx;
                     }
                 }
             }
