@@ -241,9 +241,11 @@ const PADDED_VOCAB_UNTIED: &str = "model t_padded_untied {
 /// biases on the down projections, YaRN with DeepSeek's mscale pair on interleaved pairs and a
 /// value width (5) below the query/key width (6 + 4); layer 1 without a query latent, a value
 /// width (9) above the query/key width (2 + 2), its own latent norm and a sliding window; layer
-/// 2 with equal widths (16: the bf16 tensor-core and cuDNN paths may take it).
+/// 2 with equal widths (16: the bf16 tensor-core and cuDNN paths may take it); layer 3 with a
+/// value width (16) below the query/key width (16 + 8), all multiples of 8, so bf16 runs it on
+/// cuDNN with a value head dim of its own where the library takes it.
 const MLA_LIKE: &str = "model t_mla {
-    vocab 150   d_model 64   layers 3   context 64
+    vocab 150   d_model 64   layers 4   context 64
     norm rms(eps = 1e-5)
     attention { heads 3  bias  mla(q_rank = 20, kv_rank = 13, nope_dim = 6, rope_dim = 4, v_dim = 5) }
     position rope(theta = 1000, style = interleaved,
@@ -254,6 +256,9 @@ const MLA_LIKE: &str = "model t_mla {
     }
     layers[2] {
         attention { heads 4  mla(q_rank = 24, kv_rank = 16, nope_dim = 8, rope_dim = 8, v_dim = 16) }
+    }
+    layers[3] {
+        attention { heads 2  mla(q_rank = 16, kv_rank = 24, nope_dim = 16, rope_dim = 8, v_dim = 16) }
     }
 }";
 
@@ -319,6 +324,11 @@ fn compare_with(src: &str, dt: Dtype, tol: f64, full: bool) {
         Vec::new()
     };
     let mut tr = GpuTrainer::with_checkpoint(&gpu, &spec, dt, batch, seq, 0, &saves).unwrap();
+    println!(
+        "{} {dt:?}: attention on {}",
+        spec.name,
+        tr.attention_paths()
+    );
     tr.set_params(&params).unwrap();
     tr.set_batch(&tokens, None).unwrap();
     tr.step().unwrap();
