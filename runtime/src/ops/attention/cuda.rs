@@ -64,7 +64,40 @@ pub struct AttnShape {
     pub alibi: DevPtr,
 }
 
+/// An [`AttnShape`] as the kernels' C signatures take it.
+struct Scalars {
+    t_: i32,
+    h_: i32,
+    kv_: i32,
+    d_: i32,
+    dv_: i32,
+    /// ldq, ldk, ldv, ldo.
+    ld: [i32; 4],
+    /// window, chunk, causal.
+    mask: [i32; 3],
+    scale: f32,
+    softcap: f32,
+    alibi: DevPtr,
+}
+
 impl AttnShape {
+    /// The kernels' scalar arguments.
+    fn scalars(&self) -> Scalars {
+        let i = |n: usize| n as i32;
+        Scalars {
+            t_: i(self.seq),
+            h_: i(self.heads),
+            kv_: i(self.kv_heads),
+            d_: i(self.head_dim),
+            dv_: i(self.v_head_dim),
+            ld: [i(self.ldq), i(self.ldk), i(self.ldv), i(self.ldo)],
+            mask: [i(self.window), i(self.chunk), i32::from(self.causal)],
+            scale: self.scale,
+            softcap: self.softcap,
+            alibi: self.alibi,
+        }
+    }
+
     /// Dense layout (q `[B*T, H*D]`, k/v `[B*T, KV*D]`), causal, scale `D^-0.5`.
     pub fn dense(
         batch: usize,
@@ -141,22 +174,18 @@ impl Kernels {
         v: DevPtr,
     ) -> Result<()> {
         s.check("attn_fwd")?;
-        let (t_, h_, kv_, d_, dv_) = (
-            s.seq as i32,
-            s.heads as i32,
-            s.kv_heads as i32,
-            s.head_dim as i32,
-            s.v_head_dim as i32,
-        );
-        let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
-        let (scale, softcap, window, chunk, causal, alibi) = (
-            s.scale,
-            s.softcap,
-            s.window as i32,
-            s.chunk as i32,
-            s.causal as i32,
-            s.alibi,
-        );
+        let Scalars {
+            t_,
+            h_,
+            kv_,
+            d_,
+            dv_,
+            ld: [ldq, ldk, ldv, ldo],
+            mask: [window, chunk, causal],
+            scale,
+            softcap,
+            alibi,
+        } = s.scalars();
         if self.attn_uses_mma(dt, s) {
             let d = s.head_dim;
             let bn = if d <= 128 { 64 } else { 32 };
@@ -207,22 +236,18 @@ impl Kernels {
         v: DevPtr,
     ) -> Result<()> {
         s.check("attn_bwd")?;
-        let (t_, h_, kv_, d_, dv_) = (
-            s.seq as i32,
-            s.heads as i32,
-            s.kv_heads as i32,
-            s.head_dim as i32,
-            s.v_head_dim as i32,
-        );
-        let (ldq, ldk, ldv, ldo) = (s.ldq as i32, s.ldk as i32, s.ldv as i32, s.ldo as i32);
-        let (scale, softcap, window, chunk, causal, alibi) = (
-            s.scale,
-            s.softcap,
-            s.window as i32,
-            s.chunk as i32,
-            s.causal as i32,
-            s.alibi,
-        );
+        let Scalars {
+            t_,
+            h_,
+            kv_,
+            d_,
+            dv_,
+            ld: [ldq, ldk, ldv, ldo],
+            mask: [window, chunk, causal],
+            scale,
+            softcap,
+            alibi,
+        } = s.scalars();
         let grid_q = (s.seq.div_ceil(4) as u32, s.heads as u32, s.batch as u32);
         let name = format!("attn_delta_{}", dt.suffix());
         self.go(
