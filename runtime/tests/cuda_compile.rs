@@ -37,9 +37,8 @@ fn kernel_library_compiles_with_nvrtc() {
         "copy2d_bf16",
         "copy2d_f32",
         "norm_bwd_f32",
-        "colred_part_sum_bf16",
-        "colred_part_norm_f32",
-        "colred_finish",
+        "colred_sum_bf16",
+        "colred_norm_f32",
         "rope_bf16",
         "act_fwd_f32",
         "xent_bf16",
@@ -60,6 +59,7 @@ fn kernel_library_compiles_with_nvrtc() {
         );
     }
     assert!(!ptx.contains(".entry attn_bwd_bf16_d256("));
+    assert!(!ptx.contains(".entry colred_finish("));
     // Every attention kernel takes the ALiBi slopes as its last parameter.
     for last in [
         "attn_simple_fwd_f32_param_18",
@@ -69,6 +69,9 @@ fn kernel_library_compiles_with_nvrtc() {
         "attn_bwd_bf16_d64_param_20",
         // AdamW: the decay boundary, the host's eight scalars and two gradient scales.
         "adamw_f32_param_16",
+        // The column reductions: outputs, counters, partial sums, inputs, sizes, one launch.
+        "colred_sum_bf16_param_8",
+        "colred_norm_f32_param_12",
     ] {
         assert!(ptx.contains(last), "{last} missing from the PTX");
     }

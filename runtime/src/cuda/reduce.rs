@@ -1,34 +1,48 @@
-//! Column reductions on the GPU (`kernels/reduce.cu`): `out[c] +=` a sum over rows, in two
-//! deterministic stages. The one implementation behind the bias gradients
+//! Column reductions on the GPU (`kernels/reduce.cu`): `out[c] +=` a sum over rows, in one
+//! deterministic launch. The one implementation behind the bias gradients
 //! ([`Kernels::colsum`](super::Kernels::colsum), the MoE experts' biases) and the norm weight and
 //! bias gradients ([`Kernels::norm_dw`](super::Kernels::norm_dw)).
 //!
-//! Stage 1 splits the rows into chunks and writes each chunk's column sums (f32) to a caller's
-//! scratch ([`ReduceScratch`]); stage 2 adds the chunks in a fixed order to the output. The split
-//! depends only on the shape (rows, width), never on the device or timing, and no atomics are
-//! used, so every result is bit-identical from run to run.
+//! The launch splits the rows into chunks, and each block writes its chunk's column sums (f32)
+//! to a caller's scratch ([`ReduceScratch`]); the blocks that arrive last (arrival counters in
+//! the scratch) add the chunks in a fixed order to the output. The split depends only on the
+//! shape (rows, width), never on the device or timing, and no atomics touch a sum (only the
+//! counters), so every result is bit-identical from run to run, whichever block finishes.
 
 use super::error::{CudaError, Result};
 use super::gpu::{DevPtr, Dtype, DtypeExt};
-use super::launch::{Launcher, blocks, int};
+use super::launch::{Launcher, int};
 use crate::cuda_args;
 
 /// The CUDA C of `reduce.cu`, linked into the kernel library and the MoE module (after
 /// `common.cuh`).
 pub(crate) const SOURCE: &str = include_str!("kernels/reduce.cu");
 
-/// Columns of one stage-1 block (32 threads x 8 columns each).
+/// Columns of one block (32 threads x 8 columns each).
 const TILE: usize = 256;
-/// Stage-1 blocks aimed for: a few waves of 256-thread blocks on a large GPU.
+/// Blocks aimed for: a few waves of 256-thread blocks on a large GPU.
 const TARGET_BLOCKS: usize = 1024;
-/// Chunks at most (the grid's y extent, and the length of each column's stage-2 sum).
+/// Chunks at most (the grid's y extent, and the length of each column's final sum).
 const MAX_CHUNKS: usize = 256;
 /// Rows a chunk holds at least (4 per row lane), so that small inputs are not over-split.
 const MIN_ROWS: usize = 32;
+/// Column tiles at most (widths up to `MAX_TILES x TILE` = 2^20 columns).
+const MAX_TILES: usize = 4096;
+/// Arrival counters per column tile: the tile's, and one per group of chunks (chunk k in group
+/// k % 8).
+const COUNTERS_PER_TILE: usize = 9;
+/// Bytes of arrival counters at the start of every [`ReduceScratch`] (144 KiB, a multiple of
+/// 256): the same for every scratch, so that a region shared by reductions of different widths
+/// keeps its counters where every one of them looks.
+pub(crate) const COUNTER_BYTES: usize = MAX_TILES * COUNTERS_PER_TILE * 4;
 
-/// Device scratch for the partial sums of a column reduction: `bytes` bytes at `ptr` (f32 partial
-/// sums, 4-byte aligned). [`ReduceScratch::bytes_for`] sizes one that serves every reduction up
-/// to a width, at any row count.
+/// Device scratch of a column reduction: `bytes` bytes at `ptr` (4-byte aligned), the arrival
+/// counters (the first 144 KiB, u32) and then the f32 partial sums. [`ReduceScratch::bytes_for`]
+/// sizes one that serves every reduction up to a width, at any row count.
+///
+/// The counters must be zero before the first reduction (allocate the scratch zeroed, e.g.
+/// `Gpu::zeros`, once); every reduction leaves them zero again, so nothing else may write the
+/// first 144 KiB between reductions. The partial sums need no initial value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReduceScratch {
     /// Device address (0: none; a launch that needs scratch then fails cleanly).
@@ -44,15 +58,16 @@ impl ReduceScratch {
     }
 
     /// Bytes that serve every column reduction of rows at most `max_width` wide, whatever the
-    /// row count, with two outputs (the norm's weight and bias): `2 x 4 B x max(2^18,
-    /// max_width)` (2 MiB up to 262144 columns). The split keeps `chunks x width` at most
-    /// `TARGET_BLOCKS x TILE` floats whenever it uses more than one chunk.
+    /// row count, with two outputs (the norm's weight and bias): the counters (144 KiB) and
+    /// `2 x 4 B x max(2^18, max_width)` (2 MiB up to 262144 columns). The split keeps `chunks x
+    /// width` at most `TARGET_BLOCKS x TILE` floats whenever it uses more than one chunk.
+    /// Widths above 2^20 columns are refused at launch.
     pub fn bytes_for(max_width: usize) -> usize {
-        2 * 4 * (TARGET_BLOCKS * TILE).max(max_width)
+        COUNTER_BYTES + 2 * 4 * (TARGET_BLOCKS * TILE).max(max_width)
     }
 }
 
-/// How a reduction of `rows` x `c` is split: `tiles` x `chunks` stage-1 blocks, each chunk
+/// How a reduction of `rows` x `c` is split: `tiles` x `chunks` blocks, each chunk
 /// `rows_per_chunk` rows (the last may hold fewer; none is empty).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ColPlan {
@@ -76,9 +91,9 @@ impl ColPlan {
         }
     }
 
-    /// Scratch bytes for `outputs` outputs of width `c`.
+    /// Scratch bytes for `outputs` outputs of width `c`: the counters and the partial sums.
     pub(crate) fn scratch_bytes(&self, c: usize, outputs: usize) -> usize {
-        outputs * self.chunks * c * 4
+        COUNTER_BYTES + outputs * self.chunks * c * 4
     }
 }
 
@@ -105,12 +120,12 @@ fn bad(kernel: &str, why: String) -> CudaError {
 }
 
 /// Whether every row start of the matrices at `ptrs` (rows of `ld` elements) is 16-byte
-/// aligned, so that stage 1 may read 16-byte vectors.
+/// aligned, so that the kernel may read 16-byte vectors.
 fn vector_ok(dt: Dtype, ld: usize, ptrs: &[DevPtr]) -> bool {
     (ld * dt.bytes()).is_multiple_of(16) && ptrs.iter().all(|p| p % 16 == 0)
 }
 
-/// Both stages of one reduction into `outs` (0: that output is skipped), rows of stride `ld`.
+/// One reduction into `outs` (0: that output is skipped), rows of stride `ld`: one launch.
 #[allow(clippy::too_many_arguments)]
 fn reduce(
     module: &Launcher,
@@ -122,81 +137,92 @@ fn reduce(
     ld: usize,
     scratch: ReduceScratch,
 ) -> Result<()> {
-    let (stage1, n_out) = match what {
-        Summand::Sum { .. } => (format!("colred_part_sum_{}", dt.suffix()), 1),
-        Summand::Norm { .. } => (format!("colred_part_norm_{}", dt.suffix()), 2),
+    let (kernel, n_out) = match what {
+        Summand::Sum { .. } => (format!("colred_sum_{}", dt.suffix()), 1),
+        Summand::Norm { .. } => (format!("colred_norm_{}", dt.suffix()), 2),
     };
     if outs.iter().all(|&o| o == 0) || rows == 0 || c == 0 {
         return Ok(());
     }
     if ld < c {
-        return Err(bad(&stage1, format!("row stride {ld} below the width {c}")));
+        return Err(bad(&kernel, format!("row stride {ld} below the width {c}")));
     }
     if rows > i32::MAX as usize || ld > i32::MAX as usize {
         return Err(bad(
-            &stage1,
+            &kernel,
             format!("{rows} rows of stride {ld} exceed the kernels' int sizes"),
         ));
     }
     let plan = ColPlan::new(rows, c);
+    if plan.tiles > MAX_TILES {
+        return Err(bad(
+            &kernel,
+            format!(
+                "width {c} exceeds the {} columns a reduction serves",
+                MAX_TILES * TILE
+            ),
+        ));
+    }
     let need = plan.scratch_bytes(c, n_out);
     if scratch.ptr == 0 || scratch.bytes < need {
         return Err(bad(
-            &stage1,
+            &kernel,
             format!(
                 "{rows} x {c} needs {need} bytes of reduction scratch ({} chunks), {} given",
                 plan.chunks, scratch.bytes
             ),
         ));
     }
-    let (part, n_, c_, ld_, rpc) = (
+    if !scratch.ptr.is_multiple_of(4) {
+        return Err(bad(
+            &kernel,
+            format!(
+                "reduction scratch at {:#x} is not 4-byte aligned",
+                scratch.ptr
+            ),
+        ));
+    }
+    let (cnt, part, n_, c_, ld_, rpc) = (
         scratch.ptr,
+        scratch.ptr + COUNTER_BYTES as u64,
         int(rows),
         int(c),
         int(ld),
         int(plan.rows_per_chunk),
     );
-    let grid1 = (plan.tiles as u32, plan.chunks as u32, 1);
+    let grid = (plan.tiles as u32, plan.chunks as u32, 1);
     let block = (32, 8, 1);
-    // SAFETY (both launches): the locals match the kernels' C signatures; the caller sizes the
-    // inputs [rows, ld] and the outputs [c] (f32), and the scratch was checked above to hold
-    // the [n_out, chunks, c] partial sums.
+    let [out0, out1] = outs;
+    // SAFETY: the locals match the kernels' C signatures; the caller sizes the inputs [rows, ld]
+    // and the outputs [c] (f32), and the scratch was checked above to hold the counters of
+    // `tiles` tiles and the [n_out, chunks, c] partial sums after them.
     match what {
         Summand::Sum { x } => {
             let vec = i32::from(vector_ok(dt, ld, &[x]));
             unsafe {
                 module.launch(
-                    &stage1,
-                    grid1,
+                    &kernel,
+                    grid,
                     block,
                     0,
-                    &mut cuda_args![part, x, n_, c_, ld_, rpc, vec],
+                    &mut cuda_args![out0, cnt, part, x, n_, c_, ld_, rpc, vec],
                 )
-            }?
+            }
         }
         Summand::Norm { dy, r, rstd, mean } => {
             let vec = i32::from(vector_ok(dt, ld, &[dy, r]));
             unsafe {
                 module.launch(
-                    &stage1,
-                    grid1,
+                    &kernel,
+                    grid,
                     block,
                     0,
-                    &mut cuda_args![part, dy, r, rstd, mean, n_, c_, ld_, rpc, vec],
+                    &mut cuda_args![
+                        out0, out1, cnt, part, dy, r, rstd, mean, n_, c_, ld_, rpc, vec
+                    ],
                 )
-            }?
+            }
         }
-    }
-    let [out0, out1] = outs;
-    let chunks = int(plan.chunks);
-    unsafe {
-        module.launch(
-            "colred_finish",
-            (blocks(c, 32), n_out as u32, 1),
-            block,
-            0,
-            &mut cuda_args![out0, out1, part, chunks, c_],
-        )
     }
 }
 
@@ -300,6 +326,21 @@ mod tests {
         }
         // A bound for a wider matrix serves a narrower one.
         assert!(ReduceScratch::bytes_for(3072) >= ColPlan::new(1 << 20, 96).scratch_bytes(96, 2));
+    }
+
+    #[test]
+    fn counters_serve_every_width_up_to_2_20_columns() {
+        assert_eq!(COUNTER_BYTES % 256, 0);
+        assert_eq!(COUNTER_BYTES, 144 * 1024);
+        assert_eq!(ColPlan::new(7, 1 << 20).tiles, MAX_TILES);
+        assert!(ColPlan::new(7, (1 << 20) + 1).tiles > MAX_TILES);
+        // Every scratch keeps its counters at the start, whatever width it was sized for.
+        assert!(ReduceScratch::bytes_for(1) > COUNTER_BYTES);
+        assert_eq!(
+            ColPlan::new(1, 1).scratch_bytes(1, 1),
+            COUNTER_BYTES + 4,
+            "one chunk of one column"
+        );
     }
 
     #[test]

@@ -73,8 +73,9 @@ impl Kernels {
 
     /// The norm's weight and bias gradients: `dw[j] += Σ_n dy * xhat`, `db[j] += Σ_n dy` over
     /// `rows` rows of `c` (f32; either may be 0), `xhat` from the saved (r, rstd, mean). A
-    /// deterministic two-stage column reduction ([`crate::cuda::reduce`]) whose partial sums go to
-    /// `scratch` ([`ReduceScratch::bytes_for`]`(c)` bytes serve any row count).
+    /// deterministic column reduction in one launch ([`crate::cuda::reduce`]) whose counters and
+    /// partial sums go to `scratch` ([`ReduceScratch::bytes_for`]`(c)` bytes, zeroed once when
+    /// allocated, serve any row count).
     #[allow(clippy::too_many_arguments)]
     pub fn norm_dw(
         &self,
@@ -107,8 +108,8 @@ impl Kernels {
     }
 
     /// `out[j] +=` the sum over `rows` rows of the first `c` columns of x `[rows, ld]` (bias
-    /// gradients), out f32 (nothing when `out` is 0): the deterministic two-stage column
-    /// reduction of [`Kernels::norm_dw`], partial sums in `scratch`.
+    /// gradients), out f32 (nothing when `out` is 0): the deterministic column reduction of
+    /// [`Kernels::norm_dw`], counters and partial sums in `scratch`.
     #[allow(clippy::too_many_arguments)]
     pub fn colsum(
         &self,

@@ -43,9 +43,8 @@ pub const KERNEL_NAMES: &[&str] = &[
     "moe_route_bwd_bf16",
     "moe_dx_f32",
     "moe_dx_bf16",
-    "colred_part_sum_f32",
-    "colred_part_sum_bf16",
-    "colred_finish",
+    "colred_sum_f32",
+    "colred_sum_bf16",
     "act_fwd_f32",
     "act_fwd_bf16",
     "act_bwd_f32",
@@ -453,8 +452,8 @@ impl MoeKernels {
     }
 
     /// `out[c] += Σ_r x[r * ld + c]` (f32; skipped when `out` is 0 or there are no rows): the
-    /// library's deterministic two-stage column reduction ([`crate::cuda::reduce`]), linked
-    /// into this module, partial sums in `scratch`.
+    /// library's deterministic column reduction ([`crate::cuda::reduce`], one launch), linked
+    /// into this module, counters and partial sums in `scratch`.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn colsum(
         &self,

@@ -3,7 +3,7 @@
 
 use modelspec_dsl::ir::Moe;
 
-use crate::cuda::{Dtype, DtypeExt, ReduceScratch};
+use crate::cuda::{Dtype, DtypeExt, ReduceScratch, reduce};
 
 /// Each expert's block of dispatched rows starts at a multiple of this many rows (the kernels'
 /// `MOE_ROW_ALIGN`), so every per-expert GEMM operand is at least 16-byte aligned.
@@ -184,7 +184,9 @@ pub(crate) struct SavedLayout {
     pub bytes: usize,
 }
 
-/// Forward-only scratch.
+/// Forward-only scratch. Its regions start after the first
+/// [`COUNTER_BYTES`](crate::cuda::reduce::COUNTER_BYTES): the backward's column-reduction
+/// counters live there in every layer's layout and must keep their zeros across calls.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct FwdLayout {
     /// Full softmax `[rows, experts]` f32 (aux loss only).
@@ -205,7 +207,9 @@ pub(crate) struct FwdLayout {
     pub bytes: usize,
 }
 
-/// Backward scratch.
+/// Backward scratch. The column reduction's scratch comes first (offset 0 in every layer's
+/// layout), so that the arrival counters at its start lie where no other region of any layer,
+/// forward or backward, is written.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BwdLayout {
     /// Dispatched input `[padded, d]`, gathered again.
@@ -236,8 +240,9 @@ pub(crate) struct BwdLayout {
     pub d_gate_logit: usize,
     /// The run's per-expert counts `[experts]` f32 (aux loss only).
     pub aux_counts: usize,
-    /// The bias gradients' column-reduction partial sums ([`ReduceScratch::bytes_for`] the
-    /// widest of d, hidden, the shared hidden and the experts; `reduce_bytes` of them).
+    /// The bias gradients' column-reduction scratch, counters and partial sums
+    /// ([`ReduceScratch::bytes_for`] the widest of d, hidden, the shared hidden and the experts;
+    /// `reduce_bytes` of them), always at offset 0.
     pub reduce: usize,
     /// Bytes at `reduce`.
     pub reduce_bytes: usize,
@@ -277,6 +282,8 @@ impl FwdLayout {
         let mut a = Arena::default();
         let e = d.elem;
         let shared = d.has_shared();
+        // The reductions' counters (see BwdLayout::reduce): never written by the forward.
+        a.take(reduce::COUNTER_BYTES);
         let mut s = FwdLayout {
             probs: a.take(if aux { d.rows * d.experts * 4 } else { 0 }),
             rank: a.take(d.slots * 4),
@@ -309,6 +316,7 @@ impl BwdLayout {
         let gate = |n: usize| if d.shared_gate { n } else { 0 };
         let widest = d.d.max(d.hidden).max(d.shared_hidden).max(d.experts);
         let reduce_bytes = ReduceScratch::bytes_for(widest);
+        let reduce = a.take(reduce_bytes);
         let mut s = BwdLayout {
             expert_in: a.take(d.padded * d.d * e),
             act: a.take(d.padded * d.hidden * e),
@@ -324,7 +332,7 @@ impl BwdLayout {
             d_shared_out: a.take(gate(d.rows * d.d * e)),
             d_gate_logit: a.take(gate(d.rows * e)),
             aux_counts: a.take(if aux { d.experts * 4 } else { 0 }),
-            reduce: a.take(reduce_bytes),
+            reduce,
             reduce_bytes,
             bytes: 0,
         };
@@ -403,6 +411,19 @@ mod tests {
         let b = BwdLayout::new(&d, true);
         assert!(b.d_gate_logit < b.bytes && b.aux_counts < b.bytes);
         assert!(b.reduce + b.reduce_bytes <= b.bytes);
+        // The reductions' counters sit at offset 0, below every other region of either layout.
+        assert_eq!(b.reduce, 0);
+        let fwd_offs = [f.rank, f.hist, f.expert_in, f.act, f.shared_act];
+        assert!(fwd_offs.iter().all(|&o| o >= reduce::COUNTER_BYTES));
+        let bwd_offs = [
+            b.expert_in,
+            b.act,
+            b.d_expert_out,
+            b.d_act,
+            b.d_logits,
+            b.dx_f32,
+        ];
+        assert!(bwd_offs.iter().all(|&o| o >= b.reduce_bytes));
         assert_eq!(b.reduce_bytes, ReduceScratch::bytes_for(d.d.max(d.hidden)));
         assert_eq!(BwdLayout::new(&d, false).aux_counts, usize::MAX);
     }

@@ -297,7 +297,9 @@ impl MoeLayer {
     }
 
     /// Device bytes of scratch for forward and for backward (one region serves both, and every
-    /// layer of the same sizes).
+    /// layer of the same sizes). Allocate it zeroed (`Gpu::zeros`) once: its start holds the
+    /// backward's column-reduction counters, which each backward leaves zero again and nothing
+    /// else writes.
     pub fn scratch_bytes(&self) -> usize {
         self.fwd.bytes.max(self.bwd.bytes)
     }
