@@ -31,6 +31,25 @@ pub(super) struct Key {
     aux_loss: bool,
 }
 
+/// A captured graph, replayed only through `&mut` (so never from two threads at once).
+pub(super) struct Graph(CudaGraph);
+
+// SAFETY: a CUDA graph and its executable may be used from any thread as long as calls on them
+// are serialised (CUDA's graph thread-safety rules); `Graph` offers its one operation, `launch`,
+// through `&mut self` only, so moving it between threads (`Send`) and sharing `&Graph` (`Sync`,
+// which allows nothing) keep them serialised.
+unsafe impl Send for Graph {}
+// SAFETY: see above: no method takes `&self`.
+unsafe impl Sync for Graph {}
+
+impl Graph {
+    fn launch(&mut self) -> Result<()> {
+        self.0
+            .launch()
+            .during(|| "replaying the step's graph".into())
+    }
+}
+
 /// Whether and how the trainer's steps run as a graph.
 pub(super) enum StepGraph {
     /// Eager until the first step has run (`warm`), then captured.
@@ -38,7 +57,7 @@ pub(super) enum StepGraph {
     /// Always eager, and why.
     Off(String),
     /// The captured forward and backward, and what it baked in.
-    Ready { graph: CudaGraph, key: Key },
+    Ready { graph: Graph, key: Key },
 }
 
 impl StepGraph {
@@ -86,27 +105,22 @@ impl GpuTrainer {
             valid_targets: self.valid_targets,
             aux_loss: self.aux_loss,
         };
-        match &self.graph {
+        match &mut self.graph {
             StepGraph::Off(_) => return self.fwd_bwd(None),
             StepGraph::Pending { warm: false } => {
                 self.fwd_bwd(None)?;
                 self.graph = StepGraph::Pending { warm: true };
                 return Ok(());
             }
-            StepGraph::Ready { graph, key: k } if *k == key => {
-                return graph
-                    .launch()
-                    .during(|| "replaying the step's graph".into());
-            }
+            StepGraph::Ready { graph, key: k } if *k == key => return graph.launch(),
             _ => {}
         }
         // The first graphed step, or a batch that changed what the graph baked in.
         self.graph = StepGraph::Pending { warm: true };
         match self.capture() {
             Ok(graph) => {
-                graph
-                    .launch()
-                    .during(|| "launching the step's graph".into())?;
+                let mut graph = Graph(graph);
+                graph.launch()?;
                 self.graph = StepGraph::Ready { graph, key };
                 Ok(())
             }
