@@ -323,7 +323,10 @@ fn graph_matches_eager(text: &str, dt: Dtype) {
     }
     let (a, b) = (trainers[0].params().unwrap(), trainers[1].params().unwrap());
     let mut worst = 0.0f64;
-    for (name, t) in b.iter() {
+    // The key bias's gradient is zero in exact arithmetic (softmax is invariant to a shift of a
+    // query's scores by q.b), so AdamW turns its rounding noise into full-size steps of either
+    // sign: it is not compared. Every other weight is.
+    for (name, t) in b.iter().filter(|(n, _)| !n.ends_with("attn.k.bias")) {
         let e = normwise(a.get(name).unwrap().data(), t.data());
         assert!(e <= 1e-5, "{name}: {e:.2e}");
         worst = worst.max(e);
