@@ -21,7 +21,7 @@
 //! anchor's `MixtralConfig`: 8 experts, top-2), B8 T2048. bf16, random tokens and targets as the
 //! anchor.
 
-use modelspec_runtime::cuda::{Dtype, Gpu, GpuTrainer, LayerSaves};
+use modelspec_runtime::cuda::{CudaError, Dtype, Gpu, GpuTrainer, LayerSaves};
 
 fn main() {
     let model = std::env::args().nth(1).unwrap_or_else(|| "gpt2".into());
@@ -113,6 +113,9 @@ fn run(
     times.sort_by(|a, b| a.total_cmp(b));
     let ms = times[times.len() / 2] as f64;
     let loss = tr.loss()?;
+    if std::env::var_os("TIMELINE").is_some() {
+        timeline(&gpu, &mut tr)?;
+    }
     let (free1, _) = gpu.mem_info()?;
     let mapped = mapped_bytes(spec, b, t, &saves);
     let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
@@ -151,6 +154,35 @@ fn run(
         tr.attention_paths(),
         tr.cuda_graph()
     );
+    Ok(())
+}
+
+/// With `TIMELINE` set: five more steps with the in-step timeline on (eagerly: no CUDA graph),
+/// one JSON line per span label (`{"timeline": label, "ms_per_step": ..}`, in first-run order),
+/// then the spans' total against the steps' event-timed wall time.
+fn timeline(gpu: &std::sync::Arc<Gpu>, tr: &mut GpuTrainer) -> Result<(), CudaError> {
+    const STEPS: usize = 5;
+    tr.set_timeline(true);
+    tr.step()?; // warm the timeline's events and the eager path
+    tr.timeline()?;
+    let mut wall = 0.0;
+    for _ in 0..STEPS {
+        wall += f64::from(gpu.time_ms(|| tr.step())?);
+    }
+    let spans = tr.timeline()?;
+    let total: f64 = spans.iter().map(|(_, ms)| ms).sum();
+    for (label, ms) in &spans {
+        println!(
+            "{{\"timeline\": {label:?}, \"ms_per_step\": {:.4}}}",
+            ms / STEPS as f64
+        );
+    }
+    println!(
+        "{{\"timeline_total_ms_per_step\": {:.3}, \"step_ms\": {:.3}}}",
+        total / STEPS as f64,
+        wall / STEPS as f64
+    );
+    tr.set_timeline(false);
     Ok(())
 }
 

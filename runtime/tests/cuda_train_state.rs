@@ -345,3 +345,45 @@ fn graph_steps_equal_eager_steps() {
     graph_matches_eager(GPT2_LIKE, Dtype::Bf16);
     graph_matches_eager(LLAMA_LIKE, Dtype::Bf16);
 }
+
+/// The in-step timeline names every phase of a step (each kernel of the program forward and
+/// backward, the head, the embeddings, AdamW) with a positive time, and its spans add up to no
+/// more than the step's event-timed wall time (they are disjoint stretches of one stream).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn timeline_spans_cover_the_step() {
+    let Some(gpu) = gpu() else { return };
+    let spec = spec(GPT2_LIKE);
+    let (batch, seq) = (2, 32);
+    let mut tr = GpuTrainer::new(&gpu, &spec, Dtype::Bf16, batch, seq, 0).unwrap();
+    tr.set_batch(&tokens(batch * seq, spec.vocab, 5), None)
+        .unwrap();
+    tr.set_timeline(true);
+    assert!(tr.cuda_graph().starts_with("off"));
+    let wall = f64::from(gpu.time_ms(|| tr.step()).unwrap());
+    let spans = tr.timeline().unwrap();
+    let labels: Vec<&str> = spans.iter().map(|(l, _)| l.as_str()).collect();
+    for want in [
+        "embed fwd",
+        "fwd Norm",
+        "fwd QkvRope",
+        "fwd Attention",
+        "head",
+        "bwd Attention",
+        "bwd QkvRope",
+        "embed bwd",
+        "adamw",
+    ] {
+        assert!(labels.contains(&want), "{want} missing from {labels:?}");
+    }
+    assert!(spans.iter().all(|(_, ms)| *ms > 0.0), "{spans:?}");
+    let total: f64 = spans.iter().map(|(_, ms)| ms).sum();
+    println!(
+        "timeline: {} spans, {total:.3} of {wall:.3} ms: {spans:?}",
+        spans.len()
+    );
+    assert!(total <= wall * 1.05, "spans {total} ms, step {wall} ms");
+    assert!(tr.timeline().unwrap().is_empty(), "read once");
+    tr.set_timeline(false);
+    assert_eq!(tr.cuda_graph(), "not yet captured");
+}

@@ -185,6 +185,11 @@ impl Gpu {
         self.ctx.name().unwrap_or_else(|_| "unknown".into())
     }
 
+    /// The device's context (for events and streams of its own).
+    pub(crate) fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+
     /// The stream all work goes to.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream

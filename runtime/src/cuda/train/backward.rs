@@ -136,7 +136,10 @@ impl Step<'_> {
             d.set(Act::ResidMid, Grad::Alias(g));
         }
         for kn in self.run[i].kernels.iter().rev() {
-            self.kernel_bwd(i, kn, &mut d)?;
+            self.timed(
+                || format!("bwd {:?}", kn.fusion),
+                || self.kernel_bwd(i, kn, &mut d),
+            )?;
             for &o in &kn.outputs {
                 d.set(o, Grad::None);
             }

@@ -235,7 +235,11 @@ impl Step<'_> {
             if recompute && !run.redo[j] {
                 continue;
             }
-            self.kernel_fwd(i, kn, entry.filter(|_| j == 0 && fused_entry), recompute)?;
+            let phase = if recompute { "recompute" } else { "fwd" };
+            self.timed(
+                || format!("{phase} {:?}", kn.fusion),
+                || self.kernel_fwd(i, kn, entry.filter(|_| j == 0 && fused_entry), recompute),
+            )?;
             // A parallel block's stream: the input plus the attention branch, before the FFN
             // branch reuses `tmp` (its backward reads neither: never recomputed).
             if run.lp.parallel && !recompute && kn.outputs.last() == Some(&run.lp.attn_branch) {

@@ -36,6 +36,7 @@ mod moe_glue;
 mod params;
 pub mod saves;
 mod state;
+mod timeline;
 
 pub use saves::LayerSaves;
 
@@ -98,6 +99,8 @@ pub struct GpuTrainer {
     pub lr: f64,
     /// The step's forward and backward as a CUDA graph ([`graph`]).
     graph: graph::StepGraph,
+    /// The in-step timeline, when on ([`timeline`]).
+    timeline: Option<timeline::Timeline>,
 }
 
 fn unsupported(why: String) -> CudaError {
@@ -258,6 +261,7 @@ impl GpuTrainer {
             adamw: Default::default(),
             lr: 1e-4,
             graph: graph::StepGraph::new(moe_any),
+            timeline: None,
         })
     }
 
@@ -417,6 +421,7 @@ impl GpuTrainer {
             loss_rows: &self.loss_rows,
             valid_targets: self.valid_targets,
             aux_loss: self.aux_loss,
+            timeline: self.timeline.as_ref(),
         }
     }
 
@@ -430,7 +435,18 @@ impl GpuTrainer {
         }
         self.step += 1;
         let scalars = self.adamw.scalars(self.step, self.lr);
-        self.apply_adamw(&scalars, [1.0, 1.0], false)
+        // The optimizer needs the trainer mutably: the timeline steps aside meanwhile.
+        let (timeline, gpu) = (self.timeline.take(), self.gpu.clone());
+        let done = match &timeline {
+            Some(t) => t.span(
+                &gpu,
+                || "adamw".into(),
+                || self.apply_adamw(&scalars, [1.0, 1.0], false),
+            ),
+            None => self.apply_adamw(&scalars, [1.0, 1.0], false),
+        };
+        self.timeline = timeline;
+        done
     }
 
     /// Zeroes the gradients, then forward, loss and backward of the batch (every launch on the
@@ -445,18 +461,18 @@ impl GpuTrainer {
                     .memset_raw(self.params.grad.ptr(), self.params.total * 4)?;
                 self.gpu.memset_raw(self.buf.aux, 4)?;
             }
-            st.embed_fwd()?;
+            st.timed(|| "embed fwd".into(), || st.embed_fwd())?;
             for i in 0..self.cfg.len() {
                 st.layer_fwd(i, false)?;
             }
-            let mut g = st.head(capture)?;
+            let mut g = st.timed(|| "head".into(), || st.head(capture))?;
             for i in (0..self.cfg.len()).rev() {
                 if self.run[i].recomputes() {
                     st.layer_fwd(i, true)?;
                 }
                 g = st.layer_bwd(i, g)?;
             }
-            st.embed_bwd(g)?;
+            st.timed(|| "embed bwd".into(), || st.embed_bwd(g))?;
         }
         Ok(())
     }
@@ -537,4 +553,6 @@ struct Step<'a> {
     valid_targets: usize,
     /// Whether MoE forwards accumulate the aux loss.
     aux_loss: bool,
+    /// The in-step timeline, when on.
+    timeline: Option<&'a timeline::Timeline>,
 }
