@@ -7,7 +7,7 @@ use super::error::Result;
 use super::gpu::{Gpu, GpuBuf};
 use super::ops::{Act, NormKind};
 use modelspec_dsl::ModelSpec;
-use modelspec_dsl::ir::{Ffn, Norm, Position, QkNormScope, QueryTemperature, Rope};
+use modelspec_dsl::ir::{Ffn, Layer, Norm, Position, QkNormScope, QueryTemperature, Rope};
 use modelspec_dsl::program::{Act as PAct, LayerProgram};
 
 /// A norm's kind and constants.
@@ -66,7 +66,7 @@ pub(crate) enum FfnCfg {
 }
 
 /// Everything the GPU trainer and decoder need to size and run layer `i`, from `spec.layers[i]`
-/// alone.
+/// and its program alone.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LayerCfg {
     pub heads: usize,
@@ -110,11 +110,15 @@ pub(crate) struct LayerCfg {
 }
 
 impl LayerCfg {
-    /// Layer `i`'s configuration; `rope` and `alibi` index the caller's tables.
-    pub fn new(spec: &ModelSpec, i: usize, rope: Option<usize>, alibi: Option<usize>) -> LayerCfg {
-        let l = &spec.layers[i];
+    /// The configuration of layer `l`, whose program (or structure: only its nodes are read) the
+    /// caller lowered as `lp`; `rope` and `alibi` index the caller's tables.
+    pub fn new(
+        l: &Layer,
+        lp: &LayerProgram,
+        rope: Option<usize>,
+        alibi: Option<usize>,
+    ) -> LayerCfg {
         let a = &l.attention;
-        let lp = LayerProgram::structure(l);
         let (heads, kv_heads, head_dim) =
             (a.heads as usize, a.kv_heads as usize, a.head_dim as usize);
         let v_head_dim = a.v_head_dim() as usize;

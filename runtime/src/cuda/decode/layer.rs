@@ -31,8 +31,8 @@ impl LayerPlan {
         LayerPlan {
             index: i,
             kernels: lp.kernels(),
+            cfg: LayerCfg::new(&spec.layers[i], &lp, rope, alibi),
             lp,
-            cfg: LayerCfg::new(spec, i, rope, alibi),
         }
     }
 

@@ -387,6 +387,7 @@ pub(super) fn layout(
 mod tests {
     use super::*;
     use modelspec_dsl::load::{Format, load_str};
+    use modelspec_dsl::program::LayerProgram;
 
     /// Layers of different widths, one parallel, one post-norm with qk-norm.
     const MIXED: &str = "model t_layout {
@@ -402,8 +403,10 @@ mod tests {
 
     fn setup(saves: &[LayerSaves]) -> (Vec<LayerCfg>, Shape, Layout) {
         let spec = load_str(MIXED, "t.mspec", Format::Mspec).expect("valid");
-        let cfg: Vec<LayerCfg> = (0..spec.layers.len())
-            .map(|i| LayerCfg::new(&spec, i, None, None))
+        let cfg: Vec<LayerCfg> = spec
+            .layers
+            .iter()
+            .map(|l| LayerCfg::new(l, &LayerProgram::structure(l), None, None))
             .collect();
         let s = Shape::new(2, 24, 96, 4, spec.vocab_padded as usize);
         let lay = layout(&cfg, &s, saves, &[], 1 << 20);

@@ -49,6 +49,7 @@ use config::LayerCfg;
 use layout::{Layout, Shape, layout};
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::ir::RopeStyle;
+use modelspec_dsl::program::{LayerProgram, Program};
 use moe_glue::MoeSlot;
 use params::ParamArena;
 pub(crate) use params::arena_len;
@@ -155,9 +156,13 @@ impl GpuTrainer {
             return Err(unsupported(format!("unsupported: {why}")));
         }
         let planned = modelspec_dsl::plan::plan(spec, batch as u64, seq as u64, dt, policy)?;
-        let saves = LayerSaves::from_plan(spec, &planned);
-        gpu.check_fits(Self::predicted_bytes_with(spec, dt, batch, seq, &saves))?;
-        Self::with_checkpoint(gpu, spec, dt, batch, seq, seed, &saves)
+        // Each layer is lowered once, here: its program serves the saves, the footprint and the
+        // trainer.
+        let programs = Program::lower(spec).layers;
+        let saves = LayerSaves::from_programs(&programs, &planned);
+        let (lay, n) = Self::predicted_layout(spec, &programs, dt, batch, seq, &saves);
+        gpu.check_fits(Self::footprint(spec, dt, &lay, n))?;
+        Self::build(gpu, spec, programs, dt, batch, seq, seed, &saves)
     }
 
     /// Why the GPU trainer cannot run `spec` (the first unsupported feature, named), or `None`.
@@ -174,6 +179,23 @@ impl GpuTrainer {
     pub fn with_checkpoint(
         gpu: &Arc<Gpu>,
         spec: &ModelSpec,
+        dt: Dtype,
+        batch: usize,
+        seq: usize,
+        seed: u64,
+        saves: &[LayerSaves],
+    ) -> Result<GpuTrainer> {
+        let programs = Program::lower(spec).layers;
+        Self::build(gpu, spec, programs, dt, batch, seq, seed, saves)
+    }
+
+    /// [`GpuTrainer::with_checkpoint`] with the layers already lowered (`LayerProgram::lower`,
+    /// one program per layer of `spec`): the one place a trainer is built.
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        gpu: &Arc<Gpu>,
+        spec: &ModelSpec,
+        programs: Vec<LayerProgram>,
         dt: Dtype,
         batch: usize,
         seq: usize,
@@ -217,8 +239,8 @@ impl GpuTrainer {
                 interleaved: r.style == RopeStyle::Interleaved,
             });
         }
-        let cfg: Vec<LayerCfg> = (0..spec.layers.len())
-            .map(|i| LayerCfg::new(spec, i, tables.rope_of[i], tables.alibi_of[i]))
+        let cfg: Vec<LayerCfg> = (spec.layers.iter().zip(&programs).enumerate())
+            .map(|(i, (l, lp))| LayerCfg::new(l, lp, tables.rope_of[i], tables.alibi_of[i]))
             .collect();
         let alibi = tables.alibi;
         let moe = moe_glue::build(gpu, spec, batch * seq, dt)?;
@@ -232,8 +254,8 @@ impl GpuTrainer {
         let n = shape.n;
         let bytes = params.bytes() + buf.total_bytes + fixed_bytes(n) + attn.bytes();
         let moe_any = moe.iter().any(Option::is_some);
-        let run = (0..spec.layers.len())
-            .map(|i| saves::LayerRun::new(spec, i, saves.get(i).unwrap_or(&LayerSaves::ALL)))
+        let run = (programs.into_iter().enumerate())
+            .map(|(i, lp)| saves::LayerRun::new(lp, saves.get(i).unwrap_or(&LayerSaves::ALL)))
             .collect();
         Ok(GpuTrainer {
             gpu: gpu.clone(),
@@ -282,8 +304,15 @@ impl GpuTrainer {
         seq: usize,
         saves: &[LayerSaves],
     ) -> usize {
+        let (lay, n) =
+            Self::predicted_layout(spec, &saves::structures(spec), dt, batch, seq, saves);
+        Self::footprint(spec, dt, &lay, n)
+    }
+
+    /// Device bytes of a trainer of `spec` in `dt` whose activation arena is `lay` over `n`
+    /// token rows.
+    fn footprint(spec: &ModelSpec, dt: Dtype, lay: &Layout, n: usize) -> usize {
         let total = params::param_offsets(spec).total;
-        let (lay, n) = Self::predicted_layout(spec, dt, batch, seq, saves);
         total * (16 + dt.bytes()) + (params::NORM_BLOCKS + 1) * 8 + lay.total_bytes + fixed_bytes(n)
     }
 
@@ -297,15 +326,16 @@ impl GpuTrainer {
         seq: usize,
         saves: &[LayerSaves],
     ) -> usize {
-        Self::predicted_layout(spec, dt, batch, seq, saves)
+        Self::predicted_layout(spec, &saves::structures(spec), dt, batch, seq, saves)
             .0
             .saved_bytes
     }
 
     /// The activation arena a trainer built with `saves` would carve (sized at address 0), and
-    /// its token rows.
+    /// its token rows; `lps` are the layers' programs (or structures).
     fn predicted_layout(
         spec: &ModelSpec,
+        lps: &[LayerProgram],
         dt: Dtype,
         batch: usize,
         seq: usize,
@@ -318,10 +348,10 @@ impl GpuTrainer {
             dt.bytes(),
             spec.vocab_padded as usize,
         );
-        let cfg: Vec<LayerCfg> = (0..spec.layers.len())
-            .map(|i| LayerCfg::new(spec, i, None, None))
+        let cfg: Vec<LayerCfg> = (spec.layers.iter().zip(lps))
+            .map(|(l, lp)| LayerCfg::new(l, lp, None, None))
             .collect();
-        let moe_sizes = moe_glue::predicted_sizes(spec, batch, seq, dt);
+        let moe_sizes = moe_glue::predicted_sizes(spec, lps, batch, seq, dt);
         (layout(&cfg, &shape, saves, &moe_sizes, 0), shape.n)
     }
 

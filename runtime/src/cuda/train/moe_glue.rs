@@ -15,6 +15,8 @@ use super::super::moe::MoeLayer;
 use super::{Step, unsupported};
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::ir::Ffn;
+use modelspec_dsl::plan::program_costs;
+use modelspec_dsl::program::{Act, LayerProgram};
 use std::sync::Arc;
 
 /// One MoE layer of the trainer.
@@ -46,32 +48,26 @@ pub(super) fn sizes(moe: &[Option<MoeSlot>]) -> Vec<Option<(usize, usize)>> {
         .collect()
 }
 
-/// `(saved, scratch)` bytes of each MoE layer without a device: the planner's bytes of the
-/// block's named tensors (routing, expert inputs and activations, outputs), for both.
+/// `(saved, scratch)` bytes of each MoE layer without a device, whose programs (or structures)
+/// are `lps`: the planner's bytes of the block's unit (`LayerProgram::unit_of`: routing, expert
+/// inputs and activations, outputs), for both.
 pub(super) fn predicted_sizes(
     spec: &ModelSpec,
+    lps: &[LayerProgram],
     batch: usize,
     seq: usize,
     dt: Dtype,
 ) -> Vec<Option<(usize, usize)>> {
-    const MOE_TENSORS: [&str; 8] = [
-        "router_logits",
-        "router_weights",
-        "expert_in",
-        "gate",
-        "up",
-        "act",
-        "expert_out",
-        "shared_out",
-    ];
+    let unit = Act::RouterLogits.name();
     spec.layers
         .iter()
-        .map(|l| match l.ffn {
+        .zip(lps)
+        .map(|(l, lp)| match l.ffn {
             Ffn::Moe(_) => {
-                let costs = modelspec_dsl::plan::layer_costs(spec, l, batch as u64, seq as u64, dt);
+                let costs = program_costs(spec, l, lp, batch as u64, seq as u64, dt);
                 let bytes: u64 = costs
                     .iter()
-                    .filter(|t| MOE_TENSORS.contains(&t.name))
+                    .filter(|t| t.unit == unit)
                     .map(|t| t.bytes)
                     .sum();
                 Some((bytes as usize, bytes as usize))

@@ -67,143 +67,197 @@ pub struct LayerSaves {
     pub kv_latent_norm: bool,
 }
 
+/// One kept buffer of [`LayerSaves`]: its field, and the unit of a layer's program it holds
+/// (named by the unit's first member, as `LayerProgram::unit_of` names units), or `None` in a
+/// layer without that buffer.
+struct Buffer {
+    field: fn(&mut LayerSaves) -> &mut bool,
+    unit: fn(&LayerProgram) -> Option<Act>,
+}
+
+/// `a`, in a layer that computes `present`.
+fn with(lp: &LayerProgram, present: Act, a: Act) -> Option<Act> {
+    lp.node(present).map(|_| a)
+}
+
+/// `a`, in a layer with a dense MLP.
+fn dense(lp: &LayerProgram, a: Act) -> Option<Act> {
+    lp.node(Act::RouterLogits).is_none().then(|| lp.unit_of(a))
+}
+
+/// The one table between the planner's units and the trainer's buffers, which
+/// [`LayerSaves::from_keep`] reads one way and [`LayerSaves::keep`] the other: the dense groups
+/// in layout order ([`LayerSaves::groups`]), then `moe`. The special cases live here once: a
+/// pre-RoPE query or key is its own buffer only under qk-norm (else it is in `[q; k; v]`), an
+/// output projection only under post-norm (under pre-norm no backward reads it), `[gate; up]`
+/// and the activation only in a dense MLP (a mixture-of-experts block keeps them in its unit).
+const BUFFERS: [Buffer; GROUPS + 1] = [
+    Buffer {
+        field: |s| &mut s.attn_norm,
+        unit: |_| Some(Act::AttnNorm),
+    },
+    Buffer {
+        field: |s| &mut s.q_raw,
+        unit: |lp| with(lp, Act::QNormed, Act::Q),
+    },
+    Buffer {
+        field: |s| &mut s.k_raw,
+        unit: |lp| with(lp, Act::KNormed, Act::K),
+    },
+    Buffer {
+        field: |s| &mut s.qkv,
+        unit: |lp| Some(lp.q_final),
+    },
+    Buffer {
+        field: |s| &mut s.attn,
+        unit: |_| Some(Act::Attn),
+    },
+    Buffer {
+        field: |s| &mut s.attn_out,
+        unit: |lp| with(lp, Act::AttnPostNorm, Act::AttnOut),
+    },
+    Buffer {
+        field: |s| &mut s.resid_mid,
+        unit: |_| Some(Act::ResidMid),
+    },
+    Buffer {
+        field: |s| &mut s.mlp_norm,
+        unit: |_| Some(Act::MlpNorm),
+    },
+    Buffer {
+        field: |s| &mut s.mlp_in,
+        unit: |lp| dense(lp, Act::Up),
+    },
+    Buffer {
+        field: |s| &mut s.act,
+        unit: |lp| dense(lp, Act::ActOut),
+    },
+    Buffer {
+        field: |s| &mut s.mlp_out,
+        unit: |lp| with(lp, Act::MlpPostNorm, Act::MlpOut),
+    },
+    Buffer {
+        field: |s| &mut s.q_latent,
+        unit: |_| Some(Act::QLatent),
+    },
+    Buffer {
+        field: |s| &mut s.q_latent_norm,
+        unit: |_| Some(Act::QLatentNorm),
+    },
+    Buffer {
+        field: |s| &mut s.kv_latent,
+        unit: |_| Some(Act::KvLatent),
+    },
+    Buffer {
+        field: |s| &mut s.kv_latent_norm,
+        unit: |_| Some(Act::KvLatentNorm),
+    },
+    Buffer {
+        field: |s| &mut s.moe,
+        unit: |_| Some(Act::RouterLogits),
+    },
+];
+
 impl LayerSaves {
     /// Keep everything (policy `none`).
-    pub const ALL: LayerSaves = LayerSaves {
-        attn_norm: true,
-        q_raw: true,
-        k_raw: true,
-        qkv: true,
-        attn: true,
-        attn_out: true,
-        resid_mid: true,
-        mlp_norm: true,
-        mlp_in: true,
-        act: true,
-        mlp_out: true,
-        moe: true,
-        q_latent: true,
-        q_latent_norm: true,
-        kv_latent: true,
-        kv_latent_norm: true,
-    };
+    pub const ALL: LayerSaves = LayerSaves::filled(true);
     /// Keep only the layer input (policy `full`).
-    pub const INPUT_ONLY: LayerSaves = LayerSaves {
-        attn_norm: false,
-        q_raw: false,
-        k_raw: false,
-        qkv: false,
-        attn: false,
-        attn_out: false,
-        resid_mid: false,
-        mlp_norm: false,
-        mlp_in: false,
-        act: false,
-        mlp_out: false,
-        moe: false,
-        q_latent: false,
-        q_latent_norm: false,
-        kv_latent: false,
-        kv_latent_norm: false,
-    };
+    pub const INPUT_ONLY: LayerSaves = LayerSaves::filled(false);
+
+    /// Every buffer kept (`true`) or none.
+    const fn filled(v: bool) -> LayerSaves {
+        LayerSaves {
+            attn_norm: v,
+            q_raw: v,
+            k_raw: v,
+            qkv: v,
+            attn: v,
+            attn_out: v,
+            resid_mid: v,
+            mlp_norm: v,
+            mlp_in: v,
+            act: v,
+            mlp_out: v,
+            moe: v,
+            q_latent: v,
+            q_latent_norm: v,
+            kv_latent: v,
+            kv_latent_norm: v,
+        }
+    }
+
+    /// Whether `b` is kept.
+    fn get(&self, b: &Buffer) -> bool {
+        let mut s = *self;
+        *(b.field)(&mut s)
+    }
 
     /// The buffers of layer program `lp` that keep the activations `keep` marks (indexed by
-    /// `Act as usize`, as `LayerProgram::save_set` returns them).
+    /// `Act as usize`, as `LayerProgram::save_set` returns them): a buffer is kept when the
+    /// tensor naming its unit is, in a layer that has that buffer.
     pub fn from_keep(lp: &LayerProgram, keep: &[bool; N_ACTS]) -> LayerSaves {
-        let k = |a: Act| lp.node(a).is_some() && keep[a as usize];
-        let dense = lp.node(Act::RouterLogits).is_none();
-        LayerSaves {
-            attn_norm: k(Act::AttnNorm),
-            // Kept only where a backward reads them: the qk-norms' and post-norms' inputs.
-            q_raw: k(Act::Q) && lp.node(Act::QNormed).is_some(),
-            k_raw: k(Act::K) && lp.node(Act::KNormed).is_some(),
-            qkv: k(lp.q_final),
-            attn: k(Act::Attn),
-            attn_out: k(Act::AttnOut) && lp.node(Act::AttnPostNorm).is_some(),
-            resid_mid: k(Act::ResidMid),
-            mlp_norm: k(Act::MlpNorm),
-            mlp_in: dense && (k(Act::Gate) || k(Act::Up)),
-            act: dense && k(Act::ActOut),
-            mlp_out: k(Act::MlpOut) && lp.node(Act::MlpPostNorm).is_some(),
-            moe: !dense && k(Act::RouterLogits),
-            q_latent: k(Act::QLatent),
-            q_latent_norm: k(Act::QLatentNorm),
-            kv_latent: k(Act::KvLatent),
-            kv_latent_norm: k(Act::KvLatentNorm),
+        let mut s = LayerSaves::INPUT_ONLY;
+        for b in &BUFFERS {
+            *(b.field)(&mut s) =
+                (b.unit)(lp).is_some_and(|u| lp.node(u).is_some() && keep[u as usize]);
         }
+        s
     }
 
     /// The buffers that keep the tensors named in `saved` (a plan's saved list) of `layer`.
     pub fn from_saved(layer: &modelspec_dsl::ir::Layer, saved: &[&str]) -> LayerSaves {
-        let lp = LayerProgram::structure(layer);
+        LayerSaves::from_names(&LayerProgram::structure(layer), saved)
+    }
+
+    /// As [`LayerSaves::from_saved`], for the layer whose program (or structure) is `lp`.
+    pub fn from_names(lp: &LayerProgram, saved: &[&str]) -> LayerSaves {
         let mut keep = [false; N_ACTS];
         for node in &lp.nodes {
             keep[node.output as usize] = saved.contains(&node.output.owner().name());
         }
-        LayerSaves::from_keep(&lp, &keep)
+        LayerSaves::from_keep(lp, &keep)
     }
 
     /// One entry per layer of a resolved plan of `spec`.
     pub fn from_plan(spec: &ModelSpec, plan: &Plan) -> Vec<LayerSaves> {
-        spec.layers
-            .iter()
+        LayerSaves::from_programs(&structures(spec), plan)
+    }
+
+    /// As [`LayerSaves::from_plan`], for the layers whose programs (or structures) are `lps`.
+    pub fn from_programs(lps: &[LayerProgram], plan: &Plan) -> Vec<LayerSaves> {
+        lps.iter()
             .zip(&plan.layers)
-            .map(|(layer, l)| LayerSaves::from_saved(layer, &l.saved))
+            .map(|(lp, l)| LayerSaves::from_names(lp, &l.saved))
             .collect()
     }
 
     /// Which activations of layer program `lp` these buffers keep (indexed by `Act as usize`; the
     /// layer input always): each unit's members when its buffer is kept.
     pub fn keep(&self, lp: &LayerProgram) -> [bool; N_ACTS] {
-        let dense = lp.node(Act::RouterLogits).is_none();
-        let qk_norm = lp.node(Act::QNormed).is_some();
+        let mut unit_kept = [false; N_ACTS];
+        for b in &BUFFERS {
+            if let Some(u) = (b.unit)(lp) {
+                unit_kept[u as usize] = self.get(b);
+            }
+        }
         let mut keep = [false; N_ACTS];
         keep[Act::Input as usize] = true;
         for node in &lp.nodes {
-            let a = node.output;
-            keep[a as usize] = match lp.unit_of(a) {
-                u if u == lp.q_final => self.qkv,
-                Act::AttnNorm => self.attn_norm,
-                Act::Q => self.q_raw && qk_norm,
-                Act::K => self.k_raw && qk_norm,
-                Act::Attn => self.attn,
-                Act::AttnOut => self.attn_out,
-                Act::ResidMid => self.resid_mid,
-                Act::MlpNorm => self.mlp_norm,
-                Act::Gate | Act::Up if dense => self.mlp_in,
-                Act::ActOut if dense => self.act,
-                Act::MlpOut => self.mlp_out,
-                Act::RouterLogits => self.moe,
-                Act::QLatent => self.q_latent,
-                Act::QLatentNorm => self.q_latent_norm,
-                Act::KvLatent => self.kv_latent,
-                Act::KvLatentNorm => self.kv_latent_norm,
-                _ => false,
-            };
+            keep[node.output as usize] = unit_kept[lp.unit_of(node.output) as usize];
         }
         keep
     }
 
     /// The dense groups in layout order (see `layout`).
     pub(super) fn groups(&self) -> [bool; GROUPS] {
-        [
-            self.attn_norm,
-            self.q_raw,
-            self.k_raw,
-            self.qkv,
-            self.attn,
-            self.attn_out,
-            self.resid_mid,
-            self.mlp_norm,
-            self.mlp_in,
-            self.act,
-            self.mlp_out,
-            self.q_latent,
-            self.q_latent_norm,
-            self.kv_latent,
-            self.kv_latent_norm,
-        ]
+        std::array::from_fn(|j| self.get(&BUFFERS[j]))
     }
+}
+
+/// Each layer's structure (`LayerProgram::structure`: its nodes and wiring, what the saves and
+/// the sizes read, without the costs).
+pub(super) fn structures(spec: &ModelSpec) -> Vec<LayerProgram> {
+    spec.layers.iter().map(LayerProgram::structure).collect()
 }
 
 /// Number of dense groups (every field of [`LayerSaves`] but `moe`).
@@ -221,9 +275,9 @@ pub(super) struct LayerRun {
 }
 
 impl LayerRun {
-    /// Layer `i` of `spec` keeping `saves`.
-    pub fn new(spec: &ModelSpec, i: usize, saves: &LayerSaves) -> LayerRun {
-        let lp = LayerProgram::lower(spec, &spec.layers[i]);
+    /// The layer lowered as `lp` (`LayerProgram::lower`: its costs say what a backward reads),
+    /// keeping `saves`.
+    pub fn new(lp: LayerProgram, saves: &LayerSaves) -> LayerRun {
         let kernels = lp.kernels();
         let keep = saves.keep(&lp);
         let mut needed = [false; N_ACTS];
@@ -244,5 +298,122 @@ impl LayerRun {
     /// Whether the layer re-runs anything before its backward.
     pub fn recomputes(&self) -> bool {
         self.redo.iter().any(|&r| r)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use modelspec_dsl::ir::LayerCheckpoint;
+
+    /// Every bundled spec (`specs/*.mspec`), in name order.
+    fn bundled() -> Vec<ModelSpec> {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../specs");
+        let mut files: Vec<_> = std::fs::read_dir(dir)
+            .expect("specs folder")
+            .map(|f| f.expect("entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "mspec"))
+            .collect();
+        files.sort();
+        assert!(files.len() > 10, "{} specs", files.len());
+        files
+            .iter()
+            .map(|p| modelspec_dsl::load::load_file(p).expect("spec loads").0)
+            .collect()
+    }
+
+    /// The buffers `s` keeps, as bits in [`BUFFERS`] order.
+    fn bits(s: &LayerSaves) -> u32 {
+        (BUFFERS.iter().enumerate()).fold(0, |m, (j, b)| m | (u32::from(s.get(b)) << j))
+    }
+
+    /// The saves whose bits are `m` ([`BUFFERS`] order).
+    fn from_bits(m: u32) -> LayerSaves {
+        let mut s = LayerSaves::INPUT_ONLY;
+        for (j, b) in BUFFERS.iter().enumerate() {
+            *(b.field)(&mut s) = m >> j & 1 == 1;
+        }
+        s
+    }
+
+    #[test]
+    fn the_table_covers_every_field_once() {
+        // Each field is one bit: setting one sets exactly that one (a field listed twice, or one
+        // missing, breaks this), and `groups` is the table less `moe`, in order.
+        for j in 0..BUFFERS.len() {
+            let s = from_bits(1 << j);
+            assert_eq!(bits(&s), 1 << j);
+            assert_eq!(
+                s.groups().iter().filter(|&&g| g).count(),
+                usize::from(j < GROUPS)
+            );
+        }
+        assert_eq!(bits(&LayerSaves::ALL), (1 << BUFFERS.len()) - 1);
+        assert_eq!(bits(&LayerSaves::INPUT_ONLY), 0);
+        assert!(
+            LayerSaves {
+                moe: false,
+                ..LayerSaves::ALL
+            }
+            .groups()
+            .iter()
+            .all(|&g| g)
+        );
+    }
+
+    #[test]
+    fn units_and_buffers_map_both_ways_on_every_bundled_layer() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        for spec in bundled() {
+            for layer in &spec.layers {
+                let lp = LayerProgram::lower(&spec, layer);
+                let what = format!("{} layer {}", spec.name, layer.index);
+                // The buffers this layer has hold distinct units of its program.
+                let units: Vec<Act> = (BUFFERS.iter())
+                    .filter_map(|b| (b.unit)(&lp).filter(|&u| lp.node(u).is_some()))
+                    .collect();
+                for (j, u) in units.iter().enumerate() {
+                    assert_eq!(lp.unit_of(*u), *u, "{what}: {u:?} names no unit");
+                    assert!(!units[..j].contains(u), "{what}: two buffers hold {u:?}");
+                }
+                let has = bits(&LayerSaves::from_keep(&lp, &[true; N_ACTS]));
+                assert_eq!(has.count_ones() as usize, units.len(), "{what}");
+                // Buffers -> activations -> buffers gives back the buffers the layer has.
+                let mut masks = vec![0, u32::MAX];
+                for _ in 0..48 {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    masks.push(seed as u32);
+                }
+                for m in masks {
+                    let s = from_bits(m);
+                    let back = LayerSaves::from_keep(&lp, &s.keep(&lp));
+                    assert_eq!(bits(&back), m & has, "{what}: {s:?}");
+                }
+                // A plan's kept activations -> buffers -> activations: whole units, the plan's.
+                // Known gap: under a qk-norm after RoPE (Llama 4) the norms' input is q_rope and
+                // k_rope, which no buffer holds apart from `[q; k; v]`.
+                let gap = |a: Act| {
+                    matches!(a, Act::QRope | Act::KRope)
+                        && lp
+                            .node(Act::QNormed)
+                            .is_some_and(|n| n.inputs[0] == Act::QRope)
+                };
+                for policy in [
+                    LayerCheckpoint::None,
+                    LayerCheckpoint::Full,
+                    LayerCheckpoint::Auto,
+                ] {
+                    let keep = lp.save_set(&policy).expect("policy applies");
+                    let again = LayerSaves::from_keep(&lp, &keep).keep(&lp);
+                    for node in &lp.nodes {
+                        let a = node.output;
+                        let lost = keep[a as usize] && !again[a as usize] && !gap(a);
+                        assert!(!lost, "{what} {policy:?}: {a:?} lost");
+                    }
+                }
+            }
+        }
     }
 }
