@@ -24,7 +24,9 @@ use crate::plan::{self, Dtype, TensorCost};
 use thiserror::Error;
 
 mod fuse;
+mod walk;
 pub use fuse::{Fusion, Kernel};
+pub use walk::{KernelRow, WalkError, check_walk, describe, launch_sequence, lowered_walk};
 
 /// Why a program cannot be built or a policy applied to it.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
