@@ -67,6 +67,10 @@ pub enum CudaError {
     /// The checkpoint planner could not resolve a policy for the run's shape.
     #[error("checkpoint plan: {0}")]
     Plan(#[from] modelspec_dsl::plan::PlanError),
+    /// A generated model's kernel walk is not this runtime's lowering of its spec (the generated
+    /// code is stale: the error names the first layer and kernel that differ).
+    #[error(transparent)]
+    Walk(#[from] modelspec_dsl::program::WalkError),
     /// The device lacks memory for a planned run.
     #[error(
         "needs {needed_gib:.2} GiB, device has {free_gib:.2} GiB free; try a checkpoint budget (e.g. budget(0.5)) or a smaller batch"

@@ -43,6 +43,7 @@ mod kernels;
 mod layer;
 mod mla;
 mod sample;
+mod walk;
 mod weights;
 
 use std::collections::BTreeMap;

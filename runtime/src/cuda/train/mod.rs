@@ -37,6 +37,7 @@ mod params;
 pub mod saves;
 mod state;
 mod timeline;
+mod walk;
 
 pub use saves::LayerSaves;
 
