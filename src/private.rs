@@ -101,6 +101,7 @@ pub mod v1 {
         Ok(crate::runtime::weights::load_hf_dir(spec, dir)?)
     }
 
+    pub use crate::dsl::program::{Act, Fusion, KernelRow};
     pub use crate::model::Backend;
 
     /// As [`init_params`] for a model placed on `device`: the host parameters (the same on every
@@ -108,6 +109,30 @@ pub mod v1 {
     pub fn init_on(device: &Device, spec: &ModelSpec, seed: u64) -> Result<(Backend, Params)> {
         let backend = Backend::new(device, spec)?;
         Ok((backend, Params::init(spec, seed)))
+    }
+
+    /// As [`init_on`], the model's GPU executors running `walk`, its generated kernel walk
+    /// (`{Type}Kernels::KERNELS`), checked against this runtime's lowering of `spec`
+    /// ([`Backend::with_walk`]).
+    pub fn init_walk_on(
+        device: &Device,
+        spec: &ModelSpec,
+        walk: &'static [&'static [KernelRow]],
+        seed: u64,
+    ) -> Result<(Backend, Params)> {
+        let backend = Backend::with_walk(device, spec, walk)?;
+        Ok((backend, Params::init(spec, seed)))
+    }
+
+    /// As [`load_hf_on`], the model's GPU executors running `walk` (see [`init_walk_on`]).
+    pub fn load_hf_walk_on(
+        device: &Device,
+        spec: &ModelSpec,
+        walk: &'static [&'static [KernelRow]],
+        dir: &Path,
+    ) -> Result<(Backend, Params)> {
+        let backend = Backend::with_walk(device, spec, walk)?;
+        Ok((backend, crate::runtime::weights::load_hf_dir(spec, dir)?))
     }
 
     /// As [`load_hf`] for a model placed on `device`: the checkpoint is read into host

@@ -15,11 +15,17 @@
 //! otherwise; the same generation counter rebuilds it after `params_mut`. The host `KvCache`
 //! argument of `decode` is not used on a GPU: the device cache depends only on the weights and
 //! the ids, so any window may be passed at any time.
+//!
+//! A backend built with [`Backend::with_walk`] (what generated models get) carries the model's
+//! generated kernel walk (`{Type}Kernels::KERNELS`): it is checked against this runtime's lowering
+//! of the spec when the backend is built, and every GPU trainer and decoder of the model runs
+//! those rows ([`GpuTrainer::with_walk`], [`GpuDecoder::with_walk`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use crate::dsl::ModelSpec;
+use crate::dsl::program::{KernelRow, check_walk};
 use crate::model::{Error, ParamRefs, Result};
 use crate::runtime::cuda::decode::{DecodeError, GpuDecoder};
 use crate::runtime::cuda::{Dtype, Gpu, GpuTrainer};
@@ -40,7 +46,12 @@ pub struct Backend {
     /// Bumped by every `params_mut`: the host parameters may have changed since then.
     generation: u64,
     gpu: Option<Mutex<GpuState>>,
+    /// The generated kernel walk the GPU executors run (checked), if the model has one.
+    walk: Option<Walk>,
 }
+
+/// A generated kernel walk: one slice of kernel rows per layer.
+type Walk = &'static [&'static [KernelRow]];
 
 /// The GPU context and the trainers built on it.
 struct GpuState {
@@ -66,6 +77,7 @@ impl Backend {
             device: Device::Cpu,
             generation: 0,
             gpu: None,
+            walk: None,
         }
     }
 
@@ -73,6 +85,19 @@ impl Backend {
     /// trainer runs every layer of `spec`, so that an unsupported model fails here rather than
     /// on its first call.
     pub fn new(device: &Device, spec: &ModelSpec) -> Result<Backend> {
+        Self::build(device, spec, None)
+    }
+
+    /// As [`Backend::new`] for a generated model whose GPU trainers and decoder run `walk`, its
+    /// generated kernel walk (one slice of rows per layer). On a GPU the walk is checked against
+    /// this runtime's lowering of `spec` first: generated code from another modelspec is refused
+    /// with the first layer and kernel that differ, before the device is opened. The CPU runs
+    /// the generated steps and does not read the walk.
+    pub fn with_walk(device: &Device, spec: &ModelSpec, walk: Walk) -> Result<Backend> {
+        Self::build(device, spec, Some(walk))
+    }
+
+    fn build(device: &Device, spec: &ModelSpec, walk: Option<Walk>) -> Result<Backend> {
         let Device::Cuda(ordinal) = *device else {
             return Ok(Backend::cpu());
         };
@@ -83,10 +108,14 @@ impl Backend {
             ))
             .into());
         }
+        if let Some(walk) = walk {
+            check_walk(spec, walk).map_err(crate::runtime::cuda::CudaError::from)?;
+        }
         let gpu = Gpu::new(ordinal)?;
         Ok(Backend {
             device: *device,
             generation: 0,
+            walk,
             gpu: Some(Mutex::new(GpuState {
                 gpu,
                 trainers: BTreeMap::new(),
@@ -214,8 +243,14 @@ impl Backend {
         if stale {
             // Dropped first: its device memory is free for the new one.
             state.decoder = None;
-            let dec = GpuDecoder::new(&state.gpu, spec, Dtype::F32, params, 1, positions.max(1))
-                .map_err(decode_error)?;
+            let positions = positions.max(1);
+            let dec = match self.walk {
+                Some(walk) => {
+                    GpuDecoder::with_walk(&state.gpu, spec, Dtype::F32, params, 1, positions, walk)
+                }
+                None => GpuDecoder::new(&state.gpu, spec, Dtype::F32, params, 1, positions),
+            }
+            .map_err(decode_error)?;
             state.decoder = Some((dec, self.generation));
         }
         let (dec, _) = state
@@ -252,7 +287,12 @@ impl Backend {
             {
                 state.trainers.remove(&oldest);
             }
-            let trainer = GpuTrainer::new(&state.gpu, spec, Dtype::F32, batch, seq, 0)?;
+            let trainer = match self.walk {
+                Some(walk) => {
+                    GpuTrainer::with_walk(&state.gpu, spec, Dtype::F32, batch, seq, 0, walk)?
+                }
+                None => GpuTrainer::new(&state.gpu, spec, Dtype::F32, batch, seq, 0)?,
+            };
             state.trainers.insert(
                 key,
                 Slot {
@@ -309,6 +349,7 @@ impl Clone for Backend {
         Backend {
             device: self.device,
             generation: 0,
+            walk: self.walk,
             gpu: self.gpu.as_ref().and_then(|state| {
                 let gpu = state.lock().ok()?.gpu.clone();
                 Some(Mutex::new(GpuState {

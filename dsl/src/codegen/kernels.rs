@@ -12,7 +12,9 @@
 //! `--device cuda`, the code `model!` / `model_file!` expand to and `modelspec generate`'s
 //! `kernels.cu` all compile the library with this instance, so they run the same kernels (and
 //! share one NVRTC cache entry, keyed by the text). The generated Rust carries the instance as
-//! constants ([`emit`]); the runtime turns it into source text and compiles it.
+//! constants ([`emit`]); the runtime turns it into source text and compiles it. Beside the
+//! instance, `{Type}Kernels` carries the spec's launch code: every layer's kernel walk
+//! (`KERNELS`, from `walk.rs`), which the GPU executors run for the generated model.
 
 use std::collections::BTreeMap;
 
@@ -101,6 +103,7 @@ pub(crate) fn emit(layout: &Layout<'_>) -> TokenStream {
          this spec."
     );
     let allow = super::structs::allow_names(&k_ty.to_string());
+    let walk = super::walk::emit(layout.spec);
     quote! {
         #[doc = #doc]
         #allow
@@ -114,6 +117,8 @@ pub(crate) fn emit(layout: &Layout<'_>) -> TokenStream {
             pub const HEAD_DIMS: &'static [usize] = &[#(#dims),*];
             /// The `#define`s the kernels read.
             pub const DEFINES: &'static [(&'static str, &'static str)] = &[#(#defines),*];
+
+            #walk
 
             /// The instance these constants describe.
             pub fn instance() -> ::modelspec::dsl::codegen::KernelInstance {

@@ -6,7 +6,8 @@
 //! ModelSpec ─► Layout (layer kinds, typed fields, from params.rs) ─┬─► structs.rs    struct + constants
 //!                                                                  ├─► model_impl.rs spec, params, impl Model
 //!                                                                  ├─► forward.rs    forward / backward
-//!                                                                  └─► kernels.rs    the kernel library's instance
+//!                                                                  ├─► kernels.rs    the kernel library's instance
+//!                                                                  └─► walk.rs       each layer's kernel walk (the launch code)
 //! ```
 //! Generated code names everything by absolute path and reaches modelspec's internals only through
 //! the hidden, versioned `::modelspec::__private::v1` module, so a user crate depends on one
@@ -28,6 +29,7 @@ pub(crate) mod model_impl;
 mod structs;
 #[doc(hidden)]
 pub mod tests_support;
+mod walk;
 
 use std::collections::BTreeMap;
 
@@ -206,6 +208,8 @@ pub fn stub(type_name: Option<&str>) -> TokenStream {
             pub const HEAD_DIMS: &'static [usize] = &[];
             /// Placeholder (the spec has errors).
             pub const DEFINES: &'static [(&'static str, &'static str)] = &[];
+            /// Placeholder (the spec has errors).
+            pub const KERNELS: &'static [&'static [::modelspec::__private::v1::KernelRow]] = &[];
             /// Placeholder (the spec has errors).
             pub fn instance() -> ::modelspec::dsl::codegen::KernelInstance {
                 ::core::unreachable!()

@@ -298,6 +298,7 @@ fn kind_methods(layout: &Layout<'_>, kind: &LayerKind) -> TokenStream {
 fn model_trait(layout: &Layout<'_>) -> TokenStream {
     let rt = layout.rt();
     let ty = &layout.ty;
+    let k_ty = quote::format_ident!("{}Kernels", ty);
     let total = Literal::u64_unsuffixed(layout.params_total);
     quote! {
         impl ::modelspec::Model for #ty {
@@ -308,12 +309,12 @@ fn model_trait(layout: &Layout<'_>) -> TokenStream {
             }
 
             fn init(device: &::modelspec::Device, seed: u64) -> ::modelspec::Result<Self> {
-                let (backend, params) = #rt::init_on(device, #ty::spec()?, seed)?;
+                let (backend, params) = #rt::init_walk_on(device, #ty::spec()?, #k_ty::KERNELS, seed)?;
                 Ok(Self { __backend: backend, ..Self::from_params(params)? })
             }
 
             fn load_hf(device: &::modelspec::Device, dir: impl ::std::convert::AsRef<::std::path::Path>) -> ::modelspec::Result<Self> {
-                let (backend, params) = #rt::load_hf_on(device, #ty::spec()?, dir.as_ref())?;
+                let (backend, params) = #rt::load_hf_walk_on(device, #ty::spec()?, #k_ty::KERNELS, dir.as_ref())?;
                 Ok(Self { __backend: backend, ..Self::from_params(params)? })
             }
 
