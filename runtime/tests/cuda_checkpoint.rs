@@ -58,6 +58,18 @@ const QK_POST_LIKE: &str = "model t_qk_post {
     layers[3] { parallel_residual  attention { qk_norm(rms(eps = 1e-6), scope = full) } }
 }";
 
+/// Llama-4-style qk-norm after RoPE (its inputs are the rotated q and k), chunked attention, and
+/// a NoPE layer without qk-norm.
+const QK_AFTER_ROPE_LIKE: &str = "model t_qk_after_rope {
+    vocab 150   d_model 96   layers 3   context 64
+    norm rms(eps = 1e-5)
+    attention { heads 4  kv_heads 2  head_dim 24  qk_norm(rms(weight = false), scope = head, order = after_rope)  chunk 16 }
+    position rope(theta = 10000, style = interleaved)
+    mlp swiglu(hidden = 160)
+    layers[1] { attention { qk_norm(rms(eps = 1e-6), scope = full, order = after_rope) } }
+    layers[2] { attention { qk_norm none  chunk none } position none }
+}";
+
 /// Dense and mixture-of-experts layers (one unit for checkpointing), aux loss on.
 const MOE_LIKE: &str = "model t_moe {
     vocab 150   d_model 96   layers 3   context 64
@@ -264,6 +276,13 @@ fn policies_match_none_latent_attention() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
+fn policies_match_none_qk_norm_after_rope() {
+    check(QK_AFTER_ROPE_LIKE, Dtype::F32);
+    check(QK_AFTER_ROPE_LIKE, Dtype::Bf16);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
 fn policies_match_none_moe_layers() {
     check(MOE_LIKE, Dtype::F32);
     check(MOE_LIKE, Dtype::Bf16);
@@ -376,7 +395,14 @@ const MLA_DENSE: &str = "model t_mla_dense {
 /// saved region, which the planner sizes per tensor, so they are left out.
 #[test]
 fn kept_bytes_equal_the_plans() {
-    for src in [LLAMA_LIKE, GPT2_LIKE, MIXED_LIKE, QK_POST_LIKE, MLA_DENSE] {
+    for src in [
+        LLAMA_LIKE,
+        GPT2_LIKE,
+        MIXED_LIKE,
+        QK_POST_LIKE,
+        QK_AFTER_ROPE_LIKE,
+        MLA_DENSE,
+    ] {
         let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
         for policy in POLICIES.iter().chain(&[
             "save(q_rope)",

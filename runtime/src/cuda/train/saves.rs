@@ -12,7 +12,8 @@ use modelspec_dsl::program::{Act, Kernel, LayerProgram, N_ACTS};
 /// saves or recomputes whole, so the trainer keeps exactly the bytes the plan lists (the planner
 /// counts a norm's f32 statistics with the tensor they are kept beside):
 /// - `attn_norm` -> `attn_norm` (+ its statistics);
-/// - `q_raw`, `k_raw` -> `q`, `k` as projected, under qk-norm (+ the qk-norm's statistics);
+/// - `q_raw`, `k_raw` -> the qk-norms' inputs, under qk-norm (+ their statistics): `q`, `k` as
+///   projected, or `q_rope`, `k_rope` under a qk-norm after RoPE (Llama 4);
 /// - `qkv` -> the unit of `v`: one `[q; k; v]` buffer as attention reads it (qk-norm and RoPE
 ///   applied in place): `q_rope`, `k_rope`, `v` (or `q_normed`, `k_normed`, `v`; or `q`, `k`, `v`);
 /// - `attn` -> `attn` (+ its f32 log-sum-exp);
@@ -35,9 +36,11 @@ use modelspec_dsl::program::{Act, Kernel, LayerProgram, N_ACTS};
 pub struct LayerSaves {
     /// The attention norm's output and statistics.
     pub attn_norm: bool,
-    /// The query projection before qk-norm, and the q-norm's statistics.
+    /// The q-norm's input (the query projection, rotated under a qk-norm after RoPE) and its
+    /// statistics.
     pub q_raw: bool,
-    /// The key projection before qk-norm, and the k-norm's statistics.
+    /// The k-norm's input (the key projection, rotated under a qk-norm after RoPE) and its
+    /// statistics.
     pub k_raw: bool,
     /// The `[q; k; v]` buffer attention reads.
     pub qkv: bool,
@@ -80,6 +83,12 @@ fn with(lp: &LayerProgram, present: Act, a: Act) -> Option<Act> {
     lp.node(present).map(|_| a)
 }
 
+/// The input of the norm computing `norm` (a qk-norm's: `q` or `k`, or the rotated `q_rope` or
+/// `k_rope` under a qk-norm after RoPE), in a layer that has that norm.
+fn norm_input(lp: &LayerProgram, norm: Act) -> Option<Act> {
+    lp.node(norm).and_then(|n| n.inputs.first().copied())
+}
+
 /// `a`, in a layer with a dense MLP.
 fn dense(lp: &LayerProgram, a: Act) -> Option<Act> {
     lp.node(Act::RouterLogits).is_none().then(|| lp.unit_of(a))
@@ -88,7 +97,8 @@ fn dense(lp: &LayerProgram, a: Act) -> Option<Act> {
 /// The one table between the planner's units and the trainer's buffers, which
 /// [`LayerSaves::from_keep`] reads one way and [`LayerSaves::keep`] the other: the dense groups
 /// in layout order ([`LayerSaves::groups`]), then `moe`. The special cases live here once: a
-/// pre-RoPE query or key is its own buffer only under qk-norm (else it is in `[q; k; v]`), an
+/// qk-norm's input (the query or key before the norm: before or after RoPE, as the layer orders
+/// them) is its own buffer only under qk-norm (else it is in `[q; k; v]`), an
 /// output projection only under post-norm (under pre-norm no backward reads it), `[gate; up]`
 /// and the activation only in a dense MLP (a mixture-of-experts block keeps them in its unit).
 const BUFFERS: [Buffer; GROUPS + 1] = [
@@ -98,11 +108,11 @@ const BUFFERS: [Buffer; GROUPS + 1] = [
     },
     Buffer {
         field: |s| &mut s.q_raw,
-        unit: |lp| with(lp, Act::QNormed, Act::Q),
+        unit: |lp| norm_input(lp, Act::QNormed),
     },
     Buffer {
         field: |s| &mut s.k_raw,
-        unit: |lp| with(lp, Act::KNormed, Act::K),
+        unit: |lp| norm_input(lp, Act::KNormed),
     },
     Buffer {
         field: |s| &mut s.qkv,
@@ -392,14 +402,6 @@ mod tests {
                     assert_eq!(bits(&back), m & has, "{what}: {s:?}");
                 }
                 // A plan's kept activations -> buffers -> activations: whole units, the plan's.
-                // Known gap: under a qk-norm after RoPE (Llama 4) the norms' input is q_rope and
-                // k_rope, which no buffer holds apart from `[q; k; v]`.
-                let gap = |a: Act| {
-                    matches!(a, Act::QRope | Act::KRope)
-                        && lp
-                            .node(Act::QNormed)
-                            .is_some_and(|n| n.inputs[0] == Act::QRope)
-                };
                 for policy in [
                     LayerCheckpoint::None,
                     LayerCheckpoint::Full,
@@ -409,7 +411,7 @@ mod tests {
                     let again = LayerSaves::from_keep(&lp, &keep).keep(&lp);
                     for node in &lp.nodes {
                         let a = node.output;
-                        let lost = keep[a as usize] && !again[a as usize] && !gap(a);
+                        let lost = keep[a as usize] && !again[a as usize];
                         assert!(!lost, "{what} {policy:?}: {a:?} lost");
                     }
                 }
