@@ -1,6 +1,7 @@
 //! Writes one `modelspec::model_file!` per `specs/*.mspec` (sorted) into `$OUT_DIR/specs.rs`, each
 //! in its own module, plus a table of (file, params counted by the dsl at build time, the generated
-//! type's `PARAMS_TOTAL`, its `spec()`), so adding a spec file adds a case.
+//! type's `PARAMS_TOTAL`, its `spec()`) and a table of (file, `spec()`, the generated kernel walk
+//! `{Type}Kernels::KERNELS`), so adding a spec file adds a case.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -24,6 +25,12 @@ fn main() {
          pub type SpecFn = fn() -> modelspec::Result<&'static modelspec::dsl::ModelSpec>;\n\
          /// (file, params by the dsl at build time, PARAMS_TOTAL of the generated type, its spec)\n\
          pub fn cases() -> Vec<(&'static str, u64, u64, SpecFn)> {\n    vec![\n",
+    );
+    let mut walks = String::from(
+        "/// A generated type's kernel walk (`{Type}Kernels::KERNELS`).\n\
+         pub type Walk = &'static [&'static [modelspec::__private::v1::KernelRow]];\n\
+         /// (file, the generated type's spec, its kernel walk)\n\
+         pub fn walks() -> Vec<(&'static str, SpecFn, Walk)> {\n    vec![\n",
     );
     for path in &files {
         println!("cargo:rerun-if-changed={}", path.display());
@@ -53,9 +60,15 @@ fn main() {
             table,
             "        ({shown:?}, {params}, <{module}::{ty} as modelspec::Model>::PARAMS_TOTAL, <{module}::{ty} as modelspec::Model>::spec),"
         );
+        let _ = writeln!(
+            walks,
+            "        ({shown:?}, <{module}::{ty} as modelspec::Model>::spec, {module}::{ty}Kernels::KERNELS),"
+        );
     }
     table.push_str("    ]\n}\n");
     out.push_str(&table);
+    walks.push_str("    ]\n}\n");
+    out.push_str(&walks);
     let dest = PathBuf::from(std::env::var("OUT_DIR").expect("set by cargo")).join("specs.rs");
     std::fs::write(dest, out).expect("writable OUT_DIR");
 }
