@@ -31,8 +31,6 @@ const MAX_TILES: usize = 4096;
 /// Arrival counters per column tile: the tile's, and one per group of chunks (chunk k in group
 /// k % 8).
 const COUNTERS_PER_TILE: usize = 9;
-/// Partial-sum floats per output that every [`ReduceScratch::bytes_for`] holds at least (2^19).
-pub(crate) const PART_FLOATS: usize = 1 << 19;
 /// Bytes of arrival counters at the start of every [`ReduceScratch`] (144 KiB, a multiple of
 /// 256): the same for every scratch, so that a region shared by reductions of different widths
 /// keeps its counters where every one of them looks.
@@ -61,13 +59,11 @@ impl ReduceScratch {
 
     /// Bytes that serve every column reduction of rows at most `max_width` wide, whatever the
     /// row count, with two outputs (the norm's weight and bias): the counters (144 KiB) and
-    /// `2 x 4 B x max(2^19, max_width)` (4 MiB up to 524288 columns). The split keeps `chunks x
-    /// width` at most `TARGET_BLOCKS x TILE` (2^18) floats whenever it uses more than one chunk;
-    /// the fused norm backward (`Kernels::norm_bwd_dw`) keeps it at most
-    /// [`PART_FLOATS`] (its chunks hold whole rows: 256 chunks of rows up to 2048 wide).
+    /// `2 x 4 B x max(2^18, max_width)` (2 MiB up to 262144 columns). The split keeps `chunks x
+    /// width` at most `TARGET_BLOCKS x TILE` floats whenever it uses more than one chunk.
     /// Widths above 2^20 columns are refused at launch.
     pub fn bytes_for(max_width: usize) -> usize {
-        COUNTER_BYTES + 2 * 4 * PART_FLOATS.max(max_width)
+        COUNTER_BYTES + 2 * 4 * (TARGET_BLOCKS * TILE).max(max_width)
     }
 }
 

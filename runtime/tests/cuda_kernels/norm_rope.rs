@@ -372,7 +372,7 @@ fn norm_bwd_dw_matches_f64_and_repeats_bit_for_bit() {
     let mut rng = Rng::fresh("norm_bwd_dw");
     // Without a compile-time width: the element-wise path at widths that are not multiples of 8,
     // one row, odd row counts, more than 8 chunks (rows / 32), and the two-kernel route above
-    // 2048 columns (FUSED_NORM_MAX_WIDTH).
+    // 4096 columns.
     for (rows, c) in [(1, 7), (37, 1001), (333, 96), (1001, 300), (3, 4100)] {
         fused_case(&gpu, &k, &mut rng, "generic", rows, c, 0);
     }

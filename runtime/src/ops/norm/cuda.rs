@@ -8,7 +8,7 @@ use crate::cuda::Kernels;
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
 use crate::cuda::launch::BLOCK;
-use crate::cuda::reduce::{self, COUNTER_BYTES, PART_FLOATS, ReduceScratch};
+use crate::cuda::reduce::{self, COUNTER_BYTES, ReduceScratch};
 use crate::cuda_args;
 use modelspec_dsl::ir::NormKind;
 
@@ -16,22 +16,22 @@ use modelspec_dsl::ir::NormKind;
 /// `common.cuh`.
 pub(crate) const SOURCE: &str = concat!(include_str!("norm.cu"), include_str!("norm_bwd_dw.cu"));
 
-/// Widths up to which [`Kernels::norm_bwd_dw`] runs the fused kernel; wider rows take
-/// `norm_bwd` + `norm_dw`. At 2048 a chunk is 256 / 128 = 2 rows in flight per block and the
-/// scratch bound still gives 256 chunks; wider rows would leave the GPU with one row per SM in
-/// flight (the kernel itself serves any width: its register path up to 256 x 16 elements).
-pub const FUSED_NORM_MAX_WIDTH: usize = 2048;
+/// Widths up to which [`Kernels::norm_bwd_dw`] runs the fused kernel (its register path holds at
+/// most 16 elements of a row in each of 256 threads); wider rows take `norm_bwd` + `norm_dw`.
+pub const FUSED_NORM_MAX_WIDTH: usize = 4096;
 /// Chunks of the fused kernel at most: one block each, one wave of two 256-thread blocks per SM
 /// on an H100 (132 SMs), and at most 32 chunks per finishing group.
 const FUSED_MAX_CHUNKS: usize = 256;
 /// Rows a chunk of the fused kernel holds at least.
 const FUSED_MIN_ROWS: usize = 32;
+/// Partial-sum floats per output that every [`ReduceScratch::bytes_for`] holds (2^18).
+const FUSED_PART_FLOATS: usize = 1 << 18;
 
 /// The fused kernel's split of `rows` (at least 1) rows of `c` columns: `(chunks,
 /// rows_per_chunk)`, no chunk empty, `chunks x c` within what [`ReduceScratch::bytes_for`]`(c)`
-/// holds (`max(2^19, c)` floats per output). Depends on the shape alone (determinism).
+/// holds (`max(2^18, c)` floats per output). Depends on the shape alone (determinism).
 pub(crate) fn fused_split(rows: usize, c: usize) -> (usize, usize) {
-    let by_scratch = (PART_FLOATS.max(c) / c.max(1)).max(1);
+    let by_scratch = (FUSED_PART_FLOATS.max(c) / c.max(1)).max(1);
     let chunks = FUSED_MAX_CHUNKS
         .min(by_scratch)
         .min(rows.div_ceil(FUSED_MIN_ROWS))
@@ -246,7 +246,5 @@ mod tests {
         // gpt2-124m at B16 T1024: one wave of 256 blocks of 64 rows.
         assert_eq!(fused_split(16384, 768), (256, 64));
         assert_eq!(fused_split(20, 768), (1, 20));
-        // llama-3.2-1b's width: still 256 chunks.
-        assert_eq!(fused_split(16384, 2048).0, 256);
     }
 }
