@@ -5,7 +5,6 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- gemm        # bf16 8192^3 ceiling
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- cudnn       # mma vs cuDNN, same shapes
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- reduce      # bias/norm gradient sums
-//! cargo run --release -p modelspec-runtime --example cuda_bench -- norm        # norm backward, fused or not
 //! ```
 //! `cudnn` prints, per shape, a row for the own kernels and one for cuDNN's fused attention
 //! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
@@ -17,8 +16,6 @@
 //! forward + backward B·H·T²·(4D + 3Dv). `reduce` times
 //! the column reductions at gpt2-124m's B16 T1024 shapes (one row per bias width and the norms'
 //! weight + bias sums), with the bandwidth they reach, and the total of one training step's calls.
-//! `norm` times gpt2's norm backward as two passes (`norm_bwd`, `norm_dw`) and fused
-//! (`norm_bwd_dw`), with the bytes each moves per second and 25 norms' total.
 //! Times are medians of CUDA-event-timed repetitions after a warm-up, on random (never zero) data.
 
 use modelspec_runtime::cuda::cudnn::CudnnAttention;
@@ -424,94 +421,6 @@ fn bench_reduce(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     Ok(())
 }
 
-/// The norm backward of one gpt2-124m training step (B16 T1024, bf16 LayerNorm with the
-/// residual's gradient, the library built for d_model 768 as the trainer builds it): `norm_bwd`
-/// then `norm_dw` (two passes over dy and r) against the fused `norm_bwd_dw` (one pass), each
-/// timed alone; the step totals count 25 norms.
-fn bench_norm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
-    let (rows, d) = (16384, 768);
-    let dy = gpu.upload(&rand_bf16(rows * d, 11))?;
-    let r = gpu.upload(&rand_bf16(rows * d, 12))?;
-    let dres = gpu.upload(&rand_bf16(rows * d, 13))?;
-    let w = gpu.upload(&rand_bf16(d, 14))?;
-    let dx = gpu.zeros::<u16>(rows * d)?;
-    let stats = gpu.upload(&vec![1.0f32; rows])?;
-    let (dw, db) = (gpu.zeros::<f32>(d)?, gpu.zeros::<f32>(d)?);
-    let bytes = ReduceScratch::bytes_for(d);
-    let scratch = gpu.zeros::<u8>(bytes)?;
-    let sc = ReduceScratch::new(scratch.ptr(), bytes);
-    let defines = [("MS_D_MODEL".to_string(), d.to_string())]
-        .into_iter()
-        .collect();
-    let kernels = Kernels::load(gpu, "bench_norm", &[64], defines)?;
-    let timed = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f32, CudaError> {
-        for _ in 0..3 {
-            f()?;
-        }
-        let mut t = Vec::new();
-        for _ in 0..20 {
-            t.push(gpu.time_ms(f)?);
-        }
-        Ok(median(t))
-    };
-    let (kind, dt) = (NormKind::Layer, Dtype::Bf16);
-    let two = timed(&|| {
-        kernels.norm_bwd(
-            dt,
-            kind,
-            dx.ptr(),
-            dy.ptr(),
-            r.ptr(),
-            w.ptr(),
-            stats.ptr(),
-            stats.ptr(),
-            dres.ptr(),
-            rows,
-            d,
-            0.0,
-        )?;
-        kernels.norm_dw(
-            dt,
-            kind,
-            dw.ptr(),
-            db.ptr(),
-            dy.ptr(),
-            r.ptr(),
-            stats.ptr(),
-            stats.ptr(),
-            rows,
-            d,
-            sc,
-        )
-    })?;
-    let fused = timed(&|| {
-        kernels.norm_bwd_dw(
-            dt,
-            kind,
-            (dx.ptr(), dy.ptr(), r.ptr(), w.ptr()),
-            (stats.ptr(), stats.ptr(), dres.ptr()),
-            (dw.ptr(), db.ptr()),
-            rows,
-            d,
-            0.0,
-            sc,
-        )
-    })?;
-    // Bytes each moves: dy, r, dres read and dx written (+ dy, r again for the two passes).
-    let el = (rows * d * 2) as f64;
-    for (name, ms, b) in [
-        ("norm_bwd+norm_dw", two, 6.0 * el),
-        ("norm_bwd_dw", fused, 4.0 * el),
-    ] {
-        println!(
-            "{{\"norm\": \"{name}\", \"rows\": {rows}, \"cols\": {d}, \"ms\": {ms:.4}, \"GB_s\": {:.0}, \"step_ms\": {:.3}}}",
-            b / ms as f64 / 1e6,
-            25.0 * ms
-        );
-    }
-    Ok(())
-}
-
 fn main() {
     let what = std::env::args()
         .nth(1)
@@ -529,9 +438,8 @@ fn main() {
         "gemm" => bench_gemm(&gpu),
         "cudnn" => bench_cudnn(&gpu),
         "reduce" => bench_reduce(&gpu),
-        "norm" => bench_norm(&gpu),
         other => {
-            eprintln!("unknown benchmark `{other}` (attention | gemm | cudnn | reduce | norm)");
+            eprintln!("unknown benchmark `{other}` (attention | gemm | cudnn | reduce)");
             std::process::exit(2);
         }
     };

@@ -23,12 +23,7 @@ fn kernel_library_compiles_with_nvrtc() {
     assert!(!cached);
     // Instantiated for specs: the norms' compile-time widths (the register-held vector path) and
     // the classifier's padded vocabulary.
-    for (d_model, vocab) in [
-        ("768", "50304"),
-        ("2048", "128256"),
-        ("96", "160"),
-        ("4096", "128256"),
-    ] {
+    for (d_model, vocab) in [("768", "50304"), ("2048", "128256"), ("96", "160")] {
         let defines = [("MS_D_MODEL", d_model), ("MS_VOCAB_PADDED", vocab)]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -42,8 +37,6 @@ fn kernel_library_compiles_with_nvrtc() {
         "copy2d_bf16",
         "copy2d_f32",
         "norm_bwd_f32",
-        "norm_bwd_dw_f32",
-        "norm_bwd_dw_bf16",
         "colred_sum_bf16",
         "colred_norm_f32",
         "rope_bf16",

@@ -14,7 +14,7 @@ use modelspec_dsl::program::{Act, Fusion, Kernel, N_ACTS};
 
 impl Step<'_> {
     /// Backward of a norm named `name` over rows of d_model: `dx = norm'(dy) (+ dres)`, and its
-    /// weight/bias gradients, in one pass over dy and x (`Kernels::norm_bwd_dw`).
+    /// weight/bias gradients.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn norm_bwd(
         &self,
@@ -29,15 +29,31 @@ impl Step<'_> {
     ) -> Result<()> {
         let (n, c) = (self.s.n, self.s.c);
         let weight = format!("{name}.weight");
-        self.k.norm_bwd_dw(
+        self.k.norm_bwd(
             self.dt,
             nc.kind,
-            (dx, dy, x, self.p.wo(&weight)),
-            (rstd, mean, dres),
-            (self.p.g(&weight), self.p.g(&format!("{name}.bias"))),
+            dx,
+            dy,
+            x,
+            self.p.wo(&weight),
+            rstd,
+            mean,
+            dres,
             n,
             c,
             nc.offset,
+        )?;
+        self.k.norm_dw(
+            self.dt,
+            nc.kind,
+            self.p.g(&weight),
+            self.p.g(&format!("{name}.bias")),
+            dy,
+            x,
+            rstd,
+            mean,
+            n,
+            c,
             self.buf.reduce,
         )
     }
