@@ -22,7 +22,7 @@ run() {  # run NAME TIMEOUT CMD...: log to $FINAL/NAME.log, keep the exit code f
     local rc=$?
     summary+=("$(printf '%-18s exit %3d  %4ds  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E '^test result' "$LOGS/$name.log" | tail -1)")")
 }
-TESTS=${TESTS:-cuda_compile cuda_kernels cuda_reduce cuda_epilogue cuda_train cuda_train_state cuda_moe cuda_cudnn cuda_checkpoint cuda_decode generated_cuda generated_model_cuda cuda_eval cli_train_cuda cli_sample_cuda}
+TESTS=${TESTS:-cuda_compile cuda_kernels cuda_reduce cuda_epilogue cuda_train cuda_train_state cuda_moe cuda_cudnn cuda_checkpoint cuda_decode cuda_walk generated_cuda generated_model_cuda cuda_eval cli_train_cuda cli_sample_cuda}
 for t in $TESTS; do
     [ -x "$B/$t" ] || continue
     case $t in
