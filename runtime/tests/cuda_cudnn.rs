@@ -15,19 +15,17 @@
 //! into a failure.
 
 use modelspec_runtime::cuda::cudnn::{CudnnAttention, CudnnError, probe};
-use modelspec_runtime::cuda::{AttnShape, Dtype, Gpu, GpuBuf, Kernels};
+use modelspec_runtime::cuda::{AttnShape, Dtype, Gpu, Kernels};
 use std::sync::Arc;
+
+mod common;
+
+use common::gpu::{Mat, Rng, check_err, rel_err_floor};
 
 // ---------- harness ----------
 
 fn setup() -> Option<(Arc<Gpu>, CudnnAttention)> {
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            println!("skipping: no CUDA device ({e})");
-            return None;
-        }
-    };
+    let gpu = common::gpu::device()?;
     match CudnnAttention::new(&gpu) {
         Ok(a) => {
             println!(
@@ -48,94 +46,25 @@ fn setup() -> Option<(Arc<Gpu>, CudnnAttention)> {
     }
 }
 
-struct Rng(u64);
-impl Rng {
-    fn fresh(name: &str) -> Rng {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            | 1;
-        println!("{name}: seed {seed}");
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn normal(&mut self) -> f64 {
-        let u = ((self.next() >> 11) as f64 / (1u64 << 53) as f64).max(1e-300);
-        let v = (self.next() >> 11) as f64 / (1u64 << 53) as f64;
-        (-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()
-    }
+/// A bf16 device buffer of `n` normal(0, 1) values.
+fn random(gpu: &Gpu, rng: &mut Rng, n: usize) -> Mat {
+    Mat::new(gpu, Dtype::Bf16, &rng.normal_vec(n, 1.0))
 }
 
-fn to_bf16(x: f32) -> u16 {
-    let u = x.to_bits();
-    if (u & 0x7fff_ffff) > 0x7f80_0000 {
-        return ((u >> 16) | 0x40) as u16;
-    }
-    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-fn from_bf16(x: u16) -> f64 {
-    f32::from_bits((x as u32) << 16) as f64
-}
-
-/// A bf16 device buffer and the exact values it holds.
-struct B {
-    buf: GpuBuf<u16>,
-    host: Vec<f64>,
-}
-impl B {
-    fn random(gpu: &Gpu, rng: &mut Rng, n: usize) -> B {
-        let v: Vec<u16> = (0..n).map(|_| to_bf16(rng.normal() as f32)).collect();
-        B {
-            host: v.iter().map(|&x| from_bf16(x)).collect(),
-            buf: gpu.upload(&v).unwrap(),
-        }
-    }
-    /// NaN everywhere, so unwritten outputs fail the checks.
-    fn poison(gpu: &Gpu, n: usize) -> B {
-        B {
-            buf: gpu.upload(&vec![0x7fc0u16; n]).unwrap(),
-            host: vec![f64::NAN; n],
-        }
-    }
-    fn at(&self, elem: usize) -> u64 {
-        self.buf.ptr() + 2 * elem as u64
-    }
-    fn get(&self, gpu: &Gpu) -> Vec<f64> {
-        gpu.download(&self.buf)
-            .unwrap()
-            .iter()
-            .map(|&x| from_bf16(x))
-            .collect()
-    }
+/// A bf16 device buffer of NaN, so unwritten outputs fail the checks.
+fn poison(gpu: &Gpu, n: usize) -> Mat {
+    Mat::poison(gpu, Dtype::Bf16, n)
 }
 
 fn rel_err(got: &[f64], want: &[f64]) -> f64 {
-    assert_eq!(got.len(), want.len());
-    let (mut num, mut den) = (0.0, 0.0);
-    for (g, w) in got.iter().zip(want) {
-        if !g.is_finite() {
-            return f64::INFINITY;
-        }
-        num += (g - w) * (g - w);
-        den += w * w;
-    }
     // An exactly-zero reference (dq and dk at T=1: each query sees one key, so dS = 0) is
     // measured against an RMS floor of 1e-3 instead of 0: rounding noise passes, any real error
     // (O(1) values) does not.
-    let floor = 1e-6 * want.len() as f64;
-    (num / den.max(floor)).sqrt()
+    rel_err_floor(got, want, 1e-6 * want.len() as f64)
 }
 
 fn check(what: &str, tol: f64, got: &[f64], want: &[f64]) {
-    let e = rel_err(got, want);
-    println!("PARITY {what}: rel err {e:.3e}");
-    assert!(e <= tol, "{what}: relative error {e:.3e} above {tol:.0e}");
+    check_err(what, tol, rel_err(got, want));
 }
 
 /// Columns `[off, off + width)` of each of `rows` rows of a row-strided buffer.
@@ -261,8 +190,8 @@ fn run_case(
     if fused {
         let w = s.ldq;
         assert!(s.ldk == w && s.ldv == w && w == hd + kd + vd);
-        let qkv = B::random(gpu, rng, rows * w);
-        let g = B::poison(gpu, rows * w);
+        let qkv = random(gpu, rng, rows * w);
+        let g = poison(gpu, rows * w);
         offs = [0, hd, hd + kd];
         qb = qkv;
         kb = None;
@@ -272,12 +201,12 @@ fn run_case(
         gv = None;
     } else {
         offs = [0, 0, 0];
-        qb = B::random(gpu, rng, rows * s.ldq);
-        kb = Some(B::random(gpu, rng, rows * s.ldk));
-        vb = Some(B::random(gpu, rng, rows * s.ldv));
-        gq = B::poison(gpu, rows * s.ldq);
-        gk = Some(B::poison(gpu, rows * s.ldk));
-        gv = Some(B::poison(gpu, rows * s.ldv));
+        qb = random(gpu, rng, rows * s.ldq);
+        kb = Some(random(gpu, rng, rows * s.ldk));
+        vb = Some(random(gpu, rng, rows * s.ldv));
+        gq = poison(gpu, rows * s.ldq);
+        gk = Some(poison(gpu, rows * s.ldk));
+        gv = Some(poison(gpu, rows * s.ldv));
     }
     let kbuf = kb.as_ref().unwrap_or(&qb);
     let vbuf = vb.as_ref().unwrap_or(&qb);
@@ -285,11 +214,11 @@ fn run_case(
     let gvbuf = gv.as_ref().unwrap_or(&gq);
     let (qp, kp, vp) = (qb.at(offs[0]), kbuf.at(offs[1]), vbuf.at(offs[2]));
     let (dqp, dkp, dvp) = (gq.at(offs[0]), gkbuf.at(offs[1]), gvbuf.at(offs[2]));
-    let dout = B::random(gpu, rng, rows * s.ldo);
-    let o = B::poison(gpu, rows * s.ldo);
+    let dout = random(gpu, rng, rows * s.ldo);
+    let o = poison(gpu, rows * s.ldo);
     let lse = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();
 
-    attn.fwd(&s, o.buf.ptr(), lse.ptr(), qp, kp, vp, ws.ptr(), ws.len())
+    attn.fwd(&s, o.ptr(), lse.ptr(), qp, kp, vp, ws.ptr(), ws.len())
         .unwrap();
     let delta = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();
     // Garbage in the accumulator must not matter (cuDNN clears or the path zeroes it).
@@ -303,8 +232,8 @@ fn run_case(
         dvp,
         dq_acc.ptr(),
         delta.ptr(),
-        dout.buf.ptr(),
-        o.buf.ptr(),
+        dout.ptr(),
+        o.ptr(),
         lse.ptr(),
         qp,
         kp,
@@ -351,9 +280,9 @@ fn run_case(
     );
 
     // The own kernels on the same inputs: same lse convention, outputs agree.
-    let o2 = B::poison(gpu, rows * s.ldo);
+    let o2 = poison(gpu, rows * s.ldo);
     let lse2 = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();
-    own.attn_fwd(Dtype::Bf16, &s, o2.buf.ptr(), lse2.ptr(), qp, kp, vp)
+    own.attn_fwd(Dtype::Bf16, &s, o2.ptr(), lse2.ptr(), qp, kp, vp)
         .unwrap();
     gpu.sync().unwrap();
     let own_lse: Vec<f64> = gpu
@@ -377,8 +306,8 @@ fn run_case(
         dvp,
         dq_acc.ptr(),
         delta.ptr(),
-        dout.buf.ptr(),
-        o2.buf.ptr(),
+        dout.ptr(),
+        o2.ptr(),
         lse2.ptr(),
         qp,
         kp,

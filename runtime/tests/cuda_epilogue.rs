@@ -12,43 +12,10 @@
 //!
 //! Without a CUDA driver or device every test prints "skipping: no CUDA device" and passes.
 
-use modelspec_runtime::cuda::{Dtype, DtypeExt, Epilogue, Gpu, GpuBuf, RowMajorGemm};
-use std::sync::Arc;
+mod common;
 
-fn setup() -> Option<Arc<Gpu>> {
-    match Gpu::new(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            println!("skipping: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
-/// xorshift64, seeded from the clock.
-struct Rng(u64);
-impl Rng {
-    fn fresh(name: &str) -> Rng {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            | 1;
-        println!("{name}: seed {seed}");
-        Rng(seed)
-    }
-    /// Uniform in [-scale, scale).
-    fn vec(&mut self, n: usize, scale: f64) -> Vec<f64> {
-        (0..n)
-            .map(|_| {
-                self.0 ^= self.0 << 13;
-                self.0 ^= self.0 >> 7;
-                self.0 ^= self.0 << 17;
-                ((self.0 >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0) * scale
-            })
-            .collect()
-    }
-}
+use common::gpu::{Mat, Rng, check, device};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, Epilogue, RowMajorGemm};
 
 fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
@@ -57,80 +24,6 @@ fn gelu_grad(x: f64) -> f64 {
     let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
     let t = u.tanh();
     0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
-}
-
-/// A device matrix in `dt` and the values it holds (as the dtype stores them).
-enum Buf {
-    F32(GpuBuf<f32>),
-    Bf16(GpuBuf<u16>),
-}
-struct Mat {
-    buf: Buf,
-    host: Vec<f64>,
-}
-fn bf16(x: f32) -> u16 {
-    let u = x.to_bits();
-    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-impl Mat {
-    fn new(gpu: &Gpu, dt: Dtype, vals: &[f64]) -> Mat {
-        match dt {
-            Dtype::F32 => {
-                let v: Vec<f32> = vals.iter().map(|&x| x as f32).collect();
-                Mat {
-                    host: v.iter().map(|&x| x as f64).collect(),
-                    buf: Buf::F32(gpu.upload(&v).unwrap()),
-                }
-            }
-            Dtype::Bf16 => {
-                let v: Vec<u16> = vals.iter().map(|&x| bf16(x as f32)).collect();
-                Mat {
-                    host: v
-                        .iter()
-                        .map(|&x| f32::from_bits((x as u32) << 16) as f64)
-                        .collect(),
-                    buf: Buf::Bf16(gpu.upload(&v).unwrap()),
-                }
-            }
-        }
-    }
-    fn ptr(&self) -> u64 {
-        match &self.buf {
-            Buf::F32(b) => b.ptr(),
-            Buf::Bf16(b) => b.ptr(),
-        }
-    }
-    fn get(&self, gpu: &Gpu) -> Vec<f64> {
-        match &self.buf {
-            Buf::F32(b) => gpu.download(b).unwrap().iter().map(|&x| x as f64).collect(),
-            Buf::Bf16(b) => gpu
-                .download(b)
-                .unwrap()
-                .iter()
-                .map(|&x| f32::from_bits((x as u32) << 16) as f64)
-                .collect(),
-        }
-    }
-}
-
-fn check(what: &str, dt: Dtype, got: &[f64], want: &[f64]) {
-    let (mut num, mut den) = (0.0, 0.0);
-    for (g, w) in got.iter().zip(want) {
-        num += if g.is_finite() {
-            (g - w) * (g - w)
-        } else {
-            1e300
-        };
-        den += w * w;
-    }
-    let e = (num / den.max(1e-300)).sqrt();
-    let tol = if dt == Dtype::F32 { 1e-4 } else { 1e-2 };
-    println!("PARITY {what} {}: rel err {e:.3e}", dt.suffix());
-    assert!(
-        e <= tol,
-        "{what} ({}): relative error {e:.3e} above {tol:.0e}",
-        dt.suffix()
-    );
 }
 
 /// Whether a refused epilogue is acceptable (f32) or a failure (bf16, the training path).
@@ -149,7 +42,7 @@ fn refused(what: &str, dt: Dtype) -> bool {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gelu_aux_epilogue_matches_f64() {
-    let Some(gpu) = setup() else { return };
+    let Some(gpu) = device() else { return };
     let gemm = gpu.gemm().expect("cuBLASLt");
     let mut rng = Rng::fresh("gelu_aux");
     // (rows m, width n, reduced k, pre row stride, bias)
@@ -159,9 +52,9 @@ fn gelu_aux_epilogue_matches_f64() {
             (64, 128, 72, 128, false),
             (100, 256, 64, 264, true),
         ] {
-            let x = Mat::new(&gpu, dt, &rng.vec(m * k, 1.0));
-            let w = Mat::new(&gpu, dt, &rng.vec(n * k, 0.25));
-            let b = Mat::new(&gpu, dt, &rng.vec(n, 0.5));
+            let x = Mat::new(&gpu, dt, &rng.uniform_vec(m * k, 0.0, 1.0));
+            let w = Mat::new(&gpu, dt, &rng.uniform_vec(n * k, 0.0, 0.25));
+            let b = Mat::new(&gpu, dt, &rng.uniform_vec(n, 0.0, 0.5));
             let act = Mat::new(&gpu, dt, &vec![f64::NAN; m * n]);
             let pre = Mat::new(&gpu, dt, &vec![7.0; m * ld]);
             let epi = Epilogue::GeluAux {
@@ -197,16 +90,16 @@ fn gelu_aux_epilogue_matches_f64() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn dgelu_epilogue_matches_f64() {
-    let Some(gpu) = setup() else { return };
+    let Some(gpu) = device() else { return };
     let gemm = gpu.gemm().expect("cuBLASLt");
     let mut rng = Rng::fresh("dgelu");
     for dt in [Dtype::F32, Dtype::Bf16] {
         // dy [m, k] (the down projection's output gradient), W [k, n] (its weight, rows of the
         // hidden width n), pre [m, ld]: d(up) = (dy W) * gelu'(pre).
         for (m, n, k, ld) in [(257, 384, 96, 384), (100, 256, 64, 264)] {
-            let dy = Mat::new(&gpu, dt, &rng.vec(m * k, 1.0));
-            let w = Mat::new(&gpu, dt, &rng.vec(k * n, 0.25));
-            let pre = Mat::new(&gpu, dt, &rng.vec(m * ld, 3.0));
+            let dy = Mat::new(&gpu, dt, &rng.uniform_vec(m * k, 0.0, 1.0));
+            let w = Mat::new(&gpu, dt, &rng.uniform_vec(k * n, 0.0, 0.25));
+            let pre = Mat::new(&gpu, dt, &rng.uniform_vec(m * ld, 0.0, 3.0));
             let out = Mat::new(&gpu, dt, &vec![f64::NAN; m * n]);
             let g = RowMajorGemm {
                 m,
@@ -245,7 +138,7 @@ fn dgelu_epilogue_matches_f64() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn an_epilogue_without_its_matrix_is_refused() {
-    let Some(gpu) = setup() else { return };
+    let Some(gpu) = device() else { return };
     let gemm = gpu.gemm().expect("cuBLASLt");
     let g = RowMajorGemm::linear(8, 16, 8);
     for epi in [

@@ -16,108 +16,24 @@
 //!
 //! Without a CUDA driver or device every test prints "skipping: no CUDA device" and passes.
 
-use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuBuf, Kernels, NormKind, ReduceScratch};
+mod common;
+
+use common::gpu::{Mat, Rng, check_err, rel_err};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, Kernels, NormKind, ReduceScratch};
 use std::sync::Arc;
 
 fn setup() -> Option<(Arc<Gpu>, Kernels)> {
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            println!("skipping: no CUDA device ({e})");
-            return None;
-        }
-    };
-    let kernels = Kernels::load(&gpu, "test_reduce", &[64], Default::default())
-        .expect("kernel library compiles");
-    Some((gpu, kernels))
+    common::gpu::device_and_kernels("test_reduce", &[64])
 }
 
-/// xorshift64, seeded from the clock.
-struct Rng(u64);
-impl Rng {
-    fn fresh(name: &str) -> Rng {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(1)
-            | 1;
-        println!("{name}: seed {seed}");
-        Rng(seed)
-    }
-    fn uniform(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Uniform in [-1, 1) plus `shift`.
-    fn vec(&mut self, n: usize, shift: f64) -> Vec<f64> {
-        (0..n).map(|_| 2.0 * self.uniform() - 1.0 + shift).collect()
-    }
-}
-
-fn to_bf16(x: f32) -> u16 {
-    let u = x.to_bits();
-    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-
-/// A device matrix of `dt` starting `offset` elements into its buffer (offset 1 or 3: not
-/// 16-byte aligned); `host` holds its values as the dtype stores them.
-enum Buf {
-    F32(GpuBuf<f32>),
-    Bf16(GpuBuf<u16>),
-}
-struct Mat {
-    buf: Buf,
-    offset: usize,
-    host: Vec<f64>,
-}
-impl Mat {
-    fn new(gpu: &Gpu, dt: Dtype, vals: &[f64], offset: usize) -> Mat {
-        let pad = vec![0.0; offset];
-        let all: Vec<f64> = pad.iter().chain(vals).copied().collect();
-        let (buf, host) = match dt {
-            Dtype::F32 => {
-                let v: Vec<f32> = all.iter().map(|&x| x as f32).collect();
-                let host = v[offset..].iter().map(|&x| x as f64).collect();
-                (Buf::F32(gpu.upload(&v).unwrap()), host)
-            }
-            Dtype::Bf16 => {
-                let v: Vec<u16> = all.iter().map(|&x| to_bf16(x as f32)).collect();
-                let host = v[offset..]
-                    .iter()
-                    .map(|&x| f32::from_bits((x as u32) << 16) as f64)
-                    .collect();
-                (Buf::Bf16(gpu.upload(&v).unwrap()), host)
-            }
-        };
-        Mat { buf, offset, host }
-    }
-    fn ptr(&self, dt: Dtype) -> u64 {
-        let base = match &self.buf {
-            Buf::F32(b) => b.ptr(),
-            Buf::Bf16(b) => b.ptr(),
-        };
-        base + (self.offset * dt.bytes()) as u64
-    }
-}
-
-fn rel_err(got: &[f32], want: &[f64]) -> f64 {
-    let (mut num, mut den) = (0.0, 0.0);
-    for (&g, w) in got.iter().zip(want) {
-        if !g.is_finite() {
-            return f64::INFINITY;
-        }
-        num += (g as f64 - w) * (g as f64 - w);
-        den += w * w;
-    }
-    (num / den.max(1e-300)).sqrt()
+/// `n` values uniform in [-1, 1) plus `shift`.
+fn shifted(rng: &mut Rng, n: usize, shift: f64) -> Vec<f64> {
+    rng.uniform_vec(n, shift, 1.0)
 }
 
 fn check(what: &str, got: &[f32], want: &[f64]) {
-    let e = rel_err(got, want);
-    println!("PARITY {what}: rel err {e:.3e}");
-    assert!(e <= 2e-5, "{what}: relative error {e:.3e} above 2e-5");
+    let got: Vec<f64> = got.iter().map(|&g| g as f64).collect();
+    check_err(what, 2e-5, rel_err(&got, want));
 }
 
 /// The split of `rows` x `c` the launcher plans (`cuda/reduce.rs`'s `ColPlan`: 256-column
@@ -193,8 +109,8 @@ fn colsum_matches_f64_and_repeats_bit_for_bit() {
         for (rows, c, ld, off) in CASES {
             // A mean of 0.5 per element: sums grow with the rows, as bias gradients do not, so
             // a missed row or chunk shows.
-            let x = Mat::new(&gpu, dt, &rng.vec(rows * ld, 0.5), off);
-            let start = rng.vec(c, 0.0);
+            let x = Mat::new_at(&gpu, dt, &shifted(&mut rng, rows * ld, 0.5), off);
+            let start = shifted(&mut rng, c, 0.0);
             let bytes = ReduceScratch::bytes_for(c);
             let scratch = gpu.zeros::<u8>(bytes).unwrap();
             let sc = ReduceScratch::new(scratch.ptr(), bytes);
@@ -209,7 +125,7 @@ fn colsum_matches_f64_and_repeats_bit_for_bit() {
                 let out = gpu
                     .upload(&start.iter().map(|&v| v as f32).collect::<Vec<_>>())
                     .unwrap();
-                k.colsum(dt, out.ptr(), x.ptr(dt), rows, c, ld, sc).unwrap();
+                k.colsum(dt, out.ptr(), x.ptr(), rows, c, ld, sc).unwrap();
                 runs.push(gpu.download(&out).unwrap());
             }
             let tag = format!("colsum {} {rows}x{c} ld {ld} offset {off}", dt.suffix());
@@ -240,12 +156,18 @@ fn norm_dw_matches_f64_and_repeats_bit_for_bit() {
             for kind in [NormKind::Rms, NormKind::Layer] {
                 // Which gradients exist: weight and bias, weight only, bias only.
                 for (with_w, with_b) in [(true, true), (true, false), (false, true)] {
-                    let dy = Mat::new(&gpu, dt, &rng.vec(rows * c, 0.25), off);
-                    let r = Mat::new(&gpu, dt, &rng.vec(rows * c, 0.1), off);
-                    let rstd: Vec<f32> = rng.vec(rows, 2.0).iter().map(|&v| v as f32).collect();
-                    let mean: Vec<f32> = rng.vec(rows, 0.0).iter().map(|&v| v as f32).collect();
+                    let dy = Mat::new_at(&gpu, dt, &shifted(&mut rng, rows * c, 0.25), off);
+                    let r = Mat::new_at(&gpu, dt, &shifted(&mut rng, rows * c, 0.1), off);
+                    let rstd: Vec<f32> = shifted(&mut rng, rows, 2.0)
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect();
+                    let mean: Vec<f32> = shifted(&mut rng, rows, 0.0)
+                        .iter()
+                        .map(|&v| v as f32)
+                        .collect();
                     let (rstd_d, mean_d) = (gpu.upload(&rstd).unwrap(), gpu.upload(&mean).unwrap());
-                    let (w0, b0) = (rng.vec(c, 0.0), rng.vec(c, 0.0));
+                    let (w0, b0) = (shifted(&mut rng, c, 0.0), shifted(&mut rng, c, 0.0));
                     let (mut ww, mut wb) = (w0.clone(), b0.clone());
                     for n in 0..rows {
                         let mu = if kind == NormKind::Layer {
@@ -272,8 +194,8 @@ fn norm_dw_matches_f64_and_repeats_bit_for_bit() {
                             kind,
                             if with_w { dw.ptr() } else { 0 },
                             if with_b { db.ptr() } else { 0 },
-                            dy.ptr(dt),
-                            r.ptr(dt),
+                            dy.ptr(),
+                            r.ptr(),
                             rstd_d.ptr(),
                             mean_d.ptr(),
                             rows,
@@ -311,7 +233,7 @@ fn norm_dw_matches_f64_and_repeats_bit_for_bit() {
 fn reductions_refuse_missing_or_short_scratch() {
     let Some((gpu, k)) = setup() else { return };
     let (rows, c) = (4096, 768);
-    let x = Mat::new(&gpu, Dtype::Bf16, &vec![1.0; rows * c], 0);
+    let x = Mat::new(&gpu, Dtype::Bf16, &vec![1.0; rows * c]);
     let out = gpu.zeros::<f32>(c).unwrap();
     let small = gpu.zeros::<u8>(1024).unwrap();
     for sc in [
@@ -319,22 +241,14 @@ fn reductions_refuse_missing_or_short_scratch() {
         ReduceScratch::new(small.ptr(), 1024),
     ] {
         let err = k
-            .colsum(Dtype::Bf16, out.ptr(), x.ptr(Dtype::Bf16), rows, c, c, sc)
+            .colsum(Dtype::Bf16, out.ptr(), x.ptr(), rows, c, c, sc)
             .expect_err("scratch too small");
         assert!(err.to_string().contains("reduction scratch"), "{err}");
     }
     // A stride below the width is refused by name, and no rows or no output launch nothing.
     let sc = ReduceScratch::new(small.ptr(), 1024);
     let err = k
-        .colsum(
-            Dtype::Bf16,
-            out.ptr(),
-            x.ptr(Dtype::Bf16),
-            rows,
-            c,
-            c - 1,
-            sc,
-        )
+        .colsum(Dtype::Bf16, out.ptr(), x.ptr(), rows, c, c - 1, sc)
         .expect_err("stride below width");
     assert!(err.to_string().contains("row stride"), "{err}");
     // Wider than the 2^20 columns the counters serve: refused by name.
@@ -347,10 +261,9 @@ fn reductions_refuse_missing_or_short_scratch() {
         .colsum(Dtype::Bf16, ow.ptr(), xw.ptr(), 1, wide, wide, scw)
         .expect_err("too wide");
     assert!(err.to_string().contains("exceeds"), "{err}");
-    k.colsum(Dtype::Bf16, out.ptr(), x.ptr(Dtype::Bf16), 0, c, c, sc)
+    k.colsum(Dtype::Bf16, out.ptr(), x.ptr(), 0, c, c, sc)
         .unwrap();
-    k.colsum(Dtype::Bf16, 0, x.ptr(Dtype::Bf16), rows, c, c, sc)
-        .unwrap();
+    k.colsum(Dtype::Bf16, 0, x.ptr(), rows, c, c, sc).unwrap();
     assert!(gpu.download(&out).unwrap().iter().all(|&v| v == 0.0));
 }
 
@@ -379,16 +292,19 @@ fn consecutive_reductions_share_one_scratch() {
     let inputs: Vec<(Mat, Vec<f64>)> = SEQ
         .iter()
         .map(|&(rows, _, ld)| {
-            let x = Mat::new(&gpu, dt, &rng.vec(rows * ld, 0.5), 0);
-            let start = rng.vec(ld, 0.0);
+            let x = Mat::new(&gpu, dt, &shifted(&mut rng, rows * ld, 0.5));
+            let start = shifted(&mut rng, ld, 0.0);
             (x, start)
         })
         .collect();
     // The norm run between the column sums: 3000 rows of 1000 (4 tiles of 94 chunks).
     let (nr, nc) = (3000, 1000);
-    let dy = Mat::new(&gpu, dt, &rng.vec(nr * nc, 0.25), 0);
-    let r = Mat::new(&gpu, dt, &rng.vec(nr * nc, 0.1), 0);
-    let rstd: Vec<f32> = rng.vec(nr, 2.0).iter().map(|&v| v as f32).collect();
+    let dy = Mat::new(&gpu, dt, &shifted(&mut rng, nr * nc, 0.25));
+    let r = Mat::new(&gpu, dt, &shifted(&mut rng, nr * nc, 0.1));
+    let rstd: Vec<f32> = shifted(&mut rng, nr, 2.0)
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
     let rstd_d = gpu.upload(&rstd).unwrap();
     let mut ww = vec![0.0; nc];
     let mut wb = vec![0.0; nc];
@@ -405,7 +321,7 @@ fn consecutive_reductions_share_one_scratch() {
         for (i, (&(rows, c, ld), (x, start))) in SEQ.iter().zip(&inputs).enumerate() {
             let start32: Vec<f32> = start[..c].iter().map(|&v| v as f32).collect();
             let out = gpu.upload(&start32).unwrap();
-            k.colsum(dt, out.ptr(), x.ptr(dt), rows, c, ld, sc).unwrap();
+            k.colsum(dt, out.ptr(), x.ptr(), rows, c, ld, sc).unwrap();
             let v = gpu.download(&out).unwrap();
             let tag = format!("pass {pass} call {i}: colsum {rows}x{c} ld {ld}");
             let mut want = start[..c].to_vec();
@@ -427,8 +343,8 @@ fn consecutive_reductions_share_one_scratch() {
                     NormKind::Rms,
                     dw.ptr(),
                     db.ptr(),
-                    dy.ptr(dt),
-                    r.ptr(dt),
+                    dy.ptr(),
+                    r.ptr(),
                     rstd_d.ptr(),
                     0,
                     nr,

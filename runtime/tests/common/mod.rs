@@ -4,6 +4,8 @@
 use modelspec_dsl::ir::*;
 use modelspec_runtime::{Float, Params, Tensor, rng};
 
+pub mod gpu;
+
 /// RMS norm with eps 1e-5, weight, no bias, offset 0.
 pub fn rms() -> Norm {
     Norm {

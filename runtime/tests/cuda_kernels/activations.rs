@@ -69,8 +69,8 @@ fn activations_forward_backward_match_f64() {
             // (8 does not divide 300); 256: both vectorised.
             for (n, hidden) in [(33, 300), (17, 256)] {
                 let ld = 2 * hidden; // gate and up as the two halves of one fused projection
-                let gu = T::new(&gpu, dt, &rng.vec(n * ld, 1.5));
-                let dout = T::new(&gpu, dt, &rng.vec(n * hidden, 1.0));
+                let gu = T::new(&gpu, dt, &rng.normal_vec(n * ld, 1.5));
+                let dout = T::new(&gpu, dt, &rng.normal_vec(n * hidden, 1.0));
                 let out = T::poison(&gpu, dt, n * hidden);
                 let dgu = T::poison(&gpu, dt, n * ld);
                 let gate = gu.ptr();

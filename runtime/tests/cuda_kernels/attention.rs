@@ -124,10 +124,10 @@ fn run_attention_case_alibi(
     let slopes = alibi.map(|a| f32buf(gpu, a));
     s.alibi = slopes.as_ref().map_or(0, |b| b.ptr());
     let rows = s.batch * s.seq;
-    let q = T::new(gpu, dt, &rng.vec(rows * s.ldq, 1.0));
-    let kk = T::new(gpu, dt, &rng.vec(rows * s.ldk, 1.0));
-    let v = T::new(gpu, dt, &rng.vec(rows * s.ldv, 1.0));
-    let dout = T::new(gpu, dt, &rng.vec(rows * s.ldo, 1.0));
+    let q = T::new(gpu, dt, &rng.normal_vec(rows * s.ldq, 1.0));
+    let kk = T::new(gpu, dt, &rng.normal_vec(rows * s.ldk, 1.0));
+    let v = T::new(gpu, dt, &rng.normal_vec(rows * s.ldv, 1.0));
+    let dout = T::new(gpu, dt, &rng.normal_vec(rows * s.ldo, 1.0));
     let o = T::poison(gpu, dt, rows * s.ldo);
     let dq = T::poison(gpu, dt, rows * s.ldq);
     let dk = T::poison(gpu, dt, rows * s.ldk);
@@ -234,8 +234,8 @@ fn attention_forward_backward_match_f64() {
     };
     let rows = s.batch * s.seq;
     for dt in DTYPES {
-        let qkv = T::new(&gpu, dt, &rng.vec(rows * w, 1.0));
-        let dout = T::new(&gpu, dt, &rng.vec(rows * s.ldo, 1.0));
+        let qkv = T::new(&gpu, dt, &rng.normal_vec(rows * w, 1.0));
+        let dout = T::new(&gpu, dt, &rng.normal_vec(rows * s.ldo, 1.0));
         let o = T::poison(&gpu, dt, rows * s.ldo);
         let dqkv = T::poison(&gpu, dt, rows * w);
         let lse = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();

@@ -14,12 +14,12 @@ fn embedding_forward_backward_match_f64() {
     for dt in DTYPES {
         let (vocab, c, b, t) = (50, 96, 3, 17);
         let n = b * t;
-        let wte = T::new(&gpu, dt, &rng.vec(vocab * c, 1.0));
-        let wpe = T::new(&gpu, dt, &rng.vec(t * c, 1.0));
+        let wte = T::new(&gpu, dt, &rng.normal_vec(vocab * c, 1.0));
+        let wpe = T::new(&gpu, dt, &rng.normal_vec(t * c, 1.0));
         let tok: Vec<i32> = (0..n).map(|_| (rng.next() % vocab as u64) as i32).collect();
         let tokb = gpu.upload(&tok).unwrap();
         let out = T::poison(&gpu, dt, n * c);
-        let dout = T::new(&gpu, dt, &rng.vec(n * c, 1.0));
+        let dout = T::new(&gpu, dt, &rng.normal_vec(n * c, 1.0));
         let dwte = gpu.zeros::<f32>(vocab * c).unwrap();
         let dwpe = gpu.zeros::<f32>(t * c).unwrap();
         let scale = 1.7f32;
@@ -73,7 +73,7 @@ fn cross_entropy_loss_and_grad_match_f64() {
     for dt in DTYPES {
         for softcap in [0.0f32, 30.0] {
             let (n, v, ld) = (21, 5003, 5008);
-            let logits = T::new(&gpu, dt, &rng.vec(n * ld, 4.0));
+            let logits = T::new(&gpu, dt, &rng.normal_vec(n * ld, 4.0));
             let tgt: Vec<i32> = (0..n)
                 .map(|i| {
                     if i == 3 {
@@ -153,10 +153,10 @@ fn adamw_matches_f64() {
     let s = config.scalars(step, lr);
     for dt in DTYPES {
         let (n, decay_end) = (10_001, 6_000);
-        let w0 = rng.vec(n, 1.0);
-        let g0 = rng.vec(n, 0.1);
-        let m0: Vec<f64> = rng.vec(n, 0.01);
-        let v0: Vec<f64> = rng.vec(n, 0.01).iter().map(|x| x * x).collect();
+        let w0 = rng.normal_vec(n, 1.0);
+        let g0 = rng.normal_vec(n, 0.1);
+        let m0: Vec<f64> = rng.normal_vec(n, 0.01);
+        let v0: Vec<f64> = rng.normal_vec(n, 0.01).iter().map(|x| x * x).collect();
         let (master, grad, m, v) = (
             f32buf(&gpu, &w0),
             f32buf(&gpu, &g0),

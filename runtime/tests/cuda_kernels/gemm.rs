@@ -15,9 +15,9 @@ fn gemm_row_major_all_transposes_match_f64() {
     for dt in DTYPES {
         for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
             let (m, n, kk) = (67, 45, 129);
-            let a = T::new(&gpu, dt, &rng.vec(m * kk, 1.0));
-            let b = T::new(&gpu, dt, &rng.vec(kk * n, 1.0));
-            let c0 = rng.vec(m * n, 1.0);
+            let a = T::new(&gpu, dt, &rng.normal_vec(m * kk, 1.0));
+            let b = T::new(&gpu, dt, &rng.normal_vec(kk * n, 1.0));
+            let c0 = rng.normal_vec(m * n, 1.0);
             let c = T::new(&gpu, dt, &c0);
             let g = RowMajorGemm {
                 m,
@@ -67,9 +67,9 @@ fn gemm_bias_epilogue_and_f32_output_match_f64() {
     for dt in DTYPES {
         // y[N, out] = x[N, in] W[out, in]^T + b
         let (m, n, kk) = (70, 96, 136);
-        let x = T::new(&gpu, dt, &rng.vec(m * kk, 1.0));
-        let w = T::new(&gpu, dt, &rng.vec(n * kk, 1.0));
-        let b = T::new(&gpu, dt, &rng.vec(n, 1.0));
+        let x = T::new(&gpu, dt, &rng.normal_vec(m * kk, 1.0));
+        let w = T::new(&gpu, dt, &rng.normal_vec(n * kk, 1.0));
+        let b = T::new(&gpu, dt, &rng.normal_vec(n, 1.0));
         let y = T::poison(&gpu, dt, m * n);
         let g = RowMajorGemm {
             m,

@@ -20,12 +20,12 @@ fn norm_forward_backward_matches_f64() {
         ] {
             let (n, c) = (37, 1000);
             let eps = 1e-5;
-            let x = T::new(&gpu, dt, &rng.vec(n * c, 1.0));
-            let res = T::new(&gpu, dt, &rng.vec(n * c, 1.0));
-            let w = T::new(&gpu, dt, &rng.vec(c, 0.5));
-            let bias = T::new(&gpu, dt, &rng.vec(c, 0.5));
-            let dy = T::new(&gpu, dt, &rng.vec(n * c, 1.0));
-            let dres = T::new(&gpu, dt, &rng.vec(n * c, 1.0));
+            let x = T::new(&gpu, dt, &rng.normal_vec(n * c, 1.0));
+            let res = T::new(&gpu, dt, &rng.normal_vec(n * c, 1.0));
+            let w = T::new(&gpu, dt, &rng.normal_vec(c, 0.5));
+            let bias = T::new(&gpu, dt, &rng.normal_vec(c, 0.5));
+            let dy = T::new(&gpu, dt, &rng.normal_vec(n * c, 1.0));
+            let dres = T::new(&gpu, dt, &rng.normal_vec(n * c, 1.0));
             let y = T::poison(&gpu, dt, n * c);
             let r = T::poison(&gpu, dt, n * c);
             let dx = T::poison(&gpu, dt, n * c);
@@ -157,7 +157,7 @@ fn rope_forward_backward_matches_f64() {
             let (b, t, heads, d) = (2, 19, 3, 64);
             let ld = heads * d + 16; // a view into a wider (fused) buffer
             let n = b * t;
-            let xv = rng.vec(n * ld, 1.0);
+            let xv = rng.normal_vec(n * ld, 1.0);
             let x = T::new(&gpu, dt, &xv);
             let half = rot / 2;
             let cos: Vec<f64> = (0..t * half)
