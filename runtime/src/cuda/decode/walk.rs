@@ -6,7 +6,7 @@ use std::sync::Arc;
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::program::{KernelRow, check_walk};
 
-use super::{DecodeError, GpuDecoder, Result};
+use super::{GpuDecoder, Result};
 use crate::cuda::error::CudaError;
 use crate::cuda::gpu::{Dtype, Gpu};
 use crate::tensor::ParamSource;
@@ -25,17 +25,9 @@ impl GpuDecoder {
         capacity: usize,
         walk: &[&[KernelRow]],
     ) -> Result<GpuDecoder> {
-        let kernels = check_walk(spec, walk).map_err(CudaError::from)?;
-        let mut dec = Self::new(gpu, spec, dt, params, batch, capacity)?;
-        for (layer, ks) in dec.layers.iter_mut().zip(kernels) {
-            if layer.kernels != ks {
-                return Err(DecodeError::Unsupported(format!(
-                    "layer {}: the checked walk differs from the decoder's program",
-                    layer.index
-                )));
-            }
-            layer.kernels = ks;
-        }
-        Ok(dec)
+        // One path with `new`: the decoder walks the kernels of its own lowering
+        // (`LayerProgram::kernels`), which `check_walk` has just found equal to the rows.
+        check_walk(spec, walk).map_err(CudaError::from)?;
+        Self::new(gpu, spec, dt, params, batch, capacity)
     }
 }
