@@ -25,6 +25,9 @@
 //! Without a CUDA device the GPU tests print "skipping: no CUDA device" and pass; the NVRTC test
 //! needs only NVRTC.
 
+mod common;
+
+use common::gpu::device;
 use std::sync::Arc;
 
 use modelspec_dsl::ModelSpec;
@@ -222,16 +225,6 @@ fn spec(src: &str) -> ModelSpec {
     load_str(src, "t.mspec", Format::Mspec).expect("spec is valid")
 }
 
-fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::new(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            println!("skipping: no CUDA device ({e})");
-            None
-        }
-    }
-}
-
 /// The runtime's initialisation with matrices scaled by 4; rounded to bf16 when asked.
 fn weights(spec: &ModelSpec, bf16: bool) -> Params {
     let mut p = Params::<f32>::init(spec, 7);
@@ -315,7 +308,7 @@ fn batch_parity(gpu: &Arc<Gpu>, name: &str, src: &str, dt: Dtype) -> f64 {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn batched_decoding_equals_the_cpu_in_f32() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     for (name, src) in CASES {
         let e = batch_parity(&gpu, name, src, Dtype::F32);
         assert!(e <= F32_TOL, "{name}: f32 logits off by {e:.2e}");
@@ -328,7 +321,7 @@ fn batched_decoding_equals_the_cpu_in_f32() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn batched_decoding_in_bf16_stays_within_its_bound() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     for (name, src) in CASES.iter().filter(|(_, src)| !src.contains("moe {")) {
         let e = batch_parity(&gpu, name, src, Dtype::Bf16);
         assert!(e <= BF16_TOL, "{name}: bf16 logits off by {e:.2e}");
@@ -341,7 +334,7 @@ fn batched_decoding_in_bf16_stays_within_its_bound() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn window_decoding_follows_the_cpu() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     let dynamic = ("dynamic NTK", DYNAMIC_NTK);
     for (name, src) in [CASES[0], CASES[1], CASES[7], CASES[11], dynamic] {
         let spec = spec(src);
@@ -367,7 +360,7 @@ fn window_decoding_follows_the_cpu() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn bad_calls_fail_cleanly() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     let spec = spec(LLAMA_LIKE);
     let params = weights(&spec, false);
     let mut dec = GpuDecoder::new(&gpu, &spec, Dtype::F32, &params, 2, 8).unwrap();

@@ -5,12 +5,14 @@
 //! against the host optimizer on the same GPU gradients.
 //! Without a CUDA device the tests print "skipping: no CUDA device" and pass.
 
-use std::sync::Arc;
+mod common;
+
+use common::gpu::device;
 
 use modelspec_dsl::ir::ModelSpec;
 use modelspec_dsl::load::{Format, load_str};
 use modelspec_runtime::Params;
-use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuTrainer};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, GpuTrainer};
 use modelspec_runtime::train::optim::{AdamW, AdamWConfig, decays};
 use modelspec_runtime::train::schedule::CosineSchedule;
 use modelspec_runtime::train::{
@@ -39,16 +41,6 @@ const LLAMA_LIKE: &str = "model t_llama {
 
 fn spec(text: &str) -> ModelSpec {
     load_str(text, "test.mspec", Format::Mspec).expect("spec loads")
-}
-
-fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::new(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            println!("skipping: no CUDA device ({e})");
-            None
-        }
-    }
 }
 
 fn tokens(n: usize, vocab: u64, seed: u64) -> Vec<u32> {
@@ -85,7 +77,7 @@ fn normwise(a: &[f32], b: &[f32]) -> f64 {
 }
 
 fn adamw_matches_host(text: &str) {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     let spec = spec(text);
     let (batch, seq) = (2, 32);
     let config = AdamWConfig {
@@ -184,7 +176,7 @@ fn options(steps: u64) -> TrainOptions {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn device_resident_steps_follow_the_host_optimizer() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     let spec = spec(GPT2_LIKE);
     let (n, k) = (6u64, 3u64);
     let o = options(n);
@@ -274,7 +266,7 @@ fn device_resident_steps_follow_the_host_optimizer() {
 /// steps without it. Step 3 ignores half the targets, which changes the loss scale the graph baked
 /// in, so it is captured again; step 4 goes back to the first scale.
 fn graph_matches_eager(text: &str, dt: Dtype) {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     let spec = spec(text);
     let (batch, seq) = (2, 32);
     let n = batch * seq;
@@ -352,7 +344,7 @@ fn graph_steps_equal_eager_steps() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn timeline_spans_cover_the_step() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     let spec = spec(GPT2_LIKE);
     let (batch, seq) = (2, 32);
     let mut tr = GpuTrainer::new(&gpu, &spec, Dtype::Bf16, batch, seq, 0).unwrap();

@@ -4,14 +4,16 @@
 //!
 //! Without a CUDA device the GPU tests print "skipping: no CUDA device" and pass.
 
-use std::sync::Arc;
+mod common;
+
+use common::gpu::device;
 
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::load::{Format, load_str};
 use modelspec_dsl::program::{Fusion, KernelRow, lowered_walk};
 use modelspec_runtime::Params;
 use modelspec_runtime::cuda::decode::{DecodeError, GpuDecoder};
-use modelspec_runtime::cuda::{CudaError, Dtype, Gpu, GpuTrainer};
+use modelspec_runtime::cuda::{CudaError, Dtype, GpuTrainer};
 
 /// Three layers of two programs (layer 1 has a qk-norm and post-norms), one MoE layer.
 const SPEC: &str = "model t_walk {
@@ -23,16 +25,6 @@ const SPEC: &str = "model t_walk {
     layers[1] { placement sandwich attention { qk_norm rms(eps = 1e-6) } }
     layers[2] { moe { experts 4 top_k 2 expert swiglu(hidden = 16) router softmax_topk renormalize } }
 }";
-
-fn gpu() -> Option<Arc<Gpu>> {
-    match Gpu::new(0) {
-        Ok(g) => Some(g),
-        Err(e) => {
-            println!("skipping: no CUDA device ({e})");
-            None
-        }
-    }
-}
 
 fn spec() -> ModelSpec {
     load_str(SPEC, "t_walk.mspec", Format::Mspec).expect("valid spec")
@@ -65,7 +57,7 @@ fn tokens(n: usize, seed: usize) -> Vec<u32> {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_trainer_with_the_walk_computes_what_new_computes() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     let spec = spec();
     let walk = rows(&spec);
     let params = Params::init(&spec, 7);
@@ -97,7 +89,7 @@ fn a_trainer_with_the_walk_computes_what_new_computes() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_decoder_with_the_walk_computes_what_new_computes() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     let spec = spec();
     let walk = rows(&spec);
     let params = Params::init(&spec, 11);
@@ -122,7 +114,7 @@ fn a_decoder_with_the_walk_computes_what_new_computes() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn a_tampered_walk_is_refused_by_both_executors() {
-    let Some(gpu) = gpu() else { return };
+    let Some(gpu) = device() else { return };
     let spec = spec();
     let mut walk = rows(&spec);
     let mut layer1 = walk[1].to_vec();
