@@ -250,6 +250,27 @@ mod tests {
             .collect()
     }
 
+    /// The one layer of `src` lowered, its kernels, and which activations a backward reads.
+    fn one_layer(src: &str) -> (LayerProgram, Vec<Kernel>, Vec<bool>) {
+        let spec = load_str(src, "t.mspec", Format::Mspec).expect("valid");
+        let lp = LayerProgram::lower(&spec, &spec.layers[0]);
+        let ks = lp.kernels();
+        let mut needed = vec![false; super::super::N_ACTS];
+        for t in lp.costs.iter().filter(|t| t.needed) {
+            needed[lp.act_named(t.name).unwrap() as usize] = true;
+        }
+        (lp, ks, needed)
+    }
+
+    /// The fusions of the kernels `redo` marks.
+    fn marked(ks: &[Kernel], redo: &[bool]) -> Vec<Fusion> {
+        ks.iter()
+            .zip(redo)
+            .filter(|(_, r)| **r)
+            .map(|(k, _)| k.fusion)
+            .collect()
+    }
+
     #[test]
     fn every_node_is_in_one_kernel_in_order() {
         for file in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../specs")).unwrap() {
@@ -367,31 +388,16 @@ mod tests {
 
     #[test]
     fn latent_attention_recomputes_only_what_it_lost() {
-        let spec = load_str(
+        let (lp, ks, needed) = one_layer(
             "model t { vocab 64 d_model 32 layers 1 context 16 norm rms(eps = 1e-5)
                attention { heads 4 mla(q_rank = 12, kv_rank = 8, nope_dim = 6, rope_dim = 4, v_dim = 5) }
                position rope(theta = 10000) mlp swiglu(hidden = 48) }",
-            "t.mspec",
-            Format::Mspec,
-        )
-        .expect("valid");
-        let lp = LayerProgram::lower(&spec, &spec.layers[0]);
-        let ks = lp.kernels();
-        let mut needed = vec![false; super::super::N_ACTS];
-        for t in lp.costs.iter().filter(|t| t.needed) {
-            needed[lp.act_named(t.name).unwrap() as usize] = true;
-        }
+        );
         // q, kv and k_rope only feed the per-head layout: no backward reads them.
         for a in [Act::Q, Act::Kv, Act::KRope] {
             assert!(!needed[a as usize], "{}", a.name());
         }
-        let redo = |keep: &[bool]| -> Vec<Fusion> {
-            ks.iter()
-                .zip(lp.recompute(&ks, keep, &needed))
-                .filter(|(_, r)| *r)
-                .map(|(k, _)| k.fusion)
-                .collect()
-        };
+        let redo = |keep: &[bool]| marked(&ks, &lp.recompute(&ks, keep, &needed));
         // Everything kept but the joint latent's norm: only its kernel runs again.
         let mut keep = lp.save_set(&crate::ir::LayerCheckpoint::None).unwrap();
         keep[Act::KvLatentNorm as usize] = false;
@@ -409,27 +415,12 @@ mod tests {
 
     #[test]
     fn recompute_follows_what_was_kept() {
-        let spec = load_str(
+        let (lp, ks, needed) = one_layer(
             "model t { vocab 64 d_model 32 layers 1 context 16 norm rms(eps = 1e-5) placement sandwich
                attention { heads 4 qk_norm rms(eps = 1e-6) } position rope(theta = 10000)
                mlp swiglu(hidden = 48) }",
-            "t.mspec",
-            Format::Mspec,
-        )
-        .expect("valid");
-        let lp = LayerProgram::lower(&spec, &spec.layers[0]);
-        let ks = lp.kernels();
-        let mut needed = vec![false; super::super::N_ACTS];
-        for t in lp.costs.iter().filter(|t| t.needed) {
-            needed[lp.act_named(t.name).unwrap() as usize] = true;
-        }
-        let names = |redo: &[bool]| -> Vec<Fusion> {
-            ks.iter()
-                .zip(redo)
-                .filter(|(_, r)| **r)
-                .map(|(k, _)| k.fusion)
-                .collect()
-        };
+        );
+        let names = |redo: &[bool]| marked(&ks, redo);
         // Everything kept: nothing runs again.
         let all = lp.save_set(&crate::ir::LayerCheckpoint::None).unwrap();
         assert!(names(&lp.recompute(&ks, &all, &needed)).is_empty());
