@@ -31,6 +31,7 @@
 //!
 //! Without a CUDA device the GPU tests print "skipping: no CUDA device" and pass.
 
+mod common;
 #[path = "cuda_moe/device.rs"]
 mod device;
 #[path = "cuda_moe/inputs.rs"]
@@ -44,11 +45,12 @@ use modelspec_dsl::ModelSpec;
 use modelspec_dsl::ir::Ffn;
 use modelspec_dsl::load::{Format, load_str};
 use modelspec_runtime::cuda::moe::{KERNEL_NAMES, MoeLayer, kernel_source};
-use modelspec_runtime::cuda::{Dtype, Gpu, GpuBuf, compile};
+use modelspec_runtime::cuda::{Dtype, GpuBuf, compile};
 use modelspec_runtime::ops::moe as cpu;
 
+use common::gpu::Rng;
 use device::{Packed, download_grads, upload_params, zero_grads};
-use inputs::{Rng, decode, draw, elem, encode, layer_params};
+use inputs::{decode, draw, elem, encode, layer_params};
 use reference::{
     clamped_fractions, correction, moe_of, ref_backward, ref_forward, routing_changes,
 };
@@ -435,12 +437,8 @@ fn run(case: &Case, dt: Dtype, tol: f64) {
         .collect();
 
     // The reference runs everywhere; the GPU side needs a device.
-    let gpu = match Gpu::new(0) {
-        Ok(g) => g,
-        Err(e) => {
-            println!("skipping: no CUDA device ({e})");
-            return;
-        }
+    let Some(gpu) = common::gpu::device() else {
+        return;
     };
 
     // GPU.
@@ -726,11 +724,11 @@ fn reference_matches_finite_differences() {
                 checked += 1;
             };
             for _ in 0..4 {
-                let idx = (rng.next() * dx.len() as f64) as usize;
+                let idx = (rng.uniform() * dx.len() as f64) as usize;
                 probe("x", idx, dx[idx]);
             }
             for (name, g) in &grads {
-                let idx = (rng.next() * g.len() as f64) as usize;
+                let idx = (rng.uniform() * g.len() as f64) as usize;
                 probe(name, idx, g[idx]);
             }
         }

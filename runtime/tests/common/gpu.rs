@@ -1,7 +1,8 @@
-//! The harness the GPU kernel test binaries share (`cuda_kernels`, `cuda_reduce`, `cuda_cudnn`,
-//! `cuda_epilogue`): the device (or a printed skip), fresh clock-seeded random inputs (the seed is
-//! printed), device matrices of either dtype holding values exact in it, and the norm-wise
-//! relative error check that prints one `PARITY` line per comparison.
+//! The harness the GPU test binaries share: the device (or a printed skip), random inputs from
+//! a clock-seeded generator (the seed is printed), bf16 rounding, device matrices of either dtype
+//! holding values exact in it, and the norm-wise relative error check that prints one `PARITY`
+//! line per comparison. Used by `cuda_kernels`, `cuda_reduce`, `cuda_cudnn`, `cuda_epilogue` and
+//! `cuda_moe`; `cuda_decode`, `cuda_train_state` and `cuda_walk` take the device from it.
 
 use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuBuf, Kernels};
 use std::sync::Arc;
@@ -29,8 +30,8 @@ pub fn device_and_kernels(name: &str, head_dims: &[usize]) -> Option<(Arc<Gpu>, 
     Some((gpu, kernels))
 }
 
-/// xorshift64, seeded from the clock.
-pub struct Rng(u64);
+/// xorshift64: seeded from the clock ([`Rng::fresh`]) or given its state (nonzero).
+pub struct Rng(pub u64);
 
 impl Rng {
     /// A generator seeded from the clock; prints `{name}: seed {seed}`.

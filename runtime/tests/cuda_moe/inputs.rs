@@ -1,5 +1,6 @@
-//! Random inputs of the MoE tests: the generator, bf16 rounding and encoding, each layer's
-//! parameters, and draws without near-ties in the routing.
+//! Random inputs of the MoE tests: rounding and encoding in a dtype, each layer's parameters,
+//! and draws without near-ties in the routing (the generator and bf16 rounding are
+//! `common/gpu.rs`'s).
 
 use std::collections::BTreeMap;
 
@@ -7,38 +8,8 @@ use modelspec_dsl::ModelSpec;
 use modelspec_runtime::cuda::Dtype;
 
 use super::Case;
+use super::common::gpu::{Rng, from_bf16, to_bf16};
 use super::reference::{correction, min_gap, moe_of, router_logits};
-
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> f64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn normal(&mut self) -> f64 {
-        let u1 = self.next().max(1e-300);
-        let u2 = self.next();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-    fn vec(&mut self, n: usize, std: f64) -> Vec<f64> {
-        (0..n).map(|_| self.normal() * std).collect()
-    }
-}
-
-fn bf16_bits(x: f32) -> u16 {
-    let u = x.to_bits();
-    if (u & 0x7fff_ffff) > 0x7f80_0000 {
-        return ((u >> 16) | 0x40) as u16;
-    }
-    ((u + 0x7fff + ((u >> 16) & 1)) >> 16) as u16
-}
-
-fn from_bf16(b: u16) -> f32 {
-    f32::from_bits((b as u32) << 16)
-}
 
 /// Rounds to what the GPU stores in `dt`.
 pub fn round(v: &mut [f64], dt: Dtype) {
@@ -46,7 +17,7 @@ pub fn round(v: &mut [f64], dt: Dtype) {
         let f = *x as f32;
         *x = match dt {
             Dtype::F32 => f as f64,
-            Dtype::Bf16 => from_bf16(bf16_bits(f)) as f64,
+            Dtype::Bf16 => from_bf16(to_bf16(f)) as f64,
         };
     }
 }
@@ -63,7 +34,7 @@ pub fn encode(v: &[f64], dt: Dtype) -> Vec<u8> {
     for &x in v {
         match dt {
             Dtype::F32 => out.extend_from_slice(&(x as f32).to_le_bytes()),
-            Dtype::Bf16 => out.extend_from_slice(&bf16_bits(x as f32).to_le_bytes()),
+            Dtype::Bf16 => out.extend_from_slice(&to_bf16(x as f32).to_le_bytes()),
         }
     }
     out
@@ -114,7 +85,7 @@ fn init_params(
         } else {
             1.0 / fan_in.sqrt()
         };
-        let mut v = rng.vec(n as usize, std);
+        let mut v = rng.normal_vec(n as usize, std);
         if name.ends_with("router.weight") && case.ties {
             v.fill(0.0);
         }
@@ -158,14 +129,14 @@ pub fn draw(spec: &ModelSpec, case: &Case, dt: Dtype, layers: &[usize]) -> Input
         };
         for &i in layers {
             let p = init_params(spec, i, &mut rng, case, dt);
-            let mut x = rng.vec(case.rows * d, 1.0);
+            let mut x = rng.normal_vec(case.rows * d, 1.0);
             if case.dead_expert.is_some() {
                 for n in 0..case.rows {
                     x[n * d] = 3.0 + 0.1 * x[n * d];
                 }
             }
             round(&mut x, dt);
-            let mut dout = rng.vec(case.rows * d, 1.0);
+            let mut dout = rng.normal_vec(case.rows * d, 1.0);
             round(&mut dout, dt);
             let moe = moe_of(spec, i);
             let logits = router_logits(&moe, i, d, &p, &x, case.rows);
