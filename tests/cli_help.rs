@@ -24,6 +24,8 @@ fn bench_and_train_help_describe_the_gpu_trainer_of_today() {
         assert!(text.contains("MoE"), "{command}: {text}");
     }
     assert!(help("bench").contains("budget(0.5)"));
+    // The in-step timeline is one flag away.
+    assert!(help("bench").contains("--timeline"));
 }
 
 #[test]

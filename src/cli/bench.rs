@@ -1,5 +1,9 @@
-//! `modelspec bench FILE --device cuda --batch B --seq T [--dtype bf16|f32] [--steps N] [--json]`:
-//! times training steps (forward, loss, backward, AdamW) of a spec on the GPU, on random tokens.
+//! `modelspec bench FILE --device cuda --batch B --seq T [--dtype bf16|f32] [--steps N]
+//! [--timeline] [--json]`: times training steps (forward, loss, backward, AdamW) of a spec on the
+//! GPU, on random tokens, and says which attention path each layer ran and whether the step
+//! replayed as a CUDA graph. `--timeline` then runs five more steps with CUDA events around every
+//! kernel of the layer programs, the head, the embeddings and AdamW, and prints where the step's
+//! time goes.
 //! The GPU trainer runs every layer kind of the IR (mixed layers, sliding windows, ALiBi, MoE, ...)
 //! and keeps for backward what the checkpoint plan of `--checkpoint` saves (default `none`: every
 //! activation), recomputing the rest.
@@ -52,9 +56,36 @@ pub struct BenchArgs {
     /// the fastest step, as earlier benchmarks measured), whatever the spec says.
     #[arg(long)]
     pub checkpoint: Option<String>,
+    /// After the timed steps, five more with CUDA events around each kernel of the layer
+    /// programs (per fusion: forward, recomputation, backward), the head, the embeddings and
+    /// AdamW, and print milliseconds per step for each (eagerly: no CUDA graph for these).
+    #[arg(long)]
+    pub timeline: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Steps the timeline covers.
+const TIMELINE_STEPS: usize = 5;
+
+/// Milliseconds per step of each timeline span, most first.
+fn timeline(gpu: &Gpu, trainer: &mut GpuTrainer) -> anyhow::Result<Vec<(String, f64)>> {
+    trainer.set_timeline(true);
+    trainer.step()?; // the eager path's first step, not counted
+    trainer.timeline()?;
+    for _ in 0..TIMELINE_STEPS {
+        trainer.step()?;
+    }
+    gpu.sync()?;
+    let mut spans: Vec<(String, f64)> = trainer
+        .timeline()?
+        .into_iter()
+        .map(|(label, ms)| (label, ms / TIMELINE_STEPS as f64))
+        .collect();
+    trainer.set_timeline(false);
+    spans.sort_by(|a, b| b.1.total_cmp(&a.1));
+    Ok(spans)
 }
 
 /// Runs the benchmark.
@@ -104,6 +135,12 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     times.sort_by(|a, b| a.total_cmp(b));
     let ms = times[times.len() / 2];
     let loss = trainer.loss()?;
+    let (attention, graph) = (trainer.attention_paths(), trainer.cuda_graph());
+    let spans = if args.timeline {
+        timeline(&gpu, &mut trainer)?
+    } else {
+        Vec::new()
+    };
     let params = trainer.param_count() as f64;
     let (layers, d) = (spec.layers.len() as f64, spec.d_model as f64);
     let flops_per_token = 6.0 * params + 6.0 * layers * d * args.seq as f64;
@@ -112,21 +149,39 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let gib = trainer.device_bytes() as f64 / (1u64 << 30) as f64;
     let dtype_name = dtype.suffix();
     let text = if args.json {
+        let spans_json: Vec<String> = spans
+            .iter()
+            .map(|(label, ms)| format!("{{\"span\": {label:?}, \"ms_per_step\": {ms:.4}}}"))
+            .collect();
         format!(
-            "{{\"model\": \"{}\", \"device\": \"{}\", \"batch\": {}, \"seq\": {}, \"dtype\": \"{dtype_name}\", \"ms_per_step\": {ms:.3}, \"tokens_per_s\": {tokens_s:.0}, \"tflops\": {tflops:.1}, \"mfu_vs_800\": {:.3}, \"device_gib\": {gib:.2}, \"loss\": {loss:.4}}}\n",
+            "{{\"model\": \"{}\", \"device\": \"{}\", \"batch\": {}, \"seq\": {}, \"dtype\": \"{dtype_name}\", \"ms_per_step\": {ms:.3}, \"tokens_per_s\": {tokens_s:.0}, \"tflops\": {tflops:.1}, \"mfu_vs_800\": {:.3}, \"device_gib\": {gib:.2}, \"loss\": {loss:.4}, \"attention\": {attention:?}, \"cuda_graph\": {graph:?}, \"timeline\": [{}]}}\n",
             spec.name,
             gpu.name(),
             args.batch,
             args.seq,
-            tflops / 800.0
+            tflops / 800.0,
+            spans_json.join(", ")
         )
     } else {
-        format!(
-            "{}: {ms:.2} ms/step (median of {}), {tokens_s:.0} tokens/s, {tflops:.1} TFLOP/s, {gib:.2} GiB on {}, loss {loss:.4}\n",
+        let mut text = format!(
+            "{}: {ms:.2} ms/step (median of {}), {tokens_s:.0} tokens/s, {tflops:.1} TFLOP/s, {gib:.2} GiB on {}, loss {loss:.4}\nattention: {attention}\nCUDA graph: {graph}\n",
             spec.name,
             args.steps,
             gpu.name()
-        )
+        );
+        if !spans.is_empty() {
+            let total: f64 = spans.iter().map(|(_, ms)| ms).sum();
+            text.push_str(&format!(
+                "timeline ({TIMELINE_STEPS} steps, no graph; {total:.2} ms of kernels a step):\n"
+            ));
+            for (label, ms) in &spans {
+                text.push_str(&format!(
+                    "  {label:<24} {ms:>9.3} ms {:>5.1}%\n",
+                    100.0 * ms / total.max(1e-12)
+                ));
+            }
+        }
+        text
     };
     print_stdout(&text)
 }
