@@ -85,6 +85,18 @@ __device__ __forceinline__ void attn_lane_load(const T* r, int D, int lane, floa
     }
 }
 
+// The first key query i may see (window and chunk; causal masks from above).
+__device__ __forceinline__ int attn_first_key(int i, int window, int chunk) {
+    int j0 = window > 0 ? max(0, i - window + 1) : 0;
+    return chunk > 0 ? max(j0, i / chunk * chunk) : j0;
+}
+
+// Llama 4's query temperature at position `pos`: 1 + scale * log1p(floor((pos + 1) / floor)), in
+// f32 as transformers computes it.
+__device__ __forceinline__ float attn_temperature(float pos, float floor_, float scale) {
+    return log1pf(floorf((pos + 1.f) / floor_)) * scale + 1.f;
+}
+
 // One key j (row kr, value row vr) of a warp's online softmax for the query in qv: the score
 // s = scale * (q.k + alibi_bias(slope, j) when `alibi`), softcap * tanh(s / softcap) when
 // softcap > 0; the running max m and sum l are updated and acc = acc * corr + p * v. q and k

@@ -124,13 +124,12 @@ __device__ void dec_attn(T* o, const T* q, const T* kc, const T* vc, const int* 
     float qv[ATTN_MAXD_LANE], acc[ATTN_MAXD_LANE] = {};
     attn_lane_load(qr, D, lane, qv);
     if (tau_scale > 0.f) {
-        float tau = log1pf(floorf(((float)i + 1.f) / tau_floor)) * tau_scale + 1.f;
+        float tau = attn_temperature((float)i, tau_floor, tau_scale);
 #pragma unroll
         for (int e = 0; e < ATTN_MAXD_LANE; e++) qv[e] = round_to<T>(qv[e] * tau);
     }
     float m = NEG_INF, l = 0.f;
-    int j0 = window > 0 ? max(0, i - window + 1) : 0;
-    if (chunk > 0) j0 = max(j0, i / chunk * chunk);
+    int j0 = attn_first_key(i, window, chunk);
     for (int j = j0 + warp; j <= i; j += DEC_WARPS) {
         const T* kr = kb + (size_t)j * D;
         const T* vr = vb + (size_t)j * DV;

@@ -12,11 +12,6 @@
 __device__ __forceinline__ bool attn_visible(int i, int j, int T, int causal, int window, int chunk) {
     return j < T && (!causal || j <= i) && (window <= 0 || i - j < window) && (chunk <= 0 || i / chunk == j / chunk);
 }
-// The first key query i may see (window and chunk; causal masks from above).
-__device__ __forceinline__ int attn_first_key(int i, int window, int chunk) {
-    int j0 = window > 0 ? max(0, i - window + 1) : 0;
-    return chunk > 0 ? max(j0, i / chunk * chunk) : j0;
-}
 // One past the last query that may see key j (window and chunk; causal masks from below).
 __device__ __forceinline__ int attn_query_end(int j, int T, int window, int chunk) {
     int i1 = window > 0 ? min(T, j + window) : T;
@@ -247,7 +242,7 @@ __device__ void attn_qscale(T* q, int N, int T_, int W, int ld, float floor_, fl
     if (idx >= (size_t)N * W) return;
     size_t r = idx / W, c = idx % W;
     float pos = (float)(r % T_);
-    float f = log1pf(floorf((pos + 1.f) / floor_)) * scale + 1.f;
+    float f = attn_temperature(pos, floor_, scale);
     T* p = q + r * ld + c;
     sf(p, lf(p) * f);
 }
