@@ -163,7 +163,10 @@ impl LayerCfg {
             qk: a.qk_norm.as_ref().map(|q| QkCfg {
                 per_head: q.scope == QkNormScope::Head,
                 norm: NormCfg::new(&q.norm),
-                after_rope: q.after_rope,
+                // The program's order: its q-norm reads the rotated queries (Llama 4).
+                after_rope: lp
+                    .node(PAct::QNormed)
+                    .is_some_and(|n| n.inputs == [PAct::QRope]),
             }),
             rope,
             alibi,
