@@ -114,7 +114,7 @@ fn run(
     let ms = times[times.len() / 2] as f64;
     let loss = tr.loss()?;
     if std::env::var_os("TIMELINE").is_some() {
-        timeline(&gpu, &mut tr)?;
+        timeline(&mut tr)?;
     }
     let (free1, _) = gpu.mem_info()?;
     let mapped = mapped_bytes(spec, b, t, &saves);
@@ -160,29 +160,13 @@ fn run(
 /// With `TIMELINE` set: five more steps with the in-step timeline on (eagerly: no CUDA graph),
 /// one JSON line per span label (`{"timeline": label, "ms_per_step": ..}`, in first-run order),
 /// then the spans' total against the steps' event-timed wall time.
-fn timeline(gpu: &std::sync::Arc<Gpu>, tr: &mut GpuTrainer) -> Result<(), CudaError> {
-    const STEPS: usize = 5;
-    tr.set_timeline(true);
-    tr.step()?; // warm the timeline's events and the eager path
-    tr.timeline()?;
-    let mut wall = 0.0;
-    for _ in 0..STEPS {
-        wall += f64::from(gpu.time_ms(|| tr.step())?);
-    }
-    let spans = tr.timeline()?;
-    let total: f64 = spans.iter().map(|(_, ms)| ms).sum();
+fn timeline(tr: &mut GpuTrainer) -> Result<(), CudaError> {
+    let (spans, step_ms) = tr.profile_steps(5)?;
     for (label, ms) in &spans {
-        println!(
-            "{{\"timeline\": {label:?}, \"ms_per_step\": {:.4}}}",
-            ms / STEPS as f64
-        );
+        println!("{{\"timeline\": {label:?}, \"ms_per_step\": {ms:.4}}}");
     }
-    println!(
-        "{{\"timeline_total_ms_per_step\": {:.3}, \"step_ms\": {:.3}}}",
-        total / STEPS as f64,
-        wall / STEPS as f64
-    );
-    tr.set_timeline(false);
+    let total: f64 = spans.iter().map(|(_, ms)| ms).sum();
+    println!("{{\"timeline_total_ms_per_step\": {total:.3}, \"step_ms\": {step_ms:.3}}}");
     Ok(())
 }
 

@@ -70,20 +70,8 @@ pub struct BenchArgs {
 const TIMELINE_STEPS: usize = 5;
 
 /// Milliseconds per step of each timeline span, most first.
-fn timeline(gpu: &Gpu, trainer: &mut GpuTrainer) -> anyhow::Result<Vec<(String, f64)>> {
-    trainer.set_timeline(true);
-    trainer.step()?; // the eager path's first step, not counted
-    trainer.timeline()?;
-    for _ in 0..TIMELINE_STEPS {
-        trainer.step()?;
-    }
-    gpu.sync()?;
-    let mut spans: Vec<(String, f64)> = trainer
-        .timeline()?
-        .into_iter()
-        .map(|(label, ms)| (label, ms / TIMELINE_STEPS as f64))
-        .collect();
-    trainer.set_timeline(false);
+fn timeline(trainer: &mut GpuTrainer) -> anyhow::Result<Vec<(String, f64)>> {
+    let (mut spans, _) = trainer.profile_steps(TIMELINE_STEPS)?;
     spans.sort_by(|a, b| b.1.total_cmp(&a.1));
     Ok(spans)
 }
@@ -137,7 +125,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let loss = trainer.loss()?;
     let (attention, graph) = (trainer.attention_paths(), trainer.cuda_graph());
     let spans = if args.timeline {
-        timeline(&gpu, &mut trainer)?
+        timeline(&mut trainer)?
     } else {
         Vec::new()
     };

@@ -484,28 +484,25 @@ impl GpuTrainer {
     /// trainer's stream, no host synchronisation unless `capture` asks for the logits or a MoE
     /// layer reads its expert counts).
     fn fwd_bwd(&self, capture: Option<&mut Vec<f32>>) -> Result<()> {
-        {
-            let st = self.ctx();
-            // SAFETY: the grad arena and the aux scalar are this trainer's own.
-            unsafe {
-                self.gpu
-                    .memset_raw(self.params.grad.ptr(), self.params.total * 4)?;
-                self.gpu.memset_raw(self.buf.aux, 4)?;
-            }
-            st.timed(|| "embed fwd".into(), || st.embed_fwd())?;
-            for i in 0..self.cfg.len() {
-                st.layer_fwd(i, false)?;
-            }
-            let mut g = st.timed(|| "head".into(), || st.head(capture))?;
-            for i in (0..self.cfg.len()).rev() {
-                if self.run[i].recomputes() {
-                    st.layer_fwd(i, true)?;
-                }
-                g = st.layer_bwd(i, g)?;
-            }
-            st.timed(|| "embed bwd".into(), || st.embed_bwd(g))?;
+        let st = self.ctx();
+        // SAFETY: the grad arena and the aux scalar are this trainer's own.
+        unsafe {
+            self.gpu
+                .memset_raw(self.params.grad.ptr(), self.params.total * 4)?;
+            self.gpu.memset_raw(self.buf.aux, 4)?;
         }
-        Ok(())
+        st.timed(|| "embed fwd".into(), || st.embed_fwd())?;
+        for i in 0..self.cfg.len() {
+            st.layer_fwd(i, false)?;
+        }
+        let mut g = st.timed(|| "head".into(), || st.head(capture))?;
+        for i in (0..self.cfg.len()).rev() {
+            if self.run[i].recomputes() {
+                st.layer_fwd(i, true)?;
+            }
+            g = st.layer_bwd(i, g)?;
+        }
+        st.timed(|| "embed bwd".into(), || st.embed_bwd(g))
     }
 
     /// Replaces the weights (f32 master and working copy) with `params` (canonical names, e.g. from

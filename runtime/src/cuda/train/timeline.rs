@@ -93,6 +93,29 @@ impl GpuTrainer {
         self.set_cuda_graph(!on);
     }
 
+    /// Runs one step with the timeline on (not counted: the eager path's first), then `steps`
+    /// steps, and returns the milliseconds per step of each span label (in the order they first
+    /// ran) and of the whole step (event-timed); the timeline is off again afterwards.
+    pub fn profile_steps(&mut self, steps: usize) -> Result<(Vec<(String, f64)>, f64)> {
+        let steps = steps.max(1);
+        self.set_timeline(true);
+        self.step()?;
+        self.timeline()?;
+        let gpu = self.gpu.clone();
+        let mut wall = 0.0;
+        for _ in 0..steps {
+            wall += f64::from(gpu.time_ms(|| self.step())?);
+        }
+        let per_step = |ms: f64| ms / steps as f64;
+        let spans = self
+            .timeline()?
+            .into_iter()
+            .map(|(label, ms)| (label, per_step(ms)))
+            .collect();
+        self.set_timeline(false);
+        Ok((spans, per_step(wall)))
+    }
+
     /// Milliseconds per span label summed over the steps since the timeline was turned on or
     /// last read (e.g. `fwd Attention`, `bwd Linear`, `recompute Norm`, `head`, `adamw`), in the
     /// order they first ran; empty when the timeline is off. Synchronises.
