@@ -5,6 +5,7 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- gemm        # bf16 8192^3 ceiling
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- cudnn       # mma vs cuDNN, same shapes
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- reduce      # bias/norm gradient sums
+//! cargo run --release -p modelspec-runtime --example cuda_bench -- bgrad       # bias grads in the GEMM
 //! ```
 //! `cudnn` prints, per shape, a row for the own kernels and one for cuDNN's fused attention
 //! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
@@ -23,6 +24,9 @@ use modelspec_runtime::cuda::{
     AttnShape, CudaError, Dtype, Gpu, Kernels, NormKind, ReduceScratch, RowMajorGemm,
 };
 use std::sync::Arc;
+
+#[path = "cuda_bench/bgrad.rs"]
+mod bgrad;
 
 /// The four shapes of anchors/attn_bench.py: (B, H, KV, T, D).
 const ATTN_SHAPES: [(usize, usize, usize, usize, usize); 4] = [
@@ -438,8 +442,9 @@ fn main() {
         "gemm" => bench_gemm(&gpu),
         "cudnn" => bench_cudnn(&gpu),
         "reduce" => bench_reduce(&gpu),
+        "bgrad" => bgrad::bench_bgrad(&gpu),
         other => {
-            eprintln!("unknown benchmark `{other}` (attention | gemm | cudnn | reduce)");
+            eprintln!("unknown benchmark `{other}` (attention | gemm | cudnn | reduce | bgrad)");
             std::process::exit(2);
         }
     };

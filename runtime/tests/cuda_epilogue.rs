@@ -1,21 +1,29 @@
-//! cuBLASLt's fused GELU epilogues through [`Gemm::run_epilogue`] against f64 references, on
-//! fresh random inputs each run (the seed is printed): GELU_AUX(_BIAS), the forward of an
-//! ungated GELU-tanh MLP's input projection (`act = gelu(x W^T + b)`, the pre-activation kept),
-//! and DGELU, the down projection's input gradient through the GELU (`(dy W) * gelu'(pre)`),
-//! in both dtypes, with and without a bias, the pre-activation's row stride equal to or wider
-//! than the width.
+//! cuBLASLt's fused epilogues through [`Gemm::run_epilogue`] and [`Gemm::run_f32_out_epilogue`]
+//! against f64 references, on fresh random inputs each run (the seed is printed): GELU_AUX(_BIAS),
+//! the forward of an ungated GELU-tanh MLP's input projection (`act = gelu(x W^T + b)`, the
+//! pre-activation kept), and DGELU, the down projection's input gradient through the GELU
+//! (`(dy W) * gelu'(pre)`), in both dtypes, with and without a bias, the pre-activation's row
+//! stride equal to or wider than the width; and BGRADB, a weight gradient `dW = dy^T x` (f32)
+//! with its bias's `db = Σ_rows dy` (f32), alone and through [`Gemm::run_weight_grad`] under each
+//! [`BiasGradPolicy`] (the column sum apart being the fallback where cuBLASLt has no algorithm).
 //!
 //! Tolerances, ||gpu - ref|| / ||ref||: f32 1e-4 (f32 products, cuBLASLt's own tanh), bf16 1e-2
-//! (the outputs and the kept pre-activation are rounded to bf16, ~2e-3 each). A bf16 epilogue
-//! cuBLASLt refuses fails the test (the trainer would fall back to its unfused path, losing the
-//! speed); an f32 one is printed as `UNSUPPORTED` and skipped (f32 runs are for parity only).
+//! (the outputs and the kept pre-activation are rounded to bf16, ~2e-3 each). The weight and
+//! bias gradients are f32 in both dtypes, their bf16 inputs exact in the reference and their
+//! products exact in f32: 1e-4 for both (f32 sums of at most 4096 terms, ~1e-6 expected). A bf16
+//! GELU epilogue cuBLASLt refuses fails the test (the trainer would fall back to its unfused
+//! path, losing the speed); so does a refused bias-gradient epilogue at the GPT-2-like shapes;
+//! an f32 one, or one at the odd shapes, is printed as `UNSUPPORTED` and skipped.
 //!
 //! Without a CUDA driver or device every test prints "skipping: no CUDA device" and passes.
 
 mod common;
 
-use common::gpu::{Mat, Rng, check, device};
-use modelspec_runtime::cuda::{Dtype, DtypeExt, Epilogue, RowMajorGemm};
+use common::gpu::{Mat, Rng, check, check_err, device, device_and_kernels, f32buf, getf, rel_err};
+use modelspec_runtime::cuda::{
+    BiasGradPath, BiasGradPolicy, CudaError, Dtype, DtypeExt, Epilogue, Gpu, ReduceScratch,
+    RowMajorGemm,
+};
 
 fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
@@ -153,5 +161,259 @@ fn an_epilogue_without_its_matrix_is_refused() {
         let r = unsafe { gemm.run_epilogue(Dtype::Bf16, &g, 256, 256, 256, &epi) };
         let err = r.expect_err("refused");
         assert!(err.to_string().contains("auxiliary matrix"), "{err}");
+    }
+}
+
+/// A weight gradient's operands: dy stored `[k, lda]` (its first m columns read) and x `[k, n]`.
+struct WeightGrad {
+    m: usize,
+    n: usize,
+    k: usize,
+    lda: usize,
+    dy: Mat,
+    x: Mat,
+}
+
+impl WeightGrad {
+    fn new(
+        gpu: &Gpu,
+        dt: Dtype,
+        rng: &mut Rng,
+        (m, n, k, lda): (usize, usize, usize, usize),
+    ) -> Self {
+        // dy with a mean: bias sums grow with the rows, so a missed row or tile shows.
+        let dy = Mat::new(gpu, dt, &rng.uniform_vec(k * lda, 0.25, 1.0));
+        let x = Mat::new(gpu, dt, &rng.uniform_vec(k * n, 0.0, 1.0));
+        WeightGrad {
+            m,
+            n,
+            k,
+            lda,
+            dy,
+            x,
+        }
+    }
+
+    /// `dW = dy^T x` as the trainer's `mm_grad` runs it: A = dy `[k, m]` transposed.
+    fn gemm(&self) -> RowMajorGemm {
+        RowMajorGemm {
+            m: self.m,
+            n: self.n,
+            k: self.k,
+            trans_a: true,
+            trans_b: false,
+            lda: self.lda,
+            ldb: self.n,
+            ldc: self.n,
+            batch: None,
+        }
+    }
+
+    /// (dW `[m, n]`, db `[m]`) in f64.
+    fn reference(&self) -> (Vec<f64>, Vec<f64>) {
+        let (m, n) = (self.m, self.n);
+        let (mut dw, mut db) = (vec![0.0; m * n], vec![0.0; m]);
+        for q in 0..self.k {
+            let xr = &self.x.host[q * n..(q + 1) * n];
+            for i in 0..m {
+                let a = self.dy.host[q * self.lda + i];
+                db[i] += a;
+                for (w, &xv) in dw[i * n..(i + 1) * n].iter_mut().zip(xr) {
+                    *w += a * xv;
+                }
+            }
+        }
+        (dw, db)
+    }
+
+    fn tag(&self, dt: Dtype) -> String {
+        let (m, n, k, lda) = (self.m, self.n, self.k, self.lda);
+        format!("bgrad {m}x{n} k {k} lda {lda} {}", dt.suffix())
+    }
+}
+
+/// (out, in, tokens, dy row stride) of the bias-gradient tests, and whether cuBLASLt must take
+/// the epilogue there in bf16: GPT-2-like widths (qkv, the MLP's down projection) at fewer
+/// tokens, a long reduction (GPT-2's is 16384 tokens), an odd shape, and dy a view with a row
+/// stride above its width (the latent attention's down projections read such views).
+const BGRAD_SHAPES: [((usize, usize, usize, usize), bool); 5] = [
+    ((2304, 768, 64, 2304), true),
+    ((768, 3072, 64, 768), true),
+    ((64, 96, 4096, 64), true),
+    ((100, 72, 257, 100), false),
+    ((96, 64, 200, 104), false),
+];
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn bias_grad_epilogue_matches_f64() {
+    let Some(gpu) = device() else { return };
+    let gemm = gpu.gemm().expect("cuBLASLt");
+    let mut rng = Rng::fresh("bgrad");
+    for dt in [Dtype::F32, Dtype::Bf16] {
+        for (shape, required) in BGRAD_SHAPES {
+            let w = WeightGrad::new(&gpu, dt, &mut rng, shape);
+            let dw = f32buf(&gpu, &vec![f64::NAN; w.m * w.n]);
+            let db = f32buf(&gpu, &vec![f64::NAN; w.m]);
+            let epi = Epilogue::BiasGrad { bias: db.ptr() };
+            let tag = w.tag(dt);
+            // SAFETY: dy [k, lda], x [k, n] of dt; dw [m, n] and db [m] f32.
+            let ran = unsafe {
+                gemm.run_f32_out_epilogue(dt, &w.gemm(), w.dy.ptr(), w.x.ptr(), dw.ptr(), &epi)
+            }
+            .expect("no error");
+            if !ran {
+                println!("UNSUPPORTED {tag}: cuBLASLt has no algorithm");
+                assert!(
+                    dt == Dtype::F32 || !required,
+                    "{tag}: cuBLASLt refused the bf16 bias-gradient epilogue"
+                );
+                continue;
+            }
+            let (want_dw, want_db) = w.reference();
+            check_err(
+                &format!("{tag} dW"),
+                1e-4,
+                rel_err(&getf(&gpu, &dw), &want_dw),
+            );
+            check_err(
+                &format!("{tag} db"),
+                1e-4,
+                rel_err(&getf(&gpu, &db), &want_db),
+            );
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn weight_grad_matches_f64_under_every_policy() {
+    let Some((gpu, kernels)) = device_and_kernels("bgrad_policy", &[64]) else {
+        return;
+    };
+    let gemm = gpu.gemm().expect("cuBLASLt");
+    let mut rng = Rng::fresh("bgrad_policy");
+    let bytes = ReduceScratch::bytes_for(4096);
+    let scratch = gpu.zeros::<u8>(bytes).unwrap();
+    let sc = ReduceScratch::new(scratch.ptr(), bytes);
+    let policies = [
+        BiasGradPolicy::Apart,
+        BiasGradPolicy::Epilogue,
+        BiasGradPolicy::Measured,
+    ];
+    for dt in [Dtype::F32, Dtype::Bf16] {
+        for shape in [
+            (768, 192, 512, 768),
+            (100, 72, 257, 100),
+            (96, 64, 200, 104),
+        ] {
+            let w = WeightGrad::new(&gpu, dt, &mut rng, shape);
+            let (want_dw, want_db) = w.reference();
+            // Whether cuBLASLt has the epilogue here (nothing is written when it has not).
+            let probe = gpu.zeros::<f32>(w.m * w.n + w.m).unwrap();
+            let epi = Epilogue::BiasGrad {
+                bias: probe.at(w.m * w.n),
+            };
+            // SAFETY: as below, into the probe buffer.
+            let has_epilogue = unsafe {
+                gemm.run_f32_out_epilogue(dt, &w.gemm(), w.dy.ptr(), w.x.ptr(), probe.ptr(), &epi)
+            }
+            .expect("no error");
+            let mut measured = None;
+            for policy in policies {
+                gemm.set_bias_grad_policy(policy);
+                assert_eq!(gemm.bias_grad_policy(), policy);
+                // Twice: a measured shape's second call takes the way the first one chose.
+                for call in 0..2 {
+                    let dw = f32buf(&gpu, &vec![f64::NAN; w.m * w.n]);
+                    let db = gpu.zeros::<f32>(w.m).unwrap();
+                    let apart = || kernels.colsum(dt, db.ptr(), w.dy.ptr(), w.k, w.m, w.lda, sc);
+                    // SAFETY: dy [k, lda], x [k, n] of dt; dw [m, n] and db [m] (zeros) f32.
+                    let way = unsafe {
+                        gemm.run_weight_grad(
+                            dt,
+                            &w.gemm(),
+                            w.dy.ptr(),
+                            w.x.ptr(),
+                            dw.ptr(),
+                            db.ptr(),
+                            &apart,
+                        )
+                    }
+                    .expect("no error");
+                    let tag = format!("{} {policy:?} call {call} ({way:?})", w.tag(dt));
+                    match policy {
+                        BiasGradPolicy::Apart => assert_eq!(way, BiasGradPath::Apart, "{tag}"),
+                        BiasGradPolicy::Epilogue => {
+                            let want = if has_epilogue {
+                                BiasGradPath::Epilogue
+                            } else {
+                                BiasGradPath::Apart
+                            };
+                            assert_eq!(way, want, "{tag}");
+                        }
+                        BiasGradPolicy::Measured => {
+                            if !has_epilogue {
+                                assert_eq!(way, BiasGradPath::Apart, "{tag}");
+                            }
+                            assert_eq!(*measured.get_or_insert(way), way, "{tag}: not kept");
+                        }
+                    }
+                    check_err(
+                        &format!("{tag} dW"),
+                        1e-4,
+                        rel_err(&getf(&gpu, &dw), &want_dw),
+                    );
+                    check_err(
+                        &format!("{tag} db"),
+                        1e-4,
+                        rel_err(&getf(&gpu, &db), &want_db),
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn a_bias_grad_epilogue_needs_f32_output_and_its_vector() {
+    let Some(gpu) = device() else { return };
+    let gemm = gpu.gemm().expect("cuBLASLt");
+    let mut g = RowMajorGemm::linear(8, 16, 8);
+    g.trans_a = true;
+    let refuse = |r: Result<bool, CudaError>, why: &str| {
+        let err = r.expect_err("refused");
+        assert!(err.to_string().contains(why), "{err}");
+    };
+    // SAFETY (all): refused before any launch.
+    unsafe {
+        let bgrad = Epilogue::BiasGrad { bias: 256 };
+        refuse(
+            gemm.run_epilogue(Dtype::Bf16, &g, 256, 256, 256, &bgrad),
+            "run_f32_out_epilogue",
+        );
+        refuse(
+            gemm.run_f32_out_epilogue(
+                Dtype::Bf16,
+                &g,
+                256,
+                256,
+                256,
+                &Epilogue::BiasGrad { bias: 0 },
+            ),
+            "bias-gradient vector",
+        );
+        let mut batched = g;
+        batched.batch = Some((2, 64, 128, 128));
+        refuse(
+            gemm.run_f32_out_epilogue(Dtype::Bf16, &batched, 256, 256, 256, &bgrad),
+            "no batch",
+        );
+        let gelu = Epilogue::DGelu { pre: 256, ld: 16 };
+        refuse(
+            gemm.run_f32_out_epilogue(Dtype::Bf16, &g, 256, 256, 256, &gelu),
+            "run_epilogue",
+        );
     }
 }

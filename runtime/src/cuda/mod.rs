@@ -49,9 +49,10 @@ pub mod reduce;
 pub mod rope;
 pub mod train;
 
+pub use crate::ops::cross_entropy::cuda::XentRowInfo;
 pub use compile::KernelSource;
 pub use error::CudaError;
-pub use gemm::{Epilogue, Gemm, RowMajorGemm};
+pub use gemm::{BiasGradPath, BiasGradPolicy, Epilogue, Gemm, RowMajorGemm};
 pub use gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf, device_count, libraries_present, probe};
 pub use ops::{Act, AttnShape, Kernels, NormKind};
 pub use reduce::ReduceScratch;

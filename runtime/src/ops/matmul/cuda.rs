@@ -1,6 +1,7 @@
 //! The matmul's CUDA side: GEMMs through cuBLASLt, bf16 (or f32 for parity) operands, f32
-//! accumulation, with fused epilogues (bias, GELU). No kernels of ours: the library is loaded at
-//! run time. The executors reach it as `crate::cuda::gemm` ([`Gemm`], [`RowMajorGemm`]).
+//! accumulation, with fused epilogues (bias, GELU, bias gradient). No kernels of ours: the
+//! library is loaded at run time. The executors reach it as `crate::cuda::gemm` ([`Gemm`],
+//! [`RowMajorGemm`]); `bgrad` holds the weight gradient that also yields its bias's gradient.
 //!
 //! Callers think in row-major matrices; cuBLASLt is column-major. The mapping between the two is
 //! written once, in `to_column_major`.
@@ -10,6 +11,9 @@ use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
 use cudarc::cublaslt::{result as lt, sys};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+
+mod bgrad;
+pub use bgrad::{BiasGradPath, BiasGradPolicy};
 
 /// A row-major GEMM: `C[m, n] = alpha * op(A) op(B) + beta * C`, where op(A) is `[m, k]` (A is
 /// stored `[m, k]`, or `[k, m]` when `trans_a`) and op(B) is `[k, n]` (B stored `[k, n]`, or
@@ -80,6 +84,15 @@ pub enum Epilogue {
         /// Its row stride (elements).
         ld: usize,
     },
+    /// `bias[i] = Σ_q op(A)[i, q]` for `i < m`, written (not added) beside `C = A op(B)`: the
+    /// bias gradient of a weight gradient `dW[out, in] = dy^T x` (A = dy stored `[tokens, out]`
+    /// with `trans_a`), from the operand the GEMM reads anyway. Row-major op(A) is cuBLASLt's
+    /// second operand, reduced over the GEMM's k: its BGRADB epilogue. f32 output only
+    /// ([`Gemm::run_f32_out_epilogue`]), the bias f32.
+    BiasGrad {
+        /// The bias gradient (m f32 elements).
+        bias: DevPtr,
+    },
 }
 
 /// A plan's epilogue, part of its key: the kind, and the auxiliary matrix's row stride (0
@@ -91,6 +104,7 @@ enum EpiKind {
     GeluAux,
     GeluAuxBias,
     DGelu,
+    BGradB,
 }
 
 /// One call's epilogue: its kind and the pointers set on the descriptor per call.
@@ -134,6 +148,12 @@ impl Epi {
                 aux: pre,
                 aux_ld: ld,
             },
+            Epilogue::BiasGrad { bias } => Epi {
+                kind: EpiKind::BGradB,
+                bias,
+                aux: 0,
+                aux_ld: 0,
+            },
         }
     }
 
@@ -146,6 +166,7 @@ impl Epi {
             EpiKind::GeluAux => E::CUBLASLT_EPILOGUE_GELU_AUX,
             EpiKind::GeluAuxBias => E::CUBLASLT_EPILOGUE_GELU_AUX_BIAS,
             EpiKind::DGelu => E::CUBLASLT_EPILOGUE_DGELU,
+            EpiKind::BGradB => E::CUBLASLT_EPILOGUE_BGRADB,
         }
     }
 }
@@ -246,6 +267,9 @@ pub struct Gemm {
     /// Planned shapes; `None` where cuBLASLt has no algorithm for a fused epilogue (the caller
     /// then runs its unfused path).
     plans: Mutex<BTreeMap<PlanKey, Option<Plan>>>,
+    /// Where a weight gradient's bias gradient goes ([`BiasGradPolicy`]), and what the measured
+    /// policy chose per (bf16, shape).
+    bgrad: Mutex<bgrad::Choices>,
 }
 
 // SAFETY: the handle is used only on the Gpu's single stream.
@@ -265,6 +289,7 @@ impl Gemm {
             handle,
             workspace,
             plans: Mutex::new(BTreeMap::new()),
+            bgrad: Mutex::new(bgrad::Choices::from_env()),
         })
     }
 
@@ -323,17 +348,59 @@ impl Gemm {
         epilogue: &Epilogue,
     ) -> Result<bool> {
         let epi = Epi::of(epilogue);
+        if matches!(epilogue, Epilogue::BiasGrad { .. }) {
+            return Err(epilogue_err(
+                epilogue,
+                "writes an f32 bias gradient: run it through run_f32_out_epilogue",
+            ));
+        }
         if epi.aux == 0 || epi.aux_ld < g.n || g.batch.is_some() {
-            return Err(CudaError::BadLaunch {
-                kernel: "gemm epilogue".into(),
-                why: format!(
-                    "{epilogue:?} needs an auxiliary matrix of row stride >= {} and no batch",
-                    g.n
-                ),
-            });
+            let why = format!(
+                "needs an auxiliary matrix of row stride >= {} and no batch",
+                g.n
+            );
+            return Err(epilogue_err(epilogue, &why));
         }
         // SAFETY: forwarded.
         unsafe { self.run_with(dtype, false, epi, g, a, b, c, 1.0, 0.0) }
+    }
+
+    /// As [`Gemm::run_f32_out`] with beta 0 and a fused epilogue that writes f32: the bias
+    /// gradient ([`Epilogue::BiasGrad`], the only one accepted). Returns `false`, having
+    /// launched nothing, when cuBLASLt has no algorithm for it at this shape and dtype
+    /// (remembered per shape): the caller then runs the GEMM and the column sum apart.
+    ///
+    /// # Safety
+    /// As [`Gemm::run`], C being f32; the bias must address m f32 elements.
+    pub unsafe fn run_f32_out_epilogue(
+        &self,
+        dtype: Dtype,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        epilogue: &Epilogue,
+    ) -> Result<bool> {
+        let epi = Epi::of(epilogue);
+        if epi.kind != EpiKind::BGradB {
+            return Err(epilogue_err(
+                epilogue,
+                "writes the compute dtype: run it through run_epilogue",
+            ));
+        }
+        if epi.bias == 0 || g.batch.is_some() {
+            return Err(epilogue_err(
+                epilogue,
+                "needs a bias-gradient vector and no batch",
+            ));
+        }
+        if g.n == 0 && g.m != 0 {
+            // No output to run a GEMM for, so nothing would write the sums: the caller's
+            // column sum does.
+            return Ok(false);
+        }
+        // SAFETY: forwarded.
+        unsafe { self.run_with(dtype, true, epi, g, a, b, c, 1.0, 0.0) }
     }
 
     /// A projection [`RowMajorGemm::linear`]: `C[m, n] = A[m, k] W[n, k]^T (+ bias)` in `dtype`,
@@ -547,6 +614,22 @@ impl Gemm {
                 )
                 .map_err(|e| err("set epilogue", e))?;
             }
+            if epi.kind == EpiKind::BGradB {
+                // The bias gradient's type; cuBLASLt's default (the output's) is the same
+                // here, set so that the f32 vector never depends on that default.
+                let bias_ty = if out_f32 {
+                    sys::cudaDataType::CUDA_R_32F
+                } else {
+                    ty
+                };
+                lt::set_matmul_desc_attribute(
+                    desc,
+                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                    (&bias_ty) as *const sys::cudaDataType as *const _,
+                    std::mem::size_of::<sys::cudaDataType>(),
+                )
+                .map_err(|e| err("set bias type", e))?;
+            }
             if epi.aux_ld != 0 {
                 let ld = epi.aux_ld as i64;
                 lt::set_matmul_desc_attribute(
@@ -622,6 +705,14 @@ impl Drop for Gemm {
 enum PlanError {
     NoAlgorithm(CudaError),
     Other(CudaError),
+}
+
+/// A fused epilogue called with arguments it cannot take.
+fn epilogue_err(epilogue: &Epilogue, why: &str) -> CudaError {
+    CudaError::BadLaunch {
+        kernel: "gemm epilogue".into(),
+        why: format!("{epilogue:?} {why}"),
+    }
 }
 
 fn blas_err(
