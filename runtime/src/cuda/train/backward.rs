@@ -4,7 +4,8 @@
 //! gradient on as an alias (no copy), a norm folds what its input already received into its own
 //! backward (`dres`), a projection accumulates with beta 1, and the residual stream's gradients
 //! rotate through two buffers. Weight gradients are written (beta 0: every parameter belongs to
-//! one kernel); norm and bias gradients accumulate.
+//! one kernel), a projection's bias gradient with it ([`Step::mm_grad_bias`]: in the GEMM's
+//! epilogue or by a column sum into the zeroed gradient); norm gradients accumulate.
 
 use super::super::error::Result;
 use super::super::gpu::DevPtr;
@@ -65,7 +66,7 @@ impl Step<'_> {
         let p = |s: &str| Self::pname(i, s);
         let (first, hw) = Self::projection(&self.cfg[i], kn);
         let x = kn.inputs[0];
-        self.mm_grad(
+        self.mm_grad_bias(
             hw,
             c,
             n,
@@ -74,9 +75,8 @@ impl Step<'_> {
             self.act_buf(i, x),
             c,
             self.p.g(&p(&format!("{first}.weight"))),
-            0.0,
+            self.p.g(&p(&format!("{first}.bias"))),
         )?;
-        self.colsum(self.p.g(&p(&format!("{first}.bias"))), dy, hw)?;
         let t = self.target(d, x)?;
         let wt = self.p.w(&p(&format!("{first}.weight")))?;
         self.mm(n, c, hw, dy, hw, wt, c, t.0, c, t.1)?;
@@ -252,7 +252,7 @@ impl Step<'_> {
                 let (weight, width) = Self::projection(l, kn);
                 let input = kn.inputs[0];
                 let w = |s: &str| format!("{weight}.{s}");
-                self.mm_grad(
+                self.mm_grad_bias(
                     c,
                     width,
                     n,
@@ -261,9 +261,8 @@ impl Step<'_> {
                     self.act_buf(i, input),
                     width,
                     self.p.g(&p(&w("weight"))),
-                    0.0,
+                    self.p.g(&p(&w("bias"))),
                 )?;
-                self.colsum(self.p.g(&p(&w("bias"))), dy, c)?;
                 let wt = self.p.w(&p(&w("weight")))?;
                 if self.dgelu_into_up(i, input, d, dy, wt, width)? {
                     return Ok(());
@@ -335,7 +334,7 @@ impl Step<'_> {
             Fusion::QkvRope => {
                 self.qkv_rope_bwd(i)?;
                 let x = kn.inputs[0];
-                self.mm_grad(
+                self.mm_grad_bias(
                     l.width,
                     c,
                     n,
@@ -344,9 +343,8 @@ impl Step<'_> {
                     self.act_buf(i, x),
                     c,
                     self.p.g(&p("attn.q.weight")),
-                    0.0,
+                    self.p.g(&p("attn.q.bias")),
                 )?;
-                self.colsum(self.p.g(&p("attn.q.bias")), bf.dqkv, l.width)?;
                 let t = self.target(d, x)?;
                 let wt = self.p.w(&p("attn.q.weight"))?;
                 self.mm(n, c, l.width, bf.dqkv, l.width, wt, c, t.0, c, t.1)?;

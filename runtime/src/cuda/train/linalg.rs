@@ -144,13 +144,46 @@ impl Step<'_> {
         unsafe { self.gemm.run_epilogue(self.dt, &g, a, b, c, &epi) }
     }
 
-    /// `out[c] += column sums of x [rows = n, c]` when `out` is not 0 (bias gradients).
-    pub(super) fn colsum(&self, out: DevPtr, x: DevPtr, width: usize) -> Result<()> {
-        if out != 0 {
-            self.k
-                .colsum(self.dt, out, x, self.s.n, width, width, self.buf.reduce)
-        } else {
-            Ok(())
+    /// A projection's weight and bias gradients: `C[m, n]` (f32) `= A^T B` as [`Step::mm_grad`]
+    /// with beta 0, and `bias[i] = Σ_rows A[r, i]` (m f32 values; 0: no bias), A `[k, m]` (row
+    /// stride `lda`) being d(the projection's output). The bias gradient comes from the GEMM's
+    /// epilogue or, after a plain GEMM, from the deterministic column sum, whichever
+    /// [`Gemm::run_weight_grad`](super::super::gemm::Gemm::run_weight_grad) picks for the
+    /// shape. Gradients are zeroed at the start of a step and each bias belongs to one kernel,
+    /// so writing it (the epilogue) and adding to it (the column sum) agree.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn mm_grad_bias(
+        &self,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        lda: usize,
+        b: DevPtr,
+        ldb: usize,
+        c: DevPtr,
+        bias: DevPtr,
+    ) -> Result<()> {
+        if bias == 0 {
+            return self.mm_grad(m, n, k, a, lda, b, ldb, c, 0.0);
         }
+        let g = RowMajorGemm {
+            m,
+            n,
+            k,
+            trans_a: true,
+            trans_b: false,
+            lda,
+            ldb,
+            ldc: n,
+            batch: None,
+        };
+        let apart = || self.k.colsum(self.dt, bias, a, k, m, lda, self.buf.reduce);
+        // SAFETY: as in `mm`; the bias gradient is m f32 of the zeroed gradient arena.
+        unsafe {
+            self.gemm
+                .run_weight_grad(self.dt, &g, a, b, c, bias, &apart)
+        }
+        .map(|_| ())
     }
 }

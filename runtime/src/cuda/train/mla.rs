@@ -316,7 +316,7 @@ impl Step<'_> {
         };
         let p = |s: &str| Self::pname(i, &format!("{name}.{s}"));
         let x = kn.inputs[0];
-        self.mm_grad(
+        self.mm_grad_bias(
             width,
             c,
             n,
@@ -325,13 +325,8 @@ impl Step<'_> {
             self.act_buf(i, x),
             c,
             self.p.g(&p("weight")),
-            0.0,
+            self.p.g(&p("bias")),
         )?;
-        let bias = self.p.g(&p("bias"));
-        if bias != 0 {
-            self.k
-                .colsum(self.dt, bias, dy, n, width, ld, self.buf.reduce)?;
-        }
         let t = self.target(d, x)?;
         let w = self.p.w(&p("weight"))?;
         self.mm(n, c, width, dy, ld, w, c, t.0, c, t.1)?;
