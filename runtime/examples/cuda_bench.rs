@@ -6,6 +6,7 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- cudnn       # mma vs cuDNN, same shapes
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- reduce      # bias/norm gradient sums
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- bgrad       # bias grads in the GEMM
+//! cargo run --release -p modelspec-runtime --example cuda_bench -- norm        # norm fwd/bwd/dw, warp vs block
 //! ```
 //! `cudnn` prints, per shape, a row for the own kernels and one for cuDNN's fused attention
 //! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
@@ -27,6 +28,8 @@ use std::sync::Arc;
 
 #[path = "cuda_bench/bgrad.rs"]
 mod bgrad;
+#[path = "cuda_bench/norm.rs"]
+mod norm;
 
 /// The four shapes of anchors/attn_bench.py: (B, H, KV, T, D).
 const ATTN_SHAPES: [(usize, usize, usize, usize, usize); 4] = [
@@ -443,6 +446,7 @@ fn main() {
         "cudnn" => bench_cudnn(&gpu),
         "reduce" => bench_reduce(&gpu),
         "bgrad" => bgrad::bench_bgrad(&gpu),
+        "norm" => norm::bench_norm(&gpu),
         other => {
             eprintln!("unknown benchmark `{other}` (attention | gemm | cudnn | reduce | bgrad)");
             std::process::exit(2);

@@ -37,6 +37,8 @@ fn kernel_library_compiles_with_nvrtc() {
         "copy2d_bf16",
         "copy2d_f32",
         "norm_bwd_f32",
+        "norm_fwd_warp_bf16",
+        "norm_bwd_warp_f32",
         "colred_sum_bf16",
         "colred_norm_f32",
         "rope_bf16",

@@ -10,7 +10,7 @@
 //!
 //! Without a CUDA driver or device every test prints "skipping: no CUDA device" and passes.
 //!
-//! One module per kernel family (`norm_rope`, `activations`, `embed_loss_adamw`, `gemm`,
+//! One module per kernel family (`norm`, `norm_rope`, `activations`, `embed_loss_adamw`, `gemm`,
 //! `attention`); the harness (device setup, random inputs, device tensors, the tolerance check) is
 //! `common/gpu.rs`, shared with the other GPU kernel tests.
 
@@ -22,6 +22,8 @@ mod attention;
 mod embed_loss_adamw;
 #[path = "cuda_kernels/gemm.rs"]
 mod gemm;
+#[path = "cuda_kernels/norm.rs"]
+mod norm;
 #[path = "cuda_kernels/norm_rope.rs"]
 mod norm_rope;
 

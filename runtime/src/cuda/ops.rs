@@ -27,6 +27,8 @@ pub use modelspec_dsl::ir::NormKind;
 pub struct Kernels {
     launcher: Launcher,
     head_dims: Vec<usize>,
+    d_model: usize,
+    norm_warp_rows: bool,
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -44,10 +46,16 @@ impl Kernels {
         head_dims: &[usize],
         defines: BTreeMap<String, String>,
     ) -> Result<Kernels> {
+        let d_model = defines
+            .get("MS_D_MODEL")
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
         let src = KernelSource::library(name, head_dims, defines);
         Ok(Kernels {
             launcher: Launcher::load(gpu, &src)?,
             head_dims: head_dims.to_vec(),
+            d_model,
+            norm_warp_rows: true,
         })
     }
 
@@ -74,6 +82,24 @@ impl Kernels {
     /// The head dims the tensor-core attention is instantiated for.
     pub(crate) fn head_dims(&self) -> &[usize] {
         &self.head_dims
+    }
+
+    /// The model width the library is instantiated for (its `MS_D_MODEL` define; 0 when it has
+    /// none): rows of this width run the norms' compile-time-width kernels.
+    pub fn d_model(&self) -> usize {
+        self.d_model
+    }
+
+    /// Whether rows of the library's width run the norms' one-warp-a-row kernels where they fit
+    /// (on by default). Off, they run one block a row as wider rows do: for benchmarks and
+    /// tests that compare the two.
+    pub fn set_norm_warp_rows(&mut self, on: bool) {
+        self.norm_warp_rows = on;
+    }
+
+    /// See [`Kernels::set_norm_warp_rows`].
+    pub(crate) fn norm_warp_rows(&self) -> bool {
+        self.norm_warp_rows
     }
 
     /// The GPU these kernels run on.

@@ -1,0 +1,129 @@
+//! `cuda_bench norm`: the norm kernels at the trainer's shapes, 16384 rows (B16 T1024) of bf16:
+//! gpt2's 768 and llama-3.2-1b's 2048 wide rows, LayerNorm (weight and bias) and RMSNorm
+//! (weight), each in a library instantiated for that width. Per case: the forward with the
+//! residual add (`res` in, `r_out` and `y` out, as the trainer's residual norms run it), the
+//! backward with `dres` (the residual stream's gradient added), the weight (and bias) gradient
+//! (`norm_dw`) and the backward's total with it (`bwd_dw`). Each case runs twice: `"path":
+//! "warp"` (one warp a row, the default for rows of the library's width) and `"path": "block"`
+//! (one block a row, the kernels that ran before; `Kernels::set_norm_warp_rows(false)`), so one
+//! run compares them. `GB_s` counts the bytes each launch must move: forward x, res in and r_out,
+//! y out; backward r, dy, dres in and dx out; norm_dw r, dy in (4, 4 and 2 bf16 rows; the
+//! weights, statistics and partial sums are < 1%). Medians of 20 event-timed launches after 3
+//! warm-ups.
+
+use modelspec_runtime::cuda::{CudaError, Dtype, Gpu, Kernels, NormKind, ReduceScratch};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{median, rand_bf16};
+
+/// The shapes: (model, rows, width).
+const SHAPES: [(&str, usize, usize); 2] = [("gpt2", 16384, 768), ("llama-3.2-1b", 16384, 2048)];
+
+/// Runs the benchmark (see the module docs).
+pub fn bench_norm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
+    let timed = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f32, CudaError> {
+        for _ in 0..3 {
+            f()?;
+        }
+        let mut t = Vec::new();
+        for _ in 0..20 {
+            t.push(gpu.time_ms(f)?);
+        }
+        Ok(median(t))
+    };
+    for (model, rows, d) in SHAPES {
+        let defines: BTreeMap<String, String> =
+            [("MS_D_MODEL".into(), d.to_string())].into_iter().collect();
+        let mut k = Kernels::load(gpu, &format!("bench_norm_{d}"), &[], defines)?;
+        let n = rows * d;
+        let up = |seed: u64| gpu.upload(&rand_bf16(n, seed));
+        let (x, res, dy, dres) = (up(1)?, up(2)?, up(3)?, up(4)?);
+        let (y, r, dx) = (
+            gpu.zeros::<u16>(n)?,
+            gpu.zeros::<u16>(n)?,
+            gpu.zeros::<u16>(n)?,
+        );
+        let w = gpu.upload(&rand_bf16(d, 5))?;
+        let b = gpu.upload(&rand_bf16(d, 6))?;
+        let (rstd, mean) = (gpu.zeros::<f32>(rows)?, gpu.zeros::<f32>(rows)?);
+        let (dw, db) = (gpu.zeros::<f32>(d)?, gpu.zeros::<f32>(d)?);
+        let bytes = ReduceScratch::bytes_for(d);
+        let scratch = gpu.zeros::<u8>(bytes)?;
+        let sc = ReduceScratch::new(scratch.ptr(), bytes);
+        for warp in [true, false] {
+            k.set_norm_warp_rows(warp);
+            let path = if warp { "warp" } else { "block" };
+            for kind in [NormKind::Layer, NormKind::Rms] {
+                let layer = kind == NormKind::Layer;
+                let (bp, dbp) = if layer { (b.ptr(), db.ptr()) } else { (0, 0) };
+                let fwd = || {
+                    k.norm_fwd(
+                        Dtype::Bf16,
+                        kind,
+                        y.ptr(),
+                        r.ptr(),
+                        rstd.ptr(),
+                        mean.ptr(),
+                        x.ptr(),
+                        res.ptr(),
+                        w.ptr(),
+                        bp,
+                        rows,
+                        d,
+                        1e-5,
+                        0.0,
+                    )
+                };
+                let bwd = || {
+                    k.norm_bwd(
+                        Dtype::Bf16,
+                        kind,
+                        dx.ptr(),
+                        dy.ptr(),
+                        r.ptr(),
+                        w.ptr(),
+                        rstd.ptr(),
+                        mean.ptr(),
+                        dres.ptr(),
+                        rows,
+                        d,
+                        0.0,
+                    )
+                };
+                let dwf = || {
+                    k.norm_dw(
+                        Dtype::Bf16,
+                        kind,
+                        dw.ptr(),
+                        dbp,
+                        dy.ptr(),
+                        r.ptr(),
+                        rstd.ptr(),
+                        mean.ptr(),
+                        rows,
+                        d,
+                        sc,
+                    )
+                };
+                // The forward's outputs are the backward's inputs.
+                let ms_fwd = timed(&fwd)?;
+                let ms_bwd = timed(&bwd)?;
+                let ms_dw = timed(&dwf)?;
+                let row_bytes = (n * 2) as f64;
+                for (what, ms, rows_moved) in [
+                    ("fwd", ms_fwd, 4.0),
+                    ("bwd", ms_bwd, 4.0),
+                    ("dw", ms_dw, 2.0),
+                    ("bwd_dw", ms_bwd + ms_dw, 6.0),
+                ] {
+                    let gbs = rows_moved * row_bytes / ms as f64 / 1e6;
+                    println!(
+                        "{{\"norm\": \"{what}\", \"model\": \"{model}\", \"kind\": \"{kind:?}\", \"path\": \"{path}\", \"rows\": {rows}, \"cols\": {d}, \"ms\": {ms:.4}, \"GB_s\": {gbs:.0}}}"
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
