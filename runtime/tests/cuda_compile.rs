@@ -29,8 +29,29 @@ fn kernel_library_compiles_with_nvrtc() {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let spec_src = KernelSource::library("compile_test_spec", &[64], defines);
-        compile::compile(&spec_src, "compute_90")
+        let (spec_ptx, _) = compile::compile(&spec_src, "compute_90")
             .unwrap_or_else(|e| panic!("d_model {d_model}: {e}"));
+        // The cross-entropy's row-resident kernels carry the stride they were planned for, and
+        // the block size of their plan (cross_entropy.cu's XentRowPlan, the launcher's row_plan):
+        // 512 threads (two blocks an SM) for rows of at most 17 vectors a thread (5 in registers,
+        // 12 in 96 KB of shared memory: 139264 bytes), else 1024.
+        for (dt, es) in [("f32", 4), ("bf16", 2)] {
+            let entry = format!(".entry xent_row_{dt}_{vocab}(");
+            let at = spec_ptx
+                .find(&entry)
+                .unwrap_or_else(|| panic!("{entry} missing from the PTX"));
+            let threads = if vocab.parse::<usize>().unwrap() * es <= 139_264 {
+                512
+            } else {
+                1024
+            };
+            let bound = format!(".maxntid {threads}, 1, 1");
+            assert_eq!(
+                spec_ptx[at..].find(".maxntid"),
+                spec_ptx[at..].find(&bound),
+                "{entry}: expected {bound}"
+            );
+        }
     }
     for name in [
         "norm_fwd_bf16",

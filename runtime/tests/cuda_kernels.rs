@@ -18,6 +18,8 @@
 mod activations;
 #[path = "cuda_kernels/attention.rs"]
 mod attention;
+#[path = "cuda_kernels/cross_entropy.rs"]
+mod cross_entropy;
 #[path = "cuda_kernels/embed_loss_adamw.rs"]
 mod embed_loss_adamw;
 #[path = "cuda_kernels/gemm.rs"]

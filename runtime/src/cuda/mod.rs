@@ -49,6 +49,7 @@ pub mod reduce;
 pub mod rope;
 pub mod train;
 
+pub use crate::ops::cross_entropy::cuda::XentRowInfo;
 pub use compile::KernelSource;
 pub use error::CudaError;
 pub use gemm::{BiasGradPath, BiasGradPolicy, Epilogue, Gemm, RowMajorGemm};
