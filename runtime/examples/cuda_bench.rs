@@ -7,6 +7,7 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- reduce      # bias/norm gradient sums
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- bgrad       # bias grads in the GEMM
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- norm        # norm fwd/bwd/dw, warp vs block
+//! cargo run --release -p modelspec-runtime --example cuda_bench -- xent        # cross-entropy chunks
 //! ```
 //! `cudnn` prints, per shape, a row for the own kernels and one for cuDNN's fused attention
 //! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
@@ -30,6 +31,8 @@ use std::sync::Arc;
 mod bgrad;
 #[path = "cuda_bench/norm.rs"]
 mod norm;
+#[path = "cuda_bench/xent.rs"]
+mod xent;
 
 /// The four shapes of anchors/attn_bench.py: (B, H, KV, T, D).
 const ATTN_SHAPES: [(usize, usize, usize, usize, usize); 4] = [
@@ -447,8 +450,11 @@ fn main() {
         "reduce" => bench_reduce(&gpu),
         "bgrad" => bgrad::bench_bgrad(&gpu),
         "norm" => norm::bench_norm(&gpu),
+        "xent" => xent::bench_xent(&gpu),
         other => {
-            eprintln!("unknown benchmark `{other}` (attention | gemm | cudnn | reduce | bgrad)");
+            eprintln!(
+                "unknown benchmark `{other}` (attention | gemm | cudnn | reduce | bgrad | xent)"
+            );
             std::process::exit(2);
         }
     };

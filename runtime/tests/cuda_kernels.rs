@@ -11,8 +11,9 @@
 //! Without a CUDA driver or device every test prints "skipping: no CUDA device" and passes.
 //!
 //! One module per kernel family (`norm`, `norm_rope`, `activations`, `embed_loss_adamw`, `gemm`,
-//! `attention`); the harness (device setup, random inputs, device tensors, the tolerance check) is
-//! `common/gpu.rs`, shared with the other GPU kernel tests.
+//! `attention`, `cross_entropy`: the loss at the classifier's stride); the harness (device setup,
+//! random inputs, device tensors, the tolerance check) is `common/gpu.rs`, shared with the other
+//! GPU kernel tests.
 
 #[path = "cuda_kernels/activations.rs"]
 mod activations;
