@@ -68,6 +68,15 @@ impl KernelInstance {
     }
 }
 
+/// The row stride (elements) of the classifier's logits on the GPU: the padded vocabulary
+/// rounded up to a multiple of 64, so that every row starts 128-byte aligned in bf16 and f32
+/// (cuBLASLt's fast kernels and the 16-byte vector loads of the loss kernel need aligned rows;
+/// GPT-2's 50257 columns would otherwise put every row but the first off alignment). Columns
+/// past `vocab_padded` are never part of the softmax.
+pub fn logits_stride(vocab_padded: u64) -> u64 {
+    vocab_padded.next_multiple_of(64)
+}
+
 /// The instance of the kernel library for `spec`.
 pub fn instance(spec: &ModelSpec) -> KernelInstance {
     let mut head_dims: Vec<usize> = spec

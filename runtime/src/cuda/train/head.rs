@@ -3,6 +3,7 @@
 //! after it), the final norm's backward, and the embedding's backward.
 
 use super::super::error::Result;
+use super::super::gemm::RowMajorGemm;
 use super::super::gpu::{DevPtr, Dtype};
 use super::Step;
 use super::config::NormCfg;
@@ -36,14 +37,21 @@ impl Step<'_> {
             (self.p.w("lm_head.weight")?, self.p.g("lm_head.weight"))
         };
         let head_bias = self.p.wo("lm_head.bias");
-        let (vocab, vp) = (spec.vocab as usize, self.s.vp);
+        let (vocab, vp, ld) = (spec.vocab as usize, self.s.vp, self.s.ld);
         let dscale = 1.0 / self.valid_targets as f32;
         let softcap = spec.logits.softcap.unwrap_or(0.0) as f32;
         let mut r0 = 0;
         while r0 < n {
             let rows = self.s.chunk.min(n - r0);
             let x = bf.lnf + (r0 * c) as u64 * es;
-            self.linear(rows, vp, c, x, head, head_bias, bf.logits)?;
+            // Rows of `ld` (aligned) hold the `vp` logits.
+            let g = RowMajorGemm {
+                ldc: ld,
+                ..RowMajorGemm::linear(rows, vp, c)
+            };
+            // SAFETY: x, head and the logits chunk are views into this trainer's arenas, sized
+            // at construction for `rows <= chunk` rows of `c` and `ld`.
+            unsafe { self.gemm.linear_as(dt, &g, x, head, head_bias, bf.logits) }?;
             if let Some(out) = capture.as_deref_mut() {
                 self.capture_logits(out, rows, vocab, softcap)?;
             }
@@ -57,7 +65,7 @@ impl Step<'_> {
                 self.targets + (r0 * 4) as u64,
                 rows,
                 vp,
-                vp,
+                ld,
                 softcap,
                 Some(dscale),
             )?;
@@ -66,17 +74,17 @@ impl Step<'_> {
                 c,
                 vp,
                 bf.logits,
-                vp,
+                ld,
                 head,
                 c,
                 bf.dlnf + (r0 * c) as u64 * es,
                 c,
                 0.0,
             )?;
-            self.mm_grad(vp, c, rows, bf.logits, vp, x, c, dhead, 1.0)?;
+            self.mm_grad(vp, c, rows, bf.logits, ld, x, c, dhead, 1.0)?;
             if head_bias != 0 {
                 let db = self.p.g("lm_head.bias");
-                k.colsum(dt, db, bf.logits, rows, vp, vp, bf.reduce)?;
+                k.colsum(dt, db, bf.logits, rows, vp, ld, bf.reduce)?;
             }
             r0 += rows;
         }
@@ -105,9 +113,9 @@ impl Step<'_> {
         softcap: f32,
     ) -> Result<()> {
         let es = self.es as usize;
-        let vp = self.s.vp;
-        // SAFETY: the logits chunk is `rows * vp` elements of this trainer's arena.
-        let raw = unsafe { self.gpu.download_raw(self.buf.logits, rows * vp * es) }?;
+        let ld = self.s.ld;
+        // SAFETY: the logits chunk is `rows * ld` elements of this trainer's arena.
+        let raw = unsafe { self.gpu.download_raw(self.buf.logits, rows * ld * es) }?;
         let cap = |x: f32| {
             if softcap > 0.0 {
                 softcap * (x / softcap).tanh()
@@ -115,7 +123,7 @@ impl Step<'_> {
                 x
             }
         };
-        for row in raw.chunks(vp * es) {
+        for row in raw.chunks(ld * es) {
             out.extend(
                 row[..vocab * es]
                     .chunks(es)

@@ -20,6 +20,9 @@ pub(super) struct Shape {
     pub es: usize,
     /// Padded vocabulary (the classifier's width).
     pub vp: usize,
+    /// Row stride of the logits chunk ([`modelspec_dsl::codegen::logits_stride`]: `vp` rounded
+    /// up so that every row is aligned).
+    pub ld: usize,
     /// Rows of logits materialised at once (at most 512 MiB of them).
     pub chunk: usize,
 }
@@ -27,6 +30,7 @@ pub(super) struct Shape {
 impl Shape {
     pub fn new(batch: usize, seq: usize, c: usize, es: usize, vp: usize) -> Shape {
         let n = batch * seq;
+        let ld = modelspec_dsl::codegen::logits_stride(vp as u64) as usize;
         Shape {
             batch,
             seq,
@@ -34,7 +38,8 @@ impl Shape {
             c,
             es,
             vp,
-            chunk: ((512usize << 20) / (vp.max(1) * es)).clamp(64, n.max(64)),
+            ld,
+            chunk: ((512usize << 20) / (ld.max(1) * es)).clamp(64, n.max(64)),
         }
     }
 }
@@ -331,7 +336,7 @@ pub(super) fn layout(
     let dh = take(n * hw * es);
     let dqkv = take(n * width * es);
     let d_atty = take(n * od * es);
-    let logits = take(s.chunk * s.vp * es);
+    let logits = take(s.chunk * s.ld * es);
     let dq_acc = take(n * qd * 4);
     let delta = take(s.batch * heads * s.seq * 4);
     let d_post = if any_post { take(n * c * es) } else { 0 };

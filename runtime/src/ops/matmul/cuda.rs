@@ -421,13 +421,32 @@ impl Gemm {
         bias: DevPtr,
         c: DevPtr,
     ) -> Result<()> {
-        let g = RowMajorGemm::linear(m, n, k);
+        // SAFETY: forwarded.
+        unsafe { self.linear_as(dtype, &RowMajorGemm::linear(m, n, k), a, w, bias, c) }
+    }
+
+    /// A projection of shape `g` (a [`RowMajorGemm::linear`] whose strides may differ, e.g. a
+    /// padded output row stride): `C = A W^T (+ bias)`, the bias (n elements, 0: none) in the
+    /// epilogue.
+    ///
+    /// # Safety
+    /// a, w and c must address matrices of the sizes and strides `g` describes, and bias (when
+    /// not 0) n elements.
+    pub unsafe fn linear_as(
+        &self,
+        dtype: Dtype,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        w: DevPtr,
+        bias: DevPtr,
+        c: DevPtr,
+    ) -> Result<()> {
         // SAFETY: forwarded.
         unsafe {
             if bias != 0 {
-                self.run_bias(dtype, &g, a, w, c, bias)
+                self.run_bias(dtype, g, a, w, c, bias)
             } else {
-                self.run(dtype, &g, a, w, c, 1.0, 0.0)
+                self.run(dtype, g, a, w, c, 1.0, 0.0)
             }
         }
     }
