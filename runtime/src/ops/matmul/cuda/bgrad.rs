@@ -4,12 +4,16 @@
 //! cuBLASLt can sum the operand it already streams through the GEMM ([`Epilogue::BiasGrad`], its
 //! BGRADB epilogue), saving the separate column sum's read of dy (for GPT-2 124M at 16384 tokens
 //! a step, ~225 MB a layer). With that epilogue it may pick a slower GEMM algorithm, so by
-//! default the choice is measured: the first time a (dtype, shape) comes, both ways are
-//! event-timed (the fastest of a few runs each) and the faster is kept for the life of the
-//! handle (shared by every executor on the device, so two trainers of one process compute the
-//! same bits). `MODELSPEC_BGRAD_EPILOGUE=on` (or `1`) uses the epilogue wherever cuBLASLt has an
-//! algorithm for it, `off` (or `0`) never does; unset or `auto`: measured. A shape first met
-//! during a CUDA graph capture (nothing may be timed there) takes the column sum, undecided.
+//! default the choice is measured: the first time a (dtype, shape) comes, both ways and the
+//! GEMM alone are event-timed (the fastest of a few runs each), the epilogue is kept where it
+//! saves at least half of the column sum's cost (a margin, so that noise does not flip a near
+//! tie between runs), and the choice holds for the life of the handle (shared by every
+//! executor on the device, so two trainers of one process compute the same bits). Two
+//! processes compute the same bits where they make the same choice (the epilogue and the
+//! column sum round differently); `MODELSPEC_BGRAD_EPILOGUE` pins it: `on` (or `1`) uses the
+//! epilogue wherever cuBLASLt has an algorithm for it, `off` (or `0`) never does; unset or
+//! `auto`: measured. A shape first met during a CUDA graph capture (nothing may be timed there) takes
+//! the column sum, undecided.
 
 use super::{Epilogue, Gemm, RowMajorGemm};
 use crate::cuda::error::{DriverContext, Result};
@@ -110,10 +114,11 @@ impl Gemm {
         apart: &dyn Fn() -> Result<()>,
     ) -> Result<BiasGradPath> {
         let epi = Epilogue::BiasGrad { bias };
-        // SAFETY (both): forwarded from the caller.
+        // SAFETY (all three): forwarded from the caller.
         let fused = || unsafe { self.run_f32_out_epilogue(dtype, g, a, b, c, &epi) };
+        let gemm = || unsafe { self.run_f32_out(dtype, g, a, b, c, 1.0, 0.0) };
         let plain = || -> Result<()> {
-            unsafe { self.run_f32_out(dtype, g, a, b, c, 1.0, 0.0) }?;
+            gemm()?;
             apart()
         };
         let key = (dtype == Dtype::Bf16, *g);
@@ -125,7 +130,7 @@ impl Gemm {
             (BiasGradPolicy::Apart, _) => BiasGradPath::Apart,
             (BiasGradPolicy::Epilogue, _) => BiasGradPath::Epilogue,
             (BiasGradPolicy::Measured, Some(way)) => way,
-            (BiasGradPolicy::Measured, None) => match self.measure(&fused, &plain)? {
+            (BiasGradPolicy::Measured, None) => match self.measure(&fused, &gemm, &plain)? {
                 Some(way) => {
                     // The timing runs left their sums in `bias`: zero again, as promised.
                     // SAFETY: `bias` addresses m f32 elements (the caller's promise).
@@ -144,11 +149,15 @@ impl Gemm {
         Ok(BiasGradPath::Apart)
     }
 
-    /// Times `fused` (the epilogue; `false`: no algorithm, nothing ran) against `plain` (GEMM,
-    /// then the column sum): the faster way, or `None` during a stream capture (nothing ran).
+    /// Times `fused` (the epilogue; `false`: no algorithm, nothing ran) against `plain` (the
+    /// GEMM alone, then the column sum), each the fastest of [`REPS`] runs: the epilogue where
+    /// it saves at least half of what the column sum costs over the GEMM alone (`gemm`), so
+    /// that timing noise cannot flip a near tie from run to run; `None` during a stream capture
+    /// (nothing ran).
     fn measure(
         &self,
         fused: &dyn Fn() -> Result<bool>,
+        gemm: &dyn Fn() -> Result<()>,
         plain: &dyn Fn() -> Result<()>,
     ) -> Result<Option<BiasGradPath>> {
         let status = self
@@ -163,12 +172,15 @@ impl Gemm {
             return Ok(Some(BiasGradPath::Apart));
         }
         plain()?;
-        let (mut t_fused, mut t_plain) = (f32::INFINITY, f32::INFINITY);
+        let mut t = [f32::INFINITY; 3];
         for _ in 0..REPS {
-            t_plain = t_plain.min(self.gpu.time_ms(plain)?);
-            t_fused = t_fused.min(self.gpu.time_ms(|| fused().map(|_| ()))?);
+            t[0] = t[0].min(self.gpu.time_ms(gemm)?);
+            t[1] = t[1].min(self.gpu.time_ms(plain)?);
+            t[2] = t[2].min(self.gpu.time_ms(|| fused().map(|_| ()))?);
         }
-        Ok(Some(if t_fused < t_plain {
+        let [t_gemm, t_plain, t_fused] = t;
+        let colsum = (t_plain - t_gemm).max(0.0);
+        Ok(Some(if t_fused < t_plain - 0.5 * colsum {
             BiasGradPath::Epilogue
         } else {
             BiasGradPath::Apart
