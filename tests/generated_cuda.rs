@@ -52,7 +52,7 @@ fn generated_kernels_are_the_library_instantiated_for_the_spec() {
     let text = CudaTinyKernels::source();
     assert_eq!(text, modelspec::__private::v1::kernel_source(&inst));
     assert!(text.contains("#define MS_D_MODEL 96\n"), "{}", &text[..200]);
-    assert!(text.contains("#define MS_VOCAB_PADDED"));
+    assert!(text.contains("#define MS_LOGITS_LD"));
     for kernel in ["norm_fwd", "act_fwd", "xent", "attn_simple_fwd"] {
         assert!(
             text.contains(kernel),

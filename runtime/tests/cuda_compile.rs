@@ -24,7 +24,7 @@ fn kernel_library_compiles_with_nvrtc() {
     // Instantiated for specs: the norms' compile-time widths (the register-held vector path) and
     // the classifier's padded vocabulary.
     for (d_model, vocab) in [("768", "50304"), ("2048", "128256"), ("96", "160")] {
-        let defines = [("MS_D_MODEL", d_model), ("MS_VOCAB_PADDED", vocab)]
+        let defines = [("MS_D_MODEL", d_model), ("MS_LOGITS_LD", vocab)]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();

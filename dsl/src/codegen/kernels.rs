@@ -5,8 +5,8 @@
 //! gets that library *instantiated* for it, which is two things, both derived here and nowhere
 //! else:
 //! - the spec's constants as `#define`s that the kernels read (`MS_D_MODEL`: the norm kernels
-//!   specialise their row loop to the model width; `MS_VOCAB_PADDED`: the cross-entropy kernel
-//!   specialises its row loop to the classifier width), and
+//!   specialise their row loop to the model width; `MS_LOGITS_LD`: the cross-entropy kernel
+//!   specialises its row loop to the logits row stride, `logits_stride`), and
 //! - the head dims the tensor-core attention templates are instantiated for.
 //!
 //! `--device cuda`, the code `model!` / `model_file!` expand to and `modelspec generate`'s
@@ -88,7 +88,10 @@ pub fn instance(spec: &ModelSpec) -> KernelInstance {
     head_dims.dedup();
     let mut defines = BTreeMap::new();
     defines.insert("MS_D_MODEL".to_string(), spec.d_model.to_string());
-    defines.insert("MS_VOCAB_PADDED".to_string(), spec.vocab_padded.to_string());
+    defines.insert(
+        "MS_LOGITS_LD".to_string(),
+        logits_stride(spec.vocab_padded).to_string(),
+    );
     KernelInstance {
         name: spec.name.clone(),
         head_dims,
@@ -164,8 +167,8 @@ mod tests {
         let inst = instance(&spec);
         assert_eq!(inst.defines["MS_D_MODEL"], spec.d_model.to_string());
         assert_eq!(
-            inst.defines["MS_VOCAB_PADDED"],
-            spec.vocab_padded.to_string()
+            inst.defines["MS_LOGITS_LD"],
+            logits_stride(spec.vocab_padded).to_string()
         );
         assert_eq!(
             inst.head_dims,

@@ -29,7 +29,7 @@ enum Logits {
 /// Runs the benchmark (see the module docs).
 pub fn bench_xent(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     let library = |vp: usize| -> Result<Kernels, CudaError> {
-        let defines: BTreeMap<String, String> = [("MS_VOCAB_PADDED".into(), vp.to_string())]
+        let defines: BTreeMap<String, String> = [("MS_LOGITS_LD".into(), vp.to_string())]
             .into_iter()
             .collect();
         Kernels::load(gpu, &format!("bench_xent_{vp}"), &[], defines)

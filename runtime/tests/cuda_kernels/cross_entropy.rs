@@ -1,5 +1,5 @@
 //! The cross-entropy kernels at the classifier's stride: libraries instantiated for a padded
-//! vocabulary (`MS_VOCAB_PADDED`) run the row-resident kernel for rows of exactly that stride
+//! vocabulary (`MS_LOGITS_LD`) run the row-resident kernel for rows of exactly that stride
 //! (gpt2's 50304, llama's 128256, and a row small enough for registers alone), the generic one
 //! for any other stride; both against an f64 reference, in f32 and bf16, with and without the
 //! softcap, padded columns, ignored targets, and the forward-only mode (no gradient written).
@@ -135,7 +135,7 @@ fn run_case(
 /// One library instantiated for the padded vocabulary `vp`; every case at stride `vp` and, as
 /// the generic kernel's check in the same library, at a smaller stride.
 fn vocab_case(vp: usize, rows: usize) {
-    let defines = [("MS_VOCAB_PADDED".to_string(), vp.to_string())]
+    let defines = [("MS_LOGITS_LD".to_string(), vp.to_string())]
         .into_iter()
         .collect();
     let Some(gpu) = super::common::gpu::device() else {

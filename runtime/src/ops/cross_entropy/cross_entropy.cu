@@ -1,10 +1,11 @@
 // ---- fused classifier tail: softcap + log-softmax + NLL + its gradient, in place ----
 
-// The spec's padded vocabulary (`#define MS_VOCAB_PADDED`, set by the library's instance): chunks
+// The classifier's logits row stride (`#define MS_LOGITS_LD`, set by the library's instance: the
+// padded vocabulary rounded up to 64, `modelspec_dsl::codegen::logits_stride`): chunks
 // whose row stride is exactly that (the classifier's) run an instantiation with the stride as a
 // compile-time constant; other strides (tests) pass it at run time (LD = 0).
-#ifndef MS_VOCAB_PADDED
-#define MS_VOCAB_PADDED 0
+#ifndef MS_LOGITS_LD
+#define MS_LOGITS_LD 0
 #endif
 
 // One logit of the online log-sum-exp: running max `mx` and sum `s` of exp(z - mx).
@@ -94,8 +95,8 @@ __device__ void xent(T* logits, float* loss, const int* target, int V, int ld_, 
 #define XENT_INSTANTIATE(SUF, T)                                                                     \
     extern "C" __global__ void xent_##SUF(T* logits, float* loss, const int* target, int V, int ld,   \
                                           float softcap, float dscale, int write_grad) {             \
-        if (MS_VOCAB_PADDED && ld == MS_VOCAB_PADDED)                                                \
-            xent<T, MS_VOCAB_PADDED>(logits, loss, target, V, ld, softcap, dscale, write_grad);       \
+        if (MS_LOGITS_LD && ld == MS_LOGITS_LD)                                                \
+            xent<T, MS_LOGITS_LD>(logits, loss, target, V, ld, softcap, dscale, write_grad);       \
         else                                                                                         \
             xent<T, 0>(logits, loss, target, V, ld, softcap, dscale, write_grad);                    \
     }
@@ -104,7 +105,7 @@ XENT_INSTANTIATE(bf16, bf16)
 
 // ---- the row-resident path: one read and one write of each row ----
 //
-// For the classifier's stride (LD = MS_VOCAB_PADDED, 16-byte aligned rows) a block holds its whole
+// For the classifier's stride (LD = MS_LOGITS_LD, 16-byte aligned rows) a block holds its whole
 // row on chip between the passes, packed as stored (16-byte vectors of 8 bf16 or 4 f32): vector
 // slots 0..RV of each thread in registers, the rest in dynamic shared memory. The passes (max,
 // sum of exponentials, gradient) then read the row from there, so HBM sees one read and one
@@ -294,18 +295,18 @@ __device__ __forceinline__ void xent_row_entry(T* logits, float* loss, const int
     xent<T, 0>(logits, loss, target, V, ld, softcap, dscale, write_grad);
 }
 
-// `xent_row_{dtype}_{MS_VOCAB_PADDED}`: the resident path of the spec's classifier stride, the
+// `xent_row_{dtype}_{MS_LOGITS_LD}`: the resident path of the spec's classifier stride, the
 // stride in the name so the launcher finds it only in a library instantiated for that stride.
 #define XENT_CAT_(a, b) a##b
 #define XENT_CAT(a, b) XENT_CAT_(a, b)
-#if MS_VOCAB_PADDED > 0
+#if MS_LOGITS_LD > 0
 #define XENT_ROW_INSTANTIATE(SUF, T)                                                                   \
-    extern "C" __global__ void __launch_bounds__(XentRowPlan<sizeof(T), MS_VOCAB_PADDED>::THREADS,     \
-                                                 XentRowPlan<sizeof(T), MS_VOCAB_PADDED>::MINB)        \
-        XENT_CAT(xent_row_##SUF##_, MS_VOCAB_PADDED)(T * logits, float* loss, const int* target, int V, \
+    extern "C" __global__ void __launch_bounds__(XentRowPlan<sizeof(T), MS_LOGITS_LD>::THREADS,     \
+                                                 XentRowPlan<sizeof(T), MS_LOGITS_LD>::MINB)        \
+        XENT_CAT(xent_row_##SUF##_, MS_LOGITS_LD)(T * logits, float* loss, const int* target, int V, \
                                                      int ld, float softcap, float dscale,              \
                                                      int write_grad) {                                 \
-        xent_row_entry<T, MS_VOCAB_PADDED>(logits, loss, target, V, ld, softcap, dscale, write_grad);  \
+        xent_row_entry<T, MS_LOGITS_LD>(logits, loss, target, V, ld, softcap, dscale, write_grad);  \
     }
 XENT_ROW_INSTANTIATE(f32, float)
 XENT_ROW_INSTANTIATE(bf16, bf16)

@@ -3,7 +3,7 @@
 //! source that [`crate::cuda::compile`] puts in the library.
 //!
 //! Two kernels: `xent_{dtype}` for any row stride, and `xent_row_{dtype}_{ld}`, which exists in a
-//! library instantiated for the classifier's padded vocabulary `ld` (`MS_VOCAB_PADDED`) and holds
+//! library instantiated for the classifier's logits row stride `ld` (`MS_LOGITS_LD`) and holds
 //! each row on chip between its passes (one read and one write of the logits instead of two
 //! reads and a write). [`Kernels::xent`] takes the second whenever the library has it for the
 //! stride, the rows are 16-byte aligned and the device has the shared memory it plans for.
