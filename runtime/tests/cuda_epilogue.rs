@@ -377,7 +377,7 @@ fn weight_grad_matches_f64_under_every_policy() {
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
-fn a_bias_grad_epilogue_needs_f32_output_and_its_vector() {
+fn a_bias_grad_epilogue_needs_f32_output_and_an_aligned_vector() {
     let Some(gpu) = device() else { return };
     let gemm = gpu.gemm().expect("cuBLASLt");
     let mut g = RowMajorGemm::linear(8, 16, 8);
@@ -410,6 +410,10 @@ fn a_bias_grad_epilogue_needs_f32_output_and_its_vector() {
             gemm.run_f32_out_epilogue(Dtype::Bf16, &batched, 256, 256, 256, &bgrad),
             "no batch",
         );
+        // A vector less aligned than cuBLASLt's epilogues want: declined, nothing launched.
+        let unaligned = Epilogue::BiasGrad { bias: 260 };
+        let ran = gemm.run_f32_out_epilogue(Dtype::Bf16, &g, 256, 256, 256, &unaligned);
+        assert!(!ran.expect("declined, not refused"));
         let gelu = Epilogue::DGelu { pre: 256, ld: 16 };
         refuse(
             gemm.run_f32_out_epilogue(Dtype::Bf16, &g, 256, 256, 256, &gelu),

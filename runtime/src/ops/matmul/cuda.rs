@@ -368,7 +368,8 @@ impl Gemm {
     /// As [`Gemm::run_f32_out`] with beta 0 and a fused epilogue that writes f32: the bias
     /// gradient ([`Epilogue::BiasGrad`], the only one accepted). Returns `false`, having
     /// launched nothing, when cuBLASLt has no algorithm for it at this shape and dtype
-    /// (remembered per shape): the caller then runs the GEMM and the column sum apart.
+    /// (remembered per shape), or the bias is not 16-byte aligned: the caller then runs the
+    /// GEMM and the column sum apart.
     ///
     /// # Safety
     /// As [`Gemm::run`], C being f32; the bias must address m f32 elements.
@@ -394,9 +395,9 @@ impl Gemm {
                 "needs a bias-gradient vector and no batch",
             ));
         }
-        if g.n == 0 && g.m != 0 {
-            // No output to run a GEMM for, so nothing would write the sums: the caller's
-            // column sum does.
+        if (g.n == 0 && g.m != 0) || !epi.bias.is_multiple_of(16) {
+            // No output to run a GEMM for, so nothing would write the sums, or a vector less
+            // aligned than cuBLASLt's epilogues want: the caller's column sum does it.
             return Ok(false);
         }
         // SAFETY: forwarded.
