@@ -121,6 +121,12 @@ impl Gemm {
             gemm()?;
             apart()
         };
+        if !bias.is_multiple_of(16) {
+            // The epilogue declines such a vector whatever the shape: nothing to measure or
+            // remember.
+            plain()?;
+            return Ok(BiasGradPath::Apart);
+        }
         let key = (dtype == Dtype::Bf16, *g);
         let (policy, known) = {
             let ch = self.bgrad.lock().unwrap_or_else(|e| e.into_inner());
