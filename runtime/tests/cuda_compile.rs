@@ -60,6 +60,7 @@ fn kernel_library_compiles_with_nvrtc() {
         "norm_bwd_f32",
         "norm_fwd_warp_bf16",
         "norm_bwd_warp_f32",
+        "norm_bwd_dw_warp_bf16",
         "colred_sum_bf16",
         "colred_norm_f32",
         "rope_bf16",

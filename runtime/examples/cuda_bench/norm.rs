@@ -3,13 +3,16 @@
 //! (weight), each in a library instantiated for that width. Per case: the forward with the
 //! residual add (`res` in, `r_out` and `y` out, as the trainer's residual norms run it), the
 //! backward with `dres` (the residual stream's gradient added), the weight (and bias) gradient
-//! (`norm_dw`) and the backward's total with it (`bwd_dw`). Each case runs twice: `"path":
-//! "warp"` (one warp a row, the default for rows of the library's width) and `"path": "block"`
-//! (one block a row, the kernels that ran before; `Kernels::set_norm_warp_rows(false)`), so one
-//! run compares them. `GB_s` counts the bytes each launch must move: forward x, res in and r_out,
-//! y out; backward r, dy, dres in and dx out; norm_dw r, dy in (4, 4 and 2 bf16 rows; the
-//! weights, statistics and partial sums are < 1%). Medians of 20 event-timed launches after 3
-//! warm-ups.
+//! (`norm_dw`) and the backward with its gradients as the trainer calls it (`bwd_dw`:
+//! `Kernels::norm_bwd_dw`, one call). Each case runs as `"path": "warp"` (one warp a row, the
+//! default for rows of the library's width), `"path": "block"` (one block a row, the kernels that
+//! ran before; `Kernels::set_norm_warp_rows(false)`) and `"path": "fused"` (only `bwd_dw`, with
+//! `Kernels::set_norm_fused_dw(true)`: the one-pass backward where it applies, bf16 rows up to
+//! 768; wider rows print the two kernels again), so one run compares them. `GB_s` counts the
+//! bytes each call must move at least: forward x, res in and r_out, y out; backward r, dy, dres in
+//! and dx out; norm_dw r, dy in; bwd_dw as the two (4, 4, 2 and 6 bf16 rows; the weights,
+//! statistics and partial sums are < 1%), so the one pass shows its saving as a higher
+//! figure. Medians of 20 event-timed launches after 3 warm-ups.
 
 use modelspec_runtime::cuda::{CudaError, Dtype, Gpu, Kernels, NormKind, ReduceScratch};
 use std::collections::BTreeMap;
@@ -51,9 +54,9 @@ pub fn bench_norm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         let bytes = ReduceScratch::bytes_for(d);
         let scratch = gpu.zeros::<u8>(bytes)?;
         let sc = ReduceScratch::new(scratch.ptr(), bytes);
-        for warp in [true, false] {
-            k.set_norm_warp_rows(warp);
-            let path = if warp { "warp" } else { "block" };
+        for path in ["warp", "block", "fused"] {
+            k.set_norm_warp_rows(path != "block");
+            k.set_norm_fused_dw(path == "fused");
             for kind in [NormKind::Layer, NormKind::Rms] {
                 let layer = kind == NormKind::Layer;
                 let (bp, dbp) = if layer { (b.ptr(), db.ptr()) } else { (0, 0) };
@@ -106,17 +109,37 @@ pub fn bench_norm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                         sc,
                     )
                 };
+                let bwd_dw = || {
+                    k.norm_bwd_dw(
+                        Dtype::Bf16,
+                        kind,
+                        dx.ptr(),
+                        dy.ptr(),
+                        r.ptr(),
+                        w.ptr(),
+                        rstd.ptr(),
+                        mean.ptr(),
+                        dres.ptr(),
+                        dw.ptr(),
+                        dbp,
+                        rows,
+                        d,
+                        0.0,
+                        sc,
+                    )
+                };
                 // The forward's outputs are the backward's inputs.
                 let ms_fwd = timed(&fwd)?;
-                let ms_bwd = timed(&bwd)?;
-                let ms_dw = timed(&dwf)?;
                 let row_bytes = (n * 2) as f64;
-                for (what, ms, rows_moved) in [
-                    ("fwd", ms_fwd, 4.0),
-                    ("bwd", ms_bwd, 4.0),
-                    ("dw", ms_dw, 2.0),
-                    ("bwd_dw", ms_bwd + ms_dw, 6.0),
-                ] {
+                let mut lines = vec![("bwd_dw", timed(&bwd_dw)?, 6.0)];
+                if path != "fused" {
+                    lines.extend([
+                        ("fwd", ms_fwd, 4.0),
+                        ("bwd", timed(&bwd)?, 4.0),
+                        ("dw", timed(&dwf)?, 2.0),
+                    ]);
+                }
+                for (what, ms, rows_moved) in lines {
                     let gbs = rows_moved * row_bytes / ms as f64 / 1e6;
                     println!(
                         "{{\"norm\": \"{what}\", \"model\": \"{model}\", \"kind\": \"{kind:?}\", \"path\": \"{path}\", \"rows\": {rows}, \"cols\": {d}, \"ms\": {ms:.4}, \"GB_s\": {gbs:.0}}}"

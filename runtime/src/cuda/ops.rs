@@ -29,6 +29,7 @@ pub struct Kernels {
     head_dims: Vec<usize>,
     d_model: usize,
     norm_warp_rows: bool,
+    norm_fused_dw: bool,
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -56,6 +57,7 @@ impl Kernels {
             head_dims: head_dims.to_vec(),
             d_model,
             norm_warp_rows: true,
+            norm_fused_dw: crate::ops::norm::cuda::fused_dw_from_env(),
         })
     }
 
@@ -100,6 +102,18 @@ impl Kernels {
     /// See [`Kernels::set_norm_warp_rows`].
     pub(crate) fn norm_warp_rows(&self) -> bool {
         self.norm_warp_rows
+    }
+
+    /// Whether [`Kernels::norm_bwd_dw`] runs the one-pass backward with the weight and bias
+    /// gradients where it applies (`MODELSPEC_NORM_FUSED_DW=on` when the library is loaded; off
+    /// by default), else `norm_bwd` then `norm_dw`.
+    pub fn set_norm_fused_dw(&mut self, on: bool) {
+        self.norm_fused_dw = on;
+    }
+
+    /// See [`Kernels::set_norm_fused_dw`].
+    pub(crate) fn norm_fused_dw(&self) -> bool {
+        self.norm_fused_dw
     }
 
     /// The GPU these kernels run on.

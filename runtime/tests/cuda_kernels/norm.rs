@@ -72,10 +72,17 @@ fn library(gpu: &std::sync::Arc<Gpu>, d_model: usize) -> Kernels {
     k
 }
 
-/// Runs norm_fwd, norm_bwd and norm_dw on fresh random rows of width `c` and compares every
-/// output with the f64 reference; the forward runs twice and must repeat bit for bit.
-fn run_case(gpu: &Gpu, k: &Kernels, rng: &mut Rng, dt: Dtype, c: usize, cs: Case, shift: Shift) {
-    let n = ROWS;
+/// Runs norm_fwd and norm_bwd_dw (norm_bwd and norm_dw, or the one pass) on `n` fresh random rows
+/// of width `c` and compares every output with the f64 reference; each runs twice and must
+/// repeat bit for bit.
+fn run_case(
+    gpu: &Gpu,
+    k: &Kernels,
+    rng: &mut Rng,
+    (dt, n, c): (Dtype, usize, usize),
+    cs: Case,
+    shift: Shift,
+) {
     let eps = 1e-5;
     let (si, sp, so) = match shift {
         Shift::None => (0, 0, 0),
@@ -150,37 +157,46 @@ fn run_case(gpu: &Gpu, k: &Kernels, rng: &mut Rng, dt: Dtype, c: usize, cs: Case
     } else {
         r_bwd.host.clone()
     };
-    k.norm_bwd(
-        dt,
-        cs.kind,
-        dx.ptr(),
-        dy.ptr(),
-        r_bwd.ptr(),
-        wp,
-        rstd.ptr(),
-        mean.ptr(),
-        on(cs.dres, dres.ptr()),
-        n,
-        c,
-        cs.offset as f32,
-    )
-    .unwrap();
-    if cs.w || cs.b {
-        k.norm_dw(
+    // The backward with the gradients (norm_bwd then norm_dw, or the one pass where the
+    // library has it on), twice: dx and, into fresh sums, dw and db must repeat bit for bit.
+    let dw2 = gpu.zeros::<f32>(c).unwrap();
+    let db2 = gpu.zeros::<f32>(c).unwrap();
+    let bwd = |dw: u64, db: u64| {
+        k.norm_bwd_dw(
             dt,
             cs.kind,
-            on(cs.w, dw.ptr()),
-            on(cs.b, db.ptr()),
+            dx.ptr(),
             dy.ptr(),
             r_bwd.ptr(),
+            wp,
             rstd.ptr(),
             mean.ptr(),
+            on(cs.dres, dres.ptr()),
+            on(cs.w, dw),
+            on(cs.b, db),
             n,
             c,
+            cs.offset as f32,
             ReduceScratch::new(scratch.ptr(), ReduceScratch::bytes_for(c)),
         )
-        .unwrap();
-    }
+        .unwrap()
+    };
+    bwd(dw2.ptr(), db2.ptr());
+    let dx_dev = dx.get(gpu);
+    bwd(dw.ptr(), db.ptr());
+    let same = |a: &[f64], b: &[f64]| a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+    assert!(
+        same(&dx.get(gpu), &dx_dev),
+        "norm dx does not repeat bit for bit"
+    );
+    assert!(
+        same(&getf(gpu, &dw), &getf(gpu, &dw2)),
+        "norm dw does not repeat bit for bit"
+    );
+    assert!(
+        same(&getf(gpu, &db), &getf(gpu, &db2)),
+        "norm db does not repeat bit for bit"
+    );
     let (mut ry, mut rdx, mut rdw, mut rdb) = (
         vec![0.0; n * c],
         vec![0.0; n * c],
@@ -221,13 +237,13 @@ fn run_case(gpu: &Gpu, k: &Kernels, rng: &mut Rng, dt: Dtype, c: usize, cs: Case
             rdb[j] += dy.host[i * c + j];
         }
     }
-    let tag = format!("norm c {c} lib {} {cs:?} shift {shift:?}", k.d_model());
+    let tag = format!("norm {n} x {c} lib {} {cs:?} shift {shift:?}", k.d_model());
 
     if cs.r_out {
         check(&format!("{tag} residual"), dt, &r_fwd, &sum);
     }
     check(&format!("{tag} fwd"), dt, &y_dev, &ry);
-    check(&format!("{tag} dx"), dt, &dx.get(gpu), &rdx);
+    check(&format!("{tag} dx"), dt, &dx_dev, &rdx);
     if cs.w {
         check(&format!("{tag} dw"), dt, &getf(gpu, &dw), &rdw);
     }
@@ -246,7 +262,7 @@ fn norm_forward_backward_matches_f64() {
         for c in [1000, 7] {
             for cs in CASES {
                 for shift in SHIFTS {
-                    run_case(&gpu, &k, &mut rng, dt, c, cs, shift);
+                    run_case(&gpu, &k, &mut rng, (dt, ROWS, c), cs, shift);
                 }
             }
         }
@@ -272,7 +288,7 @@ fn norm_warp_rows_match_f64() {
             for c in [d_model, other] {
                 for cs in CASES {
                     for shift in SHIFTS {
-                        run_case(&gpu, &k, &mut rng, dt, c, cs, shift);
+                        run_case(&gpu, &k, &mut rng, (dt, ROWS, c), cs, shift);
                     }
                 }
             }
@@ -283,7 +299,34 @@ fn norm_warp_rows_match_f64() {
         for dt in DTYPES {
             for cs in CASES {
                 for shift in [Shift::None, Shift::All] {
-                    run_case(&gpu, &k, &mut rng, dt, d_model, cs, shift);
+                    run_case(&gpu, &k, &mut rng, (dt, ROWS, d_model), cs, shift);
+                }
+            }
+        }
+    }
+}
+
+/// The one-pass backward with the weight and bias gradients (`Kernels::set_norm_fused_dw`): in
+/// libraries where it serves the library's width (768 bf16: 3 vectors a lane; 100 f32: 25
+/// vectors, idle lanes), on 37 rows (one chunk), 1000 (16 chunks of 63: two per finishing group)
+/// and 2100 (33 chunks of 64: up to five per group); misaligned tensors and the other dtype run
+/// norm_bwd + norm_dw through the same call.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn norm_bwd_dw_matches_f64() {
+    let Some(gpu) = super::common::gpu::device() else {
+        return;
+    };
+    let mut rng = Rng::fresh("norm_bwd_dw");
+    for d_model in [768, 100] {
+        let mut k = library(&gpu, d_model);
+        k.set_norm_fused_dw(true);
+        for dt in DTYPES {
+            for n in [ROWS, 1000, 2100] {
+                for cs in CASES {
+                    for shift in [Shift::None, Shift::All] {
+                        run_case(&gpu, &k, &mut rng, (dt, n, d_model), cs, shift);
+                    }
                 }
             }
         }

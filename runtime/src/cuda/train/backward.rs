@@ -30,7 +30,8 @@ impl Step<'_> {
     ) -> Result<()> {
         let (n, c) = (self.s.n, self.s.c);
         let weight = format!("{name}.weight");
-        self.k.norm_bwd(
+        // norm_bwd then norm_dw, or one pass for both (Kernels::set_norm_fused_dw).
+        self.k.norm_bwd_dw(
             self.dt,
             nc.kind,
             dx,
@@ -40,21 +41,11 @@ impl Step<'_> {
             rstd,
             mean,
             dres,
+            self.p.g(&weight),
+            self.p.g(&format!("{name}.bias")),
             n,
             c,
             nc.offset,
-        )?;
-        self.k.norm_dw(
-            self.dt,
-            nc.kind,
-            self.p.g(&weight),
-            self.p.g(&format!("{name}.bias")),
-            dy,
-            x,
-            rstd,
-            mean,
-            n,
-            c,
             self.buf.reduce,
         )
     }

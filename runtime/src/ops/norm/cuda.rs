@@ -4,17 +4,23 @@
 //! [`crate::cuda::compile`] puts in the library.
 
 use crate::cuda::Kernels;
+use crate::cuda::error::CudaError;
 use crate::cuda::error::Result;
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
 use crate::cuda::launch::BLOCK;
-use crate::cuda::reduce::{self, ReduceScratch};
+use crate::cuda::reduce::{self, COUNTER_BYTES, ReduceScratch};
 use crate::cuda_args;
 use modelspec_dsl::ir::NormKind;
 
-/// The CUDA C of `norm.cu` and `norm_warp.cu`, assembled into the kernel library after
-/// `common.cuh`.
-pub(crate) const SOURCE: &str =
-    concat!(include_str!("norm.cu"), "\n", include_str!("norm_warp.cu"));
+/// The CUDA C of `norm.cu`, `norm_warp.cu` and `norm_bwd_dw.cu`, assembled into the kernel
+/// library after `common.cuh`.
+pub(crate) const SOURCE: &str = concat!(
+    include_str!("norm.cu"),
+    "\n",
+    include_str!("norm_warp.cu"),
+    "\n",
+    include_str!("norm_bwd_dw.cu")
+);
 
 /// Rows of a warp-per-row kernel block (`norm_{fwd,bwd}_warp_*`: 256 threads, one warp a row).
 const WARP_ROWS: u32 = BLOCK / 32;
@@ -26,6 +32,42 @@ const WARP_ROWS: u32 = BLOCK / 32;
 /// row. Pointer alignment plays no part: the warp kernels take scalar accesses where it fails.
 pub(crate) fn warp_rows(d_model: usize, dt: Dtype, c: usize) -> bool {
     d_model > 0 && c == d_model && c <= 32 * 8 * (16 / dt.bytes())
+}
+
+/// Rows a chunk of the one-pass backward holds at least (8 a warp).
+const FUSED_MIN_ROWS: usize = 64;
+/// Chunks of the one-pass backward at most (about two 8-row blocks an SM on a large GPU).
+const FUSED_MAX_CHUNKS: usize = 256;
+/// Partial sums per output at most: what [`ReduceScratch::bytes_for`] holds for any width.
+const FUSED_MAX_PARTIALS: usize = 1 << 18;
+
+/// Whether `norm_bwd_dw_warp_*` (`norm_bwd_dw.cu`) serves rows of width `c` in a library of
+/// model width `d_model`: the library's width, in 16-byte vectors, at most 3 a lane (bf16 <= 768,
+/// f32 <= 384; the kernel's `NormFused::OK`). The pointers must also be 16-byte aligned.
+pub(crate) fn fused_rows(d_model: usize, dt: Dtype, c: usize) -> bool {
+    let vn = 16 / dt.bytes();
+    d_model > 0 && c == d_model && c.is_multiple_of(vn) && c <= 32 * 3 * vn
+}
+
+/// The one-pass backward's split of `rows` (at least 1) rows of `c`: (chunks, rows a chunk),
+/// none empty, from the shape alone.
+pub(crate) fn fused_split(rows: usize, c: usize) -> (usize, usize) {
+    let chunks = rows
+        .div_ceil(FUSED_MIN_ROWS)
+        .min(FUSED_MAX_CHUNKS)
+        .min((FUSED_MAX_PARTIALS / c.max(1)).max(1))
+        .max(1);
+    let per = rows.div_ceil(chunks).max(1);
+    (rows.div_ceil(per).max(1), per)
+}
+
+/// `MODELSPEC_NORM_FUSED_DW`: `on`/`1`/`true` turns the one-pass norm backward on (see
+/// [`Kernels::norm_bwd_dw`]); anything else, or unset, leaves it off.
+pub(crate) fn fused_dw_from_env() -> bool {
+    matches!(
+        std::env::var("MODELSPEC_NORM_FUSED_DW").ok().as_deref(),
+        Some("on" | "1" | "true")
+    )
 }
 
 impl Kernels {
@@ -114,6 +156,65 @@ impl Kernels {
         )
     }
 
+    /// The norm backward and its weight/bias gradients: [`Kernels::norm_bwd`] then
+    /// [`Kernels::norm_dw`] (same arguments), or, where [`Kernels::set_norm_fused_dw`] is on and
+    /// the rows qualify (the library's width up to 3 vectors a lane, 16-byte aligned pointers, a
+    /// gradient wanted), `norm_bwd_dw_warp_{dtype}`: one pass over dy and r for both, its
+    /// partial sums and counters in `scratch` as `norm_dw`'s (the same formulas; the column
+    /// sums' order differs, fixed by (rows, c), so bits repeat run to run).
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_bwd_dw(
+        &self,
+        dt: Dtype,
+        kind: NormKind,
+        dx: DevPtr,
+        dy: DevPtr,
+        r: DevPtr,
+        w: DevPtr,
+        rstd: DevPtr,
+        mean: DevPtr,
+        dres: DevPtr,
+        dw: DevPtr,
+        db: DevPtr,
+        rows: usize,
+        c: usize,
+        offset: f32,
+        scratch: ReduceScratch,
+    ) -> Result<()> {
+        let fused = self.norm_fused_dw()
+            && rows > 0
+            && (dw != 0 || db != 0)
+            && fused_rows(self.d_model(), dt, c)
+            && [dx, dy, r, w, dres].iter().all(|p| p % 16 == 0);
+        if !fused {
+            self.norm_bwd(dt, kind, dx, dy, r, w, rstd, mean, dres, rows, c, offset)?;
+            return self.norm_dw(dt, kind, dw, db, dy, r, rstd, mean, rows, c, scratch);
+        }
+        let name = format!("norm_bwd_dw_warp_{}", dt.suffix());
+        let (chunks, per) = fused_split(rows, c);
+        let need = COUNTER_BYTES + 2 * chunks * c * 4;
+        if scratch.ptr == 0 || scratch.bytes < need || !scratch.ptr.is_multiple_of(4) {
+            return Err(CudaError::BadLaunch {
+                kernel: name,
+                why: format!(
+                    "{rows} x {c} needs {need} bytes of 4-byte-aligned reduction scratch \
+                     ({chunks} chunks), {} given at {:#x}",
+                    scratch.bytes, scratch.ptr
+                ),
+            });
+        }
+        let (cnt, part) = (scratch.ptr, scratch.ptr + COUNTER_BYTES as u64);
+        let (n_, c_, per_) = (rows as i32, c as i32, per as i32);
+        let is_layer = (kind == NormKind::Layer) as i32;
+        self.go_block(
+            &name,
+            (chunks as u32, 1, 1),
+            &mut cuda_args![
+                dx, dy, r, w, rstd, mean, dres, dw, db, cnt, part, n_, c_, per_, offset, is_layer
+            ],
+        )
+    }
+
     /// The norm's weight and bias gradients: `dw[j] += Σ_n dy * xhat`, `db[j] += Σ_n dy` over
     /// `rows` rows of `c` (f32; either may be 0), `xhat` from the saved (r, rstd, mean). A
     /// deterministic column reduction in one launch ([`crate::cuda::reduce`]) whose counters and
@@ -171,6 +272,35 @@ impl Kernels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fused_rows_take_the_library_width_up_to_three_vectors_a_lane() {
+        assert!(fused_rows(768, Dtype::Bf16, 768));
+        assert!(!fused_rows(768, Dtype::F32, 768));
+        assert!(fused_rows(384, Dtype::F32, 384));
+        assert!(!fused_rows(1024, Dtype::Bf16, 1024));
+        assert!(!fused_rows(100, Dtype::Bf16, 100));
+        assert!(!fused_rows(768, Dtype::Bf16, 64));
+        assert!(!fused_rows(0, Dtype::Bf16, 0));
+    }
+
+    #[test]
+    fn fused_split_covers_the_rows_within_the_scratch() {
+        // gpt2 B16 T1024: 256 chunks of 64 rows (8 a warp).
+        assert_eq!(fused_split(16384, 768), (256, 64));
+        for rows in [1, 7, 37, 63, 64, 65, 1000, 16384, 65536, 1 << 22] {
+            for c in [8, 96, 384, 768] {
+                let (chunks, per) = fused_split(rows, c);
+                assert!((1..=FUSED_MAX_CHUNKS).contains(&chunks), "{rows} x {c}");
+                assert!(
+                    chunks * per >= rows && (chunks - 1) * per < rows,
+                    "{rows} x {c}"
+                );
+                let need = COUNTER_BYTES + 2 * chunks * c * 4;
+                assert!(need <= ReduceScratch::bytes_for(c), "{rows} x {c}");
+            }
+        }
+    }
 
     #[test]
     fn warp_rows_take_the_library_width_up_to_eight_vectors_a_lane() {
