@@ -453,7 +453,7 @@ fn main() {
         "xent" => xent::bench_xent(&gpu),
         other => {
             eprintln!(
-                "unknown benchmark `{other}` (attention | gemm | cudnn | reduce | bgrad | xent)"
+                "unknown benchmark `{other}` (attention | gemm | cudnn | reduce | bgrad | norm | xent)"
             );
             std::process::exit(2);
         }
