@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One device call for issue 11's step work, most important first (whatever it wrote under $OUT
+# comes back even when the call is cut short): the parity tests of the kernels the step changes
+# touch (cuda_kernels: norms, cross-entropy; cuda_epilogue: the bias-gradient epilogue), the
+# micro-benches (cuda_bench norm | xent | bgrad), the gpt2-124m step with its in-step timeline,
+# torch.compile's gpt2 step in the same call, cuda_train, the step with the bias-gradient
+# epilogue off and with the one-pass norm backward on, cuda_train_state (graph), cuda_checkpoint,
+# `modelspec bench` on the unpadded spec, and cuda_train with the one-pass norm backward.
+# Expects .gpu/bins.tgz (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device:
+#   OUT=<dir> bash bench/gpu_step_variants.sh
+set -u
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
+export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels PYTHONUNBUFFERED=1
+CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))" 2>/dev/null); [ -n "$CUDNN_DIR" ] && export CUDNN_PATH="$CUDNN_DIR" LD_LIBRARY_PATH="$CUDNN_DIR/lib:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader | tee $OUT/gpu.txt
+t0=$(date +%s); el() { echo "($(( $(date +%s) - t0 )) s)"; }
+tst() { local t=$1 name=$2; shift 2; env "$@" timeout 150 $B/$t --test-threads=1 --nocapture --include-ignored > $OUT/$name.log 2>&1; echo "$name exit $? $(el) $(grep -E '^test result' $OUT/$name.log | tail -1 | cut -c1-60)" | tee -a $OUT/summary.txt; }
+run() { local name=$1; shift; echo "== $name $(el)"; "$@" > $OUT/$name.jsonl 2>> $OUT/err.log; echo "exit $?"; grep -v '"timeline"' $OUT/$name.jsonl | cut -c1-330; }
+tst cuda_kernels cuda_kernels X=1
+tst cuda_epilogue cuda_epilogue X=1
+for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
+run ms_gpt2_tl env TIMELINE=1 timeout 100 $B/cuda_train_bench gpt2 specs
+grep '"timeline"' $OUT/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
+run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
+tst cuda_train cuda_train X=1
+run ms_gpt2_bgrad_off env MODELSPEC_BGRAD_EPILOGUE=off timeout 60 $B/cuda_train_bench gpt2 specs
+run ms_gpt2_fused_dw env MODELSPEC_NORM_FUSED_DW=on timeout 60 $B/cuda_train_bench gpt2 specs
+tst cuda_train_state cuda_train_state X=1
+tst cuda_checkpoint cuda_checkpoint X=1
+run cli_gpt2 timeout 60 $B/modelspec bench specs/gpt2-124m.mspec --device cuda --batch 16 --seq 1024
+tst cuda_train cuda_train_fused MODELSPEC_NORM_FUSED_DW=on
+grep -hE "panicked|FAILED|UNSUPPORTED" $OUT/*.log | sort | uniq -c | head -20
+tail -3 $OUT/err.log
