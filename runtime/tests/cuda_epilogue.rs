@@ -21,7 +21,7 @@ mod common;
 
 use common::gpu::{Mat, Rng, check, check_err, device, device_and_kernels, f32buf, getf, rel_err};
 use modelspec_runtime::cuda::{
-    BiasGradPath, BiasGradPolicy, CudaError, Dtype, DtypeExt, Epilogue, Gpu, ReduceScratch,
+    BiasGradPath, BiasGradPolicy, CudaError, Dtype, DtypeExt, Epilogue, Gpu, GpuBuf, ReduceScratch,
     RowMajorGemm,
 };
 
@@ -196,17 +196,7 @@ impl WeightGrad {
 
     /// `dW = dy^T x` as the trainer's `mm_grad` runs it: A = dy `[k, m]` transposed.
     fn gemm(&self) -> RowMajorGemm {
-        RowMajorGemm {
-            m: self.m,
-            n: self.n,
-            k: self.k,
-            trans_a: true,
-            trans_b: false,
-            lda: self.lda,
-            ldb: self.n,
-            ldc: self.n,
-            batch: None,
-        }
+        RowMajorGemm::weight_grad(self.m, self.n, self.k, self.lda, self.n)
     }
 
     /// (dW `[m, n]`, db `[m]`) in f64.
@@ -224,6 +214,19 @@ impl WeightGrad {
             }
         }
         (dw, db)
+    }
+
+    /// Checks the GPU's `dw` and `db` against [`WeightGrad::reference`]'s (relative error 1e-4:
+    /// f32 outputs).
+    fn check(
+        gpu: &Gpu,
+        tag: &str,
+        dw: &GpuBuf<f32>,
+        db: &GpuBuf<f32>,
+        want: &(Vec<f64>, Vec<f64>),
+    ) {
+        check_err(&format!("{tag} dW"), 1e-4, rel_err(&getf(gpu, dw), &want.0));
+        check_err(&format!("{tag} db"), 1e-4, rel_err(&getf(gpu, db), &want.1));
     }
 
     fn tag(&self, dt: Dtype) -> String {
@@ -270,17 +273,7 @@ fn bias_grad_epilogue_matches_f64() {
                 );
                 continue;
             }
-            let (want_dw, want_db) = w.reference();
-            check_err(
-                &format!("{tag} dW"),
-                1e-4,
-                rel_err(&getf(&gpu, &dw), &want_dw),
-            );
-            check_err(
-                &format!("{tag} db"),
-                1e-4,
-                rel_err(&getf(&gpu, &db), &want_db),
-            );
+            WeightGrad::check(&gpu, &tag, &dw, &db, &w.reference());
         }
     }
 }
@@ -308,7 +301,7 @@ fn weight_grad_matches_f64_under_every_policy() {
             (96, 64, 200, 104),
         ] {
             let w = WeightGrad::new(&gpu, dt, &mut rng, shape);
-            let (want_dw, want_db) = w.reference();
+            let want = w.reference();
             // Whether cuBLASLt has the epilogue here (nothing is written when it has not).
             let probe = gpu.zeros::<f32>(w.m * w.n + w.m).unwrap();
             let epi = Epilogue::BiasGrad {
@@ -359,16 +352,7 @@ fn weight_grad_matches_f64_under_every_policy() {
                             assert_eq!(*measured.get_or_insert(way), way, "{tag}: not kept");
                         }
                     }
-                    check_err(
-                        &format!("{tag} dW"),
-                        1e-4,
-                        rel_err(&getf(&gpu, &dw), &want_dw),
-                    );
-                    check_err(
-                        &format!("{tag} db"),
-                        1e-4,
-                        rel_err(&getf(&gpu, &db), &want_db),
-                    );
+                    WeightGrad::check(&gpu, &tag, &dw, &db, &want);
                 }
             }
         }

@@ -23,17 +23,7 @@ impl Step<'_> {
         ldc: usize,
         beta: f32,
     ) -> Result<()> {
-        let g = RowMajorGemm {
-            m,
-            n,
-            k,
-            trans_a: false,
-            trans_b: false,
-            lda,
-            ldb,
-            ldc,
-            batch: None,
-        };
+        let g = RowMajorGemm::plain(m, n, k, lda, ldb, ldc);
         // SAFETY: every operand is a view into this trainer's arenas, sized at construction.
         unsafe { self.gemm.run(self.dt, &g, a, b, c, 1.0, beta) }
     }
@@ -68,17 +58,7 @@ impl Step<'_> {
         c: DevPtr,
         beta: f32,
     ) -> Result<()> {
-        let g = RowMajorGemm {
-            m,
-            n,
-            k,
-            trans_a: true,
-            trans_b: false,
-            lda,
-            ldb,
-            ldc: n,
-            batch: None,
-        };
+        let g = RowMajorGemm::weight_grad(m, n, k, lda, ldb);
         // SAFETY: as in `mm`.
         unsafe { self.gemm.run_f32_out(self.dt, &g, a, b, c, 1.0, beta) }
     }
@@ -128,17 +108,7 @@ impl Step<'_> {
         c: DevPtr,
         pre: DevPtr,
     ) -> Result<bool> {
-        let g = RowMajorGemm {
-            m,
-            n,
-            k,
-            trans_a: false,
-            trans_b: false,
-            lda,
-            ldb,
-            ldc: n,
-            batch: None,
-        };
+        let g = RowMajorGemm::plain(m, n, k, lda, ldb, n);
         let epi = Epilogue::DGelu { pre, ld: n };
         // SAFETY: as in `linear_gelu`.
         unsafe { self.gemm.run_epilogue(self.dt, &g, a, b, c, &epi) }
@@ -167,17 +137,7 @@ impl Step<'_> {
         if bias == 0 {
             return self.mm_grad(m, n, k, a, lda, b, ldb, c, 0.0);
         }
-        let g = RowMajorGemm {
-            m,
-            n,
-            k,
-            trans_a: true,
-            trans_b: false,
-            lda,
-            ldb,
-            ldc: n,
-            batch: None,
-        };
+        let g = RowMajorGemm::weight_grad(m, n, k, lda, ldb);
         let apart = || self.k.colsum(self.dt, bias, a, k, m, lda, self.buf.reduce);
         // SAFETY: as in `mm`; the bias gradient is m f32 of the zeroed gradient arena.
         unsafe {

@@ -4,7 +4,7 @@
 //! [`RowMajorGemm`]); `bgrad` holds the weight gradient that also yields its bias's gradient.
 //!
 //! Callers think in row-major matrices; cuBLASLt is column-major. The mapping between the two is
-//! written once, in `to_column_major`.
+//! written once, in `colmajor::to_column_major`.
 
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
@@ -13,7 +13,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 mod bgrad;
+mod colmajor;
 pub use bgrad::{BiasGradPath, BiasGradPolicy};
+use colmajor::to_column_major;
 
 /// A row-major GEMM: `C[m, n] = alpha * op(A) op(B) + beta * C`, where op(A) is `[m, k]` (A is
 /// stored `[m, k]`, or `[k, m]` when `trans_a`) and op(B) is `[k, n]` (B stored `[k, n]`, or
@@ -46,15 +48,32 @@ impl RowMajorGemm {
     /// operand dense (row strides k, k and n).
     pub fn linear(m: usize, n: usize, k: usize) -> RowMajorGemm {
         RowMajorGemm {
+            trans_b: true,
+            ..RowMajorGemm::plain(m, n, k, k, k, n)
+        }
+    }
+
+    /// `C[m, n] = A[m, k] B[k, n]`, neither operand transposed, with the given row strides.
+    pub fn plain(m: usize, n: usize, k: usize, lda: usize, ldb: usize, ldc: usize) -> RowMajorGemm {
+        RowMajorGemm {
             m,
             n,
             k,
             trans_a: false,
-            trans_b: true,
-            lda: k,
-            ldb: k,
-            ldc: n,
+            trans_b: false,
+            lda,
+            ldb,
+            ldc,
             batch: None,
+        }
+    }
+
+    /// A weight gradient: `C[m, n] = A^T B`, A stored `[k, m]` (row stride `lda`, e.g. the
+    /// output's gradient `dy[tokens, out]`), B `[k, n]` (row stride `ldb`, the input), C dense.
+    pub fn weight_grad(m: usize, n: usize, k: usize, lda: usize, ldb: usize) -> RowMajorGemm {
+        RowMajorGemm {
+            trans_a: true,
+            ..RowMajorGemm::plain(m, n, k, lda, ldb, n)
         }
     }
 }
@@ -174,69 +193,6 @@ impl Epi {
 /// A plan's key: (bf16, f32 output, epilogue, auxiliary row stride, shape).
 type PlanKey = (bool, bool, EpiKind, usize, RowMajorGemm);
 
-/// One column-major operand as cuBLASLt sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ColOperand {
-    rows: u64,
-    cols: u64,
-    ld: i64,
-    trans: bool,
-    stride: i64,
-}
-
-/// The column-major problem `C^T = op(B)^T-as-stored x op(A)^T-as-stored`: a row-major `[r, c]`
-/// matrix with row stride `ld` is exactly a column-major `[c, r]` matrix with leading dimension
-/// `ld`, so row-major `C = A B` is column-major `C^T = B^T A^T` with the operands swapped and
-/// nothing moved in memory. Returns (first operand = B, second = A, output, m', n').
-fn to_column_major(g: &RowMajorGemm) -> (ColOperand, ColOperand, ColOperand) {
-    let (count, sa, sb, sc) = g.batch.unwrap_or((1, 0, 0, 0));
-    let _ = count;
-    // cuBLAS's m' = n, n' = m, k' = k. Its A' is our B: stored column-major as [n, k] when
-    // trans_b is false ([k, n] row-major), else [k, n] and transposed.
-    let a_prime = if g.trans_b {
-        ColOperand {
-            rows: g.k as u64,
-            cols: g.n as u64,
-            ld: g.ldb as i64,
-            trans: true,
-            stride: sb as i64,
-        }
-    } else {
-        ColOperand {
-            rows: g.n as u64,
-            cols: g.k as u64,
-            ld: g.ldb as i64,
-            trans: false,
-            stride: sb as i64,
-        }
-    };
-    let b_prime = if g.trans_a {
-        ColOperand {
-            rows: g.m as u64,
-            cols: g.k as u64,
-            ld: g.lda as i64,
-            trans: true,
-            stride: sa as i64,
-        }
-    } else {
-        ColOperand {
-            rows: g.k as u64,
-            cols: g.m as u64,
-            ld: g.lda as i64,
-            trans: false,
-            stride: sa as i64,
-        }
-    };
-    let c_prime = ColOperand {
-        rows: g.n as u64,
-        cols: g.m as u64,
-        ld: g.ldc as i64,
-        trans: false,
-        stride: sc as i64,
-    };
-    (a_prime, b_prime, c_prime)
-}
-
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
@@ -347,22 +303,8 @@ impl Gemm {
         c: DevPtr,
         epilogue: &Epilogue,
     ) -> Result<bool> {
-        let epi = Epi::of(epilogue);
-        if matches!(epilogue, Epilogue::BiasGrad { .. }) {
-            return Err(epilogue_err(
-                epilogue,
-                "writes an f32 bias gradient: run it through run_f32_out_epilogue",
-            ));
-        }
-        if epi.aux == 0 || epi.aux_ld < g.n || g.batch.is_some() {
-            let why = format!(
-                "needs an auxiliary matrix of row stride >= {} and no batch",
-                g.n
-            );
-            return Err(epilogue_err(epilogue, &why));
-        }
         // SAFETY: forwarded.
-        unsafe { self.run_with(dtype, false, epi, g, a, b, c, 1.0, 0.0) }
+        unsafe { self.run_fused(dtype, false, g, a, b, c, epilogue) }
     }
 
     /// As [`Gemm::run_f32_out`] with beta 0 and a fused epilogue that writes f32: the bias
@@ -382,26 +324,52 @@ impl Gemm {
         c: DevPtr,
         epilogue: &Epilogue,
     ) -> Result<bool> {
+        // SAFETY: forwarded.
+        unsafe { self.run_fused(dtype, true, g, a, b, c, epilogue) }
+    }
+
+    /// [`Gemm::run_epilogue`] (`out_f32` false) and [`Gemm::run_f32_out_epilogue`] (true): the
+    /// epilogue's arguments checked against the output's type, then run with beta 0.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn run_fused(
+        &self,
+        dtype: Dtype,
+        out_f32: bool,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        epilogue: &Epilogue,
+    ) -> Result<bool> {
         let epi = Epi::of(epilogue);
-        if epi.kind != EpiKind::BGradB {
-            return Err(epilogue_err(
-                epilogue,
-                "writes the compute dtype: run it through run_epilogue",
-            ));
+        let bgrad = epi.kind == EpiKind::BGradB;
+        let refuse = |why: &str| Err(epilogue_err(epilogue, why));
+        let batch = g.batch.is_some();
+        match (bgrad, out_f32) {
+            (true, false) => {
+                return refuse("writes an f32 bias gradient: run it through run_f32_out_epilogue");
+            }
+            (false, true) => {
+                return refuse("writes the compute dtype: run it through run_epilogue");
+            }
+            (true, true) if epi.bias == 0 || batch => {
+                return refuse("needs a bias-gradient vector and no batch");
+            }
+            (false, false) if epi.aux == 0 || epi.aux_ld < g.n || batch => {
+                let n = g.n;
+                return refuse(&format!(
+                    "needs an auxiliary matrix of row stride >= {n} and no batch"
+                ));
+            }
+            _ => {}
         }
-        if epi.bias == 0 || g.batch.is_some() {
-            return Err(epilogue_err(
-                epilogue,
-                "needs a bias-gradient vector and no batch",
-            ));
-        }
-        if (g.n == 0 && g.m != 0) || !epi.bias.is_multiple_of(16) {
+        if bgrad && ((g.n == 0 && g.m != 0) || !epi.bias.is_multiple_of(16)) {
             // No output to run a GEMM for, so nothing would write the sums, or a vector less
             // aligned than cuBLASLt's epilogues want: the caller's column sum does it.
             return Ok(false);
         }
         // SAFETY: forwarded.
-        unsafe { self.run_with(dtype, true, epi, g, a, b, c, 1.0, 0.0) }
+        unsafe { self.run_with(dtype, out_f32, epi, g, a, b, c, 1.0, 0.0) }
     }
 
     /// A projection [`RowMajorGemm::linear`]: `C[m, n] = A[m, k] W[n, k]^T (+ bias)` in `dtype`,
@@ -507,28 +475,20 @@ impl Gemm {
         let Some(plan) = plan.as_ref() else {
             return Ok(false);
         };
-        let set_ptr = |attr, p: &DevPtr, during| {
-            // SAFETY: the attribute is a device pointer, as documented.
-            unsafe {
-                lt::set_matmul_desc_attribute(
-                    plan.desc,
-                    attr,
-                    p as *const DevPtr as *const _,
-                    std::mem::size_of::<DevPtr>(),
-                )
-            }
-            .map_err(|e| blas_err(during, dtype, g.m, g.n, g.k, e))
-        };
         use sys::cublasLtMatmulDescAttributes_t as A;
-        if epi.bias != 0 {
-            set_ptr(A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &epi.bias, "set bias")?;
-        }
-        if epi.aux != 0 {
-            set_ptr(
+        for (attr, p, during) in [
+            (A::CUBLASLT_MATMUL_DESC_BIAS_POINTER, epi.bias, "set bias"),
+            (
                 A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_POINTER,
-                &epi.aux,
+                epi.aux,
                 "set aux",
-            )?;
+            ),
+        ] {
+            if p != 0 {
+                // SAFETY: the attribute is a device pointer, as documented.
+                unsafe { set_desc(plan.desc, attr, &p) }
+                    .map_err(|e| blas_err(during, dtype, g.m, g.n, g.k, e))?;
+            }
         }
         // SAFETY: plan handles are live; pointers are the caller's promise.
         unsafe {
@@ -586,21 +546,16 @@ impl Gemm {
             layouts[i] = lt::create_matrix_layout(t, op.rows, op.cols, op.ld)
                 .map_err(|e| err("create layout", e))?;
             if let Some((count, ..)) = g.batch {
-                let count = count as i32;
+                use sys::cublasLtMatrixLayoutAttribute_t as L;
+                let (count, l) = (count as i32, layouts[i]);
                 // SAFETY: attribute values have the documented types (int32, int64).
                 unsafe {
-                    lt::set_matrix_layout_attribute(
-                        layouts[i],
-                        sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT,
-                        (&count) as *const i32 as *const _,
-                        4,
-                    )
-                    .map_err(|e| err("set batch", e))?;
-                    lt::set_matrix_layout_attribute(
-                        layouts[i],
-                        sys::cublasLtMatrixLayoutAttribute_t::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
-                        (&op.stride) as *const i64 as *const _,
-                        8,
+                    set_layout(l, L::CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &count)
+                        .map_err(|e| err("set batch", e))?;
+                    set_layout(
+                        l,
+                        L::CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET,
+                        &op.stride,
                     )
                     .map_err(|e| err("set batch stride", e))?;
                 }
@@ -608,31 +563,16 @@ impl Gemm {
         }
         let ta = ap.trans as i32;
         let tb = bp.trans as i32;
+        use sys::cublasLtMatmulDescAttributes_t as A;
         // SAFETY: as above.
         unsafe {
-            lt::set_matmul_desc_attribute(
-                desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                (&ta) as *const i32 as *const _,
-                4,
-            )
-            .map_err(|e| err("set transa", e))?;
-            lt::set_matmul_desc_attribute(
-                desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSB,
-                (&tb) as *const i32 as *const _,
-                4,
-            )
-            .map_err(|e| err("set transb", e))?;
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSA, &ta)
+                .map_err(|e| err("set transa", e))?;
+            set_desc(desc, A::CUBLASLT_MATMUL_DESC_TRANSB, &tb)
+                .map_err(|e| err("set transb", e))?;
             if epi.kind != EpiKind::Default {
-                let lt_epi = epi.lt();
-                lt::set_matmul_desc_attribute(
-                    desc,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE,
-                    (&lt_epi) as *const sys::cublasLtEpilogue_t as *const _,
-                    std::mem::size_of::<sys::cublasLtEpilogue_t>(),
-                )
-                .map_err(|e| err("set epilogue", e))?;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE, &epi.lt())
+                    .map_err(|e| err("set epilogue", e))?;
             }
             if epi.kind == EpiKind::BGradB {
                 // The bias gradient's type; cuBLASLt's default (the output's) is the same
@@ -642,23 +582,13 @@ impl Gemm {
                 } else {
                     ty
                 };
-                lt::set_matmul_desc_attribute(
-                    desc,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
-                    (&bias_ty) as *const sys::cudaDataType as *const _,
-                    std::mem::size_of::<sys::cudaDataType>(),
-                )
-                .map_err(|e| err("set bias type", e))?;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bias_ty)
+                    .map_err(|e| err("set bias type", e))?;
             }
             if epi.aux_ld != 0 {
                 let ld = epi.aux_ld as i64;
-                lt::set_matmul_desc_attribute(
-                    desc,
-                    sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD,
-                    (&ld) as *const i64 as *const _,
-                    8,
-                )
-                .map_err(|e| err("set aux ld", e))?;
+                set_desc(desc, A::CUBLASLT_MATMUL_DESC_EPILOGUE_AUX_LD, &ld)
+                    .map_err(|e| err("set aux ld", e))?;
             }
         }
         let pref = lt::create_matmul_pref().map_err(|e| err("create preference", e))?;
@@ -727,6 +657,34 @@ enum PlanError {
     Other(CudaError),
 }
 
+/// Sets a matmul descriptor's attribute to `value` (its address and size).
+///
+/// # Safety
+/// `desc` must be live and `T` the attribute's documented type.
+unsafe fn set_desc<T>(
+    desc: sys::cublasLtMatmulDesc_t,
+    attr: sys::cublasLtMatmulDescAttributes_t,
+    value: &T,
+) -> std::result::Result<(), lt::CublasError> {
+    let size = std::mem::size_of::<T>();
+    // SAFETY: the caller's promise; `value` lives through the call.
+    unsafe { lt::set_matmul_desc_attribute(desc, attr, value as *const T as *const _, size) }
+}
+
+/// Sets a matrix layout's attribute to `value`, as [`set_desc`].
+///
+/// # Safety
+/// `layout` must be live and `T` the attribute's documented type.
+unsafe fn set_layout<T>(
+    layout: sys::cublasLtMatrixLayout_t,
+    attr: sys::cublasLtMatrixLayoutAttribute_t,
+    value: &T,
+) -> std::result::Result<(), lt::CublasError> {
+    let size = std::mem::size_of::<T>();
+    // SAFETY: as in `set_desc`.
+    unsafe { lt::set_matrix_layout_attribute(layout, attr, value as *const T as *const _, size) }
+}
+
 /// A fused epilogue called with arguments it cannot take.
 fn epilogue_err(epilogue: &Epilogue, why: &str) -> CudaError {
     CudaError::BadLaunch {
@@ -750,43 +708,5 @@ fn blas_err(
         n,
         k,
         status: format!("{e:?}"),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn plain_row_major_maps_to_swapped_column_major() {
-        // C[2,3] = A[2,4] B[4,3]
-        let g = RowMajorGemm {
-            m: 2,
-            n: 3,
-            k: 4,
-            trans_a: false,
-            trans_b: false,
-            lda: 4,
-            ldb: 3,
-            ldc: 3,
-            batch: None,
-        };
-        let (a, b, c) = to_column_major(&g);
-        assert_eq!((a.rows, a.cols, a.ld, a.trans), (3, 4, 3, false));
-        assert_eq!((b.rows, b.cols, b.ld, b.trans), (4, 2, 4, false));
-        assert_eq!((c.rows, c.cols, c.ld), (3, 2, 3));
-    }
-
-    #[test]
-    fn linear_weight_is_transposed_first_operand() {
-        // y[N, out] = x[N, in] W[out, in]^T
-        let g = RowMajorGemm::linear(5, 7, 3);
-        assert_eq!(
-            (g.lda, g.ldb, g.ldc, g.trans_a, g.trans_b),
-            (3, 3, 7, false, true)
-        );
-        let (a, b, _) = to_column_major(&g);
-        assert_eq!((a.rows, a.cols, a.ld, a.trans), (3, 7, 3, true));
-        assert_eq!((b.rows, b.cols, b.trans), (3, 5, false));
     }
 }

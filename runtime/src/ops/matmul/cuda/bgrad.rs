@@ -82,15 +82,20 @@ impl Choices {
 }
 
 impl Gemm {
+    /// The policy and the measured choices, locked.
+    fn bgrad_choices(&self) -> std::sync::MutexGuard<'_, Choices> {
+        self.bgrad.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Sets where [`Gemm::run_weight_grad`] computes bias gradients from now on (shapes already
     /// measured keep their choice for [`BiasGradPolicy::Measured`]).
     pub fn set_bias_grad_policy(&self, policy: BiasGradPolicy) {
-        self.bgrad.lock().unwrap_or_else(|e| e.into_inner()).policy = policy;
+        self.bgrad_choices().policy = policy;
     }
 
     /// The current [`BiasGradPolicy`].
     pub fn bias_grad_policy(&self) -> BiasGradPolicy {
-        self.bgrad.lock().unwrap_or_else(|e| e.into_inner()).policy
+        self.bgrad_choices().policy
     }
 
     /// A weight gradient and its bias's: `C = A op(B)` (f32, beta 0) and `bias[i] = Σ_q
@@ -129,7 +134,7 @@ impl Gemm {
         }
         let key = (dtype == Dtype::Bf16, *g);
         let (policy, known) = {
-            let ch = self.bgrad.lock().unwrap_or_else(|e| e.into_inner());
+            let ch = self.bgrad_choices();
             (ch.policy, ch.chosen.get(&key).copied())
         };
         let way = match (policy, known) {
@@ -141,8 +146,7 @@ impl Gemm {
                     // The timing runs left their sums in `bias`: zero again, as promised.
                     // SAFETY: `bias` addresses m f32 elements (the caller's promise).
                     unsafe { self.gpu.memset_raw(bias, g.m * 4) }?;
-                    let mut ch = self.bgrad.lock().unwrap_or_else(|e| e.into_inner());
-                    ch.chosen.insert(key, way);
+                    self.bgrad_choices().chosen.insert(key, way);
                     way
                 }
                 None => BiasGradPath::Apart,
@@ -204,17 +208,7 @@ mod tests {
         // dW[out = 6, in = 4] = dy[tokens = 10, out]^T x[tokens, in]: the bias gradient sums
         // dy over the tokens. cuBLASLt's second operand B' is dy, op(B') = [k, n'] with n' = out
         // the columns of its output D' = [in, out]: BGRADB's vector (D's columns, reduced over k).
-        let g = RowMajorGemm {
-            m: 6,
-            n: 4,
-            k: 10,
-            trans_a: true,
-            trans_b: false,
-            lda: 6,
-            ldb: 4,
-            ldc: 4,
-            batch: None,
-        };
+        let g = RowMajorGemm::weight_grad(6, 4, 10, 6, 4);
         let (a, b, c) = to_column_major(&g);
         assert_eq!((b.rows, b.cols, b.ld, b.trans), (6, 10, 6, true));
         assert_eq!((a.rows, a.cols, a.trans), (4, 10, false));

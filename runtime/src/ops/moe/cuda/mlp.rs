@@ -100,29 +100,6 @@ pub(crate) struct Mm<'a> {
 
 #[allow(clippy::too_many_arguments)]
 impl Mm<'_> {
-    fn shape(
-        m: usize,
-        n: usize,
-        k: usize,
-        trans_a: bool,
-        trans_b: bool,
-        lda: usize,
-        ldb: usize,
-        ldc: usize,
-    ) -> RowMajorGemm {
-        RowMajorGemm {
-            m,
-            n,
-            k,
-            trans_a,
-            trans_b,
-            lda,
-            ldb,
-            ldc,
-            batch: None,
-        }
-    }
-
     /// `C[m, n] = A[m, k] W[n, k]^T (+ bias)`, C in the compute dtype. A bias that is not
     /// 16-byte aligned (the epilogue's requirement) is added by `moe_add_bias` after the GEMM.
     pub(crate) fn linear(
@@ -137,7 +114,11 @@ impl Mm<'_> {
         c: DevPtr,
         ldc: usize,
     ) -> Result<()> {
-        let g = Self::shape(m, n, k, false, true, lda, k, ldc);
+        let g = RowMajorGemm {
+            lda,
+            ldc,
+            ..RowMajorGemm::linear(m, n, k)
+        };
         // SAFETY: the operands are the caller's parameters and MoeLayer's regions, sized for
         // these shapes by its layouts.
         unsafe {
@@ -162,7 +143,7 @@ impl Mm<'_> {
         w: DevPtr,
         c: DevPtr,
     ) -> Result<()> {
-        let g = Self::shape(m, n, k, false, true, k, k, n);
+        let g = RowMajorGemm::linear(m, n, k);
         // SAFETY: as in `linear`.
         unsafe { self.gemm.run_f32_out(self.dt, &g, a, w, c, 1.0, 0.0) }
     }
@@ -182,7 +163,7 @@ impl Mm<'_> {
         beta: f32,
         c_f32: bool,
     ) -> Result<()> {
-        let g = Self::shape(m, n, k, false, false, lda, ldb, ldc);
+        let g = RowMajorGemm::plain(m, n, k, lda, ldb, ldc);
         // SAFETY: as in `linear`.
         unsafe {
             if c_f32 {
@@ -208,7 +189,7 @@ impl Mm<'_> {
         if grad == 0 || k == 0 {
             return Ok(());
         }
-        let g = Self::shape(m, n, k, true, false, lddy, ldx, n);
+        let g = RowMajorGemm::weight_grad(m, n, k, lddy, ldx);
         // SAFETY: as in `linear`; `grad` is the caller's f32 gradient of shape [m, n].
         unsafe { self.gemm.run_f32_out(self.dt, &g, dy, x, grad, 1.0, 1.0) }
     }
