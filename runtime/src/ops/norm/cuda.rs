@@ -11,6 +11,7 @@ use crate::cuda::launch::BLOCK;
 use crate::cuda::reduce::{self, COUNTER_BYTES, ReduceScratch};
 use crate::cuda_args;
 use modelspec_dsl::ir::NormKind;
+use std::ffi::c_void;
 
 /// The CUDA C of `norm.cu`, `norm_warp.cu` and `norm_bwd_dw.cu`, assembled into the kernel
 /// library after `common.cuh`.
@@ -93,28 +94,9 @@ impl Kernels {
         offset: f32,
     ) -> Result<()> {
         let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
-        if rows == 0 {
-            return Ok(());
-        }
-        if self.norm_warp_rows() && warp_rows(self.d_model(), dt, c) {
-            let n_ = rows as i32;
-            let name = format!("norm_fwd_warp_{}", dt.suffix());
-            return self.go_block(
-                &name,
-                ((rows as u32).div_ceil(WARP_ROWS), 1, 1),
-                &mut cuda_args![
-                    y, r_out, rstd, mean, x, res, w, b, n_, c_, eps, offset, is_layer
-                ],
-            );
-        }
-        let name = format!("norm_fwd_{}", dt.suffix());
-        self.go_block(
-            &name,
-            (rows as u32, 1, 1),
-            &mut cuda_args![
-                y, r_out, rstd, mean, x, res, w, b, c_, eps, offset, is_layer
-            ],
-        )
+        let head = cuda_args![y, r_out, rstd, mean, x, res, w, b];
+        let tail = cuda_args![c_, eps, offset, is_layer];
+        self.norm_rows("norm_fwd", dt, rows, c, &head, &tail)
     }
 
     /// `norm_bwd_{dtype}`: dx from dy and the saved (r, rstd, mean); adds `dres` when not 0.
@@ -136,24 +118,39 @@ impl Kernels {
         offset: f32,
     ) -> Result<()> {
         let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
+        let head = cuda_args![dx, dy, r, w, rstd, mean, dres];
+        let tail = cuda_args![c_, offset, is_layer];
+        self.norm_rows("norm_bwd", dt, rows, c, &head, &tail)
+    }
+
+    /// Launches `{base}_warp_{dtype}` over `rows` rows of width `c` where they qualify (one warp
+    /// a row, see `warp_rows`; the row count passed between `head` and `tail`), else
+    /// `{base}_{dtype}` (one block a row, arguments `head` then `tail`). Nothing for 0 rows.
+    fn norm_rows(
+        &self,
+        base: &str,
+        dt: Dtype,
+        rows: usize,
+        c: usize,
+        head: &[*mut c_void],
+        tail: &[*mut c_void],
+    ) -> Result<()> {
         if rows == 0 {
             return Ok(());
         }
-        if self.norm_warp_rows() && warp_rows(self.d_model(), dt, c) {
-            let n_ = rows as i32;
-            let name = format!("norm_bwd_warp_{}", dt.suffix());
-            return self.go_block(
-                &name,
+        let n_ = rows as i32;
+        let n_arg = cuda_args![n_];
+        let (warp, grid, mid) = if self.norm_warp_rows() && warp_rows(self.d_model(), dt, c) {
+            (
+                "_warp",
                 ((rows as u32).div_ceil(WARP_ROWS), 1, 1),
-                &mut cuda_args![dx, dy, r, w, rstd, mean, dres, n_, c_, offset, is_layer],
-            );
-        }
-        let name = format!("norm_bwd_{}", dt.suffix());
-        self.go_block(
-            &name,
-            (rows as u32, 1, 1),
-            &mut cuda_args![dx, dy, r, w, rstd, mean, dres, c_, offset, is_layer],
-        )
+                &n_arg[..],
+            )
+        } else {
+            ("", (rows as u32, 1, 1), &[][..])
+        };
+        let name = format!("{base}{warp}_{}", dt.suffix());
+        self.go_block(&name, grid, &mut [head, mid, tail].concat())
     }
 
     /// The norm backward and its weight/bias gradients: [`Kernels::norm_bwd`] then
