@@ -67,6 +67,18 @@ fn median(mut v: Vec<f32>) -> f32 {
     v[v.len() / 2]
 }
 
+/// `f`'s time: 3 warm-up runs, then the median of `reps` CUDA-event-timed runs (ms).
+fn timed(gpu: &Gpu, reps: usize, f: &dyn Fn() -> Result<(), CudaError>) -> Result<f32, CudaError> {
+    for _ in 0..3 {
+        f()?;
+    }
+    let mut t = Vec::new();
+    for _ in 0..reps {
+        t.push(gpu.time_ms(f)?);
+    }
+    Ok(median(t))
+}
+
 fn bench_attention(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     let shapes = ATTN_SHAPES;
     let kernels = Kernels::load(gpu, "bench_attention", &[64, 128], Default::default())?;
@@ -357,14 +369,7 @@ fn bench_gemm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     };
     // SAFETY: three n x n bf16 buffers.
     let run = || unsafe { gemm.run(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), 1.0, 0.0) };
-    for _ in 0..3 {
-        run()?;
-    }
-    let mut t = Vec::new();
-    for _ in 0..10 {
-        t.push(gpu.time_ms(run)?);
-    }
-    let ms = median(t);
+    let ms = timed(gpu, 10, &run)?;
     println!(
         "{{\"gemm_bf16_8192_ms\": {ms:.3}, \"TFLOPs\": {:.1}}}",
         2.0 * (n as f64).powi(3) / ms as f64 / 1e9
@@ -387,27 +392,18 @@ fn bench_reduce(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     let scratch = gpu.zeros::<u8>(bytes)?;
     let sc = ReduceScratch::new(scratch.ptr(), bytes);
     let kernels = Kernels::load(gpu, "bench_reduce", &[64], Default::default())?;
-    let timed = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f32, CudaError> {
-        for _ in 0..3 {
-            f()?;
-        }
-        let mut t = Vec::new();
-        for _ in 0..20 {
-            t.push(gpu.time_ms(f)?);
-        }
-        Ok(median(t))
-    };
+    let time = |f: &dyn Fn() -> Result<(), CudaError>| timed(gpu, 20, f);
     let mut step = 0.0;
     // Per layer: qkv, attention output, fc, fc_proj biases.
     for (name, c) in [("qkv", 2304), ("proj", 768), ("fc", 3072), ("fc_proj", 768)] {
-        let ms = timed(&|| kernels.colsum(Dtype::Bf16, out.ptr(), x.ptr(), rows, c, c, sc))?;
+        let ms = time(&|| kernels.colsum(Dtype::Bf16, out.ptr(), x.ptr(), rows, c, c, sc))?;
         step += 12.0 * ms;
         let gbs = (rows * c * 2) as f64 / ms as f64 / 1e6;
         println!(
             "{{\"reduce\": \"colsum_{name}\", \"rows\": {rows}, \"cols\": {c}, \"ms\": {ms:.4}, \"GB_s\": {gbs:.0}}}"
         );
     }
-    let ms = timed(&|| {
+    let ms = time(&|| {
         kernels.norm_dw(
             Dtype::Bf16,
             NormKind::Layer,

@@ -14,7 +14,7 @@ use modelspec_runtime::cuda::{
 };
 use std::sync::Arc;
 
-use super::{median, rand_bf16};
+use super::{rand_bf16, timed};
 
 /// GPT-2 124M's projections: (name, out, in).
 const SHAPES: [(&str, usize, usize); 4] = [
@@ -38,29 +38,10 @@ pub fn bench_bgrad(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     let kernels = Kernels::load(gpu, "bench_bgrad", &[64], Default::default())?;
     let gemm = gpu.gemm()?;
     gemm.set_bias_grad_policy(BiasGradPolicy::Measured);
-    let timed = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f32, CudaError> {
-        for _ in 0..3 {
-            f()?;
-        }
-        let mut t = Vec::new();
-        for _ in 0..20 {
-            t.push(gpu.time_ms(f)?);
-        }
-        Ok(median(t))
-    };
+    let time = |f: &dyn Fn() -> Result<(), CudaError>| timed(gpu, 20, f);
     let (mut apart_step, mut fused_step, mut trainer_step) = (0.0, 0.0, 0.0);
     for (name, out, inp) in SHAPES {
-        let g = RowMajorGemm {
-            m: out,
-            n: inp,
-            k: tokens,
-            trans_a: true,
-            trans_b: false,
-            lda: out,
-            ldb: inp,
-            ldc: inp,
-            batch: None,
-        };
+        let g = RowMajorGemm::weight_grad(out, inp, tokens, out, inp);
         let row =
             format!("\"bgrad\": \"{name}\", \"out\": {out}, \"in\": {inp}, \"tokens\": {tokens}");
         let colsum = || kernels.colsum(Dtype::Bf16, db.ptr(), dy.ptr(), tokens, out, out, sc);
@@ -71,9 +52,9 @@ pub fn bench_bgrad(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         let fused = || unsafe {
             gemm.run_f32_out_epilogue(Dtype::Bf16, &g, dy.ptr(), x.ptr(), dw.ptr(), &epi)
         };
-        let gemm_ms = timed(&plain)?;
+        let gemm_ms = time(&plain)?;
         println!("{{{row}, \"path\": \"gemm\", \"ms\": {gemm_ms:.4}}}");
-        let apart_ms = timed(&|| {
+        let apart_ms = time(&|| {
             plain()?;
             colsum()
         })?;
@@ -98,7 +79,7 @@ pub fn bench_bgrad(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             )
         }?;
         let fused_ms = if fused()? {
-            let ms = timed(&|| fused().map(|_| ()))?;
+            let ms = time(&|| fused().map(|_| ()))?;
             println!(
                 "{{{row}, \"path\": \"epilogue\", \"ms\": {ms:.4}, \"saved_ms\": {:.4}, \"trainer_picks\": \"{picks:?}\"}}",
                 apart_ms - ms

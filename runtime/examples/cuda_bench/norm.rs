@@ -18,23 +18,14 @@ use modelspec_runtime::cuda::{CudaError, Dtype, Gpu, Kernels, NormKind, ReduceSc
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{median, rand_bf16};
+use super::{rand_bf16, timed};
 
 /// The shapes: (model, rows, width).
 const SHAPES: [(&str, usize, usize); 2] = [("gpt2", 16384, 768), ("llama-3.2-1b", 16384, 2048)];
 
 /// Runs the benchmark (see the module docs).
 pub fn bench_norm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
-    let timed = |f: &dyn Fn() -> Result<(), CudaError>| -> Result<f32, CudaError> {
-        for _ in 0..3 {
-            f()?;
-        }
-        let mut t = Vec::new();
-        for _ in 0..20 {
-            t.push(gpu.time_ms(f)?);
-        }
-        Ok(median(t))
-    };
+    let time = |f: &dyn Fn() -> Result<(), CudaError>| timed(gpu, 20, f);
     for (model, rows, d) in SHAPES {
         let defines: BTreeMap<String, String> =
             [("MS_D_MODEL".into(), d.to_string())].into_iter().collect();
@@ -129,14 +120,14 @@ pub fn bench_norm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                     )
                 };
                 // The forward's outputs are the backward's inputs.
-                let ms_fwd = timed(&fwd)?;
+                let ms_fwd = time(&fwd)?;
                 let row_bytes = (n * 2) as f64;
-                let mut lines = vec![("bwd_dw", timed(&bwd_dw)?, 6.0)];
+                let mut lines = vec![("bwd_dw", time(&bwd_dw)?, 6.0)];
                 if path != "fused" {
                     lines.extend([
                         ("fwd", ms_fwd, 4.0),
-                        ("bwd", timed(&bwd)?, 4.0),
-                        ("dw", timed(&dwf)?, 2.0),
+                        ("bwd", time(&bwd)?, 4.0),
+                        ("dw", time(&dwf)?, 2.0),
                     ]);
                 }
                 for (what, ms, rows_moved) in lines {

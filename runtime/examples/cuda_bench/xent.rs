@@ -15,7 +15,7 @@ use modelspec_runtime::cuda::{CudaError, Dtype, DtypeExt, Gpu, GpuBuf, Kernels};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{median, rand_bf16};
+use super::{rand_bf16, timed};
 
 /// The shapes: (model, padded vocabulary, bf16 rows a launch).
 const SHAPES: [(&str, usize, usize); 2] = [("gpt2", 50304, 4096), ("llama", 128256, 2093)];
@@ -69,14 +69,7 @@ pub fn bench_xent(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             let dscale = Some(1.0 / rows as f32);
             for (path, k) in [("row", &row), ("generic", &generic)] {
                 let f = || k.xent(dt, ptr, loss.ptr(), tgt.ptr(), rows, vp, vp, 0.0, dscale);
-                for _ in 0..3 {
-                    f()?;
-                }
-                let mut t = Vec::new();
-                for _ in 0..20 {
-                    t.push(gpu.time_ms(f)?);
-                }
-                let ms = median(t);
+                let ms = timed(gpu, 20, &f)?;
                 let bytes = 2.0 * (rows * vp * dt.bytes()) as f64;
                 let gbs = bytes / ms as f64 / 1e6;
                 let step = ms as f64 * 16384.0 / rows as f64;
