@@ -68,12 +68,17 @@ impl Kernels {
             .context()
             .attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)
             .ok()?;
-        if smem as i64 > optin as i64 {
-            return None;
-        }
         let name = format!("xent_row_{}_{ld}", dt.suffix());
         // Present only in a library instantiated for this stride.
-        self.launcher().module().function(&name).ok()?;
+        let f = self.launcher().module().function(&name).ok()?;
+        // The block's static shared memory (the reductions' scratch) counts against the same
+        // opt-in limit as the dynamic bytes: past it the launch would fail, not fall back.
+        let fixed = f
+            .get_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES)
+            .ok()?;
+        if i64::from(smem) + i64::from(fixed) > i64::from(optin) {
+            return None;
+        }
         Some((name, threads, smem))
     }
 
