@@ -50,8 +50,10 @@ fn reference(
     (loss, grad)
 }
 
-/// Runs `xent` on fresh logits `[n, ld]` (v valid columns) and checks loss and gradient (or, with
-/// `write_grad` off, that the logits are untouched). Rows 1 and n - 2 are ignored.
+/// Runs `xent` on fresh logits `[n, ld]` (v valid columns) `offset` elements into their buffer
+/// (1: rows not 16-byte aligned, so the generic kernel's element-wise path) and checks loss and
+/// gradient (or, with `write_grad` off, that the logits are untouched). Rows 1 and n - 2 are
+/// ignored.
 #[allow(clippy::too_many_arguments)]
 fn run_case(
     gpu: &Arc<Gpu>,
@@ -63,9 +65,10 @@ fn run_case(
     ld: usize,
     softcap: f32,
     write_grad: bool,
+    offset: usize,
 ) {
-    let what = format!("xent ld {ld} v {v} softcap {softcap} grad {write_grad}");
-    let logits = T::new(gpu, dt, &rng.normal_vec(n * ld, 4.0));
+    let what = format!("xent ld {ld} v {v} softcap {softcap} grad {write_grad} offset {offset}");
+    let logits = T::new_at(gpu, dt, &rng.normal_vec(n * ld, 4.0), offset);
     let tgt: Vec<i32> = (0..n)
         .map(|i| {
             if i == 1 || i == n - 2 {
@@ -159,11 +162,25 @@ fn vocab_case(vp: usize, rows: usize) {
                 // The trainer's case (softmax over the padded vocabulary), then padded columns
                 // (37: a partly and a wholly padded vector).
                 for v in [vp, vp - 37] {
-                    run_case(&gpu, &k, &mut rng, dt, rows, v, vp, softcap, write_grad);
+                    run_case(&gpu, &k, &mut rng, dt, rows, v, vp, softcap, write_grad, 0);
                 }
             }
             // The generic kernel: another stride in the same library.
-            run_case(&gpu, &k, &mut rng, dt, rows, vp - 45, vp - 8, softcap, true);
+            run_case(
+                &gpu,
+                &k,
+                &mut rng,
+                dt,
+                rows,
+                vp - 45,
+                vp - 8,
+                softcap,
+                true,
+                0,
+            );
+            // Unaligned rows at the classifier's stride: the launcher must not take the
+            // resident kernel (its 16-byte loads would fault), the generic one runs.
+            run_case(&gpu, &k, &mut rng, dt, rows, vp - 37, vp, softcap, true, 1);
         }
     }
 }
@@ -185,4 +202,12 @@ fn xent_row_llama_vocab_matches_f64() {
 fn xent_row_small_vocab_matches_f64() {
     // 4096 columns: one register slot a thread in bf16 (512 vectors, 512 threads), two in f32.
     vocab_case(4096, 13);
+}
+
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn xent_row_partial_register_slot_matches_f64() {
+    // 4160 columns: the last slot is a register one that only some threads hold (bf16: 520
+    // vectors over 512 threads, 2 slots; f32: 1040 vectors, 3 slots), which no case above has.
+    vocab_case(4160, 7);
 }
