@@ -22,8 +22,10 @@ __device__ __forceinline__ void lse_push(float z, float& mx, float& s) {
 // cap * tanh(l / cap) : l:
 //   loss[n] = logsumexp(z) - z[target[n]]   (0 when target < 0: ignored position)
 //   when write_grad: logits[n, j] <- dscale * (softmax(z)_j - [j == target]) * dz/dl
-// (columns V..ld become 0; the trainer passes V = ld, as its softmax spans the padded
-// vocabulary like the CPU executor's and the exported HF model's) so the logits chunk buffer becomes
+// (columns V..ld become 0, whatever they held; the trainer passes V = the padded vocabulary, as
+// its softmax spans it like the CPU executor's and the exported HF model's, and ld = MS_LOGITS_LD,
+// that rounded up to 64, so V < ld for vocabularies without a pad multiple, e.g. gpt2's 50257 in
+// rows of 50304, whose columns past V the classifier's GEMM never writes) so the logits chunk buffer becomes
 // d(loss * dscale)/d(logits) without any extra buffer. The caller feeds this a chunk of rows at a
 // time, so full [N, V] logits never exist at once.
 // Launch: grid rows, block 512. Traffic: reads the row twice (max/sum pass, grad pass; the second
