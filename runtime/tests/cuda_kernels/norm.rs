@@ -197,6 +197,18 @@ fn run_case(
         same(&getf(gpu, &db), &getf(gpu, &db2)),
         "norm db does not repeat bit for bit"
     );
+    // The gradients accumulate (`+=`, as the trainer relies on): a second call into dw2/db2
+    // holds exactly twice the first call's sums (x + x == 2x in floating point).
+    bwd(dw2.ptr(), db2.ptr());
+    let twice = |v: Vec<f64>| v.iter().map(|x| 2.0 * x).collect::<Vec<f64>>();
+    assert!(
+        same(&getf(gpu, &dw2), &twice(getf(gpu, &dw))),
+        "norm dw does not accumulate into its output"
+    );
+    assert!(
+        same(&getf(gpu, &db2), &twice(getf(gpu, &db))),
+        "norm db does not accumulate into its output"
+    );
     let (mut ry, mut rdx, mut rdw, mut rdb) = (
         vec![0.0; n * c],
         vec![0.0; n * c],
@@ -308,9 +320,9 @@ fn norm_warp_rows_match_f64() {
 
 /// The one-pass backward with the weight and bias gradients (`Kernels::set_norm_fused_dw`): in
 /// libraries where it serves the library's width (768 bf16: 3 vectors a lane; 100 f32: 25
-/// vectors, idle lanes), on 37 rows (one chunk), 1000 (16 chunks of 63: two per finishing group)
-/// and 2100 (33 chunks of 64: up to five per group); misaligned tensors and the other dtype run
-/// norm_bwd + norm_dw through the same call.
+/// vectors, idle lanes), on 37 rows (one chunk), 300 (5 chunks of 60: fewer groups than 8),
+/// 1000 (16 chunks of 63: two per finishing group) and 2100 (33 chunks of 64: up to five per
+/// group); misaligned tensors and the other dtype run norm_bwd + norm_dw through the same call.
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn norm_bwd_dw_matches_f64() {
@@ -322,13 +334,32 @@ fn norm_bwd_dw_matches_f64() {
         let mut k = library(&gpu, d_model);
         k.set_norm_fused_dw(true);
         for dt in DTYPES {
-            for n in [ROWS, 1000, 2100] {
+            for n in [ROWS, 300, 1000, 2100] {
                 for cs in CASES {
                     for shift in [Shift::None, Shift::All] {
                         run_case(&gpu, &k, &mut rng, (dt, n, d_model), cs, shift);
                     }
                 }
             }
+        }
+    }
+}
+
+/// The one-pass backward on the grid gpt2's training step runs (B16 T1024 = 16384 rows of 768:
+/// the 256-chunk cap, 32 chunks a finishing group): 16637 rows are 256 chunks of 65 (warps of 9
+/// or 8 rows, the last chunk 62), in bf16 at 768 and in f32 at 384 (3 vectors a lane both).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn norm_bwd_dw_full_grid_matches_f64() {
+    let Some(gpu) = super::common::gpu::device() else {
+        return;
+    };
+    let mut rng = Rng::fresh("norm_bwd_dw_full_grid");
+    for (d_model, dt) in [(768, Dtype::Bf16), (384, Dtype::F32)] {
+        let mut k = library(&gpu, d_model);
+        k.set_norm_fused_dw(true);
+        for cs in [CASES[0], CASES[3]] {
+            run_case(&gpu, &k, &mut rng, (dt, 16637, d_model), cs, Shift::None);
         }
     }
 }
