@@ -285,6 +285,12 @@ mod tests {
     fn fused_split_covers_the_rows_within_the_scratch() {
         // gpt2 B16 T1024: 256 chunks of 64 rows (8 a warp).
         assert_eq!(fused_split(16384, 768), (256, 64));
+        // The grids cuda_kernels' norm tests name: 256 chunks of 65 (the last 62 rows), and 5
+        // chunks (fewer finishing groups than 8).
+        assert_eq!(fused_split(16637, 768), (256, 65));
+        assert_eq!(fused_split(16637, 384), (256, 65));
+        assert_eq!(fused_split(300, 768), (5, 60));
+        assert_eq!(fused_split(2100, 768), (33, 64));
         for rows in [1, 7, 37, 63, 64, 65, 1000, 16384, 65536, 1 << 22] {
             for c in [8, 96, 384, 768] {
                 let (chunks, per) = fused_split(rows, c);
