@@ -57,3 +57,20 @@ pub use gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf, device_count, libraries_pres
 pub use ops::{Act, AttnShape, Kernels, NormKind};
 pub use reduce::ReduceScratch;
 pub use train::{GpuTrainer, LayerSaves};
+
+/// The on/off value of a `MODELSPEC_*` switch: `on`/`1`/`true` is `Some(true)`,
+/// `off`/`0`/`false` is `Some(false)`, anything else (or unset, `None`) is `None`: the
+/// switch's default. One vocabulary for every switch (`MODELSPEC_CUDA_GRAPH`,
+/// `MODELSPEC_NORM_FUSED_DW`, `MODELSPEC_BGRAD_EPILOGUE`).
+pub(crate) fn switch_value(value: Option<&str>) -> Option<bool> {
+    match value {
+        Some("on" | "1" | "true") => Some(true),
+        Some("off" | "0" | "false") => Some(false),
+        _ => None,
+    }
+}
+
+/// [`switch_value`] of the environment variable `var`.
+pub(crate) fn env_switch(var: &str) -> Option<bool> {
+    switch_value(std::env::var(var).ok().as_deref())
+}

@@ -64,7 +64,7 @@ impl StepGraph {
     /// The initial state for a trainer; `moe`: whether the spec has mixture-of-experts layers.
     pub(super) fn new(moe: bool) -> StepGraph {
         if let Ok(v) = std::env::var("MODELSPEC_CUDA_GRAPH")
-            && matches!(v.as_str(), "0" | "off" | "false")
+            && crate::cuda::switch_value(Some(&v)) == Some(false)
         {
             return StepGraph::Off(format!("MODELSPEC_CUDA_GRAPH={v}"));
         }

@@ -65,10 +65,7 @@ pub(crate) fn fused_split(rows: usize, c: usize) -> (usize, usize) {
 /// `MODELSPEC_NORM_FUSED_DW`: `on`/`1`/`true` turns the one-pass norm backward on (see
 /// [`Kernels::norm_bwd_dw`]); anything else, or unset, leaves it off.
 pub(crate) fn fused_dw_from_env() -> bool {
-    matches!(
-        std::env::var("MODELSPEC_NORM_FUSED_DW").ok().as_deref(),
-        Some("on" | "1" | "true")
-    )
+    crate::cuda::env_switch("MODELSPEC_NORM_FUSED_DW") == Some(true)
 }
 
 impl Kernels {

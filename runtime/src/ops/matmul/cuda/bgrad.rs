@@ -48,10 +48,10 @@ impl BiasGradPolicy {
 
     /// The policy a value of `MODELSPEC_BGRAD_EPILOGUE` names (`None`: unset).
     fn parse(value: Option<&str>) -> BiasGradPolicy {
-        match value {
-            Some("on" | "1" | "true") => BiasGradPolicy::Epilogue,
-            Some("off" | "0" | "false") => BiasGradPolicy::Apart,
-            _ => BiasGradPolicy::Measured,
+        match crate::cuda::switch_value(value) {
+            Some(true) => BiasGradPolicy::Epilogue,
+            Some(false) => BiasGradPolicy::Apart,
+            None => BiasGradPolicy::Measured,
         }
     }
 }
