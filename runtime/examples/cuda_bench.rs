@@ -20,6 +20,9 @@
 //! the column reductions at gpt2-124m's B16 T1024 shapes (one row per bias width and the norms'
 //! weight + bias sums), with the bandwidth they reach, and the total of one training step's calls.
 //! Times are medians of CUDA-event-timed repetitions after a warm-up, on random (never zero) data.
+//! `cudnn` times each run after clearing a 256 MiB buffer, as `triton.testing.do_bench` does for
+//! attn_backends.py's PyTorch rows (cold L2, launch work hidden); its `warm_*` fields are the same
+//! runs back to back without the clear.
 
 use modelspec_runtime::cuda::cudnn::CudnnAttention;
 use modelspec_runtime::cuda::{
@@ -153,41 +156,44 @@ fn bench_attention(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     Ok(())
 }
 
-/// Times `fwd` alone and `fwd` then `bwd` (medians of `reps` CUDA-event-timed runs after
-/// `min(reps, 3)` warm-ups).
+/// Times `fwd` alone and `fwd` then `bwd` the way `triton.testing.do_bench` times PyTorch's SDPA
+/// in attn_backends.py: before each event-timed run a 256 MiB buffer is cleared, so the L2 cache
+/// starts cold and the host's launch work overlaps the clear instead of counting as device time.
+/// Returns (fwd, fwd+bwd) medians of `reps` runs after `min(reps, 3)` warm-ups, and the same pair
+/// timed back to back without the clear (warm cache, launch gaps included), in that order.
 fn time_pair(
     gpu: &Gpu,
     reps: usize,
     mut fwd: impl FnMut() -> Result<(), String>,
     mut bwd: impl FnMut() -> Result<(), String>,
-) -> Result<(f32, f32), String> {
+) -> Result<[f32; 4], String> {
+    let e = |e: CudaError| e.to_string();
+    let mut flush = gpu.zeros::<u8>(256 << 20).map_err(e)?;
     for _ in 0..reps.clamp(1, 3) {
         fwd()?;
         bwd()?;
     }
-    gpu.sync().map_err(|e| e.to_string())?;
-    let (mut tf, mut tfb) = (Vec::new(), Vec::new());
+    gpu.sync().map_err(e)?;
+    let mut times: [Vec<f32>; 4] = Default::default();
     let mut err = None;
     for _ in 0..reps.max(1) {
-        let t = gpu.time_ms(|| {
-            if let Err(e) = fwd() {
-                err = Some(e);
+        for (i, with_bwd) in [(0, false), (1, true), (2, false), (3, true)] {
+            if i < 2 {
+                gpu.memset_zero(&mut flush).map_err(e)?;
             }
-            Ok(())
-        });
-        tf.push(t.map_err(|e| e.to_string())?);
-        let t = gpu.time_ms(|| {
-            if let Err(e) = fwd().and_then(|_| bwd()) {
-                err = Some(e);
-            }
-            Ok(())
-        });
-        tfb.push(t.map_err(|e| e.to_string())?);
+            let t = gpu.time_ms(|| {
+                if let Err(e) = fwd().and_then(|_| if with_bwd { bwd() } else { Ok(()) }) {
+                    err = Some(e);
+                }
+                Ok(())
+            });
+            times[i].push(t.map_err(e)?);
+        }
     }
     if let Some(e) = err {
         return Err(e);
     }
-    Ok((median(tf), median(tfb)))
+    Ok(times.map(median))
 }
 
 /// The own kernels and cuDNN's fused attention on attn_bench.py's shapes and DeepSeek-V3's latent
@@ -249,13 +255,13 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         );
         let (qf, kf, vf) = (qkv.ptr(), qkv.at(h * d), qkv.at((h + kv) * d));
         let (dqf, dkf, dvf) = (dqkv.ptr(), dqkv.at(h * d), dqkv.at((h + kv) * d));
-        let row = |path: &str, layout: &str, r: Result<(f32, f32), String>, extra: String| {
+        let row = |path: &str, layout: &str, r: Result<[f32; 4], String>, extra: String| {
             let head = format!(
                 "{{\"path\": \"{path}\", \"layout\": \"{layout}\", \"B\": {b}, \"H\": {h}, \"KV\": {kv}, \"T\": {t}, \"D\": {d}, \"DV\": {dv}"
             );
             match r {
-                Ok((fw, fb)) => println!(
-                    "{head}, \"fwd_ms\": {fw:.3}, \"fwd_TFLOPs\": {:.1}, \"fwdbwd_ms\": {fb:.3}, \"fwdbwd_TFLOPs\": {:.1}{extra}}}",
+                Ok([fw, fb, fw_warm, fb_warm]) => println!(
+                    "{head}, \"fwd_ms\": {fw:.3}, \"fwd_TFLOPs\": {:.1}, \"fwdbwd_ms\": {fb:.3}, \"fwdbwd_TFLOPs\": {:.1}, \"warm_fwd_ms\": {fw_warm:.3}, \"warm_fwdbwd_ms\": {fb_warm:.3}{extra}}}",
                     flops / fw as f64 / 1e9,
                     flops_fb / fb as f64 / 1e9
                 ),
