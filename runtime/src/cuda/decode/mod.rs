@@ -54,7 +54,7 @@ use modelspec_dsl::ir::Ffn;
 use thiserror::Error;
 
 use super::error::CudaError;
-use super::gemm::Gemm;
+use super::gemm::{Gemm, RowMajorGemm};
 use super::gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf};
 use super::layer::PositionTables;
 use super::moe::MoeLayer;
@@ -93,9 +93,13 @@ struct Head {
     last: GpuBuf<u8>,
     /// After the final norm `[batch, d]`.
     normed: GpuBuf<u8>,
-    /// Classifier output `[batch, vocab_padded]` in the compute dtype.
+    /// Row stride of the two logits buffers: `vocab_padded` rounded up to 64
+    /// ([`modelspec_dsl::codegen::logits_stride`], as the trainer's logits chunk), so that every
+    /// row starts aligned for cuBLASLt; columns past `vocab_padded` stay zero.
+    ld: usize,
+    /// Classifier output `[batch, ld]` in the compute dtype.
     logits: GpuBuf<u8>,
-    /// After the final softcap, f32 `[batch, vocab_padded]`.
+    /// After the final softcap, f32 `[batch, ld]`.
     logits_f32: GpuBuf<f32>,
     /// Greedy choices `[batch]`.
     argmax: GpuBuf<i32>,
@@ -208,12 +212,13 @@ impl GpuDecoder {
         let w = Weights::upload(gpu, spec, dt, params)?;
         gpu.check_fits(Cache::bytes_for(&layers, batch, capacity, es))?;
         let cache = Cache::new(gpu, &layers, batch, capacity, es)?;
-        let vp = spec.vocab_padded as usize;
+        let ld = modelspec_dsl::codegen::logits_stride(spec.vocab_padded) as usize;
         let head = Head {
             last: gpu.zeros::<u8>(batch * d * es)?,
             normed: gpu.zeros::<u8>(batch * d * es)?,
-            logits: gpu.zeros::<u8>(batch * vp * es)?,
-            logits_f32: gpu.zeros::<f32>(batch * vp)?,
+            ld,
+            logits: gpu.zeros::<u8>(batch * ld * es)?,
+            logits_f32: gpu.zeros::<f32>(batch * ld)?,
             argmax: gpu.zeros::<i32>(batch)?,
         };
         let mut dec = GpuDecoder {
@@ -326,7 +331,13 @@ impl GpuDecoder {
     /// position after the last call (synchronises).
     pub fn logits(&self) -> Result<Vec<f32>> {
         self.need_logits()?;
-        Ok(self.gpu.download(&self.head.logits_f32)?)
+        let rows = self.gpu.download(&self.head.logits_f32)?;
+        let vp = self.spec.vocab_padded as usize;
+        Ok(rows
+            .chunks(self.head.ld)
+            .flat_map(|row| &row[..vp])
+            .copied()
+            .collect())
     }
 
     /// Each sequence's most likely next id among the first `vocab` (ties to the lower id, as the
@@ -340,7 +351,7 @@ impl GpuDecoder {
             self.head.logits_f32.ptr(),
             self.cache.batch,
             v,
-            vp,
+            self.head.ld,
         )?;
         let ids = self.gpu.download(&self.head.argmax)?;
         Ok(ids.into_iter().map(|i| i.max(0) as u32).collect())
@@ -603,13 +614,16 @@ impl GpuDecoder {
         } else {
             self.w.w("lm_head.weight")?
         };
-        // SAFETY: the head's buffers hold `batch` rows of d and of vp; the classifier is [vp, d].
+        let g = RowMajorGemm {
+            ldc: self.head.ld,
+            ..RowMajorGemm::linear(batch, vp, d)
+        };
+        // SAFETY: the head's buffers hold `batch` rows of d and of ld >= vp; the classifier is
+        // [vp, d].
         unsafe {
-            self.gemm.linear(
+            self.gemm.linear_as(
                 dt,
-                batch,
-                vp,
-                d,
+                &g,
                 self.head.normed.ptr(),
                 classifier,
                 self.w.wo("lm_head.bias"),
@@ -617,11 +631,12 @@ impl GpuDecoder {
             )
         }?;
         let softcap = spec.logits.softcap.unwrap_or(0.0) as f32;
+        // Whole rows of ld: the padding columns are zeros the GEMM never writes.
         self.dk.logits(
             dt,
             self.head.logits_f32.ptr(),
             self.head.logits.ptr(),
-            batch * vp,
+            batch * self.head.ld,
             softcap,
         )?;
         Ok(())
