@@ -21,11 +21,40 @@ fn kernel_library_compiles_with_nvrtc() {
     let src = KernelSource::library("compile_test", &[64, 128, 256], Default::default());
     let (ptx, cached) = compile::compile(&src, "compute_90").expect("library compiles");
     assert!(!cached);
-    // Instantiated for specs: the norms' compile-time widths (the register-held vector path) and
-    // the classifier's padded vocabulary.
-    for (d_model, vocab) in [("768", "50304"), ("2048", "128256"), ("96", "160")] {
+    // Instantiated for specs: the norms' compile-time widths (the register-held vector path), the
+    // classifier's padded vocabulary, and the dense MLP's width and activation and the RoPE
+    // shape (the specialised activation and rope bodies beside their generic ones): gpt2 (no
+    // RoPE), llama-3.2-1b (SwiGLU, GQA 32/8), a gemma-like one (GeGLU-tanh, MQA, partial RoPE).
+    for (d_model, vocab, spec) in [
+        ("768", "50304", &[("MS_D_FF", "3072"), ("MS_ACT", "1")][..]),
+        (
+            "2048",
+            "128256",
+            &[
+                ("MS_D_FF", "8192"),
+                ("MS_ACT", "3"),
+                ("MS_N_HEADS", "32"),
+                ("MS_N_KV_HEADS", "8"),
+                ("MS_HEAD_DIM", "64"),
+                ("MS_ROPE_DIMS", "64"),
+            ][..],
+        ),
+        (
+            "96",
+            "160",
+            &[
+                ("MS_D_FF", "200"),
+                ("MS_ACT", "5"),
+                ("MS_N_HEADS", "4"),
+                ("MS_N_KV_HEADS", "1"),
+                ("MS_HEAD_DIM", "24"),
+                ("MS_ROPE_DIMS", "12"),
+            ][..],
+        ),
+    ] {
         let defines = [("MS_D_MODEL", d_model), ("MS_LOGITS_LD", vocab)]
-            .into_iter()
+            .iter()
+            .chain(spec)
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         let spec_src = KernelSource::library("compile_test_spec", &[64], defines);

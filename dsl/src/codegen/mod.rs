@@ -39,7 +39,7 @@ use quote::{format_ident, quote};
 use crate::ir::{Ffn, Layer, ModelSpec};
 use crate::params::parameters;
 
-pub use kernels::{KernelInstance, instance as kernel_instance, logits_stride};
+pub use kernels::{KernelInstance, act_code, instance as kernel_instance, logits_stride};
 pub use model_impl::{LayerRow, spec_parts};
 
 /// The version of the `::modelspec::__private` module generated code is written against.

@@ -1,8 +1,20 @@
 // ---- MLP activations: forward and backward, plain and gated ----
 
+// The spec's dense MLP, set by the library's instance (`#define MS_D_FF` / `MS_ACT`, both or
+// neither): launches of exactly that width and kind run an instantiation where both are
+// compile-time constants (the kind's switch folds away, the row split divides by a constant);
+// other launches (MoE experts: their module has no instance; tests) pass them at run time.
+#ifndef MS_D_FF
+#define MS_D_FF 0
+#endif
+#ifndef MS_ACT
+#define MS_ACT -1
+#endif
+
 // act_fwd_{dtype}: the MLP activation. kind: 0 gelu(erf), 1 gelu_tanh, 2 relu^2, 3 swiglu,
-// 4 geglu(erf), 5 geglu_tanh. Gated kinds compute act(gate) * up. gate/up rows have stride ld
-// (they may be the two halves of one fused projection). out [N, hidden].
+// 4 geglu(erf), 5 geglu_tanh (the codes of modelspec-dsl's codegen::act_code). Gated kinds
+// compute act(gate) * up. gate/up rows have stride ld (they may be the two halves of one fused
+// projection). out [N, hidden].
 // Launch: block 256; with `vec` (hidden and ld multiples of 8 bf16 / 4 f32, every pointer 16-byte
 // aligned: the launcher checks) one thread per 16 bytes of output, else one per element.
 // Traffic: 2-3 x N*hidden elements.
@@ -22,8 +34,14 @@ __device__ __forceinline__ float act_grad(float x, int kind) {
         default: return silu_grad(x);
     }
 }
-template <typename T>
-__device__ void act_fwd(T* out, const T* gate, const T* up, int N, int hidden, int ld, int kind, int vec) {
+// HIDDEN > 0 / KIND >= 0: the width / kind as compile-time constants (the run-time arguments
+// then equal them); 0 / -1: the run-time arguments.
+template <typename T, int HIDDEN, int KIND>
+__device__ void act_fwd(T* out, const T* gate, const T* up, int N, int hidden_rt, int ld, int kind_rt,
+                        int vec) {
+    const int hidden = HIDDEN > 0 ? HIDDEN : hidden_rt;
+    const int kind = KIND >= 0 ? KIND : kind_rt;
+    const bool gated = kind >= 3;
     if (vec) {
         // One thread per 16 bytes of a row (the launcher checks widths, stride and alignment).
         const int VN = 16 / (int)sizeof(T), hv = hidden / VN;
@@ -33,9 +51,9 @@ __device__ void act_fwd(T* out, const T* gate, const T* up, int N, int hidden, i
         int j = (int)(v - n * hv) * VN;
         float g[16 / sizeof(T)], u[16 / sizeof(T)];
         ld16(gate + n * ld + j, g);
-        if (kind >= 3) ld16(up + n * ld + j, u);
+        if (gated) ld16(up + n * ld + j, u);
 #pragma unroll
-        for (int e = 0; e < VN; e++) g[e] = act_apply(g[e], kind) * (kind >= 3 ? u[e] : 1.f);
+        for (int e = 0; e < VN; e++) g[e] = act_apply(g[e], kind) * (gated ? u[e] : 1.f);
         st16(out + n * hidden + j, g);
         return;
     }
@@ -43,14 +61,17 @@ __device__ void act_fwd(T* out, const T* gate, const T* up, int N, int hidden, i
     if (idx >= (size_t)N * hidden) return;
     size_t n = idx / hidden, j = idx % hidden;
     float a = act_apply(lf(gate + n * ld + j), kind);
-    if (kind >= 3) a *= lf(up + n * ld + j);
+    if (gated) a *= lf(up + n * ld + j);
     sf(out + idx, a);
 }
 // act_bwd_{dtype}: dgate = dout * act'(gate) (* up); dup = dout * act(gate) (gated kinds).
-// dgate/dup share the input's row stride ld. Launch and traffic as act_fwd.
-template <typename T>
-__device__ void act_bwd(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int N, int hidden,
-                        int ld, int kind, int vec) {
+// dgate/dup share the input's row stride ld. Launch and traffic as act_fwd; HIDDEN/KIND as there.
+template <typename T, int HIDDEN, int KIND>
+__device__ void act_bwd(T* dgate, T* dup, const T* dout, const T* gate, const T* up, int N, int hidden_rt,
+                        int ld, int kind_rt, int vec) {
+    const int hidden = HIDDEN > 0 ? HIDDEN : hidden_rt;
+    const int kind = KIND >= 0 ? KIND : kind_rt;
+    const bool gated = kind >= 3;
     if (vec) {
         const int VN = 16 / (int)sizeof(T), hv = hidden / VN;
         size_t v = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
@@ -60,7 +81,7 @@ __device__ void act_bwd(T* dgate, T* dup, const T* dout, const T* gate, const T*
         float g[16 / sizeof(T)], u[16 / sizeof(T)], d[16 / sizeof(T)], dg[16 / sizeof(T)];
         ld16(gate + n * ld + j, g);
         ld16(dout + n * hidden + j, d);
-        if (kind >= 3) {
+        if (gated) {
             ld16(up + n * ld + j, u);
 #pragma unroll
             for (int e = 0; e < VN; e++) {
@@ -79,13 +100,17 @@ __device__ void act_bwd(T* dgate, T* dup, const T* dout, const T* gate, const T*
     if (idx >= (size_t)N * hidden) return;
     size_t n = idx / hidden, j = idx % hidden;
     float g = lf(gate + n * ld + j), d = lf(dout + idx);
-    if (kind >= 3) {
+    if (gated) {
         float u = lf(up + n * ld + j);
         sf(dgate + n * ld + j, d * u * act_grad(g, kind));
         sf(dup + n * ld + j, d * act_apply(g, kind));
     } else {
         sf(dgate + n * ld + j, d * act_grad(g, kind));
     }
+}
+// Whether a launch is the spec's dense MLP (the instantiation with compile-time width and kind).
+__device__ __forceinline__ bool act_is_spec(int hidden, int kind) {
+    return MS_D_FF > 0 && MS_ACT >= 0 && hidden == MS_D_FF && kind == MS_ACT;
 }
 
 // act_clamped_fwd_{dtype}: GPT-OSS's clamped SwiGLU (the CPU's activation::forward_clamped):
@@ -128,12 +153,18 @@ __device__ void act_clamped_bwd(T* dgate, T* dup, const T* dout, const T* gate, 
 #define ACT_INSTANTIATE(SUF, T)                                                                       \
     extern "C" __global__ void act_fwd_##SUF(T* out, const T* gate, const T* up, int N, int hidden,    \
                                              int ld, int kind, int vec) {                             \
-        act_fwd<T>(out, gate, up, N, hidden, ld, kind, vec);                                          \
+        if (act_is_spec(hidden, kind))                                                                \
+            act_fwd<T, MS_D_FF, MS_ACT>(out, gate, up, N, hidden, ld, kind, vec);                     \
+        else                                                                                          \
+            act_fwd<T, 0, -1>(out, gate, up, N, hidden, ld, kind, vec);                               \
     }                                                                                                 \
     extern "C" __global__ void act_bwd_##SUF(T* dgate, T* dup, const T* dout, const T* gate,           \
                                              const T* up, int N, int hidden, int ld, int kind,        \
                                              int vec) {                                               \
-        act_bwd<T>(dgate, dup, dout, gate, up, N, hidden, ld, kind, vec);                             \
+        if (act_is_spec(hidden, kind))                                                                \
+            act_bwd<T, MS_D_FF, MS_ACT>(dgate, dup, dout, gate, up, N, hidden, ld, kind, vec);        \
+        else                                                                                          \
+            act_bwd<T, 0, -1>(dgate, dup, dout, gate, up, N, hidden, ld, kind, vec);                  \
     }                                                                                                 \
     extern "C" __global__ void act_clamped_fwd_##SUF(T* out, const T* gate, const T* up, int N,        \
                                                      int hidden, int ld, float alpha, float limit) {  \

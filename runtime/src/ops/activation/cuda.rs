@@ -4,7 +4,8 @@
 //! any module that links `activation.cu` (the kernel library and the MoE module) and as methods
 //! of [`Kernels`].
 
-use modelspec_dsl::ir::SwigluClamp;
+use modelspec_dsl::codegen::act_code;
+use modelspec_dsl::ir::{MlpKind, SwigluClamp};
 
 use crate::cuda::Kernels;
 use crate::cuda::error::Result;
@@ -15,21 +16,23 @@ use crate::cuda_args;
 /// The CUDA C of `activation.cu`, linked into the kernel library and the MoE module.
 pub(crate) const SOURCE: &str = include_str!("activation.cu");
 
-/// MLP activations of [`Kernels::act_fwd`] (values as the kernels' `kind`).
+/// MLP activations of [`Kernels::act_fwd`] (values as the kernels' `kind`, taken from the one
+/// definition of the codes, [`act_code`], which also gives the instance's `MS_ACT`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
 pub enum Act {
     /// Exact (erf) GELU.
-    Gelu = 0,
+    Gelu = act_code(MlpKind::Gelu),
     /// tanh-approximated GELU.
-    GeluTanh = 1,
+    GeluTanh = act_code(MlpKind::GeluTanh),
     /// relu(x)^2.
-    ReluSquared = 2,
+    ReluSquared = act_code(MlpKind::ReluSquared),
     /// silu(gate) * up.
-    Swiglu = 3,
+    Swiglu = act_code(MlpKind::Swiglu),
     /// gelu(gate) * up.
-    Geglu = 4,
+    Geglu = act_code(MlpKind::Geglu),
     /// gelu_tanh(gate) * up.
-    GegluTanh = 5,
+    GegluTanh = act_code(MlpKind::GegluTanh),
 }
 
 impl Act {
@@ -39,10 +42,9 @@ impl Act {
     }
 }
 
-impl From<modelspec_dsl::ir::MlpKind> for Act {
+impl From<MlpKind> for Act {
     /// The kernels' activation for an IR MLP kind.
-    fn from(k: modelspec_dsl::ir::MlpKind) -> Act {
-        use modelspec_dsl::ir::MlpKind;
+    fn from(k: MlpKind) -> Act {
         match k {
             MlpKind::Gelu => Act::Gelu,
             MlpKind::GeluTanh => Act::GeluTanh,
@@ -259,5 +261,28 @@ impl Kernels {
             hidden,
             ld,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_kind_launches_the_code_the_instance_defines() {
+        // The kernel's `kind` for a layer must be the `MS_ACT` its instance carries, or the
+        // specialised activation would never run (or run another kind's body).
+        for k in [
+            MlpKind::Gelu,
+            MlpKind::GeluTanh,
+            MlpKind::ReluSquared,
+            MlpKind::Swiglu,
+            MlpKind::Geglu,
+            MlpKind::GegluTanh,
+        ] {
+            let act = Act::from(k);
+            assert_eq!(act as i32, act_code(k), "{k:?}");
+            assert_eq!(act.is_gated(), k.is_gated(), "{k:?}");
+        }
     }
 }
