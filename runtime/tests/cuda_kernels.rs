@@ -11,9 +11,10 @@
 //! Without a CUDA driver or device every test prints "skipping: no CUDA device" and passes.
 //!
 //! One module per kernel family (`norm`, `norm_rope`, `activations`, `embed_loss_adamw`, `gemm`,
-//! `attention`, `cross_entropy`: the loss at the classifier's stride); the harness (device setup,
-//! random inputs, device tensors, the tolerance check) is `common/gpu.rs`, shared with the other
-//! GPU kernel tests.
+//! `attention`, `cross_entropy`: the loss at the classifier's stride; `spec_consts`: the
+//! activation and RoPE kernels of a library instantiated for a spec, against the CPU ops); the
+//! harness (device setup, random inputs, device tensors, the tolerance check) is `common/gpu.rs`,
+//! shared with the other GPU kernel tests.
 
 #[path = "cuda_kernels/activations.rs"]
 mod activations;
@@ -29,6 +30,8 @@ mod gemm;
 mod norm;
 #[path = "cuda_kernels/norm_rope.rs"]
 mod norm_rope;
+#[path = "cuda_kernels/spec_consts.rs"]
+mod spec_consts;
 
 mod common;
 
