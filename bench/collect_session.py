@@ -66,4 +66,23 @@ for model, work in [("gpt2", "train-gpt2-124m"), ("llama1b", "train-llama-3.2-1b
                      "gemm_ceiling_TFLOPs_same_call": ceiling, "modelspec_attention": m.get("attention"),
                      "modelspec_cuda_graph": m.get("cuda_graph"),
                      "modelspec_loss": m.get("loss"), "baseline_loss": t.get("loss")})
+# gpt2-124m under budget(0.5): issue 11 asks for peak memory at most torch.compile budget 0.5's
+# and a step no slower than torch.compile without checkpointing (both from this call).
+m = lines("ms_train_gpt2_budget50.jsonl")
+t = lines("torch_train_gpt2_compile_budget50.jsonl")
+nc = lines("torch_train_gpt2_compile.jsonl")
+if m or t:
+    m, t, nc = (m[-1] if m else {}), (t[-1] if t else {}), (nc[-1] if nc else {})
+    a, b, c = m.get("ms"), t.get("ms_step"), nc.get("ms_step")
+    pa, pb = m.get("peak_gib"), t.get("peak_GiB")
+    rows.append({"work": "train-gpt2-124m-budget50", "device": gpu, "checkpoint": "budget(0.5)",
+                 "modelspec_ms": a, "modelspec_peak_gib": pa,
+                 "baseline": "torch_train_bench.py gpt2 compile_budget50", "baseline_ms": b, "baseline_peak_gib": pb,
+                 "time_ratio": (a and b) and round(a / b, 3),
+                 "memory_ratio": (pa and pb) and round(pa / pb, 3),
+                 "torch_compile_no_ac_ms": c, "time_ratio_vs_compile_no_ac": (a and c) and round(a / c, 3),
+                 "modelspec_TFLOPs_active": m.get("TFLOPs_active"),
+                 "modelspec_MFU_vs_gemm_ceiling": (m.get("TFLOPs_active") and ceiling) and round(m["TFLOPs_active"] / ceiling, 3),
+                 "gemm_ceiling_TFLOPs_same_call": ceiling,
+                 "modelspec_loss": m.get("loss"), "baseline_loss": t.get("loss")})
 print(json.dumps(rows, indent=1))

@@ -5,8 +5,11 @@
 #   TRAIN="gpt2 llama1b mixtral_small": a training step of modelspec's GPU trainer
 #           (cuda_train_bench) and torch_train_bench.py in TORCH_MODES (default: compile; plus
 #           eager for mixtral_small);
+#   BUDGET=1: gpt2-124m under budget(0.5) beside torch.compile's activation_memory_budget=0.5
+#           (its row also compares with torch.compile without checkpointing, from TRAIN=gpt2);
 # then bench/collect_session.py joins them into rows (session.json). Expects .gpu/bins.tgz
-# (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device: OUT=<dir> ATTN=1 TRAIN=... bash bench/gpu_bench.sh
+# (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device: OUT=<dir> ATTN=1 TRAIN=... BUDGET=1 bash bench/gpu_bench.sh
+# The GEMM ceiling (cuda_bench gemm) is measured in every call.
 set -u
 FINAL=${OUT:-/tmp/out}; mkdir -p "$FINAL"
 W=$(mktemp -d /tmp/msbench.XXXX)
@@ -18,8 +21,9 @@ ANCH=.gpu/anchors
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader | tee "$W/gpu.txt"
 t0=$(date +%s)
 el() { echo "($(( $(date +%s) - t0 )) s)"; }
+# The GEMM ceiling every row's MFU is measured against, in this call.
+timeout 120 "$B/cuda_bench" gemm > "$W/ms_gemm.jsonl" 2>> "$W/err.log"; echo "gemm exit $? $(el)"
 if [ -n "${ATTN:-}" ]; then
-    timeout 120 "$B/cuda_bench" gemm > "$W/ms_gemm.jsonl" 2>> "$W/err.log"; echo "gemm exit $? $(el)"
     timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn exit $? $(el)"
     timeout 180 python3 "$ANCH/attn_backends.py" > "$W/sdpa_backends.jsonl" 2>> "$W/err.log"; echo "attn_backends exit $? $(el)"
 fi
@@ -31,6 +35,10 @@ for m in ${TRAIN:-}; do
         timeout 240 python3 "$ANCH/torch_train_bench.py" "$m" "$mode" > "$W/torch_train_${m}_$mode.jsonl" 2>> "$W/err.log"; echo "torch $m $mode exit $? $(el)"
     done
 done
+if [ -n "${BUDGET:-}" ]; then
+    timeout 150 "$B/cuda_train_bench" gpt2 specs "budget(0.5)" > "$W/ms_train_gpt2_budget50.jsonl" 2>> "$W/err.log"; echo "ms gpt2 budget(0.5) exit $? $(el)"
+    timeout 240 python3 "$ANCH/torch_train_bench.py" gpt2 compile_budget50 > "$W/torch_train_gpt2_compile_budget50.jsonl" 2>> "$W/err.log"; echo "torch gpt2 compile_budget50 exit $? $(el)"
+fi
 python3 bench/collect_session.py "$W" > "$FINAL/session.json"
 tar czf "$FINAL/bench_logs.tgz" -C "$W" .
 tail -20 "$W/err.log"
