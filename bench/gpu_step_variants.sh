@@ -5,7 +5,8 @@
 # micro-benches (cuda_bench norm | xent | bgrad), the gpt2-124m step with its in-step timeline,
 # torch.compile's gpt2 step in the same call, cuda_train, the step with the bias-gradient
 # epilogue off and with the one-pass norm backward on, cuda_train_state (graph), cuda_checkpoint,
-# `modelspec bench` on the unpadded spec, and cuda_train with the one-pass norm backward.
+# `modelspec bench` on the unpadded spec, gpt2 under budget(0.5) beside torch.compile's budget 0.5,
+# and cuda_train with the one-pass norm backward.
 # Expects .gpu/bins.tgz (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device:
 #   OUT=<dir> bash bench/gpu_step_variants.sh
 set -u
@@ -29,6 +30,8 @@ run ms_gpt2_fused_dw env MODELSPEC_NORM_FUSED_DW=on timeout 60 $B/cuda_train_ben
 tst cuda_train_state cuda_train_state X=1
 tst cuda_checkpoint cuda_checkpoint X=1
 run cli_gpt2 timeout 60 $B/modelspec bench specs/gpt2-124m.mspec --device cuda --batch 16 --seq 1024
+run ms_gpt2_budget50 timeout 60 $B/cuda_train_bench gpt2 specs "budget(0.5)"
+run torch_gpt2_budget50 timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile_budget50
 tst cuda_train cuda_train_fused MODELSPEC_NORM_FUSED_DW=on
 grep -hE "panicked|FAILED|UNSUPPORTED" $OUT/*.log | sort | uniq -c | head -20
 tail -3 $OUT/err.log
