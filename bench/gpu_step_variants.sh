@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# One device call for issue 11's step work, most important first (whatever it wrote under $OUT
-# comes back even when the call is cut short): the parity tests of the kernels the step changes
-# touch (cuda_kernels: norms, cross-entropy; cuda_epilogue: the bias-gradient epilogue), the
-# micro-benches (cuda_bench norm | xent | bgrad), the gpt2-124m step with its in-step timeline,
-# torch.compile's gpt2 step in the same call, cuda_train, the step with the bias-gradient
-# epilogue off and with the one-pass norm backward on, cuda_train_state (graph), cuda_checkpoint,
-# `modelspec bench` on the unpadded spec, gpt2 under budget(0.5) beside torch.compile's budget 0.5,
-# and cuda_train with the one-pass norm backward.
+# One device call for issue 11's step work and the GPU side of the session's changes, most
+# important first (whatever it wrote under $OUT comes back even when the call is cut short):
+# the parity tests of the kernels the changes touch (cuda_kernels: norms, cross-entropy, the
+# per-spec activation/RoPE constants; cuda_epilogue: the bias-gradient epilogue), the gpt2-124m
+# step with its in-step timeline beside torch.compile's, the micro-benches (cuda_bench norm |
+# xent | bgrad), cuda_train, the step with the bias-gradient epilogue off and with the one-pass
+# norm backward on, the decoder and generated models (cuda_decode, generated_*), the user crate
+# (.gpu/modelspec-user-crate, when packed), cuda_eval, cuda_train_state (graph), cuda_checkpoint,
+# `modelspec bench` on the unpadded spec, gpt2 under budget(0.5) beside torch.compile's budget
+# 0.5, and cuda_train with the one-pass norm backward.
 # Expects .gpu/bins.tgz (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device:
 #   OUT=<dir> bash bench/gpu_step_variants.sh
 set -u
@@ -20,13 +22,21 @@ tst() { local t=$1 name=$2; shift 2; env "$@" timeout 150 $B/$t --test-threads=1
 run() { local name=$1; shift; echo "== $name $(el)"; "$@" > $OUT/$name.jsonl 2>> $OUT/err.log; echo "exit $?"; grep -v '"timeline"' $OUT/$name.jsonl | cut -c1-330; }
 tst cuda_kernels cuda_kernels X=1
 tst cuda_epilogue cuda_epilogue X=1
-for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 run ms_gpt2_tl env TIMELINE=1 timeout 100 $B/cuda_train_bench gpt2 specs
 grep '"timeline"' $OUT/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
 run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
+for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 tst cuda_train cuda_train X=1
 run ms_gpt2_bgrad_off env MODELSPEC_BGRAD_EPILOGUE=off timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_fused_dw env MODELSPEC_NORM_FUSED_DW=on timeout 60 $B/cuda_train_bench gpt2 specs
+tst cuda_decode cuda_decode X=1
+tst generated_model_cuda generated_model_cuda X=1
+tst generated_cuda generated_cuda X=1
+if [ -x .gpu/modelspec-user-crate ]; then
+    timeout 120 .gpu/modelspec-user-crate tests/fixtures/llama > $OUT/user_crate.log 2>&1
+    echo "user_crate exit $? $(el)" | tee -a $OUT/summary.txt
+fi
+tst cuda_eval cuda_eval MODELSPEC_BIN=$B/modelspec
 tst cuda_train_state cuda_train_state X=1
 tst cuda_checkpoint cuda_checkpoint X=1
 run cli_gpt2 timeout 60 $B/modelspec bench specs/gpt2-124m.mspec --device cuda --batch 16 --seq 1024
@@ -35,3 +45,4 @@ run torch_gpt2_budget50 timeout 200 python3 .gpu/anchors/torch_train_bench.py gp
 tst cuda_train cuda_train_fused MODELSPEC_NORM_FUSED_DW=on
 grep -hE "panicked|FAILED|UNSUPPORTED" $OUT/*.log | sort | uniq -c | head -20
 tail -3 $OUT/err.log
+echo "== summary"; cat $OUT/summary.txt
