@@ -553,6 +553,16 @@ pub enum MlpKind {
 }
 
 impl MlpKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [MlpKind; 6] = [
+        MlpKind::Gelu,
+        MlpKind::GeluTanh,
+        MlpKind::ReluSquared,
+        MlpKind::Swiglu,
+        MlpKind::Geglu,
+        MlpKind::GegluTanh,
+    ];
+
     /// Gated variants have separate gate and up projections.
     pub fn is_gated(self) -> bool {
         matches!(self, MlpKind::Swiglu | MlpKind::Geglu | MlpKind::GegluTanh)

@@ -297,14 +297,7 @@ mod tests {
 
     #[test]
     fn activation_codes_are_distinct_and_dense() {
-        let kinds = [
-            MlpKind::Gelu,
-            MlpKind::GeluTanh,
-            MlpKind::ReluSquared,
-            MlpKind::Swiglu,
-            MlpKind::Geglu,
-            MlpKind::GegluTanh,
-        ];
+        let kinds = MlpKind::ALL;
         let mut codes: Vec<i32> = kinds.iter().map(|&k| act_code(k)).collect();
         // activation.cu: the gated kinds are the codes from 3 on.
         for (k, c) in kinds.iter().zip(&codes) {

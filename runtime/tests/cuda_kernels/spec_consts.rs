@@ -136,18 +136,10 @@ fn act_case(
 
 /// The IR kind of a kernel activation.
 fn mlp_kind(kind: Act) -> modelspec_dsl::ir::MlpKind {
-    use modelspec_dsl::ir::MlpKind;
-    [
-        MlpKind::Gelu,
-        MlpKind::GeluTanh,
-        MlpKind::ReluSquared,
-        MlpKind::Swiglu,
-        MlpKind::Geglu,
-        MlpKind::GegluTanh,
-    ]
-    .into_iter()
-    .find(|&m| Act::from(m) == kind)
-    .expect("every kernel activation has an IR kind")
+    modelspec_dsl::ir::MlpKind::ALL
+        .into_iter()
+        .find(|&m| Act::from(m) == kind)
+        .expect("every kernel activation has an IR kind")
 }
 
 /// The activation specs (the families' activations: gpt2's gelu_tanh, llama's swiglu, gemma's

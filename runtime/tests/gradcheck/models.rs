@@ -248,14 +248,7 @@ fn model_norms_and_placements() {
 
 #[test]
 fn model_every_mlp_kind() {
-    for kind in [
-        MlpKind::Gelu,
-        MlpKind::GeluTanh,
-        MlpKind::ReluSquared,
-        MlpKind::Swiglu,
-        MlpKind::Geglu,
-        MlpKind::GegluTanh,
-    ] {
+    for kind in MlpKind::ALL {
         check_model(
             &format!("mlp_{kind:?}_bias"),
             &with(|s| {

@@ -272,14 +272,7 @@ mod tests {
     fn each_kind_launches_the_code_the_instance_defines() {
         // The kernel's `kind` for a layer must be the `MS_ACT` its instance carries, or the
         // specialised activation would never run (or run another kind's body).
-        for k in [
-            MlpKind::Gelu,
-            MlpKind::GeluTanh,
-            MlpKind::ReluSquared,
-            MlpKind::Swiglu,
-            MlpKind::Geglu,
-            MlpKind::GegluTanh,
-        ] {
+        for k in MlpKind::ALL {
             let act = Act::from(k);
             assert_eq!(act as i32, act_code(k), "{k:?}");
             assert_eq!(act.is_gated(), k.is_gated(), "{k:?}");
