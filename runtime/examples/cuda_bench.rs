@@ -26,7 +26,7 @@
 
 use modelspec_runtime::cuda::cudnn::CudnnAttention;
 use modelspec_runtime::cuda::{
-    AttnShape, CudaError, Dtype, Gpu, Kernels, NormKind, ReduceScratch, RowMajorGemm,
+    AttnShape, CudaError, Dtype, Gpu, GpuBuf, Kernels, NormKind, ReduceScratch, RowMajorGemm,
 };
 use std::sync::Arc;
 
@@ -157,18 +157,18 @@ fn bench_attention(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
 }
 
 /// Times `fwd` alone and `fwd` then `bwd` the way `triton.testing.do_bench` times PyTorch's SDPA
-/// in attn_backends.py: before each event-timed run a 256 MiB buffer is cleared, so the L2 cache
+/// in attn_backends.py: before each event-timed run `flush` (256 MiB) is cleared, so the L2 cache
 /// starts cold and the host's launch work overlaps the clear instead of counting as device time.
 /// Returns (fwd, fwd+bwd) medians of `reps` runs after `min(reps, 3)` warm-ups, and the same pair
 /// timed back to back without the clear (warm cache, launch gaps included), in that order.
 fn time_pair(
     gpu: &Gpu,
+    flush: &mut GpuBuf<u8>,
     reps: usize,
     mut fwd: impl FnMut() -> Result<(), String>,
     mut bwd: impl FnMut() -> Result<(), String>,
 ) -> Result<[f32; 4], String> {
     let e = |e: CudaError| e.to_string();
-    let mut flush = gpu.zeros::<u8>(256 << 20).map_err(e)?;
     for _ in 0..reps.clamp(1, 3) {
         fwd()?;
         bwd()?;
@@ -179,7 +179,7 @@ fn time_pair(
     for _ in 0..reps.max(1) {
         for (i, with_bwd) in [(0, false), (1, true), (2, false), (3, true)] {
             if i < 2 {
-                gpu.memset_zero(&mut flush).map_err(e)?;
+                gpu.memset_zero(flush).map_err(e)?;
             }
             let t = gpu.time_ms(|| {
                 if let Err(e) = fwd().and_then(|_| if with_bwd { bwd() } else { Ok(()) }) {
@@ -215,6 +215,8 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             None
         }
     };
+    // Cleared before every timed run (see `time_pair`).
+    let mut flush = gpu.zeros::<u8>(256 << 20)?;
     let shapes = ATTN_SHAPES
         .iter()
         .map(|&(b, h, kv, t, d)| (b, h, kv, t, d, d))
@@ -273,6 +275,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         let mma = kernels.attn_uses_mma(Dtype::Bf16, &dense);
         let r = time_pair(
             gpu,
+            &mut flush,
             if mma { 25 } else { 3 },
             || {
                 kernels
@@ -319,6 +322,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             let ws = gpu.zeros::<u8>(ws_bytes)?;
             let r = time_pair(
                 gpu,
+                &mut flush,
                 25,
                 || {
                     attn.fwd(&s, o.ptr(), lse.ptr(), q, k, v, ws.ptr(), ws_bytes)
