@@ -48,6 +48,10 @@ for shape, work in names.items():
         row["throughput_ratio"] = round(best_ours["fwdbwd_TFLOPs"] / best["fwdbwd_TFLOPs"], 3)
         row["fwd_throughput_ratio"] = round(best_ours["fwd_TFLOPs"] / best_fwd["fwd_TFLOPs"], 3)
     rows.append(row)
+def mfu(m):
+    """A cuda_train_bench row's active-parameter TFLOP/s over this call's GEMM ceiling."""
+    return (m.get("TFLOPs_active") and ceiling) and round(m["TFLOPs_active"] / ceiling, 3)
+
 for model, work in [("gpt2", "train-gpt2-124m"), ("llama1b", "train-llama-3.2-1b"), ("mixtral_small", "train-mixtral-small")]:
     m = lines(f"ms_train_{model}.jsonl")
     m = m[-1] if m else {}
@@ -62,7 +66,7 @@ for model, work in [("gpt2", "train-gpt2-124m"), ("llama1b", "train-llama-3.2-1b
                      "time_ratio": (a and b) and round(a / b, 3),
                      "modelspec_peak_gib": m.get("peak_gib"), "baseline_peak_gib": t.get("peak_GiB"),
                      "modelspec_TFLOPs_active": m.get("TFLOPs_active"),
-                     "modelspec_MFU_vs_gemm_ceiling": (m.get("TFLOPs_active") and ceiling) and round(m["TFLOPs_active"] / ceiling, 3),
+                     "modelspec_MFU_vs_gemm_ceiling": mfu(m),
                      "gemm_ceiling_TFLOPs_same_call": ceiling, "modelspec_attention": m.get("attention"),
                      "modelspec_cuda_graph": m.get("cuda_graph"),
                      "modelspec_loss": m.get("loss"), "baseline_loss": t.get("loss")})
@@ -82,7 +86,7 @@ if m or t:
                  "memory_ratio": (pa and pb) and round(pa / pb, 3),
                  "torch_compile_no_ac_ms": c, "time_ratio_vs_compile_no_ac": (a and c) and round(a / c, 3),
                  "modelspec_TFLOPs_active": m.get("TFLOPs_active"),
-                 "modelspec_MFU_vs_gemm_ceiling": (m.get("TFLOPs_active") and ceiling) and round(m["TFLOPs_active"] / ceiling, 3),
+                 "modelspec_MFU_vs_gemm_ceiling": mfu(m),
                  "gemm_ceiling_TFLOPs_same_call": ceiling,
                  "modelspec_loss": m.get("loss"), "baseline_loss": t.get("loss")})
 print(json.dumps(rows, indent=1))
