@@ -3,12 +3,12 @@
 //! layer's IR row for the GPU trainer ([`super::train`]) and decoder ([`super::decode`]); nothing
 //! here assumes that layers agree.
 
-use super::error::Result;
+use super::error::{CudaError, Result};
 use super::gpu::{Gpu, GpuBuf};
 use super::ops::{Act, NormKind};
 use modelspec_dsl::ModelSpec;
 use modelspec_dsl::ir::{Ffn, Layer, Norm, Position, QkNormScope, QueryTemperature, Rope};
-use modelspec_dsl::program::{Act as PAct, LayerProgram};
+use modelspec_dsl::program::{Act as PAct, Fusion, Kernel, LayerProgram};
 
 /// A norm's kind and constants.
 #[derive(Debug, Clone, Copy)]
@@ -57,6 +57,16 @@ impl MlaCfg {
 }
 
 /// The feed-forward block of one layer.
+/// The GEMM of one projection kernel of a layer's program: the parameter it reads
+/// (`{prefix}.weight`, and `{prefix}.bias` where the spec has one) and its widths,
+/// `y[n, out] = x[n, inp] W[out, inp]^T (+ bias)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Projection {
+    pub prefix: &'static str,
+    pub out: usize,
+    pub inp: usize,
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum FfnCfg {
     /// A dense MLP: `hidden` wide, `[gate; up]` (`hw = 2 hidden`) when gated.
@@ -198,6 +208,65 @@ impl LayerCfg {
         })
     }
 
+    /// The GEMM of a projection kernel of layer `index` over rows of `d` (d_model): a
+    /// [`Fusion::Linear`] into `attn_out` (`attn.o`) or `mlp_out` (`mlp.down`), or the dense MLP's
+    /// input projection of a [`Fusion::GateUp`] / [`Fusion::LinearAct`] (`[gate; up]`, named by
+    /// `mlp.gate`, or `mlp.up` alone, `hw` wide). The one place the GPU executors (training,
+    /// recomputation, backward, decoding) learn which weight a projection kernel multiplies by.
+    pub fn projection(&self, index: usize, kn: &Kernel, d: usize) -> Result<Projection> {
+        let fail = |why: String| CudaError::BadLaunch {
+            kernel: format!("layer {index}: {:?}", kn.fusion),
+            why,
+        };
+        let (hidden, hw) = self.mlp_widths();
+        Ok(match (kn.fusion, kn.outputs[0]) {
+            (Fusion::Linear, PAct::AttnOut) => Projection {
+                prefix: "attn.o",
+                out: d,
+                inp: self.od,
+            },
+            (Fusion::Linear, PAct::MlpOut) if hidden > 0 => Projection {
+                prefix: "mlp.down",
+                out: d,
+                inp: hidden,
+            },
+            (Fusion::GateUp | Fusion::LinearAct, first @ (PAct::Gate | PAct::Up)) if hw > 0 => {
+                Projection {
+                    prefix: if first == PAct::Gate {
+                        "mlp.gate"
+                    } else {
+                        "mlp.up"
+                    },
+                    out: hw,
+                    inp: d,
+                }
+            }
+            (_, first) => {
+                return Err(fail(format!(
+                    "no projection writes `{}` in this layer (a dense MLP's or attention's only)",
+                    first.name()
+                )));
+            }
+        })
+    }
+
+    /// The dense MLP's activation and widths `(act, hidden, hw)`, or an error naming layer
+    /// `index` and `what` needed one (a mixture-of-experts layer has none).
+    pub fn dense(&self, index: usize, what: &str) -> Result<(Act, usize, usize)> {
+        match self.ffn {
+            FfnCfg::Dense { act, hidden, hw } => Ok((act, hidden, hw)),
+            FfnCfg::Moe => Err(CudaError::BadLaunch {
+                kernel: format!("layer {index}: {what}"),
+                why: "the layer has no dense MLP (mixture-of-experts)".into(),
+            }),
+        }
+    }
+
+    /// Whether the layer has a gated dense MLP (`[gate; up]`).
+    pub fn gated(&self) -> bool {
+        matches!(self.ffn, FfnCfg::Dense { act, .. } if act.is_gated())
+    }
+
     /// The dense MLP's `(hidden, hw)` (0 for a MoE layer).
     pub fn mlp_widths(&self) -> (usize, usize) {
         match self.ffn {
@@ -271,7 +340,63 @@ fn first_index<T: PartialEq + Clone>(seen: &mut Vec<T>, x: &T) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use super::first_index;
+    use super::{LayerCfg, first_index};
+    use modelspec_dsl::program::{Fusion, LayerProgram};
+
+    /// Every projection kernel of every bundled spec's layers multiplies by a weight of the
+    /// parameter table, of shape `[out, inp]`; a MoE layer's MLP kernels (none but `Moe`) and
+    /// a layer without a dense MLP asking for one are errors, not guesses.
+    #[test]
+    fn projections_name_parameters_of_the_table_with_their_shapes() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../specs");
+        let mut checked = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "mspec") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let spec = modelspec_dsl::mspec::parse(&text, &path.display().to_string()).unwrap();
+            let params = modelspec_dsl::params::parameters(&spec);
+            let d = spec.d_model as usize;
+            for (i, layer) in spec.layers.iter().enumerate() {
+                let lp = LayerProgram::structure(layer);
+                let cfg = LayerCfg::new(layer, &lp, None, None);
+                for kn in lp.kernels() {
+                    if !matches!(
+                        kn.fusion,
+                        Fusion::Linear | Fusion::GateUp | Fusion::LinearAct
+                    ) {
+                        continue;
+                    }
+                    let pj = cfg.projection(i, &kn, d).unwrap();
+                    let shape = |prefix: &str| -> Vec<usize> {
+                        let name = format!("layers.{i}.{prefix}.weight");
+                        let p = params.iter().find(|p| p.name == name).unwrap_or_else(|| {
+                            panic!("{}: {name} is not a parameter", path.display())
+                        });
+                        p.shape.iter().map(|&x| x as usize).collect()
+                    };
+                    // `[gate; up]` is one GEMM over the two tables' weights, which the GPU's
+                    // parameter layout keeps adjacent.
+                    let rows = if pj.prefix == "mlp.gate" {
+                        assert_eq!(shape("mlp.gate"), shape("mlp.up"));
+                        2 * shape("mlp.gate")[0]
+                    } else {
+                        shape(pj.prefix)[0]
+                    };
+                    let what = format!("{} layer {i} {}", path.display(), pj.prefix);
+                    assert_eq!([rows, shape(pj.prefix)[1]], [pj.out, pj.inp], "{what}");
+                    checked += 1;
+                }
+                if matches!(cfg.ffn, super::FfnCfg::Moe) {
+                    assert!(cfg.dense(i, "a test").is_err());
+                    assert_eq!(cfg.mlp_widths(), (0, 0));
+                }
+            }
+        }
+        assert!(checked > 100, "only {checked} projections checked");
+    }
 
     #[test]
     fn first_index_numbers_distinct_values_in_order_of_first_use() {

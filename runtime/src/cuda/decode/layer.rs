@@ -9,8 +9,7 @@ use super::Pass;
 use super::kernels::CachedAttn;
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gpu::DevPtr;
-use crate::cuda::layer::{FfnCfg, LayerCfg};
-use crate::cuda::ops::Act as Activation;
+use crate::cuda::layer::LayerCfg;
 use crate::program::{Act, Fusion, Kernel, LayerProgram};
 
 /// Everything a decode call needs to run layer `index`: its configuration (the trainer's
@@ -39,20 +38,6 @@ impl LayerPlan {
     /// `layers.{i}.{name}`.
     pub fn pname(&self, name: &str) -> String {
         format!("layers.{}.{name}", self.index)
-    }
-
-    /// The dense MLP's activation and widths `(act, hidden, hw)`, or an error naming the layer
-    /// and `what` needed one.
-    fn dense(&self, what: &str) -> Result<(Activation, usize, usize)> {
-        match self.cfg.ffn {
-            FfnCfg::Dense { act, hidden, hw } => Ok((act, hidden, hw)),
-            FfnCfg::Moe => Err(bad(self.index, format!("{what} without a dense MLP"))),
-        }
-    }
-
-    /// Whether the dense MLP is gated (`[gate; up]`).
-    fn gated(&self) -> bool {
-        matches!(self.cfg.ffn, FfnCfg::Dense { act, .. } if act.is_gated())
     }
 }
 
@@ -141,7 +126,7 @@ impl Pass<'_> {
             Act::ResidMid => (b.resid_mid, d),
             Act::MlpNorm => (b.mlp_norm, d),
             Act::Gate => (b.h, hw),
-            Act::Up if l.gated() => (col(b.h, hidden), hw),
+            Act::Up if c.gated() => (col(b.h, hidden), hw),
             Act::Up => (b.h, hw),
             Act::ActOut => (b.act, hidden),
             Act::MlpOut => (b.mlp_out, d),
@@ -296,57 +281,30 @@ impl Pass<'_> {
                 self.dk
                     .attn(dt, &a, self.ptr(l, first)?, q, (kc, vc), &self.rows)
             }
-            // One projection: the attention output, or a dense MLP's down projection.
-            Fusion::Linear => {
-                let (prefix, inp) = match first {
-                    Act::AttnOut => ("attn.o", l.cfg.od),
-                    Act::MlpOut => ("mlp.down", l.cfg.mlp_widths().0),
-                    other => {
-                        return Err(bad(
-                            l.index,
-                            format!("a projection into `{}`", other.name()),
-                        ));
-                    }
-                };
+            // One GEMM: the attention output, a dense MLP's down projection, or its input
+            // projections into [gate; up] (or up); an ungated MLP's `up` and `act` (LinearAct)
+            // as the GEMM and one activation pass (the trainer folds a GELU-tanh into the
+            // GEMM's epilogue).
+            Fusion::Linear | Fusion::GateUp | Fusion::LinearAct => {
+                let pj = l.cfg.projection(l.index, k, d)?;
+                let y = self.ptr(l, first)?;
                 self.linear(
-                    d,
-                    inp,
+                    pj.out,
+                    pj.inp,
                     self.ptr(l, k.inputs[0])?,
-                    self.w.w(&l.pname(&format!("{prefix}.weight")))?,
-                    self.w.wo(&l.pname(&format!("{prefix}.bias"))),
-                    self.ptr(l, first)?,
-                )
-            }
-            // The dense MLP's input projections as one GEMM into [gate; up] (or up).
-            Fusion::GateUp => {
-                let (_, _, hw) = l.dense("gate/up")?;
-                let name = if l.gated() { "mlp.gate" } else { "mlp.up" };
-                self.linear(
-                    hw,
-                    d,
-                    self.ptr(l, k.inputs[0])?,
-                    self.w.w(&l.pname(&format!("{name}.weight")))?,
-                    self.w.wo(&l.pname(&format!("{name}.bias"))),
-                    self.acts.h,
-                )
-            }
-            // An ungated MLP's projection and its activation (`up`, then `act`): the GEMM and one
-            // activation pass (the trainer folds a GELU-tanh into the GEMM's epilogue).
-            Fusion::LinearAct => {
-                let (act, hidden, hw) = l.dense("up/act")?;
-                self.linear(
-                    hw,
-                    d,
-                    self.ptr(l, k.inputs[0])?,
-                    self.w.w(&l.pname("mlp.up.weight"))?,
-                    self.w.wo(&l.pname("mlp.up.bias")),
-                    self.acts.h,
+                    self.w.w(&l.pname(&format!("{}.weight", pj.prefix)))?,
+                    self.w.wo(&l.pname(&format!("{}.bias", pj.prefix))),
+                    y,
                 )?;
-                kn.act_fwd(dt, act, self.acts.act, self.acts.h, 0, n, hidden, hw)
+                if k.fusion != Fusion::LinearAct {
+                    return Ok(());
+                }
+                let (act, hidden, hw) = l.cfg.dense(l.index, "an activation")?;
+                kn.act_fwd(dt, act, self.acts.act, y, 0, n, hidden, hw)
             }
             // act(gate) (* up) in one pass.
             Fusion::Activation => {
-                let (act, hidden, hw) = l.dense("an activation")?;
+                let (act, hidden, hw) = l.cfg.dense(l.index, "an activation")?;
                 let up = if act.is_gated() {
                     self.acts.h + hidden as u64 * self.es
                 } else {

@@ -55,7 +55,8 @@ impl Step<'_> {
     fn proj_in_bwd(&self, i: usize, kn: &Kernel, d: &mut Grads, dy: DevPtr) -> Result<()> {
         let (n, c) = (self.s.n, self.s.c);
         let p = |s: &str| Self::pname(i, s);
-        let (first, hw) = Self::projection(&self.cfg[i], kn);
+        let pj = self.cfg[i].projection(i, kn, c)?;
+        let (first, hw) = (pj.prefix, pj.out);
         let x = kn.inputs[0];
         self.mm_grad_bias(
             hw,
@@ -240,7 +241,8 @@ impl Step<'_> {
             }
             Fusion::Linear => {
                 let dy = d.ptr(out);
-                let (weight, width) = Self::projection(l, kn);
+                let pj = l.projection(i, kn, c)?;
+                let (weight, width) = (pj.prefix, pj.inp);
                 let input = kn.inputs[0];
                 let w = |s: &str| format!("{weight}.{s}");
                 self.mm_grad_bias(
@@ -263,7 +265,7 @@ impl Step<'_> {
                 self.finish(t, width)
             }
             Fusion::Activation => {
-                let (act, hidden, hw) = Self::dense_act(i, l)?;
+                let (act, hidden, hw) = l.dense(i, "an activation's backward")?;
                 let up = hidden as u64 * es;
                 let dy = d.ptr(out);
                 let t = self.target(d, kn.inputs[0])?;
@@ -287,7 +289,7 @@ impl Step<'_> {
                 let dh = match (d.get(Act::Up), d.get(Act::ActOut)) {
                     (Grad::Own(p), Grad::None) => p,
                     _ => {
-                        let (act, hidden, hw) = Self::dense_act(i, l)?;
+                        let (act, hidden, hw) = l.dense(i, "an activation's backward")?;
                         let dy = d.ptr(Act::ActOut);
                         let t = self.target(d, Act::Up)?;
                         if t.1 != 0.0 || t.2 != 0 {

@@ -13,10 +13,10 @@
 
 use super::super::error::Result;
 use super::super::gpu::DevPtr;
-use super::super::ops::{Act as KAct, AttnShape};
-use super::config::{FfnCfg, LayerCfg, NormCfg};
+use super::super::ops::AttnShape;
+use super::Step;
+use super::config::{LayerCfg, NormCfg};
 use super::layout::LayerBufs;
-use super::{Step, unsupported};
 use modelspec_dsl::program::{Act, Fusion, Kernel};
 
 impl Step<'_> {
@@ -80,28 +80,6 @@ impl Step<'_> {
             Act::Gate | Act::Up => b.h,
             Act::ActOut => b.act,
             _ => self.buf.tmp,
-        }
-    }
-
-    /// A projection kernel's parameter prefix and input width: `(prefix, width)`. `Linear` is the
-    /// output projection (`attn_out`) or the dense MLP's down projection; `GateUp` is `[gate; up]`
-    /// (named by its first part) or `up`, `hw` wide.
-    pub(super) fn projection(l: &LayerCfg, kn: &Kernel) -> (&'static str, usize) {
-        match (kn.fusion, kn.outputs[0]) {
-            (Fusion::Linear, Act::AttnOut) => ("attn.o", l.od),
-            (Fusion::Linear, _) => ("mlp.down", l.mlp_widths().0),
-            (_, Act::Gate) => ("mlp.gate", l.mlp_widths().1),
-            _ => ("mlp.up", l.mlp_widths().1),
-        }
-    }
-
-    /// Layer i's dense MLP activation: `(act, hidden, hw)`; an error for a MoE layer.
-    pub(super) fn dense_act(i: usize, l: &LayerCfg) -> Result<(KAct, usize, usize)> {
-        match l.ffn {
-            FfnCfg::Dense { act, hidden, hw } => Ok((act, hidden, hw)),
-            FfnCfg::Moe => Err(unsupported(format!(
-                "layer {i}: an activation without a dense MLP"
-            ))),
         }
     }
 
@@ -303,46 +281,29 @@ impl Step<'_> {
                 let (q, kk, v) = self.qkv_views(l, b.qkv);
                 self.attention_fwd(i, &self.attn_shape(l), b.atty, b.lse, q, kk, v)
             }
-            Fusion::Linear => {
-                let (weight, width) = Self::projection(l, kn);
-                self.linear(
-                    n,
-                    c,
-                    width,
-                    self.act_buf(i, kn.inputs[0]),
-                    self.p.w(&p(&format!("{weight}.weight")))?,
-                    self.p.wo(&p(&format!("{weight}.bias"))),
-                    self.act_buf(i, out),
-                )
-            }
-            Fusion::GateUp => {
-                let (first, hw) = Self::projection(l, kn);
-                self.linear(
-                    n,
-                    hw,
-                    c,
-                    self.act_buf(i, kn.inputs[0]),
-                    self.p.w(&p(&format!("{first}.weight")))?,
-                    self.p.wo(&p(&format!("{first}.bias"))),
-                    b.h,
-                )
-            }
-            Fusion::LinearAct => {
-                // `up` and `act` of an ungated MLP: one GEMM with GELU-tanh in its epilogue
-                // (keeping `up`, the pre-activation), else the GEMM and one activation pass.
-                let (first, hw) = Self::projection(l, kn);
-                let (act, hidden, _) = Self::dense_act(i, l)?;
+            Fusion::Linear | Fusion::GateUp | Fusion::LinearAct => {
+                // One GEMM; an ungated MLP's `up` and `act` (LinearAct) with GELU-tanh in its
+                // epilogue (keeping `up`, the pre-activation), else the GEMM and one activation
+                // pass.
+                let pj = l.projection(i, kn, c)?;
                 let x = self.act_buf(i, kn.inputs[0]);
-                let w = self.p.w(&p(&format!("{first}.weight")))?;
-                let bias = self.p.wo(&p(&format!("{first}.bias")));
-                if Self::gelu_epilogue(l) && self.linear_gelu(n, hw, c, x, w, bias, b.act, b.h)? {
+                let w = self.p.w(&p(&format!("{}.weight", pj.prefix)))?;
+                let bias = self.p.wo(&p(&format!("{}.bias", pj.prefix)));
+                let y = self.act_buf(i, out);
+                if kn.fusion != Fusion::LinearAct {
+                    return self.linear(n, pj.out, pj.inp, x, w, bias, y);
+                }
+                if Self::gelu_epilogue(l)
+                    && self.linear_gelu(n, pj.out, pj.inp, x, w, bias, b.act, y)?
+                {
                     return Ok(());
                 }
-                self.linear(n, hw, c, x, w, bias, b.h)?;
-                k.act_fwd(dt, act, b.act, b.h, 0, n, hidden, hw)
+                self.linear(n, pj.out, pj.inp, x, w, bias, y)?;
+                let (act, hidden, hw) = l.dense(i, "an activation")?;
+                k.act_fwd(dt, act, b.act, y, 0, n, hidden, hw)
             }
             Fusion::Activation => {
-                let (act, hidden, hw) = Self::dense_act(i, l)?;
+                let (act, hidden, hw) = l.dense(i, "an activation")?;
                 k.act_fwd(
                     dt,
                     act,
