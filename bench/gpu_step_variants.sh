@@ -12,18 +12,21 @@
 # Expects .gpu/bins.tgz (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device:
 #   OUT=<dir> bash bench/gpu_step_variants.sh
 set -u
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# Everything goes to $W and is packed into $OUT/all.tgz after each item: a call returns a limited
+# number of files (8), and an archive refreshed as it goes survives a cut-short call.
+OUT=${OUT:-/tmp/out}; W=/tmp/variants; mkdir -p "$OUT" $W
 B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels PYTHONUNBUFFERED=1
 CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))" 2>/dev/null); [ -n "$CUDNN_DIR" ] && export CUDNN_PATH="$CUDNN_DIR" LD_LIBRARY_PATH="$CUDNN_DIR/lib:${LD_LIBRARY_PATH:-}"
-nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader | tee $OUT/gpu.txt
+nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader | tee $W/gpu.txt
 t0=$(date +%s); el() { echo "($(( $(date +%s) - t0 )) s)"; }
-tst() { local t=$1 name=$2; shift 2; env "$@" timeout 150 $B/$t --test-threads=1 --nocapture --include-ignored > $OUT/$name.log 2>&1; echo "$name exit $? $(el) $(grep -E '^test result' $OUT/$name.log | tail -1 | cut -c1-60)" | tee -a $OUT/summary.txt; }
-run() { local name=$1; shift; echo "== $name $(el)"; "$@" > $OUT/$name.jsonl 2>> $OUT/err.log; echo "exit $?"; grep -v '"timeline"' $OUT/$name.jsonl | cut -c1-330; }
+pack() { tar czf $OUT/all.tgz.tmp -C $W . && mv $OUT/all.tgz.tmp $OUT/all.tgz; }
+tst() { local t=$1 name=$2; shift 2; env "$@" timeout 150 $B/$t --test-threads=1 --nocapture --include-ignored > $W/$name.log 2>&1; echo "$name exit $? $(el) $(grep -E '^test result' $W/$name.log | tail -1 | cut -c1-60)" | tee -a $W/summary.txt; pack; }
+run() { local name=$1; shift; echo "== $name $(el)"; "$@" > $W/$name.jsonl 2>> $W/err.log; echo "exit $?"; grep -v '"timeline"' $W/$name.jsonl | cut -c1-330; pack; }
 tst cuda_kernels cuda_kernels X=1
 tst cuda_epilogue cuda_epilogue X=1
 run ms_gpt2_tl env TIMELINE=1 timeout 100 $B/cuda_train_bench gpt2 specs
-grep '"timeline"' $OUT/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
+grep '"timeline"' $W/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
 run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 tst cuda_train cuda_train X=1
@@ -33,8 +36,8 @@ tst cuda_decode cuda_decode X=1
 tst generated_model_cuda generated_model_cuda X=1
 tst generated_cuda generated_cuda X=1
 if [ -x .gpu/modelspec-user-crate ]; then
-    timeout 120 .gpu/modelspec-user-crate tests/fixtures/llama > $OUT/user_crate.log 2>&1
-    echo "user_crate exit $? $(el)" | tee -a $OUT/summary.txt
+    timeout 120 .gpu/modelspec-user-crate tests/fixtures/llama > $W/user_crate.log 2>&1
+    echo "user_crate exit $? $(el)" | tee -a $W/summary.txt; pack
 fi
 tst cuda_eval cuda_eval MODELSPEC_BIN=$B/modelspec
 tst cuda_train_state cuda_train_state X=1
@@ -43,6 +46,6 @@ run cli_gpt2 timeout 60 $B/modelspec bench specs/gpt2-124m.mspec --device cuda -
 run ms_gpt2_budget50 timeout 60 $B/cuda_train_bench gpt2 specs "budget(0.5)"
 run torch_gpt2_budget50 timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile_budget50
 tst cuda_train cuda_train_fused MODELSPEC_NORM_FUSED_DW=on
-grep -hE "panicked|FAILED|UNSUPPORTED" $OUT/*.log | sort | uniq -c | head -20
-tail -3 $OUT/err.log
-echo "== summary"; cat $OUT/summary.txt
+grep -hE "panicked|FAILED|UNSUPPORTED" $W/*.log | sort | uniq -c | head -20
+tail -3 $W/err.log
+echo "== summary"; cat $W/summary.txt
