@@ -16,7 +16,7 @@ tst() { local t=$1 name=$2; shift 2; env "$@" timeout 150 $B/$t --test-threads=1
 run() { local name=$1; shift; "$@" > $W/$name.jsonl 2>> $W/err.log; echo "$name exit $? $(el)" | tee -a $W/summary.txt; grep -v '"timeline"' $W/$name.jsonl | cut -c1-330; pack; }
 run ms_gpt2_tl env TIMELINE=1 timeout 100 $B/cuda_train_bench gpt2 specs
 run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
-run ms_gpt2_fused_dw env MODELSPEC_NORM_FUSED_DW=on timeout 60 $B/cuda_train_bench gpt2 specs
+run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_train_bench gpt2 specs
 tst cuda_train cuda_train X=1
 tst generated_model_cuda generated_model_cuda X=1
 tst generated_cuda generated_cuda X=1

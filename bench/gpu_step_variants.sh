@@ -31,7 +31,7 @@ run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 tst cuda_train cuda_train X=1
 run ms_gpt2_bgrad_off env MODELSPEC_BGRAD_EPILOGUE=off timeout 60 $B/cuda_train_bench gpt2 specs
-run ms_gpt2_fused_dw env MODELSPEC_NORM_FUSED_DW=on timeout 60 $B/cuda_train_bench gpt2 specs
+run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_train_bench gpt2 specs
 tst cuda_decode cuda_decode X=1
 tst generated_model_cuda generated_model_cuda X=1
 tst generated_cuda generated_cuda X=1
@@ -45,7 +45,7 @@ tst cuda_checkpoint cuda_checkpoint X=1
 run cli_gpt2 timeout 60 $B/modelspec bench specs/gpt2-124m.mspec --device cuda --batch 16 --seq 1024
 run ms_gpt2_budget50 timeout 60 $B/cuda_train_bench gpt2 specs "budget(0.5)"
 run torch_gpt2_budget50 timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile_budget50
-tst cuda_train cuda_train_fused MODELSPEC_NORM_FUSED_DW=on
+tst cuda_train cuda_train_unfused MODELSPEC_NORM_FUSED_DW=off
 grep -hE "panicked|FAILED|UNSUPPORTED" $W/*.log | sort | uniq -c | head -20
 tail -3 $W/err.log
 echo "== summary"; cat $W/summary.txt

@@ -105,8 +105,8 @@ impl Kernels {
     }
 
     /// Whether [`Kernels::norm_bwd_dw`] runs the one-pass backward with the weight and bias
-    /// gradients where it applies (`MODELSPEC_NORM_FUSED_DW=on` when the library is loaded; off
-    /// by default), else `norm_bwd` then `norm_dw`.
+    /// gradients where it applies (on by default; `MODELSPEC_NORM_FUSED_DW=off` when the library
+    /// is loaded turns it off), else `norm_bwd` then `norm_dw`.
     pub fn set_norm_fused_dw(&mut self, on: bool) {
         self.norm_fused_dw = on;
     }

@@ -281,12 +281,13 @@ fn norm_forward_backward_matches_f64() {
     }
 }
 
-/// Every case in libraries instantiated for a model width: rows of that width run one warp a
-/// row where they fit (bf16 <= 2048, f32 <= 1024 wide: 768 both dtypes, 2048 bf16, 100 with
-/// idle lanes, and in bf16 a width that is no multiple of the vector, so element by element even
-/// when aligned), and one block a row where they do not (2048 f32), as other widths of the same
-/// library do (the qk-norms' head dims); then the library's width again with the warp rows
-/// off ([`Kernels::set_norm_warp_rows`]).
+/// Every case in libraries instantiated for a model width, through `norm_bwd` and `norm_dw` (the
+/// one-pass backward off; its own tests follow): rows of that width run one warp a row where
+/// `warp_rows` takes them (bf16 <= 1024, f32 <= 512 wide: 768 and 1024 bf16, 100 with idle lanes,
+/// and in bf16 a width that is no multiple of the vector, so element by element even when
+/// aligned), and one block a row where they do not (768 and 1024 f32, 2048 both), as other
+/// widths of the same library do (the qk-norms' head dims); then the library's width again with
+/// the warp rows off ([`Kernels::set_norm_warp_rows`]).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn norm_warp_rows_match_f64() {
@@ -294,8 +295,9 @@ fn norm_warp_rows_match_f64() {
         return;
     };
     let mut rng = Rng::fresh("norm_warp");
-    for (d_model, other) in [(768, 1000), (2048, 64), (100, 96)] {
+    for (d_model, other) in [(768, 1000), (1024, 64), (2048, 64), (100, 96)] {
         let mut k = library(&gpu, d_model);
+        k.set_norm_fused_dw(false);
         for dt in DTYPES {
             for c in [d_model, other] {
                 for cs in CASES {

@@ -26,13 +26,21 @@ pub(crate) const SOURCE: &str = concat!(
 /// Rows of a warp-per-row kernel block (`norm_{fwd,bwd}_warp_*`: 256 threads, one warp a row).
 const WARP_ROWS: u32 = BLOCK / 32;
 
+/// Vectors of 16 bytes a lane at most in the warp-per-row kernels that [`warp_rows`] picks.
+/// Measured on an H100 (`cuda_bench norm`, 16384 rows, bf16; session-h100-2026-12-06-s6): at 768
+/// wide (3 vectors) a warp a row beats a block a row (forward 44.8 against 58.0 us, backward
+/// 45.5 against 51.6 us); at 2048 (8 vectors, 221 registers, 8 rows an SM) it loses the
+/// backward (148 against 109 us) and ties the forward (104 against 102 us). 4 (bf16 1024, f32
+/// 512) is the bound between them; the kernels themselves take up to 8 (`NormWarp::OK`).
+const WARP_MAX_VECTORS: usize = 4;
+
 /// Whether rows of width `c` run the warp-per-row kernels (`norm_warp.cu`) in a library whose
-/// model width is `d_model`: the library's own width (a compile-time constant there), when a
-/// row fits a warp's registers (at most 8 16-byte vectors a lane: bf16 <= 2048, f32 <= 1024
-/// elements; the kernels' `NormWarp::OK`). Other rows (qk-norms, wider models) run one block a
-/// row. Pointer alignment plays no part: the warp kernels take scalar accesses where it fails.
+/// model width is `d_model`: the library's own width (a compile-time constant there), up to
+/// [`WARP_MAX_VECTORS`] 16-byte vectors a lane (bf16 <= 1024, f32 <= 512 elements). Other rows
+/// (qk-norms, wider models) run one block a row. Pointer alignment plays no part: the warp
+/// kernels take scalar accesses where it fails.
 pub(crate) fn warp_rows(d_model: usize, dt: Dtype, c: usize) -> bool {
-    d_model > 0 && c == d_model && c <= 32 * 8 * (16 / dt.bytes())
+    d_model > 0 && c == d_model && c <= 32 * WARP_MAX_VECTORS * (16 / dt.bytes())
 }
 
 /// Rows a chunk of the one-pass backward holds at least (8 a warp).
@@ -62,10 +70,12 @@ pub(crate) fn fused_split(rows: usize, c: usize) -> (usize, usize) {
     (rows.div_ceil(per).max(1), per)
 }
 
-/// `MODELSPEC_NORM_FUSED_DW`: `on`/`1`/`true` turns the one-pass norm backward on (see
-/// [`Kernels::norm_bwd_dw`]); anything else, or unset, leaves it off.
+/// Whether the one-pass norm backward serves the rows it fits (see [`Kernels::norm_bwd_dw`]): on
+/// unless `MODELSPEC_NORM_FUSED_DW` is `off`/`0`/`false`. Measured on an H100 (gpt2's 16384 rows
+/// of 768, bf16; session-h100-2026-12-06-s6): 67.7 us against 79.5 us for `norm_bwd` then
+/// `norm_dw`, and the gpt2-124m step 31.06 against 31.43 ms.
 pub(crate) fn fused_dw_from_env() -> bool {
-    crate::cuda::env_switch("MODELSPEC_NORM_FUSED_DW") == Some(true)
+    crate::cuda::env_switch("MODELSPEC_NORM_FUSED_DW") != Some(false)
 }
 
 impl Kernels {
@@ -303,12 +313,13 @@ mod tests {
     }
 
     #[test]
-    fn warp_rows_take_the_library_width_up_to_eight_vectors_a_lane() {
+    fn warp_rows_take_the_library_width_up_to_four_vectors_a_lane() {
         assert!(warp_rows(768, Dtype::Bf16, 768));
-        assert!(warp_rows(768, Dtype::F32, 768));
-        assert!(warp_rows(2048, Dtype::Bf16, 2048));
-        assert!(!warp_rows(2048, Dtype::F32, 2048));
-        assert!(warp_rows(1024, Dtype::F32, 1024));
+        assert!(!warp_rows(768, Dtype::F32, 768));
+        assert!(warp_rows(1024, Dtype::Bf16, 1024));
+        assert!(!warp_rows(1032, Dtype::Bf16, 1032));
+        assert!(warp_rows(512, Dtype::F32, 512));
+        assert!(!warp_rows(2048, Dtype::Bf16, 2048));
         assert!(!warp_rows(4096, Dtype::Bf16, 4096));
         assert!(warp_rows(100, Dtype::Bf16, 100));
         // Other widths (qk-norms) and libraries without a width keep one block a row.

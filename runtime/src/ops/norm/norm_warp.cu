@@ -1,8 +1,9 @@
 // ---- norm, one warp per row: rows of the instance's width held in a warp's registers ----
 //
 // Rows of exactly MS_D_MODEL elements that fit a warp's registers (at most 8 16-byte vectors a
-// lane: bf16 <= 2048, f32 <= 1024; `NormWarp::OK`, the rule the host's `warp_rows` applies in
-// ops/norm/cuda.rs) run `norm_{fwd,bwd}_warp_{dtype}`: block 256 = 8 rows, warp w of block b owns
+// lane: bf16 <= 2048, f32 <= 1024; `NormWarp::OK`; the host's `warp_rows` in ops/norm/cuda.rs
+// launches them up to 4, where they measured faster than a block a row) run
+// `norm_{fwd,bwd}_warp_{dtype}`: block 256 = 8 rows, warp w of block b owns
 // row 8b + w, and the row's sums are warp shuffles (no shared memory, no __syncthreads), so a
 // block keeps 8 rows in flight where `norm_fwd`/`norm_bwd` keep one and no lane idles at
 // gpt2's 96 vectors a row. When every pointer is 16-byte aligned and the width a multiple of the
