@@ -4,7 +4,7 @@
 # the parity tests of the kernels the changes touch (cuda_kernels: norms, cross-entropy, the
 # per-spec activation/RoPE constants; cuda_epilogue: the bias-gradient epilogue), the gpt2-124m
 # step with its in-step timeline beside torch.compile's, the micro-benches (cuda_bench norm |
-# xent | bgrad), cuda_train, the step with the bias-gradient epilogue off and with the one-pass
+# xent | bgrad), cuda_train, the step with the bias-gradient epilogue on and with the one-pass
 # norm backward on, the decoder and generated models (cuda_decode, generated_*), the user crate
 # (.gpu/modelspec-user-crate, when packed), cuda_eval, cuda_train_state (graph), cuda_checkpoint,
 # `modelspec bench` on the unpadded spec, gpt2 under budget(0.5) beside torch.compile's budget
@@ -30,7 +30,7 @@ grep '"timeline"' $W/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
 run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 tst cuda_train cuda_train X=1
-run ms_gpt2_bgrad_off env MODELSPEC_BGRAD_EPILOGUE=off timeout 60 $B/cuda_train_bench gpt2 specs
+run ms_gpt2_bgrad_on env MODELSPEC_BGRAD_EPILOGUE=on timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_train_bench gpt2 specs
 tst cuda_decode cuda_decode X=1
 tst generated_model_cuda generated_model_cuda X=1

@@ -3,10 +3,11 @@
 //! each timed three ways: the GEMM alone (`"path": "gemm"`), the GEMM then the deterministic
 //! column sum as the trainer ran them before (`"gemm+colsum"`), and the GEMM with cuBLASLt's
 //! BGRADB epilogue (`"epilogue"`, or `"unsupported"` where cuBLASLt has no algorithm). The
-//! epilogue row also names the way `Gemm::run_weight_grad`'s measured policy picks for the shape
-//! (`"trainer_picks"`); the last line adds the rows up for a step (12 layers): both ways, what
-//! the trainer runs, and the time it saves. Medians of 20 event-timed runs after 3 warm-ups, on
-//! random (never zero) data.
+//! epilogue row also names the way `Gemm::run_weight_grad` takes for the shape under the
+//! trainer's policy, `MODELSPEC_BGRAD_EPILOGUE` (`"trainer_picks"`: `Apart` unless it is `on`);
+//! the last line adds the rows up for a step (12 layers): both ways, what the trainer runs
+//! (`"trainer_policy"`), and the time that saves over the column sum. Medians of 20 event-timed
+//! runs after 3 warm-ups, on random (never zero) data.
 
 use modelspec_runtime::cuda::{
     BiasGradPath, BiasGradPolicy, CudaError, Dtype, Epilogue, Gpu, Kernels, ReduceScratch,
@@ -37,7 +38,8 @@ pub fn bench_bgrad(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     let sc = ReduceScratch::new(scratch.ptr(), bytes);
     let kernels = Kernels::load(gpu, "bench_bgrad", &[64], Default::default())?;
     let gemm = gpu.gemm()?;
-    gemm.set_bias_grad_policy(BiasGradPolicy::Measured);
+    let policy = BiasGradPolicy::from_env();
+    gemm.set_bias_grad_policy(policy);
     let time = |f: &dyn Fn() -> Result<(), CudaError>| timed(gpu, 20, f);
     let (mut apart_step, mut fused_step, mut trainer_step) = (0.0, 0.0, 0.0);
     for (name, out, inp) in SHAPES {
@@ -63,7 +65,7 @@ pub fn bench_bgrad(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             "{{{row}, \"path\": \"gemm+colsum\", \"ms\": {apart_ms:.4}, \"colsum_ms\": {:.4}, \"colsum_GB_s\": {gbs:.0}}}",
             apart_ms - gemm_ms
         );
-        // The way the trainer's measured policy takes (db must hold zeros on entry).
+        // The way the trainer's policy takes (db must hold zeros on entry).
         // SAFETY: db is `out` f32 elements of this benchmark's own.
         unsafe { gpu.memset_raw(db.ptr(), out * 4) }?;
         // SAFETY: as above.
@@ -98,7 +100,7 @@ pub fn bench_bgrad(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             };
     }
     println!(
-        "{{\"bgrad\": \"gpt2_step_total\", \"layers\": {layers}, \"gemm_colsum_ms\": {apart_step:.3}, \"epilogue_ms\": {fused_step:.3}, \"trainer_ms\": {trainer_step:.3}, \"saved_ms\": {:.3}}}",
+        "{{\"bgrad\": \"gpt2_step_total\", \"layers\": {layers}, \"trainer_policy\": \"{policy:?}\", \"gemm_colsum_ms\": {apart_step:.3}, \"epilogue_ms\": {fused_step:.3}, \"trainer_ms\": {trainer_step:.3}, \"saved_ms\": {:.3}}}",
         apart_step - trainer_step
     );
     Ok(())

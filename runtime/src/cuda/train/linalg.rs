@@ -116,10 +116,10 @@ impl Step<'_> {
 
     /// A projection's weight and bias gradients: `C[m, n]` (f32) `= A^T B` as [`Step::mm_grad`]
     /// with beta 0, and `bias[i] = Σ_rows A[r, i]` (m f32 values; 0: no bias), A `[k, m]` (row
-    /// stride `lda`) being d(the projection's output). The bias gradient comes from the GEMM's
-    /// epilogue or, after a plain GEMM, from the deterministic column sum, whichever
-    /// [`Gemm::run_weight_grad`](super::super::gemm::Gemm::run_weight_grad) picks for the
-    /// shape. Gradients are zeroed at the start of a step and each bias belongs to one kernel,
+    /// stride `lda`) being d(the projection's output). The bias gradient comes from the
+    /// deterministic column sum after a plain GEMM or, under `MODELSPEC_BGRAD_EPILOGUE=on`, from
+    /// the GEMM's epilogue ([`Gemm::run_weight_grad`](super::super::gemm::Gemm::run_weight_grad)).
+    /// Gradients are zeroed at the start of a step and each bias belongs to one kernel,
     /// so writing it (the epilogue) and adding to it (the column sum) agree.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn mm_grad_bias(

@@ -223,9 +223,8 @@ pub struct Gemm {
     /// Planned shapes; `None` where cuBLASLt has no algorithm for a fused epilogue (the caller
     /// then runs its unfused path).
     plans: Mutex<BTreeMap<PlanKey, Option<Plan>>>,
-    /// Where a weight gradient's bias gradient goes ([`BiasGradPolicy`]), and what the measured
-    /// policy chose per (bf16, shape).
-    bgrad: Mutex<bgrad::Choices>,
+    /// Where a weight gradient's bias gradient goes ([`BiasGradPolicy`]).
+    bgrad: Mutex<BiasGradPolicy>,
 }
 
 // SAFETY: the handle is used only on the Gpu's single stream.
@@ -245,7 +244,7 @@ impl Gemm {
             handle,
             workspace,
             plans: Mutex::new(BTreeMap::new()),
-            bgrad: Mutex::new(bgrad::Choices::from_env()),
+            bgrad: Mutex::new(BiasGradPolicy::from_env()),
         })
     }
 
