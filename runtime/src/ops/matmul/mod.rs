@@ -1,4 +1,5 @@
-//! Matrix products through the `gemm` crate: the only place the runtime multiplies matrices.
+//! Matrix products through the `gemm` family's f32 and f64 kernels (`gemm-f32`, `gemm-f64`): the
+//! only place the runtime multiplies matrices.
 //!
 //! `c[m, n] = beta·c + alpha · a[m, k] · b[k, n]` over strided views (`beta` is 0 or 1). Every
 //! other op calls these; none has its own matmul loop. Inside a rayon worker (attention's per-head
@@ -8,7 +9,9 @@
 //! The folder holds the op on both back ends: this file (the CPU's strided [`View`] products) and
 //! `cuda.rs` (cuBLASLt's, over the same row-major convention: [`cuda::RowMajorGemm`]).
 
-use gemm::Parallelism;
+use std::any::TypeId;
+
+use gemm_common::Parallelism;
 
 use crate::tensor::Float;
 
@@ -148,28 +151,41 @@ pub unsafe fn matmul_raw<T: Float>(
     accumulate: bool,
     alpha: T,
 ) {
+    // SAFETY: the caller's promise on the extents; `T` is f32 or f64 (checked), so the casts
+    // only rename the pointers' and scalars' type.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c,
-            1,
-            c_rs as isize,
-            accumulate,
-            a,
-            a_cs as isize,
-            a_rs as isize,
-            b,
-            b_cs as isize,
-            b_rs as isize,
-            T::ONE,
-            alpha,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
+        macro_rules! call {
+            ($kernels:path, $t:ty) => {
+                $kernels()(
+                    m,
+                    n,
+                    k,
+                    c as *mut $t,
+                    1,
+                    c_rs as isize,
+                    accumulate,
+                    a as *const $t,
+                    a_cs as isize,
+                    a_rs as isize,
+                    b as *const $t,
+                    b_cs as isize,
+                    b_rs as isize,
+                    *(&T::ONE as *const T as *const $t),
+                    *(&alpha as *const T as *const $t),
+                    false,
+                    false,
+                    false,
+                    parallelism(),
+                )
+            };
+        }
+        if TypeId::of::<T>() == TypeId::of::<f32>() {
+            call!(gemm_f32::gemm::f32::get_gemm_fn, f32)
+        } else if TypeId::of::<T>() == TypeId::of::<f64>() {
+            call!(gemm_f64::gemm::f64::get_gemm_fn, f64)
+        } else {
+            unreachable!("matmul on {}: only f32 and f64", std::any::type_name::<T>())
+        }
     }
 }
 
