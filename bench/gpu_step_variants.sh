@@ -5,12 +5,14 @@
 # per-spec activation/RoPE constants; cuda_epilogue: the bias-gradient epilogue), the gpt2-124m
 # step with its in-step timeline beside torch.compile's, the micro-benches (cuda_bench norm |
 # xent | bgrad), cuda_train, the step with the bias-gradient epilogue on and with the one-pass
-# norm backward on, the decoder and generated models (cuda_decode, generated_*), the user crate
+# norm backward off, the decoder and generated models (cuda_decode, generated_*), the user crate
 # (.gpu/modelspec-user-crate, when packed), cuda_eval, cuda_train_state (graph), cuda_checkpoint,
 # `modelspec bench` on the unpadded spec, gpt2 under budget(0.5) beside torch.compile's budget
-# 0.5, and cuda_train with the one-pass norm backward.
+# 0.5, and cuda_train with the one-pass norm backward off.
 # Expects .gpu/bins.tgz (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device:
 #   OUT=<dir> bash bench/gpu_step_variants.sh
+# After a call cut short, FROM=<item> (a name of summary.txt, e.g. FROM=ms_gpt2_tl) starts the
+# next call at that item.
 set -u
 # Everything goes to $W and is packed into $OUT/all.tgz after each item: a call returns a limited
 # number of files (8), and an archive refreshed as it goes survives a cut-short call.
@@ -21,12 +23,14 @@ CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cu
 nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader | tee $W/gpu.txt
 t0=$(date +%s); el() { echo "($(( $(date +%s) - t0 )) s)"; }
 pack() { tar czf $OUT/all.tgz.tmp -C $W . && mv $OUT/all.tgz.tmp $OUT/all.tgz; }
-tst() { local t=$1 name=$2; shift 2; env "$@" timeout 150 $B/$t --test-threads=1 --nocapture --include-ignored > $W/$name.log 2>&1; echo "$name exit $? $(el) $(grep -E '^test result' $W/$name.log | tail -1 | cut -c1-60)" | tee -a $W/summary.txt; pack; }
-run() { local name=$1; shift; echo "== $name $(el)"; "$@" > $W/$name.jsonl 2>> $W/err.log; echo "exit $?"; grep -v '"timeline"' $W/$name.jsonl | cut -c1-330; pack; }
+started=${FROM:+0}; started=${started:-1}
+go() { [ "$started" = 1 ] || [ "$1" = "${FROM:-}" ] && started=1; [ "$started" = 1 ]; }
+tst() { local t=$1 name=$2; shift 2; go "$name" || return 0; env "$@" timeout 150 $B/$t --test-threads=1 --nocapture --include-ignored > $W/$name.log 2>&1; echo "$name exit $? $(el) $(grep -E '^test result' $W/$name.log | tail -1 | cut -c1-60)" | tee -a $W/summary.txt; pack; }
+run() { local name=$1; shift; go "$name" || return 0; echo "== $name $(el)"; "$@" > $W/$name.jsonl 2>> $W/err.log; echo "$name exit $? $(el)" | tee -a $W/summary.txt; grep -v '"timeline"' $W/$name.jsonl | cut -c1-330; pack; }
 tst cuda_kernels cuda_kernels X=1
 tst cuda_epilogue cuda_epilogue X=1
 run ms_gpt2_tl env TIMELINE=1 timeout 100 $B/cuda_train_bench gpt2 specs
-grep '"timeline"' $W/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
+[ -f $W/ms_gpt2_tl.jsonl ] && grep '"timeline"' $W/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
 run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 tst cuda_train cuda_train X=1
@@ -35,7 +39,7 @@ run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_trai
 tst cuda_decode cuda_decode X=1
 tst generated_model_cuda generated_model_cuda X=1
 tst generated_cuda generated_cuda X=1
-if [ -x .gpu/modelspec-user-crate ]; then
+if [ -x .gpu/modelspec-user-crate ] && go user_crate; then
     timeout 120 .gpu/modelspec-user-crate tests/fixtures/llama > $W/user_crate.log 2>&1
     echo "user_crate exit $? $(el)" | tee -a $W/summary.txt; pack
 fi
