@@ -23,7 +23,9 @@ pub(super) struct Shape {
     /// Row stride of the logits chunk ([`modelspec_dsl::codegen::logits_stride`]: `vp` rounded
     /// up so that every row is aligned).
     pub ld: usize,
-    /// Rows of logits materialised at once (at most 512 MiB of them).
+    /// Rows of logits materialised at once: at most 512 MiB of them, the rows split evenly
+    /// between the fewest chunks that respect that (gpt2-124m's 16384 rows: 4 x 4096, not 3 x
+    /// 5336 + 376, whose last GEMMs would run a sliver of the tensor cores' tiles).
     pub chunk: usize,
 }
 
@@ -39,9 +41,16 @@ impl Shape {
             es,
             vp,
             ld,
-            chunk: ((512usize << 20) / (ld.max(1) * es)).clamp(64, n.max(64)),
+            chunk: logits_chunk(n, ld * es),
         }
     }
+}
+
+/// The logits chunk's rows for `n` token rows of `row_bytes` each (see [`Shape::chunk`]): the
+/// fewest chunks of at most 512 MiB (and at least 64 rows), the rows spread evenly over them.
+fn logits_chunk(n: usize, row_bytes: usize) -> usize {
+    let most = ((512usize << 20) / row_bytes.max(1)).clamp(64, n.max(64));
+    n.div_ceil(n.div_ceil(most).max(1)).max(1)
 }
 
 /// One layer's buffers (0 where the layer has no such tensor). Buffers the layer does not keep
@@ -416,6 +425,41 @@ mod tests {
         let s = Shape::new(2, 24, 96, 4, spec.vocab_padded as usize);
         let lay = layout(&cfg, &s, saves, &[], 1 << 20);
         (cfg, s, lay)
+    }
+
+    #[test]
+    fn logits_chunks_are_even_and_bounded() {
+        // gpt2-124m, bf16, B16 T1024: 5336 rows fit 512 MiB; 4 chunks of 4096.
+        let gpt2 = Shape::new(16, 1024, 768, 2, 50304);
+        assert_eq!((gpt2.ld, gpt2.chunk), (50304, 4096));
+        // llama-3.2-1b, bf16, B8 T2048: 2093 rows fit; 8 chunks of 2048.
+        assert_eq!(Shape::new(8, 2048, 2048, 2, 128256).chunk, 2048);
+        // Uneven: 10000 rows, 3000 fit: 4 chunks of 2500.
+        assert_eq!(logits_chunk(10000, (512 << 20) / 3000), 2500);
+        // Few rows: one chunk of all of them; a tiny vocabulary: one chunk.
+        assert_eq!(logits_chunk(48, 1 << 30), 48);
+        assert_eq!(logits_chunk(48, 256), 48);
+        for n in [1, 63, 64, 65, 4097, 16384, 100_000] {
+            for row_bytes in [256, 100_608, 256_512, 1 << 30] {
+                let chunk = logits_chunk(n, row_bytes);
+                let most = ((512usize << 20) / row_bytes).max(64);
+                assert!(
+                    chunk >= 1 && chunk <= most.max(n.min(64)),
+                    "{n} {row_bytes}"
+                );
+                // The fewest chunks the bound allows, none of them empty.
+                let chunks = n.div_ceil(chunk);
+                assert!(
+                    chunk * (chunks - 1) < n && chunk * chunks >= n,
+                    "{n} {row_bytes}"
+                );
+                assert_eq!(
+                    chunks,
+                    n.div_ceil(most.min(n.max(64)).max(1)).max(1),
+                    "{n} {row_bytes}"
+                );
+            }
+        }
     }
 
     /// (pointer, bytes) of a layer's buffers that exist, by name.
