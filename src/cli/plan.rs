@@ -102,9 +102,8 @@ fn write_curve(
     points: &[plan::CurvePoint],
     chosen: &plan::Plan,
 ) -> anyhow::Result<()> {
-    use modelspec_runtime::train::plot::{FAMILY, register_font};
+    use modelspec_runtime::train::plot::{Bitmap, FAMILY, save_png};
     use plotters::prelude::*;
-    register_font()?;
     let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
     let tflop = |f: u64| f as f64 / 1e12;
     let feasible: Vec<(f64, f64, f64)> = points
@@ -119,8 +118,7 @@ fn write_curve(
         .collect();
     let max_mem = gib(chosen.none_activation_bytes).max(1e-9) * 1.05;
     let max_flops = tflop(chosen.full_recompute_flops).max(1e-9) * 1.05;
-    let draw = |tmp: &std::path::Path| -> Result<(), Box<dyn std::error::Error>> {
-        let root = BitMapBackend::new(tmp, (960, 640)).into_drawing_area();
+    let draw = |root: Bitmap<'_>| -> Result<(), Box<dyn std::error::Error>> {
         root.fill(&WHITE)?;
         let caption = format!(
             "{model}: checkpoint budgets, batch {} x seq {}",
@@ -161,9 +159,7 @@ fn write_curve(
         root.present()?;
         Ok(())
     };
-    // Drawn into a temporary file beside `path` and renamed over it: a failure leaves no fragment.
-    modelspec_runtime::io::write_atomic_with(path, |tmp| {
-        draw(tmp).map_err(|e| std::io::Error::other(e.to_string()))
-    })?;
+    // Written to a temporary file beside `path` and renamed over it: a failure leaves no fragment.
+    save_png(path, (960, 640), draw)?;
     Ok(())
 }
