@@ -182,6 +182,8 @@ where
     chart
         .configure_mesh()
         .x_desc("step")
+        // Whole steps only: a short run gets one label a step, not repeated rounded ones.
+        .x_labels((x_max as usize + 1).min(10))
         .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("loss (nats/token)")
         .label_style((FAMILY, 14))
