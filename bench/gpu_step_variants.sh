@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # One device call for issue 11's step work and the GPU side of the session's changes, most
 # important first (whatever it wrote under $OUT comes back even when the call is cut short):
-# the parity tests of the kernels the changes touch (cuda_kernels: norms, cross-entropy, the
-# per-spec activation/RoPE constants; cuda_epilogue: the bias-gradient epilogue), the gpt2-124m
-# step with its in-step timeline beside torch.compile's, the micro-benches (cuda_bench norm |
-# xent | bgrad), cuda_train, the step with the bias-gradient epilogue on and with the one-pass
-# norm backward off, the decoder and generated models (cuda_decode, generated_*), the user crate
-# (.gpu/modelspec-user-crate, when packed), cuda_eval, cuda_train_state (graph), cuda_checkpoint,
-# `modelspec bench` on the unpadded spec, gpt2 under budget(0.5) beside torch.compile's budget
-# 0.5, and cuda_train with the one-pass norm backward off.
+# parity of the kernels and the trainer (cuda_kernels, cuda_epilogue, cuda_train, and cuda_train
+# with the head in 7-row sub-chunks), the gpt2-124m step with its in-step timeline beside
+# torch.compile's, the head's sub-chunk sizes, the micro-benches (cuda_bench norm | xent | bgrad),
+# the step with the bias-gradient epilogue on and the one-pass norm backward off, llama-3.2-1b
+# beside torch.compile, the decoder and generated models (cuda_decode, generated_*), the user
+# crate (.gpu/modelspec-user-crate, when packed), cuda_eval, cuda_train_state (graph),
+# cuda_checkpoint, `modelspec bench` on the unpadded spec, gpt2 under budget(0.5) beside
+# torch.compile's budget 0.5, and cuda_train with the one-pass norm backward off.
 # Expects .gpu/bins.tgz (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device:
 #   OUT=<dir> bash bench/gpu_step_variants.sh
 # After a call cut short, FROM=<item> (a name of summary.txt, e.g. FROM=ms_gpt2_tl) starts the
@@ -29,13 +29,18 @@ tst() { local t=$1 name=$2; shift 2; go "$name" || return 0; env "$@" timeout 15
 run() { local name=$1; shift; go "$name" || return 0; echo "== $name $(el)"; "$@" > $W/$name.jsonl 2>> $W/err.log; echo "$name exit $? $(el)" | tee -a $W/summary.txt; grep -v '"timeline"' $W/$name.jsonl | cut -c1-330; pack; }
 tst cuda_kernels cuda_kernels X=1
 tst cuda_epilogue cuda_epilogue X=1
+tst cuda_train cuda_train X=1
+# The head in sub-chunks (MODELSPEC_HEAD_SUB_ROWS): 7 rows split every test's chunk unevenly.
+tst cuda_train cuda_train_sub7 MODELSPEC_HEAD_SUB_ROWS=7
 run ms_gpt2_tl env TIMELINE=1 timeout 100 $B/cuda_train_bench gpt2 specs
 [ -f $W/ms_gpt2_tl.jsonl ] && grep '"timeline"' $W/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
 run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
+for r in 128 256 512 1024; do run ms_gpt2_sub$r env MODELSPEC_HEAD_SUB_ROWS=$r timeout 60 $B/cuda_train_bench gpt2 specs; done
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
-tst cuda_train cuda_train X=1
 run ms_gpt2_bgrad_on env MODELSPEC_BGRAD_EPILOGUE=on timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_train_bench gpt2 specs
+run ms_llama1b timeout 100 $B/cuda_train_bench llama1b specs
+run torch_llama1b_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py llama1b compile
 tst cuda_decode cuda_decode X=1
 tst generated_model_cuda generated_model_cuda X=1
 tst generated_cuda generated_cuda X=1
