@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # One device call for issue 11's step work and the GPU side of the session's changes, most
 # important first (whatever it wrote under $OUT comes back even when the call is cut short):
-# parity of the kernels and the trainer (cuda_kernels, cuda_epilogue, cuda_train, and cuda_train
-# with the head in 7-row sub-chunks), the gpt2-124m step with its in-step timeline beside
-# torch.compile's, the head's sub-chunk sizes, the micro-benches (cuda_bench norm | xent | bgrad),
+# parity of the kernels and the trainer (cuda_kernels, cuda_epilogue, cuda_train), the gpt2-124m
+# step with its in-step timeline beside torch.compile's, the micro-benches (cuda_bench norm | xent | bgrad),
 # the step with the bias-gradient epilogue on and the one-pass norm backward off, llama-3.2-1b
 # beside torch.compile, the decoder and generated models (cuda_decode, generated_*), the user
 # crate (.gpu/modelspec-user-crate, when packed), cuda_eval, cuda_train_state (graph),
@@ -30,12 +29,9 @@ run() { local name=$1; shift; go "$name" || return 0; echo "== $name $(el)"; "$@
 tst cuda_kernels cuda_kernels X=1
 tst cuda_epilogue cuda_epilogue X=1
 tst cuda_train cuda_train X=1
-# The head in sub-chunks (MODELSPEC_HEAD_SUB_ROWS): 7 rows split every test's chunk unevenly.
-tst cuda_train cuda_train_sub7 MODELSPEC_HEAD_SUB_ROWS=7
 run ms_gpt2_tl env TIMELINE=1 timeout 100 $B/cuda_train_bench gpt2 specs
 [ -f $W/ms_gpt2_tl.jsonl ] && grep '"timeline"' $W/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
 run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
-for r in 128 256 512 1024; do run ms_gpt2_sub$r env MODELSPEC_HEAD_SUB_ROWS=$r timeout 60 $B/cuda_train_bench gpt2 specs; done
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 run ms_gpt2_bgrad_on env MODELSPEC_BGRAD_EPILOGUE=on timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_train_bench gpt2 specs

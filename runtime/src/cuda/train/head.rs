@@ -40,57 +40,47 @@ impl Step<'_> {
         let (vocab, vp, ld) = (spec.vocab as usize, self.s.vp, self.s.ld);
         let dscale = 1.0 / self.valid_targets as f32;
         let softcap = spec.logits.softcap.unwrap_or(0.0) as f32;
-        // A chunk of rows at a time; inside it, `sub` rows at a time through the classifier,
-        // the loss and d(input), and one weight-gradient GEMM for the whole chunk.
         let mut r0 = 0;
         while r0 < n {
             let rows = self.s.chunk.min(n - r0);
-            let mut s0 = 0;
-            while s0 < rows {
-                let sub = self.s.sub.max(1).min(rows - s0);
-                let (r, logits) = (r0 + s0, bf.logits + (s0 * ld) as u64 * es);
-                let x = bf.lnf + (r * c) as u64 * es;
-                // Rows of `ld` (aligned) hold the `vp` logits.
-                let g = RowMajorGemm {
-                    ldc: ld,
-                    ..RowMajorGemm::linear(sub, vp, c)
-                };
-                // SAFETY: x, head and the logits rows are views into this trainer's arenas,
-                // sized at construction for `chunk` rows of `c` and `ld`.
-                unsafe { self.gemm.linear_as(dt, &g, x, head, head_bias, logits) }?;
-                if let Some(out) = capture.as_deref_mut() {
-                    self.capture_logits(out, logits, sub, vocab, softcap)?;
-                }
-                // The softmax spans the padded vocabulary, as the CPU executor's and the
-                // exported HF model's (whose `vocab_size` is the padded one) do: pad columns are
-                // logits like any other, and their rows of the head learn to stay below the
-                // real ones.
-                k.xent(
-                    dt,
-                    logits,
-                    self.loss_rows.at(r),
-                    self.targets + (r * 4) as u64,
-                    sub,
-                    vp,
-                    ld,
-                    softcap,
-                    Some(dscale),
-                )?;
-                self.mm(
-                    sub,
-                    c,
-                    vp,
-                    logits,
-                    ld,
-                    head,
-                    c,
-                    bf.dlnf + (r * c) as u64 * es,
-                    c,
-                    0.0,
-                )?;
-                s0 += sub;
-            }
             let x = bf.lnf + (r0 * c) as u64 * es;
+            // Rows of `ld` (aligned) hold the `vp` logits.
+            let g = RowMajorGemm {
+                ldc: ld,
+                ..RowMajorGemm::linear(rows, vp, c)
+            };
+            // SAFETY: x, head and the logits chunk are views into this trainer's arenas, sized
+            // at construction for `rows <= chunk` rows of `c` and `ld`.
+            unsafe { self.gemm.linear_as(dt, &g, x, head, head_bias, bf.logits) }?;
+            if let Some(out) = capture.as_deref_mut() {
+                self.capture_logits(out, rows, vocab, softcap)?;
+            }
+            // The softmax spans the padded vocabulary, as the CPU executor's and the exported
+            // HF model's (whose `vocab_size` is the padded one) do: pad columns are logits like
+            // any other, and their rows of the head learn to stay below the real ones.
+            k.xent(
+                dt,
+                bf.logits,
+                self.loss_rows.at(r0),
+                self.targets + (r0 * 4) as u64,
+                rows,
+                vp,
+                ld,
+                softcap,
+                Some(dscale),
+            )?;
+            self.mm(
+                rows,
+                c,
+                vp,
+                bf.logits,
+                ld,
+                head,
+                c,
+                bf.dlnf + (r0 * c) as u64 * es,
+                c,
+                0.0,
+            )?;
             self.mm_grad(vp, c, rows, bf.logits, ld, x, c, dhead, 1.0)?;
             if head_bias != 0 {
                 let db = self.p.g("lm_head.bias");
@@ -112,22 +102,20 @@ impl Step<'_> {
         Ok(g)
     }
 
-    /// Downloads `rows` rows of logits at `logits` and appends their `vocab` valid columns as
-    /// f32. The kernels keep the logits before the final softcap (the loss kernel applies it); the
+    /// Downloads the logits chunk (`rows` rows) and appends its `vocab` valid columns as f32.
+    /// The kernels keep the logits before the final softcap (the loss kernel applies it); the
     /// captured logits are the model's output, after it.
     fn capture_logits(
         &self,
         out: &mut Vec<f32>,
-        logits: DevPtr,
         rows: usize,
         vocab: usize,
         softcap: f32,
     ) -> Result<()> {
         let es = self.es as usize;
         let ld = self.s.ld;
-        // SAFETY: `logits` is `rows * ld` elements inside the logits chunk of this trainer's
-        // arena.
-        let raw = unsafe { self.gpu.download_raw(logits, rows * ld * es) }?;
+        // SAFETY: the logits chunk is `rows * ld` elements of this trainer's arena.
+        let raw = unsafe { self.gpu.download_raw(self.buf.logits, rows * ld * es) }?;
         let cap = |x: f32| {
             if softcap > 0.0 {
                 softcap * (x / softcap).tanh()

@@ -27,37 +27,6 @@ pub(super) struct Shape {
     /// between the fewest chunks that respect that (gpt2-124m's 16384 rows: 4 x 4096, not 3 x
     /// 5336 + 376, whose last GEMMs would run a sliver of the tensor cores' tiles).
     pub chunk: usize,
-    /// Rows of the head's classifier GEMM, loss pass and input-gradient GEMM at once, inside a
-    /// chunk whose weight gradient is one GEMM (`chunk` by default; see [`head_sub_rows`]).
-    pub sub: usize,
-}
-
-/// The head's sub-chunk rows for chunks of `chunk` rows: `MODELSPEC_HEAD_SUB_ROWS=<rows>`
-/// runs the classifier GEMM, the loss pass and the input-gradient GEMM on that many rows at a
-/// time (so that a sub-chunk's logits can still be in L2 when the loss pass and the second GEMM
-/// read them: about 256 rows of GPT-2's 50304 bf16 columns fill half of an H100's L2), while the
-/// weight gradient stays one GEMM a chunk (its f32 accumulator is read and written once a
-/// chunk). Unset, empty or 0: the whole chunk at once, as before. Not yet measured: the switch
-/// exists so that one device call can time several sizes (bench/NOTES.md).
-pub(super) fn head_sub_rows(chunk: usize) -> std::result::Result<usize, String> {
-    sub_rows(
-        std::env::var("MODELSPEC_HEAD_SUB_ROWS").ok().as_deref(),
-        chunk,
-    )
-}
-
-/// [`head_sub_rows`] of a value of the variable (`None`: unset).
-fn sub_rows(value: Option<&str>, chunk: usize) -> std::result::Result<usize, String> {
-    match value.map(str::trim) {
-        None | Some("" | "0") => Ok(chunk),
-        Some(v) => match v.parse::<usize>() {
-            Ok(rows) => Ok(rows.min(chunk)),
-            Err(_) => Err(format!(
-                "MODELSPEC_HEAD_SUB_ROWS={v:?}: give a number of rows (e.g. 256), or 0 for whole \
-                 chunks"
-            )),
-        },
-    }
 }
 
 impl Shape {
@@ -73,7 +42,6 @@ impl Shape {
             vp,
             ld,
             chunk: logits_chunk(n, ld * es),
-            sub: logits_chunk(n, ld * es),
         }
     }
 }
@@ -457,20 +425,6 @@ mod tests {
         let s = Shape::new(2, 24, 96, 4, spec.vocab_padded as usize);
         let lay = layout(&cfg, &s, saves, &[], 1 << 20);
         (cfg, s, lay)
-    }
-
-    #[test]
-    fn head_sub_rows_read_the_variable() {
-        assert_eq!(sub_rows(None, 4096), Ok(4096));
-        assert_eq!(sub_rows(Some("0"), 4096), Ok(4096));
-        assert_eq!(sub_rows(Some(""), 4096), Ok(4096));
-        assert_eq!(sub_rows(Some(" 256 "), 4096), Ok(256));
-        assert_eq!(sub_rows(Some("9000"), 4096), Ok(4096));
-        let err = sub_rows(Some("lots"), 4096).unwrap_err();
-        assert!(
-            err.contains("MODELSPEC_HEAD_SUB_ROWS") && err.contains("256"),
-            "{err}"
-        );
     }
 
     #[test]

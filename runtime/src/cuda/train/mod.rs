@@ -221,14 +221,13 @@ impl GpuTrainer {
         let kernels = Kernels::for_spec(gpu, spec)?;
         let gemm = gpu.gemm()?;
         let params = ParamArena::new(gpu, &kernels, spec, dt, seed)?;
-        let mut shape = Shape::new(
+        let shape = Shape::new(
             batch,
             seq,
             spec.d_model as usize,
             dt.bytes(),
             spec.vocab_padded as usize,
         );
-        shape.sub = layout::head_sub_rows(shape.chunk).map_err(unsupported)?;
         // One table pair per distinct RoPE, one slope buffer per distinct ALiBi head count.
         let tables = PositionTables::new(gpu, spec)?;
         let mut ropes: Vec<RopeTable> = Vec::with_capacity(tables.ropes.len());
