@@ -33,6 +33,9 @@ run ms_gpt2_tl env TIMELINE=1 timeout 100 $B/cuda_train_bench gpt2 specs
 [ -f $W/ms_gpt2_tl.jsonl ] && grep '"timeline"' $W/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
 run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
+# Where the norm backward (2.2 TB/s of ~3) loses time: ncu's throughput, memory and occupancy
+# sections for its first launches in `cuda_bench norm` (text, not JSON).
+run ncu_norm_bwd timeout 120 ncu --clock-control none --kernel-name regex:norm_bwd --launch-count 6 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats $B/cuda_bench norm
 run ms_gpt2_bgrad_on env MODELSPEC_BGRAD_EPILOGUE=on timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_llama1b timeout 100 $B/cuda_train_bench llama1b specs
