@@ -2,6 +2,7 @@
 # One device call of speed measurements, each beside its PyTorch baseline in the same call:
 #   ATTN=1: attention fwd and fwd+bwd on attn_bench.py's four shapes: the own mma kernels and
 #           cuDNN through modelspec (cuda_bench cudnn), and every SDPA backend (attn_backends.py);
+#           CUDNN_CONFIGS="1 2" also times cuDNN's later engine configs (MODELSPEC_CUDNN_CONFIG);
 #   TRAIN="gpt2 llama1b mixtral_small": a training step of modelspec's GPU trainer
 #           (cuda_train_bench) and torch_train_bench.py in TORCH_MODES (default: compile; plus
 #           eager for mixtral_small);
@@ -25,6 +26,10 @@ el() { echo "($(( $(date +%s) - t0 )) s)"; }
 timeout 120 "$B/cuda_bench" gemm > "$W/ms_gemm.jsonl" 2>> "$W/err.log"; echo "gemm exit $? $(el)"
 if [ -n "${ATTN:-}" ]; then
     timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn exit $? $(el)"
+    # cuDNN's other engine configs, shape by shape (rows with "config": k; not in session.json).
+    for k in ${CUDNN_CONFIGS:-}; do
+        MODELSPEC_CUDNN_CONFIG=$k timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn_config$k.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn config $k exit $? $(el)"
+    done
     timeout 180 python3 "$ANCH/attn_backends.py" > "$W/sdpa_backends.jsonl" 2>> "$W/err.log"; echo "attn_backends exit $? $(el)"
 fi
 for m in ${TRAIN:-}; do

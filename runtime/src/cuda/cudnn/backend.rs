@@ -358,7 +358,8 @@ impl GraphBuilder {
     }
 
     /// Builds the operation graph, asks the heuristics (mode A) for engine configs and finalizes
-    /// the first that works. Returns the plan, its workspace bytes and the engine's global index.
+    /// the first that works ([`config_choice`] picks a later one, for measuring them). Returns the
+    /// plan, its workspace bytes and the engine's global index.
     pub(crate) fn finalize_plan(
         self,
         handle: sys::cudnnHandle_t,
@@ -377,12 +378,15 @@ impl GraphBuilder {
         // support checks; the first error of those that remain is the one reported.
         let cfgs = engine_configs(&og, sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A)?;
         let tried = cfgs.len();
+        let pick = config_choice()?;
+        let mut viable = 0;
         let mut first_err: Option<String> = None;
         for cfg in &cfgs {
             let plan = Desc::new(DescType::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
             plan.set_handle(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)?;
             plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg)?;
             match plan.finalize() {
+                Ok(()) if viable < pick => viable += 1,
                 Ok(()) => {
                     let workspace = plan.get_i64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?;
                     let engine = engine_index(cfg).unwrap_or(-1);
@@ -400,6 +404,17 @@ impl GraphBuilder {
                 }
             }
         }
+        if viable > 0 {
+            return Err(CudnnError::NoEngine {
+                graph,
+                shape,
+                why: format!(
+                    "MODELSPEC_CUDNN_CONFIG={pick} asks for the engine config after the first \
+                     {pick}, and only {viable} of the heuristics' {tried} finalize; unset it \
+                     (or 0) for the first"
+                ),
+            });
+        }
         let last_err = first_err.unwrap_or_else(|| {
             "no viable engine config (cuDNN's log explains: CUDNN_LOGLEVEL_DBG=2 CUDNN_LOGDEST_DBG=stderr)".into()
         });
@@ -408,6 +423,28 @@ impl GraphBuilder {
             shape,
             why: format!("{tried} config(s) tried, first error: {last_err}"),
         })
+    }
+}
+
+/// Which of the engine configs that finalize a plan takes, in the heuristics' order:
+/// `MODELSPEC_CUDNN_CONFIG=<k>` skips the first k (unset, empty or 0: the first, the
+/// heuristics' choice and PyTorch's). For timing the alternatives shape by shape (`cuda_bench
+/// cudnn` in bench/gpu_bench.sh's `CUDNN_CONFIGS`), not for training runs: another config may
+/// round differently.
+fn config_choice() -> Result<usize> {
+    parse_config_choice(std::env::var("MODELSPEC_CUDNN_CONFIG").ok().as_deref())
+}
+
+/// [`config_choice`] of a value of the variable (`None`: unset).
+fn parse_config_choice(value: Option<&str>) -> Result<usize> {
+    match value.map(str::trim) {
+        None | Some("") => Ok(0),
+        Some(v) => v.parse().map_err(|_| {
+            CudnnError::Unsupported(format!(
+                "MODELSPEC_CUDNN_CONFIG={v:?} (it takes the index of an engine config; 0 is the \
+                 heuristics' first)"
+            ))
+        }),
     }
 }
 
@@ -531,5 +568,22 @@ impl BuiltPlan {
             unsafe { sys::cudnnBackendExecute(handle, self.plan.raw, vp.raw) },
             || "executing a plan".into(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_config_choice;
+
+    #[test]
+    fn the_config_choice_reads_an_index() {
+        assert_eq!(parse_config_choice(None).unwrap(), 0);
+        assert_eq!(parse_config_choice(Some("")).unwrap(), 0);
+        assert_eq!(parse_config_choice(Some(" 2 ")).unwrap(), 2);
+        let err = parse_config_choice(Some("fast")).unwrap_err().to_string();
+        assert!(
+            err.contains("MODELSPEC_CUDNN_CONFIG") && err.contains("index"),
+            "{err}"
+        );
     }
 }
