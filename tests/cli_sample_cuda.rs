@@ -4,17 +4,19 @@
 //! fixtures with a feature the GPU lacks fail cleanly, naming it. In bf16 every supported
 //! fixture decodes, and the ids that agree with transformers' are counted (not asserted: a bf16
 //! logit rounding may flip a near tie). Without a GPU, `--device cuda` is a clean error.
-//! On the GPU machine, `MODELSPEC_BIN` may point at the `modelspec` binary to run.
+//! On the GPU machine, `MODELSPEC_BIN` may point at the `modelspec` binary to run (else one
+//! beside the test executable is found).
+
+mod gpu_bin;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use modelspec::runtime::cuda::decode::GpuDecoder;
 
+/// The binary under test ([`gpu_bin::modelspec_bin`]).
 fn bin() -> PathBuf {
-    std::env::var_os("MODELSPEC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_modelspec")))
+    gpu_bin::modelspec_bin()
 }
 
 fn fixtures() -> PathBuf {

@@ -3,16 +3,16 @@
 //! CUDA device those tests print "skipping" and pass; the errors a machine without a driver (or
 //! with a spec the GPU trainer does not cover) must give are checked everywhere.
 
+mod gpu_bin;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use modelspec::runtime::train::checkpoint;
 
-/// The binary under test: `MODELSPEC_BIN` on the GPU machine (which has no cargo), else cargo's.
+/// The binary under test ([`gpu_bin::modelspec_bin`]).
 fn bin() -> PathBuf {
-    std::env::var_os("MODELSPEC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_modelspec")))
+    gpu_bin::modelspec_bin()
 }
 
 fn modelspec(args: &[&str]) -> Output {

@@ -24,7 +24,10 @@
 //! chunks, temperature and interleaved MoE, SmolLM3's NoPE layers, GLM-4.5's sigmoid routing,
 //! DeepSeek-V2/V3's multi-head latent attention. Without a CUDA device the test prints "skipping"
 //! and passes.
-//! On the GPU machine, `MODELSPEC_BIN` may point at the `modelspec` binary to run.
+//! On the GPU machine, `MODELSPEC_BIN` may point at the `modelspec` binary to run (else one
+//! beside the test executable is found).
+
+mod gpu_bin;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -33,10 +36,9 @@ use std::process::Command;
 use modelspec::runtime::cuda::GpuTrainer;
 use modelspec::runtime::weights::{self, FileTensor, HostTensor};
 
+/// The binary under test ([`gpu_bin::modelspec_bin`]).
 fn bin() -> PathBuf {
-    std::env::var_os("MODELSPEC_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_modelspec")))
+    gpu_bin::modelspec_bin()
 }
 
 fn fixtures() -> PathBuf {
