@@ -1,6 +1,7 @@
 //! `cuda_bench norm`: the norm kernels at the trainer's shapes, 16384 rows (B16 T1024) of bf16:
-//! gpt2's 768 and llama-3.2-1b's 2048 wide rows, LayerNorm (weight and bias) and RMSNorm
-//! (weight), each in a library instantiated for that width. Per case: the forward with the
+//! gpt2's 768, gpt2-medium's 1024 (the widest rows that run a warp a row: 4 vectors a lane) and
+//! llama-3.2-1b's 2048 (one block a row on the "warp" path too), LayerNorm (weight and bias)
+//! and RMSNorm (weight), each in a library instantiated for that width. Per case: the forward with the
 //! residual add (`res` in, `r_out` and `y` out, as the trainer's residual norms run it), the
 //! backward with `dres` (the residual stream's gradient added), the weight (and bias) gradient
 //! (`norm_dw`) and the backward with its gradients as the trainer calls it (`bwd_dw`:
@@ -21,7 +22,11 @@ use std::sync::Arc;
 use super::{rand_bf16, timed};
 
 /// The shapes: (model, rows, width).
-const SHAPES: [(&str, usize, usize); 2] = [("gpt2", 16384, 768), ("llama-3.2-1b", 16384, 2048)];
+const SHAPES: [(&str, usize, usize); 3] = [
+    ("gpt2", 16384, 768),
+    ("gpt2-medium", 16384, 1024),
+    ("llama-3.2-1b", 16384, 2048),
+];
 
 /// Runs the benchmark (see the module docs).
 pub fn bench_norm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
