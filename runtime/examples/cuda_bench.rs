@@ -348,11 +348,9 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                     .map_err(|e| e.to_string())
                 },
             );
-            // The engine config index the plans took (`MODELSPEC_CUDNN_CONFIG`, 0: the first).
-            let config = std::env::var("MODELSPEC_CUDNN_CONFIG").unwrap_or_else(|_| "0".into());
             let extra = format!(
-                ", \"plan_build_s\": {build_s:.2}, \"config\": {:?}, \"engines\": [{}, {}], \"workspace_mib\": {:.1}",
-                config.trim(),
+                ", \"plan_build_s\": {build_s:.2}, \"config\": {}, \"engines\": [{}, {}], \"workspace_mib\": {:.1}",
+                info.config,
                 info.fwd_engine,
                 info.bwd_engine,
                 ws_bytes as f64 / (1u64 << 20) as f64

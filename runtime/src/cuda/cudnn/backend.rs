@@ -394,6 +394,7 @@ impl GraphBuilder {
                         plan,
                         workspace: workspace.max(0) as usize,
                         engine,
+                        config: pick,
                         bound: self.bound,
                         _graph: og,
                         _keep: (self.tensors, self.ops, self.aux),
@@ -526,6 +527,9 @@ pub(crate) struct BuiltPlan {
     pub(crate) workspace: usize,
     /// cuDNN's global engine index (-1 if it could not be read).
     pub(crate) engine: i64,
+    /// Which of the heuristics' configs that finalize this is (0: the first; see
+    /// [`config_choice`]).
+    pub(crate) config: usize,
     /// UIDs of the tensors a variant pack binds.
     pub(crate) bound: Vec<i64>,
     _graph: Desc,

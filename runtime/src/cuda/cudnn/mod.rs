@@ -106,6 +106,9 @@ pub struct PlanInfo {
     pub fwd_engine: i64,
     /// cuDNN's global index of the backward's engine.
     pub bwd_engine: i64,
+    /// Which engine config both plans took, in the heuristics' order among those that finalize
+    /// (0, the first, unless `MODELSPEC_CUDNN_CONFIG` says otherwise).
+    pub config: usize,
 }
 
 /// An owned cuDNN handle bound to the GPU's stream.
@@ -295,6 +298,7 @@ impl CudnnAttention {
             bwd_workspace: b.built.workspace,
             fwd_engine: f.built.engine,
             bwd_engine: b.built.engine,
+            config: f.built.config,
         })
     }
 
