@@ -1,10 +1,10 @@
 //! `cuda_bench norm`: the norm kernels at the trainer's shapes, 16384 rows (B16 T1024) of bf16:
 //! gpt2's 768, gpt2-medium's 1024 (the widest rows that run a warp a row: 4 vectors a lane) and
 //! llama-3.2-1b's 2048 (one block a row on the "warp" path too), LayerNorm (weight and bias)
-//! and RMSNorm (weight), each in a library instantiated for that width. Per case: the forward with the
-//! residual add (`res` in, `r_out` and `y` out, as the trainer's residual norms run it), the
-//! backward with `dres` (the residual stream's gradient added), the weight (and bias) gradient
-//! (`norm_dw`) and the backward with its gradients as the trainer calls it (`bwd_dw`:
+//! and RMSNorm (weight), each in a library instantiated for that width. Per case: the forward
+//! with the residual add (`res` in, `r_out` and `y` out, as the trainer's residual norms run
+//! it), the backward with `dres` (the residual stream's gradient added), the weight (and bias)
+//! gradient (`norm_dw`) and the backward with its gradients as the trainer calls it (`bwd_dw`:
 //! `Kernels::norm_bwd_dw`, one call). Each case runs as `"path": "warp"` (one warp a row, the
 //! default for rows of the library's width), `"path": "block"` (one block a row, the kernels that
 //! ran before; `Kernels::set_norm_warp_rows(false)`) and `"path": "fused"` (only `bwd_dw`, with

@@ -88,18 +88,18 @@ pub fn render_rgb(plot: &LossPlot<'_>, (width, height): (u32, u32)) -> Result<Ve
 /// A drawing on a bitmap of plotters (the embedded font registered as [`FAMILY`]).
 pub type Bitmap<'a> = DrawingArea<BitMapBackend<'a>, Shift>;
 
-/// Runs `draw` on a zeroed `width × height` RGB bitmap (the drawing fills its own background) and writes it to the PNG file `path` atomically
-/// ([`crate::io::write_atomic`]): a failed drawing or a full disk leaves the previous file. A
-/// path not ending in `.png` is an error before anything is drawn.
+/// Runs `draw` on a zeroed `width × height` RGB bitmap (the drawing fills its own background)
+/// and writes it to the PNG file `path` atomically ([`crate::io::write_atomic`]): a failed
+/// drawing or a full disk leaves the previous file. A path not ending in `.png` is an error
+/// before anything is drawn.
 pub fn save_png(
     path: &Path,
     (width, height): (u32, u32),
     draw: impl FnOnce(Bitmap<'_>) -> Result<(), Box<dyn std::error::Error>>,
 ) -> Result<(), TrainError> {
     check_png_path(path)?;
-    let rgb = render(width, height, draw)
-        .map_err(|why| TrainError::Plot(format!("{}: {why}", path.display())))?;
-    let bytes = encode_png(&rgb, width, height)
+    let bytes = render(width, height, draw)
+        .and_then(|rgb| encode_png(&rgb, width, height))
         .map_err(|why| TrainError::Plot(format!("{}: {why}", path.display())))?;
     crate::io::write_atomic(path, &bytes)?;
     Ok(())
@@ -137,7 +137,7 @@ fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, String> {
 }
 
 fn draw<DB: DrawingBackend>(
-    root: DrawingArea<DB, plotters::coord::Shift>,
+    root: DrawingArea<DB, Shift>,
     plot: &LossPlot<'_>,
 ) -> Result<(), Box<dyn std::error::Error>>
 where
