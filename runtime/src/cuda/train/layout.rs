@@ -442,22 +442,17 @@ mod tests {
         for n in [1, 63, 64, 65, 4097, 16384, 100_000] {
             for row_bytes in [256, 100_608, 256_512, 1 << 30] {
                 let chunk = logits_chunk(n, row_bytes);
-                let most = ((512usize << 20) / row_bytes).max(64);
-                assert!(
-                    chunk >= 1 && chunk <= most.max(n.min(64)),
-                    "{n} {row_bytes}"
-                );
-                // The fewest chunks the bound allows, none of them empty.
+                // At most 512 MiB of rows, but never fewer than 64 (or all n when fewer).
+                let bound = ((512usize << 20) / row_bytes).clamp(64, n.max(64));
+                assert!(chunk >= 1 && chunk <= bound, "{n} {row_bytes}");
                 let chunks = n.div_ceil(chunk);
+                // The fewest chunks: one fewer could not hold n rows within the bound.
                 assert!(
-                    chunk * (chunks - 1) < n && chunk * chunks >= n,
+                    chunks == 1 || n.div_ceil(chunks - 1) > bound,
                     "{n} {row_bytes}"
                 );
-                assert_eq!(
-                    chunks,
-                    n.div_ceil(most.min(n.max(64)).max(1)).max(1),
-                    "{n} {row_bytes}"
-                );
+                // Even: the rows spread over those chunks, the last one not a sliver.
+                assert_eq!(chunk, n.div_ceil(chunks), "{n} {row_bytes}");
             }
         }
     }
