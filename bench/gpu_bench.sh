@@ -6,6 +6,7 @@
 #   TRAIN="gpt2 llama1b mixtral_small": a training step of modelspec's GPU trainer
 #           (cuda_train_bench) and torch_train_bench.py in TORCH_MODES (default: compile; plus
 #           eager for mixtral_small);
+#   TUNE_OFF=1: each TRAIN model's step again without the timed GEMM algorithm choice;
 #   BUDGET=1: gpt2-124m under budget(0.5) beside torch.compile's activation_memory_budget=0.5
 #           (its row also compares with torch.compile without checkpointing, from TRAIN=gpt2);
 # then bench/collect_session.py joins them into rows (session.json). Expects .gpu/bins.tgz
@@ -36,6 +37,10 @@ for m in ${TRAIN:-}; do
     timeout 150 "$B/cuda_train_bench" "$m" specs > "$W/ms_train_$m.jsonl" 2>> "$W/err.log"; echo "ms $m exit $? $(el)"
     modes=${TORCH_MODES:-compile}
     [ "$m" = mixtral_small ] && modes="eager $modes"
+    # TUNE_OFF=1: the step again on cuBLASLt's first-pick GEMM algorithms (MODELSPEC_GEMM_TUNE=off).
+    if [ -n "${TUNE_OFF:-}" ]; then
+        MODELSPEC_GEMM_TUNE=off timeout 150 "$B/cuda_train_bench" "$m" specs > "$W/tuneoff_train_$m.jsonl" 2>> "$W/err.log"; echo "ms $m tune off exit $? $(el)"
+    fi
     for mode in $modes; do
         timeout 240 python3 "$ANCH/torch_train_bench.py" "$m" "$mode" > "$W/torch_train_${m}_$mode.jsonl" 2>> "$W/err.log"; echo "torch $m $mode exit $? $(el)"
     done

@@ -3,6 +3,7 @@
 # important first (whatever it wrote under $OUT comes back even when the call is cut short):
 # parity of the kernels and the trainer (cuda_kernels, cuda_epilogue, cuda_train), the gpt2-124m
 # step with its in-step timeline beside torch.compile's, the micro-benches (cuda_bench norm | xent | bgrad),
+# the step on cuBLASLt's first-pick GEMM algorithms (MODELSPEC_GEMM_TUNE=off) and again tuned,
 # the step with the bias-gradient epilogue on and the one-pass norm backward off, llama-3.2-1b
 # beside torch.compile, the decoder and generated models (cuda_decode, generated_*), the user
 # crate (.gpu/modelspec-user-crate, when packed), cuda_eval, cuda_train_state (graph),
@@ -32,6 +33,10 @@ tst cuda_train cuda_train X=1
 run ms_gpt2_tl env TIMELINE=1 timeout 100 $B/cuda_train_bench gpt2 specs
 [ -f $W/ms_gpt2_tl.jsonl ] && grep '"timeline"' $W/ms_gpt2_tl.jsonl | tr -d '{}"' | tr '\n' ';'; echo
 run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt2 compile
+# The step on cuBLASLt's first-pick algorithms (the runs above chose by timing at their first
+# step, persisted in the kernel cache's gemm-algos.tsv; err.log lists each choice).
+run ms_gpt2_tune_off env MODELSPEC_GEMM_TUNE=off timeout 60 $B/cuda_train_bench gpt2 specs
+run ms_gpt2_tuned timeout 60 $B/cuda_train_bench gpt2 specs
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 # Where the norm backward (2.2 TB/s of ~3) loses time: ncu's throughput, memory and occupancy
 # sections for its first launches in `cuda_bench norm` (text, not JSON).
@@ -40,6 +45,7 @@ run ms_gpt2_bgrad_on env MODELSPEC_BGRAD_EPILOGUE=on timeout 60 $B/cuda_train_be
 run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_llama1b timeout 100 $B/cuda_train_bench llama1b specs
 run torch_llama1b_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py llama1b compile
+run ms_llama1b_tune_off env MODELSPEC_GEMM_TUNE=off timeout 100 $B/cuda_train_bench llama1b specs
 tst cuda_decode cuda_decode X=1
 tst generated_model_cuda generated_model_cuda X=1
 tst generated_cuda generated_cuda X=1

@@ -116,6 +116,16 @@ fn run(
     if std::env::var_os("TIMELINE").is_some() {
         timeline(&mut tr)?;
     }
+    // The GEMMs timed for their algorithm at the first step (none when the machine's choices
+    // file already had them): per call, the heuristic's pick against the chosen one.
+    let tuned = tr.gemm_tuned();
+    for t in &tuned {
+        eprintln!(
+            "gemm tuned: {} -> candidate {} of {}: {:.4} ms (first pick {:.4} ms)",
+            t.key, t.chosen, t.candidates, t.best_ms, t.first_ms
+        );
+    }
+    let tune_saved: f32 = tuned.iter().map(|t| t.first_ms - t.best_ms).sum();
     let (free1, _) = gpu.mem_info()?;
     let mapped = mapped_bytes(spec, b, t, &saves);
     let gib = |x: usize| x as f64 / (1u64 << 30) as f64;
@@ -146,13 +156,14 @@ fn run(
     let tflops = flops_tok * tps / 1e12;
     let tflops_active = (6.0 * active + attn_tok) * tps / 1e12;
     println!(
-        "{{\"model\": \"{model}\", \"B\": {b}, \"T\": {t}, \"ms\": {ms:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"peak_gib\": {:.2}, \"loss\": {loss:.3}, \"tokens_s\": {tps:.0}, \"TFLOPs\": {tflops:.1}, \"TFLOPs_active\": {tflops_active:.1}, \"MFU_vs_800\": {:.3}, \"attention\": {:?}, \"cuda_graph\": {:?}{extra}}}",
+        "{{\"model\": \"{model}\", \"B\": {b}, \"T\": {t}, \"ms\": {ms:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"peak_gib\": {:.2}, \"loss\": {loss:.3}, \"tokens_s\": {tps:.0}, \"TFLOPs\": {tflops:.1}, \"TFLOPs_active\": {tflops_active:.1}, \"MFU_vs_800\": {:.3}, \"attention\": {:?}, \"cuda_graph\": {:?}, \"gemm_tuned\": {}, \"gemm_tune_saved_ms_per_call_sum\": {tune_saved:.4}{extra}}}",
         times[0],
         times[times.len() - 1],
         tr.device_bytes() as f64 / (1u64 << 30) as f64,
         tflops_active / 800.0,
         tr.attention_paths(),
-        tr.cuda_graph()
+        tr.cuda_graph(),
+        tuned.len()
     );
     Ok(())
 }

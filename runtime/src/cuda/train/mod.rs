@@ -139,6 +139,13 @@ impl GpuTrainer {
         self.attn.describe()
     }
 
+    /// The GEMMs whose cuBLASLt algorithm this process chose by timing (at the first step;
+    /// `MODELSPEC_GEMM_TUNE`), for benchmarks: each with the heuristic's pick's time and the
+    /// chosen one's. Empty where the choices came from the machine's choices file.
+    pub fn gemm_tuned(&self) -> Vec<super::gemm::Tuned> {
+        self.gemm.tuned()
+    }
+
     /// The one way to build a trainer for a checkpoint policy (`eval`, `train` and `bench
     /// --device cuda` all use it): the planner resolves `policy` (the spec's own checkpoint
     /// settings when `None`) for `batch` x `seq` in `dt`, the trainer keeps what that plan saves
@@ -484,6 +491,11 @@ impl GpuTrainer {
     /// trainer's stream, no host synchronisation unless `capture` asks for the logits or a MoE
     /// layer reads its expert counts).
     fn fwd_bwd(&self, capture: Option<&mut Vec<f32>>) -> Result<()> {
+        // The step's shapes are fixed: its GEMMs may take timed algorithm choices.
+        self.gemm.with_tuning(true, || self.fwd_bwd_body(capture))
+    }
+
+    fn fwd_bwd_body(&self, capture: Option<&mut Vec<f32>>) -> Result<()> {
         let st = self.ctx();
         // SAFETY: the grad arena and the aux scalar are this trainer's own.
         unsafe {

@@ -90,15 +90,18 @@ impl Step<'_> {
     pub(super) fn moe_fwd(&self, i: usize, x: DevPtr, out: DevPtr, aux: DevPtr) -> Result<()> {
         let m = self.moe_of(i)?;
         let w = |name: &str| self.p.wo(&Self::pname(i, name));
-        m.forward(
-            self.gemm,
-            &w,
-            x,
-            out,
-            self.buf.layers[i].moe_saved,
-            self.buf.moe_scratch,
-            aux,
-        )
+        // The experts' GEMM shapes follow the routing, so none is timed (`Gemm::with_tuning`).
+        self.gemm.with_tuning(false, || {
+            m.forward(
+                self.gemm,
+                &w,
+                x,
+                out,
+                self.buf.layers[i].moe_saved,
+                self.buf.moe_scratch,
+                aux,
+            )
+        })
     }
 
     /// Layer i's MoE block backward: `dx` from `dout`, weight gradients accumulated.
@@ -106,15 +109,18 @@ impl Step<'_> {
         let m = self.moe_of(i)?;
         let w = |name: &str| self.p.wo(&Self::pname(i, name));
         let g = |name: &str| self.p.g(&Self::pname(i, name));
-        m.backward(
-            self.gemm,
-            &w,
-            &g,
-            x,
-            dout,
-            self.buf.layers[i].moe_saved,
-            self.buf.moe_scratch,
-            dx,
-        )
+        // As in `moe_fwd`.
+        self.gemm.with_tuning(false, || {
+            m.backward(
+                self.gemm,
+                &w,
+                &g,
+                x,
+                dout,
+                self.buf.layers[i].moe_saved,
+                self.buf.moe_scratch,
+                dx,
+            )
+        })
     }
 }

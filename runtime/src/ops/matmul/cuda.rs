@@ -14,8 +14,10 @@ use std::sync::{Arc, Mutex};
 
 mod bgrad;
 mod colmajor;
+mod tune;
 pub use bgrad::{BiasGradPath, BiasGradPolicy};
 use colmajor::to_column_major;
+pub use tune::Tuned;
 
 /// A row-major GEMM: `C[m, n] = alpha * op(A) op(B) + beta * C`, where op(A) is `[m, k]` (A is
 /// stored `[m, k]`, or `[k, m]` when `trans_a`) and op(B) is `[k, n]` (B stored `[k, n]`, or
@@ -190,13 +192,28 @@ impl Epi {
     }
 }
 
+/// One call's GEMM: its shape, operands and scalars.
+struct Operands<'a> {
+    dtype: Dtype,
+    g: &'a RowMajorGemm,
+    a: DevPtr,
+    b: DevPtr,
+    c: DevPtr,
+    alpha: f32,
+    beta: f32,
+}
+
 /// A plan's key: (bf16, f32 output, epilogue, auxiliary row stride, shape).
 type PlanKey = (bool, bool, EpiKind, usize, RowMajorGemm);
 
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
+    /// The algorithm every run takes: the heuristic's first pick, or the fastest of `candidates`
+    /// ([`tune`]).
     algo: sys::cublasLtMatmulAlgo_t,
+    /// The heuristic's ranking, until the plan's first run has chosen among them.
+    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
 }
 
 // SAFETY: the handles are only used under the owning Gemm's lock / on its stream.
@@ -225,6 +242,10 @@ pub struct Gemm {
     plans: Mutex<BTreeMap<PlanKey, Option<Plan>>>,
     /// Where a weight gradient's bias gradient goes ([`BiasGradPolicy`]).
     bgrad: Mutex<BiasGradPolicy>,
+    /// Algorithm choices by timing ([`tune`]).
+    tuner: Mutex<tune::Tuner>,
+    /// Whether GEMMs planned now may be timed ([`Gemm::with_tuning`]).
+    tuning: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the handle is used only on the Gpu's single stream.
@@ -245,7 +266,31 @@ impl Gemm {
             workspace,
             plans: Mutex::new(BTreeMap::new()),
             bgrad: Mutex::new(BiasGradPolicy::from_env()),
+            tuner: Mutex::new(tune::Tuner::from_env()),
+            tuning: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Runs `f` with the timed choice of algorithms ([`tune`]) for the GEMMs it plans `on` or
+    /// off, then restores the previous setting. Off by default: only callers whose shapes are
+    /// fixed from step to step (the trainer's step) turn it on, and callers inside them whose
+    /// shapes depend on the data (a mixture of experts' per-expert GEMMs) turn it off again, so
+    /// that no shape is timed more than once per machine and the choices file stays small.
+    pub fn with_tuning<R>(&self, on: bool, f: impl FnOnce() -> R) -> R {
+        use std::sync::atomic::Ordering;
+        let before = self.tuning.swap(on, Ordering::Relaxed);
+        let out = f();
+        self.tuning.store(before, Ordering::Relaxed);
+        out
+    }
+
+    /// The GEMMs this handle chose an algorithm for by timing ([`tune`]), in order.
+    pub fn tuned(&self) -> Vec<Tuned> {
+        self.tuner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .timed()
+            .to_vec()
     }
 
     /// Runs `g` on device pointers `a`, `b`, `c` of element type `dtype` (f32 runs with full f32
@@ -459,6 +504,7 @@ impl Gemm {
         let fused = !matches!(epi.kind, EpiKind::Default | EpiKind::Bias);
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         let key = (dtype == Dtype::Bf16, out_f32, epi.kind, epi.aux_ld, *g);
+        let fresh = !plans.contains_key(&key);
         let plan = match plans.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
@@ -471,7 +517,7 @@ impl Gemm {
                 e.insert(planned)
             }
         };
-        let Some(plan) = plan.as_ref() else {
+        let Some(plan) = plan.as_mut() else {
             return Ok(false);
         };
         use sys::cublasLtMatmulDescAttributes_t as A;
@@ -489,29 +535,108 @@ impl Gemm {
                     .map_err(|e| blas_err(during, dtype, g.m, g.n, g.k, e))?;
             }
         }
+        let ops = Operands {
+            dtype,
+            g,
+            a,
+            b,
+            c,
+            alpha,
+            beta,
+        };
+        if fresh && self.tuning.load(std::sync::atomic::Ordering::Relaxed) {
+            // SAFETY: forwarded; beta 0 is checked there.
+            unsafe { self.choose_algo(plan, &key, &ops) };
+        }
+        // SAFETY: plan handles are live; pointers are the caller's promise.
+        unsafe { self.launch(plan, &plan.algo, &ops) }?;
+        Ok(true)
+    }
+
+    /// Runs one planned GEMM with `algo`.
+    ///
+    /// # Safety
+    /// As [`Gemm::run`], for `ops`; the plan's epilogue pointers set.
+    unsafe fn launch(
+        &self,
+        plan: &Plan,
+        algo: &sys::cublasLtMatmulAlgo_t,
+        ops: &Operands,
+    ) -> Result<()> {
+        let g = ops.g;
         // SAFETY: plan handles are live; pointers are the caller's promise.
         unsafe {
             lt::matmul(
                 self.handle,
                 plan.desc,
-                (&alpha) as *const f32 as *const _,
-                (&beta) as *const f32 as *const _,
-                b as *const _,
+                (&ops.alpha) as *const f32 as *const _,
+                (&ops.beta) as *const f32 as *const _,
+                ops.b as *const _,
                 plan.layouts[0],
-                a as *const _,
+                ops.a as *const _,
                 plan.layouts[1],
-                c as *const _,
+                ops.c as *const _,
                 plan.layouts[2],
-                c as *mut _,
+                ops.c as *mut _,
                 plan.layouts[2],
-                &plan.algo,
+                algo,
                 self.workspace.ptr() as *mut _,
                 WORKSPACE,
                 self.gpu.stream().cu_stream() as *mut _,
             )
         }
-        .map_err(|e| blas_err("matmul", dtype, g.m, g.n, g.k, e))?;
-        Ok(true)
+        .map_err(|e| blas_err("matmul", ops.dtype, g.m, g.n, g.k, e))
+    }
+
+    /// A newly planned GEMM's algorithm ([`tune`]): the persisted choice for its key, else (a
+    /// large GEMM that overwrites its outputs, on a stream not being captured) the fastest of
+    /// the heuristic's candidates, timed on the call's own operands and persisted; else the
+    /// heuristic's first pick, as planned.
+    ///
+    /// # Safety
+    /// As [`Gemm::launch`].
+    unsafe fn choose_algo(&self, plan: &mut Plan, key: &PlanKey, ops: &Operands) {
+        let candidates = std::mem::take(&mut plan.candidates);
+        let g = ops.g;
+        let runs = g.batch.map_or(1, |(count, ..)| count);
+        let flop = 2.0 * (g.m * g.n * g.k * runs) as f64;
+        if candidates.len() < 2 || flop < tune::MIN_FLOP {
+            return;
+        }
+        let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+        if !tuner.enabled() {
+            return;
+        }
+        // SAFETY: a plain query of the loaded library.
+        let version = unsafe { sys::cublasLtGetVersion() };
+        let id = format!("{}|cublasLt {version}|{key:?}", self.gpu.name());
+        if let Some(j) = tuner.lookup(&id) {
+            if let Some(algo) = candidates.get(j) {
+                plan.algo = *algo;
+            }
+            return;
+        }
+        let capturing = self.gpu.stream().capture_status().ok()
+            != Some(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
+        if ops.beta != 0.0 || capturing {
+            return;
+        }
+        let timed = tune::fastest(candidates.len(), |j, reps| {
+            // SAFETY: the caller's promise; every run overwrites the same outputs (beta 0).
+            tune::per_run(&self.gpu, reps, || unsafe {
+                self.launch(plan, &candidates[j], ops)
+            })
+        });
+        if let Some((j, best_ms, first_ms)) = timed {
+            let j = tuner.record(Tuned {
+                key: id,
+                candidates: candidates.len(),
+                chosen: j,
+                first_ms,
+                best_ms,
+            });
+            plan.algo = candidates[j];
+        }
     }
 
     fn plan(
@@ -593,7 +718,7 @@ impl Gemm {
         let pref = lt::create_matmul_pref().map_err(|e| err("create preference", e))?;
         let ws = WORKSPACE;
         // SAFETY: as above; every handle is live.
-        let heuristic = unsafe {
+        let candidates = unsafe {
             lt::set_matmul_pref_attribute(
                 pref,
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
@@ -601,19 +726,11 @@ impl Gemm {
                 std::mem::size_of::<usize>(),
             )
             .map_err(|e| err("set workspace", e))?;
-            let h = lt::get_matmul_algo_heuristic(
-                self.handle,
-                desc,
-                layouts[0],
-                layouts[1],
-                layouts[2],
-                layouts[2],
-                pref,
-            );
+            let h = tune::candidates(self.handle, desc, &layouts, pref, tune::CANDIDATES);
             let _ = lt::destroy_matmul_pref(pref);
             match h {
                 Ok(h) => h,
-                Err(e) => {
+                Err(status) => {
                     // Nothing is planned: the descriptor and layouts go now (a fused epilogue's
                     // refusal is remembered, and the caller falls back).
                     let _ = lt::destroy_matmul_desc(desc);
@@ -626,7 +743,7 @@ impl Gemm {
                         g.m,
                         g.n,
                         g.k,
-                        e,
+                        lt::CublasError(status),
                     )));
                 }
             }
@@ -634,7 +751,8 @@ impl Gemm {
         Ok(Plan {
             desc,
             layouts,
-            algo: heuristic.algo,
+            algo: candidates[0],
+            candidates,
         })
     }
 }
