@@ -22,6 +22,9 @@
 //! the one layer being back-propagated: `recompute_peak_bytes`.
 
 mod costs;
+mod knapsack;
+#[cfg(test)]
+use knapsack::knapsack;
 mod policy;
 mod report;
 
@@ -123,6 +126,18 @@ pub fn plan(
     seq: u64,
     dtype: Dtype,
     policy: Option<&PolicyOverride>,
+) -> Result<Plan, PlanError> {
+    plan_with_solver(spec, batch, seq, dtype, policy, &mut Solver::default())
+}
+
+/// [`plan`], its knapsack solved by `solver`: the budgets of one curve share one table.
+fn plan_with_solver(
+    spec: &ModelSpec,
+    batch: u64,
+    seq: u64,
+    dtype: Dtype,
+    policy: Option<&PolicyOverride>,
+    solver: &mut Solver,
 ) -> Result<Plan, PlanError> {
     if batch == 0 || seq == 0 {
         return Err(PlanError::Shape("batch and seq must be positive".into()));
@@ -237,7 +252,7 @@ pub fn plan(
             .iter()
             .map(|&(l, u)| members(l, u).map(|(_, t)| t.flops).sum())
             .collect();
-        let chosen = knapsack(&weights, &values, cap - fixed);
+        let chosen = solver.solve(&weights, &values, cap - fixed);
         for (l, s) in saved.iter_mut().enumerate() {
             if s.is_none() {
                 *s = Some(vec![false; costs[l].len()]);
@@ -302,6 +317,27 @@ pub fn plan(
     })
 }
 
+/// The knapsack of the last item list planned for, kept for the next budget: a table answers
+/// every capacity, so the points of a curve (same spec and shape, so the same items) solve once.
+#[derive(Default)]
+struct Solver {
+    last: Option<(Vec<u64>, Vec<u64>, knapsack::Table)>,
+}
+
+impl Solver {
+    fn solve(&mut self, weights: &[u64], values: &[u64], cap: u64) -> Vec<bool> {
+        match &self.last {
+            Some((w, v, _)) if w == weights && v == values => {}
+            _ => {
+                let table = knapsack::Table::new(weights, values);
+                self.last = Some((weights.to_vec(), values.to_vec(), table));
+            }
+        }
+        let (.., table) = self.last.as_ref().expect("set above");
+        table.choose(cap)
+    }
+}
+
 /// Refuses a shape whose byte or FLOP totals (over every tensor of every layer, so every sum the
 /// plan takes) do not fit in u64, instead of reporting wrapped figures.
 fn check_totals(
@@ -326,91 +362,6 @@ fn check_totals(
         )));
     }
     Ok(())
-}
-
-/// Exact 0/1 knapsack: choose items with total weight ≤ `cap` maximising total value, ties broken
-/// towards less weight. Weights are divided by their gcd first; when the capacity in those units is
-/// still too large for a table, weights are rounded *up* to a coarser unit, which keeps every
-/// returned choice feasible (and is exact whenever the sizes share a large common factor, as
-/// activation sizes of B·T·width do).
-///
-/// Items of equal (weight, value) are solved as one bounded item: identical layers repeat the
-/// same tensors, so a model of L layers has a few dozen distinct items, each split into
-/// `O(log L)` bundles of 1, 2, 4, ... copies (every count 0..=k is a sum of bundles), which keeps
-/// the table `O(distinct · log L · units)` instead of `O(L · units)`. Of a kind, the first items
-/// (in input order) are the ones taken.
-fn knapsack(weights: &[u64], values: &[u64], cap: u64) -> Vec<bool> {
-    const MAX_UNITS: u64 = 1 << 18;
-    let n = weights.len();
-    if n == 0 {
-        return Vec::new();
-    }
-    let mut unit = weights.iter().fold(0, |g, &w| gcd(g, w)).max(1);
-    let total: u64 = weights.iter().fold(0u64, |a, &w| a.saturating_add(w));
-    let span = cap.min(total);
-    if span / unit > MAX_UNITS {
-        unit = span.div_ceil(MAX_UNITS);
-    }
-    let c = (span / unit) as usize;
-    // Kinds of item: (weight in units, value) → the items of that kind, in input order.
-    let mut kinds: std::collections::BTreeMap<(u64, u64), Vec<usize>> = Default::default();
-    for i in 0..n {
-        kinds
-            .entry((weights[i].div_ceil(unit), values[i]))
-            .or_default()
-            .push(i);
-    }
-    // Bundles: (kind, copies, weight in units, value); a bundle heavier than the table is useless.
-    let kind_list: Vec<(u64, u64, usize)> = kinds
-        .iter()
-        .map(|(&(w, v), items)| (w, v, items.len()))
-        .collect();
-    let mut bundles: Vec<(usize, usize, usize, u64)> = Vec::new();
-    for (k, &(w, v, count)) in kind_list.iter().enumerate() {
-        let mut left = count;
-        let mut size = 1;
-        while left > 0 {
-            let copies = size.min(left);
-            left -= copies;
-            size *= 2;
-            let weight = w.saturating_mul(copies as u64);
-            if weight <= c as u64 {
-                bundles.push((k, copies, weight as usize, v.saturating_mul(copies as u64)));
-            }
-        }
-    }
-    // dp[x] = best (value, -weight) using capacity x; keep[b][x] = bundle b taken at capacity x.
-    let mut dp: Vec<(u64, i64)> = vec![(0, 0); c + 1];
-    let row = (c + 1).div_ceil(64);
-    let mut keep = vec![0u64; bundles.len() * row];
-    for (b, &(_, _, wb, vb)) in bundles.iter().enumerate() {
-        for x in (wb..=c).rev() {
-            let cand = (dp[x - wb].0 + vb, dp[x - wb].1 - wb as i64);
-            if cand > dp[x] {
-                dp[x] = cand;
-                keep[b * row + x / 64] |= 1 << (x % 64);
-            }
-        }
-    }
-    let mut taken = vec![0usize; kind_list.len()];
-    let mut x = c;
-    for (b, &(k, copies, wb, _)) in bundles.iter().enumerate().rev() {
-        if keep[b * row + x / 64] & (1 << (x % 64)) != 0 {
-            taken[k] += copies;
-            x -= wb;
-        }
-    }
-    let mut chosen = vec![false; n];
-    for (items, &m) in kinds.values().zip(&taken) {
-        for &i in &items[..m] {
-            chosen[i] = true;
-        }
-    }
-    chosen
-}
-
-fn gcd(a: u64, b: u64) -> u64 {
-    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 #[cfg(test)]

@@ -1,6 +1,6 @@
 //! Human-readable plan tables and the memory/recompute curve over budgets.
 
-use super::{Dtype, Plan, PlanError, PolicyOverride, plan};
+use super::{Dtype, Plan, PlanError, PolicyOverride, Solver, plan_with_solver};
 use crate::ir::{Budget, ModelSpec};
 use std::fmt::Write;
 
@@ -103,11 +103,13 @@ pub struct CurvePoint {
 
 /// Plans at `steps + 1` evenly spaced budget fractions in [0, 1].
 pub fn curve(spec: &ModelSpec, batch: u64, seq: u64, dtype: Dtype, steps: u32) -> Vec<CurvePoint> {
+    // Every point has the same items: one knapsack table answers all their budgets.
+    let mut solver = Solver::default();
     (0..=steps)
         .map(|i| {
             let budget = f64::from(i) / f64::from(steps.max(1));
             let policy = PolicyOverride::Budget(Budget::Fraction(budget));
-            match plan(spec, batch, seq, dtype, Some(&policy)) {
+            match plan_with_solver(spec, batch, seq, dtype, Some(&policy), &mut solver) {
                 Ok(p) => CurvePoint {
                     budget,
                     activation_bytes: Some(p.activation_bytes),

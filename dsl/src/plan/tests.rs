@@ -547,3 +547,38 @@ fn lowering_once_gives_the_costs_of_the_layer() {
         }
     }
 }
+
+#[test]
+fn one_table_answers_every_capacity_as_a_table_of_its_own() {
+    // Sizes sharing no large factor and a total far above the table's unit cap, so the unit is
+    // coarse: a shared table must still choose exactly what a fresh one does at each capacity.
+    let w: Vec<u64> = (0..40).map(|i| 1_000_003 * (i % 7 + 1) + i * 13).collect();
+    let v: Vec<u64> = (0..40).map(|i| (i * 37 % 11) + 1).collect();
+    let total: u64 = w.iter().sum();
+    let table = knapsack::Table::new(&w, &v);
+    for step in 0..=20 {
+        let cap = total * step / 20;
+        let shared = table.choose(cap);
+        assert_eq!(shared, knapsack(&w, &v, cap), "cap {cap}");
+        let weight: u64 = (0..w.len()).filter(|&i| shared[i]).map(|i| w[i]).sum();
+        assert!(weight <= cap);
+    }
+}
+
+#[test]
+fn curve_points_equal_plans_at_their_budgets() {
+    let spec = gpt2();
+    let points = curve(&spec, 8, 1024, Dtype::Bf16, 10);
+    for p in &points {
+        let policy = PolicyOverride::Budget(Budget::Fraction(p.budget));
+        match plan(&spec, 8, 1024, Dtype::Bf16, Some(&policy)) {
+            Ok(single) => {
+                assert_eq!(p.activation_bytes, Some(single.activation_bytes));
+                assert_eq!(p.recompute_flops, Some(single.recompute_flops));
+            }
+            Err(_) => assert_eq!(p.activation_bytes, None),
+        }
+    }
+    assert!(points.iter().any(|p| p.activation_bytes.is_some()));
+    assert!(points.iter().any(|p| p.activation_bytes.is_none()));
+}
