@@ -81,7 +81,11 @@ impl Step<'_> {
                 c,
                 0.0,
             )?;
-            self.mm_grad(vp, c, rows, bf.logits, ld, x, c, dhead, 1.0)?;
+            // The first chunk writes the head's gradient (nothing earlier in the step does: a
+            // tied embedding's backward adds to it at the end), so its GEMM overwrites (beta 0)
+            // and may be timed for its algorithm (`Gemm::with_tuning`); later chunks add.
+            let beta = if r0 == 0 { 0.0 } else { 1.0 };
+            self.mm_grad(vp, c, rows, bf.logits, ld, x, c, dhead, beta)?;
             if head_bias != 0 {
                 let db = self.p.g("lm_head.bias");
                 k.colsum(dt, db, bf.logits, rows, vp, ld, bf.reduce)?;
