@@ -142,8 +142,21 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
         for (int o = 0; o < 2; o++) {
             if (!outs[o]) continue;
             float* p = part + (size_t)o * chunks * CT + c;
+            // The group's partials in chunk order, loaded 8 at a time before they are added (in
+            // the same order: same bits), so the loads' L2 latencies overlap instead of queueing
+            // one behind each addition.
             float a = 0.f;
-            for (int k = g; k < chunks; k += NORM_DW_GROUPS) a += __ldcg(p + (size_t)k * CT);
+            for (int k0 = g; k0 < chunks; k0 += 8 * NORM_DW_GROUPS) {
+                float v[8];
+#pragma unroll
+                for (int i = 0; i < 8; i++) {
+                    const int k = k0 + i * NORM_DW_GROUPS;
+                    v[i] = k < chunks ? __ldcg(p + (size_t)k * CT) : 0.f;
+                }
+#pragma unroll
+                for (int i = 0; i < 8; i++)
+                    if (k0 + i * NORM_DW_GROUPS < chunks) a += v[i];
+            }
             p[(size_t)g * CT] = a;
         }
     }
