@@ -12,7 +12,7 @@
 # Expects .gpu/bins.tgz (bench/gpu_pack.sh) and .gpu/anchors/. Usage on the device:
 #   OUT=<dir> bash bench/gpu_step_variants.sh
 # After a call cut short, FROM=<item> (a name of summary.txt, e.g. FROM=ms_gpt2_tl) starts the
-# next call at that item.
+# next call at that item; ONLY="<item> <item> ..." runs just those (in the script's order).
 set -u
 # Everything goes to $W and is packed into $OUT/all.tgz after each item: a call returns a limited
 # number of files (8), and an archive refreshed as it goes survives a cut-short call.
@@ -24,7 +24,10 @@ nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader | tee $W
 t0=$(date +%s); el() { echo "($(( $(date +%s) - t0 )) s)"; }
 pack() { tar czf $OUT/all.tgz.tmp -C $W . && mv $OUT/all.tgz.tmp $OUT/all.tgz; }
 started=${FROM:+0}; started=${started:-1}
-go() { [ "$started" = 1 ] || [ "$1" = "${FROM:-}" ] && started=1; [ "$started" = 1 ]; }
+go() {
+    if [ -n "${ONLY:-}" ]; then case " $ONLY " in *" $1 "*) return 0 ;; *) return 1 ;; esac; fi
+    [ "$started" = 1 ] || [ "$1" = "${FROM:-}" ] && started=1; [ "$started" = 1 ]
+}
 tst() { local t=$1 name=$2; shift 2; go "$name" || return 0; env "$@" timeout 150 $B/$t --test-threads=1 --nocapture --include-ignored > $W/$name.log 2>&1; echo "$name exit $? $(el) $(grep -E '^test result' $W/$name.log | tail -1 | cut -c1-60)" | tee -a $W/summary.txt; pack; }
 run() { local name=$1; shift; go "$name" || return 0; echo "== $name $(el)"; "$@" > $W/$name.jsonl 2>> $W/err.log; echo "$name exit $? $(el)" | tee -a $W/summary.txt; grep -v '"timeline"' $W/$name.jsonl | cut -c1-330; pack; }
 tst cuda_kernels cuda_kernels X=1
