@@ -49,6 +49,7 @@ for kern in norm_bwd_warp norm_bwd_dw_warp norm_bwd_dw_smem; do
     run ncu_$kern timeout 90 ncu --clock-control none --kernel-name regex:$kern --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats $B/cuda_bench norm
 done
 run ms_gpt2_bgrad_on env MODELSPEC_BGRAD_EPILOGUE=on timeout 60 $B/cuda_train_bench gpt2 specs
+run ms_gpt2_smem_bgrad env MODELSPEC_NORM_DW_SMEM=on MODELSPEC_BGRAD_EPILOGUE=on timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_llama1b timeout 100 $B/cuda_train_bench llama1b specs
 run torch_llama1b_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py llama1b compile
