@@ -40,16 +40,11 @@ run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt
 # step, persisted in the kernel cache's gemm-algos.tsv; err.log lists each choice).
 run ms_gpt2_tune_off env MODELSPEC_GEMM_TUNE=off timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_tuned timeout 60 $B/cuda_train_bench gpt2 specs
-# The one-pass norm backward with its column sums in shared memory (3 blocks an SM).
-run ms_gpt2_dw_smem env MODELSPEC_NORM_DW_SMEM=on timeout 60 $B/cuda_train_bench gpt2 specs
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
-# Where the norm backward loses time: ncu's throughput, memory, occupancy and warp-state
-# sections for the first launches of each backward kernel in `cuda_bench norm` (text, not JSON).
-for kern in norm_bwd_warp norm_bwd_dw_warp norm_bwd_dw_smem; do
-    run ncu_$kern timeout 90 ncu --clock-control none --kernel-name regex:$kern --launch-count 2 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats --section WarpStateStats $B/cuda_bench norm
-done
+# Where the norm backward (2.2 TB/s of ~3) loses time: ncu's throughput, memory and occupancy
+# sections for its first launches in `cuda_bench norm` (text, not JSON).
+run ncu_norm_bwd timeout 120 ncu --clock-control none --kernel-name regex:norm_bwd --launch-count 6 --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy --section LaunchStats $B/cuda_bench norm
 run ms_gpt2_bgrad_on env MODELSPEC_BGRAD_EPILOGUE=on timeout 60 $B/cuda_train_bench gpt2 specs
-run ms_gpt2_smem_bgrad env MODELSPEC_NORM_DW_SMEM=on MODELSPEC_BGRAD_EPILOGUE=on timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_fused_dw_off env MODELSPEC_NORM_FUSED_DW=off timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_llama1b timeout 100 $B/cuda_train_bench llama1b specs
 run torch_llama1b_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py llama1b compile

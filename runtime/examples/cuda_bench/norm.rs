@@ -7,11 +7,9 @@
 //! gradient (`norm_dw`) and the backward with its gradients as the trainer calls it (`bwd_dw`:
 //! `Kernels::norm_bwd_dw`, one call). Each case runs as `"path": "warp"` (one warp a row, the
 //! default for rows of the library's width), `"path": "block"` (one block a row, the kernels that
-//! ran before; `Kernels::set_norm_warp_rows(false)`), `"path": "fused"` (only `bwd_dw`, with
+//! ran before; `Kernels::set_norm_warp_rows(false)`) and `"path": "fused"` (only `bwd_dw`, with
 //! `Kernels::set_norm_fused_dw(true)`: the one-pass backward where it applies, bf16 rows up to
-//! 768; wider rows print the two kernels again) and `"path": "fused_smem"` (the same with its
-//! column sums in shared memory: `Kernels::set_norm_dw_smem(true)`), so one run compares them.
-//! `GB_s` counts the
+//! 768; wider rows print the two kernels again), so one run compares them. `GB_s` counts the
 //! bytes each call must move at least: forward x, res in and r_out, y out; backward r, dy, dres in
 //! and dx out; norm_dw r, dy in; bwd_dw as the two (4, 4, 2 and 6 bf16 rows; the weights,
 //! statistics and partial sums are < 1%), so the one pass shows its saving as a higher
@@ -52,10 +50,9 @@ pub fn bench_norm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         let bytes = ReduceScratch::bytes_for(d);
         let scratch = gpu.zeros::<u8>(bytes)?;
         let sc = ReduceScratch::new(scratch.ptr(), bytes);
-        for path in ["warp", "block", "fused", "fused_smem"] {
+        for path in ["warp", "block", "fused"] {
             k.set_norm_warp_rows(path != "block");
-            k.set_norm_fused_dw(path.starts_with("fused"));
-            k.set_norm_dw_smem(path == "fused_smem");
+            k.set_norm_fused_dw(path == "fused");
             for kind in [NormKind::Layer, NormKind::Rms] {
                 let layer = kind == NormKind::Layer;
                 let (bp, dbp) = if layer { (b.ptr(), db.ptr()) } else { (0, 0) };
@@ -131,7 +128,7 @@ pub fn bench_norm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                 let ms_fwd = time(&fwd)?;
                 let row_bytes = (n * 2) as f64;
                 let mut lines = vec![("bwd_dw", time(&bwd_dw)?, 6.0)];
-                if !path.starts_with("fused") {
+                if path != "fused" {
                     lines.extend([
                         ("fwd", ms_fwd, 4.0),
                         ("bwd", time(&bwd)?, 4.0),

@@ -353,9 +353,7 @@ impl Gpu {
         smem: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
-        // Without the attribute a kernel's static and dynamic shared memory together may not
-        // pass 48 KiB; raising the dynamic limit from 32 KiB up leaves room for the static part.
-        if smem >= 32 * 1024 {
+        if smem > 48 * 1024 {
             f.set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,

@@ -30,7 +30,6 @@ pub struct Kernels {
     d_model: usize,
     norm_warp_rows: bool,
     norm_fused_dw: bool,
-    norm_dw_smem: bool,
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -59,7 +58,6 @@ impl Kernels {
             d_model,
             norm_warp_rows: true,
             norm_fused_dw: crate::ops::norm::cuda::fused_dw_from_env(),
-            norm_dw_smem: crate::ops::norm::cuda::dw_smem_from_env(),
         })
     }
 
@@ -116,19 +114,6 @@ impl Kernels {
     /// See [`Kernels::set_norm_fused_dw`].
     pub(crate) fn norm_fused_dw(&self) -> bool {
         self.norm_fused_dw
-    }
-
-    /// Whether the one-pass norm backward keeps its column sums in shared memory
-    /// (`norm_bwd_dw_smem`, a finer split, 3 blocks an SM) instead of registers
-    /// (`norm_bwd_dw_warp`, 2 blocks an SM); the two compute the same bits. Off by default;
-    /// `MODELSPEC_NORM_DW_SMEM=on` when the library is loaded turns it on.
-    pub fn set_norm_dw_smem(&mut self, on: bool) {
-        self.norm_dw_smem = on;
-    }
-
-    /// See [`Kernels::set_norm_dw_smem`].
-    pub(crate) fn norm_dw_smem(&self) -> bool {
-        self.norm_dw_smem
     }
 
     /// The GPU these kernels run on.

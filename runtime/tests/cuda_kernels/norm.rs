@@ -320,8 +320,7 @@ fn norm_warp_rows_match_f64() {
     }
 }
 
-/// The one-pass backward with the weight and bias gradients (`Kernels::set_norm_fused_dw`), its
-/// column sums in registers and in shared memory (`Kernels::set_norm_dw_smem`, a finer split): in
+/// The one-pass backward with the weight and bias gradients (`Kernels::set_norm_fused_dw`): in
 /// libraries where it serves the library's width (768 bf16: 3 vectors a lane; 100 f32: 25
 /// vectors, idle lanes), on 37 rows (one chunk), 300 (5 chunks of 60: fewer groups than 8),
 /// 1000 (16 chunks of 63: two per finishing group) and 2100 (33 chunks of 64: up to five per
@@ -333,10 +332,9 @@ fn norm_bwd_dw_matches_f64() {
         return;
     };
     let mut rng = Rng::fresh("norm_bwd_dw");
-    for (d_model, smem) in [(768, false), (100, false), (768, true), (100, true)] {
+    for d_model in [768, 100] {
         let mut k = library(&gpu, d_model);
         k.set_norm_fused_dw(true);
-        k.set_norm_dw_smem(smem);
         for dt in DTYPES {
             for n in [ROWS, 300, 1000, 2100] {
                 for cs in CASES {
@@ -351,9 +349,7 @@ fn norm_bwd_dw_matches_f64() {
 
 /// The one-pass backward on the grid gpt2's training step runs (B16 T1024 = 16384 rows of 768:
 /// the 256-chunk cap, 32 chunks a finishing group): 16637 rows are 256 chunks of 65 (warps of 9
-/// or 8 rows, the last chunk 62), in bf16 at 768 and in f32 at 384 (3 vectors a lane both); the
-/// shared-memory kernel's split is 340 chunks of 49 at 768 (43 a finishing group, more than one
-/// 16-partial batch) and 505 of 33 at 384.
+/// or 8 rows, the last chunk 62), in bf16 at 768 and in f32 at 384 (3 vectors a lane both).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn norm_bwd_dw_full_grid_matches_f64() {
@@ -361,15 +357,9 @@ fn norm_bwd_dw_full_grid_matches_f64() {
         return;
     };
     let mut rng = Rng::fresh("norm_bwd_dw_full_grid");
-    for (d_model, dt, smem) in [
-        (768, Dtype::Bf16, false),
-        (384, Dtype::F32, false),
-        (768, Dtype::Bf16, true),
-        (384, Dtype::F32, true),
-    ] {
+    for (d_model, dt) in [(768, Dtype::Bf16), (384, Dtype::F32)] {
         let mut k = library(&gpu, d_model);
         k.set_norm_fused_dw(true);
-        k.set_norm_dw_smem(smem);
         for cs in [CASES[0], CASES[3]] {
             run_case(&gpu, &k, &mut rng, (dt, 16637, d_model), cs, Shift::None);
         }

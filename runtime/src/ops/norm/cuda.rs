@@ -61,34 +61,13 @@ pub(crate) fn fused_rows(d_model: usize, dt: Dtype, c: usize) -> bool {
 /// The one-pass backward's split of `rows` (at least 1) rows of `c`: (chunks, rows a chunk),
 /// none empty, from the shape alone.
 pub(crate) fn fused_split(rows: usize, c: usize) -> (usize, usize) {
-    split(rows, c, FUSED_MIN_ROWS, FUSED_MAX_CHUNKS)
-}
-
-/// Rows a chunk of the shared-memory one-pass backward holds at least (4 a warp).
-const SMEM_MIN_ROWS: usize = 32;
-/// Its chunks at most (about three 8-row blocks an SM on a large GPU).
-const SMEM_MAX_CHUNKS: usize = 512;
-
-/// [`fused_split`] for `norm_bwd_dw_smem`: finer, so that its 3 blocks an SM have rows to take
-/// (at gpt2's 16384 x 768: 335 chunks of 49, the partial sums' bound).
-pub(crate) fn smem_split(rows: usize, c: usize) -> (usize, usize) {
-    split(rows, c, SMEM_MIN_ROWS, SMEM_MAX_CHUNKS)
-}
-
-fn split(rows: usize, c: usize, min_rows: usize, max_chunks: usize) -> (usize, usize) {
     let chunks = rows
-        .div_ceil(min_rows)
-        .min(max_chunks)
+        .div_ceil(FUSED_MIN_ROWS)
+        .min(FUSED_MAX_CHUNKS)
         .min((FUSED_MAX_PARTIALS / c.max(1)).max(1))
         .max(1);
     let per = rows.div_ceil(chunks).max(1);
     (rows.div_ceil(per).max(1), per)
-}
-
-/// Whether the one-pass norm backward keeps its column sums in shared memory
-/// ([`Kernels::set_norm_dw_smem`]): `MODELSPEC_NORM_DW_SMEM=on`/`1`/`true`; off otherwise.
-pub(crate) fn dw_smem_from_env() -> bool {
-    crate::cuda::env_switch("MODELSPEC_NORM_DW_SMEM") == Some(true)
 }
 
 /// Whether the one-pass norm backward serves the rows it fits (see [`Kernels::norm_bwd_dw`]): on
@@ -215,14 +194,8 @@ impl Kernels {
             self.norm_bwd(dt, kind, dx, dy, r, w, rstd, mean, dres, rows, c, offset)?;
             return self.norm_dw(dt, kind, dw, db, dy, r, rstd, mean, rows, c, scratch);
         }
-        let smem = self.norm_dw_smem();
-        let kind_name = if smem { "smem" } else { "warp" };
-        let name = format!("norm_bwd_dw_{kind_name}_{}", dt.suffix());
-        let (chunks, per) = if smem {
-            smem_split(rows, c)
-        } else {
-            fused_split(rows, c)
-        };
+        let name = format!("norm_bwd_dw_warp_{}", dt.suffix());
+        let (chunks, per) = fused_split(rows, c);
         let need = COUNTER_BYTES + 2 * chunks * c * 4;
         if scratch.ptr == 0 || scratch.bytes < need || !scratch.ptr.is_multiple_of(4) {
             return Err(CudaError::BadLaunch {
@@ -237,17 +210,9 @@ impl Kernels {
         let (cnt, part) = (scratch.ptr, scratch.ptr + COUNTER_BYTES as u64);
         let (n_, c_, per_) = (rows as i32, c as i32, per as i32);
         let is_layer = (kind == NormKind::Layer) as i32;
-        // The shared-memory kernel's column sums: 2 x c floats for each of a block's warps.
-        let slices = if smem {
-            (BLOCK / 32) * 2 * c as u32 * 4
-        } else {
-            0
-        };
-        self.go(
+        self.go_block(
             &name,
             (chunks as u32, 1, 1),
-            (BLOCK, 1, 1),
-            slices,
             &mut cuda_args![
                 dx, dy, r, w, rstd, mean, dres, dw, db, cnt, part, n_, c_, per_, offset, is_layer
             ],
@@ -321,20 +286,6 @@ mod tests {
         assert!(!fused_rows(100, Dtype::Bf16, 100));
         assert!(!fused_rows(768, Dtype::Bf16, 64));
         assert!(!fused_rows(0, Dtype::Bf16, 0));
-    }
-
-    #[test]
-    fn smem_split_is_finer_within_the_partials_bound() {
-        assert_eq!(smem_split(16384, 768), (335, 49));
-        assert_eq!(smem_split(16637, 384), (505, 33));
-        assert_eq!(smem_split(300, 768), (10, 30));
-        for rows in [1, 31, 33, 1000, 16384, 100_000] {
-            for c in [100, 384, 768] {
-                let (chunks, per) = smem_split(rows, c);
-                assert!(chunks * c <= FUSED_MAX_PARTIALS && chunks <= SMEM_MAX_CHUNKS);
-                assert!(chunks * per >= rows && (chunks - 1) * per < rows);
-            }
-        }
     }
 
     #[test]

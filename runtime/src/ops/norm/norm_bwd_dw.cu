@@ -33,38 +33,21 @@ struct NormFused {
     static const int W = OK ? CT : VN;
 };
 
-// SMEM: the column sums live in dynamic shared memory, one slice per warp ([warp][2][CT], element
-// (u, e) of a lane's vector u at e * NV + u, so a warp's accesses are consecutive words), instead
-// of 2 x 3 vectors of registers a lane: the kernel then fits 80 registers as norm_bwd_warp does
-// (3 blocks an SM, with the host's finer split: more rows in flight; ptxas sm_90 at bf16 768:
-// 80 registers, 24 bytes spilled; loading dres beside r and dy spilled 124). Every sum is formed
-// in the same order either way (a warp's rows in order, then the warps in order), so both
-// instances compute the same bits.
-template <typename T, int CT, bool SMEM>
+template <typename T, int CT>
 __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r, const T* w, const float* rstd,
                                                  const float* mean, const T* dres, float* dw, float* db,
                                                  unsigned* cnt, float* part, int N, int rows_per_chunk,
                                                  float offset, int is_layer) {
     const int VN = NormFused<T, CT>::VN, NV = CT / VN, MAXV = (NV + 31) / 32;
-    __shared__ float red[2][SMEM ? 1 : CT];
+    __shared__ float red[2][CT];
     __shared__ unsigned last;
-    extern __shared__ float slices[];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, warps = blockDim.x >> 5;
     const int n0 = blockIdx.x * rows_per_chunk, n1 = min(N, n0 + rows_per_chunk);
-    float aw[SMEM ? 1 : MAXV][VN], ab[SMEM ? 1 : MAXV][VN];
-    float* sw = slices + (size_t)warp * 2 * CT;
-    float* sb = sw + CT;
+    float aw[MAXV][VN], ab[MAXV][VN];
 #pragma unroll
     for (int k = 0; k < MAXV; k++)
 #pragma unroll
-        for (int e = 0; e < VN; e++) {
-            if (SMEM) {
-                int u = lane + 32 * k;
-                if (u < NV) sw[e * NV + u] = sb[e * NV + u] = 0.f;
-            } else {
-                aw[k][e] = ab[k][e] = 0.f;
-            }
-        }
+        for (int e = 0; e < VN; e++) aw[k][e] = ab[k][e] = 0.f;
     for (int n = n0 + warp; n < n1; n += warps) {
         const size_t base = (size_t)n * CT;
         const float rs = rstd[n];
@@ -90,13 +73,8 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
             for (int e = 0; e < VN; e++) {
                 xh[e] = (xh[e] - mu) * rs;
                 // The weight gradient's summands as colred_norm forms them.
-                if (SMEM) {
-                    sw[e * NV + u] += d[e] * xh[e];
-                    sb[e * NV + u] += d[e];
-                } else {
-                    aw[SMEM ? 0 : k][e] += d[e] * xh[e];
-                    ab[SMEM ? 0 : k][e] += d[e];
-                }
+                aw[k][e] += d[e] * xh[e];
+                ab[k][e] += d[e];
                 float g = d[e] * (w ? offset + wv[e] : 1.f);
                 sg += g;
                 sgx += g * xh[e];
@@ -124,21 +102,7 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
         }
     }
     // The block's warps' column sums, in warp order.
-    const int chunks = gridDim.x;
-    float* outs[2] = {dw, db};
-    if (SMEM) {
-        __syncthreads();
-        for (int c = threadIdx.x; c < CT; c += blockDim.x) {
-            const int at = (c % VN) * NV + c / VN;
-#pragma unroll
-            for (int o = 0; o < 2; o++) {
-                float a = slices[o * CT + at];
-                for (int j = 1; j < warps; j++) a = a + slices[(size_t)j * 2 * CT + o * CT + at];
-                if (outs[o]) part[((size_t)o * chunks + blockIdx.x) * CT + c] = a;
-            }
-        }
-    }
-    for (int j = 0; j < (SMEM ? 0 : warps); j++) {
+    for (int j = 0; j < warps; j++) {
         if (warp == j) {
 #pragma unroll
             for (int k = 0; k < MAXV; k++) {
@@ -146,18 +110,20 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
                 if (u >= NV) continue;
 #pragma unroll
                 for (int e = 0; e < VN; e++) {
-                    int c = SMEM ? 0 : u * VN + e;
-                    red[0][c] = j == 0 ? aw[SMEM ? 0 : k][e] : red[0][c] + aw[SMEM ? 0 : k][e];
-                    red[1][c] = j == 0 ? ab[SMEM ? 0 : k][e] : red[1][c] + ab[SMEM ? 0 : k][e];
+                    int c = u * VN + e;
+                    red[0][c] = j == 0 ? aw[k][e] : red[0][c] + aw[k][e];
+                    red[1][c] = j == 0 ? ab[k][e] : red[1][c] + ab[k][e];
                 }
             }
         }
         __syncthreads();
     }
-    for (int c = threadIdx.x; c < (SMEM ? 0 : CT); c += blockDim.x) {
+    const int chunks = gridDim.x;
+    float* outs[2] = {dw, db};
+    for (int c = threadIdx.x; c < CT; c += blockDim.x) {
 #pragma unroll
         for (int o = 0; o < 2; o++)
-            if (outs[o]) part[((size_t)o * chunks + blockIdx.x) * CT + c] = red[o][SMEM ? 0 : c];
+            if (outs[o]) part[((size_t)o * chunks + blockIdx.x) * CT + c] = red[o][c];
     }
     // Group g: chunks g, g + 8, ...; the block that completes it sums them in chunk order.
     const int g = blockIdx.x % NORM_DW_GROUPS;
@@ -176,10 +142,9 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
         for (int o = 0; o < 2; o++) {
             if (!outs[o]) continue;
             float* p = part + (size_t)o * chunks * CT + c;
-            // The group's partials in chunk order, loaded 16 at a time (a group holds 32 at the
-            // register kernel's 256 chunks, 42 at gpt2's 335 of the shared-memory one) before
-            // they are added in the same order (same bits), so their L2 latencies overlap
-            // instead of queueing one behind each addition.
+            // The group's partials in chunk order, loaded 16 at a time (a group holds at most 32:
+            // the host's 256 chunks) before they are added in the same order (same bits), so
+            // their L2 latencies overlap instead of queueing one behind each addition.
             float a = 0.f;
             for (int k0 = g; k0 < chunks; k0 += 16 * NORM_DW_GROUPS) {
                 float v[16];
@@ -215,20 +180,15 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
     }
 }
 
-#define NORM_BWD_DW_KERNEL(NAME, SMEM, MINB, SUF, T)                                                    \
-    extern "C" __global__ void __launch_bounds__(256, MINB)                                             \
-        NAME##_##SUF(T* dx, const T* dy, const T* r, const T* w, const float* rstd, const float* mean,  \
-                     const T* dres, float* dw, float* db, unsigned* cnt, float* part, int N, int C,     \
-                     int rows_per_chunk, float offset, int is_layer) {                                  \
+#define NORM_BWD_DW_INSTANTIATE(SUF, T)                                                                 \
+    extern "C" __global__ void __launch_bounds__(256, 2)                                                \
+        norm_bwd_dw_warp_##SUF(T* dx, const T* dy, const T* r, const T* w, const float* rstd,          \
+                               const float* mean, const T* dres, float* dw, float* db, unsigned* cnt,   \
+                               float* part, int N, int C, int rows_per_chunk, float offset, int is_layer) { \
         typedef NormFused<T, MS_D_MODEL> NF;                                                            \
         if (!NF::OK || C != MS_D_MODEL || !norm_warp_vec_ok<T, NF::W>(dx, dy, r, w, dres, 0)) __trap(); \
-        norm_bwd_dw_warp<T, NF::W, SMEM>(dx, dy, r, w, rstd, mean, dres, dw, db, cnt, part, N,          \
-                                         rows_per_chunk, offset, is_layer);                             \
+        norm_bwd_dw_warp<T, NF::W>(dx, dy, r, w, rstd, mean, dres, dw, db, cnt, part, N, rows_per_chunk, \
+                                   offset, is_layer);                                                   \
     }
-// The column sums in registers (2 blocks an SM) and in shared memory (3 blocks an SM; dynamic
-// shared memory of 8 warps x 2 x C floats).
-#define NORM_BWD_DW_INSTANTIATE(SUF, T)                     \
-    NORM_BWD_DW_KERNEL(norm_bwd_dw_warp, false, 2, SUF, T) \
-    NORM_BWD_DW_KERNEL(norm_bwd_dw_smem, true, 3, SUF, T)
 NORM_BWD_DW_INSTANTIATE(f32, float)
 NORM_BWD_DW_INSTANTIATE(bf16, bf16)
