@@ -2,9 +2,12 @@
 //!
 //! cuBLASLt's heuristic ranks the algorithms it has for a GEMM (shape, types, epilogue) without
 //! running them; its first pick is what PyTorch's cuBLASLt path takes. For the large GEMMs of a
-//! training step a later candidate can be faster (the epilogue variants especially), so a newly
-//! planned GEMM of at least [`MIN_FLOP`] runs each of the heuristic's first [`CANDIDATES`]
-//! candidates on its own operands and keeps the fastest.
+//! training step a later candidate can be faster, so a GEMM of at least [`MIN_FLOP`] planned
+//! inside `Gemm::with_tuning(true, ..)` (the trainer's step, whose shapes are fixed) runs each of
+//! the heuristic's first [`CANDIDATES`] candidates on its own operands and keeps the fastest.
+//! Measured on an H200 (session-h200-2026-12-06-s7): 8 of gpt2's 15 such GEMMs took a later
+//! candidate, up to 9% faster (the head's classifier, the K = 768 projections, DGELU), and the
+//! step went from 29.66 to 29.35 ms; llama-3.2-1b's 16384 x 2048 x 2048 GEMM 0.214 -> 0.182 ms.
 //!
 //! Two algorithms round differently, so a choice made by timing must not differ between two
 //! processes of one machine (a resumed run must compute the bits an unbroken one does). Every
