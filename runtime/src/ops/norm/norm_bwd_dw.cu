@@ -142,21 +142,12 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
         for (int o = 0; o < 2; o++) {
             if (!outs[o]) continue;
             float* p = part + (size_t)o * chunks * CT + c;
-            // The group's partials in chunk order, loaded 16 at a time (a group holds at most 32:
-            // the host's 256 chunks) before they are added in the same order (same bits), so
-            // their L2 latencies overlap instead of queueing one behind each addition.
+            // The group's partials in chunk order (a group holds at most 32: the host's 256
+            // chunks), unrolled as colred's finish (reduce.cu) is, so their L2 loads are issued
+            // ahead of the additions, which keep their order (same bits).
             float a = 0.f;
-            for (int k0 = g; k0 < chunks; k0 += 16 * NORM_DW_GROUPS) {
-                float v[16];
-#pragma unroll
-                for (int i = 0; i < 16; i++) {
-                    const int k = k0 + i * NORM_DW_GROUPS;
-                    v[i] = k < chunks ? __ldcg(p + (size_t)k * CT) : 0.f;
-                }
-#pragma unroll
-                for (int i = 0; i < 16; i++)
-                    if (k0 + i * NORM_DW_GROUPS < chunks) a += v[i];
-            }
+#pragma unroll 16
+            for (int k = g; k < chunks; k += NORM_DW_GROUPS) a += __ldcg(p + (size_t)k * CT);
             p[(size_t)g * CT] = a;
         }
     }
