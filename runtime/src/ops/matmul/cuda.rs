@@ -100,11 +100,9 @@ type PlanKey = (bool, bool, EpiKind, usize, RowMajorGemm);
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
     layouts: [sys::cublasLtMatrixLayout_t; 3],
-    /// The algorithm every run takes: the heuristic's first pick, or the fastest of `candidates`
-    /// ([`tune`]).
+    /// The algorithm every run takes: the heuristic's first pick, or the fastest of its
+    /// candidates ([`tune`]).
     algo: sys::cublasLtMatmulAlgo_t,
-    /// The heuristic's ranking, until the plan's first run has chosen among them.
-    candidates: Vec<sys::cublasLtMatmulAlgo_t>,
 }
 
 // SAFETY: the handles are only used under the owning Gemm's lock / on its stream.
@@ -395,12 +393,16 @@ impl Gemm {
         let fused = !matches!(epi.kind, EpiKind::Default | EpiKind::Bias);
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         let key = (dtype == Dtype::Bf16, out_f32, epi.kind, epi.aux_ld, *g);
-        let fresh = !plans.contains_key(&key);
+        // The heuristic's ranking, when this call plans the shape (its first run chooses).
+        let mut candidates = None;
         let plan = match plans.entry(key) {
             std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::btree_map::Entry::Vacant(e) => {
                 let planned = match self.plan(dtype, out_f32, epi, g) {
-                    Ok(p) => Some(p),
+                    Ok((p, ranked)) => {
+                        candidates = Some(ranked);
+                        Some(p)
+                    }
                     // No algorithm for a fused epilogue: remembered, and the caller falls back.
                     Err(PlanError::NoAlgorithm(_)) if fused => None,
                     Err(PlanError::NoAlgorithm(e) | PlanError::Other(e)) => return Err(e),
@@ -435,9 +437,11 @@ impl Gemm {
             alpha,
             beta,
         };
-        if fresh && self.tuning.load(std::sync::atomic::Ordering::Relaxed) {
+        if let Some(candidates) = candidates
+            && self.tuning.load(std::sync::atomic::Ordering::Relaxed)
+        {
             // SAFETY: forwarded; beta 0 is checked there.
-            unsafe { self.choose_algo(plan, &key, &ops) };
+            unsafe { self.choose_algo(plan, &candidates, &key, &ops) };
         }
         // SAFETY: plan handles are live; pointers are the caller's promise.
         unsafe { self.launch(plan, &plan.algo, &ops) }?;
@@ -479,15 +483,20 @@ impl Gemm {
         .map_err(|e| blas_err("matmul", ops.dtype, g.m, g.n, g.k, e))
     }
 
-    /// A newly planned GEMM's algorithm ([`tune`]): the persisted choice for its key, else (a
-    /// large GEMM that overwrites its outputs, on a stream not being captured) the fastest of
-    /// the heuristic's candidates, timed on the call's own operands and persisted; else the
+    /// A newly planned GEMM's algorithm among the heuristic's `candidates` ([`tune`]): the
+    /// persisted choice for its key, else (a large GEMM that overwrites its outputs, on a stream
+    /// not being captured) the fastest, timed on the call's own operands and persisted; else the
     /// heuristic's first pick, as planned.
     ///
     /// # Safety
     /// As [`Gemm::launch`].
-    unsafe fn choose_algo(&self, plan: &mut Plan, key: &PlanKey, ops: &Operands) {
-        let candidates = std::mem::take(&mut plan.candidates);
+    unsafe fn choose_algo(
+        &self,
+        plan: &mut Plan,
+        candidates: &[sys::cublasLtMatmulAlgo_t],
+        key: &PlanKey,
+        ops: &Operands,
+    ) {
         let g = ops.g;
         let runs = g.batch.map_or(1, |(count, ..)| count);
         let flop = 2.0 * (g.m * g.n * g.k * runs) as f64;
@@ -530,13 +539,15 @@ impl Gemm {
         }
     }
 
+    /// A plan for `g` (its first pick as the algorithm) and the heuristic's ranking of
+    /// candidates, best first.
     fn plan(
         &self,
         dtype: Dtype,
         out_f32: bool,
         epi: Epi,
         g: &RowMajorGemm,
-    ) -> std::result::Result<Plan, PlanError> {
+    ) -> std::result::Result<(Plan, Vec<sys::cublasLtMatmulAlgo_t>), PlanError> {
         let err = |during, e| PlanError::Other(blas_err(during, dtype, g.m, g.n, g.k, e));
         let (ty, compute) = match dtype {
             Dtype::F32 => (
@@ -639,12 +650,12 @@ impl Gemm {
                 }
             }
         };
-        Ok(Plan {
+        let plan = Plan {
             desc,
             layouts,
             algo: candidates[0],
-            candidates,
-        })
+        };
+        Ok((plan, candidates))
     }
 }
 
