@@ -21,6 +21,9 @@ run() {  # run NAME TIMEOUT CMD...: log to $FINAL/NAME.log, keep the exit code f
     timeout "$limit" "$@" > "$LOGS/$name.log" 2>&1
     local rc=$?
     summary+=("$(printf '%-18s exit %3d  %4ds  %s' "$name" "$rc" "$(( $(date +%s) - t0 ))" "$(grep -E '^test result' "$LOGS/$name.log" | tail -1)")")
+    # Packed after every test, so a call cut short still brings back what ran.
+    printf '%s\n' "${summary[@]}" > "$FINAL/summary.txt"
+    tar czf "$FINAL/verify_logs.tgz.tmp" -C "$LOGS" . && mv "$FINAL/verify_logs.tgz.tmp" "$FINAL/verify_logs.tgz"
 }
 TESTS=${TESTS:-cuda_compile cuda_kernels cuda_reduce cuda_epilogue cuda_train cuda_train_state cuda_moe cuda_cudnn cuda_checkpoint cuda_decode cuda_walk generated_cuda generated_model_cuda cuda_eval cli_train_cuda cli_sample_cuda}
 for t in $TESTS; do
@@ -32,7 +35,5 @@ for t in $TESTS; do
 done
 echo "== failures and parity lines"
 grep -hE "panicked|FAILED|^PARITY|^UNSUPPORTED|out of tolerance" "$LOGS"/*.log | sort | uniq -c | sort -rn | head -60
-tar czf "$FINAL/verify_logs.tgz" -C "$LOGS" .
-printf '%s\n' "${summary[@]}" > "$FINAL/summary.txt"
 echo "== summary"
 printf '%s\n' "${summary[@]}"
