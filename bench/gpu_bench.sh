@@ -23,31 +23,34 @@ ANCH=.gpu/anchors
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader | tee "$W/gpu.txt"
 t0=$(date +%s)
 el() { echo "($(( $(date +%s) - t0 )) s)"; }
+# The raw files are packed after each measurement, so a call cut short still brings them back
+# (bench/collect_session.py can then join them here).
+pk() { tar czf "$FINAL/bench_logs.tgz.tmp" -C "$W" . && mv "$FINAL/bench_logs.tgz.tmp" "$FINAL/bench_logs.tgz"; }
 # The GEMM ceiling every row's MFU is measured against, in this call.
-timeout 120 "$B/cuda_bench" gemm > "$W/ms_gemm.jsonl" 2>> "$W/err.log"; echo "gemm exit $? $(el)"
+timeout 120 "$B/cuda_bench" gemm > "$W/ms_gemm.jsonl" 2>> "$W/err.log"; echo "gemm exit $? $(el)"; pk
 if [ -n "${ATTN:-}" ]; then
-    timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn exit $? $(el)"
+    timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn exit $? $(el)"; pk
     # cuDNN's other engine configs, shape by shape (rows with "config": k; not in session.json).
     for k in ${CUDNN_CONFIGS:-}; do
-        MODELSPEC_CUDNN_CONFIG=$k timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn_config$k.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn config $k exit $? $(el)"
+        MODELSPEC_CUDNN_CONFIG=$k timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn_config$k.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn config $k exit $? $(el)"; pk
     done
-    timeout 180 python3 "$ANCH/attn_backends.py" > "$W/sdpa_backends.jsonl" 2>> "$W/err.log"; echo "attn_backends exit $? $(el)"
+    timeout 180 python3 "$ANCH/attn_backends.py" > "$W/sdpa_backends.jsonl" 2>> "$W/err.log"; echo "attn_backends exit $? $(el)"; pk
 fi
 for m in ${TRAIN:-}; do
-    timeout 150 "$B/cuda_train_bench" "$m" specs > "$W/ms_train_$m.jsonl" 2>> "$W/err.log"; echo "ms $m exit $? $(el)"
+    timeout 150 "$B/cuda_train_bench" "$m" specs > "$W/ms_train_$m.jsonl" 2>> "$W/err.log"; echo "ms $m exit $? $(el)"; pk
     modes=${TORCH_MODES:-compile}
     [ "$m" = mixtral_small ] && modes="eager $modes"
     # TUNE_OFF=1: the step again on cuBLASLt's first-pick GEMM algorithms (MODELSPEC_GEMM_TUNE=off).
     if [ -n "${TUNE_OFF:-}" ]; then
-        MODELSPEC_GEMM_TUNE=off timeout 150 "$B/cuda_train_bench" "$m" specs > "$W/tuneoff_train_$m.jsonl" 2>> "$W/err.log"; echo "ms $m tune off exit $? $(el)"
+        MODELSPEC_GEMM_TUNE=off timeout 150 "$B/cuda_train_bench" "$m" specs > "$W/tuneoff_train_$m.jsonl" 2>> "$W/err.log"; echo "ms $m tune off exit $? $(el)"; pk
     fi
     for mode in $modes; do
-        timeout 240 python3 "$ANCH/torch_train_bench.py" "$m" "$mode" > "$W/torch_train_${m}_$mode.jsonl" 2>> "$W/err.log"; echo "torch $m $mode exit $? $(el)"
+        timeout 240 python3 "$ANCH/torch_train_bench.py" "$m" "$mode" > "$W/torch_train_${m}_$mode.jsonl" 2>> "$W/err.log"; echo "torch $m $mode exit $? $(el)"; pk
     done
 done
 if [ -n "${BUDGET:-}" ]; then
-    timeout 150 "$B/cuda_train_bench" gpt2 specs "budget(0.5)" > "$W/ms_train_gpt2_budget50.jsonl" 2>> "$W/err.log"; echo "ms gpt2 budget(0.5) exit $? $(el)"
-    timeout 240 python3 "$ANCH/torch_train_bench.py" gpt2 compile_budget50 > "$W/torch_train_gpt2_compile_budget50.jsonl" 2>> "$W/err.log"; echo "torch gpt2 compile_budget50 exit $? $(el)"
+    timeout 150 "$B/cuda_train_bench" gpt2 specs "budget(0.5)" > "$W/ms_train_gpt2_budget50.jsonl" 2>> "$W/err.log"; echo "ms gpt2 budget(0.5) exit $? $(el)"; pk
+    timeout 240 python3 "$ANCH/torch_train_bench.py" gpt2 compile_budget50 > "$W/torch_train_gpt2_compile_budget50.jsonl" 2>> "$W/err.log"; echo "torch gpt2 compile_budget50 exit $? $(el)"; pk
 fi
 python3 bench/collect_session.py "$W" > "$FINAL/session.json"
 tar czf "$FINAL/bench_logs.tgz" -C "$W" .
