@@ -17,7 +17,7 @@ FINAL=${OUT:-/tmp/out}; mkdir -p "$FINAL"
 W=$(mktemp -d /tmp/msbench.XXXX)
 B=/tmp/msbin; mkdir -p "$B"; tar xzf .gpu/bins.tgz -C "$B"
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels PYTHONUNBUFFERED=1
-CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))" 2>/dev/null)
+CUDNN_DIR=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null)
 [ -n "$CUDNN_DIR" ] && export CUDNN_PATH="$CUDNN_DIR" LD_LIBRARY_PATH="$CUDNN_DIR/lib:${LD_LIBRARY_PATH:-}"
 ANCH=.gpu/anchors
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,memory.used --format=csv,noheader | tee "$W/gpu.txt"

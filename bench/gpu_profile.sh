@@ -7,7 +7,7 @@ set -u
 FINAL=${OUT:-/tmp/out}; mkdir -p "$FINAL"
 B=/tmp/msbin; mkdir -p "$B"; [ -x "$B/cuda_train_bench" ] || tar xzf .gpu/bins.tgz -C "$B"
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
-CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))" 2>/dev/null)
+CUDNN_DIR=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null)
 [ -n "$CUDNN_DIR" ] && export CUDNN_PATH="$CUDNN_DIR" LD_LIBRARY_PATH="$CUDNN_DIR/lib:${LD_LIBRARY_PATH:-}"
 MODEL=${MODEL:-gpt2}
 timeout 400 ncu --clock-control none --metrics gpu__time_duration.sum \

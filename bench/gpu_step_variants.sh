@@ -19,7 +19,7 @@ set -u
 OUT=${OUT:-/tmp/out}; W=/tmp/variants; mkdir -p "$OUT" $W
 B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels PYTHONUNBUFFERED=1
-CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))" 2>/dev/null); [ -n "$CUDNN_DIR" ] && export CUDNN_PATH="$CUDNN_DIR" LD_LIBRARY_PATH="$CUDNN_DIR/lib:${LD_LIBRARY_PATH:-}"
+CUDNN_DIR=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null); [ -n "$CUDNN_DIR" ] && export CUDNN_PATH="$CUDNN_DIR" LD_LIBRARY_PATH="$CUDNN_DIR/lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,clocks.sm,memory.used --format=csv,noheader | tee $W/gpu.txt
 t0=$(date +%s); el() { echo "($(( $(date +%s) - t0 )) s)"; }
 pack() { tar czf $OUT/all.tgz.tmp -C $W . && mv $OUT/all.tgz.tmp $OUT/all.tgz; }

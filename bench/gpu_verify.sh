@@ -11,7 +11,7 @@ FINAL=${OUT:-/tmp/out}; mkdir -p "$FINAL"
 LOGS=$(mktemp -d /tmp/msverify.XXXX)   # every log; they go back as one archive (a call returns 8 files)
 B=/tmp/msbin; mkdir -p "$B"; tar xzf .gpu/bins.tgz -C "$B"
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
-CUDNN_DIR=$(python3 -c "import nvidia.cudnn, os; print(os.path.dirname(nvidia.cudnn.__file__))" 2>/dev/null)
+CUDNN_DIR=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null)
 [ -n "$CUDNN_DIR" ] && export CUDNN_PATH="$CUDNN_DIR" LD_LIBRARY_PATH="$CUDNN_DIR/lib:${LD_LIBRARY_PATH:-}"
 nvidia-smi --query-gpu=name,driver_version,memory.used --format=csv,noheader
 t0=$(date +%s)

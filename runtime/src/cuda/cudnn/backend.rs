@@ -3,10 +3,11 @@
 //! (tensors, pointwise, matmul, reduction, reshape operations; operation graph; heuristics and
 //! execution plan; variant pack).
 //!
-//! Every function here assumes [`super::probe::probe`] succeeded: cudarc resolves each symbol at
-//! its first call and would panic on a missing library.
+//! Every function here assumes [`super::probe::probe`] succeeded: the calls go through the entry
+//! points it resolved ([`super::probe::api`]).
 
 use super::error::{CudnnError, Result};
+use super::probe::api;
 use cudarc::cudnn::sys::{
     self, cudnnBackendAttributeName_t as Attr, cudnnBackendAttributeType_t as Ty,
     cudnnBackendDescriptorType_t as DescType, cudnnDataType_t, cudnnPointwiseMode_t,
@@ -22,7 +23,7 @@ pub(crate) fn check(status: cudnnStatus_t, during: impl FnOnce() -> String) -> R
     let mut buf = vec![0 as std::ffi::c_char; 1024];
     // SAFETY: cudnnGetLastErrorString writes at most `len` bytes, NUL-terminated.
     let detail = unsafe {
-        sys::cudnnGetLastErrorString(buf.as_mut_ptr(), buf.len());
+        (api().get_last_error_string)(buf.as_mut_ptr(), buf.len());
         std::ffi::CStr::from_ptr(buf.as_ptr())
             .to_string_lossy()
             .trim()
@@ -49,7 +50,7 @@ impl Drop for Desc {
     fn drop(&mut self) {
         // SAFETY: `raw` came from cudnnBackendCreateDescriptor and is destroyed once.
         unsafe {
-            sys::cudnnBackendDestroyDescriptor(self.raw);
+            (api().backend_destroy_descriptor)(self.raw);
         }
     }
 }
@@ -60,7 +61,7 @@ impl Desc {
         let mut raw = std::ptr::null_mut();
         // SAFETY: writes one descriptor handle.
         check(
-            unsafe { sys::cudnnBackendCreateDescriptor(kind, &mut raw) },
+            unsafe { (api().backend_create_descriptor)(kind, &mut raw) },
             || format!("creating a {kind:?}"),
         )?;
         Ok(Desc { raw, kind })
@@ -69,7 +70,7 @@ impl Desc {
     fn set_raw(&self, name: Attr, ty: Ty, count: usize, data: *const c_void) -> Result<()> {
         // SAFETY: callers pass `count` elements of the C type that `ty` names.
         check(
-            unsafe { sys::cudnnBackendSetAttribute(self.raw, name, ty, count as i64, data) },
+            unsafe { (api().backend_set_attribute)(self.raw, name, ty, count as i64, data) },
             || format!("setting {name:?} on a {:?}", self.kind),
         )
     }
@@ -124,7 +125,7 @@ impl Desc {
     /// Finalizes the descriptor.
     pub(crate) fn finalize(&self) -> Result<()> {
         // SAFETY: a live descriptor.
-        check(unsafe { sys::cudnnBackendFinalize(self.raw) }, || {
+        check(unsafe { (api().backend_finalize)(self.raw) }, || {
             format!("finalizing a {:?}", self.kind)
         })
     }
@@ -135,7 +136,7 @@ impl Desc {
         // SAFETY: room for exactly one i64.
         check(
             unsafe {
-                sys::cudnnBackendGetAttribute(
+                (api().backend_get_attribute)(
                     self.raw,
                     name,
                     Ty::CUDNN_TYPE_INT64,
@@ -460,7 +461,7 @@ fn engine_configs(og: &Desc, mode: sys::cudnnBackendHeurMode_t) -> Result<Vec<De
     // SAFETY: a count query (no elements written).
     check(
         unsafe {
-            sys::cudnnBackendGetAttribute(
+            (api().backend_get_attribute)(
                 heur.raw,
                 CUDNN_ATTR_ENGINEHEUR_RESULTS,
                 Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
@@ -482,7 +483,7 @@ fn engine_configs(og: &Desc, mode: sys::cudnnBackendHeurMode_t) -> Result<Vec<De
     // SAFETY: `raws` holds `count` created engine-config descriptors for cuDNN to fill.
     check(
         unsafe {
-            sys::cudnnBackendGetAttribute(
+            (api().backend_get_attribute)(
                 heur.raw,
                 CUDNN_ATTR_ENGINEHEUR_RESULTS,
                 Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
@@ -506,7 +507,7 @@ fn engine_index(cfg: &Desc) -> Result<i64> {
     // SAFETY: one engine descriptor to fill.
     check(
         unsafe {
-            sys::cudnnBackendGetAttribute(
+            (api().backend_get_attribute)(
                 cfg.raw,
                 Attr::CUDNN_ATTR_ENGINECFG_ENGINE,
                 Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
@@ -569,7 +570,7 @@ impl BuiltPlan {
         vp.finalize()?;
         // SAFETY: the caller's contract above.
         check(
-            unsafe { sys::cudnnBackendExecute(handle, self.plan.raw, vp.raw) },
+            unsafe { (api().backend_execute)(handle, self.plan.raw, vp.raw) },
             || "executing a plan".into(),
         )
     }

@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod api;
 mod backend;
 pub mod error;
 pub mod probe;
@@ -43,6 +44,7 @@ use super::error::DriverContext;
 use super::{AttnShape, DevPtr, Dtype, Gpu};
 use backend::{BuiltPlan, check};
 use cudarc::cudnn::sys;
+use probe::api;
 use sdpa::uid;
 use std::collections::BTreeMap;
 use std::ffi::c_void;
@@ -118,7 +120,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         // SAFETY: created by cudnnCreate, destroyed once.
         unsafe {
-            sys::cudnnDestroy(self.0);
+            (api().destroy)(self.0);
         }
     }
 }
@@ -166,14 +168,14 @@ impl CudnnAttention {
             .during(|| "binding the context for cuDNN".into())?;
         let mut raw = std::ptr::null_mut();
         // SAFETY: the library is loaded (probe) and a context is current.
-        check(unsafe { sys::cudnnCreate(&mut raw) }, || {
+        check(unsafe { (api().create)(&mut raw) }, || {
             "creating a handle".into()
         })?;
         let handle = Handle(raw);
         let stream = gpu.stream().cu_stream() as sys::cudaStream_t;
         // SAFETY: the stream belongs to this GPU's context and outlives the handle (both are
         // owned through `gpu`).
-        check(unsafe { sys::cudnnSetStream(handle.0, stream) }, || {
+        check(unsafe { (api().set_stream)(handle.0, stream) }, || {
             "binding the handle to the stream".into()
         })?;
         Ok(CudnnAttention {

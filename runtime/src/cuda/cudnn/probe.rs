@@ -1,20 +1,24 @@
-//! Finding libcudnn and its version before cudarc touches it.
+//! Finding libcudnn and its version, and loading the one file every cuDNN call then goes through.
 //!
-//! cudarc's cuDNN bindings `dlopen` the library by name at the first call (trying `libcudnn.so`,
-//! ..., `libcudnn.so.9`) and panic when it is missing or lacks a symbol. So this module first looks
-//! for the library itself, reads `cudnnGetVersion` through libloading, and keeps it loaded: once a
-//! file with soname `libcudnn.so.9` is in the process, the dynamic linker hands that same object
-//! to cudarc's `dlopen("libcudnn.so.9")` even when its folder is on no search path.
+//! cudarc's cuDNN bindings `dlopen` the library by name at their first call and panic when it is
+//! missing or lacks a symbol; by name, the dynamic linker picks the first `libcudnn.so` on its
+//! paths, which on a machine with a system cuDNN and a newer one in PyTorch's wheel is the older
+//! one (the GPU machine had 9.14 as `libcudnn.so` beside the wheel's 9.19, which PyTorch runs).
+//! So this module loads candidates itself, reads each one's `cudnnGetVersion`, keeps the chosen
+//! file loaded and resolves the entry points from it ([`super::api`]); cudarc's loader is never
+//! used.
 //!
-//! Search order (the first file that loads and is 9.0 or newer wins):
-//! 1. what cudarc itself would load by name (the linker's paths, `LD_LIBRARY_PATH` as the
-//!    process started), so both agree on the file;
-//! 2. `MODELSPEC_CUDNN_LIB` (the file, or its folder), `CUDNN_PATH` (an install root or folder);
+//! Choice: `MODELSPEC_CUDNN_LIB` (the file, or its folder), when set, is the only candidate.
+//! Otherwise the newest cuDNN 9 (or later) among, in order (the first wins a tie):
+//! 1. what the linker resolves by name (`libcudnn.so`, ..., `libcudnn.so.9`: its paths and
+//!    `LD_LIBRARY_PATH` as the process started);
+//! 2. `CUDNN_PATH` (an install root or folder);
 //! 3. every `LD_LIBRARY_PATH` folder, `CUDA_HOME`/`CUDA_PATH`, `/usr/local/cuda`, the system
 //!    library folders;
 //! 4. Python's `nvidia/cudnn/lib` (the `nvidia-cudnn-cu*` wheels PyTorch installs) under the
 //!    usual site-packages folders, then as `python3` itself reports it.
 
+use super::api::Api;
 use super::error::{CudnnError, Result};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -138,17 +142,23 @@ const SUBLIBS: [&str; 9] = [
 enum Failure {
     /// Nothing loadable; the places searched.
     NotFound(String),
-    /// The file that would be used, and its version.
+    /// The newest file found, and its version (below [`MIN_VERSION`]).
     TooOld(String, usize),
 }
 
-static PROBED: OnceLock<std::result::Result<CudnnLibrary, Failure>> = OnceLock::new();
+/// The chosen library and its entry points.
+struct Loaded {
+    library: CudnnLibrary,
+    api: Api,
+}
+
+static PROBED: OnceLock<std::result::Result<Loaded, Failure>> = OnceLock::new();
 
 /// Finds, version-checks and loads libcudnn once per process. Never panics; the error names
 /// every place searched.
 pub fn probe() -> Result<CudnnLibrary> {
     match PROBED.get_or_init(search) {
-        Ok(lib) => Ok(lib.clone()),
+        Ok(l) => Ok(l.library.clone()),
         Err(Failure::NotFound(searched)) => Err(CudnnError::NotFound {
             searched: searched.clone(),
         }),
@@ -156,6 +166,15 @@ pub fn probe() -> Result<CudnnLibrary> {
             path: path.clone(),
             version: *version,
         }),
+    }
+}
+
+/// The entry points of the probed library. Only reachable after [`probe`] succeeded (every cuDNN
+/// object here is made from a [`super::CudnnAttention`], whose constructor probes).
+pub(crate) fn api() -> &'static Api {
+    match PROBED.get() {
+        Some(Ok(l)) => &l.api,
+        _ => unreachable!("cuDNN called before probe() found the library"),
     }
 }
 
@@ -189,54 +208,103 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(160).collect()
 }
 
-fn search() -> std::result::Result<CudnnLibrary, Failure> {
+/// The file a loaded library came from (what a by-name load resolved to), via `dladdr` on one of
+/// its symbols; `None` if the linker cannot say.
+fn file_of(lib: &libloading::Library) -> Option<PathBuf> {
+    // SAFETY: the symbol is only used for its address.
+    let f = unsafe { lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0") }.ok()?;
+    let addr = *f as *const std::ffi::c_void;
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: dladdr only reads the address and fills `info`; dli_fname points into the
+    // linker's own storage for the loaded object, copied out at once.
+    if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
+        return None;
+    }
+    let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
+    let p = PathBuf::from(name.to_string_lossy().into_owned());
+    Some(std::fs::canonicalize(&p).unwrap_or(p))
+}
+
+fn search() -> std::result::Result<Loaded, Failure> {
     let mut notes: Vec<String> = Vec::new();
     let mut too_old: Option<(String, usize)> = None;
-    // 1. What cudarc would load by name: if anything resolves, cudarc takes that file, so it is
-    // the only one worth checking.
-    for name in cudarc::get_lib_name_candidates("cudnn") {
-        match try_load(std::ffi::OsStr::new(&name)) {
-            Tried::Ok(lib, version) => {
-                std::mem::forget(lib);
-                return Ok(CudnnLibrary {
-                    path: name,
-                    version,
-                });
-            }
-            Tried::Old(v) => {
-                // cudarc would load this old one first: refuse rather than mix versions.
-                return Err(Failure::TooOld(name, v));
-            }
-            Tried::Bad(_) => {}
+    // Every candidate as (what to load, whether it is a by-name load).
+    let mut cands: Vec<(std::ffi::OsString, bool)> = Vec::new();
+    let explicit = std::env::var_os("MODELSPEC_CUDNN_LIB");
+    if let Some(v) = &explicit {
+        let p = PathBuf::from(v);
+        if p.is_dir() {
+            notes.push(format!("MODELSPEC_CUDNN_LIB={}", p.display()));
+            cands.extend(
+                ["libcudnn.so.9", "libcudnn.so"].map(|n| (p.join(n).into_os_string(), false)),
+            );
+        } else {
+            cands.push((p.into_os_string(), false));
         }
+    } else {
+        cands.extend(
+            cudarc::get_lib_name_candidates("cudnn")
+                .into_iter()
+                .map(|n| (n.into(), true)),
+        );
+        notes.push("the dynamic linker's paths (libcudnn.so, libcudnn.so.9, ...)".into());
+        cands.extend(
+            candidate_files(&mut notes)
+                .into_iter()
+                .map(|f| (f.into_os_string(), false)),
+        );
     }
-    notes.push("the dynamic linker's paths (libcudnn.so, libcudnn.so.9, ...)".into());
-    // 2-4. Explicit files and folders.
-    for file in candidate_files(&mut notes) {
-        if !file.is_file() {
+    // The newest that loads (the first of equals); the others are closed again.
+    let mut best: Option<(libloading::Library, usize, PathBuf)> = None;
+    let mut seen = std::collections::BTreeSet::new();
+    for (name, by_name) in cands {
+        if !by_name && !Path::new(&name).is_file() {
             continue;
         }
-        match try_load(file.as_os_str()) {
+        let shown = Path::new(&name).display().to_string();
+        match try_load(&name) {
             Tried::Ok(lib, version) => {
-                preload_sublibs(file.parent().unwrap_or(Path::new(".")));
-                // Keep it loaded for the process: cudarc's later dlopen by soname finds it.
-                std::mem::forget(lib);
-                return Ok(CudnnLibrary {
-                    path: file.display().to_string(),
-                    version,
-                });
+                let file = file_of(&lib).unwrap_or_else(|| PathBuf::from(&name));
+                if !seen.insert(file.clone()) {
+                    continue;
+                }
+                if best.as_ref().is_none_or(|b| version > b.1) {
+                    best = Some((lib, version, file));
+                }
+                if explicit.is_some() {
+                    break;
+                }
             }
             Tried::Old(v) => {
-                notes.push(format!("{} (version {v}, too old)", file.display()));
-                too_old.get_or_insert((file.display().to_string(), v));
+                notes.push(format!("{shown} (version {}, too old)", version_string(v)));
+                if too_old.as_ref().is_none_or(|o| v > o.1) {
+                    too_old = Some((shown, v));
+                }
             }
-            Tried::Bad(why) => notes.push(format!("{} ({why})", file.display())),
+            Tried::Bad(why) => {
+                if !by_name {
+                    notes.push(format!("{shown} ({why})"))
+                }
+            }
         }
     }
-    if let Some((path, v)) = too_old {
-        return Err(Failure::TooOld(path, v));
+    let Some((lib, version, file)) = best else {
+        return Err(match too_old {
+            Some((path, v)) => Failure::TooOld(path, v),
+            None => Failure::NotFound(notes.join("; ")),
+        });
+    };
+    if let Some(dir) = file.parent() {
+        preload_sublibs(dir);
     }
-    Err(Failure::NotFound(notes.join("; ")))
+    // Kept loaded for the process: the entry points below point into it.
+    let lib: &'static libloading::Library = Box::leak(Box::new(lib));
+    let path = file.display().to_string();
+    let api = Api::resolve(lib).map_err(|why| Failure::NotFound(format!("{path}: {why}")))?;
+    Ok(Loaded {
+        library: CudnnLibrary { path, version },
+        api,
+    })
 }
 
 /// Loads cuDNN's sub-libraries from `dir` by full path, so the shim finds them by soname even
@@ -257,14 +325,6 @@ fn preload_sublibs(dir: &Path) {
 fn candidate_files(notes: &mut Vec<String>) -> Vec<PathBuf> {
     let mut dirs: Vec<PathBuf> = Vec::new();
     let mut files: Vec<PathBuf> = Vec::new();
-    if let Some(v) = std::env::var_os("MODELSPEC_CUDNN_LIB") {
-        let p = PathBuf::from(v);
-        if p.is_dir() {
-            dirs.push(p);
-        } else {
-            files.push(p);
-        }
-    }
     if let Some(v) = std::env::var_os("CUDNN_PATH") {
         let root = PathBuf::from(v);
         dirs.extend([root.join("lib"), root.join("lib64"), root.clone()]);
@@ -411,11 +471,14 @@ mod tests {
         match probe() {
             Ok(lib) => {
                 assert!(lib.version >= MIN_VERSION);
-                // cudarc's own loader (by name) must now reach the same library, also when the
-                // probe found it in a folder on no search path.
-                // SAFETY: the library is loaded; cudnnGetVersion takes no arguments.
-                let through_cudarc = unsafe { cudarc::cudnn::sys::cudnnGetVersion() };
-                assert_eq!(through_cudarc, lib.version, "{}", lib.path);
+                // The reported path is the file that was chosen: loading it again gives the
+                // same version.
+                assert!(Path::new(&lib.path).is_file(), "{}", lib.path);
+                match try_load(std::ffi::OsStr::new(&lib.path)) {
+                    Tried::Ok(_, v) => assert_eq!(v, lib.version, "{}", lib.path),
+                    _ => panic!("{} does not load again", lib.path),
+                }
+                let _ = api();
             }
             Err(CudnnError::NotFound { searched }) => {
                 assert!(searched.contains("/usr/local/cuda/lib64"), "{searched}")
