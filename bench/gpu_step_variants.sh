@@ -40,6 +40,9 @@ run torch_gpt2_compile timeout 200 python3 .gpu/anchors/torch_train_bench.py gpt
 # step, persisted in the kernel cache's gemm-algos.tsv; err.log lists each choice).
 run ms_gpt2_tune_off env MODELSPEC_GEMM_TUNE=off timeout 60 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_tuned timeout 60 $B/cuda_train_bench gpt2 specs
+# Algorithms beyond the heuristic's list too (MODELSPEC_GEMM_TUNE=wide; err.log: "candidate j of n").
+run ms_gpt2_wide env MODELSPEC_GEMM_TUNE=wide timeout 150 $B/cuda_train_bench gpt2 specs
+run ms_gpt2_wide2 env MODELSPEC_GEMM_TUNE=wide timeout 60 $B/cuda_train_bench gpt2 specs
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 # Where the norm backward (2.2 TB/s of ~3) loses time: ncu's throughput, memory and occupancy
 # sections for its first launches in `cuda_bench norm` (text, not JSON).

@@ -510,6 +510,27 @@ impl Gemm {
         // SAFETY: a plain query of the loaded library.
         let version = unsafe { sys::cublasLtGetVersion() };
         let id = format!("{}|cublasLt {version}|{key:?}", self.gpu.name());
+        // `MODELSPEC_GEMM_TUNE=wide`: configurations beyond the heuristic's list too, under a
+        // key of their own (a plain run never reads an index into the longer list).
+        let mut candidates = candidates.to_vec();
+        let id = if tune::wide() {
+            let (ab, cd, compute) = lt_types(ops.dtype, key.1);
+            // SAFETY: the plan's handles are live.
+            let more = unsafe {
+                tune::enumerate(
+                    self.handle,
+                    plan.desc,
+                    &plan.layouts,
+                    (compute, ab, cd),
+                    WORKSPACE,
+                    &candidates,
+                )
+            };
+            candidates.extend(more);
+            format!("{id}|wide")
+        } else {
+            id
+        };
         if let Some(j) = tuner.lookup(&id) {
             if let Some(algo) = candidates.get(j) {
                 plan.algo = *algo;
@@ -549,26 +570,13 @@ impl Gemm {
         g: &RowMajorGemm,
     ) -> std::result::Result<(Plan, Vec<sys::cublasLtMatmulAlgo_t>), PlanError> {
         let err = |during, e| PlanError::Other(blas_err(during, dtype, g.m, g.n, g.k, e));
-        let (ty, compute) = match dtype {
-            Dtype::F32 => (
-                sys::cudaDataType::CUDA_R_32F,
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
-            ),
-            Dtype::Bf16 => (
-                sys::cudaDataType::CUDA_R_16BF,
-                sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            ),
-        };
+        let (ty, out_ty, compute) = lt_types(dtype, out_f32);
         let (ap, bp, cp) = to_column_major(g);
         let desc = lt::create_matmul_desc(compute, sys::cudaDataType::CUDA_R_32F)
             .map_err(|e| err("create desc", e))?;
         let mut layouts = [std::ptr::null_mut(); 3];
         for (i, op) in [ap, bp, cp].iter().enumerate() {
-            let t = if i == 2 && out_f32 {
-                sys::cudaDataType::CUDA_R_32F
-            } else {
-                ty
-            };
+            let t = if i == 2 { out_ty } else { ty };
             layouts[i] = lt::create_matrix_layout(t, op.rows, op.cols, op.ld)
                 .map_err(|e| err("create layout", e))?;
             if let Some((count, ..)) = g.batch {
@@ -657,6 +665,34 @@ impl Gemm {
         };
         Ok((plan, candidates))
     }
+}
+
+/// cuBLASLt's types for a GEMM in `dtype`: the A/B type, the C/D type (f32 with `out_f32`) and
+/// the compute type.
+fn lt_types(
+    dtype: Dtype,
+    out_f32: bool,
+) -> (
+    sys::cudaDataType,
+    sys::cudaDataType,
+    sys::cublasComputeType_t,
+) {
+    let (ty, compute) = match dtype {
+        Dtype::F32 => (
+            sys::cudaDataType::CUDA_R_32F,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F_PEDANTIC,
+        ),
+        Dtype::Bf16 => (
+            sys::cudaDataType::CUDA_R_16BF,
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+        ),
+    };
+    let out = if out_f32 {
+        sys::cudaDataType::CUDA_R_32F
+    } else {
+        ty
+    };
+    (ty, out, compute)
 }
 
 impl Drop for Gemm {

@@ -17,6 +17,9 @@
 //! nothing is timed and the heuristic's first pick runs. `MODELSPEC_GEMM_TUNE=off` (or `0`,
 //! `false`) turns the timing off.
 //!
+//! `MODELSPEC_GEMM_TUNE=wide` (an experiment) also times up to [`WIDE_EXTRA`] configurations the
+//! heuristic does not list ([`enumerate`]), under keys of their own.
+//!
 //! Only GEMMs that overwrite their outputs (beta 0) are timed, on their own buffers: each run
 //! writes the same outputs from the same inputs, and the call's real run comes after.
 //!
@@ -189,6 +192,145 @@ pub(super) unsafe fn candidates(
         return Err(sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED);
     }
     Ok(algos)
+}
+
+/// Whether timing also covers algorithms beyond the heuristic's list
+/// (`MODELSPEC_GEMM_TUNE=wide`, an experiment: [`enumerate`]).
+pub(super) fn wide() -> bool {
+    std::env::var("MODELSPEC_GEMM_TUNE").as_deref() == Ok("wide")
+}
+
+/// At most this many enumerated algorithms are timed per GEMM under [`wide`].
+pub(super) const WIDE_EXTRA: usize = 48;
+
+/// Configurations the heuristic did not offer (`MODELSPEC_GEMM_TUNE=wide`): every algorithm id
+/// cuBLASLt has for the types, in each tile and stage configuration its capabilities list
+/// (cluster shape, split-K and swizzling left at their defaults), that `cublasLtMatmulAlgoCheck`
+/// accepts for this GEMM within `workspace` bytes and that is not already in `have`. The list is
+/// a function of the GEMM, the GPU and the library only (the persisted choice is an index into
+/// `have` followed by it): sorted by the check's wave efficiency (waves over their ceiling,
+/// best first, then the enumeration order), at most [`WIDE_EXTRA`].
+///
+/// # Safety
+/// Every handle must be live; `types` are the GEMM's (compute type, A/B type, C/D type).
+pub(super) unsafe fn enumerate(
+    handle: sys::cublasLtHandle_t,
+    desc: sys::cublasLtMatmulDesc_t,
+    layouts: &[sys::cublasLtMatrixLayout_t; 3],
+    types: (
+        sys::cublasComputeType_t,
+        sys::cudaDataType,
+        sys::cudaDataType,
+    ),
+    workspace: usize,
+    have: &[sys::cublasLtMatmulAlgo_t],
+) -> Vec<sys::cublasLtMatmulAlgo_t> {
+    use sys::cublasLtMatmulAlgoCapAttributes_t as Cap;
+    use sys::cublasLtMatmulAlgoConfigAttributes_t as Cfg;
+    const OK: sys::cublasStatus_t = sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS;
+    let (compute, ab, cd) = types;
+    let f32_ty = sys::cudaDataType::CUDA_R_32F;
+    let mut ids = vec![0i32; 256];
+    let mut n = 0;
+    // SAFETY: `ids` has room for the requested count.
+    let st = unsafe {
+        sys::cublasLtMatmulAlgoGetIds(
+            handle,
+            compute,
+            f32_ty,
+            ab,
+            ab,
+            cd,
+            cd,
+            ids.len() as i32,
+            ids.as_mut_ptr(),
+            &mut n,
+        )
+    };
+    if st != OK {
+        return Vec::new();
+    }
+    ids.truncate(n.max(0) as usize);
+    // A capability that is an array of u32 (tile or stage ids); `[0]` (undefined) when empty.
+    let ids_of = |algo: &sys::cublasLtMatmulAlgo_t, cap: Cap| -> Vec<u32> {
+        let mut bytes = 0usize;
+        // SAFETY: a size query (null buffer, 0 bytes) writes only `bytes`.
+        let st = unsafe {
+            sys::cublasLtMatmulAlgoCapGetAttribute(algo, cap, std::ptr::null_mut(), 0, &mut bytes)
+        };
+        let count = bytes / 4;
+        if st != OK || count == 0 {
+            return vec![0];
+        }
+        let mut v = vec![0u32; count];
+        let mut written = 0usize;
+        // SAFETY: `v` holds `bytes` bytes.
+        let st = unsafe {
+            sys::cublasLtMatmulAlgoCapGetAttribute(
+                algo,
+                cap,
+                v.as_mut_ptr().cast(),
+                count * 4,
+                &mut written,
+            )
+        };
+        if st != OK { vec![0] } else { v }
+    };
+    let mut found: Vec<(f32, sys::cublasLtMatmulAlgo_t)> = Vec::new();
+    for id in ids {
+        // SAFETY: cublasLtMatmulAlgo_t is plain data that AlgoInit fills.
+        let mut base: sys::cublasLtMatmulAlgo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: writes one algorithm.
+        if unsafe {
+            sys::cublasLtMatmulAlgoInit(handle, compute, f32_ty, ab, ab, cd, cd, id, &mut base)
+        } != OK
+        {
+            continue;
+        }
+        for tile in ids_of(&base, Cap::CUBLASLT_ALGO_CAP_TILE_IDS) {
+            for stage in ids_of(&base, Cap::CUBLASLT_ALGO_CAP_STAGES_IDS) {
+                let mut algo = base;
+                let set = |algo: &mut sys::cublasLtMatmulAlgo_t, attr: Cfg, v: u32| {
+                    // SAFETY: both attributes are uint32_t.
+                    let st = unsafe {
+                        sys::cublasLtMatmulAlgoConfigSetAttribute(
+                            algo,
+                            attr,
+                            (&v as *const u32).cast(),
+                            4,
+                        )
+                    };
+                    st == OK
+                };
+                if !set(&mut algo, Cfg::CUBLASLT_ALGO_CONFIG_TILE_ID, tile)
+                    || !set(&mut algo, Cfg::CUBLASLT_ALGO_CONFIG_STAGES_ID, stage)
+                {
+                    continue;
+                }
+                // SAFETY: plain data the check fills.
+                let mut res: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+                // SAFETY: live handles (the caller's promise); `res` is written.
+                let st = unsafe {
+                    sys::cublasLtMatmulAlgoCheck(
+                        handle, desc, layouts[0], layouts[1], layouts[2], layouts[2], &algo,
+                        &mut res,
+                    )
+                };
+                if st != OK || res.workspaceSize > workspace {
+                    continue;
+                }
+                let same = |a: &sys::cublasLtMatmulAlgo_t| a.data == algo.data;
+                if have.iter().any(same) || found.iter().any(|(_, a)| same(a)) {
+                    continue;
+                }
+                let w = res.wavesCount.max(f32::MIN_POSITIVE);
+                found.push((w / w.ceil(), algo));
+            }
+        }
+    }
+    // Stable: equal efficiencies keep the enumeration order.
+    found.sort_by(|a, b| b.0.total_cmp(&a.0));
+    found.into_iter().take(WIDE_EXTRA).map(|(_, a)| a).collect()
 }
 
 /// Times `run(j)` for each candidate `j < count` (one warm-up run, then [`REPS`] timed) and
