@@ -15,6 +15,9 @@
 //! path, losing the speed); so does a refused bias-gradient epilogue at the GPT-2-like shapes;
 //! an f32 one, or one at the odd shapes, is printed as `UNSUPPORTED` and skipped.
 //!
+//! `wide_tuning_keeps_the_gelu_epilogue_exact` checks the algorithm chosen by timing among the
+//! configurations beyond the heuristic's list (`Gemm::set_wide_tuning`) the same way.
+//!
 //! Without a CUDA driver or device every test prints "skipping: no CUDA device" and passes.
 
 mod common;
@@ -93,6 +96,67 @@ fn gelu_aux_epilogue_matches_f64() {
             check(&format!("{tag} act"), dt, &act.get(&gpu), &want_act);
         }
     }
+}
+
+/// `Gemm::set_wide_tuning`: a GELU_AUX_BIAS GEMM large enough to be timed (gpt2's MLP input
+/// projection on 2048 rows, 9.7 GFLOP), planned inside `with_tuning(true)` with the
+/// configurations beyond the heuristic's list, runs the algorithm it chose and computes the
+/// epilogue as the f64 reference does (bf16 bound, on 48 sampled rows). Where the kernel cache
+/// cannot be written nothing is timed, and the first pick is checked instead.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn wide_tuning_keeps_the_gelu_epilogue_exact() {
+    let Some(gpu) = device() else { return };
+    let gemm = gpu.gemm().expect("cuBLASLt");
+    let mut rng = Rng::fresh("wide_tuning");
+    let dt = Dtype::Bf16;
+    let (m, n, k) = (2048, 3072, 768);
+    let x = Mat::new(&gpu, dt, &rng.uniform_vec(m * k, 0.0, 1.0));
+    let w = Mat::new(&gpu, dt, &rng.uniform_vec(n * k, 0.0, 0.1));
+    let b = Mat::new(&gpu, dt, &rng.uniform_vec(n, 0.0, 0.5));
+    let act = Mat::new(&gpu, dt, &vec![f64::NAN; m * n]);
+    let pre = Mat::new(&gpu, dt, &vec![7.0; m * n]);
+    let epi = Epilogue::GeluAux {
+        pre: pre.ptr(),
+        ld: n,
+        bias: b.ptr(),
+    };
+    let g = RowMajorGemm::linear(m, n, k);
+    gemm.set_wide_tuning(true);
+    // SAFETY: x [m, k], w [n, k], act and pre [m, n], bias [n], all bf16.
+    let ran = gemm.with_tuning(true, || unsafe {
+        gemm.run_epilogue(dt, &g, x.ptr(), w.ptr(), act.ptr(), &epi)
+    });
+    gemm.set_wide_tuning(false);
+    assert!(
+        ran.expect("no error"),
+        "cuBLASLt refused the bf16 GELU epilogue"
+    );
+    for t in gemm.tuned() {
+        println!(
+            "wide tuning: {} -> candidate {} of {}: {:.4} ms (first pick {:.4} ms)",
+            t.key, t.chosen, t.candidates, t.best_ms, t.first_ms
+        );
+        assert!(t.chosen < t.candidates && t.best_ms <= t.first_ms, "{t:?}");
+    }
+    let (got_pre, got_act) = (pre.get(&gpu), act.get(&gpu));
+    let rows: Vec<usize> = (0..48).map(|i| (i * 977 + 13) % m).collect();
+    let (mut want_pre, mut want_act, mut have_pre, mut have_act) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for &r in &rows {
+        for j in 0..n {
+            let mut s = b.host[j];
+            for q in 0..k {
+                s += x.host[r * k + q] * w.host[j * k + q];
+            }
+            want_pre.push(s);
+            want_act.push(gelu(s));
+            have_pre.push(got_pre[r * n + j]);
+            have_act.push(got_act[r * n + j]);
+        }
+    }
+    check("wide-tuned gelu_aux pre", dt, &have_pre, &want_pre);
+    check("wide-tuned gelu_aux act", dt, &have_act, &want_act);
 }
 
 #[test]

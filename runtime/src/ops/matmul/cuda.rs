@@ -173,6 +173,13 @@ impl Gemm {
         out
     }
 
+    /// Whether timing also covers configurations beyond cuBLASLt's heuristic list (an
+    /// experiment; `MODELSPEC_GEMM_TUNE=wide` sets it for every handle): every algorithm id in
+    /// each tile and stage configuration it lists that cuBLASLt accepts for the GEMM.
+    pub fn set_wide_tuning(&self, on: bool) {
+        self.tuner.lock().unwrap_or_else(|e| e.into_inner()).wide = on;
+    }
+
     /// The GEMMs this handle chose an algorithm for by timing ([`tune`]), in order.
     pub fn tuned(&self) -> Vec<Tuned> {
         self.tuner
@@ -513,7 +520,7 @@ impl Gemm {
         // `MODELSPEC_GEMM_TUNE=wide`: configurations beyond the heuristic's list too, under a
         // key of their own (a plain run never reads an index into the longer list).
         let mut candidates = candidates.to_vec();
-        let id = if tune::wide() {
+        let id = if tuner.wide {
             let (ab, cd, compute) = lt_types(ops.dtype, key.1);
             // SAFETY: the plan's handles are live.
             let more = unsafe {

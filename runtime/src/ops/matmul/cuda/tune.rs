@@ -48,6 +48,9 @@ pub(super) struct Tuner {
     chosen: BTreeMap<String, usize>,
     /// This process's timings.
     timed: Vec<Tuned>,
+    /// Whether timing also covers configurations beyond the heuristic's list ([`enumerate`]):
+    /// `MODELSPEC_GEMM_TUNE=wide`, or [`Gemm::set_wide_tuning`](super::Gemm::set_wide_tuning).
+    pub(super) wide: bool,
 }
 
 /// One GEMM this process timed.
@@ -70,6 +73,7 @@ impl Tuner {
     /// `<cache>/gemm-algos.tsv`.
     pub(super) fn from_env() -> Tuner {
         let on = crate::cuda::env_switch("MODELSPEC_GEMM_TUNE") != Some(false);
+        let wide = std::env::var("MODELSPEC_GEMM_TUNE").as_deref() == Ok("wide");
         let path = on
             .then(crate::cuda::compile::cache_dir)
             .flatten()
@@ -84,6 +88,7 @@ impl Tuner {
             path,
             chosen,
             timed: Vec::new(),
+            wide,
         }
     }
 
@@ -194,13 +199,7 @@ pub(super) unsafe fn candidates(
     Ok(algos)
 }
 
-/// Whether timing also covers algorithms beyond the heuristic's list
-/// (`MODELSPEC_GEMM_TUNE=wide`, an experiment: [`enumerate`]).
-pub(super) fn wide() -> bool {
-    std::env::var("MODELSPEC_GEMM_TUNE").as_deref() == Ok("wide")
-}
-
-/// At most this many enumerated algorithms are timed per GEMM under [`wide`].
+/// At most this many enumerated algorithms are timed per GEMM under [`Tuner::wide`].
 pub(super) const WIDE_EXTRA: usize = 48;
 
 /// Configurations the heuristic did not offer (`MODELSPEC_GEMM_TUNE=wide`): every algorithm id
@@ -403,6 +402,7 @@ mod tests {
             path: Some(PathBuf::from("/nonexistent-dir-modelspec/gemm-algos.tsv")),
             chosen: BTreeMap::new(),
             timed: Vec::new(),
+            wide: false,
         };
         let got = t.record(Tuned {
             key: "k".into(),
@@ -425,6 +425,7 @@ mod tests {
             path: Some(path.clone()),
             chosen: BTreeMap::new(),
             timed: Vec::new(),
+            wide: false,
         };
         for (key, chosen) in [("x|1", 3), ("y|2", 0)] {
             let got = t.record(Tuned {
@@ -444,6 +445,7 @@ mod tests {
             path: Some(path.clone()),
             chosen: BTreeMap::new(),
             timed: Vec::new(),
+            wide: false,
         };
         assert_eq!(late.lookup("x|1"), Some(3));
         assert_eq!(late.lookup("z"), None);
