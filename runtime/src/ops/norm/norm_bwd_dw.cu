@@ -19,10 +19,15 @@
 // last group adds the 8 group sums in order. Counters: cnt[0] and cnt[1 + g], colred's 9 words of
 // its first column tile, zero before and left zero (atomicInc wraps); no atomics touch a sum, so
 // results are bit-identical run to run.
+// The tails run on the critical path (the kernel ends with the last group's block), so a thread
+// advances all its sums (3 columns x 2 outputs at 768 wide) together, 8 partials at a time:
+// 4 rounds of L2 loads for a group of 32 chunks where one sum after another took 12.
 // Traffic: reads r, dy (+dres) once, writes dx, plus chunks x C x 2 floats of partials (written,
 // then read once from L2).
 
 #define NORM_DW_GROUPS 8
+// Threads a block (the host launches BLOCK = 256; the kernel traps on any other).
+#define NORM_DW_TPB 256
 
 template <typename T, int CT>
 struct NormFused {
@@ -137,20 +142,33 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int c = threadIdx.x; c < CT; c += blockDim.x) {
+    // Each thread's columns c = threadIdx.x + NORM_DW_TPB * i, both outputs: all of its sums
+    // advance together, so one batch of loads serves every sum (the order within each sum, chunk
+    // by chunk, is unchanged: same bits).
+    const int CPT = (CT + NORM_DW_TPB - 1) / NORM_DW_TPB;
+    float a[2][CPT];
 #pragma unroll
-        for (int o = 0; o < 2; o++) {
-            if (!outs[o]) continue;
-            float* p = part + (size_t)o * chunks * CT + c;
-            // The group's partials in chunk order (a group holds at most 32: the host's 256
-            // chunks), unrolled as colred's finish (reduce.cu) is, so their L2 loads are issued
-            // ahead of the additions, which keep their order (same bits).
-            float a = 0.f;
-#pragma unroll 16
-            for (int k = g; k < chunks; k += NORM_DW_GROUPS) a += __ldcg(p + (size_t)k * CT);
-            p[(size_t)g * CT] = a;
-        }
+    for (int o = 0; o < 2; o++)
+#pragma unroll
+        for (int i = 0; i < CPT; i++) a[o][i] = 0.f;
+    // The group's partials in chunk order (a group holds at most 32: the host's 256 chunks).
+#pragma unroll 8
+    for (int k = g; k < chunks; k += NORM_DW_GROUPS) {
+#pragma unroll
+        for (int o = 0; o < 2; o++)
+#pragma unroll
+            for (int i = 0; i < CPT; i++) {
+                const int c = threadIdx.x + NORM_DW_TPB * i;
+                if (outs[o] && c < CT) a[o][i] += __ldcg(part + ((size_t)o * chunks + k) * CT + c);
+            }
     }
+#pragma unroll
+    for (int o = 0; o < 2; o++)
+#pragma unroll
+        for (int i = 0; i < CPT; i++) {
+            const int c = threadIdx.x + NORM_DW_TPB * i;
+            if (outs[o] && c < CT) part[((size_t)o * chunks + g) * CT + c] = a[o][i];
+        }
     // The block that completes the last group adds the groups in order.
     __threadfence();
     __syncthreads();
@@ -158,17 +176,18 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
     __syncthreads();
     if (!last) return;
     __threadfence();
-    for (int c = threadIdx.x; c < CT; c += blockDim.x) {
 #pragma unroll
-        for (int o = 0; o < 2; o++) {
-            if (!outs[o]) continue;
+    for (int o = 0; o < 2; o++)
+#pragma unroll
+        for (int i = 0; i < CPT; i++) {
+            const int c = threadIdx.x + NORM_DW_TPB * i;
+            if (!outs[o] || c >= CT) continue;
             const float* p = part + (size_t)o * chunks * CT + c;
-            float a = __ldcg(p);
+            float s = __ldcg(p);
 #pragma unroll
-            for (int i = 1; i < NORM_DW_GROUPS; i++) a += i < groups ? __ldcg(p + (size_t)i * CT) : 0.f;
-            outs[o][c] += a;
+            for (int q = 1; q < NORM_DW_GROUPS; q++) s += q < groups ? __ldcg(p + (size_t)q * CT) : 0.f;
+            outs[o][c] += s;
         }
-    }
 }
 
 #define NORM_BWD_DW_INSTANTIATE(SUF, T)                                                                 \
@@ -177,7 +196,9 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
                                const float* mean, const T* dres, float* dw, float* db, unsigned* cnt,   \
                                float* part, int N, int C, int rows_per_chunk, float offset, int is_layer) { \
         typedef NormFused<T, MS_D_MODEL> NF;                                                            \
-        if (!NF::OK || C != MS_D_MODEL || !norm_warp_vec_ok<T, NF::W>(dx, dy, r, w, dres, 0)) __trap(); \
+        if (!NF::OK || C != MS_D_MODEL || blockDim.x != NORM_DW_TPB ||                                \
+            !norm_warp_vec_ok<T, NF::W>(dx, dy, r, w, dres, 0))                                        \
+            __trap();                                                                                   \
         norm_bwd_dw_warp<T, NF::W>(dx, dy, r, w, rstd, mean, dres, dw, db, cnt, part, N, rows_per_chunk, \
                                    offset, is_layer);                                                   \
     }
