@@ -214,12 +214,14 @@ fn file_of(lib: &libloading::Library) -> Option<PathBuf> {
     // SAFETY: the symbol is only used for its address.
     let f = unsafe { lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0") }.ok()?;
     let addr = *f as *const std::ffi::c_void;
+    // SAFETY: Dl_info is plain C data; all zeroes is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: dladdr only reads the address and fills `info`; dli_fname points into the
     // linker's own storage for the loaded object, copied out at once.
     if unsafe { libc::dladdr(addr, &mut info) } == 0 || info.dli_fname.is_null() {
         return None;
     }
+    // SAFETY: dladdr succeeded, so dli_fname is a NUL-terminated path.
     let name = unsafe { std::ffi::CStr::from_ptr(info.dli_fname) };
     let p = PathBuf::from(name.to_string_lossy().into_owned());
     Some(std::fs::canonicalize(&p).unwrap_or(p))
@@ -239,6 +241,10 @@ fn search() -> std::result::Result<Loaded, Failure> {
                 ["libcudnn.so.9", "libcudnn.so"].map(|n| (p.join(n).into_os_string(), false)),
             );
         } else {
+            notes.push(format!("MODELSPEC_CUDNN_LIB={}", p.display()));
+            if !p.is_file() {
+                notes.push(format!("{} (no such file)", p.display()));
+            }
             cands.push((p.into_os_string(), false));
         }
     } else {
