@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .gpu
-tests=(cuda_compile cuda_kernels cuda_reduce cuda_epilogue cuda_train cuda_train_state cuda_moe cuda_cudnn cuda_checkpoint cuda_decode cuda_walk)
+tests=(cuda_compile cuda_kernels cuda_reduce cuda_epilogue cuda_train cuda_train_state cuda_moe cuda_cudnn cuda_checkpoint cuda_decode cuda_walk cuda_hopper_gemm)
 root_tests=(cuda_eval cli_train_cuda generated_cuda generated_model_cuda cli_sample_cuda)
 args=()
 for t in "${tests[@]}"; do [ -f "runtime/tests/$t.rs" ] && args+=(--test "$t"); done

@@ -25,7 +25,7 @@ run() {  # run NAME TIMEOUT CMD...: log to $FINAL/NAME.log, keep the exit code f
     printf '%s\n' "${summary[@]}" > "$FINAL/summary.txt"
     tar czf "$FINAL/verify_logs.tgz.tmp" -C "$LOGS" . && mv "$FINAL/verify_logs.tgz.tmp" "$FINAL/verify_logs.tgz"
 }
-TESTS=${TESTS:-cuda_compile cuda_kernels cuda_reduce cuda_epilogue cuda_train cuda_train_state cuda_moe cuda_cudnn cuda_checkpoint cuda_decode cuda_walk generated_cuda generated_model_cuda cuda_eval cli_train_cuda cli_sample_cuda}
+TESTS=${TESTS:-cuda_compile cuda_hopper_gemm cuda_kernels cuda_reduce cuda_epilogue cuda_train cuda_train_state cuda_moe cuda_cudnn cuda_checkpoint cuda_decode cuda_walk generated_cuda generated_model_cuda cuda_eval cli_train_cuda cli_sample_cuda}
 for t in $TESTS; do
     [ -x "$B/$t" ] || continue
     case $t in

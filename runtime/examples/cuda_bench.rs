@@ -8,6 +8,7 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- bgrad       # bias grads in the GEMM
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- norm        # norm fwd/bwd/dw, warp vs block
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- xent        # cross-entropy chunks
+//! cargo run --release -p modelspec-runtime --example cuda_bench -- hopper      # own wgmma GEMM vs cuBLASLt
 //! ```
 //! `cudnn` prints, per shape, a row for the own kernels and one for cuDNN's fused attention
 //! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
@@ -388,6 +389,42 @@ fn bench_gemm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     Ok(())
 }
 
+/// The own Hopper GEMM (`gemm::hopper`, step 1: plain bf16 `C = A B^T`) against cuBLASLt's
+/// first pick on gpt2-124m's forward shapes (B16 T1024: the fused qkv, the MLP's input and output
+/// projections, one logits chunk) and the 8192^3 ceiling: one JSON row a shape and path.
+fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
+    use modelspec_runtime::cuda::gemm::hopper::HopperGemm;
+    let hg = HopperGemm::new(gpu)?;
+    let gemm = gpu.gemm()?;
+    for (m, n, k) in [
+        (16384, 2304, 768),
+        (16384, 3072, 768),
+        (16384, 768, 3072),
+        (4096, 50304, 768),
+        (8192, 8192, 8192),
+    ] {
+        let a = gpu.upload(&rand_bf16(m * k, 11))?;
+        let b = gpu.upload(&rand_bf16(n * k, 12))?;
+        let c = gpu.zeros::<u16>(m * n)?;
+        let g = RowMajorGemm::linear(m, n, k);
+        let flop = 2.0 * (m * n * k) as f64;
+        // SAFETY: a [m, k], b [n, k], c [m, n], all bf16.
+        let own = || unsafe { hg.run(&g, a.ptr(), b.ptr(), c.ptr()) };
+        let lt = || unsafe { gemm.run(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), 1.0, 0.0) };
+        for (path, f) in [
+            ("own", &own as &dyn Fn() -> Result<(), CudaError>),
+            ("cublaslt", &lt),
+        ] {
+            let ms = timed(gpu, 20, f)?;
+            println!(
+                "{{\"hopper_gemm\": \"{m}x{n}x{k}\", \"path\": \"{path}\", \"ms\": {ms:.4}, \"TFLOPs\": {:.1}}}",
+                flop / ms as f64 / 1e9
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The column reductions of one gpt2-124m training step (B16 T1024, bf16): each bias width's
 /// `colsum` and the norms' `norm_dw` (LayerNorm: weight and bias), timed alone; `step_ms` adds
 /// them up as a step calls them (12 layers x 4 biases, 25 norms).
@@ -458,9 +495,10 @@ fn main() {
         "bgrad" => bgrad::bench_bgrad(&gpu),
         "norm" => norm::bench_norm(&gpu),
         "xent" => xent::bench_xent(&gpu),
+        "hopper" => bench_hopper(&gpu),
         other => {
             eprintln!(
-                "unknown benchmark `{other}` (attention | gemm | cudnn | reduce | bgrad | norm | xent)"
+                "unknown benchmark `{other}` (attention | gemm | cudnn | reduce | bgrad | norm | xent | hopper)"
             );
             std::process::exit(2);
         }

@@ -167,3 +167,28 @@ fn opening_a_device_never_panics() {
     // A device ordinal far past any machine's count is a typed error either way.
     assert!(Gpu::new(10_000).is_err());
 }
+
+/// The own Hopper GEMM compiles for `compute_90a` (its `wgmma` exist only there) and its entry
+/// takes the two tensor maps by value (128 bytes each, 64-byte aligned) before its other
+/// parameters.
+#[test]
+#[ignore = "needs NVRTC (the CUDA toolkit)"]
+fn hopper_gemm_compiles_for_sm90a() {
+    if !compile::nvrtc_present() {
+        println!("skipping: no NVRTC library on this machine");
+        return;
+    }
+    let src = KernelSource {
+        name: "hopper_gemm_compile_test".into(),
+        defines: Default::default(),
+        body: modelspec_runtime::cuda::gemm::hopper::SOURCE.into(),
+    };
+    let (ptx, _) = compile::compile(&src, "compute_90a").expect("hopper.cu compiles");
+    assert!(ptx.contains(".entry hopper_gemm_bf16("), "entry missing");
+    assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
+    assert!(ptx.contains("cp.async.bulk.tensor.2d"));
+    assert!(
+        ptx.contains(".param .align 64 .b8 hopper_gemm_bf16_param_0[128]"),
+        "map param"
+    );
+}

@@ -217,12 +217,18 @@ impl Gpu {
 
     /// Compiles (or loads from the disk cache) and loads `src`; loaded once per Gpu.
     pub fn load(&self, src: &KernelSource) -> Result<Arc<Module>> {
-        let key = compile::cache_key(&src.text(), self.arch);
+        self.load_arch(src, self.arch)
+    }
+
+    /// As [`Gpu::load`] for the NVRTC architecture `arch` (e.g. `compute_90a` for kernels that
+    /// use Hopper's architecture-specific instructions; the caller checks that the device has it).
+    pub fn load_arch(&self, src: &KernelSource, arch: &'static str) -> Result<Arc<Module>> {
+        let key = compile::cache_key(&src.text(), arch);
         let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(m) = mods.get(&key) {
             return Ok(m.clone());
         }
-        let (ptx, from_cache) = compile::compile(src, self.arch)?;
+        let (ptx, from_cache) = compile::compile(src, arch)?;
         let module = self
             .ctx
             .load_module(cudarc::nvrtc::Ptx::from_src(ptx))

@@ -15,6 +15,7 @@ use std::sync::{Arc, Mutex};
 mod bgrad;
 mod colmajor;
 mod epilogue;
+pub mod hopper;
 mod tune;
 pub use bgrad::{BiasGradPath, BiasGradPolicy};
 use colmajor::to_column_major;

@@ -1,0 +1,158 @@
+//! The own Hopper GEMM (`hopper.cu`, docs/hopper_gemm.md), step 1: `C = A B^T` in bf16 with f32
+//! accumulation, A `[m, k]` and B `[n, k]` row-major (a linear layer's input and weight), on the
+//! tensor cores through `wgmma`, the tiles brought in by the bulk tensor copy engine. Not yet
+//! used by the trainer: its parity test (`cuda_hopper_gemm`) and `cuda_bench hopper` come first.
+
+use super::RowMajorGemm;
+use crate::cuda::compile::KernelSource;
+use crate::cuda::error::{CudaError, DriverContext, Result};
+use crate::cuda::gpu::{DevPtr, Gpu, Module};
+use cudarc::driver::sys;
+use std::sync::Arc;
+
+/// The kernel text.
+pub const SOURCE: &str = include_str!("../hopper.cu");
+
+/// Tile rows and columns of C a block computes, and the K step (`HG_BM`, `HG_BN`, `HG_BK`).
+const BM: u32 = 128;
+const BN: u32 = 128;
+const BK: u32 = 64;
+/// Stages of the shared-memory ring and threads a block (`HG_STAGES`, `HG_THREADS`).
+const STAGES: u32 = 4;
+const THREADS: u32 = 384;
+const KERNEL: &str = "hopper_gemm_bf16";
+
+/// The own GEMM on one Hopper GPU.
+pub struct HopperGemm {
+    gpu: Arc<Gpu>,
+    module: Arc<Module>,
+}
+
+impl HopperGemm {
+    /// Compiles the kernel for `compute_90a`; an error on any GPU that is not compute
+    /// capability 9.0 (the architecture-specific instructions exist only there).
+    pub fn new(gpu: &Arc<Gpu>) -> Result<HopperGemm> {
+        if gpu.arch() != "compute_90" {
+            return Err(CudaError::BadLaunch {
+                kernel: KERNEL.into(),
+                why: format!(
+                    "needs a Hopper GPU (compute capability 9.0); this one is {}",
+                    gpu.arch()
+                ),
+            });
+        }
+        let src = KernelSource {
+            name: "hopper_gemm".into(),
+            defines: Default::default(),
+            body: SOURCE.into(),
+        };
+        let module = gpu.load_arch(&src, "compute_90a")?;
+        Ok(HopperGemm {
+            gpu: gpu.clone(),
+            module,
+        })
+    }
+
+    /// Why the kernel cannot run `g` on these pointers, or `None`: the linear form only (A
+    /// `[m, k]`, B `[n, k]`, no batch), 16-byte aligned rows of A and B (the tensor maps' rule),
+    /// C's pairs of columns 4-byte aligned.
+    pub fn unsupported_reason(g: &RowMajorGemm, a: DevPtr, b: DevPtr, c: DevPtr) -> Option<String> {
+        if g.trans_a || !g.trans_b || g.batch.is_some() {
+            return Some("only C = A B^T with A [m, k] and B [n, k], unbatched".into());
+        }
+        if g.m == 0 || g.n == 0 || g.k == 0 {
+            return Some("an empty matrix".into());
+        }
+        if !(g.lda * 2).is_multiple_of(16) || !(g.ldb * 2).is_multiple_of(16) {
+            return Some(format!(
+                "row strides of A ({}) and B ({}) must be multiples of 8 elements",
+                g.lda, g.ldb
+            ));
+        }
+        if !a.is_multiple_of(16)
+            || !b.is_multiple_of(16)
+            || !c.is_multiple_of(4)
+            || !g.ldc.is_multiple_of(2)
+        {
+            return Some(
+                "A and B must be 16-byte aligned, C 4-byte aligned with an even row stride".into(),
+            );
+        }
+        None
+    }
+
+    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream.
+    ///
+    /// # Safety
+    /// The pointers must address bf16 matrices of the sizes and strides `g` describes.
+    pub unsafe fn run(&self, g: &RowMajorGemm, a: DevPtr, b: DevPtr, c: DevPtr) -> Result<()> {
+        if let Some(why) = Self::unsupported_reason(g, a, b, c) {
+            return Err(CudaError::BadLaunch {
+                kernel: KERNEL.into(),
+                why: format!("{}x{}x{}: {why}", g.m, g.n, g.k),
+            });
+        }
+        let mut map_a = tensor_map(a, g.k, g.m, g.lda, BM)?;
+        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, BN)?;
+        let (mut c_, mut m, mut n, mut k, mut ldc) =
+            (c, g.m as i32, g.n as i32, g.k as i32, g.ldc as i32);
+        let f = self.module.function(KERNEL)?;
+        let grid = ((g.n as u32).div_ceil(BN), (g.m as u32).div_ceil(BM), 1);
+        // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel.
+        let smem = STAGES * (BM + BN) * BK * 2 + 1024;
+        let mut args = [
+            (&mut map_a) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
+            (&mut map_b) as *mut sys::CUtensorMap as *mut _,
+            (&mut c_) as *mut DevPtr as *mut _,
+            (&mut m) as *mut i32 as *mut _,
+            (&mut n) as *mut i32 as *mut _,
+            (&mut k) as *mut i32 as *mut _,
+            (&mut ldc) as *mut i32 as *mut _,
+        ];
+        // SAFETY: the arguments match the kernel's signature (two tensor maps by value, the
+        // output pointer, four ints); the pointers are the caller's promise.
+        unsafe {
+            self.gpu
+                .launch(KERNEL, &f, grid, (THREADS, 1, 1), smem, &mut args)
+        }
+    }
+}
+
+/// A 2D tensor map over a row-major bf16 matrix of `outer` rows of `inner` elements (row stride
+/// `ld`), read in boxes of 64 x `box_rows` with the 128-byte swizzle; out-of-bounds elements
+/// read as zero.
+fn tensor_map(
+    ptr: DevPtr,
+    inner: usize,
+    outer: usize,
+    ld: usize,
+    box_rows: u32,
+) -> Result<sys::CUtensorMap> {
+    // SAFETY: plain data that the encoder fills.
+    let mut map: sys::CUtensorMap = unsafe { std::mem::zeroed() };
+    let dims = [inner as u64, outer as u64];
+    let strides = [(ld * 2) as u64];
+    let boxes = [BK, box_rows];
+    let elem = [1u32, 1];
+    // SAFETY: every array has the rank's (2) entries (strides: rank - 1); the address is a
+    // device pointer the caller vouches for; only the map is written.
+    unsafe {
+        sys::cuTensorMapEncodeTiled(
+            &mut map,
+            sys::CUtensorMapDataType::CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+            2,
+            ptr as *mut std::ffi::c_void,
+            dims.as_ptr(),
+            strides.as_ptr(),
+            boxes.as_ptr(),
+            elem.as_ptr(),
+            sys::CUtensorMapInterleave::CU_TENSOR_MAP_INTERLEAVE_NONE,
+            sys::CUtensorMapSwizzle::CU_TENSOR_MAP_SWIZZLE_128B,
+            sys::CUtensorMapL2promotion::CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+            sys::CUtensorMapFloatOOBfill::CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+        )
+        .result()
+    }
+    .during(|| format!("encoding a tensor map of {outer} x {inner} (row stride {ld})"))?;
+    Ok(map)
+}

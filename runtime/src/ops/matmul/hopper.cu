@@ -1,0 +1,185 @@
+// ---- hopper_gemm: C = A B^T on Hopper's tensor cores (wgmma), fed by the bulk tensor copy engine ----
+//
+// An own GEMM for the epilogues cuBLASLt cannot fuse (docs/hopper_gemm.md), step 1: plain bf16
+// in, f32 accumulation, bf16 out. A [M, K] and B [N, K] row-major bf16 (the linear layer's input
+// and weight: both K-major, wgmma's native layout), C [M, N] bf16 with row stride ldc.
+// Compiled for compute_90a only (wgmma); a separate module from the kernel library.
+//
+// Block: 3 warpgroups, 384 threads, one 128 x 128 tile of C. Warpgroup 0 produces: its first
+// thread issues, per K step of 64, `cp.async.bulk.tensor.2d` for the A tile (128 x 64) and the B
+// tile (128 x 64) into stage s of a ring of HG_STAGES, completing on full[s]; it first waits for
+// empty[s] (both consumers released the stage). Warpgroups 1 and 2 consume: each waits for
+// full[s], issues four `wgmma.mma_async m64n128k16` (16 columns of K each) over its 64 rows of
+// the tile, waits for them, and arrives on empty[s]. Tiles are rows of 64 bf16 = 128 bytes with
+// the 128-byte swizzle, as the host's tensor maps write them and the wgmma descriptors read them
+// (stride byte offset 1024: 8 rows; K steps of 16 advance the start address by 32 bytes).
+// Accumulators: 64 f32 a thread, the m64nN layout: warp w of the warpgroup owns rows 16w..16w+15,
+// lane l rows l/4 and l/4 + 8, columns 8j + 2(l%4) + {0, 1} for j < 16.
+
+#define HG_BM 128
+#define HG_BN 128
+#define HG_BK 64
+#define HG_STAGES 4
+#define HG_THREADS 384
+// Bytes of one stage: the A and B tiles.
+#define HG_STAGE_BYTES ((HG_BM + HG_BN) * HG_BK * 2)
+
+// A CUtensorMap (opaque, 128 bytes, 64-byte aligned), passed by value.
+struct __align__(64) HgTmaMap {
+    unsigned long long v[16];
+};
+
+__device__ __forceinline__ unsigned hg_smem(const void* p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ __forceinline__ void hg_bar_init(unsigned long long* bar, unsigned count) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(hg_smem(bar)), "r"(count) : "memory");
+}
+
+__device__ __forceinline__ void hg_bar_expect_tx(unsigned long long* bar, unsigned bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(hg_smem(bar)), "r"(bytes)
+                 : "memory");
+}
+
+__device__ __forceinline__ void hg_bar_arrive(unsigned long long* bar) {
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(hg_smem(bar)) : "memory");
+}
+
+// Waits until the phase of parity `parity` of `bar` has completed (a fresh barrier counts its
+// phase of parity 1 as completed).
+__device__ __forceinline__ void hg_bar_wait(unsigned long long* bar, unsigned parity) {
+    asm volatile(
+        "{\n"
+        ".reg .pred done;\n"
+        "HG_WAIT:\n"
+        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+        "@!done bra HG_WAIT;\n"
+        "}\n" ::"r"(hg_smem(bar)),
+        "r"(parity)
+        : "memory");
+}
+
+__device__ __forceinline__ void hg_tma_load(void* dst, const HgTmaMap* map, unsigned long long* bar, int inner,
+                                            int outer) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+            hg_smem(dst)),
+        "l"((unsigned long long)map), "r"(hg_smem(bar)), "r"(inner), "r"(outer)
+        : "memory");
+}
+
+// A shared-memory matrix descriptor for a K-major tile with the 128-byte swizzle whose rows are
+// 128 bytes: start address >> 4 (bits 0-13), leading byte offset 1 (unused for this layout),
+// stride byte offset 1024 >> 4 (bits 32-45: 8 rows), swizzle mode 1 (128 bytes, bits 62-63).
+__device__ __forceinline__ unsigned long long hg_desc(const void* p) {
+    unsigned long long d = (unsigned long long)((hg_smem(p) & 0x3FFFF) >> 4);
+    d |= 1ull << 16;
+    d |= (unsigned long long)(1024 >> 4) << 32;
+    d |= 1ull << 62;
+    return d;
+}
+
+__device__ __forceinline__ void hg_wgmma_m64n128k16(float* d, unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n"
+        ".reg .pred acc;\n"
+        "setp.ne.b32 acc, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, acc, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(1)
+        : "memory");
+}
+
+// Keeps the accumulators in place across the asynchronous wgmma (no copies of them between the
+// fence and the wait): an empty asm that reads and writes each one.
+__device__ __forceinline__ void hg_pin(float* d) {
+#pragma unroll
+    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// bf16 bits of x, rounded to nearest even (NaN kept a NaN).
+__device__ __forceinline__ unsigned short hg_bf16(float x) {
+    unsigned u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (unsigned short)(u >> 16);
+}
+
+extern "C" __global__ void __launch_bounds__(HG_THREADS, 1)
+    hopper_gemm_bf16(const __grid_constant__ HgTmaMap map_a, const __grid_constant__ HgTmaMap map_b,
+                     unsigned short* c, int M, int N, int K, int ldc) {
+    extern __shared__ unsigned char hg_raw[];
+    __shared__ __align__(8) unsigned long long full[HG_STAGES], empty[HG_STAGES];
+    // The swizzled tiles need 1024-byte alignment (the host asks for 1 KiB more than the ring).
+    unsigned char* ring = hg_raw + ((1024 - (hg_smem(hg_raw) & 1023)) & 1023);
+    // The warpgroup index through a shuffle, so the compiler sees it warp-uniform (a role branch
+    // it takes for divergent serialises the consumers' wgmma: ptxas C7520).
+    const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
+    const int n0 = blockIdx.x * HG_BN, m0 = blockIdx.y * HG_BM;
+    const int ktiles = (K + HG_BK - 1) / HG_BK;
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < HG_STAGES; s++) {
+            hg_bar_init(&full[s], 1);
+            hg_bar_init(&empty[s], 2);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == 0) {
+        if (t == 0) {
+            for (int kt = 0; kt < ktiles; kt++) {
+                const int s = kt % HG_STAGES;
+                const unsigned parity = ((kt / HG_STAGES) & 1) ^ 1;
+                hg_bar_wait(&empty[s], parity);
+                unsigned char* a = ring + s * HG_STAGE_BYTES;
+                unsigned char* b = a + HG_BM * HG_BK * 2;
+                hg_bar_expect_tx(&full[s], HG_STAGE_BYTES);
+                hg_tma_load(a, &map_a, &full[s], kt * HG_BK, m0);
+                hg_tma_load(b, &map_b, &full[s], kt * HG_BK, n0);
+            }
+        }
+        return;
+    }
+    const int half = wg - 1;  // which 64 rows of the tile
+    float d[64];
+#pragma unroll
+    for (int i = 0; i < 64; i++) d[i] = 0.f;
+    // Not unrolled: copies of the loop body make ptxas serialise the wgmma (C7511).
+#pragma unroll 1
+    for (int kt = 0; kt < ktiles; kt++) {
+        const int s = kt % HG_STAGES;
+        hg_bar_wait(&full[s], (kt / HG_STAGES) & 1);
+        const unsigned char* a = ring + s * HG_STAGE_BYTES + half * 64 * 128;
+        const unsigned char* b = ring + s * HG_STAGE_BYTES + HG_BM * HG_BK * 2;
+        hg_pin(d);
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+        // K steps of 16 bf16 = 32 bytes: +2 in the descriptors' address field (16-byte units).
+        const unsigned long long da = hg_desc(a), db = hg_desc(b);
+#pragma unroll
+        for (int kk = 0; kk < HG_BK / 16; kk++) hg_wgmma_m64n128k16(d, da + 2 * kk, db + 2 * kk);
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        hg_pin(d);
+        if (t == 0) hg_bar_arrive(&empty[s]);
+    }
+    const int warp = t / 32, lane = t % 32;
+    const int r0 = m0 + half * 64 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < HG_BN / 8; j++) {
+        const int col = n0 + 8 * j + 2 * (lane % 4);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = r0 + 8 * h;
+            if (row >= M) continue;
+            const float x0 = d[4 * j + 2 * h], x1 = d[4 * j + 2 * h + 1];
+            unsigned short* p = c + (size_t)row * ldc + col;
+            if (col + 1 < N) {
+                *(unsigned*)p = (unsigned)hg_bf16(x0) | ((unsigned)hg_bf16(x1) << 16);
+            } else if (col < N) {
+                p[0] = hg_bf16(x0);
+            }
+        }
+    }
+}
