@@ -27,7 +27,8 @@
 
 use modelspec_runtime::cuda::cudnn::CudnnAttention;
 use modelspec_runtime::cuda::{
-    AttnShape, CudaError, Dtype, Gpu, GpuBuf, Kernels, NormKind, ReduceScratch, RowMajorGemm,
+    AttnShape, CudaError, Dtype, Epilogue, Gpu, GpuBuf, Kernels, NormKind, ReduceScratch,
+    RowMajorGemm,
 };
 use std::sync::Arc;
 
@@ -389,6 +390,9 @@ fn bench_gemm(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     Ok(())
 }
 
+/// A timed launch.
+type Launch<'a> = dyn Fn() -> Result<(), CudaError> + 'a;
+
 /// The own Hopper GEMM (`gemm::hopper`, step 1: plain bf16 `C = A B^T`) against cuBLASLt's
 /// first pick on gpt2-124m's forward shapes (B16 T1024: the fused qkv, the MLP's input and output
 /// projections, one logits chunk) and the 8192^3 ceiling: one JSON row a shape and path.
@@ -408,13 +412,30 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         let c = gpu.zeros::<u16>(m * n)?;
         let g = RowMajorGemm::linear(m, n, k);
         let flop = 2.0 * (m * n * k) as f64;
-        // SAFETY: a [m, k], b [n, k], c [m, n], all bf16.
-        let own = || unsafe { hg.run(&g, a.ptr(), b.ptr(), c.ptr()) };
+        let pre = gpu.zeros::<u16>(m * n)?;
+        let bias = gpu.upload(&rand_bf16(n, 13))?;
+        let gelu = Epilogue::GeluAux {
+            pre: pre.ptr(),
+            ld: n,
+            bias: bias.ptr(),
+        };
+        // SAFETY: a [m, k], b [n, k], c and pre [m, n], bias [n], all bf16.
+        let own = || unsafe { hg.run(&g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
         let lt = || unsafe { gemm.run(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), 1.0, 0.0) };
-        for (path, f) in [
-            ("own", &own as &dyn Fn() -> Result<(), CudaError>),
+        let own_gelu = || unsafe { hg.run(&g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
+        let lt_gelu = || unsafe {
+            gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &gelu)
+                .map(|_| ())
+        };
+        // The GELU epilogue only where the trainer uses it (the MLP's input projection).
+        let gelu_too = (n, k) == (3072, 768);
+        let runs: [(&str, &Launch); 4] = [
+            ("own", &own),
             ("cublaslt", &lt),
-        ] {
+            ("own_gelu_aux", &own_gelu),
+            ("cublaslt_gelu_aux", &lt_gelu),
+        ];
+        for (path, f) in runs.into_iter().take(if gelu_too { 4 } else { 2 }) {
             let ms = timed(gpu, 20, f)?;
             println!(
                 "{{\"hopper_gemm\": \"{m}x{n}x{k}\", \"path\": \"{path}\", \"ms\": {ms:.4}, \"TFLOPs\": {:.1}}}",

@@ -184,7 +184,13 @@ fn hopper_gemm_compiles_for_sm90a() {
         body: modelspec_runtime::cuda::gemm::hopper::SOURCE.into(),
     };
     let (ptx, _) = compile::compile(&src, "compute_90a").expect("hopper.cu compiles");
-    assert!(ptx.contains(".entry hopper_gemm_bf16("), "entry missing");
+    for entry in [
+        "hopper_gemm_bf16",
+        "hopper_gemm_bias_bf16",
+        "hopper_gemm_gelu_aux_bf16",
+    ] {
+        assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
+    }
     assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
     assert!(ptx.contains("cp.async.bulk.tensor.2d"));
     assert!(

@@ -1,7 +1,9 @@
-//! The own Hopper GEMM (`gemm::hopper`, docs/hopper_gemm.md step 1) against an f64 reference and
-//! against cuBLASLt, on fresh random inputs each run (the seed is printed): whole tiles, edge
-//! tiles in both M and N, a K that is not a multiple of the 64-wide K step (the tensor maps read
-//! zeros past the end), row strides wider than the rows, and gpt2's MLP input projection.
+//! The own Hopper GEMM (`gemm::hopper`, docs/hopper_gemm.md steps 1 and 2) against an f64
+//! reference and against cuBLASLt, on fresh random inputs each run (the seed is printed): whole
+//! tiles, edge tiles in both M and N, a K that is not a multiple of the 64-wide K step (the
+//! tensor maps read zeros past the end), row strides wider than the rows, and gpt2's MLP input
+//! projection; each plain, with a bias, and with the GELU epilogue (the activation and the kept
+//! pre-activation, against cuBLASLt's GELU_AUX_BIAS).
 //!
 //! Tolerance, ||gpu - ref|| / ||ref||: 1e-2 (the output is rounded to bf16, ~2e-3; the inputs are
 //! exact in bf16 and the products exact in f32). Against cuBLASLt, which rounds the same f32 sums
@@ -14,7 +16,11 @@ mod common;
 
 use common::gpu::{Mat, Rng, check, device};
 use modelspec_runtime::cuda::gemm::hopper::HopperGemm;
-use modelspec_runtime::cuda::{Dtype, RowMajorGemm};
+use modelspec_runtime::cuda::{Dtype, Epilogue, RowMajorGemm};
+
+fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
+}
 
 #[test]
 #[ignore = "needs a CUDA GPU"]
@@ -40,45 +46,99 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
     ] {
         let a = Mat::new(&gpu, dt, &rng.uniform_vec(m * ld, 0.0, 1.0));
         let b = Mat::new(&gpu, dt, &rng.uniform_vec(n * ld, 0.0, 0.25));
-        let c = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
-        let c_lt = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
+        let bias = Mat::new(&gpu, dt, &rng.uniform_vec(n, 0.0, 0.5));
         let g = RowMajorGemm {
             lda: ld,
             ldb: ld,
             ldc,
             ..RowMajorGemm::linear(m, n, k)
         };
-        // SAFETY: a [m, ld], b [n, ld], c and c_lt [m, ldc], all bf16, k <= ld, n <= ldc.
-        unsafe {
-            hg.run(&g, a.ptr(), b.ptr(), c.ptr())
-                .expect("hopper gemm runs");
-            gemm.run(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), 1.0, 0.0)
-                .expect("cuBLASLt runs");
-        }
-        let (got, lt) = (c.get(&gpu), c_lt.get(&gpu));
         let rows: Vec<usize> = if m <= 512 {
             (0..m).collect()
         } else {
             (0..64).map(|i| (i * 977 + 5) % m).collect()
         };
-        let (mut want, mut have, mut have_lt) = (Vec::new(), Vec::new(), Vec::new());
+        // The f64 product on the sampled rows, before any epilogue.
+        let mut prod = Vec::new();
         for &r in &rows {
             for j in 0..n {
                 let mut s = 0.0;
                 for q in 0..k {
                     s += a.host[r * ld + q] * b.host[j * ld + q];
                 }
-                want.push(s);
-                have.push(got[r * ldc + j]);
-                have_lt.push(lt[r * ldc + j]);
+                prod.push(s);
             }
         }
-        let tag = format!("hopper gemm {m}x{n}x{k} ld {ld} ldc {ldc}");
-        check(&format!("{tag} vs f64"), dt, &have, &want);
-        check(&format!("{tag} vs cuBLASLt"), dt, &have, &have_lt);
-        // Columns past n in the wider rows are never written.
-        if ldc > n {
-            assert!(got[ldc - 1].is_nan(), "{tag}: wrote past column n");
+        for epi in ["plain", "bias", "gelu"] {
+            let c = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
+            let c_lt = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
+            let pre = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
+            let pre_lt = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
+            let gelu_of = |pre: &Mat| Epilogue::GeluAux {
+                pre: pre.ptr(),
+                ld: ldc,
+                bias: bias.ptr(),
+            };
+            // SAFETY: a [m, ld], b [n, ld], c, c_lt, pre and pre_lt [m, ldc], bias [n], all bf16,
+            // k <= ld, n <= ldc.
+            unsafe {
+                match epi {
+                    "plain" => {
+                        hg.run(&g, a.ptr(), b.ptr(), c.ptr(), 0, None)
+                            .expect("hopper gemm runs");
+                        gemm.run(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), 1.0, 0.0)
+                            .expect("cuBLASLt runs");
+                    }
+                    "bias" => {
+                        hg.run(&g, a.ptr(), b.ptr(), c.ptr(), bias.ptr(), None)
+                            .expect("hopper gemm runs");
+                        gemm.run_bias(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), bias.ptr())
+                            .expect("cuBLASLt runs");
+                    }
+                    _ => {
+                        hg.run(&g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu_of(&pre)))
+                            .expect("hopper gemm runs");
+                        let ran = gemm
+                            .run_epilogue(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), &gelu_of(&pre_lt))
+                            .expect("cuBLASLt runs");
+                        assert!(ran, "cuBLASLt refused GELU_AUX_BIAS");
+                    }
+                }
+            }
+            let (got, lt) = (c.get(&gpu), c_lt.get(&gpu));
+            let (got_pre, lt_pre) = (pre.get(&gpu), pre_lt.get(&gpu));
+            let (mut want, mut have, mut have_lt) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut want_pre, mut have_pre, mut have_pre_lt) =
+                (Vec::new(), Vec::new(), Vec::new());
+            let mut i = 0;
+            for &r in &rows {
+                for j in 0..n {
+                    let x = prod[i] + if epi == "plain" { 0.0 } else { bias.host[j] };
+                    i += 1;
+                    want.push(if epi == "gelu" { gelu(x) } else { x });
+                    have.push(got[r * ldc + j]);
+                    have_lt.push(lt[r * ldc + j]);
+                    want_pre.push(x);
+                    have_pre.push(got_pre[r * ldc + j]);
+                    have_pre_lt.push(lt_pre[r * ldc + j]);
+                }
+            }
+            let tag = format!("hopper gemm {epi} {m}x{n}x{k} ld {ld} ldc {ldc}");
+            check(&format!("{tag} vs f64"), dt, &have, &want);
+            check(&format!("{tag} vs cuBLASLt"), dt, &have, &have_lt);
+            if epi == "gelu" {
+                check(&format!("{tag} pre vs f64"), dt, &have_pre, &want_pre);
+                check(
+                    &format!("{tag} pre vs cuBLASLt"),
+                    dt,
+                    &have_pre,
+                    &have_pre_lt,
+                );
+            }
+            // Columns past n in the wider rows are never written.
+            if ldc > n {
+                assert!(got[ldc - 1].is_nan(), "{tag}: wrote past column n");
+            }
         }
     }
 }
@@ -103,8 +163,17 @@ fn hopper_gemm_refuses_what_it_cannot_run() {
     };
     for (bad, a) in [(transposed, 0x1000u64), (odd, 0x1000), (g, 0x1008)] {
         // SAFETY: refused before any pointer is used.
-        let e = unsafe { hg.run(&bad, a, 0x2000, 0x3000) }.unwrap_err();
+        let e = unsafe { hg.run(&bad, a, 0x2000, 0x3000, 0, None) }.unwrap_err();
         println!("refused: {e}");
         assert!(e.to_string().contains("hopper_gemm_bf16"), "{e}");
     }
+    // An epilogue it does not have yet.
+    let dgelu = Epilogue::DGelu {
+        pre: 0x4000,
+        ld: 64,
+    };
+    // SAFETY: refused before any pointer is used.
+    let e = unsafe { hg.run(&g, 0x1000, 0x2000, 0x3000, 0, Some(&dgelu)) }.unwrap_err();
+    println!("refused: {e}");
+    assert!(e.to_string().contains("no epilogue"), "{e}");
 }

@@ -106,9 +106,27 @@ __device__ __forceinline__ unsigned short hg_bf16(float x) {
     return (unsigned short)(u >> 16);
 }
 
-extern "C" __global__ void __launch_bounds__(HG_THREADS, 1)
-    hopper_gemm_bf16(const __grid_constant__ HgTmaMap map_a, const __grid_constant__ HgTmaMap map_b,
-                     unsigned short* c, int M, int N, int K, int ldc) {
+// Epilogues, applied to the f32 accumulators before the bf16 store (cuBLASLt's definitions, so
+// that cuda_epilogue's references hold for both):
+//   HG_EPI_NONE  C = acc
+//   HG_EPI_BIAS  C = acc + bias[col]
+//   HG_EPI_GELU  pre = acc + bias[col] (bias may be null), aux[row, col] = pre (bf16),
+//                C = gelu_tanh(pre) from the f32 pre
+#define HG_EPI_NONE 0
+#define HG_EPI_BIAS 1
+#define HG_EPI_GELU 2
+
+__device__ __forceinline__ float hg_f32(unsigned short b) { return __uint_as_float((unsigned)b << 16); }
+
+// GELU, tanh form (GPT-2's): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+__device__ __forceinline__ float hg_gelu(float x) {
+    return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+template <int EPI>
+__device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMap& map_b, unsigned short* c,
+                                            const unsigned short* bias, unsigned short* aux, int ldaux, int M,
+                                            int N, int K, int ldc) {
     extern __shared__ unsigned char hg_raw[];
     __shared__ __align__(8) unsigned long long full[HG_STAGES], empty[HG_STAGES];
     // The swizzled tiles need 1024-byte alignment (the host asks for 1 KiB more than the ring).
@@ -173,13 +191,41 @@ extern "C" __global__ void __launch_bounds__(HG_THREADS, 1)
         for (int h = 0; h < 2; h++) {
             const int row = r0 + 8 * h;
             if (row >= M) continue;
-            const float x0 = d[4 * j + 2 * h], x1 = d[4 * j + 2 * h + 1];
+            if (col >= N) continue;
+            const bool pair = col + 1 < N;
+            float x0 = d[4 * j + 2 * h], x1 = d[4 * j + 2 * h + 1];
+            if (EPI != HG_EPI_NONE && bias) {
+                x0 += hg_f32(bias[col]);
+                if (pair) x1 += hg_f32(bias[col + 1]);
+            }
+            if (EPI == HG_EPI_GELU) {
+                unsigned short* q = aux + (size_t)row * ldaux + col;
+                if (pair) {
+                    *(unsigned*)q = (unsigned)hg_bf16(x0) | ((unsigned)hg_bf16(x1) << 16);
+                } else {
+                    q[0] = hg_bf16(x0);
+                }
+                x0 = hg_gelu(x0);
+                x1 = hg_gelu(x1);
+            }
             unsigned short* p = c + (size_t)row * ldc + col;
-            if (col + 1 < N) {
+            if (pair) {
                 *(unsigned*)p = (unsigned)hg_bf16(x0) | ((unsigned)hg_bf16(x1) << 16);
-            } else if (col < N) {
+            } else {
                 p[0] = hg_bf16(x0);
             }
         }
     }
 }
+
+// The entry points (one a epilogue), sharing one body; the maps stay __grid_constant__
+// parameters so that their addresses are the ones the bulk copies read.
+#define HG_ENTRY(NAME, EPI)                                                                                   \
+    extern "C" __global__ void __launch_bounds__(HG_THREADS, 1)                                               \
+        NAME(const __grid_constant__ HgTmaMap map_a, const __grid_constant__ HgTmaMap map_b, unsigned short* c, \
+             const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N, int K, int ldc) {       \
+        hopper_gemm<EPI>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                                   \
+    }
+HG_ENTRY(hopper_gemm_bf16, HG_EPI_NONE)
+HG_ENTRY(hopper_gemm_bias_bf16, HG_EPI_BIAS)
+HG_ENTRY(hopper_gemm_gelu_aux_bf16, HG_EPI_GELU)

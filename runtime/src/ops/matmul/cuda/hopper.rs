@@ -1,9 +1,11 @@
-//! The own Hopper GEMM (`hopper.cu`, docs/hopper_gemm.md), step 1: `C = A B^T` in bf16 with f32
-//! accumulation, A `[m, k]` and B `[n, k]` row-major (a linear layer's input and weight), on the
-//! tensor cores through `wgmma`, the tiles brought in by the bulk tensor copy engine. Not yet
-//! used by the trainer: its parity test (`cuda_hopper_gemm`) and `cuda_bench hopper` come first.
+//! The own Hopper GEMM (`hopper.cu`, docs/hopper_gemm.md), steps 1 and 2: `C = A B^T` in bf16
+//! with f32 accumulation, A `[m, k]` and B `[n, k]` row-major (a linear layer's input and
+//! weight), on the tensor cores through `wgmma`, the tiles brought in by the bulk tensor copy
+//! engine; plain, with a bias, or with the GELU and its kept pre-activation in the epilogue. Not
+//! yet used by the trainer: its parity test (`cuda_hopper_gemm`) and `cuda_bench hopper` come
+//! first.
 
-use super::RowMajorGemm;
+use super::{Epilogue, RowMajorGemm};
 use crate::cuda::compile::KernelSource;
 use crate::cuda::error::{CudaError, DriverContext, Result};
 use crate::cuda::gpu::{DevPtr, Gpu, Module};
@@ -21,6 +23,8 @@ const BK: u32 = 64;
 const STAGES: u32 = 4;
 const THREADS: u32 = 384;
 const KERNEL: &str = "hopper_gemm_bf16";
+const KERNEL_BIAS: &str = "hopper_gemm_bias_bf16";
+const KERNEL_GELU: &str = "hopper_gemm_gelu_aux_bf16";
 
 /// The own GEMM on one Hopper GPU.
 pub struct HopperGemm {
@@ -81,22 +85,56 @@ impl HopperGemm {
         None
     }
 
-    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream.
+    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream, plus `bias` (n bf16, 0: none) added
+    /// to every row, or with `epi` (only [`Epilogue::GeluAux`] so far: its bias, and `bias` 0)
+    /// applied before the store, as cuBLASLt's epilogue of that name computes it.
     ///
     /// # Safety
-    /// The pointers must address bf16 matrices of the sizes and strides `g` describes.
-    pub unsafe fn run(&self, g: &RowMajorGemm, a: DevPtr, b: DevPtr, c: DevPtr) -> Result<()> {
-        if let Some(why) = Self::unsupported_reason(g, a, b, c) {
+    /// The pointers must address bf16 matrices of the sizes and strides `g` describes (and the
+    /// epilogue's its own: `pre` of `[m, n]` at row stride `ld`, `bias` of n).
+    pub unsafe fn run(
+        &self,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        bias: DevPtr,
+        epi: Option<&Epilogue>,
+    ) -> Result<()> {
+        let (kernel, mut bias_, mut aux, ldaux) = match epi {
+            None if bias == 0 => (KERNEL, 0, 0, 0),
+            None => (KERNEL_BIAS, bias, 0, 0),
+            Some(&Epilogue::GeluAux { pre, ld, bias: b }) if bias == 0 => (KERNEL_GELU, b, pre, ld),
+            Some(other) => {
+                return Err(CudaError::BadLaunch {
+                    kernel: KERNEL.into(),
+                    why: format!(
+                        "the own GEMM has no epilogue {other:?} (with bias {bias:#x}) yet"
+                    ),
+                });
+            }
+        };
+        let why = Self::unsupported_reason(g, a, b, c).or_else(|| {
+            (aux != 0 && (aux % 4 != 0 || ldaux % 2 != 0 || ldaux < g.n))
+                .then(|| format!("the pre-activation needs 4-byte alignment and an even row stride >= n ({ldaux})"))
+        });
+        if let Some(why) = why {
             return Err(CudaError::BadLaunch {
-                kernel: KERNEL.into(),
+                kernel: kernel.into(),
                 why: format!("{}x{}x{}: {why}", g.m, g.n, g.k),
             });
         }
         let mut map_a = tensor_map(a, g.k, g.m, g.lda, BM)?;
         let mut map_b = tensor_map(b, g.k, g.n, g.ldb, BN)?;
-        let (mut c_, mut m, mut n, mut k, mut ldc) =
-            (c, g.m as i32, g.n as i32, g.k as i32, g.ldc as i32);
-        let f = self.module.function(KERNEL)?;
+        let (mut c_, mut ldaux_, mut m, mut n, mut k, mut ldc) = (
+            c,
+            ldaux as i32,
+            g.m as i32,
+            g.n as i32,
+            g.k as i32,
+            g.ldc as i32,
+        );
+        let f = self.module.function(kernel)?;
         let grid = ((g.n as u32).div_ceil(BN), (g.m as u32).div_ceil(BM), 1);
         // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel.
         let smem = STAGES * (BM + BN) * BK * 2 + 1024;
@@ -104,16 +142,19 @@ impl HopperGemm {
             (&mut map_a) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
             (&mut map_b) as *mut sys::CUtensorMap as *mut _,
             (&mut c_) as *mut DevPtr as *mut _,
+            (&mut bias_) as *mut DevPtr as *mut _,
+            (&mut aux) as *mut DevPtr as *mut _,
+            (&mut ldaux_) as *mut i32 as *mut _,
             (&mut m) as *mut i32 as *mut _,
             (&mut n) as *mut i32 as *mut _,
             (&mut k) as *mut i32 as *mut _,
             (&mut ldc) as *mut i32 as *mut _,
         ];
-        // SAFETY: the arguments match the kernel's signature (two tensor maps by value, the
-        // output pointer, four ints); the pointers are the caller's promise.
+        // SAFETY: the arguments match the kernel's signature (two tensor maps by value, three
+        // pointers, five ints); the pointers are the caller's promise.
         unsafe {
             self.gpu
-                .launch(KERNEL, &f, grid, (THREADS, 1, 1), smem, &mut args)
+                .launch(kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
         }
     }
 }
