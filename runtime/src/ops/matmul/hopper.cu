@@ -10,7 +10,8 @@
 // tile (128 x 64) into stage s of a ring of HG_STAGES, completing on full[s]; it first waits for
 // empty[s] (both consumers released the stage). Warpgroups 1 and 2 consume: each waits for
 // full[s], issues four `wgmma.mma_async m64n128k16` (16 columns of K each) over its 64 rows of
-// the tile, waits for them, and arrives on empty[s]. Tiles are rows of 64 bf16 = 128 bytes with
+// the tile as one group, waits for the previous step's group (one group stays in flight) and
+// arrives on that step's empty barrier. Tiles are rows of 64 bf16 = 128 bytes with
 // the 128-byte swizzle, as the host's tensor maps write them and the wgmma descriptors read them
 // (stride byte offset 1024: 8 rows; K steps of 16 advance the start address by 32 bytes).
 // Accumulators: 64 f32 a thread, the m64nN layout: warp w of the warpgroup owns rows 16w..16w+15,
@@ -178,10 +179,13 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
 #pragma unroll
         for (int kk = 0; kk < HG_BK / 16; kk++) hg_wgmma_m64n128k16(d, da + 2 * kk, db + 2 * kk);
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-        hg_pin(d);
-        if (t == 0) hg_bar_arrive(&empty[s]);
+        // The previous K step's group is done: its stage goes back to the producer while this
+        // step's wgmma run.
+        asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+        if (kt > 0 && t == 0) hg_bar_arrive(&empty[(kt - 1) % HG_STAGES]);
     }
+    asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+    hg_pin(d);
     const int warp = t / 32, lane = t % 32;
     const int r0 = m0 + half * 64 + warp * 16 + lane / 4;
 #pragma unroll
