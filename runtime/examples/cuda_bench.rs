@@ -420,22 +420,28 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             bias: bias.ptr(),
         };
         // SAFETY: a [m, k], b [n, k], c and pre [m, n], bias [n], all bf16.
-        let own = || unsafe { hg.run(&g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
+        let own = || unsafe { hg.run_tile(128, &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
+        let own256 = || unsafe { hg.run_tile(256, &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
         let lt = || unsafe { gemm.run(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), 1.0, 0.0) };
-        let own_gelu = || unsafe { hg.run(&g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
+        let own_gelu =
+            || unsafe { hg.run_tile(128, &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
+        let own256_gelu =
+            || unsafe { hg.run_tile(256, &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
         let lt_gelu = || unsafe {
             gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &gelu)
                 .map(|_| ())
         };
         // The GELU epilogue only where the trainer uses it (the MLP's input projection).
         let gelu_too = (n, k) == (3072, 768);
-        let runs: [(&str, &Launch); 4] = [
-            ("own", &own),
+        let runs: [(&str, &Launch); 6] = [
+            ("own_n128", &own),
+            ("own_n256", &own256),
             ("cublaslt", &lt),
-            ("own_gelu_aux", &own_gelu),
+            ("own_n128_gelu_aux", &own_gelu),
+            ("own_n256_gelu_aux", &own256_gelu),
             ("cublaslt_gelu_aux", &lt_gelu),
         ];
-        for (path, f) in runs.into_iter().take(if gelu_too { 4 } else { 2 }) {
+        for (path, f) in runs.into_iter().take(if gelu_too { 6 } else { 3 }) {
             let ms = timed(gpu, 20, f)?;
             println!(
                 "{{\"hopper_gemm\": \"{m}x{n}x{k}\", \"path\": \"{path}\", \"ms\": {ms:.4}, \"TFLOPs\": {:.1}}}",

@@ -188,10 +188,15 @@ fn hopper_gemm_compiles_for_sm90a() {
         "hopper_gemm_bf16",
         "hopper_gemm_bias_bf16",
         "hopper_gemm_gelu_aux_bf16",
+        "hopper_gemm_n256_bf16",
+        "hopper_gemm_n256_bias_bf16",
+        "hopper_gemm_n256_gelu_aux_bf16",
     ] {
         assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
     }
     assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
+    assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
+    assert!(ptx.contains("setmaxnreg.inc.sync.aligned.u32 232"));
     assert!(ptx.contains("cp.async.bulk.tensor.2d"));
     assert!(
         ptx.contains(".param .align 64 .b8 hopper_gemm_bf16_param_0[128]"),

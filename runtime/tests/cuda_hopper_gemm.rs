@@ -3,7 +3,7 @@
 //! tiles, edge tiles in both M and N, a K that is not a multiple of the 64-wide K step (the
 //! tensor maps read zeros past the end), row strides wider than the rows, and gpt2's MLP input
 //! projection; each plain, with a bias, and with the GELU epilogue (the activation and the kept
-//! pre-activation, against cuBLASLt's GELU_AUX_BIAS).
+//! pre-activation, against cuBLASLt's GELU_AUX_BIAS), in tiles 128 and 256 columns wide.
 //!
 //! Tolerance, ||gpu - ref|| / ||ref||: 1e-2 (the output is rounded to bf16, ~2e-3; the inputs are
 //! exact in bf16 and the products exact in f32). Against cuBLASLt, which rounds the same f32 sums
@@ -69,7 +69,10 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
                 prod.push(s);
             }
         }
-        for epi in ["plain", "bias", "gelu"] {
+        for (epi, tile) in ["plain", "bias", "gelu"]
+            .into_iter()
+            .flat_map(|e| [(e, 128u32), (e, 256)])
+        {
             let c = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
             let c_lt = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
             let pre = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
@@ -84,19 +87,19 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
             unsafe {
                 match epi {
                     "plain" => {
-                        hg.run(&g, a.ptr(), b.ptr(), c.ptr(), 0, None)
+                        hg.run_tile(tile, &g, a.ptr(), b.ptr(), c.ptr(), 0, None)
                             .expect("hopper gemm runs");
                         gemm.run(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), 1.0, 0.0)
                             .expect("cuBLASLt runs");
                     }
                     "bias" => {
-                        hg.run(&g, a.ptr(), b.ptr(), c.ptr(), bias.ptr(), None)
+                        hg.run_tile(tile, &g, a.ptr(), b.ptr(), c.ptr(), bias.ptr(), None)
                             .expect("hopper gemm runs");
                         gemm.run_bias(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), bias.ptr())
                             .expect("cuBLASLt runs");
                     }
                     _ => {
-                        hg.run(&g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu_of(&pre)))
+                        hg.run_tile(tile, &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu_of(&pre)))
                             .expect("hopper gemm runs");
                         let ran = gemm
                             .run_epilogue(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), &gelu_of(&pre_lt))
@@ -123,7 +126,7 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
                     have_pre_lt.push(lt_pre[r * ldc + j]);
                 }
             }
-            let tag = format!("hopper gemm {epi} {m}x{n}x{k} ld {ld} ldc {ldc}");
+            let tag = format!("hopper gemm {epi} tile {tile} {m}x{n}x{k} ld {ld} ldc {ldc}");
             check(&format!("{tag} vs f64"), dt, &have, &want);
             check(&format!("{tag} vs cuBLASLt"), dt, &have, &have_lt);
             if epi == "gelu" {

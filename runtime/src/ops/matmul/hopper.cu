@@ -18,12 +18,11 @@
 // lane l rows l/4 and l/4 + 8, columns 8j + 2(l%4) + {0, 1} for j < 16.
 
 #define HG_BM 128
-#define HG_BN 128
 #define HG_BK 64
 #define HG_STAGES 4
 #define HG_THREADS 384
-// Bytes of one stage: the A and B tiles.
-#define HG_STAGE_BYTES ((HG_BM + HG_BN) * HG_BK * 2)
+// Bytes of one stage for tiles BN columns wide: the A and B tiles.
+#define HG_STAGE_BYTES(BN) ((HG_BM + (BN)) * HG_BK * 2)
 
 // A CUtensorMap (opaque, 128 bytes, 64-byte aligned), passed by value.
 struct __align__(64) HgTmaMap {
@@ -92,11 +91,35 @@ __device__ __forceinline__ void hg_wgmma_m64n128k16(float* d, unsigned long long
         : "memory");
 }
 
+__device__ __forceinline__ void hg_wgmma_m64n256k16(float* d, unsigned long long da, unsigned long long db) {
+    asm volatile(
+        "{\n"
+        ".reg .pred acc;\n"
+        "setp.ne.b32 acc, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, acc, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(1)
+        : "memory");
+}
+
+// One K step of 16 for a tile BN wide: m64n128k16 or m64n256k16.
+template <int BN>
+__device__ __forceinline__ void hg_wgmma(float* d, unsigned long long da, unsigned long long db) {
+    if (BN == 256) {
+        hg_wgmma_m64n256k16(d, da, db);
+    } else {
+        hg_wgmma_m64n128k16(d, da, db);
+    }
+}
+
 // Keeps the accumulators in place across the asynchronous wgmma (no copies of them between the
 // fence and the wait): an empty asm that reads and writes each one.
+template <int R>
 __device__ __forceinline__ void hg_pin(float* d) {
 #pragma unroll
-    for (int i = 0; i < 64; i++) asm volatile("" : "+f"(d[i])::"memory");
+    for (int i = 0; i < R; i++) asm volatile("" : "+f"(d[i])::"memory");
 }
 
 // bf16 bits of x, rounded to nearest even (NaN kept a NaN).
@@ -124,7 +147,7 @@ __device__ __forceinline__ float hg_gelu(float x) {
     return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
 }
 
-template <int EPI>
+template <int EPI, int BN>
 __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMap& map_b, unsigned short* c,
                                             const unsigned short* bias, unsigned short* aux, int ldaux, int M,
                                             int N, int K, int ldc) {
@@ -135,7 +158,9 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
     // The warpgroup index through a shuffle, so the compiler sees it warp-uniform (a role branch
     // it takes for divergent serialises the consumers' wgmma: ptxas C7520).
     const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
-    const int n0 = blockIdx.x * HG_BN, m0 = blockIdx.y * HG_BM;
+    const int n0 = blockIdx.x * BN, m0 = blockIdx.y * HG_BM;
+    // Accumulators a thread: the m64nBN fragment.
+    const int R = BN / 2;
     const int ktiles = (K + HG_BK - 1) / HG_BK;
     if (threadIdx.x == 0) {
         for (int s = 0; s < HG_STAGES; s++) {
@@ -147,37 +172,41 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
     }
     __syncthreads();
     if (wg == 0) {
+        // The producer needs few registers; the consumers' 128 accumulators (tiles 256 wide)
+        // take them.
+        if (BN == 256) asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
         if (t == 0) {
             for (int kt = 0; kt < ktiles; kt++) {
                 const int s = kt % HG_STAGES;
                 const unsigned parity = ((kt / HG_STAGES) & 1) ^ 1;
                 hg_bar_wait(&empty[s], parity);
-                unsigned char* a = ring + s * HG_STAGE_BYTES;
+                unsigned char* a = ring + s * HG_STAGE_BYTES(BN);
                 unsigned char* b = a + HG_BM * HG_BK * 2;
-                hg_bar_expect_tx(&full[s], HG_STAGE_BYTES);
+                hg_bar_expect_tx(&full[s], HG_STAGE_BYTES(BN));
                 hg_tma_load(a, &map_a, &full[s], kt * HG_BK, m0);
                 hg_tma_load(b, &map_b, &full[s], kt * HG_BK, n0);
             }
         }
         return;
     }
+    if (BN == 256) asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int half = wg - 1;  // which 64 rows of the tile
-    float d[64];
+    float d[R];
 #pragma unroll
-    for (int i = 0; i < 64; i++) d[i] = 0.f;
+    for (int i = 0; i < R; i++) d[i] = 0.f;
     // Not unrolled: copies of the loop body make ptxas serialise the wgmma (C7511).
 #pragma unroll 1
     for (int kt = 0; kt < ktiles; kt++) {
         const int s = kt % HG_STAGES;
         hg_bar_wait(&full[s], (kt / HG_STAGES) & 1);
-        const unsigned char* a = ring + s * HG_STAGE_BYTES + half * 64 * 128;
-        const unsigned char* b = ring + s * HG_STAGE_BYTES + HG_BM * HG_BK * 2;
-        hg_pin(d);
+        const unsigned char* a = ring + s * HG_STAGE_BYTES(BN) + half * 64 * 128;
+        const unsigned char* b = ring + s * HG_STAGE_BYTES(BN) + HG_BM * HG_BK * 2;
+        hg_pin<R>(d);
         asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
         // K steps of 16 bf16 = 32 bytes: +2 in the descriptors' address field (16-byte units).
         const unsigned long long da = hg_desc(a), db = hg_desc(b);
 #pragma unroll
-        for (int kk = 0; kk < HG_BK / 16; kk++) hg_wgmma_m64n128k16(d, da + 2 * kk, db + 2 * kk);
+        for (int kk = 0; kk < HG_BK / 16; kk++) hg_wgmma<BN>(d, da + 2 * kk, db + 2 * kk);
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
         // The previous K step's group is done: its stage goes back to the producer while this
         // step's wgmma run.
@@ -185,11 +214,11 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
         if (kt > 0 && t == 0) hg_bar_arrive(&empty[(kt - 1) % HG_STAGES]);
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-    hg_pin(d);
+    hg_pin<R>(d);
     const int warp = t / 32, lane = t % 32;
     const int r0 = m0 + half * 64 + warp * 16 + lane / 4;
 #pragma unroll
-    for (int j = 0; j < HG_BN / 8; j++) {
+    for (int j = 0; j < BN / 8; j++) {
         const int col = n0 + 8 * j + 2 * (lane % 4);
 #pragma unroll
         for (int h = 0; h < 2; h++) {
@@ -224,12 +253,15 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
 
 // The entry points (one a epilogue), sharing one body; the maps stay __grid_constant__
 // parameters so that their addresses are the ones the bulk copies read.
-#define HG_ENTRY(NAME, EPI)                                                                                   \
+#define HG_ENTRY(NAME, EPI, BN)                                                                               \
     extern "C" __global__ void __launch_bounds__(HG_THREADS, 1)                                               \
         NAME(const __grid_constant__ HgTmaMap map_a, const __grid_constant__ HgTmaMap map_b, unsigned short* c, \
              const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N, int K, int ldc) {       \
-        hopper_gemm<EPI>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                                   \
+        hopper_gemm<EPI, BN>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                               \
     }
-HG_ENTRY(hopper_gemm_bf16, HG_EPI_NONE)
-HG_ENTRY(hopper_gemm_bias_bf16, HG_EPI_BIAS)
-HG_ENTRY(hopper_gemm_gelu_aux_bf16, HG_EPI_GELU)
+HG_ENTRY(hopper_gemm_bf16, HG_EPI_NONE, 128)
+HG_ENTRY(hopper_gemm_bias_bf16, HG_EPI_BIAS, 128)
+HG_ENTRY(hopper_gemm_gelu_aux_bf16, HG_EPI_GELU, 128)
+HG_ENTRY(hopper_gemm_n256_bf16, HG_EPI_NONE, 256)
+HG_ENTRY(hopper_gemm_n256_bias_bf16, HG_EPI_BIAS, 256)
+HG_ENTRY(hopper_gemm_n256_gelu_aux_bf16, HG_EPI_GELU, 256)

@@ -15,16 +15,14 @@ use std::sync::Arc;
 /// The kernel text.
 pub const SOURCE: &str = include_str!("../hopper.cu");
 
-/// Tile rows and columns of C a block computes, and the K step (`HG_BM`, `HG_BN`, `HG_BK`).
+/// Tile rows of C a block computes and the K step (`HG_BM`, `HG_BK`); the tile's columns are
+/// 128 or 256 (the kernels' `BN`, [`HopperGemm::tile_n`]).
 const BM: u32 = 128;
-const BN: u32 = 128;
 const BK: u32 = 64;
 /// Stages of the shared-memory ring and threads a block (`HG_STAGES`, `HG_THREADS`).
 const STAGES: u32 = 4;
 const THREADS: u32 = 384;
 const KERNEL: &str = "hopper_gemm_bf16";
-const KERNEL_BIAS: &str = "hopper_gemm_bias_bf16";
-const KERNEL_GELU: &str = "hopper_gemm_gelu_aux_bf16";
 
 /// The own GEMM on one Hopper GPU.
 pub struct HopperGemm {
@@ -85,13 +83,16 @@ impl HopperGemm {
         None
     }
 
-    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream, plus `bias` (n bf16, 0: none) added
-    /// to every row, or with `epi` (only [`Epilogue::GeluAux`] so far: its bias, and `bias` 0)
-    /// applied before the store, as cuBLASLt's epilogue of that name computes it.
+    /// The tile width `run` takes for `n` columns: 256 from 512 columns on (half the blocks, each
+    /// reading its A tile once for twice the columns), else 128.
+    pub fn tile_n(n: usize) -> u32 {
+        if n >= 512 { 256 } else { 128 }
+    }
+
+    /// [`HopperGemm::run_tile`] with the tile width of [`HopperGemm::tile_n`].
     ///
     /// # Safety
-    /// The pointers must address bf16 matrices of the sizes and strides `g` describes (and the
-    /// epilogue's its own: `pre` of `[m, n]` at row stride `ld`, `bias` of n).
+    /// As [`HopperGemm::run_tile`].
     pub unsafe fn run(
         &self,
         g: &RowMajorGemm,
@@ -101,10 +102,42 @@ impl HopperGemm {
         bias: DevPtr,
         epi: Option<&Epilogue>,
     ) -> Result<()> {
-        let (kernel, mut bias_, mut aux, ldaux) = match epi {
-            None if bias == 0 => (KERNEL, 0, 0, 0),
-            None => (KERNEL_BIAS, bias, 0, 0),
-            Some(&Epilogue::GeluAux { pre, ld, bias: b }) if bias == 0 => (KERNEL_GELU, b, pre, ld),
+        // SAFETY: forwarded.
+        unsafe { self.run_tile(Self::tile_n(g.n), g, a, b, c, bias, epi) }
+    }
+
+    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream, plus `bias` (n bf16, 0: none) added
+    /// to every row, or with `epi` (only [`Epilogue::GeluAux`] so far: its bias, and `bias` 0)
+    /// applied before the store, as cuBLASLt's epilogue of that name computes it.
+    ///
+    /// # Safety
+    /// The pointers must address bf16 matrices of the sizes and strides `g` describes (and the
+    /// epilogue's its own: `pre` of `[m, n]` at row stride `ld`, `bias` of n).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn run_tile(
+        &self,
+        tile_n: u32,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        bias: DevPtr,
+        epi: Option<&Epilogue>,
+    ) -> Result<()> {
+        let wide = match tile_n {
+            128 => "",
+            256 => "n256_",
+            other => {
+                return Err(CudaError::BadLaunch {
+                    kernel: KERNEL.into(),
+                    why: format!("tiles are 128 or 256 columns wide, not {other}"),
+                });
+            }
+        };
+        let (epi_name, mut bias_, mut aux, ldaux) = match epi {
+            None if bias == 0 => ("", 0, 0, 0),
+            None => ("bias_", bias, 0, 0),
+            Some(&Epilogue::GeluAux { pre, ld, bias: b }) if bias == 0 => ("gelu_aux_", b, pre, ld),
             Some(other) => {
                 return Err(CudaError::BadLaunch {
                     kernel: KERNEL.into(),
@@ -114,18 +147,19 @@ impl HopperGemm {
                 });
             }
         };
+        let kernel = format!("hopper_gemm_{wide}{epi_name}bf16");
         let why = Self::unsupported_reason(g, a, b, c).or_else(|| {
             (aux != 0 && (aux % 4 != 0 || ldaux % 2 != 0 || ldaux < g.n))
                 .then(|| format!("the pre-activation needs 4-byte alignment and an even row stride >= n ({ldaux})"))
         });
         if let Some(why) = why {
             return Err(CudaError::BadLaunch {
-                kernel: kernel.into(),
+                kernel,
                 why: format!("{}x{}x{}: {why}", g.m, g.n, g.k),
             });
         }
         let mut map_a = tensor_map(a, g.k, g.m, g.lda, BM)?;
-        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, BN)?;
+        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, tile_n)?;
         let (mut c_, mut ldaux_, mut m, mut n, mut k, mut ldc) = (
             c,
             ldaux as i32,
@@ -134,10 +168,10 @@ impl HopperGemm {
             g.k as i32,
             g.ldc as i32,
         );
-        let f = self.module.function(kernel)?;
-        let grid = ((g.n as u32).div_ceil(BN), (g.m as u32).div_ceil(BM), 1);
+        let f = self.module.function(&kernel)?;
+        let grid = ((g.n as u32).div_ceil(tile_n), (g.m as u32).div_ceil(BM), 1);
         // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel.
-        let smem = STAGES * (BM + BN) * BK * 2 + 1024;
+        let smem = STAGES * (BM + tile_n) * BK * 2 + 1024;
         let mut args = [
             (&mut map_a) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
             (&mut map_b) as *mut sys::CUtensorMap as *mut _,
@@ -154,7 +188,7 @@ impl HopperGemm {
         // pointers, five ints); the pointers are the caller's promise.
         unsafe {
             self.gpu
-                .launch(kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
+                .launch(&kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
         }
     }
 }
