@@ -43,6 +43,11 @@ run ms_gpt2_tuned timeout 60 $B/cuda_train_bench gpt2 specs
 # Algorithms beyond the heuristic's list too (MODELSPEC_GEMM_TUNE=wide; err.log: "candidate j of n").
 run ms_gpt2_wide env MODELSPEC_GEMM_TUNE=wide timeout 150 $B/cuda_train_bench gpt2 specs
 run ms_gpt2_wide2 env MODELSPEC_GEMM_TUNE=wide timeout 60 $B/cuda_train_bench gpt2 specs
+# The own Hopper GEMM (docs/hopper_gemm.md): its parity, its speed against cuBLASLt, and the step
+# with the MLP's GELU-epilogue GEMMs on it (MODELSPEC_OWN_GEMM=on).
+tst cuda_hopper_gemm cuda_hopper_gemm X=1
+run bench_hopper timeout 90 $B/cuda_bench hopper
+run ms_gpt2_own_gemm env MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs
 for b in norm xent bgrad; do run bench_$b timeout 60 $B/cuda_bench $b; done
 # Where the norm backward (2.2 TB/s of ~3) loses time: ncu's throughput, memory and occupancy
 # sections for its first launches in `cuda_bench norm` (text, not JSON).

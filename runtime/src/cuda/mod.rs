@@ -61,7 +61,8 @@ pub use train::{GpuTrainer, LayerSaves};
 /// The on/off value of a `MODELSPEC_*` switch: `on`/`1`/`true` is `Some(true)`,
 /// `off`/`0`/`false` is `Some(false)`, anything else (or unset, `None`) is `None`: the
 /// switch's default. One vocabulary for every switch (`MODELSPEC_CUDA_GRAPH` and
-/// `MODELSPEC_NORM_FUSED_DW`, on by default; `MODELSPEC_BGRAD_EPILOGUE`, off by default).
+/// `MODELSPEC_NORM_FUSED_DW`, on by default; `MODELSPEC_BGRAD_EPILOGUE` and
+/// `MODELSPEC_OWN_GEMM`, off by default).
 pub(crate) fn switch_value(value: Option<&str>) -> Option<bool> {
     match value {
         Some("on" | "1" | "true") => Some(true),

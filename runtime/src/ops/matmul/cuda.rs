@@ -136,6 +136,9 @@ pub struct Gemm {
     tuner: Mutex<tune::Tuner>,
     /// Whether GEMMs planned now may be timed ([`Gemm::with_tuning`]).
     tuning: std::sync::atomic::AtomicBool,
+    /// The own Hopper GEMM for the GELU epilogue ([`hopper`]; `MODELSPEC_OWN_GEMM=on`, off by
+    /// default until it is measured), created at first use; `None` when off or not on Hopper.
+    own: std::sync::OnceLock<Option<hopper::HopperGemm>>,
 }
 
 // SAFETY: the handle is used only on the Gpu's single stream.
@@ -158,6 +161,7 @@ impl Gemm {
             bgrad: Mutex::new(BiasGradPolicy::from_env()),
             tuner: Mutex::new(tune::Tuner::from_env()),
             tuning: std::sync::atomic::AtomicBool::new(false),
+            own: std::sync::OnceLock::new(),
         })
     }
 
@@ -244,6 +248,18 @@ impl Gemm {
         c: DevPtr,
         epilogue: &Epilogue,
     ) -> Result<bool> {
+        // `MODELSPEC_OWN_GEMM=on`: the GELU epilogue on the own Hopper GEMM where it takes the
+        // GEMM (bf16, the linear form, aligned operands).
+        if dtype == Dtype::Bf16
+            && matches!(epilogue, Epilogue::GeluAux { .. })
+            && let Some(own) = self.own()
+            && hopper::HopperGemm::unsupported_reason(g, a, b, c).is_none()
+            && hopper::HopperGemm::epilogue_reason(g, epilogue).is_none()
+        {
+            // SAFETY: forwarded.
+            unsafe { own.run(g, a, b, c, 0, Some(epilogue)) }?;
+            return Ok(true);
+        }
         // SAFETY: forwarded.
         unsafe { self.run_fused(dtype, false, g, a, b, c, epilogue) }
     }

@@ -106,6 +106,23 @@ impl HopperGemm {
         unsafe { self.run_tile(Self::tile_n(g.n), g, a, b, c, bias, epi) }
     }
 
+    /// Why the kernels cannot apply `epi` to `g`'s output, or `None`: only
+    /// [`Epilogue::GeluAux`] so far, its pre-activation 4-byte aligned with an even row stride of
+    /// at least n.
+    pub fn epilogue_reason(g: &RowMajorGemm, epi: &Epilogue) -> Option<String> {
+        match *epi {
+            Epilogue::GeluAux { pre, ld, .. } => (!pre.is_multiple_of(4)
+                || !ld.is_multiple_of(2)
+                || ld < g.n)
+                .then(|| {
+                    format!(
+                        "the pre-activation needs 4-byte alignment and an even row stride >= n ({ld})"
+                    )
+                }),
+            ref other => Some(format!("the own GEMM has no epilogue {other:?} yet")),
+        }
+    }
+
     /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream, plus `bias` (n bf16, 0: none) added
     /// to every row, or with `epi` (only [`Epilogue::GeluAux`] so far: its bias, and `bias` 0)
     /// applied before the store, as cuBLASLt's epilogue of that name computes it.
@@ -148,10 +165,8 @@ impl HopperGemm {
             }
         };
         let kernel = format!("hopper_gemm_{wide}{epi_name}bf16");
-        let why = Self::unsupported_reason(g, a, b, c).or_else(|| {
-            (aux != 0 && (aux % 4 != 0 || ldaux % 2 != 0 || ldaux < g.n))
-                .then(|| format!("the pre-activation needs 4-byte alignment and an even row stride >= n ({ldaux})"))
-        });
+        let why = Self::unsupported_reason(g, a, b, c)
+            .or_else(|| epi.and_then(|e| Self::epilogue_reason(g, e)));
         if let Some(why) = why {
             return Err(CudaError::BadLaunch {
                 kernel,
@@ -190,6 +205,19 @@ impl HopperGemm {
             self.gpu
                 .launch(&kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
         }
+    }
+}
+
+impl super::Gemm {
+    /// The own Hopper GEMM when `MODELSPEC_OWN_GEMM=on` and the GPU is a Hopper one.
+    pub(super) fn own(&self) -> Option<&HopperGemm> {
+        self.own
+            .get_or_init(|| {
+                (crate::cuda::env_switch("MODELSPEC_OWN_GEMM") == Some(true))
+                    .then(|| HopperGemm::new(&self.gpu).ok())
+                    .flatten()
+            })
+            .as_ref()
     }
 }
 
