@@ -1,21 +1,23 @@
 // ---- hopper_gemm: C = A B^T on Hopper's tensor cores (wgmma), fed by the bulk tensor copy engine ----
 //
-// An own GEMM for the epilogues cuBLASLt cannot fuse (docs/hopper_gemm.md), step 1: plain bf16
-// in, f32 accumulation, bf16 out. A [M, K] and B [N, K] row-major bf16 (the linear layer's input
-// and weight: both K-major, wgmma's native layout), C [M, N] bf16 with row stride ldc.
-// Compiled for compute_90a only (wgmma); a separate module from the kernel library.
+// An own GEMM for the epilogues cuBLASLt cannot fuse (docs/hopper_gemm.md), steps 1-2: bf16 in,
+// f32 accumulation, bf16 out, plain, with a bias, or with the GELU and its kept pre-activation.
+// A [M, K] and B [N, K] row-major bf16 (the linear layer's input and weight: both K-major,
+// wgmma's native layout), C [M, N] bf16 with row stride ldc. Compiled for compute_90a only
+// (wgmma, setmaxnreg); a separate module from the kernel library.
 //
-// Block: 3 warpgroups, 384 threads, one 128 x 128 tile of C. Warpgroup 0 produces: its first
-// thread issues, per K step of 64, `cp.async.bulk.tensor.2d` for the A tile (128 x 64) and the B
-// tile (128 x 64) into stage s of a ring of HG_STAGES, completing on full[s]; it first waits for
-// empty[s] (both consumers released the stage). Warpgroups 1 and 2 consume: each waits for
-// full[s], issues four `wgmma.mma_async m64n128k16` (16 columns of K each) over its 64 rows of
-// the tile as one group, waits for the previous step's group (one group stays in flight) and
-// arrives on that step's empty barrier. Tiles are rows of 64 bf16 = 128 bytes with
-// the 128-byte swizzle, as the host's tensor maps write them and the wgmma descriptors read them
-// (stride byte offset 1024: 8 rows; K steps of 16 advance the start address by 32 bytes).
-// Accumulators: 64 f32 a thread, the m64nN layout: warp w of the warpgroup owns rows 16w..16w+15,
-// lane l rows l/4 and l/4 + 8, columns 8j + 2(l%4) + {0, 1} for j < 16.
+// Block: 3 warpgroups, 384 threads, one 128 x BN tile of C (BN 128 or 256). Warpgroup 0
+// produces: its first thread issues, per K step of 64, `cp.async.bulk.tensor.2d` for the A tile
+// (128 x 64) and the B tile (BN x 64) into stage s of a ring of HG_STAGES, completing on
+// full[s]; it first waits for empty[s] (both consumers released the stage). Warpgroups 1 and 2
+// consume: each waits for full[s], issues four `wgmma.mma_async m64nBNk16` (16 columns of K each)
+// over its 64 rows of the tile as one group, waits for the previous step's group (one group
+// stays in flight) and arrives on that step's empty barrier. Tiles are rows of 64 bf16 = 128
+// bytes with the 128-byte swizzle, as the host's tensor maps write them and the wgmma
+// descriptors read them (stride byte offset 1024: 8 rows; K steps of 16 advance the start
+// address by 32 bytes). Accumulators: BN / 2 f32 a thread, the m64nN layout: warp w of the
+// warpgroup owns rows 16w..16w+15, lane l rows l/4 and l/4 + 8, columns 8j + 2(l%4) + {0, 1}
+// for j < BN / 8.
 
 #define HG_BM 128
 #define HG_BK 64
