@@ -420,13 +420,13 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             bias: bias.ptr(),
         };
         // SAFETY: a [m, k], b [n, k], c and pre [m, n], bias [n], all bf16.
-        let own = || unsafe { hg.run_tile(128, &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
-        let own256 = || unsafe { hg.run_tile(256, &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
+        let own = || unsafe { hg.run(Some(128), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
+        let own256 = || unsafe { hg.run(Some(256), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
         let lt = || unsafe { gemm.run(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), 1.0, 0.0) };
         let own_gelu =
-            || unsafe { hg.run_tile(128, &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
+            || unsafe { hg.run(Some(128), &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
         let own256_gelu =
-            || unsafe { hg.run_tile(256, &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
+            || unsafe { hg.run(Some(256), &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
         let lt_gelu = || unsafe {
             gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &gelu)
                 .map(|_| ())

@@ -87,20 +87,28 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
             unsafe {
                 match epi {
                     "plain" => {
-                        hg.run_tile(tile, &g, a.ptr(), b.ptr(), c.ptr(), 0, None)
+                        hg.run(Some(tile), &g, a.ptr(), b.ptr(), c.ptr(), 0, None)
                             .expect("hopper gemm runs");
                         gemm.run(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), 1.0, 0.0)
                             .expect("cuBLASLt runs");
                     }
                     "bias" => {
-                        hg.run_tile(tile, &g, a.ptr(), b.ptr(), c.ptr(), bias.ptr(), None)
+                        hg.run(Some(tile), &g, a.ptr(), b.ptr(), c.ptr(), bias.ptr(), None)
                             .expect("hopper gemm runs");
                         gemm.run_bias(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), bias.ptr())
                             .expect("cuBLASLt runs");
                     }
                     _ => {
-                        hg.run_tile(tile, &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu_of(&pre)))
-                            .expect("hopper gemm runs");
+                        hg.run(
+                            Some(tile),
+                            &g,
+                            a.ptr(),
+                            b.ptr(),
+                            c.ptr(),
+                            0,
+                            Some(&gelu_of(&pre)),
+                        )
+                        .expect("hopper gemm runs");
                         let ran = gemm
                             .run_epilogue(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), &gelu_of(&pre_lt))
                             .expect("cuBLASLt runs");
@@ -166,7 +174,7 @@ fn hopper_gemm_refuses_what_it_cannot_run() {
     };
     for (bad, a) in [(transposed, 0x1000u64), (odd, 0x1000), (g, 0x1008)] {
         // SAFETY: refused before any pointer is used.
-        let e = unsafe { hg.run(&bad, a, 0x2000, 0x3000, 0, None) }.unwrap_err();
+        let e = unsafe { hg.run(None, &bad, a, 0x2000, 0x3000, 0, None) }.unwrap_err();
         println!("refused: {e}");
         assert!(e.to_string().contains("hopper_gemm_bf16"), "{e}");
     }
@@ -176,7 +184,7 @@ fn hopper_gemm_refuses_what_it_cannot_run() {
         ld: 64,
     };
     // SAFETY: refused before any pointer is used.
-    let e = unsafe { hg.run(&g, 0x1000, 0x2000, 0x3000, 0, Some(&dgelu)) }.unwrap_err();
+    let e = unsafe { hg.run(None, &g, 0x1000, 0x2000, 0x3000, 0, Some(&dgelu)) }.unwrap_err();
     println!("refused: {e}");
     assert!(e.to_string().contains("no epilogue"), "{e}");
 }

@@ -257,7 +257,7 @@ impl Gemm {
             && hopper::HopperGemm::epilogue_reason(g, epilogue).is_none()
         {
             // SAFETY: forwarded.
-            unsafe { own.run(g, a, b, c, 0, Some(epilogue)) }?;
+            unsafe { own.run(None, g, a, b, c, 0, Some(epilogue)) }?;
             return Ok(true);
         }
         // SAFETY: forwarded.

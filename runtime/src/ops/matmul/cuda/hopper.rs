@@ -83,27 +83,11 @@ impl HopperGemm {
         None
     }
 
-    /// The tile width `run` takes for `n` columns: 256 from 512 columns on (half the blocks, each
-    /// reading its A tile once for twice the columns), else 128.
+    /// The tile width [`HopperGemm::run`] takes for `n` columns when none is named: 256 from 512
+    /// columns on (half the blocks, each reading its A tile once for twice the columns), else
+    /// 128.
     pub fn tile_n(n: usize) -> u32 {
         if n >= 512 { 256 } else { 128 }
-    }
-
-    /// [`HopperGemm::run_tile`] with the tile width of [`HopperGemm::tile_n`].
-    ///
-    /// # Safety
-    /// As [`HopperGemm::run_tile`].
-    pub unsafe fn run(
-        &self,
-        g: &RowMajorGemm,
-        a: DevPtr,
-        b: DevPtr,
-        c: DevPtr,
-        bias: DevPtr,
-        epi: Option<&Epilogue>,
-    ) -> Result<()> {
-        // SAFETY: forwarded.
-        unsafe { self.run_tile(Self::tile_n(g.n), g, a, b, c, bias, epi) }
     }
 
     /// Why the kernels cannot apply `epi` to `g`'s output, or `None`: only
@@ -123,17 +107,18 @@ impl HopperGemm {
         }
     }
 
-    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream, plus `bias` (n bf16, 0: none) added
-    /// to every row, or with `epi` (only [`Epilogue::GeluAux`] so far: its bias, and `bias` 0)
-    /// applied before the store, as cuBLASLt's epilogue of that name computes it.
+    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream in tiles `tile_n` columns wide (128 or
+    /// 256; `None`: [`HopperGemm::tile_n`]), plus `bias` (n bf16, 0: none) added to every row, or
+    /// with `epi` (only [`Epilogue::GeluAux`] so far: its bias, and `bias` 0) applied before the
+    /// store, as cuBLASLt's epilogue of that name computes it.
     ///
     /// # Safety
     /// The pointers must address bf16 matrices of the sizes and strides `g` describes (and the
     /// epilogue's its own: `pre` of `[m, n]` at row stride `ld`, `bias` of n).
     #[allow(clippy::too_many_arguments)]
-    pub unsafe fn run_tile(
+    pub unsafe fn run(
         &self,
-        tile_n: u32,
+        tile_n: Option<u32>,
         g: &RowMajorGemm,
         a: DevPtr,
         b: DevPtr,
@@ -141,6 +126,7 @@ impl HopperGemm {
         bias: DevPtr,
         epi: Option<&Epilogue>,
     ) -> Result<()> {
+        let tile_n = tile_n.unwrap_or_else(|| Self::tile_n(g.n));
         let wide = match tile_n {
             128 => "",
             256 => "n256_",
