@@ -14,12 +14,40 @@
 
 mod common;
 
-use common::gpu::{Mat, Rng, check, device};
+use common::gpu::{Mat, Rng, check, device, rel_err};
 use modelspec_runtime::cuda::gemm::hopper::HopperGemm;
 use modelspec_runtime::cuda::{Dtype, Epilogue, RowMajorGemm};
 
 fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// Before a parity failure: where the first wrong outputs' values sit in the reference (a
+/// fragment or swizzle mapping error shows as a consistent offset), NaNs (never written), and
+/// how many are wrong, so that one failed GPU call says what to fix.
+fn diagnose(tag: &str, rows: &[usize], n: usize, have: &[f64], want: &[f64]) {
+    let close = |x: f64, y: f64| (x - y).abs() <= 1e-2 * y.abs().max(1e-2);
+    let wrong: Vec<usize> = (0..have.len())
+        .filter(|&i| !close(have[i], want[i]))
+        .collect();
+    let nan = have.iter().filter(|x| x.is_nan()).count();
+    println!(
+        "DIAG {tag}: {} of {} wrong, {nan} NaN (unwritten)",
+        wrong.len(),
+        have.len()
+    );
+    for &i in wrong.iter().take(6) {
+        let (r, c) = (rows[i / n], i % n);
+        let found: Vec<(usize, usize)> = (0..want.len())
+            .filter(|&j| close(have[i], want[j]))
+            .take(3)
+            .map(|j| (rows[j / n], j % n))
+            .collect();
+        println!(
+            "DIAG   ({r}, {c}): got {:.4} want {:.4}; the got value sits at {found:?}",
+            have[i], want[i]
+        );
+    }
 }
 
 #[test]
@@ -135,6 +163,10 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
                 }
             }
             let tag = format!("hopper gemm {epi} tile {tile} {m}x{n}x{k} ld {ld} ldc {ldc}");
+            let e = rel_err(&have, &want);
+            if e.is_nan() || e > 1e-2 {
+                diagnose(&tag, &rows, n, &have, &want);
+            }
             check(&format!("{tag} vs f64"), dt, &have, &want);
             check(&format!("{tag} vs cuBLASLt"), dt, &have, &have_lt);
             if epi == "gelu" {
