@@ -431,17 +431,31 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &gelu)
                 .map(|_| ())
         };
-        // The GELU epilogue only where the trainer uses it (the MLP's input projection).
+        // DGELU (the down projection's input gradient has this shape too, with B the weight's
+        // [n, k] copy), both on the same linear-form operands.
+        let dgelu = Epilogue::DGelu {
+            pre: pre.ptr(),
+            ld: n,
+        };
+        let own256_dgelu =
+            || unsafe { hg.run(Some(256), &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&dgelu)) };
+        let lt_dgelu = || unsafe {
+            gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &dgelu)
+                .map(|_| ())
+        };
+        // The GELU epilogues only where the trainer uses them (the MLP's input projection).
         let gelu_too = (n, k) == (3072, 768);
-        let runs: [(&str, &Launch); 6] = [
+        let runs: [(&str, &Launch); 8] = [
             ("own_n128", &own),
             ("own_n256", &own256),
             ("cublaslt", &lt),
             ("own_n128_gelu_aux", &own_gelu),
             ("own_n256_gelu_aux", &own256_gelu),
             ("cublaslt_gelu_aux", &lt_gelu),
+            ("own_n256_dgelu", &own256_dgelu),
+            ("cublaslt_dgelu", &lt_dgelu),
         ];
-        for (path, f) in runs.into_iter().take(if gelu_too { 6 } else { 3 }) {
+        for (path, f) in runs.into_iter().take(if gelu_too { 8 } else { 3 }) {
             let ms = timed(gpu, 20, f)?;
             println!(
                 "{{\"hopper_gemm\": \"{m}x{n}x{k}\", \"path\": \"{path}\", \"ms\": {ms:.4}, \"TFLOPs\": {:.1}}}",

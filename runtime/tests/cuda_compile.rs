@@ -191,6 +191,8 @@ fn hopper_gemm_compiles_for_sm90a() {
         "hopper_gemm_n256_bf16",
         "hopper_gemm_n256_bias_bf16",
         "hopper_gemm_n256_gelu_aux_bf16",
+        "hopper_gemm_dgelu_bf16",
+        "hopper_gemm_n256_dgelu_bf16",
     ] {
         assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
     }

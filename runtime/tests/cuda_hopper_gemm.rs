@@ -2,8 +2,10 @@
 //! reference and against cuBLASLt, on fresh random inputs each run (the seed is printed): whole
 //! tiles, edge tiles in both M and N, a K that is not a multiple of the 64-wide K step (the
 //! tensor maps read zeros past the end), row strides wider than the rows, and gpt2's MLP input
-//! projection; each plain, with a bias, and with the GELU epilogue (the activation and the kept
-//! pre-activation, against cuBLASLt's GELU_AUX_BIAS), in tiles 128 and 256 columns wide.
+//! projection; each plain, with a bias, with the GELU epilogue (the activation and the kept
+//! pre-activation, against cuBLASLt's GELU_AUX_BIAS) and with DGELU (times the GELU's derivative
+//! at a kept pre-activation, against cuBLASLt's DGELU on the same operands), in tiles 128 and
+//! 256 columns wide.
 //!
 //! Tolerance, ||gpu - ref|| / ||ref||: 1e-2 (the output is rounded to bf16, ~2e-3; the inputs are
 //! exact in bf16 and the products exact in f32). Against cuBLASLt, which rounds the same f32 sums
@@ -20,6 +22,11 @@ use modelspec_runtime::cuda::{Dtype, Epilogue, RowMajorGemm};
 
 fn gelu(x: f64) -> f64 {
     0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
+}
+fn gelu_grad(x: f64) -> f64 {
+    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    let t = u.tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
 }
 
 /// Before a parity failure: where the first wrong outputs' values sit in the reference (a
@@ -97,7 +104,9 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
                 prod.push(s);
             }
         }
-        for (epi, tile) in ["plain", "bias", "gelu"]
+        // The forward's pre-activation a DGELU reads, [m, ldc].
+        let kept = Mat::new(&gpu, dt, &rng.uniform_vec(m * ldc, 0.0, 3.0));
+        for (epi, tile) in ["plain", "bias", "gelu", "dgelu"]
             .into_iter()
             .flat_map(|e| [(e, 128u32), (e, 256)])
         {
@@ -126,6 +135,18 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
                         gemm.run_bias(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), bias.ptr())
                             .expect("cuBLASLt runs");
                     }
+                    "dgelu" => {
+                        let dgelu = Epilogue::DGelu {
+                            pre: kept.ptr(),
+                            ld: ldc,
+                        };
+                        hg.run(Some(tile), &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&dgelu))
+                            .expect("hopper gemm runs");
+                        let ran = gemm
+                            .run_epilogue(dt, &g, a.ptr(), b.ptr(), c_lt.ptr(), &dgelu)
+                            .expect("cuBLASLt runs");
+                        assert!(ran, "cuBLASLt refused DGELU");
+                    }
                     _ => {
                         hg.run(
                             Some(tile),
@@ -152,9 +173,18 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
             let mut i = 0;
             for &r in &rows {
                 for j in 0..n {
-                    let x = prod[i] + if epi == "plain" { 0.0 } else { bias.host[j] };
+                    let x = prod[i]
+                        + if matches!(epi, "bias" | "gelu") {
+                            bias.host[j]
+                        } else {
+                            0.0
+                        };
                     i += 1;
-                    want.push(if epi == "gelu" { gelu(x) } else { x });
+                    want.push(match epi {
+                        "gelu" => gelu(x),
+                        "dgelu" => x * gelu_grad(kept.host[r * ldc + j]),
+                        _ => x,
+                    });
                     have.push(got[r * ldc + j]);
                     have_lt.push(lt[r * ldc + j]);
                     want_pre.push(x);
@@ -210,13 +240,18 @@ fn hopper_gemm_refuses_what_it_cannot_run() {
         println!("refused: {e}");
         assert!(e.to_string().contains("hopper_gemm_bf16"), "{e}");
     }
-    // An epilogue it does not have yet.
+    // An epilogue it does not have, and DGELU with a misaligned pre-activation.
+    let bgrad = Epilogue::BiasGrad { bias: 0x4000 };
+    // SAFETY: refused before any pointer is used.
+    let e = unsafe { hg.run(None, &g, 0x1000, 0x2000, 0x3000, 0, Some(&bgrad)) }.unwrap_err();
+    println!("refused: {e}");
+    assert!(e.to_string().contains("no epilogue"), "{e}");
     let dgelu = Epilogue::DGelu {
-        pre: 0x4000,
+        pre: 0x4002,
         ld: 64,
     };
     // SAFETY: refused before any pointer is used.
     let e = unsafe { hg.run(None, &g, 0x1000, 0x2000, 0x3000, 0, Some(&dgelu)) }.unwrap_err();
     println!("refused: {e}");
-    assert!(e.to_string().contains("no epilogue"), "{e}");
+    assert!(e.to_string().contains("pre-activation"), "{e}");
 }

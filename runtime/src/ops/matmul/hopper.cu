@@ -1,7 +1,8 @@
 // ---- hopper_gemm: C = A B^T on Hopper's tensor cores (wgmma), fed by the bulk tensor copy engine ----
 //
 // An own GEMM for the epilogues cuBLASLt cannot fuse (docs/hopper_gemm.md), steps 1-2: bf16 in,
-// f32 accumulation, bf16 out, plain, with a bias, or with the GELU and its kept pre-activation.
+// f32 accumulation, bf16 out, plain, with a bias, with the GELU and its kept pre-activation, or
+// times the GELU's derivative at a kept pre-activation (DGELU).
 // A [M, K] and B [N, K] row-major bf16 (the linear layer's input and weight: both K-major,
 // wgmma's native layout), C [M, N] bf16 with row stride ldc. Compiled for compute_90a only
 // (wgmma, setmaxnreg); a separate module from the kernel library.
@@ -138,15 +139,24 @@ __device__ __forceinline__ unsigned short hg_bf16(float x) {
 //   HG_EPI_BIAS  C = acc + bias[col]
 //   HG_EPI_GELU  pre = acc + bias[col] (bias may be null), aux[row, col] = pre (bf16),
 //                C = gelu_tanh(pre) from the f32 pre
+//   HG_EPI_DGELU C = acc * gelu_tanh'(aux[row, col]) (a GELU's backward; aux the forward's pre)
 #define HG_EPI_NONE 0
 #define HG_EPI_BIAS 1
 #define HG_EPI_GELU 2
+#define HG_EPI_DGELU 3
 
 __device__ __forceinline__ float hg_f32(unsigned short b) { return __uint_as_float((unsigned)b << 16); }
 
 // GELU, tanh form (GPT-2's): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
 __device__ __forceinline__ float hg_gelu(float x) {
     return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+}
+
+// Its derivative.
+__device__ __forceinline__ float hg_gelu_grad(float x) {
+    const float k = 0.7978845608028654f;
+    const float t = tanhf(k * (x + 0.044715f * x * x * x));
+    return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * k * (1.f + 3.f * 0.044715f * x * x);
 }
 
 template <int EPI, int BN>
@@ -229,7 +239,12 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
             if (col >= N) continue;
             const bool pair = col + 1 < N;
             float x0 = d[4 * j + 2 * h], x1 = d[4 * j + 2 * h + 1];
-            if (EPI != HG_EPI_NONE && bias) {
+            if (EPI == HG_EPI_DGELU) {
+                const unsigned short* q = aux + (size_t)row * ldaux + col;
+                x0 *= hg_gelu_grad(hg_f32(q[0]));
+                if (pair) x1 *= hg_gelu_grad(hg_f32(q[1]));
+            }
+            if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias) {
                 x0 += hg_f32(bias[col]);
                 if (pair) x1 += hg_f32(bias[col + 1]);
             }
@@ -267,3 +282,5 @@ HG_ENTRY(hopper_gemm_gelu_aux_bf16, HG_EPI_GELU, 128)
 HG_ENTRY(hopper_gemm_n256_bf16, HG_EPI_NONE, 256)
 HG_ENTRY(hopper_gemm_n256_bias_bf16, HG_EPI_BIAS, 256)
 HG_ENTRY(hopper_gemm_n256_gelu_aux_bf16, HG_EPI_GELU, 256)
+HG_ENTRY(hopper_gemm_dgelu_bf16, HG_EPI_DGELU, 128)
+HG_ENTRY(hopper_gemm_n256_dgelu_bf16, HG_EPI_DGELU, 256)

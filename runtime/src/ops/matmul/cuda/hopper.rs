@@ -1,9 +1,10 @@
 //! The own Hopper GEMM (`hopper.cu`, docs/hopper_gemm.md), steps 1 and 2: `C = A B^T` in bf16
 //! with f32 accumulation, A `[m, k]` and B `[n, k]` row-major (a linear layer's input and
 //! weight), on the tensor cores through `wgmma`, the tiles brought in by the bulk tensor copy
-//! engine; plain, with a bias, or with the GELU and its kept pre-activation in the epilogue. Not
-//! yet used by the trainer: its parity test (`cuda_hopper_gemm`) and `cuda_bench hopper` come
-//! first.
+//! engine; plain, with a bias, with the GELU and its kept pre-activation, or times the GELU's
+//! derivative at a kept pre-activation (DGELU, for a B given `[n, k]`) in the epilogue. The
+//! trainer reaches it only under `MODELSPEC_OWN_GEMM=on` (the MLP's GELU forward, through
+//! `Gemm::run_epilogue`) until `cuda_hopper_gemm` and `cuda_bench hopper` have run on a GPU.
 
 use super::{Epilogue, RowMajorGemm};
 use crate::cuda::compile::KernelSource;
@@ -90,12 +91,13 @@ impl HopperGemm {
         if n >= 512 { 256 } else { 128 }
     }
 
-    /// Why the kernels cannot apply `epi` to `g`'s output, or `None`: only
-    /// [`Epilogue::GeluAux`] so far, its pre-activation 4-byte aligned with an even row stride of
-    /// at least n.
+    /// Why the kernels cannot apply `epi` to `g`'s output, or `None`: [`Epilogue::GeluAux`] and
+    /// [`Epilogue::DGelu`] (in the linear form: B `[n, k]`), their pre-activation 4-byte aligned
+    /// with an even row stride of at least n.
     pub fn epilogue_reason(g: &RowMajorGemm, epi: &Epilogue) -> Option<String> {
         match *epi {
-            Epilogue::GeluAux { pre, ld, .. } => (!pre.is_multiple_of(4)
+            Epilogue::GeluAux { pre, ld, .. } | Epilogue::DGelu { pre, ld } => (!pre
+                .is_multiple_of(4)
                 || !ld.is_multiple_of(2)
                 || ld < g.n)
                 .then(|| {
@@ -109,8 +111,8 @@ impl HopperGemm {
 
     /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream in tiles `tile_n` columns wide (128 or
     /// 256; `None`: [`HopperGemm::tile_n`]), plus `bias` (n bf16, 0: none) added to every row, or
-    /// with `epi` (only [`Epilogue::GeluAux`] so far: its bias, and `bias` 0) applied before the
-    /// store, as cuBLASLt's epilogue of that name computes it.
+    /// with `epi` ([`Epilogue::GeluAux`] with its bias, or [`Epilogue::DGelu`]; `bias` 0)
+    /// applied before the store, as cuBLASLt's epilogue of that name computes it.
     ///
     /// # Safety
     /// The pointers must address bf16 matrices of the sizes and strides `g` describes (and the
@@ -141,6 +143,7 @@ impl HopperGemm {
             None if bias == 0 => ("", 0, 0, 0),
             None => ("bias_", bias, 0, 0),
             Some(&Epilogue::GeluAux { pre, ld, bias: b }) if bias == 0 => ("gelu_aux_", b, pre, ld),
+            Some(&Epilogue::DGelu { pre, ld }) if bias == 0 => ("dgelu_", 0, pre, ld),
             Some(other) => {
                 return Err(CudaError::BadLaunch {
                     kernel: KERNEL.into(),
