@@ -22,20 +22,13 @@
 
 mod common;
 
-use common::gpu::{Mat, Rng, check, check_err, device, device_and_kernels, f32buf, getf, rel_err};
+use common::gpu::{
+    Mat, Rng, check, check_err, device, device_and_kernels, f32buf, gelu, gelu_grad, getf, rel_err,
+};
 use modelspec_runtime::cuda::{
     BiasGradPath, BiasGradPolicy, CudaError, Dtype, DtypeExt, Epilogue, Gpu, GpuBuf, ReduceScratch,
     RowMajorGemm,
 };
-
-fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
-}
-fn gelu_grad(x: f64) -> f64 {
-    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-    let t = u.tanh();
-    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
-}
 
 /// Whether a refused epilogue is acceptable (f32) or a failure (bf16, the training path).
 fn refused(what: &str, dt: Dtype) -> bool {

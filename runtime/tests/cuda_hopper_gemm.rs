@@ -16,18 +16,9 @@
 
 mod common;
 
-use common::gpu::{Mat, Rng, check, device, rel_err};
+use common::gpu::{Mat, Rng, check, device, gelu, gelu_grad, rel_err};
 use modelspec_runtime::cuda::gemm::hopper::HopperGemm;
 use modelspec_runtime::cuda::{Dtype, Epilogue, RowMajorGemm};
-
-fn gelu(x: f64) -> f64 {
-    0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
-}
-fn gelu_grad(x: f64) -> f64 {
-    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
-    let t = u.tanh();
-    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
-}
 
 /// Before a parity failure: where the first wrong outputs' values sit in the reference (a
 /// fragment or swizzle mapping error shows as a consistent offset), NaNs (never written), and

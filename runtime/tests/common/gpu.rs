@@ -1,11 +1,25 @@
 //! The harness the GPU test binaries share: the device (or a printed skip), random inputs from
 //! a clock-seeded generator (the seed is printed), bf16 rounding, device matrices of either dtype
 //! holding values exact in it, and the norm-wise relative error check that prints one `PARITY`
-//! line per comparison. Used by `cuda_kernels`, `cuda_reduce`, `cuda_cudnn`, `cuda_epilogue` and
+//! line per comparison, and the GELU references of the GEMM epilogues. Used by `cuda_kernels`,
+//! `cuda_reduce`, `cuda_cudnn`, `cuda_epilogue`, `cuda_hopper_gemm` and
 //! `cuda_moe`; `cuda_decode`, `cuda_train_state` and `cuda_walk` take the device from it.
 
 use modelspec_runtime::cuda::{Dtype, DtypeExt, Gpu, GpuBuf, Kernels};
 use std::sync::Arc;
+
+/// GELU, tanh form (GPT-2's), in f64: the reference for the GEMM epilogues (cuBLASLt's and the
+/// own Hopper GEMM's).
+pub fn gelu(x: f64) -> f64 {
+    0.5 * x * (1.0 + (0.7978845608028654 * (x + 0.044715 * x * x * x)).tanh())
+}
+
+/// Its derivative (the DGELU epilogue's reference).
+pub fn gelu_grad(x: f64) -> f64 {
+    let u = 0.7978845608028654 * (x + 0.044715 * x * x * x);
+    let t = u.tanh();
+    0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * 0.7978845608028654 * (1.0 + 3.0 * 0.044715 * x * x)
+}
 
 /// Both dtypes, in the order the tests run them.
 pub const DTYPES: [Dtype; 2] = [Dtype::F32, Dtype::Bf16];
