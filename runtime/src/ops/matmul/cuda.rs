@@ -253,11 +253,9 @@ impl Gemm {
         if dtype == Dtype::Bf16
             && matches!(epilogue, Epilogue::GeluAux { .. })
             && let Some(own) = self.own()
-            && hopper::HopperGemm::unsupported_reason(g, a, b, c).is_none()
-            && hopper::HopperGemm::epilogue_reason(g, epilogue).is_none()
-        {
             // SAFETY: forwarded.
-            unsafe { own.run(None, g, a, b, c, 0, Some(epilogue)) }?;
+            && unsafe { own.try_run(None, g, a, b, c, 0, Some(epilogue)) }?
+        {
             return Ok(true);
         }
         // SAFETY: forwarded.

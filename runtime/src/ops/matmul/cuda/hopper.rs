@@ -56,18 +56,43 @@ impl HopperGemm {
         })
     }
 
-    /// Why the kernel cannot run `g` on these pointers, or `None`: the linear form only (A
-    /// `[m, k]`, B `[n, k]`, no batch), 16-byte aligned rows of A and B (the tensor maps' rule),
-    /// C's pairs of columns 4-byte aligned.
-    pub fn unsupported_reason(g: &RowMajorGemm, a: DevPtr, b: DevPtr, c: DevPtr) -> Option<String> {
+    /// The tile width [`HopperGemm::run`] takes for `n` columns when none is named: 256 from 512
+    /// columns on (half the blocks, each reading its A tile once for twice the columns), else
+    /// 128.
+    pub fn tile_n(n: usize) -> u32 {
+        if n >= 512 { 256 } else { 128 }
+    }
+
+    /// Which kernel runs `g` with this bias and epilogue, or why none can: the linear form only
+    /// (A `[m, k]`, B `[n, k]`, no batch), 16-byte aligned rows of A and B (the tensor maps'
+    /// rule), C's pairs of columns 4-byte aligned; epilogues none, a bias, [`Epilogue::GeluAux`]
+    /// and [`Epilogue::DGelu`] (in the linear form: B `[n, k]`), their pre-activation 4-byte
+    /// aligned with an even row stride of at least n. The one place that says what the kernels
+    /// take: [`HopperGemm::run`] and [`HopperGemm::try_run`] both ask it.
+    #[allow(clippy::too_many_arguments)]
+    fn plan(
+        tile_n: Option<u32>,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        bias: DevPtr,
+        epi: Option<&Epilogue>,
+    ) -> std::result::Result<Plan, String> {
+        let tile_n = tile_n.unwrap_or_else(|| Self::tile_n(g.n));
+        let wide = match tile_n {
+            128 => "",
+            256 => "n256_",
+            other => return Err(format!("tiles are 128 or 256 columns wide, not {other}")),
+        };
         if g.trans_a || !g.trans_b || g.batch.is_some() {
-            return Some("only C = A B^T with A [m, k] and B [n, k], unbatched".into());
+            return Err("only C = A B^T with A [m, k] and B [n, k], unbatched".into());
         }
         if g.m == 0 || g.n == 0 || g.k == 0 {
-            return Some("an empty matrix".into());
+            return Err("an empty matrix".into());
         }
         if !(g.lda * 2).is_multiple_of(16) || !(g.ldb * 2).is_multiple_of(16) {
-            return Some(format!(
+            return Err(format!(
                 "row strides of A ({}) and B ({}) must be multiples of 8 elements",
                 g.lda, g.ldb
             ));
@@ -77,42 +102,40 @@ impl HopperGemm {
             || !c.is_multiple_of(4)
             || !g.ldc.is_multiple_of(2)
         {
-            return Some(
+            return Err(
                 "A and B must be 16-byte aligned, C 4-byte aligned with an even row stride".into(),
             );
         }
-        None
-    }
-
-    /// The tile width [`HopperGemm::run`] takes for `n` columns when none is named: 256 from 512
-    /// columns on (half the blocks, each reading its A tile once for twice the columns), else
-    /// 128.
-    pub fn tile_n(n: usize) -> u32 {
-        if n >= 512 { 256 } else { 128 }
-    }
-
-    /// Why the kernels cannot apply `epi` to `g`'s output, or `None`: [`Epilogue::GeluAux`] and
-    /// [`Epilogue::DGelu`] (in the linear form: B `[n, k]`), their pre-activation 4-byte aligned
-    /// with an even row stride of at least n.
-    pub fn epilogue_reason(g: &RowMajorGemm, epi: &Epilogue) -> Option<String> {
-        match *epi {
-            Epilogue::GeluAux { pre, ld, .. } | Epilogue::DGelu { pre, ld } => (!pre
-                .is_multiple_of(4)
-                || !ld.is_multiple_of(2)
-                || ld < g.n)
-                .then(|| {
-                    format!(
-                        "the pre-activation needs 4-byte alignment and an even row stride >= n ({ld})"
-                    )
-                }),
-            ref other => Some(format!("the own GEMM has no epilogue {other:?} yet")),
+        let (epi_name, bias, aux, ldaux) = match epi {
+            None if bias == 0 => ("", 0, 0, 0),
+            None => ("bias_", bias, 0, 0),
+            Some(&Epilogue::GeluAux { pre, ld, bias: b }) if bias == 0 => ("gelu_aux_", b, pre, ld),
+            Some(&Epilogue::DGelu { pre, ld }) if bias == 0 => ("dgelu_", 0, pre, ld),
+            Some(other) => {
+                return Err(format!(
+                    "the own GEMM has no epilogue {other:?} (with bias {bias:#x}) yet"
+                ));
+            }
+        };
+        if epi.is_some() && (!aux.is_multiple_of(4) || !ldaux.is_multiple_of(2) || ldaux < g.n) {
+            return Err(format!(
+                "the pre-activation needs 4-byte alignment and an even row stride >= n ({ldaux})"
+            ));
         }
+        Ok(Plan {
+            kernel: format!("hopper_gemm_{wide}{epi_name}bf16"),
+            tile_n,
+            bias,
+            aux,
+            ldaux,
+        })
     }
 
     /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream in tiles `tile_n` columns wide (128 or
     /// 256; `None`: [`HopperGemm::tile_n`]), plus `bias` (n bf16, 0: none) added to every row, or
     /// with `epi` ([`Epilogue::GeluAux`] with its bias, or [`Epilogue::DGelu`]; `bias` 0)
-    /// applied before the store, as cuBLASLt's epilogue of that name computes it.
+    /// applied before the store, as cuBLASLt's epilogue of that name computes it. An error,
+    /// having launched nothing, for what the kernels do not take.
     ///
     /// # Safety
     /// The pointers must address bf16 matrices of the sizes and strides `g` describes (and the
@@ -128,61 +151,78 @@ impl HopperGemm {
         bias: DevPtr,
         epi: Option<&Epilogue>,
     ) -> Result<()> {
-        let tile_n = tile_n.unwrap_or_else(|| Self::tile_n(g.n));
-        let wide = match tile_n {
-            128 => "",
-            256 => "n256_",
-            other => {
-                return Err(CudaError::BadLaunch {
-                    kernel: KERNEL.into(),
-                    why: format!("tiles are 128 or 256 columns wide, not {other}"),
-                });
-            }
-        };
-        let (epi_name, mut bias_, mut aux, ldaux) = match epi {
-            None if bias == 0 => ("", 0, 0, 0),
-            None => ("bias_", bias, 0, 0),
-            Some(&Epilogue::GeluAux { pre, ld, bias: b }) if bias == 0 => ("gelu_aux_", b, pre, ld),
-            Some(&Epilogue::DGelu { pre, ld }) if bias == 0 => ("dgelu_", 0, pre, ld),
-            Some(other) => {
-                return Err(CudaError::BadLaunch {
-                    kernel: KERNEL.into(),
-                    why: format!(
-                        "the own GEMM has no epilogue {other:?} (with bias {bias:#x}) yet"
-                    ),
-                });
-            }
-        };
-        let kernel = format!("hopper_gemm_{wide}{epi_name}bf16");
-        let why = Self::unsupported_reason(g, a, b, c)
-            .or_else(|| epi.and_then(|e| Self::epilogue_reason(g, e)));
-        if let Some(why) = why {
-            return Err(CudaError::BadLaunch {
-                kernel,
+        let plan =
+            Self::plan(tile_n, g, a, b, c, bias, epi).map_err(|why| CudaError::BadLaunch {
+                kernel: KERNEL.into(),
                 why: format!("{}x{}x{}: {why}", g.m, g.n, g.k),
-            });
-        }
+            })?;
+        // SAFETY: forwarded.
+        unsafe { self.launch(&plan, g, a, b, c) }
+    }
+
+    /// As [`HopperGemm::run`], but `false` (nothing launched) instead of an error where the
+    /// kernels do not take the GEMM: the caller then runs it elsewhere.
+    ///
+    /// # Safety
+    /// As [`HopperGemm::run`].
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn try_run(
+        &self,
+        tile_n: Option<u32>,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        bias: DevPtr,
+        epi: Option<&Epilogue>,
+    ) -> Result<bool> {
+        let Ok(plan) = Self::plan(tile_n, g, a, b, c, bias, epi) else {
+            return Ok(false);
+        };
+        // SAFETY: forwarded.
+        unsafe { self.launch(&plan, g, a, b, c) }?;
+        Ok(true)
+    }
+
+    /// Launches the planned kernel.
+    ///
+    /// # Safety
+    /// As [`HopperGemm::run`].
+    unsafe fn launch(
+        &self,
+        plan: &Plan,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+    ) -> Result<()> {
         let mut map_a = tensor_map(a, g.k, g.m, g.lda, BM)?;
-        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, tile_n)?;
-        let (mut c_, mut ldaux_, mut m, mut n, mut k, mut ldc) = (
+        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, plan.tile_n)?;
+        let (mut c_, mut bias, mut aux, mut ldaux, mut m, mut n, mut k, mut ldc) = (
             c,
-            ldaux as i32,
+            plan.bias,
+            plan.aux,
+            plan.ldaux as i32,
             g.m as i32,
             g.n as i32,
             g.k as i32,
             g.ldc as i32,
         );
-        let f = self.module.function(&kernel)?;
-        let grid = ((g.n as u32).div_ceil(tile_n), (g.m as u32).div_ceil(BM), 1);
+        let f = self.module.function(&plan.kernel)?;
+        let grid = (
+            (g.n as u32).div_ceil(plan.tile_n),
+            (g.m as u32).div_ceil(BM),
+            1,
+        );
         // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel.
-        let smem = STAGES * (BM + tile_n) * BK * 2 + 1024;
+        let smem = STAGES * (BM + plan.tile_n) * BK * 2 + 1024;
         let mut args = [
             (&mut map_a) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
             (&mut map_b) as *mut sys::CUtensorMap as *mut _,
             (&mut c_) as *mut DevPtr as *mut _,
-            (&mut bias_) as *mut DevPtr as *mut _,
+            (&mut bias) as *mut DevPtr as *mut _,
             (&mut aux) as *mut DevPtr as *mut _,
-            (&mut ldaux_) as *mut i32 as *mut _,
+            (&mut ldaux) as *mut i32 as *mut _,
             (&mut m) as *mut i32 as *mut _,
             (&mut n) as *mut i32 as *mut _,
             (&mut k) as *mut i32 as *mut _,
@@ -192,9 +232,19 @@ impl HopperGemm {
         // pointers, five ints); the pointers are the caller's promise.
         unsafe {
             self.gpu
-                .launch(&kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
+                .launch(&plan.kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
         }
     }
+}
+
+/// What [`HopperGemm::plan`] chose: the kernel's name, its tile width and its epilogue's
+/// arguments (bias, pre-activation and its row stride; 0 where unused).
+struct Plan {
+    kernel: String,
+    tile_n: u32,
+    bias: DevPtr,
+    aux: DevPtr,
+    ldaux: usize,
 }
 
 impl super::Gemm {
