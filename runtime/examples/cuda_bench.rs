@@ -443,9 +443,29 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &dgelu)
                 .map(|_| ())
         };
+        // The trainer's DGELU: B given [k, n] (the down projection's weight), transposed into a
+        // scratch buffer first; against cuBLASLt on the same plain-form operands.
+        let scratch = gpu.zeros::<u16>(n * k)?;
+        let g_kn = RowMajorGemm::plain(m, n, k, k, n, n);
+        let own_dgelu_kn = || unsafe {
+            hg.try_run_kn(
+                &g_kn,
+                a.ptr(),
+                b.ptr(),
+                c.ptr(),
+                Some(&dgelu),
+                scratch.ptr(),
+                n * k * 2,
+            )
+            .map(|_| ())
+        };
+        let lt_dgelu_kn = || unsafe {
+            gemm.run_epilogue(Dtype::Bf16, &g_kn, a.ptr(), b.ptr(), c.ptr(), &dgelu)
+                .map(|_| ())
+        };
         // The GELU epilogues only where the trainer uses them (the MLP's input projection).
         let gelu_too = (n, k) == (3072, 768);
-        let runs: [(&str, &Launch); 8] = [
+        let runs: [(&str, &Launch); 10] = [
             ("own_n128", &own),
             ("own_n256", &own256),
             ("cublaslt", &lt),
@@ -454,8 +474,10 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             ("cublaslt_gelu_aux", &lt_gelu),
             ("own_n256_dgelu", &own256_dgelu),
             ("cublaslt_dgelu", &lt_dgelu),
+            ("own_dgelu_kn_with_transpose", &own_dgelu_kn),
+            ("cublaslt_dgelu_kn", &lt_dgelu_kn),
         ];
-        for (path, f) in runs.into_iter().take(if gelu_too { 8 } else { 3 }) {
+        for (path, f) in runs.into_iter().take(if gelu_too { 10 } else { 3 }) {
             let ms = timed(gpu, 20, f)?;
             println!(
                 "{{\"hopper_gemm\": \"{m}x{n}x{k}\", \"path\": \"{path}\", \"ms\": {ms:.4}, \"TFLOPs\": {:.1}}}",

@@ -5,7 +5,8 @@
 //! projection; each plain, with a bias, with the GELU epilogue (the activation and the kept
 //! pre-activation, against cuBLASLt's GELU_AUX_BIAS) and with DGELU (times the GELU's derivative
 //! at a kept pre-activation, against cuBLASLt's DGELU on the same operands), in tiles 128 and
-//! 256 columns wide.
+//! 256 columns wide; and DGELU with B given `[k, n]` (`try_run_kn`: transposed into a scratch
+//! buffer first, as the trainer's backward runs it).
 //!
 //! Tolerance, ||gpu - ref|| / ||ref||: 1e-2 (the output is rounded to bf16, ~2e-3; the inputs are
 //! exact in bf16 and the products exact in f32). Against cuBLASLt, which rounds the same f32 sums
@@ -203,6 +204,67 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
             if ldc > n {
                 assert!(got[ldc - 1].is_nan(), "{tag}: wrote past column n");
             }
+        }
+        // DGELU with B given [k, n] (the trainer's backward through the down projection's
+        // weight): `try_run_kn` transposes it into a scratch buffer first.
+        let b_kn: Vec<f64> = (0..k * n).map(|i| b.host[(i % n) * ld + i / n]).collect();
+        let b_kn = Mat::new(&gpu, dt, &b_kn);
+        let g_kn = RowMajorGemm::plain(m, n, k, ld, n, ldc);
+        let scratch = Mat::new(&gpu, dt, &vec![f64::NAN; n * k]);
+        let c = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
+        let c_lt = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
+        let dgelu = Epilogue::DGelu {
+            pre: kept.ptr(),
+            ld: ldc,
+        };
+        // SAFETY: a [m, ld], b_kn [k, n], scratch [n, k], c and c_lt [m, ldc], kept [m, ldc].
+        let (ran, ran_lt) = unsafe {
+            let small = hg.try_run_kn(
+                &g_kn,
+                a.ptr(),
+                b_kn.ptr(),
+                c.ptr(),
+                Some(&dgelu),
+                scratch.ptr(),
+                n * k * 2 - 2,
+            );
+            assert!(
+                !small.expect("a refusal is not an error"),
+                "ran with a scratch too small"
+            );
+            (
+                hg.try_run_kn(
+                    &g_kn,
+                    a.ptr(),
+                    b_kn.ptr(),
+                    c.ptr(),
+                    Some(&dgelu),
+                    scratch.ptr(),
+                    n * k * 2,
+                )
+                .expect("hopper gemm runs"),
+                gemm.run_epilogue(dt, &g_kn, a.ptr(), b_kn.ptr(), c_lt.ptr(), &dgelu)
+                    .expect("cuBLASLt runs"),
+            )
+        };
+        assert!(ran, "try_run_kn refused {m}x{n}x{k}");
+        let (got, lt) = (c.get(&gpu), c_lt.get(&gpu));
+        let (mut want, mut have, mut have_lt) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, &r) in rows.iter().enumerate() {
+            for j in 0..n {
+                want.push(prod[i * n + j] * gelu_grad(kept.host[r * ldc + j]));
+                have.push(got[r * ldc + j]);
+                have_lt.push(lt[r * ldc + j]);
+            }
+        }
+        let tag = format!("hopper gemm dgelu, B [k, n], {m}x{n}x{k} ld {ld} ldc {ldc}");
+        let e = rel_err(&have, &want);
+        if e.is_nan() || e > 1e-2 {
+            diagnose(&tag, &rows, n, &have, &want);
+        }
+        check(&format!("{tag} vs f64"), dt, &have, &want);
+        if ran_lt {
+            check(&format!("{tag} vs cuBLASLt"), dt, &have, &have_lt);
         }
     }
 }

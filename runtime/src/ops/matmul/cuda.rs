@@ -248,15 +248,26 @@ impl Gemm {
         c: DevPtr,
         epilogue: &Epilogue,
     ) -> Result<bool> {
-        // `MODELSPEC_OWN_GEMM=on`: the GELU epilogue on the own Hopper GEMM where it takes the
-        // GEMM (bf16, the linear form, aligned operands).
+        // `MODELSPEC_OWN_GEMM=on`: the GELU epilogues on the own Hopper GEMM where it takes the
+        // GEMM (bf16, aligned operands): the forward's GELU_AUX in the linear form, the
+        // backward's DGELU in the plain form, its B (the down projection's weight) transposed
+        // into the workspace first (stream-ordered: no cuBLASLt call runs in between).
         if dtype == Dtype::Bf16
-            && matches!(epilogue, Epilogue::GeluAux { .. })
             && let Some(own) = self.own()
-            // SAFETY: forwarded.
-            && unsafe { own.try_run(None, g, a, b, c, 0, Some(epilogue)) }?
         {
-            return Ok(true);
+            // SAFETY: forwarded; the workspace is this handle's, WORKSPACE bytes.
+            let ran = unsafe {
+                match epilogue {
+                    Epilogue::GeluAux { .. } => own.try_run(None, g, a, b, c, 0, Some(epilogue))?,
+                    Epilogue::DGelu { .. } => {
+                        own.try_run_kn(g, a, b, c, Some(epilogue), self.workspace.ptr(), WORKSPACE)?
+                    }
+                    _ => false,
+                }
+            };
+            if ran {
+                return Ok(true);
+            }
         }
         // SAFETY: forwarded.
         unsafe { self.run_fused(dtype, false, g, a, b, c, epilogue) }

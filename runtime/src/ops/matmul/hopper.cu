@@ -268,6 +268,25 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
     }
 }
 
+// dst [cols, rows] (dense) = src [rows, cols] (row stride ld_src) transposed, bf16, in 32 x 32
+// tiles through shared memory; blocks of 32 x 8 threads. Turns a GEMM operand given [k, n] into
+// the [n, k] the kernels above read (HopperGemm::try_run_kn).
+extern "C" __global__ void __launch_bounds__(256) hopper_transpose_bf16(const unsigned short* src, int ld_src,
+                                                                        unsigned short* dst, int rows, int cols) {
+    __shared__ unsigned short tile[32][34];
+    const int c = blockIdx.x * 32 + threadIdx.x;
+    for (int i = threadIdx.y; i < 32; i += 8) {
+        const int r = blockIdx.y * 32 + i;
+        if (r < rows && c < cols) tile[i][threadIdx.x] = src[(size_t)r * ld_src + c];
+    }
+    __syncthreads();
+    const int r = blockIdx.y * 32 + threadIdx.x;
+    for (int i = threadIdx.y; i < 32; i += 8) {
+        const int cc = blockIdx.x * 32 + i;
+        if (cc < cols && r < rows) dst[(size_t)cc * rows + r] = tile[threadIdx.x][i];
+    }
+}
+
 // The entry points (one a epilogue), sharing one body; the maps stay __grid_constant__
 // parameters so that their addresses are the ones the bulk copies read.
 #define HG_ENTRY(NAME, EPI, BN)                                                                               \

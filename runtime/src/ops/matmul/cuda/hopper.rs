@@ -24,6 +24,8 @@ const BK: u32 = 64;
 const STAGES: u32 = 4;
 const THREADS: u32 = 384;
 const KERNEL: &str = "hopper_gemm_bf16";
+/// The transpose that brings a `[k, n]` operand into the kernels' `[n, k]`.
+const TRANSPOSE: &str = "hopper_transpose_bf16";
 
 /// The own GEMM on one Hopper GPU.
 pub struct HopperGemm {
@@ -181,6 +183,64 @@ impl HopperGemm {
         };
         // SAFETY: forwarded.
         unsafe { self.launch(&plan, g, a, b, c) }?;
+        Ok(true)
+    }
+
+    /// As [`HopperGemm::try_run`] for the plain form `C = A B` with B given `[k, n]` (row stride
+    /// `g.ldb`; e.g. a linear weight `[out, in]` on the backward's input-gradient side): B is
+    /// first transposed into `scratch` (`scratch_bytes` long, 16-byte aligned) as the `[n, k]`
+    /// the kernels read. `false`, with nothing launched, where the kernels do not take the GEMM
+    /// or `scratch` is too small.
+    ///
+    /// # Safety
+    /// As [`HopperGemm::run`]; `scratch` must be device memory of `scratch_bytes` that nothing
+    /// else reads or writes on the stream between this call's two kernels.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn try_run_kn(
+        &self,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        epi: Option<&Epilogue>,
+        scratch: DevPtr,
+        scratch_bytes: usize,
+    ) -> Result<bool> {
+        if g.trans_a
+            || g.trans_b
+            || g.batch.is_some()
+            || g.n * g.k * 2 > scratch_bytes
+            || !scratch.is_multiple_of(16)
+            || !b.is_multiple_of(2)
+        {
+            return Ok(false);
+        }
+        let linear = RowMajorGemm {
+            trans_b: true,
+            ldb: g.k,
+            ..*g
+        };
+        let Ok(plan) = Self::plan(None, &linear, a, scratch, c, 0, epi) else {
+            return Ok(false);
+        };
+        let f = self.module.function(TRANSPOSE)?;
+        let (mut src, mut ld, mut dst, mut rows, mut cols) =
+            (b, g.ldb as i32, scratch, g.k as i32, g.n as i32);
+        let mut args = [
+            (&mut src) as *mut DevPtr as *mut std::ffi::c_void,
+            (&mut ld) as *mut i32 as *mut _,
+            (&mut dst) as *mut DevPtr as *mut _,
+            (&mut rows) as *mut i32 as *mut _,
+            (&mut cols) as *mut i32 as *mut _,
+        ];
+        let grid = ((g.n as u32).div_ceil(32), (g.k as u32).div_ceil(32), 1);
+        // SAFETY: the arguments match the transpose's signature; B is [k, n] at row stride ldb
+        // and scratch holds n k bf16 (checked above), the caller's promise.
+        unsafe {
+            self.gpu
+                .launch(TRANSPOSE, &f, grid, (32, 8, 1), 0, &mut args)?;
+            self.launch(&plan, &linear, a, scratch, c)?;
+        }
         Ok(true)
     }
 
