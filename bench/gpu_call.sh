@@ -4,8 +4,13 @@
 # elsewhere the step variants. Usage on the device: OUT=<dir> bash bench/gpu_call.sh
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
-OUT=$R/v TESTS="cuda_hopper_gemm cuda_cudnn cuda_epilogue" bash bench/gpu_verify.sh 2>&1 | tail -25
-OUT=$R/s ONLY="bench_hopper" bash bench/gpu_step_variants.sh 2>&1 | tail -25
+# A kernel never run before may hang on a barrier: a short limit, and no bench if it fails.
+B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
+export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
+timeout 90 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
+hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "^test |DIAG|panicked|PARITY" $R/v/cuda_hopper_gemm.log | head -40
+OUT=$R/v TESTS="cuda_cudnn cuda_epilogue" bash bench/gpu_verify.sh 2>&1 | tail -8
+[ $hg = 0 ] && OUT=$R/s ONLY="bench_hopper" bash bench/gpu_step_variants.sh 2>&1 | tail -25
 if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
     OUT=$R/b ATTN=1 TRAIN="gpt2 mixtral_small llama1b" BUDGET=1 bash bench/gpu_bench.sh 2>&1 | tail -60
 else
