@@ -150,10 +150,14 @@ impl std::fmt::Debug for CudnnAttention {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "CudnnAttention(cuDNN {} at {})",
+            "CudnnAttention(cuDNN {} at {}",
             self.library.version_string(),
             self.library.path
-        )
+        )?;
+        if !self.library.passed_over.is_empty() {
+            write!(f, "; passed over: {}", self.library.passed_over)?;
+        }
+        write!(f, ")")
     }
 }
 

@@ -3,20 +3,27 @@
 //! cudarc's cuDNN bindings `dlopen` the library by name at their first call and panic when it is
 //! missing or lacks a symbol; by name, the dynamic linker picks the first `libcudnn.so` on its
 //! paths, which on a machine with a system cuDNN and a newer one in PyTorch's wheel is the older
-//! one (the GPU machine had 9.14 as `libcudnn.so` beside the wheel's 9.19, which PyTorch runs).
-//! So this module loads candidates itself, reads each one's `cudnnGetVersion`, keeps the chosen
-//! file loaded and resolves the entry points from it ([`super::api`]); cudarc's loader is never
-//! used.
+//! one (the GPU machine has 9.14 as `libcudnn.so` beside the wheel's 9.19, which PyTorch runs).
+//! So this module chooses the file itself, keeps it loaded and resolves the entry points from it
+//! ([`super::api`]); cudarc's loader is never used.
+//!
+//! Only one cuDNN 9 can be asked anything per process: `libcudnn.so.9` is a shim whose first
+//! call (`cudnnGetVersion` included) opens its sub-libraries by soname (`libcudnn_graph.so.9`,
+//! ...), and once one copy's are open every later shim binds to them. (The eighth session's
+//! probe loaded the system 9.14 first, so the wheel's 9.19 shim then reported 9.14 too, and the
+//! system copy won the tie.) So candidates are ranked by the version they declare without being
+//! loaded ([`declared_version`]: the file's resolved name, `libcudnn.so.9.14.0`, or the
+//! `cudnn_version.h` of the install), and the first that loads and reports 9.0 or newer is the
+//! one; the others are listed in [`CudnnLibrary::passed_over`].
 //!
 //! Choice: `MODELSPEC_CUDNN_LIB` (the file, or its folder), when set, is the only candidate.
-//! Otherwise the newest cuDNN 9 (or later) among, in order (the first wins a tie):
-//! 1. what the linker resolves by name (`libcudnn.so`, ..., `libcudnn.so.9`: its paths and
-//!    `LD_LIBRARY_PATH` as the process started);
-//! 2. `CUDNN_PATH` (an install root or folder);
-//! 3. every `LD_LIBRARY_PATH` folder, `CUDA_HOME`/`CUDA_PATH`, `/usr/local/cuda`, the system
+//! Otherwise, highest declared version first (undeclared last; the first of equals wins), among:
+//! 1. `CUDNN_PATH` (an install root or folder);
+//! 2. every `LD_LIBRARY_PATH` folder, `CUDA_HOME`/`CUDA_PATH`, `/usr/local/cuda`, the system
 //!    library folders;
-//! 4. Python's `nvidia/cudnn/lib` (the `nvidia-cudnn-cu*` wheels PyTorch installs) under the
-//!    usual site-packages folders, then as `python3` itself reports it.
+//! 3. Python's `nvidia/cudnn/lib` (the `nvidia-cudnn-cu*` wheels PyTorch installs) under the
+//!    usual site-packages folders, then as `python3` itself reports it;
+//! 4. last, what the linker resolves by name (`libcudnn.so`, ..., `libcudnn.so.9`).
 
 use super::api::Api;
 use super::error::{CudnnError, Result};
@@ -49,6 +56,9 @@ pub struct CudnnLibrary {
     pub path: String,
     /// `cudnnGetVersion()`: major*10000 + minor*100 + patch for cuDNN 9.
     pub version: usize,
+    /// The other cuDNN files found, each with the version it declares and why it was not
+    /// chosen ("" when there were none): what to look at when the choice surprises.
+    pub passed_over: String,
 }
 
 impl CudnnLibrary {
@@ -180,17 +190,27 @@ pub(crate) fn api() -> &'static Api {
 
 /// Outcome of trying one candidate.
 enum Tried {
-    Ok(libloading::Library, usize),
+    /// Loaded: the library, its version and the file it came from.
+    Ok(libloading::Library, usize, PathBuf),
     Old(usize),
     Bad(String),
 }
 
+/// Loads `name` and asks its version, having first loaded the sub-libraries beside the file it
+/// resolved to (so the shim binds to its own release's). After an `Ok` or an `Old` this process
+/// is committed to that release's sub-libraries: see the module's notes.
 fn try_load(name: &std::ffi::OsStr) -> Tried {
     // SAFETY: loading cuDNN runs its initialisers, which only register its own state.
     let lib = match unsafe { libloading::Library::new(name) } {
         Ok(l) => l,
         Err(e) => return Tried::Bad(first_line(&e.to_string())),
     };
+    let Some(file) = file_of(&lib) else {
+        return Tried::Bad("no cudnnGetVersion symbol".into());
+    };
+    if let Some(dir) = file.parent() {
+        preload_sublibs(dir);
+    }
     // SAFETY: cudnnGetVersion has this signature in every cuDNN release.
     let version = unsafe {
         match lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0") {
@@ -201,15 +221,15 @@ fn try_load(name: &std::ffi::OsStr) -> Tried {
     if version < MIN_VERSION {
         return Tried::Old(version);
     }
-    Tried::Ok(lib, version)
+    Tried::Ok(lib, version, file)
 }
 
 fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(160).collect()
 }
 
-/// The file a loaded library came from (what a by-name load resolved to), via `dladdr` on one of
-/// its symbols; `None` if the linker cannot say.
+/// The file a loaded library came from (what a by-name load resolved to), via `dladdr` on the
+/// address of one of its symbols (not called); `None` if the linker cannot say.
 fn file_of(lib: &libloading::Library) -> Option<PathBuf> {
     // SAFETY: the symbol is only used for its address.
     let f = unsafe { lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0") }.ok()?;
@@ -227,88 +247,158 @@ fn file_of(lib: &libloading::Library) -> Option<PathBuf> {
     Some(std::fs::canonicalize(&p).unwrap_or(p))
 }
 
+/// The version a cuDNN file declares without being loaded: its name once links are resolved
+/// (`libcudnn.so.9.14.0`, as the system packages install it), else the `cudnn_version.h` (or
+/// `cudnn_version_v9.h`) of its install: `../include` beside its folder (the wheels and the
+/// tarballs), `/usr/include` and `/usr/include/<triplet>` for the system folders.
+pub(crate) fn declared_version(file: &Path) -> Option<usize> {
+    let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
+    if let Some(v) = real
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(version_from_name)
+    {
+        return Some(v);
+    }
+    let dir = real.parent()?;
+    let mut includes = vec![dir.join("../include")];
+    if dir.starts_with("/usr/lib") || dir.starts_with("/lib") {
+        includes.push(PathBuf::from("/usr/include"));
+        if let Some(triplet) = dir
+            .file_name()
+            .filter(|t| t.to_string_lossy().contains("-linux-"))
+        {
+            includes.push(Path::new("/usr/include").join(triplet));
+        }
+    }
+    includes.iter().find_map(|inc| {
+        ["cudnn_version.h", "cudnn_version_v9.h"]
+            .iter()
+            .find_map(|h| version_from_header(&std::fs::read_to_string(inc.join(h)).ok()?))
+    })
+}
+
+/// `libcudnn.so.9.14.0` -> 91400; `None` unless the name carries all three numbers.
+fn version_from_name(name: &str) -> Option<usize> {
+    let rest = name.strip_prefix("libcudnn.so.")?;
+    let parts: Vec<usize> = rest
+        .split('.')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    match parts[..] {
+        [major, minor, patch] => Some(major * 10000 + minor * 100 + patch),
+        _ => None,
+    }
+}
+
+/// The version `cudnn_version.h` defines (`CUDNN_MAJOR`, `CUDNN_MINOR`, `CUDNN_PATCHLEVEL`).
+fn version_from_header(text: &str) -> Option<usize> {
+    let get = |key: &str| {
+        text.lines().find_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("#define") && w.next() == Some(key))
+                .then(|| w.next()?.parse::<usize>().ok())
+                .flatten()
+        })
+    };
+    Some(get("CUDNN_MAJOR")? * 10000 + get("CUDNN_MINOR")? * 100 + get("CUDNN_PATCHLEVEL")?)
+}
+
+/// One candidate: what to load, whether it is a by-name load, and the version its file declares.
+struct Candidate {
+    name: std::ffi::OsString,
+    by_name: bool,
+    declared: Option<usize>,
+}
+
 fn search() -> std::result::Result<Loaded, Failure> {
     let mut notes: Vec<String> = Vec::new();
     let mut too_old: Option<(String, usize)> = None;
-    // Every candidate as (what to load, whether it is a by-name load).
-    let mut cands: Vec<(std::ffi::OsString, bool)> = Vec::new();
-    let explicit = std::env::var_os("MODELSPEC_CUDNN_LIB");
-    if let Some(v) = &explicit {
+    let mut cands: Vec<Candidate> = Vec::new();
+    let file = |p: PathBuf| Candidate {
+        declared: declared_version(&p),
+        name: p.into_os_string(),
+        by_name: false,
+    };
+    if let Some(v) = std::env::var_os("MODELSPEC_CUDNN_LIB") {
         let p = PathBuf::from(v);
+        notes.push(format!("MODELSPEC_CUDNN_LIB={}", p.display()));
         if p.is_dir() {
-            notes.push(format!("MODELSPEC_CUDNN_LIB={}", p.display()));
-            cands.extend(
-                ["libcudnn.so.9", "libcudnn.so"].map(|n| (p.join(n).into_os_string(), false)),
-            );
+            cands.extend(["libcudnn.so.9", "libcudnn.so"].map(|n| file(p.join(n))));
         } else {
-            notes.push(format!("MODELSPEC_CUDNN_LIB={}", p.display()));
             if !p.is_file() {
                 notes.push(format!("{} (no such file)", p.display()));
             }
-            cands.push((p.into_os_string(), false));
+            cands.push(file(p));
         }
     } else {
-        cands.extend(
-            cudarc::get_lib_name_candidates("cudnn")
-                .into_iter()
-                .map(|n| (n.into(), true)),
-        );
-        notes.push("the dynamic linker's paths (libcudnn.so, libcudnn.so.9, ...)".into());
+        // Files, one a real file (links resolved), highest declared version first.
+        let mut seen = std::collections::BTreeSet::new();
         cands.extend(
             candidate_files(&mut notes)
                 .into_iter()
-                .map(|f| (f.into_os_string(), false)),
+                .filter(|f| f.is_file())
+                .filter(|f| seen.insert(std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())))
+                .map(file),
+        );
+        cands.sort_by_key(|c| std::cmp::Reverse(c.declared));
+        notes.push("the dynamic linker's paths (libcudnn.so, libcudnn.so.9, ...)".into());
+        cands.extend(
+            cudarc::get_lib_name_candidates("cudnn")
+                .into_iter()
+                .map(|n| Candidate {
+                    name: n.into(),
+                    by_name: true,
+                    declared: None,
+                }),
         );
     }
-    // The newest that loads (the first of equals); the others are closed again.
-    let mut best: Option<(libloading::Library, usize, PathBuf)> = None;
-    let mut seen = std::collections::BTreeSet::new();
-    for (name, by_name) in cands {
-        if !by_name && !Path::new(&name).is_file() {
+    let declared = |c: &Candidate| c.declared.map_or("no version".into(), version_string);
+    // The first that loads and is new enough; nothing after it is loaded.
+    let mut chosen = None;
+    let mut passed_over: Vec<String> = Vec::new();
+    for c in &cands {
+        let shown = Path::new(&c.name).display().to_string();
+        if chosen.is_some() {
+            if !c.by_name {
+                passed_over.push(format!("{shown} (declares {}; not loaded)", declared(c)));
+            }
             continue;
         }
-        let shown = Path::new(&name).display().to_string();
-        match try_load(&name) {
-            Tried::Ok(lib, version) => {
-                let file = file_of(&lib).unwrap_or_else(|| PathBuf::from(&name));
-                if !seen.insert(file.clone()) {
-                    continue;
-                }
-                if best.as_ref().is_none_or(|b| version > b.1) {
-                    best = Some((lib, version, file));
-                }
-                if explicit.is_some() {
-                    break;
-                }
-            }
+        match try_load(&c.name) {
+            Tried::Ok(lib, version, file) => chosen = Some((lib, version, file)),
             Tried::Old(v) => {
-                notes.push(format!("{shown} (version {}, too old)", version_string(v)));
+                let why = format!("{shown} (version {}, too old)", version_string(v));
+                notes.push(why.clone());
+                passed_over.push(why);
                 if too_old.as_ref().is_none_or(|o| v > o.1) {
                     too_old = Some((shown, v));
                 }
             }
             Tried::Bad(why) => {
-                if !by_name {
-                    notes.push(format!("{shown} ({why})"))
+                if !c.by_name {
+                    notes.push(format!("{shown} ({why})"));
+                    passed_over.push(format!("{shown} ({why})"));
                 }
             }
         }
     }
-    let Some((lib, version, file)) = best else {
+    let Some((lib, version, file)) = chosen else {
         return Err(match too_old {
             Some((path, v)) => Failure::TooOld(path, v),
             None => Failure::NotFound(notes.join("; ")),
         });
     };
-    if let Some(dir) = file.parent() {
-        preload_sublibs(dir);
-    }
     // Kept loaded for the process: the entry points below point into it.
     let lib: &'static libloading::Library = Box::leak(Box::new(lib));
     let path = file.display().to_string();
     let api = Api::resolve(lib).map_err(|why| Failure::NotFound(format!("{path}: {why}")))?;
     Ok(Loaded {
-        library: CudnnLibrary { path, version },
+        library: CudnnLibrary {
+            path,
+            version,
+            passed_over: passed_over.join("; "),
+        },
         api,
     })
 }
@@ -440,6 +530,7 @@ mod tests {
         let lib = CudnnLibrary {
             path: "x".into(),
             version: 91002,
+            passed_over: String::new(),
         };
         assert_eq!(lib.version_string(), "9.10.2");
     }
@@ -449,6 +540,7 @@ mod tests {
         let lib = |version| CudnnLibrary {
             path: "x".into(),
             version,
+            passed_over: String::new(),
         };
         // DeepSeek-V3's 192/128 on Hopper: the forward from 9.1, the backward from 9.5.
         assert!(lib(90000).head_dims_reason(9, 192, 128, false).is_some());
@@ -473,15 +565,58 @@ mod tests {
     }
 
     #[test]
+    fn versions_are_read_from_names_and_headers_without_loading() {
+        assert_eq!(version_from_name("libcudnn.so.9.14.0"), Some(91400));
+        assert_eq!(version_from_name("libcudnn.so.9.19.1"), Some(91901));
+        assert_eq!(version_from_name("libcudnn.so.9"), None);
+        assert_eq!(version_from_name("libcudnn.so"), None);
+        assert_eq!(version_from_name("libcudnn_graph.so.9.14.0"), None);
+        let header = "/* cudnn_version.h */\n#define CUDNN_MAJOR 9\n#define CUDNN_MINOR 19\n\
+                      #define CUDNN_PATCHLEVEL 0\n#define CUDNN_VERSION (CUDNN_MAJOR * 10000)\n";
+        assert_eq!(version_from_header(header), Some(91900));
+        assert_eq!(version_from_header("#define CUDNN_MAJOR 9\n"), None);
+
+        // A wheel's layout (lib/libcudnn.so.9 beside include/cudnn_version.h), and a system
+        // one (the versioned file behind the unversioned link), in a fresh folder.
+        let root =
+            std::env::temp_dir().join(format!("modelspec-cudnn-probe-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("wheel/lib")).unwrap();
+        std::fs::create_dir_all(root.join("wheel/include")).unwrap();
+        std::fs::write(root.join("wheel/lib/libcudnn.so.9"), b"").unwrap();
+        std::fs::write(root.join("wheel/include/cudnn_version_v9.h"), header).unwrap();
+        assert_eq!(
+            declared_version(&root.join("wheel/lib/libcudnn.so.9")),
+            Some(91900)
+        );
+        std::fs::create_dir_all(root.join("sys")).unwrap();
+        std::fs::write(root.join("sys/libcudnn.so.9.14.0"), b"").unwrap();
+        std::os::unix::fs::symlink("libcudnn.so.9.14.0", root.join("sys/libcudnn.so.9")).unwrap();
+        assert_eq!(
+            declared_version(&root.join("sys/libcudnn.so.9")),
+            Some(91400)
+        );
+        std::fs::write(root.join("sys/libcudnn.so"), b"").unwrap();
+        assert_eq!(declared_version(&root.join("sys/libcudnn.so")), None);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
     fn probe_never_panics_and_names_what_it_searched() {
         match probe() {
             Ok(lib) => {
+                println!(
+                    "cuDNN {} at {}; passed over: {}",
+                    lib.version_string(),
+                    lib.path,
+                    lib.passed_over
+                );
                 assert!(lib.version >= MIN_VERSION);
                 // The reported path is the file that was chosen: loading it again gives the
                 // same version.
                 assert!(Path::new(&lib.path).is_file(), "{}", lib.path);
                 match try_load(std::ffi::OsStr::new(&lib.path)) {
-                    Tried::Ok(_, v) => assert_eq!(v, lib.version, "{}", lib.path),
+                    Tried::Ok(_, v, _) => assert_eq!(v, lib.version, "{}", lib.path),
                     _ => panic!("{} does not load again", lib.path),
                 }
                 let _ = api();
