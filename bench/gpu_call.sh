@@ -1,17 +1,31 @@
 #!/usr/bin/env bash
-# The ninth session's first call: the own GEMM's parity and bench on any GPU, then on an H200
-# the rows of bench/results/h200.json (attention, gpt2, mixtral-small, llama, budget(0.5));
-# elsewhere the step variants. Usage on the device: OUT=<dir> bash bench/gpu_call.sh
+# The ninth session's device calls. Usage on the device: OUT=<dir> bash bench/gpu_call.sh [1|2]
+# 1: the own GEMM's parity and bench on any GPU, then on an H200 the rows of
+#    bench/results/h200.json (attention, gpt2, mixtral-small, llama, budget(0.5)); elsewhere the
+#    gpt2 step variants.
+# 2: (after the cuDNN probe's fix) which cuDNN the probe takes and its parity, then on an H200
+#    the rows of h200.json, elsewhere attention and gpt2 beside PyTorch.
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
-# A kernel never run before may hang on a barrier: a short limit, and no bench if it fails.
 B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
+h200() { nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; }
+if [ "${1:-1}" = 2 ]; then
+    OUT=$R/v TESTS="cuda_cudnn" bash bench/gpu_verify.sh 2>&1 | tail -4
+    tar xzf $R/v/verify_logs.tgz -O ./cuda_cudnn.log | grep -m2 "cuDNN 9"
+    if h200; then
+        OUT=$R/b ATTN=1 TRAIN="gpt2 mixtral_small llama1b" BUDGET=1 bash bench/gpu_bench.sh 2>&1 | tail -80
+    else
+        OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
+    fi
+    exit
+fi
+# A kernel never run before may hang on a barrier: a short limit, and no bench if it fails.
 timeout 90 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
 hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "^test |DIAG|panicked|PARITY" $R/v/cuda_hopper_gemm.log | head -40
 OUT=$R/v TESTS="cuda_cudnn cuda_epilogue" bash bench/gpu_verify.sh 2>&1 | tail -8
 [ $hg = 0 ] && OUT=$R/s ONLY="bench_hopper" bash bench/gpu_step_variants.sh 2>&1 | tail -25
-if nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; then
+if h200; then
     OUT=$R/b ATTN=1 TRAIN="gpt2 mixtral_small llama1b" BUDGET=1 bash bench/gpu_bench.sh 2>&1 | tail -60
 else
     mv $R/s/all.tgz $R/s/hopper.tgz
