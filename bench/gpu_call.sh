@@ -14,7 +14,7 @@ if [ "${1:-1}" = 2 ]; then
     OUT=$R/v TESTS="cuda_cudnn" bash bench/gpu_verify.sh 2>&1 | tail -4
     tar xzf $R/v/verify_logs.tgz -O ./cuda_cudnn.log | grep -m2 "cuDNN 9"
     if h200; then
-        OUT=$R/b ATTN=1 TRAIN="gpt2 mixtral_small llama1b" BUDGET=1 bash bench/gpu_bench.sh 2>&1 | tail -80
+        OUT=$R/b ATTN=1 TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
     else
         OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
     fi
