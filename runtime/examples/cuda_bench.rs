@@ -397,7 +397,7 @@ type Launch<'a> = dyn Fn() -> Result<(), CudaError> + 'a;
 /// first pick on gpt2-124m's forward shapes (B16 T1024: the fused qkv, the MLP's input and output
 /// projections, one logits chunk) and the 8192^3 ceiling: one JSON row a shape and path.
 fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
-    use modelspec_runtime::cuda::gemm::hopper::HopperGemm;
+    use modelspec_runtime::cuda::gemm::hopper::{HopperGemm, Tile};
     let hg = HopperGemm::new(gpu)?;
     let gemm = gpu.gemm()?;
     for (m, n, k) in [
@@ -420,13 +420,44 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             bias: bias.ptr(),
         };
         // SAFETY: a [m, k], b [n, k], c and pre [m, n], bias [n], all bf16.
-        let own = || unsafe { hg.run(Some(128), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
-        let own256 = || unsafe { hg.run(Some(256), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
+        let own = || unsafe { hg.run(Some(Tile::N128), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
+        let own256 = || unsafe { hg.run(Some(Tile::N256), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
+        let own_pp =
+            || unsafe { hg.run(Some(Tile::PingPong), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
         let lt = || unsafe { gemm.run(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), 1.0, 0.0) };
-        let own_gelu =
-            || unsafe { hg.run(Some(128), &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
-        let own256_gelu =
-            || unsafe { hg.run(Some(256), &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&gelu)) };
+        let own_gelu = || unsafe {
+            hg.run(
+                Some(Tile::N128),
+                &g,
+                a.ptr(),
+                b.ptr(),
+                c.ptr(),
+                0,
+                Some(&gelu),
+            )
+        };
+        let own256_gelu = || unsafe {
+            hg.run(
+                Some(Tile::N256),
+                &g,
+                a.ptr(),
+                b.ptr(),
+                c.ptr(),
+                0,
+                Some(&gelu),
+            )
+        };
+        let own_pp_gelu = || unsafe {
+            hg.run(
+                Some(Tile::PingPong),
+                &g,
+                a.ptr(),
+                b.ptr(),
+                c.ptr(),
+                0,
+                Some(&gelu),
+            )
+        };
         let lt_gelu = || unsafe {
             gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &gelu)
                 .map(|_| ())
@@ -437,8 +468,28 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             pre: pre.ptr(),
             ld: n,
         };
-        let own256_dgelu =
-            || unsafe { hg.run(Some(256), &g, a.ptr(), b.ptr(), c.ptr(), 0, Some(&dgelu)) };
+        let own256_dgelu = || unsafe {
+            hg.run(
+                Some(Tile::N256),
+                &g,
+                a.ptr(),
+                b.ptr(),
+                c.ptr(),
+                0,
+                Some(&dgelu),
+            )
+        };
+        let own_pp_dgelu = || unsafe {
+            hg.run(
+                Some(Tile::PingPong),
+                &g,
+                a.ptr(),
+                b.ptr(),
+                c.ptr(),
+                0,
+                Some(&dgelu),
+            )
+        };
         let lt_dgelu = || unsafe {
             gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &dgelu)
                 .map(|_| ())
@@ -465,19 +516,22 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         };
         // The GELU epilogues only where the trainer uses them (the MLP's input projection).
         let gelu_too = (n, k) == (3072, 768);
-        let runs: [(&str, &Launch); 10] = [
+        let runs: [(&str, &Launch); 13] = [
             ("own_n128", &own),
             ("own_n256", &own256),
+            ("own_pingpong", &own_pp),
             ("cublaslt", &lt),
             ("own_n128_gelu_aux", &own_gelu),
             ("own_n256_gelu_aux", &own256_gelu),
+            ("own_pingpong_gelu_aux", &own_pp_gelu),
             ("cublaslt_gelu_aux", &lt_gelu),
             ("own_n256_dgelu", &own256_dgelu),
+            ("own_pingpong_dgelu", &own_pp_dgelu),
             ("cublaslt_dgelu", &lt_dgelu),
             ("own_dgelu_kn_with_transpose", &own_dgelu_kn),
             ("cublaslt_dgelu_kn", &lt_dgelu_kn),
         ];
-        for (path, f) in runs.into_iter().take(if gelu_too { 10 } else { 3 }) {
+        for (path, f) in runs.into_iter().take(if gelu_too { 13 } else { 4 }) {
             let ms = timed(gpu, 20, f)?;
             println!(
                 "{{\"hopper_gemm\": \"{m}x{n}x{k}\", \"path\": \"{path}\", \"ms\": {ms:.4}, \"TFLOPs\": {:.1}}}",

@@ -193,6 +193,11 @@ fn hopper_gemm_compiles_for_sm90a() {
         "hopper_gemm_n256_gelu_aux_bf16",
         "hopper_gemm_dgelu_bf16",
         "hopper_gemm_n256_dgelu_bf16",
+        "hopper_gemm_pp_bf16",
+        "hopper_gemm_pp_bias_bf16",
+        "hopper_gemm_pp_gelu_aux_bf16",
+        "hopper_gemm_pp_dgelu_bf16",
+        "hopper_transpose_bf16",
     ] {
         assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
     }

@@ -5,7 +5,7 @@
 //! projection; each plain, with a bias, with the GELU epilogue (the activation and the kept
 //! pre-activation, against cuBLASLt's GELU_AUX_BIAS) and with DGELU (times the GELU's derivative
 //! at a kept pre-activation, against cuBLASLt's DGELU on the same operands), in tiles 128 and
-//! 256 columns wide; and DGELU with B given `[k, n]` (`try_run_kn`: transposed into a scratch
+//! 256 columns wide and persistent ping-pong ([`Tile`]); and DGELU with B given `[k, n]` (`try_run_kn`: transposed into a scratch
 //! buffer first, as the trainer's backward runs it).
 //!
 //! Tolerance, ||gpu - ref|| / ||ref||: 1e-2 (the output is rounded to bf16, ~2e-3; the inputs are
@@ -18,7 +18,7 @@
 mod common;
 
 use common::gpu::{Mat, Rng, check, device, gelu, gelu_grad, rel_err};
-use modelspec_runtime::cuda::gemm::hopper::HopperGemm;
+use modelspec_runtime::cuda::gemm::hopper::{HopperGemm, Tile};
 use modelspec_runtime::cuda::{Dtype, Epilogue, RowMajorGemm};
 
 /// Before a parity failure: where the first wrong outputs' values sit in the reference (a
@@ -100,7 +100,7 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
         let kept = Mat::new(&gpu, dt, &rng.uniform_vec(m * ldc, 0.0, 3.0));
         for (epi, tile) in ["plain", "bias", "gelu", "dgelu"]
             .into_iter()
-            .flat_map(|e| [(e, 128u32), (e, 256)])
+            .flat_map(|e| Tile::ALL.map(|t| (e, t)))
         {
             let c = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
             let c_lt = Mat::new(&gpu, dt, &vec![f64::NAN; m * ldc]);
@@ -184,7 +184,7 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
                     have_pre_lt.push(lt_pre[r * ldc + j]);
                 }
             }
-            let tag = format!("hopper gemm {epi} tile {tile} {m}x{n}x{k} ld {ld} ldc {ldc}");
+            let tag = format!("hopper gemm {epi} tile {tile:?} {m}x{n}x{k} ld {ld} ldc {ldc}");
             let e = rel_err(&have, &want);
             if e.is_nan() || e > 1e-2 {
                 diagnose(&tag, &rows, n, &have, &want);

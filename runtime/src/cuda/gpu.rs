@@ -180,6 +180,17 @@ impl Gpu {
         self.arch
     }
 
+    /// The device's streaming multiprocessors.
+    pub fn sm_count(&self) -> Result<u32> {
+        let n = self
+            .ctx
+            .attribute(
+                cudarc::driver::sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT,
+            )
+            .during(|| "reading the multiprocessor count".into())?;
+        Ok(n.max(1) as u32)
+    }
+
     /// The device's name.
     pub fn name(&self) -> String {
         self.ctx.name().unwrap_or_else(|_| "unknown".into())

@@ -159,6 +159,53 @@ __device__ __forceinline__ float hg_gelu_grad(float x) {
     return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * k * (1.f + 3.f * 0.044715f * x * x);
 }
 
+// The epilogue of one warpgroup's m64 x BN fragment `d` (rows row0.., columns n0..): applies EPI
+// and stores C (and the GELU's pre-activation) as bf16 pairs, skipping what lies past M and N.
+template <int EPI, int BN>
+__device__ __forceinline__ void hg_store(const float* d, int row0, int n0, int t, unsigned short* c,
+                                         const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N,
+                                         int ldc) {
+    const int warp = t / 32, lane = t % 32;
+    const int r0 = row0 + warp * 16 + lane / 4;
+#pragma unroll
+    for (int j = 0; j < BN / 8; j++) {
+        const int col = n0 + 8 * j + 2 * (lane % 4);
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = r0 + 8 * h;
+            if (row >= M) continue;
+            if (col >= N) continue;
+            const bool pair = col + 1 < N;
+            float x0 = d[4 * j + 2 * h], x1 = d[4 * j + 2 * h + 1];
+            if (EPI == HG_EPI_DGELU) {
+                const unsigned short* q = aux + (size_t)row * ldaux + col;
+                x0 *= hg_gelu_grad(hg_f32(q[0]));
+                if (pair) x1 *= hg_gelu_grad(hg_f32(q[1]));
+            }
+            if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias) {
+                x0 += hg_f32(bias[col]);
+                if (pair) x1 += hg_f32(bias[col + 1]);
+            }
+            if (EPI == HG_EPI_GELU) {
+                unsigned short* q = aux + (size_t)row * ldaux + col;
+                if (pair) {
+                    *(unsigned*)q = (unsigned)hg_bf16(x0) | ((unsigned)hg_bf16(x1) << 16);
+                } else {
+                    q[0] = hg_bf16(x0);
+                }
+                x0 = hg_gelu(x0);
+                x1 = hg_gelu(x1);
+            }
+            unsigned short* p = c + (size_t)row * ldc + col;
+            if (pair) {
+                *(unsigned*)p = (unsigned)hg_bf16(x0) | ((unsigned)hg_bf16(x1) << 16);
+            } else {
+                p[0] = hg_bf16(x0);
+            }
+        }
+    }
+}
+
 template <int EPI, int BN>
 __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMap& map_b, unsigned short* c,
                                             const unsigned short* bias, unsigned short* aux, int ldaux, int M,
@@ -227,46 +274,114 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
     }
     asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
     hg_pin<R>(d);
-    const int warp = t / 32, lane = t % 32;
-    const int r0 = m0 + half * 64 + warp * 16 + lane / 4;
-#pragma unroll
-    for (int j = 0; j < BN / 8; j++) {
-        const int col = n0 + 8 * j + 2 * (lane % 4);
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int row = r0 + 8 * h;
-            if (row >= M) continue;
-            if (col >= N) continue;
-            const bool pair = col + 1 < N;
-            float x0 = d[4 * j + 2 * h], x1 = d[4 * j + 2 * h + 1];
-            if (EPI == HG_EPI_DGELU) {
-                const unsigned short* q = aux + (size_t)row * ldaux + col;
-                x0 *= hg_gelu_grad(hg_f32(q[0]));
-                if (pair) x1 *= hg_gelu_grad(hg_f32(q[1]));
-            }
-            if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias) {
-                x0 += hg_f32(bias[col]);
-                if (pair) x1 += hg_f32(bias[col + 1]);
-            }
-            if (EPI == HG_EPI_GELU) {
-                unsigned short* q = aux + (size_t)row * ldaux + col;
-                if (pair) {
-                    *(unsigned*)q = (unsigned)hg_bf16(x0) | ((unsigned)hg_bf16(x1) << 16);
-                } else {
-                    q[0] = hg_bf16(x0);
+    hg_store<EPI, BN>(d, m0 + half * 64, n0, t, c, bias, aux, ldaux, M, N, ldc);
+}
+
+// ---- the persistent ping-pong variant (docs/hopper_gemm.md, step 3) ----
+//
+// Grid: one block an SM (at most one a tile); block b walks the 128 x 128 tiles b, b + grid, ...
+// (its j-th: local index j), along N within a row of tiles. The producer thread streams every
+// tile's K steps through one ring of HG_PP_STAGES stages, in local order. Consumer warpgroup w
+// (0 or 1) computes the tiles with j % 2 == w, each whole (its rows 0-63 and 64-127 as two m64n128
+// fragments: 128 accumulators a thread), so one warpgroup's epilogue runs while the other's
+// wgmma run: the epilogue is off the tensor cores' critical path. A stage is released by the one
+// warpgroup that read it (empty count 1). Order: a warpgroup starts waiting on the ring for its
+// next tile only after the other has passed its last wait of the tile before (turn[]), so no
+// warpgroup ever waits on a stage two phases ahead (the parity would alias).
+#define HG_PP_STAGES 5
+#define HG_PP_STAGE_BYTES (2 * 128 * HG_BK * 2)
+
+template <int EPI>
+__device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTmaMap& map_b, unsigned short* c,
+                                               const unsigned short* bias, unsigned short* aux, int ldaux, int M,
+                                               int N, int K, int ldc) {
+    extern __shared__ unsigned char hg_raw[];
+    __shared__ __align__(8) unsigned long long full[HG_PP_STAGES], empty[HG_PP_STAGES], turn[2];
+    unsigned char* ring = hg_raw + ((1024 - (hg_smem(hg_raw) & 1023)) & 1023);
+    const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
+    const int ktiles = (K + HG_BK - 1) / HG_BK;
+    const int tiles_n = (N + 127) / 128, tiles = tiles_n * ((M + HG_BM - 1) / HG_BM);
+    if (threadIdx.x == 0) {
+        for (int s = 0; s < HG_PP_STAGES; s++) {
+            hg_bar_init(&full[s], 1);
+            hg_bar_init(&empty[s], 1);
+        }
+        hg_bar_init(&turn[0], 1);
+        hg_bar_init(&turn[1], 1);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        if (t == 0) {
+            int q = 0;
+            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+                const int m0 = (tile / tiles_n) * HG_BM, n0 = (tile % tiles_n) * 128;
+                for (int kt = 0; kt < ktiles; kt++, q++) {
+                    const int s = q % HG_PP_STAGES;
+                    hg_bar_wait(&empty[s], ((q / HG_PP_STAGES) & 1) ^ 1);
+                    unsigned char* a = ring + s * HG_PP_STAGE_BYTES;
+                    hg_bar_expect_tx(&full[s], HG_PP_STAGE_BYTES);
+                    hg_tma_load(a, &map_a, &full[s], kt * HG_BK, m0);
+                    hg_tma_load(a + 128 * HG_BK * 2, &map_b, &full[s], kt * HG_BK, n0);
                 }
-                x0 = hg_gelu(x0);
-                x1 = hg_gelu(x1);
-            }
-            unsigned short* p = c + (size_t)row * ldc + col;
-            if (pair) {
-                *(unsigned*)p = (unsigned)hg_bf16(x0) | ((unsigned)hg_bf16(x1) << 16);
-            } else {
-                p[0] = hg_bf16(x0);
             }
         }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const int w = wg - 1;
+    float d[2][64];
+    // k: how many tiles this warpgroup has done (its turn barrier's phases).
+    int k = 0;
+    for (int j = w, tile = blockIdx.x + w * gridDim.x; tile < tiles; j += 2, tile += 2 * gridDim.x, k++) {
+        const int m0 = (tile / tiles_n) * HG_BM, n0 = (tile % tiles_n) * 128;
+        // The other warpgroup has passed its last ring wait of local tile j - 1.
+        if (j > 0) hg_bar_wait(&turn[1 - w], (w == 1 ? k : k - 1) & 1);
+#pragma unroll
+        for (int i = 0; i < 64; i++) d[0][i] = d[1][i] = 0.f;
+        const int q0 = j * ktiles;
+#pragma unroll 1
+        for (int kt = 0; kt < ktiles; kt++) {
+            const int q = q0 + kt, s = q % HG_PP_STAGES;
+            hg_bar_wait(&full[s], (q / HG_PP_STAGES) & 1);
+            const unsigned char* a = ring + s * HG_PP_STAGE_BYTES;
+            const unsigned char* b = a + 128 * HG_BK * 2;
+            hg_pin<64>(d[0]);
+            hg_pin<64>(d[1]);
+            asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+            const unsigned long long da0 = hg_desc(a), da1 = hg_desc(a + 64 * 128), db = hg_desc(b);
+#pragma unroll
+            for (int kk = 0; kk < HG_BK / 16; kk++) {
+                hg_wgmma_m64n128k16(d[0], da0 + 2 * kk, db + 2 * kk);
+                hg_wgmma_m64n128k16(d[1], da1 + 2 * kk, db + 2 * kk);
+            }
+            asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+            asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+            if (kt > 0 && t == 0) hg_bar_arrive(&empty[(q - 1) % HG_PP_STAGES]);
+        }
+        // Every ring wait of this tile is behind: the other warpgroup may start its next tile.
+        if (t == 0) hg_bar_arrive(&turn[w]);
+        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        hg_pin<64>(d[0]);
+        hg_pin<64>(d[1]);
+        if (t == 0) hg_bar_arrive(&empty[(q0 + ktiles - 1) % HG_PP_STAGES]);
+        hg_store<EPI, 128>(d[0], m0, n0, t, c, bias, aux, ldaux, M, N, ldc);
+        hg_store<EPI, 128>(d[1], m0 + 64, n0, t, c, bias, aux, ldaux, M, N, ldc);
     }
 }
+
+#define HG_PP_ENTRY(NAME, EPI)                                                                                \
+    extern "C" __global__ void __launch_bounds__(HG_THREADS, 1)                                               \
+        NAME(const __grid_constant__ HgTmaMap map_a, const __grid_constant__ HgTmaMap map_b, unsigned short* c, \
+             const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N, int K, int ldc) {       \
+        hopper_gemm_pp<EPI>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                                 \
+    }
+HG_PP_ENTRY(hopper_gemm_pp_bf16, HG_EPI_NONE)
+HG_PP_ENTRY(hopper_gemm_pp_bias_bf16, HG_EPI_BIAS)
+HG_PP_ENTRY(hopper_gemm_pp_gelu_aux_bf16, HG_EPI_GELU)
+HG_PP_ENTRY(hopper_gemm_pp_dgelu_bf16, HG_EPI_DGELU)
 
 // dst [cols, rows] (dense) = src [rows, cols] (row stride ld_src) transposed, bf16, in 32 x 32
 // tiles through shared memory; blocks of 32 x 8 threads. Turns a GEMM operand given [k, n] into

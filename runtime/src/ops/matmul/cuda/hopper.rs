@@ -17,12 +17,60 @@ use std::sync::Arc;
 pub const SOURCE: &str = include_str!("../hopper.cu");
 
 /// Tile rows of C a block computes and the K step (`HG_BM`, `HG_BK`); the tile's columns are
-/// 128 or 256 (the kernels' `BN`, [`HopperGemm::tile_n`]).
+/// 128 or 256 ([`Tile`]).
 const BM: u32 = 128;
 const BK: u32 = 64;
-/// Stages of the shared-memory ring and threads a block (`HG_STAGES`, `HG_THREADS`).
-const STAGES: u32 = 4;
+/// Threads a block (`HG_THREADS`).
 const THREADS: u32 = 384;
+
+/// The kernels' tile shapes and schedules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tile {
+    /// A 128 x 128 tile a block (each consumer warpgroup 64 rows), a ring of 4 stages.
+    N128,
+    /// A 128 x 256 tile a block, a ring of 4 stages.
+    N256,
+    /// Persistent, one block an SM walking 128 x 128 tiles that alternate between its two
+    /// consumer warpgroups (one's epilogue overlaps the other's mainloop), a ring of 5 stages.
+    PingPong,
+}
+
+impl Tile {
+    /// Every shape, for tests and benches.
+    pub const ALL: [Tile; 3] = [Tile::N128, Tile::N256, Tile::PingPong];
+
+    /// Columns of a tile.
+    fn bn(self) -> u32 {
+        match self {
+            Tile::N256 => 256,
+            Tile::N128 | Tile::PingPong => 128,
+        }
+    }
+
+    /// Stages of the ring (`HG_STAGES`, `HG_PP_STAGES`).
+    fn stages(self) -> u32 {
+        match self {
+            Tile::PingPong => 5,
+            Tile::N128 | Tile::N256 => 4,
+        }
+    }
+
+    /// The kernels' name part.
+    fn prefix(self) -> &'static str {
+        match self {
+            Tile::N128 => "",
+            Tile::N256 => "n256_",
+            Tile::PingPong => "pp_",
+        }
+    }
+
+    /// The shape [`HopperGemm::run`] takes when none is named: the persistent ping-pong, the
+    /// schedule meant to be the fastest (its epilogue overlaps the other warpgroup's mainloop;
+    /// `cuda_bench hopper` times all three against cuBLASLt).
+    pub fn default_for(_g: &RowMajorGemm) -> Tile {
+        Tile::PingPong
+    }
+}
 const KERNEL: &str = "hopper_gemm_bf16";
 /// The transpose that brings a `[k, n]` operand into the kernels' `[n, k]`.
 const TRANSPOSE: &str = "hopper_transpose_bf16";
@@ -31,6 +79,8 @@ const TRANSPOSE: &str = "hopper_transpose_bf16";
 pub struct HopperGemm {
     gpu: Arc<Gpu>,
     module: Arc<Module>,
+    /// Streaming multiprocessors: the persistent grid's size.
+    sms: u32,
 }
 
 impl HopperGemm {
@@ -55,14 +105,8 @@ impl HopperGemm {
         Ok(HopperGemm {
             gpu: gpu.clone(),
             module,
+            sms: gpu.sm_count()?,
         })
-    }
-
-    /// The tile width [`HopperGemm::run`] takes for `n` columns when none is named: 256 from 512
-    /// columns on (half the blocks, each reading its A tile once for twice the columns), else
-    /// 128.
-    pub fn tile_n(n: usize) -> u32 {
-        if n >= 512 { 256 } else { 128 }
     }
 
     /// Which kernel runs `g` with this bias and epilogue, or why none can: the linear form only
@@ -73,7 +117,7 @@ impl HopperGemm {
     /// take: [`HopperGemm::run`] and [`HopperGemm::try_run`] both ask it.
     #[allow(clippy::too_many_arguments)]
     fn plan(
-        tile_n: Option<u32>,
+        tile: Option<Tile>,
         g: &RowMajorGemm,
         a: DevPtr,
         b: DevPtr,
@@ -81,12 +125,7 @@ impl HopperGemm {
         bias: DevPtr,
         epi: Option<&Epilogue>,
     ) -> std::result::Result<Plan, String> {
-        let tile_n = tile_n.unwrap_or_else(|| Self::tile_n(g.n));
-        let wide = match tile_n {
-            128 => "",
-            256 => "n256_",
-            other => return Err(format!("tiles are 128 or 256 columns wide, not {other}")),
-        };
+        let tile = tile.unwrap_or_else(|| Tile::default_for(g));
         if g.trans_a || !g.trans_b || g.batch.is_some() {
             return Err("only C = A B^T with A [m, k] and B [n, k], unbatched".into());
         }
@@ -125,16 +164,16 @@ impl HopperGemm {
             ));
         }
         Ok(Plan {
-            kernel: format!("hopper_gemm_{wide}{epi_name}bf16"),
-            tile_n,
+            kernel: format!("hopper_gemm_{}{epi_name}bf16", tile.prefix()),
+            tile,
             bias,
             aux,
             ldaux,
         })
     }
 
-    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream in tiles `tile_n` columns wide (128 or
-    /// 256; `None`: [`HopperGemm::tile_n`]), plus `bias` (n bf16, 0: none) added to every row, or
+    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream in `tile`s (`None`: [`Tile::default_for`]),
+    /// plus `bias` (n bf16, 0: none) added to every row, or
     /// with `epi` ([`Epilogue::GeluAux`] with its bias, or [`Epilogue::DGelu`]; `bias` 0)
     /// applied before the store, as cuBLASLt's epilogue of that name computes it. An error,
     /// having launched nothing, for what the kernels do not take.
@@ -145,7 +184,7 @@ impl HopperGemm {
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn run(
         &self,
-        tile_n: Option<u32>,
+        tile: Option<Tile>,
         g: &RowMajorGemm,
         a: DevPtr,
         b: DevPtr,
@@ -153,11 +192,10 @@ impl HopperGemm {
         bias: DevPtr,
         epi: Option<&Epilogue>,
     ) -> Result<()> {
-        let plan =
-            Self::plan(tile_n, g, a, b, c, bias, epi).map_err(|why| CudaError::BadLaunch {
-                kernel: KERNEL.into(),
-                why: format!("{}x{}x{}: {why}", g.m, g.n, g.k),
-            })?;
+        let plan = Self::plan(tile, g, a, b, c, bias, epi).map_err(|why| CudaError::BadLaunch {
+            kernel: KERNEL.into(),
+            why: format!("{}x{}x{}: {why}", g.m, g.n, g.k),
+        })?;
         // SAFETY: forwarded.
         unsafe { self.launch(&plan, g, a, b, c) }
     }
@@ -170,7 +208,7 @@ impl HopperGemm {
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn try_run(
         &self,
-        tile_n: Option<u32>,
+        tile: Option<Tile>,
         g: &RowMajorGemm,
         a: DevPtr,
         b: DevPtr,
@@ -178,7 +216,7 @@ impl HopperGemm {
         bias: DevPtr,
         epi: Option<&Epilogue>,
     ) -> Result<bool> {
-        let Ok(plan) = Self::plan(tile_n, g, a, b, c, bias, epi) else {
+        let Ok(plan) = Self::plan(tile, g, a, b, c, bias, epi) else {
             return Ok(false);
         };
         // SAFETY: forwarded.
@@ -257,7 +295,8 @@ impl HopperGemm {
         c: DevPtr,
     ) -> Result<()> {
         let mut map_a = tensor_map(a, g.k, g.m, g.lda, BM)?;
-        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, plan.tile_n)?;
+        let (bn, stages) = (plan.tile.bn(), plan.tile.stages());
+        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, bn)?;
         let (mut c_, mut bias, mut aux, mut ldaux, mut m, mut n, mut k, mut ldc) = (
             c,
             plan.bias,
@@ -269,13 +308,13 @@ impl HopperGemm {
             g.ldc as i32,
         );
         let f = self.module.function(&plan.kernel)?;
-        let grid = (
-            (g.n as u32).div_ceil(plan.tile_n),
-            (g.m as u32).div_ceil(BM),
-            1,
-        );
+        let tiles = ((g.n as u32).div_ceil(bn), (g.m as u32).div_ceil(BM));
+        let grid = match plan.tile {
+            Tile::PingPong => ((tiles.0 * tiles.1).min(self.sms), 1, 1),
+            Tile::N128 | Tile::N256 => (tiles.0, tiles.1, 1),
+        };
         // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel.
-        let smem = STAGES * (BM + plan.tile_n) * BK * 2 + 1024;
+        let smem = stages * (BM + bn) * BK * 2 + 1024;
         let mut args = [
             (&mut map_a) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
             (&mut map_b) as *mut sys::CUtensorMap as *mut _,
@@ -297,11 +336,11 @@ impl HopperGemm {
     }
 }
 
-/// What [`HopperGemm::plan`] chose: the kernel's name, its tile width and its epilogue's
+/// What [`HopperGemm::plan`] chose: the kernel's name, its tile shape and its epilogue's
 /// arguments (bias, pre-activation and its row stride; 0 where unused).
 struct Plan {
     kernel: String,
-    tile_n: u32,
+    tile: Tile,
     bias: DevPtr,
     aux: DevPtr,
     ldaux: usize,
