@@ -11,12 +11,17 @@ B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
 h200() { nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; }
 if [ "${1:-1}" = 2 ]; then
+    # The ping-pong GEMM (never run before: a short limit) and its bench, then cuDNN's choice.
+    timeout 60 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
+    hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "DIAG|panicked" $R/v/cuda_hopper_gemm.log | head -20
+    [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
     OUT=$R/v TESTS="cuda_cudnn" bash bench/gpu_verify.sh 2>&1 | tail -4
     tar xzf $R/v/verify_logs.tgz -O ./cuda_cudnn.log | grep -m2 "cuDNN 9"
     if h200; then
         OUT=$R/b ATTN=1 TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
     else
         OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
+        [ $hg = 0 ] && MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | grep '"model"' | cut -c1-200
     fi
     exit
 fi
