@@ -10,6 +10,11 @@ R=$OUT; mkdir -p $R/v $R/s $R/b
 B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
 h200() { nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; }
+if [ "${1:-1}" = 2 ] && h200; then
+    # The device time left fits only issue 10's rows: gpt2, mixtral-small and llama beside PyTorch.
+    OUT=$R/b TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
+    exit
+fi
 if [ "${1:-1}" = 2 ]; then
     # The ping-pong GEMM (never run before: a short limit) and its bench, then cuDNN's choice.
     timeout 60 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
