@@ -159,14 +159,104 @@ __device__ __forceinline__ float hg_gelu_grad(float x) {
     return 0.5f * (1.f + t) + 0.5f * x * (1.f - t * t) * k * (1.f + 3.f * 0.044715f * x * x);
 }
 
+// p[i] for a run-time i without indexing the register array (which would put it in local memory).
+__device__ __forceinline__ unsigned hg_pick(const unsigned (&p)[4], int i) {
+    return i == 0 ? p[0] : i == 1 ? p[1] : i == 2 ? p[2] : p[3];
+}
+
+// A 4 x 4 transpose of 32-bit values across the four lanes of a quad (lanes 4r..4r+3, `q` the
+// lane's index in it): afterwards lane q's p[i] is what lane i's p[q] was. Its own inverse. In the
+// accumulator fragment a quad holds one row, lane q the columns 8j + 2q, +1: four j's of bf16
+// pairs become, after the transpose, lane q's 16 contiguous bytes of column block j0 + q.
+__device__ __forceinline__ void hg_quad_transpose(unsigned (&p)[4], int q) {
+    const unsigned r1 = __shfl_xor_sync(0xffffffffu, hg_pick(p, q ^ 1), 1);
+    const unsigned r2 = __shfl_xor_sync(0xffffffffu, hg_pick(p, q ^ 2), 2);
+    const unsigned r3 = __shfl_xor_sync(0xffffffffu, hg_pick(p, q ^ 3), 3);
+    unsigned o[4];
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int k = i ^ q;
+        o[i] = k == 0 ? p[i] : k == 1 ? r1 : k == 2 ? r2 : r3;
+    }
+#pragma unroll
+    for (int i = 0; i < 4; i++) p[i] = o[i];
+}
+
+__device__ __forceinline__ unsigned hg_pack(float lo, float hi) {
+    return (unsigned)hg_bf16(lo) | ((unsigned)hg_bf16(hi) << 16);
+}
+
 // The epilogue of one warpgroup's m64 x BN fragment `d` (rows row0.., columns n0..): applies EPI
-// and stores C (and the GELU's pre-activation) as bf16 pairs, skipping what lies past M and N.
+// and stores C (and the GELU's pre-activation), skipping what lies past M and N. When the tile
+// lies wholly inside N and the rows are 16-byte aligned, each quad's four column blocks are
+// transposed across its lanes (hg_quad_transpose) so that every lane stores, and DGELU loads,
+// 16 bytes at a time; otherwise bf16 pairs, 4 bytes at a time.
 template <int EPI, int BN>
 __device__ __forceinline__ void hg_store(const float* d, int row0, int n0, int t, unsigned short* c,
                                          const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N,
                                          int ldc) {
     const int warp = t / 32, lane = t % 32;
     const int r0 = row0 + warp * 16 + lane / 4;
+    const bool uses_aux = EPI == HG_EPI_GELU || EPI == HG_EPI_DGELU;
+    const bool vec = n0 + BN <= N && (ldc & 7) == 0 && ((size_t)c & 15) == 0 &&
+                     (!uses_aux || ((ldaux & 7) == 0 && ((size_t)aux & 15) == 0));
+    if (vec) {
+        const int q = lane & 3;
+#pragma unroll
+        for (int j0 = 0; j0 < BN / 8; j0 += 4) {
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = r0 + 8 * h;
+                const bool live = row < M;  // the same for the whole quad
+                float x[4][2];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    x[i][0] = d[4 * (j0 + i) + 2 * h];
+                    x[i][1] = d[4 * (j0 + i) + 2 * h + 1];
+                }
+                const size_t at = (size_t)row * ldc + n0 + 8 * (j0 + q);
+                if (EPI == HG_EPI_DGELU) {
+                    unsigned g[4] = {0u, 0u, 0u, 0u};
+                    if (live) {
+                        const uint4 v = *(const uint4*)(aux + (size_t)row * ldaux + n0 + 8 * (j0 + q));
+                        g[0] = v.x, g[1] = v.y, g[2] = v.z, g[3] = v.w;
+                    }
+                    hg_quad_transpose(g, q);
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        x[i][0] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] & 0xffffu)));
+                        x[i][1] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] >> 16)));
+                    }
+                }
+                if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        const int col = n0 + 8 * (j0 + i) + 2 * q;
+                        x[i][0] += hg_f32(bias[col]);
+                        x[i][1] += hg_f32(bias[col + 1]);
+                    }
+                }
+                if (EPI == HG_EPI_GELU) {
+                    unsigned a[4];
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        a[i] = hg_pack(x[i][0], x[i][1]);
+                        x[i][0] = hg_gelu(x[i][0]);
+                        x[i][1] = hg_gelu(x[i][1]);
+                    }
+                    hg_quad_transpose(a, q);
+                    if (live)
+                        *(uint4*)(aux + (size_t)row * ldaux + n0 + 8 * (j0 + q)) = make_uint4(a[0], a[1], a[2], a[3]);
+                }
+                unsigned p[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) p[i] = hg_pack(x[i][0], x[i][1]);
+                hg_quad_transpose(p, q);
+                if (live) *(uint4*)(c + at) = make_uint4(p[0], p[1], p[2], p[3]);
+            }
+        }
+        return;
+    }
 #pragma unroll
     for (int j = 0; j < BN / 8; j++) {
         const int col = n0 + 8 * j + 2 * (lane % 4);
