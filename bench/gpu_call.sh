@@ -26,7 +26,11 @@ if [ "${1:-1}" = 2 ]; then
         OUT=$R/b ATTN=1 TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
     else
         OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
-        [ $hg = 0 ] && MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | grep '"model"' | cut -c1-200
+        if [ $hg = 0 ]; then
+            MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | grep '"model"' | cut -c1-200
+            # auto: the first run times own against cuBLASLt per GEMM, the second reads the choice.
+            for i in 1 2; do MODELSPEC_OWN_GEMM=auto timeout 90 $B/cuda_train_bench gpt2 specs 2>$R/v/auto$i.err | grep '"model"' | cut -c1-200; grep "own vs" $R/v/auto$i.err | cut -c1-220; done
+        fi
     fi
     exit
 fi

@@ -62,7 +62,7 @@ pub use train::{GpuTrainer, LayerSaves};
 /// `off`/`0`/`false` is `Some(false)`, anything else (or unset, `None`) is `None`: the
 /// switch's default. One vocabulary for every switch (`MODELSPEC_CUDA_GRAPH` and
 /// `MODELSPEC_NORM_FUSED_DW`, on by default; `MODELSPEC_BGRAD_EPILOGUE` and
-/// `MODELSPEC_OWN_GEMM`, off by default).
+/// `MODELSPEC_OWN_GEMM`, off by default; the latter also takes `auto`).
 pub(crate) fn switch_value(value: Option<&str>) -> Option<bool> {
     match value {
         Some("on" | "1" | "true") => Some(true),

@@ -136,9 +136,10 @@ pub struct Gemm {
     tuner: Mutex<tune::Tuner>,
     /// Whether GEMMs planned now may be timed ([`Gemm::with_tuning`]).
     tuning: std::sync::atomic::AtomicBool,
-    /// The own Hopper GEMM for the GELU epilogue ([`hopper`]; `MODELSPEC_OWN_GEMM=on`, off by
-    /// default until it is measured), created at first use; `None` when off or not on Hopper.
-    own: std::sync::OnceLock<Option<hopper::HopperGemm>>,
+    /// The own Hopper GEMM for the GELU epilogues and the policy for it ([`hopper`];
+    /// `MODELSPEC_OWN_GEMM`, off by default until it is measured faster), created at first use;
+    /// `None` when off or not on Hopper.
+    own: std::sync::OnceLock<Option<(hopper::HopperGemm, hopper::OwnPolicy)>>,
 }
 
 // SAFETY: the handle is used only on the Gpu's single stream.
@@ -248,26 +249,10 @@ impl Gemm {
         c: DevPtr,
         epilogue: &Epilogue,
     ) -> Result<bool> {
-        // `MODELSPEC_OWN_GEMM=on`: the GELU epilogues on the own Hopper GEMM where it takes the
-        // GEMM (bf16, aligned operands): the forward's GELU_AUX in the linear form, the
-        // backward's DGELU in the plain form, its B (the down projection's weight) transposed
-        // into the workspace first (stream-ordered: no cuBLASLt call runs in between).
-        if dtype == Dtype::Bf16
-            && let Some(own) = self.own()
-        {
-            // SAFETY: forwarded; the workspace is this handle's, WORKSPACE bytes.
-            let ran = unsafe {
-                match epilogue {
-                    Epilogue::GeluAux { .. } => own.try_run(None, g, a, b, c, 0, Some(epilogue))?,
-                    Epilogue::DGelu { .. } => {
-                        own.try_run_kn(g, a, b, c, Some(epilogue), self.workspace.ptr(), WORKSPACE)?
-                    }
-                    _ => false,
-                }
-            };
-            if ran {
-                return Ok(true);
-            }
+        // `MODELSPEC_OWN_GEMM`: the GELU epilogues on the own Hopper GEMM ([`hopper`]).
+        // SAFETY: forwarded.
+        if dtype == Dtype::Bf16 && unsafe { self.run_own_epilogue(g, a, b, c, epilogue) }? {
+            return Ok(true);
         }
         // SAFETY: forwarded.
         unsafe { self.run_fused(dtype, false, g, a, b, c, epilogue) }

@@ -1,12 +1,14 @@
-//! The own Hopper GEMM (`hopper.cu`, docs/hopper_gemm.md), steps 1 and 2: `C = A B^T` in bf16
-//! with f32 accumulation, A `[m, k]` and B `[n, k]` row-major (a linear layer's input and
-//! weight), on the tensor cores through `wgmma`, the tiles brought in by the bulk tensor copy
-//! engine; plain, with a bias, with the GELU and its kept pre-activation, or times the GELU's
-//! derivative at a kept pre-activation (DGELU, for a B given `[n, k]`) in the epilogue. The
-//! trainer reaches it only under `MODELSPEC_OWN_GEMM=on` (the MLP's GELU forward, through
-//! `Gemm::run_epilogue`) until `cuda_hopper_gemm` and `cuda_bench hopper` have run on a GPU.
+//! The own Hopper GEMM (`hopper.cu`, docs/hopper_gemm.md): `C = A B^T` in bf16 with f32
+//! accumulation, A `[m, k]` and B `[n, k]` row-major (a linear layer's input and weight), on the
+//! tensor cores through `wgmma`, the tiles brought in by the bulk tensor copy engine, in one of
+//! three schedules ([`Tile`]); plain, with a bias, with the GELU and its kept pre-activation, or
+//! times the GELU's derivative at a kept pre-activation (DGELU) in the epilogue; a B given
+//! `[k, n]` is transposed into a scratch first ([`HopperGemm::try_run_kn`]). The trainer's two
+//! GELU-epilogue GEMMs reach it through `Gemm::run_epilogue` under `MODELSPEC_OWN_GEMM`
+//! ([`OwnPolicy`]: `on`, or `auto` for the faster of it and cuBLASLt per GEMM); off by default
+//! until it measures faster than cuBLASLt.
 
-use super::{Epilogue, RowMajorGemm};
+use super::{Dtype, Epilogue, RowMajorGemm};
 use crate::cuda::compile::KernelSource;
 use crate::cuda::error::{CudaError, DriverContext, Result};
 use crate::cuda::gpu::{DevPtr, Gpu, Module};
@@ -346,16 +348,143 @@ struct Plan {
     ldaux: usize,
 }
 
+/// Whether the GELU epilogues' GEMMs run on the own kernels (`MODELSPEC_OWN_GEMM`): `off` (the
+/// default until the kernels are measured faster), `on` (wherever they take the GEMM), or
+/// `auto` (per GEMM, the faster of the own kernel and cuBLASLt's chosen algorithm, timed once per
+/// machine like the algorithm choice and persisted beside it, so every later process takes the
+/// same path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum OwnPolicy {
+    Off,
+    On,
+    Auto,
+}
+
+impl OwnPolicy {
+    fn from_env() -> OwnPolicy {
+        match std::env::var("MODELSPEC_OWN_GEMM").as_deref() {
+            Ok("auto") => OwnPolicy::Auto,
+            v => match crate::cuda::switch_value(v.ok()) {
+                Some(true) => OwnPolicy::On,
+                _ => OwnPolicy::Off,
+            },
+        }
+    }
+}
+
 impl super::Gemm {
-    /// The own Hopper GEMM when `MODELSPEC_OWN_GEMM=on` and the GPU is a Hopper one.
-    pub(super) fn own(&self) -> Option<&HopperGemm> {
+    /// The own Hopper GEMM and the policy for it, when `MODELSPEC_OWN_GEMM` is not off and the
+    /// GPU is a Hopper one.
+    fn own(&self) -> Option<&(HopperGemm, OwnPolicy)> {
         self.own
             .get_or_init(|| {
-                (crate::cuda::env_switch("MODELSPEC_OWN_GEMM") == Some(true))
-                    .then(|| HopperGemm::new(&self.gpu).ok())
+                let policy = OwnPolicy::from_env();
+                (policy != OwnPolicy::Off)
+                    .then(|| HopperGemm::new(&self.gpu).ok().map(|h| (h, policy)))
                     .flatten()
             })
             .as_ref()
+    }
+
+    /// Runs a bf16 GEMM with a GELU epilogue ([`Epilogue::GeluAux`] in the linear form,
+    /// [`Epilogue::DGelu`] in the plain form, its B transposed into the workspace first:
+    /// stream-ordered, no cuBLASLt call runs in between) on the own kernels where the policy
+    /// takes them; `false`, with nothing run, to leave it to cuBLASLt.
+    ///
+    /// # Safety
+    /// As [`Gemm::run_epilogue`](super::Gemm::run_epilogue).
+    pub(super) unsafe fn run_own_epilogue(
+        &self,
+        g: &RowMajorGemm,
+        a: DevPtr,
+        b: DevPtr,
+        c: DevPtr,
+        epilogue: &Epilogue,
+    ) -> Result<bool> {
+        let Some((own, policy)) = self.own() else {
+            return Ok(false);
+        };
+        let kind = match epilogue {
+            Epilogue::GeluAux { .. } => "gelu_aux",
+            Epilogue::DGelu { .. } => "dgelu",
+            _ => return Ok(false),
+        };
+        // SAFETY: forwarded; the workspace is this handle's, WORKSPACE bytes.
+        let run_own = || unsafe {
+            match epilogue {
+                Epilogue::GeluAux { .. } => own.try_run(None, g, a, b, c, 0, Some(epilogue)),
+                _ => own.try_run_kn(
+                    g,
+                    a,
+                    b,
+                    c,
+                    Some(epilogue),
+                    self.workspace.ptr(),
+                    super::WORKSPACE,
+                ),
+            }
+        };
+        if *policy == OwnPolicy::On {
+            return run_own();
+        }
+        // Auto: the persisted choice (1: own), else timed now where the algorithm choice would
+        // be (a large GEMM inside `with_tuning(true, ..)`, not being captured), else cuBLASLt.
+        // SAFETY: a plain query of the loaded library.
+        let version = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
+        let key = format!("{}|own vs cublasLt {version}|{kind}|{g:?}", self.gpu.name());
+        let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(j) = tuner.lookup(&key) {
+            drop(tuner);
+            return if j == 1 { run_own() } else { Ok(false) };
+        }
+        let flop = 2.0 * (g.m * g.n * g.k) as f64;
+        let capturing = self.gpu.stream().capture_status().ok()
+            != Some(sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
+        if !tuner.enabled()
+            || flop < super::tune::MIN_FLOP
+            || capturing
+            || !self.tuning.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Ok(false);
+        }
+        drop(tuner);
+        // cuBLASLt first (its own algorithm choice happens in its first run), then both timed on
+        // the call's operands; every run overwrites the same outputs.
+        // SAFETY: forwarded.
+        let lt = || unsafe { self.run_fused(Dtype::Bf16, false, g, a, b, c, epilogue) };
+        if !lt()? {
+            return run_own();
+        }
+        let reps = 5;
+        let lt_ms = super::tune::per_run(&self.gpu, reps, || lt().map(|_| ()));
+        let own_ms = super::tune::per_run(&self.gpu, reps, || {
+            run_own().and_then(|ran| {
+                if ran {
+                    Ok(())
+                } else {
+                    Err(CudaError::BadLaunch {
+                        kernel: KERNEL.into(),
+                        why: "refused".into(),
+                    })
+                }
+            })
+        });
+        let (Some(lt_ms), Some(own_ms)) = (lt_ms, own_ms) else {
+            return Ok(false);
+        };
+        let j = self
+            .tuner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(super::Tuned {
+                key,
+                candidates: 2,
+                chosen: usize::from(own_ms < lt_ms),
+                first_ms: lt_ms,
+                best_ms: own_ms.min(lt_ms),
+            });
+        // The call's own result: the chosen path runs last.
+        if j == 1 { run_own() } else { Ok(false) }
     }
 }
 
