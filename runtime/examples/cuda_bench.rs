@@ -500,6 +500,7 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         let g_kn = RowMajorGemm::plain(m, n, k, k, n, n);
         let own_dgelu_kn = || unsafe {
             hg.try_run_kn(
+                None,
                 &g_kn,
                 a.ptr(),
                 b.ptr(),

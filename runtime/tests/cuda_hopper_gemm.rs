@@ -220,6 +220,7 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
         // SAFETY: a [m, ld], b_kn [k, n], scratch [n, k], c and c_lt [m, ldc], kept [m, ldc].
         let (ran, ran_lt) = unsafe {
             let small = hg.try_run_kn(
+                None,
                 &g_kn,
                 a.ptr(),
                 b_kn.ptr(),
@@ -234,6 +235,7 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
             );
             (
                 hg.try_run_kn(
+                    None,
                     &g_kn,
                     a.ptr(),
                     b_kn.ptr(),

@@ -238,6 +238,7 @@ impl HopperGemm {
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn try_run_kn(
         &self,
+        tile: Option<Tile>,
         g: &RowMajorGemm,
         a: DevPtr,
         b: DevPtr,
@@ -260,7 +261,7 @@ impl HopperGemm {
             ldb: g.k,
             ..*g
         };
-        let Ok(plan) = Self::plan(None, &linear, a, scratch, c, 0, epi) else {
+        let Ok(plan) = Self::plan(tile, &linear, a, scratch, c, 0, epi) else {
             return Ok(false);
         };
         let f = self.module.function(TRANSPOSE)?;
@@ -410,10 +411,11 @@ impl super::Gemm {
             _ => return Ok(false),
         };
         // SAFETY: forwarded; the workspace is this handle's, WORKSPACE bytes.
-        let run_own = || unsafe {
+        let run_own = |tile: Option<Tile>| unsafe {
             match epilogue {
-                Epilogue::GeluAux { .. } => own.try_run(None, g, a, b, c, 0, Some(epilogue)),
+                Epilogue::GeluAux { .. } => own.try_run(tile, g, a, b, c, 0, Some(epilogue)),
                 _ => own.try_run_kn(
+                    tile,
                     g,
                     a,
                     b,
@@ -425,17 +427,27 @@ impl super::Gemm {
             }
         };
         if *policy == OwnPolicy::On {
-            return run_own();
+            return run_own(None);
         }
-        // Auto: the persisted choice (1: own), else timed now where the algorithm choice would
-        // be (a large GEMM inside `with_tuning(true, ..)`, not being captured), else cuBLASLt.
+        // Auto: the persisted choice (0: cuBLASLt, j: the own kernel in `Tile::ALL[j - 1]`),
+        // else timed now where the algorithm choice would be (a large GEMM inside
+        // `with_tuning(true, ..)`, not being captured), else cuBLASLt.
+        let chosen = |j: usize| match j.checked_sub(1).and_then(|t| Tile::ALL.get(t)) {
+            Some(&tile) => run_own(Some(tile)),
+            None => Ok(false),
+        };
         // SAFETY: a plain query of the loaded library.
         let version = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
-        let key = format!("{}|own vs cublasLt {version}|{kind}|{g:?}", self.gpu.name());
+        // The schedules are named in the key: an index means the same kernel in every process.
+        let key = format!(
+            "{}|own {:?} vs cublasLt {version}|{kind}|{g:?}",
+            self.gpu.name(),
+            Tile::ALL
+        );
         let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(j) = tuner.lookup(&key) {
             drop(tuner);
-            return if j == 1 { run_own() } else { Ok(false) };
+            return chosen(j);
         }
         let flop = 2.0 * (g.m * g.n * g.k) as f64;
         let capturing = self.gpu.stream().capture_status().ok()
@@ -448,28 +460,25 @@ impl super::Gemm {
             return Ok(false);
         }
         drop(tuner);
-        // cuBLASLt first (its own algorithm choice happens in its first run), then both timed on
-        // the call's operands; every run overwrites the same outputs.
+        // cuBLASLt first (its own algorithm choice happens in its first run), then it and each
+        // own schedule timed on the call's operands; every run overwrites the same outputs.
         // SAFETY: forwarded.
         let lt = || unsafe { self.run_fused(Dtype::Bf16, false, g, a, b, c, epilogue) };
         if !lt()? {
-            return run_own();
+            return run_own(None);
         }
-        let reps = 5;
-        let lt_ms = super::tune::per_run(&self.gpu, reps, || lt().map(|_| ()));
-        let own_ms = super::tune::per_run(&self.gpu, reps, || {
-            run_own().and_then(|ran| {
-                if ran {
-                    Ok(())
-                } else {
-                    Err(CudaError::BadLaunch {
-                        kernel: KERNEL.into(),
-                        why: "refused".into(),
-                    })
-                }
-            })
+        let refused = || CudaError::BadLaunch {
+            kernel: KERNEL.into(),
+            why: "refused".into(),
+        };
+        let timed = super::tune::fastest(1 + Tile::ALL.len(), |j, reps| match j {
+            0 => super::tune::per_run(&self.gpu, reps, || lt().map(|_| ())),
+            _ => super::tune::per_run(&self.gpu, reps, || {
+                run_own(Some(Tile::ALL[j - 1]))
+                    .and_then(|ran| if ran { Ok(()) } else { Err(refused()) })
+            }),
         });
-        let (Some(lt_ms), Some(own_ms)) = (lt_ms, own_ms) else {
+        let Some((j, best_ms, lt_ms)) = timed else {
             return Ok(false);
         };
         let j = self
@@ -478,13 +487,13 @@ impl super::Gemm {
             .unwrap_or_else(|e| e.into_inner())
             .record(super::Tuned {
                 key,
-                candidates: 2,
-                chosen: usize::from(own_ms < lt_ms),
+                candidates: 1 + Tile::ALL.len(),
+                chosen: j,
                 first_ms: lt_ms,
-                best_ms: own_ms.min(lt_ms),
+                best_ms,
             });
-        // The call's own result: the chosen path runs last.
-        if j == 1 { run_own() } else { Ok(false) }
+        // The call's own result: the chosen path runs last (cuBLASLt's by the caller).
+        chosen(j)
     }
 }
 
