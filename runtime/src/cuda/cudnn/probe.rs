@@ -250,7 +250,8 @@ fn file_of(lib: &libloading::Library) -> Option<PathBuf> {
 /// The version a cuDNN file declares without being loaded: its name once links are resolved
 /// (`libcudnn.so.9.14.0`, as the system packages install it), else the `cudnn_version.h` (or
 /// `cudnn_version_v9.h`) of its install: `../include` beside its folder (the wheels and the
-/// tarballs), `/usr/include` and `/usr/include/<triplet>` for the system folders.
+/// tarballs), `/usr/include` and `/usr/include/<triplet>` for the system folders; else, for a
+/// Python wheel, its dist-info folder's name.
 pub(crate) fn declared_version(file: &Path) -> Option<usize> {
     let real = std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf());
     if let Some(v) = real
@@ -271,11 +272,37 @@ pub(crate) fn declared_version(file: &Path) -> Option<usize> {
             includes.push(Path::new("/usr/include").join(triplet));
         }
     }
-    includes.iter().find_map(|inc| {
-        ["cudnn_version.h", "cudnn_version_v9.h"]
-            .iter()
-            .find_map(|h| version_from_header(&std::fs::read_to_string(inc.join(h)).ok()?))
-    })
+    includes
+        .iter()
+        .find_map(|inc| {
+            ["cudnn_version.h", "cudnn_version_v9.h"]
+                .iter()
+                .find_map(|h| version_from_header(&std::fs::read_to_string(inc.join(h)).ok()?))
+        })
+        .or_else(|| wheel_version(dir))
+}
+
+/// For a wheel's `site-packages/nvidia/cudnn/lib`: the version in the name of the
+/// `nvidia_cudnn_cu*-X.Y.Z.B.dist-info` folder beside `nvidia/` (a wheel without headers).
+fn wheel_version(lib_dir: &Path) -> Option<usize> {
+    let site = lib_dir.parent()?.parent()?.parent()?;
+    (lib_dir.ends_with("nvidia/cudnn/lib")).then_some(())?;
+    std::fs::read_dir(site)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| version_from_dist_info(&n))
+        .max()
+}
+
+/// `nvidia_cudnn_cu13-9.19.0.56.dist-info` -> 91900.
+fn version_from_dist_info(name: &str) -> Option<usize> {
+    let rest = name
+        .strip_prefix("nvidia_cudnn_cu")?
+        .strip_suffix(".dist-info")?;
+    let (_, version) = rest.split_once('-')?;
+    let mut parts = version.split('.').map(|p| p.parse::<usize>().ok());
+    let (major, minor, patch) = (parts.next()??, parts.next()??, parts.next()??);
+    Some(major * 10000 + minor * 100 + patch)
 }
 
 /// `libcudnn.so.9.14.0` -> 91400; `None` unless the name carries all three numbers.
@@ -595,6 +622,21 @@ mod tests {
         assert_eq!(
             declared_version(&root.join("sys/libcudnn.so.9")),
             Some(91400)
+        );
+        // A wheel without headers: the dist-info folder's name beside nvidia/.
+        let lib = root.join("site-packages/nvidia/cudnn/lib");
+        std::fs::create_dir_all(&lib).unwrap();
+        std::fs::create_dir_all(root.join("site-packages/nvidia_cudnn_cu13-9.19.0.56.dist-info"))
+            .unwrap();
+        std::fs::write(lib.join("libcudnn.so.9"), b"").unwrap();
+        assert_eq!(declared_version(&lib.join("libcudnn.so.9")), Some(91900));
+        assert_eq!(
+            version_from_dist_info("nvidia_cudnn_cu12-9.1.0.70.dist-info"),
+            Some(90100)
+        );
+        assert_eq!(
+            version_from_dist_info("nvidia_cublas_cu12-12.1.dist-info"),
+            None
         );
         std::fs::write(root.join("sys/libcudnn.so"), b"").unwrap();
         assert_eq!(declared_version(&root.join("sys/libcudnn.so")), None);
