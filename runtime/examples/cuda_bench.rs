@@ -419,86 +419,29 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             ld: n,
             bias: bias.ptr(),
         };
-        // SAFETY: a [m, k], b [n, k], c and pre [m, n], bias [n], all bf16.
-        let own = || unsafe { hg.run(Some(Tile::N128), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
-        let own256 = || unsafe { hg.run(Some(Tile::N256), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
-        let own_pp =
-            || unsafe { hg.run(Some(Tile::PingPong), &g, a.ptr(), b.ptr(), c.ptr(), 0, None) };
-        let lt = || unsafe { gemm.run(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), 1.0, 0.0) };
-        let own_gelu = || unsafe {
-            hg.run(
-                Some(Tile::N128),
-                &g,
-                a.ptr(),
-                b.ptr(),
-                c.ptr(),
-                0,
-                Some(&gelu),
-            )
-        };
-        let own256_gelu = || unsafe {
-            hg.run(
-                Some(Tile::N256),
-                &g,
-                a.ptr(),
-                b.ptr(),
-                c.ptr(),
-                0,
-                Some(&gelu),
-            )
-        };
-        let own_pp_gelu = || unsafe {
-            hg.run(
-                Some(Tile::PingPong),
-                &g,
-                a.ptr(),
-                b.ptr(),
-                c.ptr(),
-                0,
-                Some(&gelu),
-            )
-        };
-        let lt_gelu = || unsafe {
-            gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &gelu)
-                .map(|_| ())
-        };
-        // DGELU (the down projection's input gradient has this shape too, with B the weight's
-        // [n, k] copy), both on the same linear-form operands.
+        // DGELU (the down projection's input gradient has this shape too), on the same
+        // linear-form operands; and as the trainer runs it, B given [k, n] (the weight),
+        // transposed into a scratch first, against cuBLASLt on the same plain-form operands.
         let dgelu = Epilogue::DGelu {
             pre: pre.ptr(),
             ld: n,
         };
-        let own256_dgelu = || unsafe {
-            hg.run(
-                Some(Tile::N256),
-                &g,
-                a.ptr(),
-                b.ptr(),
-                c.ptr(),
-                0,
-                Some(&dgelu),
-            )
-        };
-        let own_pp_dgelu = || unsafe {
-            hg.run(
-                Some(Tile::PingPong),
-                &g,
-                a.ptr(),
-                b.ptr(),
-                c.ptr(),
-                0,
-                Some(&dgelu),
-            )
-        };
-        let lt_dgelu = || unsafe {
-            gemm.run_epilogue(Dtype::Bf16, &g, a.ptr(), b.ptr(), c.ptr(), &dgelu)
-                .map(|_| ())
-        };
-        // The trainer's DGELU: B given [k, n] (the down projection's weight), transposed into a
-        // scratch buffer first; against cuBLASLt on the same plain-form operands.
         let scratch = gpu.zeros::<u16>(n * k)?;
         let g_kn = RowMajorGemm::plain(m, n, k, k, n, n);
-        let own_dgelu_kn = || unsafe {
+        // SAFETY (every launch below): a [m, k], b [n, k] (or [k, n] for g_kn), c and pre
+        // [m, n], bias [n], scratch [n, k], all bf16.
+        let own = |tile: Tile, epi: Option<&Epilogue>| unsafe {
+            hg.run(Some(tile), &g, a.ptr(), b.ptr(), c.ptr(), 0, epi)
+        };
+        let lt = |epi: Option<&Epilogue>, g: &RowMajorGemm| unsafe {
+            match epi {
+                None => gemm.run(Dtype::Bf16, g, a.ptr(), b.ptr(), c.ptr(), 1.0, 0.0),
+                Some(e) => gemm
+                    .run_epilogue(Dtype::Bf16, g, a.ptr(), b.ptr(), c.ptr(), e)
+                    .map(|_| ()),
+            }
+        };
+        let own_kn = || unsafe {
             hg.try_run_kn(
                 None,
                 &g_kn,
@@ -511,29 +454,36 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             )
             .map(|_| ())
         };
-        let lt_dgelu_kn = || unsafe {
-            gemm.run_epilogue(Dtype::Bf16, &g_kn, a.ptr(), b.ptr(), c.ptr(), &dgelu)
-                .map(|_| ())
-        };
-        // The GELU epilogues only where the trainer uses them (the MLP's input projection).
+        // Each own schedule and cuBLASLt, plain; the GELU epilogues only where the trainer uses
+        // them (the MLP's input projection).
         let gelu_too = (n, k) == (3072, 768);
-        let runs: [(&str, &Launch); 13] = [
-            ("own_n128", &own),
-            ("own_n256", &own256),
-            ("own_pingpong", &own_pp),
-            ("cublaslt", &lt),
-            ("own_n128_gelu_aux", &own_gelu),
-            ("own_n256_gelu_aux", &own256_gelu),
-            ("own_pingpong_gelu_aux", &own_pp_gelu),
-            ("cublaslt_gelu_aux", &lt_gelu),
-            ("own_n256_dgelu", &own256_dgelu),
-            ("own_pingpong_dgelu", &own_pp_dgelu),
-            ("cublaslt_dgelu", &lt_dgelu),
-            ("own_dgelu_kn_with_transpose", &own_dgelu_kn),
-            ("cublaslt_dgelu_kn", &lt_dgelu_kn),
-        ];
-        for (path, f) in runs.into_iter().take(if gelu_too { 13 } else { 4 }) {
-            let ms = timed(gpu, 20, f)?;
+        let epilogues: &[(&str, Option<&Epilogue>)] = if gelu_too {
+            &[
+                ("", None),
+                ("_gelu_aux", Some(&gelu)),
+                ("_dgelu", Some(&dgelu)),
+            ]
+        } else {
+            &[("", None)]
+        };
+        let mut runs: Vec<(String, Box<Launch>)> = Vec::new();
+        for &(suffix, epi) in epilogues {
+            for (tile, name) in [
+                (Tile::N128, "own_n128"),
+                (Tile::N256, "own_n256"),
+                (Tile::PingPong, "own_pingpong"),
+            ] {
+                runs.push((format!("{name}{suffix}"), Box::new(move || own(tile, epi))));
+            }
+            runs.push((format!("cublaslt{suffix}"), Box::new(move || lt(epi, &g))));
+        }
+        if gelu_too {
+            runs.push(("own_dgelu_kn_with_transpose".into(), Box::new(own_kn)));
+            let lt_kn = move || lt(Some(&dgelu), &g_kn);
+            runs.push(("cublaslt_dgelu_kn".into(), Box::new(lt_kn)));
+        }
+        for (path, f) in &runs {
+            let ms = timed(gpu, 20, f.as_ref())?;
             println!(
                 "{{\"hopper_gemm\": \"{m}x{n}x{k}\", \"path\": \"{path}\", \"ms\": {ms:.4}, \"TFLOPs\": {:.1}}}",
                 flop / ms as f64 / 1e9

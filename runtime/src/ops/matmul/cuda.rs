@@ -555,9 +555,7 @@ impl Gemm {
             }
             return;
         }
-        let capturing = self.gpu.stream().capture_status().ok()
-            != Some(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
-        if ops.beta != 0.0 || capturing {
+        if ops.beta != 0.0 || self.capturing() {
             return;
         }
         let timed = tune::fastest(candidates.len(), |j, reps| {
@@ -576,6 +574,12 @@ impl Gemm {
             });
             plan.algo = candidates[j];
         }
+    }
+
+    /// Whether the stream is being captured into a CUDA graph (nothing may be timed then).
+    fn capturing(&self) -> bool {
+        self.gpu.stream().capture_status().ok()
+            != Some(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
     }
 
     /// A plan for `g` (its first pick as the algorithm) and the heuristic's ranking of

@@ -450,11 +450,9 @@ impl super::Gemm {
             return chosen(j);
         }
         let flop = 2.0 * (g.m * g.n * g.k) as f64;
-        let capturing = self.gpu.stream().capture_status().ok()
-            != Some(sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE);
         if !tuner.enabled()
             || flop < super::tune::MIN_FLOP
-            || capturing
+            || self.capturing()
             || !self.tuning.load(std::sync::atomic::Ordering::Relaxed)
         {
             return Ok(false);
