@@ -1,36 +1,35 @@
 #!/usr/bin/env bash
-# The ninth session's device calls. Usage on the device: OUT=<dir> bash bench/gpu_call.sh [1|2]
+# The device calls of the ninth session and after. Usage on the device:
+#   OUT=<dir> bash bench/gpu_call.sh [1|2|3]
 # 1: the own GEMM's parity and bench on any GPU, then on an H200 the rows of
 #    bench/results/h200.json (attention, gpt2, mixtral-small, llama, budget(0.5)); elsewhere the
 #    gpt2 step variants.
-# 2: (after the cuDNN probe's fix) which cuDNN the probe takes and its parity, then on an H200
-#    the rows of h200.json, elsewhere attention and gpt2 beside PyTorch.
+# 2: on an H200, issue 10's rows (gpt2, mixtral-small, llama beside PyTorch, ~375 s); elsewhere
+#    as 3.
+# 3: on any GPU, the ping-pong GEMM's parity and bench, which cuDNN the probe takes and its
+#    parity, attention and gpt2 beside PyTorch, gpt2 with the own GEMM `on` and twice `auto`.
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
 B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
 h200() { nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; }
-if [ "${1:-1}" = 2 ] && h200; then
-    # The device time left fits only issue 10's rows: gpt2, mixtral-small and llama beside PyTorch.
+stage=${1:-1}
+if [ "$stage" = 2 ] && h200; then
     OUT=$R/b TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
     exit
 fi
-if [ "${1:-1}" = 2 ]; then
+if [ "$stage" = 2 ] || [ "$stage" = 3 ]; then
     # The ping-pong GEMM (never run before: a short limit) and its bench, then cuDNN's choice.
     timeout 60 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
     hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "DIAG|panicked" $R/v/cuda_hopper_gemm.log | head -20
     [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
     OUT=$R/v TESTS="cuda_cudnn" bash bench/gpu_verify.sh 2>&1 | tail -4
     tar xzf $R/v/verify_logs.tgz -O ./cuda_cudnn.log | grep -m2 "cuDNN 9"
-    if h200; then
-        OUT=$R/b ATTN=1 TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
-    else
-        OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
-        if [ $hg = 0 ]; then
-            MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | grep '"model"' | cut -c1-200
-            # auto: the first run times own against cuBLASLt per GEMM, the second reads the choice.
-            for i in 1 2; do MODELSPEC_OWN_GEMM=auto timeout 90 $B/cuda_train_bench gpt2 specs 2>$R/v/auto$i.err | grep '"model"' | cut -c1-200; grep "vs cublasLt" $R/v/auto$i.err | cut -c1-220; done
-        fi
+    OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
+    if [ $hg = 0 ]; then
+        MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | grep '"model"' | cut -c1-200
+        # auto: the first run times own against cuBLASLt per GEMM, the second reads the choice.
+        for i in 1 2; do MODELSPEC_OWN_GEMM=auto timeout 90 $B/cuda_train_bench gpt2 specs 2>$R/v/auto$i.err | grep '"model"' | cut -c1-200; grep "vs cublasLt" $R/v/auto$i.err | cut -c1-220; done
     fi
     exit
 fi
