@@ -205,19 +205,21 @@ fn try_load(name: &std::ffi::OsStr) -> Tried {
         Ok(l) => l,
         Err(e) => return Tried::Bad(first_line(&e.to_string())),
     };
-    let Some(file) = file_of(&lib) else {
-        return Tried::Bad("no cudnnGetVersion symbol".into());
+    // SAFETY: cudnnGetVersion has this signature in every cuDNN release; the pointer is used
+    // while `lib` is alive (it is returned with it).
+    let get_version =
+        match unsafe { lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0") } {
+            Ok(f) => *f,
+            Err(_) => return Tried::Bad("no cudnnGetVersion symbol".into()),
+        };
+    let Some(file) = file_of(get_version as *const std::ffi::c_void) else {
+        return Tried::Bad("the linker cannot say which file it loaded".into());
     };
     if let Some(dir) = file.parent() {
         preload_sublibs(dir);
     }
-    // SAFETY: cudnnGetVersion has this signature in every cuDNN release.
-    let version = unsafe {
-        match lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0") {
-            Ok(f) => f(),
-            Err(_) => return Tried::Bad("no cudnnGetVersion symbol".into()),
-        }
-    };
+    // SAFETY: as above.
+    let version = unsafe { get_version() };
     if version < MIN_VERSION {
         return Tried::Old(version);
     }
@@ -229,11 +231,8 @@ fn first_line(s: &str) -> String {
 }
 
 /// The file a loaded library came from (what a by-name load resolved to), via `dladdr` on the
-/// address of one of its symbols (not called); `None` if the linker cannot say.
-fn file_of(lib: &libloading::Library) -> Option<PathBuf> {
-    // SAFETY: the symbol is only used for its address.
-    let f = unsafe { lib.get::<unsafe extern "C" fn() -> usize>(b"cudnnGetVersion\0") }.ok()?;
-    let addr = *f as *const std::ffi::c_void;
+/// address `addr` of one of its symbols; `None` if the linker cannot say.
+fn file_of(addr: *const std::ffi::c_void) -> Option<PathBuf> {
     // SAFETY: Dl_info is plain C data; all zeroes is a valid value.
     let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
     // SAFETY: dladdr only reads the address and fills `info`; dli_fname points into the
