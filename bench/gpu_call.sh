@@ -29,7 +29,7 @@ if [ "$stage" = 2 ] || [ "$stage" = 3 ]; then
     if [ $hg = 0 ]; then
         MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | grep '"model"' | cut -c1-200
         # auto: the first run times own against cuBLASLt per GEMM, the second reads the choice.
-        for i in 1 2; do MODELSPEC_OWN_GEMM=auto timeout 90 $B/cuda_train_bench gpt2 specs 2>$R/v/auto$i.err | grep '"model"' | cut -c1-200; grep "vs cublasLt" $R/v/auto$i.err | cut -c1-220; done
+        for i in 1 2; do MODELSPEC_OWN_GEMM=auto timeout 90 $B/cuda_train_bench gpt2 specs 2>$R/v/auto$i.err | grep '"model"' | cut -c1-200; grep -F "|own [" $R/v/auto$i.err | cut -c1-220; done
     fi
     exit
 fi

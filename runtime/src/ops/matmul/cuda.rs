@@ -525,12 +525,10 @@ impl Gemm {
         if !tuner.enabled() {
             return;
         }
-        // SAFETY: a plain query of the loaded library.
-        let version = unsafe { sys::cublasLtGetVersion() };
-        let id = format!("{}|cublasLt {version}|{key:?}", self.gpu.name());
+        let id = format!("{}|{key:?}", self.choice_prefix());
         // `MODELSPEC_GEMM_TUNE=wide`: configurations beyond the heuristic's list too, under a
         // key of their own (a plain run never reads an index into the longer list).
-        let mut candidates = candidates.to_vec();
+        let mut candidates = std::borrow::Cow::Borrowed(candidates);
         let id = if tuner.wide {
             let (ab, cd, compute) = lt_types(ops.dtype, key.1);
             // SAFETY: the plan's handles are live.
@@ -544,7 +542,7 @@ impl Gemm {
                     &candidates,
                 )
             };
-            candidates.extend(more);
+            candidates.to_mut().extend(more);
             format!("{id}|wide")
         } else {
             id
@@ -574,6 +572,14 @@ impl Gemm {
             });
             plan.algo = candidates[j];
         }
+    }
+
+    /// The start of every key under which a choice made by timing is persisted ([`tune`]): the
+    /// GPU and the cuBLASLt version, which the timings depend on.
+    fn choice_prefix(&self) -> String {
+        // SAFETY: a plain query of the loaded library.
+        let version = unsafe { sys::cublasLtGetVersion() };
+        format!("{}|cublasLt {version}", self.gpu.name())
     }
 
     /// Whether the stream is being captured into a CUDA graph (nothing may be timed then).

@@ -69,10 +69,10 @@ impl Tile {
     /// The shape [`HopperGemm::run`] takes when none is named: the persistent ping-pong, the
     /// schedule meant to be the fastest (its epilogue overlaps the other warpgroup's mainloop;
     /// `cuda_bench hopper` times all three against cuBLASLt).
-    pub fn default_for(_g: &RowMajorGemm) -> Tile {
-        Tile::PingPong
-    }
+    pub const DEFAULT: Tile = Tile::PingPong;
 }
+
+/// The kernel named in errors (the plain 128-wide entry point).
 const KERNEL: &str = "hopper_gemm_bf16";
 /// The transpose that brings a `[k, n]` operand into the kernels' `[n, k]`.
 const TRANSPOSE: &str = "hopper_transpose_bf16";
@@ -127,7 +127,7 @@ impl HopperGemm {
         bias: DevPtr,
         epi: Option<&Epilogue>,
     ) -> std::result::Result<Plan, String> {
-        let tile = tile.unwrap_or_else(|| Tile::default_for(g));
+        let tile = tile.unwrap_or(Tile::DEFAULT);
         if g.trans_a || !g.trans_b || g.batch.is_some() {
             return Err("only C = A B^T with A [m, k] and B [n, k], unbatched".into());
         }
@@ -174,7 +174,7 @@ impl HopperGemm {
         })
     }
 
-    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream in `tile`s (`None`: [`Tile::default_for`]),
+    /// Runs `C = A B^T` (bf16, beta 0) on the GPU's stream in `tile`s (`None`: [`Tile::DEFAULT`]),
     /// plus `bias` (n bf16, 0: none) added to every row, or
     /// with `epi` ([`Epilogue::GeluAux`] with its bias, or [`Epilogue::DGelu`]; `bias` 0)
     /// applied before the store, as cuBLASLt's epilogue of that name computes it. An error,
@@ -436,14 +436,8 @@ impl super::Gemm {
             Some(&tile) => run_own(Some(tile)),
             None => Ok(false),
         };
-        // SAFETY: a plain query of the loaded library.
-        let version = unsafe { cudarc::cublaslt::sys::cublasLtGetVersion() };
         // The schedules are named in the key: an index means the same kernel in every process.
-        let key = format!(
-            "{}|own {:?} vs cublasLt {version}|{kind}|{g:?}",
-            self.gpu.name(),
-            Tile::ALL
-        );
+        let key = format!("{}|own {:?}|{kind}|{g:?}", self.choice_prefix(), Tile::ALL);
         let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(j) = tuner.lookup(&key) {
             drop(tuner);
