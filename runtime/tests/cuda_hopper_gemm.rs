@@ -49,6 +49,15 @@ fn diagnose(tag: &str, rows: &[usize], n: usize, have: &[f64], want: &[f64]) {
     }
 }
 
+/// [`check`] against the f64 reference, with [`diagnose`]'s printout first when it is off.
+fn check_f64(tag: &str, dt: Dtype, rows: &[usize], n: usize, have: &[f64], want: &[f64]) {
+    let e = rel_err(have, want);
+    if e.is_nan() || e > 1e-2 {
+        diagnose(tag, rows, n, have, want);
+    }
+    check(&format!("{tag} vs f64"), dt, have, want);
+}
+
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn hopper_gemm_matches_f64_and_cublaslt() {
@@ -185,11 +194,7 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
                 }
             }
             let tag = format!("hopper gemm {epi} tile {tile:?} {m}x{n}x{k} ld {ld} ldc {ldc}");
-            let e = rel_err(&have, &want);
-            if e.is_nan() || e > 1e-2 {
-                diagnose(&tag, &rows, n, &have, &want);
-            }
-            check(&format!("{tag} vs f64"), dt, &have, &want);
+            check_f64(&tag, dt, &rows, n, &have, &want);
             check(&format!("{tag} vs cuBLASLt"), dt, &have, &have_lt);
             if epi == "gelu" {
                 check(&format!("{tag} pre vs f64"), dt, &have_pre, &want_pre);
@@ -260,11 +265,7 @@ fn hopper_gemm_matches_f64_and_cublaslt() {
             }
         }
         let tag = format!("hopper gemm dgelu, B [k, n], {m}x{n}x{k} ld {ld} ldc {ldc}");
-        let e = rel_err(&have, &want);
-        if e.is_nan() || e > 1e-2 {
-            diagnose(&tag, &rows, n, &have, &want);
-        }
-        check(&format!("{tag} vs f64"), dt, &have, &want);
+        check_f64(&tag, dt, &rows, n, &have, &want);
         if ran_lt {
             check(&format!("{tag} vs cuBLASLt"), dt, &have, &have_lt);
         }
