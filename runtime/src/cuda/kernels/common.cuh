@@ -187,6 +187,9 @@ __device__ __forceinline__ void ld16(const bf16* p, float* out) {
         out[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
     }
 }
+// Asks L2 for the 128-byte line at p (no register, no wait): a load issued later in the same
+// row then finds it there instead of paying a second HBM latency.
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 __device__ __forceinline__ void st16(float* p, const float* in) { *(float4*)p = make_float4(in[0], in[1], in[2], in[3]); }
 __device__ __forceinline__ void st16(bf16* p, const float* in) {
     u32 w[4];

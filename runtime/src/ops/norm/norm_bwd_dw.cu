@@ -64,6 +64,9 @@ __device__ __forceinline__ void norm_bwd_dw_warp(T* dx, const T* dy, const T* r,
             if (u >= NV) continue;
             rr[k] = *(const uint4*)(r + base + u * VN);
             rg[k] = *(const uint4*)(dy + base + u * VN);
+            // dres is read after the row's sums: its lines (a lane in 8: 128 bytes) asked for now
+            // (held in registers instead, it spills at this kernel's 128).
+            if (dres && (u & 7) == 0) prefetch_l2(dres + base + u * VN);
         }
         float sg = 0.f, sgx = 0.f;
 #pragma unroll

@@ -154,6 +154,8 @@ __device__ __forceinline__ void norm_bwd_warp_vec(size_t row, int lane, T* dx, c
         if (u >= NV) continue;
         rr[k] = *(const uint4*)(r + base + u * VN);
         rg[k] = *(const uint4*)(dy + base + u * VN);
+        // dres is read after the row's sums: its lines asked for now (see norm_bwd_dw.cu).
+        if (dres && (u & 7) == 0) prefetch_l2(dres + base + u * VN);
     }
     float sg = 0.f, sgx = 0.f;
 #pragma unroll
