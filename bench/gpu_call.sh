@@ -23,9 +23,9 @@ if [ "$stage" = 2 ] || [ "$stage" = 3 ]; then
     timeout 60 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
     hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "DIAG|panicked" $R/v/cuda_hopper_gemm.log | head -20
     [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
-    # The norm backward's dres prefetch: its parity (cuda_kernels) and its bench beside the older figures.
+    # The norm backward's dres prefetch and AdamW's vectors: parity (cuda_kernels, cuda_train_state) and the norm bench.
     timeout 60 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
-    OUT=$R/v TESTS="cuda_cudnn cuda_kernels" bash bench/gpu_verify.sh 2>&1 | tail -4
+    OUT=$R/v TESTS="cuda_cudnn cuda_kernels cuda_train_state" bash bench/gpu_verify.sh 2>&1 | tail -4
     tar xzf $R/v/verify_logs.tgz -O ./cuda_cudnn.log | grep -m2 "cuDNN 9"
     OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
     if [ $hg = 0 ]; then
