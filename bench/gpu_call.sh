@@ -15,19 +15,23 @@ export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
 h200() { nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; }
 stage=${1:-1}
 if [ "$stage" = 2 ] && h200; then
+    # AdamW's vectors (never run before) checked first: the rows' losses depend on them.
+    timeout 60 $B/cuda_kernels --include-ignored adamw 2>&1 | grep -E "test result|panicked"
     OUT=$R/b TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
     exit
 fi
 if [ "$stage" = 2 ] || [ "$stage" = 3 ]; then
-    # The ping-pong GEMM (never run before: a short limit) and its bench, then cuDNN's choice.
+    # The ping-pong GEMM (never run before: a short limit), then this session's other kernel
+    # changes (the norm backward's dres prefetch, AdamW's vectors) and which cuDNN the probe takes.
     timeout 60 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
     hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "DIAG|panicked" $R/v/cuda_hopper_gemm.log | head -20
-    [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
-    # The norm backward's dres prefetch and AdamW's vectors: parity (cuda_kernels, cuda_train_state) and the norm bench.
-    timeout 60 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
     OUT=$R/v TESTS="cuda_cudnn cuda_kernels cuda_train_state" bash bench/gpu_verify.sh 2>&1 | tail -4
     tar xzf $R/v/verify_logs.tgz -O ./cuda_cudnn.log | grep -m2 "cuDNN 9"
-    OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
+    [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
+    timeout 60 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
+    # Attention only on an H200 (h200.json's rows); gpt2 beside torch.compile everywhere.
+    if h200; then OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
+    else OUT=$R/b TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -30; fi
     if [ $hg = 0 ]; then
         MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | grep '"model"' | cut -c1-200
         # auto: the first run times own against cuBLASLt per GEMM, the second reads the choice.
