@@ -5,7 +5,7 @@ baseline measured in the same call:
   efficient) in fwd+bwd TFLOP/s; forward alone reported too;
 - train-*: cuda_train_bench against torch_train_bench.py (torch.compile; for mixtral_small also
   HF eager): step time ratio, peak memory, MFU over active parameters against the GEMM ceiling
-  measured in the same call (cuda_bench gemm), and which attention path the trainer ran."""
+  measured in the same call (cuda_bench gemm), and which attention and GEMM paths the trainer ran."""
 import json, os, sys
 
 import jsonl
@@ -68,7 +68,7 @@ for model, work in [("gpt2", "train-gpt2-124m"), ("llama1b", "train-llama-3.2-1b
                      "modelspec_TFLOPs_active": m.get("TFLOPs_active"),
                      "modelspec_MFU_vs_gemm_ceiling": mfu(m),
                      "gemm_ceiling_TFLOPs_same_call": ceiling, "modelspec_attention": m.get("attention"),
-                     "modelspec_cuda_graph": m.get("cuda_graph"),
+                     "modelspec_gemm": m.get("gemm"), "modelspec_cuda_graph": m.get("cuda_graph"),
                      "modelspec_loss": m.get("loss"), "baseline_loss": t.get("loss")})
 # gpt2-124m under budget(0.5): issue 11 asks for peak memory at most torch.compile budget 0.5's
 # and a step no slower than torch.compile without checkpointing (both from this call).

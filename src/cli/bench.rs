@@ -124,6 +124,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let ms = times[times.len() / 2];
     let loss = trainer.loss()?;
     let (attention, graph) = (trainer.attention_paths(), trainer.cuda_graph());
+    let gemm = trainer.gemm_paths();
     let spans = if args.timeline {
         timeline(&mut trainer)?
     } else {
@@ -142,7 +143,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|(label, ms)| format!("{{\"span\": {label:?}, \"ms_per_step\": {ms:.4}}}"))
             .collect();
         format!(
-            "{{\"model\": \"{}\", \"device\": \"{}\", \"batch\": {}, \"seq\": {}, \"dtype\": \"{dtype_name}\", \"ms_per_step\": {ms:.3}, \"tokens_per_s\": {tokens_s:.0}, \"tflops\": {tflops:.1}, \"mfu_vs_800\": {:.3}, \"device_gib\": {gib:.2}, \"loss\": {loss:.4}, \"attention\": {attention:?}, \"cuda_graph\": {graph:?}, \"timeline\": [{}]}}\n",
+            "{{\"model\": \"{}\", \"device\": \"{}\", \"batch\": {}, \"seq\": {}, \"dtype\": \"{dtype_name}\", \"ms_per_step\": {ms:.3}, \"tokens_per_s\": {tokens_s:.0}, \"tflops\": {tflops:.1}, \"mfu_vs_800\": {:.3}, \"device_gib\": {gib:.2}, \"loss\": {loss:.4}, \"attention\": {attention:?}, \"gemm\": {gemm:?}, \"cuda_graph\": {graph:?}, \"timeline\": [{}]}}\n",
             spec.name,
             gpu.name(),
             args.batch,
@@ -152,7 +153,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
     } else {
         let mut text = format!(
-            "{}: {ms:.2} ms/step (median of {}), {tokens_s:.0} tokens/s, {tflops:.1} TFLOP/s, {gib:.2} GiB on {}, loss {loss:.4}\nattention: {attention}\nCUDA graph: {graph}\n",
+            "{}: {ms:.2} ms/step (median of {}), {tokens_s:.0} tokens/s, {tflops:.1} TFLOP/s, {gib:.2} GiB on {}, loss {loss:.4}\nattention: {attention}\nGEMMs: {gemm}\nCUDA graph: {graph}\n",
             spec.name,
             args.steps,
             gpu.name()

@@ -146,6 +146,18 @@ impl GpuTrainer {
         self.gemm.tuned()
     }
 
+    /// Which GEMM kernels ran: `cuBLASLt`, or `cuBLASLt; own Hopper kernels for ...` naming
+    /// the fused GEMMs that ran on the own kernels (epilogue, shape, schedule:
+    /// [`Gemm::own_runs`](super::gemm::Gemm::own_runs); `MODELSPEC_OWN_GEMM`).
+    pub fn gemm_paths(&self) -> String {
+        let own = self.gemm.own_runs();
+        if own.is_empty() {
+            "cuBLASLt".into()
+        } else {
+            format!("cuBLASLt; own Hopper kernels for {}", own.join(", "))
+        }
+    }
+
     /// The one way to build a trainer for a checkpoint policy (`eval`, `train` and `bench
     /// --device cuda` all use it): the planner resolves `policy` (the spec's own checkpoint
     /// settings when `None`) for `batch` x `seq` in `dt`, the trainer keeps what that plan saves

@@ -140,6 +140,8 @@ pub struct Gemm {
     /// `MODELSPEC_OWN_GEMM`, off by default until it is measured faster), created at first use;
     /// `None` when off or not on Hopper.
     own: std::sync::OnceLock<Option<(hopper::HopperGemm, hopper::OwnPolicy)>>,
+    /// The GEMMs that ran on the own kernels ([`Gemm::own_runs`]): epilogue, shape, schedule.
+    own_ran: Mutex<std::collections::BTreeSet<String>>,
 }
 
 // SAFETY: the handle is used only on the Gpu's single stream.
@@ -163,6 +165,7 @@ impl Gemm {
             tuner: Mutex::new(tune::Tuner::from_env()),
             tuning: std::sync::atomic::AtomicBool::new(false),
             own: std::sync::OnceLock::new(),
+            own_ran: Mutex::new(Default::default()),
         })
     }
 
@@ -193,6 +196,14 @@ impl Gemm {
             .unwrap_or_else(|e| e.into_inner())
             .timed()
             .to_vec()
+    }
+
+    /// The fused GEMMs that ran on the own Hopper kernels rather than cuBLASLt
+    /// (`MODELSPEC_OWN_GEMM`), e.g. `gelu_aux 16384x3072x768 PingPong`, for benchmarks to say
+    /// which path ran. Empty when every GEMM ran on cuBLASLt.
+    pub fn own_runs(&self) -> Vec<String> {
+        let ran = self.own_ran.lock().unwrap_or_else(|e| e.into_inner());
+        ran.iter().cloned().collect()
     }
 
     /// Runs `g` on device pointers `a`, `b`, `c` of element type `dtype` (f32 runs with full f32

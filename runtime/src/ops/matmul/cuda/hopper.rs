@@ -426,14 +426,23 @@ impl super::Gemm {
                 ),
             }
         };
+        // What ran as the call's result (not the timing runs) goes into `own_ran`.
+        let result = |tile: Tile| {
+            let ran = run_own(Some(tile))?;
+            if ran {
+                let mut log = self.own_ran.lock().unwrap_or_else(|e| e.into_inner());
+                log.insert(format!("{kind} {}x{}x{} {tile:?}", g.m, g.n, g.k));
+            }
+            Ok(ran)
+        };
         if *policy == OwnPolicy::On {
-            return run_own(None);
+            return result(Tile::DEFAULT);
         }
         // Auto: the persisted choice (0: cuBLASLt, j: the own kernel in `Tile::ALL[j - 1]`),
         // else timed now where the algorithm choice would be (a large GEMM inside
         // `with_tuning(true, ..)`, not being captured), else cuBLASLt.
         let chosen = |j: usize| match j.checked_sub(1).and_then(|t| Tile::ALL.get(t)) {
-            Some(&tile) => run_own(Some(tile)),
+            Some(&tile) => result(tile),
             None => Ok(false),
         };
         // The schedules are named in the key: an index means the same kernel in every process.
@@ -457,7 +466,7 @@ impl super::Gemm {
         // SAFETY: forwarded.
         let lt = || unsafe { self.run_fused(Dtype::Bf16, false, g, a, b, c, epilogue) };
         if !lt()? {
-            return run_own(None);
+            return result(Tile::DEFAULT);
         }
         let refused = || CudaError::BadLaunch {
             kernel: KERNEL.into(),
