@@ -33,9 +33,11 @@ if [ "$stage" = 2 ] || [ "$stage" = 3 ]; then
     if h200; then OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
     else OUT=$R/b TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -30; fi
     if [ $hg = 0 ]; then
-        MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | grep '"model"' | cut -c1-200
+        # The step's time, loss and which GEMMs ran on the own kernels.
+        summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm")}) for d in map(json.loads, sys.stdin)]'; }
+        MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
         # auto: the first run times own against cuBLASLt per GEMM, the second reads the choice.
-        for i in 1 2; do MODELSPEC_OWN_GEMM=auto timeout 90 $B/cuda_train_bench gpt2 specs 2>$R/v/auto$i.err | grep '"model"' | cut -c1-200; grep -F "|own [" $R/v/auto$i.err | cut -c1-220; done
+        for i in 1 2; do MODELSPEC_OWN_GEMM=auto timeout 90 $B/cuda_train_bench gpt2 specs 2>$R/v/auto$i.err | summ; grep -F "|own [" $R/v/auto$i.err | cut -c1-220; done
     fi
     exit
 fi
