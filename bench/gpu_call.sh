@@ -8,6 +8,7 @@
 #    as 3.
 # 3: on any GPU, the ping-pong GEMM's parity and bench, which cuDNN the probe takes and its
 #    parity, attention and gpt2 beside PyTorch, gpt2 with the own GEMM `on` and twice `auto`.
+# 4: a short call (~250 s): 3's kernel checks and benches, gpt2 with and without the own GEMM.
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
 B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
@@ -18,6 +19,20 @@ if [ "$stage" = 2 ] && h200; then
     # AdamW's vectors (never run before) checked first: the rows' losses depend on them.
     timeout 60 $B/cuda_kernels --include-ignored adamw 2>&1 | grep -E "test result|panicked"
     OUT=$R/b TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
+    exit
+fi
+if [ "$stage" = 4 ]; then
+    # A short call (~250 s, any GPU): the ping-pong's parity and bench, the norm/AdamW parity and
+    # the norm bench, then gpt2 with cuBLASLt and with the own GELU GEMMs (no PyTorch).
+    timeout 60 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
+    hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "DIAG|panicked" $R/v/cuda_hopper_gemm.log | head -20
+    timeout 90 $B/cuda_kernels --include-ignored norm adamw > $R/v/cuda_kernels.log 2>&1; echo "cuda_kernels norm adamw exit $?"
+    grep -E "test result|panicked" $R/v/cuda_kernels.log | head -5
+    [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
+    timeout 40 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
+    summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm")}) for d in map(json.loads, sys.stdin)]'; }
+    timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
+    [ $hg = 0 ] && MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
     exit
 fi
 if [ "$stage" = 2 ] || [ "$stage" = 3 ]; then
