@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The device calls of the ninth session and after. Usage on the device:
-#   OUT=<dir> bash bench/gpu_call.sh [1|2|3]
+#   OUT=<dir> bash bench/gpu_call.sh [1|2|3|4]
 # 1: the own GEMM's parity and bench on any GPU, then on an H200 the rows of
 #    bench/results/h200.json (attention, gpt2, mixtral-small, llama, budget(0.5)); elsewhere the
 #    gpt2 step variants.
@@ -14,6 +14,19 @@ R=$OUT; mkdir -p $R/v $R/s $R/b
 B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
 export MODELSPEC_KERNEL_CACHE=/tmp/modelspec-kernels
 h200() { nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H200; }
+# The own GEMM's parity under a short limit (a kernel never run before may hang on a barrier);
+# sets hg, its exit status: no own-GEMM bench or step runs after a failure.
+own_parity() {  # LIMIT_S GREP_PATTERN LINES
+    timeout $1 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
+    hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "$2" $R/v/cuda_hopper_gemm.log | head -$3
+}
+# The own GEMM's bench rows (after a passing parity) and the norm bench.
+kernel_benches() {
+    [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
+    timeout 60 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
+}
+# A cuda_train_bench line's step time, loss and which GEMMs ran on the own kernels.
+summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm")}) for d in map(json.loads, sys.stdin)]'; }
 stage=${1:-1}
 if [ "$stage" = 2 ] && h200; then
     # AdamW's vectors (never run before) checked first: the rows' losses depend on them.
@@ -24,13 +37,10 @@ fi
 if [ "$stage" = 4 ]; then
     # A short call (~250 s, any GPU): the ping-pong's parity and bench, the norm/AdamW parity and
     # the norm bench, then gpt2 with cuBLASLt and with the own GELU GEMMs (no PyTorch).
-    timeout 60 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
-    hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "DIAG|panicked" $R/v/cuda_hopper_gemm.log | head -20
+    own_parity 60 "DIAG|panicked" 20
     timeout 90 $B/cuda_kernels --include-ignored norm adamw > $R/v/cuda_kernels.log 2>&1; echo "cuda_kernels norm adamw exit $?"
     grep -E "test result|panicked" $R/v/cuda_kernels.log | head -5
-    [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
-    timeout 40 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
-    summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm")}) for d in map(json.loads, sys.stdin)]'; }
+    kernel_benches
     timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
     [ $hg = 0 ] && MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
     exit
@@ -38,27 +48,21 @@ fi
 if [ "$stage" = 2 ] || [ "$stage" = 3 ]; then
     # The ping-pong GEMM (never run before: a short limit), then this session's other kernel
     # changes (the norm backward's dres prefetch, AdamW's vectors) and which cuDNN the probe takes.
-    timeout 60 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
-    hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "DIAG|panicked" $R/v/cuda_hopper_gemm.log | head -20
+    own_parity 60 "DIAG|panicked" 20
     OUT=$R/v TESTS="cuda_cudnn cuda_kernels cuda_train_state" bash bench/gpu_verify.sh 2>&1 | tail -4
     tar xzf $R/v/verify_logs.tgz -O ./cuda_cudnn.log | grep -m2 "cuDNN 9"
-    [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
-    timeout 60 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
+    kernel_benches
     # Attention only on an H200 (h200.json's rows); gpt2 beside torch.compile everywhere.
     if h200; then OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
     else OUT=$R/b TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -30; fi
     if [ $hg = 0 ]; then
-        # The step's time, loss and which GEMMs ran on the own kernels.
-        summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm")}) for d in map(json.loads, sys.stdin)]'; }
         MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
         # auto: the first run times own against cuBLASLt per GEMM, the second reads the choice.
         for i in 1 2; do MODELSPEC_OWN_GEMM=auto timeout 90 $B/cuda_train_bench gpt2 specs 2>$R/v/auto$i.err | summ; grep -F "|own [" $R/v/auto$i.err | cut -c1-220; done
     fi
     exit
 fi
-# A kernel never run before may hang on a barrier: a short limit, and no bench if it fails.
-timeout 90 $B/cuda_hopper_gemm --test-threads=1 --nocapture --include-ignored > $R/v/cuda_hopper_gemm.log 2>&1
-hg=$?; echo "cuda_hopper_gemm exit $hg"; grep -E "^test |DIAG|panicked|PARITY" $R/v/cuda_hopper_gemm.log | head -40
+own_parity 90 "^test |DIAG|panicked|PARITY" 40
 OUT=$R/v TESTS="cuda_cudnn cuda_epilogue" bash bench/gpu_verify.sh 2>&1 | tail -8
 [ $hg = 0 ] && OUT=$R/s ONLY="bench_hopper" bash bench/gpu_step_variants.sh 2>&1 | tail -25
 if h200; then
