@@ -198,14 +198,6 @@ impl Gemm {
             .to_vec()
     }
 
-    /// The fused GEMMs that ran on the own Hopper kernels rather than cuBLASLt
-    /// (`MODELSPEC_OWN_GEMM`), e.g. `gelu_aux 16384x3072x768 PingPong`, for benchmarks to say
-    /// which path ran. Empty when every GEMM ran on cuBLASLt.
-    pub fn own_runs(&self) -> Vec<String> {
-        let ran = self.own_ran.lock().unwrap_or_else(|e| e.into_inner());
-        ran.iter().cloned().collect()
-    }
-
     /// Runs `g` on device pointers `a`, `b`, `c` of element type `dtype` (f32 runs with full f32
     /// compute, no TF32; bf16 accumulates in f32).
     ///

@@ -387,6 +387,14 @@ impl super::Gemm {
             .as_ref()
     }
 
+    /// The fused GEMMs that ran on the own Hopper kernels rather than cuBLASLt
+    /// (`MODELSPEC_OWN_GEMM`), e.g. `gelu_aux 16384x3072x768 PingPong`, for benchmarks to say
+    /// which path ran. Empty when every GEMM ran on cuBLASLt.
+    pub fn own_runs(&self) -> Vec<String> {
+        let ran = self.own_ran.lock().unwrap_or_else(|e| e.into_inner());
+        ran.iter().cloned().collect()
+    }
+
     /// Runs a bf16 GEMM with a GELU epilogue ([`Epilogue::GeluAux`] in the linear form,
     /// [`Epilogue::DGelu`] in the plain form, its B transposed into the workspace first:
     /// stream-ordered, no cuBLASLt call runs in between) on the own kernels where the policy
@@ -411,11 +419,11 @@ impl super::Gemm {
             _ => return Ok(false),
         };
         // SAFETY: forwarded; the workspace is this handle's, WORKSPACE bytes.
-        let run_own = |tile: Option<Tile>| unsafe {
+        let run_own = |tile: Tile| unsafe {
             match epilogue {
-                Epilogue::GeluAux { .. } => own.try_run(tile, g, a, b, c, 0, Some(epilogue)),
+                Epilogue::GeluAux { .. } => own.try_run(Some(tile), g, a, b, c, 0, Some(epilogue)),
                 _ => own.try_run_kn(
-                    tile,
+                    Some(tile),
                     g,
                     a,
                     b,
@@ -428,7 +436,7 @@ impl super::Gemm {
         };
         // What ran as the call's result (not the timing runs) goes into `own_ran`.
         let result = |tile: Tile| {
-            let ran = run_own(Some(tile))?;
+            let ran = run_own(tile)?;
             if ran {
                 let mut log = self.own_ran.lock().unwrap_or_else(|e| e.into_inner());
                 log.insert(format!("{kind} {}x{}x{} {tile:?}", g.m, g.n, g.k));
@@ -475,8 +483,7 @@ impl super::Gemm {
         let timed = super::tune::fastest(1 + Tile::ALL.len(), |j, reps| match j {
             0 => super::tune::per_run(&self.gpu, reps, || lt().map(|_| ())),
             _ => super::tune::per_run(&self.gpu, reps, || {
-                run_own(Some(Tile::ALL[j - 1]))
-                    .and_then(|ran| if ran { Ok(()) } else { Err(refused()) })
+                run_own(Tile::ALL[j - 1]).and_then(|ran| if ran { Ok(()) } else { Err(refused()) })
             }),
         });
         let Some((j, best_ms, lt_ms)) = timed else {
