@@ -5,7 +5,7 @@
 //! paths, which on a machine with a system cuDNN and a newer one in PyTorch's wheel is the older
 //! one (the GPU machine has 9.14 as `libcudnn.so` beside the wheel's 9.19, which PyTorch runs).
 //! So this module chooses the file itself, keeps it loaded and resolves the entry points from it
-//! ([`super::api`]); cudarc's loader is never used.
+//! (`api.rs` beside this file); cudarc's loader is never used.
 //!
 //! Only one cuDNN 9 can be asked anything per process: `libcudnn.so.9` is a shim whose first
 //! call (`cudnnGetVersion` included) opens its sub-libraries by soname (`libcudnn_graph.so.9`,
@@ -130,6 +130,11 @@ impl CudnnLibrary {
 /// `major*10000 + minor*100 + patch` as `9.10.2`.
 fn version_string(v: usize) -> String {
     format!("{}.{}.{}", v / 10000, (v / 100) % 100, v % 100)
+}
+
+/// cuDNN 9's version number, as `cudnnGetVersion` reports it (the inverse of [`version_string`]).
+fn version_number(major: usize, minor: usize, patch: usize) -> usize {
+    major * 10000 + minor * 100 + patch
 }
 
 /// Sub-libraries of cuDNN 9, in load order (the graph library first: the others link to it).
@@ -301,7 +306,7 @@ fn version_from_dist_info(name: &str) -> Option<usize> {
     let (_, version) = rest.split_once('-')?;
     let mut parts = version.split('.').map(|p| p.parse::<usize>().ok());
     let (major, minor, patch) = (parts.next()??, parts.next()??, parts.next()??);
-    Some(major * 10000 + minor * 100 + patch)
+    Some(version_number(major, minor, patch))
 }
 
 /// `libcudnn.so.9.14.0` -> 91400; `None` unless the name carries all three numbers.
@@ -312,7 +317,7 @@ fn version_from_name(name: &str) -> Option<usize> {
         .map(|p| p.parse().ok())
         .collect::<Option<_>>()?;
     match parts[..] {
-        [major, minor, patch] => Some(major * 10000 + minor * 100 + patch),
+        [major, minor, patch] => Some(version_number(major, minor, patch)),
         _ => None,
     }
 }
@@ -327,7 +332,11 @@ fn version_from_header(text: &str) -> Option<usize> {
                 .flatten()
         })
     };
-    Some(get("CUDNN_MAJOR")? * 10000 + get("CUDNN_MINOR")? * 100 + get("CUDNN_PATCHLEVEL")?)
+    Some(version_number(
+        get("CUDNN_MAJOR")?,
+        get("CUDNN_MINOR")?,
+        get("CUDNN_PATCHLEVEL")?,
+    ))
 }
 
 /// One candidate: what to load, whether it is a by-name load, and the version its file declares.
