@@ -5,8 +5,8 @@
 //! projection; each plain, with a bias, with the GELU epilogue (the activation and the kept
 //! pre-activation, against cuBLASLt's GELU_AUX_BIAS) and with DGELU (times the GELU's derivative
 //! at a kept pre-activation, against cuBLASLt's DGELU on the same operands), in tiles 128 and
-//! 256 columns wide and persistent ping-pong ([`Tile`]); and DGELU with B given `[k, n]` (`try_run_kn`: transposed into a scratch
-//! buffer first, as the trainer's backward runs it).
+//! 256 columns wide and persistent ping-pong ([`Tile`]); and DGELU with B given `[k, n]`
+//! (`try_run_kn`: transposed into a scratch buffer first, as the trainer's backward runs it).
 //!
 //! Tolerance, ||gpu - ref|| / ||ref||: 1e-2 (the output is rounded to bf16, ~2e-3; the inputs are
 //! exact in bf16 and the products exact in f32). Against cuBLASLt, which rounds the same f32 sums
