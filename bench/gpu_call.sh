@@ -8,7 +8,9 @@
 #    as 3.
 # 3: on any GPU, the ping-pong GEMM's parity and bench, which cuDNN the probe takes and its
 #    parity, attention and gpt2 beside PyTorch, gpt2 with the own GEMM `on` and twice `auto`.
-# 4: a short call (~250 s): 3's kernel checks and benches, gpt2 with and without the own GEMM.
+# 4: a short call (~300 s): 3's kernel checks and benches, gpt2 with and without the overlapped
+#    AdamW and the own GEMM.
+# Stages 2-4 also check the overlapped AdamW's parity and time gpt2 with it (`overlap`).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
 B=/tmp/msbin; mkdir -p $B; tar xzf .gpu/bins.tgz -C $B
@@ -25,13 +27,25 @@ kernel_benches() {
     [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
     timeout 60 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
 }
-# A cuda_train_bench line's step time, loss and which GEMMs ran on the own kernels.
-summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm")}) for d in map(json.loads, sys.stdin)]'; }
+# A cuda_train_bench line's step time, loss, which GEMMs ran on the own kernels and how AdamW ran.
+summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm", "adamw")}) for d in map(json.loads, sys.stdin)]'; }
+# AdamW overlapped with the backward (eleventh session, never run before): its parity against
+# the single launch (same bits), then gpt2 with it beside gpt2 without, twice each, alternating.
+overlap() {
+    timeout 90 $B/cuda_train_state --include-ignored overlapped --nocapture > $R/v/overlap.log 2>&1; ov=$?
+    echo "overlap parity exit $ov"; grep -E "PARITY|panicked|test result" $R/v/overlap.log | head -6
+    [ $ov = 0 ] || return
+    for i in 1 2; do
+        timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
+        MODELSPEC_ADAMW_OVERLAP=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | tee -a $R/v/overlap_gpt2.jsonl | summ
+    done
+}
 stage=${1:-1}
 if [ "$stage" = 2 ] && h200; then
     # AdamW's vectors (never run before) checked first: the rows' losses depend on them.
     timeout 60 $B/cuda_kernels --include-ignored adamw 2>&1 | grep -E "test result|panicked"
     OUT=$R/b TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
+    overlap
     exit
 fi
 if [ "$stage" = 4 ]; then
@@ -41,7 +55,7 @@ if [ "$stage" = 4 ]; then
     timeout 90 $B/cuda_kernels --include-ignored norm adamw > $R/v/cuda_kernels.log 2>&1; echo "cuda_kernels norm adamw exit $?"
     grep -E "test result|panicked" $R/v/cuda_kernels.log | head -5
     kernel_benches
-    timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
+    overlap
     [ $hg = 0 ] && MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
     exit
 fi
@@ -55,6 +69,7 @@ if [ "$stage" = 2 ] || [ "$stage" = 3 ]; then
     # Attention only on an H200 (h200.json's rows); gpt2 beside torch.compile everywhere.
     if h200; then OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
     else OUT=$R/b TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -30; fi
+    overlap
     if [ $hg = 0 ]; then
         MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
         # auto: the first run times own against cuBLASLt per GEMM, the second reads the choice.

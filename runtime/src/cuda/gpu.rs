@@ -139,6 +139,8 @@ impl Module {
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
+    /// A second stream of the lowest priority, made at first use ([`Gpu::aside`]).
+    aside: std::sync::OnceLock<Arc<CudaStream>>,
     arch: &'static str,
     modules: Mutex<BTreeMap<String, Arc<Module>>>,
     gemm: Mutex<Option<Arc<Gemm>>>,
@@ -157,18 +159,27 @@ impl Gpu {
         let ctx = CudaContext::new(ordinal)
             .during(|| format!("creating a context on device {ordinal}"))?;
         // One stream, in-order: cudarc's per-buffer event tracking only costs time here.
-        // SAFETY: no buffer is shared across streams in this backend.
+        // SAFETY: the one buffer use across streams, the trainer's overlapped AdamW on
+        // [`Gpu::aside`], orders itself with events of its own.
         unsafe { ctx.disable_event_tracking() };
         let (major, minor) = ctx
             .compute_capability()
             .during(|| "reading the compute capability".into())?;
         let arch = compile::arch_name(major, minor)?;
         // A stream of its own rather than the legacy default stream, which cannot be captured
-        // into a CUDA graph (the GPU trainer replays its steps from one).
-        let stream = ctx.new_stream().during(|| "creating the stream".into())?;
+        // into a CUDA graph (the GPU trainer replays its steps from one), at the highest
+        // priority, so that [`Gpu::aside`]'s work only takes what it leaves idle.
+        ctx.bind_to_thread()
+            .during(|| "binding the context".into())?;
+        let (_, highest) = cudarc::driver::result::stream::get_priority_range()
+            .during(|| "reading the stream priorities".into())?;
+        let stream = ctx
+            .new_stream_with_priority(highest)
+            .during(|| "creating the stream".into())?;
         Ok(Arc::new(Gpu {
             ctx,
             stream,
+            aside: std::sync::OnceLock::new(),
             arch,
             modules: Mutex::new(BTreeMap::new()),
             gemm: Mutex::new(None),
@@ -204,6 +215,25 @@ impl Gpu {
     /// The stream all work goes to.
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
+    }
+
+    /// A second stream, of the lowest priority: its blocks are scheduled only where
+    /// [`Gpu::stream`]'s kernels leave a multiprocessor idle (their tails, the gaps between
+    /// them). Its work is ordered against the main stream's by the caller's events only.
+    pub fn aside(&self) -> Result<&Arc<CudaStream>> {
+        if let Some(s) = self.aside.get() {
+            return Ok(s);
+        }
+        self.ctx
+            .bind_to_thread()
+            .during(|| "binding the context".into())?;
+        let (lowest, _) = cudarc::driver::result::stream::get_priority_range()
+            .during(|| "reading the stream priorities".into())?;
+        let s = self
+            .ctx
+            .new_stream_with_priority(lowest)
+            .during(|| "creating the low-priority stream".into())?;
+        Ok(self.aside.get_or_init(|| s))
     }
 
     /// (free, total) device memory in bytes.
@@ -370,6 +400,26 @@ impl Gpu {
         smem: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_on(&self.stream, name, f, grid, block, smem, args) }
+    }
+
+    /// [`Gpu::launch`] on `stream` (this device's [`Gpu::stream`] or [`Gpu::aside`]).
+    ///
+    /// # Safety
+    /// As [`Gpu::launch`]; and the kernel's buffers must be ordered against other streams' use
+    /// of them (events).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn launch_on(
+        &self,
+        stream: &CudaStream,
+        name: &str,
+        f: &CudaFunction,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
         if smem > 48 * 1024 {
             f.set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -392,7 +442,7 @@ impl Gpu {
                 cfg.grid_dim,
                 cfg.block_dim,
                 cfg.shared_mem_bytes,
-                self.stream.cu_stream(),
+                stream.cu_stream(),
                 args,
             )
         }

@@ -84,9 +84,29 @@ impl Launcher {
         smem: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
+        // SAFETY: forwarded from the caller.
+        unsafe { self.launch_on(self.gpu.stream(), name, grid, block, smem, args) }
+    }
+
+    /// [`Launcher::launch`] on `stream` ([`Gpu::launch_on`]).
+    ///
+    /// # Safety
+    /// As [`Gpu::launch_on`].
+    pub(crate) unsafe fn launch_on(
+        &self,
+        stream: &cudarc::driver::CudaStream,
+        name: &str,
+        grid: (u32, u32, u32),
+        block: (u32, u32, u32),
+        smem: u32,
+        args: &mut [*mut std::ffi::c_void],
+    ) -> Result<()> {
         let f = self.module.function(name)?;
         // SAFETY: forwarded from the caller.
-        unsafe { self.gpu.launch(name, &f, grid, block, smem, args) }
+        unsafe {
+            self.gpu
+                .launch_on(stream, name, &f, grid, block, smem, args)
+        }
     }
 }
 

@@ -7,11 +7,12 @@
 //! `GpuTrainer::fwd_bwd` are the same every step: the first step runs them directly (it also
 //! builds the cuBLASLt and cuDNN plans and loads the kernels, none of which may happen during a
 //! capture), the second captures them on the trainer's stream and replays the graph from then
-//! on. AdamW stays outside the graph: its bias corrections change every step.
+//! on. AdamW stays outside the graph (its bias corrections change every step), unless it is
+//! overlapped with the backward ([`super::overlap`]: it then reads them from the device).
 //!
 //! What the captured launches bake in from the host is the key of the graph: the number of
-//! counted targets (the loss's `1 / valid_targets` scale, which `set_batch` recomputes) and
-//! whether the auxiliary loss is on. A batch that changes either is captured again. Mixture-of-
+//! counted targets (the loss's `1 / valid_targets` scale, which `set_batch` recomputes),
+//! whether the auxiliary loss is on, and whether AdamW is part of the step. A batch that changes either is captured again. Mixture-of-
 //! experts layers read their per-expert counts back to the host in every forward and backward,
 //! so a spec with one runs eagerly; so does any trainer when `MODELSPEC_CUDA_GRAPH=0` (or `off`)
 //! is set, or after [`GpuTrainer::set_cuda_graph`]`(false)`. A capture that fails (a driver or
@@ -29,6 +30,9 @@ use crate::cuda::error::{DriverContext, Result};
 pub(super) struct Key {
     valid_targets: usize,
     aux_loss: bool,
+    /// Whether AdamW runs inside the step (overlapped with the backward; its scalars are read
+    /// from the device, so they are not part of the key).
+    adamw: bool,
 }
 
 /// A captured graph, replayed only through `&mut` (so never from two threads at once).
@@ -98,26 +102,34 @@ impl GpuTrainer {
         }
     }
 
-    /// The step's forward and backward: replayed from the graph, captured first where needed,
-    /// or run directly (see the module docs).
-    pub(super) fn fwd_bwd_graphed(&mut self) -> Result<()> {
+    /// The step's forward and backward (with `adamw`, AdamW overlapped): replayed from the
+    /// graph, captured first where needed, or run directly (see the module docs).
+    pub(super) fn fwd_bwd_graphed(&mut self, adamw: bool) -> Result<()> {
         let key = Key {
             valid_targets: self.valid_targets,
             aux_loss: self.aux_loss,
+            adamw,
         };
-        match &mut self.graph {
-            StepGraph::Off(_) => return self.fwd_bwd(None),
-            StepGraph::Pending { warm: false } => {
-                self.fwd_bwd(None)?;
-                self.graph = StepGraph::Pending { warm: true };
-                return Ok(());
-            }
-            StepGraph::Ready { graph, key: k } if *k == key => return graph.launch(),
-            _ => {}
+        // The first step, and the first of another kind (AdamW in or out), run eagerly: what
+        // they launch for the first time is set up outside a capture.
+        let first_of_kind = match &self.graph {
+            StepGraph::Off(_) => return self.fwd_bwd(None, adamw),
+            StepGraph::Pending { warm } => !warm,
+            StepGraph::Ready { key: k, .. } => k.adamw != adamw,
+        };
+        if first_of_kind {
+            self.fwd_bwd(None, adamw)?;
+            self.graph = StepGraph::Pending { warm: true };
+            return Ok(());
+        }
+        if let StepGraph::Ready { graph, key: k } = &mut self.graph
+            && *k == key
+        {
+            return graph.launch();
         }
         // The first graphed step, or a batch that changed what the graph baked in.
         self.graph = StepGraph::Pending { warm: true };
-        match self.capture() {
+        match self.capture(adamw) {
             Ok(graph) => {
                 let mut graph = Graph(graph);
                 graph.launch()?;
@@ -126,21 +138,22 @@ impl GpuTrainer {
             }
             Err(e) => {
                 self.graph = StepGraph::Off(format!("capture failed: {e}"));
-                self.fwd_bwd(None)
+                self.fwd_bwd(None, adamw)
             }
         }
     }
 
-    /// Records `fwd_bwd` on the trainer's stream into a graph (nothing runs).
-    fn capture(&self) -> Result<CudaGraph> {
+    /// Records `fwd_bwd` on the trainer's stream (and the aside stream it forks to) into a graph
+    /// (nothing runs). The graph's nodes keep their streams' priorities.
+    fn capture(&self, adamw: bool) -> Result<CudaGraph> {
         let stream = self.gpu.stream();
         stream
             .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
             .during(|| "starting to capture the step".into())?;
-        let body = self.fwd_bwd(None);
+        let body = self.fwd_bwd(None, adamw);
         // End the capture whatever happened, so the stream is usable again.
         let end = stream
-            .end_capture(CUgraphInstantiate_flags(0))
+            .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY)
             .during(|| "ending the step's capture".into());
         body?;
         end?.ok_or_else(|| super::unsupported("the step's capture recorded nothing".into()))

@@ -4,7 +4,8 @@
 //! ALiBi), pre/post/sandwich norms, sequential or parallel residual (one shared norm or two), and
 //! the FFN (a dense MLP of its own width and activation, or mixture-of-experts). Forward, fused
 //! classifier + cross-entropy, backward (recomputing what the plan does not keep) and one fused
-//! AdamW launch, all on one stream.
+//! AdamW launch, all on one stream (or AdamW layer by layer on a second, low-priority stream,
+//! overlapped with the backward: `overlap`).
 //!
 //! Layout of this module, by concept:
 //! - [`saves`]: [`LayerSaves`], the planner's named tensors mapped onto the buffers kept;
@@ -14,7 +15,8 @@
 //! - `params`: parameters, gradients and optimizer state (one layout, fused q/k/v and gate/up);
 //! - `forward`, `backward`: one layer's forward (also its recomputation) and backward;
 //! - `head`: final norm, classifier and cross-entropy, one row chunk of logits at a time;
-//! - `moe_glue`: mixture-of-experts layers through `cuda::moe`.
+//! - `moe_glue`: mixture-of-experts layers through `cuda::moe`;
+//! - `overlap`: AdamW overlapped with the backward.
 //!
 //! Saved activations (per layer, compute dtype): the block input, both norm outputs, the qkv
 //! projection (after qk-norm and RoPE, applied in place), the attention output, the mid residual,
@@ -33,6 +35,7 @@ mod layout;
 mod linalg;
 mod mla;
 mod moe_glue;
+mod overlap;
 mod params;
 pub mod saves;
 mod state;
@@ -103,6 +106,8 @@ pub struct GpuTrainer {
     graph: graph::StepGraph,
     /// The in-step timeline, when on ([`timeline`]).
     timeline: Option<timeline::Timeline>,
+    /// AdamW overlapped with the backward, when on ([`overlap`]).
+    overlap: Option<overlap::Overlap>,
 }
 
 fn unsupported(why: String) -> CudaError {
@@ -277,6 +282,10 @@ impl GpuTrainer {
         let run = (programs.into_iter().enumerate())
             .map(|(i, lp)| saves::LayerRun::new(lp, saves.get(i).unwrap_or(&LayerSaves::ALL)))
             .collect();
+        let overlap = match super::env_switch("MODELSPEC_ADAMW_OVERLAP") {
+            Some(true) => Some(overlap::Overlap::new(gpu, spec, &params)?),
+            _ => None,
+        };
         Ok(GpuTrainer {
             gpu: gpu.clone(),
             kernels,
@@ -304,6 +313,7 @@ impl GpuTrainer {
             lr: 1e-4,
             graph: graph::StepGraph::new(moe_any),
             timeline: None,
+            overlap,
         })
     }
 
@@ -448,8 +458,28 @@ impl GpuTrainer {
         Ok(logits.then_some(out))
     }
 
-    /// The borrowed view one step runs on.
-    fn ctx(&self) -> Step<'_> {
+    /// Turns AdamW's overlap with the backward ([`overlap`]) on or off (off by default;
+    /// `MODELSPEC_ADAMW_OVERLAP=on` turns it on when the trainer is built). The results are the
+    /// same bits either way; only [`GpuTrainer::step`] without the timeline overlaps.
+    pub fn set_adamw_overlap(&mut self, on: bool) -> Result<()> {
+        self.overlap = match (on, self.overlap.take()) {
+            (false, _) => None,
+            (true, Some(o)) => Some(o),
+            (true, None) => Some(overlap::Overlap::new(&self.gpu, &self.spec, &self.params)?),
+        };
+        Ok(())
+    }
+
+    /// How [`GpuTrainer::step`] runs AdamW, for logs and benchmarks.
+    pub fn adamw_path(&self) -> &'static str {
+        match self.overlap {
+            Some(_) => "overlapped with the backward, layer by layer",
+            None => "one launch after the backward",
+        }
+    }
+
+    /// The borrowed view one step runs on; `adamw`: whether AdamW runs inside it ([`overlap`]).
+    fn ctx(&self, adamw: bool) -> Step<'_> {
         Step {
             k: &self.kernels,
             gemm: &self.gemm,
@@ -472,13 +502,23 @@ impl GpuTrainer {
             valid_targets: self.valid_targets,
             aux_loss: self.aux_loss,
             timeline: self.timeline.as_ref(),
+            overlap: if adamw { self.overlap.as_ref() } else { None },
         }
     }
 
     fn run_step(&mut self, capture: Option<&mut Vec<f32>>, optimizer: bool) -> Result<()> {
+        if optimizer && capture.is_none() && self.timeline.is_none() && self.overlap.is_some() {
+            // AdamW inside the step, layer by layer ([`overlap`]).
+            self.step += 1;
+            let scalars = self.adamw.scalars(self.step, self.lr);
+            if let Some(o) = self.overlap.as_mut() {
+                o.set_scalars(&self.gpu, &scalars)?;
+            }
+            return self.fwd_bwd_graphed(true);
+        }
         match capture {
-            Some(logits) => self.fwd_bwd(Some(logits))?,
-            None => self.fwd_bwd_graphed()?,
+            Some(logits) => self.fwd_bwd(Some(logits), false)?,
+            None => self.fwd_bwd_graphed(false)?,
         }
         if !optimizer {
             return Ok(());
@@ -501,14 +541,15 @@ impl GpuTrainer {
 
     /// Zeroes the gradients, then forward, loss and backward of the batch (every launch on the
     /// trainer's stream, no host synchronisation unless `capture` asks for the logits or a MoE
-    /// layer reads its expert counts).
-    fn fwd_bwd(&self, capture: Option<&mut Vec<f32>>) -> Result<()> {
+    /// layer reads its expert counts); with `adamw`, also AdamW, overlapped ([`overlap`]).
+    fn fwd_bwd(&self, capture: Option<&mut Vec<f32>>, adamw: bool) -> Result<()> {
         // The step's shapes are fixed: its GEMMs may take timed algorithm choices.
-        self.gemm.with_tuning(true, || self.fwd_bwd_body(capture))
+        self.gemm
+            .with_tuning(true, || self.fwd_bwd_body(capture, adamw))
     }
 
-    fn fwd_bwd_body(&self, capture: Option<&mut Vec<f32>>) -> Result<()> {
-        let st = self.ctx();
+    fn fwd_bwd_body(&self, capture: Option<&mut Vec<f32>>, adamw: bool) -> Result<()> {
+        let st = self.ctx(adamw);
         // SAFETY: the grad arena and the aux scalar are this trainer's own.
         unsafe {
             self.gpu
@@ -525,8 +566,15 @@ impl GpuTrainer {
                 st.layer_fwd(i, true)?;
             }
             g = st.layer_bwd(i, g)?;
+            if let Some(o) = st.overlap {
+                o.after_layer(&st, i)?;
+            }
         }
-        st.timed(|| "embed bwd".into(), || st.embed_bwd(g))
+        st.timed(|| "embed bwd".into(), || st.embed_bwd(g))?;
+        match st.overlap {
+            Some(o) => o.finish(&st),
+            None => Ok(()),
+        }
     }
 
     /// Replaces the weights (f32 master and working copy) with `params` (canonical names, e.g. from
@@ -607,4 +655,6 @@ struct Step<'a> {
     aux_loss: bool,
     /// The in-step timeline, when on.
     timeline: Option<&'a timeline::Timeline>,
+    /// AdamW overlapped with the backward, when this step runs it.
+    overlap: Option<&'a overlap::Overlap>,
 }

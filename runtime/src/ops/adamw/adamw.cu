@@ -80,3 +80,16 @@ __device__ void adamw(float* master, T* param, const float* grad, float* m, floa
     }
 ADAMW_INSTANTIATE(f32, float)
 ADAMW_INSTANTIATE(bf16, bf16)
+
+// adamw_dev_{dtype}: the same step with its scalars read from device memory, s[0..10] = b1, b2,
+// omb1, omb2, step_size, inv_bc2_sqrt, eps, decay, gs1, gs2 (StepScalars::words in mod.rs): the
+// form a captured CUDA graph replays with each step's values (the trainer's AdamW overlapped
+// with its backward, one launch a layer's parameter range).
+#define ADAMW_DEV_INSTANTIATE(SUF, T)                                                                \
+    extern "C" __global__ void adamw_dev_##SUF(float* master, T* param, const float* grad, float* m,   \
+                                               float* v, size_t n, size_t decay_end, const float* s) { \
+        const AdamwScalars a = {decay_end, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9]};  \
+        adamw<T>(master, param, grad, m, v, n, a);                                                     \
+    }
+ADAMW_DEV_INSTANTIATE(f32, float)
+ADAMW_DEV_INSTANTIATE(bf16, bf16)

@@ -1,11 +1,13 @@
-//! AdamW's CUDA side: the launcher of `adamw.cu` (the fused step over a whole parameter arena,
-//! with the host's scalars and arithmetic), as a method of [`Kernels`], and the kernel source
-//! that [`crate::cuda::compile`] puts in the library.
+//! AdamW's CUDA side: the launchers of `adamw.cu` (the fused step over a whole parameter arena,
+//! with the host's scalars and arithmetic; the same over an arena range with the scalars read
+//! from the device, for the trainer's overlapped AdamW), as methods of [`Kernels`], and the
+//! kernel source that [`crate::cuda::compile`] puts in the library.
 
 use super::StepScalars;
 use crate::cuda::Kernels;
 use crate::cuda::error::Result;
 use crate::cuda::gpu::{DevPtr, Dtype, DtypeExt};
+use crate::cuda::launch::{BLOCK, blocks};
 use crate::cuda_args;
 
 /// The CUDA C of `adamw.cu`, assembled into the kernel library after `common.cuh`.
@@ -66,5 +68,36 @@ impl Kernels {
                 gs2
             ],
         )
+    }
+
+    /// `adamw_dev_{dtype}` on `stream`: [`Kernels::adamw`] over the `n` elements of an arena
+    /// range (the pointers already offset to it; weight decay below `decay_end` of the range),
+    /// with its scalars read from the device: `scalars` holds the ten f32 of
+    /// [`StepScalars::words`]. One thread a vector of four for every element (no grid-stride
+    /// turns), so that each block is short: on a low-priority stream the blocks fill the main
+    /// stream's idle multiprocessors without holding one for long.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn adamw_dev(
+        &self,
+        stream: &cudarc::driver::CudaStream,
+        dt: Dtype,
+        [master, param, grad, m, v]: [DevPtr; 5],
+        n: usize,
+        decay_end: usize,
+        scalars: DevPtr,
+    ) -> Result<()> {
+        let name = format!("adamw_dev_{}", dt.suffix());
+        // SAFETY: the arguments match adamw_dev's C signature; the caller passes arena ranges of
+        // n elements and ten f32 of scalars, ordered against the main stream by its events.
+        unsafe {
+            self.launcher().launch_on(
+                stream,
+                &name,
+                (blocks(n.div_ceil(4), BLOCK), 1, 1),
+                (BLOCK, 1, 1),
+                0,
+                &mut cuda_args![master, param, grad, m, v, n, decay_end, scalars],
+            )
+        }
     }
 }

@@ -121,6 +121,26 @@ pub struct StepScalars {
     pub decay: f32,
 }
 
+impl StepScalars {
+    /// The ten f32 that `adamw_dev` reads from the device, in its order: β₁, β₂, 1−β₁, 1−β₂,
+    /// step_size, inv_bias2_sqrt, ε, decay, then the two gradient scales (as
+    /// [`Kernels::adamw`](crate::cuda::Kernels::adamw)'s `grad_scales`).
+    pub fn words(&self, grad_scales: [f32; 2]) -> [f32; 10] {
+        [
+            self.beta1,
+            self.beta2,
+            self.one_minus_beta1,
+            self.one_minus_beta2,
+            self.step_size,
+            self.inv_bias2_sqrt,
+            self.eps,
+            self.decay,
+            grad_scales[0],
+            grad_scales[1],
+        ]
+    }
+}
+
 impl AdamWConfig {
     /// The scalars of step `t` (counted from 1) at learning rate `lr`.
     ///
