@@ -10,7 +10,8 @@
 #    parity, attention and gpt2 beside PyTorch, gpt2 with the own GEMM `on` and twice `auto`.
 # 4: a shorter call (~420 s): 3's kernel checks and benches, gpt2 with and without the overlapped
 #    AdamW and the own GEMM, then gpt2 beside torch.compile.
-# Stages 2-4 also check the overlapped AdamW's parity and time gpt2 with it (`overlap`).
+# 5: the shortest (~170 s): the norm/AdamW parity and bench, and `overlap`.
+# Stages 2-5 also check the overlapped AdamW's parity and time gpt2 with it (`overlap`).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
 # The device brings back few files: the logs of v/ go back as one archive (a call killed at its
@@ -48,6 +49,15 @@ if [ "$stage" = 2 ] && h200; then
     # AdamW's vectors (never run before) checked first: the rows' losses depend on them.
     timeout 60 $B/cuda_kernels --include-ignored adamw 2>&1 | grep -E "test result|panicked"
     OUT=$R/b TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
+    overlap
+    exit
+fi
+if [ "$stage" = 5 ]; then
+    # The shortest call (~170 s, any GPU): the norm/AdamW parity, the norm bench, the overlapped
+    # AdamW's parity and gpt2 with and without it.
+    timeout 90 $B/cuda_kernels --include-ignored norm adamw > $R/v/cuda_kernels.log 2>&1; echo "cuda_kernels norm adamw exit $?"
+    grep -E "test result|panicked" $R/v/cuda_kernels.log | head -5
+    timeout 60 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
     overlap
     exit
 fi
