@@ -400,8 +400,13 @@ impl Gpu {
         smem: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
+        let cfg = LaunchConfig {
+            grid_dim: grid,
+            block_dim: block,
+            shared_mem_bytes: smem,
+        };
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_on(&self.stream, name, f, grid, block, smem, args) }
+        unsafe { self.launch_on(&self.stream, name, f, cfg, args) }
     }
 
     /// [`Gpu::launch`] on `stream` (this device's [`Gpu::stream`] or [`Gpu::aside`]).
@@ -409,17 +414,15 @@ impl Gpu {
     /// # Safety
     /// As [`Gpu::launch`]; and the kernel's buffers must be ordered against other streams' use
     /// of them (events).
-    #[allow(clippy::too_many_arguments)]
     pub unsafe fn launch_on(
         &self,
         stream: &CudaStream,
         name: &str,
         f: &CudaFunction,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
+        cfg: LaunchConfig,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
+        let (grid, block, smem) = (cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes);
         if smem > 48 * 1024 {
             f.set_attribute(
                 cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -430,11 +433,6 @@ impl Gpu {
         self.ctx
             .bind_to_thread()
             .during(|| "binding the context".into())?;
-        let cfg = LaunchConfig {
-            grid_dim: grid,
-            block_dim: block,
-            shared_mem_bytes: smem,
-        };
         // SAFETY: forwarded from the caller.
         unsafe {
             cudarc::driver::result::launch_kernel(

@@ -84,8 +84,13 @@ impl Launcher {
         smem: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
+        let cfg = cudarc::driver::LaunchConfig {
+            grid_dim: grid,
+            block_dim: block,
+            shared_mem_bytes: smem,
+        };
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_on(self.gpu.stream(), name, grid, block, smem, args) }
+        unsafe { self.launch_on(self.gpu.stream(), name, cfg, args) }
     }
 
     /// [`Launcher::launch`] on `stream` ([`Gpu::launch_on`]).
@@ -96,17 +101,12 @@ impl Launcher {
         &self,
         stream: &cudarc::driver::CudaStream,
         name: &str,
-        grid: (u32, u32, u32),
-        block: (u32, u32, u32),
-        smem: u32,
+        cfg: cudarc::driver::LaunchConfig,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
         let f = self.module.function(name)?;
         // SAFETY: forwarded from the caller.
-        unsafe {
-            self.gpu
-                .launch_on(stream, name, &f, grid, block, smem, args)
-        }
+        unsafe { self.gpu.launch_on(stream, name, &f, cfg, args) }
     }
 }
 

@@ -93,9 +93,11 @@ impl Kernels {
             self.launcher().launch_on(
                 stream,
                 &name,
-                (blocks(n.div_ceil(4), BLOCK), 1, 1),
-                (BLOCK, 1, 1),
-                0,
+                cudarc::driver::LaunchConfig {
+                    grid_dim: (blocks(n.div_ceil(4), BLOCK), 1, 1),
+                    block_dim: (BLOCK, 1, 1),
+                    shared_mem_bytes: 0,
+                },
                 &mut cuda_args![master, param, grad, m, v, n, decay_end, scalars],
             )
         }
