@@ -556,11 +556,17 @@ impl GpuTrainer {
                 .memset_raw(self.params.grad.ptr(), self.params.total * 4)?;
             self.gpu.memset_raw(self.buf.aux, 4)?;
         }
+        if let Some(o) = st.overlap {
+            o.mark_rows(&st)?;
+        }
         st.timed(|| "embed fwd".into(), || st.embed_fwd())?;
         for i in 0..self.cfg.len() {
             st.layer_fwd(i, false)?;
         }
         let mut g = st.timed(|| "head".into(), || st.head(capture))?;
+        if let Some(o) = st.overlap {
+            o.after_head(&st)?;
+        }
         for i in (0..self.cfg.len()).rev() {
             if self.run[i].recomputes() {
                 st.layer_fwd(i, true)?;

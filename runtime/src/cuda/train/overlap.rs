@@ -18,10 +18,14 @@
 //! layer i's ranges of the arena while the main stream goes on with layer i−1. Being of the lowest
 //! priority, its blocks are scheduled only on multiprocessors the backward's kernels leave idle
 //! (the tails of their last waves, the gaps between launches), and each block is short
-//! ([`Kernels::adamw_dev`]). The parameters outside the layers (embeddings, final norm, an untied
-//! head) are finished only by the embedding backward: their AdamW runs after it, and the main
-//! stream waits for the aside stream before anything else (the join), so a step still ends with
-//! every parameter updated.
+//! ([`Kernels::adamw_dev`]). Outside the layers ([`Phase`]): the final norm and an untied head are
+//! finished by the head, so their AdamW runs right after it, before the layers'; the embedding
+//! table gets the head's gradient (tied) and then, in the embedding backward at the very end, rows
+//! for the batch's tokens only. So its rows are split by a mask of the batch's tokens (marked at
+//! the step's start): the rows no token names are updated after the head, the others (28% of
+//! gpt2's 50k rows for 16k random tokens, fewer for text) after the embedding backward, with the
+//! position table and anything else. Then the main stream waits for the aside stream (the join),
+//! so a step still ends with every parameter updated.
 //!
 //! The step's scalars change every step (the bias corrections, the learning rate), so they are
 //! read from a device buffer that [`Overlap::set_scalars`] writes before the step: the whole step,
@@ -37,86 +41,125 @@ use super::Step;
 use super::params::ParamArena;
 use crate::cuda::error::{DriverContext, Result};
 use crate::cuda::gpu::{DevPtr, Gpu, GpuBuf};
+use crate::ops::adamw::cuda::AdamwRows;
 use crate::train::optim::StepScalars;
 use modelspec_dsl::ModelSpec;
 
-/// The overlapped AdamW of one trainer: its arena ranges, scalars and events.
+/// The overlapped AdamW of one trainer: its arena ranges, scalars, row mask and events.
 pub(super) struct Overlap {
     /// [`StepScalars::words`] of the coming step.
     scalars: GpuBuf<f32>,
-    /// Each layer's ranges of the parameter arena (one per parameter group it has elements in).
-    layers: Vec<Vec<Range<usize>>>,
-    /// The ranges of the parameters outside the layers.
-    rest: Vec<Range<usize>>,
-    /// Recorded on the main stream after layer i's backward (index i), after the embedding
-    /// backward (the last); the aside stream waits for each.
+    ranges: ArenaRanges,
+    /// The embedding table's rows (its element range is `ranges.embed`).
+    embed_rows: usize,
+    /// One u32 an embedding row: 1 where the batch has the token ([`Overlap::mark_rows`]).
+    mask: GpuBuf<u32>,
+    /// Recorded on the main stream after the head (index 0), after layer i's backward (1 + i),
+    /// after the embedding backward (the last); the aside stream waits for each.
     forks: Vec<CudaEvent>,
     /// Recorded on the aside stream after the last AdamW; the main stream waits for it.
     join: CudaEvent,
 }
 
-/// Which layer parameter `name` belongs to (`layers.{i}.…`), or `None` (embeddings, the final
-/// norm, the head).
-fn owner(name: &str) -> Option<usize> {
-    name.strip_prefix("layers.")?
-        .split('.')
-        .next()?
-        .parse()
-        .ok()
+/// When in the step a parameter outside the layers gets its last gradient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Phase {
+    /// In layer i's backward.
+    Layer(usize),
+    /// In the head: the final norm, an untied head.
+    Head,
+    /// The embedding table: the head (tied) for every row, then the embedding backward for the
+    /// batch's tokens' rows.
+    Embed,
+    /// In the embedding backward (the position table), or not known: the end.
+    End,
 }
 
-/// The arena `[0, total)` cut where the owner changes, parameters taken in arena order (each
-/// up to the next one's offset, so padding goes with the parameter before it): each layer's
-/// ranges and the rest's, which together cover the arena exactly once. The arena keeps its
-/// groups (decaying matrices, embeddings, vectors) in parameter-table order, which is
+/// Which [`Phase`] finishes parameter `name`.
+fn phase(name: &str) -> Phase {
+    if let Some(rest) = name.strip_prefix("layers.") {
+        return match rest.split('.').next().and_then(|i| i.parse().ok()) {
+            Some(i) => Phase::Layer(i),
+            None => Phase::End,
+        };
+    }
+    if name == "embed.weight" {
+        Phase::Embed
+    } else if name.starts_with("final_norm.") || name.starts_with("lm_head.") {
+        Phase::Head
+    } else {
+        Phase::End
+    }
+}
+
+/// The parameter arena cut by [`Phase`]: together the ranges cover `[0, total)` exactly once.
+#[derive(Debug, Default, PartialEq)]
+pub(super) struct ArenaRanges {
+    pub layers: Vec<Vec<Range<usize>>>,
+    pub head: Vec<Range<usize>>,
+    pub embed: Option<Range<usize>>,
+    pub end: Vec<Range<usize>>,
+}
+
+/// The arena `[0, total)` cut where the [`Phase`] changes, parameters taken in arena order (each
+/// up to the next one's offset, so padding goes with the parameter before it). The arena keeps
+/// its groups (decaying matrices, embeddings, vectors) in parameter-table order, which is
 /// layer-major, so a layer has one range per group it has parameters in.
 pub(super) fn arena_ranges(
     offsets: &std::collections::BTreeMap<String, usize>,
     total: usize,
     layers: usize,
-) -> (Vec<Vec<Range<usize>>>, Vec<Range<usize>>) {
-    let mut by_offset: Vec<(usize, Option<usize>)> =
-        offsets.iter().map(|(n, &o)| (o, owner(n))).collect();
-    by_offset.sort_unstable();
-    let (mut per_layer, mut rest) = (vec![Vec::new(); layers], Vec::new());
+) -> ArenaRanges {
+    let mut by_offset: Vec<(usize, Phase)> = offsets.iter().map(|(n, &o)| (o, phase(n))).collect();
+    by_offset.sort_unstable_by_key(|&(o, _)| o);
+    let mut out = ArenaRanges {
+        layers: vec![Vec::new(); layers],
+        ..Default::default()
+    };
+    if let Some(&(first, _)) = by_offset.first()
+        && first > 0
+    {
+        out.end.push(0..first);
+    }
     let mut i = 0;
     while i < by_offset.len() {
         let (start, who) = by_offset[i];
         let mut j = i + 1;
-        while j < by_offset.len() && by_offset[j].1 == who {
+        while j < by_offset.len() && by_offset[j].1 == who && who != Phase::Embed {
             j += 1;
         }
-        let end = by_offset.get(j).map_or(total, |&(o, _)| o);
+        let r = start..by_offset.get(j).map_or(total, |&(o, _)| o);
         match who {
-            Some(l) if l < layers => per_layer[l].push(start..end),
-            _ => rest.push(start..end),
+            Phase::Layer(l) if l < layers => out.layers[l].push(r),
+            Phase::Head => out.head.push(r),
+            Phase::Embed => out.embed = Some(r),
+            _ => out.end.push(r),
         }
         i = j;
     }
-    if let Some(first) = by_offset.first()
-        && first.0 > 0
-    {
-        rest.push(0..first.0);
-    }
-    (per_layer, rest)
+    out
 }
 
 impl Overlap {
     pub(super) fn new(gpu: &Gpu, spec: &ModelSpec, p: &ParamArena) -> Result<Overlap> {
         // The stream is made here, never inside a step's capture.
         gpu.aside()?;
-        let (layers, rest) = arena_ranges(&p.offsets, p.total, spec.layers.len());
+        let ranges = arena_ranges(&p.offsets, p.total, spec.layers.len());
         let event = || {
             gpu.context()
                 .new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))
                 .during(|| "creating an event of the overlapped AdamW".into())
         };
+        let embed_rows = spec.vocab_padded as usize;
         Ok(Overlap {
             scalars: gpu.zeros::<f32>(10)?,
-            forks: (0..=layers.len()).map(|_| event()).collect::<Result<_>>()?,
+            mask: gpu.zeros::<u32>(embed_rows)?,
+            forks: (0..ranges.layers.len() + 2)
+                .map(|_| event())
+                .collect::<Result<_>>()?,
             join: event()?,
-            layers,
-            rest,
+            embed_rows,
+            ranges,
         })
     }
 
@@ -125,15 +168,29 @@ impl Overlap {
         gpu.write(&mut self.scalars, &s.words([1.0, 1.0]))
     }
 
-    /// After layer `i`'s backward: its parameters' AdamW on the aside stream.
-    pub(super) fn after_layer(&self, st: &Step<'_>, i: usize) -> Result<()> {
-        self.fork(st, i, &self.layers[i])
+    /// At the step's start, on the main stream: the mask of the embedding rows the batch's
+    /// tokens name.
+    pub(super) fn mark_rows(&self, st: &Step<'_>) -> Result<()> {
+        // SAFETY: the mask is this overlap's own, `embed_rows` u32.
+        unsafe { st.gpu.memset_raw(self.mask.ptr(), self.embed_rows * 4) }?;
+        st.k.adamw_mark_rows(st.tokens, st.s.n, self.mask.ptr())
     }
 
-    /// After the embedding backward: the other parameters' AdamW, then the main stream waits
-    /// for all of it.
+    /// After the head: the final norm's and an untied head's AdamW, and the embedding rows no
+    /// token of the batch names.
+    pub(super) fn after_head(&self, st: &Step<'_>) -> Result<()> {
+        self.fork(st, 0, &self.ranges.head, Some(false))
+    }
+
+    /// After layer `i`'s backward: its parameters' AdamW on the aside stream.
+    pub(super) fn after_layer(&self, st: &Step<'_>, i: usize) -> Result<()> {
+        self.fork(st, 1 + i, &self.ranges.layers[i], None)
+    }
+
+    /// After the embedding backward: the other embedding rows and the rest, then the main
+    /// stream waits for all of it.
     pub(super) fn finish(&self, st: &Step<'_>) -> Result<()> {
-        self.fork(st, self.layers.len(), &self.rest)?;
+        self.fork(st, self.forks.len() - 1, &self.ranges.end, Some(true))?;
         let aside = st.gpu.aside()?;
         self.join
             .record(aside)
@@ -144,8 +201,15 @@ impl Overlap {
             .during(|| "joining the overlapped AdamW".into())
     }
 
-    /// The aside stream waits for the main stream's work so far, then runs AdamW over `ranges`.
-    fn fork(&self, st: &Step<'_>, event: usize, ranges: &[Range<usize>]) -> Result<()> {
+    /// The aside stream waits for the main stream's work so far, then runs AdamW over `ranges`
+    /// and, with `touched`, over the embedding rows whose mask word is `touched`.
+    fn fork(
+        &self,
+        st: &Step<'_>,
+        event: usize,
+        ranges: &[Range<usize>],
+        touched: Option<bool>,
+    ) -> Result<()> {
         let aside = st.gpu.aside()?;
         let ev = &self.forks[event];
         ev.record(st.gpu.stream())
@@ -153,23 +217,34 @@ impl Overlap {
         aside
             .wait(ev)
             .during(|| "waiting for the backward on the aside stream".into())?;
-        let p = st.p;
-        let at = |base: DevPtr, r: &Range<usize>, bytes: usize| base + (r.start * bytes) as u64;
-        for r in ranges.iter().filter(|r| !r.is_empty()) {
+        let launch = |r: &Range<usize>, rows: Option<AdamwRows>| {
+            let p = st.p;
+            let at = |base: DevPtr, bytes: usize| base + (r.start * bytes) as u64;
             st.k.adamw_dev(
                 aside,
                 st.dt,
                 [
-                    at(p.master.ptr(), r, 4),
-                    at(p.work.ptr(), r, st.es as usize),
-                    at(p.grad.ptr(), r, 4),
-                    at(p.adam_m.ptr(), r, 4),
-                    at(p.adam_v.ptr(), r, 4),
+                    at(p.master.ptr(), 4),
+                    at(p.work.ptr(), st.es as usize),
+                    at(p.grad.ptr(), 4),
+                    at(p.adam_m.ptr(), 4),
+                    at(p.adam_v.ptr(), 4),
                 ],
                 r.len(),
                 p.decay_end.saturating_sub(r.start).min(r.len()),
                 self.scalars.ptr(),
-            )?;
+                rows,
+            )
+        };
+        for r in ranges.iter().filter(|r| !r.is_empty()) {
+            launch(r, None)?;
+        }
+        if let (Some(want), Some(e)) = (touched, &self.ranges.embed) {
+            // The table's rows only (its range's padding is no parameter).
+            let width = st.s.c;
+            let rows = e.start..e.start + (self.embed_rows * width).min(e.len());
+            let mask = self.mask.ptr();
+            launch(&rows, Some(AdamwRows { mask, width, want }))?;
         }
         Ok(())
     }
@@ -181,14 +256,17 @@ mod tests {
     use std::collections::BTreeMap;
 
     #[test]
-    fn ranges_cover_the_arena_once_and_follow_the_owners() {
-        // Two layers; decaying matrices, then the embedding, then the vectors (with padding).
+    fn ranges_cover_the_arena_once_and_follow_the_phases() {
+        // Two layers; decaying matrices (an untied head among them), then the embedding and the
+        // position table, then the vectors (with padding).
         let offsets: BTreeMap<String, usize> = [
             ("layers.0.attn.q.weight", 0),
             ("layers.0.mlp.up.weight", 100),
             ("layers.1.attn.q.weight", 200),
             ("layers.1.mlp.up.weight", 300),
-            ("embed.weight", 400),
+            ("lm_head.weight", 400),
+            ("embed.weight", 500),
+            ("pos_embed.weight", 800),
             ("layers.0.attn_norm.weight", 900),
             ("layers.0.mlp.up.bias", 908),
             ("layers.1.attn_norm.weight", 916),
@@ -197,22 +275,31 @@ mod tests {
         .into_iter()
         .map(|(n, o)| (n.to_string(), o))
         .collect();
-        let (layers, rest) = arena_ranges(&offsets, 936, 2);
+        let r = arena_ranges(&offsets, 936, 2);
         assert_eq!(
-            layers,
+            r.layers,
             vec![vec![0..200, 900..916], vec![200..400, 916..924]]
         );
-        assert_eq!(rest, vec![400..900, 924..936]);
-        let mut all: Vec<Range<usize>> = layers.into_iter().flatten().chain(rest).collect();
+        assert_eq!(r.head, vec![400..500, 924..936]);
+        assert_eq!(r.embed, Some(500..800));
+        assert_eq!(r.end, vec![800..900]);
+        let mut all: Vec<Range<usize>> = (r.layers.into_iter().flatten())
+            .chain(r.head)
+            .chain(r.embed)
+            .chain(r.end)
+            .collect();
         all.sort_by_key(|r| r.start);
         assert!(all.windows(2).all(|w| w[0].end == w[1].start));
         assert_eq!((all[0].start, all.last().unwrap().end), (0, 936));
     }
 
     #[test]
-    fn owner_reads_the_layer_index() {
-        assert_eq!(owner("layers.12.mlp.down.weight"), Some(12));
-        assert_eq!(owner("embed.weight"), None);
-        assert_eq!(owner("layers.x.weight"), None);
+    fn phase_reads_the_layer_index_and_the_names() {
+        assert_eq!(phase("layers.12.mlp.down.weight"), Phase::Layer(12));
+        assert_eq!(phase("embed.weight"), Phase::Embed);
+        assert_eq!(phase("final_norm.bias"), Phase::Head);
+        assert_eq!(phase("lm_head.weight"), Phase::Head);
+        assert_eq!(phase("pos_embed.weight"), Phase::End);
+        assert_eq!(phase("layers.x.weight"), Phase::End);
     }
 }

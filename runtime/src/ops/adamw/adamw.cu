@@ -35,16 +35,32 @@ __device__ __forceinline__ void st4(bf16* p, float4 w) {
                             (u32)f32_to_bf16(w.z) | ((u32)f32_to_bf16(w.w) << 16));
 }
 
-template <typename T>
+// Which rows of a [rows, width] parameter a masked launch updates: those whose mask word is
+// `want` (the trainer's overlapped AdamW splits the embedding by the batch's tokens).
+struct AdamwRows {
+    const unsigned* mask;
+    size_t width;
+    unsigned want;
+};
+
+// Whether element i is left to the other masked launch.
+template <bool MASKED>
+__device__ __forceinline__ bool adamw_skip(const AdamwRows& r, size_t i) {
+    return MASKED && r.mask[i / r.width] != r.want;
+}
+
+template <typename T, bool MASKED>
 __device__ void adamw(float* master, T* param, const float* grad, float* m, float* v, size_t n,
-                      const AdamwScalars& a) {
+                      const AdamwScalars& a, const AdamwRows& r) {
     const size_t stride = (size_t)gridDim.x * blockDim.x, t = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    // A masked vector must lie in one row.
     const bool vec = (((size_t)master | (size_t)grad | (size_t)m | (size_t)v) & 15) == 0 &&
-                     ((size_t)param & (4 * sizeof(T) - 1)) == 0;
+                     ((size_t)param & (4 * sizeof(T) - 1)) == 0 && (!MASKED || r.width % 4 == 0);
     size_t done = 0;
     if (vec) {
         done = n / 4 * 4;
         for (size_t j = t; j < n / 4; j += stride) {
+            if (adamw_skip<MASKED>(r, 4 * j)) continue;
             float4 w4 = ((const float4*)master)[j], g4 = ((const float4*)grad)[j];
             float4 m4 = ((const float4*)m)[j], v4 = ((const float4*)v)[j];
             adamw_elt(a, 4 * j, g4.x, m4.x, v4.x, w4.x);
@@ -58,6 +74,7 @@ __device__ void adamw(float* master, T* param, const float* grad, float* m, floa
         }
     }
     for (size_t i = done + t; i < n; i += stride) {
+        if (adamw_skip<MASKED>(r, i)) continue;
         float mi = m[i], vi = v[i], w = master[i];
         adamw_elt(a, i, grad[i], mi, vi, w);
         m[i] = mi;
@@ -76,7 +93,7 @@ __device__ void adamw(float* master, T* param, const float* grad, float* m, floa
                                            float gs2) {                                               \
         const AdamwScalars a = {decay_end, b1, b2, omb1, omb2, step_size, inv_bc2_sqrt, eps, decay, gs1, \
                                 gs2};                                                                   \
-        adamw<T>(master, param, grad, m, v, n, a);                                                     \
+        adamw<T, false>(master, param, grad, m, v, n, a, AdamwRows{});                                 \
     }
 ADAMW_INSTANTIATE(f32, float)
 ADAMW_INSTANTIATE(bf16, bf16)
@@ -84,12 +101,30 @@ ADAMW_INSTANTIATE(bf16, bf16)
 // adamw_dev_{dtype}: the same step with its scalars read from device memory, s[0..10] = b1, b2,
 // omb1, omb2, step_size, inv_bc2_sqrt, eps, decay, gs1, gs2 (StepScalars::words in mod.rs): the
 // form a captured CUDA graph replays with each step's values (the trainer's AdamW overlapped
-// with its backward, one launch a layer's parameter range).
-#define ADAMW_DEV_INSTANTIATE(SUF, T)                                                                \
-    extern "C" __global__ void adamw_dev_##SUF(float* master, T* param, const float* grad, float* m,   \
-                                               float* v, size_t n, size_t decay_end, const float* s) { \
-        const AdamwScalars a = {decay_end, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9]};  \
-        adamw<T>(master, param, grad, m, v, n, a);                                                     \
+// with its backward, one launch a layer's parameter range). With a non-null `mask`, only the
+// elements of the rows r (rows of `width`) with mask[r] == want.
+template <typename T>
+__device__ void adamw_dev(float* master, T* param, const float* grad, float* m, float* v, size_t n,
+                          size_t decay_end, const float* s, const unsigned* mask, size_t width, unsigned want) {
+    const AdamwScalars a = {decay_end, s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9]};
+    const AdamwRows r = {mask, width, want};
+    if (mask)
+        adamw<T, true>(master, param, grad, m, v, n, a, r);
+    else
+        adamw<T, false>(master, param, grad, m, v, n, a, r);
+}
+#define ADAMW_DEV_INSTANTIATE(SUF, T)                                                                 \
+    extern "C" __global__ void adamw_dev_##SUF(float* master, T* param, const float* grad, float* m,    \
+                                               float* v, size_t n, size_t decay_end, const float* s,    \
+                                               const unsigned* mask, size_t width, unsigned want) {     \
+        adamw_dev<T>(master, param, grad, m, v, n, decay_end, s, mask, width, want);                     \
     }
 ADAMW_DEV_INSTANTIATE(f32, float)
 ADAMW_DEV_INSTANTIATE(bf16, bf16)
+
+// mask[tokens[i]] = 1 for the n tokens of a batch (the mask zeroed before): the embedding rows
+// the batch's embedding backward adds to, for the split update above.
+extern "C" __global__ void adamw_mark_rows(const int* tokens, int n, unsigned* mask) {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n && tokens[i] >= 0) mask[tokens[i]] = 1u;
+}

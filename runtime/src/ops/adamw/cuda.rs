@@ -75,7 +75,8 @@ impl Kernels {
     /// with its scalars read from the device: `scalars` holds the ten f32 of
     /// [`StepScalars::words`]. One thread a vector of four for every element (no grid-stride
     /// turns), so that each block is short: on a low-priority stream the blocks fill the main
-    /// stream's idle multiprocessors without holding one for long.
+    /// stream's idle multiprocessors without holding one for long. With `rows`, only the rows
+    /// its mask selects.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn adamw_dev(
         &self,
@@ -85,8 +86,15 @@ impl Kernels {
         n: usize,
         decay_end: usize,
         scalars: DevPtr,
+        rows: Option<AdamwRows>,
     ) -> Result<()> {
         let name = format!("adamw_dev_{}", dt.suffix());
+        let AdamwRows { mask, width, want } = rows.unwrap_or(AdamwRows {
+            mask: 0,
+            width: 1,
+            want: false,
+        });
+        let want = u32::from(want);
         // SAFETY: the arguments match adamw_dev's C signature; the caller passes arena ranges of
         // n elements and ten f32 of scalars, ordered against the main stream by its events.
         unsafe {
@@ -98,8 +106,30 @@ impl Kernels {
                     block_dim: (BLOCK, 1, 1),
                     shared_mem_bytes: 0,
                 },
-                &mut cuda_args![master, param, grad, m, v, n, decay_end, scalars],
+                &mut cuda_args![
+                    master, param, grad, m, v, n, decay_end, scalars, mask, width, want
+                ],
             )
         }
     }
+
+    /// `adamw_mark_rows`: `mask[tokens[i]] = 1` for the `n` tokens (the mask zeroed before), on
+    /// the main stream: the embedding rows a batch's embedding backward adds to.
+    pub(crate) fn adamw_mark_rows(&self, tokens: DevPtr, n: usize, mask: DevPtr) -> Result<()> {
+        let n_ = n as i32;
+        self.go_block(
+            "adamw_mark_rows",
+            (blocks(n, BLOCK), 1, 1),
+            &mut cuda_args![tokens, n_, mask],
+        )
+    }
+}
+
+/// The rows of a `[rows, width]` parameter an [`Kernels::adamw_dev`] launch updates: those whose
+/// word of `mask` (u32, one a row) is 1 (`want`) or 0 (`!want`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AdamwRows {
+    pub mask: DevPtr,
+    pub width: usize,
+    pub want: bool,
 }
