@@ -11,7 +11,7 @@
 # 4: a shorter call (~420 s): 3's kernel checks and benches, gpt2 with and without the overlapped
 #    AdamW and the own GEMM, then gpt2 beside torch.compile.
 # 5: the shortest (~170 s): the norm/AdamW parity and bench, and `overlap`.
-# Stages 2-5 also check the overlapped AdamW's parity and time gpt2 with it (`overlap`).
+# Stages 2, 4 and 5 also check the overlapped AdamW's parity and time gpt2 with it (`overlap`).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
 # The device brings back few files: the logs of v/ go back as one archive (a call killed at its
@@ -85,7 +85,6 @@ if [ "$stage" = 2 ] || [ "$stage" = 3 ]; then
     # Attention only on an H200 (h200.json's rows); gpt2 beside torch.compile everywhere.
     if h200; then OUT=$R/b ATTN=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -60
     else OUT=$R/b TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | tail -30; fi
-    overlap
     if [ $hg = 0 ]; then
         MODELSPEC_OWN_GEMM=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
         # auto: the first run times own against cuBLASLt per GEMM, the second reads the choice.
