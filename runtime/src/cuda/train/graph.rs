@@ -144,7 +144,7 @@ impl GpuTrainer {
     }
 
     /// Records `fwd_bwd` on the trainer's stream (and the aside stream it forks to) into a graph
-    /// (nothing runs). The graph's nodes keep their streams' priorities.
+    /// (nothing runs).
     fn capture(&self, adamw: bool) -> Result<CudaGraph> {
         let stream = self.gpu.stream();
         stream
@@ -152,8 +152,14 @@ impl GpuTrainer {
             .during(|| "starting to capture the step".into())?;
         let body = self.fwd_bwd(None, adamw);
         // End the capture whatever happened, so the stream is usable again.
+        // With the overlapped AdamW, its nodes keep the aside stream's low priority.
+        let flags = if adamw {
+            CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY
+        } else {
+            CUgraphInstantiate_flags(0)
+        };
         let end = stream
-            .end_capture(CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY)
+            .end_capture(flags)
             .during(|| "ending the step's capture".into());
         body?;
         end?.ok_or_else(|| super::unsupported("the step's capture recorded nothing".into()))
