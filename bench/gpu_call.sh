@@ -10,7 +10,7 @@
 #    parity, attention and gpt2 beside PyTorch, gpt2 with the own GEMM `on` and twice `auto`.
 # 4: a shorter call (~420 s): 3's kernel checks and benches, gpt2 with and without the overlapped
 #    AdamW and the own GEMM, then gpt2 beside torch.compile.
-# 5: the shortest (~170 s): the norm/AdamW parity and bench, and `overlap`.
+# 5: the shortest (~170 s): the norm/AdamW parity and bench, and `overlap`. 6: `overlap` alone.
 # Stages 2, 4 and 5 also check the overlapped AdamW's parity and time gpt2 with it (`overlap`).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -52,6 +52,7 @@ if [ "$stage" = 2 ] && h200; then
     overlap
     exit
 fi
+if [ "$stage" = 6 ]; then overlap; exit; fi
 if [ "$stage" = 5 ]; then
     # The shortest call (~170 s, any GPU): the norm/AdamW parity, the norm bench, the overlapped
     # AdamW's parity and gpt2 with and without it.

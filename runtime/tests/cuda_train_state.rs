@@ -147,9 +147,14 @@ fn fused_adamw_equals_host_adamw_llama_like() {
 }
 
 /// AdamW overlapped with the backward (layer by layer on the low-priority stream, inside the
-/// step's CUDA graph, or eagerly) gives the same bits as the one launch after the backward:
-/// losses, weights and both moments after five steps at changing learning rates, with weight
-/// decay on (the decay boundary falls inside the overlapped ranges).
+/// step's CUDA graph, or eagerly) gives what the one launch after the backward gives: the same
+/// losses, and weights and both moments after five steps at changing learning rates, with weight
+/// decay on (the decay boundary falls inside the overlapped ranges). Per element the update is
+/// the same arithmetic, but the gradients themselves are not bit-reproducible run to run (the
+/// embedding backward adds with f32 atomics where tokens repeat; cuDNN's attention backward), so
+/// a tensor is either equal or within 1e-5 normwise, as `graph_matches_eager`'s; the
+/// key bias (zero gradient in exact arithmetic, see there) is left out. A wrong update (a range
+/// skipped, done twice, or with another step's scalars) is off by far more.
 fn overlap_matches_single_launch(text: &str, dt: Dtype) {
     let Some(gpu) = device() else { return };
     let spec = spec(text);
@@ -173,12 +178,13 @@ fn overlap_matches_single_launch(text: &str, dt: Dtype) {
             t.lr = 1e-3 * (step + 1) as f64;
             t.set_batch(&toks, None).unwrap();
             t.step().unwrap();
-            losses.push(t.loss().unwrap().to_bits());
+            losses.push(t.loss().unwrap());
         }
-        assert!(
-            losses.iter().all(|&l| l == losses[2]),
-            "step {step}: {losses:?}"
-        );
+        let rel = losses
+            .iter()
+            .map(|l| ((l - losses[2]) / losses[2]).abs())
+            .fold(0.0f32, f32::max);
+        assert!(rel <= 1e-6, "step {step}: {losses:?}");
     }
     assert_eq!(trainers[0].cuda_graph(), "captured (forward and backward)");
     let want = (
@@ -187,24 +193,36 @@ fn overlap_matches_single_launch(text: &str, dt: Dtype) {
     );
     for (k, t) in trainers[..2].iter().enumerate() {
         let (got, moments) = (t.params().unwrap(), t.moments().unwrap());
-        for (name, w) in want.0.iter() {
-            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        let (mut same, mut worst, mut compared) = (0, 0.0f64, 0);
+        for (name, w) in want.0.iter().filter(|(n, _)| !n.ends_with("attn.k.bias")) {
             let (m, wm) = (&moments[name.as_str()], &want.1[name.as_str()]);
+            let g = got.get(name).unwrap().data();
+            let pairs = [(g, w.data()), (&m.m[..], &wm.m[..]), (&m.v[..], &wm.v[..])];
+            compared += 1;
+            if pairs.iter().all(|(a, b)| a == b) {
+                same += 1;
+                continue;
+            }
+            let e = pairs
+                .iter()
+                .map(|(a, b)| normwise(a, b))
+                .fold(0.0, f64::max);
             assert!(
-                bits(got.get(name).unwrap().data()) == bits(w.data())
-                    && bits(&m.m) == bits(&wm.m)
-                    && bits(&m.v) == bits(&wm.v),
-                "{} {} trainer {k}: {name} differs from the single launch's",
+                e <= 1e-5,
+                "{} {} trainer {k}: {name} off the single launch's by {e:.2e} (normwise)",
                 spec.name,
                 dt.suffix()
             );
+            worst = worst.max(e);
         }
+        println!(
+            "PARITY overlapped AdamW {} {} ({}): 5 steps, {same} of {compared} tensors (weights \
+             and both moments) equal, the rest within {worst:.2e} normwise",
+            spec.name,
+            dt.suffix(),
+            if k == 0 { "graph" } else { "eager" }
+        );
     }
-    println!(
-        "PARITY overlapped AdamW {} {}: 5 steps, every weight and moment the same bits",
-        spec.name,
-        dt.suffix()
-    );
 }
 
 #[test]
