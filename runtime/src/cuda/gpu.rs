@@ -152,6 +152,26 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// The ends of the device's stream priority range.
+enum Priority {
+    Highest,
+    Lowest,
+}
+
+/// A new non-blocking stream of `ctx` at one end of its priority range.
+fn stream_at(ctx: &Arc<CudaContext>, at: Priority) -> Result<Arc<CudaStream>> {
+    ctx.bind_to_thread()
+        .during(|| "binding the context".into())?;
+    let (lowest, highest) = cudarc::driver::result::stream::get_priority_range()
+        .during(|| "reading the stream priorities".into())?;
+    let priority = match at {
+        Priority::Highest => highest,
+        Priority::Lowest => lowest,
+    };
+    ctx.new_stream_with_priority(priority)
+        .during(|| format!("creating a stream of priority {priority}"))
+}
+
 impl Gpu {
     /// Opens device `ordinal`; a clean error when there is no driver or no such device.
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
@@ -169,13 +189,7 @@ impl Gpu {
         // A stream of its own rather than the legacy default stream, which cannot be captured
         // into a CUDA graph (the GPU trainer replays its steps from one), at the highest
         // priority, so that [`Gpu::aside`]'s work only takes what it leaves idle.
-        ctx.bind_to_thread()
-            .during(|| "binding the context".into())?;
-        let (_, highest) = cudarc::driver::result::stream::get_priority_range()
-            .during(|| "reading the stream priorities".into())?;
-        let stream = ctx
-            .new_stream_with_priority(highest)
-            .during(|| "creating the stream".into())?;
+        let stream = stream_at(&ctx, Priority::Highest)?;
         Ok(Arc::new(Gpu {
             ctx,
             stream,
@@ -224,15 +238,7 @@ impl Gpu {
         if let Some(s) = self.aside.get() {
             return Ok(s);
         }
-        self.ctx
-            .bind_to_thread()
-            .during(|| "binding the context".into())?;
-        let (lowest, _) = cudarc::driver::result::stream::get_priority_range()
-            .during(|| "reading the stream priorities".into())?;
-        let s = self
-            .ctx
-            .new_stream_with_priority(lowest)
-            .during(|| "creating the low-priority stream".into())?;
+        let s = stream_at(&self.ctx, Priority::Lowest)?;
         Ok(self.aside.get_or_init(|| s))
     }
 

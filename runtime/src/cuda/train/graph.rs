@@ -12,11 +12,12 @@
 //!
 //! What the captured launches bake in from the host is the key of the graph: the number of
 //! counted targets (the loss's `1 / valid_targets` scale, which `set_batch` recomputes),
-//! whether the auxiliary loss is on, and whether AdamW is part of the step. A batch that changes either is captured again. Mixture-of-
-//! experts layers read their per-expert counts back to the host in every forward and backward,
-//! so a spec with one runs eagerly; so does any trainer when `MODELSPEC_CUDA_GRAPH=0` (or `off`)
-//! is set, or after [`GpuTrainer::set_cuda_graph`]`(false)`. A capture that fails (a driver or
-//! library call that cannot be captured) turns the graph off for the trainer, names why in
+//! whether the auxiliary loss is on, and whether AdamW is part of the step. A step that changes
+//! any of them is captured again. Mixture-of-experts layers read their per-expert counts back to
+//! the host in every forward and backward, so a spec with one runs eagerly; so does any trainer
+//! when `MODELSPEC_CUDA_GRAPH=0` (or `off`) is set, or after
+//! [`GpuTrainer::set_cuda_graph`]`(false)`. A capture that fails (a driver or library call that
+//! cannot be captured) turns the graph off for the trainer, names why in
 //! [`GpuTrainer::cuda_graph`], and runs the step eagerly: the results never depend on it.
 
 use cudarc::driver::CudaGraph;

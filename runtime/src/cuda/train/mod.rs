@@ -458,9 +458,9 @@ impl GpuTrainer {
         Ok(logits.then_some(out))
     }
 
-    /// Turns AdamW's overlap with the backward ([`overlap`]) on or off (off by default;
-    /// `MODELSPEC_ADAMW_OVERLAP=on` turns it on when the trainer is built). The results are the
-    /// same bits either way; only [`GpuTrainer::step`] without the timeline overlaps.
+    /// Turns AdamW's overlap with the backward (`cuda/train/overlap.rs`) on or off (off by default;
+    /// `MODELSPEC_ADAMW_OVERLAP=on` turns it on when the trainer is built). The update is the
+    /// same arithmetic either way; only [`GpuTrainer::step`] without the timeline overlaps.
     pub fn set_adamw_overlap(&mut self, on: bool) -> Result<()> {
         self.overlap = match (on, self.overlap.take()) {
             (false, _) => None,
@@ -507,13 +507,14 @@ impl GpuTrainer {
     }
 
     fn run_step(&mut self, capture: Option<&mut Vec<f32>>, optimizer: bool) -> Result<()> {
-        if optimizer && capture.is_none() && self.timeline.is_none() && self.overlap.is_some() {
+        if optimizer
+            && capture.is_none()
+            && self.timeline.is_none()
+            && let Some(o) = self.overlap.as_mut()
+        {
             // AdamW inside the step, layer by layer ([`overlap`]).
             self.step += 1;
-            let scalars = self.adamw.scalars(self.step, self.lr);
-            if let Some(o) = self.overlap.as_mut() {
-                o.set_scalars(&self.gpu, &scalars)?;
-            }
+            o.set_scalars(&self.gpu, &self.adamw.scalars(self.step, self.lr))?;
             return self.fwd_bwd_graphed(true);
         }
         match capture {

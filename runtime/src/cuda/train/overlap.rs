@@ -30,7 +30,8 @@
 //! The step's scalars change every step (the bias corrections, the learning rate), so they are
 //! read from a device buffer that [`Overlap::set_scalars`] writes before the step: the whole step,
 //! AdamW included, is then one captured CUDA graph (its nodes keep their streams' priorities).
-//! Per element the arithmetic is the single launch's: the results are the same bits.
+//! Per element the arithmetic is the single launch's; the results differ from its only as the
+//! gradients themselves differ run to run (the embedding backward's f32 atomics).
 
 use std::ops::Range;
 
@@ -50,9 +51,8 @@ pub(super) struct Overlap {
     /// [`StepScalars::words`] of the coming step.
     scalars: GpuBuf<f32>,
     ranges: ArenaRanges,
-    /// The embedding table's rows (its element range is `ranges.embed`).
-    embed_rows: usize,
-    /// One u32 an embedding row: 1 where the batch has the token ([`Overlap::mark_rows`]).
+    /// One u32 an embedding row (`vocab_padded` of them): 1 where the batch has the token
+    /// ([`Overlap::mark_rows`]).
     mask: GpuBuf<u32>,
     /// Recorded on the main stream after the head (index 0), after layer i's backward (1 + i),
     /// after the embedding backward (the last); the aside stream waits for each.
@@ -61,7 +61,7 @@ pub(super) struct Overlap {
     join: CudaEvent,
 }
 
-/// When in the step a parameter outside the layers gets its last gradient.
+/// When in the step a parameter gets its last gradient.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Phase {
     /// In layer i's backward.
@@ -150,15 +150,13 @@ impl Overlap {
                 .new_event(Some(CUevent_flags::CU_EVENT_DISABLE_TIMING))
                 .during(|| "creating an event of the overlapped AdamW".into())
         };
-        let embed_rows = spec.vocab_padded as usize;
         Ok(Overlap {
             scalars: gpu.zeros::<f32>(10)?,
-            mask: gpu.zeros::<u32>(embed_rows)?,
+            mask: gpu.zeros::<u32>(spec.vocab_padded as usize)?,
             forks: (0..ranges.layers.len() + 2)
                 .map(|_| event())
                 .collect::<Result<_>>()?,
             join: event()?,
-            embed_rows,
             ranges,
         })
     }
@@ -171,8 +169,8 @@ impl Overlap {
     /// At the step's start, on the main stream: the mask of the embedding rows the batch's
     /// tokens name.
     pub(super) fn mark_rows(&self, st: &Step<'_>) -> Result<()> {
-        // SAFETY: the mask is this overlap's own, `embed_rows` u32.
-        unsafe { st.gpu.memset_raw(self.mask.ptr(), self.embed_rows * 4) }?;
+        // SAFETY: the mask is this overlap's own, `mask.len()` u32.
+        unsafe { st.gpu.memset_raw(self.mask.ptr(), self.mask.len() * 4) }?;
         st.k.adamw_mark_rows(st.tokens, st.s.n, self.mask.ptr())
     }
 
@@ -242,7 +240,7 @@ impl Overlap {
         if let (Some(want), Some(e)) = (touched, &self.ranges.embed) {
             // The table's rows only (its range's padding is no parameter).
             let width = st.s.c;
-            let rows = e.start..e.start + (self.embed_rows * width).min(e.len());
+            let rows = e.start..e.start + (self.mask.len() * width).min(e.len());
             let mask = self.mask.ptr();
             launch(&rows, Some(AdamwRows { mask, width, want }))?;
         }
