@@ -10,8 +10,9 @@
 #    parity, attention and gpt2 beside PyTorch, gpt2 with the own GEMM `on` and twice `auto`.
 # 4: a shorter call (~420 s): 3's kernel checks and benches, gpt2 with and without the overlapped
 #    AdamW and the own GEMM, then gpt2 beside torch.compile.
-# 5: the shortest (~170 s): the norm/AdamW parity and bench, and `overlap`. 6: `overlap` alone.
-# Stages 2, 4 and 5 also check the overlapped AdamW's parity and time gpt2 with it (`overlap`).
+# 5: the norm/AdamW parity and bench, and `overlap`. 6 (~250 s): `overlap` alone: the parity of
+#    the overlapped AdamW and the weight-gradient branch, gpt2 with each, both and neither.
+# Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
 # The device brings back few files: the logs of v/ go back as one archive (a call killed at its
@@ -32,16 +33,20 @@ kernel_benches() {
     timeout 60 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
 }
 # A cuda_train_bench line's step time, loss, which GEMMs ran on the own kernels and how AdamW ran.
-summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm", "adamw")}) for d in map(json.loads, sys.stdin)]'; }
-# AdamW overlapped with the backward (eleventh session, never run before): its parity against
-# the single launch (same bits), then gpt2 with it beside gpt2 without, twice each, alternating.
+summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm", "adamw", "wgrad")}) for d in map(json.loads, sys.stdin)]'; }
+# AdamW overlapped with the backward (eleventh session) and the weight gradients on a second
+# stream (twelfth; both never run before): their parity against one stream (equal or within 1e-5
+# normwise, apart, together, graph and eager, with recomputation), then gpt2 plain, overlapped,
+# branched and both, twice each, alternating.
 overlap() {
-    timeout 90 $B/cuda_train_state --include-ignored overlapped --nocapture > $R/v/overlap.log 2>&1; ov=$?
-    echo "overlap parity exit $ov"; grep -E "PARITY|panicked|test result" $R/v/overlap.log | head -6
+    timeout 150 $B/cuda_train_state --include-ignored overlapped --nocapture > $R/v/overlap.log 2>&1; ov=$?
+    echo "streams parity exit $ov"; grep -E "PARITY|panicked|test result" $R/v/overlap.log | head -24
     [ $ov = 0 ] || return
     for i in 1 2; do
-        timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | summ
-        MODELSPEC_ADAMW_OVERLAP=on timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | tee -a $R/v/overlap_gpt2.jsonl | summ
+        for v in "" "MODELSPEC_ADAMW_OVERLAP=on" "MODELSPEC_WGRAD_BRANCH=on" "MODELSPEC_ADAMW_OVERLAP=on MODELSPEC_WGRAD_BRANCH=on"; do
+            echo "gpt2 ${v:-one stream}"
+            env $v timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | tee -a $R/v/streams_gpt2.jsonl | summ
+        done
     done
 }
 stage=${1:-1}
@@ -49,7 +54,6 @@ if [ "$stage" = 2 ] && h200; then
     # AdamW's vectors (never run before) checked first: the rows' losses depend on them.
     timeout 60 $B/cuda_kernels --include-ignored adamw 2>&1 | grep -E "test result|panicked"
     OUT=$R/b TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
-    overlap
     exit
 fi
 if [ "$stage" = 6 ]; then overlap; exit; fi

@@ -1,9 +1,10 @@
 //! One training step (forward, loss, backward, AdamW) of modelspec's GPU trainer on the shapes of
 //! the PyTorch anchor `torch_train_bench.py`, printing one JSON line:
-//! `{"model", "B", "T", "ms", "peak_gib", "loss", "tokens_s", "TFLOPs", "TFLOPs_active", "MFU", "attention", "gemm", "adamw", "cuda_graph"}`
+//! `{"model", "B", "T", "ms", "peak_gib", "loss", "tokens_s", "TFLOPs", "TFLOPs_active", "MFU", "attention", "gemm", "adamw", "wgrad", "cuda_graph"}`
 //! (`attention`: which kernels the layers ran, cuDNN or the own ones; `gemm`: cuBLASLt, and which
 //! fused GEMMs ran on the own Hopper kernels; `adamw`: one launch after the backward, or
-//! overlapped with it: `MODELSPEC_ADAMW_OVERLAP`).
+//! overlapped with it: `MODELSPEC_ADAMW_OVERLAP`; `wgrad`: the weight gradients in turn with the
+//! input gradients, or beside them on a second stream: `MODELSPEC_WGRAD_BRANCH`).
 //!
 //! ```text
 //! cargo run --release -p modelspec-runtime --example cuda_train_bench -- gpt2|llama1b|mixtral_small [SPEC_DIR] [POLICY]
@@ -158,7 +159,7 @@ fn run(
     let tflops = flops_tok * tps / 1e12;
     let tflops_active = (6.0 * active + attn_tok) * tps / 1e12;
     println!(
-        "{{\"model\": \"{model}\", \"B\": {b}, \"T\": {t}, \"ms\": {ms:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"peak_gib\": {:.2}, \"loss\": {loss:.3}, \"tokens_s\": {tps:.0}, \"TFLOPs\": {tflops:.1}, \"TFLOPs_active\": {tflops_active:.1}, \"MFU_vs_800\": {:.3}, \"attention\": {:?}, \"gemm\": {:?}, \"adamw\": {:?}, \"cuda_graph\": {:?}, \"gemm_tuned\": {}, \"gemm_tune_saved_ms_per_call_sum\": {tune_saved:.4}{extra}}}",
+        "{{\"model\": \"{model}\", \"B\": {b}, \"T\": {t}, \"ms\": {ms:.2}, \"min_ms\": {:.2}, \"max_ms\": {:.2}, \"peak_gib\": {:.2}, \"loss\": {loss:.3}, \"tokens_s\": {tps:.0}, \"TFLOPs\": {tflops:.1}, \"TFLOPs_active\": {tflops_active:.1}, \"MFU_vs_800\": {:.3}, \"attention\": {:?}, \"gemm\": {:?}, \"adamw\": {:?}, \"wgrad\": {:?}, \"cuda_graph\": {:?}, \"gemm_tuned\": {}, \"gemm_tune_saved_ms_per_call_sum\": {tune_saved:.4}{extra}}}",
         times[0],
         times[times.len() - 1],
         tr.device_bytes() as f64 / (1u64 << 30) as f64,
@@ -166,6 +167,7 @@ fn run(
         tr.attention_paths(),
         tr.gemm_paths(),
         tr.adamw_path(),
+        tr.wgrad_path(),
         tr.cuda_graph(),
         tuned.len()
     );

@@ -12,7 +12,7 @@ use common::gpu::device;
 use modelspec_dsl::ir::ModelSpec;
 use modelspec_dsl::load::{Format, load_str};
 use modelspec_runtime::Params;
-use modelspec_runtime::cuda::{Dtype, DtypeExt, GpuTrainer};
+use modelspec_runtime::cuda::{Dtype, DtypeExt, GpuTrainer, LayerSaves};
 use modelspec_runtime::train::optim::{AdamW, AdamWConfig, decays};
 use modelspec_runtime::train::schedule::CosineSchedule;
 use modelspec_runtime::train::{
@@ -146,31 +146,74 @@ fn fused_adamw_equals_host_adamw_llama_like() {
     adamw_matches_host(LLAMA_LIKE);
 }
 
-/// AdamW overlapped with the backward (layer by layer on the low-priority stream, inside the
-/// step's CUDA graph, or eagerly) gives what the one launch after the backward gives: the same
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn overlapped_adamw_and_wgrad_branch_equal_one_stream() {
+    streams_match_one_stream(GPT2_LIKE, Dtype::Bf16, false);
+    streams_match_one_stream(GPT2_LIKE, Dtype::F32, false);
+    streams_match_one_stream(LLAMA_LIKE, Dtype::Bf16, false);
+    // Every layer recomputed: the branch joins before each recomputation.
+    streams_match_one_stream(GPT2_LIKE, Dtype::Bf16, true);
+}
+
+/// How a trainer of [`streams_match_one_stream`] runs: AdamW overlapped with the backward, the
+/// weight gradients on the branch, the step as a CUDA graph.
+#[derive(Debug, Clone, Copy)]
+struct Streams {
+    overlap: bool,
+    branch: bool,
+    graph: bool,
+}
+
+/// AdamW overlapped with the backward (layer by layer on the low-priority stream) and the weight
+/// gradients on the branch stream, apart and together, inside the step's CUDA graph or eagerly,
+/// give what one stream gives (the last trainer: one AdamW launch after the backward): the same
 /// losses, and weights and both moments after five steps at changing learning rates, with weight
 /// decay on (the decay boundary falls inside the overlapped ranges). Per element the update is
-/// the same arithmetic, but the gradients themselves are not bit-reproducible run to run (the
-/// embedding backward adds with f32 atomics where tokens repeat; cuDNN's attention backward), so
-/// a tensor is either equal or within 1e-5 normwise, as `graph_matches_eager`'s; the
-/// key bias (zero gradient in exact arithmetic, see there) is left out. A wrong update (a range
-/// skipped, done twice, or with another step's scalars) is off by far more.
-fn overlap_matches_single_launch(text: &str, dt: Dtype) {
+/// the same arithmetic and every GEMM and sum the same, but the gradients themselves are not
+/// bit-reproducible run to run (the embedding backward adds with f32 atomics where tokens
+/// repeat; cuDNN's attention backward), so a tensor is either equal or within 1e-5 normwise, as
+/// `graph_matches_eager`'s; the key bias (zero gradient in exact arithmetic, see there) is left
+/// out. A wrong order (a weight gradient read before it is written, a buffer overwritten while
+/// the branch reads it, a range skipped, done twice, or with another step's scalars) is off by
+/// far more. With `recompute`, every layer keeps only its input.
+fn streams_match_one_stream(text: &str, dt: Dtype, recompute: bool) {
     let Some(gpu) = device() else { return };
     let spec = spec(text);
     let (batch, seq) = (2, 32);
     let params = Params::<f32>::init(&spec, 5);
-    // [overlapped + graph, overlapped eagerly, one launch + graph]
-    let mut trainers = [(true, true), (true, false), (false, true)].map(|(overlap, graph)| {
-        let mut t = GpuTrainer::new(&gpu, &spec, dt, batch, seq, 0).unwrap();
+    let saves = if recompute {
+        vec![LayerSaves::INPUT_ONLY; spec.layers.len()]
+    } else {
+        Vec::new()
+    };
+    let runs = [
+        (true, false, true),
+        (true, false, false),
+        (false, true, true),
+        (false, true, false),
+        (true, true, true),
+        (false, false, true),
+    ]
+    .map(|(overlap, branch, graph)| Streams {
+        overlap,
+        branch,
+        graph,
+    });
+    let mut trainers = runs.map(|r| {
+        let mut t = GpuTrainer::with_checkpoint(&gpu, &spec, dt, batch, seq, 0, &saves).unwrap();
         t.set_params(&params).unwrap();
         t.adamw.weight_decay = 0.1;
-        t.set_cuda_graph(graph);
-        t.set_adamw_overlap(overlap).unwrap();
+        t.set_cuda_graph(r.graph);
+        t.set_adamw_overlap(r.overlap).unwrap();
+        t.set_wgrad_branch(r.branch).unwrap();
         t
     });
+    let last = trainers.len() - 1;
     assert!(trainers[0].adamw_path().starts_with("overlapped"));
-    assert!(trainers[2].adamw_path().starts_with("one launch"));
+    assert!(trainers[2].wgrad_path().starts_with("on a second stream"));
+    assert!(trainers[last].adamw_path().starts_with("one launch"));
+    assert!(trainers[last].wgrad_path().starts_with("in turn"));
     for step in 0..5u64 {
         let toks = tokens(batch * seq, spec.vocab, 40 + step);
         let mut losses = Vec::new();
@@ -182,16 +225,18 @@ fn overlap_matches_single_launch(text: &str, dt: Dtype) {
         }
         let rel = losses
             .iter()
-            .map(|l| ((l - losses[2]) / losses[2]).abs())
+            .map(|l| ((l - losses[last]) / losses[last]).abs())
             .fold(0.0f32, f32::max);
         assert!(rel <= 1e-6, "step {step}: {losses:?}");
     }
-    assert_eq!(trainers[0].cuda_graph(), "captured (forward and backward)");
+    for (t, r) in trainers.iter().zip(&runs).filter(|(_, r)| r.graph) {
+        assert_eq!(t.cuda_graph(), "captured (forward and backward)", "{r:?}");
+    }
     let want = (
-        trainers[2].params().unwrap(),
-        trainers[2].moments().unwrap(),
+        trainers[last].params().unwrap(),
+        trainers[last].moments().unwrap(),
     );
-    for (k, t) in trainers[..2].iter().enumerate() {
+    for (t, r) in trainers[..last].iter().zip(&runs) {
         let (got, moments) = (t.params().unwrap(), t.moments().unwrap());
         let (mut same, mut worst, mut compared) = (0, 0.0f64, 0);
         for (name, w) in want.0.iter().filter(|(n, _)| !n.ends_with("attn.k.bias")) {
@@ -209,28 +254,20 @@ fn overlap_matches_single_launch(text: &str, dt: Dtype) {
                 .fold(0.0, f64::max);
             assert!(
                 e <= 1e-5,
-                "{} {} trainer {k}: {name} off the single launch's by {e:.2e} (normwise)",
+                "{} {} {r:?}: {name} off one stream's by {e:.2e} (normwise)",
                 spec.name,
                 dt.suffix()
             );
             worst = worst.max(e);
         }
         println!(
-            "PARITY overlapped AdamW {} {} ({}): 5 steps, {same} of {compared} tensors (weights \
-             and both moments) equal, the rest within {worst:.2e} normwise",
+            "PARITY {} {} {r:?}{}: 5 steps, {same} of {compared} tensors (weights and both \
+             moments) equal to one stream's, the rest within {worst:.2e} normwise",
             spec.name,
             dt.suffix(),
-            if k == 0 { "graph" } else { "eager" }
+            if recompute { " recomputing" } else { "" }
         );
     }
-}
-
-#[test]
-#[ignore = "needs a CUDA GPU"]
-fn overlapped_adamw_equals_the_single_launch() {
-    overlap_matches_single_launch(GPT2_LIKE, Dtype::Bf16);
-    overlap_matches_single_launch(GPT2_LIKE, Dtype::F32);
-    overlap_matches_single_launch(LLAMA_LIKE, Dtype::Bf16);
 }
 
 fn options(steps: u64) -> TrainOptions {

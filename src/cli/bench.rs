@@ -125,7 +125,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     let loss = trainer.loss()?;
     let (attention, graph) = (trainer.attention_paths(), trainer.cuda_graph());
     let gemm = trainer.gemm_paths();
-    let adamw = trainer.adamw_path();
+    let (adamw, wgrad) = (trainer.adamw_path(), trainer.wgrad_path());
     let spans = if args.timeline {
         timeline(&mut trainer)?
     } else {
@@ -144,7 +144,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             .map(|(label, ms)| format!("{{\"span\": {label:?}, \"ms_per_step\": {ms:.4}}}"))
             .collect();
         format!(
-            "{{\"model\": \"{}\", \"device\": \"{}\", \"batch\": {}, \"seq\": {}, \"dtype\": \"{dtype_name}\", \"ms_per_step\": {ms:.3}, \"tokens_per_s\": {tokens_s:.0}, \"tflops\": {tflops:.1}, \"mfu_vs_800\": {:.3}, \"device_gib\": {gib:.2}, \"loss\": {loss:.4}, \"attention\": {attention:?}, \"gemm\": {gemm:?}, \"adamw\": {adamw:?}, \"cuda_graph\": {graph:?}, \"timeline\": [{}]}}\n",
+            "{{\"model\": \"{}\", \"device\": \"{}\", \"batch\": {}, \"seq\": {}, \"dtype\": \"{dtype_name}\", \"ms_per_step\": {ms:.3}, \"tokens_per_s\": {tokens_s:.0}, \"tflops\": {tflops:.1}, \"mfu_vs_800\": {:.3}, \"device_gib\": {gib:.2}, \"loss\": {loss:.4}, \"attention\": {attention:?}, \"gemm\": {gemm:?}, \"adamw\": {adamw:?}, \"wgrad\": {wgrad:?}, \"cuda_graph\": {graph:?}, \"timeline\": [{}]}}\n",
             spec.name,
             gpu.name(),
             args.batch,
@@ -154,7 +154,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         )
     } else {
         let mut text = format!(
-            "{}: {ms:.2} ms/step (median of {}), {tokens_s:.0} tokens/s, {tflops:.1} TFLOP/s, {gib:.2} GiB on {}, loss {loss:.4}\nattention: {attention}\nGEMMs: {gemm}\nAdamW: {adamw}\nCUDA graph: {graph}\n",
+            "{}: {ms:.2} ms/step (median of {}), {tokens_s:.0} tokens/s, {tflops:.1} TFLOP/s, {gib:.2} GiB on {}, loss {loss:.4}\nattention: {attention}\nGEMMs: {gemm}\nAdamW: {adamw}\nweight gradients: {wgrad}\nCUDA graph: {graph}\n",
             spec.name,
             args.steps,
             gpu.name()

@@ -134,13 +134,19 @@ impl Module {
     }
 }
 
-/// One GPU: its context and stream (all work is issued on this one stream, in order; a
-/// non-blocking stream of its own, so that work on it can be captured into CUDA graphs).
+/// One GPU: its context and stream (work is issued on this one stream, in order; a
+/// non-blocking stream of its own, so that work on it can be captured into CUDA graphs). The
+/// trainer alone also forks work to two streams of lower priority ([`Gpu::branch`],
+/// [`Gpu::aside`]), ordered by its own events.
 pub struct Gpu {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     /// A second stream of the lowest priority, made at first use ([`Gpu::aside`]).
     aside: std::sync::OnceLock<Arc<CudaStream>>,
+    /// A third stream, of a priority between the two, made at first use ([`Gpu::branch`]).
+    branch: std::sync::OnceLock<Arc<CudaStream>>,
+    /// Whether launches go to the branch now ([`Gpu::on_branch`]).
+    on_branch: std::sync::atomic::AtomicBool,
     arch: &'static str,
     modules: Mutex<BTreeMap<String, Arc<Module>>>,
     gemm: Mutex<Option<Arc<Gemm>>>,
@@ -152,9 +158,11 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
-/// The ends of the device's stream priority range.
+/// Where in the device's stream priority range a stream sits.
 enum Priority {
     Highest,
+    /// One step below the highest (the middle where the range has only two values).
+    Below,
     Lowest,
 }
 
@@ -164,8 +172,10 @@ fn stream_at(ctx: &Arc<CudaContext>, at: Priority) -> Result<Arc<CudaStream>> {
         .during(|| "binding the context".into())?;
     let (lowest, highest) = cudarc::driver::result::stream::get_priority_range()
         .during(|| "reading the stream priorities".into())?;
+    // Lower numbers are higher priorities.
     let priority = match at {
         Priority::Highest => highest,
+        Priority::Below => (highest + 1).min(lowest),
         Priority::Lowest => lowest,
     };
     ctx.new_stream_with_priority(priority)
@@ -194,6 +204,8 @@ impl Gpu {
             ctx,
             stream,
             aside: std::sync::OnceLock::new(),
+            branch: std::sync::OnceLock::new(),
+            on_branch: std::sync::atomic::AtomicBool::new(false),
             arch,
             modules: Mutex::new(BTreeMap::new()),
             gemm: Mutex::new(None),
@@ -240,6 +252,44 @@ impl Gpu {
         }
         let s = stream_at(&self.ctx, Priority::Lowest)?;
         Ok(self.aside.get_or_init(|| s))
+    }
+
+    /// A third stream, one priority step below the main one (and above [`Gpu::aside`]): the
+    /// trainer's weight gradients run on it beside the backward's chain of input gradients
+    /// (`cuda/train/branch.rs`). Its work is ordered against the main stream's by the caller's
+    /// events only.
+    pub fn branch(&self) -> Result<&Arc<CudaStream>> {
+        if let Some(s) = self.branch.get() {
+            return Ok(s);
+        }
+        let s = stream_at(&self.ctx, Priority::Below)?;
+        Ok(self.branch.get_or_init(|| s))
+    }
+
+    /// Runs `f` with every launch of the kernel modules and every GEMM ([`Gpu::current`]) going
+    /// to [`Gpu::branch`] instead of the main stream, then back. The caller orders the branch's
+    /// work against the main stream's (events), and keeps to one thread meanwhile.
+    pub fn on_branch<R>(&self, f: impl FnOnce() -> Result<R>) -> Result<R> {
+        use std::sync::atomic::Ordering;
+        self.branch()?;
+        let before = self.on_branch.swap(true, Ordering::Relaxed);
+        let out = f();
+        self.on_branch.store(before, Ordering::Relaxed);
+        out
+    }
+
+    /// Whether launches go to [`Gpu::branch`] now ([`Gpu::on_branch`]).
+    pub fn in_branch(&self) -> bool {
+        self.on_branch.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The stream kernel launches and GEMMs go to now: the main one ([`Gpu::stream`]), or the
+    /// branch inside [`Gpu::on_branch`]. Copies, memsets and events stay on the main stream.
+    pub fn current(&self) -> &Arc<CudaStream> {
+        match self.branch.get() {
+            Some(b) if self.in_branch() => b,
+            _ => &self.stream,
+        }
     }
 
     /// (free, total) device memory in bytes.
@@ -392,7 +442,8 @@ impl Gpu {
         GpuBuf { slice, ptr }
     }
 
-    /// Launches `f` with `args` (each a pointer to a kernel argument bound to a local first).
+    /// Launches `f` with `args` (each a pointer to a kernel argument bound to a local first) on
+    /// [`Gpu::current`].
     ///
     /// # Safety
     /// The argument list must match the kernel's signature, and every pointer must be valid for
@@ -412,10 +463,11 @@ impl Gpu {
             shared_mem_bytes: smem,
         };
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_on(&self.stream, name, f, cfg, args) }
+        unsafe { self.launch_on(self.current(), name, f, cfg, args) }
     }
 
-    /// [`Gpu::launch`] on `stream` (this device's [`Gpu::stream`] or [`Gpu::aside`]).
+    /// [`Gpu::launch`] on `stream` (this device's [`Gpu::stream`], [`Gpu::aside`] or
+    /// [`Gpu::branch`]).
     ///
     /// # Safety
     /// As [`Gpu::launch`]; and the kernel's buffers must be ordered against other streams' use

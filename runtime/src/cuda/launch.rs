@@ -90,7 +90,7 @@ impl Launcher {
             shared_mem_bytes: smem,
         };
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_on(self.gpu.stream(), name, cfg, args) }
+        unsafe { self.launch_on(self.gpu.current(), name, cfg, args) }
     }
 
     /// [`Launcher::launch`] on `stream` ([`Gpu::launch_on`]).

@@ -57,19 +57,21 @@ impl Step<'_> {
         let p = |s: &str| Self::pname(i, s);
         let pj = self.cfg[i].projection(i, kn, c)?;
         let (first, hw) = (pj.prefix, pj.out);
-        let x = kn.inputs[0];
-        self.mm_grad_bias(
-            hw,
-            c,
-            n,
-            dy,
-            hw,
-            self.act_buf(i, x),
-            c,
-            self.p.g(&p(&format!("{first}.weight"))),
-            self.p.g(&p(&format!("{first}.bias"))),
-        )?;
-        let t = self.target(d, x)?;
+        let x = self.act_buf(i, kn.inputs[0]);
+        self.wgrad(i, [dy, x], || {
+            self.mm_grad_bias(
+                hw,
+                c,
+                n,
+                dy,
+                hw,
+                x,
+                c,
+                self.p.g(&p(&format!("{first}.weight"))),
+                self.p.g(&p(&format!("{first}.bias"))),
+            )
+        })?;
+        let t = self.target(d, kn.inputs[0])?;
         let wt = self.p.w(&p(&format!("{first}.weight")))?;
         self.mm(n, c, hw, dy, hw, wt, c, t.0, c, t.1)?;
         self.finish(t, c)
@@ -157,8 +159,12 @@ impl Step<'_> {
             Act::Gate | Act::Up => Some(bf.dh),
             _ => None,
         };
-        p.filter(|&p| !d.in_use(p))
-            .ok_or_else(|| unsupported(format!("no free gradient buffer for `{}`", act.name())))
+        let p = p
+            .filter(|&p| !d.in_use(p))
+            .ok_or_else(|| unsupported(format!("no free gradient buffer for `{}`", act.name())))?;
+        // A weight gradient on the branch may still read it ([`super::branch`]).
+        self.claim(p)?;
+        Ok(p)
     }
 
     /// Where an op that writes (beta 0) or accumulates (beta 1) d(`act`) puts it: `(buffer,
@@ -245,17 +251,20 @@ impl Step<'_> {
                 let (weight, width) = (pj.prefix, pj.inp);
                 let input = kn.inputs[0];
                 let w = |s: &str| format!("{weight}.{s}");
-                self.mm_grad_bias(
-                    c,
-                    width,
-                    n,
-                    dy,
-                    c,
-                    self.act_buf(i, input),
-                    width,
-                    self.p.g(&p(&w("weight"))),
-                    self.p.g(&p(&w("bias"))),
-                )?;
+                let x = self.act_buf(i, input);
+                self.wgrad(i, [dy, x], || {
+                    self.mm_grad_bias(
+                        c,
+                        width,
+                        n,
+                        dy,
+                        c,
+                        x,
+                        width,
+                        self.p.g(&p(&w("weight"))),
+                        self.p.g(&p(&w("bias"))),
+                    )
+                })?;
                 let wt = self.p.w(&p(&w("weight")))?;
                 if self.dgelu_into_up(i, input, d, dy, wt, width)? {
                     return Ok(());
@@ -306,6 +315,8 @@ impl Step<'_> {
             Fusion::Attention => {
                 let (q, kk, v) = self.qkv_views(l, b.qkv);
                 let (dq, dk, dv) = self.qkv_views(l, bf.dqkv);
+                // The layer above's q/k/v weight gradient may still read it on the branch.
+                self.claim(bf.dqkv)?;
                 let mut shape = self.attn_shape(l);
                 shape.ldo = l.od;
                 self.attention_bwd(
@@ -327,17 +338,20 @@ impl Step<'_> {
             Fusion::QkvRope => {
                 self.qkv_rope_bwd(i)?;
                 let x = kn.inputs[0];
-                self.mm_grad_bias(
-                    l.width,
-                    c,
-                    n,
-                    bf.dqkv,
-                    l.width,
-                    self.act_buf(i, x),
-                    c,
-                    self.p.g(&p("attn.q.weight")),
-                    self.p.g(&p("attn.q.bias")),
-                )?;
+                let xb = self.act_buf(i, x);
+                self.wgrad(i, [bf.dqkv, xb], || {
+                    self.mm_grad_bias(
+                        l.width,
+                        c,
+                        n,
+                        bf.dqkv,
+                        l.width,
+                        xb,
+                        c,
+                        self.p.g(&p("attn.q.weight")),
+                        self.p.g(&p("attn.q.bias")),
+                    )
+                })?;
                 let t = self.target(d, x)?;
                 let wt = self.p.w(&p("attn.q.weight"))?;
                 self.mm(n, c, l.width, bf.dqkv, l.width, wt, c, t.0, c, t.1)?;

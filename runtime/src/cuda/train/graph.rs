@@ -144,7 +144,7 @@ impl GpuTrainer {
         }
     }
 
-    /// Records `fwd_bwd` on the trainer's stream (and the aside stream it forks to) into a graph
+    /// Records `fwd_bwd` on the trainer's stream (and the streams it forks to) into a graph
     /// (nothing runs).
     fn capture(&self, adamw: bool) -> Result<CudaGraph> {
         let stream = self.gpu.stream();
@@ -153,8 +153,9 @@ impl GpuTrainer {
             .during(|| "starting to capture the step".into())?;
         let body = self.fwd_bwd(None, adamw);
         // End the capture whatever happened, so the stream is usable again.
-        // With the overlapped AdamW, its nodes keep the aside stream's low priority.
-        let flags = if adamw {
+        // With the overlapped AdamW or the weight-gradient branch, their nodes keep their
+        // streams' lower priorities.
+        let flags = if adamw || self.branch.is_some() {
             CUgraphInstantiate_flags::CUDA_GRAPH_INSTANTIATE_FLAG_USE_NODE_PRIORITY
         } else {
             CUgraphInstantiate_flags(0)

@@ -138,7 +138,10 @@ impl Step<'_> {
             return self.mm_grad(m, n, k, a, lda, b, ldb, c, 0.0);
         }
         let g = RowMajorGemm::weight_grad(m, n, k, lda, ldb);
-        let apart = || self.k.colsum(self.dt, bias, a, k, m, lda, self.buf.reduce);
+        let apart = || {
+            let scratch = self.reduce_scratch();
+            self.k.colsum(self.dt, bias, a, k, m, lda, scratch)
+        };
         // SAFETY: as in `mm`; the bias gradient is m f32 of the zeroed gradient arena.
         unsafe {
             self.gemm

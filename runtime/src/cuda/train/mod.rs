@@ -5,7 +5,7 @@
 //! the FFN (a dense MLP of its own width and activation, or mixture-of-experts). Forward, fused
 //! classifier + cross-entropy, backward (recomputing what the plan does not keep) and one fused
 //! AdamW launch, all on one stream (or AdamW layer by layer on a second, low-priority stream,
-//! overlapped with the backward: `overlap`).
+//! overlapped with the backward: `overlap`; the weight gradients on a third: `branch`).
 //!
 //! Layout of this module, by concept:
 //! - [`saves`]: [`LayerSaves`], the planner's named tensors mapped onto the buffers kept;
@@ -16,7 +16,8 @@
 //! - `forward`, `backward`: one layer's forward (also its recomputation) and backward;
 //! - `head`: final norm, classifier and cross-entropy, one row chunk of logits at a time;
 //! - `moe_glue`: mixture-of-experts layers through `cuda::moe`;
-//! - `overlap`: AdamW overlapped with the backward.
+//! - `overlap`: AdamW overlapped with the backward;
+//! - `branch`: the weight gradients on a stream beside the chain of input gradients.
 //!
 //! Saved activations (per layer, compute dtype): the block input, both norm outputs, the qkv
 //! projection (after qk-norm and RoPE, applied in place), the attention output, the mid residual,
@@ -27,6 +28,7 @@
 
 mod attention;
 mod backward;
+mod branch;
 mod config;
 mod forward;
 mod graph;
@@ -108,6 +110,10 @@ pub struct GpuTrainer {
     timeline: Option<timeline::Timeline>,
     /// AdamW overlapped with the backward, when on ([`overlap`]).
     overlap: Option<overlap::Overlap>,
+    /// The weight gradients beside the backward's chain, when on ([`branch`]).
+    branch: Option<branch::Branch>,
+    /// Whether a step has run (planned and timed its GEMMs): the branch waits for that.
+    planned: std::sync::atomic::AtomicBool,
 }
 
 fn unsupported(why: String) -> CudaError {
@@ -279,11 +285,15 @@ impl GpuTrainer {
         let n = shape.n;
         let bytes = params.bytes() + buf.total_bytes + fixed_bytes(n) + attn.bytes();
         let moe_any = moe.iter().any(Option::is_some);
-        let run = (programs.into_iter().enumerate())
+        let run: Vec<saves::LayerRun> = (programs.into_iter().enumerate())
             .map(|(i, lp)| saves::LayerRun::new(lp, saves.get(i).unwrap_or(&LayerSaves::ALL)))
             .collect();
         let overlap = match super::env_switch("MODELSPEC_ADAMW_OVERLAP") {
             Some(true) => Some(overlap::Overlap::new(gpu, spec, &params)?),
+            _ => None,
+        };
+        let branch = match super::env_switch("MODELSPEC_WGRAD_BRANCH") {
+            Some(true) => Some(Self::new_branch(gpu, &gemm, &run, &buf)?),
             _ => None,
         };
         Ok(GpuTrainer {
@@ -314,6 +324,8 @@ impl GpuTrainer {
             graph: graph::StepGraph::new(moe_any),
             timeline: None,
             overlap,
+            branch,
+            planned: Default::default(),
         })
     }
 
@@ -470,6 +482,37 @@ impl GpuTrainer {
         Ok(())
     }
 
+    /// Turns the weight-gradient branch (`cuda/train/branch.rs`) on or off (off by default;
+    /// `MODELSPEC_WGRAD_BRANCH=on` turns it on when the trainer is built). The gradients are the
+    /// same either way; a trainer's first step, and steps under the timeline, run on one stream.
+    pub fn set_wgrad_branch(&mut self, on: bool) -> Result<()> {
+        self.branch = match (on, self.branch.take()) {
+            (false, _) => None,
+            (true, Some(b)) => Some(b),
+            (true, None) => Some(Self::new_branch(
+                &self.gpu, &self.gemm, &self.run, &self.buf,
+            )?),
+        };
+        Ok(())
+    }
+
+    fn new_branch(
+        gpu: &Gpu,
+        gemm: &Gemm,
+        run: &[saves::LayerRun],
+        buf: &Layout,
+    ) -> Result<branch::Branch> {
+        branch::Branch::new(gpu, gemm, branch::ops(run), buf.reduce.bytes)
+    }
+
+    /// Where [`GpuTrainer::step`] runs the weight gradients, for logs and benchmarks.
+    pub fn wgrad_path(&self) -> &'static str {
+        match self.branch {
+            Some(_) => "on a second stream beside the input gradients",
+            None => "in turn with the input gradients",
+        }
+    }
+
     /// How [`GpuTrainer::step`] runs AdamW, for logs and benchmarks.
     pub fn adamw_path(&self) -> &'static str {
         match self.overlap {
@@ -479,7 +522,12 @@ impl GpuTrainer {
     }
 
     /// The borrowed view one step runs on; `adamw`: whether AdamW runs inside it ([`overlap`]).
-    fn ctx(&self, adamw: bool) -> Step<'_> {
+    /// The weight-gradient branch takes part once a step has planned the GEMMs, and never under
+    /// the timeline or when the logits are captured.
+    fn ctx(&self, adamw: bool, logits: bool) -> Step<'_> {
+        let planned = self.planned.load(std::sync::atomic::Ordering::Relaxed);
+        let branch =
+            (self.branch.as_ref()).filter(|_| planned && !logits && self.timeline.is_none());
         Step {
             k: &self.kernels,
             gemm: &self.gemm,
@@ -503,6 +551,7 @@ impl GpuTrainer {
             aux_loss: self.aux_loss,
             timeline: self.timeline.as_ref(),
             overlap: if adamw { self.overlap.as_ref() } else { None },
+            branch,
         }
     }
 
@@ -550,7 +599,10 @@ impl GpuTrainer {
     }
 
     fn fwd_bwd_body(&self, capture: Option<&mut Vec<f32>>, adamw: bool) -> Result<()> {
-        let st = self.ctx(adamw);
+        let st = self.ctx(adamw, capture.is_some());
+        if let Some(b) = st.branch {
+            b.begin();
+        }
         // SAFETY: the grad arena and the aux scalar are this trainer's own.
         unsafe {
             self.gpu
@@ -569,6 +621,11 @@ impl GpuTrainer {
             o.after_head(&st)?;
         }
         for i in (0..self.cfg.len()).rev() {
+            // Recomputation writes saved inputs the branch may still read; so may the kernels
+            // of a layer that keeps its weight gradients on the main stream ([`branch`]).
+            if self.run[i].recomputes() || !branch::plain(&self.run[i]) {
+                st.join_branch()?;
+            }
             if self.run[i].recomputes() {
                 st.layer_fwd(i, true)?;
             }
@@ -578,10 +635,13 @@ impl GpuTrainer {
             }
         }
         st.timed(|| "embed bwd".into(), || st.embed_bwd(g))?;
-        match st.overlap {
-            Some(o) => o.finish(&st),
-            None => Ok(()),
+        st.join_branch()?;
+        if let Some(o) = st.overlap {
+            o.finish(&st)?;
         }
+        self.planned
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     /// Replaces the weights (f32 master and working copy) with `params` (canonical names, e.g. from
@@ -664,4 +724,6 @@ struct Step<'a> {
     timeline: Option<&'a timeline::Timeline>,
     /// AdamW overlapped with the backward, when this step runs it.
     overlap: Option<&'a overlap::Overlap>,
+    /// The weight-gradient branch, when this step uses it.
+    branch: Option<&'a branch::Branch>,
 }

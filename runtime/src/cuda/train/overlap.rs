@@ -215,6 +215,12 @@ impl Overlap {
         aside
             .wait(ev)
             .during(|| "waiting for the backward on the aside stream".into())?;
+        // The weight gradients on the branch so far ([`super::branch`]) are final too.
+        if let Some(done) = st.branch.and_then(|b| b.last()) {
+            aside
+                .wait(done)
+                .during(|| "waiting for the weight gradients on the aside stream".into())?;
+        }
         let launch = |r: &Range<usize>, rows: Option<AdamwRows>| {
             let p = st.p;
             let at = |base: DevPtr, bytes: usize| base + (r.start * bytes) as u64;

@@ -127,6 +127,9 @@ pub struct Gemm {
     gpu: Arc<Gpu>,
     handle: sys::cublasLtHandle_t,
     workspace: GpuBuf<u8>,
+    /// A second workspace for the GEMMs on [`Gpu::branch`] (two GEMMs running at once must not
+    /// share one), made by [`Gemm::prepare_branch`].
+    branch_workspace: std::sync::OnceLock<GpuBuf<u8>>,
     /// Planned shapes; `None` where cuBLASLt has no algorithm for a fused epilogue (the caller
     /// then runs its unfused path).
     plans: Mutex<BTreeMap<PlanKey, Option<Plan>>>,
@@ -160,6 +163,7 @@ impl Gemm {
             gpu,
             handle,
             workspace,
+            branch_workspace: std::sync::OnceLock::new(),
             plans: Mutex::new(BTreeMap::new()),
             bgrad: Mutex::new(BiasGradPolicy::from_env()),
             tuner: Mutex::new(tune::Tuner::from_env()),
@@ -167,6 +171,30 @@ impl Gemm {
             own: std::sync::OnceLock::new(),
             own_ran: Mutex::new(Default::default()),
         })
+    }
+
+    /// Allocates the workspace of the GEMMs that run on [`Gpu::branch`] (inside
+    /// [`Gpu::on_branch`]); before any such GEMM, and outside a graph capture (it allocates).
+    pub fn prepare_branch(&self) -> Result<()> {
+        if self.branch_workspace.get().is_none() {
+            let w = self.gpu.zeros::<u8>(WORKSPACE)?;
+            let _ = self.branch_workspace.set(w);
+        }
+        Ok(())
+    }
+
+    /// The workspace of the stream GEMMs go to now ([`Gpu::current`]).
+    fn workspace(&self) -> Result<DevPtr> {
+        if !self.gpu.in_branch() {
+            return Ok(self.workspace.ptr());
+        }
+        self.branch_workspace
+            .get()
+            .map(GpuBuf::ptr)
+            .ok_or_else(|| CudaError::BadLaunch {
+                kernel: "cublasLt matmul".into(),
+                why: "a GEMM on the branch stream before Gemm::prepare_branch".into(),
+            })
     }
 
     /// Runs `f` with the timed choice of algorithms ([`tune`]) for the GEMMs it plans `on` or
@@ -480,6 +508,7 @@ impl Gemm {
         ops: &Operands,
     ) -> Result<()> {
         let g = ops.g;
+        let workspace = self.workspace()?;
         // SAFETY: plan handles are live; pointers are the caller's promise.
         unsafe {
             lt::matmul(
@@ -496,9 +525,9 @@ impl Gemm {
                 ops.c as *mut _,
                 plan.layouts[2],
                 algo,
-                self.workspace.ptr() as *mut _,
+                workspace as *mut _,
                 WORKSPACE,
-                self.gpu.stream().cu_stream() as *mut _,
+                self.gpu.current().cu_stream() as *mut _,
             )
         }
         .map_err(|e| blas_err("matmul", ops.dtype, g.m, g.n, g.k, e))
@@ -556,7 +585,8 @@ impl Gemm {
             }
             return;
         }
-        if ops.beta != 0.0 || self.capturing() {
+        // Timing needs the GPU to itself: never while capturing or beside the main stream.
+        if ops.beta != 0.0 || self.capturing() || self.gpu.in_branch() {
             return;
         }
         let timed = tune::fastest(candidates.len(), |j, reps| {
@@ -587,7 +617,7 @@ impl Gemm {
 
     /// Whether the stream is being captured into a CUDA graph (nothing may be timed then).
     fn capturing(&self) -> bool {
-        self.gpu.stream().capture_status().ok()
+        self.gpu.current().capture_status().ok()
             != Some(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
     }
 
