@@ -71,6 +71,37 @@ struct State {
     pending: Vec<(DevPtr, usize)>,
 }
 
+impl State {
+    /// Op `next` was launched, reading `reads` (0: none).
+    fn launched(&mut self, reads: [DevPtr; 2]) {
+        let k = self.next;
+        self.pending
+            .extend(reads.into_iter().filter(|&p| p != 0).map(|p| (p, k)));
+        self.next = k + 1;
+    }
+
+    /// The op whose end the main stream must wait for before it writes `p`: the last pending
+    /// one reading it. The ops up to it then count as joined.
+    fn claim(&mut self, p: DevPtr) -> Option<usize> {
+        let k = (self.pending.iter())
+            .filter(|&&(q, _)| q == p)
+            .map(|&(_, k)| k)
+            .max()?;
+        self.joined = self.joined.max(k + 1);
+        self.pending.retain(|&(_, j)| j > k);
+        Some(k)
+    }
+
+    /// The op whose end the main stream must wait for to have waited for all: the last one
+    /// launched, unless it is joined already.
+    fn join(&mut self) -> Option<usize> {
+        self.pending.clear();
+        let k = (self.next > self.joined).then(|| self.next - 1)?;
+        self.joined = self.next;
+        Some(k)
+    }
+}
+
 impl Branch {
     /// A branch for steps of at most `ops` weight-gradient ops (more run on the main stream),
     /// its column sums up to `reduce_bytes` of scratch ([`ReduceScratch::bytes_for`]). Makes the
@@ -131,41 +162,25 @@ impl Branch {
         self.dones[k]
             .record(branch)
             .during(|| "recording a weight gradient's end on the branch".into())?;
-        let mut s = self.state();
-        s.next = k + 1;
-        s.pending
-            .extend(reads.into_iter().filter(|&p| p != 0).map(|p| (p, k)));
+        self.state().launched(reads);
         Ok(())
     }
 
     /// Before the main stream overwrites buffer `p`: waits for the last pending op that reads
     /// it (and so for every op before that one).
     pub(super) fn claim(&self, gpu: &Gpu, p: DevPtr) -> Result<()> {
-        let mut s = self.state();
-        let Some(k) = s
-            .pending
-            .iter()
-            .filter(|&&(q, _)| q == p)
-            .map(|&(_, k)| k)
-            .max()
-        else {
-            return Ok(());
-        };
-        Self::wait(gpu, &self.dones[k])?;
-        s.joined = s.joined.max(k + 1);
-        s.pending.retain(|&(_, j)| j > k);
-        Ok(())
+        match self.state().claim(p) {
+            Some(k) => Self::wait(gpu, &self.dones[k]),
+            None => Ok(()),
+        }
     }
 
     /// The main stream waits for every op launched so far.
     pub(super) fn join(&self, gpu: &Gpu) -> Result<()> {
-        let mut s = self.state();
-        if s.next > s.joined {
-            Self::wait(gpu, &self.dones[s.next - 1])?;
-            s.joined = s.next;
+        match self.state().join() {
+            Some(k) => Self::wait(gpu, &self.dones[k]),
+            None => Ok(()),
         }
-        s.pending.clear();
-        Ok(())
     }
 
     /// The done event of the last op launched this step (`None` before the first): whoever
@@ -250,5 +265,38 @@ impl super::Step<'_> {
             Some(b) if self.gpu.in_branch() => b.reduce(),
             _ => self.buf.reduce,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::State;
+
+    #[test]
+    fn a_claim_waits_for_the_last_reader_and_forgets_what_it_covers() {
+        let mut s = State::default();
+        s.launched([10, 20]); // op 0
+        s.launched([30, 0]); // op 1
+        s.launched([10, 40]); // op 2
+        assert_eq!(s.claim(99), None, "nothing reads it");
+        assert_eq!(s.claim(10), Some(2), "the last of two readers");
+        // Waiting for op 2 covered ops 0 and 1: their buffers are free now.
+        assert_eq!((s.claim(20), s.claim(30), s.claim(40)), (None, None, None));
+        assert_eq!(s.join(), None, "everything is joined");
+        s.launched([50, 60]); // op 3
+        assert_eq!(s.claim(60), Some(3));
+        assert_eq!(s.join(), None);
+    }
+
+    #[test]
+    fn a_join_waits_for_the_last_op_once() {
+        let mut s = State::default();
+        assert_eq!(s.join(), None, "no op yet");
+        s.launched([1, 2]);
+        s.launched([3, 4]);
+        assert_eq!(s.claim(1), Some(0));
+        assert_eq!(s.join(), Some(1));
+        assert_eq!(s.join(), None);
+        assert_eq!(s.claim(3), None, "a join covers every buffer");
     }
 }
