@@ -69,6 +69,7 @@ for model, work in [("gpt2", "train-gpt2-124m"), ("llama1b", "train-llama-3.2-1b
                      "modelspec_MFU_vs_gemm_ceiling": mfu(m),
                      "gemm_ceiling_TFLOPs_same_call": ceiling, "modelspec_attention": m.get("attention"),
                      "modelspec_gemm": m.get("gemm"), "modelspec_cuda_graph": m.get("cuda_graph"),
+                     "modelspec_adamw": m.get("adamw"), "modelspec_wgrad": m.get("wgrad"),
                      "modelspec_loss": m.get("loss"), "baseline_loss": t.get("loss")})
 # gpt2-124m under budget(0.5): issue 11 asks for peak memory at most torch.compile budget 0.5's
 # and a step no slower than torch.compile without checkpointing (both from this call).
