@@ -2,7 +2,7 @@
 //! the own mma.sync kernels of [`Kernels::attn_fwd`](crate::cuda::Kernels::attn_fwd) /
 //! [`attn_bwd`](crate::cuda::Kernels::attn_bwd).
 //!
-//! libcudnn is loaded at run time, never needed to build: [`probe`] finds it (see its search
+//! libcudnn is loaded at run time, never needed to build: [`probe()`] finds it (see its search
 //! order), reads its version and keeps it loaded before cudarc's bindings touch it, so a missing
 //! or old cuDNN is an `Err`, never a panic. Graphs are built through the backend descriptor API
 //! (see [`sdpa`] for the node sequence), and a finalized plan is cached per shape: building one

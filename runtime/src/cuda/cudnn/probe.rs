@@ -12,7 +12,7 @@
 //! ...), and once one copy's are open every later shim binds to them. (The eighth session's
 //! probe loaded the system 9.14 first, so the wheel's 9.19 shim then reported 9.14 too, and the
 //! system copy won the tie.) So candidates are ranked by the version they declare without being
-//! loaded ([`declared_version`]: the file's resolved name, `libcudnn.so.9.14.0`, or the
+//! loaded (`declared_version`: the file's resolved name, `libcudnn.so.9.14.0`, or the
 //! `cudnn_version.h` of the install), and the first that loads and reports 9.0 or newer is the
 //! one; the others are listed in [`CudnnLibrary::passed_over`].
 //!

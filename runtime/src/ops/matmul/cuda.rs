@@ -197,7 +197,7 @@ impl Gemm {
             })
     }
 
-    /// Runs `f` with the timed choice of algorithms ([`tune`]) for the GEMMs it plans `on` or
+    /// Runs `f` with the timed choice of algorithms (the `tune` module) for the GEMMs it plans `on` or
     /// off, then restores the previous setting. Off by default: only callers whose shapes are
     /// fixed from step to step (the trainer's step) turn it on, and callers inside them whose
     /// shapes depend on the data (a mixture of experts' per-expert GEMMs) turn it off again, so
@@ -217,7 +217,7 @@ impl Gemm {
         self.tuner.lock().unwrap_or_else(|e| e.into_inner()).wide = on;
     }
 
-    /// The GEMMs this handle chose an algorithm for by timing ([`tune`]), in order.
+    /// The GEMMs this handle chose an algorithm for by timing (the `tune` module), in order.
     pub fn tuned(&self) -> Vec<Tuned> {
         self.tuner
             .lock()

@@ -5,7 +5,7 @@
 //! times the GELU's derivative at a kept pre-activation (DGELU) in the epilogue; a B given
 //! `[k, n]` is transposed into a scratch first ([`HopperGemm::try_run_kn`]). The trainer's two
 //! GELU-epilogue GEMMs reach it through `Gemm::run_epilogue` under `MODELSPEC_OWN_GEMM`
-//! ([`OwnPolicy`]: `on`, or `auto` for the faster of it and cuBLASLt per GEMM); off by default
+//! (`OwnPolicy`: `on`, or `auto` for the faster of it and cuBLASLt per GEMM); off by default
 //! until it measures faster than cuBLASLt.
 
 use super::{Dtype, Epilogue, RowMajorGemm};
