@@ -96,7 +96,7 @@ pub fn parse(src: &str, file: &str) -> Result<ModelSpec, Vec<Diagnostic>> {
 
 /// Non-fatal findings in `.mspec` source text that parses: today, a `layers[...]` setting that
 /// later rules override on every layer it selects (the last matching rule wins, so it never takes
-/// effect). Empty for text that does not parse (its errors come from [`parse`]).
+/// effect). Empty for text that does not parse (its errors come from [`parse()`]).
 ///
 /// ```
 /// let src = "model m { vocab 8 d_model 8 layers 2 context 8 attention { heads 2 }
