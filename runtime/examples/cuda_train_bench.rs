@@ -3,8 +3,9 @@
 //! `{"model", "B", "T", "ms", "peak_gib", "loss", "tokens_s", "TFLOPs", "TFLOPs_active", "MFU", "attention", "gemm", "adamw", "wgrad", "cuda_graph"}`
 //! (`attention`: which kernels the layers ran, cuDNN or the own ones; `gemm`: cuBLASLt, and which
 //! fused GEMMs ran on the own Hopper kernels; `adamw`: one launch after the backward, or
-//! overlapped with it: `MODELSPEC_ADAMW_OVERLAP`; `wgrad`: the weight gradients in turn with the
-//! input gradients, or beside them on a second stream: `MODELSPEC_WGRAD_BRANCH`).
+//! overlapped with it, the default: `MODELSPEC_ADAMW_OVERLAP`; `wgrad`: the weight gradients in
+//! turn with the input gradients, or beside them on a second stream, the default:
+//! `MODELSPEC_WGRAD_BRANCH`).
 //!
 //! ```text
 //! cargo run --release -p modelspec-runtime --example cuda_train_bench -- gpt2|llama1b|mixtral_small [SPEC_DIR] [POLICY]

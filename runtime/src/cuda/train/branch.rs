@@ -1,5 +1,6 @@
 //! Weight gradients on a second stream, beside the backward's chain of input gradients
-//! (`MODELSPEC_WGRAD_BRANCH=on`, or [`GpuTrainer::set_wgrad_branch`](super::GpuTrainer)).
+//! (on by default; `MODELSPEC_WGRAD_BRANCH=off` or [`GpuTrainer::set_wgrad_branch`](super::GpuTrainer)
+//! turns it off).
 //!
 //! A layer's backward is a chain: each kernel's input gradient needs the one after it. A
 //! projection's weight gradient (`dW = dyᵀ x`, and its bias's column sum) hangs off that chain:
@@ -122,6 +123,12 @@ impl Branch {
             _scratch: scratch,
             state: Mutex::new(State::default()),
         })
+    }
+
+    /// Device bytes of a branch whose column sums take `reduce_bytes` of scratch: those and the
+    /// GEMM workspace.
+    pub(super) fn bytes(reduce_bytes: usize) -> usize {
+        reduce_bytes + crate::cuda::gemm::WORKSPACE
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {

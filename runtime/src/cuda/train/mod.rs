@@ -288,13 +288,14 @@ impl GpuTrainer {
         let run: Vec<saves::LayerRun> = (programs.into_iter().enumerate())
             .map(|(i, lp)| saves::LayerRun::new(lp, saves.get(i).unwrap_or(&LayerSaves::ALL)))
             .collect();
+        // Both on unless their switch turns them off.
         let overlap = match super::env_switch("MODELSPEC_ADAMW_OVERLAP") {
-            Some(true) => Some(overlap::Overlap::new(gpu, spec, &params)?),
-            _ => None,
+            Some(false) => None,
+            _ => Some(overlap::Overlap::new(gpu, spec, &params)?),
         };
         let branch = match super::env_switch("MODELSPEC_WGRAD_BRANCH") {
-            Some(true) => Some(Self::new_branch(gpu, &gemm, &run, &buf)?),
-            _ => None,
+            Some(false) => None,
+            _ => Some(Self::new_branch(gpu, &gemm, &run, &buf)?),
         };
         Ok(GpuTrainer {
             gpu: gpu.clone(),
@@ -355,7 +356,13 @@ impl GpuTrainer {
     /// token rows.
     fn footprint(spec: &ModelSpec, dt: Dtype, lay: &Layout, n: usize) -> usize {
         let total = params::param_offsets(spec).total;
-        total * (16 + dt.bytes()) + (params::NORM_BLOCKS + 1) * 8 + lay.total_bytes + fixed_bytes(n)
+        // The overlapped AdamW and the weight-gradient branch are on by default.
+        let streams = overlap::Overlap::bytes(spec) + branch::Branch::bytes(lay.reduce.bytes);
+        total * (16 + dt.bytes())
+            + (params::NORM_BLOCKS + 1) * 8
+            + lay.total_bytes
+            + fixed_bytes(n)
+            + streams
     }
 
     /// Bytes the layers of a trainer built with `saves` keep from forward to backward, without a
@@ -409,9 +416,15 @@ impl GpuTrainer {
     }
 
     /// Bytes this trainer allocated on the device (parameters, optimizer state, activations,
-    /// scratch, the cuBLASLt workspace).
+    /// scratch, the cuBLASLt workspace, the overlapped AdamW's and the branch's buffers).
     pub fn device_bytes(&self) -> usize {
-        self.bytes
+        let overlap = self
+            .overlap
+            .as_ref()
+            .map_or(0, |_| overlap::Overlap::bytes(&self.spec));
+        let branch =
+            (self.branch.as_ref()).map_or(0, |_| branch::Branch::bytes(self.buf.reduce.bytes));
+        self.bytes + overlap + branch
     }
 
     /// Number of parameter elements.
@@ -470,8 +483,8 @@ impl GpuTrainer {
         Ok(logits.then_some(out))
     }
 
-    /// Turns AdamW's overlap with the backward (`cuda/train/overlap.rs`) on or off (off by default;
-    /// `MODELSPEC_ADAMW_OVERLAP=on` turns it on when the trainer is built). The update is the
+    /// Turns AdamW's overlap with the backward (`cuda/train/overlap.rs`) on or off (on by default;
+    /// `MODELSPEC_ADAMW_OVERLAP=off` turns it off when the trainer is built). The update is the
     /// same arithmetic either way; only [`GpuTrainer::step`] without the timeline overlaps.
     pub fn set_adamw_overlap(&mut self, on: bool) -> Result<()> {
         self.overlap = match (on, self.overlap.take()) {
@@ -482,8 +495,8 @@ impl GpuTrainer {
         Ok(())
     }
 
-    /// Turns the weight-gradient branch (`cuda/train/branch.rs`) on or off (off by default;
-    /// `MODELSPEC_WGRAD_BRANCH=on` turns it on when the trainer is built). The gradients are the
+    /// Turns the weight-gradient branch (`cuda/train/branch.rs`) on or off (on by default;
+    /// `MODELSPEC_WGRAD_BRANCH=off` turns it off when the trainer is built). The gradients are the
     /// same either way; a trainer's first step, and steps under the timeline, run on one stream.
     pub fn set_wgrad_branch(&mut self, on: bool) -> Result<()> {
         self.branch = match (on, self.branch.take()) {

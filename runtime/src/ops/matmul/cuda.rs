@@ -151,7 +151,8 @@ pub struct Gemm {
 unsafe impl Send for Gemm {}
 unsafe impl Sync for Gemm {}
 
-const WORKSPACE: usize = 32 << 20;
+/// Bytes of a cuBLASLt workspace (one a stream that runs GEMMs).
+pub const WORKSPACE: usize = 32 << 20;
 
 impl Gemm {
     /// Creates the handle and a 32 MiB workspace (NVIDIA's recommendation for Hopper).
