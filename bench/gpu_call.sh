@@ -12,6 +12,7 @@
 #    AdamW and the own GEMM, then gpt2 beside torch.compile.
 # 5: the norm/AdamW parity and bench, and `overlap`. 6 (~250 s): `overlap` alone: the parity of
 #    the overlapped AdamW and the weight-gradient branch, gpt2 with each, both and neither.
+# 7 (~500 s): on an H200 every row of bench/results/h200.json; elsewhere llama beside compile.
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -57,6 +58,16 @@ if [ "$stage" = 2 ] && h200; then
     exit
 fi
 if [ "$stage" = 6 ]; then overlap; exit; fi
+if [ "$stage" = 7 ]; then
+    # Every row of bench/results/h200.json on an H200 (~500 s): attention, gpt2, llama,
+    # mixtral-small beside PyTorch, gpt2 under budget(0.5); elsewhere llama beside torch.compile.
+    if h200; then
+        OUT=$R/b ATTN=1 BUDGET=1 TRAIN="gpt2 llama1b mixtral_small" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | tail -30
+    else
+        OUT=$R/b TRAIN="llama1b" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | tail -30
+    fi
+    exit
+fi
 if [ "$stage" = 5 ]; then
     # The shortest call (~170 s, any GPU): the norm/AdamW parity, the norm bench, the overlapped
     # AdamW's parity and gpt2 with and without it.
