@@ -12,7 +12,8 @@
 #    AdamW and the own GEMM, then gpt2 beside torch.compile.
 # 5: the norm/AdamW parity and bench, and `overlap`. 6 (~250 s): `overlap` alone: the parity of
 #    the overlapped AdamW and the weight-gradient branch, gpt2 with each, both and neither.
-# 7 (~500 s): on an H200 every row of bench/results/h200.json; elsewhere llama beside compile.
+# 7 (~660 s on an H100: too long for one call): on an H200 every row of bench/results/h200.json;
+#    elsewhere llama beside compile. 8 (~230 s, H200 only): attention, gpt2, gpt2 budget(0.5).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -58,6 +59,12 @@ if [ "$stage" = 2 ] && h200; then
     exit
 fi
 if [ "$stage" = 6 ]; then overlap; exit; fi
+if [ "$stage" = 8 ]; then
+    # Issue 11's H200 rows for a nearly spent budget (~230 s): attention, gpt2 beside
+    # torch.compile, gpt2 under budget(0.5). Nothing elsewhere.
+    h200 && OUT=$R/b ATTN=1 BUDGET=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
+    exit
+fi
 if [ "$stage" = 7 ]; then
     # Every row of bench/results/h200.json on an H200 (~500 s): attention, gpt2, llama,
     # mixtral-small beside PyTorch, gpt2 under budget(0.5); elsewhere llama beside torch.compile.
