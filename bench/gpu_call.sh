@@ -13,7 +13,8 @@
 # 5: the norm/AdamW parity and bench, and `overlap`. 6 (~250 s): `overlap` alone: the parity of
 #    the overlapped AdamW and the weight-gradient branch, gpt2 with each, both and neither.
 # 7 (~660 s on an H100: too long for one call): on an H200 every row of bench/results/h200.json;
-#    elsewhere llama beside compile. 8 (~230 s, H200 only): attention, gpt2, gpt2 budget(0.5).
+#    elsewhere llama beside compile. 8 (~230 s): on an H200 attention, gpt2, gpt2 budget(0.5);
+#    elsewhere the ping-pong GEMM's parity and bench (~100 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -62,7 +63,13 @@ if [ "$stage" = 6 ]; then overlap; exit; fi
 if [ "$stage" = 8 ]; then
     # Issue 11's H200 rows for a nearly spent budget (~230 s): attention, gpt2 beside
     # torch.compile, gpt2 under budget(0.5). Nothing elsewhere.
-    h200 && OUT=$R/b ATTN=1 BUDGET=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
+    if h200; then
+        OUT=$R/b ATTN=1 BUDGET=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
+    else
+        # Elsewhere (~100 s): the ping-pong GEMM's first parity and its bench rows.
+        own_parity 60 "DIAG|panicked|test result" 20
+        [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl | cut -c1-220
+    fi
     exit
 fi
 if [ "$stage" = 7 ]; then
