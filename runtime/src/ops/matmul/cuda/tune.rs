@@ -25,6 +25,7 @@
 //!
 //! [`compile::cache_dir`]: crate::cuda::compile::cache_dir
 
+use super::{Gemm, Operands, Plan, PlanKey, WORKSPACE, lt_types};
 use cudarc::cublaslt::sys;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -368,6 +369,90 @@ pub(super) fn per_run(
         })
         .ok()?;
     Some(ms / runs as f32)
+}
+
+impl Gemm {
+    /// A newly planned GEMM's algorithm among the heuristic's `candidates` (this module): the
+    /// persisted choice for its key, else (a large GEMM that overwrites its outputs, on a stream
+    /// not being captured) the fastest, timed on the call's own operands and persisted; else the
+    /// heuristic's first pick, as planned.
+    ///
+    /// # Safety
+    /// As [`Gemm::launch`].
+    pub(super) unsafe fn choose_algo(
+        &self,
+        plan: &mut Plan,
+        candidates: &[sys::cublasLtMatmulAlgo_t],
+        key: &PlanKey,
+        ops: &Operands,
+    ) {
+        let g = ops.g;
+        let runs = g.batch.map_or(1, |(count, ..)| count);
+        let flop = 2.0 * (g.m * g.n * g.k * runs) as f64;
+        if candidates.len() < 2 || flop < MIN_FLOP {
+            return;
+        }
+        let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+        if !tuner.enabled() {
+            return;
+        }
+        let id = format!("{}|{key:?}", self.choice_prefix());
+        // `MODELSPEC_GEMM_TUNE=wide`: configurations beyond the heuristic's list too, under a
+        // key of their own (a plain run never reads an index into the longer list).
+        let mut candidates = std::borrow::Cow::Borrowed(candidates);
+        let id = if tuner.wide {
+            let (ab, cd, compute) = lt_types(ops.dtype, key.1);
+            // SAFETY: the plan's handles are live.
+            let more = unsafe {
+                enumerate(
+                    self.handle,
+                    plan.desc,
+                    &plan.layouts,
+                    (compute, ab, cd),
+                    WORKSPACE,
+                    &candidates,
+                )
+            };
+            candidates.to_mut().extend(more);
+            format!("{id}|wide")
+        } else {
+            id
+        };
+        if let Some(j) = tuner.lookup(&id) {
+            if let Some(algo) = candidates.get(j) {
+                plan.algo = *algo;
+            }
+            return;
+        }
+        // Timing needs the GPU to itself: never while capturing or beside the main stream.
+        if ops.beta != 0.0 || self.capturing() || self.gpu.in_branch() {
+            return;
+        }
+        let timed = fastest(candidates.len(), |j, reps| {
+            // SAFETY: the caller's promise; every run overwrites the same outputs (beta 0).
+            per_run(&self.gpu, reps, || unsafe {
+                self.launch(plan, &candidates[j], ops)
+            })
+        });
+        if let Some((j, best_ms, first_ms)) = timed {
+            let j = tuner.record(Tuned {
+                key: id,
+                candidates: candidates.len(),
+                chosen: j,
+                first_ms,
+                best_ms,
+            });
+            plan.algo = candidates[j];
+        }
+    }
+
+    /// The start of every key under which a choice made by timing is persisted (this module): the
+    /// GPU and the cuBLASLt version, which the timings depend on.
+    pub(super) fn choice_prefix(&self) -> String {
+        // SAFETY: a plain query of the loaded library.
+        let version = unsafe { sys::cublasLtGetVersion() };
+        format!("{}|cublasLt {version}", self.gpu.name())
+    }
 }
 
 #[cfg(test)]
