@@ -131,6 +131,16 @@ impl Branch {
         reduce_bytes + crate::cuda::gemm::WORKSPACE
     }
 
+    /// The branch of a trainer with layers `run` and arena `buf`.
+    pub(super) fn for_trainer(
+        gpu: &Gpu,
+        gemm: &Gemm,
+        run: &[super::saves::LayerRun],
+        buf: &super::layout::Layout,
+    ) -> Result<Branch> {
+        Branch::new(gpu, gemm, ops(run), buf.reduce.bytes)
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -233,6 +243,31 @@ pub(super) fn ops(runs: &[super::saves::LayerRun]) -> usize {
     (runs.iter().filter(|r| plain(r)))
         .map(|r| r.kernels.iter().filter(projection).count())
         .sum()
+}
+
+impl super::GpuTrainer {
+    /// Turns the weight-gradient branch (`cuda/train/branch.rs`) on or off (on by default;
+    /// `MODELSPEC_WGRAD_BRANCH=off` turns it off when the trainer is built). The gradients are the
+    /// same either way; a trainer's first step, and steps under the timeline, run on one stream.
+    pub fn set_wgrad_branch(&mut self, on: bool) -> Result<()> {
+        self.branch = match (on, self.branch.take()) {
+            (false, _) => None,
+            (true, Some(b)) => Some(b),
+            (true, None) => Some(Branch::for_trainer(
+                &self.gpu, &self.gemm, &self.run, &self.buf,
+            )?),
+        };
+        Ok(())
+    }
+
+    /// Where [`GpuTrainer::step`](super::GpuTrainer::step) runs the weight gradients, for logs
+    /// and benchmarks.
+    pub fn wgrad_path(&self) -> &'static str {
+        match self.branch {
+            Some(_) => "on a second stream beside the input gradients",
+            None => "in turn with the input gradients",
+        }
+    }
 }
 
 impl super::Step<'_> {

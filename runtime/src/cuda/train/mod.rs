@@ -295,7 +295,7 @@ impl GpuTrainer {
         };
         let branch = match super::env_switch("MODELSPEC_WGRAD_BRANCH") {
             Some(false) => None,
-            _ => Some(Self::new_branch(gpu, &gemm, &run, &buf)?),
+            _ => Some(branch::Branch::for_trainer(gpu, &gemm, &run, &buf)?),
         };
         Ok(GpuTrainer {
             gpu: gpu.clone(),
@@ -493,37 +493,6 @@ impl GpuTrainer {
             (true, None) => Some(overlap::Overlap::new(&self.gpu, &self.spec, &self.params)?),
         };
         Ok(())
-    }
-
-    /// Turns the weight-gradient branch (`cuda/train/branch.rs`) on or off (on by default;
-    /// `MODELSPEC_WGRAD_BRANCH=off` turns it off when the trainer is built). The gradients are the
-    /// same either way; a trainer's first step, and steps under the timeline, run on one stream.
-    pub fn set_wgrad_branch(&mut self, on: bool) -> Result<()> {
-        self.branch = match (on, self.branch.take()) {
-            (false, _) => None,
-            (true, Some(b)) => Some(b),
-            (true, None) => Some(Self::new_branch(
-                &self.gpu, &self.gemm, &self.run, &self.buf,
-            )?),
-        };
-        Ok(())
-    }
-
-    fn new_branch(
-        gpu: &Gpu,
-        gemm: &Gemm,
-        run: &[saves::LayerRun],
-        buf: &Layout,
-    ) -> Result<branch::Branch> {
-        branch::Branch::new(gpu, gemm, branch::ops(run), buf.reduce.bytes)
-    }
-
-    /// Where [`GpuTrainer::step`] runs the weight gradients, for logs and benchmarks.
-    pub fn wgrad_path(&self) -> &'static str {
-        match self.branch {
-            Some(_) => "on a second stream beside the input gradients",
-            None => "in turn with the input gradients",
-        }
     }
 
     /// How [`GpuTrainer::step`] runs AdamW, for logs and benchmarks.
