@@ -58,7 +58,7 @@ impl Step<'_> {
         let pj = self.cfg[i].projection(i, kn, c)?;
         let (first, hw) = (pj.prefix, pj.out);
         let x = self.act_buf(i, kn.inputs[0]);
-        self.wgrad(i, [dy, x], || {
+        self.wgrad(Some(i), [dy, x], || {
             self.mm_grad_bias(
                 hw,
                 c,
@@ -252,7 +252,7 @@ impl Step<'_> {
                 let input = kn.inputs[0];
                 let w = |s: &str| format!("{weight}.{s}");
                 let x = self.act_buf(i, input);
-                self.wgrad(i, [dy, x], || {
+                self.wgrad(Some(i), [dy, x], || {
                     self.mm_grad_bias(
                         c,
                         width,
@@ -339,7 +339,7 @@ impl Step<'_> {
                 self.qkv_rope_bwd(i)?;
                 let x = kn.inputs[0];
                 let xb = self.act_buf(i, x);
-                self.wgrad(i, [bf.dqkv, xb], || {
+                self.wgrad(Some(i), [bf.dqkv, xb], || {
                     self.mm_grad_bias(
                         l.width,
                         c,

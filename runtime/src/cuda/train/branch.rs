@@ -31,6 +31,10 @@
 //! - Layers with mixture-of-experts or MLA kernels run their weight gradients on the main stream,
 //!   after a join.
 //!
+//! The head's weight gradient of each logits chunk goes to the branch the same way, beside the
+//! chunk's input gradient (a GEMM of `rows x d_model` outputs over K = the vocabulary: 192 tiles
+//! for gpt2's 4096-row chunks, 1.45 waves); the next chunk's classifier GEMM claims the logits.
+//!
 //! The overlapped AdamW ([`super::overlap`]) of a layer waits for the branch's last op too. The
 //! branch has its own cuBLASLt workspace ([`Gemm::prepare_branch`]) and its
 //! own column-sum scratch; the arithmetic of every GEMM and sum is unchanged, so the gradients
@@ -131,14 +135,17 @@ impl Branch {
         reduce_bytes + crate::cuda::gemm::WORKSPACE
     }
 
-    /// The branch of a trainer with layers `run` and arena `buf`.
+    /// The branch of a trainer with layers `run`, arena `buf` and shape `s` (its head's logits
+    /// chunks each have a weight gradient).
     pub(super) fn for_trainer(
         gpu: &Gpu,
         gemm: &Gemm,
         run: &[super::saves::LayerRun],
         buf: &super::layout::Layout,
+        s: &super::layout::Shape,
     ) -> Result<Branch> {
-        Branch::new(gpu, gemm, ops(run), buf.reduce.bytes)
+        let head = s.n.div_ceil(s.chunk.max(1));
+        Branch::new(gpu, gemm, ops(run) + head, buf.reduce.bytes)
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -254,7 +261,11 @@ impl super::GpuTrainer {
             (false, _) => None,
             (true, Some(b)) => Some(b),
             (true, None) => Some(Branch::for_trainer(
-                &self.gpu, &self.gemm, &self.run, &self.buf,
+                &self.gpu,
+                &self.gemm,
+                &self.run,
+                &self.buf,
+                &self.shape,
             )?),
         };
         Ok(())
@@ -271,16 +282,17 @@ impl super::GpuTrainer {
 }
 
 impl super::Step<'_> {
-    /// Runs `f`, layer `i`'s weight gradient reading `reads` (its `dy` and saved input), on the
-    /// branch when this step uses one and the layer is plain, else here on the main stream.
+    /// Runs `f`, a weight gradient reading `reads` (its `dy` and saved input) of layer `layer`
+    /// (`None`: the head), on the branch when this step uses one and the layer is plain, else
+    /// here on the main stream.
     pub(super) fn wgrad(
         &self,
-        i: usize,
+        layer: Option<usize>,
         reads: [DevPtr; 2],
         f: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         match self.branch {
-            Some(b) if plain(&self.run[i]) => b.run(self.gpu, reads, f),
+            Some(b) if layer.is_none_or(|i| plain(&self.run[i])) => b.run(self.gpu, reads, f),
             _ => f(),
         }
     }

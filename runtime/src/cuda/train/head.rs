@@ -49,6 +49,8 @@ impl Step<'_> {
                 ldc: ld,
                 ..RowMajorGemm::linear(rows, vp, c)
             };
+            // The chunk before's weight gradient may still read the logits on the branch.
+            self.claim(bf.logits)?;
             // SAFETY: x, head and the logits chunk are views into this trainer's arenas, sized
             // at construction for `rows <= chunk` rows of `c` and `ld`.
             unsafe { self.gemm.linear_as(dt, &g, x, head, head_bias, bf.logits) }?;
@@ -69,6 +71,19 @@ impl Step<'_> {
                 softcap,
                 Some(dscale),
             )?;
+            // The weight gradient first: on the branch it then runs beside the input gradient.
+            // The first chunk writes the head's gradient (nothing earlier in the step does: a
+            // tied embedding's backward adds to it at the end), so its GEMM overwrites (beta 0)
+            // and may be timed for its algorithm (`Gemm::with_tuning`); later chunks add.
+            let beta = if r0 == 0 { 0.0 } else { 1.0 };
+            self.wgrad(None, [bf.logits, x], || {
+                self.mm_grad(vp, c, rows, bf.logits, ld, x, c, dhead, beta)?;
+                if head_bias != 0 {
+                    let db = self.p.g("lm_head.bias");
+                    k.colsum(dt, db, bf.logits, rows, vp, ld, self.reduce_scratch())?;
+                }
+                Ok(())
+            })?;
             self.mm(
                 rows,
                 c,
@@ -81,15 +96,6 @@ impl Step<'_> {
                 c,
                 0.0,
             )?;
-            // The first chunk writes the head's gradient (nothing earlier in the step does: a
-            // tied embedding's backward adds to it at the end), so its GEMM overwrites (beta 0)
-            // and may be timed for its algorithm (`Gemm::with_tuning`); later chunks add.
-            let beta = if r0 == 0 { 0.0 } else { 1.0 };
-            self.mm_grad(vp, c, rows, bf.logits, ld, x, c, dhead, beta)?;
-            if head_bias != 0 {
-                let db = self.p.g("lm_head.bias");
-                k.colsum(dt, db, bf.logits, rows, vp, ld, bf.reduce)?;
-            }
             r0 += rows;
         }
         let g = bf.g_a;

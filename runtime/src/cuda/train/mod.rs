@@ -295,7 +295,7 @@ impl GpuTrainer {
         };
         let branch = match super::env_switch("MODELSPEC_WGRAD_BRANCH") {
             Some(false) => None,
-            _ => Some(branch::Branch::for_trainer(gpu, &gemm, &run, &buf)?),
+            _ => Some(branch::Branch::for_trainer(gpu, &gemm, &run, &buf, &shape)?),
         };
         Ok(GpuTrainer {
             gpu: gpu.clone(),
