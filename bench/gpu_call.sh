@@ -14,7 +14,9 @@
 #    the overlapped AdamW and the weight-gradient branch, gpt2 with each, both and neither.
 # 7 (~660 s on an H100: too long for one call): on an H200 every row of bench/results/h200.json;
 #    elsewhere llama beside compile. 8 (~230 s): on an H200 attention, gpt2, gpt2 budget(0.5);
-#    elsewhere the ping-pong GEMM's parity and bench (~100 s).
+#    elsewhere the ping-pong GEMM's parity and bench (~25 s). 9 (~430 s): on an H200 llama and
+#    mixtral-small beside PyTorch; elsewhere `overlap`. 7, 8 and 9 check the streams' parity
+#    first on an H200 and measure on one stream if it fails.
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -41,9 +43,21 @@ summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k
 # stream (twelfth; both never run before): their parity against one stream (equal or within 1e-5
 # normwise, apart, together, graph and eager, with recomputation), then gpt2 plain, overlapped,
 # branched and both, twice each, alternating.
-overlap() {
+streams_parity() {
     timeout 150 $B/cuda_train_state --include-ignored overlapped --nocapture > $R/v/overlap.log 2>&1; ov=$?
     echo "streams parity exit $ov"; grep -E "PARITY|panicked|test result" $R/v/overlap.log | head -24
+}
+# Before rows are measured: the streams' parity (~20 s); if it fails, the rows run on one stream
+# (and say so in their "adamw" and "wgrad" fields).
+streams_guard() {
+    streams_parity
+    if [ $ov != 0 ]; then
+        echo "STREAMS PARITY FAILED: the rows run on one stream"
+        export MODELSPEC_ADAMW_OVERLAP=off MODELSPEC_WGRAD_BRANCH=off
+    fi
+}
+overlap() {
+    streams_parity
     [ $ov = 0 ] || return
     for i in 1 2; do
         for v in "MODELSPEC_ADAMW_OVERLAP=off MODELSPEC_WGRAD_BRANCH=off" "MODELSPEC_WGRAD_BRANCH=off" "MODELSPEC_ADAMW_OVERLAP=off" ""; do
@@ -64,6 +78,7 @@ if [ "$stage" = 8 ]; then
     # Issue 11's H200 rows for a nearly spent budget (~230 s): attention, gpt2 beside
     # torch.compile, gpt2 under budget(0.5). Nothing elsewhere.
     if h200; then
+        streams_guard
         OUT=$R/b ATTN=1 BUDGET=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
     else
         # Elsewhere: the ping-pong GEMM's parity and bench rows (~25 s; passed on an H100 in
@@ -73,10 +88,22 @@ if [ "$stage" = 8 ]; then
     fi
     exit
 fi
+if [ "$stage" = 9 ]; then
+    # The rest of h200.json on an H200 (~430 s): llama beside torch.compile, mixtral-small beside
+    # HF eager and torch.compile. Elsewhere `overlap` (the streams' parity and gpt2 variants).
+    if h200; then
+        streams_guard
+        OUT=$R/b TRAIN="llama1b mixtral_small" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
+    else
+        overlap
+    fi
+    exit
+fi
 if [ "$stage" = 7 ]; then
     # Every row of bench/results/h200.json on an H200 (~500 s): attention, gpt2, llama,
     # mixtral-small beside PyTorch, gpt2 under budget(0.5); elsewhere llama beside torch.compile.
     if h200; then
+        streams_guard
         OUT=$R/b ATTN=1 BUDGET=1 TRAIN="gpt2 llama1b mixtral_small" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | tail -30
     else
         OUT=$R/b TRAIN="llama1b" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | tail -30
