@@ -10,12 +10,13 @@
 #    parity, attention and gpt2 beside PyTorch, gpt2 with the own GEMM `on` and twice `auto`.
 # 4: a shorter call (~420 s): 3's kernel checks and benches, gpt2 with and without the overlapped
 #    AdamW and the own GEMM, then gpt2 beside torch.compile.
-# 5: the norm/AdamW parity and bench, and `overlap`. 6 (~250 s): `overlap` alone: the parity of
-#    the overlapped AdamW and the weight-gradient branch, gpt2 with each, both and neither.
+# 5: the norm/AdamW parity and bench, and `overlap`. 6 (~150 s): `overlap` (the parity of the
+#    overlapped AdamW and the weight-gradient branch, gpt2 with each, both and neither) and
+#    `fold_check` (the residual adds in the GEMMs' epilogues: parity, gpt2 with and without).
 # 7 (~660 s on an H100: too long for one call): on an H200 every row of bench/results/h200.json;
 #    elsewhere llama beside compile. 8 (~230 s): on an H200 attention, gpt2, gpt2 budget(0.5);
 #    elsewhere the ping-pong GEMM's parity and bench (~25 s). 9 (~430 s): on an H200 llama and
-#    mixtral-small beside PyTorch; elsewhere `overlap`. 7, 8 and 9 check the streams' parity
+#    mixtral-small beside PyTorch; elsewhere `overlap` and `fold_check`. 7, 8 and 9 check the streams' parity
 #    first on an H200 and measure on one stream if it fails.
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
@@ -66,6 +67,20 @@ overlap() {
         done
     done
 }
+# The residual adds folded into the projections' GEMMs (twelfth session, never run before): parity
+# against the CPU (sequential, recomputing, and specs that keep some adds apart), then gpt2 with
+# and without, twice each, alternating.
+fold_check() {
+    timeout 120 $B/cuda_train --include-ignored residual_adds_folded --nocapture > $R/v/fold.log 2>&1; fo=$?
+    echo "fold parity exit $fo"; grep -E "PARITY|panicked|test result" $R/v/fold.log | head -30
+    [ $fo = 0 ] || return
+    for i in 1 2; do
+        for v in "MODELSPEC_RESIDUAL_EPILOGUE=off" "MODELSPEC_RESIDUAL_EPILOGUE=on"; do
+            echo "gpt2 $v"
+            env $v timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | tee -a $R/v/fold_gpt2.jsonl | summ
+        done
+    done
+}
 stage=${1:-1}
 if [ "$stage" = 2 ] && h200; then
     # AdamW's vectors (never run before) checked first: the rows' losses depend on them.
@@ -73,7 +88,7 @@ if [ "$stage" = 2 ] && h200; then
     OUT=$R/b TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
     exit
 fi
-if [ "$stage" = 6 ]; then overlap; exit; fi
+if [ "$stage" = 6 ]; then overlap; fold_check; exit; fi
 if [ "$stage" = 8 ]; then
     # Issue 11's H200 rows for a nearly spent budget (~230 s): attention, gpt2 beside
     # torch.compile, gpt2 under budget(0.5). Nothing elsewhere.
@@ -96,6 +111,7 @@ if [ "$stage" = 9 ]; then
         OUT=$R/b TRAIN="llama1b mixtral_small" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
     else
         overlap
+        fold_check
     fi
     exit
 fi

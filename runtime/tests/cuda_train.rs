@@ -283,6 +283,12 @@ fn compare(src: &str, dt: Dtype, tol: f64) {
 
 /// As `compare`; with `full`, the GPU keeps only each layer's input and recomputes the rest.
 fn compare_with(src: &str, dt: Dtype, tol: f64, full: bool) {
+    compare_folded(src, dt, tol, full, false)
+}
+
+/// As `compare_with`; with `fold`, residual adds fold into the projections' GEMMs
+/// (`GpuTrainer::set_residual_epilogue`).
+fn compare_folded(src: &str, dt: Dtype, tol: f64, full: bool, fold: bool) {
     // Checked everywhere, GPU or not: the spec is valid and the GPU trainer takes it.
     let spec = load_str(src, "test.mspec", Format::Mspec).expect("spec is valid");
     assert_eq!(
@@ -330,6 +336,10 @@ fn compare_with(src: &str, dt: Dtype, tol: f64, full: bool) {
         tr.attention_paths()
     );
     tr.set_params(&params).unwrap();
+    tr.set_residual_epilogue(fold);
+    if fold {
+        println!("{}: {}", spec.name, tr.gemm_paths());
+    }
     tr.set_batch(&tokens, None).unwrap();
     tr.step().unwrap();
     let loss = tr.loss().unwrap() as f64;
@@ -380,6 +390,24 @@ fn compare_with(src: &str, dt: Dtype, tol: f64, full: bool) {
         worst.0,
         worst.1
     );
+}
+
+/// Residual adds folded into the projections' GEMMs: sequential blocks (both folds, kept and
+/// recomputed), and specs where some or all adds stay apart (parallel blocks, sandwich norms,
+/// mixed dense and MoE layers).
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn gpu_step_matches_cpu_with_residual_adds_folded() {
+    for full in [false, true] {
+        compare_folded(GPT2_LIKE, Dtype::F32, 1e-4, full, true);
+        compare_folded(LLAMA_LIKE, Dtype::F32, 1e-4, full, true);
+        compare_folded(MIXED_LAYERS, Dtype::F32, 1e-4, full, true);
+    }
+    compare_folded(GPT2_LIKE, Dtype::Bf16, 5e-2, false, true);
+    compare_folded(LLAMA_LIKE, Dtype::Bf16, 5e-2, true, true);
+    compare_folded(NEOX_LIKE, Dtype::F32, 1e-4, false, true);
+    compare_folded(GEMMA3_LIKE, Dtype::F32, 1e-4, true, true);
+    compare_folded(MOE_MIXED, Dtype::F32, 1e-4, true, true);
 }
 
 #[test]

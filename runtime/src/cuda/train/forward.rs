@@ -17,7 +17,7 @@ use super::super::ops::AttnShape;
 use super::Step;
 use super::config::{LayerCfg, NormCfg};
 use super::layout::LayerBufs;
-use modelspec_dsl::program::{Act, Fusion, Kernel};
+use modelspec_dsl::program::{Act, Fusion};
 
 impl Step<'_> {
     /// `layers.{i}.{name}`.
@@ -200,8 +200,10 @@ impl Step<'_> {
         let run = &self.run[i];
         let b = &self.buf.layers[i];
         // The residual add of the layer below: fused into this layer's first norm when that
-        // reads the layer input, else a plain add (never in recomputation: the input is kept).
-        let entry = (!recompute && i > 0).then(|| (self.buf.layers[i - 1].resid_mid, self.buf.tmp));
+        // reads the layer input, else a plain add (never in recomputation: the input is kept;
+        // nor where the layer below's last GEMM wrote the sum: `fold`).
+        let entry = (!recompute && i > 0 && !self.folds_into_next(i - 1))
+            .then(|| (self.buf.layers[i - 1].resid_mid, self.buf.tmp));
         let fused_entry = run
             .kernels
             .first()
@@ -216,7 +218,7 @@ impl Step<'_> {
             let phase = if recompute { "recompute" } else { "fwd" };
             self.timed(
                 || format!("{phase} {:?}", kn.fusion),
-                || self.kernel_fwd(i, kn, entry.filter(|_| j == 0 && fused_entry), recompute),
+                || self.kernel_fwd(i, j, entry.filter(|_| j == 0 && fused_entry), recompute),
             )?;
             // A parallel block's stream: the input plus the attention branch, before the FFN
             // branch reuses `tmp` (its backward reads neither: never recomputed).
@@ -233,12 +235,12 @@ impl Step<'_> {
         Ok(())
     }
 
-    /// One kernel of layer i's program. `entry` is the pending residual `(stream, branch)` of the
+    /// Kernel `j` of layer i's program. `entry` is the pending residual `(stream, branch)` of the
     /// layer below that a first norm adds into the layer input.
     fn kernel_fwd(
         &self,
         i: usize,
-        kn: &Kernel,
+        j: usize,
         entry: Option<(DevPtr, DevPtr)>,
         recompute: bool,
     ) -> Result<()> {
@@ -246,6 +248,7 @@ impl Step<'_> {
         let l = &self.cfg[i];
         let b = &self.buf.layers[i];
         let run = &self.run[i];
+        let kn = &run.kernels[j];
         let p = |s: &str| Self::pname(i, s);
         let out = kn.outputs[0];
         match kn.fusion {
@@ -262,9 +265,11 @@ impl Step<'_> {
             Fusion::ResidualNorm => {
                 let branch = self.act_buf(i, kn.inputs[1]);
                 let norm = kn.outputs.get(1).copied();
+                // The projection before wrote the sum itself (`fold`).
+                let summed = j > 0 && self.folds_into_sum(i, j - 1);
                 match norm {
-                    // Recomputing only the norm of a kept sum.
-                    Some(nm) if recompute && run.keep[out as usize] => {
+                    // Recomputing only the norm of a kept sum, or normalising a folded one.
+                    Some(nm) if summed || (recompute && run.keep[out as usize]) => {
                         let (y, rstd, mean, name) = self.norm_bufs(i, nm);
                         self.norm_fwd(&l.norm, y, 0, rstd, mean, b.resid_mid, 0, &name)
                     }
@@ -272,6 +277,7 @@ impl Step<'_> {
                         let (y, rstd, mean, name) = self.norm_bufs(i, nm);
                         self.norm_fwd(&l.norm, y, b.resid_mid, rstd, mean, b.resid, branch, &name)
                     }
+                    None if summed => Ok(()),
                     None => k.add(dt, b.resid_mid, b.resid, branch, n * c),
                 }
             }
@@ -290,6 +296,11 @@ impl Step<'_> {
                 let w = self.p.w(&p(&format!("{}.weight", pj.prefix)))?;
                 let bias = self.p.wo(&p(&format!("{}.bias", pj.prefix)));
                 let y = self.act_buf(i, out);
+                if kn.fusion == Fusion::Linear
+                    && let Some(target) = self.fold_target(i, j, recompute)
+                {
+                    return self.linear_residual(n, pj.out, pj.inp, x, w, bias, target);
+                }
                 if kn.fusion != Fusion::LinearAct {
                     return self.linear(n, pj.out, pj.inp, x, w, bias, y);
                 }

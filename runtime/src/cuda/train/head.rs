@@ -20,17 +20,25 @@ impl Step<'_> {
                 .final_norm
                 .unwrap_or(spec.layers[spec.layers.len() - 1].block.norm),
         );
-        let last = bf.layers[bf.layers.len() - 1].resid_mid;
-        self.norm_fwd(
-            &fnorm,
-            bf.lnf,
-            bf.resid_final,
-            bf.rstdf,
-            bf.meanf,
-            last,
-            bf.tmp,
-            "final_norm",
-        )?;
+        let top = bf.layers.len() - 1;
+        if self.folds_into_next(top) {
+            // The last layer's down projection wrote the stream itself (`fold`).
+            let x = bf.resid_final;
+            self.norm_fwd(&fnorm, bf.lnf, 0, bf.rstdf, bf.meanf, x, 0, "final_norm")?;
+        } else {
+            let last = bf.layers[top].resid_mid;
+            let (y, sum, branch) = (bf.lnf, bf.resid_final, bf.tmp);
+            self.norm_fwd(
+                &fnorm,
+                y,
+                sum,
+                bf.rstdf,
+                bf.meanf,
+                last,
+                branch,
+                "final_norm",
+            )?;
+        }
         let (head, dhead) = if spec.embedding.tied {
             (self.p.w("embed.weight")?, self.p.g("embed.weight"))
         } else {

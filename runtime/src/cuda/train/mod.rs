@@ -14,6 +14,7 @@
 //!   recompute buffers and scratch sized by the largest layer that needs them);
 //! - `params`: parameters, gradients and optimizer state (one layout, fused q/k/v and gate/up);
 //! - `forward`, `backward`: one layer's forward (also its recomputation) and backward;
+//! - `fold`: residual adds folded into the projections' GEMMs (opt-in);
 //! - `head`: final norm, classifier and cross-entropy, one row chunk of logits at a time;
 //! - `moe_glue`: mixture-of-experts layers through `cuda::moe`;
 //! - `overlap`: AdamW overlapped with the backward;
@@ -30,6 +31,7 @@ mod attention;
 mod backward;
 mod branch;
 mod config;
+mod fold;
 mod forward;
 mod graph;
 mod head;
@@ -114,6 +116,8 @@ pub struct GpuTrainer {
     branch: Option<branch::Branch>,
     /// Whether a step has run (planned and timed its GEMMs): the branch waits for that.
     planned: std::sync::atomic::AtomicBool,
+    /// Whether residual adds fold into the projections' GEMMs ([`fold`]).
+    resid_epilogue: bool,
 }
 
 fn unsupported(why: String) -> CudaError {
@@ -157,16 +161,20 @@ impl GpuTrainer {
         self.gemm.tuned()
     }
 
-    /// Which GEMM kernels ran: `cuBLASLt`, or `cuBLASLt; own Hopper kernels for ...` naming
-    /// the fused GEMMs that ran on the own kernels (epilogue, shape, schedule:
+    /// Which GEMM kernels ran: `cuBLASLt`, then `; residual adds in the projections' epilogues`
+    /// where those fold ([`GpuTrainer::set_residual_epilogue`]) and `; own Hopper kernels for
+    /// ...` naming the fused GEMMs that ran on the own kernels (epilogue, shape, schedule:
     /// [`Gemm::own_runs`](super::gemm::Gemm::own_runs); `MODELSPEC_OWN_GEMM`).
     pub fn gemm_paths(&self) -> String {
         let own = self.gemm.own_runs();
-        if own.is_empty() {
-            "cuBLASLt".into()
-        } else {
-            format!("cuBLASLt; own Hopper kernels for {}", own.join(", "))
+        let mut out = String::from("cuBLASLt");
+        if self.resid_epilogue {
+            out.push_str("; residual adds in the projections' epilogues");
         }
+        if !own.is_empty() {
+            out.push_str(&format!("; own Hopper kernels for {}", own.join(", ")));
+        }
+        out
     }
 
     /// The one way to build a trainer for a checkpoint policy (`eval`, `train` and `bench
@@ -327,6 +335,7 @@ impl GpuTrainer {
             overlap,
             branch,
             planned: Default::default(),
+            resid_epilogue: super::env_switch("MODELSPEC_RESIDUAL_EPILOGUE") == Some(true),
         })
     }
 
@@ -534,6 +543,7 @@ impl GpuTrainer {
             timeline: self.timeline.as_ref(),
             overlap: if adamw { self.overlap.as_ref() } else { None },
             branch,
+            resid_epilogue: self.resid_epilogue,
         }
     }
 
@@ -708,4 +718,6 @@ struct Step<'a> {
     overlap: Option<&'a overlap::Overlap>,
     /// The weight-gradient branch, when this step uses it.
     branch: Option<&'a branch::Branch>,
+    /// Whether residual adds fold into the projections' GEMMs ([`fold`]).
+    resid_epilogue: bool,
 }

@@ -84,13 +84,15 @@ impl RowMajorGemm {
     }
 }
 
-/// One call's GEMM: its shape, operands and scalars.
+/// One call's GEMM: its shape, operands and scalars: `c = alpha A op(B) + beta res` (`res` 0:
+/// `c` itself, in place).
 struct Operands<'a> {
     dtype: Dtype,
     g: &'a RowMajorGemm,
     a: DevPtr,
     b: DevPtr,
     c: DevPtr,
+    res: DevPtr,
     alpha: f32,
     beta: f32,
 }
@@ -244,7 +246,8 @@ impl Gemm {
         beta: f32,
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.run_with(dtype, false, Epi::plain(0), g, a, b, c, alpha, beta) }.map(|_| ())
+        unsafe { self.run_with(dtype, false, Epi::plain(0), g, a, b, (c, 0), alpha, beta) }
+            .map(|_| ())
     }
 
     /// As [`Gemm::run`] with beta 0 and a bias row added in the epilogue: `C = A op(B) + bias`,
@@ -262,7 +265,8 @@ impl Gemm {
         bias: DevPtr,
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.run_with(dtype, false, Epi::plain(bias), g, a, b, c, 1.0, 0.0) }.map(|_| ())
+        unsafe { self.run_with(dtype, false, Epi::plain(bias), g, a, b, (c, 0), 1.0, 0.0) }
+            .map(|_| ())
     }
 
     /// As [`Gemm::run`] with beta 0 and a fused GELU epilogue ([`Epilogue`]). Returns `false`,
@@ -352,7 +356,7 @@ impl Gemm {
             return Ok(false);
         }
         // SAFETY: forwarded.
-        unsafe { self.run_with(dtype, out_f32, epi, g, a, b, c, 1.0, 0.0) }
+        unsafe { self.run_with(dtype, out_f32, epi, g, a, b, (c, 0), 1.0, 0.0) }
     }
 
     /// A projection [`RowMajorGemm::linear`]: `C[m, n] = A[m, k] W[n, k]^T (+ bias)` in `dtype`,
@@ -403,6 +407,44 @@ impl Gemm {
         }
     }
 
+    /// A projection with a residual added in its epilogue: `out[m, n] = A[m, k] W[n, k]^T (+
+    /// bias) + res[m, n]`, all dense in `dtype` (`res` and `out` distinct: cuBLASLt's C and D).
+    /// One pass where a projection then an add would write and read the projection's output.
+    ///
+    /// # Safety
+    /// a, w, res and out must address dense `[m, k]`, `[n, k]`, `[m, n]` and `[m, n]` matrices of
+    /// `dtype`, bias (when not 0) n elements; `out` must not overlap the others.
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn linear_residual(
+        &self,
+        dtype: Dtype,
+        m: usize,
+        n: usize,
+        k: usize,
+        a: DevPtr,
+        w: DevPtr,
+        bias: DevPtr,
+        res: DevPtr,
+        out: DevPtr,
+    ) -> Result<()> {
+        let g = RowMajorGemm::linear(m, n, k);
+        // SAFETY: forwarded.
+        unsafe {
+            self.run_with(
+                dtype,
+                false,
+                Epi::plain(bias),
+                &g,
+                a,
+                w,
+                (out, res),
+                1.0,
+                1.0,
+            )
+        }
+        .map(|_| ())
+    }
+
     /// As [`Gemm::run`], with A and B of `dtype` and C in f32 (weight gradients accumulated in f32).
     ///
     /// # Safety
@@ -419,11 +461,13 @@ impl Gemm {
         beta: f32,
     ) -> Result<()> {
         // SAFETY: forwarded.
-        unsafe { self.run_with(dtype, true, Epi::plain(0), g, a, b, c, alpha, beta) }.map(|_| ())
+        unsafe { self.run_with(dtype, true, Epi::plain(0), g, a, b, (c, 0), alpha, beta) }
+            .map(|_| ())
     }
 
-    /// Runs `g` with epilogue `epi`; `false` (nothing launched) when a fused epilogue has no
-    /// algorithm. Plain and bias GEMMs report a missing algorithm as an error.
+    /// Runs `g` with epilogue `epi` into `c` (`(c, res)`: `beta` scales `res`, or `c` itself
+    /// where `res` is 0); `false` (nothing launched) when a fused epilogue has no algorithm. Plain
+    /// and bias GEMMs report a missing algorithm as an error.
     #[allow(clippy::too_many_arguments)]
     unsafe fn run_with(
         &self,
@@ -433,7 +477,7 @@ impl Gemm {
         g: &RowMajorGemm,
         a: DevPtr,
         b: DevPtr,
-        c: DevPtr,
+        (c, res): (DevPtr, DevPtr),
         alpha: f32,
         beta: f32,
     ) -> Result<bool> {
@@ -484,6 +528,7 @@ impl Gemm {
             a,
             b,
             c,
+            res,
             alpha,
             beta,
         };
@@ -521,7 +566,7 @@ impl Gemm {
                 plan.layouts[0],
                 ops.a as *const _,
                 plan.layouts[1],
-                ops.c as *const _,
+                (if ops.res != 0 { ops.res } else { ops.c }) as *const _,
                 plan.layouts[2],
                 ops.c as *mut _,
                 plan.layouts[2],

@@ -20,8 +20,9 @@
 //! `MODELSPEC_GEMM_TUNE=wide` (an experiment) also times up to [`WIDE_EXTRA`] configurations the
 //! heuristic does not list ([`enumerate`]), under keys of their own.
 //!
-//! Only GEMMs that overwrite their outputs (beta 0) are timed, on their own buffers: each run
-//! writes the same outputs from the same inputs, and the call's real run comes after.
+//! Only GEMMs that overwrite their outputs (beta 0, or beta 1 on a separate input) are timed, on
+//! their own buffers: each run writes the same outputs from the same inputs, and the call's real
+//! run comes after.
 //!
 //! [`compile::cache_dir`]: crate::cuda::compile::cache_dir
 
@@ -424,12 +425,16 @@ impl Gemm {
             }
             return;
         }
-        // Timing needs the GPU to itself: never while capturing or beside the main stream.
-        if ops.beta != 0.0 || self.capturing() || self.gpu.in_branch() {
+        // Timing needs the GPU to itself: never while capturing or beside the main stream. A run
+        // that adds to its own output (beta 1 in place) cannot be repeated; one that adds a
+        // separate input (`res`) can.
+        let in_place_add = ops.beta != 0.0 && ops.res == 0;
+        if in_place_add || self.capturing() || self.gpu.in_branch() {
             return;
         }
         let timed = fastest(candidates.len(), |j, reps| {
-            // SAFETY: the caller's promise; every run overwrites the same outputs (beta 0).
+            // SAFETY: the caller's promise; every run overwrites the same outputs from the same
+            // inputs.
             per_run(&self.gpu, reps, || unsafe {
                 self.launch(plan, &candidates[j], ops)
             })
