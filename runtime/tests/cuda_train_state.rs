@@ -187,8 +187,9 @@ struct Streams {
 /// losses, and weights and both moments after five steps at changing learning rates, with weight
 /// decay on (the decay boundary falls inside the overlapped ranges). Per element the update is
 /// the same arithmetic and every GEMM and sum the same, but the gradients themselves are not
-/// bit-reproducible run to run (the embedding backward adds with f32 atomics where tokens
-/// repeat; cuDNN's attention backward), so a tensor is either equal or within 1e-5 normwise, as
+/// always bit-reproducible run to run (the own attention kernels, which f32 runs on, add with
+/// atomics; before the twelfth session the embedding backward did too), so a tensor is either
+/// equal or within 1e-5 normwise, as
 /// `graph_matches_eager`'s; the key bias (zero gradient in exact arithmetic, see there) is left
 /// out. A wrong order (a weight gradient read before it is written, a buffer overwritten while
 /// the branch reads it, a range skipped, done twice, or with another step's scalars) is off by

@@ -157,13 +157,16 @@ impl Step<'_> {
         Ok(())
     }
 
-    /// The embedding's backward from `g` = d(layer 0 input).
+    /// The embedding's backward from `g` = d(layer 0 input), in the batch's fixed order
+    /// ([`crate::ops::embedding::scatter_plan`]), its partial sums in `dq_acc` (free by now).
     pub(super) fn embed_bwd(&self, g: DevPtr) -> Result<()> {
         self.k.embed_bwd(
             self.dt,
             self.p.g("embed.weight"),
             self.p.g("pos_embed.weight"),
             self.tokens,
+            self.scatter,
+            self.buf.dq_acc,
             g,
             self.s.n,
             self.s.seq,

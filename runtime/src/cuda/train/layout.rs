@@ -127,6 +127,8 @@ pub(super) struct Layout {
     pub dqkv: DevPtr,
     pub d_atty: DevPtr,
     pub logits: DevPtr,
+    /// cuDNN's dQ accumulator (f32, at least `n x max(qd, d_model)`); after every layer's
+    /// backward, the embedding backward's partial sums.
     pub dq_acc: DevPtr,
     pub delta: DevPtr,
     /// Post-norm backward scratch: the gradient of a branch output before its post-norm.
@@ -346,7 +348,8 @@ pub(super) fn layout(
     let dqkv = take(n * width * es);
     let d_atty = take(n * od * es);
     let logits = take(s.chunk * s.ld * es);
-    let dq_acc = take(n * qd * 4);
+    // Also the embedding backward's partial sums (`n x c` f32), after every layer's backward.
+    let dq_acc = take(n * qd.max(c) * 4);
     let delta = take(s.batch * heads * s.seq * 4);
     let d_post = if any_post { take(n * c * es) } else { 0 };
     let (qk_a, qk_b) = if any_qk {

@@ -94,6 +94,8 @@ pub struct GpuTrainer {
     /// ALiBi slopes, one buffer per distinct head count.
     alibi: Vec<GpuBuf<f32>>,
     tokens: GpuBuf<i32>,
+    /// The batch's [`crate::ops::embedding::scatter_plan`]: the embedding backward's order.
+    scatter: GpuBuf<i32>,
     targets: GpuBuf<i32>,
     valid_targets: usize,
     aux_loss: bool,
@@ -127,9 +129,10 @@ fn unsupported(why: String) -> CudaError {
     }
 }
 
-/// Bytes besides parameters and the arena: loss rows, tokens, targets, the cuBLASLt workspace.
+/// Bytes besides parameters and the arena: loss rows, tokens, the embedding backward's order,
+/// targets, the cuBLASLt workspace.
 fn fixed_bytes(n: usize) -> usize {
-    12 * n + (32 << 20)
+    12 * n + (3 * n + 4) * 4 + (32 << 20)
 }
 
 impl GpuTrainer {
@@ -323,6 +326,7 @@ impl GpuTrainer {
             ropes,
             alibi,
             tokens: gpu.zeros::<i32>(n)?,
+            scatter: gpu.upload(&crate::ops::embedding::scatter_plan(&vec![0; n]))?,
             targets: gpu.zeros::<i32>(n)?,
             valid_targets: n,
             aux_loss: true,
@@ -473,6 +477,8 @@ impl GpuTrainer {
         };
         self.valid_targets = tgt.iter().filter(|&&t| t >= 0).count().max(1);
         self.gpu.write(&mut self.tokens, &tok)?;
+        let plan = crate::ops::embedding::scatter_plan(tokens);
+        self.gpu.write(&mut self.scatter, &plan)?;
         self.gpu.write(&mut self.targets, &tgt)
     }
 
@@ -536,6 +542,7 @@ impl GpuTrainer {
             es: self.dt.bytes() as u64,
             s: self.shape,
             tokens: self.tokens.ptr(),
+            scatter: self.scatter.ptr(),
             targets: self.targets.ptr(),
             loss_rows: &self.loss_rows,
             valid_targets: self.valid_targets,
@@ -707,6 +714,8 @@ struct Step<'a> {
     es: u64,
     s: Shape,
     tokens: DevPtr,
+    /// The batch's embedding-backward order (`GpuTrainer::scatter`).
+    scatter: DevPtr,
     targets: DevPtr,
     loss_rows: &'a GpuBuf<f32>,
     valid_targets: usize,

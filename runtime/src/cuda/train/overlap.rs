@@ -30,8 +30,9 @@
 //! The step's scalars change every step (the bias corrections, the learning rate), so they are
 //! read from a device buffer that [`Overlap::set_scalars`] writes before the step: the whole step,
 //! AdamW included, is then one captured CUDA graph (its nodes keep their streams' priorities).
-//! Per element the arithmetic is the single launch's; the results differ from its only as the
-//! gradients themselves differ run to run (the embedding backward's f32 atomics).
+//! Per element the arithmetic is the single launch's; the results differ from its only where the
+//! gradients themselves differ run to run (the own attention kernels' f32 atomics; cuDNN's
+//! attention and the embedding backward sum in a fixed order).
 
 use std::ops::Range;
 
