@@ -48,9 +48,19 @@ streams_parity() {
     timeout 150 $B/cuda_train_state --include-ignored overlapped --nocapture > $R/v/overlap.log 2>&1; ov=$?
     echo "streams parity exit $ov"; grep -E "PARITY|panicked|test result" $R/v/overlap.log | head -24
 }
-# Before rows are measured: the streams' parity (~20 s); if it fails, the rows run on one stream
-# (and say so in their "adamw" and "wgrad" fields).
+# Before rows are measured: the twelfth session's default-path changes never run on a GPU (the
+# embedding backward in a fixed order, the head's weight gradient on the branch) against f64 and
+# the CPU (~30 s; a failure stops the call: no rows from a wrong step), then the streams' parity
+# (~20 s); if that fails, the rows run on one stream (and say so in their "adamw" and "wgrad").
+new_parity() {
+    timeout 60 $B/cuda_kernels --include-ignored embedding > $R/v/embed.log 2>&1; e1=$?
+    timeout 90 $B/cuda_train --include-ignored gpu_step_matches_cpu_gpt2_like gpu_step_matches_cpu_llama_like > $R/v/train_parity.log 2>&1; e2=$?
+    echo "embedding kernel exit $e1, gpt2/llama-like step vs CPU exit $e2"
+    grep -E "panicked|test result" $R/v/embed.log $R/v/train_parity.log | head -8
+}
 streams_guard() {
+    new_parity
+    if [ $e1 != 0 ] || [ $e2 != 0 ]; then echo "PARITY FAILED: no rows"; exit 1; fi
     streams_parity
     if [ $ov != 0 ]; then
         echo "STREAMS PARITY FAILED: the rows run on one stream"
@@ -88,7 +98,7 @@ if [ "$stage" = 2 ] && h200; then
     OUT=$R/b TRAIN="gpt2 mixtral_small llama1b" bash bench/gpu_bench.sh 2>&1 | tail -80
     exit
 fi
-if [ "$stage" = 6 ]; then overlap; fold_check; exit; fi
+if [ "$stage" = 6 ]; then new_parity; overlap; fold_check; exit; fi
 if [ "$stage" = 8 ]; then
     # Issue 11's H200 rows for a nearly spent budget (~230 s): attention, gpt2 beside
     # torch.compile, gpt2 under budget(0.5). Nothing elsewhere.
@@ -110,6 +120,7 @@ if [ "$stage" = 9 ]; then
         streams_guard
         OUT=$R/b TRAIN="llama1b mixtral_small" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
     else
+        new_parity
         overlap
         fold_check
     fi
