@@ -25,7 +25,33 @@
 use super::super::error::Result;
 use super::super::gpu::DevPtr;
 use super::Step;
+use super::forward::in_tmp;
+use super::saves::LayerRun;
 use modelspec_dsl::program::Fusion;
+
+/// Whether kernel `j` of `run`, a projection whose output lives in `tmp`, is read by the next
+/// kernel, a `ResidualNorm`, as the branch it adds to the layer input (sequential blocks only).
+pub(super) fn sum_fold(run: &LayerRun, j: usize) -> bool {
+    let ks = &run.kernels;
+    let Some(kn) = ks.get(j) else { return false };
+    !run.lp.parallel
+        && kn.fusion == Fusion::Linear
+        && ks.get(j + 1).is_some_and(|r| {
+            r.fusion == Fusion::ResidualNorm && r.inputs.get(1) == Some(&kn.outputs[0])
+        })
+        && in_tmp(&run.lp, kn.outputs[0])
+}
+
+/// Whether `run`'s last kernel is a projection writing the MLP branch into `tmp`, which the layer
+/// output (`resid_mid + branch`) adds (sequential blocks only).
+pub(super) fn next_fold(run: &LayerRun) -> bool {
+    !run.lp.parallel
+        && run
+            .kernels
+            .last()
+            .is_some_and(|kn| kn.fusion == Fusion::Linear && kn.outputs[0] == run.lp.mlp_branch)
+        && in_tmp(&run.lp, run.lp.mlp_branch)
+}
 
 impl super::GpuTrainer {
     /// Turns the residual adds' folding into the projections' GEMMs on or off (off by default;
@@ -43,31 +69,15 @@ impl super::GpuTrainer {
 
 impl Step<'_> {
     /// Whether kernel `j` of layer `i`, a projection, writes the residual sum the next kernel
-    /// (a `ResidualNorm`) would form from its output.
+    /// (a `ResidualNorm`) would form from its output ([`sum_fold`]).
     pub(super) fn folds_into_sum(&self, i: usize, j: usize) -> bool {
-        let run = &self.run[i];
-        let ks = &run.kernels;
-        let Some(kn) = ks.get(j) else { return false };
-        self.resid_epilogue
-            && !run.lp.parallel
-            && kn.fusion == Fusion::Linear
-            && ks.get(j + 1).is_some_and(|r| {
-                r.fusion == Fusion::ResidualNorm && r.inputs.get(1) == Some(&kn.outputs[0])
-            })
-            && self.act_buf(i, kn.outputs[0]) == self.buf.tmp
+        self.resid_epilogue && sum_fold(&self.run[i], j)
     }
 
     /// Whether layer `i`'s last kernel, its MLP's down projection, writes the layer's output (the
-    /// next layer's input, or the final norm's) in the forward.
+    /// next layer's input, or the final norm's) in the forward ([`next_fold`]).
     pub(super) fn folds_into_next(&self, i: usize) -> bool {
-        let run = &self.run[i];
-        self.resid_epilogue
-            && !run.lp.parallel
-            && run
-                .kernels
-                .last()
-                .is_some_and(|kn| kn.fusion == Fusion::Linear && kn.outputs[0] == run.lp.mlp_branch)
-            && self.act_buf(i, run.lp.mlp_branch) == self.buf.tmp
+        self.resid_epilogue && next_fold(&self.run[i])
     }
 
     /// Where projection `j` of layer `i` puts its output with the residual folded in: `(stream,
@@ -110,6 +120,65 @@ impl Step<'_> {
         unsafe {
             self.gemm
                 .linear_residual(self.dt, m, n, k, a, w, bias, stream, sum)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::saves::{LayerRun, LayerSaves};
+    use super::{next_fold, sum_fold};
+    use modelspec_dsl::program::{Fusion, Program};
+
+    /// Per layer: the kernels whose GEMM writes a residual sum, and whether the last one writes
+    /// the layer's output.
+    fn folds(name: &str) -> Vec<(Vec<Fusion>, bool)> {
+        let path = format!("{}/../specs/{name}.mspec", env!("CARGO_MANIFEST_DIR"));
+        let spec = modelspec_dsl::load::load_file(std::path::Path::new(&path))
+            .expect("spec loads")
+            .0;
+        (Program::lower(&spec).layers.into_iter())
+            .map(|lp| LayerRun::new(lp, &LayerSaves::ALL))
+            .map(|run| {
+                let sums = (0..run.kernels.len())
+                    .filter(|&j| sum_fold(&run, j))
+                    .map(|j| run.kernels[j + 1].fusion)
+                    .collect();
+                (sums, next_fold(&run))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn sequential_pre_norm_blocks_fold_both_adds() {
+        for name in ["gpt2-124m", "llama-3.2-1b"] {
+            for (sums, next) in folds(name) {
+                assert_eq!(sums, vec![Fusion::ResidualNorm], "{name}");
+                assert!(next, "{name}");
+            }
+        }
+    }
+
+    #[test]
+    fn parallel_post_norm_and_moe_blocks_keep_their_adds_apart() {
+        // Parallel blocks (one shared norm, or two).
+        for name in ["phi-2", "pythia-160m"] {
+            assert!(
+                folds(name).iter().all(|(s, n)| s.is_empty() && !n),
+                "{name}"
+            );
+        }
+        // Post-norms read the branch outputs: kept, not in `tmp`.
+        for name in ["olmo-2-7b", "gemma-2-2b"] {
+            assert!(
+                folds(name).iter().all(|(s, n)| s.is_empty() && !n),
+                "{name}"
+            );
+        }
+        // A mixture of experts: the attention's add folds, the expert output does not.
+        for (sums, next) in folds("mixtral-small") {
+            assert_eq!(sums, vec![Fusion::ResidualNorm]);
+            assert!(!next);
         }
     }
 }

@@ -17,7 +17,7 @@ use super::super::ops::AttnShape;
 use super::Step;
 use super::config::{LayerCfg, NormCfg};
 use super::layout::LayerBufs;
-use modelspec_dsl::program::{Act, Fusion};
+use modelspec_dsl::program::{Act, Fusion, LayerProgram};
 
 impl Step<'_> {
     /// `layers.{i}.{name}`.
@@ -64,18 +64,19 @@ impl Step<'_> {
 
     /// Where activation `act` of layer `i` lives: its kept buffer, or the shared one it is
     /// recomputed into; a branch output that only a residual add reads lives in `tmp` until the
-    /// add consumes it.
+    /// add consumes it ([`in_tmp`]).
     pub(super) fn act_buf(&self, i: usize, act: Act) -> DevPtr {
         let b = &self.buf.layers[i];
-        let lp = &self.run[i].lp;
-        let post_reads = |a: Act| lp.node(a).is_some();
+        if in_tmp(&self.run[i].lp, act) {
+            return self.buf.tmp;
+        }
         match act {
             Act::Input => b.resid,
             Act::AttnNorm => b.ln1,
             Act::MlpNorm => b.ln2,
             Act::Attn => b.atty,
-            Act::AttnOut if post_reads(Act::AttnPostNorm) => b.pa_in,
-            Act::MlpOut if post_reads(Act::MlpPostNorm) => b.pm_in,
+            Act::AttnOut => b.pa_in,
+            Act::MlpOut => b.pm_in,
             Act::ResidMid => b.resid_mid,
             Act::Gate | Act::Up => b.h,
             Act::ActOut => b.act,
@@ -373,6 +374,24 @@ impl Step<'_> {
                 cols: l.kvd,
             },
         ]
+    }
+}
+
+/// Whether activation `act` of a layer lowered as `lp` lives in the scratch `tmp` ([`Step::act_buf`]):
+/// everything but the buffers of their own, and a branch output unless a post-norm reads it.
+pub(super) fn in_tmp(lp: &LayerProgram, act: Act) -> bool {
+    match act {
+        Act::Input
+        | Act::AttnNorm
+        | Act::MlpNorm
+        | Act::Attn
+        | Act::ResidMid
+        | Act::Gate
+        | Act::Up
+        | Act::ActOut => false,
+        Act::AttnOut => lp.node(Act::AttnPostNorm).is_none(),
+        Act::MlpOut => lp.node(Act::MlpPostNorm).is_none(),
+        _ => true,
     }
 }
 
