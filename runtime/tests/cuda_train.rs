@@ -392,9 +392,9 @@ fn compare_folded(src: &str, dt: Dtype, tol: f64, full: bool, fold: bool) {
     );
 }
 
-/// Residual adds folded into the projections' GEMMs: sequential blocks (both folds, kept and
-/// recomputed), and specs where some or all adds stay apart (parallel blocks, sandwich norms,
-/// mixed dense and MoE layers).
+/// Residual adds folded into the projections' GEMMs: sequential and parallel blocks (both folds,
+/// kept and recomputed), and specs where some or all adds stay apart (sandwich norms, mixed dense
+/// and MoE layers).
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn gpu_step_matches_cpu_with_residual_adds_folded() {
@@ -406,6 +406,7 @@ fn gpu_step_matches_cpu_with_residual_adds_folded() {
     compare_folded(GPT2_LIKE, Dtype::Bf16, 5e-2, false, true);
     compare_folded(LLAMA_LIKE, Dtype::Bf16, 5e-2, true, true);
     compare_folded(NEOX_LIKE, Dtype::F32, 1e-4, false, true);
+    compare_folded(PHI_LIKE, Dtype::F32, 1e-4, true, true);
     compare_folded(GEMMA3_LIKE, Dtype::F32, 1e-4, true, true);
     compare_folded(MOE_MIXED, Dtype::F32, 1e-4, true, true);
 }

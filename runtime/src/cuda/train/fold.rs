@@ -9,13 +9,15 @@
 //! and D distinct) and the norm reads it only (two passes): one `[n, d_model]` pass less a
 //! residual add, 24 a gpt2-124m step. Two places:
 //! - inside a layer, a `Linear` whose output the next kernel, a `ResidualNorm`, adds to the layer
-//!   input: the GEMM writes `resid_mid` ([`Step::folds_into_sum`]);
+//!   input: the GEMM writes `resid_mid` ([`Step::folds_into_sum`], [`sum_fold`]);
 //! - at a layer's end, a last `Linear` whose output is the MLP branch: the GEMM writes the next
 //!   layer's input (or, after the last layer, the final norm's input), which the next layer's
 //!   entry then reads as it is ([`Step::folds_into_next`]).
 //!
-//! Parallel blocks, post-norms (their branch outputs are kept, not in `tmp`) and mixture-of-experts
-//! outputs are not folded. Recomputation folds as the forward did inside a layer (the redone GEMM
+//! In a parallel block the attention branch is added to the input right after it is computed
+//! (into `resid_mid`, before the MLP branch reuses `tmp`): its GEMM writes that sum, and the MLP's
+//! down projection writes the layer's output as in a sequential block. Post-norms (their branch
+//! outputs are kept, not in `tmp`) and mixture-of-experts outputs are not folded. Recomputation folds as the forward did inside a layer (the redone GEMM
 //! writes the same sum); the layer-end fold is forward-only (recomputation never rebuilds the next
 //! layer's input). The backward is unchanged: it reads the sums and the projections' inputs, never
 //! the branch outputs. The sum is rounded once to the compute dtype instead of twice (the
@@ -29,27 +31,31 @@ use super::forward::in_tmp;
 use super::saves::LayerRun;
 use modelspec_dsl::program::Fusion;
 
-/// Whether kernel `j` of `run`, a projection whose output lives in `tmp`, is read by the next
-/// kernel, a `ResidualNorm`, as the branch it adds to the layer input (sequential blocks only).
+/// Whether kernel `j` of `run`, a projection whose output lives in `tmp`, writes a branch that is
+/// added to the layer input into `resid_mid`: in a sequential block by the next kernel, a
+/// `ResidualNorm`; in a parallel block, the attention branch, by the add right after it
+/// (`Step::layer_fwd`).
 pub(super) fn sum_fold(run: &LayerRun, j: usize) -> bool {
     let ks = &run.kernels;
     let Some(kn) = ks.get(j) else { return false };
-    !run.lp.parallel
-        && kn.fusion == Fusion::Linear
-        && ks.get(j + 1).is_some_and(|r| {
-            r.fusion == Fusion::ResidualNorm && r.inputs.get(1) == Some(&kn.outputs[0])
-        })
-        && in_tmp(&run.lp, kn.outputs[0])
+    if kn.fusion != Fusion::Linear || !in_tmp(&run.lp, kn.outputs[0]) {
+        return false;
+    }
+    if run.lp.parallel {
+        return kn.outputs[0] == run.lp.attn_branch;
+    }
+    ks.get(j + 1).is_some_and(|r| {
+        r.fusion == Fusion::ResidualNorm && r.inputs.get(1) == Some(&kn.outputs[0])
+    })
 }
 
 /// Whether `run`'s last kernel is a projection writing the MLP branch into `tmp`, which the layer
-/// output (`resid_mid + branch`) adds (sequential blocks only).
+/// output (`resid_mid + branch`, `resid_mid` holding the attention branch in a parallel block)
+/// adds.
 pub(super) fn next_fold(run: &LayerRun) -> bool {
-    !run.lp.parallel
-        && run
-            .kernels
-            .last()
-            .is_some_and(|kn| kn.fusion == Fusion::Linear && kn.outputs[0] == run.lp.mlp_branch)
+    run.kernels
+        .last()
+        .is_some_and(|kn| kn.fusion == Fusion::Linear && kn.outputs[0] == run.lp.mlp_branch)
         && in_tmp(&run.lp, run.lp.mlp_branch)
 }
 
@@ -128,11 +134,11 @@ impl Step<'_> {
 mod tests {
     use super::super::saves::{LayerRun, LayerSaves};
     use super::{next_fold, sum_fold};
-    use modelspec_dsl::program::{Fusion, Program};
+    use modelspec_dsl::program::{Act, Program};
 
-    /// Per layer: the kernels whose GEMM writes a residual sum, and whether the last one writes
-    /// the layer's output.
-    fn folds(name: &str) -> Vec<(Vec<Fusion>, bool)> {
+    /// Per layer: the outputs of the kernels whose GEMM writes `resid_mid`, and whether the last
+    /// kernel writes the layer's output.
+    fn folds(name: &str) -> Vec<(Vec<Act>, bool)> {
         let path = format!("{}/../specs/{name}.mspec", env!("CARGO_MANIFEST_DIR"));
         let spec = modelspec_dsl::load::load_file(std::path::Path::new(&path))
             .expect("spec loads")
@@ -142,7 +148,7 @@ mod tests {
             .map(|run| {
                 let sums = (0..run.kernels.len())
                     .filter(|&j| sum_fold(&run, j))
-                    .map(|j| run.kernels[j + 1].fusion)
+                    .map(|j| run.kernels[j].outputs[0])
                     .collect();
                 (sums, next_fold(&run))
             })
@@ -150,34 +156,26 @@ mod tests {
     }
 
     #[test]
-    fn sequential_pre_norm_blocks_fold_both_adds() {
-        for name in ["gpt2-124m", "llama-3.2-1b"] {
+    fn pre_norm_blocks_fold_both_adds() {
+        // Sequential, then parallel (one shared norm, or two).
+        for name in ["gpt2-124m", "llama-3.2-1b", "phi-2", "pythia-160m"] {
             for (sums, next) in folds(name) {
-                assert_eq!(sums, vec![Fusion::ResidualNorm], "{name}");
+                assert_eq!(sums, vec![Act::AttnOut], "{name}");
                 assert!(next, "{name}");
             }
         }
     }
 
     #[test]
-    fn parallel_post_norm_and_moe_blocks_keep_their_adds_apart() {
-        // Parallel blocks (one shared norm, or two).
-        for name in ["phi-2", "pythia-160m"] {
-            assert!(
-                folds(name).iter().all(|(s, n)| s.is_empty() && !n),
-                "{name}"
-            );
-        }
+    fn post_norm_and_moe_blocks_keep_their_adds_apart() {
         // Post-norms read the branch outputs: kept, not in `tmp`.
         for name in ["olmo-2-7b", "gemma-2-2b"] {
-            assert!(
-                folds(name).iter().all(|(s, n)| s.is_empty() && !n),
-                "{name}"
-            );
+            let all = folds(name);
+            assert!(all.iter().all(|(s, n)| s.is_empty() && !n), "{name}");
         }
         // A mixture of experts: the attention's add folds, the expert output does not.
         for (sums, next) in folds("mixtral-small") {
-            assert_eq!(sums, vec![Fusion::ResidualNorm]);
+            assert_eq!(sums, vec![Act::AttnOut]);
             assert!(!next);
         }
     }

@@ -222,8 +222,13 @@ impl Step<'_> {
                 || self.kernel_fwd(i, j, entry.filter(|_| j == 0 && fused_entry), recompute),
             )?;
             // A parallel block's stream: the input plus the attention branch, before the FFN
-            // branch reuses `tmp` (its backward reads neither: never recomputed).
-            if run.lp.parallel && !recompute && kn.outputs.last() == Some(&run.lp.attn_branch) {
+            // branch reuses `tmp` (its backward reads neither: never recomputed), unless the
+            // branch's GEMM wrote it (`fold`).
+            if run.lp.parallel
+                && !recompute
+                && kn.outputs.last() == Some(&run.lp.attn_branch)
+                && !self.folds_into_sum(i, j)
+            {
                 k.add(
                     dt,
                     b.resid_mid,
