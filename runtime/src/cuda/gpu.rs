@@ -247,11 +247,7 @@ impl Gpu {
     /// [`Gpu::stream`]'s kernels leave a multiprocessor idle (their tails, the gaps between
     /// them). Its work is ordered against the main stream's by the caller's events only.
     pub fn aside(&self) -> Result<&Arc<CudaStream>> {
-        if let Some(s) = self.aside.get() {
-            return Ok(s);
-        }
-        let s = stream_at(&self.ctx, Priority::Lowest)?;
-        Ok(self.aside.get_or_init(|| s))
+        self.side_stream(&self.aside, Priority::Lowest)
     }
 
     /// A third stream, one priority step below the main one (and above [`Gpu::aside`]): the
@@ -259,11 +255,20 @@ impl Gpu {
     /// (`cuda/train/branch.rs`). Its work is ordered against the main stream's by the caller's
     /// events only.
     pub fn branch(&self) -> Result<&Arc<CudaStream>> {
-        if let Some(s) = self.branch.get() {
+        self.side_stream(&self.branch, Priority::Below)
+    }
+
+    /// The stream in `slot`, made at priority `at` on first use.
+    fn side_stream<'a>(
+        &self,
+        slot: &'a std::sync::OnceLock<Arc<CudaStream>>,
+        at: Priority,
+    ) -> Result<&'a Arc<CudaStream>> {
+        if let Some(s) = slot.get() {
             return Ok(s);
         }
-        let s = stream_at(&self.ctx, Priority::Below)?;
-        Ok(self.branch.get_or_init(|| s))
+        let s = stream_at(&self.ctx, at)?;
+        Ok(slot.get_or_init(|| s))
     }
 
     /// Runs `f` with every launch of the kernel modules and every GEMM ([`Gpu::current`]) going

@@ -70,7 +70,7 @@ impl Launcher {
         &self.module
     }
 
-    /// Launches the kernel `name` of this module.
+    /// Launches the kernel `name` of this module on [`Gpu::current`].
     ///
     /// # Safety
     /// As [`Gpu::launch`]: `args` must match the kernel's C signature (each a pointer to a local
@@ -84,13 +84,9 @@ impl Launcher {
         smem: u32,
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
-        let cfg = cudarc::driver::LaunchConfig {
-            grid_dim: grid,
-            block_dim: block,
-            shared_mem_bytes: smem,
-        };
+        let f = self.module.function(name)?;
         // SAFETY: forwarded from the caller.
-        unsafe { self.launch_on(self.gpu.current(), name, cfg, args) }
+        unsafe { self.gpu.launch(name, &f, grid, block, smem, args) }
     }
 
     /// [`Launcher::launch`] on `stream` ([`Gpu::launch_on`]).

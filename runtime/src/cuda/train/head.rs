@@ -27,15 +27,14 @@ impl Step<'_> {
             self.norm_fwd(&fnorm, bf.lnf, 0, bf.rstdf, bf.meanf, x, 0, "final_norm")?;
         } else {
             let last = bf.layers[top].resid_mid;
-            let (y, sum, branch) = (bf.lnf, bf.resid_final, bf.tmp);
             self.norm_fwd(
                 &fnorm,
-                y,
-                sum,
+                bf.lnf,
+                bf.resid_final,
                 bf.rstdf,
                 bf.meanf,
                 last,
-                branch,
+                bf.tmp,
                 "final_norm",
             )?;
         }
