@@ -195,21 +195,67 @@ __device__ __forceinline__ unsigned hg_pack(float lo, float hi) {
     return (unsigned)hg_bf16(lo) | ((unsigned)hg_bf16(hi) << 16);
 }
 
+// Whether a tile's epilogue takes the 16-byte path of hg_store: the tile lies wholly inside N
+// and C's (and the pre-activation's) rows are 16-byte aligned. The same for every thread of a
+// tile, so a block branches on it uniformly.
+template <int EPI, int BN>
+__device__ __forceinline__ bool hg_vec(int n0, int N, const unsigned short* c, int ldc, const unsigned short* aux,
+                                       int ldaux) {
+    const bool uses_aux = EPI == HG_EPI_GELU || EPI == HG_EPI_DGELU;
+    return n0 + BN <= N && (ldc & 7) == 0 && ((size_t)c & 15) == 0 &&
+           (!uses_aux || ((ldaux & 7) == 0 && ((size_t)aux & 15) == 0));
+}
+
+// 16 bytes global -> shared, asynchronously (completed by cp.async.wait_all), bypassing L1.
+__device__ __forceinline__ void hg_cp16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(hg_smem(dst)), "l"(src) : "memory");
+}
+
+// The ping-pong epilogue's operands, staged in shared memory while the tile's mainloop runs (a
+// global load in the epilogue waits behind the stores before it: one DRAM latency per load).
+// `sbias`: the tile's 128 bias values (256 bytes), copied by the warpgroup's first 16 threads
+// (the caller stages only a 16-byte aligned bias). `saux` (DGELU): 32 KiB, each
+// thread's own 16 chunks of the pre-activation, the ones hg_store reads, at [slot * 128 + t]
+// (slot = (half * 2 + h) * 4 + j0 / 4): conflict-free, and no thread reads another's, so the
+// thread's own cp.async.wait_all suffices for them.
+template <int EPI>
+__device__ __forceinline__ void hg_stage(unsigned* sbias, uint4* saux, int t, int m0, int n0, int M,
+                                         const unsigned short* bias, const unsigned short* aux, int ldaux) {
+    if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && t < 16) hg_cp16(sbias + 4 * t, bias + n0 + 8 * t);
+    if (EPI == HG_EPI_DGELU) {
+        const int warp = t / 32, lane = t % 32, q = lane & 3;
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = m0 + half * 64 + warp * 16 + lane / 4 + 8 * h;
+                if (row >= M) continue;
+#pragma unroll
+                for (int jj = 0; jj < 4; jj++)
+                    hg_cp16(saux + ((half * 2 + h) * 4 + jj) * 128 + t,
+                            aux + (size_t)row * ldaux + n0 + 8 * (4 * jj + q));
+            }
+    }
+}
+
+// A barrier of the 128 threads of consumer warpgroup w (ids 1 and 2; 0 is __syncthreads').
+__device__ __forceinline__ void hg_wg_sync(int w) {
+    asm volatile("bar.sync %0, 128;" ::"r"(1 + w) : "memory");
+}
+
 // The epilogue of one warpgroup's m64 x BN fragment `d` (rows row0.., columns n0..): applies EPI
 // and stores C (and the GELU's pre-activation), skipping what lies past M and N. When the tile
 // lies wholly inside N and the rows are 16-byte aligned, each quad's four column blocks are
 // transposed across its lanes (hg_quad_transpose) so that every lane stores, and DGELU loads,
 // 16 bytes at a time; otherwise bf16 pairs, 4 bytes at a time.
-template <int EPI, int BN>
+template <int EPI, int BN, bool STAGED = false>
 __device__ __forceinline__ void hg_store(const float* d, int row0, int n0, int t, unsigned short* c,
                                          const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N,
-                                         int ldc) {
+                                         int ldc, const unsigned* sbias = nullptr, const uint4* saux = nullptr,
+                                         int half = 0) {
     const int warp = t / 32, lane = t % 32;
     const int r0 = row0 + warp * 16 + lane / 4;
-    const bool uses_aux = EPI == HG_EPI_GELU || EPI == HG_EPI_DGELU;
-    const bool vec = n0 + BN <= N && (ldc & 7) == 0 && ((size_t)c & 15) == 0 &&
-                     (!uses_aux || ((ldaux & 7) == 0 && ((size_t)aux & 15) == 0));
-    if (vec) {
+    if (hg_vec<EPI, BN>(n0, N, c, ldc, aux, ldaux)) {
         const int q = lane & 3;
 #pragma unroll
         for (int j0 = 0; j0 < BN / 8; j0 += 4) {
@@ -227,7 +273,8 @@ __device__ __forceinline__ void hg_store(const float* d, int row0, int n0, int t
                 if (EPI == HG_EPI_DGELU) {
                     unsigned g[4] = {0u, 0u, 0u, 0u};
                     if (live) {
-                        const uint4 v = *(const uint4*)(aux + (size_t)row * ldaux + n0 + 8 * (j0 + q));
+                        const uint4 v = STAGED ? saux[((half * 2 + h) * 4 + j0 / 4) * 128 + t]
+                                             : *(const uint4*)(aux + (size_t)row * ldaux + n0 + 8 * (j0 + q));
                         g[0] = v.x, g[1] = v.y, g[2] = v.z, g[3] = v.w;
                     }
                     hg_quad_transpose(g, q);
@@ -240,9 +287,15 @@ __device__ __forceinline__ void hg_store(const float* d, int row0, int n0, int t
                 if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias) {
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
-                        const int col = n0 + 8 * (j0 + i) + 2 * q;
-                        x[i][0] += hg_f32(bias[col]);
-                        x[i][1] += hg_f32(bias[col + 1]);
+                        const int col = 8 * (j0 + i) + 2 * q;
+                        if (STAGED) {
+                            const unsigned b2 = sbias[col / 2];
+                            x[i][0] += hg_f32((unsigned short)(b2 & 0xffffu));
+                            x[i][1] += hg_f32((unsigned short)(b2 >> 16));
+                        } else {
+                            x[i][0] += hg_f32(bias[n0 + col]);
+                            x[i][1] += hg_f32(bias[n0 + col + 1]);
+                        }
                     }
                 }
                 if (EPI == HG_EPI_GELU) {
@@ -389,6 +442,8 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
 // warpgroup ever waits on a stage two phases ahead (the parity would alias).
 #define HG_PP_STAGES 5
 #define HG_PP_STAGE_BYTES (2 * 128 * HG_BK * 2)
+// Bytes of a consumer warpgroup's staged DGELU pre-activation tile (hg_stage): 128 x 128 bf16.
+#define HG_PP_AUX_BYTES (128 * 128 * 2)
 
 template <int EPI>
 __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTmaMap& map_b, unsigned short* c,
@@ -431,11 +486,24 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int w = wg - 1;
+    // This warpgroup's staging (hg_stage) after the ring: the bias row, then (DGELU) its aux tile.
+    unsigned char* stage = ring + HG_PP_STAGES * HG_PP_STAGE_BYTES;
+    unsigned* sbias_w = (unsigned*)(stage + w * 256);
+    uint4* saux_w = (uint4*)(stage + 512 + w * HG_PP_AUX_BYTES);
     float d[2][64];
     // k: how many tiles this warpgroup has done (its turn barrier's phases).
     int k = 0;
     for (int j = w, tile = blockIdx.x + w * gridDim.x; tile < tiles; j += 2, tile += 2 * gridDim.x, k++) {
         const int m0 = (tile / tiles_n) * HG_BM, n0 = (tile % tiles_n) * 128;
+        // The epilogue's operands come in while the mainloop runs, once the warpgroup's last
+        // epilogue has read the staging (uniform: every thread of the block sees the same vec).
+        const bool staged =
+            hg_vec<EPI, 128>(n0, N, c, ldc, aux, ldaux) &&
+            (EPI == HG_EPI_DGELU || ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias && ((size_t)bias & 15) == 0));
+        if (staged) {
+            hg_wg_sync(w);
+            hg_stage<EPI>(sbias_w, saux_w, t, m0, n0, M, bias, aux, ldaux);
+        }
         // The other warpgroup has passed its last ring wait of local tile j - 1.
         if (j > 0) hg_bar_wait(&turn[1 - w], (w == 1 ? k : k - 1) & 1);
 #pragma unroll
@@ -466,8 +534,15 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
         hg_pin<64>(d[0]);
         hg_pin<64>(d[1]);
         if (t == 0) hg_bar_arrive(&empty[(q0 + ktiles - 1) % HG_PP_STAGES]);
-        hg_store<EPI, 128>(d[0], m0, n0, t, c, bias, aux, ldaux, M, N, ldc);
-        hg_store<EPI, 128>(d[1], m0 + 64, n0, t, c, bias, aux, ldaux, M, N, ldc);
+        if (staged) {
+            asm volatile("cp.async.wait_all;" ::: "memory");
+            hg_wg_sync(w);  // the bias row came in through 16 threads
+            hg_store<EPI, 128, true>(d[0], m0, n0, t, c, bias, aux, ldaux, M, N, ldc, sbias_w, saux_w, 0);
+            hg_store<EPI, 128, true>(d[1], m0 + 64, n0, t, c, bias, aux, ldaux, M, N, ldc, sbias_w, saux_w, 1);
+        } else {
+            hg_store<EPI, 128>(d[0], m0, n0, t, c, bias, aux, ldaux, M, N, ldc);
+            hg_store<EPI, 128>(d[1], m0 + 64, n0, t, c, bias, aux, ldaux, M, N, ldc);
+        }
     }
 }
 

@@ -171,6 +171,7 @@ impl HopperGemm {
             bias,
             aux,
             ldaux,
+            reads_pre: matches!(epi, Some(Epilogue::DGelu { .. })),
         })
     }
 
@@ -316,8 +317,15 @@ impl HopperGemm {
             Tile::PingPong => ((tiles.0 * tiles.1).min(self.sms), 1, 1),
             Tile::N128 | Tile::N256 => (tiles.0, tiles.1, 1),
         };
-        // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel.
-        let smem = stages * (BM + bn) * BK * 2 + 1024;
+        // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel, plus the
+        // ping-pong's epilogue staging (`hg_stage`): two bias rows, and for DGELU two
+        // pre-activation tiles.
+        let staging = match plan.tile {
+            Tile::PingPong if plan.reads_pre => 2 * 256 + 2 * BM * 128 * 2,
+            Tile::PingPong => 2 * 256,
+            Tile::N128 | Tile::N256 => 0,
+        };
+        let smem = stages * (BM + bn) * BK * 2 + 1024 + staging;
         let mut args = [
             (&mut map_a) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
             (&mut map_b) as *mut sys::CUtensorMap as *mut _,
@@ -347,6 +355,9 @@ struct Plan {
     bias: DevPtr,
     aux: DevPtr,
     ldaux: usize,
+    /// Whether the epilogue reads the pre-activation (DGELU), which the ping-pong stages in
+    /// shared memory.
+    reads_pre: bool,
 }
 
 /// Whether the GELU epilogues' GEMMs run on the own kernels (`MODELSPEC_OWN_GEMM`): `off` (the
