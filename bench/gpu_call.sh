@@ -18,7 +18,8 @@
 #    elsewhere the ping-pong GEMM's parity and bench (~25 s). 9 (~430 s): on an H200 llama and
 #    mixtral-small beside PyTorch; elsewhere `overlap` and `fold_check`. 7, 8 and 9 check the streams' parity
 #    first on an H200 and measure on one stream if it fails.
-# 10: stage 8 on an H200, nothing elsewhere (a cheap try for an H200).
+# 10: stage 8 on an H200, nothing elsewhere (a cheap try for an H200). 11: the own GEMM's
+#    staged epilogues: parity, bench, gpt2 with and without (~150 s, any Hopper GPU).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -103,6 +104,23 @@ if [ "$stage" = 2 ] && h200; then
     exit
 fi
 if [ "$stage" = 6 ]; then new_parity; overlap; fold_check; exit; fi
+if [ "$stage" = 11 ]; then
+    # The own GEMM's staged epilogues (thirteenth session, never run before; ~150 s on any
+    # Hopper GPU): its parity (a hang stops at 60 s), its bench rows beside cuBLASLt, the gpt2-like
+    # step against the CPU with the GELU GEMMs on it, then gpt2 without and with, twice each.
+    own_parity 60 "DIAG|panicked|test result" 20
+    [ $hg = 0 ] || exit 1
+    timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl | cut -c1-220
+    MODELSPEC_OWN_GEMM=on timeout 90 $B/cuda_train --include-ignored gpu_step_matches_cpu_gpt2_like --nocapture > $R/v/own_train.log 2>&1
+    echo "gpt2-like step vs CPU with the own GEMM exit $?"; grep -E "PARITY|panicked|test result" $R/v/own_train.log | head -8
+    for i in 1 2; do
+        for v in off on; do
+            echo "gpt2 MODELSPEC_OWN_GEMM=$v"
+            MODELSPEC_OWN_GEMM=$v timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | tee -a $R/v/own_gpt2.jsonl | summ
+        done
+    done
+    exit
+fi
 if [ "$stage" = 10 ]; then
     # A try for an H200 that costs next to nothing elsewhere: stage 8 on an H200, else the
     # card's name and out.
