@@ -191,8 +191,11 @@ __device__ __forceinline__ void hg_quad_transpose(unsigned (&p)[4], int q) {
     for (int i = 0; i < 4; i++) p[i] = o[i];
 }
 
+// Two bf16 (round to nearest even) in one word, lo in the low half: one cvt.
 __device__ __forceinline__ unsigned hg_pack(float lo, float hi) {
-    return (unsigned)hg_bf16(lo) | ((unsigned)hg_bf16(hi) << 16);
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
 }
 
 // Whether a tile's epilogue takes the 16-byte path of hg_store: the tile lies wholly inside N
@@ -243,16 +246,110 @@ __device__ __forceinline__ void hg_wg_sync(int w) {
     asm volatile("bar.sync %0, 128;" ::"r"(1 + w) : "memory");
 }
 
+// A warp's four 8 x 8 bf16 matrices (the accumulator fragment's layout: lane l holds row l / 4,
+// columns 2 (l % 4), +1 of matrix i in p[i]) into shared memory at `at` (this lane's row
+// address), and back.
+__device__ __forceinline__ void hg_stmatrix4(unsigned at, const unsigned (&p)[4]) {
+    asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(at), "r"(p[0]), "r"(p[1]),
+                 "r"(p[2]), "r"(p[3])
+                 : "memory");
+}
+__device__ __forceinline__ void hg_ldmatrix4(unsigned at, unsigned (&p)[4]) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(p[0]), "=r"(p[1]), "=r"(p[2]), "=r"(p[3])
+                 : "r"(at)
+                 : "memory");
+}
+
+// Stores a warp's fragment words p (matrices j0..j0+3 of rows `row`.. as above) to `dst` (this
+// lane's row of the 8, its 16 bytes of columns 8 (j0 + l % 4)..): stmatrix writes matrix k's row
+// r at scratch byte (4 r + k) 16, so lane l reads its 16 bytes at l 16, one 16-byte store a
+// lane. `scratch`: the warp's 512 bytes.
+__device__ __forceinline__ void hg_put16(unsigned scratch, int lane, const unsigned (&p)[4], unsigned short* dst,
+                                         bool live) {
+    __syncwarp();  // the last reads of the scratch are behind
+    hg_stmatrix4(scratch + (((lane & 7) * 4 + (lane >> 3)) << 4), p);
+    __syncwarp();
+    uint4 v;
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "r"(scratch + (lane << 4))
+                 : "memory");
+    if (live) *(uint4*)dst = v;
+}
+
+// The ping-pong's epilogue of one m64 x 128 fragment (`half` 0 or 1 of the tile at m0, n0) on a
+// tile wholly inside N (hg_vec) whose operands hg_stage brought in: the bias from `sbias` (or
+// none), DGELU's pre-activation from `saux` by ldmatrix (hg_stage's layout holds each matrix
+// row as 16 contiguous bytes: matrix k's row r of a slot is thread 4 r + k's chunk), outputs
+// through the warp's scratch (hg_put16; DGELU reuses the slot's pre-activation bytes, read just
+// before). No shuffles, one cvt a pair, 16-byte stores.
+template <int EPI>
+__device__ __forceinline__ void hg_store_pp(const float* d, int m0, int half, int n0, int t, unsigned short* c,
+                                            int ldc, unsigned short* aux, int ldaux, int M, const unsigned* sbias,
+                                            unsigned saux, unsigned scratch) {
+    const int warp = t / 32, lane = t % 32, q = lane & 3;
+    const unsigned mrow = (unsigned)(((lane & 7) * 4 + (lane >> 3)) << 4);
+#pragma unroll
+    for (int j0 = 0; j0 < 16; j0 += 4) {
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = m0 + half * 64 + warp * 16 + 8 * h + lane / 4;
+            const bool live = row < M;
+            const size_t at = (size_t)row * ldc + n0 + 8 * (j0 + q);
+            float x[4][2];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                x[i][0] = d[4 * (j0 + i) + 2 * h];
+                x[i][1] = d[4 * (j0 + i) + 2 * h + 1];
+            }
+            unsigned out_scratch = scratch;
+            if (EPI == HG_EPI_DGELU) {
+                // This slot's 32 chunks of this warp: 512 bytes, then C's scratch.
+                out_scratch = saux + (unsigned)((((half * 2 + h) * 4 + j0 / 4) * 128 + warp * 32) << 4);
+                unsigned g[4];
+                hg_ldmatrix4(out_scratch + mrow, g);
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    x[i][0] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] & 0xffffu)));
+                    x[i][1] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] >> 16)));
+                }
+            }
+            if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && sbias) {
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const unsigned b2 = sbias[4 * (j0 + i) + q];
+                    x[i][0] += hg_f32((unsigned short)(b2 & 0xffffu));
+                    x[i][1] += hg_f32((unsigned short)(b2 >> 16));
+                }
+            }
+            if (EPI == HG_EPI_GELU) {
+                unsigned a[4];
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    a[i] = hg_pack(x[i][0], x[i][1]);
+                    x[i][0] = hg_gelu(x[i][0]);
+                    x[i][1] = hg_gelu(x[i][1]);
+                }
+                hg_put16(scratch + 512, lane, a, aux + (size_t)row * ldaux + n0 + 8 * (j0 + q), live);
+            }
+            unsigned p[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) p[i] = hg_pack(x[i][0], x[i][1]);
+            hg_put16(out_scratch, lane, p, c + at, live);
+        }
+    }
+}
+
 // The epilogue of one warpgroup's m64 x BN fragment `d` (rows row0.., columns n0..): applies EPI
 // and stores C (and the GELU's pre-activation), skipping what lies past M and N. When the tile
 // lies wholly inside N and the rows are 16-byte aligned, each quad's four column blocks are
 // transposed across its lanes (hg_quad_transpose) so that every lane stores, and DGELU loads,
 // 16 bytes at a time; otherwise bf16 pairs, 4 bytes at a time.
-template <int EPI, int BN, bool STAGED = false>
+template <int EPI, int BN>
 __device__ __forceinline__ void hg_store(const float* d, int row0, int n0, int t, unsigned short* c,
                                          const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N,
-                                         int ldc, const unsigned* sbias = nullptr, const uint4* saux = nullptr,
-                                         int half = 0) {
+                                         int ldc) {
     const int warp = t / 32, lane = t % 32;
     const int r0 = row0 + warp * 16 + lane / 4;
     if (hg_vec<EPI, BN>(n0, N, c, ldc, aux, ldaux)) {
@@ -273,8 +370,7 @@ __device__ __forceinline__ void hg_store(const float* d, int row0, int n0, int t
                 if (EPI == HG_EPI_DGELU) {
                     unsigned g[4] = {0u, 0u, 0u, 0u};
                     if (live) {
-                        const uint4 v = STAGED ? saux[((half * 2 + h) * 4 + j0 / 4) * 128 + t]
-                                             : *(const uint4*)(aux + (size_t)row * ldaux + n0 + 8 * (j0 + q));
+                        const uint4 v = *(const uint4*)(aux + (size_t)row * ldaux + n0 + 8 * (j0 + q));
                         g[0] = v.x, g[1] = v.y, g[2] = v.z, g[3] = v.w;
                     }
                     hg_quad_transpose(g, q);
@@ -287,15 +383,9 @@ __device__ __forceinline__ void hg_store(const float* d, int row0, int n0, int t
                 if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias) {
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
-                        const int col = 8 * (j0 + i) + 2 * q;
-                        if (STAGED) {
-                            const unsigned b2 = sbias[col / 2];
-                            x[i][0] += hg_f32((unsigned short)(b2 & 0xffffu));
-                            x[i][1] += hg_f32((unsigned short)(b2 >> 16));
-                        } else {
-                            x[i][0] += hg_f32(bias[n0 + col]);
-                            x[i][1] += hg_f32(bias[n0 + col + 1]);
-                        }
+                        const int col = n0 + 8 * (j0 + i) + 2 * q;
+                        x[i][0] += hg_f32(bias[col]);
+                        x[i][1] += hg_f32(bias[col + 1]);
                     }
                 }
                 if (EPI == HG_EPI_GELU) {
@@ -486,10 +576,13 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int w = wg - 1;
-    // This warpgroup's staging (hg_stage) after the ring: the bias row, then (DGELU) its aux tile.
+    // This warpgroup's part of what follows the ring: its bias row (hg_stage), then either its
+    // DGELU pre-activation tile (hg_stage; its bytes double as the output's scratch) or each
+    // warp's 1 KiB of output scratch (hg_put16: C's, and the GELU's pre-activation's).
     unsigned char* stage = ring + HG_PP_STAGES * HG_PP_STAGE_BYTES;
     unsigned* sbias_w = (unsigned*)(stage + w * 256);
     uint4* saux_w = (uint4*)(stage + 512 + w * HG_PP_AUX_BYTES);
+    const unsigned scratch_w = hg_smem(stage + 512) + (unsigned)((w * 4 + (t / 32)) * 1024);
     float d[2][64];
     // k: how many tiles this warpgroup has done (its turn barrier's phases).
     int k = 0;
@@ -497,10 +590,9 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
         const int m0 = (tile / tiles_n) * HG_BM, n0 = (tile % tiles_n) * 128;
         // The epilogue's operands come in while the mainloop runs, once the warpgroup's last
         // epilogue has read the staging (uniform: every thread of the block sees the same vec).
-        const bool staged =
-            hg_vec<EPI, 128>(n0, N, c, ldc, aux, ldaux) &&
-            (EPI == HG_EPI_DGELU || ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias && ((size_t)bias & 15) == 0));
-        if (staged) {
+        const bool has_bias = (EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias;
+        const bool staged = hg_vec<EPI, 128>(n0, N, c, ldc, aux, ldaux) && (!has_bias || ((size_t)bias & 15) == 0);
+        if (staged && (has_bias || EPI == HG_EPI_DGELU)) {
             hg_wg_sync(w);
             hg_stage<EPI>(sbias_w, saux_w, t, m0, n0, M, bias, aux, ldaux);
         }
@@ -535,10 +627,13 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
         hg_pin<64>(d[1]);
         if (t == 0) hg_bar_arrive(&empty[(q0 + ktiles - 1) % HG_PP_STAGES]);
         if (staged) {
-            asm volatile("cp.async.wait_all;" ::: "memory");
-            hg_wg_sync(w);  // the bias row came in through 16 threads
-            hg_store<EPI, 128, true>(d[0], m0, n0, t, c, bias, aux, ldaux, M, N, ldc, sbias_w, saux_w, 0);
-            hg_store<EPI, 128, true>(d[1], m0 + 64, n0, t, c, bias, aux, ldaux, M, N, ldc, sbias_w, saux_w, 1);
+            if (has_bias || EPI == HG_EPI_DGELU) {
+                asm volatile("cp.async.wait_all;" ::: "memory");
+                hg_wg_sync(w);  // the bias row came in through 16 threads
+            }
+            const unsigned* sb = has_bias ? sbias_w : nullptr;
+            hg_store_pp<EPI>(d[0], m0, 0, n0, t, c, ldc, aux, ldaux, M, sb, hg_smem(saux_w), scratch_w);
+            hg_store_pp<EPI>(d[1], m0, 1, n0, t, c, ldc, aux, ldaux, M, sb, hg_smem(saux_w), scratch_w);
         } else {
             hg_store<EPI, 128>(d[0], m0, n0, t, c, bias, aux, ldaux, M, N, ldc);
             hg_store<EPI, 128>(d[1], m0 + 64, n0, t, c, bias, aux, ldaux, M, N, ldc);

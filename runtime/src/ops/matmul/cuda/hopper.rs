@@ -317,12 +317,13 @@ impl HopperGemm {
             Tile::PingPong => ((tiles.0 * tiles.1).min(self.sms), 1, 1),
             Tile::N128 | Tile::N256 => (tiles.0, tiles.1, 1),
         };
-        // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel, plus the
-        // ping-pong's epilogue staging (`hg_stage`): two bias rows, and for DGELU two
-        // pre-activation tiles.
+        // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel, plus what the
+        // ping-pong's epilogue keeps after it: two bias rows (`hg_stage`), then for DGELU two
+        // pre-activation tiles (which double as the output's scratch), else 1 KiB of output
+        // scratch for each of the 8 consumer warps (`hg_put16`).
         let staging = match plan.tile {
             Tile::PingPong if plan.reads_pre => 2 * 256 + 2 * BM * 128 * 2,
-            Tile::PingPong => 2 * 256,
+            Tile::PingPong => 2 * 256 + 8 * 1024,
             Tile::N128 | Tile::N256 => 0,
         };
         let smem = stages * (BM + bn) * BK * 2 + 1024 + staging;
