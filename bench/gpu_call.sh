@@ -19,7 +19,8 @@
 #    mixtral-small beside PyTorch; elsewhere `overlap` and `fold_check`. 7, 8 and 9 check the streams' parity
 #    first on an H200 and measure on one stream if it fails.
 # 10: stage 8 on an H200, nothing elsewhere (a cheap try for an H200). 11: the own GEMM's
-#    staged epilogues: parity, bench, gpt2 with and without (~150 s, any Hopper GPU).
+#    staged epilogues: parity, bench, gpt2 with and without (~150 s, any Hopper GPU). 12: ncu's
+#    full set on the own ping-pong kernels (plain, GELU, DGELU) at gpt2's fc shape (~90 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -118,6 +119,20 @@ if [ "$stage" = 11 ]; then
             echo "gpt2 MODELSPEC_OWN_GEMM=$v"
             MODELSPEC_OWN_GEMM=$v timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | tee -a $R/v/own_gpt2.jsonl | summ
         done
+    done
+    exit
+fi
+if [ "$stage" = 12 ]; then
+    # ncu on the own GEMM's ping-pong kernels at gpt2's fc shape (~90 s, any Hopper GPU): the
+    # full set (speed of light, warp states, per-instruction stall samples) for the plain, GELU
+    # and DGELU epilogues; details and the SASS source page as text beside each report.
+    for kern in pp_bf16 pp_gelu_aux_bf16 pp_dgelu_bf16; do
+        timeout 150 ncu --clock-control none --set full --import-source no -k "regex:^hopper_gemm_${kern}\$" \
+            --launch-skip 2 --launch-count 1 -f -o $R/v/$kern $B/cuda_bench hopper > $R/v/$kern.log 2>&1
+        echo "ncu $kern exit $?"
+        ncu -i $R/v/$kern.ncu-rep --page details > $R/v/${kern}_details.txt 2>&1
+        ncu -i $R/v/$kern.ncu-rep --page source --print-source sass --csv > $R/v/${kern}_sass.csv 2>&1
+        grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Issue Slots Busy|No Eligible|Registers Per" $R/v/${kern}_details.txt | head -12
     done
     exit
 fi
