@@ -313,6 +313,17 @@ impl super::Step<'_> {
         }
     }
 
+    /// Before layer `i`'s backward: the join, where the layer recomputes its forward (which
+    /// writes saved inputs the branch may still read) or keeps its weight gradients on the main
+    /// stream (its kernels' buffers are not covered by the claims: [`plain`]).
+    pub(super) fn join_branch_before_layer(&self, i: usize) -> Result<()> {
+        let run = &self.run[i];
+        if run.recomputes() || !plain(run) {
+            self.join_branch()?;
+        }
+        Ok(())
+    }
+
     /// The column-sum scratch of the stream launches go to now.
     pub(super) fn reduce_scratch(&self) -> ReduceScratch {
         match self.branch {

@@ -620,11 +620,7 @@ impl GpuTrainer {
             o.after_head(&st)?;
         }
         for i in (0..self.cfg.len()).rev() {
-            // Recomputation writes saved inputs the branch may still read; so may the kernels
-            // of a layer that keeps its weight gradients on the main stream ([`branch`]).
-            if self.run[i].recomputes() || !branch::plain(&self.run[i]) {
-                st.join_branch()?;
-            }
+            st.join_branch_before_layer(i)?;
             if self.run[i].recomputes() {
                 st.layer_fwd(i, true)?;
             }
