@@ -113,16 +113,17 @@ if [ "$stage" = 2 ] && h200; then
 fi
 if [ "$stage" = 6 ]; then new_parity; overlap; fold_check; exit; fi
 if [ "$stage" = 11 ]; then
-    # The own GEMM's staged epilogues (thirteenth session, never run before; ~150 s on any
-    # Hopper GPU): its parity (a hang stops at 60 s), its bench rows beside cuBLASLt, the gpt2-like
-    # step against the CPU with the GELU GEMMs on it, then gpt2 without and with, twice each.
+    # The own GEMM (thirteenth session: staged epilogues, then the 2-block cluster schedule,
+    # never run before; ~120 s on any Hopper GPU): its parity (a hang stops at 60 s), its bench
+    # rows beside cuBLASLt, the gpt2-like step against the CPU with the GELU GEMMs on it, then
+    # gpt2 without, with the ping-pong and with the cluster form, twice each.
     own_parity 60 "DIAG|panicked|test result" 20
     [ $hg = 0 ] || exit 1
     timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl | cut -c1-220
     MODELSPEC_OWN_GEMM=on timeout 90 $B/cuda_train --include-ignored gpu_step_matches_cpu_gpt2_like --nocapture > $R/v/own_train.log 2>&1
     echo "gpt2-like step vs CPU with the own GEMM exit $?"; grep -E "PARITY|panicked|test result" $R/v/own_train.log | head -8
     for i in 1 2; do
-        for v in off on; do
+        for v in off on cluster; do
             echo "gpt2 MODELSPEC_OWN_GEMM=$v"
             MODELSPEC_OWN_GEMM=$v timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | tee -a $R/v/own_gpt2.jsonl | summ
         done

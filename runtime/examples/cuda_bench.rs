@@ -472,6 +472,7 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                 (Tile::N128, "own_n128"),
                 (Tile::N256, "own_n256"),
                 (Tile::PingPong, "own_pingpong"),
+                (Tile::PingPongCluster, "own_cluster"),
             ] {
                 runs.push((format!("{name}{suffix}"), Box::new(move || own(tile, epi))));
             }

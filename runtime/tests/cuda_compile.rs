@@ -197,6 +197,10 @@ fn hopper_gemm_compiles_for_sm90a() {
         "hopper_gemm_pp_bias_bf16",
         "hopper_gemm_pp_gelu_aux_bf16",
         "hopper_gemm_pp_dgelu_bf16",
+        "hopper_gemm_pc_bf16",
+        "hopper_gemm_pc_bias_bf16",
+        "hopper_gemm_pc_gelu_aux_bf16",
+        "hopper_gemm_pc_dgelu_bf16",
         "hopper_transpose_bf16",
     ] {
         assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
@@ -205,6 +209,11 @@ fn hopper_gemm_compiles_for_sm90a() {
     assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16"));
     assert!(ptx.contains("setmaxnreg.inc.sync.aligned.u32 232"));
     assert!(ptx.contains("cp.async.bulk.tensor.2d"));
+    // The cluster ping-pong: B's half-tiles multicast, releases to the peer's barriers, and the
+    // cluster shape in the entry's directives.
+    assert!(ptx.contains(".multicast::cluster"));
+    assert!(ptx.contains("mapa.shared::cluster.u32"));
+    assert!(ptx.contains(".reqnctapercluster 2, 1, 1"), "cluster dims");
     assert!(
         ptx.contains(".param .align 64 .b8 hopper_gemm_bf16_param_0[128]"),
         "map param"

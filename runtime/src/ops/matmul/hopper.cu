@@ -535,7 +535,49 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
 // Bytes of a consumer warpgroup's staged DGELU pre-activation tile (hg_stage): 128 x 128 bf16.
 #define HG_PP_AUX_BYTES (128 * 128 * 2)
 
-template <int EPI>
+// The 2-CTA cluster form (CL = 2, docs/hopper_gemm.md): the cluster's two blocks take the
+// tiles (2 mp + rank, nt) of one pair (mp, nt) at a time, which share B's tile: each block's
+// producer loads its own A tile and half of the B tile (64 rows), multicast into both blocks'
+// stage at the same offset, so the L2 serves 3/4 of the ring's bytes. Stage s of a block is then
+// written by both producers, so it is free only when both blocks' consumers have read it: every
+// consumer release arrives on its own and on the peer's empty barrier (count 2). Both blocks walk
+// the same pairs in the same order (a pair past M's tiles still loads, zero-filled, and stores
+// nothing), so their rings stay in step. Cluster barriers after the barriers' initialisation
+// (before any remote arrival or multicast) and before the consumers exit (no remote arrival
+// lands in a block that has gone).
+__device__ __forceinline__ unsigned hg_cluster_rank() {
+    unsigned r;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
+    return r;
+}
+
+__device__ __forceinline__ void hg_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+// Arrives on the barrier at `bar`'s offset in cluster block `peer`.
+__device__ __forceinline__ void hg_bar_arrive_peer(unsigned long long* bar, unsigned peer) {
+    asm volatile(
+        "{\n"
+        ".reg .b32 ra;\n"
+        "mapa.shared::cluster.u32 ra, %0, %1;\n"
+        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n"
+        "}\n" ::"r"(hg_smem(bar)),
+        "r"(peer)
+        : "memory");
+}
+
+// hg_tma_load into the same offset of every block in `mask`, completing on each one's `bar`.
+__device__ __forceinline__ void hg_tma_load_mc(void* dst, const HgTmaMap* map, unsigned long long* bar, int inner,
+                                               int outer, unsigned short mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, "
+        "%4}], [%2], %5;" ::"r"(hg_smem(dst)),
+        "l"((unsigned long long)map), "r"(hg_smem(bar)), "r"(inner), "r"(outer), "h"(mask)
+        : "memory");
+}
+
+template <int EPI, int CL>
 __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTmaMap& map_b, unsigned short* c,
                                                const unsigned short* bias, unsigned short* aux, int ldaux, int M,
                                                int N, int K, int ldc) {
@@ -544,31 +586,45 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
     unsigned char* ring = hg_raw + ((1024 - (hg_smem(hg_raw) & 1023)) & 1023);
     const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
     const int ktiles = (K + HG_BK - 1) / HG_BK;
-    const int tiles_n = (N + 127) / 128, tiles = tiles_n * ((M + HG_BM - 1) / HG_BM);
+    // Work units: tiles (CL 1) or pairs of tiles one above the other (CL 2); this block's unit
+    // u is the tile (u / tiles_n * CL + rank, u % tiles_n).
+    const int tiles_n = (N + 127) / 128, tiles_m = (M + HG_BM - 1) / HG_BM;
+    const int units = tiles_n * ((tiles_m + CL - 1) / CL);
+    const int rank = CL == 2 ? (int)hg_cluster_rank() : 0;
+    const int unit0 = blockIdx.x / CL, nunits = gridDim.x / CL;
     if (threadIdx.x == 0) {
         for (int s = 0; s < HG_PP_STAGES; s++) {
             hg_bar_init(&full[s], 1);
-            hg_bar_init(&empty[s], 1);
+            hg_bar_init(&empty[s], CL);
         }
         hg_bar_init(&turn[0], 1);
         hg_bar_init(&turn[1], 1);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
-    __syncthreads();
+    if (CL == 2) {
+        hg_cluster_sync();
+    } else {
+        __syncthreads();
+    }
     if (wg == 0) {
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
         if (t == 0) {
             int q = 0;
-            for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-                const int m0 = (tile / tiles_n) * HG_BM, n0 = (tile % tiles_n) * 128;
+            for (int u = unit0; u < units; u += nunits) {
+                const int m0 = ((u / tiles_n) * CL + rank) * HG_BM, n0 = (u % tiles_n) * 128;
                 for (int kt = 0; kt < ktiles; kt++, q++) {
                     const int s = q % HG_PP_STAGES;
                     hg_bar_wait(&empty[s], ((q / HG_PP_STAGES) & 1) ^ 1);
                     unsigned char* a = ring + s * HG_PP_STAGE_BYTES;
                     hg_bar_expect_tx(&full[s], HG_PP_STAGE_BYTES);
                     hg_tma_load(a, &map_a, &full[s], kt * HG_BK, m0);
-                    hg_tma_load(a + 128 * HG_BK * 2, &map_b, &full[s], kt * HG_BK, n0);
+                    if (CL == 2) {
+                        hg_tma_load_mc(a + (128 + 64 * rank) * HG_BK * 2, &map_b, &full[s], kt * HG_BK, n0 + 64 * rank,
+                                       (unsigned short)3);
+                    } else {
+                        hg_tma_load(a + 128 * HG_BK * 2, &map_b, &full[s], kt * HG_BK, n0);
+                    }
                 }
             }
         }
@@ -586,8 +642,13 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
     float d[2][64];
     // k: how many tiles this warpgroup has done (its turn barrier's phases).
     int k = 0;
-    for (int j = w, tile = blockIdx.x + w * gridDim.x; tile < tiles; j += 2, tile += 2 * gridDim.x, k++) {
-        const int m0 = (tile / tiles_n) * HG_BM, n0 = (tile % tiles_n) * 128;
+    // A stage read: released to this block's producer and, in a cluster, the peer's.
+    auto release = [&](int s) {
+        hg_bar_arrive(&empty[s]);
+        if (CL == 2) hg_bar_arrive_peer(&empty[s], (unsigned)(rank ^ 1));
+    };
+    for (int j = w, u = unit0 + w * nunits; u < units; j += 2, u += 2 * nunits, k++) {
+        const int m0 = ((u / tiles_n) * CL + rank) * HG_BM, n0 = (u % tiles_n) * 128;
         // The epilogue's operands come in while the mainloop runs, once the warpgroup's last
         // epilogue has read the staging (uniform: every thread of the block sees the same vec).
         const bool has_bias = (EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias;
@@ -618,14 +679,14 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
             }
             asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
             asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
-            if (kt > 0 && t == 0) hg_bar_arrive(&empty[(q - 1) % HG_PP_STAGES]);
+            if (kt > 0 && t == 0) release((q - 1) % HG_PP_STAGES);
         }
         // Every ring wait of this tile is behind: the other warpgroup may start its next tile.
         if (t == 0) hg_bar_arrive(&turn[w]);
         asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
         hg_pin<64>(d[0]);
         hg_pin<64>(d[1]);
-        if (t == 0) hg_bar_arrive(&empty[(q0 + ktiles - 1) % HG_PP_STAGES]);
+        if (t == 0) release((q0 + ktiles - 1) % HG_PP_STAGES);
         if (staged) {
             if (has_bias || EPI == HG_EPI_DGELU) {
                 asm volatile("cp.async.wait_all;" ::: "memory");
@@ -639,18 +700,33 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
             hg_store<EPI, 128>(d[1], m0 + 64, n0, t, c, bias, aux, ldaux, M, N, ldc);
         }
     }
+    // No block leaves while its peer may still arrive on its barriers.
+    if (CL == 2) hg_cluster_sync();
 }
+
 
 #define HG_PP_ENTRY(NAME, EPI)                                                                                \
     extern "C" __global__ void __launch_bounds__(HG_THREADS, 1)                                               \
         NAME(const __grid_constant__ HgTmaMap map_a, const __grid_constant__ HgTmaMap map_b, unsigned short* c, \
              const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N, int K, int ldc) {       \
-        hopper_gemm_pp<EPI>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                                 \
+        hopper_gemm_pp<EPI, 1>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                              \
     }
 HG_PP_ENTRY(hopper_gemm_pp_bf16, HG_EPI_NONE)
 HG_PP_ENTRY(hopper_gemm_pp_bias_bf16, HG_EPI_BIAS)
 HG_PP_ENTRY(hopper_gemm_pp_gelu_aux_bf16, HG_EPI_GELU)
 HG_PP_ENTRY(hopper_gemm_pp_dgelu_bf16, HG_EPI_DGELU)
+
+// The same in clusters of two blocks (B's tile multicast; the grid even).
+#define HG_PC_ENTRY(NAME, EPI)                                                                                \
+    extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(HG_THREADS, 1)                     \
+        NAME(const __grid_constant__ HgTmaMap map_a, const __grid_constant__ HgTmaMap map_b, unsigned short* c, \
+             const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N, int K, int ldc) {       \
+        hopper_gemm_pp<EPI, 2>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                              \
+    }
+HG_PC_ENTRY(hopper_gemm_pc_bf16, HG_EPI_NONE)
+HG_PC_ENTRY(hopper_gemm_pc_bias_bf16, HG_EPI_BIAS)
+HG_PC_ENTRY(hopper_gemm_pc_gelu_aux_bf16, HG_EPI_GELU)
+HG_PC_ENTRY(hopper_gemm_pc_dgelu_bf16, HG_EPI_DGELU)
 
 // dst [cols, rows] (dense) = src [rows, cols] (row stride ld_src) transposed, bf16, in 32 x 32
 // tiles through shared memory; blocks of 32 x 8 threads. Turns a GEMM operand given [k, n] into

@@ -35,24 +35,33 @@ pub enum Tile {
     /// Persistent, one block an SM walking 128 x 128 tiles that alternate between its two
     /// consumer warpgroups (one's epilogue overlaps the other's mainloop), a ring of 5 stages.
     PingPong,
+    /// The ping-pong in clusters of two blocks that take two tiles one above the other at a
+    /// time and share B's tile: each loads half of it, multicast into both (the L2 serves 3/4 of
+    /// the ring's bytes).
+    PingPongCluster,
 }
 
 impl Tile {
     /// Every shape, for tests and benches.
-    pub const ALL: [Tile; 3] = [Tile::N128, Tile::N256, Tile::PingPong];
+    pub const ALL: [Tile; 4] = [
+        Tile::N128,
+        Tile::N256,
+        Tile::PingPong,
+        Tile::PingPongCluster,
+    ];
 
     /// Columns of a tile.
     fn bn(self) -> u32 {
         match self {
             Tile::N256 => 256,
-            Tile::N128 | Tile::PingPong => 128,
+            Tile::N128 | Tile::PingPong | Tile::PingPongCluster => 128,
         }
     }
 
     /// Stages of the ring (`HG_STAGES`, `HG_PP_STAGES`).
     fn stages(self) -> u32 {
         match self {
-            Tile::PingPong => 5,
+            Tile::PingPong | Tile::PingPongCluster => 5,
             Tile::N128 | Tile::N256 => 4,
         }
     }
@@ -63,6 +72,7 @@ impl Tile {
             Tile::N128 => "",
             Tile::N256 => "n256_",
             Tile::PingPong => "pp_",
+            Tile::PingPongCluster => "pc_",
         }
     }
 
@@ -83,6 +93,8 @@ pub struct HopperGemm {
     module: Arc<Module>,
     /// Streaming multiprocessors: the persistent grid's size.
     sms: u32,
+    /// Resident clusters by kernel ([`HopperGemm::clusters`]).
+    clusters: std::sync::Mutex<std::collections::BTreeMap<String, u32>>,
 }
 
 impl HopperGemm {
@@ -108,6 +120,7 @@ impl HopperGemm {
             gpu: gpu.clone(),
             module,
             sms: gpu.sm_count()?,
+            clusters: Default::default(),
         })
     }
 
@@ -300,7 +313,12 @@ impl HopperGemm {
     ) -> Result<()> {
         let mut map_a = tensor_map(a, g.k, g.m, g.lda, BM)?;
         let (bn, stages) = (plan.tile.bn(), plan.tile.stages());
-        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, bn)?;
+        // In a cluster each block loads half of B's tile.
+        let b_rows = match plan.tile {
+            Tile::PingPongCluster => bn / 2,
+            _ => bn,
+        };
+        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, b_rows)?;
         let (mut c_, mut bias, mut aux, mut ldaux, mut m, mut n, mut k, mut ldc) = (
             c,
             plan.bias,
@@ -312,21 +330,27 @@ impl HopperGemm {
             g.ldc as i32,
         );
         let f = self.module.function(&plan.kernel)?;
-        let tiles = ((g.n as u32).div_ceil(bn), (g.m as u32).div_ceil(BM));
-        let grid = match plan.tile {
-            Tile::PingPong => ((tiles.0 * tiles.1).min(self.sms), 1, 1),
-            Tile::N128 | Tile::N256 => (tiles.0, tiles.1, 1),
-        };
         // The ring, plus 1 KiB for its 1024-byte alignment inside the kernel, plus what the
         // ping-pong's epilogue keeps after it: two bias rows (`hg_stage`), then for DGELU two
         // pre-activation tiles (which double as the output's scratch), else 1 KiB of output
         // scratch for each of the 8 consumer warps (`hg_put16`).
         let staging = match plan.tile {
-            Tile::PingPong if plan.reads_pre => 2 * 256 + 2 * BM * 128 * 2,
-            Tile::PingPong => 2 * 256 + 8 * 1024,
+            Tile::PingPong | Tile::PingPongCluster if plan.reads_pre => 2 * 256 + 2 * BM * 128 * 2,
+            Tile::PingPong | Tile::PingPongCluster => 2 * 256 + 8 * 1024,
             Tile::N128 | Tile::N256 => 0,
         };
         let smem = stages * (BM + bn) * BK * 2 + 1024 + staging;
+        let tiles = ((g.n as u32).div_ceil(bn), (g.m as u32).div_ceil(BM));
+        let grid = match plan.tile {
+            Tile::PingPong => ((tiles.0 * tiles.1).min(self.sms), 1, 1),
+            Tile::PingPongCluster => {
+                // As many clusters as can be resident at once (a GPC's SMs pair up: some may
+                // not), never more than the pairs of tiles.
+                let pairs = tiles.0 * tiles.1.div_ceil(2);
+                (2 * pairs.min(self.clusters(&plan.kernel, &f, smem)?), 1, 1)
+            }
+            Tile::N128 | Tile::N256 => (tiles.0, tiles.1, 1),
+        };
         let mut args = [
             (&mut map_a) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
             (&mut map_b) as *mut sys::CUtensorMap as *mut _,
@@ -346,6 +370,39 @@ impl HopperGemm {
                 .launch(&plan.kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
         }
     }
+
+    /// How many 2-block clusters of `kernel` (`smem` bytes of shared memory a block) can be
+    /// resident at once: the cluster ping-pong's grid. Asked once a kernel.
+    fn clusters(&self, kernel: &str, f: &cudarc::driver::CudaFunction, smem: u32) -> Result<u32> {
+        let mut known = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&n) = known.get(kernel) {
+            return Ok(n);
+        }
+        f.set_attribute(
+            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .during(|| format!("raising the shared-memory limit of `{kernel}` to {smem} bytes"))?;
+        let config = sys::CUlaunchConfig {
+            gridDimX: self.sms - self.sms % 2,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: THREADS,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: std::ptr::null_mut(),
+            attrs: std::ptr::null_mut(),
+            numAttrs: 0,
+        };
+        let mut n = 0i32;
+        // SAFETY: a query: the function is loaded, the config fully initialised, `n` written.
+        unsafe { sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &config).result() }
+            .during(|| format!("asking how many clusters of `{kernel}` fit"))?;
+        let n = (n.max(1) as u32).min(self.sms / 2);
+        known.insert(kernel.to_string(), n);
+        Ok(n)
+    }
 }
 
 /// What [`HopperGemm::plan`] chose: the kernel's name, its tile shape and its epilogue's
@@ -362,14 +419,14 @@ struct Plan {
 }
 
 /// Whether the GELU epilogues' GEMMs run on the own kernels (`MODELSPEC_OWN_GEMM`): `off` (the
-/// default until the kernels are measured faster), `on` (wherever they take the GEMM), or
-/// `auto` (per GEMM, the faster of the own kernel and cuBLASLt's chosen algorithm, timed once per
-/// machine like the algorithm choice and persisted beside it, so every later process takes the
-/// same path).
+/// default until the kernels are measured faster), `on` (wherever they take the GEMM, in
+/// [`Tile::DEFAULT`]; `cluster`: in [`Tile::PingPongCluster`]), or `auto` (per GEMM, the fastest
+/// of the own kernels and cuBLASLt's chosen algorithm, timed once per machine like the algorithm
+/// choice and persisted beside it, so every later process takes the same path).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum OwnPolicy {
     Off,
-    On,
+    On(Tile),
     Auto,
 }
 
@@ -377,8 +434,9 @@ impl OwnPolicy {
     fn from_env() -> OwnPolicy {
         match std::env::var("MODELSPEC_OWN_GEMM").as_deref() {
             Ok("auto") => OwnPolicy::Auto,
+            Ok("cluster") => OwnPolicy::On(Tile::PingPongCluster),
             v => match crate::cuda::switch_value(v.ok()) {
-                Some(true) => OwnPolicy::On,
+                Some(true) => OwnPolicy::On(Tile::DEFAULT),
                 _ => OwnPolicy::Off,
             },
         }
@@ -455,8 +513,8 @@ impl super::Gemm {
             }
             Ok(ran)
         };
-        if *policy == OwnPolicy::On {
-            return result(Tile::DEFAULT);
+        if let OwnPolicy::On(tile) = *policy {
+            return result(tile);
         }
         // Auto: the persisted choice (0: cuBLASLt, j: the own kernel in `Tile::ALL[j - 1]`),
         // else timed now where the algorithm choice would be (a large GEMM inside
