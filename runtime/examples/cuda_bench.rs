@@ -491,6 +491,10 @@ fn bench_hopper(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             );
         }
     }
+    // How many 2-block clusters the cluster schedule's grids held (its speed depends on it).
+    for (kernel, n) in hg.resident_clusters() {
+        println!("{{\"hopper_gemm_clusters\": \"{kernel}\", \"resident\": {n}}}");
+    }
     Ok(())
 }
 

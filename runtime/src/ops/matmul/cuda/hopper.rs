@@ -371,6 +371,13 @@ impl HopperGemm {
         }
     }
 
+    /// The resident cluster counts asked so far ([`HopperGemm::clusters`]), by kernel: what the
+    /// cluster schedule's grids held.
+    pub fn resident_clusters(&self) -> Vec<(String, u32)> {
+        let known = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
+        known.iter().map(|(k, &n)| (k.clone(), n)).collect()
+    }
+
     /// How many 2-block clusters of `kernel` (`smem` bytes of shared memory a block) can be
     /// resident at once: the cluster ping-pong's grid. Asked once a kernel.
     fn clusters(&self, kernel: &str, f: &cudarc::driver::CudaFunction, smem: u32) -> Result<u32> {
