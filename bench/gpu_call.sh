@@ -21,6 +21,7 @@
 # 10: stage 8 on an H200, nothing elsewhere (a cheap try for an H200). 11: the own GEMM's
 #    staged epilogues: parity, bench, gpt2 with and without (~150 s, any Hopper GPU). 12: ncu's
 #    full set on the own ping-pong kernels (plain, GELU, DGELU) at gpt2's fc shape (~90 s).
+#    13 and 14: stage 9 in halves on an H200 (llama; mixtral-small), for a short budget.
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -142,6 +143,15 @@ if [ "$stage" = 12 ]; then
         ncu -i $R/v/$kern.ncu-rep --page source --print-source sass --csv > $R/v/${kern}_sass.csv 2>&1
         grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Issue Slots Busy|No Eligible|Registers Per" $R/v/${kern}_details.txt | head -12
     done
+    exit
+fi
+if [ "$stage" = 13 ] || [ "$stage" = 14 ]; then
+    # Stage 9 in halves, for a budget that cannot hold it whole: 13 llama beside torch.compile,
+    # 14 mixtral-small beside HF eager and torch.compile (on an H200 only; the guard as in 8).
+    h200 || { nvidia-smi --query-gpu=name --format=csv,noheader; exit; }
+    streams_guard
+    m=llama1b; [ "$stage" = 14 ] && m=mixtral_small
+    OUT=$R/b TRAIN="$m" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
     exit
 fi
 if [ "$stage" = 10 ]; then
