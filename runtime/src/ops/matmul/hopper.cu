@@ -246,6 +246,38 @@ __device__ __forceinline__ void hg_wg_sync(int w) {
     asm volatile("bar.sync %0, 128;" ::"r"(1 + w) : "memory");
 }
 
+// The 16-byte epilogues' arithmetic on a lane's four column pairs of one row (x[i]: columns
+// 8 (j0 + i) + 2q and + 1 of the accumulator fragment, gathered by hg_pairs): DGELU's factor at the
+// kept pre-activation words g[i], the bias pairs b[i] where `biased`, then GELU with its
+// pre-activation kept in a[i] (bf16 pairs, the even column in the low half throughout).
+__device__ __forceinline__ void hg_pairs(const float* d, int j0, int h, float (&x)[4][2]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        x[i][0] = d[4 * (j0 + i) + 2 * h];
+        x[i][1] = d[4 * (j0 + i) + 2 * h + 1];
+    }
+}
+template <int EPI>
+__device__ __forceinline__ void hg_epi_math(float (&x)[4][2], const unsigned (&g)[4], const unsigned (&b)[4],
+                                            bool biased, unsigned (&a)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (EPI == HG_EPI_DGELU) {
+            x[i][0] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] & 0xffffu)));
+            x[i][1] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] >> 16)));
+        }
+        if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && biased) {
+            x[i][0] += hg_f32((unsigned short)(b[i] & 0xffffu));
+            x[i][1] += hg_f32((unsigned short)(b[i] >> 16));
+        }
+        if (EPI == HG_EPI_GELU) {
+            a[i] = hg_pack(x[i][0], x[i][1]);
+            x[i][0] = hg_gelu(x[i][0]);
+            x[i][1] = hg_gelu(x[i][1]);
+        }
+    }
+}
+
 // A warp's four 8 x 8 bf16 matrices (the accumulator fragment's layout: lane l holds row l / 4,
 // columns 2 (l % 4), +1 of matrix i in p[i]) into shared memory at `at` (this lane's row
 // address), and back.
@@ -298,41 +330,20 @@ __device__ __forceinline__ void hg_store_pp(const float* d, int m0, int half, in
             const bool live = row < M;
             const size_t at = (size_t)row * ldc + n0 + 8 * (j0 + q);
             float x[4][2];
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                x[i][0] = d[4 * (j0 + i) + 2 * h];
-                x[i][1] = d[4 * (j0 + i) + 2 * h + 1];
-            }
-            unsigned out_scratch = scratch;
+            hg_pairs(d, j0, h, x);
+            unsigned out_scratch = scratch, g[4] = {0u, 0u, 0u, 0u}, b[4] = {0u, 0u, 0u, 0u}, a[4];
             if (EPI == HG_EPI_DGELU) {
                 // This slot's 32 chunks of this warp: 512 bytes, then C's scratch.
                 out_scratch = saux + (unsigned)((((half * 2 + h) * 4 + j0 / 4) * 128 + warp * 32) << 4);
-                unsigned g[4];
                 hg_ldmatrix4(out_scratch + mrow, g);
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    x[i][0] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] & 0xffffu)));
-                    x[i][1] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] >> 16)));
-                }
             }
             if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && sbias) {
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const unsigned b2 = sbias[4 * (j0 + i) + q];
-                    x[i][0] += hg_f32((unsigned short)(b2 & 0xffffu));
-                    x[i][1] += hg_f32((unsigned short)(b2 >> 16));
-                }
+                for (int i = 0; i < 4; i++) b[i] = sbias[4 * (j0 + i) + q];
             }
-            if (EPI == HG_EPI_GELU) {
-                unsigned a[4];
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    a[i] = hg_pack(x[i][0], x[i][1]);
-                    x[i][0] = hg_gelu(x[i][0]);
-                    x[i][1] = hg_gelu(x[i][1]);
-                }
+            hg_epi_math<EPI>(x, g, b, sbias != nullptr, a);
+            if (EPI == HG_EPI_GELU)
                 hg_put16(scratch + 512, lane, a, aux + (size_t)row * ldaux + n0 + 8 * (j0 + q), live);
-            }
             unsigned p[4];
 #pragma unroll
             for (int i = 0; i < 4; i++) p[i] = hg_pack(x[i][0], x[i][1]);
@@ -361,41 +372,25 @@ __device__ __forceinline__ void hg_store(const float* d, int row0, int n0, int t
                 const int row = r0 + 8 * h;
                 const bool live = row < M;  // the same for the whole quad
                 float x[4][2];
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    x[i][0] = d[4 * (j0 + i) + 2 * h];
-                    x[i][1] = d[4 * (j0 + i) + 2 * h + 1];
-                }
+                hg_pairs(d, j0, h, x);
                 const size_t at = (size_t)row * ldc + n0 + 8 * (j0 + q);
+                unsigned g[4] = {0u, 0u, 0u, 0u}, b[4] = {0u, 0u, 0u, 0u}, a[4];
                 if (EPI == HG_EPI_DGELU) {
-                    unsigned g[4] = {0u, 0u, 0u, 0u};
                     if (live) {
                         const uint4 v = *(const uint4*)(aux + (size_t)row * ldaux + n0 + 8 * (j0 + q));
                         g[0] = v.x, g[1] = v.y, g[2] = v.z, g[3] = v.w;
                     }
                     hg_quad_transpose(g, q);
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        x[i][0] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] & 0xffffu)));
-                        x[i][1] *= hg_gelu_grad(hg_f32((unsigned short)(g[i] >> 16)));
-                    }
                 }
                 if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias) {
 #pragma unroll
                     for (int i = 0; i < 4; i++) {
                         const int col = n0 + 8 * (j0 + i) + 2 * q;
-                        x[i][0] += hg_f32(bias[col]);
-                        x[i][1] += hg_f32(bias[col + 1]);
+                        b[i] = (unsigned)bias[col] | ((unsigned)bias[col + 1] << 16);
                     }
                 }
+                hg_epi_math<EPI>(x, g, b, bias != nullptr, a);
                 if (EPI == HG_EPI_GELU) {
-                    unsigned a[4];
-#pragma unroll
-                    for (int i = 0; i < 4; i++) {
-                        a[i] = hg_pack(x[i][0], x[i][1]);
-                        x[i][0] = hg_gelu(x[i][0]);
-                        x[i][1] = hg_gelu(x[i][1]);
-                    }
                     hg_quad_transpose(a, q);
                     if (live)
                         *(uint4*)(aux + (size_t)row * ldaux + n0 + 8 * (j0 + q)) = make_uint4(a[0], a[1], a[2], a[3]);
