@@ -135,7 +135,10 @@ if [ "$stage" = 12 ]; then
     # ncu on the own GEMM's ping-pong kernels at gpt2's fc shape (~90 s, any Hopper GPU): the
     # full set (speed of light, warp states, per-instruction stall samples) for the plain, GELU
     # and DGELU epilogues; details and the SASS source page as text beside each report.
-    for kern in pp_bf16 pp_gelu_aux_bf16 pp_dgelu_bf16; do
+    # KERNS picks the kernels (default: the three ping-pong ones); the parity runs first.
+    own_parity 60 "DIAG|panicked|test result" 20
+    [ $hg = 0 ] || exit 1
+    for kern in ${KERNS:-pp_bf16 pp_gelu_aux_bf16 pp_dgelu_bf16}; do
         timeout 150 ncu --clock-control none --set full --import-source no -k "regex:^hopper_gemm_${kern}\$" \
             --launch-skip 2 --launch-count 1 -f -o $R/v/$kern $B/cuda_bench hopper > $R/v/$kern.log 2>&1
         echo "ncu $kern exit $?"
