@@ -216,15 +216,19 @@ __device__ __forceinline__ void hg_cp16(void* dst, const void* src) {
 
 // The ping-pong epilogue's operands, staged in shared memory while the tile's mainloop runs (a
 // global load in the epilogue waits behind the stores before it: one DRAM latency per load).
-// `sbias`: the tile's 128 bias values (256 bytes), copied by the warpgroup's first 16 threads
-// (the caller stages only a 16-byte aligned bias). `saux` (DGELU): 32 KiB, each
+// `sbias`: the tile's 128 bias values (256 bytes) as 64 bf16 pairs in q-major order (pair 4 j + q
+// at word 16 q + j, so that lane q of a quad reads its 16 pairs as four 16-byte loads), copied
+// a pair a thread by the warpgroup's first 64 threads (the caller stages only a 4-byte aligned bias). `saux` (DGELU): 32 KiB, each
 // thread's own 16 chunks of the pre-activation, the ones hg_store reads, at [slot * 128 + t]
 // (slot = (half * 2 + h) * 4 + j0 / 4): conflict-free, and no thread reads another's, so the
 // thread's own cp.async.wait_all suffices for them.
 template <int EPI>
 __device__ __forceinline__ void hg_stage(unsigned* sbias, uint4* saux, int t, int m0, int n0, int M,
                                          const unsigned short* bias, const unsigned short* aux, int ldaux) {
-    if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && t < 16) hg_cp16(sbias + 4 * t, bias + n0 + 8 * t);
+    if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && t < 64)
+        asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(hg_smem(sbias + (t & 3) * 16 + (t >> 2))),
+                     "l"(bias + n0 + 2 * t)
+                     : "memory");
     if (EPI == HG_EPI_DGELU) {
         const int warp = t / 32, lane = t % 32, q = lane & 3;
 #pragma unroll
@@ -322,6 +326,15 @@ __device__ __forceinline__ void hg_store_pp(const float* d, int m0, int half, in
                                             unsigned saux, unsigned scratch) {
     const int warp = t / 32, lane = t % 32, q = lane & 3;
     const unsigned mrow = (unsigned)(((lane & 7) * 4 + (lane >> 3)) << 4);
+    // The lane's 16 bias pairs (columns 8 j + 2 q, + 1), read once: four 16-byte loads.
+    unsigned bq[16];
+    if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && sbias) {
+#pragma unroll
+        for (int jj = 0; jj < 4; jj++) {
+            const uint4 v = *(const uint4*)(sbias + 16 * q + 4 * jj);
+            bq[4 * jj] = v.x, bq[4 * jj + 1] = v.y, bq[4 * jj + 2] = v.z, bq[4 * jj + 3] = v.w;
+        }
+    }
 #pragma unroll
     for (int j0 = 0; j0 < 16; j0 += 4) {
 #pragma unroll
@@ -339,7 +352,7 @@ __device__ __forceinline__ void hg_store_pp(const float* d, int m0, int half, in
             }
             if ((EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && sbias) {
 #pragma unroll
-                for (int i = 0; i < 4; i++) b[i] = sbias[4 * (j0 + i) + q];
+                for (int i = 0; i < 4; i++) b[i] = bq[j0 + i];
             }
             hg_epi_math<EPI>(x, g, b, sbias != nullptr, a);
             if (EPI == HG_EPI_GELU)
@@ -650,7 +663,7 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
         // The epilogue's operands come in while the mainloop runs, once the warpgroup's last
         // epilogue has read the staging (uniform: every thread of the block sees the same vec).
         const bool has_bias = (EPI == HG_EPI_BIAS || EPI == HG_EPI_GELU) && bias;
-        const bool staged = hg_vec<EPI, 128>(n0, N, c, ldc, aux, ldaux) && (!has_bias || ((size_t)bias & 15) == 0);
+        const bool staged = hg_vec<EPI, 128>(n0, N, c, ldc, aux, ldaux) && (!has_bias || ((size_t)bias & 3) == 0);
         if (staged && (has_bias || EPI == HG_EPI_DGELU)) {
             hg_wg_sync(w);
             hg_stage<EPI>(sbias_w, saux_w, t, m0, n0, M, bias, aux, ldaux);
@@ -688,7 +701,7 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
         if (staged) {
             if (has_bias || EPI == HG_EPI_DGELU) {
                 asm volatile("cp.async.wait_all;" ::: "memory");
-                hg_wg_sync(w);  // the bias row came in through 16 threads
+                hg_wg_sync(w);  // the bias row came in through 64 threads
             }
             const unsigned* sb = has_bias ? sbias_w : nullptr;
             hg_store_pp<EPI>(d[0], m0, 0, n0, t, c, ldc, aux, ldaux, M, sb, hg_smem(saux_w), scratch_w);
