@@ -1,4 +1,4 @@
-//! The own Hopper GEMM (`hopper.cu`, docs/hopper_gemm.md): `C = A B^T` in bf16 with f32
+//! The own Hopper GEMM (`hopper_mma.cuh`, `hopper_epilogue.cuh`, `hopper.cu`; docs/hopper_gemm.md): `C = A B^T` in bf16 with f32
 //! accumulation, A `[m, k]` and B `[n, k]` row-major (a linear layer's input and weight), on the
 //! tensor cores through `wgmma`, the tiles brought in by the bulk tensor copy engine, in one of
 //! three schedules ([`Tile`]); plain, with a bias, with the GELU and its kept pre-activation, or
@@ -15,8 +15,12 @@ use crate::cuda::gpu::{DevPtr, Gpu, Module};
 use cudarc::driver::sys;
 use std::sync::Arc;
 
-/// The kernel text.
-pub const SOURCE: &str = include_str!("../hopper.cu");
+/// The kernel text: the primitives, the epilogues, then the kernels, as one source.
+pub const SOURCE: &str = concat!(
+    include_str!("../hopper_mma.cuh"),
+    include_str!("../hopper_epilogue.cuh"),
+    include_str!("../hopper.cu")
+);
 
 /// Tile rows of C a block computes and the K step (`HG_BM`, `HG_BK`); the tile's columns are
 /// 128 or 256 ([`Tile`]).
