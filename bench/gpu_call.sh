@@ -165,8 +165,8 @@ if [ "$stage" = 10 ]; then
 fi
 if [ "$stage" = 8 ]; then
     # Issue 11's H200 rows for a nearly spent budget (~230 s): attention, gpt2 beside
-    # torch.compile, gpt2 under budget(0.5). Nothing elsewhere.
-    if h200; then
+    # torch.compile, gpt2 under budget(0.5). Nothing elsewhere (FORCE=1: on any GPU).
+    if h200 || [ -n "${FORCE:-}" ]; then
         streams_guard
         OUT=$R/b ATTN=1 BUDGET=1 TRAIN="gpt2" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
     else
