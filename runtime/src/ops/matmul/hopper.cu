@@ -282,29 +282,22 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
     if (CL == 2) hg_cluster_sync();
 }
 
-
-#define HG_PP_ENTRY(NAME, EPI)                                                                                \
-    extern "C" __global__ void __launch_bounds__(HG_THREADS, 1)                                               \
+// The ping-pong's entry points, one an epilogue: alone (CL 1) and in clusters of two blocks
+// (CL 2, `__cluster_dims__`: B's tile multicast; the grid even).
+#define HG_PP_ENTRY(NAME, EPI, CL, CLUSTER)                                                                   \
+    extern "C" __global__ void CLUSTER __launch_bounds__(HG_THREADS, 1)                                       \
         NAME(const __grid_constant__ HgTmaMap map_a, const __grid_constant__ HgTmaMap map_b, unsigned short* c, \
              const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N, int K, int ldc) {       \
-        hopper_gemm_pp<EPI, 1>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                              \
+        hopper_gemm_pp<EPI, CL>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                             \
     }
-HG_PP_ENTRY(hopper_gemm_pp_bf16, HG_EPI_NONE)
-HG_PP_ENTRY(hopper_gemm_pp_bias_bf16, HG_EPI_BIAS)
-HG_PP_ENTRY(hopper_gemm_pp_gelu_aux_bf16, HG_EPI_GELU)
-HG_PP_ENTRY(hopper_gemm_pp_dgelu_bf16, HG_EPI_DGELU)
-
-// The same in clusters of two blocks (B's tile multicast; the grid even).
-#define HG_PC_ENTRY(NAME, EPI)                                                                                \
-    extern "C" __global__ void __cluster_dims__(2, 1, 1) __launch_bounds__(HG_THREADS, 1)                     \
-        NAME(const __grid_constant__ HgTmaMap map_a, const __grid_constant__ HgTmaMap map_b, unsigned short* c, \
-             const unsigned short* bias, unsigned short* aux, int ldaux, int M, int N, int K, int ldc) {       \
-        hopper_gemm_pp<EPI, 2>(map_a, map_b, c, bias, aux, ldaux, M, N, K, ldc);                              \
-    }
-HG_PC_ENTRY(hopper_gemm_pc_bf16, HG_EPI_NONE)
-HG_PC_ENTRY(hopper_gemm_pc_bias_bf16, HG_EPI_BIAS)
-HG_PC_ENTRY(hopper_gemm_pc_gelu_aux_bf16, HG_EPI_GELU)
-HG_PC_ENTRY(hopper_gemm_pc_dgelu_bf16, HG_EPI_DGELU)
+HG_PP_ENTRY(hopper_gemm_pp_bf16, HG_EPI_NONE, 1, )
+HG_PP_ENTRY(hopper_gemm_pp_bias_bf16, HG_EPI_BIAS, 1, )
+HG_PP_ENTRY(hopper_gemm_pp_gelu_aux_bf16, HG_EPI_GELU, 1, )
+HG_PP_ENTRY(hopper_gemm_pp_dgelu_bf16, HG_EPI_DGELU, 1, )
+HG_PP_ENTRY(hopper_gemm_pc_bf16, HG_EPI_NONE, 2, __cluster_dims__(2, 1, 1))
+HG_PP_ENTRY(hopper_gemm_pc_bias_bf16, HG_EPI_BIAS, 2, __cluster_dims__(2, 1, 1))
+HG_PP_ENTRY(hopper_gemm_pc_gelu_aux_bf16, HG_EPI_GELU, 2, __cluster_dims__(2, 1, 1))
+HG_PP_ENTRY(hopper_gemm_pc_dgelu_bf16, HG_EPI_DGELU, 2, __cluster_dims__(2, 1, 1))
 
 // dst [cols, rows] (dense) = src [rows, cols] (row stride ld_src) transposed, bf16, in 32 x 32
 // tiles through shared memory; blocks of 32 x 8 threads. Turns a GEMM operand given [k, n] into
