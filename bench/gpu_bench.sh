@@ -55,4 +55,5 @@ fi
 python3 bench/collect_session.py "$W" > "$FINAL/session.json"
 tar czf "$FINAL/bench_logs.tgz" -C "$W" .
 tail -20 "$W/err.log"
-cat "$FINAL/session.json"
+# One row a line (callers filter indented lines out of the console).
+python3 -c 'import json, sys; [print(json.dumps(r)) for r in json.load(open(sys.argv[1]))]' "$FINAL/session.json"
