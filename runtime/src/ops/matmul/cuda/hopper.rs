@@ -375,7 +375,7 @@ impl HopperGemm {
         }
     }
 
-    /// The resident cluster counts asked so far ([`HopperGemm::clusters`]), by kernel: what the
+    /// The resident cluster counts asked so far (`cuOccupancyMaxActiveClusters`), by kernel: what the
     /// cluster schedule's grids held.
     pub fn resident_clusters(&self) -> Vec<(String, u32)> {
         let known = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
