@@ -375,8 +375,8 @@ impl HopperGemm {
         }
     }
 
-    /// The resident cluster counts asked so far (`cuOccupancyMaxActiveClusters`), by kernel: what the
-    /// cluster schedule's grids held.
+    /// The resident cluster counts asked so far (`cuOccupancyMaxActiveClusters`), by kernel:
+    /// what the cluster schedule's grids held.
     pub fn resident_clusters(&self) -> Vec<(String, u32)> {
         let known = self.clusters.lock().unwrap_or_else(|e| e.into_inner());
         known.iter().map(|(k, &n)| (k.clone(), n)).collect()
