@@ -443,13 +443,28 @@ pub(super) enum OwnPolicy {
 
 impl OwnPolicy {
     fn from_env() -> OwnPolicy {
-        match std::env::var("MODELSPEC_OWN_GEMM").as_deref() {
-            Ok("auto") => OwnPolicy::Auto,
-            Ok("cluster") => OwnPolicy::On(Tile::PingPongCluster),
-            v => match crate::cuda::switch_value(v.ok()) {
-                Some(true) => OwnPolicy::On(Tile::DEFAULT),
-                _ => OwnPolicy::Off,
-            },
+        let value = std::env::var("MODELSPEC_OWN_GEMM").ok();
+        OwnPolicy::parse(value.as_deref()).unwrap_or_else(|| {
+            eprintln!(
+                "warning: MODELSPEC_OWN_GEMM={:?} is not one of on, off, cluster, auto (or 1, 0, \
+                 true, false); the own GEMM stays off",
+                value.unwrap_or_default()
+            );
+            OwnPolicy::Off
+        })
+    }
+
+    /// The policy a value of `MODELSPEC_OWN_GEMM` names (`None`: unset, off); `None` for a
+    /// value it does not know.
+    fn parse(value: Option<&str>) -> Option<OwnPolicy> {
+        match value.map(str::trim) {
+            None | Some("") => Some(OwnPolicy::Off),
+            Some("auto") => Some(OwnPolicy::Auto),
+            Some("cluster") => Some(OwnPolicy::On(Tile::PingPongCluster)),
+            Some(v) => crate::cuda::switch_value(Some(v)).map(|on| match on {
+                true => OwnPolicy::On(Tile::DEFAULT),
+                false => OwnPolicy::Off,
+            }),
         }
     }
 }
@@ -623,4 +638,33 @@ fn tensor_map(
     }
     .during(|| format!("encoding a tensor map of {outer} x {inner} (row stride {ld})"))?;
     Ok(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{OwnPolicy, Tile};
+
+    #[test]
+    fn own_gemm_policy_names() {
+        assert_eq!(OwnPolicy::parse(None), Some(OwnPolicy::Off));
+        assert_eq!(OwnPolicy::parse(Some("")), Some(OwnPolicy::Off));
+        assert_eq!(OwnPolicy::parse(Some("off")), Some(OwnPolicy::Off));
+        assert_eq!(OwnPolicy::parse(Some("0")), Some(OwnPolicy::Off));
+        assert_eq!(
+            OwnPolicy::parse(Some("on")),
+            Some(OwnPolicy::On(Tile::PingPong))
+        );
+        assert_eq!(
+            OwnPolicy::parse(Some("true")),
+            Some(OwnPolicy::On(Tile::DEFAULT))
+        );
+        assert_eq!(
+            OwnPolicy::parse(Some(" cluster ")),
+            Some(OwnPolicy::On(Tile::PingPongCluster))
+        );
+        assert_eq!(OwnPolicy::parse(Some("auto")), Some(OwnPolicy::Auto));
+        // A misspelling is not taken for off silently: the caller warns.
+        assert_eq!(OwnPolicy::parse(Some("clustr")), None);
+        assert_eq!(OwnPolicy::parse(Some("yes")), None);
+    }
 }
