@@ -62,7 +62,7 @@ pub use train::{GpuTrainer, LayerSaves};
 /// `off`/`0`/`false` is `Some(false)`, anything else (or unset, `None`) is `None`: the
 /// switch's default. One vocabulary for every switch (`MODELSPEC_CUDA_GRAPH` and
 /// `MODELSPEC_NORM_FUSED_DW`, on by default; `MODELSPEC_BGRAD_EPILOGUE` and
-/// `MODELSPEC_OWN_GEMM`, off by default; the latter also takes `auto`).
+/// `MODELSPEC_OWN_GEMM`, off by default; the latter also takes `cluster` and `auto`).
 pub(crate) fn switch_value(value: Option<&str>) -> Option<bool> {
     match value {
         Some("on" | "1" | "true") => Some(true),
@@ -71,7 +71,22 @@ pub(crate) fn switch_value(value: Option<&str>) -> Option<bool> {
     }
 }
 
-/// [`switch_value`] of the environment variable `var`.
+/// [`switch_value`] of the environment variable `var`. A value it does not know (a misspelt
+/// `of`, say) leaves the switch at its default, with a warning on stderr, once a variable.
 pub(crate) fn env_switch(var: &str) -> Option<bool> {
-    switch_value(std::env::var(var).ok().as_deref())
+    let value = std::env::var(var).ok();
+    let v = value.as_deref().map(str::trim).filter(|v| !v.is_empty());
+    let on = switch_value(v);
+    if let (Some(v), None) = (v, on) {
+        static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+        if !warned.iter().any(|w| w == var) {
+            warned.push(var.to_string());
+            eprintln!(
+                "warning: {var}={v:?} is not on/off (or 1/0, true/false): the switch keeps its \
+                 default"
+            );
+        }
+    }
+    on
 }

@@ -74,8 +74,8 @@ impl Tuner {
     /// The tuner `MODELSPEC_GEMM_TUNE` and the kernel cache allow: off, or reading and appending
     /// `<cache>/gemm-algos.tsv`.
     pub(super) fn from_env() -> Tuner {
-        let on = crate::cuda::env_switch("MODELSPEC_GEMM_TUNE") != Some(false);
         let wide = std::env::var("MODELSPEC_GEMM_TUNE").as_deref() == Ok("wide");
+        let on = wide || crate::cuda::env_switch("MODELSPEC_GEMM_TUNE") != Some(false);
         let path = on
             .then(crate::cuda::compile::cache_dir)
             .flatten()
