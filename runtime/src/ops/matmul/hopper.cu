@@ -145,16 +145,6 @@ __device__ __forceinline__ void hg_bar_arrive_peer(unsigned long long* bar, unsi
         : "memory");
 }
 
-// hg_tma_load into the same offset of every block in `mask`, completing on each one's `bar`.
-__device__ __forceinline__ void hg_tma_load_mc(void* dst, const HgTmaMap* map, unsigned long long* bar, int inner,
-                                               int outer, unsigned short mask) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%3, "
-        "%4}], [%2], %5;" ::"r"(hg_smem(dst)),
-        "l"((unsigned long long)map), "r"(hg_smem(bar)), "r"(inner), "r"(outer), "h"(mask)
-        : "memory");
-}
-
 template <int EPI, int CL>
 __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTmaMap& map_b, unsigned short* c,
                                                const unsigned short* bias, unsigned short* aux, int ldaux, int M,
@@ -198,7 +188,7 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
                     hg_bar_expect_tx(&full[s], HG_PP_STAGE_BYTES);
                     hg_tma_load(a, &map_a, &full[s], kt * HG_BK, m0);
                     if (CL == 2) {
-                        hg_tma_load_mc(a + (128 + 64 * rank) * HG_BK * 2, &map_b, &full[s], kt * HG_BK, n0 + 64 * rank,
+                        hg_tma_load(a + (128 + 64 * rank) * HG_BK * 2, &map_b, &full[s], kt * HG_BK, n0 + 64 * rank,
                                        (unsigned short)3);
                     } else {
                         hg_tma_load(a + 128 * HG_BK * 2, &map_b, &full[s], kt * HG_BK, n0);

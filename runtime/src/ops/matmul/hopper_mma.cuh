@@ -45,13 +45,23 @@ __device__ __forceinline__ void hg_bar_wait(unsigned long long* bar, unsigned pa
         : "memory");
 }
 
+// The bulk tensor copy of `map`'s box at (inner, outer) into `dst`, completing on `bar`; with a
+// cluster `mask`, into the same offset of every block it names, completing on each one's `bar`.
 __device__ __forceinline__ void hg_tma_load(void* dst, const HgTmaMap* map, unsigned long long* bar, int inner,
-                                            int outer) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
-            hg_smem(dst)),
-        "l"((unsigned long long)map), "r"(hg_smem(bar)), "r"(inner), "r"(outer)
-        : "memory");
+                                            int outer, unsigned short mask = 0) {
+    if (mask) {
+        asm volatile(
+            "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, "
+            "{%3, %4}], [%2], %5;" ::"r"(hg_smem(dst)),
+            "l"((unsigned long long)map), "r"(hg_smem(bar)), "r"(inner), "r"(outer), "h"(mask)
+            : "memory");
+    } else {
+        asm volatile(
+            "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+                hg_smem(dst)),
+            "l"((unsigned long long)map), "r"(hg_smem(bar)), "r"(inner), "r"(outer)
+            : "memory");
+    }
 }
 
 // A shared-memory matrix descriptor for a K-major tile with the 128-byte swizzle whose rows are
