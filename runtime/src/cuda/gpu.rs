@@ -486,13 +486,7 @@ impl Gpu {
         args: &mut [*mut std::ffi::c_void],
     ) -> Result<()> {
         let (grid, block, smem) = (cfg.grid_dim, cfg.block_dim, cfg.shared_mem_bytes);
-        if smem > 48 * 1024 {
-            f.set_attribute(
-                cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )
-            .during(|| format!("raising the shared-memory limit of `{name}` to {smem} bytes"))?;
-        }
+        allow_shared_memory(name, f, smem)?;
         self.ctx
             .bind_to_thread()
             .during(|| "binding the context".into())?;
@@ -538,4 +532,17 @@ macro_rules! cuda_args {
     ($($x:expr),* $(,)?) => {
         [$( (&$x) as *const _ as *mut ::std::ffi::c_void ),*]
     };
+}
+
+/// Lets kernel `f` (named `name` in errors) take `smem` bytes of dynamic shared memory a block:
+/// past the default 48 KiB a kernel must opt in.
+pub fn allow_shared_memory(name: &str, f: &CudaFunction, smem: u32) -> Result<()> {
+    if smem > 48 * 1024 {
+        f.set_attribute(
+            cudarc::driver::sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )
+        .during(|| format!("raising the shared-memory limit of `{name}` to {smem} bytes"))?;
+    }
+    Ok(())
 }

@@ -78,15 +78,22 @@ pub(crate) fn env_switch(var: &str) -> Option<bool> {
     let v = value.as_deref().map(str::trim).filter(|v| !v.is_empty());
     let on = switch_value(v);
     if let (Some(v), None) = (v, on) {
-        static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
-        let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
-        if !warned.iter().any(|w| w == var) {
-            warned.push(var.to_string());
-            eprintln!(
-                "warning: {var}={v:?} is not on/off (or 1/0, true/false): the switch keeps its \
-                 default"
-            );
-        }
+        warn_env_value(
+            var,
+            v,
+            "on/off (or 1/0, true/false): the switch keeps its default",
+        );
     }
     on
+}
+
+/// Warns on stderr, once a variable for the process, that `var`'s value `value` is not one it
+/// takes; `expected` says what it takes and what happens instead.
+pub(crate) fn warn_env_value(var: &str, value: &str, expected: &str) {
+    static WARNED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut warned = WARNED.lock().unwrap_or_else(|e| e.into_inner());
+    if !warned.iter().any(|w| w == var) {
+        warned.push(var.to_string());
+        eprintln!("warning: {var}={value:?} is not {expected}");
+    }
 }

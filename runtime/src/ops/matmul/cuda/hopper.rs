@@ -1,13 +1,13 @@
-//! The own Hopper GEMM (`hopper_mma.cuh`, `hopper_epilogue.cuh`, `hopper.cu`; docs/hopper_gemm.md): `C = A B^T` in bf16 with f32
-//! accumulation, A `[m, k]` and B `[n, k]` row-major (a linear layer's input and weight), on the
-//! tensor cores through `wgmma`, the tiles brought in by the bulk tensor copy engine, in one of
-//! three schedules ([`Tile`]); plain, with a bias, with the GELU and its kept pre-activation, or
-//! times the GELU's derivative at a kept pre-activation (DGELU) in the epilogue; a B given
-//! `[k, n]` is transposed into a scratch first ([`HopperGemm::try_run_kn`]). The trainer's two
-//! GELU-epilogue GEMMs reach it through `Gemm::run_epilogue` under `MODELSPEC_OWN_GEMM`
-//! (`OwnPolicy`: `on`, or `auto` for the faster of it and cuBLASLt per GEMM); off by default
-//! until it measures faster than cuBLASLt.
-
+//! The own Hopper GEMM (`hopper_mma.cuh`, `hopper_epilogue.cuh`, `hopper.cu`;
+//! docs/hopper_gemm.md): `C = A B^T` in bf16 with f32 accumulation, A `[m, k]` and B `[n, k]`
+//! row-major (a linear layer's input and weight), on the tensor cores through `wgmma`, the tiles
+//! brought in by the bulk tensor copy engine, in one of four schedules ([`Tile`]); plain, with a
+//! bias, with the GELU and its kept pre-activation, or times the GELU's derivative at a kept
+//! pre-activation (DGELU) in the epilogue; a B given `[k, n]` is transposed into a scratch first
+//! ([`HopperGemm::try_run_kn`]). The trainer's two GELU-epilogue GEMMs reach it through
+//! `Gemm::run_epilogue` under `MODELSPEC_OWN_GEMM` (`OwnPolicy`: `on`, `cluster`, or `auto` for
+//! the fastest of its schedules and cuBLASLt per GEMM); off by default until it measures faster
+//! than cuBLASLt.
 use super::{Dtype, Epilogue, RowMajorGemm};
 use crate::cuda::compile::KernelSource;
 use crate::cuda::error::{CudaError, DriverContext, Result};
@@ -389,11 +389,7 @@ impl HopperGemm {
         if let Some(&n) = known.get(kernel) {
             return Ok(n);
         }
-        f.set_attribute(
-            sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            smem as i32,
-        )
-        .during(|| format!("raising the shared-memory limit of `{kernel}` to {smem} bytes"))?;
+        crate::cuda::gpu::allow_shared_memory(kernel, f, smem)?;
         let config = sys::CUlaunchConfig {
             gridDimX: self.sms - self.sms % 2,
             gridDimY: 1,
@@ -445,10 +441,10 @@ impl OwnPolicy {
     fn from_env() -> OwnPolicy {
         let value = std::env::var("MODELSPEC_OWN_GEMM").ok();
         OwnPolicy::parse(value.as_deref()).unwrap_or_else(|| {
-            eprintln!(
-                "warning: MODELSPEC_OWN_GEMM={:?} is not one of on, off, cluster, auto (or 1, 0, \
-                 true, false); the own GEMM stays off",
-                value.unwrap_or_default()
+            crate::cuda::warn_env_value(
+                "MODELSPEC_OWN_GEMM",
+                value.as_deref().unwrap_or_default(),
+                "one of on, off, cluster, auto (or 1, 0, true, false): the own GEMM stays off",
             );
             OwnPolicy::Off
         })
