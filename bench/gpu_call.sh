@@ -62,8 +62,14 @@ new_parity() {
     # Reported, not gating: two identical bf16 runs give the same bits (nothing sums in arrival
     # order any more).
     timeout 60 $B/cuda_train_state --include-ignored bf16_steps_are_bit_reproducible --nocapture > $R/v/repro.log 2>&1; e3=$?
-    echo "embedding kernel exit $e1, gpt2/llama-like step vs CPU exit $e2, bit-reproducible bf16 steps exit $e3"
-    grep -E "panicked|test result|REPRODUCIBLE" $R/v/embed.log $R/v/train_parity.log $R/v/repro.log | head -10
+    # cuDNN attention against f64 on every engine config the timing chooses (fourteenth session:
+    # configs chosen by timing, persisted in the kernel cache), and the choice read back.
+    ( d=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null)
+      [ -n "$d" ] && export CUDNN_PATH="$d" LD_LIBRARY_PATH="$d/lib:${LD_LIBRARY_PATH:-}"
+      MODELSPEC_REQUIRE_CUDNN=1 timeout 240 $B/cuda_cudnn --include-ignored --nocapture > $R/v/cudnn.log 2>&1 ); e4=$?
+    echo "embedding kernel exit $e1, gpt2/llama-like step vs CPU exit $e2, bit-reproducible bf16 steps exit $e3, cuDNN vs f64 exit $e4"
+    grep -E "panicked|test result|REPRODUCIBLE" $R/v/embed.log $R/v/train_parity.log $R/v/repro.log $R/v/cudnn.log | head -12
+    grep -E "^timed:|^configs:" $R/v/cudnn.log | cut -c1-220 | head -6
 }
 # A guard that passed on this machine (same binaries) is not run again by a later call while the
 # machine stays warm: its verdict waits in /tmp, keyed by the binaries' checksum.
@@ -71,7 +77,7 @@ streams_guard() {
     local mark=/tmp/ms_guard_$(md5sum .gpu/bins.tgz | cut -c1-12)
     if [ -f $mark ]; then echo "guard passed earlier on this machine: $(cat $mark)"; . $mark.env; return; fi
     new_parity
-    if [ $e1 != 0 ] || [ $e2 != 0 ]; then echo "PARITY FAILED: no rows"; exit 1; fi
+    if [ $e1 != 0 ] || [ $e2 != 0 ] || [ $e4 != 0 ]; then echo "PARITY FAILED: no rows"; exit 1; fi
     streams_parity
     : > $mark.env
     if [ $ov != 0 ]; then

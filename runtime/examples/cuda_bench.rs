@@ -351,14 +351,23 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                 },
             );
             let extra = format!(
-                ", \"plan_build_s\": {build_s:.2}, \"config\": {}, \"engines\": [{}, {}], \"workspace_mib\": {:.1}",
-                info.config,
+                ", \"plan_build_s\": {build_s:.2}, \"configs\": [{}, {}], \"engines\": [{}, {}], \"workspace_mib\": {:.1}",
+                info.fwd_config,
+                info.bwd_config,
                 info.fwd_engine,
                 info.bwd_engine,
                 ws_bytes as f64 / (1u64 << 20) as f64
             );
             row("cudnn", layout, r, extra);
         }
+    }
+    // The engine configs chosen by timing in this process (none where the kernel cache already
+    // held a choice): the first pick's and the chosen one's time.
+    for t in attn.iter().flat_map(|a| a.tuned()) {
+        println!(
+            "{{\"cudnn_tuned\": {:?}, \"candidates\": {}, \"chosen\": {}, \"first_ms\": {:.4}, \"best_ms\": {:.4}}}",
+            t.key, t.candidates, t.chosen, t.first_ms, t.best_ms
+        );
     }
     Ok(())
 }

@@ -549,6 +549,63 @@ fn cudnn_plans_are_cached_and_workspace_is_checked() {
 }
 
 #[test]
+#[ignore = "needs a CUDA GPU and cuDNN 9"]
+fn engine_configs_chosen_by_timing_persist_across_handles() {
+    let Some((gpu, first)) = setup() else { return };
+    // A shape no other test plans: on a fresh kernel cache its configs are timed here.
+    let s = AttnShape::dense(2, 384, 4, 2, 64);
+    let a = first.prepare(&s).unwrap();
+    for t in first.tuned() {
+        println!(
+            "timed: {} of {} configs, first {:.4} ms, chosen {:.4} ms ({})",
+            t.chosen, t.candidates, t.first_ms, t.best_ms, t.key
+        );
+    }
+    // A second handle (what a later process does) reads the choices instead of timing again,
+    // and computes the same bits.
+    let second = CudnnAttention::new(&gpu).unwrap();
+    let b = second.prepare(&s).unwrap();
+    assert_eq!(a, b, "the second handle chose other configs");
+    assert!(
+        second.tuned().is_empty(),
+        "timed again: {:?}",
+        second.tuned()
+    );
+    println!(
+        "configs: forward {}, backward {}",
+        a.fwd_config, a.bwd_config
+    );
+    let mut rng = Rng::fresh("cudnn config persistence");
+    let rows = s.batch * s.seq;
+    let q = random(&gpu, &mut rng, rows * s.ldq);
+    let k = random(&gpu, &mut rng, rows * s.ldk);
+    let v = random(&gpu, &mut rng, rows * s.ldv);
+    let ws = gpu
+        .zeros::<u8>(a.fwd_workspace.max(a.bwd_workspace).max(1))
+        .unwrap();
+    let run = |attn: &CudnnAttention| {
+        let o = gpu.zeros::<u16>(rows * s.ldo).unwrap();
+        let lse = gpu.zeros::<f32>(s.batch * s.heads * s.seq).unwrap();
+        attn.fwd(
+            &s,
+            o.ptr(),
+            lse.ptr(),
+            q.ptr(),
+            k.ptr(),
+            v.ptr(),
+            ws.ptr(),
+            ws.len(),
+        )
+        .unwrap();
+        (gpu.download(&o).unwrap(), gpu.download(&lse).unwrap())
+    };
+    let (o1, l1) = run(&first);
+    let (o2, l2) = run(&second);
+    assert_eq!(o1, o2);
+    assert!(l1.iter().zip(&l2).all(|(x, y)| x.to_bits() == y.to_bits()));
+}
+
+#[test]
 fn probe_is_clean_without_panicking() {
     // Runs everywhere: either a usable library or an error that says where it looked.
     match probe() {

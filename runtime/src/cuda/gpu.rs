@@ -432,6 +432,13 @@ impl Gpu {
             .during(|| format!("zeroing {bytes} bytes"))
     }
 
+    /// Whether the stream work goes to now ([`Gpu::current`]) is being captured into a CUDA graph
+    /// (nothing may be timed, allocated or synchronised then).
+    pub(crate) fn capturing(&self) -> bool {
+        self.current().capture_status().ok()
+            != Some(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+    }
+
     /// Waits for all issued work; surfaces asynchronous kernel faults.
     pub fn sync(&self) -> Result<()> {
         self.stream

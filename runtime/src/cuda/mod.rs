@@ -48,6 +48,7 @@ pub mod ops;
 pub mod reduce;
 pub mod rope;
 pub mod train;
+pub(crate) mod tune;
 
 pub use crate::ops::cross_entropy::cuda::XentRowInfo;
 pub use compile::KernelSource;

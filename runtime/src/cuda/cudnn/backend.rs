@@ -359,14 +359,15 @@ impl GraphBuilder {
     }
 
     /// Builds the operation graph, asks the heuristics (mode A) for engine configs and finalizes
-    /// the first that works ([`config_choice`] picks a later one, for measuring them). Returns the
-    /// plan, its workspace bytes and the engine's global index.
-    pub(crate) fn finalize_plan(
+    /// those `want` names, in the heuristics' order among the configs that finalize. Returns each
+    /// plan with its workspace bytes and engine's global index (at least one plan, else `Err`).
+    pub(crate) fn finalize_plans(
         self,
         handle: sys::cudnnHandle_t,
         graph: &'static str,
         shape: String,
-    ) -> Result<BuiltPlan> {
+        want: Configs,
+    ) -> Result<Vec<BuiltPlan>> {
         use Attr::*;
         let og = Desc::new(DescType::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
         let op_refs: Vec<&Desc> = self.ops.iter().collect();
@@ -379,41 +380,52 @@ impl GraphBuilder {
         // support checks; the first error of those that remain is the one reported.
         let cfgs = engine_configs(&og, sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A)?;
         let tried = cfgs.len();
-        let pick = config_choice()?;
+        let (skip, take) = match want {
+            Configs::Nth(k) => (k, 1),
+            Configs::Upto(n) => (0, n.max(1)),
+        };
+        let keep = std::rc::Rc::new((og, self.tensors, self.ops, self.aux));
         let mut viable = 0;
+        let mut plans = Vec::new();
         let mut first_err: Option<String> = None;
         for cfg in &cfgs {
             let plan = Desc::new(DescType::CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR)?;
             plan.set_handle(CUDNN_ATTR_EXECUTION_PLAN_HANDLE, handle)?;
             plan.set_desc(CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG, cfg)?;
             match plan.finalize() {
-                Ok(()) if viable < pick => viable += 1,
+                Ok(()) if viable < skip => viable += 1,
                 Ok(()) => {
                     let workspace = plan.get_i64(CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE)?;
                     let engine = engine_index(cfg).unwrap_or(-1);
-                    return Ok(BuiltPlan {
+                    plans.push(BuiltPlan {
                         plan,
                         workspace: workspace.max(0) as usize,
                         engine,
-                        config: pick,
-                        bound: self.bound,
-                        _graph: og,
-                        _keep: (self.tensors, self.ops, self.aux),
+                        config: viable,
+                        bound: self.bound.clone(),
+                        _keep: keep.clone(),
                     });
+                    viable += 1;
+                    if plans.len() == take {
+                        break;
+                    }
                 }
                 Err(e) => {
                     first_err.get_or_insert(e.to_string());
                 }
             }
         }
+        if !plans.is_empty() {
+            return Ok(plans);
+        }
         if viable > 0 {
             return Err(CudnnError::NoEngine {
                 graph,
                 shape,
                 why: format!(
-                    "MODELSPEC_CUDNN_CONFIG={pick} asks for the engine config after the first \
-                     {pick}, and only {viable} of the heuristics' {tried} finalize; unset it \
-                     (or 0) for the first"
+                    "engine config {skip} was asked for (MODELSPEC_CUDNN_CONFIG, or a choice \
+                     in the kernel cache's cudnn-configs.tsv), and only {viable} of the \
+                     heuristics' {tried} finalize; unset it (or 0) for the first"
                 ),
             });
         }
@@ -428,20 +440,28 @@ impl GraphBuilder {
     }
 }
 
-/// Which of the engine configs that finalize a plan takes, in the heuristics' order:
-/// `MODELSPEC_CUDNN_CONFIG=<k>` skips the first k (unset, empty or 0: the first, the
-/// heuristics' choice and PyTorch's). For timing the alternatives shape by shape (`cuda_bench
-/// cudnn` in bench/gpu_bench.sh's `CUDNN_CONFIGS`), not for training runs: another config may
-/// round differently.
-fn config_choice() -> Result<usize> {
+/// Which of the heuristics' engine configs that finalize a build takes, in their order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Configs {
+    /// The k-th (0: the heuristics' first pick, the one PyTorch runs).
+    Nth(usize),
+    /// Each, up to this many (to be timed against each other: [`crate::cuda::tune`]).
+    Upto(usize),
+}
+
+/// The engine config `MODELSPEC_CUDNN_CONFIG=<k>` forces (the k-th of those that finalize in the
+/// heuristics' order; 0 the first), or `None` when unset or empty (the choice is then the
+/// persisted or timed one: [`super::CudnnAttention`]). For timing the alternatives shape by
+/// shape (`cuda_bench cudnn` in bench/gpu_bench.sh's `CUDNN_CONFIGS`).
+pub(crate) fn config_choice() -> Result<Option<usize>> {
     parse_config_choice(std::env::var("MODELSPEC_CUDNN_CONFIG").ok().as_deref())
 }
 
 /// [`config_choice`] of a value of the variable (`None`: unset).
-fn parse_config_choice(value: Option<&str>) -> Result<usize> {
+fn parse_config_choice(value: Option<&str>) -> Result<Option<usize>> {
     match value.map(str::trim) {
-        None | Some("") => Ok(0),
-        Some(v) => v.parse().map_err(|_| {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| {
             CudnnError::Unsupported(format!(
                 "MODELSPEC_CUDNN_CONFIG={v:?} (it takes the index of an engine config; 0 is the \
                  heuristics' first)"
@@ -521,6 +541,10 @@ fn engine_index(cfg: &Desc) -> Result<i64> {
     engine.get_i64(Attr::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)
 }
 
+/// What a plan keeps alive: its operation graph, and the tensors, operations and auxiliary
+/// descriptors the graph was built from.
+type Kept = (Desc, Vec<Desc>, Vec<Desc>, Vec<Desc>);
+
 /// A finalized execution plan and everything it was built from.
 pub(crate) struct BuiltPlan {
     pub(crate) plan: Desc,
@@ -528,13 +552,14 @@ pub(crate) struct BuiltPlan {
     pub(crate) workspace: usize,
     /// cuDNN's global engine index (-1 if it could not be read).
     pub(crate) engine: i64,
-    /// Which of the heuristics' configs that finalize this is (0: the first; see
-    /// [`config_choice`]).
+    /// Which of the heuristics' configs that finalize this is (0: the first; see [`Configs`]).
     pub(crate) config: usize,
     /// UIDs of the tensors a variant pack binds.
     pub(crate) bound: Vec<i64>,
-    _graph: Desc,
-    _keep: (Vec<Desc>, Vec<Desc>, Vec<Desc>),
+    /// The operation graph and the descriptors it was built from, shared by the plans of one
+    /// build ([`GraphBuilder::finalize_plans`]); the caller keeps one of them and drops the others
+    /// on the building thread, before anything shares the plan.
+    _keep: std::rc::Rc<Kept>,
 }
 
 impl BuiltPlan {
@@ -582,9 +607,10 @@ mod tests {
 
     #[test]
     fn the_config_choice_reads_an_index() {
-        assert_eq!(parse_config_choice(None).unwrap(), 0);
-        assert_eq!(parse_config_choice(Some("")).unwrap(), 0);
-        assert_eq!(parse_config_choice(Some(" 2 ")).unwrap(), 2);
+        assert_eq!(parse_config_choice(None).unwrap(), None);
+        assert_eq!(parse_config_choice(Some("")).unwrap(), None);
+        assert_eq!(parse_config_choice(Some(" 0")).unwrap(), Some(0));
+        assert_eq!(parse_config_choice(Some(" 2 ")).unwrap(), Some(2));
         let err = parse_config_choice(Some("fast")).unwrap_err().to_string();
         assert!(
             err.contains("MODELSPEC_CUDNN_CONFIG") && err.contains("index"),

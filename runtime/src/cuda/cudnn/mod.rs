@@ -36,6 +36,7 @@ mod backend;
 pub mod error;
 pub mod probe;
 pub mod sdpa;
+mod tune;
 
 pub use error::{CudnnError, Result};
 pub use probe::{CudnnLibrary, probe};
@@ -108,9 +109,12 @@ pub struct PlanInfo {
     pub fwd_engine: i64,
     /// cuDNN's global index of the backward's engine.
     pub bwd_engine: i64,
-    /// Which engine config both plans took, in the heuristics' order among those that finalize
-    /// (0, the first, unless `MODELSPEC_CUDNN_CONFIG` says otherwise).
-    pub config: usize,
+    /// Which engine config the forward took, in the heuristics' order among those that
+    /// finalize (0: the first, PyTorch's; a later one where timing chose it, see
+    /// [`CudnnAttention`], or `MODELSPEC_CUDNN_CONFIG` forced it).
+    pub fwd_config: usize,
+    /// Which engine config the backward took, as for the forward.
+    pub bwd_config: usize,
 }
 
 /// An owned cuDNN handle bound to the GPU's stream.
@@ -127,10 +131,22 @@ impl Drop for Handle {
 
 /// cuDNN fused attention on one GPU, with its plan cache. Calls go to the GPU's one stream, in
 /// order with the own kernels.
+///
+/// Which engine config a plan runs: cuDNN's heuristics rank several for a graph (forward and
+/// backward apart) without running them, and their first pick (PyTorch's) is not always the
+/// fastest: on an H200, the forward's second config at B16 H12 T1024 D64 ran 0.085 ms against
+/// the first's 0.092. So the first plan of a shape built outside a graph capture times each
+/// config that finalizes (up to [`tune::CANDIDATES`]) on scratch operands of the shape and keeps
+/// the fastest; the choice is persisted in `<kernel cache>/cudnn-configs.tsv` (keyed by the GPU,
+/// the cuDNN version and the shape) so every later process of the machine runs the same config
+/// and computes the same bits ([`crate::cuda::tune`]). `MODELSPEC_CUDNN_TUNE=off` keeps the
+/// first pick; `MODELSPEC_CUDNN_CONFIG=<k>` forces the k-th.
 pub struct CudnnAttention {
     // Field order is drop order: plans, then the handle they were built on, then the GPU (its
     // context) last.
     plans: Mutex<BTreeMap<PlanKey, Arc<Plan>>>,
+    /// Engine configs chosen by timing.
+    tuner: Mutex<crate::cuda::tune::Tuner>,
     /// The handle; the lock also serialises cuDNN calls on it.
     handle: Mutex<Handle>,
     library: CudnnLibrary,
@@ -188,6 +204,7 @@ impl CudnnAttention {
             library,
             handle: Mutex::new(handle),
             plans: Mutex::new(BTreeMap::new()),
+            tuner: Mutex::new(tune::tuner_from_env()),
         })
     }
 
@@ -280,13 +297,9 @@ impl CudnnAttention {
         {
             return Ok(p.clone());
         }
-        let handle = self.lock_bound()?;
-        let built = match pass {
-            Pass::Forward => sdpa::build_forward(handle.0, s)?,
-            Pass::Backward => sdpa::build_backward(handle.0, s)?,
-        };
-        drop(handle);
-        let plan = Arc::new(Plan { built });
+        let plan = Arc::new(Plan {
+            built: self.build(pass, s)?,
+        });
         self.plans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -304,7 +317,8 @@ impl CudnnAttention {
             bwd_workspace: b.built.workspace,
             fwd_engine: f.built.engine,
             bwd_engine: b.built.engine,
-            config: f.built.config,
+            fwd_config: f.built.config,
+            bwd_config: b.built.config,
         })
     }
 
@@ -371,11 +385,30 @@ impl CudnnAttention {
         workspace_bytes: usize,
     ) -> Result<()> {
         let plan = self.plan(Pass::Forward, s)?;
+        self.run_fwd(
+            &plan.built,
+            s,
+            [o, lse, q, k, v],
+            workspace,
+            workspace_bytes,
+        )
+    }
+
+    /// [`fwd`](CudnnAttention::fwd) on a given plan; `ptrs`: o, lse, q, k, v.
+    fn run_fwd(
+        &self,
+        plan: &BuiltPlan,
+        s: &AttnShape,
+        ptrs: [DevPtr; 5],
+        workspace: DevPtr,
+        workspace_bytes: usize,
+    ) -> Result<()> {
+        let [o, lse, q, k, v] = ptrs;
         Self::check_ptrs(&[("o", o), ("lse", lse), ("q", q), ("k", k), ("v", v)])?;
-        if workspace_bytes < plan.built.workspace {
+        if workspace_bytes < plan.workspace {
             return Err(CudnnError::Workspace {
                 graph: "sdpa forward",
-                needed: plan.built.workspace,
+                needed: plan.workspace,
                 given: workspace_bytes,
             });
         }
@@ -396,10 +429,7 @@ impl CudnnAttention {
         // SAFETY: the pointers address buffers laid out as `s` says (the caller's contract, as
         // for the own kernels), the scalars live on this frame until execute returns, and the
         // workspace size was checked above.
-        unsafe {
-            plan.built
-                .execute(handle.0, &bindings, workspace as *mut c_void)
-        }
+        unsafe { plan.execute(handle.0, &bindings, workspace as *mut c_void) }
     }
 
     /// Backward: dq, dk, dv (bf16, laid out like q, k, v; each written, not accumulated) from
@@ -428,6 +458,26 @@ impl CudnnAttention {
         workspace_bytes: usize,
     ) -> Result<()> {
         let plan = self.plan(Pass::Backward, s)?;
+        self.run_bwd(
+            &plan.built,
+            s,
+            [dq, dk, dv, dq_acc, delta, dout, o, lse, q, k, v],
+            workspace,
+            workspace_bytes,
+        )
+    }
+
+    /// [`bwd`](CudnnAttention::bwd) on a given plan; `ptrs`: dq, dk, dv, dq_acc, delta, dout, o,
+    /// lse, q, k, v.
+    fn run_bwd(
+        &self,
+        plan: &BuiltPlan,
+        s: &AttnShape,
+        ptrs: [DevPtr; 11],
+        workspace: DevPtr,
+        workspace_bytes: usize,
+    ) -> Result<()> {
+        let [dq, dk, dv, dq_acc, delta, dout, o, lse, q, k, v] = ptrs;
         Self::check_ptrs(&[
             ("dq", dq),
             ("dk", dk),
@@ -441,10 +491,10 @@ impl CudnnAttention {
             ("k", k),
             ("v", v),
         ])?;
-        if workspace_bytes < plan.built.workspace {
+        if workspace_bytes < plan.workspace {
             return Err(CudnnError::Workspace {
                 graph: "sdpa backward",
-                needed: plan.built.workspace,
+                needed: plan.workspace,
                 given: workspace_bytes,
             });
         }
@@ -485,10 +535,7 @@ impl CudnnAttention {
         let handle = self.lock_bound()?;
         // SAFETY: as in `fwd`; Δ and the accumulator are the caller's buffers of the documented
         // sizes.
-        unsafe {
-            plan.built
-                .execute(handle.0, &bindings, workspace as *mut c_void)
-        }
+        unsafe { plan.execute(handle.0, &bindings, workspace as *mut c_void) }
     }
 }
 

@@ -24,7 +24,7 @@
 //! Dv. Stats: f32 `[B,H,T]` (natural log of the softmax normaliser of the scaled scores, the own
 //! kernels' `lse`).
 
-use super::backend::{Bind, BuiltPlan, Elem, GraphBuilder, T};
+use super::backend::{Bind, BuiltPlan, Configs, Elem, GraphBuilder, T};
 use super::error::Result;
 use crate::cuda::AttnShape;
 use cudarc::cudnn::sys::{cudnnHandle_t, cudnnPointwiseMode_t as Pw, cudnnReduceTensorOp_t};
@@ -213,9 +213,13 @@ fn mask(g: &mut GraphBuilder, shape: &AttnShape, dm: &Dims, s: T) -> Result<T> {
     Ok(cur)
 }
 
-/// Builds and finalizes the forward plan for `s` (bf16 Q/K/V/O, f32 stats).
-pub(crate) fn build_forward(handle: cudnnHandle_t, s: &AttnShape) -> Result<BuiltPlan> {
-    forward_ops(s)?.finalize_plan(handle, "sdpa forward", describe(s))
+/// Builds and finalizes the forward plans for `s` that `want` names (bf16 Q/K/V/O, f32 stats).
+pub(crate) fn build_forward(
+    handle: cudnnHandle_t,
+    s: &AttnShape,
+    want: Configs,
+) -> Result<Vec<BuiltPlan>> {
+    forward_ops(s)?.finalize_plans(handle, "sdpa forward", describe(s), want)
 }
 
 /// The forward's tensors and operations, each finalized (no handle or GPU needed yet).
@@ -300,11 +304,15 @@ pub(crate) fn forward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     Ok(g)
 }
 
-/// Builds and finalizes the backward plan for `s`. Besides the plan's own workspace it binds Δ
+/// Builds and finalizes the backward plans for `s` that `want` names. Besides the plan's own workspace it binds Δ
 /// (f32 `[B,H,T]`, uid DELTA) and the dQ accumulator (f32 `[B,H,T,D]` with D the query/key head
 /// dim, uid DQ_ACCUM).
-pub(crate) fn build_backward(handle: cudnnHandle_t, s: &AttnShape) -> Result<BuiltPlan> {
-    backward_ops(s)?.finalize_plan(handle, "sdpa backward", describe(s))
+pub(crate) fn build_backward(
+    handle: cudnnHandle_t,
+    s: &AttnShape,
+    want: Configs,
+) -> Result<Vec<BuiltPlan>> {
+    backward_ops(s)?.finalize_plans(handle, "sdpa backward", describe(s), want)
 }
 
 /// The backward's tensors and operations, each finalized (no handle or GPU needed yet).

@@ -17,11 +17,11 @@ mod colmajor;
 mod epilogue;
 pub mod hopper;
 mod tune;
+pub use crate::cuda::tune::Tuned;
 pub use bgrad::{BiasGradPath, BiasGradPolicy};
 use colmajor::to_column_major;
 pub use epilogue::Epilogue;
 use epilogue::{Epi, EpiKind};
-pub use tune::Tuned;
 
 /// A row-major GEMM: `C[m, n] = alpha * op(A) op(B) + beta * C`, where op(A) is `[m, k]` (A is
 /// stored `[m, k]`, or `[k, m]` when `trans_a`) and op(B) is `[k, n]` (B stored `[k, n]`, or
@@ -139,6 +139,9 @@ pub struct Gemm {
     bgrad: Mutex<BiasGradPolicy>,
     /// Algorithm choices by timing ([`tune`]).
     tuner: Mutex<tune::Tuner>,
+    /// Whether timing also covers configurations beyond the heuristic's list
+    /// ([`Gemm::set_wide_tuning`]).
+    wide: std::sync::atomic::AtomicBool,
     /// Whether GEMMs planned now may be timed ([`Gemm::with_tuning`]).
     tuning: std::sync::atomic::AtomicBool,
     /// The own Hopper GEMM for the GELU epilogues and the policy for it ([`hopper`];
@@ -169,7 +172,8 @@ impl Gemm {
             branch_workspace: std::sync::OnceLock::new(),
             plans: Mutex::new(BTreeMap::new()),
             bgrad: Mutex::new(BiasGradPolicy::from_env()),
-            tuner: Mutex::new(tune::Tuner::from_env()),
+            tuner: Mutex::new(tune::tuner_from_env()),
+            wide: std::sync::atomic::AtomicBool::new(tune::wide_from_env()),
             tuning: std::sync::atomic::AtomicBool::new(false),
             own: std::sync::OnceLock::new(),
             own_ran: Mutex::new(Default::default()),
@@ -217,7 +221,7 @@ impl Gemm {
     /// experiment; `MODELSPEC_GEMM_TUNE=wide` sets it for every handle): every algorithm id in
     /// each tile and stage configuration it lists that cuBLASLt accepts for the GEMM.
     pub fn set_wide_tuning(&self, on: bool) {
-        self.tuner.lock().unwrap_or_else(|e| e.into_inner()).wide = on;
+        self.wide.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The GEMMs this handle chose an algorithm for by timing (the `tune` module), in order.
@@ -581,8 +585,7 @@ impl Gemm {
 
     /// Whether the stream is being captured into a CUDA graph (nothing may be timed then).
     fn capturing(&self) -> bool {
-        self.gpu.current().capture_status().ok()
-            != Some(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        self.gpu.capturing()
     }
 
     /// A plan for `g` (its first pick as the algorithm) and the heuristic's ranking of

@@ -9,12 +9,8 @@
 //! candidate, up to 9% faster (the head's classifier, the K = 768 projections, DGELU), and the
 //! step went from 29.66 to 29.35 ms; llama-3.2-1b's 16384 x 2048 x 2048 GEMM 0.214 -> 0.182 ms.
 //!
-//! Two algorithms round differently, so a choice made by timing must not differ between two
-//! processes of one machine (a resumed run must compute the bits an unbroken one does). Every
-//! choice is therefore written to a file in the kernel cache ([`compile::cache_dir`]), keyed by
-//! the GPU, the cuBLASLt version and the plan, and read back before anything is timed: the first
-//! process on a machine times, every later one reads. Where no cache directory can be written,
-//! nothing is timed and the heuristic's first pick runs. `MODELSPEC_GEMM_TUNE=off` (or `0`,
+//! The choices are persisted per machine ([`crate::cuda::tune`]: `<kernel cache>/gemm-algos.tsv`,
+//! keyed by the GPU, the cuBLASLt version and the plan). `MODELSPEC_GEMM_TUNE=off` (or `0`,
 //! `false`) turns the timing off.
 //!
 //! `MODELSPEC_GEMM_TUNE=wide` (an experiment) also times up to [`WIDE_EXTRA`] configurations the
@@ -23,14 +19,11 @@
 //! Only GEMMs that overwrite their outputs (beta 0, or beta 1 on a separate input) are timed, on
 //! their own buffers: each run writes the same outputs from the same inputs, and the call's real
 //! run comes after.
-//!
-//! [`compile::cache_dir`]: crate::cuda::compile::cache_dir
 
 use super::{Gemm, Operands, Plan, PlanKey, WORKSPACE, lt_types};
+use crate::cuda::tune::Tuned;
+pub(super) use crate::cuda::tune::{Tuner, fastest, per_run};
 use cudarc::cublaslt::sys;
-use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::PathBuf;
 
 /// How many of the heuristic's candidates are timed.
 pub(super) const CANDIDATES: usize = 8;
@@ -39,121 +32,20 @@ pub(super) const CANDIDATES: usize = 8;
 /// and tests' small GEMMs stay on the heuristic's pick.
 pub(super) const MIN_FLOP: f64 = 4e9;
 
-/// Runs timed per candidate, after one untimed warm-up run.
-const REPS: usize = 5;
-
-/// The persisted choices, and what this process timed (for benchmarks' reports).
-pub(super) struct Tuner {
-    /// The choices file; `None`: no choice is persisted, so none is made.
-    path: Option<PathBuf>,
-    /// Choices by key (the index into the heuristic's ranking).
-    chosen: BTreeMap<String, usize>,
-    /// This process's timings.
-    timed: Vec<Tuned>,
-    /// Whether timing also covers configurations beyond the heuristic's list ([`enumerate`]):
-    /// `MODELSPEC_GEMM_TUNE=wide`, or [`Gemm::set_wide_tuning`](super::Gemm::set_wide_tuning).
-    pub(super) wide: bool,
-}
-
-/// One GEMM this process timed.
-#[derive(Debug, Clone)]
-pub struct Tuned {
-    /// The plan (dtype, epilogue, shape), as in the choices file.
-    pub key: String,
-    /// Candidates timed.
-    pub candidates: usize,
-    /// The index taken (0: the heuristic's first pick).
-    pub chosen: usize,
-    /// Milliseconds a run of the heuristic's first pick.
-    pub first_ms: f32,
-    /// Milliseconds a run of the one taken.
-    pub best_ms: f32,
-}
-
-impl Tuner {
-    /// The tuner `MODELSPEC_GEMM_TUNE` and the kernel cache allow: off, or reading and appending
-    /// `<cache>/gemm-algos.tsv`.
-    pub(super) fn from_env() -> Tuner {
-        let wide = std::env::var("MODELSPEC_GEMM_TUNE").as_deref() == Ok("wide");
-        let on = wide || crate::cuda::env_switch("MODELSPEC_GEMM_TUNE") != Some(false);
-        let path = on
-            .then(crate::cuda::compile::cache_dir)
-            .flatten()
-            .filter(|d| std::fs::create_dir_all(d).is_ok())
-            .map(|d| d.join("gemm-algos.tsv"));
-        let chosen = path
-            .as_ref()
-            .and_then(|p| std::fs::read_to_string(p).ok())
-            .map(|text| parse(&text))
-            .unwrap_or_default();
-        Tuner {
-            path,
-            chosen,
-            timed: Vec::new(),
-            wide,
-        }
-    }
-
-    /// Whether choices are made at all.
-    pub(super) fn enabled(&self) -> bool {
-        self.path.is_some()
-    }
-
-    /// The persisted choice for `key`, the file read again on a miss (another handle or
-    /// process may have timed it since).
-    pub(super) fn lookup(&mut self, key: &str) -> Option<usize> {
-        if !self.chosen.contains_key(key)
-            && let Some(text) = self
-                .path
-                .as_ref()
-                .and_then(|p| std::fs::read_to_string(p).ok())
-        {
-            for (k, i) in parse(&text) {
-                self.chosen.entry(k).or_insert(i);
-            }
-        }
-        self.chosen.get(key).copied()
-    }
-
-    /// Records a choice made by timing: kept for this process and appended to the file. A
-    /// choice that cannot be written is not used (the heuristic's first pick is returned), so
-    /// that a later process cannot choose differently.
-    pub(super) fn record(&mut self, t: Tuned) -> usize {
-        let line = format!(
-            "{}\t{}\t{:.5}\t{:.5}\n",
-            t.key, t.chosen, t.best_ms, t.first_ms
-        );
-        let written = self.path.as_ref().is_some_and(|p| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(p)
-                .and_then(|mut f| f.write_all(line.as_bytes()))
-                .is_ok()
-        });
-        let chosen = if written { t.chosen } else { 0 };
-        self.chosen.insert(t.key.clone(), chosen);
-        self.timed.push(t);
-        chosen
-    }
-
-    /// What this process timed.
-    pub(super) fn timed(&self) -> &[Tuned] {
-        &self.timed
+/// The tuner `MODELSPEC_GEMM_TUNE` and the kernel cache allow: off, or reading and appending
+/// `<cache>/gemm-algos.tsv`.
+pub(super) fn tuner_from_env() -> Tuner {
+    const FILE: &str = "gemm-algos.tsv";
+    if wide_from_env() {
+        Tuner::in_cache(FILE)
+    } else {
+        Tuner::from_env("MODELSPEC_GEMM_TUNE", FILE)
     }
 }
 
-/// The choices of a file's lines `key \t index \t ...`; the first line for a key wins (two
-/// processes racing to time one GEMM both append; every later process takes the first).
-fn parse(text: &str) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        let mut cols = line.split('\t');
-        if let (Some(key), Some(Ok(i))) = (cols.next(), cols.next().map(str::parse::<usize>)) {
-            out.entry(key.to_string()).or_insert(i);
-        }
-    }
-    out
+/// Whether `MODELSPEC_GEMM_TUNE=wide` asks for configurations beyond the heuristic's list.
+pub(super) fn wide_from_env() -> bool {
+    std::env::var("MODELSPEC_GEMM_TUNE").as_deref() == Ok("wide")
 }
 
 /// The heuristic's ranking of at most [`CANDIDATES`] algorithms (best first) for a described
@@ -334,44 +226,6 @@ pub(super) unsafe fn enumerate(
     found.into_iter().take(WIDE_EXTRA).map(|(_, a)| a).collect()
 }
 
-/// Times `run(j)` for each candidate `j < count` (one warm-up run, then [`REPS`] timed) and
-/// returns `(index of the fastest, its ms, candidate 0's ms)`. A candidate that fails to run is
-/// skipped; `None` if candidate 0 itself fails (the caller keeps it and reports its error on
-/// the real run).
-pub(super) fn fastest(
-    count: usize,
-    mut time: impl FnMut(usize, usize) -> Option<f32>,
-) -> Option<(usize, f32, f32)> {
-    let first = time(0, REPS)?;
-    let mut best = (0, first);
-    for j in 1..count {
-        if let Some(ms) = time(j, REPS)
-            && ms < best.1
-        {
-            best = (j, ms);
-        }
-    }
-    Some((best.0, best.1, first))
-}
-
-/// One timed run of `runs` launches, in milliseconds a launch, after an untimed warm-up.
-pub(super) fn per_run(
-    gpu: &crate::cuda::gpu::Gpu,
-    runs: usize,
-    mut launch: impl FnMut() -> crate::cuda::error::Result<()>,
-) -> Option<f32> {
-    launch().ok()?;
-    let ms = gpu
-        .time_ms(|| {
-            for _ in 0..runs {
-                launch()?;
-            }
-            Ok(())
-        })
-        .ok()?;
-    Some(ms / runs as f32)
-}
-
 impl Gemm {
     /// A newly planned GEMM's algorithm among the heuristic's `candidates` (this module): the
     /// persisted choice for its key, else (a large GEMM that overwrites its outputs, on a stream
@@ -401,7 +255,7 @@ impl Gemm {
         // `MODELSPEC_GEMM_TUNE=wide`: configurations beyond the heuristic's list too, under a
         // key of their own (a plain run never reads an index into the longer list).
         let mut candidates = std::borrow::Cow::Borrowed(candidates);
-        let id = if tuner.wide {
+        let id = if self.wide.load(std::sync::atomic::Ordering::Relaxed) {
             let (ab, cd, compute) = lt_types(ops.dtype, key.1);
             // SAFETY: the plan's handles are live.
             let more = unsafe {
@@ -457,88 +311,5 @@ impl Gemm {
         // SAFETY: a plain query of the loaded library.
         let version = unsafe { sys::cublasLtGetVersion() };
         format!("{}|cublasLt {version}", self.gpu.name())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_keeps_the_first_choice_of_a_key_and_skips_bad_lines() {
-        let text = "a\t3\t0.1\t0.2\nb\tx\nc\nA\t1\na\t5\t0.1\t0.1\n";
-        let m = parse(text);
-        assert_eq!(m.get("a"), Some(&3));
-        assert_eq!(m.get("A"), Some(&1));
-        assert_eq!(m.get("b"), None);
-        assert_eq!(m.get("c"), None);
-        assert_eq!(m.len(), 2);
-    }
-
-    #[test]
-    fn fastest_takes_the_quickest_candidate_and_skips_failures() {
-        let times = [Some(2.0), None, Some(1.5), Some(1.7)];
-        assert_eq!(fastest(4, |j, _| times[j]), Some((2, 1.5, 2.0)));
-        // A tie keeps the earlier (the heuristic's order).
-        let ties = [Some(1.0), Some(1.0)];
-        assert_eq!(fastest(2, |j, _| ties[j]), Some((0, 1.0, 1.0)));
-        // Candidate 0 failing: no choice.
-        assert_eq!(fastest(2, |j, _| [None, Some(1.0)][j]), None);
-    }
-
-    #[test]
-    fn a_choice_that_cannot_be_written_is_not_used() {
-        let mut t = Tuner {
-            path: Some(PathBuf::from("/nonexistent-dir-modelspec/gemm-algos.tsv")),
-            chosen: BTreeMap::new(),
-            timed: Vec::new(),
-            wide: false,
-        };
-        let got = t.record(Tuned {
-            key: "k".into(),
-            candidates: 4,
-            chosen: 2,
-            first_ms: 1.0,
-            best_ms: 0.5,
-        });
-        assert_eq!(got, 0);
-        assert_eq!(t.lookup("k"), Some(0));
-    }
-
-    #[test]
-    fn choices_round_trip_through_the_file() {
-        let dir = std::env::temp_dir().join(format!("modelspec-tune-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("gemm-algos.tsv");
-        let _ = std::fs::remove_file(&path);
-        let mut t = Tuner {
-            path: Some(path.clone()),
-            chosen: BTreeMap::new(),
-            timed: Vec::new(),
-            wide: false,
-        };
-        for (key, chosen) in [("x|1", 3), ("y|2", 0)] {
-            let got = t.record(Tuned {
-                key: key.into(),
-                candidates: 8,
-                chosen,
-                first_ms: 1.0,
-                best_ms: 0.9,
-            });
-            assert_eq!(got, chosen);
-        }
-        let back = parse(&std::fs::read_to_string(&path).unwrap());
-        assert_eq!(back.get("x|1"), Some(&3));
-        assert_eq!(back.get("y|2"), Some(&0));
-        // A second handle that loaded the file before those choices finds them on a miss.
-        let mut late = Tuner {
-            path: Some(path.clone()),
-            chosen: BTreeMap::new(),
-            timed: Vec::new(),
-            wide: false,
-        };
-        assert_eq!(late.lookup("x|1"), Some(3));
-        assert_eq!(late.lookup("z"), None);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,0 +1,223 @@
+//! Which of cuDNN's engine configs a plan runs: forced, persisted, or chosen by timing on
+//! scratch operands of the shape (the policy is [`CudnnAttention`]'s doc; the persistence is
+//! [`crate::cuda::tune`]'s).
+
+use super::backend::{BuiltPlan, Configs, config_choice};
+use super::{CudnnAttention, Pass, PlanKey, Result, sdpa};
+use crate::cuda::AttnShape;
+use crate::cuda::gpu::GpuBuf;
+use crate::cuda::tune::{Tuned, Tuner, fastest, per_run};
+
+/// How many of the engine configs that finalize are timed (the heuristics offered 5-6 for the
+/// forward and 2-3 for the backward of every graph seen so far).
+pub(super) const CANDIDATES: usize = 6;
+
+/// The tuner `MODELSPEC_CUDNN_TUNE` and the kernel cache allow: off, or reading and appending
+/// `<cache>/cudnn-configs.tsv`.
+pub(super) fn tuner_from_env() -> Tuner {
+    Tuner::from_env("MODELSPEC_CUDNN_TUNE", "cudnn-configs.tsv")
+}
+
+impl CudnnAttention {
+    /// The plan of `pass` for `s` on its engine config: the one `MODELSPEC_CUDNN_CONFIG` forces,
+    /// else the one persisted for this GPU, cuDNN version and shape, else the fastest of those
+    /// that finalize, timed now and persisted (outside a graph capture, on the main stream),
+    /// else the heuristics' first.
+    pub(super) fn build(&self, pass: Pass, s: &AttnShape) -> Result<BuiltPlan> {
+        let key = format!(
+            "{}|cuDNN {}|{:?}",
+            self.gpu.name(),
+            self.library.version,
+            PlanKey::of(pass, s)
+        );
+        let forced = config_choice()?;
+        let want = match forced {
+            Some(k) => Configs::Nth(k),
+            None => {
+                let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+                match tuner.lookup(&key) {
+                    Some(j) => Configs::Nth(j),
+                    None if tuner.enabled() && !self.gpu.capturing() && !self.gpu.in_branch() => {
+                        Configs::Upto(CANDIDATES)
+                    }
+                    None => Configs::Nth(0),
+                }
+            }
+        };
+        let plans = match self.finalize(pass, s, want) {
+            // A persisted choice this library no longer finalizes: the first pick.
+            Err(_) if forced.is_none() && want != Configs::Nth(0) => {
+                self.finalize(pass, s, Configs::Nth(0))?
+            }
+            r => r?,
+        };
+        let chosen = match want {
+            Configs::Upto(_) => {
+                let timed = if plans.len() > 1 {
+                    self.time_configs(pass, s, &plans)
+                } else {
+                    Some((0, 0.0, 0.0))
+                };
+                // Not persisted when timing failed (no scratch memory): a later process tries.
+                timed.map_or(0, |(j, best_ms, first_ms)| {
+                    let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+                    tuner.record(Tuned {
+                        key,
+                        candidates: plans.len(),
+                        chosen: j,
+                        first_ms,
+                        best_ms,
+                    })
+                })
+            }
+            Configs::Nth(_) => 0,
+        };
+        Ok(plans
+            .into_iter()
+            .nth(chosen)
+            .expect("finalize returns at least one plan, and a choice indexes them"))
+    }
+
+    /// The plans `want` names, finalized under the handle's lock.
+    fn finalize(&self, pass: Pass, s: &AttnShape, want: Configs) -> Result<Vec<BuiltPlan>> {
+        let handle = self.lock_bound()?;
+        match pass {
+            Pass::Forward => sdpa::build_forward(handle.0, s, want),
+            Pass::Backward => sdpa::build_backward(handle.0, s, want),
+        }
+    }
+
+    /// The configs this handle chose by timing, in order (for benchmarks' reports).
+    pub fn tuned(&self) -> Vec<Tuned> {
+        self.tuner
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .timed()
+            .to_vec()
+    }
+
+    /// Times each of `plans` (one graph's configs) on scratch operands of `s` with random bf16
+    /// inputs: `(index of the fastest, its ms, the first's ms)`, or `None` when the scratch
+    /// cannot be had or the first fails to run. Q/K/V (and dQ/dK/dV) share one buffer where the
+    /// shape's strides say they are views of one fused projection, as in the trainer.
+    fn time_configs(
+        &self,
+        pass: Pass,
+        s: &AttnShape,
+        plans: &[BuiltPlan],
+    ) -> Option<(usize, f32, f32)> {
+        let gpu = &self.gpu;
+        let rows = s.batch * s.seq;
+        let stats = s.batch * s.heads * s.seq;
+        let (len, offs) = qkv_layout(s);
+        let qkv = gpu.upload(&random_bf16(len, 1)).ok()?;
+        let at = |b: &GpuBuf<u16>, i: usize| b.ptr() + 2 * offs[i] as u64;
+        let o = gpu.zeros::<u16>(rows * s.ldo).ok()?;
+        let lse = gpu.zeros::<f32>(stats).ok()?;
+        let fwd_ptrs = [o.ptr(), lse.ptr(), at(&qkv, 0), at(&qkv, 1), at(&qkv, 2)];
+        let most = plans.iter().map(|p| p.workspace).max().unwrap_or(0);
+        match pass {
+            Pass::Forward => {
+                let ws = gpu.zeros::<u8>(most.max(1)).ok()?;
+                fastest(plans.len(), |j, reps| {
+                    per_run(gpu, reps, || {
+                        self.run_fwd(&plans[j], s, fwd_ptrs, ws.ptr(), ws.len())
+                    })
+                })
+            }
+            Pass::Backward => {
+                // O and the stats from the forward's own (chosen) plan.
+                let fwd = self.plan(Pass::Forward, s).ok()?;
+                let ws = gpu.zeros::<u8>(most.max(fwd.built.workspace).max(1)).ok()?;
+                self.run_fwd(&fwd.built, s, fwd_ptrs, ws.ptr(), ws.len())
+                    .ok()?;
+                let dqkv = gpu.zeros::<u16>(len).ok()?;
+                let dout = gpu.upload(&random_bf16(rows * s.ldo, 2)).ok()?;
+                let dq_acc = gpu.zeros::<f32>(stats * s.head_dim).ok()?;
+                let delta = gpu.zeros::<f32>(stats).ok()?;
+                let ptrs = [
+                    at(&dqkv, 0),
+                    at(&dqkv, 1),
+                    at(&dqkv, 2),
+                    dq_acc.ptr(),
+                    delta.ptr(),
+                    dout.ptr(),
+                    o.ptr(),
+                    lse.ptr(),
+                    at(&qkv, 0),
+                    at(&qkv, 1),
+                    at(&qkv, 2),
+                ];
+                fastest(plans.len(), |j, reps| {
+                    per_run(gpu, reps, || {
+                        self.run_bwd(&plans[j], s, ptrs, ws.ptr(), ws.len())
+                    })
+                })
+            }
+        }
+    }
+}
+
+/// Elements of one bf16 buffer that holds Q, K and V of `s` (or their gradients), and the
+/// element offset of each: the views of one fused projection where the three share a row
+/// stride wide enough for all their heads, else three blocks one after another.
+fn qkv_layout(s: &AttnShape) -> (usize, [usize; 3]) {
+    let rows = s.batch * s.seq;
+    let widths = [
+        s.heads * s.head_dim,
+        s.kv_heads * s.head_dim,
+        s.kv_heads * s.v_head_dim,
+    ];
+    let [lq, lk, lv] = [s.ldq, s.ldk, s.ldv];
+    if lq == lk && lk == lv && widths.iter().sum::<usize>() <= lq {
+        (rows * lq, [0, widths[0], widths[0] + widths[1]])
+    } else {
+        (rows * (lq + lk + lv), [0, rows * lq, rows * (lq + lk)])
+    }
+}
+
+/// `n` bf16 values of magnitude in [0.125, 0.5) and random sign (xorshift from `seed`).
+fn random_bf16(n: usize, seed: u64) -> Vec<u16> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            // Exponent 124 or 125 (2^-3, 2^-2), any mantissa, either sign.
+            0x3E00 | (x as u16 & 0x80FF)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fused_strides_share_one_buffer_and_dense_ones_stack() {
+        let dense = AttnShape::dense(2, 10, 8, 2, 64);
+        let (len, offs) = qkv_layout(&dense);
+        assert_eq!(len, 20 * (512 + 128 + 128));
+        assert_eq!(offs, [0, 20 * 512, 20 * 640]);
+        let ld = (8 + 2 * 2) * 64;
+        let fused = AttnShape {
+            ldq: ld,
+            ldk: ld,
+            ldv: ld,
+            ..dense
+        };
+        let (len, offs) = qkv_layout(&fused);
+        assert_eq!(len, 20 * ld);
+        assert_eq!(offs, [0, 512, 640]);
+    }
+
+    #[test]
+    fn random_values_are_finite_and_bounded() {
+        let v = random_bf16(4096, 7);
+        let f = |b: u16| f32::from_bits((b as u32) << 16);
+        assert!(v.iter().all(|&b| (0.125..0.5).contains(&f(b).abs())));
+        assert!(v.iter().any(|&b| f(b) < 0.0) && v.iter().any(|&b| f(b) > 0.0));
+        assert_ne!(random_bf16(16, 1), random_bf16(16, 2));
+    }
+}
