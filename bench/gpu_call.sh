@@ -163,6 +163,19 @@ if [ "$stage" = 13 ] || [ "$stage" = 14 ]; then
     OUT=$R/b TRAIN="$m" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
     exit
 fi
+if [ "$stage" = 15 ]; then
+    # Fourteenth session: stage 8 on an H200; elsewhere (~150 s) the guard's parity (cuDNN's
+    # engine configs chosen by timing, never run before, against f64) and the attention rows
+    # beside PyTorch's backends.
+    if ! h200; then
+        nvidia-smi --query-gpu=name --format=csv,noheader
+        new_parity
+        OUT=$R/b ATTN=1 bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | tail -12
+        tar xzf $R/b/bench_logs.tgz -O ./ms_cudnn.jsonl | grep -E "cudnn_tuned|\"fused\"" | cut -c1-300
+        exit
+    fi
+    stage=8
+fi
 if [ "$stage" = 10 ]; then
     # A try for an H200 that costs next to nothing elsewhere: stage 8 on an H200, else the
     # card's name and out.
