@@ -557,7 +557,7 @@ fn engine_configs_chosen_by_timing_persist_across_handles() {
     let a = first.prepare(&s).unwrap();
     for t in first.tuned() {
         println!(
-            "timed: {} of {} configs, first {:.4} ms, chosen {:.4} ms ({})",
+            "timed: config {} of {} chosen, the first {:.4} ms, the chosen {:.4} ms ({})",
             t.chosen, t.candidates, t.first_ms, t.best_ms, t.key
         );
     }
