@@ -124,6 +124,14 @@ impl Tuner {
     pub(crate) fn timed(&self) -> &[Tuned] {
         &self.timed
     }
+
+    /// What the tuner behind `lock` timed in this process (a poisoned lock is read as it is).
+    pub(crate) fn timed_in(lock: &std::sync::Mutex<Tuner>) -> Vec<Tuned> {
+        lock.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .timed()
+            .to_vec()
+    }
 }
 
 /// The choices of a file's lines `key \t index \t ...`; the first line for a key wins (two

@@ -134,13 +134,14 @@ impl Drop for Handle {
 ///
 /// Which engine config a plan runs: cuDNN's heuristics rank several for a graph (forward and
 /// backward apart) without running them, and their first pick (PyTorch's) is not always the
-/// fastest: on an H200, the forward's second config at B16 H12 T1024 D64 ran 0.085 ms against
-/// the first's 0.092. So the first plan of a shape built outside a graph capture times each
-/// config that finalizes (up to [`tune::CANDIDATES`]) on scratch operands of the shape and keeps
-/// the fastest; the choice is persisted in `<kernel cache>/cudnn-configs.tsv` (keyed by the GPU,
-/// the cuDNN version and the shape) so every later process of the machine runs the same config
-/// and computes the same bits ([`crate::cuda::tune`]). `MODELSPEC_CUDNN_TUNE=off` keeps the
-/// first pick; `MODELSPEC_CUDNN_CONFIG=<k>` forces the k-th.
+/// fastest: with cuDNN 9.14 on an H200, the forward's second config at B16 H12 T1024 D64 ran
+/// 0.085 ms against the first's 0.092 (with 9.19 on an H100 the first was the fastest at all
+/// four of attn_bench's shapes). So the first plan of a shape built outside a graph capture
+/// times each config that finalizes (up to six) on scratch operands of the shape and keeps the
+/// fastest. The choice is persisted in `<kernel cache>/cudnn-configs.tsv` (keyed by the GPU, the
+/// cuDNN version and the shape), as the GEMMs' are in `gemm-algos.tsv`, so every later process
+/// of the machine runs the same config and computes the same bits. `MODELSPEC_CUDNN_TUNE=off`
+/// keeps the first pick; `MODELSPEC_CUDNN_CONFIG=<k>` forces the k-th.
 pub struct CudnnAttention {
     // Field order is drop order: plans, then the handle they were built on, then the GPU (its
     // context) last.

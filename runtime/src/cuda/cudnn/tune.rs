@@ -89,11 +89,7 @@ impl CudnnAttention {
 
     /// The configs this handle chose by timing, in order (for benchmarks' reports).
     pub fn tuned(&self) -> Vec<Tuned> {
-        self.tuner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .timed()
-            .to_vec()
+        crate::cuda::tune::Tuner::timed_in(&self.tuner)
     }
 
     /// Times each of `plans` (one graph's configs) on scratch operands of `s` with random bf16

@@ -226,11 +226,7 @@ impl Gemm {
 
     /// The GEMMs this handle chose an algorithm for by timing (the `tune` module), in order.
     pub fn tuned(&self) -> Vec<Tuned> {
-        self.tuner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .timed()
-            .to_vec()
+        crate::cuda::tune::Tuner::timed_in(&self.tuner)
     }
 
     /// Runs `g` on device pointers `a`, `b`, `c` of element type `dtype` (f32 runs with full f32
