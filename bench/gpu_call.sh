@@ -56,6 +56,11 @@ streams_parity() {
 # embedding backward in a fixed order, the head's weight gradient on the branch) against f64 and
 # the CPU (~30 s; a failure stops the call: no rows from a wrong step), then the streams' parity
 # (~20 s); if that fails, the rows run on one stream (and say so in their "adamw" and "wgrad").
+# PyTorch's cuDNN wheel on the loader's path (as gpu_bench.sh does).
+cudnn_env() {
+    local d; d=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null)
+    [ -n "$d" ] && export CUDNN_PATH="$d" LD_LIBRARY_PATH="$d/lib:${LD_LIBRARY_PATH:-}"
+}
 new_parity() {
     timeout 60 $B/cuda_kernels --include-ignored embedding > $R/v/embed.log 2>&1; e1=$?
     timeout 90 $B/cuda_train --include-ignored gpu_step_matches_cpu_gpt2_like gpu_step_matches_cpu_llama_like > $R/v/train_parity.log 2>&1; e2=$?
@@ -64,9 +69,7 @@ new_parity() {
     timeout 60 $B/cuda_train_state --include-ignored bf16_steps_are_bit_reproducible --nocapture > $R/v/repro.log 2>&1; e3=$?
     # cuDNN attention against f64 on every engine config the timing chooses (fourteenth session:
     # configs chosen by timing, persisted in the kernel cache), and the choice read back.
-    ( d=$(python3 -c "import nvidia.cudnn as c; print(list(c.__path__)[0])" 2>/dev/null)
-      [ -n "$d" ] && export CUDNN_PATH="$d" LD_LIBRARY_PATH="$d/lib:${LD_LIBRARY_PATH:-}"
-      MODELSPEC_REQUIRE_CUDNN=1 timeout 240 $B/cuda_cudnn --include-ignored --nocapture > $R/v/cudnn.log 2>&1 ); e4=$?
+    ( cudnn_env; MODELSPEC_REQUIRE_CUDNN=1 timeout 240 $B/cuda_cudnn --include-ignored --nocapture > $R/v/cudnn.log 2>&1 ); e4=$?
     echo "embedding kernel exit $e1, gpt2/llama-like step vs CPU exit $e2, bit-reproducible bf16 steps exit $e3, cuDNN vs f64 exit $e4"
     grep -E "panicked|test result|REPRODUCIBLE" $R/v/embed.log $R/v/train_parity.log $R/v/repro.log $R/v/cudnn.log | head -12
     grep -E "^timed:|^configs:" $R/v/cudnn.log | cut -c1-220 | head -6
@@ -161,6 +164,18 @@ if [ "$stage" = 13 ] || [ "$stage" = 14 ]; then
     streams_guard
     m=llama1b; [ "$stage" = 14 ] && m=mixtral_small
     OUT=$R/b TRAIN="$m" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
+    exit
+fi
+if [ "$stage" = 16 ]; then
+    # cuDNN's configs one knob away from the heuristics' (fourteenth session, never run; any
+    # GPU, ~200 s): the attention rows with the heuristics' configs timed (the default) beside
+    # PyTorch's backends, then `cuda_bench cudnn` with MODELSPEC_CUDNN_TUNE=wide (every config's
+    # time in wide.err; its rows use the fastest).
+    OUT=$R/b ATTN=1 bash bench/gpu_bench.sh 2>&1 | grep '"work"' | cut -c1-400
+    cudnn_env
+    MODELSPEC_CUDNN_TUNE=wide timeout 400 $B/cuda_bench cudnn > $R/v/wide.jsonl 2> $R/v/wide.err; echo "wide exit $?"
+    grep -E '"fused"|cudnn_tuned' $R/v/wide.jsonl | cut -c1-300
+    grep -E "cuDNN config" $R/v/wide.err | grep -E "dims: \[16, 1024" | cut -c1-160 | head -70
     exit
 fi
 if [ "$stage" = 15 ]; then

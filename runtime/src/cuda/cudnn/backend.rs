@@ -130,6 +130,75 @@ impl Desc {
         })
     }
 
+    /// Reads a descriptor-array attribute: as many new descriptors of `kind` as it holds (a
+    /// count query first), filled by cuDNN.
+    pub(crate) fn get_descs(&self, name: Attr, kind: DescType) -> Result<Vec<Desc>> {
+        let mut count = 0i64;
+        // SAFETY: a count query (no elements written).
+        check(
+            unsafe {
+                (api().backend_get_attribute)(
+                    self.raw,
+                    name,
+                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                    0,
+                    &mut count,
+                    std::ptr::null_mut(),
+                )
+            },
+            || format!("counting {name:?} of a {:?}", self.kind),
+        )?;
+        self.get_descs_n(name, kind, count)
+    }
+
+    /// Reads at most `count` descriptors of `kind` from a descriptor-array attribute.
+    pub(crate) fn get_descs_n(&self, name: Attr, kind: DescType, count: i64) -> Result<Vec<Desc>> {
+        let mut out: Vec<Desc> = (0..count.max(0))
+            .map(|_| Desc::new(kind))
+            .collect::<Result<_>>()?;
+        if out.is_empty() {
+            return Ok(out);
+        }
+        let mut raws: Vec<sys::cudnnBackendDescriptor_t> = out.iter().map(|d| d.raw).collect();
+        let mut got = 0i64;
+        // SAFETY: `raws` holds `count` created descriptors of the attribute's kind to fill.
+        check(
+            unsafe {
+                (api().backend_get_attribute)(
+                    self.raw,
+                    name,
+                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
+                    count,
+                    &mut got,
+                    raws.as_mut_ptr().cast(),
+                )
+            },
+            || format!("reading {name:?} of a {:?}", self.kind),
+        )?;
+        out.truncate(got.clamp(0, count) as usize);
+        Ok(out)
+    }
+
+    /// Reads one 4-byte attribute of type `ty` (an enum such as a knob type) as its integer.
+    pub(crate) fn get_i32(&self, name: Attr, ty: Ty) -> Result<i32> {
+        let (mut n, mut v) = (0i64, 0i32);
+        // SAFETY: room for exactly one 4-byte value.
+        check(
+            unsafe {
+                (api().backend_get_attribute)(
+                    self.raw,
+                    name,
+                    ty,
+                    1,
+                    &mut n,
+                    (&mut v as *mut i32).cast(),
+                )
+            },
+            || format!("reading {name:?} of a {:?}", self.kind),
+        )?;
+        Ok(v)
+    }
+
     /// Reads one INT64 attribute.
     pub(crate) fn get_i64(&self, name: Attr) -> Result<i64> {
         let (mut n, mut v) = (0i64, 0i64);
@@ -367,6 +436,7 @@ impl GraphBuilder {
         graph: &'static str,
         shape: String,
         want: Configs,
+        wide: bool,
     ) -> Result<Vec<BuiltPlan>> {
         use Attr::*;
         let og = Desc::new(DescType::CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR)?;
@@ -378,7 +448,12 @@ impl GraphBuilder {
         // Heuristics mode A, as the frontend asks for SDPA graphs (the fallback list holds only
         // engines that need explicit knobs for these graphs). cuDNN drops configs that fail its
         // support checks; the first error of those that remain is the one reported.
-        let cfgs = engine_configs(&og, sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A)?;
+        let mut cfgs = engine_configs(&og, sys::cudnnBackendHeurMode_t::CUDNN_HEUR_MODE_A)?;
+        if wide {
+            // After the listed ones, so that their indices do not move.
+            let more = super::knobs::neighbours(&cfgs, super::knobs::WIDE_EXTRA);
+            cfgs.extend(more.into_iter().map(|(c, ..)| c));
+        }
         let tried = cfgs.len();
         let (skip, take) = match want {
             Configs::Nth(k) => (k, 1),
@@ -401,6 +476,7 @@ impl GraphBuilder {
                         plan,
                         workspace: workspace.max(0) as usize,
                         engine,
+                        knobs: super::knobs::choices(cfg).unwrap_or_default(),
                         config: viable,
                         bound: self.bound.clone(),
                         _keep: keep.clone(),
@@ -477,68 +553,26 @@ fn engine_configs(og: &Desc, mode: sys::cudnnBackendHeurMode_t) -> Result<Vec<De
     heur.set_desc(CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH, og)?;
     heur.set_enum(CUDNN_ATTR_ENGINEHEUR_MODE, Ty::CUDNN_TYPE_HEUR_MODE, mode)?;
     heur.finalize()?;
-    let mut count = 0i64;
-    // SAFETY: a count query (no elements written).
-    check(
-        unsafe {
-            (api().backend_get_attribute)(
-                heur.raw,
-                CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                0,
-                &mut count,
-                std::ptr::null_mut(),
-            )
-        },
-        || format!("counting {mode:?} heuristic results"),
-    )?;
-    let cfgs: Vec<Desc> = (0..count.max(0))
-        .map(|_| Desc::new(DescType::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR))
-        .collect::<Result<_>>()?;
-    if cfgs.is_empty() {
-        return Ok(cfgs);
-    }
-    let mut raws: Vec<sys::cudnnBackendDescriptor_t> = cfgs.iter().map(|d| d.raw).collect();
-    let mut got = 0i64;
-    // SAFETY: `raws` holds `count` created engine-config descriptors for cuDNN to fill.
-    check(
-        unsafe {
-            (api().backend_get_attribute)(
-                heur.raw,
-                CUDNN_ATTR_ENGINEHEUR_RESULTS,
-                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                count,
-                &mut got,
-                raws.as_mut_ptr().cast(),
-            )
-        },
-        || format!("reading {mode:?} heuristic results"),
-    )?;
-    let mut cfgs = cfgs;
-    cfgs.truncate(got.clamp(0, count) as usize);
-    Ok(cfgs)
+    heur.get_descs(
+        CUDNN_ATTR_ENGINEHEUR_RESULTS,
+        DescType::CUDNN_BACKEND_ENGINECFG_DESCRIPTOR,
+    )
+}
+
+/// The engine behind an engine config.
+pub(crate) fn engine_of(cfg: &Desc) -> Result<Desc> {
+    cfg.get_descs_n(
+        Attr::CUDNN_ATTR_ENGINECFG_ENGINE,
+        DescType::CUDNN_BACKEND_ENGINE_DESCRIPTOR,
+        1,
+    )?
+    .pop()
+    .ok_or_else(|| CudnnError::Unsupported("an engine config without an engine".into()))
 }
 
 /// The global index of the engine behind an engine config (for reports).
-fn engine_index(cfg: &Desc) -> Result<i64> {
-    let engine = Desc::new(DescType::CUDNN_BACKEND_ENGINE_DESCRIPTOR)?;
-    let mut raw = engine.raw;
-    let mut n = 0i64;
-    // SAFETY: one engine descriptor to fill.
-    check(
-        unsafe {
-            (api().backend_get_attribute)(
-                cfg.raw,
-                Attr::CUDNN_ATTR_ENGINECFG_ENGINE,
-                Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                1,
-                &mut n,
-                (&mut raw as *mut sys::cudnnBackendDescriptor_t).cast(),
-            )
-        },
-        || "reading the engine of a config".into(),
-    )?;
-    engine.get_i64(Attr::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)
+pub(crate) fn engine_index(cfg: &Desc) -> Result<i64> {
+    engine_of(cfg)?.get_i64(Attr::CUDNN_ATTR_ENGINE_GLOBAL_INDEX)
 }
 
 /// What a plan keeps alive: its operation graph, and the tensors, operations and auxiliary
@@ -552,6 +586,8 @@ pub(crate) struct BuiltPlan {
     pub(crate) workspace: usize,
     /// cuDNN's global engine index (-1 if it could not be read).
     pub(crate) engine: i64,
+    /// The config's knob choices (type, value), for reports.
+    pub(crate) knobs: Vec<super::knobs::Choice>,
     /// Which of the heuristics' configs that finalize this is (0: the first; see [`Configs`]).
     pub(crate) config: usize,
     /// UIDs of the tensors a variant pack binds.

@@ -34,6 +34,7 @@
 mod api;
 mod backend;
 pub mod error;
+mod knobs;
 pub mod probe;
 pub mod sdpa;
 mod tune;

@@ -213,13 +213,15 @@ fn mask(g: &mut GraphBuilder, shape: &AttnShape, dm: &Dims, s: T) -> Result<T> {
     Ok(cur)
 }
 
-/// Builds and finalizes the forward plans for `s` that `want` names (bf16 Q/K/V/O, f32 stats).
+/// Builds and finalizes the forward plans for `s` that `want` names (bf16 Q/K/V/O, f32 stats);
+/// `wide`: among the heuristics' configs and their knob neighbours ([`super::knobs`]).
 pub(crate) fn build_forward(
     handle: cudnnHandle_t,
     s: &AttnShape,
     want: Configs,
+    wide: bool,
 ) -> Result<Vec<BuiltPlan>> {
-    forward_ops(s)?.finalize_plans(handle, "sdpa forward", describe(s), want)
+    forward_ops(s)?.finalize_plans(handle, "sdpa forward", describe(s), want, wide)
 }
 
 /// The forward's tensors and operations, each finalized (no handle or GPU needed yet).
@@ -304,15 +306,16 @@ pub(crate) fn forward_ops(s: &AttnShape) -> Result<GraphBuilder> {
     Ok(g)
 }
 
-/// Builds and finalizes the backward plans for `s` that `want` names. Besides the plan's own workspace it binds Δ
-/// (f32 `[B,H,T]`, uid DELTA) and the dQ accumulator (f32 `[B,H,T,D]` with D the query/key head
-/// dim, uid DQ_ACCUM).
+/// Builds and finalizes the backward plans for `s` that `want` names (`wide` as for the
+/// forward). Besides the plan's own workspace it binds Δ (f32 `[B,H,T]`, uid DELTA) and the dQ
+/// accumulator (f32 `[B,H,T,D]` with D the query/key head dim, uid DQ_ACCUM).
 pub(crate) fn build_backward(
     handle: cudnnHandle_t,
     s: &AttnShape,
     want: Configs,
+    wide: bool,
 ) -> Result<Vec<BuiltPlan>> {
-    backward_ops(s)?.finalize_plans(handle, "sdpa backward", describe(s), want)
+    backward_ops(s)?.finalize_plans(handle, "sdpa backward", describe(s), want, wide)
 }
 
 /// The backward's tensors and operations, each finalized (no handle or GPU needed yet).

@@ -3,6 +3,7 @@
 //! [`crate::cuda::tune`]'s).
 
 use super::backend::{BuiltPlan, Configs, config_choice};
+use super::knobs::{WIDE_EXTRA, knob_name};
 use super::{CudnnAttention, Pass, PlanKey, Result, sdpa};
 use crate::cuda::AttnShape;
 use crate::cuda::gpu::GpuBuf;
@@ -15,7 +16,18 @@ pub(super) const CANDIDATES: usize = 6;
 /// The tuner `MODELSPEC_CUDNN_TUNE` and the kernel cache allow: off, or reading and appending
 /// `<cache>/cudnn-configs.tsv`.
 pub(super) fn tuner_from_env() -> Tuner {
-    Tuner::from_env("MODELSPEC_CUDNN_TUNE", "cudnn-configs.tsv")
+    const FILE: &str = "cudnn-configs.tsv";
+    if wide() {
+        Tuner::in_cache(FILE)
+    } else {
+        Tuner::from_env("MODELSPEC_CUDNN_TUNE", FILE)
+    }
+}
+
+/// `MODELSPEC_CUDNN_TUNE=wide` (an experiment): the configs one knob away from the heuristics'
+/// are timed too ([`super::knobs`]), under keys of their own.
+fn wide() -> bool {
+    std::env::var("MODELSPEC_CUDNN_TUNE").as_deref() == Ok("wide")
 }
 
 impl CudnnAttention {
@@ -24,11 +36,13 @@ impl CudnnAttention {
     /// that finalize, timed now and persisted (outside a graph capture, on the main stream),
     /// else the heuristics' first.
     pub(super) fn build(&self, pass: Pass, s: &AttnShape) -> Result<BuiltPlan> {
+        let wide = wide();
         let key = format!(
-            "{}|cuDNN {}|{:?}",
+            "{}|cuDNN {}|{:?}{}",
             self.gpu.name(),
             self.library.version,
-            PlanKey::of(pass, s)
+            PlanKey::of(pass, s),
+            if wide { "|wide" } else { "" }
         );
         let forced = config_choice()?;
         let want = match forced {
@@ -38,23 +52,23 @@ impl CudnnAttention {
                 match tuner.lookup(&key) {
                     Some(j) => Configs::Nth(j),
                     None if tuner.enabled() && !self.gpu.capturing() && !self.gpu.in_branch() => {
-                        Configs::Upto(CANDIDATES)
+                        Configs::Upto(CANDIDATES + if wide { WIDE_EXTRA } else { 0 })
                     }
                     None => Configs::Nth(0),
                 }
             }
         };
-        let plans = match self.finalize(pass, s, want) {
+        let plans = match self.finalize(pass, s, want, wide) {
             // A persisted choice this library no longer finalizes: the first pick.
             Err(_) if forced.is_none() && want != Configs::Nth(0) => {
-                self.finalize(pass, s, Configs::Nth(0))?
+                self.finalize(pass, s, Configs::Nth(0), false)?
             }
             r => r?,
         };
         let chosen = match want {
             Configs::Upto(_) => {
                 let timed = if plans.len() > 1 {
-                    self.time_configs(pass, s, &plans)
+                    self.time_configs(pass, s, &plans, wide.then_some(key.as_str()))
                 } else {
                     Some((0, 0.0, 0.0))
                 };
@@ -79,11 +93,17 @@ impl CudnnAttention {
     }
 
     /// The plans `want` names, finalized under the handle's lock.
-    fn finalize(&self, pass: Pass, s: &AttnShape, want: Configs) -> Result<Vec<BuiltPlan>> {
+    fn finalize(
+        &self,
+        pass: Pass,
+        s: &AttnShape,
+        want: Configs,
+        wide: bool,
+    ) -> Result<Vec<BuiltPlan>> {
         let handle = self.lock_bound()?;
         match pass {
-            Pass::Forward => sdpa::build_forward(handle.0, s, want),
-            Pass::Backward => sdpa::build_backward(handle.0, s, want),
+            Pass::Forward => sdpa::build_forward(handle.0, s, want, wide),
+            Pass::Backward => sdpa::build_backward(handle.0, s, want, wide),
         }
     }
 
@@ -96,11 +116,40 @@ impl CudnnAttention {
     /// inputs: `(index of the fastest, its ms, the first's ms)`, or `None` when the scratch
     /// cannot be had or the first fails to run. Q/K/V (and dQ/dK/dV) share one buffer where the
     /// shape's strides say they are views of one fused projection, as in the trainer.
+    /// With `log` (a key), each config's time goes to stderr.
     fn time_configs(
         &self,
         pass: Pass,
         s: &AttnShape,
         plans: &[BuiltPlan],
+        log: Option<&str>,
+    ) -> Option<(usize, f32, f32)> {
+        let mut times = vec![None; plans.len()];
+        let best = self.time_each(pass, s, plans, &mut times);
+        if let Some(key) = log {
+            for (p, t) in plans.iter().zip(&times) {
+                let knobs: Vec<String> = (p.knobs.iter())
+                    .map(|&(ty, v)| format!("{}={v}", knob_name(ty)))
+                    .collect();
+                eprintln!(
+                    "cuDNN config {} (engine {}, {}): {} ({key})",
+                    p.config,
+                    p.engine,
+                    knobs.join(" "),
+                    t.map_or("failed".into(), |ms: f32| format!("{ms:.4} ms"))
+                );
+            }
+        }
+        best
+    }
+
+    /// [`time_configs`](Self::time_configs) without the log; `times[j]`: config j's time.
+    fn time_each(
+        &self,
+        pass: Pass,
+        s: &AttnShape,
+        plans: &[BuiltPlan],
+        times: &mut [Option<f32>],
     ) -> Option<(usize, f32, f32)> {
         let gpu = &self.gpu;
         let rows = s.batch * s.seq;
@@ -116,9 +165,10 @@ impl CudnnAttention {
             Pass::Forward => {
                 let ws = gpu.zeros::<u8>(most.max(1)).ok()?;
                 fastest(plans.len(), |j, reps| {
-                    per_run(gpu, reps, || {
+                    times[j] = per_run(gpu, reps, || {
                         self.run_fwd(&plans[j], s, fwd_ptrs, ws.ptr(), ws.len())
-                    })
+                    });
+                    times[j]
                 })
             }
             Pass::Backward => {
@@ -145,9 +195,10 @@ impl CudnnAttention {
                     at(&qkv, 2),
                 ];
                 fastest(plans.len(), |j, reps| {
-                    per_run(gpu, reps, || {
+                    times[j] = per_run(gpu, reps, || {
                         self.run_bwd(&plans[j], s, ptrs, ws.ptr(), ws.len())
-                    })
+                    });
+                    times[j]
                 })
             }
         }
