@@ -166,6 +166,8 @@ if [ "$stage" = 13 ] || [ "$stage" = 14 ]; then
     OUT=$R/b TRAIN="$m" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
     exit
 fi
+# 17: stage 8 on an H200, else 16 (a probe for an H200 that does 16's work elsewhere).
+if [ "$stage" = 17 ]; then h200 && stage=8 || stage=16; fi
 if [ "$stage" = 16 ]; then
     # cuDNN's configs one knob away from the heuristics' (fourteenth session, never run; any
     # GPU, ~200 s): the attention rows with the heuristics' configs timed (the default) beside
