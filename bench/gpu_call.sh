@@ -175,9 +175,10 @@ if [ "$stage" = 16 ]; then
     # time in wide.err; its rows use the fastest).
     OUT=$R/b ATTN=1 bash bench/gpu_bench.sh 2>&1 | grep '"work"' | cut -c1-400
     cudnn_env
-    MODELSPEC_CUDNN_TUNE=wide timeout 400 $B/cuda_bench cudnn > $R/v/wide.jsonl 2> $R/v/wide.err; echo "wide exit $?"
+    MODELSPEC_CUDNN_TUNE=wide timeout 400 $B/cuda_bench cudnn ${WIDE_SHAPES:-1024/64 2048/64} > $R/v/wide.jsonl 2> $R/v/wide.err; echo "wide exit $?"
     grep -E '"fused"|cudnn_tuned' $R/v/wide.jsonl | cut -c1-300
     grep -E "cuDNN config" $R/v/wide.err | grep -E "dims: \[16, 1024" | cut -c1-160 | head -70
+    grep -cE "cuDNN config" $R/v/wide.err
     exit
 fi
 if [ "$stage" = 15 ]; then

@@ -219,10 +219,13 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
     };
     // Cleared before every timed run (see `time_pair`).
     let mut flush = gpu.zeros::<u8>(256 << 20)?;
+    // `cuda_bench cudnn T/D ...` (e.g. `1024/64`): only the shapes of those lengths and head dims.
+    let only: Vec<String> = std::env::args().skip(2).collect();
     let shapes = ATTN_SHAPES
         .iter()
         .map(|&(b, h, kv, t, d)| (b, h, kv, t, d, d))
-        .chain(MLA_SHAPES);
+        .chain(MLA_SHAPES)
+        .filter(|&(_, _, _, t, d, _)| only.is_empty() || only.contains(&format!("{t}/{d}")));
     for (b, h, kv, t, d, dv) in shapes {
         let rows = b * t;
         let w = (h + kv) * d + kv * dv;
