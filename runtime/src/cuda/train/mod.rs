@@ -120,6 +120,8 @@ pub struct GpuTrainer {
     planned: std::sync::atomic::AtomicBool,
     /// Whether residual adds fold into the projections' GEMMs ([`fold`]).
     resid_epilogue: bool,
+    /// Rows of the classifier + loss sub-chunks (0: whole chunks; [`head`]).
+    head_sub_rows: usize,
 }
 
 fn unsupported(why: String) -> CudaError {
@@ -340,6 +342,7 @@ impl GpuTrainer {
             branch,
             planned: Default::default(),
             resid_epilogue: super::env_switch("MODELSPEC_RESIDUAL_EPILOGUE") == Some(true),
+            head_sub_rows: head::sub_rows_from_env(),
         })
     }
 
@@ -551,6 +554,7 @@ impl GpuTrainer {
             overlap: if adamw { self.overlap.as_ref() } else { None },
             branch,
             resid_epilogue: self.resid_epilogue,
+            head_sub_rows: self.head_sub_rows,
         }
     }
 
@@ -725,4 +729,6 @@ struct Step<'a> {
     branch: Option<&'a branch::Branch>,
     /// Whether residual adds fold into the projections' GEMMs ([`fold`]).
     resid_epilogue: bool,
+    /// Rows of the classifier + loss sub-chunks (0: whole chunks; [`head`]).
+    head_sub_rows: usize,
 }
