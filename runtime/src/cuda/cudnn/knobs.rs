@@ -21,6 +21,10 @@ pub(crate) type Choice = (i32, i64);
 /// kernel: ~0.1-1.5 s).
 pub(crate) const WIDE_EXTRA: usize = 24;
 
+/// Room for every knob type cuDNN 9 defines (as the frontend reads knobs: an array of that
+/// many, cuDNN says how many it filled).
+const MOST_KNOBS: i64 = 64;
+
 /// At most this many values of one knob are tried (a knob with a wider range is left as the
 /// listed config has it).
 const MOST_VALUES: i64 = 32;
@@ -49,9 +53,10 @@ impl KnobInfo {
 
 /// The knob choices of an engine config, sorted by knob type.
 pub(crate) fn choices(cfg: &Desc) -> Result<Vec<Choice>> {
-    let knobs = cfg.get_descs(
+    let knobs = cfg.get_descs_n(
         Attr::CUDNN_ATTR_ENGINECFG_KNOB_CHOICES,
         DescType::CUDNN_BACKEND_KNOB_CHOICE_DESCRIPTOR,
+        MOST_KNOBS,
     )?;
     let mut out = knobs
         .iter()
@@ -71,9 +76,10 @@ pub(crate) fn choices(cfg: &Desc) -> Result<Vec<Choice>> {
 
 /// The knobs an engine declares for its graph.
 fn knob_space(engine: &Desc) -> Result<Vec<KnobInfo>> {
-    let infos = engine.get_descs(
+    let infos = engine.get_descs_n(
         Attr::CUDNN_ATTR_ENGINE_KNOB_INFO,
         DescType::CUDNN_BACKEND_KNOB_INFO_DESCRIPTOR,
+        MOST_KNOBS,
     )?;
     infos
         .iter()
