@@ -168,23 +168,6 @@ if [ "$stage" = 13 ] || [ "$stage" = 14 ]; then
 fi
 # 17: stage 8 on an H200, else 16 (a probe for an H200 that does 16's work elsewhere).
 if [ "$stage" = 17 ]; then h200 && stage=8 || stage=16; fi
-# 20: stage 8 on an H200, else 19 (the head's sub-chunks, then 16).
-if [ "$stage" = 20 ]; then h200 && stage=8 || stage=19; fi
-if [ "$stage" = 18 ] || [ "$stage" = 19 ]; then
-    # The classifier + loss in L2-sized sub-chunks (fourteenth session, MODELSPEC_HEAD_SUB_ROWS,
-    # never run; any GPU, ~120 s): the gpt2/llama-like steps against the CPU in 7-row sub-chunks,
-    # then gpt2 whole, 256 and 512 rows, twice each, alternating. 19 runs 16 after it.
-    MODELSPEC_HEAD_SUB_ROWS=7 timeout 90 $B/cuda_train --include-ignored gpu_step_matches_cpu_gpt2_like gpu_step_matches_cpu_llama_like > $R/v/head_sub.log 2>&1
-    echo "steps vs CPU with 7-row head sub-chunks exit $?"; grep -E "panicked|test result" $R/v/head_sub.log | head -6
-    for i in 1 2; do
-        for r in 0 256 512; do
-            echo "gpt2 MODELSPEC_HEAD_SUB_ROWS=$r"
-            MODELSPEC_HEAD_SUB_ROWS=$r timeout 60 $B/cuda_train_bench gpt2 specs 2>&1 | tee -a $R/v/head_sub_gpt2.jsonl | summ
-        done
-    done
-    [ "$stage" = 19 ] || exit
-    stage=16
-fi
 if [ "$stage" = 16 ]; then
     # cuDNN's configs one knob away from the heuristics' (fourteenth session, never run; any
     # GPU, ~200 s): the attention rows with the heuristics' configs timed (the default) beside

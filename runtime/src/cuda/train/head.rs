@@ -1,33 +1,10 @@
 //! The head: final norm, classifier and cross-entropy (one row chunk of logits at a time, the
 //! loss kernel turning each chunk into its gradient in place, the classifier's backward right
 //! after it), the final norm's backward, and the embedding's backward.
-//!
-//! `MODELSPEC_HEAD_SUB_ROWS=<rows>` (an experiment, off by default) runs the classifier GEMM and
-//! the loss kernel on sub-chunks of that many rows inside each chunk, so that the loss reads
-//! logits the GEMM has just left in L2 (gpt2: 256 rows of 50304 bf16 logits are 25.7 MB of the
-//! 50 MB L2) instead of from memory; the weight and input gradients stay on whole chunks (the
-//! sixth session's sub-chunked input gradient, 256 x 768 outputs over K = 50304, ran on a tenth of
-//! the GPU and lost 2.2 ms).
 
 use super::super::error::Result;
 use super::super::gemm::RowMajorGemm;
 use super::super::gpu::{DevPtr, Dtype};
-
-/// `MODELSPEC_HEAD_SUB_ROWS`: rows of the classifier + loss sub-chunks (unset or 0: whole
-/// chunks; see the module doc).
-pub(super) fn sub_rows_from_env() -> usize {
-    let Ok(v) = std::env::var("MODELSPEC_HEAD_SUB_ROWS") else {
-        return 0;
-    };
-    v.trim().parse().unwrap_or_else(|_| {
-        crate::cuda::warn_env_value(
-            "MODELSPEC_HEAD_SUB_ROWS",
-            &v,
-            "a row count: the head runs whole chunks",
-        );
-        0
-    })
-}
 use super::Step;
 use super::config::NormCfg;
 
@@ -74,34 +51,33 @@ impl Step<'_> {
         while r0 < n {
             let rows = self.s.chunk.min(n - r0);
             let x = bf.lnf + (r0 * c) as u64 * es;
+            // Rows of `ld` (aligned) hold the `vp` logits.
+            let g = RowMajorGemm {
+                ldc: ld,
+                ..RowMajorGemm::linear(rows, vp, c)
+            };
             // The chunk before's weight gradient may still read the logits on the branch.
             self.claim(bf.logits)?;
-            // Whole chunks unless sub-chunks are asked for (never when the logits are captured:
-            // the capture reads a chunk before the loss overwrites it).
-            let sub = match self.head_sub_rows {
-                s if s > 0 && capture.is_none() => s.min(rows),
-                _ => rows,
-            };
-            let mut s0 = 0;
-            while s0 < rows {
-                let srows = sub.min(rows - s0);
-                // Rows of `ld` (aligned) hold the `vp` logits.
-                let g = RowMajorGemm {
-                    ldc: ld,
-                    ..RowMajorGemm::linear(srows, vp, c)
-                };
-                let logits = bf.logits + (s0 * ld) as u64 * es;
-                let xs = x + (s0 * c) as u64 * es;
-                // SAFETY: x, head and the logits chunk are views into this trainer's arenas,
-                // sized at construction for `rows <= chunk` rows of `c` and `ld`; these are
-                // rows s0..s0 + srows of them.
-                unsafe { self.gemm.linear_as(dt, &g, xs, head, head_bias, logits) }?;
-                if let Some(out) = capture.as_deref_mut() {
-                    self.capture_logits(out, rows, vocab, softcap)?;
-                }
-                self.xent_rows(logits, r0 + s0, srows, softcap, dscale)?;
-                s0 += srows;
+            // SAFETY: x, head and the logits chunk are views into this trainer's arenas, sized
+            // at construction for `rows <= chunk` rows of `c` and `ld`.
+            unsafe { self.gemm.linear_as(dt, &g, x, head, head_bias, bf.logits) }?;
+            if let Some(out) = capture.as_deref_mut() {
+                self.capture_logits(out, rows, vocab, softcap)?;
             }
+            // The softmax spans the padded vocabulary, as the CPU executor's and the exported
+            // HF model's (whose `vocab_size` is the padded one) do: pad columns are logits like
+            // any other, and their rows of the head learn to stay below the real ones.
+            k.xent(
+                dt,
+                bf.logits,
+                self.loss_rows.at(r0),
+                self.targets + (r0 * 4) as u64,
+                rows,
+                vp,
+                ld,
+                softcap,
+                Some(dscale),
+            )?;
             // The weight gradient first: on the branch it then runs beside the input gradient.
             // The first chunk writes the head's gradient (nothing earlier in the step does: a
             // tied embedding's backward adds to it at the end), so its GEMM overwrites (beta 0)
@@ -141,32 +117,6 @@ impl Step<'_> {
             "final_norm",
         )?;
         Ok(g)
-    }
-
-    /// The loss kernel on `rows` rows of logits at `logits` (token rows `r0..r0 + rows`), turning
-    /// them into their gradient in place. The softmax spans the padded vocabulary, as the CPU
-    /// executor's and the exported HF model's (whose `vocab_size` is the padded one) do: pad
-    /// columns are logits like any other, and their rows of the head learn to stay below the
-    /// real ones.
-    fn xent_rows(
-        &self,
-        logits: DevPtr,
-        r0: usize,
-        rows: usize,
-        softcap: f32,
-        dscale: f32,
-    ) -> Result<()> {
-        self.k.xent(
-            self.dt,
-            logits,
-            self.loss_rows.at(r0),
-            self.targets + (r0 * 4) as u64,
-            rows,
-            self.s.vp,
-            self.s.ld,
-            softcap,
-            Some(dscale),
-        )
     }
 
     /// Downloads the logits chunk (`rows` rows) and appends its `vocab` valid columns as f32.

@@ -120,8 +120,6 @@ pub struct GpuTrainer {
     planned: std::sync::atomic::AtomicBool,
     /// Whether residual adds fold into the projections' GEMMs ([`fold`]).
     resid_epilogue: bool,
-    /// Rows of the classifier + loss sub-chunks (0: whole chunks; [`head`]).
-    head_sub_rows: usize,
 }
 
 fn unsupported(why: String) -> CudaError {
@@ -342,7 +340,6 @@ impl GpuTrainer {
             branch,
             planned: Default::default(),
             resid_epilogue: super::env_switch("MODELSPEC_RESIDUAL_EPILOGUE") == Some(true),
-            head_sub_rows: head::sub_rows_from_env(),
         })
     }
 
@@ -554,7 +551,6 @@ impl GpuTrainer {
             overlap: if adamw { self.overlap.as_ref() } else { None },
             branch,
             resid_epilogue: self.resid_epilogue,
-            head_sub_rows: self.head_sub_rows,
         }
     }
 
@@ -729,6 +725,4 @@ struct Step<'a> {
     branch: Option<&'a branch::Branch>,
     /// Whether residual adds fold into the projections' GEMMs ([`fold`]).
     resid_epilogue: bool,
-    /// Rows of the classifier + loss sub-chunks (0: whole chunks; [`head`]).
-    head_sub_rows: usize,
 }
