@@ -169,15 +169,17 @@ fi
 # 17: stage 8 on an H200, else 16 (a probe for an H200 that does 16's work elsewhere).
 if [ "$stage" = 17 ]; then h200 && stage=8 || stage=16; fi
 if [ "$stage" = 16 ]; then
-    # cuDNN's configs one knob away from the heuristics' (fourteenth session, never run; any
-    # GPU, ~200 s): the attention rows with the heuristics' configs timed (the default) beside
-    # PyTorch's backends, then `cuda_bench cudnn` with MODELSPEC_CUDNN_TUNE=wide (every config's
-    # time in wide.err; its rows use the fastest).
+    # cuDNN's configs one knob away from the heuristics' (fourteenth session; any GPU, ~160 s
+    # with WIDE_SHAPES=1024/64 on an H100 at a 32-value knob limit, now 128: longer): the
+    # attention rows with the heuristics' configs timed (the default) beside PyTorch's backends,
+    # then `cuda_bench cudnn` with MODELSPEC_CUDNN_TUNE=wide (each engine's knob ranges and
+    # every config's time in wide.err; its rows use the fastest).
     OUT=$R/b ATTN=1 bash bench/gpu_bench.sh 2>&1 | grep '"work"' | cut -c1-400
     cudnn_env
     MODELSPEC_CUDNN_TUNE=wide timeout 400 $B/cuda_bench cudnn ${WIDE_SHAPES:-1024/64 2048/64} > $R/v/wide.jsonl 2> $R/v/wide.err; echo "wide exit $?"
     grep -E '"fused"|cudnn_tuned' $R/v/wide.jsonl | cut -c1-300
-    grep -E "cuDNN config" $R/v/wide.err | grep -E "dims: \[16, 1024" | cut -c1-160 | head -70
+    grep -E "cuDNN engine" $R/v/wide.err | sort -u | head -8
+    grep -E "cuDNN config" $R/v/wide.err | grep -E "dims: \[16, 1024" | cut -c1-160 | head -120
     grep -cE "cuDNN config" $R/v/wide.err
     exit
 fi

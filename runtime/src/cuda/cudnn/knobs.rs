@@ -19,15 +19,18 @@ pub(crate) type Choice = (i32, i64);
 
 /// At most this many configs beyond the listed ones are built for a graph (each may compile a
 /// kernel: ~0.1-1.5 s).
-pub(crate) const WIDE_EXTRA: usize = 24;
+pub(crate) const WIDE_EXTRA: usize = 48;
 
 /// Room for every knob type cuDNN 9 defines (as the frontend reads knobs: an array of that
 /// many, cuDNN says how many it filled).
 const MOST_KNOBS: i64 = 64;
 
 /// At most this many values of one knob are tried (a knob with a wider range is left as the
-/// listed config has it).
-const MOST_VALUES: i64 = 32;
+/// listed config has it). On the H100 with cuDNN 9.19 (fourteenth session) a limit of 32 built no
+/// forward neighbour at all at T1024 D64 (the KERNEL_CFG range is wider, presumably), and only
+/// STAGES=1 backward ones (a tie); 128 lets KERNEL_CFG vary, which is where cuDNN 9.14's faster
+/// forward config on the H200 differed from the first pick.
+const MOST_VALUES: i64 = 128;
 
 /// One knob an engine declares: its type and range `min, min + stride, ..., max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,6 +168,11 @@ pub(crate) fn neighbours(listed: &[Desc], most: usize) -> Vec<(Desc, i64, Vec<Ch
         let Ok(space) = knob_space(&engine) else {
             continue;
         };
+        // The experiment's record: what each engine declares.
+        let ranges: Vec<String> = (space.iter())
+            .map(|k| format!("{} {}..={} step {}", knob_name(k.ty), k.min, k.max, k.stride))
+            .collect();
+        eprintln!("cuDNN engine {index} knobs: {}", ranges.join(", "));
         for next in one_step(base, &space, &listed_choices) {
             if out.len() >= most {
                 return out;
