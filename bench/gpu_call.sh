@@ -166,6 +166,22 @@ if [ "$stage" = 13 ] || [ "$stage" = 14 ]; then
     OUT=$R/b TRAIN="$m" bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -30
     exit
 fi
+# 21 (~230 s, for a budget near its end): on an H200 the guard, then gpt2 beside torch.compile;
+#    elsewhere only the wide cuDNN search at T1024 D64 (16's second half).
+if [ "$stage" = 21 ]; then
+    if h200; then
+        streams_guard
+        OUT=$R/b TRAIN=gpt2 bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | grep -v "gemm tuned" | tail -12
+    else
+        nvidia-smi --query-gpu=name --format=csv,noheader
+        cudnn_env
+        MODELSPEC_CUDNN_TUNE=wide timeout 200 $B/cuda_bench cudnn 1024/64 > $R/v/wide.jsonl 2> $R/v/wide.err; echo "wide exit $?"
+        grep -E '"fused"|cudnn_tuned' $R/v/wide.jsonl | cut -c1-300
+        grep -E "cuDNN engine" $R/v/wide.err | sort -u | head -8
+        grep -E "cuDNN config" $R/v/wide.err | cut -c1-110 | head -120
+    fi
+    exit
+fi
 # 17: stage 8 on an H200, else 16 (a probe for an H200 that does 16's work elsewhere).
 if [ "$stage" = 17 ]; then h200 && stage=8 || stage=16; fi
 if [ "$stage" = 16 ]; then
