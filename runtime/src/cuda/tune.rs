@@ -55,6 +55,18 @@ impl Tuner {
         Tuner::in_cache(file)
     }
 
+    /// [`from_env`](Tuner::from_env), and whether `var` says `wide` (a search over more
+    /// candidates than the library lists, which also turns the tuner on).
+    pub(crate) fn from_env_wide(var: &str, file: &str) -> (Tuner, bool) {
+        let wide = std::env::var(var).as_deref() == Ok("wide");
+        let tuner = if wide {
+            Tuner::in_cache(file)
+        } else {
+            Tuner::from_env(var, file)
+        };
+        (tuner, wide)
+    }
+
     /// The tuner of `<cache>/<file>`, off where no cache directory can be made.
     pub(crate) fn in_cache(file: &str) -> Tuner {
         let path = crate::cuda::compile::cache_dir()

@@ -130,24 +130,27 @@ impl Desc {
         })
     }
 
+    /// Reads up to `count` elements of type `ty` of attribute `name` into `out` (null with count
+    /// 0: a count query); returns how many cuDNN wrote (or holds).
+    ///
+    /// # Safety
+    /// `out` must have room for `count` elements of the C type `ty` names.
+    unsafe fn get_raw(&self, name: Attr, ty: Ty, count: i64, out: *mut c_void) -> Result<i64> {
+        let mut got = 0i64;
+        // SAFETY: the caller's promise.
+        check(
+            unsafe { (api().backend_get_attribute)(self.raw, name, ty, count, &mut got, out) },
+            || format!("reading {name:?} of a {:?}", self.kind),
+        )?;
+        Ok(got)
+    }
+
     /// Reads a descriptor-array attribute: as many new descriptors of `kind` as it holds (a
     /// count query first), filled by cuDNN.
     pub(crate) fn get_descs(&self, name: Attr, kind: DescType) -> Result<Vec<Desc>> {
-        let mut count = 0i64;
-        // SAFETY: a count query (no elements written).
-        check(
-            unsafe {
-                (api().backend_get_attribute)(
-                    self.raw,
-                    name,
-                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                    0,
-                    &mut count,
-                    std::ptr::null_mut(),
-                )
-            },
-            || format!("counting {name:?} of a {:?}", self.kind),
-        )?;
+        let desc = Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR;
+        // SAFETY: a count query writes no element.
+        let count = unsafe { self.get_raw(name, desc, 0, std::ptr::null_mut()) }?;
         self.get_descs_n(name, kind, count)
     }
 
@@ -160,62 +163,26 @@ impl Desc {
             return Ok(out);
         }
         let mut raws: Vec<sys::cudnnBackendDescriptor_t> = out.iter().map(|d| d.raw).collect();
-        let mut got = 0i64;
+        let desc = Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR;
         // SAFETY: `raws` holds `count` created descriptors of the attribute's kind to fill.
-        check(
-            unsafe {
-                (api().backend_get_attribute)(
-                    self.raw,
-                    name,
-                    Ty::CUDNN_TYPE_BACKEND_DESCRIPTOR,
-                    count,
-                    &mut got,
-                    raws.as_mut_ptr().cast(),
-                )
-            },
-            || format!("reading {name:?} of a {:?}", self.kind),
-        )?;
+        let got = unsafe { self.get_raw(name, desc, count, raws.as_mut_ptr().cast()) }?;
         out.truncate(got.clamp(0, count) as usize);
         Ok(out)
     }
 
     /// Reads one 4-byte attribute of type `ty` (an enum such as a knob type) as its integer.
     pub(crate) fn get_i32(&self, name: Attr, ty: Ty) -> Result<i32> {
-        let (mut n, mut v) = (0i64, 0i32);
+        let mut v = 0i32;
         // SAFETY: room for exactly one 4-byte value.
-        check(
-            unsafe {
-                (api().backend_get_attribute)(
-                    self.raw,
-                    name,
-                    ty,
-                    1,
-                    &mut n,
-                    (&mut v as *mut i32).cast(),
-                )
-            },
-            || format!("reading {name:?} of a {:?}", self.kind),
-        )?;
+        unsafe { self.get_raw(name, ty, 1, (&mut v as *mut i32).cast()) }?;
         Ok(v)
     }
 
     /// Reads one INT64 attribute.
     pub(crate) fn get_i64(&self, name: Attr) -> Result<i64> {
-        let (mut n, mut v) = (0i64, 0i64);
+        let mut v = 0i64;
         // SAFETY: room for exactly one i64.
-        check(
-            unsafe {
-                (api().backend_get_attribute)(
-                    self.raw,
-                    name,
-                    Ty::CUDNN_TYPE_INT64,
-                    1,
-                    &mut n,
-                    (&mut v as *mut i64).cast(),
-                )
-            },
-            || format!("reading {name:?} of a {:?}", self.kind),
-        )?;
+        unsafe { self.get_raw(name, Ty::CUDNN_TYPE_INT64, 1, (&mut v as *mut i64).cast()) }?;
         Ok(v)
     }
 }

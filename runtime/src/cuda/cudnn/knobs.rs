@@ -170,7 +170,15 @@ pub(crate) fn neighbours(listed: &[Desc], most: usize) -> Vec<(Desc, i64, Vec<Ch
         };
         // The experiment's record: what each engine declares.
         let ranges: Vec<String> = (space.iter())
-            .map(|k| format!("{} {}..={} step {}", knob_name(k.ty), k.min, k.max, k.stride))
+            .map(|k| {
+                format!(
+                    "{} {}..={} step {}",
+                    knob_name(k.ty),
+                    k.min,
+                    k.max,
+                    k.stride
+                )
+            })
             .collect();
         eprintln!("cuDNN engine {index} knobs: {}", ranges.join(", "));
         for next in one_step(base, &space, &listed_choices) {

@@ -149,6 +149,8 @@ pub struct CudnnAttention {
     plans: Mutex<BTreeMap<PlanKey, Arc<Plan>>>,
     /// Engine configs chosen by timing.
     tuner: Mutex<crate::cuda::tune::Tuner>,
+    /// `MODELSPEC_CUDNN_TUNE=wide`: the knob neighbours are timed too.
+    wide: bool,
     /// The handle; the lock also serialises cuDNN calls on it.
     handle: Mutex<Handle>,
     library: CudnnLibrary,
@@ -194,6 +196,7 @@ impl CudnnAttention {
             "creating a handle".into()
         })?;
         let handle = Handle(raw);
+        let (tuner, wide) = tune::tuner_from_env();
         let stream = gpu.stream().cu_stream() as sys::cudaStream_t;
         // SAFETY: the stream belongs to this GPU's context and outlives the handle (both are
         // owned through `gpu`).
@@ -206,7 +209,8 @@ impl CudnnAttention {
             library,
             handle: Mutex::new(handle),
             plans: Mutex::new(BTreeMap::new()),
-            tuner: Mutex::new(tune::tuner_from_env()),
+            tuner: Mutex::new(tuner),
+            wide,
         })
     }
 

@@ -13,21 +13,11 @@ use crate::cuda::tune::{Tuned, Tuner, fastest, per_run};
 /// forward and 2-3 for the backward of every graph seen so far).
 pub(super) const CANDIDATES: usize = 6;
 
-/// The tuner `MODELSPEC_CUDNN_TUNE` and the kernel cache allow: off, or reading and appending
-/// `<cache>/cudnn-configs.tsv`.
-pub(super) fn tuner_from_env() -> Tuner {
-    const FILE: &str = "cudnn-configs.tsv";
-    if wide() {
-        Tuner::in_cache(FILE)
-    } else {
-        Tuner::from_env("MODELSPEC_CUDNN_TUNE", FILE)
-    }
-}
-
-/// `MODELSPEC_CUDNN_TUNE=wide` (an experiment): the configs one knob away from the heuristics'
-/// are timed too ([`super::knobs`]), under keys of their own.
-fn wide() -> bool {
-    std::env::var("MODELSPEC_CUDNN_TUNE").as_deref() == Ok("wide")
+/// The tuner `MODELSPEC_CUDNN_TUNE` and the kernel cache allow (off, or reading and appending
+/// `<cache>/cudnn-configs.tsv`), and whether it says `wide` (an experiment): the configs one
+/// knob away from the heuristics' are timed too ([`super::knobs`]), under keys of their own.
+pub(super) fn tuner_from_env() -> (Tuner, bool) {
+    Tuner::from_env_wide("MODELSPEC_CUDNN_TUNE", "cudnn-configs.tsv")
 }
 
 impl CudnnAttention {
@@ -36,7 +26,7 @@ impl CudnnAttention {
     /// that finalize, timed now and persisted (outside a graph capture, on the main stream),
     /// else the heuristics' first.
     pub(super) fn build(&self, pass: Pass, s: &AttnShape) -> Result<BuiltPlan> {
-        let wide = wide();
+        let wide = self.wide;
         let key = format!(
             "{}|cuDNN {}|{:?}{}",
             self.gpu.name(),
@@ -109,7 +99,7 @@ impl CudnnAttention {
 
     /// The configs this handle chose by timing, in order (for benchmarks' reports).
     pub fn tuned(&self) -> Vec<Tuned> {
-        crate::cuda::tune::Tuner::timed_in(&self.tuner)
+        Tuner::timed_in(&self.tuner)
     }
 
     /// Times each of `plans` (one graph's configs) on scratch operands of `s` with random bf16

@@ -165,6 +165,7 @@ impl Gemm {
         let handle =
             lt::create_handle().map_err(|e| blas_err("create handle", Dtype::F32, 0, 0, 0, e))?;
         let workspace = gpu.zeros::<u8>(WORKSPACE)?;
+        let (tuner, wide) = tune::tuner_from_env();
         Ok(Gemm {
             gpu,
             handle,
@@ -172,8 +173,8 @@ impl Gemm {
             branch_workspace: std::sync::OnceLock::new(),
             plans: Mutex::new(BTreeMap::new()),
             bgrad: Mutex::new(BiasGradPolicy::from_env()),
-            tuner: Mutex::new(tune::tuner_from_env()),
-            wide: std::sync::atomic::AtomicBool::new(tune::wide_from_env()),
+            tuner: Mutex::new(tuner),
+            wide: std::sync::atomic::AtomicBool::new(wide),
             tuning: std::sync::atomic::AtomicBool::new(false),
             own: std::sync::OnceLock::new(),
             own_ran: Mutex::new(Default::default()),

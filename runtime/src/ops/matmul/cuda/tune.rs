@@ -32,20 +32,10 @@ pub(super) const CANDIDATES: usize = 8;
 /// and tests' small GEMMs stay on the heuristic's pick.
 pub(super) const MIN_FLOP: f64 = 4e9;
 
-/// The tuner `MODELSPEC_GEMM_TUNE` and the kernel cache allow: off, or reading and appending
-/// `<cache>/gemm-algos.tsv`.
-pub(super) fn tuner_from_env() -> Tuner {
-    const FILE: &str = "gemm-algos.tsv";
-    if wide_from_env() {
-        Tuner::in_cache(FILE)
-    } else {
-        Tuner::from_env("MODELSPEC_GEMM_TUNE", FILE)
-    }
-}
-
-/// Whether `MODELSPEC_GEMM_TUNE=wide` asks for configurations beyond the heuristic's list.
-pub(super) fn wide_from_env() -> bool {
-    std::env::var("MODELSPEC_GEMM_TUNE").as_deref() == Ok("wide")
+/// The tuner `MODELSPEC_GEMM_TUNE` and the kernel cache allow (off, or reading and appending
+/// `<cache>/gemm-algos.tsv`), and whether it says `wide`.
+pub(super) fn tuner_from_env() -> (Tuner, bool) {
+    Tuner::from_env_wide("MODELSPEC_GEMM_TUNE", "gemm-algos.tsv")
 }
 
 /// The heuristic's ranking of at most [`CANDIDATES`] algorithms (best first) for a described
