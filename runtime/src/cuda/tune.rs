@@ -45,26 +45,18 @@ pub struct Tuned {
 }
 
 impl Tuner {
-    /// The tuner that the switch `var` and the kernel cache allow: off when `var` says off (`off`,
-    /// `0`, `false`) or no cache directory can be made; else reading and appending
+    /// The tuner that the switch `var` and the kernel cache allow, and whether `var` says `wide`
+    /// (a search over more candidates than the library lists; on). Off when `var` says off
+    /// (`off`, `0`, `false`) or no cache directory can be made; else reading and appending
     /// `<cache>/<file>`.
-    pub(crate) fn from_env(var: &str, file: &str) -> Tuner {
-        if crate::cuda::env_switch(var) == Some(false) {
-            return Tuner::at(None);
+    pub(crate) fn from_env(var: &str, file: &str) -> (Tuner, bool) {
+        if std::env::var(var).as_deref() == Ok("wide") {
+            return (Tuner::in_cache(file), true);
         }
-        Tuner::in_cache(file)
-    }
-
-    /// [`from_env`](Tuner::from_env), and whether `var` says `wide` (a search over more
-    /// candidates than the library lists, which also turns the tuner on).
-    pub(crate) fn from_env_wide(var: &str, file: &str) -> (Tuner, bool) {
-        let wide = std::env::var(var).as_deref() == Ok("wide");
-        let tuner = if wide {
-            Tuner::in_cache(file)
-        } else {
-            Tuner::from_env(var, file)
-        };
-        (tuner, wide)
+        if crate::cuda::env_switch(var) == Some(false) {
+            return (Tuner::at(None), false);
+        }
+        (Tuner::in_cache(file), false)
     }
 
     /// The tuner of `<cache>/<file>`, off where no cache directory can be made.
@@ -132,17 +124,9 @@ impl Tuner {
         chosen
     }
 
-    /// What this process timed.
-    pub(crate) fn timed(&self) -> &[Tuned] {
-        &self.timed
-    }
-
     /// What the tuner behind `lock` timed in this process (a poisoned lock is read as it is).
     pub(crate) fn timed_in(lock: &std::sync::Mutex<Tuner>) -> Vec<Tuned> {
-        lock.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .timed()
-            .to_vec()
+        lock.lock().unwrap_or_else(|e| e.into_inner()).timed.clone()
     }
 }
 

@@ -443,7 +443,12 @@ impl GraphBuilder {
                         plan,
                         workspace: workspace.max(0) as usize,
                         engine,
-                        knobs: super::knobs::choices(cfg).unwrap_or_default(),
+                        // Read for the wide search's log only (64 descriptors a read).
+                        knobs: if wide {
+                            super::knobs::choices(cfg).unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
                         config: viable,
                         bound: self.bound.clone(),
                         _keep: keep.clone(),
@@ -553,7 +558,7 @@ pub(crate) struct BuiltPlan {
     pub(crate) workspace: usize,
     /// cuDNN's global engine index (-1 if it could not be read).
     pub(crate) engine: i64,
-    /// The config's knob choices (type, value), for reports.
+    /// The config's knob choices (type, value), for the wide search's log (empty otherwise).
     pub(crate) knobs: Vec<super::knobs::Choice>,
     /// Which of the heuristics' configs that finalize this is (0: the first; see [`Configs`]).
     pub(crate) config: usize,

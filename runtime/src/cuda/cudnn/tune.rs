@@ -17,7 +17,7 @@ pub(super) const CANDIDATES: usize = 6;
 /// `<cache>/cudnn-configs.tsv`), and whether it says `wide` (an experiment): the configs one
 /// knob away from the heuristics' are timed too ([`super::knobs`]), under keys of their own.
 pub(super) fn tuner_from_env() -> (Tuner, bool) {
-    Tuner::from_env_wide("MODELSPEC_CUDNN_TUNE", "cudnn-configs.tsv")
+    Tuner::from_env("MODELSPEC_CUDNN_TUNE", "cudnn-configs.tsv")
 }
 
 impl CudnnAttention {

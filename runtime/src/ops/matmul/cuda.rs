@@ -580,11 +580,6 @@ impl Gemm {
         .map_err(|e| blas_err("matmul", ops.dtype, g.m, g.n, g.k, e))
     }
 
-    /// Whether the stream is being captured into a CUDA graph (nothing may be timed then).
-    fn capturing(&self) -> bool {
-        self.gpu.capturing()
-    }
-
     /// A plan for `g` (its first pick as the algorithm) and the heuristic's ranking of
     /// candidates, best first.
     fn plan(

@@ -555,7 +555,7 @@ impl super::Gemm {
         let flop = 2.0 * (g.m * g.n * g.k) as f64;
         if !tuner.enabled()
             || flop < super::tune::MIN_FLOP
-            || self.capturing()
+            || self.gpu.capturing()
             || !self.tuning.load(std::sync::atomic::Ordering::Relaxed)
         {
             return Ok(false);

@@ -35,7 +35,7 @@ pub(super) const MIN_FLOP: f64 = 4e9;
 /// The tuner `MODELSPEC_GEMM_TUNE` and the kernel cache allow (off, or reading and appending
 /// `<cache>/gemm-algos.tsv`), and whether it says `wide`.
 pub(super) fn tuner_from_env() -> (Tuner, bool) {
-    Tuner::from_env_wide("MODELSPEC_GEMM_TUNE", "gemm-algos.tsv")
+    Tuner::from_env("MODELSPEC_GEMM_TUNE", "gemm-algos.tsv")
 }
 
 /// The heuristic's ranking of at most [`CANDIDATES`] algorithms (best first) for a described
@@ -273,7 +273,7 @@ impl Gemm {
         // that adds to its own output (beta 1 in place) cannot be repeated; one that adds a
         // separate input (`res`) can.
         let in_place_add = ops.beta != 0.0 && ops.res == 0;
-        if in_place_add || self.capturing() || self.gpu.in_branch() {
+        if in_place_add || self.gpu.capturing() || self.gpu.in_branch() {
             return;
         }
         let timed = fastest(candidates.len(), |j, reps| {
