@@ -2,11 +2,12 @@
 baseline measured in the same call:
 - attention-fwdbwd-*: modelspec's best path (cuDNN through modelspec on the fused layout the
   trainer uses, or the own mma kernels) against the best SDPA backend (default, FA2, cuDNN,
-  efficient) in fwd+bwd TFLOP/s; forward alone reported too;
+  efficient) in fwd+bwd TFLOP/s; forward alone reported too; with several rounds (gpu_bench.sh's
+  ATTN_ROUNDS) each path and backend counts with its median over the rounds;
 - train-*: cuda_train_bench against torch_train_bench.py (torch.compile; for mixtral_small also
   HF eager): step time ratio, peak memory, MFU over active parameters against the GEMM ceiling
   measured in the same call (cuda_bench gemm), and which attention and GEMM paths the trainer ran."""
-import json, os, sys
+import json, os, statistics, sys
 
 import jsonl
 
@@ -21,9 +22,32 @@ ceiling = gemm[-1].get("TFLOPs") if gemm else None
 rows = []
 names = {(16, 12, 12, 1024, 64): "attention-fwdbwd-d64-t1024", (8, 32, 8, 2048, 64): "attention-fwdbwd-d64-t2048-gqa",
          (4, 32, 8, 4096, 128): "attention-fwdbwd-d128-t4096-gqa", (8, 16, 16, 2048, 128): "attention-fwdbwd-d128-t2048"}
-ms = lines("ms_cudnn.jsonl")
-sd = lines("sdpa_backends.jsonl")
 key = lambda r: (r.get("B"), r.get("H"), r.get("KV"), r.get("T"), r.get("D"))
+
+
+def rounds(name, who):
+    """`name`'s rows over every round (`name` and `name` with `_r2`, `_r3`, ...) merged into one row
+    per shape and `who` (path/layout, or backend): the median of each TFLOP/s figure, with the
+    fwd+bwd samples kept in `fwdbwd_TFLOPs_rounds`."""
+    stem = name[:-len(".jsonl")]
+    files = [name] + sorted(f for f in os.listdir(w) if f.startswith(stem + "_r") and f.endswith(".jsonl"))
+    groups = {}
+    for f in files:
+        for r in lines(f):
+            if "fwdbwd_TFLOPs" in r:
+                groups.setdefault((key(r), who(r)), []).append(r)
+    out = []
+    for rs in groups.values():
+        row = dict(rs[0])
+        for k in ("fwd_TFLOPs", "fwdbwd_TFLOPs"):
+            row[k] = statistics.median(r[k] for r in rs)
+        row["fwdbwd_TFLOPs_rounds"] = [r["fwdbwd_TFLOPs"] for r in rs]
+        out.append(row)
+    return out
+
+
+ms = rounds("ms_cudnn.jsonl", lambda r: (r.get("path"), r.get("layout")))
+sd = rounds("sdpa_backends.jsonl", lambda r: r.get("backend"))
 for shape, work in names.items():
     ours = [r for r in ms if key(r) == shape and "fwdbwd_TFLOPs" in r]
     theirs = [r for r in sd if key(r) == shape and "fwdbwd_TFLOPs" in r]
@@ -43,7 +67,10 @@ for shape, work in names.items():
            "baseline": best and f"torch SDPA best backend ({best['backend']})",
            "baseline_fwdbwd_TFLOPs": best and best["fwdbwd_TFLOPs"],
            "baseline_fwd_TFLOPs": best_fwd and best_fwd["fwd_TFLOPs"],
-           "sdpa_backends_fwdbwd_TFLOPs": {r["backend"]: r["fwdbwd_TFLOPs"] for r in theirs}}
+           "sdpa_backends_fwdbwd_TFLOPs": {r["backend"]: r["fwdbwd_TFLOPs"] for r in theirs},
+           "rounds": max((len(r["fwdbwd_TFLOPs_rounds"]) for r in ours + theirs), default=0),
+           "modelspec_fwdbwd_TFLOPs_rounds": best_ours and best_ours["fwdbwd_TFLOPs_rounds"],
+           "baseline_fwdbwd_TFLOPs_rounds": best and best["fwdbwd_TFLOPs_rounds"]}
     if best_ours and best:
         row["throughput_ratio"] = round(best_ours["fwdbwd_TFLOPs"] / best["fwdbwd_TFLOPs"], 3)
         row["fwd_throughput_ratio"] = round(best_ours["fwd_TFLOPs"] / best_fwd["fwd_TFLOPs"], 3)

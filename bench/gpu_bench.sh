@@ -2,6 +2,7 @@
 # One device call of speed measurements, each beside its PyTorch baseline in the same call:
 #   ATTN=1: attention fwd and fwd+bwd on attn_bench.py's four shapes: the own mma kernels and
 #           cuDNN through modelspec (cuda_bench cudnn), and every SDPA backend (attn_backends.py);
+#           ATTN_ROUNDS=n (default 3) alternates the two n times, rows take each side's median;
 #           CUDNN_CONFIGS="1 2" also times cuDNN's later engine configs (MODELSPEC_CUDNN_CONFIG);
 #   TRAIN="gpt2 llama1b mixtral_small": a training step of modelspec's GPU trainer
 #           (cuda_train_bench) and torch_train_bench.py in TORCH_MODES (default: compile; plus
@@ -29,6 +30,13 @@ pk() { tar czf "$FINAL/bench_logs.tgz.tmp" -C "$W" . && mv "$FINAL/bench_logs.tg
 # The GEMM ceiling every row's MFU is measured against, in this call.
 timeout 120 "$B/cuda_bench" gemm > "$W/ms_gemm.jsonl" 2>> "$W/err.log"; echo "gemm exit $? $(el)"; pk
 if [ -n "${ATTN:-}" ]; then
+    # ATTN_ROUNDS=n (default 3): ours and PyTorch's backends alternately, n times each (~35 s a
+    # round); each side's row is its median over the rounds, so one slow or fast sample of a
+    # kernel both sides run (cuDNN's) does not decide the ratio.
+    for r in $(seq 2 "${ATTN_ROUNDS:-3}"); do
+        timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn_r$r.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn round $r exit $? $(el)"
+        timeout 180 python3 "$ANCH/attn_backends.py" > "$W/sdpa_backends_r$r.jsonl" 2>> "$W/err.log"; echo "attn_backends round $r exit $? $(el)"; pk
+    done
     timeout 180 "$B/cuda_bench" cudnn > "$W/ms_cudnn.jsonl" 2>> "$W/err.log"; echo "cuda_bench cudnn exit $? $(el)"; pk
     # cuDNN's other engine configs, shape by shape (rows with "config": k; not in session.json).
     for k in ${CUDNN_CONFIGS:-}; do
