@@ -212,6 +212,17 @@ if [ "$stage" = 15 ]; then
     fi
     stage=8
 fi
+if [ "$stage" = 22 ]; then
+    # Fifteenth session: stage 8 on an H200; elsewhere (~25 s) cuDNN attention against f64 (the
+    # mask graphs' builder was restructured: the causal and window masks share one helper).
+    if ! h200; then
+        nvidia-smi --query-gpu=name --format=csv,noheader
+        ( cudnn_env; MODELSPEC_REQUIRE_CUDNN=1 timeout 240 $B/cuda_cudnn --include-ignored --nocapture > $R/v/cudnn.log 2>&1 ); echo "cuDNN vs f64 exit $?"
+        grep -E "panicked|test result" $R/v/cudnn.log | head -6
+        exit
+    fi
+    stage=8
+fi
 if [ "$stage" = 10 ]; then
     # A try for an H200 that costs next to nothing elsewhere: stage 8 on an H200, else the
     # card's name and out.
