@@ -22,6 +22,7 @@
 #    staged epilogues: parity, bench, gpt2 with and without (~150 s, any Hopper GPU). 12: ncu's
 #    full set on the own ping-pong kernels (plain, GELU, DGELU) at gpt2's fc shape (~90 s).
 #    13 and 14: stage 9 in halves on an H200 (llama; mixtral-small), for a short budget.
+# 22: stage 8 on an H200, else cuDNN attention's parity against f64 (~25 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
