@@ -18,6 +18,7 @@ struct Args {
 }
 
 fn main() -> ExitCode {
+    modelspec_runtime::train::heap::keep_freed_memory();
     let args = Args::parse();
     match args.command.run() {
         Ok(()) => ExitCode::SUCCESS,

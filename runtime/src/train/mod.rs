@@ -25,6 +25,7 @@ pub mod data;
 mod device;
 mod error;
 mod gpu;
+pub mod heap;
 /// AdamW ([`crate::ops::adamw`], the op folder with its CUDA kernel), under its older path.
 pub use crate::ops::adamw as optim;
 pub mod plot;
