@@ -29,7 +29,7 @@ use rayon::prelude::*;
 use modelspec_dsl::ir::QueryTemperature;
 
 use super::dropout::Dropout;
-use super::matmul::matmul_raw;
+use super::matmul::{matmul_raw, serial_gemms};
 use crate::tensor::Float;
 
 /// Shape and options of one attention call.
@@ -283,30 +283,32 @@ pub fn forward<T: Float>(cfg: &AttentionCfg, q: &[T], k: &[T], v: &[T], out: &mu
     (0..cfg.batch * cfg.heads).into_par_iter().for_each_init(
         || (vec![T::ZERO; t * t], vec![T::ZERO; t * t], vec![T::ZERO; t]),
         |(capped, probs, sink_p), bh| {
-            let (b, h) = (bh / cfg.heads, bh % cfg.heads);
-            let g = h / cfg.group();
-            cfg.probabilities(q, k, b, h, capped, probs, sink_p);
-            cfg.drop_probs(probs, b, h);
-            for (r0, r1, c0) in cfg.blocks() {
-                // SAFETY: task (b, h) alone writes rows of sequence b, columns of head h.
-                unsafe {
-                    matmul_raw(
-                        r1 - r0,
-                        vd,
-                        r1 - c0,
-                        out_ptr.get().add((b * t + r0) * od + h * vd),
-                        od,
-                        probs.as_ptr().add(r0 * t + c0),
-                        t,
-                        1,
-                        v.as_ptr().add((b * t + c0) * kvvd + g * vd),
-                        kvvd,
-                        1,
-                        false,
-                        T::ONE,
-                    );
+            serial_gemms(|| {
+                let (b, h) = (bh / cfg.heads, bh % cfg.heads);
+                let g = h / cfg.group();
+                cfg.probabilities(q, k, b, h, capped, probs, sink_p);
+                cfg.drop_probs(probs, b, h);
+                for (r0, r1, c0) in cfg.blocks() {
+                    // SAFETY: task (b, h) alone writes rows of sequence b, columns of head h.
+                    unsafe {
+                        matmul_raw(
+                            r1 - r0,
+                            vd,
+                            r1 - c0,
+                            out_ptr.get().add((b * t + r0) * od + h * vd),
+                            od,
+                            probs.as_ptr().add(r0 * t + c0),
+                            t,
+                            1,
+                            v.as_ptr().add((b * t + c0) * kvvd + g * vd),
+                            kvvd,
+                            1,
+                            false,
+                            T::ONE,
+                        );
+                    }
                 }
-            }
+            })
         },
     );
 }
@@ -456,135 +458,137 @@ pub fn backward_with_sinks<T: Float>(
                 )
             },
             |(capped, probs, dropped, dprobs, sink_p), (bh, ((dk_h, dv_h), dsink))| {
-                let (b, h) = (bh / cfg.heads, bh % cfg.heads);
-                let g = h / cfg.group();
-                cfg.probabilities(q, k, b, h, capped, probs, sink_p);
-                let p_used: &[T] = if cfg.dropout.is_some() {
-                    dropped.copy_from_slice(probs);
-                    cfg.drop_probs(dropped, b, h);
-                    dropped
-                } else {
-                    probs
-                };
-                let o_off = |r: usize| (b * t + r) * qd + h * hd;
-                let kv_off = |r: usize| (b * t + r) * kvd + g * hd;
-                let out_off = |r: usize| (b * t + r) * od + h * vd;
-                let v_off = |r: usize| (b * t + r) * kvvd + g * vd;
-                for (r0, r1, c0) in cfg.blocks() {
-                    // SAFETY: reads of q/k/v/dout stay inside sequence b; dprobs, dv_h are this
-                    // task's own buffers.
-                    unsafe {
-                        // dP̃ = dO · Vᵀ
-                        matmul_raw(
-                            r1 - r0,
-                            r1 - c0,
-                            vd,
-                            dprobs.as_mut_ptr().add(r0 * t + c0),
-                            t,
-                            dout.as_ptr().add(out_off(r0)),
-                            od,
-                            1,
-                            v.as_ptr().add(v_off(c0)),
-                            1,
-                            kvvd,
-                            false,
-                            T::ONE,
-                        );
-                        // dV_h[c0..r1] += P̃ᵀ · dO
-                        matmul_raw(
-                            r1 - c0,
-                            vd,
-                            r1 - r0,
-                            dv_h.as_mut_ptr().add(c0 * vd),
-                            vd,
-                            p_used.as_ptr().add(r0 * t + c0),
-                            1,
-                            t,
-                            dout.as_ptr().add(out_off(r0)),
-                            od,
-                            1,
-                            true,
-                            T::ONE,
-                        );
-                    }
-                }
-                // dS = P ⊙ (dP − Σ_j P dP) through dropout and the softcap; 0 outside the mask.
-                let cap = cfg.softcap.map(T::from_f64);
-                let keep_scale = cfg.dropout.map(|d| (d, T::from_f64(1.0 / (1.0 - d.p))));
-                let base = ((b * cfg.heads + h) * t * t) as u64;
-                for i in 0..t {
-                    let lo = cfg.first_visible(i);
-                    let prow = &probs[i * t..(i + 1) * t];
-                    let drow = &mut dprobs[i * t..(i + 1) * t];
-                    if let Some((d, s)) = keep_scale {
-                        for (j, v) in drow.iter_mut().enumerate().take(i + 1).skip(lo) {
-                            *v = if d.keep(base + (i * t + j) as u64) {
-                                *v * s
-                            } else {
-                                T::ZERO
-                            };
+                serial_gemms(|| {
+                    let (b, h) = (bh / cfg.heads, bh % cfg.heads);
+                    let g = h / cfg.group();
+                    cfg.probabilities(q, k, b, h, capped, probs, sink_p);
+                    let p_used: &[T] = if cfg.dropout.is_some() {
+                        dropped.copy_from_slice(probs);
+                        cfg.drop_probs(dropped, b, h);
+                        dropped
+                    } else {
+                        probs
+                    };
+                    let o_off = |r: usize| (b * t + r) * qd + h * hd;
+                    let kv_off = |r: usize| (b * t + r) * kvd + g * hd;
+                    let out_off = |r: usize| (b * t + r) * od + h * vd;
+                    let v_off = |r: usize| (b * t + r) * kvvd + g * vd;
+                    for (r0, r1, c0) in cfg.blocks() {
+                        // SAFETY: reads of q/k/v/dout stay inside sequence b; dprobs, dv_h are this
+                        // task's own buffers.
+                        unsafe {
+                            // dP̃ = dO · Vᵀ
+                            matmul_raw(
+                                r1 - r0,
+                                r1 - c0,
+                                vd,
+                                dprobs.as_mut_ptr().add(r0 * t + c0),
+                                t,
+                                dout.as_ptr().add(out_off(r0)),
+                                od,
+                                1,
+                                v.as_ptr().add(v_off(c0)),
+                                1,
+                                kvvd,
+                                false,
+                                T::ONE,
+                            );
+                            // dV_h[c0..r1] += P̃ᵀ · dO
+                            matmul_raw(
+                                r1 - c0,
+                                vd,
+                                r1 - r0,
+                                dv_h.as_mut_ptr().add(c0 * vd),
+                                vd,
+                                p_used.as_ptr().add(r0 * t + c0),
+                                1,
+                                t,
+                                dout.as_ptr().add(out_off(r0)),
+                                od,
+                                1,
+                                true,
+                                T::ONE,
+                            );
                         }
                     }
-                    let p = &prow[lo..=i];
-                    let dot: T = p.iter().zip(&drow[lo..=i]).map(|(&a, &b)| a * b).sum();
-                    if cfg.sinks.is_some() {
-                        *dsink -= sink_p[i] * dot;
-                    }
-                    drow[..lo].fill(T::ZERO);
-                    drow[i + 1..].fill(T::ZERO);
-                    let span = &mut drow[lo..=i];
-                    for (v, &pj) in span.iter_mut().zip(p) {
-                        *v = pj * (*v - dot);
-                    }
-                    if let Some(c) = cap {
-                        for (v, &s) in span.iter_mut().zip(&capped[i * t + lo..=i * t + i]) {
-                            let th = s / c;
-                            *v *= T::ONE - th * th;
+                    // dS = P ⊙ (dP − Σ_j P dP) through dropout and the softcap; 0 outside the mask.
+                    let cap = cfg.softcap.map(T::from_f64);
+                    let keep_scale = cfg.dropout.map(|d| (d, T::from_f64(1.0 / (1.0 - d.p))));
+                    let base = ((b * cfg.heads + h) * t * t) as u64;
+                    for i in 0..t {
+                        let lo = cfg.first_visible(i);
+                        let prow = &probs[i * t..(i + 1) * t];
+                        let drow = &mut dprobs[i * t..(i + 1) * t];
+                        if let Some((d, s)) = keep_scale {
+                            for (j, v) in drow.iter_mut().enumerate().take(i + 1).skip(lo) {
+                                *v = if d.keep(base + (i * t + j) as u64) {
+                                    *v * s
+                                } else {
+                                    T::ZERO
+                                };
+                            }
+                        }
+                        let p = &prow[lo..=i];
+                        let dot: T = p.iter().zip(&drow[lo..=i]).map(|(&a, &b)| a * b).sum();
+                        if cfg.sinks.is_some() {
+                            *dsink -= sink_p[i] * dot;
+                        }
+                        drow[..lo].fill(T::ZERO);
+                        drow[i + 1..].fill(T::ZERO);
+                        let span = &mut drow[lo..=i];
+                        for (v, &pj) in span.iter_mut().zip(p) {
+                            *v = pj * (*v - dot);
+                        }
+                        if let Some(c) = cap {
+                            for (v, &s) in span.iter_mut().zip(&capped[i * t + lo..=i * t + i]) {
+                                let th = s / c;
+                                *v *= T::ONE - th * th;
+                            }
+                        }
+                        // Through the query temperature: d(q·k) = τ_i dS.
+                        if let Some(tau) = cfg.tau::<T>(i) {
+                            span.iter_mut().for_each(|v| *v *= tau);
                         }
                     }
-                    // Through the query temperature: d(q·k) = τ_i dS.
-                    if let Some(tau) = cfg.tau::<T>(i) {
-                        span.iter_mut().for_each(|v| *v *= tau);
+                    for (r0, r1, c0) in cfg.blocks() {
+                        // SAFETY: dq rows of sequence b, columns of head h are written only by this
+                        // task; dk_h is its own buffer.
+                        unsafe {
+                            // dQ_h[r0..r1] += scale · dS · K_g
+                            matmul_raw(
+                                r1 - r0,
+                                hd,
+                                r1 - c0,
+                                dq_ptr.get().add(o_off(r0)),
+                                qd,
+                                dprobs.as_ptr().add(r0 * t + c0),
+                                t,
+                                1,
+                                k.as_ptr().add(kv_off(c0)),
+                                kvd,
+                                1,
+                                true,
+                                scale,
+                            );
+                            // dK_h[c0..r1] += scale · dSᵀ · Q_h
+                            matmul_raw(
+                                r1 - c0,
+                                hd,
+                                r1 - r0,
+                                dk_h.as_mut_ptr().add(c0 * hd),
+                                hd,
+                                dprobs.as_ptr().add(r0 * t + c0),
+                                1,
+                                t,
+                                q.as_ptr().add(o_off(r0)),
+                                qd,
+                                1,
+                                true,
+                                scale,
+                            );
+                        }
                     }
-                }
-                for (r0, r1, c0) in cfg.blocks() {
-                    // SAFETY: dq rows of sequence b, columns of head h are written only by this
-                    // task; dk_h is its own buffer.
-                    unsafe {
-                        // dQ_h[r0..r1] += scale · dS · K_g
-                        matmul_raw(
-                            r1 - r0,
-                            hd,
-                            r1 - c0,
-                            dq_ptr.get().add(o_off(r0)),
-                            qd,
-                            dprobs.as_ptr().add(r0 * t + c0),
-                            t,
-                            1,
-                            k.as_ptr().add(kv_off(c0)),
-                            kvd,
-                            1,
-                            true,
-                            scale,
-                        );
-                        // dK_h[c0..r1] += scale · dSᵀ · Q_h
-                        matmul_raw(
-                            r1 - c0,
-                            hd,
-                            r1 - r0,
-                            dk_h.as_mut_ptr().add(c0 * hd),
-                            hd,
-                            dprobs.as_ptr().add(r0 * t + c0),
-                            1,
-                            t,
-                            q.as_ptr().add(o_off(r0)),
-                            qd,
-                            1,
-                            true,
-                            scale,
-                        );
-                    }
-                }
+                })
             },
         );
     if let Some(ds) = dsinks {

@@ -70,8 +70,24 @@ impl<'a, T> View<'a, T> {
     }
 }
 
+thread_local! {
+    /// How many [`serial_gemms`] bodies this thread is inside.
+    static SERIAL: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Runs `f` with this thread's products single-threaded: for the bodies of parallel loops that
+/// each compute small products (attention's per-head loops), where splitting every product
+/// again only adds scheduling. Elsewhere products use the whole pool, also when called from
+/// inside it (a step run on a pool thread: see [`crate::exec::Executor::loss_and_grads`]).
+pub fn serial_gemms<R>(f: impl FnOnce() -> R) -> R {
+    SERIAL.with(|d| d.set(d.get() + 1));
+    let out = f();
+    SERIAL.with(|d| d.set(d.get() - 1));
+    out
+}
+
 fn parallelism() -> Parallelism {
-    if rayon::current_thread_index().is_some() {
+    if SERIAL.with(|d| d.get()) > 0 {
         Parallelism::None
     } else {
         Parallelism::Rayon(0)
