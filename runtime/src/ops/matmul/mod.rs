@@ -80,10 +80,16 @@ thread_local! {
 /// again only adds scheduling. Elsewhere products use the whole pool, also when called from
 /// inside it (a step run on a pool thread: see [`crate::exec::Executor::loss_and_grads`]).
 pub fn serial_gemms<R>(f: impl FnOnce() -> R) -> R {
+    /// Leaves the serial section also when `f` panics (rayon may catch it and go on).
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            SERIAL.with(|d| d.set(d.get() - 1));
+        }
+    }
     SERIAL.with(|d| d.set(d.get() + 1));
-    let out = f();
-    SERIAL.with(|d| d.set(d.get() - 1));
-    out
+    let _leave = Leave;
+    f()
 }
 
 fn parallelism() -> Parallelism {
