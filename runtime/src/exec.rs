@@ -479,14 +479,17 @@ impl Executor {
 
     /// Mean next-token loss of `tokens` in evaluation mode.
     pub fn loss<T: Float>(&self, params: &Params<T>, tokens: &[u32], batch: usize) -> Result<f64> {
-        let logits = self.forward(params, tokens, batch)?;
-        let seq = tokens.len() / batch;
-        Ok(cross_entropy::forward(
-            logits.data(),
-            self.spec.vocab_padded as usize,
-            tokens,
-            seq,
-        ))
+        // The loss's parallel loop on the pool too ([`Self::forward`] runs there already).
+        on_pool(|| {
+            let logits = self.forward(params, tokens, batch)?;
+            let seq = tokens.len() / batch;
+            Ok(cross_entropy::forward(
+                logits.data(),
+                self.spec.vocab_padded as usize,
+                tokens,
+                seq,
+            ))
+        })
     }
 
     /// Forward and backward: the loss, the logits, and the gradient of every parameter. Dropout is

@@ -5,7 +5,7 @@
 //! heap back to the kernel once 128 KiB of it is free (its threshold adapts, but only up to the
 //! largest block freed so far), so every step maps the same pages again: page faults, zeroing
 //! and TLB shootdowns across the worker threads. On the bundled tiny spec (2 cores, fifteenth
-//! session) that was ~18% of the step: 150 steps in 37.6 s with the defaults, 30.5 s with the
+//! session) that was ~18% of the step: 150 steps in 37.6 s with the defaults, 30.9 s with the
 //! settings below (freed memory kept for reuse up to a bound; blocks under 32 MiB from the
 //! heaps).
 
