@@ -22,6 +22,7 @@
 #    staged epilogues: parity, bench, gpt2 with and without (~150 s, any Hopper GPU). 12: ncu's
 #    full set on the own ping-pong kernels (plain, GELU, DGELU) at gpt2's fc shape (~90 s).
 #    13 and 14: stage 9 in halves on an H200 (llama; mixtral-small), for a short budget.
+#    23: stage 8 on an H200; elsewhere cuDNN's parity with .gpu/extra/cuda_cudnn_mask (~30 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -208,6 +209,19 @@ if [ "$stage" = 15 ]; then
         new_parity
         OUT=$R/b ATTN=1 bash bench/gpu_bench.sh 2>&1 | grep -v "^ " | tail -12
         tar xzf $R/b/bench_logs.tgz -O ./ms_cudnn.jsonl | grep -E "cudnn_tuned|\"fused\"" | cut -c1-300
+        exit
+    fi
+    stage=8
+fi
+if [ "$stage" = 23 ]; then
+    # Sixteenth session: stage 8 on an H200; elsewhere (~30 s) cuDNN attention against f64 with
+    # the mask graphs' shared builder (5910a54, reverted until a GPU runs it): the test binary
+    # built from it travels as .gpu/extra/cuda_cudnn_mask.
+    if ! h200; then
+        nvidia-smi --query-gpu=name --format=csv,noheader
+        ( cudnn_env; MODELSPEC_REQUIRE_CUDNN=1 timeout 240 .gpu/extra/cuda_cudnn_mask --include-ignored --nocapture > $R/v/cudnn_mask.log 2>&1 ); echo "cuDNN (shared mask builder) vs f64 exit $?"
+        grep -E "panicked|test result" $R/v/cudnn_mask.log | head -6
+        grep -E "^timed:|^configs:" $R/v/cudnn_mask.log | cut -c1-220 | head -6
         exit
     fi
     stage=8
