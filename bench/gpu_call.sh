@@ -22,7 +22,7 @@
 #    staged epilogues: parity, bench, gpt2 with and without (~150 s, any Hopper GPU). 12: ncu's
 #    full set on the own ping-pong kernels (plain, GELU, DGELU) at gpt2's fc shape (~90 s).
 #    13 and 14: stage 9 in halves on an H200 (llama; mixtral-small), for a short budget.
-#    23: stage 8 on an H200; elsewhere cuDNN's parity with .gpu/extra/cuda_cudnn_mask (~30 s).
+#    23: stage 8 on an H200; elsewhere cuDNN's parity against f64 (~30 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -214,14 +214,12 @@ if [ "$stage" = 15 ]; then
     stage=8
 fi
 if [ "$stage" = 23 ]; then
-    # Sixteenth session: stage 8 on an H200; elsewhere (~30 s) cuDNN attention against f64 with
-    # the mask graphs' shared builder (5910a54, reverted until a GPU runs it): the test binary
-    # built from it travels as .gpu/extra/cuda_cudnn_mask.
+    # Stage 8 on an H200; elsewhere (~30 s) cuDNN attention against f64 (its mask graphs share one
+    # builder since the sixteenth session, which ran this parity on an H200 before landing it).
     if ! h200; then
         nvidia-smi --query-gpu=name --format=csv,noheader
-        ( cudnn_env; MODELSPEC_REQUIRE_CUDNN=1 timeout 240 .gpu/extra/cuda_cudnn_mask --include-ignored --nocapture > $R/v/cudnn_mask.log 2>&1 ); echo "cuDNN (shared mask builder) vs f64 exit $?"
-        grep -E "panicked|test result" $R/v/cudnn_mask.log | head -6
-        grep -E "^timed:|^configs:" $R/v/cudnn_mask.log | cut -c1-220 | head -6
+        ( cudnn_env; MODELSPEC_REQUIRE_CUDNN=1 timeout 240 $B/cuda_cudnn --include-ignored --nocapture > $R/v/cudnn.log 2>&1 ); echo "cuDNN vs f64 exit $?"
+        grep -E "panicked|test result|^timed:|^configs:" $R/v/cudnn.log | cut -c1-220 | head -8
         exit
     fi
     stage=8

@@ -104,7 +104,6 @@ impl Dims {
 }
 
 /// Applies the causal and window masks to `s` (virtual f32 scores); returns the masked scores.
-/// Each mask generates its own row/column indices, as cuDNN's pattern matcher expects.
 fn mask(g: &mut GraphBuilder, shape: &AttnShape, dm: &Dims, s: T) -> Result<T> {
     let strides = dm.scores_strides();
     let mut cur = s;
@@ -113,104 +112,75 @@ fn mask(g: &mut GraphBuilder, shape: &AttnShape, dm: &Dims, s: T) -> Result<T> {
     }
     let neg_inf = g.scalar(uid::NEG_INF, Elem::F32)?;
     if shape.causal {
-        let row = g.virtual_like(cur, Elem::I32, strides)?;
-        g.pointwise(
-            Pw::CUDNN_POINTWISE_GEN_INDEX,
-            Elem::F32,
-            cur,
-            None,
-            None,
-            row,
-            Some(2),
-        )?;
-        let col = g.virtual_like(cur, Elem::I32, strides)?;
-        g.pointwise(
-            Pw::CUDNN_POINTWISE_GEN_INDEX,
-            Elem::F32,
-            cur,
-            None,
-            None,
-            col,
-            Some(3),
-        )?;
-        let keep = g.virtual_like(cur, Elem::Bool, strides)?;
-        g.pointwise(
-            Pw::CUDNN_POINTWISE_CMP_GE,
-            Elem::Bool,
-            row,
-            Some(col),
-            None,
-            keep,
-            None,
-        )?;
-        let out = g.virtual_like(cur, Elem::F32, strides)?;
-        g.pointwise(
-            Pw::CUDNN_POINTWISE_BINARY_SELECT,
-            Elem::F32,
-            cur,
-            Some(neg_inf),
-            Some(keep),
-            out,
-            None,
-        )?;
-        cur = out;
+        // keep key j for query i when i ≥ j
+        cur = masked(g, cur, strides, neg_inf, |g, row, col| {
+            flag(g, Pw::CUDNN_POINTWISE_CMP_GE, row, col, strides)
+        })?;
     }
     if shape.window > 0 {
         // keep key j for query i when j + window > i (i − j < window)
         let window = g.scalar(uid::WINDOW, Elem::F32)?;
-        let row = g.virtual_like(cur, Elem::I32, strides)?;
-        g.pointwise(
-            Pw::CUDNN_POINTWISE_GEN_INDEX,
-            Elem::F32,
-            cur,
-            None,
-            None,
-            row,
-            Some(2),
-        )?;
-        let col = g.virtual_like(cur, Elem::I32, strides)?;
-        g.pointwise(
-            Pw::CUDNN_POINTWISE_GEN_INDEX,
-            Elem::F32,
-            cur,
-            None,
-            None,
-            col,
-            Some(3),
-        )?;
-        let col_w = g.virtual_like(cur, Elem::F32, strides)?;
-        g.pointwise(
-            Pw::CUDNN_POINTWISE_ADD,
-            Elem::F32,
-            col,
-            Some(window),
-            None,
-            col_w,
-            Some(3),
-        )?;
-        let keep = g.virtual_like(cur, Elem::Bool, strides)?;
-        g.pointwise(
-            Pw::CUDNN_POINTWISE_CMP_GT,
-            Elem::Bool,
-            col_w,
-            Some(row),
-            None,
-            keep,
-            None,
-        )?;
-        let out = g.virtual_like(cur, Elem::F32, strides)?;
-        g.pointwise(
-            Pw::CUDNN_POINTWISE_BINARY_SELECT,
-            Elem::F32,
-            cur,
-            Some(neg_inf),
-            Some(keep),
-            out,
-            None,
-        )?;
-        cur = out;
+        cur = masked(g, cur, strides, neg_inf, |g, row, col| {
+            let col_w = g.virtual_like(col, Elem::F32, strides)?;
+            g.pointwise(
+                Pw::CUDNN_POINTWISE_ADD,
+                Elem::F32,
+                col,
+                Some(window),
+                None,
+                col_w,
+                Some(3),
+            )?;
+            flag(g, Pw::CUDNN_POINTWISE_CMP_GT, col_w, row, strides)
+        })?;
     }
     Ok(cur)
+}
+
+/// One mask over `cur`: its row and column indices (generated afresh for each mask, as cuDNN's
+/// pattern matcher expects), the keep flags `keep(row, col)` builds from them, and the result:
+/// `cur` where kept, `neg_inf` elsewhere.
+fn masked(
+    g: &mut GraphBuilder,
+    cur: T,
+    strides: [i64; 4],
+    neg_inf: T,
+    keep: impl FnOnce(&mut GraphBuilder, T, T) -> Result<T>,
+) -> Result<T> {
+    let mut index = |axis| -> Result<T> {
+        let t = g.virtual_like(cur, Elem::I32, strides)?;
+        g.pointwise(
+            Pw::CUDNN_POINTWISE_GEN_INDEX,
+            Elem::F32,
+            cur,
+            None,
+            None,
+            t,
+            Some(axis),
+        )?;
+        Ok(t)
+    };
+    let row = index(2)?;
+    let col = index(3)?;
+    let keep = keep(g, row, col)?;
+    let out = g.virtual_like(cur, Elem::F32, strides)?;
+    g.pointwise(
+        Pw::CUDNN_POINTWISE_BINARY_SELECT,
+        Elem::F32,
+        cur,
+        Some(neg_inf),
+        Some(keep),
+        out,
+        None,
+    )?;
+    Ok(out)
+}
+
+/// The boolean `a op b` (a comparison) as a virtual tensor of the scores' shape.
+fn flag(g: &mut GraphBuilder, op: Pw, a: T, b: T, strides: [i64; 4]) -> Result<T> {
+    let out = g.virtual_like(a, Elem::Bool, strides)?;
+    g.pointwise(op, Elem::Bool, a, Some(b), None, out, None)?;
+    Ok(out)
 }
 
 /// Builds and finalizes the forward plans for `s` that `want` names (bf16 Q/K/V/O, f32 stats);
