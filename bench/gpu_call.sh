@@ -22,7 +22,8 @@
 #    staged epilogues: parity, bench, gpt2 with and without (~150 s, any Hopper GPU). 12: ncu's
 #    full set on the own ping-pong kernels (plain, GELU, DGELU) at gpt2's fc shape (~90 s).
 #    13 and 14: stage 9 in halves on an H200 (llama; mixtral-small), for a short budget.
-#    23: stage 8 on an H200; elsewhere cuDNN's parity against f64 (~30 s).
+#    23: stage 8 on an H200; elsewhere cuDNN's parity against f64 (~30 s). 24: issue 10's
+#    acceptance on any GPU: the user crate on the GPU, then bench/gpu_verify.sh (~400 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -212,6 +213,17 @@ if [ "$stage" = 15 ]; then
         exit
     fi
     stage=8
+fi
+if [ "$stage" = 24 ]; then
+    # Issue 10's acceptance on any GPU (~400 s on an H100): the user crate's `model_file!` model
+    # on Device::cuda(0) (load_hf, logits against the CPU, five steps, generate), then every GPU
+    # test binary (bench/gpu_verify.sh: eval --device cuda against the CPU on every HF fixture,
+    # train/bench of MoE and mixed-layer specs, the generated models, decoding, cuDNN, ...).
+    nvidia-smi --query-gpu=name --format=csv,noheader
+    ( cudnn_env; timeout 100 .gpu/modelspec-user-crate tests/fixtures/llama > $R/v/user_crate.log 2>&1; echo "user crate exit $?" )
+    tail -14 $R/v/user_crate.log | cut -c1-200
+    OUT=$R/b timeout ${VERIFY_S:-440} bash bench/gpu_verify.sh 2>&1 | tail -40 | cut -c1-220
+    exit
 fi
 if [ "$stage" = 23 ]; then
     # Stage 8 on an H200; elsewhere (~30 s) cuDNN attention against f64 (its mask graphs share one

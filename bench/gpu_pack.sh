@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the GPU test executables and binaries here (release, no debug info) and packs them into
-# .gpu/bins.tgz for a device call (`carry: [".gpu"]`): the device machine has no cargo.
+# .gpu/bins.tgz (and the user crate's binary as .gpu/modelspec-user-crate) for a device call (`carry: [".gpu"]`): the device machine has no cargo.
 # Usage: bash bench/gpu_pack.sh   (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +15,10 @@ for t in "${root_tests[@]}"; do [ -f "tests/$t.rs" ] && args+=(--test "$t"); don
 cargo test --release -p modelspec --no-run "${args[@]}" --message-format=json 2>/dev/null > .gpu/root.json
 cargo build --release -p modelspec --bin modelspec
 cargo build --release -p modelspec-runtime --example cuda_bench --example cuda_train_bench
+# The user crate (examples/user_crate, a crate of its own) in the workspace's target directory, so
+# it reuses the compiled dependencies; gpu_call.sh 24 runs it on the GPU.
+(cd examples/user_crate && CARGO_TARGET_DIR=../../target cargo build --release)
+cp target/release/modelspec-user-crate .gpu/ && strip .gpu/modelspec-user-crate
 stage=$(mktemp -d)
 python3 - "$stage" <<'EOF'
 import json, shutil, sys
