@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the GPU test executables and binaries here (release, no debug info) and packs them into
-# .gpu/bins.tgz (and the user crate's binary as .gpu/modelspec-user-crate) for a device call (`carry: [".gpu"]`): the device machine has no cargo.
+# .gpu/bins.tgz, and the user crate's binary as .gpu/modelspec-user-crate, for a device call
+# (`carry: [".gpu"]`): the device machine has no cargo.
 # Usage: bash bench/gpu_pack.sh   (from the repository root)
 set -euo pipefail
 cd "$(dirname "$0")/.."
