@@ -409,8 +409,7 @@ impl Executor {
             p(params, "lm_head.weight")
         };
         let b = self.spec.logits.bias.then(|| p(params, "lm_head.bias"));
-        let mut logits = vec![T::ZERO; shape.rows * vp];
-        linear::forward(&normed, shape.rows, d, w, b, vp, &mut logits);
+        let mut logits = linear::forward_new(&normed, shape.rows, d, w, b, vp);
         if let Some(cap) = self.spec.logits.softcap {
             softcap::forward_inplace(&mut logits, cap);
         }

@@ -197,9 +197,7 @@ impl<'a, T: Float> LayerCtx<'a, T> {
         };
         let lin = |x: &[T], prefix: &str, bias: bool, in_dim: usize, out_dim: usize| {
             let (w, b) = proj(self.params, &self.prefix(prefix), bias);
-            let mut y = vec![T::ZERO; rows * out_dim];
-            linear::forward(x, rows, in_dim, w, b, out_dim, &mut y);
-            y
+            linear::forward_new(x, rows, in_dim, w, b, out_dim)
         };
         match a {
             Act::Input => unreachable!("the layer input is never computed"),
@@ -352,9 +350,7 @@ impl<'a, T: Float> LayerCtx<'a, T> {
                 } else {
                     m.up
                 };
-                let mut y = vec![T::ZERO; rows * m.hidden];
-                linear::forward(store.get(self.lp.mlp_in), rows, d, w, b, m.hidden, &mut y);
-                y
+                linear::forward_new(store.get(self.lp.mlp_in), rows, d, w, b, m.hidden)
             }
             Act::Gate | Act::Up => {
                 let routing = store.routing.as_ref().expect("routing");
@@ -412,9 +408,7 @@ impl<'a, T: Float> LayerCtx<'a, T> {
             }
             Act::MlpOut if matches!(self.layer.ffn, Ffn::Mlp(_)) => {
                 let m = self.dense_ref();
-                let mut y = vec![T::ZERO; rows * d];
-                mlp::down(&m, store.get(Act::ActOut), rows, &mut y);
-                y
+                mlp::down_new(&m, store.get(Act::ActOut), rows)
             }
             Act::MlpOut => {
                 let moe = self.moe();
@@ -495,15 +489,11 @@ impl<'a, T: Float> LayerCtx<'a, T> {
                 } else {
                     m.up
                 };
-                let mut y = vec![T::ZERO; rows * m.hidden];
-                linear::forward(store.get(self.lp.mlp_in), rows, d, w, b, m.hidden, &mut y);
-                y
+                linear::forward_new(store.get(self.lp.mlp_in), rows, d, w, b, m.hidden)
             }
             Act::SharedOut => {
                 let m = self.shared_ref();
-                let mut y = vec![T::ZERO; rows * d];
-                mlp::down(&m, store.get(Act::SharedAct), rows, &mut y);
-                y
+                mlp::down_new(&m, store.get(Act::SharedAct), rows)
             }
             Act::MlpPostNorm => norm_into(store.get(Act::MlpOut), "mlp_post_norm", block_norm, d),
         }

@@ -2,7 +2,7 @@
 //!
 //! Backward accumulates: `dx += dy · W`, `dW += dyᵀ · x`, `db += Σ_rows dy`.
 
-use super::matmul::{mm_nn, mm_nt, mm_tn};
+use super::matmul::{mm_nn, mm_nt, mm_nt_new, mm_tn};
 use crate::tensor::Float;
 
 /// `y = x · Wᵀ + b` (overwrites `y`).
@@ -20,12 +20,36 @@ pub fn forward<T: Float>(
     debug_assert_eq!(y.len(), rows * out_dim);
     mm_nt(rows, out_dim, in_dim, x, w, y, false, T::ONE);
     if let Some(b) = b {
-        for row in y.chunks_exact_mut(out_dim) {
-            for (v, &bias) in row.iter_mut().zip(b) {
-                *v += bias;
-            }
+        add_bias(y, b);
+    }
+}
+
+/// `y[r, j] += b[j]` over the rows of `y` (`b.len()` columns).
+fn add_bias<T: Float>(y: &mut [T], b: &[T]) {
+    for row in y.chunks_exact_mut(b.len()) {
+        for (v, &bias) in row.iter_mut().zip(b) {
+            *v += bias;
         }
     }
+}
+
+/// [`forward`] into a new `[rows, out_dim]` buffer, which the product fills without zeroing it
+/// first (same bits).
+pub fn forward_new<T: Float>(
+    x: &[T],
+    rows: usize,
+    in_dim: usize,
+    w: &[T],
+    b: Option<&[T]>,
+    out_dim: usize,
+) -> Vec<T> {
+    debug_assert_eq!(x.len(), rows * in_dim);
+    debug_assert_eq!(w.len(), out_dim * in_dim);
+    let mut y = mm_nt_new(rows, out_dim, in_dim, x, w);
+    if let Some(b) = b {
+        add_bias(&mut y, b);
+    }
+    y
 }
 
 /// Gradients of [`forward`], accumulated into `dx` (when given), `dw` and `db` (when given).

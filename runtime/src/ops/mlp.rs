@@ -76,6 +76,11 @@ pub fn down<T: Float>(m: &MlpRef<'_, T>, act: &[T], rows: usize, out: &mut [T]) 
     linear::forward(act, rows, m.hidden, m.down.0, m.down.1, m.d, out);
 }
 
+/// [`down`] into a new `[rows, d]` buffer (not zeroed first; same bits).
+pub fn down_new<T: Float>(m: &MlpRef<'_, T>, act: &[T], rows: usize) -> Vec<T> {
+    linear::forward_new(act, rows, m.hidden, m.down.0, m.down.1, m.d)
+}
+
 /// Backward through all three stages: accumulates weight gradients into `g` and `dx`.
 #[allow(clippy::too_many_arguments)]
 pub fn backward<T: Float>(
