@@ -49,7 +49,10 @@ def rounds(name, who):
 ms = rounds("ms_cudnn.jsonl", lambda r: (r.get("path"), r.get("layout")))
 sd = rounds("sdpa_backends.jsonl", lambda r: r.get("backend"))
 for shape, work in names.items():
-    ours = [r for r in ms if key(r) == shape]
+    # The head-major rows are an experiment (PyTorch's layout; the trainer's tensors are
+    # token-major): reported beside the row, never its figure.
+    head_major = [r for r in ms if key(r) == shape and r.get("layout") == "head-major"]
+    ours = [r for r in ms if key(r) == shape and r.get("layout") != "head-major"]
     theirs = [r for r in sd if key(r) == shape]
     if not ours and not theirs:
         continue
@@ -64,6 +67,7 @@ for shape, work in names.items():
            "modelspec_fwd_TFLOPs": best_ours and best_ours["fwd_TFLOPs"],
            "modelspec_cudnn_fused_fwdbwd_TFLOPs": fused[0]["fwdbwd_TFLOPs"] if fused else None,
            "modelspec_own_fwdbwd_TFLOPs": max((r["fwdbwd_TFLOPs"] for r in own), default=None),
+           "modelspec_cudnn_head_major_fwdbwd_TFLOPs": head_major[0]["fwdbwd_TFLOPs"] if head_major else None,
            "baseline": best and f"torch SDPA best backend ({best['backend']})",
            "baseline_fwdbwd_TFLOPs": best and best["fwdbwd_TFLOPs"],
            "baseline_fwd_TFLOPs": best_fwd and best_fwd["fwd_TFLOPs"],
