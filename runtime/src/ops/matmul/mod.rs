@@ -128,16 +128,50 @@ pub fn matmul<T: Float>(
         }
         return;
     }
+    // SAFETY: `c`'s extent was checked above; it is borrowed mutably, so the output does not
+    // alias the inputs.
+    unsafe {
+        views_product(
+            m,
+            n,
+            k,
+            a,
+            b,
+            c.as_mut_ptr().add(c_offset),
+            c_rs,
+            accumulate,
+            alpha,
+        )
+    }
+}
+
+/// [`matmul_raw`] over two checked views into `c` (m, n, k > 0), shared by [`matmul`] and
+/// [`mm_nt_new`].
+///
+/// # Safety
+/// `c` must be valid for writes of the `[m, n]` block at row stride `c_rs` (for reads too when
+/// `accumulate`), written by no one else and aliasing neither view.
+#[allow(clippy::too_many_arguments)]
+unsafe fn views_product<T: Float>(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: View<'_, T>,
+    b: View<'_, T>,
+    c: *mut T,
+    c_rs: usize,
+    accumulate: bool,
+    alpha: T,
+) {
     a.check(m, k);
     b.check(k, n);
-    // SAFETY: the bounds of all three views were checked above; `c` is borrowed mutably, so the
-    // output does not alias the inputs.
+    // SAFETY: the views' bounds were checked just above; the caller's promise on `c`.
     unsafe {
         matmul_raw(
             m,
             n,
             k,
-            c.as_mut_ptr().add(c_offset),
+            c,
             c_rs,
             a.data.as_ptr().add(a.offset),
             a.rs,
@@ -245,29 +279,13 @@ pub fn mm_nt_new<T: Float>(m: usize, n: usize, k: usize, a: &[T], b: &[T]) -> Ve
     if m == 0 || n == 0 || k == 0 {
         return vec![T::ZERO; m * n];
     }
-    let (av, bv) = (View::rows(a, k), View::transposed(b, k));
-    av.check(m, k);
-    bv.check(k, n);
     let mut c = Vec::with_capacity(m * n);
-    // SAFETY: the views' bounds were checked above and `c` has room for the `[m, n]` output at
-    // row stride n, which aliases nothing. With `accumulate` false gemm writes each of the m·n
-    // elements and reads none of them (m, n, k > 0), so all are initialised before `set_len`.
+    // SAFETY: `c` has room for the `[m, n]` output at row stride n and aliases nothing. With
+    // `accumulate` false gemm writes each of the m·n elements and reads none of them (m, n, k >
+    // 0), so all are initialised before `set_len`.
     unsafe {
-        matmul_raw(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            n,
-            a.as_ptr(),
-            av.rs,
-            av.cs,
-            b.as_ptr(),
-            bv.rs,
-            bv.cs,
-            false,
-            T::ONE,
-        );
+        let (av, bv) = (View::rows(a, k), View::transposed(b, k));
+        views_product(m, n, k, av, bv, c.as_mut_ptr(), n, false, T::ONE);
         c.set_len(m * n);
     }
     c
