@@ -24,6 +24,7 @@
 #    13 and 14: stage 9 in halves on an H200 (llama; mixtral-small), for a short budget.
 #    23: stage 8 on an H200; elsewhere cuDNN's parity against f64 (~30 s). 24: issue 10's
 #    acceptance on any GPU: the user crate on the GPU, then bench/gpu_verify.sh (~400 s).
+#    25: cuDNN at T1024 D64 on the dense, fused and head-major layouts, three runs (~60 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -223,6 +224,16 @@ if [ "$stage" = 24 ]; then
     ( cudnn_env; timeout 100 .gpu/modelspec-user-crate tests/fixtures/llama > $R/v/user_crate.log 2>&1; echo "user crate exit $?" )
     tail -14 $R/v/user_crate.log | cut -c1-200
     OUT=$R/b timeout ${VERIFY_S:-440} bash bench/gpu_verify.sh 2>&1 | tail -40 | cut -c1-220
+    exit
+fi
+if [ "$stage" = 25 ]; then
+    # The head-major question (~60 s, any GPU): cuDNN at T1024 D64 on the dense, fused and
+    # head-major layouts, three runs, to see whether PyTorch's [B,H,T,D] layout alone is faster.
+    nvidia-smi --query-gpu=name --format=csv,noheader
+    for i in 1 2 3; do
+        ( cudnn_env; timeout 60 $B/cuda_bench cudnn 1024/64 > $R/v/hm$i.jsonl 2> $R/v/hm$i.err ); echo "run $i exit $?"
+        grep -E '"path"' $R/v/hm$i.jsonl | grep -oE '"path": "[a-z]+", "layout": "[a-z-]+"|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"warm_fwdbwd_ms": [0-9.]+|"engines": \[[0-9, ]+\]' | paste -sd' ' | sed 's/"path"/\n"path"/g'
+    done
     exit
 fi
 if [ "$stage" = 23 ]; then
