@@ -12,8 +12,8 @@
 //! ```
 //! `cudnn` prints, per shape, a row for the own kernels and one for cuDNN's fused attention
 //! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
-//! (`"layout": "fused"`), so one run compares the paths beside PyTorch's anchors; shapes without
-//! GQA add a cuDNN row on PyTorch's head-major layout (`"layout": "head-major"`, an experiment:
+//! (`"layout": "fused"`), so one run compares the paths beside PyTorch's anchors; a last cuDNN
+//! row per shape runs PyTorch's head-major layout (`"layout": "head-major"`, an experiment:
 //! bench/collect_session.py keeps it beside the row, not as its figure). After
 //! attn_bench.py's shapes come DeepSeek-V3's latent-attention shapes (128 heads, q/k head dim
 //! 192, value head dim 128 (`"DV"`), causal, T 4096 and 1024 at 8192 tokens): the own kernels
@@ -312,21 +312,18 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         let own = if mma { "mma" } else { "simple" };
         row(own, "dense", r, String::new());
         let Some(attn) = attn.as_ref() else { continue };
-        let mut layouts = vec![
+        // The last layout is an experiment, not a trainer layout: PyTorch's head-major
+        // `[B, H, T, D]` tensors (each head's rows contiguous) over the dense buffers, which hold
+        // as many elements.
+        let head_major = AttnShape {
+            head_major: true,
+            ..dense
+        };
+        let layouts = [
             ("dense", dense, (q0, k0, v0), (dq0, dk0, dv0)),
             ("fused", fused, (qf, kf, vf), (dqf, dkf, dvf)),
+            ("head-major", head_major, (q0, k0, v0), (dq0, dk0, dv0)),
         ];
-        // An experiment, not a trainer layout: PyTorch's head-major `[B, H, T, D]` tensors (each
-        // head's rows contiguous), run as B·H sequences of one head over the dense buffers. Only
-        // where every query head has its own kv head (no GQA) and one head width.
-        if h == kv && d == dv {
-            let head_major = AttnShape {
-                ldv: dv,
-                ldo: dv,
-                ..AttnShape::dense(b * h, t, 1, 1, d)
-            };
-            layouts.push(("head-major", head_major, (q0, k0, v0), (dq0, dk0, dv0)));
-        }
         for (layout, s, (q, k, v), (dq, dk, dv)) in layouts {
             let t0 = std::time::Instant::now();
             let info = match attn.prepare(&s) {

@@ -1,7 +1,8 @@
 //! cuDNN fused attention (forward: o, lse; backward: dq, dk, dv) against an f64 CPU reference and
 //! against the own attention kernels, on fresh random bf16 inputs each run (the seed is printed),
 //! with equal head dims and with a value head dim apart from the query/key one (latent attention:
-//! 96/64, 64/128, DeepSeek-V3's 192/128, dense and on the trainer's fused [q; k; v] layout).
+//! 96/64, 64/128, DeepSeek-V3's 192/128, dense and on the trainer's fused [q; k; v] layout), and
+//! on PyTorch's head-major layout.
 //!
 //! Tolerances (||got - ref|| / ||ref|| over the whole output): 1e-2 for bf16 outputs, as the own
 //! kernels' bf16 bound in cuda_kernels.rs (inputs are exact in bf16; the error comes from storing
@@ -485,6 +486,131 @@ fn cudnn_attention_takes_a_value_head_dim_apart() {
         }
     }
     println!("{ran} split-head-dim cases ran");
+    assert!(failed.is_empty(), "failed cases: {failed:?}");
+}
+
+/// `[B·T, heads·w]` rows (head h at column h·w) as PyTorch's head-major `[B, heads, T, w]`, or
+/// back (`back`).
+fn head_major(x: &[f64], b: usize, t: usize, heads: usize, w: usize, back: bool) -> Vec<f64> {
+    let mut out = vec![0.0; x.len()];
+    for bi in 0..b {
+        for ti in 0..t {
+            for h in 0..heads {
+                let rows = ((bi * t + ti) * heads + h) * w;
+                let hm = ((bi * heads + h) * t + ti) * w;
+                let (from, to) = if back { (hm, rows) } else { (rows, hm) };
+                out[to..to + w].copy_from_slice(&x[from..from + w]);
+            }
+        }
+    }
+    out
+}
+
+/// PyTorch's head-major tensors through cuDNN (`AttnShape::head_major`): the outputs, put back
+/// in rows, against the f64 reference on the rows; the own kernels refuse the layout.
+#[test]
+#[ignore = "needs a CUDA GPU and cuDNN 9"]
+fn cudnn_attention_takes_head_major_tensors() {
+    let Some((gpu, attn)) = setup() else { return };
+    let own = Kernels::load(&gpu, "cudnn_hm_test", &[64, 128], Default::default())
+        .expect("kernel library compiles");
+    let mut rng = Rng::fresh("cudnn head-major");
+    let mut failed = Vec::new();
+    for (b, t, h, kv, d, causal) in [
+        (2, 150, 4, 4, 64, true),
+        (2, 97, 8, 2, 64, true),
+        (1, 200, 4, 2, 128, true),
+        (2, 64, 4, 1, 128, false),
+    ] {
+        let rows_shape = AttnShape {
+            causal,
+            ..AttnShape::dense(b, t, h, kv, d)
+        };
+        let s = AttnShape {
+            head_major: true,
+            ..rows_shape
+        };
+        let tag = format!("head-major B{b} T{t} H{h} KV{kv} D{d} causal={causal}");
+        let rows = b * t;
+        // Inputs drawn in rows, uploaded head-major; the reference reads the rounded values.
+        let up = |rng: &mut Rng, heads: usize| {
+            let vals = rng.normal_vec(rows * heads * d, 1.0);
+            let m = Mat::new(&gpu, Dtype::Bf16, &head_major(&vals, b, t, heads, d, false));
+            let host_rows = head_major(&m.host, b, t, heads, d, true);
+            (m, host_rows)
+        };
+        let (q, qr) = up(&mut rng, h);
+        let (k, kr) = up(&mut rng, kv);
+        let (v, vr) = up(&mut rng, kv);
+        let (dout, dor) = up(&mut rng, h);
+        let (o, dq) = (poison(&gpu, rows * h * d), poison(&gpu, rows * h * d));
+        let (dk, dv) = (poison(&gpu, rows * kv * d), poison(&gpu, rows * kv * d));
+        let lse = gpu.zeros::<f32>(b * h * t).unwrap();
+        let delta = gpu.zeros::<f32>(b * h * t).unwrap();
+        let dq_acc = gpu.zeros::<f32>(rows * h * d).unwrap();
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let info = attn.prepare(&s).unwrap_or_else(|e| panic!("{tag}: {e}"));
+            let ws = gpu
+                .zeros::<u8>(info.fwd_workspace.max(info.bwd_workspace).max(1))
+                .unwrap();
+            attn.fwd(
+                &s,
+                o.ptr(),
+                lse.ptr(),
+                q.ptr(),
+                k.ptr(),
+                v.ptr(),
+                ws.ptr(),
+                ws.len(),
+            )
+            .unwrap();
+            attn.bwd(
+                &s,
+                dq.ptr(),
+                dk.ptr(),
+                dv.ptr(),
+                dq_acc.ptr(),
+                delta.ptr(),
+                dout.ptr(),
+                o.ptr(),
+                lse.ptr(),
+                q.ptr(),
+                k.ptr(),
+                v.ptr(),
+                ws.ptr(),
+                ws.len(),
+            )
+            .unwrap();
+            gpu.sync().unwrap();
+            let want = reference(&rows_shape, &qr, &kr, &vr, &dor, [0, 0, 0]);
+            let back = |m: &Mat, heads: usize| head_major(&m.get(&gpu), b, t, heads, d, true);
+            check(&format!("{tag} o"), 1e-2, &back(&o, h), &want.o);
+            let got_lse: Vec<f64> = gpu
+                .download(&lse)
+                .unwrap()
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
+            check(&format!("{tag} lse"), 1e-4, &got_lse, &want.lse);
+            check(&format!("{tag} dq"), 1e-2, &back(&dq, h), &want.dq);
+            check(&format!("{tag} dk"), 1e-2, &back(&dk, kv), &want.dk);
+            check(&format!("{tag} dv"), 1e-2, &back(&dv, kv), &want.dv);
+        }));
+        if r.is_err() {
+            failed.push(tag);
+        }
+        // The own kernels read rows only: they refuse the layout instead of misreading it.
+        let refused = own.attn_fwd(
+            Dtype::Bf16,
+            &s,
+            o.ptr(),
+            lse.ptr(),
+            q.ptr(),
+            k.ptr(),
+            v.ptr(),
+        );
+        assert!(refused.is_err(), "the own forward took head-major tensors");
+    }
     assert!(failed.is_empty(), "failed cases: {failed:?}");
 }
 

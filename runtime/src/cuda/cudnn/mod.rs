@@ -14,7 +14,8 @@
 //! dq/dk/dv the same views of the fused gradient. v, o, dO and dV may have their own head width
 //! Dv (`AttnShape::v_head_dim`, latent attention: DeepSeek-V3's D 192, Dv 128), v's heads then at
 //! columns `g·Dv` and o's at `h·Dv`; [`CudnnLibrary::head_dims_reason`] says which cuDNN
-//! versions take which head dims. **lse** (the softmax stats) is f32 `[B, H, T]`,
+//! versions take which head dims. cuDNN alone also takes PyTorch's head-major tensors
+//! (`AttnShape::head_major`: each `[B, heads, T, width]` contiguous). **lse** (the softmax stats) is f32 `[B, H, T]`,
 //! the natural log of Σ_j exp(scale·q·k_j) over the visible keys: the same tensor the own
 //! kernels write, so a forward of one path can feed a backward of the other.
 //!
@@ -66,6 +67,7 @@ struct PlanKey {
     /// B, T, H, KV, D, Dv.
     dims: [usize; 6],
     lds: [usize; 4],
+    head_major: bool,
     window: usize,
     causal: bool,
 }
@@ -83,6 +85,7 @@ impl PlanKey {
                 s.v_head_dim,
             ],
             lds: [s.ldq, s.ldk, s.ldv, s.ldo],
+            head_major: s.head_major,
             window: s.window,
             causal: s.causal,
         }
@@ -223,7 +226,8 @@ impl CudnnAttention {
     /// check tells: cuDNN may still reject a shape when the plan is built, which [`prepare`]
     /// reports, and the loaded version may refuse it: [`version_reason`]). Taken: bf16; causal or
     /// not; sliding window; GQA/MQA; query/key and value head dims that are multiples of 8 up to
-    /// 256, equal or not (latent attention); row strides and head dims aligned to 16 bytes. Not
+    /// 256, equal or not (latent attention); row strides and head dims aligned to 16 bytes;
+    /// PyTorch's head-major tensors (`AttnShape::head_major`) at the dense strides. Not
     /// taken: logit softcapping, ALiBi, chunked attention, f32.
     ///
     /// [`prepare`]: CudnnAttention::prepare
@@ -266,6 +270,19 @@ impl CudnnAttention {
         {
             return Some(format!(
                 "row strides ({}, {}, {}, {}) not multiples of 8 elements",
+                s.ldq, s.ldk, s.ldv, s.ldo
+            ));
+        }
+        let dense = [
+            s.heads * s.head_dim,
+            s.kv_heads * s.head_dim,
+            s.kv_heads * s.v_head_dim,
+            s.heads * s.v_head_dim,
+        ];
+        if s.head_major && [s.ldq, s.ldk, s.ldv, s.ldo] != dense {
+            return Some(format!(
+                "head-major tensors with row strides ({}, {}, {}, {}): head-major takes the dense \
+                 ones, {dense:?}",
                 s.ldq, s.ldk, s.ldv, s.ldo
             ));
         }

@@ -18,7 +18,9 @@
 //! ```
 //! Layouts: Q `[B,H,T,D]` with strides `(T·ldq, D, ldq, 1)`, i.e. rows of a `[B·T, ldq]` matrix
 //! with head h at column h·D; K likewise with its kv heads and ldk; V `[B,KV,T,Dv]` with head g at
-//! column g·Dv of ldv; O, dO `[B,H,T,Dv]` with ldo; dQ/dK/dV like Q/K/V. D is the query/key head
+//! column g·Dv of ldv; O, dO `[B,H,T,Dv]` with ldo; dQ/dK/dV like Q/K/V. With `AttnShape::head_major`
+//! (PyTorch's layout) every one of them is instead a contiguous `[B, heads, T, width]` tensor:
+//! Q's strides `(H·T·D, T·D, D, 1)`. D is the query/key head
 //! dim, Dv the value head dim (`AttnShape::v_head_dim`: D except in latent attention, e.g.
 //! DeepSeek-V3's 192/128): only V, O, dO, dV, the P·V and Pᵀ·dO products and Δ's reduction take
 //! Dv. Stats: f32 `[B,H,T]` (natural log of the softmax normaliser of the scaled scores, the own
@@ -58,6 +60,8 @@ struct Dims {
     d: i64,
     /// Value (and output) head dim.
     dv: i64,
+    /// Every bound tensor `[B, heads, T, width]` contiguous (`AttnShape::head_major`).
+    head_major: bool,
 }
 
 impl Dims {
@@ -69,17 +73,28 @@ impl Dims {
             t: s.seq as i64,
             d: s.head_dim as i64,
             dv: s.v_head_dim as i64,
+            head_major: s.head_major,
         }
     }
-    /// `[B, heads, T, width]` rows of a `[B·T, ld]` matrix, head h at column h·width.
+    /// `[B, heads, T, width]` rows of a `[B·T, ld]` matrix, head h at column h·width; head-major:
+    /// each head's T rows contiguous (`ld` is then `heads · width`).
     fn rows(&self, heads: i64, width: i64, ld: usize) -> ([i64; 4], [i64; 4]) {
-        let ld = ld as i64;
-        ([self.b, heads, self.t, width], [self.t * ld, width, ld, 1])
+        let [b, h, r] = self.strides(heads, width, ld);
+        ([self.b, heads, self.t, width], [b, h, r, 1])
     }
     /// The same buffer seen as `[B, heads, width, T]` (transposed).
     fn rows_t(&self, heads: i64, width: i64, ld: usize) -> ([i64; 4], [i64; 4]) {
+        let [b, h, r] = self.strides(heads, width, ld);
+        ([self.b, heads, width, self.t], [b, h, 1, r])
+    }
+    /// Batch, head and row strides of a bound `[B, heads, T, width]` tensor.
+    fn strides(&self, heads: i64, width: i64, ld: usize) -> [i64; 3] {
         let ld = ld as i64;
-        ([self.b, heads, width, self.t], [self.t * ld, width, 1, ld])
+        if self.head_major {
+            [heads * self.t * width, self.t * width, width]
+        } else {
+            [self.t * ld, width, ld]
+        }
     }
     /// A packed virtual `[B, H, T, width]` (per query head).
     fn packed(&self, width: i64) -> ([i64; 4], [i64; 4]) {
@@ -459,7 +474,7 @@ fn group_matmul(g: &mut GraphBuilder, dm: &Dims, width: i64, a: T, b: T, out: T)
 /// The shape as text, for errors.
 pub(crate) fn describe(s: &AttnShape) -> String {
     format!(
-        "B={} T={} H={} KV={} D={} Dv={} ld=({},{},{},{}) causal={} window={}",
+        "B={} T={} H={} KV={} D={} Dv={} ld=({},{},{},{}){} causal={} window={}",
         s.batch,
         s.seq,
         s.heads,
@@ -470,6 +485,7 @@ pub(crate) fn describe(s: &AttnShape) -> String {
         s.ldk,
         s.ldv,
         s.ldo,
+        if s.head_major { " head-major" } else { "" },
         s.causal,
         s.window
     )
@@ -524,6 +540,15 @@ mod tests {
                 ldo: 4 * 128,
                 window: 20,
                 ..AttnShape::dense(1, 64, 4, 1, 64)
+            },
+            // PyTorch's head-major layout, with and without GQA
+            AttnShape {
+                head_major: true,
+                ..AttnShape::dense(2, 150, 4, 4, 64)
+            },
+            AttnShape {
+                head_major: true,
+                ..AttnShape::dense(1, 200, 8, 2, 128)
             },
         ];
         for s in shapes {

@@ -62,6 +62,11 @@ pub struct AttnShape {
     /// ALiBi: device pointer to `heads` f32 slopes (bias `bf16(slope * j)` on q.k before the
     /// scale, key position j within its sequence); 0 = none.
     pub alibi: DevPtr,
+    /// PyTorch's layout instead of the rows above: q, k, v, o and their gradients as
+    /// `[B, heads, T, width]` tensors, each head's T rows contiguous. The row strides must then be
+    /// the dense ones (`heads · width`: the buffers' sizes). cuDNN's path only; the own kernels
+    /// refuse it.
+    pub head_major: bool,
 }
 
 /// An [`AttnShape`] as the kernels' C signatures take it.
@@ -123,6 +128,7 @@ impl AttnShape {
             chunk: 0,
             causal: true,
             alibi: 0,
+            head_major: false,
         }
     }
 
@@ -145,6 +151,9 @@ impl AttnShape {
         if self.v_head_dim > 256 || self.v_head_dim == 0 {
             return bad(format!("v_head_dim {} outside 1..=256", self.v_head_dim));
         }
+        if self.head_major {
+            return bad("the head-major layout is cuDNN's only: give the own kernels rows".into());
+        }
         Ok(())
     }
 }
@@ -158,6 +167,7 @@ impl Kernels {
             && mma_head_dim_ok(s.head_dim)
             && self.head_dims().contains(&s.head_dim)
             && [s.ldq, s.ldk, s.ldv, s.ldo].iter().all(|l| l % 8 == 0)
+            && !s.head_major
     }
 
     /// Attention forward: o and lse `[B, H, T]` (f32, natural log). Tensor cores for bf16 at an
