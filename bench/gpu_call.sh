@@ -24,7 +24,7 @@
 #    13 and 14: stage 9 in halves on an H200 (llama; mixtral-small), for a short budget.
 #    23: stage 8 on an H200; elsewhere cuDNN's parity against f64 (~30 s). 24: issue 10's
 #    acceptance on any GPU: the user crate on the GPU, then bench/gpu_verify.sh (~400 s).
-#    25: cuDNN at T1024 D64 on the dense, fused and head-major layouts, three runs (~60 s).
+#    25: cuDNN at the D64 shapes on the dense, fused and head-major layouts, three runs (~90 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -227,11 +227,11 @@ if [ "$stage" = 24 ]; then
     exit
 fi
 if [ "$stage" = 25 ]; then
-    # The head-major question (~60 s, any GPU): cuDNN at T1024 D64 on the dense, fused and
+    # The head-major question (~90 s, any GPU): cuDNN at T1024 D64 and T2048 D64 GQA on the dense, fused and
     # head-major layouts, three runs, to see whether PyTorch's [B,H,T,D] layout alone is faster.
     nvidia-smi --query-gpu=name --format=csv,noheader
     for i in 1 2 3; do
-        ( cudnn_env; timeout 60 $B/cuda_bench cudnn 1024/64 > $R/v/hm$i.jsonl 2> $R/v/hm$i.err ); echo "run $i exit $?"
+        ( cudnn_env; timeout 120 $B/cuda_bench cudnn 1024/64 2048/64 > $R/v/hm$i.jsonl 2> $R/v/hm$i.err ); echo "run $i exit $?"
         grep -E '"path"' $R/v/hm$i.jsonl | grep -oE '"path": "[a-z]+", "layout": "[a-z-]+"|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"warm_fwdbwd_ms": [0-9.]+|"engines": \[[0-9, ]+\]' | paste -sd' ' | sed 's/"path"/\n"path"/g'
     done
     exit
