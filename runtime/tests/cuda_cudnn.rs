@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 mod common;
 
-use common::gpu::{Mat, Rng, check_err, rel_err_floor};
+use common::gpu::{Mat, Rng, check_err, getf, rel_err_floor};
 
 // ---------- harness ----------
 
@@ -253,12 +253,7 @@ fn run_case(
         &cols(&got_o, rows, s.ldo, 0, od),
         &cols(&r.o, rows, s.ldo, 0, od),
     );
-    let got_lse: Vec<f64> = gpu
-        .download(&lse)
-        .unwrap()
-        .iter()
-        .map(|&x| x as f64)
-        .collect();
+    let got_lse = getf(gpu, &lse);
     check(&format!("cudnn {tag} lse"), 1e-4, &got_lse, &r.lse);
     let (g_q, g_k, g_v) = (gq.get(gpu), gkbuf.get(gpu), gvbuf.get(gpu));
     check(
@@ -286,12 +281,7 @@ fn run_case(
     own.attn_fwd(Dtype::Bf16, &s, o2.ptr(), lse2.ptr(), qp, kp, vp)
         .unwrap();
     gpu.sync().unwrap();
-    let own_lse: Vec<f64> = gpu
-        .download(&lse2)
-        .unwrap()
-        .iter()
-        .map(|&x| x as f64)
-        .collect();
+    let own_lse = getf(gpu, &lse2);
     check(&format!("cudnn-vs-own {tag} lse"), 1e-3, &got_lse, &own_lse);
     check(
         &format!("cudnn-vs-own {tag} o"),
@@ -585,12 +575,7 @@ fn cudnn_attention_takes_head_major_tensors() {
             let want = reference(&rows_shape, &qr, &kr, &vr, &dor, [0, 0, 0]);
             let back = |m: &Mat, heads: usize| head_major(&m.get(&gpu), b, t, heads, d, true);
             check(&format!("{tag} o"), 1e-2, &back(&o, h), &want.o);
-            let got_lse: Vec<f64> = gpu
-                .download(&lse)
-                .unwrap()
-                .iter()
-                .map(|&x| x as f64)
-                .collect();
+            let got_lse = getf(&gpu, &lse);
             check(&format!("{tag} lse"), 1e-4, &got_lse, &want.lse);
             check(&format!("{tag} dq"), 1e-2, &back(&dq, h), &want.dq);
             check(&format!("{tag} dk"), 1e-2, &back(&dk, kv), &want.dk);
