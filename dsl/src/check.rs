@@ -313,12 +313,20 @@ impl Checker {
                 None,
             );
         }
-        if n.kind == NormKind::Rms && n.bias {
+        if n.bias && !n.kind.centred() {
+            let with_bias: Vec<String> = NormKind::ALL
+                .iter()
+                .filter(|k| k.centred())
+                .map(|k| format!("`{}(...)`", k.name()))
+                .collect();
             self.push(
                 &format!("{prefix}.bias"),
                 layer,
-                "an RMS norm has no bias".into(),
-                Some("use `layer(...)` for a norm with a bias".into()),
+                format!("a `{}` norm has no bias", n.kind.name()),
+                Some(format!(
+                    "use {} for a norm with a bias",
+                    with_bias.join(" or ")
+                )),
             );
         }
     }

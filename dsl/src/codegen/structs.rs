@@ -5,8 +5,7 @@ use quote::quote;
 
 use super::{Field, LayerKind, Layout, lit_usize, ranges_doc, shape_doc};
 use crate::ir::{
-    Ffn, Layer, LayerCheckpoint, MlpKind, ModelSpec, Norm, NormKind, NormPlacement, Position,
-    RopeScaling,
+    Ffn, Layer, LayerCheckpoint, MlpKind, ModelSpec, Norm, NormPlacement, Position, RopeScaling,
 };
 
 /// Emit the structs and their constants.
@@ -270,11 +269,7 @@ fn fmt_f(v: f64) -> String {
 }
 
 fn norm_doc(n: &Norm) -> String {
-    let kind = match n.kind {
-        NormKind::Rms => "rms",
-        NormKind::Layer => "layer",
-    };
-    let mut s = format!("{kind}(eps {}", fmt_f(n.eps));
+    let mut s = format!("{}(eps {}", n.kind.name(), fmt_f(n.eps));
     if n.offset != 0.0 {
         s.push_str(&format!(", offset {}", fmt_f(n.offset)));
     }

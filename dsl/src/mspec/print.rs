@@ -264,10 +264,7 @@ impl Printer {
     }
 
     fn norm(&self, n: &Norm, full: bool) -> String {
-        let kind = match n.kind {
-            NormKind::Rms => "rms",
-            NormKind::Layer => "layer",
-        };
+        let kind = n.kind.name();
         let mut args = Vec::new();
         if n.eps != 1e-5 || full {
             args.push(format!("eps = {}", num(n.eps)));
@@ -278,7 +275,7 @@ impl Printer {
         if !n.weight || full {
             args.push(format!("weight = {}", n.weight));
         }
-        if n.bias != (n.kind == NormKind::Layer) || full {
+        if n.bias != n.kind.centred() || full {
             args.push(format!("bias = {}", n.bias));
         }
         if args.is_empty() {

@@ -605,14 +605,16 @@ impl Reader<'_> {
 
     /// `rms`, `rms(eps = 1e-6, offset = 1, weight = true, bias = false)`, `layer(...)`.
     pub(super) fn norm_value(&mut self, n: &Node, field: &str) -> Option<NormW> {
+        let names = NormKind::ALL.map(NormKind::name);
+        let calls: Vec<String> = names.iter().map(|k| format!("`{k}(...)`")).collect();
         let (name, name_span, args) = self.call_parts(
             n,
             field,
-            format!("`{field}` expects `rms(...)` or `layer(...)`"),
+            format!("`{field}` expects {}", calls.join(" or ")),
         )?;
         self.record(field, n.span.clone());
-        let kinds = [("rms", NormKind::Rms), ("layer", NormKind::Layer)];
-        let kind = self.choose(name, name_span, field, &kinds, &["rms", "layer"])?;
+        let kinds = NormKind::ALL.map(|k| (k.name(), k));
+        let kind = self.choose(name, name_span, field, &kinds, &names)?;
         let (args, _) = self.call_args(
             name,
             args,

@@ -30,7 +30,7 @@ impl NormW {
             eps: self.eps.unwrap_or(1e-5),
             offset: self.offset.unwrap_or(0.0),
             weight: self.weight.unwrap_or(true),
-            bias: self.bias.unwrap_or(kind == NormKind::Layer),
+            bias: self.bias.unwrap_or(kind.centred()),
         }
     }
 }

@@ -100,7 +100,7 @@ impl Kernels {
         eps: f32,
         offset: f32,
     ) -> Result<()> {
-        let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
+        let (c_, is_layer) = (c as i32, kind.centred() as i32);
         let head = cuda_args![y, r_out, rstd, mean, x, res, w, b];
         let tail = cuda_args![c_, eps, offset, is_layer];
         self.norm_rows("norm_fwd", dt, rows, c, &head, &tail)
@@ -124,7 +124,7 @@ impl Kernels {
         c: usize,
         offset: f32,
     ) -> Result<()> {
-        let (c_, is_layer) = (c as i32, (kind == NormKind::Layer) as i32);
+        let (c_, is_layer) = (c as i32, kind.centred() as i32);
         let head = cuda_args![dx, dy, r, w, rstd, mean, dres];
         let tail = cuda_args![c_, offset, is_layer];
         self.norm_rows("norm_bwd", dt, rows, c, &head, &tail)
@@ -209,7 +209,7 @@ impl Kernels {
         }
         let (cnt, part) = (scratch.ptr, scratch.ptr + COUNTER_BYTES as u64);
         let (n_, c_, per_) = (rows as i32, c as i32, per as i32);
-        let is_layer = (kind == NormKind::Layer) as i32;
+        let is_layer = kind.centred() as i32;
         self.go_block(
             &name,
             (chunks as u32, 1, 1),
@@ -239,7 +239,7 @@ impl Kernels {
         c: usize,
         scratch: ReduceScratch,
     ) -> Result<()> {
-        let mean = if kind == NormKind::Layer { mean } else { 0 };
+        let mean = if kind.centred() { mean } else { 0 };
         reduce::norm_dw(
             self.launcher(),
             dt,

@@ -99,11 +99,7 @@ pub fn backward<T: Float>(
             sum_dxh += dxh;
             sum_dxh_xh += dxh * xh;
         }
-        let m1 = if kind == NormKind::Layer {
-            sum_dxh / n
-        } else {
-            T::ZERO
-        };
+        let m1 = if kind.centred() { sum_dxh / n } else { T::ZERO };
         let m2 = sum_dxh_xh / n;
         for c in 0..width {
             let xh = (xr[c] - mean) * r;
