@@ -16,7 +16,7 @@
 use serde::Serialize;
 
 use crate::diag::Issue;
-use crate::ir::{Attention, Ffn, Layer, Mlp, MlpKind, ModelSpec, Position, RopeScaling};
+use crate::ir::{Attention, Ffn, Layer, Mlp, ModelSpec, Position, RopeScaling};
 use crate::params::{self, Param};
 
 /// Most layers a spec may have (keeps the per-layer table and the cost sums bounded).
@@ -270,16 +270,9 @@ pub fn attention_summary(layer: &Layer) -> String {
 }
 
 fn mlp_summary(mlp: &Mlp) -> String {
-    let act = match mlp.activation {
-        MlpKind::Gelu => "gelu",
-        MlpKind::GeluTanh => "gelu_tanh",
-        MlpKind::ReluSquared => "relu2",
-        MlpKind::Swiglu => "swiglu",
-        MlpKind::Geglu => "geglu",
-        MlpKind::GegluTanh => "geglu_tanh",
-    };
     format!(
-        "{act} {}{}",
+        "{} {}{}",
+        mlp.activation.name(),
         mlp.hidden,
         if mlp.bias { " +bias" } else { "" }
     )

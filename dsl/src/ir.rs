@@ -17,6 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
+mod names;
 mod queries;
 
 /// A fully resolved model: global sizes and one row per layer.
@@ -113,30 +114,6 @@ pub enum NormKind {
     Rms,
     /// `(x - mean) / sqrt(var + eps) * (offset + w) + b`.
     Layer,
-}
-
-impl NormKind {
-    /// Every kind. What a kind is called and what it takes are the methods below, the one place
-    /// the front ends, the printers and the code generator read them from.
-    pub const ALL: [NormKind; 2] = [NormKind::Rms, NormKind::Layer];
-
-    /// The kind's name: the DSL's function (`rms(...)`), the YAML's tag (serde's), the generated
-    /// docs'.
-    pub fn name(self) -> &'static str {
-        match self {
-            NormKind::Rms => "rms",
-            NormKind::Layer => "layer",
-        }
-    }
-
-    /// Subtracts the row's mean before scaling (LayerNorm). A centred kind takes a learned bias,
-    /// and has one unless the spec says `bias = false`.
-    pub fn centred(self) -> bool {
-        match self {
-            NormKind::Rms => false,
-            NormKind::Layer => true,
-        }
-    }
 }
 
 /// Where norms sit around each sub-block.
@@ -579,16 +556,6 @@ pub enum MlpKind {
 }
 
 impl MlpKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [MlpKind; 6] = [
-        MlpKind::Gelu,
-        MlpKind::GeluTanh,
-        MlpKind::ReluSquared,
-        MlpKind::Swiglu,
-        MlpKind::Geglu,
-        MlpKind::GegluTanh,
-    ];
-
     /// Gated variants have separate gate and up projections.
     pub fn is_gated(self) -> bool {
         matches!(self, MlpKind::Swiglu | MlpKind::Geglu | MlpKind::GegluTanh)

@@ -4,9 +4,7 @@ use proc_macro2::TokenStream;
 use quote::quote;
 
 use super::{Field, LayerKind, Layout, lit_usize, ranges_doc, shape_doc};
-use crate::ir::{
-    Ffn, Layer, LayerCheckpoint, MlpKind, ModelSpec, Norm, NormPlacement, Position, RopeScaling,
-};
+use crate::ir::{Ffn, Layer, LayerCheckpoint, ModelSpec, Norm, Position, RopeScaling};
 
 /// Emit the structs and their constants.
 pub(crate) fn emit(layout: &Layout<'_>) -> TokenStream {
@@ -383,12 +381,7 @@ pub(crate) fn describe_layer(layer: &Layer) -> String {
         }
     };
     let b = &layer.block;
-    let placement = match b.placement {
-        NormPlacement::Pre => "pre",
-        NormPlacement::Post => "post",
-        NormPlacement::Sandwich => "sandwich",
-    };
-    let mut block = format!("{}-norm {}", placement, norm_doc(&b.norm));
+    let mut block = format!("{}-norm {}", b.placement.name(), norm_doc(&b.norm));
     if b.parallel_residual {
         block.push_str(if b.shared_norm {
             ", parallel residual (shared norm)"
@@ -399,7 +392,7 @@ pub(crate) fn describe_layer(layer: &Layer) -> String {
     let ffn = match &layer.ffn {
         Ffn::Mlp(m) => format!(
             "{} {}{}",
-            mlp_name(m.activation),
+            m.activation.name(),
             m.hidden,
             if m.bias { " with bias" } else { "" }
         ),
@@ -408,7 +401,7 @@ pub(crate) fn describe_layer(layer: &Layer) -> String {
                 "moe {} experts top-{} of {} {}",
                 m.experts,
                 m.top_k,
-                mlp_name(m.expert.activation),
+                m.expert.activation.name(),
                 m.expert.hidden
             );
             if let Some(sh) = &m.shared {
@@ -428,17 +421,6 @@ pub(crate) fn describe_layer(layer: &Layer) -> String {
         LayerCheckpoint::Recompute(v) => format!("recompute({})", v.join(", ")),
     };
     format!("{attn}; {pos}; {block}; {ffn}; checkpoint {ckpt}")
-}
-
-fn mlp_name(k: MlpKind) -> &'static str {
-    match k {
-        MlpKind::Gelu => "gelu",
-        MlpKind::GeluTanh => "gelu_tanh",
-        MlpKind::ReluSquared => "relu²",
-        MlpKind::Swiglu => "swiglu",
-        MlpKind::Geglu => "geglu",
-        MlpKind::GegluTanh => "geglu_tanh",
-    }
 }
 
 /// `#[allow(non_camel_case_types)]` where the spec's name keeps an underscore before a digit

@@ -70,17 +70,3 @@ impl ModelSpec {
         if extends { None } else { Some(self.context) }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A norm kind's name is its YAML tag too: `NormKind::name` and serde agree on every kind.
-    #[test]
-    fn norm_kind_names_are_the_yaml_tags() {
-        for k in NormKind::ALL {
-            let yaml = serde_norway::to_string(&k).expect("a norm kind serialises");
-            assert_eq!(yaml.trim(), k.name(), "{k:?}");
-        }
-    }
-}

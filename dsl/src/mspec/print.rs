@@ -250,7 +250,7 @@ impl Printer {
             line.push(format!("norm {}", self.norm(&b.norm, self.explicit)));
         }
         if b.placement != NormPlacement::Pre || self.explicit {
-            line.push(format!("placement {}", placement(b.placement)));
+            line.push(format!("placement {}", b.placement.name()));
         }
         if b.parallel_residual || self.explicit {
             line.push(flag("parallel_residual", b.parallel_residual));
@@ -628,7 +628,7 @@ impl Printer {
                 st.push(format!("norm {}", self.norm(&lb.norm, true)));
             }
             if lb.placement != bb.placement {
-                st.push(format!("placement {}", placement(lb.placement)));
+                st.push(format!("placement {}", lb.placement.name()));
             }
             if lb.parallel_residual != bb.parallel_residual {
                 st.push(flag("parallel_residual", lb.parallel_residual));
@@ -709,23 +709,8 @@ fn flag(name: &str, v: bool) -> String {
     }
 }
 
-fn placement(p: NormPlacement) -> &'static str {
-    match p {
-        NormPlacement::Pre => "pre",
-        NormPlacement::Post => "post",
-        NormPlacement::Sandwich => "sandwich",
-    }
-}
-
 fn mlp(m: &Mlp, full: bool) -> String {
-    let kind = match m.activation {
-        MlpKind::Gelu => "gelu",
-        MlpKind::GeluTanh => "gelu_tanh",
-        MlpKind::ReluSquared => "relu_squared",
-        MlpKind::Swiglu => "swiglu",
-        MlpKind::Geglu => "geglu",
-        MlpKind::GegluTanh => "geglu_tanh",
-    };
+    let kind = m.activation.name();
     if m.bias || full {
         format!("{kind}(hidden = {}, bias = {})", m.hidden, m.bias)
     } else {

@@ -11,11 +11,14 @@ impl Reader<'_> {
             field,
             "expected an MLP kind such as `swiglu(hidden = 11008)`".into(),
         )?;
-        let kinds: Vec<(&str, MlpKind)> = MLP_KINDS
-            .iter()
-            .filter_map(|k| mlp_kind(k).map(|v| (*k, v)))
-            .collect();
-        let kind = self.choose(name, name_span, field, &kinds, MLP_KINDS)?;
+        let kinds = MlpKind::ALL.map(|k| (k.name(), k));
+        let kind = self.choose(
+            name,
+            name_span,
+            field,
+            &kinds,
+            &MlpKind::ALL.map(MlpKind::name),
+        )?;
         let gated_gelu = matches!(kind, MlpKind::Geglu | MlpKind::GegluTanh);
         let allowed: &[&str] = if gated_gelu {
             &["hidden", "bias", "act"]

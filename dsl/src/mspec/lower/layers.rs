@@ -59,16 +59,15 @@ impl Reader<'_> {
                             w.norm = Some(nw);
                         }
                     }
-                    None => self.missing(cur, span, "norm", "`rms(...)` or `layer(...)`"),
+                    None => {
+                        let calls = NormKind::ALL.map(|k| format!("`{}(...)`", k.name()));
+                        self.missing(cur, span, "norm", &calls.join(" or "))
+                    }
                 }
             }
             "placement" => {
                 self.mark("block.placement", span);
-                let choices = [
-                    ("pre", NormPlacement::Pre),
-                    ("post", NormPlacement::Post),
-                    ("sandwich", NormPlacement::Sandwich),
-                ];
+                let choices = NormPlacement::ALL.map(|p| (p.name(), p));
                 w.placement = self.word(cur, span, "block.placement", &choices);
             }
             "parallel_residual" => {

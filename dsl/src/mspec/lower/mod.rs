@@ -288,14 +288,6 @@ const CKPT_KEYS: &[&str] = &["default", "layers", "budget"];
 /// Keys that may be written as a call: `qk_norm(rms(), scope = full)`, `budget(0.5)`, `shared(...)`,
 /// `temperature(floor = 8192, scale = 0.1)`.
 const CALL_KEYS: &[&str] = &["qk_norm", "budget", "shared", "temperature", "mla"];
-const MLP_KINDS: &[&str] = &[
-    "gelu",
-    "gelu_tanh",
-    "relu_squared",
-    "swiglu",
-    "geglu",
-    "geglu_tanh",
-];
 
 /// Whether `word` is a key in any scope (so a value reader must not swallow it).
 fn is_any_key(word: &str) -> bool {
@@ -342,18 +334,6 @@ pub(crate) fn user_path(path: &str) -> String {
         return format!("{}.{rest}", if moe { "moe" } else { "mlp" });
     }
     path.to_string()
-}
-
-fn mlp_kind(name: &str) -> Option<MlpKind> {
-    Some(match name {
-        "gelu" => MlpKind::Gelu,
-        "gelu_tanh" => MlpKind::GeluTanh,
-        "relu_squared" => MlpKind::ReluSquared,
-        "swiglu" => MlpKind::Swiglu,
-        "geglu" => MlpKind::Geglu,
-        "geglu_tanh" => MlpKind::GegluTanh,
-        _ => return None,
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
