@@ -294,10 +294,7 @@ impl Printer {
                 format!("qk_norm {}", self.norm(&q.norm, false))
             }
             Some(q) => {
-                let scope = match q.scope {
-                    QkNormScope::Head => "head",
-                    QkNormScope::Full => "full",
-                };
+                let scope = q.scope.name();
                 let mut text = format!("qk_norm({}, scope = {scope}", self.norm(&q.norm, full));
                 if q.after_rope {
                     text.push_str(", order = after_rope");
@@ -476,13 +473,7 @@ impl Printer {
             args.push(format!("rotary_dims = {}", r.rotary_dims));
         }
         if r.style != style0 || (x && base.is_none()) {
-            args.push(format!(
-                "style = {}",
-                match r.style {
-                    RopeStyle::HalfSplit => "half_split",
-                    RopeStyle::Interleaved => "interleaved",
-                }
-            ));
+            args.push(format!("style = {}", r.style.name()));
         }
         if r.scaling != scaling0 || (x && base.is_none()) {
             args.push(format!("scaling = {}", scaling(&r.scaling)));
@@ -513,14 +504,7 @@ impl Printer {
                     format!("expert {expert}"),
                 ];
                 if m.router != RouterOrder::SoftmaxTopk || full {
-                    p.push(format!(
-                        "router {}",
-                        match m.router {
-                            RouterOrder::SoftmaxTopk => "softmax_topk",
-                            RouterOrder::TopkSoftmax => "topk_softmax",
-                            RouterOrder::SigmoidTopk => "sigmoid_topk",
-                        }
-                    ));
+                    p.push(format!("router {}", m.router.name()));
                 }
                 // The routing options of newer models are printed only when used, so that the
                 // text of older specs stays as it was.
@@ -575,21 +559,11 @@ impl Printer {
         let w = &s.weights;
         let mut wp = Vec::new();
         if w.naming != Naming::Llama || x {
-            let n = match w.naming {
-                Naming::Llama => "llama",
-                Naming::Gpt2 => "gpt2",
-                Naming::GptNeox => "gpt_neox",
-                Naming::Falcon => "falcon",
-                Naming::Phi => "phi",
-            };
+            let n = w.naming.name();
             wp.push(format!("naming {n}"));
         }
         if w.qkv != QkvLayout::Separate || x {
-            let q = match w.qkv {
-                QkvLayout::Separate => "separate",
-                QkvLayout::Fused => "fused",
-                QkvLayout::FusedPerHead => "fused_per_head",
-            };
+            let q = w.qkv.name();
             wp.push(format!("qkv {q}"));
         }
         if w.fused_gate_up || x {

@@ -101,7 +101,7 @@ impl Reader<'_> {
                         ),
                     }
                     if let Some((sspan, vals)) = named.get("scope") {
-                        let choices = [("head", QkNormScope::Head), ("full", QkNormScope::Full)];
+                        let choices = QkNormScope::choices();
                         qk.scope = self.arg_word("attention.qk_norm.scope", sspan, vals, &choices);
                     }
                     if let Some((ospan, vals)) = named.get("order") {

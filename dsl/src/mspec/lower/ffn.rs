@@ -11,14 +11,8 @@ impl Reader<'_> {
             field,
             "expected an MLP kind such as `swiglu(hidden = 11008)`".into(),
         )?;
-        let kinds = MlpKind::ALL.map(|k| (k.name(), k));
-        let kind = self.choose(
-            name,
-            name_span,
-            field,
-            &kinds,
-            &MlpKind::ALL.map(MlpKind::name),
-        )?;
+        let names = MlpKind::ALL.map(MlpKind::name);
+        let kind = self.choose(name, name_span, field, &MlpKind::choices(), &names)?;
         let gated_gelu = matches!(kind, MlpKind::Geglu | MlpKind::GegluTanh);
         let allowed: &[&str] = if gated_gelu {
             &["hidden", "bias", "act"]
@@ -82,16 +76,10 @@ impl Reader<'_> {
             "top_groups" => m.top_groups = self.uint(cur, span, "ffn.groups.top"),
             "routed_scale" => m.routed_scale = self.real(cur, span, &field),
             "weighting" => {
-                let choices = [("output", Weighting::Output), ("input", Weighting::Input)];
-                m.weighting = self.word(cur, span, &field, &choices);
+                m.weighting = self.word(cur, span, &field, &Weighting::choices());
             }
             "router" => {
-                let choices = [
-                    ("softmax_topk", RouterOrder::SoftmaxTopk),
-                    ("topk_softmax", RouterOrder::TopkSoftmax),
-                    ("sigmoid_topk", RouterOrder::SigmoidTopk),
-                ];
-                m.router = self.word(cur, span, &field, &choices);
+                m.router = self.word(cur, span, &field, &RouterOrder::choices());
             }
             "expert" => {
                 cur.eat_eq();

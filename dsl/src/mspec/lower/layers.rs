@@ -67,8 +67,7 @@ impl Reader<'_> {
             }
             "placement" => {
                 self.mark("block.placement", span);
-                let choices = NormPlacement::ALL.map(|p| (p.name(), p));
-                w.placement = self.word(cur, span, "block.placement", &choices);
+                w.placement = self.word(cur, span, "block.placement", &NormPlacement::choices());
             }
             "parallel_residual" => {
                 self.mark("block.parallel_residual", span);

@@ -227,21 +227,11 @@ impl Reader<'_> {
             }
             ("logits", _) => m.logits_bias = self.flag(cur, span, &field),
             (_, "naming") => {
-                let choices = [
-                    ("llama", Naming::Llama),
-                    ("gpt2", Naming::Gpt2),
-                    ("gpt_neox", Naming::GptNeox),
-                    ("falcon", Naming::Falcon),
-                    ("phi", Naming::Phi),
-                ];
+                let choices = Naming::choices();
                 m.naming = self.word(cur, span, &field, &choices);
             }
             (_, "qkv") => {
-                let choices = [
-                    ("separate", QkvLayout::Separate),
-                    ("fused", QkvLayout::Fused),
-                    ("fused_per_head", QkvLayout::FusedPerHead),
-                ];
+                let choices = QkvLayout::choices();
                 m.qkv = self.word(cur, span, &field, &choices);
             }
             _ => m.fused_gate_up = self.flag(cur, span, &field),

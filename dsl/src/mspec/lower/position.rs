@@ -44,10 +44,7 @@ impl Reader<'_> {
                 "fraction" => r.fraction = self.arg_real(&f, span, vals),
                 "rotary_dims" => r.rotary_dims = self.arg_uint(&f, span, vals),
                 "style" => {
-                    let choices = [
-                        ("half_split", RopeStyle::HalfSplit),
-                        ("interleaved", RopeStyle::Interleaved),
-                    ];
+                    let choices = RopeStyle::choices();
                     r.style = self.arg_word(&f, span, vals, &choices);
                 }
                 _ => {

@@ -613,8 +613,7 @@ impl Reader<'_> {
             format!("`{field}` expects {}", calls.join(" or ")),
         )?;
         self.record(field, n.span.clone());
-        let kinds = NormKind::ALL.map(|k| (k.name(), k));
-        let kind = self.choose(name, name_span, field, &kinds, &names)?;
+        let kind = self.choose(name, name_span, field, &NormKind::choices(), &names)?;
         let (args, _) = self.call_args(
             name,
             args,
