@@ -11,8 +11,7 @@ impl Reader<'_> {
             field,
             "expected an MLP kind such as `swiglu(hidden = 11008)`".into(),
         )?;
-        let names = MlpKind::ALL.map(MlpKind::name);
-        let kind = self.choose(name, name_span, field, &MlpKind::choices(), &names)?;
+        let kind = self.choose(name, name_span, field, &MlpKind::choices())?;
         let gated_gelu = matches!(kind, MlpKind::Geglu | MlpKind::GegluTanh);
         let allowed: &[&str] = if gated_gelu {
             &["hidden", "bias", "act"]

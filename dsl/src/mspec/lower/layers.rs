@@ -59,10 +59,7 @@ impl Reader<'_> {
                             w.norm = Some(nw);
                         }
                     }
-                    None => {
-                        let calls = NormKind::ALL.map(|k| format!("`{}(...)`", k.name()));
-                        self.missing(cur, span, "norm", &calls.join(" or "))
-                    }
+                    None => self.missing(cur, span, "norm", &values::norm_calls()),
                 }
             }
             "placement" => {

@@ -12,13 +12,7 @@ impl Reader<'_> {
             "`position` expects rope(...), learned, alibi or none".into(),
         )?;
         let kinds = [("rope", 0), ("learned", 1), ("alibi", 2), ("none", 3)];
-        let kind = self.choose(
-            name,
-            name_span,
-            "position",
-            &kinds,
-            &["rope", "learned", "alibi", "none"],
-        )?;
+        let kind = self.choose(name, name_span, "position", &kinds)?;
         if kind != 0 {
             if !args.is_empty() {
                 self.error(
@@ -73,7 +67,7 @@ impl Reader<'_> {
             "llama3",
             "longrope",
         ];
-        let kind = self.choose(name, name_span, field, &kinds.map(|k| (k, k)), &kinds)?;
+        let kind = self.choose(name, name_span, field, &kinds.map(|k| (k, k)))?;
         let allowed: &[&str] = match kind {
             "none" => &[],
             "linear" => &["factor"],

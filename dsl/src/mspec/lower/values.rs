@@ -273,7 +273,7 @@ impl Reader<'_> {
             }) => {
                 cur.next();
                 self.record(field, key_span.start..span.end);
-                self.choose(w, span, field, choices, &names)
+                self.choose(w, span, field, choices)
             }
             _ => {
                 self.missing(
@@ -287,18 +287,19 @@ impl Reader<'_> {
         }
     }
 
+    /// The value named `w` among `choices`, or an error that suggests the nearest name.
     pub(super) fn choose<T: Copy>(
         &mut self,
         w: &str,
         span: &Span,
         field: &str,
         choices: &[(&str, T)],
-        names: &[&str],
     ) -> Option<T> {
         if let Some((_, v)) = choices.iter().find(|c| c.0 == w) {
             return Some(*v);
         }
-        let hint = match did_you_mean(w, names) {
+        let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
+        let hint = match did_you_mean(w, &names) {
             Some(s) => format!("did you mean `{s}`?"),
             None => format!("expected one of {}", names.join(", ")),
         };
@@ -506,7 +507,7 @@ impl Reader<'_> {
         let n = self.arg_single(field, span, vals)?;
         let names: Vec<&str> = choices.iter().map(|c| c.0).collect();
         match n.ident() {
-            Some(w) => self.choose(w, &n.span, field, choices, &names),
+            Some(w) => self.choose(w, &n.span, field, choices),
             None => {
                 self.error(
                     n.span.clone(),
@@ -605,15 +606,10 @@ impl Reader<'_> {
 
     /// `rms`, `rms(eps = 1e-6, offset = 1, weight = true, bias = false)`, `layer(...)`.
     pub(super) fn norm_value(&mut self, n: &Node, field: &str) -> Option<NormW> {
-        let names = NormKind::ALL.map(NormKind::name);
-        let calls: Vec<String> = names.iter().map(|k| format!("`{k}(...)`")).collect();
-        let (name, name_span, args) = self.call_parts(
-            n,
-            field,
-            format!("`{field}` expects {}", calls.join(" or ")),
-        )?;
+        let (name, name_span, args) =
+            self.call_parts(n, field, format!("`{field}` expects {}", norm_calls()))?;
         self.record(field, n.span.clone());
-        let kind = self.choose(name, name_span, field, &NormKind::choices(), &names)?;
+        let kind = self.choose(name, name_span, field, &NormKind::choices())?;
         let (args, _) = self.call_args(
             name,
             args,
@@ -638,4 +634,10 @@ impl Reader<'_> {
     }
 
     // -- model body -----------------------------------------------------------------------------
+}
+
+/// "`rms(...)` or `layer(...)`": the norm kinds as the DSL writes them, for messages.
+pub(super) fn norm_calls() -> String {
+    let calls = NormKind::ALL.map(|k| format!("`{}(...)`", k.name()));
+    calls.join(" or ")
 }
