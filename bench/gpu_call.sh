@@ -227,8 +227,9 @@ if [ "$stage" = 24 ]; then
     exit
 fi
 if [ "$stage" = 25 ]; then
-    # The head-major question (~90 s, any GPU): cuDNN at T1024 D64 and T2048 D64 GQA on the dense, fused and
-    # head-major layouts, three runs, to see whether PyTorch's [B,H,T,D] layout alone is faster.
+    # The head-major question (~90 s, any GPU): cuDNN at T1024 D64 and T2048 D64 GQA on the
+    # dense, fused and head-major layouts, three runs, to see whether PyTorch's [B,H,T,D] layout
+    # alone is faster.
     nvidia-smi --query-gpu=name --format=csv,noheader
     for i in 1 2 3; do
         ( cudnn_env; timeout 120 $B/cuda_bench cudnn 1024/64 2048/64 > $R/v/hm$i.jsonl 2> $R/v/hm$i.err ); echo "run $i exit $?"
