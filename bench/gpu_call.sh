@@ -25,6 +25,8 @@
 #    23: stage 8 on an H200; elsewhere cuDNN's parity against f64 (~30 s). 24: issue 10's
 #    acceptance on any GPU: the user crate on the GPU, then bench/gpu_verify.sh (~400 s).
 #    25: cuDNN at the D64 shapes on the dense, fused and head-major layouts, three runs (~90 s).
+#    26: the own Hopper attention forward: parity against f64 and cuDNN's, then the attention
+#    rows (hopper, mma, cudnn, hopper+cudnn) at the four shapes, three runs (~250 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -234,6 +236,24 @@ if [ "$stage" = 25 ]; then
     for i in 1 2 3; do
         ( cudnn_env; timeout 120 $B/cuda_bench cudnn 1024/64 2048/64 > $R/v/hm$i.jsonl 2> $R/v/hm$i.err ); echo "run $i exit $?"
         grep -E '"path"' $R/v/hm$i.jsonl | grep -oE '"path": "[a-z]+", "layout": "[a-z-]+"|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"warm_fwdbwd_ms": [0-9.]+|"engines": \[[0-9, ]+\]' | paste -sd' ' | sed 's/"path"/\n"path"/g'
+    done
+    exit
+fi
+if [ "$stage" = 26 ]; then
+    # The own Hopper attention forward (eighteenth session; never run before, so short limits: a
+    # kernel that hangs on a barrier is killed). Its parity against f64 beside the mma.sync
+    # forward; cuDNN's parity, whose own-kernel comparisons now run the Hopper forward (and
+    # cuDNN's backward from its o and lse); then the attention rows at attn_bench.py's four
+    # shapes, three runs (~250 s on any Hopper GPU).
+    nvidia-smi --query-gpu=name --format=csv,noheader
+    timeout 60 $B/cuda_compile --include-ignored hopper_attention > $R/v/compile.log 2>&1; echo "compile exit $?"
+    timeout 150 $B/cuda_kernels --include-ignored --nocapture --test-threads=1 attention > $R/v/attn.log 2>&1
+    echo "attention kernels vs f64 exit $?"; grep -E "PARITY.*hopper|panicked|test result" $R/v/attn.log | cut -c1-160 | head -40
+    ( cudnn_env; MODELSPEC_REQUIRE_CUDNN=1 timeout 150 $B/cuda_cudnn --include-ignored --nocapture > $R/v/cudnn.log 2>&1 ); echo "cuDNN vs f64 exit $?"
+    grep -E "panicked|test result|cudnn-vs-own|from-own" $R/v/cudnn.log | cut -c1-160 | head -16
+    for i in 1 2 3; do
+        ( cudnn_env; timeout 150 $B/cuda_bench cudnn 1024/64 2048/64 4096/128 2048/128 > $R/v/ab$i.jsonl 2> $R/v/ab$i.err ); echo "run $i exit $?"
+        grep -E '"path"' $R/v/ab$i.jsonl | grep -oE '"path": "[a-z+]+", "layout": "[a-z-]+"|"T": [0-9]+|"D": [0-9]+|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"error": .{0,120}' | paste -sd' ' | sed 's/"path"/\n"path"/g'
     done
     exit
 fi

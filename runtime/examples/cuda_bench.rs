@@ -29,8 +29,8 @@
 
 use modelspec_runtime::cuda::cudnn::CudnnAttention;
 use modelspec_runtime::cuda::{
-    AttnShape, CudaError, Dtype, Epilogue, Gpu, GpuBuf, Kernels, NormKind, ReduceScratch,
-    RowMajorGemm,
+    AttnShape, CudaError, Dtype, Epilogue, FwdKernel, Gpu, GpuBuf, Kernels, NormKind,
+    ReduceScratch, RowMajorGemm,
 };
 use std::sync::Arc;
 
@@ -204,7 +204,7 @@ fn time_pair(
 /// attention shapes, one JSON row per path and layout; a path that cannot run a shape prints its
 /// error in the row.
 fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
-    let kernels = Kernels::load(gpu, "bench_attention", &[64, 128], Default::default())?;
+    let mut kernels = Kernels::load(gpu, "bench_attention", &[64, 128], Default::default())?;
     let attn = match CudnnAttention::new(gpu) {
         Ok(a) => {
             println!(
@@ -277,40 +277,49 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                 Err(e) => println!("{head}, \"error\": {e:?}}}"),
             }
         };
-        // own kernels, dense layout: tensor cores where they take the shape, else the
-        // reference-grade kernels (seconds a call at the latent shapes: fewer repetitions)
-        let mma = kernels.attn_uses_mma(Dtype::Bf16, &dense);
-        let r = time_pair(
-            gpu,
-            &mut flush,
-            if mma { 25 } else { 3 },
-            || {
-                kernels
-                    .attn_fwd(Dtype::Bf16, &dense, o.ptr(), lse.ptr(), q0, k0, v0)
-                    .map_err(|e| e.to_string())
-            },
-            || {
-                kernels
-                    .attn_bwd(
-                        Dtype::Bf16,
-                        &dense,
-                        dq0,
-                        dk0,
-                        dv0,
-                        dq_acc.ptr(),
-                        delta.ptr(),
-                        dout.ptr(),
-                        o.ptr(),
-                        lse.ptr(),
-                        q0,
-                        k0,
-                        v0,
-                    )
-                    .map_err(|e| e.to_string())
-            },
-        );
-        let own = if mma { "mma" } else { "simple" };
-        row(own, "dense", r, String::new());
+        // own kernels, dense layout: each forward the library has for the shape (the Hopper
+        // kernel, then mma.sync; else the reference-grade kernels, seconds a call at the latent
+        // shapes: fewer repetitions), each with the own backward
+        let mut own_fwds = vec![kernels.attn_fwd_kernel(Dtype::Bf16, &dense)];
+        if own_fwds[0] == FwdKernel::Hopper {
+            own_fwds.push(FwdKernel::Mma);
+        }
+        for fk in own_fwds {
+            kernels.set_attn_hopper(fk == FwdKernel::Hopper);
+            let reps = if fk == FwdKernel::Simple { 3 } else { 25 };
+            let r = time_pair(
+                gpu,
+                &mut flush,
+                reps,
+                || {
+                    kernels
+                        .attn_fwd(Dtype::Bf16, &dense, o.ptr(), lse.ptr(), q0, k0, v0)
+                        .map_err(|e| e.to_string())
+                },
+                || {
+                    kernels
+                        .attn_bwd(
+                            Dtype::Bf16,
+                            &dense,
+                            dq0,
+                            dk0,
+                            dv0,
+                            dq_acc.ptr(),
+                            delta.ptr(),
+                            dout.ptr(),
+                            o.ptr(),
+                            lse.ptr(),
+                            q0,
+                            k0,
+                            v0,
+                        )
+                        .map_err(|e| e.to_string())
+                },
+            );
+            row(fk.name(), "dense", r, String::new());
+        }
+        kernels.set_attn_hopper(true);
+        let hopper = kernels.attn_fwd_kernel(Dtype::Bf16, &dense) == FwdKernel::Hopper;
         let Some(attn) = attn.as_ref() else { continue };
         // The last layout is an experiment, not a trainer layout: PyTorch's head-major
         // `[B, H, T, D]` tensors (each head's rows contiguous) over the dense buffers, which hold
@@ -372,7 +381,41 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                 info.bwd_engine,
                 ws_bytes as f64 / (1u64 << 20) as f64
             );
-            row("cudnn", layout, r, extra);
+            row("cudnn", layout, r, extra.clone());
+            // The Hopper forward, then cuDNN's backward from its o and lse (the paths share
+            // both): the forward the own kernel wins, the backward cuDNN's.
+            if hopper && !s.head_major {
+                let r = time_pair(
+                    gpu,
+                    &mut flush,
+                    25,
+                    || {
+                        kernels
+                            .attn_fwd(Dtype::Bf16, &s, o.ptr(), lse.ptr(), q, k, v)
+                            .map_err(|e| e.to_string())
+                    },
+                    || {
+                        attn.bwd(
+                            &s,
+                            dq,
+                            dk,
+                            dv,
+                            dq_acc.ptr(),
+                            delta.ptr(),
+                            dout.ptr(),
+                            o.ptr(),
+                            lse.ptr(),
+                            q,
+                            k,
+                            v,
+                            ws.ptr(),
+                            ws_bytes,
+                        )
+                        .map_err(|e| e.to_string())
+                    },
+                );
+                row("hopper+cudnn", layout, r, extra);
+            }
         }
     }
     // The engine configs chosen by timing in this process (none where the kernel cache already

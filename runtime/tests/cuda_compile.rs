@@ -219,3 +219,32 @@ fn hopper_gemm_compiles_for_sm90a() {
         "map param"
     );
 }
+
+/// The own Hopper attention forward compiles for `compute_90a`: both head dims' entries, each
+/// taking its three tensor maps by value first, with the wgmma forms it needs (S from two shared
+/// tiles; O from P in registers and V's transposed tile).
+#[test]
+#[ignore = "needs NVRTC (the CUDA toolkit)"]
+fn hopper_attention_compiles_for_sm90a() {
+    if !compile::nvrtc_present() {
+        println!("skipping: no NVRTC library on this machine");
+        return;
+    }
+    let src = modelspec_runtime::cuda::HopperAttention::source();
+    let (ptx, _) = compile::compile(&src, "compute_90a").expect("attention_hopper.cu compiles");
+    for d in [64, 128] {
+        let entry = format!("attn_hopper_fwd_d{d}");
+        assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
+        assert!(
+            ptx.contains(&format!(".param .align 64 .b8 {entry}_param_2[128]")),
+            "{entry}'s third map"
+        );
+        assert!(
+            ptx.contains(&format!("wgmma.mma_async.sync.aligned.m64n{d}k16.f32.bf16.bf16")),
+            "P V at n{d}"
+        );
+    }
+    assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
+    assert!(ptx.contains("cp.async.bulk.tensor.2d"));
+    assert!(ptx.contains("setmaxnreg.dec.sync.aligned.u32 40"));
+}

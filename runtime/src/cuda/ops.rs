@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 pub use crate::ops::activation::cuda::Act;
 pub(crate) use crate::ops::activation::cuda::{act_bwd, act_fwd};
-pub use crate::ops::attention::cuda::AttnShape;
+pub use crate::ops::attention::cuda::hopper::HopperAttention;
+pub use crate::ops::attention::cuda::{AttnShape, FwdKernel};
 
 /// The normalisation kind of [`Kernels::norm_fwd`]: the IR's own.
 pub use modelspec_dsl::ir::NormKind;
@@ -30,6 +31,10 @@ pub struct Kernels {
     d_model: usize,
     norm_warp_rows: bool,
     norm_fused_dw: bool,
+    /// The Hopper attention forward (compiled on a Hopper GPU for a library with a head dim it
+    /// takes), and whether [`Kernels::attn_fwd`] uses it.
+    attn_hopper: Option<Arc<HopperAttention>>,
+    attn_hopper_on: bool,
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -58,6 +63,8 @@ impl Kernels {
             d_model,
             norm_warp_rows: true,
             norm_fused_dw: crate::ops::norm::cuda::fused_dw_from_env(),
+            attn_hopper: HopperAttention::for_library(gpu, head_dims),
+            attn_hopper_on: true,
         })
     }
 
@@ -114,6 +121,18 @@ impl Kernels {
     /// See [`Kernels::set_norm_fused_dw`].
     pub(crate) fn norm_fused_dw(&self) -> bool {
         self.norm_fused_dw
+    }
+
+    /// Whether [`Kernels::attn_fwd`] runs the Hopper kernel where it can (on by default where the
+    /// library has it: a Hopper GPU, a head dim of 64 or 128, `MODELSPEC_ATTN_HOPPER` not `off`).
+    /// Off, the mma.sync kernel runs: for benchmarks and tests that compare the two.
+    pub fn set_attn_hopper(&mut self, on: bool) {
+        self.attn_hopper_on = on;
+    }
+
+    /// The Hopper attention forward when it is compiled and on.
+    pub(crate) fn attn_hopper(&self) -> Option<&HopperAttention> {
+        self.attn_hopper.as_deref().filter(|_| self.attn_hopper_on)
     }
 
     /// The GPU these kernels run on.

@@ -2,7 +2,7 @@
 //! an f64 reference.
 
 use super::{DTYPES, Rng, T, check, f32buf, from_bf16, setup, to_bf16};
-use modelspec_runtime::cuda::{AttnShape, Dtype, Gpu, Kernels};
+use modelspec_runtime::cuda::{AttnShape, Dtype, FwdKernel, Gpu, Kernels};
 use modelspec_runtime::ops::attention::alibi_slopes;
 use std::sync::Arc;
 
@@ -39,7 +39,11 @@ fn attn_ref(
             for i in 0..t_ {
                 let qi = &q[(b * t_ + i) * s.ldq + h * d_..][..d_];
                 let vis: Vec<usize> = (0..t_)
-                    .filter(|&j| (!s.causal || j <= i) && (s.window == 0 || i < j + s.window))
+                    .filter(|&j| {
+                        (!s.causal || j <= i)
+                            && (s.window == 0 || i < j + s.window)
+                            && (s.chunk == 0 || i / s.chunk == j / s.chunk)
+                    })
                     .collect();
                 let mut raw = Vec::new();
                 let mut sc = Vec::new();
@@ -156,11 +160,12 @@ fn run_attention_case_alibi(
     .unwrap();
     gpu.sync().unwrap();
     let r = attn_ref(&s, &q.host, &kk.host, &v.host, &dout.host, alibi);
-    let path = if k.attn_uses_mma(dt, &s) {
+    let bwd = if k.attn_uses_mma(dt, &s) {
         "mma"
     } else {
         "simple"
     };
+    let path = format!("fwd {}, bwd {bwd}", k.attn_fwd_kernel(dt, &s).name());
     let qw = s.heads * s.head_dim;
     let kw = s.kv_heads * s.head_dim;
     check(
@@ -328,6 +333,65 @@ fn attention_alibi_forward_backward_match_f64() {
         for (tag, s) in &cases {
             let slopes = alibi_slopes(s.heads);
             run_attention_case_alibi(&gpu, &k, &mut rng, dt, *s, tag, Some(&slopes));
+        }
+    }
+}
+
+/// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, then the mma.sync
+/// forward on the same cases with it turned off: lengths that are not multiples of the 128-row
+/// tiles, several key tiles, a single query, GQA and MQA, both head dims, non-causal, a window, a
+/// softcap, chunks that split tiles (Llama 4), ALiBi.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_hopper_forward_matches_f64() {
+    let Some((gpu, mut k)) = setup() else { return };
+    if gpu.arch() != "compute_90" {
+        println!(
+            "skipping: the Hopper kernels need compute capability 9.0 ({})",
+            gpu.arch()
+        );
+        return;
+    }
+    let mut rng = Rng::fresh("attention_hopper");
+    let dense = AttnShape::dense;
+    let cases: Vec<(&str, AttnShape, bool)> = vec![
+        ("mha d64 T300", dense(2, 300, 4, 4, 64), false),
+        ("gqa d128 T384", dense(1, 384, 8, 2, 128), false),
+        ("mha d64 T1", dense(2, 1, 2, 2, 64), false),
+        (
+            "gqa d64 T420 non-causal",
+            AttnShape {
+                causal: false,
+                ..dense(1, 420, 4, 2, 64)
+            },
+            false,
+        ),
+        (
+            "mqa d128 T260 window 100 softcap 30",
+            AttnShape {
+                window: 100,
+                softcap: 30.0,
+                ..dense(1, 260, 4, 1, 128)
+            },
+            false,
+        ),
+        (
+            "gqa d64 T333 chunk 96",
+            AttnShape {
+                chunk: 96,
+                ..dense(1, 333, 4, 2, 64)
+            },
+            false,
+        ),
+        ("alibi mha d128 T200", dense(1, 200, 3, 3, 128), true),
+    ];
+    for on in [true, false] {
+        k.set_attn_hopper(on);
+        for (tag, s, alibi) in &cases {
+            let want = if on { FwdKernel::Hopper } else { FwdKernel::Mma };
+            assert_eq!(k.attn_fwd_kernel(Dtype::Bf16, s), want, "{tag}");
+            let slopes = alibi.then(|| alibi_slopes(s.heads));
+            run_attention_case_alibi(&gpu, &k, &mut rng, Dtype::Bf16, *s, tag, slopes.as_deref());
         }
     }
 }

@@ -91,6 +91,17 @@ __device__ __forceinline__ int attn_first_key(int i, int window, int chunk) {
     return chunk > 0 ? max(j0, i / chunk * chunk) : j0;
 }
 
+// Whether query i sees key j (the mask of attention_simple.cu's header: causal, window, chunk).
+__device__ __forceinline__ bool attn_visible(int i, int j, int T, int causal, int window, int chunk) {
+    return j < T && (!causal || j <= i) && (window <= 0 || i - j < window) && (chunk <= 0 || i / chunk == j / chunk);
+}
+
+// Whether a tile of queries [q0, q0 + bm) and keys [k0, k0 + bn) holds pairs from different
+// chunks (then it needs the per-element mask).
+__device__ __forceinline__ bool attn_tile_spans_chunks(int q0, int bm, int k0, int bn, int chunk) {
+    return chunk > 0 && min(q0, k0) / chunk != max(q0 + bm - 1, k0 + bn - 1) / chunk;
+}
+
 // Llama 4's query temperature at position `pos`: 1 + scale * log1p(floor((pos + 1) / floor)), in
 // f32 as transformers computes it.
 __device__ __forceinline__ float attn_temperature(float pos, float floor_, float scale) {

@@ -47,11 +47,6 @@ __device__ __forceinline__ void tile_load(bf16* s, const bf16* g, int ld, int ro
     }
 }
 
-// Whether a tile of queries [q0, q0 + bm) and keys [k0, k0 + bn) holds pairs from different
-// chunks (then it needs the per-element mask).
-__device__ __forceinline__ bool attn_tile_spans_chunks(int q0, int bm, int k0, int bn, int chunk) {
-    return chunk > 0 && min(q0, k0) / chunk != max(q0 + bm - 1, k0 + bn - 1) / chunk;
-}
 
 // attn_fwd_bf16_d{D}: O = softmax(mask(cap(scale (Q K^T + alibi)))) V, per (64-query block, head, batch).
 // Launch: grid (ceil(T/64), H, B), block 128 (4 warps x 16 query rows), dynamic shared memory

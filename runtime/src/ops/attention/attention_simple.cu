@@ -9,9 +9,6 @@
 // query i when j < T, (!causal || j <= i), (window <= 0 || i - j < window) and (chunk <= 0 ||
 // i / chunk == j / chunk) (Llama 4's chunked attention). D, DV <= 256.
 
-__device__ __forceinline__ bool attn_visible(int i, int j, int T, int causal, int window, int chunk) {
-    return j < T && (!causal || j <= i) && (window <= 0 || i - j < window) && (chunk <= 0 || i / chunk == j / chunk);
-}
 // One past the last query that may see key j (window and chunk; causal masks from below).
 __device__ __forceinline__ int attn_query_end(int j, int T, int window, int chunk) {
     int i1 = window > 0 ? min(T, j + window) : T;

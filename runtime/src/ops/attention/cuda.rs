@@ -5,6 +5,8 @@
 //! [`crate::cuda::compile`]. cuDNN's fused attention (`crate::cuda::cudnn`) reads the same
 //! [`AttnShape`] and layouts.
 
+pub mod hopper;
+
 use crate::cuda::Kernels;
 use crate::cuda::compile::{MMA_BWD_MAX_HEAD_DIM, mma_head_dim_ok};
 use crate::cuda::error::{CudaError, Result};
@@ -158,7 +160,42 @@ impl AttnShape {
     }
 }
 
+/// Which kernel runs an attention forward ([`Kernels::attn_fwd_kernel`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FwdKernel {
+    /// `attention_hopper.cu`: wgmma and bulk tensor copies (Hopper, bf16, head dims 64 and 128).
+    Hopper,
+    /// `attention_mma.cu`: mma.sync tensor cores (bf16 at an instantiated head dim).
+    Mma,
+    /// `attention_simple.cu`: the reference-grade kernel (any dtype and head dim).
+    Simple,
+}
+
+impl FwdKernel {
+    /// The name benchmarks and logs print.
+    pub fn name(self) -> &'static str {
+        match self {
+            FwdKernel::Hopper => "hopper",
+            FwdKernel::Mma => "mma",
+            FwdKernel::Simple => "simple",
+        }
+    }
+}
+
 impl Kernels {
+    /// The kernel [`Kernels::attn_fwd`] runs for this call: the Hopper kernel where the library
+    /// has it (a Hopper GPU; [`Kernels::set_attn_hopper`]) and it takes the call, else the
+    /// mma.sync kernel where [`Kernels::attn_uses_mma`], else the reference-grade one.
+    pub fn attn_fwd_kernel(&self, dt: Dtype, s: &AttnShape) -> FwdKernel {
+        if self.attn_hopper().is_some() && hopper::HopperAttention::refuses(dt, s).is_none() {
+            FwdKernel::Hopper
+        } else if self.attn_uses_mma(dt, s) {
+            FwdKernel::Mma
+        } else {
+            FwdKernel::Simple
+        }
+    }
+
     /// Whether the tensor-core forward exists for this call (bf16, an instantiated head dim, the
     /// same width for values as for queries and keys).
     pub fn attn_uses_mma(&self, dt: Dtype, s: &AttnShape) -> bool {
@@ -170,8 +207,8 @@ impl Kernels {
             && !s.head_major
     }
 
-    /// Attention forward: o and lse `[B, H, T]` (f32, natural log). Tensor cores for bf16 at an
-    /// instantiated head dim, else the reference-grade kernel.
+    /// Attention forward: o and lse `[B, H, T]` (f32, natural log), by the kernel
+    /// [`Kernels::attn_fwd_kernel`] names.
     #[allow(clippy::too_many_arguments)]
     pub fn attn_fwd(
         &self,
@@ -196,6 +233,10 @@ impl Kernels {
             softcap,
             alibi,
         } = s.scalars();
+        if let (FwdKernel::Hopper, Some(h)) = (self.attn_fwd_kernel(dt, s), self.attn_hopper()) {
+            // SAFETY: the buffers are the caller's, of the sizes documented above.
+            return unsafe { h.fwd(s, o, lse, q, k, v) };
+        }
         if self.attn_uses_mma(dt, s) {
             let d = s.head_dim;
             let bn = if d <= 128 { 64 } else { 32 };

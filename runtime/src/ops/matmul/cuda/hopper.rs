@@ -600,7 +600,7 @@ impl super::Gemm {
 /// A 2D tensor map over a row-major bf16 matrix of `outer` rows of `inner` elements (row stride
 /// `ld`), read in boxes of 64 x `box_rows` with the 128-byte swizzle; out-of-bounds elements
 /// read as zero.
-fn tensor_map(
+pub(crate) fn tensor_map(
     ptr: DevPtr,
     inner: usize,
     outer: usize,

@@ -1,0 +1,273 @@
+// ---- attention forward on Hopper's tensor cores (wgmma), fed by the bulk tensor copy engine ----
+//
+// attn_hopper_fwd_d{64,128}: the forward of attention_simple.cu's contract (layout, scores, mask,
+// ALiBi, softcap, lse [B, H, T] in natural log) for bf16 at head dims 64 and 128 (values as wide
+// as queries), compiled for compute_90a only (wgmma, setmaxnreg) as a module of its own
+// (ops/attention/hopper.rs). Source order: kernels/common.cuh, matmul/hopper_mma.cuh (mbarriers,
+// bulk copies, the K-major descriptor), this file.
+//
+// Block: 3 warpgroups (384 threads) for 128 queries of one (head, batch); grid (ceil(T/128), H, B),
+// the longest rows of the causal triangle first. Warpgroup 0 produces: its first thread brings
+// the Q tile (128 x D) once, then for each key tile of 128 rows the block sees, last (the
+// diagonal) first, the K tile and the V tile into stage s of a ring of AH_STAGES, completing on
+// k_full[s] / v_full[s]; it waits for k_empty[s] / v_empty[s] (both consumers done with the
+// stage) before reusing one. Warpgroups 1 and 2 consume, each for 64 of the queries:
+//   S = Q K^T         D/16 wgmma m64n128k16, both operands K-major in shared memory;
+//   online softmax    on S's registers (a thread holds 2 rows x 32 columns, rows reduced over the
+//                     4 lanes of a quad), exp2 with the scale folded in, as attention_mma.cu;
+//   O += P V          8 wgmma m64nDk16 with P as the A operand in registers (S's accumulator
+//                     layout is the A fragment layout, packed to bf16) and V N-major in shared
+//                     memory (the instruction's transposed B: V's rows are keys, K's dimension).
+// Tiles in shared memory are panels of 64 columns (128-byte rows, the 128-byte swizzle the tensor
+// maps write), a D128 tile two panels one after the other. Q and K descriptors are hg_desc's; V's
+// (N-major) name the stride between 8-key groups (1024 bytes, SBO) and between the panels (LBO).
+// Accumulator layout (m64nN): warp w of the warpgroup owns rows 16w..16w+15, lane l rows l/4 and
+// l/4 + 8, d[4j + 2h + e] at row l/4 + 8h, column 8j + 2(l%4) + e.
+// Rows past T of a tile read the next sequence's rows (or zeros past the tensor): keys there are
+// masked (j < T), queries there are computed and never stored.
+
+#define AH_BM 128
+#define AH_BN 128
+#define AH_STAGES 2
+#define AH_THREADS 384
+
+// S (m64n128, f32) = A B^T (+ S when `acc`), A and B K-major tiles in shared memory.
+__device__ __forceinline__ void ah_wgmma_ss_n128(float* d, unsigned long long da, unsigned long long db, int acc) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 0;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(acc)
+        : "memory");
+}
+
+// O (m64n64, f32) += A B, A (m64k16 bf16) in registers, B an N-major tile in shared memory.
+__device__ __forceinline__ void ah_wgmma_rs_n64(float* d, const unsigned* a, unsigned long long db) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %37, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)
+        : "memory");
+}
+
+// O (m64n128, f32) += A B, A (m64k16 bf16) in registers, B an N-major tile in shared memory.
+__device__ __forceinline__ void ah_wgmma_rs_n128(float* d, const unsigned* a, unsigned long long db) {
+    asm volatile(
+        "{\n"
+        ".reg .pred p;\n"
+        "setp.ne.b32 p, %69, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n"
+        "}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1)
+        : "memory");
+}
+
+// The descriptor of an N-major tile with the 128-byte swizzle (64 N-elements a 128-byte row, one
+// row a K index): leading byte offset `lbo` between 64-wide panels of N, stride byte offset 1024
+// between groups of 8 rows along K.
+__device__ __forceinline__ unsigned long long ah_desc_n_major(const void* p, unsigned lbo) {
+    unsigned long long d = (unsigned long long)((hg_smem(p) & 0x3FFFF) >> 4);
+    d |= (unsigned long long)((lbo >> 4) & 0x3FFF) << 16;
+    d |= (unsigned long long)(1024 >> 4) << 32;
+    d |= 1ull << 62;
+    return d;
+}
+
+template <int D>
+__device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaMap& mk, const HgTmaMap& mv,
+                                                bf16* o, float* lse, int T_, int H, int KV, int ldo, float scale,
+                                                float softcap, int window, int chunk, int causal,
+                                                const float* alibi) {
+    constexpr int TILE = AH_BN * D * 2;  // bytes of a Q, K or V tile (AH_BM == AH_BN)
+    constexpr int PANEL = AH_BN * 128;   // bytes of one 64-column panel of a tile
+    constexpr int R = D / 2;             // O accumulators a thread
+    extern __shared__ unsigned char ah_raw[];
+    __shared__ __align__(8) unsigned long long q_full, k_full[AH_STAGES], v_full[AH_STAGES], k_empty[AH_STAGES],
+        v_empty[AH_STAGES];
+    // The swizzled tiles need 1024-byte alignment (the host asks for 1 KiB more than the tiles).
+    unsigned char* const sq = ah_raw + ((1024 - (hg_smem(ah_raw) & 1023)) & 1023);
+    unsigned char* const sk = sq + TILE;
+    unsigned char* const sv = sk + AH_STAGES * TILE;
+    // Warp-uniform role (see hopper.cu: a divergent-looking branch serialises the wgmma).
+    const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
+    const int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kvh = h / (H / KV);
+    const int q0 = qb * AH_BM;
+    const int kmax = causal ? min(T_, q0 + AH_BM) : T_;
+    const int kb_first = attn_first_key(q0, window, chunk) / AH_BN, kb_end = (kmax + AH_BN - 1) / AH_BN;
+    const int ntiles = kb_end - kb_first;
+    if (threadIdx.x == 0) {
+        hg_bar_init(&q_full, 1);
+        for (int s = 0; s < AH_STAGES; s++) {
+            hg_bar_init(&k_full[s], 1);
+            hg_bar_init(&v_full[s], 1);
+            hg_bar_init(&k_empty[s], 2);
+            hg_bar_init(&v_empty[s], 2);
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+    }
+    __syncthreads();
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        if (t == 0) {
+            hg_bar_expect_tx(&q_full, TILE);
+            for (int p = 0; p < D / 64; p++) hg_tma_load(sq + p * PANEL, &mq, &q_full, h * D + p * 64, b * T_ + q0);
+            for (int it = 0; it < ntiles; it++) {
+                const int s = it % AH_STAGES;
+                const unsigned parity = ((it / AH_STAGES) & 1) ^ 1;
+                const int row = b * T_ + (kb_end - 1 - it) * AH_BN;
+                hg_bar_wait(&k_empty[s], parity);
+                hg_bar_expect_tx(&k_full[s], TILE);
+                for (int p = 0; p < D / 64; p++)
+                    hg_tma_load(sk + s * TILE + p * PANEL, &mk, &k_full[s], kvh * D + p * 64, row);
+                hg_bar_wait(&v_empty[s], parity);
+                hg_bar_expect_tx(&v_full[s], TILE);
+                for (int p = 0; p < D / 64; p++)
+                    hg_tma_load(sv + s * TILE + p * PANEL, &mv, &v_full[s], kvh * D + p * 64, row);
+            }
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const int w = wg - 1, lane = t % 32;
+    const int qw0 = q0 + 64 * w;                  // this warpgroup's first query
+    const int r0 = qw0 + 16 * (t / 32) + lane / 4;  // this thread's rows: r0 and r0 + 8
+    const int c0 = 2 * (lane % 4);                  // and columns 8j + c0 + {0, 1}
+    const float slope = alibi ? alibi[h] : 0.f;
+    const float qk_scale = softcap > 0.f ? scale : scale * LOG2E;
+    float acc[R];
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] = 0.f;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    const unsigned char* const qw = sq + 64 * 128 * w;
+    hg_bar_wait(&q_full, 0);
+#pragma unroll 1
+    for (int it = 0; it < ntiles; it++) {
+        const int s = it % AH_STAGES;
+        const unsigned parity = (it / AH_STAGES) & 1;
+        const int k0 = (kb_end - 1 - it) * AH_BN;
+        float sc[64];
+        hg_bar_wait(&k_full[s], parity);
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) {
+            const int p = kk / 4, c = 2 * (kk % 4);  // panel, and 32-byte K step in 16-byte units
+            ah_wgmma_ss_n128(sc, hg_desc(qw + p * PANEL) + c, hg_desc(sk + s * TILE + p * PANEL) + c, kk > 0);
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        hg_pin<64>(sc);
+        if (t == 0) hg_bar_arrive(&k_empty[s]);
+        // Masking only where the tile crosses T, the diagonal, the window's edge or a chunk's.
+        const bool edge = k0 + AH_BN > T_ || (causal && k0 + AH_BN - 1 > qw0) ||
+                          (window > 0 && qw0 + 63 - k0 >= window) || attn_tile_spans_chunks(qw0, 64, k0, AH_BN, chunk);
+        float mx[2] = {m[0], m[1]};
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int col = k0 + 8 * j + c0 + (e & 1);
+                float x = sc[4 * j + e];
+                if (alibi) x += alibi_bias(slope, col);
+                x *= qk_scale;
+                if (softcap > 0.f) x = softcap * tanhf(x / softcap) * LOG2E;
+                if (edge && !attn_visible(r0 + 8 * (e >> 1), col, T_, causal, window, chunk)) x = NEG_INF;
+                sc[4 * j + e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        }
+        float base[2], corr[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            base[r] = mx[r] == NEG_INF ? 0.f : mx[r];
+            corr[r] = exp2f(m[r] - base[r]);
+            m[r] = mx[r];
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int i = 0; i < R; i++) acc[i] *= corr[(i >> 1) & 1];
+        // P as the A operand: k step kk (keys 16kk..16kk+15) is pa[4kk..4kk+3] = (row r0, keys
+        // 16kk + c0), (r0 + 8, same), (r0, 16kk + 8 + c0), (r0 + 8, same): column blocks 2kk, 2kk+1.
+        unsigned pa[32];
+#pragma unroll
+        for (int j = 0; j < 16; j++) {
+            const float p0 = exp2f(sc[4 * j] - base[0]), p1 = exp2f(sc[4 * j + 1] - base[0]);
+            const float p2 = exp2f(sc[4 * j + 2] - base[1]), p3 = exp2f(sc[4 * j + 3] - base[1]);
+            l[0] += p0 + p1;
+            l[1] += p2 + p3;
+            pa[2 * j] = pack_bf16x2(p0, p1);
+            pa[2 * j + 1] = pack_bf16x2(p2, p3);
+        }
+        hg_bar_wait(&v_full[s], parity);
+        hg_pin<R>(acc);
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+        const unsigned char* const vt = sv + s * TILE;
+#pragma unroll
+        for (int kk = 0; kk < AH_BN / 16; kk++) {
+            // keys 16kk.. : two 8-row groups of 1024 bytes on
+            const unsigned long long dv = ah_desc_n_major(vt + kk * 2048, PANEL);
+            if constexpr (D == 128) {
+                ah_wgmma_rs_n128(acc, pa + 4 * kk, dv);
+            } else {
+                ah_wgmma_rs_n64(acc, pa + 4 * kk, dv);
+            }
+        }
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        hg_pin<R>(acc);
+        if (t == 0) hg_bar_arrive(&v_empty[s]);
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    const float inv[2] = {l[0] > 0.f ? 1.f / l[0] : 0.f, l[1] > 0.f ? 1.f / l[1] : 0.f};
+    bf16* const ob = o + (size_t)b * T_ * ldo + (size_t)h * D;
+#pragma unroll
+    for (int j = 0; j < D / 8; j++) {
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int row = r0 + 8 * r;
+            if (row < T_)
+                *(u32*)(ob + (size_t)row * ldo + 8 * j + c0) =
+                    pack_bf16x2(acc[4 * j + 2 * r] * inv[r], acc[4 * j + 2 * r + 1] * inv[r]);
+        }
+    }
+    if (lane % 4 == 0) {
+        const float LN2 = 0.6931471805599453f;
+        float* const lrow = lse + ((size_t)b * H + h) * T_;
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            const int row = r0 + 8 * r;
+            if (row < T_) lrow[row] = l[r] > 0.f ? (m[r] + log2f(l[r])) * LN2 : 0.f;
+        }
+    }
+}
+
+// The entry points, one a head dim; the maps stay __grid_constant__ parameters so that their
+// addresses are the ones the bulk copies read.
+#define AH_ENTRY(D)                                                                                             \
+    extern "C" __global__ void __launch_bounds__(AH_THREADS, 1)                                                 \
+        attn_hopper_fwd_d##D(const __grid_constant__ HgTmaMap mq, const __grid_constant__ HgTmaMap mk,          \
+                             const __grid_constant__ HgTmaMap mv, bf16* o, float* lse, int T_, int H, int KV,   \
+                             int ldo, float scale, float softcap, int window, int chunk, int causal,            \
+                             const float* alibi) {                                                              \
+        attn_hopper_fwd<D>(mq, mk, mv, o, lse, T_, H, KV, ldo, scale, softcap, window, chunk, causal, alibi); \
+    }
+AH_ENTRY(64)
+AH_ENTRY(128)

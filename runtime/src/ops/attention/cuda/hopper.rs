@@ -1,0 +1,176 @@
+//! The own Hopper attention forward (`attention_hopper.cu`): wgmma tensor-core products fed by
+//! the bulk tensor copy engine, one block of three warpgroups (a producer, two consumers) per 128
+//! queries of a (head, batch). bf16 at head dims 64 and 128, every variant of the contract
+//! (causal or not, window, chunk, softcap, ALiBi, GQA), rows of any 16-byte-aligned stride; the
+//! same o and lse (`[B, H, T]`, natural log) as the other paths, so any backward follows it.
+//! [`Kernels::attn_fwd`] runs it wherever it takes the call on a Hopper GPU.
+use super::AttnShape;
+use crate::cuda::compile::{COMMON, KernelSource};
+use crate::cuda::error::{CudaError, Result};
+use crate::cuda::gpu::{DevPtr, Dtype, Gpu, Module};
+use crate::ops::matmul::cuda::hopper::tensor_map;
+use cudarc::driver::sys;
+use std::sync::Arc;
+
+/// The kernel text after `kernels/common.cuh`: the Hopper primitives, then the kernels.
+const SOURCE: &str = concat!(
+    include_str!("../../matmul/hopper_mma.cuh"),
+    include_str!("../attention_hopper.cu")
+);
+
+/// Queries and keys a tile (`AH_BM`, `AH_BN`), stages of the K/V ring (`AH_STAGES`), threads a
+/// block (`AH_THREADS`).
+const BM: u32 = 128;
+const STAGES: u32 = 2;
+const THREADS: u32 = 384;
+
+/// The head dims the kernels are instantiated for.
+pub const HEAD_DIMS: [usize; 2] = [64, 128];
+
+/// The compiled kernels on one Hopper GPU.
+pub struct HopperAttention {
+    gpu: Arc<Gpu>,
+    module: Arc<Module>,
+}
+
+impl HopperAttention {
+    /// Compiles the kernels for `compute_90a`; an error on a GPU that is not compute capability
+    /// 9.0.
+    pub fn new(gpu: &Arc<Gpu>) -> Result<HopperAttention> {
+        if gpu.arch() != "compute_90" {
+            return Err(CudaError::BadLaunch {
+                kernel: "attn_hopper_fwd".into(),
+                why: format!(
+                    "needs a Hopper GPU (compute capability 9.0); this one is {}",
+                    gpu.arch()
+                ),
+            });
+        }
+        Ok(HopperAttention {
+            gpu: gpu.clone(),
+            module: gpu.load_arch(&Self::source(), "compute_90a")?,
+        })
+    }
+
+    /// The module's source: `kernels/common.cuh`, the Hopper primitives, the kernels.
+    pub fn source() -> KernelSource {
+        KernelSource {
+            name: "attention_hopper".into(),
+            defines: Default::default(),
+            body: format!("{COMMON}\n{SOURCE}"),
+        }
+    }
+
+    /// The kernels for a kernel library whose attention has `head_dims`: `None` on a GPU other
+    /// than Hopper, without a head dim they take, or with `MODELSPEC_ATTN_HOPPER=off`. A failed
+    /// compilation is reported on stderr and leaves the other kernels to run the calls.
+    pub(crate) fn for_library(gpu: &Arc<Gpu>, head_dims: &[usize]) -> Option<Arc<HopperAttention>> {
+        let off = matches!(
+            std::env::var("MODELSPEC_ATTN_HOPPER").as_deref(),
+            Ok("off" | "0" | "false")
+        );
+        if off || gpu.arch() != "compute_90" || !head_dims.iter().any(|d| HEAD_DIMS.contains(d)) {
+            return None;
+        }
+        match HopperAttention::new(gpu) {
+            Ok(h) => Some(Arc::new(h)),
+            Err(e) => {
+                eprintln!("warning: the Hopper attention kernels did not compile ({e}); the mma.sync kernels run instead");
+                None
+            }
+        }
+    }
+
+    /// Why the kernels cannot run this call (`None`: they can): bf16 only, a head dim of
+    /// [`HEAD_DIMS`] for queries, keys and values alike, rows (not the head-major layout) whose
+    /// strides are multiples of 8 elements (the tensor maps' 16 bytes), o's stride even.
+    pub fn refuses(dt: Dtype, s: &AttnShape) -> Option<String> {
+        if dt != Dtype::Bf16 {
+            return Some(format!("{dt:?} (bf16 only)"));
+        }
+        if s.v_head_dim != s.head_dim || !HEAD_DIMS.contains(&s.head_dim) {
+            return Some(format!(
+                "head dims {}/{} (64/64 or 128/128 only)",
+                s.head_dim, s.v_head_dim
+            ));
+        }
+        if s.head_major {
+            return Some("the head-major layout".into());
+        }
+        if [s.ldq, s.ldk, s.ldv].iter().any(|l| l % 8 != 0) || s.ldo % 2 != 0 {
+            return Some(format!(
+                "row strides q {} k {} v {} o {} (multiples of 8, o's even)",
+                s.ldq, s.ldk, s.ldv, s.ldo
+            ));
+        }
+        None
+    }
+
+    /// The forward: o (bf16, laid out like q with `ldo`) and lse `[B, H, T]` from q, k, v.
+    ///
+    /// # Safety
+    /// The pointers must be device buffers of the sizes `s` implies (as [`crate::cuda::Kernels::attn_fwd`]).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn fwd(
+        &self,
+        s: &AttnShape,
+        o: DevPtr,
+        lse: DevPtr,
+        q: DevPtr,
+        k: DevPtr,
+        v: DevPtr,
+    ) -> Result<()> {
+        let kernel = format!("attn_hopper_fwd_d{}", s.head_dim);
+        let bad = |why: String| CudaError::BadLaunch {
+            kernel: kernel.clone(),
+            why,
+        };
+        if let Some(why) = Self::refuses(Dtype::Bf16, s) {
+            return Err(bad(format!("cannot take {why}")));
+        }
+        if [q, k, v].iter().any(|p| p % 16 != 0) || o % 4 != 0 {
+            return Err(bad(format!(
+                "q {q:#x}, k {k:#x}, v {v:#x} must be 16-byte aligned and o {o:#x} 4-byte aligned"
+            )));
+        }
+        let (d, rows) = (s.head_dim, s.batch * s.seq);
+        let mut mq = tensor_map(q, s.heads * d, rows, s.ldq, BM)?;
+        let mut mk = tensor_map(k, s.kv_heads * d, rows, s.ldk, BM)?;
+        let mut mv = tensor_map(v, s.kv_heads * d, rows, s.ldv, BM)?;
+        let (mut o_, mut lse_, mut alibi) = (o, lse, s.alibi);
+        let i = |n: usize| n as i32;
+        let (mut t_, mut h_, mut kv_, mut ldo) = (i(s.seq), i(s.heads), i(s.kv_heads), i(s.ldo));
+        let (mut scale, mut softcap) = (s.scale, s.softcap);
+        let (mut window, mut chunk, mut causal) = (i(s.window), i(s.chunk), i32::from(s.causal));
+        let f = self.module.function(&kernel)?;
+        // Q, then the ring of K and V tiles (128 x D bf16 each), plus 1 KiB for the 1024-byte
+        // alignment inside the kernel.
+        let tile = BM * d as u32 * 2;
+        let smem = (1 + 2 * STAGES) * tile + 1024;
+        let grid = ((s.seq as u32).div_ceil(BM), s.heads as u32, s.batch as u32);
+        let mut args = [
+            (&mut mq) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
+            (&mut mk) as *mut sys::CUtensorMap as *mut _,
+            (&mut mv) as *mut sys::CUtensorMap as *mut _,
+            (&mut o_) as *mut DevPtr as *mut _,
+            (&mut lse_) as *mut DevPtr as *mut _,
+            (&mut t_) as *mut i32 as *mut _,
+            (&mut h_) as *mut i32 as *mut _,
+            (&mut kv_) as *mut i32 as *mut _,
+            (&mut ldo) as *mut i32 as *mut _,
+            (&mut scale) as *mut f32 as *mut _,
+            (&mut softcap) as *mut f32 as *mut _,
+            (&mut window) as *mut i32 as *mut _,
+            (&mut chunk) as *mut i32 as *mut _,
+            (&mut causal) as *mut i32 as *mut _,
+            (&mut alibi) as *mut DevPtr as *mut _,
+        ];
+        // SAFETY: the arguments match the kernel's signature (three tensor maps by value, two
+        // pointers, four ints, two floats, three ints, a pointer); the buffers are the caller's
+        // promise.
+        unsafe {
+            self.gpu
+                .launch(&kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
+        }
+    }
+}
