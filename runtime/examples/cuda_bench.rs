@@ -29,8 +29,8 @@
 
 use modelspec_runtime::cuda::cudnn::CudnnAttention;
 use modelspec_runtime::cuda::{
-    AttnShape, CudaError, Dtype, Epilogue, FwdKernel, Gpu, GpuBuf, Kernels, NormKind,
-    ReduceScratch, RowMajorGemm,
+    AttnShape, CudaError, Dtype, Epilogue, FwdKernel, Gpu, GpuBuf, HopperSchedule, Kernels,
+    NormKind, ReduceScratch, RowMajorGemm,
 };
 use std::sync::Arc;
 
@@ -281,11 +281,18 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         // kernel, then mma.sync; else the reference-grade kernels, seconds a call at the latent
         // shapes: fewer repetitions), each with the own backward
         let mut own_fwds = vec![kernels.attn_fwd_kernel(Dtype::Bf16, &dense)];
-        if own_fwds[0] == FwdKernel::Hopper {
-            own_fwds.push(FwdKernel::Mma);
+        if let FwdKernel::Hopper(_) = own_fwds[0] {
+            own_fwds = vec![
+                FwdKernel::Hopper(HopperSchedule::Overlap),
+                FwdKernel::Hopper(HopperSchedule::Plain),
+                FwdKernel::Mma,
+            ];
         }
         for fk in own_fwds {
-            kernels.set_attn_hopper(fk == FwdKernel::Hopper);
+            if let FwdKernel::Hopper(schedule) = fk {
+                kernels.set_attn_hopper_schedule(schedule);
+            }
+            kernels.set_attn_hopper(matches!(fk, FwdKernel::Hopper(_)));
             let reps = if fk == FwdKernel::Simple { 3 } else { 25 };
             let r = time_pair(
                 gpu,
@@ -319,7 +326,11 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             row(fk.name(), "dense", r, String::new());
         }
         kernels.set_attn_hopper(true);
-        let hopper = kernels.attn_fwd_kernel(Dtype::Bf16, &dense) == FwdKernel::Hopper;
+        kernels.set_attn_hopper_schedule(HopperSchedule::Overlap);
+        let hopper = matches!(
+            kernels.attn_fwd_kernel(Dtype::Bf16, &dense),
+            FwdKernel::Hopper(_)
+        );
         let Some(attn) = attn.as_ref() else { continue };
         // The last layout is an experiment, not a trainer layout: PyTorch's head-major
         // `[B, H, T, D]` tensors (each head's rows contiguous) over the dense buffers, which hold

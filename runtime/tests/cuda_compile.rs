@@ -220,7 +220,8 @@ fn hopper_gemm_compiles_for_sm90a() {
     );
 }
 
-/// The own Hopper attention forward compiles for `compute_90a`: both head dims' entries, each
+/// The own Hopper attention forward compiles for `compute_90a`: both head dims' and both
+/// schedules' entries, each
 /// taking its three tensor maps by value first, with the wgmma forms it needs (S from two shared
 /// tiles; O from P in registers and V's transposed tile).
 #[test]
@@ -232,15 +233,17 @@ fn hopper_attention_compiles_for_sm90a() {
     }
     let src = modelspec_runtime::cuda::HopperAttention::source();
     let (ptx, _) = compile::compile(&src, "compute_90a").expect("attention_hopper.cu compiles");
-    for d in [64, 128] {
-        let entry = format!("attn_hopper_fwd_d{d}");
+    for (d, plain) in [(64, ""), (128, ""), (64, "plain_"), (128, "plain_")] {
+        let entry = format!("attn_hopper_fwd_{plain}d{d}");
         assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
         assert!(
             ptx.contains(&format!(".param .align 64 .b8 {entry}_param_2[128]")),
             "{entry}'s third map"
         );
         assert!(
-            ptx.contains(&format!("wgmma.mma_async.sync.aligned.m64n{d}k16.f32.bf16.bf16")),
+            ptx.contains(&format!(
+                "wgmma.mma_async.sync.aligned.m64n{d}k16.f32.bf16.bf16"
+            )),
             "P V at n{d}"
         );
     }

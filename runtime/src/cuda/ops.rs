@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 pub use crate::ops::activation::cuda::Act;
 pub(crate) use crate::ops::activation::cuda::{act_bwd, act_fwd};
-pub use crate::ops::attention::cuda::hopper::HopperAttention;
+pub use crate::ops::attention::cuda::hopper::{HopperAttention, Schedule as HopperSchedule};
 pub use crate::ops::attention::cuda::{AttnShape, FwdKernel};
 
 /// The normalisation kind of [`Kernels::norm_fwd`]: the IR's own.
@@ -35,6 +35,7 @@ pub struct Kernels {
     /// takes), and whether [`Kernels::attn_fwd`] uses it.
     attn_hopper: Option<Arc<HopperAttention>>,
     attn_hopper_on: bool,
+    attn_hopper_schedule: HopperSchedule,
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -65,6 +66,7 @@ impl Kernels {
             norm_fused_dw: crate::ops::norm::cuda::fused_dw_from_env(),
             attn_hopper: HopperAttention::for_library(gpu, head_dims),
             attn_hopper_on: true,
+            attn_hopper_schedule: HopperSchedule::from_env(),
         })
     }
 
@@ -130,9 +132,19 @@ impl Kernels {
         self.attn_hopper_on = on;
     }
 
-    /// The Hopper attention forward when it is compiled and on.
-    pub(crate) fn attn_hopper(&self) -> Option<&HopperAttention> {
-        self.attn_hopper.as_deref().filter(|_| self.attn_hopper_on)
+    /// The schedule of the Hopper attention forward ([`HopperSchedule::Overlap`] unless
+    /// `MODELSPEC_ATTN_HOPPER=plain` when the library is loaded).
+    pub fn set_attn_hopper_schedule(&mut self, schedule: HopperSchedule) {
+        self.attn_hopper_schedule = schedule;
+    }
+
+    /// The Hopper attention forward and its schedule, when it is compiled and on.
+    pub(crate) fn attn_hopper(&self) -> Option<(&HopperAttention, HopperSchedule)> {
+        let h = self
+            .attn_hopper
+            .as_deref()
+            .filter(|_| self.attn_hopper_on)?;
+        Some((h, self.attn_hopper_schedule))
     }
 
     /// The GPU these kernels run on.

@@ -2,7 +2,7 @@
 //! an f64 reference.
 
 use super::{DTYPES, Rng, T, check, f32buf, from_bf16, setup, to_bf16};
-use modelspec_runtime::cuda::{AttnShape, Dtype, FwdKernel, Gpu, Kernels};
+use modelspec_runtime::cuda::{AttnShape, Dtype, FwdKernel, Gpu, HopperSchedule, Kernels};
 use modelspec_runtime::ops::attention::alibi_slopes;
 use std::sync::Arc;
 
@@ -337,8 +337,8 @@ fn attention_alibi_forward_backward_match_f64() {
     }
 }
 
-/// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, then the mma.sync
-/// forward on the same cases with it turned off: lengths that are not multiples of the 128-row
+/// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, in both schedules,
+/// then the mma.sync forward on the same cases with it turned off: lengths that are not multiples of the 128-row
 /// tiles, several key tiles, a single query, GQA and MQA, both head dims, non-causal, a window, a
 /// softcap, chunks that split tiles (Llama 4), ALiBi.
 #[test]
@@ -385,10 +385,16 @@ fn attention_hopper_forward_matches_f64() {
         ),
         ("alibi mha d128 T200", dense(1, 200, 3, 3, 128), true),
     ];
-    for on in [true, false] {
-        k.set_attn_hopper(on);
+    let schedules = [
+        Some(HopperSchedule::Overlap),
+        Some(HopperSchedule::Plain),
+        None,
+    ];
+    for schedule in schedules {
+        k.set_attn_hopper(schedule.is_some());
+        k.set_attn_hopper_schedule(schedule.unwrap_or(HopperSchedule::Overlap));
         for (tag, s, alibi) in &cases {
-            let want = if on { FwdKernel::Hopper } else { FwdKernel::Mma };
+            let want = schedule.map_or(FwdKernel::Mma, FwdKernel::Hopper);
             assert_eq!(k.attn_fwd_kernel(Dtype::Bf16, s), want, "{tag}");
             let slopes = alibi.then(|| alibi_slopes(s.heads));
             run_attention_case_alibi(&gpu, &k, &mut rng, Dtype::Bf16, *s, tag, slopes.as_deref());

@@ -84,7 +84,117 @@ __device__ __forceinline__ unsigned long long ah_desc_n_major(const void* p, uns
     return d;
 }
 
+// What a consumer thread knows of its rows and the scores: rows r0 and r0 + 8, columns 8j + c0 +
+// {0, 1} of each tile; row r sees the keys lo[r]..hi[r] (the mask of attention_simple.cu's
+// header is an interval a row: causal, window, chunk, T); `plain`: neither ALiBi nor softcap.
+struct AhRows {
+    int r0, c0;
+    int lo[2], hi[2];
+    float slope, qk_scale, softcap;
+    const float* alibi;
+    bool plain;
+};
+
+// S's product for key tile (stage) kt: D/16 wgmma m64n128k16 from the warpgroup's Q rows qw and
+// the K tile, both K-major (panel p of 64 columns, 32-byte steps within a panel), issued as one
+// group (not waited for).
 template <int D>
+__device__ __forceinline__ void ah_qk(float* sc, const unsigned char* qw, const unsigned char* kt) {
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        const int p = kk / 4, c = 2 * (kk % 4);
+        ah_wgmma_ss_n128(sc, hg_desc(qw + p * AH_BN * 128) + c, hg_desc(kt + p * AH_BN * 128) + c, kk > 0);
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+
+// O += P V for V tile vt: 8 wgmma m64nDk16, P's k step kk in pa[4kk..4kk+3], V N-major (keys
+// 16kk.. start 2048 bytes on: two 8-row groups), issued as one group (not waited for).
+template <int D>
+__device__ __forceinline__ void ah_pv(float* acc, const unsigned* pa, const unsigned char* vt) {
+    asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+    for (int kk = 0; kk < AH_BN / 16; kk++) {
+        const unsigned long long dv = ah_desc_n_major(vt + kk * 2048, AH_BN * 128);
+        if constexpr (D == 128) {
+            ah_wgmma_rs_n128(acc, pa + 4 * kk, dv);
+        } else {
+            ah_wgmma_rs_n64(acc, pa + 4 * kk, dv);
+        }
+    }
+    asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+}
+
+// The online softmax of key tile k0 on S's registers, in place: sc becomes exp2(score - new max)
+// with the scores in log2 units (scaled, biased, capped, masked); the rows' maxima m and sums l
+// are updated, corr is the factor the O accumulated so far takes.
+__device__ __forceinline__ void ah_softmax(float* sc, float* m, float* l, float* corr, int k0, const AhRows& a) {
+    // Without ALiBi and softcap the scale is folded into the exponent's FFMA (mul: sc's units).
+    float mul = a.qk_scale;
+    if (!a.plain) {
+        if (a.alibi) {
+#pragma unroll
+            for (int i = 0; i < 64; i++) sc[i] += alibi_bias(a.slope, k0 + 8 * (i >> 2) + a.c0 + (i & 1));
+        }
+#pragma unroll
+        for (int i = 0; i < 64; i++) sc[i] *= a.qk_scale;
+        if (a.softcap > 0.f) {
+#pragma unroll
+            for (int i = 0; i < 64; i++) sc[i] = a.softcap * tanhf(sc[i] / a.softcap) * LOG2E;
+        }
+        mul = 1.f;
+    }
+    // Masking only where the tile reaches past one of this thread's rows' intervals.
+    if (k0 < max(a.lo[0], a.lo[1]) || k0 + AH_BN - 1 > min(a.hi[0], a.hi[1])) {
+#pragma unroll
+        for (int i = 0; i < 64; i++) {
+            const int col = k0 + 8 * (i >> 2) + a.c0 + (i & 1), r = (i >> 1) & 1;
+            if (col < a.lo[r] || col > a.hi[r]) sc[i] = NEG_INF;
+        }
+    }
+    float mx[2] = {NEG_INF, NEG_INF}, base[2];
+#pragma unroll
+    for (int i = 0; i < 64; i++) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], sc[i]);
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+        const float mnew = fmaxf(m[r], mx[r] * mul);  // mul > 0: the max commutes with it
+        base[r] = mnew == NEG_INF ? 0.f : mnew;
+        corr[r] = exp2f(m[r] - base[r]);
+        m[r] = mnew;
+        l[r] *= corr[r];
+    }
+#pragma unroll
+    for (int i = 0; i < 64; i++) {
+        sc[i] = exp2f(fmaf(sc[i], mul, -base[(i >> 1) & 1]));
+        l[(i >> 1) & 1] += sc[i];
+    }
+}
+
+// P (bf16) as the A operand from the exponentials: k step kk (keys 16kk..16kk+15) is
+// pa[4kk..4kk+3] = (row r0, keys 16kk + c0), (r0 + 8, same), (r0, 16kk + 8 + c0), (r0 + 8, same):
+// S's column blocks 2kk and 2kk + 1.
+__device__ __forceinline__ void ah_pack(const float* sc, unsigned* pa) {
+#pragma unroll
+    for (int j = 0; j < 16; j++) {
+        pa[2 * j] = pack_bf16x2(sc[4 * j], sc[4 * j + 1]);
+        pa[2 * j + 1] = pack_bf16x2(sc[4 * j + 2], sc[4 * j + 3]);
+    }
+}
+
+template <int R>
+__device__ __forceinline__ void ah_rescale(float* acc, const float* corr) {
+#pragma unroll
+    for (int i = 0; i < R; i++) acc[i] *= corr[(i >> 1) & 1];
+}
+
+// OVERLAP 0 (plain): per tile S, wait, softmax, P V, wait. OVERLAP 1 (FlashAttention-3's
+// intra-warpgroup pipelining): tile it's S product is issued before tile it-1's P V, and the
+// softmax of tile it runs while P V runs; O is rescaled once that product is done, and P is packed
+// after it (P V reads the previous P from the registers until then).
+template <int D, int OVERLAP>
 __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaMap& mk, const HgTmaMap& mv,
                                                 bf16* o, float* lse, int T_, int H, int KV, int ldo, float scale,
                                                 float softcap, int window, int chunk, int causal,
@@ -142,94 +252,86 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     const int w = wg - 1, lane = t % 32;
-    const int qw0 = q0 + 64 * w;                  // this warpgroup's first query
-    const int r0 = qw0 + 16 * (t / 32) + lane / 4;  // this thread's rows: r0 and r0 + 8
-    const int c0 = 2 * (lane % 4);                  // and columns 8j + c0 + {0, 1}
-    const float slope = alibi ? alibi[h] : 0.f;
-    const float qk_scale = softcap > 0.f ? scale : scale * LOG2E;
+    AhRows a;
+    const int qw0 = q0 + 64 * w;                // this warpgroup's first query
+    a.r0 = qw0 + 16 * (t / 32) + lane / 4;  // this thread's rows: r0 and r0 + 8
+    a.c0 = 2 * (lane % 4);                  // and columns 8j + c0 + {0, 1}
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        const int row = a.r0 + 8 * r;
+        a.lo[r] = attn_first_key(row, window, chunk);
+        int hi = causal ? min(row, T_ - 1) : T_ - 1;
+        if (chunk > 0) hi = min(hi, (row / chunk + 1) * chunk - 1);
+        a.hi[r] = hi;
+    }
+    a.alibi = alibi;
+    a.slope = alibi ? alibi[h] : 0.f;
+    a.qk_scale = softcap > 0.f ? scale : scale * LOG2E;
+    a.softcap = softcap;
+    a.plain = !alibi && !(softcap > 0.f);
     float acc[R];
 #pragma unroll
     for (int i = 0; i < R; i++) acc[i] = 0.f;
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, corr[2];
+    float sc[64];
+    unsigned pa[32];
     const unsigned char* const qw = sq + 64 * 128 * w;
     hg_bar_wait(&q_full, 0);
-#pragma unroll 1
-    for (int it = 0; it < ntiles; it++) {
-        const int s = it % AH_STAGES;
-        const unsigned parity = (it / AH_STAGES) & 1;
-        const int k0 = (kb_end - 1 - it) * AH_BN;
-        float sc[64];
-        hg_bar_wait(&k_full[s], parity);
-        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-#pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) {
-            const int p = kk / 4, c = 2 * (kk % 4);  // panel, and 32-byte K step in 16-byte units
-            ah_wgmma_ss_n128(sc, hg_desc(qw + p * PANEL) + c, hg_desc(sk + s * TILE + p * PANEL) + c, kk > 0);
-        }
-        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+    if (OVERLAP) {
+        // Tile 0 alone: S, softmax, P.
+        hg_bar_wait(&k_full[0], 0);
+        ah_qk<D>(sc, qw, sk);
         asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
         hg_pin<64>(sc);
-        if (t == 0) hg_bar_arrive(&k_empty[s]);
-        // Masking only where the tile crosses T, the diagonal, the window's edge or a chunk's.
-        const bool edge = k0 + AH_BN > T_ || (causal && k0 + AH_BN - 1 > qw0) ||
-                          (window > 0 && qw0 + 63 - k0 >= window) || attn_tile_spans_chunks(qw0, 64, k0, AH_BN, chunk);
-        float mx[2] = {m[0], m[1]};
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                const int col = k0 + 8 * j + c0 + (e & 1);
-                float x = sc[4 * j + e];
-                if (alibi) x += alibi_bias(slope, col);
-                x *= qk_scale;
-                if (softcap > 0.f) x = softcap * tanhf(x / softcap) * LOG2E;
-                if (edge && !attn_visible(r0 + 8 * (e >> 1), col, T_, causal, window, chunk)) x = NEG_INF;
-                sc[4 * j + e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
-            }
+        if (t == 0) hg_bar_arrive(&k_empty[0]);
+        ah_softmax(sc, m, l, corr, (kb_end - 1) * AH_BN, a);
+        ah_pack(sc, pa);
+#pragma unroll 1
+        for (int it = 1; it < ntiles; it++) {
+            const int s = it % AH_STAGES, sp = (it - 1) % AH_STAGES;
+            hg_bar_wait(&k_full[s], (it / AH_STAGES) & 1);
+            ah_qk<D>(sc, qw, sk + s * TILE);
+            hg_bar_wait(&v_full[sp], ((it - 1) / AH_STAGES) & 1);
+            hg_pin<R>(acc);
+            ah_pv<D>(acc, pa, sv + sp * TILE);
+            // S is the older group: done when at most the P V group is in flight.
+            asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
+            hg_pin<64>(sc);
+            if (t == 0) hg_bar_arrive(&k_empty[s]);
+            ah_softmax(sc, m, l, corr, (kb_end - 1 - it) * AH_BN, a);
+            asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+            hg_pin<R>(acc);
+            if (t == 0) hg_bar_arrive(&v_empty[sp]);
+            ah_rescale<R>(acc, corr);
+            ah_pack(sc, pa);
         }
-        float base[2], corr[2];
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
-            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
-            base[r] = mx[r] == NEG_INF ? 0.f : mx[r];
-            corr[r] = exp2f(m[r] - base[r]);
-            m[r] = mx[r];
-            l[r] *= corr[r];
-        }
-#pragma unroll
-        for (int i = 0; i < R; i++) acc[i] *= corr[(i >> 1) & 1];
-        // P as the A operand: k step kk (keys 16kk..16kk+15) is pa[4kk..4kk+3] = (row r0, keys
-        // 16kk + c0), (r0 + 8, same), (r0, 16kk + 8 + c0), (r0 + 8, same): column blocks 2kk, 2kk+1.
-        unsigned pa[32];
-#pragma unroll
-        for (int j = 0; j < 16; j++) {
-            const float p0 = exp2f(sc[4 * j] - base[0]), p1 = exp2f(sc[4 * j + 1] - base[0]);
-            const float p2 = exp2f(sc[4 * j + 2] - base[1]), p3 = exp2f(sc[4 * j + 3] - base[1]);
-            l[0] += p0 + p1;
-            l[1] += p2 + p3;
-            pa[2 * j] = pack_bf16x2(p0, p1);
-            pa[2 * j + 1] = pack_bf16x2(p2, p3);
-        }
-        hg_bar_wait(&v_full[s], parity);
+        const int sl = (ntiles - 1) % AH_STAGES;
+        hg_bar_wait(&v_full[sl], ((ntiles - 1) / AH_STAGES) & 1);
         hg_pin<R>(acc);
-        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
-        const unsigned char* const vt = sv + s * TILE;
-#pragma unroll
-        for (int kk = 0; kk < AH_BN / 16; kk++) {
-            // keys 16kk.. : two 8-row groups of 1024 bytes on
-            const unsigned long long dv = ah_desc_n_major(vt + kk * 2048, PANEL);
-            if constexpr (D == 128) {
-                ah_wgmma_rs_n128(acc, pa + 4 * kk, dv);
-            } else {
-                ah_wgmma_rs_n64(acc, pa + 4 * kk, dv);
-            }
-        }
-        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        ah_pv<D>(acc, pa, sv + sl * TILE);
         asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
         hg_pin<R>(acc);
-        if (t == 0) hg_bar_arrive(&v_empty[s]);
+        if (t == 0) hg_bar_arrive(&v_empty[sl]);
+    } else {
+#pragma unroll 1
+        for (int it = 0; it < ntiles; it++) {
+            const int s = it % AH_STAGES;
+            const unsigned parity = (it / AH_STAGES) & 1;
+            hg_bar_wait(&k_full[s], parity);
+            ah_qk<D>(sc, qw, sk + s * TILE);
+            asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+            hg_pin<64>(sc);
+            if (t == 0) hg_bar_arrive(&k_empty[s]);
+            ah_softmax(sc, m, l, corr, (kb_end - 1 - it) * AH_BN, a);
+            ah_rescale<R>(acc, corr);
+            ah_pack(sc, pa);
+            hg_bar_wait(&v_full[s], parity);
+            hg_pin<R>(acc);
+            ah_pv<D>(acc, pa, sv + s * TILE);
+            asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+            hg_pin<R>(acc);
+            if (t == 0) hg_bar_arrive(&v_empty[s]);
+        }
     }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -242,9 +344,9 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
     for (int j = 0; j < D / 8; j++) {
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            const int row = r0 + 8 * r;
+            const int row = a.r0 + 8 * r;
             if (row < T_)
-                *(u32*)(ob + (size_t)row * ldo + 8 * j + c0) =
+                *(u32*)(ob + (size_t)row * ldo + 8 * j + a.c0) =
                     pack_bf16x2(acc[4 * j + 2 * r] * inv[r], acc[4 * j + 2 * r + 1] * inv[r]);
         }
     }
@@ -253,21 +355,23 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
         float* const lrow = lse + ((size_t)b * H + h) * T_;
 #pragma unroll
         for (int r = 0; r < 2; r++) {
-            const int row = r0 + 8 * r;
+            const int row = a.r0 + 8 * r;
             if (row < T_) lrow[row] = l[r] > 0.f ? (m[r] + log2f(l[r])) * LN2 : 0.f;
         }
     }
 }
 
-// The entry points, one a head dim; the maps stay __grid_constant__ parameters so that their
-// addresses are the ones the bulk copies read.
-#define AH_ENTRY(D)                                                                                             \
+// The entry points, one a head dim and schedule (`_plain`: OVERLAP 0); the maps stay
+// __grid_constant__ parameters so that their addresses are the ones the bulk copies read.
+#define AH_ENTRY(NAME, D, OVERLAP)                                                                              \
     extern "C" __global__ void __launch_bounds__(AH_THREADS, 1)                                                 \
-        attn_hopper_fwd_d##D(const __grid_constant__ HgTmaMap mq, const __grid_constant__ HgTmaMap mk,          \
-                             const __grid_constant__ HgTmaMap mv, bf16* o, float* lse, int T_, int H, int KV,   \
-                             int ldo, float scale, float softcap, int window, int chunk, int causal,            \
-                             const float* alibi) {                                                              \
-        attn_hopper_fwd<D>(mq, mk, mv, o, lse, T_, H, KV, ldo, scale, softcap, window, chunk, causal, alibi); \
+        NAME(const __grid_constant__ HgTmaMap mq, const __grid_constant__ HgTmaMap mk,                          \
+             const __grid_constant__ HgTmaMap mv, bf16* o, float* lse, int T_, int H, int KV, int ldo,          \
+             float scale, float softcap, int window, int chunk, int causal, const float* alibi) {                \
+        attn_hopper_fwd<D, OVERLAP>(mq, mk, mv, o, lse, T_, H, KV, ldo, scale, softcap, window, chunk, causal, \
+                                    alibi);                                                                     \
     }
-AH_ENTRY(64)
-AH_ENTRY(128)
+AH_ENTRY(attn_hopper_fwd_d64, 64, 1)
+AH_ENTRY(attn_hopper_fwd_d128, 128, 1)
+AH_ENTRY(attn_hopper_fwd_plain_d64, 64, 0)
+AH_ENTRY(attn_hopper_fwd_plain_d128, 128, 0)

@@ -163,8 +163,9 @@ impl AttnShape {
 /// Which kernel runs an attention forward ([`Kernels::attn_fwd_kernel`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FwdKernel {
-    /// `attention_hopper.cu`: wgmma and bulk tensor copies (Hopper, bf16, head dims 64 and 128).
-    Hopper,
+    /// `attention_hopper.cu`: wgmma and bulk tensor copies (Hopper, bf16, head dims 64 and 128),
+    /// in a [`hopper::Schedule`].
+    Hopper(hopper::Schedule),
     /// `attention_mma.cu`: mma.sync tensor cores (bf16 at an instantiated head dim).
     Mma,
     /// `attention_simple.cu`: the reference-grade kernel (any dtype and head dim).
@@ -175,7 +176,8 @@ impl FwdKernel {
     /// The name benchmarks and logs print.
     pub fn name(self) -> &'static str {
         match self {
-            FwdKernel::Hopper => "hopper",
+            FwdKernel::Hopper(hopper::Schedule::Overlap) => "hopper",
+            FwdKernel::Hopper(hopper::Schedule::Plain) => "hopper-plain",
             FwdKernel::Mma => "mma",
             FwdKernel::Simple => "simple",
         }
@@ -187,8 +189,10 @@ impl Kernels {
     /// has it (a Hopper GPU; [`Kernels::set_attn_hopper`]) and it takes the call, else the
     /// mma.sync kernel where [`Kernels::attn_uses_mma`], else the reference-grade one.
     pub fn attn_fwd_kernel(&self, dt: Dtype, s: &AttnShape) -> FwdKernel {
-        if self.attn_hopper().is_some() && hopper::HopperAttention::refuses(dt, s).is_none() {
-            FwdKernel::Hopper
+        if let Some((_, schedule)) = self.attn_hopper()
+            && hopper::HopperAttention::refuses(dt, s).is_none()
+        {
+            FwdKernel::Hopper(schedule)
         } else if self.attn_uses_mma(dt, s) {
             FwdKernel::Mma
         } else {
@@ -233,9 +237,11 @@ impl Kernels {
             softcap,
             alibi,
         } = s.scalars();
-        if let (FwdKernel::Hopper, Some(h)) = (self.attn_fwd_kernel(dt, s), self.attn_hopper()) {
+        if let (FwdKernel::Hopper(schedule), Some((h, _))) =
+            (self.attn_fwd_kernel(dt, s), self.attn_hopper())
+        {
             // SAFETY: the buffers are the caller's, of the sizes documented above.
-            return unsafe { h.fwd(s, o, lse, q, k, v) };
+            return unsafe { h.fwd(schedule, s, o, lse, q, k, v) };
         }
         if self.attn_uses_mma(dt, s) {
             let d = s.head_dim;

@@ -27,6 +27,34 @@ const THREADS: u32 = 384;
 /// The head dims the kernels are instantiated for.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 
+/// How a consumer warpgroup orders its work on a key tile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    /// FlashAttention-3's intra-warpgroup pipelining: a tile's S product is issued before the
+    /// previous tile's P V, and its softmax runs while P V does (the default).
+    Overlap,
+    /// S, wait, softmax, P V, wait: one product at a time (for comparison).
+    Plain,
+}
+
+impl Schedule {
+    /// The default, or `MODELSPEC_ATTN_HOPPER=plain`.
+    pub fn from_env() -> Schedule {
+        match std::env::var("MODELSPEC_ATTN_HOPPER").as_deref() {
+            Ok("plain") => Schedule::Plain,
+            _ => Schedule::Overlap,
+        }
+    }
+
+    /// The kernels' name part.
+    fn infix(self) -> &'static str {
+        match self {
+            Schedule::Overlap => "",
+            Schedule::Plain => "plain_",
+        }
+    }
+}
+
 /// The compiled kernels on one Hopper GPU.
 pub struct HopperAttention {
     gpu: Arc<Gpu>,
@@ -75,7 +103,9 @@ impl HopperAttention {
         match HopperAttention::new(gpu) {
             Ok(h) => Some(Arc::new(h)),
             Err(e) => {
-                eprintln!("warning: the Hopper attention kernels did not compile ({e}); the mma.sync kernels run instead");
+                eprintln!(
+                    "warning: the Hopper attention kernels did not compile ({e}); the mma.sync kernels run instead"
+                );
                 None
             }
         }
@@ -106,13 +136,15 @@ impl HopperAttention {
         None
     }
 
-    /// The forward: o (bf16, laid out like q with `ldo`) and lse `[B, H, T]` from q, k, v.
+    /// The forward in `schedule`: o (bf16, laid out like q with `ldo`) and lse `[B, H, T]` from
+    /// q, k, v.
     ///
     /// # Safety
     /// The pointers must be device buffers of the sizes `s` implies (as [`crate::cuda::Kernels::attn_fwd`]).
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn fwd(
         &self,
+        schedule: Schedule,
         s: &AttnShape,
         o: DevPtr,
         lse: DevPtr,
@@ -120,7 +152,7 @@ impl HopperAttention {
         k: DevPtr,
         v: DevPtr,
     ) -> Result<()> {
-        let kernel = format!("attn_hopper_fwd_d{}", s.head_dim);
+        let kernel = format!("attn_hopper_fwd_{}d{}", schedule.infix(), s.head_dim);
         let bad = |why: String| CudaError::BadLaunch {
             kernel: kernel.clone(),
             why,
