@@ -26,7 +26,8 @@
 #    acceptance on any GPU: the user crate on the GPU, then bench/gpu_verify.sh (~400 s).
 #    25: cuDNN at the D64 shapes on the dense, fused and head-major layouts, three runs (~90 s).
 #    26: the own Hopper attention forward: parity against f64 and cuDNN's, then the attention
-#    rows (hopper, mma, cudnn, hopper+cudnn) at the four shapes, three runs (~250 s).
+#    rows (hopper, mma, cudnn, hopper+cudnn) at the four shapes, three runs (~250 s). 27: its
+#    second call: parity, the rows at D64 twice and D128 once, ncu on the D64 kernels (~250 s).
 # Stages 4 and 5 also run `overlap`; 2 on an H200 does not (the rows fill its call).
 set -u
 R=$OUT; mkdir -p $R/v $R/s $R/b
@@ -254,6 +255,28 @@ if [ "$stage" = 26 ]; then
     for i in 1 2 3; do
         ( cudnn_env; timeout 150 $B/cuda_bench cudnn 1024/64 2048/64 4096/128 2048/128 > $R/v/ab$i.jsonl 2> $R/v/ab$i.err ); echo "run $i exit $?"
         grep -E '"path"' $R/v/ab$i.jsonl | grep -oE '"path": "[a-z+]+", "layout": "[a-z-]+"|"T": [0-9]+|"D": [0-9]+|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"error": .{0,120}' | paste -sd' ' | sed 's/"path"/\n"path"/g'
+    done
+    exit
+fi
+if [ "$stage" = 27 ]; then
+    # The Hopper attention forward's second call (~250 s, any Hopper GPU): its parity (both
+    # schedules and mma.sync), the attention rows at D64 twice and at D128 once, then ncu's full
+    # set on the D64 kernels (overlapped and plain) at T1024: details and SASS pages beside each.
+    nvidia-smi --query-gpu=name --format=csv,noheader
+    timeout 120 $B/cuda_kernels --include-ignored --nocapture --test-threads=1 attention_hopper > $R/v/attn.log 2>&1
+    echo "hopper attention vs f64 exit $?"; grep -E "PARITY.*\] o |panicked|test result" $R/v/attn.log | cut -c1-150 | head -24
+    for shapes in "1024/64 2048/64" "1024/64 2048/64" "4096/128 2048/128"; do
+        ( cudnn_env; timeout 150 $B/cuda_bench cudnn $shapes > $R/v/ab.jsonl 2> $R/v/ab.err ); echo "bench $shapes exit $?"
+        cat $R/v/ab.jsonl >> $R/v/ab_all.jsonl
+        grep -E '"path"' $R/v/ab.jsonl | grep -oE '"path": "[a-z+-]+", "layout": "[a-z-]+"|"T": [0-9]+|"D": [0-9]+|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"error": .{0,120}' | paste -sd' ' | sed 's/"path"/\n"path"/g'
+    done
+    for kern in d64 plain_d64; do
+        ( cudnn_env; timeout 150 ncu --clock-control none --set full --import-source no -k "regex:^attn_hopper_fwd_${kern}\$" \
+            --launch-skip 2 --launch-count 1 -f -o $R/v/$kern $B/cuda_bench cudnn 1024/64 > $R/v/$kern.log 2>&1 )
+        echo "ncu $kern exit $?"
+        ncu -i $R/v/$kern.ncu-rep --page details > $R/v/${kern}_details.txt 2>&1
+        ncu -i $R/v/$kern.ncu-rep --page source --print-source sass --csv > $R/v/${kern}_sass.csv 2>&1
+        grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|No Eligible|Registers Per|Executed Ipc A" $R/v/${kern}_details.txt | head -10
     done
     exit
 fi

@@ -290,7 +290,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         }
         for fk in own_fwds {
             if let FwdKernel::Hopper(schedule) = fk {
-                kernels.set_attn_hopper_schedule(schedule);
+                kernels.set_attn_hopper_schedule(Some(schedule));
             }
             kernels.set_attn_hopper(matches!(fk, FwdKernel::Hopper(_)));
             let reps = if fk == FwdKernel::Simple { 3 } else { 25 };
@@ -326,7 +326,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             row(fk.name(), "dense", r, String::new());
         }
         kernels.set_attn_hopper(true);
-        kernels.set_attn_hopper_schedule(HopperSchedule::Overlap);
+        kernels.set_attn_hopper_schedule(None);
         let hopper = matches!(
             kernels.attn_fwd_kernel(Dtype::Bf16, &dense),
             FwdKernel::Hopper(_)

@@ -35,7 +35,7 @@ pub struct Kernels {
     /// takes), and whether [`Kernels::attn_fwd`] uses it.
     attn_hopper: Option<Arc<HopperAttention>>,
     attn_hopper_on: bool,
-    attn_hopper_schedule: HopperSchedule,
+    attn_hopper_schedule: Option<HopperSchedule>,
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -132,19 +132,26 @@ impl Kernels {
         self.attn_hopper_on = on;
     }
 
-    /// The schedule of the Hopper attention forward ([`HopperSchedule::Overlap`] unless
-    /// `MODELSPEC_ATTN_HOPPER=plain` when the library is loaded).
-    pub fn set_attn_hopper_schedule(&mut self, schedule: HopperSchedule) {
+    /// The schedule of the Hopper attention forward: `None`, each head dim's default
+    /// ([`HopperSchedule::default_for`]; the library's at load unless `MODELSPEC_ATTN_HOPPER`
+    /// names one).
+    pub fn set_attn_hopper_schedule(&mut self, schedule: Option<HopperSchedule>) {
         self.attn_hopper_schedule = schedule;
     }
 
-    /// The Hopper attention forward and its schedule, when it is compiled and on.
-    pub(crate) fn attn_hopper(&self) -> Option<(&HopperAttention, HopperSchedule)> {
+    /// The Hopper attention forward and its schedule at `head_dim`, when it is compiled and on.
+    pub(crate) fn attn_hopper(
+        &self,
+        head_dim: usize,
+    ) -> Option<(&HopperAttention, HopperSchedule)> {
         let h = self
             .attn_hopper
             .as_deref()
             .filter(|_| self.attn_hopper_on)?;
-        Some((h, self.attn_hopper_schedule))
+        let schedule = self
+            .attn_hopper_schedule
+            .unwrap_or_else(|| HopperSchedule::default_for(head_dim));
+        Some((h, schedule))
     }
 
     /// The GPU these kernels run on.

@@ -299,11 +299,23 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
             hg_pin<64>(sc);
             if (t == 0) hg_bar_arrive(&k_empty[s]);
             ah_softmax(sc, m, l, corr, (kb_end - 1 - it) * AH_BN, a);
+            // The softmax's results pinned here: arithmetic may move past an asm that only
+            // clobbers memory, and the compiler would sink the exponentials below the wait.
+            hg_pin<64>(sc);
+            hg_pin<2>(l);
+            hg_pin<2>(corr);
+            // And a block boundary that depends on every exponential (their row sums, never
+            // negative): ptxas schedules the wait as early as its block allows, which without it
+            // is before the exponentials. Not at D128, where holding S, P and O at once then
+            // spills (the D128 default is the plain schedule).
+            if constexpr (D == 64) {
+                if (l[0] + l[1] < 0.f) asm volatile("trap;");
+            }
             asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
             hg_pin<R>(acc);
-            if (t == 0) hg_bar_arrive(&v_empty[sp]);
             ah_rescale<R>(acc, corr);
             ah_pack(sc, pa);
+            if (t == 0) hg_bar_arrive(&v_empty[sp]);
         }
         const int sl = (ntiles - 1) % AH_STAGES;
         hg_bar_wait(&v_full[sl], ((ntiles - 1) / AH_STAGES) & 1);

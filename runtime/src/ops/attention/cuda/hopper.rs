@@ -31,18 +31,31 @@ pub const HEAD_DIMS: [usize; 2] = [64, 128];
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Schedule {
     /// FlashAttention-3's intra-warpgroup pipelining: a tile's S product is issued before the
-    /// previous tile's P V, and its softmax runs while P V does (the default).
+    /// previous tile's P V, and its softmax runs while P V does.
     Overlap,
     /// S, wait, softmax, P V, wait: one product at a time (for comparison).
     Plain,
 }
 
 impl Schedule {
-    /// The default, or `MODELSPEC_ATTN_HOPPER=plain`.
-    pub fn from_env() -> Schedule {
+    /// `MODELSPEC_ATTN_HOPPER=plain` or `=overlap`: that schedule at every head dim; otherwise
+    /// `None`, each head dim's default ([`Schedule::default_for`]).
+    pub fn from_env() -> Option<Schedule> {
         match std::env::var("MODELSPEC_ATTN_HOPPER").as_deref() {
-            Ok("plain") => Schedule::Plain,
-            _ => Schedule::Overlap,
+            Ok("plain") => Some(Schedule::Plain),
+            Ok("overlap") => Some(Schedule::Overlap),
+            _ => None,
+        }
+    }
+
+    /// The schedule measured fastest at a head dim: overlap at 64, where the softmax is as long
+    /// as the products; plain at 128, where holding S, P and O at once leaves the overlapped
+    /// kernel short of registers (ptxas serialises its products) and it measured no faster.
+    pub fn default_for(head_dim: usize) -> Schedule {
+        if head_dim == 64 {
+            Schedule::Overlap
+        } else {
+            Schedule::Plain
         }
     }
 
