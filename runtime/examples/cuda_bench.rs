@@ -280,19 +280,24 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         // own kernels, dense layout: each forward the library has for the shape (the Hopper
         // kernel, then mma.sync; else the reference-grade kernels, seconds a call at the latent
         // shapes: fewer repetitions), each with the own backward
-        let mut own_fwds = vec![kernels.attn_fwd_kernel(Dtype::Bf16, &dense)];
-        if let FwdKernel::Hopper(_) = own_fwds[0] {
+        let first = kernels.attn_fwd_kernel(Dtype::Bf16, &dense);
+        // (kernel, persistent grid, name suffix)
+        let mut own_fwds = vec![(first, true, "")];
+        if let FwdKernel::Hopper(_) = first {
             own_fwds = vec![
-                FwdKernel::Hopper(HopperSchedule::Overlap),
-                FwdKernel::Hopper(HopperSchedule::Plain),
-                FwdKernel::Mma,
+                (FwdKernel::Hopper(HopperSchedule::Overlap), true, ""),
+                (FwdKernel::Hopper(HopperSchedule::Plain), true, ""),
+                (FwdKernel::Hopper(HopperSchedule::Overlap), false, "-tiles"),
+                (FwdKernel::Hopper(HopperSchedule::Plain), false, "-tiles"),
+                (FwdKernel::Mma, true, ""),
             ];
         }
-        for fk in own_fwds {
+        for (fk, persistent, suffix) in own_fwds {
             if let FwdKernel::Hopper(schedule) = fk {
                 kernels.set_attn_hopper_schedule(Some(schedule));
             }
             kernels.set_attn_hopper(matches!(fk, FwdKernel::Hopper(_)));
+            kernels.set_attn_hopper_persistent(persistent);
             let reps = if fk == FwdKernel::Simple { 3 } else { 25 };
             let r = time_pair(
                 gpu,
@@ -323,8 +328,9 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                         .map_err(|e| e.to_string())
                 },
             );
-            row(fk.name(), "dense", r, String::new());
+            row(&format!("{}{suffix}", fk.name()), "dense", r, String::new());
         }
+        kernels.set_attn_hopper_persistent(true);
         kernels.set_attn_hopper(true);
         kernels.set_attn_hopper_schedule(None);
         let hopper = matches!(

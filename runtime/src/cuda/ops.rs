@@ -36,6 +36,7 @@ pub struct Kernels {
     attn_hopper: Option<Arc<HopperAttention>>,
     attn_hopper_on: bool,
     attn_hopper_schedule: Option<HopperSchedule>,
+    attn_hopper_persistent: bool,
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -67,6 +68,10 @@ impl Kernels {
             attn_hopper: HopperAttention::for_library(gpu, head_dims),
             attn_hopper_on: true,
             attn_hopper_schedule: HopperSchedule::from_env(),
+            attn_hopper_persistent: !matches!(
+                std::env::var("MODELSPEC_ATTN_HOPPER_GRID").as_deref(),
+                Ok("tiles")
+            ),
         })
     }
 
@@ -139,11 +144,19 @@ impl Kernels {
         self.attn_hopper_schedule = schedule;
     }
 
-    /// The Hopper attention forward and its schedule at `head_dim`, when it is compiled and on.
+    /// Whether the Hopper attention forward runs persistent (one block a streaming
+    /// multiprocessor walking the tiles; the default) or one block a tile
+    /// (`MODELSPEC_ATTN_HOPPER_GRID=tiles` when the library is loaded).
+    pub fn set_attn_hopper_persistent(&mut self, on: bool) {
+        self.attn_hopper_persistent = on;
+    }
+
+    /// The Hopper attention forward, its schedule at `head_dim` and whether it runs persistent,
+    /// when it is compiled and on.
     pub(crate) fn attn_hopper(
         &self,
         head_dim: usize,
-    ) -> Option<(&HopperAttention, HopperSchedule)> {
+    ) -> Option<(&HopperAttention, HopperSchedule, bool)> {
         let h = self
             .attn_hopper
             .as_deref()
@@ -151,7 +164,7 @@ impl Kernels {
         let schedule = self
             .attn_hopper_schedule
             .unwrap_or_else(|| HopperSchedule::default_for(head_dim));
-        Some((h, schedule))
+        Some((h, schedule, self.attn_hopper_persistent))
     }
 
     /// The GPU these kernels run on.

@@ -337,8 +337,9 @@ fn attention_alibi_forward_backward_match_f64() {
     }
 }
 
-/// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, in both schedules,
-/// then the mma.sync forward on the same cases with it turned off: lengths that are not multiples of the 128-row
+/// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, in both schedules
+/// on the persistent grid and in the overlapped one a block a tile, then the mma.sync forward on
+/// the same cases with it turned off: lengths that are not multiples of the 128-row
 /// tiles, several key tiles, a single query, GQA and MQA, both head dims, non-causal, a window, a
 /// softcap, chunks that split tiles (Llama 4), ALiBi.
 #[test]
@@ -386,15 +387,24 @@ fn attention_hopper_forward_matches_f64() {
             false,
         ),
         ("alibi mha d128 T200", dense(1, 200, 3, 3, 128), true),
+        // More 128-query tiles than an H100 or H200 has multiprocessors (192, 144): the
+        // persistent grid's blocks take several tiles each.
+        ("gqa d64 B4 H16 T300", dense(4, 300, 16, 4, 64), false),
+        ("gqa d128 B3 H16 T260", dense(3, 260, 16, 8, 128), false),
     ];
-    let schedules = [
-        Some(HopperSchedule::Overlap),
-        Some(HopperSchedule::Plain),
+    // (schedule, persistent grid); None: the Hopper kernel off.
+    let runs = [
+        Some((HopperSchedule::Overlap, true)),
+        Some((HopperSchedule::Plain, true)),
+        Some((HopperSchedule::Overlap, false)),
         None,
     ];
-    for schedule in schedules {
-        k.set_attn_hopper(schedule.is_some());
+    for run in runs {
+        let schedule = run.map(|(s, _)| s);
+        k.set_attn_hopper(run.is_some());
         k.set_attn_hopper_schedule(schedule);
+        k.set_attn_hopper_persistent(run.is_none_or(|(_, p)| p));
+        println!("hopper run: {run:?}");
         for (tag, s, alibi) in &cases {
             let want = schedule.map_or(FwdKernel::Mma, FwdKernel::Hopper);
             assert_eq!(k.attn_fwd_kernel(Dtype::Bf16, s), want, "{tag}");

@@ -190,108 +190,58 @@ __device__ __forceinline__ void ah_rescale(float* acc, const float* corr) {
     for (int i = 0; i < R; i++) acc[i] *= corr[(i >> 1) & 1];
 }
 
-// OVERLAP 0 (plain): per tile S, wait, softmax, P V, wait. OVERLAP 1 (FlashAttention-3's
-// intra-warpgroup pipelining): tile it's S product is issued before tile it-1's P V, and the
-// softmax of tile it runs while P V runs; O is rescaled once that product is done, and P is packed
-// after it (P V reads the previous P from the registers until then).
+// A block's work tile: 128 queries of one (head, batch), and the key tiles [kb_first, kb_end)
+// they see. Tiles are numbered heaviest first (the causal triangle's long rows): tile i is query
+// block nqb - 1 - i / (H B) of head (i % (H B)) % H, batch (i % (H B)) / H.
+struct AhTile {
+    int q0, h, b, kb_first, kb_end;
+};
+
+__device__ __forceinline__ AhTile ah_tile(int i, int nqb, int T_, int H, int B, int window, int chunk, int causal) {
+    AhTile w;
+    const int hb = i % (H * B);
+    w.q0 = (nqb - 1 - i / (H * B)) * AH_BM;
+    w.h = hb % H;
+    w.b = hb / H;
+    const int kmax = causal ? min(T_, w.q0 + AH_BM) : T_;
+    w.kb_first = attn_first_key(w.q0, window, chunk) / AH_BN;
+    w.kb_end = (kmax + AH_BN - 1) / AH_BN;
+    return w;
+}
+
+// One consumer warpgroup's work on a tile: O's rows qw0.. from Q (in qw) and the ring's key tiles,
+// whose running count `n` (over the block's tiles: stage n % AH_STAGES, phase (n / AH_STAGES) & 1)
+// it advances; releases Q (q_empty) once its last S product is done. OVERLAP 0 (plain): per key
+// tile S, wait, softmax, P V, wait. OVERLAP 1 (FlashAttention-3's intra-warpgroup pipelining):
+// tile it's S product is issued before tile it-1's P V, and the softmax of tile it runs while
+// P V runs; O is rescaled once that product is done, and P is packed after it (P V reads the
+// previous P from the registers until then).
 template <int D, int OVERLAP>
-__device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaMap& mk, const HgTmaMap& mv,
-                                                bf16* o, float* lse, int T_, int H, int KV, int ldo, float scale,
-                                                float softcap, int window, int chunk, int causal,
-                                                const float* alibi) {
-    constexpr int TILE = AH_BN * D * 2;  // bytes of a Q, K or V tile (AH_BM == AH_BN)
-    constexpr int PANEL = AH_BN * 128;   // bytes of one 64-column panel of a tile
-    constexpr int R = D / 2;             // O accumulators a thread
-    extern __shared__ unsigned char ah_raw[];
-    __shared__ __align__(8) unsigned long long q_full, k_full[AH_STAGES], v_full[AH_STAGES], k_empty[AH_STAGES],
-        v_empty[AH_STAGES];
-    // The swizzled tiles need 1024-byte alignment (the host asks for 1 KiB more than the tiles).
-    unsigned char* const sq = ah_raw + ((1024 - (hg_smem(ah_raw) & 1023)) & 1023);
-    unsigned char* const sk = sq + TILE;
-    unsigned char* const sv = sk + AH_STAGES * TILE;
-    // Warp-uniform role (see hopper.cu: a divergent-looking branch serialises the wgmma).
-    const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
-    const int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int kvh = h / (H / KV);
-    const int q0 = qb * AH_BM;
-    const int kmax = causal ? min(T_, q0 + AH_BM) : T_;
-    const int kb_first = attn_first_key(q0, window, chunk) / AH_BN, kb_end = (kmax + AH_BN - 1) / AH_BN;
-    const int ntiles = kb_end - kb_first;
-    if (threadIdx.x == 0) {
-        hg_bar_init(&q_full, 1);
-        for (int s = 0; s < AH_STAGES; s++) {
-            hg_bar_init(&k_full[s], 1);
-            hg_bar_init(&v_full[s], 1);
-            hg_bar_init(&k_empty[s], 2);
-            hg_bar_init(&v_empty[s], 2);
-        }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    }
-    __syncthreads();
-    if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-        if (t == 0) {
-            hg_bar_expect_tx(&q_full, TILE);
-            for (int p = 0; p < D / 64; p++) hg_tma_load(sq + p * PANEL, &mq, &q_full, h * D + p * 64, b * T_ + q0);
-            for (int it = 0; it < ntiles; it++) {
-                const int s = it % AH_STAGES;
-                const unsigned parity = ((it / AH_STAGES) & 1) ^ 1;
-                const int row = b * T_ + (kb_end - 1 - it) * AH_BN;
-                hg_bar_wait(&k_empty[s], parity);
-                hg_bar_expect_tx(&k_full[s], TILE);
-                for (int p = 0; p < D / 64; p++)
-                    hg_tma_load(sk + s * TILE + p * PANEL, &mk, &k_full[s], kvh * D + p * 64, row);
-                hg_bar_wait(&v_empty[s], parity);
-                hg_bar_expect_tx(&v_full[s], TILE);
-                for (int p = 0; p < D / 64; p++)
-                    hg_tma_load(sv + s * TILE + p * PANEL, &mv, &v_full[s], kvh * D + p * 64, row);
-            }
-        }
-        return;
-    }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-    const int w = wg - 1, lane = t % 32;
-    AhRows a;
-    const int qw0 = q0 + 64 * w;                // this warpgroup's first query
-    a.r0 = qw0 + 16 * (t / 32) + lane / 4;  // this thread's rows: r0 and r0 + 8
-    a.c0 = 2 * (lane % 4);                  // and columns 8j + c0 + {0, 1}
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        const int row = a.r0 + 8 * r;
-        a.lo[r] = attn_first_key(row, window, chunk);
-        int hi = causal ? min(row, T_ - 1) : T_ - 1;
-        if (chunk > 0) hi = min(hi, (row / chunk + 1) * chunk - 1);
-        a.hi[r] = hi;
-    }
-    a.alibi = alibi;
-    a.slope = alibi ? alibi[h] : 0.f;
-    a.qk_scale = softcap > 0.f ? scale : scale * LOG2E;
-    a.softcap = softcap;
-    a.plain = !alibi && !(softcap > 0.f);
-    float acc[R];
-#pragma unroll
-    for (int i = 0; i < R; i++) acc[i] = 0.f;
-    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f}, corr[2];
-    float sc[64];
+__device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& n, int ntiles, int kb_end,
+                                           const AhRows& a, const unsigned char* qw, const unsigned char* sk,
+                                           const unsigned char* sv, unsigned long long* k_full,
+                                           unsigned long long* v_full, unsigned long long* k_empty,
+                                           unsigned long long* v_empty, unsigned long long* q_empty, int t) {
+    constexpr int TILE = AH_BN * D * 2, R = D / 2;
+    float sc[64], corr[2];
     unsigned pa[32];
-    const unsigned char* const qw = sq + 64 * 128 * w;
-    hg_bar_wait(&q_full, 0);
+#define AH_STAGE(n) ((n) % AH_STAGES)
+#define AH_PHASE(n) (((n) / AH_STAGES) & 1)
     if (OVERLAP) {
-        // Tile 0 alone: S, softmax, P.
-        hg_bar_wait(&k_full[0], 0);
-        ah_qk<D>(sc, qw, sk);
+        // Key tile 0 alone: S, softmax, P.
+        hg_bar_wait(&k_full[AH_STAGE(n)], AH_PHASE(n));
+        ah_qk<D>(sc, qw, sk + AH_STAGE(n) * TILE);
         asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
         hg_pin<64>(sc);
-        if (t == 0) hg_bar_arrive(&k_empty[0]);
+        if (t == 0) hg_bar_arrive(&k_empty[AH_STAGE(n)]);
         ah_softmax(sc, m, l, corr, (kb_end - 1) * AH_BN, a);
         ah_pack(sc, pa);
 #pragma unroll 1
         for (int it = 1; it < ntiles; it++) {
-            const int s = it % AH_STAGES, sp = (it - 1) % AH_STAGES;
-            hg_bar_wait(&k_full[s], (it / AH_STAGES) & 1);
+            const int s = AH_STAGE(n + 1), sp = AH_STAGE(n);
+            hg_bar_wait(&k_full[s], AH_PHASE(n + 1));
             ah_qk<D>(sc, qw, sk + s * TILE);
-            hg_bar_wait(&v_full[sp], ((it - 1) / AH_STAGES) & 1);
+            hg_bar_wait(&v_full[sp], AH_PHASE(n));
             hg_pin<R>(acc);
             ah_pv<D>(acc, pa, sv + sp * TILE);
             // S is the older group: done when at most the P V group is in flight.
@@ -316,28 +266,33 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
             ah_rescale<R>(acc, corr);
             ah_pack(sc, pa);
             if (t == 0) hg_bar_arrive(&v_empty[sp]);
+            n++;
         }
-        const int sl = (ntiles - 1) % AH_STAGES;
-        hg_bar_wait(&v_full[sl], ((ntiles - 1) / AH_STAGES) & 1);
+        // Every S product is done: Q may be refilled while the last P V and the stores run.
+        if (t == 0) hg_bar_arrive(q_empty);
+        hg_bar_wait(&v_full[AH_STAGE(n)], AH_PHASE(n));
         hg_pin<R>(acc);
-        ah_pv<D>(acc, pa, sv + sl * TILE);
+        ah_pv<D>(acc, pa, sv + AH_STAGE(n) * TILE);
         asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
         hg_pin<R>(acc);
-        if (t == 0) hg_bar_arrive(&v_empty[sl]);
+        if (t == 0) hg_bar_arrive(&v_empty[AH_STAGE(n)]);
+        n++;
     } else {
 #pragma unroll 1
-        for (int it = 0; it < ntiles; it++) {
-            const int s = it % AH_STAGES;
-            const unsigned parity = (it / AH_STAGES) & 1;
-            hg_bar_wait(&k_full[s], parity);
+        for (int it = 0; it < ntiles; it++, n++) {
+            const int s = AH_STAGE(n);
+            hg_bar_wait(&k_full[s], AH_PHASE(n));
             ah_qk<D>(sc, qw, sk + s * TILE);
             asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
             hg_pin<64>(sc);
-            if (t == 0) hg_bar_arrive(&k_empty[s]);
+            if (t == 0) {
+                hg_bar_arrive(&k_empty[s]);
+                if (it == ntiles - 1) hg_bar_arrive(q_empty);
+            }
             ah_softmax(sc, m, l, corr, (kb_end - 1 - it) * AH_BN, a);
             ah_rescale<R>(acc, corr);
             ah_pack(sc, pa);
-            hg_bar_wait(&v_full[s], parity);
+            hg_bar_wait(&v_full[s], AH_PHASE(n));
             hg_pin<R>(acc);
             ah_pv<D>(acc, pa, sv + s * TILE);
             asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
@@ -345,30 +300,128 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
             if (t == 0) hg_bar_arrive(&v_empty[s]);
         }
     }
-#pragma unroll
-    for (int r = 0; r < 2; r++) {
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
-        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
-    }
-    const float inv[2] = {l[0] > 0.f ? 1.f / l[0] : 0.f, l[1] > 0.f ? 1.f / l[1] : 0.f};
-    bf16* const ob = o + (size_t)b * T_ * ldo + (size_t)h * D;
-#pragma unroll
-    for (int j = 0; j < D / 8; j++) {
-#pragma unroll
-        for (int r = 0; r < 2; r++) {
-            const int row = a.r0 + 8 * r;
-            if (row < T_)
-                *(u32*)(ob + (size_t)row * ldo + 8 * j + a.c0) =
-                    pack_bf16x2(acc[4 * j + 2 * r] * inv[r], acc[4 * j + 2 * r + 1] * inv[r]);
+#undef AH_STAGE
+#undef AH_PHASE
+}
+
+// The kernel: blocks walk the work tiles blockIdx.x, + gridDim.x, ... (a grid of one block a tile,
+// or persistent: one a streaming multiprocessor). The producer runs ahead across tiles: the next
+// tile's Q as soon as both consumers are done with the last S product of the current one, its
+// K/V tiles into the same ring, so a tile's loads overlap the previous tile's last products and
+// stores.
+template <int D, int OVERLAP>
+__device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaMap& mk, const HgTmaMap& mv,
+                                                bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,
+                                                float scale, float softcap, int window, int chunk, int causal,
+                                                const float* alibi) {
+    constexpr int TILE = AH_BN * D * 2;  // bytes of a Q, K or V tile (AH_BM == AH_BN)
+    constexpr int PANEL = AH_BN * 128;   // bytes of one 64-column panel of a tile
+    constexpr int R = D / 2;             // O accumulators a thread
+    extern __shared__ unsigned char ah_raw[];
+    __shared__ __align__(8) unsigned long long q_full, q_empty, k_full[AH_STAGES], v_full[AH_STAGES],
+        k_empty[AH_STAGES], v_empty[AH_STAGES];
+    // The swizzled tiles need 1024-byte alignment (the host asks for 1 KiB more than the tiles).
+    unsigned char* const sq = ah_raw + ((1024 - (hg_smem(ah_raw) & 1023)) & 1023);
+    unsigned char* const sk = sq + TILE;
+    unsigned char* const sv = sk + AH_STAGES * TILE;
+    // Warp-uniform role (see hopper.cu: a divergent-looking branch serialises the wgmma).
+    const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
+    const int nqb = (T_ + AH_BM - 1) / AH_BM, ntotal = nqb * H * B;
+    if (threadIdx.x == 0) {
+        hg_bar_init(&q_full, 1);
+        hg_bar_init(&q_empty, 2);
+        for (int s = 0; s < AH_STAGES; s++) {
+            hg_bar_init(&k_full[s], 1);
+            hg_bar_init(&v_full[s], 1);
+            hg_bar_init(&k_empty[s], 2);
+            hg_bar_init(&v_empty[s], 2);
         }
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
-    if (lane % 4 == 0) {
-        const float LN2 = 0.6931471805599453f;
-        float* const lrow = lse + ((size_t)b * H + h) * T_;
+    __syncthreads();
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
+        if (t == 0) {
+            int n = 0;  // key tiles loaded so far
+            for (int i = blockIdx.x, j = 0; i < ntotal; i += gridDim.x, j++) {
+                const AhTile w = ah_tile(i, nqb, T_, H, B, window, chunk, causal);
+                const int kvh = w.h / (H / KV);
+                hg_bar_wait(&q_empty, (j & 1) ^ 1);
+                hg_bar_expect_tx(&q_full, TILE);
+                for (int p = 0; p < D / 64; p++)
+                    hg_tma_load(sq + p * PANEL, &mq, &q_full, w.h * D + p * 64, w.b * T_ + w.q0);
+                for (int kb = w.kb_end - 1; kb >= w.kb_first; kb--, n++) {
+                    const int s = n % AH_STAGES;
+                    const unsigned parity = ((n / AH_STAGES) & 1) ^ 1;
+                    const int row = w.b * T_ + kb * AH_BN;
+                    hg_bar_wait(&k_empty[s], parity);
+                    hg_bar_expect_tx(&k_full[s], TILE);
+                    for (int p = 0; p < D / 64; p++)
+                        hg_tma_load(sk + s * TILE + p * PANEL, &mk, &k_full[s], kvh * D + p * 64, row);
+                    hg_bar_wait(&v_empty[s], parity);
+                    hg_bar_expect_tx(&v_full[s], TILE);
+                    for (int p = 0; p < D / 64; p++)
+                        hg_tma_load(sv + s * TILE + p * PANEL, &mv, &v_full[s], kvh * D + p * 64, row);
+                }
+            }
+        }
+        return;
+    }
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    const int cw = wg - 1, lane = t % 32;
+    const unsigned char* const qw = sq + 64 * 128 * cw;
+    int n = 0;  // key tiles consumed so far
+    for (int i = blockIdx.x, j = 0; i < ntotal; i += gridDim.x, j++) {
+        const AhTile w = ah_tile(i, nqb, T_, H, B, window, chunk, causal);
+        AhRows a;
+        a.r0 = w.q0 + 64 * cw + 16 * (t / 32) + lane / 4;  // this thread's rows: r0 and r0 + 8
+        a.c0 = 2 * (lane % 4);                             // and columns 8j + c0 + {0, 1}
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             const int row = a.r0 + 8 * r;
-            if (row < T_) lrow[row] = l[r] > 0.f ? (m[r] + log2f(l[r])) * LN2 : 0.f;
+            a.lo[r] = attn_first_key(row, window, chunk);
+            int hi = causal ? min(row, T_ - 1) : T_ - 1;
+            if (chunk > 0) hi = min(hi, (row / chunk + 1) * chunk - 1);
+            a.hi[r] = hi;
+        }
+        a.alibi = alibi;
+        a.slope = alibi ? alibi[w.h] : 0.f;
+        a.qk_scale = softcap > 0.f ? scale : scale * LOG2E;
+        a.softcap = softcap;
+        a.plain = !alibi && !(softcap > 0.f);
+        float acc[R];
+#pragma unroll
+        for (int k = 0; k < R; k++) acc[k] = 0.f;
+        float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+        hg_bar_wait(&q_full, j & 1);
+        ah_consume<D, OVERLAP>(acc, m, l, n, w.kb_end - w.kb_first, w.kb_end, a, qw, sk, sv, k_full, v_full,
+                               k_empty, v_empty, &q_empty, t);
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+            l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        }
+        const float inv[2] = {l[0] > 0.f ? 1.f / l[0] : 0.f, l[1] > 0.f ? 1.f / l[1] : 0.f};
+        bf16* const ob = o + (size_t)w.b * T_ * ldo + (size_t)w.h * D;
+#pragma unroll
+        for (int jj = 0; jj < D / 8; jj++) {
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int row = a.r0 + 8 * r;
+                if (row < T_)
+                    *(u32*)(ob + (size_t)row * ldo + 8 * jj + a.c0) =
+                        pack_bf16x2(acc[4 * jj + 2 * r] * inv[r], acc[4 * jj + 2 * r + 1] * inv[r]);
+            }
+        }
+        if (lane % 4 == 0) {
+            const float LN2 = 0.6931471805599453f;
+            float* const lrow = lse + ((size_t)w.b * H + w.h) * T_;
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                const int row = a.r0 + 8 * r;
+                if (row < T_) lrow[row] = l[r] > 0.f ? (m[r] + log2f(l[r])) * LN2 : 0.f;
+            }
         }
     }
 }
@@ -378,10 +431,10 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
 #define AH_ENTRY(NAME, D, OVERLAP)                                                                              \
     extern "C" __global__ void __launch_bounds__(AH_THREADS, 1)                                                 \
         NAME(const __grid_constant__ HgTmaMap mq, const __grid_constant__ HgTmaMap mk,                          \
-             const __grid_constant__ HgTmaMap mv, bf16* o, float* lse, int T_, int H, int KV, int ldo,          \
+             const __grid_constant__ HgTmaMap mv, bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,   \
              float scale, float softcap, int window, int chunk, int causal, const float* alibi) {                \
-        attn_hopper_fwd<D, OVERLAP>(mq, mk, mv, o, lse, T_, H, KV, ldo, scale, softcap, window, chunk, causal, \
-                                    alibi);                                                                     \
+        attn_hopper_fwd<D, OVERLAP>(mq, mk, mv, o, lse, T_, H, KV, B, ldo, scale, softcap, window, chunk,     \
+                                    causal, alibi);                                                             \
     }
 AH_ENTRY(attn_hopper_fwd_d64, 64, 1)
 AH_ENTRY(attn_hopper_fwd_d128, 128, 1)

@@ -189,7 +189,7 @@ impl Kernels {
     /// has it (a Hopper GPU; [`Kernels::set_attn_hopper`]) and it takes the call, else the
     /// mma.sync kernel where [`Kernels::attn_uses_mma`], else the reference-grade one.
     pub fn attn_fwd_kernel(&self, dt: Dtype, s: &AttnShape) -> FwdKernel {
-        if let Some((_, schedule)) = self.attn_hopper(s.head_dim)
+        if let Some((_, schedule, _)) = self.attn_hopper(s.head_dim)
             && hopper::HopperAttention::refuses(dt, s).is_none()
         {
             FwdKernel::Hopper(schedule)
@@ -237,11 +237,11 @@ impl Kernels {
             softcap,
             alibi,
         } = s.scalars();
-        if let (FwdKernel::Hopper(schedule), Some((h, _))) =
+        if let (FwdKernel::Hopper(schedule), Some((h, _, persistent))) =
             (self.attn_fwd_kernel(dt, s), self.attn_hopper(s.head_dim))
         {
             // SAFETY: the buffers are the caller's, of the sizes documented above.
-            return unsafe { h.fwd(schedule, s, o, lse, q, k, v) };
+            return unsafe { h.fwd(schedule, persistent, s, o, lse, q, k, v) };
         }
         if self.attn_uses_mma(dt, s) {
             let d = s.head_dim;

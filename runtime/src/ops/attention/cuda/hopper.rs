@@ -72,6 +72,8 @@ impl Schedule {
 pub struct HopperAttention {
     gpu: Arc<Gpu>,
     module: Arc<Module>,
+    /// Streaming multiprocessors: the persistent grid's size.
+    sms: u32,
 }
 
 impl HopperAttention {
@@ -90,6 +92,7 @@ impl HopperAttention {
         Ok(HopperAttention {
             gpu: gpu.clone(),
             module: gpu.load_arch(&Self::source(), "compute_90a")?,
+            sms: gpu.sm_count()?,
         })
     }
 
@@ -150,7 +153,9 @@ impl HopperAttention {
     }
 
     /// The forward in `schedule`: o (bf16, laid out like q with `ldo`) and lse `[B, H, T]` from
-    /// q, k, v.
+    /// q, k, v. `persistent`: one block a streaming multiprocessor, each walking its share of the
+    /// 128-query tiles (a tile's loads overlap the previous one's last products and stores); else
+    /// one block a tile.
     ///
     /// # Safety
     /// The pointers must be device buffers of the sizes `s` implies (as [`crate::cuda::Kernels::attn_fwd`]).
@@ -158,6 +163,7 @@ impl HopperAttention {
     pub unsafe fn fwd(
         &self,
         schedule: Schedule,
+        persistent: bool,
         s: &AttnShape,
         o: DevPtr,
         lse: DevPtr,
@@ -184,7 +190,8 @@ impl HopperAttention {
         let mut mv = tensor_map(v, s.kv_heads * d, rows, s.ldv, BM)?;
         let (mut o_, mut lse_, mut alibi) = (o, lse, s.alibi);
         let i = |n: usize| n as i32;
-        let (mut t_, mut h_, mut kv_, mut ldo) = (i(s.seq), i(s.heads), i(s.kv_heads), i(s.ldo));
+        let (mut t_, mut h_, mut kv_, mut b_, mut ldo) =
+            (i(s.seq), i(s.heads), i(s.kv_heads), i(s.batch), i(s.ldo));
         let (mut scale, mut softcap) = (s.scale, s.softcap);
         let (mut window, mut chunk, mut causal) = (i(s.window), i(s.chunk), i32::from(s.causal));
         let f = self.module.function(&kernel)?;
@@ -192,7 +199,16 @@ impl HopperAttention {
         // alignment inside the kernel.
         let tile = BM * d as u32 * 2;
         let smem = (1 + 2 * STAGES) * tile + 1024;
-        let grid = ((s.seq as u32).div_ceil(BM), s.heads as u32, s.batch as u32);
+        let tiles = (s.seq as u32).div_ceil(BM) * (s.heads * s.batch) as u32;
+        let grid = (
+            if persistent {
+                tiles.min(self.sms)
+            } else {
+                tiles
+            },
+            1,
+            1,
+        );
         let mut args = [
             (&mut mq) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
             (&mut mk) as *mut sys::CUtensorMap as *mut _,
@@ -202,6 +218,7 @@ impl HopperAttention {
             (&mut t_) as *mut i32 as *mut _,
             (&mut h_) as *mut i32 as *mut _,
             (&mut kv_) as *mut i32 as *mut _,
+            (&mut b_) as *mut i32 as *mut _,
             (&mut ldo) as *mut i32 as *mut _,
             (&mut scale) as *mut f32 as *mut _,
             (&mut softcap) as *mut f32 as *mut _,
@@ -211,7 +228,7 @@ impl HopperAttention {
             (&mut alibi) as *mut DevPtr as *mut _,
         ];
         // SAFETY: the arguments match the kernel's signature (three tensor maps by value, two
-        // pointers, four ints, two floats, three ints, a pointer); the buffers are the caller's
+        // pointers, five ints, two floats, three ints, a pointer); the buffers are the caller's
         // promise.
         unsafe {
             self.gpu
