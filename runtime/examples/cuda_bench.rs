@@ -10,9 +10,12 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- xent        # cross-entropy chunks
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- hopper      # own wgmma GEMM vs cuBLASLt
 //! ```
-//! `cudnn` prints, per shape, a row for the own kernels and one for cuDNN's fused attention
-//! (`"path"`), both on the dense layout, then a cuDNN row on the trainer's fused qkv layout
-//! (`"layout": "fused"`), so one run compares the paths beside PyTorch's anchors; a last cuDNN
+//! `cudnn` prints, per shape, rows for the own kernels (`"path"`: on a Hopper GPU `hopper` and
+//! `hopper-plain`, the Hopper forward's two schedules on its persistent grid, `hopper-tiles` and
+//! `hopper-plain-tiles` one block a tile, then `mma`; each with the own backward) and one for
+//! cuDNN's fused attention, all on the dense layout, then a cuDNN row on the trainer's fused qkv
+//! layout (`"layout": "fused"`), each cuDNN layout followed by `hopper+cudnn` (the Hopper forward,
+//! cuDNN's backward from its o and lse), so one run compares the paths beside PyTorch's anchors; a last cuDNN
 //! row per shape runs PyTorch's head-major layout (`"layout": "head-major"`, an experiment:
 //! bench/collect_session.py keeps it beside the row, not as its figure). After
 //! attn_bench.py's shapes come DeepSeek-V3's latent-attention shapes (128 heads, q/k head dim
