@@ -9,7 +9,7 @@
 // Block: 3 warpgroups (384 threads) for 128 queries of one (head, batch); grid (ceil(T/128), H, B),
 // the longest rows of the causal triangle first. Warpgroup 0 produces: its first thread brings
 // the Q tile (128 x D) once, then for each key tile of 128 rows the block sees, last (the
-// diagonal) first, the K tile and the V tile into stage s of a ring of AH_STAGES, completing on
+// diagonal) first, the K tile and the V tile into stage s of a ring of AH_STAGES(D), completing on
 // k_full[s] / v_full[s]; it waits for k_empty[s] / v_empty[s] (both consumers done with the
 // stage) before reusing one. Warpgroups 1 and 2 consume, each for 64 of the queries:
 //   S = Q K^T         D/16 wgmma m64n128k16, both operands K-major in shared memory;
@@ -28,7 +28,9 @@
 
 #define AH_BM 128
 #define AH_BN 128
-#define AH_STAGES 2
+// Stages of the K/V ring a head dim: as many as shared memory holds beside Q (4 x 32 KiB at
+// D64, 3 x 64 KiB at D128), to cover the L2's and DRAM's latency.
+#define AH_STAGES(D) ((D) == 64 ? 4 : 3)
 #define AH_THREADS 384
 
 // S (m64n128, f32) = A B^T (+ S when `acc`), A and B K-major tiles in shared memory.
@@ -191,16 +193,19 @@ __device__ __forceinline__ void ah_rescale(float* acc, const float* corr) {
 }
 
 // A block's work tile: 128 queries of one (head, batch), and the key tiles [kb_first, kb_end)
-// they see. Tiles are numbered heaviest first (the causal triangle's long rows): tile i is query
-// block nqb - 1 - i / (H B) of head (i % (H B)) % H, batch (i % (H B)) / H.
+// they see. Tiles are numbered head by head (a head's keys and values stay in the L2 while its
+// tiles run: numbered query block first, the blocks at once in flight span a few heads, not
+// one each), the causal triangle's long rows first within a head: tile i is query block
+// nqb - 1 - i % nqb of head (i / nqb) % H, batch (i / nqb) / H. Consecutive heads share a kv
+// head under GQA.
 struct AhTile {
     int q0, h, b, kb_first, kb_end;
 };
 
 __device__ __forceinline__ AhTile ah_tile(int i, int nqb, int T_, int H, int B, int window, int chunk, int causal) {
     AhTile w;
-    const int hb = i % (H * B);
-    w.q0 = (nqb - 1 - i / (H * B)) * AH_BM;
+    const int hb = i / nqb;
+    w.q0 = (nqb - 1 - i % nqb) * AH_BM;
     w.h = hb % H;
     w.b = hb / H;
     const int kmax = causal ? min(T_, w.q0 + AH_BM) : T_;
@@ -210,7 +215,7 @@ __device__ __forceinline__ AhTile ah_tile(int i, int nqb, int T_, int H, int B, 
 }
 
 // One consumer warpgroup's work on a tile: O's rows qw0.. from Q (in qw) and the ring's key tiles,
-// whose running count `n` (over the block's tiles: stage n % AH_STAGES, phase (n / AH_STAGES) & 1)
+// whose running count `n` (over the block's tiles: stage n % AH_STAGES(D), phase (n / AH_STAGES(D)) & 1)
 // it advances; releases Q (q_empty) once its last S product is done. OVERLAP 0 (plain): per key
 // tile S, wait, softmax, P V, wait. OVERLAP 1 (FlashAttention-3's intra-warpgroup pipelining):
 // tile it's S product is issued before tile it-1's P V, and the softmax of tile it runs while
@@ -225,8 +230,8 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
     constexpr int TILE = AH_BN * D * 2, R = D / 2;
     float sc[64], corr[2];
     unsigned pa[32];
-#define AH_STAGE(n) ((n) % AH_STAGES)
-#define AH_PHASE(n) (((n) / AH_STAGES) & 1)
+#define AH_STAGE(n) ((n) % AH_STAGES(D))
+#define AH_PHASE(n) (((n) / AH_STAGES(D)) & 1)
     if (OVERLAP) {
         // Key tile 0 alone: S, softmax, P.
         hg_bar_wait(&k_full[AH_STAGE(n)], AH_PHASE(n));
@@ -318,19 +323,19 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
     constexpr int PANEL = AH_BN * 128;   // bytes of one 64-column panel of a tile
     constexpr int R = D / 2;             // O accumulators a thread
     extern __shared__ unsigned char ah_raw[];
-    __shared__ __align__(8) unsigned long long q_full, q_empty, k_full[AH_STAGES], v_full[AH_STAGES],
-        k_empty[AH_STAGES], v_empty[AH_STAGES];
+    constexpr int ST = AH_STAGES(D);
+    __shared__ __align__(8) unsigned long long q_full, q_empty, k_full[ST], v_full[ST], k_empty[ST], v_empty[ST];
     // The swizzled tiles need 1024-byte alignment (the host asks for 1 KiB more than the tiles).
     unsigned char* const sq = ah_raw + ((1024 - (hg_smem(ah_raw) & 1023)) & 1023);
     unsigned char* const sk = sq + TILE;
-    unsigned char* const sv = sk + AH_STAGES * TILE;
+    unsigned char* const sv = sk + ST * TILE;
     // Warp-uniform role (see hopper.cu: a divergent-looking branch serialises the wgmma).
     const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
     const int nqb = (T_ + AH_BM - 1) / AH_BM, ntotal = nqb * H * B;
     if (threadIdx.x == 0) {
         hg_bar_init(&q_full, 1);
         hg_bar_init(&q_empty, 2);
-        for (int s = 0; s < AH_STAGES; s++) {
+        for (int s = 0; s < ST; s++) {
             hg_bar_init(&k_full[s], 1);
             hg_bar_init(&v_full[s], 1);
             hg_bar_init(&k_empty[s], 2);
@@ -352,8 +357,8 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
                 for (int p = 0; p < D / 64; p++)
                     hg_tma_load(sq + p * PANEL, &mq, &q_full, w.h * D + p * 64, w.b * T_ + w.q0);
                 for (int kb = w.kb_end - 1; kb >= w.kb_first; kb--, n++) {
-                    const int s = n % AH_STAGES;
-                    const unsigned parity = ((n / AH_STAGES) & 1) ^ 1;
+                    const int s = n % ST;
+                    const unsigned parity = ((n / ST) & 1) ^ 1;
                     const int row = w.b * T_ + kb * AH_BN;
                     hg_bar_wait(&k_empty[s], parity);
                     hg_bar_expect_tx(&k_full[s], TILE);

@@ -18,11 +18,14 @@ const SOURCE: &str = concat!(
     include_str!("../attention_hopper.cu")
 );
 
-/// Queries and keys a tile (`AH_BM`, `AH_BN`), stages of the K/V ring (`AH_STAGES`), threads a
-/// block (`AH_THREADS`).
+/// Queries and keys a tile (`AH_BM`, `AH_BN`), threads a block (`AH_THREADS`).
 const BM: u32 = 128;
-const STAGES: u32 = 2;
 const THREADS: u32 = 384;
+
+/// Stages of the K/V ring at a head dim (`AH_STAGES(D)`).
+fn stages(head_dim: usize) -> u32 {
+    if head_dim == 64 { 4 } else { 3 }
+}
 
 /// The head dims the kernels are instantiated for.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
@@ -198,7 +201,7 @@ impl HopperAttention {
         // Q, then the ring of K and V tiles (128 x D bf16 each), plus 1 KiB for the 1024-byte
         // alignment inside the kernel.
         let tile = BM * d as u32 * 2;
-        let smem = (1 + 2 * STAGES) * tile + 1024;
+        let smem = (1 + 2 * stages(d)) * tile + 1024;
         let tiles = (s.seq as u32).div_ceil(BM) * (s.heads * s.batch) as u32;
         let grid = (
             if persistent {
