@@ -290,6 +290,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             own_fwds = vec![
                 (FwdKernel::Hopper(HopperSchedule::Overlap), true, ""),
                 (FwdKernel::Hopper(HopperSchedule::Plain), true, ""),
+                (FwdKernel::Hopper(HopperSchedule::OverlapPoly), true, ""),
                 (FwdKernel::Hopper(HopperSchedule::Overlap), false, "-tiles"),
                 (FwdKernel::Hopper(HopperSchedule::Plain), false, "-tiles"),
                 (FwdKernel::Mma, true, ""),

@@ -233,7 +233,10 @@ fn hopper_attention_compiles_for_sm90a() {
     }
     let src = modelspec_runtime::cuda::HopperAttention::source();
     let (ptx, _) = compile::compile(&src, "compute_90a").expect("attention_hopper.cu compiles");
-    for (d, plain) in [(64, ""), (128, ""), (64, "plain_"), (128, "plain_")] {
+    for (d, plain) in [64, 128]
+        .into_iter()
+        .flat_map(|d| ["", "plain_", "poly_"].map(|s| (d, s)))
+    {
         let entry = format!("attn_hopper_fwd_{plain}d{d}");
         assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");
         assert!(

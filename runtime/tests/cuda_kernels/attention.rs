@@ -396,6 +396,7 @@ fn attention_hopper_forward_matches_f64() {
     let runs = [
         Some((HopperSchedule::Overlap, true)),
         Some((HopperSchedule::Plain, true)),
+        Some((HopperSchedule::OverlapPoly, true)),
         Some((HopperSchedule::Overlap, false)),
         None,
     ];

@@ -128,9 +128,25 @@ __device__ __forceinline__ void ah_pv(float* acc, const unsigned* pa, const unsi
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
 
+// 2^x for x <= 0 on the FMA pipe (FlashAttention-4's offload of the MUFU unit, which at D64 is
+// as busy as the tensor cores): n = round(x) by the 1.5 * 2^23 addition, 2^(x - n) for
+// x - n in [-1/2, 1/2] by a cubic fitted for relative error (at most 7.5e-5, below bf16's 2^-9
+// rounding of P), n added to the exponent bits (the addend's low mantissa bits are n + 2^22,
+// and the 2^22 shifts out). x is clamped at -126 so that masked scores (-inf) give 0.
+__device__ __forceinline__ float ah_exp2_poly(float x) {
+    x = fmaxf(x, -126.f);
+    const float t = x + 12582912.f;
+    const float f = x - (t - 12582912.f);
+    const float p = fmaf(fmaf(fmaf(0.05517161637544632f, f, 0.24261116981506348f), f, 0.6932610273361206f), f,
+                         0.9999280571937561f);
+    return __int_as_float(__float_as_int(p) + (__float_as_int(t) << 23));
+}
+
 // The online softmax of key tile k0 on S's registers, in place: sc becomes exp2(score - new max)
 // with the scores in log2 units (scaled, biased, capped, masked); the rows' maxima m and sums l
 // are updated, corr is the factor the O accumulated so far takes.
+// POLY: every fourth exponential on the FMA pipe (ah_exp2_poly).
+template <int POLY>
 __device__ __forceinline__ void ah_softmax(float* sc, float* m, float* l, float* corr, int k0, const AhRows& a) {
     // Without ALiBi and softcap the scale is folded into the exponent's FFMA (mul: sc's units).
     float mul = a.qk_scale;
@@ -170,7 +186,8 @@ __device__ __forceinline__ void ah_softmax(float* sc, float* m, float* l, float*
     }
 #pragma unroll
     for (int i = 0; i < 64; i++) {
-        sc[i] = exp2f(fmaf(sc[i], mul, -base[(i >> 1) & 1]));
+        const float x = fmaf(sc[i], mul, -base[(i >> 1) & 1]);
+        sc[i] = POLY && (i & 3) == 3 ? ah_exp2_poly(x) : exp2f(x);
         l[(i >> 1) & 1] += sc[i];
     }
 }
@@ -221,7 +238,7 @@ __device__ __forceinline__ AhTile ah_tile(int i, int nqb, int T_, int H, int B, 
 // tile it's S product is issued before tile it-1's P V, and the softmax of tile it runs while
 // P V runs; O is rescaled once that product is done, and P is packed after it (P V reads the
 // previous P from the registers until then).
-template <int D, int OVERLAP>
+template <int D, int OVERLAP, int POLY>
 __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& n, int ntiles, int kb_end,
                                            const AhRows& a, const unsigned char* qw, const unsigned char* sk,
                                            const unsigned char* sv, unsigned long long* k_full,
@@ -239,7 +256,7 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
         asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
         hg_pin<64>(sc);
         if (t == 0) hg_bar_arrive(&k_empty[AH_STAGE(n)]);
-        ah_softmax(sc, m, l, corr, (kb_end - 1) * AH_BN, a);
+        ah_softmax<POLY>(sc, m, l, corr, (kb_end - 1) * AH_BN, a);
         ah_pack(sc, pa);
 #pragma unroll 1
         for (int it = 1; it < ntiles; it++) {
@@ -253,7 +270,7 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
             asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory");
             hg_pin<64>(sc);
             if (t == 0) hg_bar_arrive(&k_empty[s]);
-            ah_softmax(sc, m, l, corr, (kb_end - 1 - it) * AH_BN, a);
+            ah_softmax<POLY>(sc, m, l, corr, (kb_end - 1 - it) * AH_BN, a);
             // The softmax's results pinned here: arithmetic may move past an asm that only
             // clobbers memory, and the compiler would sink the exponentials below the wait.
             hg_pin<64>(sc);
@@ -294,7 +311,7 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
                 hg_bar_arrive(&k_empty[s]);
                 if (it == ntiles - 1) hg_bar_arrive(q_empty);
             }
-            ah_softmax(sc, m, l, corr, (kb_end - 1 - it) * AH_BN, a);
+            ah_softmax<POLY>(sc, m, l, corr, (kb_end - 1 - it) * AH_BN, a);
             ah_rescale<R>(acc, corr);
             ah_pack(sc, pa);
             hg_bar_wait(&v_full[s], AH_PHASE(n));
@@ -314,7 +331,7 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
 // tile's Q as soon as both consumers are done with the last S product of the current one, its
 // K/V tiles into the same ring, so a tile's loads overlap the previous tile's last products and
 // stores.
-template <int D, int OVERLAP>
+template <int D, int OVERLAP, int POLY>
 __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaMap& mk, const HgTmaMap& mv,
                                                 bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,
                                                 float scale, float softcap, int window, int chunk, int causal,
@@ -400,7 +417,7 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
         for (int k = 0; k < R; k++) acc[k] = 0.f;
         float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
         hg_bar_wait(&q_full, j & 1);
-        ah_consume<D, OVERLAP>(acc, m, l, n, w.kb_end - w.kb_first, w.kb_end, a, qw, sk, sv, k_full, v_full,
+        ah_consume<D, OVERLAP, POLY>(acc, m, l, n, w.kb_end - w.kb_first, w.kb_end, a, qw, sk, sv, k_full, v_full,
                                k_empty, v_empty, &q_empty, t);
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -431,17 +448,20 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
     }
 }
 
-// The entry points, one a head dim and schedule (`_plain`: OVERLAP 0); the maps stay
-// __grid_constant__ parameters so that their addresses are the ones the bulk copies read.
-#define AH_ENTRY(NAME, D, OVERLAP)                                                                              \
+// The entry points, one a head dim and schedule (`_plain`: OVERLAP 0; `_poly`: overlapped, a
+// quarter of the exponentials on the FMA pipe); the maps stay __grid_constant__ parameters so
+// that their addresses are the ones the bulk copies read.
+#define AH_ENTRY(NAME, D, OVERLAP, POLY)                                                                        \
     extern "C" __global__ void __launch_bounds__(AH_THREADS, 1)                                                 \
         NAME(const __grid_constant__ HgTmaMap mq, const __grid_constant__ HgTmaMap mk,                          \
              const __grid_constant__ HgTmaMap mv, bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,   \
              float scale, float softcap, int window, int chunk, int causal, const float* alibi) {                \
-        attn_hopper_fwd<D, OVERLAP>(mq, mk, mv, o, lse, T_, H, KV, B, ldo, scale, softcap, window, chunk,     \
-                                    causal, alibi);                                                             \
+        attn_hopper_fwd<D, OVERLAP, POLY>(mq, mk, mv, o, lse, T_, H, KV, B, ldo, scale, softcap, window, chunk, \
+                                          causal, alibi);                                                       \
     }
-AH_ENTRY(attn_hopper_fwd_d64, 64, 1)
-AH_ENTRY(attn_hopper_fwd_d128, 128, 1)
-AH_ENTRY(attn_hopper_fwd_plain_d64, 64, 0)
-AH_ENTRY(attn_hopper_fwd_plain_d128, 128, 0)
+AH_ENTRY(attn_hopper_fwd_d64, 64, 1, 0)
+AH_ENTRY(attn_hopper_fwd_d128, 128, 1, 0)
+AH_ENTRY(attn_hopper_fwd_plain_d64, 64, 0, 0)
+AH_ENTRY(attn_hopper_fwd_plain_d128, 128, 0, 0)
+AH_ENTRY(attn_hopper_fwd_poly_d64, 64, 1, 1)
+AH_ENTRY(attn_hopper_fwd_poly_d128, 128, 1, 1)

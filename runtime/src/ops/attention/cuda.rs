@@ -178,6 +178,7 @@ impl FwdKernel {
         match self {
             FwdKernel::Hopper(hopper::Schedule::Overlap) => "hopper",
             FwdKernel::Hopper(hopper::Schedule::Plain) => "hopper-plain",
+            FwdKernel::Hopper(hopper::Schedule::OverlapPoly) => "hopper-poly",
             FwdKernel::Mma => "mma",
             FwdKernel::Simple => "simple",
         }

@@ -38,15 +38,19 @@ pub enum Schedule {
     Overlap,
     /// S, wait, softmax, P V, wait: one product at a time (for comparison).
     Plain,
+    /// Overlapped, with every fourth exponential computed on the FMA pipe by a polynomial
+    /// (FlashAttention-4's offload of the MUFU unit, which at D64 is as busy as the tensor cores).
+    OverlapPoly,
 }
 
 impl Schedule {
-    /// `MODELSPEC_ATTN_HOPPER=plain` or `=overlap`: that schedule at every head dim; otherwise
+    /// `MODELSPEC_ATTN_HOPPER=plain`, `=overlap` or `=poly`: that schedule at every head dim; otherwise
     /// `None`, each head dim's default ([`Schedule::default_for`]).
     pub fn from_env() -> Option<Schedule> {
         match std::env::var("MODELSPEC_ATTN_HOPPER").as_deref() {
             Ok("plain") => Some(Schedule::Plain),
             Ok("overlap") => Some(Schedule::Overlap),
+            Ok("poly") => Some(Schedule::OverlapPoly),
             _ => None,
         }
     }
@@ -67,6 +71,7 @@ impl Schedule {
         match self {
             Schedule::Overlap => "",
             Schedule::Plain => "plain_",
+            Schedule::OverlapPoly => "poly_",
         }
     }
 }
