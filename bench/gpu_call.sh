@@ -270,7 +270,7 @@ if [ "$stage" = 27 ]; then
         cat $R/v/ab.jsonl >> $R/v/ab_all.jsonl
         grep -E '"path"' $R/v/ab.jsonl | grep -oE '"path": "[a-z+-]+", "layout": "[a-z-]+"|"T": [0-9]+|"D": [0-9]+|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"error": .{0,120}' | paste -sd' ' | sed 's/"path"/\n"path"/g'
     done
-    for kern in d64 plain_d64; do
+    for kern in ${KERNS:-d64 plain_d64}; do
         ( cudnn_env; timeout 150 ncu --clock-control none --set full --import-source no -k "regex:^attn_hopper_fwd_${kern}\$" \
             --launch-skip 2 --launch-count 1 -f -o $R/v/$kern $B/cuda_bench cudnn 1024/64 > $R/v/$kern.log 2>&1 )
         echo "ncu $kern exit $?"
