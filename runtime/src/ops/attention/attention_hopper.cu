@@ -210,25 +210,45 @@ __device__ __forceinline__ void ah_rescale(float* acc, const float* corr) {
 }
 
 // A block's work tile: 128 queries of one (head, batch), and the key tiles [kb_first, kb_end)
-// they see. Tiles are numbered head by head (a head's keys and values stay in the L2 while its
-// tiles run: numbered query block first, the blocks at once in flight span a few heads, not
-// one each), the causal triangle's long rows first within a head: tile i is query block
-// nqb - 1 - i % nqb of head (i / nqb) % H, batch (i / nqb) / H. Consecutive heads share a kv
-// head under GQA.
+// they see. Tiles are numbered in groups of `group` heads whose keys and values fit the L2
+// together (the host's choice), within a group the causal triangle's long rows first, head after
+// head: tile i is, with r = i % (group nqb) and gh the heads of its group (fewer in the last),
+// query block nqb - 1 - r / gh of head-batch hb = (i / (group nqb)) group + r % gh, head hb % H,
+// batch hb / H. Consecutive heads share a kv head under GQA. Blocks take tiles in this order as
+// they free up (ah_next), so the long rows spread over the blocks and the blocks in flight work
+// on a group's heads.
 struct AhTile {
     int q0, h, b, kb_first, kb_end;
 };
 
-__device__ __forceinline__ AhTile ah_tile(int i, int nqb, int T_, int H, int B, int window, int chunk, int causal) {
+__device__ __forceinline__ AhTile ah_tile(int i, int nqb, int group, int T_, int H, int B, int window, int chunk,
+                                          int causal) {
     AhTile w;
-    const int hb = i / nqb;
-    w.q0 = (nqb - 1 - i % nqb) * AH_BM;
+    const int per = group * nqb, g = i / per, r = i % per;
+    const int gh = min(group, H * B - g * group);
+    const int hb = g * group + r % gh;
+    w.q0 = (nqb - 1 - r / gh) * AH_BM;
     w.h = hb % H;
     w.b = hb / H;
     const int kmax = causal ? min(T_, w.q0 + AH_BM) : T_;
     w.kb_first = attn_first_key(w.q0, window, chunk) / AH_BN;
     w.kb_end = (kmax + AH_BN - 1) / AH_BN;
     return w;
+}
+
+// The block's j-th tile: its own index for the first, then the next one no block has taken
+// (sched[0] counts those past the first wave). When every block has run out, the last one resets
+// both counters for the next launch (sched[1] counts the blocks done), so no memset precedes a
+// launch and a captured graph replays it as is.
+__device__ __forceinline__ int ah_next(int j, int* sched) {
+    return j == 0 ? blockIdx.x : gridDim.x + atomicAdd(&sched[0], 1);
+}
+
+__device__ __forceinline__ void ah_done(int* sched) {
+    if (atomicAdd(&sched[1], 1) == (int)gridDim.x - 1) {
+        atomicExch(&sched[0], 0);
+        atomicExch(&sched[1], 0);
+    }
 }
 
 // One consumer warpgroup's work on a tile: O's rows qw0.. from Q (in qw) and the ring's key tiles,
@@ -326,20 +346,23 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
 #undef AH_PHASE
 }
 
-// The kernel: blocks walk the work tiles blockIdx.x, + gridDim.x, ... (a grid of one block a tile,
-// or persistent: one a streaming multiprocessor). The producer runs ahead across tiles: the next
-// tile's Q as soon as both consumers are done with the last S product of the current one, its
-// K/V tiles into the same ring, so a tile's loads overlap the previous tile's last products and
-// stores.
+// The kernel: blocks take the work tiles as they free up (a grid of one block a tile, or
+// persistent: one a streaming multiprocessor). The producer runs ahead across tiles: it takes
+// the next tile as soon as both consumers are done with the last S product of the current one,
+// publishes its index in shared memory before Q's copy (the mbarrier's arrival releases it, the
+// consumers' wait acquires it), and brings its K/V tiles into the same ring, so a tile's loads
+// overlap the previous tile's last products and stores. An index past the tiles, published with
+// a plain arrival, ends the consumers.
 template <int D, int OVERLAP, int POLY>
 __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaMap& mk, const HgTmaMap& mv,
                                                 bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,
                                                 float scale, float softcap, int window, int chunk, int causal,
-                                                const float* alibi) {
+                                                const float* alibi, int* sched, int group) {
     constexpr int TILE = AH_BN * D * 2;  // bytes of a Q, K or V tile (AH_BM == AH_BN)
     constexpr int PANEL = AH_BN * 128;   // bytes of one 64-column panel of a tile
     constexpr int R = D / 2;             // O accumulators a thread
     extern __shared__ unsigned char ah_raw[];
+    __shared__ int tile_slot;  // the index of the tile whose Q the ring's Q buffer holds
     constexpr int ST = AH_STAGES(D);
     __shared__ __align__(8) unsigned long long q_full, q_empty, k_full[ST], v_full[ST], k_empty[ST], v_empty[ST];
     // The swizzled tiles need 1024-byte alignment (the host asks for 1 KiB more than the tiles).
@@ -366,10 +389,17 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
         if (t == 0) {
             int n = 0;  // key tiles loaded so far
-            for (int i = blockIdx.x, j = 0; i < ntotal; i += gridDim.x, j++) {
-                const AhTile w = ah_tile(i, nqb, T_, H, B, window, chunk, causal);
-                const int kvh = w.h / (H / KV);
+            for (int j = 0;; j++) {
                 hg_bar_wait(&q_empty, (j & 1) ^ 1);
+                const int i = ah_next(j, sched);
+                *(volatile int*)&tile_slot = i;
+                if (i >= ntotal) {
+                    hg_bar_arrive(&q_full);
+                    ah_done(sched);
+                    break;
+                }
+                const AhTile w = ah_tile(i, nqb, group, T_, H, B, window, chunk, causal);
+                const int kvh = w.h / (H / KV);
                 hg_bar_expect_tx(&q_full, TILE);
                 for (int p = 0; p < D / 64; p++)
                     hg_tma_load(sq + p * PANEL, &mq, &q_full, w.h * D + p * 64, w.b * T_ + w.q0);
@@ -394,8 +424,11 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
     const int cw = wg - 1, lane = t % 32;
     const unsigned char* const qw = sq + 64 * 128 * cw;
     int n = 0;  // key tiles consumed so far
-    for (int i = blockIdx.x, j = 0; i < ntotal; i += gridDim.x, j++) {
-        const AhTile w = ah_tile(i, nqb, T_, H, B, window, chunk, causal);
+    for (int j = 0;; j++) {
+        hg_bar_wait(&q_full, j & 1);
+        const int i = *(volatile int*)&tile_slot;
+        if (i >= ntotal) break;
+        const AhTile w = ah_tile(i, nqb, group, T_, H, B, window, chunk, causal);
         AhRows a;
         a.r0 = w.q0 + 64 * cw + 16 * (t / 32) + lane / 4;  // this thread's rows: r0 and r0 + 8
         a.c0 = 2 * (lane % 4);                             // and columns 8j + c0 + {0, 1}
@@ -416,7 +449,6 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
 #pragma unroll
         for (int k = 0; k < R; k++) acc[k] = 0.f;
         float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-        hg_bar_wait(&q_full, j & 1);
         ah_consume<D, OVERLAP, POLY>(acc, m, l, n, w.kb_end - w.kb_first, w.kb_end, a, qw, sk, sv, k_full, v_full,
                                k_empty, v_empty, &q_empty, t);
 #pragma unroll
@@ -455,9 +487,10 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
     extern "C" __global__ void __launch_bounds__(AH_THREADS, 1)                                                 \
         NAME(const __grid_constant__ HgTmaMap mq, const __grid_constant__ HgTmaMap mk,                          \
              const __grid_constant__ HgTmaMap mv, bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,   \
-             float scale, float softcap, int window, int chunk, int causal, const float* alibi) {                \
+             float scale, float softcap, int window, int chunk, int causal, const float* alibi, int* sched,     \
+             int group) {                                                                                       \
         attn_hopper_fwd<D, OVERLAP, POLY>(mq, mk, mv, o, lse, T_, H, KV, B, ldo, scale, softcap, window, chunk, \
-                                          causal, alibi);                                                       \
+                                          causal, alibi, sched, group);                                         \
     }
 AH_ENTRY(attn_hopper_fwd_d64, 64, 1, 0)
 AH_ENTRY(attn_hopper_fwd_d128, 128, 1, 0)

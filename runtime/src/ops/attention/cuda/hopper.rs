@@ -7,7 +7,7 @@
 use super::AttnShape;
 use crate::cuda::compile::{COMMON, KernelSource};
 use crate::cuda::error::{CudaError, Result};
-use crate::cuda::gpu::{DevPtr, Dtype, Gpu, Module};
+use crate::cuda::gpu::{DevPtr, Dtype, Gpu, GpuBuf, Module};
 use crate::ops::matmul::cuda::hopper::tensor_map;
 use cudarc::driver::sys;
 use std::sync::Arc;
@@ -82,6 +82,9 @@ pub struct HopperAttention {
     module: Arc<Module>,
     /// Streaming multiprocessors: the persistent grid's size.
     sms: u32,
+    /// The kernels' tile counters (`sched`: the next tile past the first wave, the blocks done),
+    /// zero between launches (the last block resets them).
+    sched: GpuBuf<i32>,
 }
 
 impl HopperAttention {
@@ -101,6 +104,7 @@ impl HopperAttention {
             gpu: gpu.clone(),
             module: gpu.load_arch(&Self::source(), "compute_90a")?,
             sms: gpu.sm_count()?,
+            sched: gpu.zeros::<i32>(2)?,
         })
     }
 
@@ -202,6 +206,11 @@ impl HopperAttention {
             (i(s.seq), i(s.heads), i(s.kv_heads), i(s.batch), i(s.ldo));
         let (mut scale, mut softcap) = (s.scale, s.softcap);
         let (mut window, mut chunk, mut causal) = (i(s.window), i(s.chunk), i32::from(s.causal));
+        // Heads a group of the tile order: as many as keep their keys and values within 16 MiB
+        // of the L2 (K and V of a kv head, shared by heads / kv_heads query heads).
+        let per_head = (s.seq * d * 2 * 2 / (s.heads / s.kv_heads)).max(1);
+        let mut group = i((16usize << 20) / per_head).clamp(1, i(s.heads * s.batch));
+        let mut sched = self.sched.ptr();
         let f = self.module.function(&kernel)?;
         // Q, then the ring of K and V tiles (128 x D bf16 each), plus 1 KiB for the 1024-byte
         // alignment inside the kernel.
@@ -234,10 +243,13 @@ impl HopperAttention {
             (&mut chunk) as *mut i32 as *mut _,
             (&mut causal) as *mut i32 as *mut _,
             (&mut alibi) as *mut DevPtr as *mut _,
+            (&mut sched) as *mut DevPtr as *mut _,
+            (&mut group) as *mut i32 as *mut _,
         ];
         // SAFETY: the arguments match the kernel's signature (three tensor maps by value, two
-        // pointers, five ints, two floats, three ints, a pointer); the buffers are the caller's
-        // promise.
+        // pointers, five ints, two floats, three ints, two pointers, an int); the buffers are the
+        // caller's promise. The tile counters are this object's: its launches are stream-ordered
+        // (one stream at a time, as every attention call of a step).
         unsafe {
             self.gpu
                 .launch(&kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
