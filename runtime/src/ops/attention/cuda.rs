@@ -238,8 +238,10 @@ impl Kernels {
             softcap,
             alibi,
         } = s.scalars();
+        // (Views at addresses the tensor maps cannot take fall back to the mma.sync kernel.)
         if let (FwdKernel::Hopper(schedule), Some((h, _, persistent))) =
             (self.attn_fwd_kernel(dt, s), self.attn_hopper(s.head_dim))
+            && hopper::HopperAttention::aligned(o, q, k, v)
         {
             // SAFETY: the buffers are the caller's, of the sizes documented above.
             return unsafe { h.fwd(schedule, persistent, s, o, lse, q, k, v) };

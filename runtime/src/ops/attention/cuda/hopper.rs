@@ -164,6 +164,12 @@ impl HopperAttention {
         None
     }
 
+    /// Whether the buffers' addresses suit the kernels: q, k and v 16-byte aligned (the tensor
+    /// maps' rule), o 4-byte aligned (pairs of bf16 stored at once).
+    pub fn aligned(o: DevPtr, q: DevPtr, k: DevPtr, v: DevPtr) -> bool {
+        [q, k, v].iter().all(|p| p % 16 == 0) && o % 4 == 0
+    }
+
     /// The forward in `schedule`: o (bf16, laid out like q with `ldo`) and lse `[B, H, T]` from
     /// q, k, v. `persistent`: one block a streaming multiprocessor, each walking its share of the
     /// 128-query tiles (a tile's loads overlap the previous one's last products and stores); else
@@ -191,7 +197,7 @@ impl HopperAttention {
         if let Some(why) = Self::refuses(Dtype::Bf16, s) {
             return Err(bad(format!("cannot take {why}")));
         }
-        if [q, k, v].iter().any(|p| p % 16 != 0) || o % 4 != 0 {
+        if !Self::aligned(o, q, k, v) {
             return Err(bad(format!(
                 "q {q:#x}, k {k:#x}, v {v:#x} must be 16-byte aligned and o {o:#x} 4-byte aligned"
             )));
