@@ -265,8 +265,9 @@ if [ "$stage" = 27 ]; then
     nvidia-smi --query-gpu=name --format=csv,noheader
     timeout 120 $B/cuda_kernels --include-ignored --nocapture --test-threads=1 attention_hopper > $R/v/attn.log 2>&1
     echo "hopper attention vs f64 exit $?"; grep -E "PARITY.*\] o |panicked|test result" $R/v/attn.log | cut -c1-150 | head -24
-    for shapes in "1024/64 2048/64" "1024/64 2048/64" "4096/128 2048/128"; do
-        ( cudnn_env; timeout 150 $B/cuda_bench cudnn $shapes > $R/v/ab.jsonl 2> $R/v/ab.err ); echo "bench $shapes exit $?"
+    # RUNS: the bench runs, each a comma-separated list of T/D shapes.
+    for shapes in ${RUNS:-1024/64,2048/64 1024/64,2048/64 4096/128,2048/128}; do
+        ( cudnn_env; timeout 150 $B/cuda_bench cudnn ${shapes//,/ } > $R/v/ab.jsonl 2> $R/v/ab.err ); echo "bench $shapes exit $?"
         cat $R/v/ab.jsonl >> $R/v/ab_all.jsonl
         grep -E '"path"' $R/v/ab.jsonl | grep -oE '"path": "[a-z+-]+", "layout": "[a-z-]+"|"T": [0-9]+|"D": [0-9]+|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"error": .{0,120}' | paste -sd' ' | sed 's/"path"/\n"path"/g'
     done
