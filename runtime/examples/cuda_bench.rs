@@ -366,6 +366,26 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             let build_s = t0.elapsed().as_secs_f64();
             let ws_bytes = info.fwd_workspace.max(info.bwd_workspace).max(1);
             let ws = gpu.zeros::<u8>(ws_bytes)?;
+            // cuDNN's backward, after its own forward and after the Hopper one's.
+            let bwd = || {
+                attn.bwd(
+                    &s,
+                    dq,
+                    dk,
+                    dv,
+                    dq_acc.ptr(),
+                    delta.ptr(),
+                    dout.ptr(),
+                    o.ptr(),
+                    lse.ptr(),
+                    q,
+                    k,
+                    v,
+                    ws.ptr(),
+                    ws_bytes,
+                )
+                .map_err(|e| e.to_string())
+            };
             let r = time_pair(
                 gpu,
                 &mut flush,
@@ -374,25 +394,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                     attn.fwd(&s, o.ptr(), lse.ptr(), q, k, v, ws.ptr(), ws_bytes)
                         .map_err(|e| e.to_string())
                 },
-                || {
-                    attn.bwd(
-                        &s,
-                        dq,
-                        dk,
-                        dv,
-                        dq_acc.ptr(),
-                        delta.ptr(),
-                        dout.ptr(),
-                        o.ptr(),
-                        lse.ptr(),
-                        q,
-                        k,
-                        v,
-                        ws.ptr(),
-                        ws_bytes,
-                    )
-                    .map_err(|e| e.to_string())
-                },
+                bwd,
             );
             let extra = format!(
                 ", \"plan_build_s\": {build_s:.2}, \"configs\": [{}, {}], \"engines\": [{}, {}], \"workspace_mib\": {:.1}",
@@ -415,25 +417,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                             .attn_fwd(Dtype::Bf16, &s, o.ptr(), lse.ptr(), q, k, v)
                             .map_err(|e| e.to_string())
                     },
-                    || {
-                        attn.bwd(
-                            &s,
-                            dq,
-                            dk,
-                            dv,
-                            dq_acc.ptr(),
-                            delta.ptr(),
-                            dout.ptr(),
-                            o.ptr(),
-                            lse.ptr(),
-                            q,
-                            k,
-                            v,
-                            ws.ptr(),
-                            ws_bytes,
-                        )
-                        .map_err(|e| e.to_string())
-                    },
+                    bwd,
                 );
                 row("hopper+cudnn", layout, r, extra);
             }
