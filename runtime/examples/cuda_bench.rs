@@ -10,9 +10,10 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- xent        # cross-entropy chunks
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- hopper      # own wgmma GEMM vs cuBLASLt
 //! ```
-//! `cudnn` prints, per shape, rows for the own kernels (`"path"`: on a Hopper GPU `hopper` and
-//! `hopper-plain`, the Hopper forward's two schedules on its persistent grid, `hopper-tiles` and
-//! `hopper-plain-tiles` one block a tile, then `mma`; each with the own backward) and one for
+//! `cudnn` prints, per shape, rows for the own kernels (`"path"`: on a Hopper GPU `hopper`,
+//! `hopper-overlap` and `hopper-poly`, the Hopper forward's three schedules on its persistent
+//! grid, `hopper-tiles` and `hopper-overlap-tiles` one block a tile, then `mma`; each with the
+//! own backward) and one for
 //! cuDNN's fused attention, all on the dense layout, then a cuDNN row on the trainer's fused qkv
 //! layout (`"layout": "fused"`), each cuDNN layout followed by `hopper+cudnn` (the Hopper forward,
 //! cuDNN's backward from its o and lse), so one run compares the paths beside PyTorch's anchors; a last cuDNN
@@ -288,17 +289,17 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         let mut own_fwds = vec![(first, true, "")];
         if let FwdKernel::Hopper(_) = first {
             own_fwds = vec![
-                (FwdKernel::Hopper(HopperSchedule::Overlap), true, ""),
                 (FwdKernel::Hopper(HopperSchedule::Plain), true, ""),
+                (FwdKernel::Hopper(HopperSchedule::Overlap), true, ""),
                 (FwdKernel::Hopper(HopperSchedule::OverlapPoly), true, ""),
-                (FwdKernel::Hopper(HopperSchedule::Overlap), false, "-tiles"),
                 (FwdKernel::Hopper(HopperSchedule::Plain), false, "-tiles"),
+                (FwdKernel::Hopper(HopperSchedule::Overlap), false, "-tiles"),
                 (FwdKernel::Mma, true, ""),
             ];
         }
         for (fk, persistent, suffix) in own_fwds {
             if let FwdKernel::Hopper(schedule) = fk {
-                kernels.set_attn_hopper_schedule(Some(schedule));
+                kernels.set_attn_hopper_schedule(schedule);
             }
             kernels.set_attn_hopper(matches!(fk, FwdKernel::Hopper(_)));
             kernels.set_attn_hopper_persistent(persistent);
@@ -336,7 +337,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         }
         kernels.set_attn_hopper_persistent(true);
         kernels.set_attn_hopper(true);
-        kernels.set_attn_hopper_schedule(None);
+        kernels.set_attn_hopper_schedule(HopperSchedule::Plain);
         let hopper = matches!(
             kernels.attn_fwd_kernel(Dtype::Bf16, &dense),
             FwdKernel::Hopper(_)

@@ -35,7 +35,7 @@ pub struct Kernels {
     /// takes), and whether [`Kernels::attn_fwd`] uses it.
     attn_hopper: Option<Arc<HopperAttention>>,
     attn_hopper_on: bool,
-    attn_hopper_schedule: Option<HopperSchedule>,
+    attn_hopper_schedule: HopperSchedule,
     attn_hopper_persistent: bool,
 }
 
@@ -137,10 +137,9 @@ impl Kernels {
         self.attn_hopper_on = on;
     }
 
-    /// The schedule of the Hopper attention forward: `None`, each head dim's default
-    /// ([`HopperSchedule::default_for`]; the library's at load unless `MODELSPEC_ATTN_HOPPER`
-    /// names one).
-    pub fn set_attn_hopper_schedule(&mut self, schedule: Option<HopperSchedule>) {
+    /// The schedule of the Hopper attention forward ([`HopperSchedule::from_env`] when the
+    /// library is loaded).
+    pub fn set_attn_hopper_schedule(&mut self, schedule: HopperSchedule) {
         self.attn_hopper_schedule = schedule;
     }
 
@@ -151,20 +150,14 @@ impl Kernels {
         self.attn_hopper_persistent = on;
     }
 
-    /// The Hopper attention forward, its schedule at `head_dim` and whether it runs persistent,
-    /// when it is compiled and on.
-    pub(crate) fn attn_hopper(
-        &self,
-        head_dim: usize,
-    ) -> Option<(&HopperAttention, HopperSchedule, bool)> {
+    /// The Hopper attention forward, its schedule and whether it runs persistent, when it is
+    /// compiled and on.
+    pub(crate) fn attn_hopper(&self) -> Option<(&HopperAttention, HopperSchedule, bool)> {
         let h = self
             .attn_hopper
             .as_deref()
             .filter(|_| self.attn_hopper_on)?;
-        let schedule = self
-            .attn_hopper_schedule
-            .unwrap_or_else(|| HopperSchedule::default_for(head_dim));
-        Some((h, schedule, self.attn_hopper_persistent))
+        Some((h, self.attn_hopper_schedule, self.attn_hopper_persistent))
     }
 
     /// The GPU these kernels run on.

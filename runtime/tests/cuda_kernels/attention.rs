@@ -403,7 +403,7 @@ fn attention_hopper_forward_matches_f64() {
     for run in runs {
         let schedule = run.map(|(s, _)| s);
         k.set_attn_hopper(run.is_some());
-        k.set_attn_hopper_schedule(schedule);
+        k.set_attn_hopper_schedule(schedule.unwrap_or_default());
         k.set_attn_hopper_persistent(run.is_none_or(|(_, p)| p));
         println!("hopper run: {run:?}");
         for (tag, s, alibi) in &cases {

@@ -1,23 +1,25 @@
 // ---- attention forward on Hopper's tensor cores (wgmma), fed by the bulk tensor copy engine ----
 //
-// attn_hopper_fwd_d{64,128}: the forward of attention_simple.cu's contract (layout, scores, mask,
-// ALiBi, softcap, lse [B, H, T] in natural log) for bf16 at head dims 64 and 128 (values as wide
-// as queries), compiled for compute_90a only (wgmma, setmaxnreg) as a module of its own
-// (ops/attention/hopper.rs). Source order: kernels/common.cuh, matmul/hopper_mma.cuh (mbarriers,
-// bulk copies, the K-major descriptor), this file.
+// attn_hopper_fwd_{,plain_,poly_}d{64,128}: the forward of attention_simple.cu's contract (layout,
+// scores, mask, ALiBi, softcap, lse [B, H, T] in natural log) for bf16 at head dims 64 and 128
+// (values as wide as queries), compiled for compute_90a only (wgmma, setmaxnreg) as a module of
+// its own (ops/attention/cuda/hopper.rs). Source order: kernels/common.cuh, matmul/hopper_mma.cuh
+// (mbarriers, bulk copies, the K-major descriptor), this file.
 //
-// Block: 3 warpgroups (384 threads) for 128 queries of one (head, batch); grid (ceil(T/128), H, B),
-// the longest rows of the causal triangle first. Warpgroup 0 produces: its first thread brings
-// the Q tile (128 x D) once, then for each key tile of 128 rows the block sees, last (the
-// diagonal) first, the K tile and the V tile into stage s of a ring of AH_STAGES(D), completing on
-// k_full[s] / v_full[s]; it waits for k_empty[s] / v_empty[s] (both consumers done with the
-// stage) before reusing one. Warpgroups 1 and 2 consume, each for 64 of the queries:
+// Work: tiles of 128 queries of one (head, batch); blocks of 3 warpgroups (384 threads) take them
+// one after the other as they free up (ah_tile, ah_next: persistent, one block a multiprocessor,
+// or one block a tile). Warpgroup 0 produces: its first thread brings a tile's Q (128 x D), then
+// for each key tile of 128 rows the tile sees, last (the diagonal) first, the K tile and the V
+// tile into stage s of a ring of AH_STAGES(D), completing on k_full[s] / v_full[s]; it waits for
+// k_empty[s] / v_empty[s] (both consumers done with the stage) before reusing one, and for
+// q_empty before the next tile's Q. Warpgroups 1 and 2 consume, each for 64 of the queries:
 //   S = Q K^T         D/16 wgmma m64n128k16, both operands K-major in shared memory;
 //   online softmax    on S's registers (a thread holds 2 rows x 32 columns, rows reduced over the
 //                     4 lanes of a quad), exp2 with the scale folded in, as attention_mma.cu;
 //   O += P V          8 wgmma m64nDk16 with P as the A operand in registers (S's accumulator
 //                     layout is the A fragment layout, packed to bf16) and V N-major in shared
-//                     memory (the instruction's transposed B: V's rows are keys, K's dimension).
+//                     memory (the instruction's transposed B: V's rows are keys, K's dimension);
+// in one of three schedules (ah_consume), then store O and lse from registers.
 // Tiles in shared memory are panels of 64 columns (128-byte rows, the 128-byte swizzle the tensor
 // maps write), a D128 tile two panels one after the other. Q and K descriptors are hg_desc's; V's
 // (N-major) name the stride between 8-key groups (1024 bytes, SBO) and between the panels (LBO).
@@ -299,7 +301,7 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
             // And a block boundary that depends on every exponential (their row sums, never
             // negative): ptxas schedules the wait as early as its block allows, which without it
             // is before the exponentials. Not at D128, where holding S, P and O at once then
-            // spills (the D128 default is the plain schedule).
+            // spills (and plain is the default schedule).
             if constexpr (D == 64) {
                 if (l[0] + l[1] < 0.f) asm volatile("trap;");
             }

@@ -176,8 +176,8 @@ impl FwdKernel {
     /// The name benchmarks and logs print.
     pub fn name(self) -> &'static str {
         match self {
-            FwdKernel::Hopper(hopper::Schedule::Overlap) => "hopper",
-            FwdKernel::Hopper(hopper::Schedule::Plain) => "hopper-plain",
+            FwdKernel::Hopper(hopper::Schedule::Plain) => "hopper",
+            FwdKernel::Hopper(hopper::Schedule::Overlap) => "hopper-overlap",
             FwdKernel::Hopper(hopper::Schedule::OverlapPoly) => "hopper-poly",
             FwdKernel::Mma => "mma",
             FwdKernel::Simple => "simple",
@@ -190,7 +190,7 @@ impl Kernels {
     /// has it (a Hopper GPU; [`Kernels::set_attn_hopper`]) and it takes the call, else the
     /// mma.sync kernel where [`Kernels::attn_uses_mma`], else the reference-grade one.
     pub fn attn_fwd_kernel(&self, dt: Dtype, s: &AttnShape) -> FwdKernel {
-        if let Some((_, schedule, _)) = self.attn_hopper(s.head_dim)
+        if let Some((_, schedule, _)) = self.attn_hopper()
             && hopper::HopperAttention::refuses(dt, s).is_none()
         {
             FwdKernel::Hopper(schedule)
@@ -240,7 +240,7 @@ impl Kernels {
         } = s.scalars();
         // (Views at addresses the tensor maps cannot take fall back to the mma.sync kernel.)
         if let (FwdKernel::Hopper(schedule), Some((h, _, persistent))) =
-            (self.attn_fwd_kernel(dt, s), self.attn_hopper(s.head_dim))
+            (self.attn_fwd_kernel(dt, s), self.attn_hopper())
             && hopper::HopperAttention::aligned(o, q, k, v)
         {
             // SAFETY: the buffers are the caller's, of the sizes documented above.

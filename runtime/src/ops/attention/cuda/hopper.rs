@@ -31,38 +31,30 @@ fn stages(head_dim: usize) -> u32 {
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 
 /// How a consumer warpgroup orders its work on a key tile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Schedule {
-    /// FlashAttention-3's intra-warpgroup pipelining: a tile's S product is issued before the
-    /// previous tile's P V, and its softmax runs while P V does.
-    Overlap,
-    /// S, wait, softmax, P V, wait: one product at a time (for comparison).
+    /// S, wait, softmax, P V, wait: one product at a time; the two consumer warpgroups overlap
+    /// each other. The default: the fastest of the three on an H100 at both head dims
+    /// (bench/NOTES.md, eighteenth session).
+    #[default]
     Plain,
+    /// FlashAttention-3's intra-warpgroup pipelining: a tile's S product is issued before the
+    /// previous tile's P V, and its softmax runs while P V does. 6-10% slower than plain at
+    /// D64; at D128 it cannot hold S, P and O at once without ptxas serialising its products.
+    Overlap,
     /// Overlapped, with every fourth exponential computed on the FMA pipe by a polynomial
-    /// (FlashAttention-4's offload of the MUFU unit, which at D64 is as busy as the tensor cores).
+    /// (FlashAttention-4's offload of the MUFU unit, which at D64 is as busy as the tensor
+    /// cores): no faster than overlap, as the kernel is not MUFU-bound yet.
     OverlapPoly,
 }
 
 impl Schedule {
-    /// `MODELSPEC_ATTN_HOPPER=plain`, `=overlap` or `=poly`: that schedule at every head dim; otherwise
-    /// `None`, each head dim's default ([`Schedule::default_for`]).
-    pub fn from_env() -> Option<Schedule> {
+    /// `MODELSPEC_ATTN_HOPPER=overlap` or `=poly`, else [`Schedule::Plain`].
+    pub fn from_env() -> Schedule {
         match std::env::var("MODELSPEC_ATTN_HOPPER").as_deref() {
-            Ok("plain") => Some(Schedule::Plain),
-            Ok("overlap") => Some(Schedule::Overlap),
-            Ok("poly") => Some(Schedule::OverlapPoly),
-            _ => None,
-        }
-    }
-
-    /// The schedule measured fastest at a head dim: overlap at 64, where the softmax is as long
-    /// as the products; plain at 128, where holding S, P and O at once leaves the overlapped
-    /// kernel short of registers (ptxas serialises its products) and it measured no faster.
-    pub fn default_for(head_dim: usize) -> Schedule {
-        if head_dim == 64 {
-            Schedule::Overlap
-        } else {
-            Schedule::Plain
+            Ok("overlap") => Schedule::Overlap,
+            Ok("poly") => Schedule::OverlapPoly,
+            _ => Schedule::Plain,
         }
     }
 
