@@ -33,8 +33,8 @@
 
 use modelspec_runtime::cuda::cudnn::CudnnAttention;
 use modelspec_runtime::cuda::{
-    AttnShape, CudaError, Dtype, Epilogue, FwdKernel, Gpu, GpuBuf, HopperSchedule, Kernels,
-    NormKind, ReduceScratch, RowMajorGemm,
+    AttnShape, CudaError, Dtype, Epilogue, FwdKernel, Gpu, GpuBuf, HopperLaunch, HopperSchedule,
+    Kernels, NormKind, ReduceScratch, RowMajorGemm,
 };
 use std::sync::Arc;
 
@@ -285,24 +285,51 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         // kernel, then mma.sync; else the reference-grade kernels, seconds a call at the latent
         // shapes: fewer repetitions), each with the own backward
         let first = kernels.attn_fwd_kernel(Dtype::Bf16, &dense);
-        // (kernel, persistent grid, name suffix)
-        let mut own_fwds = vec![(first, true, "")];
+        // (kernel, how the Hopper kernel runs, name suffix)
+        let plain = HopperLaunch::default();
+        let mut own_fwds = vec![(first, plain, "")];
         if let FwdKernel::Hopper(_) = first {
+            let with = |schedule| HopperLaunch { schedule, ..plain };
+            let tiles = |schedule| HopperLaunch {
+                persistent: false,
+                ..with(schedule)
+            };
             own_fwds = vec![
-                (FwdKernel::Hopper(HopperSchedule::Plain), true, ""),
-                (FwdKernel::Hopper(HopperSchedule::Overlap), true, ""),
-                (FwdKernel::Hopper(HopperSchedule::OverlapPoly), true, ""),
-                (FwdKernel::Hopper(HopperSchedule::Plain), false, "-tiles"),
-                (FwdKernel::Hopper(HopperSchedule::Overlap), false, "-tiles"),
-                (FwdKernel::Mma, true, ""),
+                (FwdKernel::Hopper(HopperSchedule::Plain), plain, ""),
+                (
+                    FwdKernel::Hopper(HopperSchedule::Overlap),
+                    with(HopperSchedule::Overlap),
+                    "",
+                ),
+                (
+                    FwdKernel::Hopper(HopperSchedule::OverlapPoly),
+                    with(HopperSchedule::OverlapPoly),
+                    "",
+                ),
+                (
+                    FwdKernel::Hopper(HopperSchedule::Plain),
+                    tiles(HopperSchedule::Plain),
+                    "-tiles",
+                ),
+                (
+                    FwdKernel::Hopper(HopperSchedule::Overlap),
+                    tiles(HopperSchedule::Overlap),
+                    "-tiles",
+                ),
+                (
+                    FwdKernel::Hopper(HopperSchedule::Plain),
+                    HopperLaunch {
+                        wide: true,
+                        ..plain
+                    },
+                    "-m192",
+                ),
+                (FwdKernel::Mma, plain, ""),
             ];
         }
-        for (fk, persistent, suffix) in own_fwds {
-            if let FwdKernel::Hopper(schedule) = fk {
-                kernels.set_attn_hopper_schedule(schedule);
-            }
+        for (fk, launch, suffix) in own_fwds {
             kernels.set_attn_hopper(matches!(fk, FwdKernel::Hopper(_)));
-            kernels.set_attn_hopper_persistent(persistent);
+            kernels.set_attn_hopper_launch(launch);
             let reps = if fk == FwdKernel::Simple { 3 } else { 25 };
             let r = time_pair(
                 gpu,
@@ -335,9 +362,8 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             );
             row(&format!("{}{suffix}", fk.name()), "dense", r, String::new());
         }
-        kernels.set_attn_hopper_persistent(true);
         kernels.set_attn_hopper(true);
-        kernels.set_attn_hopper_schedule(HopperSchedule::Plain);
+        kernels.set_attn_hopper_launch(plain);
         let hopper = matches!(
             kernels.attn_fwd_kernel(Dtype::Bf16, &dense),
             FwdKernel::Hopper(_)

@@ -253,4 +253,7 @@ fn hopper_attention_compiles_for_sm90a() {
     assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16"));
     assert!(ptx.contains("cp.async.bulk.tensor.2d"));
     assert!(ptx.contains("setmaxnreg.dec.sync.aligned.u32 40"));
+    // Three consumer warpgroups (192 queries a tile): 152 registers a consumer thread.
+    assert!(ptx.contains(".entry attn_hopper_fwd_plain_m192_d64("));
+    assert!(ptx.contains("setmaxnreg.inc.sync.aligned.u32 152"));
 }

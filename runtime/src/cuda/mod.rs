@@ -55,7 +55,9 @@ pub use compile::KernelSource;
 pub use error::CudaError;
 pub use gemm::{BiasGradPath, BiasGradPolicy, Epilogue, Gemm, RowMajorGemm};
 pub use gpu::{DevPtr, Dtype, DtypeExt, Gpu, GpuBuf, device_count, libraries_present, probe};
-pub use ops::{Act, AttnShape, FwdKernel, HopperAttention, HopperSchedule, Kernels, NormKind};
+pub use ops::{
+    Act, AttnShape, FwdKernel, HopperAttention, HopperLaunch, HopperSchedule, Kernels, NormKind,
+};
 pub use reduce::ReduceScratch;
 pub use train::{GpuTrainer, LayerSaves};
 

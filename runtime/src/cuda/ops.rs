@@ -18,7 +18,9 @@ use std::sync::Arc;
 
 pub use crate::ops::activation::cuda::Act;
 pub(crate) use crate::ops::activation::cuda::{act_bwd, act_fwd};
-pub use crate::ops::attention::cuda::hopper::{HopperAttention, Schedule as HopperSchedule};
+pub use crate::ops::attention::cuda::hopper::{
+    HopperAttention, Launch as HopperLaunch, Schedule as HopperSchedule,
+};
 pub use crate::ops::attention::cuda::{AttnShape, FwdKernel};
 
 /// The normalisation kind of [`Kernels::norm_fwd`]: the IR's own.
@@ -35,8 +37,7 @@ pub struct Kernels {
     /// takes), and whether [`Kernels::attn_fwd`] uses it.
     attn_hopper: Option<Arc<HopperAttention>>,
     attn_hopper_on: bool,
-    attn_hopper_schedule: HopperSchedule,
-    attn_hopper_persistent: bool,
+    attn_hopper_launch: HopperLaunch,
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -67,11 +68,7 @@ impl Kernels {
             norm_fused_dw: crate::ops::norm::cuda::fused_dw_from_env(),
             attn_hopper: HopperAttention::for_library(gpu, head_dims),
             attn_hopper_on: true,
-            attn_hopper_schedule: HopperSchedule::from_env(),
-            attn_hopper_persistent: !matches!(
-                std::env::var("MODELSPEC_ATTN_HOPPER_GRID").as_deref(),
-                Ok("tiles")
-            ),
+            attn_hopper_launch: HopperLaunch::from_env(),
         })
     }
 
@@ -137,27 +134,19 @@ impl Kernels {
         self.attn_hopper_on = on;
     }
 
-    /// The schedule of the Hopper attention forward ([`HopperSchedule::from_env`] when the
-    /// library is loaded).
-    pub fn set_attn_hopper_schedule(&mut self, schedule: HopperSchedule) {
-        self.attn_hopper_schedule = schedule;
+    /// How the Hopper attention forward runs ([`HopperLaunch::from_env`] when the library is
+    /// loaded).
+    pub fn set_attn_hopper_launch(&mut self, launch: HopperLaunch) {
+        self.attn_hopper_launch = launch;
     }
 
-    /// Whether the Hopper attention forward runs persistent (one block a streaming
-    /// multiprocessor walking the tiles; the default) or one block a tile
-    /// (`MODELSPEC_ATTN_HOPPER_GRID=tiles` when the library is loaded).
-    pub fn set_attn_hopper_persistent(&mut self, on: bool) {
-        self.attn_hopper_persistent = on;
-    }
-
-    /// The Hopper attention forward, its schedule and whether it runs persistent, when it is
-    /// compiled and on.
-    pub(crate) fn attn_hopper(&self) -> Option<(&HopperAttention, HopperSchedule, bool)> {
+    /// The Hopper attention forward and how it runs, when it is compiled and on.
+    pub(crate) fn attn_hopper(&self) -> Option<(&HopperAttention, HopperLaunch)> {
         let h = self
             .attn_hopper
             .as_deref()
             .filter(|_| self.attn_hopper_on)?;
-        Some((h, self.attn_hopper_schedule, self.attn_hopper_persistent))
+        Some((h, self.attn_hopper_launch))
     }
 
     /// The GPU these kernels run on.

@@ -2,7 +2,9 @@
 //! an f64 reference.
 
 use super::{DTYPES, Rng, T, check, f32buf, from_bf16, setup, to_bf16};
-use modelspec_runtime::cuda::{AttnShape, Dtype, FwdKernel, Gpu, HopperSchedule, Kernels};
+use modelspec_runtime::cuda::{
+    AttnShape, Dtype, FwdKernel, Gpu, HopperLaunch, HopperSchedule, Kernels,
+};
 use modelspec_runtime::ops::attention::alibi_slopes;
 use std::sync::Arc;
 
@@ -337,9 +339,9 @@ fn attention_alibi_forward_backward_match_f64() {
     }
 }
 
-/// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, in both schedules
-/// on the persistent grid and in the overlapped one a block a tile, then the mma.sync forward on
-/// the same cases with it turned off: lengths that are not multiples of the 128-row
+/// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, in its three
+/// schedules on the persistent grid, plain with one block a tile and plain with 192-query tiles,
+/// then the mma.sync forward on the same cases with it turned off: lengths that are not multiples of the 128-row
 /// tiles, several key tiles, a single query, GQA and MQA, both head dims, non-causal, a window, a
 /// softcap, chunks that split tiles (Llama 4), ALiBi.
 #[test]
@@ -392,22 +394,34 @@ fn attention_hopper_forward_matches_f64() {
         ("gqa d64 B4 H16 T300", dense(4, 300, 16, 4, 64), false),
         ("gqa d128 B3 H16 T260", dense(3, 260, 16, 8, 128), false),
     ];
-    // (schedule, persistent grid); None: the Hopper kernel off.
+    // How the Hopper kernel runs; None: the Hopper kernel off.
+    let plain = HopperLaunch::default();
     let runs = [
-        Some((HopperSchedule::Overlap, true)),
-        Some((HopperSchedule::Plain, true)),
-        Some((HopperSchedule::OverlapPoly, true)),
-        Some((HopperSchedule::Overlap, false)),
+        Some(plain),
+        Some(HopperLaunch {
+            schedule: HopperSchedule::Overlap,
+            ..plain
+        }),
+        Some(HopperLaunch {
+            schedule: HopperSchedule::OverlapPoly,
+            ..plain
+        }),
+        Some(HopperLaunch {
+            persistent: false,
+            ..plain
+        }),
+        Some(HopperLaunch {
+            wide: true,
+            ..plain
+        }),
         None,
     ];
     for run in runs {
-        let schedule = run.map(|(s, _)| s);
         k.set_attn_hopper(run.is_some());
-        k.set_attn_hopper_schedule(schedule.unwrap_or_default());
-        k.set_attn_hopper_persistent(run.is_none_or(|(_, p)| p));
+        k.set_attn_hopper_launch(run.unwrap_or_default());
         println!("hopper run: {run:?}");
         for (tag, s, alibi) in &cases {
-            let want = schedule.map_or(FwdKernel::Mma, FwdKernel::Hopper);
+            let want = run.map_or(FwdKernel::Mma, |r| FwdKernel::Hopper(r.schedule));
             assert_eq!(k.attn_fwd_kernel(Dtype::Bf16, s), want, "{tag}");
             let slopes = alibi.then(|| alibi_slopes(s.heads));
             run_attention_case_alibi(&gpu, &k, &mut rng, Dtype::Bf16, *s, tag, slopes.as_deref());

@@ -6,13 +6,14 @@
 // its own (ops/attention/cuda/hopper.rs). Source order: kernels/common.cuh, matmul/hopper_mma.cuh
 // (mbarriers, bulk copies, the K-major descriptor), this file.
 //
-// Work: tiles of 128 queries of one (head, batch); blocks of 3 warpgroups (384 threads) take them
-// one after the other as they free up (ah_tile, ah_next: persistent, one block a multiprocessor,
-// or one block a tile). Warpgroup 0 produces: its first thread brings a tile's Q (128 x D), then
+// Work: tiles of 128 (or 192: `_m192`) queries of one (head, batch); blocks of a producer
+// warpgroup and one consumer warpgroup a 64 queries take them one after the other as they free
+// up (ah_tile, ah_next: persistent, one block a multiprocessor, or one block a tile). Warpgroup 0
+// produces: its first thread brings a tile's Q (128 or 192 x D), then
 // for each key tile of 128 rows the tile sees, last (the diagonal) first, the K tile and the V
 // tile into stage s of a ring of AH_STAGES(D), completing on k_full[s] / v_full[s]; it waits for
-// k_empty[s] / v_empty[s] (both consumers done with the stage) before reusing one, and for
-// q_empty before the next tile's Q. Warpgroups 1 and 2 consume, each for 64 of the queries:
+// k_empty[s] / v_empty[s] (every consumer done with the stage) before reusing one, and for
+// q_empty before the next tile's Q. The other warpgroups consume, each for 64 of the queries:
 //   S = Q K^T         D/16 wgmma m64n128k16, both operands K-major in shared memory;
 //   online softmax    on S's registers (a thread holds 2 rows x 32 columns, rows reduced over the
 //                     4 lanes of a quad), exp2 with the scale folded in, as attention_mma.cu;
@@ -28,12 +29,11 @@
 // Rows past T of a tile read the next sequence's rows (or zeros past the tensor): keys there are
 // masked (j < T), queries there are computed and never stored.
 
-#define AH_BM 128
+// Keys a tile; a tile's queries are 64 a consumer warpgroup (NC of them: 128 or 192).
 #define AH_BN 128
 // Stages of the K/V ring a head dim: as many as shared memory holds beside Q (4 x 32 KiB at
 // D64, 3 x 64 KiB at D128), to cover the L2's and DRAM's latency.
 #define AH_STAGES(D) ((D) == 64 ? 4 : 3)
-#define AH_THREADS 384
 
 // S (m64n128, f32) = A B^T (+ S when `acc`), A and B K-major tiles in shared memory.
 __device__ __forceinline__ void ah_wgmma_ss_n128(float* d, unsigned long long da, unsigned long long db, int acc) {
@@ -100,15 +100,15 @@ struct AhRows {
 };
 
 // S's product for key tile (stage) kt: D/16 wgmma m64n128k16 from the warpgroup's Q rows qw and
-// the K tile, both K-major (panel p of 64 columns, 32-byte steps within a panel), issued as one
-// group (not waited for).
-template <int D>
+// the K tile, both K-major (panel p of 64 columns, 32-byte steps within a panel; Q's panels
+// QPANEL bytes apart), issued as one group (not waited for).
+template <int D, int QPANEL>
 __device__ __forceinline__ void ah_qk(float* sc, const unsigned char* qw, const unsigned char* kt) {
     asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         const int p = kk / 4, c = 2 * (kk % 4);
-        ah_wgmma_ss_n128(sc, hg_desc(qw + p * AH_BN * 128) + c, hg_desc(kt + p * AH_BN * 128) + c, kk > 0);
+        ah_wgmma_ss_n128(sc, hg_desc(qw + p * QPANEL) + c, hg_desc(kt + p * AH_BN * 128) + c, kk > 0);
     }
     asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
 }
@@ -211,7 +211,7 @@ __device__ __forceinline__ void ah_rescale(float* acc, const float* corr) {
     for (int i = 0; i < R; i++) acc[i] *= corr[(i >> 1) & 1];
 }
 
-// A block's work tile: 128 queries of one (head, batch), and the key tiles [kb_first, kb_end)
+// A block's work tile: bm queries (64 a consumer warpgroup) of one (head, batch), and the key tiles [kb_first, kb_end)
 // they see. Tiles are numbered in groups of `group` heads whose keys and values fit the L2
 // together (the host's choice), within a group the causal triangle's long rows first, head after
 // head: tile i is, with r = i % (group nqb) and gh the heads of its group (fewer in the last),
@@ -223,16 +223,16 @@ struct AhTile {
     int q0, h, b, kb_first, kb_end;
 };
 
-__device__ __forceinline__ AhTile ah_tile(int i, int nqb, int group, int T_, int H, int B, int window, int chunk,
-                                          int causal) {
+__device__ __forceinline__ AhTile ah_tile(int i, int nqb, int bm, int group, int T_, int H, int B, int window,
+                                          int chunk, int causal) {
     AhTile w;
     const int per = group * nqb, g = i / per, r = i % per;
     const int gh = min(group, H * B - g * group);
     const int hb = g * group + r % gh;
-    w.q0 = (nqb - 1 - r / gh) * AH_BM;
+    w.q0 = (nqb - 1 - r / gh) * bm;
     w.h = hb % H;
     w.b = hb / H;
-    const int kmax = causal ? min(T_, w.q0 + AH_BM) : T_;
+    const int kmax = causal ? min(T_, w.q0 + bm) : T_;
     w.kb_first = attn_first_key(w.q0, window, chunk) / AH_BN;
     w.kb_end = (kmax + AH_BN - 1) / AH_BN;
     return w;
@@ -260,7 +260,7 @@ __device__ __forceinline__ void ah_done(int* sched) {
 // tile it's S product is issued before tile it-1's P V, and the softmax of tile it runs while
 // P V runs; O is rescaled once that product is done, and P is packed after it (P V reads the
 // previous P from the registers until then).
-template <int D, int OVERLAP, int POLY>
+template <int D, int OVERLAP, int POLY, int QPANEL>
 __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& n, int ntiles, int kb_end,
                                            const AhRows& a, const unsigned char* qw, const unsigned char* sk,
                                            const unsigned char* sv, unsigned long long* k_full,
@@ -274,7 +274,7 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
     if (OVERLAP) {
         // Key tile 0 alone: S, softmax, P.
         hg_bar_wait(&k_full[AH_STAGE(n)], AH_PHASE(n));
-        ah_qk<D>(sc, qw, sk + AH_STAGE(n) * TILE);
+        ah_qk<D, QPANEL>(sc, qw, sk + AH_STAGE(n) * TILE);
         asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
         hg_pin<64>(sc);
         if (t == 0) hg_bar_arrive(&k_empty[AH_STAGE(n)]);
@@ -284,7 +284,7 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
         for (int it = 1; it < ntiles; it++) {
             const int s = AH_STAGE(n + 1), sp = AH_STAGE(n);
             hg_bar_wait(&k_full[s], AH_PHASE(n + 1));
-            ah_qk<D>(sc, qw, sk + s * TILE);
+            ah_qk<D, QPANEL>(sc, qw, sk + s * TILE);
             hg_bar_wait(&v_full[sp], AH_PHASE(n));
             hg_pin<R>(acc);
             ah_pv<D>(acc, pa, sv + sp * TILE);
@@ -326,7 +326,7 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
         for (int it = 0; it < ntiles; it++, n++) {
             const int s = AH_STAGE(n);
             hg_bar_wait(&k_full[s], AH_PHASE(n));
-            ah_qk<D>(sc, qw, sk + s * TILE);
+            ah_qk<D, QPANEL>(sc, qw, sk + s * TILE);
             asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
             hg_pin<64>(sc);
             if (t == 0) {
@@ -355,13 +355,15 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
 // consumers' wait acquires it), and brings its K/V tiles into the same ring, so a tile's loads
 // overlap the previous tile's last products and stores. An index past the tiles, published with
 // a plain arrival, ends the consumers.
-template <int D, int OVERLAP, int POLY>
+template <int D, int OVERLAP, int POLY, int NC>
 __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaMap& mk, const HgTmaMap& mv,
                                                 bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,
                                                 float scale, float softcap, int window, int chunk, int causal,
                                                 const float* alibi, int* sched, int group) {
-    constexpr int TILE = AH_BN * D * 2;  // bytes of a Q, K or V tile (AH_BM == AH_BN)
-    constexpr int PANEL = AH_BN * 128;   // bytes of one 64-column panel of a tile
+    constexpr int BM = 64 * NC;          // queries a tile
+    constexpr int TILE = AH_BN * D * 2;  // bytes of a K or V tile
+    constexpr int PANEL = AH_BN * 128;   // bytes of one 64-column panel of a K or V tile
+    constexpr int QTILE = BM * D * 2, QPANEL = BM * 128;  // and of Q's
     constexpr int R = D / 2;             // O accumulators a thread
     extern __shared__ unsigned char ah_raw[];
     __shared__ int tile_slot;  // the index of the tile whose Q the ring's Q buffer holds
@@ -369,25 +371,27 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
     __shared__ __align__(8) unsigned long long q_full, q_empty, k_full[ST], v_full[ST], k_empty[ST], v_empty[ST];
     // The swizzled tiles need 1024-byte alignment (the host asks for 1 KiB more than the tiles).
     unsigned char* const sq = ah_raw + ((1024 - (hg_smem(ah_raw) & 1023)) & 1023);
-    unsigned char* const sk = sq + TILE;
+    unsigned char* const sk = sq + QTILE;
     unsigned char* const sv = sk + ST * TILE;
     // Warp-uniform role (see hopper.cu: a divergent-looking branch serialises the wgmma).
     const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
-    const int nqb = (T_ + AH_BM - 1) / AH_BM, ntotal = nqb * H * B;
+    const int nqb = (T_ + BM - 1) / BM, ntotal = nqb * H * B;
     if (threadIdx.x == 0) {
         hg_bar_init(&q_full, 1);
-        hg_bar_init(&q_empty, 2);
+        hg_bar_init(&q_empty, NC);
         for (int s = 0; s < ST; s++) {
             hg_bar_init(&k_full[s], 1);
             hg_bar_init(&v_full[s], 1);
-            hg_bar_init(&k_empty[s], 2);
-            hg_bar_init(&v_empty[s], 2);
+            hg_bar_init(&k_empty[s], NC);
+            hg_bar_init(&v_empty[s], NC);
         }
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     }
     __syncthreads();
     if (wg == 0) {
+        // The producer needs few registers; the consumers take them (at most 64K a block:
+        // 128 x 40 + 256 x 232 with two consumer warpgroups, 128 x 40 + 384 x 152 with three).
         asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
         if (t == 0) {
             int n = 0;  // key tiles loaded so far
@@ -400,11 +404,11 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
                     ah_done(sched);
                     break;
                 }
-                const AhTile w = ah_tile(i, nqb, group, T_, H, B, window, chunk, causal);
+                const AhTile w = ah_tile(i, nqb, BM, group, T_, H, B, window, chunk, causal);
                 const int kvh = w.h / (H / KV);
-                hg_bar_expect_tx(&q_full, TILE);
+                hg_bar_expect_tx(&q_full, QTILE);
                 for (int p = 0; p < D / 64; p++)
-                    hg_tma_load(sq + p * PANEL, &mq, &q_full, w.h * D + p * 64, w.b * T_ + w.q0);
+                    hg_tma_load(sq + p * QPANEL, &mq, &q_full, w.h * D + p * 64, w.b * T_ + w.q0);
                 for (int kb = w.kb_end - 1; kb >= w.kb_first; kb--, n++) {
                     const int s = n % ST;
                     const unsigned parity = ((n / ST) & 1) ^ 1;
@@ -422,7 +426,11 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
         }
         return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    if constexpr (NC == 3) {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 152;\n" ::: "memory");
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
+    }
     const int cw = wg - 1, lane = t % 32;
     const unsigned char* const qw = sq + 64 * 128 * cw;
     int n = 0;  // key tiles consumed so far
@@ -430,7 +438,7 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
         hg_bar_wait(&q_full, j & 1);
         const int i = *(volatile int*)&tile_slot;
         if (i >= ntotal) break;
-        const AhTile w = ah_tile(i, nqb, group, T_, H, B, window, chunk, causal);
+        const AhTile w = ah_tile(i, nqb, BM, group, T_, H, B, window, chunk, causal);
         AhRows a;
         a.r0 = w.q0 + 64 * cw + 16 * (t / 32) + lane / 4;  // this thread's rows: r0 and r0 + 8
         a.c0 = 2 * (lane % 4);                             // and columns 8j + c0 + {0, 1}
@@ -451,7 +459,7 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
 #pragma unroll
         for (int k = 0; k < R; k++) acc[k] = 0.f;
         float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-        ah_consume<D, OVERLAP, POLY>(acc, m, l, n, w.kb_end - w.kb_first, w.kb_end, a, qw, sk, sv, k_full, v_full,
+        ah_consume<D, OVERLAP, POLY, QPANEL>(acc, m, l, n, w.kb_end - w.kb_first, w.kb_end, a, qw, sk, sv, k_full, v_full,
                                k_empty, v_empty, &q_empty, t);
 #pragma unroll
         for (int r = 0; r < 2; r++) {
@@ -483,20 +491,22 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
 }
 
 // The entry points, one a head dim and schedule (`_plain`: OVERLAP 0; `_poly`: overlapped, a
-// quarter of the exponentials on the FMA pipe); the maps stay __grid_constant__ parameters so
-// that their addresses are the ones the bulk copies read.
-#define AH_ENTRY(NAME, D, OVERLAP, POLY)                                                                        \
-    extern "C" __global__ void __launch_bounds__(AH_THREADS, 1)                                                 \
+// quarter of the exponentials on the FMA pipe), and `_m192`: three consumer warpgroups (192
+// queries a tile; plain at D64 only, where 152 registers a consumer thread hold it); the maps
+// stay __grid_constant__ parameters so that their addresses are the ones the bulk copies read.
+#define AH_ENTRY(NAME, D, OVERLAP, POLY, NC)                                                                    \
+    extern "C" __global__ void __launch_bounds__(128 * ((NC) + 1), 1)                                           \
         NAME(const __grid_constant__ HgTmaMap mq, const __grid_constant__ HgTmaMap mk,                          \
              const __grid_constant__ HgTmaMap mv, bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,   \
              float scale, float softcap, int window, int chunk, int causal, const float* alibi, int* sched,     \
              int group) {                                                                                       \
-        attn_hopper_fwd<D, OVERLAP, POLY>(mq, mk, mv, o, lse, T_, H, KV, B, ldo, scale, softcap, window, chunk, \
-                                          causal, alibi, sched, group);                                         \
+        attn_hopper_fwd<D, OVERLAP, POLY, NC>(mq, mk, mv, o, lse, T_, H, KV, B, ldo, scale, softcap, window,  \
+                                              chunk, causal, alibi, sched, group);                              \
     }
-AH_ENTRY(attn_hopper_fwd_d64, 64, 1, 0)
-AH_ENTRY(attn_hopper_fwd_d128, 128, 1, 0)
-AH_ENTRY(attn_hopper_fwd_plain_d64, 64, 0, 0)
-AH_ENTRY(attn_hopper_fwd_plain_d128, 128, 0, 0)
-AH_ENTRY(attn_hopper_fwd_poly_d64, 64, 1, 1)
-AH_ENTRY(attn_hopper_fwd_poly_d128, 128, 1, 1)
+AH_ENTRY(attn_hopper_fwd_d64, 64, 1, 0, 2)
+AH_ENTRY(attn_hopper_fwd_d128, 128, 1, 0, 2)
+AH_ENTRY(attn_hopper_fwd_plain_d64, 64, 0, 0, 2)
+AH_ENTRY(attn_hopper_fwd_plain_d128, 128, 0, 0, 2)
+AH_ENTRY(attn_hopper_fwd_poly_d64, 64, 1, 1, 2)
+AH_ENTRY(attn_hopper_fwd_poly_d128, 128, 1, 1, 2)
+AH_ENTRY(attn_hopper_fwd_plain_m192_d64, 64, 0, 0, 3)

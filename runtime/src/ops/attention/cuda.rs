@@ -190,10 +190,10 @@ impl Kernels {
     /// has it (a Hopper GPU; [`Kernels::set_attn_hopper`]) and it takes the call, else the
     /// mma.sync kernel where [`Kernels::attn_uses_mma`], else the reference-grade one.
     pub fn attn_fwd_kernel(&self, dt: Dtype, s: &AttnShape) -> FwdKernel {
-        if let Some((_, schedule, _)) = self.attn_hopper()
+        if let Some((_, launch)) = self.attn_hopper()
             && hopper::HopperAttention::refuses(dt, s).is_none()
         {
-            FwdKernel::Hopper(schedule)
+            FwdKernel::Hopper(launch.schedule)
         } else if self.attn_uses_mma(dt, s) {
             FwdKernel::Mma
         } else {
@@ -239,12 +239,12 @@ impl Kernels {
             alibi,
         } = s.scalars();
         // (Views at addresses the tensor maps cannot take fall back to the mma.sync kernel.)
-        if let (FwdKernel::Hopper(schedule), Some((h, _, persistent))) =
+        if let (FwdKernel::Hopper(_), Some((h, launch))) =
             (self.attn_fwd_kernel(dt, s), self.attn_hopper())
             && hopper::HopperAttention::aligned(o, q, k, v)
         {
             // SAFETY: the buffers are the caller's, of the sizes documented above.
-            return unsafe { h.fwd(schedule, persistent, s, o, lse, q, k, v) };
+            return unsafe { h.fwd(launch, s, o, lse, q, k, v) };
         }
         if self.attn_uses_mma(dt, s) {
             let d = s.head_dim;

@@ -18,9 +18,8 @@ const SOURCE: &str = concat!(
     include_str!("../attention_hopper.cu")
 );
 
-/// Queries and keys a tile (`AH_BM`, `AH_BN`), threads a block (`AH_THREADS`).
-const BM: u32 = 128;
-const THREADS: u32 = 384;
+/// Keys a tile (`AH_BN`).
+const BN: u32 = 128;
 
 /// Stages of the K/V ring at a head dim (`AH_STAGES(D)`).
 fn stages(head_dim: usize) -> u32 {
@@ -64,6 +63,51 @@ impl Schedule {
             Schedule::Overlap => "",
             Schedule::Plain => "plain_",
             Schedule::OverlapPoly => "poly_",
+        }
+    }
+}
+
+/// How the kernels run a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Launch {
+    /// The consumers' order of work.
+    pub schedule: Schedule,
+    /// One block a streaming multiprocessor taking tiles as it frees up (the default), else one
+    /// block a tile.
+    pub persistent: bool,
+    /// Three consumer warpgroups, 192 queries a tile, where a kernel exists (the plain schedule
+    /// at D64); else two, 128 queries.
+    pub wide: bool,
+}
+
+impl Default for Launch {
+    fn default() -> Launch {
+        Launch {
+            schedule: Schedule::Plain,
+            persistent: true,
+            wide: false,
+        }
+    }
+}
+
+impl Launch {
+    /// The default changed by `MODELSPEC_ATTN_HOPPER` (`overlap`, `poly`: the schedule),
+    /// `MODELSPEC_ATTN_HOPPER_GRID=tiles` and `MODELSPEC_ATTN_HOPPER_ROWS=192`.
+    pub fn from_env() -> Launch {
+        let var = |name: &str| std::env::var(name).ok();
+        Launch {
+            schedule: Schedule::from_env(),
+            persistent: var("MODELSPEC_ATTN_HOPPER_GRID").as_deref() != Some("tiles"),
+            wide: var("MODELSPEC_ATTN_HOPPER_ROWS").as_deref() == Some("192"),
+        }
+    }
+
+    /// Queries a tile for head dim `d`: 192 where `wide` has a kernel, else 128.
+    fn rows(self, d: usize) -> u32 {
+        if self.wide && d == 64 && self.schedule == Schedule::Plain {
+            192
+        } else {
+            128
         }
     }
 }
@@ -162,18 +206,15 @@ impl HopperAttention {
         [q, k, v].iter().all(|p| p % 16 == 0) && o % 4 == 0
     }
 
-    /// The forward in `schedule`: o (bf16, laid out like q with `ldo`) and lse `[B, H, T]` from
-    /// q, k, v. `persistent`: one block a streaming multiprocessor, each walking its share of the
-    /// 128-query tiles (a tile's loads overlap the previous one's last products and stores); else
-    /// one block a tile.
+    /// The forward as `launch` says: o (bf16, laid out like q with `ldo`) and lse `[B, H, T]`
+    /// from q, k, v.
     ///
     /// # Safety
     /// The pointers must be device buffers of the sizes `s` implies (as [`crate::cuda::Kernels::attn_fwd`]).
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn fwd(
         &self,
-        schedule: Schedule,
-        persistent: bool,
+        launch: Launch,
         s: &AttnShape,
         o: DevPtr,
         lse: DevPtr,
@@ -181,7 +222,13 @@ impl HopperAttention {
         k: DevPtr,
         v: DevPtr,
     ) -> Result<()> {
-        let kernel = format!("attn_hopper_fwd_{}d{}", schedule.infix(), s.head_dim);
+        let bm = launch.rows(s.head_dim);
+        let wide = if bm == 192 { "m192_" } else { "" };
+        let kernel = format!(
+            "attn_hopper_fwd_{}{wide}d{}",
+            launch.schedule.infix(),
+            s.head_dim
+        );
         let bad = |why: String| CudaError::BadLaunch {
             kernel: kernel.clone(),
             why,
@@ -195,9 +242,9 @@ impl HopperAttention {
             )));
         }
         let (d, rows) = (s.head_dim, s.batch * s.seq);
-        let mut mq = tensor_map(q, s.heads * d, rows, s.ldq, BM)?;
-        let mut mk = tensor_map(k, s.kv_heads * d, rows, s.ldk, BM)?;
-        let mut mv = tensor_map(v, s.kv_heads * d, rows, s.ldv, BM)?;
+        let mut mq = tensor_map(q, s.heads * d, rows, s.ldq, bm)?;
+        let mut mk = tensor_map(k, s.kv_heads * d, rows, s.ldk, BN)?;
+        let mut mv = tensor_map(v, s.kv_heads * d, rows, s.ldv, BN)?;
         let (mut o_, mut lse_, mut alibi) = (o, lse, s.alibi);
         let i = |n: usize| n as i32;
         let (mut t_, mut h_, mut kv_, mut b_, mut ldo) =
@@ -210,13 +257,12 @@ impl HopperAttention {
         let mut group = i((16usize << 20) / per_head).clamp(1, i(s.heads * s.batch));
         let mut sched = self.sched.ptr();
         let f = self.module.function(&kernel)?;
-        // Q, then the ring of K and V tiles (128 x D bf16 each), plus 1 KiB for the 1024-byte
-        // alignment inside the kernel.
-        let tile = BM * d as u32 * 2;
-        let smem = (1 + 2 * stages(d)) * tile + 1024;
-        let tiles = (s.seq as u32).div_ceil(BM) * (s.heads * s.batch) as u32;
+        // Q (bm x D bf16), then the ring of K and V tiles (128 x D each), plus 1 KiB for the
+        // 1024-byte alignment inside the kernel.
+        let smem = (bm + 2 * stages(d) * BN) * d as u32 * 2 + 1024;
+        let tiles = (s.seq as u32).div_ceil(bm) * (s.heads * s.batch) as u32;
         let grid = (
-            if persistent {
+            if launch.persistent {
                 tiles.min(self.sms)
             } else {
                 tiles
@@ -224,6 +270,8 @@ impl HopperAttention {
             1,
             1,
         );
+        // A producer warpgroup and one consumer warpgroup a 64 queries.
+        let threads = 128 * (bm / 64 + 1);
         let mut args = [
             (&mut mq) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
             (&mut mk) as *mut sys::CUtensorMap as *mut _,
@@ -250,7 +298,7 @@ impl HopperAttention {
         // (one stream at a time, as every attention call of a step).
         unsafe {
             self.gpu
-                .launch(&kernel, &f, grid, (THREADS, 1, 1), smem, &mut args)
+                .launch(&kernel, &f, grid, (threads, 1, 1), smem, &mut args)
         }
     }
 }
