@@ -242,6 +242,10 @@ impl HopperAttention {
             )));
         }
         let (d, rows) = (s.head_dim, s.batch * s.seq);
+        let tiles = (s.seq as u32).div_ceil(bm) * (s.heads * s.batch) as u32;
+        if tiles == 0 {
+            return Ok(()); // nothing to compute (an empty batch or sequence)
+        }
         let mut mq = tensor_map(q, s.heads * d, rows, s.ldq, bm)?;
         let mut mk = tensor_map(k, s.kv_heads * d, rows, s.ldk, BN)?;
         let mut mv = tensor_map(v, s.kv_heads * d, rows, s.ldv, BN)?;
@@ -260,7 +264,7 @@ impl HopperAttention {
         // Q (bm x D bf16), then the ring of K and V tiles (128 x D each), plus 1 KiB for the
         // 1024-byte alignment inside the kernel.
         let smem = (bm + 2 * stages(d) * BN) * d as u32 * 2 + 1024;
-        let tiles = (s.seq as u32).div_ceil(bm) * (s.heads * s.batch) as u32;
+
         let grid = (
             if launch.persistent {
                 tiles.min(self.sms)
