@@ -11,9 +11,9 @@
 //! cargo run --release -p modelspec-runtime --example cuda_bench -- hopper      # own wgmma GEMM vs cuBLASLt
 //! ```
 //! `cudnn` prints, per shape, rows for the own kernels (`"path"`: on a Hopper GPU `hopper`,
-//! `hopper-overlap` and `hopper-poly`, the Hopper forward's three schedules on its persistent
-//! grid, `hopper-tiles` and `hopper-overlap-tiles` one block a tile, then `mma`; each with the
-//! own backward) and one for
+//! `hopper-overlap`, `hopper-poly` and `hopper-pingpong`, the Hopper forward's schedules on its
+//! persistent grid, `hopper-tiles` and `hopper-overlap-tiles` one block a tile, `hopper-m192`
+//! with 192-query tiles, then `mma`; each with the own backward) and one for
 //! cuDNN's fused attention, all on the dense layout, then a cuDNN row on the trainer's fused qkv
 //! layout (`"layout": "fused"`), each cuDNN layout followed by `hopper+cudnn` (the Hopper forward,
 //! cuDNN's backward from its o and lse), so one run compares the paths beside PyTorch's anchors; a last cuDNN
@@ -304,6 +304,11 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                 (
                     FwdKernel::Hopper(HopperSchedule::OverlapPoly),
                     with(HopperSchedule::OverlapPoly),
+                    "",
+                ),
+                (
+                    FwdKernel::Hopper(HopperSchedule::PingPong),
+                    with(HopperSchedule::PingPong),
                     "",
                 ),
                 (

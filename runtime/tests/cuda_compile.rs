@@ -235,7 +235,7 @@ fn hopper_attention_compiles_for_sm90a() {
     let (ptx, _) = compile::compile(&src, "compute_90a").expect("attention_hopper.cu compiles");
     for (d, plain) in [64, 128]
         .into_iter()
-        .flat_map(|d| ["", "plain_", "poly_"].map(|s| (d, s)))
+        .flat_map(|d| ["", "plain_", "poly_", "pp_"].map(|s| (d, s)))
     {
         let entry = format!("attn_hopper_fwd_{plain}d{d}");
         assert!(ptx.contains(&format!(".entry {entry}(")), "{entry} missing");

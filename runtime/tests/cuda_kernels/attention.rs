@@ -339,7 +339,7 @@ fn attention_alibi_forward_backward_match_f64() {
     }
 }
 
-/// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, in its three
+/// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, in its four
 /// schedules on the persistent grid, plain with one block a tile and plain with 192-query tiles,
 /// then the mma.sync forward on the same cases with it turned off: lengths that are not multiples of the 128-row
 /// tiles, several key tiles, a single query, GQA and MQA, both head dims, non-causal, a window, a
@@ -404,6 +404,10 @@ fn attention_hopper_forward_matches_f64() {
         }),
         Some(HopperLaunch {
             schedule: HopperSchedule::OverlapPoly,
+            ..plain
+        }),
+        Some(HopperLaunch {
+            schedule: HopperSchedule::PingPong,
             ..plain
         }),
         Some(HopperLaunch {

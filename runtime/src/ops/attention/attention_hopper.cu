@@ -253,19 +253,33 @@ __device__ __forceinline__ void ah_done(int* sched) {
     }
 }
 
+// Named barriers 1 and 2 (0 is __syncthreads') of the ping-pong: consumer warpgroup w may issue
+// its S product once the other has arrived on barrier 1 + w (256 threads: its own 128 waiting,
+// the other's 128 arriving).
+__device__ __forceinline__ void ah_turn_wait(int w) {
+    asm volatile("bar.sync %0, 256;" ::"r"(1 + w) : "memory");
+}
+__device__ __forceinline__ void ah_turn_pass(int w) {
+    asm volatile("bar.arrive %0, 256;" ::"r"(1 + (w ^ 1)) : "memory");
+}
+
 // One consumer warpgroup's work on a tile: O's rows qw0.. from Q (in qw) and the ring's key tiles,
 // whose running count `n` (over the block's tiles: stage n % AH_STAGES(D), phase (n / AH_STAGES(D)) & 1)
 // it advances; releases Q (q_empty) once its last S product is done. OVERLAP 0 (plain): per key
 // tile S, wait, softmax, P V, wait. OVERLAP 1 (FlashAttention-3's intra-warpgroup pipelining):
 // tile it's S product is issued before tile it-1's P V, and the softmax of tile it runs while
 // P V runs; O is rescaled once that product is done, and P is packed after it (P V reads the
-// previous P from the registers until then).
-template <int D, int OVERLAP, int POLY, int QPANEL>
+// previous P from the registers until then). PP (plain only, two consumer warpgroups cw 0 and
+// 1): FlashAttention-3's ping-pong, the warpgroups take turns at their S products (ah_turn_*),
+// so one's softmax runs while the other's products do, instead of both waiting on the same
+// K tile and then contending for the tensor cores and the MUFU unit at once.
+template <int D, int OVERLAP, int POLY, int PP, int QPANEL>
 __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& n, int ntiles, int kb_end,
                                            const AhRows& a, const unsigned char* qw, const unsigned char* sk,
                                            const unsigned char* sv, unsigned long long* k_full,
                                            unsigned long long* v_full, unsigned long long* k_empty,
-                                           unsigned long long* v_empty, unsigned long long* q_empty, int t) {
+                                           unsigned long long* v_empty, unsigned long long* q_empty, int t,
+                                           int cw) {
     constexpr int TILE = AH_BN * D * 2, R = D / 2;
     float sc[64], corr[2];
     unsigned pa[32];
@@ -326,9 +340,11 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
         for (int it = 0; it < ntiles; it++, n++) {
             const int s = AH_STAGE(n);
             hg_bar_wait(&k_full[s], AH_PHASE(n));
+            if (PP) ah_turn_wait(cw);
             ah_qk<D, QPANEL>(sc, qw, sk + s * TILE);
             asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
             hg_pin<64>(sc);
+            if (PP) ah_turn_pass(cw);
             if (t == 0) {
                 hg_bar_arrive(&k_empty[s]);
                 if (it == ntiles - 1) hg_bar_arrive(q_empty);
@@ -355,7 +371,7 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
 // consumers' wait acquires it), and brings its K/V tiles into the same ring, so a tile's loads
 // overlap the previous tile's last products and stores. An index past the tiles, published with
 // a plain arrival, ends the consumers.
-template <int D, int OVERLAP, int POLY, int NC>
+template <int D, int OVERLAP, int POLY, int PP, int NC>
 __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaMap& mk, const HgTmaMap& mv,
                                                 bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,
                                                 float scale, float softcap, int window, int chunk, int causal,
@@ -434,6 +450,9 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
     const int cw = wg - 1, lane = t % 32;
     const unsigned char* const qw = sq + 64 * 128 * cw;
     int n = 0;  // key tiles consumed so far
+    // The ping-pong's first turn is warpgroup 0's; its last pass (warpgroup 1's) is taken after
+    // the loop, so that every arrival on a named barrier is matched.
+    if (PP && cw == 1) ah_turn_pass(cw);
     for (int j = 0;; j++) {
         hg_bar_wait(&q_full, j & 1);
         const int i = *(volatile int*)&tile_slot;
@@ -459,8 +478,8 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
 #pragma unroll
         for (int k = 0; k < R; k++) acc[k] = 0.f;
         float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
-        ah_consume<D, OVERLAP, POLY, QPANEL>(acc, m, l, n, w.kb_end - w.kb_first, w.kb_end, a, qw, sk, sv, k_full, v_full,
-                               k_empty, v_empty, &q_empty, t);
+        ah_consume<D, OVERLAP, POLY, PP, QPANEL>(acc, m, l, n, w.kb_end - w.kb_first, w.kb_end, a, qw, sk, sv,
+                                                 k_full, v_full, k_empty, v_empty, &q_empty, t, cw);
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
@@ -488,25 +507,29 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
             }
         }
     }
+    if (PP && cw == 0) ah_turn_wait(cw);
 }
 
 // The entry points, one a head dim and schedule (`_plain`: OVERLAP 0; `_poly`: overlapped, a
-// quarter of the exponentials on the FMA pipe), and `_m192`: three consumer warpgroups (192
-// queries a tile; plain at D64 only, where 152 registers a consumer thread hold it); the maps
-// stay __grid_constant__ parameters so that their addresses are the ones the bulk copies read.
-#define AH_ENTRY(NAME, D, OVERLAP, POLY, NC)                                                                    \
+// quarter of the exponentials on the FMA pipe; `_pp`: plain, the two consumer warpgroups in
+// ping-pong), and `_m192`: three consumer warpgroups (192 queries a tile; plain at D64 only,
+// where 152 registers a consumer thread hold it); the maps stay __grid_constant__ parameters so
+// that their addresses are the ones the bulk copies read.
+#define AH_ENTRY(NAME, D, OVERLAP, POLY, PP, NC)                                                                \
     extern "C" __global__ void __launch_bounds__(128 * ((NC) + 1), 1)                                           \
         NAME(const __grid_constant__ HgTmaMap mq, const __grid_constant__ HgTmaMap mk,                          \
              const __grid_constant__ HgTmaMap mv, bf16* o, float* lse, int T_, int H, int KV, int B, int ldo,   \
              float scale, float softcap, int window, int chunk, int causal, const float* alibi, int* sched,     \
              int group) {                                                                                       \
-        attn_hopper_fwd<D, OVERLAP, POLY, NC>(mq, mk, mv, o, lse, T_, H, KV, B, ldo, scale, softcap, window,  \
-                                              chunk, causal, alibi, sched, group);                              \
+        attn_hopper_fwd<D, OVERLAP, POLY, PP, NC>(mq, mk, mv, o, lse, T_, H, KV, B, ldo, scale, softcap,      \
+                                                  window, chunk, causal, alibi, sched, group);                  \
     }
-AH_ENTRY(attn_hopper_fwd_d64, 64, 1, 0, 2)
-AH_ENTRY(attn_hopper_fwd_d128, 128, 1, 0, 2)
-AH_ENTRY(attn_hopper_fwd_plain_d64, 64, 0, 0, 2)
-AH_ENTRY(attn_hopper_fwd_plain_d128, 128, 0, 0, 2)
-AH_ENTRY(attn_hopper_fwd_poly_d64, 64, 1, 1, 2)
-AH_ENTRY(attn_hopper_fwd_poly_d128, 128, 1, 1, 2)
-AH_ENTRY(attn_hopper_fwd_plain_m192_d64, 64, 0, 0, 3)
+AH_ENTRY(attn_hopper_fwd_d64, 64, 1, 0, 0, 2)
+AH_ENTRY(attn_hopper_fwd_d128, 128, 1, 0, 0, 2)
+AH_ENTRY(attn_hopper_fwd_plain_d64, 64, 0, 0, 0, 2)
+AH_ENTRY(attn_hopper_fwd_plain_d128, 128, 0, 0, 0, 2)
+AH_ENTRY(attn_hopper_fwd_poly_d64, 64, 1, 1, 0, 2)
+AH_ENTRY(attn_hopper_fwd_poly_d128, 128, 1, 1, 0, 2)
+AH_ENTRY(attn_hopper_fwd_pp_d64, 64, 0, 0, 1, 2)
+AH_ENTRY(attn_hopper_fwd_pp_d128, 128, 0, 0, 1, 2)
+AH_ENTRY(attn_hopper_fwd_plain_m192_d64, 64, 0, 0, 0, 3)

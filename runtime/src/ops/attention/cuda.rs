@@ -179,6 +179,7 @@ impl FwdKernel {
             FwdKernel::Hopper(hopper::Schedule::Plain) => "hopper",
             FwdKernel::Hopper(hopper::Schedule::Overlap) => "hopper-overlap",
             FwdKernel::Hopper(hopper::Schedule::OverlapPoly) => "hopper-poly",
+            FwdKernel::Hopper(hopper::Schedule::PingPong) => "hopper-pingpong",
             FwdKernel::Mma => "mma",
             FwdKernel::Simple => "simple",
         }

@@ -41,6 +41,9 @@ pub enum Schedule {
     /// previous tile's P V, and its softmax runs while P V does. 6-10% slower than plain at
     /// D64; at D128 it cannot hold S, P and O at once without ptxas serialising its products.
     Overlap,
+    /// Plain, the two consumer warpgroups taking turns at their S products (FlashAttention-3's
+    /// ping-pong: one's softmax runs while the other's products do).
+    PingPong,
     /// Overlapped, with every fourth exponential computed on the FMA pipe by a polynomial
     /// (FlashAttention-4's offload of the MUFU unit, which at D64 is as busy as the tensor
     /// cores): no faster than overlap, as the kernel is not MUFU-bound yet.
@@ -48,11 +51,12 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// `MODELSPEC_ATTN_HOPPER=overlap` or `=poly`, else [`Schedule::Plain`].
+    /// `MODELSPEC_ATTN_HOPPER=overlap`, `=poly` or `=pingpong`, else [`Schedule::Plain`].
     pub fn from_env() -> Schedule {
         match std::env::var("MODELSPEC_ATTN_HOPPER").as_deref() {
             Ok("overlap") => Schedule::Overlap,
             Ok("poly") => Schedule::OverlapPoly,
+            Ok("pingpong") => Schedule::PingPong,
             _ => Schedule::Plain,
         }
     }
@@ -63,6 +67,7 @@ impl Schedule {
             Schedule::Overlap => "",
             Schedule::Plain => "plain_",
             Schedule::OverlapPoly => "poly_",
+            Schedule::PingPong => "pp_",
         }
     }
 }
@@ -91,7 +96,7 @@ impl Default for Launch {
 }
 
 impl Launch {
-    /// The default changed by `MODELSPEC_ATTN_HOPPER` (`overlap`, `poly`: the schedule),
+    /// The default changed by `MODELSPEC_ATTN_HOPPER` (`overlap`, `poly`, `pingpong`: the schedule),
     /// `MODELSPEC_ATTN_HOPPER_GRID=tiles` and `MODELSPEC_ATTN_HOPPER_ROWS=192`.
     pub fn from_env() -> Launch {
         let var = |name: &str| std::env::var(name).ok();
