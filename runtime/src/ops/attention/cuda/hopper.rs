@@ -1,6 +1,6 @@
 //! The own Hopper attention forward (`attention_hopper.cu`): wgmma tensor-core products fed by
-//! the bulk tensor copy engine, one block of three warpgroups (a producer, two consumers) per 128
-//! queries of a (head, batch). bf16 at head dims 64 and 128, every variant of the contract
+//! the bulk tensor copy engine, blocks of a producer warpgroup and two (or three) consumer
+//! warpgroups taking tiles of 128 (192) queries of a (head, batch) as they free up ([`Launch`]). bf16 at head dims 64 and 128, every variant of the contract
 //! (causal or not, window, chunk, softcap, ALiBi, GQA), rows of any 16-byte-aligned stride; the
 //! same o and lse (`[B, H, T]`, natural log) as the other paths, so any backward follows it.
 //! [`Kernels::attn_fwd`] runs it wherever it takes the call on a Hopper GPU.
@@ -57,7 +57,14 @@ impl Schedule {
             Ok("overlap") => Schedule::Overlap,
             Ok("poly") => Schedule::OverlapPoly,
             Ok("pingpong") => Schedule::PingPong,
-            _ => Schedule::Plain,
+            Err(_) | Ok("" | "plain" | "on" | "off" | "0" | "false") => Schedule::Plain,
+            Ok(other) => {
+                // A misspelling is not taken for the default silently.
+                eprintln!(
+                    "warning: MODELSPEC_ATTN_HOPPER={other:?} is not one of off, plain, overlap, poly, pingpong; the plain schedule runs"
+                );
+                Schedule::Plain
+            }
         }
     }
 
@@ -196,7 +203,7 @@ impl HopperAttention {
         if s.head_major {
             return Some("the head-major layout".into());
         }
-        if [s.ldq, s.ldk, s.ldv].iter().any(|l| l % 8 != 0) || s.ldo % 2 != 0 {
+        if [s.ldq, s.ldk, s.ldv].iter().any(|l| !l.is_multiple_of(8)) || !s.ldo.is_multiple_of(2) {
             return Some(format!(
                 "row strides q {} k {} v {} o {} (multiples of 8, o's even)",
                 s.ldq, s.ldk, s.ldv, s.ldo
@@ -208,7 +215,7 @@ impl HopperAttention {
     /// Whether the buffers' addresses suit the kernels: q, k and v 16-byte aligned (the tensor
     /// maps' rule), o 4-byte aligned (pairs of bf16 stored at once).
     pub fn aligned(o: DevPtr, q: DevPtr, k: DevPtr, v: DevPtr) -> bool {
-        [q, k, v].iter().all(|p| p % 16 == 0) && o % 4 == 0
+        [q, k, v].iter().all(|p| p.is_multiple_of(16)) && o.is_multiple_of(4)
     }
 
     /// The forward as `launch` says: o (bf16, laid out like q with `ldo`) and lse `[B, H, T]`
