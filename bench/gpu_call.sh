@@ -48,6 +48,18 @@ kernel_benches() {
     [ $hg = 0 ] && timeout 60 $B/cuda_bench hopper 2>&1 | grep -E "3072x768|768x3072|8192" | tee $R/v/bench_hopper.jsonl
     timeout 60 $B/cuda_bench norm 2>&1 | tee $R/v/bench_norm.jsonl | grep -E "768" | cut -c1-200
 }
+# ncu's full set (speed of light, warp states, per-instruction stall samples) on the third launch
+# of kernel KERNEL in `cuda_bench ARGS...`: the report, its details and SASS pages as text in
+# $R/v/NAME*, the headline figures printed. Usage: ncu_one NAME KERNEL ARGS...
+ncu_one() {
+    local name=$1 kernel=$2; shift 2
+    timeout 150 ncu --clock-control none --set full --import-source no -k "regex:^${kernel}\$" \
+        --launch-skip 2 --launch-count 1 -f -o $R/v/$name $B/cuda_bench "$@" > $R/v/$name.log 2>&1
+    echo "ncu $name exit $?"
+    ncu -i $R/v/$name.ncu-rep --page details > $R/v/${name}_details.txt 2>&1
+    ncu -i $R/v/$name.ncu-rep --page source --print-source sass --csv > $R/v/${name}_sass.csv 2>&1
+    grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Hit Rate|Issue Slots Busy|No Eligible|Registers Per|Executed Ipc A" $R/v/${name}_details.txt | head -12
+}
 # A cuda_train_bench line's step time, loss, which GEMMs ran on the own kernels and how AdamW ran.
 summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm", "adamw", "wgrad")}) for d in map(json.loads, sys.stdin)]'; }
 # AdamW overlapped with the backward (eleventh session) and the weight gradients on a second
@@ -154,12 +166,7 @@ if [ "$stage" = 12 ]; then
     own_parity 60 "DIAG|panicked|test result" 20
     [ $hg = 0 ] || exit 1
     for kern in ${KERNS:-pp_bf16 pp_gelu_aux_bf16 pp_dgelu_bf16}; do
-        timeout 150 ncu --clock-control none --set full --import-source no -k "regex:^hopper_gemm_${kern}\$" \
-            --launch-skip 2 --launch-count 1 -f -o $R/v/$kern $B/cuda_bench hopper > $R/v/$kern.log 2>&1
-        echo "ncu $kern exit $?"
-        ncu -i $R/v/$kern.ncu-rep --page details > $R/v/${kern}_details.txt 2>&1
-        ncu -i $R/v/$kern.ncu-rep --page source --print-source sass --csv > $R/v/${kern}_sass.csv 2>&1
-        grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|Issue Slots Busy|No Eligible|Registers Per" $R/v/${kern}_details.txt | head -12
+        ncu_one $kern hopper_gemm_$kern hopper
     done
     exit
 fi
@@ -272,12 +279,7 @@ if [ "$stage" = 27 ]; then
         grep -E '"path"' $R/v/ab.jsonl | grep -oE '"path": "[a-z+-]+", "layout": "[a-z-]+"|"T": [0-9]+|"D": [0-9]+|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"error": .{0,120}' | paste -sd' ' | sed 's/"path"/\n"path"/g'
     done
     for kern in ${KERNS:-d64 plain_d64}; do
-        ( cudnn_env; timeout 150 ncu --clock-control none --set full --import-source no -k "regex:^attn_hopper_fwd_${kern}\$" \
-            --launch-skip 2 --launch-count 1 -f -o $R/v/$kern $B/cuda_bench cudnn 1024/64 > $R/v/$kern.log 2>&1 )
-        echo "ncu $kern exit $?"
-        ncu -i $R/v/$kern.ncu-rep --page details > $R/v/${kern}_details.txt 2>&1
-        ncu -i $R/v/$kern.ncu-rep --page source --print-source sass --csv > $R/v/${kern}_sass.csv 2>&1
-        grep -E "Duration|Compute \(SM\) Throughput|Issue Slots Busy|No Eligible|Registers Per|Executed Ipc A" $R/v/${kern}_details.txt | head -10
+        ( cudnn_env; ncu_one $kern attn_hopper_fwd_$kern cudnn 1024/64 )
     done
     exit
 fi
