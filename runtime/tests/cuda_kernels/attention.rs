@@ -407,18 +407,19 @@ fn attention_hopper_forward_matches_f64() {
             ..plain
         }),
         Some(HopperLaunch {
-            schedule: HopperSchedule::PingPong,
+            persistent: false,
             ..plain
         }),
+        None,
+        // Last, the launches built after the last device call (a hang stops only them).
         Some(HopperLaunch {
-            persistent: false,
+            schedule: HopperSchedule::PingPong,
             ..plain
         }),
         Some(HopperLaunch {
             wide: true,
             ..plain
         }),
-        None,
     ];
     for run in runs {
         k.set_attn_hopper(run.is_some());
