@@ -276,7 +276,6 @@ impl HopperAttention {
         // Q (bm x D bf16), then the ring of K and V tiles (128 x D each), plus 1 KiB for the
         // 1024-byte alignment inside the kernel.
         let smem = (bm + 2 * stages(d) * BN) * d as u32 * 2 + 1024;
-
         let grid = (
             if launch.persistent {
                 tiles.min(self.sms)
