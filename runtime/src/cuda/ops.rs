@@ -60,15 +60,17 @@ impl Kernels {
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
         let src = KernelSource::library(name, head_dims, defines);
+        // `MODELSPEC_ATTN_HOPPER=off`: the Hopper attention kernels are not even compiled.
+        let hopper = HopperLaunch::from_env();
         Ok(Kernels {
             launcher: Launcher::load(gpu, &src)?,
             head_dims: head_dims.to_vec(),
             d_model,
             norm_warp_rows: true,
             norm_fused_dw: crate::ops::norm::cuda::fused_dw_from_env(),
-            attn_hopper: HopperAttention::for_library(gpu, head_dims),
+            attn_hopper: hopper.and_then(|_| HopperAttention::for_library(gpu, head_dims)),
             attn_hopper_on: true,
-            attn_hopper_launch: HopperLaunch::from_env(),
+            attn_hopper_launch: hopper.unwrap_or_default(),
         })
     }
 
@@ -135,7 +137,7 @@ impl Kernels {
     }
 
     /// How the Hopper attention forward runs ([`HopperLaunch::from_env`] when the library is
-    /// loaded).
+    /// loaded, else the default).
     pub fn set_attn_hopper_launch(&mut self, launch: HopperLaunch) {
         self.attn_hopper_launch = launch;
     }

@@ -1,7 +1,8 @@
 // ---- attention forward on Hopper's tensor cores (wgmma), fed by the bulk tensor copy engine ----
 //
-// attn_hopper_fwd_{,plain_,poly_}d{64,128}: the forward of attention_simple.cu's contract (layout,
-// scores, mask, ALiBi, softcap, lse [B, H, T] in natural log) for bf16 at head dims 64 and 128
+// attn_hopper_fwd_{,plain_,poly_,pp_}d{64,128} and attn_hopper_fwd_plain_m192_d64: the forward of
+// attention_simple.cu's contract (layout, scores, mask, ALiBi, softcap, lse [B, H, T] in natural
+// log) for bf16 at head dims 64 and 128
 // (values as wide as queries), compiled for compute_90a only (wgmma, setmaxnreg) as a module of
 // its own (ops/attention/cuda/hopper.rs). Source order: kernels/common.cuh, matmul/hopper_mma.cuh
 // (mbarriers, bulk copies, the K-major descriptor), this file.
@@ -90,13 +91,12 @@ __device__ __forceinline__ unsigned long long ah_desc_n_major(const void* p, uns
 
 // What a consumer thread knows of its rows and the scores: rows r0 and r0 + 8, columns 8j + c0 +
 // {0, 1} of each tile; row r sees the keys lo[r]..hi[r] (the mask of attention_simple.cu's
-// header is an interval a row: causal, window, chunk, T); `plain`: neither ALiBi nor softcap.
+// header is an interval a row: causal, window, chunk, T).
 struct AhRows {
     int r0, c0;
     int lo[2], hi[2];
     float slope, qk_scale, softcap;
     const float* alibi;
-    bool plain;
 };
 
 // S's product for key tile (stage) kt: D/16 wgmma m64n128k16 from the warpgroup's Q rows qw and
@@ -152,7 +152,7 @@ template <int POLY>
 __device__ __forceinline__ void ah_softmax(float* sc, float* m, float* l, float* corr, int k0, const AhRows& a) {
     // Without ALiBi and softcap the scale is folded into the exponent's FFMA (mul: sc's units).
     float mul = a.qk_scale;
-    if (!a.plain) {
+    if (a.alibi || a.softcap > 0.f) {
         if (a.alibi) {
 #pragma unroll
             for (int i = 0; i < 64; i++) sc[i] += alibi_bias(a.slope, k0 + 8 * (i >> 2) + a.c0 + (i & 1));
@@ -473,7 +473,6 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
         a.slope = alibi ? alibi[w.h] : 0.f;
         a.qk_scale = softcap > 0.f ? scale : scale * LOG2E;
         a.softcap = softcap;
-        a.plain = !alibi && !(softcap > 0.f);
         float acc[R];
 #pragma unroll
         for (int k = 0; k < R; k++) acc[k] = 0.f;

@@ -8,8 +8,8 @@ use super::AttnShape;
 use crate::cuda::compile::{COMMON, KernelSource};
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gpu::{DevPtr, Dtype, Gpu, GpuBuf, Module};
+use crate::cuda_args;
 use crate::ops::matmul::cuda::hopper::tensor_map;
-use cudarc::driver::sys;
 use std::sync::Arc;
 
 /// The kernel text after `kernels/common.cuh`: the Hopper primitives, then the kernels.
@@ -51,19 +51,22 @@ pub enum Schedule {
 }
 
 impl Schedule {
-    /// `MODELSPEC_ATTN_HOPPER=overlap`, `=poly` or `=pingpong`, else [`Schedule::Plain`].
-    pub fn from_env() -> Schedule {
+    /// `MODELSPEC_ATTN_HOPPER`, the one reading of it: `off` (also `0`, `false`) gives `None`, the
+    /// kernels unused; `overlap`, `poly`, `pingpong` that schedule; unset, `plain` or `on`
+    /// [`Schedule::Plain`].
+    pub fn from_env() -> Option<Schedule> {
         match std::env::var("MODELSPEC_ATTN_HOPPER").as_deref() {
-            Ok("overlap") => Schedule::Overlap,
-            Ok("poly") => Schedule::OverlapPoly,
-            Ok("pingpong") => Schedule::PingPong,
-            Err(_) | Ok("" | "plain" | "on" | "off" | "0" | "false") => Schedule::Plain,
+            Ok("off" | "0" | "false") => None,
+            Ok("overlap") => Some(Schedule::Overlap),
+            Ok("poly") => Some(Schedule::OverlapPoly),
+            Ok("pingpong") => Some(Schedule::PingPong),
+            Err(_) | Ok("" | "plain" | "on") => Some(Schedule::Plain),
             Ok(other) => {
                 // A misspelling is not taken for the default silently.
                 eprintln!(
                     "warning: MODELSPEC_ATTN_HOPPER={other:?} is not one of off, plain, overlap, poly, pingpong; the plain schedule runs"
                 );
-                Schedule::Plain
+                Some(Schedule::Plain)
             }
         }
     }
@@ -103,15 +106,16 @@ impl Default for Launch {
 }
 
 impl Launch {
-    /// The default changed by `MODELSPEC_ATTN_HOPPER` (`overlap`, `poly`, `pingpong`: the schedule),
-    /// `MODELSPEC_ATTN_HOPPER_GRID=tiles` and `MODELSPEC_ATTN_HOPPER_ROWS=192`.
-    pub fn from_env() -> Launch {
+    /// The default changed by `MODELSPEC_ATTN_HOPPER` (the schedule, [`Schedule::from_env`]),
+    /// `MODELSPEC_ATTN_HOPPER_GRID=tiles` and `MODELSPEC_ATTN_HOPPER_ROWS=192`; `None` for
+    /// `MODELSPEC_ATTN_HOPPER=off`.
+    pub fn from_env() -> Option<Launch> {
         let var = |name: &str| std::env::var(name).ok();
-        Launch {
-            schedule: Schedule::from_env(),
+        Some(Launch {
+            schedule: Schedule::from_env()?,
             persistent: var("MODELSPEC_ATTN_HOPPER_GRID").as_deref() != Some("tiles"),
             wide: var("MODELSPEC_ATTN_HOPPER_ROWS").as_deref() == Some("192"),
-        }
+        })
     }
 
     /// Queries a tile for head dim `d`: 192 where `wide` has a kernel, else 128.
@@ -166,14 +170,11 @@ impl HopperAttention {
     }
 
     /// The kernels for a kernel library whose attention has `head_dims`: `None` on a GPU other
-    /// than Hopper, without a head dim they take, or with `MODELSPEC_ATTN_HOPPER=off`. A failed
+    /// than Hopper or without a head dim they take (the caller asks only when
+    /// [`Launch::from_env`] does not say `off`). A failed
     /// compilation is reported on stderr and leaves the other kernels to run the calls.
     pub(crate) fn for_library(gpu: &Arc<Gpu>, head_dims: &[usize]) -> Option<Arc<HopperAttention>> {
-        let off = matches!(
-            std::env::var("MODELSPEC_ATTN_HOPPER").as_deref(),
-            Ok("off" | "0" | "false")
-        );
-        if off || gpu.arch() != "compute_90" || !head_dims.iter().any(|d| HEAD_DIMS.contains(d)) {
+        if gpu.arch() != "compute_90" || !head_dims.iter().any(|d| HEAD_DIMS.contains(d)) {
             return None;
         }
         match HopperAttention::new(gpu) {
@@ -258,20 +259,17 @@ impl HopperAttention {
         if tiles == 0 {
             return Ok(()); // nothing to compute (an empty batch or sequence)
         }
-        let mut mq = tensor_map(q, s.heads * d, rows, s.ldq, bm)?;
-        let mut mk = tensor_map(k, s.kv_heads * d, rows, s.ldk, BN)?;
-        let mut mv = tensor_map(v, s.kv_heads * d, rows, s.ldv, BN)?;
-        let (mut o_, mut lse_, mut alibi) = (o, lse, s.alibi);
+        let mq = tensor_map(q, s.heads * d, rows, s.ldq, bm)?;
+        let mk = tensor_map(k, s.kv_heads * d, rows, s.ldk, BN)?;
+        let mv = tensor_map(v, s.kv_heads * d, rows, s.ldv, BN)?;
         let i = |n: usize| n as i32;
-        let (mut t_, mut h_, mut kv_, mut b_, mut ldo) =
-            (i(s.seq), i(s.heads), i(s.kv_heads), i(s.batch), i(s.ldo));
-        let (mut scale, mut softcap) = (s.scale, s.softcap);
-        let (mut window, mut chunk, mut causal) = (i(s.window), i(s.chunk), i32::from(s.causal));
+        let (t_, h_, kv_, b_, ldo) = (i(s.seq), i(s.heads), i(s.kv_heads), i(s.batch), i(s.ldo));
+        let (window, chunk, causal) = (i(s.window), i(s.chunk), i32::from(s.causal));
         // Heads a group of the tile order: as many as keep their keys and values within 16 MiB
         // of the L2 (K and V of a kv head, shared by heads / kv_heads query heads).
         let per_head = (s.seq * d * 2 * 2 / (s.heads / s.kv_heads)).max(1);
-        let mut group = i((16usize << 20) / per_head).clamp(1, i(s.heads * s.batch));
-        let mut sched = self.sched.ptr();
+        let group = i((16usize << 20) / per_head).clamp(1, i(s.heads * s.batch));
+        let sched = self.sched.ptr();
         let f = self.module.function(&kernel)?;
         // Q (bm x D bf16), then the ring of K and V tiles (128 x D each), plus 1 KiB for the
         // 1024-byte alignment inside the kernel.
@@ -287,25 +285,9 @@ impl HopperAttention {
         );
         // A producer warpgroup and one consumer warpgroup a 64 queries.
         let threads = 128 * (bm / 64 + 1);
-        let mut args = [
-            (&mut mq) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
-            (&mut mk) as *mut sys::CUtensorMap as *mut _,
-            (&mut mv) as *mut sys::CUtensorMap as *mut _,
-            (&mut o_) as *mut DevPtr as *mut _,
-            (&mut lse_) as *mut DevPtr as *mut _,
-            (&mut t_) as *mut i32 as *mut _,
-            (&mut h_) as *mut i32 as *mut _,
-            (&mut kv_) as *mut i32 as *mut _,
-            (&mut b_) as *mut i32 as *mut _,
-            (&mut ldo) as *mut i32 as *mut _,
-            (&mut scale) as *mut f32 as *mut _,
-            (&mut softcap) as *mut f32 as *mut _,
-            (&mut window) as *mut i32 as *mut _,
-            (&mut chunk) as *mut i32 as *mut _,
-            (&mut causal) as *mut i32 as *mut _,
-            (&mut alibi) as *mut DevPtr as *mut _,
-            (&mut sched) as *mut DevPtr as *mut _,
-            (&mut group) as *mut i32 as *mut _,
+        let mut args = cuda_args![
+            mq, mk, mv, o, lse, t_, h_, kv_, b_, ldo, s.scale, s.softcap, window, chunk, causal,
+            s.alibi, sched, group
         ];
         // SAFETY: the arguments match the kernel's signature (three tensor maps by value, two
         // pointers, five ints, two floats, three ints, two pointers, an int); the buffers are the

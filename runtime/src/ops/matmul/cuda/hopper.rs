@@ -12,6 +12,7 @@ use super::{Dtype, Epilogue, RowMajorGemm};
 use crate::cuda::compile::KernelSource;
 use crate::cuda::error::{CudaError, DriverContext, Result};
 use crate::cuda::gpu::{DevPtr, Gpu, Module};
+use crate::cuda_args;
 use cudarc::driver::sys;
 use std::sync::Arc;
 
@@ -315,16 +316,15 @@ impl HopperGemm {
         b: DevPtr,
         c: DevPtr,
     ) -> Result<()> {
-        let mut map_a = tensor_map(a, g.k, g.m, g.lda, BM)?;
+        let map_a = tensor_map(a, g.k, g.m, g.lda, BM)?;
         let (bn, stages) = (plan.tile.bn(), plan.tile.stages());
         // In a cluster each block loads half of B's tile.
         let b_rows = match plan.tile {
             Tile::PingPongCluster => bn / 2,
             _ => bn,
         };
-        let mut map_b = tensor_map(b, g.k, g.n, g.ldb, b_rows)?;
-        let (mut c_, mut bias, mut aux, mut ldaux, mut m, mut n, mut k, mut ldc) = (
-            c,
+        let map_b = tensor_map(b, g.k, g.n, g.ldb, b_rows)?;
+        let (bias, aux, ldaux, m, n, k, ldc) = (
             plan.bias,
             plan.aux,
             plan.ldaux as i32,
@@ -355,18 +355,7 @@ impl HopperGemm {
             }
             Tile::N128 | Tile::N256 => (tiles.0, tiles.1, 1),
         };
-        let mut args = [
-            (&mut map_a) as *mut sys::CUtensorMap as *mut std::ffi::c_void,
-            (&mut map_b) as *mut sys::CUtensorMap as *mut _,
-            (&mut c_) as *mut DevPtr as *mut _,
-            (&mut bias) as *mut DevPtr as *mut _,
-            (&mut aux) as *mut DevPtr as *mut _,
-            (&mut ldaux) as *mut i32 as *mut _,
-            (&mut m) as *mut i32 as *mut _,
-            (&mut n) as *mut i32 as *mut _,
-            (&mut k) as *mut i32 as *mut _,
-            (&mut ldc) as *mut i32 as *mut _,
-        ];
+        let mut args = cuda_args![map_a, map_b, c, bias, aux, ldaux, m, n, k, ldc];
         // SAFETY: the arguments match the kernel's signature (two tensor maps by value, three
         // pointers, five ints); the pointers are the caller's promise.
         unsafe {
