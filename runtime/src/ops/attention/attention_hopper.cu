@@ -10,11 +10,11 @@
 // Work: tiles of 128 (or 192: `_m192`) queries of one (head, batch); blocks of a producer
 // warpgroup and one consumer warpgroup a 64 queries take them one after the other as they free
 // up (ah_tile, ah_next: persistent, one block a multiprocessor, or one block a tile). Warpgroup 0
-// produces: its first thread brings a tile's Q (128 or 192 x D), then
+// produces: its first thread brings a tile's Q (128 or 192 x D) into one of AH_QBUFS(D) buffers, then
 // for each key tile of 128 rows the tile sees, last (the diagonal) first, the K tile and the V
 // tile into stage s of a ring of AH_STAGES(D), completing on k_full[s] / v_full[s]; it waits for
 // k_empty[s] / v_empty[s] (every consumer done with the stage) before reusing one, and for
-// q_empty before the next tile's Q. The other warpgroups consume, each for 64 of the queries:
+// that buffer's q_empty before the tile after next's Q. The other warpgroups consume, each for 64 of the queries:
 //   S = Q K^T         D/16 wgmma m64n128k16, both operands K-major in shared memory;
 //   online softmax    on S's registers (a thread holds 2 rows x 32 columns, rows reduced over the
 //                     4 lanes of a quad), exp2 with the scale folded in, as attention_mma.cu;
@@ -35,6 +35,10 @@
 // Stages of the K/V ring a head dim: as many as shared memory holds beside Q (4 x 32 KiB at
 // D64, 3 x 64 KiB at D128), to cover the L2's and DRAM's latency.
 #define AH_STAGES(D) ((D) == 64 ? 4 : 3)
+// Q buffers a head dim: two at D64, so that the producer brings the next tile's Q (and its first
+// K/V tiles) while the consumers still run the current tile's S products; one at D128, where
+// a second Q tile would cost a ring stage.
+#define AH_QBUFS(D) ((D) == 64 ? 2 : 1)
 
 // S (m64n128, f32) = A B^T (+ S when `acc`), A and B K-major tiles in shared memory.
 __device__ __forceinline__ void ah_wgmma_ss_n128(float* d, unsigned long long da, unsigned long long db, int acc) {
@@ -366,10 +370,11 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
 
 // The kernel: blocks take the work tiles as they free up (a grid of one block a tile, or
 // persistent: one a streaming multiprocessor). The producer runs ahead across tiles: it takes
-// the next tile as soon as both consumers are done with the last S product of the current one,
-// publishes its index in shared memory before Q's copy (the mbarrier's arrival releases it, the
-// consumers' wait acquires it), and brings its K/V tiles into the same ring, so a tile's loads
-// overlap the previous tile's last products and stores. An index past the tiles, published with
+// the next tile as soon as a Q buffer is free (with two, once the tile before the current one is
+// done with its last S product; with one, the current one), publishes its index in shared
+// memory before Q's copy (the mbarrier's arrival releases it, the consumers' wait acquires it),
+// and brings its K/V tiles into the same ring, so a tile's loads overlap the previous tile's
+// products and stores. An index past the tiles, published with
 // a plain arrival, ends the consumers.
 template <int D, int OVERLAP, int POLY, int PP, int NC>
 __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaMap& mk, const HgTmaMap& mv,
@@ -382,19 +387,22 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
     constexpr int QTILE = BM * D * 2, QPANEL = BM * 128;  // and of Q's
     constexpr int R = D / 2;             // O accumulators a thread
     extern __shared__ unsigned char ah_raw[];
-    __shared__ int tile_slot;  // the index of the tile whose Q the ring's Q buffer holds
-    constexpr int ST = AH_STAGES(D);
-    __shared__ __align__(8) unsigned long long q_full, q_empty, k_full[ST], v_full[ST], k_empty[ST], v_empty[ST];
+    constexpr int ST = AH_STAGES(D), QB = AH_QBUFS(D);
+    __shared__ int tile_slot[QB];  // the index of the tile whose Q each Q buffer holds
+    __shared__ __align__(8) unsigned long long q_full[QB], q_empty[QB], k_full[ST], v_full[ST], k_empty[ST],
+        v_empty[ST];
     // The swizzled tiles need 1024-byte alignment (the host asks for 1 KiB more than the tiles).
     unsigned char* const sq = ah_raw + ((1024 - (hg_smem(ah_raw) & 1023)) & 1023);
-    unsigned char* const sk = sq + QTILE;
+    unsigned char* const sk = sq + QB * QTILE;
     unsigned char* const sv = sk + ST * TILE;
     // Warp-uniform role (see hopper.cu: a divergent-looking branch serialises the wgmma).
     const int wg = __shfl_sync(0xffffffffu, (int)threadIdx.x / 128, 0), t = threadIdx.x % 128;
     const int nqb = (T_ + BM - 1) / BM, ntotal = nqb * H * B;
     if (threadIdx.x == 0) {
-        hg_bar_init(&q_full, 1);
-        hg_bar_init(&q_empty, NC);
+        for (int b = 0; b < QB; b++) {
+            hg_bar_init(&q_full[b], 1);
+            hg_bar_init(&q_empty[b], NC);
+        }
         for (int s = 0; s < ST; s++) {
             hg_bar_init(&k_full[s], 1);
             hg_bar_init(&v_full[s], 1);
@@ -412,19 +420,20 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
         if (t == 0) {
             int n = 0;  // key tiles loaded so far
             for (int j = 0;; j++) {
-                hg_bar_wait(&q_empty, (j & 1) ^ 1);
+                const int qb = j % QB;
+                hg_bar_wait(&q_empty[qb], ((j / QB) & 1) ^ 1);
                 const int i = ah_next(j, sched);
-                *(volatile int*)&tile_slot = i;
+                *(volatile int*)&tile_slot[qb] = i;
                 if (i >= ntotal) {
-                    hg_bar_arrive(&q_full);
+                    hg_bar_arrive(&q_full[qb]);
                     ah_done(sched);
                     break;
                 }
                 const AhTile w = ah_tile(i, nqb, BM, group, T_, H, B, window, chunk, causal);
                 const int kvh = w.h / (H / KV);
-                hg_bar_expect_tx(&q_full, QTILE);
+                hg_bar_expect_tx(&q_full[qb], QTILE);
                 for (int p = 0; p < D / 64; p++)
-                    hg_tma_load(sq + p * QPANEL, &mq, &q_full, w.h * D + p * 64, w.b * T_ + w.q0);
+                    hg_tma_load(sq + qb * QTILE + p * QPANEL, &mq, &q_full[qb], w.h * D + p * 64, w.b * T_ + w.q0);
                 for (int kb = w.kb_end - 1; kb >= w.kb_first; kb--, n++) {
                     const int s = n % ST;
                     const unsigned parity = ((n / ST) & 1) ^ 1;
@@ -448,15 +457,16 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
     }
     const int cw = wg - 1, lane = t % 32;
-    const unsigned char* const qw = sq + 64 * 128 * cw;
     int n = 0;  // key tiles consumed so far
     // The ping-pong's first turn is warpgroup 0's; its last pass (warpgroup 1's) is taken after
     // the loop, so that every arrival on a named barrier is matched.
     if (PP && cw == 1) ah_turn_pass(cw);
     for (int j = 0;; j++) {
-        hg_bar_wait(&q_full, j & 1);
-        const int i = *(volatile int*)&tile_slot;
+        const int qb = j % QB;
+        hg_bar_wait(&q_full[qb], (j / QB) & 1);
+        const int i = *(volatile int*)&tile_slot[qb];
         if (i >= ntotal) break;
+        const unsigned char* const qw = sq + qb * QTILE + 64 * 128 * cw;
         const AhTile w = ah_tile(i, nqb, BM, group, T_, H, B, window, chunk, causal);
         AhRows a;
         a.r0 = w.q0 + 64 * cw + 16 * (t / 32) + lane / 4;  // this thread's rows: r0 and r0 + 8
@@ -478,7 +488,7 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
         for (int k = 0; k < R; k++) acc[k] = 0.f;
         float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
         ah_consume<D, OVERLAP, POLY, PP, QPANEL>(acc, m, l, n, w.kb_end - w.kb_first, w.kb_end, a, qw, sk, sv,
-                                                 k_full, v_full, k_empty, v_empty, &q_empty, t, cw);
+                                                 k_full, v_full, k_empty, v_empty, &q_empty[qb], t, cw);
 #pragma unroll
         for (int r = 0; r < 2; r++) {
             l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);

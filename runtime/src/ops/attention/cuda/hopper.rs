@@ -26,6 +26,11 @@ fn stages(head_dim: usize) -> u32 {
     if head_dim == 64 { 4 } else { 3 }
 }
 
+/// Q buffers at a head dim (`AH_QBUFS(D)`).
+fn q_buffers(head_dim: usize) -> u32 {
+    if head_dim == 64 { 2 } else { 1 }
+}
+
 /// The head dims the kernels are instantiated for.
 pub const HEAD_DIMS: [usize; 2] = [64, 128];
 
@@ -271,9 +276,9 @@ impl HopperAttention {
         let group = i((16usize << 20) / per_head).clamp(1, i(s.heads * s.batch));
         let sched = self.sched.ptr();
         let f = self.module.function(&kernel)?;
-        // Q (bm x D bf16), then the ring of K and V tiles (128 x D each), plus 1 KiB for the
-        // 1024-byte alignment inside the kernel.
-        let smem = (bm + 2 * stages(d) * BN) * d as u32 * 2 + 1024;
+        // The Q buffers (bm x D bf16 each), then the ring of K and V tiles (128 x D each), plus
+        // 1 KiB for the 1024-byte alignment inside the kernel.
+        let smem = (q_buffers(d) * bm + 2 * stages(d) * BN) * d as u32 * 2 + 1024;
         let grid = (
             if launch.persistent {
                 tiles.min(self.sms)
