@@ -273,10 +273,11 @@ __device__ __forceinline__ void ah_turn_pass(int w) {
 // tile S, wait, softmax, P V, wait. OVERLAP 1 (FlashAttention-3's intra-warpgroup pipelining):
 // tile it's S product is issued before tile it-1's P V, and the softmax of tile it runs while
 // P V runs; O is rescaled once that product is done, and P is packed after it (P V reads the
-// previous P from the registers until then). PP (plain only, two consumer warpgroups cw 0 and
-// 1): FlashAttention-3's ping-pong, the warpgroups take turns at their S products (ah_turn_*),
-// so one's softmax runs while the other's products do, instead of both waiting on the same
-// K tile and then contending for the tensor cores and the MUFU unit at once.
+// previous P from the registers until then). PP (two consumer warpgroups cw 0 and 1): FlashAttention-3's
+// ping-pong, the warpgroups take turns (ah_turn_*) at their tensor-core work on a key tile, P V
+// of the tile before and S of this one issued together, so one's softmax runs while the other's
+// products do, instead of both waiting on the same K tile and then contending for the tensor
+// cores and the MUFU unit at once.
 template <int D, int OVERLAP, int POLY, int PP, int QPANEL>
 __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& n, int ntiles, int kb_end,
                                            const AhRows& a, const unsigned char* qw, const unsigned char* sk,
@@ -289,7 +290,38 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
     unsigned pa[32];
 #define AH_STAGE(n) ((n) % AH_STAGES(D))
 #define AH_PHASE(n) (((n) / AH_STAGES(D)) & 1)
-    if (OVERLAP) {
+    if (PP) {
+        // A turn: the warpgroup's whole tensor-core work on a key tile (P V of the tile before,
+        // S of this one, issued together), then the softmax while the other warpgroup's turn
+        // runs. Tile 0's turn is S alone, the last one P V alone: ntiles + 1 turns a tile.
+#pragma unroll 1
+        for (int it = 0; it <= ntiles; it++) {
+            const int s = AH_STAGE(n), sp = AH_STAGE(n - 1);
+            if (it < ntiles) hg_bar_wait(&k_full[s], AH_PHASE(n));
+            if (it > 0) hg_bar_wait(&v_full[sp], AH_PHASE(n - 1));
+            ah_turn_wait(cw);
+            if (it < ntiles) ah_qk<D, QPANEL>(sc, qw, sk + s * TILE);
+            if (it > 0) {
+                hg_pin<R>(acc);
+                ah_pv<D>(acc, pa, sv + sp * TILE);
+            }
+            ah_turn_pass(cw);
+            asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+            hg_pin<64>(sc);
+            hg_pin<R>(acc);
+            if (t == 0) {
+                if (it > 0) hg_bar_arrive(&v_empty[sp]);
+                if (it < ntiles) hg_bar_arrive(&k_empty[s]);
+                if (it == ntiles - 1) hg_bar_arrive(q_empty);
+            }
+            if (it < ntiles) {
+                ah_softmax<POLY>(sc, m, l, corr, (kb_end - 1 - it) * AH_BN, a);
+                ah_rescale<R>(acc, corr);
+                ah_pack(sc, pa);
+                n++;
+            }
+        }
+    } else if (OVERLAP) {
         // Key tile 0 alone: S, softmax, P.
         hg_bar_wait(&k_full[AH_STAGE(n)], AH_PHASE(n));
         ah_qk<D, QPANEL>(sc, qw, sk + AH_STAGE(n) * TILE);
@@ -344,11 +376,9 @@ __device__ __forceinline__ void ah_consume(float* acc, float* m, float* l, int& 
         for (int it = 0; it < ntiles; it++, n++) {
             const int s = AH_STAGE(n);
             hg_bar_wait(&k_full[s], AH_PHASE(n));
-            if (PP) ah_turn_wait(cw);
             ah_qk<D, QPANEL>(sc, qw, sk + s * TILE);
             asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
             hg_pin<64>(sc);
-            if (PP) ah_turn_pass(cw);
             if (t == 0) {
                 hg_bar_arrive(&k_empty[s]);
                 if (it == ntiles - 1) hg_bar_arrive(q_empty);

@@ -46,8 +46,9 @@ pub enum Schedule {
     /// previous tile's P V, and its softmax runs while P V does. 6-10% slower than plain at
     /// D64; at D128 it cannot hold S, P and O at once without ptxas serialising its products.
     Overlap,
-    /// Plain, the two consumer warpgroups taking turns at their S products (FlashAttention-3's
-    /// ping-pong: one's softmax runs while the other's products do).
+    /// FlashAttention-3's ping-pong: the two consumer warpgroups take turns at their
+    /// tensor-core work on a key tile (P V of the tile before and S of this one, issued
+    /// together), so one's softmax runs while the other's products do.
     PingPong,
     /// Overlapped, with every fourth exponential computed on the FMA pipe by a polynomial
     /// (FlashAttention-4's offload of the MUFU unit, which at D64 is as busy as the tensor
