@@ -6,7 +6,7 @@ use super::backend::{BuiltPlan, Configs, config_choice};
 use super::knobs::{WIDE_EXTRA, knob_name};
 use super::{CudnnAttention, Pass, PlanKey, Result, sdpa};
 use crate::cuda::AttnShape;
-use crate::cuda::gpu::GpuBuf;
+use crate::cuda::gpu::{DevPtr, Gpu, GpuBuf};
 use crate::cuda::tune::{Tuned, Tuner, fastest, per_run};
 
 /// How many of the engine configs that finalize are timed (the heuristics offered 5-6 for the
@@ -145,11 +145,9 @@ impl CudnnAttention {
         let rows = s.batch * s.seq;
         let stats = s.batch * s.heads * s.seq;
         let (len, offs) = qkv_layout(s);
-        let qkv = gpu.upload(&random_bf16(len, 1)).ok()?;
+        let fwd = FwdScratch::new(gpu, s)?;
+        let (qkv, fwd_ptrs) = (&fwd.qkv, fwd.ptrs());
         let at = |b: &GpuBuf<u16>, i: usize| b.ptr() + 2 * offs[i] as u64;
-        let o = gpu.zeros::<u16>(rows * s.ldo).ok()?;
-        let lse = gpu.zeros::<f32>(stats).ok()?;
-        let fwd_ptrs = [o.ptr(), lse.ptr(), at(&qkv, 0), at(&qkv, 1), at(&qkv, 2)];
         let most = plans.iter().map(|p| p.workspace).max().unwrap_or(0);
         match pass {
             Pass::Forward => {
@@ -163,9 +161,11 @@ impl CudnnAttention {
             }
             Pass::Backward => {
                 // O and the stats from the forward's own (chosen) plan.
-                let fwd = self.plan(Pass::Forward, s).ok()?;
-                let ws = gpu.zeros::<u8>(most.max(fwd.built.workspace).max(1)).ok()?;
-                self.run_fwd(&fwd.built, s, fwd_ptrs, ws.ptr(), ws.len())
+                let plan = self.plan(Pass::Forward, s).ok()?;
+                let ws = gpu
+                    .zeros::<u8>(most.max(plan.built.workspace).max(1))
+                    .ok()?;
+                self.run_fwd(&plan.built, s, fwd_ptrs, ws.ptr(), ws.len())
                     .ok()?;
                 let dqkv = gpu.zeros::<u16>(len).ok()?;
                 let dout = gpu.upload(&random_bf16(rows * s.ldo, 2)).ok()?;
@@ -178,11 +178,11 @@ impl CudnnAttention {
                     dq_acc.ptr(),
                     delta.ptr(),
                     dout.ptr(),
-                    o.ptr(),
-                    lse.ptr(),
-                    at(&qkv, 0),
-                    at(&qkv, 1),
-                    at(&qkv, 2),
+                    fwd_ptrs[0],
+                    fwd_ptrs[1],
+                    at(qkv, 0),
+                    at(qkv, 1),
+                    at(qkv, 2),
                 ];
                 fastest(plans.len(), |j, reps| {
                     times[j] = per_run(gpu, reps, || {
@@ -192,6 +192,93 @@ impl CudnnAttention {
                 })
             }
         }
+    }
+}
+
+impl CudnnAttention {
+    /// Whether `own`, another kernel's forward of `s` (the same o and lse from the same
+    /// operands: its pointers o, lse, q, k, v), is faster than the plan
+    /// [`fwd`](CudnnAttention::fwd) runs: the answer persisted for this GPU, cuDNN version, kernel
+    /// `tag` and shape, else timed now on scratch operands of the shape (as the engine configs
+    /// are) and persisted. `false` where nothing can be timed (no tuner, a graph capture, no
+    /// scratch memory, no plan) or `own` fails to run.
+    pub fn own_forward_faster(
+        &self,
+        s: &AttnShape,
+        tag: &str,
+        mut own: impl FnMut([DevPtr; 5]) -> std::result::Result<(), String>,
+    ) -> bool {
+        let key = format!(
+            "{}|cuDNN {}|own forward {tag}|{:?}",
+            self.gpu.name(),
+            self.library.version,
+            PlanKey::of(Pass::Forward, s)
+        );
+        {
+            let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(j) = tuner.lookup(&key) {
+                return j == 1;
+            }
+            if !tuner.enabled() || self.gpu.capturing() || self.gpu.in_branch() {
+                return false;
+            }
+        }
+        // Candidate 0 is cuDNN's plan (building it may time its configs, under the tuner's lock).
+        let Ok(plan) = self.plan(Pass::Forward, s) else {
+            return false;
+        };
+        let Some(scratch) = FwdScratch::new(&self.gpu, s) else {
+            return false;
+        };
+        let Ok(ws) = self.gpu.zeros::<u8>(plan.built.workspace.max(1)) else {
+            return false;
+        };
+        let ptrs = scratch.ptrs();
+        let timed = fastest(2, |j, reps| {
+            per_run(&self.gpu, reps, || match j {
+                0 => (self.run_fwd(&plan.built, s, ptrs, ws.ptr(), ws.len()))
+                    .map_err(|e| e.to_string()),
+                _ => own(ptrs),
+            })
+        });
+        let Some((j, best_ms, first_ms)) = timed else {
+            return false;
+        };
+        let mut tuner = self.tuner.lock().unwrap_or_else(|e| e.into_inner());
+        tuner.record(Tuned {
+            key,
+            candidates: 2,
+            chosen: j,
+            first_ms,
+            best_ms,
+        }) == 1
+    }
+}
+
+/// A forward's scratch operands for timing: Q, K and V in one buffer of random bf16 (laid out as
+/// [`qkv_layout`] says), o and lse.
+struct FwdScratch {
+    qkv: GpuBuf<u16>,
+    offs: [usize; 3],
+    o: GpuBuf<u16>,
+    lse: GpuBuf<f32>,
+}
+
+impl FwdScratch {
+    fn new(gpu: &Gpu, s: &AttnShape) -> Option<FwdScratch> {
+        let (len, offs) = qkv_layout(s);
+        Some(FwdScratch {
+            qkv: gpu.upload(&random_bf16(len, 1)).ok()?,
+            offs,
+            o: gpu.zeros::<u16>(s.batch * s.seq * s.ldo).ok()?,
+            lse: gpu.zeros::<f32>(s.batch * s.heads * s.seq).ok()?,
+        })
+    }
+
+    /// o, lse, q, k, v.
+    fn ptrs(&self) -> [DevPtr; 5] {
+        let at = |i: usize| self.qkv.ptr() + 2 * self.offs[i] as u64;
+        [self.o.ptr(), self.lse.ptr(), at(0), at(1), at(2)]
     }
 }
 

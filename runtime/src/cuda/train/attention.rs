@@ -6,15 +6,21 @@
 //! log-sum-exp `[B, H, T]`, the same dQ accumulator and delta scratch), so the choice changes no
 //! buffer.
 //!
+//! On a cuDNN layer the own Hopper forward ([`Kernels::attn_fwd`] on a Hopper GPU) runs instead of
+//! cuDNN's where it was the faster of the two on the layer's shape ([`CudnnAttention::
+//! own_forward_faster`]: timed once a machine and persisted); cuDNN's backward follows either
+//! forward (the same o and log-sum-exp).
+//!
 //! `MODELSPEC_ATTENTION` overrides the choice: `own` never uses cuDNN; `cudnn` requires it for
-//! every layer (an error names the first layer it cannot take); unset or `auto` takes it where it
-//! can.
+//! every layer and both passes (an error names the first layer it cannot take); unset or `auto`
+//! takes it where it can.
 
 use std::sync::Arc;
 
 use super::config::LayerCfg;
 use super::layout::Shape;
 use super::{Step, unsupported};
+use crate::cuda::Kernels;
 use crate::cuda::cudnn::CudnnAttention;
 use crate::cuda::error::{CudaError, Result};
 use crate::cuda::gpu::{DevPtr, Dtype, Gpu, GpuBuf};
@@ -25,6 +31,8 @@ pub(super) struct AttnPaths {
     cudnn: Option<Arc<CudnnAttention>>,
     /// Layer i runs cuDNN.
     on_cudnn: Vec<bool>,
+    /// Layer i (on cuDNN) runs its forward on the own Hopper kernel, cuDNN's backward after it.
+    own_fwd: Vec<bool>,
     workspace: Option<GpuBuf<u8>>,
     /// Why cuDNN is not used at all (`None` when some layer uses it or it was not wanted).
     why_not: Option<String>,
@@ -69,6 +77,7 @@ impl AttnPaths {
     /// Chooses each layer's path. `alibi_of(l)` is the layer's slope pointer (0: none).
     pub fn choose(
         gpu: &Arc<Gpu>,
+        kernels: &Kernels,
         cfg: &[LayerCfg],
         s: &Shape,
         dt: Dtype,
@@ -78,6 +87,7 @@ impl AttnPaths {
         let mut paths = AttnPaths {
             cudnn: None,
             on_cudnn: vec![false; cfg.len()],
+            own_fwd: vec![false; cfg.len()],
             workspace: None,
             why_not: None,
         };
@@ -131,6 +141,15 @@ impl AttnPaths {
         }
         if paths.on_cudnn.iter().any(|&c| c) {
             paths.workspace = Some(gpu.zeros::<u8>(ws.max(1))?);
+            if want == Want::Auto {
+                for (i, a) in shapes.iter().enumerate() {
+                    if let (true, Some(tag)) = (paths.on_cudnn[i], kernels.attn_hopper_tag(dt, a)) {
+                        paths.own_fwd[i] = attn.own_forward_faster(a, &tag, |[o, lse, q, k, v]| {
+                            (kernels.attn_fwd(dt, a, o, lse, q, k, v)).map_err(|e| e.to_string())
+                        });
+                    }
+                }
+            }
             paths.cudnn = Some(attn);
             paths.why_not = None;
         }
@@ -146,9 +165,13 @@ impl AttnPaths {
     /// layers)`, `own kernels (bf16 only)`.
     pub fn describe(&self) -> String {
         let n = self.on_cudnn.iter().filter(|&&c| c).count();
+        let own = match self.own_fwd.iter().filter(|&&c| c).count() {
+            0 => String::new(),
+            m => format!("; the own Hopper forward in {m}"),
+        };
         match &self.cudnn {
             Some(a) => format!(
-                "cudnn {} ({n} of {} layers), own kernels for the rest",
+                "cudnn {} ({n} of {} layers{own}), own kernels for the rest",
                 a.library().version_string(),
                 self.on_cudnn.len()
             ),
@@ -157,6 +180,11 @@ impl AttnPaths {
                 None => "own kernels".to_string(),
             },
         }
+    }
+
+    /// Whether layer i's forward is cuDNN's (else the own kernels').
+    fn cudnn_fwd(&self, i: usize) -> bool {
+        self.on_cudnn[i] && !self.own_fwd[i]
     }
 
     fn layer(&self, i: usize) -> Option<(&CudnnAttention, &GpuBuf<u8>)> {
@@ -186,10 +214,10 @@ impl Step<'_> {
         v: DevPtr,
     ) -> Result<()> {
         match self.attn.layer(i) {
-            Some((c, ws)) => c
+            Some((c, ws)) if self.attn.cudnn_fwd(i) => c
                 .fwd(a, o, lse, q, k, v, ws.ptr(), ws.len())
                 .map_err(cudnn_error)?,
-            None => self.k.attn_fwd(self.dt, a, o, lse, q, k, v)?,
+            _ => self.k.attn_fwd(self.dt, a, o, lse, q, k, v)?,
         }
         if self.cfg[i].sinks {
             let sinks = self.p.w(&Self::pname(i, "attn.sinks"))?;

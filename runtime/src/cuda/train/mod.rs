@@ -290,7 +290,7 @@ impl GpuTrainer {
         let sizing = layout(&cfg, &shape, saves, &moe_sizes, 0);
         let acts = gpu.zeros::<u8>(sizing.total_bytes)?;
         let buf = layout(&cfg, &shape, saves, &moe_sizes, acts.ptr());
-        let attn = attention::AttnPaths::choose(gpu, &cfg, &shape, dt, |l| {
+        let attn = attention::AttnPaths::choose(gpu, &kernels, &cfg, &shape, dt, |l| {
             l.alibi.map_or(0, |j| alibi[j].ptr())
         })?;
         let n = shape.n;

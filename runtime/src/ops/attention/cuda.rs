@@ -202,6 +202,14 @@ impl Kernels {
         }
     }
 
+    /// The Hopper forward's tag ([`hopper::HopperAttention::tag`]) where it runs this call
+    /// ([`Kernels::attn_fwd_kernel`]): choices made by timing it are keyed by it.
+    pub(crate) fn attn_hopper_tag(&self, dt: Dtype, s: &AttnShape) -> Option<String> {
+        let (_, launch) = self.attn_hopper()?;
+        matches!(self.attn_fwd_kernel(dt, s), FwdKernel::Hopper(_))
+            .then(|| hopper::HopperAttention::tag(launch))
+    }
+
     /// Whether the tensor-core forward exists for this call (bf16, an instantiated head dim, the
     /// same width for values as for queries and keys).
     pub fn attn_uses_mma(&self, dt: Dtype, s: &AttnShape) -> bool {

@@ -175,6 +175,13 @@ impl HopperAttention {
         }
     }
 
+    /// What a choice made by timing these kernels depends on: their source (its cache key) and
+    /// the launch.
+    pub fn tag(launch: Launch) -> String {
+        let key = crate::cuda::compile::cache_key(&Self::source().body, "compute_90a");
+        format!("hopper {key} {launch:?}")
+    }
+
     /// The kernels for a kernel library whose attention has `head_dims`: `None` on a GPU other
     /// than Hopper or without a head dim they take (the caller asks only when
     /// [`Launch::from_env`] does not say `off`). A failed
