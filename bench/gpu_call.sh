@@ -58,7 +58,7 @@ ncu_one() {
     echo "ncu $name exit $?"
     ncu -i $R/v/$name.ncu-rep --page details > $R/v/${name}_details.txt 2>&1
     ncu -i $R/v/$name.ncu-rep --page source --print-source sass --csv > $R/v/${name}_sass.csv 2>&1
-    grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Hit Rate|Issue Slots Busy|No Eligible|Registers Per|Executed Ipc A" $R/v/${name}_details.txt | head -12
+    grep -E "Duration|Compute \(SM\) Throughput|Memory Throughput|DRAM Throughput|L2 Hit Rate|Issue Slots Busy|No Eligible|Registers Per|Executed Ipc A|Block Size|Grid Size|Dynamic Shared Memory Per|Tensor|Achieved Occupancy" $R/v/${name}_details.txt | head -20
 }
 # A cuda_train_bench line's step time, loss, which GEMMs ran on the own kernels and how AdamW ran.
 summ() { grep '"model"' | python3 -c 'import json,sys; [print({k: d.get(k) for k in ("ms", "loss", "gemm", "adamw", "wgrad")}) for d in map(json.loads, sys.stdin)]'; }
@@ -280,8 +280,15 @@ if [ "$stage" = 27 ]; then
         cat $R/v/ab.jsonl >> $R/v/ab_all.jsonl
         grep -E '"path"' $R/v/ab.jsonl | grep -oE '"path": "[a-z+-]+", "layout": "[a-z-]+"|"T": [0-9]+|"D": [0-9]+|"fwd_ms": [0-9.]+|"fwdbwd_ms": [0-9.]+|"error": .{0,120}' | paste -sd' ' | sed 's/"path"/\n"path"/g'
     done
+    # KERNS: the Hopper kernels' name parts (plain_d64, ...), or cudnn_fprop / cudnn_bprop for
+    # cuDNN's own kernels at the same shape (their launch shape, registers, shared memory and
+    # stalls beside ours).
     for kern in ${KERNS:-d64 plain_d64}; do
-        ( cudnn_env; ncu_one $kern attn_hopper_fwd_$kern cudnn 1024/64 )
+        case $kern in
+            cudnn_fprop|cudnn_bprop) regex="cudnn_generated_fort_native_sdpa_sm90_flash_${kern#cudnn_}.*" ;;
+            *) regex=attn_hopper_fwd_$kern ;;
+        esac
+        ( cudnn_env; ncu_one $kern "$regex" cudnn 1024/64 )
     done
     exit
 fi
