@@ -716,6 +716,45 @@ fn engine_configs_chosen_by_timing_persist_across_handles() {
     assert!(l1.iter().zip(&l2).all(|(x, y)| x.to_bits() == y.to_bits()));
 }
 
+/// The trainer's choice between cuDNN's forward and the own one (the Hopper kernel where it
+/// runs): timed once, persisted, read back by a second handle without timing, and only ever true
+/// where the own forward runs the shape.
+#[test]
+#[ignore = "needs a CUDA GPU and cuDNN 9"]
+fn own_forward_choice_is_timed_once_and_persists() {
+    let Some((gpu, first)) = setup() else { return };
+    let own = Kernels::load(&gpu, "cudnn_choice_test", &[64], Default::default())
+        .expect("own attention kernels");
+    // A shape no other test plans, on the trainer's fused layout.
+    let mut s = AttnShape::dense(2, 320, 4, 2, 64);
+    let ld = (4 + 2 * 2) * 64;
+    (s.ldq, s.ldk, s.ldv) = (ld, ld, ld);
+    let kernel = own.attn_fwd_kernel(Dtype::Bf16, &s);
+    let tag = format!("test {}", kernel.name());
+    let mut runs = 0;
+    let faster = first.own_forward_faster(&s, &tag, |[o, lse, q, k, v]| {
+        runs += 1;
+        (own.attn_fwd(Dtype::Bf16, &s, o, lse, q, k, v)).map_err(|e| e.to_string())
+    });
+    let timed = first.tuned();
+    println!(
+        "{} own forward faster: {faster} ({runs} runs; {timed:?})",
+        kernel.name()
+    );
+    // Timed here on a fresh kernel cache; a cache that already holds the choice is read.
+    if runs > 0 {
+        assert!(
+            timed
+                .iter()
+                .any(|t| t.key.contains("own forward test") && t.candidates == 2),
+            "no own-forward choice recorded: {timed:?}"
+        );
+    }
+    let second = CudnnAttention::new(&gpu).unwrap();
+    let again = second.own_forward_faster(&s, &tag, |_| panic!("timed again"));
+    assert_eq!(faster, again, "the second handle read another choice");
+}
+
 #[test]
 fn probe_is_clean_without_panicking() {
     // Runs everywhere: either a usable library or an error that says where it looked.
