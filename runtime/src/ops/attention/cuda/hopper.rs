@@ -48,7 +48,8 @@ pub enum Schedule {
     Overlap,
     /// FlashAttention-3's ping-pong: the two consumer warpgroups take turns at their
     /// tensor-core work on a key tile (P V of the tile before and S of this one, issued
-    /// together), so one's softmax runs while the other's products do.
+    /// together), so one's softmax runs while the other's products do. 5-8% slower than plain
+    /// on an H100 (bench/NOTES.md, nineteenth session): neither unit is the limit yet.
     PingPong,
     /// Overlapped, with every fourth exponential computed on the FMA pipe by a polynomial
     /// (FlashAttention-4's offload of the MUFU unit, which at D64 is as busy as the tensor
@@ -97,7 +98,7 @@ pub struct Launch {
     /// block a tile.
     pub persistent: bool,
     /// Three consumer warpgroups, 192 queries a tile, where a kernel exists (the plain schedule
-    /// at D64); else two, 128 queries.
+    /// at D64); else two, 128 queries. 11% slower than two at T1024, 1% faster at T2048 (H100).
     pub wide: bool,
 }
 
