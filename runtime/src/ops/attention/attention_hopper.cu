@@ -177,9 +177,21 @@ __device__ __forceinline__ void ah_softmax(float* sc, float* m, float* l, float*
             if (col < a.lo[r] || col > a.hi[r]) sc[i] = NEG_INF;
         }
     }
-    float mx[2] = {NEG_INF, NEG_INF}, base[2];
+    // Each row's maximum over its 32 scores as a tree (depth 5; the loop's order was a chain of
+    // 32 dependent FMNMX, whose latency nothing hides while both consumer warpgroups wait on it).
+    float mx[2], base[2];
 #pragma unroll
-    for (int i = 0; i < 64; i++) mx[(i >> 1) & 1] = fmaxf(mx[(i >> 1) & 1], sc[i]);
+    for (int r = 0; r < 2; r++) {
+        float t[16];
+#pragma unroll
+        for (int j = 0; j < 16; j++) t[j] = fmaxf(sc[4 * j + 2 * r], sc[4 * j + 2 * r + 1]);
+#pragma unroll
+        for (int j = 0; j < 8; j++) t[j] = fmaxf(t[j], t[j + 8]);
+#pragma unroll
+        for (int j = 0; j < 4; j++) t[j] = fmaxf(t[j], t[j + 4]);
+        t[0] = fmaxf(fmaxf(t[0], t[2]), fmaxf(t[1], t[3]));
+        mx[r] = t[0];
+    }
 #pragma unroll
     for (int r = 0; r < 2; r++) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
