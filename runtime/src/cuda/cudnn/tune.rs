@@ -193,9 +193,7 @@ impl CudnnAttention {
             }
         }
     }
-}
 
-impl CudnnAttention {
     /// Whether `own`, another kernel's forward of `s` (the same o and lse from the same
     /// operands: its pointers o, lse, q, k, v), is faster than the plan
     /// [`fwd`](CudnnAttention::fwd) runs: the answer persisted for this GPU, cuDNN version, kernel
