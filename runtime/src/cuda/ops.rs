@@ -38,6 +38,9 @@ pub struct Kernels {
     attn_hopper: Option<Arc<HopperAttention>>,
     attn_hopper_on: bool,
     attn_hopper_launch: HopperLaunch,
+    /// Whether [`Kernels::attn_bwd`] runs the Hopper backward where it takes the call
+    /// (`MODELSPEC_ATTN_HOPPER_BWD=on`; off by default until it has passed parity on a GPU).
+    attn_hopper_bwd: bool,
 }
 
 /// Blocks of a grid-stride launch over `n` elements: one element per thread up to 2^20 blocks
@@ -71,6 +74,7 @@ impl Kernels {
             attn_hopper: hopper.and_then(|_| HopperAttention::for_library(gpu, head_dims)),
             attn_hopper_on: true,
             attn_hopper_launch: hopper.unwrap_or_default(),
+            attn_hopper_bwd: std::env::var("MODELSPEC_ATTN_HOPPER_BWD").as_deref() == Ok("on"),
         })
     }
 
@@ -149,6 +153,19 @@ impl Kernels {
             .as_deref()
             .filter(|_| self.attn_hopper_on)?;
         Some((h, self.attn_hopper_launch))
+    }
+
+    /// Switches the Hopper attention backward on or off (the default: `MODELSPEC_ATTN_HOPPER_BWD`).
+    pub fn set_attn_hopper_bwd(&mut self, on: bool) {
+        self.attn_hopper_bwd = on;
+    }
+
+    /// The Hopper attention backward, when compiled and switched on
+    /// (`MODELSPEC_ATTN_HOPPER_BWD=on`).
+    pub(crate) fn attn_hopper_bwd(&self) -> Option<&HopperAttention> {
+        self.attn_hopper()
+            .filter(|_| self.attn_hopper_bwd)
+            .map(|(h, _)| h)
     }
 
     /// The GPU these kernels run on.

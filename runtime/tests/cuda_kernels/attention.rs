@@ -162,7 +162,9 @@ fn run_attention_case_alibi(
     .unwrap();
     gpu.sync().unwrap();
     let r = attn_ref(&s, &q.host, &kk.host, &v.host, &dout.host, alibi);
-    let bwd = if k.attn_uses_mma(dt, &s) {
+    let bwd = if k.attn_bwd_uses_hopper(dt, &s) {
+        "hopper"
+    } else if k.attn_uses_mma(dt, &s) {
         "mma"
     } else {
         "simple"
@@ -431,5 +433,52 @@ fn attention_hopper_forward_matches_f64() {
             let slopes = alibi.then(|| alibi_slopes(s.heads));
             run_attention_case_alibi(&gpu, &k, &mut rng, Dtype::Bf16, *s, tag, slopes.as_deref());
         }
+    }
+}
+
+/// The Hopper backward's first step (`MODELSPEC_ATTN_HOPPER_BWD`: bf16, D64, causal or not, no
+/// window, chunk, softcap or ALiBi) against f64 where the GPU is a Hopper: lengths that are not
+/// multiples of the 128-key and 64-query tiles, a single key tile, GQA and MQA, more key tiles
+/// than multiprocessors; the cases it refuses run the mma.sync backward beside it.
+#[test]
+#[ignore = "needs a CUDA GPU"]
+fn attention_hopper_backward_matches_f64() {
+    let Some((gpu, mut k)) = setup() else { return };
+    if gpu.arch() != "compute_90" {
+        println!(
+            "skipping: the Hopper kernels need compute capability 9.0 ({})",
+            gpu.arch()
+        );
+        return;
+    }
+    k.set_attn_hopper_bwd(true);
+    let mut rng = Rng::fresh("attention_hopper_bwd");
+    let dense = AttnShape::dense;
+    let cases: Vec<(&str, AttnShape, bool)> = vec![
+        ("mha d64 T300", dense(2, 300, 4, 4, 64), true),
+        ("mha d64 T5", dense(2, 5, 2, 2, 64), true),
+        (
+            "gqa d64 T420 non-causal",
+            AttnShape {
+                causal: false,
+                ..dense(1, 420, 4, 2, 64)
+            },
+            true,
+        ),
+        ("mqa d64 T200", dense(1, 200, 4, 1, 64), true),
+        ("gqa d64 B4 H16 T1100", dense(4, 1100, 16, 4, 64), true),
+        (
+            "gqa d64 T333 chunk 96 (refused)",
+            AttnShape {
+                chunk: 96,
+                ..dense(1, 333, 4, 2, 64)
+            },
+            false,
+        ),
+        ("gqa d128 T384 (refused)", dense(1, 384, 8, 2, 128), false),
+    ];
+    for (tag, s, hopper) in &cases {
+        assert_eq!(k.attn_bwd_uses_hopper(Dtype::Bf16, s), *hopper, "{tag}");
+        run_attention_case_alibi(&gpu, &k, &mut rng, Dtype::Bf16, *s, tag, None);
     }
 }

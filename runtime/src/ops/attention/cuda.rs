@@ -210,6 +210,14 @@ impl Kernels {
             .then(|| hopper::HopperAttention::tag(launch))
     }
 
+    /// Whether [`Kernels::attn_bwd`] runs the Hopper backward for this call (switched on, and
+    /// [`hopper::HopperAttention::refuses_bwd`] says nothing; buffers must also be aligned).
+    pub fn attn_bwd_uses_hopper(&self, dt: Dtype, s: &AttnShape) -> bool {
+        self.attn_hopper_bwd().is_some()
+            && self.attn_uses_mma(dt, s)
+            && hopper::HopperAttention::refuses_bwd(dt, s).is_none()
+    }
+
     /// Whether the tensor-core forward exists for this call (bf16, an instantiated head dim, the
     /// same width for values as for queries and keys).
     pub fn attn_uses_mma(&self, dt: Dtype, s: &AttnShape) -> bool {
@@ -341,22 +349,32 @@ impl Kernels {
             let rows = s.batch * s.seq;
             // SAFETY: the caller provides dq_acc with rows * width f32 (documented above).
             unsafe { self.gpu().memset_raw(dq_acc, rows * width * 4) }?;
-            let smem = ((2 * 128 * (d + 8) + 4 * 64 * (d + 8) + 64 * 136) * 2 + 1024) as u32;
-            let name = format!("attn_bwd_bf16_d{d}");
-            self.go(
-                &name,
-                (
-                    s.seq.div_ceil(128) as u32,
-                    s.kv_heads as u32,
-                    s.batch as u32,
-                ),
-                (256, 1, 1),
-                smem,
-                &mut cuda_args![
-                    dk, dv, dq_acc, q, k, v, dout, lse, delta, t_, h_, kv_, ldq, ldk, ldv, ldo,
-                    scale, softcap, window, chunk, causal, alibi
-                ],
-            )?;
+            let hopper = self.attn_hopper_bwd().filter(|_| {
+                self.attn_bwd_uses_hopper(dt, s)
+                    && hopper::HopperAttention::aligned(dk, q, k, v)
+                    && hopper::HopperAttention::aligned(dv, dout, dout, dout)
+            });
+            if let Some(h) = hopper {
+                // SAFETY: the caller's buffers, of the sizes `s` implies (documented above).
+                unsafe { h.bwd(s, dk, dv, dq_acc, dout, lse, delta, q, k, v) }?;
+            } else {
+                let smem = ((2 * 128 * (d + 8) + 4 * 64 * (d + 8) + 64 * 136) * 2 + 1024) as u32;
+                let name = format!("attn_bwd_bf16_d{d}");
+                self.go(
+                    &name,
+                    (
+                        s.seq.div_ceil(128) as u32,
+                        s.kv_heads as u32,
+                        s.batch as u32,
+                    ),
+                    (256, 1, 1),
+                    smem,
+                    &mut cuda_args![
+                        dk, dv, dq_acc, q, k, v, dout, lse, delta, t_, h_, kv_, ldq, ldk, ldv, ldo,
+                        scale, softcap, window, chunk, causal, alibi
+                    ],
+                )?;
+            }
             let (rows_, width_, ldq_) = (rows as i32, width as i32, ldq);
             return self.go_block(
                 "attn_dq_convert_bf16",

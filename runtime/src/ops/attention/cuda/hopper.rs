@@ -15,7 +15,8 @@ use std::sync::Arc;
 /// The kernel text after `kernels/common.cuh`: the Hopper primitives, then the kernels.
 const SOURCE: &str = concat!(
     include_str!("../../matmul/hopper_mma.cuh"),
-    include_str!("../attention_hopper.cu")
+    include_str!("../attention_hopper.cu"),
+    include_str!("../attention_hopper_bwd.cu")
 );
 
 /// Keys a tile (`AH_BN`).
@@ -227,10 +228,90 @@ impl HopperAttention {
         None
     }
 
+    /// Why the backward kernel (`attention_hopper_bwd.cu`, its first step) cannot run this call
+    /// (`None`: it can): bf16 at head dim 64 for queries, keys and values, causal or not, with no
+    /// window, chunk, softcap or ALiBi, rows whose strides (dout's too) are multiples of 8
+    /// elements.
+    pub fn refuses_bwd(dt: Dtype, s: &AttnShape) -> Option<String> {
+        if let Some(why) = Self::refuses(dt, s) {
+            return Some(why);
+        }
+        if s.head_dim != 64 {
+            return Some(format!("head dim {} (64 only)", s.head_dim));
+        }
+        if !s.ldo.is_multiple_of(8) {
+            return Some(format!("dout's row stride {} (a multiple of 8)", s.ldo));
+        }
+        if s.window > 0 || s.chunk > 0 || s.softcap > 0.0 || s.alibi != 0 {
+            return Some("a window, chunk, softcap or ALiBi".into());
+        }
+        None
+    }
+
     /// Whether the buffers' addresses suit the kernels: q, k and v 16-byte aligned (the tensor
     /// maps' rule), o 4-byte aligned (pairs of bf16 stored at once).
     pub fn aligned(o: DevPtr, q: DevPtr, k: DevPtr, v: DevPtr) -> bool {
         [q, k, v].iter().all(|p| p.is_multiple_of(16)) && o.is_multiple_of(4)
+    }
+
+    /// The backward's first step ([`HopperAttention::refuses_bwd`] says which calls): dk, dv
+    /// (bf16, laid out like k and v) and dQ added to `dq_acc` (f32 `[B*T, H*D]`, zeroed by the
+    /// caller), from q, k, v, dout, lse and delta (`attn_delta`'s).
+    ///
+    /// # Safety
+    /// The pointers must be device buffers of the sizes `s` implies (as
+    /// [`crate::cuda::Kernels::attn_bwd`]).
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn bwd(
+        &self,
+        s: &AttnShape,
+        dk: DevPtr,
+        dv: DevPtr,
+        dq_acc: DevPtr,
+        dout: DevPtr,
+        lse: DevPtr,
+        delta: DevPtr,
+        q: DevPtr,
+        k: DevPtr,
+        v: DevPtr,
+    ) -> Result<()> {
+        let kernel = "attn_hopper_bwd_d64";
+        if let Some(why) = Self::refuses_bwd(Dtype::Bf16, s) {
+            return Err(CudaError::BadLaunch {
+                kernel: kernel.into(),
+                why: format!("cannot take {why}"),
+            });
+        }
+        let (d, rows) = (s.head_dim, s.batch * s.seq);
+        if rows == 0 {
+            return Ok(());
+        }
+        // Q and dO in tiles of 64 queries, K and V of 128 keys.
+        let mq = tensor_map(q, s.heads * d, rows, s.ldq, 64)?;
+        let mk = tensor_map(k, s.kv_heads * d, rows, s.ldk, BN)?;
+        let mv = tensor_map(v, s.kv_heads * d, rows, s.ldv, BN)?;
+        let mdo = tensor_map(dout, s.heads * d, rows, s.ldo, 64)?;
+        let i = |n: usize| n as i32;
+        let (t_, h_, kv_, ldk, ldv) = (i(s.seq), i(s.heads), i(s.kv_heads), i(s.ldk), i(s.ldv));
+        let causal = i32::from(s.causal);
+        let f = self.module.function(kernel)?;
+        // K and V (128 x 64 each), two stages of Q and dO (64 x 64 each), each consumer
+        // warpgroup's dS^T (64 x 64), bf16; plus 1 KiB for the 1024-byte alignment.
+        let smem = ((2 * BN + 2 * 2 * 64 + 2 * 64) * d as u32) * 2 + 1024;
+        let grid = (
+            (s.seq as u32).div_ceil(BN),
+            s.kv_heads as u32,
+            s.batch as u32,
+        );
+        let mut args = cuda_args![
+            mq, mk, mv, mdo, dk, dv, dq_acc, lse, delta, t_, h_, kv_, ldk, ldv, s.scale, causal
+        ];
+        // SAFETY: the arguments match the kernel's signature (four tensor maps by value, five
+        // pointers, five ints, a float, an int); the buffers are the caller's promise.
+        unsafe {
+            self.gpu
+                .launch(kernel, &f, grid, (384, 1, 1), smem, &mut args)
+        }
     }
 
     /// The forward as `launch` says: o (bf16, laid out like q with `ldo`) and lse `[B, H, T]`
