@@ -13,7 +13,8 @@
 //! `cudnn` prints, per shape, rows for the own kernels (`"path"`: on a Hopper GPU `hopper`,
 //! `hopper-overlap`, `hopper-poly` and `hopper-pingpong`, the Hopper forward's schedules on its
 //! persistent grid, `hopper-tiles` and `hopper-overlap-tiles` one block a tile, `hopper-m192`
-//! with 192-query tiles, then `mma`; each with the own backward) and one for
+//! with 192-query tiles, then `mma`; each with the own backward; last `hopper+hopper-bwd`, the
+//! Hopper backward's first step where it takes the shape) and one for
 //! cuDNN's fused attention, all on the dense layout, then a cuDNN row on the trainer's fused qkv
 //! layout (`"layout": "fused"`), each cuDNN layout followed by `hopper+cudnn` (the Hopper forward,
 //! cuDNN's backward from its o and lse), so one run compares the paths beside PyTorch's anchors; a last cuDNN
@@ -284,6 +285,8 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
         // own kernels, dense layout: each forward the library has for the shape (the Hopper
         // kernel, then mma.sync; else the reference-grade kernels, seconds a call at the latent
         // shapes: fewer repetitions), each with the own backward
+        // The row suffix of the Hopper backward.
+        const HOPPER_BWD: &str = "+hopper-bwd";
         let first = kernels.attn_fwd_kernel(Dtype::Bf16, &dense);
         // (kernel, how the Hopper kernel runs, name suffix)
         let plain = HopperLaunch::default();
@@ -331,6 +334,9 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
                     with(HopperSchedule::PingPong),
                     "",
                 ),
+                // The Hopper backward's first step (`MODELSPEC_ATTN_HOPPER_BWD`) after the plain
+                // forward, where it takes the shape.
+                (FwdKernel::Hopper(HopperSchedule::Plain), plain, HOPPER_BWD),
             ];
         }
         // `CUDA_BENCH_SKIP=name,...` leaves those rows out (e.g. a kernel variant that hung in its
@@ -344,6 +350,10 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             }
             kernels.set_attn_hopper(matches!(fk, FwdKernel::Hopper(_)));
             kernels.set_attn_hopper_launch(launch);
+            kernels.set_attn_hopper_bwd(suffix == HOPPER_BWD);
+            if suffix == HOPPER_BWD && !kernels.attn_bwd_uses_hopper(Dtype::Bf16, &dense) {
+                continue;
+            }
             let reps = if fk == FwdKernel::Simple { 3 } else { 25 };
             let r = time_pair(
                 gpu,
@@ -376,6 +386,7 @@ fn bench_cudnn(gpu: &Arc<Gpu>) -> Result<(), CudaError> {
             );
             row(&name, "dense", r, String::new());
         }
+        kernels.set_attn_hopper_bwd(false);
         kernels.set_attn_hopper(true);
         kernels.set_attn_hopper_launch(plain);
         let hopper = matches!(
