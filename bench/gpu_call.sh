@@ -271,7 +271,7 @@ if [ "$stage" = 27 ]; then
     # set on the D64 kernels (overlapped and plain) at T1024: details and SASS pages beside each.
     nvidia-smi --query-gpu=name --format=csv,noheader
     timeout 180 $B/cuda_kernels --include-ignored --nocapture --test-threads=1 attention_hopper > $R/v/attn.log 2>&1
-    rc=$?; echo "hopper attention vs f64 exit $rc"; grep -E "PARITY.*\] o |panicked|test result" $R/v/attn.log | cut -c1-150 | head -24
+    rc=$?; echo "hopper attention vs f64 exit $rc"; grep -E "PARITY.*(\] o |bwd hopper)|panicked|test result" $R/v/attn.log | cut -c1-150 | head -60
     # A failed or hung parity run (the forward's and the backward's) leaves the launches not yet
     # proven out of the bench rows.
     [ $rc = 0 ] || export CUDA_BENCH_SKIP="hopper-pingpong,hopper-m192,hopper+hopper-bwd"
