@@ -341,6 +341,19 @@ fn attention_alibi_forward_backward_match_f64() {
     }
 }
 
+/// The kernels on a Hopper GPU (compute capability 9.0); `None`, with a message, elsewhere.
+fn hopper_setup() -> Option<(Arc<Gpu>, Kernels)> {
+    let (gpu, k) = setup()?;
+    if gpu.arch() != "compute_90" {
+        println!(
+            "skipping: the Hopper kernels need compute capability 9.0 ({})",
+            gpu.arch()
+        );
+        return None;
+    }
+    Some((gpu, k))
+}
+
 /// The Hopper forward (wgmma, bulk tensor copies) where the GPU is a Hopper, in its four
 /// schedules on the persistent grid, plain with one block a tile and plain with 192-query tiles,
 /// then the mma.sync forward on the same cases with it turned off: lengths that are not multiples of the 128-row
@@ -349,14 +362,9 @@ fn attention_alibi_forward_backward_match_f64() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_hopper_forward_matches_f64() {
-    let Some((gpu, mut k)) = setup() else { return };
-    if gpu.arch() != "compute_90" {
-        println!(
-            "skipping: the Hopper kernels need compute capability 9.0 ({})",
-            gpu.arch()
-        );
+    let Some((gpu, mut k)) = hopper_setup() else {
         return;
-    }
+    };
     let mut rng = Rng::fresh("attention_hopper");
     let dense = AttnShape::dense;
     let cases: Vec<(&str, AttnShape, bool)> = vec![
@@ -443,14 +451,9 @@ fn attention_hopper_forward_matches_f64() {
 #[test]
 #[ignore = "needs a CUDA GPU"]
 fn attention_hopper_backward_matches_f64() {
-    let Some((gpu, mut k)) = setup() else { return };
-    if gpu.arch() != "compute_90" {
-        println!(
-            "skipping: the Hopper kernels need compute capability 9.0 ({})",
-            gpu.arch()
-        );
+    let Some((gpu, mut k)) = hopper_setup() else {
         return;
-    }
+    };
     k.set_attn_hopper_bwd(true);
     let mut rng = Rng::fresh("attention_hopper_bwd");
     let dense = AttnShape::dense;

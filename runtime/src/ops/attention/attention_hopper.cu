@@ -451,8 +451,7 @@ __device__ __forceinline__ void attn_hopper_fwd(const HgTmaMap& mq, const HgTmaM
             hg_bar_init(&k_empty[s], NC);
             hg_bar_init(&v_empty[s], NC);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        hg_bar_init_fence();
     }
     __syncthreads();
     if (wg == 0) {

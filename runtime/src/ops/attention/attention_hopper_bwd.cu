@@ -93,8 +93,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
             hg_bar_init(&qd_full[s], 1);
             hg_bar_init(&qd_empty[s], 2);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        hg_bar_init_fence();
     }
     __syncthreads();
     if (wg == 0) {

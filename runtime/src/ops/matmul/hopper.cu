@@ -43,8 +43,7 @@ __device__ __forceinline__ void hopper_gemm(const HgTmaMap& map_a, const HgTmaMa
             hg_bar_init(&full[s], 1);
             hg_bar_init(&empty[s], 2);
         }
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        hg_bar_init_fence();
     }
     __syncthreads();
     if (wg == 0) {
@@ -167,8 +166,7 @@ __device__ __forceinline__ void hopper_gemm_pp(const HgTmaMap& map_a, const HgTm
         }
         hg_bar_init(&turn[0], 1);
         hg_bar_init(&turn[1], 1);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        hg_bar_init_fence();
     }
     if (CL == 2) {
         hg_cluster_sync();

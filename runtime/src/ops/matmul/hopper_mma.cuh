@@ -22,6 +22,13 @@ __device__ __forceinline__ void hg_bar_init(unsigned long long* bar, unsigned co
     asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(hg_smem(bar)), "r"(count) : "memory");
 }
 
+// After a thread's mbarrier.init calls: makes the barriers visible to the other threads and to
+// the bulk copy engine (the async proxy); a __syncthreads() follows.
+__device__ __forceinline__ void hg_bar_init_fence() {
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+}
+
 __device__ __forceinline__ void hg_bar_expect_tx(unsigned long long* bar, unsigned bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(hg_smem(bar)), "r"(bytes)
                  : "memory");
