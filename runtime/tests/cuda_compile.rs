@@ -255,10 +255,10 @@ fn hopper_attention_compiles_for_sm90a() {
     assert!(ptx.contains("setmaxnreg.dec.sync.aligned.u32 40"));
     // Three consumer warpgroups (192 queries a tile): 152 registers a consumer thread.
     assert!(ptx.contains(".entry attn_hopper_fwd_plain_m192_d64("));
+    assert!(ptx.contains("setmaxnreg.inc.sync.aligned.u32 152"));
     // The backward's first step: four tensor maps (Q, K, V, dO) by value, and dQ's product from
     // the transposed dS^T in shared memory.
     assert!(ptx.contains(".entry attn_hopper_bwd_d64("));
     assert!(ptx.contains(".param .align 64 .b8 attn_hopper_bwd_d64_param_3[128]"));
     assert!(ptx.contains("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16"));
-    assert!(ptx.contains("setmaxnreg.inc.sync.aligned.u32 152"));
 }

@@ -717,8 +717,7 @@ fn engine_configs_chosen_by_timing_persist_across_handles() {
 }
 
 /// The trainer's choice between cuDNN's forward and the own one (the Hopper kernel where it
-/// runs): timed once, persisted, read back by a second handle without timing, and only ever true
-/// where the own forward runs the shape.
+/// runs): timed once, persisted, and read back by a second handle without timing.
 #[test]
 #[ignore = "needs a CUDA GPU and cuDNN 9"]
 fn own_forward_choice_is_timed_once_and_persists() {

@@ -205,17 +205,21 @@ impl Kernels {
     /// The Hopper forward's tag ([`hopper::HopperAttention::tag`]) where it runs this call
     /// ([`Kernels::attn_fwd_kernel`]): choices made by timing it are keyed by it.
     pub(crate) fn attn_hopper_tag(&self, dt: Dtype, s: &AttnShape) -> Option<String> {
-        let (_, launch) = self.attn_hopper()?;
-        matches!(self.attn_fwd_kernel(dt, s), FwdKernel::Hopper(_))
-            .then(|| hopper::HopperAttention::tag(launch))
+        let (h, launch) = self.attn_hopper()?;
+        matches!(self.attn_fwd_kernel(dt, s), FwdKernel::Hopper(_)).then(|| h.tag(launch))
     }
 
     /// Whether [`Kernels::attn_bwd`] runs the Hopper backward for this call (switched on, and
     /// [`hopper::HopperAttention::refuses_bwd`] says nothing; buffers must also be aligned).
     pub fn attn_bwd_uses_hopper(&self, dt: Dtype, s: &AttnShape) -> bool {
-        self.attn_hopper_bwd().is_some()
-            && self.attn_uses_mma(dt, s)
-            && hopper::HopperAttention::refuses_bwd(dt, s).is_none()
+        self.attn_bwd_hopper(dt, s).is_some()
+    }
+
+    /// The Hopper backward where it runs this call ([`Kernels::attn_bwd_uses_hopper`]).
+    fn attn_bwd_hopper(&self, dt: Dtype, s: &AttnShape) -> Option<&hopper::HopperAttention> {
+        self.attn_hopper_bwd().filter(|_| {
+            self.attn_uses_mma(dt, s) && hopper::HopperAttention::refuses_bwd(dt, s).is_none()
+        })
     }
 
     /// Whether the tensor-core forward exists for this call (bf16, an instantiated head dim, the
@@ -258,7 +262,7 @@ impl Kernels {
         // (Views at addresses the tensor maps cannot take fall back to the mma.sync kernel.)
         if let (FwdKernel::Hopper(_), Some((h, launch))) =
             (self.attn_fwd_kernel(dt, s), self.attn_hopper())
-            && hopper::HopperAttention::aligned(o, q, k, v)
+            && hopper::HopperAttention::aligned(&[q, k, v], &[o])
         {
             // SAFETY: the buffers are the caller's, of the sizes documented above.
             return unsafe { h.fwd(launch, s, o, lse, q, k, v) };
@@ -349,11 +353,9 @@ impl Kernels {
             let rows = s.batch * s.seq;
             // SAFETY: the caller provides dq_acc with rows * width f32 (documented above).
             unsafe { self.gpu().memset_raw(dq_acc, rows * width * 4) }?;
-            let hopper = self.attn_hopper_bwd().filter(|_| {
-                self.attn_bwd_uses_hopper(dt, s)
-                    && hopper::HopperAttention::aligned(dk, q, k, v)
-                    && hopper::HopperAttention::aligned(dv, dout, dout, dout)
-            });
+            let hopper = self
+                .attn_bwd_hopper(dt, s)
+                .filter(|_| hopper::HopperAttention::aligned(&[q, k, v, dout], &[dk, dv]));
             if let Some(h) = hopper {
                 // SAFETY: the caller's buffers, of the sizes `s` implies (documented above).
                 unsafe { h.bwd(s, dk, dv, dq_acc, dout, lse, delta, q, k, v) }?;

@@ -145,6 +145,8 @@ pub struct HopperAttention {
     /// The kernels' tile counters (`sched`: the next tile past the first wave, the blocks done),
     /// zero between launches (the last block resets them).
     sched: GpuBuf<i32>,
+    /// The module source's cache key (what [`HopperAttention::tag`] names).
+    source_key: String,
 }
 
 impl HopperAttention {
@@ -160,11 +162,13 @@ impl HopperAttention {
                 ),
             });
         }
+        let source = Self::source();
         Ok(HopperAttention {
             gpu: gpu.clone(),
-            module: gpu.load_arch(&Self::source(), "compute_90a")?,
+            module: gpu.load_arch(&source, "compute_90a")?,
             sms: gpu.sm_count()?,
             sched: gpu.zeros::<i32>(2)?,
+            source_key: crate::cuda::compile::cache_key(&source.body, "compute_90a"),
         })
     }
 
@@ -179,9 +183,8 @@ impl HopperAttention {
 
     /// What a choice made by timing these kernels depends on: their source (its cache key) and
     /// the launch.
-    pub fn tag(launch: Launch) -> String {
-        let key = crate::cuda::compile::cache_key(&Self::source().body, "compute_90a");
-        format!("hopper {key} {launch:?}")
+    pub fn tag(&self, launch: Launch) -> String {
+        format!("hopper {} {launch:?}", self.source_key)
     }
 
     /// The kernels for a kernel library whose attention has `head_dims`: `None` on a GPU other
@@ -248,10 +251,11 @@ impl HopperAttention {
         None
     }
 
-    /// Whether the buffers' addresses suit the kernels: q, k and v 16-byte aligned (the tensor
-    /// maps' rule), o 4-byte aligned (pairs of bf16 stored at once).
-    pub fn aligned(o: DevPtr, q: DevPtr, k: DevPtr, v: DevPtr) -> bool {
-        [q, k, v].iter().all(|p| p.is_multiple_of(16)) && o.is_multiple_of(4)
+    /// Whether the buffers' addresses suit the kernels: those read through tensor maps (q, k, v;
+    /// dout for the backward) 16-byte aligned, the outputs stored a pair of bf16 at a time (o;
+    /// dk, dv) 4-byte aligned.
+    pub fn aligned(mapped: &[DevPtr], stored: &[DevPtr]) -> bool {
+        mapped.iter().all(|p| p.is_multiple_of(16)) && stored.iter().all(|p| p.is_multiple_of(4))
     }
 
     /// The backward's first step ([`HopperAttention::refuses_bwd`] says which calls): dk, dv
@@ -280,6 +284,14 @@ impl HopperAttention {
             return Err(CudaError::BadLaunch {
                 kernel: kernel.into(),
                 why: format!("cannot take {why}"),
+            });
+        }
+        if !Self::aligned(&[q, k, v, dout], &[dk, dv]) {
+            return Err(CudaError::BadLaunch {
+                kernel: kernel.into(),
+                why: format!(
+                    "q {q:#x}, k {k:#x}, v {v:#x}, dout {dout:#x} must be 16-byte aligned and dk {dk:#x}, dv {dv:#x} 4-byte aligned"
+                ),
             });
         }
         let (d, rows) = (s.head_dim, s.batch * s.seq);
@@ -344,7 +356,7 @@ impl HopperAttention {
         if let Some(why) = Self::refuses(Dtype::Bf16, s) {
             return Err(bad(format!("cannot take {why}")));
         }
-        if !Self::aligned(o, q, k, v) {
+        if !Self::aligned(&[q, k, v], &[o]) {
             return Err(bad(format!(
                 "q {q:#x}, k {k:#x}, v {v:#x} must be 16-byte aligned and o {o:#x} 4-byte aligned"
             )));
